@@ -1,0 +1,78 @@
+// swift-tools-version:6.1
+// SocketIPC: fast, safe messaging between processes on one machine over Unix domain sockets.
+import PackageDescription
+
+let package = Package(
+    name: "SocketIPC",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "SocketIPC", targets: ["SocketIPC"]),
+        .executable(name: "socket-ipc", targets: ["socket-ipc"]),
+        .executable(name: "socketipc-bench", targets: ["socketipc-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+    ],
+    targets: [
+        .target(
+            name: "SocketIPC",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .target(
+            name: "SocketIPCBenchmarkWorkloads",
+            dependencies: [
+                "SocketIPC",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            path: "Benchmarks/Sources/SocketIPCBenchmarkWorkloads"
+        ),
+        .executableTarget(
+            name: "socketipc-bench",
+            dependencies: ["SocketIPCBenchmarkWorkloads"],
+            path: "Benchmarks/Sources/socketipc-bench"
+        ),
+        .executableTarget(
+            name: "socket-ipc",
+            dependencies: [
+                "SocketIPC",
+                "SocketIPCBenchmarkWorkloads",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .testTarget(
+            name: "SocketIPCTests",
+            dependencies: [
+                "SocketIPC",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .testTarget(
+            name: "SocketIPCCLITests",
+            dependencies: ["socket-ipc"]
+        ),
+    ]
+)
+
+for target in package.targets {
+    var settings = target.swiftSettings ?? []
+    settings.append(.enableUpcomingFeature("ExistentialAny"))
+    settings.append(.enableUpcomingFeature("MemberImportVisibility"))
+    target.swiftSettings = settings
+}

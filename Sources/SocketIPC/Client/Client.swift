@@ -1,0 +1,164 @@
+import Logging
+import NIOCore
+import NIOPosix
+
+/// Connects to a SocketIPC server: framed connections with ``connect(to:configuration:handler:logger:)`` and
+/// ``withConnection(to:configuration:handler:logger:_:)``, EOF-style messages with
+/// ``sendMessage(_:to:maximumAcknowledgementSize:)``.
+///
+/// ```swift
+/// try await Client.withConnection(to: "/tmp/app.sock") { connection in
+///     let reply = try await connection.request(ByteBuffer(string: "ping"))
+///     print(String(buffer: reply))
+/// }
+/// ```
+public enum Client {
+    /// Opens a framed connection and exchanges hellos; close it with ``Connection/close()`` when done.
+    /// - Parameters:
+    ///   - path: The server's socket path.
+    ///   - configuration: Limits and timeouts.
+    ///   - handler: What to do with messages and requests the server sends; by default they are dropped and
+    ///     refused.
+    ///   - logger: Where the connection logs.
+    /// - Returns: The open connection.
+    /// - Throws: ``SocketIPCError`` with code `invalidPath`, `connectionRefused`, `notSocketIPCPeer`,
+    ///   `unsupportedVersion`, `unauthorized`, `timedOut` or `systemCall`.
+    public static func connect<Handler: ConnectionHandler & Sendable>(
+        to path: String,
+        configuration: ClientConfiguration = .init(),
+        handler: Handler,
+        logger: Logger = Logger(label: "socketipc.client")
+    ) async throws -> Connection {
+        let socketPath = try SocketPath(path)
+        let group = MultiThreadedEventLoopGroup.singleton
+        let eventLoop = group.any()
+        let handshake = eventLoop.makePromise(of: Connection.self)
+        let lifecycle = ConnectionLifecycle(
+            handshakeCompleted: { handshake.succeed($0) },
+            closed: { connection, error in
+                handshake.fail(error ?? connection.closeError ?? SocketIPCError.closed)
+            }
+        )
+        let options = configuration.connection
+        let id = ConnectionIDs.next()
+        let channel: any Channel
+        do {
+            channel = try await ClientBootstrap(group: eventLoop)
+                .connectTimeout(.init(configuration.connectTimeout))
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(
+                            ConnectionChannelHandler(
+                                handler: handler,
+                                options: options,
+                                connectionID: id,
+                                lifecycle: lifecycle,
+                                logger: logger
+                            )
+                        )
+                    }
+                }
+                .connect(unixDomainSocketPath: socketPath.path)
+                .get()
+        } catch {
+            handshake.fail(error)
+            throw Self.connectError(error, path: socketPath)
+        }
+        let timeout = eventLoop.scheduleTask(in: .init(configuration.connectTimeout)) {
+            handshake.fail(SocketIPCError(.timedOut, "the server at \(socketPath) sent no hello within \(configuration.connectTimeout)", path: path))
+            channel.close(promise: nil)
+        }
+        defer { timeout.cancel() }
+        do {
+            return try await handshake.futureResult.get()
+        } catch {
+            channel.close(promise: nil)
+            throw error
+        }
+    }
+
+    /// Opens a framed connection whose incoming one-way messages (server pushes) go to `onMessage`.
+    /// - Parameters:
+    ///   - path: The server's socket path.
+    ///   - configuration: Limits and timeouts.
+    ///   - onMessage: Called on the connection's event loop for each message the server sends; must not block.
+    /// - Returns: The open connection.
+    public static func connect(
+        to path: String,
+        configuration: ClientConfiguration = .init(),
+        onMessage: @escaping @Sendable (ByteBuffer) -> Void = { _ in }
+    ) async throws -> Connection {
+        try await Self.connect(to: path, configuration: configuration, handler: MessageCallbackHandler(onMessage: onMessage))
+    }
+
+    /// Opens a framed connection, runs `body` with it, and closes it, also when `body` throws.
+    ///
+    /// With ``ClientConfiguration/runsBodyOnEventLoop`` (the default), `body` runs on the connection's event loop.
+    /// - Parameters:
+    ///   - path: The server's socket path.
+    ///   - configuration: Limits and timeouts.
+    ///   - handler: What to do with messages and requests the server sends.
+    ///   - logger: Where the connection logs.
+    ///   - body: Uses the connection.
+    /// - Returns: What `body` returns.
+    public static func withConnection<Handler: ConnectionHandler & Sendable, Result: Sendable>(
+        to path: String,
+        configuration: ClientConfiguration = .init(),
+        handler: Handler,
+        logger: Logger = Logger(label: "socketipc.client"),
+        _ body: (Connection) async throws -> Result
+    ) async throws -> Result {
+        let connection = try await Self.connect(to: path, configuration: configuration, handler: handler, logger: logger)
+        defer { connection.close() }
+        if configuration.runsBodyOnEventLoop {
+            return try await withTaskExecutorPreference(connection.taskExecutor) {
+                try await body(connection)
+            }
+        }
+        return try await body(connection)
+    }
+
+    /// Opens a framed connection whose server pushes go to `onMessage`, runs `body` with it, and closes it.
+    public static func withConnection<Result: Sendable>(
+        to path: String,
+        configuration: ClientConfiguration = .init(),
+        onMessage: @escaping @Sendable (ByteBuffer) -> Void = { _ in },
+        _ body: (Connection) async throws -> Result
+    ) async throws -> Result {
+        try await Self.withConnection(
+            to: path,
+            configuration: configuration,
+            handler: MessageCallbackHandler(onMessage: onMessage),
+            body
+        )
+    }
+
+    static func connectError(_ error: any Error, path: SocketPath) -> any Error {
+        if let error = error as? SocketIPCError { return error }
+        if let error = error as? IOError {
+            switch error.errnoCode {
+            case ENOENT:
+                return SocketIPCError(.connectionRefused, "no server at \(path): the socket file does not exist", path: path.path)
+            case ECONNREFUSED:
+                return SocketIPCError(.connectionRefused, "no server is listening on \(path)", path: path.path)
+            case EACCES, EPERM:
+                return SocketIPCError(.unauthorized, "no permission to connect to \(path) (check the socket file's mode)", path: path.path)
+            default:
+                return SocketIPCError.systemCall("connect", errno: error.errnoCode, path: path.path)
+            }
+        }
+        if error is ChannelError {
+            return SocketIPCError(.timedOut, "connecting to \(path) failed: \(error)", path: path.path)
+        }
+        return error
+    }
+}
+
+/// The handler of ``Client/connect(to:configuration:onMessage:)``: passes messages on, refuses requests.
+struct MessageCallbackHandler: ConnectionHandler, Sendable {
+    let onMessage: @Sendable (ByteBuffer) -> Void
+
+    func didReceiveMessage(_ message: ByteBuffer, on connection: Connection) {
+        self.onMessage(message)
+    }
+}

@@ -1,0 +1,367 @@
+import Logging
+import NIOCore
+import Synchronization
+
+/// One end of a framed SocketIPC connection, on the client or the server: send one-way messages, make requests,
+/// and close.
+///
+/// A connection is safe to use from any task. Writes from many tasks are coalesced into as few system calls as
+/// possible; a writer waits (``send(_:)`` suspends) while the peer does not read, so memory per connection stays
+/// bounded by ``ConnectionOptions/writeBufferHighWatermark`` plus the frames being written.
+///
+/// ```swift
+/// try await connection.send(ByteBuffer(string: "note"))            // one-way
+/// let reply = try await connection.request(ByteBuffer(string: "ping"))  // request and wait for the reply
+/// ```
+public final class Connection: Sendable {
+    /// A number that identifies this connection in logs, unique within the process.
+    public let id: UInt64
+    /// The credentials of the process on the other end, read from the socket when the connection opened.
+    public let peer: PeerCredentials?
+    /// The logger of this connection, with `socketipc.connection` (and the peer's pid) as metadata.
+    public let logger: Logger
+
+    let channel: any Channel
+    let options: ConnectionOptions
+    let taskExecutor: EventLoopTaskExecutor
+    private let state: Mutex<State>
+    private let requestIDs = Atomic<UInt32>(0)
+
+    fileprivate struct PendingRequest {
+        var continuation: UnsafeContinuation<ByteBuffer, any Error>
+        var timeout: Scheduled<Void>?
+    }
+
+    fileprivate struct State {
+        var outbound = OutboundQueue()
+        var flushScheduled = false
+        var readBatchActive = false
+        var channelWritable = true
+        var writeWaiters: [UnsafeContinuation<Void, any Error>] = []
+        var requests: [UInt32: PendingRequest] = [:]
+        /// Requests received from the peer and not yet answered.
+        var unansweredRequests = 0
+        var closeWhenAnswered = false
+        /// Set once the peer sent going-away: the code new requests and (for a non-normal reason) pending ones fail with.
+        var peerGoingAway: SocketIPCError?
+        var closedError: SocketIPCError?
+    }
+
+    init(id: UInt64, channel: any Channel, options: ConnectionOptions, peer: PeerCredentials?, logger: Logger) {
+        self.id = id
+        self.channel = channel
+        self.options = options
+        self.peer = peer
+        self.logger = logger
+        self.taskExecutor = EventLoopTaskExecutor(channel.eventLoop)
+        self.state = Mutex(State())
+    }
+
+    /// Whether the connection is still open.
+    public var isOpen: Bool { self.state.withLock { $0.closedError == nil } }
+
+    // MARK: - Sending
+
+    /// Sends a one-way message; the peer's handler receives it, and nothing answers it.
+    ///
+    /// Returns once the message is queued for the socket; suspends first while the peer is not reading and the
+    /// queue is above its high watermark.
+    /// - Parameter message: The payload, 0 bytes up to ``ConnectionOptions/maximumMessageSize``.
+    /// - Throws: ``SocketIPCError`` with code `messageTooLarge`, or `connectionClosed` (or the reason the peer gave
+    ///   when it went away) once the connection is closed.
+    public func send(_ message: ByteBuffer) async throws {
+        try self.checkSize(message, what: "message")
+        try await self.waitUntilWritable()
+        try self.enqueue(.message, id: 0, payload: message)
+    }
+
+    /// Sends a request and waits for its reply.
+    ///
+    /// Many requests may be in flight on one connection; each carries its own id, so replies may come back in any
+    /// order. Cancelling the calling task ends the wait with `CancellationError`; a late reply is then dropped.
+    /// - Parameters:
+    ///   - request: The payload, 0 bytes up to ``ConnectionOptions/maximumMessageSize``.
+    ///   - timeout: How long to wait for the reply; `nil` uses ``ConnectionOptions/requestTimeout``.
+    /// - Returns: The payload of the peer's reply.
+    /// - Throws: ``SocketIPCError`` with code `remoteError` (the peer's handler threw; the connection stays up),
+    ///   `timedOut`, `messageTooLarge`, `peerGoingAway` or `connectionClosed`; or `CancellationError`.
+    public func request(_ request: ByteBuffer, timeout: Duration? = nil) async throws -> ByteBuffer {
+        try self.checkSize(request, what: "request")
+        try await self.waitUntilWritable()
+        let id = self.nextRequestID()
+        let timeout = timeout ?? self.options.requestTimeout
+        return try await withTaskCancellationHandler {
+            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<ByteBuffer, any Error>) in
+                self.register(continuation, id: id, payload: request, timeout: timeout)
+            }
+        } onCancel: {
+            self.failRequest(id, with: CancellationError())
+        }
+    }
+
+    /// Closes the connection at once. Requests in flight fail with `connectionClosed`. Safe to call more than once.
+    public func close() {
+        self.channel.close(mode: .all, promise: nil)
+    }
+
+    /// Waits until the connection is closed, by either side.
+    public func waitUntilClosed() async {
+        try? await self.channel.closeFuture.get()
+    }
+
+    // MARK: - Replies (used by `Reply`)
+
+    func sendReply(id: UInt32, payload: ByteBuffer) {
+        if payload.readableBytes > self.options.maximumMessageSize {
+            let message = "the reply of \(payload.readableBytes) bytes exceeds the maximum of \(self.options.maximumMessageSize)"
+            self.sendErrorReply(id: id, message: message)
+            return
+        }
+        try? self.enqueue(.reply, id: id, payload: payload)
+        self.requestAnswered()
+    }
+
+    func sendErrorReply(id: UInt32, message: String) {
+        try? self.enqueue(.errorReply, id: id, payload: ByteBuffer(string: message))
+        self.requestAnswered()
+    }
+
+    // MARK: - Going away
+
+    /// Tells the peer this side is going away, and closes once every request the peer made is answered.
+    func goAway(_ reason: GoAwayReason, message: String) {
+        var frame = ByteBuffer()
+        frame.writeFrame(.goAway(reason, message: message))
+        let (schedule, closeNow) = self.state.withLock { state -> (Bool, Bool) in
+            guard state.closedError == nil, !state.closeWhenAnswered else { return (false, false) }
+            state.outbound.appendRaw(frame)
+            state.closeWhenAnswered = true
+            return (state.scheduleFlushIfNeeded(), state.unansweredRequests == 0)
+        }
+        if closeNow {
+            self.channel.eventLoop.execute { self.flushPendingWrites(); self.close() }
+        } else if schedule {
+            self.scheduleFlush()
+        }
+    }
+
+    // MARK: - Internals
+
+    private func checkSize(_ payload: ByteBuffer, what: String) throws {
+        guard payload.readableBytes <= self.options.maximumMessageSize else {
+            throw SocketIPCError(
+                .messageTooLarge,
+                "the \(what) of \(payload.readableBytes) bytes exceeds the maximum of "
+                    + "\(self.options.maximumMessageSize) bytes (ConnectionOptions.maximumMessageSize)"
+            )
+        }
+    }
+
+    private func nextRequestID() -> UInt32 {
+        self.requestIDs.wrappingAdd(1, ordering: .relaxed).newValue
+    }
+
+    @inline(__always)
+    private func enqueue(_ kind: FrameKind, id: UInt32, payload: ByteBuffer) throws {
+        let schedule = try self.state.withLock { state -> Bool in
+            if let error = state.closedError { throw error }
+            state.outbound.append(headerLength: 4 + kind.headerLength, payload: payload) {
+                $0.writeFrameHeader(kind, id: id, payloadLength: payload.readableBytes)
+            }
+            return state.scheduleFlushIfNeeded()
+        }
+        if schedule { self.scheduleFlush() }
+    }
+
+    private func register(
+        _ continuation: UnsafeContinuation<ByteBuffer, any Error>,
+        id: UInt32,
+        payload: ByteBuffer,
+        timeout: Duration?
+    ) {
+        let outcome = self.state.withLock { state -> Result<Bool, SocketIPCError> in
+            if let error = state.closedError { return .failure(error) }
+            if let error = state.peerGoingAway { return .failure(error) }
+            state.requests[id] = PendingRequest(continuation: continuation, timeout: nil)
+            state.outbound.append(headerLength: 9, payload: payload) {
+                $0.writeFrameHeader(.request, id: id, payloadLength: payload.readableBytes)
+            }
+            return .success(state.scheduleFlushIfNeeded())
+        }
+        switch outcome {
+        case .failure(let error):
+            continuation.resume(throwing: error)
+            return
+        case .success(let schedule):
+            if schedule { self.scheduleFlush() }
+        }
+        if let timeout {
+            let scheduled = self.channel.eventLoop.scheduleTask(in: .init(timeout)) {
+                self.failRequest(
+                    id,
+                    with: SocketIPCError(.timedOut, "the request got no reply within \(timeout)")
+                )
+            }
+            let stillPending = self.state.withLock { state -> Bool in
+                guard state.requests[id] != nil else { return false }
+                state.requests[id]!.timeout = scheduled
+                return true
+            }
+            if !stillPending { scheduled.cancel() }
+        }
+        if Task.isCancelled { self.failRequest(id, with: CancellationError()) }
+    }
+
+    private func failRequest(_ id: UInt32, with error: any Error) {
+        guard let pending = self.state.withLock({ $0.requests.removeValue(forKey: id) }) else { return }
+        pending.timeout?.cancel()
+        pending.continuation.resume(throwing: error)
+    }
+
+    private func requestAnswered() {
+        let closeNow = self.state.withLock { state -> Bool in
+            state.unansweredRequests -= 1
+            return state.closeWhenAnswered && state.unansweredRequests == 0
+        }
+        if closeNow {
+            self.channel.eventLoop.execute { self.flushPendingWrites(); self.close() }
+        }
+    }
+
+    @inline(__always)
+    private func waitUntilWritable() async throws {
+        let mustWait = try self.state.withLock { state -> Bool in
+            if let error = state.closedError { throw error }
+            return !state.isWritable(highWatermark: self.options.writeBufferHighWatermark)
+        }
+        guard mustWait else { return }
+        try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
+            let result = self.state.withLock { state -> Result<Bool, SocketIPCError> in
+                if let error = state.closedError { return .failure(error) }
+                if state.isWritable(highWatermark: self.options.writeBufferHighWatermark) { return .success(true) }
+                state.writeWaiters.append(continuation)
+                return .success(false)
+            }
+            switch result {
+            case .failure(let error): continuation.resume(throwing: error)
+            case .success(true): continuation.resume()
+            case .success(false): break
+            }
+        }
+    }
+
+    private func scheduleFlush() {
+        self.channel.eventLoop.execute { self.flushPendingWrites() }
+    }
+
+    private func resumeWritersIfWritable() {
+        let waiters = self.state.withLock { state -> [UnsafeContinuation<Void, any Error>] in
+            guard state.isWritable(highWatermark: self.options.writeBufferHighWatermark) else { return [] }
+            defer { state.writeWaiters = [] }
+            return state.writeWaiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+}
+
+extension Connection.State {
+    /// Whether a flush task must be scheduled for what was just queued (none is pending and no read batch will flush).
+    @inline(__always)
+    fileprivate mutating func scheduleFlushIfNeeded() -> Bool {
+        if self.flushScheduled || self.readBatchActive { return false }
+        self.flushScheduled = true
+        return true
+    }
+
+    @inline(__always)
+    fileprivate func isWritable(highWatermark: Int) -> Bool {
+        self.channelWritable && self.outbound.byteCount < highWatermark
+    }
+}
+
+// MARK: - Event loop side (called by ConnectionChannelHandler)
+
+extension Connection {
+    /// Marks the start of a read batch: what is queued during it is flushed by ``readBatchEnded()``.
+    @inline(__always)
+    func readBatchStarted() {
+        self.state.withLock { $0.readBatchActive = true }
+    }
+
+    /// Flushes what the read batch queued.
+    func readBatchEnded() {
+        self.flushPendingWrites()
+    }
+
+    /// Hands every queued frame to the channel and flushes. Runs on the event loop.
+    func flushPendingWrites() {
+        let buffers = self.state.withLock { state -> [ByteBuffer] in
+            state.flushScheduled = false
+            state.readBatchActive = false
+            return state.outbound.takeAll()
+        }
+        guard !buffers.isEmpty else { return }
+        for buffer in buffers {
+            self.channel.write(buffer, promise: nil)
+        }
+        self.channel.flush()
+        self.resumeWritersIfWritable()
+    }
+
+    func writabilityChanged(_ isWritable: Bool) {
+        self.state.withLock { $0.channelWritable = isWritable }
+        if isWritable { self.resumeWritersIfWritable() }
+    }
+
+    func requestReceived() {
+        self.state.withLock { $0.unansweredRequests += 1 }
+    }
+
+    func replyReceived(id: UInt32, result: Result<ByteBuffer, SocketIPCError>) {
+        guard let pending = self.state.withLock({ $0.requests.removeValue(forKey: id) }) else {
+            // A reply to a request that timed out or was cancelled: nobody waits for it any more.
+            return
+        }
+        pending.timeout?.cancel()
+        pending.continuation.resume(with: result)
+    }
+
+    func peerIsGoingAway(_ reason: GoAwayReason, message: String) {
+        let text = message.isEmpty ? "the peer is going away" : "the peer is going away: \(message)"
+        let error = SocketIPCError(reason.errorCode, text)
+        self.state.withLock { state in
+            state.peerGoingAway = error
+        }
+        self.logger.debug("peer is going away", metadata: ["reason": "\(reason)", "message": "\(message)"])
+    }
+
+    /// Fails everything that waits on this connection; called once, when the channel becomes inactive.
+    func closed(error: SocketIPCError?) {
+        let (requests, waiters, finalError) = self.state.withLock {
+            state -> ([UInt32: PendingRequest], [UnsafeContinuation<Void, any Error>], SocketIPCError) in
+            let finalError: SocketIPCError
+            if let error {
+                finalError = error
+            } else if let goingAway = state.peerGoingAway, goingAway.code != .peerGoingAway {
+                finalError = goingAway
+            } else {
+                finalError = .closed
+            }
+            state.closedError = finalError
+            defer {
+                state.requests = [:]
+                state.writeWaiters = []
+                _ = state.outbound.takeAll()
+            }
+            return (state.requests, state.writeWaiters, finalError)
+        }
+        for (_, pending) in requests {
+            pending.timeout?.cancel()
+            pending.continuation.resume(throwing: finalError)
+        }
+        for waiter in waiters { waiter.resume(throwing: finalError) }
+    }
+
+    /// The error the connection closed with, once it is closed.
+    var closeError: SocketIPCError? { self.state.withLock { $0.closedError } }
+}

@@ -1,0 +1,185 @@
+import Logging
+import NIOCore
+
+/// Callbacks a connection's owner (the server's registry, the client's connect call) gets from its channel handler.
+struct ConnectionLifecycle: Sendable {
+    /// Called on the event loop once the peer's hello has arrived.
+    var handshakeCompleted: @Sendable (Connection) -> Void = { _ in }
+    /// Called on the event loop when the connection opened (before the peer's hello).
+    var opened: @Sendable (Connection) -> Void = { _ in }
+    /// Called on the event loop when the connection closed; the error is `nil` for an orderly close.
+    var closed: @Sendable (Connection, SocketIPCError?) -> Void = { _, _ in }
+}
+
+/// The one handler in a framed connection's pipeline: sends the hello, decodes every frame of a read in one loop
+/// and hands each straight to the user's ``ConnectionHandler`` (no per-frame pipeline traversal), and flushes what
+/// the handlers answered once per read batch.
+final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private var handler: Handler
+    private var decoder: FrameDecoder
+    private var cumulation: ByteBuffer?
+    private var connection: Connection?
+    private var failure: SocketIPCError?
+    private var handshakeDone = false
+    private let options: ConnectionOptions
+    private let connectionID: UInt64
+    private let lifecycle: ConnectionLifecycle
+    private let authorization: AuthorizationPolicy
+    private let logger: Logger
+
+    init(
+        handler: Handler,
+        options: ConnectionOptions,
+        connectionID: UInt64,
+        lifecycle: ConnectionLifecycle,
+        authorization: AuthorizationPolicy = .allowAll,
+        logger: Logger
+    ) {
+        self.authorization = authorization
+        self.handler = handler
+        self.options = options
+        self.decoder = FrameDecoder(maximumPayload: options.maximumMessageSize)
+        self.connectionID = connectionID
+        self.lifecycle = lifecycle
+        self.logger = logger
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        var hello = context.channel.allocator.buffer(capacity: Hello.length)
+        Hello.write(into: &hello)
+        context.writeAndFlush(Self.wrapOutboundOut(hello), promise: nil)
+
+        let channel = context.channel
+        let peer = PeerCredentials.read(from: channel)
+        peer.assumeIsolated().whenSuccess { peer in
+            var logger = self.logger
+            logger[metadataKey: "socketipc.connection"] = "\(self.connectionID)"
+            if let peer { logger[metadataKey: "socketipc.peer"] = "\(peer)" }
+            let connection = Connection(
+                id: self.connectionID,
+                channel: channel,
+                options: self.options,
+                peer: peer,
+                logger: logger
+            )
+            self.connection = connection
+            logger.debug("connection opened")
+            guard self.authorization.allows(peer) else {
+                self.fail(
+                    SocketIPCError(.unauthorized, "the server's authorization policy refused this peer (\(peer.map { "\($0)" } ?? "credentials unknown"))"),
+                    context: context
+                )
+                return
+            }
+            self.lifecycle.opened(connection)
+            self.handler.connectionDidOpen(connection)
+        }
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard let connection = self.connection, self.failure == nil else { return }
+        var incoming = Self.unwrapInboundIn(data)
+        if self.cumulation == nil {
+            self.cumulation = incoming
+        } else {
+            self.cumulation!.writeBuffer(&incoming)
+        }
+        connection.readBatchStarted()
+        do {
+            while let frame = try self.decoder.next(from: &self.cumulation!) {
+                if !self.handshakeDone {
+                    self.handshakeDone = true
+                    self.lifecycle.handshakeCompleted(connection)
+                }
+                self.dispatch(frame, connection: connection)
+            }
+            if !self.handshakeDone && self.decoder.helloReceived {
+                self.handshakeDone = true
+                self.lifecycle.handshakeCompleted(connection)
+            }
+        } catch let error as SocketIPCError {
+            self.fail(error, context: context)
+            return
+        } catch {
+            self.fail(SocketIPCError(.protocolViolation, "\(error)"), context: context)
+            return
+        }
+        self.compactCumulation()
+    }
+
+    @inline(__always)
+    private func dispatch(_ frame: Frame, connection: Connection) {
+        switch frame {
+        case .message(let message):
+            self.handler.didReceiveMessage(message, on: connection)
+        case .request(let id, let payload):
+            connection.requestReceived()
+            self.handler.didReceiveRequest(payload, reply: Reply(connection: connection, id: id), on: connection)
+        case .reply(let id, let payload):
+            connection.replyReceived(id: id, result: .success(payload))
+        case .errorReply(let id, let message):
+            connection.replyReceived(id: id, result: .failure(SocketIPCError(.remoteError, message)))
+        case .goAway(let reason, let message):
+            connection.peerIsGoingAway(reason, message: message)
+        }
+    }
+
+    private func compactCumulation() {
+        guard let cumulation = self.cumulation else { return }
+        if cumulation.readableBytes == 0 {
+            self.cumulation = nil
+        } else if cumulation.readerIndex >= 64 * 1024 || cumulation.readerIndex > cumulation.readableBytes {
+            self.cumulation!.discardReadBytes()
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        self.connection?.readBatchEnded()
+        context.fireChannelReadComplete()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        self.connection?.writabilityChanged(context.channel.isWritable)
+        context.fireChannelWritabilityChanged()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if self.failure == nil {
+            self.failure = SocketIPCError(.connectionClosed, "the connection failed: \(error)")
+            self.logger.debug("connection error", metadata: ["error": "\(error)"])
+        }
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.cumulation = nil
+        if let connection = self.connection {
+            connection.closed(error: self.failure)
+            let error = connection.closeError.flatMap { $0.code == .connectionClosed && self.failure == nil ? nil : $0 }
+            connection.logger.debug("connection closed", metadata: error.map { ["error": "\($0)"] } ?? [:])
+            self.handler.connectionDidClose(connection, error: error)
+            self.lifecycle.closed(connection, error)
+        }
+        context.fireChannelInactive()
+    }
+
+    /// Tells the peer why (a going-away frame) and closes: the decoder met something it cannot continue after.
+    private func fail(_ error: SocketIPCError, context: ChannelHandlerContext) {
+        self.failure = error
+        self.cumulation = nil
+        self.logger.notice(
+            "closing connection after a protocol error",
+            metadata: ["socketipc.connection": "\(self.connectionID)", "error": "\(error)"]
+        )
+        var frame = context.channel.allocator.buffer(capacity: 64)
+        frame.writeFrame(.goAway(GoAwayReason(code: error.code), message: error.message))
+        self.connection?.flushPendingWrites()
+        context.writeAndFlush(Self.wrapOutboundOut(frame)).assumeIsolated().whenComplete { _ in
+            context.close(promise: nil)
+        }
+    }
+}

@@ -1,0 +1,96 @@
+import NIOCore
+
+/// What one side of a framed connection does with what the peer sends: one-way messages and requests.
+///
+/// A server makes one handler per connection (see ``Server/framed(configuration:logger:makeHandler:)``); a client
+/// passes one to ``Client/connect(to:configuration:handler:)``. Every method is called on the connection's event
+/// loop, one at a time, in the order the frames arrived, so a handler may keep mutable state without locks, and it
+/// must not block. To do slow or `async` work, answer a request later from a task: ``Reply`` may be completed from
+/// any thread. ``AsyncRequestHandler`` does that for you.
+public protocol ConnectionHandler {
+    /// Called once, before any message of the connection.
+    mutating func connectionDidOpen(_ connection: Connection)
+    /// Called for each one-way message.
+    mutating func didReceiveMessage(_ message: ByteBuffer, on connection: Connection)
+    /// Called for each request. Complete `reply` exactly once, now or later, from any thread.
+    mutating func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection)
+    /// Called once when the connection has closed; `error` says why, `nil` for an orderly close.
+    mutating func connectionDidClose(_ connection: Connection, error: SocketIPCError?)
+}
+
+extension ConnectionHandler {
+    /// Does nothing.
+    public mutating func connectionDidOpen(_ connection: Connection) {}
+    /// Drops the message.
+    public mutating func didReceiveMessage(_ message: ByteBuffer, on connection: Connection) {}
+    /// Answers with an error reply: this side takes no requests.
+    public mutating func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {
+        reply.fail(SocketIPCError(.remoteError, "this peer does not answer requests"))
+    }
+    /// Does nothing.
+    public mutating func connectionDidClose(_ connection: Connection, error: SocketIPCError?) {}
+}
+
+/// The answer to one request: complete it exactly once with ``succeed(_:)`` or ``fail(_:)``, from any thread.
+public struct Reply: Sendable {
+    let connection: Connection
+    let id: UInt32
+
+    /// Sends `payload` as the reply.
+    public func succeed(_ payload: ByteBuffer) {
+        self.connection.sendReply(id: self.id, payload: payload)
+    }
+
+    /// Sends an error reply; the requester's ``Connection/request(_:timeout:)`` throws a ``SocketIPCError`` with code
+    /// `remoteError` whose message describes `error`. The connection stays open.
+    public func fail(_ error: any Error) {
+        let message = (error as? SocketIPCError)?.message ?? String(describing: error)
+        self.connection.sendErrorReply(id: self.id, message: message)
+    }
+
+    /// Completes the reply with the outcome of `body`, run in a new task, so that slow requests do not hold up
+    /// the others on the connection.
+    public func complete(
+        _ body: sending @escaping @isolated(any) () async throws -> ByteBuffer
+    ) {
+        Task {
+            do {
+                self.succeed(try await body())
+            } catch {
+                self.fail(error)
+            }
+        }
+    }
+}
+
+/// A ``ConnectionHandler`` made of closures, for handlers that need no per-connection state.
+///
+/// `onRequest` runs in a task of its own for each request, so requests on one connection run concurrently and
+/// complete in any order; a thrown error becomes an error reply.
+public struct AsyncRequestHandler: ConnectionHandler, Sendable {
+    private let onMessage: @Sendable (ByteBuffer, Connection) -> Void
+    private let onRequest: @Sendable (ByteBuffer, Connection) async throws -> ByteBuffer
+
+    /// Creates the handler.
+    /// - Parameters:
+    ///   - onMessage: Called on the event loop for each one-way message; must not block.
+    ///   - onRequest: Called in a new task for each request; returns the reply, or throws to send an error reply.
+    public init(
+        onMessage: @escaping @Sendable (ByteBuffer, Connection) -> Void = { _, _ in },
+        onRequest: @escaping @Sendable (ByteBuffer, Connection) async throws -> ByteBuffer
+    ) {
+        self.onMessage = onMessage
+        self.onRequest = onRequest
+    }
+
+    /// Passes the message to `onMessage`.
+    public func didReceiveMessage(_ message: ByteBuffer, on connection: Connection) {
+        self.onMessage(message, connection)
+    }
+
+    /// Runs `onRequest` in a new task and replies with its outcome.
+    public func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {
+        let onRequest = self.onRequest
+        reply.complete { try await onRequest(request, connection) }
+    }
+}

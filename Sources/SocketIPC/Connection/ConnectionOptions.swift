@@ -1,0 +1,18 @@
+/// Limits and timeouts of a framed connection, the same on the client and the server side.
+public struct ConnectionOptions: Sendable {
+    /// The largest payload of one message, request or reply, in bytes; default 16 MiB.
+    ///
+    /// A larger outgoing payload is refused with `messageTooLarge` before anything is sent. A peer that announces a
+    /// larger incoming frame gets a going-away frame saying so and the connection closes; its bytes are never
+    /// buffered.
+    public var maximumMessageSize: Int = 16 * 1024 * 1024
+    /// How many bytes may wait in the connection's write queue before ``Connection/send(_:)`` and
+    /// ``Connection/request(_:timeout:)`` suspend until the peer reads; default 256 KiB.
+    public var writeBufferHighWatermark: Int = 256 * 1024
+    /// How long ``Connection/request(_:timeout:)`` waits for a reply when the call names no timeout; `nil`, the
+    /// default, waits as long as the connection is open.
+    public var requestTimeout: Duration? = nil
+
+    /// Creates options with the defaults.
+    public init() {}
+}

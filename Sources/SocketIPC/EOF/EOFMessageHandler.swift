@@ -1,0 +1,86 @@
+import Logging
+import NIOCore
+
+/// What an EOF-style ``Server`` does with each message: a connection carries one message, which ends when the
+/// client half-closes its side (`shutdown(SHUT_WR)`, or EOF on `socat`'s or `nc -U`'s standard input). The
+/// handler may return an acknowledgement, which the server writes before it closes the connection.
+///
+/// Three forms:
+/// - ``onEventLoop(maximumSize:_:)``: the whole message, handled synchronously on the event loop; the fastest.
+/// - ``collecting(maximumSize:_:)``: the whole message, handled in a task.
+/// - ``streaming(_:)``: the message as an ``EOFMessageBody``, an async sequence of chunks read only as fast as the
+///   handler consumes them, so a message of any size passes through in bounded memory.
+///
+/// A message larger than `maximumSize` closes its connection without an acknowledgement (and is logged); the server
+/// goes on serving others. A handler that throws does the same.
+public struct EOFMessageHandler: Sendable {
+    enum Kind: Sendable {
+        case eventLoop(maximumSize: Int, @Sendable (ByteBuffer, EOFMessageContext) throws -> ByteBuffer?)
+        case collecting(maximumSize: Int, @Sendable (ByteBuffer, EOFMessageContext) async throws -> ByteBuffer?)
+        case streaming(@Sendable (EOFMessageBody, EOFMessageContext) async throws -> ByteBuffer?)
+    }
+
+    let kind: Kind
+
+    /// Handles the whole message on the connection's event loop; `body` must not block.
+    /// - Parameters:
+    ///   - maximumSize: The largest message accepted, in bytes; default 16 MiB.
+    ///   - body: Returns the acknowledgement to send, or `nil` for none.
+    public static func onEventLoop(
+        maximumSize: Int = 16 * 1024 * 1024,
+        _ body: @escaping @Sendable (ByteBuffer, EOFMessageContext) throws -> ByteBuffer?
+    ) -> EOFMessageHandler {
+        EOFMessageHandler(kind: .eventLoop(maximumSize: maximumSize, body))
+    }
+
+    /// Handles the whole message in a task of its own.
+    /// - Parameters:
+    ///   - maximumSize: The largest message accepted, in bytes; default 16 MiB.
+    ///   - body: Returns the acknowledgement to send, or `nil` for none.
+    public static func collecting(
+        maximumSize: Int = 16 * 1024 * 1024,
+        _ body: @escaping @Sendable (ByteBuffer, EOFMessageContext) async throws -> ByteBuffer?
+    ) -> EOFMessageHandler {
+        EOFMessageHandler(kind: .collecting(maximumSize: maximumSize, body))
+    }
+
+    /// Handles the message as a stream of chunks, in a task of its own, with backpressure.
+    /// - Parameter body: Consumes the chunks; returns the acknowledgement to send, or `nil` for none.
+    public static func streaming(
+        _ body: @escaping @Sendable (EOFMessageBody, EOFMessageContext) async throws -> ByteBuffer?
+    ) -> EOFMessageHandler {
+        EOFMessageHandler(kind: .streaming(body))
+    }
+
+    func install(
+        on channel: any Channel,
+        connectionID: UInt64,
+        authorization: AuthorizationPolicy,
+        logger: Logger
+    ) throws {
+        var logger = logger
+        logger[metadataKey: "socketipc.connection"] = "\(connectionID)"
+        let context = EOFMessageContext(connectionID: connectionID, peer: nil, logger: logger)
+        switch self.kind {
+        case .eventLoop, .collecting:
+            try channel.pipeline.syncOperations.addHandler(
+                EOFCollectingChannelHandler(kind: self.kind, context: context, authorization: authorization)
+            )
+        case .streaming(let body):
+            try channel.syncOptions?.setOption(ChannelOptions.autoRead, value: false)
+            try channel.pipeline.syncOperations.addHandler(
+                EOFStreamingChannelHandler(body: body, context: context, authorization: authorization)
+            )
+        }
+    }
+}
+
+/// What an EOF-style handler knows about the connection its message came on.
+public struct EOFMessageContext: Sendable {
+    /// The connection's number in logs.
+    public let connectionID: UInt64
+    /// The sending process's credentials, where the platform tells them.
+    public internal(set) var peer: PeerCredentials?
+    /// A logger with the connection's metadata.
+    public let logger: Logger
+}

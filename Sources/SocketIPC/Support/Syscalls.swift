@@ -1,0 +1,31 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// `strerror(code)` as a Swift string.
+func errnoDescription(_ code: Int32) -> String {
+    guard let text = strerror(code) else { return "errno \(code)" }
+    return String(cString: text)
+}
+
+/// Retries `body` while it fails with `EINTR`; returns its result, or throws a ``SocketIPCError`` naming `name`.
+@discardableResult
+func retryingOnInterrupt(_ name: String, path: String? = nil, _ body: () -> Int32) throws -> Int32 {
+    while true {
+        let result = body()
+        if result >= 0 { return result }
+        let code = errno
+        if code == EINTR { continue }
+        throw SocketIPCError.systemCall(name, errno: code, path: path)
+    }
+}
+
+#if canImport(Darwin)
+let systemSocketStream = Int32(SOCK_STREAM)
+#else
+let systemSocketStream = Int32(SOCK_STREAM.rawValue)
+#endif

@@ -1,0 +1,101 @@
+import NIOCore
+
+/// Decodes the framed protocol from a byte stream: first the peer's hello, then frames, each handed out as soon as
+/// its last byte is there, without copying the payload.
+///
+/// The decoder checks a frame's declared length against ``maximumPayload`` before waiting for its bytes, so a peer
+/// that merely claims a huge frame never makes the receiver allocate it.
+struct FrameDecoder {
+    /// The largest payload accepted, in bytes.
+    let maximumPayload: Int
+    private var awaitingHello = true
+
+    init(maximumPayload: Int) {
+        self.maximumPayload = maximumPayload
+    }
+
+    /// Whether the peer's hello has been read and accepted.
+    var helloReceived: Bool { !self.awaitingHello }
+
+    /// Takes the next whole frame from the front of `buffer`, or returns `nil` when more bytes are needed.
+    /// - Throws: ``SocketIPCError`` with code `notSocketIPCPeer`, `unsupportedVersion`, `protocolViolation` or
+    ///   `messageTooLarge`; the connection cannot continue after any of them.
+    @inline(__always)
+    mutating func next(from buffer: inout ByteBuffer) throws -> Frame? {
+        if self.awaitingHello {
+            guard try self.readHello(from: &buffer) else { return nil }
+        }
+        guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) else { return nil }
+        let frameLength = Int(length)
+        guard frameLength >= 1 else {
+            throw SocketIPCError(.protocolViolation, "received a frame of length 0; every frame has a kind byte")
+        }
+        guard frameLength - 1 <= self.maximumPayload + 4 else {
+            throw Self.tooLarge(frameLength - 1, limit: self.maximumPayload)
+        }
+        guard buffer.readableBytes >= 4 + frameLength else { return nil }
+        let kindByte = buffer.getInteger(at: buffer.readerIndex + 4, as: UInt8.self)!
+        guard let kind = FrameKind(rawValue: kindByte) else {
+            throw SocketIPCError(.protocolViolation, "received a frame of unknown kind 0x\(String(kindByte, radix: 16))")
+        }
+        let payloadLength = frameLength - kind.headerLength
+        guard payloadLength >= 0 else {
+            throw SocketIPCError(
+                .protocolViolation,
+                "received a \(kind) frame of length \(frameLength); it needs at least \(kind.headerLength)"
+            )
+        }
+        guard payloadLength <= self.maximumPayload else { throw Self.tooLarge(payloadLength, limit: self.maximumPayload) }
+        buffer.moveReaderIndex(forwardBy: 5)
+        switch kind {
+        case .message:
+            return .message(buffer.readSlice(length: payloadLength)!)
+        case .request:
+            let id = buffer.readInteger(as: UInt32.self)!
+            return .request(id: id, payload: buffer.readSlice(length: payloadLength)!)
+        case .reply:
+            let id = buffer.readInteger(as: UInt32.self)!
+            return .reply(id: id, payload: buffer.readSlice(length: payloadLength)!)
+        case .errorReply:
+            let id = buffer.readInteger(as: UInt32.self)!
+            return .errorReply(id: id, message: buffer.readString(length: payloadLength)!)
+        case .goAway:
+            guard payloadLength >= 1 else {
+                throw SocketIPCError(.protocolViolation, "received a going-away frame without its reason byte")
+            }
+            let reasonByte = buffer.readInteger(as: UInt8.self)!
+            let message = buffer.readString(length: payloadLength - 1)!
+            return .goAway(GoAwayReason(rawValue: reasonByte) ?? .protocolViolation, message: message)
+        }
+    }
+
+    private mutating func readHello(from buffer: inout ByteBuffer) throws -> Bool {
+        let available = min(buffer.readableBytes, 4)
+        // Fail as soon as the first bytes differ from the magic, rather than waiting for a whole hello.
+        if let prefix = buffer.getBytes(at: buffer.readerIndex, length: available) {
+            let magic = withUnsafeBytes(of: Hello.magic.bigEndian) { Array($0) }
+            if prefix[...] != magic[..<available] {
+                throw SocketIPCError(
+                    .notSocketIPCPeer,
+                    "the peer does not speak SocketIPC's framed protocol (its first bytes are not the magic 'SIPC')"
+                )
+            }
+        }
+        guard buffer.readableBytes >= Hello.length else { return false }
+        buffer.moveReaderIndex(forwardBy: 4)
+        let version = buffer.readInteger(as: UInt8.self)!
+        buffer.moveReaderIndex(forwardBy: 3)  // flags and reserved: ignored in version 1
+        guard version == Hello.version else {
+            throw SocketIPCError(
+                .unsupportedVersion,
+                "the peer speaks SocketIPC protocol version \(version); this side speaks version \(Hello.version)"
+            )
+        }
+        self.awaitingHello = false
+        return true
+    }
+
+    private static func tooLarge(_ size: Int, limit: Int) -> SocketIPCError {
+        SocketIPCError(.messageTooLarge, "received a frame with a \(size)-byte payload; the maximum is \(limit) bytes")
+    }
+}
