@@ -41,10 +41,10 @@ public enum Client {
         )
         let options = configuration.connection
         let id = ConnectionIDs.next()
+        let descriptor = try await SocketConnector.connect(to: socketPath, timeout: configuration.connectTimeout)
         let channel: any Channel
         do {
             channel = try await ClientBootstrap(group: eventLoop)
-                .connectTimeout(.init(configuration.connectTimeout))
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandler(
@@ -58,11 +58,11 @@ public enum Client {
                         )
                     }
                 }
-                .connect(unixDomainSocketPath: socketPath.path)
+                .withConnectedSocket(descriptor)
                 .get()
         } catch {
             handshake.fail(error)
-            throw Self.connectError(error, path: socketPath)
+            throw SocketIPCError(.systemCall, "could not set up the connection to \(socketPath): \(error)", path: path)
         }
         let timeout = eventLoop.scheduleTask(in: .init(configuration.connectTimeout)) {
             handshake.fail(SocketIPCError(.timedOut, "the server at \(socketPath) sent no hello within \(configuration.connectTimeout)", path: path))
@@ -131,26 +131,6 @@ public enum Client {
             handler: MessageCallbackHandler(onMessage: onMessage),
             body
         )
-    }
-
-    static func connectError(_ error: any Error, path: SocketPath) -> any Error {
-        if let error = error as? SocketIPCError { return error }
-        if let error = error as? IOError {
-            switch error.errnoCode {
-            case ENOENT:
-                return SocketIPCError(.connectionRefused, "no server at \(path): the socket file does not exist", path: path.path)
-            case ECONNREFUSED:
-                return SocketIPCError(.connectionRefused, "no server is listening on \(path)", path: path.path)
-            case EACCES, EPERM:
-                return SocketIPCError(.unauthorized, "no permission to connect to \(path) (check the socket file's mode)", path: path.path)
-            default:
-                return SocketIPCError.systemCall("connect", errno: error.errnoCode, path: path.path)
-            }
-        }
-        if error is ChannelError {
-            return SocketIPCError(.timedOut, "connecting to \(path) failed: \(error)", path: path.path)
-        }
-        return error
     }
 }
 

@@ -29,3 +29,11 @@ let systemSocketStream = Int32(SOCK_STREAM)
 #else
 let systemSocketStream = Int32(SOCK_STREAM.rawValue)
 #endif
+
+#if canImport(Glibc)
+let systemConnect = Glibc.connect
+#elseif canImport(Musl)
+let systemConnect = Musl.connect
+#elseif canImport(Darwin)
+let systemConnect = Darwin.connect
+#endif

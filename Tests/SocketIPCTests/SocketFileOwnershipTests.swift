@@ -1,0 +1,157 @@
+import Foundation
+import NIOCore
+import SocketIPC
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite("Owning the socket file")
+struct SocketFileOwnershipTests {
+    @Test("a second server on a live path fails with addressInUse; the first keeps its inode and keeps answering")
+    func secondServer() async throws {
+        try await withTemporaryDirectory { directory in
+            let path = directory + "/live.sock"
+            try await withFramedServer(path: path, makeHandler: { _ in EchoHandler() }) { _ in
+                let before = try #require(fileIdentity(path))
+                let second = Server.framed(configuration: .init(path: path), logger: testLogger) { _ in EchoHandler() }
+                let error = await #expect(throws: SocketIPCError.self) { try await second.run() }
+                #expect(error?.code == .addressInUse)
+                #expect(error?.message.contains(path) == true)
+                #expect(fileIdentity(path)?.inode == before.inode)
+                let reply = try await Client.withConnection(to: path) { try await $0.request(ByteBuffer(string: "still here")) }
+                #expect(String(buffer: reply) == "still here")
+            }
+            #expect(fileIdentity(path) == nil, "the socket file is removed on shutdown")
+            #expect(fileIdentity(path + ".lock") == nil, "the lock file is removed on shutdown")
+        }
+    }
+
+    @Test("a stale socket file (nobody listening) is replaced and the server starts")
+    func staleSocket() async throws {
+        try await withTemporaryDirectory { directory in
+            let path = directory + "/stale.sock"
+            try makeStaleSocket(at: path)
+            #expect(fileIdentity(path) != nil)
+            try await withFramedServer(path: path, makeHandler: { _ in EchoHandler() }) { _ in
+                let reply = try await Client.withConnection(to: path) { try await $0.request(ByteBuffer(string: "fresh")) }
+                #expect(String(buffer: reply) == "fresh")
+            }
+        }
+    }
+
+    @Test("a socket another program listens on (without our lock) is left alone")
+    func foreignListener() async throws {
+        try await withTemporaryDirectory { directory in
+            let path = directory + "/foreign.sock"
+            let descriptor = try makeStaleSocket(at: path, listening: true)
+            defer { close(descriptor) }
+            let before = try #require(fileIdentity(path))
+            let server = Server.framed(configuration: .init(path: path), logger: testLogger) { _ in EchoHandler() }
+            let error = await #expect(throws: SocketIPCError.self) { try await server.run() }
+            #expect(error?.code == .addressInUse)
+            #expect(fileIdentity(path)?.inode == before.inode)
+        }
+    }
+
+    @Test("a regular file, a directory or a symbolic link at the path is refused and left untouched",
+          arguments: ["file", "directory", "symlink", "dangling symlink"])
+    func occupied(kind: String) async throws {
+        try await withTemporaryDirectory { directory in
+            let path = directory + "/occupied.sock"
+            let target = directory + "/target"
+            switch kind {
+            case "file": try Data("precious".utf8).write(to: URL(fileURLWithPath: path))
+            case "directory": try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: false)
+            case "symlink":
+                try Data("precious".utf8).write(to: URL(fileURLWithPath: target))
+                try FileManager.default.createSymbolicLink(atPath: path, withDestinationPath: target)
+            default: try FileManager.default.createSymbolicLink(atPath: path, withDestinationPath: target)
+            }
+            let before = try #require(fileIdentity(path))
+            let server = Server.framed(configuration: .init(path: path), logger: testLogger) { _ in EchoHandler() }
+            let error = await #expect(throws: SocketIPCError.self) { try await server.run() }
+            #expect(error?.code == .pathOccupied)
+            #expect(error?.message.contains("left untouched") == true)
+            let after = try #require(fileIdentity(path))
+            #expect(after.inode == before.inode && after.mode == before.mode)
+            if kind == "file" { #expect(try String(contentsOfFile: path, encoding: .utf8) == "precious") }
+            if kind == "symlink" { #expect(try String(contentsOfFile: target, encoding: .utf8) == "precious") }
+        }
+    }
+
+    @Test("a missing parent directory is an error, or is created with mode 0700 when asked")
+    func missingParent() async throws {
+        try await withTemporaryDirectory { directory in
+            let path = directory + "/a/b/server.sock"
+            let server = Server.framed(configuration: .init(path: path), logger: testLogger) { _ in EchoHandler() }
+            let error = await #expect(throws: SocketIPCError.self) { try await server.run() }
+            #expect(error?.code == .parentDirectoryMissing)
+            #expect(fileIdentity(directory + "/a") == nil)
+
+            try await withFramedServer(path: path, configure: { $0.createParentDirectory = true }, makeHandler: { _ in EchoHandler() }) { _ in
+                let parent = try #require(fileIdentity(directory + "/a/b"))
+                #expect(parent.mode & 0o777 == 0o700)
+                let socket = try #require(fileIdentity(path))
+                #expect(socket.mode & 0o777 == 0o600)
+            }
+        }
+    }
+
+    @Test("the socket gets the configured mode", arguments: [UInt16(0o600), 0o660, 0o666])
+    func mode(mode: UInt16) async throws {
+        try await withTemporaryDirectory { directory in
+            let path = directory + "/mode.sock"
+            try await withFramedServer(path: path, configure: { $0.mode = mode }, makeHandler: { _ in EchoHandler() }) { _ in
+                let identity = try #require(fileIdentity(path))
+                #expect(identity.mode & 0o777 == UInt32(mode))
+            }
+        }
+    }
+
+    @Test("on shutdown a socket file that was replaced by someone else is not removed")
+    func replacedFileSurvives() async throws {
+        try await withTemporaryDirectory { directory in
+            let path = directory + "/replaced.sock"
+            try await withFramedServer(path: path, makeHandler: { _ in EchoHandler() }) { _ in
+                unlink(path)
+                try Data("not yours".utf8).write(to: URL(fileURLWithPath: path))
+            }
+            #expect(try String(contentsOfFile: path, encoding: .utf8) == "not yours")
+        }
+    }
+
+    @Test("run() twice is an error")
+    func runTwice() async throws {
+        try await withTemporaryDirectory { directory in
+            try await withFramedServer(path: directory + "/twice.sock", makeHandler: { _ in EchoHandler() }) { server in
+                let error = await #expect(throws: SocketIPCError.self) { try await server.run() }
+                #expect(error?.code == .invalidState)
+            }
+        }
+    }
+}
+
+/// Binds a socket at `path` and closes it without removing the file, as a killed server leaves it; returns the
+/// descriptor instead when `listening`.
+@discardableResult
+func makeStaleSocket(at path: String, listening: Bool = false) throws -> Int32 {
+    let descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    var address = sockaddr_un()
+    address.sun_family = sa_family_t(AF_UNIX)
+    withUnsafeMutableBytes(of: &address.sun_path) { raw in
+        raw.copyBytes(from: path.utf8)
+        raw[path.utf8.count] = 0
+    }
+    let bound = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+    guard bound == 0 else { throw POSIXError(.EADDRINUSE) }
+    if listening {
+        listen(descriptor, 8)
+        return descriptor
+    }
+    close(descriptor)
+    return -1
+}

@@ -1,0 +1,110 @@
+import NIOPosix
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A blocking Unix domain socket client for byte-level tests, run on NIO's thread pool so that blocking calls never
+/// occupy Swift's cooperative threads. Every read has a 10 s timeout as a safety net.
+final class RawSocket: @unchecked Sendable {
+    let descriptor: Int32
+
+    private init(descriptor: Int32) {
+        self.descriptor = descriptor
+    }
+
+    static func connect(to path: String) async throws -> RawSocket {
+        try await NIOThreadPool.singleton.runIfActive {
+            let descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            var timeout = timeval(tv_sec: 10, tv_usec: 0)
+            setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            var address = sockaddr_un()
+            address.sun_family = sa_family_t(AF_UNIX)
+            withUnsafeMutableBytes(of: &address.sun_path) { raw in
+                raw.copyBytes(from: path.utf8)
+                raw[path.utf8.count] = 0
+            }
+            let result = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    Glibc.connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+                }
+            }
+            guard result == 0 else {
+                Glibc.close(descriptor)
+                throw RawSocketError.failed("connect", errno)
+            }
+            return RawSocket(descriptor: descriptor)
+        }
+    }
+
+    /// Writes all of `bytes`, in pieces of `chunkSize` bytes (one `write` call each).
+    func write(_ bytes: [UInt8], chunkSize: Int = .max) async throws {
+        try await NIOThreadPool.singleton.runIfActive {
+            var offset = 0
+            while offset < bytes.count {
+                let count = min(chunkSize, bytes.count - offset)
+                let written = bytes[offset..<(offset + count)].withUnsafeBytes {
+                    Glibc.write(self.descriptor, $0.baseAddress, count)
+                }
+                guard written > 0 else { throw RawSocketError.failed("write", errno) }
+                offset += written
+            }
+        }
+    }
+
+    /// Reads exactly `count` bytes, or fewer if EOF comes first.
+    func read(exactly count: Int) async throws -> [UInt8] {
+        try await NIOThreadPool.singleton.runIfActive {
+            var bytes = [UInt8](repeating: 0, count: count)
+            var offset = 0
+            while offset < count {
+                let got = bytes[offset...].withUnsafeMutableBytes { Glibc.read(self.descriptor, $0.baseAddress, count - offset) }
+                if got == 0 { break }
+                guard got > 0 else { throw RawSocketError.failed("read", errno) }
+                offset += got
+            }
+            return Array(bytes[..<offset])
+        }
+    }
+
+    /// Reads until EOF.
+    func readToEnd() async throws -> [UInt8] {
+        try await NIOThreadPool.singleton.runIfActive {
+            var all: [UInt8] = []
+            var chunk = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let got = chunk.withUnsafeMutableBytes { Glibc.read(self.descriptor, $0.baseAddress, 65536) }
+                if got == 0 { return all }
+                guard got > 0 else { throw RawSocketError.failed("read", errno) }
+                all += chunk[..<got]
+            }
+        }
+    }
+
+    func shutdownWrite() {
+        shutdown(self.descriptor, Int32(SHUT_WR))
+    }
+
+    func close() {
+        Glibc.close(self.descriptor)
+    }
+}
+
+enum RawSocketError: Error {
+    case failed(String, Int32)
+}
+
+/// The bytes of a hello, as a SocketIPC peer sends it.
+let helloBytes: [UInt8] = [0x53, 0x49, 0x50, 0x43, 0x01, 0x00, 0x00, 0x00]
+
+/// The bytes of a frame: length, kind, optional id, payload.
+func frameBytes(kind: UInt8, id: UInt32? = nil, payload: [UInt8]) -> [UInt8] {
+    let header = id == nil ? 1 : 5
+    let length = UInt32(header + payload.count)
+    var bytes = withUnsafeBytes(of: length.bigEndian) { Array($0) }
+    bytes.append(kind)
+    if let id { bytes += withUnsafeBytes(of: id.bigEndian) { Array($0) } }
+    return bytes + payload
+}
