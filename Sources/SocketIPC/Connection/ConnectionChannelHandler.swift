@@ -24,6 +24,10 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
     private var connection: Connection?
     private var failure: SocketIPCError?
     private var handshakeDone = false
+    /// Whether a frame is being handed to the user's handler: a close it causes is reported after it returns, so the
+    /// handler is never re-entered.
+    private var dispatching = false
+    private var isClosed = false
     private let options: ConnectionOptions
     private let connectionID: UInt64
     private let lifecycle: ConnectionLifecycle
@@ -75,7 +79,9 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
                 return
             }
             self.lifecycle.opened(connection)
+            self.dispatching = true
             self.handler.connectionDidOpen(connection)
+            self.dispatching = false
         }
         context.fireChannelActive()
     }
@@ -90,7 +96,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
         }
         connection.readBatchStarted()
         do {
-            while let frame = try self.decoder.next(from: &self.cumulation!) {
+            while !self.isClosed, let frame = try self.decoder.next(from: &self.cumulation!) {
                 if !self.handshakeDone {
                     self.handshakeDone = true
                     self.lifecycle.handshakeCompleted(connection)
@@ -113,6 +119,8 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
 
     @inline(__always)
     private func dispatch(_ frame: Frame, connection: Connection) {
+        self.dispatching = true
+        defer { self.dispatching = false }
         switch frame {
         case .message(let message):
             self.handler.didReceiveMessage(message, on: connection)
@@ -130,7 +138,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
 
     private func compactCumulation() {
         guard let cumulation = self.cumulation else { return }
-        if cumulation.readableBytes == 0 {
+        if cumulation.readableBytes == 0 || self.isClosed {
             self.cumulation = nil
         } else if cumulation.readerIndex >= 64 * 1024 || cumulation.readerIndex > cumulation.readableBytes {
             self.cumulation!.discardReadBytes()
@@ -156,6 +164,17 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        self.isClosed = true
+        if self.dispatching {
+            // Closed from inside the user's handler: report it once that call has returned.
+            context.eventLoop.assumeIsolated().execute { self.reportClosed() }
+        } else {
+            self.reportClosed()
+        }
+        context.fireChannelInactive()
+    }
+
+    private func reportClosed() {
         self.cumulation = nil
         if let connection = self.connection {
             connection.closed(error: self.failure)
@@ -164,7 +183,6 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
             self.handler.connectionDidClose(connection, error: error)
             self.lifecycle.closed(connection, error)
         }
-        context.fireChannelInactive()
     }
 
     /// Tells the peer why (a going-away frame) and closes: the decoder met something it cannot continue after.

@@ -1,0 +1,118 @@
+import NIOCore
+import SocketIPC
+import Synchronization
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite("EOF-style messages")
+struct EOFMessageTests {
+    /// Acknowledges with the 4-byte big-endian count of bytes received.
+    static let countingHandler = EOFMessageHandler.onEventLoop { message, _ in
+        var acknowledgement = ByteBuffer()
+        acknowledgement.writeInteger(UInt32(message.readableBytes))
+        return acknowledgement
+    }
+
+    @Test("a message written in 1-byte pieces arrives whole at EOF and is acknowledged", arguments: [0, 1, 5000])
+    func oneByteWrites(size: Int) async throws {
+        try await withEOFServer(handler: Self.countingHandler) { path in
+            let socket = try await RawSocket.connect(to: path)
+            defer { socket.close() }
+            try await socket.write([UInt8](repeating: 0x61, count: size), chunkSize: 1)
+            socket.shutdownWrite()
+            let acknowledgement = try await socket.readToEnd()
+            #expect(acknowledgement == withUnsafeBytes(of: UInt32(size).bigEndian) { Array($0) })
+        }
+    }
+
+    @Test("Client.sendMessage gets the acknowledgement; the handler sees the whole message and the peer's credentials")
+    func clientRoundTrip() async throws {
+        let seen = Recorder()
+        let handler = EOFMessageHandler.collecting { message, context in
+            seen.items.withLock { $0.append("\(String(buffer: message)) from pid \(context.peer?.processID ?? -1)") }
+            return ByteBuffer(string: "got it")
+        }
+        try await withEOFServer(handler: handler) { path in
+            let acknowledgement = try await Client.sendMessage(ByteBuffer(string: "hello"), to: path)
+            #expect(String(buffer: acknowledgement) == "got it")
+        }
+        #expect(seen.items.withLock { $0 } == ["hello from pid \(getpid())"])
+    }
+
+    @Test("a message over the maximum closes that connection without an acknowledgement; the server goes on")
+    func tooLarge() async throws {
+        let handler = EOFMessageHandler.onEventLoop(maximumSize: 1000) { message, _ in ByteBuffer(string: "ok \(message.readableBytes)") }
+        try await withEOFServer(handler: handler) { path in
+            let refused = try await Client.sendMessage(ByteBuffer(repeating: 1, count: 1001), to: path)
+            #expect(refused.readableBytes == 0)
+            let accepted = try await Client.sendMessage(ByteBuffer(repeating: 1, count: 1000), to: path)
+            #expect(String(buffer: accepted) == "ok 1000")
+        }
+    }
+
+    @Test("a 256 MiB message streams through in bounded memory")
+    func streaming() async throws {
+        let chunkSize = 1024 * 1024
+        let chunks = 256
+        let largestChunk = Atomic<Int>(0)
+        let handler = EOFMessageHandler.streaming { body, _ in
+            var total = 0
+            var checksum: UInt64 = 0
+            for try await chunk in body {
+                total += chunk.readableBytes
+                largestChunk.max(chunk.readableBytes, ordering: .relaxed)
+                chunk.withUnsafeReadableBytes { bytes in
+                    for byte in bytes { checksum = checksum &+ UInt64(byte) }
+                }
+            }
+            var acknowledgement = ByteBuffer()
+            acknowledgement.writeMultipleIntegers(UInt64(total), checksum)
+            return acknowledgement
+        }
+        try await withEOFServer(handler: handler) { path in
+            let piece = ByteBuffer(repeating: 3, count: chunkSize)
+            var acknowledgement = try await Client.sendMessage(to: path) { writer in
+                for _ in 0..<chunks { try await writer.write(piece) }
+            }
+            let read = acknowledgement.readMultipleIntegers(as: (UInt64, UInt64).self)
+            let (total, checksum) = try #require(read)
+            #expect(total == UInt64(chunkSize * chunks))
+            #expect(checksum == UInt64(chunkSize * chunks * 3))
+        }
+        // Chunks are what one read returned, never the whole message.
+        #expect(largestChunk.load(ordering: .relaxed) <= 1024 * 1024)
+    }
+
+    @Test("a handler that throws closes its connection without acknowledgement and the server keeps serving")
+    func handlerThrows() async throws {
+        let handler = EOFMessageHandler.collecting { message, _ in
+            if String(buffer: message) == "bad" { throw SocketIPCError(.remoteError, "bad message") }
+            return ByteBuffer(string: "fine")
+        }
+        try await withEOFServer(handler: handler) { path in
+            let refused = try await Client.sendMessage(ByteBuffer(string: "bad"), to: path)
+            #expect(refused.readableBytes == 0)
+            let accepted = try await Client.sendMessage(ByteBuffer(string: "good"), to: path)
+            #expect(String(buffer: accepted) == "fine")
+        }
+    }
+}
+
+/// Runs an EOF-style server in a fresh temporary directory.
+func withEOFServer(
+    handler: EOFMessageHandler,
+    configure: (inout ServerConfiguration) -> Void = { _ in },
+    _ body: (String) async throws -> Void
+) async throws {
+    try await withTemporaryDirectory { directory in
+        let path = directory + "/eof.sock"
+        var configuration = ServerConfiguration(path: path)
+        configure(&configuration)
+        try await withRunningServer(
+            { Server.eof(configuration: configuration, logger: testLogger, onServerRunning: $0, handler: handler) }
+        ) { _ in try await body(path) }
+    }
+}
