@@ -17,9 +17,9 @@ extension Client {
         maximumAcknowledgementSize: Int = 16 * 1024 * 1024
     ) async throws -> ByteBuffer {
         let socketPath = try SocketPath(path)
+        let descriptor = try await SocketConnector.connect(to: socketPath, timeout: .seconds(10))
         let eventLoop = MultiThreadedEventLoopGroup.singleton.any()
         let acknowledgement = eventLoop.makePromise(of: ByteBuffer.self)
-        let descriptor = try await SocketConnector.connect(to: socketPath, timeout: .seconds(10))
         do {
             _ = try await ClientBootstrap(group: eventLoop)
                 .channelOption(.allowRemoteHalfClosure, value: true)

@@ -31,6 +31,7 @@ public enum Client {
     ) async throws -> Connection {
         let socketPath = try SocketPath(path)
         let group = MultiThreadedEventLoopGroup.singleton
+        let descriptor = try await SocketConnector.connect(to: socketPath, timeout: configuration.connectTimeout)
         let eventLoop = group.any()
         let handshake = eventLoop.makePromise(of: Connection.self)
         let lifecycle = ConnectionLifecycle(
@@ -41,7 +42,6 @@ public enum Client {
         )
         let options = configuration.connection
         let id = ConnectionIDs.next()
-        let descriptor = try await SocketConnector.connect(to: socketPath, timeout: configuration.connectTimeout)
         let channel: any Channel
         do {
             channel = try await ClientBootstrap(group: eventLoop)

@@ -339,13 +339,12 @@ extension Connection {
     func closed(error: SocketIPCError?) {
         let (requests, waiters, finalError) = self.state.withLock {
             state -> ([UInt32: PendingRequest], [UnsafeContinuation<Void, any Error>], SocketIPCError) in
+            // The reason the peer gave when it went away says more than the I/O error its close may cause here.
             let finalError: SocketIPCError
-            if let error {
-                finalError = error
-            } else if let goingAway = state.peerGoingAway, goingAway.code != .peerGoingAway {
+            if let goingAway = state.peerGoingAway, goingAway.code != .peerGoingAway {
                 finalError = goingAway
             } else {
-                finalError = .closed
+                finalError = error ?? .closed
             }
             state.closedError = finalError
             defer {

@@ -196,8 +196,12 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
         var frame = context.channel.allocator.buffer(capacity: 64)
         frame.writeFrame(.goAway(GoAwayReason(code: error.code), message: error.message))
         self.connection?.flushPendingWrites()
+        // Half-close and linger briefly instead of closing at once: a peer still writing would otherwise get EPIPE
+        // and might never read the going-away frame that says why.
+        let channel = context.channel
         context.writeAndFlush(Self.wrapOutboundOut(frame)).assumeIsolated().whenComplete { _ in
-            context.close(promise: nil)
+            channel.close(mode: .output, promise: nil)
+            channel.eventLoop.scheduleTask(in: .seconds(1)) { channel.close(promise: nil) }
         }
     }
 }

@@ -199,8 +199,8 @@ public final class Server: Service, Sendable {
         guard admitted else {
             self.refusedCounter.increment()
             self.logger.notice("refusing connection", metadata: ["socketipc.connection": "\(id)"])
-            channel.close(promise: nil)
-            return
+            // Failing the initializer makes NIO close the accepted socket at once.
+            throw SocketIPCError(.invalidState, "the server is shutting down or serves its maximum of connections")
         }
         self.acceptedCounter.increment()
         channel.closeFuture.whenComplete { _ in self.channelClosed(id) }

@@ -1,0 +1,132 @@
+import NIOCore
+import SocketIPC
+import Synchronization
+import Testing
+
+@Suite("Hostile and broken peers", .serialized)
+struct RobustnessTests {
+    @Test("a peer that dies mid-frame is dropped; the server keeps serving and leaks no file descriptor")
+    func peerDiesMidFrame() async throws {
+        try await withTemporaryDirectory { directory in
+            let path = directory + "/robust.sock"
+            try await withFramedServer(path: path, makeHandler: { _ in EchoHandler() }) { _ in
+                // Warm up, so that lazily opened descriptors (event loop wakers, thread pool) are counted below.
+                _ = try await Client.withConnection(to: path) { try await $0.request(ByteBuffer(string: "warm")) }
+                let baseline = openFileDescriptorCount()
+                for cut in [3, 8, 10, 14] {
+                    let socket = try await RawSocket.connect(to: path)
+                    let frame = helloBytes + frameBytes(kind: 0x02, id: 1, payload: Array("half a request".utf8))
+                    try await socket.write(Array(frame.prefix(cut)))
+                    socket.close()
+                }
+                let reply = try await Client.withConnection(to: path) { try await $0.request(ByteBuffer(string: "still serving")) }
+                #expect(String(buffer: reply) == "still serving")
+                // The server closes its ends as it notices the EOFs; wait for that (bounded), then compare.
+                let settled = await eventually { openFileDescriptorCount() <= baseline }
+                #expect(settled, "open descriptors: \(openFileDescriptorCount()), before: \(baseline)")
+            }
+        }
+    }
+
+    @Test("connections beyond maximumConnections are closed at once; the others are served")
+    func connectionLimit() async throws {
+        try await withTemporaryDirectory { directory in
+            let path = directory + "/limit.sock"
+            try await withFramedServer(path: path, configure: { $0.maximumConnections = 2 }, makeHandler: { _ in EchoHandler() }) { _ in
+                let first = try await Client.connect(to: path)
+                let second = try await Client.connect(to: path)
+                defer { first.close(); second.close() }
+                await #expect(throws: SocketIPCError.self) { _ = try await Client.connect(to: path) }
+                let reply = try await first.request(ByteBuffer(string: "one"))
+                #expect(String(buffer: reply) == "one")
+            }
+        }
+    }
+
+    @Test("an authorization policy that refuses the peer gives the client a typed unauthorized error")
+    func unauthorized() async throws {
+        try await withTemporaryDirectory { directory in
+            let path = directory + "/auth.sock"
+            try await withFramedServer(
+                path: path,
+                configure: { $0.authorization = .users([UInt32.max - 1]) },
+                makeHandler: { _ in EchoHandler() }
+            ) { _ in
+                let error = await #expect(throws: SocketIPCError.self) {
+                    try await Client.withConnection(to: path) { _ = try await $0.request(ByteBuffer(string: "let me in")) }
+                }
+                #expect(error?.code == .unauthorized)
+            }
+            try await withFramedServer(path: path, configure: { $0.authorization = .sameUser }, makeHandler: { _ in EchoHandler() }) { _ in
+                let reply = try await Client.withConnection(to: path) { try await $0.request(ByteBuffer(string: "me")) }
+                #expect(String(buffer: reply) == "me")
+            }
+        }
+    }
+
+    @Test("a writer waits while the peer does not read, and memory stays bounded")
+    func backpressure() async throws {
+        let state = PushState()
+        let messageSize = 64 * 1024
+        let total = 400  // 25 MiB: far beyond what the socket buffers hold
+        try await withTemporaryDirectory { directory in
+            let path = directory + "/backpressure.sock"
+            try await withFramedServer(path: path, makeHandler: { _ in
+                PushingHandler(state: state, count: total, size: messageSize)
+            }) { _ in
+                // A client that says hello and then reads nothing.
+                let socket = try await RawSocket.connect(to: path)
+                defer { socket.close() }
+                try await socket.write(helloBytes)
+                let stalled = await eventually { state.pushed.load(ordering: .relaxed) > 0 }
+                #expect(stalled)
+                // The pusher cannot finish while the client does not read: it is suspended in send.
+                let task = try #require(state.task.withLock { $0 })
+                let progressWhileStalled = state.pushed.load(ordering: .relaxed)
+                #expect(progressWhileStalled < total)
+                // Now read everything: the pusher finishes.
+                let expectedBytes = 8 + total * (5 + messageSize)
+                let received = try await socket.read(exactly: expectedBytes)
+                #expect(received.count == expectedBytes)
+                try await task.value
+                #expect(state.pushed.load(ordering: .relaxed) == total)
+            }
+        }
+    }
+}
+
+/// Pushes `count` messages of `size` bytes as soon as the connection opens, counting them.
+struct PushingHandler: ConnectionHandler {
+    let state: PushState
+    let count: Int
+    let size: Int
+
+    func connectionDidOpen(_ connection: Connection) {
+        let payload = ByteBuffer(repeating: 7, count: self.size)
+        let count = self.count
+        let state = self.state
+        state.task.withLock {
+            $0 = Task {
+                for _ in 0..<count {
+                    try await connection.send(payload)
+                    state.pushed.add(1, ordering: .relaxed)
+                }
+            }
+        }
+    }
+}
+
+/// Polls `condition` until it holds, for at most 10 s; whether it did.
+func eventually(_ condition: () -> Bool) async -> Bool {
+    for _ in 0..<1000 {
+        if condition() { return true }
+        try? await Task.sleep(for: .milliseconds(10))
+    }
+    return condition()
+}
+
+/// What a ``PushingHandler`` shares with its test.
+final class PushState: Sendable {
+    let pushed = Atomic<Int>(0)
+    let task = Mutex<Task<Void, any Error>?>(nil)
+}
