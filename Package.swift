@@ -34,12 +34,18 @@ let package = Package(
             dependencies: [
                 "SocketIPC",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             path: "Benchmarks/Sources/SocketIPCBenchmarkWorkloads"
         ),
         .executableTarget(
             name: "socketipc-bench",
-            dependencies: ["SocketIPCBenchmarkWorkloads"],
+            dependencies: [
+                "SocketIPCBenchmarkWorkloads",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
             path: "Benchmarks/Sources/socketipc-bench"
         ),
         .executableTarget(

@@ -1,0 +1,60 @@
+/// The workloads of the shared UDS benchmark (`shared/bench/README.md`): W1 `seed` to W6 `idle-mem`.
+public enum Workload: String, CaseIterable, Sendable {
+    /// W1: one EOF-style message per connection, acknowledged with its byte count.
+    case seed
+    /// W2: sequential round trips on one connection.
+    case rr
+    /// W3: pipelined one-way messages of 64 bytes, then a barrier.
+    case stream
+    /// W4: pipelined one-way messages of 1 MiB, then a barrier.
+    case bulk
+    /// W5: many connections at once, each doing sequential round trips.
+    case fanin
+    /// W6: many idle connections, for memory per connection.
+    case idleMemory = "idle-mem"
+
+    /// The full `n`, `conns` and `size` of the workload, as the harness runs it.
+    public var defaults: (n: Int, conns: Int, size: Int) {
+        switch self {
+        case .seed: (50_000, 8, 128)
+        case .rr: (200_000, 1, 64)
+        case .stream: (2_000_000, 1, 64)
+        case .bulk: (2_048, 1, 1_048_576)
+        case .fanin: (2_000, 256, 64)
+        case .idleMemory: (0, 5_000, 64)
+        }
+    }
+}
+
+/// The parameters of one client run.
+public struct BenchmarkOptions: Sendable {
+    /// The server's socket path.
+    public var socket: String
+    /// What to run.
+    public var workload: Workload
+    /// Timed operations (per connection for `fanin`).
+    public var n: Int
+    /// Connections.
+    public var conns: Int
+    /// Payload bytes.
+    public var size: Int
+
+    /// Creates options.
+    public init(socket: String, workload: Workload, n: Int, conns: Int, size: Int) {
+        self.socket = socket
+        self.workload = workload
+        self.n = n
+        self.conns = conns
+        self.size = size
+    }
+
+    /// Untimed warm-up operations: a tenth of `n`, at least one.
+    var warmup: Int { max(1, self.n / 10) }
+}
+
+/// A failed check: a reply that is not what the workload expects.
+public struct BenchmarkError: Error, CustomStringConvertible {
+    /// What went wrong.
+    public let description: String
+    init(_ description: String) { self.description = description }
+}
