@@ -54,7 +54,7 @@ struct ProtocolVectorTests {
         "hello-version-2": Rejection(code: .unsupportedVersion, reason: .unsupportedVersion, refusedAtByte: 8),
         "frame-unknown-kind-09": Rejection(code: .protocolViolation, reason: .protocolViolation, refusedAtByte: 5),
         "frame-length-0": Rejection(code: .protocolViolation, reason: .protocolViolation, refusedAtByte: 4),
-        "request-too-short-for-id": Rejection(code: .protocolViolation, reason: .protocolViolation, refusedAtByte: 7),
+        "request-too-short-for-id": Rejection(code: .protocolViolation, reason: .protocolViolation, refusedAtByte: 5),
         "going-away-without-reason": Rejection(code: .protocolViolation, reason: .protocolViolation, refusedAtByte: 5),
         // On the length field alone, before any payload.
         "frame-length-over-maximum": Rejection(code: .messageTooLarge, reason: .messageTooLarge, refusedAtByte: 4),

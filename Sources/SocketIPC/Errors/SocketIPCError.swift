@@ -32,7 +32,7 @@ public struct SocketIPCError: Error, Hashable, Sendable, CustomStringConvertible
         public static let notSocketIPCPeer = Code("notSocketIPCPeer")
         /// The peer speaks a protocol version this side does not.
         public static let unsupportedVersion = Code("unsupportedVersion")
-        /// The peer sent bytes that break the wire protocol (unknown frame kind, truncated header, unknown reply id).
+        /// The peer sent bytes that break the wire protocol (unknown frame kind, truncated header).
         public static let protocolViolation = Code("protocolViolation")
         /// A frame or EOF-style message is larger than the configured maximum.
         public static let messageTooLarge = Code("messageTooLarge")

@@ -42,7 +42,7 @@ enum FrameKind: UInt8 {
 enum GoAwayReason: UInt8, Equatable {
     /// An orderly close, such as a server shutting down.
     case normal = 0x00
-    /// The peer broke the protocol (bad hello, unknown kind, truncated header, unknown reply id).
+    /// The peer broke the protocol (bad hello, unknown kind, truncated header).
     case protocolViolation = 0x01
     /// A frame exceeded the receiver's maximum.
     case messageTooLarge = 0x02

@@ -30,11 +30,11 @@ struct FrameDecoder {
         guard frameLength >= 1 else {
             throw SocketIPCError(.protocolViolation, "received a frame of length 0; every frame has a kind byte")
         }
-        guard frameLength - 1 <= self.maximumPayload + 4 else {
-            throw Self.tooLarge(frameLength - 1, limit: self.maximumPayload)
+        // The largest header is 5 bytes: refuse a length no kind could make valid before waiting for anything more.
+        guard frameLength <= self.maximumPayload + 5 else {
+            throw Self.tooLarge(frameLength: frameLength, limit: self.maximumPayload)
         }
-        guard buffer.readableBytes >= 4 + frameLength else { return nil }
-        let kindByte = buffer.getInteger(at: buffer.readerIndex + 4, as: UInt8.self)!
+        guard let kindByte = buffer.getInteger(at: buffer.readerIndex + 4, as: UInt8.self) else { return nil }
         guard let kind = FrameKind(rawValue: kindByte) else {
             throw SocketIPCError(.protocolViolation, "received a frame of unknown kind 0x\(String(kindByte, radix: 16))")
         }
@@ -45,7 +45,10 @@ struct FrameDecoder {
                 "received a \(kind) frame of length \(frameLength); it needs at least \(kind.headerLength)"
             )
         }
-        guard payloadLength <= self.maximumPayload else { throw Self.tooLarge(payloadLength, limit: self.maximumPayload) }
+        guard payloadLength <= self.maximumPayload else {
+            throw Self.tooLarge(frameLength: frameLength, limit: self.maximumPayload)
+        }
+        guard buffer.readableBytes >= 4 + frameLength else { return nil }
         buffer.moveReaderIndex(forwardBy: 5)
         switch kind {
         case .message:
@@ -95,7 +98,10 @@ struct FrameDecoder {
         return true
     }
 
-    private static func tooLarge(_ size: Int, limit: Int) -> SocketIPCError {
-        SocketIPCError(.messageTooLarge, "received a frame with a \(size)-byte payload; the maximum is \(limit) bytes")
+    private static func tooLarge(frameLength: Int, limit: Int) -> SocketIPCError {
+        SocketIPCError(
+            .messageTooLarge,
+            "received a frame of length \(frameLength); payloads may be at most \(limit) bytes"
+        )
     }
 }
