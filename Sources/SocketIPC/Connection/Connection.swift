@@ -69,7 +69,7 @@ public final class Connection: Sendable {
     /// - Parameter message: The payload, 0 bytes up to ``ConnectionOptions/maximumMessageSize``.
     /// - Throws: ``SocketIPCError`` with code `messageTooLarge`, or `connectionClosed` (or the reason the peer gave
     ///   when it went away) once the connection is closed.
-    public func send(_ message: ByteBuffer) async throws {
+    nonisolated(nonsending) public func send(_ message: ByteBuffer) async throws {
         try self.checkSize(message, what: "message")
         try await self.waitUntilWritable()
         try self.enqueue(.message, id: 0, payload: message)
@@ -85,7 +85,7 @@ public final class Connection: Sendable {
     /// - Returns: The payload of the peer's reply.
     /// - Throws: ``SocketIPCError`` with code `remoteError` (the peer's handler threw; the connection stays up),
     ///   `timedOut`, `messageTooLarge`, `peerGoingAway` or `connectionClosed`; or `CancellationError`.
-    public func request(_ request: ByteBuffer, timeout: Duration? = nil) async throws -> ByteBuffer {
+    nonisolated(nonsending) public func request(_ request: ByteBuffer, timeout: Duration? = nil) async throws -> ByteBuffer {
         try self.checkSize(request, what: "request")
         try await self.waitUntilWritable()
         let id = self.nextRequestID()
@@ -229,7 +229,7 @@ public final class Connection: Sendable {
     }
 
     @inline(__always)
-    private func waitUntilWritable() async throws {
+    nonisolated(nonsending) private func waitUntilWritable() async throws {
         let mustWait = try self.state.withLock { state -> Bool in
             if let error = state.closedError { throw error }
             return !state.isWritable(highWatermark: self.options.writeBufferHighWatermark)

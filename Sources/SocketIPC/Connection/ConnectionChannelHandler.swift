@@ -18,7 +18,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    private var handler: Handler
+    private var handler: Handler?
     private var decoder: FrameDecoder
     private var cumulation: ByteBuffer?
     private var connection: Connection?
@@ -80,7 +80,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
             }
             self.lifecycle.opened(connection)
             self.dispatching = true
-            self.handler.connectionDidOpen(connection)
+            self.handler!.connectionDidOpen(connection)
             self.dispatching = false
         }
         context.fireChannelActive()
@@ -88,45 +88,58 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard let connection = self.connection, self.failure == nil else { return }
+        // Work on locals and store them back once per read: class properties accessed per frame would cost a
+        // dynamic exclusivity check each time.
         var incoming = Self.unwrapInboundIn(data)
-        if self.cumulation == nil {
-            self.cumulation = incoming
+        var cumulation: ByteBuffer
+        if var existing = self.cumulation.take() {
+            existing.writeBuffer(&incoming)
+            cumulation = existing
         } else {
-            self.cumulation!.writeBuffer(&incoming)
+            cumulation = incoming
         }
+        var decoder = self.decoder
+        var handler = self.handler.take()!
+        let handshakeWasDone = self.handshakeDone
+        var failure: SocketIPCError?
         connection.readBatchStarted()
+        self.dispatching = true
         do {
-            while !self.isClosed, let frame = try self.decoder.next(from: &self.cumulation!) {
-                if !self.handshakeDone {
+            while let frame = try decoder.next(from: &cumulation) {
+                if !handshakeWasDone && !self.handshakeDone {
                     self.handshakeDone = true
                     self.lifecycle.handshakeCompleted(connection)
                 }
-                self.dispatch(frame, connection: connection)
-            }
-            if !self.handshakeDone && self.decoder.helloReceived {
-                self.handshakeDone = true
-                self.lifecycle.handshakeCompleted(connection)
+                Self.dispatch(frame, to: &handler, connection: connection)
+                if self.isClosed { break }
             }
         } catch let error as SocketIPCError {
-            self.fail(error, context: context)
-            return
+            failure = error
         } catch {
-            self.fail(SocketIPCError(.protocolViolation, "\(error)"), context: context)
+            failure = SocketIPCError(.protocolViolation, "\(error)")
+        }
+        self.dispatching = false
+        self.handler = handler
+        self.decoder = decoder
+        if !self.handshakeDone && decoder.helloReceived {
+            self.handshakeDone = true
+            self.lifecycle.handshakeCompleted(connection)
+        }
+        if let failure {
+            self.fail(failure, context: context)
             return
         }
-        self.compactCumulation()
+        self.keepCumulation(cumulation)
     }
 
     @inline(__always)
-    private func dispatch(_ frame: Frame, connection: Connection) {
-        self.dispatching = true
-        defer { self.dispatching = false }
+    private static func dispatch(_ frame: Frame, to handler: inout Handler, connection: Connection) {
         switch frame {
         case .message(let message):
-            self.handler.didReceiveMessage(message, on: connection)
+            handler.didReceiveMessage(message, on: connection)
         case .request(let id, let payload):
             connection.requestReceived()
-            self.handler.didReceiveRequest(payload, reply: Reply(connection: connection, id: id), on: connection)
+            handler.didReceiveRequest(payload, reply: Reply(connection: connection, id: id), on: connection)
         case .reply(let id, let payload):
             connection.replyReceived(id: id, result: .success(payload))
         case .errorReply(let id, let message):
@@ -136,13 +149,15 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
         }
     }
 
-    private func compactCumulation() {
-        guard let cumulation = self.cumulation else { return }
-        if cumulation.readableBytes == 0 || self.isClosed {
-            self.cumulation = nil
-        } else if cumulation.readerIndex >= 64 * 1024 || cumulation.readerIndex > cumulation.readableBytes {
-            self.cumulation!.discardReadBytes()
+    /// Keeps the bytes of an incomplete frame for the next read; drops the buffer when nothing is left, so an idle
+    /// connection holds no read buffer.
+    private func keepCumulation(_ cumulation: ByteBuffer) {
+        guard cumulation.readableBytes > 0, !self.isClosed else { return }
+        var cumulation = cumulation
+        if cumulation.readerIndex >= 64 * 1024 || cumulation.readerIndex > cumulation.readableBytes {
+            cumulation.discardReadBytes()
         }
+        self.cumulation = cumulation
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -180,7 +195,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
             connection.closed(error: self.failure)
             let error = connection.closeError.flatMap { $0.code == .connectionClosed && self.failure == nil ? nil : $0 }
             connection.logger.debug("connection closed", metadata: error.map { ["error": "\($0)"] } ?? [:])
-            self.handler.connectionDidClose(connection, error: error)
+            self.handler!.connectionDidClose(connection, error: error)
             self.lifecycle.closed(connection, error)
         }
     }
