@@ -45,6 +45,7 @@ public enum Client {
         let channel: any Channel
         do {
             channel = try await ClientBootstrap(group: eventLoop)
+                .channelOption(.recvAllocator, value: ConnectionOptions.receiveAllocator)
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandler(

@@ -18,14 +18,22 @@ public final class Connection: Sendable {
     public let id: UInt64
     /// The credentials of the process on the other end, read from the socket when the connection opened.
     public let peer: PeerCredentials?
-    /// The logger of this connection, with `socketipc.connection` (and the peer's pid) as metadata.
-    public let logger: Logger
+    /// The logger of this connection, with `socketipc.connection` (and the peer's credentials) as metadata.
+    public var logger: Logger {
+        var logger = self.baseLogger
+        logger[metadataKey: "socketipc.connection"] = "\(self.id)"
+        if let peer = self.peer { logger[metadataKey: "socketipc.peer"] = "\(peer)" }
+        return logger
+    }
+    private let baseLogger: Logger
 
     let channel: any Channel
     let options: ConnectionOptions
     let taskExecutor: EventLoopTaskExecutor
     private let state: Mutex<State>
     private let requestIDs = Atomic<UInt32>(0)
+    /// Requests received from the peer and not yet answered.
+    private let unansweredRequests = Atomic<Int>(0)
 
     fileprivate struct PendingRequest {
         var continuation: UnsafeContinuation<ByteBuffer, any Error>
@@ -39,8 +47,6 @@ public final class Connection: Sendable {
         var channelWritable = true
         var writeWaiters: [UnsafeContinuation<Void, any Error>] = []
         var requests: [UInt32: PendingRequest] = [:]
-        /// Requests received from the peer and not yet answered.
-        var unansweredRequests = 0
         var closeWhenAnswered = false
         /// Set once the peer sent going-away: the code new requests and (for a non-normal reason) pending ones fail with.
         var peerGoingAway: SocketIPCError?
@@ -52,8 +58,8 @@ public final class Connection: Sendable {
         self.channel = channel
         self.options = options
         self.peer = peer
-        self.logger = logger
-        self.taskExecutor = EventLoopTaskExecutor(channel.eventLoop)
+        self.baseLogger = logger
+        self.taskExecutor = EventLoopTaskExecutor.shared(for: channel.eventLoop)
         self.state = Mutex(State())
     }
 
@@ -71,8 +77,9 @@ public final class Connection: Sendable {
     ///   when it went away) once the connection is closed.
     nonisolated(nonsending) public func send(_ message: ByteBuffer) async throws {
         try self.checkSize(message, what: "message")
-        try await self.waitUntilWritable()
-        try self.enqueue(.message, id: 0, payload: message)
+        if try self.enqueue(.message, id: 0, payload: message) {
+            try await self.waitUntilWritable()
+        }
     }
 
     /// Sends a request and waits for its reply.
@@ -117,12 +124,12 @@ public final class Connection: Sendable {
             self.sendErrorReply(id: id, message: message)
             return
         }
-        try? self.enqueue(.reply, id: id, payload: payload)
+        _ = try? self.enqueue(.reply, id: id, payload: payload)
         self.requestAnswered()
     }
 
     func sendErrorReply(id: UInt32, message: String) {
-        try? self.enqueue(.errorReply, id: id, payload: ByteBuffer(string: message))
+        _ = try? self.enqueue(.errorReply, id: id, payload: ByteBuffer(string: message))
         self.requestAnswered()
     }
 
@@ -136,7 +143,7 @@ public final class Connection: Sendable {
             guard state.closedError == nil, !state.closeWhenAnswered else { return (false, false) }
             state.outbound.appendRaw(frame)
             state.closeWhenAnswered = true
-            return (state.scheduleFlushIfNeeded(), state.unansweredRequests == 0)
+            return (state.scheduleFlushIfNeeded(), self.unansweredRequests.load(ordering: .acquiring) == 0)
         }
         if closeNow {
             self.channel.eventLoop.execute { self.flushPendingWrites(); self.close() }
@@ -161,16 +168,21 @@ public final class Connection: Sendable {
         self.requestIDs.wrappingAdd(1, ordering: .relaxed).newValue
     }
 
+    /// Queues a frame; returns whether the queue is now above its high watermark (or the channel not writable), so
+    /// that the sender should wait before it sends more.
     @inline(__always)
-    private func enqueue(_ kind: FrameKind, id: UInt32, payload: ByteBuffer) throws {
-        let schedule = try self.state.withLock { state -> Bool in
+    @discardableResult
+    private func enqueue(_ kind: FrameKind, id: UInt32, payload: ByteBuffer) throws -> Bool {
+        let highWatermark = self.options.writeBufferHighWatermark
+        let (schedule, full) = try self.state.withLock { state -> (Bool, Bool) in
             if let error = state.closedError { throw error }
             state.outbound.append(headerLength: 4 + kind.headerLength, payload: payload) {
                 $0.writeFrameHeader(kind, id: id, payloadLength: payload.readableBytes)
             }
-            return state.scheduleFlushIfNeeded()
+            return (state.scheduleFlushIfNeeded(), !state.isWritable(highWatermark: highWatermark))
         }
         if schedule { self.scheduleFlush() }
+        return full
     }
 
     private func register(
@@ -193,7 +205,15 @@ public final class Connection: Sendable {
             continuation.resume(throwing: error)
             return
         case .success(let schedule):
-            if schedule { self.scheduleFlush() }
+            // The caller is about to wait for the reply, so nothing more will be coalesced with this request:
+            // on the event loop, write it now instead of in a task of its own.
+            if schedule {
+                if self.channel.eventLoop.inEventLoop {
+                    self.flushPendingWrites()
+                } else {
+                    self.scheduleFlush()
+                }
+            }
         }
         if let timeout {
             let scheduled = self.channel.eventLoop.scheduleTask(in: .init(timeout)) {
@@ -219,11 +239,8 @@ public final class Connection: Sendable {
     }
 
     private func requestAnswered() {
-        let closeNow = self.state.withLock { state -> Bool in
-            state.unansweredRequests -= 1
-            return state.closeWhenAnswered && state.unansweredRequests == 0
-        }
-        if closeNow {
+        guard self.unansweredRequests.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 else { return }
+        if self.state.withLock({ $0.closeWhenAnswered }) {
             self.channel.eventLoop.execute { self.flushPendingWrites(); self.close() }
         }
     }
@@ -313,8 +330,9 @@ extension Connection {
         if isWritable { self.resumeWritersIfWritable() }
     }
 
+    @inline(__always)
     func requestReceived() {
-        self.state.withLock { $0.unansweredRequests += 1 }
+        self.unansweredRequests.add(1, ordering: .relaxed)
     }
 
     func replyReceived(id: UInt32, result: Result<ByteBuffer, SocketIPCError>) {

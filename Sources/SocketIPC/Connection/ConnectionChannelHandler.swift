@@ -59,18 +59,15 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
         let channel = context.channel
         let peer = PeerCredentials.read(from: channel)
         peer.assumeIsolated().whenSuccess { peer in
-            var logger = self.logger
-            logger[metadataKey: "socketipc.connection"] = "\(self.connectionID)"
-            if let peer { logger[metadataKey: "socketipc.peer"] = "\(peer)" }
             let connection = Connection(
                 id: self.connectionID,
                 channel: channel,
                 options: self.options,
                 peer: peer,
-                logger: logger
+                logger: self.logger
             )
             self.connection = connection
-            logger.debug("connection opened")
+            if self.logger.logLevel <= .debug { connection.logger.debug("connection opened") }
             guard self.authorization.allows(peer) else {
                 self.fail(
                     SocketIPCError(.unauthorized, "the server's authorization policy refused this peer (\(peer.map { "\($0)" } ?? "credentials unknown"))"),
@@ -194,7 +191,9 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
         if let connection = self.connection {
             connection.closed(error: self.failure)
             let error = connection.closeError.flatMap { $0.code == .connectionClosed && self.failure == nil ? nil : $0 }
-            connection.logger.debug("connection closed", metadata: error.map { ["error": "\($0)"] } ?? [:])
+            if self.logger.logLevel <= .debug {
+                connection.logger.debug("connection closed", metadata: error.map { ["error": "\($0)"] } ?? [:])
+            }
             self.handler!.connectionDidClose(connection, error: error)
             self.lifecycle.closed(connection, error)
         }

@@ -1,3 +1,5 @@
+import NIOCore
+
 /// Limits and timeouts of a framed connection, the same on the client and the server side.
 public struct ConnectionOptions: Sendable {
     /// The largest payload of one message, request or reply, in bytes; default 16 MiB.
@@ -12,6 +14,12 @@ public struct ConnectionOptions: Sendable {
     /// How long ``Connection/request(_:timeout:)`` waits for a reply when the call names no timeout; `nil`, the
     /// default, waits as long as the connection is open.
     public var requestTimeout: Duration? = nil
+
+    /// How connections size their read buffers: from 512 bytes up to 64 KiB as traffic demands. NIO keeps a
+    /// connection's last read buffer for reuse, so a small start keeps idle connections small.
+    static var receiveAllocator: AdaptiveRecvByteBufferAllocator {
+        AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 64 * 1024)
+    }
 
     /// Creates options with the defaults.
     public init() {}

@@ -147,6 +147,7 @@ public final class Server: Service, Sendable {
         do {
             serverChannel = try await ServerBootstrap(group: group)
                 .childChannelOption(.allowRemoteHalfClosure, value: self.halfClosure)
+                .childChannelOption(.recvAllocator, value: ConnectionOptions.receiveAllocator)
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture { try self.accept(channel) }
                 }
