@@ -67,7 +67,7 @@ public enum BenchmarkClient {
 
     private static func roundTrips(_ options: BenchmarkOptions) async throws -> BenchmarkReport {
         let request = Self.payload("R", size: options.size)
-        return try await Client.withConnection(to: options.socket, configuration: Self.clientConfiguration) { connection in
+        return try await Client.withConnection(to: options.socket, configuration: Self.clientConfiguration(options)) { connection in
             for _ in 0..<options.warmup { try await Self.echo(request, on: connection) }
             var latencies = [UInt64]()
             latencies.reserveCapacity(options.n)
@@ -93,7 +93,7 @@ public enum BenchmarkClient {
     private static func oneWay(_ options: BenchmarkOptions) async throws -> BenchmarkReport {
         let message = Self.payload("O", size: options.size)
         let barrier = Self.payload("B", size: 1)
-        return try await Client.withConnection(to: options.socket, configuration: Self.clientConfiguration) { connection in
+        return try await Client.withConnection(to: options.socket, configuration: Self.clientConfiguration(options)) { connection in
             var sent: UInt64 = 0
             func burst(_ count: Int) async throws {
                 for _ in 0..<count { try await connection.send(message) }
@@ -118,7 +118,7 @@ public enum BenchmarkClient {
         let results = try await withThrowingTaskGroup(of: (latencies: [UInt64], end: UInt64).self) { group in
             for _ in 0..<options.conns {
                 group.addTask {
-                    try await Client.withConnection(to: options.socket, configuration: Self.clientConfiguration) { connection in
+                    try await Client.withConnection(to: options.socket, configuration: Self.clientConfiguration(options)) { connection in
                         for _ in 0..<options.warmup { try await Self.echo(request, on: connection) }
                         var latencies = [UInt64]()
                         latencies.reserveCapacity(options.n)
@@ -151,7 +151,7 @@ public enum BenchmarkClient {
         connections.reserveCapacity(options.conns)
         defer { for connection in connections { connection.close() } }
         for _ in 0..<options.conns {
-            let connection = try await Client.connect(to: options.socket)
+            let connection = try await Client.connect(to: options.socket, configuration: Self.clientConfiguration(options))
             connections.append(connection)
             try await Self.echo(request, on: connection)
         }
@@ -161,9 +161,10 @@ public enum BenchmarkClient {
         }
     }
 
-    private static var clientConfiguration: ClientConfiguration {
+    private static func clientConfiguration(_ options: BenchmarkOptions) -> ClientConfiguration {
         var configuration = ClientConfiguration()
         configuration.connectTimeout = .seconds(60)
+        configuration.connection.busyPollDuration = options.busyPoll
         return configuration
     }
 }

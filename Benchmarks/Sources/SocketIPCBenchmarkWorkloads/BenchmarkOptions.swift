@@ -38,9 +38,12 @@ public struct BenchmarkOptions: Sendable {
     public var conns: Int
     /// Payload bytes.
     public var size: Int
+    /// The connections' ``ConnectionOptions/busyPollDuration`` (the latency mode); `nil` for none.
+    public var busyPoll: Duration?
 
     /// Creates options.
-    public init(socket: String, workload: Workload, n: Int, conns: Int, size: Int) {
+    public init(socket: String, workload: Workload, n: Int, conns: Int, size: Int, busyPoll: Duration? = nil) {
+        self.busyPoll = busyPoll
         self.socket = socket
         self.workload = workload
         self.n = n

@@ -15,6 +15,7 @@ public enum BenchmarkServer {
     public static func make(
         path: String,
         workload: Workload,
+        busyPoll: Duration? = nil,
         logger: Logger,
         onServerRunning: @escaping @Sendable (SocketPath) async -> Void = { _ in }
     ) -> Server {
@@ -22,6 +23,7 @@ public enum BenchmarkServer {
         configuration.maximumConnections = 100_000
         configuration.backlog = 4096
         configuration.shutdownGracePeriod = .seconds(1)
+        configuration.connection.busyPollDuration = busyPoll
         if workload == .seed {
             return Server.eof(
                 configuration: configuration,

@@ -1,6 +1,7 @@
 // The SocketIPC peer of the shared UDS benchmark (shared/bench/README.md):
 //   socketipc-bench server --socket PATH --workload W                          serves until SIGTERM
 //   socketipc-bench client --socket PATH --workload W --n N --conns C --size S  prints one JSON line
+// Both take --busy-poll-us N to turn on SocketIPC's latency mode (ConnectionOptions.busyPollDuration).
 import Logging
 import ServiceLifecycle
 import UnixSignals
@@ -37,11 +38,14 @@ guard let workload = Workload(rawValue: values["--workload"] ?? "") else {
     return number
 }
 
+let busyPollMicroseconds = number("--busy-poll-us", default: 0)
+let busyPoll: Duration? = busyPollMicroseconds > 0 ? .microseconds(busyPollMicroseconds) : nil
+
 var logger = Logger(label: "socketipc-bench")
 logger.logLevel = .warning
 
 if role == "server" {
-    let server = BenchmarkServer.make(path: socket, workload: workload, logger: logger)
+    let server = BenchmarkServer.make(path: socket, workload: workload, busyPoll: busyPoll, logger: logger)
     let group = ServiceGroup(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
     do {
         try await group.run()
@@ -55,7 +59,8 @@ if role == "server" {
         workload: workload,
         n: number("--n", default: defaults.n),
         conns: number("--conns", default: defaults.conns),
-        size: number("--size", default: defaults.size)
+        size: number("--size", default: defaults.size),
+        busyPoll: busyPoll
     )
     do {
         let report = try await BenchmarkClient.run(options) {

@@ -54,6 +54,7 @@ public enum Client {
                                 options: options,
                                 connectionID: id,
                                 lifecycle: lifecycle,
+                                descriptor: descriptor,
                                 logger: logger
                             )
                         )

@@ -30,6 +30,8 @@ public final class Connection: Sendable {
     let channel: any Channel
     let options: ConnectionOptions
     let taskExecutor: EventLoopTaskExecutor
+    let busyPoller: EventLoopBusyPoller?
+    private let busyPollNanoseconds: UInt64
     private let state: Mutex<State>
     private let requestIDs = Atomic<UInt32>(0)
     /// Requests received from the peer and not yet answered.
@@ -60,6 +62,14 @@ public final class Connection: Sendable {
         self.peer = peer
         self.baseLogger = logger
         self.taskExecutor = EventLoopTaskExecutor.shared(for: channel.eventLoop)
+        if let duration = options.busyPollDuration, duration > .zero {
+            self.busyPoller = EventLoopBusyPoller.shared(for: channel.eventLoop)
+            let (seconds, attoseconds) = duration.components
+            self.busyPollNanoseconds = UInt64(seconds) * 1_000_000_000 + UInt64(attoseconds / 1_000_000_000)
+        } else {
+            self.busyPoller = nil
+            self.busyPollNanoseconds = 0
+        }
         self.state = Mutex(State())
     }
 
@@ -317,6 +327,7 @@ extension Connection {
             state.readBatchActive = false
             return state.outbound.takeAll()
         }
+        self.busyPoller?.arm(for: self.busyPollNanoseconds)
         guard !buffers.isEmpty else { return }
         for buffer in buffers {
             self.channel.write(buffer, promise: nil)

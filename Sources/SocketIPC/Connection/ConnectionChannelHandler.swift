@@ -33,6 +33,8 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
     private let lifecycle: ConnectionLifecycle
     private let authorization: AuthorizationPolicy
     private let logger: Logger
+    /// The socket's descriptor, where known, for the latency mode's busy polling.
+    private let descriptor: Int32?
 
     init(
         handler: Handler,
@@ -40,8 +42,10 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
         connectionID: UInt64,
         lifecycle: ConnectionLifecycle,
         authorization: AuthorizationPolicy = .allowAll,
+        descriptor: Int32? = nil,
         logger: Logger
     ) {
+        self.descriptor = descriptor
         self.authorization = authorization
         self.handler = handler
         self.options = options
@@ -68,6 +72,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
             )
             self.connection = connection
             if self.logger.logLevel <= .debug { connection.logger.debug("connection opened") }
+            if let descriptor = self.descriptor, let poller = connection.busyPoller { poller.add(descriptor) }
             guard self.authorization.allows(peer) else {
                 self.fail(
                     SocketIPCError(.unauthorized, "the server's authorization policy refused this peer (\(peer.map { "\($0)" } ?? "credentials unknown"))"),
@@ -177,6 +182,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
 
     func channelInactive(context: ChannelHandlerContext) {
         self.isClosed = true
+        if let descriptor = self.descriptor, let poller = self.connection?.busyPoller { poller.remove(descriptor) }
         if self.dispatching {
             // Closed from inside the user's handler: report it once that call has returned.
             context.eventLoop.assumeIsolated().execute { self.reportClosed() }

@@ -32,8 +32,11 @@ let systemSocketStream = Int32(SOCK_STREAM.rawValue)
 
 #if canImport(Glibc)
 let systemConnect = Glibc.connect
+let systemPoll = Glibc.poll
 #elseif canImport(Musl)
 let systemConnect = Musl.connect
+let systemPoll = Musl.poll
 #elseif canImport(Darwin)
 let systemConnect = Darwin.connect
+let systemPoll = Darwin.poll
 #endif
