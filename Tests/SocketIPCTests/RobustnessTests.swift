@@ -1,7 +1,12 @@
 import NIOCore
+import NIOPosix
 import SocketIPC
 import Synchronization
 import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @Suite("Hostile and broken peers", .serialized)
 struct RobustnessTests {
@@ -40,6 +45,25 @@ struct RobustnessTests {
                 let reply = try await first.request(ByteBuffer(string: "one"))
                 #expect(String(buffer: reply) == "one")
             }
+        }
+    }
+
+    @Test("a server that closes a connection right after accepting it makes connect fail at once, not time out")
+    func closedRightAway() async throws {
+        try await withTemporaryDirectory { directory in
+            let path = directory + "/rude.sock"
+            let listener = try makeStaleSocket(at: path, listening: true)
+            defer { close(listener) }
+            let accepting = Task {
+                try await NIOThreadPool.singleton.runIfActive { close(accept(listener, nil, nil)) }
+            }
+            var configuration = ClientConfiguration()
+            configuration.connectTimeout = .seconds(30)
+            let started = ContinuousClock.now
+            let error = await #expect(throws: SocketIPCError.self) { _ = try await Client.connect(to: path, configuration: configuration) }
+            #expect(error?.code == .connectionClosed)
+            #expect(ContinuousClock.now - started < .seconds(30), "failed on the close, not on the timeout")
+            _ = try await accepting.value
         }
     }
 

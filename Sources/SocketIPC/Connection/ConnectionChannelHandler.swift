@@ -56,13 +56,10 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        var hello = context.channel.allocator.buffer(capacity: Hello.length)
-        Hello.write(into: &hello)
-        context.writeAndFlush(Self.wrapOutboundOut(hello), promise: nil)
-
         let channel = context.channel
-        let peer = PeerCredentials.read(from: channel)
-        peer.assumeIsolated().whenSuccess { peer in
+        // Completes at once on the event loop. The connection exists before the hello is written: if the peer is
+        // already gone, the failed write closes the channel right here, and that close must find the connection.
+        PeerCredentials.read(from: channel).assumeIsolated().whenSuccess { peer in
             let connection = Connection(
                 id: self.connectionID,
                 channel: channel,
@@ -71,19 +68,27 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
                 logger: self.logger
             )
             self.connection = connection
+            // Any close caused below is reported once this setup is done, never in the middle of it.
+            self.dispatching = true
+            defer { self.dispatching = false }
             if self.logger.logLevel <= .debug { connection.logger.debug("connection opened") }
             if let descriptor = self.descriptor, let poller = connection.busyPoller { poller.add(descriptor) }
+            var hello = channel.allocator.buffer(capacity: Hello.length)
+            Hello.write(into: &hello)
+            context.writeAndFlush(Self.wrapOutboundOut(hello), promise: nil)
+            guard !self.isClosed else { return }
             guard self.authorization.allows(peer) else {
                 self.fail(
-                    SocketIPCError(.unauthorized, "the server's authorization policy refused this peer (\(peer.map { "\($0)" } ?? "credentials unknown"))"),
+                    SocketIPCError(
+                        .unauthorized,
+                        "the server's authorization policy refused this peer (\(peer.map { "\($0)" } ?? "credentials unknown"))"
+                    ),
                     context: context
                 )
                 return
             }
             self.lifecycle.opened(connection)
-            self.dispatching = true
             self.handler!.connectionDidOpen(connection)
-            self.dispatching = false
         }
         context.fireChannelActive()
     }

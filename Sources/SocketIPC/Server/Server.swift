@@ -5,6 +5,14 @@ import NIOPosix
 import ServiceLifecycle
 import Synchronization
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// A server on a Unix domain socket file: it owns the path safely, accepts connections in a loop and serves each
 /// concurrently, and removes the file when it stops.
 ///
@@ -28,7 +36,7 @@ public final class Server: Service, Sendable {
     public let configuration: ServerConfiguration
     private let logger: Logger
     private let onServerRunning: @Sendable (SocketPath) async -> Void
-    private let initializeChild: @Sendable (any Channel, UInt64, ConnectionLifecycle, Logger) throws -> Void
+    private let initializeChild: @Sendable (any Channel, UInt64, Int32, ConnectionLifecycle, Logger) throws -> Void
     private let halfClosure: Bool
     private let state = Mutex(State())
     private let acceptedCounter = Counter(label: "socketipc_connections_accepted_total")
@@ -38,8 +46,10 @@ public final class Server: Service, Sendable {
 
     private struct State {
         var phase = Phase.idle
-        var serverChannel: (any Channel)?
+        var acceptor: Acceptor?
         var channels: [UInt64: any Channel] = [:]
+        /// Connections accepted and not yet closed, including those whose channel is still being set up.
+        var admitted = 0
         var connections: [UInt64: Connection] = [:]
         var drained: EventLoopPromise<Void>?
         var deadline: Scheduled<Void>?
@@ -50,7 +60,7 @@ public final class Server: Service, Sendable {
         logger: Logger,
         halfClosure: Bool,
         onServerRunning: @escaping @Sendable (SocketPath) async -> Void,
-        initializeChild: @escaping @Sendable (any Channel, UInt64, ConnectionLifecycle, Logger) throws -> Void
+        initializeChild: @escaping @Sendable (any Channel, UInt64, Int32, ConnectionLifecycle, Logger) throws -> Void
     ) {
         self.configuration = configuration
         self.logger = logger
@@ -78,13 +88,14 @@ public final class Server: Service, Sendable {
             logger: logger,
             halfClosure: false,
             onServerRunning: onServerRunning
-        ) { channel, id, lifecycle, logger in
+        ) { channel, id, descriptor, lifecycle, logger in
             let handler = ConnectionChannelHandler(
                 handler: makeHandler(channel),
                 options: options,
                 connectionID: id,
                 lifecycle: lifecycle,
                 authorization: authorization,
+                descriptor: descriptor,
                 logger: logger
             )
             try channel.pipeline.syncOperations.addHandler(handler)
@@ -110,7 +121,7 @@ public final class Server: Service, Sendable {
             logger: logger,
             halfClosure: true,
             onServerRunning: onServerRunning
-        ) { channel, id, lifecycle, logger in
+        ) { channel, id, _, lifecycle, logger in
             try handler.install(on: channel, connectionID: id, authorization: authorization, logger: logger)
         }
     }
@@ -143,26 +154,18 @@ public final class Server: Service, Sendable {
 
         let group = MultiThreadedEventLoopGroup.singleton
         let drained = group.any().makePromise(of: Void.self)
-        let serverChannel: any Channel
-        do {
-            serverChannel = try await ServerBootstrap(group: group)
-                .childChannelOption(.allowRemoteHalfClosure, value: self.halfClosure)
-                .childChannelOption(.recvAllocator, value: ConnectionOptions.receiveAllocator)
-                .childChannelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture { try self.accept(channel) }
-                }
-                .withBoundSocket(claim.listeningDescriptor)
-                .get()
-        } catch {
-            drained.succeed()
-            self.state.withLock { $0.phase = .finished }
-            throw SocketIPCError(.systemCall, "could not start serving on \(path): \(error)", path: path.path)
-        }
+        let acceptor = Acceptor(
+            descriptor: claim.listeningDescriptor,
+            eventLoop: group.any(),
+            onAccept: { descriptor in self.accept(descriptor, group: group) },
+            onError: { error in self.logger.error("accepting connections failed", metadata: ["error": "\(error)"]) }
+        )
         let shutDownAlready = self.state.withLock { state -> Bool in
-            state.serverChannel = serverChannel
+            state.acceptor = acceptor
             state.drained = drained
             return state.phase != .running
         }
+        acceptor.start()
         if shutDownAlready { self.beginShutdown(graceful: false) }
         self.logger.info("listening", metadata: ["socketipc.path": "\(path)"])
 
@@ -176,6 +179,7 @@ public final class Server: Service, Sendable {
         } onGracefulShutdown: {
             self.beginShutdown(graceful: true)
         }
+        try? await acceptor.finishedFuture.get()
         self.state.withLock { $0.phase = .finished }
         self.logger.info("stopped", metadata: ["socketipc.path": "\(path)"])
     }
@@ -188,23 +192,21 @@ public final class Server: Service, Sendable {
 
     // MARK: - Connections
 
-    private func accept(_ channel: any Channel) throws {
+    /// Wraps an accepted socket in a channel, unless the server is shutting down or full. Runs on the accept thread.
+    private func accept(_ descriptor: Int32, group: MultiThreadedEventLoopGroup) {
         let id = ConnectionIDs.next()
         let admitted = self.state.withLock { state -> Bool in
-            guard state.phase == .running, state.channels.count < self.configuration.maximumConnections else {
-                return false
-            }
-            state.channels[id] = channel
+            guard state.phase == .running, state.admitted < self.configuration.maximumConnections else { return false }
+            state.admitted += 1
             return true
         }
         guard admitted else {
             self.refusedCounter.increment()
-            self.logger.notice("refusing connection", metadata: ["socketipc.connection": "\(id)"])
-            // Failing the initializer makes NIO close the accepted socket at once.
-            throw SocketIPCError(.invalidState, "the server is shutting down or serves its maximum of connections")
+            self.logger.notice("refusing connection: shutting down or at maximumConnections", metadata: ["socketipc.connection": "\(id)"])
+            close(descriptor)
+            return
         }
         self.acceptedCounter.increment()
-        channel.closeFuture.whenComplete { _ in self.channelClosed(id) }
         let lifecycle = ConnectionLifecycle(
             opened: { connection in
                 let goAwayNow = self.state.withLock { state -> Bool in
@@ -214,14 +216,28 @@ public final class Server: Service, Sendable {
                 if goAwayNow { connection.goAway(.normal, message: "the server is shutting down") }
             }
         )
-        try self.initializeChild(channel, id, lifecycle, self.logger)
+        ClientBootstrap(group: group)
+            .channelOption(.allowRemoteHalfClosure, value: self.halfClosure)
+            .channelOption(.recvAllocator, value: ConnectionOptions.receiveAllocator)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    self.state.withLock { $0.channels[id] = channel }
+                    channel.closeFuture.whenComplete { _ in self.channelClosed(id) }
+                    try self.initializeChild(channel, id, descriptor, lifecycle, self.logger)
+                }
+            }
+            .withConnectedSocket(descriptor)
+            .whenFailure { error in
+                self.logger.error("could not set up an accepted connection", metadata: ["error": "\(error)"])
+                self.channelClosed(id, admittedOnly: true)
+            }
     }
 
-    private func channelClosed(_ id: UInt64) {
+    private func channelClosed(_ id: UInt64, admittedOnly: Bool = false) {
         let drained = self.state.withLock { state -> EventLoopPromise<Void>? in
-            state.channels[id] = nil
+            if admittedOnly || state.channels.removeValue(forKey: id) != nil { state.admitted -= 1 }
             state.connections[id] = nil
-            guard state.phase == .shuttingDown, state.channels.isEmpty else { return nil }
+            guard state.phase == .shuttingDown, state.admitted == 0 else { return nil }
             state.deadline?.cancel()
             defer { state.drained = nil }
             return state.drained
@@ -231,7 +247,7 @@ public final class Server: Service, Sendable {
 
     private func beginShutdown(graceful: Bool) {
         let action = self.state.withLock {
-            state -> (server: (any Channel)?, connections: [Connection], channels: [any Channel], drained: EventLoopPromise<Void>?)? in
+            state -> (server: Acceptor?, connections: [Connection], channels: [any Channel], drained: EventLoopPromise<Void>?)? in
             switch state.phase {
             case .idle:
                 state.phase = .finished
@@ -243,9 +259,9 @@ public final class Server: Service, Sendable {
             case .finished:
                 return nil
             }
-            let server = state.serverChannel
-            guard server != nil else { return nil }  // run() shuts down once the channel exists
-            let drained = state.channels.isEmpty ? state.drained : nil
+            let server = state.acceptor
+            guard server != nil else { return nil }  // run() shuts down once the acceptor exists
+            let drained = state.admitted == 0 ? state.drained : nil
             if drained != nil { state.drained = nil }
             return (
                 server,
@@ -256,13 +272,14 @@ public final class Server: Service, Sendable {
         }
         guard let action else { return }
         self.logger.info("shutting down", metadata: ["graceful": "\(graceful)"])
-        action.server?.close(promise: nil)
+        action.server?.stop()
         for connection in action.connections {
             connection.goAway(.normal, message: "the server is shutting down")
         }
         for channel in action.channels { channel.close(promise: nil) }
-        if graceful, let server = action.server {
-            let deadline = server.eventLoop.scheduleTask(in: .init(self.configuration.shutdownGracePeriod)) {
+        if graceful {
+            let eventLoop = MultiThreadedEventLoopGroup.singleton.any()
+            let deadline = eventLoop.scheduleTask(in: .init(self.configuration.shutdownGracePeriod)) {
                 self.beginShutdown(graceful: false)
             }
             self.state.withLock { $0.deadline = deadline }
