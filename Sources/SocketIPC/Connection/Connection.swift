@@ -186,9 +186,7 @@ public final class Connection: Sendable {
         let highWatermark = self.options.writeBufferHighWatermark
         let (schedule, full) = try self.state.withLock { state -> (Bool, Bool) in
             if let error = state.closedError { throw error }
-            state.outbound.append(headerLength: 4 + kind.headerLength, payload: payload) {
-                $0.writeFrameHeader(kind, id: id, payloadLength: payload.readableBytes)
-            }
+            state.outbound.appendFrame(kind, id: id, payload: payload)
             return (state.scheduleFlushIfNeeded(), !state.isWritable(highWatermark: highWatermark))
         }
         if schedule { self.scheduleFlush() }
@@ -205,9 +203,7 @@ public final class Connection: Sendable {
             if let error = state.closedError { return .failure(error) }
             if let error = state.peerGoingAway { return .failure(error) }
             state.requests[id] = PendingRequest(continuation: continuation, timeout: nil)
-            state.outbound.append(headerLength: 9, payload: payload) {
-                $0.writeFrameHeader(.request, id: id, payloadLength: payload.readableBytes)
-            }
+            state.outbound.appendFrame(.request, id: id, payload: payload)
             return .success(state.scheduleFlushIfNeeded())
         }
         switch outcome {

@@ -98,27 +98,39 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
         // Work on locals and store them back once per read: class properties accessed per frame would cost a
         // dynamic exclusivity check each time.
         var incoming = Self.unwrapInboundIn(data)
-        var cumulation: ByteBuffer
-        if var existing = self.cumulation.take() {
-            existing.writeBuffer(&incoming)
-            cumulation = existing
-        } else {
-            cumulation = incoming
-        }
         var decoder = self.decoder
         var handler = self.handler.take()!
         let handshakeWasDone = self.handshakeDone
         var failure: SocketIPCError?
+        var leftover: ByteBuffer?
         connection.readBatchStarted()
         self.dispatching = true
         do {
-            while let frame = try decoder.next(from: &cumulation) {
-                if !handshakeWasDone && !self.handshakeDone {
-                    self.handshakeDone = true
-                    self.lifecycle.handshakeCompleted(connection)
+            // Complete the frame the last read left unfinished with just the bytes it lacks; the rest of this read
+            // is then decoded where it lies, without copying.
+            if var partial = self.cumulation.take() {
+                while !self.isClosed {
+                    let missing = decoder.bytesNeeded(toComplete: partial) - partial.readableBytes
+                    if missing > 0 {
+                        guard incoming.readableBytes > 0 else { break }
+                        var piece = incoming.readSlice(length: min(missing, incoming.readableBytes))!
+                        partial.writeBuffer(&piece)
+                        continue
+                    }
+                    if let frame = try decoder.next(from: &partial) {
+                        self.noteHandshake(handshakeWasDone, connection)
+                        Self.dispatch(frame, to: &handler, connection: connection)
+                    }
+                    if partial.readableBytes == 0 { break }
                 }
-                Self.dispatch(frame, to: &handler, connection: connection)
-                if self.isClosed { break }
+                if partial.readableBytes > 0 { leftover = partial }
+            }
+            if leftover == nil {
+                while !self.isClosed, let frame = try decoder.next(from: &incoming) {
+                    self.noteHandshake(handshakeWasDone, connection)
+                    Self.dispatch(frame, to: &handler, connection: connection)
+                }
+                if incoming.readableBytes > 0 { leftover = incoming }
             }
         } catch let error as SocketIPCError {
             failure = error
@@ -136,7 +148,15 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
             self.fail(failure, context: context)
             return
         }
-        self.keepCumulation(cumulation)
+        if let leftover { self.keepCumulation(leftover) }
+    }
+
+    @inline(__always)
+    private func noteHandshake(_ wasDone: Bool, _ connection: Connection) {
+        if !wasDone && !self.handshakeDone {
+            self.handshakeDone = true
+            self.lifecycle.handshakeCompleted(connection)
+        }
     }
 
     @inline(__always)
@@ -160,11 +180,15 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
     /// connection holds no read buffer.
     private func keepCumulation(_ cumulation: ByteBuffer) {
         guard cumulation.readableBytes > 0, !self.isClosed else { return }
-        var cumulation = cumulation
-        if cumulation.readerIndex >= 64 * 1024 || cumulation.readerIndex > cumulation.readableBytes {
-            cumulation.discardReadBytes()
+        if cumulation.readableBytes <= 4096 {
+            // Copy a small rest out of the read buffer, so that NIO can reuse that buffer for the next read.
+            var copy = ByteBufferAllocator().buffer(capacity: max(cumulation.readableBytes, 64))
+            var cumulation = cumulation
+            copy.writeBuffer(&cumulation)
+            self.cumulation = copy
+        } else {
+            self.cumulation = cumulation
         }
-        self.cumulation = cumulation
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {

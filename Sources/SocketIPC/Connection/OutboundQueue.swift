@@ -15,26 +15,52 @@ struct OutboundQueue {
 
     var isEmpty: Bool { self.buffers.isEmpty }
 
-    /// Queues a frame made of `writeHeader` followed by `payload`.
+    /// Queues a frame: its header, then `payload` (copied if small, referenced if large).
     @inline(__always)
-    mutating func append(
-        headerLength: Int,
-        payload: ByteBuffer,
-        writeHeader: (inout ByteBuffer) -> Void
-    ) {
+    mutating func appendFrame(_ kind: FrameKind, id: UInt32, payload: ByteBuffer) {
+        let headerLength = 4 + kind.headerLength
         let payloadLength = payload.readableBytes
         self.byteCount += headerLength + payloadLength
         if payloadLength >= Self.largePayloadThreshold {
-            self.withOwnedTail(capacity: headerLength) { writeHeader(&$0) }
+            self.withOwnedTail(capacity: headerLength) {
+                Self.write(kind, id: id, payload: payload, copyingPayload: false, into: &$0)
+            }
             self.buffers.append(payload)
             self.tailIsOwned = false
         } else {
-            self.withOwnedTail(capacity: headerLength + payloadLength) { tail in
-                writeHeader(&tail)
-                var payload = payload
-                tail.writeBuffer(&payload)
+            self.withOwnedTail(capacity: headerLength + payloadLength) {
+                Self.write(kind, id: id, payload: payload, copyingPayload: true, into: &$0)
             }
         }
+    }
+
+    /// Stores the header (and the payload) with plain pointer writes: one capacity check and one writer-index move
+    /// per frame, instead of one per field.
+    @inline(__always)
+    private static func write(
+        _ kind: FrameKind,
+        id: UInt32,
+        payload: ByteBuffer,
+        copyingPayload: Bool,
+        into buffer: inout ByteBuffer
+    ) {
+        let headerLength = 4 + kind.headerLength
+        let payloadLength = payload.readableBytes
+        let total = headerLength + (copyingPayload ? payloadLength : 0)
+        buffer.reserveCapacity(minimumWritableBytes: total)
+        buffer.withUnsafeMutableWritableBytes { target in
+            target.storeBytes(of: UInt32(truncatingIfNeeded: kind.headerLength + payloadLength).bigEndian, as: UInt32.self)
+            target.storeBytes(of: kind.rawValue, toByteOffset: 4, as: UInt8.self)
+            if kind.headerLength == 5 {
+                target.storeBytes(of: id.bigEndian, toByteOffset: 5, as: UInt32.self)
+            }
+            if copyingPayload && payloadLength > 0 {
+                payload.withUnsafeReadableBytes { source in
+                    (target.baseAddress! + headerLength).copyMemory(from: source.baseAddress!, byteCount: payloadLength)
+                }
+            }
+        }
+        buffer.moveWriterIndex(forwardBy: total)
     }
 
     /// Queues bytes that are written as they are (the hello).

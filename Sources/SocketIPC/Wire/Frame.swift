@@ -94,12 +94,11 @@ extension ByteBuffer {
     /// Writes a frame header: length, kind and (for requests and replies) the id. The payload follows.
     @inline(__always)
     mutating func writeFrameHeader(_ kind: FrameKind, id: UInt32 = 0, payloadLength: Int) {
-        let frameLength = UInt32(truncatingIfNeeded: kind.headerLength + payloadLength)
-        if kind.headerLength == 5 {
-            self.writeMultipleIntegers(frameLength, kind.rawValue, id)
-        } else {
-            self.writeMultipleIntegers(frameLength, kind.rawValue)
-        }
+        // Three plain integer writes: `writeMultipleIntegers` copies through a generic path that costs more than
+        // the rest of a small send.
+        self.writeInteger(UInt32(truncatingIfNeeded: kind.headerLength + payloadLength))
+        self.writeInteger(kind.rawValue)
+        if kind.headerLength == 5 { self.writeInteger(id) }
     }
 
     /// Writes a whole frame.
