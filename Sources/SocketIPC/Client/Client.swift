@@ -93,7 +93,8 @@ public enum Client {
         try await Self.connect(to: path, configuration: configuration, handler: MessageCallbackHandler(onMessage: onMessage))
     }
 
-    /// Opens a framed connection, runs `body` with it, and closes it, also when `body` throws.
+    /// Opens a framed connection, runs `body` with it, and closes it, also when `body` throws; returns once
+    /// everything `body` sent has been written and the connection is closed.
     ///
     /// With ``ClientConfiguration/runsBodyOnEventLoop`` (the default), `body` runs on the connection's event loop.
     /// - Parameters:
@@ -111,13 +112,24 @@ public enum Client {
         _ body: (Connection) async throws -> Result
     ) async throws -> Result {
         let connection = try await Self.connect(to: path, configuration: configuration, handler: handler, logger: logger)
-        defer { connection.close() }
-        if configuration.runsBodyOnEventLoop {
-            return try await withTaskExecutorPreference(connection.taskExecutor) {
-                try await body(connection)
+        let result: Result
+        do {
+            if configuration.runsBodyOnEventLoop {
+                result = try await withTaskExecutorPreference(connection.taskExecutor) {
+                    try await body(connection)
+                }
+            } else {
+                result = try await body(connection)
             }
+        } catch {
+            connection.close()
+            await connection.waitUntilClosed()
+            throw error
         }
-        return try await body(connection)
+        // Returning only once the connection is closed means everything sent has been written to the socket.
+        connection.close()
+        await connection.waitUntilClosed()
+        return result
     }
 
     /// Opens a framed connection whose server pushes go to `onMessage`, runs `body` with it, and closes it.

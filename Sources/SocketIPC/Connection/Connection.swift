@@ -116,9 +116,29 @@ public final class Connection: Sendable {
         }
     }
 
-    /// Closes the connection at once. Requests in flight fail with `connectionClosed`. Safe to call more than once.
+    /// Closes the connection after writing everything sent so far; requests still waiting for a reply then fail
+    /// with `connectionClosed`. Safe to call more than once.
+    ///
+    /// A peer that stops reading cannot hold the connection open: after 10 seconds it is closed regardless.
     public func close() {
-        self.channel.close(mode: .all, promise: nil)
+        let eventLoop = self.channel.eventLoop
+        if eventLoop.inEventLoop {
+            self.closeAfterFlushing()
+        } else {
+            eventLoop.execute { self.closeAfterFlushing() }
+        }
+    }
+
+    private func closeAfterFlushing() {
+        guard self.channel.isActive else { return }
+        self.flushPendingWrites()
+        let channel = self.channel
+        let deadline = channel.eventLoop.scheduleTask(in: .seconds(10)) { channel.close(promise: nil) }
+        // An empty write completes once everything written before it has reached the socket.
+        channel.writeAndFlush(ByteBuffer()).whenComplete { _ in
+            deadline.cancel()
+            channel.close(promise: nil)
+        }
     }
 
     /// Waits until the connection is closed, by either side.

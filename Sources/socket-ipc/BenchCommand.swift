@@ -1,0 +1,67 @@
+import ArgumentParser
+import Foundation
+import Logging
+import SocketIPC
+import SocketIPCBenchmarkWorkloads
+
+/// `socket-ipc bench`: the shared benchmark's workloads, server and client in this process.
+struct BenchCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Run the standard workloads (W1-W5) in-process and print one JSON line each.",
+        discussion: """
+            The same workloads and JSON lines as Benchmarks/socketipc with shared/bench/run.sh, but server and \
+            client share this process (so the figures are not comparable with run.sh's two-process ones). \
+            idle-mem needs a separate server process: use run.sh for it.
+            """
+    )
+
+    @Option(name: .long, parsing: .upToNextOption, help: "Workloads: seed rr stream bulk fanin (default: all).")
+    var workload: [String] = []
+
+    @Flag(name: .long, help: "Smaller n, as run.sh --quick.")
+    var quick = false
+
+    @Option(name: .long, help: "Microseconds of busy polling after traffic (the latency mode); 0 for off.")
+    var busyPollUs: Int = 0
+
+    func run() async throws {
+        let names = self.workload.isEmpty ? ["seed", "rr", "stream", "bulk", "fanin"] : self.workload
+        var workloads: [Workload] = []
+        for name in names {
+            guard let workload = Workload(rawValue: name), workload != .idleMemory else {
+                throw ValidationError("unknown or unsupported workload \(name); use seed, rr, stream, bulk or fanin")
+            }
+            workloads.append(workload)
+        }
+        let directory = try DemoCommand.makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        var logger = Logger(label: "socket-ipc.bench")
+        logger.logLevel = .warning
+        let busyPoll: Duration? = self.busyPollUs > 0 ? .microseconds(self.busyPollUs) : nil
+        for workload in workloads {
+            let path = directory + "/\(workload.rawValue).sock"
+            let (running, continuation) = AsyncStream.makeStream(of: Void.self)
+            let server = BenchmarkServer.make(path: path, workload: workload, busyPoll: busyPoll, logger: logger) { _ in
+                continuation.yield()
+            }
+            var (n, conns, size) = workload.defaults
+            if self.quick { n = Self.quickN[workload] ?? n }
+            let options = BenchmarkOptions(socket: path, workload: workload, n: n, conns: conns, size: size, busyPoll: busyPoll)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await server.run() }
+                for await _ in running { break }
+                do {
+                    if let report = try await BenchmarkClient.run(options) { Output.line("\(report)") }
+                } catch {
+                    server.shutdownGracefully()
+                    throw error
+                }
+                server.shutdownGracefully()
+                try await group.waitForAll()
+            }
+        }
+    }
+
+    static let quickN: [Workload: Int] = [.seed: 10_000, .rr: 50_000, .stream: 500_000, .bulk: 512, .fanin: 500]
+}
