@@ -42,6 +42,25 @@ struct EOFMessageTests {
         #expect(seen.items.withLock { $0 } == ["hello from pid \(getpid())"])
     }
 
+    @Test("sendMessage works from an event loop (Client.withEventLoopExecutor), small and large, many at once")
+    func fromEventLoop() async throws {
+        try await withEOFServer(handler: Self.countingHandler) { path in
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for index in 0..<50 {
+                    group.addTask {
+                        try await Client.withEventLoopExecutor {
+                            // Every fifth message is larger than the socket buffer, so it cannot go out at once.
+                            let size = index % 5 == 0 ? 1_000_000 : 100 + index
+                            let acknowledgement = try await Client.sendMessage(ByteBuffer(repeating: 7, count: size), to: path)
+                            #expect(acknowledgement.getInteger(at: 0, as: UInt32.self) == UInt32(size))
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+        }
+    }
+
     @Test("a message over the maximum closes that connection without an acknowledgement; the server goes on")
     func tooLarge() async throws {
         let handler = EOFMessageHandler.onEventLoop(maximumSize: 1000) { message, _ in ByteBuffer(string: "ok \(message.readableBytes)") }

@@ -39,17 +39,20 @@ public enum BenchmarkClient {
             return try await withThrowingTaskGroup(of: [UInt64].self) { group in
                 for _ in 0..<options.conns {
                     group.addTask {
-                        var latencies: [UInt64] = []
-                        if measure { latencies.reserveCapacity(count / options.conns + 1) }
-                        while next.take() < count {
-                            let start = monotonicNanos()
-                            let answer = try await Client.sendMessage(message, to: options.socket)
-                            if measure { latencies.append(monotonicNanos() - start) }
-                            guard answer == acknowledgement else {
-                                throw BenchmarkError("seed: acknowledgement \(answer) is not the 4-byte length \(message.readableBytes)")
+                        // On an event loop, each exchange stays on one thread from connect to acknowledgement.
+                        try await Client.withEventLoopExecutor {
+                            var latencies: [UInt64] = []
+                            if measure { latencies.reserveCapacity(count / options.conns + 1) }
+                            while next.take() < count {
+                                let start = monotonicNanos()
+                                let answer = try await Client.sendMessage(message, to: options.socket)
+                                if measure { latencies.append(monotonicNanos() - start) }
+                                guard answer == acknowledgement else {
+                                    throw BenchmarkError("seed: acknowledgement \(answer) is not the 4-byte length \(message.readableBytes)")
+                                }
                             }
+                            return latencies
                         }
-                        return latencies
                     }
                 }
                 return try await group.reduce(into: []) { $0 += $1 }

@@ -1,9 +1,21 @@
 import NIOCore
 import NIOPosix
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 extension Client {
     /// Sends `message` as one EOF-style message (connect, write, half-close) and returns the server's
     /// acknowledgement: every byte it wrote before closing, empty if it wrote none.
+    ///
+    /// A small message to a prompt server is sent and acknowledged with plain system calls on the calling thread,
+    /// which waits up to 1 ms for the acknowledgement to start (never on an event loop's thread: see
+    /// ``withEventLoopExecutor(_:)``); anything slower continues on an event loop without blocking.
     /// - Parameters:
     ///   - message: The message, of any size.
     ///   - path: The server's socket path.
@@ -18,7 +30,23 @@ extension Client {
     ) async throws -> ByteBuffer {
         let socketPath = try SocketPath(path)
         let descriptor = try await SocketConnector.connect(to: socketPath, timeout: .seconds(10))
-        let eventLoop = MultiThreadedEventLoopGroup.singleton.any()
+        // Optimistically do the whole exchange with plain system calls on this thread: a small message fits in the
+        // socket buffer, and a server that answers at once is answered within the short wait below. Anything that
+        // would block goes to an event loop instead.
+        // Never wait on an event loop's thread: there, go straight to the event loop's own machinery.
+        let currentEventLoop = MultiThreadedEventLoopGroup.currentEventLoop
+        var attempt = EOFExchange(descriptor: descriptor, message: message, maximumAcknowledgement: maximumAcknowledgementSize)
+        switch attempt.runWithoutBlocking(waitingForAcknowledgementUpTo: currentEventLoop == nil ? 1 : 0) {
+        case .finished(let acknowledgement):
+            return acknowledgement
+        case .failed(let error):
+            throw error
+        case .wouldBlock:
+            break
+        }
+        let unsent = attempt.halfClosed ? nil : attempt.unsent
+        let receivedSoFar = attempt.received
+        let eventLoop = currentEventLoop ?? MultiThreadedEventLoopGroup.singleton.any()
         let acknowledgement = eventLoop.makePromise(of: ByteBuffer.self)
         do {
             _ = try await ClientBootstrap(group: eventLoop)
@@ -27,7 +55,8 @@ extension Client {
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandler(
                             EOFClientChannelHandler(
-                                message: message,
+                                message: unsent,
+                                received: receivedSoFar,
                                 maximumAcknowledgementSize: maximumAcknowledgementSize,
                                 acknowledgement: acknowledgement
                             )
@@ -90,6 +119,19 @@ extension Client {
     }
 }
 
+extension Client {
+    /// Runs `body` on one of SocketIPC's event loops, as its task executor preference.
+    ///
+    /// Connections that `body` opens then live on the same thread as `body`, so sends, replies and EOF-style
+    /// exchanges need no hand-over between threads. `body` must not block its thread.
+    public static func withEventLoopExecutor<Result: Sendable>(
+        _ body: () async throws -> Result
+    ) async rethrows -> Result {
+        let executor = EventLoopTaskExecutor.shared(for: MultiThreadedEventLoopGroup.singleton.any())
+        return try await withTaskExecutorPreference(executor) { try await body() }
+    }
+}
+
 /// Writes the pieces of one EOF-style message; each ``write(_:)`` waits while the server is not reading.
 public struct EOFMessageWriter: Sendable {
     let outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
@@ -105,22 +147,31 @@ final class EOFClientChannelHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    private let message: ByteBuffer
+    /// What is left to write; `nil` when the whole message was written and the write side shut down already.
+    private let message: ByteBuffer?
     private let maximumAcknowledgementSize: Int
     private let promise: EventLoopPromise<ByteBuffer>
     private var received: ByteBuffer?
     private var finished = false
 
-    init(message: ByteBuffer, maximumAcknowledgementSize: Int, acknowledgement: EventLoopPromise<ByteBuffer>) {
+    init(
+        message: ByteBuffer?,
+        received: ByteBuffer? = nil,
+        maximumAcknowledgementSize: Int,
+        acknowledgement: EventLoopPromise<ByteBuffer>
+    ) {
         self.message = message
+        self.received = received.flatMap { $0.readableBytes > 0 ? $0 : nil }
         self.maximumAcknowledgementSize = maximumAcknowledgementSize
         self.promise = acknowledgement
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        context.write(Self.wrapOutboundOut(self.message), promise: nil)
-        context.flush()
-        context.close(mode: .output, promise: nil)
+        if let message = self.message {
+            context.write(Self.wrapOutboundOut(message), promise: nil)
+            context.flush()
+            context.close(mode: .output, promise: nil)
+        }
         context.fireChannelActive()
     }
 
@@ -162,5 +213,79 @@ final class EOFClientChannelHandler: ChannelInboundHandler {
         self.received = nil
         self.promise.completeWith(result.mapError { $0 as any Error })
         context.close(promise: nil)
+    }
+}
+
+/// One EOF-style exchange done with non-blocking system calls on the calling thread, as far as it goes without
+/// blocking: write the message, shut down the write side, read the acknowledgement until EOF.
+struct EOFExchange {
+    enum Outcome {
+        /// Done: the socket is closed.
+        case finished(ByteBuffer)
+        /// Failed: the socket is closed.
+        case failed(SocketIPCError)
+        /// Continue on an event loop, from ``unsent`` and ``received``.
+        case wouldBlock
+    }
+
+    let descriptor: Int32
+    private(set) var unsent: ByteBuffer
+    private(set) var received = ByteBuffer()
+    private(set) var halfClosed = false
+    let maximumAcknowledgement: Int
+
+    init(descriptor: Int32, message: ByteBuffer, maximumAcknowledgement: Int) {
+        self.descriptor = descriptor
+        self.unsent = message
+        self.maximumAcknowledgement = maximumAcknowledgement
+    }
+
+    /// Goes as far as it can; waits at most `milliseconds` (in `poll`) for the acknowledgement to start.
+    mutating func runWithoutBlocking(waitingForAcknowledgementUpTo milliseconds: Int32) -> Outcome {
+        while self.unsent.readableBytes > 0 {
+            let written = self.unsent.withUnsafeReadableBytes { systemWrite(self.descriptor, $0.baseAddress, $0.count) }
+            if written > 0 {
+                self.unsent.moveReaderIndex(forwardBy: written)
+            } else if written < 0 && errno == EINTR {
+                continue
+            } else if written < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
+                return .wouldBlock
+            } else {
+                return self.fail(SocketIPCError(.connectionClosed, "the server closed the connection before the whole message was sent"))
+            }
+        }
+        shutdown(self.descriptor, Int32(SHUT_WR))
+        self.halfClosed = true
+        var waited = false
+        while true {
+            self.received.reserveCapacity(minimumWritableBytes: 1024)
+            let count = self.received.withUnsafeMutableWritableBytes { systemRead(self.descriptor, $0.baseAddress, $0.count) }
+            if count > 0 {
+                self.received.moveWriterIndex(forwardBy: count)
+                if self.received.readableBytes > self.maximumAcknowledgement {
+                    return self.fail(
+                        SocketIPCError(.messageTooLarge, "the acknowledgement exceeds the maximum of \(self.maximumAcknowledgement) bytes")
+                    )
+                }
+            } else if count == 0 {
+                close(self.descriptor)
+                return .finished(self.received)
+            } else if errno == EINTR {
+                continue
+            } else if (errno == EAGAIN || errno == EWOULDBLOCK) && !waited {
+                var entry = pollfd(fd: self.descriptor, events: Int16(POLLIN), revents: 0)
+                waited = true
+                if systemPoll(&entry, 1, milliseconds) <= 0 { return .wouldBlock }
+            } else if errno == EAGAIN || errno == EWOULDBLOCK {
+                return .wouldBlock
+            } else {
+                return self.fail(SocketIPCError(.connectionClosed, "the connection failed before the server's EOF: \(errnoDescription(errno))"))
+            }
+        }
+    }
+
+    private func fail(_ error: SocketIPCError) -> Outcome {
+        close(self.descriptor)
+        return .failed(error)
     }
 }

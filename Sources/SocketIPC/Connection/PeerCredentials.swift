@@ -28,6 +28,19 @@ public struct PeerCredentials: Hashable, Sendable, CustomStringConvertible {
     /// `pid=… uid=… gid=…`.
     public var description: String { "pid=\(self.processID) uid=\(self.userID) gid=\(self.groupID)" }
 
+    /// Reads the peer's credentials of a connected Unix domain socket descriptor; `nil` where the platform cannot
+    /// tell.
+    static func read(descriptor: Int32) -> PeerCredentials? {
+        #if os(Linux)
+        var credentials = KernelPeerCredentials()
+        var length = socklen_t(MemoryLayout<KernelPeerCredentials>.size)
+        guard getsockopt(descriptor, SOL_SOCKET, 17 /* SO_PEERCRED */, &credentials, &length) == 0 else { return nil }
+        return PeerCredentials(processID: credentials.pid, userID: credentials.uid, groupID: credentials.gid)
+        #else
+        return nil
+        #endif
+    }
+
     /// Reads the peer's credentials of a connected Unix domain socket channel; `nil` where the platform or the
     /// channel cannot tell. Completes at once when called on the channel's event loop.
     static func read(from channel: any Channel) -> EventLoopFuture<PeerCredentials?> {

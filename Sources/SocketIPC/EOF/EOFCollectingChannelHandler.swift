@@ -13,7 +13,13 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
     private var message: ByteBuffer?
     private var done = false
 
-    init(kind: EOFMessageHandler.Kind, context: EOFMessageContext, authorization: AuthorizationPolicy) {
+    init(
+        kind: EOFMessageHandler.Kind,
+        context: EOFMessageContext,
+        initialBytes: ByteBuffer? = nil,
+        authorization: AuthorizationPolicy
+    ) {
+        self.message = initialBytes
         self.kind = kind
         self.messageContext = context
         self.authorization = authorization

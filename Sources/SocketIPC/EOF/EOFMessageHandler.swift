@@ -22,7 +22,11 @@ public struct EOFMessageHandler: Sendable {
 
     let kind: Kind
 
-    /// Handles the whole message on the connection's event loop; `body` must not block.
+    /// Handles the whole message synchronously; `body` must not block.
+    ///
+    /// `body` runs on the connection's event loop or, when the whole message has already arrived by the time the
+    /// server accepts the connection (the usual case for small messages), right on the server's accepting thread,
+    /// which then needs no event loop for the connection at all.
     /// - Parameters:
     ///   - maximumSize: The largest message accepted, in bytes; default 16 MiB.
     ///   - body: Returns the acknowledgement to send, or `nil` for none.
@@ -55,6 +59,7 @@ public struct EOFMessageHandler: Sendable {
     func install(
         on channel: any Channel,
         connectionID: UInt64,
+        initialBytes: ByteBuffer? = nil,
         authorization: AuthorizationPolicy,
         logger: Logger
     ) throws {
@@ -64,7 +69,12 @@ public struct EOFMessageHandler: Sendable {
         switch self.kind {
         case .eventLoop, .collecting:
             try channel.pipeline.syncOperations.addHandler(
-                EOFCollectingChannelHandler(kind: self.kind, context: context, authorization: authorization)
+                EOFCollectingChannelHandler(
+                    kind: self.kind,
+                    context: context,
+                    initialBytes: initialBytes,
+                    authorization: authorization
+                )
             )
         case .streaming(let body):
             try channel.syncOptions?.setOption(ChannelOptions.autoRead, value: false)

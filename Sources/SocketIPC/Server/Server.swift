@@ -36,8 +36,10 @@ public final class Server: Service, Sendable {
     public let configuration: ServerConfiguration
     private let logger: Logger
     private let onServerRunning: @Sendable (SocketPath) async -> Void
-    private let initializeChild: @Sendable (any Channel, UInt64, Int32, ConnectionLifecycle, Logger) throws -> Void
+    private let initializeChild: @Sendable (any Channel, UInt64, Int32, ByteBuffer?, ConnectionLifecycle, Logger) throws -> Void
     private let halfClosure: Bool
+    /// Serves an accepted socket on the accepting thread when it can (EOF style with an event-loop handler).
+    private let serveInline: (@Sendable (Int32, UInt64, Logger) -> EOFInlineServer.Outcome)?
     private let state = Mutex(State())
     private let acceptedCounter = Counter(label: "socketipc_connections_accepted_total")
     private let refusedCounter = Counter(label: "socketipc_connections_refused_total")
@@ -60,8 +62,10 @@ public final class Server: Service, Sendable {
         logger: Logger,
         halfClosure: Bool,
         onServerRunning: @escaping @Sendable (SocketPath) async -> Void,
-        initializeChild: @escaping @Sendable (any Channel, UInt64, Int32, ConnectionLifecycle, Logger) throws -> Void
+        serveInline: (@Sendable (Int32, UInt64, Logger) -> EOFInlineServer.Outcome)? = nil,
+        initializeChild: @escaping @Sendable (any Channel, UInt64, Int32, ByteBuffer?, ConnectionLifecycle, Logger) throws -> Void
     ) {
+        self.serveInline = serveInline
         self.configuration = configuration
         self.logger = logger
         self.halfClosure = halfClosure
@@ -88,7 +92,7 @@ public final class Server: Service, Sendable {
             logger: logger,
             halfClosure: false,
             onServerRunning: onServerRunning
-        ) { channel, id, descriptor, lifecycle, logger in
+        ) { channel, id, descriptor, _, lifecycle, logger in
             let handler = ConnectionChannelHandler(
                 handler: makeHandler(channel),
                 options: options,
@@ -116,13 +120,33 @@ public final class Server: Service, Sendable {
         handler: EOFMessageHandler
     ) -> Server {
         let authorization = configuration.authorization
+        var serveInline: (@Sendable (Int32, UInt64, Logger) -> EOFInlineServer.Outcome)?
+        if case .eventLoop(let maximumSize, let body) = handler.kind {
+            serveInline = { descriptor, id, logger in
+                EOFInlineServer.serve(
+                    descriptor,
+                    maximumSize: maximumSize,
+                    body: body,
+                    connectionID: id,
+                    authorization: authorization,
+                    logger: logger
+                )
+            }
+        }
         return Server(
             configuration: configuration,
             logger: logger,
             halfClosure: true,
-            onServerRunning: onServerRunning
-        ) { channel, id, _, lifecycle, logger in
-            try handler.install(on: channel, connectionID: id, authorization: authorization, logger: logger)
+            onServerRunning: onServerRunning,
+            serveInline: serveInline
+        ) { channel, id, _, initialBytes, lifecycle, logger in
+            try handler.install(
+                on: channel,
+                connectionID: id,
+                initialBytes: initialBytes,
+                authorization: authorization,
+                logger: logger
+            )
         }
     }
 
@@ -207,6 +231,17 @@ public final class Server: Service, Sendable {
             return
         }
         self.acceptedCounter.increment()
+        var initialBytes: ByteBuffer?
+        if let serveInline = self.serveInline {
+            switch serveInline(descriptor, id, self.logger) {
+            case .served:
+                self.channelClosed(id, admittedOnly: true)
+                return
+            case .handOff(let bytes):
+                initialBytes = bytes.readableBytes > 0 ? bytes : nil
+            }
+        }
+        let handedOffBytes = initialBytes
         let lifecycle = ConnectionLifecycle(
             opened: { connection in
                 let goAwayNow = self.state.withLock { state -> Bool in
@@ -223,7 +258,7 @@ public final class Server: Service, Sendable {
                 channel.eventLoop.makeCompletedFuture {
                     self.state.withLock { $0.channels[id] = channel }
                     channel.closeFuture.whenComplete { _ in self.channelClosed(id) }
-                    try self.initializeChild(channel, id, descriptor, lifecycle, self.logger)
+                    try self.initializeChild(channel, id, descriptor, handedOffBytes, lifecycle, self.logger)
                 }
             }
             .withConnectedSocket(descriptor)

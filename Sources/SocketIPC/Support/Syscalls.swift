@@ -33,10 +33,16 @@ let systemSocketStream = Int32(SOCK_STREAM.rawValue)
 #if canImport(Glibc)
 let systemConnect = Glibc.connect
 let systemPoll = Glibc.poll
+let systemRead = Glibc.read
+let systemWrite = Glibc.write
 #elseif canImport(Musl)
 let systemConnect = Musl.connect
 let systemPoll = Musl.poll
+let systemRead = Musl.read
+let systemWrite = Musl.write
 #elseif canImport(Darwin)
 let systemConnect = Darwin.connect
 let systemPoll = Darwin.poll
+let systemRead = Darwin.read
+let systemWrite = Darwin.write
 #endif

@@ -1,0 +1,108 @@
+import Logging
+import NIOCore
+import NIOPosix
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Serves an EOF-style connection on the accepting thread when its whole message is already there.
+///
+/// A client of the EOF style usually connects, writes and half-closes before the server gets to `accept`, so by
+/// then the message and its EOF wait in the socket. For an ``EOFMessageHandler/onEventLoop(maximumSize:_:)`` handler
+/// (synchronous, never blocking) the server then reads the message, runs the handler and writes the
+/// acknowledgement right away: a few system calls and no channel, instead of handing the socket to an event loop.
+/// When the message is not complete yet, the socket goes to an event loop with the bytes read so far.
+enum EOFInlineServer {
+    enum Outcome {
+        /// The connection was served (or refused) and closed.
+        case served
+        /// The message is not complete: continue on an event loop, after these bytes.
+        case handOff(ByteBuffer)
+    }
+
+    static func serve(
+        _ descriptor: Int32,
+        maximumSize: Int,
+        body: @Sendable (ByteBuffer, EOFMessageContext) throws -> ByteBuffer?,
+        connectionID: UInt64,
+        authorization: AuthorizationPolicy,
+        logger: Logger
+    ) -> Outcome {
+        var message = ByteBufferAllocator().buffer(capacity: 1024)
+        reading: while true {
+            message.reserveCapacity(minimumWritableBytes: min(64 * 1024, max(1024, message.readableBytes)))
+            let count = message.withUnsafeMutableWritableBytes { read(descriptor, $0.baseAddress, $0.count) }
+            switch count {
+            case 0:
+                break reading  // EOF: the whole message is here
+            case 1...:
+                message.moveWriterIndex(forwardBy: count)
+                if message.readableBytes > maximumSize {
+                    logger.notice(
+                        "closing connection: message too large",
+                        metadata: ["socketipc.connection": "\(connectionID)", "maximum": "\(maximumSize)"]
+                    )
+                    close(descriptor)
+                    return .served
+                }
+            default:
+                switch errno {
+                case EINTR: continue
+                case EAGAIN: return .handOff(message)
+                default:
+                    close(descriptor)
+                    return .served
+                }
+            }
+        }
+
+        var context = EOFMessageContext(connectionID: connectionID, peer: nil, logger: logger)
+        context.peer = PeerCredentials.read(descriptor: descriptor)
+        guard authorization.allows(context.peer) else {
+            logger.notice("authorization policy refused the peer", metadata: ["socketipc.connection": "\(connectionID)"])
+            close(descriptor)
+            return .served
+        }
+        let acknowledgement: ByteBuffer?
+        do {
+            acknowledgement = try body(message, context)
+        } catch {
+            logger.notice("message handler failed", metadata: ["socketipc.connection": "\(connectionID)", "error": "\(error)"])
+            close(descriptor)
+            return .served
+        }
+        guard var remaining = acknowledgement, remaining.readableBytes > 0 else {
+            close(descriptor)
+            return .served
+        }
+        while remaining.readableBytes > 0 {
+            let written = remaining.withUnsafeReadableBytes { write(descriptor, $0.baseAddress, $0.count) }
+            if written > 0 {
+                remaining.moveReaderIndex(forwardBy: written)
+            } else if written < 0 && errno == EINTR {
+                continue
+            } else if written < 0 && errno == EAGAIN {
+                // The client is not reading fast enough: let an event loop write the rest without blocking us.
+                Self.finishOnEventLoop(descriptor, remaining: remaining)
+                return .served
+            } else {
+                break
+            }
+        }
+        close(descriptor)
+        return .served
+    }
+
+    private static func finishOnEventLoop(_ descriptor: Int32, remaining: ByteBuffer) {
+        ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .withConnectedSocket(descriptor)
+            .whenSuccess { channel in
+                channel.writeAndFlush(remaining).whenComplete { _ in channel.close(promise: nil) }
+            }
+    }
+}
