@@ -29,17 +29,13 @@ final class EventLoopBusyPoller: @unchecked Sendable {
         self.eventLoop = eventLoop
     }
 
-    private static let pollers = Mutex<[ObjectIdentifier: EventLoopBusyPoller]>([:])
+    private static let pollers = PerEventLoop { EventLoopBusyPoller($0) }
 
-    /// The poller of `eventLoop`.
+    /// The one of `eventLoop`.
     static func shared(for eventLoop: any EventLoop) -> EventLoopBusyPoller {
-        self.pollers.withLock { pollers in
-            if let poller = pollers[ObjectIdentifier(eventLoop)] { return poller }
-            let poller = EventLoopBusyPoller(eventLoop)
-            pollers[ObjectIdentifier(eventLoop)] = poller
-            return poller
-        }
+        self.pollers(eventLoop)
     }
+
 
     /// Polls `descriptor` too. Call on the event loop.
     func add(_ descriptor: Int32) {

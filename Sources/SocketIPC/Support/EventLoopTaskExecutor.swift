@@ -17,17 +17,13 @@ final class EventLoopTaskExecutor: TaskExecutor, @unchecked Sendable {
         self.eventLoop = eventLoop
     }
 
-    private static let executors = Mutex<[ObjectIdentifier: EventLoopTaskExecutor]>([:])
+    private static let executors = PerEventLoop { EventLoopTaskExecutor($0) }
 
-    /// The executor of `eventLoop`.
+    /// The one of `eventLoop`.
     static func shared(for eventLoop: any EventLoop) -> EventLoopTaskExecutor {
-        self.executors.withLock { executors in
-            if let executor = executors[ObjectIdentifier(eventLoop)] { return executor }
-            let executor = EventLoopTaskExecutor(eventLoop)
-            executors[ObjectIdentifier(eventLoop)] = executor
-            return executor
-        }
+        self.executors(eventLoop)
     }
+
 
     func enqueue(_ job: consuming ExecutorJob) {
         let job = UnownedJob(job)
