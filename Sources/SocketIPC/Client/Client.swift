@@ -46,6 +46,7 @@ public enum Client {
         do {
             channel = try await ClientBootstrap(group: eventLoop)
                 .channelOption(.recvAllocator, value: ConnectionOptions.receiveAllocator)
+                .channelOption(.writeBufferWaterMark, value: ConnectionOptions.channelWriteWatermark)
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandler(

@@ -20,7 +20,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
 
     private var handler: Handler?
     private var decoder: FrameDecoder
-    private var cumulation: ByteBuffer?
+    private var cumulation: FrameAssembler?
     private var connection: Connection?
     private var failure: SocketIPCError?
     private var handshakeDone = false
@@ -102,7 +102,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
         var handler = self.handler.take()!
         let handshakeWasDone = self.handshakeDone
         var failure: SocketIPCError?
-        var leftover: ByteBuffer?
+        var leftover: FrameAssembler?
         connection.readBatchStarted()
         self.dispatching = true
         do {
@@ -110,18 +110,20 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
             // is then decoded where it lies, without copying.
             if var partial = self.cumulation.take() {
                 while !self.isClosed {
-                    let missing = decoder.bytesNeeded(toComplete: partial) - partial.readableBytes
+                    let needed = decoder.bytesNeeded(toComplete: partial.head)
+                    let missing = needed - partial.readableBytes
                     if missing > 0 {
                         guard incoming.readableBytes > 0 else { break }
-                        var piece = incoming.readSlice(length: min(missing, incoming.readableBytes))!
-                        partial.writeBuffer(&piece)
+                        partial.append(incoming.readSlice(length: min(missing, incoming.readableBytes))!, frameLength: needed)
                         continue
                     }
-                    if let frame = try decoder.next(from: &partial) {
+                    var whole = partial.takeContiguous()
+                    if let frame = try decoder.next(from: &whole) {
                         self.noteHandshake(handshakeWasDone, connection)
                         Self.dispatch(frame, to: &handler, connection: connection)
                     }
-                    if partial.readableBytes == 0 { break }
+                    partial = FrameAssembler(whole)
+                    if whole.readableBytes == 0 { break }
                 }
                 if partial.readableBytes > 0 { leftover = partial }
             }
@@ -130,7 +132,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
                     self.noteHandshake(handshakeWasDone, connection)
                     Self.dispatch(frame, to: &handler, connection: connection)
                 }
-                if incoming.readableBytes > 0 { leftover = incoming }
+                if incoming.readableBytes > 0 { leftover = Self.keep(incoming) }
             }
         } catch let error as SocketIPCError {
             failure = error
@@ -148,7 +150,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
             self.fail(failure, context: context)
             return
         }
-        if let leftover { self.keepCumulation(leftover) }
+        if let leftover, !self.isClosed { self.cumulation = leftover }
     }
 
     @inline(__always)
@@ -176,19 +178,14 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
         }
     }
 
-    /// Keeps the bytes of an incomplete frame for the next read; drops the buffer when nothing is left, so an idle
-    /// connection holds no read buffer.
-    private func keepCumulation(_ cumulation: ByteBuffer) {
-        guard cumulation.readableBytes > 0, !self.isClosed else { return }
-        if cumulation.readableBytes <= 4096 {
-            // Copy a small rest out of the read buffer, so that NIO can reuse that buffer for the next read.
-            var copy = ByteBufferAllocator().buffer(capacity: max(cumulation.readableBytes, 64))
-            var cumulation = cumulation
-            copy.writeBuffer(&cumulation)
-            self.cumulation = copy
-        } else {
-            self.cumulation = cumulation
-        }
+    /// The start of a frame a read left unfinished, kept for the next read. A small rest is copied out of the read
+    /// buffer, so that NIO can reuse that buffer; a large one is kept where it is. (When a read ends on a frame
+    /// boundary nothing is kept, so an idle connection holds no read buffer.)
+    private static func keep(_ rest: ByteBuffer) -> FrameAssembler {
+        guard rest.readableBytes <= 4096 else { return FrameAssembler(rest) }
+        var copy = ByteBufferAllocator().buffer(capacity: max(rest.readableBytes, 64))
+        copy.writeImmutableBuffer(rest)
+        return FrameAssembler(copy)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {

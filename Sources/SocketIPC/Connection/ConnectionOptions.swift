@@ -29,6 +29,13 @@ public struct ConnectionOptions: Sendable {
         AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 64 * 1024)
     }
 
+    /// When a channel stops accepting writes (NIO's writability): above 2 MiB not yet in the socket, again below
+    /// 1 MiB. Large enough that the next large message is queued while the previous one still drains, so the socket
+    /// never waits for the writer to wake up.
+    static var channelWriteWatermark: ChannelOptions.Types.WriteBufferWaterMark {
+        ChannelOptions.Types.WriteBufferWaterMark(low: 1024 * 1024, high: 2 * 1024 * 1024)
+    }
+
     /// Creates options with the defaults.
     public init() {}
 }

@@ -254,6 +254,7 @@ public final class Server: Service, Sendable {
         ClientBootstrap(group: group)
             .channelOption(.allowRemoteHalfClosure, value: self.halfClosure)
             .channelOption(.recvAllocator, value: ConnectionOptions.receiveAllocator)
+            .channelOption(.writeBufferWaterMark, value: ConnectionOptions.channelWriteWatermark)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     self.state.withLock { $0.channels[id] = channel }
