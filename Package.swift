@@ -64,6 +64,7 @@ let package = Package(
             name: "SocketIPCTests",
             dependencies: [
                 "SocketIPC",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
