@@ -138,15 +138,7 @@ struct SocketFileOwnershipTests {
 @discardableResult
 func makeStaleSocket(at path: String, listening: Bool = false) throws -> Int32 {
     let descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-    var address = sockaddr_un()
-    address.sun_family = sa_family_t(AF_UNIX)
-    withUnsafeMutableBytes(of: &address.sun_path) { raw in
-        raw.copyBytes(from: path.utf8)
-        raw[path.utf8.count] = 0
-    }
-    let bound = withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-    }
+    let bound = withSocketAddress(path) { bind(descriptor, $0, $1) }
     guard bound == 0 else { throw POSIXError(.EADDRINUSE) }
     if listening {
         listen(descriptor, 8)

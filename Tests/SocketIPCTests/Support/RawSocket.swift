@@ -20,17 +20,7 @@ final class RawSocket: @unchecked Sendable {
             let descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
             var timeout = timeval(tv_sec: 10, tv_usec: 0)
             setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-            var address = sockaddr_un()
-            address.sun_family = sa_family_t(AF_UNIX)
-            withUnsafeMutableBytes(of: &address.sun_path) { raw in
-                raw.copyBytes(from: path.utf8)
-                raw[path.utf8.count] = 0
-            }
-            let result = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    Glibc.connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-                }
-            }
+            let result = withSocketAddress(path) { Glibc.connect(descriptor, $0, $1) }
             guard result == 0 else {
                 Glibc.close(descriptor)
                 throw RawSocketError.failed("connect", errno)
@@ -107,4 +97,17 @@ func frameBytes(kind: UInt8, id: UInt32? = nil, payload: [UInt8]) -> [UInt8] {
     bytes.append(kind)
     if let id { bytes += withUnsafeBytes(of: id.bigEndian) { Array($0) } }
     return bytes + payload
+}
+
+/// Calls `body` with `path` as a `sockaddr_un`.
+func withSocketAddress<Result>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> Result) -> Result {
+    var address = sockaddr_un()
+    address.sun_family = sa_family_t(AF_UNIX)
+    withUnsafeMutableBytes(of: &address.sun_path) { raw in
+        raw.copyBytes(from: path.utf8)
+        raw[path.utf8.count] = 0
+    }
+    return withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
 }
