@@ -30,7 +30,7 @@ struct DemoCommand: AsyncParsableCommand {
             configuration: .init(path: framedPath),
             logger: logger,
             onServerRunning: { Output.line("[server framed] listening on \($0)"); runningContinuation.yield() }
-        ) { _ in DemoHandler() }
+        ) { DemoHandler() }
         let eof = Server.eof(
             configuration: .init(path: eofPath),
             logger: logger,

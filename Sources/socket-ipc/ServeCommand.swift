@@ -53,7 +53,7 @@ struct ServeCommand: AsyncParsableCommand {
         let onRunning: @Sendable (SocketPath) async -> Void = { Output.line("listening on \($0)") }
         switch mode {
         case .framed:
-            return Server.framed(configuration: configuration, logger: logger, onServerRunning: onRunning) { _ in
+            return Server.framed(configuration: configuration, logger: logger, onServerRunning: onRunning) {
                 PrintingEchoHandler()
             }
         case .eof:

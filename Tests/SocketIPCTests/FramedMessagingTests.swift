@@ -10,7 +10,7 @@ struct FramedMessagingTests {
     func sizes(size: Int) async throws {
         try await withTemporaryDirectory { directory in
             let path = directory + "/sizes.sock"
-            try await withFramedServer(path: path, makeHandler: { _ in EchoHandler() }) { _ in
+            try await withFramedServer(path: path, makeHandler: { EchoHandler() }) { _ in
                 try await Client.withConnection(to: path) { connection in
                     let payload = ByteBuffer(repeating: 0xA5, count: size)
                     let reply = try await connection.request(payload)
@@ -31,7 +31,7 @@ struct FramedMessagingTests {
         let (pushes, pushContinuation) = AsyncStream.makeStream(of: String.self)
         try await withTemporaryDirectory { directory in
             let path = directory + "/push.sock"
-            try await withFramedServer(path: path, makeHandler: { _ in RecordingHandler(received: received) }) { _ in
+            try await withFramedServer(path: path, makeHandler: { RecordingHandler(received: received) }) { _ in
                 try await Client.withConnection(to: path, onMessage: { pushContinuation.yield(String(buffer: $0)) }) { connection in
                     for index in 0..<1000 { try await connection.send(ByteBuffer(string: "m\(index)")) }
                     // The server pushes the count it has seen when asked; frames are handled in order.
@@ -48,7 +48,7 @@ struct FramedMessagingTests {
     func oneByteWrites() async throws {
         try await withTemporaryDirectory { directory in
             let path = directory + "/split.sock"
-            try await withFramedServer(path: path, makeHandler: { _ in EchoHandler() }) { _ in
+            try await withFramedServer(path: path, makeHandler: { EchoHandler() }) { _ in
                 let socket = try await RawSocket.connect(to: path)
                 defer { socket.close() }
                 #expect(try await socket.read(exactly: 8) == helloBytes)
@@ -63,7 +63,7 @@ struct FramedMessagingTests {
     func oversizedClaim() async throws {
         try await withTemporaryDirectory { directory in
             let path = directory + "/oversized.sock"
-            try await withFramedServer(path: path, makeHandler: { _ in EchoHandler() }) { _ in
+            try await withFramedServer(path: path, makeHandler: { EchoHandler() }) { _ in
                 let socket = try await RawSocket.connect(to: path)
                 defer { socket.close() }
                 // Claims 1 GiB and sends none of it: the server must not wait for (or allocate) the payload.
@@ -84,7 +84,7 @@ struct FramedMessagingTests {
             try await withFramedServer(
                 path: path,
                 configure: { $0.connection.maximumMessageSize = 1024 },
-                makeHandler: { _ in EchoHandler() }
+                makeHandler: { EchoHandler() }
             ) { _ in
                 let connection = try await Client.connect(to: path)
                 defer { connection.close() }
@@ -103,7 +103,7 @@ struct FramedMessagingTests {
     func wrongHello(bytes: [UInt8], reason: UInt8) async throws {
         try await withTemporaryDirectory { directory in
             let path = directory + "/hello.sock"
-            try await withFramedServer(path: path, makeHandler: { _ in EchoHandler() }) { _ in
+            try await withFramedServer(path: path, makeHandler: { EchoHandler() }) { _ in
                 let socket = try await RawSocket.connect(to: path)
                 defer { socket.close() }
                 try await socket.write(bytes)

@@ -31,7 +31,7 @@ struct ReadmeExampleTests {
         try await withTemporaryDirectory { directory in
             let path = directory + "/app.sock"
             try await withRunningServer({ onRunning in
-                Server.framed(configuration: .init(path: path), logger: testLogger, onServerRunning: onRunning) { _ in
+                Server.framed(configuration: .init(path: path), logger: testLogger, onServerRunning: onRunning) {
                     AsyncRequestHandler { request, _ in request }
                 }
             }) { _ in
@@ -49,7 +49,7 @@ struct ReadmeExampleTests {
         try await withTemporaryDirectory { directory in
             let path = directory + "/counter.sock"
             try await withRunningServer({ onRunning in
-                Server.framed(configuration: .init(path: path), logger: testLogger, onServerRunning: onRunning) { _ in
+                Server.framed(configuration: .init(path: path), logger: testLogger, onServerRunning: onRunning) {
                     Counter()
                 }
             }) { _ in

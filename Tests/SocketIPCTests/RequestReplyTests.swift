@@ -10,7 +10,7 @@ struct RequestReplyTests {
     func outOfOrder() async throws {
         try await withTemporaryDirectory { directory in
             let path = directory + "/concurrent.sock"
-            try await withFramedServer(path: path, makeHandler: { _ in EchoHandler() }) { _ in
+            try await withFramedServer(path: path, makeHandler: { EchoHandler() }) { _ in
                 let connection = try await Client.connect(to: path)
                 defer { connection.close() }
                 let order = Recorder()
@@ -40,7 +40,7 @@ struct RequestReplyTests {
     func remoteError() async throws {
         try await withTemporaryDirectory { directory in
             let path = directory + "/error.sock"
-            try await withFramedServer(path: path, makeHandler: { _ in
+            try await withFramedServer(path: path, makeHandler: {
                 AsyncRequestHandler { request, _ in
                     if String(buffer: request) == "throw" { throw SocketIPCError(.remoteError, "the handler threw on purpose") }
                     return request
@@ -62,7 +62,7 @@ struct RequestReplyTests {
     func timeout() async throws {
         try await withTemporaryDirectory { directory in
             let path = directory + "/timeout.sock"
-            try await withFramedServer(path: path, makeHandler: { _ in EchoHandler() }) { _ in
+            try await withFramedServer(path: path, makeHandler: { EchoHandler() }) { _ in
                 try await Client.withConnection(to: path) { connection in
                     let error = await #expect(throws: SocketIPCError.self) {
                         _ = try await connection.request(ByteBuffer(string: "slow:300"), timeout: .milliseconds(20))
@@ -79,7 +79,7 @@ struct RequestReplyTests {
     func cancellation() async throws {
         try await withTemporaryDirectory { directory in
             let path = directory + "/cancel.sock"
-            try await withFramedServer(path: path, makeHandler: { _ in HangingHandler() }) { _ in
+            try await withFramedServer(path: path, makeHandler: { HangingHandler() }) { _ in
                 let connection = try await Client.connect(to: path)
                 defer { connection.close() }
                 let waiting = Task { try await connection.request(ByteBuffer(string: "never answered")) }
@@ -94,7 +94,7 @@ struct RequestReplyTests {
     func dropFailsPending() async throws {
         try await withTemporaryDirectory { directory in
             let path = directory + "/drop.sock"
-            try await withFramedServer(path: path, makeHandler: { _ in HangingHandler() }) { _ in
+            try await withFramedServer(path: path, makeHandler: { HangingHandler() }) { _ in
                 let connection = try await Client.connect(to: path)
                 let failures = Recorder()
                 try await withThrowingTaskGroup(of: Void.self) { group in
@@ -122,7 +122,7 @@ struct RequestReplyTests {
         raiseFileDescriptorLimit()
         try await withTemporaryDirectory { directory in
             let path = directory + "/many.sock"
-            try await withFramedServer(path: path, makeHandler: { _ in EchoHandler() }) { _ in
+            try await withFramedServer(path: path, makeHandler: { EchoHandler() }) { _ in
                 let replies = try await withThrowingTaskGroup(of: Int.self) { group in
                     for client in 0..<500 {
                         group.addTask {
@@ -149,7 +149,7 @@ struct RequestReplyTests {
         struct Total: Codable, Equatable { var total: Int }
         try await withTemporaryDirectory { directory in
             let path = directory + "/typed.sock"
-            try await withFramedServer(path: path, makeHandler: { _ in TypedHandler() }) { _ in
+            try await withFramedServer(path: path, makeHandler: { TypedHandler() }) { _ in
                 try await Client.withConnection(to: path) { connection in
                     let total = try await connection.request(Sum(numbers: [1, 2, 3, 4]), as: Total.self)
                     #expect(total == Total(total: 10))

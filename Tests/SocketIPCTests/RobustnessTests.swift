@@ -14,7 +14,7 @@ struct RobustnessTests {
     func peerDiesMidFrame() async throws {
         try await withTemporaryDirectory { directory in
             let path = directory + "/robust.sock"
-            try await withFramedServer(path: path, makeHandler: { _ in EchoHandler() }) { _ in
+            try await withFramedServer(path: path, makeHandler: { EchoHandler() }) { _ in
                 // Warm up, so that lazily opened descriptors (event loop wakers, thread pool) are counted below.
                 _ = try await Client.withConnection(to: path) { try await $0.request(ByteBuffer(string: "warm")) }
                 let baseline = openFileDescriptorCount()
@@ -37,7 +37,7 @@ struct RobustnessTests {
     func connectionLimit() async throws {
         try await withTemporaryDirectory { directory in
             let path = directory + "/limit.sock"
-            try await withFramedServer(path: path, configure: { $0.maximumConnections = 2 }, makeHandler: { _ in EchoHandler() }) { _ in
+            try await withFramedServer(path: path, configure: { $0.maximumConnections = 2 }, makeHandler: { EchoHandler() }) { _ in
                 let first = try await Client.connect(to: path)
                 let second = try await Client.connect(to: path)
                 defer { first.close(); second.close() }
@@ -74,14 +74,14 @@ struct RobustnessTests {
             try await withFramedServer(
                 path: path,
                 configure: { $0.authorization = .users([UInt32.max - 1]) },
-                makeHandler: { _ in EchoHandler() }
+                makeHandler: { EchoHandler() }
             ) { _ in
                 let error = await #expect(throws: SocketIPCError.self) {
                     try await Client.withConnection(to: path) { _ = try await $0.request(ByteBuffer(string: "let me in")) }
                 }
                 #expect(error?.code == .unauthorized)
             }
-            try await withFramedServer(path: path, configure: { $0.authorization = .sameUser }, makeHandler: { _ in EchoHandler() }) { _ in
+            try await withFramedServer(path: path, configure: { $0.authorization = .sameUser }, makeHandler: { EchoHandler() }) { _ in
                 let reply = try await Client.withConnection(to: path) { try await $0.request(ByteBuffer(string: "me")) }
                 #expect(String(buffer: reply) == "me")
             }
@@ -95,7 +95,7 @@ struct RobustnessTests {
         let total = 400  // 25 MiB: far beyond what the socket buffers hold
         try await withTemporaryDirectory { directory in
             let path = directory + "/backpressure.sock"
-            try await withFramedServer(path: path, makeHandler: { _ in
+            try await withFramedServer(path: path, makeHandler: {
                 PushingHandler(state: state, count: total, size: messageSize)
             }) { _ in
                 // A client that says hello and then reads nothing.

@@ -16,7 +16,7 @@ struct ShutdownTests {
                 configuration: .init(path: path),
                 logger: testLogger,
                 onServerRunning: { _ in runningContinuation.yield() },
-                makeHandler: { _ in EchoHandler() }
+                makeHandler: { EchoHandler() }
             )
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await server.run() }
@@ -45,7 +45,7 @@ struct ShutdownTests {
             var configuration = ServerConfiguration(path: path)
             configuration.shutdownGracePeriod = .milliseconds(50)
             try await withRunningServer({
-                Server.framed(configuration: configuration, logger: testLogger, onServerRunning: $0) { _ in HangingHandler() }
+                Server.framed(configuration: configuration, logger: testLogger, onServerRunning: $0) { HangingHandler() }
             }) { server in
                 let connection = try await Client.connect(to: path)
                 let hanging = Task { try await connection.request(ByteBuffer(string: "never")) }
@@ -67,7 +67,7 @@ struct ShutdownTests {
                 configuration: .init(path: path),
                 logger: testLogger,
                 onServerRunning: { _ in runningContinuation.yield() },
-                makeHandler: { _ in EchoHandler() }
+                makeHandler: { EchoHandler() }
             )
             let group = ServiceGroup(services: [server], logger: testLogger)
             try await withThrowingTaskGroup(of: Void.self) { tasks in

@@ -13,9 +13,9 @@ struct SocketFileOwnershipTests {
     func secondServer() async throws {
         try await withTemporaryDirectory { directory in
             let path = directory + "/live.sock"
-            try await withFramedServer(path: path, makeHandler: { _ in EchoHandler() }) { _ in
+            try await withFramedServer(path: path, makeHandler: { EchoHandler() }) { _ in
                 let before = try #require(fileIdentity(path))
-                let second = Server.framed(configuration: .init(path: path), logger: testLogger) { _ in EchoHandler() }
+                let second = Server.framed(configuration: .init(path: path), logger: testLogger) { EchoHandler() }
                 let error = await #expect(throws: SocketIPCError.self) { try await second.run() }
                 #expect(error?.code == .addressInUse)
                 #expect(error?.message.contains(path) == true)
@@ -34,7 +34,7 @@ struct SocketFileOwnershipTests {
             let path = directory + "/stale.sock"
             try makeStaleSocket(at: path)
             #expect(fileIdentity(path) != nil)
-            try await withFramedServer(path: path, makeHandler: { _ in EchoHandler() }) { _ in
+            try await withFramedServer(path: path, makeHandler: { EchoHandler() }) { _ in
                 let reply = try await Client.withConnection(to: path) { try await $0.request(ByteBuffer(string: "fresh")) }
                 #expect(String(buffer: reply) == "fresh")
             }
@@ -48,7 +48,7 @@ struct SocketFileOwnershipTests {
             let descriptor = try makeStaleSocket(at: path, listening: true)
             defer { close(descriptor) }
             let before = try #require(fileIdentity(path))
-            let server = Server.framed(configuration: .init(path: path), logger: testLogger) { _ in EchoHandler() }
+            let server = Server.framed(configuration: .init(path: path), logger: testLogger) { EchoHandler() }
             let error = await #expect(throws: SocketIPCError.self) { try await server.run() }
             #expect(error?.code == .addressInUse)
             #expect(fileIdentity(path)?.inode == before.inode)
@@ -70,7 +70,7 @@ struct SocketFileOwnershipTests {
             default: try FileManager.default.createSymbolicLink(atPath: path, withDestinationPath: target)
             }
             let before = try #require(fileIdentity(path))
-            let server = Server.framed(configuration: .init(path: path), logger: testLogger) { _ in EchoHandler() }
+            let server = Server.framed(configuration: .init(path: path), logger: testLogger) { EchoHandler() }
             let error = await #expect(throws: SocketIPCError.self) { try await server.run() }
             #expect(error?.code == .pathOccupied)
             #expect(error?.message.contains("left untouched") == true)
@@ -85,12 +85,12 @@ struct SocketFileOwnershipTests {
     func missingParent() async throws {
         try await withTemporaryDirectory { directory in
             let path = directory + "/a/b/server.sock"
-            let server = Server.framed(configuration: .init(path: path), logger: testLogger) { _ in EchoHandler() }
+            let server = Server.framed(configuration: .init(path: path), logger: testLogger) { EchoHandler() }
             let error = await #expect(throws: SocketIPCError.self) { try await server.run() }
             #expect(error?.code == .parentDirectoryMissing)
             #expect(fileIdentity(directory + "/a") == nil)
 
-            try await withFramedServer(path: path, configure: { $0.createParentDirectory = true }, makeHandler: { _ in EchoHandler() }) { _ in
+            try await withFramedServer(path: path, configure: { $0.createParentDirectory = true }, makeHandler: { EchoHandler() }) { _ in
                 let parent = try #require(fileIdentity(directory + "/a/b"))
                 #expect(parent.mode & 0o777 == 0o700)
                 let socket = try #require(fileIdentity(path))
@@ -103,7 +103,7 @@ struct SocketFileOwnershipTests {
     func mode(mode: UInt16) async throws {
         try await withTemporaryDirectory { directory in
             let path = directory + "/mode.sock"
-            try await withFramedServer(path: path, configure: { $0.mode = mode }, makeHandler: { _ in EchoHandler() }) { _ in
+            try await withFramedServer(path: path, configure: { $0.mode = mode }, makeHandler: { EchoHandler() }) { _ in
                 let identity = try #require(fileIdentity(path))
                 #expect(identity.mode & 0o777 == UInt32(mode))
             }
@@ -114,7 +114,7 @@ struct SocketFileOwnershipTests {
     func replacedFileSurvives() async throws {
         try await withTemporaryDirectory { directory in
             let path = directory + "/replaced.sock"
-            try await withFramedServer(path: path, makeHandler: { _ in EchoHandler() }) { _ in
+            try await withFramedServer(path: path, makeHandler: { EchoHandler() }) { _ in
                 unlink(path)
                 try Data("not yours".utf8).write(to: URL(fileURLWithPath: path))
             }
@@ -125,7 +125,7 @@ struct SocketFileOwnershipTests {
     @Test("run() twice is an error")
     func runTwice() async throws {
         try await withTemporaryDirectory { directory in
-            try await withFramedServer(path: directory + "/twice.sock", makeHandler: { _ in EchoHandler() }) { server in
+            try await withFramedServer(path: directory + "/twice.sock", makeHandler: { EchoHandler() }) { server in
                 let error = await #expect(throws: SocketIPCError.self) { try await server.run() }
                 #expect(error?.code == .invalidState)
             }

@@ -19,7 +19,7 @@ struct SocketPathTests {
             let filler = SocketPath.maximumLength - directory.utf8.count - 1
             let longest = directory + "/" + String(repeating: "s", count: filler)
             #expect(longest.utf8.count == SocketPath.maximumLength)
-            try await withFramedServer(path: longest, makeHandler: { _ in EchoHandler() }) { _ in
+            try await withFramedServer(path: longest, makeHandler: { EchoHandler() }) { _ in
                 let reply = try await Client.withConnection(to: longest) { try await $0.request(ByteBuffer(string: "ok")) }
                 #expect(String(buffer: reply) == "ok")
             }
@@ -29,7 +29,7 @@ struct SocketPathTests {
             #expect(error.code == .invalidPath)
             #expect(error.message.contains("\(SocketPath.maximumLength + 1) bytes"))
             #expect(error.message.contains("limit is \(SocketPath.maximumLength)"))
-            let server = Server.framed(configuration: .init(path: tooLong), logger: testLogger) { _ in EchoHandler() }
+            let server = Server.framed(configuration: .init(path: tooLong), logger: testLogger) { EchoHandler() }
             await #expect(throws: SocketIPCError.self) { try await server.run() }
             #expect(fileIdentity(tooLong) == nil)
             await #expect(throws: SocketIPCError.self) { _ = try await Client.connect(to: tooLong) }

@@ -36,7 +36,7 @@ public enum BenchmarkServer {
                 }
             )
         }
-        return Server.framed(configuration: configuration, logger: logger, onServerRunning: onServerRunning) { _ in
+        return Server.framed(configuration: configuration, logger: logger, onServerRunning: onServerRunning) {
             WorkloadHandler()
         }
     }

@@ -222,6 +222,11 @@ public final class Connection: Sendable {
         let outcome = self.state.withLock { state -> Result<Bool, SocketIPCError> in
             if let error = state.closedError { return .failure(error) }
             if let error = state.peerGoingAway { return .failure(error) }
+            if state.closeWhenAnswered {
+                return .failure(
+                    SocketIPCError(.connectionClosed, "the connection is closing: this side has announced it is going away")
+                )
+            }
             state.requests[id] = PendingRequest(continuation: continuation, timeout: nil)
             state.outbound.appendFrame(.request, id: id, payload: payload)
             return .success(state.scheduleFlushIfNeeded())

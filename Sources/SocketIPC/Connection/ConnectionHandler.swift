@@ -2,8 +2,8 @@ import NIOCore
 
 /// What one side of a framed connection does with what the peer sends: one-way messages and requests.
 ///
-/// A server makes one handler per connection (see ``Server/framed(configuration:logger:makeHandler:)``); a client
-/// passes one to ``Client/connect(to:configuration:handler:)``. Every method is called on the connection's event
+/// A server makes one handler per connection (see ``Server/framed(configuration:logger:onServerRunning:makeHandler:)``); a client
+/// passes one to ``Client/connect(to:configuration:handler:logger:)``. Every method is called on the connection's event
 /// loop, one at a time, in the order the frames arrived, so a handler may keep mutable state without locks, and it
 /// must not block. To do slow or `async` work, answer a request later from a task: ``Reply`` may be completed from
 /// any thread. ``AsyncRequestHandler`` does that for you.

@@ -22,7 +22,7 @@ import Darwin
 /// swift-service-lifecycle's `ServiceGroup`: the server is a `Service`.
 ///
 /// ```swift
-/// let server = Server.framed(configuration: .init(path: "/tmp/app.sock")) { _ in
+/// let server = Server.framed(configuration: .init(path: "/tmp/app.sock")) {
 ///     AsyncRequestHandler { request, _ in request }  // echo
 /// }
 /// try await server.run()
@@ -78,12 +78,13 @@ public final class Server: Service, Sendable {
     ///   - configuration: Where and how to listen.
     ///   - logger: Where the server and its connections log; default `socketipc.server`.
     ///   - onServerRunning: Called once the socket accepts connections, with its path.
-    ///   - makeHandler: Makes the handler of one connection, on that connection's event loop.
+    ///   - makeHandler: Makes the handler of one connection, on that connection's event loop; the handler gets
+    ///     the ``Connection`` in ``ConnectionHandler/connectionDidOpen(_:)``.
     public static func framed<Handler: ConnectionHandler & SendableMetatype>(
         configuration: ServerConfiguration,
         logger: Logger = Logger(label: "socketipc.server"),
         onServerRunning: @escaping @Sendable (SocketPath) async -> Void = { _ in },
-        makeHandler: @escaping @Sendable (any Channel) -> Handler
+        makeHandler: @escaping @Sendable () -> Handler
     ) -> Server {
         let options = configuration.connection
         let authorization = configuration.authorization
@@ -94,7 +95,7 @@ public final class Server: Service, Sendable {
             onServerRunning: onServerRunning
         ) { channel, id, descriptor, _, lifecycle, logger in
             let handler = ConnectionChannelHandler(
-                handler: makeHandler(channel),
+                handler: makeHandler(),
                 options: options,
                 connectionID: id,
                 lifecycle: lifecycle,

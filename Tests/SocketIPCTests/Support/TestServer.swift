@@ -30,7 +30,7 @@ func withRunningServer<Result>(
 func withFramedServer<Handler: ConnectionHandler & SendableMetatype, Result>(
     path: String,
     configure: (inout ServerConfiguration) -> Void = { _ in },
-    makeHandler: @escaping @Sendable (any Channel) -> Handler,
+    makeHandler: @escaping @Sendable () -> Handler,
     _ body: (Server) async throws -> Result
 ) async throws -> Result {
     var configuration = ServerConfiguration(path: path)
