@@ -30,6 +30,7 @@ public final class Connection: Sendable {
     let channel: any Channel
     let options: ConnectionOptions
     let taskExecutor: EventLoopTaskExecutor
+    private let flushBufferPool: FlushBufferPool
     let busyPoller: EventLoopBusyPoller?
     private let busyPollNanoseconds: UInt64
     private let state: Mutex<State>
@@ -62,6 +63,7 @@ public final class Connection: Sendable {
         self.peer = peer
         self.baseLogger = logger
         self.taskExecutor = EventLoopTaskExecutor.shared(for: channel.eventLoop)
+        self.flushBufferPool = FlushBufferPool.shared(for: channel.eventLoop)
         if let duration = options.busyPollDuration, duration > .zero {
             self.busyPoller = EventLoopBusyPoller.shared(for: channel.eventLoop)
             let (seconds, attoseconds) = duration.components
@@ -204,9 +206,10 @@ public final class Connection: Sendable {
     @discardableResult
     private func enqueue(_ kind: FrameKind, id: UInt32, payload: ByteBuffer) throws -> Bool {
         let highWatermark = self.options.writeBufferHighWatermark
+        let pool = self.channel.eventLoop.inEventLoop ? self.flushBufferPool : nil
         let (schedule, full) = try self.state.withLock { state -> (Bool, Bool) in
             if let error = state.closedError { throw error }
-            state.outbound.appendFrame(kind, id: id, payload: payload)
+            state.outbound.appendFrame(kind, id: id, payload: payload, pool: pool)
             return (state.scheduleFlushIfNeeded(), !state.isWritable(highWatermark: highWatermark))
         }
         if schedule { self.scheduleFlush() }
@@ -219,6 +222,7 @@ public final class Connection: Sendable {
         payload: ByteBuffer,
         timeout: Duration?
     ) {
+        let pool = self.channel.eventLoop.inEventLoop ? self.flushBufferPool : nil
         let outcome = self.state.withLock { state -> Result<Bool, SocketIPCError> in
             if let error = state.closedError { return .failure(error) }
             if let error = state.peerGoingAway { return .failure(error) }
@@ -228,7 +232,7 @@ public final class Connection: Sendable {
                 )
             }
             state.requests[id] = PendingRequest(continuation: continuation, timeout: nil)
-            state.outbound.appendFrame(.request, id: id, payload: payload)
+            state.outbound.appendFrame(.request, id: id, payload: payload, pool: pool)
             return .success(state.scheduleFlushIfNeeded())
         }
         switch outcome {
@@ -343,7 +347,7 @@ extension Connection {
 
     /// Hands every queued frame to the channel and flushes. Runs on the event loop.
     func flushPendingWrites() {
-        let buffers = self.state.withLock { state -> [ByteBuffer] in
+        let (buffers, lastIsOwned) = self.state.withLock { state -> ([ByteBuffer], Bool) in
             state.flushScheduled = false
             state.readBatchActive = false
             return state.outbound.takeAll()
@@ -354,6 +358,7 @@ extension Connection {
             self.channel.write(buffer, promise: nil)
         }
         self.channel.flush()
+        if lastIsOwned { self.flushBufferPool.recycle(buffers[buffers.count - 1]) }
         self.resumeWritersIfWritable()
     }
 

@@ -17,18 +17,18 @@ struct OutboundQueue {
 
     /// Queues a frame: its header, then `payload` (copied if small, referenced if large).
     @inline(__always)
-    mutating func appendFrame(_ kind: FrameKind, id: UInt32, payload: ByteBuffer) {
+    mutating func appendFrame(_ kind: FrameKind, id: UInt32, payload: ByteBuffer, pool: FlushBufferPool?) {
         let headerLength = 4 + kind.headerLength
         let payloadLength = payload.readableBytes
         self.byteCount += headerLength + payloadLength
         if payloadLength >= Self.largePayloadThreshold {
-            self.withOwnedTail(capacity: headerLength) {
+            self.withOwnedTail(capacity: headerLength, pool: pool) {
                 Self.write(kind, id: id, payload: payload, copyingPayload: false, into: &$0)
             }
             self.buffers.append(payload)
             self.tailIsOwned = false
         } else {
-            self.withOwnedTail(capacity: headerLength + payloadLength) {
+            self.withOwnedTail(capacity: headerLength + payloadLength, pool: pool) {
                 Self.write(kind, id: id, payload: payload, copyingPayload: true, into: &$0)
             }
         }
@@ -67,28 +67,57 @@ struct OutboundQueue {
     mutating func appendRaw(_ bytes: ByteBuffer) {
         var bytes = bytes
         self.byteCount += bytes.readableBytes
-        self.withOwnedTail(capacity: bytes.readableBytes) { $0.writeBuffer(&bytes) }
+        self.withOwnedTail(capacity: bytes.readableBytes, pool: nil) { $0.writeBuffer(&bytes) }
     }
 
     /// Takes everything queued, leaving the queue empty.
-    mutating func takeAll() -> [ByteBuffer] {
+    /// Takes everything queued, leaving the queue empty; also says whether the last buffer is a coalescing buffer
+    /// of the queue's own (which can be recycled once written).
+    mutating func takeAll() -> (buffers: [ByteBuffer], lastIsOwned: Bool) {
         defer {
             self.buffers = []
             self.tailIsOwned = false
             self.byteCount = 0
         }
-        return self.buffers
+        return (self.buffers, self.tailIsOwned)
     }
 
     @inline(__always)
-    private mutating func withOwnedTail(capacity: Int, _ body: (inout ByteBuffer) -> Void) {
+    private mutating func withOwnedTail(capacity: Int, pool: FlushBufferPool?, _ body: (inout ByteBuffer) -> Void) {
         if self.tailIsOwned {
             body(&self.buffers[self.buffers.count - 1])
         } else {
-            var tail = ByteBufferAllocator().buffer(capacity: max(Self.initialCapacity, capacity))
+            var tail = pool?.take() ?? ByteBufferAllocator().buffer(capacity: max(Self.initialCapacity, capacity))
             body(&tail)
             self.buffers.append(tail)
             self.tailIsOwned = true
         }
+    }
+}
+
+/// One spare coalescing buffer per event loop: the buffer of the last flush on that loop, handed to the next
+/// connection of the loop that needs one. Reusing it costs nothing once the channel has written it; while the
+/// channel still holds it, `clear()` copies on write, so reuse is always safe. Kept per event loop, not per
+/// connection, so that idle connections hold no write buffer. Touched only on its event loop.
+final class FlushBufferPool: @unchecked Sendable {
+    private var spare: ByteBuffer?
+
+    private static let pools = PerEventLoop { _ in FlushBufferPool() }
+
+    /// The pool of `eventLoop`.
+    static func shared(for eventLoop: any EventLoop) -> FlushBufferPool { self.pools(eventLoop) }
+
+    /// A cleared buffer, if one is spare.
+    @inline(__always)
+    func take() -> ByteBuffer? {
+        guard var buffer = self.spare.take() else { return nil }
+        buffer.clear()
+        return buffer
+    }
+
+    /// Keeps `buffer` for the next flush, unless it grew large.
+    @inline(__always)
+    func recycle(_ buffer: ByteBuffer) {
+        if buffer.capacity <= 64 * 1024 { self.spare = buffer }
     }
 }
