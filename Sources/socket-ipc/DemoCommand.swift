@@ -3,17 +3,18 @@ import Foundation
 import Logging
 import NIOCore
 import SocketIPC
+import Synchronization
 
-/// `socket-ipc demo`: servers and client processes talking, every style once.
+/// `socket-ipc demo`: both kinds of server, and client processes talking to them in every style once.
 struct DemoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "demo",
         abstract: "Run a framed and an EOF-style server with client processes talking to them, then shut down.",
         discussion: """
-            Starts both servers on sockets in a fresh temporary directory; runs client processes of this binary \
-            that send an EOF-style message, a framed one-way message, wait for a server push, and make 20 \
-            requests 10 at a time; prints what each side saw; shuts down gracefully and checks that the socket \
-            files are gone.
+            Starts both servers on sockets in a fresh temporary directory, then runs client processes of this \
+            binary one after the other: `send --eof`, a framed `send`, one that waits for a server push, and \
+            `request --count 20 --concurrency 10`. Prints what each side saw (`[server ...]`, `[client ...]`), \
+            shuts the servers down gracefully and checks that their socket files are gone.
             """
     )
 
@@ -25,34 +26,42 @@ struct DemoCommand: AsyncParsableCommand {
         var logger = Logger(label: "socket-ipc.demo")
         logger.logLevel = .warning
 
-        let (running, runningContinuation) = AsyncStream.makeStream(of: Void.self)
+        let (running, serverRunning) = AsyncStream.makeStream(of: Void.self)
+        let answered = DemoHandler.Counters()
         let framed = Server.framed(
             configuration: .init(path: framedPath),
             logger: logger,
-            onServerRunning: { Output.line("[server framed] listening on \($0)"); runningContinuation.yield() }
-        ) { DemoHandler() }
+            onServerRunning: { path in
+                Output.line("[server framed]  listening on \(path)")
+                serverRunning.yield()
+            }
+        ) {
+            DemoHandler(counters: answered)
+        }
         let eof = Server.eof(
             configuration: .init(path: eofPath),
             logger: logger,
-            onServerRunning: { Output.line("[server eof]    listening on \($0)"); runningContinuation.yield() },
+            onServerRunning: { path in
+                Output.line("[server eof]     listening on \(path)")
+                serverRunning.yield()
+            },
             handler: .collecting { message, context in
-                let who = context.peer.map { " from pid \($0.processID)" } ?? ""
-                Output.line("[server eof]    received \(message.readableBytes) bytes\(who): \(describe(message))")
-                var acknowledgement = ByteBuffer()
-                acknowledgement.writeInteger(UInt32(message.readableBytes))
-                return acknowledgement
+                let from = context.peer.map { " from pid \($0.processID)" } ?? ""
+                Output.line("[server eof]     received \(message.readableBytes) bytes\(from): \(describe(message))")
+                return countAcknowledgement(message.readableBytes)
             }
         )
 
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await framed.run() }
             group.addTask { try await eof.run() }
-            var ready = 0
-            for await _ in running {
-                ready += 1
-                if ready == 2 { break }
-            }
             do {
+                // Both servers accept connections once each has called its onServerRunning.
+                var ready = 0
+                for await _ in running {
+                    ready += 1
+                    if ready == 2 { break }
+                }
                 try await Self.client("client eof", ["send", "--socket", eofPath, "--eof", "hello over EOF"])
                 try await Self.client("client send", ["send", "--socket", framedPath, "a one-way framed message"])
                 try await Self.client("client push", ["listen-for-push", "--socket", framedPath])
@@ -63,9 +72,11 @@ struct DemoCommand: AsyncParsableCommand {
             } catch {
                 framed.shutdownGracefully()
                 eof.shutdownGracefully()
+                try? await group.waitForAll()
                 throw error
             }
-            Output.line("[demo] shutting down")
+            Output.line("[server framed]  answered \(answered.requests.load(ordering: .relaxed)) requests")
+            Output.line("[demo]           shutting down gracefully")
             framed.shutdownGracefully()
             eof.shutdownGracefully()
             try await group.waitForAll()
@@ -78,61 +89,54 @@ struct DemoCommand: AsyncParsableCommand {
         Output.line("demo finished: socket files removed")
     }
 
-    /// Runs this binary with `arguments` as a child process and prints its output lines labelled with `label`.
+    /// Runs this binary with `arguments` as a child process, waits for it to exit, and prints its output lines
+    /// labelled `[label]`.
+    /// - Throws: `ExitCode.failure` when the child fails.
     static func client(_ label: String, _ arguments: [String]) async throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Self.executablePath())
-        process.arguments = arguments
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        let exited = AsyncStream.makeStream(of: Int32.self)
-        process.terminationHandler = { exited.continuation.yield($0.terminationStatus) }
-        try process.run()
-        let data = await Task.detached { output.fileHandleForReading.readDataToEndOfFile() }.value
-        var statuses = exited.stream.makeAsyncIterator()
-        let status = await statuses.next() ?? -1
-        let padded = "[\(label)]".padding(toLength: 17, withPad: " ", startingAt: 0)
-        for line in String(decoding: data, as: UTF8.self).split(separator: "\n") {
-            Output.line("\(padded)\(line)")
+        let result = try await ChildProcess.run(ChildProcess.currentExecutable, arguments)
+        let prefix = "[\(label)]".padding(toLength: 17, withPad: " ", startingAt: 0)
+        for line in result.output.split(separator: "\n") {
+            Output.line("\(prefix)\(line)")
         }
-        guard status == 0 else {
-            Output.error("\(label) (\(arguments.joined(separator: " "))) exited with status \(status)")
+        guard result.status == 0 else {
+            Output.error("\(label) (socket-ipc \(arguments.joined(separator: " "))) exited with status \(result.status)")
             throw ExitCode.failure
         }
     }
 
-    static func executablePath() -> String {
-        (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-    }
-
+    /// Makes a fresh directory with a short path (`/tmp/sipc-demo-XXXXXX`), so socket paths in it stay far
+    /// below the `sun_path` limit.
+    /// - Throws: ``SocketIPCError`` with code `systemCall` when `mkdtemp` fails.
     static func makeTemporaryDirectory() throws -> String {
-        var template = Array("/tmp/socket-ipc-demo-XXXXXX".utf8CString)
+        var template = Array("/tmp/sipc-demo-XXXXXX".utf8CString)
         guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
-            throw SocketIPCError(.systemCall, "could not create a temporary directory in /tmp")
+            throw SocketIPCError(.systemCall, "mkdtemp in /tmp failed: \(String(cString: strerror(errno))) (errno \(errno))")
         }
         return String(cString: made)
     }
 }
 
-/// The demo's framed handler: welcomes each connection with a push, prints messages, answers requests.
+/// The demo's framed handler: welcomes each connection with a push, prints one-way messages, answers requests.
 struct DemoHandler: ConnectionHandler {
+    /// What the handlers of all connections did.
+    final class Counters: Sendable {
+        let requests = Atomic<Int>(0)
+    }
+
+    let counters: Counters
+
     func connectionDidOpen(_ connection: Connection) {
         let who = connection.peer.map { "pid \($0.processID)" } ?? "a client"
-        Output.line("[server framed] connection from \(who); pushing a welcome")
+        Output.line("[server framed]  connection from \(who); pushing a welcome")
         Task { try? await connection.send(ByteBuffer(string: "welcome, \(who)")) }
     }
 
     func didReceiveMessage(_ message: ByteBuffer, on connection: Connection) {
-        Output.line("[server framed] one-way message: \(describe(message))")
+        Output.line("[server framed]  one-way message: \(describe(message))")
     }
 
     func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {
-        let text = String(buffer: request)
-        reply.complete {
-            // Later requests may finish first: replies carry ids, so order does not matter.
-            try await Task.sleep(for: .milliseconds(Int.random(in: 1...20)))
-            return ByteBuffer(string: "pong for \(text)")
-        }
+        self.counters.requests.add(1, ordering: .relaxed)
+        reply.succeed(ByteBuffer(string: "pong for \(String(buffer: request))"))
     }
 }

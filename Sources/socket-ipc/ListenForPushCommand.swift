@@ -2,26 +2,31 @@ import ArgumentParser
 import NIOCore
 import SocketIPC
 
-/// `socket-ipc listen-for-push`: connects and waits for the server to push one message (used by `demo`).
+/// `socket-ipc listen-for-push`: connects to a framed server and waits for it to push one message. `demo` runs it
+/// as a client process; it is hidden from the help.
 struct ListenForPushCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "listen-for-push",
-        abstract: "Connect and print the first message the server pushes.",
+        abstract: "Connect to a framed server and print the first message it pushes.",
         shouldDisplay: false
     )
 
-    @Option(name: .long, help: "The server's socket path.")
+    @Option(name: .long, help: ArgumentHelp("The server's socket path.", valueName: "path"))
     var socket: String
 
     func run() async throws {
         let (pushes, continuation) = AsyncStream.makeStream(of: ByteBuffer.self)
-        try await reportingErrors {
-            try await Client.withConnection(to: self.socket, onMessage: { continuation.yield($0) }) { _ in
-                for await push in pushes {
-                    Output.line("server pushed: \(describe(push))")
-                    break
-                }
+        try await Client.withConnection(to: self.socket, onMessage: { continuation.yield($0) }) { connection in
+            // Ends without a push too: when the server closes the connection first.
+            Task { [continuation] in
+                await connection.waitUntilClosed()
+                continuation.finish()
             }
+            var iterator = pushes.makeAsyncIterator()
+            guard let push = await iterator.next() else {
+                throw SocketIPCError(.connectionClosed, "the server closed the connection without pushing a message")
+            }
+            Output.line("server pushed: \(describe(push))")
         }
     }
 }

@@ -1,38 +1,30 @@
 import ArgumentParser
 import Foundation
 import NIOCore
-import SocketIPC
 import Synchronization
 
-/// Writes whole lines to standard output from any thread, flushed at once, so that lines of concurrent
-/// servers and clients never interleave and reach a pipe immediately.
+/// Writes whole lines to standard output or standard error from any thread, unbuffered, so that the lines of
+/// concurrent servers and clients never interleave and reach a pipe at once (a test waits for `listening on`).
 enum Output {
     private static let lock = Mutex(())
 
+    /// Writes `text` and a newline to standard output.
     static func line(_ text: String) {
-        lock.withLock { _ in
+        self.lock.withLock { _ in
             FileHandle.standardOutput.write(Data((text + "\n").utf8))
         }
     }
 
+    /// Writes `error: `, `text` and a newline to standard error.
     static func error(_ text: String) {
-        lock.withLock { _ in
+        self.lock.withLock { _ in
             FileHandle.standardError.write(Data(("error: " + text + "\n").utf8))
         }
     }
 }
 
-/// Runs `body`; a ``SocketIPCError`` becomes `error: <message>` on standard error and exit status 1.
-func reportingErrors(_ body: () async throws -> Void) async throws {
-    do {
-        try await body()
-    } catch let error as SocketIPCError {
-        Output.error(error.message)
-        throw ExitCode.failure
-    }
-}
-
-/// A payload for display: its text if it is printable UTF-8, otherwise hex.
+/// A payload for display: its text in quotes if it is printable UTF-8, otherwise `0x` and its hex (the first 64
+/// bytes).
 func describe(_ buffer: ByteBuffer) -> String {
     let bytes = Array(buffer.readableBytesView)
     if let text = String(validating: bytes, as: UTF8.self),
@@ -44,13 +36,20 @@ func describe(_ buffer: ByteBuffer) -> String {
 }
 
 extension Unicode.GeneralCategory {
-    var isControl: Bool { self == .control || self == .format || self == .unassigned }
+    /// Whether a character of this category would garble a terminal line.
+    fileprivate var isControl: Bool { self == .control || self == .format || self == .unassigned }
 }
 
 /// Parses an octal permission string such as `0600` or `660`.
+/// - Throws: `ValidationError` when `text` is not octal or above `0777`.
 func parsePermissions(_ text: String) throws -> UInt16 {
     guard let mode = UInt16(text, radix: 8), mode <= 0o777 else {
         throw ValidationError("--permissions must be octal, from 0 to 0777, such as 0600; got \(text)")
     }
     return mode
+}
+
+/// Seconds given on the command line as a `Duration`.
+func duration(seconds: Double) -> Duration {
+    .nanoseconds(Int64((seconds * 1_000_000_000).rounded()))
 }

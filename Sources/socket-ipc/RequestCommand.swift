@@ -2,15 +2,19 @@ import ArgumentParser
 import NIOCore
 import SocketIPC
 
-/// `socket-ipc request`: framed requests, printing each reply.
+/// `socket-ipc request`: framed requests on one connection, printing each reply.
 struct RequestCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "request",
         abstract: "Send framed requests and print the replies.",
-        discussion: "With --count and --concurrency, requests run concurrently on one connection."
+        discussion: """
+            Prints each reply as `reply: TEXT-OR-HEX`, in the order the replies arrive. With --count N the \
+            requests are `MESSAGE #1` ... `MESSAGE #N`, with at most --concurrency of them in flight at once on \
+            one connection.
+            """
     )
 
-    @Option(name: .long, help: "The server's socket path.")
+    @Option(name: .long, help: ArgumentHelp("The server's socket path.", valueName: "path"))
     var socket: String
 
     @Option(name: .long, help: "How many requests to send.")
@@ -19,7 +23,7 @@ struct RequestCommand: AsyncParsableCommand {
     @Option(name: .long, help: "How many requests may be in flight at once.")
     var concurrency: Int = 1
 
-    @Option(name: .long, help: "Seconds to wait for each reply.")
+    @Option(name: .long, help: ArgumentHelp("Seconds to wait for each reply.", valueName: "seconds"))
     var timeout: Double = 10
 
     @Argument(help: "The request's text.")
@@ -34,23 +38,23 @@ struct RequestCommand: AsyncParsableCommand {
     func run() async throws {
         let count = self.count
         let message = self.message
-        let timeout = Duration.milliseconds(Int64(self.timeout * 1000))
+        let timeout = duration(seconds: self.timeout)
         let workers = min(self.concurrency, count)
-        try await reportingErrors {
-            try await Client.withConnection(to: self.socket) { connection in
-                try await withThrowingTaskGroup(of: Void.self) { group in
-                    for worker in 0..<workers {
-                        group.addTask {
-                            // Worker w sends requests w, w + workers, w + 2 × workers, …
-                            for index in stride(from: worker, to: count, by: workers) {
-                                let text = count == 1 ? message : "\(message) #\(index + 1)"
-                                let reply = try await connection.request(ByteBuffer(string: text), timeout: timeout)
-                                Output.line("reply: \(describe(reply))")
-                            }
+        var configuration = ClientConfiguration()
+        configuration.connectTimeout = timeout
+        try await Client.withConnection(to: self.socket, configuration: configuration) { connection in
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for worker in 0..<workers {
+                    group.addTask {
+                        // Worker w sends requests w, w + workers, w + 2 × workers, ...
+                        for index in stride(from: worker, to: count, by: workers) {
+                            let text = count == 1 ? message : "\(message) #\(index + 1)"
+                            let reply = try await connection.request(ByteBuffer(string: text), timeout: timeout)
+                            Output.line("reply: \(describe(reply))")
                         }
                     }
-                    try await group.waitForAll()
                 }
+                try await group.waitForAll()
             }
         }
     }

@@ -11,31 +11,43 @@ struct ServeCommand: AsyncParsableCommand {
         commandName: "serve",
         abstract: "Serve on a socket file until interrupted.",
         discussion: """
-            framed: echoes every request and prints every one-way message. eof: prints each message's size and \
-            acknowledges it with the 4-byte big-endian count of bytes received. Prints `listening on PATH` once \
-            connections are accepted; SIGINT or SIGTERM shut down gracefully and remove the socket file.
+            framed: echoes every request (the reply is the request's payload) and prints every one-way message as \
+            `message N bytes: TEXT-OR-HEX`. eof: prints `received N bytes` for each message and acknowledges it \
+            with the 4-byte big-endian count of bytes received.
+
+            Prints `listening on PATH` once the socket accepts connections. SIGINT or SIGTERM shut the server down \
+            gracefully: requests in flight finish, clients are told, and the socket file is removed. A stale \
+            socket file (its server was killed) is replaced; a live server's is never touched.
             """
     )
 
     /// The two kinds of server.
     enum Mode: String, ExpressibleByArgument, CaseIterable {
-        case framed, eof
+        /// SocketIPC's framed protocol: messages and requests, many per connection.
+        case framed
+        /// One message per connection, ended by the client's half-close.
+        case eof
     }
 
-    @Option(name: .long, help: "The socket file's path.")
+    @Option(name: .long, help: ArgumentHelp("The socket file's path.", valueName: "path"))
     var socket: String
 
     @Option(name: .long, help: "framed (requests and messages) or eof (one message per connection).")
     var mode: Mode = .framed
 
-    @Option(name: .long, help: "The socket file's permissions, in octal.")
+    @Option(name: .long, help: ArgumentHelp("The socket file's permissions, in octal, whatever the umask.", valueName: "mode"))
     var permissions: String = "0600"
 
-    @Flag(name: .long, help: "Create a missing parent directory (mode 0700).")
+    @Flag(name: .long, help: "Create the socket file's parent directory (mode 0700) if it is missing.")
     var createParent = false
 
-    @Option(name: .long, help: "The largest message accepted, in bytes.")
+    @Option(name: .long, help: ArgumentHelp("The largest message accepted, in bytes.", valueName: "bytes"))
     var maxMessageSize: Int = 16 * 1024 * 1024
+
+    func validate() throws {
+        _ = try parsePermissions(self.permissions)
+        guard self.maxMessageSize >= 1 else { throw ValidationError("--max-message-size must be at least 1") }
+    }
 
     func run() async throws {
         var configuration = ServerConfiguration(path: self.socket)
@@ -46,9 +58,10 @@ struct ServeCommand: AsyncParsableCommand {
         logger.logLevel = .warning
         let server = Self.makeServer(configuration: configuration, mode: self.mode, logger: logger)
         let group = ServiceGroup(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
-        try await reportingErrors { try await group.run() }
+        try await group.run()
     }
 
+    /// The server `serve` runs: it prints `listening on PATH` once it accepts connections.
     static func makeServer(configuration: ServerConfiguration, mode: Mode, logger: Logger) -> Server {
         let onRunning: @Sendable (SocketPath) async -> Void = { Output.line("listening on \($0)") }
         switch mode {
@@ -57,23 +70,33 @@ struct ServeCommand: AsyncParsableCommand {
                 PrintingEchoHandler()
             }
         case .eof:
-            let maximum = configuration.connection.maximumMessageSize
             return Server.eof(
                 configuration: configuration,
                 logger: logger,
                 onServerRunning: onRunning,
-                handler: .onEventLoop(maximumSize: maximum) { message, _ in
+                handler: .onEventLoop(maximumSize: configuration.connection.maximumMessageSize) { message, _ in
                     Output.line("received \(message.readableBytes) bytes")
-                    var acknowledgement = ByteBuffer()
-                    acknowledgement.writeInteger(UInt32(truncatingIfNeeded: message.readableBytes))
-                    return acknowledgement
+                    return countAcknowledgement(message.readableBytes)
                 }
             )
         }
     }
 }
 
-/// Prints one-way messages and echoes requests.
+/// The acknowledgement of an EOF-style message: the 4-byte big-endian count of bytes received.
+///
+/// ```
+/// +--------+--------+--------+--------+
+/// |   count of message bytes (UInt32) |
+/// +--------+--------+--------+--------+
+/// ```
+func countAcknowledgement(_ count: Int) -> ByteBuffer {
+    var acknowledgement = ByteBuffer()
+    acknowledgement.writeInteger(UInt32(truncatingIfNeeded: count))
+    return acknowledgement
+}
+
+/// The handler of `serve --mode framed`: prints one-way messages and echoes requests.
 struct PrintingEchoHandler: ConnectionHandler {
     func didReceiveMessage(_ message: ByteBuffer, on connection: Connection) {
         Output.line("message \(message.readableBytes) bytes: \(describe(message))")

@@ -1,18 +1,48 @@
 import ArgumentParser
+import SocketIPC
 
-/// `socket-ipc`: serve, send, request, probe, benchmark and demonstrate SocketIPC from the command line.
+/// `socket-ipc`: serve, send, request, probe and demonstrate SocketIPC from the command line.
+///
+/// Every subcommand lives in a file of its own. A ``SocketIPCError`` that a subcommand throws is printed as
+/// `error: <message>` on standard error and the process exits with status 1; any other error is reported by
+/// ArgumentParser as usual.
 @main
 struct SocketIPCCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "socket-ipc",
         abstract: "Fast, safe messaging between processes over Unix domain sockets.",
         discussion: """
-            Framed servers speak SocketIPC's protocol (PROTOCOL.md); EOF-style servers take one message per \
-            connection, ended by the client's half-close, so `printf hi | socat - UNIX-CONNECT:PATH` works.
+            Framed servers speak SocketIPC's protocol (PROTOCOL.md): one-way messages and requests with replies, \
+            many per connection. EOF-style servers take one message per connection, ended by the client's \
+            half-close, so `printf hi | socat - UNIX-CONNECT:PATH` and `printf hi | nc -N -U PATH` are clients too.
+
+            Try `socket-ipc demo` to see both kinds of server with client processes talking to them.
             """,
         subcommands: [
-            ServeCommand.self, SendCommand.self, RequestCommand.self, ProbeCommand.self, BenchCommand.self,
-            DemoCommand.self, ListenForPushCommand.self,
+            ServeCommand.self,
+            SendCommand.self,
+            RequestCommand.self,
+            ProbeCommand.self,
+            BenchCommand.self,
+            DemoCommand.self,
+            ListenForPushCommand.self,
         ]
     )
+
+    /// Parses the command line and runs the chosen subcommand, reporting a ``SocketIPCError`` as one line.
+    static func main() async {
+        do {
+            var command = try await Self.asyncParseAsRoot()
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch let error as SocketIPCError {
+            Output.error(error.message)
+            Self.exit(withError: ExitCode.failure)
+        } catch {
+            Self.exit(withError: error)
+        }
+    }
 }

@@ -1,0 +1,47 @@
+import Foundation
+
+/// Runs a child process to completion without blocking Swift's cooperative threads: its output is read on a thread
+/// of its own and its exit is reported by `Process`'s termination handler.
+enum ChildProcess {
+    /// How a child process ended and what it wrote.
+    struct Result: Sendable {
+        /// The exit status, or the signal that ended the process.
+        var status: Int32
+        /// Standard output and standard error, interleaved as written.
+        var output: String
+    }
+
+    /// Runs `executable` with `arguments`; standard input is `/dev/null`.
+    /// - Returns: The exit status and the output, once the process has exited and its output has ended.
+    /// - Throws: When the process cannot be started.
+    static func run(_ executable: String, _ arguments: [String]) async throws -> Result {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        process.standardInput = FileHandle.nullDevice
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        let (exits, exited) = AsyncStream.makeStream(of: Int32.self)
+        process.terminationHandler = { process in
+            exited.yield(process.terminationStatus)
+            exited.finish()
+        }
+        try process.run()
+        let output = await withCheckedContinuation { continuation in
+            let reader = Thread {
+                continuation.resume(returning: pipe.fileHandleForReading.readDataToEndOfFile())
+            }
+            reader.start()
+        }
+        var statuses = exits.makeAsyncIterator()
+        let status = await statuses.next() ?? -1
+        return Result(status: status, output: String(decoding: output, as: UTF8.self))
+    }
+
+    /// The path of the running executable, to start more of it.
+    static var currentExecutable: String {
+        if let path = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") { return path }
+        return URL(fileURLWithPath: CommandLine.arguments[0]).standardizedFileURL.path
+    }
+}
