@@ -99,7 +99,8 @@ struct DemoCommand: AsyncParsableCommand {
             Output.line("\(prefix)\(line)")
         }
         guard result.status == 0 else {
-            Output.error("\(label) (socket-ipc \(arguments.joined(separator: " "))) exited with status \(result.status)")
+            Output.error(
+                "\(label) (socket-ipc \(arguments.joined(separator: " "))) exited with status \(result.status)")
             throw ExitCode.failure
         }
     }
@@ -110,7 +111,8 @@ struct DemoCommand: AsyncParsableCommand {
     static func makeTemporaryDirectory() throws -> String {
         var template = Array("/tmp/sipc-demo-XXXXXX".utf8CString)
         guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
-            throw SocketIPCError(.systemCall, "mkdtemp in /tmp failed: \(String(cString: strerror(errno))) (errno \(errno))")
+            throw SocketIPCError(
+                .systemCall, "mkdtemp in /tmp failed: \(String(cString: strerror(errno))) (errno \(errno))")
         }
         return String(cString: made)
     }

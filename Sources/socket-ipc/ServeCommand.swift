@@ -35,7 +35,9 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .long, help: "framed (requests and messages) or eof (one message per connection).")
     var mode: Mode = .framed
 
-    @Option(name: .long, help: ArgumentHelp("The socket file's permissions, in octal, whatever the umask.", valueName: "mode"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp("The socket file's permissions, in octal, whatever the umask.", valueName: "mode"))
     var permissions: String = "0600"
 
     @Flag(name: .long, help: "Create the socket file's parent directory (mode 0700) if it is missing.")
