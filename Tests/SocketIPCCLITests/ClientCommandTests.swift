@@ -1,0 +1,105 @@
+import Foundation
+import Testing
+
+@Suite("socket-ipc send, request and probe", .timeLimit(.minutes(1)))
+struct ClientCommandTests {
+    @Test("send --eof sends its argument and prints the 4-byte acknowledgement as a count")
+    func sendEOFArgument() async throws {
+        try await withTemporaryDirectory { directory in
+            let path = directory + "/s.sock"
+            try await withProcess(try .socketIPC(["serve", "--socket", path, "--mode", "eof"])) { server in
+                #expect(await server.standardOutput.waitForLine(containing: "listening on") == "listening on \(path)")
+                let result = try await runCLI(["send", "--socket", path, "--eof", "hello"])
+                #expect(result.status == 0, "stderr: \(result.error)")
+                #expect(result.output == "ack: 5\n")
+                #expect(await server.standardOutput.waitForLine(containing: "received") == "received 5 bytes")
+            }
+        }
+    }
+
+    @Test("send --eof streams standard input as one message")
+    func sendEOFStandardInput() async throws {
+        try await withTemporaryDirectory { directory in
+            let path = directory + "/s.sock"
+            try await withProcess(try .socketIPC(["serve", "--socket", path, "--mode", "eof"])) { server in
+                #expect(await server.standardOutput.waitForLine(containing: "listening on") != nil)
+                let text = String(repeating: "0123456789", count: 100_000)
+                let result = try await runCLI(["send", "--socket", path, "--eof"], input: text)
+                #expect(result.status == 0, "stderr: \(result.error)")
+                #expect(result.output == "ack: 1000000\n")
+                #expect(await server.standardOutput.waitForLine(containing: "received") == "received 1000000 bytes")
+            }
+        }
+    }
+
+    @Test("request --count --concurrency gets every reply on one connection")
+    func concurrentRequests() async throws {
+        try await withTemporaryDirectory { directory in
+            let path = directory + "/s.sock"
+            try await withProcess(try .socketIPC(["serve", "--socket", path])) { server in
+                #expect(await server.standardOutput.waitForLine(containing: "listening on") != nil)
+                let result = try await runCLI(
+                    ["request", "--socket", path, "--count", "20", "--concurrency", "10", "--timeout", "10", "ping"]
+                )
+                #expect(result.status == 0, "stderr: \(result.error)")
+                let replies = Set(result.output.split(separator: "\n").map(String.init))
+                #expect(replies == Set((1...20).map { "reply: \"ping #\($0)\"" }))
+            }
+        }
+    }
+
+    @Test("a client of a path where nothing listens fails with the library's message, not a stack trace")
+    func nothingListening() async throws {
+        try await withTemporaryDirectory { directory in
+            let path = directory + "/nobody.sock"
+            for command in [
+                ["request", "--socket", path, "hi"], ["send", "--socket", path, "hi"],
+                ["send", "--socket", path, "--eof", "hi"], ["probe", "--socket", path],
+            ] {
+                let result = try await runCLI(command)
+                #expect(result.status == 1, "\(command)")
+                #expect(result.error.hasPrefix("error: "), "\(command): \(result.error)")
+                #expect(result.error.contains(path), "\(command): \(result.error)")
+                #expect(result.error.split(separator: "\n").count == 1, "\(command): \(result.error)")
+            }
+        }
+    }
+
+    @Test("probe recognises a framed server and names its peer")
+    func probeFramedServer() async throws {
+        try await withTemporaryDirectory { directory in
+            let path = directory + "/s.sock"
+            try await withProcess(try .socketIPC(["serve", "--socket", path])) { server in
+                #expect(await server.standardOutput.waitForLine(containing: "listening on") != nil)
+                let result = try await runCLI(["probe", "--socket", path])
+                #expect(result.status == 0, "stderr: \(result.error)")
+                #expect(
+                    result.output.hasPrefix(
+                        "framed SocketIPC server (protocol version 1), peer pid=\(server.processID)"))
+            }
+        }
+    }
+
+    @Test("probe tells an EOF-style server apart: it listens but sends no hello")
+    func probeEOFServer() async throws {
+        try await withTemporaryDirectory { directory in
+            let path = directory + "/s.sock"
+            try await withProcess(try .socketIPC(["serve", "--socket", path, "--mode", "eof"])) { server in
+                #expect(await server.standardOutput.waitForLine(containing: "listening on") != nil)
+                let result = try await runCLI(["probe", "--socket", path, "--timeout", "0.3"])
+                #expect(result.status == 1)
+                #expect(result.error.contains("sent no SocketIPC hello"), "stderr: \(result.error)")
+            }
+        }
+    }
+
+    @Test("the help lists the subcommands and hides the demo's helper")
+    func help() async throws {
+        let result = try await runCLI(["--help"])
+        #expect(result.status == 0)
+        for subcommand in ["serve", "send", "request", "probe", "demo"] {
+            #expect(result.output.contains("\n  \(subcommand) "), "\(subcommand) missing from the help")
+        }
+        #expect(!result.output.contains("listen-for-push"))
+    }
+}
