@@ -33,18 +33,8 @@ struct SendCommand: AsyncParsableCommand {
             if let message = self.message {
                 acknowledgement = try await Client.sendMessage(ByteBuffer(string: message), to: self.socket)
             } else {
-                do {
-                    acknowledgement = try await Client.sendMessage(to: self.socket) { writer in
-                        for try await chunk in StandardInput.chunks() { try await writer.write(chunk) }
-                    }
-                } catch let error as ChannelError {
-                    // The streaming sendMessage lets NIO's errors through (the other throws SocketIPCError).
-                    throw SocketIPCError(
-                        .connectionClosed,
-                        "the server at \(self.socket) closed the connection before the whole message was sent "
-                            + "(is the message over its maximum size?): \(error)",
-                        path: self.socket
-                    )
+                acknowledgement = try await Client.sendMessage(to: self.socket) { writer in
+                    for try await chunk in StandardInput.chunks() { try await writer.write(chunk) }
                 }
             }
             Output.line(Self.describeAcknowledgement(acknowledgement))

@@ -105,6 +105,19 @@ struct EOFMessageTests {
         #expect(largestChunk.load(ordering: .relaxed) <= 1024 * 1024)
     }
 
+    @Test("a streamed message over the server's maximum fails with a SocketIPCError, not NIO's")
+    func streamedTooLarge() async throws {
+        let handler = EOFMessageHandler.onEventLoop(maximumSize: 1000) { message, _ in ByteBuffer(string: "ok") }
+        try await withEOFServer(handler: handler) { path in
+            let error = await #expect(throws: SocketIPCError.self) {
+                _ = try await Client.sendMessage(to: path) { writer in
+                    for _ in 0..<4096 { try await writer.write(ByteBuffer(repeating: 1, count: 64 * 1024)) }
+                }
+            }
+            #expect(error?.code == .connectionClosed)
+        }
+    }
+
     @Test("a handler that throws closes its connection without acknowledgement and the server keeps serving")
     func handlerThrows() async throws {
         let handler = EOFMessageHandler.collecting { message, _ in

@@ -105,14 +105,20 @@ extension Client {
             try await body(EOFMessageWriter(outbound: outbound))
             outbound.finish()
             var acknowledgement = ByteBuffer()
-            for try await var chunk in inbound {
-                guard acknowledgement.readableBytes + chunk.readableBytes <= maximumAcknowledgementSize else {
-                    throw SocketIPCError(
-                        .messageTooLarge,
-                        "the acknowledgement exceeds the maximum of \(maximumAcknowledgementSize) bytes"
-                    )
+            do {
+                for try await var chunk in inbound {
+                    guard acknowledgement.readableBytes + chunk.readableBytes <= maximumAcknowledgementSize else {
+                        throw SocketIPCError(
+                            .messageTooLarge,
+                            "the acknowledgement exceeds the maximum of \(maximumAcknowledgementSize) bytes"
+                        )
+                    }
+                    acknowledgement.writeBuffer(&chunk)
                 }
-                acknowledgement.writeBuffer(&chunk)
+            } catch let error as SocketIPCError {
+                throw error
+            } catch {
+                throw SocketIPCError(.connectionClosed, "the connection failed before the server's EOF: \(error)", path: path)
             }
             return acknowledgement
         }
@@ -137,8 +143,20 @@ public struct EOFMessageWriter: Sendable {
     let outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
 
     /// Writes the next piece of the message.
+    /// - Throws: ``SocketIPCError`` with code `connectionClosed` when the server has closed the connection (for
+    ///   example because the message is over its maximum size).
     public func write(_ bytes: ByteBuffer) async throws {
-        try await self.outbound.write(bytes)
+        do {
+            try await self.outbound.write(bytes)
+        } catch let error as SocketIPCError {
+            throw error
+        } catch {
+            throw SocketIPCError(
+                .connectionClosed,
+                "the server closed the connection before the whole message was sent (is it over the server's "
+                    + "maximum size?): \(error)"
+            )
+        }
     }
 }
 

@@ -83,7 +83,8 @@ final class SocketFileOwner {
         guard create else {
             throw SocketIPCError(
                 .parentDirectoryMissing,
-                "the directory \(parent) does not exist; create it, or set createParentDirectory to create it with mode 0700",
+                "the directory \(parent) does not exist; create it, or let the server create it with mode 0700 "
+                    + "(ServerConfiguration.createParentDirectory, socket-ipc serve --create-parent)",
                 path: path.path
             )
         }
