@@ -49,6 +49,7 @@ public enum Client {
                 .channelOption(.writeBufferWaterMark, value: ConnectionOptions.channelWriteWatermark)
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
+                        try options.applySocketOptions(to: channel)
                         try channel.pipeline.syncOperations.addHandler(
                             ConnectionChannelHandler(
                                 handler: handler,

@@ -94,6 +94,7 @@ public final class Server: Service, Sendable {
             halfClosure: false,
             onServerRunning: onServerRunning
         ) { channel, id, descriptor, _, lifecycle, logger in
+            try options.applySocketOptions(to: channel)
             let handler = ConnectionChannelHandler(
                 handler: makeHandler(),
                 options: options,
