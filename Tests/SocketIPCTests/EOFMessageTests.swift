@@ -61,6 +61,34 @@ struct EOFMessageTests {
         }
     }
 
+    @Test(
+        "an acknowledgement larger than the socket buffer arrives whole; one over maximumAcknowledgementSize is messageTooLarge",
+        arguments: [false, true]
+    )
+    func largeAcknowledgement(fromEventLoop: Bool) async throws {
+        // Larger than a socket's buffers (about 200 KiB by default), so it takes many reads.
+        let expected = ByteBuffer(bytes: (0..<1_000_000).map { UInt8(truncatingIfNeeded: $0 % 251) })
+        let acknowledgementSize = expected.readableBytes
+        let handler = EOFMessageHandler.onEventLoop { _, _ in expected }
+        try await withEOFServer(handler: handler) { path in
+            let send: @Sendable (Int) async throws -> ByteBuffer = { maximum in
+                // From an event loop the client never waits inline, so the acknowledgement is read by the
+                // process-wide waiter, a piece per readiness event; from elsewhere it starts inline.
+                if fromEventLoop {
+                    try await Client.withEventLoopExecutor {
+                        try await Client.sendMessage(ByteBuffer(string: "hi"), to: path, maximumAcknowledgementSize: maximum)
+                    }
+                } else {
+                    try await Client.sendMessage(ByteBuffer(string: "hi"), to: path, maximumAcknowledgementSize: maximum)
+                }
+            }
+            let acknowledgement = try await send(acknowledgementSize)
+            #expect(acknowledgement == expected)
+            let error = await #expect(throws: SocketIPCError.self) { try await send(acknowledgementSize - 1) }
+            #expect(error?.code == .messageTooLarge)
+        }
+    }
+
     @Test("a message over the maximum closes that connection without an acknowledgement; the server goes on")
     func tooLarge() async throws {
         let handler = EOFMessageHandler.onEventLoop(maximumSize: 1000) { message, _ in ByteBuffer(string: "ok \(message.readableBytes)") }

@@ -99,7 +99,10 @@ enum EOFInlineServer {
     }
 
     private static func finishOnEventLoop(_ descriptor: Int32, remaining: ByteBuffer) {
+        // The client has half-closed: without remote half-closure the channel would close at that EOF, before
+        // the rest of the acknowledgement is written.
         ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelOption(.allowRemoteHalfClosure, value: true)
             .withConnectedSocket(descriptor)
             .whenSuccess { channel in
                 channel.writeAndFlush(remaining).whenComplete { _ in channel.close(promise: nil) }
