@@ -44,6 +44,20 @@ extension Client {
         case .wouldBlock:
             break
         }
+        #if os(Linux)
+        // The whole message is out: only the acknowledgement is left to read, which the process-wide waiter does
+        // far more cheaply than a channel set up for this one connection.
+        if attempt.halfClosed, let outcome = await EOFAcknowledgementWaiter.shared.acknowledgement(of: attempt) {
+            switch outcome {
+            case .finished(let acknowledgement):
+                return acknowledgement
+            case .failed(let error):
+                throw error
+            case .wouldBlock:
+                preconditionFailure("the acknowledgement waiter resumes only finished exchanges")
+            }
+        }
+        #endif
         let unsent = attempt.halfClosed ? nil : attempt.unsent
         let receivedSoFar = attempt.received
         let eventLoop = currentEventLoop ?? MultiThreadedEventLoopGroup.singleton.any()
@@ -272,8 +286,10 @@ struct EOFExchange {
                 return self.fail(SocketIPCError(.connectionClosed, "the server closed the connection before the whole message was sent"))
             }
         }
-        shutdown(self.descriptor, Int32(SHUT_WR))
-        self.halfClosed = true
+        if !self.halfClosed {
+            shutdown(self.descriptor, Int32(SHUT_WR))
+            self.halfClosed = true
+        }
         var waited = false
         while true {
             self.received.reserveCapacity(minimumWritableBytes: 1024)
@@ -290,7 +306,7 @@ struct EOFExchange {
                 return .finished(self.received)
             } else if errno == EINTR {
                 continue
-            } else if (errno == EAGAIN || errno == EWOULDBLOCK) && !waited {
+            } else if (errno == EAGAIN || errno == EWOULDBLOCK) && !waited && milliseconds > 0 {
                 var entry = pollfd(fd: self.descriptor, events: Int16(POLLIN), revents: 0)
                 waited = true
                 if systemPoll(&entry, 1, milliseconds) <= 0 { return .wouldBlock }
@@ -302,7 +318,8 @@ struct EOFExchange {
         }
     }
 
-    private func fail(_ error: SocketIPCError) -> Outcome {
+    /// Closes the socket and reports `error`.
+    func fail(_ error: SocketIPCError) -> Outcome {
         close(self.descriptor)
         return .failed(error)
     }
