@@ -15,7 +15,9 @@ extension Client {
     ///
     /// A small message to a prompt server is sent and acknowledged with plain system calls on the calling thread,
     /// which waits up to 1 ms for the acknowledgement to start (never on an event loop's thread: see
-    /// ``withEventLoopExecutor(_:)``); anything slower continues on an event loop without blocking.
+    /// ``withEventLoopExecutor(_:)``). Anything slower continues without blocking the caller's thread: on Linux, once
+    /// the whole message is written, one thread of the process waits for the acknowledgements of all such exchanges
+    /// (with `epoll`); a message still being written continues on an event loop.
     /// - Parameters:
     ///   - message: The message, of any size.
     ///   - path: The server's socket path.
