@@ -44,6 +44,38 @@ struct FramedMessagingTests {
         #expect(received.items.withLock { $0 } == (0..<1000).map { "m\($0)" })
     }
 
+    @Test("messages larger than the socket buffer, among small ones and concurrent large requests, arrive whole and in order")
+    func largeAndSmallInOrder() async throws {
+        let received = Recorder()
+        try await withTemporaryDirectory { directory in
+            let path = directory + "/order.sock"
+            try await withFramedServer(path: path, makeHandler: { PatternCheckingHandler(received: received) }) { _ in
+                // From the connection's event loop a flush writes straight to the socket until the socket is full;
+                // the rest then goes through the channel, and every later flush must queue behind it.
+                try await Client.withConnection(to: path) { connection in
+                    try await withThrowingTaskGroup(of: Void.self) { group in
+                        group.addTask {
+                            for index in 0..<50 {
+                                try await connection.send(patternMessage(index: index, size: index % 10 == 0 ? 3_000_000 : 50 + index))
+                            }
+                        }
+                        group.addTask {
+                            for index in 0..<6 {
+                                let request = patternMessage(index: 1000 + index, size: 2_000_000)
+                                let reply = try await connection.request(request)
+                                #expect(reply == request)
+                            }
+                        }
+                        try await group.waitForAll()
+                    }
+                    // Frames are handled in order: once this is answered, every message before it was handled.
+                    _ = try await connection.request(ByteBuffer(string: "done"))
+                }
+            }
+        }
+        #expect(received.items.withLock { $0 } == (0..<50).map { "\($0) whole" })
+    }
+
     @Test("a frame split into 1-byte writes is decoded")
     func oneByteWrites() async throws {
         try await withTemporaryDirectory { directory in
@@ -143,6 +175,32 @@ struct RecordingHandler: ConnectionHandler {
             self.count += 1
             self.received.items.withLock { $0.append(text) }
         }
+    }
+}
+
+/// `size` bytes: `index` as a big-endian UInt32, then the byte `index % 256` repeated.
+func patternMessage(index: Int, size: Int) -> ByteBuffer {
+    var message = ByteBuffer()
+    message.writeInteger(UInt32(index))
+    message.writeRepeatingByte(UInt8(truncatingIfNeeded: index), count: size - 4)
+    return message
+}
+
+/// Records "INDEX whole" for each one-way message that matches ``patternMessage(index:size:)``; echoes requests.
+struct PatternCheckingHandler: ConnectionHandler {
+    let received: Recorder
+
+    func didReceiveMessage(_ message: ByteBuffer, on connection: Connection) {
+        guard let index = message.getInteger(at: message.readerIndex, as: UInt32.self) else {
+            self.received.items.withLock { $0.append("short message") }
+            return
+        }
+        let whole = message == patternMessage(index: Int(index), size: message.readableBytes)
+        self.received.items.withLock { $0.append("\(index) \(whole ? "whole" : "corrupt")") }
+    }
+
+    func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {
+        reply.succeed(request)
     }
 }
 

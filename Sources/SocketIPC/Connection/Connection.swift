@@ -2,6 +2,14 @@ import Logging
 import NIOCore
 import Synchronization
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// One end of a framed SocketIPC connection, on the client or the server: send one-way messages, make requests,
 /// and close.
 ///
@@ -28,6 +36,8 @@ public final class Connection: Sendable {
     private let baseLogger: Logger
 
     let channel: any Channel
+    /// The channel's socket, when known: flushes write to it directly while the channel has nothing pending.
+    private let descriptor: Int32?
     let options: ConnectionOptions
     let taskExecutor: EventLoopTaskExecutor
     private let flushBufferPool: FlushBufferPool
@@ -54,11 +64,24 @@ public final class Connection: Sendable {
         /// Set once the peer sent going-away: the code new requests and (for a non-normal reason) pending ones fail with.
         var peerGoingAway: SocketIPCError?
         var closedError: SocketIPCError?
+        /// Writes handed to the channel and not yet completed; while there are any, flushes go through the channel too,
+        /// so that bytes leave in order.
+        var writesInChannel = 0
+        /// Cleared when the channel closes its socket: the descriptor number may then belong to another file.
+        var descriptorIsOpen = true
     }
 
-    init(id: UInt64, channel: any Channel, options: ConnectionOptions, peer: PeerCredentials?, logger: Logger) {
+    init(
+        id: UInt64,
+        channel: any Channel,
+        descriptor: Int32? = nil,
+        options: ConnectionOptions,
+        peer: PeerCredentials?,
+        logger: Logger
+    ) {
         self.id = id
         self.channel = channel
+        self.descriptor = descriptor
         self.options = options
         self.peer = peer
         self.baseLogger = logger
@@ -137,7 +160,7 @@ public final class Connection: Sendable {
         let channel = self.channel
         let deadline = channel.eventLoop.scheduleTask(in: .seconds(10)) { channel.close(promise: nil) }
         // An empty write completes once everything written before it has reached the socket.
-        channel.writeAndFlush(ByteBuffer()).whenComplete { _ in
+        self.writeThroughChannel(CollectionOfOne(ByteBuffer())).whenComplete { _ in
             deadline.cancel()
             channel.close(promise: nil)
         }
@@ -345,21 +368,65 @@ extension Connection {
         self.flushPendingWrites()
     }
 
-    /// Hands every queued frame to the channel and flushes. Runs on the event loop.
+    /// Writes every queued frame and flushes. Runs on the event loop.
+    ///
+    /// On Linux the frames go straight to the socket with `send(2)` while the channel has no writes of its own
+    /// pending, which skips the channel's pipeline and write queue on the common path; whatever the socket does not
+    /// take at once (or an error, which the channel then reports) goes through the channel.
     func flushPendingWrites() {
-        let (buffers, lastIsOwned) = self.state.withLock { state -> ([ByteBuffer], Bool) in
+        let (buffers, lastIsOwned, mayWriteDirectly) = self.state.withLock { state -> ([ByteBuffer], Bool, Bool) in
             state.flushScheduled = false
             state.readBatchActive = false
-            return state.outbound.takeAll()
+            let taken = state.outbound.takeAll()
+            return (taken.buffers, taken.lastIsOwned, state.descriptorIsOpen && state.writesInChannel == 0)
         }
         self.busyPoller?.arm(for: self.busyPollNanoseconds)
         guard !buffers.isEmpty else { return }
-        for buffer in buffers {
-            self.channel.write(buffer, promise: nil)
+        var unwritten = buffers[...]
+        #if os(Linux)
+        if mayWriteDirectly, let descriptor = self.descriptor {
+            while var buffer = unwritten.first {
+                let written = buffer.withUnsafeReadableBytes { systemSend(descriptor, $0.baseAddress, $0.count, systemNoSignal) }
+                if written == buffer.readableBytes {
+                    unwritten = unwritten.dropFirst()
+                } else if written >= 0 {
+                    buffer.moveReaderIndex(forwardBy: written)
+                    unwritten[unwritten.startIndex] = buffer
+                    break
+                } else if errno != EINTR {
+                    break  // EAGAIN, or an error the channel meets again and reports
+                }
+            }
         }
-        self.channel.flush()
+        #endif
+        if !unwritten.isEmpty {
+            _ = self.writeThroughChannel(unwritten)
+        }
         if lastIsOwned { self.flushBufferPool.recycle(buffers[buffers.count - 1]) }
         self.resumeWritersIfWritable()
+    }
+
+    /// Writes `buffers` through the channel and flushes; until they are written, flushes do not write directly.
+    /// Runs on the event loop.
+    @discardableResult
+    func writeThroughChannel(_ buffers: some Collection<ByteBuffer>) -> EventLoopFuture<Void> {
+        self.state.withLock { $0.writesInChannel += 1 }
+        let written = self.channel.eventLoop.makePromise(of: Void.self)
+        var index = buffers.startIndex
+        while index != buffers.endIndex {
+            let next = buffers.index(after: index)
+            self.channel.write(buffers[index], promise: next == buffers.endIndex ? written : nil)
+            index = next
+        }
+        self.channel.flush()
+        written.futureResult.whenComplete { _ in self.state.withLock { $0.writesInChannel -= 1 } }
+        return written.futureResult
+    }
+
+    /// Called when the channel has closed its socket, before anything else: nothing may write to the descriptor
+    /// from now on.
+    func socketClosed() {
+        self.state.withLock { $0.descriptorIsOpen = false }
     }
 
     func writabilityChanged(_ isWritable: Bool) {

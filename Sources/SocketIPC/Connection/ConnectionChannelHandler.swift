@@ -63,6 +63,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
             let connection = Connection(
                 id: self.connectionID,
                 channel: channel,
+                descriptor: self.descriptor,
                 options: self.options,
                 peer: peer,
                 logger: self.logger
@@ -75,7 +76,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
             if let descriptor = self.descriptor, let poller = connection.busyPoller { poller.add(descriptor) }
             var hello = channel.allocator.buffer(capacity: Hello.length)
             Hello.write(into: &hello)
-            context.writeAndFlush(Self.wrapOutboundOut(hello), promise: nil)
+            connection.writeThroughChannel(CollectionOfOne(hello))
             guard !self.isClosed else { return }
             guard self.authorization.allows(peer) else {
                 self.fail(
@@ -208,6 +209,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
 
     func channelInactive(context: ChannelHandlerContext) {
         self.isClosed = true
+        self.connection?.socketClosed()
         if let descriptor = self.descriptor, let poller = self.connection?.busyPoller { poller.remove(descriptor) }
         if self.dispatching {
             // Closed from inside the user's handler: report it once that call has returned.
@@ -245,7 +247,8 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
         // Half-close and linger briefly instead of closing at once: a peer still writing would otherwise get EPIPE
         // and might never read the going-away frame that says why.
         let channel = context.channel
-        context.writeAndFlush(Self.wrapOutboundOut(frame)).assumeIsolated().whenComplete { _ in
+        let written = self.connection?.writeThroughChannel(CollectionOfOne(frame)) ?? context.writeAndFlush(Self.wrapOutboundOut(frame))
+        written.assumeIsolated().whenComplete { _ in
             channel.close(mode: .output, promise: nil)
             channel.eventLoop.scheduleTask(in: .seconds(1)) { channel.close(promise: nil) }
         }
