@@ -31,12 +31,12 @@ public struct ConnectionOptions: Sendable {
     /// then doubles it for its own bookkeeping), so on a system with the default limits it has little effect.
     public var socketSendBufferSize: Int? = 1024 * 1024
 
-    /// How connections size their read buffers: from 512 bytes up to 1 MiB as traffic demands (the allocator
+    /// How connections size their read buffers: from 128 bytes up to 1 MiB as traffic demands (the allocator
     /// doubles after a read that filled the buffer and shrinks after reads that did not). NIO keeps a connection's
     /// last read buffer for reuse, so a small start keeps idle connections small, and the large end lets a large
     /// message arrive in a few reads, each copied once.
     static var receiveAllocator: AdaptiveRecvByteBufferAllocator {
-        AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 1024 * 1024)
+        AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 128, maximum: 1024 * 1024)
     }
 
     /// Sets the socket options these options ask for on a new connection's channel; call on its event loop.
