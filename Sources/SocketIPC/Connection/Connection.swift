@@ -374,36 +374,58 @@ extension Connection {
     /// pending, which skips the channel's pipeline and write queue on the common path; whatever the socket does not
     /// take at once (or an error, which the channel then reports) goes through the channel.
     func flushPendingWrites() {
-        let (buffers, lastIsOwned, mayWriteDirectly) = self.state.withLock { state -> ([ByteBuffer], Bool, Bool) in
+        let (earlier, tail, mayWriteDirectly) = self.state.withLock { state -> ([ByteBuffer], ByteBuffer?, Bool) in
             state.flushScheduled = false
             state.readBatchActive = false
             let taken = state.outbound.takeAll()
-            return (taken.buffers, taken.lastIsOwned, state.descriptorIsOpen && state.writesInChannel == 0)
+            return (taken.earlier, taken.tail, state.descriptorIsOpen && state.writesInChannel == 0)
         }
         self.busyPoller?.arm(for: self.busyPollNanoseconds)
-        guard !buffers.isEmpty else { return }
-        var unwritten = buffers[...]
+        guard !earlier.isEmpty || tail != nil else { return }
         #if os(Linux)
-        if mayWriteDirectly, let descriptor = self.descriptor {
-            while var buffer = unwritten.first {
-                let written = buffer.withUnsafeReadableBytes { systemSend(descriptor, $0.baseAddress, $0.count, systemNoSignal) }
-                if written == buffer.readableBytes {
-                    unwritten = unwritten.dropFirst()
-                } else if written >= 0 {
-                    buffer.moveReaderIndex(forwardBy: written)
-                    unwritten[unwritten.startIndex] = buffer
-                    break
-                } else if errno != EINTR {
-                    break  // EAGAIN, or an error the channel meets again and reports
-                }
+        var writingDirectly = mayWriteDirectly ? self.descriptor : nil
+        #else
+        var writingDirectly: Int32? = nil
+        #endif
+        // What the socket did not take at once, in order; allocated only then.
+        var unwritten: [ByteBuffer] = []
+        for var buffer in earlier {
+            if let descriptor = writingDirectly, Self.writeWithoutBlocking(&buffer, to: descriptor) { continue }
+            writingDirectly = nil
+            unwritten.append(buffer)
+        }
+        if var buffer = tail {
+            if let descriptor = writingDirectly, Self.writeWithoutBlocking(&buffer, to: descriptor) {
+                // written
+            } else {
+                unwritten.append(buffer)
             }
         }
-        #endif
         if !unwritten.isEmpty {
-            _ = self.writeThroughChannel(unwritten)
+            self.writeThroughChannel(unwritten)
         }
-        if lastIsOwned { self.flushBufferPool.recycle(buffers[buffers.count - 1]) }
+        if let tail { self.flushBufferPool.recycle(tail) }
         self.resumeWritersIfWritable()
+    }
+
+    /// Writes as much of `buffer` to `descriptor` as the socket takes now (`send(2)`, never raising `SIGPIPE`).
+    /// - Returns: Whether all of it was written; if not, `buffer` holds the rest.
+    private static func writeWithoutBlocking(_ buffer: inout ByteBuffer, to descriptor: Int32) -> Bool {
+        #if os(Linux)
+        while buffer.readableBytes > 0 {
+            let written = buffer.withUnsafeReadableBytes { systemSend(descriptor, $0.baseAddress, $0.count, systemNoSignal) }
+            if written > 0 {
+                buffer.moveReaderIndex(forwardBy: written)
+            } else if written < 0 && errno == EINTR {
+                continue
+            } else {
+                return false  // EAGAIN, or an error the channel meets again and reports
+            }
+        }
+        return true
+        #else
+        return false
+        #endif
     }
 
     /// Writes `buffers` through the channel and flushes; until they are written, flushes do not write directly.

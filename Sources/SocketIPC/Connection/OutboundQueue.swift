@@ -8,12 +8,15 @@ struct OutboundQueue {
     static let largePayloadThreshold = 32 * 1024
     private static let initialCapacity = 16 * 1024
 
-    private var buffers: [ByteBuffer] = []
-    private var tailIsOwned = false
+    /// Buffers queued before ``tail``: large payloads and the coalescing buffers written before them.
+    private var earlier: [ByteBuffer] = []
+    /// The coalescing buffer small frames are copied into, last in the queue. A queue of small frames is just this
+    /// buffer, so taking it costs no array.
+    private var tail: ByteBuffer?
     /// Bytes queued and not yet handed to the channel.
     private(set) var byteCount = 0
 
-    var isEmpty: Bool { self.buffers.isEmpty }
+    var isEmpty: Bool { self.earlier.isEmpty && self.tail == nil }
 
     /// Queues a frame: its header, then `payload` (copied if small, referenced if large).
     @inline(__always)
@@ -25,8 +28,8 @@ struct OutboundQueue {
             self.withOwnedTail(capacity: headerLength, pool: pool) {
                 Self.write(kind, id: id, payload: payload, copyingPayload: false, into: &$0)
             }
-            self.buffers.append(payload)
-            self.tailIsOwned = false
+            self.earlier.append(self.tail.take()!)
+            self.earlier.append(payload)
         } else {
             self.withOwnedTail(capacity: headerLength + payloadLength, pool: pool) {
                 Self.write(kind, id: id, payload: payload, copyingPayload: true, into: &$0)
@@ -70,27 +73,24 @@ struct OutboundQueue {
         self.withOwnedTail(capacity: bytes.readableBytes, pool: nil) { $0.writeBuffer(&bytes) }
     }
 
-    /// Takes everything queued, leaving the queue empty.
-    /// Takes everything queued, leaving the queue empty; also says whether the last buffer is a coalescing buffer
-    /// of the queue's own (which can be recycled once written).
-    mutating func takeAll() -> (buffers: [ByteBuffer], lastIsOwned: Bool) {
+    /// Takes everything queued, leaving the queue empty: the buffers to write first, then the coalescing buffer
+    /// (the queue's own, which can be recycled once written), if any.
+    mutating func takeAll() -> (earlier: [ByteBuffer], tail: ByteBuffer?) {
         defer {
-            self.buffers = []
-            self.tailIsOwned = false
+            self.earlier = []
             self.byteCount = 0
         }
-        return (self.buffers, self.tailIsOwned)
+        return (self.earlier, self.tail.take())
     }
 
     @inline(__always)
     private mutating func withOwnedTail(capacity: Int, pool: FlushBufferPool?, _ body: (inout ByteBuffer) -> Void) {
-        if self.tailIsOwned {
-            body(&self.buffers[self.buffers.count - 1])
+        if self.tail != nil {
+            body(&self.tail!)
         } else {
             var tail = pool?.take() ?? ByteBufferAllocator().buffer(capacity: max(Self.initialCapacity, capacity))
             body(&tail)
-            self.buffers.append(tail)
-            self.tailIsOwned = true
+            self.tail = tail
         }
     }
 }
