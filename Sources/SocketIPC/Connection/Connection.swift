@@ -36,6 +36,8 @@ public final class Connection: Sendable {
     private let baseLogger: Logger
 
     let channel: any Channel
+    /// The channel's event loop, kept so that the hot path does not ask the channel for it each time.
+    let eventLoop: any EventLoop
     /// The channel's socket, when known: flushes write to it directly while the channel has nothing pending.
     private let descriptor: Int32?
     let options: ConnectionOptions
@@ -81,6 +83,7 @@ public final class Connection: Sendable {
     ) {
         self.id = id
         self.channel = channel
+        self.eventLoop = channel.eventLoop
         self.descriptor = descriptor
         self.options = options
         self.peer = peer
@@ -110,11 +113,20 @@ public final class Connection: Sendable {
     /// - Parameter message: The payload, 0 bytes up to ``ConnectionOptions/maximumMessageSize``.
     /// - Throws: ``SocketIPCError`` with code `messageTooLarge`, or `connectionClosed` (or the reason the peer gave
     ///   when it went away) once the connection is closed.
+    @inlinable
     nonisolated(nonsending) public func send(_ message: ByteBuffer) async throws {
-        try self.checkSize(message, what: "message")
-        if try self.enqueue(.message, id: 0, payload: message) {
+        // Inlined into the caller, so that a send that need not wait costs no async call frame of its own.
+        if try self.queueMessage(message) {
             try await self.waitUntilWritable()
         }
+    }
+
+    /// Checks the size of a one-way message and queues it; returns whether the sender must wait for the queue to
+    /// drain.
+    @usableFromInline
+    func queueMessage(_ message: ByteBuffer) throws -> Bool {
+        try self.checkSize(message, what: "message")
+        return try self.enqueue(.message, id: 0, payload: message)
     }
 
     /// Sends a request and waits for its reply.
@@ -146,11 +158,10 @@ public final class Connection: Sendable {
     ///
     /// A peer that stops reading cannot hold the connection open: after 10 seconds it is closed regardless.
     public func close() {
-        let eventLoop = self.channel.eventLoop
-        if eventLoop.inEventLoop {
+        if self.eventLoop.inEventLoop {
             self.closeAfterFlushing()
         } else {
-            eventLoop.execute { self.closeAfterFlushing() }
+            self.eventLoop.execute { self.closeAfterFlushing() }
         }
     }
 
@@ -201,7 +212,7 @@ public final class Connection: Sendable {
             return (state.scheduleFlushIfNeeded(), self.unansweredRequests.load(ordering: .acquiring) == 0)
         }
         if closeNow {
-            self.channel.eventLoop.execute { self.flushPendingWrites(); self.close() }
+            self.eventLoop.execute { self.flushPendingWrites(); self.close() }
         } else if schedule {
             self.scheduleFlush()
         }
@@ -209,14 +220,20 @@ public final class Connection: Sendable {
 
     // MARK: - Internals
 
-    private func checkSize(_ payload: ByteBuffer, what: String) throws {
+    @inline(__always)
+    private func checkSize(_ payload: ByteBuffer, what: StaticString) throws {
         guard payload.readableBytes <= self.options.maximumMessageSize else {
-            throw SocketIPCError(
-                .messageTooLarge,
-                "the \(what) of \(payload.readableBytes) bytes exceeds the maximum of "
-                    + "\(self.options.maximumMessageSize) bytes (ConnectionOptions.maximumMessageSize)"
-            )
+            throw self.tooLarge(payload.readableBytes, what: what)
         }
+    }
+
+    @inline(never)
+    private func tooLarge(_ size: Int, what: StaticString) -> SocketIPCError {
+        SocketIPCError(
+            .messageTooLarge,
+            "the \(what) of \(size) bytes exceeds the maximum of \(self.options.maximumMessageSize) bytes "
+                + "(ConnectionOptions.maximumMessageSize)"
+        )
     }
 
     private func nextRequestID() -> UInt32 {
@@ -229,7 +246,7 @@ public final class Connection: Sendable {
     @discardableResult
     private func enqueue(_ kind: FrameKind, id: UInt32, payload: ByteBuffer) throws -> Bool {
         let highWatermark = self.options.writeBufferHighWatermark
-        let pool = self.channel.eventLoop.inEventLoop ? self.flushBufferPool : nil
+        let pool = self.eventLoop.inEventLoop ? self.flushBufferPool : nil
         let (schedule, full) = try self.state.withLock { state -> (Bool, Bool) in
             if let error = state.closedError { throw error }
             state.outbound.appendFrame(kind, id: id, payload: payload, pool: pool)
@@ -245,7 +262,7 @@ public final class Connection: Sendable {
         payload: ByteBuffer,
         timeout: Duration?
     ) {
-        let pool = self.channel.eventLoop.inEventLoop ? self.flushBufferPool : nil
+        let pool = self.eventLoop.inEventLoop ? self.flushBufferPool : nil
         let outcome = self.state.withLock { state -> Result<Bool, SocketIPCError> in
             if let error = state.closedError { return .failure(error) }
             if let error = state.peerGoingAway { return .failure(error) }
@@ -266,7 +283,7 @@ public final class Connection: Sendable {
             // The caller is about to wait for the reply, so nothing more will be coalesced with this request:
             // on the event loop, write it now instead of in a task of its own.
             if schedule {
-                if self.channel.eventLoop.inEventLoop {
+                if self.eventLoop.inEventLoop {
                     self.flushPendingWrites()
                 } else {
                     self.scheduleFlush()
@@ -274,7 +291,7 @@ public final class Connection: Sendable {
             }
         }
         if let timeout {
-            let scheduled = self.channel.eventLoop.scheduleTask(in: .init(timeout)) {
+            let scheduled = self.eventLoop.scheduleTask(in: .init(timeout)) {
                 self.failRequest(
                     id,
                     with: SocketIPCError(.timedOut, "the request got no reply within \(timeout)")
@@ -299,12 +316,14 @@ public final class Connection: Sendable {
     private func requestAnswered() {
         guard self.unansweredRequests.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 else { return }
         if self.state.withLock({ $0.closeWhenAnswered }) {
-            self.channel.eventLoop.execute { self.flushPendingWrites(); self.close() }
+            self.eventLoop.execute { self.flushPendingWrites(); self.close() }
         }
     }
 
-    @inline(__always)
-    nonisolated(nonsending) private func waitUntilWritable() async throws {
+    /// Returns at once while the queue is below its high watermark and the channel writable; otherwise suspends
+    /// until it is.
+    @usableFromInline
+    nonisolated(nonsending) func waitUntilWritable() async throws {
         let mustWait = try self.state.withLock { state -> Bool in
             if let error = state.closedError { throw error }
             return !state.isWritable(highWatermark: self.options.writeBufferHighWatermark)
@@ -326,7 +345,7 @@ public final class Connection: Sendable {
     }
 
     private func scheduleFlush() {
-        self.channel.eventLoop.execute { self.flushPendingWrites() }
+        self.eventLoop.execute { self.flushPendingWrites() }
     }
 
     private func resumeWritersIfWritable() {
@@ -433,7 +452,7 @@ extension Connection {
     @discardableResult
     func writeThroughChannel(_ buffers: some Collection<ByteBuffer>) -> EventLoopFuture<Void> {
         self.state.withLock { $0.writesInChannel += 1 }
-        let written = self.channel.eventLoop.makePromise(of: Void.self)
+        let written = self.eventLoop.makePromise(of: Void.self)
         var index = buffers.startIndex
         while index != buffers.endIndex {
             let next = buffers.index(after: index)

@@ -37,8 +37,8 @@ struct OutboundQueue {
         }
     }
 
-    /// Stores the header (and the payload) with plain pointer writes: one capacity check and one writer-index move
-    /// per frame, instead of one per field.
+    /// Stores the header (and the payload) with plain pointer writes, in one call into the buffer: one capacity
+    /// check and one writer-index move per frame, instead of one per field.
     @inline(__always)
     private static func write(
         _ kind: FrameKind,
@@ -50,20 +50,20 @@ struct OutboundQueue {
         let headerLength = 4 + kind.headerLength
         let payloadLength = payload.readableBytes
         let total = headerLength + (copyingPayload ? payloadLength : 0)
-        buffer.reserveCapacity(minimumWritableBytes: total)
-        buffer.withUnsafeMutableWritableBytes { target in
-            target.storeBytes(of: UInt32(truncatingIfNeeded: kind.headerLength + payloadLength).bigEndian, as: UInt32.self)
-            target.storeBytes(of: kind.rawValue, toByteOffset: 4, as: UInt8.self)
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: total) { target in
+            let base = target.baseAddress!
+            base.storeBytes(of: UInt32(truncatingIfNeeded: kind.headerLength + payloadLength).bigEndian, as: UInt32.self)
+            base.storeBytes(of: kind.rawValue, toByteOffset: 4, as: UInt8.self)
             if kind.headerLength == 5 {
-                target.storeBytes(of: id.bigEndian, toByteOffset: 5, as: UInt32.self)
+                base.storeBytes(of: id.bigEndian, toByteOffset: 5, as: UInt32.self)
             }
             if copyingPayload && payloadLength > 0 {
                 payload.withUnsafeReadableBytes { source in
-                    (target.baseAddress! + headerLength).copyMemory(from: source.baseAddress!, byteCount: payloadLength)
+                    (base + headerLength).copyMemory(from: source.baseAddress!, byteCount: payloadLength)
                 }
             }
+            return total
         }
-        buffer.moveWriterIndex(forwardBy: total)
     }
 
     /// Queues bytes that are written as they are (the hello).
