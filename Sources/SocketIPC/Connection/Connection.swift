@@ -246,14 +246,19 @@ public final class Connection: Sendable {
     @discardableResult
     private func enqueue(_ kind: FrameKind, id: UInt32, payload: ByteBuffer) throws -> Bool {
         let highWatermark = self.options.writeBufferHighWatermark
-        let pool = self.eventLoop.inEventLoop ? self.flushBufferPool : nil
         let (schedule, full) = try self.state.withLock { state -> (Bool, Bool) in
             if let error = state.closedError { throw error }
-            state.outbound.appendFrame(kind, id: id, payload: payload, pool: pool)
+            state.outbound.appendFrame(kind, id: id, payload: payload, pool: self.poolIfOnEventLoop)
             return (state.scheduleFlushIfNeeded(), !state.isWritable(highWatermark: highWatermark))
         }
         if schedule { self.scheduleFlush() }
         return full
+    }
+
+    /// The event loop's spare coalescing buffer may be taken only on the event loop.
+    @inline(__always)
+    private var poolIfOnEventLoop: FlushBufferPool? {
+        self.eventLoop.inEventLoop ? self.flushBufferPool : nil
     }
 
     private func register(
@@ -262,7 +267,6 @@ public final class Connection: Sendable {
         payload: ByteBuffer,
         timeout: Duration?
     ) {
-        let pool = self.eventLoop.inEventLoop ? self.flushBufferPool : nil
         let outcome = self.state.withLock { state -> Result<Bool, SocketIPCError> in
             if let error = state.closedError { return .failure(error) }
             if let error = state.peerGoingAway { return .failure(error) }
@@ -272,7 +276,7 @@ public final class Connection: Sendable {
                 )
             }
             state.requests[id] = PendingRequest(continuation: continuation, timeout: nil)
-            state.outbound.appendFrame(.request, id: id, payload: payload, pool: pool)
+            state.outbound.appendFrame(.request, id: id, payload: payload, pool: self.poolIfOnEventLoop)
             return .success(state.scheduleFlushIfNeeded())
         }
         switch outcome {

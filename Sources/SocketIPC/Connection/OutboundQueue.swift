@@ -18,20 +18,26 @@ struct OutboundQueue {
 
     var isEmpty: Bool { self.earlier.isEmpty && self.tail == nil }
 
-    /// Queues a frame: its header, then `payload` (copied if small, referenced if large).
+    /// Queues a frame: its header, then `payload` (copied if small, referenced if large). `pool` is asked only when
+    /// a new coalescing buffer is needed.
     @inline(__always)
-    mutating func appendFrame(_ kind: FrameKind, id: UInt32, payload: ByteBuffer, pool: FlushBufferPool?) {
+    mutating func appendFrame(
+        _ kind: FrameKind,
+        id: UInt32,
+        payload: ByteBuffer,
+        pool: @autoclosure () -> FlushBufferPool?
+    ) {
         let headerLength = 4 + kind.headerLength
         let payloadLength = payload.readableBytes
         self.byteCount += headerLength + payloadLength
         if payloadLength >= Self.largePayloadThreshold {
-            self.withOwnedTail(capacity: headerLength, pool: pool) {
+            self.withOwnedTail(capacity: headerLength, pool: pool()) {
                 Self.write(kind, id: id, payload: payload, copyingPayload: false, into: &$0)
             }
             self.earlier.append(self.tail.take()!)
             self.earlier.append(payload)
         } else {
-            self.withOwnedTail(capacity: headerLength + payloadLength, pool: pool) {
+            self.withOwnedTail(capacity: headerLength + payloadLength, pool: pool()) {
                 Self.write(kind, id: id, payload: payload, copyingPayload: true, into: &$0)
             }
         }
@@ -84,11 +90,15 @@ struct OutboundQueue {
     }
 
     @inline(__always)
-    private mutating func withOwnedTail(capacity: Int, pool: FlushBufferPool?, _ body: (inout ByteBuffer) -> Void) {
+    private mutating func withOwnedTail(
+        capacity: Int,
+        pool: @autoclosure () -> FlushBufferPool?,
+        _ body: (inout ByteBuffer) -> Void
+    ) {
         if self.tail != nil {
             body(&self.tail!)
         } else {
-            var tail = pool?.take() ?? ByteBufferAllocator().buffer(capacity: max(Self.initialCapacity, capacity))
+            var tail = pool()?.take() ?? ByteBufferAllocator().buffer(capacity: max(Self.initialCapacity, capacity))
             body(&tail)
             self.tail = tail
         }
