@@ -19,8 +19,10 @@ public struct ConnectionOptions: Sendable {
     ///
     /// A latency mode: the next frame is then picked up without a thread wake-up, which on an idle virtual machine
     /// cuts a request's round trip severalfold. The price is CPU: the event loop's thread stays busy for this long
-    /// after every read and write, so under steady traffic it uses a whole core. Tens of microseconds are enough
-    /// for request/reply traffic. Set it on both sides for the full effect.
+    /// after every read and write, so under steady traffic it uses a whole core, and one-way streams get slower
+    /// (the loop polls while its writer waits instead of sleeping; BENCHMARKS.md has the figures). For
+    /// request/reply traffic, 100–200 µs covers the peer's turnaround on a busy machine; shorter windows let the
+    /// loop fall asleep between a reply and the next request now and then. Set it on both sides for the full effect.
     public var busyPollDuration: Duration? = nil
     /// The kernel send buffer asked for on each connection's socket (`SO_SNDBUF`), in bytes; default 1 MiB. `nil`
     /// keeps the system's default (about 208 KiB on Linux).
