@@ -38,6 +38,44 @@ struct ShutdownTests {
         }
     }
 
+    @Test("graceful shutdown waits for the reply to a request the server itself has in flight")
+    func gracefulShutdownWaitsForOwnRequests() async throws {
+        try await withTemporaryDirectory { directory in
+            let path = directory + "/own-requests.sock"
+            let (serverResults, serverResultContinuation) = AsyncStream.makeStream(of: Result<String, SocketIPCError>.self)
+            try await withRunningServer({
+                Server.framed(configuration: .init(path: path), logger: testLogger, onServerRunning: $0) {
+                    AskingBackHandler(results: serverResultContinuation)
+                }
+            }) { server in
+                let (questions, questionContinuation) = AsyncStream.makeStream(of: Reply.self)
+                let connection = try await Client.connect(to: path, handler: HeldRepliesHandler(replies: questionContinuation))
+                defer { connection.close() }
+                try await connection.send(ByteBuffer(string: "ask me"))
+                var heldReplies = questions.makeAsyncIterator()
+                let question = try #require(await heldReplies.next())
+
+                server.shutdownGracefully()
+                // Until the going-away frame arrives, requests still reach the server; afterwards they are refused here.
+                var refusal: SocketIPCError?
+                while refusal == nil {
+                    do {
+                        _ = try await connection.request(ByteBuffer(string: "still there?"))
+                    } catch let error as SocketIPCError {
+                        refusal = error
+                    }
+                }
+                #expect(refusal?.code == .peerGoingAway)
+
+                question.succeed(ByteBuffer(string: "the answer"))
+                var results = serverResults.makeAsyncIterator()
+                let result = try #require(await results.next())
+                #expect((try? result.get()) == "the answer", "the server's own request got its reply: \(result)")
+                await connection.waitUntilClosed()
+            }
+        }
+    }
+
     @Test("the grace period ends requests that take too long")
     func gracePeriod() async throws {
         try await withTemporaryDirectory { directory in
@@ -101,5 +139,37 @@ struct ShutdownTests {
             #expect(fileIdentity(path) == nil)
             #expect(fileIdentity(path + ".lock") == nil)
         }
+    }
+}
+
+/// Answers "ask me" by sending a request back to the client, and reports how that request ended.
+private struct AskingBackHandler: ConnectionHandler, Sendable {
+    let results: AsyncStream<Result<String, SocketIPCError>>.Continuation
+
+    func didReceiveMessage(_ message: ByteBuffer, on connection: Connection) {
+        guard String(buffer: message) == "ask me" else { return }
+        let results = self.results
+        Task {
+            do {
+                results.yield(.success(String(buffer: try await connection.request(ByteBuffer(string: "question")))))
+            } catch let error as SocketIPCError {
+                results.yield(.failure(error))
+            } catch {
+                results.yield(.failure(SocketIPCError(.remoteError, "\(error)")))
+            }
+        }
+    }
+
+    func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {
+        reply.succeed(request)
+    }
+}
+
+/// Keeps the reply to every request it receives for the test to complete.
+private struct HeldRepliesHandler: ConnectionHandler, Sendable {
+    let replies: AsyncStream<Reply>.Continuation
+
+    func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {
+        self.replies.yield(reply)
     }
 }

@@ -62,6 +62,8 @@ public final class Connection: Sendable {
         var channelWritable = true
         var writeWaiters: [UnsafeContinuation<Void, any Error>] = []
         var requests: [UInt32: PendingRequest] = [:]
+        /// Set once this side sent going-away: the connection closes when the peer's requests are answered and this
+        /// side's own requests have their replies.
         var closeWhenAnswered = false
         /// Set once the peer sent going-away: the code new requests and (for a non-normal reason) pending ones fail with.
         var peerGoingAway: SocketIPCError?
@@ -201,7 +203,8 @@ public final class Connection: Sendable {
 
     // MARK: - Going away
 
-    /// Tells the peer this side is going away, and closes once every request the peer made is answered.
+    /// Tells the peer this side is going away, and closes once every request the peer made is answered and every
+    /// request this side made has its reply (or has failed: timed out, cancelled). New requests are refused.
     func goAway(_ reason: GoAwayReason, message: String) {
         var frame = ByteBuffer()
         frame.writeFrame(.goAway(reason, message: message))
@@ -209,13 +212,17 @@ public final class Connection: Sendable {
             guard state.closedError == nil, !state.closeWhenAnswered else { return (false, false) }
             state.outbound.appendRaw(frame)
             state.closeWhenAnswered = true
-            return (state.scheduleFlushIfNeeded(), self.unansweredRequests.load(ordering: .acquiring) == 0)
+            return (state.scheduleFlushIfNeeded(), state.isDrained(self.unansweredRequests.load(ordering: .acquiring)))
         }
         if closeNow {
-            self.eventLoop.execute { self.flushPendingWrites(); self.close() }
+            self.closeAfterGoingAway()
         } else if schedule {
             self.scheduleFlush()
         }
+    }
+
+    private func closeAfterGoingAway() {
+        self.eventLoop.execute { self.flushPendingWrites(); self.close() }
     }
 
     // MARK: - Internals
@@ -312,15 +319,27 @@ public final class Connection: Sendable {
     }
 
     private func failRequest(_ id: UInt32, with error: any Error) {
-        guard let pending = self.state.withLock({ $0.requests.removeValue(forKey: id) }) else { return }
+        self.finishRequest(id, with: .failure(error))
+    }
+
+    /// Ends a pending request with `result` (once: later calls for the same id do nothing), and closes the
+    /// connection if it went away and this was the last thing it waited for.
+    @inline(__always)
+    private func finishRequest(_ id: UInt32, with result: Result<ByteBuffer, any Error>) {
+        let (pending, drained) = self.state.withLock { state -> (PendingRequest?, Bool) in
+            let pending = state.requests.removeValue(forKey: id)
+            return (pending, pending != nil && state.isDrained(self.unansweredRequests.load(ordering: .acquiring)))
+        }
+        guard let pending else { return }
         pending.timeout?.cancel()
-        pending.continuation.resume(throwing: error)
+        pending.continuation.resume(with: result)
+        if drained { self.closeAfterGoingAway() }
     }
 
     private func requestAnswered() {
         guard self.unansweredRequests.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 else { return }
-        if self.state.withLock({ $0.closeWhenAnswered }) {
-            self.eventLoop.execute { self.flushPendingWrites(); self.close() }
+        if self.state.withLock({ $0.isDrained(self.unansweredRequests.load(ordering: .acquiring)) }) {
+            self.closeAfterGoingAway()
         }
     }
 
@@ -363,6 +382,13 @@ public final class Connection: Sendable {
 }
 
 extension Connection.State {
+    /// Whether a connection that went away has nothing left to wait for: no unanswered request of the peer
+    /// (`unanswered`, read only once this side went away), no pending request of its own.
+    @inline(__always)
+    fileprivate func isDrained(_ unanswered: @autoclosure () -> Int) -> Bool {
+        self.closeWhenAnswered && self.requests.isEmpty && unanswered() == 0
+    }
+
     /// Whether a flush task must be scheduled for what was just queued (none is pending and no read batch will flush).
     @inline(__always)
     fileprivate mutating func scheduleFlushIfNeeded() -> Bool {
@@ -484,13 +510,9 @@ extension Connection {
         self.unansweredRequests.add(1, ordering: .relaxed)
     }
 
+    /// A reply arrived; one to a request that timed out or was cancelled is dropped: nobody waits for it any more.
     func replyReceived(id: UInt32, result: Result<ByteBuffer, SocketIPCError>) {
-        guard let pending = self.state.withLock({ $0.requests.removeValue(forKey: id) }) else {
-            // A reply to a request that timed out or was cancelled: nobody waits for it any more.
-            return
-        }
-        pending.timeout?.cancel()
-        pending.continuation.resume(with: result)
+        self.finishRequest(id, with: result.mapError { $0 })
     }
 
     func peerIsGoingAway(_ reason: GoAwayReason, message: String) {
