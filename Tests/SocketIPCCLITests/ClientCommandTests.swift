@@ -80,15 +80,20 @@ struct ClientCommandTests {
         }
     }
 
-    @Test("probe tells an EOF-style server apart: it listens but sends no hello")
+    @Test("probe tells an EOF-style server apart at once, and sends it only an empty message")
     func probeEOFServer() async throws {
         try await withTemporaryDirectory { directory in
             let path = directory + "/s.sock"
             try await withProcess(try .socketIPC(["serve", "--socket", path, "--mode", "eof"])) { server in
                 #expect(await server.standardOutput.waitForLine(containing: "listening on") != nil)
-                let result = try await runCLI(["probe", "--socket", path, "--timeout", "0.3"])
-                #expect(result.status == 1)
-                #expect(result.error.contains("sent no SocketIPC hello"), "stderr: \(result.error)")
+                // A long timeout: the answer must come from the server, not from the clock.
+                let result = try await runCLI(["probe", "--socket", path, "--timeout", "30"])
+                #expect(result.status == 0, "stderr: \(result.error)")
+                #expect(
+                    result.output.hasPrefix("EOF-style server: it read an empty message and closed with a 4-byte acknowledgement"),
+                    "stdout: \(result.output)"
+                )
+                #expect(await server.standardOutput.waitForLine(containing: "received 0 bytes") != nil)
             }
         }
     }
