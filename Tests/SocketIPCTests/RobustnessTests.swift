@@ -88,6 +88,27 @@ struct RobustnessTests {
         }
     }
 
+    @Test(
+        "an EOF-style server refuses an unauthorized peer without reading its message, and the client gets an error",
+        arguments: ["on the event loop", "collecting"]
+    )
+    func unauthorizedEOF(handlerKind: String) async throws {
+        let handled = Mutex(0)
+        let handler: EOFMessageHandler
+        if handlerKind == "collecting" {
+            handler = .collecting { _, _ in handled.withLock { $0 += 1 }; return ByteBuffer(string: "ok") }
+        } else {
+            handler = .onEventLoop { _, _ in handled.withLock { $0 += 1 }; return ByteBuffer(string: "ok") }
+        }
+        try await withEOFServer(handler: handler, configure: { $0.authorization = .users([UInt32.max - 1]) }) { path in
+            let error = await #expect(throws: SocketIPCError.self) {
+                _ = try await Client.sendMessage(ByteBuffer(string: "let me in"), to: path)
+            }
+            #expect(error?.code == .connectionClosed)
+        }
+        #expect(handled.withLock { $0 } == 0, "the handler never ran")
+    }
+
     @Test("a writer waits while the peer does not read, and memory stays bounded")
     func backpressure() async throws {
         let state = PushState()

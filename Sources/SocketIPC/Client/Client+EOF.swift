@@ -24,7 +24,10 @@ extension Client {
     ///   - maximumAcknowledgementSize: The most acknowledgement bytes accepted; default 16 MiB.
     /// - Returns: The acknowledgement.
     /// - Throws: ``SocketIPCError`` with code `invalidPath`, `connectionRefused`, `messageTooLarge` (the
-    ///   acknowledgement), `connectionClosed` (the connection failed before EOF) or `systemCall`.
+    ///   acknowledgement), `connectionClosed` (the connection failed before EOF, as when the server closed it
+    ///   without reading the message: its authorization policy refused this process, or the message is over its
+    ///   maximum) or `systemCall`. A server that reads the message and closes without an acknowledgement (its
+    ///   handler failed or returned none) gives an empty acknowledgement, not an error.
     public static func sendMessage(
         _ message: ByteBuffer,
         to path: String,
@@ -235,10 +238,13 @@ final class EOFClientChannelHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        self.finish(
-            .failure(SocketIPCError(.connectionClosed, "the connection failed before the server's EOF: \(error)")),
-            context: context
-        )
+        let failure: SocketIPCError
+        if let error = error as? IOError {
+            failure = .eofExchangeFailed(errno: error.errnoCode)
+        } else {
+            failure = SocketIPCError(.connectionClosed, "the connection failed before the server's EOF: \(error)")
+        }
+        self.finish(.failure(failure), context: context)
     }
 
     private func finish(_ result: Result<ByteBuffer, SocketIPCError>, context: ChannelHandlerContext) {
@@ -315,7 +321,7 @@ struct EOFExchange {
             } else if errno == EAGAIN || errno == EWOULDBLOCK {
                 return .wouldBlock
             } else {
-                return self.fail(SocketIPCError(.connectionClosed, "the connection failed before the server's EOF: \(errnoDescription(errno))"))
+                return self.fail(.eofExchangeFailed(errno: errno))
             }
         }
     }
@@ -324,5 +330,20 @@ struct EOFExchange {
     func fail(_ error: SocketIPCError) -> Outcome {
         close(self.descriptor)
         return .failed(error)
+    }
+}
+
+extension SocketIPCError {
+    /// The error of an EOF-style exchange whose connection failed (system error `code`) before the server's EOF.
+    static func eofExchangeFailed(errno code: Int32) -> SocketIPCError {
+        guard code != ECONNRESET else {
+            // The server closed its socket with bytes of the message still unread.
+            return SocketIPCError(
+                .connectionClosed,
+                "the server closed the connection without reading the whole message (its authorization policy "
+                    + "refused this process, or the message exceeds its maximum size)"
+            )
+        }
+        return SocketIPCError(.connectionClosed, "the connection failed before the server's EOF: \(errnoDescription(code))")
     }
 }

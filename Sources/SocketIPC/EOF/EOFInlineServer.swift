@@ -33,6 +33,14 @@ enum EOFInlineServer {
         authorization: AuthorizationPolicy,
         logger: Logger
     ) -> Outcome {
+        // Refuse before reading: an unauthorized peer costs no read and no buffer, and the bytes it sent are still
+        // unread when the socket closes, so its read fails with `ECONNRESET` instead of seeing a clean end.
+        let peer = PeerCredentials.read(descriptor: descriptor)
+        guard authorization.allows(peer) else {
+            logger.notice("authorization policy refused the peer", metadata: ["socketipc.connection": "\(connectionID)"])
+            close(descriptor)
+            return .served
+        }
         var message = ByteBufferAllocator().buffer(capacity: 1024)
         reading: while true {
             message.reserveCapacity(minimumWritableBytes: min(64 * 1024, max(1024, message.readableBytes)))
@@ -61,13 +69,7 @@ enum EOFInlineServer {
             }
         }
 
-        var context = EOFMessageContext(connectionID: connectionID, peer: nil, logger: logger)
-        context.peer = PeerCredentials.read(descriptor: descriptor)
-        guard authorization.allows(context.peer) else {
-            logger.notice("authorization policy refused the peer", metadata: ["socketipc.connection": "\(connectionID)"])
-            close(descriptor)
-            return .served
-        }
+        let context = EOFMessageContext(connectionID: connectionID, peer: peer, logger: logger)
         let acknowledgement: ByteBuffer?
         do {
             acknowledgement = try body(message, context)
