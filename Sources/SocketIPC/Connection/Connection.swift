@@ -49,6 +49,8 @@ public final class Connection: Sendable {
     private let requestIDs = Atomic<UInt32>(0)
     /// Requests received from the peer and not yet answered.
     private let unansweredRequests = Atomic<Int>(0)
+    /// Set with `State.closeWhenAnswered`, so that answering a request need not lock the state to learn it is unset.
+    private let wentAway = Atomic<Bool>(false)
 
     fileprivate struct PendingRequest {
         var continuation: UnsafeContinuation<ByteBuffer, any Error>
@@ -212,7 +214,10 @@ public final class Connection: Sendable {
             guard state.closedError == nil, !state.closeWhenAnswered else { return (false, false) }
             state.outbound.appendRaw(frame)
             state.closeWhenAnswered = true
-            return (state.scheduleFlushIfNeeded(), state.isDrained(self.unansweredRequests.load(ordering: .acquiring)))
+            // Sequentially consistent with `requestAnswered`: either it sees this flag or this sees its count.
+            self.wentAway.store(true, ordering: .sequentiallyConsistent)
+            let unanswered = self.unansweredRequests.load(ordering: .sequentiallyConsistent)
+            return (state.scheduleFlushIfNeeded(), state.isDrained(unanswered))
         }
         if closeNow {
             self.closeAfterGoingAway()
@@ -337,7 +342,10 @@ public final class Connection: Sendable {
     }
 
     private func requestAnswered() {
-        guard self.unansweredRequests.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 else { return }
+        guard self.unansweredRequests.subtract(1, ordering: .sequentiallyConsistent).newValue == 0,
+            self.wentAway.load(ordering: .sequentiallyConsistent)
+        else { return }
+        // If going-away is being announced right now, `goAway` sees the count at 0 itself and closes.
         if self.state.withLock({ $0.isDrained(self.unansweredRequests.load(ordering: .acquiring)) }) {
             self.closeAfterGoingAway()
         }
@@ -423,11 +431,15 @@ extension Connection {
     /// pending, which skips the channel's pipeline and write queue on the common path; whatever the socket does not
     /// take at once (or an error, which the channel then reports) goes through the channel.
     func flushPendingWrites() {
-        let (earlier, tail, mayWriteDirectly) = self.state.withLock { state -> ([ByteBuffer], ByteBuffer?, Bool) in
+        let (earlier, tail, mayWriteDirectly, writersWait) = self.state.withLock {
+            state -> ([ByteBuffer], ByteBuffer?, Bool, Bool) in
             state.flushScheduled = false
             state.readBatchActive = false
             let taken = state.outbound.takeAll()
-            return (taken.earlier, taken.tail, state.descriptorIsOpen && state.writesInChannel == 0)
+            return (
+                taken.earlier, taken.tail, state.descriptorIsOpen && state.writesInChannel == 0,
+                !state.writeWaiters.isEmpty
+            )
         }
         self.busyPoller?.arm(for: self.busyPollNanoseconds)
         guard !earlier.isEmpty || tail != nil else { return }
@@ -454,7 +466,8 @@ extension Connection {
             self.writeThroughChannel(unwritten)
         }
         if let tail { self.flushBufferPool.recycle(tail) }
-        self.resumeWritersIfWritable()
+        // A writer that starts waiting after the lock above waits for a fuller queue, which a later flush drains.
+        if writersWait { self.resumeWritersIfWritable() }
     }
 
     /// Writes as much of `buffer` to `descriptor` as the socket takes now (`send(2)`, never raising `SIGPIPE`).
