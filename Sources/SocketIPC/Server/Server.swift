@@ -41,8 +41,7 @@ public final class Server: Service, Sendable {
     /// Serves an accepted socket on the accepting thread when it can (EOF style with an event-loop handler).
     private let serveInline: (@Sendable (Int32, UInt64, Logger) -> EOFInlineServer.Outcome)?
     private let state = Mutex(State())
-    private let acceptedCounter = Counter(label: "socketipc_connections_accepted_total")
-    private let refusedCounter = Counter(label: "socketipc_connections_refused_total")
+    private let metrics: ServerMetrics
 
     private enum Phase { case idle, running, shuttingDown, finished }
 
@@ -59,6 +58,7 @@ public final class Server: Service, Sendable {
 
     private init(
         configuration: ServerConfiguration,
+        metrics: ServerMetrics,
         logger: Logger,
         halfClosure: Bool,
         onServerRunning: @escaping @Sendable (SocketPath) async -> Void,
@@ -67,6 +67,7 @@ public final class Server: Service, Sendable {
     ) {
         self.serveInline = serveInline
         self.configuration = configuration
+        self.metrics = metrics
         self.logger = logger
         self.halfClosure = halfClosure
         self.onServerRunning = onServerRunning
@@ -87,9 +88,11 @@ public final class Server: Service, Sendable {
         makeHandler: @escaping @Sendable () -> Handler
     ) -> Server {
         let options = configuration.connection
-        let authorization = configuration.authorization
+        let metrics = ServerMetrics(factory: configuration.metricsFactory ?? MetricsSystem.factory)
+        let authorization = metrics.counting(configuration.authorization)
         return Server(
             configuration: configuration,
+            metrics: metrics,
             logger: logger,
             halfClosure: false,
             onServerRunning: onServerRunning
@@ -121,7 +124,8 @@ public final class Server: Service, Sendable {
         onServerRunning: @escaping @Sendable (SocketPath) async -> Void = { _ in },
         handler: EOFMessageHandler
     ) -> Server {
-        let authorization = configuration.authorization
+        let metrics = ServerMetrics(factory: configuration.metricsFactory ?? MetricsSystem.factory)
+        let authorization = metrics.counting(configuration.authorization)
         var serveInline: (@Sendable (Int32, UInt64, Logger) -> EOFInlineServer.Outcome)?
         if case .eventLoop(let maximumSize, let body) = handler.kind {
             serveInline = { descriptor, id, logger in
@@ -137,6 +141,7 @@ public final class Server: Service, Sendable {
         }
         return Server(
             configuration: configuration,
+            metrics: metrics,
             logger: logger,
             halfClosure: true,
             onServerRunning: onServerRunning,
@@ -227,12 +232,13 @@ public final class Server: Service, Sendable {
             return true
         }
         guard admitted else {
-            self.refusedCounter.increment()
+            self.metrics.refused.increment()
             self.logger.notice("refusing connection: shutting down or at maximumConnections", metadata: ["socketipc.connection": "\(id)"])
             close(descriptor)
             return
         }
-        self.acceptedCounter.increment()
+        self.metrics.accepted.increment()
+        self.metrics.active.increment()
         var initialBytes: ByteBuffer?
         if let serveInline = self.serveInline {
             switch serveInline(descriptor, id, self.logger) {
@@ -251,6 +257,9 @@ public final class Server: Service, Sendable {
                     return state.phase != .running
                 }
                 if goAwayNow { connection.goAway(.normal, message: "the server is shutting down") }
+            },
+            closed: { _, error in
+                if let error { self.metrics.connectionFailed(error) }
             }
         )
         ClientBootstrap(group: group)
@@ -272,14 +281,16 @@ public final class Server: Service, Sendable {
     }
 
     private func channelClosed(_ id: UInt64, admittedOnly: Bool = false) {
-        let drained = self.state.withLock { state -> EventLoopPromise<Void>? in
-            if admittedOnly || state.channels.removeValue(forKey: id) != nil { state.admitted -= 1 }
+        let (drained, wasAdmitted) = self.state.withLock { state -> (EventLoopPromise<Void>?, Bool) in
+            let wasAdmitted = admittedOnly || state.channels.removeValue(forKey: id) != nil
+            if wasAdmitted { state.admitted -= 1 }
             state.connections[id] = nil
-            guard state.phase == .shuttingDown, state.admitted == 0 else { return nil }
+            guard state.phase == .shuttingDown, state.admitted == 0 else { return (nil, wasAdmitted) }
             state.deadline?.cancel()
             defer { state.drained = nil }
-            return state.drained
+            return (state.drained, wasAdmitted)
         }
+        if wasAdmitted { self.metrics.active.decrement() }
         drained?.succeed()
     }
 

@@ -1,3 +1,5 @@
+import Metrics
+
 /// Where and how a ``Server`` listens.
 public struct ServerConfiguration: Sendable {
     /// The socket file's path; at most ``SocketPath/maximumLength`` bytes.
@@ -18,6 +20,10 @@ public struct ServerConfiguration: Sendable {
     public var authorization: AuthorizationPolicy = .allowAll
     /// Limits and timeouts of each framed connection.
     public var connection = ConnectionOptions()
+    /// Where the server reports its metrics (connections accepted, refused, unauthorized, active, and closed by
+    /// an error; the labels are listed in the README); `nil`, the default, uses swift-metrics' `MetricsSystem`
+    /// as bootstrapped when the server is made.
+    public var metricsFactory: (any MetricsFactory)? = nil
 
     /// Creates a configuration for a server on `path`.
     public init(path: String) {
