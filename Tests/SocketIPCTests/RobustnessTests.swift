@@ -80,6 +80,9 @@ struct RobustnessTests {
                     try await Client.withConnection(to: path) { _ = try await $0.request(ByteBuffer(string: "let me in")) }
                 }
                 #expect(error?.code == .unauthorized)
+                // The refusal comes with the server's hello, so connecting fails, not the first call.
+                let connectError = await #expect(throws: SocketIPCError.self) { _ = try await Client.connect(to: path) }
+                #expect(connectError?.code == .unauthorized)
             }
             try await withFramedServer(path: path, configure: { $0.authorization = .sameUser }, makeHandler: { EchoHandler() }) { _ in
                 let reply = try await Client.withConnection(to: path) { try await $0.request(ByteBuffer(string: "me")) }

@@ -35,7 +35,14 @@ public enum Client {
         let eventLoop = group.any()
         let handshake = eventLoop.makePromise(of: Connection.self)
         let lifecycle = ConnectionLifecycle(
-            handshakeCompleted: { handshake.succeed($0) },
+            handshakeCompleted: { connection in
+                // A server that refuses this peer sends its going-away frame right after its hello.
+                if let refusal = connection.peerGoingAwayError, refusal.code == .unauthorized {
+                    handshake.fail(refusal)
+                } else {
+                    handshake.succeed(connection)
+                }
+            },
             closed: { connection, error in
                 handshake.fail(error ?? connection.closeError ?? SocketIPCError.closed)
             }

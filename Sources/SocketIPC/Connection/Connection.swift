@@ -563,6 +563,9 @@ extension Connection {
         for waiter in waiters { waiter.resume(throwing: finalError) }
     }
 
+    /// What the peer said when it announced it is going away, once it has.
+    var peerGoingAwayError: SocketIPCError? { self.state.withLock { $0.peerGoingAway } }
+
     /// The error the connection closed with, once it is closed.
     var closeError: SocketIPCError? { self.state.withLock { $0.closedError } }
 }

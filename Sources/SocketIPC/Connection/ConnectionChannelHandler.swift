@@ -76,18 +76,21 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
             if let descriptor = self.descriptor, let poller = connection.busyPoller { poller.add(descriptor) }
             var hello = channel.allocator.buffer(capacity: Hello.length)
             Hello.write(into: &hello)
-            connection.writeThroughChannel(CollectionOfOne(hello))
-            guard !self.isClosed else { return }
             guard self.authorization.allows(peer) else {
+                // The hello and the going-away frame in one write, so that the peer reads them together and its
+                // connect call can fail with `unauthorized` instead of returning a connection that is closing.
                 self.fail(
                     SocketIPCError(
                         .unauthorized,
                         "the server's authorization policy refused this peer (\(peer.map { "\($0)" } ?? "credentials unknown"))"
                     ),
-                    context: context
+                    context: context,
+                    after: hello
                 )
                 return
             }
+            connection.writeThroughChannel(CollectionOfOne(hello))
+            guard !self.isClosed else { return }
             self.lifecycle.opened(connection)
             self.handler!.connectionDidOpen(connection)
         }
@@ -120,8 +123,8 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
                     }
                     var whole = partial.takeContiguous()
                     if let frame = try decoder.next(from: &whole) {
-                        self.noteHandshake(handshakeWasDone, connection)
                         Self.dispatch(frame, to: &handler, connection: connection)
+                        self.noteHandshake(handshakeWasDone, connection)
                     }
                     partial = FrameAssembler(whole)
                     if whole.readableBytes == 0 { break }
@@ -130,8 +133,8 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
             }
             if leftover == nil {
                 while !self.isClosed, let frame = try decoder.next(from: &incoming) {
-                    self.noteHandshake(handshakeWasDone, connection)
                     Self.dispatch(frame, to: &handler, connection: connection)
+                    self.noteHandshake(handshakeWasDone, connection)
                 }
                 if incoming.readableBytes > 0 { leftover = Self.keep(incoming) }
             }
@@ -154,6 +157,8 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
         if let leftover, !self.isClosed { self.cumulation = leftover }
     }
 
+    /// Reports the handshake once the first frame after the peer's hello has been dispatched, so that a going-away
+    /// frame sent right after the hello (an authorization refusal) is known when the handshake is reported.
     @inline(__always)
     private func noteHandshake(_ wasDone: Bool, _ connection: Connection) {
         if !wasDone && !self.handshakeDone {
@@ -233,15 +238,16 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelInbound
         }
     }
 
-    /// Tells the peer why (a going-away frame) and closes: the decoder met something it cannot continue after.
-    private func fail(_ error: SocketIPCError, context: ChannelHandlerContext) {
+    /// Tells the peer why (a going-away frame, written after `prefix` in the same write) and closes: the decoder met
+    /// something it cannot continue after, or the peer is not authorized.
+    private func fail(_ error: SocketIPCError, context: ChannelHandlerContext, after prefix: ByteBuffer? = nil) {
         self.failure = error
         self.cumulation = nil
         self.logger.notice(
             "closing connection after a protocol error",
             metadata: ["socketipc.connection": "\(self.connectionID)", "error": "\(error)"]
         )
-        var frame = context.channel.allocator.buffer(capacity: 64)
+        var frame = prefix ?? context.channel.allocator.buffer(capacity: 64)
         frame.writeFrame(.goAway(GoAwayReason(code: error.code), message: error.message))
         self.connection?.flushPendingWrites()
         // Half-close and linger briefly instead of closing at once: a peer still writing would otherwise get EPIPE
