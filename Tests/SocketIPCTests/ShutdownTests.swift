@@ -12,23 +12,35 @@ struct ShutdownTests {
         try await withTemporaryDirectory { directory in
             let path = directory + "/graceful.sock"
             let (running, runningContinuation) = AsyncStream.makeStream(of: Void.self)
+            let (heldReplies, heldReplyContinuation) = AsyncStream.makeStream(of: Reply.self)
             let server = Server.framed(
                 configuration: .init(path: path),
                 logger: testLogger,
                 onServerRunning: { _ in runningContinuation.yield() },
-                makeHandler: { EchoHandler() }
+                makeHandler: { HoldingEchoHandler(held: heldReplyContinuation) }
             )
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await server.run() }
                 for await _ in running { break }
                 let connection = try await Client.connect(to: path)
                 defer { connection.close() }
-                // Ask for a slow reply, make sure it reached the server, then shut down while it is in flight.
-                let slow = Task { try await connection.request(ByteBuffer(string: "slow:300")) }
-                let echoed = try await connection.request(ByteBuffer(string: "ordered after the slow one"))
-                #expect(String(buffer: echoed) == "ordered after the slow one")
+                // A request the server holds: once the server has it, shut down while it is in flight.
+                let held = Task { try await connection.request(ByteBuffer(string: "hold")) }
+                var replies = heldReplies.makeAsyncIterator()
+                let reply = try #require(await replies.next())
                 server.shutdownGracefully()
-                #expect(String(buffer: try await slow.value) == "slow:300")
+                // Until the going-away frame arrives, requests are still served; afterwards they are refused here.
+                var refusal: SocketIPCError?
+                while refusal == nil {
+                    do {
+                        _ = try await connection.request(ByteBuffer(string: "still there?"))
+                    } catch let error as SocketIPCError {
+                        refusal = error
+                    }
+                }
+                #expect(refusal?.code == .peerGoingAway)
+                reply.succeed(ByteBuffer(string: "held"))
+                #expect(String(buffer: try await held.value) == "held")
                 try await group.waitForAll()
                 let error = await #expect(throws: SocketIPCError.self) { _ = try await connection.request(ByteBuffer(string: "late")) }
                 #expect(error?.code == .peerGoingAway || error?.code == .connectionClosed)
@@ -171,5 +183,18 @@ private struct HeldRepliesHandler: ConnectionHandler, Sendable {
 
     func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {
         self.replies.yield(reply)
+    }
+}
+
+/// Echoes requests, except `hold`, whose reply it hands to the test to complete.
+private struct HoldingEchoHandler: ConnectionHandler, Sendable {
+    let held: AsyncStream<Reply>.Continuation
+
+    func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {
+        if String(buffer: request) == "hold" {
+            self.held.yield(reply)
+        } else {
+            reply.succeed(request)
+        }
     }
 }
