@@ -117,6 +117,26 @@ struct RequestReplyTests {
         }
     }
 
+    @Test("abort closes the connection at once: pending requests and later calls fail with connectionClosed")
+    func abortFailsPending() async throws {
+        try await withTemporaryDirectory { directory in
+            let path = directory + "/abort.sock"
+            try await withFramedServer(path: path, makeHandler: { HangingHandler() }) { _ in
+                let connection = try await Client.connect(to: path)
+                // Whether the request is on the wire or not yet sent when the connection closes, it fails the same way.
+                let pending = Task { try await connection.request(ByteBuffer(string: "never answered")) }
+                connection.abort()
+                let error = await #expect(throws: SocketIPCError.self) { _ = try await pending.value }
+                #expect(error?.code == .connectionClosed)
+                await connection.waitUntilClosed()
+                #expect(!connection.isOpen)
+                let late = await #expect(throws: SocketIPCError.self) { try await connection.send(ByteBuffer(string: "late")) }
+                #expect(late?.code == .connectionClosed)
+                connection.abort()  // again: nothing happens
+            }
+        }
+    }
+
     @Test("500 concurrent clients, each making requests")
     func manyClients() async throws {
         raiseFileDescriptorLimit()

@@ -169,6 +169,18 @@ public final class Connection: Sendable {
         }
     }
 
+    /// Closes the connection at once, dropping what is queued and not yet written; requests still waiting for a
+    /// reply fail with `connectionClosed`, and so do later calls. For a peer that stopped reading or answering,
+    /// when waiting for ``close()`` to flush is not wanted. Safe to call more than once, and after ``close()``.
+    public func abort() {
+        let channel = self.channel
+        if self.eventLoop.inEventLoop {
+            channel.close(promise: nil)
+        } else {
+            self.eventLoop.execute { channel.close(promise: nil) }
+        }
+    }
+
     private func closeAfterFlushing() {
         guard self.channel.isActive else { return }
         self.flushPendingWrites()
