@@ -29,16 +29,7 @@ struct ShutdownTests {
                 var replies = heldReplies.makeAsyncIterator()
                 let reply = try #require(await replies.next())
                 server.shutdownGracefully()
-                // Until the going-away frame arrives, requests are still served; afterwards they are refused here.
-                var refusal: SocketIPCError?
-                while refusal == nil {
-                    do {
-                        _ = try await connection.request(ByteBuffer(string: "still there?"))
-                    } catch let error as SocketIPCError {
-                        refusal = error
-                    }
-                }
-                #expect(refusal?.code == .peerGoingAway)
+                #expect(await firstRefusal(on: connection).code == .peerGoingAway)
                 reply.succeed(ByteBuffer(string: "held"))
                 #expect(String(buffer: try await held.value) == "held")
                 try await group.waitForAll()
@@ -68,16 +59,7 @@ struct ShutdownTests {
                 let question = try #require(await heldReplies.next())
 
                 server.shutdownGracefully()
-                // Until the going-away frame arrives, requests still reach the server; afterwards they are refused here.
-                var refusal: SocketIPCError?
-                while refusal == nil {
-                    do {
-                        _ = try await connection.request(ByteBuffer(string: "still there?"))
-                    } catch let error as SocketIPCError {
-                        refusal = error
-                    }
-                }
-                #expect(refusal?.code == .peerGoingAway)
+                #expect(await firstRefusal(on: connection).code == .peerGoingAway)
 
                 question.succeed(ByteBuffer(string: "the answer"))
                 var results = serverResults.makeAsyncIterator()
@@ -195,6 +177,20 @@ private struct HoldingEchoHandler: ConnectionHandler, Sendable {
             self.held.yield(reply)
         } else {
             reply.succeed(request)
+        }
+    }
+}
+
+/// Makes requests until one fails, and returns that error: until the server's going-away frame arrives requests are
+/// still served; afterwards they are refused on this side.
+private func firstRefusal(on connection: Connection) async -> SocketIPCError {
+    while true {
+        do {
+            _ = try await connection.request(ByteBuffer(string: "still there?"))
+        } catch let error as SocketIPCError {
+            return error
+        } catch {
+            return SocketIPCError(.remoteError, "\(error)")
         }
     }
 }
