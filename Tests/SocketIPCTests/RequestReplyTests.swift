@@ -10,28 +10,25 @@ struct RequestReplyTests {
     func outOfOrder() async throws {
         try await withTemporaryDirectory { directory in
             let path = directory + "/concurrent.sock"
-            try await withFramedServer(path: path, makeHandler: { EchoHandler() }) { _ in
+            let (heldReplies, heldReplyContinuation) = AsyncStream.makeStream(of: Reply.self)
+            try await withFramedServer(path: path, makeHandler: { HoldingEchoHandler(held: heldReplyContinuation) }) { _ in
                 let connection = try await Client.connect(to: path)
                 defer { connection.close() }
-                let order = Recorder()
+                // The first request reaches the server and is held there while 99 more are sent and answered.
+                let slow = Task { try await connection.request(ByteBuffer(string: "hold")) }
+                var replies = heldReplies.makeAsyncIterator()
+                let held = try #require(await replies.next())
                 try await withThrowingTaskGroup(of: Void.self) { group in
-                    group.addTask {
-                        let reply = try await connection.request(ByteBuffer(string: "slow:500"))
-                        #expect(String(buffer: reply) == "slow:500")
-                        order.items.withLock { $0.append("slow") }
-                    }
                     for index in 0..<99 {
                         group.addTask {
                             let reply = try await connection.request(ByteBuffer(string: "fast \(index)"))
                             #expect(String(buffer: reply) == "fast \(index)")
-                            order.items.withLock { $0.append("fast") }
                         }
                     }
                     try await group.waitForAll()
                 }
-                let completed = order.items.withLock { $0 }
-                #expect(completed.count == 100)
-                #expect(completed.last == "slow", "the slow request finished last although it was sent first")
+                held.succeed(ByteBuffer(string: "answered last"))
+                #expect(String(buffer: try await slow.value) == "answered last")
             }
         }
     }

@@ -168,18 +168,6 @@ private struct HeldRepliesHandler: ConnectionHandler, Sendable {
     }
 }
 
-/// Echoes requests, except `hold`, whose reply it hands to the test to complete.
-private struct HoldingEchoHandler: ConnectionHandler, Sendable {
-    let held: AsyncStream<Reply>.Continuation
-
-    func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {
-        if String(buffer: request) == "hold" {
-            self.held.yield(reply)
-        } else {
-            reply.succeed(request)
-        }
-    }
-}
 
 /// Makes requests until one fails, and returns that error: until the server's going-away frame arrives requests are
 /// still served; afterwards they are refused on this side.

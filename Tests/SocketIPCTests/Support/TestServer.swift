@@ -64,3 +64,16 @@ let testLogger: Logger = {
     logger.logLevel = .critical
     return logger
 }()
+
+/// Echoes requests, except `hold`, whose reply it hands to the test (through `held`) to complete when it wants.
+struct HoldingEchoHandler: ConnectionHandler, Sendable {
+    let held: AsyncStream<Reply>.Continuation
+
+    func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {
+        if request.readableBytes == 4, String(buffer: request) == "hold" {
+            self.held.yield(reply)
+        } else {
+            reply.succeed(request)
+        }
+    }
+}
