@@ -168,7 +168,6 @@ private struct HeldRepliesHandler: ConnectionHandler, Sendable {
     }
 }
 
-
 /// Makes requests until one fails, and returns that error: until the server's going-away frame arrives requests are
 /// still served; afterwards they are refused on this side.
 private func firstRefusal(on connection: Connection) async -> SocketIPCError {
