@@ -8,8 +8,9 @@ import Musl
 import Darwin
 #endif
 
-/// Who is on the other end of a connection, as the kernel reports it (`SO_PEERCRED` on Linux): the process id,
-/// user id and group id of the peer when it connected (or, for the client, when the server called `listen`).
+/// Who is on the other end of a connection, as the kernel reports it (`SO_PEERCRED` on Linux; `getpeereid`,
+/// `LOCAL_PEERCRED` and `LOCAL_PEERPID` on Darwin): the process id, user id and group id of the peer when it
+/// connected (or, for the client, when the server called `listen`).
 public struct PeerCredentials: Hashable, Sendable, CustomStringConvertible {
     /// The peer's process id.
     public let processID: Int32
@@ -36,6 +37,16 @@ public struct PeerCredentials: Hashable, Sendable, CustomStringConvertible {
         var length = socklen_t(MemoryLayout<KernelPeerCredentials>.size)
         guard getsockopt(descriptor, SOL_SOCKET, 17 /* SO_PEERCRED */, &credentials, &length) == 0 else { return nil }
         return PeerCredentials(processID: credentials.pid, userID: credentials.uid, groupID: credentials.gid)
+        #elseif canImport(Darwin)
+        var userID = uid_t(0)
+        var groupID = gid_t(0)
+        guard getpeereid(descriptor, &userID, &groupID) == 0 else { return nil }
+        var processID = pid_t(0)
+        var length = socklen_t(MemoryLayout<pid_t>.size)
+        if getsockopt(descriptor, darwinSocketOptionLevelLocal, darwinLocalPeerProcessID, &processID, &length) != 0 {
+            processID = 0
+        }
+        return PeerCredentials(processID: processID, userID: userID, groupID: groupID)
         #else
         return nil
         #endif
@@ -54,11 +65,48 @@ public struct PeerCredentials: Hashable, Sendable, CustomStringConvertible {
         )
         return future.map { Optional(PeerCredentials(processID: $0.pid, userID: $0.uid, groupID: $0.gid)) }
             .recover { _ in nil }
+        #elseif canImport(Darwin)
+        guard let provider = channel as? any SocketOptionProvider else {
+            return channel.eventLoop.makeSucceededFuture(nil)
+        }
+        let credentials: EventLoopFuture<DarwinPeerCredentials> = provider.unsafeGetSocketOption(
+            level: SocketOptionLevel(darwinSocketOptionLevelLocal),
+            name: SocketOptionName(darwinLocalPeerCredentials)
+        )
+        let processID: EventLoopFuture<Int32> = provider.unsafeGetSocketOption(
+            level: SocketOptionLevel(darwinSocketOptionLevelLocal),
+            name: SocketOptionName(darwinLocalPeerProcessID)
+        )
+        return credentials.and(processID.recover { _ in 0 })
+            .map { credentials, processID in
+                Optional(PeerCredentials(processID: processID, userID: credentials.userID, groupID: credentials.groups.0))
+            }
+            .recover { _ in nil }
         #else
         return channel.eventLoop.makeSucceededFuture(nil)
         #endif
     }
 }
+
+#if canImport(Darwin)
+/// `SOL_LOCAL` of `<sys/un.h>`: the level of the Unix domain socket options below.
+private let darwinSocketOptionLevelLocal: Int32 = 0
+/// `LOCAL_PEERCRED`: the peer's credentials as a `struct xucred`.
+private let darwinLocalPeerCredentials: Int32 = 0x001
+/// `LOCAL_PEERPID`: the peer's process id.
+private let darwinLocalPeerProcessID: Int32 = 0x002
+
+/// `struct xucred` of `<sys/ucred.h>`: what `LOCAL_PEERCRED` fills in (its first group is the effective group id).
+private struct DarwinPeerCredentials: Sendable {
+    var version: UInt32 = 0
+    var userID: UInt32 = 0
+    var groupCount: Int16 = 0
+    var groups: (
+        UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32,
+        UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32
+    ) = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+}
+#endif
 
 #if os(Linux)
 /// `struct ucred` of `<sys/socket.h>` (Glibc hides it behind `_GNU_SOURCE`): what `SO_PEERCRED` fills in.
