@@ -42,6 +42,33 @@ struct MetricsTests {
         }
     }
 
+    @Test(
+        "an EOF-style server counts messages over its maximum and handlers that fail",
+        arguments: ["on the event loop", "collecting"]
+    )
+    func eofErrors(handlerKind: String) async throws {
+        let metrics = TestMetrics()
+        let body: @Sendable (ByteBuffer) throws -> ByteBuffer = { message in
+            if String(buffer: message) == "fail" { throw SocketIPCError(.remoteError, "failing on purpose") }
+            return ByteBuffer(string: "ok")
+        }
+        let handler: EOFMessageHandler =
+            handlerKind == "collecting"
+            ? .collecting(maximumSize: 8) { message, _ in try body(message) }
+            : .onEventLoop(maximumSize: 8) { message, _ in try body(message) }
+        try await withEOFServer(handler: handler, configure: { $0.metricsFactory = metrics }) { path in
+            let fine = try await Client.sendMessage(ByteBuffer(string: "fine"), to: path)
+            #expect(String(buffer: fine) == "ok")
+            _ = try? await Client.sendMessage(ByteBuffer(string: "far more than eight bytes"), to: path)
+            let failed = try await Client.sendMessage(ByteBuffer(string: "fail"), to: path)
+            #expect(failed.readableBytes == 0)
+        }
+        #expect(try metrics.expectCounter("socketipc_connection_errors_total", [("code", "messageTooLarge")]).totalValue == 1)
+        #expect(try metrics.expectCounter("socketipc_connection_errors_total", [("code", "remoteError")]).totalValue == 1)
+        #expect(metrics.counterTotal(label: "socketipc_connection_errors_total") == 2)
+        #expect(try metrics.expectCounter("socketipc_connections_accepted_total").totalValue == 3)
+    }
+
     @Test("peers the authorization policy refuses are counted, on framed and EOF-style servers")
     func unauthorized() async throws {
         let metrics = TestMetrics()

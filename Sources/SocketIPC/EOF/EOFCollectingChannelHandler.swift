@@ -54,10 +54,9 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
         guard size <= self.maximumSize else {
             self.done = true
             self.message = nil
-            self.messageContext.logger.notice(
-                "closing connection: message too large",
-                metadata: ["error": "\(SocketIPCError(.messageTooLarge, "the message exceeds the maximum of \(self.maximumSize) bytes"))"]
-            )
+            let error = SocketIPCError(.messageTooLarge, "the message exceeds the maximum of \(self.maximumSize) bytes")
+            self.messageContext.logger.notice("closing connection: message too large", metadata: ["error": "\(error)"])
+            self.messageContext.reportFailure(error)
             context.close(promise: nil)
             return
         }
@@ -83,7 +82,7 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
                 let acknowledgement = try body(message, messageContext)
                 Self.finish(channel: context.channel, acknowledgement: acknowledgement)
             } catch {
-                messageContext.logger.notice("message handler failed", metadata: ["error": "\(error)"])
+                messageContext.handlerFailed(error)
                 context.close(promise: nil)
             }
         case .collecting(_, let body):
@@ -103,7 +102,7 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
             do {
                 Self.finish(channel: channel, acknowledgement: try await body(message, context))
             } catch {
-                context.logger.notice("message handler failed", metadata: ["error": "\(error)"])
+                context.handlerFailed(error)
                 channel.close(promise: nil)
             }
         }
@@ -111,6 +110,10 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         self.messageContext.logger.debug("connection error", metadata: ["error": "\(error)"])
+        if !self.done {
+            self.done = true
+            self.messageContext.reportFailure(SocketIPCError(.connectionClosed, "the connection failed: \(error)"))
+        }
         context.close(promise: nil)
     }
 

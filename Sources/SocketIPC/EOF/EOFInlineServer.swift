@@ -31,7 +31,8 @@ enum EOFInlineServer {
         body: @Sendable (ByteBuffer, EOFMessageContext) throws -> ByteBuffer?,
         connectionID: UInt64,
         authorization: AuthorizationPolicy,
-        logger: Logger
+        logger: Logger,
+        reportFailure: @Sendable (SocketIPCError) -> Void = { _ in }
     ) -> Outcome {
         // Refuse before reading: an unauthorized peer costs no read and no buffer, and the bytes it sent are still
         // unread when the socket closes, so its read fails with `ECONNRESET` instead of seeing a clean end.
@@ -55,6 +56,7 @@ enum EOFInlineServer {
                         "closing connection: message too large",
                         metadata: ["socketipc.connection": "\(connectionID)", "maximum": "\(maximumSize)"]
                     )
+                    reportFailure(SocketIPCError(.messageTooLarge, "the message exceeds the maximum of \(maximumSize) bytes"))
                     close(descriptor)
                     return .served
                 }
@@ -63,6 +65,7 @@ enum EOFInlineServer {
                 case EINTR: continue
                 case EAGAIN: return .handOff(message)
                 default:
+                    reportFailure(SocketIPCError(.connectionClosed, "the connection failed: \(errnoDescription(errno))"))
                     close(descriptor)
                     return .served
                 }
@@ -75,6 +78,7 @@ enum EOFInlineServer {
             acknowledgement = try body(message, context)
         } catch {
             logger.notice("message handler failed", metadata: ["socketipc.connection": "\(connectionID)", "error": "\(error)"])
+            reportFailure(error as? SocketIPCError ?? SocketIPCError(.remoteError, "the message handler failed: \(error)"))
             close(descriptor)
             return .served
         }

@@ -113,7 +113,7 @@ final class EOFStreamingChannelHandler: ChannelInboundHandler, RemovableChannelH
                     let acknowledgement = try await body(messageBody, messageContext)
                     EOFCollectingChannelHandler.finish(channel: channel, acknowledgement: acknowledgement)
                 } catch {
-                    messageContext.logger.notice("message handler failed", metadata: ["error": "\(error)"])
+                    messageContext.handlerFailed(error)
                     channel.close(promise: nil)
                 }
             }

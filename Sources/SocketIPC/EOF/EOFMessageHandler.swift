@@ -61,11 +61,13 @@ public struct EOFMessageHandler: Sendable {
         connectionID: UInt64,
         initialBytes: ByteBuffer? = nil,
         authorization: AuthorizationPolicy,
-        logger: Logger
+        logger: Logger,
+        reportFailure: @escaping @Sendable (SocketIPCError) -> Void = { _ in }
     ) throws {
         var logger = logger
         logger[metadataKey: "socketipc.connection"] = "\(connectionID)"
-        let context = EOFMessageContext(connectionID: connectionID, peer: nil, logger: logger)
+        var context = EOFMessageContext(connectionID: connectionID, peer: nil, logger: logger)
+        context.reportFailure = reportFailure
         switch self.kind {
         case .eventLoop, .collecting:
             try channel.pipeline.syncOperations.addHandler(
@@ -93,4 +95,14 @@ public struct EOFMessageContext: Sendable {
     public internal(set) var peer: PeerCredentials?
     /// A logger with the connection's metadata.
     public let logger: Logger
+    /// Told when the connection ends without its message handled (the server counts these in its metrics).
+    var reportFailure: @Sendable (SocketIPCError) -> Void = { _ in }
+
+    /// Logs that the handler failed with `error` and reports it.
+    func handlerFailed(_ error: any Error) {
+        self.logger.notice("message handler failed", metadata: ["error": "\(error)"])
+        self.reportFailure(
+            error as? SocketIPCError ?? SocketIPCError(.remoteError, "the message handler failed: \(error)")
+        )
+    }
 }

@@ -135,7 +135,8 @@ public final class Server: Service, Sendable {
                     body: body,
                     connectionID: id,
                     authorization: authorization,
-                    logger: logger
+                    logger: logger,
+                    reportFailure: { metrics.connectionFailed($0) }
                 )
             }
         }
@@ -152,7 +153,8 @@ public final class Server: Service, Sendable {
                 connectionID: id,
                 initialBytes: initialBytes,
                 authorization: authorization,
-                logger: logger
+                logger: logger,
+                reportFailure: { metrics.connectionFailed($0) }
             )
         }
     }

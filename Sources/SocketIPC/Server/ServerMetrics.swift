@@ -8,7 +8,7 @@ import Metrics
 /// | `socketipc_connections_refused_total` | counter | connections closed on accept: at `maximumConnections` or shutting down |
 /// | `socketipc_connections_unauthorized_total` | counter | peers the authorization policy refused |
 /// | `socketipc_connections_active` | meter | connections admitted and not yet closed |
-/// | `socketipc_connection_errors_total` | counter, dimension `code` | framed connections closed by an error (a protocol violation, an oversized frame, a failed read or write), by ``SocketIPCError/Code`` |
+/// | `socketipc_connection_errors_total` | counter, dimension `code` | connections closed by an error, by ``SocketIPCError/Code``: a protocol violation or an oversized frame or message, a failed read or write, an EOF-style handler that failed (`remoteError`) |
 struct ServerMetrics: Sendable {
     let accepted: Counter
     let refused: Counter
@@ -24,7 +24,7 @@ struct ServerMetrics: Sendable {
         self.active = Meter(label: "socketipc_connections_active", factory: factory)
     }
 
-    /// Counts a framed connection that closed with `error`.
+    /// Counts a connection that closed with `error`.
     func connectionFailed(_ error: SocketIPCError) {
         Counter(label: "socketipc_connection_errors_total", dimensions: [("code", "\(error.code)")], factory: self.factory)
             .increment()
