@@ -16,8 +16,31 @@ public struct ServerConfiguration: Sendable {
     /// The most connections served at once; a connection beyond it is closed as soon as it is accepted.
     /// Default 10,000.
     public var maximumConnections = 10_000
-    /// Which peers may connect; default ``AuthorizationPolicy/allowAll`` (the file mode already limits who can).
-    public var authorization: AuthorizationPolicy = .allowAll
+    /// The most connections one user id may hold at once (counted by the peer's `SO_PEERCRED` uid; peers whose
+    /// credentials are unknown share one count); a connection beyond it is closed as soon as it is accepted, so one
+    /// user cannot take every slot from the others. Default 1,024. (D-Bus's `max_connections_per_user` plays the
+    /// same part.)
+    public var maximumConnectionsPerUser = 1024
+    /// The most connections of one user id that may be open without having finished their handshake (framed: the
+    /// peer's hello has not arrived; EOF style: the message has not been handled yet); a connection beyond it is
+    /// closed as soon as it is accepted. Default 128. (D-Bus's `max_incomplete_connections`, OpenSSH's
+    /// `MaxStartups`, counted per user so that one user's silent connections never lock out another's.)
+    public var maximumPendingHandshakesPerUser = 128
+    /// How long a framed peer has to send its hello after the connection is accepted, and an EOF-style peer to
+    /// send its whole message up to its half-close; a connection that takes longer is closed. Default 10 s.
+    /// (PostgreSQL's `authentication_timeout`, OpenSSH's `LoginGraceTime`.)
+    ///
+    /// For an EOF-style ``EOFMessageHandler/streaming(_:)`` handler, which reads only as fast as it consumes, the
+    /// limit is on each wait for more bytes instead of on the whole message.
+    public var handshakeTimeout: Duration = .seconds(10)
+    /// Whether to refuse a parent directory that others could use to replace the socket file: one that a user other
+    /// than root and the server's own can write (group- or world-writable without the sticky bit), or that is owned
+    /// by another user who is not root. Default `true`; set it to `false` only for a directory you trust anyway.
+    public var requiresSecureParentDirectory = true
+    /// Which peers may connect; default ``AuthorizationPolicy/sameUser`` (processes of the server's own user id, and
+    /// root). The file mode is the first line of defence; this policy is the second, checked on every connection
+    /// with the kernel's `SO_PEERCRED`.
+    public var authorization: AuthorizationPolicy = .sameUser
     /// Limits and timeouts of each framed connection.
     public var connection = ConnectionOptions()
     /// Where the server reports its metrics (connections accepted, refused, unauthorized, active, and closed by
