@@ -20,7 +20,10 @@ public enum BenchmarkServer {
         onServerRunning: @escaping @Sendable (SocketPath) async -> Void = { _ in }
     ) -> Server {
         var configuration = ServerConfiguration(path: path)
+        // The workloads open thousands of connections from one user, as fast as they can (W5, W6).
         configuration.maximumConnections = 100_000
+        configuration.maximumConnectionsPerUser = 100_000
+        configuration.maximumPendingHandshakesPerUser = 100_000
         configuration.backlog = 4096
         configuration.shutdownGracePeriod = .seconds(1)
         configuration.connection.busyPollDuration = busyPoll

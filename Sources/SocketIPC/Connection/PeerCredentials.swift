@@ -18,25 +18,34 @@ public struct PeerCredentials: Hashable, Sendable, CustomStringConvertible {
     public let userID: UInt32
     /// The peer's effective group id.
     public let groupID: UInt32
+    /// The peer's supplementary group ids (`SO_PEERGROUPS`, Linux 4.13 and later), where read: a server reads them
+    /// only when its ``AuthorizationPolicy`` looks at groups; `nil` otherwise and where the platform cannot tell.
+    public let supplementaryGroupIDs: [UInt32]?
 
     /// Creates credentials, for tests and authorization policies.
-    public init(processID: Int32, userID: UInt32, groupID: UInt32) {
+    public init(processID: Int32, userID: UInt32, groupID: UInt32, supplementaryGroupIDs: [UInt32]? = nil) {
         self.processID = processID
         self.userID = userID
         self.groupID = groupID
+        self.supplementaryGroupIDs = supplementaryGroupIDs
     }
 
     /// `pid=… uid=… gid=…`.
     public var description: String { "pid=\(self.processID) uid=\(self.userID) gid=\(self.groupID)" }
 
     /// Reads the peer's credentials of a connected Unix domain socket descriptor; `nil` where the platform cannot
-    /// tell.
-    static func read(descriptor: Int32) -> PeerCredentials? {
+    /// tell. With `includingGroups`, also the supplementary groups (Linux: `SO_PEERGROUPS`).
+    static func read(descriptor: Int32, includingGroups: Bool = false) -> PeerCredentials? {
         #if os(Linux)
         var credentials = KernelPeerCredentials()
         var length = socklen_t(MemoryLayout<KernelPeerCredentials>.size)
         guard getsockopt(descriptor, SOL_SOCKET, 17 /* SO_PEERCRED */, &credentials, &length) == 0 else { return nil }
-        return PeerCredentials(processID: credentials.pid, userID: credentials.uid, groupID: credentials.gid)
+        return PeerCredentials(
+            processID: credentials.pid,
+            userID: credentials.uid,
+            groupID: credentials.gid,
+            supplementaryGroupIDs: includingGroups ? Self.readGroups(descriptor: descriptor) : nil
+        )
         #elseif canImport(Darwin)
         var userID = uid_t(0)
         var groupID = gid_t(0)
@@ -51,6 +60,24 @@ public struct PeerCredentials: Hashable, Sendable, CustomStringConvertible {
         return nil
         #endif
     }
+
+    #if os(Linux)
+    /// The peer's supplementary groups, from `SO_PEERGROUPS` (Linux 4.13 and later); `nil` where the kernel does not
+    /// tell them.
+    private static func readGroups(descriptor: Int32) -> [UInt32]? {
+        var groups = [UInt32](repeating: 0, count: 64)
+        while true {
+            var length = socklen_t(groups.count * MemoryLayout<UInt32>.size)
+            let result = groups.withUnsafeMutableBytes {
+                getsockopt(descriptor, SOL_SOCKET, 59 /* SO_PEERGROUPS */, $0.baseAddress, &length)
+            }
+            if result == 0 { return Array(groups.prefix(Int(length) / MemoryLayout<UInt32>.size)) }
+            // ERANGE: the kernel has set `length` to the size it needs (NGROUPS_MAX is 65,536 groups at most).
+            guard errno == ERANGE, Int(length) > groups.count * MemoryLayout<UInt32>.size else { return nil }
+            groups = [UInt32](repeating: 0, count: Int(length) / MemoryLayout<UInt32>.size)
+        }
+    }
+    #endif
 
     /// Reads the peer's credentials of a connected Unix domain socket channel; `nil` where the platform or the
     /// channel cannot tell. Completes at once when called on the channel's event loop.

@@ -42,6 +42,8 @@ public final class Server: Service, Sendable {
     private let serveInline: (@Sendable (Int32, UInt64, Logger) -> EOFInlineServer.Outcome)?
     private let state = Mutex(State())
     private let metrics: ServerMetrics
+    /// Logs refusals, which a hostile peer can cause at any rate.
+    private let refusalLogger: RateLimitedLogger
 
     private enum Phase { case idle, running, shuttingDown, finished }
 
@@ -51,9 +53,40 @@ public final class Server: Service, Sendable {
         var channels: [UInt64: any Channel] = [:]
         /// Connections accepted and not yet closed, including those whose channel is still being set up.
         var admitted = 0
+        /// The user of each admitted connection, and whether it has yet to finish its handshake.
+        var admissions: [UInt64: Admission] = [:]
+        /// Admitted connections per user.
+        var users: [UserKey: UserConnections] = [:]
         var connections: [UInt64: Connection] = [:]
         var drained: EventLoopPromise<Void>?
         var deadline: Scheduled<Void>?
+    }
+
+    /// A user id, or `nil` for peers whose credentials are unknown (they share one count).
+    private typealias UserKey = UInt32?
+
+    private struct Admission {
+        var user: UserKey
+        var handshaking: Bool
+    }
+
+    private struct UserConnections {
+        var open = 0
+        var handshaking = 0
+    }
+
+    /// Why a connection was closed as soon as it was accepted.
+    private enum Refusal: CustomStringConvertible {
+        case shuttingDown, maximumConnections, maximumConnectionsPerUser, maximumPendingHandshakesPerUser
+
+        var description: String {
+            switch self {
+            case .shuttingDown: "the server is shutting down"
+            case .maximumConnections: "the server is at maximumConnections"
+            case .maximumConnectionsPerUser: "the peer's user is at maximumConnectionsPerUser"
+            case .maximumPendingHandshakesPerUser: "the peer's user is at maximumPendingHandshakesPerUser"
+            }
+        }
     }
 
     private init(
@@ -69,6 +102,7 @@ public final class Server: Service, Sendable {
         self.configuration = configuration
         self.metrics = metrics
         self.logger = logger
+        self.refusalLogger = RateLimitedLogger(logger)
         self.halfClosure = halfClosure
         self.onServerRunning = onServerRunning
         self.initializeChild = initializeChild
@@ -89,7 +123,8 @@ public final class Server: Service, Sendable {
     ) -> Server {
         let options = configuration.connection
         let metrics = ServerMetrics(factory: configuration.metricsFactory ?? MetricsSystem.factory)
-        let authorization = metrics.counting(configuration.authorization)
+        // The server applies the authorization policy itself when it accepts (see `accept`).
+        let authorization = AuthorizationPolicy.anyone
         return Server(
             configuration: configuration,
             metrics: metrics,
@@ -125,7 +160,8 @@ public final class Server: Service, Sendable {
         handler: EOFMessageHandler
     ) -> Server {
         let metrics = ServerMetrics(factory: configuration.metricsFactory ?? MetricsSystem.factory)
-        let authorization = metrics.counting(configuration.authorization)
+        // The server applies the authorization policy itself when it accepts (see `accept`).
+        let authorization = AuthorizationPolicy.anyone
         var serveInline: (@Sendable (Int32, UInt64, Logger) -> EOFInlineServer.Outcome)?
         if case .eventLoop(let maximumSize, let body) = handler.kind {
             serveInline = { descriptor, id, logger in
@@ -190,6 +226,7 @@ public final class Server: Service, Sendable {
         let acceptor = Acceptor(
             descriptor: claim.listeningDescriptor,
             eventLoop: group.any(),
+            logger: self.logger,
             onAccept: { descriptor in self.accept(descriptor, group: group) },
             onError: { error in self.logger.error("accepting connections failed", metadata: ["error": "\(error)"]) }
         )
@@ -225,27 +262,38 @@ public final class Server: Service, Sendable {
 
     // MARK: - Connections
 
-    /// Wraps an accepted socket in a channel, unless the server is shutting down or full. Runs on the accept thread.
+    /// Admits an accepted socket and wraps it in a channel; or refuses it at once: while shutting down, at a
+    /// connection limit, or when the authorization policy refuses the peer. Runs on the accept thread.
     private func accept(_ descriptor: Int32, group: MultiThreadedEventLoopGroup) {
         let id = ConnectionIDs.next()
-        let admitted = self.state.withLock { state -> Bool in
-            guard state.phase == .running, state.admitted < self.configuration.maximumConnections else { return false }
-            state.admitted += 1
-            return true
-        }
-        guard admitted else {
+        let policy = self.configuration.authorization
+        let peer = PeerCredentials.read(descriptor: descriptor, includingGroups: policy.needsSupplementaryGroups)
+        if let refusal = self.admit(id, user: peer?.userID) {
             self.metrics.refused.increment()
-            self.logger.notice("refusing connection: shutting down or at maximumConnections", metadata: ["socketipc.connection": "\(id)"])
+            self.refusalLogger.log(
+                level: .notice,
+                "refusing connection: \(refusal)",
+                metadata: Self.metadata(id, peer)
+            )
             close(descriptor)
             return
         }
         self.metrics.accepted.increment()
         self.metrics.active.increment()
+        let decision = policy.evaluate(peer)
+        guard decision.isAllowed else {
+            self.metrics.unauthorized.increment()
+            var metadata = Self.metadata(id, peer)
+            metadata["socketipc.reason"] = "\(decision.reason)"
+            self.refusalLogger.log(level: .notice, "refusing connection: authorization policy", metadata: metadata)
+            self.refuseUnauthorized(descriptor, id: id, peer: peer, group: group)
+            return
+        }
         var initialBytes: ByteBuffer?
         if let serveInline = self.serveInline {
             switch serveInline(descriptor, id, self.logger) {
             case .served:
-                self.channelClosed(id, admittedOnly: true)
+                self.channelClosed(id)
                 return
             case .handOff(let bytes):
                 initialBytes = bytes.readableBytes > 0 ? bytes : nil
@@ -253,6 +301,7 @@ public final class Server: Service, Sendable {
         }
         let handedOffBytes = initialBytes
         let lifecycle = ConnectionLifecycle(
+            handshakeCompleted: { _ in self.handshakeCompleted(id) },
             opened: { connection in
                 let goAwayNow = self.state.withLock { state -> Bool in
                     state.connections[id] = connection
@@ -278,19 +327,88 @@ public final class Server: Service, Sendable {
             .withConnectedSocket(descriptor)
             .whenFailure { error in
                 self.logger.error("could not set up an accepted connection", metadata: ["error": "\(error)"])
-                self.channelClosed(id, admittedOnly: true)
+                self.channelClosed(id)
             }
     }
 
-    private func channelClosed(_ id: UInt64, admittedOnly: Bool = false) {
+    /// Counts a new connection of `user` against the limits; returns why it must be refused, or `nil` when it is
+    /// admitted.
+    private func admit(_ id: UInt64, user: UserKey) -> Refusal? {
+        let configuration = self.configuration
+        return self.state.withLock { state -> Refusal? in
+            guard state.phase == .running else { return .shuttingDown }
+            guard state.admitted < configuration.maximumConnections else { return .maximumConnections }
+            var counts = state.users[user] ?? UserConnections()
+            guard counts.open < configuration.maximumConnectionsPerUser else { return .maximumConnectionsPerUser }
+            guard counts.handshaking < configuration.maximumPendingHandshakesPerUser else {
+                return .maximumPendingHandshakesPerUser
+            }
+            counts.open += 1
+            counts.handshaking += 1
+            state.users[user] = counts
+            state.admissions[id] = Admission(user: user, handshaking: true)
+            state.admitted += 1
+            return nil
+        }
+    }
+
+    /// A framed connection's peer sent its hello: it no longer counts as a pending handshake. (An EOF-style
+    /// connection counts as one until it closes, which it does once its message is handled.)
+    private func handshakeCompleted(_ id: UInt64) {
+        self.state.withLock { state in
+            guard let admission = state.admissions[id], admission.handshaking else { return }
+            state.admissions[id]!.handshaking = false
+            state.users[admission.user]?.handshaking -= 1
+        }
+    }
+
+    /// Refuses a peer the authorization policy refused: an EOF-style one is closed before anything is read; a
+    /// framed one is told why (hello and going-away `unauthorized`) on an event loop, and then closed.
+    private func refuseUnauthorized(_ descriptor: Int32, id: UInt64, peer: PeerCredentials?, group: MultiThreadedEventLoopGroup) {
+        guard !self.halfClosure else {
+            close(descriptor)
+            self.channelClosed(id)
+            return
+        }
+        let text = "the server's authorization policy refused this peer (\(peer.map { "\($0)" } ?? "credentials unknown"))"
+        ClientBootstrap(group: group)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    channel.closeFuture.whenComplete { _ in self.channelClosed(id) }
+                    try channel.pipeline.syncOperations.addHandler(RefusalChannelHandler(text: text))
+                }
+            }
+            .withConnectedSocket(descriptor)
+            .whenFailure { _ in self.channelClosed(id) }
+    }
+
+    private static func metadata(_ id: UInt64, _ peer: PeerCredentials?) -> Logger.Metadata {
+        var metadata: Logger.Metadata = ["socketipc.connection": "\(id)"]
+        if let peer {
+            metadata["socketipc.peer.uid"] = "\(peer.userID)"
+            metadata["socketipc.peer.pid"] = "\(peer.processID)"
+        } else {
+            metadata["socketipc.peer"] = "unknown"
+        }
+        return metadata
+    }
+
+    /// Forgets a closed connection (once: later calls for the same id do nothing), and completes the drain of a
+    /// shutdown when it was the last one.
+    private func channelClosed(_ id: UInt64) {
         let (drained, wasAdmitted) = self.state.withLock { state -> (EventLoopPromise<Void>?, Bool) in
-            let wasAdmitted = admittedOnly || state.channels.removeValue(forKey: id) != nil
-            if wasAdmitted { state.admitted -= 1 }
+            state.channels[id] = nil
             state.connections[id] = nil
-            guard state.phase == .shuttingDown, state.admitted == 0 else { return (nil, wasAdmitted) }
+            guard let admission = state.admissions.removeValue(forKey: id) else { return (nil, false) }
+            state.admitted -= 1
+            var counts = state.users[admission.user]!
+            counts.open -= 1
+            if admission.handshaking { counts.handshaking -= 1 }
+            state.users[admission.user] = counts.open == 0 ? nil : counts
+            guard state.phase == .shuttingDown, state.admitted == 0 else { return (nil, true) }
             state.deadline?.cancel()
             defer { state.drained = nil }
-            return (state.drained, wasAdmitted)
+            return (state.drained, true)
         }
         if wasAdmitted { self.metrics.active.decrement() }
         drained?.succeed()

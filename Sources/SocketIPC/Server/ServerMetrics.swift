@@ -5,7 +5,7 @@ import Metrics
 /// | label | kind | what |
 /// |---|---|---|
 /// | `socketipc_connections_accepted_total` | counter | connections admitted |
-/// | `socketipc_connections_refused_total` | counter | connections closed on accept: at `maximumConnections` or shutting down |
+/// | `socketipc_connections_refused_total` | counter | connections closed on accept: shutting down, or at `maximumConnections`, `maximumConnectionsPerUser` or `maximumPendingHandshakesPerUser` |
 /// | `socketipc_connections_unauthorized_total` | counter | peers the authorization policy refused |
 /// | `socketipc_connections_active` | meter | connections admitted and not yet closed |
 /// | `socketipc_connection_errors_total` | counter, dimension `code` | connections closed by an error, by ``SocketIPCError/Code``: a protocol violation or an oversized frame or message, a failed read or write, an EOF-style handler that failed (`remoteError`) |
@@ -30,13 +30,4 @@ struct ServerMetrics: Sendable {
             .increment()
     }
 
-    /// `policy`, counting the peers it refuses.
-    func counting(_ policy: AuthorizationPolicy) -> AuthorizationPolicy {
-        let unauthorized = self.unauthorized
-        return AuthorizationPolicy { peer in
-            let allowed = policy.allows(peer)
-            if !allowed { unauthorized.increment() }
-            return allowed
-        }
-    }
 }
