@@ -46,6 +46,18 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("The largest message accepted, in bytes.", valueName: "bytes"))
     var maxMessageSize: Int = 16 * 1024 * 1024
 
+    @OptionGroup(title: "Who may connect")
+    var access: AccessOptions
+
+    @OptionGroup(title: "Limits")
+    var limits: LimitOptions
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("What to log on standard error: trace, debug, info, notice, warning, error or critical.")
+    )
+    var logLevel: Logger.Level = .notice
+
     func validate() throws {
         _ = try parsePermissions(self.permissions)
         guard self.maxMessageSize >= 1 else { throw ValidationError("--max-message-size must be at least 1") }
@@ -56,8 +68,11 @@ struct ServeCommand: AsyncParsableCommand {
         configuration.mode = try parsePermissions(self.permissions)
         configuration.createParentDirectory = self.createParent
         configuration.connection.maximumMessageSize = self.maxMessageSize
+        configuration.authorization = self.access.policy
+        configuration.requiresSecureParentDirectory = !self.access.allowInsecureDirectory
+        self.limits.apply(to: &configuration)
         var logger = Logger(label: "socket-ipc")
-        logger.logLevel = .warning
+        logger.logLevel = self.logLevel
         let server = Self.makeServer(configuration: configuration, mode: self.mode, logger: logger)
         let group = ServiceGroup(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         try await group.run()
