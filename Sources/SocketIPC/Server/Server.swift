@@ -40,7 +40,7 @@ public final class Server: Service, Sendable {
     private let halfClosure: Bool
     /// Serves an accepted socket on the accepting thread when it can (EOF style with an event-loop handler).
     private let serveInline: (@Sendable (Int32, UInt64, Logger) -> EOFInlineServer.Outcome)?
-    private let state = Mutex(State())
+    private let state: Mutex<State>
     private let metrics: ServerMetrics
     /// Logs refusals, which a hostile peer can cause at any rate.
     private let refusalLogger: RateLimitedLogger
@@ -51,42 +51,12 @@ public final class Server: Service, Sendable {
         var phase = Phase.idle
         var acceptor: Acceptor?
         var channels: [UInt64: any Channel] = [:]
-        /// Connections accepted and not yet closed, including those whose channel is still being set up.
-        var admitted = 0
-        /// The user of each admitted connection, and whether it has yet to finish its handshake.
-        var admissions: [UInt64: Admission] = [:]
-        /// Admitted connections per user.
-        var users: [UserKey: UserConnections] = [:]
+        /// Connections accepted and not yet closed, by user, including those whose channel is still being set up
+        /// and those parked.
+        var admissions: ConnectionAdmissions
         var connections: [UInt64: Connection] = [:]
         var drained: EventLoopPromise<Void>?
         var deadline: Scheduled<Void>?
-    }
-
-    /// A user id, or `nil` for peers whose credentials are unknown (they share one count).
-    private typealias UserKey = UInt32?
-
-    private struct Admission {
-        var user: UserKey
-        var handshaking: Bool
-    }
-
-    private struct UserConnections {
-        var open = 0
-        var handshaking = 0
-    }
-
-    /// Why a connection was closed as soon as it was accepted.
-    private enum Refusal: CustomStringConvertible {
-        case shuttingDown, maximumConnections, maximumConnectionsPerUser, maximumPendingHandshakesPerUser
-
-        var description: String {
-            switch self {
-            case .shuttingDown: "the server is shutting down"
-            case .maximumConnections: "the server is at maximumConnections"
-            case .maximumConnectionsPerUser: "the peer's user is at maximumConnectionsPerUser"
-            case .maximumPendingHandshakesPerUser: "the peer's user is at maximumPendingHandshakesPerUser"
-            }
-        }
     }
 
     private init(
@@ -103,6 +73,15 @@ public final class Server: Service, Sendable {
         self.metrics = metrics
         self.logger = logger
         self.refusalLogger = RateLimitedLogger(logger)
+        self.state = Mutex(
+            State(
+                admissions: ConnectionAdmissions(
+                    maximumConnections: configuration.maximumConnections,
+                    maximumConnectionsPerUser: configuration.maximumConnectionsPerUser,
+                    maximumPendingHandshakesPerUser: configuration.maximumPendingHandshakesPerUser
+                )
+            )
+        )
         self.halfClosure = halfClosure
         self.onServerRunning = onServerRunning
         self.initializeChild = initializeChild
@@ -262,33 +241,52 @@ public final class Server: Service, Sendable {
 
     // MARK: - Connections
 
-    /// Admits an accepted socket and wraps it in a channel; or refuses it at once: while shutting down, at a
+    /// Admits an accepted socket and serves it, parks it, or refuses it at once: while shutting down, at a
     /// connection limit, or when the authorization policy refuses the peer. Runs on the accept thread.
     private func accept(_ descriptor: Int32, group: MultiThreadedEventLoopGroup) {
         let id = ConnectionIDs.next()
         let policy = self.configuration.authorization
         let peer = PeerCredentials.read(descriptor: descriptor, includingGroups: policy.needsSupplementaryGroups)
-        if let refusal = self.admit(id, user: peer?.userID) {
-            self.metrics.refused.increment()
-            self.refusalLogger.log(
-                level: .notice,
-                "refusing connection: \(refusal)",
-                metadata: Self.metadata(id, peer)
-            )
-            close(descriptor)
-            return
-        }
-        self.metrics.accepted.increment()
-        self.metrics.active.increment()
         let decision = policy.evaluate(peer)
-        guard decision.isAllowed else {
+        if !decision.isAllowed {
             self.metrics.unauthorized.increment()
             var metadata = Self.metadata(id, peer)
             metadata["socketipc.reason"] = "\(decision.reason)"
             self.refusalLogger.log(level: .notice, "refusing connection: authorization policy", metadata: metadata)
-            self.refuseUnauthorized(descriptor, id: id, peer: peer, group: group)
-            return
         }
+        // A refused framed peer is told why on a channel that lingers for a moment: it counts against the limits
+        // like any connection, but never as a pending handshake.
+        let admission = self.state.withLock { state -> ConnectionAdmissions.Decision? in
+            guard state.phase == .running else { return nil }
+            return state.admissions.admit(id, descriptor: descriptor, peer: peer, handshaking: decision.isAllowed)
+        }
+        switch admission {
+        case .admitted:
+            self.metrics.accepted.increment()
+            self.metrics.active.increment()
+            if decision.isAllowed {
+                self.serve(descriptor, id: id, group: group)
+            } else {
+                self.refuseUnauthorized(descriptor, id: id, peer: peer, group: group)
+            }
+        case .parked:
+            self.metrics.accepted.increment()
+            self.metrics.active.increment()
+        case .refused(let refusal):
+            self.refuse(descriptor, id: id, peer: peer, reason: "\(refusal)")
+        case nil:
+            self.refuse(descriptor, id: id, peer: peer, reason: "the server is shutting down")
+        }
+    }
+
+    private func refuse(_ descriptor: Int32, id: UInt64, peer: PeerCredentials?, reason: String) {
+        self.metrics.refused.increment()
+        self.refusalLogger.log(level: .notice, "refusing connection: \(reason)", metadata: Self.metadata(id, peer))
+        close(descriptor)
+    }
+
+    /// Serves an admitted connection: on this thread if the EOF-style inline server can, else on a channel.
+    private func serve(_ descriptor: Int32, id: UInt64, group: MultiThreadedEventLoopGroup) {
         var initialBytes: ByteBuffer?
         if let serveInline = self.serveInline {
             switch serveInline(descriptor, id, self.logger) {
@@ -331,35 +329,16 @@ public final class Server: Service, Sendable {
             }
     }
 
-    /// Counts a new connection of `user` against the limits; returns why it must be refused, or `nil` when it is
-    /// admitted.
-    private func admit(_ id: UInt64, user: UserKey) -> Refusal? {
-        let configuration = self.configuration
-        return self.state.withLock { state -> Refusal? in
-            guard state.phase == .running else { return .shuttingDown }
-            guard state.admitted < configuration.maximumConnections else { return .maximumConnections }
-            var counts = state.users[user] ?? UserConnections()
-            guard counts.open < configuration.maximumConnectionsPerUser else { return .maximumConnectionsPerUser }
-            guard counts.handshaking < configuration.maximumPendingHandshakesPerUser else {
-                return .maximumPendingHandshakesPerUser
-            }
-            counts.open += 1
-            counts.handshaking += 1
-            state.users[user] = counts
-            state.admissions[id] = Admission(user: user, handshaking: true)
-            state.admitted += 1
-            return nil
-        }
+    /// A framed connection's peer sent its hello: it no longer counts as a pending handshake, and a parked
+    /// connection of the same user may be served. (An EOF-style connection counts as one until it closes, which it
+    /// does once its message is handled.)
+    private func handshakeCompleted(_ id: UInt64) {
+        let next = self.state.withLock { $0.admissions.handshakeEnded(id) }
+        if let next { self.serveParked(next) }
     }
 
-    /// A framed connection's peer sent its hello: it no longer counts as a pending handshake. (An EOF-style
-    /// connection counts as one until it closes, which it does once its message is handled.)
-    private func handshakeCompleted(_ id: UInt64) {
-        self.state.withLock { state in
-            guard let admission = state.admissions[id], admission.handshaking else { return }
-            state.admissions[id]!.handshaking = false
-            state.users[admission.user]?.handshaking -= 1
-        }
+    private func serveParked(_ parked: ConnectionAdmissions.Parked) {
+        self.serve(parked.descriptor, id: parked.id, group: MultiThreadedEventLoopGroup.singleton)
     }
 
     /// Refuses a peer the authorization policy refused: an EOF-style one is closed before anything is read; a
@@ -393,30 +372,40 @@ public final class Server: Service, Sendable {
         return metadata
     }
 
-    /// Forgets a closed connection (once: later calls for the same id do nothing), and completes the drain of a
-    /// shutdown when it was the last one.
+    /// Forgets a closed connection (once: later calls for the same id do nothing), serves a parked connection of
+    /// the same user if one waits for its slot, and completes the drain of a shutdown when it was the last one.
     private func channelClosed(_ id: UInt64) {
-        let (drained, wasAdmitted) = self.state.withLock { state -> (EventLoopPromise<Void>?, Bool) in
+        let (drained, wasCounted, next) = self.state.withLock {
+            state -> (EventLoopPromise<Void>?, Bool, ConnectionAdmissions.Parked?) in
             state.channels[id] = nil
             state.connections[id] = nil
-            guard let admission = state.admissions.removeValue(forKey: id) else { return (nil, false) }
-            state.admitted -= 1
-            var counts = state.users[admission.user]!
-            counts.open -= 1
-            if admission.handshaking { counts.handshaking -= 1 }
-            state.users[admission.user] = counts.open == 0 ? nil : counts
-            guard state.phase == .shuttingDown, state.admitted == 0 else { return (nil, true) }
+            let (wasCounted, next) = state.admissions.closed(id)
+            guard wasCounted else { return (nil, false, nil) }
+            guard state.phase == .shuttingDown, state.admissions.count == 0 else { return (nil, true, next) }
             state.deadline?.cancel()
             defer { state.drained = nil }
-            return (state.drained, true)
+            return (state.drained, true, next)
         }
-        if wasAdmitted { self.metrics.active.decrement() }
+        if wasCounted { self.metrics.active.decrement() }
+        if let next { self.serveParked(next) }
         drained?.succeed()
     }
 
+    /// What a shutdown does once the state says so.
+    private struct ShutdownAction {
+        var acceptor: Acceptor?
+        /// Framed connections to tell that the server is going away (graceful).
+        var connections: [Connection]
+        /// Channels to close now (not graceful).
+        var channels: [any Channel]
+        /// Connections parked for a handshake slot: closed unserved.
+        var parked: [ConnectionAdmissions.Parked]
+        /// The drain to complete now: nothing was left to close.
+        var drained: EventLoopPromise<Void>?
+    }
+
     private func beginShutdown(graceful: Bool) {
-        let action = self.state.withLock {
-            state -> (server: Acceptor?, connections: [Connection], channels: [any Channel], drained: EventLoopPromise<Void>?)? in
+        let action = self.state.withLock { state -> ShutdownAction? in
             switch state.phase {
             case .idle:
                 state.phase = .finished
@@ -428,20 +417,24 @@ public final class Server: Service, Sendable {
             case .finished:
                 return nil
             }
-            let server = state.acceptor
-            guard server != nil else { return nil }  // run() shuts down once the acceptor exists
-            let drained = state.admitted == 0 ? state.drained : nil
+            guard let acceptor = state.acceptor else { return nil }  // run() shuts down once the acceptor exists
+            let drained = state.admissions.count == 0 ? state.drained : nil
             if drained != nil { state.drained = nil }
-            return (
-                server,
-                graceful ? Array(state.connections.values) : [],
-                graceful ? [] : Array(state.channels.values),
-                drained
+            return ShutdownAction(
+                acceptor: acceptor,
+                connections: graceful ? Array(state.connections.values) : [],
+                channels: graceful ? [] : Array(state.channels.values),
+                parked: state.admissions.takeAllParked(),
+                drained: drained
             )
         }
         guard let action else { return }
         self.logger.info("shutting down", metadata: ["graceful": "\(graceful)"])
-        action.server?.stop()
+        action.acceptor?.stop()
+        for parked in action.parked {
+            close(parked.descriptor)
+            self.channelClosed(parked.id)
+        }
         for connection in action.connections {
             connection.goAway(.normal, message: "the server is shutting down")
         }
@@ -451,7 +444,13 @@ public final class Server: Service, Sendable {
             let deadline = eventLoop.scheduleTask(in: .init(self.configuration.shutdownGracePeriod)) {
                 self.beginShutdown(graceful: false)
             }
-            self.state.withLock { $0.deadline = deadline }
+            // Armed only while something is left to drain: the drain may have completed meanwhile.
+            let drainedAlready = self.state.withLock { state -> Bool in
+                guard state.drained != nil, state.admissions.count > 0 else { return true }
+                state.deadline = deadline
+                return false
+            }
+            if drainedAlready { deadline.cancel() }
         }
         action.drained?.succeed()
     }

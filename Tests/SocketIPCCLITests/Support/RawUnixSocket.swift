@@ -49,6 +49,26 @@ final class RawUnixSocket: Sendable {
         return bytes.withUnsafeBytes { send(self.descriptor, $0.baseAddress, $0.count, flags) } == bytes.count
     }
 
+    /// Reads exactly `count` bytes, or fewer if the connection ends first.
+    func read(count: Int) async -> [UInt8] {
+        await withCheckedContinuation { continuation in
+            Thread {
+                var received: [UInt8] = []
+                var buffer = [UInt8](repeating: 0, count: 4096)
+                while received.count < count {
+                    let wanted = min(buffer.count, count - received.count)
+                    let read = buffer.withUnsafeMutableBytes { recv(self.descriptor, $0.baseAddress, wanted, 0) }
+                    if read > 0 {
+                        received += buffer[0..<read]
+                    } else if read == 0 || errno != EINTR {
+                        break
+                    }
+                }
+                continuation.resume(returning: received)
+            }.start()
+        }
+    }
+
     /// Reads until the peer closes the connection (or an error such as `ECONNRESET` ends it), or until `limit`
     /// passes, which is a safety net for a broken test, never a way to wait.
     /// - Returns: Every byte read, and whether the connection ended (false: the limit passed first).
