@@ -44,7 +44,20 @@ public enum Client {
                 }
             },
             closed: { connection, error in
-                handshake.fail(error ?? connection.closeError ?? SocketIPCError.closed)
+                // A completed handshake ignores this; a close before the server's hello says little by itself.
+                let reason = error ?? connection.closeError
+                if reason == nil || reason?.code == .connectionClosed {
+                    handshake.fail(
+                        SocketIPCError(
+                            .connectionClosed,
+                            "the server at \(socketPath) closed the connection before its hello: it is at a connection "
+                                + "limit, shutting down, or refused this process",
+                            path: path
+                        )
+                    )
+                } else {
+                    handshake.fail(reason!)
+                }
             }
         )
         let options = configuration.connection
@@ -76,7 +89,15 @@ public enum Client {
             throw SocketIPCError(.systemCall, "could not set up the connection to \(socketPath): \(error)", path: path)
         }
         let timeout = eventLoop.scheduleTask(in: .init(configuration.connectTimeout)) {
-            handshake.fail(SocketIPCError(.timedOut, "the server at \(socketPath) sent no hello within \(configuration.connectTimeout)", path: path))
+            handshake.fail(
+                SocketIPCError(
+                    .timedOut,
+                    "the server at \(socketPath) sent no hello within \(configuration.connectTimeout): it is busy, or it "
+                        + "is not a framed SocketIPC server (an EOF-style server answers only after the client's "
+                        + "half-close; send it an EOF-style message instead)",
+                    path: path
+                )
+            )
             channel.close(promise: nil)
         }
         defer { timeout.cancel() }
