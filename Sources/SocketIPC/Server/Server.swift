@@ -126,6 +126,8 @@ public final class Server: Service, Sendable {
     ) -> Server {
         let metrics = ServerMetrics(factory: configuration.metricsFactory ?? MetricsSystem.factory)
         let authorization = metrics.counting(configuration.authorization)
+        // For the EOF style the handshake is the whole message: the client must half-close within this limit.
+        let timeLimit = configuration.handshakeTimeout
         var serveInline: (@Sendable (Int32, UInt64, Logger) -> EOFInlineServer.Outcome)?
         if case .eventLoop(let maximumSize, let body) = handler.kind {
             serveInline = { descriptor, id, logger in
@@ -136,6 +138,7 @@ public final class Server: Service, Sendable {
                     connectionID: id,
                     authorization: authorization,
                     logger: logger,
+                    timeLimit: timeLimit,
                     reportFailure: { metrics.connectionFailed($0) }
                 )
             }
@@ -154,6 +157,7 @@ public final class Server: Service, Sendable {
                 initialBytes: initialBytes,
                 authorization: authorization,
                 logger: logger,
+                timeLimit: timeLimit,
                 reportFailure: { metrics.connectionFailed($0) }
             )
         }
