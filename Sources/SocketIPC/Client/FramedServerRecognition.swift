@@ -46,8 +46,9 @@ enum FramedServerRecognition {
     static func error(for bytes: ByteBuffer?, path: String) -> SocketIPCError? {
         guard let bytes, let answer = Self.recognize(bytes) else { return nil }
         var message =
-            "the server at \(path) is a framed SocketIPC server (protocol version \(answer.protocolVersion)), not an "
-            + "EOF-style one; use a framed connection (socket-ipc: drop --eof)"
+            "this is a framed server: the server at \(path) answered with a framed SocketIPC hello (protocol version "
+            + "\(answer.protocolVersion)), so it does not take EOF-style messages; use a framed connection "
+            + "(socket-ipc send: drop --eof)"
         if answer.goAwayReason == GoAwayReason.unauthorized.rawValue {
             message += "; its authorization policy also refused this process"
         }
