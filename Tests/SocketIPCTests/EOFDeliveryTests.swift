@@ -175,3 +175,31 @@ final class ClosingListener: Sendable {
         Glibc.close(self.descriptor)
     }
 }
+
+extension EOFDeliveryTests {
+    @Test(
+        "one byte over the maximum throws, also when the message is read on an event loop",
+        arguments: ["on the event loop", "collecting"]
+    )
+    func oneByteOver(kind: String) async throws {
+        try await withEOFServer(handler: Self.handler(kind)) { path in
+            for _ in 0..<50 {
+                let error = await #expect(throws: SocketIPCError.self) {
+                    _ = try await Client.sendMessage(ByteBuffer(repeating: 7, count: 1001), to: path)
+                }
+                #expect(error?.code == .connectionClosed)
+            }
+            // A raw client that sends the message in two writes: the server may have handed it to an event loop.
+            for _ in 0..<20 {
+                let socket = try await RawSocket.connect(to: path)
+                defer { socket.close() }
+                var first = [UInt8](repeating: 7, count: 600)
+                _ = send(socket.descriptor, &first, first.count, Int32(MSG_NOSIGNAL))
+                var second = [UInt8](repeating: 7, count: 401)
+                _ = send(socket.descriptor, &second, second.count, Int32(MSG_NOSIGNAL))
+                socket.shutdownWrite()
+                await #expect(throws: RawSocketError.self) { _ = try await socket.readToEnd() }
+            }
+        }
+    }
+}

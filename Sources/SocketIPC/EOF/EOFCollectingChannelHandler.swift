@@ -1,9 +1,21 @@
 import Logging
 import NIOCore
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// Collects an EOF-style message until the client half-closes, then runs the handler and writes its
 /// acknowledgement. Bounded by the handler's maximum size: one byte more closes the connection; and by the time
 /// limit: a message that has not ended (the client has not half-closed) within it closes the connection too.
+///
+/// A message over the maximum must leave bytes unread when the server closes, so that the client's read fails with
+/// `ECONNRESET` instead of meeting a clean end-of-stream it would take for delivery: near the maximum, reads are
+/// limited to the room left, and at the maximum the next byte is only peeked at (`MSG_PEEK`) on the socket.
 ///
 /// The message is kept in one buffer that grows by doubling, never as the slices of the reads it came in (a slice
 /// keeps its whole read buffer alive), so a peer that sends one byte per write costs at most about 2 bytes of memory
@@ -19,14 +31,24 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
     private var message: ByteBuffer?
     private var done = false
     private var timer: Scheduled<Void>?
+    /// The connection's socket, to peek at it once the message has reached the maximum.
+    private let descriptor: Int32?
+    /// The size reads are limited to now, or `nil` while they are not limited.
+    private var readLimit: Int?
+    /// The connection's first read buffer, held until the message ends: NIO keeps one read buffer per channel here
+    /// (`maxMessagesPerRead` 1) and reuses it whenever nobody else holds it, whatever its size; held, it is never
+    /// reused, and each read gets a new buffer of the size the limit allows. (It is small: the first read's.)
+    private var firstReadBuffer: ByteBuffer?
 
     init(
         kind: EOFMessageHandler.Kind,
         context: EOFMessageContext,
         initialBytes: ByteBuffer? = nil,
         authorization: AuthorizationPolicy,
-        timeLimit: Duration
+        timeLimit: Duration,
+        descriptor: Int32? = nil
     ) {
+        self.descriptor = descriptor
         self.message = initialBytes
         self.kind = kind
         self.messageContext = context
@@ -35,6 +57,10 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
+        if self.maximumSize < .max {
+            try? context.channel.syncOptions?.setOption(ChannelOptions.maxMessagesPerRead, value: 1)
+        }
+        self.limitReads(context: context)
         let channel = context.channel
         let limit = self.timeLimit
         self.timer = context.eventLoop.assumeIsolated().scheduleTask(in: .init(limit)) {
@@ -82,15 +108,10 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !self.done else { return }
         var chunk = Self.unwrapInboundIn(data)
+        if self.firstReadBuffer == nil { self.firstReadBuffer = chunk }
         let size = (self.message?.readableBytes ?? 0) + chunk.readableBytes
         guard size <= self.maximumSize else {
-            self.done = true
-            self.timer?.cancel()
-            self.message = nil
-            let error = SocketIPCError(.messageTooLarge, "the message exceeds the maximum of \(self.maximumSize) bytes")
-            self.messageContext.logger.notice("closing connection: message too large", metadata: ["error": "\(error)"])
-            self.messageContext.reportFailure(error)
-            context.close(promise: nil)
+            self.refuseTooLarge(context: context)
             return
         }
         if self.message == nil {
@@ -98,6 +119,41 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
         } else {
             self.message!.writeBuffer(&chunk)
         }
+        // At the maximum: one more byte already waiting means the message is too large; close with it unread
+        // (before NIO's next read in this same batch could take it).
+        if size == self.maximumSize, let descriptor = self.descriptor {
+            var byte: UInt8 = 0
+            if recv(descriptor, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT)) == 1 {
+                self.refuseTooLarge(context: context)
+                return
+            }
+        }
+        self.limitReads(context: context)
+    }
+
+    /// Limits the next reads to the room left below the maximum once it is less than the largest read, so that a
+    /// read never takes bytes past the maximum out of the socket.
+    private func limitReads(context: ChannelHandlerContext) {
+        let room = self.maximumSize - (self.message?.readableBytes ?? 0)
+        // A power of two: a read buffer's capacity is rounded up to one, and a read fills the whole buffer.
+        let limit: Int? = room >= 1024 * 1024 ? nil : 1 << (Int.bitWidth - 1 - max(1, min(room, 64 * 1024)).leadingZeroBitCount)
+        guard let limit, limit != self.readLimit else { return }
+        self.readLimit = limit
+        try? context.channel.syncOptions?.setOption(
+            ChannelOptions.recvAllocator,
+            value: FixedSizeRecvByteBufferAllocator(capacity: limit)
+        )
+    }
+
+    private func refuseTooLarge(context: ChannelHandlerContext) {
+        self.done = true
+        self.timer?.cancel()
+        self.message = nil
+        self.firstReadBuffer = nil
+        let error = SocketIPCError(.messageTooLarge, "the message exceeds the maximum of \(self.maximumSize) bytes")
+        self.messageContext.logger.notice("closing connection: message too large", metadata: ["error": "\(error)"])
+        self.messageContext.reportFailure(error)
+        context.close(promise: nil)
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -107,6 +163,7 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
         }
         self.done = true
         self.timer?.cancel()
+        self.firstReadBuffer = nil
         let message = self.message ?? context.channel.allocator.buffer(capacity: 0)
         self.message = nil
         let messageContext = self.messageContext

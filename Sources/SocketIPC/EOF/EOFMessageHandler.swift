@@ -65,6 +65,7 @@ public struct EOFMessageHandler: Sendable {
         authorization: AuthorizationPolicy,
         logger: Logger,
         timeLimit: Duration = .seconds(10),
+        descriptor: Int32? = nil,
         reportFailure: @escaping @Sendable (SocketIPCError) -> Void = { _ in }
     ) throws {
         var logger = logger
@@ -79,7 +80,8 @@ public struct EOFMessageHandler: Sendable {
                     context: context,
                     initialBytes: initialBytes,
                     authorization: authorization,
-                    timeLimit: timeLimit
+                    timeLimit: timeLimit,
+                    descriptor: descriptor
                 )
             )
         case .streaming(let body):

@@ -150,7 +150,7 @@ public final class Server: Service, Sendable {
             halfClosure: true,
             onServerRunning: onServerRunning,
             serveInline: serveInline
-        ) { channel, id, _, initialBytes, lifecycle, logger in
+        ) { channel, id, descriptor, initialBytes, lifecycle, logger in
             try handler.install(
                 on: channel,
                 connectionID: id,
@@ -158,6 +158,7 @@ public final class Server: Service, Sendable {
                 authorization: authorization,
                 logger: logger,
                 timeLimit: timeLimit,
+                descriptor: descriptor,
                 reportFailure: { metrics.connectionFailed($0) }
             )
         }
