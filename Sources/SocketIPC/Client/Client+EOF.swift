@@ -168,8 +168,8 @@ extension Client {
             }
             do {
                 try await body(EOFMessageWriter(outbound: outbound))
-            } catch let error as SocketIPCError where error.code == .connectionClosed {
-                // The server closed on the message: what it sent first may say why.
+            } catch let error as SocketIPCError where error.code == .connectionClosed && !channel.channel.isActive {
+                // The server closed on the message: what it sent before (already read) may say why.
                 _ = await readAcknowledgement()
                 throw FramedServerRecognition.error(for: acknowledgement, path: path) ?? error
             }
