@@ -167,7 +167,7 @@ extension Client {
                 }
             }
             do {
-                try await body(EOFMessageWriter(outbound: outbound))
+                try await body(EOFMessageWriter(outbound: outbound, path: path))
             } catch let error as SocketIPCError where error.code == .connectionClosed && !channel.channel.isActive {
                 // The server closed on the message: what it sent before (already read) may say why.
                 _ = await readAcknowledgement()
@@ -201,21 +201,19 @@ extension Client {
 /// Writes the pieces of one EOF-style message; each ``write(_:)`` waits while the server is not reading.
 public struct EOFMessageWriter: Sendable {
     let outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
+    /// The server's socket path, for error messages.
+    let path: String
 
     /// Writes the next piece of the message.
     /// - Throws: ``SocketIPCError`` with code `connectionClosed` when the server has closed the connection (for
-    ///   example because the message is over its maximum size).
+    ///   example because the message is over its maximum size, or its authorization policy refused this process).
     public func write(_ bytes: ByteBuffer) async throws {
         do {
             try await self.outbound.write(bytes)
         } catch let error as SocketIPCError {
             throw error
         } catch {
-            throw SocketIPCError(
-                .connectionClosed,
-                "the server closed the connection before the whole message was sent (is it over the server's "
-                    + "maximum size?): \(error)"
-            )
+            throw SocketIPCError.eofNotDelivered(path: self.path, cause: "\(error)")
         }
     }
 }
