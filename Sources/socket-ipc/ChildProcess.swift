@@ -30,13 +30,30 @@ enum ChildProcess {
         try process.run()
         let output = await withCheckedContinuation { continuation in
             let reader = Thread {
-                continuation.resume(returning: pipe.fileHandleForReading.readDataToEndOfFile())
+                continuation.resume(returning: Self.readToEnd(pipe.fileHandleForReading.fileDescriptor))
             }
             reader.start()
         }
         var statuses = exits.makeAsyncIterator()
         let status = await statuses.next() ?? -1
         return Result(status: status, output: String(decoding: output, as: UTF8.self))
+    }
+
+    /// Reads `descriptor` until end-of-file with `read(2)`, retrying on `EINTR` (where Foundation's
+    /// `readDataToEndOfFile` traps, as it may when child processes exit around it).
+    private static func readToEnd(_ descriptor: Int32) -> Data {
+        var all = Data()
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
+            if count > 0 {
+                all.append(contentsOf: chunk[..<count])
+            } else if count < 0 && errno == EINTR {
+                continue
+            } else {
+                return all
+            }
+        }
     }
 
     /// The path of the running executable, to start more of it.

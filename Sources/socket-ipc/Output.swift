@@ -11,14 +11,31 @@ enum Output {
     /// Writes `text` and a newline to standard output.
     static func line(_ text: String) {
         self.lock.withLock { _ in
-            FileHandle.standardOutput.write(Data((text + "\n").utf8))
+            Self.writeAll(text + "\n", to: STDOUT_FILENO)
+        }
+    }
+
+    /// Writes all of `text` to `descriptor`, retrying on `EINTR` (where Foundation's `FileHandle.write` traps); on
+    /// any other error (`EPIPE`: the reader has gone, once `SIGPIPE` is ignored) the line is dropped.
+    private static func writeAll(_ text: String, to descriptor: Int32) {
+        let bytes = Array(text.utf8)
+        var offset = 0
+        while offset < bytes.count {
+            let written = bytes[offset...].withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
+            if written > 0 {
+                offset += written
+            } else if written < 0 && errno == EINTR {
+                continue
+            } else {
+                return
+            }
         }
     }
 
     /// Writes `error: `, `text` and a newline to standard error.
     static func error(_ text: String) {
         self.lock.withLock { _ in
-            FileHandle.standardError.write(Data(("error: " + text + "\n").utf8))
+            Self.writeAll("error: " + text + "\n", to: STDERR_FILENO)
         }
     }
 }

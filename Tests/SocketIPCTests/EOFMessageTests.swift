@@ -89,12 +89,15 @@ struct EOFMessageTests {
         }
     }
 
-    @Test("a message over the maximum closes that connection without an acknowledgement; the server goes on")
+    @Test("a message over the maximum closes that connection and the send throws connectionClosed; the server goes on")
     func tooLarge() async throws {
         let handler = EOFMessageHandler.onEventLoop(maximumSize: 1000) { message, _ in ByteBuffer(string: "ok \(message.readableBytes)") }
         try await withEOFServer(handler: handler) { path in
-            let refused = try await Client.sendMessage(ByteBuffer(repeating: 1, count: 1001), to: path)
-            #expect(refused.readableBytes == 0)
+            // One byte over: the server leaves it unread, so the client's read fails instead of seeing a clean end.
+            let error = await #expect(throws: SocketIPCError.self) {
+                _ = try await Client.sendMessage(ByteBuffer(repeating: 1, count: 1001), to: path)
+            }
+            #expect(error?.code == .connectionClosed)
             let accepted = try await Client.sendMessage(ByteBuffer(repeating: 1, count: 1000), to: path)
             #expect(String(buffer: accepted) == "ok 1000")
         }

@@ -19,6 +19,7 @@ enum SocketConnector {
             let descriptor = try retryingOnInterrupt("socket") { socket(AF_UNIX, systemSocketStream, 0) }
             _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC)
             _ = fcntl(descriptor, F_SETFL, fcntl(descriptor, F_GETFL) | O_NONBLOCK)
+            SocketSend.preventSignal(on: descriptor)
             var result: Int32
             repeat {
                 result = path.withSockAddr { systemConnect(descriptor, $0, $1) }

@@ -1,8 +1,25 @@
 import Logging
 import NIOCore
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// Collects an EOF-style message until the client half-closes, then runs the handler and writes its
-/// acknowledgement. Bounded by the handler's maximum size: one byte more closes the connection.
+/// acknowledgement. Bounded by the handler's maximum size: one byte more closes the connection; and by the time
+/// limit: a message that has not ended (the client has not half-closed) within it closes the connection too.
+///
+/// A message over the maximum must leave bytes unread when the server closes, so that the client's read fails with
+/// `ECONNRESET` instead of meeting a clean end-of-stream it would take for delivery: near the maximum, reads are
+/// limited to the room left, and at the maximum the next byte is only peeked at (`MSG_PEEK`) on the socket.
+///
+/// The message is kept in one buffer that grows by doubling, never as the slices of the reads it came in (a slice
+/// keeps its whole read buffer alive), so a peer that sends one byte per write costs at most about 2 bytes of memory
+/// per byte.
 final class EOFCollectingChannelHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
@@ -10,19 +27,59 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
     private let kind: EOFMessageHandler.Kind
     private var messageContext: EOFMessageContext
     private let authorization: AuthorizationPolicy
+    private let timeLimit: Duration
     private var message: ByteBuffer?
     private var done = false
+    private var timer: Scheduled<Void>?
+    /// The connection's socket, to peek at it once the message has reached the maximum.
+    private let descriptor: Int32?
+    /// The size reads are limited to now, or `nil` while they are not limited.
+    private var readLimit: Int?
+    /// The connection's first read buffer, held until the message ends: NIO keeps one read buffer per channel here
+    /// (`maxMessagesPerRead` 1) and reuses it whenever nobody else holds it, whatever its size; held, it is never
+    /// reused, and each read gets a new buffer of the size the limit allows. (It is small: the first read's.)
+    private var firstReadBuffer: ByteBuffer?
 
     init(
         kind: EOFMessageHandler.Kind,
         context: EOFMessageContext,
         initialBytes: ByteBuffer? = nil,
-        authorization: AuthorizationPolicy
+        authorization: AuthorizationPolicy,
+        timeLimit: Duration,
+        descriptor: Int32? = nil
     ) {
+        self.descriptor = descriptor
         self.message = initialBytes
         self.kind = kind
         self.messageContext = context
         self.authorization = authorization
+        self.timeLimit = timeLimit
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if self.maximumSize < .max {
+            try? context.channel.syncOptions?.setOption(ChannelOptions.maxMessagesPerRead, value: 1)
+        }
+        self.limitReads(context: context)
+        let channel = context.channel
+        let limit = self.timeLimit
+        self.timer = context.eventLoop.assumeIsolated().scheduleTask(in: .init(limit)) {
+            guard !self.done else { return }
+            self.done = true
+            self.message = nil
+            let error = SocketIPCError(
+                .timedOut,
+                "the message did not end (no half-close from the client) within the time limit of \(limit)"
+            )
+            self.messageContext.logger.notice("closing connection: message timed out", metadata: ["error": "\(error)"])
+            self.messageContext.reportFailure(error)
+            channel.close(promise: nil)
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.timer?.cancel()
+        self.timer = nil
     }
 
     private var maximumSize: Int {
@@ -41,6 +98,7 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
                     metadata: ["socketipc.peer": "\(peer.map { "\($0)" } ?? "unknown")"]
                 )
                 self.done = true
+                self.timer?.cancel()
                 context.close(promise: nil)
             }
         }
@@ -50,21 +108,52 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !self.done else { return }
         var chunk = Self.unwrapInboundIn(data)
+        if self.firstReadBuffer == nil { self.firstReadBuffer = chunk }
         let size = (self.message?.readableBytes ?? 0) + chunk.readableBytes
         guard size <= self.maximumSize else {
-            self.done = true
-            self.message = nil
-            let error = SocketIPCError(.messageTooLarge, "the message exceeds the maximum of \(self.maximumSize) bytes")
-            self.messageContext.logger.notice("closing connection: message too large", metadata: ["error": "\(error)"])
-            self.messageContext.reportFailure(error)
-            context.close(promise: nil)
+            self.refuseTooLarge(context: context)
             return
         }
         if self.message == nil {
-            self.message = chunk
+            self.message = chunk.keepingOnlyReadableBytes(allocator: context.channel.allocator)
         } else {
             self.message!.writeBuffer(&chunk)
         }
+        // At the maximum: one more byte already waiting means the message is too large; close with it unread
+        // (before NIO's next read in this same batch could take it).
+        if size == self.maximumSize, let descriptor = self.descriptor {
+            var byte: UInt8 = 0
+            if recv(descriptor, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT)) == 1 {
+                self.refuseTooLarge(context: context)
+                return
+            }
+        }
+        self.limitReads(context: context)
+    }
+
+    /// Limits the next reads to the room left below the maximum once it is less than the largest read, so that a
+    /// read never takes bytes past the maximum out of the socket.
+    private func limitReads(context: ChannelHandlerContext) {
+        let room = self.maximumSize - (self.message?.readableBytes ?? 0)
+        // A power of two: a read buffer's capacity is rounded up to one, and a read fills the whole buffer.
+        let limit: Int? = room >= 1024 * 1024 ? nil : 1 << (Int.bitWidth - 1 - max(1, min(room, 64 * 1024)).leadingZeroBitCount)
+        guard let limit, limit != self.readLimit else { return }
+        self.readLimit = limit
+        try? context.channel.syncOptions?.setOption(
+            ChannelOptions.recvAllocator,
+            value: FixedSizeRecvByteBufferAllocator(capacity: limit)
+        )
+    }
+
+    private func refuseTooLarge(context: ChannelHandlerContext) {
+        self.done = true
+        self.timer?.cancel()
+        self.message = nil
+        self.firstReadBuffer = nil
+        let error = SocketIPCError(.messageTooLarge, "the message exceeds the maximum of \(self.maximumSize) bytes")
+        self.messageContext.logger.notice("closing connection: message too large", metadata: ["error": "\(error)"])
+        self.messageContext.reportFailure(error)
+        context.close(promise: nil)
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -73,6 +162,8 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
             return
         }
         self.done = true
+        self.timer?.cancel()
+        self.firstReadBuffer = nil
         let message = self.message ?? context.channel.allocator.buffer(capacity: 0)
         self.message = nil
         let messageContext = self.messageContext
@@ -80,13 +171,13 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
         case .eventLoop(_, let body):
             do {
                 let acknowledgement = try body(message, messageContext)
-                Self.finish(channel: context.channel, acknowledgement: acknowledgement)
+                Self.finish(channel: context.channel, acknowledgement: acknowledgement, timeLimit: self.timeLimit)
             } catch {
                 messageContext.handlerFailed(error)
                 context.close(promise: nil)
             }
         case .collecting(_, let body):
-            Self.handleInTask(body, message: message, context: messageContext, channel: context.channel)
+            Self.handleInTask(body, message: message, context: messageContext, channel: context.channel, timeLimit: self.timeLimit)
         case .streaming:
             preconditionFailure("streaming messages use EOFStreamingChannelHandler")
         }
@@ -96,11 +187,12 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
         _ body: @escaping @Sendable (ByteBuffer, EOFMessageContext) async throws -> ByteBuffer?,
         message: ByteBuffer,
         context: EOFMessageContext,
-        channel: any Channel
+        channel: any Channel,
+        timeLimit: Duration
     ) {
         Task {
             do {
-                Self.finish(channel: channel, acknowledgement: try await body(message, context))
+                Self.finish(channel: channel, acknowledgement: try await body(message, context), timeLimit: timeLimit)
             } catch {
                 context.handlerFailed(error)
                 channel.close(promise: nil)
@@ -112,17 +204,52 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
         self.messageContext.logger.debug("connection error", metadata: ["error": "\(error)"])
         if !self.done {
             self.done = true
+            self.timer?.cancel()
             self.messageContext.reportFailure(SocketIPCError(.connectionClosed, "the connection failed: \(error)"))
         }
         context.close(promise: nil)
     }
 
-    /// Writes the acknowledgement, if any, and closes.
-    static func finish(channel: any Channel, acknowledgement: ByteBuffer?) {
+    /// Writes the acknowledgement, if any, and closes; a client that has not read the whole acknowledgement within
+    /// `timeLimit` is closed on (it would otherwise keep its connection, and its slot, for as long as it likes).
+    static func finish(channel: any Channel, acknowledgement: ByteBuffer?, timeLimit: Duration) {
         guard let acknowledgement else {
             channel.close(promise: nil)
             return
         }
-        channel.writeAndFlush(acknowledgement).whenComplete { _ in channel.close(promise: nil) }
+        if channel.eventLoop.inEventLoop {
+            Self.write(acknowledgement, on: channel, timeLimit: timeLimit)
+        } else {
+            channel.eventLoop.execute { Self.write(acknowledgement, on: channel, timeLimit: timeLimit) }
+        }
+    }
+
+    /// On the channel's event loop: writes `acknowledgement`, then closes.
+    private static func write(_ acknowledgement: ByteBuffer, on channel: any Channel, timeLimit: Duration) {
+        var pending = true
+        let written = channel.writeAndFlush(acknowledgement).assumeIsolated()
+        written.whenComplete { _ in
+            pending = false
+            channel.close(promise: nil)
+        }
+        // Usually the acknowledgement fits in the socket buffer and is written at once: no timer then.
+        if pending {
+            let timer = channel.eventLoop.assumeIsolated().scheduleTask(in: .init(timeLimit)) {
+                channel.close(promise: nil)
+            }
+            written.whenComplete { _ in timer.cancel() }
+        }
+    }
+}
+
+extension ByteBuffer {
+    /// This buffer, or a copy of its readable bytes in a buffer of their size when it holds much more storage than
+    /// it has readable bytes (as a read's buffer does after a short read): what a handler keeps must cost about what
+    /// it holds.
+    func keepingOnlyReadableBytes(allocator: ByteBufferAllocator) -> ByteBuffer {
+        guard self.capacity > 2 * self.readableBytes + 64 else { return self }
+        var copy = allocator.buffer(capacity: self.readableBytes)
+        copy.writeImmutableBuffer(self)
+        return copy
     }
 }

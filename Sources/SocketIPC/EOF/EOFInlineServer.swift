@@ -16,7 +16,9 @@ import Darwin
 /// then the message and its EOF wait in the socket. For an ``EOFMessageHandler/onEventLoop(maximumSize:_:)`` handler
 /// (synchronous, never blocking) the server then reads the message, runs the handler and writes the
 /// acknowledgement right away: a few system calls and no channel, instead of handing the socket to an event loop.
-/// When the message is not complete yet, the socket goes to an event loop with the bytes read so far.
+/// When the message is not complete yet, the socket goes to an event loop with the bytes read so far, where the
+/// message's time limit runs (the accepting thread never waits for a peer). Every write here is a `send` that cannot
+/// raise `SIGPIPE` (``SocketSend``): a client that vanishes before its acknowledgement costs only that connection.
 enum EOFInlineServer {
     enum Outcome {
         /// The connection was served (or refused) and closed.
@@ -32,6 +34,7 @@ enum EOFInlineServer {
         connectionID: UInt64,
         authorization: AuthorizationPolicy,
         logger: Logger,
+        timeLimit: Duration = .seconds(10),
         reportFailure: @Sendable (SocketIPCError) -> Void = { _ in }
     ) -> Outcome {
         // Refuse before reading: an unauthorized peer costs no read and no buffer, and the bytes it sent are still
@@ -42,28 +45,40 @@ enum EOFInlineServer {
             close(descriptor)
             return .served
         }
+        SocketSend.preventSignal(on: descriptor)
+        // Reads at most `maximumSize` bytes; then one byte more is only peeked at, so that a message over the
+        // maximum leaves bytes unread and the client's read fails with `ECONNRESET` instead of a clean end.
+        // The buffer grows by doubling: at most about 2 bytes of memory per byte received.
         var message = ByteBufferAllocator().buffer(capacity: 1024)
         reading: while true {
-            message.reserveCapacity(minimumWritableBytes: min(64 * 1024, max(1024, message.readableBytes)))
-            let count = message.withUnsafeMutableWritableBytes { read(descriptor, $0.baseAddress, $0.count) }
+            let room = maximumSize - message.readableBytes
+            let count: Int
+            if room > 0 {
+                message.reserveCapacity(minimumWritableBytes: min(64 * 1024, max(1024, message.readableBytes)))
+                count = message.withUnsafeMutableWritableBytes {
+                    systemRead(descriptor, $0.baseAddress, min($0.count, room))
+                }
+            } else {
+                var byte: UInt8 = 0
+                count = recv(descriptor, &byte, 1, Int32(MSG_PEEK))
+            }
             switch count {
             case 0:
                 break reading  // EOF: the whole message is here
-            case 1...:
+            case 1... where room > 0:
                 message.moveWriterIndex(forwardBy: count)
-                if message.readableBytes > maximumSize {
-                    logger.notice(
-                        "closing connection: message too large",
-                        metadata: ["socketipc.connection": "\(connectionID)", "maximum": "\(maximumSize)"]
-                    )
-                    reportFailure(SocketIPCError(.messageTooLarge, "the message exceeds the maximum of \(maximumSize) bytes"))
-                    close(descriptor)
-                    return .served
-                }
+            case 1...:
+                logger.notice(
+                    "closing connection: message too large",
+                    metadata: ["socketipc.connection": "\(connectionID)", "maximum": "\(maximumSize)"]
+                )
+                reportFailure(SocketIPCError(.messageTooLarge, "the message exceeds the maximum of \(maximumSize) bytes"))
+                close(descriptor)
+                return .served
             default:
                 switch errno {
                 case EINTR: continue
-                case EAGAIN: return .handOff(message)
+                case EAGAIN, EWOULDBLOCK: return .handOff(message)
                 default:
                     reportFailure(SocketIPCError(.connectionClosed, "the connection failed: \(errnoDescription(errno))"))
                     close(descriptor)
@@ -86,32 +101,32 @@ enum EOFInlineServer {
             close(descriptor)
             return .served
         }
-        while remaining.readableBytes > 0 {
-            let written = remaining.withUnsafeReadableBytes { write(descriptor, $0.baseAddress, $0.count) }
-            if written > 0 {
-                remaining.moveReaderIndex(forwardBy: written)
-            } else if written < 0 && errno == EINTR {
-                continue
-            } else if written < 0 && errno == EAGAIN {
-                // The client is not reading fast enough: let an event loop write the rest without blocking us.
-                Self.finishOnEventLoop(descriptor, remaining: remaining)
-                return .served
-            } else {
-                break
-            }
+        switch SocketSend.sendAll(descriptor, from: &remaining) {
+        case .done:
+            break
+        case .wouldBlock:
+            // The client is not reading fast enough: let an event loop write the rest without blocking us.
+            Self.finishOnEventLoop(descriptor, remaining: remaining, timeLimit: timeLimit)
+            return .served
+        case .failed(let code):
+            // The client went away before reading its acknowledgement: its loss, not the server's.
+            logger.debug(
+                "could not write the acknowledgement",
+                metadata: ["socketipc.connection": "\(connectionID)", "error": "\(errnoDescription(code))"]
+            )
         }
         close(descriptor)
         return .served
     }
 
-    private static func finishOnEventLoop(_ descriptor: Int32, remaining: ByteBuffer) {
+    private static func finishOnEventLoop(_ descriptor: Int32, remaining: ByteBuffer, timeLimit: Duration) {
         // The client has half-closed: without remote half-closure the channel would close at that EOF, before
         // the rest of the acknowledgement is written.
         ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelOption(.allowRemoteHalfClosure, value: true)
             .withConnectedSocket(descriptor)
             .whenSuccess { channel in
-                channel.writeAndFlush(remaining).whenComplete { _ in channel.close(promise: nil) }
+                EOFCollectingChannelHandler.finish(channel: channel, acknowledgement: remaining, timeLimit: timeLimit)
             }
     }
 }

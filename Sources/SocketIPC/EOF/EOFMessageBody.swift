@@ -62,32 +62,80 @@ struct ReadDemand: NIOAsyncSequenceProducerDelegate {
 
 /// Feeds an EOF-style message to a streaming handler through an ``EOFMessageBody``, reading from the socket only
 /// while the handler keeps up (the channel does not read automatically).
+///
+/// The time limit applies to each wait for more bytes: while the handler wants more and the client sends nothing
+/// for that long (without half-closing), the connection is closed. Time the handler itself takes does not count.
+/// Each chunk costs about what it holds: a short read's bytes are copied out of its (much larger) read buffer.
 final class EOFStreamingChannelHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
 
     private let body: @Sendable (EOFMessageBody, EOFMessageContext) async throws -> ByteBuffer?
     private var messageContext: EOFMessageContext
     private let authorization: AuthorizationPolicy
+    private let timeLimit: Duration
     private var source: EOFMessageBody.Producer.Source?
     private var wantsMore = true
     private var context: ChannelHandlerContext?
+    /// When the handler started waiting for bytes that have not come yet; `nil` when it is not waiting.
+    private var waitingSince: NIODeadline?
+    private var timer: Scheduled<Void>?
 
     init(
         body: @escaping @Sendable (EOFMessageBody, EOFMessageContext) async throws -> ByteBuffer?,
         context: EOFMessageContext,
-        authorization: AuthorizationPolicy
+        authorization: AuthorizationPolicy,
+        timeLimit: Duration
     ) {
         self.body = body
         self.messageContext = context
         self.authorization = authorization
+        self.timeLimit = timeLimit
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        self.waitingSince = .now()
+        self.scheduleTimer(at: .now() + .init(self.timeLimit), context: context)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
+        self.timer?.cancel()
+        self.timer = nil
+    }
+
+    /// Checks at `deadline` whether the current wait for bytes has lasted the time limit; one timer at a time,
+    /// rescheduled as it fires rather than per read.
+    private func scheduleTimer(at deadline: NIODeadline, context: ChannelHandlerContext) {
+        let channel = context.channel
+        self.timer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) {
+            guard self.context != nil else { return }
+            let limit = TimeAmount(self.timeLimit)
+            guard let since = self.waitingSince else {
+                self.scheduleTimer(at: .now() + limit, context: context)
+                return
+            }
+            if since + limit <= .now() {
+                let error = SocketIPCError(
+                    .timedOut,
+                    "the client sent nothing for the time limit of \(self.timeLimit) while the message had not ended"
+                )
+                self.messageContext.logger.notice("closing connection: message timed out", metadata: ["error": "\(error)"])
+                self.messageContext.reportFailure(error)
+                self.source?.finish(error)
+                self.source = nil
+                self.timer = nil
+                channel.close(promise: nil)
+            } else {
+                self.scheduleTimer(at: since + limit, context: context)
+            }
+        }
+    }
+
+    /// Asks the channel for more bytes and starts the wait for them.
+    private func read(context: ChannelHandlerContext) {
+        if self.waitingSince == nil { self.waitingSince = .now() }
+        context.read()
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -108,23 +156,26 @@ final class EOFStreamingChannelHandler: ChannelInboundHandler, RemovableChannelH
             let messageBody = EOFMessageBody(producer: made.sequence)
             let body = self.body
             let messageContext = self.messageContext
+            let timeLimit = self.timeLimit
             Task {
                 do {
                     let acknowledgement = try await body(messageBody, messageContext)
-                    EOFCollectingChannelHandler.finish(channel: channel, acknowledgement: acknowledgement)
+                    EOFCollectingChannelHandler.finish(channel: channel, acknowledgement: acknowledgement, timeLimit: timeLimit)
                 } catch {
                     messageContext.handlerFailed(error)
                     channel.close(promise: nil)
                 }
             }
-            context.read()
+            self.read(context: context)
         }
         context.fireChannelActive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard let source = self.source else { return }
-        switch source.yield(Self.unwrapInboundIn(data)) {
+        self.waitingSince = nil
+        let chunk = Self.unwrapInboundIn(data).keepingOnlyReadableBytes(allocator: context.channel.allocator)
+        switch source.yield(chunk) {
         case .produceMore: self.wantsMore = true
         case .stopProducing: self.wantsMore = false
         case .dropped: self.wantsMore = false
@@ -132,19 +183,22 @@ final class EOFStreamingChannelHandler: ChannelInboundHandler, RemovableChannelH
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        if self.wantsMore, self.source != nil { context.read() }
+        if self.wantsMore, self.source != nil { self.read(context: context) }
     }
 
     func produceMore() {
         guard !self.wantsMore else { return }
         self.wantsMore = true
-        self.context?.read()
+        if let context = self.context { self.read(context: context) }
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case .some(ChannelEvent.inputClosed) = event as? ChannelEvent {
             self.source?.finish()
             self.source = nil
+            self.waitingSince = nil
+            self.timer?.cancel()
+            self.timer = nil
         } else {
             context.fireUserInboundEventTriggered(event)
         }

@@ -12,7 +12,9 @@ import NIOCore
 ///   handler consumes them, so a message of any size passes through in bounded memory.
 ///
 /// A message larger than `maximumSize` closes its connection without an acknowledgement (and is logged); the server
-/// goes on serving others. A handler that throws does the same.
+/// goes on serving others. A handler that throws does the same. So does a message that does not end within the
+/// server's ``ServerConfiguration/handshakeTimeout`` (default 10 s) from the connection's accept; for a
+/// ``streaming(_:)`` handler that limit applies instead to each wait for more bytes while the handler wants them.
 public struct EOFMessageHandler: Sendable {
     enum Kind: Sendable {
         case eventLoop(maximumSize: Int, @Sendable (ByteBuffer, EOFMessageContext) throws -> ByteBuffer?)
@@ -62,6 +64,8 @@ public struct EOFMessageHandler: Sendable {
         initialBytes: ByteBuffer? = nil,
         authorization: AuthorizationPolicy,
         logger: Logger,
+        timeLimit: Duration = .seconds(10),
+        descriptor: Int32? = nil,
         reportFailure: @escaping @Sendable (SocketIPCError) -> Void = { _ in }
     ) throws {
         var logger = logger
@@ -75,13 +79,20 @@ public struct EOFMessageHandler: Sendable {
                     kind: self.kind,
                     context: context,
                     initialBytes: initialBytes,
-                    authorization: authorization
+                    authorization: authorization,
+                    timeLimit: timeLimit,
+                    descriptor: descriptor
                 )
             )
         case .streaming(let body):
             try channel.syncOptions?.setOption(ChannelOptions.autoRead, value: false)
             try channel.pipeline.syncOperations.addHandler(
-                EOFStreamingChannelHandler(body: body, context: context, authorization: authorization)
+                EOFStreamingChannelHandler(
+                    body: body,
+                    context: context,
+                    authorization: authorization,
+                    timeLimit: timeLimit
+                )
             )
         }
     }

@@ -141,6 +141,8 @@ public final class Server: Service, Sendable {
         let metrics = ServerMetrics(factory: configuration.metricsFactory ?? MetricsSystem.factory)
         // The server applies the authorization policy itself when it accepts (see `accept`).
         let authorization = AuthorizationPolicy.anyone
+        // For the EOF style the handshake is the whole message: the client must half-close within this limit.
+        let timeLimit = configuration.handshakeTimeout
         var serveInline: (@Sendable (Int32, UInt64, Logger) -> EOFInlineServer.Outcome)?
         if case .eventLoop(let maximumSize, let body) = handler.kind {
             serveInline = { descriptor, id, logger in
@@ -151,6 +153,7 @@ public final class Server: Service, Sendable {
                     connectionID: id,
                     authorization: authorization,
                     logger: logger,
+                    timeLimit: timeLimit,
                     reportFailure: { metrics.connectionFailed($0) }
                 )
             }
@@ -162,13 +165,15 @@ public final class Server: Service, Sendable {
             halfClosure: true,
             onServerRunning: onServerRunning,
             serveInline: serveInline
-        ) { channel, id, _, initialBytes, lifecycle, logger in
+        ) { channel, id, descriptor, initialBytes, lifecycle, logger in
             try handler.install(
                 on: channel,
                 connectionID: id,
                 initialBytes: initialBytes,
                 authorization: authorization,
                 logger: logger,
+                timeLimit: timeLimit,
+                descriptor: descriptor,
                 reportFailure: { metrics.connectionFailed($0) }
             )
         }

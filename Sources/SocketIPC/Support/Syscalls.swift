@@ -34,19 +34,16 @@ let systemSocketStream = Int32(SOCK_STREAM.rawValue)
 let systemConnect = Glibc.connect
 let systemPoll = Glibc.poll
 let systemRead = Glibc.read
-let systemWrite = Glibc.write
 let systemSend = Glibc.send
 let systemNoSignal = Int32(MSG_NOSIGNAL)
 #elseif canImport(Musl)
 let systemConnect = Musl.connect
 let systemPoll = Musl.poll
 let systemRead = Musl.read
-let systemWrite = Musl.write
 let systemSend = Musl.send
 let systemNoSignal = Int32(MSG_NOSIGNAL)
 #elseif canImport(Darwin)
 let systemConnect = Darwin.connect
 let systemPoll = Darwin.poll
 let systemRead = Darwin.read
-let systemWrite = Darwin.write
 #endif

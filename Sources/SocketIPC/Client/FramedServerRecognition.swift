@@ -1,0 +1,57 @@
+import NIOCore
+
+/// Tells whether the bytes an EOF-style client read back came from a framed SocketIPC server instead of an EOF-style
+/// one: a framed server answers any connection with its hello and, when it dislikes what it read (the EOF client's
+/// message is not a hello), a going-away frame.
+///
+/// ```
+/// 53495043 01 00 0000          hello: magic "SIPC", version, flags, reserved
+/// 0000000n 05 rr <text>        going-away: length, kind 0x05, reason, text (optional, maybe cut short)
+/// ```
+enum FramedServerRecognition {
+    /// What a framed server said.
+    struct Answer: Equatable {
+        /// The protocol version of its hello.
+        var protocolVersion: UInt8
+        /// The reason of the going-away frame after the hello, if one came.
+        var goAwayReason: UInt8?
+        /// The text of that going-away frame, as far as it came.
+        var goAwayText: String?
+    }
+
+    /// Parses `bytes` as a hello, optionally followed by a going-away frame (which may be cut short).
+    /// - Returns: What the framed server said, or `nil` when the bytes are anything else.
+    static func recognize(_ bytes: ByteBuffer) -> Answer? {
+        guard bytes.readableBytes >= 5,
+            bytes.getInteger(at: bytes.readerIndex, as: UInt32.self) == Hello.magic,
+            let version = bytes.getInteger(at: bytes.readerIndex + 4, as: UInt8.self)
+        else { return nil }
+        var rest = bytes
+        rest.moveReaderIndex(forwardBy: min(Hello.length, rest.readableBytes))
+        guard rest.readableBytes > 0 else { return Answer(protocolVersion: version) }
+        // Whatever follows the hello must be the start of a going-away frame: length >= 2, kind 0x05.
+        guard rest.readableBytes >= 5,
+            let length = rest.readInteger(as: UInt32.self), length >= 2,
+            rest.readInteger(as: UInt8.self) == FrameKind.goAway.rawValue
+        else { return nil }
+        let reason = rest.readInteger(as: UInt8.self)
+        let textLength = min(Int(length) - 2, rest.readableBytes)
+        let text = textLength > 0 ? rest.readString(length: textLength) : nil
+        return Answer(protocolVersion: version, goAwayReason: reason, goAwayText: text)
+    }
+
+    /// The error for an EOF-style exchange with a framed server at `path`, if `bytes` show that it is one.
+    ///
+    /// The code is `protocolViolation` for now (SocketIPCError has no code for "wrong style").
+    static func error(for bytes: ByteBuffer?, path: String) -> SocketIPCError? {
+        guard let bytes, let answer = Self.recognize(bytes) else { return nil }
+        var message =
+            "this is a framed server: the server at \(path) answered with a framed SocketIPC hello (protocol version "
+            + "\(answer.protocolVersion)), so it does not take EOF-style messages; use a framed connection "
+            + "(socket-ipc send: drop --eof)"
+        if answer.goAwayReason == GoAwayReason.unauthorized.rawValue {
+            message += "; its authorization policy also refused this process"
+        }
+        return SocketIPCError(.protocolViolation, message, path: path)
+    }
+}

@@ -1,0 +1,80 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Issue 9, section 2: `socket-ipc probe` exits 0 only for a live SocketIPC server that accepts the caller.
+@Suite("socket-ipc probe exits 0 only for a server that serves you", .timeLimit(.minutes(1)))
+struct ProbeCommandHonestyTests {
+    @Test(
+        "probe of socat answering every connection with an HTTP response exits 1",
+        .enabled(if: toolExists("socat"), "needs socat")
+    )
+    func socatHTTPResponder() async throws {
+        try await withTemporaryDirectory { directory in
+            let path = directory + "/http.sock"
+            let responder = try TestProcess(
+                executable: "/usr/bin/env",
+                ["socat", "-d", "-d", "UNIX-LISTEN:\(path),fork", "SYSTEM:printf 'HTTP/1.0 200 OK\\r\\n\\r\\n'"]
+            )
+            try await withProcess(responder) { responder in
+                #expect(await responder.standardError.waitForLine(containing: "listening on") != nil)
+                for _ in 0..<5 {
+                    let result = try await runCLI(["probe", "--socket", path, "--timeout", "10"])
+                    #expect(result.status == 1, "stdout: \(result.output) stderr: \(result.error)")
+                    #expect(!result.output.contains("EOF-style server"))
+                    // Usually its bytes come before the probe half-closes ("does not speak SocketIPC"); when socat is
+                    // slow to start its child, it may close without them ("closed the connection at once").
+                    #expect(
+                        result.error.contains("does not speak SocketIPC") || result.error.contains("closed the connection"),
+                        "stderr: \(result.error)"
+                    )
+                }
+            }
+        }
+    }
+
+    @Test("probe of a listener that writes on accept and closes, or closes at once, exits 1")
+    func closingListeners() async throws {
+        try await withTemporaryDirectory { directory in
+            for (name, greeting) in [("greets", "HTTP/1.0 200 OK\r\n\r\n"), ("closes", nil)] {
+                let path = directory + "/\(name).sock"
+                let listener = try ClosingListener(path: path, greeting: greeting)
+                defer { listener.stop() }
+                for _ in 0..<10 {
+                    let result = try await runCLI(["probe", "--socket", path, "--timeout", "10"])
+                    #expect(result.status == 1, "\(name): stdout: \(result.output) stderr: \(result.error)")
+                    #expect(result.error.hasPrefix("error: "), "\(name): stderr: \(result.error)")
+                }
+            }
+        }
+    }
+
+    @Test(
+        "probe, run as another user, of a framed server that refuses it exits 1 and says so",
+        .enabled(if: getuid() == 0 && toolExists("setpriv"), "needs root and setpriv")
+    )
+    func refusedByFramedServer() async throws {
+        try await withTemporaryDirectory { directory in
+            // The other user must reach the socket: the file mode is not what refuses it here, the policy is.
+            chmod(directory, 0o755)
+            let path = directory + "/f.sock"
+            try await withProcess(try .socketIPC(["serve", "--socket", path, "--permissions", "0666"])) { server in
+                #expect(await server.standardOutput.waitForLine(containing: "listening on") != nil)
+                let probe = try TestProcess(
+                    executable: "/usr/bin/env",
+                    ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", socketIPCBinary, "probe", "--socket", path]
+                )
+                let status = await probe.waitForExit()
+                let error = await probe.standardError.text()
+                #expect(status == 1, "stderr: \(error)")
+                #expect(error.contains("does not serve you"), "stderr: \(error)")
+                // The server's own user is served.
+                let own = try await runCLI(["probe", "--socket", path])
+                #expect(own.status == 0, "stderr: \(own.error)")
+            }
+        }
+    }
+}

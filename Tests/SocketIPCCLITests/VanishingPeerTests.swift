@@ -1,0 +1,167 @@
+import Foundation
+import Synchronization
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Issue 9, section 1: nothing dies of SIGPIPE. Peers that vanish before the server writes its acknowledgement, and
+/// servers that close before the client writes its message, cost that one connection a typed error; the process
+/// keeps running.
+@Suite("Vanishing peers never kill a process with SIGPIPE", .timeLimit(.minutes(1)))
+struct VanishingPeerTests {
+    @Test("serve --mode eof, stopped with SIGSTOP while 3 × 200 clients connect, write and vanish, keeps serving")
+    func stoppedServerOutlivesVanishingClients() async throws {
+        try await withTemporaryDirectory { directory in
+            let path = directory + "/s.sock"
+            try await withProcess(try .socketIPC(["serve", "--socket", path, "--mode", "eof"])) { server in
+                #expect(await server.standardOutput.waitForLine(containing: "listening on") != nil)
+                for round in 0..<3 {
+                    // Fewer than the listen backlog (256): every connect completes while the server is stopped.
+                    server.signal(SIGSTOP)
+                    for _ in 0..<200 { try connectWriteAndVanish(path, message: "hi") }
+                    server.signal(SIGCONT)
+                    // Connections are accepted in order: once this one is answered, the server has written (or
+                    // tried to write) the acknowledgements of all the vanished ones.
+                    let result = try await runCLI(["send", "--socket", path, "--eof", "hello"])
+                    #expect(result.status == 0, "round \(round): stderr: \(result.error)")
+                    #expect(result.output == "ack: 5\n")
+                    #expect(server.process.isRunning, "round \(round): the server died")
+                }
+                server.signal(SIGTERM)
+                let status = await server.waitForExit()
+                #expect(status == 0, "the server exits 0 on SIGTERM, not \(status) (141 or 13 would be SIGPIPE)")
+            }
+        }
+    }
+
+    @Test("a fresh serve --mode eof keeps running while 300 clients vanish concurrently")
+    func freshServerOutlivesVanishingClients() async throws {
+        try await withTemporaryDirectory { directory in
+            let path = directory + "/s.sock"
+            try await withProcess(try .socketIPC(["serve", "--socket", path, "--mode", "eof"])) { server in
+                #expect(await server.standardOutput.waitForLine(containing: "listening on") != nil)
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for _ in 0..<8 {
+                        group.addTask { for _ in 0..<40 { try connectWriteAndVanish(path, message: "hi") } }
+                    }
+                    try await group.waitForAll()
+                }
+                let result = try await runCLI(["send", "--socket", path, "--eof", "hello"])
+                #expect(result.status == 0, "stderr: \(result.error)")
+                #expect(server.process.isRunning, "the server died")
+                server.signal(SIGTERM)
+                #expect(await server.waitForExit() == 0)
+            }
+        }
+    }
+
+    @Test("send --eof against a listener that accepts and closes at once: 300 runs, always a typed error, never SIGPIPE")
+    func sendToClosingListener() async throws {
+        try await withTemporaryDirectory { directory in
+            let path = directory + "/closer.sock"
+            let listener = try ClosingListener(path: path)
+            defer { listener.stop() }
+            // The runs are started by `xargs` (6 at once) rather than by this test process, so that
+            // hundreds of child exits do not signal the test runner, whose other tests start processes too.
+            let script = """
+                seq 300 | xargs -P 6 -I {} sh -c 'out=$("$0" send --eof --socket "$1" hello 2>&1); echo "status=$? $out"' "$0" "$1"
+                """
+            let runs = try TestProcess.shell(script, [path])
+            let lines = await runs.standardOutput.remainingLines()
+            #expect(await runs.waitForExit() == 0)
+            #expect(lines.count == 300)
+            var statuses: [String: Int] = [:]
+            for line in lines {
+                statuses[String(line.prefix(while: { $0 != " " })), default: 0] += 1
+                // Exit status 1 and one `error:` line: never 141 (128 + SIGPIPE) from the shell.
+                #expect(line.hasPrefix("status=1 error: "), "\(line)")
+            }
+            #expect(statuses["status=141"] == nil, "exit statuses: \(statuses)")
+        }
+    }
+
+    @Test("send --eof to a framed server exits 1 and says it is a framed server: drop --eof")
+    func sendEOFToFramedServer() async throws {
+        try await withTemporaryDirectory { directory in
+            let path = directory + "/f.sock"
+            try await withProcess(try .socketIPC(["serve", "--socket", path])) { server in
+                #expect(await server.standardOutput.waitForLine(containing: "listening on") != nil)
+                for arguments in [["hello"], []] {
+                    let result = try await runCLI(["send", "--socket", path, "--eof"] + arguments, input: "hello")
+                    #expect(result.status == 1)
+                    #expect(result.output.isEmpty, "no acknowledgement is printed: \(result.output)")
+                    #expect(result.error.contains("this is a framed server"), "stderr: \(result.error)")
+                    #expect(result.error.contains("drop --eof"), "stderr: \(result.error)")
+                }
+            }
+        }
+    }
+}
+
+/// Connects to `path`, writes `message` and closes at once, without reading, from the calling thread.
+func connectWriteAndVanish(_ path: String, message: String) throws {
+    let descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(descriptor) }
+    guard withSocketAddress(path, { connect(descriptor, $0, $1) }) == 0 else {
+        throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
+    }
+    _ = message.utf8CString.withUnsafeBufferPointer { send(descriptor, $0.baseAddress, $0.count - 1, Int32(MSG_NOSIGNAL)) }
+}
+
+/// Calls `body` with `path` as a `sockaddr_un`.
+func withSocketAddress<Result>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> Result) -> Result {
+    var address = sockaddr_un()
+    address.sun_family = sa_family_t(AF_UNIX)
+    withUnsafeMutableBytes(of: &address.sun_path) { raw in
+        raw.copyBytes(from: path.utf8)
+        raw[path.utf8.count] = 0
+    }
+    return withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+}
+
+/// A listener on a thread of its own that greets each connection with `greeting` (if any) and closes it at once,
+/// without reading: SocketIPC's own server at its connection limit or shutting down, or an HTTP responder.
+final class ClosingListener: Sendable {
+    let descriptor: Int32
+    private let stopped = Mutex(false)
+
+    init(path: String, greeting: String? = nil) throws {
+        self.descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard withSocketAddress(path, { bind(self.descriptor, $0, $1) }) == 0, listen(self.descriptor, 512) == 0 else {
+            close(self.descriptor)
+            throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
+        }
+        let descriptor = self.descriptor
+        let thread = Thread {
+            while true {
+                let accepted = accept(descriptor, nil, nil)
+                if accepted >= 0 {
+                    if let greeting {
+                        _ = greeting.utf8CString.withUnsafeBufferPointer {
+                            send(accepted, $0.baseAddress, $0.count - 1, Int32(MSG_NOSIGNAL))
+                        }
+                    }
+                    close(accepted)
+                } else if errno != EINTR && errno != ECONNABORTED {
+                    return
+                }
+            }
+        }
+        thread.start()
+    }
+
+    /// Stops accepting (wakes the blocked `accept`) and closes the listening socket.
+    func stop() {
+        let wasStopped = self.stopped.withLock { stopped in
+            defer { stopped = true }
+            return stopped
+        }
+        guard !wasStopped else { return }
+        shutdown(self.descriptor, Int32(SHUT_RDWR))
+        close(self.descriptor)
+    }
+}
