@@ -1,6 +1,12 @@
 import ArgumentParser
 import SocketIPC
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// `socket-ipc`: serve, send, request, probe and demonstrate SocketIPC from the command line.
 ///
 /// Every subcommand lives in a file of its own. A ``SocketIPCError`` that a subcommand throws is printed as
@@ -31,6 +37,9 @@ struct SocketIPCCommand: AsyncParsableCommand {
 
     /// Parses the command line and runs the chosen subcommand, reporting a ``SocketIPCError`` as one line.
     static func main() async {
+        // A closed standard output or error (`socket-ipc listen | head`) fails the write instead of killing the
+        // process; sockets never raise SIGPIPE anyway (the library sends with MSG_NOSIGNAL).
+        signal(SIGPIPE, SIG_IGN)
         do {
             var command = try await Self.asyncParseAsRoot()
             if var asyncCommand = command as? any AsyncParsableCommand {

@@ -80,6 +80,7 @@ struct EOFDeliveryTests {
                     let error = await #expect(throws: SocketIPCError.self) {
                         _ = try await Client.sendMessage(ByteBuffer(repeating: 0x61, count: size), to: path)
                     }
+                    #expect(error?.code == .wrongStyle)
                     #expect(error?.message.contains("framed server") == true)
                     #expect(error?.message.contains("drop --eof") == true)
                     #expect(error?.path == path)
@@ -87,6 +88,7 @@ struct EOFDeliveryTests {
                 let error = await #expect(throws: SocketIPCError.self) {
                     _ = try await Client.sendMessage(to: path) { try await $0.write(ByteBuffer(string: "hello")) }
                 }
+                #expect(error?.code == .wrongStyle)
                 #expect(error?.message.contains("framed server") == true)
             }
         }

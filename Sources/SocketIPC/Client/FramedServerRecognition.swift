@@ -41,8 +41,7 @@ enum FramedServerRecognition {
     }
 
     /// The error for an EOF-style exchange with a framed server at `path`, if `bytes` show that it is one.
-    ///
-    /// The code is `protocolViolation` for now (SocketIPCError has no code for "wrong style").
+    /// The error's code is ``SocketIPCError/Code/wrongStyle``.
     static func error(for bytes: ByteBuffer?, path: String) -> SocketIPCError? {
         guard let bytes, let answer = Self.recognize(bytes) else { return nil }
         var message =
@@ -52,6 +51,6 @@ enum FramedServerRecognition {
         if answer.goAwayReason == GoAwayReason.unauthorized.rawValue {
             message += "; its authorization policy also refused this process"
         }
-        return SocketIPCError(.protocolViolation, message, path: path)
+        return SocketIPCError(.wrongStyle, message, path: path)
     }
 }

@@ -45,7 +45,6 @@ enum EOFInlineServer {
             close(descriptor)
             return .served
         }
-        SocketSend.preventSignal(on: descriptor)
         // Reads at most `maximumSize` bytes; then one byte more is only peeked at, so that a message over the
         // maximum leaves bytes unread and the client's read fails with `ECONNRESET` instead of a clean end.
         // The buffer grows by doubling: at most about 2 bytes of memory per byte received.

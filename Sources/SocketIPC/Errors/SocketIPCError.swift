@@ -50,6 +50,9 @@ public struct SocketIPCError: Error, Hashable, Sendable, CustomStringConvertible
         public static let invalidState = Code("invalidState")
         /// The peer was refused by the server's authorization policy.
         public static let unauthorized = Code("unauthorized")
+        /// The server speaks the other message style: an EOF-style message reached a framed server, which answered
+        /// with its hello.
+        public static let wrongStyle = Code("wrongStyle")
     }
 
     /// What kind of failure this is.

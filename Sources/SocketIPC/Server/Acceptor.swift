@@ -167,6 +167,7 @@ final class Acceptor: @unchecked Sendable {
         if accepted >= 0 {
             _ = fcntl(accepted, F_SETFD, FD_CLOEXEC)
             _ = fcntl(accepted, F_SETFL, fcntl(accepted, F_GETFL) | O_NONBLOCK)
+            SocketSend.preventSignal(on: accepted)
         }
         return accepted
     }

@@ -159,9 +159,14 @@ final class OutputReader: @unchecked Sendable {
         self.lines = lines.makeAsyncIterator()
         let reader = Thread { [self] in
             var pending = Data()
+            // read(2) rather than FileHandle.availableData, which traps when a read is interrupted (EINTR).
+            let descriptor = handle.fileDescriptor
+            var chunk = [UInt8](repeating: 0, count: 65536)
             while true {
-                let data = handle.availableData
-                if data.isEmpty { break }
+                let count = chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
+                if count < 0 && errno == EINTR { continue }
+                if count <= 0 { break }
+                let data = Data(chunk[..<count])
                 self.bytes.withLock { $0.append(data) }
                 pending.append(data)
                 while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
