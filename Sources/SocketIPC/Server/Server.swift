@@ -104,6 +104,7 @@ public final class Server: Service, Sendable {
                 connectionID: id,
                 lifecycle: lifecycle,
                 authorization: authorization,
+                handshakeTimeout: configuration.handshakeTimeout,
                 descriptor: descriptor,
                 logger: logger
             )
