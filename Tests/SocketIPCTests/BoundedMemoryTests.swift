@@ -89,6 +89,25 @@ struct BoundedMemoryTests {
         }
     }
 
+    @Test("a client with many large requests in flight gets every reply: the server's pause never deadlocks it")
+    func pipelinedLargeRequests() async throws {
+        try await withTemporaryDirectory { directory in
+            let path = directory + "/pipeline.sock"
+            try await withFramedServer(path: path, makeHandler: { EchoHandler() }) { _ in
+                try await Client.withConnection(to: path) { connection in
+                    // 48 MiB each way at once: far more than the socket buffers and both write watermarks hold.
+                    let payload = ByteBuffer(repeating: 0x62, count: 1024 * 1024)
+                    try await withThrowingTaskGroup(of: Int.self) { group in
+                        for _ in 0..<48 {
+                            group.addTask { try await connection.request(payload).readableBytes }
+                        }
+                        for try await size in group { #expect(size == payload.readableBytes) }
+                    }
+                }
+            }
+        }
+    }
+
     @Test("a frame written a few bytes at a time still decodes correctly", arguments: [1, 3, 4096])
     func reassembly(chunkSize: Int) async throws {
         try await withTemporaryDirectory { directory in

@@ -17,7 +17,9 @@ struct ConnectionLifecycle: Sendable {
 ///
 /// It also bounds what a peer can make this side hold, by holding back NIO's `read()` (with `autoRead` on, as NIO's
 /// `BackPressureHandler` does) so that the kernel pushes back on the peer:
-/// - while the channel is not writable (the peer does not read the answers it asked for), no more is read;
+/// - on a server, while the channel is not writable (the peer does not read the answers it asked for), no more is
+///   read. (Not on a client: what a client reads never makes it write, and a client that stopped reading replies
+///   while its requests wait for the server could deadlock with a server that stopped reading for the same reason.)
 /// - when the peer's unanswered requests reach ``ConnectionOptions/maximumConcurrentRequests``, no further frame is
 ///   handed out, even from the middle of a read (the rest is kept, undecoded), and no more is read until an answer
 ///   makes room.
@@ -51,6 +53,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
     private let lifecycle: ConnectionLifecycle
     private let authorization: AuthorizationPolicy
     private let handshakeTimeout: Duration?
+    private let pausesReadingWhileUnwritable: Bool
     private let logger: Logger
     /// The socket's descriptor, where known, for the latency mode's busy polling.
     private let descriptor: Int32?
@@ -59,6 +62,8 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
     /// - Parameters:
     ///   - handshakeTimeout: How long the peer has, from when the channel is active, to send its whole hello; `nil`
     ///     (the client's case: its connect call has its own timeout) waits as long as it takes.
+    ///   - pausesReadingWhileUnwritable: Whether to stop reading while the channel is not writable (a server's
+    ///     case: what it reads makes it write replies).
     init(
         handler: Handler,
         options: ConnectionOptions,
@@ -66,6 +71,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         lifecycle: ConnectionLifecycle,
         authorization: AuthorizationPolicy = .allowAll,
         handshakeTimeout: Duration? = nil,
+        pausesReadingWhileUnwritable: Bool = false,
         descriptor: Int32? = nil,
         logger: Logger
     ) {
@@ -77,6 +83,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         self.connectionID = connectionID
         self.lifecycle = lifecycle
         self.handshakeTimeout = handshakeTimeout
+        self.pausesReadingWhileUnwritable = pausesReadingWhileUnwritable
         self.logger = logger
     }
 
@@ -126,7 +133,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
     // MARK: - Reading
 
     func read(context: ChannelHandlerContext) {
-        if self.pausedForRequests || !context.channel.isWritable {
+        if self.pausedForRequests || (self.pausesReadingWhileUnwritable && !context.channel.isWritable) {
             self.readHeld = true
             return
         }
@@ -135,7 +142,8 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
 
     /// Passes on a held `read()` once nothing holds reads any more.
     private func readIfHeld(context: ChannelHandlerContext) {
-        guard self.readHeld, !self.pausedForRequests, context.channel.isWritable else { return }
+        guard self.readHeld, !self.pausedForRequests, !self.pausesReadingWhileUnwritable || context.channel.isWritable
+        else { return }
         self.readHeld = false
         context.read()
     }

@@ -105,6 +105,7 @@ public final class Server: Service, Sendable {
                 lifecycle: lifecycle,
                 authorization: authorization,
                 handshakeTimeout: configuration.handshakeTimeout,
+                pausesReadingWhileUnwritable: true,
                 descriptor: descriptor,
                 logger: logger
             )
