@@ -108,6 +108,30 @@ struct BoundedMemoryTests {
         }
     }
 
+    @Test("at the cap of unanswered requests the server still reads replies, so handlers that ask the client back finish")
+    func callbacksAtTheCap() async throws {
+        try await withTemporaryDirectory { directory in
+            let path = directory + "/callback.sock"
+            try await withFramedServer(
+                path: path,
+                configure: { $0.connection.maximumConcurrentRequests = 2 },
+                makeHandler: { CallbackHandler() }
+            ) { _ in
+                // The client answers the server's questions by echoing them.
+                let connection = try await Client.connect(to: path, handler: EchoHandler())
+                defer { connection.close() }
+                try await withThrowingTaskGroup(of: String.self) { group in
+                    for index in 0..<20 {
+                        group.addTask { String(buffer: try await connection.request(ByteBuffer(string: "q\(index)"))) }
+                    }
+                    var answers: Set<String> = []
+                    for try await answer in group { answers.insert(answer) }
+                    #expect(answers == Set((0..<20).map { "q\($0)" }))
+                }
+            }
+        }
+    }
+
     @Test("a frame written a few bytes at a time still decodes correctly", arguments: [1, 3, 4096])
     func reassembly(chunkSize: Int) async throws {
         try await withTemporaryDirectory { directory in
@@ -155,5 +179,12 @@ struct HoldingCountingHandler: ConnectionHandler, Sendable {
         let unanswered = received - self.counter.answered.load(ordering: .relaxed)
         _ = self.counter.mostUnanswered.max(unanswered, ordering: .relaxed)
         self.held.yield(reply)
+    }
+}
+
+/// Answers each request with the client's answer to the same question, asked back on the same connection.
+struct CallbackHandler: ConnectionHandler, Sendable {
+    func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {
+        reply.complete { try await connection.request(request) }
     }
 }

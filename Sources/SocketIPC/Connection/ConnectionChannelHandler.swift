@@ -20,9 +20,10 @@ struct ConnectionLifecycle: Sendable {
 /// - on a server, while the channel is not writable (the peer does not read the answers it asked for), no more is
 ///   read. (Not on a client: what a client reads never makes it write, and a client that stopped reading replies
 ///   while its requests wait for the server could deadlock with a server that stopped reading for the same reason.)
-/// - when the peer's unanswered requests reach ``ConnectionOptions/maximumConcurrentRequests``, no further frame is
-///   handed out, even from the middle of a read (the rest is kept, undecoded), and no more is read until an answer
-///   makes room.
+/// - when the peer's unanswered requests reach ``ConnectionOptions/maximumConcurrentRequests``, no further request or
+///   message is handed out, even from the middle of a read, until an answer makes room. Meanwhile it goes on reading
+///   replies (a handler may be waiting for one from this same peer before it can answer), keeping the requests and
+///   messages that come with them, undecoded, up to ``pausedReadLimit`` bytes; past that it reads nothing more.
 /// It closes a connection whose peer sent no complete hello within the handshake timeout (server side), and one that
 /// stayed idle for ``ConnectionOptions/idleTimeout``.
 final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexHandler, RemovableChannelHandler {
@@ -42,8 +43,14 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
     private var isClosed = false
     /// Whether a `read()` from the channel was held back; it is passed on once nothing holds reads any more.
     private var readHeld = false
-    /// Whether frames are not handed out, and nothing is read, until an answer makes room for more requests.
+    /// Whether requests and messages are not handed out until an answer makes room for more requests.
     private var pausedForRequests = false
+    /// The requests and messages read while paused for requests, as their frames' bytes in order: they come before
+    /// the bytes of ``cumulation`` once the pause ends.
+    private var heldFrames: ByteBuffer?
+    /// How many bytes a connection paused for requests keeps (requests and messages held, and the start of the
+    /// frame being read) before it stops reading: 1 MiB.
+    static var pausedReadLimit: Int { 1024 * 1024 }
     private var handshakeTimer: Scheduled<Void>?
     private var idleTimer: Scheduled<Void>?
     /// When a read last delivered bytes (or a request was last seen in flight); kept only with an idle timeout.
@@ -133,17 +140,26 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
     // MARK: - Reading
 
     func read(context: ChannelHandlerContext) {
-        if self.pausedForRequests || (self.pausesReadingWhileUnwritable && !context.channel.isWritable) {
+        if self.mustHoldReads(context: context) {
             self.readHeld = true
             return
         }
         context.read()
     }
 
+    @inline(__always)
+    private func mustHoldReads(context: ChannelHandlerContext) -> Bool {
+        (self.pausedForRequests && self.bytesKeptWhilePaused >= Self.pausedReadLimit)
+            || (self.pausesReadingWhileUnwritable && !context.channel.isWritable)
+    }
+
+    private var bytesKeptWhilePaused: Int {
+        (self.heldFrames?.readableBytes ?? 0) + (self.cumulation?.readableBytes ?? 0)
+    }
+
     /// Passes on a held `read()` once nothing holds reads any more.
     private func readIfHeld(context: ChannelHandlerContext) {
-        guard self.readHeld, !self.pausedForRequests, !self.pausesReadingWhileUnwritable || context.channel.isWritable
-        else { return }
+        guard self.readHeld, !self.mustHoldReads(context: context) else { return }
         self.readHeld = false
         context.read()
     }
@@ -153,13 +169,13 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         var incoming = Self.unwrapInboundIn(data)
         if self.options.idleTimeout != nil { self.lastActivity = .now() }
         if self.pausedForRequests {
-            // The reads NIO makes in one go after a `read()` can still deliver bytes once reading is held: keep them,
-            // undecoded, for when answers make room (bounded by one such batch of reads).
             if self.cumulation != nil {
                 self.cumulation!.append(incoming)
             } else {
                 self.cumulation = Self.keep(incoming)
             }
+            connection.readBatchStarted()
+            self.handOutRepliesWhilePaused(context: context, connection: connection)
             return
         }
         connection.readBatchStarted()
@@ -246,6 +262,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         case .pauseForRequests:
             if connection.pauseReadingForRequests() {
                 self.pausedForRequests = true
+                if self.cumulation != nil { self.handOutRepliesWhilePaused(context: context, connection: connection) }
             } else if self.cumulation != nil {
                 // Answers made room already: go on with what is kept.
                 var nothing = ByteBuffer()
@@ -259,10 +276,57 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         }
     }
 
+    /// While paused for requests: hands out the replies (and going-away frames) among the bytes kept, and moves the
+    /// requests and messages among them, in order, to ``heldFrames``; keeps the start of an unfinished frame.
+    private func handOutRepliesWhilePaused(context: ChannelHandlerContext, connection: Connection) {
+        guard var partial = self.cumulation.take(), self.failure == nil else { return }
+        var handler = self.handler.take()!
+        var failure: SocketIPCError?
+        var step = Step.next
+        self.dispatching = true
+        do {
+            while !self.isClosed {
+                // The same bytes, not yet read: the frame's own bytes are taken from here if it is held.
+                var before = partial.bytes
+                guard let frame = try self.decoder.next(from: &partial.bytes) else { break }
+                switch frame {
+                case .request, .message:
+                    let bytes = before.readSlice(length: partial.bytes.readerIndex - before.readerIndex)!
+                    if self.heldFrames == nil {
+                        self.heldFrames = ByteBufferAllocator().buffer(capacity: max(bytes.readableBytes, 64))
+                    }
+                    self.heldFrames!.writeImmutableBuffer(bytes)
+                default:
+                    step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: .max)
+                }
+                if step != .next { break }
+            }
+        } catch let error as SocketIPCError {
+            failure = error
+        } catch {
+            failure = SocketIPCError(.protocolViolation, "\(error)")
+        }
+        self.dispatching = false
+        self.handler = handler
+        if let failure {
+            self.fail(failure, context: context)
+        } else if step == .peerFailed {
+            self.heldFrames = nil
+            context.close(promise: nil)
+        } else if partial.readableBytes > 0, !self.isClosed {
+            self.cumulation = partial
+        }
+    }
+
     /// Answers made room for more requests: hand out the frames kept meanwhile, then read again.
     private func resumeAfterAnswers(context: ChannelHandlerContext) {
         guard self.pausedForRequests, let connection = self.connection, !self.isClosed else { return }
         self.pausedForRequests = false
+        if var held = self.heldFrames.take() {
+            // The requests and messages held come before what is still kept.
+            if let rest = self.cumulation.take() { held.writeImmutableBuffer(rest.bytes) }
+            self.cumulation = FrameAssembler(held)
+        }
         if self.cumulation != nil && self.failure == nil {
             connection.readBatchStarted()
             var nothing = ByteBuffer()
