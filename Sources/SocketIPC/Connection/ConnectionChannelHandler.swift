@@ -22,8 +22,9 @@ struct ConnectionLifecycle: Sendable {
 ///   while its requests wait for the server could deadlock with a server that stopped reading for the same reason.)
 /// - when the peer's unanswered requests reach ``ConnectionOptions/maximumConcurrentRequests``, no further request or
 ///   message is handed out, even from the middle of a read, until an answer makes room. Meanwhile it goes on reading
-///   replies (a handler may be waiting for one from this same peer before it can answer), keeping the requests and
-///   messages that come with them, undecoded, up to ``pausedReadLimit`` bytes; past that it reads nothing more.
+///   replies (a handler may be waiting for one from this same peer before it can answer), keeping the requests,
+///   messages and going-away frames that come with them, in order, up to ``pausedReadLimit`` bytes; past that it
+///   reads nothing more.
 /// It closes a connection whose peer sent no complete hello within the handshake timeout (server side), and one that
 /// stayed idle for ``ConnectionOptions/idleTimeout``.
 final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexHandler, RemovableChannelHandler {
@@ -272,12 +273,14 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
             // PROTOCOL.md: after a going-away with a reason other than 0x00 the receiver reads no further and closes;
             // requests in flight fail with the reason's error.
             self.cumulation = nil
+            self.heldFrames = nil
             context.close(promise: nil)
         }
     }
 
-    /// While paused for requests: hands out the replies (and going-away frames) among the bytes kept, and moves the
-    /// requests and messages among them, in order, to ``heldFrames``; keeps the start of an unfinished frame.
+    /// While paused for requests: hands out the replies and error replies among the bytes kept, and moves the other
+    /// frames among them (requests, messages, going-away), in order, to ``heldFrames``; keeps the start of an
+    /// unfinished frame. A going-away is held too, so that it still comes after the requests sent before it.
     private func handOutRepliesWhilePaused(context: ChannelHandlerContext, connection: Connection) {
         guard var partial = self.cumulation.take(), self.failure == nil else { return }
         var handler = self.handler.take()!
@@ -290,7 +293,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
                 var before = partial.bytes
                 guard let frame = try self.decoder.next(from: &partial.bytes) else { break }
                 switch frame {
-                case .request, .message:
+                case .request, .message, .goAway:
                     let bytes = before.readSlice(length: partial.bytes.readerIndex - before.readerIndex)!
                     if self.heldFrames == nil {
                         self.heldFrames = ByteBufferAllocator().buffer(capacity: max(bytes.readableBytes, 64))
