@@ -371,8 +371,12 @@ public final class Connection: Sendable {
     /// does, so a burst of answers costs one hop.
     @inline(never)
     private func resumeReadingForRequests() {
-        guard self.readsWaitForAnswers.compareExchange(expected: true, desired: false, ordering: .sequentiallyConsistent).exchanged
-        else { return }
+        let cleared = self.readsWaitForAnswers.compareExchange(
+            expected: true,
+            desired: false,
+            ordering: .sequentiallyConsistent
+        )
+        guard cleared.exchanged else { return }
         let channel = self.channel
         self.eventLoop.execute { channel.pipeline.fireUserInboundEventTriggered(RequestsAnswered()) }
     }
@@ -555,8 +559,8 @@ extension Connection {
     /// makes room; `false` if answers already made room.
     func pauseReadingForRequests() -> Bool {
         self.readsWaitForAnswers.store(true, ordering: .sequentiallyConsistent)
-        guard self.unansweredRequests.load(ordering: .sequentiallyConsistent) < self.options.maximumConcurrentRequests
-        else { return true }
+        let unanswered = self.unansweredRequests.load(ordering: .sequentiallyConsistent)
+        guard unanswered < self.options.maximumConcurrentRequests else { return true }
         // Room was made meanwhile: take the flag back, unless an answer took it and its event is on the way.
         return !self.readsWaitForAnswers.compareExchange(
             expected: true,

@@ -201,7 +201,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         var decoder = self.decoder
         var handler = self.handler.take()!
         let handshakeWasDone = self.handshakeDone
-        let maximumRequests = self.options.maximumConcurrentRequests
+        let limit = self.options.maximumConcurrentRequests
         var failure: SocketIPCError?
         var leftover: FrameAssembler?
         var step = Step.next
@@ -213,7 +213,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
             if var partial = self.cumulation.take() {
                 while !self.isClosed {
                     if let frame = try decoder.next(from: &partial.bytes) {
-                        step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: maximumRequests)
+                        step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: limit)
                         self.noteHandshake(handshakeWasDone, connection)
                         if step != .next { break }
                         continue
@@ -227,7 +227,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
             // Then the rest of this read, decoded where it lies, without copying.
             if leftover == nil && step == .next {
                 while !self.isClosed, let frame = try decoder.next(from: &incoming) {
-                    step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: maximumRequests)
+                    step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: limit)
                     self.noteHandshake(handshakeWasDone, connection)
                     if step != .next { break }
                 }
@@ -263,7 +263,9 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         case .pauseForRequests:
             if connection.pauseReadingForRequests() {
                 self.pausedForRequests = true
-                if self.cumulation != nil { self.handOutRepliesWhilePaused(context: context, connection: connection) }
+                if self.cumulation != nil {
+                    self.handOutRepliesWhilePaused(context: context, connection: connection)
+                }
             } else if self.cumulation != nil {
                 // Answers made room already: go on with what is kept.
                 var nothing = ByteBuffer()
