@@ -10,6 +10,8 @@ Cases (each against a fresh server, each figure in MiB of the server's VmRSS):
   trickle  hello, then a request header `01000005 02 00000001` and payload bytes one byte per write, on 64
            connections in turn (so that each read of the server gets one byte); reports bytes of memory per byte.
 Each case prints the baseline, the peak during the attack, and the RSS 2 s after the peers disconnected.
+The third figure of SECURITY.md, requests held by a slow handler, needs a handler of its own (the CLI's server
+answers at once): `SOCKETIPC_MEASURE=1 swift test --filter HostilePeerFigures` prints it.
 """
 import argparse
 import os
