@@ -20,7 +20,9 @@ struct ReadBoundaryTests {
         defer { socket.close() }
         let first = (sayHello ? helloBytes : []) + bytes[..<split]
         try await socket.send(pieces: [first])
-        try await socket.send(pieces: [Array(bytes[split...])])
+        // The server may have closed already if the first piece decided it (that is what some tests expect): then
+        // this write fails, and what counts is what the server sent.
+        try? await socket.send(pieces: [Array(bytes[split...])])
         return try await socket.readUntilClosed()
     }
 
