@@ -51,6 +51,9 @@ public final class Connection: Sendable {
     private let unansweredRequests = Atomic<Int>(0)
     /// Set with `State.closeWhenAnswered`, so that answering a request need not lock the state to learn it is unset.
     private let wentAway = Atomic<Bool>(false)
+    /// Set while the channel handler has stopped reading because the peer's unanswered requests reached
+    /// ``ConnectionOptions/maximumConcurrentRequests``: the answer that clears it tells the handler to read again.
+    private let readsWaitForAnswers = Atomic<Bool>(false)
 
     fileprivate struct PendingRequest {
         var continuation: UnsafeContinuation<ByteBuffer, any Error>
@@ -354,13 +357,28 @@ public final class Connection: Sendable {
     }
 
     private func requestAnswered() {
-        guard self.unansweredRequests.subtract(1, ordering: .sequentiallyConsistent).newValue == 0,
-            self.wentAway.load(ordering: .sequentiallyConsistent)
-        else { return }
+        let unanswered = self.unansweredRequests.subtract(1, ordering: .sequentiallyConsistent).newValue
+        // Sequentially consistent with `pauseReadingForRequests`: either it sees this answer or this sees its flag.
+        if self.readsWaitForAnswers.load(ordering: .sequentiallyConsistent) { self.resumeReadingForRequests() }
+        guard unanswered == 0, self.wentAway.load(ordering: .sequentiallyConsistent) else { return }
         // If going-away is being announced right now, `goAway` sees the count at 0 itself and closes.
         if self.state.withLock({ $0.isDrained(self.unansweredRequests.load(ordering: .acquiring)) }) {
             self.closeAfterGoingAway()
         }
+    }
+
+    /// Tells the channel handler, on the event loop, that it may read again; only the answer that clears the flag
+    /// does, so a burst of answers costs one hop.
+    @inline(never)
+    private func resumeReadingForRequests() {
+        let cleared = self.readsWaitForAnswers.compareExchange(
+            expected: true,
+            desired: false,
+            ordering: .sequentiallyConsistent
+        )
+        guard cleared.exchanged else { return }
+        let channel = self.channel
+        self.eventLoop.execute { channel.pipeline.fireUserInboundEventTriggered(RequestsAnswered()) }
     }
 
     /// Returns at once while the queue is below its high watermark and the channel writable; otherwise suspends
@@ -530,9 +548,31 @@ extension Connection {
         if isWritable { self.resumeWritersIfWritable() }
     }
 
+    /// Counts a request of the peer; returns how many are now unanswered.
     @inline(__always)
-    func requestReceived() {
-        self.unansweredRequests.add(1, ordering: .relaxed)
+    func requestReceived() -> Int {
+        self.unansweredRequests.add(1, ordering: .relaxed).newValue
+    }
+
+    /// Called by the channel handler when the peer's unanswered requests reached the maximum: returns `true` if the
+    /// handler must stop reading, in which case a ``RequestsAnswered`` event reaches its pipeline once an answer
+    /// makes room; `false` if answers already made room.
+    func pauseReadingForRequests() -> Bool {
+        self.readsWaitForAnswers.store(true, ordering: .sequentiallyConsistent)
+        let unanswered = self.unansweredRequests.load(ordering: .sequentiallyConsistent)
+        guard unanswered < self.options.maximumConcurrentRequests else { return true }
+        // Room was made meanwhile: take the flag back, unless an answer took it and its event is on the way.
+        return !self.readsWaitForAnswers.compareExchange(
+            expected: true,
+            desired: false,
+            ordering: .sequentiallyConsistent
+        ).exchanged
+    }
+
+    /// Whether a request is in flight either way: one of the peer's waits for its answer, or one of this side's for
+    /// its reply.
+    var hasRequestsInFlight: Bool {
+        self.unansweredRequests.load(ordering: .relaxed) > 0 || self.state.withLock { !$0.requests.isEmpty }
     }
 
     /// A reply arrived; one to a request that timed out or was cancelled is dropped: nobody waits for it any more.
@@ -540,13 +580,21 @@ extension Connection {
         self.finishRequest(id, with: result.mapError { $0 })
     }
 
+    /// The peer sent going-away. After reason `0x00` this side sends no new requests, answers the peer's requests
+    /// still unanswered and waits for the replies to its own, then closes (the peer closes too once it has answered
+    /// this side's requests). After any other reason the caller closes the connection at once.
     func peerIsGoingAway(_ reason: GoAwayReason, message: String) {
         let text = message.isEmpty ? "the peer is going away" : "the peer is going away: \(message)"
         let error = SocketIPCError(reason.errorCode, text)
-        self.state.withLock { state in
+        let closeNow = self.state.withLock { state -> Bool in
             state.peerGoingAway = error
+            guard reason == .normal, state.closedError == nil, !state.closeWhenAnswered else { return false }
+            state.closeWhenAnswered = true
+            self.wentAway.store(true, ordering: .sequentiallyConsistent)
+            return state.isDrained(self.unansweredRequests.load(ordering: .sequentiallyConsistent))
         }
         self.logger.debug("peer is going away", metadata: ["reason": "\(reason)", "message": "\(message)"])
+        if closeNow { self.closeAfterGoingAway() }
     }
 
     /// Fails everything that waits on this connection; called once, when the channel becomes inactive.
@@ -581,3 +629,7 @@ extension Connection {
     /// The error the connection closed with, once it is closed.
     var closeError: SocketIPCError? { self.state.withLock { $0.closedError } }
 }
+
+/// The event a ``Connection`` fires through its channel's pipeline when an answer brought the peer's unanswered
+/// requests below ``ConnectionOptions/maximumConcurrentRequests`` while reading was paused for them.
+struct RequestsAnswered: Sendable {}

@@ -13,6 +13,10 @@ public protocol ConnectionHandler {
     /// Called for each one-way message.
     mutating func didReceiveMessage(_ message: ByteBuffer, on connection: Connection)
     /// Called for each request. Complete `reply` exactly once, now or later, from any thread.
+    ///
+    /// While ``ConnectionOptions/maximumConcurrentRequests`` requests of the connection are unanswered (100 by
+    /// default), no further request is handed out and the connection reads nothing more from the peer; the next
+    /// answer lets it go on. A reply never completed therefore holds one of those places until the connection closes.
     mutating func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection)
     /// Called once when the connection has closed; `error` says why, `nil` for an orderly close.
     mutating func connectionDidClose(_ connection: Connection, error: SocketIPCError?)

@@ -118,6 +118,8 @@ public final class Server: Service, Sendable {
                 connectionID: id,
                 lifecycle: lifecycle,
                 authorization: authorization,
+                handshakeTimeout: configuration.handshakeTimeout,
+                pausesReadingWhileUnwritable: true,
                 descriptor: descriptor,
                 logger: logger
             )

@@ -1,52 +1,33 @@
 import NIOCore
 
-/// The bytes of a frame that spans reads, gathered until the frame is whole.
+/// The bytes of a frame that spans reads (or of frames not yet decoded while reading is paused), gathered into one
+/// contiguous buffer until they can be decoded.
 ///
-/// Small frames are copied into one buffer as their bytes come. A large frame is kept as the slices the reads
-/// delivered and copied once, into a buffer of exactly its size, when its last byte has arrived: memory grows only
-/// with bytes that really came (never with what the length field claims), and each byte is copied once instead of
-/// again at every doubling of a growing buffer.
+/// The buffer grows geometrically as bytes arrive: each growth asks for just the bytes held plus the new piece, and
+/// the allocator rounds that up to a power of two, so the buffer's capacity is always less than twice the bytes it
+/// holds. Memory therefore grows only with bytes that really came, never with what a frame's length field claims,
+/// and a peer that writes one byte at a time costs at most about 2 bytes of memory per byte it sent (keeping each
+/// read's buffer instead would cost the size of that buffer per read). Growing a large buffer reallocates it in
+/// place where the allocator can, so assembling a large frame costs about one copy of its bytes.
 struct FrameAssembler {
-    /// Frames needing more than this many bytes are gathered as slices rather than copied piece by piece.
-    static let gatheringThreshold = 64 * 1024
+    /// The bytes held, contiguous, starting at the reader index.
+    var bytes: ByteBuffer
 
-    /// The start of the bytes, contiguous; it holds the length field whenever ``tail`` is not empty.
-    private(set) var head: ByteBuffer
-    private var tail: [ByteBuffer] = []
-    private var tailBytes = 0
-
+    /// Starts with `bytes`, kept as they are.
     init(_ bytes: ByteBuffer) {
-        self.head = bytes
+        self.bytes = bytes
     }
 
-    /// All bytes held.
-    var readableBytes: Int { self.head.readableBytes + self.tailBytes }
+    /// The bytes held.
+    var readableBytes: Int { self.bytes.readableBytes }
 
-    /// Adds the next bytes of the stream.
-    /// - Parameters:
-    ///   - piece: Bytes that follow those held.
-    ///   - frameLength: How many bytes the frame being assembled needs in all, as far as known.
-    mutating func append(_ piece: ByteBuffer, frameLength: Int) {
-        if frameLength > Self.gatheringThreshold && self.head.readableBytes >= 4 {
-            self.tail.append(piece)
-            self.tailBytes += piece.readableBytes
-        } else {
-            var piece = piece
-            self.head.writeBuffer(&piece)
+    /// Adds the next bytes of the stream, copying them.
+    /// - Parameter piece: Bytes that follow those held.
+    mutating func append(_ piece: ByteBuffer) {
+        if self.bytes.writableBytes < piece.readableBytes && self.bytes.readerIndex > 0 {
+            // Drop what was decoded already before growing, so that the buffer holds only bytes still needed.
+            self.bytes.discardReadBytes()
         }
-    }
-
-    /// Everything held, as one contiguous buffer (copied once if it was gathered).
-    mutating func takeContiguous() -> ByteBuffer {
-        guard !self.tail.isEmpty else { return self.head }
-        var whole = ByteBufferAllocator().buffer(capacity: self.readableBytes)
-        whole.writeImmutableBuffer(self.head)
-        for piece in self.tail {
-            whole.writeImmutableBuffer(piece)
-        }
-        self.tail = []
-        self.tailBytes = 0
-        self.head = whole
-        return whole
+        self.bytes.writeImmutableBuffer(piece)
     }
 }

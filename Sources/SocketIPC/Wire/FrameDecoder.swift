@@ -17,16 +17,16 @@ struct FrameDecoder {
     /// Whether the peer's hello has been read and accepted.
     var helloReceived: Bool { !self.awaitingHello }
 
-    /// How many bytes `buffer` must hold for the next step of decoding to succeed: the hello, a frame's length field,
-    /// or the whole frame once its length is known. A length the decoder will refuse counts as complete, so that
-    /// ``next(from:)`` gets to throw.
+    /// How many bytes `buffer` must hold for the next step of decoding to complete: the hello, a frame's length
+    /// field, or the whole frame once its length is known. Call it after ``next(from:)`` returned `nil` for `buffer`:
+    /// the answer is then more than `buffer` holds, and ``next(from:)`` has checked every byte that is there (the
+    /// magic, the length, the kind), so feeding it the missing bytes in any pieces refuses a bad frame at the first
+    /// byte that shows it is bad.
     @inline(__always)
     func bytesNeeded(toComplete buffer: ByteBuffer) -> Int {
         if self.awaitingHello { return Hello.length }
         guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) else { return 4 }
-        let frameLength = Int(length)
-        guard frameLength >= 1, frameLength <= self.maximumPayload + 5 else { return buffer.readableBytes }
-        return 4 + frameLength
+        return 4 + Int(length)
     }
 
     /// Takes the next whole frame from the front of `buffer`, or returns `nil` when more bytes are needed.

@@ -111,3 +111,101 @@ func withSocketAddress<Result>(_ path: String, _ body: (UnsafePointer<sockaddr>,
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
     }
 }
+
+// MARK: - Writing without blocking, for peers that stop reading
+
+extension RawSocket {
+    /// Writes `pieces` in order, each with one `send` (with `MSG_NOSIGNAL`: a peer that closed makes it throw, never
+    /// raise `SIGPIPE`).
+    func send(pieces: [[UInt8]]) async throws {
+        try await NIOThreadPool.singleton.runIfActive {
+            for piece in pieces {
+                var offset = 0
+                while offset < piece.count {
+                    let sent = piece[offset...].withUnsafeBytes {
+                        Glibc.send(self.descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL))
+                    }
+                    guard sent > 0 else { throw RawSocketError.failed("send", errno) }
+                    offset += sent
+                }
+            }
+        }
+    }
+
+    /// Writes as much of `bytes` as the peer takes, and returns how many it took: stops once the socket has not
+    /// become writable for `stalledAfterMilliseconds` (the peer stopped reading and the kernel's buffers are full).
+    func sendUntilStalled(_ bytes: [UInt8], stalledAfterMilliseconds: Int32 = 1000) async throws -> Int {
+        try await NIOThreadPool.singleton.runIfActive {
+            var offset = 0
+            while offset < bytes.count {
+                let sent = bytes[offset...].withUnsafeBytes {
+                    Glibc.send(self.descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
+                }
+                if sent > 0 {
+                    offset += sent
+                    continue
+                }
+                guard sent < 0, errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR else {
+                    throw RawSocketError.failed("send", errno)
+                }
+                var waiting = pollfd(fd: self.descriptor, events: Int16(POLLOUT), revents: 0)
+                if poll(&waiting, 1, stalledAfterMilliseconds) == 0 { break }
+            }
+            return offset
+        }
+    }
+
+    /// Writes all of `bytes` while reading `count` bytes, whichever the peer lets progress, so that a peer that
+    /// answers as it reads never blocks either side. Returns what was read (less than `count` only at EOF).
+    func send(_ bytes: [UInt8], whileReading count: Int) async throws -> [UInt8] {
+        try await NIOThreadPool.singleton.runIfActive {
+            var offset = 0
+            var received: [UInt8] = []
+            received.reserveCapacity(count)
+            var chunk = [UInt8](repeating: 0, count: 65536)
+            while received.count < count {
+                var waiting = pollfd(
+                    fd: self.descriptor,
+                    events: Int16(POLLIN) | (offset < bytes.count ? Int16(POLLOUT) : 0),
+                    revents: 0
+                )
+                guard poll(&waiting, 1, 10_000) > 0 else { throw RawSocketError.failed("poll (timed out)", ETIMEDOUT) }
+                if offset < bytes.count && waiting.revents & Int16(POLLOUT) != 0 {
+                    let sent = bytes[offset...].withUnsafeBytes {
+                        Glibc.send(self.descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
+                    }
+                    if sent > 0 { offset += sent }
+                }
+                if waiting.revents & Int16(POLLIN | POLLHUP) != 0 {
+                    let wanted = min(chunk.count, count - received.count)
+                    let got = chunk.withUnsafeMutableBytes { recv(self.descriptor, $0.baseAddress, wanted, Int32(MSG_DONTWAIT)) }
+                    if got == 0 { break }
+                    if got > 0 { received += chunk[..<got] }
+                }
+            }
+            return received
+        }
+    }
+}
+
+extension RawSocket {
+    /// Reads until the peer closes: EOF, or a reset (a Unix socket closed with bytes of ours unread reports
+    /// `ECONNRESET` once what it had sent is read). Fails only after 10 s of silence.
+    func readUntilClosed() async throws -> [UInt8] {
+        try await NIOThreadPool.singleton.runIfActive {
+            var all: [UInt8] = []
+            var chunk = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let got = chunk.withUnsafeMutableBytes { Glibc.read(self.descriptor, $0.baseAddress, 65536) }
+                if got == 0 || (got < 0 && errno == ECONNRESET) { return all }
+                guard got > 0 else { throw RawSocketError.failed("read", errno) }
+                all += chunk[..<got]
+            }
+        }
+    }
+}
+
+/// The bytes of a going-away frame: length, kind 0x05, reason, text.
+func goAwayBytes(reason: UInt8, text: String) -> [UInt8] {
+    frameBytes(kind: 0x05, payload: [reason] + Array(text.utf8))
+}
