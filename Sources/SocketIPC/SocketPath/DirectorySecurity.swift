@@ -24,7 +24,6 @@ enum DirectorySecurity {
     ///   to opt out; `systemCall` when a directory cannot be examined.
     static func check(descriptor: Int32, path: String, socketPath: SocketPath) throws {
         let opened = try FileStatus.of(descriptor: descriptor, describedAs: path)
-        try Self.require(opened, at: path, socketPath: socketPath)
         guard let resolved = Self.realPath(path) else {
             throw SocketIPCError.systemCall("realpath", errno: errno, path: path)
         }
@@ -36,6 +35,7 @@ enum DirectorySecurity {
                 path: socketPath.path
             )
         }
+        try Self.require(opened, at: resolved == path ? path : "\(resolved) (reached as \(path))", socketPath: socketPath)
         var current = resolved
         while current != "/" {
             current = Self.parent(of: current)
