@@ -58,12 +58,14 @@ enum PrivateBind {
             try retryingOnInterrupt("fchmodat", path: path.path) {
                 fchmodat(scratch.descriptor, PrivateDirectory.entryName, mode_t(mode), 0)
             }
-            guard let status = try FileStatus.entry(
-                PrivateDirectory.entryName, in: scratch.descriptor, describedAs: path.path), status.isSocket,
-                status.permissions == mode_t(mode) & 0o7777
-            else {
+            let made = try FileStatus.entry(PrivateDirectory.entryName, in: scratch.descriptor, describedAs: path.path)
+            guard let status = made, status.isSocket, status.permissions == mode_t(mode) & 0o7777 else {
                 throw SocketIPCError(
-                    .systemCall, "bind made no socket file with mode \(mode) in a private directory", path: path.path)
+                    .systemCall,
+                    "bind made no socket file with mode 0\(String(mode, radix: 8)) in the private directory beside "
+                        + "\(path)",
+                    path: path.path
+                )
             }
             try retryingOnInterrupt("listen", path: path.path) { listen(socketDescriptor, backlog) }
             try Self.move(
