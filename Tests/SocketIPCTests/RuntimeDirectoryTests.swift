@@ -34,8 +34,8 @@ struct RuntimeDirectoryTests {
             #expect(fileStatus(expected)?.uid == geteuid())
             let again = try RuntimeDirectory.current(environment: [:], fallbackParent: directory)
             #expect(again == runtime, "an existing private fallback is used as it is")
-            try await withFramedServer(path: try runtime.socketPath("app.sock").path, makeHandler: { EchoHandler() }) {
-                _ in #expect(fileStatus(expected + "/app.sock") != nil)
+            try await withStartedEchoServer(configuration(try runtime.socketPath("app.sock").path)) {
+                #expect(fileStatus(expected + "/app.sock") != nil)
             }
         }
     }

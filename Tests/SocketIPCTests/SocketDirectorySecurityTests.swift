@@ -25,8 +25,7 @@ struct SocketDirectorySecurityTests {
             #expect(error?.message.contains("requiresSecureParentDirectory = false") == true, "and the opt-out")
             #expect(try directoryEntries(shared) == [], "nothing was created there")
 
-            try await withFramedServer(path: path, configure: { $0.requiresSecureParentDirectory = false },
-                                       makeHandler: { EchoHandler() }) { _ in
+            try await withStartedEchoServer(configuration(path) { $0.requiresSecureParentDirectory = false }) {
                 let reply = try await Client.withConnection(to: path) { try await $0.request(ByteBuffer(string: "ok")) }
                 #expect(String(buffer: reply) == "ok")
             }
@@ -38,7 +37,7 @@ struct SocketDirectorySecurityTests {
         try await withTemporaryDirectory { directory in
             let shared = directory + "/sticky"
             try makeDirectory(shared, mode: 0o1777)
-            try await withFramedServer(path: shared + "/server.sock", makeHandler: { EchoHandler() }) { _ in
+            try await withStartedEchoServer(configuration(shared + "/server.sock")) {
                 #expect(fileStatus(shared + "/server.sock") != nil)
             }
         }
@@ -58,8 +57,7 @@ struct SocketDirectorySecurityTests {
             #expect(error?.message.contains("another user") == true)
             #expect(try directoryEntries(theirs) == [])
 
-            try await withFramedServer(path: path, configure: { $0.requiresSecureParentDirectory = false },
-                                       makeHandler: { EchoHandler() }) { _ in
+            try await withStartedEchoServer(configuration(path) { $0.requiresSecureParentDirectory = false }) {
                 #expect(fileStatus(path) != nil)
             }
         }
@@ -91,7 +89,7 @@ struct SocketDirectorySecurityTests {
             let mine = directory + "/mine"
             try makeDirectory(mine, mode: 0o700)
             symlink(mine, directory + "/to-mine")
-            try await withFramedServer(path: directory + "/to-mine/server.sock", makeHandler: { EchoHandler() }) { _ in
+            try await withStartedEchoServer(configuration(directory + "/to-mine/server.sock")) {
                 #expect(fileStatus(mine + "/server.sock") != nil)
             }
         }
@@ -101,8 +99,7 @@ struct SocketDirectorySecurityTests {
     func createdParents() async throws {
         try await withTemporaryDirectory { directory in
             let path = directory + "/made/here/server.sock"
-            try await withFramedServer(path: path, configure: { $0.createParentDirectory = true },
-                                       makeHandler: { EchoHandler() }) { _ in
+            try await withStartedEchoServer(configuration(path) { $0.createParentDirectory = true }) {
                 #expect(fileStatus(directory + "/made")?.mode == S_IFDIR | 0o700)
                 #expect(fileStatus(directory + "/made/here")?.mode == S_IFDIR | 0o700)
             }

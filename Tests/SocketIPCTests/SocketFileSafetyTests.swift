@@ -122,7 +122,7 @@ struct SocketFileSafetyTests {
     func exactMode(mode: UInt16) async throws {
         try await withTemporaryDirectory { directory in
             let path = directory + "/exact.sock"
-            try await withFramedServer(path: path, configure: { $0.mode = mode }, makeHandler: { EchoHandler() }) { _ in
+            try await withStartedEchoServer(configuration(path) { $0.mode = mode }) {
                 let status = try #require(fileStatus(path))
                 #expect(status.mode == S_IFSOCK | mode_t(mode))
                 #expect(status.uid == geteuid())
@@ -155,12 +155,15 @@ struct SocketFileSafetyTests {
                 configuration: .init(path: path), logger: testLogger, onServerRunning: { _ in isRunning.yield() }
             ) { EchoHandler() }
             try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await first.run() }
+                group.addTask {
+                    defer { isRunning.finish() }
+                    try await first.run()
+                }
                 for await _ in running { break }
                 // A clean-up job removes both files while the first server runs; a successor then takes the path.
                 unlink(path)
                 unlink(path + ".lock")
-                try await withFramedServer(path: path, makeHandler: { EchoHandler() }) { _ in
+                try await withStartedEchoServer(configuration(path)) {
                     let socket = try #require(fileStatus(path))
                     let lock = try #require(fileStatus(path + ".lock"))
                     first.shutdownGracefully()
