@@ -142,11 +142,12 @@ final class SocketFileOwner {
             }
             if flock(descriptor, LOCK_EX | LOCK_NB) != 0 {
                 let code = errno
+                let holder = Self.processID(in: descriptor).map { ", by process \($0)" } ?? ""
                 close(descriptor)
                 if code == EWOULDBLOCK || code == EAGAIN {
                     throw SocketIPCError(
                         .addressInUse,
-                        "another server is serving on \(path) (its lock file \(lockPath) is held)",
+                        "another server is serving on \(path) (its lock file \(lockPath) is held\(holder))",
                         path: path.path
                     )
                 }
@@ -156,11 +157,30 @@ final class SocketFileOwner {
             if let current = try? FileStatus.entry(name, in: directory, describedAs: lockPath),
                 current.identity == status.identity
             {
+                Self.record(processIDIn: descriptor)
                 return (descriptor, status.identity)
             }
             // The previous owner removed the lock file after we opened it: try again with the new one.
             close(descriptor)
         }
+    }
+
+    /// Writes this process's id into the locked lock file, as PostgreSQL's `postmaster.pid` does, so that a server
+    /// refused the path can say which process holds it. Best effort: the lock, not the text, decides.
+    private static func record(processIDIn descriptor: Int32) {
+        let text = Array("\(getpid())\n".utf8)
+        guard ftruncate(descriptor, 0) == 0 else { return }
+        _ = text.withUnsafeBytes { pwrite(descriptor, $0.baseAddress, $0.count, 0) }
+    }
+
+    /// The process id written in a lock file, if it holds one.
+    private static func processID(in descriptor: Int32) -> Int32? {
+        var bytes = [UInt8](repeating: 0, count: 16)
+        let count = bytes.withUnsafeMutableBytes { pread(descriptor, $0.baseAddress, $0.count, 0) }
+        guard count > 0 else { return nil }
+        let text = String(decoding: bytes[..<count], as: UTF8.self)
+        guard let line = text.split(separator: "\n").first, let pid = Int32(line), pid > 0 else { return nil }
+        return pid
     }
 
     private static func requireOwnLockFile(_ status: FileStatus, lockPath: String, path: SocketPath) throws {
