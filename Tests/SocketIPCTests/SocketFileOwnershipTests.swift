@@ -19,6 +19,7 @@ struct SocketFileOwnershipTests {
                 let error = await #expect(throws: SocketIPCError.self) { try await second.run() }
                 #expect(error?.code == .addressInUse)
                 #expect(error?.message.contains(path) == true)
+                #expect(error?.message.contains("by process \(getpid())") == true, "the lock file names its holder")
                 #expect(fileIdentity(path)?.inode == before.inode)
                 let reply = try await Client.withConnection(to: path) { try await $0.request(ByteBuffer(string: "still here")) }
                 #expect(String(buffer: reply) == "still here")

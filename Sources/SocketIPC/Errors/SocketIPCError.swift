@@ -20,6 +20,10 @@ public struct SocketIPCError: Error, Hashable, Sendable, CustomStringConvertible
         public static let invalidPath = Code("invalidPath")
         /// The directory that should hold the socket file does not exist or is not a directory.
         public static let parentDirectoryMissing = Code("parentDirectoryMissing")
+        /// A directory that would hold the socket file (or the runtime directory) could let another user replace
+        /// it: writable by others without the sticky bit, owned by another user, or a symbolic link. Nothing was
+        /// created there.
+        public static let insecureDirectory = Code("insecureDirectory")
         /// Another live server is serving on the path.
         public static let addressInUse = Code("addressInUse")
         /// Something other than a socket (a file, directory or symbolic link) is at the path; it was left untouched.

@@ -8,203 +8,252 @@ import Darwin
 
 /// Owns a socket path the way PostgreSQL does: a `flock`ed lock file beside the socket decides which process
 /// may bind there, a stale socket left by a dead server is removed, anything that is not a socket is left alone,
-/// and on release the socket file is removed only if it is still the one this owner created.
+/// and on release the socket file and the lock file are removed only if they are still the ones this owner made.
 ///
 /// The kernel drops the `flock` when the owning process dies, so a crashed server never blocks the next one.
+///
+/// What it guarantees, whatever other processes do:
+/// - Another process's socket is never removed: only a socket whose probe is refused (`ECONNREFUSED`) and that
+///   belongs to this process's user is stale. See ``LivenessProbe``.
+/// - The socket file is never reachable with a mode wider than configured, and no mode is ever changed by path.
+///   See ``PrivateBind``.
+/// - With `requiresSecureParentDirectory`, no other user can replace the socket file. See ``DirectorySecurity``.
+/// - Every step after opening the parent directory works relative to its descriptor and never follows a symbolic
+///   link at the socket's or the lock file's name.
 final class SocketFileOwner {
     let path: SocketPath
+    private let directoryDescriptor: Int32
     private var lockDescriptor: Int32
-    private var socketIdentity: (device: UInt64, inode: UInt64)?
+    private let lockIdentity: FileStatus.Identity
+    private var socketIdentity: FileStatus.Identity?
 
-    /// What ``claim(_:mode:createParentDirectory:)`` created: the owner, and a bound, listening socket.
+    /// What ``claim(_:mode:createParentDirectory:requiresSecureParentDirectory:backlog:)`` created: the owner, and a
+    /// bound, listening socket.
     struct Claim {
         let owner: SocketFileOwner
         let listeningDescriptor: Int32
     }
 
-    private init(path: SocketPath, lockDescriptor: Int32) {
+    private init(path: SocketPath, directoryDescriptor: Int32, lock: (descriptor: Int32, identity: FileStatus.Identity)) {
         self.path = path
-        self.lockDescriptor = lockDescriptor
+        self.directoryDescriptor = directoryDescriptor
+        self.lockDescriptor = lock.descriptor
+        self.lockIdentity = lock.identity
     }
 
-    /// Takes the path: locks it, clears a stale socket, binds, sets `mode`, and listens.
+    /// Takes the path: checks its directory, locks the path, clears a stale socket, and binds and listens with
+    /// exactly `mode`.
     ///
-    /// - Throws: ``SocketIPCError`` with code `parentDirectoryMissing`, `addressInUse`, `pathOccupied` or
-    ///   `systemCall`. On error nothing at the path has been changed, except a stale socket file.
+    /// - Parameters:
+    ///   - path: The socket path.
+    ///   - mode: The socket file's permission bits, applied whatever the umask.
+    ///   - createParentDirectory: Whether to create a missing parent directory (and its missing ancestors) with
+    ///     mode `0700`.
+    ///   - requiresSecureParentDirectory: Whether to refuse a parent directory (or an ancestor of it) that another
+    ///     user could use to replace the socket file; default `true`.
+    ///   - backlog: The `listen` backlog.
+    /// - Throws: ``SocketIPCError`` with code `invalidPath`, `parentDirectoryMissing`, `insecureDirectory`,
+    ///   `addressInUse` (the message names why the path may be in use), `pathOccupied` or `systemCall`. On error
+    ///   nothing at the path has been changed, except a stale socket file of this user.
     static func claim(
         _ path: SocketPath,
         mode: UInt16,
         createParentDirectory: Bool,
+        requiresSecureParentDirectory: Bool = true,
         backlog: Int32
     ) throws -> Claim {
-        try Self.ensureParentDirectory(of: path, create: createParentDirectory)
-        let owner = SocketFileOwner(path: path, lockDescriptor: try Self.lock(path))
+        let directory = try Self.openParentDirectory(
+            of: path, create: createParentDirectory, requireSecure: requiresSecureParentDirectory)
+        let lock: (descriptor: Int32, identity: FileStatus.Identity)
+        do {
+            lock = try Self.lock(path, in: directory)
+        } catch {
+            close(directory)
+            throw error
+        }
+        let owner = SocketFileOwner(path: path, directoryDescriptor: directory, lock: lock)
         do {
             try owner.removeStaleSocket()
-            let descriptor = try owner.bindAndListen(mode: mode, backlog: backlog)
-            return Claim(owner: owner, listeningDescriptor: descriptor)
+            let bound = try PrivateBind.bind(
+                path, directory: directory, name: path.fileName, mode: mode, backlog: backlog)
+            owner.socketIdentity = bound.identity
+            return Claim(owner: owner, listeningDescriptor: bound.descriptor)
         } catch {
             owner.release(removeSocket: false)
             throw error
         }
     }
 
-    /// Removes the socket file (if it is still ours) and the lock file, then drops the lock. Safe to call twice.
+    /// Removes the socket file and the lock file, each only if it is still the one this owner made, then drops the
+    /// lock. Safe to call twice.
     func release(removeSocket: Bool = true) {
         guard self.lockDescriptor >= 0 else { return }
-        if removeSocket, let identity = self.socketIdentity, let current = Self.identity(of: self.path.path),
-            current == identity
-        {
-            unlink(self.path.path)
+        if removeSocket, let identity = self.socketIdentity {
+            self.unlinkIfStill(identity, named: self.path.fileName)
         }
-        // Unlink the lock file while still holding the lock; `lock(_:)` re-checks the inode, so a server that opened
-        // the old file before this unlink will notice and retry with a new one.
-        unlink(self.path.lockFilePath)
+        // Unlink the lock file while still holding the lock; `lock(_:in:)` re-checks the inode, so a server that
+        // opened the old file before this unlink will notice and retry with a new one. A lock file that is no
+        // longer ours (removed by someone, and a successor made and locked a new one) is left to its owner.
+        self.unlinkIfStill(self.lockIdentity, named: self.path.lockFileName)
         close(self.lockDescriptor)
         self.lockDescriptor = -1
+        close(self.directoryDescriptor)
+    }
+
+    private func unlinkIfStill(_ identity: FileStatus.Identity, named name: String) {
+        guard let current = try? FileStatus.entry(name, in: self.directoryDescriptor, describedAs: name),
+            current.identity == identity
+        else { return }
+        unlinkat(self.directoryDescriptor, name, 0)
     }
 
     // MARK: - Steps
 
-    private static func ensureParentDirectory(of path: SocketPath, create: Bool) throws {
-        let parent = path.parentDirectory
-        var info = stat()
-        if stat(parent, &info) == 0 {
-            guard (info.st_mode & S_IFMT) == S_IFDIR else {
-                throw SocketIPCError(
-                    .parentDirectoryMissing,
-                    "\(parent) is not a directory, so \(path) cannot be created there",
-                    path: path.path
-                )
-            }
-            return
-        }
-        guard errno == ENOENT else { throw SocketIPCError.systemCall("stat", errno: errno, path: parent) }
-        guard create else {
-            throw SocketIPCError(
-                .parentDirectoryMissing,
-                "the directory \(parent) does not exist; create it, or let the server create it with mode 0700 "
-                    + "(ServerConfiguration.createParentDirectory, socket-ipc serve --create-parent)",
-                path: path.path
-            )
-        }
-        try Self.makeDirectories(parent)
-    }
-
-    private static func makeDirectories(_ directory: String) throws {
-        if directory.isEmpty || directory == "/" || directory == "." { return }
-        var info = stat()
-        if stat(directory, &info) == 0 { return }
-        if let slash = directory.lastIndex(of: "/"), slash != directory.startIndex {
-            try Self.makeDirectories(String(directory[..<slash]))
-        }
-        if mkdir(directory, 0o700) != 0 && errno != EEXIST {
-            throw SocketIPCError.systemCall("mkdir", errno: errno, path: directory)
-        }
-    }
-
     /// Opens and `flock`s the lock file, making sure the locked file is still the one at the lock path.
-    private static func lock(_ path: SocketPath) throws -> Int32 {
+    private static func lock(
+        _ path: SocketPath,
+        in directory: Int32
+    ) throws -> (descriptor: Int32, identity: FileStatus.Identity) {
         let lockPath = path.lockFilePath
+        let name = path.lockFileName
         while true {
-            let descriptor = try retryingOnInterrupt("open", path: lockPath) {
-                open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
+            // O_NOFOLLOW: a symbolic link at the lock path is never followed; O_NONBLOCK: a FIFO there never blocks.
+            let descriptor = openat(directory, name, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0o600)
+            if descriptor < 0 {
+                let code = errno
+                if code == EINTR { continue }
+                if code == ELOOP {
+                    throw SocketIPCError(
+                        .pathOccupied,
+                        "the lock file path \(lockPath) is a symbolic link; it was left untouched: remove it or "
+                            + "choose another path",
+                        path: path.path
+                    )
+                }
+                throw SocketIPCError.systemCall("open", errno: code, path: lockPath)
+            }
+            let status: FileStatus
+            do {
+                status = try FileStatus.of(descriptor: descriptor, describedAs: lockPath)
+                try Self.requireOwnLockFile(status, lockPath: lockPath, path: path)
+            } catch {
+                close(descriptor)
+                throw error
             }
             if flock(descriptor, LOCK_EX | LOCK_NB) != 0 {
                 let code = errno
+                let holder = Self.processID(in: descriptor).map { ", by process \($0)" } ?? ""
                 close(descriptor)
                 if code == EWOULDBLOCK || code == EAGAIN {
                     throw SocketIPCError(
                         .addressInUse,
-                        "another server is serving on \(path) (its lock file \(lockPath) is held)",
+                        "another server is serving on \(path) (its lock file \(lockPath) is held\(holder))",
                         path: path.path
                     )
                 }
+                if code == EINTR { continue }
                 throw SocketIPCError.systemCall("flock", errno: code, path: lockPath)
             }
-            var locked = stat()
-            var current = stat()
-            if fstat(descriptor, &locked) == 0, stat(lockPath, &current) == 0,
-                locked.st_dev == current.st_dev, locked.st_ino == current.st_ino
+            if let current = try? FileStatus.entry(name, in: directory, describedAs: lockPath),
+                current.identity == status.identity
             {
-                return descriptor
+                Self.record(processIDIn: descriptor)
+                return (descriptor, status.identity)
             }
             // The previous owner removed the lock file after we opened it: try again with the new one.
             close(descriptor)
         }
     }
 
-    /// Removes a socket file nobody listens on; refuses anything that is not a socket, and a live socket.
-    private func removeStaleSocket() throws {
-        var info = stat()
-        guard lstat(self.path.path, &info) == 0 else {
-            if errno == ENOENT { return }
-            throw SocketIPCError.systemCall("lstat", errno: errno, path: self.path.path)
-        }
-        let kind = info.st_mode & S_IFMT
-        guard kind == S_IFSOCK else {
-            let what =
-                switch kind {
-                case S_IFDIR: "a directory"
-                case S_IFLNK: "a symbolic link"
-                case S_IFREG: "a regular file"
-                default: "a file that is not a socket"
-                }
+    /// Writes this process's id into the locked lock file, as PostgreSQL's `postmaster.pid` does, so that a server
+    /// refused the path can say which process holds it. Best effort: the lock, not the text, decides.
+    private static func record(processIDIn descriptor: Int32) {
+        let text = Array("\(getpid())\n".utf8)
+        guard ftruncate(descriptor, 0) == 0 else { return }
+        _ = text.withUnsafeBytes { pwrite(descriptor, $0.baseAddress, $0.count, 0) }
+    }
+
+    /// The process id written in a lock file, if it holds one.
+    private static func processID(in descriptor: Int32) -> Int32? {
+        var bytes = [UInt8](repeating: 0, count: 16)
+        let count = bytes.withUnsafeMutableBytes { pread(descriptor, $0.baseAddress, $0.count, 0) }
+        guard count > 0 else { return nil }
+        let text = String(decoding: bytes[..<count], as: UTF8.self)
+        guard let line = text.split(separator: "\n").first, let pid = Int32(line), pid > 0 else { return nil }
+        return pid
+    }
+
+    private static func requireOwnLockFile(_ status: FileStatus, lockPath: String, path: SocketPath) throws {
+        guard status.isRegularFile else {
             throw SocketIPCError(
                 .pathOccupied,
-                "\(self.path) is \(what), not a socket; it was left untouched: remove it or choose another path",
+                "the lock file path \(lockPath) is \(status.kindDescription), not a regular file; it was left "
+                    + "untouched: remove it or choose another path",
+                path: path.path
+            )
+        }
+        guard status.owner == geteuid() else {
+            throw SocketIPCError(
+                .pathOccupied,
+                "the lock file \(lockPath) belongs to uid \(status.owner), not to this process's uid \(geteuid()), "
+                    + "so that user decides who serves on \(path); it was left untouched: remove it if no server of "
+                    + "that user uses it, or choose another path",
+                path: path.path
+            )
+        }
+    }
+
+    /// Removes a socket file of this user that nobody listens on; refuses anything that is not a socket, a socket
+    /// that may be live, and another user's socket.
+    private func removeStaleSocket() throws {
+        let name = self.path.fileName
+        guard let status = try FileStatus.entry(name, in: self.directoryDescriptor, describedAs: self.path.path) else {
+            return
+        }
+        guard status.isSocket else {
+            throw SocketIPCError(
+                .pathOccupied,
+                "\(self.path) is \(status.kindDescription), not a socket; it was left untouched: remove it or choose "
+                    + "another path",
                 path: self.path.path
             )
         }
         // We hold the lock, so no SocketIPC server owns this socket; a process that is not SocketIPC may still be
         // listening on it, so probe before deleting.
-        if Self.isListening(self.path) {
+        switch try LivenessProbe.probe(self.path) {
+        case .gone:
+            return
+        case .maybeLive(let reason):
             throw SocketIPCError(
                 .addressInUse,
-                "a process that does not hold \(self.path.lockFilePath) is listening on \(self.path); it was left running",
+                "\(self.path) is in use: \(reason); it was left untouched (this process holds "
+                    + "\(self.path.lockFilePath), so it is not a SocketIPC server's): stop that process, or choose "
+                    + "another path",
+                path: self.path.path
+            )
+        case .stale:
+            break
+        }
+        guard status.owner == geteuid() else {
+            throw SocketIPCError(
+                .pathOccupied,
+                "\(self.path) is a stale socket of uid \(status.owner), not of this process's uid \(geteuid()); it "
+                    + "was left untouched: remove it, or choose another path",
                 path: self.path.path
             )
         }
-        if unlink(self.path.path) != 0 && errno != ENOENT {
+        // Remove only the file that was probed: one that replaced it meanwhile is someone else's.
+        guard let current = try FileStatus.entry(name, in: self.directoryDescriptor, describedAs: self.path.path)
+        else { return }
+        guard current.identity == status.identity else {
+            throw SocketIPCError(
+                .addressInUse,
+                "\(self.path) was replaced while the server was starting; the new file was left untouched",
+                path: self.path.path
+            )
+        }
+        if unlinkat(self.directoryDescriptor, name, 0) != 0 && errno != ENOENT {
             throw SocketIPCError.systemCall("unlink", errno: errno, path: self.path.path)
         }
-    }
-
-    private static func isListening(_ path: SocketPath) -> Bool {
-        let descriptor = socket(AF_UNIX, systemSocketStream, 0)
-        guard descriptor >= 0 else { return false }
-        defer { close(descriptor) }
-        let result = path.withSockAddr { connect(descriptor, $0, $1) }
-        return result == 0 || errno == EAGAIN
-    }
-
-    private func bindAndListen(mode: UInt16, backlog: Int32) throws -> Int32 {
-        let descriptor = try retryingOnInterrupt("socket") { socket(AF_UNIX, systemSocketStream, 0) }
-        do {
-            _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC)
-            // Narrow the socket's mode before bind, so the file never exists wider than asked (bind applies the
-            // umask to it); chmod after bind then sets it exactly. Nobody can connect before listen().
-            _ = fchmod(descriptor, mode_t(mode))
-            try retryingOnInterrupt("bind", path: self.path.path) {
-                self.path.withSockAddr { bind(descriptor, $0, $1) }
-            }
-            try retryingOnInterrupt("chmod", path: self.path.path) { chmod(self.path.path, mode_t(mode)) }
-            self.socketIdentity = Self.identity(of: self.path.path)
-            try retryingOnInterrupt("listen", path: self.path.path) { listen(descriptor, backlog) }
-            return descriptor
-        } catch {
-            close(descriptor)
-            if let identity = self.socketIdentity, Self.identity(of: self.path.path).map({ $0 == identity }) == true {
-                unlink(self.path.path)
-            }
-            self.socketIdentity = nil
-            throw error
-        }
-    }
-
-    private static func identity(of path: String) -> (device: UInt64, inode: UInt64)? {
-        var info = stat()
-        guard lstat(path, &info) == 0 else { return nil }
-        return (UInt64(info.st_dev), UInt64(info.st_ino))
     }
 }

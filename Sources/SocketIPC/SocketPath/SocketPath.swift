@@ -52,8 +52,17 @@ public struct SocketPath: Hashable, Sendable, CustomStringConvertible {
         return String(self.path[..<slash])
     }
 
+    /// The socket file's name: the last component of the path.
+    var fileName: String {
+        guard let slash = self.path.lastIndex(of: "/") else { return self.path }
+        return String(self.path[self.path.index(after: slash)...])
+    }
+
     /// The path of the lock file that decides which server owns the socket path.
     var lockFilePath: String { self.path + ".lock" }
+
+    /// The lock file's name in ``parentDirectory``.
+    var lockFileName: String { self.fileName + ".lock" }
 
     /// Calls `body` with this path as a `sockaddr_un`.
     func withSockAddr<Result>(_ body: (UnsafePointer<sockaddr>, socklen_t) throws -> Result) rethrows -> Result {

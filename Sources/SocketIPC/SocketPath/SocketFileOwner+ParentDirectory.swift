@@ -1,0 +1,84 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+extension SocketFileOwner {
+    /// Opens the directory that is to hold the socket file, creating it (and missing ancestors) with mode `0700`
+    /// when asked, and checks that no other user could replace the socket file in it.
+    ///
+    /// Every later step works relative to the returned descriptor, so a directory renamed or replaced by its path
+    /// afterwards does not redirect them.
+    ///
+    /// - Returns: An open descriptor on the directory (`O_DIRECTORY`, close-on-exec); the caller closes it.
+    /// - Throws: ``SocketIPCError``: `invalidPath` when the path names no file in a directory,
+    ///   `parentDirectoryMissing`, `insecureDirectory` (see ``DirectorySecurity``), or `systemCall`.
+    static func openParentDirectory(of path: SocketPath, create: Bool, requireSecure: Bool) throws -> Int32 {
+        let name = path.fileName
+        guard !name.isEmpty, name != ".", name != ".." else {
+            throw SocketIPCError(
+                .invalidPath, "\(path) names a directory, not a socket file in one", path: path.path)
+        }
+        let parent = path.parentDirectory
+        var descriptor = Self.openDirectory(parent)
+        if descriptor < 0 && errno == ENOENT && create {
+            try Self.makeDirectories(parent)
+            descriptor = Self.openDirectory(parent)
+        }
+        guard descriptor >= 0 else {
+            let code = errno
+            switch code {
+            case ENOENT:
+                throw SocketIPCError(
+                    .parentDirectoryMissing,
+                    "the directory \(parent) does not exist; create it, or let the server create it with mode 0700 "
+                        + "(ServerConfiguration.createParentDirectory, socket-ipc serve --create-parent)",
+                    path: path.path
+                )
+            case ENOTDIR:
+                throw SocketIPCError(
+                    .parentDirectoryMissing,
+                    "\(parent) is not a directory, so \(path) cannot be created there",
+                    path: path.path
+                )
+            default:
+                throw SocketIPCError.systemCall("open", errno: code, path: parent)
+            }
+        }
+        if requireSecure {
+            do {
+                try DirectorySecurity.check(descriptor: descriptor, path: parent, socketPath: path)
+            } catch {
+                close(descriptor)
+                throw error
+            }
+        }
+        return descriptor
+    }
+
+    private static func openDirectory(_ path: String) -> Int32 {
+        while true {
+            let descriptor = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            if descriptor >= 0 || errno != EINTR { return descriptor }
+        }
+    }
+
+    /// `mkdir -p` with mode `0700` for every directory it makes. An existing entry is never followed or changed
+    /// here; whether the result is safe is for ``DirectorySecurity`` to decide.
+    private static func makeDirectories(_ directory: String) throws {
+        if directory.isEmpty || directory == "/" || directory == "." { return }
+        if mkdir(directory, 0o700) == 0 { return }
+        var code = errno
+        if code == EEXIST { return }
+        if code == ENOENT, let slash = directory.lastIndex(of: "/"), slash != directory.startIndex {
+            try Self.makeDirectories(String(directory[..<slash]))
+            if mkdir(directory, 0o700) == 0 { return }
+            code = errno
+            if code == EEXIST { return }
+        }
+        throw SocketIPCError.systemCall("mkdir", errno: code, path: directory)
+    }
+}

@@ -1,0 +1,28 @@
+import ArgumentParser
+import SocketIPC
+
+/// How every command explains its `--socket` option.
+let socketArgumentHelp = ArgumentHelp(
+    "The socket: a path (anything with a '/', such as ./app.sock or /run/app.sock), or a bare name for a socket in "
+        + "the runtime directory ($XDG_RUNTIME_DIR, else a private /tmp/socketipc-UID made with mode 0700).",
+    valueName: "path-or-name"
+)
+
+/// Turns a command's `--socket` argument into a socket path.
+///
+/// A bare name (no `/`, such as `app.sock`) names a socket in this user's runtime directory,
+/// `$XDG_RUNTIME_DIR/app.sock` or `/tmp/socketipc-UID/app.sock` (see ``RuntimeDirectory``); anything with a `/`
+/// (`./app.sock`, `/run/app.sock`) is a path, used as given.
+///
+/// - Parameters:
+///   - argument: The `--socket` argument.
+///   - creatingDirectory: Whether to create a missing fallback runtime directory (mode `0700`): `true` for `serve`,
+///     `false` for clients, which only look.
+/// - Returns: The path, for ``ServerConfiguration/path`` or a client's `to:`.
+/// - Throws: ``SocketIPCError``: `invalidPath` for `.`, `..` or a path too long for `sun_path`; `insecureDirectory`
+///   when the fallback runtime directory exists but another user could use it; `systemCall`.
+func socketPath(fromArgument argument: String, creatingDirectory: Bool) throws -> String {
+    guard !argument.contains("/") else { return argument }
+    let directory = try RuntimeDirectory.current(create: creatingDirectory)
+    return try directory.socketPath(argument).path
+}

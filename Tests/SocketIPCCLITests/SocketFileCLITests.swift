@@ -1,0 +1,86 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `socket-ipc serve` and the socket file, run as another user or under an unusual umask.
+@Suite("serve and the socket file")
+struct SocketFileCLITests {
+    @Test(
+        "serve, run as another user, refuses root's live 0600 socket in a shared sticky directory and leaves it alone",
+        .enabled(if: geteuid() == 0 && toolExists("setpriv"), "needs root and setpriv")
+    )
+    func anotherUsersLiveSocket() async throws {
+        try await withTemporaryDirectory { directory in
+            chmod(directory, 0o755)
+            let shared = directory + "/shared"
+            mkdir(shared, 0o700)
+            chmod(shared, 0o1777)
+            let path = shared + "/victim.sock"
+            let victim = try listeningSocket(at: path, mode: 0o600)
+            defer { close(victim) }
+            let before = try #require(fileStatus(path))
+            let server = try TestProcess(
+                executable: "/usr/bin/env",
+                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", socketIPCBinary, "serve", "--socket", path]
+            )
+            let status = await server.waitForExit()
+            let error = await server.standardError.text()
+            #expect(status == 1)
+            #expect(error.contains("Permission denied"), "the cause is named: \(error)")
+            #expect(error.contains("left untouched"), "\(error)")
+            #expect(fileStatus(path) == before, "the victim's socket file is unchanged")
+            #expect(fileStatus(path + ".lock") == nil, "the refused server removed its own lock file")
+            let client = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            defer { close(client) }
+            #expect(withAddress(path) { connect(client, $0, $1) } == 0, "the victim still accepts connections")
+        }
+    }
+
+    @Test(
+        "the socket file has exactly the permissions asked for under umask 000 and 077",
+        arguments: [("000", "0666"), ("077", "0666"), ("000", "0640"), ("077", "0640"), ("077", "0700")]
+    )
+    func exactPermissions(umask: String, permissions: String) async throws {
+        try await withTemporaryDirectory { directory in
+            let path = directory + "/s.sock"
+            let server = try TestProcess.shell(
+                "umask \(umask); exec \"$0\" \"$@\"", ["serve", "--socket", path, "--permissions", permissions])
+            try await withProcess(server) { server in
+                #expect(await server.standardOutput.waitForLine(containing: "listening on") != nil)
+                let status = try #require(fileStatus(path))
+                #expect(status.isSocket)
+                #expect(status.permissions == UInt32(permissions, radix: 8))
+                #expect(
+                    try FileManager.default.contentsOfDirectory(atPath: directory).sorted() == ["s.sock", "s.sock.lock"],
+                    "the private directory the socket was bound in is gone"
+                )
+            }
+        }
+    }
+}
+
+/// A listening socket of this process at `path` with `mode`.
+private func listeningSocket(at path: String, mode: mode_t) throws -> Int32 {
+    let descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    guard withAddress(path, { bind(descriptor, $0, $1) }) == 0, chmod(path, mode) == 0, listen(descriptor, 8) == 0
+    else {
+        close(descriptor)
+        throw POSIXError(.EADDRINUSE)
+    }
+    return descriptor
+}
+
+private func withAddress<Result>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> Result) -> Result {
+    var address = sockaddr_un()
+    address.sun_family = sa_family_t(AF_UNIX)
+    withUnsafeMutableBytes(of: &address.sun_path) { raw in
+        raw.copyBytes(from: path.utf8)
+        raw[path.utf8.count] = 0
+    }
+    return withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+}
