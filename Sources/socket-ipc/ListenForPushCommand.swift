@@ -11,12 +11,13 @@ struct ListenForPushCommand: AsyncParsableCommand {
         shouldDisplay: false
     )
 
-    @Option(name: .long, help: ArgumentHelp("The server's socket path.", valueName: "path"))
+    @Option(name: .long, help: socketArgumentHelp)
     var socket: String
 
     func run() async throws {
+        let path = try socketPath(fromArgument: self.socket, creatingDirectory: false)
         let (pushes, continuation) = AsyncStream.makeStream(of: ByteBuffer.self)
-        try await Client.withConnection(to: self.socket, onMessage: { continuation.yield($0) }) { connection in
+        try await Client.withConnection(to: path, onMessage: { continuation.yield($0) }) { connection in
             // Ends without a push too: when the server closes the connection first.
             Task { [continuation] in
                 await connection.waitUntilClosed()

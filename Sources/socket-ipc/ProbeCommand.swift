@@ -18,7 +18,7 @@ struct ProbeCommand: AsyncParsableCommand {
             """
     )
 
-    @Option(name: .long, help: ArgumentHelp("The socket file's path.", valueName: "path"))
+    @Option(name: .long, help: socketArgumentHelp)
     var socket: String
 
     @Option(name: .long, help: ArgumentHelp("Seconds to wait for the server to answer.", valueName: "seconds"))
@@ -29,7 +29,8 @@ struct ProbeCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let result = try await Client.probe(self.socket, timeout: duration(seconds: self.timeout))
+        let path = try socketPath(fromArgument: self.socket, creatingDirectory: false)
+        let result = try await Client.probe(path, timeout: duration(seconds: self.timeout))
         let peer = result.peer.map { ", peer \($0)" } ?? ""
         switch result.style {
         case .framed(let version):
@@ -48,23 +49,23 @@ struct ProbeCommand: AsyncParsableCommand {
                 }
             let text = message.isEmpty ? "" : " (\"\(message)\")"
             Output.error(
-                "framed SocketIPC server (protocol version \(version)) on \(self.socket), but it does not serve you: "
+                "framed SocketIPC server (protocol version \(version)) on \(path), but it does not serve you: "
                     + "\(why)\(text)\(peer)"
             )
             throw ExitCode.failure
         case .closedAtOnce:
             Output.error(
-                "something listens on \(self.socket) but closed the connection at once, without reading: a SocketIPC "
+                "something listens on \(path) but closed the connection at once, without reading: a SocketIPC "
                     + "server that refused this process, is at its connection limit or is shutting down, or another "
                     + "program\(peer)"
             )
             throw ExitCode.failure
         case .silent:
-            Output.error("something listens on \(self.socket) but sent nothing within \(self.timeout) s: not a SocketIPC server")
+            Output.error("something listens on \(path) but sent nothing within \(self.timeout) s: not a SocketIPC server")
             throw ExitCode.failure
         case .otherProtocol:
             Output.error(
-                "something listens on \(self.socket) but does not speak SocketIPC: it sent bytes that are not a "
+                "something listens on \(path) but does not speak SocketIPC: it sent bytes that are not a "
                     + "hello before it got any message (another program)\(peer)"
             )
             throw ExitCode.failure

@@ -14,7 +14,7 @@ struct RequestCommand: AsyncParsableCommand {
             """
     )
 
-    @Option(name: .long, help: ArgumentHelp("The server's socket path.", valueName: "path"))
+    @Option(name: .long, help: socketArgumentHelp)
     var socket: String
 
     @Option(name: .long, help: "How many requests to send.")
@@ -36,13 +36,14 @@ struct RequestCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        let path = try socketPath(fromArgument: self.socket, creatingDirectory: false)
         let count = self.count
         let message = self.message
         let timeout = duration(seconds: self.timeout)
         let workers = min(self.concurrency, count)
         var configuration = ClientConfiguration()
         configuration.connectTimeout = timeout
-        try await Client.withConnection(to: self.socket, configuration: configuration) { connection in
+        try await Client.withConnection(to: path, configuration: configuration) { connection in
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for worker in 0..<workers {
                     group.addTask {

@@ -21,7 +21,7 @@ struct SendCommand: AsyncParsableCommand {
             """
     )
 
-    @Option(name: .long, help: ArgumentHelp("The server's socket path.", valueName: "path"))
+    @Option(name: .long, help: socketArgumentHelp)
     var socket: String
 
     @Flag(name: .long, help: "Send EOF-style (one message per connection, ended by a half-close) instead of framed.")
@@ -31,12 +31,13 @@ struct SendCommand: AsyncParsableCommand {
     var message: String?
 
     func run() async throws {
+        let path = try socketPath(fromArgument: self.socket, creatingDirectory: false)
         if self.eof {
             let acknowledgement: ByteBuffer
             if let message = self.message {
-                acknowledgement = try await Client.sendMessage(ByteBuffer(string: message), to: self.socket)
+                acknowledgement = try await Client.sendMessage(ByteBuffer(string: message), to: path)
             } else {
-                acknowledgement = try await Client.sendMessage(to: self.socket) { writer in
+                acknowledgement = try await Client.sendMessage(to: path) { writer in
                     for try await chunk in StandardInput.chunks() { try await writer.write(chunk) }
                 }
             }
@@ -48,7 +49,7 @@ struct SendCommand: AsyncParsableCommand {
             } else {
                 payload = try await StandardInput.readAll()
             }
-            try await Client.withConnection(to: self.socket) { connection in
+            try await Client.withConnection(to: path) { connection in
                 try await connection.send(payload)
             }
             Output.line("sent \(payload.readableBytes) bytes")

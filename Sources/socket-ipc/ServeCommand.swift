@@ -29,7 +29,7 @@ struct ServeCommand: AsyncParsableCommand {
         case eof
     }
 
-    @Option(name: .long, help: ArgumentHelp("The socket file's path.", valueName: "path"))
+    @Option(name: .long, help: socketArgumentHelp)
     var socket: String
 
     @Option(name: .long, help: "framed (requests and messages) or eof (one message per connection).")
@@ -64,7 +64,8 @@ struct ServeCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        var configuration = ServerConfiguration(path: self.socket)
+        let path = try socketPath(fromArgument: self.socket, creatingDirectory: true)
+        var configuration = ServerConfiguration(path: path)
         configuration.mode = try parsePermissions(self.permissions)
         configuration.createParentDirectory = self.createParent
         configuration.connection.maximumMessageSize = self.maxMessageSize

@@ -184,7 +184,8 @@ public final class Server: Service, Sendable {
     /// Serves until shut down: claims the socket path, accepts connections, and on shutdown closes them and
     /// removes the socket file.
     /// - Throws: ``SocketIPCError`` when the path cannot be claimed: `invalidPath`, `parentDirectoryMissing`,
-    ///   `addressInUse`, `pathOccupied`, `systemCall`; or `invalidState` when called a second time.
+    ///   `insecureDirectory`, `addressInUse`, `pathOccupied`, `systemCall`; or `invalidState` when called a second
+    ///   time.
     public func run() async throws {
         let path = try SocketPath(self.configuration.path)
         try self.state.withLock { state in
@@ -199,6 +200,7 @@ public final class Server: Service, Sendable {
                 path,
                 mode: self.configuration.mode,
                 createParentDirectory: self.configuration.createParentDirectory,
+                requiresSecureParentDirectory: self.configuration.requiresSecureParentDirectory,
                 backlog: self.configuration.backlog
             )
         } catch {

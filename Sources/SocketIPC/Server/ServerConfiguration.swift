@@ -35,7 +35,9 @@ public struct ServerConfiguration: Sendable {
     public var handshakeTimeout: Duration = .seconds(10)
     /// Whether to refuse a parent directory that others could use to replace the socket file: one that a user other
     /// than root and the server's own can write (group- or world-writable without the sticky bit), or that is owned
-    /// by another user who is not root. Default `true`; set it to `false` only for a directory you trust anyway.
+    /// by another user who is not root: the directory and every ancestor of its real path (symbolic links resolved), as
+    /// OpenSSH's `safe_path` checks them; a sticky directory such as `/tmp` (mode 1777) is accepted. Default `true`;
+    /// set it to `false` only for a directory you trust anyway.
     public var requiresSecureParentDirectory = true
     /// Which peers may connect; default ``AuthorizationPolicy/sameUser`` (processes of the server's own user id, and
     /// root). The file mode is the first line of defence; this policy is the second, checked on every connection
