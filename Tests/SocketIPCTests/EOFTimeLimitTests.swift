@@ -107,7 +107,7 @@ extension RawSocket {
     /// Reads until the server closes the connection: end-of-stream, or `ECONNRESET` when the server closed with
     /// bytes of ours unread; returns how many bytes came. Throws on anything else (such as the 10 s read timeout).
     fileprivate func readUntilServerCloses() async throws -> Int {
-        try await NIOThreadPool.singleton.runIfActive {
+        try await onOwnThread {
             var total = 0
             var chunk = [UInt8](repeating: 0, count: 65536)
             while true {
@@ -122,7 +122,7 @@ extension RawSocket {
     /// Waits (in `poll`, up to 10 s) until the peer has reset or shut the connection while nothing is read, then
     /// reads to the end; returns how many bytes came.
     fileprivate func readToEndAfterServerGivesUp() async throws -> Int {
-        try await NIOThreadPool.singleton.runIfActive {
+        try await onOwnThread {
             // POLLRDHUP: the peer closed. Reading nothing until then keeps the send buffer full on the server's side.
             var entry = pollfd(fd: self.descriptor, events: Int16(0x2000) /* POLLRDHUP */, revents: 0)
             _ = poll(&entry, 1, 10_000)

@@ -55,7 +55,7 @@ struct RobustnessTests {
             let listener = try makeStaleSocket(at: path, listening: true)
             defer { close(listener) }
             let accepting = Task {
-                try await NIOThreadPool.singleton.runIfActive { close(accept(listener, nil, nil)) }
+                try await onOwnThread { close(accept(listener, nil, nil)) }
             }
             var configuration = ClientConfiguration()
             configuration.connectTimeout = .seconds(30)

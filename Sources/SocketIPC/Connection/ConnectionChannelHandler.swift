@@ -396,7 +396,8 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
                 guard !self.handshakeDone, !self.isClosed, self.failure == nil else { return }
                 self.fail(
                     SocketIPCError(.timedOut, "the peer sent no complete hello within \(timeout)"),
-                    context: context
+                    context: context,
+                    linger: false
                 )
             }
         }
@@ -489,11 +490,19 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
 
     /// Tells the peer why (a going-away frame, written after `prefix` in the same write) and closes: the decoder met
     /// something it cannot continue after, or the peer is not authorized.
-    private func fail(_ error: SocketIPCError, context: ChannelHandlerContext, after prefix: ByteBuffer? = nil) {
+    /// - Parameter linger: Whether to half-close and wait (at most 1 s) for the peer to close, so that a peer still
+    ///   writing reads the going-away frame instead of failing with `EPIPE`; `false` closes once it is written, for a
+    ///   peer that was silent (its handshake timed out), so that its slot is free as soon as it sees the close.
+    private func fail(
+        _ error: SocketIPCError,
+        context: ChannelHandlerContext,
+        after prefix: ByteBuffer? = nil,
+        linger: Bool = true
+    ) {
         self.failure = error
         self.cumulation = nil
         self.logger.notice(
-            "closing connection after a protocol error",
+            error.code == .timedOut ? "closing connection: handshake timeout" : "closing connection after a protocol error",
             metadata: ["socketipc.connection": "\(self.connectionID)", "error": "\(error)"]
         )
         var frame = prefix ?? context.channel.allocator.buffer(capacity: 64)
@@ -504,6 +513,10 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         let channel = context.channel
         let written = self.connection?.writeThroughChannel(CollectionOfOne(frame)) ?? context.writeAndFlush(Self.wrapOutboundOut(frame))
         written.assumeIsolated().whenComplete { _ in
+            guard linger else {
+                channel.close(promise: nil)
+                return
+            }
             channel.close(mode: .output, promise: nil)
             channel.eventLoop.scheduleTask(in: .seconds(1)) { channel.close(promise: nil) }
         }

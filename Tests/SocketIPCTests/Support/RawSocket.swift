@@ -1,3 +1,4 @@
+import Foundation
 import NIOPosix
 
 #if canImport(Glibc)
@@ -6,8 +7,9 @@ import Glibc
 import Darwin
 #endif
 
-/// A blocking Unix domain socket client for byte-level tests, run on NIO's thread pool so that blocking calls never
-/// occupy Swift's cooperative threads. Every read has a 10 s timeout as a safety net.
+/// A blocking Unix domain socket client for byte-level tests; each blocking call runs on a thread of its own, so that
+/// it never occupies Swift's cooperative threads nor waits behind another test's call in a small shared pool (which
+/// on a 2-core machine delays a send past a test's short timeout). Every read has a 10 s timeout as a safety net.
 final class RawSocket: @unchecked Sendable {
     let descriptor: Int32
 
@@ -16,7 +18,7 @@ final class RawSocket: @unchecked Sendable {
     }
 
     static func connect(to path: String) async throws -> RawSocket {
-        try await NIOThreadPool.singleton.runIfActive {
+        try await onOwnThread {
             let descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
             var timeout = timeval(tv_sec: 10, tv_usec: 0)
             setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
@@ -31,12 +33,12 @@ final class RawSocket: @unchecked Sendable {
 
     /// Writes all of `bytes`, in pieces of `chunkSize` bytes (one `write` call each).
     func write(_ bytes: [UInt8], chunkSize: Int = .max) async throws {
-        try await NIOThreadPool.singleton.runIfActive {
+        try await onOwnThread {
             var offset = 0
             while offset < bytes.count {
                 let count = min(chunkSize, bytes.count - offset)
                 let written = bytes[offset..<(offset + count)].withUnsafeBytes {
-                    Glibc.write(self.descriptor, $0.baseAddress, count)
+                    Glibc.send(self.descriptor, $0.baseAddress, count, Int32(MSG_NOSIGNAL))
                 }
                 guard written > 0 else { throw RawSocketError.failed("write", errno) }
                 offset += written
@@ -46,7 +48,7 @@ final class RawSocket: @unchecked Sendable {
 
     /// Reads exactly `count` bytes, or fewer if EOF comes first.
     func read(exactly count: Int) async throws -> [UInt8] {
-        try await NIOThreadPool.singleton.runIfActive {
+        try await onOwnThread {
             var bytes = [UInt8](repeating: 0, count: count)
             var offset = 0
             while offset < count {
@@ -61,7 +63,7 @@ final class RawSocket: @unchecked Sendable {
 
     /// Reads until EOF.
     func readToEnd() async throws -> [UInt8] {
-        try await NIOThreadPool.singleton.runIfActive {
+        try await onOwnThread {
             var all: [UInt8] = []
             var chunk = [UInt8](repeating: 0, count: 65536)
             while true {
@@ -118,7 +120,7 @@ extension RawSocket {
     /// Writes `pieces` in order, each with one `send` (with `MSG_NOSIGNAL`: a peer that closed makes it throw, never
     /// raise `SIGPIPE`).
     func send(pieces: [[UInt8]]) async throws {
-        try await NIOThreadPool.singleton.runIfActive {
+        try await onOwnThread {
             for piece in pieces {
                 var offset = 0
                 while offset < piece.count {
@@ -135,7 +137,7 @@ extension RawSocket {
     /// Writes as much of `bytes` as the peer takes, and returns how many it took: stops once the socket has not
     /// become writable for `stalledAfterMilliseconds` (the peer stopped reading and the kernel's buffers are full).
     func sendUntilStalled(_ bytes: [UInt8], stalledAfterMilliseconds: Int32 = 1000) async throws -> Int {
-        try await NIOThreadPool.singleton.runIfActive {
+        try await onOwnThread {
             var offset = 0
             while offset < bytes.count {
                 let sent = bytes[offset...].withUnsafeBytes {
@@ -158,7 +160,7 @@ extension RawSocket {
     /// Writes all of `bytes` while reading `count` bytes, whichever the peer lets progress, so that a peer that
     /// answers as it reads never blocks either side. Returns what was read (less than `count` only at EOF).
     func send(_ bytes: [UInt8], whileReading count: Int) async throws -> [UInt8] {
-        try await NIOThreadPool.singleton.runIfActive {
+        try await onOwnThread {
             var offset = 0
             var received: [UInt8] = []
             received.reserveCapacity(count)
@@ -192,7 +194,7 @@ extension RawSocket {
     /// Reads until the peer closes: EOF, or a reset (a Unix socket closed with bytes of ours unread reports
     /// `ECONNRESET` once what it had sent is read). Fails only after 10 s of silence.
     func readUntilClosed() async throws -> [UInt8] {
-        try await NIOThreadPool.singleton.runIfActive {
+        try await onOwnThread {
             var all: [UInt8] = []
             var chunk = [UInt8](repeating: 0, count: 65536)
             while true {
@@ -208,4 +210,11 @@ extension RawSocket {
 /// The bytes of a going-away frame: length, kind 0x05, reason, text.
 func goAwayBytes(reason: UInt8, text: String) -> [UInt8] {
     frameBytes(kind: 0x05, payload: [reason] + Array(text.utf8))
+}
+
+/// Runs the blocking `body` on a new thread and returns its result.
+func onOwnThread<Value: Sendable>(_ body: @escaping @Sendable () throws -> Value) async throws -> Value {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread { continuation.resume(with: Swift.Result { try body() }) }.start()
+    }
 }
