@@ -59,7 +59,6 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
     private let options: ConnectionOptions
     private let connectionID: UInt64
     private let lifecycle: ConnectionLifecycle
-    private let authorization: AuthorizationPolicy
     private let handshakeTimeout: Duration?
     private let pausesReadingWhileUnwritable: Bool
     private let logger: Logger
@@ -77,14 +76,12 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         options: ConnectionOptions,
         connectionID: UInt64,
         lifecycle: ConnectionLifecycle,
-        authorization: AuthorizationPolicy = .allowAll,
         handshakeTimeout: Duration? = nil,
         pausesReadingWhileUnwritable: Bool = false,
         descriptor: Int32? = nil,
         logger: Logger
     ) {
         self.descriptor = descriptor
-        self.authorization = authorization
         self.handler = handler
         self.options = options
         self.decoder = FrameDecoder(maximumPayload: options.maximumMessageSize)
@@ -116,19 +113,6 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
             if let descriptor = self.descriptor, let poller = connection.busyPoller { poller.add(descriptor) }
             var hello = channel.allocator.buffer(capacity: Hello.length)
             Hello.write(into: &hello)
-            guard self.authorization.allows(peer) else {
-                // The hello and the going-away frame in one write, so that the peer reads them together and its
-                // connect call can fail with `unauthorized` instead of returning a connection that is closing.
-                self.fail(
-                    SocketIPCError(
-                        .unauthorized,
-                        "the server's authorization policy refused this peer (\(peer.map { "\($0)" } ?? "credentials unknown"))"
-                    ),
-                    context: context,
-                    after: hello
-                )
-                return
-            }
             connection.writeThroughChannel(CollectionOfOne(hello))
             guard !self.isClosed else { return }
             self.startTimers(context: context)
@@ -488,15 +472,15 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         }
     }
 
-    /// Tells the peer why (a going-away frame, written after `prefix` in the same write) and closes: the decoder met
-    /// something it cannot continue after, or the peer is not authorized.
+    /// Tells the peer why (a going-away frame) and closes: the decoder met something it cannot continue after, or the
+    /// peer's handshake timed out. (A peer the server's authorization policy refuses never gets here: the server
+    /// answers it with a ``RefusalChannelHandler``.)
     /// - Parameter linger: Whether to half-close and wait (at most 1 s) for the peer to close, so that a peer still
     ///   writing reads the going-away frame instead of failing with `EPIPE`; `false` closes once it is written, for a
     ///   peer that was silent (its handshake timed out), so that its slot is free as soon as it sees the close.
     private func fail(
         _ error: SocketIPCError,
         context: ChannelHandlerContext,
-        after prefix: ByteBuffer? = nil,
         linger: Bool = true
     ) {
         self.failure = error
@@ -505,7 +489,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
             error.code == .timedOut ? "closing connection: handshake timeout" : "closing connection after a protocol error",
             metadata: ["socketipc.connection": "\(self.connectionID)", "error": "\(error)"]
         )
-        var frame = prefix ?? context.channel.allocator.buffer(capacity: 64)
+        var frame = context.channel.allocator.buffer(capacity: 64)
         frame.writeFrame(.goAway(GoAwayReason(code: error.code), message: error.message))
         self.connection?.flushPendingWrites()
         // Half-close and linger briefly instead of closing at once: a peer still writing would otherwise get EPIPE

@@ -26,7 +26,6 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
 
     private let kind: EOFMessageHandler.Kind
     private var messageContext: EOFMessageContext
-    private let authorization: AuthorizationPolicy
     private let timeLimit: Duration
     private var message: ByteBuffer?
     private var done = false
@@ -44,7 +43,6 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
         kind: EOFMessageHandler.Kind,
         context: EOFMessageContext,
         initialBytes: ByteBuffer? = nil,
-        authorization: AuthorizationPolicy,
         timeLimit: Duration,
         descriptor: Int32? = nil
     ) {
@@ -52,7 +50,6 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
         self.message = initialBytes
         self.kind = kind
         self.messageContext = context
-        self.authorization = authorization
         self.timeLimit = timeLimit
     }
 
@@ -92,15 +89,6 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
     func channelActive(context: ChannelHandlerContext) {
         PeerCredentials.read(from: context.channel).assumeIsolated().whenSuccess { peer in
             self.messageContext.peer = peer
-            if !self.authorization.allows(peer) {
-                self.messageContext.logger.notice(
-                    "authorization policy refused the peer",
-                    metadata: ["socketipc.peer": "\(peer.map { "\($0)" } ?? "unknown")"]
-                )
-                self.done = true
-                self.timer?.cancel()
-                context.close(promise: nil)
-            }
         }
         context.fireChannelActive()
     }

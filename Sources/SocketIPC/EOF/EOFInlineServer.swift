@@ -32,19 +32,12 @@ enum EOFInlineServer {
         maximumSize: Int,
         body: @Sendable (ByteBuffer, EOFMessageContext) throws -> ByteBuffer?,
         connectionID: UInt64,
-        authorization: AuthorizationPolicy,
         logger: Logger,
         timeLimit: Duration = .seconds(10),
         reportFailure: @Sendable (SocketIPCError) -> Void = { _ in }
     ) -> Outcome {
-        // Refuse before reading: an unauthorized peer costs no read and no buffer, and the bytes it sent are still
-        // unread when the socket closes, so its read fails with `ECONNRESET` instead of seeing a clean end.
+        // (The server has applied its authorization policy already, before handing the connection here.)
         let peer = PeerCredentials.read(descriptor: descriptor)
-        guard authorization.allows(peer) else {
-            logger.notice("authorization policy refused the peer", metadata: ["socketipc.connection": "\(connectionID)"])
-            close(descriptor)
-            return .served
-        }
         // Reads at most `maximumSize` bytes; then one byte more is only peeked at, so that a message over the
         // maximum leaves bytes unread and the client's read fails with `ECONNRESET` instead of a clean end.
         // The buffer grows by doubling: at most about 2 bytes of memory per byte received.

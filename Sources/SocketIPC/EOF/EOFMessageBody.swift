@@ -71,7 +71,6 @@ final class EOFStreamingChannelHandler: ChannelInboundHandler, RemovableChannelH
 
     private let body: @Sendable (EOFMessageBody, EOFMessageContext) async throws -> ByteBuffer?
     private var messageContext: EOFMessageContext
-    private let authorization: AuthorizationPolicy
     private let timeLimit: Duration
     private var source: EOFMessageBody.Producer.Source?
     private var wantsMore = true
@@ -83,12 +82,10 @@ final class EOFStreamingChannelHandler: ChannelInboundHandler, RemovableChannelH
     init(
         body: @escaping @Sendable (EOFMessageBody, EOFMessageContext) async throws -> ByteBuffer?,
         context: EOFMessageContext,
-        authorization: AuthorizationPolicy,
         timeLimit: Duration
     ) {
         self.body = body
         self.messageContext = context
-        self.authorization = authorization
         self.timeLimit = timeLimit
     }
 
@@ -142,11 +139,6 @@ final class EOFStreamingChannelHandler: ChannelInboundHandler, RemovableChannelH
         let channel = context.channel
         PeerCredentials.read(from: channel).assumeIsolated().whenSuccess { peer in
             self.messageContext.peer = peer
-            guard self.authorization.allows(peer) else {
-                self.messageContext.logger.notice("authorization policy refused the peer")
-                context.close(promise: nil)
-                return
-            }
             let made = EOFMessageBody.Producer.makeSequence(
                 backPressureStrategy: .init(lowWatermark: 2, highWatermark: 8),
                 finishOnDeinit: false,

@@ -62,7 +62,6 @@ public struct EOFMessageHandler: Sendable {
         on channel: any Channel,
         connectionID: UInt64,
         initialBytes: ByteBuffer? = nil,
-        authorization: AuthorizationPolicy,
         logger: Logger,
         timeLimit: Duration = .seconds(10),
         descriptor: Int32? = nil,
@@ -79,7 +78,6 @@ public struct EOFMessageHandler: Sendable {
                     kind: self.kind,
                     context: context,
                     initialBytes: initialBytes,
-                    authorization: authorization,
                     timeLimit: timeLimit,
                     descriptor: descriptor
                 )
@@ -90,7 +88,6 @@ public struct EOFMessageHandler: Sendable {
                 EOFStreamingChannelHandler(
                     body: body,
                     context: context,
-                    authorization: authorization,
                     timeLimit: timeLimit
                 )
             )

@@ -102,8 +102,6 @@ public final class Server: Service, Sendable {
     ) -> Server {
         let options = configuration.connection
         let metrics = ServerMetrics(factory: configuration.metricsFactory ?? MetricsSystem.factory)
-        // The server applies the authorization policy itself when it accepts (see `accept`).
-        let authorization = AuthorizationPolicy.anyone
         return Server(
             configuration: configuration,
             metrics: metrics,
@@ -117,7 +115,6 @@ public final class Server: Service, Sendable {
                 options: options,
                 connectionID: id,
                 lifecycle: lifecycle,
-                authorization: authorization,
                 handshakeTimeout: configuration.handshakeTimeout,
                 pausesReadingWhileUnwritable: true,
                 descriptor: descriptor,
@@ -141,8 +138,6 @@ public final class Server: Service, Sendable {
         handler: EOFMessageHandler
     ) -> Server {
         let metrics = ServerMetrics(factory: configuration.metricsFactory ?? MetricsSystem.factory)
-        // The server applies the authorization policy itself when it accepts (see `accept`).
-        let authorization = AuthorizationPolicy.anyone
         // For the EOF style the handshake is the whole message: the client must half-close within this limit.
         let timeLimit = configuration.handshakeTimeout
         var serveInline: (@Sendable (Int32, UInt64, Logger) -> EOFInlineServer.Outcome)?
@@ -153,7 +148,6 @@ public final class Server: Service, Sendable {
                     maximumSize: maximumSize,
                     body: body,
                     connectionID: id,
-                    authorization: authorization,
                     logger: logger,
                     timeLimit: timeLimit,
                     reportFailure: { metrics.connectionFailed($0) }
@@ -172,7 +166,6 @@ public final class Server: Service, Sendable {
                 on: channel,
                 connectionID: id,
                 initialBytes: initialBytes,
-                authorization: authorization,
                 logger: logger,
                 timeLimit: timeLimit,
                 descriptor: descriptor,
