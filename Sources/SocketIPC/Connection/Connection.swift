@@ -504,17 +504,8 @@ extension Connection {
     /// - Returns: Whether all of it was written; if not, `buffer` holds the rest.
     private static func writeWithoutBlocking(_ buffer: inout ByteBuffer, to descriptor: Int32) -> Bool {
         #if os(Linux)
-        while buffer.readableBytes > 0 {
-            let written = buffer.withUnsafeReadableBytes { systemSend(descriptor, $0.baseAddress, $0.count, systemNoSignal) }
-            if written > 0 {
-                buffer.moveReaderIndex(forwardBy: written)
-            } else if written < 0 && errno == EINTR {
-                continue
-            } else {
-                return false  // EAGAIN, or an error the channel meets again and reports
-            }
-        }
-        return true
+        // EAGAIN, or an error the channel meets again and reports: the rest goes through the channel.
+        return SocketSend.sendAll(descriptor, from: &buffer) == .done
         #else
         return false
         #endif

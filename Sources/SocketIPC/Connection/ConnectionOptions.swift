@@ -11,9 +11,12 @@ public struct ConnectionOptions: Sendable {
     /// How many bytes may wait in the connection's write queue before ``Connection/send(_:)`` and
     /// ``Connection/request(_:timeout:)`` suspend until the peer reads; default 256 KiB.
     public var writeBufferHighWatermark: Int = 256 * 1024
-    /// The most requests from the peer that may wait for their reply at once; past it the connection stops reading
-    /// (the kernel then pushes back on the peer) until some are answered. Default 100 (HTTP/2's recommended
+    /// The most requests from the peer that may wait for their reply at once; default 100 (HTTP/2's recommended
     /// minimum of `SETTINGS_MAX_CONCURRENT_STREAMS`, RFC 9113 §6.5.2).
+    ///
+    /// Past it no further request or message is handed to the handler until one is answered. Replies to this side's
+    /// own requests keep being read meanwhile (a handler may be waiting for one); once 1 MiB of other frames is kept
+    /// unread, the connection stops reading and the kernel pushes back on the peer.
     public var maximumConcurrentRequests = 100
     /// How long a connection may stay idle (no frame received, no request in flight either way) before this side
     /// says it is going away and closes it; `nil`, the default, never closes an idle connection. (gRPC's
