@@ -51,6 +51,29 @@ struct ReadBoundaryTests {
         }
     }
 
+    @Test("a maximum of Int.max means the largest payload a frame can carry: requests are served, and no length overflows")
+    func unlimitedMaximum() async throws {
+        try await withTemporaryDirectory { directory in
+            let path = directory + "/unlimited.sock"
+            try await withFramedServer(
+                path: path,
+                configure: { $0.connection.maximumMessageSize = .max },
+                makeHandler: { EchoHandler() }
+            ) { _ in
+                var options = ClientConfiguration()
+                options.connection.maximumMessageSize = .max
+                let reply = try await Client.withConnection(to: path, configuration: options) { connection in
+                    try await connection.request(ByteBuffer(string: "hi"))
+                }
+                #expect(String(buffer: reply) == "hi")
+                // The largest length field there is, for a message (1-byte header): a payload of 4 GiB - 2 bytes,
+                // more than any frame may carry (4 GiB - 6), refused at the kind byte.
+                let received = try await Self.exchange(path: path, [0xff, 0xff, 0xff, 0xff, 0x01], splitAt: 4)
+                #expect(try Self.goAwayReason(in: received) == 0x02)
+            }
+        }
+    }
+
     @Test("with the default maximum, a message of length 0x01000002 is refused at its kind byte", arguments: 1...4)
     func defaultMaximumAtKindByte(split: Int) async throws {
         try await withTemporaryDirectory { directory in

@@ -204,8 +204,8 @@ public final class Connection: Sendable {
     // MARK: - Replies (used by `Reply`)
 
     func sendReply(id: UInt32, payload: ByteBuffer) {
-        if payload.readableBytes > self.options.maximumMessageSize {
-            let message = "the reply of \(payload.readableBytes) bytes exceeds the maximum of \(self.options.maximumMessageSize)"
+        if payload.readableBytes > self.options.effectiveMaximumMessageSize {
+            let message = "the reply of \(payload.readableBytes) bytes exceeds the maximum of \(self.options.effectiveMaximumMessageSize)"
             self.sendErrorReply(id: id, message: message)
             return
         }
@@ -249,7 +249,7 @@ public final class Connection: Sendable {
 
     @inline(__always)
     private func checkSize(_ payload: ByteBuffer, what: StaticString) throws {
-        guard payload.readableBytes <= self.options.maximumMessageSize else {
+        guard payload.readableBytes <= self.options.effectiveMaximumMessageSize else {
             throw self.tooLarge(payload.readableBytes, what: what)
         }
     }
@@ -258,7 +258,7 @@ public final class Connection: Sendable {
     private func tooLarge(_ size: Int, what: StaticString) -> SocketIPCError {
         SocketIPCError(
             .messageTooLarge,
-            "the \(what) of \(size) bytes exceeds the maximum of \(self.options.maximumMessageSize) bytes "
+            "the \(what) of \(size) bytes exceeds the maximum of \(self.options.effectiveMaximumMessageSize) bytes "
                 + "(ConnectionOptions.maximumMessageSize)"
         )
     }

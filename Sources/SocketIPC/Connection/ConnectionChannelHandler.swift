@@ -84,7 +84,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         self.descriptor = descriptor
         self.handler = handler
         self.options = options
-        self.decoder = FrameDecoder(maximumPayload: options.maximumMessageSize)
+        self.decoder = FrameDecoder(maximumPayload: options.effectiveMaximumMessageSize)
         self.connectionID = connectionID
         self.lifecycle = lifecycle
         self.handshakeTimeout = handshakeTimeout

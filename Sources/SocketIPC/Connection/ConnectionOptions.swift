@@ -6,8 +6,16 @@ public struct ConnectionOptions: Sendable {
     ///
     /// A larger outgoing payload is refused with `messageTooLarge` before anything is sent. A peer that announces a
     /// larger incoming frame gets a going-away frame saying so and the connection closes; its bytes are never
-    /// buffered.
+    /// buffered. A frame's 32-bit length field caps any payload at 4 GiB − 6 bytes; a larger value (or `Int.max`)
+    /// means that.
     public var maximumMessageSize: Int = 16 * 1024 * 1024
+
+    /// The most any frame can carry: the 32-bit length field counts the payload and a header of up to 5 bytes.
+    static let largestPayload = Int(UInt32.max) - 5
+
+    /// ``maximumMessageSize`` as the codec applies it: a larger value (`Int.max` for "no limit") means the largest
+    /// payload a frame can carry, 4 GiB − 6 bytes.
+    var effectiveMaximumMessageSize: Int { min(max(self.maximumMessageSize, 0), Self.largestPayload) }
     /// How many bytes may wait in the connection's write queue before ``Connection/send(_:)`` and
     /// ``Connection/request(_:timeout:)`` suspend until the peer reads; default 256 KiB.
     public var writeBufferHighWatermark: Int = 256 * 1024

@@ -10,8 +10,10 @@ struct FrameDecoder {
     let maximumPayload: Int
     private var awaitingHello = true
 
+    /// - Parameter maximumPayload: The largest payload accepted, in bytes; clamped to what a frame can carry
+    ///   (4 GiB − 6 bytes), so that no arithmetic on it can overflow.
     init(maximumPayload: Int) {
-        self.maximumPayload = maximumPayload
+        self.maximumPayload = min(max(maximumPayload, 0), Int(UInt32.max) - 5)
     }
 
     /// Whether the peer's hello has been read and accepted.
