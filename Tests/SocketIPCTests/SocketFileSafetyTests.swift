@@ -117,6 +117,22 @@ struct SocketFileSafetyTests {
         }
     }
 
+    @Test("a hard link to another file of this user at the lock path is refused, and that file is not written")
+    func hardLinkAtLockPath() async throws {
+        try await withTemporaryDirectory { directory in
+            let path = directory + "/linked.sock"
+            let target = directory + "/config"
+            try Data("precious".utf8).write(to: URL(fileURLWithPath: target))
+            #expect(link(target, path + ".lock") == 0)
+            let server = Server.framed(configuration: .init(path: path), logger: testLogger) { EchoHandler() }
+            let error = await #expect(throws: SocketIPCError.self) { try await server.run() }
+            #expect(error?.code == .pathOccupied)
+            #expect(error?.message.contains("hard links") == true)
+            #expect(try String(contentsOfFile: target, encoding: .utf8) == "precious")
+            #expect(fileStatus(path) == nil)
+        }
+    }
+
     @Test("the socket has exactly the configured mode, and the private directory it was bound in is gone",
           arguments: [UInt16(0o600), 0o640, 0o660, 0o666, 0o700])
     func exactMode(mode: UInt16) async throws {

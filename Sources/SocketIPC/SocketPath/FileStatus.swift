@@ -21,6 +21,8 @@ struct FileStatus {
     let permissions: mode_t
     /// The owner's user id.
     let owner: uid_t
+    /// How many names (hard links) the file has.
+    let linkCount: UInt64
 
     init(_ info: stat) {
         self.identity = Identity(
@@ -30,6 +32,7 @@ struct FileStatus {
         self.type = info.st_mode & S_IFMT
         self.permissions = info.st_mode & 0o7777
         self.owner = info.st_uid
+        self.linkCount = UInt64(truncatingIfNeeded: info.st_nlink)
     }
 
     var isDirectory: Bool { self.type == S_IFDIR }

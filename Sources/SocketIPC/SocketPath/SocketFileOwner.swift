@@ -201,6 +201,16 @@ final class SocketFileOwner {
                 path: path.path
             )
         }
+        // A second name for the file means someone linked another file of ours to the lock path (possible where
+        // `fs.protected_hardlinks` is off): writing our pid into it would overwrite that file.
+        guard status.linkCount == 1 else {
+            throw SocketIPCError(
+                .pathOccupied,
+                "the lock file \(lockPath) has \(status.linkCount) names (hard links), so it may be another file of "
+                    + "this user; it was left untouched: remove it or choose another path",
+                path: path.path
+            )
+        }
     }
 
     /// Removes a socket file of this user that nobody listens on; refuses anything that is not a socket, a socket
