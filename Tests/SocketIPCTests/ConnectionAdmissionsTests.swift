@@ -1,3 +1,4 @@
+import NIOCore
 import Testing
 
 @testable import SocketIPC
@@ -64,5 +65,22 @@ struct ConnectionAdmissionsTests {
         _ = admissions.closed(2)
         _ = admissions.closed(4)
         #expect(admissions.count == 2)
+    }
+
+    @Test("a parked connection whose handshake time is up is forgotten, once; a served one is not expired")
+    func expiry() {
+        var admissions = ConnectionAdmissions(maximumConnections: 10, maximumConnectionsPerUser: 10, maximumPendingHandshakesPerUser: 1)
+        _ = admissions.admit(1, descriptor: 11, peer: Self.peer(7))
+        _ = admissions.admit(2, descriptor: 12, peer: Self.peer(7), handshakeDeadline: .uptimeNanoseconds(5))
+        _ = admissions.admit(3, descriptor: 13, peer: Self.peer(7))
+        #expect(admissions.expireParked(1) == nil, "a served connection is timed by its handler")
+        let expired = admissions.expireParked(2)
+        #expect(expired?.descriptor == 12)
+        #expect(expired?.handshakeDeadline == .uptimeNanoseconds(5))
+        #expect(admissions.expireParked(2) == nil)
+        #expect(admissions.count == 2)
+        // The next parked one keeps its place: it is the one a finished handshake hands out.
+        #expect(admissions.handshakeEnded(1)?.id == 3)
+        #expect(admissions.expireParked(3) == nil, "no longer parked")
     }
 }

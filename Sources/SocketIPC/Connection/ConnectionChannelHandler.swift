@@ -3,6 +3,9 @@ import NIOCore
 
 /// Callbacks a connection's owner (the server's registry, the client's connect call) gets from its channel handler.
 struct ConnectionLifecycle: Sendable {
+    /// When the peer's handshake must be complete, if the owner set a deadline (the server: its handshake timeout
+    /// after accepting the connection); otherwise the handler's handshake timeout counts from when it is active.
+    var handshakeDeadline: NIODeadline? = nil
     /// Called on the event loop once the peer's hello has arrived.
     var handshakeCompleted: @Sendable (Connection) -> Void = { _ in }
     /// Called on the event loop when the connection opened (before the peer's hello).
@@ -375,7 +378,9 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
     private func startTimers(context: ChannelHandlerContext) {
         let loop = context.eventLoop.assumeIsolated()
         if let timeout = self.handshakeTimeout, !self.handshakeDone {
-            self.handshakeTimer = loop.scheduleTask(in: .init(timeout)) {
+            // The server's clock started when it accepted the connection, which may have waited for a slot since.
+            let deadline = self.lifecycle.handshakeDeadline ?? .now() + .init(timeout)
+            self.handshakeTimer = loop.scheduleTask(deadline: deadline) {
                 self.handshakeTimer = nil
                 guard !self.handshakeDone, !self.isClosed, self.failure == nil else { return }
                 self.fail(

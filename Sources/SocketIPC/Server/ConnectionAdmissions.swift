@@ -1,3 +1,5 @@
+import NIOCore
+
 /// The server's count of its connections, by user, against its limits: which new connection is admitted, which
 /// waits, and which is refused. A value without I/O; the server keeps it under its lock.
 ///
@@ -7,7 +9,8 @@
 ///   EOF-style message not yet in). A connection beyond it is *parked*: accepted but not read from, until one of the
 ///   same user's handshakes ends (completed, timed out or closed). A burst of honest connections is then served in
 ///   turn instead of refused, while one user's silent connections hold only that user's slots. Parked connections
-///   count against the connection limits.
+///   count against the connection limits, and their handshake time counts from when they were accepted
+///   (``expireParked(_:)``).
 struct ConnectionAdmissions {
     /// A user id, or `nil` for peers whose credentials are unknown (they share one count).
     typealias User = UInt32?
@@ -17,6 +20,8 @@ struct ConnectionAdmissions {
         var id: UInt64
         var descriptor: Int32
         var peer: PeerCredentials?
+        /// When its handshake time is up, counted from when it was accepted.
+        var handshakeDeadline: NIODeadline = .distantFuture
     }
 
     /// Why a new connection is closed at once.
@@ -70,11 +75,13 @@ struct ConnectionAdmissions {
     /// Counts a new connection of `peer`'s user.
     /// - Parameter handshaking: Whether it is to count as handshaking (a connection that is only told it is
     ///   refused does not); one that is not is never parked.
+    /// - Parameter handshakeDeadline: When the connection's handshake time is up, kept for a parked connection.
     mutating func admit(
         _ id: UInt64,
         descriptor: Int32,
         peer: PeerCredentials?,
-        handshaking: Bool = true
+        handshaking: Bool = true,
+        handshakeDeadline: NIODeadline = .distantFuture
     ) -> Decision {
         guard self.entries.count < self.maximumConnections else { return .refused(.maximumConnections) }
         let user = peer?.userID
@@ -87,7 +94,7 @@ struct ConnectionAdmissions {
             return .admitted
         }
         guard count.handshaking < self.maximumPendingHandshakesPerUser else {
-            count.parked.append(Parked(id: id, descriptor: descriptor, peer: peer))
+            count.parked.append(Parked(id: id, descriptor: descriptor, peer: peer, handshakeDeadline: handshakeDeadline))
             self.entries[id] = Entry(user: user, handshaking: false)
             return .parked
         }
@@ -116,6 +123,20 @@ struct ConnectionAdmissions {
         count.parked.removeAll { $0.id == id }
         self.users[entry.user] = count.open == 0 ? nil : count
         return (true, entry.handshaking ? self.unpark(entry.user) : nil)
+    }
+
+    /// Forgets a connection that is still parked when its handshake time is up (it counts from when it was
+    /// accepted, so waiting in the park does not extend it).
+    /// - Returns: The connection, to close; `nil` if it is not parked (any more).
+    mutating func expireParked(_ id: UInt64) -> Parked? {
+        guard let entry = self.entries[id], !entry.handshaking,
+            let index = self.users[entry.user]?.parked.firstIndex(where: { $0.id == id })
+        else { return nil }
+        let parked = self.users[entry.user]!.parked.remove(at: index)
+        self.entries[id] = nil
+        self.users[entry.user]!.open -= 1
+        if self.users[entry.user]!.open == 0 { self.users[entry.user] = nil }
+        return parked
     }
 
     /// Every parked connection, for a server that shuts down; they stay counted until ``closed(_:)``.

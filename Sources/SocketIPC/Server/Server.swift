@@ -162,12 +162,14 @@ public final class Server: Service, Sendable {
             onServerRunning: onServerRunning,
             serveInline: serveInline
         ) { channel, id, descriptor, initialBytes, lifecycle, logger in
+            // What is left of the time limit, which counts from when the server accepted the connection.
+            let left = lifecycle.handshakeDeadline.map { Duration.nanoseconds(max(0, ($0 - .now()).nanoseconds)) }
             try handler.install(
                 on: channel,
                 connectionID: id,
                 initialBytes: initialBytes,
                 logger: logger,
-                timeLimit: timeLimit,
+                timeLimit: min(timeLimit, left ?? timeLimit),
                 descriptor: descriptor,
                 reportFailure: { metrics.connectionFailed($0) }
             )
@@ -258,22 +260,32 @@ public final class Server: Service, Sendable {
         }
         // A refused framed peer is told why on a channel that lingers for a moment: it counts against the limits
         // like any connection, but never as a pending handshake.
+        // The handshake time counts from now, also for a connection that first waits for a handshake slot.
+        let handshakeDeadline = NIODeadline.now() + .init(self.configuration.handshakeTimeout)
         let admission = self.state.withLock { state -> ConnectionAdmissions.Decision? in
             guard state.phase == .running else { return nil }
-            return state.admissions.admit(id, descriptor: descriptor, peer: peer, handshaking: decision.isAllowed)
+            return state.admissions.admit(
+                id,
+                descriptor: descriptor,
+                peer: peer,
+                handshaking: decision.isAllowed,
+                handshakeDeadline: handshakeDeadline
+            )
         }
         switch admission {
         case .admitted:
             self.metrics.accepted.increment()
             self.metrics.active.increment()
             if decision.isAllowed {
-                self.serve(descriptor, id: id, group: group)
+                self.serve(descriptor, id: id, group: group, handshakeDeadline: handshakeDeadline)
             } else {
                 self.refuseUnauthorized(descriptor, id: id, peer: peer, group: group)
             }
         case .parked:
             self.metrics.accepted.increment()
             self.metrics.active.increment()
+            // A connection still parked when its handshake time is up is closed unserved.
+            group.any().scheduleTask(deadline: handshakeDeadline) { self.parkedHandshakeTimedOut(id) }
         case .refused(let refusal):
             self.refuse(descriptor, id: id, peer: peer, reason: "\(refusal)")
         case nil:
@@ -288,7 +300,12 @@ public final class Server: Service, Sendable {
     }
 
     /// Serves an admitted connection: on this thread if the EOF-style inline server can, else on a channel.
-    private func serve(_ descriptor: Int32, id: UInt64, group: MultiThreadedEventLoopGroup) {
+    private func serve(
+        _ descriptor: Int32,
+        id: UInt64,
+        group: MultiThreadedEventLoopGroup,
+        handshakeDeadline: NIODeadline
+    ) {
         var initialBytes: ByteBuffer?
         if let serveInline = self.serveInline {
             switch serveInline(descriptor, id, self.logger) {
@@ -301,6 +318,7 @@ public final class Server: Service, Sendable {
         }
         let handedOffBytes = initialBytes
         let lifecycle = ConnectionLifecycle(
+            handshakeDeadline: handshakeDeadline,
             handshakeCompleted: { _ in self.handshakeCompleted(id) },
             opened: { connection in
                 let goAwayNow = self.state.withLock { state -> Bool in
@@ -339,8 +357,36 @@ public final class Server: Service, Sendable {
         if let next { self.serveParked(next) }
     }
 
+    /// Closes a connection that is still parked when its handshake time is up.
+    private func parkedHandshakeTimedOut(_ id: UInt64) {
+        guard let parked = self.state.withLock({ $0.admissions.expireParked(id) }) else { return }
+        self.closeUnserved(parked)
+        self.metrics.active.decrement()
+    }
+
+    /// Serves a connection that waited for a handshake slot; one whose handshake time ran out meanwhile is closed
+    /// instead, and its slot goes to the next.
     private func serveParked(_ parked: ConnectionAdmissions.Parked) {
-        self.serve(parked.descriptor, id: parked.id, group: MultiThreadedEventLoopGroup.singleton)
+        guard parked.handshakeDeadline <= .now() else {
+            let group = MultiThreadedEventLoopGroup.singleton
+            self.serve(parked.descriptor, id: parked.id, group: group, handshakeDeadline: parked.handshakeDeadline)
+            return
+        }
+        self.closeUnserved(parked)
+        self.channelClosed(parked.id)  // forgets it, and serves the next parked connection of its user, if any
+    }
+
+    /// Closes a parked connection whose handshake time is up, unserved.
+    private func closeUnserved(_ parked: ConnectionAdmissions.Parked) {
+        close(parked.descriptor)
+        self.metrics.connectionFailed(
+            SocketIPCError(.timedOut, "the connection's handshake time ran out while it waited for a handshake slot")
+        )
+        self.refusalLogger.log(
+            level: .notice,
+            "closing connection: its handshake time ran out while it waited for a handshake slot",
+            metadata: Self.metadata(parked.id, parked.peer)
+        )
     }
 
     /// Refuses a peer the authorization policy refused: an EOF-style one is closed before anything is read; a
