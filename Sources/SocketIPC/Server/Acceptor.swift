@@ -24,17 +24,13 @@ final class Acceptor: @unchecked Sendable {
     /// Wakes the accepting thread from a back-off wait when the acceptor stops.
     private let wakeUp = NSCondition()
 
-    /// The shortest and longest wait after `accept` failed for lack of descriptors or memory.
-    static let backoffRange: ClosedRange<Duration> = .milliseconds(1) ... .seconds(1)
-    /// How often a failure that goes on is summarised in the log.
-    static let summaryInterval: Duration = .seconds(10)
 
     /// - Parameters:
     ///   - descriptor: A bound, listening socket; the acceptor closes it when it stops.
     ///   - eventLoop: Where ``finished`` completes.
     ///   - onAccept: Called on the accepting thread with each new non-blocking socket, which it then owns.
-    ///   - logger: Where running out of descriptors (or memory) is reported: once when it starts, then every
-    ///     ``summaryInterval`` while it lasts, then once more with a count when accepting works again.
+    ///   - logger: Where running out of descriptors (or memory) is reported, at most once per
+    ///     ``AcceptBackoff/reportInterval`` for failing and once for recovering, with counts.
     ///   - onError: Called for an error that ends accepting.
     init(
         descriptor: Int32,
@@ -73,11 +69,11 @@ final class Acceptor: @unchecked Sendable {
             close(self.descriptor)
             self.finished.succeed()
         }
-        var exhaustion: Exhaustion?
+        var backoff = AcceptBackoff()
         while !self.stopping.load(ordering: .acquiring) {
             let accepted = Self.acceptNonBlocking(self.descriptor)
             if accepted >= 0 {
-                if let ended = exhaustion.take() { ended.logRecovery(to: self.logger) }
+                if let report = backoff.succeeded() { self.log(report) }
                 if self.stopping.load(ordering: .acquiring) {
                     close(accepted)
                     return
@@ -91,22 +87,33 @@ final class Acceptor: @unchecked Sendable {
                 continue
             case EMFILE, ENFILE, ENOBUFS, ENOMEM:
                 // Out of descriptors or memory: the pending connections stay in the kernel's backlog. Back off
-                // exponentially instead of spinning on the error, and log the episode, not every failure.
-                if exhaustion == nil {
-                    exhaustion = Exhaustion(errno: code)
-                    self.logger.error(
-                        "accepting connections failed; backing off until descriptors or memory are free",
-                        metadata: ["error": "\(SocketIPCError.systemCall("accept", errno: code))"]
-                    )
-                }
-                let delay = exhaustion!.failed(logTo: self.logger)
-                self.wait(delay)
+                // instead of spinning on the error, and log the episodes, not every failure.
+                let (wait, report) = backoff.failed(errno: code)
+                if let report { self.log(report) }
+                self.wait(wait)
             default:
                 if !self.stopping.load(ordering: .acquiring) {
                     self.onError(SocketIPCError.systemCall("accept", errno: code))
                 }
                 return
             }
+        }
+    }
+
+    private func log(_ report: AcceptBackoff.Report) {
+        switch report {
+        case .failing(let code, let failures, let first):
+            self.logger.error(
+                first
+                    ? "accepting connections failed; backing off until descriptors or memory are free"
+                    : "accepting connections still fails",
+                metadata: [
+                    "error": "\(SocketIPCError.systemCall("accept", errno: code))",
+                    "failures": "\(failures)",
+                ]
+            )
+        case .recovered(let failures):
+            self.logger.notice("accepting connections again", metadata: ["failures": "\(failures)"])
         }
     }
 
@@ -117,49 +124,6 @@ final class Acceptor: @unchecked Sendable {
         self.wakeUp.lock()
         while !self.stopping.load(ordering: .acquiring), self.wakeUp.wait(until: deadline) {}
         self.wakeUp.unlock()
-    }
-
-    /// One episode of `accept` failing for lack of resources: its failures, and the next back-off.
-    private struct Exhaustion {
-        let errno: Int32
-        let started = ContinuousClock.now
-        var failures = 0
-        var backoff = Acceptor.backoffRange.lowerBound
-        var lastSummary = ContinuousClock.now
-        var failuresAtLastSummary = 0
-
-        init(errno: Int32) { self.errno = errno }
-
-        /// Counts a failure; returns how long to wait before the next `accept`.
-        mutating func failed(logTo logger: Logger) -> Duration {
-            self.failures += 1
-            let now = ContinuousClock.now
-            if now - self.lastSummary >= Acceptor.summaryInterval {
-                logger.error(
-                    "accepting connections still fails",
-                    metadata: [
-                        "error": "\(errnoDescription(self.errno))",
-                        "failures": "\(self.failures - self.failuresAtLastSummary)",
-                        "since": "\(now - self.lastSummary)",
-                    ]
-                )
-                self.lastSummary = now
-                self.failuresAtLastSummary = self.failures
-            }
-            defer { self.backoff = min(self.backoff * 2, Acceptor.backoffRange.upperBound) }
-            return self.backoff
-        }
-
-        func logRecovery(to logger: Logger) {
-            logger.notice(
-                "accepting connections again",
-                metadata: [
-                    "error": "\(errnoDescription(self.errno))",
-                    "failures": "\(self.failures)",
-                    "duration": "\(ContinuousClock.now - self.started)",
-                ]
-            )
-        }
     }
 
     private static func acceptNonBlocking(_ descriptor: Int32) -> Int32 {

@@ -57,8 +57,8 @@ struct ConnectionAdmissions {
         var parked: [Parked] = []
     }
 
-    let maximumConnections: Int
-    let maximumConnectionsPerUser: Int
+    private(set) var maximumConnections: Int
+    private(set) var maximumConnectionsPerUser: Int
     let maximumPendingHandshakesPerUser: Int
     private var entries: [UInt64: Entry] = [:]
     private var users: [User: UserCount] = [:]
@@ -67,6 +67,18 @@ struct ConnectionAdmissions {
         self.maximumConnections = maximumConnections
         self.maximumConnectionsPerUser = maximumConnectionsPerUser
         self.maximumPendingHandshakesPerUser = maximumPendingHandshakesPerUser
+    }
+
+    /// Lowers the connection limits to what `limit` can hold: all its connections in all, half of them for one user.
+    /// - Returns: Whether a limit was lowered.
+    mutating func fit(_ limit: DescriptorLimit) -> Bool {
+        let total = min(self.maximumConnections, limit.connections)
+        let perUser = min(self.maximumConnectionsPerUser, max(1, total / 2))
+        defer {
+            self.maximumConnections = total
+            self.maximumConnectionsPerUser = perUser
+        }
+        return total != self.maximumConnections || perUser != self.maximumConnectionsPerUser
     }
 
     /// Connections counted: served, handshaking and parked.

@@ -189,6 +189,7 @@ public final class Server: Service, Sendable {
             }
             state.phase = .running
         }
+        self.fitLimitsToDescriptors()
         let claim: SocketFileOwner.Claim
         do {
             claim = try SocketFileOwner.claim(
@@ -235,6 +236,29 @@ public final class Server: Service, Sendable {
         try? await acceptor.finishedFuture.get()
         self.state.withLock { $0.phase = .finished }
         self.logger.info("stopped", metadata: ["socketipc.path": "\(path)"])
+    }
+
+    /// Raises the descriptor limit as far as the connection limits need, and lowers the connection limits to what
+    /// it can hold, saying so.
+    private func fitLimitsToDescriptors() {
+        let limit = DescriptorLimit.raise(toFit: self.configuration.maximumConnections)
+        if limit.soft > limit.previousSoft {
+            self.logger.info(
+                "raised the open file limit (RLIMIT_NOFILE) for maximumConnections",
+                metadata: ["from": "\(limit.previousSoft)", "to": "\(limit.soft)"]
+            )
+        }
+        let (lowered, total, perUser) = self.state.withLock { state in
+            (state.admissions.fit(limit), state.admissions.maximumConnections, state.admissions.maximumConnectionsPerUser)
+        }
+        guard lowered else { return }
+        self.logger.warning(
+            """
+            the open file limit (RLIMIT_NOFILE) is too low for the connection limits: serving at most \(total) \
+            connections, \(perUser) per user; raise the limit (ulimit -n, LimitNOFILE=) to serve more
+            """,
+            metadata: ["limit": "\(limit.soft)"]
+        )
     }
 
     /// Starts a graceful shutdown: stop accepting, tell clients, let requests in flight finish within the grace
