@@ -110,7 +110,7 @@ struct AccessControlTests {
     @Test("one user at its connection limit with silent connections: another user is still served, and the same user again once the silent ones time out")
     func perUserLimitDoesNotLockOutOthers() async throws {
         let options = [
-            "--allow-uid", "\(otherUserID)", "--max-connections-per-user", "4", "--handshake-timeout", "0.5",
+            "--allow-uid", "\(otherUserID)", "--max-connections-per-user", "4", "--handshake-timeout", "2",
         ]
         try await self.withOpenServer(options) { path, server in
             // Four connections that never send a hello hold this user's four slots; the server accepts in the

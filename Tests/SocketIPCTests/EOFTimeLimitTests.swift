@@ -28,7 +28,7 @@ struct EOFTimeLimitTests {
             handler: handler,
             configure: {
                 // Short, yet long enough for a healthy client to be served within it on a loaded machine.
-                $0.handshakeTimeout = .seconds(1)
+                $0.handshakeTimeout = .seconds(3)
                 $0.metricsFactory = metrics
             }
         ) { path in
@@ -75,7 +75,7 @@ struct EOFTimeLimitTests {
             }
             return ByteBuffer(string: "ok")
         }
-        try await withEOFServer(handler: handler, configure: { $0.handshakeTimeout = .seconds(1) }) { path in
+        try await withEOFServer(handler: handler, configure: { $0.handshakeTimeout = .seconds(3) }) { path in
             let silent = try await RawSocket.connect(to: path)
             defer { silent.close() }
             // Under load the server may already have given up before these bytes go out: then the send fails.
@@ -92,7 +92,7 @@ struct EOFTimeLimitTests {
     func unreadAcknowledgement() async throws {
         let large = ByteBuffer(repeating: 1, count: 8 * 1024 * 1024)
         let handler = EOFMessageHandler.onEventLoop { _, _ in large }
-        try await withEOFServer(handler: handler, configure: { $0.handshakeTimeout = .seconds(1) }) { path in
+        try await withEOFServer(handler: handler, configure: { $0.handshakeTimeout = .seconds(3) }) { path in
             let reader = try await RawSocket.connect(to: path)
             defer { reader.close() }
             reader.shutdownWrite()

@@ -69,16 +69,14 @@ struct ConnectionAdmissions {
         self.maximumPendingHandshakesPerUser = maximumPendingHandshakesPerUser
     }
 
-    /// Lowers the connection limits to what `limit` can hold: all its connections in all, half of them for one user.
-    /// - Returns: Whether a limit was lowered.
+    /// Lowers the connection limits to what `limit` can hold, if it cannot hold them: its connections in all, and
+    /// half of them for one user.
+    /// - Returns: Whether the limits were lowered.
     mutating func fit(_ limit: DescriptorLimit) -> Bool {
-        let total = min(self.maximumConnections, limit.connections)
-        let perUser = min(self.maximumConnectionsPerUser, max(1, total / 2))
-        defer {
-            self.maximumConnections = total
-            self.maximumConnectionsPerUser = perUser
-        }
-        return total != self.maximumConnections || perUser != self.maximumConnectionsPerUser
+        guard limit.connections < self.maximumConnections else { return false }
+        self.maximumConnections = limit.connections
+        self.maximumConnectionsPerUser = min(self.maximumConnectionsPerUser, max(1, limit.connections / 2))
+        return true
     }
 
     /// Connections counted: served, handshaking and parked.
