@@ -490,7 +490,8 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
     ) {
         self.failure = error
         self.cumulation = nil
-        self.logger.notice(
+        // Debug only: the server logs each failed connection once, at notice and at a bounded rate.
+        self.logger.debug(
             error.code == .timedOut ? "closing connection: handshake timeout" : "closing connection after a protocol error",
             metadata: ["socketipc.connection": "\(self.connectionID)", "error": "\(error)"]
         )

@@ -68,7 +68,7 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
                 .timedOut,
                 "the message did not end (no half-close from the client) within the time limit of \(limit)"
             )
-            self.messageContext.logger.notice("closing connection: message timed out", metadata: ["error": "\(error)"])
+            self.messageContext.logger.debug("closing connection: message timed out", metadata: ["error": "\(error)"])
             self.messageContext.reportFailure(error)
             channel.close(promise: nil)
         }
@@ -139,7 +139,7 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
         self.message = nil
         self.firstReadBuffer = nil
         let error = SocketIPCError(.messageTooLarge, "the message exceeds the maximum of \(self.maximumSize) bytes")
-        self.messageContext.logger.notice("closing connection: message too large", metadata: ["error": "\(error)"])
+        self.messageContext.logger.debug("closing connection: message too large", metadata: ["error": "\(error)"])
         self.messageContext.reportFailure(error)
         context.close(promise: nil)
     }

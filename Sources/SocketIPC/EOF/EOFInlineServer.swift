@@ -60,7 +60,7 @@ enum EOFInlineServer {
             case 1... where room > 0:
                 message.moveWriterIndex(forwardBy: count)
             case 1...:
-                logger.notice(
+                logger.debug(
                     "closing connection: message too large",
                     metadata: ["socketipc.connection": "\(connectionID)", "maximum": "\(maximumSize)"]
                 )
@@ -84,7 +84,7 @@ enum EOFInlineServer {
         do {
             acknowledgement = try body(message, context)
         } catch {
-            logger.notice("message handler failed", metadata: ["socketipc.connection": "\(connectionID)", "error": "\(error)"])
+            logger.debug("message handler failed", metadata: ["socketipc.connection": "\(connectionID)", "error": "\(error)"])
             reportFailure(error as? SocketIPCError ?? SocketIPCError(.remoteError, "the message handler failed: \(error)"))
             close(descriptor)
             return .served

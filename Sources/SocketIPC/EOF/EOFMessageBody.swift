@@ -117,7 +117,7 @@ final class EOFStreamingChannelHandler: ChannelInboundHandler, RemovableChannelH
                     .timedOut,
                     "the client sent nothing for the time limit of \(self.timeLimit) while the message had not ended"
                 )
-                self.messageContext.logger.notice("closing connection: message timed out", metadata: ["error": "\(error)"])
+                self.messageContext.logger.debug("closing connection: message timed out", metadata: ["error": "\(error)"])
                 self.messageContext.reportFailure(error)
                 self.source?.finish(error)
                 self.source = nil

@@ -108,7 +108,7 @@ public struct EOFMessageContext: Sendable {
 
     /// Logs that the handler failed with `error` and reports it.
     func handlerFailed(_ error: any Error) {
-        self.logger.notice("message handler failed", metadata: ["error": "\(error)"])
+        self.logger.debug("message handler failed", metadata: ["error": "\(error)"])
         self.reportFailure(
             error as? SocketIPCError ?? SocketIPCError(.remoteError, "the message handler failed: \(error)")
         )

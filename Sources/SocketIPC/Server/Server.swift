@@ -138,6 +138,7 @@ public final class Server: Service, Sendable {
         handler: EOFMessageHandler
     ) -> Server {
         let metrics = ServerMetrics(factory: configuration.metricsFactory ?? MetricsSystem.factory)
+        let failureLog = ConnectionFailureLog(metrics: metrics, logger: logger)
         // For the EOF style the handshake is the whole message: the client must half-close within this limit.
         let timeLimit = configuration.handshakeTimeout
         var serveInline: (@Sendable (Int32, UInt64, Logger) -> EOFInlineServer.Outcome)?
@@ -150,7 +151,7 @@ public final class Server: Service, Sendable {
                     connectionID: id,
                     logger: logger,
                     timeLimit: timeLimit,
-                    reportFailure: { metrics.connectionFailed($0) }
+                    reportFailure: { failureLog.failed($0) }
                 )
             }
         }
@@ -171,7 +172,7 @@ public final class Server: Service, Sendable {
                 logger: logger,
                 timeLimit: min(timeLimit, left ?? timeLimit),
                 descriptor: descriptor,
-                reportFailure: { metrics.connectionFailed($0) }
+                reportFailure: { failureLog.failed($0) }
             )
         }
     }
@@ -351,8 +352,8 @@ public final class Server: Service, Sendable {
                 }
                 if goAwayNow { connection.goAway(.normal, message: "the server is shutting down") }
             },
-            closed: { _, error in
-                if let error { self.metrics.connectionFailed(error) }
+            closed: { connection, error in
+                if let error { self.connectionFailed(error, id: id, peer: connection.peer) }
             }
         )
         ClientBootstrap(group: group)
@@ -382,6 +383,14 @@ public final class Server: Service, Sendable {
     }
 
     /// Closes a connection that is still parked when its handshake time is up.
+    /// Counts a connection closed by an error, and logs it at `notice`, at a bounded rate.
+    private func connectionFailed(_ error: SocketIPCError, id: UInt64, peer: PeerCredentials?) {
+        self.metrics.connectionFailed(error)
+        var metadata = Self.metadata(id, peer)
+        metadata["error"] = "\(error)"
+        self.refusalLogger.log(level: .notice, "closing connection: \(error.code)", metadata: metadata)
+    }
+
     private func parkedHandshakeTimedOut(_ id: UInt64) {
         guard let parked = self.state.withLock({ $0.admissions.expireParked(id) }) else { return }
         self.closeUnserved(parked)
@@ -403,13 +412,10 @@ public final class Server: Service, Sendable {
     /// Closes a parked connection whose handshake time is up, unserved.
     private func closeUnserved(_ parked: ConnectionAdmissions.Parked) {
         close(parked.descriptor)
-        self.metrics.connectionFailed(
-            SocketIPCError(.timedOut, "the connection's handshake time ran out while it waited for a handshake slot")
-        )
-        self.refusalLogger.log(
-            level: .notice,
-            "closing connection: its handshake time ran out while it waited for a handshake slot",
-            metadata: Self.metadata(parked.id, parked.peer)
+        self.connectionFailed(
+            SocketIPCError(.timedOut, "the connection's handshake time ran out while it waited for a handshake slot"),
+            id: parked.id,
+            peer: parked.peer
         )
     }
 
