@@ -14,7 +14,7 @@ struct SendCommand: AsyncParsableCommand {
             or hex of anything else, or `no acknowledgement`. It exits 1 with `error: ...` when the message was not \
             delivered (the server closed the connection before it had read all of it: the message is over its \
             maximum, its policy refused you, or it is at its connection limit or shutting down), and when the \
-            server turns out to be a framed one ("this is a framed server ... drop --eof").
+            server turns out to be a framed one ("this is a framed server ... drop --eof"). (An empty message has no             bytes left unread to tell a refusal by: it cannot be told from one delivered.)
 
             Without --eof: connects to a framed server, sends MESSAGE (or all of standard input) as one one-way \
             message, prints `sent N bytes` and closes once it is written.

@@ -51,7 +51,9 @@ public enum Client {
                         SocketIPCError(
                             .connectionClosed,
                             "the server at \(socketPath) closed the connection before its hello: it is at a connection "
-                                + "limit, shutting down, or refused this process",
+                                + "limit, shutting down, or refused this process; or it is an EOF-style server, which "
+                                + "closes a connection whose message does not end in time (send it an EOF-style "
+                                + "message instead: socket-ipc send --eof)",
                             path: path
                         )
                     )

@@ -70,8 +70,8 @@ enum DirectorySecurity {
         throw SocketIPCError(
             .insecureDirectory,
             "\(problem); \(socketPath) was not created: use a directory only you (or root) can write, such as "
-                + "$XDG_RUNTIME_DIR, or opt out with ServerConfiguration.requiresSecureParentDirectory = false "
-                + "if you trust the directory anyway",
+                + "$XDG_RUNTIME_DIR, or opt out if you trust the directory anyway "
+                + "(ServerConfiguration.requiresSecureParentDirectory = false; socket-ipc serve --allow-insecure-directory)",
             path: socketPath.path
         )
     }

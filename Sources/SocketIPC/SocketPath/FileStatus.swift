@@ -59,7 +59,10 @@ struct FileStatus {
         case S_IFLNK: "a symbolic link"
         case S_IFREG: "a regular file"
         case S_IFSOCK: "a socket"
-        default: "a file that is not a socket"
+        case S_IFIFO: "a FIFO (named pipe)"
+        case S_IFCHR: "a character device"
+        case S_IFBLK: "a block device"
+        default: "a special file"
         }
     }
 
