@@ -66,7 +66,13 @@ func parsePermissions(_ text: String) throws -> UInt16 {
     return mode
 }
 
-/// Seconds given on the command line as a `Duration`.
+/// The longest duration the command line passes on: about 31 years, far beyond any timeout and far inside what a
+/// `Duration` of nanoseconds in 64 bits and NIO's `TimeAmount` can hold.
+let longestDuration: Double = 1_000_000_000
+
+/// Seconds given on the command line as a `Duration`; anything above ``longestDuration`` (`inf` included) is taken
+/// as that, and anything below 0 (or not a number) as 0, so that no value can overflow.
 func duration(seconds: Double) -> Duration {
-    .nanoseconds(Int64((seconds * 1_000_000_000).rounded()))
+    let clamped = seconds.isNaN ? 0 : min(max(seconds, 0), longestDuration)
+    return .nanoseconds(Int64((clamped * 1_000_000_000).rounded()))
 }

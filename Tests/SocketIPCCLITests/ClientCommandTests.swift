@@ -107,4 +107,19 @@ struct ClientCommandTests {
         }
         #expect(!result.output.contains("listen-for-push"))
     }
+
+    @Test("timeouts too large for a duration (inf, 1e300) are taken as very long, never a crash")
+    func hugeTimeouts() async throws {
+        try await withTemporaryDirectory { directory in
+            let path = directory + "/none.sock"
+            for arguments in [
+                ["probe", "--socket", path, "--timeout", "inf"],
+                ["request", "--socket", path, "--timeout", "1e300", "hi"],
+            ] {
+                let result = try await runCLI(arguments)
+                #expect(result.status == 1, "\(arguments): \(result.error)")
+                #expect(result.error.hasPrefix("error: no server at \(path)"), "\(arguments): \(result.error)")
+            }
+        }
+    }
 }
