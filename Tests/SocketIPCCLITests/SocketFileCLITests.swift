@@ -35,7 +35,7 @@ struct SocketFileCLITests {
             #expect(fileStatus(path + ".lock") == nil, "the refused server removed its own lock file")
             let client = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
             defer { close(client) }
-            #expect(withAddress(path) { connect(client, $0, $1) } == 0, "the victim still accepts connections")
+            #expect(withSocketAddress(path) { connect(client, $0, $1) } == 0, "the victim still accepts connections")
         }
     }
 
@@ -65,22 +65,10 @@ struct SocketFileCLITests {
 /// A listening socket of this process at `path` with `mode`.
 private func listeningSocket(at path: String, mode: mode_t) throws -> Int32 {
     let descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-    guard withAddress(path, { bind(descriptor, $0, $1) }) == 0, chmod(path, mode) == 0, listen(descriptor, 8) == 0
+    guard withSocketAddress(path, { bind(descriptor, $0, $1) }) == 0, chmod(path, mode) == 0, listen(descriptor, 8) == 0
     else {
         close(descriptor)
         throw POSIXError(.EADDRINUSE)
     }
     return descriptor
-}
-
-private func withAddress<Result>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> Result) -> Result {
-    var address = sockaddr_un()
-    address.sun_family = sa_family_t(AF_UNIX)
-    withUnsafeMutableBytes(of: &address.sun_path) { raw in
-        raw.copyBytes(from: path.utf8)
-        raw[path.utf8.count] = 0
-    }
-    return withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-    }
 }

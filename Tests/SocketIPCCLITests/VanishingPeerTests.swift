@@ -110,19 +110,6 @@ func connectWriteAndVanish(_ path: String, message: String) throws {
     _ = message.utf8CString.withUnsafeBufferPointer { send(descriptor, $0.baseAddress, $0.count - 1, Int32(MSG_NOSIGNAL)) }
 }
 
-/// Calls `body` with `path` as a `sockaddr_un`.
-func withSocketAddress<Result>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> Result) -> Result {
-    var address = sockaddr_un()
-    address.sun_family = sa_family_t(AF_UNIX)
-    withUnsafeMutableBytes(of: &address.sun_path) { raw in
-        raw.copyBytes(from: path.utf8)
-        raw[path.utf8.count] = 0
-    }
-    return withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-    }
-}
-
 /// A listener on a thread of its own that greets each connection with `greeting` (if any) and closes it at once,
 /// without reading: SocketIPC's own server at its connection limit or shutting down, or an HTTP responder.
 final class ClosingListener: Sendable {
