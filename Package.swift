@@ -62,10 +62,12 @@ let package = Package(
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
         ),
+        .target(name: "SocketIPCTestSupport", path: "Tests/SocketIPCTestSupport"),
         .testTarget(
             name: "SocketIPCTests",
             dependencies: [
                 "SocketIPC",
+                "SocketIPCTestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -77,7 +79,7 @@ let package = Package(
         ),
         .testTarget(
             name: "SocketIPCCLITests",
-            dependencies: ["socket-ipc"]
+            dependencies: ["socket-ipc", "SocketIPCTestSupport"]
         ),
     ]
 )

@@ -1,4 +1,5 @@
 import Foundation
+import SocketIPCTestSupport
 import Testing
 
 #if canImport(Glibc)

@@ -1,4 +1,5 @@
 import Foundation
+import SocketIPCTestSupport
 import Synchronization
 import Testing
 
@@ -108,47 +109,4 @@ func connectWriteAndVanish(_ path: String, message: String) throws {
         throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
     }
     _ = message.utf8CString.withUnsafeBufferPointer { send(descriptor, $0.baseAddress, $0.count - 1, Int32(MSG_NOSIGNAL)) }
-}
-
-/// A listener on a thread of its own that greets each connection with `greeting` (if any) and closes it at once,
-/// without reading: SocketIPC's own server at its connection limit or shutting down, or an HTTP responder.
-final class ClosingListener: Sendable {
-    let descriptor: Int32
-    private let stopped = Mutex(false)
-
-    init(path: String, greeting: String? = nil) throws {
-        self.descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        guard withSocketAddress(path, { bind(self.descriptor, $0, $1) }) == 0, listen(self.descriptor, 512) == 0 else {
-            close(self.descriptor)
-            throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
-        }
-        let descriptor = self.descriptor
-        let thread = Thread {
-            while true {
-                let accepted = accept(descriptor, nil, nil)
-                if accepted >= 0 {
-                    if let greeting {
-                        _ = greeting.utf8CString.withUnsafeBufferPointer {
-                            send(accepted, $0.baseAddress, $0.count - 1, Int32(MSG_NOSIGNAL))
-                        }
-                    }
-                    close(accepted)
-                } else if errno != EINTR && errno != ECONNABORTED {
-                    return
-                }
-            }
-        }
-        thread.start()
-    }
-
-    /// Stops accepting (wakes the blocked `accept`) and closes the listening socket.
-    func stop() {
-        let wasStopped = self.stopped.withLock { stopped in
-            defer { stopped = true }
-            return stopped
-        }
-        guard !wasStopped else { return }
-        shutdown(self.descriptor, Int32(SHUT_RDWR))
-        close(self.descriptor)
-    }
 }

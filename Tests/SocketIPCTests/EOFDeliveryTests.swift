@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import NIOPosix
 import SocketIPC
+import SocketIPCTestSupport
 import Synchronization
 import Testing
 
@@ -131,50 +132,6 @@ struct EOFDeliveryTests {
                 try await group.waitForAll()
             }
         }
-    }
-}
-
-/// A listener that accepts each connection and closes it at once without reading, on a thread of its own, as
-/// SocketIPC's own server does at its connection limit or while shutting down; with a `greeting`, it first sends
-/// that, as an HTTP responder does.
-final class ClosingListener: Sendable {
-    let descriptor: Int32
-    private let finished = Mutex<Bool>(false)
-
-    init(path: String, greeting: String? = nil) throws {
-        self.descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        guard withSocketAddress(path, { bind(self.descriptor, $0, $1) }) == 0, listen(self.descriptor, 512) == 0 else {
-            Glibc.close(self.descriptor)
-            throw RawSocketError.failed("bind", errno)
-        }
-        let descriptor = self.descriptor
-        let thread = Thread {
-            while true {
-                let accepted = accept(descriptor, nil, nil)
-                if accepted >= 0 {
-                    if let greeting {
-                        _ = greeting.utf8CString.withUnsafeBufferPointer {
-                            send(accepted, $0.baseAddress, $0.count - 1, Int32(MSG_NOSIGNAL))
-                        }
-                    }
-                    Glibc.close(accepted)
-                } else if errno != EINTR && errno != ECONNABORTED {
-                    return
-                }
-            }
-        }
-        thread.start()
-    }
-
-    /// Stops accepting (wakes the blocked `accept`) and closes the listening socket.
-    func stop() {
-        let wasFinished = self.finished.withLock { finished in
-            defer { finished = true }
-            return finished
-        }
-        guard !wasFinished else { return }
-        shutdown(self.descriptor, Int32(SHUT_RDWR))
-        Glibc.close(self.descriptor)
     }
 }
 

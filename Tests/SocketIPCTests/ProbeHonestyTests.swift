@@ -1,5 +1,6 @@
 import NIOCore
 import SocketIPC
+import SocketIPCTestSupport
 import Testing
 
 /// Issue 9, section 2: `Client.probe` calls a listener an EOF-style server only when it waited for the probe's

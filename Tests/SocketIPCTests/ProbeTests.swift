@@ -1,6 +1,7 @@
 import NIOCore
 import NIOPosix
 import SocketIPC
+import SocketIPCTestSupport
 import Synchronization
 import Testing
 

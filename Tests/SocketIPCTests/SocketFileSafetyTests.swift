@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import SocketIPC
+import SocketIPCTestSupport
 import Testing
 
 #if canImport(Glibc)

@@ -1,4 +1,5 @@
 import Foundation
+import SocketIPCTestSupport
 
 #if canImport(Glibc)
     import Glibc
@@ -106,15 +107,3 @@ func asOtherUser(groups: [UInt32] = []) -> [String] {
     return ["--reuid=\(otherUserID)", "--regid=\(otherUserID)", groupOption]
 }
 
-/// Calls `body` with `path` as a `sockaddr_un`.
-func withSocketAddress<Result>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> Result) -> Result {
-    var address = sockaddr_un()
-    address.sun_family = sa_family_t(AF_UNIX)
-    withUnsafeMutableBytes(of: &address.sun_path) { raw in
-        raw.copyBytes(from: path.utf8)
-        raw[path.utf8.count] = 0
-    }
-    return withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-    }
-}

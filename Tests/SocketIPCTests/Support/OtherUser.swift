@@ -1,4 +1,5 @@
 import Foundation
+import SocketIPCTestSupport
 import Synchronization
 
 #if canImport(Glibc)

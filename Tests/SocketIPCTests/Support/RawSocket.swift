@@ -1,5 +1,6 @@
 import Foundation
 import NIOPosix
+import SocketIPCTestSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -99,19 +100,6 @@ func frameBytes(kind: UInt8, id: UInt32? = nil, payload: [UInt8]) -> [UInt8] {
     bytes.append(kind)
     if let id { bytes += withUnsafeBytes(of: id.bigEndian) { Array($0) } }
     return bytes + payload
-}
-
-/// Calls `body` with `path` as a `sockaddr_un`.
-func withSocketAddress<Result>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> Result) -> Result {
-    var address = sockaddr_un()
-    address.sun_family = sa_family_t(AF_UNIX)
-    withUnsafeMutableBytes(of: &address.sun_path) { raw in
-        raw.copyBytes(from: path.utf8)
-        raw[path.utf8.count] = 0
-    }
-    return withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-    }
 }
 
 // MARK: - Writing without blocking, for peers that stop reading
