@@ -19,9 +19,19 @@ let package = Package(
     ],
     targets: [
         .target(name: "CSocketIPCLinux"),
+        // The I/O-free core: the wire codec, the state machines, errors, credentials and policies as values.
+        .target(
+            name: "SocketIPCCore",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
+        // The runtime: servers, clients and connections on SwiftNIO's POSIX transport, with the Unix specifics in
+        // Sources/SocketIPC/Unix.
         .target(
             name: "SocketIPC",
             dependencies: [
+                "SocketIPCCore",
                 "CSocketIPCLinux",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -71,10 +81,18 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
+            ]
+        ),
+        .testTarget(
+            name: "SocketIPCCoreTests",
+            dependencies: [
+                "SocketIPCCore",
+                "SocketIPCTestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
             ]
         ),
         .testTarget(

@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import SocketIPC
+import SocketIPCTestSupport
 import Testing
 
 /// The server does what PROTOCOL.md says however a raw client splits its bytes across writes (issue 9, section 7):
@@ -142,14 +143,14 @@ struct ReadBoundaryTests {
             let path = directory + "/doc.sock"
             try await withFramedServer(path: path, makeHandler: { EchoHandler() }) { _ in
                 let received = try await Self.exchange(path: path, sent, splitAt: sent.count, sayHello: false)
-                #expect(ProtocolVectorTests.hex(received) == ProtocolVectorTests.hex(documented))
+                #expect(ProtocolDocument.hex(received) == ProtocolDocument.hex(documented))
             }
         }
     }
 
     /// The bytes of the first `xxd` dump in PROTOCOL.md after the paragraph that starts with `paragraph`.
     static func documentedDump(after paragraph: String) throws -> [UInt8] {
-        let text = try String(contentsOf: ProtocolVectorTests.protocolDocument(), encoding: .utf8)
+        let text = try String(contentsOf: ProtocolDocument.url(), encoding: .utf8)
         let start = try #require(text.range(of: "\n" + paragraph))
         var bytes: [UInt8] = []
         var inDump = false

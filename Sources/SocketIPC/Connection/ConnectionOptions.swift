@@ -8,7 +8,7 @@ public struct ConnectionOptions: Sendable {
     /// larger incoming frame gets a going-away frame saying so and the connection closes; its bytes are never
     /// buffered. A frame's 32-bit length field caps any payload at 4 GiB − 6 bytes; a larger value (or `Int.max`)
     /// means that.
-    public var maximumMessageSize: Int = 16 * 1024 * 1024
+    public var maximumMessageSize: Int = FrameDecoder.defaultMaximumPayload
 
     /// The most any frame can carry: the 32-bit length field counts the payload and a header of up to 5 bytes.
     static let largestPayload = Int(UInt32.max) - 5

@@ -250,7 +250,7 @@ public final class Server: Service, Sendable {
             )
         }
         let (lowered, total, perUser) = self.state.withLock { state in
-            (state.admissions.fit(limit), state.admissions.maximumConnections, state.admissions.maximumConnectionsPerUser)
+            (state.admissions.fit(descriptorsForConnections: limit.connections), state.admissions.maximumConnections, state.admissions.maximumConnectionsPerUser)
         }
         guard lowered else { return }
         self.logger.warning(

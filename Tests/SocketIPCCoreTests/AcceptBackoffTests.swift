@@ -1,6 +1,6 @@
 import Testing
 
-@testable import SocketIPC
+@testable import SocketIPCCore
 
 #if canImport(Glibc)
 import Glibc

@@ -5,19 +5,22 @@ import NIOCore
 ///
 /// The decoder checks a frame's declared length against ``maximumPayload`` before waiting for its bytes, so a peer
 /// that merely claims a huge frame never makes the receiver allocate it.
-struct FrameDecoder {
+package struct FrameDecoder {
+    /// The maximum payload PROTOCOL.md's test vectors assume, and every SocketIPC side starts with: 16 MiB.
+    package static let defaultMaximumPayload = 16 * 1024 * 1024
+
     /// The largest payload accepted, in bytes.
-    let maximumPayload: Int
+    package let maximumPayload: Int
     private var awaitingHello = true
 
     /// - Parameter maximumPayload: The largest payload accepted, in bytes; clamped to what a frame can carry
     ///   (4 GiB − 6 bytes), so that no arithmetic on it can overflow.
-    init(maximumPayload: Int) {
+    package init(maximumPayload: Int) {
         self.maximumPayload = min(max(maximumPayload, 0), Int(UInt32.max) - 5)
     }
 
     /// Whether the peer's hello has been read and accepted.
-    var helloReceived: Bool { !self.awaitingHello }
+    package var helloReceived: Bool { !self.awaitingHello }
 
     /// How many bytes `buffer` must hold for the next step of decoding to complete: the hello, a frame's length
     /// field, or the whole frame once its length is known. Call it after ``next(from:)`` returned `nil` for `buffer`:
@@ -25,7 +28,7 @@ struct FrameDecoder {
     /// magic, the length, the kind), so feeding it the missing bytes in any pieces refuses a bad frame at the first
     /// byte that shows it is bad.
     @inline(__always)
-    func bytesNeeded(toComplete buffer: ByteBuffer) -> Int {
+    package func bytesNeeded(toComplete buffer: ByteBuffer) -> Int {
         if self.awaitingHello { return Hello.length }
         guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) else { return 4 }
         return 4 + Int(length)
@@ -35,7 +38,7 @@ struct FrameDecoder {
     /// - Throws: ``SocketIPCError`` with code `notSocketIPCPeer`, `unsupportedVersion`, `protocolViolation` or
     ///   `messageTooLarge`; the connection cannot continue after any of them.
     @inline(__always)
-    mutating func next(from buffer: inout ByteBuffer) throws -> Frame? {
+    package mutating func next(from buffer: inout ByteBuffer) throws -> Frame? {
         if self.awaitingHello {
             guard try self.readHello(from: &buffer) else { return nil }
         }

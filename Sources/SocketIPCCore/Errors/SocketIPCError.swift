@@ -7,7 +7,7 @@
 ///     print(error.message)  // "another server is serving on /run/app.sock (its lock file ... is held)"
 /// }
 /// ```
-public struct SocketIPCError: Error, Hashable, Sendable, CustomStringConvertible {
+public struct SocketIPCError: Error, Hashable, Sendable, CustomStringConvertible, CustomDebugStringConvertible {
     /// What kind of failure an error is. Compare with the static members, such as ``addressInUse``.
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private let name: String
@@ -65,27 +65,62 @@ public struct SocketIPCError: Error, Hashable, Sendable, CustomStringConvertible
     public let message: String
     /// The socket path the error concerns, if any.
     public let path: String?
+    /// The error that caused this one, kept as it was thrown (an `IOError` of SwiftNIO, a decoding error, the
+    /// error a peer's handler threw), if there was one.
+    public let cause: (any Error)?
+    /// Where in SocketIPC (or the caller) the error was made: `Module/File.swift`, as `#fileID` gives it.
+    public let file: String
+    /// The line in ``file`` where the error was made.
+    public let line: Int
 
     /// Creates an error.
     /// - Parameters:
     ///   - code: What kind of failure this is.
     ///   - message: What happened, for a person to read.
     ///   - path: The socket path the error concerns, if any.
-    public init(_ code: Code, _ message: String, path: String? = nil) {
+    ///   - cause: The underlying error, if any; kept for ``cause`` and named in ``description``.
+    ///   - file: Where the error is made; the caller's file by default.
+    ///   - line: The line where the error is made; the caller's line by default.
+    public init(
+        _ code: Code,
+        _ message: String,
+        path: String? = nil,
+        cause: (any Error)? = nil,
+        file: String = #fileID,
+        line: Int = #line
+    ) {
         self.code = code
         self.message = message
         self.path = path
+        self.cause = cause
+        self.file = file
+        self.line = line
     }
 
-    /// `SocketIPCError.<code>: <message>`.
-    public var description: String { "SocketIPCError.\(self.code): \(self.message)" }
+    /// `SocketIPCError.<code>: <message>`, then `(caused by: …)` when there is a ``cause``.
+    public var description: String {
+        guard let cause = self.cause else { return "SocketIPCError.\(self.code): \(self.message)" }
+        return "SocketIPCError.\(self.code): \(self.message) (caused by: \(String(reflecting: cause)))"
+    }
+
+    /// ``description``, then where the error was made (`at Module/File.swift:line`), for logs and bug reports.
+    public var debugDescription: String { "\(self.description) at \(self.file):\(self.line)" }
+
+    /// Two errors are equal when their ``code``, ``message`` and ``path`` are: where they were made and their
+    /// ``cause`` (which need not be `Equatable`) do not count.
+    public static func == (left: SocketIPCError, right: SocketIPCError) -> Bool {
+        left.code == right.code && left.message == right.message && left.path == right.path
+    }
+
+    /// Hashes ``code``, ``message`` and ``path``, as ``==(_:_:)`` compares them.
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(self.code)
+        hasher.combine(self.message)
+        hasher.combine(self.path)
+    }
 }
 
 extension SocketIPCError {
-    static func systemCall(_ name: String, errno code: Int32, path: String? = nil) -> SocketIPCError {
-        let subject = path.map { " on \($0)" } ?? ""
-        return SocketIPCError(.systemCall, "\(name)\(subject) failed: \(errnoDescription(code)) (errno \(code))", path: path)
-    }
-
-    static let closed = SocketIPCError(.connectionClosed, "the connection is closed")
+    /// The error requests in flight fail with when their connection closed without a reason of its own.
+    package static let closed = SocketIPCError(.connectionClosed, "the connection is closed")
 }

@@ -48,7 +48,7 @@ public struct AuthorizationPolicy: Sendable, CustomStringConvertible {
     public let description: String
     /// Whether the policy looks at supplementary groups, which the server then reads for each peer
     /// (`SO_PEERGROUPS`, one more system call per connection).
-    let needsSupplementaryGroups: Bool
+    package let needsSupplementaryGroups: Bool
 
     private init(
         description: String,

@@ -9,21 +9,21 @@ import NIOCore
 /// and a peer that writes one byte at a time costs at most about 2 bytes of memory per byte it sent (keeping each
 /// read's buffer instead would cost the size of that buffer per read). Growing a large buffer reallocates it in
 /// place where the allocator can, so assembling a large frame costs about one copy of its bytes.
-struct FrameAssembler {
+package struct FrameAssembler {
     /// The bytes held, contiguous, starting at the reader index.
-    var bytes: ByteBuffer
+    package var bytes: ByteBuffer
 
     /// Starts with `bytes`, kept as they are.
-    init(_ bytes: ByteBuffer) {
+    package init(_ bytes: ByteBuffer) {
         self.bytes = bytes
     }
 
     /// The bytes held.
-    var readableBytes: Int { self.bytes.readableBytes }
+    package var readableBytes: Int { self.bytes.readableBytes }
 
     /// Adds the next bytes of the stream, copying them.
     /// - Parameter piece: Bytes that follow those held.
-    mutating func append(_ piece: ByteBuffer) {
+    package mutating func append(_ piece: ByteBuffer) {
         if self.bytes.writableBytes < piece.readableBytes && self.bytes.readerIndex > 0 {
             // Drop what was decoded already before growing, so that the buffer holds only bytes still needed.
             self.bytes.discardReadBytes()

@@ -2,7 +2,8 @@ import Foundation
 import NIOCore
 import Testing
 
-@testable import SocketIPC
+@testable import SocketIPCCore
+import SocketIPCTestSupport
 
 /// Checks the framed codec against the test vectors of PROTOCOL.md.
 ///
@@ -86,7 +87,7 @@ struct ProtocolVectorTests {
             }
         }
         // Every vector assumes the default maximum payload.
-        #expect(ConnectionOptions().maximumMessageSize == 16 * 1024 * 1024)
+        #expect(FrameDecoder.defaultMaximumPayload == 16 * 1024 * 1024)
     }
 
     @Test("encoding produces exactly the documented bytes", arguments: ProtocolVectorTests.validNames)
@@ -99,7 +100,7 @@ struct ProtocolVectorTests {
         case .frame(let frame):
             buffer.writeFrame(frame)
         }
-        #expect(Self.hex(buffer.readableBytesView) == Self.hex(vector.bytes))
+        #expect(ProtocolDocument.hex(buffer.readableBytesView) == ProtocolDocument.hex(vector.bytes))
     }
 
     @Test(
@@ -154,7 +155,7 @@ struct ProtocolVectorTests {
         let vector = try Self.vector(named: name)
         let rejection = try #require(Self.rejected[name])
         let stream = Self.stream(for: vector)
-        var decoder = FrameDecoder(maximumPayload: ConnectionOptions().maximumMessageSize)
+        var decoder = FrameDecoder(maximumPayload: FrameDecoder.defaultMaximumPayload)
         var buffer = ByteBuffer()
         for (index, byte) in stream.enumerated() {
             buffer.writeInteger(byte)
@@ -187,7 +188,7 @@ struct ProtocolVectorTests {
     /// each piece to one growing buffer and taking every whole frame after each, as the connection's channel handler
     /// does with the socket's reads.
     static func decode(_ stream: [UInt8], pieceEnds: [Int]) throws -> Outcome {
-        var decoder = FrameDecoder(maximumPayload: ConnectionOptions().maximumMessageSize)
+        var decoder = FrameDecoder(maximumPayload: FrameDecoder.defaultMaximumPayload)
         var buffer = ByteBuffer()
         var outcome = Outcome()
         var fed = 0
@@ -230,10 +231,6 @@ struct ProtocolVectorTests {
         }
     }
 
-    static func hex(_ bytes: some Sequence<UInt8>) -> String {
-        bytes.map { ($0 < 0x10 ? "0" : "") + String($0, radix: 16) }.joined()
-    }
-
     // MARK: - Reading PROTOCOL.md
 
     /// One vector as PROTOCOL.md states it: a table row `` | `name` | `after` | `hex` | prose | `result` | `` in the
@@ -270,7 +267,7 @@ struct ProtocolVectorTests {
 
     /// Every vector of PROTOCOL.md's "Test vectors" section, by name.
     static func documentedVectors() throws -> [String: Vector] {
-        let url = try Self.protocolDocument()
+        let url = try ProtocolDocument.url()
         let text = try String(contentsOf: url, encoding: .utf8)
         var inSection = false
         var vectors: [String: Vector] = [:]
@@ -288,17 +285,6 @@ struct ProtocolVectorTests {
         }
         guard !vectors.isEmpty else { throw DocumentError("\(url.path) has no '## Test vectors' section with vectors") }
         return vectors
-    }
-
-    /// PROTOCOL.md at the package root: the first one found walking up from this file.
-    static func protocolDocument() throws -> URL {
-        var directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-        while directory.pathComponents.count > 1 {
-            let candidate = directory.appendingPathComponent("PROTOCOL.md")
-            if FileManager.default.fileExists(atPath: candidate.path) { return candidate }
-            directory.deleteLastPathComponent()
-        }
-        throw DocumentError("no PROTOCOL.md in any directory above \(#filePath)")
     }
 
     /// Parses `` | `name` | `after` | `hex` | prose | `result` | ``.

@@ -5,14 +5,14 @@
 /// success, so a server that keeps running out (a peer that opens a connection whenever one closes) keeps backing
 /// off. The log gets at most one line about failures and one about recovering per ``reportInterval``, with counts,
 /// however often the two alternate.
-struct AcceptBackoff {
+package struct AcceptBackoff {
     /// The shortest and longest wait after a failure.
-    static let delayRange: ClosedRange<Duration> = .milliseconds(1) ... .seconds(1)
+    package static let delayRange: ClosedRange<Duration> = .milliseconds(1) ... .seconds(1)
     /// The least time between two log lines of one kind.
-    static let reportInterval: Duration = .seconds(10)
+    package static let reportInterval: Duration = .seconds(10)
 
     /// A line for the log.
-    enum Report: Equatable {
+    package enum Report: Equatable {
         /// `accept` fails: `failures` times since the last such line (the first line of all says `first`).
         case failing(errno: Int32, failures: Int, first: Bool)
         /// `accept` works again, after `failures` failures since the last such line.
@@ -20,16 +20,19 @@ struct AcceptBackoff {
     }
 
     /// The wait after the next failure.
-    private(set) var delay = Self.delayRange.lowerBound
+    package private(set) var delay = Self.delayRange.lowerBound
     private var failing = false
     private var failuresSinceFailureReport = 0
     private var failuresSinceRecoveryReport = 0
     private var lastFailureReport: ContinuousClock.Instant?
     private var lastRecoveryReport: ContinuousClock.Instant?
 
+    /// Starts with no failure seen.
+    package init() {}
+
     /// Counts a failure with `errno`.
     /// - Returns: How long to wait before the next `accept`, and a line to log, if one is due.
-    mutating func failed(errno: Int32, at now: ContinuousClock.Instant = .now) -> (wait: Duration, report: Report?) {
+    package mutating func failed(errno: Int32, at now: ContinuousClock.Instant = .now) -> (wait: Duration, report: Report?) {
         self.failing = true
         self.failuresSinceFailureReport += 1
         self.failuresSinceRecoveryReport += 1
@@ -45,7 +48,7 @@ struct AcceptBackoff {
 
     /// Counts a successful `accept`.
     /// - Returns: A line to log, if `accept` had been failing and one is due.
-    mutating func succeeded(at now: ContinuousClock.Instant = .now) -> Report? {
+    package mutating func succeeded(at now: ContinuousClock.Instant = .now) -> Report? {
         guard self.failing else { return nil }
         self.failing = false
         self.delay = max(self.delay / 2, Self.delayRange.lowerBound)

@@ -1,7 +1,7 @@
 import NIOCore
 import Testing
 
-@testable import SocketIPC
+@testable import SocketIPCCore
 
 /// A frame gathered from many small reads costs about its own size in memory (issue 9, section 3).
 @Suite("Frame assembly")

@@ -11,24 +11,24 @@ import NIOCore
 ///   turn instead of refused, while one user's silent connections hold only that user's slots. Parked connections
 ///   count against the connection limits, and their handshake time counts from when they were accepted
 ///   (``expireParked(_:)``).
-struct ConnectionAdmissions {
+package struct ConnectionAdmissions {
     /// A user id, or `nil` for peers whose credentials are unknown (they share one count).
-    typealias User = UInt32?
+    package typealias User = UInt32?
 
     /// An accepted connection waiting for one of its user's handshakes to end.
-    struct Parked: Equatable {
-        var id: UInt64
-        var descriptor: Int32
-        var peer: PeerCredentials?
+    package struct Parked: Equatable {
+        package var id: UInt64
+        package var descriptor: Int32
+        package var peer: PeerCredentials?
         /// When its handshake time is up, counted from when it was accepted.
-        var handshakeDeadline: NIODeadline = .distantFuture
+        package var handshakeDeadline: NIODeadline = .distantFuture
     }
 
     /// Why a new connection is closed at once.
-    enum Refusal: Equatable, CustomStringConvertible {
+    package enum Refusal: Equatable, CustomStringConvertible {
         case maximumConnections, maximumConnectionsPerUser
 
-        var description: String {
+        package var description: String {
             switch self {
             case .maximumConnections: "the server is at maximumConnections"
             case .maximumConnectionsPerUser: "the peer's user is at maximumConnectionsPerUser"
@@ -37,7 +37,7 @@ struct ConnectionAdmissions {
     }
 
     /// What to do with a new connection.
-    enum Decision: Equatable {
+    package enum Decision: Equatable {
         /// Serve it now; it counts as handshaking.
         case admitted
         /// Keep it unread until ``handshakeEnded(_:)`` or ``closed(_:)`` hands it back.
@@ -47,46 +47,46 @@ struct ConnectionAdmissions {
     }
 
     private struct Entry {
-        var user: User
-        var handshaking: Bool
+        package var user: User
+        package var handshaking: Bool
     }
 
     private struct UserCount {
         var open = 0
-        var handshaking = 0
-        var parked: [Parked] = []
+        package var handshaking = 0
+        package var parked: [Parked] = []
     }
 
-    private(set) var maximumConnections: Int
-    private(set) var maximumConnectionsPerUser: Int
-    let maximumPendingHandshakesPerUser: Int
+    package private(set) var maximumConnections: Int
+    package private(set) var maximumConnectionsPerUser: Int
+    package let maximumPendingHandshakesPerUser: Int
     private var entries: [UInt64: Entry] = [:]
     private var users: [User: UserCount] = [:]
 
-    init(maximumConnections: Int, maximumConnectionsPerUser: Int, maximumPendingHandshakesPerUser: Int) {
+    package init(maximumConnections: Int, maximumConnectionsPerUser: Int, maximumPendingHandshakesPerUser: Int) {
         self.maximumConnections = maximumConnections
         self.maximumConnectionsPerUser = maximumConnectionsPerUser
         self.maximumPendingHandshakesPerUser = maximumPendingHandshakesPerUser
     }
 
-    /// Lowers the connection limits to what `limit` can hold, if it cannot hold them: its connections in all, and
-    /// half of them for one user.
+    /// Lowers the connection limits to what `connections` descriptors can hold, if they cannot hold them: that many
+    /// connections in all, and half of them for one user.
     /// - Returns: Whether the limits were lowered.
-    mutating func fit(_ limit: DescriptorLimit) -> Bool {
-        guard limit.connections < self.maximumConnections else { return false }
-        self.maximumConnections = limit.connections
-        self.maximumConnectionsPerUser = min(self.maximumConnectionsPerUser, max(1, limit.connections / 2))
+    package mutating func fit(descriptorsForConnections connections: Int) -> Bool {
+        guard connections < self.maximumConnections else { return false }
+        self.maximumConnections = connections
+        self.maximumConnectionsPerUser = min(self.maximumConnectionsPerUser, max(1, connections / 2))
         return true
     }
 
     /// Connections counted: served, handshaking and parked.
-    var count: Int { self.entries.count }
+    package var count: Int { self.entries.count }
 
     /// Counts a new connection of `peer`'s user.
     /// - Parameter handshaking: Whether it is to count as handshaking (a connection that is only told it is
     ///   refused does not); one that is not is never parked.
     /// - Parameter handshakeDeadline: When the connection's handshake time is up, kept for a parked connection.
-    mutating func admit(
+    package mutating func admit(
         _ id: UInt64,
         descriptor: Int32,
         peer: PeerCredentials?,
@@ -115,7 +115,7 @@ struct ConnectionAdmissions {
 
     /// A connection finished its handshake: it stops counting as handshaking.
     /// - Returns: A parked connection of the same user to serve now, if one waits.
-    mutating func handshakeEnded(_ id: UInt64) -> Parked? {
+    package mutating func handshakeEnded(_ id: UInt64) -> Parked? {
         guard var entry = self.entries[id], entry.handshaking else { return nil }
         entry.handshaking = false
         self.entries[id] = entry
@@ -125,7 +125,7 @@ struct ConnectionAdmissions {
 
     /// A connection closed (or a parked one was closed unserved); calls for an id not counted do nothing.
     /// - Returns: Whether it was counted, and a parked connection of the same user to serve now, if one waits.
-    mutating func closed(_ id: UInt64) -> (wasCounted: Bool, next: Parked?) {
+    package mutating func closed(_ id: UInt64) -> (wasCounted: Bool, next: Parked?) {
         guard let entry = self.entries.removeValue(forKey: id) else { return (false, nil) }
         var count = self.users[entry.user]!
         count.open -= 1
@@ -138,7 +138,7 @@ struct ConnectionAdmissions {
     /// Forgets a connection that is still parked when its handshake time is up (it counts from when it was
     /// accepted, so waiting in the park does not extend it).
     /// - Returns: The connection, to close; `nil` if it is not parked (any more).
-    mutating func expireParked(_ id: UInt64) -> Parked? {
+    package mutating func expireParked(_ id: UInt64) -> Parked? {
         guard let entry = self.entries[id], !entry.handshaking,
             let index = self.users[entry.user]?.parked.firstIndex(where: { $0.id == id })
         else { return nil }
@@ -150,7 +150,7 @@ struct ConnectionAdmissions {
     }
 
     /// Every parked connection, for a server that shuts down; they stay counted until ``closed(_:)``.
-    mutating func takeAllParked() -> [Parked] {
+    package mutating func takeAllParked() -> [Parked] {
         var all: [Parked] = []
         for user in self.users.keys where !self.users[user]!.parked.isEmpty {
             all += self.users[user]!.parked

@@ -1,6 +1,6 @@
 import Testing
 
-@testable import SocketIPC
+@testable import SocketIPCCore
 
 #if canImport(Glibc)
 import Glibc
@@ -22,13 +22,6 @@ struct AuthorizationPolicyTests {
         let refusal = AuthorizationPolicy.sameUser.evaluate(Self.peer(uid: 65534))
         #expect(!refusal.isAllowed)
         #expect(refusal.reason.contains("uid 65534 (pid 4242)"), "\(refusal.reason)")
-    }
-
-    @Test("the default policy of a server is sameUser")
-    func defaultPolicy() {
-        let configuration = ServerConfiguration(path: "/tmp/x.sock")
-        #expect(configuration.authorization.description == AuthorizationPolicy.sameUser.description)
-        #expect(!configuration.authorization.allows(Self.peer(uid: 65534)) || geteuid() == 65534)
     }
 
     @Test("users and groups: the effective gid or a supplementary group counts")

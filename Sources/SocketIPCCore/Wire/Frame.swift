@@ -8,7 +8,7 @@ import NIOCore
 /// +----------------+----------+------------------------+-------------+
 ///   big-endian; counts every byte after itself
 /// ```
-enum Frame: Equatable {
+package enum Frame: Equatable {
     /// A one-way message; nothing answers it.
     case message(ByteBuffer)
     /// A request the peer must answer with a reply or an error reply carrying the same id.
@@ -22,7 +22,7 @@ enum Frame: Equatable {
 }
 
 /// The frame kinds, the byte after the length.
-enum FrameKind: UInt8 {
+package enum FrameKind: UInt8 {
     case message = 0x01
     case request = 0x02
     case reply = 0x03
@@ -30,7 +30,7 @@ enum FrameKind: UInt8 {
     case goAway = 0x05
 
     /// Bytes of the frame header after the length field: the kind, and the id where there is one.
-    var headerLength: Int {
+    package var headerLength: Int {
         switch self {
         case .message, .goAway: 1
         case .request, .reply, .errorReply: 5
@@ -39,7 +39,7 @@ enum FrameKind: UInt8 {
 }
 
 /// Why a peer sends a going-away frame: the first payload byte of a ``Frame/goAway(_:message:)``.
-enum GoAwayReason: UInt8, Equatable {
+package enum GoAwayReason: UInt8, Equatable {
     /// An orderly close, such as a server shutting down.
     case normal = 0x00
     /// The peer broke the protocol (bad hello, unknown kind, truncated header).
@@ -52,7 +52,7 @@ enum GoAwayReason: UInt8, Equatable {
     case unauthorized = 0x04
 
     /// The error code a peer's going-away with this reason turns into.
-    var errorCode: SocketIPCError.Code {
+    package var errorCode: SocketIPCError.Code {
         switch self {
         case .normal: .peerGoingAway
         case .protocolViolation: .protocolViolation
@@ -62,7 +62,7 @@ enum GoAwayReason: UInt8, Equatable {
         }
     }
 
-    init(code: SocketIPCError.Code) {
+    package init(code: SocketIPCError.Code) {
         switch code {
         case .messageTooLarge: self = .messageTooLarge
         case .unsupportedVersion: self = .unsupportedVersion
@@ -74,15 +74,15 @@ enum GoAwayReason: UInt8, Equatable {
 }
 
 /// The 8 bytes each side sends first on a framed connection: magic `SIPC`, version, flags, reserved.
-enum Hello {
+package enum Hello {
     /// `S` `I` `P` `C`.
-    static let magic: UInt32 = 0x5349_5043
+    package static let magic: UInt32 = 0x5349_5043
     /// The protocol version this implementation speaks.
-    static let version: UInt8 = 1
+    package static let version: UInt8 = 1
     /// Bytes in a hello.
-    static let length = 8
+    package static let length = 8
 
-    static func write(into buffer: inout ByteBuffer) {
+    package static func write(into buffer: inout ByteBuffer) {
         buffer.writeInteger(Self.magic)
         buffer.writeInteger(Self.version)
         buffer.writeInteger(UInt8(0))  // flags
@@ -93,7 +93,7 @@ enum Hello {
 extension ByteBuffer {
     /// Writes a frame header: length, kind and (for requests and replies) the id. The payload follows.
     @inline(__always)
-    mutating func writeFrameHeader(_ kind: FrameKind, id: UInt32 = 0, payloadLength: Int) {
+    package mutating func writeFrameHeader(_ kind: FrameKind, id: UInt32 = 0, payloadLength: Int) {
         // Three plain integer writes: `writeMultipleIntegers` copies through a generic path that costs more than
         // the rest of a small send.
         self.writeInteger(UInt32(truncatingIfNeeded: kind.headerLength + payloadLength))
@@ -102,7 +102,7 @@ extension ByteBuffer {
     }
 
     /// Writes a whole frame.
-    mutating func writeFrame(_ frame: Frame) {
+    package mutating func writeFrame(_ frame: Frame) {
         switch frame {
         case .message(var payload):
             self.writeFrameHeader(.message, payloadLength: payload.readableBytes)

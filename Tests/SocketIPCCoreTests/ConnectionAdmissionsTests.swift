@@ -1,7 +1,7 @@
 import NIOCore
 import Testing
 
-@testable import SocketIPC
+@testable import SocketIPCCore
 
 @Suite("ConnectionAdmissions")
 struct ConnectionAdmissionsTests {
