@@ -163,7 +163,8 @@ public final class Connection: Sendable {
     /// Closes the connection after writing everything sent so far; requests still waiting for a reply then fail
     /// with `connectionClosed`. Safe to call more than once.
     ///
-    /// A peer that stops reading cannot hold the connection open: after 10 seconds it is closed regardless.
+    /// A peer that stops reading cannot hold the connection open: after ``ConnectionOptions/closeTimeout`` (10 seconds
+    /// by default) it is closed regardless.
     public func close() {
         if self.eventLoop.inEventLoop {
             self.closeAfterFlushing()
@@ -188,7 +189,7 @@ public final class Connection: Sendable {
         guard self.channel.isActive else { return }
         self.flushPendingWrites()
         let channel = self.channel
-        let deadline = channel.eventLoop.scheduleTask(in: .seconds(10)) { channel.close(promise: nil) }
+        let deadline = channel.eventLoop.scheduleTask(in: .init(self.options.closeTimeout)) { channel.close(promise: nil) }
         // An empty write completes once everything written before it has reached the socket.
         self.writeThroughChannel(CollectionOfOne(ByteBuffer())).whenComplete { _ in
             deadline.cancel()

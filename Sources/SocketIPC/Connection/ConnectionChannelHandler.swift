@@ -480,7 +480,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
     /// Tells the peer why (a going-away frame) and closes: the decoder met something it cannot continue after, or the
     /// peer's handshake timed out. (A peer the server's authorization policy refuses never gets here: the server
     /// answers it with a ``RefusalChannelHandler``.)
-    /// - Parameter linger: Whether to half-close and wait (at most 1 s) for the peer to close, so that a peer still
+    /// - Parameter linger: Whether to half-close and wait (at most ``ConnectionOptions/goAwayLingerTime``) for the peer to close, so that a peer still
     ///   writing reads the going-away frame instead of failing with `EPIPE`; `false` closes once it is written, for a
     ///   peer that was silent (its handshake timed out), so that its slot is free as soon as it sees the close.
     private func fail(
@@ -508,7 +508,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
                 return
             }
             channel.close(mode: .output, promise: nil)
-            channel.eventLoop.scheduleTask(in: .seconds(1)) { channel.close(promise: nil) }
+            channel.eventLoop.scheduleTask(in: .init(self.options.goAwayLingerTime)) { channel.close(promise: nil) }
         }
     }
 }

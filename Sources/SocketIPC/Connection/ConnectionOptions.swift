@@ -51,6 +51,17 @@ public struct ConnectionOptions: Sendable {
     /// Kernel memory is only charged for bytes really waiting. Linux caps the request at `net.core.wmem_max` (and
     /// then doubles it for its own bookkeeping), so on a system with the default limits it has little effect.
     public var socketSendBufferSize: Int? = 1024 * 1024
+    /// How long ``Connection/close()`` waits for what was sent before it to reach the socket, when the peer does not
+    /// read it; the connection is then closed regardless. Default 10 seconds.
+    public var closeTimeout: Duration = .seconds(10)
+    /// How long a connection that tells its peer why it is closing (a going-away frame after a protocol error, or
+    /// an authorization refusal) stays half-closed, waiting for the peer to close its side, before it closes.
+    /// Default 1 second.
+    ///
+    /// Closing at once with the peer's bytes unread could make the peer's next write fail with `EPIPE` (or the
+    /// kernel reset the connection) before the peer reads the frame that says why; OpenSSH and PostgreSQL linger
+    /// the same way before they close on a refused client.
+    public var goAwayLingerTime: Duration = .seconds(1)
 
     /// How connections size their read buffers: from 128 bytes up to 1 MiB as traffic demands (the allocator
     /// doubles after a read that filled the buffer and shrinks after reads that did not). NIO keeps a connection's

@@ -4,20 +4,23 @@ import NIOCore
 /// going-away frame with reason `unauthorized` (`0x04`) in one write, as PROTOCOL.md describes.
 ///
 /// The peer's own bytes (its hello, maybe a request) are read and dropped, and the connection is half-closed and
-/// left open for at most ``lingerTime`` before it is closed: closing at once with the peer's bytes unread could
+/// left open for at most ``ConnectionOptions/goAwayLingerTime`` before it is closed: closing at once with the peer's bytes unread could
 /// make the peer's write fail with `EPIPE` before it reads the frame that says why.
 final class RefusalChannelHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     /// How long a refused connection may stay half-closed waiting for the peer to close its side.
-    static let lingerTime = TimeAmount.seconds(1)
+    private let lingerTime: TimeAmount
 
     private let text: String
 
-    /// - Parameter text: The going-away frame's text.
-    init(text: String) {
+    /// - Parameters:
+    ///   - text: The going-away frame's text.
+    ///   - lingerTime: How long to wait, half-closed, for the peer to close (``ConnectionOptions/goAwayLingerTime``).
+    init(text: String, lingerTime: Duration) {
         self.text = text
+        self.lingerTime = .init(lingerTime)
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -27,7 +30,7 @@ final class RefusalChannelHandler: ChannelInboundHandler {
         let channel = context.channel
         context.writeAndFlush(Self.wrapOutboundOut(bytes)).assumeIsolated().whenComplete { _ in
             channel.close(mode: .output, promise: nil)
-            channel.eventLoop.scheduleTask(in: Self.lingerTime) { channel.close(promise: nil) }
+            channel.eventLoop.scheduleTask(in: self.lingerTime) { channel.close(promise: nil) }
         }
         context.fireChannelActive()
     }

@@ -432,7 +432,7 @@ public final class Server: Service, Sendable {
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     channel.closeFuture.whenComplete { _ in self.channelClosed(id) }
-                    try channel.pipeline.syncOperations.addHandler(RefusalChannelHandler(text: text))
+                    try channel.pipeline.syncOperations.addHandler(RefusalChannelHandler(text: text, lingerTime: self.configuration.connection.goAwayLingerTime))
                 }
             }
             .withConnectedSocket(descriptor)
