@@ -1,0 +1,192 @@
+import NIOCore
+
+/// What handing out one frame asks of the read loop.
+enum DecodeStep {
+    /// Go on with the next frame.
+    case next
+    /// The peer's unanswered requests reached the maximum: hand out nothing more for now.
+    case pauseForRequests
+    /// The peer went away with a reason other than `0x00`: close.
+    case peerFailed
+}
+
+extension ConnectionChannelHandler {
+    /// Hands out every whole frame in the bytes kept from earlier reads and then in `incoming`, keeps the rest, and
+    /// pauses or closes as the frames ask.
+    func decode(_ incoming: inout ByteBuffer, context: ChannelHandlerContext, connection: Connection) {
+        // Work on locals and store them back once per read: class properties accessed per frame would cost a
+        // dynamic exclusivity check each time.
+        var decoder = self.decoder
+        var handler = self.handler.take()!
+        let wasEstablished = self.state.isEstablished
+        let limit = self.options.maximumConcurrentRequests
+        var failure: SocketIPCError?
+        var leftover: FrameAssembler?
+        var step = DecodeStep.next
+        self.dispatching = true
+        do {
+            // First the bytes earlier reads left: frames kept while paused, or the start of a frame, which takes
+            // from this read just the bytes it lacks. The decoder looks at the partial frame after every piece, so a
+            // bad frame is refused at the first byte that shows it, however the bytes were split.
+            if var partial = self.inbound.partial.take() {
+                while self.state.mayHandleFrames {
+                    if let frame = try decoder.next(from: &partial.bytes) {
+                        step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: limit)
+                        if !wasEstablished { self.frameHandledBeforeEstablished(connection) }
+                        if step != .next { break }
+                        continue
+                    }
+                    guard partial.readableBytes > 0, incoming.readableBytes > 0 else { break }
+                    let missing = max(decoder.bytesNeeded(toComplete: partial.bytes) - partial.readableBytes, 1)
+                    partial.append(incoming.readSlice(length: min(missing, incoming.readableBytes))!)
+                }
+                if partial.readableBytes > 0 { leftover = partial }
+            }
+            // Then the rest of this read, decoded where it lies, without copying.
+            if leftover == nil && step == .next {
+                while self.state.mayHandleFrames, let frame = try decoder.next(from: &incoming) {
+                    step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: limit)
+                    if !wasEstablished { self.frameHandledBeforeEstablished(connection) }
+                    if step != .next { break }
+                }
+            }
+            if incoming.readableBytes > 0 {
+                if leftover != nil {
+                    leftover!.append(incoming)
+                } else {
+                    leftover = InboundBuffer.keep(incoming)
+                }
+            }
+        } catch let error as SocketIPCError {
+            failure = error
+        } catch {
+            failure = SocketIPCError(.protocolViolation, "\(error)", cause: error)
+        }
+        self.dispatching = false
+        self.handler = handler
+        self.decoder = decoder
+        if !wasEstablished {
+            if decoder.helloReceived { self.state.helloDecoded() }
+            if self.state.readHandled() == .reportHandshake { self.reportHandshake(connection) }
+        }
+        if let failure {
+            self.fail(failure, context: context)
+            return
+        }
+        guard self.state.mayHandleFrames else { return }
+        if let leftover { self.inbound.partial = leftover }
+        switch step {
+        case .next:
+            break
+        case .pauseForRequests:
+            if connection.pauseReadingForRequests() {
+                self.inbound.isPausedForRequests = true
+                if self.inbound.partial != nil {
+                    self.handOutRepliesWhilePaused(context: context, connection: connection)
+                }
+            } else if self.inbound.partial != nil {
+                // Answers made room already: go on with what is kept.
+                var nothing = ByteBuffer()
+                self.decode(&nothing, context: context, connection: connection)
+            }
+        case .peerFailed:
+            // PROTOCOL.md: after a going-away with a reason other than 0x00 the receiver reads no further and closes;
+            // requests in flight fail with the reason's error.
+            self.inbound.discard()
+            context.close(promise: nil)
+        }
+    }
+
+    /// While paused for requests: hands out the replies and error replies among the bytes kept, and moves the other
+    /// frames among them (requests, messages, going-away), in order, to the held frames; keeps the start of an
+    /// unfinished frame. A going-away is held too, so that it still comes after the requests sent before it.
+    func handOutRepliesWhilePaused(context: ChannelHandlerContext, connection: Connection) {
+        guard var partial = self.inbound.partial.take(), self.state.mayHandleFrames else { return }
+        var handler = self.handler.take()!
+        var failure: SocketIPCError?
+        var step = DecodeStep.next
+        self.dispatching = true
+        do {
+            while self.state.mayHandleFrames {
+                // The same bytes, not yet read: the frame's own bytes are taken from here if it is held.
+                var before = partial.bytes
+                guard let frame = try self.decoder.next(from: &partial.bytes) else { break }
+                switch frame {
+                case .request, .message, .goAway:
+                    self.inbound.hold(before.readSlice(length: partial.bytes.readerIndex - before.readerIndex)!)
+                default:
+                    step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: .max)
+                }
+                if step != .next { break }
+            }
+        } catch let error as SocketIPCError {
+            failure = error
+        } catch {
+            failure = SocketIPCError(.protocolViolation, "\(error)", cause: error)
+        }
+        self.dispatching = false
+        self.handler = handler
+        if let failure {
+            self.fail(failure, context: context)
+        } else if step == .peerFailed {
+            self.inbound.discard()
+            context.close(promise: nil)
+        } else if partial.readableBytes > 0, self.state.mayHandleFrames {
+            self.inbound.partial = partial
+        }
+    }
+
+    /// Answers made room for more requests: hand out the frames kept meanwhile, then read again.
+    func resumeAfterAnswers(context: ChannelHandlerContext) {
+        guard self.inbound.isPausedForRequests, let connection = self.connection, self.state.mayHandleFrames else {
+            return
+        }
+        self.inbound.endPause()
+        if self.inbound.partial != nil {
+            connection.readBatchStarted()
+            var nothing = ByteBuffer()
+            self.decode(&nothing, context: context, connection: connection)
+            connection.readBatchEnded()
+        }
+        self.readIfHeld(context: context)
+    }
+
+    /// A frame was handed out before the handshake was reported: the first one after the peer's hello reports it,
+    /// so that a going-away frame sent right after the hello (an authorization refusal) is known by then.
+    @inline(never)
+    private func frameHandledBeforeEstablished(_ connection: Connection) {
+        self.state.helloDecoded()
+        if self.state.frameHandled() == .reportHandshake { self.reportHandshake(connection) }
+    }
+
+    /// Tells the owner the handshake is complete, and stops the handshake timer.
+    private func reportHandshake(_ connection: Connection) {
+        self.handshakeTimer.take()?.cancel()
+        self.lifecycle.handshakeCompleted(connection)
+    }
+
+    @inline(__always)
+    static func dispatch(
+        _ frame: Frame,
+        to handler: inout Handler,
+        connection: Connection,
+        maximumRequests: Int
+    ) -> DecodeStep {
+        switch frame {
+        case .message(let message):
+            handler.didReceiveMessage(message, on: connection)
+        case .request(let id, let payload):
+            let unanswered = connection.requestReceived()
+            handler.didReceiveRequest(payload, reply: Reply(connection: connection, id: id), on: connection)
+            if unanswered >= maximumRequests { return .pauseForRequests }
+        case .reply(let id, let payload):
+            connection.replyReceived(id: id, result: .success(payload))
+        case .errorReply(let id, let message):
+            connection.replyReceived(id: id, result: .failure(SocketIPCError(.remoteError, message)))
+        case .goAway(let reason, let message):
+            connection.peerIsGoingAway(reason, message: message)
+            if reason != .normal { return .peerFailed }
+        }
+        return .next
+    }
+}

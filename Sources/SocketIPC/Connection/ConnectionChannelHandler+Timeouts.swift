@@ -1,0 +1,82 @@
+import NIOCore
+
+extension ConnectionChannelHandler {
+    /// Starts the handshake timer (when the connection has a handshake timeout) and the idle timer (when it has an
+    /// idle timeout).
+    func startTimers(context: ChannelHandlerContext) {
+        let loop = context.eventLoop.assumeIsolated()
+        if let timeout = self.handshakeTimeout, !self.state.isEstablished {
+            // The server's clock started when it accepted the connection, which may have waited for a slot since.
+            let deadline = self.lifecycle.handshakeDeadline ?? .now() + .init(timeout)
+            self.handshakeTimer = loop.scheduleTask(deadline: deadline) {
+                self.handshakeTimer = nil
+                if case .failTimedOut(let error) = self.state.handshakeTimedOut(after: timeout) {
+                    self.tellPeerAndClose(error, context: context, linger: false)
+                }
+            }
+        }
+        if let timeout = self.options.idleTimeout {
+            self.lastActivity = .now()
+            self.scheduleIdleCheck(at: self.lastActivity + .init(timeout), context: context)
+        }
+    }
+
+    /// Checks at `deadline` whether the connection has been idle for the idle timeout: no bytes read and no request
+    /// in flight either way. If so, says going-away `0x00` ("idle timeout") and closes; if not, checks again when
+    /// it would be.
+    private func scheduleIdleCheck(at deadline: NIODeadline, context: ChannelHandlerContext) {
+        self.idleTimer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) {
+            self.idleTimer = nil
+            guard let connection = self.connection, let timeout = self.options.idleTimeout, self.state.mayHandleFrames
+            else { return }
+            let now = NIODeadline.now()
+            if connection.hasRequestsInFlight { self.lastActivity = now }
+            let idleUntil = self.lastActivity + .init(timeout)
+            guard idleUntil <= now else {
+                self.scheduleIdleCheck(at: idleUntil, context: context)
+                return
+            }
+            if self.logger.logLevel <= .debug {
+                connection.logger.debug("closing an idle connection", metadata: ["timeout": "\(timeout)"])
+            }
+            connection.goAway(.normal, message: "idle timeout")
+        }
+    }
+
+    /// The decoder met something it cannot continue after: tell the peer why and close. (A peer the server's
+    /// authorization policy refuses never gets here: the server answers it with a ``RefusalChannelHandler``.)
+    func fail(_ error: SocketIPCError, context: ChannelHandlerContext) {
+        guard case .tellPeerAndClose(let error) = self.state.protocolFailed(error) else { return }
+        self.tellPeerAndClose(error, context: context, linger: true)
+    }
+
+    /// Tells the peer why (a going-away frame) and closes.
+    /// - Parameter linger: Whether to half-close and wait (at most ``ConnectionOptions/goAwayLingerTime``) for the
+    ///   peer to close, so that a peer still writing reads the going-away frame instead of failing with `EPIPE`;
+    ///   `false` closes once it is written, for a peer that was silent (its handshake timed out), so that its slot
+    ///   is free as soon as it sees the close.
+    private func tellPeerAndClose(_ error: SocketIPCError, context: ChannelHandlerContext, linger: Bool) {
+        self.inbound.discard()
+        // Debug only: the server logs each failed connection once, at notice and at a bounded rate.
+        self.logger.debug(
+            error.code == .timedOut ? "closing connection: handshake timeout" : "closing connection after a protocol error",
+            metadata: ["socketipc.connection": "\(self.connectionID)", "error": "\(error)"]
+        )
+        var frame = context.channel.allocator.buffer(capacity: 64)
+        frame.writeFrame(.goAway(GoAwayReason(code: error.code), message: error.message))
+        self.connection?.flushPendingWrites()
+        let channel = context.channel
+        let lingerTime = TimeAmount(self.options.goAwayLingerTime)
+        let written =
+            self.connection?.writeThroughChannel(CollectionOfOne(frame))
+            ?? context.writeAndFlush(Self.wrapOutboundOut(frame))
+        written.assumeIsolated().whenComplete { _ in
+            guard linger else {
+                channel.close(promise: nil)
+                return
+            }
+            channel.close(mode: .output, promise: nil)
+            channel.eventLoop.scheduleTask(in: lingerTime) { channel.close(promise: nil) }
+        }
+    }
+}

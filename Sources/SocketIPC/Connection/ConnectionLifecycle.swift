@@ -1,0 +1,15 @@
+import NIOCore
+
+/// Callbacks a connection's owner (the server's registry, the client's connect call) gets from its channel handler.
+struct ConnectionLifecycle: Sendable {
+    /// When the peer's handshake must be complete, if the owner set a deadline (the server: its handshake timeout
+    /// after accepting the connection); otherwise the handler's handshake timeout counts from when it is active.
+    var handshakeDeadline: NIODeadline? = nil
+    /// Called on the event loop once the peer's hello has arrived (after the first frame that followed it, if the
+    /// same read brought one).
+    var handshakeCompleted: @Sendable (Connection) -> Void = { _ in }
+    /// Called on the event loop when the connection opened (before the peer's hello).
+    var opened: @Sendable (Connection) -> Void = { _ in }
+    /// Called on the event loop when the connection closed; the error is `nil` for an orderly close.
+    var closed: @Sendable (Connection, SocketIPCError?) -> Void = { _, _ in }
+}

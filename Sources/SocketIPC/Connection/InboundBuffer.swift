@@ -1,0 +1,60 @@
+import NIOCore
+
+/// The bytes a framed connection has read and not yet handed out, and whether reading is paused or held.
+struct InboundBuffer {
+    /// The start of a frame a read left unfinished; while paused for requests, also the bytes not yet looked at.
+    var partial: FrameAssembler?
+    /// The requests and messages read while paused for requests, as their frames' bytes in order: they come before
+    /// the bytes of ``partial`` once the pause ends.
+    var held: ByteBuffer?
+    /// Whether requests and messages are not handed out until an answer makes room for more requests.
+    var isPausedForRequests = false
+    /// Whether a `read()` from the channel was held back; it is passed on once nothing holds reads any more.
+    var readHeld = false
+
+    /// The bytes kept: held frames and the start of the frame being read.
+    var bytesKept: Int {
+        (self.held?.readableBytes ?? 0) + (self.partial?.readableBytes ?? 0)
+    }
+
+    /// Adds the bytes of a read after those kept.
+    mutating func append(_ bytes: ByteBuffer) {
+        if self.partial != nil {
+            self.partial!.append(bytes)
+        } else {
+            self.partial = Self.keep(bytes)
+        }
+    }
+
+    /// Adds a whole frame's bytes to the frames held while paused.
+    mutating func hold(_ frame: ByteBuffer) {
+        if self.held == nil {
+            self.held = ByteBufferAllocator().buffer(capacity: max(frame.readableBytes, 64))
+        }
+        self.held!.writeImmutableBuffer(frame)
+    }
+
+    /// Ends a pause: the frames held come first, then what is still kept.
+    mutating func endPause() {
+        self.isPausedForRequests = false
+        guard var held = self.held.take() else { return }
+        if let rest = self.partial.take() { held.writeImmutableBuffer(rest.bytes) }
+        self.partial = FrameAssembler(held)
+    }
+
+    /// Drops everything kept: after a failure or the peer's going-away with an error, nothing more is handed out.
+    mutating func discard() {
+        self.partial = nil
+        self.held = nil
+    }
+
+    /// The start of a frame a read left unfinished, kept for the next read. A small rest is copied out of the read
+    /// buffer, so that NIO can reuse that buffer; a large one is kept where it is until the next read adds to it.
+    /// (When a read ends on a frame boundary nothing is kept, so an idle connection holds no read buffer.)
+    static func keep(_ rest: ByteBuffer) -> FrameAssembler {
+        guard rest.readableBytes <= 4096 else { return FrameAssembler(rest) }
+        var copy = ByteBufferAllocator().buffer(capacity: max(rest.readableBytes, 64))
+        copy.writeImmutableBuffer(rest)
+        return FrameAssembler(copy)
+    }
+}
