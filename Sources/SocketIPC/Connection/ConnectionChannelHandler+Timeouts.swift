@@ -6,13 +6,17 @@ extension ConnectionChannelHandler {
     func startTimers(context: ChannelHandlerContext) {
         let loop = context.eventLoop.assumeIsolated()
         if let timeout = self.handshakeTimeout, !self.state.isEstablished {
-            // The server's clock started when it accepted the connection, which may have waited for a slot since.
-            let deadline = self.lifecycle.handshakeDeadline ?? .now() + .init(timeout)
-            self.handshakeTimer = loop.scheduleTask(deadline: deadline) {
+            let fire = {
                 self.handshakeTimer = nil
                 if case .failTimedOut(let error) = self.state.handshakeTimedOut(after: timeout) {
                     self.tellPeerAndClose(error, context: context, linger: false)
                 }
+            }
+            if let deadline = self.lifecycle.handshakeDeadline {
+                // The server's clock started when it accepted the connection, which may have waited for a slot since.
+                self.handshakeTimer = loop.scheduleTask(deadline: deadline, fire)
+            } else {
+                self.handshakeTimer = loop.scheduleTask(in: .init(timeout), fire)
             }
         }
         if let timeout = self.options.idleTimeout {
