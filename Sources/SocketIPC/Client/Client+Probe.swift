@@ -78,7 +78,7 @@ extension Client {
             }
         } catch {
             close(descriptor)
-            throw SocketIPCError(.systemCall, "could not probe \(socketPath): \(error)", path: path)
+            throw SocketIPCError(.systemCall, "could not probe \(socketPath): \(error)", path: path, cause: error)
         }
         close(descriptor)
         return ProbeResult(style: style, peer: peer)

@@ -4,7 +4,7 @@ import NIOPosix
 
 /// Connects to a SocketIPC server: framed connections with ``connect(to:configuration:handler:logger:)`` and
 /// ``withConnection(to:configuration:handler:logger:_:)``, EOF-style messages with
-/// ``sendMessage(_:to:maximumAcknowledgementSize:)``.
+/// ``sendMessage(_:to:maximumAcknowledgementSize:connectTimeout:)``.
 ///
 /// ```swift
 /// try await Client.withConnection(to: "/tmp/app.sock") { connection in
@@ -88,7 +88,7 @@ public enum Client {
                 .get()
         } catch {
             handshake.fail(error)
-            throw SocketIPCError(.systemCall, "could not set up the connection to \(socketPath): \(error)", path: path)
+            throw SocketIPCError(.systemCall, "could not set up the connection to \(socketPath): \(error)", path: path, cause: error)
         }
         let timeout = eventLoop.scheduleTask(in: .init(configuration.connectTimeout)) {
             handshake.fail(

@@ -1,0 +1,71 @@
+import NIOCore
+
+/// Watches the writes and the half-close of a streamed EOF-style message (``Client/sendMessage(to:maximumAcknowledgementSize:connectTimeout:body:)``)
+/// to tell delivery from a server that closed on the message.
+final class EOFDeliveryTracker: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private var writeFailure: (any Error)?
+    private var connectionError: (any Error)?
+    private var halfClosed = false
+    private var endOfStreamAfterHalfClose = false
+    private var endOfStreamBeforeHalfClose = false
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let written = promise ?? context.eventLoop.makePromise(of: Void.self)
+        written.futureResult.assumeIsolated().whenFailure { error in
+            if self.writeFailure == nil { self.writeFailure = error }
+        }
+        context.write(data, promise: written)
+    }
+
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        if mode == .output { self.halfClosed = true }
+        context.close(mode: mode, promise: promise)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case .some(ChannelEvent.inputClosed) = event as? ChannelEvent { self.endOfStream() }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        // Once the write side is shut down, NIO reports the server's end-of-stream by closing the channel; a reset
+        // arrives first through `errorCaught`.
+        if self.connectionError == nil { self.endOfStream() }
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if self.connectionError == nil { self.connectionError = error }
+        context.fireErrorCaught(error)
+    }
+
+    private func endOfStream() {
+        guard !self.endOfStreamAfterHalfClose, !self.endOfStreamBeforeHalfClose else { return }
+        if self.halfClosed {
+            self.endOfStreamAfterHalfClose = true
+        } else {
+            self.endOfStreamBeforeHalfClose = true
+        }
+    }
+
+    /// The error to throw when the message was not delivered, or `nil` when it was: every write succeeded, the
+    /// write side was shut down, and then the server closed its side.
+    func undelivered(path: String) -> SocketIPCError? {
+        if let writeFailure = self.writeFailure { return .eofNotDelivered(path: path, cause: "\(writeFailure)") }
+        if let connectionError = self.connectionError {
+            return .eofNotDelivered(path: path, cause: "\(connectionError)")
+        }
+        if self.endOfStreamBeforeHalfClose {
+            return .eofNotDelivered(path: path, cause: "it closed while the message was being written")
+        }
+        if !self.endOfStreamAfterHalfClose {
+            return .eofNotDelivered(path: path, cause: "the connection closed before the server's end-of-stream")
+        }
+        return nil
+    }
+}
