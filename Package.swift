@@ -96,6 +96,11 @@ let package = Package(
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ]
         ),
+        // Depends on the SocketIPC product alone: what the README shows must compile with `import SocketIPC`.
+        .testTarget(
+            name: "SocketIPCImportTests",
+            dependencies: ["SocketIPC"]
+        ),
         .testTarget(
             name: "SocketIPCCLITests",
             dependencies: ["socket-ipc", "SocketIPCTestSupport"]

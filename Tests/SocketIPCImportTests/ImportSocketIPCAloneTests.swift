@@ -1,0 +1,59 @@
+import Foundation
+import SocketIPC
+import Testing
+
+/// This target depends on the `SocketIPC` product alone and imports nothing else of the package or of SwiftNIO and
+/// swift-log (with `MemberImportVisibility` on, the strictest setting): what the README shows must compile here.
+@Suite("import SocketIPC alone")
+struct ImportSocketIPCAloneTests {
+    @Test("the README's server and client compile and run with import SocketIPC alone")
+    func readmeServerAndClient() async throws {
+        let directory = try Self.makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/app.sock"
+        var logger = Logger(label: "import-alone")
+        logger.logLevel = .critical
+        let (running, runningContinuation) = AsyncStream.makeStream(of: Void.self)
+        let server = Server.framed(
+            configuration: .init(path: path),
+            logger: logger,
+            onServerRunning: { _ in runningContinuation.yield() }
+        ) {
+            AsyncRequestHandler { request, connection in
+                #expect(connection.peer?.userID == getuid())
+                return request
+            }
+        }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await server.run() }
+            var iterator = running.makeAsyncIterator()
+            _ = await iterator.next()
+            let reply = try await Client.withConnection(to: path) { connection in
+                try await connection.request(ByteBuffer(string: "ping"))
+            }
+            #expect(String(buffer: reply) == "ping")
+            server.shutdownGracefully()
+            try await group.waitForAll()
+        }
+    }
+
+    @Test("the core's types are there: errors with codes, credentials and policies")
+    func coreTypes() {
+        let error = SocketIPCError(.addressInUse, "busy", path: "/tmp/x.sock")
+        #expect(error.code == .addressInUse)
+        let peer = PeerCredentials(processID: 1, userID: 4242, groupID: 4242)
+        #expect(AuthorizationPolicy.users([4242]).allows(peer))
+        #expect(!AuthorizationPolicy.users([1]).allows(peer))
+        var buffer = ByteBufferAllocator().buffer(capacity: 4)
+        buffer.writeString("ok")
+        #expect(buffer.readableBytes == 2)
+    }
+
+    static func makeTemporaryDirectory() throws -> String {
+        var template = Array("/tmp/sipc-import-XXXXXX".utf8CString)
+        guard let result = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            throw SocketIPCError(.systemCall, "mkdtemp failed")
+        }
+        return String(cString: result)
+    }
+}
