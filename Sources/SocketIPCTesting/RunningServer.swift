@@ -26,6 +26,7 @@
 /// - Returns: What `body` returns.
 /// - Throws: What `makeServer` or `body` throws; the ``SocketIPCError`` of a server that failed to start or failed
 ///   while running; `CancellationError` when the task is cancelled before the server runs.
+@discardableResult
 public func withRunningServer<Value>(
     _ makeServer: (_ onServerRunning: @escaping @Sendable (SocketPath) async -> Void) throws -> Server,
     isolation: isolated (any Actor)? = #isolation,

@@ -30,6 +30,7 @@ import Darwin
 ///   - body: Uses the directory, given as an absolute path without a trailing `/`.
 /// - Returns: What `body` returns.
 /// - Throws: ``SocketIPCError`` with code `systemCall` when the directory cannot be made; what `body` throws.
+@discardableResult
 public func withTemporarySocketDirectory<Value>(
     isolation: isolated (any Actor)? = #isolation,
     _ body: (_ directory: String) async throws -> Value

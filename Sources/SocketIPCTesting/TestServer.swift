@@ -25,6 +25,7 @@
 /// - Returns: What `body` returns.
 /// - Throws: What `makeServer` or `body` throws, and the ``SocketIPCError`` of a server that failed to start or to
 ///   run.
+@discardableResult
 public func withTestServer<Value>(
     socketName: String = "test.sock",
     configure: (inout ServerConfiguration) -> Void = { _ in },
@@ -69,6 +70,7 @@ public func withTestServer<Value>(
 ///   - body: Uses the running server and its socket path (``ServerConfiguration/path``).
 /// - Returns: What `body` returns.
 /// - Throws: What `body` throws, and the ``SocketIPCError`` of a server that failed to start or to run.
+@discardableResult
 public func withFramedTestServer<Handler: ConnectionHandler & SendableMetatype, Value>(
     socketName: String = "test.sock",
     configure: (inout ServerConfiguration) -> Void = { _ in },
@@ -118,6 +120,7 @@ public func withFramedTestServer<Handler: ConnectionHandler & SendableMetatype, 
 ///   - body: Uses the running server and its socket path (``ServerConfiguration/path``).
 /// - Returns: What `body` returns.
 /// - Throws: What `body` throws, and the ``SocketIPCError`` of a server that failed to start or to run.
+@discardableResult
 public func withEOFTestServer<Value>(
     handler: EOFMessageHandler,
     socketName: String = "test.sock",

@@ -1,6 +1,7 @@
 import NIOCore
 import SocketIPC
 import SocketIPCTestSupport
+import SocketIPCTesting
 import Testing
 
 /// Issue 9, section 2: `Client.probe` calls a listener an EOF-style server only when it waited for the probe's
@@ -9,7 +10,7 @@ import Testing
 struct ProbeHonestyTests {
     @Test("a listener that writes a few bytes on accept and closes is another program, not an EOF-style server")
     func greetingListener() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let path = directory + "/http.sock"
             let listener = try ClosingListener(path: path, greeting: "HTTP/1.0 200 OK\r\n\r\n")
             defer { listener.stop() }
@@ -23,7 +24,7 @@ struct ProbeHonestyTests {
 
     @Test("a listener that closes at once without reading is reported as such")
     func closingListener() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let path = directory + "/closer.sock"
             let listener = try ClosingListener(path: path)
             defer { listener.stop() }
@@ -37,41 +38,37 @@ struct ProbeHonestyTests {
 
     @Test("a framed server whose policy refuses the caller is framedRefused with reason 0x04")
     func refusingFramedServer() async throws {
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/framed.sock"
-            try await withFramedServer(
-                path: path,
-                configure: { $0.authorization = .users([UInt32.max - 1]) },
-                makeHandler: { EchoHandler() }
-            ) { _ in
-                let result = try await Client.probe(path, timeout: .seconds(10))
-                guard case .framedRefused(let version, let reason, _) = result.style else {
-                    Issue.record("expected framedRefused, got \(result.style)")
-                    return
-                }
-                #expect(version == 1)
-                #expect(reason == 0x04)
-                #expect(!result.isServingCaller)
+        try await withFramedTestServer(
+            configure: { $0.authorization = .users([UInt32.max - 1]) },
+            makeHandler: { EchoHandler() }
+        ) { _, path in
+            let result = try await Client.probe(path, timeout: .seconds(10))
+            guard case .framedRefused(let version, let reason, _) = result.style else {
+                Issue.record("expected framedRefused, got \(result.style)")
+                return
             }
+            #expect(version == 1)
+            #expect(reason == 0x04)
+            #expect(!result.isServingCaller)
         }
     }
 
     @Test("a framed server that serves the caller is framed, and serves it")
     func servingFramedServer() async throws {
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/framed.sock"
-            try await withFramedServer(path: path, makeHandler: { EchoHandler() }) { _ in
-                let result = try await Client.probe(path, timeout: .seconds(10))
-                #expect(result.style == .framed(protocolVersion: 1))
-                #expect(result.isServingCaller)
-            }
+        try await withFramedTestServer(makeHandler: { EchoHandler() }) { _, path in
+            let result = try await Client.probe(path, timeout: .seconds(10))
+            #expect(result.style == .framed(protocolVersion: 1))
+            #expect(result.isServingCaller)
         }
     }
 
     @Test("an EOF-style server whose policy refuses the caller closes at once: not a server that serves it")
     func refusingEOFServer() async throws {
         let handler = EOFMessageHandler.onEventLoop { _, _ in ByteBuffer(string: "ok") }
-        try await withEOFServer(handler: handler, configure: { $0.authorization = .users([UInt32.max - 1]) }) { path in
+        try await withEOFTestServer(
+            handler: handler,
+            configure: { $0.authorization = .users([UInt32.max - 1]) }
+        ) { _, path in
             let result = try await Client.probe(path, timeout: .seconds(10))
             #expect(result.style == .closedAtOnce)
             #expect(!result.isServingCaller)
@@ -88,7 +85,7 @@ struct ProbeHonestyTests {
                 return nil
             },
         ] {
-            try await withEOFServer(handler: handler) { path in
+            try await withEOFTestServer(handler: handler) { _, path in
                 let result = try await Client.probe(path, timeout: .seconds(10))
                 #expect(result.isServingCaller)
                 guard case .endOfFile = result.style else {

@@ -2,6 +2,7 @@ import NIOCore
 import NIOPosix
 import SocketIPC
 import SocketIPCTestSupport
+import SocketIPCTesting
 import Synchronization
 import Testing
 
@@ -15,45 +16,33 @@ import Darwin
 struct ProbeTests {
     @Test("a framed server is recognised by its hello, with its protocol version and credentials")
     func framedServer() async throws {
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/framed.sock"
-            try await withFramedServer(path: path, makeHandler: { EchoHandler() }) { _ in
-                let result = try await Client.probe(path)
-                #expect(result.style == .framed(protocolVersion: 1))
-                #if os(Linux)
-                #expect(result.peer?.processID == getpid())
-                #endif
-            }
+        try await withFramedTestServer(makeHandler: { EchoHandler() }) { _, path in
+            let result = try await Client.probe(path)
+            #expect(result.style == .framed(protocolVersion: 1))
+            #if os(Linux)
+            #expect(result.peer?.processID == getpid())
+            #endif
         }
     }
 
     @Test("an EOF-style server reads an empty message and answers at once; the probe sends it nothing else")
     func eofServer() async throws {
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/eof.sock"
-            let received = Mutex<[Int]>([])
-            try await withRunningServer({
-                Server.eof(
-                    configuration: .init(path: path),
-                    logger: testLogger,
-                    onServerRunning: $0,
-                    handler: .onEventLoop { message, _ in
-                        received.withLock { $0.append(message.readableBytes) }
-                        return ByteBuffer(string: "ok")
-                    }
-                )
-            }) { _ in
-                // A long timeout: the answer must come from the server closing, not from the clock.
-                let result = try await Client.probe(path, timeout: .seconds(30))
-                #expect(result.style == .endOfFile(acknowledgementLength: 2))
-            }
-            #expect(received.withLock { $0 } == [0], "the handler saw one empty message, not a hello")
+        let received = Mutex<[Int]>([])
+        let handler = EOFMessageHandler.onEventLoop { message, _ in
+            received.withLock { $0.append(message.readableBytes) }
+            return ByteBuffer(string: "ok")
         }
+        try await withEOFTestServer(handler: handler) { _, path in
+            // A long timeout: the answer must come from the server closing, not from the clock.
+            let result = try await Client.probe(path, timeout: .seconds(30))
+            #expect(result.style == .endOfFile(acknowledgementLength: 2))
+        }
+        #expect(received.withLock { $0 } == [0], "the handler saw one empty message, not a hello")
     }
 
     @Test("a listener that says nothing is silent")
     func silentListener() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let path = directory + "/silent.sock"
             let listener = try RawListener(path: path)
             defer { listener.close() }
@@ -65,7 +54,7 @@ struct ProbeTests {
 
     @Test("a server that sends bytes other than a hello and keeps the connection open speaks another protocol")
     func otherProtocol() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let path = directory + "/other.sock"
             let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .childChannelOption(.allowRemoteHalfClosure, value: true)  // stays open after the probe's half-close
@@ -86,7 +75,7 @@ struct ProbeTests {
 
     @Test("nothing listening is a clear error naming the path")
     func nothingListens() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let path = directory + "/nobody.sock"
             let error = await #expect(throws: SocketIPCError.self) { _ = try await Client.probe(path) }
             #expect(error?.code == .connectionRefused)

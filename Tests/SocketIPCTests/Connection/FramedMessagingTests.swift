@@ -1,5 +1,6 @@
 import NIOCore
 import SocketIPC
+import SocketIPCTesting
 import Synchronization
 import Testing
 
@@ -8,19 +9,16 @@ struct FramedMessagingTests {
     @Test("payloads of 0, 1 and exactly the maximum bytes go both ways; one byte more is refused before sending",
           arguments: [0, 1, 16 * 1024 * 1024])
     func sizes(size: Int) async throws {
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/sizes.sock"
-            try await withFramedServer(path: path, makeHandler: { EchoHandler() }) { _ in
-                try await Client.withConnection(to: path) { connection in
-                    let payload = ByteBuffer(repeating: 0xA5, count: size)
-                    let reply = try await connection.request(payload)
-                    #expect(reply == payload)
-                    try await connection.send(payload)
-                    let tooLarge = ByteBuffer(repeating: 0, count: 16 * 1024 * 1024 + 1)
-                    let error = await #expect(throws: SocketIPCError.self) { try await connection.send(tooLarge) }
-                    #expect(error?.code == .messageTooLarge)
-                    #expect(String(buffer: try await connection.request(ByteBuffer(string: "alive"))) == "alive")
-                }
+        try await withFramedTestServer(makeHandler: { EchoHandler() }) { _, path in
+            try await Client.withConnection(to: path) { connection in
+                let payload = ByteBuffer(repeating: 0xA5, count: size)
+                let reply = try await connection.request(payload)
+                #expect(reply == payload)
+                try await connection.send(payload)
+                let tooLarge = ByteBuffer(repeating: 0, count: 16 * 1024 * 1024 + 1)
+                let error = await #expect(throws: SocketIPCError.self) { try await connection.send(tooLarge) }
+                #expect(error?.code == .messageTooLarge)
+                #expect(String(buffer: try await connection.request(ByteBuffer(string: "alive"))) == "alive")
             }
         }
     }
@@ -29,16 +27,13 @@ struct FramedMessagingTests {
     func oneWayBothDirections() async throws {
         let received = Recorder()
         let (pushes, pushContinuation) = AsyncStream.makeStream(of: String.self)
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/push.sock"
-            try await withFramedServer(path: path, makeHandler: { RecordingHandler(received: received) }) { _ in
-                try await Client.withConnection(to: path, onMessage: { pushContinuation.yield(String(buffer: $0)) }) { connection in
-                    for index in 0..<1000 { try await connection.send(ByteBuffer(string: "m\(index)")) }
-                    // The server pushes the count it has seen when asked; frames are handled in order.
-                    try await connection.send(ByteBuffer(string: "push"))
-                    var iterator = pushes.makeAsyncIterator()
-                    #expect(await iterator.next() == "seen 1000")
-                }
+        try await withFramedTestServer(makeHandler: { RecordingHandler(received: received) }) { _, path in
+            try await Client.withConnection(to: path, onMessage: { pushContinuation.yield(String(buffer: $0)) }) { connection in
+                for index in 0..<1000 { try await connection.send(ByteBuffer(string: "m\(index)")) }
+                // The server pushes the count it has seen when asked; frames are handled in order.
+                try await connection.send(ByteBuffer(string: "push"))
+                var iterator = pushes.makeAsyncIterator()
+                #expect(await iterator.next() == "seen 1000")
             }
         }
         #expect(received.items.withLock { $0 } == (0..<1000).map { "m\($0)" })
@@ -47,30 +42,27 @@ struct FramedMessagingTests {
     @Test("messages larger than the socket buffer, among small ones and concurrent large requests, arrive whole and in order")
     func largeAndSmallInOrder() async throws {
         let received = Recorder()
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/order.sock"
-            try await withFramedServer(path: path, makeHandler: { PatternCheckingHandler(received: received) }) { _ in
-                // From the connection's event loop a flush writes straight to the socket until the socket is full;
-                // the rest then goes through the channel, and every later flush must queue behind it.
-                try await Client.withConnection(to: path) { connection in
-                    try await withThrowingTaskGroup(of: Void.self) { group in
-                        group.addTask {
-                            for index in 0..<50 {
-                                try await connection.send(patternMessage(index: index, size: index % 10 == 0 ? 3_000_000 : 50 + index))
-                            }
+        try await withFramedTestServer(makeHandler: { PatternCheckingHandler(received: received) }) { _, path in
+            // From the connection's event loop a flush writes straight to the socket until the socket is full;
+            // the rest then goes through the channel, and every later flush must queue behind it.
+            try await Client.withConnection(to: path) { connection in
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask {
+                        for index in 0..<50 {
+                            try await connection.send(patternMessage(index: index, size: index % 10 == 0 ? 3_000_000 : 50 + index))
                         }
-                        group.addTask {
-                            for index in 0..<6 {
-                                let request = patternMessage(index: 1000 + index, size: 2_000_000)
-                                let reply = try await connection.request(request)
-                                #expect(reply == request)
-                            }
-                        }
-                        try await group.waitForAll()
                     }
-                    // Frames are handled in order: once this is answered, every message before it was handled.
-                    _ = try await connection.request(ByteBuffer(string: "done"))
+                    group.addTask {
+                        for index in 0..<6 {
+                            let request = patternMessage(index: 1000 + index, size: 2_000_000)
+                            let reply = try await connection.request(request)
+                            #expect(reply == request)
+                        }
+                    }
+                    try await group.waitForAll()
                 }
+                // Frames are handled in order: once this is answered, every message before it was handled.
+                _ = try await connection.request(ByteBuffer(string: "done"))
             }
         }
         #expect(received.items.withLock { $0 } == (0..<50).map { "\($0) whole" })
@@ -78,85 +70,69 @@ struct FramedMessagingTests {
 
     @Test("a frame split into 1-byte writes is decoded")
     func oneByteWrites() async throws {
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/split.sock"
-            try await withFramedServer(path: path, makeHandler: { EchoHandler() }) { _ in
-                let socket = try await RawSocket.connect(to: path)
-                defer { socket.close() }
-                #expect(try await socket.read(exactly: 8) == helloBytes)
-                let payload = Array("byte by byte".utf8)
-                try await socket.write(helloBytes + frameBytes(kind: 0x02, id: 42, payload: payload), chunkSize: 1)
-                #expect(try await socket.read(exactly: 9 + payload.count) == frameBytes(kind: 0x03, id: 42, payload: payload))
-            }
+        try await withFramedTestServer(makeHandler: { EchoHandler() }) { _, path in
+            let socket = try await RawSocket.connect(to: path)
+            defer { socket.close() }
+            #expect(try await socket.read(exactly: 8) == helloBytes)
+            let payload = Array("byte by byte".utf8)
+            try await socket.write(helloBytes + frameBytes(kind: 0x02, id: 42, payload: payload), chunkSize: 1)
+            #expect(try await socket.read(exactly: 9 + payload.count) == frameBytes(kind: 0x03, id: 42, payload: payload))
         }
     }
 
     @Test("a frame header claiming more than the maximum closes that connection with a going-away frame; the server goes on")
     func oversizedClaim() async throws {
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/oversized.sock"
-            try await withFramedServer(path: path, makeHandler: { EchoHandler() }) { _ in
-                let socket = try await RawSocket.connect(to: path)
-                defer { socket.close() }
-                // Claims 1 GiB and sends none of it: the server must not wait for (or allocate) the payload.
-                try await socket.write(helloBytes + [0x40, 0x00, 0x00, 0x00, 0x01])
-                let answer = try await socket.readToEnd()
-                #expect(Array(answer.prefix(8)) == helloBytes)
-                #expect(answer.count > 14 && answer[12] == 0x05 && answer[13] == 0x02, "going-away, reason message too large")
-                let reply = try await Client.withConnection(to: path) { try await $0.request(ByteBuffer(string: "next")) }
-                #expect(String(buffer: reply) == "next")
-            }
+        try await withFramedTestServer(makeHandler: { EchoHandler() }) { _, path in
+            let socket = try await RawSocket.connect(to: path)
+            defer { socket.close() }
+            // Claims 1 GiB and sends none of it: the server must not wait for (or allocate) the payload.
+            try await socket.write(helloBytes + [0x40, 0x00, 0x00, 0x00, 0x01])
+            let answer = try await socket.readToEnd()
+            #expect(Array(answer.prefix(8)) == helloBytes)
+            #expect(answer.count > 14 && answer[12] == 0x05 && answer[13] == 0x02, "going-away, reason message too large")
+            let reply = try await Client.withConnection(to: path) { try await $0.request(ByteBuffer(string: "next")) }
+            #expect(String(buffer: reply) == "next")
         }
     }
 
     @Test("a client whose limit is larger than the server's gets a typed error when it sends too much")
     func serverLimitReachesClient() async throws {
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/limit.sock"
-            try await withFramedServer(
-                path: path,
-                configure: { $0.connection.maximumMessageSize = 1024 },
-                makeHandler: { EchoHandler() }
-            ) { _ in
-                let connection = try await Client.connect(to: path)
-                defer { connection.close() }
-                let error = await #expect(throws: SocketIPCError.self) {
-                    _ = try await connection.request(ByteBuffer(repeating: 1, count: 1025))
-                }
-                #expect(error?.code == .messageTooLarge)
-                await connection.waitUntilClosed()
-                #expect(!connection.isOpen)
+        try await withFramedTestServer(
+            configure: { $0.connection.maximumMessageSize = 1024 },
+            makeHandler: { EchoHandler() }
+        ) { _, path in
+            let connection = try await Client.connect(to: path)
+            defer { connection.close() }
+            let error = await #expect(throws: SocketIPCError.self) {
+                _ = try await connection.request(ByteBuffer(repeating: 1, count: 1025))
             }
+            #expect(error?.code == .messageTooLarge)
+            await connection.waitUntilClosed()
+            #expect(!connection.isOpen)
         }
     }
 
     @Test("a peer that does not speak the protocol, or another version, gets a clear error",
           arguments: [(Array("GET / HTTP/1.1\r\n".utf8), UInt8(0x01)), ([0x53, 0x49, 0x50, 0x43, 0x02, 0, 0, 0], UInt8(0x03))] as [([UInt8], UInt8)])
     func wrongHello(bytes: [UInt8], reason: UInt8) async throws {
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/hello.sock"
-            try await withFramedServer(path: path, makeHandler: { EchoHandler() }) { _ in
-                let socket = try await RawSocket.connect(to: path)
-                defer { socket.close() }
-                try await socket.write(bytes)
-                let answer = try await socket.readToEnd()
-                #expect(answer.count > 14 && answer[12] == 0x05 && answer[13] == reason)
-            }
+        try await withFramedTestServer(makeHandler: { EchoHandler() }) { _, path in
+            let socket = try await RawSocket.connect(to: path)
+            defer { socket.close() }
+            try await socket.write(bytes)
+            let answer = try await socket.readToEnd()
+            #expect(answer.count > 14 && answer[12] == 0x05 && answer[13] == reason)
         }
     }
 
     @Test("a client connecting to something that is not a SocketIPC server fails with notSocketIPCPeer")
     func clientMeetsForeignServer() async throws {
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/eof.sock"
-            let handler = EOFMessageHandler.onEventLoop { _, _ in ByteBuffer(string: "HTTP/1.1 400 Bad Request\r\n") }
-            try await withRunningServer({ Server.eof(configuration: .init(path: path), logger: testLogger, onServerRunning: $0, handler: handler) }) { _ in
-                // The EOF server answers only after EOF, so the client's hello wait times out: make it short.
-                var configuration = ClientConfiguration()
-                configuration.connectTimeout = .milliseconds(200)
-                let error = await #expect(throws: SocketIPCError.self) { _ = try await Client.connect(to: path, configuration: configuration) }
-                #expect(error?.code == .timedOut)
-            }
+        let handler = EOFMessageHandler.onEventLoop { _, _ in ByteBuffer(string: "HTTP/1.1 400 Bad Request\r\n") }
+        try await withEOFTestServer(handler: handler) { _, path in
+            // The EOF server answers only after EOF, so the client's hello wait times out: make it short.
+            var configuration = ClientConfiguration()
+            configuration.connectTimeout = .milliseconds(200)
+            let error = await #expect(throws: SocketIPCError.self) { _ = try await Client.connect(to: path, configuration: configuration) }
+            #expect(error?.code == .timedOut)
         }
     }
 }
@@ -202,9 +178,4 @@ struct PatternCheckingHandler: ConnectionHandler {
     func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {
         reply.succeed(request)
     }
-}
-
-/// Strings collected from any thread.
-final class Recorder: Sendable {
-    let items = Mutex<[String]>([])
 }

@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import SocketIPC
 import SocketIPCTestSupport
+import SocketIPCTesting
 import Testing
 
 /// The server does what PROTOCOL.md says however a raw client splits its bytes across writes (issue 9, section 7):
@@ -39,61 +40,47 @@ struct ReadBoundaryTests {
 
     @Test("with a maximum of 16, a frame of length 0x12 is refused at its kind byte", arguments: 1...4)
     func tooLargeAtKindByte(split: Int) async throws {
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/small.sock"
-            try await withFramedServer(
-                path: path,
-                configure: { $0.connection.maximumMessageSize = 16 },
-                makeHandler: { EchoHandler() }
-            ) { _ in
-                let received = try await Self.exchange(path: path, [0x00, 0x00, 0x00, 0x12, 0x01], splitAt: split)
-                #expect(try Self.goAwayReason(in: received) == 0x02)
-            }
+        try await withFramedTestServer(
+            configure: { $0.connection.maximumMessageSize = 16 },
+            makeHandler: { EchoHandler() }
+        ) { _, path in
+            let received = try await Self.exchange(path: path, [0x00, 0x00, 0x00, 0x12, 0x01], splitAt: split)
+            #expect(try Self.goAwayReason(in: received) == 0x02)
         }
     }
 
     @Test("a maximum of Int.max means the largest payload a frame can carry: requests are served, and no length overflows")
     func unlimitedMaximum() async throws {
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/unlimited.sock"
-            try await withFramedServer(
-                path: path,
-                configure: { $0.connection.maximumMessageSize = .max },
-                makeHandler: { EchoHandler() }
-            ) { _ in
-                var options = ClientConfiguration()
-                options.connection.maximumMessageSize = .max
-                let reply = try await Client.withConnection(to: path, configuration: options) { connection in
-                    try await connection.request(ByteBuffer(string: "hi"))
-                }
-                #expect(String(buffer: reply) == "hi")
-                // The largest length field there is, for a message (1-byte header): a payload of 4 GiB - 2 bytes,
-                // more than any frame may carry (4 GiB - 6), refused at the kind byte.
-                let received = try await Self.exchange(path: path, [0xff, 0xff, 0xff, 0xff, 0x01], splitAt: 4)
-                #expect(try Self.goAwayReason(in: received) == 0x02)
+        try await withFramedTestServer(
+            configure: { $0.connection.maximumMessageSize = .max },
+            makeHandler: { EchoHandler() }
+        ) { _, path in
+            var options = ClientConfiguration()
+            options.connection.maximumMessageSize = .max
+            let reply = try await Client.withConnection(to: path, configuration: options) { connection in
+                try await connection.request(ByteBuffer(string: "hi"))
             }
+            #expect(String(buffer: reply) == "hi")
+            // The largest length field there is, for a message (1-byte header): a payload of 4 GiB - 2 bytes,
+            // more than any frame may carry (4 GiB - 6), refused at the kind byte.
+            let received = try await Self.exchange(path: path, [0xff, 0xff, 0xff, 0xff, 0x01], splitAt: 4)
+            #expect(try Self.goAwayReason(in: received) == 0x02)
         }
     }
 
     @Test("with the default maximum, a message of length 0x01000002 is refused at its kind byte", arguments: 1...4)
     func defaultMaximumAtKindByte(split: Int) async throws {
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/default.sock"
-            try await withFramedServer(path: path, makeHandler: { EchoHandler() }) { _ in
-                let received = try await Self.exchange(path: path, [0x01, 0x00, 0x00, 0x02, 0x01], splitAt: split)
-                #expect(try Self.goAwayReason(in: received) == 0x02)
-            }
+        try await withFramedTestServer(makeHandler: { EchoHandler() }) { _, path in
+            let received = try await Self.exchange(path: path, [0x01, 0x00, 0x00, 0x02, 0x01], splitAt: split)
+            #expect(try Self.goAwayReason(in: received) == 0x02)
         }
     }
 
     @Test("a bad magic is refused at the first byte that differs, however the hello was split", arguments: 1...3)
     func badMagicAtFirstDifference(split: Int) async throws {
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/magic.sock"
-            try await withFramedServer(path: path, makeHandler: { EchoHandler() }) { _ in
-                let received = try await Self.exchange(path: path, [0x53, 0x49, 0x50, 0x58], splitAt: split, sayHello: false)
-                #expect(try Self.goAwayReason(in: received) == 0x01)
-            }
+        try await withFramedTestServer(makeHandler: { EchoHandler() }) { _, path in
+            let received = try await Self.exchange(path: path, [0x53, 0x49, 0x50, 0x58], splitAt: split, sayHello: false)
+            #expect(try Self.goAwayReason(in: received) == 0x01)
         }
     }
 
@@ -102,32 +89,26 @@ struct ReadBoundaryTests {
         arguments: 1...6
     )
     func closesAfterFailedGoAway(split: Int) async throws {
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/goaway.sock"
-            try await withFramedServer(path: path, makeHandler: { EchoHandler() }) { _ in
-                let request = frameBytes(kind: 0x02, id: 1, payload: Array("after".utf8))
-                let received = try await Self.exchange(path: path, [0x00, 0x00, 0x00, 0x02, 0x05, 0x02] + request, splitAt: split)
-                #expect(received == helloBytes)
-            }
+        try await withFramedTestServer(makeHandler: { EchoHandler() }) { _, path in
+            let request = frameBytes(kind: 0x02, id: 1, payload: Array("after".utf8))
+            let received = try await Self.exchange(path: path, [0x00, 0x00, 0x00, 0x02, 0x05, 0x02] + request, splitAt: split)
+            #expect(received == helloBytes)
         }
     }
 
     @Test("after the client's going-away 0x00 the server answers the requests it has, then closes")
     func answersThenClosesAfterNormalGoAway() async throws {
         let (held, heldContinuation) = AsyncStream.makeStream(of: Reply.self)
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/normal.sock"
-            try await withFramedServer(path: path, makeHandler: { HoldingEchoHandler(held: heldContinuation) }) { _ in
-                let socket = try await RawSocket.connect(to: path)
-                defer { socket.close() }
-                let request = frameBytes(kind: 0x02, id: 9, payload: Array("hold".utf8))
-                try await socket.send(pieces: [helloBytes + request + goAwayBytes(reason: 0x00, text: "bye")])
-                var replies = held.makeAsyncIterator()
-                let reply = try #require(await replies.next())
-                reply.succeed(ByteBuffer(string: "done"))
-                let received = try await socket.readUntilClosed()
-                #expect(received == helloBytes + frameBytes(kind: 0x03, id: 9, payload: Array("done".utf8)))
-            }
+        try await withFramedTestServer(makeHandler: { HoldingEchoHandler(held: heldContinuation) }) { _, path in
+            let socket = try await RawSocket.connect(to: path)
+            defer { socket.close() }
+            let request = frameBytes(kind: 0x02, id: 9, payload: Array("hold".utf8))
+            try await socket.send(pieces: [helloBytes + request + goAwayBytes(reason: 0x00, text: "bye")])
+            var replies = held.makeAsyncIterator()
+            let reply = try #require(await replies.next())
+            reply.succeed(ByteBuffer(string: "done"))
+            let received = try await socket.readUntilClosed()
+            #expect(received == helloBytes + frameBytes(kind: 0x03, id: 9, payload: Array("done".utf8)))
         }
     }
 
@@ -139,12 +120,9 @@ struct ReadBoundaryTests {
         let sent: [UInt8] =
             section.hasPrefix("A frame")
             ? helloBytes + [0xff, 0xff, 0xff, 0xff] : Array("GET / HTTP/1.0\r\n\r\n".utf8)
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/doc.sock"
-            try await withFramedServer(path: path, makeHandler: { EchoHandler() }) { _ in
-                let received = try await Self.exchange(path: path, sent, splitAt: sent.count, sayHello: false)
-                #expect(ProtocolDocument.hex(received) == ProtocolDocument.hex(documented))
-            }
+        try await withFramedTestServer(makeHandler: { EchoHandler() }) { _, path in
+            let received = try await Self.exchange(path: path, sent, splitAt: sent.count, sayHello: false)
+            #expect(ProtocolDocument.hex(received) == ProtocolDocument.hex(documented))
         }
     }
 

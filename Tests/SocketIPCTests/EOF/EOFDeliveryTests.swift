@@ -3,6 +3,7 @@ import NIOCore
 import NIOPosix
 import SocketIPC
 import SocketIPCTestSupport
+import SocketIPCTesting
 import Synchronization
 import Testing
 
@@ -34,7 +35,7 @@ struct EOFDeliveryTests {
         arguments: ["on the event loop", "collecting", "streaming"]
     )
     func overMaximum(kind: String) async throws {
-        try await withEOFServer(handler: Self.handler(kind)) { path in
+        try await withEOFTestServer(handler: Self.handler(kind)) { _, path in
             let message = ByteBuffer(repeating: 7, count: 4 * 1024 * 1024)
             for _ in 0..<20 {
                 let error = await #expect(throws: SocketIPCError.self) { _ = try await Client.sendMessage(message, to: path) }
@@ -59,8 +60,10 @@ struct EOFDeliveryTests {
         arguments: ["on the event loop", "collecting", "streaming"]
     )
     func refusedByPolicy(kind: String) async throws {
-        try await withEOFServer(handler: Self.handler(kind), configure: { $0.authorization = .users([UInt32.max - 1]) }) {
-            path in
+        try await withEOFTestServer(
+            handler: Self.handler(kind),
+            configure: { $0.authorization = .users([UInt32.max - 1]) }
+        ) { _, path in
             for size in [5, 4 * 1024 * 1024] {
                 for _ in 0..<10 {
                     let error = await #expect(throws: SocketIPCError.self) {
@@ -74,47 +77,40 @@ struct EOFDeliveryTests {
 
     @Test("an EOF-style send to a framed server says it is a framed server, for small and large messages")
     func framedServer() async throws {
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/framed.sock"
-            try await withFramedServer(path: path, makeHandler: { EchoHandler() }) { _ in
-                for size in [5, 300 * 1024] {
-                    let error = await #expect(throws: SocketIPCError.self) {
-                        _ = try await Client.sendMessage(ByteBuffer(repeating: 0x61, count: size), to: path)
-                    }
-                    #expect(error?.code == .wrongStyle)
-                    #expect(error?.message.contains("framed server") == true)
-                    #expect(error?.message.contains("drop --eof") == true)
-                    #expect(error?.path == path)
-                }
+        try await withFramedTestServer(makeHandler: { EchoHandler() }) { _, path in
+            for size in [5, 300 * 1024] {
                 let error = await #expect(throws: SocketIPCError.self) {
-                    _ = try await Client.sendMessage(to: path) { try await $0.write(ByteBuffer(string: "hello")) }
+                    _ = try await Client.sendMessage(ByteBuffer(repeating: 0x61, count: size), to: path)
                 }
                 #expect(error?.code == .wrongStyle)
                 #expect(error?.message.contains("framed server") == true)
+                #expect(error?.message.contains("drop --eof") == true)
+                #expect(error?.path == path)
             }
+            let error = await #expect(throws: SocketIPCError.self) {
+                _ = try await Client.sendMessage(to: path) { try await $0.write(ByteBuffer(string: "hello")) }
+            }
+            #expect(error?.code == .wrongStyle)
+            #expect(error?.message.contains("framed server") == true)
         }
     }
 
     @Test("a framed server that refuses the client is still named a framed server")
     func refusingFramedServer() async throws {
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/framed.sock"
-            try await withFramedServer(
-                path: path,
-                configure: { $0.authorization = .users([UInt32.max - 1]) },
-                makeHandler: { EchoHandler() }
-            ) { _ in
-                let error = await #expect(throws: SocketIPCError.self) {
-                    _ = try await Client.sendMessage(ByteBuffer(string: "hello"), to: path)
-                }
-                #expect(error?.message.contains("framed server") == true)
+        try await withFramedTestServer(
+            configure: { $0.authorization = .users([UInt32.max - 1]) },
+            makeHandler: { EchoHandler() }
+        ) { _, path in
+            let error = await #expect(throws: SocketIPCError.self) {
+                _ = try await Client.sendMessage(ByteBuffer(string: "hello"), to: path)
             }
+            #expect(error?.message.contains("framed server") == true)
         }
     }
 
     @Test("a listener that accepts and closes at once fails every send with connectionClosed (300 runs)")
     func closedAtOnce() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let path = directory + "/closer.sock"
             let listener = try ClosingListener(path: path)
             defer { listener.stop() }
@@ -141,7 +137,7 @@ extension EOFDeliveryTests {
         arguments: ["on the event loop", "collecting"]
     )
     func oneByteOver(kind: String) async throws {
-        try await withEOFServer(handler: Self.handler(kind)) { path in
+        try await withEOFTestServer(handler: Self.handler(kind)) { _, path in
             for _ in 0..<50 {
                 let error = await #expect(throws: SocketIPCError.self) {
                     _ = try await Client.sendMessage(ByteBuffer(repeating: 7, count: 1001), to: path)

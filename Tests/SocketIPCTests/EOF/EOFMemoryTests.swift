@@ -1,5 +1,6 @@
 import NIOCore
 import SocketIPC
+import SocketIPCTesting
 import Synchronization
 import Testing
 
@@ -22,7 +23,7 @@ struct EOFMemoryTests {
             kind == "collecting"
             ? .collecting { message, _ in record(message) }
             : .onEventLoop { message, _ in record(message) }
-        try await withEOFServer(handler: handler) { path in
+        try await withEOFTestServer(handler: handler) { _, path in
             let socket = try await RawSocket.connect(to: path)
             defer { socket.close() }
             try await socket.write([UInt8](repeating: 0x61, count: 20_000), chunkSize: 1)
@@ -49,7 +50,7 @@ struct EOFMemoryTests {
             }
             return nil
         }
-        try await withEOFServer(handler: handler) { path in
+        try await withEOFTestServer(handler: handler) { _, path in
             let socket = try await RawSocket.connect(to: path)
             defer { socket.close() }
             try await socket.write([UInt8](repeating: 0x61, count: 2_000), chunkSize: 1)

@@ -1,5 +1,6 @@
 import NIOCore
 import SocketIPC
+import SocketIPCTesting
 import Synchronization
 import Testing
 
@@ -18,7 +19,7 @@ struct EOFMessageTests {
 
     @Test("a message written in 1-byte pieces arrives whole at EOF and is acknowledged", arguments: [0, 1, 5000])
     func oneByteWrites(size: Int) async throws {
-        try await withEOFServer(handler: Self.countingHandler) { path in
+        try await withEOFTestServer(handler: Self.countingHandler) { _, path in
             let socket = try await RawSocket.connect(to: path)
             defer { socket.close() }
             try await socket.write([UInt8](repeating: 0x61, count: size), chunkSize: 1)
@@ -35,7 +36,7 @@ struct EOFMessageTests {
             seen.items.withLock { $0.append("\(String(buffer: message)) from pid \(context.peer?.processID ?? -1)") }
             return ByteBuffer(string: "got it")
         }
-        try await withEOFServer(handler: handler) { path in
+        try await withEOFTestServer(handler: handler) { _, path in
             let acknowledgement = try await Client.sendMessage(ByteBuffer(string: "hello"), to: path)
             #expect(String(buffer: acknowledgement) == "got it")
         }
@@ -44,7 +45,7 @@ struct EOFMessageTests {
 
     @Test("sendMessage works from an event loop (Client.withEventLoopExecutor), small and large, many at once")
     func fromEventLoop() async throws {
-        try await withEOFServer(handler: Self.countingHandler) { path in
+        try await withEOFTestServer(handler: Self.countingHandler) { _, path in
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for index in 0..<50 {
                     group.addTask {
@@ -70,7 +71,7 @@ struct EOFMessageTests {
         let expected = ByteBuffer(bytes: (0..<1_000_000).map { UInt8(truncatingIfNeeded: $0 % 251) })
         let acknowledgementSize = expected.readableBytes
         let handler = EOFMessageHandler.onEventLoop { _, _ in expected }
-        try await withEOFServer(handler: handler) { path in
+        try await withEOFTestServer(handler: handler) { _, path in
             let send: @Sendable (Int) async throws -> ByteBuffer = { maximum in
                 // From an event loop the client never waits inline, so the acknowledgement is read by the
                 // process-wide waiter, a piece per readiness event; from elsewhere it starts inline.
@@ -92,7 +93,7 @@ struct EOFMessageTests {
     @Test("a message over the maximum closes that connection and the send throws connectionClosed; the server goes on")
     func tooLarge() async throws {
         let handler = EOFMessageHandler.onEventLoop(maximumSize: 1000) { message, _ in ByteBuffer(string: "ok \(message.readableBytes)") }
-        try await withEOFServer(handler: handler) { path in
+        try await withEOFTestServer(handler: handler) { _, path in
             // One byte over: the server leaves it unread, so the client's read fails instead of seeing a clean end.
             let error = await #expect(throws: SocketIPCError.self) {
                 _ = try await Client.sendMessage(ByteBuffer(repeating: 1, count: 1001), to: path)
@@ -122,7 +123,7 @@ struct EOFMessageTests {
             acknowledgement.writeMultipleIntegers(UInt64(total), checksum)
             return acknowledgement
         }
-        try await withEOFServer(handler: handler) { path in
+        try await withEOFTestServer(handler: handler) { _, path in
             let piece = ByteBuffer(repeating: 3, count: chunkSize)
             var acknowledgement = try await Client.sendMessage(to: path) { writer in
                 for _ in 0..<chunks { try await writer.write(piece) }
@@ -139,7 +140,7 @@ struct EOFMessageTests {
     @Test("a streamed message over the server's maximum fails with a SocketIPCError, not NIO's")
     func streamedTooLarge() async throws {
         let handler = EOFMessageHandler.onEventLoop(maximumSize: 1000) { message, _ in ByteBuffer(string: "ok") }
-        try await withEOFServer(handler: handler) { path in
+        try await withEOFTestServer(handler: handler) { _, path in
             let error = await #expect(throws: SocketIPCError.self) {
                 _ = try await Client.sendMessage(to: path) { writer in
                     for _ in 0..<4096 { try await writer.write(ByteBuffer(repeating: 1, count: 64 * 1024)) }
@@ -155,27 +156,11 @@ struct EOFMessageTests {
             if String(buffer: message) == "bad" { throw SocketIPCError(.remoteError, "bad message") }
             return ByteBuffer(string: "fine")
         }
-        try await withEOFServer(handler: handler) { path in
+        try await withEOFTestServer(handler: handler) { _, path in
             let refused = try await Client.sendMessage(ByteBuffer(string: "bad"), to: path)
             #expect(refused.readableBytes == 0)
             let accepted = try await Client.sendMessage(ByteBuffer(string: "good"), to: path)
             #expect(String(buffer: accepted) == "fine")
         }
-    }
-}
-
-/// Runs an EOF-style server in a fresh temporary directory.
-func withEOFServer(
-    handler: EOFMessageHandler,
-    configure: (inout ServerConfiguration) -> Void = { _ in },
-    _ body: (String) async throws -> Void
-) async throws {
-    try await withTemporaryDirectory { directory in
-        let path = directory + "/eof.sock"
-        var configuration = ServerConfiguration(path: path)
-        configure(&configuration)
-        try await withRunningServer(
-            { Server.eof(configuration: configuration, logger: testLogger, onServerRunning: $0, handler: handler) }
-        ) { _ in try await body(path) }
     }
 }

@@ -3,6 +3,7 @@ import MetricsTestKit
 import NIOCore
 import NIOPosix
 import SocketIPC
+import SocketIPCTesting
 import Synchronization
 import Testing
 
@@ -24,14 +25,14 @@ struct EOFTimeLimitTests {
             kind == "collecting"
             ? .collecting { message, _ in ByteBuffer(string: "got \(message.readableBytes)") }
             : .onEventLoop { message, _ in ByteBuffer(string: "got \(message.readableBytes)") }
-        try await withEOFServer(
+        try await withEOFTestServer(
             handler: handler,
             configure: {
                 // Short, yet long enough for a healthy client to be served within it on a loaded machine.
                 $0.handshakeTimeout = .seconds(3)
                 $0.metricsFactory = metrics
             }
-        ) { path in
+        ) { _, path in
             let silent = try await RawSocket.connect(to: path)
             defer { silent.close() }
             let trickling = try await RawSocket.connect(to: path)
@@ -75,7 +76,7 @@ struct EOFTimeLimitTests {
             }
             return ByteBuffer(string: "ok")
         }
-        try await withEOFServer(handler: handler, configure: { $0.handshakeTimeout = .seconds(3) }) { path in
+        try await withEOFTestServer(handler: handler, configure: { $0.handshakeTimeout = .seconds(3) }) { _, path in
             let silent = try await RawSocket.connect(to: path)
             defer { silent.close() }
             // Under load the server may already have given up before these bytes go out: then the send fails.
@@ -92,7 +93,7 @@ struct EOFTimeLimitTests {
     func unreadAcknowledgement() async throws {
         let large = ByteBuffer(repeating: 1, count: 8 * 1024 * 1024)
         let handler = EOFMessageHandler.onEventLoop { _, _ in large }
-        try await withEOFServer(handler: handler, configure: { $0.handshakeTimeout = .seconds(3) }) { path in
+        try await withEOFTestServer(handler: handler, configure: { $0.handshakeTimeout = .seconds(3) }) { _, path in
             let reader = try await RawSocket.connect(to: path)
             defer { reader.close() }
             reader.shutdownWrite()

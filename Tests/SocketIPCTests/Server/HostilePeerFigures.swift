@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import SocketIPC
+import SocketIPCTesting
 import Synchronization
 import Testing
 
@@ -18,39 +19,35 @@ struct HostilePeerFigures {
         let gate = Gate()
         let started = Atomic<Int>(0)
         let total = 200_000
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/slow.sock"
-            try await withFramedServer(
-                path: path,
-                makeHandler: {
-                    AsyncRequestHandler { request, _ in
-                        guard String(buffer: request) == "abcd" else { return request }
-                        started.add(1, ordering: .relaxed)
-                        await gate.wait()
-                        return request
-                    }
+        try await withFramedTestServer(
+            makeHandler: {
+                AsyncRequestHandler { request, _ in
+                    guard String(buffer: request) == "abcd" else { return request }
+                    started.add(1, ordering: .relaxed)
+                    await gate.wait()
+                    return request
                 }
-            ) { _ in
-                _ = try await Client.withConnection(to: path) { try await $0.request(ByteBuffer(string: "warm")) }
-                let baseline = residentKiB()
-                var stream = helloBytes
-                stream.reserveCapacity(8 + total * 13)
-                for id in 1...total { stream += frameBytes(kind: 0x02, id: UInt32(id), payload: Array("abcd".utf8)) }
-                let socket = try await RawSocket.connect(to: path)
-                let taken = try await socket.sendUntilStalled(stream, stalledAfterMilliseconds: 3000)
-                let peak = residentKiB()
-                print(
-                    "slow handler: baseline \(baseline / 1024) MiB, +\((peak - baseline) / 1024) MiB with "
-                        + "\(started.load(ordering: .relaxed)) requests handed out and \(taken / 13) written "
-                        + "(\(total) tried)"
-                )
-                #expect(started.load(ordering: .relaxed) <= ConnectionOptions().maximumConcurrentRequests)
-                await gate.open()
-                socket.close()
-                // The server notices the close and drops the connection; give it a moment before measuring.
-                try await Task.sleep(for: .seconds(2))
-                print("slow handler: after disconnect +\((residentKiB() - baseline) / 1024) MiB")
             }
+        ) { _, path in
+            _ = try await Client.withConnection(to: path) { try await $0.request(ByteBuffer(string: "warm")) }
+            let baseline = residentKiB()
+            var stream = helloBytes
+            stream.reserveCapacity(8 + total * 13)
+            for id in 1...total { stream += frameBytes(kind: 0x02, id: UInt32(id), payload: Array("abcd".utf8)) }
+            let socket = try await RawSocket.connect(to: path)
+            let taken = try await socket.sendUntilStalled(stream, stalledAfterMilliseconds: 3000)
+            let peak = residentKiB()
+            print(
+                "slow handler: baseline \(baseline / 1024) MiB, +\((peak - baseline) / 1024) MiB with "
+                    + "\(started.load(ordering: .relaxed)) requests handed out and \(taken / 13) written "
+                    + "(\(total) tried)"
+            )
+            #expect(started.load(ordering: .relaxed) <= ConnectionOptions().maximumConcurrentRequests)
+            await gate.open()
+            socket.close()
+            // The server notices the close and drops the connection; give it a moment before measuring.
+            try await Task.sleep(for: .seconds(2))
+            print("slow handler: after disconnect +\((residentKiB() - baseline) / 1024) MiB")
         }
     }
 }

@@ -1,6 +1,7 @@
 import NIOCore
 import NIOPosix
 import SocketIPC
+import SocketIPCTesting
 import Synchronization
 import Testing
 
@@ -12,45 +13,42 @@ import Glibc
 struct RobustnessTests {
     @Test("a peer that dies mid-frame is dropped; the server keeps serving and leaks no file descriptor")
     func peerDiesMidFrame() async throws {
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/robust.sock"
-            try await withFramedServer(path: path, makeHandler: { EchoHandler() }) { _ in
-                // Warm up, so that lazily opened descriptors (event loop wakers, thread pool) are counted below.
-                _ = try await Client.withConnection(to: path) { try await $0.request(ByteBuffer(string: "warm")) }
-                let baseline = openFileDescriptorCount()
-                for cut in [3, 8, 10, 14] {
-                    let socket = try await RawSocket.connect(to: path)
-                    let frame = helloBytes + frameBytes(kind: 0x02, id: 1, payload: Array("half a request".utf8))
-                    try await socket.write(Array(frame.prefix(cut)))
-                    socket.close()
-                }
-                let reply = try await Client.withConnection(to: path) { try await $0.request(ByteBuffer(string: "still serving")) }
-                #expect(String(buffer: reply) == "still serving")
-                // The server closes its ends as it notices the EOFs; wait for that (bounded), then compare.
-                let settled = await eventually { openFileDescriptorCount() <= baseline }
-                #expect(settled, "open descriptors: \(openFileDescriptorCount()), before: \(baseline)")
+        try await withFramedTestServer(makeHandler: { EchoHandler() }) { _, path in
+            // Warm up, so that lazily opened descriptors (event loop wakers, thread pool) are counted below.
+            _ = try await Client.withConnection(to: path) { try await $0.request(ByteBuffer(string: "warm")) }
+            let baseline = openFileDescriptorCount()
+            for cut in [3, 8, 10, 14] {
+                let socket = try await RawSocket.connect(to: path)
+                let frame = helloBytes + frameBytes(kind: 0x02, id: 1, payload: Array("half a request".utf8))
+                try await socket.write(Array(frame.prefix(cut)))
+                socket.close()
             }
+            let reply = try await Client.withConnection(to: path) { try await $0.request(ByteBuffer(string: "still serving")) }
+            #expect(String(buffer: reply) == "still serving")
+            // The server closes its ends as it notices the EOFs; wait for that (bounded), then compare.
+            let settled = await eventually { openFileDescriptorCount() <= baseline }
+            #expect(settled, "open descriptors: \(openFileDescriptorCount()), before: \(baseline)")
         }
     }
 
     @Test("connections beyond maximumConnections are closed at once; the others are served")
     func connectionLimit() async throws {
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/limit.sock"
-            try await withFramedServer(path: path, configure: { $0.maximumConnections = 2 }, makeHandler: { EchoHandler() }) { _ in
-                let first = try await Client.connect(to: path)
-                let second = try await Client.connect(to: path)
-                defer { first.close(); second.close() }
-                await #expect(throws: SocketIPCError.self) { _ = try await Client.connect(to: path) }
-                let reply = try await first.request(ByteBuffer(string: "one"))
-                #expect(String(buffer: reply) == "one")
-            }
+        try await withFramedTestServer(
+            configure: { $0.maximumConnections = 2 },
+            makeHandler: { EchoHandler() }
+        ) { _, path in
+            let first = try await Client.connect(to: path)
+            let second = try await Client.connect(to: path)
+            defer { first.close(); second.close() }
+            await #expect(throws: SocketIPCError.self) { _ = try await Client.connect(to: path) }
+            let reply = try await first.request(ByteBuffer(string: "one"))
+            #expect(String(buffer: reply) == "one")
         }
     }
 
     @Test("a server that closes a connection right after accepting it makes connect fail at once, not time out")
     func closedRightAway() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let path = directory + "/rude.sock"
             let listener = try makeStaleSocket(at: path, listening: true)
             defer { close(listener) }
@@ -69,13 +67,9 @@ struct RobustnessTests {
 
     @Test("an authorization policy that refuses the peer gives the client a typed unauthorized error")
     func unauthorized() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let path = directory + "/auth.sock"
-            try await withFramedServer(
-                path: path,
-                configure: { $0.authorization = .users([UInt32.max - 1]) },
-                makeHandler: { EchoHandler() }
-            ) { _ in
+            try await withEchoServer(path: path, configure: { $0.authorization = .users([UInt32.max - 1]) }) { _ in
                 let error = await #expect(throws: SocketIPCError.self) {
                     try await Client.withConnection(to: path) { _ = try await $0.request(ByteBuffer(string: "let me in")) }
                 }
@@ -84,7 +78,7 @@ struct RobustnessTests {
                 let connectError = await #expect(throws: SocketIPCError.self) { _ = try await Client.connect(to: path) }
                 #expect(connectError?.code == .unauthorized)
             }
-            try await withFramedServer(path: path, configure: { $0.authorization = .sameUser }, makeHandler: { EchoHandler() }) { _ in
+            try await withEchoServer(path: path, configure: { $0.authorization = .sameUser }) { _ in
                 let reply = try await Client.withConnection(to: path) { try await $0.request(ByteBuffer(string: "me")) }
                 #expect(String(buffer: reply) == "me")
             }
@@ -103,7 +97,10 @@ struct RobustnessTests {
         } else {
             handler = .onEventLoop { _, _ in handled.withLock { $0 += 1 }; return ByteBuffer(string: "ok") }
         }
-        try await withEOFServer(handler: handler, configure: { $0.authorization = .users([UInt32.max - 1]) }) { path in
+        try await withEOFTestServer(
+            handler: handler,
+            configure: { $0.authorization = .users([UInt32.max - 1]) }
+        ) { _, path in
             let error = await #expect(throws: SocketIPCError.self) {
                 _ = try await Client.sendMessage(ByteBuffer(string: "let me in"), to: path)
             }
@@ -117,28 +114,25 @@ struct RobustnessTests {
         let state = PushState()
         let messageSize = 64 * 1024
         let total = 400  // 25 MiB: far beyond what the socket buffers hold
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/backpressure.sock"
-            try await withFramedServer(path: path, makeHandler: {
-                PushingHandler(state: state, count: total, size: messageSize)
-            }) { _ in
-                // A client that says hello and then reads nothing.
-                let socket = try await RawSocket.connect(to: path)
-                defer { socket.close() }
-                try await socket.write(helloBytes)
-                let stalled = await eventually { state.pushed.load(ordering: .relaxed) > 0 }
-                #expect(stalled)
-                // The pusher cannot finish while the client does not read: it is suspended in send.
-                let task = try #require(state.task.withLock { $0 })
-                let progressWhileStalled = state.pushed.load(ordering: .relaxed)
-                #expect(progressWhileStalled < total)
-                // Now read everything: the pusher finishes.
-                let expectedBytes = 8 + total * (5 + messageSize)
-                let received = try await socket.read(exactly: expectedBytes)
-                #expect(received.count == expectedBytes)
-                try await task.value
-                #expect(state.pushed.load(ordering: .relaxed) == total)
-            }
+        try await withFramedTestServer(makeHandler: {
+            PushingHandler(state: state, count: total, size: messageSize)
+        }) { _, path in
+            // A client that says hello and then reads nothing.
+            let socket = try await RawSocket.connect(to: path)
+            defer { socket.close() }
+            try await socket.write(helloBytes)
+            let stalled = await eventually { state.pushed.load(ordering: .relaxed) > 0 }
+            #expect(stalled)
+            // The pusher cannot finish while the client does not read: it is suspended in send.
+            let task = try #require(state.task.withLock { $0 })
+            let progressWhileStalled = state.pushed.load(ordering: .relaxed)
+            #expect(progressWhileStalled < total)
+            // Now read everything: the pusher finishes.
+            let expectedBytes = 8 + total * (5 + messageSize)
+            let received = try await socket.read(exactly: expectedBytes)
+            #expect(received.count == expectedBytes)
+            try await task.value
+            #expect(state.pushed.load(ordering: .relaxed) == total)
         }
     }
 }

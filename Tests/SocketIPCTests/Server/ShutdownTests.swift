@@ -2,6 +2,7 @@ import Logging
 import NIOCore
 import ServiceLifecycle
 import SocketIPC
+import SocketIPCTesting
 import Synchronization
 import Testing
 
@@ -9,7 +10,7 @@ import Testing
 struct ShutdownTests {
     @Test("graceful shutdown lets a request in flight finish, refuses new ones, and removes the socket file")
     func gracefulShutdown() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let path = directory + "/graceful.sock"
             let (running, runningContinuation) = AsyncStream.makeStream(of: Void.self)
             let (heldReplies, heldReplyContinuation) = AsyncStream.makeStream(of: Reply.self)
@@ -36,43 +37,37 @@ struct ShutdownTests {
                 let error = await #expect(throws: SocketIPCError.self) { _ = try await connection.request(ByteBuffer(string: "late")) }
                 #expect(error?.code == .peerGoingAway || error?.code == .connectionClosed)
             }
-            #expect(fileIdentity(path) == nil)
+            #expect(fileStatus(path) == nil)
             await #expect(throws: SocketIPCError.self) { _ = try await Client.connect(to: path) }
         }
     }
 
     @Test("graceful shutdown waits for the reply to a request the server itself has in flight")
     func gracefulShutdownWaitsForOwnRequests() async throws {
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/own-requests.sock"
-            let (serverResults, serverResultContinuation) = AsyncStream.makeStream(of: Result<String, SocketIPCError>.self)
-            try await withRunningServer({
-                Server.framed(configuration: .init(path: path), logger: testLogger, onServerRunning: $0) {
-                    AskingBackHandler(results: serverResultContinuation)
-                }
-            }) { server in
-                let (questions, questionContinuation) = AsyncStream.makeStream(of: Reply.self)
-                let connection = try await Client.connect(to: path, handler: HeldRepliesHandler(replies: questionContinuation))
-                defer { connection.close() }
-                try await connection.send(ByteBuffer(string: "ask me"))
-                var heldReplies = questions.makeAsyncIterator()
-                let question = try #require(await heldReplies.next())
+        let (serverResults, serverResultContinuation) = AsyncStream.makeStream(of: Result<String, SocketIPCError>.self)
+        try await withFramedTestServer(makeHandler: { AskingBackHandler(results: serverResultContinuation) }) {
+            server, path in
+            let (questions, questionContinuation) = AsyncStream.makeStream(of: Reply.self)
+            let connection = try await Client.connect(to: path, handler: HeldRepliesHandler(replies: questionContinuation))
+            defer { connection.close() }
+            try await connection.send(ByteBuffer(string: "ask me"))
+            var heldReplies = questions.makeAsyncIterator()
+            let question = try #require(await heldReplies.next())
 
-                server.shutdownGracefully()
-                #expect(await firstRefusal(on: connection).code == .peerGoingAway)
+            server.shutdownGracefully()
+            #expect(await firstRefusal(on: connection).code == .peerGoingAway)
 
-                question.succeed(ByteBuffer(string: "the answer"))
-                var results = serverResults.makeAsyncIterator()
-                let result = try #require(await results.next())
-                #expect((try? result.get()) == "the answer", "the server's own request got its reply: \(result)")
-                await connection.waitUntilClosed()
-            }
+            question.succeed(ByteBuffer(string: "the answer"))
+            var results = serverResults.makeAsyncIterator()
+            let result = try #require(await results.next())
+            #expect((try? result.get()) == "the answer", "the server's own request got its reply: \(result)")
+            await connection.waitUntilClosed()
         }
     }
 
     @Test("the grace period ends requests that take too long")
     func gracePeriod() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let path = directory + "/grace.sock"
             var configuration = ServerConfiguration(path: path)
             configuration.shutdownGracePeriod = .milliseconds(50)
@@ -86,13 +81,13 @@ struct ShutdownTests {
                 let error = await #expect(throws: SocketIPCError.self) { _ = try await hanging.value }
                 #expect(error?.code == .connectionClosed)
             }
-            #expect(fileIdentity(path) == nil)
+            #expect(fileStatus(path) == nil)
         }
     }
 
     @Test("as a Service in a ServiceGroup: graceful shutdown of the group stops the server and removes the file")
     func serviceGroup() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let path = directory + "/service.sock"
             let (running, runningContinuation) = AsyncStream.makeStream(of: Void.self)
             let server = Server.framed(
@@ -110,13 +105,13 @@ struct ShutdownTests {
                 await group.triggerGracefulShutdown()
                 try await tasks.waitForAll()
             }
-            #expect(fileIdentity(path) == nil)
+            #expect(fileStatus(path) == nil)
         }
     }
 
     @Test("cancelling the task that runs the server closes everything and removes the file")
     func cancellation() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let path = directory + "/cancel.sock"
             let (running, runningContinuation) = AsyncStream.makeStream(of: Void.self)
             let server = Server.eof(
@@ -127,11 +122,11 @@ struct ShutdownTests {
             )
             let task = Task { try await server.run() }
             for await _ in running { break }
-            #expect(fileIdentity(path) != nil)
+            #expect(fileStatus(path) != nil)
             task.cancel()
             try await task.value
-            #expect(fileIdentity(path) == nil)
-            #expect(fileIdentity(path + ".lock") == nil)
+            #expect(fileStatus(path) == nil)
+            #expect(fileStatus(path + ".lock") == nil)
         }
     }
 }

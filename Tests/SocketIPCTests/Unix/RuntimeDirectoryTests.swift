@@ -1,5 +1,6 @@
 import Foundation
 import SocketIPC
+import SocketIPCTesting
 import Testing
 
 #if canImport(Glibc)
@@ -11,7 +12,7 @@ import Glibc
 struct RuntimeDirectoryTests {
     @Test("XDG_RUNTIME_DIR is used when it is an absolute path to a 0700 directory of this user")
     func environment() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let runtime = try RuntimeDirectory.current(
                 environment: ["XDG_RUNTIME_DIR": directory], fallbackParent: directory)
             #expect(runtime.path == directory)
@@ -24,7 +25,7 @@ struct RuntimeDirectoryTests {
 
     @Test("without XDG_RUNTIME_DIR, the fallback is made with mode 0700 and used")
     func fallback() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let runtime = try RuntimeDirectory.current(environment: [:], fallbackParent: directory)
             let expected = directory + "/socketipc-\(geteuid())"
             #expect(runtime.path == expected)
@@ -34,7 +35,7 @@ struct RuntimeDirectoryTests {
             #expect(fileStatus(expected)?.uid == geteuid())
             let again = try RuntimeDirectory.current(environment: [:], fallbackParent: directory)
             #expect(again == runtime, "an existing private fallback is used as it is")
-            try await withStartedEchoServer(configuration(try runtime.socketPath("app.sock").path)) {
+            try await withEchoServer(path: try runtime.socketPath("app.sock").path) { _ in
                 #expect(fileStatus(expected + "/app.sock") != nil)
             }
         }
@@ -44,7 +45,7 @@ struct RuntimeDirectoryTests {
           arguments: ["relative", "missing", "0755", "symlink", "other user's"])
     func unusableEnvironment(kind: String) async throws {
         if kind == "other user's" && !OtherUser.canOwnFiles { return }
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let candidate = directory + "/xdg"
             var value = candidate
             switch kind {
@@ -69,7 +70,7 @@ struct RuntimeDirectoryTests {
           arguments: ["0755", "0770", "other user's", "symlink", "file"])
     func unsafeFallback(kind: String) async throws {
         if kind == "other user's" && !OtherUser.canOwnFiles { return }
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let fallback = directory + "/socketipc-\(geteuid())"
             switch kind {
             case "0755": try makeDirectory(fallback, mode: 0o755)
@@ -96,7 +97,7 @@ struct RuntimeDirectoryTests {
 
     @Test("with create: false a missing fallback is named but not made")
     func noCreate() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let runtime = try RuntimeDirectory.current(environment: [:], fallbackParent: directory, create: false)
             #expect(runtime.path == directory + "/socketipc-\(geteuid())")
             #expect(try directoryEntries(directory) == [])
@@ -105,7 +106,7 @@ struct RuntimeDirectoryTests {
 
     @Test("only a plain file name names a socket in it", arguments: ["", ".", "..", "a/b", "/abs"])
     func badNames(name: String) async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let runtime = try RuntimeDirectory.current(environment: ["XDG_RUNTIME_DIR": directory])
             #expect(throws: SocketIPCError.self) { try runtime.socketPath(name) }
         }

@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import SocketIPC
+import SocketIPCTesting
 import Testing
 
 #if canImport(Glibc)
@@ -13,7 +14,7 @@ struct SocketDirectorySecurityTests {
     @Test("a directory others can write without the sticky bit is refused, and accepted with the opt-out",
           arguments: [mode_t(0o777), 0o770, 0o703])
     func writableByOthers(mode: mode_t) async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let shared = directory + "/shared"
             try makeDirectory(shared, mode: mode)
             let path = shared + "/server.sock"
@@ -25,7 +26,7 @@ struct SocketDirectorySecurityTests {
             #expect(error?.message.contains("requiresSecureParentDirectory = false") == true, "and the opt-out")
             #expect(try directoryEntries(shared) == [], "nothing was created there")
 
-            try await withStartedEchoServer(configuration(path) { $0.requiresSecureParentDirectory = false }) {
+            try await withEchoServer(path: path, configure: { $0.requiresSecureParentDirectory = false }) { _ in
                 let reply = try await Client.withConnection(to: path) { try await $0.request(ByteBuffer(string: "ok")) }
                 #expect(String(buffer: reply) == "ok")
             }
@@ -34,10 +35,10 @@ struct SocketDirectorySecurityTests {
 
     @Test("a world-writable directory with the sticky bit (like /tmp) is accepted")
     func sticky() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let shared = directory + "/sticky"
             try makeDirectory(shared, mode: 0o1777)
-            try await withStartedEchoServer(configuration(shared + "/server.sock")) {
+            try await withEchoServer(path: shared + "/server.sock") { _ in
                 #expect(fileStatus(shared + "/server.sock") != nil)
             }
         }
@@ -46,7 +47,7 @@ struct SocketDirectorySecurityTests {
     @Test("a directory owned by another user (not root) is refused, and accepted with the opt-out",
           .enabled(if: OtherUser.canOwnFiles, "needs root to give a directory away"))
     func ownedByAnotherUser() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let theirs = directory + "/theirs"
             try makeDirectory(theirs, mode: 0o755)
             #expect(chown(theirs, OtherUser.uid, OtherUser.gid) == 0)
@@ -57,7 +58,7 @@ struct SocketDirectorySecurityTests {
             #expect(error?.message.contains("another user") == true)
             #expect(try directoryEntries(theirs) == [])
 
-            try await withStartedEchoServer(configuration(path) { $0.requiresSecureParentDirectory = false }) {
+            try await withEchoServer(path: path, configure: { $0.requiresSecureParentDirectory = false }) { _ in
                 #expect(fileStatus(path) != nil)
             }
         }
@@ -65,7 +66,7 @@ struct SocketDirectorySecurityTests {
 
     @Test("an unsafe ancestor is refused too: whoever can rename a directory above can replace the socket")
     func unsafeAncestor() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let open = directory + "/open"
             try makeDirectory(open, mode: 0o777)
             let mine = open + "/mine"
@@ -78,7 +79,7 @@ struct SocketDirectorySecurityTests {
 
     @Test("a symbolic link to a directory is judged by the directory it leads to")
     func symbolicLinkToDirectory() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let open = directory + "/open"
             try makeDirectory(open, mode: 0o777)
             symlink(open, directory + "/to-open")
@@ -89,7 +90,7 @@ struct SocketDirectorySecurityTests {
             let mine = directory + "/mine"
             try makeDirectory(mine, mode: 0o700)
             symlink(mine, directory + "/to-mine")
-            try await withStartedEchoServer(configuration(directory + "/to-mine/server.sock")) {
+            try await withEchoServer(path: directory + "/to-mine/server.sock") { _ in
                 #expect(fileStatus(mine + "/server.sock") != nil)
             }
         }
@@ -97,9 +98,9 @@ struct SocketDirectorySecurityTests {
 
     @Test("created parent directories get mode 0700 and pass the check")
     func createdParents() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let path = directory + "/made/here/server.sock"
-            try await withStartedEchoServer(configuration(path) { $0.createParentDirectory = true }) {
+            try await withEchoServer(path: path, configure: { $0.createParentDirectory = true }) { _ in
                 #expect(fileStatus(directory + "/made")?.mode == S_IFDIR | 0o700)
                 #expect(fileStatus(directory + "/made/here")?.mode == S_IFDIR | 0o700)
             }

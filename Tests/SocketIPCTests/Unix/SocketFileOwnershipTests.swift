@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import SocketIPC
 import SocketIPCTestSupport
+import SocketIPCTesting
 import Testing
 
 #if canImport(Glibc)
@@ -12,31 +13,31 @@ import Glibc
 struct SocketFileOwnershipTests {
     @Test("a second server on a live path fails with addressInUse; the first keeps its inode and keeps answering")
     func secondServer() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let path = directory + "/live.sock"
-            try await withFramedServer(path: path, makeHandler: { EchoHandler() }) { _ in
-                let before = try #require(fileIdentity(path))
+            try await withEchoServer(path: path) { _ in
+                let before = try #require(fileStatus(path))
                 let second = Server.framed(configuration: .init(path: path), logger: testLogger) { EchoHandler() }
                 let error = await #expect(throws: SocketIPCError.self) { try await second.run() }
                 #expect(error?.code == .addressInUse)
                 #expect(error?.message.contains(path) == true)
                 #expect(error?.message.contains("by process \(getpid())") == true, "the lock file names its holder")
-                #expect(fileIdentity(path)?.inode == before.inode)
+                #expect(fileStatus(path)?.inode == before.inode)
                 let reply = try await Client.withConnection(to: path) { try await $0.request(ByteBuffer(string: "still here")) }
                 #expect(String(buffer: reply) == "still here")
             }
-            #expect(fileIdentity(path) == nil, "the socket file is removed on shutdown")
-            #expect(fileIdentity(path + ".lock") == nil, "the lock file is removed on shutdown")
+            #expect(fileStatus(path) == nil, "the socket file is removed on shutdown")
+            #expect(fileStatus(path + ".lock") == nil, "the lock file is removed on shutdown")
         }
     }
 
     @Test("a stale socket file (nobody listening) is replaced and the server starts")
     func staleSocket() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let path = directory + "/stale.sock"
             try makeStaleSocket(at: path)
-            #expect(fileIdentity(path) != nil)
-            try await withFramedServer(path: path, makeHandler: { EchoHandler() }) { _ in
+            #expect(fileStatus(path) != nil)
+            try await withEchoServer(path: path) { _ in
                 let reply = try await Client.withConnection(to: path) { try await $0.request(ByteBuffer(string: "fresh")) }
                 #expect(String(buffer: reply) == "fresh")
             }
@@ -45,22 +46,22 @@ struct SocketFileOwnershipTests {
 
     @Test("a socket another program listens on (without our lock) is left alone")
     func foreignListener() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let path = directory + "/foreign.sock"
             let descriptor = try makeStaleSocket(at: path, listening: true)
             defer { close(descriptor) }
-            let before = try #require(fileIdentity(path))
+            let before = try #require(fileStatus(path))
             let server = Server.framed(configuration: .init(path: path), logger: testLogger) { EchoHandler() }
             let error = await #expect(throws: SocketIPCError.self) { try await server.run() }
             #expect(error?.code == .addressInUse)
-            #expect(fileIdentity(path)?.inode == before.inode)
+            #expect(fileStatus(path)?.inode == before.inode)
         }
     }
 
     @Test("a regular file, a directory or a symbolic link at the path is refused and left untouched",
           arguments: ["file", "directory", "symlink", "dangling symlink"])
     func occupied(kind: String) async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let path = directory + "/occupied.sock"
             let target = directory + "/target"
             switch kind {
@@ -71,12 +72,12 @@ struct SocketFileOwnershipTests {
                 try FileManager.default.createSymbolicLink(atPath: path, withDestinationPath: target)
             default: try FileManager.default.createSymbolicLink(atPath: path, withDestinationPath: target)
             }
-            let before = try #require(fileIdentity(path))
+            let before = try #require(fileStatus(path))
             let server = Server.framed(configuration: .init(path: path), logger: testLogger) { EchoHandler() }
             let error = await #expect(throws: SocketIPCError.self) { try await server.run() }
             #expect(error?.code == .pathOccupied)
             #expect(error?.message.contains("left untouched") == true)
-            let after = try #require(fileIdentity(path))
+            let after = try #require(fileStatus(path))
             #expect(after.inode == before.inode && after.mode == before.mode)
             if kind == "file" { #expect(try String(contentsOfFile: path, encoding: .utf8) == "precious") }
             if kind == "symlink" { #expect(try String(contentsOfFile: target, encoding: .utf8) == "precious") }
@@ -85,17 +86,17 @@ struct SocketFileOwnershipTests {
 
     @Test("a missing parent directory is an error, or is created with mode 0700 when asked")
     func missingParent() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let path = directory + "/a/b/server.sock"
             let server = Server.framed(configuration: .init(path: path), logger: testLogger) { EchoHandler() }
             let error = await #expect(throws: SocketIPCError.self) { try await server.run() }
             #expect(error?.code == .parentDirectoryMissing)
-            #expect(fileIdentity(directory + "/a") == nil)
+            #expect(fileStatus(directory + "/a") == nil)
 
-            try await withFramedServer(path: path, configure: { $0.createParentDirectory = true }, makeHandler: { EchoHandler() }) { _ in
-                let parent = try #require(fileIdentity(directory + "/a/b"))
+            try await withEchoServer(path: path, configure: { $0.createParentDirectory = true }) { _ in
+                let parent = try #require(fileStatus(directory + "/a/b"))
                 #expect(parent.mode & 0o777 == 0o700)
-                let socket = try #require(fileIdentity(path))
+                let socket = try #require(fileStatus(path))
                 #expect(socket.mode & 0o777 == 0o600)
             }
         }
@@ -103,20 +104,17 @@ struct SocketFileOwnershipTests {
 
     @Test("the socket gets the configured mode", arguments: [UInt16(0o600), 0o660, 0o666])
     func mode(mode: UInt16) async throws {
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/mode.sock"
-            try await withFramedServer(path: path, configure: { $0.mode = mode }, makeHandler: { EchoHandler() }) { _ in
-                let identity = try #require(fileIdentity(path))
-                #expect(identity.mode & 0o777 == UInt32(mode))
-            }
+        try await withFramedTestServer(configure: { $0.mode = mode }, makeHandler: { EchoHandler() }) { _, path in
+            let identity = try #require(fileStatus(path))
+            #expect(identity.mode & 0o777 == mode_t(mode))
         }
     }
 
     @Test("on shutdown a socket file that was replaced by someone else is not removed")
     func replacedFileSurvives() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let path = directory + "/replaced.sock"
-            try await withFramedServer(path: path, makeHandler: { EchoHandler() }) { _ in
+            try await withEchoServer(path: path) { _ in
                 unlink(path)
                 try Data("not yours".utf8).write(to: URL(fileURLWithPath: path))
             }
@@ -126,26 +124,11 @@ struct SocketFileOwnershipTests {
 
     @Test("run() twice is an error")
     func runTwice() async throws {
-        try await withTemporaryDirectory { directory in
-            try await withFramedServer(path: directory + "/twice.sock", makeHandler: { EchoHandler() }) { server in
+        try await withTemporarySocketDirectory { directory in
+            try await withEchoServer(path: directory + "/twice.sock") { server in
                 let error = await #expect(throws: SocketIPCError.self) { try await server.run() }
                 #expect(error?.code == .invalidState)
             }
         }
     }
-}
-
-/// Binds a socket at `path` and closes it without removing the file, as a killed server leaves it; returns the
-/// descriptor instead when `listening`.
-@discardableResult
-func makeStaleSocket(at path: String, listening: Bool = false) throws -> Int32 {
-    let descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-    let bound = withSocketAddress(path) { bind(descriptor, $0, $1) }
-    guard bound == 0 else { throw POSIXError(.EADDRINUSE) }
-    if listening {
-        listen(descriptor, 8)
-        return descriptor
-    }
-    close(descriptor)
-    return -1
 }

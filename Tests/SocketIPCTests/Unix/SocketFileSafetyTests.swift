@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import SocketIPC
 import SocketIPCTestSupport
+import SocketIPCTesting
 import Testing
 
 #if canImport(Glibc)
@@ -18,7 +19,7 @@ struct SocketFileSafetyTests {
         arguments: [(mode: mode_t(0o1777), optOut: false), (mode: 0o777, optOut: true)]
     )
     func othersLiveSocket(directoryMode: mode_t, optOut: Bool) async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let shared = directory + "/shared"
             try makeDirectory(shared, mode: directoryMode)
             chmod(directory, 0o755)
@@ -44,7 +45,7 @@ struct SocketFileSafetyTests {
         .timeLimit(.minutes(1))
     )
     func fullQueue() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let path = directory + "/full.sock"
             let listener = try FullQueueListener(at: path)
             defer { withExtendedLifetime(listener) {} }
@@ -59,7 +60,7 @@ struct SocketFileSafetyTests {
 
     @Test("a stale socket that belongs to another user is left untouched", .enabled(if: OtherUser.canOwnFiles, "needs root"))
     func othersStaleSocket() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let path = directory + "/stale.sock"
             try makeStaleSocket(at: path)
             #expect(lchown(path, OtherUser.uid, OtherUser.gid) == 0)
@@ -74,7 +75,7 @@ struct SocketFileSafetyTests {
 
     @Test("a symbolic link at the socket path is refused, and its target's mode and contents do not change")
     func symlinkAtPath() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let path = directory + "/link.sock"
             let target = directory + "/precious"
             try Data("precious".utf8).write(to: URL(fileURLWithPath: target))
@@ -95,7 +96,7 @@ struct SocketFileSafetyTests {
           arguments: ["symlink", "fifo", "other user's file"])
     func occupiedLockPath(kind: String) async throws {
         if kind == "other user's file" && !OtherUser.canOwnFiles { return }
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let path = directory + "/locked.sock"
             let lockPath = path + ".lock"
             let target = directory + "/target"
@@ -120,7 +121,7 @@ struct SocketFileSafetyTests {
 
     @Test("a hard link to another file of this user at the lock path is refused, and that file is not written")
     func hardLinkAtLockPath() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let path = directory + "/linked.sock"
             let target = directory + "/config"
             try Data("precious".utf8).write(to: URL(fileURLWithPath: target))
@@ -137,9 +138,9 @@ struct SocketFileSafetyTests {
     @Test("the socket has exactly the configured mode, and the private directory it was bound in is gone",
           arguments: [UInt16(0o600), 0o640, 0o660, 0o666, 0o700])
     func exactMode(mode: UInt16) async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let path = directory + "/exact.sock"
-            try await withStartedEchoServer(configuration(path) { $0.mode = mode }) {
+            try await withEchoServer(path: path, configure: { $0.mode = mode }) { _ in
                 let status = try #require(fileStatus(path))
                 #expect(status.mode == S_IFSOCK | mode_t(mode))
                 #expect(status.uid == geteuid())
@@ -153,7 +154,7 @@ struct SocketFileSafetyTests {
 
     @Test("a refused start leaves nothing of its own behind")
     func refusedStartLeavesNothing() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let path = directory + "/busy.sock"
             let descriptor = try makeStaleSocket(at: path, listening: true)
             defer { close(descriptor) }
@@ -165,7 +166,7 @@ struct SocketFileSafetyTests {
 
     @Test("an exiting server leaves alone the lock file and socket of a successor that took the path over")
     func successorSurvives() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let path = directory + "/handover.sock"
             let (running, isRunning) = AsyncStream.makeStream(of: Void.self)
             let first = Server.framed(
@@ -180,7 +181,7 @@ struct SocketFileSafetyTests {
                 // A clean-up job removes both files while the first server runs; a successor then takes the path.
                 unlink(path)
                 unlink(path + ".lock")
-                try await withStartedEchoServer(configuration(path)) {
+                try await withEchoServer(path: path) { _ in
                     let socket = try #require(fileStatus(path))
                     let lock = try #require(fileStatus(path + ".lock"))
                     first.shutdownGracefully()
@@ -207,28 +208,4 @@ func configuration(_ path: String, _ change: (inout ServerConfiguration) -> Void
     var configuration = ServerConfiguration(path: path)
     change(&configuration)
     return configuration
-}
-
-/// Makes a directory with exactly `mode`, whatever the umask.
-func makeDirectory(_ path: String, mode: mode_t) throws {
-    guard mkdir(path, 0o700) == 0, chmod(path, mode) == 0 else { throw POSIXError(.EIO) }
-}
-
-/// `lstat` of `path`: inode, full mode (type and permissions) and owner; `nil` when nothing is there.
-func fileStatus(_ path: String) -> (inode: UInt64, mode: mode_t, uid: uid_t)? {
-    var info = stat()
-    guard lstat(path, &info) == 0 else { return nil }
-    return (UInt64(info.st_ino), info.st_mode, info.st_uid)
-}
-
-/// The names in `directory`, sorted.
-func directoryEntries(_ directory: String) throws -> [String] {
-    try FileManager.default.contentsOfDirectory(atPath: directory).sorted()
-}
-
-/// Whether a blocking `connect` to `path` succeeds right now.
-func connects(to path: String) -> Bool {
-    let descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(descriptor) }
-    return withSocketAddress(path) { connect(descriptor, $0, $1) } == 0
 }

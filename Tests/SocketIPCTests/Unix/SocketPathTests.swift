@@ -1,5 +1,6 @@
 import NIOCore
 import SocketIPC
+import SocketIPCTesting
 import Testing
 
 @Suite("Socket paths")
@@ -15,11 +16,11 @@ struct SocketPathTests {
 
     @Test("a path of exactly the limit works end to end; one byte more fails before any system call")
     func limitEndToEnd() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let filler = SocketPath.maximumLength - directory.utf8.count - 1
             let longest = directory + "/" + String(repeating: "s", count: filler)
             #expect(longest.utf8.count == SocketPath.maximumLength)
-            try await withFramedServer(path: longest, makeHandler: { EchoHandler() }) { _ in
+            try await withEchoServer(path: longest) { _ in
                 let reply = try await Client.withConnection(to: longest) { try await $0.request(ByteBuffer(string: "ok")) }
                 #expect(String(buffer: reply) == "ok")
             }
@@ -31,7 +32,7 @@ struct SocketPathTests {
             #expect(error.message.contains("limit is \(SocketPath.maximumLength)"))
             let server = Server.framed(configuration: .init(path: tooLong), logger: testLogger) { EchoHandler() }
             await #expect(throws: SocketIPCError.self) { try await server.run() }
-            #expect(fileIdentity(tooLong) == nil)
+            #expect(fileStatus(tooLong) == nil)
             await #expect(throws: SocketIPCError.self) { _ = try await Client.connect(to: tooLong) }
         }
     }
