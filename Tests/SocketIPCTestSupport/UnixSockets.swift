@@ -10,6 +10,28 @@ import Musl
 import Darwin
 #endif
 
+/// Whether the tests run on Linux: some need what only Linux has (`/proc`, `POLLRDHUP`, util-linux's `setpriv` and
+/// `prlimit`, `SO_PEERGROUPS`); their traits say `.enabled(if: runsOnLinux)`.
+public let runsOnLinux: Bool = {
+    #if os(Linux)
+    true
+    #else
+    false
+    #endif
+}()
+
+/// `connect(2)` of `descriptor` to the socket at `path`: 0, or -1 with `errno` set. Usable where a type's own
+/// `connect` hides the C function, without naming the C library's module (`Glibc.connect` builds on Linux only).
+public func connectUnixSocket(_ descriptor: Int32, to path: String) -> Int32 {
+    withSocketAddress(path) { connect(descriptor, $0, $1) }
+}
+
+/// `close(2)` of `descriptor`, for where a type's own `close` hides the C function.
+@discardableResult
+public func closeDescriptor(_ descriptor: Int32) -> Int32 {
+    close(descriptor)
+}
+
 /// A new `AF_UNIX` `SOCK_STREAM` socket, or -1 with `errno` set. On Darwin it has `SO_NOSIGPIPE` (see
 /// ``disableSIGPIPE(on:)``), which ``sendWithoutSignal(_:_:flags:)`` relies on there.
 public func makeUnixStreamSocket() -> Int32 {
@@ -57,6 +79,9 @@ public func withSocketAddress<Result>(
     _ body: (UnsafePointer<sockaddr>, socklen_t) -> Result
 ) -> Result {
     var address = sockaddr_un()
+    #if canImport(Darwin)
+    address.sun_len = UInt8(MemoryLayout<sockaddr_un>.size)
+    #endif
     address.sun_family = sa_family_t(AF_UNIX)
     withUnsafeMutableBytes(of: &address.sun_path) { raw in
         raw.copyBytes(from: path.utf8)
