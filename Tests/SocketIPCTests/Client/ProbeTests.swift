@@ -6,8 +6,11 @@ import SocketIPCTesting
 import Synchronization
 import Testing
 
+// Written for Linux (Glibc, Musl) and Darwin; tested on Linux only, Darwin is untested.
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Musl)
+import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
@@ -89,15 +92,16 @@ private final class RawListener: Sendable {
     let descriptor: Int32
 
     init(path: String) throws {
-        self.descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        self.descriptor = makeUnixStreamSocket()
         guard withSocketAddress(path, { bind(self.descriptor, $0, $1) }) == 0, listen(self.descriptor, 8) == 0 else {
-            Glibc.close(self.descriptor)
-            throw RawSocketError.failed("bind", errno)
+            let code = errno
+            closeDescriptor(self.descriptor)
+            throw RawSocketError.failed("bind", code)
         }
     }
 
     func close() {
-        Glibc.close(self.descriptor)
+        closeDescriptor(self.descriptor)
     }
 }
 

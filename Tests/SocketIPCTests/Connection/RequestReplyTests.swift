@@ -170,8 +170,13 @@ struct RequestReplyTests {
 
 /// Raises the soft limit of open files to the hard limit, for tests with many connections.
 func raiseFileDescriptorLimit() {
+    #if canImport(Glibc)
+    let resource = Int32(RLIMIT_NOFILE.rawValue)
+    #else
+    let resource = RLIMIT_NOFILE
+    #endif
     var limit = rlimit()
-    getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+    getrlimit(resource, &limit)
     limit.rlim_cur = limit.rlim_max
-    setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+    setrlimit(resource, &limit)
 }

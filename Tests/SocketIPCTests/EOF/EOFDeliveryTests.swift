@@ -7,8 +7,13 @@ import SocketIPCTesting
 import Synchronization
 import Testing
 
+// Written for Linux (Glibc, Musl) and Darwin; tested on Linux only, Darwin is untested.
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
 #endif
 
 /// Issue 9, section 2: an EOF-style send reports delivery only when the server read the whole message and closed
@@ -148,10 +153,8 @@ extension EOFDeliveryTests {
             for _ in 0..<20 {
                 let socket = try await RawSocket.connect(to: path)
                 defer { socket.close() }
-                var first = [UInt8](repeating: 7, count: 600)
-                _ = send(socket.descriptor, &first, first.count, Int32(MSG_NOSIGNAL))
-                var second = [UInt8](repeating: 7, count: 401)
-                _ = send(socket.descriptor, &second, second.count, Int32(MSG_NOSIGNAL))
+                sendWithoutSignal(socket.descriptor, [UInt8](repeating: 7, count: 600))
+                sendWithoutSignal(socket.descriptor, [UInt8](repeating: 7, count: 401))
                 socket.shutdownWrite()
                 await #expect(throws: RawSocketError.self) { _ = try await socket.readToEnd() }
             }

@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import SocketIPC
+import SocketIPCTestSupport
 import SocketIPCTesting
 import Synchronization
 import Testing
@@ -12,7 +13,12 @@ import Testing
 ///
 /// It asserts nothing about memory (figures are measured, never asserted), only that the handler saw no more than
 /// `maximumConcurrentRequests` of the requests at once.
-@Suite("Hostile-peer memory figures", .serialized, .enabled(if: ProcessInfo.processInfo.environment["SOCKETIPC_MEASURE"] == "1"))
+@Suite(
+    "Hostile-peer memory figures",
+    .serialized,
+    .enabled(if: ProcessInfo.processInfo.environment["SOCKETIPC_MEASURE"] == "1"),
+    .enabled(if: runsOnLinux, "reads the resident set size from /proc")
+)
 struct HostilePeerFigures {
     @Test("200,000 requests to a handler that holds each one")
     func requestsToASlowHandler() async throws {
@@ -69,7 +75,7 @@ actor Gate {
     }
 }
 
-/// This process's resident set size, in KiB.
+/// This process's resident set size, in KiB, from `/proc` (Linux only); -1 where there is none.
 func residentKiB() -> Int {
     guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
         let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") })

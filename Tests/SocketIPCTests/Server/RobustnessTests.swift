@@ -5,8 +5,13 @@ import SocketIPCTesting
 import Synchronization
 import Testing
 
+// Written for Linux (Glibc, Musl) and Darwin; tested on Linux only, Darwin is untested.
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
 #endif
 
 @Suite("Hostile and broken peers", .serialized)

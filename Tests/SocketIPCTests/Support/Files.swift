@@ -41,7 +41,7 @@ func directoryEntries(_ directory: String) throws -> [String] {
 func connects(to path: String) -> Bool {
     let descriptor = makeUnixStreamSocket()
     defer { close(descriptor) }
-    return withSocketAddress(path) { connect(descriptor, $0, $1) } == 0
+    return connectUnixSocket(descriptor, to: path) == 0
 }
 
 /// Binds a socket at `path` and closes it without removing the file, as a killed server leaves it; returns the

@@ -3,8 +3,13 @@ import SocketIPC
 import SocketIPCTesting
 import Testing
 
+// Written for Linux (Glibc, Musl) and Darwin; tested on Linux only, Darwin is untested.
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
 #endif
 
 /// `RuntimeDirectory`: `$XDG_RUNTIME_DIR` when the XDG spec's requirements hold, else a private fallback.

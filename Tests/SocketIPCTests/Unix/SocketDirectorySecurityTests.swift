@@ -4,8 +4,13 @@ import SocketIPC
 import SocketIPCTesting
 import Testing
 
+// Written for Linux (Glibc, Musl) and Darwin; tested on Linux only, Darwin is untested.
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
 #endif
 
 /// The parent directory check: no directory on the way to the socket may let another user replace the socket file.

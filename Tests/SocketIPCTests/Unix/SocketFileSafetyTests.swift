@@ -5,8 +5,13 @@ import SocketIPCTestSupport
 import SocketIPCTesting
 import Testing
 
+// Written for Linux (Glibc, Musl) and Darwin; tested on Linux only, Darwin is untested.
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
 #endif
 
 /// What a server may and may not do to files at and beside its socket path when other processes, of this user or
