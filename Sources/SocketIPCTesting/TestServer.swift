@@ -79,19 +79,10 @@ public func withFramedTestServer<Handler: ConnectionHandler & SendableMetatype, 
     isolation: isolated (any Actor)? = #isolation,
     _ body: (_ server: Server, _ path: String) async throws -> Value
 ) async throws -> Value {
-    try await withTestServer(
-        socketName: socketName,
-        configure: configure,
-        makeServer: { configuration, onServerRunning in
-            Server.framed(
-                configuration: configuration,
-                logger: logger ?? quietLogger,
-                onServerRunning: onServerRunning,
-                makeHandler: makeHandler
-            )
-        },
-        body
-    )
+    let logger = logger ?? quietLogger
+    return try await withTestServer(socketName: socketName, configure: configure, makeServer: {
+        Server.framed(configuration: $0, logger: logger, onServerRunning: $1, makeHandler: makeHandler)
+    }, body)
 }
 
 /// Runs an EOF-style server on a socket in a new temporary directory for the length of `body`, and cleans up after
@@ -129,19 +120,10 @@ public func withEOFTestServer<Value>(
     isolation: isolated (any Actor)? = #isolation,
     _ body: (_ server: Server, _ path: String) async throws -> Value
 ) async throws -> Value {
-    try await withTestServer(
-        socketName: socketName,
-        configure: configure,
-        makeServer: { configuration, onServerRunning in
-            Server.eof(
-                configuration: configuration,
-                logger: logger ?? quietLogger,
-                onServerRunning: onServerRunning,
-                handler: handler
-            )
-        },
-        body
-    )
+    let logger = logger ?? quietLogger
+    return try await withTestServer(socketName: socketName, configure: configure, makeServer: {
+        Server.eof(configuration: $0, logger: logger, onServerRunning: $1, handler: handler)
+    }, body)
 }
 
 /// The servers' logger when the test names none: only critical messages, so that a passing test prints nothing.

@@ -10,14 +10,21 @@ import Testing
 struct TimeoutTests {
     static let shortTimeout = Duration.milliseconds(200)
 
-    @Test("a peer that sends no hello, or only part of it, is closed after the handshake timeout", arguments: [0, 1, 7])
-    func handshakeTimeout(helloBytesSent: Int) async throws {
+    /// Runs `body` with a raw client of an echo server whose handshake timeout is ``shortTimeout``.
+    private static func withClientOfShortHandshakeServer(_ body: (RawSocket) async throws -> Void) async throws {
         try await withFramedTestServer(
             configure: { $0.handshakeTimeout = Self.shortTimeout },
             makeHandler: { EchoHandler() }
         ) { _, path in
             let socket = try await RawSocket.connect(to: path)
             defer { socket.close() }
+            try await body(socket)
+        }
+    }
+
+    @Test("a peer that sends no hello, or only part of it, is closed after the handshake timeout", arguments: [0, 1, 7])
+    func handshakeTimeout(helloBytesSent: Int) async throws {
+        try await Self.withClientOfShortHandshakeServer { socket in
             try await socket.send(pieces: [Array(helloBytes.prefix(helloBytesSent))])
             let received = try await socket.readUntilClosed()
             #expect(try ReadBoundaryTests.goAwayReason(in: received) == 0x01)
@@ -26,12 +33,7 @@ struct TimeoutTests {
 
     @Test("a hello written one byte at a time, slower than the handshake timeout, is cut off")
     func slowHello() async throws {
-        try await withFramedTestServer(
-            configure: { $0.handshakeTimeout = Self.shortTimeout },
-            makeHandler: { EchoHandler() }
-        ) { _, path in
-            let socket = try await RawSocket.connect(to: path)
-            defer { socket.close() }
+        try await Self.withClientOfShortHandshakeServer { socket in
             let trickle = Task {
                 // The pace of a hostile peer, not a synchronisation: the test waits for the server's close.
                 for byte in helloBytes {
