@@ -1,9 +1,10 @@
 /// Runs a server for the length of `body`: starts it in a child task, waits until it accepts connections, runs
 /// `body`, then shuts it down gracefully and waits until ``Server/run()`` has returned, also when `body` throws.
 ///
-/// `makeServer` gets the `onServerRunning` hook to pass on to ``Server/framed(configuration:logger:onServerRunning:makeHandler:)``
-/// or ``Server/eof(configuration:logger:onServerRunning:handler:)``; that hook is how this function knows the
-/// server accepts connections, so nothing waits for a fixed time. A server that cannot start (its path is taken, its
+/// `makeServer` gets the `onServerRunning` hook to pass on to
+/// ``Server/framed(configuration:logger:onServerRunning:makeHandler:)`` or
+/// ``Server/eof(configuration:logger:onServerRunning:handler:)``; that hook is how this function knows the server
+/// accepts connections, so nothing waits for a fixed time. A server that cannot start (its path is taken, its
 /// directory is missing or insecure) does not hang the test: its error is thrown.
 ///
 /// ```swift

@@ -65,7 +65,8 @@ public func withTestServer<Value>(
 ///   - configure: Changes the server's configuration, made for the socket's path, before the server is made.
 ///   - logger: Where the server logs; by default a logger labelled `socketipc.testing` that logs only critical
 ///     messages, so that a passing test prints nothing.
-///   - makeHandler: Makes the handler of each connection, as for ``Server/framed(configuration:logger:onServerRunning:makeHandler:)``.
+///   - makeHandler: Makes the handler of each connection, as for
+///     ``Server/framed(configuration:logger:onServerRunning:makeHandler:)``.
 ///   - isolation: The actor `body` runs on; the caller's by default.
 ///   - body: Uses the running server and its socket path (``ServerConfiguration/path``).
 /// - Returns: What `body` returns.

@@ -41,7 +41,9 @@ final class RawSocket: @unchecked Sendable {
             var offset = 0
             while offset < bytes.count {
                 let count = min(chunkSize, bytes.count - offset)
-                let written = bytes[offset..<(offset + count)].withUnsafeBytes { sendWithoutSignal(self.descriptor, $0) }
+                let written = bytes[offset..<(offset + count)].withUnsafeBytes {
+                    sendWithoutSignal(self.descriptor, $0)
+                }
                 guard written > 0 else { throw RawSocketError.failed("write", errno) }
                 offset += written
             }
@@ -54,7 +56,9 @@ final class RawSocket: @unchecked Sendable {
             var bytes = [UInt8](repeating: 0, count: count)
             var offset = 0
             while offset < count {
-                let got = bytes[offset...].withUnsafeMutableBytes { recv(self.descriptor, $0.baseAddress, count - offset, 0) }
+                let got = bytes[offset...].withUnsafeMutableBytes {
+                    recv(self.descriptor, $0.baseAddress, count - offset, 0)
+                }
                 if got == 0 { break }
                 guard got > 0 else { throw RawSocketError.failed("read", errno) }
                 offset += got
