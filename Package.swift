@@ -7,6 +7,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "SocketIPC", targets: ["SocketIPC"]),
+        .library(name: "SocketIPCTesting", targets: ["SocketIPCTesting"]),
         .executable(name: "socket-ipc", targets: ["socket-ipc"]),
         .executable(name: "socketipc-bench", targets: ["socketipc-bench"]),
     ],
@@ -41,6 +42,9 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        // For tests of code that uses SocketIPC (this package's and its users'): a server in a temporary directory for
+        // the length of a test.
+        .target(name: "SocketIPCTesting", dependencies: ["SocketIPC"]),
         .target(
             name: "SocketIPCBenchmarkWorkloads",
             dependencies: [
@@ -77,6 +81,7 @@ let package = Package(
             name: "SocketIPCTests",
             dependencies: [
                 "SocketIPC",
+                "SocketIPCTesting",
                 "SocketIPCTestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -103,8 +108,10 @@ let package = Package(
         ),
         .testTarget(
             name: "SocketIPCCLITests",
-            dependencies: ["socket-ipc", "SocketIPCTestSupport"]
+            dependencies: ["socket-ipc", "SocketIPCTesting", "SocketIPCTestSupport"]
         ),
+        // SocketIPCTesting used as a user would: nothing but that product.
+        .testTarget(name: "SocketIPCTestingTests", dependencies: ["SocketIPCTesting"]),
     ]
 )
 

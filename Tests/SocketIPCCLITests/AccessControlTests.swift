@@ -1,8 +1,12 @@
 import Foundation
+import SocketIPCTestSupport
 import Testing
 
+// Written for Linux (Glibc, Musl) and Darwin; tested on Linux only, Darwin is untested.
 #if canImport(Glibc)
     import Glibc
+#elseif canImport(Musl)
+    import Musl
 #elseif canImport(Darwin)
     import Darwin
 #endif
@@ -22,15 +26,7 @@ struct AccessControlTests {
         _ options: [String],
         _ body: (_ path: String, _ server: TestProcess) async throws -> Void
     ) async throws {
-        try await withTemporaryDirectory { directory in
-            chmod(directory, 0o755)
-            let path = directory + "/s.sock"
-            let arguments = ["serve", "--socket", path, "--mode", mode, "--permissions", "0666"] + options
-            try await withProcess(try .socketIPC(arguments)) { server in
-                #expect(await server.standardOutput.waitForLine(containing: "listening on") != nil)
-                try await body(path, server)
-            }
-        }
+        try await withServeCommand(["--mode", mode, "--permissions", "0666"] + options, directoryMode: 0o755, body)
     }
 
     /// Runs `socket-ipc arguments...` as another user to completion.
@@ -85,7 +81,10 @@ struct AccessControlTests {
         }
     }
 
-    @Test("--allow-gid serves members of the group, by a supplementary group too (SO_PEERGROUPS), and no one else")
+    @Test(
+        "--allow-gid serves members of the group, by a supplementary group too (SO_PEERGROUPS), and no one else",
+        .enabled(if: runsOnLinux, "supplementary groups of a peer come from SO_PEERGROUPS, which only Linux has")
+    )
     func allowGroup() async throws {
         try await self.withOpenServer(["--allow-gid", "4242"]) { path, _ in
             let member = try await self.runAsOtherUser(groups: [4242], ["request", "--socket", path, "hi"])

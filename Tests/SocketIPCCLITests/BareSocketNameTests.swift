@@ -1,11 +1,12 @@
 import Foundation
+import SocketIPCTesting
 import Testing
 
 @Suite("Bare socket names", .timeLimit(.minutes(1)))
 struct BareSocketNameTests {
     @Test("serve --socket NAME (no '/') listens in $XDG_RUNTIME_DIR, and clients given the same name find it")
     func bareName() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let server = try TestProcess(
                 executable: "/usr/bin/env",
                 ["XDG_RUNTIME_DIR=\(directory)", socketIPCBinary, "serve", "--socket", "app.sock"]
@@ -25,7 +26,7 @@ struct BareSocketNameTests {
 
     @Test("a client given a bare name whose runtime directory does not exist says no server is there, and creates nothing")
     func bareNameWithoutDirectory() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let missing = directory + "/run"
             let client = try TestProcess(
                 executable: "/usr/bin/env",

@@ -1,56 +1,45 @@
 import Foundation
+import SocketIPCTesting
 import Testing
 
 @Suite("socket-ipc send, request and probe", .timeLimit(.minutes(1)))
 struct ClientCommandTests {
     @Test("send --eof sends its argument and prints the 4-byte acknowledgement as a count")
     func sendEOFArgument() async throws {
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/s.sock"
-            try await withProcess(try .socketIPC(["serve", "--socket", path, "--mode", "eof"])) { server in
-                #expect(await server.standardOutput.waitForLine(containing: "listening on") == "listening on \(path)")
-                let result = try await runCLI(["send", "--socket", path, "--eof", "hello"])
-                #expect(result.status == 0, "stderr: \(result.error)")
-                #expect(result.output == "ack: 5\n")
-                #expect(await server.standardOutput.waitForLine(containing: "received") == "received 5 bytes")
-            }
+        try await withServeCommand(["--mode", "eof"]) { path, server in
+            let result = try await runCLI(["send", "--socket", path, "--eof", "hello"])
+            #expect(result.status == 0, "stderr: \(result.error)")
+            #expect(result.output == "ack: 5\n")
+            #expect(await server.standardOutput.waitForLine(containing: "received") == "received 5 bytes")
         }
     }
 
     @Test("send --eof streams standard input as one message")
     func sendEOFStandardInput() async throws {
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/s.sock"
-            try await withProcess(try .socketIPC(["serve", "--socket", path, "--mode", "eof"])) { server in
-                #expect(await server.standardOutput.waitForLine(containing: "listening on") != nil)
-                let text = String(repeating: "0123456789", count: 100_000)
-                let result = try await runCLI(["send", "--socket", path, "--eof"], input: text)
-                #expect(result.status == 0, "stderr: \(result.error)")
-                #expect(result.output == "ack: 1000000\n")
-                #expect(await server.standardOutput.waitForLine(containing: "received") == "received 1000000 bytes")
-            }
+        try await withServeCommand(["--mode", "eof"]) { path, server in
+            let text = String(repeating: "0123456789", count: 100_000)
+            let result = try await runCLI(["send", "--socket", path, "--eof"], input: text)
+            #expect(result.status == 0, "stderr: \(result.error)")
+            #expect(result.output == "ack: 1000000\n")
+            #expect(await server.standardOutput.waitForLine(containing: "received") == "received 1000000 bytes")
         }
     }
 
     @Test("request --count --concurrency gets every reply on one connection")
     func concurrentRequests() async throws {
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/s.sock"
-            try await withProcess(try .socketIPC(["serve", "--socket", path])) { server in
-                #expect(await server.standardOutput.waitForLine(containing: "listening on") != nil)
-                let result = try await runCLI(
-                    ["request", "--socket", path, "--count", "20", "--concurrency", "10", "--timeout", "10", "ping"]
-                )
-                #expect(result.status == 0, "stderr: \(result.error)")
-                let replies = Set(result.output.split(separator: "\n").map(String.init))
-                #expect(replies == Set((1...20).map { "reply: \"ping #\($0)\"" }))
-            }
+        try await withServeCommand { path, server in
+            let result = try await runCLI(
+                ["request", "--socket", path, "--count", "20", "--concurrency", "10", "--timeout", "10", "ping"]
+            )
+            #expect(result.status == 0, "stderr: \(result.error)")
+            let replies = Set(result.output.split(separator: "\n").map(String.init))
+            #expect(replies == Set((1...20).map { "reply: \"ping #\($0)\"" }))
         }
     }
 
     @Test("a client of a path where nothing listens fails with the library's message, not a stack trace")
     func nothingListening() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let path = directory + "/nobody.sock"
             for command in [
                 ["request", "--socket", path, "hi"], ["send", "--socket", path, "hi"],
@@ -67,34 +56,26 @@ struct ClientCommandTests {
 
     @Test("probe recognises a framed server and names its peer")
     func probeFramedServer() async throws {
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/s.sock"
-            try await withProcess(try .socketIPC(["serve", "--socket", path])) { server in
-                #expect(await server.standardOutput.waitForLine(containing: "listening on") != nil)
-                let result = try await runCLI(["probe", "--socket", path])
-                #expect(result.status == 0, "stderr: \(result.error)")
-                #expect(
-                    result.output.hasPrefix(
-                        "framed SocketIPC server (protocol version 1), peer pid=\(server.processID)"))
-            }
+        try await withServeCommand { path, server in
+            let result = try await runCLI(["probe", "--socket", path])
+            #expect(result.status == 0, "stderr: \(result.error)")
+            #expect(
+                result.output.hasPrefix(
+                    "framed SocketIPC server (protocol version 1), peer pid=\(server.processID)"))
         }
     }
 
     @Test("probe tells an EOF-style server apart at once, and sends it only an empty message")
     func probeEOFServer() async throws {
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/s.sock"
-            try await withProcess(try .socketIPC(["serve", "--socket", path, "--mode", "eof"])) { server in
-                #expect(await server.standardOutput.waitForLine(containing: "listening on") != nil)
-                // A long timeout: the answer must come from the server, not from the clock.
-                let result = try await runCLI(["probe", "--socket", path, "--timeout", "30"])
-                #expect(result.status == 0, "stderr: \(result.error)")
-                #expect(
-                    result.output.hasPrefix("EOF-style server: it read an empty message and closed with a 4-byte acknowledgement"),
-                    "stdout: \(result.output)"
-                )
-                #expect(await server.standardOutput.waitForLine(containing: "received 0 bytes") != nil)
-            }
+        try await withServeCommand(["--mode", "eof"]) { path, server in
+            // A long timeout: the answer must come from the server, not from the clock.
+            let result = try await runCLI(["probe", "--socket", path, "--timeout", "30"])
+            #expect(result.status == 0, "stderr: \(result.error)")
+            #expect(
+                result.output.hasPrefix("EOF-style server: it read an empty message and closed with a 4-byte acknowledgement"),
+                "stdout: \(result.output)"
+            )
+            #expect(await server.standardOutput.waitForLine(containing: "received 0 bytes") != nil)
         }
     }
 
@@ -110,7 +91,7 @@ struct ClientCommandTests {
 
     @Test("timeouts too large for a duration (inf, 1e300) are taken as very long, never a crash")
     func hugeTimeouts() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let path = directory + "/none.sock"
             for arguments in [
                 ["probe", "--socket", path, "--timeout", "inf"],

@@ -1,4 +1,5 @@
 import Foundation
+import SocketIPCTesting
 import Testing
 
 /// `socat` and OpenBSD's `nc` talk to EOF-style servers and clients as they are. `.ci/run` installs them; the suite
@@ -11,29 +12,25 @@ import Testing
 struct InteropTests {
     @Test("socat and nc -U -N as EOF-style clients: the server sees the message and they get the 4-byte ack")
     func plainToolsAsClients() async throws {
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/s.sock"
-            try await withProcess(try .socketIPC(["serve", "--socket", path, "--mode", "eof"])) { server in
-                #expect(await server.standardOutput.waitForLine(containing: "listening on") != nil)
+        try await withServeCommand(["--mode", "eof"]) { path, server in
 
-                // -t5: after its standard input ends, socat waits up to 5 s (a safety net) for the server's EOF.
-                let socat = try await runShell("printf hi | socat -t5 - 'UNIX-CONNECT:\(path)'")
-                #expect(socat.status == 0)
-                #expect(socat.output == [0, 0, 0, 2])
-                #expect(await server.standardOutput.waitForLine(containing: "received") == "received 2 bytes")
+            // -t5: after its standard input ends, socat waits up to 5 s (a safety net) for the server's EOF.
+            let socat = try await runShell("printf hi | socat -t5 - 'UNIX-CONNECT:\(path)'")
+            #expect(socat.status == 0)
+            #expect(socat.output == [0, 0, 0, 2])
+            #expect(await server.standardOutput.waitForLine(containing: "received") == "received 2 bytes")
 
-                // -N: shut down the socket's write side at EOF on standard input, so the server sees the message end.
-                let netcat = try await runShell("printf hi | nc -U -N '\(path)'")
-                #expect(netcat.status == 0)
-                #expect(netcat.output == [0, 0, 0, 2])
-                #expect(await server.standardOutput.waitForLine(containing: "received") == "received 2 bytes")
-            }
+            // -N: shut down the socket's write side at EOF on standard input, so the server sees the message end.
+            let netcat = try await runShell("printf hi | nc -U -N '\(path)'")
+            #expect(netcat.status == 0)
+            #expect(netcat.output == [0, 0, 0, 2])
+            #expect(await server.standardOutput.waitForLine(containing: "received") == "received 2 bytes")
         }
     }
 
     @Test("socat as the server receives what socket-ipc send --eof sends")
     func socatAsServer() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let path = directory + "/s.sock"
             // -d -d: socat logs `listening on` to standard error once it listens; -u: one direction only.
             let socat = try TestProcess(

@@ -1,9 +1,15 @@
 import Foundation
 import SocketIPCTestSupport
+import SocketIPCTesting
 import Testing
 
+// Written for Linux (Glibc, Musl) and Darwin; tested on Linux only, Darwin is untested.
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
 #endif
 
 /// Issue 9, section 2: `socket-ipc probe` exits 0 only for a live SocketIPC server that accepts the caller.
@@ -14,7 +20,7 @@ struct ProbeCommandHonestyTests {
         .enabled(if: toolExists("socat"), "needs socat")
     )
     func socatHTTPResponder() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let path = directory + "/http.sock"
             let responder = try TestProcess(
                 executable: "/usr/bin/env",
@@ -39,7 +45,7 @@ struct ProbeCommandHonestyTests {
 
     @Test("probe of a listener that writes on accept and closes, or closes at once, exits 1")
     func closingListeners() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             for (name, greeting) in [("greets", "HTTP/1.0 200 OK\r\n\r\n"), ("closes", nil)] {
                 let path = directory + "/\(name).sock"
                 let listener = try ClosingListener(path: path, greeting: greeting)
@@ -58,24 +64,19 @@ struct ProbeCommandHonestyTests {
         .enabled(if: getuid() == 0 && toolExists("setpriv"), "needs root and setpriv")
     )
     func refusedByFramedServer() async throws {
-        try await withTemporaryDirectory { directory in
-            // The other user must reach the socket: the file mode is not what refuses it here, the policy is.
-            chmod(directory, 0o755)
-            let path = directory + "/f.sock"
-            try await withProcess(try .socketIPC(["serve", "--socket", path, "--permissions", "0666"])) { server in
-                #expect(await server.standardOutput.waitForLine(containing: "listening on") != nil)
-                let probe = try TestProcess(
-                    executable: "/usr/bin/env",
-                    ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", socketIPCBinary, "probe", "--socket", path]
-                )
-                let status = await probe.waitForExit()
-                let error = await probe.standardError.text()
-                #expect(status == 1, "stderr: \(error)")
-                #expect(error.contains("does not serve you"), "stderr: \(error)")
-                // The server's own user is served.
-                let own = try await runCLI(["probe", "--socket", path])
-                #expect(own.status == 0, "stderr: \(own.error)")
-            }
+        // The other user must reach the socket: the file mode is not what refuses it here, the policy is.
+        try await withServeCommand(["--permissions", "0666"], directoryMode: 0o755) { path, _ in
+            let probe = try TestProcess(
+                executable: "/usr/bin/env",
+                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", socketIPCBinary, "probe", "--socket", path]
+            )
+            let status = await probe.waitForExit()
+            let error = await probe.standardError.text()
+            #expect(status == 1, "stderr: \(error)")
+            #expect(error.contains("does not serve you"), "stderr: \(error)")
+            // The server's own user is served.
+            let own = try await runCLI(["probe", "--socket", path])
+            #expect(own.status == 0, "stderr: \(own.error)")
         }
     }
 }

@@ -1,8 +1,12 @@
 import Foundation
+import SocketIPCTesting
 import Testing
 
+// Written for Linux (Glibc, Musl) and Darwin; tested on Linux only, Darwin is untested.
 #if canImport(Glibc)
     import Glibc
+#elseif canImport(Musl)
+    import Musl
 #elseif canImport(Darwin)
     import Darwin
 #endif
@@ -11,46 +15,37 @@ import Testing
 struct ServeCommandTests {
     @Test("serve prints exactly `listening on PATH` once it accepts connections, and echoes requests")
     func listeningLine() async throws {
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/s.sock"
-            try await withProcess(try .socketIPC(["serve", "--socket", path])) { server in
-                #expect(await server.standardOutput.waitForLine(containing: "listening") == "listening on \(path)")
-                let reply = try await runCLI(["request", "--socket", path, "echo me"])
-                #expect(reply.status == 0, "stderr: \(reply.error)")
-                #expect(reply.output == "reply: \"echo me\"\n")
-            }
+        // withServeCommand requires the line to be exactly `listening on PATH` before it runs this.
+        try await withServeCommand { path, _ in
+            let reply = try await runCLI(["request", "--socket", path, "echo me"])
+            #expect(reply.status == 0, "stderr: \(reply.error)")
+            #expect(reply.output == "reply: \"echo me\"\n")
         }
     }
 
     @Test("serve prints each one-way message with its size, as text or hex")
     func oneWayMessages() async throws {
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/s.sock"
-            try await withProcess(try .socketIPC(["serve", "--socket", path])) { server in
-                #expect(await server.standardOutput.waitForLine(containing: "listening on") != nil)
-                let text = try await runCLI(["send", "--socket", path, "hello"])
-                #expect(text.status == 0, "stderr: \(text.error)")
-                #expect(await server.standardOutput.waitForLine(containing: "message") == "message 5 bytes: \"hello\"")
-                let binary = try await runCLI(["send", "--socket", path], input: "\u{1}\u{2}")
-                #expect(binary.status == 0, "stderr: \(binary.error)")
-                #expect(await server.standardOutput.waitForLine(containing: "message") == "message 2 bytes: 0x0102")
-            }
+        try await withServeCommand { path, server in
+            let text = try await runCLI(["send", "--socket", path, "hello"])
+            #expect(text.status == 0, "stderr: \(text.error)")
+            #expect(await server.standardOutput.waitForLine(containing: "message") == "message 5 bytes: \"hello\"")
+            let binary = try await runCLI(["send", "--socket", path], input: "\u{1}\u{2}")
+            #expect(binary.status == 0, "stderr: \(binary.error)")
+            #expect(await server.standardOutput.waitForLine(containing: "message") == "message 2 bytes: 0x0102")
         }
     }
 
     @Test("a server killed with SIGKILL leaves its socket file; the next server on the path replaces it and answers")
     func staleSocketAfterKill() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let path = directory + "/s.sock"
-            try await withProcess(try .socketIPC(["serve", "--socket", path])) { first in
-                #expect(await first.standardOutput.waitForLine(containing: "listening on") != nil)
+            try await withServeCommand(at: path) { first in
                 first.signal(SIGKILL)
                 #expect(await first.waitForExit() == SIGKILL)
             }
             #expect(fileStatus(path)?.isSocket == true, "the killed server left its socket file behind")
 
-            try await withProcess(try .socketIPC(["serve", "--socket", path])) { second in
-                #expect(await second.standardOutput.waitForLine(containing: "listening on") != nil)
+            try await withServeCommand(at: path) { _ in
                 let reply = try await runCLI(["request", "--socket", path, "after restart"])
                 #expect(reply.status == 0, "stderr: \(reply.error)")
                 #expect(reply.output.contains("reply: \"after restart\""))
@@ -60,23 +55,19 @@ struct ServeCommandTests {
 
     @Test("a second server on a live path fails and names it; the first keeps its socket file and keeps answering")
     func secondServerOnLivePath() async throws {
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/s.sock"
-            try await withProcess(try .socketIPC(["serve", "--socket", path])) { first in
-                #expect(await first.standardOutput.waitForLine(containing: "listening on") != nil)
-                let before = try #require(fileStatus(path))
+        try await withServeCommand { path, _ in
+            let before = try #require(fileStatus(path))
 
-                let second = try await runCLI(["serve", "--socket", path])
-                #expect(second.status == 1)
-                #expect(
-                    second.error.hasPrefix("error: another server is serving on \(path)"), "stderr: \(second.error)")
-                #expect(!second.output.contains("listening on"))
+            let second = try await runCLI(["serve", "--socket", path])
+            #expect(second.status == 1)
+            #expect(
+                second.error.hasPrefix("error: another server is serving on \(path)"), "stderr: \(second.error)")
+            #expect(!second.output.contains("listening on"))
 
-                #expect(fileStatus(path) == before, "the socket file was replaced")
-                let reply = try await runCLI(["request", "--socket", path, "still me"])
-                #expect(reply.status == 0, "stderr: \(reply.error)")
-                #expect(reply.output.contains("reply: \"still me\""))
-            }
+            #expect(fileStatus(path) == before, "the socket file was replaced")
+            let reply = try await runCLI(["request", "--socket", path, "still me"])
+            #expect(reply.status == 0, "stderr: \(reply.error)")
+            #expect(reply.output.contains("reply: \"still me\""))
         }
     }
 
@@ -90,22 +81,14 @@ struct ServeCommandTests {
         ] as [(umask: String, permissions: String?, expected: UInt32)]
     )
     func permissionsUnderUmask(umask: String, permissions: String?, expected: UInt32) async throws {
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/s.sock"
-            let options = permissions.map { ["--permissions", $0] } ?? []
-            let server = try TestProcess.shell(
-                "umask \(umask); exec \"$0\" \"$@\"",
-                ["serve", "--socket", path] + options
+        let options = permissions.map { ["--permissions", $0] } ?? []
+        try await withServeCommand(options, shellSetup: "umask \(umask)") { path, _ in
+            let status = try #require(fileStatus(path))
+            #expect(status.isSocket)
+            #expect(
+                status.permissions == expected,
+                "mode \(String(status.permissions, radix: 8)), expected \(String(expected, radix: 8))"
             )
-            try await withProcess(server) { server in
-                #expect(await server.standardOutput.waitForLine(containing: "listening on") != nil)
-                let status = try #require(fileStatus(path))
-                #expect(status.isSocket)
-                #expect(
-                    status.permissions == expected,
-                    "mode \(String(status.permissions, radix: 8)), expected \(String(expected, radix: 8))"
-                )
-            }
         }
     }
 
@@ -113,16 +96,12 @@ struct ServeCommandTests {
         "SIGTERM and SIGINT shut the server down gracefully: exit 0 and the socket file removed",
         arguments: [SIGTERM, SIGINT])
     func gracefulShutdownOnSignal(signal: Int32) async throws {
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/s.sock"
-            try await withProcess(try .socketIPC(["serve", "--socket", path])) { server in
-                #expect(await server.standardOutput.waitForLine(containing: "listening on") != nil)
-                #expect(fileStatus(path) != nil)
-                server.signal(signal)
-                #expect(await server.waitForExit() == 0)
-                #expect(fileStatus(path) == nil, "the socket file is still there")
-                #expect(await server.standardError.text() == "")
-            }
+        try await withServeCommand { path, server in
+            #expect(fileStatus(path) != nil)
+            server.signal(signal)
+            #expect(await server.waitForExit() == 0)
+            #expect(fileStatus(path) == nil, "the socket file is still there")
+            #expect(await server.standardError.text() == "")
         }
     }
 
@@ -145,15 +124,14 @@ struct ServeCommandTests {
 
     @Test("--create-parent makes a missing parent directory; without it the error names the directory")
     func createParent() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let path = directory + "/run/s.sock"
             let refused = try await runCLI(["serve", "--socket", path])
             #expect(refused.status == 1)
             #expect(refused.error.hasPrefix("error: "))
             #expect(refused.error.contains(directory + "/run"), "stderr: \(refused.error)")
 
-            try await withProcess(try .socketIPC(["serve", "--socket", path, "--create-parent"])) { server in
-                #expect(await server.standardOutput.waitForLine(containing: "listening on") != nil)
+            try await withServeCommand(at: path, ["--create-parent"]) { _ in
                 #expect(fileStatus(path)?.isSocket == true)
             }
         }

@@ -1,9 +1,15 @@
 import Foundation
 import SocketIPCTestSupport
+import SocketIPCTesting
 import Testing
 
+// Written for Linux (Glibc, Musl) and Darwin; tested on Linux only, Darwin is untested.
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
 #endif
 
 /// `socket-ipc serve` and the socket file, run as another user or under an unusual umask.
@@ -14,7 +20,7 @@ struct SocketFileCLITests {
         .enabled(if: geteuid() == 0 && toolExists("setpriv"), "needs root and setpriv")
     )
     func anotherUsersLiveSocket() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             chmod(directory, 0o755)
             let shared = directory + "/shared"
             mkdir(shared, 0o700)
@@ -34,9 +40,9 @@ struct SocketFileCLITests {
             #expect(error.contains("left untouched"), "\(error)")
             #expect(fileStatus(path) == before, "the victim's socket file is unchanged")
             #expect(fileStatus(path + ".lock") == nil, "the refused server removed its own lock file")
-            let client = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            let client = makeUnixStreamSocket()
             defer { close(client) }
-            #expect(withSocketAddress(path) { connect(client, $0, $1) } == 0, "the victim still accepts connections")
+            #expect(connectUnixSocket(client, to: path) == 0, "the victim still accepts connections")
         }
     }
 
@@ -45,12 +51,9 @@ struct SocketFileCLITests {
         arguments: [("000", "0666"), ("077", "0666"), ("000", "0640"), ("077", "0640"), ("077", "0700")]
     )
     func exactPermissions(umask: String, permissions: String) async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let path = directory + "/s.sock"
-            let server = try TestProcess.shell(
-                "umask \(umask); exec \"$0\" \"$@\"", ["serve", "--socket", path, "--permissions", permissions])
-            try await withProcess(server) { server in
-                #expect(await server.standardOutput.waitForLine(containing: "listening on") != nil)
+            try await withServeCommand(at: path, ["--permissions", permissions], shellSetup: "umask \(umask)") { _ in
                 let status = try #require(fileStatus(path))
                 #expect(status.isSocket)
                 #expect(status.permissions == UInt32(permissions, radix: 8))
@@ -65,7 +68,7 @@ struct SocketFileCLITests {
 
 /// A listening socket of this process at `path` with `mode`.
 private func listeningSocket(at path: String, mode: mode_t) throws -> Int32 {
-    let descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    let descriptor = makeUnixStreamSocket()
     guard withSocketAddress(path, { bind(descriptor, $0, $1) }) == 0, chmod(path, mode) == 0, listen(descriptor, 8) == 0
     else {
         close(descriptor)

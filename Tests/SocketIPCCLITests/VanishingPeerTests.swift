@@ -1,10 +1,16 @@
 import Foundation
 import SocketIPCTestSupport
+import SocketIPCTesting
 import Synchronization
 import Testing
 
+// Written for Linux (Glibc, Musl) and Darwin; tested on Linux only, Darwin is untested.
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
 #endif
 
 /// Issue 9, section 1: nothing dies of SIGPIPE. Peers that vanish before the server writes its acknowledgement, and
@@ -14,53 +20,45 @@ import Glibc
 struct VanishingPeerTests {
     @Test("serve --mode eof, stopped with SIGSTOP while 3 × 200 clients connect, write and vanish, keeps serving")
     func stoppedServerOutlivesVanishingClients() async throws {
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/s.sock"
-            try await withProcess(try .socketIPC(["serve", "--socket", path, "--mode", "eof"])) { server in
-                #expect(await server.standardOutput.waitForLine(containing: "listening on") != nil)
-                for round in 0..<3 {
-                    // Fewer than the listen backlog (256): every connect completes while the server is stopped.
-                    server.signal(SIGSTOP)
-                    for _ in 0..<200 { try connectWriteAndVanish(path, message: "hi") }
-                    server.signal(SIGCONT)
-                    // Connections are accepted in order: once this one is answered, the server has written (or
-                    // tried to write) the acknowledgements of all the vanished ones.
-                    let result = try await runCLI(["send", "--socket", path, "--eof", "hello"])
-                    #expect(result.status == 0, "round \(round): stderr: \(result.error)")
-                    #expect(result.output == "ack: 5\n")
-                    #expect(server.process.isRunning, "round \(round): the server died")
-                }
-                server.signal(SIGTERM)
-                let status = await server.waitForExit()
-                #expect(status == 0, "the server exits 0 on SIGTERM, not \(status) (141 or 13 would be SIGPIPE)")
+        try await withServeCommand(["--mode", "eof"]) { path, server in
+            for round in 0..<3 {
+                // Fewer than the listen backlog (256): every connect completes while the server is stopped.
+                server.signal(SIGSTOP)
+                for _ in 0..<200 { try connectWriteAndVanish(path, message: "hi") }
+                server.signal(SIGCONT)
+                // Connections are accepted in order: once this one is answered, the server has written (or
+                // tried to write) the acknowledgements of all the vanished ones.
+                let result = try await runCLI(["send", "--socket", path, "--eof", "hello"])
+                #expect(result.status == 0, "round \(round): stderr: \(result.error)")
+                #expect(result.output == "ack: 5\n")
+                #expect(server.process.isRunning, "round \(round): the server died")
             }
+            server.signal(SIGTERM)
+            let status = await server.waitForExit()
+            #expect(status == 0, "the server exits 0 on SIGTERM, not \(status) (141 or 13 would be SIGPIPE)")
         }
     }
 
     @Test("a fresh serve --mode eof keeps running while 300 clients vanish concurrently")
     func freshServerOutlivesVanishingClients() async throws {
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/s.sock"
-            try await withProcess(try .socketIPC(["serve", "--socket", path, "--mode", "eof"])) { server in
-                #expect(await server.standardOutput.waitForLine(containing: "listening on") != nil)
-                try await withThrowingTaskGroup(of: Void.self) { group in
-                    for _ in 0..<8 {
-                        group.addTask { for _ in 0..<40 { try connectWriteAndVanish(path, message: "hi") } }
-                    }
-                    try await group.waitForAll()
+        try await withServeCommand(["--mode", "eof"]) { path, server in
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for _ in 0..<8 {
+                    group.addTask { for _ in 0..<40 { try connectWriteAndVanish(path, message: "hi") } }
                 }
-                let result = try await runCLI(["send", "--socket", path, "--eof", "hello"])
-                #expect(result.status == 0, "stderr: \(result.error)")
-                #expect(server.process.isRunning, "the server died")
-                server.signal(SIGTERM)
-                #expect(await server.waitForExit() == 0)
+                try await group.waitForAll()
             }
+            let result = try await runCLI(["send", "--socket", path, "--eof", "hello"])
+            #expect(result.status == 0, "stderr: \(result.error)")
+            #expect(server.process.isRunning, "the server died")
+            server.signal(SIGTERM)
+            #expect(await server.waitForExit() == 0)
         }
     }
 
     @Test("send --eof against a listener that accepts and closes at once: 300 runs, always a typed error, never SIGPIPE")
     func sendToClosingListener() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withTemporarySocketDirectory { directory in
             let path = directory + "/closer.sock"
             let listener = try ClosingListener(path: path)
             defer { listener.stop() }
@@ -85,17 +83,13 @@ struct VanishingPeerTests {
 
     @Test("send --eof to a framed server exits 1 and says it is a framed server: drop --eof")
     func sendEOFToFramedServer() async throws {
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/f.sock"
-            try await withProcess(try .socketIPC(["serve", "--socket", path])) { server in
-                #expect(await server.standardOutput.waitForLine(containing: "listening on") != nil)
-                for arguments in [["hello"], []] {
-                    let result = try await runCLI(["send", "--socket", path, "--eof"] + arguments, input: "hello")
-                    #expect(result.status == 1)
-                    #expect(result.output.isEmpty, "no acknowledgement is printed: \(result.output)")
-                    #expect(result.error.contains("this is a framed server"), "stderr: \(result.error)")
-                    #expect(result.error.contains("drop --eof"), "stderr: \(result.error)")
-                }
+        try await withServeCommand { path, _ in
+            for arguments in [["hello"], []] {
+                let result = try await runCLI(["send", "--socket", path, "--eof"] + arguments, input: "hello")
+                #expect(result.status == 1)
+                #expect(result.output.isEmpty, "no acknowledgement is printed: \(result.output)")
+                #expect(result.error.contains("this is a framed server"), "stderr: \(result.error)")
+                #expect(result.error.contains("drop --eof"), "stderr: \(result.error)")
             }
         }
     }
@@ -103,10 +97,10 @@ struct VanishingPeerTests {
 
 /// Connects to `path`, writes `message` and closes at once, without reading, from the calling thread.
 func connectWriteAndVanish(_ path: String, message: String) throws {
-    let descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    let descriptor = makeUnixStreamSocket()
     defer { close(descriptor) }
-    guard withSocketAddress(path, { connect(descriptor, $0, $1) }) == 0 else {
+    guard connectUnixSocket(descriptor, to: path) == 0 else {
         throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
     }
-    _ = message.utf8CString.withUnsafeBufferPointer { send(descriptor, $0.baseAddress, $0.count - 1, Int32(MSG_NOSIGNAL)) }
+    sendWithoutSignal(descriptor, Array(message.utf8))
 }

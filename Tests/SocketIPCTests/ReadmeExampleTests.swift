@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import SocketIPC
+import SocketIPCTesting
 import Testing
 
 /// The README's examples, compiled and run, so that the first thing a user copies works.
@@ -28,52 +29,45 @@ struct ReadmeExampleTests {
 
     @Test("the first screen's echo server and client")
     func firstScreen() async throws {
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/app.sock"
-            try await withRunningServer({ onRunning in
-                Server.framed(configuration: .init(path: path), logger: testLogger, onServerRunning: onRunning) {
-                    AsyncRequestHandler { request, _ in request }
-                }
-            }) { _ in
-                let reply = try await Client.withConnection(to: path) { connection in
-                    try await connection.request(ByteBuffer(string: "ping"))
-                }
-                #expect(String(buffer: reply) == "ping")
+        try await withTestServer(socketName: "app.sock", makeServer: { configuration, onServerRunning in
+            Server.framed(configuration: configuration, logger: testLogger, onServerRunning: onServerRunning) {
+                AsyncRequestHandler { request, _ in request }
             }
+        }) { _, path in
+            let reply = try await Client.withConnection(to: path) { connection in
+                try await connection.request(ByteBuffer(string: "ping"))
+            }
+            #expect(String(buffer: reply) == "ping")
         }
     }
 
     @Test("the Server and Client sections: a stateful handler, a push, one-way messages, typed requests")
     func serverAndClient() async throws {
         let (pushes, continuation) = AsyncStream.makeStream(of: String.self)
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/counter.sock"
-            try await withRunningServer({ onRunning in
-                Server.framed(configuration: .init(path: path), logger: testLogger, onServerRunning: onRunning) {
-                    Counter()
-                }
-            }) { _ in
-                try await Client.withConnection(to: path, onMessage: { continuation.yield(String(buffer: $0)) }) { connection in
-                    try await connection.send(ByteBuffer(string: "one-way"))
-                    let reply = try await connection.request(ByteBuffer(string: "question"), timeout: .seconds(2))
-                    #expect(String(buffer: reply) == "seen 1")
-                    let total = try await connection.request(Sum(numbers: [1, 2]), as: Total.self)
-                    #expect(total == Total(total: 3))
-                    var iterator = pushes.makeAsyncIterator()
-                    #expect(await iterator.next() == "welcome")
-                }
+        try await withTestServer(socketName: "counter.sock", makeServer: { configuration, onServerRunning in
+            Server.framed(configuration: configuration, logger: testLogger, onServerRunning: onServerRunning) {
+                Counter()
             }
-            let inboxPath = directory + "/inbox.sock"
-            let handler = EOFMessageHandler.collecting { message, context in
-                context.logger.info("got \(message.readableBytes) bytes from \(context.peer.map { "\($0)" } ?? "?")")
-                return ByteBuffer(string: "ok")
+        }) { _, path in
+            try await Client.withConnection(to: path, onMessage: { continuation.yield(String(buffer: $0)) }) { connection in
+                try await connection.send(ByteBuffer(string: "one-way"))
+                let reply = try await connection.request(ByteBuffer(string: "question"), timeout: .seconds(2))
+                #expect(String(buffer: reply) == "seen 1")
+                let total = try await connection.request(Sum(numbers: [1, 2]), as: Total.self)
+                #expect(total == Total(total: 3))
+                var iterator = pushes.makeAsyncIterator()
+                #expect(await iterator.next() == "welcome")
             }
-            try await withRunningServer({ onRunning in
-                Server.eof(configuration: .init(path: inboxPath), logger: testLogger, onServerRunning: onRunning, handler: handler)
-            }) { _ in
-                let acknowledgement = try await Client.sendMessage(ByteBuffer(string: "hello"), to: inboxPath)
-                #expect(String(buffer: acknowledgement) == "ok")
-            }
+        }
+        let handler = EOFMessageHandler.collecting { message, context in
+            context.logger.info("got \(message.readableBytes) bytes from \(context.peer.map { "\($0)" } ?? "?")")
+            return ByteBuffer(string: "ok")
+        }
+        try await withTestServer(socketName: "inbox.sock", makeServer: { configuration, onServerRunning in
+            Server.eof(configuration: configuration, logger: testLogger, onServerRunning: onServerRunning, handler: handler)
+        }) { _, inboxPath in
+            let acknowledgement = try await Client.sendMessage(ByteBuffer(string: "hello"), to: inboxPath)
+            #expect(String(buffer: acknowledgement) == "ok")
         }
     }
 }

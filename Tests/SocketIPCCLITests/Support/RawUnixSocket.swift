@@ -1,8 +1,11 @@
 import Foundation
 import SocketIPCTestSupport
 
+// Written for Linux (Glibc, Musl) and Darwin; tested on Linux only, Darwin is untested.
 #if canImport(Glibc)
     import Glibc
+#elseif canImport(Musl)
+    import Musl
 #elseif canImport(Darwin)
     import Darwin
 #endif
@@ -13,14 +16,9 @@ final class RawUnixSocket: Sendable {
 
     /// Connects to `path`; throws the `errno` of a failed `connect`.
     init(connectingTo path: String) throws {
-        #if canImport(Darwin)
-            let descriptor = socket(AF_UNIX, SOCK_STREAM, 0)
-        #else
-            let descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        #endif
+        let descriptor = makeUnixStreamSocket()
         guard descriptor >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
-        let result = withSocketAddress(path) { connect(descriptor, $0, $1) }
-        guard result == 0 else {
+        guard connectUnixSocket(descriptor, to: path) == 0 else {
             let code = errno
             close(descriptor)
             throw POSIXError(POSIXErrorCode(rawValue: code) ?? .EIO)
@@ -33,12 +31,7 @@ final class RawUnixSocket: Sendable {
     /// Writes `bytes` (never raising `SIGPIPE`); returns whether all of them were written.
     @discardableResult
     func write(_ bytes: [UInt8]) -> Bool {
-        #if canImport(Darwin)
-            let flags: Int32 = 0
-        #else
-            let flags = Int32(MSG_NOSIGNAL)
-        #endif
-        return bytes.withUnsafeBytes { send(self.descriptor, $0.baseAddress, $0.count, flags) } == bytes.count
+        sendWithoutSignal(self.descriptor, bytes) == bytes.count
     }
 
     /// Reads exactly `count` bytes, or fewer if the connection ends first.
@@ -95,7 +88,8 @@ final class RawUnixSocket: Sendable {
 /// The framed protocol's hello, as PROTOCOL.md defines it: `SIPC`, version 1, flags 0, reserved 0.
 let framedHello: [UInt8] = [0x53, 0x49, 0x50, 0x43, 0x01, 0x00, 0x00, 0x00]
 
-/// Whether this process may run others as another user with `setpriv` (root with util-linux's `setpriv`).
+/// Whether this process may run others as another user with `setpriv` (root with util-linux's `setpriv`, so on Linux
+/// only: elsewhere the tests that need it are skipped).
 let canRunAsAnotherUser: Bool = getuid() == 0 && toolExists("setpriv")
 
 /// The user and group id the tests run other processes as: `nobody`'s.

@@ -1,8 +1,11 @@
 import Foundation
 import Synchronization
 
+// Written for Linux (Glibc, Musl) and Darwin; tested on Linux only, Darwin is untested.
 #if canImport(Glibc)
     import Glibc
+#elseif canImport(Musl)
+    import Musl
 #elseif canImport(Darwin)
     import Darwin
 #endif
@@ -205,18 +208,6 @@ final class OutputReader: @unchecked Sendable {
     func text() async -> String {
         String(decoding: await self.data(), as: UTF8.self)
     }
-}
-
-/// Runs `body` with a fresh directory with a short path (`/tmp/sipc-XXXXXX`), far below the `sun_path` limit, and
-/// removes it afterwards.
-func withTemporaryDirectory<Result>(_ body: (String) async throws -> Result) async throws -> Result {
-    var template = Array("/tmp/sipc-XXXXXX".utf8CString)
-    guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
-        throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
-    }
-    let directory = String(cString: made)
-    defer { try? FileManager.default.removeItem(atPath: directory) }
-    return try await body(directory)
 }
 
 /// What `lstat` tells about a file: its inode, its type and permission bits.

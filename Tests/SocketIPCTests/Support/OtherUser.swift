@@ -2,13 +2,17 @@ import Foundation
 import SocketIPCTestSupport
 import Synchronization
 
+// Written for Linux (Glibc, Musl) and Darwin; tested on Linux only, Darwin is untested.
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Musl)
+import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
 
-/// Another user for tests that need one: `nobody` (65534), reached with `setpriv` from a test run as root.
+/// Another user for tests that need one: `nobody` (65534), reached with `setpriv` from a test run as root. `setpriv`
+/// is util-linux's, so the tests that run processes as another user run on Linux only (elsewhere they are skipped).
 enum OtherUser {
     static let uid: uid_t = 65534
     static let gid: gid_t = 65534
@@ -114,15 +118,15 @@ final class FullQueueListener {
     private var clients: [Int32] = []
 
     init(at path: String) throws {
-        self.listener = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        self.listener = makeUnixStreamSocket()
         // On a throw from here on, deinit closes what is open.
         guard withSocketAddress(path, { bind(self.listener, $0, $1) }) == 0, listen(self.listener, 0) == 0 else {
             throw POSIXError(.EADDRINUSE)
         }
         while self.clients.count < 64 {
-            let client = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            let client = makeUnixStreamSocket()
             _ = fcntl(client, F_SETFL, fcntl(client, F_GETFL) | O_NONBLOCK)
-            let result = withSocketAddress(path) { connect(client, $0, $1) }
+            let result = connectUnixSocket(client, to: path)
             if result != 0 {
                 let code = errno
                 close(client)

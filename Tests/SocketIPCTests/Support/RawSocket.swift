@@ -2,8 +2,11 @@ import Foundation
 import NIOPosix
 import SocketIPCTestSupport
 
+// Written for Linux (Glibc, Musl) and Darwin; tested on Linux only, Darwin is untested.
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Musl)
+import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
@@ -20,13 +23,13 @@ final class RawSocket: @unchecked Sendable {
 
     static func connect(to path: String) async throws -> RawSocket {
         try await onOwnThread {
-            let descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            let descriptor = makeUnixStreamSocket()
             var timeout = timeval(tv_sec: 10, tv_usec: 0)
             setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-            let result = withSocketAddress(path) { Glibc.connect(descriptor, $0, $1) }
-            guard result == 0 else {
-                Glibc.close(descriptor)
-                throw RawSocketError.failed("connect", errno)
+            guard connectUnixSocket(descriptor, to: path) == 0 else {
+                let code = errno
+                closeDescriptor(descriptor)
+                throw RawSocketError.failed("connect", code)
             }
             return RawSocket(descriptor: descriptor)
         }
@@ -39,7 +42,7 @@ final class RawSocket: @unchecked Sendable {
             while offset < bytes.count {
                 let count = min(chunkSize, bytes.count - offset)
                 let written = bytes[offset..<(offset + count)].withUnsafeBytes {
-                    Glibc.send(self.descriptor, $0.baseAddress, count, Int32(MSG_NOSIGNAL))
+                    sendWithoutSignal(self.descriptor, $0)
                 }
                 guard written > 0 else { throw RawSocketError.failed("write", errno) }
                 offset += written
@@ -53,7 +56,9 @@ final class RawSocket: @unchecked Sendable {
             var bytes = [UInt8](repeating: 0, count: count)
             var offset = 0
             while offset < count {
-                let got = bytes[offset...].withUnsafeMutableBytes { Glibc.read(self.descriptor, $0.baseAddress, count - offset) }
+                let got = bytes[offset...].withUnsafeMutableBytes {
+                    recv(self.descriptor, $0.baseAddress, count - offset, 0)
+                }
                 if got == 0 { break }
                 guard got > 0 else { throw RawSocketError.failed("read", errno) }
                 offset += got
@@ -68,7 +73,7 @@ final class RawSocket: @unchecked Sendable {
             var all: [UInt8] = []
             var chunk = [UInt8](repeating: 0, count: 65536)
             while true {
-                let got = chunk.withUnsafeMutableBytes { Glibc.read(self.descriptor, $0.baseAddress, 65536) }
+                let got = chunk.withUnsafeMutableBytes { recv(self.descriptor, $0.baseAddress, 65536, 0) }
                 if got == 0 { return all }
                 guard got > 0 else { throw RawSocketError.failed("read", errno) }
                 all += chunk[..<got]
@@ -81,7 +86,7 @@ final class RawSocket: @unchecked Sendable {
     }
 
     func close() {
-        Glibc.close(self.descriptor)
+        closeDescriptor(self.descriptor)
     }
 }
 
@@ -105,16 +110,14 @@ func frameBytes(kind: UInt8, id: UInt32? = nil, payload: [UInt8]) -> [UInt8] {
 // MARK: - Writing without blocking, for peers that stop reading
 
 extension RawSocket {
-    /// Writes `pieces` in order, each with one `send` (with `MSG_NOSIGNAL`: a peer that closed makes it throw, never
-    /// raise `SIGPIPE`).
+    /// Writes `pieces` in order, each with one `send` (``sendWithoutSignal(_:_:flags:)``: a peer that closed makes it
+    /// throw, never raise `SIGPIPE`).
     func send(pieces: [[UInt8]]) async throws {
         try await onOwnThread {
             for piece in pieces {
                 var offset = 0
                 while offset < piece.count {
-                    let sent = piece[offset...].withUnsafeBytes {
-                        Glibc.send(self.descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL))
-                    }
+                    let sent = piece[offset...].withUnsafeBytes { sendWithoutSignal(self.descriptor, $0) }
                     guard sent > 0 else { throw RawSocketError.failed("send", errno) }
                     offset += sent
                 }
@@ -129,7 +132,7 @@ extension RawSocket {
             var offset = 0
             while offset < bytes.count {
                 let sent = bytes[offset...].withUnsafeBytes {
-                    Glibc.send(self.descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
+                    sendWithoutSignal(self.descriptor, $0, flags: Int32(MSG_DONTWAIT))
                 }
                 if sent > 0 {
                     offset += sent
@@ -162,7 +165,7 @@ extension RawSocket {
                 guard poll(&waiting, 1, 10_000) > 0 else { throw RawSocketError.failed("poll (timed out)", ETIMEDOUT) }
                 if offset < bytes.count && waiting.revents & Int16(POLLOUT) != 0 {
                     let sent = bytes[offset...].withUnsafeBytes {
-                        Glibc.send(self.descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
+                        sendWithoutSignal(self.descriptor, $0, flags: Int32(MSG_DONTWAIT))
                     }
                     if sent > 0 { offset += sent }
                 }
@@ -186,7 +189,7 @@ extension RawSocket {
             var all: [UInt8] = []
             var chunk = [UInt8](repeating: 0, count: 65536)
             while true {
-                let got = chunk.withUnsafeMutableBytes { Glibc.read(self.descriptor, $0.baseAddress, 65536) }
+                let got = chunk.withUnsafeMutableBytes { recv(self.descriptor, $0.baseAddress, 65536, 0) }
                 if got == 0 || (got < 0 && errno == ECONNRESET) { return all }
                 guard got > 0 else { throw RawSocketError.failed("read", errno) }
                 all += chunk[..<got]

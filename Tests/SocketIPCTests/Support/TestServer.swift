@@ -1,42 +1,24 @@
 import Logging
 import NIOCore
 import SocketIPC
+import SocketIPCTesting
+import Synchronization
 
-/// Runs `server` in a child task, waits until it accepts connections, runs `body`, then shuts the server down
-/// gracefully and waits for it to finish.
-func withRunningServer<Result>(
-    _ makeServer: (_ onRunning: @escaping @Sendable (SocketPath) async -> Void) -> Server,
-    _ body: (Server) async throws -> Result
-) async throws -> Result {
-    let (running, runningContinuation) = AsyncStream.makeStream(of: Void.self)
-    let server = makeServer { _ in runningContinuation.yield() }
-    return try await withThrowingTaskGroup(of: Void.self) { group in
-        group.addTask { try await server.run() }
-        var iterator = running.makeAsyncIterator()
-        _ = await iterator.next()
-        do {
-            let result = try await body(server)
-            server.shutdownGracefully()
-            try await group.waitForAll()
-            return result
-        } catch {
-            group.cancelAll()
-            throw error
-        }
-    }
-}
+// Servers for the tests come from SocketIPCTesting (withFramedTestServer, withEOFTestServer, withRunningServer); what
+// is here is what only these tests need.
 
-/// A framed server on `path` whose connections get handlers from `makeHandler`.
-func withFramedServer<Handler: ConnectionHandler & SendableMetatype, Result>(
+/// An ``EchoHandler`` server on `path` (configured by `configure`) for the length of `body`, for tests that choose the
+/// path or look at its directory after the server has stopped; SocketIPCTesting's `withRunningServer` starts and
+/// stops it, and throws the error of a server that cannot start.
+func withEchoServer<Result>(
     path: String,
     configure: (inout ServerConfiguration) -> Void = { _ in },
-    makeHandler: @escaping @Sendable () -> Handler,
     _ body: (Server) async throws -> Result
 ) async throws -> Result {
     var configuration = ServerConfiguration(path: path)
     configure(&configuration)
     return try await withRunningServer(
-        { Server.framed(configuration: configuration, logger: testLogger, onServerRunning: $0, makeHandler: makeHandler) },
+        { Server.framed(configuration: configuration, logger: testLogger, onServerRunning: $0) { EchoHandler() } },
         body
     )
 }
@@ -59,6 +41,7 @@ struct EchoHandler: ConnectionHandler, Sendable {
     }
 }
 
+/// The logger of the servers the tests make themselves: critical messages only, like SocketIPCTesting's default.
 let testLogger: Logger = {
     var logger = Logger(label: "socketipc.tests")
     logger.logLevel = .critical
@@ -76,4 +59,17 @@ struct HoldingEchoHandler: ConnectionHandler, Sendable {
             reply.succeed(request)
         }
     }
+}
+
+/// Never answers requests; closes the connection when it gets the message `close`.
+struct HangingHandler: ConnectionHandler {
+    func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {}
+    func didReceiveMessage(_ message: ByteBuffer, on connection: Connection) {
+        if String(buffer: message) == "close" { connection.close() }
+    }
+}
+
+/// Strings collected from any thread.
+final class Recorder: Sendable {
+    let items = Mutex<[String]>([])
 }

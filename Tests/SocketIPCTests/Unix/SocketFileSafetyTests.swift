@@ -1,0 +1,216 @@
+import Foundation
+import NIOCore
+import SocketIPC
+import SocketIPCTestSupport
+import SocketIPCTesting
+import Testing
+
+// Written for Linux (Glibc, Musl) and Darwin; tested on Linux only, Darwin is untested.
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// What a server may and may not do to files at and beside its socket path when other processes, of this user or
+/// another, got there first or change things while it runs.
+@Suite("The socket file: never another's, never wider, never through a symbolic link")
+struct SocketFileSafetyTests {
+    @Test(
+        "another user's live 0600 socket in a shared directory is left running; the server refuses and says why",
+        .enabled(if: OtherUser.canRunProcesses && OtherUser.socat != nil, "needs root, setpriv and socat"),
+        arguments: [(mode: mode_t(0o1777), optOut: false), (mode: 0o777, optOut: true)]
+    )
+    func othersLiveSocket(directoryMode: mode_t, optOut: Bool) async throws {
+        try await withTemporarySocketDirectory { directory in
+            let shared = directory + "/shared"
+            try makeDirectory(shared, mode: directoryMode)
+            chmod(directory, 0o755)
+            let path = shared + "/victim.sock"
+            try await withForeignListener(at: path) {
+                let before = try #require(fileStatus(path))
+                #expect(before.uid == OtherUser.uid && before.mode & 0o7777 == 0o600)
+                let server = Server.framed(configuration: configuration(path) { $0.requiresSecureParentDirectory = !optOut },
+                                           logger: testLogger) { EchoHandler() }
+                let error = await #expect(throws: SocketIPCError.self) { try await server.run() }
+                #expect(error?.code == .addressInUse)
+                #expect(error?.message.contains("left untouched") == true)
+                let after = try #require(fileStatus(path))
+                #expect(after.inode == before.inode && after.uid == OtherUser.uid && after.mode == before.mode)
+                #expect(connects(to: path), "the other user's server still accepts connections")
+                #expect(fileStatus(path + ".lock") == nil, "the refused server removed its own lock file")
+            }
+        }
+    }
+
+    @Test(
+        "a foreign listener with a full connection queue (listen(0)) is reported in use at once, never waited for",
+        .timeLimit(.minutes(1))
+    )
+    func fullQueue() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/full.sock"
+            let listener = try FullQueueListener(at: path)
+            defer { withExtendedLifetime(listener) {} }
+            let before = try #require(fileStatus(path))
+            let server = Server.framed(configuration: .init(path: path), logger: testLogger) { EchoHandler() }
+            let error = await #expect(throws: SocketIPCError.self) { try await server.run() }
+            #expect(error?.code == .addressInUse)
+            #expect(error?.message.contains("queue is full") == true)
+            #expect(fileStatus(path)?.inode == before.inode)
+        }
+    }
+
+    @Test("a stale socket that belongs to another user is left untouched", .enabled(if: OtherUser.canOwnFiles, "needs root"))
+    func othersStaleSocket() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/stale.sock"
+            try makeStaleSocket(at: path)
+            #expect(lchown(path, OtherUser.uid, OtherUser.gid) == 0)
+            let before = try #require(fileStatus(path))
+            let server = Server.framed(configuration: .init(path: path), logger: testLogger) { EchoHandler() }
+            let error = await #expect(throws: SocketIPCError.self) { try await server.run() }
+            #expect(error?.code == .pathOccupied)
+            #expect(error?.message.contains("uid \(OtherUser.uid)") == true)
+            #expect(fileStatus(path)?.inode == before.inode)
+        }
+    }
+
+    @Test("a symbolic link at the socket path is refused, and its target's mode and contents do not change")
+    func symlinkAtPath() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/link.sock"
+            let target = directory + "/precious"
+            try Data("precious".utf8).write(to: URL(fileURLWithPath: target))
+            chmod(target, 0o600)
+            symlink(target, path)
+            let server = Server.framed(configuration: configuration(path) { $0.mode = 0o666 }, logger: testLogger) {
+                EchoHandler()
+            }
+            let error = await #expect(throws: SocketIPCError.self) { try await server.run() }
+            #expect(error?.code == .pathOccupied)
+            #expect(fileStatus(target)?.mode == S_IFREG | 0o600)
+            #expect(try String(contentsOfFile: target, encoding: .utf8) == "precious")
+            #expect((fileStatus(path)?.mode ?? 0) & S_IFMT == S_IFLNK)
+        }
+    }
+
+    @Test("a symbolic link, a FIFO or another user's file at the lock path is refused and left as it was",
+          arguments: ["symlink", "fifo", "other user's file"])
+    func occupiedLockPath(kind: String) async throws {
+        if kind == "other user's file" && !OtherUser.canOwnFiles { return }
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/locked.sock"
+            let lockPath = path + ".lock"
+            let target = directory + "/target"
+            switch kind {
+            case "symlink": symlink(target, lockPath)
+            case "fifo": mkfifo(lockPath, 0o600)
+            default:
+                try Data().write(to: URL(fileURLWithPath: lockPath))
+                chown(lockPath, OtherUser.uid, OtherUser.gid)
+            }
+            let before = try #require(fileStatus(lockPath))
+            let server = Server.framed(configuration: .init(path: path), logger: testLogger) { EchoHandler() }
+            let error = await #expect(throws: SocketIPCError.self) { try await server.run() }
+            #expect(error?.code == .pathOccupied)
+            #expect(error?.message.contains(lockPath) == true)
+            let after = try #require(fileStatus(lockPath))
+            #expect(after.inode == before.inode && after.mode == before.mode && after.uid == before.uid)
+            #expect(fileStatus(target) == nil, "a symbolic link's target is never created")
+            #expect(fileStatus(path) == nil)
+        }
+    }
+
+    @Test("a hard link to another file of this user at the lock path is refused, and that file is not written")
+    func hardLinkAtLockPath() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/linked.sock"
+            let target = directory + "/config"
+            try Data("precious".utf8).write(to: URL(fileURLWithPath: target))
+            #expect(link(target, path + ".lock") == 0)
+            let server = Server.framed(configuration: .init(path: path), logger: testLogger) { EchoHandler() }
+            let error = await #expect(throws: SocketIPCError.self) { try await server.run() }
+            #expect(error?.code == .pathOccupied)
+            #expect(error?.message.contains("hard links") == true)
+            #expect(try String(contentsOfFile: target, encoding: .utf8) == "precious")
+            #expect(fileStatus(path) == nil)
+        }
+    }
+
+    @Test("the socket has exactly the configured mode, and the private directory it was bound in is gone",
+          arguments: [UInt16(0o600), 0o640, 0o660, 0o666, 0o700])
+    func exactMode(mode: UInt16) async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/exact.sock"
+            try await withEchoServer(path: path, configure: { $0.mode = mode }) { _ in
+                let status = try #require(fileStatus(path))
+                #expect(status.mode == S_IFSOCK | mode_t(mode))
+                #expect(status.uid == geteuid())
+                #expect(try directoryEntries(directory) == ["exact.sock", "exact.sock.lock"])
+                let reply = try await Client.withConnection(to: path) { try await $0.request(ByteBuffer(string: "hi")) }
+                #expect(String(buffer: reply) == "hi")
+            }
+            #expect(try directoryEntries(directory) == [])
+        }
+    }
+
+    @Test("a refused start leaves nothing of its own behind")
+    func refusedStartLeavesNothing() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/busy.sock"
+            let descriptor = try makeStaleSocket(at: path, listening: true)
+            defer { close(descriptor) }
+            let server = Server.framed(configuration: .init(path: path), logger: testLogger) { EchoHandler() }
+            await #expect(throws: SocketIPCError.self) { try await server.run() }
+            #expect(try directoryEntries(directory) == ["busy.sock"])
+        }
+    }
+
+    @Test("an exiting server leaves alone the lock file and socket of a successor that took the path over")
+    func successorSurvives() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/handover.sock"
+            let (running, isRunning) = AsyncStream.makeStream(of: Void.self)
+            let first = Server.framed(
+                configuration: .init(path: path), logger: testLogger, onServerRunning: { _ in isRunning.yield() }
+            ) { EchoHandler() }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    defer { isRunning.finish() }
+                    try await first.run()
+                }
+                for await _ in running { break }
+                // A clean-up job removes both files while the first server runs; a successor then takes the path.
+                unlink(path)
+                unlink(path + ".lock")
+                try await withEchoServer(path: path) { _ in
+                    let socket = try #require(fileStatus(path))
+                    let lock = try #require(fileStatus(path + ".lock"))
+                    first.shutdownGracefully()
+                    try await group.waitForAll()
+                    #expect(fileStatus(path)?.inode == socket.inode, "the successor's socket survives")
+                    #expect(fileStatus(path + ".lock")?.inode == lock.inode, "the successor's lock file survives")
+                    let reply = try await Client.withConnection(to: path) {
+                        try await $0.request(ByteBuffer(string: "successor"))
+                    }
+                    #expect(String(buffer: reply) == "successor")
+                    let third = Server.framed(configuration: .init(path: path), logger: testLogger) { EchoHandler() }
+                    let error = await #expect(throws: SocketIPCError.self) { try await third.run() }
+                    #expect(error?.code == .addressInUse)
+                    #expect(error?.message.contains("lock file") == true)
+                }
+            }
+            #expect(try directoryEntries(directory) == [])
+        }
+    }
+}
+
+/// A configuration for `path`, changed by `change`.
+func configuration(_ path: String, _ change: (inout ServerConfiguration) -> Void = { _ in }) -> ServerConfiguration {
+    var configuration = ServerConfiguration(path: path)
+    change(&configuration)
+    return configuration
+}
