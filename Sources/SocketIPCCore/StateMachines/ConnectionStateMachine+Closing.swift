@@ -3,7 +3,8 @@ import NIOCore
 // Going away in either direction, and the close.
 extension ConnectionStateMachine {
     /// What to do after this side announced it is going away.
-    package enum GoAwayAction: Equatable {
+    @usableFromInline
+    package enum GoAwayAction: Equatable, Sendable {
         /// Nothing: the connection is closed or already going away (the frame was not queued).
         case none
         /// The going-away frame is queued and no flush was due: schedule one.
@@ -13,7 +14,8 @@ extension ConnectionStateMachine {
     }
 
     /// What to do after the peer announced it is going away.
-    package enum PeerGoingAwayAction: Equatable {
+    @usableFromInline
+    package enum PeerGoingAwayAction: Equatable, Sendable {
         /// Nothing now: the connection closes once drained, or the channel handler closes it (a reason other than
         /// `0x00`), or it is closed already.
         case none
@@ -22,6 +24,7 @@ extension ConnectionStateMachine {
     }
 
     /// What to fail once the channel closed.
+    @usableFromInline
     package enum ClosedAction {
         /// Nothing: the machine was closed already.
         case none

@@ -3,6 +3,7 @@ import NIOCore
 // Requests either way: this side's waiting for replies, and the peer's waiting for answers.
 extension ConnectionStateMachine {
     /// What to do with a request this side wants to send.
+    @usableFromInline
     package enum RegisterAction {
         /// The request is not sent: fail its continuation with this error (the connection is closed or going away,
         /// or the calling task was cancelled: `CancellationError`).
@@ -14,6 +15,7 @@ extension ConnectionStateMachine {
     }
 
     /// What to do once a request of this side has ended.
+    @usableFromInline
     package enum FinishAction {
         /// No request with that id is pending (it timed out, was cancelled or was answered before): drop the result.
         case none
@@ -23,14 +25,18 @@ extension ConnectionStateMachine {
     }
 
     /// What to do once this side answered one of the peer's requests.
-    package struct AnswerAction: Equatable {
+    @usableFromInline
+    package struct AnswerAction: Equatable, Sendable {
         /// No flush was due yet: the caller schedules one on the event loop.
+        @usableFromInline
         package var scheduleFlush: Bool
         /// The channel handler stopped handing out the peer's frames at the maximum of unanswered requests, and this
         /// answer made room: the caller tells it to go on (only the answer that clears the pause does, so a burst of
         /// answers costs one hop).
+        @usableFromInline
         package var resumeReading: Bool
         /// The connection is going away and this was the last thing it waited for: the caller flushes and closes it.
+        @usableFromInline
         package var close: Bool
 
         /// Makes an action.
@@ -43,7 +49,8 @@ extension ConnectionStateMachine {
     }
 
     /// Whether the channel handler stops handing out the peer's frames.
-    package enum PauseAction: Equatable {
+    @usableFromInline
+    package enum PauseAction: Equatable, Sendable {
         /// Stop: an answer that makes room returns ``AnswerAction/resumeReading``.
         case pause
         /// Go on: answers made room already.
@@ -148,6 +155,7 @@ extension ConnectionStateMachine {
 
     /// The peer's unanswered requests reached the maximum (as ``requestReceived()`` counted them): the channel
     /// handler asks whether to stop handing out its frames.
+    @inlinable
     package mutating func pauseReadingForRequests() -> PauseAction {
         let maximum = self.maximumConcurrentRequests
         return self.modifyRequests(closed: .keepReading) { requests, _ in

@@ -3,7 +3,8 @@ import NIOCore
 // The write side: queueing frames, flushing them, and the writers who wait for the queue to drain.
 extension ConnectionStateMachine {
     /// What to do after queueing a frame.
-    package enum EnqueueAction: Equatable {
+    @usableFromInline
+    package enum EnqueueAction: Equatable, Sendable {
         /// The connection is closed: nothing was queued; the sender fails with this error.
         case fail(SocketIPCError)
         /// The frame is queued. `scheduleFlush`: no flush was due yet, so the caller schedules one on the event loop
@@ -13,7 +14,8 @@ extension ConnectionStateMachine {
     }
 
     /// Whether a sender may go on, or must wait for the queue to drain.
-    package enum WritabilityAction: Equatable {
+    @usableFromInline
+    package enum WritabilityAction: Equatable, Sendable {
         /// The queue is below its high watermark and the channel writable: go on (resume the waiter at once).
         case proceed
         /// Wait: a later ``writersMayResume()`` or ``writabilityChanged(_:)`` releases the sender.
@@ -23,6 +25,7 @@ extension ConnectionStateMachine {
     }
 
     /// What a flush must write.
+    @usableFromInline
     package enum FlushAction {
         /// Nothing was queued.
         case none
@@ -34,6 +37,7 @@ extension ConnectionStateMachine {
     }
 
     /// The senders to release.
+    @usableFromInline
     package enum ResumeWritersAction {
         /// None: nobody waits, or the queue is still full or the channel not writable.
         case none
@@ -118,11 +122,13 @@ extension ConnectionStateMachine {
     }
 
     /// The channel closed its socket: from now on nothing may write to the descriptor, whose number may be reused.
+    @inlinable
     package mutating func socketClosed() {
         self.outbound.descriptorIsOpen = false
     }
 
     /// The channel's writability changed.
+    @inlinable
     package mutating func writabilityChanged(_ isWritable: Bool) -> ResumeWritersAction {
         self.outbound.channelWritable = isWritable
         return isWritable ? self.writersMayResume() : .none
@@ -131,6 +137,7 @@ extension ConnectionStateMachine {
     /// A flush wrote what it took while senders waited: releases them if the queue is below its high watermark and
     /// the channel writable. (A sender that starts waiting after the flush waits for a fuller queue, which a later
     /// flush drains.)
+    @inlinable
     package mutating func writersMayResume() -> ResumeWritersAction {
         guard !self.outbound.writeWaiters.isEmpty,
             self.outbound.isWritable(highWatermark: self.writeBufferHighWatermark)

@@ -40,6 +40,7 @@ import NIOCore
 /// - `RequestContinuation`: what waits for a reply (the runtime's continuation).
 /// - `WriteWaiter`: what waits for the queue to drain below its high watermark.
 /// - `Timer`: a request's timeout, cancelled once the request ends.
+@usableFromInline
 package struct ConnectionStateMachine<RequestContinuation, WriteWaiter, Timer> {
     /// The lifecycle, with the data each stage holds.
     @usableFromInline
@@ -70,7 +71,8 @@ package struct ConnectionStateMachine<RequestContinuation, WriteWaiter, Timer> {
 
     // MARK: - State
 
-    /// The stages of a connection's life, each with what it holds.
+    /// The stages of a connection's life, each with what it holds. The cases that carry errors are `indirect`, so
+    /// that the state stays a few words: the hot path moves it in and out of `.modifying` without copying an error.
     @usableFromInline
     enum State {
         /// Frames flow both ways.
@@ -78,21 +80,24 @@ package struct ConnectionStateMachine<RequestContinuation, WriteWaiter, Timer> {
         /// Going-away was sent or received (reason `0x00`): no new requests; closes once drained. `peerError` is
         /// what the peer's going-away said, once it has sent one (it fails new requests in preference to this
         /// side's own announcement, and a reason other than `0x00` is the close's error).
-        case goingAway(Requests, peerError: SocketIPCError?)
+        indirect case goingAway(Requests, peerError: SocketIPCError?)
         /// The peer went away with a reason other than `0x00`; the channel handler is closing the connection.
-        case peerFailed(Requests, error: SocketIPCError)
+        indirect case peerFailed(Requests, error: SocketIPCError)
         /// The channel closed.
-        case closed(Closed)
+        indirect case closed(Closed)
         /// Only while an event mutates a case's payload: taking the payload out first leaves it uniquely
         /// referenced, so mutating it does not copy its storage.
         case modifying
     }
 
     /// A request of this side waiting for its reply.
+    @usableFromInline
     package struct PendingRequest {
         /// What the reply resumes.
+        @usableFromInline
         package var continuation: RequestContinuation
         /// The request's timeout, if it has one; cancelled once the request ends.
+        @usableFromInline
         package var timer: Timer?
 
         /// Pairs `continuation` with its `timer`.

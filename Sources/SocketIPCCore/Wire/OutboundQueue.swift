@@ -12,6 +12,7 @@ import NIOCore
 /// | length: UInt32 | kind: u8 | id: UInt32 (kinds 2-4) | payload ... |
 /// +----------------+----------+------------------------+-------------+
 /// ```
+@usableFromInline
 package struct OutboundQueue {
     /// Payloads of at least this many bytes (32 KiB) are written without copying (`writev` of header and payload).
     @inlinable
@@ -22,11 +23,14 @@ package struct OutboundQueue {
     static var initialCapacity: Int { 16 * 1024 }
 
     /// What one flush takes from the queue: the buffers to write first, then the coalescing buffer, in that order.
+    @usableFromInline
     package struct Batch {
         /// Large payloads and the coalescing buffers written before them, in order.
+        @usableFromInline
         package var earlier: [ByteBuffer]
         /// The coalescing buffer small frames were copied into, last; the queue's own, so it can be reused once
         /// written.
+        @usableFromInline
         package var tail: ByteBuffer?
 
         /// Makes a batch of `earlier`, then `tail`.
