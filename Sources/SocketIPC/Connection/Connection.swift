@@ -36,15 +36,21 @@ public final class Connection: Sendable {
         Scheduled<Void>
     >
 
+    /// The channel the connection's frames travel on.
     let channel: any Channel
     /// The channel's event loop, kept so that the hot path does not ask the channel for it each time.
     let eventLoop: any EventLoop
     /// Where flushes write: straight to the socket where it may, else through the channel.
     let writer: any FrameWriter
+    /// The limits and timeouts the connection was opened with.
     let options: ConnectionOptions
+    /// Runs the client's tasks on the channel's event loop (`Client.withConnection`).
     let taskExecutor: EventLoopTaskExecutor
+    /// The event loop's spare coalescing buffer, taken when the queue needs one and given back after each flush.
     let flushBufferPool: FlushBufferPool
+    /// The event loop's busy poller, in the latency mode (``ConnectionOptions/busyPollDuration``).
     let busyPoller: EventLoopBusyPoller?
+    /// How long the busy poller keeps polling after each flush, in nanoseconds; 0 without the latency mode.
     let busyPollNanoseconds: UInt64
     /// Everything the connection tracks; each operation locks it once, and acts on what it returns outside the lock.
     let state: Mutex<StateMachine>
@@ -357,6 +363,7 @@ public final class Connection: Sendable {
         }
     }
 
+    /// Flushes in a task of its own on the event loop: what is queued until it runs is written with it.
     func scheduleFlush() {
         self.eventLoop.execute { self.flushPendingWrites() }
     }

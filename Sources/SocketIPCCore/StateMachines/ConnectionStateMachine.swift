@@ -10,18 +10,20 @@ import NIOCore
 /// itself, so it is tested with plain values in place of continuations and timers.
 ///
 /// ```
-///                 goAway / peer going away (0x00)
-///   ┌──────┐ ─────────────────────────────────────────▶ ┌───────────┐
-///   │ open │                                            │ goingAway │ ── drained: close ──┐
-///   └──────┘ ── peer going away (other reason) ──┐      └───────────┘                     │
-///      │                                         ▼            │                           │
-///      │                                  ┌────────────┐      │                           │
-///      │                                  │ peerFailed │      │                           │
-///      │                                  └────────────┘      │                           │
-///      │          channel closed                │             │                           ▼
-///      └────────────────────────────────────────┴─────────────┴──────────────────▶ ┌────────┐
-///                                                                                   │ closed │
-///                                                                                   └────────┘
+///   +------+  goAway(frame:), or peerIsGoingAway(isNormal: true)   +-----------+
+///   | open | ----------------------------------------------------> | goingAway | -- drained: action .close
+///   +------+                                                       +-----------+
+///      |   \  peerIsGoingAway(isNormal: false)                          ^     |
+///      |    \                 +------------+  goAway(frame:), or       |     |
+///      |     +--------------> | peerFailed | -------------------------+     |
+///      |                      +------------+  the peer's 0x00               |
+///      |                            |                                       |
+///      +----------------------------+---------------------------------------+
+///                                   | closed(error:), from any state
+///                                   v
+///                              +--------+
+///                              | closed |
+///                              +--------+
 /// ```
 ///
 /// - `open`: frames flow both ways.
@@ -226,13 +228,6 @@ package struct ConnectionStateMachine<RequestContinuation, WriteWaiter, Timer> {
         }
     }
 
-    /// The close's error, once closed.
-    @inlinable
-    var closedError: SocketIPCError? {
-        if case .closed(let closed) = self.state { return closed.error }
-        return nil
-    }
-
     // MARK: - Queries
 
     /// Whether the connection is still open: not yet closed by either side (going away still counts as open).
@@ -244,7 +239,10 @@ package struct ConnectionStateMachine<RequestContinuation, WriteWaiter, Timer> {
 
     /// The error the connection closed with, once it is closed.
     @inlinable
-    package var closeError: SocketIPCError? { self.closedError }
+    package var closeError: SocketIPCError? {
+        if case .closed(let closed) = self.state { return closed.error }
+        return nil
+    }
 
     /// What the peer said when it announced it is going away, once it has (in any state).
     package var peerGoingAwayError: SocketIPCError? {
