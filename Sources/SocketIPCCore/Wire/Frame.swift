@@ -22,7 +22,8 @@ package enum Frame: Equatable {
 }
 
 /// The frame kinds, the byte after the length.
-package enum FrameKind: UInt8 {
+@usableFromInline
+package enum FrameKind: UInt8, Sendable {
     case message = 0x01
     case request = 0x02
     case reply = 0x03

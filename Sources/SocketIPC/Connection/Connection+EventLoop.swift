@@ -1,0 +1,117 @@
+import NIOCore
+import SocketIPCCore
+import Synchronization
+
+// MARK: - Event loop side (called by ConnectionChannelHandler)
+
+extension Connection {
+    /// Marks the start of a read batch: what is queued during it is flushed by ``readBatchEnded()``.
+    @inline(__always)
+    func readBatchStarted() {
+        self.state.withLock { $0.readBatchStarted() }
+    }
+
+    /// Flushes what the read batch queued.
+    func readBatchEnded() {
+        self.flushPendingWrites()
+    }
+
+    /// Writes every queued frame and flushes. Runs on the event loop.
+    ///
+    /// The ``writer`` writes what it can at once (on Linux straight to the socket with `send(2)`, while the channel
+    /// has no writes of its own pending, which skips the channel's pipeline and write queue on the common path);
+    /// whatever it leaves goes through the channel.
+    func flushPendingWrites() {
+        self.eventLoop.assertInEventLoop()
+        let action = self.state.withLock { $0.flush() }
+        self.busyPoller?.arm(for: self.busyPollNanoseconds)
+        guard case .write(let batch, let mayWriteDirectly, let writersWaiting) = action else { return }
+        let tail = batch.tail
+        let unwritten = self.writer.write(batch, mayWriteDirectly: mayWriteDirectly)
+        if !unwritten.isEmpty {
+            self.writeThroughChannel(unwritten)
+        }
+        if let tail { self.flushBufferPool.recycle(tail) }
+        // A writer that starts waiting after the lock above waits for a fuller queue, which a later flush drains.
+        if writersWaiting { self.perform(self.state.withLock { $0.writersMayResume() }) }
+    }
+
+    /// Writes `buffers` through the channel and flushes; until they are written, flushes do not write directly.
+    /// Runs on the event loop.
+    /// - Returns: A future that completes once the last buffer is written, or fails when the channel cannot write.
+    @discardableResult
+    func writeThroughChannel(_ buffers: some Collection<ByteBuffer>) -> EventLoopFuture<Void> {
+        self.state.withLock { $0.channelWriteStarted() }
+        let written = self.writer.writeThroughChannel(buffers)
+        written.whenComplete { _ in self.state.withLock { $0.channelWriteCompleted() } }
+        return written
+    }
+
+    /// Called when the channel has closed its socket, before anything else: nothing may write to the descriptor
+    /// from now on.
+    func socketClosed() {
+        self.state.withLock { $0.socketClosed() }
+    }
+
+    /// Called when the channel's writability changed: writers waiting for it go on once it is writable and the
+    /// queue is below its high watermark.
+    func writabilityChanged(_ isWritable: Bool) {
+        self.perform(self.state.withLock { $0.writabilityChanged(isWritable) })
+    }
+
+    /// Counts a request of the peer; returns how many are now unanswered.
+    @inline(__always)
+    func requestReceived() -> Int {
+        self.state.withLock { $0.requestReceived() }
+    }
+
+    /// Called by the channel handler when the peer's unanswered requests reached the maximum: returns `true` if the
+    /// handler must stop reading, in which case a ``RequestsAnswered`` event reaches its pipeline once an answer
+    /// makes room; `false` if answers already made room.
+    func pauseReadingForRequests() -> Bool {
+        self.state.withLock { $0.pauseReadingForRequests() } == .pause
+    }
+
+    /// Whether a request is in flight either way: one of the peer's waits for its answer, or one of this side's for
+    /// its reply.
+    var hasRequestsInFlight: Bool {
+        self.state.withLock { $0.hasRequestsInFlight }
+    }
+
+    /// A reply arrived; one to a request that timed out or was cancelled is dropped: nobody waits for it any more.
+    func replyReceived(id: UInt32, result: Result<ByteBuffer, SocketIPCError>) {
+        self.finishRequest(id, with: result.mapError { $0 })
+    }
+
+    /// The peer sent going-away. After reason `0x00` this side sends no new requests, answers the peer's requests
+    /// still unanswered and waits for the replies to its own, then closes (the peer closes too once it has answered
+    /// this side's requests). After any other reason the caller closes the connection at once.
+    func peerIsGoingAway(_ reason: GoAwayReason, message: String) {
+        let text = message.isEmpty ? "the peer is going away" : "the peer is going away: \(message)"
+        let error = SocketIPCError(reason.errorCode, text)
+        let action = self.state.withLock { $0.peerIsGoingAway(isNormal: reason == .normal, error: error) }
+        self.logger.debug("peer is going away", metadata: ["reason": "\(reason)", "message": "\(message)"])
+        if action == .close { self.closeAfterGoingAway() }
+    }
+
+    /// Fails everything that waits on this connection; called once, when the channel becomes inactive.
+    func closed(error: SocketIPCError?) {
+        guard case .fail(let requests, let writers, let finalError) = self.state.withLock({ $0.closed(error: error) })
+        else { return }
+        for pending in requests {
+            pending.timer?.cancel()
+            pending.continuation.resume(throwing: finalError)
+        }
+        for writer in writers { writer.resume(throwing: finalError) }
+    }
+
+    /// What the peer said when it announced it is going away, once it has.
+    var peerGoingAwayError: SocketIPCError? { self.state.withLock { $0.peerGoingAwayError } }
+
+    /// The error the connection closed with, once it is closed.
+    var closeError: SocketIPCError? { self.state.withLock { $0.closeError } }
+}
+
+/// The event a ``Connection`` fires through its channel's pipeline when an answer brought the peer's unanswered
+/// requests below ``ConnectionOptions/maximumConcurrentRequests`` while reading was paused for them.
+struct RequestsAnswered: Sendable {}

@@ -1,0 +1,148 @@
+import NIOCore
+
+// The write side: queueing frames, flushing them, and the writers who wait for the queue to drain.
+extension ConnectionStateMachine {
+    /// What to do after queueing a frame.
+    @usableFromInline
+    package enum EnqueueAction: Equatable, Sendable {
+        /// The connection is closed: nothing was queued; the sender fails with this error.
+        case fail(SocketIPCError)
+        /// The frame is queued. `scheduleFlush`: no flush was due yet, so the caller schedules one on the event loop
+        /// (a scheduled flush or the read batch in progress writes it otherwise). `mustWait`: the queue is at or
+        /// above its high watermark, or the channel is not writable, so the sender waits before it sends more.
+        case queued(scheduleFlush: Bool, mustWait: Bool)
+    }
+
+    /// Whether a sender may go on, or must wait for the queue to drain.
+    @usableFromInline
+    package enum WritabilityAction: Equatable, Sendable {
+        /// The queue is below its high watermark and the channel writable: go on (resume the waiter at once).
+        case proceed
+        /// Wait: a later ``writersMayResume()`` or ``writabilityChanged(_:)`` releases the sender.
+        case wait
+        /// The connection is closed: fail with this error.
+        case fail(SocketIPCError)
+    }
+
+    /// What a flush must write.
+    @usableFromInline
+    package enum FlushAction {
+        /// Nothing was queued.
+        case none
+        /// Write `batch`, in order. `mayWriteDirectly`: the socket is open and the channel holds no writes of its
+        /// own, so the bytes may go straight to the descriptor; otherwise they go through the channel, after what it
+        /// holds. `writersWaiting`: senders wait for the queue to drain, so once written call
+        /// ``writersMayResume()``.
+        case write(OutboundQueue.Batch, mayWriteDirectly: Bool, writersWaiting: Bool)
+    }
+
+    /// The senders to release.
+    @usableFromInline
+    package enum ResumeWritersAction {
+        /// None: nobody waits, or the queue is still full or the channel not writable.
+        case none
+        /// Resume these, in order.
+        case resume([WriteWaiter])
+    }
+
+    /// A one-way message or another frame of this side is queued.
+    /// - Parameters:
+    ///   - kind: The frame's kind.
+    ///   - id: The frame's id, for the kinds that carry one.
+    ///   - payload: The frame's payload.
+    ///   - spareBuffer: Asked only when the queue needs a new coalescing buffer: a cleared buffer to reuse, or
+    ///     `nil`.
+    @inlinable
+    @inline(__always)
+    package mutating func enqueue(
+        _ kind: FrameKind,
+        id: UInt32,
+        payload: ByteBuffer,
+        spareBuffer: () -> ByteBuffer?
+    ) -> EnqueueAction {
+        if case .closed(let closed) = self.state { return .fail(closed.error) }
+        self.outbound.queue.appendFrame(kind, id: id, payload: payload, spareBuffer: spareBuffer)
+        return .queued(
+            scheduleFlush: self.outbound.scheduleFlushIfNeeded(),
+            mustWait: !self.outbound.isWritable(highWatermark: self.writeBufferHighWatermark)
+        )
+    }
+
+    /// A sender asks whether it may go on before it sends (the fast check, before it makes anything to wait with).
+    @inlinable
+    @inline(__always)
+    package func checkWritable() -> WritabilityAction {
+        if case .closed(let closed) = self.state { return .fail(closed.error) }
+        return self.outbound.isWritable(highWatermark: self.writeBufferHighWatermark) ? .proceed : .wait
+    }
+
+    /// A sender is ready to wait with `waiter`: it is kept (``WritabilityAction/wait``) unless the queue drained or
+    /// the connection closed meanwhile.
+    @inlinable
+    package mutating func waitForWritability(_ waiter: WriteWaiter) -> WritabilityAction {
+        if case .closed(let closed) = self.state { return .fail(closed.error) }
+        if self.outbound.isWritable(highWatermark: self.writeBufferHighWatermark) { return .proceed }
+        self.outbound.writeWaiters.append(waiter)
+        return .wait
+    }
+
+    /// The channel handler starts a read batch: what is queued during it is flushed when it ends, so no flush
+    /// needs scheduling meanwhile.
+    @inlinable
+    @inline(__always)
+    package mutating func readBatchStarted() {
+        self.outbound.readBatchActive = true
+    }
+
+    /// A flush runs on the event loop (scheduled, or at the end of a read batch): takes everything queued.
+    @inlinable
+    @inline(__always)
+    package mutating func flush() -> FlushAction {
+        self.outbound.flushScheduled = false
+        self.outbound.readBatchActive = false
+        guard !self.outbound.queue.isEmpty else { return .none }
+        return .write(
+            self.outbound.queue.takeAll(),
+            mayWriteDirectly: self.outbound.descriptorIsOpen && self.outbound.writesInChannel == 0,
+            writersWaiting: !self.outbound.writeWaiters.isEmpty
+        )
+    }
+
+    /// Buffers are handed to the channel: until they are written, flushes write through the channel too.
+    @inlinable
+    package mutating func channelWriteStarted() {
+        self.outbound.writesInChannel += 1
+    }
+
+    /// Buffers handed to the channel were written (or failed, the channel closing).
+    @inlinable
+    package mutating func channelWriteCompleted() {
+        precondition(self.outbound.writesInChannel > 0, "a channel write completed that never started")
+        self.outbound.writesInChannel -= 1
+    }
+
+    /// The channel closed its socket: from now on nothing may write to the descriptor, whose number may be reused.
+    @inlinable
+    package mutating func socketClosed() {
+        self.outbound.descriptorIsOpen = false
+    }
+
+    /// The channel's writability changed.
+    @inlinable
+    package mutating func writabilityChanged(_ isWritable: Bool) -> ResumeWritersAction {
+        self.outbound.channelWritable = isWritable
+        return isWritable ? self.writersMayResume() : .none
+    }
+
+    /// A flush wrote what it took while senders waited: releases them if the queue is below its high watermark and
+    /// the channel writable. (A sender that starts waiting after the flush waits for a fuller queue, which a later
+    /// flush drains.)
+    @inlinable
+    package mutating func writersMayResume() -> ResumeWritersAction {
+        guard !self.outbound.writeWaiters.isEmpty,
+            self.outbound.isWritable(highWatermark: self.writeBufferHighWatermark)
+        else { return .none }
+        defer { self.outbound.writeWaiters = [] }
+        return .resume(self.outbound.writeWaiters)
+    }
+}

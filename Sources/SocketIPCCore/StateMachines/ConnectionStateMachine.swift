@@ -1,0 +1,300 @@
+import NIOCore
+
+/// Everything one end of a framed connection keeps track of, as a value without I/O: what is queued for the peer and
+/// when it is flushed, who waits for the queue to drain, the requests waiting for their replies, the peer's requests
+/// waiting for their answers, going-away in either direction, and how the connection closed.
+///
+/// The runtime's `Connection` keeps one under its lock. Each method is an event (something the API, the channel or a
+/// timer did); it returns what the caller must do about it, as an action, once the lock is released: resume a
+/// continuation, schedule a flush, cancel a timer, close. The machine never resumes, schedules or closes anything
+/// itself, so it is tested with plain values in place of continuations and timers.
+///
+/// ```
+///   +------+  goAway(frame:), or peerIsGoingAway(isNormal: true)   +-----------+
+///   | open | ----------------------------------------------------> | goingAway | -- drained: action .close
+///   +------+                                                       +-----------+
+///      |   \  peerIsGoingAway(isNormal: false)                          ^     |
+///      |    \                 +------------+  goAway(frame:), or       |     |
+///      |     +--------------> | peerFailed | -------------------------+     |
+///      |                      +------------+  the peer's 0x00               |
+///      |                            |                                       |
+///      +----------------------------+---------------------------------------+
+///                                   | closed(error:), from any state
+///                                   v
+///                              +--------+
+///                              | closed |
+///                              +--------+
+/// ```
+///
+/// - `open`: frames flow both ways.
+/// - `goingAway`: this side sent going-away, or the peer sent it with reason `0x00`. New requests are refused; the
+///   connection closes once every request the peer made is answered and every request this side made has its reply
+///   (or failed: timed out, cancelled). The peer's requests are still answered meanwhile.
+/// - `peerFailed`: the peer went away with another reason; the channel handler closes the connection at once, and
+///   what waits fails with that reason.
+/// - `closed`: the channel closed; everything that waited has failed, and everything new fails, with the close's
+///   error.
+///
+/// What is on its way to the peer (``Outbound``: the queue, the flush, writability, writers waiting, writes in the
+/// channel) is kept beside the state, not in its cases: it exists in every state, and the send path mutates it in
+/// place without moving the state's payload.
+///
+/// - `RequestContinuation`: what waits for a reply (the runtime's continuation).
+/// - `WriteWaiter`: what waits for the queue to drain below its high watermark.
+/// - `Timer`: a request's timeout, cancelled once the request ends.
+@usableFromInline
+package struct ConnectionStateMachine<RequestContinuation, WriteWaiter, Timer> {
+    /// The lifecycle, with the data each stage holds.
+    @usableFromInline
+    var state: State
+    /// What is on its way to the peer; the same in every state.
+    @usableFromInline
+    var outbound: Outbound
+    /// The queued bytes at or above which a sender waits, in bytes
+    /// (`ConnectionOptions.writeBufferHighWatermark`).
+    @usableFromInline
+    let writeBufferHighWatermark: Int
+    /// The most requests of the peer that may wait for their answer before the channel handler stops handing out
+    /// more (`ConnectionOptions.maximumConcurrentRequests`).
+    @usableFromInline
+    let maximumConcurrentRequests: Int
+
+    /// Makes the machine of a connection that just opened.
+    /// - Parameters:
+    ///   - writeBufferHighWatermark: The queued bytes at or above which a sender waits.
+    ///   - maximumConcurrentRequests: The most unanswered requests of the peer before reading pauses.
+    @inlinable
+    package init(writeBufferHighWatermark: Int, maximumConcurrentRequests: Int) {
+        self.state = .open(Requests())
+        self.outbound = Outbound()
+        self.writeBufferHighWatermark = writeBufferHighWatermark
+        self.maximumConcurrentRequests = maximumConcurrentRequests
+    }
+
+    // MARK: - State
+
+    /// The stages of a connection's life, each with what it holds. The cases that carry errors are `indirect`, so
+    /// that the state stays a few words: the hot path moves it in and out of `.modifying` without copying an error.
+    @usableFromInline
+    enum State {
+        /// Frames flow both ways.
+        case open(Requests)
+        /// Going-away was sent or received (reason `0x00`): no new requests; closes once drained. `peerError` is
+        /// what the peer's going-away said, once it has sent one (it fails new requests in preference to this
+        /// side's own announcement, and a reason other than `0x00` is the close's error).
+        indirect case goingAway(Requests, peerError: SocketIPCError?)
+        /// The peer went away with a reason other than `0x00`; the channel handler is closing the connection.
+        indirect case peerFailed(Requests, error: SocketIPCError)
+        /// The channel closed.
+        indirect case closed(Closed)
+        /// Only while an event mutates a case's payload: taking the payload out first leaves it uniquely
+        /// referenced, so mutating it does not copy its storage.
+        case modifying
+    }
+
+    /// A request of this side waiting for its reply.
+    @usableFromInline
+    package struct PendingRequest {
+        /// What the reply resumes.
+        @usableFromInline
+        package var continuation: RequestContinuation
+        /// The request's timeout, if it has one; cancelled once the request ends.
+        @usableFromInline
+        package var timer: Timer?
+
+        /// Pairs `continuation` with its `timer`.
+        @inlinable
+        package init(continuation: RequestContinuation, timer: Timer?) {
+            self.continuation = continuation
+            self.timer = timer
+        }
+    }
+
+    /// The requests in flight either way, while the connection is open.
+    @usableFromInline
+    struct Requests {
+        /// This side's requests waiting for their replies, by id.
+        @usableFromInline
+        var pending: [UInt32: PendingRequest] = [:]
+        /// The peer's requests handed to the handler and not yet answered.
+        @usableFromInline
+        var unanswered = 0
+        /// Whether the channel handler stopped handing out the peer's frames because ``unanswered`` reached the
+        /// maximum: the answer that clears it tells the handler to go on.
+        @usableFromInline
+        var readingPaused = false
+
+        @inlinable
+        init() {}
+
+        /// Whether a connection that went away has nothing left to wait for.
+        @inlinable
+        var isDrained: Bool { self.pending.isEmpty && self.unanswered == 0 }
+    }
+
+    /// What a closed connection remembers.
+    @usableFromInline
+    struct Closed {
+        /// What everything new fails with.
+        @usableFromInline
+        var error: SocketIPCError
+        /// What the peer's going-away said, if it sent one.
+        @usableFromInline
+        var peerError: SocketIPCError?
+
+        @inlinable
+        init(error: SocketIPCError, peerError: SocketIPCError?) {
+            self.error = error
+            self.peerError = peerError
+        }
+    }
+
+    /// What is on its way to the peer.
+    @usableFromInline
+    struct Outbound {
+        /// The frames queued and not yet flushed.
+        @usableFromInline
+        var queue = OutboundQueue()
+        /// Whether a flush is scheduled on the event loop: frames queued meanwhile need no other.
+        @usableFromInline
+        var flushScheduled = false
+        /// Whether the channel handler is in a read batch, which flushes when it ends.
+        @usableFromInline
+        var readBatchActive = false
+        /// The channel's writability (NIO's watermarks on what the channel itself holds).
+        @usableFromInline
+        var channelWritable = true
+        /// Senders waiting for the queue to drain and the channel to be writable, in order.
+        @usableFromInline
+        var writeWaiters: [WriteWaiter] = []
+        /// Writes handed to the channel and not yet completed; while there are any, flushes go through the channel
+        /// too, so that bytes leave in order.
+        @usableFromInline
+        var writesInChannel = 0
+        /// Cleared when the channel closes its socket: the descriptor number may then belong to another file.
+        @usableFromInline
+        var descriptorIsOpen = true
+
+        @inlinable
+        init() {}
+
+        /// Whether a flush must be scheduled for what was just queued (none is pending and no read batch will
+        /// flush); marks one scheduled if so.
+        @inlinable
+        @inline(__always)
+        mutating func scheduleFlushIfNeeded() -> Bool {
+            if self.flushScheduled || self.readBatchActive { return false }
+            self.flushScheduled = true
+            return true
+        }
+
+        /// Whether a sender may go on: the queue is below `highWatermark` bytes and the channel writable.
+        @inlinable
+        @inline(__always)
+        func isWritable(highWatermark: Int) -> Bool {
+            self.channelWritable && self.queue.byteCount < highWatermark
+        }
+    }
+
+    /// Runs `body` on the requests of a state that has them, with the state `.modifying` meanwhile, so that the
+    /// payload is uniquely referenced and mutating it does not copy; `body`'s second argument says whether the
+    /// connection is going away. Returns `closed` in the closed state.
+    @inlinable
+    @inline(__always)
+    mutating func modifyRequests<Result>(
+        closed: @autoclosure () -> Result,
+        _ body: (inout Requests, _ goingAway: Bool) -> Result
+    ) -> Result {
+        switch self.state {
+        case .open(var requests):
+            self.state = .modifying
+            let result = body(&requests, false)
+            self.state = .open(requests)
+            return result
+        case .goingAway(var requests, let peerError):
+            self.state = .modifying
+            let result = body(&requests, true)
+            self.state = .goingAway(requests, peerError: peerError)
+            return result
+        case .peerFailed(var requests, let error):
+            self.state = .modifying
+            let result = body(&requests, false)
+            self.state = .peerFailed(requests, error: error)
+            return result
+        case .closed:
+            return closed()
+        case .modifying:
+            preconditionFailure("ConnectionStateMachine re-entered while modifying its state")
+        }
+    }
+
+    // MARK: - Queries
+
+    /// Whether the connection is still open: not yet closed by either side (going away still counts as open).
+    @inlinable
+    package var isOpen: Bool {
+        if case .closed = self.state { return false }
+        return true
+    }
+
+    /// The error the connection closed with, once it is closed.
+    @inlinable
+    package var closeError: SocketIPCError? {
+        if case .closed(let closed) = self.state { return closed.error }
+        return nil
+    }
+
+    /// What the peer said when it announced it is going away, once it has (in any state).
+    package var peerGoingAwayError: SocketIPCError? {
+        switch self.state {
+        case .open: nil
+        case .goingAway(_, let peerError): peerError
+        case .peerFailed(_, let error): error
+        case .closed(let closed): closed.peerError
+        case .modifying: preconditionFailure("ConnectionStateMachine re-entered while modifying its state")
+        }
+    }
+
+    /// Whether this side or the peer announced going away with reason `0x00`, so that the connection closes once
+    /// drained; `false` once closed.
+    package var isGoingAway: Bool {
+        if case .goingAway = self.state { return true }
+        return false
+    }
+
+    /// Whether a request is in flight either way: one of the peer's waits for its answer, or one of this side's for
+    /// its reply. `false` once closed.
+    @inlinable
+    package var hasRequestsInFlight: Bool {
+        switch self.state {
+        case .open(let requests), .goingAway(let requests, _), .peerFailed(let requests, _):
+            requests.unanswered > 0 || !requests.pending.isEmpty
+        case .closed:
+            false
+        case .modifying:
+            preconditionFailure("ConnectionStateMachine re-entered while modifying its state")
+        }
+    }
+
+    /// Bytes queued and not yet flushed.
+    @inlinable
+    package var queuedBytes: Int { self.outbound.queue.byteCount }
+
+    /// How many of this side's requests wait for their reply.
+    package var pendingRequestCount: Int {
+        switch self.state {
+        case .open(let requests), .goingAway(let requests, _), .peerFailed(let requests, _): requests.pending.count
+        case .closed: 0
+        case .modifying: preconditionFailure("ConnectionStateMachine re-entered while modifying its state")
+        }
+    }
+
+    /// How many of the peer's requests wait for their answer.
+    package var unansweredRequestCount: Int {
+        switch self.state {
+        case .open(let requests), .goingAway(let requests, _), .peerFailed(let requests, _): requests.unanswered
+        case .closed: 0
+        case .modifying: preconditionFailure("ConnectionStateMachine re-entered while modifying its state")
+        }
+    }
+}

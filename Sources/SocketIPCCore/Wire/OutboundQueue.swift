@@ -1,0 +1,180 @@
+import NIOCore
+
+/// Frames waiting to be written to the peer, coalesced: small frames are copied into one buffer, so a burst of
+/// sends costs one write and one flush; a payload of ``largePayloadThreshold`` bytes or more is queued as it is,
+/// so a large message is never copied before the kernel copies it.
+///
+/// A value without I/O. The coalescing buffer comes from the caller when the queue needs a new one (the runtime
+/// keeps one spare buffer per event loop); the frames' bytes are those of PROTOCOL.md:
+///
+/// ```
+/// +----------------+----------+------------------------+-------------+
+/// | length: UInt32 | kind: u8 | id: UInt32 (kinds 2-4) | payload ... |
+/// +----------------+----------+------------------------+-------------+
+/// ```
+@usableFromInline
+package struct OutboundQueue {
+    /// Payloads of at least this many bytes (32 KiB) are written without copying (`writev` of header and payload).
+    @inlinable
+    package static var largePayloadThreshold: Int { 32 * 1024 }
+
+    /// The capacity of a coalescing buffer the queue allocates itself, in bytes: 16 KiB, or the frame's size if larger.
+    @inlinable
+    static var initialCapacity: Int { 16 * 1024 }
+
+    /// What one flush takes from the queue: the buffers to write first, then the coalescing buffer, in that order.
+    @usableFromInline
+    package struct Batch {
+        /// Large payloads and the coalescing buffers written before them, in order.
+        @usableFromInline
+        package var earlier: [ByteBuffer]
+        /// The coalescing buffer small frames were copied into, last; the queue's own, so it can be reused once
+        /// written.
+        @usableFromInline
+        package var tail: ByteBuffer?
+
+        /// Makes a batch of `earlier`, then `tail`.
+        @inlinable
+        package init(earlier: [ByteBuffer], tail: ByteBuffer?) {
+            self.earlier = earlier
+            self.tail = tail
+        }
+
+        /// Whether the batch holds no buffer at all.
+        @inlinable
+        package var isEmpty: Bool { self.earlier.isEmpty && self.tail == nil }
+
+        /// The batch's buffers in the order they must be written, `tail` last.
+        package var buffers: [ByteBuffer] { self.earlier + (self.tail.map { [$0] } ?? []) }
+    }
+
+    /// Buffers queued before ``tail``: large payloads and the coalescing buffers written before them.
+    @usableFromInline
+    var earlier: [ByteBuffer] = []
+    /// The coalescing buffer small frames are copied into, last in the queue. A queue of small frames is just this
+    /// buffer, so taking it costs no array.
+    @usableFromInline
+    var tail: ByteBuffer?
+    /// Bytes queued and not yet taken by a flush.
+    @usableFromInline
+    var queuedBytes = 0
+
+    /// Makes an empty queue.
+    @inlinable
+    package init() {}
+
+    /// Bytes queued and not yet taken by a flush, headers included.
+    @inlinable
+    package var byteCount: Int { self.queuedBytes }
+
+    /// Whether nothing is queued.
+    @inlinable
+    package var isEmpty: Bool { self.earlier.isEmpty && self.tail == nil }
+
+    /// Queues a frame: its header, then `payload` (copied if small, referenced if large).
+    /// - Parameters:
+    ///   - kind: The frame's kind.
+    ///   - id: The request id, written for requests, replies and error replies; ignored for the other kinds.
+    ///   - payload: The payload's readable bytes.
+    ///   - spareBuffer: Asked only when a new coalescing buffer is needed: a cleared buffer to reuse, or `nil` to
+    ///     allocate one.
+    @inlinable
+    @inline(__always)
+    package mutating func appendFrame(
+        _ kind: FrameKind,
+        id: UInt32,
+        payload: ByteBuffer,
+        spareBuffer: () -> ByteBuffer?
+    ) {
+        let headerLength = 4 + Self.headerLengthAfterLength(kind)
+        let payloadLength = payload.readableBytes
+        self.queuedBytes += headerLength + payloadLength
+        if payloadLength >= Self.largePayloadThreshold {
+            self.withOwnedTail(capacity: headerLength, spareBuffer: spareBuffer) {
+                Self.write(kind, id: id, payload: payload, copyingPayload: false, into: &$0)
+            }
+            self.earlier.append(self.tail.take()!)
+            self.earlier.append(payload)
+        } else {
+            self.withOwnedTail(capacity: headerLength + payloadLength, spareBuffer: spareBuffer) {
+                Self.write(kind, id: id, payload: payload, copyingPayload: true, into: &$0)
+            }
+        }
+    }
+
+    /// Queues bytes that are written as they are (a going-away frame made elsewhere).
+    @inlinable
+    package mutating func appendRaw(_ bytes: ByteBuffer) {
+        var bytes = bytes
+        self.queuedBytes += bytes.readableBytes
+        self.withOwnedTail(capacity: bytes.readableBytes, spareBuffer: { nil }) { $0.writeBuffer(&bytes) }
+    }
+
+    /// Takes everything queued, leaving the queue empty.
+    @inlinable
+    package mutating func takeAll() -> Batch {
+        let batch = Batch(earlier: self.earlier, tail: self.tail.take())
+        self.earlier = []
+        self.queuedBytes = 0
+        return batch
+    }
+
+    /// Bytes of a frame header after the length field: the kind, and the id where there is one. The same as
+    /// ``FrameKind/headerLength``, spelled out here so that it inlines into the caller.
+    @inlinable
+    @inline(__always)
+    static func headerLengthAfterLength(_ kind: FrameKind) -> Int {
+        switch kind {
+        case .message, .goAway: 1
+        case .request, .reply, .errorReply: 5
+        }
+    }
+
+    /// Stores the header (and the payload) with plain pointer writes, in one call into the buffer: one capacity
+    /// check and one writer-index move per frame, instead of one per field.
+    @inlinable
+    @inline(__always)
+    static func write(
+        _ kind: FrameKind,
+        id: UInt32,
+        payload: ByteBuffer,
+        copyingPayload: Bool,
+        into buffer: inout ByteBuffer
+    ) {
+        let afterLength = Self.headerLengthAfterLength(kind)
+        let headerLength = 4 + afterLength
+        let payloadLength = payload.readableBytes
+        let total = headerLength + (copyingPayload ? payloadLength : 0)
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: total) { target in
+            let base = target.baseAddress!
+            base.storeBytes(of: UInt32(truncatingIfNeeded: afterLength + payloadLength).bigEndian, as: UInt32.self)
+            base.storeBytes(of: kind.rawValue, toByteOffset: 4, as: UInt8.self)
+            if afterLength == 5 {
+                base.storeBytes(of: id.bigEndian, toByteOffset: 5, as: UInt32.self)
+            }
+            if copyingPayload && payloadLength > 0 {
+                payload.withUnsafeReadableBytes { source in
+                    (base + headerLength).copyMemory(from: source.baseAddress!, byteCount: payloadLength)
+                }
+            }
+            return total
+        }
+    }
+
+    /// Runs `body` on the coalescing buffer, making one first if there is none.
+    @inlinable
+    @inline(__always)
+    mutating func withOwnedTail(
+        capacity: Int,
+        spareBuffer: () -> ByteBuffer?,
+        _ body: (inout ByteBuffer) -> Void
+    ) {
+        if self.tail != nil {
+            body(&self.tail!)
+        } else {
+            var tail = spareBuffer() ?? ByteBufferAllocator().buffer(capacity: max(Self.initialCapacity, capacity))
+            body(&tail)
+            self.tail = tail
+        }
+    }
+}

@@ -1,0 +1,284 @@
+import NIOCore
+import Testing
+
+@testable import SocketIPCCore
+
+/// The connection's state machine on its own: events in, actions out, with strings standing in for the continuations
+/// and writers that wait, and integers for the timers. Each race the runtime can meet is a sequence of events here.
+@Suite("Connection state machine")
+struct ConnectionStateMachineTests {
+    typealias Machine = ConnectionStateMachine<String, String, Int>
+
+    static func machine(highWatermark: Int = 1024, maximumRequests: Int = 100) -> Machine {
+        Machine(writeBufferHighWatermark: highWatermark, maximumConcurrentRequests: maximumRequests)
+    }
+
+    /// The bytes of `frames`, one after the other, as PROTOCOL.md lays them out.
+    static func bytes(_ frames: Frame...) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        for frame in frames { buffer.writeFrame(frame) }
+        return buffer
+    }
+
+    static func goAwayFrame(_ message: String = "bye") -> ByteBuffer { Self.bytes(.goAway(.normal, message: message)) }
+
+    /// Runs a flush and returns what it would write, all its buffers in order, with its two flags.
+    static func flush(
+        _ machine: inout Machine
+    ) -> (bytes: ByteBuffer, mayWriteDirectly: Bool, writersWaiting: Bool)? {
+        guard case .write(let batch, let mayWriteDirectly, let writersWaiting) = machine.flush() else { return nil }
+        var bytes = ByteBuffer()
+        for var buffer in batch.buffers { bytes.writeBuffer(&buffer) }
+        return (bytes, mayWriteDirectly, writersWaiting)
+    }
+
+    @discardableResult
+    static func send(_ text: String, on machine: inout Machine) -> Machine.EnqueueAction {
+        machine.enqueue(.message, id: 0, payload: ByteBuffer(string: text), spareBuffer: { nil })
+    }
+
+    static func register(
+        _ id: UInt32,
+        _ continuation: String,
+        timer: Int? = nil,
+        cancelled: Bool = false,
+        on machine: inout Machine
+    ) -> Machine.RegisterAction {
+        machine.register(
+            id: id,
+            payload: ByteBuffer(string: "q\(id)"),
+            continuation: continuation,
+            isCancelled: cancelled,
+            spareBuffer: { nil },
+            makeTimer: { timer }
+        )
+    }
+
+    static func answer(_ id: UInt32, on machine: inout Machine) -> Machine.AnswerAction {
+        machine.answer(.reply, id: id, payload: ByteBuffer(string: "a\(id)"), spareBuffer: { nil })
+    }
+
+    /// What a ``Machine/FinishAction`` resumes, as plain values.
+    static func resumed(_ action: Machine.FinishAction) -> (continuation: String, timer: Int?, close: Bool)? {
+        guard case .resume(let continuation, let timer, let close) = action else { return nil }
+        return (continuation, timer, close)
+    }
+
+    static func isRegistered(_ action: Machine.RegisterAction) -> Bool {
+        if case .registered = action { return true }
+        return false
+    }
+
+    static func failure(_ action: Machine.RegisterAction) -> (any Error)? {
+        if case .fail(let error) = action { return error }
+        return nil
+    }
+
+    // MARK: - Writes
+
+    @Test("a message is queued as its frame's bytes; the first frame schedules a flush, the next ones ride along")
+    func messageFrames() throws {
+        var machine = Self.machine()
+        #expect(Self.send("hi", on: &machine) == .queued(scheduleFlush: true, mustWait: false))
+        #expect(Self.send("there", on: &machine) == .queued(scheduleFlush: false, mustWait: false))
+        #expect(machine.queuedBytes == 2 * 5 + 2 + 5)
+        let flushed = try #require(Self.flush(&machine))
+        // 00000003 01 "hi", 00000006 01 "there": both frames in one buffer, for one write.
+        let expected: [UInt8] = [0, 0, 0, 3, 1, 0x68, 0x69, 0, 0, 0, 6, 1, 0x74, 0x68, 0x65, 0x72, 0x65]
+        #expect(flushed.bytes == ByteBuffer(bytes: expected))
+        #expect(flushed.mayWriteDirectly)
+        #expect(!flushed.writersWaiting)
+        #expect(machine.queuedBytes == 0)
+        // The flush ran: the next frame needs a flush of its own; a flush of nothing writes nothing.
+        #expect(Self.send("x", on: &machine) == .queued(scheduleFlush: true, mustWait: false))
+        #expect(Self.flush(&machine) != nil)
+        #expect(Self.flush(&machine) == nil)
+    }
+
+    @Test("frames queued during a read batch schedule no flush: the batch's end flushes them")
+    func readBatch() throws {
+        var machine = Self.machine()
+        _ = machine.requestReceived()
+        machine.readBatchStarted()
+        #expect(Self.send("a", on: &machine) == .queued(scheduleFlush: false, mustWait: false))
+        #expect(Self.answer(7, on: &machine).scheduleFlush == false)
+        let flushed = try #require(Self.flush(&machine))
+        let expected = Self.bytes(.message(ByteBuffer(string: "a")), .reply(id: 7, payload: ByteBuffer(string: "a7")))
+        #expect(flushed.bytes == expected)
+        #expect(Self.send("b", on: &machine) == .queued(scheduleFlush: true, mustWait: false))
+    }
+
+    @Test("a payload of 32 KiB or more is queued after its header without being copied")
+    func largePayload() throws {
+        var machine = Self.machine(highWatermark: 1 << 20)
+        let large = ByteBuffer(repeating: 0x2A, count: OutboundQueue.largePayloadThreshold)
+        Self.send("small", on: &machine)
+        _ = machine.enqueue(.message, id: 0, payload: large, spareBuffer: { nil })
+        Self.send("after", on: &machine)
+        guard case .write(let batch, _, _) = machine.flush() else {
+            Issue.record("nothing to write")
+            return
+        }
+        // The small frame and the large one's header, then the payload itself (the same storage), then the rest.
+        #expect(batch.earlier.count == 2)
+        #expect(batch.earlier[1] == large)
+        batch.earlier[1].withUnsafeReadableBytes { written in
+            large.withUnsafeReadableBytes { original in #expect(written.baseAddress == original.baseAddress) }
+        }
+        var all = ByteBuffer()
+        for var buffer in batch.buffers { all.writeBuffer(&buffer) }
+        let expected = Self.bytes(
+            .message(ByteBuffer(string: "small")),
+            .message(large),
+            .message(ByteBuffer(string: "after"))
+        )
+        #expect(all == expected)
+    }
+
+    @Test("a writer above the high watermark waits, and the flush that drains the queue releases it")
+    func writerReleasedAfterFlush() throws {
+        var machine = Self.machine(highWatermark: 16)
+        #expect(Self.send("0123456789", on: &machine) == .queued(scheduleFlush: true, mustWait: false))
+        #expect(Self.send("0123456789", on: &machine) == .queued(scheduleFlush: false, mustWait: true))
+        #expect(machine.checkWritable() == .wait)
+        #expect(machine.waitForWritability("writer") == .wait)
+        let flushed = try #require(Self.flush(&machine))
+        #expect(flushed.writersWaiting)
+        guard case .resume(let writers) = machine.writersMayResume() else {
+            Issue.record("the writer was not released")
+            return
+        }
+        #expect(writers == ["writer"])
+        guard case .none = machine.writersMayResume() else {
+            Issue.record("the writer was released twice")
+            return
+        }
+        #expect(machine.checkWritable() == .proceed)
+    }
+
+    @Test("a writer waiting for the channel's writability is released when it comes back, not before")
+    func writerReleasedByWritability() {
+        var machine = Self.machine()
+        guard case .none = machine.writabilityChanged(false) else {
+            Issue.record("nobody waits yet")
+            return
+        }
+        #expect(Self.send("a", on: &machine) == .queued(scheduleFlush: true, mustWait: true))
+        #expect(machine.waitForWritability("writer") == .wait)
+        // The queue drained, but the channel is still full.
+        _ = Self.flush(&machine)
+        guard case .none = machine.writersMayResume() else {
+            Issue.record("released while the channel is not writable")
+            return
+        }
+        guard case .resume(let writers) = machine.writabilityChanged(true) else {
+            Issue.record("the writer was not released")
+            return
+        }
+        #expect(writers == ["writer"])
+    }
+
+    @Test("close while flushing: the flush took the frames, the channel closed, then the channel's write completed")
+    func closeWhileFlushing() throws {
+        var machine = Self.machine()
+        Self.send("a", on: &machine)
+        let flushed = try #require(Self.flush(&machine))
+        #expect(flushed.mayWriteDirectly)
+        // The socket took part of it; the rest went to the channel, which then closed.
+        machine.channelWriteStarted()
+        machine.socketClosed()
+        guard case .fail(let requests, let writers, let error) = machine.closed(error: nil) else {
+            Issue.record("the close failed nothing")
+            return
+        }
+        #expect(requests.isEmpty && writers.isEmpty)
+        #expect(error == SocketIPCError.closed)
+        machine.channelWriteCompleted()
+        #expect(Self.send("b", on: &machine) == .fail(.closed))
+        #expect(Self.flush(&machine) == nil)
+        #expect(!machine.isOpen)
+        #expect(machine.closeError == .closed)
+    }
+
+    @Test("while the channel holds writes, or once its socket closed, flushes do not write to the descriptor")
+    func directWrites() throws {
+        var machine = Self.machine()
+        machine.channelWriteStarted()
+        Self.send("a", on: &machine)
+        #expect(try #require(Self.flush(&machine)).mayWriteDirectly == false)
+        machine.channelWriteCompleted()
+        Self.send("b", on: &machine)
+        #expect(try #require(Self.flush(&machine)).mayWriteDirectly == true)
+        machine.socketClosed()
+        Self.send("c", on: &machine)
+        #expect(try #require(Self.flush(&machine)).mayWriteDirectly == false)
+    }
+
+    // MARK: - Requests
+
+    @Test("cancelled before registering: the request is neither queued nor timed, and fails with CancellationError")
+    func cancelBeforeRegistration() {
+        var machine = Self.machine()
+        var timersMade = 0
+        let action = machine.register(
+            id: 1,
+            payload: ByteBuffer(string: "q"),
+            continuation: "request 1",
+            isCancelled: true,
+            spareBuffer: { nil },
+            makeTimer: {
+                timersMade += 1
+                return 9
+            }
+        )
+        #expect(Self.failure(action) is CancellationError)
+        #expect(timersMade == 0)
+        #expect(machine.queuedBytes == 0)
+        #expect(machine.pendingRequestCount == 0)
+        // The cancellation handler ran before the registration and found nothing; it finds nothing now either.
+        #expect(Self.resumed(machine.finishRequest(id: 1)) == nil)
+    }
+
+    @Test("cancelled after registering: the request ends once, with its timer; the late reply is dropped")
+    func cancelAfterRegistration() throws {
+        var machine = Self.machine()
+        #expect(Self.isRegistered(Self.register(1, "request 1", timer: 11, on: &machine)))
+        let request = Self.bytes(.request(id: 1, payload: ByteBuffer(string: "q1")))
+        #expect(try #require(Self.flush(&machine)).bytes == request)
+        // The cancellation handler.
+        let cancelled = try #require(Self.resumed(machine.finishRequest(id: 1)))
+        #expect(cancelled.continuation == "request 1")
+        #expect(cancelled.timer == 11)
+        #expect(!cancelled.close)
+        // The reply, late.
+        #expect(Self.resumed(machine.finishRequest(id: 1)) == nil)
+        #expect(!machine.hasRequestsInFlight)
+    }
+
+    @Test("a reply to a timed-out request is dropped; other requests are unaffected")
+    func replyAfterTimeout() throws {
+        var machine = Self.machine()
+        _ = Self.register(1, "request 1", timer: 11, on: &machine)
+        _ = Self.register(2, "request 2", timer: 22, on: &machine)
+        // Request 1's timer fires.
+        #expect(try #require(Self.resumed(machine.finishRequest(id: 1))).continuation == "request 1")
+        // Its reply arrives, then request 2's.
+        #expect(Self.resumed(machine.finishRequest(id: 1)) == nil)
+        let second = try #require(Self.resumed(machine.finishRequest(id: 2)))
+        #expect(second.continuation == "request 2")
+        #expect(second.timer == 22)
+    }
+
+    @Test("reading pauses at the maximum of unanswered requests, and only the first answer resumes it")
+    func pauseForRequests() {
+        var machine = Self.machine(maximumRequests: 2)
+        #expect(machine.requestReceived() == 1)
+        // Room was made before the channel handler asked: it keeps reading.
+        #expect(machine.pauseReadingForRequests() == .keepReading)
+        #expect(machine.requestReceived() == 2)
+        #expect(machine.pauseReadingForRequests() == .pause)
+        #expect(Self.answer(1, on: &machine).resumeReading)
+        #expect(!Self.answer(2, on: &machine).resumeReading)
+        #expect(machine.unansweredRequestCount == 0)
+    }
+}
