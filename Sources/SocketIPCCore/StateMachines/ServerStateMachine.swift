@@ -141,154 +141,12 @@ package struct ServerStateMachine<Listener, Channel, Connection, Timer> {
             return handOff
         }
     }
-
-    // MARK: - Actions
-
-    /// What ``Server/run()`` does once it is called.
-    package enum RunAction: Equatable, Sendable {
-        /// Claim the socket path and listen; then report ``listening(_:)`` or ``listenFailed()``.
-        case startListening
-        /// Throw: the server ran already, or was shut down before it ran.
-        case failAlreadyRan
-    }
-
-    /// What to do once the socket listens.
-    package enum ListeningAction {
-        /// Accept and serve.
-        case serve
-        /// Start the listener all the same (it closes the socket when it stops), then shut down: a shutdown was
-        /// requested before the socket was listening.
-        case shutDown(Shutdown)
-    }
-
-    /// What to do with a connection just accepted.
-    package enum AcceptAction: Equatable, Sendable {
-        /// Serve it now: it counts as handshaking.
-        case serve
-        /// Tell the peer that the authorization policy refused it, then close; it counts against the connection
-        /// limits until it is closed, but never as a pending handshake.
-        case refuseUnauthorized
-        /// Keep it unread until one of its user's handshakes ends (``ParkedHandOff/serve``) or its handshake time
-        /// is up (``parkedHandshakeExpired(_:)``).
-        case park
-        /// Close it at once, uncounted.
-        case refuse(Refusal)
-    }
-
-    /// Why an accepted connection is closed at once.
-    package enum Refusal: Equatable, Sendable, CustomStringConvertible {
-        /// The server is not running (any more).
-        case shuttingDown
-        /// A connection limit is reached.
-        case limit(ConnectionAdmissions.Refusal)
-
-        package var description: String {
-            switch self {
-            case .shuttingDown: "the server is shutting down"
-            case .limit(let refusal): refusal.description
-            }
-        }
-    }
-
-    /// What to do with a channel just set up for a connection.
-    package enum ChannelAction: Equatable, Sendable {
-        /// Keep it: it is the server's to close in a forced shutdown.
-        case keep
-        /// Close it: the server has closed its connections already.
-        case close
-    }
-
-    /// What to do with a framed connection that just opened.
-    package enum ConnectionOpenedAction: Equatable, Sendable {
-        /// Serve it.
-        case serve
-        /// Tell it that the server is going away: a shutdown began while it was being set up.
-        case goAway
-    }
-
-    /// Parked connections handed back when a handshake slot of their user freed.
-    package struct ParkedHandOff {
-        /// The connection to serve now, if one waits whose handshake time is not up.
-        package var serve: Parked?
-        /// Connections whose handshake time ran out while they waited: forgotten already; close each unserved and
-        /// count it as no longer active.
-        package var expired: [Parked] = []
-    }
-
-    /// What to do once a connection closed.
-    package struct ConnectionClosed {
-        /// Whether the connection was counted (the first close of an admitted connection): count it as no longer
-        /// active.
-        package var wasCounted: Bool
-        /// Parked connections of the same user handed back now that a handshake slot is free.
-        package var parked = ParkedHandOff()
-        /// Whether this was the last connection of a shutdown: the drain is complete, and ``Server/run()`` may
-        /// return.
-        package var drained = false
-        /// The grace period's timer, when the drain completed before it: cancel it.
-        package var cancelGracePeriodTimer: Timer?
-    }
-
-    /// What to do with a parked connection whose handshake time is up.
-    package enum ParkedExpiredAction: Equatable {
-        /// Nothing: it was served or closed meanwhile.
-        case none
-        /// Close it unserved and count it as no longer active: it is forgotten already.
-        case closeUnserved(Parked)
-    }
-
-    /// What a shutdown request asks for.
-    package enum ShutdownAction {
-        /// Nothing: the server shuts down already (or, before it listens, will as soon as it does).
-        case none
-        /// Shut down.
-        case shutDown(Shutdown)
-    }
-
-    /// The steps of a shutdown, in the order the server takes them.
-    package struct Shutdown {
-        /// Whether the connections get the grace period (`false`: they are closed now).
-        package var graceful: Bool
-        /// The listener to stop, the first time.
-        package var stopListening: Listener?
-        /// Connections that waited for a handshake slot: forgotten already; close each unserved and count it as no
-        /// longer active.
-        package var closeParked: [Parked] = []
-        /// Framed connections to tell that the server is going away (graceful).
-        package var tellGoingAway: [Connection] = []
-        /// Channels to close now (forced).
-        package var closeChannels: [Channel] = []
-        /// Whether to cancel the handlers' work still running (forced).
-        package var cancelHandlerTasks = false
-        /// The grace period's timer, which a forced shutdown makes moot: cancel it.
-        package var cancelGracePeriodTimer: Timer?
-        /// Whether to schedule the end of the grace period, and report it with ``gracePeriodTimerArmed(_:)``.
-        package var armGracePeriodTimer = false
-        /// Whether nothing is left to drain: ``Server/run()`` may return.
-        package var drained = false
-    }
-
-    /// What to do with a grace period timer just armed.
-    package enum GracePeriodTimerAction {
-        /// Keep it: connections are left to drain.
-        case keep
-        /// Cancel it: the drain completed, or the shutdown was forced, before it was reported.
-        case cancel(Timer)
-    }
-
-    /// The connection limits after ``fitLimits(descriptorsForConnections:)`` lowered them.
-    package struct LoweredLimits: Equatable, Sendable {
-        /// The most connections in all.
-        package var maximumConnections: Int
-        /// The most connections of one user.
-        package var maximumConnectionsPerUser: Int
-    }
 }
 
 // MARK: - Events
 
 extension ServerStateMachine {
-    /// ``Server/run()`` was called.
+    /// The server's `run()` was called.
     package mutating func runCalled() -> RunAction {
         switch self.state {
         case .idle(let idle):
@@ -326,7 +184,7 @@ extension ServerStateMachine {
         }
     }
 
-    /// The socket path could not be claimed: ``Server/run()`` throws, and the server is finished.
+    /// The socket path could not be claimed: the server's `run()` throws, and the server is finished.
     package mutating func listenFailed() {
         self.state = .finished
     }
@@ -481,8 +339,8 @@ extension ServerStateMachine {
         return .closeUnserved(parked)
     }
 
-    /// A shutdown was asked for: graceful (``Server/shutdownGracefully()``, a service group's), or forced (the
-    /// task running ``Server/run()`` was cancelled). A forced one after a graceful one closes what is left now.
+    /// A shutdown was asked for: graceful (`shutdownGracefully()`, a service group's), or forced (the
+    /// task running the server's `run()` was cancelled). A forced one after a graceful one closes what is left now.
     package mutating func shutdownRequested(graceful: Bool) -> ShutdownAction {
         switch self.state {
         case .idle:
@@ -552,24 +410,3 @@ extension ServerStateMachine {
         return self.shutdownRequested(graceful: false)
     }
 }
-
-// MARK: - Conformances
-
-extension ServerStateMachine.ListeningAction: Sendable
-where Listener: Sendable, Channel: Sendable, Connection: Sendable, Timer: Sendable {}
-extension ServerStateMachine.ParkedHandOff: Sendable
-where Listener: Sendable, Channel: Sendable, Connection: Sendable, Timer: Sendable {}
-extension ServerStateMachine.ConnectionClosed: Sendable
-where Listener: Sendable, Channel: Sendable, Connection: Sendable, Timer: Sendable {}
-extension ServerStateMachine.ParkedExpiredAction: Sendable
-where Listener: Sendable, Channel: Sendable, Connection: Sendable, Timer: Sendable {}
-extension ServerStateMachine.ShutdownAction: Sendable
-where Listener: Sendable, Channel: Sendable, Connection: Sendable, Timer: Sendable {}
-extension ServerStateMachine.Shutdown: Sendable
-where Listener: Sendable, Channel: Sendable, Connection: Sendable, Timer: Sendable {}
-extension ServerStateMachine.GracePeriodTimerAction: Sendable
-where Listener: Sendable, Channel: Sendable, Connection: Sendable, Timer: Sendable {}
-
-extension ServerStateMachine.ParkedHandOff: Equatable {}
-extension ServerStateMachine.ConnectionClosed: Equatable where Timer: Equatable {}
-extension ServerStateMachine.GracePeriodTimerAction: Equatable where Timer: Equatable {}
