@@ -12,6 +12,9 @@ struct ConnectionLifecycle: Sendable {
     var opened: @Sendable (Connection) -> Void = { _ in }
     /// Called on the event loop when the connection closed; the error is `nil` for an orderly close.
     var closed: @Sendable (Connection, SocketIPCError?) -> Void = { _, _ in }
+    /// Where ``Reply/complete(_:)`` runs the connection's async work, cancelled when the connection closes: the
+    /// server's task group, or (a client's connection) a task of the connection's own.
+    var handlerTasks = ConnectionTasks(owner: .connection)
 }
 
 /// The one handler in a framed connection's pipeline: sends the hello, decodes every frame of a read in one loop
@@ -189,6 +192,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         var handler = self.handler.take()!
         let handshakeWasDone = self.handshakeDone
         let limit = self.options.maximumConcurrentRequests
+        let tasks = self.lifecycle.handlerTasks
         var failure: SocketIPCError?
         var leftover: FrameAssembler?
         var step = Step.next
@@ -200,7 +204,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
             if var partial = self.cumulation.take() {
                 while !self.isClosed {
                     if let frame = try decoder.next(from: &partial.bytes) {
-                        step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: limit)
+                        step = Self.dispatch(frame, to: &handler, connection: connection, tasks: tasks, maximumRequests: limit)
                         self.noteHandshake(handshakeWasDone, connection)
                         if step != .next { break }
                         continue
@@ -214,7 +218,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
             // Then the rest of this read, decoded where it lies, without copying.
             if leftover == nil && step == .next {
                 while !self.isClosed, let frame = try decoder.next(from: &incoming) {
-                    step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: limit)
+                    step = Self.dispatch(frame, to: &handler, connection: connection, tasks: tasks, maximumRequests: limit)
                     self.noteHandshake(handshakeWasDone, connection)
                     if step != .next { break }
                 }
@@ -289,7 +293,13 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
                     }
                     self.heldFrames!.writeImmutableBuffer(bytes)
                 default:
-                    step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: .max)
+                    step = Self.dispatch(
+                        frame,
+                        to: &handler,
+                        connection: connection,
+                        tasks: self.lifecycle.handlerTasks,
+                        maximumRequests: .max
+                    )
                 }
                 if step != .next { break }
             }
@@ -343,6 +353,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         _ frame: Frame,
         to handler: inout Handler,
         connection: Connection,
+        tasks: ConnectionTasks,
         maximumRequests: Int
     ) -> Step {
         switch frame {
@@ -350,7 +361,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
             handler.didReceiveMessage(message, on: connection)
         case .request(let id, let payload):
             let unanswered = connection.requestReceived()
-            handler.didReceiveRequest(payload, reply: Reply(connection: connection, id: id), on: connection)
+            handler.didReceiveRequest(payload, reply: Reply(connection: connection, id: id, tasks: tasks), on: connection)
             if unanswered >= maximumRequests { return .pauseForRequests }
         case .reply(let id, let payload):
             connection.replyReceived(id: id, result: .success(payload))
@@ -475,6 +486,8 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
             self.handler!.connectionDidClose(connection, error: error)
             self.lifecycle.closed(connection, error)
         }
+        // The async work of its replies still running is cancelled; work started from now on runs cancelled.
+        self.lifecycle.handlerTasks.close()
     }
 
     /// Tells the peer why (a going-away frame) and closes: the decoder met something it cannot continue after, or the
