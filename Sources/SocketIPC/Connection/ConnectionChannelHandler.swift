@@ -12,9 +12,9 @@ struct ConnectionLifecycle: Sendable {
     var opened: @Sendable (Connection) -> Void = { _ in }
     /// Called on the event loop when the connection closed; the error is `nil` for an orderly close.
     var closed: @Sendable (Connection, SocketIPCError?) -> Void = { _, _ in }
-    /// Where ``Reply/complete(_:)`` runs the connection's async work, cancelled when the connection closes: the
-    /// server's task group, or (a client's connection) a task of the connection's own.
-    var handlerTasks = ConnectionTasks(owner: .connection)
+    /// Where ``Reply/complete(_:)`` runs the connection's async work, cancelled when the connection closes: in the
+    /// server's task group, or (a client's connection) in a task of the connection's own.
+    var handlerTaskOwner = ConnectionTasks.Owner.connection
 }
 
 /// The one handler in a framed connection's pipeline: sends the hello, decodes every frame of a read in one loop
@@ -60,6 +60,8 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
     static var pausedReadLimit: Int { 1024 * 1024 }
     private var handshakeTimer: Scheduled<Void>?
     private var idleTimer: Scheduled<Void>?
+    /// Where the replies' async work runs; made with the first request, so that an idle connection costs nothing.
+    private var handlerTasks: LazyConnectionTasks
     /// When a read last delivered bytes (or a request was last seen in flight); kept only with an idle timeout.
     private var lastActivity = NIODeadline.uptimeNanoseconds(0)
     private let options: ConnectionOptions
@@ -93,6 +95,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         self.decoder = FrameDecoder(maximumPayload: options.effectiveMaximumMessageSize)
         self.connectionID = connectionID
         self.lifecycle = lifecycle
+        self.handlerTasks = LazyConnectionTasks(owner: lifecycle.handlerTaskOwner)
         self.handshakeTimeout = handshakeTimeout
         self.pausesReadingWhileUnwritable = pausesReadingWhileUnwritable
         self.logger = logger
@@ -192,7 +195,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         var handler = self.handler.take()!
         let handshakeWasDone = self.handshakeDone
         let limit = self.options.maximumConcurrentRequests
-        let tasks = self.lifecycle.handlerTasks
+        var tasks = self.handlerTasks
         var failure: SocketIPCError?
         var leftover: FrameAssembler?
         var step = Step.next
@@ -204,7 +207,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
             if var partial = self.cumulation.take() {
                 while !self.isClosed {
                     if let frame = try decoder.next(from: &partial.bytes) {
-                        step = Self.dispatch(frame, to: &handler, connection: connection, tasks: tasks, maximumRequests: limit)
+                        step = Self.dispatch(frame, to: &handler, connection: connection, tasks: &tasks, maximumRequests: limit)
                         self.noteHandshake(handshakeWasDone, connection)
                         if step != .next { break }
                         continue
@@ -218,7 +221,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
             // Then the rest of this read, decoded where it lies, without copying.
             if leftover == nil && step == .next {
                 while !self.isClosed, let frame = try decoder.next(from: &incoming) {
-                    step = Self.dispatch(frame, to: &handler, connection: connection, tasks: tasks, maximumRequests: limit)
+                    step = Self.dispatch(frame, to: &handler, connection: connection, tasks: &tasks, maximumRequests: limit)
                     self.noteHandshake(handshakeWasDone, connection)
                     if step != .next { break }
                 }
@@ -238,6 +241,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         self.dispatching = false
         self.handler = handler
         self.decoder = decoder
+        self.handlerTasks = tasks
         if !self.handshakeDone && decoder.helloReceived {
             self.handshakeDone = true
             self.lifecycle.handshakeCompleted(connection)
@@ -277,6 +281,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
     private func handOutRepliesWhilePaused(context: ChannelHandlerContext, connection: Connection) {
         guard var partial = self.cumulation.take(), self.failure == nil else { return }
         var handler = self.handler.take()!
+        var tasks = self.handlerTasks
         var failure: SocketIPCError?
         var step = Step.next
         self.dispatching = true
@@ -297,7 +302,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
                         frame,
                         to: &handler,
                         connection: connection,
-                        tasks: self.lifecycle.handlerTasks,
+                        tasks: &tasks,
                         maximumRequests: .max
                     )
                 }
@@ -310,6 +315,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         }
         self.dispatching = false
         self.handler = handler
+        self.handlerTasks = tasks
         if let failure {
             self.fail(failure, context: context)
         } else if step == .peerFailed {
@@ -353,7 +359,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         _ frame: Frame,
         to handler: inout Handler,
         connection: Connection,
-        tasks: ConnectionTasks,
+        tasks: inout LazyConnectionTasks,
         maximumRequests: Int
     ) -> Step {
         switch frame {
@@ -361,7 +367,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
             handler.didReceiveMessage(message, on: connection)
         case .request(let id, let payload):
             let unanswered = connection.requestReceived()
-            handler.didReceiveRequest(payload, reply: Reply(connection: connection, id: id, tasks: tasks), on: connection)
+            handler.didReceiveRequest(payload, reply: Reply(connection: connection, id: id, tasks: tasks.get()), on: connection)
             if unanswered >= maximumRequests { return .pauseForRequests }
         case .reply(let id, let payload):
             connection.replyReceived(id: id, result: .success(payload))
@@ -487,7 +493,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
             self.lifecycle.closed(connection, error)
         }
         // The async work of its replies still running is cancelled; work started from now on runs cancelled.
-        self.lifecycle.handlerTasks.close()
+        self.handlerTasks.close()
     }
 
     /// Tells the peer why (a going-away frame) and closes: the decoder met something it cannot continue after, or the

@@ -39,7 +39,7 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
     /// reused, and each read gets a new buffer of the size the limit allows. (It is small: the first read's.)
     private var firstReadBuffer: ByteBuffer?
     /// Where a ``EOFMessageHandler/collecting(maximumSize:_:)`` handler runs, cancelled when the connection closes.
-    private let tasks: ConnectionTasks
+    private var tasks: LazyConnectionTasks
 
     init(
         kind: EOFMessageHandler.Kind,
@@ -47,7 +47,7 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
         initialBytes: ByteBuffer? = nil,
         timeLimit: Duration,
         descriptor: Int32? = nil,
-        tasks: ConnectionTasks
+        tasks: LazyConnectionTasks
     ) {
         self.descriptor = descriptor
         self.tasks = tasks
@@ -171,7 +171,7 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
         case .collecting(_, let body):
             let channel = context.channel
             let timeLimit = self.timeLimit
-            self.tasks.run {
+            self.tasks.get().run {
                 do {
                     Self.finish(channel: channel, acknowledgement: try await body(message, messageContext), timeLimit: timeLimit)
                 } catch {

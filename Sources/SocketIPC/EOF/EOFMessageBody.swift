@@ -79,13 +79,13 @@ final class EOFStreamingChannelHandler: ChannelInboundHandler, RemovableChannelH
     private var waitingSince: NIODeadline?
     private var timer: Scheduled<Void>?
     /// Where the handler runs, cancelled when the connection closes.
-    private let tasks: ConnectionTasks
+    private var tasks: LazyConnectionTasks
 
     init(
         body: @escaping @Sendable (EOFMessageBody, EOFMessageContext) async throws -> ByteBuffer?,
         context: EOFMessageContext,
         timeLimit: Duration,
-        tasks: ConnectionTasks
+        tasks: LazyConnectionTasks
     ) {
         self.tasks = tasks
         self.body = body
@@ -153,7 +153,7 @@ final class EOFStreamingChannelHandler: ChannelInboundHandler, RemovableChannelH
             let body = self.body
             let messageContext = self.messageContext
             let timeLimit = self.timeLimit
-            self.tasks.run {
+            self.tasks.get().run {
                 do {
                     let acknowledgement = try await body(messageBody, messageContext)
                     EOFCollectingChannelHandler.finish(channel: channel, acknowledgement: acknowledgement, timeLimit: timeLimit)

@@ -67,7 +67,7 @@ public struct EOFMessageHandler: Sendable {
         logger: Logger,
         timeLimit: Duration = .seconds(10),
         descriptor: Int32? = nil,
-        tasks: ConnectionTasks,
+        taskOwner: ConnectionTasks.Owner,
         reportFailure: @escaping @Sendable (SocketIPCError) -> Void = { _ in }
     ) throws {
         var logger = logger
@@ -83,7 +83,7 @@ public struct EOFMessageHandler: Sendable {
                     initialBytes: initialBytes,
                     timeLimit: timeLimit,
                     descriptor: descriptor,
-                    tasks: tasks
+                    tasks: LazyConnectionTasks(owner: taskOwner)
                 )
             )
         case .streaming(let body):
@@ -93,7 +93,7 @@ public struct EOFMessageHandler: Sendable {
                     body: body,
                     context: context,
                     timeLimit: timeLimit,
-                    tasks: tasks
+                    tasks: LazyConnectionTasks(owner: taskOwner)
                 )
             )
         }

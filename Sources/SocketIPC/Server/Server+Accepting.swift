@@ -82,7 +82,7 @@ extension Server {
             closed: { connection, error in
                 if let error { self.connectionFailed(error, id: id, peer: connection.peer) }
             },
-            handlerTasks: ConnectionTasks(owner: .server(self.handlerTasks))
+            handlerTaskOwner: .server(self.handlerTasks)
         )
         ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelOption(.allowRemoteHalfClosure, value: self.initializer.allowsRemoteHalfClosure)

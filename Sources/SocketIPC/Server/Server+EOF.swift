@@ -75,7 +75,7 @@ struct EOFConnectionInitializer: ConnectionInitializer {
             logger: connection.logger,
             timeLimit: min(self.timeLimit, left ?? self.timeLimit),
             descriptor: connection.descriptor,
-            tasks: connection.lifecycle.handlerTasks,
+            taskOwner: connection.lifecycle.handlerTaskOwner,
             reportFailure: { failureLog.failed($0) }
         )
     }

@@ -263,3 +263,49 @@ final class ConnectionTasks: Sendable {
         }
     }
 }
+
+/// A connection's ``ConnectionTasks``, made when first asked for: a connection that never gets a request costs no
+/// allocation for them. Used on the connection's event loop only.
+struct LazyConnectionTasks {
+    private enum State {
+        case notMade(ConnectionTasks.Owner)
+        case made(ConnectionTasks)
+        case closed(ConnectionTasks.Owner)
+    }
+
+    private var state: State
+
+    /// Made when first asked for, driven as `owner` starts them.
+    init(owner: ConnectionTasks.Owner) {
+        self.state = .notMade(owner)
+    }
+
+    /// The connection's tasks, made now if they were not yet (closed already, if the connection is).
+    @inline(__always)
+    mutating func get() -> ConnectionTasks {
+        switch self.state {
+        case .made(let tasks):
+            return tasks
+        case .notMade(let owner):
+            let tasks = ConnectionTasks(owner: owner)
+            self.state = .made(tasks)
+            return tasks
+        case .closed(let owner):
+            let tasks = ConnectionTasks(owner: owner)
+            tasks.close()
+            return tasks
+        }
+    }
+
+    /// The connection closed: cancels its jobs still running, if it has any; jobs started later run cancelled.
+    mutating func close() {
+        switch self.state {
+        case .made(let tasks):
+            tasks.close()
+        case .notMade(let owner):
+            self.state = .closed(owner)
+        case .closed:
+            break
+        }
+    }
+}
