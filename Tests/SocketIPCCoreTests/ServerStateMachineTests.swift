@@ -1,7 +1,7 @@
 import NIOCore
 import Testing
 
-@testable import SocketIPCCore
+@_spi(SocketIPCRuntime) @testable import SocketIPCCore
 
 /// The listener, channels, connections and timers are plain strings here.
 private typealias Machine = ServerStateMachine<String, String, String, String>

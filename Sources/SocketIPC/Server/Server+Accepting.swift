@@ -2,6 +2,7 @@ import Logging
 import Metrics
 import NIOCore
 import NIOPosix
+@_spi(SocketIPCRuntime) import SocketIPCCore
 import Synchronization
 
 #if canImport(Glibc)

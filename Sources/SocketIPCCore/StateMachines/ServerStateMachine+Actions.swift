@@ -3,7 +3,7 @@ import NIOCore
 /// What the server does in answer to each event: named actions, taken outside the lock.
 extension ServerStateMachine {
     /// What the server's `run()` does once it is called.
-    package enum RunAction: Equatable, Sendable {
+    public enum RunAction: Equatable, Sendable {
         /// Claim the socket path and listen; then report ``listening(_:)`` or ``listenFailed()``.
         case startListening
         /// Throw: the server ran already, or was shut down before it ran.
@@ -11,7 +11,7 @@ extension ServerStateMachine {
     }
 
     /// What to do once the socket listens.
-    package enum ListeningAction {
+    public enum ListeningAction {
         /// Accept and serve.
         case serve
         /// Start the listener all the same (it closes the socket when it stops), then shut down: a shutdown was
@@ -20,7 +20,7 @@ extension ServerStateMachine {
     }
 
     /// What to do with a connection just accepted.
-    package enum AcceptAction: Equatable, Sendable {
+    public enum AcceptAction: Equatable, Sendable {
         /// Serve it now: it counts as handshaking.
         case serve
         /// Tell the peer that the authorization policy refused it, then close; it counts against the connection
@@ -34,13 +34,13 @@ extension ServerStateMachine {
     }
 
     /// Why an accepted connection is closed at once.
-    package enum Refusal: Equatable, Sendable, CustomStringConvertible {
+    public enum Refusal: Equatable, Sendable, CustomStringConvertible {
         /// The server is not running (any more).
         case shuttingDown
         /// A connection limit is reached.
         case limit(ConnectionAdmissions.Refusal)
 
-        package var description: String {
+        public var description: String {
             switch self {
             case .shuttingDown: "the server is shutting down"
             case .limit(let refusal): refusal.description
@@ -49,7 +49,7 @@ extension ServerStateMachine {
     }
 
     /// What to do with a channel just set up for a connection.
-    package enum ChannelAction: Equatable, Sendable {
+    public enum ChannelAction: Equatable, Sendable {
         /// Keep it: it is the server's to close in a forced shutdown.
         case keep
         /// Close it: the server has closed its connections already.
@@ -57,7 +57,7 @@ extension ServerStateMachine {
     }
 
     /// What to do with a framed connection that just opened.
-    package enum ConnectionOpenedAction: Equatable, Sendable {
+    public enum ConnectionOpenedAction: Equatable, Sendable {
         /// Serve it.
         case serve
         /// Tell it that the server is going away: a shutdown began while it was being set up.
@@ -65,30 +65,51 @@ extension ServerStateMachine {
     }
 
     /// Parked connections handed back when a handshake slot of their user freed.
-    package struct ParkedHandOff {
+    public struct ParkedHandOff {
         /// The connection to serve now, if one waits whose handshake time is not up.
-        package var serve: Parked?
+        public var serve: Parked?
         /// Connections whose handshake time ran out while they waited: forgotten already; close each unserved and
         /// count it as no longer active.
-        package var expired: [Parked] = []
+        public var expired: [Parked]
+
+        /// Hands back `serve`, and `expired` to close.
+        @inlinable
+        public init(serve: Parked? = nil, expired: [Parked] = []) {
+            self.serve = serve
+            self.expired = expired
+        }
     }
 
     /// What to do once a connection closed.
-    package struct ConnectionClosed {
+    public struct ConnectionClosed {
         /// Whether the connection was counted (the first close of an admitted connection): count it as no longer
         /// active.
-        package var wasCounted: Bool
+        public var wasCounted: Bool
         /// Parked connections of the same user handed back now that a handshake slot is free.
-        package var parked = ParkedHandOff()
+        public var parked: ParkedHandOff
         /// Whether this was the last connection of a shutdown: the drain is complete, and the server's `run()` may
         /// return.
-        package var drained = false
+        public var drained: Bool
         /// The grace period's timer, when the drain completed before it: cancel it.
-        package var cancelGracePeriodTimer: Timer?
+        public var cancelGracePeriodTimer: Timer?
+
+        /// What to do once a connection closed; by default, nothing more than counting it if `wasCounted`.
+        @inlinable
+        public init(
+            wasCounted: Bool,
+            parked: ParkedHandOff = ParkedHandOff(),
+            drained: Bool = false,
+            cancelGracePeriodTimer: Timer? = nil
+        ) {
+            self.wasCounted = wasCounted
+            self.parked = parked
+            self.drained = drained
+            self.cancelGracePeriodTimer = cancelGracePeriodTimer
+        }
     }
 
     /// What to do with a parked connection whose handshake time is up.
-    package enum ParkedExpiredAction: Equatable {
+    public enum ParkedExpiredAction: Equatable {
         /// Nothing: it was served or closed meanwhile.
         case none
         /// Close it unserved and count it as no longer active: it is forgotten already.
@@ -96,7 +117,7 @@ extension ServerStateMachine {
     }
 
     /// What a shutdown request asks for.
-    package enum ShutdownAction {
+    public enum ShutdownAction {
         /// Nothing: the server shuts down already (or, before it listens, will as soon as it does).
         case none
         /// Shut down.
@@ -104,30 +125,54 @@ extension ServerStateMachine {
     }
 
     /// The steps of a shutdown, in the order the server takes them.
-    package struct Shutdown {
+    public struct Shutdown {
         /// Whether the connections get the grace period (`false`: they are closed now).
-        package var graceful: Bool
+        public var graceful: Bool
         /// The listener to stop, the first time.
-        package var stopListening: Listener?
+        public var stopListening: Listener?
         /// Connections that waited for a handshake slot: forgotten already; close each unserved and count it as no
         /// longer active.
-        package var closeParked: [Parked] = []
+        public var closeParked: [Parked]
         /// Framed connections to tell that the server is going away (graceful).
-        package var tellGoingAway: [Connection] = []
+        public var tellGoingAway: [Connection]
         /// Channels to close now (forced).
-        package var closeChannels: [Channel] = []
+        public var closeChannels: [Channel]
         /// Whether to cancel the handlers' work still running (forced).
-        package var cancelHandlerTasks = false
+        public var cancelHandlerTasks: Bool
         /// The grace period's timer, which a forced shutdown makes moot: cancel it.
-        package var cancelGracePeriodTimer: Timer?
+        public var cancelGracePeriodTimer: Timer?
         /// Whether to schedule the end of the grace period, and report it with ``gracePeriodTimerArmed(_:)``.
-        package var armGracePeriodTimer = false
+        public var armGracePeriodTimer: Bool
         /// Whether nothing is left to drain: the server's `run()` may return.
-        package var drained = false
+        public var drained: Bool
+
+        /// A shutdown's steps; by default, none but logging it.
+        @inlinable
+        public init(
+            graceful: Bool,
+            stopListening: Listener? = nil,
+            closeParked: [Parked] = [],
+            tellGoingAway: [Connection] = [],
+            closeChannels: [Channel] = [],
+            cancelHandlerTasks: Bool = false,
+            cancelGracePeriodTimer: Timer? = nil,
+            armGracePeriodTimer: Bool = false,
+            drained: Bool = false
+        ) {
+            self.graceful = graceful
+            self.stopListening = stopListening
+            self.closeParked = closeParked
+            self.tellGoingAway = tellGoingAway
+            self.closeChannels = closeChannels
+            self.cancelHandlerTasks = cancelHandlerTasks
+            self.cancelGracePeriodTimer = cancelGracePeriodTimer
+            self.armGracePeriodTimer = armGracePeriodTimer
+            self.drained = drained
+        }
     }
 
     /// What to do with a grace period timer just armed.
-    package enum GracePeriodTimerAction {
+    public enum GracePeriodTimerAction {
         /// Keep it: connections are left to drain.
         case keep
         /// Cancel it: the drain completed, or the shutdown was forced, before it was reported.
@@ -135,11 +180,18 @@ extension ServerStateMachine {
     }
 
     /// The connection limits after ``fitLimits(descriptorsForConnections:)`` lowered them.
-    package struct LoweredLimits: Equatable, Sendable {
+    public struct LoweredLimits: Equatable, Sendable {
         /// The most connections in all.
-        package var maximumConnections: Int
+        public var maximumConnections: Int
         /// The most connections of one user.
-        package var maximumConnectionsPerUser: Int
+        public var maximumConnectionsPerUser: Int
+
+        /// The limits as lowered.
+        @inlinable
+        public init(maximumConnections: Int, maximumConnectionsPerUser: Int) {
+            self.maximumConnections = maximumConnections
+            self.maximumConnectionsPerUser = maximumConnectionsPerUser
+        }
     }
 }
 

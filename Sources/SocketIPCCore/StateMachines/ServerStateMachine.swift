@@ -22,12 +22,18 @@ import NIOCore
 /// - `Channel`: the channel of a connection being served, closed by a forced shutdown.
 /// - `Connection`: a framed connection, told that the server is going away by a graceful shutdown.
 /// - `Timer`: the scheduled end of the grace period, cancelled when the drain completes first.
-package struct ServerStateMachine<Listener, Channel, Connection, Timer> {
+///
+/// The events are `@inlinable`, so that the runtime module specializes them for its own types: unspecialized, every
+/// event on the accepting thread paid for generic metadata lookups and value-witness copies, about a tenth of the
+/// server's CPU time in the EOF-style `seed` benchmark (a connection per message). That is also why the machine is
+/// `public` under the `SocketIPCRuntime` SPI rather than `package`: the bodies of `@inlinable package` declarations
+/// are not specialized in another module. Users of `SocketIPC` do not see it.
+@_spi(SocketIPCRuntime) public struct ServerStateMachine<Listener, Channel, Connection, Timer> {
     /// A connection waiting for one of its user's handshakes to end.
-    package typealias Parked = ConnectionAdmissions.Parked
+    public typealias Parked = ConnectionAdmissions.Parked
 
     /// Where the server is in its life, for tests and logs.
-    package enum Phase: Equatable, Sendable {
+    public enum Phase: Equatable, Sendable {
         /// Made; ``runCalled()`` not yet.
         case idle
         /// Claiming the socket path; not yet accepting.
@@ -40,15 +46,17 @@ package struct ServerStateMachine<Listener, Channel, Connection, Timer> {
         case finished
     }
 
-    private var state: State
+    @usableFromInline
+    var state: State
 
     /// A server that has not run yet, with its connection limits.
-    package init(admissions: ConnectionAdmissions) {
+    @inlinable
+    public init(admissions: ConnectionAdmissions) {
         self.state = .idle(Idle(admissions: admissions))
     }
 
     /// Where the server is in its life.
-    package var phase: Phase {
+    public var phase: Phase {
         switch self.state {
         case .idle: .idle
         case .starting: .starting
@@ -60,7 +68,7 @@ package struct ServerStateMachine<Listener, Channel, Connection, Timer> {
     }
 
     /// Connections counted now: served, handshaking and parked.
-    package var connectionCount: Int {
+    public var connectionCount: Int {
         switch self.state {
         case .idle(let idle): idle.admissions.count
         case .starting(let starting): starting.admissions.count
@@ -73,7 +81,8 @@ package struct ServerStateMachine<Listener, Channel, Connection, Timer> {
 
     // MARK: - States
 
-    private enum State {
+    @usableFromInline
+    enum State {
         case idle(Idle)
         case starting(Starting)
         case running(Running)
@@ -84,37 +93,81 @@ package struct ServerStateMachine<Listener, Channel, Connection, Timer> {
         case modifying
     }
 
-    private struct Idle {
+    @usableFromInline
+    struct Idle {
+        @usableFromInline
         var admissions: ConnectionAdmissions
+
+        @inlinable
+        init(admissions: ConnectionAdmissions) {
+            self.admissions = admissions
+        }
     }
 
-    private struct Starting {
+    @usableFromInline
+    struct Starting {
+        @usableFromInline
         var admissions: ConnectionAdmissions
         /// A shutdown came before the socket was listening: shut down as soon as it is.
+        @usableFromInline
         var shutdownRequested = false
+
+        @inlinable
+        init(admissions: ConnectionAdmissions) {
+            self.admissions = admissions
+        }
     }
 
-    private struct Running {
+    @usableFromInline
+    struct Running {
+        @usableFromInline
         var listener: Listener
+        @usableFromInline
         var registry: Registry
+
+        @inlinable
+        init(listener: Listener, registry: Registry) {
+            self.listener = listener
+            self.registry = registry
+        }
     }
 
-    private struct ShuttingDown {
+    @usableFromInline
+    struct ShuttingDown {
+        @usableFromInline
         var registry: Registry
         /// Whether the connections still have their grace period: `false` once they were closed.
+        @usableFromInline
         var graceful: Bool
         /// The end of the grace period, once the server reported it armed.
+        @usableFromInline
         var gracePeriodTimer: Timer?
+
+        @inlinable
+        init(registry: Registry, graceful: Bool) {
+            self.registry = registry
+            self.graceful = graceful
+        }
     }
 
     /// The connections counted, with the channels and framed connections of those being served.
-    private struct Registry {
+    @usableFromInline
+    struct Registry {
+        @usableFromInline
         var admissions: ConnectionAdmissions
+        @usableFromInline
         var channels: [UInt64: Channel] = [:]
+        @usableFromInline
         var connections: [UInt64: Connection] = [:]
 
+        @inlinable
+        init(admissions: ConnectionAdmissions) {
+            self.admissions = admissions
+        }
+
         /// Forgets a closed connection and hands back the parked connections its handshake slot frees.
-        mutating func close(_ id: UInt64, now: () -> NIODeadline) -> ConnectionClosed {
+        @inlinable
+        mutating func close(_ id: UInt64, now: NIODeadline) -> ConnectionClosed {
             self.channels.removeValue(forKey: id)
             self.connections.removeValue(forKey: id)
             let closed = self.admissions.closed(id)
@@ -124,13 +177,11 @@ package struct ServerStateMachine<Listener, Channel, Connection, Timer> {
 
         /// The parked connection to serve now, starting with `next`; those whose handshake time is up on the way
         /// are forgotten (each frees its slot for the one after it) and handed back to be closed unserved.
-        mutating func handOff(_ next: Parked?, now: () -> NIODeadline) -> ParkedHandOff {
+        @inlinable
+        mutating func handOff(_ next: Parked?, now: NIODeadline) -> ParkedHandOff {
             var handOff = ParkedHandOff()
             var next = next
-            var clock: NIODeadline?
             while let parked = next {
-                let now = clock ?? now()
-                clock = now
                 if parked.handshakeDeadline > now {
                     handOff.serve = parked
                     break
@@ -147,7 +198,8 @@ package struct ServerStateMachine<Listener, Channel, Connection, Timer> {
 
 extension ServerStateMachine {
     /// The server's `run()` was called.
-    package mutating func runCalled() -> RunAction {
+    @inlinable
+    public mutating func runCalled() -> RunAction {
         switch self.state {
         case .idle(let idle):
             self.state = .starting(Starting(admissions: idle.admissions))
@@ -162,7 +214,8 @@ extension ServerStateMachine {
     /// Lowers the connection limits to what `connections` descriptors can hold, if they cannot hold them; before the
     /// server listens.
     /// - Returns: The lowered limits, or `nil` if they were not lowered.
-    package mutating func fitLimits(descriptorsForConnections connections: Int) -> LoweredLimits? {
+    @inlinable
+    public mutating func fitLimits(descriptorsForConnections connections: Int) -> LoweredLimits? {
         func fit(_ admissions: inout ConnectionAdmissions) -> LoweredLimits? {
             guard admissions.fit(descriptorsForConnections: connections) else { return nil }
             return LoweredLimits(
@@ -185,12 +238,14 @@ extension ServerStateMachine {
     }
 
     /// The socket path could not be claimed: the server's `run()` throws, and the server is finished.
-    package mutating func listenFailed() {
+    @inlinable
+    public mutating func listenFailed() {
         self.state = .finished
     }
 
     /// The socket listens; `listener` accepts its connections once started.
-    package mutating func listening(_ listener: Listener) -> ListeningAction {
+    @inlinable
+    public mutating func listening(_ listener: Listener) -> ListeningAction {
         switch self.state {
         case .starting(let starting) where !starting.shutdownRequested:
             self.state = .running(Running(listener: listener, registry: Registry(admissions: starting.admissions)))
@@ -215,7 +270,8 @@ extension ServerStateMachine {
     ///   - authorized: Whether the authorization policy allowed the peer; a refused peer is only told why.
     ///   - handshakeDeadline: When its handshake time is up, counted from now (kept for a connection that is
     ///     parked).
-    package mutating func connectionAccepted(
+    @inlinable
+    public mutating func connectionAccepted(
         _ id: UInt64,
         descriptor: Int32,
         peer: PeerCredentials?,
@@ -240,7 +296,8 @@ extension ServerStateMachine {
     }
 
     /// The channel of an admitted connection was set up.
-    package mutating func channelInitialized(_ id: UInt64, channel: Channel) -> ChannelAction {
+    @inlinable
+    public mutating func channelInitialized(_ id: UInt64, channel: Channel) -> ChannelAction {
         switch self.state {
         case .running(var running):
             self.state = .modifying
@@ -260,7 +317,8 @@ extension ServerStateMachine {
     }
 
     /// A framed connection opened on its channel (before the peer's hello).
-    package mutating func connectionOpened(_ id: UInt64, connection: Connection) -> ConnectionOpenedAction {
+    @inlinable
+    public mutating func connectionOpened(_ id: UInt64, connection: Connection) -> ConnectionOpenedAction {
         switch self.state {
         case .running(var running):
             self.state = .modifying
@@ -281,9 +339,10 @@ extension ServerStateMachine {
 
     /// A framed connection's peer sent its hello: it no longer counts as a pending handshake. (An EOF-style
     /// connection counts as one until it closes.)
-    /// - Parameter now: The time, read only when a parked connection is handed back.
+    /// - Parameter now: The time, to tell whether a parked connection handed back has run out of handshake time.
     /// - Returns: Parked connections of the same user handed back now that a handshake slot is free.
-    package mutating func handshakeCompleted(_ id: UInt64, now: @autoclosure () -> NIODeadline) -> ParkedHandOff {
+    @inlinable
+    public mutating func handshakeCompleted(_ id: UInt64, now: NIODeadline) -> ParkedHandOff {
         switch self.state {
         case .running(var running):
             self.state = .modifying
@@ -304,8 +363,9 @@ extension ServerStateMachine {
     }
 
     /// A connection closed, or could not be set up. Only its first close counts; later ones do nothing.
-    /// - Parameter now: The time, read only when a parked connection is handed back.
-    package mutating func connectionClosed(_ id: UInt64, now: @autoclosure () -> NIODeadline) -> ConnectionClosed {
+    /// - Parameter now: The time, to tell whether a parked connection handed back has run out of handshake time.
+    @inlinable
+    public mutating func connectionClosed(_ id: UInt64, now: NIODeadline) -> ConnectionClosed {
         switch self.state {
         case .running(var running):
             self.state = .modifying
@@ -330,7 +390,8 @@ extension ServerStateMachine {
     }
 
     /// A parked connection's handshake time is up.
-    package mutating func parkedHandshakeExpired(_ id: UInt64) -> ParkedExpiredAction {
+    @inlinable
+    public mutating func parkedHandshakeExpired(_ id: UInt64) -> ParkedExpiredAction {
         // Only a running server parks connections: a shutdown closes them all when it begins.
         guard case .running(var running) = self.state else { return .none }
         self.state = .modifying
@@ -341,7 +402,8 @@ extension ServerStateMachine {
 
     /// A shutdown was asked for: graceful (`shutdownGracefully()`, a service group's), or forced (the
     /// task running the server's `run()` was cancelled). A forced one after a graceful one closes what is left now.
-    package mutating func shutdownRequested(graceful: Bool) -> ShutdownAction {
+    @inlinable
+    public mutating func shutdownRequested(graceful: Bool) -> ShutdownAction {
         switch self.state {
         case .idle:
             self.state = .finished
@@ -391,7 +453,8 @@ extension ServerStateMachine {
     }
 
     /// The server armed the grace period's timer that ``Shutdown/armGracePeriodTimer`` asked for.
-    package mutating func gracePeriodTimerArmed(_ timer: Timer) -> GracePeriodTimerAction {
+    @inlinable
+    public mutating func gracePeriodTimerArmed(_ timer: Timer) -> GracePeriodTimerAction {
         guard case .shuttingDown(var shuttingDown) = self.state, shuttingDown.graceful,
             shuttingDown.gracePeriodTimer == nil
         else { return .cancel(timer) }
@@ -402,7 +465,8 @@ extension ServerStateMachine {
     }
 
     /// The grace period's timer fired: the shutdown is forced, unless the drain completed first.
-    package mutating func gracePeriodEnded() -> ShutdownAction {
+    @inlinable
+    public mutating func gracePeriodEnded() -> ShutdownAction {
         guard case .shuttingDown(var shuttingDown) = self.state, shuttingDown.graceful else { return .none }
         self.state = .modifying
         shuttingDown.gracePeriodTimer = nil  // it fired: nothing to cancel
