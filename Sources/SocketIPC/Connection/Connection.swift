@@ -51,6 +51,8 @@ public final class Connection: Sendable {
     private let unansweredRequests = Atomic<Int>(0)
     /// Set with `State.closeWhenAnswered`, so that answering a request need not lock the state to learn it is unset.
     private let wentAway = Atomic<Bool>(false)
+    /// Where ``Reply/complete(_:)`` runs its work, made with the first and cancelled when the connection closes.
+    let handlerTasks: ConnectionTaskSlot
     /// Set while the channel handler has stopped reading because the peer's unanswered requests reached
     /// ``ConnectionOptions/maximumConcurrentRequests``: the answer that clears it tells the handler to read again.
     private let readsWaitForAnswers = Atomic<Bool>(false)
@@ -86,9 +88,11 @@ public final class Connection: Sendable {
         descriptor: Int32? = nil,
         options: ConnectionOptions,
         peer: PeerCredentials?,
-        logger: Logger
+        logger: Logger,
+        handlerTaskOwner: ConnectionTasks.Owner = .connection
     ) {
         self.id = id
+        self.handlerTasks = ConnectionTaskSlot(owner: handlerTaskOwner)
         self.channel = channel
         self.eventLoop = channel.eventLoop
         self.descriptor = descriptor

@@ -60,8 +60,6 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
     static var pausedReadLimit: Int { 1024 * 1024 }
     private var handshakeTimer: Scheduled<Void>?
     private var idleTimer: Scheduled<Void>?
-    /// Where the replies' async work runs; made with the first request, so that an idle connection costs nothing.
-    private var handlerTasks: LazyConnectionTasks
     /// When a read last delivered bytes (or a request was last seen in flight); kept only with an idle timeout.
     private var lastActivity = NIODeadline.uptimeNanoseconds(0)
     private let options: ConnectionOptions
@@ -95,7 +93,6 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         self.decoder = FrameDecoder(maximumPayload: options.effectiveMaximumMessageSize)
         self.connectionID = connectionID
         self.lifecycle = lifecycle
-        self.handlerTasks = LazyConnectionTasks(owner: lifecycle.handlerTaskOwner)
         self.handshakeTimeout = handshakeTimeout
         self.pausesReadingWhileUnwritable = pausesReadingWhileUnwritable
         self.logger = logger
@@ -112,7 +109,8 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
                 descriptor: self.descriptor,
                 options: self.options,
                 peer: peer,
-                logger: self.logger
+                logger: self.logger,
+                handlerTaskOwner: self.lifecycle.handlerTaskOwner
             )
             self.connection = connection
             // Any close caused below is reported once this setup is done, never in the middle of it.
@@ -195,7 +193,6 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         var handler = self.handler.take()!
         let handshakeWasDone = self.handshakeDone
         let limit = self.options.maximumConcurrentRequests
-        var tasks = self.handlerTasks
         var failure: SocketIPCError?
         var leftover: FrameAssembler?
         var step = Step.next
@@ -207,7 +204,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
             if var partial = self.cumulation.take() {
                 while !self.isClosed {
                     if let frame = try decoder.next(from: &partial.bytes) {
-                        step = Self.dispatch(frame, to: &handler, connection: connection, tasks: &tasks, maximumRequests: limit)
+                        step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: limit)
                         self.noteHandshake(handshakeWasDone, connection)
                         if step != .next { break }
                         continue
@@ -221,7 +218,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
             // Then the rest of this read, decoded where it lies, without copying.
             if leftover == nil && step == .next {
                 while !self.isClosed, let frame = try decoder.next(from: &incoming) {
-                    step = Self.dispatch(frame, to: &handler, connection: connection, tasks: &tasks, maximumRequests: limit)
+                    step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: limit)
                     self.noteHandshake(handshakeWasDone, connection)
                     if step != .next { break }
                 }
@@ -241,7 +238,6 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         self.dispatching = false
         self.handler = handler
         self.decoder = decoder
-        self.handlerTasks = tasks
         if !self.handshakeDone && decoder.helloReceived {
             self.handshakeDone = true
             self.lifecycle.handshakeCompleted(connection)
@@ -281,7 +277,6 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
     private func handOutRepliesWhilePaused(context: ChannelHandlerContext, connection: Connection) {
         guard var partial = self.cumulation.take(), self.failure == nil else { return }
         var handler = self.handler.take()!
-        var tasks = self.handlerTasks
         var failure: SocketIPCError?
         var step = Step.next
         self.dispatching = true
@@ -298,13 +293,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
                     }
                     self.heldFrames!.writeImmutableBuffer(bytes)
                 default:
-                    step = Self.dispatch(
-                        frame,
-                        to: &handler,
-                        connection: connection,
-                        tasks: &tasks,
-                        maximumRequests: .max
-                    )
+                    step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: .max)
                 }
                 if step != .next { break }
             }
@@ -315,7 +304,6 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         }
         self.dispatching = false
         self.handler = handler
-        self.handlerTasks = tasks
         if let failure {
             self.fail(failure, context: context)
         } else if step == .peerFailed {
@@ -359,7 +347,6 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         _ frame: Frame,
         to handler: inout Handler,
         connection: Connection,
-        tasks: inout LazyConnectionTasks,
         maximumRequests: Int
     ) -> Step {
         switch frame {
@@ -367,7 +354,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
             handler.didReceiveMessage(message, on: connection)
         case .request(let id, let payload):
             let unanswered = connection.requestReceived()
-            handler.didReceiveRequest(payload, reply: Reply(connection: connection, id: id, tasks: tasks.get()), on: connection)
+            handler.didReceiveRequest(payload, reply: Reply(connection: connection, id: id), on: connection)
             if unanswered >= maximumRequests { return .pauseForRequests }
         case .reply(let id, let payload):
             connection.replyReceived(id: id, result: .success(payload))
@@ -491,9 +478,9 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
             }
             self.handler!.connectionDidClose(connection, error: error)
             self.lifecycle.closed(connection, error)
+            // The async work of its replies still running is cancelled; work that comes later runs cancelled.
+            connection.handlerTasks.close()
         }
-        // The async work of its replies still running is cancelled; work started from now on runs cancelled.
-        self.handlerTasks.close()
     }
 
     /// Tells the peer why (a going-away frame) and closes: the decoder met something it cannot continue after, or the

@@ -41,8 +41,6 @@ extension ConnectionHandler {
 public struct Reply: Sendable {
     let connection: Connection
     let id: UInt32
-    /// The connection's handler work, where ``complete(_:)`` runs its body.
-    let tasks: ConnectionTasks
 
     /// Sends `payload` as the reply.
     public func succeed(_ payload: ByteBuffer) {
@@ -68,7 +66,7 @@ public struct Reply: Sendable {
     ) {
         // `body` was sent here: nothing else can reach it, so handing it to the job's task is safe.
         nonisolated(unsafe) let body = body
-        self.tasks.run {
+        self.connection.handlerTasks.get().run {
             do {
                 self.succeed(try await body())
             } catch {

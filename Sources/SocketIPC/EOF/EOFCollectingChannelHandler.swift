@@ -39,7 +39,7 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
     /// reused, and each read gets a new buffer of the size the limit allows. (It is small: the first read's.)
     private var firstReadBuffer: ByteBuffer?
     /// Where a ``EOFMessageHandler/collecting(maximumSize:_:)`` handler runs, cancelled when the connection closes.
-    private var tasks: LazyConnectionTasks
+    private let tasks: ConnectionTaskSlot
 
     init(
         kind: EOFMessageHandler.Kind,
@@ -47,10 +47,10 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
         initialBytes: ByteBuffer? = nil,
         timeLimit: Duration,
         descriptor: Int32? = nil,
-        tasks: LazyConnectionTasks
+        taskOwner: ConnectionTasks.Owner
     ) {
         self.descriptor = descriptor
-        self.tasks = tasks
+        self.tasks = ConnectionTaskSlot(owner: taskOwner)
         self.message = initialBytes
         self.kind = kind
         self.messageContext = context

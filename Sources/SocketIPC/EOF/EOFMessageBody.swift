@@ -79,15 +79,15 @@ final class EOFStreamingChannelHandler: ChannelInboundHandler, RemovableChannelH
     private var waitingSince: NIODeadline?
     private var timer: Scheduled<Void>?
     /// Where the handler runs, cancelled when the connection closes.
-    private var tasks: LazyConnectionTasks
+    private let tasks: ConnectionTaskSlot
 
     init(
         body: @escaping @Sendable (EOFMessageBody, EOFMessageContext) async throws -> ByteBuffer?,
         context: EOFMessageContext,
         timeLimit: Duration,
-        tasks: LazyConnectionTasks
+        taskOwner: ConnectionTasks.Owner
     ) {
-        self.tasks = tasks
+        self.tasks = ConnectionTaskSlot(owner: taskOwner)
         self.body = body
         self.messageContext = context
         self.timeLimit = timeLimit

@@ -83,7 +83,7 @@ public struct EOFMessageHandler: Sendable {
                     initialBytes: initialBytes,
                     timeLimit: timeLimit,
                     descriptor: descriptor,
-                    tasks: LazyConnectionTasks(owner: taskOwner)
+                    taskOwner: taskOwner
                 )
             )
         case .streaming(let body):
@@ -93,7 +93,7 @@ public struct EOFMessageHandler: Sendable {
                     body: body,
                     context: context,
                     timeLimit: timeLimit,
-                    tasks: LazyConnectionTasks(owner: taskOwner)
+                    taskOwner: taskOwner
                 )
             )
         }
