@@ -56,12 +56,16 @@ public final class Connection: Sendable {
     let state: Mutex<StateMachine>
     /// The id of this side's last request; not state: ids are only told apart.
     private let requestIDs = Atomic<UInt32>(0)
+    /// Where ``Reply/complete(_:)`` runs its work, made with the first and cancelled when the connection closes.
+    let handlerTasks: ConnectionTaskSlot
 
     /// Makes the connection of `channel`; the channel handler calls this once the channel is active.
     /// - Parameters:
     ///   - descriptor: The channel's socket, when known: flushes write to it directly while the channel has nothing
     ///     pending (Linux). Ignored when `writer` is given.
     ///   - writer: Where flushes write; by default a ``SocketFrameWriter`` of `channel` and `descriptor`.
+    ///   - handlerTaskOwner: Who owns the tasks of the connection's asynchronous replies: the server's task group,
+    ///     or (a client's connection) a task of the connection's own.
     init(
         id: UInt64,
         channel: any Channel,
@@ -69,9 +73,11 @@ public final class Connection: Sendable {
         writer: (any FrameWriter)? = nil,
         options: ConnectionOptions,
         peer: PeerCredentials?,
-        logger: Logger
+        logger: Logger,
+        handlerTaskOwner: ConnectionTasks.Owner = .connection
     ) {
         self.id = id
+        self.handlerTasks = ConnectionTaskSlot(owner: handlerTaskOwner)
         self.channel = channel
         self.eventLoop = channel.eventLoop
         self.writer = writer ?? SocketFrameWriter(channel: channel, descriptor: descriptor)

@@ -110,7 +110,8 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
             descriptor: self.descriptor,
             options: self.options,
             peer: peer,
-            logger: self.logger
+            logger: self.logger,
+            handlerTaskOwner: self.lifecycle.handlerTaskOwner
         )
         // The connection exists before the hello is written: if the peer is already gone, the failed write closes
         // the channel right here, and that close must find the connection.
@@ -238,5 +239,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         }
         self.handler!.connectionDidClose(connection, error: error)
         self.lifecycle.closed(connection, error)
+        // The async work of its replies still running is cancelled; work that comes later runs cancelled.
+        connection.handlerTasks.close()
     }
 }

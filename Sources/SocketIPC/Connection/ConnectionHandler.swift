@@ -5,8 +5,9 @@ import NIOCore
 /// A server makes one handler per connection (see ``Server/framed(configuration:logger:onServerRunning:makeHandler:)``); a client
 /// passes one to ``Client/connect(to:configuration:handler:logger:)``. Every method is called on the connection's event
 /// loop, one at a time, in the order the frames arrived, so a handler may keep mutable state without locks, and it
-/// must not block. To do slow or `async` work, answer a request later from a task: ``Reply`` may be completed from
-/// any thread. ``AsyncRequestHandler`` does that for you.
+/// must not block. To do slow or `async` work, answer a request with ``Reply/complete(_:)``, which runs it in a
+/// child task that is cancelled when the connection closes (and, on a server, when its shutdown's grace period
+/// ends); ``AsyncRequestHandler`` does that for you. A ``Reply`` may also be completed later from any thread.
 public protocol ConnectionHandler {
     /// Called once, before any message of the connection.
     mutating func connectionDidOpen(_ connection: Connection)
@@ -35,7 +36,8 @@ extension ConnectionHandler {
     public mutating func connectionDidClose(_ connection: Connection, error: SocketIPCError?) {}
 }
 
-/// The answer to one request: complete it exactly once with ``succeed(_:)`` or ``fail(_:)``, from any thread.
+/// The answer to one request: complete it exactly once with ``succeed(_:)``, ``fail(_:)`` or ``complete(_:)``, from any
+/// thread.
 public struct Reply: Sendable {
     let connection: Connection
     let id: UInt32
@@ -52,12 +54,19 @@ public struct Reply: Sendable {
         self.connection.sendErrorReply(id: self.id, message: message)
     }
 
-    /// Completes the reply with the outcome of `body`, run in a new task, so that slow requests do not hold up
-    /// the others on the connection.
+    /// Completes the reply with the outcome of `body`, run concurrently, so that slow requests do not hold up the
+    /// others on the connection; a thrown error becomes an error reply.
+    ///
+    /// `body` runs in a child task of the connection's task for handler work (on a server, a child of the task that
+    /// runs ``Server/run()``), never in an unstructured task: when the connection closes, or the server's shutdown
+    /// ends its grace period, the task is cancelled, and a server's ``Server/run()`` returns only once `body` has
+    /// returned. A `body` that takes long should therefore honour cancellation.
     public func complete(
         _ body: sending @escaping @isolated(any) () async throws -> ByteBuffer
     ) {
-        Task {
+        // `body` was sent here: nothing else can reach it, so handing it to the job's task is safe.
+        nonisolated(unsafe) let body = body
+        self.connection.handlerTasks.get().run {
             do {
                 self.succeed(try await body())
             } catch {
@@ -69,8 +78,9 @@ public struct Reply: Sendable {
 
 /// A ``ConnectionHandler`` made of closures, for handlers that need no per-connection state.
 ///
-/// `onRequest` runs in a task of its own for each request, so requests on one connection run concurrently and
-/// complete in any order; a thrown error becomes an error reply.
+/// `onRequest` runs in a child task of its own for each request (see ``Reply/complete(_:)``), so requests on one
+/// connection run concurrently and complete in any order; a thrown error becomes an error reply. The task is
+/// cancelled when the connection closes.
 public struct AsyncRequestHandler: ConnectionHandler, Sendable {
     private let onMessage: @Sendable (ByteBuffer, Connection) -> Void
     private let onRequest: @Sendable (ByteBuffer, Connection) async throws -> ByteBuffer
@@ -78,7 +88,7 @@ public struct AsyncRequestHandler: ConnectionHandler, Sendable {
     /// Creates the handler.
     /// - Parameters:
     ///   - onMessage: Called on the event loop for each one-way message; must not block.
-    ///   - onRequest: Called in a new task for each request; returns the reply, or throws to send an error reply.
+    ///   - onRequest: Called in a child task for each request; returns the reply, or throws to send an error reply.
     public init(
         onMessage: @escaping @Sendable (ByteBuffer, Connection) -> Void = { _, _ in },
         onRequest: @escaping @Sendable (ByteBuffer, Connection) async throws -> ByteBuffer
@@ -92,7 +102,7 @@ public struct AsyncRequestHandler: ConnectionHandler, Sendable {
         self.onMessage(message, connection)
     }
 
-    /// Runs `onRequest` in a new task and replies with its outcome.
+    /// Runs `onRequest` in a child task and replies with its outcome.
     public func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {
         let onRequest = self.onRequest
         reply.complete { try await onRequest(request, connection) }

@@ -12,4 +12,7 @@ struct ConnectionLifecycle: Sendable {
     var opened: @Sendable (Connection) -> Void = { _ in }
     /// Called on the event loop when the connection closed; the error is `nil` for an orderly close.
     var closed: @Sendable (Connection, SocketIPCError?) -> Void = { _, _ in }
+    /// Where ``Reply/complete(_:)`` runs the connection's async work, cancelled when the connection closes: in the
+    /// server's task group, or (a client's connection) in a task of the connection's own.
+    var handlerTaskOwner = ConnectionTasks.Owner.connection
 }

@@ -38,15 +38,19 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
     /// (`maxMessagesPerRead` 1) and reuses it whenever nobody else holds it, whatever its size; held, it is never
     /// reused, and each read gets a new buffer of the size the limit allows. (It is small: the first read's.)
     private var firstReadBuffer: ByteBuffer?
+    /// Where a ``EOFMessageHandler/collecting(maximumSize:_:)`` handler runs, cancelled when the connection closes.
+    private let tasks: ConnectionTaskSlot
 
     init(
         kind: EOFMessageHandler.Kind,
         context: EOFMessageContext,
         initialBytes: ByteBuffer? = nil,
         timeLimit: Duration,
-        descriptor: Int32? = nil
+        descriptor: Int32? = nil,
+        taskOwner: ConnectionTasks.Owner
     ) {
         self.descriptor = descriptor
+        self.tasks = ConnectionTaskSlot(owner: taskOwner)
         self.message = initialBytes
         self.kind = kind
         self.messageContext = context
@@ -165,27 +169,25 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
                 context.close(promise: nil)
             }
         case .collecting(_, let body):
-            Self.handleInTask(body, message: message, context: messageContext, channel: context.channel, timeLimit: self.timeLimit)
+            let channel = context.channel
+            let timeLimit = self.timeLimit
+            self.tasks.get().run {
+                do {
+                    Self.finish(channel: channel, acknowledgement: try await body(message, messageContext), timeLimit: timeLimit)
+                } catch {
+                    messageContext.handlerFailed(error)
+                    channel.close(promise: nil)
+                }
+            }
         case .streaming:
             preconditionFailure("streaming messages use EOFStreamingChannelHandler")
         }
     }
 
-    private static func handleInTask(
-        _ body: @escaping @Sendable (ByteBuffer, EOFMessageContext) async throws -> ByteBuffer?,
-        message: ByteBuffer,
-        context: EOFMessageContext,
-        channel: any Channel,
-        timeLimit: Duration
-    ) {
-        Task {
-            do {
-                Self.finish(channel: channel, acknowledgement: try await body(message, context), timeLimit: timeLimit)
-            } catch {
-                context.handlerFailed(error)
-                channel.close(promise: nil)
-            }
-        }
+    func channelInactive(context: ChannelHandlerContext) {
+        // A handler still running is cancelled: nobody reads its acknowledgement any more.
+        self.tasks.close()
+        context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {

@@ -78,12 +78,16 @@ final class EOFStreamingChannelHandler: ChannelInboundHandler, RemovableChannelH
     /// When the handler started waiting for bytes that have not come yet; `nil` when it is not waiting.
     private var waitingSince: NIODeadline?
     private var timer: Scheduled<Void>?
+    /// Where the handler runs, cancelled when the connection closes.
+    private let tasks: ConnectionTaskSlot
 
     init(
         body: @escaping @Sendable (EOFMessageBody, EOFMessageContext) async throws -> ByteBuffer?,
         context: EOFMessageContext,
-        timeLimit: Duration
+        timeLimit: Duration,
+        taskOwner: ConnectionTasks.Owner
     ) {
+        self.tasks = ConnectionTaskSlot(owner: taskOwner)
         self.body = body
         self.messageContext = context
         self.timeLimit = timeLimit
@@ -149,7 +153,7 @@ final class EOFStreamingChannelHandler: ChannelInboundHandler, RemovableChannelH
             let body = self.body
             let messageContext = self.messageContext
             let timeLimit = self.timeLimit
-            Task {
+            self.tasks.get().run {
                 do {
                     let acknowledgement = try await body(messageBody, messageContext)
                     EOFCollectingChannelHandler.finish(channel: channel, acknowledgement: acknowledgement, timeLimit: timeLimit)
@@ -199,6 +203,8 @@ final class EOFStreamingChannelHandler: ChannelInboundHandler, RemovableChannelH
     func channelInactive(context: ChannelHandlerContext) {
         self.source?.finish(SocketIPCError(.connectionClosed, "the client closed the connection before the message ended"))
         self.source = nil
+        // A handler still running is cancelled: nobody reads its acknowledgement any more.
+        self.tasks.close()
         context.fireChannelInactive()
     }
 

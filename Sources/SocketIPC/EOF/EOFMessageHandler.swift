@@ -39,7 +39,8 @@ public struct EOFMessageHandler: Sendable {
         EOFMessageHandler(kind: .eventLoop(maximumSize: maximumSize, body))
     }
 
-    /// Handles the whole message in a task of its own.
+    /// Handles the whole message in a task of its own: a child of the task that runs the server, cancelled when the
+    /// connection closes or the server's shutdown ends its grace period.
     /// - Parameters:
     ///   - maximumSize: The largest message accepted, in bytes; default 16 MiB.
     ///   - body: Returns the acknowledgement to send, or `nil` for none.
@@ -50,7 +51,8 @@ public struct EOFMessageHandler: Sendable {
         EOFMessageHandler(kind: .collecting(maximumSize: maximumSize, body))
     }
 
-    /// Handles the message as a stream of chunks, in a task of its own, with backpressure.
+    /// Handles the message as a stream of chunks, in a task of its own, with backpressure: a child of the task that
+    /// runs the server, cancelled when the connection closes or the server's shutdown ends its grace period.
     /// - Parameter body: Consumes the chunks; returns the acknowledgement to send, or `nil` for none.
     public static func streaming(
         _ body: @escaping @Sendable (EOFMessageBody, EOFMessageContext) async throws -> ByteBuffer?
@@ -65,6 +67,7 @@ public struct EOFMessageHandler: Sendable {
         logger: Logger,
         timeLimit: Duration = .seconds(10),
         descriptor: Int32? = nil,
+        taskOwner: ConnectionTasks.Owner,
         reportFailure: @escaping @Sendable (SocketIPCError) -> Void = { _ in }
     ) throws {
         var logger = logger
@@ -79,7 +82,8 @@ public struct EOFMessageHandler: Sendable {
                     context: context,
                     initialBytes: initialBytes,
                     timeLimit: timeLimit,
-                    descriptor: descriptor
+                    descriptor: descriptor,
+                    taskOwner: taskOwner
                 )
             )
         case .streaming(let body):
@@ -88,7 +92,8 @@ public struct EOFMessageHandler: Sendable {
                 EOFStreamingChannelHandler(
                     body: body,
                     context: context,
-                    timeLimit: timeLimit
+                    timeLimit: timeLimit,
+                    taskOwner: taskOwner
                 )
             )
         }
@@ -106,8 +111,13 @@ public struct EOFMessageContext: Sendable {
     /// Told when the connection ends without its message handled (the server counts these in its metrics).
     var reportFailure: @Sendable (SocketIPCError) -> Void = { _ in }
 
-    /// Logs that the handler failed with `error` and reports it.
+    /// Logs that the handler failed with `error` and reports it, unless the handler only gave up because its task
+    /// was cancelled (the connection closed, or the server's grace period ended): that is no failure of its own.
     func handlerFailed(_ error: any Error) {
+        if !(error is SocketIPCError), Task.isCancelled {
+            self.logger.debug("message handler cancelled", metadata: ["error": "\(error)"])
+            return
+        }
         self.logger.debug("message handler failed", metadata: ["error": "\(error)"])
         self.reportFailure(
             error as? SocketIPCError ?? SocketIPCError(.remoteError, "the message handler failed: \(error)")

@@ -1,7 +1,8 @@
 import NIOCore
 
 /// The server's count of its connections, by user, against its limits: which new connection is admitted, which
-/// waits, and which is refused. A value without I/O; the server keeps it under its lock.
+/// waits, and which is refused. A value without I/O; the server keeps it in its ``ServerStateMachine`` (whose
+/// `SocketIPCRuntime` SPI it shares: the machine's inlinable events use it).
 ///
 /// - At most `maximumConnections` connections in all, and `maximumConnectionsPerUser` of one user id: a connection
 ///   beyond either is refused (D-Bus's `max_completed_connections` and `max_connections_per_user`).
@@ -11,24 +12,24 @@ import NIOCore
 ///   turn instead of refused, while one user's silent connections hold only that user's slots. Parked connections
 ///   count against the connection limits, and their handshake time counts from when they were accepted
 ///   (``expireParked(_:)``).
-package struct ConnectionAdmissions {
+@_spi(SocketIPCRuntime) public struct ConnectionAdmissions {
     /// A user id, or `nil` for peers whose credentials are unknown (they share one count).
-    package typealias User = UInt32?
+    public typealias User = UInt32?
 
     /// An accepted connection waiting for one of its user's handshakes to end.
-    package struct Parked: Equatable {
-        package var id: UInt64
-        package var descriptor: Int32
-        package var peer: PeerCredentials?
+    public struct Parked: Equatable, Sendable {
+        public var id: UInt64
+        public var descriptor: Int32
+        public var peer: PeerCredentials?
         /// When its handshake time is up, counted from when it was accepted.
-        package var handshakeDeadline: NIODeadline = .distantFuture
+        public var handshakeDeadline: NIODeadline = .distantFuture
     }
 
     /// Why a new connection is closed at once.
-    package enum Refusal: Equatable, CustomStringConvertible {
+    public enum Refusal: Equatable, Sendable, CustomStringConvertible {
         case maximumConnections, maximumConnectionsPerUser
 
-        package var description: String {
+        public var description: String {
             switch self {
             case .maximumConnections: "the server is at maximumConnections"
             case .maximumConnectionsPerUser: "the peer's user is at maximumConnectionsPerUser"
@@ -37,7 +38,7 @@ package struct ConnectionAdmissions {
     }
 
     /// What to do with a new connection.
-    package enum Decision: Equatable {
+    public enum Decision: Equatable, Sendable {
         /// Serve it now; it counts as handshaking.
         case admitted
         /// Keep it unread until ``handshakeEnded(_:)`` or ``closed(_:)`` hands it back.
@@ -47,23 +48,23 @@ package struct ConnectionAdmissions {
     }
 
     private struct Entry {
-        package var user: User
-        package var handshaking: Bool
+        var user: User
+        var handshaking: Bool
     }
 
     private struct UserCount {
         var open = 0
-        package var handshaking = 0
-        package var parked: [Parked] = []
+        var handshaking = 0
+        var parked: [Parked] = []
     }
 
-    package private(set) var maximumConnections: Int
-    package private(set) var maximumConnectionsPerUser: Int
-    package let maximumPendingHandshakesPerUser: Int
+    public private(set) var maximumConnections: Int
+    public private(set) var maximumConnectionsPerUser: Int
+    public let maximumPendingHandshakesPerUser: Int
     private var entries: [UInt64: Entry] = [:]
     private var users: [User: UserCount] = [:]
 
-    package init(maximumConnections: Int, maximumConnectionsPerUser: Int, maximumPendingHandshakesPerUser: Int) {
+    public init(maximumConnections: Int, maximumConnectionsPerUser: Int, maximumPendingHandshakesPerUser: Int) {
         self.maximumConnections = maximumConnections
         self.maximumConnectionsPerUser = maximumConnectionsPerUser
         self.maximumPendingHandshakesPerUser = maximumPendingHandshakesPerUser
@@ -72,7 +73,7 @@ package struct ConnectionAdmissions {
     /// Lowers the connection limits to what `connections` descriptors can hold, if they cannot hold them: that many
     /// connections in all, and half of them for one user.
     /// - Returns: Whether the limits were lowered.
-    package mutating func fit(descriptorsForConnections connections: Int) -> Bool {
+    public mutating func fit(descriptorsForConnections connections: Int) -> Bool {
         guard connections < self.maximumConnections else { return false }
         self.maximumConnections = connections
         self.maximumConnectionsPerUser = min(self.maximumConnectionsPerUser, max(1, connections / 2))
@@ -80,13 +81,13 @@ package struct ConnectionAdmissions {
     }
 
     /// Connections counted: served, handshaking and parked.
-    package var count: Int { self.entries.count }
+    public var count: Int { self.entries.count }
 
     /// Counts a new connection of `peer`'s user.
     /// - Parameter handshaking: Whether it is to count as handshaking (a connection that is only told it is
     ///   refused does not); one that is not is never parked.
     /// - Parameter handshakeDeadline: When the connection's handshake time is up, kept for a parked connection.
-    package mutating func admit(
+    public mutating func admit(
         _ id: UInt64,
         descriptor: Int32,
         peer: PeerCredentials?,
@@ -115,7 +116,7 @@ package struct ConnectionAdmissions {
 
     /// A connection finished its handshake: it stops counting as handshaking.
     /// - Returns: A parked connection of the same user to serve now, if one waits.
-    package mutating func handshakeEnded(_ id: UInt64) -> Parked? {
+    public mutating func handshakeEnded(_ id: UInt64) -> Parked? {
         guard var entry = self.entries[id], entry.handshaking else { return nil }
         entry.handshaking = false
         self.entries[id] = entry
@@ -125,7 +126,7 @@ package struct ConnectionAdmissions {
 
     /// A connection closed (or a parked one was closed unserved); calls for an id not counted do nothing.
     /// - Returns: Whether it was counted, and a parked connection of the same user to serve now, if one waits.
-    package mutating func closed(_ id: UInt64) -> (wasCounted: Bool, next: Parked?) {
+    public mutating func closed(_ id: UInt64) -> (wasCounted: Bool, next: Parked?) {
         guard let entry = self.entries.removeValue(forKey: id) else { return (false, nil) }
         var count = self.users[entry.user]!
         count.open -= 1
@@ -138,7 +139,7 @@ package struct ConnectionAdmissions {
     /// Forgets a connection that is still parked when its handshake time is up (it counts from when it was
     /// accepted, so waiting in the park does not extend it).
     /// - Returns: The connection, to close; `nil` if it is not parked (any more).
-    package mutating func expireParked(_ id: UInt64) -> Parked? {
+    public mutating func expireParked(_ id: UInt64) -> Parked? {
         guard let entry = self.entries[id], !entry.handshaking,
             let index = self.users[entry.user]?.parked.firstIndex(where: { $0.id == id })
         else { return nil }
@@ -150,7 +151,7 @@ package struct ConnectionAdmissions {
     }
 
     /// Every parked connection, for a server that shuts down; they stay counted until ``closed(_:)``.
-    package mutating func takeAllParked() -> [Parked] {
+    public mutating func takeAllParked() -> [Parked] {
         var all: [Parked] = []
         for user in self.users.keys where !self.users[user]!.parked.isEmpty {
             all += self.users[user]!.parked

@@ -1,7 +1,7 @@
 import NIOCore
 import Testing
 
-@testable import SocketIPCCore
+@_spi(SocketIPCRuntime) @testable import SocketIPCCore
 
 @Suite("ConnectionAdmissions")
 struct ConnectionAdmissionsTests {

@@ -15,10 +15,21 @@ func withEchoServer<Result>(
     configure: (inout ServerConfiguration) -> Void = { _ in },
     _ body: (Server) async throws -> Result
 ) async throws -> Result {
+    try await withFramedServer(path: path, configure: configure, makeHandler: { EchoHandler() }, body)
+}
+
+/// Runs a framed server at `path` (a directory the test made) whose connections get handlers from `makeHandler`,
+/// for tests that choose the path; ``withFramedTestServer`` makes the directory itself.
+func withFramedServer<Handler: ConnectionHandler & SendableMetatype, Result>(
+    path: String,
+    configure: (inout ServerConfiguration) -> Void = { _ in },
+    makeHandler: @escaping @Sendable () -> Handler,
+    _ body: (Server) async throws -> Result
+) async throws -> Result {
     var configuration = ServerConfiguration(path: path)
     configure(&configuration)
     return try await withRunningServer(
-        { Server.framed(configuration: configuration, logger: testLogger, onServerRunning: $0) { EchoHandler() } },
+        { Server.framed(configuration: configuration, logger: testLogger, onServerRunning: $0, makeHandler: makeHandler) },
         body
     )
 }

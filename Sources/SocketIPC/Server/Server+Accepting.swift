@@ -1,0 +1,206 @@
+import Logging
+import Metrics
+import NIOCore
+import NIOPosix
+@_spi(SocketIPCRuntime) import SocketIPCCore
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+extension Server {
+    /// Admits an accepted socket and serves it, parks it, or refuses it at once: while shutting down, at a
+    /// connection limit, or when the authorization policy refuses the peer. Runs on the accepting thread.
+    func accept(_ descriptor: Int32) {
+        let id = ConnectionIDs.next()
+        let policy = self.configuration.authorization
+        let peer = PeerCredentials.read(descriptor: descriptor, includingGroups: policy.needsSupplementaryGroups)
+        let decision = policy.evaluate(peer)
+        if !decision.isAllowed {
+            self.metrics.unauthorized.increment()
+            var metadata = Self.metadata(id, peer)
+            metadata["socketipc.reason"] = "\(decision.reason)"
+            self.refusalLogger.log(level: .notice, "refusing connection: authorization policy", metadata: metadata)
+        }
+        // The handshake time counts from now, also for a connection that first waits for a handshake slot.
+        let handshakeDeadline = NIODeadline.now() + .init(self.configuration.handshakeTimeout)
+        let action = self.state.withLock {
+            $0.connectionAccepted(
+                id,
+                descriptor: descriptor,
+                peer: peer,
+                authorized: decision.isAllowed,
+                handshakeDeadline: handshakeDeadline
+            )
+        }
+        switch action {
+        case .serve:
+            self.metrics.accepted.increment()
+            self.metrics.active.increment()
+            self.serve(descriptor, id: id, handshakeDeadline: handshakeDeadline)
+        case .refuseUnauthorized:
+            // A refused framed peer is told why on a channel that lingers for a moment: it counts against the
+            // limits like any connection, but never as a pending handshake.
+            self.metrics.accepted.increment()
+            self.metrics.active.increment()
+            self.refuseUnauthorized(descriptor, id: id, peer: peer)
+        case .park:
+            self.metrics.accepted.increment()
+            self.metrics.active.increment()
+            // A connection still parked when its handshake time is up is closed unserved.
+            MultiThreadedEventLoopGroup.singleton.any().scheduleTask(deadline: handshakeDeadline) {
+                self.parkedHandshakeExpired(id)
+            }
+        case .refuse(let refusal):
+            self.metrics.refused.increment()
+            self.refusalLogger.log(level: .notice, "refusing connection: \(refusal)", metadata: Self.metadata(id, peer))
+            close(descriptor)
+        }
+    }
+
+    /// Serves an admitted connection: on this thread if the style can, else on a channel.
+    func serve(_ descriptor: Int32, id: UInt64, handshakeDeadline: NIODeadline) {
+        var initialBytes: ByteBuffer?
+        switch self.initializer.serveOnAcceptingThread(descriptor, id: id, logger: self.logger) {
+        case .served:
+            self.connectionClosed(id)
+            return
+        case .handOff(let bytes):
+            initialBytes = bytes.readableBytes > 0 ? bytes : nil
+        case nil:
+            break
+        }
+        let handedOffBytes = initialBytes
+        let lifecycle = ConnectionLifecycle(
+            handshakeDeadline: handshakeDeadline,
+            handshakeCompleted: { _ in self.handshakeCompleted(id) },
+            opened: { connection in self.connectionOpened(id, connection: connection) },
+            closed: { connection, error in
+                if let error { self.connectionFailed(error, id: id, peer: connection.peer) }
+            },
+            handlerTaskOwner: .server(self.handlerTasks)
+        )
+        ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelOption(.allowRemoteHalfClosure, value: self.initializer.allowsRemoteHalfClosure)
+            .channelOption(.recvAllocator, value: ConnectionOptions.receiveAllocator)
+            .channelOption(.writeBufferWaterMark, value: ConnectionOptions.channelWriteWatermark)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let action = self.state.withLock { $0.channelInitialized(id, channel: channel) }
+                    channel.closeFuture.whenComplete { _ in self.connectionClosed(id) }
+                    try self.initializer.initialize(
+                        AcceptedConnection(
+                            channel: channel,
+                            id: id,
+                            descriptor: descriptor,
+                            initialBytes: handedOffBytes,
+                            lifecycle: lifecycle,
+                            logger: self.logger
+                        )
+                    )
+                    // A forced shutdown closed the server's channels while this one was being made.
+                    if action == .close { channel.eventLoop.execute { channel.close(promise: nil) } }
+                }
+            }
+            .withConnectedSocket(descriptor)
+            .whenFailure { error in
+                self.logger.error("could not set up an accepted connection", metadata: ["error": "\(error)"])
+                self.connectionClosed(id)
+            }
+    }
+
+    /// A framed connection opened: a shutdown that began while it was being set up tells it so.
+    private func connectionOpened(_ id: UInt64, connection: Connection) {
+        if self.state.withLock({ $0.connectionOpened(id, connection: connection) }) == .goAway {
+            connection.goAway(.normal, message: "the server is shutting down")
+        }
+    }
+
+    /// A framed connection's peer sent its hello: it no longer counts as a pending handshake, and a parked
+    /// connection of the same user may be served. (An EOF-style connection counts as one until it closes, which it
+    /// does once its message is handled.)
+    private func handshakeCompleted(_ id: UInt64) {
+        let parked = self.state.withLock { $0.handshakeCompleted(id, now: .now()) }
+        self.handOff(parked)
+    }
+
+    /// Serves the parked connection handed a handshake slot, and closes unserved those whose handshake time ran out
+    /// while they waited.
+    func handOff(_ parked: StateMachine.ParkedHandOff) {
+        for expired in parked.expired {
+            self.closeUnserved(expired)
+            self.metrics.active.decrement()
+        }
+        if let next = parked.serve {
+            self.serve(next.descriptor, id: next.id, handshakeDeadline: next.handshakeDeadline)
+        }
+    }
+
+    /// Closes a connection that is still parked when its handshake time is up.
+    private func parkedHandshakeExpired(_ id: UInt64) {
+        guard case .closeUnserved(let parked) = self.state.withLock({ $0.parkedHandshakeExpired(id) }) else { return }
+        self.closeUnserved(parked)
+        self.metrics.active.decrement()
+    }
+
+    /// Closes a parked connection whose handshake time is up, unserved.
+    private func closeUnserved(_ parked: StateMachine.Parked) {
+        close(parked.descriptor)
+        self.connectionFailed(
+            SocketIPCError(.timedOut, "the connection's handshake time ran out while it waited for a handshake slot"),
+            id: parked.id,
+            peer: parked.peer
+        )
+    }
+
+    /// Counts a connection closed by an error, and logs it at `notice`, at a bounded rate.
+    private func connectionFailed(_ error: SocketIPCError, id: UInt64, peer: PeerCredentials?) {
+        self.metrics.connectionFailed(error)
+        var metadata = Self.metadata(id, peer)
+        metadata["error"] = "\(error)"
+        self.refusalLogger.log(level: .notice, "closing connection: \(error.code)", metadata: metadata)
+    }
+
+    /// Refuses a peer the authorization policy refused: an EOF-style one is closed before anything is read; a
+    /// framed one is told why (hello and going-away `unauthorized`) on an event loop, and then closed.
+    private func refuseUnauthorized(_ descriptor: Int32, id: UInt64, peer: PeerCredentials?) {
+        guard self.initializer.explainsRefusals else {
+            close(descriptor)
+            self.connectionClosed(id)
+            return
+        }
+        let text = "the server's authorization policy refused this peer (\(peer.map { "\($0)" } ?? "credentials unknown"))"
+        let lingerTime = self.configuration.connection.goAwayLingerTime
+        ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    channel.closeFuture.whenComplete { _ in self.connectionClosed(id) }
+                    try channel.pipeline.syncOperations.addHandler(RefusalChannelHandler(text: text, lingerTime: lingerTime))
+                }
+            }
+            .withConnectedSocket(descriptor)
+            .whenFailure { _ in self.connectionClosed(id) }
+    }
+
+    private static func metadata(_ id: UInt64, _ peer: PeerCredentials?) -> Logger.Metadata {
+        var metadata: Logger.Metadata = ["socketipc.connection": "\(id)"]
+        if let peer {
+            metadata["socketipc.peer.uid"] = "\(peer.userID)"
+            metadata["socketipc.peer.pid"] = "\(peer.processID)"
+        } else {
+            metadata["socketipc.peer"] = "unknown"
+        }
+        return metadata
+    }
+}
+
+/// Process-wide connection numbers, for logs.
+enum ConnectionIDs {
+    private static let counter = Atomic<UInt64>(0)
+    static func next() -> UInt64 { self.counter.wrappingAdd(1, ordering: .relaxed).newValue }
+}

@@ -1,0 +1,61 @@
+import Logging
+import Metrics
+
+extension Server {
+    /// A server for framed connections: each connection gets its own handler from `makeHandler`.
+    /// - Parameters:
+    ///   - configuration: Where and how to listen.
+    ///   - logger: Where the server and its connections log; default `socketipc.server`.
+    ///   - onServerRunning: Called once the socket accepts connections, with its path.
+    ///   - makeHandler: Makes the handler of one connection, on that connection's event loop; the handler gets
+    ///     the ``Connection`` in ``ConnectionHandler/connectionDidOpen(_:)``.
+    public static func framed<Handler: ConnectionHandler & SendableMetatype>(
+        configuration: ServerConfiguration,
+        logger: Logger = Logger(label: "socketipc.server"),
+        onServerRunning: @escaping @Sendable (SocketPath) async -> Void = { _ in },
+        makeHandler: @escaping @Sendable () -> Handler
+    ) -> Server {
+        Server(
+            configuration: configuration,
+            metrics: ServerMetrics(factory: configuration.metricsFactory ?? MetricsSystem.factory),
+            logger: logger,
+            onServerRunning: onServerRunning,
+            initializer: FramedConnectionInitializer(
+                makeHandler: makeHandler,
+                options: configuration.connection,
+                handshakeTimeout: configuration.handshakeTimeout
+            )
+        )
+    }
+}
+
+/// Serves a framed connection: a ``ConnectionChannelHandler`` with a handler of its own from `makeHandler`.
+struct FramedConnectionInitializer<Handler: ConnectionHandler & SendableMetatype>: ConnectionInitializer {
+    /// Makes the handler of one connection, on that connection's event loop.
+    let makeHandler: @Sendable () -> Handler
+    /// Limits and timeouts of each connection.
+    let options: ConnectionOptions
+    /// How long the peer has to send its hello, counted from the accept.
+    let handshakeTimeout: Duration
+
+    /// A framed connection closes when its peer half-closes.
+    var allowsRemoteHalfClosure: Bool { false }
+
+    /// A refused framed peer gets a hello and a going-away frame that says why.
+    var explainsRefusals: Bool { true }
+
+    func initialize(_ connection: AcceptedConnection) throws {
+        try self.options.applySocketOptions(to: connection.channel)
+        let handler = ConnectionChannelHandler(
+            handler: self.makeHandler(),
+            options: self.options,
+            connectionID: connection.id,
+            lifecycle: connection.lifecycle,
+            handshakeTimeout: self.handshakeTimeout,
+            pausesReadingWhileUnwritable: true,
+            descriptor: connection.descriptor,
+            logger: connection.logger
+        )
+        try connection.channel.pipeline.syncOperations.addHandler(handler)
+    }
+}

@@ -1,0 +1,476 @@
+import NIOCore
+
+/// What a server knows about itself, as a value: whether it runs, accepts and drains, the connections it holds and
+/// their admissions, and the timer of a graceful shutdown's grace period. The server feeds it events under its lock
+/// and performs the actions it returns once the lock is released. Nothing here does I/O, reads a clock or schedules
+/// anything, so it is tested with plain values.
+///
+/// ```
+/// idle ─runCalled─▶ starting ─listening─▶ running ─shutdownRequested─▶ shuttingDown ─last connection closed─▶ finished
+///  │                   │ └─listenFailed──────────────────────────────────────────────────────────────────▶ finished
+///  │                   └─shutdownRequested: remembered; listening then shuts down at once, with nothing to drain
+///  └─shutdownRequested─────────────────────────────────────────────────────────────────────────────────▶ finished
+/// ```
+///
+/// A shutdown with no connection left goes straight to `finished`. The grace period's timer is armed by the server
+/// after the lock is released, so it may be reported (``gracePeriodTimerArmed(_:)``) after the drain completed: the
+/// machine then answers with an action to cancel it; the drain cancels a timer it holds. So no timer outlives the
+/// drain.
+///
+/// Generic over what the runtime holds, so that tests use plain values:
+/// - `Listener`: what accepts connections, stopped when the shutdown begins.
+/// - `Channel`: the channel of a connection being served, closed by a forced shutdown.
+/// - `Connection`: a framed connection, told that the server is going away by a graceful shutdown.
+/// - `Timer`: the scheduled end of the grace period, cancelled when the drain completes first.
+///
+/// The events are `@inlinable`, so that the runtime module specializes them for its own types: unspecialized, every
+/// event on the accepting thread paid for generic metadata lookups and value-witness copies, about a tenth of the
+/// server's CPU time in the EOF-style `seed` benchmark (a connection per message). That is also why the machine is
+/// `public` under the `SocketIPCRuntime` SPI rather than `package`: the bodies of `@inlinable package` declarations
+/// are not specialized in another module. Users of `SocketIPC` do not see it.
+@_spi(SocketIPCRuntime) public struct ServerStateMachine<Listener, Channel, Connection, Timer> {
+    /// A connection waiting for one of its user's handshakes to end.
+    public typealias Parked = ConnectionAdmissions.Parked
+
+    /// Where the server is in its life, for tests and logs.
+    public enum Phase: Equatable, Sendable {
+        /// Made; ``runCalled()`` not yet.
+        case idle
+        /// Claiming the socket path; not yet accepting.
+        case starting
+        /// Accepting and serving.
+        case running
+        /// Not accepting; waiting for the connections left to close.
+        case shuttingDown
+        /// Done: every connection closed (or the server never ran).
+        case finished
+    }
+
+    @usableFromInline
+    var state: State
+
+    /// A server that has not run yet, with its connection limits.
+    @inlinable
+    public init(admissions: ConnectionAdmissions) {
+        self.state = .idle(Idle(admissions: admissions))
+    }
+
+    /// Where the server is in its life.
+    public var phase: Phase {
+        switch self.state {
+        case .idle: .idle
+        case .starting: .starting
+        case .running: .running
+        case .shuttingDown: .shuttingDown
+        case .finished: .finished
+        case .modifying: preconditionFailure("ServerStateMachine read while it is being modified")
+        }
+    }
+
+    /// Connections counted now: served, handshaking and parked.
+    public var connectionCount: Int {
+        switch self.state {
+        case .idle(let idle): idle.admissions.count
+        case .starting(let starting): starting.admissions.count
+        case .running(let running): running.registry.admissions.count
+        case .shuttingDown(let shuttingDown): shuttingDown.registry.admissions.count
+        case .finished: 0
+        case .modifying: preconditionFailure("ServerStateMachine read while it is being modified")
+        }
+    }
+
+    // MARK: - States
+
+    @usableFromInline
+    enum State {
+        case idle(Idle)
+        case starting(Starting)
+        case running(Running)
+        case shuttingDown(ShuttingDown)
+        case finished
+        /// Only while an event takes the state apart, so that the dictionaries it holds are mutated in place
+        /// instead of copied.
+        case modifying
+    }
+
+    @usableFromInline
+    struct Idle {
+        @usableFromInline
+        var admissions: ConnectionAdmissions
+
+        @inlinable
+        init(admissions: ConnectionAdmissions) {
+            self.admissions = admissions
+        }
+    }
+
+    @usableFromInline
+    struct Starting {
+        @usableFromInline
+        var admissions: ConnectionAdmissions
+        /// A shutdown came before the socket was listening: shut down as soon as it is.
+        @usableFromInline
+        var shutdownRequested = false
+
+        @inlinable
+        init(admissions: ConnectionAdmissions) {
+            self.admissions = admissions
+        }
+    }
+
+    @usableFromInline
+    struct Running {
+        @usableFromInline
+        var listener: Listener
+        @usableFromInline
+        var registry: Registry
+
+        @inlinable
+        init(listener: Listener, registry: Registry) {
+            self.listener = listener
+            self.registry = registry
+        }
+    }
+
+    @usableFromInline
+    struct ShuttingDown {
+        @usableFromInline
+        var registry: Registry
+        /// Whether the connections still have their grace period: `false` once they were closed.
+        @usableFromInline
+        var graceful: Bool
+        /// The end of the grace period, once the server reported it armed.
+        @usableFromInline
+        var gracePeriodTimer: Timer?
+
+        @inlinable
+        init(registry: Registry, graceful: Bool) {
+            self.registry = registry
+            self.graceful = graceful
+        }
+    }
+
+    /// The connections counted, with the channels and framed connections of those being served.
+    @usableFromInline
+    struct Registry {
+        @usableFromInline
+        var admissions: ConnectionAdmissions
+        @usableFromInline
+        var channels: [UInt64: Channel] = [:]
+        @usableFromInline
+        var connections: [UInt64: Connection] = [:]
+
+        @inlinable
+        init(admissions: ConnectionAdmissions) {
+            self.admissions = admissions
+        }
+
+        /// Forgets a closed connection and hands back the parked connections its handshake slot frees.
+        @inlinable
+        mutating func close(_ id: UInt64, now: NIODeadline) -> ConnectionClosed {
+            self.channels.removeValue(forKey: id)
+            self.connections.removeValue(forKey: id)
+            let closed = self.admissions.closed(id)
+            guard closed.wasCounted else { return ConnectionClosed(wasCounted: false) }
+            return ConnectionClosed(wasCounted: true, parked: self.handOff(closed.next, now: now))
+        }
+
+        /// The parked connection to serve now, starting with `next`; those whose handshake time is up on the way
+        /// are forgotten (each frees its slot for the one after it) and handed back to be closed unserved.
+        @inlinable
+        mutating func handOff(_ next: Parked?, now: NIODeadline) -> ParkedHandOff {
+            var handOff = ParkedHandOff()
+            var next = next
+            while let parked = next {
+                if parked.handshakeDeadline > now {
+                    handOff.serve = parked
+                    break
+                }
+                handOff.expired.append(parked)
+                next = self.admissions.closed(parked.id).next
+            }
+            return handOff
+        }
+    }
+}
+
+// MARK: - Events
+
+extension ServerStateMachine {
+    /// The server's `run()` was called.
+    @inlinable
+    public mutating func runCalled() -> RunAction {
+        switch self.state {
+        case .idle(let idle):
+            self.state = .starting(Starting(admissions: idle.admissions))
+            return .startListening
+        case .starting, .running, .shuttingDown, .finished:
+            return .failAlreadyRan
+        case .modifying:
+            preconditionFailure("ServerStateMachine used while it is being modified")
+        }
+    }
+
+    /// Lowers the connection limits to what `connections` descriptors can hold, if they cannot hold them; before the
+    /// server listens.
+    /// - Returns: The lowered limits, or `nil` if they were not lowered.
+    @inlinable
+    public mutating func fitLimits(descriptorsForConnections connections: Int) -> LoweredLimits? {
+        func fit(_ admissions: inout ConnectionAdmissions) -> LoweredLimits? {
+            guard admissions.fit(descriptorsForConnections: connections) else { return nil }
+            return LoweredLimits(
+                maximumConnections: admissions.maximumConnections,
+                maximumConnectionsPerUser: admissions.maximumConnectionsPerUser
+            )
+        }
+        switch self.state {
+        case .idle(var idle):
+            defer { self.state = .idle(idle) }
+            return fit(&idle.admissions)
+        case .starting(var starting):
+            defer { self.state = .starting(starting) }
+            return fit(&starting.admissions)
+        case .running, .shuttingDown, .finished:
+            return nil
+        case .modifying:
+            preconditionFailure("ServerStateMachine used while it is being modified")
+        }
+    }
+
+    /// The socket path could not be claimed: the server's `run()` throws, and the server is finished.
+    @inlinable
+    public mutating func listenFailed() {
+        self.state = .finished
+    }
+
+    /// The socket listens; `listener` accepts its connections once started.
+    @inlinable
+    public mutating func listening(_ listener: Listener) -> ListeningAction {
+        switch self.state {
+        case .starting(let starting) where !starting.shutdownRequested:
+            self.state = .running(Running(listener: listener, registry: Registry(admissions: starting.admissions)))
+            return .serve
+        case .starting:
+            // No connection was accepted yet: nothing to close, nothing to drain.
+            self.state = .finished
+            return .shutDown(Shutdown(graceful: false, stopListening: listener, drained: true))
+        case .idle, .running, .shuttingDown, .finished:
+            assertionFailure("listening reported twice, or before run() was called")
+            return .shutDown(Shutdown(graceful: false, stopListening: listener))
+        case .modifying:
+            preconditionFailure("ServerStateMachine used while it is being modified")
+        }
+    }
+
+    /// A connection was accepted: admits it against the limits, or refuses it.
+    /// - Parameters:
+    ///   - id: The connection's number.
+    ///   - descriptor: Its socket, kept for a connection that is parked.
+    ///   - peer: The peer's credentials, which say whose limits it counts against.
+    ///   - authorized: Whether the authorization policy allowed the peer; a refused peer is only told why.
+    ///   - handshakeDeadline: When its handshake time is up, counted from now (kept for a connection that is
+    ///     parked).
+    @inlinable
+    public mutating func connectionAccepted(
+        _ id: UInt64,
+        descriptor: Int32,
+        peer: PeerCredentials?,
+        authorized: Bool,
+        handshakeDeadline: NIODeadline
+    ) -> AcceptAction {
+        guard case .running(var running) = self.state else { return .refuse(.shuttingDown) }
+        self.state = .modifying
+        defer { self.state = .running(running) }
+        let decision = running.registry.admissions.admit(
+            id,
+            descriptor: descriptor,
+            peer: peer,
+            handshaking: authorized,
+            handshakeDeadline: handshakeDeadline
+        )
+        switch decision {
+        case .admitted: return authorized ? .serve : .refuseUnauthorized
+        case .parked: return .park
+        case .refused(let refusal): return .refuse(.limit(refusal))
+        }
+    }
+
+    /// The channel of an admitted connection was set up.
+    @inlinable
+    public mutating func channelInitialized(_ id: UInt64, channel: Channel) -> ChannelAction {
+        switch self.state {
+        case .running(var running):
+            self.state = .modifying
+            running.registry.channels[id] = channel
+            self.state = .running(running)
+            return .keep
+        case .shuttingDown(var shuttingDown) where shuttingDown.graceful:
+            self.state = .modifying
+            shuttingDown.registry.channels[id] = channel
+            self.state = .shuttingDown(shuttingDown)
+            return .keep
+        case .idle, .starting, .shuttingDown, .finished:
+            return .close
+        case .modifying:
+            preconditionFailure("ServerStateMachine used while it is being modified")
+        }
+    }
+
+    /// A framed connection opened on its channel (before the peer's hello).
+    @inlinable
+    public mutating func connectionOpened(_ id: UInt64, connection: Connection) -> ConnectionOpenedAction {
+        switch self.state {
+        case .running(var running):
+            self.state = .modifying
+            running.registry.connections[id] = connection
+            self.state = .running(running)
+            return .serve
+        case .shuttingDown(var shuttingDown):
+            self.state = .modifying
+            shuttingDown.registry.connections[id] = connection
+            self.state = .shuttingDown(shuttingDown)
+            return .goAway
+        case .idle, .starting, .finished:
+            return .goAway
+        case .modifying:
+            preconditionFailure("ServerStateMachine used while it is being modified")
+        }
+    }
+
+    /// A framed connection's peer sent its hello: it no longer counts as a pending handshake. (An EOF-style
+    /// connection counts as one until it closes.)
+    /// - Parameter now: The time, to tell whether a parked connection handed back has run out of handshake time.
+    /// - Returns: Parked connections of the same user handed back now that a handshake slot is free.
+    @inlinable
+    public mutating func handshakeCompleted(_ id: UInt64, now: NIODeadline) -> ParkedHandOff {
+        switch self.state {
+        case .running(var running):
+            self.state = .modifying
+            defer { self.state = .running(running) }
+            let next = running.registry.admissions.handshakeEnded(id)
+            return running.registry.handOff(next, now: now)
+        case .shuttingDown(var shuttingDown):
+            // Parked connections were closed when the shutdown began: none is handed back.
+            self.state = .modifying
+            defer { self.state = .shuttingDown(shuttingDown) }
+            let next = shuttingDown.registry.admissions.handshakeEnded(id)
+            return shuttingDown.registry.handOff(next, now: now)
+        case .idle, .starting, .finished:
+            return ParkedHandOff()
+        case .modifying:
+            preconditionFailure("ServerStateMachine used while it is being modified")
+        }
+    }
+
+    /// A connection closed, or could not be set up. Only its first close counts; later ones do nothing.
+    /// - Parameter now: The time, to tell whether a parked connection handed back has run out of handshake time.
+    @inlinable
+    public mutating func connectionClosed(_ id: UInt64, now: NIODeadline) -> ConnectionClosed {
+        switch self.state {
+        case .running(var running):
+            self.state = .modifying
+            defer { self.state = .running(running) }
+            return running.registry.close(id, now: now)
+        case .shuttingDown(var shuttingDown):
+            self.state = .modifying
+            var action = shuttingDown.registry.close(id, now: now)
+            guard shuttingDown.registry.admissions.count == 0 else {
+                self.state = .shuttingDown(shuttingDown)
+                return action
+            }
+            self.state = .finished
+            action.drained = true
+            action.cancelGracePeriodTimer = shuttingDown.gracePeriodTimer
+            return action
+        case .idle, .starting, .finished:
+            return ConnectionClosed(wasCounted: false)
+        case .modifying:
+            preconditionFailure("ServerStateMachine used while it is being modified")
+        }
+    }
+
+    /// A parked connection's handshake time is up.
+    @inlinable
+    public mutating func parkedHandshakeExpired(_ id: UInt64) -> ParkedExpiredAction {
+        // Only a running server parks connections: a shutdown closes them all when it begins.
+        guard case .running(var running) = self.state else { return .none }
+        self.state = .modifying
+        defer { self.state = .running(running) }
+        guard let parked = running.registry.admissions.expireParked(id) else { return .none }
+        return .closeUnserved(parked)
+    }
+
+    /// A shutdown was asked for: graceful (`shutdownGracefully()`, a service group's), or forced (the
+    /// task running the server's `run()` was cancelled). A forced one after a graceful one closes what is left now.
+    @inlinable
+    public mutating func shutdownRequested(graceful: Bool) -> ShutdownAction {
+        switch self.state {
+        case .idle:
+            self.state = .finished
+            return .none
+        case .starting(var starting):
+            starting.shutdownRequested = true
+            self.state = .starting(starting)
+            return .none
+        case .running(var running):
+            self.state = .modifying
+            var shutdown = Shutdown(graceful: graceful, stopListening: running.listener)
+            shutdown.closeParked = running.registry.admissions.takeAllParked()
+            for parked in shutdown.closeParked {
+                _ = running.registry.admissions.closed(parked.id)
+            }
+            guard running.registry.admissions.count > 0 else {
+                self.state = .finished
+                shutdown.drained = true
+                return .shutDown(shutdown)
+            }
+            if graceful {
+                shutdown.tellGoingAway = Array(running.registry.connections.values)
+                shutdown.armGracePeriodTimer = true
+            } else {
+                shutdown.closeChannels = Array(running.registry.channels.values)
+                shutdown.cancelHandlerTasks = true
+            }
+            self.state = .shuttingDown(ShuttingDown(registry: running.registry, graceful: graceful))
+            return .shutDown(shutdown)
+        case .shuttingDown(var shuttingDown) where shuttingDown.graceful && !graceful:
+            self.state = .modifying
+            shuttingDown.graceful = false
+            let shutdown = Shutdown(
+                graceful: false,
+                closeChannels: Array(shuttingDown.registry.channels.values),
+                cancelHandlerTasks: true,
+                cancelGracePeriodTimer: shuttingDown.gracePeriodTimer
+            )
+            shuttingDown.gracePeriodTimer = nil
+            self.state = .shuttingDown(shuttingDown)
+            return .shutDown(shutdown)
+        case .shuttingDown, .finished:
+            return .none
+        case .modifying:
+            preconditionFailure("ServerStateMachine used while it is being modified")
+        }
+    }
+
+    /// The server armed the grace period's timer that ``Shutdown/armGracePeriodTimer`` asked for.
+    @inlinable
+    public mutating func gracePeriodTimerArmed(_ timer: Timer) -> GracePeriodTimerAction {
+        guard case .shuttingDown(var shuttingDown) = self.state, shuttingDown.graceful,
+            shuttingDown.gracePeriodTimer == nil
+        else { return .cancel(timer) }
+        self.state = .modifying
+        shuttingDown.gracePeriodTimer = timer
+        self.state = .shuttingDown(shuttingDown)
+        return .keep
+    }
+
+    /// The grace period's timer fired: the shutdown is forced, unless the drain completed first.
+    @inlinable
+    public mutating func gracePeriodEnded() -> ShutdownAction {
+        guard case .shuttingDown(var shuttingDown) = self.state, shuttingDown.graceful else { return .none }
+        self.state = .modifying
+        shuttingDown.gracePeriodTimer = nil  // it fired: nothing to cancel
+        self.state = .shuttingDown(shuttingDown)
+        return self.shutdownRequested(graceful: false)
+    }
+}

@@ -1,0 +1,164 @@
+import Logging
+import NIOCore
+import SocketIPC
+import SocketIPCTesting
+import Testing
+
+/// What a handler under test went through.
+private enum HandlerEvent: Equatable, Sendable {
+    case started
+    case cancelled
+    case finished(cancelled: Bool)
+}
+
+/// Handler work runs in child tasks that the connection's close and the server's shutdown reach as cancellation.
+@Suite("Handler tasks", .timeLimit(.minutes(1)))
+struct HandlerTaskTests {
+    /// An async handler that says when it starts, then sleeps for as long as it is not cancelled.
+    private static func sleepingHandler(_ events: AsyncStream<HandlerEvent>.Continuation) -> AsyncRequestHandler {
+        AsyncRequestHandler { request, _ in
+            events.yield(.started)
+            do {
+                try await Task.sleep(for: .seconds(600))
+            } catch {
+                events.yield(.cancelled)
+                throw error
+            }
+            events.yield(.finished(cancelled: false))
+            return request
+        }
+    }
+
+    @Test("a request handler's task is cancelled when its client disconnects")
+    func cancelledWhenClientDisconnects() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/disconnect.sock"
+            let (events, event) = AsyncStream.makeStream(of: HandlerEvent.self)
+            try await withFramedServer(path: path, makeHandler: { Self.sleepingHandler(event) }) { _ in
+                let connection = try await Client.connect(to: path)
+                let request = Task { try await connection.request(ByteBuffer(string: "sleep")) }
+                var iterator = events.makeAsyncIterator()
+                #expect(await iterator.next() == .started)
+                connection.abort()
+                #expect(await iterator.next() == .cancelled)
+                await #expect(throws: SocketIPCError.self) { _ = try await request.value }
+            }
+        }
+    }
+
+    @Test("a request handler still running when the grace period ends is cancelled, and run() returns")
+    func cancelledWhenGracePeriodEnds() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/grace.sock"
+            let (events, event) = AsyncStream.makeStream(of: HandlerEvent.self)
+            var iterator = events.makeAsyncIterator()
+            try await withFramedServer(
+                path: path,
+                configure: { $0.shutdownGracePeriod = .milliseconds(100) },
+                makeHandler: { Self.sleepingHandler(event) }
+            ) { server in
+                let connection = try await Client.connect(to: path)
+                let request = Task { try await connection.request(ByteBuffer(string: "sleep")) }
+                #expect(await iterator.next() == .started)
+                server.shutdownGracefully()
+                let error = await #expect(throws: SocketIPCError.self) { _ = try await request.value }
+                #expect(error?.code == .connectionClosed)
+            }
+            // run() has returned (withFramedServer waited for it): the handler's task had ended by then.
+            event.finish()
+            #expect(await iterator.next() == .cancelled)
+            #expect(await iterator.next() == nil)
+        }
+    }
+
+    @Test("a graceful shutdown lets an async handler finish within the grace period, uncancelled")
+    func gracefulShutdownLetsHandlerFinish() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/finish.sock"
+            let (events, event) = AsyncStream.makeStream(of: HandlerEvent.self)
+            let (release, releaseContinuation) = AsyncStream.makeStream(of: Void.self)
+            let handler = AsyncRequestHandler { request, _ in
+                guard String(buffer: request) == "wait" else { return request }
+                event.yield(.started)
+                for await _ in release { break }
+                event.yield(.finished(cancelled: Task.isCancelled))
+                return request
+            }
+            var iterator = events.makeAsyncIterator()
+            try await withFramedServer(path: path, makeHandler: { handler }) { server in
+                let connection = try await Client.connect(to: path)
+                let request = Task { try await connection.request(ByteBuffer(string: "wait")) }
+                #expect(await iterator.next() == .started)
+                server.shutdownGracefully()
+                // The client learns that the server is going away: new requests are refused.
+                var refusal: SocketIPCError?
+                while refusal == nil {
+                    do {
+                        _ = try await connection.request(ByteBuffer(string: "ping"))
+                    } catch {
+                        refusal = error as? SocketIPCError
+                    }
+                }
+                #expect(refusal?.code == .peerGoingAway)
+                releaseContinuation.yield()
+                #expect(String(buffer: try await request.value) == "wait")
+            }
+            #expect(await iterator.next() == .finished(cancelled: false))
+        }
+    }
+
+    @Test("an EOF-style collecting handler still running when the grace period ends is cancelled, and run() returns")
+    func eofHandlerCancelledWhenGracePeriodEnds() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/eof.sock"
+            let (events, event) = AsyncStream.makeStream(of: HandlerEvent.self)
+            var iterator = events.makeAsyncIterator()
+            var configuration = ServerConfiguration(path: path)
+            configuration.shutdownGracePeriod = .milliseconds(100)
+            try await withRunningServer({
+                Server.eof(
+                    configuration: configuration,
+                    logger: testLogger,
+                    onServerRunning: $0,
+                    handler: .collecting { message, _ in
+                        event.yield(.started)
+                        do {
+                            try await Task.sleep(for: .seconds(600))
+                        } catch {
+                            event.yield(.cancelled)
+                            throw error
+                        }
+                        return message
+                    }
+                )
+            }) { server in
+                let send = Task { try await Client.sendMessage(ByteBuffer(string: "sleep"), to: path) }
+                #expect(await iterator.next() == .started)
+                server.shutdownGracefully()
+                // No acknowledgement: the connection closes without one.
+                #expect((try? await send.value)?.readableBytes ?? 0 == 0)
+            }
+            event.finish()
+            #expect(await iterator.next() == .cancelled)
+        }
+    }
+
+    @Test("a client's handler task (answering the server's request) is cancelled when the client closes")
+    func clientHandlerCancelledOnClose() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/client.sock"
+            let (events, event) = AsyncStream.makeStream(of: HandlerEvent.self)
+            // The server answers each request with the client's answer to the same question.
+            let asksBack = AsyncRequestHandler { request, connection in try await connection.request(request) }
+            try await withFramedServer(path: path, makeHandler: { asksBack }) { _ in
+                let connection = try await Client.connect(to: path, handler: Self.sleepingHandler(event))
+                let request = Task { try await connection.request(ByteBuffer(string: "question")) }
+                var iterator = events.makeAsyncIterator()
+                #expect(await iterator.next() == .started)
+                connection.abort()
+                #expect(await iterator.next() == .cancelled)
+                await #expect(throws: SocketIPCError.self) { _ = try await request.value }
+            }
+        }
+    }
+}
