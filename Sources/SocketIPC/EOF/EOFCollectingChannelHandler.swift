@@ -195,7 +195,7 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
         if !self.done {
             self.done = true
             self.timer?.cancel()
-            self.messageContext.reportFailure(SocketIPCError(.connectionClosed, "the connection failed: \(error)"))
+            self.messageContext.reportFailure(SocketIPCError(.connectionClosed, "the connection failed: \(error)", cause: error))
         }
         context.close(promise: nil)
     }

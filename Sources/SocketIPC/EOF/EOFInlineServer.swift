@@ -85,7 +85,7 @@ enum EOFInlineServer {
             acknowledgement = try body(message, context)
         } catch {
             logger.debug("message handler failed", metadata: ["socketipc.connection": "\(connectionID)", "error": "\(error)"])
-            reportFailure(error as? SocketIPCError ?? SocketIPCError(.remoteError, "the message handler failed: \(error)"))
+            reportFailure(error as? SocketIPCError ?? SocketIPCError(.remoteError, "the message handler failed: \(error)", cause: error))
             close(descriptor)
             return .served
         }

@@ -120,7 +120,7 @@ public struct EOFMessageContext: Sendable {
         }
         self.logger.debug("message handler failed", metadata: ["error": "\(error)"])
         self.reportFailure(
-            error as? SocketIPCError ?? SocketIPCError(.remoteError, "the message handler failed: \(error)")
+            error as? SocketIPCError ?? SocketIPCError(.remoteError, "the message handler failed: \(error)", cause: error)
         )
     }
 }
