@@ -1,0 +1,18 @@
+import NIOCore
+
+/// The 8 bytes each side sends first on a framed connection: magic `SIPC`, version, flags, reserved.
+package enum Hello {
+    /// `S` `I` `P` `C`.
+    package static let magic: UInt32 = 0x5349_5043
+    /// The protocol version this implementation speaks.
+    package static let version: UInt8 = 1
+    /// Bytes in a hello.
+    package static let length = 8
+
+    package static func write(into buffer: inout ByteBuffer) {
+        buffer.writeInteger(Self.magic)
+        buffer.writeInteger(Self.version)
+        buffer.writeInteger(UInt8(0))  // flags
+        buffer.writeInteger(UInt16(0))  // reserved
+    }
+}
