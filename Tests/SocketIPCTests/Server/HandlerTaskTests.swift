@@ -62,7 +62,9 @@ struct HandlerTaskTests {
                 #expect(await iterator.next() == .started)
                 server.shutdownGracefully()
                 let error = await #expect(throws: SocketIPCError.self) { _ = try await request.value }
-                #expect(error?.code == .connectionClosed)
+                // The forced close and the cancelled handler's error reply race on the connection's event loop:
+                // either the close comes first, or the reply saying the handler was cancelled does.
+                #expect(error?.code == .connectionClosed || error?.code == .remoteError, "\(String(describing: error))")
             }
             // run() has returned (withFramedServer waited for it): the handler's task had ended by then.
             event.finish()
