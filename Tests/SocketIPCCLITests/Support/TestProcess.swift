@@ -1,4 +1,5 @@
 import Foundation
+import SocketIPCTestSupport
 import Synchronization
 
 // Written for Linux (Glibc, Musl) and Darwin; tested on Linux only, Darwin is untested.
@@ -55,7 +56,7 @@ final class TestProcess: Sendable {
             exited.yield(process.terminationStatus)
             exited.finish()
         }
-        try process.run()
+        try launchSerialized(process)
         self.process = process
         self.standardOutput = OutputReader(output.fileHandleForReading)
         self.standardError = OutputReader(error.fileHandleForReading)
@@ -246,7 +247,7 @@ let netcatIsOpenBSD: Bool = {
     process.standardOutput = output
     process.standardError = output
     process.standardInput = FileHandle.nullDevice
-    guard (try? process.run()) != nil else { return false }
+    guard (try? launchSerialized(process)) != nil else { return false }
     let help = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
     process.waitUntilExit()
     return help.contains("OpenBSD netcat")

@@ -66,7 +66,7 @@ final class ForeignListener: Sendable {
         process.standardInput = FileHandle.nullDevice
         let (exits, exit) = AsyncStream.makeStream(of: Void.self)
         process.terminationHandler = { _ in exit.finish() }
-        try process.run()
+        try launchSerialized(process)
         let exited = Task { for await _ in exits {} }
         let listener = ForeignListener(process: process, exited: exited)
         let (lines, line) = AsyncStream.makeStream(of: String.self)
