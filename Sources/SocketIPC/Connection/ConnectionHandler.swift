@@ -60,7 +60,8 @@ public struct Reply: Sendable {
     /// `body` runs in a child task of the connection's task for handler work (on a server, a child of the task that
     /// runs ``Server/run()``), never in an unstructured task: when the connection closes, or the server's shutdown
     /// ends its grace period, the task is cancelled, and a server's ``Server/run()`` returns only once `body` has
-    /// returned. A `body` that takes long should therefore honour cancellation.
+    /// returned. A `body` that takes long should therefore honour cancellation; what it throws once cancelled is not
+    /// sent (the connection is closing).
     public func complete(
         _ body: sending @escaping @isolated(any) () async throws -> ByteBuffer
     ) {
@@ -70,6 +71,9 @@ public struct Reply: Sendable {
             do {
                 self.succeed(try await body())
             } catch {
+                // Cancelled: the connection is closing (it closed, or the server's grace period ended and it closes
+                // every connection), so no answer would be read; and none must race the close onto the wire.
+                if Task.isCancelled { return }
                 self.fail(error)
             }
         }
