@@ -13,8 +13,10 @@
 /// The handshake is reported after the first frame that follows the peer's hello has been handled, or at the end of
 /// the read that brought the hello: a going-away frame a server sends right after its hello (an authorization
 /// refusal, PROTOCOL.md "Refusing a peer") is then known when the client learns the handshake is done.
+@usableFromInline
 package struct HandshakeStateMachine: Sendable {
     /// Where the connection is.
+    @usableFromInline
     package enum State: Equatable, Sendable {
         /// The channel is active; the connection is not set up yet, so nothing is read.
         case opening
@@ -32,12 +34,15 @@ package struct HandshakeStateMachine: Sendable {
     }
 
     /// The state.
+    @usableFromInline
     package private(set) var state: State = .opening
 
     /// Starts in ``State/opening``.
     package init() {}
 
     /// Whether frames may be read and handed out: the connection is set up and has neither failed nor closed.
+    /// (Inlinable: the read loop asks it before every frame.)
+    @inlinable
     package var mayHandleFrames: Bool {
         switch self.state {
         case .awaitingHello, .helloReceived, .established: true
@@ -46,6 +51,7 @@ package struct HandshakeStateMachine: Sendable {
     }
 
     /// Whether the handshake has been reported.
+    @inlinable
     package var isEstablished: Bool {
         if case .established = self.state { return true }
         return false

@@ -8,7 +8,8 @@ import NIOCore
 /// +----------------+----------+------------------------+-------------+
 ///   big-endian; counts every byte after itself
 /// ```
-package enum Frame: Equatable {
+@usableFromInline
+package enum Frame: Equatable, Sendable {
     /// A one-way message; nothing answers it.
     case message(ByteBuffer)
     /// A request the peer must answer with a reply or an error reply carrying the same id.

@@ -5,13 +5,17 @@ import NIOCore
 ///
 /// The decoder checks a frame's declared length against ``maximumPayload`` before waiting for its bytes, so a peer
 /// that merely claims a huge frame never makes the receiver allocate it.
-package struct FrameDecoder {
+@usableFromInline
+package struct FrameDecoder: Sendable {
     /// The maximum payload PROTOCOL.md's test vectors assume, and every SocketIPC side starts with: 16 MiB.
     package static let defaultMaximumPayload = 16 * 1024 * 1024
 
     /// The largest payload accepted, in bytes.
+    @usableFromInline
     package let maximumPayload: Int
-    private var awaitingHello = true
+    /// Whether the peer's hello is still to come.
+    @usableFromInline
+    package var awaitingHello = true
 
     /// - Parameter maximumPayload: The largest payload accepted, in bytes; clamped to what a frame can carry
     ///   (4 GiB − 6 bytes), so that no arithmetic on it can overflow.
@@ -27,7 +31,7 @@ package struct FrameDecoder {
     /// the answer is then more than `buffer` holds, and ``next(from:)`` has checked every byte that is there (the
     /// magic, the length, the kind), so feeding it the missing bytes in any pieces refuses a bad frame at the first
     /// byte that shows it is bad.
-    @inline(__always)
+    @inlinable
     package func bytesNeeded(toComplete buffer: ByteBuffer) -> Int {
         if self.awaitingHello { return Hello.length }
         guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) else { return 4 }
@@ -37,31 +41,24 @@ package struct FrameDecoder {
     /// Takes the next whole frame from the front of `buffer`, or returns `nil` when more bytes are needed.
     /// - Throws: ``SocketIPCError`` with code `notSocketIPCPeer`, `unsupportedVersion`, `protocolViolation` or
     ///   `messageTooLarge`; the connection cannot continue after any of them.
-    @inline(__always)
+    ///
+    /// Inlinable, so that the runtime's read loop decodes frames in place, across the module boundary.
+    @inlinable
     package mutating func next(from buffer: inout ByteBuffer) throws -> Frame? {
         if self.awaitingHello {
             guard try self.readHello(from: &buffer) else { return nil }
         }
         guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) else { return nil }
         let frameLength = Int(length)
-        guard frameLength >= 1 else {
-            throw SocketIPCError(.protocolViolation, "received a frame of length 0; every frame has a kind byte")
-        }
+        guard frameLength >= 1 else { throw Self.zeroLength() }
         // The largest header is 5 bytes: refuse a length no kind could make valid before waiting for anything more.
         guard frameLength <= self.maximumPayload + 5 else {
             throw Self.tooLarge(frameLength: frameLength, limit: self.maximumPayload)
         }
         guard let kindByte = buffer.getInteger(at: buffer.readerIndex + 4, as: UInt8.self) else { return nil }
-        guard let kind = FrameKind(rawValue: kindByte) else {
-            throw SocketIPCError(.protocolViolation, "received a frame of unknown kind 0x\(String(kindByte, radix: 16))")
-        }
+        guard let kind = FrameKind(rawValue: kindByte) else { throw Self.unknownKind(kindByte) }
         let payloadLength = frameLength - kind.headerLength
-        guard payloadLength >= 0 else {
-            throw SocketIPCError(
-                .protocolViolation,
-                "received a \(kind) frame of length \(frameLength); it needs at least \(kind.headerLength)"
-            )
-        }
+        guard payloadLength >= 0 else { throw Self.tooShort(kind, frameLength: frameLength) }
         guard payloadLength <= self.maximumPayload else {
             throw Self.tooLarge(frameLength: frameLength, limit: self.maximumPayload)
         }
@@ -80,16 +77,16 @@ package struct FrameDecoder {
             let id = buffer.readInteger(as: UInt32.self)!
             return .errorReply(id: id, message: buffer.readString(length: payloadLength)!)
         case .goAway:
-            guard payloadLength >= 1 else {
-                throw SocketIPCError(.protocolViolation, "received a going-away frame without its reason byte")
-            }
+            guard payloadLength >= 1 else { throw Self.missingReason() }
             let reasonByte = buffer.readInteger(as: UInt8.self)!
             let message = buffer.readString(length: payloadLength - 1)!
             return .goAway(GoAwayReason(rawValue: reasonByte) ?? .protocolViolation, message: message)
         }
     }
 
-    private mutating func readHello(from buffer: inout ByteBuffer) throws -> Bool {
+    /// Checks the hello at the front of `buffer` as far as it is there; returns whether it is whole and accepted.
+    @usableFromInline
+    package mutating func readHello(from buffer: inout ByteBuffer) throws -> Bool {
         let available = min(buffer.readableBytes, 4)
         // Fail as soon as the first bytes differ from the magic, rather than waiting for a whole hello.
         if let prefix = buffer.getBytes(at: buffer.readerIndex, length: available) {
@@ -115,7 +112,33 @@ package struct FrameDecoder {
         return true
     }
 
-    private static func tooLarge(frameLength: Int, limit: Int) -> SocketIPCError {
+    // The errors are made out of line, so that the inlined decoder stays small.
+
+    @usableFromInline
+    package static func zeroLength() -> SocketIPCError {
+        SocketIPCError(.protocolViolation, "received a frame of length 0; every frame has a kind byte")
+    }
+
+    @usableFromInline
+    package static func unknownKind(_ kindByte: UInt8) -> SocketIPCError {
+        SocketIPCError(.protocolViolation, "received a frame of unknown kind 0x\(String(kindByte, radix: 16))")
+    }
+
+    @usableFromInline
+    package static func tooShort(_ kind: FrameKind, frameLength: Int) -> SocketIPCError {
+        SocketIPCError(
+            .protocolViolation,
+            "received a \(kind) frame of length \(frameLength); it needs at least \(kind.headerLength)"
+        )
+    }
+
+    @usableFromInline
+    package static func missingReason() -> SocketIPCError {
+        SocketIPCError(.protocolViolation, "received a going-away frame without its reason byte")
+    }
+
+    @usableFromInline
+    package static func tooLarge(frameLength: Int, limit: Int) -> SocketIPCError {
         SocketIPCError(
             .messageTooLarge,
             "received a frame of length \(frameLength); payloads may be at most \(limit) bytes"

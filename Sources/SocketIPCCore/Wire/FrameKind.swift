@@ -8,6 +8,7 @@ package enum FrameKind: UInt8, Sendable {
     case goAway = 0x05
 
     /// Bytes of the frame header after the length field: the kind, and the id where there is one.
+    @inlinable
     package var headerLength: Int {
         switch self {
         case .message, .goAway: 1

@@ -1,5 +1,6 @@
 /// Why a peer sends a going-away frame: the first payload byte of a ``Frame/goAway(_:message:)``.
-package enum GoAwayReason: UInt8, Equatable {
+@usableFromInline
+package enum GoAwayReason: UInt8, Equatable, Sendable {
     /// An orderly close, such as a server shutting down.
     case normal = 0x00
     /// The peer broke the protocol (bad hello, unknown kind, truncated header).
