@@ -34,24 +34,28 @@ package struct HandshakeStateMachine: Sendable {
     }
 
     /// The state.
+    package private(set) var state: State = .opening {
+        didSet { self.mayHandleFrames = Self.handlesFrames(in: self.state) }
+    }
+
+    /// Whether frames may be read and handed out: the connection is set up and has neither failed nor closed.
+    ///
+    /// Kept as a stored flag, updated with every change of ``state``: the read loop asks it before every frame, and
+    /// reading one `Bool` costs nothing, where looking at the state would copy it.
     @usableFromInline
-    package private(set) var state: State = .opening
+    package private(set) var mayHandleFrames = false
 
     /// Starts in ``State/opening``.
     package init() {}
 
-    /// Whether frames may be read and handed out: the connection is set up and has neither failed nor closed.
-    /// (Inlinable: the read loop asks it before every frame.)
-    @inlinable
-    package var mayHandleFrames: Bool {
-        switch self.state {
+    private static func handlesFrames(in state: State) -> Bool {
+        switch state {
         case .awaitingHello, .helloReceived, .established: true
         case .opening, .failed, .closed: false
         }
     }
 
     /// Whether the handshake has been reported.
-    @inlinable
     package var isEstablished: Bool {
         if case .established = self.state { return true }
         return false

@@ -32,6 +32,7 @@ package struct FrameDecoder: Sendable {
     /// magic, the length, the kind), so feeding it the missing bytes in any pieces refuses a bad frame at the first
     /// byte that shows it is bad.
     @inlinable
+    @inline(__always)
     package func bytesNeeded(toComplete buffer: ByteBuffer) -> Int {
         if self.awaitingHello { return Hello.length }
         guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) else { return 4 }
@@ -44,6 +45,7 @@ package struct FrameDecoder: Sendable {
     ///
     /// Inlinable, so that the runtime's read loop decodes frames in place, across the module boundary.
     @inlinable
+    @inline(__always)
     package mutating func next(from buffer: inout ByteBuffer) throws -> Frame? {
         if self.awaitingHello {
             guard try self.readHello(from: &buffer) else { return nil }
