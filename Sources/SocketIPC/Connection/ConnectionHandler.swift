@@ -57,11 +57,14 @@ public struct Reply: Sendable {
     /// Completes the reply with the outcome of `body`, run concurrently, so that slow requests do not hold up the
     /// others on the connection; a thrown error becomes an error reply.
     ///
-    /// `body` runs in a child task of the connection's task for handler work (on a server, a child of the task that
-    /// runs ``Server/run()``), never in an unstructured task: when the connection closes, or the server's shutdown
-    /// ends its grace period, the task is cancelled, and a server's ``Server/run()`` returns only once `body` has
-    /// returned. A `body` that takes long should therefore honour cancellation; what it throws once cancelled is not
-    /// sent (the connection is closing).
+    /// On a server, `body` runs in a child task of the task that runs ``Server/run()`` (through the connection's
+    /// own task for handler work): when the connection closes, or the server's shutdown ends its grace period, the
+    /// task is cancelled, and ``Server/run()`` returns only once `body` has returned, as grpc-swift's server waits
+    /// for its RPCs. A `body` that takes long must therefore honour cancellation: one that ignores it keeps
+    /// ``Server/run()`` from returning. What `body` throws once cancelled is not sent (the connection is closing).
+    /// On a client, the connection's task for handler work is a task of its own, cancelled when the connection
+    /// closes; nothing waits for it. (A request that arrives after its server's task group has ended, which only a
+    /// connection closing during the end of a shutdown can cause, runs in a task of its own, cancelled at once.)
     public func complete(
         _ body: sending @escaping @isolated(any) () async throws -> ByteBuffer
     ) {

@@ -185,8 +185,10 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        // A handler still running is cancelled: nobody reads its acknowledgement any more.
-        self.tasks.close()
+        // A handler still running finishes: the message arrived whole (a client such as socat closes soon after
+        // its half-close without waiting for an acknowledgement), and handling it is the point. The server's grace
+        // period still ends it.
+        self.tasks.close(cancellingJobs: false)
         context.fireChannelInactive()
     }
 

@@ -203,8 +203,9 @@ final class EOFStreamingChannelHandler: ChannelInboundHandler, RemovableChannelH
     func channelInactive(context: ChannelHandlerContext) {
         self.source?.finish(SocketIPCError(.connectionClosed, "the client closed the connection before the message ended"))
         self.source = nil
-        // A handler still running is cancelled: nobody reads its acknowledgement any more.
-        self.tasks.close()
+        // A handler still running finishes (a message cut short has failed its body's stream above); the server's
+        // grace period still ends it.
+        self.tasks.close(cancellingJobs: false)
         context.fireChannelInactive()
     }
 

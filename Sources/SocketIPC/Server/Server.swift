@@ -75,7 +75,10 @@ public final class Server: Service, Sendable {
     }
 
     /// Serves until shut down: claims the socket path, accepts connections, and on shutdown closes them and
-    /// removes the socket file. Returns once every connection is closed and its handlers' work has ended.
+    /// removes the socket file. Returns once every connection is closed and its handlers' work has ended: async
+    /// handler work (``Reply/complete(_:)``, ``AsyncRequestHandler``, EOF-style `collecting` and `streaming`
+    /// handlers) runs in child tasks of the task that calls this, cancelled when the grace period ends, so work that
+    /// ignores cancellation keeps this from returning.
     /// - Throws: ``SocketIPCError`` when the path cannot be claimed: `invalidPath`, `parentDirectoryMissing`,
     ///   `insecureDirectory`, `addressInUse`, `pathOccupied`, `systemCall`; or `invalidState` when called a second
     ///   time, or after the server was shut down.

@@ -42,7 +42,10 @@ final class HandlerTaskGroup: Sendable {
             while true {
                 let batch = await self.next()
                 for driver in batch.drivers {
-                    group.addTask { await driver.drive() }
+                    // On the global executor, as `Task {}` would run it: not on the executor that `run()`'s caller
+                    // may prefer (an event loop's, inside `Client.withEventLoopExecutor`), whose I/O a handler
+                    // would stall.
+                    group.addTask(executorPreference: globalConcurrentExecutor) { await driver.drive() }
                 }
                 if batch.cancel { group.cancelAll() }
                 if batch.finish { break }
@@ -140,15 +143,17 @@ final class ConnectionTasks: Sendable {
         case idle
         /// The driver was started: jobs it has not taken yet, and the driver while it waits for more.
         case active(jobs: [HandlerJob], waiter: UnsafeContinuation<Batch, Never>?)
-        /// The connection closed: jobs the driver has not taken yet, which it runs cancelled.
-        case closed(jobs: [HandlerJob])
+        /// The connection closed: jobs the driver has not taken yet, which it runs cancelled if `cancelling`.
+        case closed(jobs: [HandlerJob], cancelling: Bool)
     }
 
     /// What the driver does next.
     private struct Batch {
         var jobs: [HandlerJob]
-        /// Whether the connection closed: cancel every job, and end once they have.
+        /// Whether the connection closed: end once every job has.
         var closed: Bool
+        /// Whether to cancel the jobs still running first.
+        var cancel = true
     }
 
     private let owner: Owner
@@ -181,15 +186,15 @@ final class ConnectionTasks: Sendable {
                 jobs.append(job)
                 state = .active(jobs: jobs, waiter: nil)
                 return .none
-            case .closed(var jobs):
+            case .closed(var jobs, let cancelling):
                 guard jobs.isEmpty else {
                     state = .idle  // not read: keeps `jobs` unshared while it grows
                     jobs.append(job)
-                    state = .closed(jobs: jobs)
+                    state = .closed(jobs: jobs, cancelling: cancelling)
                     return .none
                 }
                 // Its driver ended (or never started): run it cancelled in a driver of its own.
-                state = .closed(jobs: [job])
+                state = .closed(jobs: [job], cancelling: true)
                 return .startDriver
             }
         }
@@ -206,22 +211,26 @@ final class ConnectionTasks: Sendable {
         }
     }
 
-    /// The connection closed: cancels its jobs still running, and ends its driver once they have ended. Safe to
-    /// call more than once.
-    func close() {
+    /// The connection closed: ends its driver once its jobs have ended, and (with `cancellingJobs`, the default)
+    /// cancels the jobs still running first. Safe to call more than once.
+    /// - Parameter cancellingJobs: Whether the jobs still running are cancelled: `true` where nobody can use their
+    ///   outcome any more (the answer to a framed request); `false` where the work is the point (an EOF-style
+    ///   message received whole is handled even when its client closes without waiting for the acknowledgement,
+    ///   as `socat` does). The server's grace period ends them all the same.
+    func close(cancellingJobs: Bool = true) {
         let waiter = self.state.withLock { state -> UnsafeContinuation<Batch, Never>? in
             switch state {
             case .idle:
-                state = .closed(jobs: [])
+                state = .closed(jobs: [], cancelling: cancellingJobs)
                 return nil
             case .active(let jobs, let waiter):
-                state = .closed(jobs: jobs)
+                state = .closed(jobs: jobs, cancelling: cancellingJobs)
                 return waiter
             case .closed:
                 return nil
             }
         }
-        waiter?.resume(returning: Batch(jobs: [], closed: true))
+        waiter?.resume(returning: Batch(jobs: [], closed: true, cancel: cancellingJobs))
     }
 
     /// Runs the connection's jobs as child tasks until the connection closes, then cancels those still running and
@@ -234,7 +243,7 @@ final class ConnectionTasks: Sendable {
                     group.addTask(operation: job)
                 }
                 if batch.closed {
-                    group.cancelAll()
+                    if batch.cancel { group.cancelAll() }
                     return
                 }
             }
@@ -254,9 +263,9 @@ final class ConnectionTasks: Sendable {
                 case .active:
                     state = .active(jobs: [], waiter: continuation)
                     return nil
-                case .closed(let jobs):
-                    state = .closed(jobs: [])
-                    return Batch(jobs: jobs, closed: true)
+                case .closed(let jobs, let cancelling):
+                    state = .closed(jobs: [], cancelling: cancelling)
+                    return Batch(jobs: jobs, closed: true, cancel: cancelling)
                 }
             }
             if let batch { continuation.resume(returning: batch) }
@@ -305,8 +314,9 @@ struct ConnectionTaskSlot: ~Copyable, Sendable {
         }
     }
 
-    /// The connection closed: cancels its jobs still running, if it has any; jobs that come later run cancelled.
-    func close() {
+    /// The connection closed: cancels its jobs still running (unless `cancellingJobs` is `false`, see
+    /// ``ConnectionTasks/close(cancellingJobs:)``), if it has any; jobs that come later run cancelled.
+    func close(cancellingJobs: Bool = true) {
         let tasks = self.state.withLock { state -> ConnectionTasks? in
             switch state {
             case .made(let tasks):
@@ -318,6 +328,6 @@ struct ConnectionTaskSlot: ~Copyable, Sendable {
                 return nil
             }
         }
-        tasks?.close()
+        tasks?.close(cancellingJobs: cancellingJobs)
     }
 }

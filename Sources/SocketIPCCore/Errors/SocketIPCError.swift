@@ -97,14 +97,16 @@ public struct SocketIPCError: Error, Hashable, Sendable, CustomStringConvertible
         self.line = line
     }
 
-    /// `SocketIPCError.<code>: <message>`, then `(caused by: …)` when there is a ``cause``.
-    public var description: String {
-        guard let cause = self.cause else { return "SocketIPCError.\(self.code): \(self.message)" }
-        return "SocketIPCError.\(self.code): \(self.message) (caused by: \(String(reflecting: cause)))"
-    }
+    /// `SocketIPCError.<code>: <message>`. (Messages that wrap another error already name it; ``debugDescription``
+    /// adds the ``cause`` and where the error was made.)
+    public var description: String { "SocketIPCError.\(self.code): \(self.message)" }
 
-    /// ``description``, then where the error was made (`at Module/File.swift:line`), for logs and bug reports.
-    public var debugDescription: String { "\(self.description) at \(self.file):\(self.line)" }
+    /// ``description``, then the ``cause`` (`caused by: …`) if there is one, then where the error was made (`at
+    /// Module/File.swift:line`), for logs and bug reports.
+    public var debugDescription: String {
+        let cause = self.cause.map { " (caused by: \(String(reflecting: $0)))" } ?? ""
+        return "\(self.description)\(cause) at \(self.file):\(self.line)"
+    }
 
     /// Two errors are equal when their ``code``, ``message`` and ``path`` are: where they were made and their
     /// ``cause`` (which need not be `Equatable`) do not count.

@@ -7,7 +7,9 @@ import NIOCore
 /// The runtime's `Connection` keeps one under its lock. Each method is an event (something the API, the channel or a
 /// timer did); it returns what the caller must do about it, as an action, once the lock is released: resume a
 /// continuation, schedule a flush, cancel a timer, close. The machine never resumes, schedules or closes anything
-/// itself, so it is tested with plain values in place of continuations and timers.
+/// itself, so it is tested with plain values in place of continuations and timers. The one call it makes out is
+/// `register`'s `makeTimer` closure, run under the caller's lock once the request is registered, so that
+/// registering, arming the timeout and seeing a cancellation take one lock.
 ///
 /// ```
 ///   +------+  goAway(frame:), or peerIsGoingAway(isNormal: true)   +-----------+

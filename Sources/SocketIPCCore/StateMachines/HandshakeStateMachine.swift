@@ -44,6 +44,10 @@ package struct HandshakeStateMachine: Sendable {
     /// reading one `Bool` costs nothing, where looking at the state would copy it.
     @usableFromInline
     package private(set) var mayHandleFrames = false
+    /// Whether the peer's hello arrived (whatever happened after it).
+    private var helloArrived = false
+    /// Whether the handshake was reported; it is, once.
+    package private(set) var handshakeReported = false
 
     /// Starts in ``State/opening``.
     package init() {}
@@ -89,6 +93,8 @@ package struct HandshakeStateMachine: Sendable {
 
     /// The decoder accepted the peer's hello.
     package mutating func helloDecoded() {
+        if case .opening = self.state { return }
+        self.helloArrived = true
         if case .awaitingHello = self.state { self.state = .helloReceived }
     }
 
@@ -101,9 +107,14 @@ package struct HandshakeStateMachine: Sendable {
     }
 
     /// A frame that followed the peer's hello was handed out.
+    ///
+    /// The handshake is reported once the hello arrived, also when the frame just handled closed or failed the
+    /// connection (a handler that aborts on the first message): the owner then learns of the handshake first and of
+    /// the close after it, never of the close alone.
     package mutating func frameHandled() -> HandledAction {
-        guard case .helloReceived = self.state else { return .none }
-        self.state = .established
+        guard self.helloArrived, !self.handshakeReported else { return .none }
+        self.handshakeReported = true
+        if case .helloReceived = self.state { self.state = .established }
         return .reportHandshake
     }
 
@@ -124,11 +135,12 @@ package struct HandshakeStateMachine: Sendable {
     /// - Parameter timeout: The handshake timeout, for the error's message.
     package mutating func handshakeTimedOut(after timeout: Duration) -> TimerAction {
         switch self.state {
-        case .opening, .awaitingHello, .helloReceived:
+        case .opening, .awaitingHello:
             let error = SocketIPCError(.timedOut, "the peer sent no complete hello within \(timeout)")
             self.state = .failed(error)
             return .failTimedOut(error)
-        case .established, .failed, .closed:
+        case .helloReceived, .established, .failed, .closed:
+            // (A hello that arrived is complete, even while its read is still being handled.)
             return .none
         }
     }

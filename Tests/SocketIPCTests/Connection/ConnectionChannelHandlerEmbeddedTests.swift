@@ -30,18 +30,24 @@ struct ConnectionChannelHandlerEmbeddedTests {
         return bytes + payload
     }
 
+    /// Aborts the connection from inside the first message's handling.
+    struct AbortOnMessage: ConnectionHandler {
+        func didReceiveMessage(_ message: ByteBuffer, on connection: Connection) { connection.abort() }
+    }
+
     /// An active embedded channel with the handler of a server (handshake timeout of `handshakeTimeout`).
-    static func makeChannel(
+    static func makeChannel<Handler: ConnectionHandler>(
         events: Events,
-        handshakeTimeout: Duration? = .seconds(5)
+        handshakeTimeout: Duration? = .seconds(5),
+        handler: Handler = Echo()
     ) throws -> EmbeddedChannel {
         let channel = EmbeddedChannel()
         let lifecycle = ConnectionLifecycle(
             handshakeCompleted: { _ in events.handshakes.add(1, ordering: .relaxed) },
             closed: { _, error in events.closes.withLock { $0.append(error) } }
         )
-        let handler = ConnectionChannelHandler(
-            handler: Echo(),
+        let channelHandler = ConnectionChannelHandler(
+            handler: handler,
             options: ConnectionOptions(),
             connectionID: 1,
             lifecycle: lifecycle,
@@ -49,7 +55,7 @@ struct ConnectionChannelHandlerEmbeddedTests {
             pausesReadingWhileUnwritable: true,
             logger: testLogger
         )
-        try channel.pipeline.syncOperations.addHandler(handler)
+        try channel.pipeline.syncOperations.addHandler(channelHandler)
         // Connecting an embedded channel makes it active, which sends the hello.
         try channel.connect(to: SocketAddress(unixDomainSocketPath: "/embedded.sock")).wait()
         return channel
@@ -152,5 +158,17 @@ struct ConnectionChannelHandlerEmbeddedTests {
         channel.embeddedEventLoop.run()
         #expect(!channel.isActive)
         #expect(events.closes.withLock { $0.count } == 1)
+    }
+
+    @Test("a first message whose handler aborts the connection still reports the handshake, then the close")
+    func handshakeReportedWhenFirstFrameCloses() throws {
+        let events = Events()
+        let channel = try Self.makeChannel(events: events, handler: AbortOnMessage())
+        _ = try Self.written(channel)
+        _ = try? channel.writeInbound(Self.buffer(Self.hello + Self.frame(kind: 0x01, payload: [1])))
+        channel.embeddedEventLoop.run()
+        #expect(events.handshakes.load(ordering: .relaxed) == 1)
+        #expect(events.closes.withLock { $0.count } == 1)
+        #expect(!channel.isActive)
     }
 }

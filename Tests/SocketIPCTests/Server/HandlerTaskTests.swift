@@ -162,4 +162,40 @@ struct HandlerTaskTests {
             }
         }
     }
+
+    @Test("an EOF-style collecting handler finishes when its client closes right after its half-close (as socat does)")
+    func eofHandlerFinishesAfterClientCloses() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/socat.sock"
+            let (events, event) = AsyncStream.makeStream(of: HandlerEvent.self)
+            var iterator = events.makeAsyncIterator()
+            try await withRunningServer({
+                Server.eof(
+                    configuration: ServerConfiguration(path: path),
+                    logger: testLogger,
+                    onServerRunning: $0,
+                    handler: .collecting { _, _ in
+                        event.yield(.started)
+                        // Long enough for the client's close to reach the server first; a cancelled handler ends at
+                        // once.
+                        do {
+                            try await Task.sleep(for: .seconds(1))
+                        } catch {
+                            event.yield(.cancelled)
+                            throw error
+                        }
+                        event.yield(.finished(cancelled: Task.isCancelled))
+                        return nil
+                    }
+                )
+            }) { _ in
+                let socket = try await RawSocket.connect(to: path)
+                try await socket.write(Array("hi".utf8))
+                socket.shutdownWrite()
+                #expect(await iterator.next() == .started)
+                socket.close()
+                #expect(await iterator.next() == .finished(cancelled: false))
+            }
+        }
+    }
 }
