@@ -28,9 +28,9 @@ let package = Package(
             ]
         ),
         // The runtime: servers, clients and connections on SwiftNIO's POSIX transport, with the Unix specifics in
-        // Sources/SocketIPC/Unix.
+        // Sources/SocketIPCRuntime/Unix.
         .target(
-            name: "SocketIPC",
+            name: "SocketIPCRuntime",
             dependencies: [
                 "SocketIPCCore",
                 "CSocketIPCLinux",
@@ -42,6 +42,20 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        // The services layer: typed methods, a router, streams with flow control, cancellation and deadlines on the
+        // wire, and a client that survives restarts; over the runtime's connections and the core's call state machines.
+        .target(
+            name: "SocketIPCServices",
+            dependencies: [
+                "SocketIPCRuntime",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // What users import: the runtime and the services layer, re-exported.
+        .target(name: "SocketIPC", dependencies: ["SocketIPCRuntime", "SocketIPCServices"]),
         // For tests of code that uses SocketIPC (this package's and its users'): a server in a temporary directory for
         // the length of a test.
         .target(name: "SocketIPCTesting", dependencies: ["SocketIPC"]),
@@ -81,6 +95,7 @@ let package = Package(
             name: "SocketIPCTests",
             dependencies: [
                 "SocketIPC",
+                "SocketIPCRuntime",
                 "SocketIPCTesting",
                 "SocketIPCTestSupport",
                 .product(name: "Logging", package: "swift-log"),

@@ -1,7 +1,5 @@
-// What SocketIPC's public API shows from other modules, re-exported so that `import SocketIPC` alone is enough
-// (as hummingbird's `Exports.swift` does).
+// SocketIPC, as users import it: the runtime (servers, clients, connections) and the services layer (typed methods,
+// streams, the reconnecting client), each a module of its own, re-exported so that `import SocketIPC` is enough.
 
-@_exported import SocketIPCCore
-@_exported import struct Logging.Logger
-@_exported import struct NIOCore.ByteBuffer
-@_exported import struct NIOCore.ByteBufferAllocator
+@_exported import SocketIPCRuntime
+@_exported import SocketIPCServices

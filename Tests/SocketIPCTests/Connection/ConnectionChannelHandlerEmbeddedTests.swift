@@ -3,7 +3,7 @@ import NIOEmbedded
 import Synchronization
 import Testing
 
-@testable import SocketIPC
+@testable import SocketIPCRuntime
 
 /// The framed channel handler on NIO's `EmbeddedChannel`: bytes in, bytes out, time advanced by hand; no socket.
 @Suite("ConnectionChannelHandler on EmbeddedChannel")

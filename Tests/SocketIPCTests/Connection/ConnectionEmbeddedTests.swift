@@ -4,7 +4,7 @@ import NIOEmbedded
 import Synchronization
 import Testing
 
-@testable import SocketIPC
+@testable import SocketIPCRuntime
 
 /// The real ``Connection`` behind its real channel handler, on NIO's embedded channels instead of a socket: what it
 /// writes is read back byte for byte, and what the peer sends is written in by the test. Without a descriptor every
