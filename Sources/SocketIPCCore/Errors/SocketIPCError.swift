@@ -57,6 +57,23 @@ public struct SocketIPCError: Error, Hashable, Sendable, CustomStringConvertible
         /// The server speaks the other message style: an EOF-style message reached a framed server, which answered
         /// with its hello.
         public static let wrongStyle = Code("wrongStyle")
+        /// A call's deadline passed before it completed; the peer's handler was cancelled (a cancel frame with reason
+        /// `deadlineExceeded`). As gRPC's `DEADLINE_EXCEEDED`.
+        public static let deadlineExceeded = Code("deadlineExceeded")
+        /// The peer serves no method of the called name (gRPC's `UNIMPLEMENTED`).
+        public static let unknownMethod = Code("unknownMethod")
+        /// The peer's handler was cancelled before it completed the call, on the peer's side (its server shut down,
+        /// its connection closed). A caller cancelling its own task gets Swift's `CancellationError` instead.
+        public static let cancelled = Code("cancelled")
+        /// The peer could not decode the request of a call, or this side could not decode the peer's response; the
+        /// message says which type failed and why.
+        public static let invalidMessage = Code("invalidMessage")
+        /// The peer has too many calls in progress on this connection to start another (gRPC's
+        /// `RESOURCE_EXHAUSTED`); the call may be retried later.
+        public static let resourceExhausted = Code("resourceExhausted")
+        /// The peer did not answer a keepalive ping within the keepalive timeout (`ConnectionOptions.keepaliveTimeout`): it is frozen
+        /// (stopped, deadlocked) or unreachable. The connection was closed.
+        public static let peerNotResponding = Code("peerNotResponding")
     }
 
     /// What kind of failure this is.
