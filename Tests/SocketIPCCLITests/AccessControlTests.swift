@@ -142,8 +142,8 @@ struct AccessControlTests {
         try await self.withOpenServer(["--max-pending-handshakes-per-user", "2", "--handshake-timeout", "30"]) { path, server in
             let first = try RawUnixSocket(connectingTo: path)
             let second = try RawUnixSocket(connectingTo: path)
-            #expect(await first.read(count: 8) == framedHello)
-            #expect(await second.read(count: 8) == framedHello)
+            #expect(await first.read(count: 8) == serverFramedHello)
+            #expect(await second.read(count: 8) == serverFramedHello)
             // Two handshakes pending: the third is parked, not refused.
             let third = try RawUnixSocket(connectingTo: path)
             #expect(third.write(framedHello + [0, 0, 0, 7, 0x02, 0, 0, 0, 1, 0x68, 0x69]))
@@ -151,7 +151,7 @@ struct AccessControlTests {
             // The first finishes its handshake, with a request: its slot goes to the third, which is then served.
             #expect(first.write(framedHello + [0, 0, 0, 7, 0x02, 0, 0, 0, 1, 0x68, 0x69]))
             #expect(await first.read(count: 11) == [0, 0, 0, 7, 0x03, 0, 0, 0, 1, 0x68, 0x69])
-            #expect(await third.read(count: 8 + 11) == framedHello + [0, 0, 0, 7, 0x03, 0, 0, 0, 1, 0x68, 0x69])
+            #expect(await third.read(count: 8 + 11) == serverFramedHello + [0, 0, 0, 7, 0x03, 0, 0, 0, 1, 0x68, 0x69])
             _ = second
             server.signal(SIGTERM)
             #expect(await server.waitForExit() == 0)

@@ -125,13 +125,17 @@ package struct ConnectionStateMachine<RequestContinuation, WriteWaiter, Timer> {
         /// maximum: the answer that clears it tells the handler to go on.
         @usableFromInline
         var readingPaused = false
+        /// Calls in progress either way (the services layer's, kinds `0x06` to `0x0A`): a connection going away
+        /// waits for them as for requests.
+        @usableFromInline
+        var activeCalls = 0
 
         @inlinable
         init() {}
 
         /// Whether a connection that went away has nothing left to wait for.
         @inlinable
-        var isDrained: Bool { self.pending.isEmpty && self.unanswered == 0 }
+        var isDrained: Bool { self.pending.isEmpty && self.unanswered == 0 && self.activeCalls == 0 }
     }
 
     /// What a closed connection remembers.
@@ -270,7 +274,7 @@ package struct ConnectionStateMachine<RequestContinuation, WriteWaiter, Timer> {
     package var hasRequestsInFlight: Bool {
         switch self.state {
         case .open(let requests), .goingAway(let requests, _), .peerFailed(let requests, _):
-            requests.unanswered > 0 || !requests.pending.isEmpty
+            requests.unanswered > 0 || !requests.pending.isEmpty || requests.activeCalls > 0
         case .closed:
             false
         case .modifying:

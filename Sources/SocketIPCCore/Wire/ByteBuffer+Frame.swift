@@ -30,6 +30,12 @@ extension ByteBuffer {
             self.writeFrameHeader(.goAway, payloadLength: 1 + message.utf8.count)
             self.writeInteger(reason.rawValue)
             self.writeString(message)
+        case .call(let id, let frame):
+            self.writeCallFrame(id: id, frame)
+        case .ping(let id):
+            self.writeFrameHeader(.ping, id: id, payloadLength: 0)
+        case .pong(let id):
+            self.writeFrameHeader(.pong, id: id, payloadLength: 0)
         }
     }
 }

@@ -20,4 +20,11 @@ package enum Frame: Equatable, Sendable {
     case errorReply(id: UInt32, message: String)
     /// The sender will close the connection: it accepts no new requests but answers those it has.
     case goAway(GoAwayReason, message: String)
+    /// A frame of call `id` (kinds `0x06` to `0x0A`); only from a peer that set ``HelloFlags/calls``.
+    case call(id: UInt32, CallFrame)
+    /// A keepalive ping; the receiver answers with a pong of the same id. Only from a peer that set
+    /// ``HelloFlags/calls``.
+    case ping(id: UInt32)
+    /// The answer to this side's ping `id`.
+    case pong(id: UInt32)
 }

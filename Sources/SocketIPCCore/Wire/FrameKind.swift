@@ -1,4 +1,8 @@
 /// The frame kinds, the byte after the length.
+///
+/// Kinds `0x01` to `0x05` are version 1's. Kinds `0x06` to `0x0C` (calls, their streams and keepalive) exist only on
+/// a connection whose peer set ``HelloFlags/calls`` in its hello; from any other peer they are unknown kinds, as in
+/// version 1.
 @usableFromInline
 package enum FrameKind: UInt8, Sendable {
     case message = 0x01
@@ -6,13 +10,31 @@ package enum FrameKind: UInt8, Sendable {
     case reply = 0x03
     case errorReply = 0x04
     case goAway = 0x05
+    /// Opens a call: the method's name and the caller's deadline.
+    case callOpen = 0x06
+    /// One message of a call's stream, in either direction.
+    case callMessage = 0x07
+    /// Ends one direction of a call: the caller's half-close, or the handler's final status.
+    case callEnd = 0x08
+    /// The caller gives up a call: cancelled, or its deadline passed.
+    case callCancel = 0x09
+    /// The receiver of a call's messages allows the sender more bytes (flow control).
+    case callCredit = 0x0A
+    /// Asks the peer to show it is alive (keepalive); it answers with a pong carrying the same id.
+    case ping = 0x0B
+    /// The answer to a ping.
+    case pong = 0x0C
 
     /// Bytes of the frame header after the length field: the kind, and the id where there is one.
     @inlinable
     package var headerLength: Int {
         switch self {
         case .message, .goAway: 1
-        case .request, .reply, .errorReply: 5
+        default: 5
         }
     }
+
+    /// Whether the kind is one of version 1's, understood by every peer.
+    @inlinable
+    package var isVersion1: Bool { self.rawValue <= FrameKind.goAway.rawValue }
 }

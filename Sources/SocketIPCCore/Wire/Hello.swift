@@ -12,11 +12,29 @@ package enum Hello: Sendable {
     /// Bytes in a hello.
     @usableFromInline
     package static let length = 8
+    /// The flags this implementation sends: it speaks calls.
+    package static let flags: HelloFlags = [.calls]
 
-    package static func write(into buffer: inout ByteBuffer) {
+    /// Writes this side's hello.
+    package static func write(into buffer: inout ByteBuffer, flags: HelloFlags = Hello.flags) {
         buffer.writeInteger(Self.magic)
         buffer.writeInteger(Self.version)
-        buffer.writeInteger(UInt8(0))  // flags
+        buffer.writeInteger(flags.rawValue)
         buffer.writeInteger(UInt16(0))  // reserved
     }
+}
+
+/// The hello's flags byte: the optional parts of the protocol the sender speaks. A version 1 peer sends 0 and
+/// ignores what it receives, so a flag only ever adds frames both sides understand. See PROTOCOL.md, "Extensions".
+@usableFromInline
+package struct HelloFlags: OptionSet, Sendable, Hashable {
+    @usableFromInline
+    package let rawValue: UInt8
+
+    @inlinable
+    package init(rawValue: UInt8) { self.rawValue = rawValue }
+
+    /// Bit 0 (`0x01`): the sender speaks frames `0x06` to `0x0C` (calls with streams, credit, cancel, ping and pong).
+    @usableFromInline
+    package static let calls = HelloFlags(rawValue: 0x01)
 }

@@ -126,7 +126,7 @@ package struct OutboundQueue {
     static func headerLengthAfterLength(_ kind: FrameKind) -> Int {
         switch kind {
         case .message, .goAway: 1
-        case .request, .reply, .errorReply: 5
+        default: 5
         }
     }
 

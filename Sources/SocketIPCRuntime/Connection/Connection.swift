@@ -58,6 +58,8 @@ public final class Connection: Sendable {
     private let requestIDs = Atomic<UInt32>(0)
     /// Where ``Reply/complete(_:)`` runs its work, made with the first and cancelled when the connection closes.
     let handlerTasks: ConnectionTaskSlot
+    /// Calls and keepalive: the peer's hello flags, call ids, the services layer's receiver.
+    let calls: ConnectionCalls
 
     /// Makes the connection of `channel`; the channel handler calls this once the channel is active.
     /// - Parameters:
@@ -78,6 +80,11 @@ public final class Connection: Sendable {
     ) {
         self.id = id
         self.handlerTasks = ConnectionTaskSlot(owner: handlerTaskOwner)
+        if case .connection = handlerTaskOwner {
+            self.calls = ConnectionCalls(isInitiator: true)
+        } else {
+            self.calls = ConnectionCalls(isInitiator: false)
+        }
         self.channel = channel
         self.eventLoop = channel.eventLoop
         self.writer = writer ?? SocketFrameWriter(channel: channel, descriptor: descriptor)
@@ -169,6 +176,7 @@ public final class Connection: Sendable {
     /// A peer that stops reading cannot hold the connection open: after ``ConnectionOptions/closeTimeout`` (10 seconds
     /// by default) it is closed regardless.
     public func close() {
+        self.calls.closedLocally.store(true, ordering: .relaxed)
         if self.eventLoop.inEventLoop {
             self.closeAfterFlushing()
         } else {
@@ -180,6 +188,7 @@ public final class Connection: Sendable {
     /// reply fail with `connectionClosed`, and so do later calls. For a peer that stopped reading or answering,
     /// when waiting for ``close()`` to flush is not wanted. Safe to call more than once, and after ``close()``.
     public func abort() {
+        self.calls.closedLocally.store(true, ordering: .relaxed)
         let channel = self.channel
         if self.eventLoop.inEventLoop {
             channel.close(promise: nil)

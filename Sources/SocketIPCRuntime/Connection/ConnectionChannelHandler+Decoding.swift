@@ -1,13 +1,15 @@
 import NIOCore
 
 /// What handing out one frame asks of the read loop.
-enum DecodeStep {
+enum DecodeStep: Equatable {
     /// Go on with the next frame.
     case next
     /// The peer's unanswered requests reached the maximum: hand out nothing more for now.
     case pauseForRequests
     /// The peer went away with a reason other than `0x00`: close.
     case peerFailed
+    /// A call frame broke the protocol: say going-away `0x01` and close.
+    case violation(SocketIPCError)
 }
 
 extension ConnectionChannelHandler {
@@ -17,6 +19,7 @@ extension ConnectionChannelHandler {
         // Work on locals and store them back once per read: class properties accessed per frame would cost a
         // dynamic exclusivity check each time.
         var decoder = self.decoder
+        let helloWasReceived = decoder.helloReceived
         var handler = self.handler.take()!
         let wasEstablished = self.state.isEstablished
         let limit = self.options.maximumConcurrentRequests
@@ -66,6 +69,10 @@ extension ConnectionChannelHandler {
         self.handler = handler
         self.decoder = decoder
         if !wasEstablished {
+            if decoder.helloReceived && !helloWasReceived {
+                connection.peerHelloReceived(flags: decoder.peerFlags)
+                connection.startKeepalive()
+            }
             if decoder.helloReceived { self.state.helloDecoded() }
             if self.state.readHandled() == .reportHandshake { self.reportHandshake(connection) }
         }
@@ -94,6 +101,8 @@ extension ConnectionChannelHandler {
             // requests in flight fail with the reason's error.
             self.inbound.discard()
             context.close(promise: nil)
+        case .violation(let error):
+            self.fail(error, context: context)
         }
     }
 
@@ -112,7 +121,7 @@ extension ConnectionChannelHandler {
                 var before = partial.bytes
                 guard let frame = try self.decoder.next(from: &partial.bytes) else { break }
                 switch frame {
-                case .request, .message, .goAway:
+                case .request, .message, .goAway, .call, .ping:
                     self.inbound.hold(before.readSlice(length: partial.bytes.readerIndex - before.readerIndex)!)
                 default:
                     step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: .max)
@@ -131,6 +140,8 @@ extension ConnectionChannelHandler {
         } else if step == .peerFailed {
             self.inbound.discard()
             context.close(promise: nil)
+        } else if case .violation(let error) = step {
+            self.fail(error, context: context)
         } else if partial.readableBytes > 0, self.state.mayHandleFrames {
             self.inbound.partial = partial
         }
@@ -186,6 +197,12 @@ extension ConnectionChannelHandler {
         case .goAway(let reason, let message):
             connection.peerIsGoingAway(reason, message: message)
             if reason != .normal { return .peerFailed }
+        case .call(let id, let callFrame):
+            if let violation = connection.callFrameReceived(callFrame, id: id) { return .violation(violation) }
+        case .ping(let id):
+            connection.pingReceived(id: id)
+        case .pong(let id):
+            connection.pongReceived(id: id)
         }
         return .next
     }

@@ -205,7 +205,10 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        let failure = SocketIPCError(.connectionClosed, "the connection failed: \(error)", cause: error)
+        // A SocketIPCError fired into the pipeline (the keepalive's `peerNotResponding`) is the close's reason as it is.
+        let failure =
+            error as? SocketIPCError
+            ?? SocketIPCError(.connectionClosed, "the connection failed: \(error)", cause: error)
         if self.state.failure == nil { self.logger.debug("connection error", metadata: ["error": "\(error)"]) }
         _ = self.state.channelFailed(failure)
         context.close(promise: nil)
@@ -218,6 +221,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         self.idleTimer.take()?.cancel()
         self.inbound = InboundBuffer()
         self.connection?.socketClosed()
+        self.connection?.stopKeepalive()
         if let descriptor = self.descriptor, let poller = self.connection?.busyPoller { poller.remove(descriptor) }
         if case .reportClosed(let failure) = self.state.channelClosed() {
             if self.dispatching {
@@ -234,10 +238,13 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         guard let connection = self.connection else { return }
         connection.closed(error: failure)
         let error = connection.closeError.flatMap { $0.code == .connectionClosed && failure == nil ? nil : $0 }
+        connection.callsClosed(error: connection.closeError ?? .closed)
         if self.logger.logLevel <= .debug {
             connection.logger.debug("connection closed", metadata: error.map { ["error": "\($0)"] } ?? [:])
         }
-        self.handler!.connectionDidClose(connection, error: error)
+        // A client is told why its server went (PROTOCOL.md: a server always says going-away before it closes, so a
+        // close without one is a crash); a server keeps `nil` for a client that simply closed.
+        self.handler!.connectionDidClose(connection, error: connection.isInitiator ? connection.closeReason : error)
         self.lifecycle.closed(connection, error)
         // The async work of its replies still running is cancelled; work that comes later runs cancelled.
         connection.handlerTasks.close()

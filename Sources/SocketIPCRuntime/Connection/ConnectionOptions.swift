@@ -33,6 +33,16 @@ public struct ConnectionOptions: Sendable {
     /// How long ``Connection/request(_:timeout:)`` waits for a reply when the call names no timeout; `nil`, the
     /// default, waits as long as the connection is open.
     public var requestTimeout: Duration? = nil
+    /// How often this side pings a peer that speaks calls, to find out whether it is still there; `nil`, the
+    /// default, never pings. (gRPC's `KEEPALIVE_TIME`; off by default there too.)
+    ///
+    /// A peer that crashed or was killed is noticed at once (the kernel closes its socket). One that is frozen
+    /// (stopped with `SIGSTOP`, deadlocked, swapped out) keeps its socket open and answers nothing: only a ping
+    /// finds it. A version 1 peer, which does not speak calls, is never pinged.
+    public var keepaliveInterval: Duration? = nil
+    /// How long a keepalive ping may wait for its pong before the connection is closed with `peerNotResponding`;
+    /// default 20 seconds (gRPC's `KEEPALIVE_TIMEOUT`). Used only with ``keepaliveInterval``.
+    public var keepaliveTimeout: Duration = .seconds(20)
     /// How long the connection's event loop keeps polling for the next message after each read and write instead
     /// of sleeping; `nil`, the default, never polls.
     ///

@@ -40,12 +40,39 @@ struct ProtocolVectorTests {
         "going-away-too-large": .frame(.goAway(.messageTooLarge, message: "")),
         "request-max-id-empty": .frame(.request(id: 0xFFFF_FFFF, payload: ByteBuffer())),
         "error-reply-utf8": .frame(.errorReply(id: 0x0102_0304, message: "d\u{ED}a")),
+        // Calls, after a hello that set the calls flag.
+        "hello-calls": .hello,
+        "call-open-kv-get": .frame(.call(id: 1, .open(CallOpen(method: "kv.get", timeoutNanoseconds: 5_000_000_000)))),
+        "call-message-json": .frame(.call(id: 1, .message(ByteBuffer(string: #"{"key":"a"}"#)))),
+        "call-end-ok": .frame(.call(id: 1, .end(.ok))),
+        "call-end-application-error": .frame(
+            .call(
+                id: 1,
+                .end(
+                    CallStatus(
+                        code: .applicationError,
+                        errorCode: "notFound",
+                        message: "no key a",
+                        details: ByteBuffer(string: #"{"key":"a"}"#)
+                    )
+                )
+            )
+        ),
+        "call-end-unknown-method": .frame(
+            .call(id: 2, .end(CallStatus(code: .unknownMethod, message: "no method x")))
+        ),
+        "call-cancel-deadline": .frame(.call(id: 1, .cancel(.deadlineExceeded))),
+        "call-credit-32k": .frame(.call(id: 1, .credit(32768))),
+        "ping-7": .frame(.ping(id: 7)),
+        "pong-7": .frame(.pong(id: 7)),
     ]
 
     /// The vectors that the decoder must read but the encoder never produces.
     static let accepted: [String: Decoded] = [
         "hello-flags-set": .hello,
         "going-away-unknown-reason": .frame(.goAway(.protocolViolation, message: "")),
+        "call-end-unknown-status": .frame(.call(id: 1, .end(CallStatus(code: .handlerFailed)))),
+        "ping-with-payload": .frame(.ping(id: 7)),
     ]
 
     /// The vectors that the decoder must refuse.
@@ -60,6 +87,15 @@ struct ProtocolVectorTests {
         // On the length field alone, before any payload.
         "frame-length-over-maximum": Rejection(code: .messageTooLarge, reason: .messageTooLarge, refusedAtByte: 4),
         "frame-length-ffffffff": Rejection(code: .messageTooLarge, reason: .messageTooLarge, refusedAtByte: 4),
+        // Calls: from a version 1 peer, their kinds are unknown; from a peer that speaks them, malformed payloads.
+        "call-open-from-version-1-peer": Rejection(
+            code: .protocolViolation,
+            reason: .protocolViolation,
+            refusedAtByte: 5
+        ),
+        "frame-unknown-kind-0d": Rejection(code: .protocolViolation, reason: .protocolViolation, refusedAtByte: 5),
+        "call-credit-too-short": Rejection(code: .protocolViolation, reason: .protocolViolation, refusedAtByte: 12),
+        "call-open-name-overruns": Rejection(code: .protocolViolation, reason: .protocolViolation, refusedAtByte: 20),
     ]
 
     static let validNames = valid.keys.sorted()
@@ -96,7 +132,7 @@ struct ProtocolVectorTests {
         var buffer = ByteBuffer()
         switch try #require(Self.valid[name]) {
         case .hello:
-            Hello.write(into: &buffer)
+            Hello.write(into: &buffer, flags: name == "hello" ? [] : Hello.flags)
         case .frame(let frame):
             buffer.writeFrame(frame)
         }
@@ -212,7 +248,11 @@ struct ProtocolVectorTests {
             return vector.bytes
         case .hello:
             var hello = ByteBuffer()
-            Hello.write(into: &hello)
+            Hello.write(into: &hello, flags: [])
+            return Array(hello.readableBytesView) + vector.bytes
+        case .callsHello:
+            var hello = ByteBuffer()
+            Hello.write(into: &hello, flags: [.calls])
             return Array(hello.readableBytesView) + vector.bytes
         }
     }
@@ -226,7 +266,7 @@ struct ProtocolVectorTests {
             #expect(vector.after == .nothing, "a hello is the first thing on a connection")
             return (Self.stream(for: vector), [])
         case .frame(let frame):
-            #expect(vector.after == .hello, "a frame follows a hello")
+            #expect(vector.after != .nothing, "a frame follows a hello")
             return (Self.stream(for: vector), [frame])
         }
     }
@@ -239,8 +279,10 @@ struct ProtocolVectorTests {
         enum After: String, Sendable {
             /// The bytes are the first on the connection.
             case nothing
-            /// The bytes follow a valid hello.
+            /// The bytes follow a valid version 1 hello with no flags: the peer speaks version 1's frames only.
             case hello
+            /// The bytes follow a valid hello with the calls flag (`0x01`): the peer speaks frames `0x06` to `0x0C`.
+            case callsHello = "calls-hello"
         }
 
         enum Result: Equatable, Sendable {
@@ -301,7 +343,7 @@ struct ProtocolVectorTests {
         }
         let name = try code(cells[0])
         guard let after = Vector.After(rawValue: try code(cells[1])) else {
-            throw DocumentError("vector \(name): 'after' must be `nothing` or `hello`, not \(cells[1])")
+            throw DocumentError("vector \(name): 'after' must be `nothing`, `hello` or `calls-hello`, not \(cells[1])")
         }
         return Vector(
             name: name,

@@ -21,7 +21,7 @@ struct ConnectionChannelHandlerEmbeddedTests {
         }
     }
 
-    static let hello: [UInt8] = [0x53, 0x49, 0x50, 0x43, 0x01, 0x00, 0x00, 0x00]
+    static let hello: [UInt8] = [0x53, 0x49, 0x50, 0x43, 0x01, 0x01, 0x00, 0x00]
 
     static func frame(kind: UInt8, id: UInt32? = nil, payload: [UInt8]) -> [UInt8] {
         let header = id == nil ? 1 : 5

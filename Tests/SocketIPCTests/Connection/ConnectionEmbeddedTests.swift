@@ -85,7 +85,7 @@ struct ConnectionEmbeddedTests {
         try channel.pipeline.syncOperations.addHandler(Self.channelHandler(observed))
         try channel.connect(to: Self.address).wait()
         // "SIPC", version 1, no flags, reserved.
-        #expect(try Self.nextWrite(channel) == ByteBuffer(bytes: [0x53, 0x49, 0x50, 0x43, 0x01, 0x00, 0x00, 0x00]))
+        #expect(try Self.nextWrite(channel) == ByteBuffer(bytes: [0x53, 0x49, 0x50, 0x43, 0x01, 0x01, 0x00, 0x00]))
 
         try channel.writeInbound(
             Self.bytes(

@@ -73,7 +73,7 @@ struct FramedMessagingTests {
         try await withFramedTestServer(makeHandler: { EchoHandler() }) { _, path in
             let socket = try await RawSocket.connect(to: path)
             defer { socket.close() }
-            #expect(try await socket.read(exactly: 8) == helloBytes)
+            #expect(try await socket.read(exactly: 8) == serverHelloBytes)
             let payload = Array("byte by byte".utf8)
             try await socket.write(helloBytes + frameBytes(kind: 0x02, id: 42, payload: payload), chunkSize: 1)
             #expect(try await socket.read(exactly: 9 + payload.count) == frameBytes(kind: 0x03, id: 42, payload: payload))
@@ -88,7 +88,7 @@ struct FramedMessagingTests {
             // Claims 1 GiB and sends none of it: the server must not wait for (or allocate) the payload.
             try await socket.write(helloBytes + [0x40, 0x00, 0x00, 0x00, 0x01])
             let answer = try await socket.readToEnd()
-            #expect(Array(answer.prefix(8)) == helloBytes)
+            #expect(Array(answer.prefix(8)) == serverHelloBytes)
             #expect(answer.count > 14 && answer[12] == 0x05 && answer[13] == 0x02, "going-away, reason message too large")
             let reply = try await Client.withConnection(to: path) { try await $0.request(ByteBuffer(string: "next")) }
             #expect(String(buffer: reply) == "next")

@@ -31,7 +31,7 @@ struct ReadBoundaryTests {
     /// The reason byte of the going-away frame that follows the server's hello in `received`, checking its framing.
     static func goAwayReason(in received: [UInt8]) throws -> UInt8 {
         try #require(received.count >= 8 + 6)
-        #expect(Array(received[..<8]) == helloBytes)
+        #expect(Array(received[..<8]) == serverHelloBytes)
         let length = received[8..<12].reduce(0) { $0 << 8 | Int($1) }
         #expect(received.count == 12 + length, "one going-away frame after the hello, and nothing else")
         #expect(received[12] == 0x05)
@@ -92,7 +92,7 @@ struct ReadBoundaryTests {
         try await withFramedTestServer(makeHandler: { EchoHandler() }) { _, path in
             let request = frameBytes(kind: 0x02, id: 1, payload: Array("after".utf8))
             let received = try await Self.exchange(path: path, [0x00, 0x00, 0x00, 0x02, 0x05, 0x02] + request, splitAt: split)
-            #expect(received == helloBytes)
+            #expect(received == serverHelloBytes)
         }
     }
 
@@ -108,7 +108,7 @@ struct ReadBoundaryTests {
             let reply = try #require(await replies.next())
             reply.succeed(ByteBuffer(string: "done"))
             let received = try await socket.readUntilClosed()
-            #expect(received == helloBytes + frameBytes(kind: 0x03, id: 9, payload: Array("done".utf8)))
+            #expect(received == serverHelloBytes + frameBytes(kind: 0x03, id: 9, payload: Array("done".utf8)))
         }
     }
 

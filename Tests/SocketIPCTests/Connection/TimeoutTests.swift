@@ -58,7 +58,7 @@ struct TimeoutTests {
             defer { socket.close() }
             try await socket.send(pieces: [helloBytes])
             let received = try await socket.readUntilClosed()
-            #expect(received == helloBytes + goAwayBytes(reason: 0x00, text: "idle timeout"))
+            #expect(received == serverHelloBytes + goAwayBytes(reason: 0x00, text: "idle timeout"))
         }
     }
 

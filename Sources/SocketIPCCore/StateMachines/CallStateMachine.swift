@@ -1,0 +1,194 @@
+import NIOCore
+
+/// One call's state on one side, as a value without I/O: the messages received and not yet consumed, the credit
+/// each direction has (flow control), who waits to read or to write, and how the call ended.
+///
+/// Flow control is credit-based, as HTTP/2's (RFC 9113, section 6.9), counted in bytes of call-message frames as
+/// they travel (``frameCost(payloadLength:)``: the 9 bytes of header and the payload). Each direction of a call starts
+/// with ``initialWindow`` bytes of credit. A sender may send a message while its credit is above zero; the message's
+/// cost is taken from it (it may go below zero, so that a message larger than the window still goes). The receiver
+/// gives credit back with a credit frame as its application consumes messages, once half the window is consumed. So
+/// a receiver holds at most one window plus one message per call, and a consumer that stops reading stops its
+/// producer on the other side.
+///
+/// ```
+///            messageReceived / endReceived          next(...)
+///   peer  --------------------------------->  [ inbound queue ]  ----------> consumer
+///   peer  <---------------------------------  credit frame, once half the window is consumed
+///
+///   producer --reserveSend--> (credit > 0 ? send : wait) --creditReceived--> resumes the producer
+/// ```
+///
+/// - `ReadWaiter`: what waits for the next inbound message (the runtime's continuation).
+/// - `WriteWaiter`: what waits for credit.
+package struct CallStateMachine<ReadWaiter, WriteWaiter> {
+    /// Bytes of credit each direction of a call starts with: 64 KiB.
+    package static var initialWindow: Int { 65_536 }
+
+    /// What a call-message frame of `payloadLength` bytes costs in credit: its bytes on the wire.
+    package static func frameCost(payloadLength: Int) -> Int { 9 + payloadLength }
+
+    /// The messages received and not yet consumed.
+    private var inbound = CircularBuffer<ByteBuffer>()
+    /// How the peer ended its direction (its half-close, or the handler's final status), once it has.
+    private var inboundEnd: CallStatus?
+    /// What the peer may still send, as this side counts it: a message that arrives when it is not above zero
+    /// breaks the protocol.
+    private var peerCredit = CallStateMachine.initialWindow
+    /// Bytes consumed since this side last gave credit back.
+    private var consumedSinceGrant = 0
+    /// Who waits for the next inbound message.
+    private var readWaiter: ReadWaiter?
+
+    /// What this side may still send.
+    private var sendCredit = CallStateMachine.initialWindow
+    /// Who waits for credit.
+    private var writeWaiter: WriteWaiter?
+    /// Whether this side ended its direction (sent its end frame).
+    package private(set) var outboundEnded = false
+
+    /// Why the call ended abruptly (cancelled, its connection closed), once it has: everything waiting or new fails
+    /// with it.
+    package private(set) var failure: (any Error)?
+
+    package init() {}
+
+    // MARK: - Inbound
+
+    /// What to do with a received message or end.
+    package enum ReceiveAction {
+        /// Nothing now: it is kept for the consumer (or the call is over and it is dropped).
+        case none
+        /// Resume the waiting consumer with this message.
+        case deliver(ReadWaiter, ByteBuffer)
+        /// Resume the waiting consumer with the end.
+        case end(ReadWaiter, CallStatus)
+        /// The peer sent beyond its credit: a protocol violation.
+        case violation
+    }
+
+    /// A message of the call arrived.
+    package mutating func messageReceived(_ message: ByteBuffer) -> ReceiveAction {
+        guard self.failure == nil, self.inboundEnd == nil else { return .none }
+        guard self.peerCredit > 0 else { return .violation }
+        self.peerCredit -= Self.frameCost(payloadLength: message.readableBytes)
+        if let waiter = self.readWaiter.take() {
+            return .deliver(waiter, message)
+        }
+        self.inbound.append(message)
+        return .none
+    }
+
+    /// The peer's end of its direction arrived.
+    package mutating func endReceived(_ status: CallStatus) -> ReceiveAction {
+        guard self.failure == nil, self.inboundEnd == nil else { return .none }
+        self.inboundEnd = status
+        if let waiter = self.readWaiter.take() {
+            return .end(waiter, status)
+        }
+        return .none
+    }
+
+    /// What the consumer gets when it asks for the next message.
+    package enum NextAction {
+        /// A message; give `credit` bytes back to the peer first if it is above zero.
+        case message(ByteBuffer, credit: Int)
+        /// The peer ended its direction with this status; nothing more comes.
+        case end(CallStatus)
+        /// The call failed.
+        case fail(any Error)
+        /// Nothing yet: the waiter is kept.
+        case wait
+    }
+
+    /// The consumer asks for the next message, with `waiter` to keep if there is none yet.
+    package mutating func next(orWait waiter: ReadWaiter) -> NextAction {
+        if let message = self.inbound.popFirst() {
+            return .message(message, credit: self.consumed(message))
+        }
+        if let end = self.inboundEnd { return .end(end) }
+        if let failure = self.failure { return .fail(failure) }
+        self.readWaiter = waiter
+        return .wait
+    }
+
+    /// The consumer took `message` (handed to it by ``ReceiveAction/deliver(_:_:)``): the credit to give back, if
+    /// any.
+    package mutating func delivered(_ message: ByteBuffer) -> Int {
+        self.consumed(message)
+    }
+
+    private mutating func consumed(_ message: ByteBuffer) -> Int {
+        self.consumedSinceGrant += Self.frameCost(payloadLength: message.readableBytes)
+        guard self.consumedSinceGrant >= Self.initialWindow / 2, self.inboundEnd == nil, self.failure == nil else {
+            return 0
+        }
+        let grant = self.consumedSinceGrant
+        self.consumedSinceGrant = 0
+        self.peerCredit += grant
+        return grant
+    }
+
+    // MARK: - Outbound
+
+    /// What a producer may do.
+    package enum SendAction {
+        /// Send the message now (its cost is taken).
+        case send
+        /// Wait: the waiter is kept until credit comes.
+        case wait
+        /// The call is over.
+        case fail(any Error)
+    }
+
+    /// The producer wants to send a message of `payloadLength` bytes.
+    package mutating func reserveSend(payloadLength: Int, orWait waiter: WriteWaiter) -> SendAction {
+        if let failure = self.failure { return .fail(failure) }
+        if self.outboundEnded { return .fail(SocketIPCError(.invalidState, "the call's stream was already finished")) }
+        guard self.sendCredit > 0 else {
+            self.writeWaiter = waiter
+            return .wait
+        }
+        self.sendCredit -= Self.frameCost(payloadLength: payloadLength)
+        return .send
+    }
+
+    /// The peer gave `increment` bytes of credit: the producer waiting for it, if it may go on now.
+    package mutating func creditReceived(_ increment: UInt32) -> WriteWaiter? {
+        self.sendCredit += Int(increment)
+        guard self.sendCredit > 0 else { return nil }
+        return self.writeWaiter.take()
+    }
+
+    /// This side ends its direction; returns whether it had not already (so the end frame is to be sent).
+    package mutating func endOutbound() -> Bool {
+        guard !self.outboundEnded, self.failure == nil else { return false }
+        self.outboundEnded = true
+        return true
+    }
+
+    /// Whether the peer ended its direction.
+    package var inboundEnded: Bool { self.inboundEnd != nil }
+
+    // MARK: - Failure
+
+    /// The waiters to resume with the failure.
+    package struct FailAction {
+        package var readWaiter: ReadWaiter?
+        package var writeWaiter: WriteWaiter?
+    }
+
+    /// The call ends abruptly with `error` (cancelled, deadline passed, connection closed). What is already received
+    /// is still consumed first only if it ended normally; here it is dropped.
+    package mutating func fail(_ error: any Error) -> FailAction {
+        guard self.failure == nil else { return FailAction() }
+        self.failure = error
+        self.inbound.removeAll()
+        return FailAction(readWaiter: self.readWaiter.take(), writeWaiter: self.writeWaiter.take())
+    }
+
+    /// Messages received and not yet consumed, and their bytes.
+    package var bufferedMessageCount: Int { self.inbound.count }
+    /// What this side may still send, in bytes.
+    package var availableSendCredit: Int { self.sendCredit }
+}

@@ -1,0 +1,204 @@
+import NIOCore
+
+/// A frame of a call (kinds `0x06` to `0x0A`), as decoded: what follows the id. See PROTOCOL.md, "Calls".
+///
+/// Calls are numbered as HTTP/2 numbers its streams (RFC 9113, section 5.1.1): the side that connected opens calls
+/// with odd ids, the side that accepted with even ids, so one id names one call on the connection whichever side
+/// sends the frame.
+@usableFromInline
+package enum CallFrame: Equatable, Sendable {
+    /// `0x06`: opens call `id`.
+    case open(CallOpen)
+    /// `0x07`: one message of the call's stream, either way.
+    case message(ByteBuffer)
+    /// `0x08`: the sender's last frame of the call: the caller's half-close (always ``CallStatus/ok``), or the
+    /// handler's final status.
+    case end(CallStatus)
+    /// `0x09`: the caller gives the call up.
+    case cancel(CallCancelReason)
+    /// `0x0A`: the sender of this frame accepts `increment` more bytes of the call's messages.
+    case credit(UInt32)
+
+    /// The kind byte of the frame.
+    package var kind: FrameKind {
+        switch self {
+        case .open: .callOpen
+        case .message: .callMessage
+        case .end: .callEnd
+        case .cancel: .callCancel
+        case .credit: .callCredit
+        }
+    }
+}
+
+/// What opens a call: the method and the caller's deadline.
+///
+/// ```
+/// +-----------+----------------------+------------------+----------------------+
+/// | flags: u8 | timeout: u64 (ns)    | name length: u8  | method name (UTF-8)  |
+/// +-----------+----------------------+------------------+----------------------+
+/// ```
+@usableFromInline
+package struct CallOpen: Equatable, Sendable {
+    /// The method's name, 0 to 255 bytes of UTF-8.
+    package var method: String
+    /// How long the caller waits, from the moment it sent the frame, in nanoseconds; 0 for no deadline. Relative,
+    /// as gRPC's `grpc-timeout`, so that the two sides' clocks need not agree.
+    package var timeoutNanoseconds: UInt64
+    /// Sent as 0; a receiver ignores them.
+    package var flags: UInt8
+
+    /// The fixed bytes before the name.
+    static let fixedLength = 1 + 8 + 1
+
+    package init(method: String, timeoutNanoseconds: UInt64 = 0, flags: UInt8 = 0) {
+        self.method = method
+        self.timeoutNanoseconds = timeoutNanoseconds
+        self.flags = flags
+    }
+}
+
+/// How a call, or one direction of it, ended.
+///
+/// ```
+/// +------------+-----------------+------------------+-----------------+--------------+-------------------+
+/// | status: u8 | code length: u8 | code (UTF-8)     | text length: u16| text (UTF-8) | details (rest)    |
+/// +------------+-----------------+------------------+-----------------+--------------+-------------------+
+/// ```
+@usableFromInline
+package struct CallStatus: Equatable, Sendable {
+    /// The outcome.
+    package var code: Code
+    /// The application's error code (``Code/applicationError``), 0 to 255 bytes of UTF-8; empty otherwise.
+    package var errorCode: String
+    /// A description for a person, 0 to 65,535 bytes of UTF-8.
+    package var message: String
+    /// The application error's details, encoded by the service's codec; empty for none.
+    package var details: ByteBuffer
+
+    /// The status byte. A receiver treats a value it does not know as ``handlerFailed``.
+    @usableFromInline
+    package enum Code: UInt8, Sendable {
+        /// The call succeeded (or, from the caller: it sends no more messages).
+        case ok = 0x00
+        /// The handler threw an application error: ``CallStatus/errorCode`` and ``CallStatus/details`` say which.
+        case applicationError = 0x01
+        /// The peer serves no method of that name.
+        case unknownMethod = 0x02
+        /// The handler was cancelled on its side (its server shut down, for example).
+        case cancelled = 0x03
+        /// The call's deadline passed.
+        case deadlineExceeded = 0x04
+        /// A message of the call could not be decoded, or the call had the wrong shape (two requests for a
+        /// unary method).
+        case invalidMessage = 0x05
+        /// The handler failed otherwise; the text says how.
+        case handlerFailed = 0x06
+        /// The peer is going away and takes no new calls.
+        case unavailable = 0x07
+        /// The peer has too many calls in progress on this connection.
+        case resourceExhausted = 0x08
+    }
+
+    /// Success, with nothing else.
+    package static let ok = CallStatus(code: .ok)
+
+    package init(code: Code, errorCode: String = "", message: String = "", details: ByteBuffer = ByteBuffer()) {
+        self.code = code
+        self.errorCode = errorCode
+        self.message = message
+        self.details = details
+    }
+}
+
+/// Why a caller gave a call up.
+@usableFromInline
+package enum CallCancelReason: UInt8, Sendable {
+    /// The caller's task was cancelled.
+    case cancelled = 0x00
+    /// The caller's deadline passed.
+    case deadlineExceeded = 0x01
+}
+
+extension CallFrame {
+    /// Decodes the payload of a frame of `kind` (`0x06` to `0x0A`), after its id.
+    /// - Throws: ``SocketIPCError`` with code `protocolViolation` for a payload of the wrong shape.
+    @usableFromInline
+    package static func decode(_ kind: FrameKind, payload: inout ByteBuffer) throws -> CallFrame {
+        switch kind {
+        case .callOpen:
+            guard let flags = payload.readInteger(as: UInt8.self),
+                let timeout = payload.readInteger(as: UInt64.self),
+                let nameLength = payload.readInteger(as: UInt8.self),
+                payload.readableBytes == Int(nameLength),
+                let method = payload.readString(length: Int(nameLength))
+            else { throw Self.malformed(kind, payload: payload) }
+            return .open(CallOpen(method: method, timeoutNanoseconds: timeout, flags: flags))
+        case .callMessage:
+            return .message(payload)
+        case .callEnd:
+            guard let statusByte = payload.readInteger(as: UInt8.self),
+                let codeLength = payload.readInteger(as: UInt8.self),
+                let errorCode = payload.readString(length: Int(codeLength)),
+                let textLength = payload.readInteger(as: UInt16.self),
+                let message = payload.readString(length: Int(textLength))
+            else { throw Self.malformed(kind, payload: payload) }
+            let code = CallStatus.Code(rawValue: statusByte) ?? .handlerFailed
+            return .end(CallStatus(code: code, errorCode: errorCode, message: message, details: payload))
+        case .callCancel:
+            guard payload.readableBytes == 1, let reason = payload.readInteger(as: UInt8.self) else {
+                throw Self.malformed(kind, payload: payload)
+            }
+            return .cancel(CallCancelReason(rawValue: reason) ?? .cancelled)
+        case .callCredit:
+            guard payload.readableBytes == 4, let increment = payload.readInteger(as: UInt32.self) else {
+                throw Self.malformed(kind, payload: payload)
+            }
+            return .credit(increment)
+        default:
+            preconditionFailure("\(kind) is not a call frame")
+        }
+    }
+
+    static func malformed(_ kind: FrameKind, payload: ByteBuffer) -> SocketIPCError {
+        SocketIPCError(.protocolViolation, "received a \(kind) frame whose payload is malformed")
+    }
+}
+
+extension ByteBuffer {
+    /// Writes call `id`'s frame, whole.
+    package mutating func writeCallFrame(id: UInt32, _ frame: CallFrame) {
+        switch frame {
+        case .open(let open):
+            let name = open.method.utf8.prefix(255)
+            self.writeFrameHeader(.callOpen, id: id, payloadLength: CallOpen.fixedLength + name.count)
+            self.writeInteger(open.flags)
+            self.writeInteger(open.timeoutNanoseconds)
+            self.writeInteger(UInt8(name.count))
+            self.writeBytes(name)
+        case .message(var payload):
+            self.writeFrameHeader(.callMessage, id: id, payloadLength: payload.readableBytes)
+            self.writeBuffer(&payload)
+        case .end(var status):
+            let code = status.errorCode.utf8.prefix(255)
+            let text = status.message.utf8.prefix(65535)
+            self.writeFrameHeader(
+                .callEnd,
+                id: id,
+                payloadLength: 1 + 1 + code.count + 2 + text.count + status.details.readableBytes
+            )
+            self.writeInteger(status.code.rawValue)
+            self.writeInteger(UInt8(code.count))
+            self.writeBytes(code)
+            self.writeInteger(UInt16(text.count))
+            self.writeBytes(text)
+            self.writeBuffer(&status.details)
+        case .cancel(let reason):
+            self.writeFrameHeader(.callCancel, id: id, payloadLength: 1)
+            self.writeInteger(reason.rawValue)
+        case .credit(let increment):
+            self.writeFrameHeader(.callCredit, id: id, payloadLength: 4)
+            self.writeInteger(increment)
+        }
+    }
+}

@@ -1,0 +1,13 @@
+import SocketIPCCore
+
+/// What takes the call frames (kinds `0x06` to `0x0A`) of a connection: the services layer installs one with
+/// ``Connection/setCallReceiver(_:)`` when the connection opens. Without one, a call the peer opens is answered with
+/// status `unknownMethod` and the call's other frames are dropped.
+package protocol CallFrameReceiver: AnyObject, Sendable {
+    /// Takes one frame of call `id`, on the connection's event loop, in the order frames arrived; must not block.
+    /// - Returns: `nil`, or the protocol violation the frame is (a message beyond the credit given, an open with the
+    ///   wrong parity or an id in use): the connection then says going-away `0x01` and closes.
+    func receive(_ frame: CallFrame, id: UInt32, on connection: Connection) -> SocketIPCError?
+    /// The connection closed with `error`: every call still in progress fails with it.
+    func connectionClosed(_ connection: Connection, error: SocketIPCError)
+}

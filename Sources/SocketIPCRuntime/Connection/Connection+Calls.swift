@@ -1,0 +1,157 @@
+import NIOCore
+import SocketIPCCore
+import Synchronization
+
+// Calls (frames 0x06 to 0x0A) on a connection, for the services layer, and keepalive pings (0x0B, 0x0C). The calls'
+// own state is the services layer's; the connection carries their frames, numbers them, and counts them so that a
+// connection going away waits for them.
+extension Connection {
+    /// Why the connection closed, once it has; `nil` while it is open and after this side closed it (``close()``,
+    /// ``abort()``).
+    ///
+    /// - `peerGoingAway` (with the peer's text): the peer shut down gracefully (going-away `0x00`), for example its
+    ///   server stopped.
+    /// - `connectionClosed`: the peer closed the connection without going away: it exited, crashed or was killed.
+    /// - `peerNotResponding`: the peer did not answer a keepalive ping in time (``ConnectionOptions/keepaliveTimeout``).
+    /// - `unauthorized`, `protocolViolation`, `messageTooLarge`, …: the connection failed, as the code says.
+    ///
+    /// ``ConnectionHandler/connectionDidClose(_:error:)`` on a client gets the same value.
+    public var closeReason: SocketIPCError? {
+        guard let error = self.closeError else { return nil }
+        if let peerError = self.peerGoingAwayError { return peerError }
+        if error.code == .connectionClosed, self.calls.closedLocally.load(ordering: .relaxed) { return nil }
+        if error.code == .connectionClosed, error == .closed {
+            return SocketIPCError(
+                .connectionClosed,
+                "the peer closed the connection without going away: it exited, crashed or was killed"
+            )
+        }
+        return error
+    }
+
+    /// Whether the peer's hello said it speaks calls (``HelloFlags/calls``): only then may calls be opened on it.
+    package var peerSpeaksCalls: Bool {
+        HelloFlags(rawValue: self.calls.peerFlags.load(ordering: .relaxed)).contains(.calls)
+    }
+
+    /// Whether this side connected (a client's connection).
+    package var isInitiator: Bool { self.calls.isInitiator }
+
+    /// Installs the receiver of the connection's call frames; call it from ``ConnectionHandler/connectionDidOpen(_:)``.
+    package func setCallReceiver(_ receiver: any CallFrameReceiver) {
+        self.calls.receiver.withLock { $0 = receiver }
+    }
+
+    /// Opens a call: counts it (a connection going away waits for it) and numbers it.
+    /// - Returns: The call's id.
+    /// - Throws: ``SocketIPCError`` with code `unknownMethod` if the peer does not speak calls (a version 1 peer),
+    ///   or the connection's error once it is closed or going away (`peerGoingAway`, `connectionClosed`).
+    package func startOutgoingCall() throws -> UInt32 {
+        guard self.peerSpeaksCalls else {
+            throw SocketIPCError(
+                .unknownMethod,
+                "the peer does not speak calls (its hello did not set the calls flag): it serves no methods"
+            )
+        }
+        switch self.state.withLock({ $0.outgoingCallStarted() }) {
+        case .proceed: return self.calls.nextCallID()
+        case .fail(let error): throw error
+        }
+    }
+
+    /// Counts a call the peer opened; throws (the caller answers status `unavailable`) while going away.
+    package func startIncomingCall() throws {
+        if case .fail(let error) = self.state.withLock({ $0.incomingCallStarted() }) { throw error }
+    }
+
+    /// A call counted by ``startOutgoingCall()`` or ``startIncomingCall()`` is over.
+    package func callEnded() {
+        if self.state.withLock({ $0.callEnded() }) { self.closeAfterGoingAway() }
+    }
+
+    /// Queues a frame of call `id`; returns whether the sender should wait (``waitUntilWritable()``) before the next.
+    /// - Throws: The connection's error once it is closed.
+    package func queueCallFrame(id: UInt32, _ frame: CallFrame) throws -> Bool {
+        let kind = frame.kind
+        var payload: ByteBuffer
+        if case .message(let message) = frame {
+            try self.checkCallMessageSize(message)
+            payload = message
+        } else {
+            var whole = ByteBuffer()
+            whole.writeCallFrame(id: id, frame)
+            whole.moveReaderIndex(forwardBy: 4 + kind.headerLength)
+            payload = whole
+        }
+        let action = self.state.withLock {
+            $0.enqueue(kind, id: id, payload: payload, spareBuffer: { self.spareBuffer() })
+        }
+        switch action {
+        case .fail(let error):
+            throw error
+        case .queued(let scheduleFlush, let mustWait):
+            if scheduleFlush { self.scheduleFlush() }
+            return mustWait
+        }
+    }
+
+    /// Queues a frame of call `id` and waits while the peer is not reading (the write queue above its high
+    /// watermark).
+    package func sendCallFrame(id: UInt32, _ frame: CallFrame) async throws {
+        if try self.queueCallFrame(id: id, frame) {
+            try await self.waitUntilWritable()
+        }
+    }
+
+    /// Queues a frame of call `id` and does not wait: for the frames that end or steer a call (end, cancel, credit),
+    /// which must not wait behind the peer's reading. Does nothing once the connection is closed.
+    package func queueCallControlFrame(id: UInt32, _ frame: CallFrame) {
+        _ = try? self.queueCallFrame(id: id, frame)
+    }
+
+    /// The largest message a call may carry: the connection's maximum.
+    package var maximumMessageSize: Int { self.options.effectiveMaximumMessageSize }
+
+    private func checkCallMessageSize(_ message: ByteBuffer) throws {
+        guard message.readableBytes <= self.options.effectiveMaximumMessageSize else {
+            throw SocketIPCError(
+                .messageTooLarge,
+                "the call's message of \(message.readableBytes) bytes exceeds the maximum of "
+                    + "\(self.options.effectiveMaximumMessageSize) bytes (ConnectionOptions.maximumMessageSize)"
+            )
+        }
+    }
+
+    // MARK: - From the channel handler
+
+    /// The peer's hello arrived with `flags`.
+    func peerHelloReceived(flags: HelloFlags) {
+        self.calls.peerFlags.store(flags.rawValue, ordering: .relaxed)
+    }
+
+    /// A call frame arrived: to the services layer's receiver, or answered as an unknown method without one.
+    @inline(never)
+    func callFrameReceived(_ frame: CallFrame, id: UInt32) -> SocketIPCError? {
+        if case .open = frame, !self.calls.isPeerCallID(id) {
+            return SocketIPCError(
+                .protocolViolation,
+                "the peer opened call \(id), an id of this side's numbering (the connecting side's calls are odd)"
+            )
+        }
+        if let receiver = self.calls.receiver.withLock({ $0 }) {
+            return receiver.receive(frame, id: id, on: self)
+        }
+        if case .open(let open) = frame {
+            let status = CallStatus(code: .unknownMethod, message: "this peer serves no methods (asked for '\(open.method)')")
+            self.queueCallControlFrame(id: id, .end(status))
+        }
+        return nil
+    }
+
+    /// Tells the services layer's receiver that the connection closed.
+    func callsClosed(error: SocketIPCError) {
+        if let receiver = self.calls.receiver.withLock({ $0 }) {
+            receiver.connectionClosed(self, error: error)
+        }
+    }
+}

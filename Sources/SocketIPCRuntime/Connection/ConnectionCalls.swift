@@ -1,0 +1,43 @@
+import NIOCore
+import SocketIPCCore
+import Synchronization
+
+/// What a ``Connection`` keeps for calls and keepalive: the peer's hello flags, the call ids, the receiver of call
+/// frames, the outstanding keepalive ping, and whether this side closed the connection itself.
+final class ConnectionCalls: Sendable {
+    /// Whether this side connected (a client): its calls have odd ids, the peer's even ones (as HTTP/2's streams).
+    let isInitiator: Bool
+    /// The flags of the peer's hello, once read.
+    let peerFlags = Atomic<UInt8>(0)
+    /// How many calls this side has opened.
+    private let opened = Atomic<UInt32>(0)
+    /// The services layer's receiver, once installed.
+    let receiver = Mutex<(any CallFrameReceiver)?>(nil)
+    /// Whether this side closed the connection (``Connection/close()``, ``Connection/abort()``, after going away).
+    let closedLocally = Atomic<Bool>(false)
+    /// The keepalive's state, touched on the event loop only (kept under a lock so that the class stays `Sendable`).
+    let keepalive = Mutex<Keepalive>(Keepalive())
+
+    struct Keepalive {
+        /// The id of the ping waiting for its pong, if any.
+        var outstanding: UInt32?
+        /// The timer of the next ping, or of the outstanding ping's deadline.
+        var timer: Scheduled<Void>?
+        var sent: UInt32 = 0
+    }
+
+    init(isInitiator: Bool) {
+        self.isInitiator = isInitiator
+    }
+
+    /// The id of this side's next call: odd on the connecting side, even on the accepting side.
+    func nextCallID() -> UInt32 {
+        let n = self.opened.wrappingAdd(1, ordering: .relaxed).oldValue
+        return n &* 2 &+ (self.isInitiator ? 1 : 2)
+    }
+
+    /// Whether `id` is a call the peer opened (its parity is the peer's).
+    func isPeerCallID(_ id: UInt32) -> Bool {
+        (id & 1 == 1) != self.isInitiator
+    }
+}
