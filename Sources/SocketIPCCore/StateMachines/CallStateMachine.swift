@@ -42,8 +42,8 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
 
     /// What this side may still send.
     private var sendCredit = CallStateMachine.initialWindow
-    /// Who waits for credit.
-    private var writeWaiter: WriteWaiter?
+    /// Who waits for credit, and the cost of the message it will send once resumed.
+    private var writeWaiter: (waiter: WriteWaiter, cost: Int)?
     /// Whether this side ended its direction (sent its end frame).
     package private(set) var outboundEnded = false
 
@@ -146,18 +146,31 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
         if let failure = self.failure { return .fail(failure) }
         if self.outboundEnded { return .fail(SocketIPCError(.invalidState, "the call's stream was already finished")) }
         guard self.sendCredit > 0 else {
-            self.writeWaiter = waiter
+            self.writeWaiter = (waiter, Self.frameCost(payloadLength: payloadLength))
             return .wait
         }
         self.sendCredit -= Self.frameCost(payloadLength: payloadLength)
         return .send
     }
 
-    /// The peer gave `increment` bytes of credit: the producer waiting for it, if it may go on now.
+    /// The producer wants to send a message of `payloadLength` bytes and will not wait: whether it may (its cost is
+    /// then taken).
+    /// - Throws: What the call failed with, or `invalidState` once this side ended its direction.
+    package mutating func trySend(payloadLength: Int) throws -> Bool {
+        if let failure = self.failure { throw failure }
+        if self.outboundEnded { throw SocketIPCError(.invalidState, "the call's stream was already finished") }
+        guard self.sendCredit > 0 else { return false }
+        self.sendCredit -= Self.frameCost(payloadLength: payloadLength)
+        return true
+    }
+
+    /// The peer gave `increment` bytes of credit: the producer waiting for it, if it may go on now (its message's
+    /// cost is taken: it sends as soon as it is resumed).
     package mutating func creditReceived(_ increment: UInt32) -> WriteWaiter? {
         self.sendCredit += Int(increment)
-        guard self.sendCredit > 0 else { return nil }
-        return self.writeWaiter.take()
+        guard self.sendCredit > 0, let (waiter, cost) = self.writeWaiter.take() else { return nil }
+        self.sendCredit -= cost
+        return waiter
     }
 
     /// This side ends its direction; returns whether it had not already (so the end frame is to be sent).
@@ -184,7 +197,7 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
         guard self.failure == nil else { return FailAction() }
         self.failure = error
         self.inbound.removeAll()
-        return FailAction(readWaiter: self.readWaiter.take(), writeWaiter: self.writeWaiter.take())
+        return FailAction(readWaiter: self.readWaiter.take(), writeWaiter: self.writeWaiter.take()?.waiter)
     }
 
     /// Messages received and not yet consumed, and their bytes.

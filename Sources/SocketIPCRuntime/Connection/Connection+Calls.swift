@@ -155,3 +155,30 @@ extension Connection {
         }
     }
 }
+
+extension Connection {
+    /// Runs `job` where ``Reply/complete(_:)`` runs its work: on a server, a child task of the task that runs
+    /// ``Server/run()`` (so that `run()` waits for it); on a client, the connection's own task. Cancelled when the
+    /// connection closes.
+    package func runHandlerJob(_ job: @escaping @Sendable () async -> Void) {
+        self.handlerTasks.get().run(job)
+    }
+}
+
+extension Connection {
+    /// The receiver of the connection's call frames, installing the one `make` returns if there is none yet.
+    package func callReceiver(orInstall make: () -> any CallFrameReceiver) -> any CallFrameReceiver {
+        self.calls.receiver.withLock { receiver in
+            if let existing = receiver { return existing }
+            let made = make()
+            receiver = made
+            return made
+        }
+    }
+
+    /// Runs `body` on the connection's event loop after `delay`, unless the returned task is cancelled first: a
+    /// call's deadline.
+    package func scheduleCallTimer(in delay: Duration, _ body: @escaping @Sendable () -> Void) -> Scheduled<Void> {
+        self.eventLoop.scheduleTask(in: .init(delay), body)
+    }
+}

@@ -1,0 +1,66 @@
+import NIOCore
+import SocketIPCCore
+import Synchronization
+
+/// The calls of one connection, both ways: the services layer's receiver of call frames (kinds `0x06` to `0x0A`).
+///
+/// It routes each frame to its ``CallStream`` by id, starts a handler for each call the peer opens (with the
+/// ``ServiceRouter`` it was installed with; without one it answers `unknownMethod`), and fails every call when the
+/// connection closes.
+final class CallMultiplexer: CallFrameReceiver {
+    let router: ServiceRouter?
+    private let streams = Mutex<[UInt32: CallStream]>([:])
+
+    init(router: ServiceRouter?) {
+        self.router = router
+    }
+
+    /// The connection's multiplexer, installed (without a router) if it has none.
+    static func of(_ connection: Connection) -> CallMultiplexer {
+        let receiver = connection.callReceiver { CallMultiplexer(router: nil) }
+        guard let multiplexer = receiver as? CallMultiplexer else {
+            preconditionFailure("the connection's call frames go to another receiver")
+        }
+        return multiplexer
+    }
+
+    /// Installs a multiplexer serving `router`'s methods on `connection`.
+    static func install(router: ServiceRouter, on connection: Connection) {
+        _ = connection.callReceiver { CallMultiplexer(router: router) }
+    }
+
+    func register(_ stream: CallStream) {
+        self.streams.withLock { $0[stream.id] = stream }
+    }
+
+    func remove(_ id: UInt32) {
+        _ = self.streams.withLock { $0.removeValue(forKey: id) }
+    }
+
+    /// The call of `id`, if it is in progress.
+    func lookUp(_ id: UInt32) -> CallStream? {
+        self.streams.withLock { $0[id] }
+    }
+
+    /// How many calls are in progress either way.
+    var count: Int { self.streams.withLock { $0.count } }
+
+    // MARK: - CallFrameReceiver
+
+    func receive(_ frame: CallFrame, id: UInt32, on connection: Connection) -> SocketIPCError? {
+        if case .open(let open) = frame {
+            return self.open(open, id: id, on: connection)
+        }
+        // A frame of a call that is over (or never was) is ignored, as a late reply is.
+        guard let stream = self.streams.withLock({ $0[id] }) else { return nil }
+        return stream.receive(frame)
+    }
+
+    func connectionClosed(_ connection: Connection, error: SocketIPCError) {
+        let streams = self.streams.withLock { Array($0.values) }
+        for stream in streams {
+            stream.fail(error)
+            stream.stopHandler(.connectionClosed)
+        }
+    }
+}

@@ -1,0 +1,229 @@
+import NIOCore
+import SocketIPCCore
+import Synchronization
+
+/// One call on one side, with its frames' bytes: what the typed streams and the router read from and write to.
+///
+/// Its state is a ``CallStateMachine`` under a lock: messages received and not yet read, credit both ways, who
+/// waits. It sends its own frames through the connection: messages (waiting for credit and for the socket), the
+/// end, credit as the reader consumes, and (on the caller's side) a cancel.
+final class CallStream: Sendable {
+    /// What a read returns: the next message, or the peer's end with its status.
+    enum Inbound: Sendable {
+        case message(ByteBuffer)
+        case end(CallStatus)
+    }
+
+    typealias Machine = CallStateMachine<CheckedContinuation<Inbound, any Error>, CheckedContinuation<Void, any Error>>
+
+    let id: UInt32
+    let method: String
+    let connection: Connection
+    /// Whether this side opened the call.
+    let isCaller: Bool
+    private let state: Mutex<Machine>
+    /// The handler's side: fires once when the call must stop (the caller cancelled, the deadline passed, the
+    /// connection closed), or when the handler finished; see ``waitUntilStopped()``.
+    private let stop = Mutex<Stop>(Stop())
+
+    struct Stop {
+        var reason: StopReason?
+        var waiter: CheckedContinuation<Void, Never>?
+    }
+
+    /// Why a handler's call stops before its handler is done.
+    enum StopReason: Sendable, Equatable {
+        /// The caller sent cancel with reason `0x00`.
+        case cancelledByCaller
+        /// The deadline passed (the caller's cancel with reason `0x01`, or this side's own clock).
+        case deadlineExceeded
+        /// The connection closed.
+        case connectionClosed
+        /// The handler returned or threw: nothing to stop.
+        case finished
+    }
+
+    init(id: UInt32, method: String, connection: Connection, isCaller: Bool) {
+        self.id = id
+        self.method = method
+        self.connection = connection
+        self.isCaller = isCaller
+        self.state = Mutex(Machine())
+    }
+
+    // MARK: - Frames from the peer (on the event loop)
+
+    /// Takes a frame of this call; returns a protocol violation, if it is one.
+    func receive(_ frame: CallFrame) -> SocketIPCError? {
+        switch frame {
+        case .message(let message):
+            var credit = 0
+            let action = self.state.withLock { state -> Machine.ReceiveAction in
+                let action = state.messageReceived(message)
+                if case .deliver = action { credit = state.delivered(message) }
+                return action
+            }
+            switch action {
+            case .none, .end: break
+            case .deliver(let waiter, let message): waiter.resume(returning: .message(message))
+            case .violation:
+                return SocketIPCError(
+                    .protocolViolation,
+                    "the peer sent a message of call \(self.id) beyond the credit it was given"
+                )
+            }
+            self.grant(credit)
+        case .end(let status):
+            if case .end(let waiter, let status) = self.state.withLock({ $0.endReceived(status) }) {
+                waiter.resume(returning: .end(status))
+            }
+        case .credit(let increment):
+            self.state.withLock { $0.creditReceived(increment) }?.resume()
+        case .cancel(let reason):
+            guard !self.isCaller else { return nil }
+            let stopReason: StopReason = reason == .deadlineExceeded ? .deadlineExceeded : .cancelledByCaller
+            self.fail(stopReason == .deadlineExceeded ? Self.deadlineError(self.method) : CancellationError())
+            self.stopHandler(stopReason)
+        case .open:
+            return SocketIPCError(.protocolViolation, "the peer opened call \(self.id), which is already open")
+        }
+        return nil
+    }
+
+    // MARK: - Reading
+
+    /// The next message, or the peer's end; waits for it.
+    /// - Throws: What the call failed with (cancelled, deadline passed, connection closed); `CancellationError`
+    ///   when the reading task is cancelled (on the caller's side that cancels the call, as the caller's own
+    ///   cancellation does).
+    func next() async throws -> Inbound {
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Inbound, any Error>) in
+                var credit = 0
+                let action = self.state.withLock { state -> Machine.NextAction in
+                    let action = state.next(orWait: continuation)
+                    if case .message(_, let grant) = action { credit = grant }
+                    return action
+                }
+                switch action {
+                case .message(let message, _): continuation.resume(returning: .message(message))
+                case .end(let status): continuation.resume(returning: .end(status))
+                case .fail(let error): continuation.resume(throwing: error)
+                case .wait: break
+                }
+                self.grant(credit)
+            }
+        } onCancel: {
+            self.cancel(.cancelled)
+        }
+    }
+
+    /// Gives `credit` bytes back to the peer, if any.
+    private func grant(_ credit: Int) {
+        guard credit > 0 else { return }
+        self.connection.queueCallControlFrame(id: self.id, .credit(UInt32(clamping: credit)))
+    }
+
+    // MARK: - Writing
+
+    /// Sends one message: waits for credit, then for the socket (the connection's write queue).
+    /// - Throws: What the call failed with; `messageTooLarge`; `CancellationError` if the task is cancelled.
+    func send(_ payload: ByteBuffer) async throws {
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                let action = self.state.withLock {
+                    $0.reserveSend(payloadLength: payload.readableBytes, orWait: continuation)
+                }
+                switch action {
+                case .send: continuation.resume()
+                case .fail(let error): continuation.resume(throwing: error)
+                case .wait: break
+                }
+            }
+        } onCancel: {
+            self.cancel(.cancelled)
+        }
+        try await self.connection.sendCallFrame(id: self.id, .message(payload))
+    }
+
+    /// Queues one message without waiting for the socket when credit allows it at once (the first message of a
+    /// call always has it), so that a unary call's open, request and half-close leave in one write; otherwise
+    /// waits as ``send(_:)``.
+    func sendWithoutWaiting(_ payload: ByteBuffer) async throws {
+        if try self.state.withLock({ try $0.trySend(payloadLength: payload.readableBytes) }) {
+            _ = try self.connection.queueCallFrame(id: self.id, .message(payload))
+        } else {
+            try await self.send(payload)
+        }
+    }
+
+    /// Ends this side's direction of the call with `status` (the caller's half-close is ``CallStatus/ok``); once.
+    func finish(_ status: CallStatus = .ok) {
+        guard self.state.withLock({ $0.endOutbound() }) else { return }
+        self.connection.queueCallControlFrame(id: self.id, .end(status))
+    }
+
+    // MARK: - Ending
+
+    /// The caller gives the call up: tells the handler's side (a cancel frame) unless the call already ended, and
+    /// fails what waits with `CancellationError` or `deadlineExceeded`.
+    func cancel(_ reason: CallCancelReason) {
+        guard self.isCaller else {
+            // The handler's own task was cancelled (its connection closed or its server's grace period ended).
+            self.fail(CancellationError())
+            return
+        }
+        let error: any Error = reason == .deadlineExceeded ? Self.deadlineError(self.method) : CancellationError()
+        let wasOpen = self.state.withLock { state in
+            let open = state.failure == nil && !state.inboundEnded
+            return open
+        }
+        self.fail(error)
+        if wasOpen { self.connection.queueCallControlFrame(id: self.id, .cancel(reason)) }
+    }
+
+    /// Fails the call with `error`: everything waiting and everything later throws it.
+    func fail(_ error: any Error) {
+        let action = self.state.withLock { $0.fail(error) }
+        action.readWaiter?.resume(throwing: error)
+        action.writeWaiter?.resume(throwing: error)
+    }
+
+    /// Whether the call failed (cancelled, deadline passed, connection closed), and with what.
+    var failure: (any Error)? { self.state.withLock { $0.failure } }
+
+    static func deadlineError(_ method: String) -> SocketIPCError {
+        SocketIPCError(.deadlineExceeded, "the call '\(method)' did not complete before its deadline")
+    }
+
+    // MARK: - The handler's side: stopping
+
+    /// Tells the handler's runner why the call must stop; the first reason counts.
+    func stopHandler(_ reason: StopReason) {
+        let waiter = self.stop.withLock { stop -> CheckedContinuation<Void, Never>? in
+            if stop.reason == nil { stop.reason = reason }
+            return stop.waiter.take()
+        }
+        waiter?.resume()
+    }
+
+    /// Why the call stopped, once it has.
+    var stopReason: StopReason? { self.stop.withLock { $0.reason } }
+
+    /// Waits until ``stopHandler(_:)`` is called, or the waiting task is cancelled.
+    func waitUntilStopped() async {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let resumeNow = self.stop.withLock { stop -> Bool in
+                    if stop.reason != nil || Task.isCancelled { return true }
+                    stop.waiter = continuation
+                    return false
+                }
+                if resumeNow { continuation.resume() }
+            }
+        } onCancel: {
+            let waiter = self.stop.withLock { $0.waiter.take() }
+            waiter?.resume()
+        }
+    }
+}

@@ -1,0 +1,177 @@
+import NIOCore
+import SocketIPCCore
+
+// Typed calls on a framed connection: unary, server streaming, client streaming and bidirectional streaming.
+extension Connection {
+    /// Calls `method` with `request` and returns its response: a unary call.
+    ///
+    /// ```swift
+    /// let value = try await connection.call(Get.self, "colour")
+    /// ```
+    ///
+    /// Cancelling the calling task cancels the handler on the other side (a cancel frame) and throws
+    /// `CancellationError`.
+    /// - Parameters:
+    ///   - method: The method, as declared by both sides.
+    ///   - request: The request.
+    ///   - options: The deadline and the codec; default none and JSON.
+    /// - Returns: The handler's response.
+    /// - Throws: ``ServiceError`` (the handler's own error); `SocketIPCError` with code `unknownMethod`,
+    ///   `deadlineExceeded`, `invalidMessage`, `remoteError` (the handler failed otherwise), `cancelled`,
+    ///   `peerGoingAway`, `resourceExhausted`, `connectionClosed`, `messageTooLarge`; `CancellationError`.
+    public func call<Method: ServiceMethod>(
+        _ method: Method.Type,
+        _ request: Method.Request,
+        options: CallOptions = CallOptions()
+    ) async throws -> Method.Response {
+        let payload = try options.codec.encode(request)
+        return try await self.withOutgoingCall(Method.name, options: options) { call in
+            try await call.sendWithoutWaiting(payload)
+            call.finish()
+            return try await Self.readSingleResponse(of: call, as: Method.Response.self, codec: options.codec)
+        }
+    }
+
+    /// Calls `method` with `request` and hands its stream of responses to `body`: server streaming (a watch).
+    ///
+    /// ```swift
+    /// try await connection.serverStreaming(Watch.self, "colour") { changes in
+    ///     for try await change in changes { print(change) }
+    /// }
+    /// ```
+    ///
+    /// When `body` returns before the stream ended, the call is cancelled on the other side.
+    /// - Returns: What `body` returns.
+    /// - Throws: What `body` throws, which includes what the stream throws (see ``ServiceStream``), and the errors of
+    ///   ``call(_:_:options:)``.
+    public func serverStreaming<Method: ServiceMethod, Result: Sendable>(
+        _ method: Method.Type,
+        _ request: Method.Request,
+        options: CallOptions = CallOptions(),
+        _ body: (ServiceStream<Method.Response>) async throws -> Result
+    ) async throws -> Result {
+        let payload = try options.codec.encode(request)
+        return try await self.withOutgoingCall(Method.name, options: options) { call in
+            try await call.sendWithoutWaiting(payload)
+            call.finish()
+            return try await body(ServiceStream(call: call, codec: options.codec))
+        }
+    }
+
+    /// Calls `method` with the requests `body` writes, and returns its one response: client streaming.
+    ///
+    /// The request stream ends (the caller's half-close) when `body` returns; then the handler's response is
+    /// awaited.
+    /// - Returns: The handler's response.
+    /// - Throws: What `body` throws (the call is then cancelled), and the errors of ``call(_:_:options:)``.
+    public func clientStreaming<Method: ServiceMethod>(
+        _ method: Method.Type,
+        options: CallOptions = CallOptions(),
+        _ body: (ServiceStreamWriter<Method.Request>) async throws -> Void
+    ) async throws -> Method.Response {
+        try await self.withOutgoingCall(Method.name, options: options) { call in
+            try await body(ServiceStreamWriter(call: call, codec: options.codec))
+            call.finish()
+            return try await Self.readSingleResponse(of: call, as: Method.Response.self, codec: options.codec)
+        }
+    }
+
+    /// Calls `method` with a stream of requests and a stream of responses both open at once: bidirectional
+    /// streaming.
+    ///
+    /// `body` gets a writer for the requests and the stream of responses; the request stream ends when `body`
+    /// calls nothing more and returns (or earlier with `finish` semantics: return from `body` after the last
+    /// write and keep reading inside it). When `body` returns before the responses ended, the call is cancelled on
+    /// the other side.
+    /// - Returns: What `body` returns.
+    /// - Throws: What `body` throws, and the errors of ``call(_:_:options:)``.
+    public func bidirectionalStreaming<Method: ServiceMethod, Result: Sendable>(
+        _ method: Method.Type,
+        options: CallOptions = CallOptions(),
+        _ body: (ServiceStreamWriter<Method.Request>, ServiceStream<Method.Response>) async throws -> Result
+    ) async throws -> Result {
+        try await self.withOutgoingCall(Method.name, options: options) { call in
+            let result = try await body(
+                ServiceStreamWriter(call: call, codec: options.codec),
+                ServiceStream(call: call, codec: options.codec)
+            )
+            call.finish()
+            return result
+        }
+    }
+
+    // MARK: - Internals
+
+    /// Opens a call, runs `body` with it, and makes sure it is over when `body` is: cancelled on the other side if
+    /// the handler had not ended it, its deadline timer stopped, and the call no longer counted.
+    func withOutgoingCall<Result>(
+        _ method: String,
+        options: CallOptions,
+        _ body: (CallStream) async throws -> Result
+    ) async throws -> Result {
+        try Task.checkCancellation()
+        let multiplexer = CallMultiplexer.of(self)
+        let id = try self.startOutgoingCall()
+        let call = CallStream(id: id, method: method, connection: self, isCaller: true)
+        multiplexer.register(call)
+        defer {
+            multiplexer.remove(id)
+            self.callEnded()
+        }
+        do {
+            _ = try self.queueCallFrame(
+                id: id,
+                .open(CallOpen(method: method, timeoutNanoseconds: options.timeoutNanoseconds))
+            )
+        } catch {
+            call.fail(error)
+            throw error
+        }
+        let timer = options.timeout.map { timeout in
+            self.scheduleCallTimer(in: max(timeout, .zero)) { call.cancel(.deadlineExceeded) }
+        }
+        defer { timer?.cancel() }
+        do {
+            let result = try await body(call)
+            // `body` stopped listening before the handler ended the call: tell the handler's side.
+            call.cancel(.cancelled)
+            return result
+        } catch {
+            call.cancel(.cancelled)
+            // A deadline that passed is the reason, whatever the read or write it interrupted threw.
+            if let failure = call.failure as? SocketIPCError, failure.code == .deadlineExceeded { throw failure }
+            throw error
+        }
+    }
+
+    /// Reads exactly one response and the handler's end.
+    static func readSingleResponse<Response: Decodable>(
+        of call: CallStream,
+        as type: Response.Type,
+        codec: any MessageCodec
+    ) async throws -> Response {
+        switch try await call.next() {
+        case .end(let status):
+            throw status.error(codec: codec, method: call.method)
+                ?? SocketIPCError(.invalidMessage, "the call '\(call.method)' ended without a response")
+        case .message(let message):
+            let response: Response
+            do {
+                response = try codec.decode(Response.self, from: message)
+            } catch {
+                throw SocketIPCError(
+                    .invalidMessage,
+                    "the response of the call '\(call.method)' is not a \(Response.self): \(error)",
+                    cause: error
+                )
+            }
+            switch try await call.next() {
+            case .end(let status):
+                if let error = status.error(codec: codec, method: call.method) { throw error }
+                return response
+            case .message:
+                throw SocketIPCError(.invalidMessage, "the call '\(call.method)' answered more than one response")
+            }
+        }
+    }
+}

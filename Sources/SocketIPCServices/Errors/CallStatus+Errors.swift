@@ -1,0 +1,54 @@
+import NIOCore
+import SocketIPCCore
+
+extension CallStatus {
+    /// The error a caller throws for a call that ended with this status; `nil` for ``CallStatus/Code/ok``.
+    func error(codec: any MessageCodec, method: String) -> (any Error)? {
+        let text = self.message.isEmpty ? "" : ": \(self.message)"
+        switch self.code {
+        case .ok:
+            return nil
+        case .applicationError:
+            return ServiceError(
+                code: self.errorCode,
+                message: self.message,
+                encodedDetails: self.details.readableBytes > 0 ? self.details : nil,
+                codec: codec
+            )
+        case .unknownMethod:
+            return SocketIPCError(.unknownMethod, "the peer serves no method '\(method)'\(text)")
+        case .cancelled:
+            return SocketIPCError(.cancelled, "the call '\(method)' was cancelled on the peer's side\(text)")
+        case .deadlineExceeded:
+            return SocketIPCError(.deadlineExceeded, "the call '\(method)' did not complete before its deadline\(text)")
+        case .invalidMessage:
+            return SocketIPCError(.invalidMessage, "the peer could not take a message of the call '\(method)'\(text)")
+        case .handlerFailed:
+            return SocketIPCError(.remoteError, self.message.isEmpty ? "the handler of '\(method)' failed" : self.message)
+        case .unavailable:
+            return SocketIPCError(.peerGoingAway, "the peer is going away and takes no new calls\(text)")
+        case .resourceExhausted:
+            return SocketIPCError(.resourceExhausted, "the peer has too many calls in progress\(text)")
+        }
+    }
+
+    /// The status a handler's side sends for what the handler threw.
+    static func from(_ error: any Error, codec: any MessageCodec) -> CallStatus {
+        switch error {
+        case let error as ServiceError:
+            var details = ByteBuffer()
+            if let outgoing = error.outgoingDetails, let encoded = try? codec.encode(outgoing) { details = encoded }
+            else if let encoded = error.encodedDetails { details = encoded }
+            return CallStatus(code: .applicationError, errorCode: error.code, message: error.message, details: details)
+        case let error as SocketIPCError where error.code == .invalidMessage:
+            return CallStatus(code: .invalidMessage, message: error.message)
+        case let error as SocketIPCError where error.code == .deadlineExceeded:
+            return CallStatus(code: .deadlineExceeded, message: error.message)
+        case let error as SocketIPCError:
+            // A failure of a call the handler made in turn: its description, as a remote error.
+            return CallStatus(code: .handlerFailed, message: error.message)
+        default:
+            return CallStatus(code: .handlerFailed, message: String(describing: error))
+        }
+    }
+}

@@ -1,0 +1,35 @@
+/// A method of a service, declared once and shared by the server that handles it and the clients that call it:
+/// its name on the wire and its `Codable` request and response types.
+///
+/// ```swift
+/// enum Get: ServiceMethod {
+///     static let name = "kv.get"
+///     typealias Request = String        // the key
+///     typealias Response = String?      // its value, if any
+///     static let isIdempotent = true    // safe to retry after a lost connection
+/// }
+/// let value = try await client.call(Get.self, "colour")
+/// ```
+///
+/// The same declaration serves every call shape: a unary call (one request, one response), server streaming (one
+/// request, a stream of responses), client streaming (a stream of requests, one response) and bidirectional
+/// streaming. The server registers the method with the shape it handles (``ServiceRouter``), and the caller calls it
+/// with the same shape; a mismatch (two requests to a unary handler) fails the call with `invalidMessage`.
+public protocol ServiceMethod: SendableMetatype {
+    /// What the caller sends: the request (or each element of a request stream).
+    associatedtype Request: Codable & Sendable
+    /// What the handler answers: the response (or each element of a response stream).
+    associatedtype Response: Codable & Sendable
+    /// The method's name on the wire, 1 to 255 bytes of UTF-8, unique within the server; by convention
+    /// `service.method`, such as `kv.get`.
+    static var name: String { get }
+    /// Whether calling the method twice has the effect of calling it once, so that a ``ServiceClient`` may repeat a
+    /// call whose connection was lost before the response came (as gRPC's retry policy and HTTP's idempotent
+    /// methods). Default `false`: a call that may have reached the server is never repeated.
+    static var isIdempotent: Bool { get }
+}
+
+extension ServiceMethod {
+    /// `false`: calls are not repeated unless the method says they may be.
+    public static var isIdempotent: Bool { false }
+}

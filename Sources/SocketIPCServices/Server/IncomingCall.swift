@@ -1,0 +1,109 @@
+import NIOCore
+import SocketIPCCore
+
+// The handler's side of a call: opening it, running its handler against its deadline and the caller's cancel, and
+// ending it with the handler's status.
+extension CallMultiplexer {
+    /// The peer opened call `id`: start its handler, or answer at once why not.
+    func open(_ open: CallOpen, id: UInt32, on connection: Connection) -> SocketIPCError? {
+        if self.isOpen(id) {
+            return SocketIPCError(.protocolViolation, "the peer opened call \(id), which is already open")
+        }
+        guard let router = self.router, let handler = router.handlers[open.method] else {
+            let status = CallStatus(code: .unknownMethod, message: "no method '\(open.method)' is served here")
+            connection.queueCallControlFrame(id: id, .end(status))
+            return nil
+        }
+        guard self.count < router.maximumConcurrentCalls else {
+            let status = CallStatus(
+                code: .resourceExhausted,
+                message: "\(router.maximumConcurrentCalls) calls are already in progress on this connection"
+            )
+            connection.queueCallControlFrame(id: id, .end(status))
+            return nil
+        }
+        do {
+            try connection.startIncomingCall()
+        } catch {
+            let status = CallStatus(code: .unavailable, message: "the server is going away and takes no new calls")
+            connection.queueCallControlFrame(id: id, .end(status))
+            return nil
+        }
+        let call = CallStream(id: id, method: open.method, connection: connection, isCaller: false)
+        self.register(call)
+        let deadline: ContinuousClock.Instant? =
+            open.timeoutNanoseconds == 0
+            ? nil : .now.advanced(by: .nanoseconds(Int64(clamping: open.timeoutNanoseconds)))
+        let context = ServiceContext(method: open.method, connection: connection, deadline: deadline)
+        let codec = router.codec
+        connection.runHandlerJob {
+            await Self.run(handler, call: call, context: context, codec: codec)
+            self.remove(id)
+            connection.callEnded()
+        }
+        return nil
+    }
+
+    /// Runs `handler` until it returns, the caller cancels, the deadline passes or the connection closes; then ends
+    /// the call with the status that says which (nothing when the caller is gone).
+    static func run(
+        _ handler: @escaping ServiceRouter.Handler,
+        call: CallStream,
+        context: ServiceContext,
+        codec: any MessageCodec
+    ) async {
+        let status = await withTaskGroup(of: CallStatus?.self) { group in
+            group.addTask {
+                let status: CallStatus
+                do {
+                    try await handler(call, context, codec)
+                    status = .ok
+                } catch {
+                    status = CallStatus.from(error, codec: codec)
+                }
+                call.stopHandler(.finished)
+                return status
+            }
+            group.addTask {
+                await call.waitUntilStopped()
+                return nil
+            }
+            if let deadline = context.deadline {
+                group.addTask {
+                    try? await Task.sleep(until: deadline, clock: .continuous)
+                    if !Task.isCancelled {
+                        call.fail(CallStream.deadlineError(context.method))
+                        call.stopHandler(.deadlineExceeded)
+                    }
+                    return nil
+                }
+            }
+            var handlerStatus: CallStatus?
+            var stopped = false
+            while let result = await group.next() {
+                if let result { handlerStatus = result }
+                if !stopped {
+                    stopped = true
+                    group.cancelAll()
+                }
+            }
+            return handlerStatus
+        }
+        switch call.stopReason {
+        case .finished, nil:
+            // The handler ended first (or was cancelled by its server's shutdown): its own status.
+            call.finish(status ?? CallStatus(code: .cancelled, message: "the handler was cancelled"))
+        case .deadlineExceeded:
+            call.finish(CallStatus(code: .deadlineExceeded, message: "the call's deadline passed"))
+        case .cancelledByCaller, .connectionClosed:
+            // The caller is gone or no longer listening: nothing to send.
+            break
+        }
+    }
+}
+
+extension CallMultiplexer {
+    func isOpen(_ id: UInt32) -> Bool {
+        self.lookUp(id) != nil
+    }
+}

@@ -1,0 +1,24 @@
+import Logging
+
+extension Server {
+    /// A framed server that serves `router`'s methods on every connection.
+    ///
+    /// ```swift
+    /// var router = ServiceRouter()
+    /// router.register(Get.self) { key, context in store[key] }
+    /// let server = Server.service(configuration: ServerConfiguration(path: "/run/kv.sock"), router: router)
+    /// try await server.run()
+    /// ```
+    /// - Parameters:
+    ///   - configuration: Where and how to serve: the path, its owner and mode, who may connect, limits.
+    ///   - router: The methods served.
+    ///   - logger: The server's logger; default one labelled `socketipc.server`.
+    /// - Returns: The server; call ``run()`` to serve.
+    public static func service(
+        configuration: ServerConfiguration,
+        router: ServiceRouter,
+        logger: Logger = Logger(label: "socketipc.server")
+    ) -> Server {
+        Server.framed(configuration: configuration, logger: logger) { ServiceConnectionHandler(router: router) }
+    }
+}

@@ -1,0 +1,122 @@
+import NIOCore
+import SocketIPCCore
+
+/// The methods a server (or a client, for calls its server makes back) handles, by name, with one handler each.
+///
+/// ```swift
+/// var router = ServiceRouter()
+/// router.register(Get.self) { key, context in store[key] }
+/// router.registerServerStreaming(Watch.self) { key, changes, context in
+///     for await value in store.updates(of: key) { try await changes.write(value) }
+/// }
+/// let server = Server.service(configuration: .init(path: path), router: router)
+/// ```
+///
+/// A call of a name that is not registered fails at the caller with `unknownMethod` (gRPC's `UNIMPLEMENTED`). A
+/// handler runs in a task of its own, a child of the task that runs ``Server/run()``; it is cancelled when the caller
+/// cancels, when the call's deadline passes, and when the connection closes. What it throws reaches the caller: a
+/// ``ServiceError`` as itself, anything else as a `SocketIPCError` with code `remoteError`.
+public struct ServiceRouter: Sendable {
+    /// A handler with its types erased: reads its requests from the call and writes its responses to it.
+    typealias Handler = @Sendable (CallStream, ServiceContext, any MessageCodec) async throws -> Void
+
+    var handlers: [String: Handler] = [:]
+    /// How requests and responses are encoded; default ``JSONCodec``. Callers must use the same.
+    public var codec: any MessageCodec
+    /// The most calls of one connection handled at once; default 100 (as ``ConnectionOptions/maximumConcurrentRequests``).
+    /// A call beyond it fails at the caller with `resourceExhausted`.
+    public var maximumConcurrentCalls: Int = 100
+
+    /// Creates an empty router.
+    /// - Parameter codec: How requests and responses are encoded; default ``JSONCodec``.
+    public init(codec: any MessageCodec = JSONCodec()) {
+        self.codec = codec
+    }
+
+    /// The names of the methods registered.
+    public var methods: [String] { self.handlers.keys.sorted() }
+
+    /// Registers the handler of a unary method: one request, one response. Replaces an earlier handler of the same
+    /// name.
+    public mutating func register<Method: ServiceMethod>(
+        _ method: Method.Type,
+        handler: @escaping @Sendable (Method.Request, ServiceContext) async throws -> Method.Response
+    ) {
+        self.handlers[Method.name] = { call, context, codec in
+            let request = try await Self.readSingleRequest(of: call, as: Method.Request.self, codec: codec)
+            let response = try await handler(request, context)
+            try await call.send(try Self.encode(response, codec: codec, method: Method.name))
+        }
+    }
+
+    /// Registers the handler of a server-streaming method: one request, a stream of responses written to the
+    /// writer (a watch, a subscription). The call ends when the handler returns.
+    public mutating func registerServerStreaming<Method: ServiceMethod>(
+        _ method: Method.Type,
+        handler: @escaping @Sendable (Method.Request, ServiceStreamWriter<Method.Response>, ServiceContext) async throws
+            -> Void
+    ) {
+        self.handlers[Method.name] = { call, context, codec in
+            let request = try await Self.readSingleRequest(of: call, as: Method.Request.self, codec: codec)
+            try await handler(request, ServiceStreamWriter(call: call, codec: codec), context)
+        }
+    }
+
+    /// Registers the handler of a client-streaming method: a stream of requests, one response.
+    public mutating func registerClientStreaming<Method: ServiceMethod>(
+        _ method: Method.Type,
+        handler: @escaping @Sendable (ServiceStream<Method.Request>, ServiceContext) async throws -> Method.Response
+    ) {
+        self.handlers[Method.name] = { call, context, codec in
+            let response = try await handler(ServiceStream(call: call, codec: codec), context)
+            try await call.send(try Self.encode(response, codec: codec, method: Method.name))
+        }
+    }
+
+    /// Registers the handler of a bidirectional-streaming method: a stream of requests and a stream of responses,
+    /// both open at once. The call ends when the handler returns.
+    public mutating func registerBidirectionalStreaming<Method: ServiceMethod>(
+        _ method: Method.Type,
+        handler: @escaping @Sendable (ServiceStream<Method.Request>, ServiceStreamWriter<Method.Response>, ServiceContext)
+            async throws -> Void
+    ) {
+        self.handlers[Method.name] = { call, context, codec in
+            try await handler(ServiceStream(call: call, codec: codec), ServiceStreamWriter(call: call, codec: codec), context)
+        }
+    }
+
+    // MARK: - Internals
+
+    /// Reads exactly one request and the caller's half-close.
+    static func readSingleRequest<Request: Decodable>(
+        of call: CallStream,
+        as type: Request.Type,
+        codec: any MessageCodec
+    ) async throws -> Request {
+        guard case .message(let message) = try await call.next() else {
+            throw SocketIPCError(.invalidMessage, "the call '\(call.method)' sent no request")
+        }
+        let request: Request
+        do {
+            request = try codec.decode(Request.self, from: message)
+        } catch {
+            throw SocketIPCError(
+                .invalidMessage,
+                "the request of '\(call.method)' is not a \(Request.self): \(error)",
+                cause: error
+            )
+        }
+        guard case .end = try await call.next() else {
+            throw SocketIPCError(.invalidMessage, "the call '\(call.method)' sent more than one request")
+        }
+        return request
+    }
+
+    static func encode<Value: Encodable>(_ value: Value, codec: any MessageCodec, method: String) throws -> ByteBuffer {
+        do {
+            return try codec.encode(value)
+        } catch {
+            throw SocketIPCError(.remoteError, "the response of '\(method)' could not be encoded: \(error)", cause: error)
+        }
+    }
+}

@@ -1,0 +1,78 @@
+import NIOCore
+import SocketIPCCore
+
+/// The messages of one direction of a call, decoded, as an `AsyncSequence`: a handler's requests (client and
+/// bidirectional streaming), or a caller's responses (server and bidirectional streaming).
+///
+/// Iterate it once. It ends (`nil`) when the other side ends its direction normally, and throws when the call fails:
+/// the handler's error as a ``ServiceError`` or a `SocketIPCError` (`deadlineExceeded`, `connectionClosed`, …), or
+/// `invalidMessage` for a message that does not decode. Reading is what gives the sender credit (PROTOCOL.md, "Flow
+/// control"): a consumer that stops reading stops the producer on the other side after 64 KiB, and no more than that
+/// waits here.
+public struct ServiceStream<Element: Decodable & Sendable>: AsyncSequence, Sendable {
+    /// The decoded messages.
+    public typealias Element = Element
+    /// What the stream throws.
+    public typealias Failure = any Error
+
+    let call: CallStream
+    let codec: any MessageCodec
+
+    /// Makes the iterator.
+    public func makeAsyncIterator() -> AsyncIterator {
+        AsyncIterator(call: self.call, codec: self.codec)
+    }
+
+    /// Reads and decodes the messages one at a time.
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        let call: CallStream
+        let codec: any MessageCodec
+        var finished = false
+
+        /// The next message, or `nil` once the other side has ended its direction.
+        public mutating func next() async throws -> Element? {
+            guard !self.finished else { return nil }
+            switch try await self.call.next() {
+            case .message(let message):
+                do {
+                    return try self.codec.decode(Element.self, from: message)
+                } catch {
+                    self.finished = true
+                    let failure = SocketIPCError(
+                        .invalidMessage,
+                        "a message of the call '\(self.call.method)' is not a \(Element.self): \(error)",
+                        cause: error
+                    )
+                    if self.call.isCaller { self.call.cancel(.cancelled) } else { self.call.fail(failure) }
+                    throw failure
+                }
+            case .end(let status):
+                self.finished = true
+                if let error = status.error(codec: self.codec, method: self.call.method) { throw error }
+                return nil
+            }
+        }
+    }
+}
+
+/// Writes the messages of one direction of a call, encoded: a caller's requests (client and bidirectional
+/// streaming), or a handler's responses (server and bidirectional streaming).
+///
+/// ``write(_:)`` waits while the other side has not given credit for more (it is not reading), so a producer
+/// never runs ahead of its consumer by more than 64 KiB.
+public struct ServiceStreamWriter<Element: Encodable & Sendable>: Sendable {
+    let call: CallStream
+    let codec: any MessageCodec
+
+    /// Sends one message.
+    /// - Throws: What the call failed with (the peer cancelled it or ended it, the deadline passed, the connection
+    ///   closed); the codec's error; `messageTooLarge`; `CancellationError`.
+    public func write(_ element: Element) async throws {
+        try await self.call.send(try self.codec.encode(element))
+    }
+
+    /// Sends every element of `elements`, in order.
+    public func write<Elements: Sequence>(contentsOf elements: Elements) async throws where Elements.Element == Element {
+        for element in elements { try await self.write(element) }
+    }
+}

@@ -1,0 +1,82 @@
+import NIOCore
+import Testing
+
+@testable import SocketIPCCore
+
+/// The per-call state: credit both ways, what waits, and how a call fails; with plain values for the waiters.
+@Suite("CallStateMachine")
+struct CallStateMachineTests {
+    typealias Machine = CallStateMachine<String, String>
+
+    static func message(_ size: Int) -> ByteBuffer { ByteBuffer(repeating: 0x61, count: size) }
+    static let cost = Machine.frameCost(payloadLength: 1000)
+
+    @Test("a sender sends while its credit is above zero, and the message that takes it below zero still goes")
+    func sendCredit() throws {
+        var machine = Machine()
+        var sent = 0
+        while case .send = machine.reserveSend(payloadLength: 1000, orWait: "writer") { sent += 1 }
+        // 65,536 bytes of credit, 1,009 bytes a message: the 65th takes it below zero.
+        #expect(sent == (Machine.initialWindow + Self.cost - 1) / Self.cost)
+        #expect(machine.availableSendCredit <= 0)
+        // Waiting now; credit resumes the waiter and takes its message's cost.
+        let before = machine.availableSendCredit
+        let resumed = machine.creditReceived(UInt32(Self.cost))
+        #expect(resumed == "writer")
+        #expect(machine.availableSendCredit == before + Self.cost - Self.cost)
+        // Not enough credit to go above zero: nobody to resume.
+        let nobody = machine.creditReceived(1)
+        #expect(nobody == nil)
+    }
+
+    @Test("a receiver refuses a message its peer had no credit for, and gives credit back once half the window is read")
+    func receiveCredit() throws {
+        var machine = Machine()
+        var received = 0
+        while true {
+            let action = machine.messageReceived(Self.message(1000))
+            if case .violation = action { break }
+            received += 1
+            #expect(received < 1000)
+        }
+        #expect(received == (Machine.initialWindow + Self.cost - 1) / Self.cost)
+        // Reading gives credit back in one grant once half the window is consumed.
+        var granted = 0
+        for _ in 0..<received {
+            if case .message(_, let credit) = machine.next(orWait: "reader") { granted += credit }
+        }
+        #expect(granted >= Machine.initialWindow / 2)
+        #expect(granted % Self.cost == 0)
+        // The peer may send again.
+        if case .violation = machine.messageReceived(Self.message(1000)) { Issue.record("credit was given back") }
+    }
+
+    @Test("a waiting reader gets the next message or the end; a failure reaches every waiter and every later call")
+    func readersAndFailure() throws {
+        var machine = Machine()
+        guard case .wait = machine.next(orWait: "reader") else { throw Failure("a reader with nothing to read waits") }
+        guard case .deliver("reader", _) = machine.messageReceived(Self.message(3)) else {
+            throw Failure("the message goes to the waiting reader")
+        }
+        guard case .wait = machine.next(orWait: "reader2") else { throw Failure("waits again") }
+        guard case .end("reader2", .ok) = machine.endReceived(.ok) else { throw Failure("the end goes to the reader") }
+        guard case .end(.ok) = machine.next(orWait: "reader3") else { throw Failure("the end stays") }
+
+        var failing = Machine()
+        _ = failing.next(orWait: "reader")
+        _ = failing.reserveSend(payloadLength: Machine.initialWindow * 2, orWait: "w0")
+        _ = failing.reserveSend(payloadLength: 1, orWait: "writer")
+        let action = failing.fail(CancellationError())
+        #expect(action.readWaiter == "reader")
+        #expect(action.writeWaiter == "writer")
+        guard case .fail = failing.next(orWait: "later") else { throw Failure("later reads fail") }
+        guard case .fail = failing.reserveSend(payloadLength: 1, orWait: "later") else { throw Failure("so do sends") }
+        let ended = failing.endOutbound()
+        #expect(!ended, "a failed call sends no end")
+    }
+
+    struct Failure: Error {
+        var message: String
+        init(_ message: String) { self.message = message }
+    }
+}
