@@ -1,0 +1,151 @@
+/// A reconnecting client's connection, as a value without I/O: whether it is connecting, ready, waiting to retry
+/// after a failure, failed for good or shut down; and the calls waiting for a connection.
+///
+/// ```
+///           start()                     connected(_:)
+///   idle -----------> connecting -------------------------> ready
+///                       ^    |  connectFailed (retryable)      |  connectionLost(_:)
+///                       |    v                                 |  (reconnects at once)
+///            retryDue() |  waiting(retry, error) <-------------+--> connecting
+///                       +----/   connectFailed (not retryable) -> failed(error)
+///   shutdown() from any state -> shutDown
+/// ```
+///
+/// A failed attempt is retried, since a later one may succeed (no server yet, the server shutting down or gone, a
+/// timeout), except when it never will: a refusal by the server's policy, a peer that does not speak the protocol
+/// or this version of it, an invalid path. Consecutive failures back off (``ConnectionBackoff``); a connection that was ready and is lost is
+/// retried at once, as gRPC's client does.
+///
+/// - `Connection`: the runtime's connection (compared by identity).
+/// - `Waiter`: what waits for a connection (the runtime's continuation).
+package struct ReconnectStateMachine<Connection: AnyObject, Waiter> {
+    /// Where the client is.
+    package enum State {
+        case idle
+        case connecting(attempt: Int)
+        case ready(Connection)
+        case waiting(retry: Int, error: SocketIPCError)
+        case failed(SocketIPCError)
+        case shutDown
+    }
+
+    /// What the driver (the client's `run()`) does next.
+    package enum Action {
+        /// Connect; `attempt` counts from 1 since the last success.
+        case connect(attempt: Int)
+        /// Wait `delay`, then report ``retryDue()``.
+        case retry(after: Duration, retry: Int, error: SocketIPCError)
+        /// Stop: the client shut down (close `connection` if there is one).
+        case stop
+        /// Stop with `error`: the client cannot connect, ever.
+        case fail(SocketIPCError)
+    }
+
+    package private(set) var state: State = .idle
+    private var waiters: [Int: (waiter: Waiter, excluding: Connection?)] = [:]
+    private var failures = 0
+    private let backoff: ConnectionBackoff
+
+    package init(backoff: ConnectionBackoff) {
+        self.backoff = backoff
+    }
+
+    /// The driver starts.
+    package mutating func start() -> Action {
+        guard case .idle = self.state else { return .stop }
+        self.state = .connecting(attempt: 1)
+        return .connect(attempt: 1)
+    }
+
+    /// A connection is ready: the waiters to resume with it.
+    package mutating func connected(_ connection: Connection) -> [Waiter] {
+        guard case .connecting = self.state else { return [] }
+        self.state = .ready(connection)
+        self.failures = 0
+        let ready = self.waiters.filter { $0.value.excluding !== connection }
+        for id in ready.keys { self.waiters[id] = nil }
+        return ready.values.map(\.waiter)
+    }
+
+    /// An attempt failed with `error`; `random` in `0..<1` places the retry in the jitter's range.
+    package mutating func connectFailed(_ error: SocketIPCError, random: Double) -> (Action, failedWaiters: [Waiter]) {
+        guard case .connecting = self.state else { return (.stop, []) }
+        guard !Self.failsForGood(error) else {
+            self.state = .failed(error)
+            let waiters = self.waiters.values.map(\.waiter)
+            self.waiters = [:]
+            return (.fail(error), waiters)
+        }
+        self.failures += 1
+        self.state = .waiting(retry: self.failures, error: error)
+        let delay = self.backoff.delay(beforeRetry: self.failures, random: random)
+        return (.retry(after: delay, retry: self.failures, error: error), [])
+    }
+
+    /// Whether no later attempt can succeed after `error`.
+    package static func failsForGood(_ error: SocketIPCError) -> Bool {
+        switch error.code {
+        case .unauthorized, .notSocketIPCPeer, .unsupportedVersion, .wrongStyle, .invalidPath, .protocolViolation:
+            true
+        default:
+            false
+        }
+    }
+
+    /// The wait before a retry is over.
+    package mutating func retryDue() -> Action {
+        guard case .waiting(let retry, _) = self.state else { return .stop }
+        self.state = .connecting(attempt: retry + 1)
+        return .connect(attempt: retry + 1)
+    }
+
+    /// The ready connection closed: connect again at once.
+    package mutating func connectionLost(_ connection: Connection) -> Action {
+        guard case .ready(let current) = self.state, current === connection else {
+            if case .shutDown = self.state { return .stop }
+            return .stop
+        }
+        self.state = .connecting(attempt: 1)
+        return .connect(attempt: 1)
+    }
+
+    /// The client shuts down: the waiters to fail, and the connection to close if one is ready.
+    package mutating func shutdown() -> (connection: Connection?, failedWaiters: [Waiter]) {
+        var connection: Connection?
+        if case .ready(let current) = self.state { connection = current }
+        self.state = .shutDown
+        let waiters = self.waiters.values.map(\.waiter)
+        self.waiters = [:]
+        return (connection, waiters)
+    }
+
+    /// What a call that needs a connection gets.
+    package enum WaitAction {
+        /// This connection, ready now.
+        case ready(Connection)
+        /// None yet: the waiter is kept under `id` until one is (or it is removed).
+        case wait
+        /// The client failed for good, or shut down.
+        case fail(SocketIPCError)
+    }
+
+    /// A call needs a connection other than `excluding` (one it saw closed).
+    package mutating func waitForConnection(id: Int, waiter: Waiter, excluding: Connection?) -> WaitAction {
+        switch self.state {
+        case .ready(let connection) where connection !== excluding:
+            return .ready(connection)
+        case .failed(let error):
+            return .fail(error)
+        case .shutDown:
+            return .fail(SocketIPCError(.invalidState, "the client is shut down"))
+        default:
+            self.waiters[id] = (waiter, excluding)
+            return .wait
+        }
+    }
+
+    /// Removes waiter `id` (its call was cancelled or timed out), if it still waits.
+    package mutating func removeWaiter(id: Int) -> Waiter? {
+        self.waiters.removeValue(forKey: id)?.waiter
+    }
+}

@@ -1,0 +1,191 @@
+import NIOCore
+import SocketIPCCore
+import Synchronization
+
+// Calls through a ServiceClient: each waits for a connection, and a unary call of an idempotent method is repeated on
+// the next connection when its own was lost.
+extension ServiceClient {
+    /// Calls `method` with `request` and returns its response (a unary call), once a connection is ready.
+    ///
+    /// If the connection is lost before the response comes, a method that declares itself idempotent is called
+    /// again on the next connection (up to ``ServiceClientConfiguration/maximumRetries`` times); any other fails.
+    /// - Throws: What ``Connection/call(_:_:options:)`` throws; the last connection error (or `timedOut`) when no
+    ///   connection was ready within ``ServiceClientConfiguration/waitForConnectionTimeout`` or the call's timeout;
+    ///   `invalidState` once the client is shut down.
+    public func call<Method: ServiceMethod>(
+        _ method: Method.Type,
+        _ request: Method.Request,
+        options: CallOptions = CallOptions()
+    ) async throws -> Method.Response {
+        var retries = 0
+        var lost: Connection?
+        while true {
+            let connection = try await self.readyConnection(excluding: lost, timeout: options.timeout)
+            do {
+                return try await connection.call(method, request, options: options)
+            } catch let error as SocketIPCError
+                where Method.isIdempotent && retries < self.configuration.maximumRetries
+                && Self.lostBeforeAnswer(error)
+            {
+                retries += 1
+                lost = connection
+                self.logger.debug(
+                    "retrying an idempotent call on a new connection",
+                    metadata: ["method": "\(Method.name)", "error": "\(error)", "retry": "\(retries)"]
+                )
+            }
+        }
+    }
+
+    /// Calls `method` (server streaming) once a connection is ready; see ``Connection/serverStreaming(_:_:options:_:)``.
+    /// Not repeated when the connection is lost: ``resubscribing(_:_:options:)`` is the stream that is.
+    public func serverStreaming<Method: ServiceMethod, Result: Sendable>(
+        _ method: Method.Type,
+        _ request: Method.Request,
+        options: CallOptions = CallOptions(),
+        _ body: (ServiceStream<Method.Response>) async throws -> Result
+    ) async throws -> Result {
+        let connection = try await self.readyConnection(excluding: nil, timeout: options.timeout)
+        return try await connection.serverStreaming(method, request, options: options, body)
+    }
+
+    /// Calls `method` (client streaming) once a connection is ready; see ``Connection/clientStreaming(_:options:_:)``.
+    public func clientStreaming<Method: ServiceMethod>(
+        _ method: Method.Type,
+        options: CallOptions = CallOptions(),
+        _ body: (ServiceStreamWriter<Method.Request>) async throws -> Void
+    ) async throws -> Method.Response {
+        let connection = try await self.readyConnection(excluding: nil, timeout: options.timeout)
+        return try await connection.clientStreaming(method, options: options, body)
+    }
+
+    /// Calls `method` (bidirectional streaming) once a connection is ready; see
+    /// ``Connection/bidirectionalStreaming(_:options:_:)``.
+    public func bidirectionalStreaming<Method: ServiceMethod, Result: Sendable>(
+        _ method: Method.Type,
+        options: CallOptions = CallOptions(),
+        _ body: (ServiceStreamWriter<Method.Request>, ServiceStream<Method.Response>) async throws -> Result
+    ) async throws -> Result {
+        let connection = try await self.readyConnection(excluding: nil, timeout: options.timeout)
+        return try await connection.bidirectionalStreaming(method, options: options, body)
+    }
+
+    /// A server stream that outlives connections: it calls `method` with `request`, yields what comes, and when the
+    /// connection is lost (the server restarts) calls it again on the next one, as a watcher re-subscribes. It ends
+    /// when the handler ends the stream, or when the client shuts down; it throws the handler's error (a
+    /// ``ServiceError``, `unknownMethod`, …). Elements sent while no connection was up are not seen: a watch that
+    /// must not miss changes starts with the current value (as a `kv.watch` that yields it first).
+    ///
+    /// It reads from the server only as fast as it is iterated (one element ahead), so the stream's credit holds the
+    /// server back for a slow consumer. Stopping the iteration (or cancelling its task) cancels the call.
+    public func resubscribing<Method: ServiceMethod>(
+        _ method: Method.Type,
+        _ request: Method.Request,
+        options: CallOptions = CallOptions()
+    ) -> ResubscribingStream<Method.Response> {
+        let (elements, continuation) = AsyncThrowingStream.makeStream(of: Method.Response.self)
+        let (demand, demandContinuation) = AsyncStream.makeStream(of: Void.self)
+        let task = Task {
+            var demandIterator = demand.makeAsyncIterator()
+            var hasDemand = false
+            var lost: Connection?
+            while !Task.isCancelled {
+                do {
+                    let connection = try await self.readyConnection(excluding: lost, timeout: nil)
+                    lost = connection
+                    let ended = try await connection.serverStreaming(method, request, options: options) { responses in
+                        var iterator = responses.makeAsyncIterator()
+                        while true {
+                            if !hasDemand {
+                                // The consumer asks for each element before it is read from the server.
+                                guard await demandIterator.next() != nil else { return false }
+                                hasDemand = true
+                            }
+                            guard let response = try await iterator.next() else { return true }
+                            hasDemand = false
+                            continuation.yield(response)
+                        }
+                    }
+                    continuation.finish()
+                    _ = ended
+                    return
+                } catch let error as SocketIPCError where Self.lostBeforeAnswer(error) {
+                    continue
+                } catch {
+                    continuation.finish(throwing: error is CancellationError ? nil : error)
+                    return
+                }
+            }
+            continuation.finish()
+        }
+        continuation.onTermination = { _ in
+            task.cancel()
+            demandContinuation.finish()
+        }
+        return ResubscribingStream(elements: elements, demand: demandContinuation)
+    }
+
+    /// Whether a call failed because its connection went away before it was answered.
+    static func lostBeforeAnswer(_ error: SocketIPCError) -> Bool {
+        switch error.code {
+        case .connectionClosed, .peerGoingAway, .peerNotResponding: true
+        default: false
+        }
+    }
+
+    // MARK: - Waiting for a connection
+
+    /// A connection that is ready (and not `excluding`, one the caller saw lost), waiting for one up to the
+    /// configured time, or `timeout` if shorter.
+    func readyConnection(excluding: Connection?, timeout: Duration?) async throws -> Connection {
+        var excluding = excluding
+        while true {
+            let connection = try await self.waitForConnection(excluding: excluding, timeout: timeout)
+            if connection.isOpen { return connection }
+            excluding = connection
+        }
+    }
+
+    private func waitForConnection(excluding: Connection?, timeout: Duration?) async throws -> Connection {
+        let id = self.nextWaiterID.wrappingAdd(1, ordering: .relaxed).newValue
+        let limit = min(timeout ?? self.configuration.waitForConnectionTimeout, self.configuration.waitForConnectionTimeout)
+        let timer = Task {
+            try await Task.sleep(for: limit)
+            let waiter = self.machine.withLock { $0.removeWaiter(id: id) }
+            waiter?.resume(throwing: self.noConnectionError(after: limit))
+        }
+        defer { timer.cancel() }
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Connection, any Error>) in
+                let action = self.machine.withLock {
+                    $0.waitForConnection(id: id, waiter: continuation, excluding: excluding)
+                }
+                switch action {
+                case .ready(let connection): continuation.resume(returning: connection)
+                case .fail(let error): continuation.resume(throwing: error)
+                case .wait:
+                    if Task.isCancelled {
+                        self.machine.withLock { $0.removeWaiter(id: id) }?.resume(throwing: CancellationError())
+                    }
+                }
+            }
+        } onCancel: {
+            self.machine.withLock { $0.removeWaiter(id: id) }?.resume(throwing: CancellationError())
+        }
+    }
+
+    /// The error of a call that found no connection in time: the last attempt's error, if there was one.
+    private func noConnectionError(after limit: Duration) -> SocketIPCError {
+        switch self.machine.withLock({ $0.state }) {
+        case .waiting(_, let error):
+            SocketIPCError(
+                error.code,
+                "no connection to \(self.path) within \(limit): \(error.message)",
+                path: self.path,
+                cause: error
+            )
+        default:
+            SocketIPCError(.timedOut, "no connection to \(self.path) within \(limit)", path: self.path)
+        }
+    }
+}

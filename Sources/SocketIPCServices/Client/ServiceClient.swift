@@ -1,0 +1,214 @@
+import Logging
+import NIOCore
+import ServiceLifecycle
+import SocketIPCCore
+import Synchronization
+
+/// A client of a service that survives its server's restarts: it connects when the server comes up, reconnects
+/// with backoff after a loss, runs an `onConnect` step on each new connection, retries calls of idempotent methods,
+/// and reports its state.
+///
+/// ```swift
+/// let client = ServiceClient(path: "/run/kv.sock")
+/// try await withThrowingDiscardingTaskGroup { group in
+///     group.addTask { try await client.run() }
+///     let value = try await client.call(Get.self, "colour")   // waits for the server, bounded
+///     for try await change in client.resubscribing(Watch.self, "colour") { print(change) }  // across restarts
+///     client.shutdown()
+/// }
+/// ```
+///
+/// ``run()`` owns the connection: it connects, waits for the connection to close, and connects again, until
+/// ``shutdown()`` or until its task is cancelled. It is a ServiceLifecycle `Service`, so a `ServiceGroup` can run it
+/// (a graceful shutdown of the group shuts it down). Calls may start before ``run()`` does: they wait for a
+/// connection (``ServiceClientConfiguration/waitForConnectionTimeout``).
+///
+/// What happens to a call whose connection is lost: a unary call of an idempotent method
+/// (``ServiceMethod/isIdempotent``) is repeated on the next connection, up to
+/// ``ServiceClientConfiguration/maximumRetries`` times; any other call fails with the transport's error
+/// (`connectionClosed`, `peerGoingAway`, `peerNotResponding`), since it may have had its effect.
+public final class ServiceClient: Sendable, Service {
+    /// The socket path of the server.
+    public let path: String
+    /// How the client connects, reconnects and waits.
+    public let configuration: ServiceClientConfiguration
+    let router: ServiceRouter?
+    let onConnect: (@Sendable (Connection) async throws -> Void)?
+    let logger: Logger
+
+    typealias Machine = ReconnectStateMachine<Connection, CheckedContinuation<Connection, any Error>>
+    let machine: Mutex<Machine>
+    let published = Mutex(Published())
+    let nextSubscriberID = Atomic<Int>(0)
+    let nextWaiterID = Atomic<Int>(0)
+    let shutdownRequested = ShutdownSignal()
+
+    /// Creates a client; it connects once ``run()`` runs.
+    /// - Parameters:
+    ///   - path: The server's socket path.
+    ///   - configuration: How to connect, reconnect and wait; default ``ServiceClientConfiguration/init()``.
+    ///   - router: Methods this client serves for its server to call back; default none.
+    ///   - logger: Where the client logs its connections and retries; default `socketipc.service-client`.
+    ///   - onConnect: Runs on each new connection before calls use it (to authenticate, or to register); if it
+    ///     throws, the connection is closed and the attempt counts as failed.
+    public init(
+        path: String,
+        configuration: ServiceClientConfiguration = ServiceClientConfiguration(),
+        router: ServiceRouter? = nil,
+        logger: Logger = Logger(label: "socketipc.service-client"),
+        onConnect: (@Sendable (Connection) async throws -> Void)? = nil
+    ) {
+        self.path = path
+        self.configuration = configuration
+        self.router = router
+        self.logger = logger
+        self.onConnect = onConnect
+        self.machine = Mutex(Machine(backoff: configuration.backoff))
+    }
+
+    /// Connects, and connects again whenever the connection is lost, until ``shutdown()`` is called or the task is
+    /// cancelled (or a ServiceLifecycle graceful shutdown begins); then closes the connection and returns.
+    /// - Throws: The `SocketIPCError` that makes connecting pointless (`unauthorized`: the server's policy refuses
+    ///   this process; `notSocketIPCPeer`, `unsupportedVersion`, `wrongStyle`, `invalidPath`).
+    public func run() async throws {
+        try await withGracefulShutdownHandler {
+            try await withTaskCancellationHandler {
+                try await self.drive()
+            } onCancel: {
+                self.shutdown()
+            }
+        } onGracefulShutdown: {
+            self.shutdown()
+        }
+    }
+
+    /// Stops: closes the connection (after what is written), fails calls waiting for a connection, and makes
+    /// ``run()`` return. Safe to call more than once, from any task.
+    public func shutdown() {
+        let (connection, waiters) = self.machine.withLock { $0.shutdown() }
+        for waiter in waiters { waiter.resume(throwing: SocketIPCError(.invalidState, "the client is shut down")) }
+        connection?.close()
+        self.shutdownRequested.fire()
+    }
+
+    private func drive() async throws {
+        var action = self.machine.withLock { $0.start() }
+        while true {
+            switch action {
+            case .connect(let attempt):
+                self.publish(.connecting(attempt: attempt))
+                action = await self.connect()
+            case .retry(let delay, let retry, let error):
+                self.publish(.waitingToRetry(retry: retry, delay: delay, error: error))
+                self.logger.debug(
+                    "cannot connect; retrying",
+                    metadata: ["path": "\(self.path)", "error": "\(error)", "delay": "\(delay)"]
+                )
+                await self.shutdownRequested.wait(upTo: delay)
+                action = self.machine.withLock { $0.retryDue() }
+            case .stop:
+                self.publish(.shutDown)
+                return
+            case .fail(let error):
+                self.publish(.failed(error))
+                throw error
+            }
+        }
+    }
+
+    /// One attempt: connect, run `onConnect`, hand the connection to the waiting calls, and wait for its close.
+    private func connect() async -> Machine.Action {
+        let connection: Connection
+        do {
+            connection = try await Client.connect(
+                to: self.path,
+                configuration: self.configuration.connection,
+                handler: ServiceClientConnectionHandler(router: self.router),
+                logger: self.logger
+            )
+        } catch {
+            return self.failed(error)
+        }
+        if let onConnect = self.onConnect {
+            do {
+                try await onConnect(connection)
+            } catch {
+                connection.close()
+                return self.failed(error)
+            }
+        }
+        let waiters = self.machine.withLock { $0.connected(connection) }
+        guard case .ready = self.machine.withLock({ $0.state }) else {
+            // Shut down meanwhile.
+            connection.close()
+            return .stop
+        }
+        self.publish(.ready)
+        self.logger.debug("connected", metadata: ["path": "\(self.path)"])
+        for waiter in waiters { waiter.resume(returning: connection) }
+        await connection.waitUntilClosed()
+        if let reason = connection.closeReason {
+            self.logger.debug("connection lost", metadata: ["path": "\(self.path)", "reason": "\(reason)"])
+        }
+        return self.machine.withLock { $0.connectionLost(connection) }
+    }
+
+    private func failed(_ error: any Error) -> Machine.Action {
+        let failure =
+            error as? SocketIPCError
+            ?? SocketIPCError(.connectionClosed, "the connection's setup failed: \(error)", cause: error)
+        let (action, waiters) = self.machine.withLock { $0.connectFailed(failure, random: Double.random(in: 0..<1)) }
+        for waiter in waiters { waiter.resume(throwing: failure) }
+        return action
+    }
+}
+
+/// The handler of a ``ServiceClient``'s connections: serves the client's router, if it has one.
+struct ServiceClientConnectionHandler: ConnectionHandler, Sendable {
+    let router: ServiceRouter?
+
+    func connectionDidOpen(_ connection: Connection) {
+        if let router { CallMultiplexer.install(router: router, on: connection) }
+    }
+}
+
+/// Fires once; ``wait(upTo:)`` returns when it has, or after a delay.
+final class ShutdownSignal: Sendable {
+    private let state = Mutex<(fired: Bool, waiters: [Int: CheckedContinuation<Void, Never>])>((false, [:]))
+    private let ids = Atomic<Int>(0)
+
+    func fire() {
+        let waiters = self.state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.fired = true
+            defer { state.waiters = [:] }
+            return Array(state.waiters.values)
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    /// Returns after `delay`, or earlier once fired (or the task is cancelled).
+    func wait(upTo delay: Duration) async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { try? await Task.sleep(for: delay) }
+            group.addTask { await self.waitUntilFired() }
+            await group.next()
+            group.cancelAll()
+        }
+    }
+
+    private func waitUntilFired() async {
+        let id = self.ids.wrappingAdd(1, ordering: .relaxed).newValue
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let resumeNow = self.state.withLock { state -> Bool in
+                    if state.fired || Task.isCancelled { return true }
+                    state.waiters[id] = continuation
+                    return false
+                }
+                if resumeNow { continuation.resume() }
+            }
+        } onCancel: {
+            self.state.withLock { $0.waiters.removeValue(forKey: id) }?.resume()
+        }
+    }
+}
