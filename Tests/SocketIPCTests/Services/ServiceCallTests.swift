@@ -88,6 +88,28 @@ struct ServiceCallTests {
         }
     }
 
+    @Test("an untyped call by name, with encoded JSON both ways, as a command-line tool makes it")
+    func untyped() async throws {
+        try await withFramedTestServer(makeHandler: { ServiceConnectionHandler(router: keyValueRouter()) }) { _, path in
+            let connection = try await Client.connect(to: path)
+            defer { connection.close() }
+            let stored = try await connection.call(method: "kv.set", request: ByteBuffer(string: #"{"key":"a","value":"1"}"#))
+            #expect(String(buffer: stored) == "true")
+            let value = try await connection.call(method: "kv.get", request: ByteBuffer(string: #""a""#))
+            #expect(String(buffer: value) == #""1""#)
+            var numbers: [String] = []
+            try await connection.serverStreaming(method: "numbers.count", request: ByteBuffer(string: "3")) {
+                numbers.append(String(buffer: $0))
+            }
+            #expect(numbers == ["0", "1", "2"])
+            let error = try await #require(throws: ServiceError.self) {
+                try await connection.call(method: "kv.get", request: ByteBuffer(string: #""missing""#))
+            }
+            #expect(error.code == "notFound")
+            #expect(error.encodedDetails.map { String(buffer: $0) } == #"{"key":"missing"}"#)
+        }
+    }
+
     @Test("the handler sees the caller's credentials and connection")
     func credentials() async throws {
         enum WhoAmI: ServiceMethod {
