@@ -86,6 +86,47 @@ public func withFramedTestServer<Handler: ConnectionHandler & SendableMetatype, 
     }, body)
 }
 
+/// Runs a server of `router`'s methods (``Server/service(configuration:router:logger:)``) on a socket in a new
+/// temporary directory for the length of `body`, and cleans up after it as ``withFramedTestServer(socketName:configure:logger:makeHandler:isolation:_:)``
+/// does.
+///
+/// ```swift
+/// @Test func get() async throws {
+///     var router = ServiceRouter()
+///     router.register(Get.self) { key, _ in key == "colour" ? "blue" : nil }
+///     try await withServiceTestServer(router: router) { _, path in
+///         let value = try await Client.withConnection(to: path) { try await $0.call(Get.self, "colour") }
+///         #expect(value == "blue")
+///     }
+/// }
+/// ```
+/// - Parameters:
+///   - router: The methods served.
+///   - socketName: The socket file's name in the temporary directory.
+///   - configure: Changes the server's configuration, made for the socket's path, before the server is made.
+///   - logger: Where the server logs; by default a logger that logs only critical messages.
+///   - isolation: The actor `body` runs on; the caller's by default.
+///   - body: Uses the running server and its socket path.
+/// - Returns: What `body` returns.
+/// - Throws: What `body` throws, and the ``SocketIPCError`` of a server that failed to start or to run.
+@discardableResult
+public func withServiceTestServer<Value>(
+    router: ServiceRouter,
+    socketName: String = "test.sock",
+    configure: (inout ServerConfiguration) -> Void = { _ in },
+    logger: Logger? = nil,
+    isolation: isolated (any Actor)? = #isolation,
+    _ body: (_ server: Server, _ path: String) async throws -> Value
+) async throws -> Value {
+    try await withFramedTestServer(
+        socketName: socketName,
+        configure: configure,
+        logger: logger,
+        makeHandler: { ServiceConnectionHandler(router: router) },
+        body
+    )
+}
+
 /// Runs an EOF-style server on a socket in a new temporary directory for the length of `body`, and cleans up after
 /// it, also when `body` throws: the server is shut down gracefully, ``Server/run()`` has returned and the directory
 /// is removed before this function returns.

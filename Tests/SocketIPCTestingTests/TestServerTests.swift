@@ -17,6 +17,23 @@ struct TestServerTests {
         await expectDirectoryRemoved(of: path)
     }
 
+    @Test("a service test server serves its router's methods")
+    func service() async throws {
+        enum Get: ServiceMethod {
+            static let name = "kv.get"
+            typealias Request = String
+            typealias Response = String?
+        }
+        var router = ServiceRouter()
+        router.register(Get.self) { key, _ in key == "colour" ? "blue" : nil }
+        let path = try await withServiceTestServer(router: router) { _, path in
+            let value = try await Client.withConnection(to: path) { try await $0.call(Get.self, "colour") }
+            #expect(value == "blue")
+            return path
+        }
+        await expectDirectoryRemoved(of: path)
+    }
+
     @Test("an EOF-style test server acknowledges; configure and socketName apply")
     func eof() async throws {
         let handler = EOFMessageHandler.onEventLoop { message, _ in ByteBuffer(string: "got \(message.readableBytes)") }
