@@ -52,7 +52,18 @@ extension CallMultiplexer {
         context: ServiceContext,
         codec: any MessageCodec
     ) async {
-        let status = await withTaskGroup(of: CallStatus?.self) { group in
+        // The deadline is a timer on the connection's event loop, not a task of its own.
+        let deadlineTimer = context.deadline.map { deadline in
+            call.connection.scheduleCallTimer(in: ContinuousClock.now.duration(to: deadline)) {
+                call.fail(CallStream.deadlineError(context.method))
+                call.stopHandler(.deadlineExceeded)
+            }
+        }
+        defer { deadlineTimer?.cancel() }
+        // The handler runs in a child task; this task waits for whatever stops the call first (the handler
+        // finishing, the caller's cancel, the deadline, the connection's close, or this task's own cancellation),
+        // then cancels the handler if it is still running and waits for it.
+        let status = await withTaskGroup(of: CallStatus.self) { group in
             group.addTask {
                 let status: CallStatus
                 do {
@@ -64,30 +75,9 @@ extension CallMultiplexer {
                 call.stopHandler(.finished)
                 return status
             }
-            group.addTask {
-                await call.waitUntilStopped()
-                return nil
-            }
-            if let deadline = context.deadline {
-                group.addTask {
-                    try? await Task.sleep(until: deadline, clock: .continuous)
-                    if !Task.isCancelled {
-                        call.fail(CallStream.deadlineError(context.method))
-                        call.stopHandler(.deadlineExceeded)
-                    }
-                    return nil
-                }
-            }
-            var handlerStatus: CallStatus?
-            var stopped = false
-            while let result = await group.next() {
-                if let result { handlerStatus = result }
-                if !stopped {
-                    stopped = true
-                    group.cancelAll()
-                }
-            }
-            return handlerStatus
+            await call.waitUntilStopped()
+            if call.stopReason != .finished { group.cancelAll() }
+            return await group.next()
         }
         switch call.stopReason {
         case .finished, nil:
