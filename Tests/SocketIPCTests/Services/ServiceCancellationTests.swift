@@ -28,25 +28,37 @@ struct ServiceCancellationTests {
 
     @Test("a deadline travels with the call: the handler reads it, is cancelled when it passes; the caller gets deadlineExceeded")
     func deadline() async throws {
-        let probe = HandlerProbe()
-        try await withFramedTestServer(makeHandler: { ServiceConnectionHandler(router: keyValueRouter(probe: probe)) }) {
-            _,
-            path in
+        let events = Mutex<[String]>([])
+        let sent = Mutex<ContinuousClock.Instant?>(nil)
+        var router = ServiceRouter()
+        router.register(Block.self) { request, context in
+            events.withLock { $0.append("started") }
+            if let deadline = context.deadline, let sent = sent.withLock({ $0 }) {
+                // The handler's deadline is the caller's, as sent: 500 ms from when the call left, give or take
+                // the time the open frame took to arrive.
+                events.withLock { $0.append(deadline > sent && deadline <= sent + .seconds(5) ? "deadline ok" : "deadline wrong") }
+            }
+            do {
+                try await Task.sleep(for: .seconds(3600))
+            } catch {
+                events.withLock { $0.append(Task.isCancelled ? "cancelled" : "\(error)") }
+                throw error
+            }
+            return request
+        }
+        try await withFramedTestServer(makeHandler: { [router] in ServiceConnectionHandler(router: router) }) { _, path in
             let connection = try await Client.connect(to: path)
             defer { connection.close() }
-            let before = ContinuousClock.now
+            sent.withLock { $0 = .now }
             let error = try await #require(throws: SocketIPCError.self) {
-                try await connection.call(Block.self, "wait", options: CallOptions(timeout: .milliseconds(200)))
+                try await connection.call(Block.self, "wait", options: CallOptions(timeout: .milliseconds(500)))
             }
             #expect(error.code == .deadlineExceeded)
-            var started = probe.started.stream.makeAsyncIterator()
-            let seen = try #require(await started.next() ?? nil)
-            // The handler's deadline is the caller's, as sent: 200 ms from when the call left.
-            #expect(seen > before)
-            #expect(seen <= before + .milliseconds(200) + .seconds(5))
-            var ended = probe.ended.stream.makeAsyncIterator()
-            #expect(await ended.next() == "cancelled")
         }
+        // The server has stopped, so its handlers have ended. On a loaded machine the deadline can pass before the
+        // handler even started (then it never runs); otherwise it saw the deadline and was cancelled by it.
+        let seen = events.withLock { $0 }
+        #expect(seen.isEmpty || seen == ["started", "deadline ok", "cancelled"], "the handler saw \(seen)")
     }
 
     @Test("a server stream's consumer that stops early cancels the producer")
