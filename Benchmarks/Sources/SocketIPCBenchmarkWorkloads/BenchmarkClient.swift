@@ -13,6 +13,8 @@ public enum BenchmarkClient {
         case .rr: return try await Self.roundTrips(options)
         case .stream, .bulk: return try await Self.oneWay(options)
         case .fanin: return try await Self.fanIn(options)
+        case .typedRR: return try await TypedWorkloads.roundTrips(options, configuration: Self.clientConfiguration(options))
+        case .typedStream: return try await TypedWorkloads.stream(options, configuration: Self.clientConfiguration(options))
         case .idleMemory:
             try await Self.idle(options, onReady: onReady)
             return nil
@@ -164,7 +166,7 @@ public enum BenchmarkClient {
         }
     }
 
-    private static func clientConfiguration(_ options: BenchmarkOptions) -> ClientConfiguration {
+    static func clientConfiguration(_ options: BenchmarkOptions) -> ClientConfiguration {
         var configuration = ClientConfiguration()
         configuration.connectTimeout = .seconds(60)
         configuration.connection.busyPollDuration = options.busyPoll

@@ -12,6 +12,12 @@ public enum Workload: String, CaseIterable, Sendable {
     case fanin
     /// W6: many idle connections, for memory per connection.
     case idleMemory = "idle-mem"
+    /// W2 as typed calls of the services layer: sequential unary calls of a `Codable` value whose JSON is 64 bytes.
+    /// SocketIPC's own; `Benchmarks/tools/typed.sh` runs it beside `rr`.
+    case typedRR = "typed-rr"
+    /// W3 as a typed server stream: one call whose handler writes `n` `Codable` events of 64 bytes of JSON each,
+    /// with the stream's flow control. SocketIPC's own; `Benchmarks/tools/typed.sh` runs it beside `stream`.
+    case typedStream = "typed-stream"
 
     /// The full `n`, `conns` and `size` of the workload, as the harness runs it.
     public var defaults: (n: Int, conns: Int, size: Int) {
@@ -22,6 +28,8 @@ public enum Workload: String, CaseIterable, Sendable {
         case .bulk: (2_048, 1, 1_048_576)
         case .fanin: (2_000, 256, 64)
         case .idleMemory: (0, 5_000, 64)
+        case .typedRR: (200_000, 1, 64)
+        case .typedStream: (2_000_000, 1, 64)
         }
     }
 }

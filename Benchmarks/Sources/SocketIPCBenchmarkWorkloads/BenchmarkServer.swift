@@ -39,6 +39,11 @@ public enum BenchmarkServer {
                 }
             )
         }
+        if workload == .typedRR || workload == .typedStream {
+            return Server.framed(configuration: configuration, logger: logger, onServerRunning: onServerRunning) {
+                ServiceConnectionHandler(router: TypedWorkloads.router)
+            }
+        }
         return Server.framed(configuration: configuration, logger: logger, onServerRunning: onServerRunning) {
             WorkloadHandler()
         }

@@ -112,6 +112,17 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
         return .wait
     }
 
+    /// The consumer asks for the next message and will not wait: ``NextAction/wait`` means there is none yet (and
+    /// nothing was kept).
+    package mutating func poll() -> NextAction {
+        if let message = self.inbound.popFirst() {
+            return .message(message, credit: self.consumed(message))
+        }
+        if let end = self.inboundEnd { return .end(end) }
+        if let failure = self.failure { return .fail(failure) }
+        return .wait
+    }
+
     /// The consumer took `message` (handed to it by ``ReceiveAction/deliver(_:_:)``): the credit to give back, if
     /// any.
     package mutating func delivered(_ message: ByteBuffer) -> Int {

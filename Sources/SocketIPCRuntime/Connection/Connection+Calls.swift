@@ -97,7 +97,7 @@ extension Connection {
 
     /// Queues a frame of call `id` and waits while the peer is not reading (the write queue above its high
     /// watermark).
-    package func sendCallFrame(id: UInt32, _ frame: CallFrame) async throws {
+    nonisolated(nonsending) package func sendCallFrame(id: UInt32, _ frame: CallFrame) async throws {
         if try self.queueCallFrame(id: id, frame) {
             try await self.waitUntilWritable()
         }
@@ -160,8 +160,10 @@ extension Connection {
     /// Runs `job` where ``Reply/complete(_:)`` runs its work: on a server, a child task of the task that runs
     /// ``Server/run()`` (so that `run()` waits for it); on a client, the connection's own task. Cancelled when the
     /// connection closes.
-    package func runHandlerJob(_ job: @escaping @Sendable () async -> Void) {
-        self.handlerTasks.get().run(job)
+    /// - Parameter onEventLoop: Whether the job's task prefers the connection's event loop as its executor (no
+    ///   thread hop between the I/O and the job, but a job that blocks stalls the loop), or the global executor.
+    package func runHandlerJob(onEventLoop: Bool, _ job: @escaping @Sendable () async -> Void) {
+        self.handlerTasks.get().run(job, on: onEventLoop ? self.taskExecutor : nil)
     }
 }
 

@@ -79,7 +79,10 @@ public final class Connection: Sendable {
         handlerTaskOwner: ConnectionTasks.Owner = .connection
     ) {
         self.id = id
-        self.handlerTasks = ConnectionTaskSlot(owner: handlerTaskOwner)
+        self.handlerTasks = ConnectionTaskSlot(
+            owner: handlerTaskOwner,
+            driverExecutor: EventLoopTaskExecutor.shared(for: channel.eventLoop)
+        )
         if case .connection = handlerTaskOwner {
             self.calls = ConnectionCalls(isInitiator: true)
         } else {

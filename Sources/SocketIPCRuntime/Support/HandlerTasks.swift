@@ -42,10 +42,12 @@ final class HandlerTaskGroup: Sendable {
             while true {
                 let batch = await self.next()
                 for driver in batch.drivers {
-                    // On the global executor, as `Task {}` would run it: not on the executor that `run()`'s caller
-                    // may prefer (an event loop's, inside `Client.withEventLoopExecutor`), whose I/O a handler
-                    // would stall.
-                    group.addTask(executorPreference: globalConcurrentExecutor) { await driver.drive() }
+                    // On its connection's event loop where it has one (it only hands jobs to child tasks, so a job
+                    // from the event loop reaches it without waking another thread), else on the global executor:
+                    // never on the executor that `run()`'s caller may prefer. Each job chooses its own executor.
+                    group.addTask(executorPreference: driver.driverExecutor ?? globalConcurrentExecutor) {
+                        await driver.drive()
+                    }
                 }
                 if batch.cancel { group.cancelAll() }
                 if batch.finish { break }
@@ -142,14 +144,20 @@ final class ConnectionTasks: Sendable {
         /// No job yet: no driver.
         case idle
         /// The driver was started: jobs it has not taken yet, and the driver while it waits for more.
-        case active(jobs: [HandlerJob], waiter: UnsafeContinuation<Batch, Never>?)
+        case active(jobs: [Job], waiter: UnsafeContinuation<Batch, Never>?)
         /// The connection closed: jobs the driver has not taken yet, which it runs cancelled if `cancelling`.
-        case closed(jobs: [HandlerJob], cancelling: Bool)
+        case closed(jobs: [Job], cancelling: Bool)
+    }
+
+    /// A job and the executor it prefers (the global one when `nil`).
+    struct Job {
+        var run: HandlerJob
+        var executor: (any TaskExecutor)?
     }
 
     /// What the driver does next.
     private struct Batch {
-        var jobs: [HandlerJob]
+        var jobs: [Job]
         /// Whether the connection closed: end once every job has.
         var closed: Bool
         /// Whether to cancel the jobs still running first.
@@ -158,15 +166,21 @@ final class ConnectionTasks: Sendable {
 
     private let owner: Owner
     private let state = Mutex(State.idle)
+    /// Where the driver runs: the connection's event loop, when it has one.
+    let driverExecutor: (any TaskExecutor)?
 
-    /// The work of one connection, driven as `owner` starts it.
-    init(owner: Owner) {
+    /// The work of one connection, driven as `owner` starts it, the driver on `driverExecutor` (the global executor
+    /// when `nil`).
+    init(owner: Owner, driverExecutor: (any TaskExecutor)? = nil) {
         self.owner = owner
+        self.driverExecutor = driverExecutor
     }
 
     /// Runs `job` as a child task of the connection's driver, starting the driver with the first job. From any
     /// thread.
-    func run(_ job: @escaping HandlerJob) {
+    /// - Parameter executor: The executor the job prefers; `nil`, the default, is the global executor.
+    func run(_ job: @escaping HandlerJob, on executor: (any TaskExecutor)? = nil) {
+        let job = Job(run: job, executor: executor)
         enum Next {
             case startDriver
             case resume(UnsafeContinuation<Batch, Never>)
@@ -202,7 +216,7 @@ final class ConnectionTasks: Sendable {
         case .startDriver:
             switch self.owner {
             case .server(let group): group.start(self)
-            case .connection: Task { await self.drive() }
+            case .connection: Task(executorPreference: self.driverExecutor) { await self.drive() }
             }
         case .resume(let waiter):
             waiter.resume(returning: Batch(jobs: [job], closed: false))
@@ -240,7 +254,7 @@ final class ConnectionTasks: Sendable {
             while true {
                 let batch = await self.next()
                 for job in batch.jobs {
-                    group.addTask(operation: job)
+                    group.addTask(executorPreference: job.executor ?? globalConcurrentExecutor, operation: job.run)
                 }
                 if batch.closed {
                     if batch.cancel { group.cancelAll() }
@@ -289,10 +303,13 @@ struct ConnectionTaskSlot: ~Copyable, Sendable {
     }
 
     private let state: Mutex<State>
+    private let driverExecutor: (any TaskExecutor)?
 
-    /// An empty slot; the tasks made in it are driven as `owner` starts them.
-    init(owner: ConnectionTasks.Owner) {
+    /// An empty slot; the tasks made in it are driven as `owner` starts them, on `driverExecutor` (the global
+    /// executor when `nil`).
+    init(owner: ConnectionTasks.Owner, driverExecutor: (any TaskExecutor)? = nil) {
         self.state = Mutex(.notMade(owner))
+        self.driverExecutor = driverExecutor
     }
 
     /// The connection's tasks, made now if they were not yet; after the connection closed, tasks that run their
@@ -303,11 +320,11 @@ struct ConnectionTaskSlot: ~Copyable, Sendable {
             case .made(let tasks):
                 return tasks
             case .notMade(let owner):
-                let tasks = ConnectionTasks(owner: owner)
+                let tasks = ConnectionTasks(owner: owner, driverExecutor: self.driverExecutor)
                 state = .made(tasks)
                 return tasks
             case .closed(let owner):
-                let tasks = ConnectionTasks(owner: owner)
+                let tasks = ConnectionTasks(owner: owner, driverExecutor: self.driverExecutor)
                 tasks.close()
                 return tasks
             }

@@ -96,8 +96,25 @@ final class CallStream: Sendable {
     /// - Throws: What the call failed with (cancelled, deadline passed, connection closed); `CancellationError`
     ///   when the reading task is cancelled (on the caller's side that cancels the call, as the caller's own
     ///   cancellation does).
-    func next() async throws -> Inbound {
-        try await withTaskCancellationHandler {
+    nonisolated(nonsending) func next() async throws -> Inbound {
+        // Most reads find their message already here (a stream in full flow, a unary call's request): take it
+        // without suspending.
+        var credit = 0
+        let ready = self.state.withLock { state -> Result<Inbound, any Error>? in
+            switch state.poll() {
+            case .message(let message, let grant):
+                credit = grant
+                return .success(.message(message))
+            case .end(let status): return .success(.end(status))
+            case .fail(let error): return .failure(error)
+            case .wait: return nil
+            }
+        }
+        if let ready {
+            self.grant(credit)
+            return try ready.get()
+        }
+        return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Inbound, any Error>) in
                 var credit = 0
                 let action = self.state.withLock { state -> Machine.NextAction in
@@ -128,20 +145,23 @@ final class CallStream: Sendable {
 
     /// Sends one message: waits for credit, then for the socket (the connection's write queue).
     /// - Throws: What the call failed with; `messageTooLarge`; `CancellationError` if the task is cancelled.
-    func send(_ payload: ByteBuffer) async throws {
-        try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                let action = self.state.withLock {
-                    $0.reserveSend(payloadLength: payload.readableBytes, orWait: continuation)
+    nonisolated(nonsending) func send(_ payload: ByteBuffer) async throws {
+        // With credit, nothing to wait for: no suspension.
+        if try !self.state.withLock({ try $0.trySend(payloadLength: payload.readableBytes) }) {
+            try await withTaskCancellationHandler {
+                try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                    let action = self.state.withLock {
+                        $0.reserveSend(payloadLength: payload.readableBytes, orWait: continuation)
+                    }
+                    switch action {
+                    case .send: continuation.resume()
+                    case .fail(let error): continuation.resume(throwing: error)
+                    case .wait: break
+                    }
                 }
-                switch action {
-                case .send: continuation.resume()
-                case .fail(let error): continuation.resume(throwing: error)
-                case .wait: break
-                }
+            } onCancel: {
+                self.cancel(.cancelled)
             }
-        } onCancel: {
-            self.cancel(.cancelled)
         }
         try await self.connection.sendCallFrame(id: self.id, .message(payload))
     }
@@ -149,7 +169,7 @@ final class CallStream: Sendable {
     /// Queues one message without waiting for the socket when credit allows it at once (the first message of a
     /// call always has it), so that a unary call's open, request and half-close leave in one write; otherwise
     /// waits as ``send(_:)``.
-    func sendWithoutWaiting(_ payload: ByteBuffer) async throws {
+    nonisolated(nonsending) func sendWithoutWaiting(_ payload: ByteBuffer) async throws {
         if try self.state.withLock({ try $0.trySend(payloadLength: payload.readableBytes) }) {
             _ = try self.connection.queueCallFrame(id: self.id, .message(payload))
         } else {

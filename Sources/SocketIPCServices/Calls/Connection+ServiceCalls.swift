@@ -19,7 +19,7 @@ extension Connection {
     /// - Throws: ``ServiceError`` (the handler's own error); `SocketIPCError` with code `unknownMethod`,
     ///   `deadlineExceeded`, `invalidMessage`, `remoteError` (the handler failed otherwise), `cancelled`,
     ///   `peerGoingAway`, `resourceExhausted`, `connectionClosed`, `messageTooLarge`; `CancellationError`.
-    public func call<Method: ServiceMethod>(
+    nonisolated(nonsending) public func call<Method: ServiceMethod>(
         _ method: Method.Type,
         _ request: Method.Request,
         options: CallOptions = CallOptions()
@@ -104,7 +104,7 @@ extension Connection {
 
     /// Opens a call, runs `body` with it, and makes sure it is over when `body` is: cancelled on the other side if
     /// the handler had not ended it, its deadline timer stopped, and the call no longer counted.
-    func withOutgoingCall<Result>(
+    nonisolated(nonsending) func withOutgoingCall<Result>(
         _ method: String,
         options: CallOptions,
         _ body: (CallStream) async throws -> Result
@@ -145,7 +145,7 @@ extension Connection {
     }
 
     /// Reads exactly one response and the handler's end.
-    static func readSingleResponse<Response: Decodable>(
+    nonisolated(nonsending) static func readSingleResponse<Response: Decodable>(
         of call: CallStream,
         as type: Response.Type,
         codec: any MessageCodec

@@ -36,7 +36,7 @@ extension CallMultiplexer {
             ? nil : .now.advanced(by: .nanoseconds(Int64(clamping: open.timeoutNanoseconds)))
         let context = ServiceContext(method: open.method, connection: connection, deadline: deadline)
         let codec = router.codec
-        connection.runHandlerJob {
+        connection.runHandlerJob(onEventLoop: router.runsHandlersOnEventLoop) {
             await Self.run(handler, call: call, context: context, codec: codec)
             self.remove(id)
             connection.callEnded()
@@ -64,6 +64,7 @@ extension CallMultiplexer {
         // finishing, the caller's cancel, the deadline, the connection's close, or this task's own cancellation),
         // then cancels the handler if it is still running and waits for it.
         let status = await withTaskGroup(of: CallStatus.self) { group in
+            // The child inherits this task's executor preference (the event loop's, or the global executor).
             group.addTask {
                 let status: CallStatus
                 do {

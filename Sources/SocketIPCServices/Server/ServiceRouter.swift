@@ -26,6 +26,14 @@ public struct ServiceRouter: Sendable {
     /// The most calls of one connection handled at once; default 100 (as ``ConnectionOptions/maximumConcurrentRequests``).
     /// A call beyond it fails at the caller with `resourceExhausted`.
     public var maximumConcurrentCalls: Int = 100
+    /// Whether handlers run on their connection's event loop (as their task's executor preference); default
+    /// `true`, as ``ClientConfiguration/runsBodyOnEventLoop``.
+    ///
+    /// Then a call's frames are read, its handler runs, and its response is written on one thread, with no thread
+    /// hop: a typed call costs about what a raw request does. A handler must then not block its thread (no blocking
+    /// system calls, no long computation without `await`): it would stall every connection of that event loop.
+    /// Turn this off for handlers that do, and they run on the global concurrent executor.
+    public var runsHandlersOnEventLoop = true
 
     /// Creates an empty router.
     /// - Parameter codec: How requests and responses are encoded; default ``JSONCodec``.

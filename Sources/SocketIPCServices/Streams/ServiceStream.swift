@@ -30,7 +30,7 @@ public struct ServiceStream<Element: Decodable & Sendable>: AsyncSequence, Senda
         var finished = false
 
         /// The next message, or `nil` once the other side has ended its direction.
-        public mutating func next() async throws -> Element? {
+        nonisolated(nonsending) public mutating func next() async throws -> Element? {
             guard !self.finished else { return nil }
             switch try await self.call.next() {
             case .message(let message):
@@ -67,7 +67,7 @@ public struct ServiceStreamWriter<Element: Encodable & Sendable>: Sendable {
     /// Sends one message.
     /// - Throws: What the call failed with (the peer cancelled it or ended it, the deadline passed, the connection
     ///   closed); the codec's error; `messageTooLarge`; `CancellationError`.
-    public func write(_ element: Element) async throws {
+    nonisolated(nonsending) public func write(_ element: Element) async throws {
         try await self.call.send(try self.codec.encode(element))
     }
 
