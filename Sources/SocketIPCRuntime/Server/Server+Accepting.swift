@@ -30,7 +30,7 @@ extension Server {
         // The handshake time counts from now, also for a connection that first waits for a handshake slot.
         let handshakeDeadline = NIODeadline.now() + .init(self.configuration.handshakeTimeout)
         let action = self.state.withLock {
-            $0.connectionAccepted(
+            $0.machine.connectionAccepted(
                 id,
                 descriptor: descriptor,
                 peer: peer,
@@ -91,7 +91,7 @@ extension Server {
             .channelOption(.writeBufferWaterMark, value: ConnectionOptions.channelWriteWatermark)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    let action = self.state.withLock { $0.channelInitialized(id, channel: channel) }
+                    let action = self.state.withLock { $0.machine.channelInitialized(id, channel: channel) }
                     channel.closeFuture.whenComplete { _ in self.connectionClosed(id) }
                     try self.initializer.initialize(
                         AcceptedConnection(
@@ -116,7 +116,7 @@ extension Server {
 
     /// A framed connection opened: a shutdown that began while it was being set up tells it so.
     private func connectionOpened(_ id: UInt64, connection: Connection) {
-        if self.state.withLock({ $0.connectionOpened(id, connection: connection) }) == .goAway {
+        if self.state.withLock({ $0.machine.connectionOpened(id, connection: connection) }) == .goAway {
             connection.goAway(.normal, message: "the server is shutting down")
         }
     }
@@ -125,7 +125,7 @@ extension Server {
     /// connection of the same user may be served. (An EOF-style connection counts as one until it closes, which it
     /// does once its message is handled.)
     private func handshakeCompleted(_ id: UInt64) {
-        let parked = self.state.withLock { $0.handshakeCompleted(id, now: .now()) }
+        let parked = self.state.withLock { $0.machine.handshakeCompleted(id, now: .now()) }
         self.handOff(parked)
     }
 
@@ -143,7 +143,9 @@ extension Server {
 
     /// Closes a connection that is still parked when its handshake time is up.
     private func parkedHandshakeExpired(_ id: UInt64) {
-        guard case .closeUnserved(let parked) = self.state.withLock({ $0.parkedHandshakeExpired(id) }) else { return }
+        guard case .closeUnserved(let parked) = self.state.withLock({ $0.machine.parkedHandshakeExpired(id) }) else {
+            return
+        }
         self.closeUnserved(parked)
         self.metrics.active.decrement()
     }
