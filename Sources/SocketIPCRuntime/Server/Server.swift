@@ -29,7 +29,8 @@ import Darwin
 /// try await server.run()
 /// ```
 ///
-/// ``waitUntilRunning()`` waits until the socket accepts connections.
+/// ``waitUntilRunning()`` waits until the socket accepts connections. While the server runs, ``connections`` lists
+/// its open framed connections and ``broadcast(_:where:)`` sends a message to them all.
 ///
 /// A graceful shutdown (``shutdownGracefully()`` or the service group's) stops accepting, tells every framed client it
 /// is going away, lets requests in flight finish within ``ServerConfiguration/shutdownGracePeriod``, closes what is
