@@ -32,9 +32,10 @@ import Darwin
 /// ``waitUntilRunning()`` waits until the socket accepts connections. While the server runs, ``connections`` lists
 /// its open framed connections and ``broadcast(_:where:)`` sends a message to them all.
 ///
-/// A graceful shutdown (``shutdownGracefully()`` or the service group's) stops accepting, tells every framed client it
-/// is going away, lets requests in flight finish within ``ServerConfiguration/shutdownGracePeriod``, closes what is
-/// left and removes the socket file. Cancelling the task that runs ``run()`` does the same without the grace period.
+/// A graceful shutdown (``shutdownGracefully()`` or the service group's) stops accepting, runs the
+/// ``onGracefulShutdown(_:)`` bodies, tells every framed client it is going away, lets requests in flight finish
+/// within ``ServerConfiguration/shutdownGracePeriod``, closes what is left and removes the socket file. Cancelling the
+/// task that runs ``run()`` does the same without the grace period.
 ///
 /// Handlers' async work (``Reply/complete(_:)``, ``AsyncRequestHandler``, EOF-style `collecting` and `streaming`
 /// handlers) runs in child tasks of the task that runs ``run()``, one group per connection: it is cancelled when its
@@ -49,7 +50,7 @@ public final class Server: Service, Sendable {
     private let onServerRunning: @Sendable (SocketPath) async -> Void
     /// How the server's style serves each connection it admits.
     let initializer: any ConnectionInitializer
-    /// The state machine, and beside it the tasks waiting for the server to run.
+    /// The state machine, and beside it the tasks waiting for the server to run and the shutdown hooks.
     let state: Mutex<ServerState>
     let metrics: ServerMetrics
     /// Logs refusals, which a hostile peer can cause at any rate.
@@ -149,8 +150,9 @@ public final class Server: Service, Sendable {
         self.logger.info("stopped", metadata: ["socketipc.path": "\(path)"])
     }
 
-    /// Starts a graceful shutdown: stop accepting, tell clients, let requests in flight finish within the grace
-    /// period, close, and remove the socket file; ``run()`` returns when that is done. Safe to call more than once, from any thread; before ``run()``, the server is then finished
+    /// Starts a graceful shutdown: stop accepting, run the ``onGracefulShutdown(_:)`` bodies, tell clients, let
+    /// requests in flight finish within the grace period, close, and remove the socket file; ``run()`` returns when
+    /// that is done. Safe to call more than once, from any thread; before ``run()``, the server is then finished
     /// without running.
     public func shutdownGracefully() {
         self.shutDown(graceful: true)
@@ -182,18 +184,24 @@ public final class Server: Service, Sendable {
 
     // MARK: - Shutting down
 
-    /// Asks for a shutdown, graceful or forced, and takes the steps the state machine answers with.
+    /// Asks for a shutdown, graceful or forced, and takes the steps the state machine answers with. The first
+    /// request starts the shutdown hooks: as part of the drain if the server runs, else in a task of their own.
     private func shutDown(graceful: Bool) {
-        let (action, stopped) = self.state.withLock { state in
+        let (action, hooksOnTheirOwn, stopped) = self.state.withLock { state in
             let phase = state.machine.phase
-            let action = state.machine.shutdownRequested(graceful: graceful)
+            let hasHooks = state.shutdownHooks.begin()
+            let action = state.machine.shutdownRequested(
+                graceful: graceful,
+                runningShutdownHooks: hasHooks && phase == .running
+            )
             // A server that never ran is finished now: its waiters learn that it will not run.
             let stopped = phase == .idle ? state.startup.end(.stoppedBeforeRunning(self.stoppedBeforeRunning())) : nil
-            return (action, stopped)
+            return (action, hasHooks && phase != .running, stopped)
         }
         if let stopped {
             for waiter in stopped.waiters { waiter.resume(with: stopped.result) }
         }
+        if hooksOnTheirOwn { Task { await self.runShutdownHooks(inDrain: false) } }
         if case .shutDown(let shutdown) = action { self.perform(shutdown) }
     }
 
@@ -214,6 +222,7 @@ public final class Server: Service, Sendable {
             close(parked.descriptor)
             self.metrics.active.decrement()
         }
+        if shutdown.runShutdownHooks { self.startShutdownHooksInDrain() }
         for connection in shutdown.tellGoingAway {
             connection.goAway(.normal, message: "the server is shutting down")
         }
