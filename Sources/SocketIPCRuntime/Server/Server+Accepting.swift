@@ -15,7 +15,8 @@ import Darwin
 
 extension Server {
     /// Admits an accepted socket and serves it, parks it, or refuses it at once: while shutting down, at a
-    /// connection limit, or when the authorization policy refuses the peer. Runs on the accepting thread.
+    /// connection limit, or when the authorization policy refuses the peer. A refusal is logged (at a bounded rate)
+    /// and reported to ``ServerConfiguration/onConnectionRefused``. Runs on the accepting thread.
     func accept(_ descriptor: Int32) {
         let id = ConnectionIDs.next()
         let policy = self.configuration.authorization
@@ -48,6 +49,7 @@ extension Server {
             // limits like any connection, but never as a pending handshake.
             self.metrics.accepted.increment()
             self.metrics.active.increment()
+            self.reportRefusal(of: peer, SocketIPCError(.unauthorized, Self.unauthorizedText(decision, peer)))
             self.refuseUnauthorized(descriptor, id: id, peer: peer)
         case .park:
             self.metrics.accepted.increment()
@@ -60,6 +62,15 @@ extension Server {
             self.metrics.refused.increment()
             self.refusalLogger.log(level: .notice, "refusing connection: \(refusal)", metadata: Self.metadata(id, peer))
             close(descriptor)
+            if case .limit(let limit) = refusal {
+                // A peer the policy refused too is reported as unauthorized: more connections would not admit it.
+                self.reportRefusal(
+                    of: peer,
+                    decision.isAllowed
+                        ? SocketIPCError(.resourceExhausted, "refused the connection: \(limit)")
+                        : SocketIPCError(.unauthorized, Self.unauthorizedText(decision, peer))
+                )
+            }
         }
     }
 
@@ -187,6 +198,17 @@ extension Server {
             }
             .withConnectedSocket(descriptor)
             .whenFailure { _ in self.connectionClosed(id) }
+    }
+
+    /// Calls ``ServerConfiguration/onConnectionRefused``, if set.
+    private func reportRefusal(of peer: PeerCredentials?, _ error: SocketIPCError) {
+        self.configuration.onConnectionRefused?(peer, error)
+    }
+
+    /// The message of the error that reports a peer the authorization policy refused.
+    private static func unauthorizedText(_ decision: AuthorizationPolicy.Decision, _ peer: PeerCredentials?) -> String {
+        let peer = peer.map { "\($0)" } ?? "credentials unknown"
+        return "the authorization policy refused the peer (\(peer)): \(decision.reason)"
     }
 
     private static func metadata(_ id: UInt64, _ peer: PeerCredentials?) -> Logger.Metadata {
