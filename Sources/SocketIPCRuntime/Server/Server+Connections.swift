@@ -35,6 +35,7 @@ extension Server {
     ///   - filter: Whether to send to a connection; called once for each, on the calling task. Default: every
     ///     connection.
     /// - Returns: How many connections the message was queued on.
+    @discardableResult
     nonisolated(nonsending) public func broadcast(
         _ message: ByteBuffer,
         where filter: (Connection) -> Bool = { _ in true }

@@ -20,9 +20,10 @@ extension Server {
     /// The bodies are part of the drain: they run in a child task of the task that runs ``run()``, which returns only
     /// once they have ended; the grace period (``ServerConfiguration/shutdownGracePeriod``) counts from the start of
     /// the shutdown and, when it ends, cancels the bodies still running and closes the connections without a
-    /// going-away. Keep them short: the going-away frames wait for them. In a forced shutdown (the task that runs
-    /// ``run()`` cancelled) they run cancelled, while the connections close. (A shutdown of a server that is not
-    /// running yet runs them in a task of their own.)
+    /// going-away. Keep them short: the going-away frames wait for them. (``broadcast(_:where:)`` never waits; a
+    /// ``Connection/send(_:)`` to a peer that stopped reading waits until the grace period ends.) In a forced
+    /// shutdown (the task that runs ``run()`` cancelled) they run cancelled, while the connections close. (A shutdown
+    /// of a server that is not running yet runs them in a task of their own.)
     ///
     /// A body registered once the shutdown has begun runs at once: after the bodies still running, if some are, and
     /// otherwise in a task of its own.
