@@ -145,6 +145,9 @@ extension ServerStateMachine {
         public var armGracePeriodTimer: Bool
         /// Whether nothing is left to drain: the server's `run()` may return.
         public var drained: Bool
+        /// Whether to run the server's shutdown hooks now, as part of the drain (before telling the connections that
+        /// the server is going away, in a graceful shutdown), and report ``shutdownHooksFinished()`` once they end.
+        public var runShutdownHooks: Bool
 
         /// A shutdown's steps; by default, none but logging it.
         @inlinable
@@ -157,7 +160,8 @@ extension ServerStateMachine {
             cancelHandlerTasks: Bool = false,
             cancelGracePeriodTimer: Timer? = nil,
             armGracePeriodTimer: Bool = false,
-            drained: Bool = false
+            drained: Bool = false,
+            runShutdownHooks: Bool = false
         ) {
             self.graceful = graceful
             self.stopListening = stopListening
@@ -168,6 +172,26 @@ extension ServerStateMachine {
             self.cancelGracePeriodTimer = cancelGracePeriodTimer
             self.armGracePeriodTimer = armGracePeriodTimer
             self.drained = drained
+            self.runShutdownHooks = runShutdownHooks
+        }
+    }
+
+    /// What to do once the shutdown hooks have ended.
+    public struct ShutdownHooksFinished {
+        /// Framed connections to tell now that the server is going away (a graceful shutdown, whose going-away
+        /// frames waited for the hooks).
+        public var tellGoingAway: [Connection]
+        /// Whether this completed the drain: the server's `run()` may return.
+        public var drained: Bool
+        /// The grace period's timer, when the drain completed before it: cancel it.
+        public var cancelGracePeriodTimer: Timer?
+
+        /// What to do once the hooks have ended; by default, nothing.
+        @inlinable
+        public init(tellGoingAway: [Connection] = [], drained: Bool = false, cancelGracePeriodTimer: Timer? = nil) {
+            self.tellGoingAway = tellGoingAway
+            self.drained = drained
+            self.cancelGracePeriodTimer = cancelGracePeriodTimer
         }
     }
 
@@ -210,6 +234,8 @@ where Listener: Sendable, Channel: Sendable, Connection: Sendable, Timer: Sendab
 extension ServerStateMachine.Shutdown: Sendable
 where Listener: Sendable, Channel: Sendable, Connection: Sendable, Timer: Sendable {}
 extension ServerStateMachine.GracePeriodTimerAction: Sendable
+where Listener: Sendable, Channel: Sendable, Connection: Sendable, Timer: Sendable {}
+extension ServerStateMachine.ShutdownHooksFinished: Sendable
 where Listener: Sendable, Channel: Sendable, Connection: Sendable, Timer: Sendable {}
 
 extension ServerStateMachine.ParkedHandOff: Equatable {}

@@ -121,7 +121,9 @@ extension ServerStateMachine {
         }
     }
 
-    /// A framed connection opened on its channel (before the peer's hello).
+    /// A framed connection opened on its channel (before the peer's hello). While a graceful shutdown's hooks run,
+    /// it is served, and told that the server is going away with the others once they end
+    /// (``shutdownHooksFinished()``).
     @inlinable
     public mutating func connectionOpened(_ id: UInt64, connection: Connection) -> ConnectionOpenedAction {
         switch self.state {
@@ -134,7 +136,7 @@ extension ServerStateMachine {
             self.state = .modifying
             shuttingDown.registry.connections[id] = connection
             self.state = .shuttingDown(shuttingDown)
-            return .goAway
+            return shuttingDown.holdsGoingAway ? .serve : .goAway
         case .idle, .starting, .finished:
             return .goAway
         case .modifying:
@@ -142,8 +144,8 @@ extension ServerStateMachine {
         }
     }
 
-    /// A framed connection's peer sent its hello: it no longer counts as a pending handshake. (An EOF-style
-    /// connection counts as one until it closes.)
+    /// A framed connection's peer sent its hello: it no longer counts as a pending handshake, and is listed in
+    /// ``establishedConnections``. (An EOF-style connection counts as one until it closes.)
     /// - Parameter now: The time, to tell whether a parked connection handed back has run out of handshake time.
     /// - Returns: Parked connections of the same user handed back now that a handshake slot is free.
     @inlinable
@@ -152,12 +154,14 @@ extension ServerStateMachine {
         case .running(var running):
             self.state = .modifying
             defer { self.state = .running(running) }
+            running.registry.established[id] = running.registry.connections[id]
             let next = running.registry.admissions.handshakeEnded(id)
             return running.registry.handOff(next, now: now)
         case .shuttingDown(var shuttingDown):
             // Parked connections were closed when the shutdown began: none is handed back.
             self.state = .modifying
             defer { self.state = .shuttingDown(shuttingDown) }
+            shuttingDown.registry.established[id] = shuttingDown.registry.connections[id]
             let next = shuttingDown.registry.admissions.handshakeEnded(id)
             return shuttingDown.registry.handOff(next, now: now)
         case .idle, .starting, .finished:
@@ -179,7 +183,7 @@ extension ServerStateMachine {
         case .shuttingDown(var shuttingDown):
             self.state = .modifying
             var action = shuttingDown.registry.close(id, now: now)
-            guard shuttingDown.registry.admissions.count == 0 else {
+            guard shuttingDown.isDrained else {
                 self.state = .shuttingDown(shuttingDown)
                 return action
             }
@@ -207,8 +211,14 @@ extension ServerStateMachine {
 
     /// A shutdown was asked for: graceful (`shutdownGracefully()`, a service group's), or forced (the
     /// task running the server's `run()` was cancelled). A forced one after a graceful one closes what is left now.
+    /// - Parameters:
+    ///   - graceful: Whether the connections get the grace period.
+    ///   - runningShutdownHooks: Whether the server has shutdown hooks to run as part of the drain. Taken into
+    ///     account only by the first request of a running server: its ``Shutdown/runShutdownHooks`` is then set, the
+    ///     drain is not complete before ``shutdownHooksFinished()``, and a graceful shutdown tells its connections
+    ///     that it is going away only then. Default `false`.
     @inlinable
-    public mutating func shutdownRequested(graceful: Bool) -> ShutdownAction {
+    public mutating func shutdownRequested(graceful: Bool, runningShutdownHooks: Bool = false) -> ShutdownAction {
         switch self.state {
         case .idle:
             self.state = .finished
@@ -220,23 +230,27 @@ extension ServerStateMachine {
         case .running(var running):
             self.state = .modifying
             var shutdown = Shutdown(graceful: graceful, stopListening: running.listener)
+            shutdown.runShutdownHooks = runningShutdownHooks
             shutdown.closeParked = running.registry.admissions.takeAllParked()
             for parked in shutdown.closeParked {
                 _ = running.registry.admissions.closed(parked.id)
             }
-            guard running.registry.admissions.count > 0 else {
+            guard running.registry.admissions.count > 0 || runningShutdownHooks else {
                 self.state = .finished
                 shutdown.drained = true
                 return .shutDown(shutdown)
             }
             if graceful {
-                shutdown.tellGoingAway = Array(running.registry.connections.values)
+                // With hooks to run, the going-away frames wait for them (``shutdownHooksFinished()``).
+                if !runningShutdownHooks { shutdown.tellGoingAway = Array(running.registry.connections.values) }
                 shutdown.armGracePeriodTimer = true
             } else {
                 shutdown.closeChannels = Array(running.registry.channels.values)
                 shutdown.cancelHandlerTasks = true
             }
-            self.state = .shuttingDown(ShuttingDown(registry: running.registry, graceful: graceful))
+            self.state = .shuttingDown(
+                ShuttingDown(registry: running.registry, graceful: graceful, hooksRunning: runningShutdownHooks)
+            )
             return .shutDown(shutdown)
         case .shuttingDown(var shuttingDown) where shuttingDown.graceful && !graceful:
             self.state = .modifying
@@ -255,6 +269,28 @@ extension ServerStateMachine {
         case .modifying:
             preconditionFailure("ServerStateMachine used while it is being modified")
         }
+    }
+
+    /// The shutdown hooks that ``Shutdown/runShutdownHooks`` asked to run have ended: a graceful shutdown now tells
+    /// its connections that it is going away (also those that opened while the hooks ran), and the drain completes
+    /// if no connection is left.
+    @inlinable
+    public mutating func shutdownHooksFinished() -> ShutdownHooksFinished {
+        guard case .shuttingDown(var shuttingDown) = self.state, shuttingDown.hooksRunning else {
+            return ShutdownHooksFinished()
+        }
+        self.state = .modifying
+        var action = ShutdownHooksFinished()
+        if shuttingDown.graceful { action.tellGoingAway = Array(shuttingDown.registry.connections.values) }
+        shuttingDown.hooksRunning = false
+        guard shuttingDown.isDrained else {
+            self.state = .shuttingDown(shuttingDown)
+            return action
+        }
+        self.state = .finished
+        action.drained = true
+        action.cancelGracePeriodTimer = shuttingDown.gracePeriodTimer
+        return action
     }
 
     /// The server armed the grace period's timer that ``Shutdown/armGracePeriodTimer`` asked for.

@@ -12,7 +12,10 @@ import NIOCore
 ///  └─shutdownRequested─────────────────────────────────────────────────────────────────────────────────▶ finished
 /// ```
 ///
-/// A shutdown with no connection left goes straight to `finished`. The grace period's timer is armed by the server
+/// A shutdown with no connection left and no shutdown hooks to run goes straight to `finished`. A running server's
+/// shutdown hooks (``shutdownRequested(graceful:runningShutdownHooks:)``) are part of the drain: `shuttingDown`
+/// lasts until they have ended (``shutdownHooksFinished()``) too, and a graceful shutdown tells its connections that
+/// it is going away only then, so that what the hooks send reaches the peers first. The grace period's timer is armed by the server
 /// after the lock is released, so it may be reported (``gracePeriodTimerArmed(_:)``) after the drain completed: the
 /// machine then answers with an action to cancel it; the drain cancels a timer it holds. So no timer outlives the
 /// drain.
@@ -79,6 +82,20 @@ import NIOCore
         }
     }
 
+    /// The framed connections whose handshake is complete (the peer's hello has arrived) and that have not closed,
+    /// in the order they were accepted: while running, and while shutting down (until each closes). Empty for an
+    /// EOF-style server, whose connections never report a handshake, and before and after the server runs.
+    public var establishedConnections: [Connection] {
+        let established: [UInt64: Connection]
+        switch self.state {
+        case .running(let running): established = running.registry.established
+        case .shuttingDown(let shuttingDown): established = shuttingDown.registry.established
+        case .idle, .starting, .finished: return []
+        case .modifying: preconditionFailure("ServerStateMachine read while it is being modified")
+        }
+        return established.sorted { $0.key < $1.key }.map(\.value)
+    }
+
     // MARK: - States
 
     @usableFromInline
@@ -142,23 +159,42 @@ import NIOCore
         /// The end of the grace period, once the server reported it armed.
         @usableFromInline
         var gracePeriodTimer: Timer?
+        /// Whether the server's shutdown hooks still run (``Shutdown/runShutdownHooks``): the drain is not complete
+        /// before they end, and a graceful shutdown tells its connections that it is going away only then.
+        @usableFromInline
+        var hooksRunning: Bool
 
         @inlinable
-        init(registry: Registry, graceful: Bool) {
+        init(registry: Registry, graceful: Bool, hooksRunning: Bool = false) {
             self.registry = registry
             self.graceful = graceful
+            self.hooksRunning = hooksRunning
         }
+
+        /// Whether the going-away frames wait for the shutdown hooks: graceful, and the hooks still run.
+        @inlinable
+        var holdsGoingAway: Bool { self.graceful && self.hooksRunning }
+
+        /// Whether nothing is left to drain: no connection counted, and no hook running.
+        @inlinable
+        var isDrained: Bool { self.registry.admissions.count == 0 && !self.hooksRunning }
     }
 
-    /// The connections counted, with the channels and framed connections of those being served.
+    /// The connections counted, with the channels and framed connections of those being served. Every entry is an
+    /// admitted connection, so the registry holds at most the admissions' `maximumConnections`; a connection leaves
+    /// it when it closes.
     @usableFromInline
     struct Registry {
         @usableFromInline
         var admissions: ConnectionAdmissions
         @usableFromInline
         var channels: [UInt64: Channel] = [:]
+        /// Framed connections, from when they opened (before the peer's hello).
         @usableFromInline
         var connections: [UInt64: Connection] = [:]
+        /// The framed connections whose peer's hello has arrived: those that ``establishedConnections`` lists.
+        @usableFromInline
+        var established: [UInt64: Connection] = [:]
 
         @inlinable
         init(admissions: ConnectionAdmissions) {
@@ -170,6 +206,7 @@ import NIOCore
         mutating func close(_ id: UInt64, now: NIODeadline) -> ConnectionClosed {
             self.channels.removeValue(forKey: id)
             self.connections.removeValue(forKey: id)
+            self.established.removeValue(forKey: id)
             let closed = self.admissions.closed(id)
             guard closed.wasCounted else { return ConnectionClosed(wasCounted: false) }
             return ConnectionClosed(wasCounted: true, parked: self.handOff(closed.next, now: now))

@@ -15,7 +15,8 @@ import Darwin
 
 extension Server {
     /// Admits an accepted socket and serves it, parks it, or refuses it at once: while shutting down, at a
-    /// connection limit, or when the authorization policy refuses the peer. Runs on the accepting thread.
+    /// connection limit, or when the authorization policy refuses the peer. A refusal is logged (at a bounded rate)
+    /// and reported to ``ServerConfiguration/onConnectionRefused``. Runs on the accepting thread.
     func accept(_ descriptor: Int32) {
         let id = ConnectionIDs.next()
         let policy = self.configuration.authorization
@@ -30,7 +31,7 @@ extension Server {
         // The handshake time counts from now, also for a connection that first waits for a handshake slot.
         let handshakeDeadline = NIODeadline.now() + .init(self.configuration.handshakeTimeout)
         let action = self.state.withLock {
-            $0.connectionAccepted(
+            $0.machine.connectionAccepted(
                 id,
                 descriptor: descriptor,
                 peer: peer,
@@ -48,6 +49,7 @@ extension Server {
             // limits like any connection, but never as a pending handshake.
             self.metrics.accepted.increment()
             self.metrics.active.increment()
+            self.reportRefusal(of: peer, SocketIPCError(.unauthorized, Self.unauthorizedText(decision, peer)))
             self.refuseUnauthorized(descriptor, id: id, peer: peer)
         case .park:
             self.metrics.accepted.increment()
@@ -60,6 +62,15 @@ extension Server {
             self.metrics.refused.increment()
             self.refusalLogger.log(level: .notice, "refusing connection: \(refusal)", metadata: Self.metadata(id, peer))
             close(descriptor)
+            if case .limit(let limit) = refusal {
+                // A peer the policy refused too is reported as unauthorized: more connections would not admit it.
+                self.reportRefusal(
+                    of: peer,
+                    decision.isAllowed
+                        ? SocketIPCError(.resourceExhausted, "refused the connection: \(limit)")
+                        : SocketIPCError(.unauthorized, Self.unauthorizedText(decision, peer))
+                )
+            }
         }
     }
 
@@ -91,7 +102,7 @@ extension Server {
             .channelOption(.writeBufferWaterMark, value: ConnectionOptions.channelWriteWatermark)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    let action = self.state.withLock { $0.channelInitialized(id, channel: channel) }
+                    let action = self.state.withLock { $0.machine.channelInitialized(id, channel: channel) }
                     channel.closeFuture.whenComplete { _ in self.connectionClosed(id) }
                     try self.initializer.initialize(
                         AcceptedConnection(
@@ -116,7 +127,7 @@ extension Server {
 
     /// A framed connection opened: a shutdown that began while it was being set up tells it so.
     private func connectionOpened(_ id: UInt64, connection: Connection) {
-        if self.state.withLock({ $0.connectionOpened(id, connection: connection) }) == .goAway {
+        if self.state.withLock({ $0.machine.connectionOpened(id, connection: connection) }) == .goAway {
             connection.goAway(.normal, message: "the server is shutting down")
         }
     }
@@ -125,7 +136,7 @@ extension Server {
     /// connection of the same user may be served. (An EOF-style connection counts as one until it closes, which it
     /// does once its message is handled.)
     private func handshakeCompleted(_ id: UInt64) {
-        let parked = self.state.withLock { $0.handshakeCompleted(id, now: .now()) }
+        let parked = self.state.withLock { $0.machine.handshakeCompleted(id, now: .now()) }
         self.handOff(parked)
     }
 
@@ -143,7 +154,9 @@ extension Server {
 
     /// Closes a connection that is still parked when its handshake time is up.
     private func parkedHandshakeExpired(_ id: UInt64) {
-        guard case .closeUnserved(let parked) = self.state.withLock({ $0.parkedHandshakeExpired(id) }) else { return }
+        guard case .closeUnserved(let parked) = self.state.withLock({ $0.machine.parkedHandshakeExpired(id) }) else {
+            return
+        }
         self.closeUnserved(parked)
         self.metrics.active.decrement()
     }
@@ -185,6 +198,17 @@ extension Server {
             }
             .withConnectedSocket(descriptor)
             .whenFailure { _ in self.connectionClosed(id) }
+    }
+
+    /// Calls ``ServerConfiguration/onConnectionRefused``, if set.
+    private func reportRefusal(of peer: PeerCredentials?, _ error: SocketIPCError) {
+        self.configuration.onConnectionRefused?(peer, error)
+    }
+
+    /// The message of the error that reports a peer the authorization policy refused.
+    private static func unauthorizedText(_ decision: AuthorizationPolicy.Decision, _ peer: PeerCredentials?) -> String {
+        let peer = peer.map { "\($0)" } ?? "credentials unknown"
+        return "the authorization policy refused the peer (\(peer)): \(decision.reason)"
     }
 
     private static func metadata(_ id: UInt64, _ peer: PeerCredentials?) -> Logger.Metadata {

@@ -29,9 +29,13 @@ import Darwin
 /// try await server.run()
 /// ```
 ///
-/// A graceful shutdown (``shutdownGracefully()`` or the service group's) stops accepting, tells every framed client it
-/// is going away, lets requests in flight finish within ``ServerConfiguration/shutdownGracePeriod``, closes what is
-/// left and removes the socket file. Cancelling the task that runs ``run()`` does the same without the grace period.
+/// ``waitUntilRunning()`` waits until the socket accepts connections. While the server runs, ``connections`` lists
+/// its open framed connections and ``broadcast(_:where:)`` sends a message to them all.
+///
+/// A graceful shutdown (``shutdownGracefully()`` or the service group's) stops accepting, runs the
+/// ``onGracefulShutdown(_:)`` bodies, tells every framed client it is going away, lets requests in flight finish
+/// within ``ServerConfiguration/shutdownGracePeriod``, closes what is left and removes the socket file. Cancelling the
+/// task that runs ``run()`` does the same without the grace period.
 ///
 /// Handlers' async work (``Reply/complete(_:)``, ``AsyncRequestHandler``, EOF-style `collecting` and `streaming`
 /// handlers) runs in child tasks of the task that runs ``run()``, one group per connection: it is cancelled when its
@@ -46,7 +50,8 @@ public final class Server: Service, Sendable {
     private let onServerRunning: @Sendable (SocketPath) async -> Void
     /// How the server's style serves each connection it admits.
     let initializer: any ConnectionInitializer
-    let state: Mutex<StateMachine>
+    /// The state machine, and beside it the tasks waiting for the server to run and the shutdown hooks.
+    let state: Mutex<ServerState>
     let metrics: ServerMetrics
     /// Logs refusals, which a hostile peer can cause at any rate.
     let refusalLogger: RateLimitedLogger
@@ -71,7 +76,7 @@ public final class Server: Service, Sendable {
             maximumConnectionsPerUser: configuration.maximumConnectionsPerUser,
             maximumPendingHandshakesPerUser: configuration.maximumPendingHandshakesPerUser
         )
-        self.state = Mutex(StateMachine(admissions: admissions))
+        self.state = Mutex(ServerState(machine: StateMachine(admissions: admissions)))
     }
 
     /// Serves until shut down: claims the socket path, accepts connections, and on shutdown closes them and
@@ -79,20 +84,23 @@ public final class Server: Service, Sendable {
     /// handler work (``Reply/complete(_:)``, ``AsyncRequestHandler``, EOF-style `collecting` and `streaming`
     /// handlers) runs in child tasks of the task that calls this, cancelled when the grace period ends, so work that
     /// ignores cancellation keeps this from returning.
+    ///
+    /// ``waitUntilRunning()`` returns once the socket accepts connections, and throws what this throws.
     /// - Throws: ``SocketIPCError`` when the path cannot be claimed: `invalidPath`, `parentDirectoryMissing`,
     ///   `insecureDirectory`, `addressInUse`, `pathOccupied`, `systemCall`; or `invalidState` when called a second
-    ///   time, or after the server was shut down.
+    ///   time, or after the server was shut down. Once it has thrown, the server is finished.
     public func run() async throws {
-        let path = try SocketPath(self.configuration.path)
-        switch self.state.withLock({ $0.runCalled() }) {
+        switch self.state.withLock({ $0.machine.runCalled() }) {
         case .startListening:
             break
         case .failAlreadyRan:
-            throw SocketIPCError(.invalidState, "Server.run() may be called only once", path: path.path)
+            throw SocketIPCError(.invalidState, "Server.run() may be called only once", path: self.configuration.path)
         }
-        self.fitLimitsToDescriptors()
+        let path: SocketPath
         let claim: SocketFileOwner.Claim
         do {
+            path = try SocketPath(self.configuration.path)
+            self.fitLimitsToDescriptors()
             claim = try SocketFileOwner.claim(
                 path,
                 mode: self.configuration.mode,
@@ -101,7 +109,8 @@ public final class Server: Service, Sendable {
                 backlog: self.configuration.backlog
             )
         } catch {
-            self.state.withLock { $0.listenFailed() }
+            self.state.withLock { $0.machine.listenFailed() }
+            self.endStartup(.failed(error))
             throw error
         }
         defer { claim.owner.release() }
@@ -113,10 +122,16 @@ public final class Server: Service, Sendable {
             onAccept: { descriptor in self.accept(descriptor) },
             onError: { error in self.logger.error("accepting connections failed", metadata: ["error": "\(error)"]) }
         )
-        let listening = self.state.withLock { $0.listening(acceptor) }
+        let listening = self.state.withLock { $0.machine.listening(acceptor) }
         // Started even when shutting down at once: the acceptor closes the listening socket when it stops.
         acceptor.start()
-        if case .shutDown(let shutdown) = listening { self.perform(shutdown) }
+        switch listening {
+        case .serve:
+            self.endStartup(.running)
+        case .shutDown(let shutdown):
+            self.endStartup(.stoppedBeforeRunning(self.stoppedBeforeRunning()))
+            self.perform(shutdown)
+        }
         self.logger.info("listening", metadata: ["socketipc.path": "\(path)"])
 
         await withGracefulShutdownHandler {
@@ -135,8 +150,10 @@ public final class Server: Service, Sendable {
         self.logger.info("stopped", metadata: ["socketipc.path": "\(path)"])
     }
 
-    /// Starts a graceful shutdown: stop accepting, tell clients, let requests in flight finish within the grace
-    /// period, close, and remove the socket file; ``run()`` returns when that is done.
+    /// Starts a graceful shutdown: stop accepting, run the ``onGracefulShutdown(_:)`` bodies, tell clients, let
+    /// requests in flight finish within the grace period, close, and remove the socket file; ``run()`` returns when
+    /// that is done. Safe to call more than once, from any thread; before ``run()``, the server is then finished
+    /// without running.
     public func shutdownGracefully() {
         self.shutDown(graceful: true)
     }
@@ -151,7 +168,8 @@ public final class Server: Service, Sendable {
                 metadata: ["from": "\(limit.previousSoft)", "to": "\(limit.soft)"]
             )
         }
-        guard let lowered = self.state.withLock({ $0.fitLimits(descriptorsForConnections: limit.connections) }) else {
+        guard let lowered = self.state.withLock({ $0.machine.fitLimits(descriptorsForConnections: limit.connections) })
+        else {
             return
         }
         self.logger.warning(
@@ -166,11 +184,34 @@ public final class Server: Service, Sendable {
 
     // MARK: - Shutting down
 
-    /// Asks for a shutdown, graceful or forced, and takes the steps the state machine answers with.
+    /// Asks for a shutdown, graceful or forced, and takes the steps the state machine answers with. The first
+    /// request starts the shutdown hooks: as part of the drain if the server runs, else in a task of their own.
     private func shutDown(graceful: Bool) {
-        if case .shutDown(let shutdown) = self.state.withLock({ $0.shutdownRequested(graceful: graceful) }) {
-            self.perform(shutdown)
+        let (action, hooksOnTheirOwn, stopped) = self.state.withLock { state in
+            let phase = state.machine.phase
+            let hasHooks = state.shutdownHooks.begin()
+            let action = state.machine.shutdownRequested(
+                graceful: graceful,
+                runningShutdownHooks: hasHooks && phase == .running
+            )
+            // A server that never ran is finished now: its waiters learn that it will not run.
+            let stopped = phase == .idle ? state.startup.end(.stoppedBeforeRunning(self.stoppedBeforeRunning())) : nil
+            return (action, hasHooks && phase != .running, stopped)
         }
+        if let stopped {
+            for waiter in stopped.waiters { waiter.resume(with: stopped.result) }
+        }
+        if hooksOnTheirOwn { Task { await self.runShutdownHooks(inDrain: false) } }
+        if case .shutDown(let shutdown) = action { self.perform(shutdown) }
+    }
+
+    /// The error of a server shut down before it accepted connections, for ``waitUntilRunning()``.
+    private func stoppedBeforeRunning() -> SocketIPCError {
+        SocketIPCError(
+            .invalidState,
+            "the server was shut down before it accepted connections",
+            path: self.configuration.path
+        )
     }
 
     /// Takes the steps of a shutdown, outside the lock.
@@ -181,6 +222,7 @@ public final class Server: Service, Sendable {
             close(parked.descriptor)
             self.metrics.active.decrement()
         }
+        if shutdown.runShutdownHooks { self.startShutdownHooksInDrain() }
         for connection in shutdown.tellGoingAway {
             connection.goAway(.normal, message: "the server is shutting down")
         }
@@ -197,11 +239,11 @@ public final class Server: Service, Sendable {
         let timer = MultiThreadedEventLoopGroup.singleton.any().scheduleTask(
             in: .init(self.configuration.shutdownGracePeriod)
         ) {
-            if case .shutDown(let shutdown) = self.state.withLock({ $0.gracePeriodEnded() }) {
+            if case .shutDown(let shutdown) = self.state.withLock({ $0.machine.gracePeriodEnded() }) {
                 self.perform(shutdown)
             }
         }
-        if case .cancel(let timer) = self.state.withLock({ $0.gracePeriodTimerArmed(timer) }) {
+        if case .cancel(let timer) = self.state.withLock({ $0.machine.gracePeriodTimerArmed(timer) }) {
             timer.cancel()
         }
     }
@@ -209,7 +251,7 @@ public final class Server: Service, Sendable {
     /// Forgets a closed connection (once: later calls for the same id do nothing), hands a parked connection of the
     /// same user its handshake slot, and completes the drain of a shutdown when it was the last one.
     func connectionClosed(_ id: UInt64) {
-        let closed = self.state.withLock { $0.connectionClosed(id, now: .now()) }
+        let closed = self.state.withLock { $0.machine.connectionClosed(id, now: .now()) }
         if closed.wasCounted { self.metrics.active.decrement() }
         self.handOff(closed.parked)
         closed.cancelGracePeriodTimer?.cancel()

@@ -49,6 +49,18 @@ public struct ServerConfiguration: Sendable {
     /// an error; the labels are listed in the README); `nil`, the default, uses swift-metrics' `MetricsSystem`
     /// as bootstrapped when the server is made.
     public var metricsFactory: (any MetricsFactory)? = nil
+    /// Called for each connection the server refuses, with the peer's credentials (`nil` when the platform cannot
+    /// tell them) and why: ``SocketIPCError/Code/unauthorized`` when ``authorization`` refused the peer,
+    /// ``SocketIPCError/Code/resourceExhausted`` when a connection limit (``maximumConnections``,
+    /// ``maximumConnectionsPerUser``) was reached (a peer both refuse is reported as `unauthorized`); the error's
+    /// message says which and why. Not called for connections closed because the server is shutting down, nor for
+    /// one that waited for a handshake slot (``maximumPendingHandshakesPerUser``) until its handshake time ran out.
+    /// `nil`, the default, calls nothing; refusals are logged at `notice` with the peer's uid and pid (at most 10
+    /// lines a second) and counted in the metrics either way.
+    ///
+    /// Called on the thread that accepts connections, for every refusal however fast a hostile peer makes them: it
+    /// must return quickly and must not block (count, or hand the event to a task).
+    public var onConnectionRefused: (@Sendable (PeerCredentials?, SocketIPCError) -> Void)? = nil
 
     /// Creates a configuration for a server on `path`.
     public init(path: String) {

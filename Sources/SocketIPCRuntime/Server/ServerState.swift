@@ -1,0 +1,18 @@
+import NIOCore
+@_spi(SocketIPCRuntime) import SocketIPCCore
+
+/// What a ``Server`` keeps under its lock: its state machine, and beside it what only the runtime holds (the tasks
+/// waiting for it to run, the bodies to run when it shuts down). One lock, so that an event of the machine and what
+/// it means for those waiters and bodies are one step.
+struct ServerState {
+    /// Where the server is in its life, its connections and their admissions.
+    var machine: Server.StateMachine
+    /// The tasks waiting in ``Server/waitUntilRunning()``.
+    var startup = StartupWaiters()
+    /// The bodies of ``Server/onGracefulShutdown(_:)``.
+    var shutdownHooks = ShutdownHooks()
+
+    init(machine: Server.StateMachine) {
+        self.machine = machine
+    }
+}
