@@ -79,10 +79,7 @@ public final class Connection: Sendable {
         handlerTaskOwner: ConnectionTasks.Owner = .connection
     ) {
         self.id = id
-        self.handlerTasks = ConnectionTaskSlot(
-            owner: handlerTaskOwner,
-            driverExecutor: EventLoopTaskExecutor.shared(for: channel.eventLoop)
-        )
+        self.handlerTasks = ConnectionTaskSlot(owner: handlerTaskOwner)
         if case .connection = handlerTaskOwner {
             self.calls = ConnectionCalls(isInitiator: true)
         } else {

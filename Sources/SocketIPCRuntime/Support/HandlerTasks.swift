@@ -42,12 +42,11 @@ final class HandlerTaskGroup: Sendable {
             while true {
                 let batch = await self.next()
                 for driver in batch.drivers {
-                    // On its connection's event loop where it has one (it only hands jobs to child tasks, so a job
-                    // from the event loop reaches it without waking another thread), else on the global executor:
-                    // never on the executor that `run()`'s caller may prefer. Each job chooses its own executor.
-                    group.addTask(executorPreference: driver.driverExecutor ?? globalConcurrentExecutor) {
-                        await driver.drive()
-                    }
+                    // On the global executor, as `Task {}` would run it: not on the executor that `run()`'s caller
+                    // may prefer (an event loop's, inside `Client.withEventLoopExecutor`), whose I/O a handler
+                    // would stall. (Drivers on their connection's event loop were tried: a loaded full test run then
+                    // hung, for a reason not found yet.) Each job chooses its own executor.
+                    group.addTask(executorPreference: globalConcurrentExecutor) { await driver.drive() }
                 }
                 if batch.cancel { group.cancelAll() }
                 if batch.finish { break }
@@ -166,14 +165,10 @@ final class ConnectionTasks: Sendable {
 
     private let owner: Owner
     private let state = Mutex(State.idle)
-    /// Where the driver runs: the connection's event loop, when it has one.
-    let driverExecutor: (any TaskExecutor)?
 
-    /// The work of one connection, driven as `owner` starts it, the driver on `driverExecutor` (the global executor
-    /// when `nil`).
-    init(owner: Owner, driverExecutor: (any TaskExecutor)? = nil) {
+    /// The work of one connection, driven as `owner` starts it.
+    init(owner: Owner) {
         self.owner = owner
-        self.driverExecutor = driverExecutor
     }
 
     /// Runs `job` as a child task of the connection's driver, starting the driver with the first job. From any
@@ -216,7 +211,7 @@ final class ConnectionTasks: Sendable {
         case .startDriver:
             switch self.owner {
             case .server(let group): group.start(self)
-            case .connection: Task(executorPreference: self.driverExecutor) { await self.drive() }
+            case .connection: Task { await self.drive() }
             }
         case .resume(let waiter):
             waiter.resume(returning: Batch(jobs: [job], closed: false))
@@ -303,13 +298,10 @@ struct ConnectionTaskSlot: ~Copyable, Sendable {
     }
 
     private let state: Mutex<State>
-    private let driverExecutor: (any TaskExecutor)?
 
-    /// An empty slot; the tasks made in it are driven as `owner` starts them, on `driverExecutor` (the global
-    /// executor when `nil`).
-    init(owner: ConnectionTasks.Owner, driverExecutor: (any TaskExecutor)? = nil) {
+    /// An empty slot; the tasks made in it are driven as `owner` starts them.
+    init(owner: ConnectionTasks.Owner) {
         self.state = Mutex(.notMade(owner))
-        self.driverExecutor = driverExecutor
     }
 
     /// The connection's tasks, made now if they were not yet; after the connection closed, tasks that run their
@@ -320,11 +312,11 @@ struct ConnectionTaskSlot: ~Copyable, Sendable {
             case .made(let tasks):
                 return tasks
             case .notMade(let owner):
-                let tasks = ConnectionTasks(owner: owner, driverExecutor: self.driverExecutor)
+                let tasks = ConnectionTasks(owner: owner)
                 state = .made(tasks)
                 return tasks
             case .closed(let owner):
-                let tasks = ConnectionTasks(owner: owner, driverExecutor: self.driverExecutor)
+                let tasks = ConnectionTasks(owner: owner)
                 tasks.close()
                 return tasks
             }
