@@ -25,7 +25,8 @@ struct SocketIPCCommand: AsyncParsableCommand {
             Services are typed methods over framed connections: `call` and `watch` call them by name with JSON \
             requests, and `serve` serves a small demo service to try them on.
 
-            Try `socket-ipc demo` to see both kinds of server with client processes talking to them.
+            Try `socket-ipc demo` to see both kinds of server with client processes talking to them, and a typed \
+            service whose client rides out a server restart.
             """,
         subcommands: [
             ServeCommand.self,
