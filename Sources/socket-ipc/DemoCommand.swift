@@ -5,16 +5,24 @@ import NIOCore
 import SocketIPC
 import Synchronization
 
-/// `socket-ipc demo`: both kinds of server, and client processes talking to them in every style once.
+/// `socket-ipc demo`: both kinds of server, and client processes talking to them in every style once; then a typed
+/// service and a client that survives its server's restart.
 struct DemoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "demo",
-        abstract: "Run a framed and an EOF-style server with client processes talking to them, then shut down.",
+        abstract: "Run both kinds of server with client processes, then a service whose client rides out a restart.",
         discussion: """
             Starts both servers on sockets in a fresh temporary directory, then runs client processes of this \
             binary one after the other: `send --eof`, a framed `send`, one that waits for a server push, and \
-            `request --count 20 --concurrency 10`. Prints what each side saw (`[server ...]`, `[client ...]`), \
-            shuts the servers down gracefully and checks that their socket files are gone.
+            `request --count 20 --concurrency 10`. Prints what each side saw (`[server ...]`, `[client ...]`) and \
+            shuts the servers down gracefully.
+
+            Then uses the demo service (the one `serve` serves) from a ServiceClient in this process (`[service \
+            client]`), printing its state changes: the client starts first and waits to retry until the server is \
+            up; it makes calls and watches a counter with a stream that resubscribes by itself. The server \
+            restarts: it shuts down gracefully and a new one takes its place on the same path, while the client \
+            waits to retry; the watch carries on from the new server and a call goes through. Last, it checks that \
+            every socket file is gone.
             """
     )
 
@@ -23,6 +31,7 @@ struct DemoCommand: AsyncParsableCommand {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let framedPath = directory + "/framed.sock"
         let eofPath = directory + "/eof.sock"
+        let servicePath = directory + "/service.sock"
         var logger = Logger(label: "socket-ipc.demo")
         logger.logLevel = .warning
 
@@ -81,7 +90,8 @@ struct DemoCommand: AsyncParsableCommand {
             eof.shutdownGracefully()
             try await group.waitForAll()
         }
-        let left = [framedPath, eofPath].filter { FileManager.default.fileExists(atPath: $0) }
+        try await Self.runService(at: servicePath, logger: logger)
+        let left = [framedPath, eofPath, servicePath].filter { FileManager.default.fileExists(atPath: $0) }
         guard left.isEmpty else {
             Output.error("socket files left behind: \(left.joined(separator: ", "))")
             throw ExitCode.failure

@@ -34,8 +34,13 @@ enum Output {
 
     /// Writes `error: `, `text` and a newline to standard error.
     static func error(_ text: String) {
+        self.errorLine("error: " + text)
+    }
+
+    /// Writes `text` and a newline to standard error.
+    static func errorLine(_ text: String) {
         self.lock.withLock { _ in
-            Self.writeAll("error: " + text + "\n", to: STDERR_FILENO)
+            Self.writeAll(text + "\n", to: STDERR_FILENO)
         }
     }
 }

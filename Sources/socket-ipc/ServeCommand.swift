@@ -15,6 +15,9 @@ struct ServeCommand: AsyncParsableCommand {
             `message N bytes: TEXT-OR-HEX`. eof: prints `received N bytes` for each message and acknowledges it \
             with the 4-byte big-endian count of bytes received.
 
+            A framed server also serves a small typed service, for `socket-ipc call` and `socket-ipc watch` to \
+            try: \(DemoService.summary)
+
             Prints `listening on PATH` once the socket accepts connections. SIGINT or SIGTERM shut the server down \
             gracefully: requests in flight finish, clients are told, and the socket file is removed. A stale \
             socket file (its server was killed) is replaced; a live server's is never touched.
@@ -84,8 +87,9 @@ struct ServeCommand: AsyncParsableCommand {
         let onRunning: @Sendable (SocketPath) async -> Void = { Output.line("listening on \($0)") }
         switch mode {
         case .framed:
+            let router = DemoService.router()
             return Server.framed(configuration: configuration, logger: logger, onServerRunning: onRunning) {
-                PrintingEchoHandler()
+                PrintingEchoHandler(router: router)
             }
         case .eof:
             return Server.eof(
@@ -114,8 +118,15 @@ func countAcknowledgement(_ count: Int) -> ByteBuffer {
     return acknowledgement
 }
 
-/// The handler of `serve --mode framed`: prints one-way messages and echoes requests.
+/// The handler of `serve --mode framed`: prints one-way messages, echoes requests, and serves `router`'s methods.
 struct PrintingEchoHandler: ConnectionHandler {
+    /// The methods served besides the echo (a ``ServiceConnectionHandler`` would refuse raw requests).
+    let router: ServiceRouter
+
+    func connectionDidOpen(_ connection: Connection) {
+        ServiceConnectionHandler(router: self.router).connectionDidOpen(connection)
+    }
+
     func didReceiveMessage(_ message: ByteBuffer, on connection: Connection) {
         Output.line("message \(message.readableBytes) bytes: \(describe(message))")
     }

@@ -7,11 +7,11 @@ import Glibc
 import Darwin
 #endif
 
-/// `socket-ipc`: serve, send, request, probe and demonstrate SocketIPC from the command line.
+/// `socket-ipc`: serve, send, request, call, watch, probe and demonstrate SocketIPC from the command line.
 ///
 /// Every subcommand lives in a file of its own. A ``SocketIPCError`` that a subcommand throws is printed as
-/// `error: <message>` on standard error and the process exits with status 1; any other error is reported by
-/// ArgumentParser as usual.
+/// `error: <message>` on standard error and the process exits with status 1 (`call` and `watch` tell failures apart
+/// with statuses of their own: ``CallExitStatus``); any other error is reported by ArgumentParser as usual.
 @main
 struct SocketIPCCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -22,12 +22,18 @@ struct SocketIPCCommand: AsyncParsableCommand {
             many per connection. EOF-style servers take one message per connection, ended by the client's \
             half-close, so `printf hi | socat - UNIX-CONNECT:PATH` and `printf hi | nc -N -U PATH` are clients too.
 
-            Try `socket-ipc demo` to see both kinds of server with client processes talking to them.
+            Services are typed methods over framed connections: `call` and `watch` call them by name with JSON \
+            requests, and `serve` serves a small demo service to try them on.
+
+            Try `socket-ipc demo` to see both kinds of server with client processes talking to them, and a typed \
+            service whose client rides out a server restart.
             """,
         subcommands: [
             ServeCommand.self,
             SendCommand.self,
             RequestCommand.self,
+            CallCommand.self,
+            WatchCommand.self,
             ProbeCommand.self,
             BenchCommand.self,
             DemoCommand.self,

@@ -22,4 +22,51 @@ struct DemoTests {
         #expect(replies.count == 20)
         #expect(lines.last == "demo finished: socket files removed")
     }
+
+    @Test("demo: a service client starts before its server, rides out a restart, and its watch carries on")
+    func service() async throws {
+        let result = try await runCLI(["demo"])
+        #expect(result.status == 0, "stderr: \(result.error)")
+        let lines = result.output.split(separator: "\n").map(String.init)
+        // The typed service part, from its first line on: what the client saw, in order.
+        let start = try #require(lines.firstIndex { $0.hasPrefix("[demo]") && $0.contains("a typed service") })
+        let service = lines[start...].filter { $0.hasPrefix("[service client]") || $0.hasPrefix("[server service]") }
+            .map { $0.replacing(#/ in \d+ ms:/#, with: " in N ms:") }
+        // A retry takes about 100 ms, so a slow new server may cost the client another retry or two.
+        var expected = [
+            "[service client] state: connecting (attempt 1)",
+            "[service client] state: waiting to retry (1) in N ms: connectionRefused",
+            "[server service] the first server listens on ",
+            "[service client] state: connecting (attempt 2)",
+            "[service client] state: ready",
+            "[service client] call demo.echo \"hello\" -> \"hello\"",
+            "[service client] watch demo.counter: 0",
+            "[service client] call demo.increment 1 -> 1",
+            "[service client] watch demo.counter: 1",
+            "[server service] the first server stopped and removed its socket file",
+            "[service client] state: connecting (attempt 1)",
+            "[service client] state: waiting to retry (1) in N ms: connectionRefused",
+            "[server service] the second server listens on ",
+            "[service client] state: connecting (attempt 2)",
+            "[service client] state: ready",
+            "[service client] watch demo.counter: 1 (resubscribed, from the second server)",
+            "[service client] call demo.increment 2 -> 3",
+            "[service client] watch demo.counter: 3",
+            "[service client] state: shut down",
+        ][...]
+        for line in service {
+            guard let next = expected.first else {
+                Issue.record("more lines than expected: \(line)")
+                break
+            }
+            if line.hasPrefix(next) {
+                expected.removeFirst()
+            } else if !(line.contains("state: connecting (attempt") || line.contains("state: waiting to retry")) {
+                Issue.record("expected \(next), got \(line)")
+                break
+            }
+        }
+        #expect(expected.isEmpty, "missing: \(Array(expected))")
+        #expect(lines.last == "demo finished: socket files removed")
+    }
 }

@@ -1,0 +1,100 @@
+import ArgumentParser
+import Foundation
+import NIOCore
+import SocketIPC
+
+/// What `call` and `watch` share: the server, the method, the request as JSON, and the call's deadline.
+struct CallArguments: ParsableArguments {
+    @Option(name: .long, help: socketArgumentHelp)
+    var socket: String
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "The call's deadline in seconds, from the start (default: none). It travels with the call: the server's "
+                + "handler is cancelled when it passes.",
+            valueName: "seconds"
+        )
+    )
+    var timeout: Double?
+
+    @Argument(help: "The method's name, such as demo.echo.")
+    var method: String
+
+    @Argument(
+        help: ArgumentHelp(
+            "The request as JSON; @FILE reads it from a file; standard input when omitted or -.",
+            valueName: "json"
+        )
+    )
+    var request: String?
+
+    func validate() throws {
+        if let timeout = self.timeout, !(timeout > 0) {
+            throw ValidationError("--timeout must be a positive number of seconds")
+        }
+        guard (1...255).contains(self.method.utf8.count) else {
+            throw ValidationError("the method's name must be 1 to 255 bytes of UTF-8")
+        }
+    }
+
+    /// The request's bytes, from the argument, the file it names or standard input, as given.
+    /// - Throws: ``UsageError`` when the file cannot be read or the bytes are not JSON (a top-level string, number,
+    ///   `true`, `false` or `null` is JSON too).
+    func loadRequest() async throws -> ByteBuffer {
+        let bytes: Data
+        let source: String
+        switch self.request {
+        case nil, "-":
+            bytes = Data((try await StandardInput.readAll()).readableBytesView)
+            source = "standard input"
+        case let argument? where argument.hasPrefix("@"):
+            let path = String(argument.dropFirst())
+            do {
+                bytes = try Data(contentsOf: URL(fileURLWithPath: path))
+            } catch {
+                throw UsageError(message: "cannot read the request from \(path): \(error.localizedDescription)")
+            }
+            source = path
+        case let argument?:
+            bytes = Data(argument.utf8)
+            source = "the argument"
+        }
+        do {
+            _ = try JSONSerialization.jsonObject(with: bytes, options: [.fragmentsAllowed])
+        } catch {
+            let shown = bytes.isEmpty ? "nothing" : describe(ByteBuffer(bytes: bytes.prefix(64)))
+            throw UsageError(message: "the request in \(source) is not JSON: \(shown)")
+        }
+        return ByteBuffer(bytes: bytes)
+    }
+
+    /// Connects to the server, bounded by `--timeout`, and runs `body` with the connection and what is left of the
+    /// deadline.
+    func withConnection<Result: Sendable>(
+        _ body: (Connection, _ timeout: Duration?) async throws -> Result
+    ) async throws -> Result {
+        let path = try socketPath(fromArgument: self.socket, creatingDirectory: false)
+        let timeout = self.timeout.map { duration(seconds: $0) }
+        let deadline = timeout.map { ContinuousClock.now.advanced(by: $0) }
+        var configuration = ClientConfiguration()
+        if let timeout { configuration.connectTimeout = min(configuration.connectTimeout, timeout) }
+        return try await Client.withConnection(to: path, configuration: configuration) { connection in
+            let left = deadline.map { max($0 - ContinuousClock.now, .nanoseconds(1)) }
+            return try await body(connection, left)
+        }
+    }
+}
+
+/// JSON as `call` and `watch` print it: `bytes` on one line as they came, or re-serialized on one line when they
+/// span several; with `pretty`, indented with sorted keys. Bytes that are not JSON are printed as they are.
+func formatJSON(_ bytes: ByteBuffer, pretty: Bool) -> String {
+    let text = String(buffer: bytes)
+    guard pretty || text.contains(where: \.isNewline) else { return text }
+    let data = Data(bytes.readableBytesView)
+    guard let value = try? JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed]) else { return text }
+    var options: JSONSerialization.WritingOptions = [.fragmentsAllowed, .withoutEscapingSlashes]
+    if pretty { options.formUnion([.prettyPrinted, .sortedKeys]) }
+    guard let formatted = try? JSONSerialization.data(withJSONObject: value, options: options) else { return text }
+    return String(decoding: formatted, as: UTF8.self)
+}

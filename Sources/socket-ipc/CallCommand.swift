@@ -1,0 +1,43 @@
+import ArgumentParser
+import SocketIPC
+
+/// `socket-ipc call`: one unary call of a service method by name, with a JSON request, printing the JSON response.
+struct CallCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "call",
+        abstract: "Call a service method with a JSON request and print its JSON response.",
+        discussion: """
+            Calls METHOD on the server with JSON as its request, as the server's JSON codec reads it, and prints \
+            the response on standard output: as it came, or indented with --pretty. The request is checked to be \
+            JSON first (a top-level string, number, true, false or null is JSON too). A request that starts with \
+            a '-' (a negative number) goes after `--`.
+
+            Examples, against `socket-ipc serve --socket app.sock`, which serves a small demo service:
+
+              socket-ipc call --socket app.sock demo.echo '{"hello": "world"}'
+              echo '[1, 2, 3]' | socket-ipc call --socket app.sock --pretty demo.echo
+              socket-ipc call --socket app.sock demo.increment @amount.json
+              socket-ipc call --socket app.sock --timeout 0.5 demo.sleep 10     # exits 5
+
+            \(CallExitStatus.help)
+            """
+    )
+
+    @OptionGroup
+    var call: CallArguments
+
+    @Flag(name: .long, help: "Print the response indented, with sorted keys.")
+    var pretty = false
+
+    func run() async throws {
+        let call = self.call
+        let pretty = self.pretty
+        try await CallExitStatus.reporting {
+            let request = try await call.loadRequest()
+            let response = try await call.withConnection { connection, timeout in
+                try await connection.call(method: call.method, request: request, timeout: timeout)
+            }
+            Output.line(formatJSON(response, pretty: pretty))
+        }
+    }
+}

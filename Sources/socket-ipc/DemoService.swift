@@ -1,0 +1,129 @@
+import Foundation
+import SocketIPC
+import Synchronization
+
+/// The small typed service that `serve` (framed) and `demo` serve, so that `call` and `watch` can be tried without
+/// writing one.
+enum DemoService {
+    /// `demo.echo`: answers its request, any JSON value.
+    enum Echo: ServiceMethod {
+        static let name = "demo.echo"
+        typealias Request = JSONValue
+        typealias Response = JSONValue
+        static let isIdempotent = true
+    }
+
+    /// `demo.count`: server streaming; for `n` it sends `0`, `1`, …, `n - 1` and ends.
+    enum Count: ServiceMethod {
+        static let name = "demo.count"
+        typealias Request = Int
+        typealias Response = Int
+    }
+
+    /// `demo.sleep`: sleeps the seconds it is sent, then answers them; cancelled by the call's deadline.
+    enum Sleep: ServiceMethod {
+        static let name = "demo.sleep"
+        typealias Request = Double
+        typealias Response = Double
+    }
+
+    /// `demo.increment`: adds its request to the counter and answers the new value.
+    enum Increment: ServiceMethod {
+        static let name = "demo.increment"
+        typealias Request = Int
+        typealias Response = Int
+    }
+
+    /// `demo.counter`: server streaming; the counter's value now, then each new value, until the caller stops.
+    /// The request is ignored (send `{}`).
+    enum Counter: ServiceMethod {
+        static let name = "demo.counter"
+        typealias Request = JSONValue
+        typealias Response = Int
+    }
+
+    /// The methods, one line each, for the help.
+    static let summary = """
+        demo.echo (any JSON: answers it), demo.count (n: streams 0 to n-1), demo.sleep (seconds: answers after \
+        sleeping them), demo.increment (n: adds n to a counter and answers its value), demo.counter ({}: streams the \
+        counter's value now and after each change). A negative count or sleep fails with the application error \
+        invalidArgument.
+        """
+
+    /// A router that serves the methods, with `counter` as `demo.increment`'s and `demo.counter`'s state. Responses are
+    /// JSON with sorted keys, so that `demo.echo`'s output does not depend on hashing.
+    static func router(counter: SharedCounter = SharedCounter()) -> ServiceRouter {
+        var router = ServiceRouter(
+            codec: JSONCodec(encoder: {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+                return encoder
+            })
+        )
+        router.register(Echo.self) { request, _ in request }
+        router.registerServerStreaming(Count.self) { count, writer, _ in
+            guard count >= 0 else {
+                throw invalidArgument("cannot count to a negative number; got \(count)", ["count": count])
+            }
+            for number in 0..<count { try await writer.write(number) }
+        }
+        router.register(Sleep.self) { seconds, _ in
+            guard seconds >= 0 else {
+                throw invalidArgument("cannot sleep a negative time; got \(seconds) s", ["seconds": seconds])
+            }
+            // Until the time is up, or the call is cancelled (by its deadline, the caller, or the connection's close).
+            try await Task.sleep(for: duration(seconds: seconds))
+            return seconds
+        }
+        router.register(Increment.self) { amount, _ in counter.add(amount) }
+        router.registerServerStreaming(Counter.self) { _, writer, _ in
+            let (current, changes) = counter.watch()
+            try await writer.write(current)
+            for await value in changes { try await writer.write(value) }
+            // The changes end only when this task is cancelled: never end the stream as if it were complete.
+            throw CancellationError()
+        }
+        return router
+    }
+
+    private static func invalidArgument(_ message: String, _ details: some Encodable & Sendable) -> ServiceError {
+        ServiceError(code: "invalidArgument", message: message, details: details)
+    }
+}
+
+/// An integer that calls can change and watch; it outlives the server that serves it (as a database would), so that
+/// `demo` can show a watch carrying on across a restart.
+final class SharedCounter: Sendable {
+    private struct State {
+        var value = 0
+        var nextWatcher = 0
+        var watchers: [Int: AsyncStream<Int>.Continuation] = [:]
+    }
+
+    private let state = Mutex(State())
+
+    /// Adds `amount` (wrapping on overflow), tells the watchers, and returns the new value.
+    func add(_ amount: Int) -> Int {
+        self.state.withLock { state in
+            state.value &+= amount
+            for watcher in state.watchers.values { watcher.yield(state.value) }
+            return state.value
+        }
+    }
+
+    /// The value now and its changes from then on, with none missed in between. A watcher that falls behind sees
+    /// the newest value.
+    func watch() -> (current: Int, changes: AsyncStream<Int>) {
+        let (changes, continuation) = AsyncStream.makeStream(of: Int.self, bufferingPolicy: .bufferingNewest(1))
+        let (id, current) = self.state.withLock { state in
+            let id = state.nextWatcher
+            state.nextWatcher += 1
+            state.watchers[id] = continuation
+            return (id, state.value)
+        }
+        continuation.onTermination = { [weak self] _ in
+            _ = self?.state.withLock { $0.watchers.removeValue(forKey: id) }
+        }
+        return (current, changes)
+    }
+}

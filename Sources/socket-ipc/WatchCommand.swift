@@ -1,0 +1,54 @@
+import ArgumentParser
+import SocketIPC
+import UnixSignals
+
+/// `socket-ipc watch`: a server-streaming call of a service method by name, printing each response as a JSON line.
+struct WatchCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "watch",
+        abstract: "Call a server-streaming method with a JSON request and print each response as a JSON line.",
+        discussion: """
+            Calls METHOD on the server with JSON as its request and prints each response on one line as it comes, \
+            until the server ends the stream (exit 0) or SIGINT or SIGTERM (exit 0: the call is cancelled on the \
+            server and the connection closed). The request is read as `call` reads it. The watch ends when its \
+            connection is lost (exit 3): it does not reconnect.
+
+            Examples, against `socket-ipc serve --socket app.sock`, which serves a small demo service:
+
+              socket-ipc watch --socket app.sock demo.count 5        # 0 to 4, then exits
+              socket-ipc watch --socket app.sock demo.counter '{}'   # 0, then until ^C:
+              socket-ipc call --socket app.sock demo.increment 1     # the watch prints 1
+
+            \(CallExitStatus.help)
+            """
+    )
+
+    @OptionGroup
+    var call: CallArguments
+
+    func run() async throws {
+        let call = self.call
+        try await CallExitStatus.reporting {
+            let request = try await call.loadRequest()
+            // Trapped before connecting: once a response is printed, SIGINT ends the watch cleanly.
+            let signals = await UnixSignalsSequence(trapping: .sigint, .sigterm)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    try await call.withConnection { connection, timeout in
+                        try await connection.serverStreaming(method: call.method, request: request, timeout: timeout) {
+                            Output.line(formatJSON($0, pretty: false))
+                        }
+                    }
+                }
+                group.addTask {
+                    var signals = signals.makeAsyncIterator()
+                    _ = await signals.next()
+                }
+                // The stream ended or failed, or a signal came: either way the other task is cancelled (a stream
+                // cancelled so is cancelled on the server too), and its error, if any, is not reported.
+                try await group.next()
+                group.cancelAll()
+            }
+        }
+    }
+}

@@ -1,0 +1,226 @@
+import Foundation
+import SocketIPCTestSupport
+import SocketIPCTesting
+import Testing
+
+// Written for Linux (Glibc, Musl) and Darwin; tested on Linux only, Darwin is untested.
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// `socket-ipc call` and `watch` against the demo service that `serve` serves: responses, errors and their exit
+/// statuses.
+@Suite("socket-ipc call and watch", .timeLimit(.minutes(1)))
+struct CallCommandTests {
+    @Test("call prints the JSON response on one line")
+    func echo() async throws {
+        try await withServeCommand { path, _ in
+            let request = #"{"b": [1, 2.5, null, true], "a": "x/y"}"#
+            let result = try await runCLI(["call", "--socket", path, "demo.echo", request])
+            #expect(result.status == 0, "stderr: \(result.error)")
+            #expect(result.output == #"{"a":"x/y","b":[1,2.5,null,true]}"# + "\n")
+            #expect(result.error == "")
+        }
+    }
+
+    @Test("call reads the request from standard input (omitted or -) and from @FILE; --pretty indents the response")
+    func requestSourcesAndPretty() async throws {
+        try await withServeCommand { path, _ in
+            let omitted = try await runCLI(["call", "--socket", path, "demo.echo"], input: "[1, {\"k\": \"v\"}]\n")
+            #expect(omitted.status == 0, "stderr: \(omitted.error)")
+            #expect(omitted.output == #"[1,{"k":"v"}]"# + "\n")
+
+            let dash = try await runCLI(["call", "--socket", path, "demo.increment", "-"], input: "41")
+            #expect(dash.status == 0, "stderr: \(dash.error)")
+            #expect(dash.output == "41\n")
+
+            let file = URL(fileURLWithPath: path).deletingLastPathComponent().appendingPathComponent("request.json")
+            try Data(#"{"z": 1, "a": [true]}"#.utf8).write(to: file)
+            let pretty = try await runCLI(["call", "--socket", path, "--pretty", "demo.echo", "@" + file.path])
+            #expect(pretty.status == 0, "stderr: \(pretty.error)")
+            #expect(pretty.output == "{\n  \"a\" : [\n    true\n  ],\n  \"z\" : 1\n}\n")
+
+            let fragment = try await runCLI(["call", "--socket", path, "demo.echo", #""just a string""#])
+            #expect(fragment.output == #""just a string""# + "\n")
+        }
+    }
+
+    @Test("an application error exits 1 with `error CODE: MESSAGE` and its details as JSON on standard error")
+    func applicationError() async throws {
+        try await withServeCommand { path, _ in
+            let result = try await runCLI(["call", "--socket", path, "demo.sleep", "--", "-1"])
+            #expect(result.status == 1)
+            #expect(result.output == "")
+            #expect(
+                result.error == "error invalidArgument: cannot sleep a negative time; got -1.0 s\n{\"seconds\":-1}\n")
+
+            let watched = try await runCLI(["watch", "--socket", path, "demo.count", "--", "-3"])
+            #expect(watched.status == 1)
+            #expect(watched.output == "")
+            #expect(
+                watched.error == "error invalidArgument: cannot count to a negative number; got -3\n{\"count\":-3}\n")
+        }
+    }
+
+    @Test("a request the method cannot read exits 1, as the server's answer")
+    func requestOfTheWrongType() async throws {
+        try await withServeCommand { path, _ in
+            let result = try await runCLI(["call", "--socket", path, "demo.increment", #""one""#])
+            #expect(result.status == 1)
+            #expect(result.error.hasPrefix("error: "), "stderr: \(result.error)")
+            #expect(result.error.contains("demo.increment"), "stderr: \(result.error)")
+        }
+    }
+
+    @Test("a method the server does not serve exits 6")
+    func unknownMethod() async throws {
+        try await withServeCommand { path, _ in
+            for command in ["call", "watch"] {
+                let result = try await runCLI([command, "--socket", path, "demo.nothing", "{}"])
+                #expect(result.status == 6, "\(command)")
+                #expect(result.error.hasPrefix("error: the peer serves no method 'demo.nothing'"), "\(result.error)")
+                #expect(result.error.split(separator: "\n").count == 1, "\(result.error)")
+            }
+        }
+    }
+
+    @Test("no server (no socket file, or a stale one) exits 3")
+    func noServer() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let missing = directory + "/missing.sock"
+            let stale = directory + "/stale.sock"
+            try makeStaleSocket(at: stale)
+            for path in [missing, stale] {
+                for command in ["call", "watch"] {
+                    let result = try await runCLI([command, "--socket", path, "demo.echo", "1"])
+                    #expect(result.status == 3, "\(command) \(path)")
+                    #expect(result.error.hasPrefix("error: no server "), "\(command): \(result.error)")
+                    #expect(result.error.contains(path), "\(command): \(result.error)")
+                    #expect(result.output == "")
+                }
+            }
+        }
+    }
+
+    @Test(
+        "a client the server's policy refuses exits 4",
+        .enabled(if: canRunAsAnotherUser, "needs root and setpriv to run the client as another user")
+    )
+    func refused() async throws {
+        try await withServeCommand(["--permissions", "0666"], directoryMode: 0o755) { path, _ in
+            let process = try TestProcess(
+                executable: "/usr/bin/setpriv",
+                asOtherUser() + [socketIPCBinary, "call", "--socket", path, "demo.echo", "1"]
+            )
+            let status = await process.waitForExit()
+            let error = await process.standardError.text()
+            #expect(status == 4, "stderr: \(error)")
+            #expect(error.contains("authorization policy refused"), "stderr: \(error)")
+            #expect(await process.standardOutput.text() == "")
+        }
+    }
+
+    @Test("--timeout is the call's deadline: a call that does not complete in time exits 5")
+    func deadline() async throws {
+        try await withServeCommand { path, _ in
+            let result = try await runCLI(["call", "--socket", path, "--timeout", "0.2", "demo.sleep", "3600"])
+            #expect(result.status == 5)
+            // The caller's timer or the server's, whichever is first.
+            #expect(
+                result.error.hasPrefix("error: the call 'demo.sleep' did not complete before its deadline"),
+                "\(result.error)"
+            )
+            #expect(result.output == "")
+            // The server is still there and answers.
+            let next = try await runCLI(["call", "--socket", path, "--timeout", "10", "demo.sleep", "0"])
+            #expect(next.status == 0, "stderr: \(next.error)")
+            #expect(next.output == "0\n")
+        }
+    }
+
+    @Test(
+        "a request that is not JSON is a usage error (64), and nothing is sent",
+        arguments: [
+            (["{oops"], nil, "the request in the argument is not JSON: \"{oops\""),
+            ([], "", "the request in standard input is not JSON: nothing"),
+            (["-"], "[1,", "the request in standard input is not JSON: \"[1,\""),
+        ] as [([String], String?, String)]
+    )
+    func notJSON(arguments: [String], input: String?, message: String) async throws {
+        try await withTemporarySocketDirectory { directory in
+            // No server: a usage error is found before connecting.
+            let path = directory + "/none.sock"
+            for command in ["call", "watch"] {
+                let result = try await runCLI([command, "--socket", path, "demo.echo"] + arguments, input: input)
+                #expect(result.status == 64, "\(command)")
+                #expect(result.error == "error: \(message)\n", "\(command)")
+            }
+        }
+    }
+
+    @Test("a request file that cannot be read is a usage error (64)")
+    func unreadableFile() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let file = directory + "/nope.json"
+            let result = try await runCLI(["call", "--socket", directory + "/none.sock", "demo.echo", "@" + file])
+            #expect(result.status == 64)
+            #expect(result.error.hasPrefix("error: cannot read the request from \(file)"), "\(result.error)")
+        }
+    }
+
+    @Test("watch prints each response as a JSON line, and exits 0 when the stream ends")
+    func watchUntilTheEnd() async throws {
+        try await withServeCommand { path, _ in
+            let result = try await runCLI(["watch", "--socket", path, "demo.count", "5"])
+            #expect(result.status == 0, "stderr: \(result.error)")
+            #expect(result.output == "0\n1\n2\n3\n4\n")
+            let none = try await runCLI(["watch", "--socket", path, "demo.count", "0"])
+            #expect(none.status == 0, "stderr: \(none.error)")
+            #expect(none.output == "")
+        }
+    }
+
+    @Test("watch prints each change as it comes, and SIGINT ends it with exit 0, cancelling the call on the server")
+    func watchUntilInterrupted() async throws {
+        try await withServeCommand { path, _ in
+            let watch = try TestProcess.socketIPC(["watch", "--socket", path, "demo.counter", "{}"])
+            try await withProcess(watch) { watch in
+                #expect(await watch.standardOutput.waitForLine(containing: "0") == "0")
+                let increment = try await runCLI(["call", "--socket", path, "demo.increment", "5"])
+                #expect(increment.output == "5\n")
+                #expect(await watch.standardOutput.waitForLine(containing: "5") == "5")
+                watch.signal(SIGINT)
+                #expect(await watch.waitForExit() == 0)
+                #expect(await watch.standardOutput.remainingLines() == ["0", "5"])
+                #expect(await watch.standardError.text() == "")
+            }
+            // The server answers on.
+            let again = try await runCLI(["call", "--socket", path, "demo.increment", "1"])
+            #expect(again.output == "6\n")
+        }
+    }
+
+    @Test("the help lists call and watch; theirs has examples and the exit statuses")
+    func help() async throws {
+        let root = try await runCLI(["--help"])
+        for subcommand in ["call", "watch"] {
+            #expect(root.output.contains("\n  \(subcommand) "), "\(subcommand) missing from the help")
+            let help = try await runCLI([subcommand, "--help"])
+            #expect(help.status == 0)
+            #expect(help.output.contains("socket-ipc \(subcommand) --socket app.sock demo."), "\(help.output)")
+            #expect(help.output.contains("Exit status: 0"), "\(help.output)")
+            #expect(help.output.contains("6 no such method"), "\(help.output)")
+        }
+    }
+}
+
+/// Leaves a stale socket file at `path`: bound, then closed without being removed, so that nothing listens.
+private func makeStaleSocket(at path: String) throws {
+    let descriptor = makeUnixStreamSocket()
+    defer { close(descriptor) }
+    guard withSocketAddress(path, { bind(descriptor, $0, $1) }) == 0 else { throw POSIXError(.EADDRINUSE) }
+}
