@@ -112,13 +112,6 @@ struct ConnectionEventTests {
             configuration.connection.keepaliveInterval = .milliseconds(200)
             configuration.connection.keepaliveTimeout = .milliseconds(500)
             let client = try await RecordingClient.connect(to: path, configuration: configuration)
-
-            // While the server runs it answers the pings: past the first ping's timeout (200 + 500 ms) the
-            // connection is still open. (A bounded wait that asserts an absence: nothing waits on it.)
-            try await Task.sleep(for: .seconds(1))
-            #expect(client.connection.isOpen, "a running server's pongs must keep the connection open")
-            #expect(String(buffer: try await client.connection.request(ByteBuffer(string: "alive"))) == "alive")
-
             try await freeze(server)
             let request = Task { try await client.connection.request(ByteBuffer(string: "unanswered")) }
             // The real keepalive deadline is what ends this wait.
