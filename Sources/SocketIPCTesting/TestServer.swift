@@ -86,7 +86,7 @@ public func withFramedTestServer<Handler: ConnectionHandler & SendableMetatype, 
     }, body)
 }
 
-/// Runs a server of `router`'s methods (``Server/service(configuration:router:logger:)``) on a socket in a new
+/// Runs a server of `router`'s methods (``Server/service(configuration:router:logger:onServerRunning:)``) on a socket in a new
 /// temporary directory for the length of `body`, and cleans up after it as ``withFramedTestServer(socketName:configure:logger:makeHandler:isolation:_:)``
 /// does.
 ///

@@ -58,7 +58,7 @@ enum DemoService {
                 let encoder = JSONEncoder()
                 encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
                 return encoder
-            })
+            }())
         )
         router.register(Echo.self) { request, _ in request }
         router.registerServerStreaming(Count.self) { count, writer, _ in

@@ -70,14 +70,7 @@ struct ConnectionEventTests {
 
     @Test(
         "a server killed with a request of the client unread in its socket: the message says it did not go away",
-        .enabled(if: runsOnLinux, "needs Linux's SIOCOUTQ to see the bytes the server has not read"),
-        .disabled(
-            """
-            bug: Connection.closeReason (Sources/SocketIPCRuntime/Connection/Connection+Calls.swift:23) rewrites only \
-            SocketIPCError.closed; the ECONNRESET of a peer killed with bytes unread comes through errorCaught \
-            (ConnectionChannelHandler.swift:211) as 'the connection failed: read(...): Connection reset by peer'
-            """
-        )
+        .enabled(if: runsOnLinux, "needs Linux's SIOCOUTQ to see the bytes the server has not read")
     )
     func serverKilledWithUnreadRequestMessage() async throws {
         let killed = try await killServerWithUnreadRequest()

@@ -191,6 +191,14 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
         return true
     }
 
+    /// This side ends its direction even though the call failed on its side (the handler's side stopped it: its
+    /// deadline passed, its server is shutting down) and the peer must hear why; returns whether it had not already.
+    package mutating func endOutboundAfterStop() -> Bool {
+        guard !self.outboundEnded else { return false }
+        self.outboundEnded = true
+        return true
+    }
+
     /// Whether the peer ended its direction.
     package var inboundEnded: Bool { self.inboundEnd != nil }
 

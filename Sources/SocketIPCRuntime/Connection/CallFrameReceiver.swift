@@ -10,4 +10,7 @@ package protocol CallFrameReceiver: AnyObject, Sendable {
     func receive(_ frame: CallFrame, id: UInt32, on connection: Connection) -> SocketIPCError?
     /// The connection closed with `error`: every call still in progress fails with it.
     func connectionClosed(_ connection: Connection, error: SocketIPCError)
+    /// This side said going-away `0x00` (its server is shutting down): the connection closes once its calls have
+    /// ended, so end those that would not by themselves.
+    func connectionGoingAway(_ connection: Connection)
 }

@@ -2,6 +2,14 @@ import NIOCore
 import SocketIPCCore
 import Synchronization
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 // Calls (frames 0x06 to 0x0A) on a connection, for the services layer, and keepalive pings (0x0B, 0x0C). The calls'
 // own state is the services layer's; the connection carries their frames, numbers them, and counts them so that a
 // connection going away waits for them.
@@ -20,13 +28,19 @@ extension Connection {
         guard let error = self.closeError else { return nil }
         if let peerError = self.peerGoingAwayError { return peerError }
         if error.code == .connectionClosed, self.calls.closedLocally.load(ordering: .relaxed) { return nil }
-        if error.code == .connectionClosed, error == .closed {
+        if error.code == .connectionClosed, error == .closed || Self.isResetByPeer(error.cause) {
             return SocketIPCError(
                 .connectionClosed,
                 "the peer closed the connection without going away: it exited, crashed or was killed"
             )
         }
         return error
+    }
+
+    /// Whether `cause` is the kernel's word for a peer that vanished with bytes unread: `ECONNRESET` or `EPIPE`.
+    private static func isResetByPeer(_ cause: (any Error)?) -> Bool {
+        guard let error = cause as? IOError else { return false }
+        return error.errnoCode == ECONNRESET || error.errnoCode == EPIPE
     }
 
     /// Whether the peer's hello said it speaks calls (``HelloFlags/calls``): only then may calls be opened on it.
@@ -146,6 +160,13 @@ extension Connection {
             self.queueCallControlFrame(id: id, .end(status))
         }
         return nil
+    }
+
+    /// Tells the services layer's receiver that this side is going away.
+    func callsGoingAway() {
+        if let receiver = self.calls.receiver.withLock({ $0 }) {
+            receiver.connectionGoingAway(self)
+        }
     }
 
     /// Tells the services layer's receiver that the connection closed.

@@ -259,7 +259,13 @@ public final class Connection: Sendable {
     func goAway(_ reason: GoAwayReason, message: String) {
         var frame = ByteBuffer()
         frame.writeFrame(.goAway(reason, message: message))
-        switch self.state.withLock({ $0.goAway(frame: frame) }) {
+        let (action, announced) = self.state.withLock { state in
+            let before = state.isGoingAway || !state.isOpen
+            return (state.goAway(frame: frame), !before)
+        }
+        // The services layer ends the calls it would otherwise keep open (response streams) before the drain.
+        if announced, reason == .normal { self.callsGoingAway() }
+        switch action {
         case .none: break
         case .scheduleFlush: self.scheduleFlush()
         case .close: self.closeAfterGoingAway()

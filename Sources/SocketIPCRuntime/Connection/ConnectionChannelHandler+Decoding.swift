@@ -106,7 +106,8 @@ extension ConnectionChannelHandler {
         }
     }
 
-    /// While paused for requests: hands out the replies and error replies among the bytes kept, and moves the other
+    /// While paused for requests: hands out the replies, error replies, pings and pongs among the bytes kept (a ping
+    /// is answered at once, so that a busy peer is not taken for a frozen one), and moves the other
     /// frames among them (requests, messages, going-away), in order, to the held frames; keeps the start of an
     /// unfinished frame. A going-away is held too, so that it still comes after the requests sent before it.
     func handOutRepliesWhilePaused(context: ChannelHandlerContext, connection: Connection) {
@@ -121,7 +122,7 @@ extension ConnectionChannelHandler {
                 var before = partial.bytes
                 guard let frame = try self.decoder.next(from: &partial.bytes) else { break }
                 switch frame {
-                case .request, .message, .goAway, .call, .ping:
+                case .request, .message, .goAway, .call:
                     self.inbound.hold(before.readSlice(length: partial.bytes.readerIndex - before.readerIndex)!)
                 default:
                     step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: .max)

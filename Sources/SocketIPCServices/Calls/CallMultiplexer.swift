@@ -56,6 +56,15 @@ final class CallMultiplexer: CallFrameReceiver {
         return stream.receive(frame)
     }
 
+    func connectionGoingAway(_ connection: Connection) {
+        guard self.router?.endsResponseStreamsOnShutdown ?? false else { return }
+        let streams = self.streams.withLock { Array($0.values) }
+        for stream in streams where !stream.isCaller && stream.streamsResponses {
+            stream.fail(CancellationError())
+            stream.stopHandler(.serverGoingAway)
+        }
+    }
+
     func connectionClosed(_ connection: Connection, error: SocketIPCError) {
         let streams = self.streams.withLock { Array($0.values) }
         for stream in streams {

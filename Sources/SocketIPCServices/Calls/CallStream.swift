@@ -21,6 +21,9 @@ final class CallStream: Sendable {
     let connection: Connection
     /// Whether this side opened the call.
     let isCaller: Bool
+    /// On the handler's side: whether the handler writes a stream of responses (server or bidirectional streaming),
+    /// which a server's graceful shutdown ends at once.
+    let streamsResponses: Bool
     private let state: Mutex<Machine>
     /// The handler's side: fires once when the call must stop (the caller cancelled, the deadline passed, the
     /// connection closed), or when the handler finished; see ``waitUntilStopped()``.
@@ -39,15 +42,18 @@ final class CallStream: Sendable {
         case deadlineExceeded
         /// The connection closed.
         case connectionClosed
+        /// The server is shutting down, and the call's response stream ends now.
+        case serverGoingAway
         /// The handler returned or threw: nothing to stop.
         case finished
     }
 
-    init(id: UInt32, method: String, connection: Connection, isCaller: Bool) {
+    init(id: UInt32, method: String, connection: Connection, isCaller: Bool, streamsResponses: Bool = false) {
         self.id = id
         self.method = method
         self.connection = connection
         self.isCaller = isCaller
+        self.streamsResponses = streamsResponses
         self.state = Mutex(Machine())
     }
 
@@ -180,6 +186,13 @@ final class CallStream: Sendable {
     /// Ends this side's direction of the call with `status` (the caller's half-close is ``CallStatus/ok``); once.
     func finish(_ status: CallStatus = .ok) {
         guard self.state.withLock({ $0.endOutbound() }) else { return }
+        self.connection.queueCallControlFrame(id: self.id, .end(status))
+    }
+
+    /// Ends the call from the handler's side after this side stopped it (its deadline, its server's shutdown), when
+    /// the call has already failed locally: the caller still hears `status`; once.
+    func finishAfterStop(_ status: CallStatus) {
+        guard self.state.withLock({ $0.endOutboundAfterStop() }) else { return }
         self.connection.queueCallControlFrame(id: self.id, .end(status))
     }
 

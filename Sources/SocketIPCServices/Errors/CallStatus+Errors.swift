@@ -16,7 +16,7 @@ extension CallStatus {
                 codec: codec
             )
         case .unknownMethod:
-            return SocketIPCError(.unknownMethod, "the peer serves no method '\(method)'\(text)")
+            return SocketIPCError(.unknownMethod, "the peer serves no method '\(method)'")
         case .cancelled:
             return SocketIPCError(.cancelled, "the call '\(method)' was cancelled on the peer's side\(text)")
         case .deadlineExceeded:
@@ -40,6 +40,9 @@ extension CallStatus {
             if let outgoing = error.outgoingDetails, let encoded = try? codec.encode(outgoing) { details = encoded }
             else if let encoded = error.encodedDetails { details = encoded }
             return CallStatus(code: .applicationError, errorCode: error.code, message: error.message, details: details)
+        case is CancellationError:
+            // Cancelled on this side (its server's grace period ended, its connection is closing).
+            return CallStatus(code: .cancelled, message: "the handler was cancelled")
         case let error as SocketIPCError where error.code == .invalidMessage:
             return CallStatus(code: .invalidMessage, message: error.message)
         case let error as SocketIPCError where error.code == .deadlineExceeded:

@@ -9,7 +9,7 @@ extension CallMultiplexer {
         if self.isOpen(id) {
             return SocketIPCError(.protocolViolation, "the peer opened call \(id), which is already open")
         }
-        guard let router = self.router, let handler = router.handlers[open.method] else {
+        guard let router = self.router, let registered = router.handlers[open.method] else {
             let status = CallStatus(code: .unknownMethod, message: "no method '\(open.method)' is served here")
             connection.queueCallControlFrame(id: id, .end(status))
             return nil
@@ -29,7 +29,14 @@ extension CallMultiplexer {
             connection.queueCallControlFrame(id: id, .end(status))
             return nil
         }
-        let call = CallStream(id: id, method: open.method, connection: connection, isCaller: false)
+        let call = CallStream(
+            id: id,
+            method: open.method,
+            connection: connection,
+            isCaller: false,
+            streamsResponses: registered.streamsResponses
+        )
+        let handler = registered.handler
         self.register(call)
         let deadline: ContinuousClock.Instant? =
             open.timeoutNanoseconds == 0
@@ -83,9 +90,12 @@ extension CallMultiplexer {
         switch call.stopReason {
         case .finished, nil:
             // The handler ended first (or was cancelled by its server's shutdown): its own status.
-            call.finish(status ?? CallStatus(code: .cancelled, message: "the handler was cancelled"))
+            call.finishAfterStop(status ?? CallStatus(code: .cancelled, message: "the handler was cancelled"))
         case .deadlineExceeded:
-            call.finish(CallStatus(code: .deadlineExceeded, message: "the call's deadline passed"))
+            call.finishAfterStop(CallStatus(code: .deadlineExceeded, message: "the call's deadline passed"))
+        case .serverGoingAway:
+            // The caller may call again on the next server: a ServiceClient's resubscribing stream does.
+            call.finishAfterStop(CallStatus(code: .unavailable, message: "the server is shutting down"))
         case .cancelledByCaller, .connectionClosed:
             // The caller is gone or no longer listening: nothing to send.
             break

@@ -13,12 +13,16 @@ extension Server {
     ///   - configuration: Where and how to serve: the path, its owner and mode, who may connect, limits.
     ///   - router: The methods served.
     ///   - logger: The server's logger; default one labelled `socketipc.server`.
+    ///   - onServerRunning: Called once the socket accepts connections (``waitUntilRunning()`` awaits the same).
     /// - Returns: The server; call ``run()`` to serve.
     public static func service(
         configuration: ServerConfiguration,
         router: ServiceRouter,
-        logger: Logger = Logger(label: "socketipc.server")
+        logger: Logger = Logger(label: "socketipc.server"),
+        onServerRunning: @escaping @Sendable (SocketPath) async -> Void = { _ in }
     ) -> Server {
-        Server.framed(configuration: configuration, logger: logger) { ServiceConnectionHandler(router: router) }
+        Server.framed(configuration: configuration, logger: logger, onServerRunning: onServerRunning) {
+            ServiceConnectionHandler(router: router)
+        }
     }
 }

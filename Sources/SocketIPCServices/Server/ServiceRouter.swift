@@ -20,7 +20,13 @@ public struct ServiceRouter: Sendable {
     /// A handler with its types erased: reads its requests from the call and writes its responses to it.
     typealias Handler = @Sendable (CallStream, ServiceContext, any MessageCodec) async throws -> Void
 
-    var handlers: [String: Handler] = [:]
+    /// A registered handler, and whether it writes a stream of responses.
+    struct Registered {
+        var handler: Handler
+        var streamsResponses: Bool
+    }
+
+    var handlers: [String: Registered] = [:]
     /// How requests and responses are encoded; default ``JSONCodec``. Callers must use the same.
     public var codec: any MessageCodec
     /// The most calls of one connection handled at once; default 100 (as ``ConnectionOptions/maximumConcurrentRequests``).
@@ -34,6 +40,15 @@ public struct ServiceRouter: Sendable {
     /// system calls, no long computation without `await`): it would stall every connection of that event loop.
     /// Turn this off for handlers that do, and they run on the global concurrent executor.
     public var runsHandlersOnEventLoop = true
+    /// Whether a graceful shutdown of the server ends its response streams (server and bidirectional streaming)
+    /// at once, with status `unavailable`, cancelling their handlers; default `true`.
+    ///
+    /// A watch has no end of its own: left open, it would hold the shutdown until the grace period ends. Ended at
+    /// once, its caller learns that the server is going (`peerGoingAway`), and a ``ServiceClient/resubscribing(_:_:options:)``
+    /// stream calls again on the next server. Unary and client-streaming calls in progress are not affected: they
+    /// finish within the grace period. Turn this off to let response streams run until the grace period ends (or end
+    /// them yourself from `Server.onGracefulShutdown(_:)`).
+    public var endsResponseStreamsOnShutdown = true
 
     /// Creates an empty router.
     /// - Parameter codec: How requests and responses are encoded; default ``JSONCodec``.
@@ -50,11 +65,11 @@ public struct ServiceRouter: Sendable {
         _ method: Method.Type,
         handler: @escaping @Sendable (Method.Request, ServiceContext) async throws -> Method.Response
     ) {
-        self.handlers[Method.name] = { call, context, codec in
+        self.handlers[Method.name] = Registered(handler: { call, context, codec in
             let request = try await Self.readSingleRequest(of: call, as: Method.Request.self, codec: codec)
             let response = try await handler(request, context)
             try await call.send(try Self.encode(response, codec: codec, method: Method.name))
-        }
+        }, streamsResponses: false)
     }
 
     /// Registers the handler of a server-streaming method: one request, a stream of responses written to the
@@ -64,10 +79,10 @@ public struct ServiceRouter: Sendable {
         handler: @escaping @Sendable (Method.Request, ServiceStreamWriter<Method.Response>, ServiceContext) async throws
             -> Void
     ) {
-        self.handlers[Method.name] = { call, context, codec in
+        self.handlers[Method.name] = Registered(handler: { call, context, codec in
             let request = try await Self.readSingleRequest(of: call, as: Method.Request.self, codec: codec)
             try await handler(request, ServiceStreamWriter(call: call, codec: codec), context)
-        }
+        }, streamsResponses: true)
     }
 
     /// Registers the handler of a client-streaming method: a stream of requests, one response.
@@ -75,10 +90,10 @@ public struct ServiceRouter: Sendable {
         _ method: Method.Type,
         handler: @escaping @Sendable (ServiceStream<Method.Request>, ServiceContext) async throws -> Method.Response
     ) {
-        self.handlers[Method.name] = { call, context, codec in
+        self.handlers[Method.name] = Registered(handler: { call, context, codec in
             let response = try await handler(ServiceStream(call: call, codec: codec), context)
             try await call.send(try Self.encode(response, codec: codec, method: Method.name))
-        }
+        }, streamsResponses: false)
     }
 
     /// Registers the handler of a bidirectional-streaming method: a stream of requests and a stream of responses,
@@ -88,9 +103,9 @@ public struct ServiceRouter: Sendable {
         handler: @escaping @Sendable (ServiceStream<Method.Request>, ServiceStreamWriter<Method.Response>, ServiceContext)
             async throws -> Void
     ) {
-        self.handlers[Method.name] = { call, context, codec in
+        self.handlers[Method.name] = Registered(handler: { call, context, codec in
             try await handler(ServiceStream(call: call, codec: codec), ServiceStreamWriter(call: call, codec: codec), context)
-        }
+        }, streamsResponses: true)
     }
 
     // MARK: - Internals

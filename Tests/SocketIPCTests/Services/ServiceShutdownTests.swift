@@ -1,0 +1,63 @@
+import SocketIPC
+import SocketIPCTesting
+import Testing
+
+@Suite("Services: a server's graceful shutdown")
+struct ServiceShutdownTests {
+    enum Watch: ServiceMethod {
+        static let name = "kv.watch"
+        typealias Request = String
+        typealias Response = String
+    }
+
+    /// A watch that yields the current value and then waits, as long as its task is not cancelled.
+    static func router(endsStreams: Bool) -> ServiceRouter {
+        var router = ServiceRouter()
+        router.endsResponseStreamsOnShutdown = endsStreams
+        router.registerServerStreaming(Watch.self) { key, values, _ in
+            try await values.write("\(key)=blue")
+            try await Task.sleep(for: .seconds(3600))
+        }
+        return router
+    }
+
+    @Test("a graceful shutdown ends a watch at once with peerGoingAway, so its caller can go to the next server")
+    func endsWatches() async throws {
+        let router = Self.router(endsStreams: true)
+        try await withServiceTestServer(router: router) { server, path in
+            let connection = try await Client.connect(to: path)
+            defer { connection.close() }
+            let error = try await #require(throws: SocketIPCError.self) {
+                try await connection.serverStreaming(Watch.self, "colour") { values in
+                    var iterator = values.makeAsyncIterator()
+                    #expect(try await iterator.next() == "colour=blue")
+                    server.shutdownGracefully()
+                    _ = try await iterator.next()
+                }
+            }
+            #expect(error.code == .peerGoingAway)
+            #expect(error.isRetryable)
+        }
+    }
+
+    @Test("with endsResponseStreamsOnShutdown off, a watch runs until the grace period ends")
+    func keepsWatches() async throws {
+        let router = Self.router(endsStreams: false)
+        try await withServiceTestServer(router: router, configure: { $0.shutdownGracePeriod = .milliseconds(200) }) {
+            server,
+            path in
+            let connection = try await Client.connect(to: path)
+            defer { connection.close() }
+            let error = try await #require(throws: SocketIPCError.self) {
+                try await connection.serverStreaming(Watch.self, "colour") { values in
+                    var iterator = values.makeAsyncIterator()
+                    #expect(try await iterator.next() == "colour=blue")
+                    server.shutdownGracefully()
+                    _ = try await iterator.next()
+                }
+            }
+            // Cut by the grace period's end: the handler cancelled (its status may or may not arrive before the close).
+            #expect(error.code == .cancelled || error.code == .connectionClosed, "\(error)")
+        }
+    }
+}
