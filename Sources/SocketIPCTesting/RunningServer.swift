@@ -1,9 +1,9 @@
 /// Runs a server for the length of `body`: starts it in a child task, waits until it accepts connections, runs
-/// `body`, then shuts it down gracefully and waits until ``Server/run()`` has returned, also when `body` throws.
+/// `body`, then shuts it down gracefully and waits until `Server.run()` has returned, also when `body` throws.
 ///
 /// `makeServer` gets the `onServerRunning` hook to pass on to
-/// ``Server/framed(configuration:logger:onServerRunning:makeHandler:)`` or
-/// ``Server/eof(configuration:logger:onServerRunning:handler:)``; that hook is how this function knows the server
+/// `Server.framed(configuration:logger:onServerRunning:makeHandler:)` or
+/// `Server.eof(configuration:logger:onServerRunning:handler:)`; that hook is how this function knows the server
 /// accepts connections, so nothing waits for a fixed time. A server that cannot start (its path is taken, its
 /// directory is missing or insecure) does not hang the test: its error is thrown.
 ///
@@ -25,7 +25,7 @@
 ///   - isolation: The actor `body` runs on; the caller's by default.
 ///   - body: Uses the running server.
 /// - Returns: What `body` returns.
-/// - Throws: What `makeServer` or `body` throws; the ``SocketIPCError`` of a server that failed to start or failed
+/// - Throws: What `makeServer` or `body` throws; the `SocketIPCError` of a server that failed to start or failed
 ///   while running; `CancellationError` when the task is cancelled before the server runs.
 @discardableResult
 public func withRunningServer<Value>(

@@ -16,7 +16,7 @@ import Darwin
 /// directory and everything in it afterwards, also when `body` throws.
 ///
 /// The directory is made with `mkdtemp(3)` as `/tmp/sipc-XXXXXX` (mode 0700, owned by the caller), so a socket path
-/// in it has about 90 bytes left under the `sun_path` limit (``SocketPath/maximumLength``: 107 bytes on Linux, 103
+/// in it has about 90 bytes left under the `sun_path` limit (`SocketPath.maximumLength`: 107 bytes on Linux, 103
 /// on Darwin). `/tmp` is used rather than `$TMPDIR`, which is long on Darwin.
 ///
 /// ```swift
@@ -29,7 +29,7 @@ import Darwin
 ///   - isolation: The actor `body` runs on; the caller's by default.
 ///   - body: Uses the directory, given as an absolute path without a trailing `/`.
 /// - Returns: What `body` returns.
-/// - Throws: ``SocketIPCError`` with code `systemCall` when the directory cannot be made; what `body` throws.
+/// - Throws: `SocketIPCError` with code `systemCall` when the directory cannot be made; what `body` throws.
 @discardableResult
 public func withTemporarySocketDirectory<Value>(
     isolation: isolated (any Actor)? = #isolation,

@@ -1,5 +1,5 @@
 /// Runs the server that `makeServer` makes on a socket in a new temporary directory for the length of `body`, and
-/// cleans up after it, also when `body` throws: the server is shut down gracefully, ``Server/run()`` has returned and
+/// cleans up after it, also when `body` throws: the server is shut down gracefully, `Server.run()` has returned and
 /// the directory is removed before this function returns.
 ///
 /// ``withFramedTestServer(socketName:configure:logger:makeHandler:isolation:_:)`` and
@@ -21,9 +21,9 @@
 ///   - configure: Changes the server's configuration, made for the socket's path, before the server is made.
 ///   - makeServer: Makes the server with the configuration, passing `onServerRunning` on.
 ///   - isolation: The actor `body` runs on; the caller's by default.
-///   - body: Uses the running server and its socket path (``ServerConfiguration/path``).
+///   - body: Uses the running server and its socket path (`ServerConfiguration.path`).
 /// - Returns: What `body` returns.
-/// - Throws: What `makeServer` or `body` throws, and the ``SocketIPCError`` of a server that failed to start or to
+/// - Throws: What `makeServer` or `body` throws, and the `SocketIPCError` of a server that failed to start or to
 ///   run.
 @discardableResult
 public func withTestServer<Value>(
@@ -46,7 +46,7 @@ public func withTestServer<Value>(
 }
 
 /// Runs a framed server on a socket in a new temporary directory for the length of `body`, and cleans up after it,
-/// also when `body` throws: the server is shut down gracefully, ``Server/run()`` has returned and the directory is
+/// also when `body` throws: the server is shut down gracefully, `Server.run()` has returned and the directory is
 /// removed before this function returns.
 ///
 /// ```swift
@@ -58,7 +58,7 @@ public func withTestServer<Value>(
 /// }
 /// ```
 ///
-/// The server is made with ``Server/framed(configuration:logger:onServerRunning:makeHandler:)`` by
+/// The server is made with `Server.framed(configuration:logger:onServerRunning:makeHandler:)` by
 /// ``withTestServer(socketName:configure:makeServer:isolation:_:)``.
 /// - Parameters:
 ///   - socketName: The socket file's name in the temporary directory.
@@ -66,11 +66,11 @@ public func withTestServer<Value>(
 ///   - logger: Where the server logs; by default a logger labelled `socketipc.testing` that logs only critical
 ///     messages, so that a passing test prints nothing.
 ///   - makeHandler: Makes the handler of each connection, as for
-///     ``Server/framed(configuration:logger:onServerRunning:makeHandler:)``.
+///     `Server.framed(configuration:logger:onServerRunning:makeHandler:)`.
 ///   - isolation: The actor `body` runs on; the caller's by default.
-///   - body: Uses the running server and its socket path (``ServerConfiguration/path``).
+///   - body: Uses the running server and its socket path (`ServerConfiguration.path`).
 /// - Returns: What `body` returns.
-/// - Throws: What `body` throws, and the ``SocketIPCError`` of a server that failed to start or to run.
+/// - Throws: What `body` throws, and the `SocketIPCError` of a server that failed to start or to run.
 @discardableResult
 public func withFramedTestServer<Handler: ConnectionHandler & SendableMetatype, Value>(
     socketName: String = "test.sock",
@@ -86,9 +86,9 @@ public func withFramedTestServer<Handler: ConnectionHandler & SendableMetatype, 
     }, body)
 }
 
-/// Runs a server of `router`'s methods (``Server/service(configuration:router:logger:onServerRunning:)``) on a socket in a new
-/// temporary directory for the length of `body`, and cleans up after it as ``withFramedTestServer(socketName:configure:logger:makeHandler:isolation:_:)``
-/// does.
+/// Runs a server of `router`'s methods (`Server.service(configuration:router:logger:onServerRunning:)`) on a socket
+/// in a new temporary directory for the length of `body`, and cleans up after it as
+/// ``withFramedTestServer(socketName:configure:logger:makeHandler:isolation:_:)`` does.
 ///
 /// ```swift
 /// @Test func get() async throws {
@@ -108,7 +108,7 @@ public func withFramedTestServer<Handler: ConnectionHandler & SendableMetatype, 
 ///   - isolation: The actor `body` runs on; the caller's by default.
 ///   - body: Uses the running server and its socket path.
 /// - Returns: What `body` returns.
-/// - Throws: What `body` throws, and the ``SocketIPCError`` of a server that failed to start or to run.
+/// - Throws: What `body` throws, and the `SocketIPCError` of a server that failed to start or to run.
 @discardableResult
 public func withServiceTestServer<Value>(
     router: ServiceRouter,
@@ -128,7 +128,7 @@ public func withServiceTestServer<Value>(
 }
 
 /// Runs an EOF-style server on a socket in a new temporary directory for the length of `body`, and cleans up after
-/// it, also when `body` throws: the server is shut down gracefully, ``Server/run()`` has returned and the directory
+/// it, also when `body` throws: the server is shut down gracefully, `Server.run()` has returned and the directory
 /// is removed before this function returns.
 ///
 /// ```swift
@@ -141,7 +141,7 @@ public func withServiceTestServer<Value>(
 /// }
 /// ```
 ///
-/// The server is made with ``Server/eof(configuration:logger:onServerRunning:handler:)`` by
+/// The server is made with `Server.eof(configuration:logger:onServerRunning:handler:)` by
 /// ``withTestServer(socketName:configure:makeServer:isolation:_:)``.
 /// - Parameters:
 ///   - handler: What the server does with each message.
@@ -150,9 +150,9 @@ public func withServiceTestServer<Value>(
 ///   - logger: Where the server logs; by default a logger labelled `socketipc.testing` that logs only critical
 ///     messages, so that a passing test prints nothing.
 ///   - isolation: The actor `body` runs on; the caller's by default.
-///   - body: Uses the running server and its socket path (``ServerConfiguration/path``).
+///   - body: Uses the running server and its socket path (`ServerConfiguration.path`).
 /// - Returns: What `body` returns.
-/// - Throws: What `body` throws, and the ``SocketIPCError`` of a server that failed to start or to run.
+/// - Throws: What `body` throws, and the `SocketIPCError` of a server that failed to start or to run.
 @discardableResult
 public func withEOFTestServer<Value>(
     handler: EOFMessageHandler,

@@ -20,7 +20,7 @@ import Darwin
 /// configuration.authorization = .users([1000, 1001]) && AuthorizationPolicy("not pid 1") { $0.processID != 1 }
 /// ```
 ///
-/// The default of ``ServerConfiguration/authorization`` is ``sameUser``: the file mode is the first line of
+/// The default of `ServerConfiguration.authorization` is ``sameUser``: the file mode is the first line of
 /// defence (a socket file that others may open is easy to make by mistake, with a umask or `--permissions 0666`),
 /// and this policy the second.
 public struct AuthorizationPolicy: Sendable, CustomStringConvertible {

@@ -29,7 +29,7 @@ extension Client {
     ///   - maximumAcknowledgementSize: The most acknowledgement bytes accepted; default 16 MiB.
     ///   - connectTimeout: How long to keep trying while the server's listen backlog is full; default 10 seconds.
     /// - Returns: The acknowledgement.
-    /// - Throws: ``SocketIPCError`` with code `invalidPath`, `connectionRefused`, `unauthorized` (the socket file's
+    /// - Throws: `SocketIPCError` with code `invalidPath`, `connectionRefused`, `unauthorized` (the socket file's
     ///   mode forbids connecting), `timedOut` (the server's backlog stayed full for `connectTimeout`), `messageTooLarge` (the
     ///   acknowledgement), `connectionClosed` (the server closed the connection before the whole message was
     ///   delivered: the message is over its maximum size, its authorization policy refused this process, or it is
@@ -117,8 +117,8 @@ extension Client {
     ///   - connectTimeout: How long to keep trying while the server's listen backlog is full; default 10 seconds.
     ///   - body: Writes the message with the ``EOFMessageWriter`` it is given.
     /// - Returns: The acknowledgement.
-    /// - Throws: ``SocketIPCError`` with the codes of ``sendMessage(_:to:maximumAcknowledgementSize:connectTimeout:)``, or what
-    ///   `body` throws.
+    /// - Throws: `SocketIPCError` with the codes of ``sendMessage(_:to:maximumAcknowledgementSize:connectTimeout:)``,
+    ///   or what `body` throws.
     public static func sendMessage(
         to path: String,
         maximumAcknowledgementSize: Int = 16 * 1024 * 1024,

@@ -62,7 +62,7 @@ extension Client {
     ///   - path: The socket file's path.
     ///   - timeout: How long to wait for the server to accept and to answer; default 2 s.
     /// - Returns: How the server answered, and who it is.
-    /// - Throws: ``SocketIPCError`` with code `invalidPath`, `connectionRefused` (nothing listens), `unauthorized`
+    /// - Throws: `SocketIPCError` with code `invalidPath`, `connectionRefused` (nothing listens), `unauthorized`
     ///   (the socket file's mode forbids connecting), `timedOut` (the server's backlog stayed full) or `systemCall`.
     public static func probe(_ path: String, timeout: Duration = .seconds(2)) async throws -> ProbeResult {
         let socketPath = try SocketPath(path)

@@ -21,7 +21,7 @@ public enum Client {
     ///     refused.
     ///   - logger: Where the connection logs.
     /// - Returns: The open connection.
-    /// - Throws: ``SocketIPCError`` with code `invalidPath`, `connectionRefused`, `notSocketIPCPeer`,
+    /// - Throws: `SocketIPCError` with code `invalidPath`, `connectionRefused`, `notSocketIPCPeer`,
     ///   `unsupportedVersion`, `unauthorized`, `timedOut` or `systemCall`.
     public static func connect<Handler: ConnectionHandler & Sendable>(
         to path: String,

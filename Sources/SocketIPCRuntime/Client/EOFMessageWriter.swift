@@ -7,7 +7,7 @@ public struct EOFMessageWriter: Sendable {
     let path: String
 
     /// Writes the next piece of the message.
-    /// - Throws: ``SocketIPCError`` with code `connectionClosed` when the server has closed the connection (for
+    /// - Throws: `SocketIPCError` with code `connectionClosed` when the server has closed the connection (for
     ///   example because the message is over its maximum size, or its authorization policy refused this process).
     public func write(_ bytes: ByteBuffer) async throws {
         do {

@@ -119,7 +119,7 @@ public final class Connection: Sendable {
     /// Returns once the message is queued for the socket; suspends first while the peer is not reading and the
     /// queue is above its high watermark.
     /// - Parameter message: The payload, 0 bytes up to ``ConnectionOptions/maximumMessageSize``.
-    /// - Throws: ``SocketIPCError`` with code `messageTooLarge`, or `connectionClosed` (or the reason the peer gave
+    /// - Throws: `SocketIPCError` with code `messageTooLarge`, or `connectionClosed` (or the reason the peer gave
     ///   when it went away) once the connection is closed.
     @inlinable
     nonisolated(nonsending) public func send(_ message: ByteBuffer) async throws {
@@ -154,7 +154,7 @@ public final class Connection: Sendable {
     ///   - request: The payload, 0 bytes up to ``ConnectionOptions/maximumMessageSize``.
     ///   - timeout: How long to wait for the reply; `nil` uses ``ConnectionOptions/requestTimeout``.
     /// - Returns: The payload of the peer's reply.
-    /// - Throws: ``SocketIPCError`` with code `remoteError` (the peer's handler threw; the connection stays up),
+    /// - Throws: `SocketIPCError` with code `remoteError` (the peer's handler threw; the connection stays up),
     ///   `timedOut`, `messageTooLarge`, `peerGoingAway` or `connectionClosed`; or `CancellationError`.
     nonisolated(nonsending) public func request(_ request: ByteBuffer, timeout: Duration? = nil) async throws -> ByteBuffer {
         try self.checkSize(request, what: "request")

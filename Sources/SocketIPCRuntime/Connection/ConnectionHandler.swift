@@ -47,7 +47,7 @@ public struct Reply: Sendable {
         self.connection.sendReply(id: self.id, payload: payload)
     }
 
-    /// Sends an error reply; the requester's ``Connection/request(_:timeout:)`` throws a ``SocketIPCError`` with code
+    /// Sends an error reply; the requester's ``Connection/request(_:timeout:)`` throws a `SocketIPCError` with code
     /// `remoteError` whose message describes `error`. The connection stays open.
     public func fail(_ error: any Error) {
         let message = (error as? SocketIPCError)?.message ?? String(describing: error)

@@ -19,7 +19,7 @@ public struct EOFMessageBody: AsyncSequence, Sendable {
         var base: Producer.AsyncIterator
 
         /// The next chunk, or `nil` after the last.
-        /// - Throws: ``SocketIPCError`` with code `connectionClosed` when the client went away before its half-close.
+        /// - Throws: `SocketIPCError` with code `connectionClosed` when the client went away before its half-close.
         public mutating func next() async throws -> ByteBuffer? {
             try await self.base.next()
         }
@@ -32,7 +32,7 @@ public struct EOFMessageBody: AsyncSequence, Sendable {
 
     /// Collects every chunk into one buffer.
     /// - Parameter maximumSize: The largest message accepted.
-    /// - Throws: ``SocketIPCError`` with code `messageTooLarge` when the message is larger.
+    /// - Throws: `SocketIPCError` with code `messageTooLarge` when the message is larger.
     public func collect(upTo maximumSize: Int) async throws -> ByteBuffer {
         var whole = ByteBuffer()
         for try await var chunk in self {

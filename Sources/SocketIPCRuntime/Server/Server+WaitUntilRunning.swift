@@ -11,8 +11,8 @@ extension Server {
     /// ```
     ///
     /// Any number of tasks may wait, before or after ``run()`` is called.
-    /// - Throws: What ``run()`` threw if it failed before it listened (a ``SocketIPCError`` such as `pathOccupied`
-    ///   or `addressInUse`); ``SocketIPCError`` with code `invalidState` if the server was shut down before it
+    /// - Throws: What ``run()`` threw if it failed before it listened (a `SocketIPCError` such as `pathOccupied`
+    ///   or `addressInUse`); `SocketIPCError` with code `invalidState` if the server was shut down before it
     ///   listened; `CancellationError` if the waiting task is cancelled first (the wait then ends at once).
     public func waitUntilRunning() async throws {
         let id = self.state.withLock { $0.startup.makeID() }

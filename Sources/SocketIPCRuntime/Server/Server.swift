@@ -86,7 +86,7 @@ public final class Server: Service, Sendable {
     /// ignores cancellation keeps this from returning.
     ///
     /// ``waitUntilRunning()`` returns once the socket accepts connections, and throws what this throws.
-    /// - Throws: ``SocketIPCError`` when the path cannot be claimed: `invalidPath`, `parentDirectoryMissing`,
+    /// - Throws: `SocketIPCError` when the path cannot be claimed: `invalidPath`, `parentDirectoryMissing`,
     ///   `insecureDirectory`, `addressInUse`, `pathOccupied`, `systemCall`; or `invalidState` when called a second
     ///   time, or after the server was shut down. Once it has thrown, the server is finished.
     public func run() async throws {

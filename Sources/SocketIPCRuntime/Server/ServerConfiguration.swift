@@ -39,7 +39,7 @@ public struct ServerConfiguration: Sendable {
     /// OpenSSH's `safe_path` checks them; a sticky directory such as `/tmp` (mode 1777) is accepted. Default `true`;
     /// set it to `false` only for a directory you trust anyway.
     public var requiresSecureParentDirectory = true
-    /// Which peers may connect; default ``AuthorizationPolicy/sameUser`` (processes of the server's own user id, and
+    /// Which peers may connect; default `AuthorizationPolicy.sameUser` (processes of the server's own user id, and
     /// root). The file mode is the first line of defence; this policy is the second, checked on every connection
     /// with the kernel's `SO_PEERCRED`.
     public var authorization: AuthorizationPolicy = .sameUser
@@ -50,8 +50,8 @@ public struct ServerConfiguration: Sendable {
     /// as bootstrapped when the server is made.
     public var metricsFactory: (any MetricsFactory)? = nil
     /// Called for each connection the server refuses, with the peer's credentials (`nil` when the platform cannot
-    /// tell them) and why: ``SocketIPCError/Code/unauthorized`` when ``authorization`` refused the peer,
-    /// ``SocketIPCError/Code/resourceExhausted`` when a connection limit (``maximumConnections``,
+    /// tell them) and why: `SocketIPCError.Code.unauthorized` when ``authorization`` refused the peer,
+    /// `SocketIPCError.Code.resourceExhausted` when a connection limit (``maximumConnections``,
     /// ``maximumConnectionsPerUser``) was reached (a peer both refuse is reported as `unauthorized`); the error's
     /// message says which and why. Not called for connections closed because the server is shutting down, nor for
     /// one that waited for a handshake slot (``maximumPendingHandshakesPerUser``) until its handshake time ran out.

@@ -9,9 +9,9 @@ extension ServiceClient {
     ///
     /// If the connection is lost before the response comes, a method that declares itself idempotent is called
     /// again on the next connection (up to ``ServiceClientConfiguration/maximumRetries`` times); any other fails.
-    /// - Throws: What ``Connection/call(_:_:options:)`` throws; the last connection error (or `timedOut`) when no
-    ///   connection was ready within ``ServiceClientConfiguration/waitForConnectionTimeout`` or the call's timeout;
-    ///   `invalidState` once the client is shut down.
+    /// - Throws: What ``SocketIPCRuntime/Connection/call(_:_:options:)`` throws; the last connection error (or
+    ///   `timedOut`) when no connection was ready within ``ServiceClientConfiguration/waitForConnectionTimeout`` or
+    ///   the call's timeout; `invalidState` once the client is shut down.
     public func call<Method: ServiceMethod>(
         _ method: Method.Type,
         _ request: Method.Request,
@@ -37,7 +37,8 @@ extension ServiceClient {
         }
     }
 
-    /// Calls `method` (server streaming) once a connection is ready; see ``Connection/serverStreaming(_:_:options:_:)``.
+    /// Calls `method` (server streaming) once a connection is ready; see
+    /// ``SocketIPCRuntime/Connection/serverStreaming(_:_:options:_:)``.
     /// Not repeated when the connection is lost: ``resubscribing(_:_:options:)`` is the stream that is.
     public func serverStreaming<Method: ServiceMethod, Result: Sendable>(
         _ method: Method.Type,
@@ -49,7 +50,8 @@ extension ServiceClient {
         return try await connection.serverStreaming(method, request, options: options, body)
     }
 
-    /// Calls `method` (client streaming) once a connection is ready; see ``Connection/clientStreaming(_:options:_:)``.
+    /// Calls `method` (client streaming) once a connection is ready; see
+    /// ``SocketIPCRuntime/Connection/clientStreaming(_:options:_:)``.
     public func clientStreaming<Method: ServiceMethod>(
         _ method: Method.Type,
         options: CallOptions = CallOptions(),
@@ -60,7 +62,7 @@ extension ServiceClient {
     }
 
     /// Calls `method` (bidirectional streaming) once a connection is ready; see
-    /// ``Connection/bidirectionalStreaming(_:options:_:)``.
+    /// ``SocketIPCRuntime/Connection/bidirectionalStreaming(_:options:_:)``.
     public func bidirectionalStreaming<Method: ServiceMethod, Result: Sendable>(
         _ method: Method.Type,
         options: CallOptions = CallOptions(),

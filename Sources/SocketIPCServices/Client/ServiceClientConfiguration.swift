@@ -3,8 +3,8 @@ public struct ServiceClientConfiguration: Sendable {
     /// The connection's own options: limits, timeouts, keepalive. By default keepalive is on, every 10 s with a 20 s
     /// timeout, so that a frozen server is noticed and left for a new connection.
     public var connection: ClientConfiguration
-    /// The waits between failed attempts; default ``ConnectionBackoff/init(initialDelay:maximumDelay:multiplier:jitter:)``'s
-    /// (50 ms, growing 1.6 times per failure up to 5 s, ±20 %).
+    /// The waits between failed attempts; default `ConnectionBackoff()`: 50 ms, growing 1.6 times per failure up to
+    /// 5 s, ±20 %.
     public var backoff = ConnectionBackoff()
     /// How long a call waits for a connection (while the server is not up yet, or restarting) before it fails with
     /// the last connection error; default 30 s. A call's own ``CallOptions/timeout`` also bounds it.

@@ -13,8 +13,8 @@ extension Server {
     ///   - configuration: Where and how to serve: the path, its owner and mode, who may connect, limits.
     ///   - router: The methods served.
     ///   - logger: The server's logger; default one labelled `socketipc.server`.
-    ///   - onServerRunning: Called once the socket accepts connections (``waitUntilRunning()`` awaits the same).
-    /// - Returns: The server; call ``run()`` to serve.
+    ///   - onServerRunning: Called once the socket accepts connections (`waitUntilRunning()` awaits the same).
+    /// - Returns: The server; call `run()` to serve.
     public static func service(
         configuration: ServerConfiguration,
         router: ServiceRouter,

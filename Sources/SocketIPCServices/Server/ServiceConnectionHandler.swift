@@ -1,5 +1,6 @@
-/// The ``ConnectionHandler`` of a connection that serves a ``ServiceRouter``'s methods: on a server (see
-/// ``Server/service(configuration:router:logger:onServerRunning:)``), or on a client whose server calls it back.
+/// The `ConnectionHandler` of a connection that serves a ``ServiceRouter``'s methods: on a server (see
+/// ``SocketIPCRuntime/Server/service(configuration:router:logger:onServerRunning:)``), or on a client whose server
+/// calls it back.
 ///
 /// One-way messages and raw requests get the default handling (messages dropped, requests answered "this peer does
 /// not answer requests"); calls go to the router.

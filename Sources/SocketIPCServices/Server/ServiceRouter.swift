@@ -13,7 +13,7 @@ import SocketIPCCore
 /// ```
 ///
 /// A call of a name that is not registered fails at the caller with `unknownMethod` (gRPC's `UNIMPLEMENTED`). A
-/// handler runs in a task of its own, a child of the task that runs ``Server/run()``; it is cancelled when the caller
+/// handler runs in a task of its own, a child of the task that runs `Server.run()`; it is cancelled when the caller
 /// cancels, when the call's deadline passes, and when the connection closes. What it throws reaches the caller: a
 /// ``ServiceError`` as itself, anything else as a `SocketIPCError` with code `remoteError`.
 public struct ServiceRouter: Sendable {
@@ -29,11 +29,11 @@ public struct ServiceRouter: Sendable {
     var handlers: [String: Registered] = [:]
     /// How requests and responses are encoded; default ``JSONCodec``. Callers must use the same.
     public var codec: any MessageCodec
-    /// The most calls of one connection handled at once; default 100 (as ``ConnectionOptions/maximumConcurrentRequests``).
-    /// A call beyond it fails at the caller with `resourceExhausted`.
+    /// The most calls of one connection handled at once; default 100 (as
+    /// `ConnectionOptions.maximumConcurrentRequests`). A call beyond it fails at the caller with `resourceExhausted`.
     public var maximumConcurrentCalls: Int = 100
     /// Whether handlers run on their connection's event loop (as their task's executor preference); default
-    /// `true`, as ``ClientConfiguration/runsBodyOnEventLoop``.
+    /// `true`, as `ClientConfiguration.runsBodyOnEventLoop`.
     ///
     /// Then a call's frames are read, its handler runs, and its response is written on one thread, with no thread
     /// hop: a typed call costs about what a raw request does. A handler must then not block its thread (no blocking

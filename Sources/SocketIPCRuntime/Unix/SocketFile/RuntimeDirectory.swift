@@ -42,7 +42,7 @@ public struct RuntimeDirectory: Hashable, Sendable {
     ///   - create: Whether to create a missing fallback (mode `0700`); default `true`. When `false`, a missing
     ///     fallback's path is returned as it would be.
     /// - Returns: The directory, checked: owned by this process's effective user and closed to everyone else.
-    /// - Throws: ``SocketIPCError`` with code `insecureDirectory` when the fallback exists but is a symbolic link,
+    /// - Throws: `SocketIPCError` with code `insecureDirectory` when the fallback exists but is a symbolic link,
     ///   not a directory, another user's, or open to group or others; `systemCall` when it cannot be made or
     ///   examined.
     public static func current(
@@ -87,7 +87,7 @@ public struct RuntimeDirectory: Hashable, Sendable {
 
     /// The path of the socket file `name` in this directory.
     /// - Parameter name: A file name: not empty, no `/`, not `.` or `..`.
-    /// - Throws: ``SocketIPCError/Code/invalidPath`` for a name that is not a plain file name, or a path longer than
+    /// - Throws: `SocketIPCError.Code.invalidPath` for a name that is not a plain file name, or a path longer than
     ///   ``SocketPath/maximumLength``.
     public func socketPath(_ name: String) throws -> SocketPath {
         guard !name.isEmpty, !name.contains("/"), name != ".", name != ".." else {
@@ -124,7 +124,7 @@ extension SocketPath {
     /// or unusable. See ``RuntimeDirectory``.
     ///
     /// - Parameter name: A file name: not empty, no `/`, not `.` or `..`.
-    /// - Throws: ``SocketIPCError``: `invalidPath` for a bad name or a path too long for `sun_path`;
+    /// - Throws: `SocketIPCError`: `invalidPath` for a bad name or a path too long for `sun_path`;
     ///   `insecureDirectory` when the fallback directory exists but another user could use it; `systemCall`.
     public static func inRuntimeDirectory(_ name: String) throws -> SocketPath {
         try RuntimeDirectory.current().socketPath(name)

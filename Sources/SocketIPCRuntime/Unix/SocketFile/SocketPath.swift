@@ -21,7 +21,7 @@ public struct SocketPath: Hashable, Sendable, CustomStringConvertible {
 
     /// Checks `path` and wraps it.
     /// - Parameter path: An absolute or relative filesystem path.
-    /// - Throws: ``SocketIPCError/Code/invalidPath`` if the path is empty, contains a NUL byte, or is longer than
+    /// - Throws: `SocketIPCError.Code.invalidPath` if the path is empty, contains a NUL byte, or is longer than
     ///   ``maximumLength`` bytes; the message names the length and the limit.
     public init(_ path: String) throws {
         let length = path.utf8.count
