@@ -2,7 +2,8 @@
 # What a typed call and a typed stream of the services layer cost over raw frames: runs the raw workloads W2 `rr`
 # and W3 `stream` and their typed twins `typed-rr` and `typed-stream` (socketipc-bench's own, not the shared
 # harness's), interleaved, each on a fresh server, and prints the JSON lines (the harness's format, with "impl" and
-# "ts") and a table of medians with the typed/raw ratios.
+# "ts") and a table of medians with the typed/raw ratios. The `-binary` twins use a hand-written binary codec instead
+# of JSON, to tell the services layer's own cost from Foundation's JSON.
 #   Benchmarks/tools/typed.sh [--repeat N] [--quick] [--results FILE]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -38,9 +39,11 @@ run_one() { # workload n
 
 for _ in $(seq "$repeat"); do
     if ((quick)); then
-        run_one rr 50000; run_one typed-rr 50000; run_one stream 500000; run_one typed-stream 500000
+        run_one rr 50000; run_one typed-rr 50000; run_one typed-rr-binary 50000
+        run_one stream 500000; run_one typed-stream 200000; run_one typed-stream-binary 500000
     else
-        run_one rr 200000; run_one typed-rr 200000; run_one stream 2000000; run_one typed-stream 2000000
+        run_one rr 200000; run_one typed-rr 200000; run_one typed-rr-binary 200000
+        run_one stream 2000000; run_one typed-stream 500000; run_one typed-stream-binary 2000000
     fi
 done
 
@@ -50,10 +53,11 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 def median(w, key):
     values = [r[key] for r in rows if r["workload"] == w]
     return statistics.median(values) if values else float("nan")
-print("| workload | raw | typed | typed / raw |")
+print("| workload, figure | raw | typed | typed / raw |")
 print("|---|---|---|---|")
 for raw, typed, key in [("rr", "typed-rr", "ops_per_s"), ("rr", "typed-rr", "p50_us"), ("rr", "typed-rr", "p99_us"),
-                        ("stream", "typed-stream", "msgs_per_s")]:
+                        ("rr", "typed-rr-binary", "ops_per_s"), ("rr", "typed-rr-binary", "p50_us"),
+                        ("stream", "typed-stream", "msgs_per_s"), ("stream", "typed-stream-binary", "msgs_per_s")]:
     a, b = median(raw, key), median(typed, key)
-    print(f"| {raw} {key} | {a:,.1f} | {b:,.1f} | {b / a:.2f} |")
+    print(f"| {typed} {key} | {a:,.1f} | {b:,.1f} | {b / a:.2f} |")
 PY

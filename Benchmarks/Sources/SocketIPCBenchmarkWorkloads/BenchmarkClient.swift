@@ -13,8 +13,10 @@ public enum BenchmarkClient {
         case .rr: return try await Self.roundTrips(options)
         case .stream, .bulk: return try await Self.oneWay(options)
         case .fanin: return try await Self.fanIn(options)
-        case .typedRR: return try await TypedWorkloads.roundTrips(options, configuration: Self.clientConfiguration(options))
-        case .typedStream: return try await TypedWorkloads.stream(options, configuration: Self.clientConfiguration(options))
+        case .typedRR, .typedRRBinary:
+            return try await TypedWorkloads.roundTrips(options, configuration: Self.clientConfiguration(options))
+        case .typedStream, .typedStreamBinary:
+            return try await TypedWorkloads.stream(options, configuration: Self.clientConfiguration(options))
         case .idleMemory:
             try await Self.idle(options, onReady: onReady)
             return nil

@@ -18,6 +18,14 @@ public enum Workload: String, CaseIterable, Sendable {
     /// W3 as a typed server stream: one call whose handler writes `n` `Codable` events of 64 bytes of JSON each,
     /// with the stream's flow control. SocketIPC's own; `Benchmarks/tools/typed.sh` runs it beside `stream`.
     case typedStream = "typed-stream"
+    /// `typed-rr` with a hand-written binary codec for the benchmark's one type instead of JSON: what the services
+    /// layer costs without Foundation's JSON.
+    case typedRRBinary = "typed-rr-binary"
+    /// `typed-stream` with the hand-written binary codec.
+    case typedStreamBinary = "typed-stream-binary"
+
+    /// Whether the workload is one of the typed ones, served by a service router.
+    var isTyped: Bool { [.typedRR, .typedStream, .typedRRBinary, .typedStreamBinary].contains(self) }
 
     /// The full `n`, `conns` and `size` of the workload, as the harness runs it.
     public var defaults: (n: Int, conns: Int, size: Int) {
@@ -28,8 +36,8 @@ public enum Workload: String, CaseIterable, Sendable {
         case .bulk: (2_048, 1, 1_048_576)
         case .fanin: (2_000, 256, 64)
         case .idleMemory: (0, 5_000, 64)
-        case .typedRR: (200_000, 1, 64)
-        case .typedStream: (2_000_000, 1, 64)
+        case .typedRR, .typedRRBinary: (200_000, 1, 64)
+        case .typedStream, .typedStreamBinary: (2_000_000, 1, 64)
         }
     }
 }

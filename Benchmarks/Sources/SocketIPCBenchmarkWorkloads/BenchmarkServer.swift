@@ -39,9 +39,10 @@ public enum BenchmarkServer {
                 }
             )
         }
-        if workload == .typedRR || workload == .typedStream {
+        if workload.isTyped {
+            let router = TypedWorkloads.router(codec: TypedWorkloads.codec(for: workload))
             return Server.framed(configuration: configuration, logger: logger, onServerRunning: onServerRunning) {
-                ServiceConnectionHandler(router: TypedWorkloads.router)
+                ServiceConnectionHandler(router: router)
             }
         }
         return Server.framed(configuration: configuration, logger: logger, onServerRunning: onServerRunning) {

@@ -8,11 +8,17 @@ enum TypedWorkloads {
         var s: Int
         var d: String
 
-        init(sequence: Int, size: Int) {
+        /// An event whose encoding by `codec` is `size` bytes.
+        init(sequence: Int, size: Int, binary: Bool = false) {
             self.s = sequence
-            // `{"s":` + digits + `,"d":"` + d + `"}`
-            let overhead = 5 + String(sequence).utf8.count + 6 + 2
+            // JSON: `{"s":` + digits + `,"d":"` + d + `"}`; binary: 8 bytes of `s`, then `d`.
+            let overhead = binary ? 8 : 5 + String(sequence).utf8.count + 6 + 2
             self.d = String(repeating: "x", count: max(size - overhead, 0))
+        }
+
+        init(s: Int, d: String) {
+            self.s = s
+            self.d = d
         }
     }
 
@@ -29,29 +35,41 @@ enum TypedWorkloads {
         typealias Response = Event
     }
 
-    static let router: ServiceRouter = {
-        var router = ServiceRouter()
+    /// The codec of `workload`: JSON, or the binary one for the `-binary` workloads.
+    static func codec(for workload: Workload) -> any MessageCodec {
+        workload == .typedRRBinary || workload == .typedStreamBinary ? BinaryEventCodec() : JSONCodec()
+    }
+
+    static func router(codec: any MessageCodec) -> ServiceRouter {
+        let binary = codec is BinaryEventCodec
+        var router = ServiceRouter(codec: codec)
         router.register(Echo.self) { event, _ in event }
         router.registerServerStreaming(Events.self) { request, events, _ in
-            let event = Event(sequence: 1, size: request.count > 1 ? request[1] : 64)
+            let event = Event(sequence: 1, size: request.count > 1 ? request[1] : 64, binary: binary)
             for _ in 0..<(request.first ?? 0) { try await events.write(event) }
         }
         return router
-    }()
+    }
 
     /// `typed-rr`: sequential unary calls, each checked.
     static func roundTrips(_ options: BenchmarkOptions, configuration: ClientConfiguration) async throws -> BenchmarkReport {
-        let request = Event(sequence: 1, size: options.size)
+        let codec = Self.codec(for: options.workload)
+        let callOptions = CallOptions(codec: codec)
+        let request = Event(sequence: 1, size: options.size, binary: codec is BinaryEventCodec)
         return try await Client.withConnection(to: options.socket, configuration: configuration) { connection in
             for _ in 0..<options.warmup {
-                guard try await connection.call(Echo.self, request) == request else { throw BenchmarkError("echo differs") }
+                guard try await connection.call(Echo.self, request, options: callOptions) == request else {
+                    throw BenchmarkError("echo differs")
+                }
             }
             var latencies = [UInt64]()
             latencies.reserveCapacity(options.n)
             let start = monotonicNanos()
             for _ in 0..<options.n {
                 let before = monotonicNanos()
-                guard try await connection.call(Echo.self, request) == request else { throw BenchmarkError("echo differs") }
+                guard try await connection.call(Echo.self, request, options: callOptions) == request else {
+                    throw BenchmarkError("echo differs")
+                }
                 latencies.append(monotonicNanos() - before)
             }
             let elapsed = monotonicNanos() - start
@@ -61,9 +79,14 @@ enum TypedWorkloads {
 
     /// `typed-stream`: one server-streaming call of `n` events, counted; the clock stops at the stream's end.
     static func stream(_ options: BenchmarkOptions, configuration: ClientConfiguration) async throws -> BenchmarkReport {
-        try await Client.withConnection(to: options.socket, configuration: configuration) { connection in
+        let callOptions = CallOptions(codec: Self.codec(for: options.workload))
+        return try await Client.withConnection(to: options.socket, configuration: configuration) { connection in
             func receive(_ count: Int) async throws {
-                let received = try await connection.serverStreaming(Events.self, [count, options.size]) { events in
+                let received = try await connection.serverStreaming(
+                    Events.self,
+                    [count, options.size],
+                    options: callOptions
+                ) { events in
                     var received = 0
                     for try await _ in events { received += 1 }
                     return received
@@ -75,5 +98,38 @@ enum TypedWorkloads {
             try await receive(options.n)
             return .oneWay(options, elapsed: monotonicNanos() - start)
         }
+    }
+}
+
+/// A codec written by hand for the benchmark's two message types (an `Event`: its sequence as 8 bytes, then its
+/// text; a `[Int]`: 8 bytes each), to measure the services layer without JSON. Not a general codec.
+struct BinaryEventCodec: MessageCodec {
+    func encode<Value: Encodable>(_ value: Value) throws -> ByteBuffer {
+        var buffer = ByteBuffer()
+        if let event = value as? TypedWorkloads.Event {
+            buffer.reserveCapacity(8 + event.d.utf8.count)
+            buffer.writeInteger(Int64(event.s))
+            buffer.writeString(event.d)
+        } else if let numbers = value as? [Int] {
+            for number in numbers { buffer.writeInteger(Int64(number)) }
+        } else {
+            throw BenchmarkError("BinaryEventCodec encodes Event and [Int] only")
+        }
+        return buffer
+    }
+
+    func decode<Value: Decodable>(_ type: Value.Type, from buffer: ByteBuffer) throws -> Value {
+        var buffer = buffer
+        if Value.self == TypedWorkloads.Event.self, let sequence = buffer.readInteger(as: Int64.self),
+            let text = buffer.readString(length: buffer.readableBytes)
+        {
+            return TypedWorkloads.Event(s: Int(sequence), d: text) as! Value
+        }
+        if Value.self == [Int].self {
+            var numbers: [Int] = []
+            while let number = buffer.readInteger(as: Int64.self) { numbers.append(Int(number)) }
+            return numbers as! Value
+        }
+        throw BenchmarkError("BinaryEventCodec decodes Event and [Int] only")
     }
 }

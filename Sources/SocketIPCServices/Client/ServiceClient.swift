@@ -42,6 +42,12 @@ public final class ServiceClient: Sendable, Service {
     let nextSubscriberID = Atomic<Int>(0)
     let nextWaiterID = Atomic<Int>(0)
     let shutdownRequested = ShutdownSignal()
+    let lastClose = Mutex<SocketIPCError?>(nil)
+
+    /// Why the client's last connection closed, once one has: `peerGoingAway` with the server's text after a graceful
+    /// shutdown, `connectionClosed` after a crash or `SIGKILL`, `peerNotResponding` when it stopped answering pings
+    /// (see `Connection.closeReason`); `nil` before, and when this side closed it.
+    public var lastCloseReason: SocketIPCError? { self.lastClose.withLock { $0 } }
 
     /// Creates a client; it connects once ``run()`` runs.
     /// - Parameters:
@@ -147,8 +153,10 @@ public final class ServiceClient: Sendable, Service {
         self.logger.debug("connected", metadata: ["path": "\(self.path)"])
         for waiter in waiters { waiter.resume(returning: connection) }
         await connection.waitUntilClosed()
-        if let reason = connection.closeReason {
-            self.logger.debug("connection lost", metadata: ["path": "\(self.path)", "reason": "\(reason)"])
+        let reason = connection.closeReason
+        self.lastClose.withLock { $0 = reason }
+        if let reason {
+            self.logger.info("connection lost", metadata: ["path": "\(self.path)", "reason": "\(reason)"])
         }
         return self.machine.withLock { $0.connectionLost(connection) }
     }

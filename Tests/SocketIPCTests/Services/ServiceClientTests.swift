@@ -106,6 +106,8 @@ struct ServiceClientTests {
                 try await withServiceServer(at: path, router: router(generation: "second"), configure: shortGrace) { _ in
                     let second = try await changes.next()
                     #expect(second == "colour@second")
+                    // The first server said why it went.
+                    #expect(client.lastCloseReason?.code == .peerGoingAway)
                     let value = try await client.call(Get.self, "x")
                     #expect(value == nil)
                 }
