@@ -1,0 +1,614 @@
+import Foundation
+import SocketIPC
+import SocketIPCTesting
+import Synchronization
+import Testing
+
+// Written for Linux (Glibc, Musl) and Darwin; tested on Linux only, Darwin is untested.
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A hostile local peer against the services layer, byte by byte (PROTOCOL.md, "Calls"): the project's rule is that
+/// one broken or hostile peer closes its own connection, never the server, never another peer's service; that no
+/// buffer grows with what a peer merely claims or refuses to read; and that no write raises SIGPIPE. After every
+/// attack another client is still served.
+@Suite("Services: hostile peers", .timeLimit(.minutes(1)))
+struct HostileCallTests {
+    // MARK: - 1. Too many calls
+
+    @Test("a peer opening 1000 blocking calls gets resourceExhausted for all beyond 100; never more than 100 handlers")
+    func tooManyCalls() async throws {
+        let gauge = HandlerGauge()
+        try await withServiceTestServer(router: hostileRouter(gauge: gauge)) { _, path in
+            let peer = try await RawSocket.connect(to: path)
+            let closer = PeerCloser(peer)
+            defer { closer.close() }
+            var attack = serverHelloBytes
+            for index in 0..<1000 {
+                let id = UInt32(2 * index + 1)
+                attack += openBytes(id: id, method: Block.name) + messageBytes(id: id, json: "\"x\"") + endOKBytes(id: id)
+            }
+            try await peer.write(attack)
+            #expect(try await peer.read(exactly: 8) == serverHelloBytes)
+            let answers = try await peer.readFrames(900)
+            let ends = answers.compactMap(CallEnd.init)
+            #expect(ends.count == 900, "other frames: \(answers.filter { $0.kind != 0x08 }.count)")
+            #expect(ends.allSatisfy { $0.status == 0x08 }, "statuses: \(Set(ends.map(\.status)))")
+            let expectedIDs: [UInt32] = (100..<1000).map { UInt32(2 * $0 + 1) }
+            let endIDs: [UInt32] = ends.map(\.id)
+            #expect(endIDs == expectedIDs)
+
+            // The 100 admitted handlers run; never more at once.
+            var started = 0
+            for await _ in gauge.started.stream {
+                started += 1
+                if started == 100 { break }
+            }
+            // A bounded wait that asserts an absence: no 101st handler starts, and nothing else comes.
+            try await peer.write(pingBytes(id: 77))
+            let rest = try await peer.readFrames(1)
+            #expect(rest.first?.kind == 0x0c && rest.first?.id == 77)
+            let quiet = try await peer.hostileReadAvailable(for: .milliseconds(300))
+            #expect(quiet.bytes.isEmpty && !quiet.closed)
+            #expect(gauge.peak.load(ordering: .relaxed) == 100)
+            #expect(gauge.running.load(ordering: .relaxed) == 100)
+
+            try await expectServed(path)
+
+            // The peer vanishes: its 100 handlers are cancelled.
+            closer.close()
+            var ended = 0
+            for await _ in gauge.ended.stream {
+                ended += 1
+                if ended == 100 { break }
+            }
+            #expect(gauge.running.load(ordering: .relaxed) == 0)
+            try await expectServed(path)
+        }
+    }
+
+    // MARK: - 2. A peer that never reads its answers
+
+    @Test("a peer that never reads while sending unknown-method opens and pings is no longer read from")
+    func neverReadingPeerIsStalled() async throws {
+        try await withServiceTestServer(router: keyValueRouter()) { _, path in
+            let peer = try await RawSocket.connect(to: path)
+            defer { peer.close() }
+            // Each pair is answered by a call end (status 0x02, with a text) and a pong: more bytes out than in.
+            var attack = serverHelloBytes
+            let pairs = 200_000
+            attack.reserveCapacity(8 + pairs * 32)
+            for index in 0..<pairs {
+                attack += openBytes(id: UInt32(2 * index + 1), method: "nope") + pingBytes(id: UInt32(index))
+            }
+            let sent = try await peer.sendUntilStalled(attack)
+            // The server stopped reading: what it took is bounded by the sockets' buffers and its write queue, not by
+            // what the peer sent.
+            #expect(sent < attack.count, "the server read all \(attack.count) bytes of a peer that reads nothing")
+            #expect(sent < 4 * 1024 * 1024, "the server took \(sent) bytes of a peer that reads nothing")
+
+            try await expectServed(path)
+        }
+    }
+
+    // MARK: - 3. Malformed call frames
+
+    @Test(
+        "a malformed call frame gets going-away 0x01 and the close; the server serves others",
+        arguments: malformedFrames
+    )
+    func malformedCallFrame(name: String, frame: [UInt8]) async throws {
+        try await withServiceTestServer(router: keyValueRouter()) { _, path in
+            let peer = try await RawSocket.connect(to: path)
+            defer { peer.close() }
+            try await peer.write(serverHelloBytes + frame)
+            let received = try await peer.readUntilClosed()
+            #expect(Array(received.prefix(8)) == serverHelloBytes, "\(name)")
+            try expectViolation(received.dropFirst(8), name)
+            try await expectServed(path)
+        }
+    }
+
+    @Test("an open reusing the id of a call still open is a protocol violation; the other calls' handlers are cancelled")
+    func reusedOpenID() async throws {
+        let gauge = HandlerGauge()
+        try await withServiceTestServer(router: hostileRouter(gauge: gauge)) { _, path in
+            let peer = try await RawSocket.connect(to: path)
+            defer { peer.close() }
+            try await peer.write(
+                serverHelloBytes + openBytes(id: 1, method: Block.name) + messageBytes(id: 1, json: "\"x\"")
+                    + endOKBytes(id: 1)
+            )
+            for await _ in gauge.started.stream { break }
+            try await peer.write(openBytes(id: 1, method: Get.name))
+            let received = try await peer.readUntilClosed()
+            #expect(Array(received.prefix(8)) == serverHelloBytes)
+            try expectViolation(received.dropFirst(8), "reused id")
+            for await _ in gauge.ended.stream { break }
+            #expect(gauge.running.load(ordering: .relaxed) == 0)
+            try await expectServed(path)
+        }
+    }
+
+    @Test("frames for ids never opened (either parity) are ignored, and the connection goes on serving calls")
+    func framesForUnknownIDsIgnored() async throws {
+        try await withServiceTestServer(router: keyValueRouter()) { _, path in
+            let peer = try await RawSocket.connect(to: path)
+            defer { peer.close() }
+            try await peer.write(
+                serverHelloBytes
+                    + messageBytes(id: 5, json: "1")
+                    + endOKBytes(id: 7)
+                    + frameBytes(kind: 0x08, id: 9, payload: [0x01, 0x01] + Array("e".utf8) + [0, 1] + Array("t".utf8) + [1, 2, 3])
+                    + creditBytes(id: 11, increment: 0xFFFF_FFFF)
+                    + cancelBytes(id: 13, reason: 0)
+                    + messageBytes(id: 4, json: "1")
+                    + endOKBytes(id: 6)
+                    + creditBytes(id: 8, increment: 1)
+                    + cancelBytes(id: 10, reason: 0xff)
+                    + frameBytes(kind: 0x0c, id: 12345, payload: [])  // a pong for a ping never sent
+                    + pingBytes(id: 3)
+            )
+            #expect(try await peer.read(exactly: 8) == serverHelloBytes)
+            let pong = try await peer.readFrames(1)
+            #expect(pong.first?.kind == 0x0c && pong.first?.id == 3, "got \(pong)")
+
+            // A real call on the same connection.
+            try await peer.write(
+                openBytes(id: 15, method: Get.name) + messageBytes(id: 15, json: "\"a\"") + endOKBytes(id: 15)
+            )
+            let answer = try await peer.readFrames(2)
+            #expect(answer.map(\.kind) == [0x07, 0x08])
+            #expect(answer.first?.payload == Array("null".utf8))
+            #expect(answer.last.flatMap(CallEnd.init)?.status == 0x00)
+            try await expectServed(path)
+        }
+    }
+
+    // MARK: - 4. A server stream nobody reads
+
+    @Test("a server stream whose peer never reads nor gives credit stops after one window of 64 KiB")
+    func serverStreamStopsAfterOneWindow() async throws {
+        let gauge = HandlerGauge()
+        try await withServiceTestServer(router: hostileRouter(gauge: gauge)) { _, path in
+            // What the handler may send on 65,536 bytes of credit: messages while the credit is above zero, each
+            // costing its frame's bytes (9 + the JSON of the number).
+            var credit = 65_536
+            var expectedMessages = 0
+            while credit > 0 {
+                credit -= 9 + String(expectedMessages).utf8.count
+                expectedMessages += 1
+            }
+            let expectedBytes = 65_536 - credit
+
+            let peer = try await RawSocket.connect(to: path)
+            let closer = PeerCloser(peer)
+            defer { closer.close() }
+            try await peer.write(
+                serverHelloBytes + openBytes(id: 1, method: Count.name) + messageBytes(id: 1, json: "100000000")
+                    + endOKBytes(id: 1)
+            )
+            for await written in gauge.writes.stream where written >= expectedMessages { break }
+            // A bounded wait that asserts an absence: the handler writes nothing more.
+            try await Task.sleep(for: .milliseconds(500))
+            #expect(gauge.written.load(ordering: .relaxed) == expectedMessages)
+
+            // Everything that was sent: the window, and nothing more.
+            let received = try await peer.read(exactly: 8 + expectedBytes)
+            #expect(received.count == 8 + expectedBytes)
+            let quiet = try await peer.hostileReadAvailable(for: .milliseconds(300))
+            #expect(quiet.bytes.isEmpty && !quiet.closed, "\(quiet.bytes.count) bytes beyond the window")
+
+            // Credit resumes it.
+            try await peer.write(creditBytes(id: 1, increment: 1000))
+            let more = try await peer.readFrames(1)
+            #expect(more.first?.kind == 0x07)
+
+            try await expectServed(path)
+            closer.close()
+            for await _ in gauge.ended.stream { break }
+            try await expectServed(path)
+        }
+    }
+
+    // MARK: - 5. Messages beyond credit
+
+    @Test("a 16 MiB message to a client stream is taken on positive credit; the next before any credit is a violation")
+    func largeMessagesBeyondCredit() async throws {
+        let gauge = HandlerGauge()
+        try await withServiceTestServer(router: hostileRouter(gauge: gauge)) { _, path in
+            let peer = try await RawSocket.connect(to: path)
+            defer { peer.close() }
+            let big = [UInt8](repeating: 0x31, count: 16 * 1024 * 1024)
+            try await peer.write(serverHelloBytes + openBytes(id: 1, method: "hostile.hold") + frameBytes(kind: 0x07, id: 1, payload: big) + pingBytes(id: 9))
+            #expect(try await peer.read(exactly: 8) == serverHelloBytes)
+            let pong = try await peer.readFrames(1)
+            #expect(pong.first?.kind == 0x0c && pong.first?.id == 9, "the first message is within credit: \(pong)")
+
+            try await peer.write(frameBytes(kind: 0x07, id: 1, payload: big))
+            let received = try await peer.readUntilClosed()
+            try expectViolation(received[...], "second 16 MiB message")
+            for await _ in gauge.ended.stream { break }
+            try await expectServed(path)
+        }
+    }
+
+    @Test("a message one byte above the maximum is refused before it is read: going-away and the close")
+    func messageAboveMaximum() async throws {
+        try await withServiceTestServer(router: keyValueRouter()) { _, path in
+            let peer = try await RawSocket.connect(to: path)
+            defer { peer.close() }
+            // Only the header: the length claims 16 MiB + 1 of payload, which never comes.
+            let length = UInt32(5 + 16 * 1024 * 1024 + 1)
+            try await peer.write(
+                serverHelloBytes + openBytes(id: 1, method: Sum.name) + withUnsafeBytes(of: length.bigEndian) { Array($0) }
+                    + [0x07, 0, 0, 0, 1]
+            )
+            let received = try await peer.readUntilClosed()
+            #expect(Array(received.prefix(8)) == serverHelloBytes)
+            let frames = try parseFrames(received.dropFirst(8))
+            #expect(frames.count == 1 && frames.first?.kind == 0x05, "got \(frames)")
+            try await expectServed(path)
+        }
+    }
+
+    // MARK: - 6. Cancels
+
+    @Test("cancels for ids never opened, of either parity, are ignored; a cancel with an unknown reason cancels")
+    func cancels() async throws {
+        let gauge = HandlerGauge()
+        try await withServiceTestServer(router: hostileRouter(gauge: gauge)) { _, path in
+            let peer = try await RawSocket.connect(to: path)
+            defer { peer.close() }
+            try await peer.write(
+                serverHelloBytes + cancelBytes(id: 1, reason: 0) + cancelBytes(id: 2, reason: 0)
+                    + cancelBytes(id: 0, reason: 1) + cancelBytes(id: 0xFFFF_FFFF, reason: 0)
+                    + openBytes(id: 3, method: Block.name) + messageBytes(id: 3, json: "\"x\"") + endOKBytes(id: 3)
+            )
+            for await _ in gauge.started.stream { break }
+            try await peer.write(cancelBytes(id: 3, reason: 0xee) + cancelBytes(id: 3, reason: 0) + pingBytes(id: 5))
+            for await _ in gauge.ended.stream { break }
+            #expect(try await peer.read(exactly: 8) == serverHelloBytes)
+            // The handler's side sends nothing more for a cancelled call: only the pong.
+            let pong = try await peer.readFrames(1)
+            #expect(pong.first?.kind == 0x0c && pong.first?.id == 5, "got \(pong)")
+            let quiet = try await peer.hostileReadAvailable(for: .milliseconds(300))
+            #expect(quiet.bytes.isEmpty && !quiet.closed, "got \(quiet)")
+            try await expectServed(path)
+        }
+    }
+
+    // MARK: - 7. A peer that vanishes
+
+    @Test(
+        "a peer that vanishes mid-stream: the handler is cancelled, nothing crashes",
+        arguments: ["server stream blocked on credit", "server stream still writing", "client stream waiting for a message"]
+    )
+    func vanishingPeer(situation: String) async throws {
+        let gauge = HandlerGauge()
+        try await withServiceTestServer(router: hostileRouter(gauge: gauge)) { _, path in
+            let peer = try await RawSocket.connect(to: path)
+            let closer = PeerCloser(peer)
+            defer { closer.close() }
+            switch situation {
+            case "server stream blocked on credit":
+                try await peer.write(
+                    serverHelloBytes + openBytes(id: 1, method: "hostile.forever") + messageBytes(id: 1, json: "0")
+                        + endOKBytes(id: 1)
+                )
+                for await written in gauge.writes.stream where written > 3000 { break }
+            case "server stream still writing":
+                // The peer gives lots of credit and reads a little: the handler is writing when it vanishes.
+                try await peer.write(
+                    serverHelloBytes + openBytes(id: 1, method: "hostile.forever") + messageBytes(id: 1, json: "0")
+                        + endOKBytes(id: 1) + creditBytes(id: 1, increment: 0x7FFF_FFFF)
+                )
+                _ = try await peer.read(exactly: 8 + 4096)
+            default:
+                try await peer.write(
+                    serverHelloBytes + openBytes(id: 1, method: Sum.name) + messageBytes(id: 1, json: "1")
+                )
+                for await _ in gauge.started.stream { break }
+            }
+            closer.close()
+            for await _ in gauge.ended.stream { break }
+            #expect(gauge.running.load(ordering: .relaxed) == 0)
+            try await expectServed(path)
+        }
+    }
+
+    // MARK: - 8. Deadlines at the extremes
+
+    @Test("an open with the largest timeout is served; one with a 1 ns timeout ends with deadline exceeded")
+    func extremeTimeouts() async throws {
+        let gauge = HandlerGauge()
+        try await withServiceTestServer(router: hostileRouter(gauge: gauge)) { _, path in
+            let peer = try await RawSocket.connect(to: path)
+            defer { peer.close() }
+            try await peer.write(
+                serverHelloBytes
+                    + openBytes(id: 1, method: Get.name, timeoutNanoseconds: .max) + messageBytes(id: 1, json: "\"a\"")
+                    + endOKBytes(id: 1)
+            )
+            #expect(try await peer.read(exactly: 8) == serverHelloBytes)
+            let answer = try await peer.readFrames(2)
+            #expect(answer.map(\.kind) == [0x07, 0x08])
+            #expect(answer.last.flatMap(CallEnd.init)?.status == 0x00)
+
+            try await peer.write(
+                openBytes(id: 3, method: Block.name, timeoutNanoseconds: 1) + messageBytes(id: 3, json: "\"x\"")
+                    + endOKBytes(id: 3)
+            )
+            let end = try await peer.readFrames(1)
+            #expect(end.first.flatMap(CallEnd.init)?.status == 0x04, "got \(end)")
+            try await expectServed(path)
+        }
+    }
+}
+
+// MARK: - The router under attack
+
+/// Counts the hostile router's handlers: how many run, the most at once, and what they wrote.
+private final class HandlerGauge: Sendable {
+    let running = Atomic<Int>(0)
+    let peak = Atomic<Int>(0)
+    let written = Atomic<Int>(0)
+    let started = AsyncStream<Void>.makeStream()
+    let ended = AsyncStream<Void>.makeStream()
+    let writes = AsyncStream<Int>.makeStream()
+
+    func start() {
+        let now = self.running.add(1, ordering: .relaxed).newValue
+        var peak = self.peak.load(ordering: .relaxed)
+        while now > peak {
+            let (exchanged, original) = self.peak.compareExchange(expected: peak, desired: now, ordering: .relaxed)
+            if exchanged { break }
+            peak = original
+        }
+        self.started.continuation.yield()
+    }
+
+    func end() {
+        self.running.subtract(1, ordering: .relaxed)
+        self.ended.continuation.yield()
+    }
+
+    func wrote() {
+        self.writes.continuation.yield(self.written.add(1, ordering: .relaxed).newValue)
+    }
+}
+
+private enum Hold: ServiceMethod {
+    static let name = "hostile.hold"
+    typealias Request = Int
+    typealias Response = Int
+}
+
+private enum Forever: ServiceMethod {
+    static let name = "hostile.forever"
+    typealias Request = Int
+    typealias Response = Int
+}
+
+/// The key-value router, with its blocking, streaming and client-streaming handlers counted by `gauge`.
+private func hostileRouter(gauge: HandlerGauge) -> ServiceRouter {
+    var router = keyValueRouter()
+    router.register(Block.self) { request, _ in
+        gauge.start()
+        defer { gauge.end() }
+        try await Task.sleep(for: .seconds(3600))
+        return request
+    }
+    router.registerServerStreaming(Count.self) { count, writer, _ in
+        gauge.start()
+        defer { gauge.end() }
+        for number in 0..<count {
+            try await writer.write(number)
+            gauge.wrote()
+        }
+    }
+    router.registerServerStreaming(Forever.self) { _, writer, _ in
+        gauge.start()
+        defer { gauge.end() }
+        var number = 0
+        while true {
+            try await writer.write(number)
+            gauge.wrote()
+            number += 1
+        }
+    }
+    router.registerClientStreaming(Sum.self) { numbers, _ in
+        gauge.start()
+        defer { gauge.end() }
+        var sum = 0
+        for try await number in numbers { sum += number }
+        return sum
+    }
+    // Reads nothing: its messages stay where the server keeps them.
+    router.registerClientStreaming(Hold.self) { _, _ in
+        gauge.start()
+        defer { gauge.end() }
+        try await Task.sleep(for: .seconds(3600))
+        return 0
+    }
+    return router
+}
+
+/// Another client, on a connection of its own, is served.
+private func expectServed(_ path: String, sourceLocation: SourceLocation = #_sourceLocation) async throws {
+    let client = try await Client.connect(to: path)
+    defer { client.close() }
+    let key = "k\(UInt32.random(in: 0...UInt32.max))"
+    #expect(try await client.call(SetValue.self, .init(key: key, value: "v")), sourceLocation: sourceLocation)
+    #expect(try await client.call(Get.self, key) == "v", sourceLocation: sourceLocation)
+}
+
+/// Closes a raw socket once, however often asked (a descriptor closed twice may close another thread's).
+private final class PeerCloser: Sendable {
+    let peer: RawSocket
+    let closed = Atomic<Bool>(false)
+    init(_ peer: RawSocket) { self.peer = peer }
+    func close() {
+        if !self.closed.exchange(true, ordering: .relaxed) { self.peer.close() }
+    }
+}
+
+// MARK: - Frames
+
+private struct WireFrame: CustomStringConvertible {
+    var kind: UInt8
+    var id: UInt32?
+    var payload: [UInt8]
+    var description: String { "kind \(kind) id \(id.map(String.init) ?? "-") payload \(payload.count) B" }
+}
+
+private struct CallEnd {
+    var id: UInt32
+    var status: UInt8
+
+    init?(_ frame: WireFrame) {
+        guard frame.kind == 0x08, let id = frame.id, let status = frame.payload.first else { return nil }
+        self.id = id
+        self.status = status
+    }
+}
+
+private struct Truncated: Error {}
+
+private func parseFrames(_ bytes: ArraySlice<UInt8>) throws -> [WireFrame] {
+    var frames: [WireFrame] = []
+    var rest = bytes
+    while !rest.isEmpty {
+        guard rest.count >= 5 else { throw Truncated() }
+        let length = rest.prefix(4).reduce(0) { $0 << 8 | Int($1) }
+        guard rest.count >= 4 + length, length >= 1 else { throw Truncated() }
+        let body = Array(rest.dropFirst(4).prefix(length))
+        rest = rest.dropFirst(4 + length)
+        let kind = body[0]
+        if kind >= 0x02 && kind != 0x05 && body.count >= 5 {
+            let id = body[1..<5].reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
+            frames.append(WireFrame(kind: kind, id: id, payload: Array(body.dropFirst(5))))
+        } else {
+            frames.append(WireFrame(kind: kind, id: nil, payload: Array(body.dropFirst(1))))
+        }
+    }
+    return frames
+}
+
+/// Expects `bytes` (all after the hello until the close) to be one going-away frame with reason 0x01.
+private func expectViolation(
+    _ bytes: ArraySlice<UInt8>,
+    _ name: String,
+    sourceLocation: SourceLocation = #_sourceLocation
+) throws {
+    let frames = try parseFrames(bytes)
+    try #require(frames.count == 1, "\(name): expected one going-away frame, got \(frames)", sourceLocation: sourceLocation)
+    #expect(frames[0].kind == 0x05 && frames[0].payload.first == 0x01, "\(name): \(frames)", sourceLocation: sourceLocation)
+}
+
+/// Malformed call frames, each after a calls hello, and what they break.
+private let malformedFrames: [(String, [UInt8])] = [
+    ("open: name length overruns the frame", frameBytes(kind: 0x06, id: 1, payload: openPayload(nameLength: 10, name: "ab"))),
+    ("open: name shorter than the frame", frameBytes(kind: 0x06, id: 1, payload: openPayload(nameLength: 1, name: "ab"))),
+    ("open: payload shorter than its fixed fields", frameBytes(kind: 0x06, id: 1, payload: [0, 0, 0, 0, 0])),
+    ("open: an even id (the server's numbering)", frameBytes(kind: 0x06, id: 2, payload: openPayload(nameLength: 6, name: "kv.get"))),
+    ("open: id 0", frameBytes(kind: 0x06, id: 0, payload: openPayload(nameLength: 6, name: "kv.get"))),
+    ("end: text length overruns the frame", frameBytes(kind: 0x08, id: 1, payload: [0x00, 0x00, 0xff, 0xff, 0x78])),
+    ("end: code length overruns the frame", frameBytes(kind: 0x08, id: 1, payload: [0x01, 0x0a, 0x61])),
+    ("end: empty payload", frameBytes(kind: 0x08, id: 1, payload: [])),
+    ("credit: 3 bytes", frameBytes(kind: 0x0a, id: 1, payload: [0, 0, 1])),
+    ("credit: 5 bytes", frameBytes(kind: 0x0a, id: 1, payload: [0, 0, 0, 0, 1])),
+    ("cancel: 2 bytes", frameBytes(kind: 0x09, id: 1, payload: [0, 0])),
+    ("cancel: empty payload", frameBytes(kind: 0x09, id: 1, payload: [])),
+    ("a call frame too short for its id", [0, 0, 0, 3, 0x07, 0, 0]),
+    ("an unknown kind 0x0d", frameBytes(kind: 0x0d, id: 1, payload: [])),
+]
+
+private func openPayload(nameLength: UInt8, name: String) -> [UInt8] {
+    var payload: [UInt8] = [0]
+    payload += u64(0)
+    payload.append(nameLength)
+    payload += Array(name.utf8)
+    return payload
+}
+
+private func u64(_ value: UInt64) -> [UInt8] { withUnsafeBytes(of: value.bigEndian) { Array($0) } }
+
+private func openBytes(id: UInt32, method: String, timeoutNanoseconds: UInt64 = 0) -> [UInt8] {
+    let name = Array(method.utf8)
+    return frameBytes(kind: 0x06, id: id, payload: [0] + u64(timeoutNanoseconds) + [UInt8(name.count)] + name)
+}
+
+private func messageBytes(id: UInt32, json: String) -> [UInt8] {
+    frameBytes(kind: 0x07, id: id, payload: Array(json.utf8))
+}
+
+private func endOKBytes(id: UInt32) -> [UInt8] {
+    frameBytes(kind: 0x08, id: id, payload: [0, 0, 0, 0])
+}
+
+private func cancelBytes(id: UInt32, reason: UInt8) -> [UInt8] {
+    frameBytes(kind: 0x09, id: id, payload: [reason])
+}
+
+private func creditBytes(id: UInt32, increment: UInt32) -> [UInt8] {
+    frameBytes(kind: 0x0a, id: id, payload: withUnsafeBytes(of: increment.bigEndian) { Array($0) })
+}
+
+private func pingBytes(id: UInt32) -> [UInt8] {
+    frameBytes(kind: 0x0b, id: id, payload: [])
+}
+
+extension RawSocket {
+    /// Reads exactly `count` whole frames (on one thread).
+    fileprivate func readFrames(_ count: Int) async throws -> [WireFrame] {
+        try await onOwnThread {
+            var frames: [WireFrame] = []
+            func readExactly(_ wanted: Int) throws -> [UInt8] {
+                var bytes = [UInt8](repeating: 0, count: wanted)
+                var offset = 0
+                while offset < wanted {
+                    let got = bytes[offset...].withUnsafeMutableBytes { recv(self.descriptor, $0.baseAddress, wanted - offset, 0) }
+                    if got == 0 { throw Truncated() }
+                    guard got > 0 else { throw RawSocketError.failed("read", errno) }
+                    offset += got
+                }
+                return bytes
+            }
+            while frames.count < count {
+                let header = try readExactly(4)
+                let length = header.reduce(0) { $0 << 8 | Int($1) }
+                let body = try readExactly(length)
+                frames += try parseFrames((header + body)[...])
+            }
+            return frames
+        }
+    }
+
+    /// Reads whatever arrives within `window` (a bounded wait, to assert that nothing comes), or until the close.
+    fileprivate func hostileReadAvailable(for window: Duration) async throws -> (bytes: [UInt8], closed: Bool) {
+        try await onOwnThread {
+            var received: [UInt8] = []
+            var chunk = [UInt8](repeating: 0, count: 65536)
+            let deadline = ContinuousClock.now.advanced(by: window)
+            while true {
+                let left = deadline - ContinuousClock.now
+                guard left > .zero else { return (received, false) }
+                let (seconds, attoseconds) = left.components
+                var waiting = pollfd(fd: self.descriptor, events: Int16(POLLIN), revents: 0)
+                let ready = poll(&waiting, 1, Int32(seconds * 1000 + attoseconds / 1_000_000_000_000_000 + 1))
+                if ready < 0 && errno == EINTR { continue }
+                guard ready > 0 else { continue }
+                let got = chunk.withUnsafeMutableBytes { recv(self.descriptor, $0.baseAddress, $0.count, 0) }
+                if got == 0 || (got < 0 && errno == ECONNRESET) { return (received, true) }
+                guard got > 0 else { throw RawSocketError.failed("read", errno) }
+                received += chunk[..<got]
+            }
+        }
+    }
+}
