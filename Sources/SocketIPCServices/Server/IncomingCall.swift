@@ -73,12 +73,17 @@ extension CallMultiplexer {
         let status = await withTaskGroup(of: CallStatus.self) { group in
             // The child inherits this task's executor preference (the event loop's, or the global executor).
             group.addTask {
-                let status: CallStatus
+                var status: CallStatus
                 do {
                     try await handler(call, context, codec)
                     status = .ok
                 } catch {
                     status = CallStatus.from(error, codec: codec)
+                }
+                // A handler that returns normally once cancelled (a `for await` loop ends quietly) did not complete
+                // its call: the caller must not take the end of its stream for the stream's natural end.
+                if Task.isCancelled, status.code == .ok {
+                    status = CallStatus(code: .cancelled, message: "the handler was cancelled")
                 }
                 call.stopHandler(.finished)
                 return status

@@ -10,13 +10,18 @@ struct ServiceShutdownTests {
         typealias Response = String
     }
 
-    /// A watch that yields the current value and then waits, as long as its task is not cancelled.
-    static func router(endsStreams: Bool) -> ServiceRouter {
+    /// A watch that yields the current value and then waits, as long as its task is not cancelled: by sleeping
+    /// (which throws when cancelled), or (`endsQuietly`) in a `for await` loop, which just ends when cancelled.
+    static func router(endsStreams: Bool, endsQuietly: Bool = false) -> ServiceRouter {
         var router = ServiceRouter()
         router.endsResponseStreamsOnShutdown = endsStreams
         router.registerServerStreaming(Watch.self) { key, values, _ in
             try await values.write("\(key)=blue")
-            try await Task.sleep(for: .seconds(3600))
+            if endsQuietly {
+                for await _ in AsyncStream<Int>(unfolding: { try? await Task.sleep(for: .seconds(3600)); return nil }) {}
+            } else {
+                try await Task.sleep(for: .seconds(3600))
+            }
         }
         return router
     }
@@ -40,9 +45,12 @@ struct ServiceShutdownTests {
         }
     }
 
-    @Test("with endsResponseStreamsOnShutdown off, a watch runs until the grace period ends")
-    func keepsWatches() async throws {
-        let router = Self.router(endsStreams: false)
+    @Test(
+        "with endsResponseStreamsOnShutdown off, a watch runs until the grace period ends, and is not taken for finished",
+        arguments: [false, true]
+    )
+    func keepsWatches(endsQuietly: Bool) async throws {
+        let router = Self.router(endsStreams: false, endsQuietly: endsQuietly)
         try await withServiceTestServer(router: router, configure: { $0.shutdownGracePeriod = .milliseconds(200) }) {
             server,
             path in
@@ -56,7 +64,8 @@ struct ServiceShutdownTests {
                     _ = try await iterator.next()
                 }
             }
-            // Cut by the grace period's end: the handler cancelled (its status may or may not arrive before the close).
+            // Cut by the grace period's end: the handler cancelled (its status may or may not arrive before the close);
+            // a handler that returned quietly once cancelled does not end the stream as if it had finished.
             #expect(error.code == .cancelled || error.code == .connectionClosed, "\(error)")
         }
     }
