@@ -90,6 +90,33 @@ let package = Package(
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
         ),
+        // The example under Examples/KeyValue (a package of its own for users), compiled here too so that the tests
+        // build and run it; not products, so users of the library do not get them.
+        .target(
+            name: "KeyValueService",
+            dependencies: ["SocketIPC"],
+            path: "Examples/KeyValue/Sources/KeyValueService"
+        ),
+        .executableTarget(
+            name: "kv-daemon",
+            dependencies: [
+                "KeyValueService",
+                "SocketIPC",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            path: "Examples/KeyValue/Sources/kv-daemon"
+        ),
+        .executableTarget(
+            name: "kv",
+            dependencies: [
+                "KeyValueService",
+                "SocketIPC",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Examples/KeyValue/Sources/kv"
+        ),
         .target(name: "SocketIPCTestSupport", path: "Tests/SocketIPCTestSupport"),
         .testTarget(
             name: "SocketIPCTests",
@@ -124,6 +151,11 @@ let package = Package(
         .testTarget(
             name: "SocketIPCCLITests",
             dependencies: ["socket-ipc", "SocketIPCTesting", "SocketIPCTestSupport"]
+        ),
+        // Runs the example's built kv-daemon and kv as processes.
+        .testTarget(
+            name: "KeyValueExampleTests",
+            dependencies: ["kv-daemon", "kv", "KeyValueService", "SocketIPCTesting", "SocketIPCTestSupport"]
         ),
         // SocketIPCTesting used as a user would: nothing but that product.
         .testTarget(name: "SocketIPCTestingTests", dependencies: ["SocketIPCTesting"]),
