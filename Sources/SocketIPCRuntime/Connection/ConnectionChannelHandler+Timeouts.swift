@@ -34,7 +34,9 @@ extension ConnectionChannelHandler {
             guard let connection = self.connection, let timeout = self.options.idleTimeout, self.state.mayHandleFrames
             else { return }
             let now = NIODeadline.now()
-            if connection.hasRequestsInFlight { self.lastActivity = now }
+            // A connection whose handshake is not complete is not idle: the handshake timeout governs it (a loaded
+            // machine can take longer than a short idle timeout to deliver the peer's hello).
+            if connection.hasRequestsInFlight || !self.state.isEstablished { self.lastActivity = now }
             let idleUntil = self.lastActivity + .init(timeout)
             guard idleUntil <= now else {
                 self.scheduleIdleCheck(at: idleUntil, context: context)

@@ -73,7 +73,9 @@ extension ServiceClient {
     }
 
     /// A server stream that outlives connections: it calls `method` with `request`, yields what comes, and when the
-    /// connection is lost (the server restarts) calls it again on the next one, as a watcher re-subscribes. It ends
+    /// connection is lost (the server restarts) calls it again on the next one, as a watcher re-subscribes; while
+    /// there is no server it waits as long as the client runs (``ServiceClientConfiguration/waitForConnectionTimeout``
+    /// bounds calls, not this stream). It ends
     /// when the handler ends the stream, or when the client shuts down; it throws the handler's error (a
     /// ``ServiceError``, `unknownMethod`, …). Elements sent while no connection was up are not seen: a watch that
     /// must not miss changes starts with the current value (as a `kv.watch` that yields it first).
@@ -93,7 +95,8 @@ extension ServiceClient {
             var lost: Connection?
             while !Task.isCancelled {
                 do {
-                    let connection = try await self.readyConnection(excluding: lost, timeout: nil)
+                    // A watch waits for its server as long as the client runs, not just waitForConnectionTimeout.
+                    let connection = try await self.readyConnection(excluding: lost, timeout: nil, bounded: false)
                     lost = connection
                     let ended = try await connection.serverStreaming(method, request, options: options) { responses in
                         var iterator = responses.makeAsyncIterator()
@@ -139,24 +142,24 @@ extension ServiceClient {
 
     /// A connection that is ready (and not `excluding`, one the caller saw lost), waiting for one up to the
     /// configured time, or `timeout` if shorter.
-    func readyConnection(excluding: Connection?, timeout: Duration?) async throws -> Connection {
+    func readyConnection(excluding: Connection?, timeout: Duration?, bounded: Bool = true) async throws -> Connection {
         var excluding = excluding
         while true {
-            let connection = try await self.waitForConnection(excluding: excluding, timeout: timeout)
+            let connection = try await self.waitForConnection(excluding: excluding, timeout: timeout, bounded: bounded)
             if connection.isOpen { return connection }
             excluding = connection
         }
     }
 
-    private func waitForConnection(excluding: Connection?, timeout: Duration?) async throws -> Connection {
+    private func waitForConnection(excluding: Connection?, timeout: Duration?, bounded: Bool) async throws -> Connection {
         let id = self.nextWaiterID.wrappingAdd(1, ordering: .relaxed).newValue
         let limit = min(timeout ?? self.configuration.waitForConnectionTimeout, self.configuration.waitForConnectionTimeout)
-        let timer = Task {
+        let timer = bounded ? Task {
             try await Task.sleep(for: limit)
             let waiter = self.machine.withLock { $0.removeWaiter(id: id) }
             waiter?.resume(throwing: self.noConnectionError(after: limit))
-        }
-        defer { timer.cancel() }
+        } : nil
+        defer { timer?.cancel() }
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Connection, any Error>) in
                 let action = self.machine.withLock {

@@ -18,13 +18,20 @@ extension ServiceClient {
         /// ``ServiceClient/shutdown()`` was called, or ``ServiceClient/run()`` was cancelled.
         case shutDown
 
+        /// `delay` in whole milliseconds, rounded.
+        static func milliseconds(_ delay: Duration) -> Int64 {
+            let (seconds, attoseconds) = delay.components
+            return seconds * 1000 + (attoseconds + 500_000_000_000_000) / 1_000_000_000_000_000
+        }
+
         /// A short description, such as `waiting to retry (2) in 80 ms: connectionRefused`.
         public var description: String {
             switch self {
             case .idle: "idle"
             case .connecting(let attempt): "connecting (attempt \(attempt))"
             case .ready: "ready"
-            case .waitingToRetry(let retry, let delay, let error): "waiting to retry (\(retry)) in \(delay): \(error.code)"
+            case .waitingToRetry(let retry, let delay, let error):
+                "waiting to retry (\(retry)) in \(Self.milliseconds(delay)) ms: \(error.code)"
             case .failed(let error): "failed: \(error)"
             case .shutDown: "shut down"
             }

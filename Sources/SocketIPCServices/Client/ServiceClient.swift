@@ -156,7 +156,8 @@ public final class ServiceClient: Sendable, Service {
         let reason = connection.closeReason
         self.lastClose.withLock { $0 = reason }
         if let reason {
-            self.logger.info("connection lost", metadata: ["path": "\(self.path)", "reason": "\(reason)"])
+            // At debug level: `states` and `lastCloseReason` tell the application, which decides what to show.
+            self.logger.debug("connection lost", metadata: ["path": "\(self.path)", "reason": "\(reason)"])
         }
         return self.machine.withLock { $0.connectionLost(connection) }
     }
