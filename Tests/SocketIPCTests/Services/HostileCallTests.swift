@@ -31,7 +31,7 @@ struct HostileCallTests {
             var attack = serverHelloBytes
             for index in 0..<1000 {
                 let id = UInt32(2 * index + 1)
-                attack += openBytes(id: id, method: Block.name) + messageBytes(id: id, json: "\"x\"") + endOKBytes(id: id)
+                attack += callOpenBytes(id: id, method: Block.name) + messageBytes(id: id, json: "\"x\"") + callEndOKBytes(id: id)
             }
             try await peer.write(attack)
             #expect(try await peer.read(exactly: 8) == serverHelloBytes)
@@ -53,7 +53,7 @@ struct HostileCallTests {
             try await peer.write(pingBytes(id: 77))
             let rest = try await peer.readFrames(1)
             #expect(rest.first?.kind == 0x0c && rest.first?.id == 77)
-            let quiet = try await peer.hostileReadAvailable(for: .milliseconds(300))
+            let quiet = try await peer.readAvailable(for: .milliseconds(300))
             #expect(quiet.bytes.isEmpty && !quiet.closed)
             #expect(gauge.peak.load(ordering: .relaxed) == 100)
             #expect(gauge.running.load(ordering: .relaxed) == 100)
@@ -84,7 +84,7 @@ struct HostileCallTests {
             let pairs = 200_000
             attack.reserveCapacity(8 + pairs * 32)
             for index in 0..<pairs {
-                attack += openBytes(id: UInt32(2 * index + 1), method: "nope") + pingBytes(id: UInt32(index))
+                attack += callOpenBytes(id: UInt32(2 * index + 1), method: "nope") + pingBytes(id: UInt32(index))
             }
             let sent = try await peer.sendUntilStalled(attack)
             // The server stopped reading: what it took is bounded by the sockets' buffers and its write queue, not by
@@ -121,11 +121,11 @@ struct HostileCallTests {
             let peer = try await RawSocket.connect(to: path)
             defer { peer.close() }
             try await peer.write(
-                serverHelloBytes + openBytes(id: 1, method: Block.name) + messageBytes(id: 1, json: "\"x\"")
-                    + endOKBytes(id: 1)
+                serverHelloBytes + callOpenBytes(id: 1, method: Block.name) + messageBytes(id: 1, json: "\"x\"")
+                    + callEndOKBytes(id: 1)
             )
             for await _ in gauge.started.stream { break }
-            try await peer.write(openBytes(id: 1, method: Get.name))
+            try await peer.write(callOpenBytes(id: 1, method: Get.name))
             let received = try await peer.readUntilClosed()
             #expect(Array(received.prefix(8)) == serverHelloBytes)
             try expectViolation(received.dropFirst(8), "reused id")
@@ -143,12 +143,12 @@ struct HostileCallTests {
             try await peer.write(
                 serverHelloBytes
                     + messageBytes(id: 5, json: "1")
-                    + endOKBytes(id: 7)
+                    + callEndOKBytes(id: 7)
                     + frameBytes(kind: 0x08, id: 9, payload: [0x01, 0x01] + Array("e".utf8) + [0, 1] + Array("t".utf8) + [1, 2, 3])
                     + creditBytes(id: 11, increment: 0xFFFF_FFFF)
                     + cancelBytes(id: 13, reason: 0)
                     + messageBytes(id: 4, json: "1")
-                    + endOKBytes(id: 6)
+                    + callEndOKBytes(id: 6)
                     + creditBytes(id: 8, increment: 1)
                     + cancelBytes(id: 10, reason: 0xff)
                     + frameBytes(kind: 0x0c, id: 12345, payload: [])  // a pong for a ping never sent
@@ -160,7 +160,7 @@ struct HostileCallTests {
 
             // A real call on the same connection.
             try await peer.write(
-                openBytes(id: 15, method: Get.name) + messageBytes(id: 15, json: "\"a\"") + endOKBytes(id: 15)
+                callOpenBytes(id: 15, method: Get.name) + messageBytes(id: 15, json: "\"a\"") + callEndOKBytes(id: 15)
             )
             let answer = try await peer.readFrames(2)
             #expect(answer.map(\.kind) == [0x07, 0x08])
@@ -190,8 +190,8 @@ struct HostileCallTests {
             let closer = PeerCloser(peer)
             defer { closer.close() }
             try await peer.write(
-                serverHelloBytes + openBytes(id: 1, method: Count.name) + messageBytes(id: 1, json: "100000000")
-                    + endOKBytes(id: 1)
+                serverHelloBytes + callOpenBytes(id: 1, method: Count.name) + messageBytes(id: 1, json: "100000000")
+                    + callEndOKBytes(id: 1)
             )
             for await written in gauge.writes.stream where written >= expectedMessages { break }
             // A bounded wait that asserts an absence: the handler writes nothing more.
@@ -201,7 +201,7 @@ struct HostileCallTests {
             // Everything that was sent: the window, and nothing more.
             let received = try await peer.read(exactly: 8 + expectedBytes)
             #expect(received.count == 8 + expectedBytes)
-            let quiet = try await peer.hostileReadAvailable(for: .milliseconds(300))
+            let quiet = try await peer.readAvailable(for: .milliseconds(300))
             #expect(quiet.bytes.isEmpty && !quiet.closed, "\(quiet.bytes.count) bytes beyond the window")
 
             // Credit resumes it.
@@ -225,7 +225,7 @@ struct HostileCallTests {
             let peer = try await RawSocket.connect(to: path)
             defer { peer.close() }
             let big = [UInt8](repeating: 0x31, count: 16 * 1024 * 1024)
-            try await peer.write(serverHelloBytes + openBytes(id: 1, method: "hostile.hold") + frameBytes(kind: 0x07, id: 1, payload: big) + pingBytes(id: 9))
+            try await peer.write(serverHelloBytes + callOpenBytes(id: 1, method: "hostile.hold") + frameBytes(kind: 0x07, id: 1, payload: big) + pingBytes(id: 9))
             #expect(try await peer.read(exactly: 8) == serverHelloBytes)
             let pong = try await peer.readFrames(1)
             #expect(pong.first?.kind == 0x0c && pong.first?.id == 9, "the first message is within credit: \(pong)")
@@ -246,7 +246,7 @@ struct HostileCallTests {
             // Only the header: the length claims 16 MiB + 1 of payload, which never comes.
             let length = UInt32(5 + 16 * 1024 * 1024 + 1)
             try await peer.write(
-                serverHelloBytes + openBytes(id: 1, method: Sum.name) + withUnsafeBytes(of: length.bigEndian) { Array($0) }
+                serverHelloBytes + callOpenBytes(id: 1, method: Sum.name) + withUnsafeBytes(of: length.bigEndian) { Array($0) }
                     + [0x07, 0, 0, 0, 1]
             )
             let received = try await peer.readUntilClosed()
@@ -268,7 +268,7 @@ struct HostileCallTests {
             try await peer.write(
                 serverHelloBytes + cancelBytes(id: 1, reason: 0) + cancelBytes(id: 2, reason: 0)
                     + cancelBytes(id: 0, reason: 1) + cancelBytes(id: 0xFFFF_FFFF, reason: 0)
-                    + openBytes(id: 3, method: Block.name) + messageBytes(id: 3, json: "\"x\"") + endOKBytes(id: 3)
+                    + callOpenBytes(id: 3, method: Block.name) + messageBytes(id: 3, json: "\"x\"") + callEndOKBytes(id: 3)
             )
             for await _ in gauge.started.stream { break }
             try await peer.write(cancelBytes(id: 3, reason: 0xee) + cancelBytes(id: 3, reason: 0) + pingBytes(id: 5))
@@ -277,7 +277,7 @@ struct HostileCallTests {
             // The handler's side sends nothing more for a cancelled call: only the pong.
             let pong = try await peer.readFrames(1)
             #expect(pong.first?.kind == 0x0c && pong.first?.id == 5, "got \(pong)")
-            let quiet = try await peer.hostileReadAvailable(for: .milliseconds(300))
+            let quiet = try await peer.readAvailable(for: .milliseconds(300))
             #expect(quiet.bytes.isEmpty && !quiet.closed, "got \(quiet)")
             try await expectServed(path)
         }
@@ -298,20 +298,20 @@ struct HostileCallTests {
             switch situation {
             case "server stream blocked on credit":
                 try await peer.write(
-                    serverHelloBytes + openBytes(id: 1, method: "hostile.forever") + messageBytes(id: 1, json: "0")
-                        + endOKBytes(id: 1)
+                    serverHelloBytes + callOpenBytes(id: 1, method: "hostile.forever") + messageBytes(id: 1, json: "0")
+                        + callEndOKBytes(id: 1)
                 )
                 for await written in gauge.writes.stream where written > 3000 { break }
             case "server stream still writing":
                 // The peer gives lots of credit and reads a little: the handler is writing when it vanishes.
                 try await peer.write(
-                    serverHelloBytes + openBytes(id: 1, method: "hostile.forever") + messageBytes(id: 1, json: "0")
-                        + endOKBytes(id: 1) + creditBytes(id: 1, increment: 0x7FFF_FFFF)
+                    serverHelloBytes + callOpenBytes(id: 1, method: "hostile.forever") + messageBytes(id: 1, json: "0")
+                        + callEndOKBytes(id: 1) + creditBytes(id: 1, increment: 0x7FFF_FFFF)
                 )
                 _ = try await peer.read(exactly: 8 + 4096)
             default:
                 try await peer.write(
-                    serverHelloBytes + openBytes(id: 1, method: Sum.name) + messageBytes(id: 1, json: "1")
+                    serverHelloBytes + callOpenBytes(id: 1, method: Sum.name) + messageBytes(id: 1, json: "1")
                 )
                 for await _ in gauge.started.stream { break }
             }
@@ -332,8 +332,8 @@ struct HostileCallTests {
             defer { peer.close() }
             try await peer.write(
                 serverHelloBytes
-                    + openBytes(id: 1, method: Get.name, timeoutNanoseconds: .max) + messageBytes(id: 1, json: "\"a\"")
-                    + endOKBytes(id: 1)
+                    + callOpenBytes(id: 1, method: Get.name, timeoutNanoseconds: .max) + messageBytes(id: 1, json: "\"a\"")
+                    + callEndOKBytes(id: 1)
             )
             #expect(try await peer.read(exactly: 8) == serverHelloBytes)
             let answer = try await peer.readFrames(2)
@@ -341,8 +341,8 @@ struct HostileCallTests {
             #expect(answer.last.flatMap(CallEnd.init)?.status == 0x00)
 
             try await peer.write(
-                openBytes(id: 3, method: Block.name, timeoutNanoseconds: 1) + messageBytes(id: 3, json: "\"x\"")
-                    + endOKBytes(id: 3)
+                callOpenBytes(id: 3, method: Block.name, timeoutNanoseconds: 1) + messageBytes(id: 3, json: "\"x\"")
+                    + callEndOKBytes(id: 3)
             )
             let end = try await peer.readFrames(1)
             #expect(end.first.flatMap(CallEnd.init)?.status == 0x04, "got \(end)")
@@ -539,17 +539,8 @@ private func openPayload(nameLength: UInt8, name: String) -> [UInt8] {
 
 private func u64(_ value: UInt64) -> [UInt8] { withUnsafeBytes(of: value.bigEndian) { Array($0) } }
 
-private func openBytes(id: UInt32, method: String, timeoutNanoseconds: UInt64 = 0) -> [UInt8] {
-    let name = Array(method.utf8)
-    return frameBytes(kind: 0x06, id: id, payload: [0] + u64(timeoutNanoseconds) + [UInt8(name.count)] + name)
-}
-
 private func messageBytes(id: UInt32, json: String) -> [UInt8] {
     frameBytes(kind: 0x07, id: id, payload: Array(json.utf8))
-}
-
-private func endOKBytes(id: UInt32) -> [UInt8] {
-    frameBytes(kind: 0x08, id: id, payload: [0, 0, 0, 0])
 }
 
 private func cancelBytes(id: UInt32, reason: UInt8) -> [UInt8] {
@@ -587,28 +578,6 @@ extension RawSocket {
                 frames += try parseFrames((header + body)[...])
             }
             return frames
-        }
-    }
-
-    /// Reads whatever arrives within `window` (a bounded wait, to assert that nothing comes), or until the close.
-    fileprivate func hostileReadAvailable(for window: Duration) async throws -> (bytes: [UInt8], closed: Bool) {
-        try await onOwnThread {
-            var received: [UInt8] = []
-            var chunk = [UInt8](repeating: 0, count: 65536)
-            let deadline = ContinuousClock.now.advanced(by: window)
-            while true {
-                let left = deadline - ContinuousClock.now
-                guard left > .zero else { return (received, false) }
-                let (seconds, attoseconds) = left.components
-                var waiting = pollfd(fd: self.descriptor, events: Int16(POLLIN), revents: 0)
-                let ready = poll(&waiting, 1, Int32(seconds * 1000 + attoseconds / 1_000_000_000_000_000 + 1))
-                if ready < 0 && errno == EINTR { continue }
-                guard ready > 0 else { continue }
-                let got = chunk.withUnsafeMutableBytes { recv(self.descriptor, $0.baseAddress, $0.count, 0) }
-                if got == 0 || (got < 0 && errno == ECONNRESET) { return (received, true) }
-                guard got > 0 else { throw RawSocketError.failed("read", errno) }
-                received += chunk[..<got]
-            }
         }
     }
 }

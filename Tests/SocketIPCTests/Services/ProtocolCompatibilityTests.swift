@@ -380,18 +380,6 @@ private func expectProtocolViolation(
     #expect(frames[0].prefix(2) == [0x05, 0x01], "going-away 0x01: \(hex)", sourceLocation: sourceLocation)
 }
 
-/// A call open frame (kind 0x06): flags 0, the timeout in nanoseconds (0: none), the method's name.
-private func callOpenBytes(id: UInt32, method: String, timeoutNanoseconds: UInt64 = 0) -> [UInt8] {
-    let name = Array(method.utf8)
-    let payload = [0] + withUnsafeBytes(of: timeoutNanoseconds.bigEndian) { Array($0) } + [UInt8(name.count)] + name
-    return frameBytes(kind: 0x06, id: id, payload: payload)
-}
-
-/// A call end frame (kind 0x08) with status ok and no code, text or details: `00000009 08 <id> 00 00 0000`.
-private func callEndOKBytes(id: UInt32) -> [UInt8] {
-    frameBytes(kind: 0x08, id: id, payload: [0x00, 0x00, 0x00, 0x00])
-}
-
 /// The bytes PROTOCOL.md writes as hex digits, spaces ignored.
 private func bytes(hex: String) -> [UInt8] {
     let digits = Array(hex.filter { !$0.isWhitespace })
@@ -419,31 +407,6 @@ private func frames(of bytes: ArraySlice<UInt8>) throws -> [[UInt8]] {
 /// The kind byte of each frame in `bytes`.
 private func frameKinds(of bytes: ArraySlice<UInt8>) throws -> [UInt8] {
     try frames(of: bytes).map { $0.first ?? 0 }
-}
-
-extension RawSocket {
-    /// Reads whatever arrives within `window` (a bounded wait, for tests that assert that nothing comes), or until
-    /// the peer closes.
-    fileprivate func readAvailable(for window: Duration) async throws -> (bytes: [UInt8], closed: Bool) {
-        try await onOwnThread {
-            var received: [UInt8] = []
-            var chunk = [UInt8](repeating: 0, count: 65536)
-            let deadline = ContinuousClock.now.advanced(by: window)
-            while true {
-                let left = deadline - ContinuousClock.now
-                guard left > .zero else { return (received, false) }
-                let (seconds, attoseconds) = left.components
-                var waiting = pollfd(fd: self.descriptor, events: Int16(POLLIN), revents: 0)
-                let ready = poll(&waiting, 1, Int32(seconds * 1000 + attoseconds / 1_000_000_000_000_000 + 1))
-                if ready < 0 && errno == EINTR { continue }
-                guard ready > 0 else { continue }
-                let got = chunk.withUnsafeMutableBytes { recv(self.descriptor, $0.baseAddress, $0.count, 0) }
-                if got == 0 || (got < 0 && errno == ECONNRESET) { return (received, true) }
-                guard got > 0 else { throw RawSocketError.failed("read", errno) }
-                received += chunk[..<got]
-            }
-        }
-    }
 }
 
 /// Runs a version 1 server for the length of `body`: a raw listener on a temporary socket that accepts one
