@@ -25,7 +25,11 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Microseconds of busy polling after traffic (the latency mode); 0 for off.")
     var busyPollUs: Int = 0
 
+    @OptionGroup(title: "Output")
+    var output: OutputOptions
+
     func run() async throws {
+        self.output.apply()
         let names = self.workload.isEmpty ? ["seed", "rr", "stream", "bulk", "fanin"] : self.workload
         var workloads: [Workload] = []
         for name in names {

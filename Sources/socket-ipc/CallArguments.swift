@@ -5,7 +5,7 @@ import SocketIPC
 
 /// What `call` and `watch` share: the server, the method, the request as JSON, and the call's deadline.
 struct CallArguments: ParsableArguments {
-    @Option(name: .long, help: socketArgumentHelp)
+    @Argument(help: socketArgumentHelp)
     var socket: String
 
     @Option(

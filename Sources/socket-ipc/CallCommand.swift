@@ -19,7 +19,7 @@ struct CallCommand: AsyncParsableCommand {
               socket-ipc call --socket app.sock demo.increment @amount.json
               socket-ipc call --socket app.sock --timeout 0.5 demo.sleep 10     # exits 5
 
-            \(CallExitStatus.help)
+            \(ExitStatus.help)
             """
     )
 
@@ -29,15 +29,17 @@ struct CallCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Print the response indented, with sorted keys.")
     var pretty = false
 
+    @OptionGroup(title: "Output")
+    var output: OutputOptions
+
     func run() async throws {
+        self.output.apply()
         let call = self.call
         let pretty = self.pretty
-        try await CallExitStatus.reporting {
-            let request = try await call.loadRequest()
-            let response = try await call.withConnection { connection, timeout in
-                try await connection.call(method: call.method, request: request, timeout: timeout)
-            }
-            Output.line(formatJSON(response, pretty: pretty))
+        let request = try await call.loadRequest()
+        let response = try await call.withConnection { connection, timeout in
+            try await connection.call(method: call.method, request: request, timeout: timeout)
         }
+        Output.line(formatJSON(response, pretty: pretty))
     }
 }

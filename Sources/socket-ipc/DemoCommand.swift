@@ -26,7 +26,11 @@ struct DemoCommand: AsyncParsableCommand {
             """
     )
 
+    @OptionGroup(title: "Output")
+    var output: OutputOptions
+
     func run() async throws {
+        self.output.apply()
         let directory = try Self.makeTemporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let framedPath = directory + "/framed.sock"

@@ -11,10 +11,14 @@ struct ListenForPushCommand: AsyncParsableCommand {
         shouldDisplay: false
     )
 
-    @Option(name: .long, help: socketArgumentHelp)
+    @Argument(help: socketArgumentHelp)
     var socket: String
 
+    @OptionGroup(title: "Output")
+    var output: OutputOptions
+
     func run() async throws {
+        self.output.apply()
         let path = try socketPath(fromArgument: self.socket, creatingDirectory: false)
         let (pushes, continuation) = AsyncStream.makeStream(of: ByteBuffer.self)
         try await Client.withConnection(to: path, onMessage: { continuation.yield($0) }) { connection in

@@ -7,6 +7,66 @@ import Synchronization
 /// concurrent servers and clients never interleave and reach a pipe at once (a test waits for `listening on`).
 enum Output {
     private static let lock = Mutex(())
+    private static let settings = Mutex(Verbosity.normal)
+
+    /// How much a command says besides its results and errors.
+    enum Verbosity: Comparable, Sendable {
+        /// Results and errors only (`--quiet`).
+        case quiet
+        /// Results, errors and notes such as `listening on PATH`.
+        case normal
+        /// Also details of each step (`--verbose`).
+        case verbose
+    }
+
+    /// How much to say; set once from ``OutputOptions`` before a command runs.
+    static var verbosity: Verbosity {
+        get { self.settings.withLock { $0 } }
+        set { self.settings.withLock { $0 = newValue } }
+    }
+
+    /// Whether to colour what goes to `descriptor`: only on a terminal, never with `NO_COLOR` set to anything but the
+    /// empty string (https://no-color.org) and never with `TERM=dumb`.
+    static func usesColor(on descriptor: Int32) -> Bool {
+        let environment = ProcessInfo.processInfo.environment
+        if let noColor = environment["NO_COLOR"], !noColor.isEmpty { return false }
+        if environment["TERM"] == "dumb" { return false }
+        return isatty(descriptor) == 1
+    }
+
+    /// `text` in the ANSI colour `code` (31 red, 32 green, 33 yellow, 2 dim) when ``usesColor(on:)`` says so for
+    /// `descriptor`, else `text` as it is.
+    static func colored(_ text: String, _ code: Int, on descriptor: Int32) -> String {
+        self.usesColor(on: descriptor) ? "\u{1B}[\(code)m\(text)\u{1B}[0m" : text
+    }
+
+    /// Writes `text` and a newline to standard error unless ``verbosity`` is ``Verbosity/quiet``: a note, such as
+    /// `listening on PATH`, that is not a result.
+    static func note(_ text: String) {
+        guard self.verbosity >= .normal else { return }
+        self.errorLine(text)
+    }
+
+    /// Writes `text` and a newline to standard error when ``verbosity`` is ``Verbosity/verbose``.
+    static func detail(_ text: String) {
+        guard self.verbosity >= .verbose else { return }
+        self.errorLine(text)
+    }
+
+    /// Writes `object` as one line of JSON (sorted keys, no escaped slashes) to standard output: the form of every
+    /// `--json` result.
+    static func json(_ object: [String: Any]) {
+        let options: JSONSerialization.WritingOptions = [.sortedKeys, .withoutEscapingSlashes, .fragmentsAllowed]
+        guard let data = try? JSONSerialization.data(withJSONObject: object, options: options) else { return }
+        self.line(String(decoding: data, as: UTF8.self))
+    }
+
+    /// Writes raw `text` (no newline) to standard error, for a progress line redrawn with `\r`.
+    static func progress(_ text: String) {
+        self.lock.withLock { _ in
+            Self.writeAll(text, to: STDERR_FILENO)
+        }
+    }
 
     /// Writes `text` and a newline to standard output.
     static func line(_ text: String) {
@@ -32,9 +92,9 @@ enum Output {
         }
     }
 
-    /// Writes `error: `, `text` and a newline to standard error.
+    /// Writes `error: ` (red on a terminal), `text` and a newline to standard error.
     static func error(_ text: String) {
-        self.errorLine("error: " + text)
+        self.errorLine(self.colored("error:", 31, on: STDERR_FILENO) + " " + text)
     }
 
     /// Writes `text` and a newline to standard error.

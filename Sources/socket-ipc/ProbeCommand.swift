@@ -18,17 +18,21 @@ struct ProbeCommand: AsyncParsableCommand {
             """
     )
 
-    @Option(name: .long, help: socketArgumentHelp)
+    @Argument(help: socketArgumentHelp)
     var socket: String
 
     @Option(name: .long, help: ArgumentHelp("Seconds to wait for the server to answer.", valueName: "seconds"))
     var timeout: Double = 2
+
+    @OptionGroup(title: "Output")
+    var output: OutputOptions
 
     func validate() throws {
         guard self.timeout > 0 else { throw ValidationError("--timeout must be positive") }
     }
 
     func run() async throws {
+        self.output.apply()
         let path = try socketPath(fromArgument: self.socket, creatingDirectory: false)
         let result = try await Client.probe(path, timeout: duration(seconds: self.timeout))
         let peer = result.peer.map { ", peer \($0)" } ?? ""

@@ -14,7 +14,7 @@ struct RequestCommand: AsyncParsableCommand {
             """
     )
 
-    @Option(name: .long, help: socketArgumentHelp)
+    @Argument(help: socketArgumentHelp)
     var socket: String
 
     @Option(name: .long, help: "How many requests to send.")
@@ -29,6 +29,9 @@ struct RequestCommand: AsyncParsableCommand {
     @Argument(help: "The request's text.")
     var message: String
 
+    @OptionGroup(title: "Output")
+    var output: OutputOptions
+
     func validate() throws {
         guard self.count >= 1 else { throw ValidationError("--count must be at least 1") }
         guard self.concurrency >= 1 else { throw ValidationError("--concurrency must be at least 1") }
@@ -36,6 +39,7 @@ struct RequestCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        self.output.apply()
         let path = try socketPath(fromArgument: self.socket, creatingDirectory: false)
         let count = self.count
         let message = self.message

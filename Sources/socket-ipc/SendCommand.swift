@@ -21,7 +21,7 @@ struct SendCommand: AsyncParsableCommand {
             """
     )
 
-    @Option(name: .long, help: socketArgumentHelp)
+    @Argument(help: socketArgumentHelp)
     var socket: String
 
     @Flag(name: .long, help: "Send EOF-style (one message per connection, ended by a half-close) instead of framed.")
@@ -30,7 +30,11 @@ struct SendCommand: AsyncParsableCommand {
     @Argument(help: "The message; standard input when omitted.")
     var message: String?
 
+    @OptionGroup(title: "Output")
+    var output: OutputOptions
+
     func run() async throws {
+        self.output.apply()
         let path = try socketPath(fromArgument: self.socket, creatingDirectory: false)
         if self.eof {
             let acknowledgement: ByteBuffer

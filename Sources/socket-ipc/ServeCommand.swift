@@ -32,7 +32,7 @@ struct ServeCommand: AsyncParsableCommand {
         case eof
     }
 
-    @Option(name: .long, help: socketArgumentHelp)
+    @Argument(help: socketArgumentHelp)
     var socket: String
 
     @Option(name: .long, help: "framed (requests and messages) or eof (one message per connection).")
@@ -61,12 +61,16 @@ struct ServeCommand: AsyncParsableCommand {
     )
     var logLevel: Logger.Level = .notice
 
+    @OptionGroup(title: "Output")
+    var output: OutputOptions
+
     func validate() throws {
         _ = try parsePermissions(self.permissions)
         guard self.maxMessageSize >= 1 else { throw ValidationError("--max-message-size must be at least 1") }
     }
 
     func run() async throws {
+        self.output.apply()
         let path = try socketPath(fromArgument: self.socket, creatingDirectory: true)
         var configuration = ServerConfiguration(path: path)
         configuration.mode = try parsePermissions(self.permissions)

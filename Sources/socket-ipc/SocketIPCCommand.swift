@@ -11,7 +11,7 @@ import Darwin
 ///
 /// Every subcommand lives in a file of its own. A ``SocketIPCError`` that a subcommand throws is printed as
 /// `error: <message>` on standard error and the process exits with status 1 (`call` and `watch` tell failures apart
-/// with statuses of their own: ``CallExitStatus``); any other error is reported by ArgumentParser as usual.
+/// with statuses of their own: ``ExitStatus``); any other error is reported by ArgumentParser as usual.
 @main
 struct SocketIPCCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -41,23 +41,47 @@ struct SocketIPCCommand: AsyncParsableCommand {
         ]
     )
 
-    /// Parses the command line and runs the chosen subcommand, reporting a ``SocketIPCError`` as one line.
+    /// Parses the command line and runs the chosen subcommand; a failure is reported in one line on standard error
+    /// and ends the process with the status of ``ExitStatus``'s table.
     static func main() async {
         // A closed standard output or error (`socket-ipc listen | head`) fails the write instead of killing the
         // process; sockets never raise SIGPIPE anyway (the library sends with MSG_NOSIGNAL).
         signal(SIGPIPE, SIG_IGN)
         do {
-            var command = try await Self.asyncParseAsRoot()
+            let arguments = Self.movingSocketOption(in: Array(CommandLine.arguments.dropFirst()))
+            var command = try await Self.asyncParseAsRoot(arguments)
             if var asyncCommand = command as? any AsyncParsableCommand {
                 try await asyncCommand.run()
             } else {
                 try command.run()
             }
-        } catch let error as SocketIPCError {
-            Output.error(error.message)
-            Self.exit(withError: ExitCode.failure)
         } catch {
+            if let status = ExitStatus.report(error) {
+                Self.exit(withError: status)
+            }
             Self.exit(withError: error)
         }
+    }
+
+    /// The arguments with `--socket PATH` (or `--socket=PATH`), the spelling of earlier versions, turned into the
+    /// positional PATH that every subcommand now takes first: `send --socket app.sock hi` is `send app.sock hi`.
+    /// Arguments after `--` are left as they are.
+    static func movingSocketOption(in arguments: [String]) -> [String] {
+        guard let subcommand = arguments.firstIndex(where: { !$0.hasPrefix("-") }) else { return arguments }
+        var rest = Array(arguments[(subcommand + 1)...])
+        let end = rest.firstIndex(of: "--") ?? rest.endIndex
+        guard let index = rest[..<end].firstIndex(where: { $0 == "--socket" || $0.hasPrefix("--socket=") }) else {
+            return arguments
+        }
+        let path: String
+        if rest[index] == "--socket" {
+            guard index + 1 < end else { return arguments }  // ArgumentParser reports the missing value.
+            path = rest[index + 1]
+            rest.removeSubrange(index...(index + 1))
+        } else {
+            path = String(rest[index].dropFirst("--socket=".count))
+            rest.remove(at: index)
+        }
+        return Array(arguments[...subcommand]) + [path] + rest
     }
 }

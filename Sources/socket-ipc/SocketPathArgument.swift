@@ -1,21 +1,23 @@
 import ArgumentParser
 import SocketIPC
 
-/// How every command explains its `--socket` option.
+/// How every command explains its PATH argument (`--socket PATH`, the spelling of earlier versions, is accepted too:
+/// ``SocketIPCCommand/movingSocketOption(in:)``).
 let socketArgumentHelp = ArgumentHelp(
     "The socket: a path (anything with a '/', such as ./app.sock or /run/app.sock), or a bare name for a socket in "
-        + "the runtime directory ($XDG_RUNTIME_DIR, else a private /tmp/socketipc-UID made with mode 0700).",
-    valueName: "path-or-name"
+        + "the runtime directory ($XDG_RUNTIME_DIR, else a private /tmp/socketipc-UID made with mode 0700). "
+        + "--socket PATH is accepted too.",
+    valueName: "path"
 )
 
-/// Turns a command's `--socket` argument into a socket path.
+/// Turns a command's PATH argument into a socket path.
 ///
 /// A bare name (no `/`, such as `app.sock`) names a socket in this user's runtime directory,
 /// `$XDG_RUNTIME_DIR/app.sock` or `/tmp/socketipc-UID/app.sock` (see ``RuntimeDirectory``); anything with a `/`
 /// (`./app.sock`, `/run/app.sock`) is a path, used as given.
 ///
 /// - Parameters:
-///   - argument: The `--socket` argument.
+///   - argument: The PATH argument.
 ///   - creatingDirectory: Whether to create a missing fallback runtime directory (mode `0700`): `true` for `serve`,
 ///     `false` for clients, which only look.
 /// - Returns: The path, for ``ServerConfiguration/path`` or a client's `to:`.

@@ -19,36 +19,38 @@ struct WatchCommand: AsyncParsableCommand {
               socket-ipc watch --socket app.sock demo.counter '{}'   # 0, then until ^C:
               socket-ipc call --socket app.sock demo.increment 1     # the watch prints 1
 
-            \(CallExitStatus.help)
+            \(ExitStatus.help)
             """
     )
 
     @OptionGroup
     var call: CallArguments
 
+    @OptionGroup(title: "Output")
+    var output: OutputOptions
+
     func run() async throws {
+        self.output.apply()
         let call = self.call
-        try await CallExitStatus.reporting {
-            let request = try await call.loadRequest()
-            // Trapped before connecting: once a response is printed, SIGINT ends the watch cleanly.
-            let signals = await UnixSignalsSequence(trapping: .sigint, .sigterm)
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask {
-                    try await call.withConnection { connection, timeout in
-                        try await connection.serverStreaming(method: call.method, request: request, timeout: timeout) {
-                            Output.line(formatJSON($0, pretty: false))
-                        }
+        let request = try await call.loadRequest()
+        // Trapped before connecting: once a response is printed, SIGINT ends the watch cleanly.
+        let signals = await UnixSignalsSequence(trapping: .sigint, .sigterm)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                try await call.withConnection { connection, timeout in
+                    try await connection.serverStreaming(method: call.method, request: request, timeout: timeout) {
+                        Output.line(formatJSON($0, pretty: false))
                     }
                 }
-                group.addTask {
-                    var signals = signals.makeAsyncIterator()
-                    _ = await signals.next()
-                }
-                // The stream ended or failed, or a signal came: either way the other task is cancelled (a stream
-                // cancelled so is cancelled on the server too), and its error, if any, is not reported.
-                try await group.next()
-                group.cancelAll()
             }
+            group.addTask {
+                var signals = signals.makeAsyncIterator()
+                _ = await signals.next()
+            }
+            // The stream ended or failed, or a signal came: either way the other task is cancelled (a stream
+            // cancelled so is cancelled on the server too), and its error, if any, is not reported.
+            try await group.next()
+            group.cancelAll()
         }
     }
 }

@@ -1,0 +1,89 @@
+import ArgumentParser
+import NIOCore
+import SocketIPC
+
+/// How every `socket-ipc` command ends: an exit status for each kind of failure, so that a script can tell a
+/// server's answer from a missing server, a refusal or a timeout.
+///
+/// | status | meaning |
+/// | --- | --- |
+/// | 0 | done (a server stream or `listen` interrupted by SIGINT or SIGTERM is done too) |
+/// | 1 | the server answered with an error: an application error (``ServiceError``), a failed handler, a message it would not take (too large) |
+/// | 3 | no connection: nothing listens (no socket file, a stale one, not a socket), not a SocketIPC server, the wrong message style, the connection lost |
+/// | 4 | refused: the server's authorization policy does not serve this user, or the file system denies access |
+/// | 5 | timed out: `--timeout` passed, or the server sent no hello in time |
+/// | 6 | the server serves no method of that name |
+/// | 64 | usage: a bad option or argument, a request that is not JSON, a file that cannot be read (`EX_USAGE` of sysexits(3), as ArgumentParser's validation errors) |
+enum ExitStatus {
+    static let remoteError = ExitCode(1)
+    static let cannotConnect = ExitCode(3)
+    static let refused = ExitCode(4)
+    static let timedOut = ExitCode(5)
+    static let unknownMethod = ExitCode(6)
+    static let usage = ExitCode.validationFailure
+
+    /// The table, for the commands' help.
+    static let help = """
+        Exit status: 0 done; 1 the server answered with an error (an application error, printed as `error CODE: \
+        MESSAGE` and then its details as JSON on standard error; a handler that failed; a message too large); 3 no \
+        connection (nothing listens, a stale socket file, not a socket, not a SocketIPC server, the wrong style: \
+        --eof) or the connection was lost; 4 refused (the server's authorization policy, or file permissions); 5 \
+        timed out (--timeout); 6 no such method; 64 usage (a bad option, a request that is not JSON).
+        """
+
+    /// The status for `error`.
+    static func status(for error: SocketIPCError) -> ExitCode {
+        switch error.code {
+        case .unknownMethod:
+            return Self.unknownMethod
+        case .unauthorized:
+            return Self.refused
+        case .deadlineExceeded, .timedOut:
+            return Self.timedOut
+        case .connectionRefused, .invalidPath, .parentDirectoryMissing, .insecureDirectory, .notSocketIPCPeer,
+            .unsupportedVersion, .wrongStyle, .systemCall, .connectionClosed, .peerGoingAway, .peerNotResponding,
+            .protocolViolation, .cancelled:
+            // `cancelled`: the server cancelled the handler as it shut down.
+            return Self.cannotConnect
+        default:
+            // remoteError, invalidMessage, resourceExhausted, messageTooLarge, …: the server's answer.
+            return Self.remoteError
+        }
+    }
+
+    /// Reports `error` on standard error in one line (two for an application error with details) and returns the
+    /// exit status of the table; `nil` for an error that is not one of SocketIPC's (ArgumentParser reports those).
+    static func report(_ error: any Error) -> ExitCode? {
+        switch error {
+        case let error as ServiceError:
+            Output.error(error.message.isEmpty ? "error \(error.code)" : "error \(error.code): \(error.message)")
+            if let details = error.encodedDetails, details.readableBytes > 0 {
+                Output.errorLine(String(buffer: details))
+            }
+            return Self.remoteError
+        case let error as SocketIPCError:
+            Output.error(Diagnosis.explain(error))
+            return Self.status(for: error)
+        case let error as UsageError:
+            Output.error(error.message)
+            return Self.usage
+        case let error as CommandFailure:
+            Output.error(error.message)
+            return error.status
+        default:
+            return nil
+        }
+    }
+}
+
+/// A command line that cannot be run as it is, found after parsing (a request that is not JSON, a file that cannot be
+/// read): reported as `error: MESSAGE`, with the usage status.
+struct UsageError: Error {
+    var message: String
+}
+
+/// A failure a command found itself (not one the library threw): reported as `error: MESSAGE`, exiting with `status`.
+struct CommandFailure: Error {
+    var message: String
+    var status: ExitCode
+}
