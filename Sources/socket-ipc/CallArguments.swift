@@ -46,7 +46,7 @@ struct CallArguments: ParsableArguments {
         let source: String
         switch self.request {
         case nil, "-":
-            bytes = Data((try await StandardInput.readAll()).readableBytesView)
+            bytes = Data((try await InputChunks.readAllStandardInput()).readableBytesView)
             source = "standard input"
         case let argument? where argument.hasPrefix("@"):
             let path = String(argument.dropFirst())

@@ -78,7 +78,11 @@ enum Output {
     /// Writes all of `text` to `descriptor`, retrying on `EINTR` (where Foundation's `FileHandle.write` traps); on
     /// any other error (`EPIPE`: the reader has gone, once `SIGPIPE` is ignored) the line is dropped.
     private static func writeAll(_ text: String, to descriptor: Int32) {
-        let bytes = Array(text.utf8)
+        self.writeAll(Array(text.utf8), to: descriptor)
+    }
+
+    /// Writes all of `bytes` to `descriptor`, as ``writeAll(_:to:)-(String,_)`` does.
+    private static func writeAll(_ bytes: [UInt8], to descriptor: Int32) {
         var offset = 0
         while offset < bytes.count {
             let written = bytes[offset...].withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
@@ -89,6 +93,15 @@ enum Output {
             } else {
                 return
             }
+        }
+    }
+
+    /// Writes the bytes of `buffer` as they are to standard output, then a newline unless they end with one.
+    static func raw(_ buffer: ByteBuffer) {
+        var bytes = Array(buffer.readableBytesView)
+        if bytes.last != UInt8(ascii: "\n") { bytes.append(UInt8(ascii: "\n")) }
+        self.lock.withLock { _ in
+            Self.writeAll(bytes, to: STDOUT_FILENO)
         }
     }
 
