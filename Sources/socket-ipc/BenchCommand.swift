@@ -8,11 +8,18 @@ import SocketIPCBenchmarkWorkloads
 struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
-        abstract: "Run the standard workloads (W1-W5) in-process and print one JSON line each.",
+        abstract: "Run the standard workloads (W1-W5) in-process and print a table, or JSON lines.",
         discussion: """
-            The same workloads and JSON lines as Benchmarks/socketipc with shared/bench/run.sh, but server and \
-            client share this process (so the figures are not comparable with run.sh's two-process ones). \
-            idle-mem needs a separate server process: use run.sh for it.
+            The same workloads as Benchmarks/socketipc with shared/bench/run.sh, but server and client share this \
+            process (so the figures are not comparable with run.sh's two-process ones). idle-mem needs a separate \
+            server process: use run.sh for it. Prints a table, one row per workload, as each finishes (the \
+            workload running is shown on a terminal); with --json, one JSON line per workload in run.sh's format \
+            instead.
+
+            Examples:
+
+              socket-ipc bench --quick
+              socket-ipc bench --workload rr stream --json | jq .ops_per_s
             """
     )
 
@@ -24,6 +31,9 @@ struct BenchCommand: AsyncParsableCommand {
 
     @Option(name: .long, help: "Microseconds of busy polling after traffic (the latency mode); 0 for off.")
     var busyPollUs: Int = 0
+
+    @Flag(name: .long, help: "Print one JSON line per workload (shared/bench's format) instead of a table.")
+    var json = false
 
     @OptionGroup(title: "Output")
     var output: OutputOptions
@@ -41,8 +51,10 @@ struct BenchCommand: AsyncParsableCommand {
         let directory = try DemoCommand.makeTemporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         var logger = Logger(label: "socket-ipc.bench")
-        logger.logLevel = .warning
+        logger.logLevel = .error
         let busyPoll: Duration? = self.busyPollUs > 0 ? .microseconds(self.busyPollUs) : nil
+        let table = BenchmarkTable()
+        if !self.json { Output.line(table.header) }
         for workload in workloads {
             let path = directory + "/\(workload.rawValue).sock"
             let (running, continuation) = AsyncStream.makeStream(of: Void.self)
@@ -52,11 +64,18 @@ struct BenchCommand: AsyncParsableCommand {
             var (n, conns, size) = workload.defaults
             if self.quick { n = Self.quickN[workload] ?? n }
             let options = BenchmarkOptions(socket: path, workload: workload, n: n, conns: conns, size: size, busyPoll: busyPoll)
+            let progress = ProgressBar(total: nil, label: "running \(workload.rawValue) (n=\(n), conns=\(conns), size=\(size))")
+            progress.show()
+            defer { progress.finish() }
+            let json = self.json
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await server.run() }
                 for await _ in running { break }
                 do {
-                    if let report = try await BenchmarkClient.run(options) { Output.line("\(report)") }
+                    if let report = try await BenchmarkClient.run(options) {
+                        progress.finish()
+                        Output.line(json ? "\(report)" : table.row(report))
+                    }
                 } catch {
                     server.shutdownGracefully()
                     throw error

@@ -47,9 +47,20 @@ final class ProgressBar: Sendable {
         if let line { Output.progress("\r" + line + "\u{1B}[K") }
     }
 
-    /// Erases the bar, if it was shown.
+    /// Shows the label at once, without counts: a step whose progress is not counted in bytes (a running
+    /// benchmark).
+    func show() {
+        guard self.enabled else { return }
+        self.state.withLock { $0.shown = true }
+        Output.progress("\r\(self.label) …\u{1B}[K")
+    }
+
+    /// Erases the bar, if it is shown.
     func finish() {
-        let shown = self.state.withLock { $0.shown }
+        let shown = self.state.withLock { state in
+            defer { state.shown = false }
+            return state.shown
+        }
         if shown { Output.progress("\r\u{1B}[K") }
     }
 
