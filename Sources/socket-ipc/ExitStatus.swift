@@ -2,6 +2,12 @@ import ArgumentParser
 import NIOCore
 import SocketIPC
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// How every `socket-ipc` command ends: an exit status for each kind of failure, so that a script can tell a
 /// server's answer from a missing server, a refusal or a timeout.
 ///
@@ -56,7 +62,9 @@ enum ExitStatus {
     static func report(_ error: any Error) -> ExitCode? {
         switch error {
         case let error as ServiceError:
-            Output.error(error.message.isEmpty ? "error \(error.code)" : "error \(error.code): \(error.message)")
+            // `error CODE: MESSAGE`, as grpcurl prints a status (`ERROR: Code: ... Message: ...`).
+            let text = error.message.isEmpty ? " \(error.code)" : " \(error.code): \(error.message)"
+            Output.errorLine(Output.colored("error", 31, on: STDERR_FILENO) + text)
             if let details = error.encodedDetails, details.readableBytes > 0 {
                 Output.errorLine(String(buffer: details))
             }

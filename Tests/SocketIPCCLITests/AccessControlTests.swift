@@ -40,7 +40,7 @@ struct AccessControlTests {
     func defaultPolicyRefusesOtherUsers() async throws {
         try await self.withOpenServer([]) { path, server in
             let refused = try await self.runAsOtherUser(["request", "--socket", path, "hi"])
-            #expect(refused.status == 1)
+            #expect(refused.status == 4, "4: refused")
             #expect(refused.error.contains("authorization policy refused"), "stderr: \(refused.error)")
             #expect(refused.output == "")
 
@@ -60,7 +60,7 @@ struct AccessControlTests {
     func defaultPolicyRefusesOtherUsersEOF() async throws {
         try await self.withOpenServer(mode: "eof", []) { path, server in
             let refused = try await self.runAsOtherUser(["send", "--eof", "--socket", path, "hello"])
-            #expect(refused.status == 1, "stdout: \(refused.output) stderr: \(refused.error)")
+            #expect(refused.status == 3, "stdout: \(refused.output) stderr: \(refused.error)")
             #expect(refused.error.hasPrefix("error: "), "stderr: \(refused.error)")
 
             let mine = try await runCLI(["send", "--eof", "--socket", path, "hello"])
@@ -92,7 +92,7 @@ struct AccessControlTests {
             #expect(member.output == "reply: \"hi\"\n")
 
             let stranger = try await self.runAsOtherUser(groups: [4243], ["request", "--socket", path, "hi"])
-            #expect(stranger.status == 1)
+            #expect(stranger.status == 4, "4: refused")
             #expect(stranger.error.contains("authorization policy refused"), "stderr: \(stranger.error)")
         }
     }

@@ -32,7 +32,7 @@ struct BareSocketNameTests {
                 executable: "/usr/bin/env",
                 ["XDG_RUNTIME_DIR=\(missing)", socketIPCBinary, "request", "--socket", "app.sock", "hi"]
             )
-            #expect(await client.waitForExit() == 1)
+            #expect(await client.waitForExit() == 3, "3: cannot connect")
             #expect(await client.standardError.text().hasPrefix("error: "))
             #expect(fileStatus(missing) == nil)
         }

@@ -25,14 +25,17 @@ struct ClientCommandTests {
         }
     }
 
-    @Test("request --count --concurrency gets every reply on one connection")
+    @Test("request --count --concurrency gets every reply on one connection and prints a latency summary")
     func concurrentRequests() async throws {
         try await withServeCommand { path, server in
             let result = try await runCLI(
-                ["request", "--socket", path, "--count", "20", "--concurrency", "10", "--timeout", "10", "ping"]
+                ["request", path, "--count", "20", "--concurrency", "10", "--timeout", "10", "--verbose", "ping"]
             )
             #expect(result.status == 0, "stderr: \(result.error)")
-            let replies = Set(result.output.split(separator: "\n").map(String.init))
+            #expect(result.output.hasPrefix("20 requests (10 at once) in "), "\(result.output)")
+            #expect(result.output.contains("requests/s; latency µs min "), "\(result.output)")
+            // --verbose: each reply on standard error.
+            let replies = Set(result.error.split(separator: "\n").map(String.init))
             #expect(replies == Set((1...20).map { "reply: \"ping #\($0)\"" }))
         }
     }
@@ -46,7 +49,7 @@ struct ClientCommandTests {
                 ["send", "--socket", path, "--eof", "hi"], ["probe", "--socket", path],
             ] {
                 let result = try await runCLI(command)
-                #expect(result.status == 1, "\(command)")
+                #expect(result.status == 3, "\(command)")
                 #expect(result.error.hasPrefix("error: "), "\(command): \(result.error)")
                 #expect(result.error.contains(path), "\(command): \(result.error)")
                 #expect(result.error.split(separator: "\n").count == 1, "\(command): \(result.error)")
@@ -98,7 +101,7 @@ struct ClientCommandTests {
                 ["request", "--socket", path, "--timeout", "1e300", "hi"],
             ] {
                 let result = try await runCLI(arguments)
-                #expect(result.status == 1, "\(arguments): \(result.error)")
+                #expect(result.status == 3, "\(arguments): \(result.error)")
                 #expect(result.error.hasPrefix("error: no server at \(path)"), "\(arguments): \(result.error)")
             }
         }

@@ -74,19 +74,20 @@ struct VanishingPeerTests {
             var statuses: [String: Int] = [:]
             for line in lines {
                 statuses[String(line.prefix(while: { $0 != " " })), default: 0] += 1
-                // Exit status 1 and one `error:` line: never 141 (128 + SIGPIPE) from the shell.
-                #expect(line.hasPrefix("status=1 error: "), "\(line)")
+                // Exit status 3 (no connection: the message was not delivered) and one `error:` line: never 141
+                // (128 + SIGPIPE) from the shell.
+                #expect(line.hasPrefix("status=3 error: "), "\(line)")
             }
             #expect(statuses["status=141"] == nil, "exit statuses: \(statuses)")
         }
     }
 
-    @Test("send --eof to a framed server exits 1 and says it is a framed server: drop --eof")
+    @Test("send --eof to a framed server exits 3 and says it is a framed server: drop --eof")
     func sendEOFToFramedServer() async throws {
         try await withServeCommand { path, _ in
             for arguments in [["hello"], []] {
                 let result = try await runCLI(["send", "--socket", path, "--eof"] + arguments, input: "hello")
-                #expect(result.status == 1)
+                #expect(result.status == 3)
                 #expect(result.output.isEmpty, "no acknowledgement is printed: \(result.output)")
                 #expect(result.error.contains("this is a framed server"), "stderr: \(result.error)")
                 #expect(result.error.contains("drop --eof"), "stderr: \(result.error)")
