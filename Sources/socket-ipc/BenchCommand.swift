@@ -29,6 +29,9 @@ struct BenchCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Smaller n, as run.sh --quick.")
     var quick = false
 
+    @Option(name: .customLong("n"), help: "Operations per workload, instead of the workload's default (or --quick's).")
+    var operations: Int?
+
     @Option(name: .long, help: "Microseconds of busy polling after traffic (the latency mode); 0 for off.")
     var busyPollUs: Int = 0
 
@@ -37,6 +40,10 @@ struct BenchCommand: AsyncParsableCommand {
 
     @OptionGroup(title: "Output")
     var output: OutputOptions
+
+    func validate() throws {
+        if let operations = self.operations, operations < 1 { throw ValidationError("--n must be at least 1") }
+    }
 
     func run() async throws {
         self.output.apply()
@@ -63,6 +70,7 @@ struct BenchCommand: AsyncParsableCommand {
             }
             var (n, conns, size) = workload.defaults
             if self.quick { n = Self.quickN[workload] ?? n }
+            if let operations = self.operations { n = operations }
             let options = BenchmarkOptions(socket: path, workload: workload, n: n, conns: conns, size: size, busyPoll: busyPoll)
             let progress = ProgressBar(total: nil, label: "running \(workload.rawValue) (n=\(n), conns=\(conns), size=\(size))")
             progress.show()

@@ -1,0 +1,159 @@
+import Foundation
+import SocketIPCTestSupport
+import SocketIPCTesting
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Issue 12: `send` and `request` as scripts use them: `@FILE`, standard input, `--timeout`, `--json`, `--raw`, a
+/// latency summary, and the hint when a framed client meets an EOF-style server.
+@Suite("socket-ipc send and request: input, timeouts, JSON", .timeLimit(.minutes(2)))
+struct SendRequestCommandTests {
+    @Test("send --eof @FILE streams the file and --json reports what was sent and the acknowledged count")
+    func sendFile() async throws {
+        try await withServeCommand(["--mode", "eof"]) { path, server in
+            let file = (path as NSString).deletingLastPathComponent + "/payload.bin"
+            let bytes = (0..<3_000_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+            try Data(bytes).write(to: URL(fileURLWithPath: file))
+            let result = try await runCLI(["send", "--eof", "--json", path, "@" + file])
+            #expect(result.status == 0, "stderr: \(result.error)")
+            let object = try #require(try parseJSON(result.output))
+            #expect(object["style"] as? String == "eof")
+            #expect(object["sent"] as? Int == 3_000_000)
+            #expect((object["acknowledgement"] as? [String: Any])?["count"] as? Int == 3_000_000)
+            // Piped standard error: no progress bar, nothing at all.
+            #expect(result.error.isEmpty, "stderr: \(result.error)")
+            #expect(await server.standardOutput.waitForLine(containing: "received") == "received 3000000 bytes")
+        }
+    }
+
+    @Test("send of a file that cannot be read is a usage error naming the file, and connects to nothing")
+    func sendMissingFile() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let result = try await runCLI(["send", "--eof", directory + "/none.sock", "@" + directory + "/missing"])
+            #expect(result.status == 64)
+            #expect(result.error == "error: cannot read \(directory)/missing: No such file or directory\n")
+        }
+    }
+
+    @Test("send framed with --json; standard input is the message when it is omitted")
+    func sendFramedJSON() async throws {
+        try await withServeCommand { path, server in
+            let result = try await runCLI(["send", "--json", path], input: "from stdin")
+            #expect(result.status == 0, "stderr: \(result.error)")
+            let object = try #require(try parseJSON(result.output))
+            #expect(object["style"] as? String == "framed")
+            #expect(object["sent"] as? Int == 10)
+            #expect(await server.standardOutput.waitForLine(containing: "message") == "message 10 bytes: \"from stdin\"")
+        }
+    }
+
+    @Test("send --timeout ends a send that a server never acknowledges with exit 5, naming the limit")
+    func sendTimeout() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/silent.sock"
+            let listener = try SilentListener(path: path)
+            defer { listener.close() }
+            let result = try await runCLI(["send", "--eof", "--timeout", "0.5", path, "hello"])
+            #expect(result.status == 5, "stderr: \(result.error)")
+            #expect(result.error == "error: the message to \(path) was not acknowledged within 500 ms (--timeout)\n")
+        }
+    }
+
+    @Test("request: --json gives the reply and its encoding, --raw its bytes, @FILE reads the request")
+    func requestFormats() async throws {
+        try await withServeCommand { path, _ in
+            let json = try await runCLI(["request", "--json", path, "hello"])
+            #expect(json.status == 0, "stderr: \(json.error)")
+            let object = try #require(try parseJSON(json.output))
+            #expect(object["reply"] as? String == "hello")
+            #expect(object["encoding"] as? String == "utf8")
+            #expect(object["size"] as? Int == 5)
+
+            let file = (path as NSString).deletingLastPathComponent + "/request.bin"
+            try Data([0x00, 0xFF, 0x1B, 0x41]).write(to: URL(fileURLWithPath: file))
+            let binary = try await runCLI(["request", "--json", path, "@" + file])
+            let binaryObject = try #require(try parseJSON(binary.output))
+            #expect(binaryObject["encoding"] as? String == "base64")
+            #expect(binaryObject["reply"] as? String == Data([0x00, 0xFF, 0x1B, 0x41]).base64EncodedString())
+
+            let plain = try await runCLI(["request", path, "@" + file])
+            #expect(plain.output == "reply: 0x00ff1b41\n", "never a raw escape byte on a terminal")
+
+            let raw = try await runCLI(["request", "--raw", path, "line"])
+            #expect(raw.output == "line\n")
+        }
+    }
+
+    @Test("request --count --json prints one JSON summary with the latency percentiles in order")
+    func requestSummaryJSON() async throws {
+        try await withServeCommand { path, _ in
+            let result = try await runCLI(["request", "--json", "--count", "50", "--concurrency", "5", path, "ping"])
+            #expect(result.status == 0, "stderr: \(result.error)")
+            let object = try #require(try parseJSON(result.output))
+            #expect(object["count"] as? Int == 50)
+            #expect(object["concurrency"] as? Int == 5)
+            #expect((object["requestsPerSecond"] as? Double ?? 0) > 0)
+            let latency = try #require(object["latencyMicroseconds"] as? [String: Double])
+            let ordered = ["min", "p50", "p90", "p99", "max"].compactMap { latency[$0] }
+            #expect(ordered.count == 5)
+            #expect(ordered == ordered.sorted(), "percentiles: \(latency)")
+            #expect(ordered[0] > 0)
+        }
+    }
+
+    @Test("request to an EOF-style server says to add --eof, and exits 3 when the server closes it")
+    func requestToEOFServer() async throws {
+        // The EOF-style server closes a connection whose message has not ended after 3 s; the client's note comes
+        // after 1 s of waiting for a hello.
+        try await withServeCommand(["--mode", "eof", "--handshake-timeout", "3"]) { path, _ in
+            let result = try await runCLI(["request", path, "hello"])
+            #expect(result.status == 3, "stderr: \(result.error)")
+            #expect(result.error.contains("note: no hello from \(path) after 1 s yet; if it is an EOF-style server, add --eof"))
+            #expect(result.error.contains("error: "))
+        }
+    }
+
+    @Test("request --timeout against a listener that never answers: exit 5, and the hint to add --eof")
+    func requestTimeout() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/silent.sock"
+            let listener = try SilentListener(path: path)
+            defer { listener.close() }
+            let result = try await runCLI(["request", "--quiet", "--timeout", "0.5", path, "hello"])
+            #expect(result.status == 5, "stderr: \(result.error)")
+            #expect(!result.error.contains("note:"), "--quiet drops notes: \(result.error)")
+            #expect(result.error.hasPrefix("error: the server at \(path) sent no hello within "))
+            #expect(result.error.hasSuffix("if this is an EOF-style server, add --eof (`socket-ipc probe \(path)` tells)\n"))
+        }
+    }
+}
+
+/// `text` as one JSON object, or `nil` if it is not one.
+func parseJSON(_ text: String) throws -> [String: Any]? {
+    try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
+}
+
+/// A listening socket that never accepts: connections wait in its backlog, and nothing is ever read or written.
+final class SilentListener: Sendable {
+    private let descriptor: Int32
+
+    /// Binds `path` and listens, with a backlog of 8.
+    init(path: String) throws {
+        self.descriptor = makeUnixStreamSocket()
+        guard withSocketAddress(path, { bind(self.descriptor, $0, $1) }) == 0, listen(self.descriptor, 8) == 0 else {
+            let code = errno
+            closeDescriptor(self.descriptor)
+            throw POSIXError(POSIXErrorCode(rawValue: code) ?? .EIO)
+        }
+    }
+
+    /// Closes the listening socket (the socket file stays, stale, in the test's temporary directory).
+    func close() {
+        closeDescriptor(self.descriptor)
+    }
+}
