@@ -88,6 +88,10 @@ public struct AuthorizationPolicy: Sendable, CustomStringConvertible {
         return self.evaluateKnown(peer)
     }
 
+    /// Whether the policy serves every process (it is, or includes with `||`, ``anyone``): a server on an abstract
+    /// address refuses to start with such a policy unless told explicitly. A custom policy is taken not to.
+    package var admitsEveryone: Bool { self.admitsUnknownPeers }
+
     /// Whether `peer` is served; the same as `evaluate(peer).isAllowed`.
     public func allows(_ peer: PeerCredentials?) -> Bool { self.evaluate(peer).isAllowed }
 

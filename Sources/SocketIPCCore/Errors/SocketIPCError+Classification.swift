@@ -97,7 +97,7 @@ extension SocketIPCError {
         case .remoteError, .unknownMethod, .invalidMessage, .cancelled, .resourceExhausted:
             return .remote
         case .invalidPath, .insecureDirectory, .addressInUse, .pathOccupied, .systemCall, .messageTooLarge,
-            .invalidState:
+            .invalidState, .invalidConfiguration:
             return .local
         default:
             return .local

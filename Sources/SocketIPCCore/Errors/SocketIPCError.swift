@@ -74,6 +74,10 @@ public struct SocketIPCError: Error, Hashable, Sendable, CustomStringConvertible
         /// The peer did not answer a keepalive ping within the keepalive timeout (`ConnectionOptions.keepaliveTimeout`): it is frozen
         /// (stopped, deadlocked) or unreachable. The connection was closed.
         public static let peerNotResponding = Code("peerNotResponding")
+        /// The configuration cannot be served safely or makes no sense: a file mode for an abstract socket, which has
+        /// no file; a policy that admits everyone on an abstract address without saying so; an inherited descriptor
+        /// that is not a listening Unix stream socket.
+        public static let invalidConfiguration = Code("invalidConfiguration")
     }
 
     /// What kind of failure this is.

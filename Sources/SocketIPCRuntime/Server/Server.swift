@@ -96,27 +96,21 @@ public final class Server: Service, Sendable {
         case .failAlreadyRan:
             throw SocketIPCError(.invalidState, "Server.run() may be called only once", path: self.configuration.path)
         }
-        let path: SocketPath
-        let claim: SocketFileOwner.Claim
+        let listener: ServerListener
         do {
-            path = try SocketPath(self.configuration.path)
             self.fitLimitsToDescriptors()
-            claim = try SocketFileOwner.claim(
-                path,
-                mode: self.configuration.mode,
-                createParentDirectory: self.configuration.createParentDirectory,
-                requiresSecureParentDirectory: self.configuration.requiresSecureParentDirectory,
-                backlog: self.configuration.backlog
-            )
+            listener = try ServerListener.open(self.configuration)
         } catch {
             self.state.withLock { $0.machine.listenFailed() }
             self.endStartup(.failed(error))
             throw error
         }
-        defer { claim.owner.release() }
+        defer { listener.owner?.release() }
+        let path = listener.path
 
         let acceptor = Acceptor(
-            descriptor: claim.listeningDescriptor,
+            descriptor: listener.descriptor,
+            sharesListeningSocket: listener.isShared,
             eventLoop: MultiThreadedEventLoopGroup.singleton.any(),
             logger: self.logger,
             onAccept: { descriptor in self.accept(descriptor) },

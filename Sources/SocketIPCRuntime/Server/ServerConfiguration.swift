@@ -2,11 +2,26 @@ import Metrics
 
 /// Where and how a ``Server`` listens.
 public struct ServerConfiguration: Sendable {
-    /// The socket file's path; at most ``SocketPath/maximumLength`` bytes.
+    /// The socket file's path; at most ``SocketPath/maximumLength`` bytes. On Linux, `@name` is an address in the
+    /// abstract namespace instead (``SocketPath``): no file, so no lock, mode or removal; any process in the network
+    /// namespace can connect, so only ``authorization`` protects it.
     public var path: String
     /// The socket file's permission bits, set before the server accepts its first connection whatever the process
-    /// umask; default `0o600` (only the owner may connect).
-    public var mode: UInt16 = 0o600
+    /// umask; default `0o600` (only the owner may connect). Another mode on an abstract address is an error
+    /// (`invalidConfiguration`): there is no file.
+    public var mode: UInt16 = Self.defaultMode
+    /// The default ``mode``: `0o600`.
+    public static let defaultMode: UInt16 = 0o600
+    /// A listening socket inherited from a service manager (``SocketActivation``) to serve instead of creating one
+    /// at ``path``; `nil`, the default, creates one. The server then never creates, changes, locks or removes the
+    /// socket's file (``mode``, ``createParentDirectory`` and ``requiresSecureParentDirectory`` do not apply), and
+    /// closes its descriptor without shutting the socket down when it stops, so that the manager keeps listening.
+    public var inheritedSocket: InheritedSocket? = nil
+    /// Whether a server on an abstract address (`@name`) may use a policy that serves every process (``AuthorizationPolicy/anyone``);
+    /// default `false`: such a server refuses to start (`invalidConfiguration`), since no file mode stands in front
+    /// of it. The lesson of containerd's CVE-2020-15257 (an abstract socket that any container on the host network
+    /// could reach).
+    public var allowsAnyoneOnAbstractAddress = false
     /// Whether to create a missing parent directory (with mode `0o700`) instead of failing; default `false`.
     public var createParentDirectory = false
     /// The `listen` backlog; default 256.
@@ -65,5 +80,12 @@ public struct ServerConfiguration: Sendable {
     /// Creates a configuration for a server on `path`.
     public init(path: String) {
         self.path = path
+    }
+
+    /// Creates a configuration for a server on a listening socket the process inherited (socket activation); its
+    /// ``path`` is the socket's address, for logs.
+    public init(inheritedSocket: InheritedSocket) {
+        self.path = inheritedSocket.address ?? "fd:\(inheritedSocket.descriptor)"
+        self.inheritedSocket = inheritedSocket
     }
 }

@@ -47,6 +47,7 @@ struct SocketIPCErrorClassificationTests {
         Row(.systemCall, .local),
         Row(.messageTooLarge, .local),
         Row(.invalidState, .local),
+        Row(.invalidConfiguration, .local),
     ]
 
     @Test("each code has its category and retryability", arguments: table)

@@ -23,10 +23,16 @@ final class Acceptor: @unchecked Sendable {
     private let logger: Logger
     /// Wakes the accepting thread from a back-off wait when the acceptor stops.
     private let wakeUp = NSCondition()
+    /// For a listening socket shared with another process: a pipe whose write end ``stop()`` writes to, waking the
+    /// thread from its `poll(2)`; `nil` for a socket of our own, which ``stop()`` shuts down instead.
+    private let wakePipe: (read: Int32, write: Int32)?
 
 
     /// - Parameters:
     ///   - descriptor: A bound, listening socket; the acceptor closes it when it stops.
+    ///   - sharesListeningSocket: Whether another process holds the socket too (socket activation): stopping must
+    ///     then not shut it down (`shutdown(2)` acts on the socket, not on this process's descriptor), so the thread
+    ///     waits in `poll(2)` on the socket and a wake-up pipe instead of blocking in `accept(2)`.
     ///   - eventLoop: Where ``finished`` completes.
     ///   - onAccept: Called on the accepting thread with each new non-blocking socket, which it then owns.
     ///   - logger: Where running out of descriptors (or memory) is reported, at most once per
@@ -34,6 +40,7 @@ final class Acceptor: @unchecked Sendable {
     ///   - onError: Called for an error that ends accepting.
     init(
         descriptor: Int32,
+        sharesListeningSocket: Bool = false,
         eventLoop: any EventLoop,
         logger: Logger,
         onAccept: @escaping @Sendable (Int32) -> Void,
@@ -44,6 +51,13 @@ final class Acceptor: @unchecked Sendable {
         self.finished = eventLoop.makePromise(of: Void.self)
         self.onAccept = onAccept
         self.onError = onError
+        var ends: [Int32] = [-1, -1]
+        if sharesListeningSocket, pipe(&ends) == 0 {
+            for end in ends { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
+            self.wakePipe = (ends[0], ends[1])
+        } else {
+            self.wakePipe = nil
+        }
     }
 
     /// Completes when the accepting thread has ended and the listening socket is closed.
@@ -58,7 +72,12 @@ final class Acceptor: @unchecked Sendable {
     /// Stops accepting: wakes the blocked `accept` and lets the thread end. Safe to call more than once.
     func stop() {
         guard !self.stopping.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        shutdown(self.descriptor, Int32(SHUT_RDWR))
+        if let wakePipe = self.wakePipe {
+            var byte: UInt8 = 1
+            _ = write(wakePipe.write, &byte, 1)
+        } else {
+            shutdown(self.descriptor, Int32(SHUT_RDWR))
+        }
         self.wakeUp.lock()
         self.wakeUp.broadcast()
         self.wakeUp.unlock()
@@ -67,10 +86,17 @@ final class Acceptor: @unchecked Sendable {
     private func acceptUntilStopped() {
         defer {
             close(self.descriptor)
+            if let wakePipe = self.wakePipe {
+                close(wakePipe.read)
+                close(wakePipe.write)
+            }
             self.finished.succeed()
         }
         var backoff = AcceptBackoff()
         while !self.stopping.load(ordering: .acquiring) {
+            if let wakePipe = self.wakePipe, !Self.waitUntilReadable(self.descriptor, orWokenBy: wakePipe.read) {
+                return
+            }
             let accepted = Self.acceptNonBlocking(self.descriptor)
             if accepted >= 0 {
                 if let report = backoff.succeeded() { self.log(report) }
@@ -124,6 +150,19 @@ final class Acceptor: @unchecked Sendable {
         self.wakeUp.lock()
         while !self.stopping.load(ordering: .acquiring), self.wakeUp.wait(until: deadline) {}
         self.wakeUp.unlock()
+    }
+
+    /// Waits in `poll(2)` until `descriptor` has a connection to accept (`true`) or `wakeUp` is written to (`false`).
+    private static func waitUntilReadable(_ descriptor: Int32, orWokenBy wakeUp: Int32) -> Bool {
+        var events = [
+            pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0),
+            pollfd(fd: wakeUp, events: Int16(POLLIN), revents: 0),
+        ]
+        while true {
+            let result = poll(&events, nfds_t(events.count), -1)
+            if result < 0 && errno == EINTR { continue }
+            return result > 0 && events[1].revents == 0
+        }
     }
 
     private static func acceptNonBlocking(_ descriptor: Int32) -> Int32 {

@@ -1,0 +1,115 @@
+import Foundation
+import NIOCore
+import SocketIPC
+import SocketIPCTestSupport
+import SocketIPCTesting
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Issue 13, section 1: a server adopts a listening socket it inherited (systemd's socket activation) and never
+/// touches its file; `LISTEN_FDS`, `LISTEN_PID` and `LISTEN_FDNAMES` are read as `sd_listen_fds_with_names(3)` reads
+/// them. (The end-to-end run under `systemd-socket-activate` is in the CLI tests.)
+@Suite("Socket activation", .timeLimit(.minutes(1)))
+struct SocketActivationTests {
+    @Test("LISTEN_FDS for this pid gives descriptors 3... with their LISTEN_FDNAMES, or `unknown` without them")
+    func parsesVariables() throws {
+        let named = try SocketActivation.sockets(pid: "42", count: "2", names: "api:admin", me: 42)
+        #expect(named == [InheritedSocket(descriptor: 3, name: "api"), InheritedSocket(descriptor: 4, name: "admin")])
+        let unnamed = try SocketActivation.sockets(pid: "42", count: "1", names: nil, me: 42)
+        #expect(unnamed == [InheritedSocket(descriptor: 3, name: "unknown")])
+        #expect(try SocketActivation.sockets(pid: "42", count: "0", names: nil, me: 42).isEmpty)
+    }
+
+    @Test("variables for another process, or without LISTEN_PID or LISTEN_FDS, pass nothing")
+    func notForThisProcess() throws {
+        #expect(try SocketActivation.sockets(pid: "41", count: "1", names: nil, me: 42).isEmpty)
+        #expect(try SocketActivation.sockets(pid: nil, count: "1", names: nil, me: 42).isEmpty)
+        #expect(try SocketActivation.sockets(pid: "42", count: nil, names: nil, me: 42).isEmpty)
+    }
+
+    @Test("a LISTEN_FDS that is not a count, or names that do not match it, are invalidConfiguration")
+    func invalidVariables() {
+        for (count, names) in [("x", nil), ("-1", nil), ("2", "one"), ("1", "a:b")] as [(String, String?)] {
+            #expect(throws: SocketIPCError.self, "\(count) \(names ?? "nil")") {
+                try SocketActivation.sockets(pid: "42", count: count, names: names, me: 42)
+            }
+        }
+    }
+
+    @Test("listeningSockets() reads this process's environment and removes the three variables")
+    func unsetsEnvironment() throws {
+        setenv("LISTEN_PID", "\(getpid() + 1)", 1)
+        setenv("LISTEN_FDS", "1", 1)
+        setenv("LISTEN_FDNAMES", "x", 1)
+        #expect(try SocketActivation.listeningSockets().isEmpty, "LISTEN_PID names another process")
+        for name in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+            #expect(getenv(name) == nil, "\(name) is removed")
+        }
+    }
+
+    @Test("a server on an inherited socket serves it, leaves its file, and does not shut it down when it stops")
+    func servesInheritedSocket() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/activated.sock"
+            let listener = makeUnixStreamSocket()
+            defer { closeDescriptor(listener) }
+            #expect(withSocketAddress(path, { bind(listener, $0, $1) }) == 0)
+            #expect(listen(listener, 16) == 0)
+            chmod(path, 0o640)
+            // The server closes the descriptor it is given; the test keeps the original, as systemd keeps its own.
+            let inherited = InheritedSocket(descriptor: dup(listener), name: "api")
+            #expect(inherited.address == path)
+            let configuration = ServerConfiguration(inheritedSocket: inherited)
+            #expect(configuration.path == path)
+            try await withRunningServer({
+                Server.framed(configuration: configuration, logger: testLogger, onServerRunning: $0) { EchoHandler() }
+            }) { _ in
+                let reply = try await Client.withConnection(to: path) { try await $0.request(ByteBuffer(string: "on")) }
+                #expect(String(buffer: reply) == "on")
+            }
+            // The file is as it was (not removed, mode unchanged, no lock file) and the socket still listens.
+            #expect(fileMode(path) == 0o640)
+            #expect(!FileManager.default.fileExists(atPath: path + ".lock"))
+            let probe = makeUnixStreamSocket()
+            defer { closeDescriptor(probe) }
+            #expect(connectUnixSocket(probe, to: path) == 0, "the listening socket was not shut down: errno \(errno)")
+        }
+    }
+
+    @Test("an inherited descriptor that is not a listening Unix stream socket is refused with invalidConfiguration")
+    func refusesNonListeners() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let file = open(directory + "/plain", O_CREAT | O_RDWR, 0o600)
+            let unbound = makeUnixStreamSocket()
+            defer {
+                closeDescriptor(file)
+                closeDescriptor(unbound)
+            }
+            for (descriptor, expected) in [(file, "not a socket"), (unbound, "does not listen")] {
+                // A server that refuses the descriptor leaves it to its owner, which closes it.
+                let copy = dup(descriptor)
+                defer { closeDescriptor(copy) }
+                let configuration = ServerConfiguration(inheritedSocket: InheritedSocket(descriptor: copy))
+                let error = await #expect(throws: SocketIPCError.self) {
+                    try await withRunningServer({
+                        Server.framed(configuration: configuration, logger: testLogger, onServerRunning: $0) { EchoHandler() }
+                    }) { _ in }
+                }
+                #expect(error?.code == .invalidConfiguration)
+                #expect(error?.message.contains(expected) == true, "\(String(describing: error))")
+            }
+        }
+    }
+}
+
+/// The permission bits of `path`, or `nil` when it does not exist.
+private func fileMode(_ path: String) -> UInt32? {
+    var status = stat()
+    guard lstat(path, &status) == 0 else { return nil }
+    return UInt32(status.st_mode) & 0o7777
+}
