@@ -1,59 +1,12 @@
 import ArgumentParser
-import Logging
 import SocketIPC
 
-/// `serve`'s options that say who may connect.
-struct AccessOptions: ParsableArguments {
-    @Option(
-        name: .customLong("allow-uid"),
-        parsing: .singleValue,
-        help: ArgumentHelp(
-            "Also serve processes of this user id (repeatable). By default only the server's own user and root are served.",
-            valueName: "uid"
-        )
-    )
-    var userIDs: [UInt32] = []
-
-    @Option(
-        name: .customLong("allow-gid"),
-        parsing: .singleValue,
-        help: ArgumentHelp(
-            "Also serve processes whose primary or supplementary group is this group id (repeatable).",
-            valueName: "gid"
-        )
-    )
-    var groupIDs: [UInt32] = []
-
-    @Flag(
-        name: .customLong("allow-anyone"),
-        help: "Serve every process that can open the socket file: the file mode is then the only access control."
-    )
-    var anyone = false
-
-    @Flag(
-        name: .customLong("allow-insecure-directory"),
-        help: "Serve from a directory that other users could write to (no sticky bit) or that another user owns."
-    )
-    var allowInsecureDirectory = false
-
-    /// The policy these options describe: the server's own user and root, plus the users and groups named.
-    var policy: AuthorizationPolicy {
-        if self.anyone { return .anyone }
-        var policy = AuthorizationPolicy.sameUser
-        if !self.userIDs.isEmpty { policy = policy || .users(Set(self.userIDs)) }
-        if !self.groupIDs.isEmpty { policy = policy || .groups(Set(self.groupIDs)) }
-        return policy
-    }
-
-    func validate() throws {
-        if self.anyone && !(self.userIDs.isEmpty && self.groupIDs.isEmpty) {
-            throw ValidationError("--allow-anyone already serves every user; drop --allow-uid and --allow-gid")
-        }
-    }
-}
-
-/// `serve`'s limits and timeouts; the defaults are the library's (``ServerConfiguration``, ``ConnectionOptions``).
+/// The limits and timeouts of `serve` and `listen`; the defaults are the library's (``ServerConfiguration``,
+/// ``ConnectionOptions``).
 struct LimitOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("The largest message accepted, in bytes (default 16 MiB).", valueName: "bytes"))
+    var maxMessageSize: Int?
+
     @Option(name: .long, help: ArgumentHelp("The most connections served at once (default 10000).", valueName: "n"))
     var maxConnections: Int?
 
@@ -93,28 +46,68 @@ struct LimitOptions: ParsableArguments {
     )
     var maxConcurrentRequests: Int?
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Ping a framed peer that speaks calls after this many seconds, to find one that froze (default: never).",
+            valueName: "seconds"
+        )
+    )
+    var keepaliveInterval: Double?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Seconds a keepalive ping may wait for its answer before the connection is closed (default 20).",
+            valueName: "seconds"
+        )
+    )
+    var keepaliveTimeout: Double?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Seconds a graceful shutdown lets requests in flight finish before it closes the connections (default 10).",
+            valueName: "seconds"
+        )
+    )
+    var shutdownGracePeriod: Double?
+
+    @Option(name: .long, help: ArgumentHelp("The listen(2) backlog (default 256).", valueName: "n"))
+    var backlog: Int32?
+
     func validate() throws {
         for (name, value) in [
+            ("--max-message-size", self.maxMessageSize),
             ("--max-connections", self.maxConnections), ("--max-connections-per-user", self.maxConnectionsPerUser),
             ("--max-pending-handshakes-per-user", self.maxPendingHandshakesPerUser),
-            ("--max-concurrent-requests", self.maxConcurrentRequests),
+            ("--max-concurrent-requests", self.maxConcurrentRequests), ("--backlog", self.backlog.map(Int.init)),
         ] {
             if let value, value < 1 { throw ValidationError("\(name) must be at least 1") }
         }
-        for (name, value) in [("--handshake-timeout", self.handshakeTimeout), ("--idle-timeout", self.idleTimeout)] {
+        for (name, value) in [
+            ("--handshake-timeout", self.handshakeTimeout), ("--idle-timeout", self.idleTimeout),
+            ("--keepalive-interval", self.keepaliveInterval), ("--keepalive-timeout", self.keepaliveTimeout),
+        ] {
             if let value, !(value > 0) { throw ValidationError("\(name) must be a positive number of seconds") }
+        }
+        if let value = self.shutdownGracePeriod, !(value >= 0) {
+            throw ValidationError("--shutdown-grace-period must be 0 or more seconds")
         }
     }
 
     /// Sets the limits given on the command line; leaves the others at their defaults.
     func apply(to configuration: inout ServerConfiguration) {
+        if let value = self.maxMessageSize { configuration.connection.maximumMessageSize = value }
         if let value = self.maxConnections { configuration.maximumConnections = value }
         if let value = self.maxConnectionsPerUser { configuration.maximumConnectionsPerUser = value }
         if let value = self.maxPendingHandshakesPerUser { configuration.maximumPendingHandshakesPerUser = value }
         if let value = self.handshakeTimeout { configuration.handshakeTimeout = duration(seconds: value) }
         if let value = self.idleTimeout { configuration.connection.idleTimeout = duration(seconds: value) }
         if let value = self.maxConcurrentRequests { configuration.connection.maximumConcurrentRequests = value }
+        if let value = self.keepaliveInterval { configuration.connection.keepaliveInterval = duration(seconds: value) }
+        if let value = self.keepaliveTimeout { configuration.connection.keepaliveTimeout = duration(seconds: value) }
+        if let value = self.shutdownGracePeriod { configuration.shutdownGracePeriod = duration(seconds: value) }
+        if let value = self.backlog { configuration.backlog = value }
     }
 }
-
-extension Logger.Level: @retroactive ExpressibleByArgument {}

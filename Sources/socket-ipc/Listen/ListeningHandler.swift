@@ -1,0 +1,34 @@
+import NIOCore
+import SocketIPC
+
+/// The handler of each connection of `listen` (framed), and of `listen --connect`'s own connection: prints every
+/// message and request, answers each request with an empty reply, and notes the connection's open and close.
+struct ListeningHandler: ConnectionHandler, Sendable {
+    /// Prints and counts the messages.
+    let printer: MessagePrinter
+    /// Called once the `--count`th message has been printed (and, for a request, answered).
+    let limitReached: @Sendable () -> Void
+    /// Whether to note the connection's open and close (a server's connections; not `--connect`'s own).
+    let notesConnections: Bool
+
+    func connectionDidOpen(_ connection: Connection) {
+        if self.notesConnections { ConnectionLog.opened(connection.id, peer: connection.peer) }
+    }
+
+    func didReceiveMessage(_ message: ByteBuffer, on connection: Connection) {
+        let received = ReceivedMessage(message, kind: .message, peer: connection.peer, connectionID: connection.id)
+        if self.printer.print(received) { self.limitReached() }
+    }
+
+    func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {
+        let received = ReceivedMessage(request, kind: .request, peer: connection.peer, connectionID: connection.id)
+        let last = self.printer.print(received)
+        // Answered before `listen` may end, so that the requester never waits in vain.
+        reply.succeed(ByteBuffer())
+        if last { self.limitReached() }
+    }
+
+    func connectionDidClose(_ connection: Connection, error: SocketIPCError?) {
+        if self.notesConnections { ConnectionLog.closed(connection.id, peer: connection.peer, error: error) }
+    }
+}
