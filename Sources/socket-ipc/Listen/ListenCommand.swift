@@ -34,10 +34,12 @@ struct ListenCommand: AsyncParsableCommand {
             0). The server options (permissions, access, limits but --max-message-size) do not apply then.
 
             Examples:
-              socket-ipc listen ./app.sock                       # then: socket-ipc send ./app.sock hello
-              socket-ipc listen --mode eof ./app.sock &          # then: printf hi | nc -N -U ./app.sock
+              socket-ipc listen ./app.sock &
+              socket-ipc send ./app.sock hello
+              socket-ipc listen --mode eof --format hex ./log.sock &
+              printf hi | nc -N -U ./log.sock
               socket-ipc listen --format json --count 1 ./app.sock | jq .payload
-              socket-ipc listen --connect ./daemon.sock          # what the daemon pushes
+              socket-ipc listen --connect ./daemon.sock    # what the daemon pushes
 
             \(ExitStatus.help)
             """
@@ -115,7 +117,7 @@ struct ListenCommand: AsyncParsableCommand {
         switch mode {
         case .framed:
             server = Server.framed(configuration: configuration, logger: logger, onServerRunning: onRunning) {
-                ListeningHandler(printer: printer, limitReached: onLimit, notesConnections: true)
+                ListeningHandler(printer: printer, limitReached: onLimit, notes: .serverConnection)
             }
         case .eof:
             server = Server.eof(

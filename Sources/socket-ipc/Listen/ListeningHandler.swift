@@ -8,11 +8,25 @@ struct ListeningHandler: ConnectionHandler, Sendable {
     let printer: MessagePrinter
     /// Called once the `--count`th message has been printed (and, for a request, answered).
     let limitReached: @Sendable () -> Void
-    /// Whether to note the connection's open and close (a server's connections; not `--connect`'s own).
-    let notesConnections: Bool
+    /// What to note on standard error as the connection opens and closes.
+    let notes: Notes
+
+    /// What a ``ListeningHandler`` notes on standard error.
+    enum Notes: Sendable {
+        /// A server's connection: `connection from ...` and `connection closed from ...`.
+        case serverConnection
+        /// `listen --connect`'s own connection to the server at this path: `connected to PATH (...)`, before the
+        /// first push is printed.
+        case clientConnection(path: String)
+    }
 
     func connectionDidOpen(_ connection: Connection) {
-        if self.notesConnections { ConnectionLog.opened(connection.id, peer: connection.peer) }
+        switch self.notes {
+        case .serverConnection:
+            ConnectionLog.opened(connection.id, peer: connection.peer)
+        case .clientConnection(let path):
+            Output.note("connected to \(path) (\(peerDescription(connection.peer)))")
+        }
     }
 
     func didReceiveMessage(_ message: ByteBuffer, on connection: Connection) {
@@ -29,6 +43,8 @@ struct ListeningHandler: ConnectionHandler, Sendable {
     }
 
     func connectionDidClose(_ connection: Connection, error: SocketIPCError?) {
-        if self.notesConnections { ConnectionLog.closed(connection.id, peer: connection.peer, error: error) }
+        if case .serverConnection = self.notes {
+            ConnectionLog.closed(connection.id, peer: connection.peer, error: error)
+        }
     }
 }

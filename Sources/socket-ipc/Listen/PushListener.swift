@@ -29,10 +29,12 @@ struct PushListener {
         let signals = await UnixSignalsSequence(trapping: .sigint, .sigterm)
         let (limit, limitReached) = AsyncStream.makeStream(of: Void.self)
         let handler = ListeningHandler(
-            printer: self.printer, limitReached: { limitReached.finish() }, notesConnections: false)
+            printer: self.printer,
+            limitReached: { limitReached.finish() },
+            notes: .clientConnection(path: self.path)
+        )
         let connection = try await Client.connect(
             to: self.path, configuration: self.configuration, handler: handler, logger: self.logger)
-        Output.note("connected to \(self.path) (\(peerDescription(connection.peer)))")
         let ending = await withTaskGroup(of: Ending.self) { group in
             group.addTask {
                 await connection.waitUntilClosed()

@@ -36,8 +36,10 @@ struct ServeCommand: AsyncParsableCommand {
 
             Examples:
               socket-ipc serve ./app.sock
-              socket-ipc serve ./app.sock --exec 'tr a-z A-Z'     # then: socket-ipc request ./app.sock hi
-              socket-ipc serve --mode eof ./log.sock --exec 'logger -t "uid $UNIXREMOTEEUID"'
+              socket-ipc serve ./app.sock --exec 'tr a-z A-Z' &
+              socket-ipc request ./app.sock hi                 # reply: "HI"
+              socket-ipc serve --mode eof ./log.sock \\
+                  --exec 'logger -t "uid $UNIXREMOTEEUID"'
             """
     )
 
@@ -63,7 +65,7 @@ struct ServeCommand: AsyncParsableCommand {
 
     @Option(
         name: .long,
-        help: ArgumentHelp("Kill a --exec command that runs longer than this (default 30).", valueName: "seconds")
+        help: ArgumentHelp("Kill a --exec command that runs longer than this.", valueName: "seconds")
     )
     var execTimeout: Double = 30
 
