@@ -20,6 +20,7 @@ struct ListeningHandler: ConnectionHandler, Sendable {
         case clientConnection(path: String)
     }
 
+    /// Notes the connection: a client's, or `--connect`'s own.
     func connectionDidOpen(_ connection: Connection) {
         switch self.notes {
         case .serverConnection:
@@ -29,11 +30,13 @@ struct ListeningHandler: ConnectionHandler, Sendable {
         }
     }
 
+    /// Prints the message.
     func didReceiveMessage(_ message: ByteBuffer, on connection: Connection) {
         let received = ReceivedMessage(message, kind: .message, peer: connection.peer, connectionID: connection.id)
         if self.printer.print(received) { self.limitReached() }
     }
 
+    /// Prints the request and answers it with an empty reply.
     func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {
         let received = ReceivedMessage(request, kind: .request, peer: connection.peer, connectionID: connection.id)
         let last = self.printer.print(received)
@@ -42,6 +45,7 @@ struct ListeningHandler: ConnectionHandler, Sendable {
         if last { self.limitReached() }
     }
 
+    /// Notes a server connection's close.
     func connectionDidClose(_ connection: Connection, error: SocketIPCError?) {
         if case .serverConnection = self.notes {
             ConnectionLog.closed(connection.id, peer: connection.peer, error: error)

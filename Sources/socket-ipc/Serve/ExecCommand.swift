@@ -112,5 +112,6 @@ struct ExecFailure: Error, CustomStringConvertible {
     /// What went wrong, with the command's standard error where it wrote one.
     var message: String
 
+    /// The message.
     var description: String { self.message }
 }

@@ -17,10 +17,12 @@ struct ExecHandler: ConnectionHandler {
         self.oneWayRuns = oneWayRuns
     }
 
+    /// Notes the connection with the peer's uid, gid and pid.
     func connectionDidOpen(_ connection: Connection) {
         ConnectionLog.opened(connection.id, peer: connection.peer)
     }
 
+    /// Runs the command for the request in a task of the connection; its output is the reply, a failure an error reply.
     func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {
         let exec = self.exec
         let peer = connection.peer
@@ -35,6 +37,7 @@ struct ExecHandler: ConnectionHandler {
         }
     }
 
+    /// Runs the command for the message, after the connection's previous one-way message; its output is dropped.
     mutating func didReceiveMessage(_ message: ByteBuffer, on connection: Connection) {
         let exec = self.exec
         let peer = connection.peer
@@ -50,6 +53,7 @@ struct ExecHandler: ConnectionHandler {
         }
     }
 
+    /// Notes the close, and why when it was not orderly.
     func connectionDidClose(_ connection: Connection, error: SocketIPCError?) {
         ConnectionLog.closed(connection.id, peer: connection.peer, error: error)
     }

@@ -321,5 +321,6 @@ struct ExecSpawnError: Error, CustomStringConvertible {
     /// Its error number.
     var code: Int32
 
+    /// What failed, and the system's words for why.
     var description: String { "could not run the command: \(self.function) failed: \(String(cString: strerror(self.code)))" }
 }
