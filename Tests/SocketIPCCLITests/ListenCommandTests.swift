@@ -56,7 +56,8 @@ struct ListenCommandTests {
             #expect(objects[0]["payload"] as? String == "plain text" && objects[0]["encoding"] as? String == "utf8")
             #expect(objects[1]["payload"] as? String == "ask")
             #expect(objects[2]["encoding"] as? String == "base64")
-            #expect(objects[2]["payload"] as? String == Data([0x1B, 0x5B, 0x32, 0x4A, 0x00, 0xFF]).base64EncodedString())
+            #expect(
+                objects[2]["payload"] as? String == Data([0x1B, 0x5B, 0x32, 0x4A, 0x00, 0xFF]).base64EncodedString())
             for object in objects {
                 let peer = try #require(object["peer"] as? [String: Any])
                 #expect(peer["uid"] as? Int == Int(getuid()) && peer["gid"] as? Int == Int(getgid()))
@@ -80,7 +81,8 @@ struct ListenCommandTests {
             let lines = await listener.standardOutput.remainingLines()
             switch format {
             case "text":
-                #expect(lines.count == 2 && ListenMetadata(lines[0])?.kind == "eof" && lines[1] == "over EOF", "\(lines)")
+                #expect(
+                    lines.count == 2 && ListenMetadata(lines[0])?.kind == "eof" && lines[1] == "over EOF", "\(lines)")
             case "hex":
                 #expect(lines.count == 2 && ListenMetadata(lines[0])?.kind == "eof", "\(lines)")
                 #expect(lines.last == "00000000: 6f76 6572 2045 4f46" + String(repeating: " ", count: 22) + "over EOF")
@@ -95,7 +97,8 @@ struct ListenCommandTests {
     @Test("text: control characters are escaped and bytes that are not UTF-8 are dumped; no ESC reaches stdout")
     func binarySafety() async throws {
         try await withListenCommand(["--count", "2"]) { path, listener in
-            let escape = try TestProcess.socketIPC(["send", path], input: Data("\u{1B}]0;owned\u{7}\u{1B}[31mred\r\\".utf8))
+            let escape = try TestProcess.socketIPC(
+                ["send", path], input: Data("\u{1B}]0;owned\u{7}\u{1B}[31mred\r\\".utf8))
             #expect(await escape.waitForExit() == 0)
             let binary = try TestProcess.socketIPC(["send", path], input: Data([0xFF, 0x1B, 0x00, 0x41]))
             #expect(await binary.waitForExit() == 0)
@@ -124,7 +127,9 @@ struct ListenCommandTests {
         }
     }
 
-    @Test("SIGTERM and SIGINT shut listen down gracefully: exit 0 and the socket file removed", arguments: [SIGTERM, SIGINT])
+    @Test(
+        "SIGTERM and SIGINT shut listen down gracefully: exit 0 and the socket file removed",
+        arguments: [SIGTERM, SIGINT])
     func signals(signal: Int32) async throws {
         try await withListenCommand([]) { path, listener in
             #expect(fileStatus(path)?.isSocket == true)

@@ -37,7 +37,8 @@ struct ServeExecTests {
         try await withServeCommand(["--max-message-size", "1000", "--exec", "yes"]) { path, _ in
             let result = try await runCLI(["request", path, "flood"])
             #expect(result.status == 1)
-            #expect(result.error.contains("more than the maximum message size of 1000 bytes"), "stderr: \(result.error)")
+            #expect(
+                result.error.contains("more than the maximum message size of 1000 bytes"), "stderr: \(result.error)")
         }
     }
 

@@ -51,7 +51,8 @@ enum MessageFormat: String, ExpressibleByArgument, CaseIterable {
     /// `TIME KIND N bytes from uid=U gid=G pid=P (connection C)`.
     static func metadata(_ message: ReceivedMessage, colored: Bool) -> String {
         let size = message.payload.count == 1 ? "1 byte" : "\(message.payload.count) bytes"
-        let line = "\(message.timestamp) \(message.kind.rawValue) \(size) from \(peerDescription(message.peer)) "
+        let line =
+            "\(message.timestamp) \(message.kind.rawValue) \(size) from \(peerDescription(message.peer)) "
             + "(connection \(message.connectionID))"
         return colored ? "\u{1B}[2m\(line)\u{1B}[0m" : line
     }

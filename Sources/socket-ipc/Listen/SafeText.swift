@@ -20,7 +20,9 @@ enum SafeText {
             case "\\":
                 escaped += "\\\\"
             case _ where !self.isPrintable(scalar):
-                escaped += scalar.value < 0x80 ? "\\x" + hex(scalar.value, digits: 2) : "\\u{" + hex(scalar.value, digits: 4) + "}"
+                escaped +=
+                    scalar.value < 0x80
+                    ? "\\x" + hex(scalar.value, digits: 2) : "\\u{" + hex(scalar.value, digits: 4) + "}"
             default:
                 escaped.unicodeScalars.append(scalar)
             }

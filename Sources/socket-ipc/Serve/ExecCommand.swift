@@ -61,7 +61,9 @@ struct ExecCommand: Sendable {
         switch outcome.stop {
         case .outputTooLarge:
             throw ExecFailure(
-                message: "the command wrote more than the maximum message size of \(self.maximumOutput) bytes; it was killed")
+                message:
+                    "the command wrote more than the maximum message size of \(self.maximumOutput) bytes; it was killed"
+            )
         case .timedOut:
             throw ExecFailure(message: "the command did not finish within \(self.timeout); it was killed")
         case .cancelled:

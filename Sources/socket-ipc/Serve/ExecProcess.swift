@@ -2,11 +2,11 @@ import Foundation
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// One run of `/bin/sh -c COMMAND` for `serve --exec`: writes the input to its standard input, reads its standard
@@ -80,7 +80,9 @@ final class ExecProcess: @unchecked Sendable {
         let process = try ExecProcess(command: command, environment: environment)
         return await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
-                let thread = Thread { continuation.resume(returning: process.communicate(input: input, limits: limits)) }
+                let thread = Thread {
+                    continuation.resume(returning: process.communicate(input: input, limits: limits))
+                }
                 thread.start()
             }
         } onCancel: {
@@ -97,7 +99,8 @@ final class ExecProcess: @unchecked Sendable {
         defer { for descriptor in childEnds { close(descriptor) } }
         do {
             self.processID = try Self.spawn(
-                command: command, environment: environment, input: input.read, output: output.write, error: errors.write)
+                command: command, environment: environment, input: input.read, output: output.write, error: errors.write
+            )
         } catch {
             for descriptor in [input.write, output.read, errors.read, wake.read, wake.write] { close(descriptor) }
             throw error
@@ -305,13 +308,14 @@ final class ExecProcess: @unchecked Sendable {
     }
 
     /// glibc's `posix_spawn_file_actions_addclosefrom_np`, where the C library has it.
-    private static let addCloseFrom: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>?, Int32) -> Int32)? = {
-        guard let symbol = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np") else { return nil }
-        return unsafeBitCast(
-            symbol,
-            to: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>?, Int32) -> Int32).self
-        )
-    }()
+    private static let addCloseFrom:
+        (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>?, Int32) -> Int32)? = {
+            guard let symbol = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np") else { return nil }
+            return unsafeBitCast(
+                symbol,
+                to: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>?, Int32) -> Int32).self
+            )
+        }()
 }
 
 /// `serve --exec` could not start its command: a system call failed.
@@ -322,5 +326,7 @@ struct ExecSpawnError: Error, CustomStringConvertible {
     var code: Int32
 
     /// What failed, and the system's words for why.
-    var description: String { "could not run the command: \(self.function) failed: \(String(cString: strerror(self.code)))" }
+    var description: String {
+        "could not run the command: \(self.function) failed: \(String(cString: strerror(self.code)))"
+    }
 }

@@ -4,13 +4,15 @@ import SocketIPC
 /// The limits and timeouts of `serve` and `listen`; the defaults are the library's (``ServerConfiguration``,
 /// ``ConnectionOptions``).
 struct LimitOptions: ParsableArguments {
-    @Option(name: .long, help: ArgumentHelp("The largest message accepted, in bytes (default 16 MiB).", valueName: "bytes"))
+    @Option(
+        name: .long, help: ArgumentHelp("The largest message accepted, in bytes (default 16 MiB).", valueName: "bytes"))
     var maxMessageSize: Int?
 
     @Option(name: .long, help: ArgumentHelp("The most connections served at once (default 10000).", valueName: "n"))
     var maxConnections: Int?
 
-    @Option(name: .long, help: ArgumentHelp("The most connections of one user id at once (default 1024).", valueName: "n"))
+    @Option(
+        name: .long, help: ArgumentHelp("The most connections of one user id at once (default 1024).", valueName: "n"))
     var maxConnectionsPerUser: Int?
 
     @Option(
@@ -33,7 +35,8 @@ struct LimitOptions: ParsableArguments {
 
     @Option(
         name: .long,
-        help: ArgumentHelp("Close a framed connection idle for this many seconds (default: never).", valueName: "seconds")
+        help: ArgumentHelp(
+            "Close a framed connection idle for this many seconds (default: never).", valueName: "seconds")
     )
     var idleTimeout: Double?
 
