@@ -13,7 +13,8 @@ struct DemoCommand: AsyncParsableCommand {
         abstract: "Run both kinds of server with client processes, then a service whose client rides out a restart.",
         discussion: """
             Starts both servers on sockets in a fresh temporary directory, then runs client processes of this \
-            binary one after the other: `send --eof`, a framed `send`, one that waits for a server push, and \
+            binary one after the other: `send --eof`, a framed `send`, `listen --connect --count 1` (which prints the \
+            server's push: a line of metadata, then the payload), and \
             `request --count 20 --concurrency 10`. Prints what each side saw (`[server ...]`, `[client ...]`) and \
             shuts the servers down gracefully.
 
@@ -77,7 +78,7 @@ struct DemoCommand: AsyncParsableCommand {
                 }
                 try await Self.client("client eof", ["send", "--socket", eofPath, "--eof", "hello over EOF"])
                 try await Self.client("client send", ["send", "--socket", framedPath, "a one-way framed message"])
-                try await Self.client("client push", ["listen-for-push", "--socket", framedPath])
+                try await Self.client("client push", ["listen", "--connect", "--count", "1", "--socket", framedPath])
                 try await Self.client(
                     "client request",
                     ["request", "--socket", framedPath, "--count", "20", "--concurrency", "10", "ping"]

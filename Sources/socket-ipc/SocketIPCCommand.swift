@@ -22,6 +22,9 @@ struct SocketIPCCommand: AsyncParsableCommand {
             many per connection. EOF-style servers take one message per connection, ended by the client's \
             half-close, so `printf hi | socat - UNIX-CONNECT:PATH` and `printf hi | nc -N -U PATH` are clients too.
 
+            `serve` is a server to try things on (an echo, or --exec CMD to answer with a command's output); \
+            `listen` prints every message that arrives, of a server's clients or (--connect) pushed by a server.
+
             Services are typed methods over framed connections: `call` and `watch` call them by name with JSON \
             requests, and `serve` serves a small demo service to try them on.
 
@@ -30,6 +33,7 @@ struct SocketIPCCommand: AsyncParsableCommand {
             """,
         subcommands: [
             ServeCommand.self,
+            ListenCommand.self,
             SendCommand.self,
             RequestCommand.self,
             CallCommand.self,
@@ -37,7 +41,6 @@ struct SocketIPCCommand: AsyncParsableCommand {
             ProbeCommand.self,
             BenchCommand.self,
             DemoCommand.self,
-            ListenForPushCommand.self,
         ]
     )
 

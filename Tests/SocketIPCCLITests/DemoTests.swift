@@ -17,7 +17,9 @@ struct DemoTests {
         // What the clients saw.
         #expect(lines.contains { $0.hasPrefix("[client eof]") && $0.contains("ack: 14") })
         #expect(lines.contains { $0.hasPrefix("[client send]") && $0.contains("sent 24 bytes") })
-        #expect(lines.contains { $0.hasPrefix("[client push]") && $0.contains("server pushed: \"welcome") })
+        // `listen --connect --count 1`: the push's metadata line, then its text.
+        #expect(lines.contains { $0.hasPrefix("[client push]") && $0.contains(" message ") && $0.contains(" bytes from uid=") })
+        #expect(lines.contains { $0.hasPrefix("[client push]") && $0.contains("welcome, pid ") })
         let replies = lines.filter { $0.hasPrefix("[client request]") && $0.contains("reply: \"pong for ping #") }
         #expect(replies.count == 20)
         #expect(lines.last == "demo finished: socket files removed")

@@ -35,6 +35,20 @@ struct ServeCommandTests {
         }
     }
 
+    @Test("serve notes each connection on stderr with the peer's uid, gid and pid, and its close")
+    func connectionLog() async throws {
+        try await withServeCommand { path, server in
+            let reply = try await runCLI(["request", path, "hi"])
+            #expect(reply.status == 0, "stderr: \(reply.error)")
+            let opened = try #require(await server.standardError.waitForLine(containing: "connection from"))
+            #expect(opened.hasPrefix("connection from uid=\(getuid()) gid=\(getgid()) pid="), "\(opened)")
+            let pid = opened.firstMatch(of: #/pid=(\d+)/#).map { String($0.1) }
+            #expect(pid != nil && pid != "\(getpid())")
+            let closed = try #require(await server.standardError.waitForLine(containing: "connection closed"))
+            #expect(closed.contains("uid=\(getuid())") && closed.contains("pid=\(pid ?? "")"), "\(closed)")
+        }
+    }
+
     @Test("a server killed with SIGKILL leaves its socket file; the next server on the path replaces it and answers")
     func staleSocketAfterKill() async throws {
         try await withTemporarySocketDirectory { directory in
@@ -115,7 +129,7 @@ struct ServeCommandTests {
         #endif
         for command in [["serve", "--socket", path], ["request", "--socket", path, "hi"]] {
             let result = try await runCLI(command)
-            #expect(result.status == 1)
+            #expect(result.status == 3, "an invalid path: exit status 3 of ExitStatus's table")
             #expect(result.error.hasPrefix("error: socket path is \(path.utf8.count) bytes; the limit is \(limit)"))
             #expect(!result.error.contains("Error:"), "not ArgumentParser's report: \(result.error)")
         }
@@ -127,7 +141,7 @@ struct ServeCommandTests {
         try await withTemporarySocketDirectory { directory in
             let path = directory + "/run/s.sock"
             let refused = try await runCLI(["serve", "--socket", path])
-            #expect(refused.status == 1)
+            #expect(refused.status == 3, "a missing parent directory: exit status 3 of ExitStatus's table")
             #expect(refused.error.hasPrefix("error: "))
             #expect(refused.error.contains(directory + "/run"), "stderr: \(refused.error)")
 

@@ -1,0 +1,54 @@
+import NIOCore
+import SocketIPC
+
+/// The handler of each connection of `listen` (framed), and of `listen --connect`'s own connection: prints every
+/// message and request, answers each request with an empty reply, and notes the connection's open and close.
+struct ListeningHandler: ConnectionHandler, Sendable {
+    /// Prints and counts the messages.
+    let printer: MessagePrinter
+    /// Called once the `--count`th message has been printed (and, for a request, answered).
+    let limitReached: @Sendable () -> Void
+    /// What to note on standard error as the connection opens and closes.
+    let notes: Notes
+
+    /// What a ``ListeningHandler`` notes on standard error.
+    enum Notes: Sendable {
+        /// A server's connection: `connection from ...` and `connection closed from ...`.
+        case serverConnection
+        /// `listen --connect`'s own connection to the server at this path: `connected to PATH (...)`, before the
+        /// first push is printed.
+        case clientConnection(path: String)
+    }
+
+    /// Notes the connection: a client's, or `--connect`'s own.
+    func connectionDidOpen(_ connection: Connection) {
+        switch self.notes {
+        case .serverConnection:
+            ConnectionLog.opened(connection.id, peer: connection.peer)
+        case .clientConnection(let path):
+            Output.note("connected to \(path) (\(peerDescription(connection.peer)))")
+        }
+    }
+
+    /// Prints the message.
+    func didReceiveMessage(_ message: ByteBuffer, on connection: Connection) {
+        let received = ReceivedMessage(message, kind: .message, peer: connection.peer, connectionID: connection.id)
+        if self.printer.print(received) { self.limitReached() }
+    }
+
+    /// Prints the request and answers it with an empty reply.
+    func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {
+        let received = ReceivedMessage(request, kind: .request, peer: connection.peer, connectionID: connection.id)
+        let last = self.printer.print(received)
+        // Answered before `listen` may end, so that the requester never waits in vain.
+        reply.succeed(ByteBuffer())
+        if last { self.limitReached() }
+    }
+
+    /// Notes a server connection's close.
+    func connectionDidClose(_ connection: Connection, error: SocketIPCError?) {
+        if case .serverConnection = self.notes {
+            ConnectionLog.closed(connection.id, peer: connection.peer, error: error)
+        }
+    }
+}

@@ -1,0 +1,55 @@
+/// Text that is safe to print on a terminal: printable characters as they are, everything else escaped, so that no
+/// payload can move the cursor, change colours or retitle the window.
+enum SafeText {
+    /// `bytes` as text with control characters escaped (see ``escape(_:)``), or `nil` when they are not valid UTF-8.
+    static func text(_ bytes: [UInt8]) -> String? {
+        guard let text = String(validating: bytes, as: UTF8.self) else { return nil }
+        return self.escape(text)
+    }
+
+    /// `text` with newlines and tabs kept, a backslash doubled, and every other character that could act on a
+    /// terminal escaped: C0 controls and DEL as `\xNN` (ESC is `\x1b`), C1 controls, format characters (such as the
+    /// bidirectional overrides), line and paragraph separators and unassigned code points as `\u{NNNN}`.
+    static func escape(_ text: String) -> String {
+        var escaped = ""
+        escaped.reserveCapacity(text.utf8.count)
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\n", "\t":
+                escaped.unicodeScalars.append(scalar)
+            case "\\":
+                escaped += "\\\\"
+            case _ where !self.isPrintable(scalar):
+                escaped +=
+                    scalar.value < 0x80
+                    ? "\\x" + hex(scalar.value, digits: 2) : "\\u{" + hex(scalar.value, digits: 4) + "}"
+            default:
+                escaped.unicodeScalars.append(scalar)
+            }
+        }
+        return escaped
+    }
+
+    /// Whether `bytes` are UTF-8 text that needs no escaping but for newlines and tabs.
+    static func isPrintable(_ bytes: [UInt8]) -> Bool {
+        guard let text = String(validating: bytes, as: UTF8.self) else { return false }
+        return text.unicodeScalars.allSatisfy { $0 == "\n" || $0 == "\t" || self.isPrintable($0) }
+    }
+
+    /// Whether `scalar` prints as itself: not a control, format, separator (other than the space) or unassigned
+    /// character.
+    private static func isPrintable(_ scalar: Unicode.Scalar) -> Bool {
+        switch scalar.properties.generalCategory {
+        case .control, .format, .lineSeparator, .paragraphSeparator, .unassigned, .surrogate:
+            return false
+        default:
+            return true
+        }
+    }
+
+    /// `value` in lowercase hex, at least `digits` wide.
+    private static func hex(_ value: UInt32, digits: Int) -> String {
+        let text = String(value, radix: 16)
+        return String(repeating: "0", count: max(0, digits - text.count)) + text
+    }
+}

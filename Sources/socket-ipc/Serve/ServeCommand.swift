@@ -1,0 +1,171 @@
+import ArgumentParser
+import Logging
+import NIOCore
+import ServiceLifecycle
+import SocketIPC
+import UnixSignals
+
+/// `socket-ipc serve`: a server on a socket file until SIGINT or SIGTERM.
+struct ServeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Serve on a socket file until interrupted.",
+        discussion: """
+            framed: echoes every request (the reply is the request's payload) and prints every one-way message as \
+            `message N bytes: TEXT-OR-HEX`. eof: prints `received N bytes` for each message and acknowledges it \
+            with the 4-byte big-endian count of bytes received.
+
+            A framed server also serves a small typed service, for `socket-ipc call` and `socket-ipc watch` to \
+            try: \(DemoService.summary)
+
+            --exec CMD: each request and each EOF-style message is piped to `/bin/sh -c CMD`, one process per \
+            message, and its standard output is the reply (the acknowledgement); a non-zero exit is an error reply \
+            with the first 4 KiB of its standard error as text (an EOF-style connection is closed without an \
+            acknowledgement). Output over --max-message-size, or a run longer than --exec-timeout, kills the \
+            command (its process group) and is an error too. One-way messages run CMD as well, in order, and its \
+            output is dropped. CMD gets the peer's identity as ucspi-unix's unixserver gives it: PROTO=UNIX, \
+            UNIXREMOTEPID, UNIXREMOTEEUID, UNIXREMOTEEGID, and UNIXLOCALPATH, UNIXLOCALPID, UNIXLOCALUID, \
+            UNIXLOCALGID for the server; SOCKETIPC_KIND is request, message or eof. The demo service is not served.
+
+            Prints `listening on PATH` once the socket accepts connections, and notes each connection on standard \
+            error: `connection from uid=U gid=G pid=P (connection N)` and `connection closed from ...` (an \
+            EOF-style connection once its message has arrived). SIGINT or SIGTERM shut the server down \
+            gracefully: requests in flight finish, clients are told, and the socket file is removed. A stale \
+            socket file (its server was killed) is replaced; a live server's is never touched. The socket file is \
+            owned by the server's user and group: the library has no option to give it another.
+
+            Examples:
+              socket-ipc serve ./app.sock
+              socket-ipc serve ./app.sock --exec 'tr a-z A-Z' &
+              socket-ipc request ./app.sock hi                 # reply: "HI"
+              socket-ipc serve --mode eof ./log.sock \\
+                  --exec 'logger -t "uid $UNIXREMOTEEUID"'
+            """
+    )
+
+    /// The two kinds of server.
+    enum Mode: String, ExpressibleByArgument, CaseIterable {
+        /// SocketIPC's framed protocol: messages and requests, many per connection.
+        case framed
+        /// One message per connection, ended by the client's half-close.
+        case eof
+    }
+
+    @Argument(help: socketArgumentHelp)
+    var socket: String
+
+    @Option(name: .long, help: "framed (requests and messages) or eof (one message per connection).")
+    var mode: Mode = .framed
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Pipe each message to `/bin/sh -c CMD`; its standard output is the reply.", valueName: "cmd")
+    )
+    var exec: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Kill a --exec command that runs longer than this.", valueName: "seconds")
+    )
+    var execTimeout: Double = 30
+
+    @OptionGroup(title: "Socket file")
+    var socketFile: SocketFileOptions
+
+    @OptionGroup(title: "Who may connect")
+    var access: AccessOptions
+
+    @OptionGroup(title: "Limits")
+    var limits: LimitOptions
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("What to log on standard error: trace, debug, info, notice, warning, error or critical.")
+    )
+    var logLevel: Logger.Level = .notice
+
+    @OptionGroup(title: "Output")
+    var output: OutputOptions
+
+    func validate() throws {
+        guard self.execTimeout > 0 else { throw ValidationError("--exec-timeout must be a positive number of seconds") }
+        if let exec = self.exec, exec.isEmpty { throw ValidationError("--exec needs a command") }
+    }
+
+    func run() async throws {
+        self.output.apply()
+        let path = try socketPath(fromArgument: self.socket, creatingDirectory: true)
+        let configuration = try ServerConfiguration(
+            path: path, socketFile: self.socketFile, access: self.access, limits: self.limits)
+        var logger = Logger(label: "socket-ipc")
+        logger.logLevel = self.logLevel
+        let oneWayRuns = OneWayRuns()
+        let exec = self.exec.map {
+            ExecCommand(
+                command: $0,
+                timeout: duration(seconds: self.execTimeout),
+                maximumOutput: configuration.connection.maximumMessageSize,
+                socketPath: path
+            )
+        }
+        let server = Self.makeServer(
+            configuration: configuration, mode: self.mode, exec: exec, oneWayRuns: oneWayRuns, logger: logger)
+        let group = ServiceGroup(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        do {
+            try await group.run()
+        } catch {
+            await oneWayRuns.waitForAll()
+            throw error
+        }
+        await oneWayRuns.waitForAll()
+    }
+
+    /// The server `serve` runs: it prints `listening on PATH` once it accepts connections.
+    static func makeServer(
+        configuration: ServerConfiguration,
+        mode: Mode,
+        exec: ExecCommand? = nil,
+        oneWayRuns: OneWayRuns = OneWayRuns(),
+        logger: Logger
+    ) -> Server {
+        let onRunning: @Sendable (SocketPath) async -> Void = { Output.line("listening on \($0)") }
+        let maximumSize = configuration.connection.maximumMessageSize
+        switch (mode, exec) {
+        case (.framed, nil):
+            let router = DemoService.router()
+            return Server.framed(configuration: configuration, logger: logger, onServerRunning: onRunning) {
+                PrintingEchoHandler(router: router)
+            }
+        case (.framed, let exec?):
+            return Server.framed(configuration: configuration, logger: logger, onServerRunning: onRunning) {
+                ExecHandler(exec: exec, oneWayRuns: oneWayRuns)
+            }
+        case (.eof, nil):
+            return Server.eof(
+                configuration: configuration,
+                logger: logger,
+                onServerRunning: onRunning,
+                handler: .onEventLoop(maximumSize: maximumSize) { message, context in
+                    ConnectionLog.opened(context.connectionID, peer: context.peer)
+                    Output.line("received \(message.readableBytes) bytes")
+                    return countAcknowledgement(message.readableBytes)
+                }
+            )
+        case (.eof, let exec?):
+            return Server.eof(
+                configuration: configuration,
+                logger: logger,
+                onServerRunning: onRunning,
+                handler: .collecting(maximumSize: maximumSize) { message, context in
+                    ConnectionLog.opened(context.connectionID, peer: context.peer)
+                    do {
+                        return try await exec.run(message, peer: context.peer, kind: .eof)
+                    } catch let failure as ExecFailure {
+                        Output.note("exec failed for connection \(context.connectionID): \(failure.message)")
+                        throw failure
+                    }
+                }
+            )
+        }
+    }
+}
