@@ -76,12 +76,12 @@ struct DemoCommand: AsyncParsableCommand {
                     ready += 1
                     if ready == 2 { break }
                 }
-                try await Self.client("client eof", ["send", "--socket", eofPath, "--eof", "hello over EOF"])
-                try await Self.client("client send", ["send", "--socket", framedPath, "a one-way framed message"])
-                try await Self.client("client push", ["listen", "--connect", "--count", "1", "--socket", framedPath])
+                try await Self.client("client eof", ["send", "--eof", eofPath, "hello over EOF"])
+                try await Self.client("client send", ["send", framedPath, "a one-way framed message"])
+                try await Self.client("client push", ["listen", "--connect", "--count", "1", framedPath])
                 try await Self.client(
                     "client request",
-                    ["request", "--socket", framedPath, "--count", "20", "--concurrency", "10", "ping"]
+                    ["request", framedPath, "--count", "20", "--concurrency", "10", "--verbose", "ping"]
                 )
             } catch {
                 framed.shutdownGracefully()

@@ -22,6 +22,8 @@ struct DemoTests {
         #expect(lines.contains { $0.hasPrefix("[client push]") && $0.contains("welcome, pid ") })
         let replies = lines.filter { $0.hasPrefix("[client request]") && $0.contains("reply: \"pong for ping #") }
         #expect(replies.count == 20)
+        // `request --count`'s summary.
+        #expect(lines.contains { $0.hasPrefix("[client request]") && $0.contains("20 requests (10 at once) in ") })
         #expect(lines.last == "demo finished: socket files removed")
     }
 
