@@ -1,20 +1,67 @@
 import ArgumentParser
 import SocketIPC
 
-/// `socket-ipc probe`: is a SocketIPC server there, does it serve this process, and what does it speak?
+// Written for Linux (Glibc, Musl) and Darwin; tested on Linux only, Darwin is untested.
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// `socket-ipc probe`: the "why can't I connect" doctor. Says what is at a socket path (a SocketIPC server that
+/// serves you, one that refuses you, a stale socket, another program, nothing...), with the file system's details and
+/// the fix.
 struct ProbeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "probe",
-        abstract: "Tell whether a SocketIPC server listens on a socket file, serves you, and which style it speaks.",
+        abstract: "Tell what is at a socket path and why you can or cannot connect to it.",
         discussion: """
-            Connects and waits a moment without sending anything (a framed server sends its hello at once), then \
-            half-closes (an empty EOF-style message) and reads what comes back. Prints `framed SocketIPC server \
-            (protocol version N), peer pid=... uid=... gid=...` when the server sends the framed protocol's hello \
-            and accepts this process, and `EOF-style server: ...` when it reads the empty message and closes (its \
-            handler runs once, with 0 bytes); both exit 0. Exits 1 when nothing listens (no socket file, or a stale \
-            one), when a framed server refuses this process or is going away, when the listener closes at once \
-            without reading (refused, at its connection limit, or shutting down), when it sends something other \
-            than a hello before it got a message, or when it sends nothing within --timeout.
+            Prints one verdict line first, then details (not with --quiet), all on standard output:
+
+              socket-ipc probe /run/user/1000/app.sock
+              framed SocketIPC server (protocol version 1) serves you, peer pid=4242 uid=1000 gid=1000
+                socket:    a socket, owner alice (uid 1000), group alice (gid 1000), mode 0600
+                directory: /run/user/1000, owner alice (uid 1000), group alice (gid 1000), mode 0700: safe
+                path:      23 bytes; the limit is 107
+                access:    uid 1000 may connect (write permission on the socket file)
+                lock:      /run/user/1000/app.sock.lock, held by process 4242 (app-daemon)
+                server:    pid=4242 uid=1000 gid=1000 (app-daemon)
+
+            It looks at the file system first (lstat of PATH, and where a symbolic link points; the directory's \
+            owner, group, mode and whether it is safe by the library's rule: owned by root or the socket's owner, \
+            not writable by others without the sticky bit, nor any directory above it; the path's length against \
+            sun_path; who holds the server's lock file PATH.lock, from /proc/locks). Only when a socket is there \
+            does it connect: it waits a moment without sending anything (a framed server sends its hello at once), \
+            then half-closes (an empty EOF-style message) and reads what comes back. It never calls a listener \
+            EOF-style only because it wrote a few bytes and closed.
+
+            Verdicts (the `verdict` of --json) and exit statuses: framed, eof (a SocketIPC server that serves you: \
+            0); refused (its policy refused you), permissionDenied (the socket file's mode, or a directory on the \
+            way: EACCES): 4; silent (nothing within --timeout): 5; and 3 for the rest: goingAway (shutting down), \
+            closedAtOnce (closed without reading), otherProgram (not SocketIPC), queueFull (the accept queue stayed \
+            full), stale (nobody listens and no process holds PATH.lock), notListening (nobody listens but a \
+            process holds PATH.lock), missing, missingParent, notSocket (a regular file, a directory, a symbolic \
+            link to something else or to nothing), pathTooLong, connectFailed.
+
+            --json prints one object, every key always present (null when it does not apply or is unknown):
+              path, verdict, servesYou (bool), exitStatus, message (the verdict line without the fix), fix,
+              protocolVersion, goAway {reason, message}, peer {pid, uid, gid, command},
+              socket {type, uid, user, gid, group, mode} (the entry at PATH, not followed; null when none),
+              link {target, type} (when PATH is a symbolic link: its text and what it leads to),
+              directory {path, type, uid, user, gid, group, mode, safe, unsafeReason},
+              pathLength, pathLimit (bytes), canConnect (write permission for you; null without a socket),
+              lock {path, exists, held, holderPid, holderCommand}.
+            type is one of socket, file, directory, symlink, fifo, characterDevice, blockDevice, other; mode is \
+            octal text such as "0600".
+
+            Examples:
+              socket-ipc probe /run/app.sock
+              socket-ipc probe app.sock --timeout 5        (a bare name is in $XDG_RUNTIME_DIR)
+              socket-ipc probe /run/app.sock --quiet       (the verdict line only)
+              socket-ipc probe /run/app.sock --json | jq -r .verdict
+              socket-ipc probe /run/app.sock && echo "it serves me"
             """
     )
 
@@ -23,6 +70,9 @@ struct ProbeCommand: AsyncParsableCommand {
 
     @Option(name: .long, help: ArgumentHelp("Seconds to wait for the server to answer.", valueName: "seconds"))
     var timeout: Double = 2
+
+    @Flag(name: .long, help: "Print one JSON object (the schema is above) instead of text.")
+    var json = false
 
     @OptionGroup(title: "Output")
     var output: OutputOptions
@@ -34,45 +84,15 @@ struct ProbeCommand: AsyncParsableCommand {
     func run() async throws {
         self.output.apply()
         let path = try socketPath(fromArgument: self.socket, creatingDirectory: false)
-        let result = try await Client.probe(path, timeout: duration(seconds: self.timeout))
-        let peer = result.peer.map { ", peer \($0)" } ?? ""
-        switch result.style {
-        case .framed(let version):
-            Output.line("framed SocketIPC server (protocol version \(version))\(peer)")
-        case .endOfFile(let acknowledgementLength):
-            Output.line(
-                "EOF-style server: it read an empty message and closed with a \(acknowledgementLength)-byte "
-                    + "acknowledgement, without a hello\(peer)"
-            )
-        case .framedRefused(let version, let reason, let message):
-            let why =
-                switch reason {
-                case 0x04: "its authorization policy refused this process"
-                case 0x00: "it is shutting down"
-                default: "it sent going-away reason 0x\(String(reason, radix: 16))"
-                }
-            let text = message.isEmpty ? "" : " (\"\(message)\")"
-            Output.error(
-                "framed SocketIPC server (protocol version \(version)) on \(path), but it does not serve you: "
-                    + "\(why)\(text)\(peer)"
-            )
-            throw ExitCode.failure
-        case .closedAtOnce:
-            Output.error(
-                "something listens on \(path) but closed the connection at once, without reading: a SocketIPC "
-                    + "server that refused this process, is at its connection limit or is shutting down, or another "
-                    + "program\(peer)"
-            )
-            throw ExitCode.failure
-        case .silent:
-            Output.error("something listens on \(path) but sent nothing within \(self.timeout) s: not a SocketIPC server")
-            throw ExitCode.failure
-        case .otherProtocol:
-            Output.error(
-                "something listens on \(path) but does not speak SocketIPC: it sent bytes that are not a "
-                    + "hello before it got any message (another program)\(peer)"
-            )
-            throw ExitCode.failure
+        let report = await ProbeReport.investigate(path, timeout: self.timeout)
+        if self.json {
+            Output.json(report.jsonObject)
+        } else {
+            Output.line(Output.colored(report.line, report.verdict.servesYou ? 32 : 31, on: STDOUT_FILENO))
+            if Output.verbosity >= .normal {
+                for line in report.detailLines { Output.line(line) }
+            }
         }
+        if !report.verdict.servesYou { throw report.verdict.exitStatus }
     }
 }
