@@ -84,6 +84,31 @@ struct ProbeAccessTests {
             #expect(request.error.split(separator: "\n").count == 1, "\(request.error)")
         }
     }
+
+    @Test("a directory the other user may not search: verdict permissionDenied naming the directory, exit 4")
+    func directoryNotSearchable() async throws {
+        try await withServeCommand { path, _ in
+            let directory = String(path.dropLast("/s.sock".count))
+            let result = try await self.runAsOtherUser(["probe", path])
+            #expect(result.status == 4, "stdout: \(result.output) stderr: \(result.error)")
+            #expect(
+                result.output.hasPrefix(
+                    "no permission to reach \(path): uid \(otherUserID) may not search \(directory) (owner "
+                ),
+                "stdout: \(result.output)"
+            )
+        }
+    }
+
+    @Test("a client refused by the server's policy keeps the library's message, exit 4")
+    func clientRefusedByPolicy() async throws {
+        try await withServeCommand(["--permissions", "0666"], directoryMode: 0o755) { path, _ in
+            let result = try await self.runAsOtherUser(["request", path, "hi"])
+            #expect(result.status == 4)
+            #expect(result.error.contains("authorization policy refused"), "stderr: \(result.error)")
+            #expect(!result.error.contains("no permission to connect"), "stderr: \(result.error)")
+        }
+    }
 }
 
 /// `root (uid 0)`: how `probe` names a user, for expected messages.

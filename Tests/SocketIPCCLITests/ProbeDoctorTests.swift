@@ -323,6 +323,39 @@ struct ProbeDoctorTests {
         }
     }
 
+    @Test("a listener that accepts nothing and says nothing: verdict silent, exit 5")
+    func silentListener() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/silent.sock"
+            let listener = try bindUnixSocket(at: path)
+            defer { closeDescriptor(listener) }
+            #expect(listen(listener, 16) == 0)
+            let result = try await runCLI(["probe", path, "--timeout", "0.3"])
+            #expect(result.status == 5)
+            #expect(
+                self.firstLine(result.output).hasPrefix("something listens on \(path) but sent nothing within 0.3 s"),
+                "stdout: \(result.output)"
+            )
+            let (status, json) = try await self.probeJSON(path, ["--timeout", "0.3"])
+            #expect(status == 5)
+            #expect(json["verdict"] as? String == "silent")
+            #expect(json["exitStatus"] as? Int == 5)
+        }
+    }
+
+    @Test("a listener that closes every connection at once: verdict closedAtOnce, exit 3")
+    func closedAtOnce() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/closes.sock"
+            let listener = try ClosingListener(path: path)
+            defer { listener.stop() }
+            let (status, json) = try await self.probeJSON(path, ["--timeout", "30"])
+            #expect(status == 3)
+            #expect(json["verdict"] as? String == "closedAtOnce")
+            #expect(json["servesYou"] as? Bool == false)
+        }
+    }
+
     @Test("a path longer than sun_path: verdict pathTooLong with its length and the limit")
     func pathTooLong() async throws {
         try await withTemporarySocketDirectory { directory in

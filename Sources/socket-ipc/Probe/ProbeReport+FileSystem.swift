@@ -101,7 +101,8 @@ extension ProbeReport {
     }
 
     /// The report for a socket path whose `connect` failed with `error` (code `connectionRefused`, `unauthorized`, or
-    /// `timedOut` for a full accept queue), explained by what the file system says.
+    /// `timedOut` for a full accept queue), explained by what the file system says. An `unauthorized` error where the
+    /// file system lets this process connect is the server's policy refusing it: the report keeps the error's message.
     /// - Parameters:
     ///   - error: What the connect threw.
     ///   - inspection: What the file system says about the path, looked at after the failure.
@@ -133,6 +134,9 @@ extension ProbeReport {
                 "no server at \(path): stale socket, \(holder)",
                 fix: "start the server again to reclaim it"
             )
+        case .unauthorized where inspection.mayConnect != false:
+            // The file system lets this process in: the server's policy refused it, and the library says so.
+            return report(.refused, error.message, fix: nil)
         case .unauthorized:
             let file =
                 inspection.destination.map {
