@@ -434,7 +434,7 @@ struct ProbeDoctorTests {
     func help() async throws {
         let result = try await runCLI(["probe", "--help"])
         #expect(result.status == 0)
-        for text in ["--json", "queueFull", "lock {path, exists, held, holderPid, holderCommand}", "Examples:", "exit"] {
+        for text in ["--json", "queueFull", "lock {path, exists, held, holderPid, holderCommand}", "Examples:", "exit statuses"] {
             #expect(result.output.contains(text), "\(text) missing from the help")
         }
     }

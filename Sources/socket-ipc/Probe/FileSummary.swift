@@ -12,13 +12,21 @@ import Darwin
 struct FileSummary: Sendable {
     /// The file type, named as the `--json` form of `probe` names it.
     enum Kind: String, Sendable {
+        /// A Unix domain socket (`S_IFSOCK`).
         case socket
+        /// A regular file (`S_IFREG`).
         case file
+        /// A directory (`S_IFDIR`).
         case directory
+        /// A symbolic link (`S_IFLNK`), seen only by `lstat`.
         case symlink
+        /// A FIFO, or named pipe (`S_IFIFO`).
         case fifo
+        /// A character device (`S_IFCHR`).
         case characterDevice
+        /// A block device (`S_IFBLK`).
         case blockDevice
+        /// Any other type.
         case other
 
         /// A few words for a sentence: "a socket", "a regular file", "a symbolic link"...
@@ -49,6 +57,7 @@ struct FileSummary: Sendable {
     /// The inode number (`st_ino`).
     let inode: UInt64
 
+    /// The summary of what `stat` or `lstat` filled in.
     init(_ info: stat) {
         let mode = UInt32(info.st_mode)
         self.kind =

@@ -18,16 +18,17 @@ struct ProbeCommand: AsyncParsableCommand {
         commandName: "probe",
         abstract: "Tell what is at a socket path and why you can or cannot connect to it.",
         discussion: """
-            Prints one verdict line first, then details (not with --quiet), all on standard output:
+            Prints one verdict line first, then details (not with --quiet), all on \
+            standard output:
 
-              socket-ipc probe /run/user/1000/app.sock
-              framed SocketIPC server (protocol version 1) serves you, peer pid=4242 uid=1000 gid=1000
-                socket:    a socket, owner alice (uid 1000), group alice (gid 1000), mode 0600
-                directory: /run/user/1000, owner alice (uid 1000), group alice (gid 1000), mode 0700: safe
-                path:      23 bytes; the limit is 107
-                access:    uid 1000 may connect (write permission on the socket file)
-                lock:      /run/user/1000/app.sock.lock, held by process 4242 (app-daemon)
-                server:    pid=4242 uid=1000 gid=1000 (app-daemon)
+              $ socket-ipc probe /run/app.sock
+              framed SocketIPC server (protocol version 1) serves you, peer ...
+                socket:    a socket, owner app (uid 990), group app (gid 990), ...
+                directory: /run, owner root (uid 0), ..., mode 0755: safe
+                path:      13 bytes; the limit is 107
+                access:    uid 990 may connect (write permission on the ...)
+                lock:      /run/app.sock.lock, held by process 4242 (app-daemon)
+                server:    pid=4242 uid=990 gid=990 (app-daemon)
 
             It looks at the file system first (lstat of PATH, and where a symbolic link points; the directory's \
             owner, group, mode and whether it is safe by the library's rule: owned by root or the socket's owner, \
@@ -45,21 +46,26 @@ struct ProbeCommand: AsyncParsableCommand {
             process holds PATH.lock), missing, missingParent, notSocket (a regular file, a directory, a symbolic \
             link to something else or to nothing), pathTooLong, connectFailed.
 
-            --json prints one object, every key always present (null when it does not apply or is unknown):
-              path, verdict, servesYou (bool), exitStatus, message (the verdict line without the fix), fix,
-              protocolVersion, goAway {reason, message}, peer {pid, uid, gid, command},
-              socket {type, uid, user, gid, group, mode} (the entry at PATH, not followed; null when none),
-              link {target, type} (when PATH is a symbolic link: its text and what it leads to),
-              directory {path, type, uid, user, gid, group, mode, safe, unsafeReason},
-              pathLength, pathLimit (bytes), canConnect (write permission for you; null without a socket),
+            --json prints one object; every key is always there, null when it does \
+            not apply or is unknown:
+              path, verdict, message (the verdict line without the fix), fix,
+              servesYou (bool), exitStatus, protocolVersion,
+              goAway {reason, message}, peer {pid, uid, gid, command},
+              socket {type, uid, user, gid, group, mode}: the entry at PATH
+                itself (not followed); null when there is none,
+              link {target, type}: a symbolic link's text, what it leads to,
+              directory {path, type, uid, user, gid, group, mode, safe,
+                unsafeReason},
+              pathLength, pathLimit (bytes),
+              canConnect (write permission for you; null without a socket),
               lock {path, exists, held, holderPid, holderCommand}.
-            type is one of socket, file, directory, symlink, fifo, characterDevice, blockDevice, other; mode is \
-            octal text such as "0600".
+            type is one of socket, file, directory, symlink, fifo, \
+            characterDevice, blockDevice, other; mode is octal text such as "0600".
 
             Examples:
               socket-ipc probe /run/app.sock
-              socket-ipc probe app.sock --timeout 5        (a bare name is in $XDG_RUNTIME_DIR)
-              socket-ipc probe /run/app.sock --quiet       (the verdict line only)
+              socket-ipc probe app.sock --timeout 5   (in $XDG_RUNTIME_DIR)
+              socket-ipc probe /run/app.sock --quiet  (the verdict line only)
               socket-ipc probe /run/app.sock --json | jq -r .verdict
               socket-ipc probe /run/app.sock && echo "it serves me"
             """

@@ -162,8 +162,3 @@ extension ProbeReport {
         }
     }
 }
-
-/// `2`, `0.5`: seconds as the command line took them, without a needless `.0`.
-func formatSeconds(_ seconds: Double) -> String {
-    seconds == seconds.rounded() && abs(seconds) < 1e15 ? String(Int64(seconds)) : String(seconds)
-}

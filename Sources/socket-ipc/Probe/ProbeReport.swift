@@ -38,3 +38,8 @@ struct ProbeReport: Sendable {
     /// The exit status of `probe`.
     var exitStatus: Int32 { self.verdict.exitStatus.rawValue }
 }
+
+/// `2`, `0.5`: seconds as the command line took them, without a needless `.0`.
+func formatSeconds(_ seconds: Double) -> String {
+    seconds == seconds.rounded() && abs(seconds) < 1e15 ? String(Int64(seconds)) : String(seconds)
+}
