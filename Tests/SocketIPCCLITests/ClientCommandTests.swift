@@ -46,7 +46,7 @@ struct ClientCommandTests {
             let path = directory + "/nobody.sock"
             for command in [
                 ["request", "--socket", path, "hi"], ["send", "--socket", path, "hi"],
-                ["send", "--socket", path, "--eof", "hi"], ["probe", "--socket", path],
+                ["send", "--socket", path, "--eof", "hi"],
             ] {
                 let result = try await runCLI(command)
                 #expect(result.status == 3, "\(command)")
@@ -64,7 +64,7 @@ struct ClientCommandTests {
             #expect(result.status == 0, "stderr: \(result.error)")
             #expect(
                 result.output.hasPrefix(
-                    "framed SocketIPC server (protocol version 1), peer pid=\(server.processID)"))
+                    "framed SocketIPC server (protocol version 1) serves you, peer pid=\(server.processID)"))
         }
     }
 
@@ -75,7 +75,8 @@ struct ClientCommandTests {
             let result = try await runCLI(["probe", "--socket", path, "--timeout", "30"])
             #expect(result.status == 0, "stderr: \(result.error)")
             #expect(
-                result.output.hasPrefix("EOF-style server: it read an empty message and closed with a 4-byte acknowledgement"),
+                result.output.hasPrefix(
+                    "EOF-style server serves you: it read an empty message and closed with a 4-byte acknowledgement"),
                 "stdout: \(result.output)"
             )
             #expect(await server.standardOutput.waitForLine(containing: "received 0 bytes") != nil)
@@ -97,7 +98,6 @@ struct ClientCommandTests {
         try await withTemporarySocketDirectory { directory in
             let path = directory + "/none.sock"
             for arguments in [
-                ["probe", "--socket", path, "--timeout", "inf"],
                 ["request", "--socket", path, "--timeout", "1e300", "hi"],
             ] {
                 let result = try await runCLI(arguments)

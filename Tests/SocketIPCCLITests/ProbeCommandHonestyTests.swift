@@ -12,11 +12,12 @@ import Musl
 import Darwin
 #endif
 
-/// Issue 9, section 2: `socket-ipc probe` exits 0 only for a live SocketIPC server that accepts the caller.
+/// Issue 9, section 2: `socket-ipc probe` exits 0 only for a live SocketIPC server that accepts the caller; issue 12:
+/// with the exit statuses of ``ExitStatus`` (3 not a usable server, 4 refused) and the verdict on standard output.
 @Suite("socket-ipc probe exits 0 only for a server that serves you", .timeLimit(.minutes(1)))
 struct ProbeCommandHonestyTests {
     @Test(
-        "probe of socat answering every connection with an HTTP response exits 1",
+        "probe of socat answering every connection with an HTTP response exits 3",
         .enabled(if: toolExists("socat"), "needs socat")
     )
     func socatHTTPResponder() async throws {
@@ -30,20 +31,22 @@ struct ProbeCommandHonestyTests {
                 #expect(await responder.standardError.waitForLine(containing: "listening on") != nil)
                 for _ in 0..<5 {
                     let result = try await runCLI(["probe", "--socket", path, "--timeout", "10"])
-                    #expect(result.status == 1, "stdout: \(result.output) stderr: \(result.error)")
+                    #expect(result.status == 3, "stdout: \(result.output) stderr: \(result.error)")
                     #expect(!result.output.contains("EOF-style server"))
+                    #expect(!result.output.contains("serves you"))
                     // Usually its bytes come before the probe half-closes ("does not speak SocketIPC"); when socat is
                     // slow to start its child, it may close without them ("closed the connection at once").
                     #expect(
-                        result.error.contains("does not speak SocketIPC") || result.error.contains("closed the connection"),
-                        "stderr: \(result.error)"
+                        result.output.hasPrefix("something listens on \(path) but does not speak SocketIPC")
+                            || result.output.hasPrefix("something listens on \(path) but closed the connection"),
+                        "stdout: \(result.output)"
                     )
                 }
             }
         }
     }
 
-    @Test("probe of a listener that writes on accept and closes, or closes at once, exits 1")
+    @Test("probe of a listener that writes on accept and closes, or closes at once, exits 3")
     func closingListeners() async throws {
         try await withTemporarySocketDirectory { directory in
             for (name, greeting) in [("greets", "HTTP/1.0 200 OK\r\n\r\n"), ("closes", nil)] {
@@ -52,15 +55,16 @@ struct ProbeCommandHonestyTests {
                 defer { listener.stop() }
                 for _ in 0..<10 {
                     let result = try await runCLI(["probe", "--socket", path, "--timeout", "10"])
-                    #expect(result.status == 1, "\(name): stdout: \(result.output) stderr: \(result.error)")
-                    #expect(result.error.hasPrefix("error: "), "\(name): stderr: \(result.error)")
+                    #expect(result.status == 3, "\(name): stdout: \(result.output) stderr: \(result.error)")
+                    #expect(result.output.hasPrefix("something listens on \(path) but "), "\(name): \(result.output)")
+                    #expect(!result.output.contains("serves you"), "\(name): stdout: \(result.output)")
                 }
             }
         }
     }
 
     @Test(
-        "probe, run as another user, of a framed server that refuses it exits 1 and says so",
+        "probe, run as another user, of a framed server that refuses it exits 4 and says so",
         .enabled(if: getuid() == 0 && toolExists("setpriv"), "needs root and setpriv")
     )
     func refusedByFramedServer() async throws {
@@ -71,9 +75,9 @@ struct ProbeCommandHonestyTests {
                 ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", socketIPCBinary, "probe", "--socket", path]
             )
             let status = await probe.waitForExit()
-            let error = await probe.standardError.text()
-            #expect(status == 1, "stderr: \(error)")
-            #expect(error.contains("does not serve you"), "stderr: \(error)")
+            let output = await probe.standardOutput.text()
+            #expect(status == 4, "stdout: \(output)")
+            #expect(output.contains("does not serve you"), "stdout: \(output)")
             // The server's own user is served.
             let own = try await runCLI(["probe", "--socket", path])
             #expect(own.status == 0, "stderr: \(own.error)")

@@ -1,0 +1,138 @@
+import Foundation
+import SocketIPCTestSupport
+import Synchronization
+
+// Written for Linux (Glibc, Musl) and Darwin; tested on Linux only, Darwin is untested.
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Binds a Unix stream socket at `path` and returns its descriptor, without listening.
+/// - Throws: `POSIXError` when the socket cannot be made or bound.
+func bindUnixSocket(at path: String) throws -> Int32 {
+    let descriptor = makeUnixStreamSocket()
+    guard descriptor >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+    guard withSocketAddress(path, { bind(descriptor, $0, $1) }) == 0 else {
+        let code = errno
+        close(descriptor)
+        throw POSIXError(POSIXErrorCode(rawValue: code) ?? .EIO)
+    }
+    return descriptor
+}
+
+/// Leaves a stale socket file at `path`: binds a socket there and closes it without unlinking the file, as a server
+/// that crashed does. Nobody listens on it (`connect` gives `ECONNREFUSED`).
+func leaveStaleSocket(at path: String) throws {
+    close(try bindUnixSocket(at: path))
+}
+
+/// Holds an exclusive `flock` on the file at `path` (created if missing) until ``release()``, as a server holds its
+/// lock file.
+final class HeldLock: Sendable {
+    private let descriptor: Int32
+
+    /// Opens (creating) `path` and locks it.
+    init(path: String) throws {
+        let descriptor = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard descriptor >= 0, flock(descriptor, LOCK_EX | LOCK_NB) == 0 else {
+            let code = errno
+            if descriptor >= 0 { close(descriptor) }
+            throw POSIXError(POSIXErrorCode(rawValue: code) ?? .EIO)
+        }
+        self.descriptor = descriptor
+    }
+
+    /// Drops the lock and closes the file.
+    func release() {
+        close(self.descriptor)
+    }
+}
+
+/// A listener whose accept queue is full: it listens with a backlog of 0, never accepts, and has been sent
+/// non-blocking connects until one failed with `EAGAIN`.
+final class FullQueueListener: Sendable {
+    private let listener: Int32
+    private let clients: [Int32]
+
+    /// Listens at `path` and fills the queue.
+    init(path: String) throws {
+        let listener = try bindUnixSocket(at: path)
+        guard listen(listener, 0) == 0 else {
+            let code = errno
+            closeDescriptor(listener)
+            throw POSIXError(POSIXErrorCode(rawValue: code) ?? .EIO)
+        }
+        var clients: [Int32] = []
+        var full = false
+        for _ in 0..<64 {
+            let client = makeUnixStreamSocket()
+            _ = fcntl(client, F_SETFL, fcntl(client, F_GETFL) | O_NONBLOCK)
+            if connectUnixSocket(client, to: path) == 0 {
+                clients.append(client)
+                continue
+            }
+            let code = errno
+            closeDescriptor(client)
+            full = code == EAGAIN || code == EWOULDBLOCK
+            break
+        }
+        self.listener = listener
+        self.clients = clients
+        guard full else {
+            self.stop()
+            throw POSIXError(.EIO)
+        }
+    }
+
+    /// Closes the queued clients and the listener.
+    func stop() {
+        for client in self.clients { closeDescriptor(client) }
+        closeDescriptor(self.listener)
+    }
+}
+
+/// Another program's listener: on a thread of its own it accepts each connection, writes `greeting` at once, then
+/// reads until the client closes. Not SocketIPC: it never sends a hello.
+final class GreetingListener: Sendable {
+    private let descriptor: Int32
+    private let stopped = Mutex(false)
+
+    /// Listens at `path` and starts accepting.
+    init(path: String, greeting: String) throws {
+        let descriptor = try bindUnixSocket(at: path)
+        guard listen(descriptor, 16) == 0 else {
+            let code = errno
+            closeDescriptor(descriptor)
+            throw POSIXError(POSIXErrorCode(rawValue: code) ?? .EIO)
+        }
+        self.descriptor = descriptor
+        Thread {
+            while true {
+                let accepted = accept(descriptor, nil, nil)
+                if accepted < 0 {
+                    if errno == EINTR || errno == ECONNABORTED { continue }
+                    return
+                }
+                sendWithoutSignal(accepted, Array(greeting.utf8))
+                var buffer = [UInt8](repeating: 0, count: 256)
+                while buffer.withUnsafeMutableBytes({ read(accepted, $0.baseAddress, $0.count) }) > 0 {}
+                closeDescriptor(accepted)
+            }
+        }.start()
+    }
+
+    /// Stops accepting and closes the listener. Safe to call twice.
+    func stop() {
+        let wasStopped = self.stopped.withLock { stopped in
+            defer { stopped = true }
+            return stopped
+        }
+        guard !wasStopped else { return }
+        shutdown(self.descriptor, Int32(SHUT_RDWR))
+        closeDescriptor(self.descriptor)
+    }
+}
