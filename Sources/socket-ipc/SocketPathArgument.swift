@@ -6,7 +6,7 @@ import SocketIPC
 let socketArgumentHelp = ArgumentHelp(
     "The socket: a path (anything with a '/', such as ./app.sock or /run/app.sock), or a bare name for a socket in "
         + "the runtime directory ($XDG_RUNTIME_DIR, else a private /tmp/socketipc-UID made with mode 0700). "
-        + "--socket PATH is accepted too.",
+        + "@name is an address in Linux's abstract namespace (no file). --socket PATH is accepted too.",
     valueName: "path"
 )
 
@@ -24,7 +24,8 @@ let socketArgumentHelp = ArgumentHelp(
 /// - Throws: ``SocketIPCError``: `invalidPath` for `.`, `..` or a path too long for `sun_path`; `insecureDirectory`
 ///   when the fallback runtime directory exists but another user could use it; `systemCall`.
 func socketPath(fromArgument argument: String, creatingDirectory: Bool) throws -> String {
-    guard !argument.contains("/") else { return argument }
+    // A path, or `@name`: an address in Linux's abstract namespace.
+    guard !argument.contains("/"), !argument.hasPrefix("@") else { return argument }
     let directory = try RuntimeDirectory.current(create: creatingDirectory)
     return try directory.socketPath(argument).path
 }

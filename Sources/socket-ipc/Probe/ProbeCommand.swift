@@ -58,7 +58,9 @@ struct ProbeCommand: AsyncParsableCommand {
                 unsafeReason},
               pathLength, pathLimit (bytes),
               canConnect (write permission for you; null without a socket),
-              lock {path, exists, held, holderPid, holderCommand}.
+              lock {path, exists, held, holderPid, holderCommand},
+              abstract (bool): PATH is @name, an address in Linux's abstract
+                namespace; socket, directory, lock and canConnect are then null.
             type is one of socket, file, directory, symlink, fifo, \
             characterDevice, blockDevice, other; mode is octal text such as "0600".
 

@@ -24,6 +24,8 @@ extension ProbeReport {
                 fix: "use a shorter path, for example in /tmp or $XDG_RUNTIME_DIR"
             )
         }
+        // An abstract address has no file: only a connection can tell.
+        if inspection.isAbstract { return nil }
         let entry: FileSummary
         switch inspection.entry {
         case .success(let found):
@@ -119,6 +121,12 @@ extension ProbeReport {
             ProbeReport(verdict: verdict, headline: headline, fix: fix, inspection: inspection)
         }
         switch error.code {
+        case .connectionRefused where inspection.isAbstract:
+            return report(
+                .missing,
+                "no server listens on the abstract address \(path)",
+                fix: "start the server (abstract addresses exist only while a process listens on them)"
+            )
         case .connectionRefused:
             if lock.isHeld == true, let holder = lock.holder {
                 return report(

@@ -52,6 +52,11 @@ extension ProbeReport {
             "holderPid": lock.holder.map { Int($0.pid) } ?? null,
             "holderCommand": lock.holder?.command ?? null,
         ] as [String: Any]
+        object["abstract"] = inspection.isAbstract
+        if inspection.isAbstract {
+            // No file, directory or lock file to describe.
+            for key in ["socket", "directory", "lock", "canConnect"] { object[key] = null }
+        }
         return object
     }
 

@@ -23,6 +23,16 @@ extension ProbeReport {
     var detailLines: [String] {
         let inspection = self.inspection
         var lines: [(String, String)] = []
+        if inspection.isAbstract {
+            // No file, directory or lock file: only the address and what a connection found.
+            lines.append(("address", "abstract (Linux): no file; any process in this network namespace may connect"))
+            lines.append(("path", "\(inspection.pathLength) bytes of name; the limit is \(inspection.pathLimit)"))
+            if let peer = self.peer {
+                let command = ProcessName.of(peer.processID).map { " (\($0))" } ?? ""
+                lines.append(("server", "\(peer)\(command)"))
+            }
+            return Self.aligned(lines)
+        }
         switch inspection.entry {
         case .success(let entry):
             lines.append(("socket", "\(entry.kind.description), \(entry.ownershipDescription)"))
@@ -59,6 +69,11 @@ extension ProbeReport {
         if let goAway = self.goAway {
             lines.append(("going away", "reason 0x\(String(goAway.reason, radix: 16)) \"\(goAway.message)\""))
         }
+        return Self.aligned(lines)
+    }
+
+    /// `  label: text` for each line, the texts aligned.
+    private static func aligned(_ lines: [(String, String)]) -> [String] {
         let width = lines.map(\.0.count).max() ?? 0
         return lines.map { label, text in
             "  \(label):" + String(repeating: " ", count: width - label.count + 1) + text

@@ -32,8 +32,12 @@ struct SocketFileInspection: Sendable {
     /// search permission on the directories on the way (`faccessat(W_OK, AT_EACCESS)`); `nil` when no socket is there.
     let mayConnect: Bool?
 
-    /// The path's length in bytes.
-    var pathLength: Int { self.path.utf8.count }
+    /// Whether the path is an address in Linux's abstract namespace (`@name`): no file, directory or lock file to
+    /// look at, and only a connection can tell what is there.
+    var isAbstract: Bool { self.path.hasPrefix("@") }
+
+    /// The path's length in bytes (for an abstract address, its name's).
+    var pathLength: Int { self.path.utf8.count - (self.isAbstract ? 1 : 0) }
     /// The longest path `sun_path` holds on this platform (107 bytes on Linux, 103 on Darwin).
     var pathLimit: Int { SocketPath.maximumLength }
     /// Whether the path is too long to connect to.

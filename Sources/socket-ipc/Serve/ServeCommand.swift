@@ -34,6 +34,13 @@ struct ServeCommand: AsyncParsableCommand {
             socket file (its server was killed) is replaced; a live server's is never touched. The socket file is \
             owned by the server's user and group: the library has no option to give it another.
 
+            Socket activation: started by a service manager that passes a listening socket (systemd's \
+            LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES), serve serves that socket, PATH is not needed, and the \
+            socket file is left to the manager (not created, changed, locked or removed). Try it with \
+            `systemd-socket-activate -l /tmp/app.sock socket-ipc serve`: the first client's connect starts the \
+            server. @name is an address in Linux's abstract namespace: no file, so no --permissions, and any \
+            process in the network namespace may connect, so --allow-anyone there means exactly that.
+
             Examples:
               socket-ipc serve ./app.sock
               socket-ipc serve ./app.sock --exec 'tr a-z A-Z' &
@@ -51,8 +58,23 @@ struct ServeCommand: AsyncParsableCommand {
         case eof
     }
 
-    @Argument(help: socketArgumentHelp)
-    var socket: String
+    @Argument(
+        help: ArgumentHelp(
+            socketArgumentHelp.abstract + " Optional under socket activation (LISTEN_FDS), which passes the socket.",
+            valueName: "path"
+        )
+    )
+    var socket: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Under socket activation, serve the inherited socket of this name (LISTEN_FDNAMES, systemd's "
+                + "FileDescriptorName=) instead of the first.",
+            valueName: "name"
+        )
+    )
+    var fdName: String?
 
     @Option(name: .long, help: "framed (requests and messages) or eof (one message per connection).")
     var mode: Mode = .framed
@@ -94,9 +116,19 @@ struct ServeCommand: AsyncParsableCommand {
 
     func run() async throws {
         self.output.apply()
-        let path = try socketPath(fromArgument: self.socket, creatingDirectory: true)
+        let inherited = try self.inheritedSocket()
+        guard inherited != nil || self.socket != nil else {
+            throw UsageError(message: "give the socket's PATH (or start serve by socket activation, which passes LISTEN_FDS)")
+        }
+        let path =
+            try inherited?.address ?? self.socket.map { try socketPath(fromArgument: $0, creatingDirectory: true) } ?? ""
         let configuration = try ServerConfiguration(
-            path: path, socketFile: self.socketFile, access: self.access, limits: self.limits)
+            path: path,
+            inheritedSocket: inherited,
+            socketFile: self.socketFile,
+            access: self.access,
+            limits: self.limits
+        )
         var logger = Logger(label: "socket-ipc")
         logger.logLevel = self.logLevel
         let oneWayRuns = OneWayRuns()
@@ -118,6 +150,20 @@ struct ServeCommand: AsyncParsableCommand {
             throw error
         }
         await oneWayRuns.waitForAll()
+    }
+
+    /// The listening socket passed by socket activation (`LISTEN_FDS` for this process), the one named `--fd-name` if
+    /// given; `nil` without socket activation. The variables are removed, so that `--exec` commands do not see them.
+    /// - Throws: `ValidationError` when `--fd-name` names no inherited socket; ``SocketIPCError`` for malformed
+    ///   variables.
+    private func inheritedSocket() throws -> InheritedSocket? {
+        let sockets = try SocketActivation.listeningSockets()
+        guard let name = self.fdName else { return sockets.first }
+        guard let socket = sockets.first(where: { $0.name == name }) else {
+            let names = sockets.map(\.name).joined(separator: ", ")
+            throw UsageError(message: "no inherited socket is named \(name) (LISTEN_FDNAMES: \(names.isEmpty ? "none" : names))")
+        }
+        return socket
     }
 
     /// The server `serve` runs: it prints `listening on PATH` once it accepts connections.

@@ -1,0 +1,132 @@
+import Foundation
+import SocketIPCTesting
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Issue 13 from the command line: `serve` started by socket activation (`systemd-socket-activate`, as systemd's own
+/// tool runs a service), and `@name` addresses in the abstract namespace.
+@Suite("socket-ipc: socket activation and abstract addresses", .timeLimit(.minutes(1)))
+struct LinuxNativeCLITests {
+    static let activate = "/usr/bin/systemd-socket-activate"
+    static let canActivate = FileManager.default.isExecutableFile(atPath: activate)
+
+    /// Runs `systemd-socket-activate -l path socket-ipc serve options...` until `body` is done; the server starts only
+    /// when the first client connects.
+    func withActivatedServe<Result>(
+        at path: String,
+        _ options: [String] = [],
+        _ body: (SpawnedProcess) async throws -> Result
+    ) async throws -> Result {
+        // Not Foundation's Process: see SpawnedProcess.
+        let manager = try SpawnedProcess(Self.activate, ["-l", path, socketIPCBinary, "serve"] + options)
+        return try await manager.whileRunning { manager in
+            // systemd-socket-activate says so on standard error once it listens, before anything is started.
+            let listening = await manager.standardError.waitForLine(containing: "Listening on")
+            try #require(listening?.contains(path) == true, "systemd-socket-activate did not listen: \(listening ?? "nothing")")
+            return try await body(manager)
+        }
+    }
+
+    @Test("the first client's connect starts serve, which answers it; the socket file is left as the manager made it",
+        .enabled(if: canActivate, "needs systemd-socket-activate (Debian's systemd package)"))
+    func activated() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/activated.sock"
+            try await self.withActivatedServe(at: path) { manager in
+                let before = fileStatus(path)
+                let result = try await runCLI(["request", path, "hello"])
+                #expect(result.status == 0, "stderr: \(result.error)")
+                #expect(result.output == "reply: \"hello\"\n")
+                // serve (exec'd by the manager) says where it listens: the inherited socket's address.
+                #expect(await manager.standardOutput.waitForLine(containing: "listening on") == "listening on \(path)")
+                #expect(fileStatus(path) == before, "not replaced, not chmod'ed")
+                #expect(!FileManager.default.fileExists(atPath: path + ".lock"), "no lock file: the socket is not ours")
+                // SIGTERM: serve shuts down gracefully and leaves the manager's socket file in place.
+                manager.signal(SIGTERM)
+                #expect(await manager.waitForExit() == 0)
+                #expect(fileStatus(path)?.isSocket == true)
+            }
+        }
+    }
+
+    @Test("serve clears LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES: an --exec command does not inherit them",
+        .enabled(if: canActivate, "needs systemd-socket-activate (Debian's systemd package)"))
+    func variablesCleared() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/env.sock"
+            try await self.withActivatedServe(at: path, ["--exec", "env | grep -c '^LISTEN_' || true"]) { _ in
+                let result = try await runCLI(["request", "--raw", path, "x"])
+                #expect(result.status == 0, "stderr: \(result.error)")
+                #expect(result.output == "0\n", "LISTEN_ variables seen by the command: \(result.output)")
+            }
+        }
+    }
+
+    @Test("--fd-name picks an inherited socket by its LISTEN_FDNAMES name; an unknown name is a usage error",
+        .enabled(if: canActivate, "needs systemd-socket-activate (Debian's systemd package)"))
+    func fdName() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/named.sock"
+            let manager = try SpawnedProcess(
+                Self.activate,
+                ["-l", path, "--fdname", "api", socketIPCBinary, "serve", "--fd-name", "other"]
+            )
+            try await manager.whileRunning { manager in
+                _ = await manager.standardError.waitForLine(containing: "Listening on")
+                let result = try await runCLI(["request", "--timeout", "5", path, "hi"])
+                #expect(result.status == 3, "the server refused to start, so the connection closed: \(result.error)")
+                #expect(await manager.waitForExit() == 64)
+                #expect(await manager.standardError.waitForLine(containing: "no inherited socket") != nil)
+            }
+        }
+    }
+
+    #if os(Linux)
+    @Test("serve @name: requests, probe and listen reach it by name; no file is made")
+    func abstractAddress() async throws {
+        let name = "@socketipc-cli-\(getpid())-\(UUID().uuidString.prefix(8))"
+        let server = try TestProcess.socketIPC(["serve", name])
+        try await withProcess(server) { server in
+            #expect(await server.standardOutput.waitForLine(containing: "listening on") == "listening on \(name)")
+            let reply = try await runCLI(["request", name, "hi"])
+            #expect(reply.output == "reply: \"hi\"\n", "stderr: \(reply.error)")
+            let probe = try await runCLI(["probe", "--json", name])
+            #expect(probe.status == 0, "\(probe.output)")
+            let object = try #require(try parseJSON(probe.output))
+            #expect(object["verdict"] as? String == "framed")
+            #expect(object["abstract"] as? Bool == true)
+            #expect(!FileManager.default.fileExists(atPath: FileManager.default.currentDirectoryPath + "/" + name))
+        }
+    }
+
+    @Test("serve @name refuses --permissions (no file) and starts with --allow-anyone, which is explicit consent")
+    func abstractOptions() async throws {
+        let name = "@socketipc-cli-\(getpid())-\(UUID().uuidString.prefix(8))"
+        let refused = try await runCLI(["serve", name, "--permissions", "0666"])
+        #expect(refused.status == 64)
+        #expect(refused.error == "error: \(name) is an abstract address: it has no file; drop --permissions and --create-parent\n")
+
+        let open = try TestProcess.socketIPC(["serve", name, "--allow-anyone"])
+        try await withProcess(open) { open in
+            #expect(await open.standardOutput.waitForLine(containing: "listening on") == "listening on \(name)")
+        }
+    }
+
+    @Test("a client of an @name nobody serves says so in one line, exit 3")
+    func abstractNobody() async throws {
+        let name = "@socketipc-cli-none-\(getpid())"
+        let result = try await runCLI(["request", name, "hi"])
+        #expect(result.status == 3)
+        #expect(
+            result.error
+                == "error: no server listens on the abstract address \(name): start the server (abstract addresses "
+                + "exist only while a process listens on them)\n"
+        )
+    }
+    #endif
+}
