@@ -93,7 +93,7 @@ struct CallCommandTests {
         try await withTemporarySocketDirectory { directory in
             let missing = directory + "/missing.sock"
             let stale = directory + "/stale.sock"
-            try makeStaleSocket(at: stale)
+            try leaveStaleSocket(at: stale)
             for path in [missing, stale] {
                 for command in ["call", "watch"] {
                     let result = try await runCLI([command, "--socket", path, "demo.echo", "1"])
@@ -216,11 +216,4 @@ struct CallCommandTests {
             #expect(help.output.contains("6 no such method"), "\(help.output)")
         }
     }
-}
-
-/// Leaves a stale socket file at `path`: bound, then closed without being removed, so that nothing listens.
-private func makeStaleSocket(at path: String) throws {
-    let descriptor = makeUnixStreamSocket()
-    defer { close(descriptor) }
-    guard withSocketAddress(path, { bind(descriptor, $0, $1) }) == 0 else { throw POSIXError(.EADDRINUSE) }
 }

@@ -67,10 +67,7 @@ struct ConnectDiagnosisTests {
     func killedServer() async throws {
         try await withTemporarySocketDirectory { directory in
             let path = directory + "/s.sock"
-            try await withServeCommand(at: path) { server in
-                server.signal(SIGKILL)
-                _ = await server.waitForExit()
-            }
+            try await leaveStaleSocketOfKilledServe(at: path)
             let result = try await runCLI(["request", path, "hi"])
             #expect(result.status == 3)
             #expect(result.error.hasPrefix("error: no server at \(path): stale socket, no process holds \(path).lock"))

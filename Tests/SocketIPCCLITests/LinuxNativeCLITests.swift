@@ -39,7 +39,8 @@ struct LinuxNativeCLITests {
             let path = directory + "/activated.sock"
             try await self.withActivatedServe(at: path) { manager in
                 let before = fileStatus(path)
-                let result = try await runCLI(["request", path, "hello"])
+                // A generous --timeout: on a loaded machine the exec'd server takes a while to send its hello.
+                let result = try await runCLI(["request", "--timeout", "60", path, "hello"])
                 #expect(result.status == 0, "stderr: \(result.error)")
                 #expect(result.output == "reply: \"hello\"\n")
                 // serve (exec'd by the manager) says where it listens: the inherited socket's address.
@@ -60,7 +61,7 @@ struct LinuxNativeCLITests {
         try await withTemporarySocketDirectory { directory in
             let path = directory + "/env.sock"
             try await self.withActivatedServe(at: path, ["--exec", "env | grep -c '^LISTEN_' || true"]) { _ in
-                let result = try await runCLI(["request", "--raw", path, "x"])
+                let result = try await runCLI(["request", "--timeout", "60", "--raw", path, "x"])
                 #expect(result.status == 0, "stderr: \(result.error)")
                 #expect(result.output == "0\n", "LISTEN_ variables seen by the command: \(result.output)")
             }
@@ -78,7 +79,7 @@ struct LinuxNativeCLITests {
             )
             try await manager.whileRunning { manager in
                 _ = await manager.standardError.waitForLine(containing: "Listening on")
-                let result = try await runCLI(["request", "--timeout", "5", path, "hi"])
+                let result = try await runCLI(["request", "--timeout", "60", path, "hi"])
                 #expect(result.status == 3, "the server refused to start, so the connection closed: \(result.error)")
                 #expect(await manager.waitForExit() == 64)
                 #expect(await manager.standardError.waitForLine(containing: "no inherited socket") != nil)

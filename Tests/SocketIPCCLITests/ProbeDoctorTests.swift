@@ -182,10 +182,7 @@ struct ProbeDoctorTests {
     func killedServer() async throws {
         try await withTemporarySocketDirectory { directory in
             let path = directory + "/s.sock"
-            try await withServeCommand(at: path) { server in
-                server.signal(SIGKILL)
-                _ = await server.waitForExit()
-            }
+            try await leaveStaleSocketOfKilledServe(at: path)
             let (status, json) = try await self.probeJSON(path)
             #expect(status == 3)
             #expect(json["verdict"] as? String == "stale")

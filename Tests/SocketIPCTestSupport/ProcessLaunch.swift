@@ -11,3 +11,9 @@ private let launches = Mutex(())
 public func launchSerialized(_ process: Process) throws {
     try launches.withLock { _ in try process.run() }
 }
+
+/// Runs `body`, which starts a process by other means than `Process` (`posix_spawn`), under the same lock as
+/// ``launchSerialized(_:)``: no other launch then runs between making descriptors and marking them close-on-exec.
+public func withLaunchLock<Result>(_ body: () throws -> Result) rethrows -> Result {
+    try launches.withLock { _ in try body() }
+}

@@ -60,20 +60,8 @@ struct ListenCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Connect to a framed server on PATH and print what it pushes, instead of serving.")
     var connect = false
 
-    @OptionGroup(title: "Socket file")
-    var socketFile: SocketFileOptions
-
-    @OptionGroup(title: "Who may connect")
-    var access: AccessOptions
-
-    @OptionGroup(title: "Limits")
-    var limits: LimitOptions
-
-    @Option(
-        name: .long,
-        help: ArgumentHelp("What to log on standard error: trace, debug, info, notice, warning, error or critical.")
-    )
-    var logLevel: Logger.Level = .notice
+    @OptionGroup
+    var server: ServerOptions
 
     @OptionGroup(title: "Output")
     var output: OutputOptions
@@ -88,17 +76,15 @@ struct ListenCommand: AsyncParsableCommand {
     func run() async throws {
         self.output.apply()
         let printer = MessagePrinter(format: self.format, limit: self.count)
-        var logger = Logger(label: "socket-ipc")
-        logger.logLevel = self.logLevel
+        let logger = self.server.logger
         if self.connect {
             let path = try socketPath(fromArgument: self.socket, creatingDirectory: false)
             var configuration = ClientConfiguration()
-            if let size = self.limits.maxMessageSize { configuration.connection.maximumMessageSize = size }
+            if let size = self.server.limits.maxMessageSize { configuration.connection.maximumMessageSize = size }
             try await PushListener(path: path, configuration: configuration, printer: printer, logger: logger).run()
         } else {
             let path = try socketPath(fromArgument: self.socket, creatingDirectory: true)
-            let configuration = try ServerConfiguration(
-                path: path, socketFile: self.socketFile, access: self.access, limits: self.limits)
+            let configuration = try self.server.configuration(path: path)
             try await Self.serve(configuration: configuration, mode: self.mode, printer: printer, logger: logger)
         }
     }

@@ -91,20 +91,8 @@ struct ServeCommand: AsyncParsableCommand {
     )
     var execTimeout: Double = 30
 
-    @OptionGroup(title: "Socket file")
-    var socketFile: SocketFileOptions
-
-    @OptionGroup(title: "Who may connect")
-    var access: AccessOptions
-
-    @OptionGroup(title: "Limits")
-    var limits: LimitOptions
-
-    @Option(
-        name: .long,
-        help: ArgumentHelp("What to log on standard error: trace, debug, info, notice, warning, error or critical.")
-    )
-    var logLevel: Logger.Level = .notice
+    @OptionGroup
+    var server: ServerOptions
 
     @OptionGroup(title: "Output")
     var output: OutputOptions
@@ -122,15 +110,8 @@ struct ServeCommand: AsyncParsableCommand {
         }
         let path =
             try inherited?.address ?? self.socket.map { try socketPath(fromArgument: $0, creatingDirectory: true) } ?? ""
-        let configuration = try ServerConfiguration(
-            path: path,
-            inheritedSocket: inherited,
-            socketFile: self.socketFile,
-            access: self.access,
-            limits: self.limits
-        )
-        var logger = Logger(label: "socket-ipc")
-        logger.logLevel = self.logLevel
+        let configuration = try self.server.configuration(path: path, inheritedSocket: inherited)
+        let logger = self.server.logger
         let oneWayRuns = OneWayRuns()
         let exec = self.exec.map {
             ExecCommand(

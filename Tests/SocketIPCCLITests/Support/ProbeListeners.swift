@@ -30,6 +30,15 @@ func leaveStaleSocket(at path: String) throws {
     close(try bindUnixSocket(at: path))
 }
 
+/// Starts `socket-ipc serve` on `path` and kills it with SIGKILL: its socket file stays, stale, and its lock file is
+/// free, as after a crash.
+func leaveStaleSocketOfKilledServe(at path: String) async throws {
+    try await withServeCommand(at: path) { server in
+        server.signal(SIGKILL)
+        _ = await server.waitForExit()
+    }
+}
+
 /// Holds an exclusive `flock` on the file at `path` (created if missing) until ``release()``, as a server holds its
 /// lock file.
 final class HeldLock: Sendable {

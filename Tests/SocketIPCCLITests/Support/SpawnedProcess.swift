@@ -1,4 +1,5 @@
 import Foundation
+import SocketIPCTestSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -23,6 +24,31 @@ final class SpawnedProcess: Sendable {
     /// Starts `executable` with `arguments`; standard input is `/dev/null`.
     /// - Throws: `POSIXError` when the pipes cannot be made or the process cannot be started.
     init(_ executable: String, _ arguments: [String]) throws {
+        (self.processID, self.standardOutput, self.standardError) = try withLaunchLock {
+            try Self.spawn(executable, arguments)
+        }
+        let child = self.processID
+        let (exits, exited) = AsyncStream.makeStream(of: Int32.self)
+        let reaper = Thread {
+            var status: Int32 = 0
+            while waitpid(child, &status, 0) < 0 && errno == EINTR {}
+            // The exit status, or 128 + the signal that ended it, as a shell reports it.
+            let low = status & 0x7F
+            exited.yield(low == 0 ? (status >> 8) & 0xFF : 128 + low)
+            exited.finish()
+        }
+        reaper.start()
+        self.exit = Task {
+            var iterator = exits.makeAsyncIterator()
+            return await iterator.next() ?? -1
+        }
+    }
+
+    /// Starts the process; returns its pid and readers of its standard output and error.
+    private static func spawn(
+        _ executable: String,
+        _ arguments: [String]
+    ) throws -> (pid_t, OutputReader, OutputReader) {
         var output: [Int32] = [-1, -1]
         var error: [Int32] = [-1, -1]
         guard pipe(&output) == 0, pipe(&error) == 0 else {
@@ -57,24 +83,11 @@ final class SpawnedProcess: Sendable {
             close(error[0])
             throw POSIXError(POSIXErrorCode(rawValue: result) ?? .EIO)
         }
-        self.processID = pid
-        let child = pid
-        self.standardOutput = OutputReader(FileHandle(fileDescriptor: output[0], closeOnDealloc: true))
-        self.standardError = OutputReader(FileHandle(fileDescriptor: error[0], closeOnDealloc: true))
-        let (exits, exited) = AsyncStream.makeStream(of: Int32.self)
-        let reaper = Thread {
-            var status: Int32 = 0
-            while waitpid(child, &status, 0) < 0 && errno == EINTR {}
-            // The exit status, or 128 + the signal that ended it, as a shell reports it.
-            let low = status & 0x7F
-            exited.yield(low == 0 ? (status >> 8) & 0xFF : 128 + low)
-            exited.finish()
-        }
-        reaper.start()
-        self.exit = Task {
-            var iterator = exits.makeAsyncIterator()
-            return await iterator.next() ?? -1
-        }
+        return (
+            pid,
+            OutputReader(FileHandle(fileDescriptor: output[0], closeOnDealloc: true)),
+            OutputReader(FileHandle(fileDescriptor: error[0], closeOnDealloc: true))
+        )
     }
 
     /// Sends `signal` to the process.
