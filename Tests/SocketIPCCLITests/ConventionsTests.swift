@@ -23,11 +23,12 @@ struct ConventionsTests {
             let path = directory + "/none.sock"
             let command = "\(socketIPCBinary) request \(path) hi"
             // `script` gives the command a terminal; its output is what the terminal showed.
-            let onTerminal = try await runShell("script -qec '\(command)' /dev/null")
+            // TERM and NO_COLOR set here, whatever the test runner's environment (swift test may set TERM=dumb).
+            let onTerminal = try await runShell("env -u NO_COLOR TERM=xterm script -qec '\(command)' /dev/null")
             #expect(onTerminal.status == 3)
             #expect(onTerminal.output.contains(Array("\u{1B}[31merror:\u{1B}[0m".utf8)), "\(String(decoding: onTerminal.output, as: UTF8.self))")
 
-            let noColor = try await runShell("NO_COLOR=1 script -qec '\(command)' /dev/null")
+            let noColor = try await runShell("env NO_COLOR=1 TERM=xterm script -qec '\(command)' /dev/null")
             #expect(noColor.status == 3)
             #expect(!noColor.output.contains(0x1B), "\(String(decoding: noColor.output, as: UTF8.self))")
             #expect(String(decoding: noColor.output, as: UTF8.self).contains("error: no server at \(path)"))

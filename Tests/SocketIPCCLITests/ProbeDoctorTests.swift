@@ -406,10 +406,10 @@ struct ProbeDoctorTests {
     func noColor() async throws {
         try await withServeCommand { path, _ in
             let command = "'\(socketIPCBinary)' probe '\(path)'"
-            let coloured = try await runShell("TERM=xterm script -qec \"\(command)\" /dev/null")
+            let coloured = try await runShell("env -u NO_COLOR TERM=xterm script -qec \"\(command)\" /dev/null")
             #expect(coloured.status == 0)
             #expect(coloured.output.contains(0x1B), "no colour on a terminal: \(String(decoding: coloured.output, as: UTF8.self))")
-            let plain = try await runShell("NO_COLOR=1 TERM=xterm script -qec \"\(command)\" /dev/null")
+            let plain = try await runShell("env NO_COLOR=1 TERM=xterm script -qec \"\(command)\" /dev/null")
             #expect(plain.status == 0)
             #expect(String(decoding: plain.output, as: UTF8.self).contains("serves you"))
             #expect(!plain.output.contains(0x1B))

@@ -98,7 +98,7 @@ struct ReadmeServicesTests {
 
             var caught = ""
             do {
-                let value = try await client.call(Get.self, "size", options: CallOptions(timeout: .seconds(10)))
+                let value = try await client.call(Get.self, "size", options: CallOptions(timeout: .seconds(60)))
                 caught = "value \(String(describing: value))"
             } catch let error as ServiceError where error.code == "notFound" {
                 // the service's own error, with its Codable details: try error.details(as: [String: String].self)

@@ -51,7 +51,7 @@ struct ReadmeExampleTests {
         }) { _, path in
             try await Client.withConnection(to: path, onMessage: { continuation.yield(String(buffer: $0)) }) { connection in
                 try await connection.send(ByteBuffer(string: "one-way"))
-                let reply = try await connection.request(ByteBuffer(string: "question"), timeout: .seconds(10))
+                let reply = try await connection.request(ByteBuffer(string: "question"), timeout: .seconds(60))
                 #expect(String(buffer: reply) == "seen 1")
                 let total = try await connection.request(Sum(numbers: [1, 2]), as: Total.self)
                 #expect(total == Total(total: 3))

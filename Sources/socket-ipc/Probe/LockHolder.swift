@@ -26,7 +26,11 @@ struct LockHolder: Sendable, Equatable {
     /// The processes that hold a lock on the file with `status`.
     /// - Returns: The holders (empty when the file is not locked), or `nil` when `/proc/locks` cannot be read.
     static func holders(of status: FileSummary) -> [LockHolder]? {
-        guard let data = FileManager.default.contents(atPath: "/proc/locks") else { return nil }
+        // FileHandle reads to the end: FileManager's `contents(atPath:)` stops after one read of a /proc file (about
+        // 4 KiB), and a busy machine's list of locks is longer.
+        guard let handle = FileHandle(forReadingAtPath: "/proc/locks") else { return nil }
+        defer { try? handle.close() }
+        guard let data = try? handle.readToEnd() else { return nil }
         return Self.holders(in: String(decoding: data, as: UTF8.self), device: status.device, inode: status.inode)
             .map { LockHolder(pid: $0, command: ProcessName.of($0)) }
     }

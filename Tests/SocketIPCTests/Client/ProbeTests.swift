@@ -20,7 +20,7 @@ struct ProbeTests {
     @Test("a framed server is recognised by its hello, with its protocol version and credentials")
     func framedServer() async throws {
         try await withFramedTestServer(makeHandler: { EchoHandler() }) { _, path in
-            let result = try await Client.probe(path)
+            let result = try await Client.probe(path, timeout: .seconds(30))
             #expect(result.style == .framed(protocolVersion: 1))
             #if os(Linux)
             #expect(result.peer?.processID == getpid())

@@ -120,11 +120,14 @@ struct RequestReplyTests {
     @Test("500 concurrent clients, each making requests")
     func manyClients() async throws {
         raiseFileDescriptorLimit()
-        try await withFramedTestServer(makeHandler: { EchoHandler() }) { _, path in
+        var clientConfiguration = ClientConfiguration()
+        clientConfiguration.connectTimeout = .seconds(120)
+        let patient = clientConfiguration
+        try await withFramedTestServer(configure: { $0.handshakeTimeout = .seconds(120) }, makeHandler: { EchoHandler() }) { _, path in
             let replies = try await withThrowingTaskGroup(of: Int.self) { group in
                 for client in 0..<500 {
                     group.addTask {
-                        try await Client.withConnection(to: path) { connection in
+                        try await Client.withConnection(to: path, configuration: patient) { connection in
                             var matched = 0
                             for request in 0..<5 {
                                 let text = "client \(client) request \(request)"

@@ -84,7 +84,7 @@ struct EOFMessageTests {
         let expected = ByteBuffer(bytes: (0..<1_000_000).map { UInt8(truncatingIfNeeded: $0 % 251) })
         let acknowledgementSize = expected.readableBytes
         let handler = EOFMessageHandler.onEventLoop { _, _ in expected }
-        try await withEOFTestServer(handler: handler) { _, path in
+        try await withEOFTestServer(handler: handler, configure: { $0.handshakeTimeout = .seconds(120) }) { _, path in
             let send: @Sendable (Int) async throws -> ByteBuffer = { maximum in
                 // From an event loop the client never waits inline, so the acknowledgement is read by the
                 // process-wide waiter, a piece per readiness event; from elsewhere it starts inline.
@@ -136,7 +136,7 @@ struct EOFMessageTests {
             acknowledgement.writeMultipleIntegers(UInt64(total), checksum)
             return acknowledgement
         }
-        try await withEOFTestServer(handler: handler) { _, path in
+        try await withEOFTestServer(handler: handler, configure: { $0.handshakeTimeout = .seconds(120) }) { _, path in
             let piece = ByteBuffer(repeating: 3, count: chunkSize)
             var acknowledgement = try await Client.sendMessage(to: path) { writer in
                 for _ in 0..<chunks { try await writer.write(piece) }

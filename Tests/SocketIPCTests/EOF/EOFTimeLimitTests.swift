@@ -81,7 +81,7 @@ struct EOFTimeLimitTests {
             }
             return ByteBuffer(string: "ok")
         }
-        try await withEOFTestServer(handler: handler, configure: { $0.handshakeTimeout = .seconds(3) }) { _, path in
+        try await withEOFTestServer(handler: handler, configure: { $0.handshakeTimeout = .seconds(15) }) { _, path in
             let silent = try await RawSocket.connect(to: path)
             defer { silent.close() }
             // Under load the server may already have given up before these bytes go out: then the send fails.

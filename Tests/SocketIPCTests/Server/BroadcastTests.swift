@@ -35,7 +35,7 @@ struct BroadcastTests {
     @Test("does not count a connection that closed, and sends a message over the size limit to none")
     func skipsClosedConnections() async throws {
         try await withFramedTestServer(
-            configure: { $0.connection.maximumMessageSize = 1024 },
+            configure: { $0.connection.maximumMessageSize = 1024; $0.handshakeTimeout = .seconds(120) },
             makeHandler: { EchoHandler() }
         ) { server, path in
             var open = try await RecordingClient.connect(to: path)

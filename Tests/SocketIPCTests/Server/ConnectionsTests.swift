@@ -46,7 +46,7 @@ struct ConnectionsTests {
 
     @Test("holds no more than maximumConnections")
     func boundedByTheConnectionLimit() async throws {
-        try await withFramedTestServer(configure: { $0.maximumConnections = 2 }, makeHandler: { EchoHandler() }) {
+        try await withFramedTestServer(configure: { $0.maximumConnections = 2; $0.handshakeTimeout = .seconds(120) }, makeHandler: { EchoHandler() }) {
             server, path in
             let first = try await RecordingClient.connect(to: path)
             let second = try await RecordingClient.connect(to: path)

@@ -9,7 +9,7 @@ struct GracefulShutdownHookTests {
     @Test("what the bodies send reaches each client before the going-away; they run once, in registration order")
     func bodiesRunBeforeTheGoingAway() async throws {
         let ran = Recorder()
-        try await withFramedTestServer(makeHandler: { EchoHandler() }) { server, path in
+        try await withFramedTestServer(configure: { $0.handshakeTimeout = .seconds(120); $0.shutdownGracePeriod = .seconds(120) }, makeHandler: { EchoHandler() }) { server, path in
             var sockets: [RawSocket] = []
             for _ in 0..<2 { sockets.append(try await connectEstablishedRawSocket(to: path)) }
             defer { for socket in sockets { socket.close() } }
@@ -84,7 +84,7 @@ struct GracefulShutdownHookTests {
     func connectionsAreServedWhileTheBodiesRun() async throws {
         let (started, startedContinuation) = AsyncStream.makeStream(of: Void.self)
         let (release, releaseContinuation) = AsyncStream.makeStream(of: Void.self)
-        try await withFramedTestServer(makeHandler: { EchoHandler() }) { server, path in
+        try await withFramedTestServer(configure: { $0.handshakeTimeout = .seconds(120); $0.shutdownGracePeriod = .seconds(120) }, makeHandler: { EchoHandler() }) { server, path in
             let early = try await connectEstablishedRawSocket(to: path)
             defer { early.close() }
             server.onGracefulShutdown {

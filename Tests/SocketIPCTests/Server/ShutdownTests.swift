@@ -14,8 +14,10 @@ struct ShutdownTests {
             let path = directory + "/graceful.sock"
             let (running, runningContinuation) = AsyncStream.makeStream(of: Void.self)
             let (heldReplies, heldReplyContinuation) = AsyncStream.makeStream(of: Reply.self)
+            var configuration = ServerConfiguration(path: path)
+            configuration.shutdownGracePeriod = .seconds(120)
             let server = Server.framed(
-                configuration: .init(path: path),
+                configuration: configuration,
                 logger: testLogger,
                 onServerRunning: { _ in runningContinuation.yield() },
                 makeHandler: { HoldingEchoHandler(held: heldReplyContinuation) }

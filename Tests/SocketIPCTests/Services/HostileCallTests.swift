@@ -77,8 +77,6 @@ struct HostileCallTests {
     @Test("a peer that never reads while sending unknown-method opens and pings is no longer read from")
     func neverReadingPeerIsStalled() async throws {
         try await withServiceTestServer(router: keyValueRouter()) { _, path in
-            let peer = try await RawSocket.connect(to: path)
-            defer { peer.close() }
             // Each pair is answered by a call end (status 0x02, with a text) and a pong: more bytes out than in.
             var attack = serverHelloBytes
             let pairs = 200_000
@@ -86,6 +84,8 @@ struct HostileCallTests {
             for index in 0..<pairs {
                 attack += callOpenBytes(id: UInt32(2 * index + 1), method: "nope") + pingBytes(id: UInt32(index))
             }
+            let peer = try await RawSocket.connect(to: path)
+            defer { peer.close() }
             let sent = try await peer.sendUntilStalled(attack)
             // The server stopped reading: what it took is bounded by the sockets' buffers and its write queue, not by
             // what the peer sent.
@@ -103,7 +103,7 @@ struct HostileCallTests {
         arguments: malformedFrames
     )
     func malformedCallFrame(name: String, frame: [UInt8]) async throws {
-        try await withServiceTestServer(router: keyValueRouter()) { _, path in
+        try await withServiceTestServer(router: keyValueRouter(), configure: { $0.handshakeTimeout = .seconds(120) }) { _, path in
             let peer = try await RawSocket.connect(to: path)
             defer { peer.close() }
             try await peer.write(serverHelloBytes + frame)

@@ -95,7 +95,7 @@ struct ServiceClientTests {
             try await withRunningClient(client) {
                 let watch = client.resubscribing(Watch.self, "colour")
                 var changes = watch.makeAsyncIterator()
-                let shortGrace: (inout ServerConfiguration) -> Void = { $0.shutdownGracePeriod = .milliseconds(100) }
+                let shortGrace: (inout ServerConfiguration) -> Void = { $0.shutdownGracePeriod = .seconds(10) }
                 try await withServiceServer(at: path, router: router(generation: "first"), configure: shortGrace) { _ in
                     let first = try await changes.next()
                     #expect(first == "colour@first")
@@ -107,7 +107,7 @@ struct ServiceClientTests {
                     let second = try await changes.next()
                     #expect(second == "colour@second")
                     // The first server said why it went.
-                    #expect(client.lastCloseReason?.code == .peerGoingAway)
+                    #expect(client.lastCloseReason?.code == .peerGoingAway, "\(String(describing: client.lastCloseReason))")
                     let value = try await client.call(Get.self, "x")
                     #expect(value == nil)
                 }

@@ -24,7 +24,7 @@ final class RawSocket: @unchecked Sendable {
     static func connect(to path: String) async throws -> RawSocket {
         try await onOwnThread {
             let descriptor = makeUnixStreamSocket()
-            var timeout = timeval(tv_sec: 10, tv_usec: 0)
+            var timeout = timeval(tv_sec: 60, tv_usec: 0)
             setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
             guard connectUnixSocket(descriptor, to: path) == 0 else {
                 let code = errno

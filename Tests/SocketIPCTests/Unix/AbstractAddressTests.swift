@@ -21,7 +21,10 @@ struct AbstractAddressTests {
             let reply = try await Client.withConnection(to: name) { try await $0.request(ByteBuffer(string: "hi")) }
             #expect(String(buffer: reply) == "hi")
             #expect(!FileManager.default.fileExists(atPath: directory + "/" + name), "no file called \(name)")
-            let table = try String(contentsOfFile: "/proc/net/unix", encoding: .utf8)
+            // FileHandle reads to the end (String(contentsOfFile:) stops after one read of a /proc file, about 4 KiB).
+            let handle = try #require(FileHandle(forReadingAtPath: "/proc/net/unix"))
+            defer { try? handle.close() }
+            let table = String(decoding: try handle.readToEnd() ?? Data(), as: UTF8.self)
             #expect(table.contains(" " + name + "\n"), "the kernel lists the abstract address")
         }
     }
