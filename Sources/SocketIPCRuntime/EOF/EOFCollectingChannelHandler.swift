@@ -202,8 +202,11 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
         context.close(promise: nil)
     }
 
-    /// Writes the acknowledgement, if any, and closes; a client that has not read the whole acknowledgement within
-    /// `timeLimit` is closed on (it would otherwise keep its connection, and its slot, for as long as it likes).
+    /// Writes the acknowledgement, if any, and closes. A client that reads nothing of it for `timeLimit` is closed on
+    /// (it would otherwise keep its connection, and its slot, for as long as it likes); one that reads slowly but
+    /// steadily gets all of it: the limit counts from the last progress, each ``acknowledgementChunkSize`` bytes
+    /// written, not from the start. (The EOF style cannot tell a client that an acknowledgement was cut short: it ends
+    /// at the close. Only a client that stopped reading for the whole limit can see that.)
     static func finish(channel: any Channel, acknowledgement: ByteBuffer?, timeLimit: Duration) {
         guard let acknowledgement else {
             channel.close(promise: nil)
@@ -216,13 +219,23 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
         }
     }
 
-    /// On the channel's event loop: writes `acknowledgement`, then closes.
+    /// How much of an acknowledgement is written at a time; each piece written is progress that restarts the time
+    /// limit: 64 KiB.
+    static let acknowledgementChunkSize = 64 * 1024
+
+    /// On the channel's event loop: writes `acknowledgement` a chunk at a time, then closes.
     private static func write(_ acknowledgement: ByteBuffer, on channel: any Channel, timeLimit: Duration) {
+        var rest = acknowledgement
+        let chunk = rest.readSlice(length: min(rest.readableBytes, Self.acknowledgementChunkSize)) ?? rest
         var pending = true
-        let written = channel.writeAndFlush(acknowledgement).assumeIsolated()
-        written.whenComplete { _ in
+        let written = channel.writeAndFlush(chunk).assumeIsolated()
+        written.whenComplete { result in
             pending = false
-            channel.close(promise: nil)
+            if case .success = result, rest.readableBytes > 0 {
+                Self.write(rest, on: channel, timeLimit: timeLimit)
+            } else {
+                channel.close(promise: nil)
+            }
         }
         // Usually the acknowledgement fits in the socket buffer and is written at once: no timer then.
         if pending {

@@ -109,6 +109,35 @@ struct EOFTimeLimitTests {
             #expect(acknowledgement < large.readableBytes)
         }
     }
+
+    @Test(
+        "a client that reads a large acknowledgement slowly but steadily gets all of it: the limit counts from progress",
+        arguments: ["on the event loop", "collecting"]
+    )
+    func slowReaderGetsWholeAcknowledgement(kind: String) async throws {
+        // 1 MiB read 32 KiB at a time every 100 ms takes over 3 s, twice the time limit; each 64 KiB written restarts it.
+        let size = 1024 * 1024
+        let acknowledgement = ByteBuffer(repeating: 0x41, count: size)
+        let handler: EOFMessageHandler =
+            kind == "collecting"
+            ? .collecting { _, _ in acknowledgement }
+            : .onEventLoop { _, _ in acknowledgement }
+        try await withEOFTestServer(handler: handler, configure: { $0.handshakeTimeout = .milliseconds(1500) }) { _, path in
+            let socket = try await RawSocket.connect(to: path)
+            defer { socket.close() }
+            try await socket.write(Array("give me a lot".utf8))
+            socket.shutdownWrite()
+            var received = 0
+            while true {
+                let bytes = try await socket.read(exactly: 32 * 1024)
+                received += bytes.count
+                if bytes.count < 32 * 1024 { break }
+                // A slow reader, not a synchronisation: the server must wait for it as long as it makes progress.
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            #expect(received == size, "a slow but steady reader got \(received) of \(size) bytes")
+        }
+    }
 }
 
 extension RawSocket {
@@ -143,4 +172,5 @@ extension RawSocket {
             }
         }
     }
+
 }
