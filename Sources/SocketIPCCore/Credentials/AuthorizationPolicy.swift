@@ -49,15 +49,20 @@ public struct AuthorizationPolicy: Sendable, CustomStringConvertible {
     /// Whether the policy looks at supplementary groups, which the server then reads for each peer
     /// (`SO_PEERGROUPS`, one more system call per connection).
     package let needsSupplementaryGroups: Bool
+    /// Whether the policy looks at the peer's control group or security label (``PeerCredentials/controlGroup``,
+    /// ``PeerCredentials/securityLabel``), which the server then reads for each connection.
+    package let needsProcessIdentity: Bool
 
     private init(
         description: String,
         needsSupplementaryGroups: Bool,
+        needsProcessIdentity: Bool = false,
         admitsUnknownPeers: Bool = false,
         evaluate: @escaping @Sendable (PeerCredentials) -> Decision
     ) {
         self.description = description
         self.needsSupplementaryGroups = needsSupplementaryGroups
+        self.needsProcessIdentity = needsProcessIdentity
         self.admitsUnknownPeers = admitsUnknownPeers
         self.evaluateKnown = evaluate
     }
@@ -145,12 +150,61 @@ public struct AuthorizationPolicy: Sendable, CustomStringConvertible {
         }
     }
 
+    /// Serves processes that run in one of the systemd units `units` (such as `app-cli.service`), by the peer's
+    /// control group read without the pid-reuse race (``PeerCredentials/systemdUnit``; Linux 6.5 and later: a peer
+    /// whose unit cannot be read is refused). Combine it with a user policy: `.sameUser && .systemdUnits([...])`.
+    public static func systemdUnits(_ units: Set<String>) -> AuthorizationPolicy {
+        let description = "systemd unit in \(units.sorted())"
+        return AuthorizationPolicy(description: description, needsSupplementaryGroups: false, needsProcessIdentity: true) {
+            peer in
+            guard let unit = peer.systemdUnit else {
+                let why = peer.controlGroup == nil ? "its control group is unknown" : "it runs in no systemd unit"
+                return Decision(isAllowed: false, reason: "\(peer.userAndProcess): \(why), so not \(description)")
+            }
+            return units.contains(unit)
+                ? Decision(isAllowed: true, reason: "systemd unit \(unit)")
+                : Decision(isAllowed: false, reason: "\(peer.userAndProcess) runs in \(unit), not \(description)")
+        }
+    }
+
+    /// Serves processes whose control group is `prefix` or lies under it (`/system.slice/app.service` serves that
+    /// service and its sub-groups), read without the pid-reuse race (``PeerCredentials/controlGroup``).
+    public static func controlGroup(under prefix: String) -> AuthorizationPolicy {
+        let base = prefix.hasSuffix("/") ? String(prefix.dropLast()) : prefix
+        let description = "control group under \(prefix)"
+        return AuthorizationPolicy(description: description, needsSupplementaryGroups: false, needsProcessIdentity: true) {
+            peer in
+            guard let group = peer.controlGroup else {
+                return Decision(isAllowed: false, reason: "\(peer.userAndProcess): its control group is unknown")
+            }
+            let inside = base.isEmpty || group == base || group.hasPrefix(base + "/")
+            return inside
+                ? Decision(isAllowed: true, reason: "control group \(group)")
+                : Decision(isAllowed: false, reason: "\(peer.userAndProcess) is in \(group), not \(description)")
+        }
+    }
+
+    /// Serves processes whose security label (``PeerCredentials/securityLabel``, `SO_PEERSEC`) is one of `labels`.
+    public static func securityLabels(_ labels: Set<String>) -> AuthorizationPolicy {
+        let description = "security label in \(labels.sorted())"
+        return AuthorizationPolicy(description: description, needsSupplementaryGroups: false, needsProcessIdentity: true) {
+            peer in
+            guard let label = peer.securityLabel else {
+                return Decision(isAllowed: false, reason: "\(peer.userAndProcess) has no security label")
+            }
+            return labels.contains(label)
+                ? Decision(isAllowed: true, reason: "security label \(label)")
+                : Decision(isAllowed: false, reason: "\(peer.userAndProcess) has label \(label), not \(description)")
+        }
+    }
+
     /// Serves a peer that either policy serves.
     public static func || (left: AuthorizationPolicy, right: AuthorizationPolicy) -> AuthorizationPolicy {
         let description = "(\(left.description)) or (\(right.description))"
         return AuthorizationPolicy(
             description: description,
             needsSupplementaryGroups: left.needsSupplementaryGroups || right.needsSupplementaryGroups,
+            needsProcessIdentity: left.needsProcessIdentity || right.needsProcessIdentity,
             admitsUnknownPeers: left.admitsUnknownPeers || right.admitsUnknownPeers
         ) { peer in
             let first = left.evaluate(peer)
@@ -166,6 +220,7 @@ public struct AuthorizationPolicy: Sendable, CustomStringConvertible {
         AuthorizationPolicy(
             description: "(\(left.description)) and (\(right.description))",
             needsSupplementaryGroups: left.needsSupplementaryGroups || right.needsSupplementaryGroups,
+            needsProcessIdentity: left.needsProcessIdentity || right.needsProcessIdentity,
             admitsUnknownPeers: left.admitsUnknownPeers && right.admitsUnknownPeers
         ) { peer in
             let first = left.evaluate(peer)

@@ -11,13 +11,40 @@ public struct PeerCredentials: Hashable, Sendable, CustomStringConvertible {
     /// The peer's supplementary group ids (`SO_PEERGROUPS`, Linux 4.13 and later), where read: a server reads them
     /// only when its ``AuthorizationPolicy`` looks at groups; `nil` otherwise and where the platform cannot tell.
     public let supplementaryGroupIDs: [UInt32]?
+    /// The peer process's control group (its cgroup v2 path, such as `/system.slice/app.service`), read when it
+    /// connected without the pid-reuse race: through a pidfd of the peer (`SO_PEERPIDFD`, Linux 6.5 and later), the
+    /// process is shown to be still running after its `/proc/PID/cgroup` was read, so the file was its own. A server
+    /// reads it only when its ``AuthorizationPolicy`` looks at it; `nil` otherwise, on older kernels and elsewhere.
+    public let controlGroup: String?
+    /// The peer's security label (`SO_PEERSEC`: its SELinux context or AppArmor profile, as the LSM tells it), read
+    /// with ``controlGroup``; `nil` when no LSM gives one.
+    public let securityLabel: String?
 
     /// Creates credentials, for tests and authorization policies.
-    public init(processID: Int32, userID: UInt32, groupID: UInt32, supplementaryGroupIDs: [UInt32]? = nil) {
+    public init(
+        processID: Int32,
+        userID: UInt32,
+        groupID: UInt32,
+        supplementaryGroupIDs: [UInt32]? = nil,
+        controlGroup: String? = nil,
+        securityLabel: String? = nil
+    ) {
         self.processID = processID
         self.userID = userID
         self.groupID = groupID
         self.supplementaryGroupIDs = supplementaryGroupIDs
+        self.controlGroup = controlGroup
+        self.securityLabel = securityLabel
+    }
+
+    /// The systemd unit the peer runs in, from ``controlGroup``: its last component that names a service or a scope
+    /// (`/system.slice/app.service` gives `app.service`; a user service,
+    /// `/user.slice/user-1000.slice/user@1000.service/app.slice/app.service`, gives `app.service`), as
+    /// `sd_pid_get_unit(3)` and `sd_pid_get_user_unit(3)` read it; `nil` without one.
+    public var systemdUnit: String? {
+        guard let controlGroup = self.controlGroup else { return nil }
+        return controlGroup.split(separator: "/").last { $0.hasSuffix(".service") || $0.hasSuffix(".scope") }
+            .map(String.init)
     }
 
     /// `pid=… uid=… gid=…`.

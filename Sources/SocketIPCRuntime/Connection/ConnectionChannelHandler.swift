@@ -55,6 +55,8 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
     /// The socket's descriptor, where known: its peer's credentials are read from it, and the latency mode's busy
     /// polling watches it.
     let descriptor: Int32?
+    /// The peer's credentials, when the server read them already at accept; else they are read from ``descriptor``.
+    let knownPeer: PeerCredentials?
 
     /// Creates the handler of one connection.
     /// - Parameters:
@@ -62,6 +64,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
     ///     (the client's case: its connect call has its own timeout) waits as long as it takes.
     ///   - pausesReadingWhileUnwritable: Whether to stop reading while the channel is not writable (a server's
     ///     case: what it reads makes it write replies).
+    ///   - peer: The peer's credentials as the server read them at accept (with what its policy needed), if it did.
     init(
         handler: Handler,
         options: ConnectionOptions,
@@ -70,9 +73,11 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         handshakeTimeout: Duration? = nil,
         pausesReadingWhileUnwritable: Bool = false,
         descriptor: Int32? = nil,
+        peer: PeerCredentials? = nil,
         logger: Logger
     ) {
         self.descriptor = descriptor
+        self.knownPeer = peer
         self.handler = handler
         self.options = options
         self.decoder = FrameDecoder(maximumPayload: options.effectiveMaximumMessageSize)
@@ -88,7 +93,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
     func channelActive(context: ChannelHandlerContext) {
         if let descriptor = self.descriptor {
             // The common case: read at once, so the connection is set up before this returns.
-            self.setUp(peer: PeerCredentials.read(descriptor: descriptor), context: context)
+            self.setUp(peer: self.knownPeer ?? PeerCredentials.read(descriptor: descriptor), context: context)
         } else {
             // A channel without a known descriptor (such as an embedded one): nothing is read until this completes,
             // whenever it does.

@@ -9,6 +9,9 @@ struct AcceptedConnection {
     var id: UInt64
     /// The connection's socket.
     var descriptor: Int32
+    /// The peer's credentials as the server read them when it accepted the connection (with what its policy needed:
+    /// groups, control group, security label).
+    var peer: PeerCredentials?
     /// What the accepting thread read already (an EOF-style message it could not finish there), if anything.
     var initialBytes: ByteBuffer?
     /// The server's callbacks, the handshake deadline counted from the accept, and where the connection's handler

@@ -20,7 +20,11 @@ extension Server {
     func accept(_ descriptor: Int32) {
         let id = ConnectionIDs.next()
         let policy = self.configuration.authorization
-        let peer = PeerCredentials.read(descriptor: descriptor, includingGroups: policy.needsSupplementaryGroups)
+        let peer = PeerCredentials.read(
+            descriptor: descriptor,
+            includingGroups: policy.needsSupplementaryGroups,
+            includingProcessIdentity: policy.needsProcessIdentity
+        )
         let decision = policy.evaluate(peer)
         if !decision.isAllowed {
             self.metrics.unauthorized.increment()
@@ -43,7 +47,7 @@ extension Server {
         case .serve:
             self.metrics.accepted.increment()
             self.metrics.active.increment()
-            self.serve(descriptor, id: id, handshakeDeadline: handshakeDeadline)
+            self.serve(descriptor, id: id, peer: peer, handshakeDeadline: handshakeDeadline)
         case .refuseUnauthorized:
             // A refused framed peer is told why on a channel that lingers for a moment: it counts against the
             // limits like any connection, but never as a pending handshake.
@@ -74,8 +78,9 @@ extension Server {
         }
     }
 
-    /// Serves an admitted connection: on this thread if the style can, else on a channel.
-    func serve(_ descriptor: Int32, id: UInt64, handshakeDeadline: NIODeadline) {
+    /// Serves an admitted connection, whose peer has `peer`'s credentials (as read at accept): on this thread if the
+    /// style can, else on a channel.
+    func serve(_ descriptor: Int32, id: UInt64, peer: PeerCredentials?, handshakeDeadline: NIODeadline) {
         var initialBytes: ByteBuffer?
         switch self.initializer.serveOnAcceptingThread(descriptor, id: id, logger: self.logger) {
         case .served:
@@ -109,6 +114,7 @@ extension Server {
                             channel: channel,
                             id: id,
                             descriptor: descriptor,
+                            peer: peer,
                             initialBytes: handedOffBytes,
                             lifecycle: lifecycle,
                             logger: self.logger
@@ -148,7 +154,7 @@ extension Server {
             self.metrics.active.decrement()
         }
         if let next = parked.serve {
-            self.serve(next.descriptor, id: next.id, handshakeDeadline: next.handshakeDeadline)
+            self.serve(next.descriptor, id: next.id, peer: next.peer, handshakeDeadline: next.handshakeDeadline)
         }
     }
 

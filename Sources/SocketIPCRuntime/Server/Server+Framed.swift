@@ -54,6 +54,7 @@ struct FramedConnectionInitializer<Handler: ConnectionHandler & SendableMetatype
             handshakeTimeout: self.handshakeTimeout,
             pausesReadingWhileUnwritable: true,
             descriptor: connection.descriptor,
+            peer: connection.peer,
             logger: connection.logger
         )
         try connection.channel.pipeline.syncOperations.addHandler(handler)

@@ -10,17 +10,26 @@ import Darwin
 
 extension PeerCredentials {
     /// Reads the peer's credentials of a connected Unix domain socket descriptor; `nil` where the platform cannot
-    /// tell. With `includingGroups`, also the supplementary groups (Linux: `SO_PEERGROUPS`).
-    static func read(descriptor: Int32, includingGroups: Bool = false) -> PeerCredentials? {
+    /// tell. With `includingGroups`, also the supplementary groups (Linux: `SO_PEERGROUPS`); with
+    /// `includingProcessIdentity`, also the control group and the security label (``PeerProcessIdentity``).
+    static func read(
+        descriptor: Int32,
+        includingGroups: Bool = false,
+        includingProcessIdentity: Bool = false
+    ) -> PeerCredentials? {
         #if os(Linux)
         var credentials = KernelPeerCredentials()
         var length = socklen_t(MemoryLayout<KernelPeerCredentials>.size)
         guard getsockopt(descriptor, SOL_SOCKET, 17 /* SO_PEERCRED */, &credentials, &length) == 0 else { return nil }
+        let identity =
+            includingProcessIdentity ? PeerProcessIdentity.of(descriptor: descriptor, processID: credentials.pid) : nil
         return PeerCredentials(
             processID: credentials.pid,
             userID: credentials.uid,
             groupID: credentials.gid,
-            supplementaryGroupIDs: includingGroups ? Self.readGroups(descriptor: descriptor) : nil
+            supplementaryGroupIDs: includingGroups ? Self.readGroups(descriptor: descriptor) : nil,
+            controlGroup: identity?.controlGroup,
+            securityLabel: identity?.securityLabel
         )
         #elseif canImport(Darwin)
         var userID = uid_t(0)
