@@ -17,7 +17,7 @@ public struct ServerConfiguration: Sendable {
     /// socket's file (``mode``, ``createParentDirectory`` and ``requiresSecureParentDirectory`` do not apply), and
     /// closes its descriptor without shutting the socket down when it stops, so that the manager keeps listening.
     public var inheritedSocket: InheritedSocket? = nil
-    /// Whether a server on an abstract address (`@name`) may use a policy that serves every process (``AuthorizationPolicy/anyone``);
+    /// Whether a server on an abstract address (`@name`) may use a policy that serves every process (`AuthorizationPolicy.anyone`);
     /// default `false`: such a server refuses to start (`invalidConfiguration`), since no file mode stands in front
     /// of it. The lesson of containerd's CVE-2020-15257 (an abstract socket that any container on the host network
     /// could reach).
