@@ -9,9 +9,9 @@ import Darwin
 
 /// `socket-ipc`: serve, send, request, call, watch, probe and demonstrate SocketIPC from the command line.
 ///
-/// Every subcommand lives in a file of its own. A ``SocketIPCError`` that a subcommand throws is printed as
-/// `error: <message>` on standard error and the process exits with status 1 (`call` and `watch` tell failures apart
-/// with statuses of their own: ``ExitStatus``); any other error is reported by ArgumentParser as usual.
+/// Every subcommand lives in a file of its own. A ``SocketIPCError`` (or a ``UsageError``, a ``CommandFailure``, a
+/// service's application error) that a subcommand throws is printed in one line on standard error, and the process
+/// exits with the status of ``ExitStatus``'s table; any other error is reported by ArgumentParser as usual.
 @main
 struct SocketIPCCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -30,6 +30,13 @@ struct SocketIPCCommand: AsyncParsableCommand {
 
             Try `socket-ipc demo` to see both kinds of server with client processes talking to them, and a typed \
             service whose client rides out a server restart.
+
+            Every subcommand takes the socket as its first argument: a path, a bare name in $XDG_RUNTIME_DIR, or \
+            @name (Linux's abstract namespace). Results go to standard output, diagnostics to standard error; \
+            --quiet and --verbose say less or more; colour only on a terminal, never with NO_COLOR. Shell \
+            completions: `socket-ipc --generate-completion-script bash` (or zsh, fish).
+
+            \(ExitStatus.help)
             """,
         subcommands: [
             ServeCommand.self,
