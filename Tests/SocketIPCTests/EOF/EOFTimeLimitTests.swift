@@ -116,14 +116,15 @@ struct EOFTimeLimitTests {
         arguments: ["on the event loop", "collecting"]
     )
     func slowReaderGetsWholeAcknowledgement(kind: String) async throws {
-        // 1 MiB read 32 KiB at a time every 100 ms takes over 3 s, twice the time limit; each 64 KiB written restarts it.
-        let size = 1024 * 1024
+        // 3 MiB read 32 KiB at a time every 100 ms takes over 9.6 s, more than the 8 s time limit; each 64 KiB written
+        // restarts it. (The limit also bounds the connect and the message before it: 8 s leaves a loaded machine room.)
+        let size = 3 * 1024 * 1024
         let acknowledgement = ByteBuffer(repeating: 0x41, count: size)
         let handler: EOFMessageHandler =
             kind == "collecting"
             ? .collecting { _, _ in acknowledgement }
             : .onEventLoop { _, _ in acknowledgement }
-        try await withEOFTestServer(handler: handler, configure: { $0.handshakeTimeout = .milliseconds(1500) }) { _, path in
+        try await withEOFTestServer(handler: handler, configure: { $0.handshakeTimeout = .seconds(8) }) { _, path in
             let socket = try await RawSocket.connect(to: path)
             defer { socket.close() }
             try await socket.write(Array("give me a lot".utf8))
