@@ -48,7 +48,7 @@ public struct InheritedSocket: Sendable, Hashable, CustomStringConvertible {
     public var description: String { "\(self.name) (fd \(self.descriptor))" }
 
     /// Checks that the descriptor is a listening `AF_UNIX` `SOCK_STREAM` socket.
-    /// - Throws: ``SocketIPCError`` with code `invalidConfiguration`, naming what it is instead.
+    /// - Throws: `SocketIPCError` with code `invalidConfiguration`, naming what it is instead.
     func validate() throws {
         func option(_ name: Int32) -> Int32? {
             var value: Int32 = 0

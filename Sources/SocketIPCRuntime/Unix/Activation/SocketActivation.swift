@@ -29,7 +29,7 @@ public enum SocketActivation {
     /// - Parameter unsettingEnvironment: Whether to remove `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES`; default
     ///   `true`.
     /// - Returns: The sockets, in descriptor order; empty when the variables are not set or are for another process.
-    /// - Throws: ``SocketIPCError`` with code `invalidConfiguration` when `LISTEN_FDS` is not a count, or
+    /// - Throws: `SocketIPCError` with code `invalidConfiguration` when `LISTEN_FDS` is not a count, or
     ///   `LISTEN_FDNAMES` does not name as many sockets.
     public static func listeningSockets(unsettingEnvironment: Bool = true) throws -> [InheritedSocket] {
         let environment = (
@@ -79,7 +79,7 @@ public enum SocketActivation {
     #if canImport(Darwin)
     /// The sockets launchd passes for the `Sockets` entry `name` of the job's property list, from
     /// `launch_activate_socket(3)`. Untested: written for Darwin, compiled in principle.
-    /// - Throws: ``SocketIPCError`` with code `invalidConfiguration` when launchd has no such entry for this job.
+    /// - Throws: `SocketIPCError` with code `invalidConfiguration` when launchd has no such entry for this job.
     public static func launchdSockets(named name: String) throws -> [InheritedSocket] {
         typealias Activate = @convention(c) (
             UnsafePointer<CChar>, UnsafeMutablePointer<UnsafeMutablePointer<Int32>?>, UnsafeMutablePointer<Int>
