@@ -42,31 +42,16 @@ struct CallArguments: ParsableArguments {
     /// - Throws: ``UsageError`` when the file cannot be read or the bytes are not JSON (a top-level string, number,
     ///   `true`, `false` or `null` is JSON too).
     func loadRequest() async throws -> ByteBuffer {
-        let bytes: Data
-        let source: String
-        switch self.request {
-        case nil, "-":
-            bytes = Data((try await InputChunks.readAllStandardInput()).readableBytesView)
-            source = "standard input"
-        case let argument? where argument.hasPrefix("@"):
-            let path = String(argument.dropFirst())
-            do {
-                bytes = try Data(contentsOf: URL(fileURLWithPath: path))
-            } catch {
-                throw UsageError(message: "cannot read the request from \(path): \(error.localizedDescription)")
-            }
-            source = path
-        case let argument?:
-            bytes = Data(argument.utf8)
-            source = "the argument"
-        }
+        let source = MessageSource(argument: self.request)
+        let request = try await source.readAll()
+        let bytes = Data(request.readableBytesView)
         do {
             _ = try JSONSerialization.jsonObject(with: bytes, options: [.fragmentsAllowed])
         } catch {
             let shown = bytes.isEmpty ? "nothing" : describe(ByteBuffer(bytes: bytes.prefix(64)))
-            throw UsageError(message: "the request in \(source) is not JSON: \(shown)")
+            throw UsageError(message: "the request in \(source.name) is not JSON: \(shown)")
         }
-        return ByteBuffer(bytes: bytes)
+        return request
     }
 
     /// Connects to the server, bounded by `--timeout`, and runs `body` with the connection and what is left of the

@@ -63,10 +63,11 @@ enum ExitStatus {
         switch error {
         case let error as ServiceError:
             // `error CODE: MESSAGE`, as grpcurl prints a status (`ERROR: Code: ... Message: ...`).
+            // The code, the message and the details are the server's: printed safely, each on one line.
             let text = error.message.isEmpty ? " \(error.code)" : " \(error.code): \(error.message)"
-            Output.errorLine(Output.colored("error", 31, on: STDERR_FILENO) + text)
+            Output.errorLine(Output.colored("error", 31, on: STDERR_FILENO) + SafeText.oneLine(text))
             if let details = error.encodedDetails, details.readableBytes > 0 {
-                Output.errorLine(String(buffer: details))
+                Output.errorLine(SafeText.oneLine(String(buffer: details)))
             }
             return Self.remoteError
         case let error as SocketIPCError:

@@ -105,9 +105,10 @@ enum Output {
         }
     }
 
-    /// Writes `error: ` (red on a terminal), `text` and a newline to standard error.
+    /// Writes `error: ` (red on a terminal), `text` and a newline to standard error: one line, whatever `text` holds
+    /// (a peer's text in it can neither act on the terminal nor pass for a line of its own: ``SafeText/oneLine(_:)``).
     static func error(_ text: String) {
-        self.errorLine(self.colored("error:", 31, on: STDERR_FILENO) + " " + text)
+        self.errorLine(self.colored("error:", 31, on: STDERR_FILENO) + " " + SafeText.oneLine(text))
     }
 
     /// Writes `text` and a newline to standard error.

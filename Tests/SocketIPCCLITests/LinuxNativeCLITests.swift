@@ -118,6 +118,30 @@ struct LinuxNativeCLITests {
         }
     }
 
+    @Test(
+        "a client refuses a server on @name that runs as another user (the name may be squatted): exit 4, nothing sent",
+        .enabled(if: canRunAsAnotherUser, "needs root and setpriv to run the server as another user")
+    )
+    func abstractSquatter() async throws {
+        let name = "@socketipc-cli-squat-\(getpid())-\(UUID().uuidString.prefix(8))"
+        // The squatter (uid 65534) takes the name first, serving anyone who comes.
+        let squatter = try TestProcess(
+            executable: "/usr/bin/setpriv",
+            asOtherUser() + [socketIPCBinary, "serve", name, "--allow-anyone"]
+        )
+        try await withProcess(squatter) { squatter in
+            #expect(await squatter.standardOutput.waitForLine(containing: "listening on") == "listening on \(name)")
+            let result = try await runCLI(["request", name, "my secret"])
+            #expect(result.status == 4, "stderr: \(result.error)")
+            #expect(result.output.isEmpty)
+            #expect(result.error.contains("runs as uid \(otherUserID)"), "\(result.error)")
+            #expect(result.error.contains("nothing was sent"))
+            // Nothing reached the squatter: it logged a connection but no request was answered.
+            let eof = try await runCLI(["send", "--eof", name, "my secret"])
+            #expect(eof.status == 4, "stderr: \(eof.error)")
+        }
+    }
+
     @Test("a client of an @name nobody serves says so in one line, exit 3")
     func abstractNobody() async throws {
         let name = "@socketipc-cli-none-\(getpid())"

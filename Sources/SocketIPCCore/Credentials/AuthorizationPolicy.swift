@@ -58,11 +58,13 @@ public struct AuthorizationPolicy: Sendable, CustomStringConvertible {
         needsSupplementaryGroups: Bool,
         needsProcessIdentity: Bool = false,
         admitsUnknownPeers: Bool = false,
+        admitsEveryone: Bool? = nil,
         evaluate: @escaping @Sendable (PeerCredentials) -> Decision
     ) {
         self.description = description
         self.needsSupplementaryGroups = needsSupplementaryGroups
         self.needsProcessIdentity = needsProcessIdentity
+        self.admitsEveryone = admitsEveryone ?? admitsUnknownPeers
         self.admitsUnknownPeers = admitsUnknownPeers
         self.evaluateKnown = evaluate
     }
@@ -95,7 +97,7 @@ public struct AuthorizationPolicy: Sendable, CustomStringConvertible {
 
     /// Whether the policy serves every process (it is, or includes with `||`, ``anyone``): a server on an abstract
     /// address refuses to start with such a policy unless told explicitly. A custom policy is taken not to.
-    package var admitsEveryone: Bool { self.admitsUnknownPeers }
+    package let admitsEveryone: Bool
 
     /// Whether `peer` is served; the same as `evaluate(peer).isAllowed`.
     public func allows(_ peer: PeerCredentials?) -> Bool { self.evaluate(peer).isAllowed }
@@ -150,9 +152,11 @@ public struct AuthorizationPolicy: Sendable, CustomStringConvertible {
         }
     }
 
-    /// Serves processes that run in one of the systemd units `units` (such as `app-cli.service`), by the peer's
-    /// control group read without the pid-reuse race (``PeerCredentials/systemdUnit``; Linux 6.5 and later: a peer
-    /// whose unit cannot be read is refused). Combine it with a user policy: `.sameUser && .systemdUnits([...])`.
+    /// Serves processes that run in one of the systemd system units `units` (such as `app-cli.service`), by the
+    /// peer's control group read without the pid-reuse race (``PeerCredentials/systemdUnit``, as `sd_pid_get_unit(3)`
+    /// reads it; Linux 6.5 and later: a peer whose unit cannot be read is refused). A user's own processes are in
+    /// `user@UID.service`, never in a system unit of their choosing, so a user cannot pass for `app-cli.service` by
+    /// naming a unit of theirs so.
     public static func systemdUnits(_ units: Set<String>) -> AuthorizationPolicy {
         let description = "systemd unit in \(units.sorted())"
         return AuthorizationPolicy(description: description, needsSupplementaryGroups: false, needsProcessIdentity: true) {
@@ -168,12 +172,18 @@ public struct AuthorizationPolicy: Sendable, CustomStringConvertible {
     }
 
     /// Serves processes whose control group is `prefix` or lies under it (`/system.slice/app.service` serves that
-    /// service and its sub-groups), read without the pid-reuse race (``PeerCredentials/controlGroup``).
+    /// service and its sub-groups), read without the pid-reuse race (``PeerCredentials/controlGroup``). `/` serves
+    /// every process whose control group can be read, and counts as a policy that admits everyone.
     public static func controlGroup(under prefix: String) -> AuthorizationPolicy {
         let base = prefix.hasSuffix("/") ? String(prefix.dropLast()) : prefix
         let description = "control group under \(prefix)"
-        return AuthorizationPolicy(description: description, needsSupplementaryGroups: false, needsProcessIdentity: true) {
-            peer in
+        // Under `/` (or ``) is every process: such a policy counts as admitting everyone.
+        return AuthorizationPolicy(
+            description: description,
+            needsSupplementaryGroups: false,
+            needsProcessIdentity: true,
+            admitsEveryone: base.isEmpty
+        ) { peer in
             guard let group = peer.controlGroup else {
                 return Decision(isAllowed: false, reason: "\(peer.userAndProcess): its control group is unknown")
             }
@@ -205,7 +215,8 @@ public struct AuthorizationPolicy: Sendable, CustomStringConvertible {
             description: description,
             needsSupplementaryGroups: left.needsSupplementaryGroups || right.needsSupplementaryGroups,
             needsProcessIdentity: left.needsProcessIdentity || right.needsProcessIdentity,
-            admitsUnknownPeers: left.admitsUnknownPeers || right.admitsUnknownPeers
+            admitsUnknownPeers: left.admitsUnknownPeers || right.admitsUnknownPeers,
+            admitsEveryone: left.admitsEveryone || right.admitsEveryone
         ) { peer in
             let first = left.evaluate(peer)
             if first.isAllowed { return first }
@@ -221,7 +232,8 @@ public struct AuthorizationPolicy: Sendable, CustomStringConvertible {
             description: "(\(left.description)) and (\(right.description))",
             needsSupplementaryGroups: left.needsSupplementaryGroups || right.needsSupplementaryGroups,
             needsProcessIdentity: left.needsProcessIdentity || right.needsProcessIdentity,
-            admitsUnknownPeers: left.admitsUnknownPeers && right.admitsUnknownPeers
+            admitsUnknownPeers: left.admitsUnknownPeers && right.admitsUnknownPeers,
+            admitsEveryone: left.admitsEveryone && right.admitsEveryone
         ) { peer in
             let first = left.evaluate(peer)
             return first.isAllowed ? right.evaluate(peer) : first

@@ -37,13 +37,28 @@ public struct PeerCredentials: Hashable, Sendable, CustomStringConvertible {
         self.securityLabel = securityLabel
     }
 
-    /// The systemd unit the peer runs in, from ``controlGroup``: its last component that names a service or a scope
-    /// (`/system.slice/app.service` gives `app.service`; a user service,
-    /// `/user.slice/user-1000.slice/user@1000.service/app.slice/app.service`, gives `app.service`), as
-    /// `sd_pid_get_unit(3)` and `sd_pid_get_user_unit(3)` read it; `nil` without one.
+    /// The systemd system unit the peer runs in, from ``controlGroup``, as `sd_pid_get_unit(3)` reads it: the first
+    /// component below the slices that names a service or a scope (`/system.slice/app.service/worker` gives
+    /// `app.service`). A user's own processes, run by their user manager, are in `user@UID.service`
+    /// (`/user.slice/user-1000.slice/user@1000.service/app.slice/app.service` gives `user@1000.service`): a user can
+    /// name their own units as they like, so only a system unit says which program runs. `nil` without one.
     public var systemdUnit: String? {
-        guard let controlGroup = self.controlGroup else { return nil }
-        return controlGroup.split(separator: "/").last { $0.hasSuffix(".service") || $0.hasSuffix(".scope") }
+        self.units.first
+    }
+
+    /// The unit of the peer's user manager it runs in, as `sd_pid_get_user_unit(3)` reads it: the first service or
+    /// scope below `user@UID.service` (`app.service` in the example of ``systemdUnit``); `nil` for a process not run
+    /// by a user manager. Chosen by that user: trust it only together with the user's id.
+    public var systemdUserUnit: String? {
+        let units = self.units
+        guard let manager = units.first, manager.hasPrefix("user@"), units.count > 1 else { return nil }
+        return units[1]
+    }
+
+    /// The services and scopes of ``controlGroup``, outermost first, skipping the slices between them.
+    private var units: [String] {
+        guard let controlGroup = self.controlGroup else { return [] }
+        return controlGroup.split(separator: "/").filter { $0.hasSuffix(".service") || $0.hasSuffix(".scope") }
             .map(String.init)
     }
 

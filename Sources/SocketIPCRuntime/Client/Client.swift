@@ -31,7 +31,11 @@ public enum Client {
     ) async throws -> Connection {
         let socketPath = try SocketPath(path)
         let group = MultiThreadedEventLoopGroup.singleton
-        let descriptor = try await SocketConnector.connect(to: socketPath, timeout: configuration.connectTimeout)
+        let descriptor = try await SocketConnector.connect(
+            to: socketPath,
+            timeout: configuration.connectTimeout,
+            trustedServerUserIDs: configuration.trustedServerUserIDs
+        )
         let eventLoop = group.any()
         let handshake = eventLoop.makePromise(of: Connection.self)
         let lifecycle = ConnectionLifecycle(

@@ -12,6 +12,11 @@ public struct ClientConfiguration: Sendable {
     /// this off for a body that does.
     public var runsBodyOnEventLoop = true
 
+    /// For an abstract address (`@name`), the user ids the server may run as, checked with its `SO_PEERCRED` before
+    /// anything is sent; `nil`, the default, trusts this process's own user and root. (An abstract name has no owner
+    /// or file mode: any process may take it first.) Paths are protected by their file and directory instead.
+    public var trustedServerUserIDs: Set<UInt32>? = nil
+
     /// Creates a configuration with the defaults.
     public init() {}
 }

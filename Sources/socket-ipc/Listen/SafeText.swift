@@ -30,6 +30,13 @@ enum SafeText {
         return escaped
     }
 
+    /// `text` escaped as ``escape(_:)`` does, with newlines and tabs escaped too (`\n`, `\t`): for one line of a
+    /// diagnostic that quotes what a peer sent (an error reply's text, a going-away reason), which then can neither
+    /// act on the terminal nor pass for a line of its own.
+    static func oneLine(_ text: String) -> String {
+        Self.escape(text).replacing("\n", with: "\\n").replacing("\t", with: "\\t").replacing("\r", with: "\\r")
+    }
+
     /// Whether `bytes` are UTF-8 text that needs no escaping but for newlines and tabs.
     static func isPrintable(_ bytes: [UInt8]) -> Bool {
         guard let text = String(validating: bytes, as: UTF8.self) else { return false }

@@ -28,18 +28,6 @@ struct InputChunks: AsyncSequence {
     /// Chunks of standard input as they come, until EOF.
     static func standardInput() -> InputChunks { InputChunks() }
 
-    /// All of standard input.
-    static func readAllStandardInput() async throws -> ByteBuffer {
-        try await Self.standardInput().readAll()
-    }
-
-    /// All the bytes, until EOF.
-    func readAll() async throws -> ByteBuffer {
-        var all = ByteBuffer()
-        for try await var chunk in self { all.writeBuffer(&chunk) }
-        return all
-    }
-
     func makeAsyncIterator() -> Iterator {
         if let buffer = self.buffer { return Iterator(single: buffer) }
         let credits = Credits(Self.chunksAhead)

@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import SocketIPC
 
 #if canImport(Glibc)
 import Glibc
@@ -60,13 +61,30 @@ enum MessageSource: Sendable {
         }
     }
 
-    /// All of the source's bytes.
-    /// - Throws: ``UsageError`` when the file cannot be read.
-    func readAll() async throws -> ByteBuffer {
-        try await self.withChunks { chunks, _ in
+    /// All of the source's bytes, at most `limit` of them.
+    /// - Parameter limit: The most bytes to hold: a framed message's maximum size (16 MiB by default); the reading
+    ///   stops as soon as the source has more, so `@/dev/zero` or an endless pipe costs `limit` bytes, not all memory.
+    /// - Throws: ``UsageError`` when the file cannot be read or holds more than `limit` bytes.
+    func readAll(limit: Int = ConnectionOptions().maximumMessageSize) async throws -> ByteBuffer {
+        try await self.withChunks { chunks, total in
+            if let total, total > limit { throw Self.tooLarge(self.name, limit: limit, size: total) }
             var all = ByteBuffer()
-            for try await var chunk in chunks { all.writeBuffer(&chunk) }
+            for try await var chunk in chunks {
+                guard all.readableBytes + chunk.readableBytes <= limit else {
+                    throw Self.tooLarge(self.name, limit: limit, size: nil)
+                }
+                all.writeBuffer(&chunk)
+            }
             return all
         }
+    }
+
+    /// The error for a message of `size` bytes (`nil`: more than `limit`, and reading stopped there).
+    private static func tooLarge(_ name: String, limit: Int, size: Int?) -> UsageError {
+        let size = size.map { "\($0) bytes" } ?? "more than \(limit) bytes"
+        return UsageError(
+            message: "the message in \(name) is too large: \(size), and a framed message holds at most \(limit) "
+                + "(send a larger one EOF-style: socket-ipc send --eof)"
+        )
     }
 }

@@ -11,10 +11,11 @@ struct ProcessIdentityPolicyTests {
     }
 
     @Test(
-        "the systemd unit is the control group's last service or scope",
+        "the systemd unit is the first service or scope below the slices, as sd_pid_get_unit reads it",
         arguments: [
             ("/system.slice/app.service", "app.service"),
-            ("/user.slice/user-1000.slice/user@1000.service/app.slice/app-cli.service", "app-cli.service"),
+            // A user's own unit is chosen by that user: the system unit is their user manager.
+            ("/user.slice/user-1000.slice/user@1000.service/app.slice/app-cli.service", "user@1000.service"),
             ("/user.slice/user-1000.slice/session-3.scope", "session-3.scope"),
             ("/system.slice/app.service/worker", "app.service"),
             ("/", nil), ("/machine.slice", nil),
@@ -22,6 +23,30 @@ struct ProcessIdentityPolicyTests {
     )
     func systemdUnit(controlGroup: String, unit: String?) {
         #expect(Self.peer(controlGroup: controlGroup).systemdUnit == unit)
+    }
+
+    @Test("the user unit is the first service or scope below user@UID.service, as sd_pid_get_user_unit reads it")
+    func systemdUserUnit() {
+        let user = Self.peer(controlGroup: "/user.slice/user-1000.slice/user@1000.service/app.slice/app-cli.service")
+        #expect(user.systemdUserUnit == "app-cli.service")
+        #expect(Self.peer(controlGroup: "/system.slice/app.service").systemdUserUnit == nil)
+        #expect(Self.peer(controlGroup: "/user.slice/user-1000.slice/user@1000.service").systemdUserUnit == nil)
+    }
+
+    @Test("a user cannot pass for a system unit by naming a unit of their own like it")
+    func userUnitIsNotSystemUnit() {
+        let policy = AuthorizationPolicy.systemdUnits(["app-cli.service"])
+        let impostor = Self.peer(controlGroup: "/user.slice/user-1000.slice/user@1000.service/app.slice/app-cli.service")
+        #expect(!policy.allows(impostor))
+    }
+
+    @Test("controlGroup(under: \"/\") counts as admitting everyone; a narrower one does not")
+    func rootControlGroupAdmitsEveryone() {
+        #expect(AuthorizationPolicy.controlGroup(under: "/").admitsEveryone)
+        #expect(AuthorizationPolicy.controlGroup(under: "").admitsEveryone)
+        #expect(!AuthorizationPolicy.controlGroup(under: "/system.slice").admitsEveryone)
+        #expect((AuthorizationPolicy.sameUser || .controlGroup(under: "/")).admitsEveryone)
+        #expect(!(AuthorizationPolicy.sameUser && .controlGroup(under: "/")).admitsEveryone)
     }
 
     @Test("systemdUnits serves a peer in one of the units; refuses another unit, none, or an unknown control group")

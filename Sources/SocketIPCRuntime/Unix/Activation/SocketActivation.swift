@@ -48,8 +48,17 @@ public enum SocketActivation {
         guard let count else { return [] }
         // systemd always sets LISTEN_PID; a value for another process (a parent's, inherited) is not ours.
         guard let pid, let owner = pid_t(pid), owner == me else { return [] }
-        guard let number = Int32(count), number >= 0, number <= Int32.max - Self.firstDescriptor else {
-            throw SocketIPCError(.invalidConfiguration, "LISTEN_FDS is not a count of descriptors: \(count)")
+        // At most as many as this process may have open (RLIMIT_NOFILE): a larger count cannot be real.
+        var limit = rlimit()
+        var most: Int64 = 1 << 20
+        if getrlimit(Self.openFilesResource, &limit) == 0 {
+            most = Int64(min(UInt64(limit.rlim_cur), UInt64(Int32.max)))
+        }
+        guard let number = Int32(count), number >= 0, Int64(number) <= most - Int64(Self.firstDescriptor) else {
+            throw SocketIPCError(
+                .invalidConfiguration,
+                "LISTEN_FDS is not a count of descriptors this process can have (at most \(most - 3)): \(count)"
+            )
         }
         let labels: [String]
         if let names {
@@ -95,6 +104,13 @@ public enum SocketActivation {
         defer { free(descriptors) }
         return (0..<count).map { InheritedSocket(descriptor: descriptors[$0], name: name) }
     }
+    #endif
+
+    /// `RLIMIT_NOFILE`, as `getrlimit` takes it here.
+    #if canImport(Glibc)
+    private static let openFilesResource = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
+    #else
+    private static let openFilesResource = RLIMIT_NOFILE
     #endif
 
     private static func variable(_ name: String) -> String? {

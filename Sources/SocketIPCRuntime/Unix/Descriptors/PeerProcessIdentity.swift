@@ -47,12 +47,16 @@ struct PeerProcessIdentity {
             return nil
         }
         defer { close(pidfd) }
-        guard let text = Self.readFile("/proc/\(processID)/cgroup"),
-            // Still running after the read: the file was the peer's, not a later process's with its pid.
-            csocketipc_pidfd_send_signal(pidfd, 0) == 0
-        else { return nil }
+        guard let text = Self.readFile("/proc/\(processID)/cgroup"), Self.isRunning(pidfd) else { return nil }
         // cgroup v2: one line `0::PATH`.
         return text.split(separator: "\n").first { $0.hasPrefix("0::") }.map { String($0.dropFirst(3)) }
+    }
+
+    /// Whether the process of `pidfd` still runs, after the read: then the file was the peer's, not a later
+    /// process's with its pid. `pidfd_send_signal` with signal 0 sends nothing; `EPERM` (a process this one may not
+    /// signal, such as another user's when not root) still shows that it runs; only `ESRCH` says it is gone.
+    private static func isRunning(_ pidfd: Int32) -> Bool {
+        csocketipc_pidfd_send_signal(pidfd, 0) == 0 || errno == EPERM
     }
 
     private static func securityLabel(descriptor: Int32) -> String? {

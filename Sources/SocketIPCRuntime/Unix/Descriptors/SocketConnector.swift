@@ -10,9 +10,38 @@ import Darwin
 /// 103 bytes everywhere), ready to hand to `ClientBootstrap.withConnectedSocket`.
 enum SocketConnector {
     /// Opens a socket and connects it to `path`, retrying while the server's backlog is full, up to `timeout`.
+    ///
+    /// An abstract address (`@name`) has no owner: any process may bind the name first. So the server on one must
+    /// run as a user of `trustedServerUserIDs` (by default this process's own user and root), checked with the
+    /// server's `SO_PEERCRED`, or the connection is closed before a byte is sent (as D-Bus clients check the bus).
     /// - Returns: The connected, non-blocking descriptor; the caller owns it.
-    /// - Throws: ``SocketIPCError`` with code `connectionRefused`, `unauthorized`, `timedOut` or `systemCall`.
-    static func connect(to path: SocketPath, timeout: Duration) async throws -> Int32 {
+    /// - Throws: ``SocketIPCError`` with code `connectionRefused`, `unauthorized` (no permission; or a server on an
+    ///   abstract address running as another user), `timedOut` or `systemCall`.
+    static func connect(
+        to path: SocketPath,
+        timeout: Duration,
+        trustedServerUserIDs: Set<UInt32>? = nil
+    ) async throws -> Int32 {
+        let descriptor = try await Self.connectUnchecked(to: path, timeout: timeout)
+        if path.isAbstract {
+            let trusted = trustedServerUserIDs ?? [UInt32(geteuid()), 0]
+            guard let server = PeerCredentials.read(descriptor: descriptor), trusted.contains(server.userID) else {
+                let who = PeerCredentials.read(descriptor: descriptor).map { "runs as uid \($0.userID) (pid \($0.processID))" }
+                    ?? "cannot be identified"
+                close(descriptor)
+                throw SocketIPCError(
+                    .unauthorized,
+                    "the server on the abstract address \(path) \(who), not as a trusted user "
+                        + "(\(trusted.sorted().map { "uid \($0)" }.joined(separator: ", "))): any process can take an "
+                        + "abstract name, so this one may not be the server you meant; nothing was sent",
+                    path: path.path
+                )
+            }
+        }
+        return descriptor
+    }
+
+    private static func connectUnchecked(to path: SocketPath, timeout: Duration) async throws -> Int32 {
         let deadline = ContinuousClock.now.advanced(by: timeout)
         var backoff = Duration.microseconds(100)
         while true {
