@@ -1,0 +1,68 @@
+import Foundation
+import NIOCore
+import SocketIPC
+import SocketIPCTesting
+import Testing
+
+/// A hostile server's text reaches the terminal only escaped: an error reply whose text carries escape sequences and
+/// newlines prints as one line without an ESC byte; and input that never ends costs a framed message's maximum, not
+/// all memory.
+@Suite("socket-ipc against hostile servers and endless input", .timeLimit(.minutes(1)))
+struct HostileServerTextTests {
+    /// Fails every request with `text`.
+    struct FailingHandler: ConnectionHandler {
+        let text: String
+
+        func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {
+            reply.fail(SocketIPCError(.remoteError, self.text))
+        }
+    }
+
+    @Test("an error reply's escape sequences and newlines are printed escaped, on one line")
+    func escapedErrorReply() async throws {
+        let hostile = "\u{1B}]0;PWNED\u{07}\u{1B}[31mRED\r\nerror: forged line\u{9B}2J"
+        try await withFramedTestServer(makeHandler: { FailingHandler(text: hostile) }) { _, path in
+            let result = try await runCLI(["request", path, "hi"])
+            #expect(result.status == 1, "stderr: \(result.error)")
+            let lines = result.error.split(separator: "\n", omittingEmptySubsequences: false)
+            #expect(lines.count == 2 && lines[1].isEmpty, "one line: \(result.error)")
+            #expect(!result.error.utf8.contains(0x1B), "no ESC: \(result.error)")
+            #expect(!result.error.utf8.contains(0x07) && !result.error.utf8.contains(0x0D))
+            #expect(!result.error.unicodeScalars.contains("\u{9B}"), "no C1 CSI")
+            #expect(result.error.contains("\\x1b]0;PWNED"), "\(result.error)")
+        }
+    }
+
+    @Test("request --json gives a reply with C1 controls as base64, never raw", arguments: ["\u{9B}31m", "a\u{1B}b"])
+    func jsonOfControlCharacters(payload: String) async throws {
+        try await withFramedTestServer(makeHandler: { EchoingHandler() }) { _, path in
+            let result = try await runCLI(["request", "--json", path, payload])
+            #expect(result.status == 0, "stderr: \(result.error)")
+            let object = try #require(try parseJSON(result.output))
+            #expect(object["encoding"] as? String == "base64")
+            #expect(object["reply"] as? String == Data(payload.utf8).base64EncodedString())
+        }
+    }
+
+    @Test("endless input (@/dev/zero, a pipe that never ends) stops at the maximum with a usage error", arguments: [true, false])
+    func endlessInput(fromFile: Bool) async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/none.sock"
+            let command =
+                fromFile
+                ? "'\(socketIPCBinary)' request '\(path)' @/dev/zero"
+                : "yes | '\(socketIPCBinary)' request '\(path)'"
+            let result = try await runShell(command + " 2>&1")
+            let text = String(decoding: result.output, as: UTF8.self)
+            #expect(result.status == 64, "\(text)")
+            #expect(text.contains("is too large: more than 16777216 bytes"), "\(text)")
+        }
+    }
+}
+
+/// Echoes each request.
+struct EchoingHandler: ConnectionHandler {
+    func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {
+        reply.succeed(request)
+    }
+}
