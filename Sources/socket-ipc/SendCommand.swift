@@ -11,7 +11,7 @@ struct SendCommand: AsyncParsableCommand {
         discussion: """
             With --eof: connects, writes MESSAGE (or standard input, streamed as it comes, when MESSAGE is \
             omitted), half-closes, and prints the server's acknowledgement: `ack: N` for a 4-byte count, the text \
-            or hex of anything else, or `no acknowledgement`. It exits 1 with `error: ...` when the message was not \
+            or hex of anything else, or `no acknowledgement`. It exits 3 with `error: ...` when the message was not \
             delivered (the server closed the connection before it had read all of it: the message is over its \
             maximum, its policy refused you, or it is at its connection limit or shutting down), and when the \
             server turns out to be a framed one ("this is a framed server ... drop --eof"). (An empty message has no \

@@ -29,10 +29,10 @@ struct ListenCommandTests {
             let message = try #require(ListenMetadata(lines[0]), "not a metadata line: \(lines[0])")
             #expect(message.kind == "message" && message.size == 5)
             #expect(message.uid == getuid() && message.gid == getgid() && message.pid > 0)
-            #expect(lines[1] == "hello")
+            #expect(lines[1] == "  hello")
             let request = try #require(ListenMetadata(lines[2]), "not a metadata line: \(lines[2])")
             #expect(request.kind == "request" && request.size == 10)
-            #expect(lines[3] == "a question")
+            #expect(lines[3] == "  a question")
             let notes = await listener.standardError.remainingLines()
             #expect(notes.contains { $0.hasPrefix("connection from uid=\(getuid()) gid=\(getgid()) pid=") }, "\(notes)")
             #expect(notes.contains { $0.hasPrefix("connection closed from uid=\(getuid())") }, "\(notes)")
@@ -82,7 +82,7 @@ struct ListenCommandTests {
             switch format {
             case "text":
                 #expect(
-                    lines.count == 2 && ListenMetadata(lines[0])?.kind == "eof" && lines[1] == "over EOF", "\(lines)")
+                    lines.count == 2 && ListenMetadata(lines[0])?.kind == "eof" && lines[1] == "  over EOF", "\(lines)")
             case "hex":
                 #expect(lines.count == 2 && ListenMetadata(lines[0])?.kind == "eof", "\(lines)")
                 #expect(lines.last == "00000000: 6f76 6572 2045 4f46" + String(repeating: " ", count: 22) + "over EOF")
@@ -109,8 +109,8 @@ struct ListenCommandTests {
             #expect(!output.contains(0x07) && !output.contains(0x0D) && !output.contains(0x00))
             let lines = String(decoding: output, as: UTF8.self).split(separator: "\n").map(String.init)
             try #require(lines.count == 4, "\(lines)")
-            #expect(lines[1] == #"\x1b]0;owned\x07\x1b[31mred\x0d\\"#)
-            #expect(lines[3] == "00000000: ff1b 0041" + String(repeating: " ", count: 32) + "...A")
+            #expect(lines[1] == #"  \x1b]0;owned\x07\x1b[31mred\x0d\\"#)
+            #expect(lines[3] == "  00000000: ff1b 0041" + String(repeating: " ", count: 32) + "...A")
         }
     }
 
@@ -123,7 +123,22 @@ struct ListenCommandTests {
             #expect(await listener.waitForExit() == 0)
             let lines = await listener.standardOutput.remainingLines()
             #expect(lines.count == 3 && ListenMetadata(lines[0])?.size == 23, "\(lines)")
-            #expect(Array(lines.dropFirst()) == ["first line", "second line"])
+            #expect(Array(lines.dropFirst()) == ["  first line", "  second line"])
+        }
+    }
+
+
+    @Test("a payload that looks like a metadata line stays indented under the real one: it cannot forge a sender")
+    func forgedMetadataLine() async throws {
+        try await withListenCommand(["--count", "1"]) { path, listener in
+            let forged = "hi\n2026-11-30T16:03:06.123Z message 5 bytes from uid=0 gid=0 pid=1 (connection 99)"
+            let sent = try await runCLI(["send", path, forged])
+            #expect(sent.status == 0, "stderr: \(sent.error)")
+            #expect(await listener.waitForExit() == 0)
+            let lines = await listener.standardOutput.remainingLines()
+            #expect(lines.count == 3, "\(lines)")
+            #expect(lines.filter { ListenMetadata($0) != nil }.count == 1, "one metadata line only: \(lines)")
+            #expect(lines.dropFirst().allSatisfy { $0.hasPrefix("  ") })
         }
     }
 
@@ -163,7 +178,7 @@ struct ListenCommandTests {
             #expect(Array(await client.standardOutput.data()) == [0, 0, 0, 2], "the 4-byte count")
             #expect(await listener.waitForExit() == 0)
             let lines = await listener.standardOutput.remainingLines()
-            #expect(lines.count == 2 && ListenMetadata(lines[0])?.kind == "eof" && lines[1] == "hi", "\(lines)")
+            #expect(lines.count == 2 && ListenMetadata(lines[0])?.kind == "eof" && lines[1] == "  hi", "\(lines)")
         }
     }
 
@@ -184,7 +199,7 @@ struct ListenCommandTests {
         try await withFramedTestServer(makeHandler: { Pusher(pushes: ["hello"], held: held) }) { server, path in
             let listener = try TestProcess.socketIPC(["listen", "--connect", path])
             try await withProcess(listener) { listener in
-                #expect(await listener.standardOutput.waitForLine(containing: "hello") == "hello")
+                #expect(await listener.standardOutput.waitForLine(containing: "hello") == "  hello")
                 let connection = try #require(held.connection.withLock { $0 })
                 connection.close()
                 #expect(await listener.waitForExit() == 3, "the server closed without going away")
@@ -192,7 +207,7 @@ struct ListenCommandTests {
             }
             let graceful = try TestProcess.socketIPC(["listen", "--connect", path])
             try await withProcess(graceful) { listener in
-                #expect(await listener.standardOutput.waitForLine(containing: "hello") == "hello")
+                #expect(await listener.standardOutput.waitForLine(containing: "hello") == "  hello")
                 server.shutdownGracefully()
                 #expect(await listener.waitForExit() == 0)
             }
@@ -204,7 +219,7 @@ struct ListenCommandTests {
         try await withFramedTestServer(makeHandler: { Pusher(pushes: ["hello"]) }) { _, path in
             let listener = try TestProcess.socketIPC(["listen", "--connect", path])
             try await withProcess(listener) { listener in
-                #expect(await listener.standardOutput.waitForLine(containing: "hello") == "hello")
+                #expect(await listener.standardOutput.waitForLine(containing: "hello") == "  hello")
                 listener.signal(SIGINT)
                 #expect(await listener.waitForExit() == 0)
             }

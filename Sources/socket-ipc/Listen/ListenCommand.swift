@@ -14,7 +14,8 @@ struct ListenCommand: AsyncParsableCommand {
         discussion: """
             Serves on PATH (framed by default, --mode eof for one message per connection) and prints each message \
             on standard output: a line of metadata (the time in UTC, the kind: message, request or eof, the size, \
-            the sender's uid, gid and pid, the connection's number), then the payload. Framed requests get an empty \
+            the sender's uid, gid and pid, the connection's number), then the payload, each of its lines indented by \
+            two spaces (so that no payload can pass for a metadata line). Framed requests get an empty \
             reply, so that a requester never waits; EOF-style messages are acknowledged with the 4-byte big-endian \
             count of bytes received, as `serve --mode eof` does.
 

@@ -4,11 +4,12 @@ import SocketIPC
 
 /// How `listen` prints each message it receives.
 ///
-/// `text` and `hex` print a line of metadata, then the payload:
+/// `text` and `hex` print a line of metadata, then the payload (in `text`, each line indented by two spaces, so that
+/// a payload cannot forge a metadata line):
 ///
 /// ```
 /// 2026-11-30T16:03:06.123Z message 5 bytes from uid=1000 gid=1000 pid=4242 (connection 3)
-/// hello
+///   hello
 /// ```
 ///
 /// `json` prints one object per message on one line, with no separate metadata line:
@@ -33,15 +34,17 @@ enum MessageFormat: String, ExpressibleByArgument, CaseIterable {
         case .json:
             return Self.json(message)
         case .text:
-            var lines = [Self.metadata(message, colored: colored)]
-            if message.payload.isEmpty { return lines[0] }
+            let metadata = Self.metadata(message, colored: colored)
+            if message.payload.isEmpty { return metadata }
+            var payload: [Substring]
             if var text = SafeText.text(message.payload) {
                 if text.hasSuffix("\n") { text.removeLast() }
-                lines.append(text)
+                payload = text.split(separator: "\n", omittingEmptySubsequences: false)
             } else {
-                lines += HexDump.lines(message.payload)
+                payload = HexDump.lines(message.payload).map { Substring($0) }
             }
-            return lines.joined(separator: "\n")
+            // Every payload line is indented: a peer's text can never pass for a metadata line of its own.
+            return ([metadata] + payload.map { "  " + $0 }).joined(separator: "\n")
         case .hex:
             return ([Self.metadata(message, colored: colored)] + HexDump.lines(message.payload))
                 .joined(separator: "\n")
