@@ -1,4 +1,5 @@
 import Foundation
+import SocketIPCTestSupport
 import SocketIPCTesting
 import Testing
 
@@ -101,7 +102,7 @@ struct KeyValueExampleTests {
                     #expect(blue.status == 0, "stderr: \(blue.error)")
                     #expect(await watcher.standardOutput.waitForLine("blue"))
                 }
-                #expect(watcher.process.isRunning)
+                #expect(watcher.isRunning)
             }
         }
     }

@@ -1,4 +1,5 @@
 import Foundation
+import SocketIPCTestSupport
 import Testing
 
 // Written for Linux (Glibc, Musl) and Darwin; tested on Linux only, Darwin is untested.

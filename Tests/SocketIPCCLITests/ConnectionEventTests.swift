@@ -44,7 +44,7 @@ struct ConnectionEventTests {
             #expect(String(buffer: try await client.connection.request(ByteBuffer(string: "hi"))) == "hi")
 
             server.signal(SIGKILL)
-            #expect(await server.waitForExit() == SIGKILL)
+            #expect(await server.waitForExit() == 128 + SIGKILL)
             await client.connection.waitUntilClosed()
             let reported = await client.reportedClose()
 
@@ -90,7 +90,7 @@ struct ConnectionEventTests {
             try await waitUntilUnread(byServer: server.processID)
             server.signal(SIGKILL)
             server.signal(SIGCONT)
-            #expect(await server.waitForExit() == SIGKILL)
+            #expect(await server.waitForExit() == 128 + SIGKILL)
             await client.connection.waitUntilClosed()
             let reported = await client.reportedClose()
             let failure = await #expect(throws: SocketIPCError.self) { _ = try await request.value }
@@ -118,7 +118,7 @@ struct ConnectionEventTests {
 
             server.signal(SIGKILL)
             server.signal(SIGCONT)
-            #expect(await server.waitForExit() == SIGKILL)
+            #expect(await server.waitForExit() == 128 + SIGKILL)
         }
     }
 
@@ -135,7 +135,7 @@ struct ConnectionEventTests {
 
             server.signal(SIGKILL)
             server.signal(SIGCONT)
-            #expect(await server.waitForExit() == SIGKILL)
+            #expect(await server.waitForExit() == 128 + SIGKILL)
             await client.connection.waitUntilClosed()
             #expect(client.connection.closeReason?.code == .connectionClosed)
             #expect(await client.reportedClose() == client.connection.closeReason)

@@ -1,4 +1,5 @@
 import Foundation
+import SocketIPCTestSupport
 import SocketIPCTesting
 import Testing
 
@@ -22,9 +23,13 @@ struct LinuxNativeCLITests {
         _ options: [String] = [],
         _ body: (SpawnedProcess) async throws -> Result
     ) async throws -> Result {
-        // Not Foundation's Process: see SpawnedProcess.
-        let manager = try SpawnedProcess(Self.activate, ["-l", path, socketIPCBinary, "serve"] + options)
-        return try await manager.whileRunning { manager in
+        // Not Foundation's Process, which misses other children's exits when this one closes its descriptors: see
+        // SpawnedProcess.
+        let manager = try SpawnedProcess(
+            executable: Self.activate,
+            arguments: ["-l", path, socketIPCBinary, "serve"] + options
+        )
+        return try await withProcess(manager) { manager in
             // systemd-socket-activate says so on standard error once it listens, before anything is started.
             let listening = await manager.standardError.waitForLine(containing: "Listening on")
             try #require(listening?.contains(path) == true, "systemd-socket-activate did not listen: \(listening ?? "nothing")")
@@ -74,10 +79,10 @@ struct LinuxNativeCLITests {
         try await withTemporarySocketDirectory { directory in
             let path = directory + "/named.sock"
             let manager = try SpawnedProcess(
-                Self.activate,
-                ["-l", path, "--fdname", "api", socketIPCBinary, "serve", "--fd-name", "other"]
+                executable: Self.activate,
+                arguments: ["-l", path, "--fdname", "api", socketIPCBinary, "serve", "--fd-name", "other"]
             )
-            try await manager.whileRunning { manager in
+            try await withProcess(manager) { manager in
                 _ = await manager.standardError.waitForLine(containing: "Listening on")
                 let result = try await runCLI(["request", "--timeout", "60", path, "hi"])
                 #expect(result.status == 3, "the server refused to start, so the connection closed: \(result.error)")

@@ -1,4 +1,5 @@
 import Foundation
+import SocketIPCTestSupport
 import SocketIPCTesting
 import Synchronization
 import Testing

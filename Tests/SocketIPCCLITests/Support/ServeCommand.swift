@@ -1,3 +1,4 @@
+import SocketIPCTestSupport
 import SocketIPCTesting
 import Testing
 

@@ -1,6 +1,5 @@
 import Foundation
 import SocketIPCTestSupport
-import Synchronization
 
 // Written for Linux (Glibc, Musl) and Darwin; tested on Linux only, Darwin is untested.
 #if canImport(Glibc)
@@ -44,57 +43,33 @@ enum OtherUser {
 }
 
 /// A process that is not SocketIPC listening on a socket: `socat UNIX-LISTEN:PATH,mode=0600,fork EXEC:/bin/cat` run
-/// as ``OtherUser``.
+/// as ``OtherUser``, started with `posix_spawn` (``SpawnedProcess``, SocketIPCTestSupport).
 final class ForeignListener: Sendable {
-    private let process: Process
-    private let exited: Task<Void, Never>
+    private let process: SpawnedProcess
 
-    private init(process: Process, exited: Task<Void, Never>) {
+    private init(process: SpawnedProcess) {
         self.process = process
-        self.exited = exited
     }
 
     /// Starts the listener and returns once it listens (socat reports it on standard error).
     static func start(at path: String) async throws -> ForeignListener {
         guard let setpriv = OtherUser.setpriv, let socat = OtherUser.socat else { throw POSIXError(.ENOENT) }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: setpriv)
-        process.arguments = OtherUser.command([socat, "-d", "-d", "UNIX-LISTEN:\(path),mode=0600,fork", "EXEC:/bin/cat"])
-        let errorPipe = Pipe()
-        process.standardError = errorPipe
-        process.standardOutput = FileHandle.nullDevice
-        process.standardInput = FileHandle.nullDevice
-        let (exits, exit) = AsyncStream.makeStream(of: Void.self)
-        process.terminationHandler = { _ in exit.finish() }
-        try launchSerialized(process)
-        let exited = Task { for await _ in exits {} }
-        let listener = ForeignListener(process: process, exited: exited)
-        let (lines, line) = AsyncStream.makeStream(of: String.self)
-        let reader = Thread {
-            let handle = errorPipe.fileHandleForReading
-            var pending = ""
-            while true {
-                let data = handle.availableData
-                if data.isEmpty { break }
-                pending += String(decoding: data, as: UTF8.self)
-                while let newline = pending.firstIndex(of: "\n") {
-                    line.yield(String(pending[..<newline]))
-                    pending.removeSubrange(...newline)
-                }
-            }
-            line.finish()
-        }
-        reader.start()
-        for await text in lines where text.contains("listening on") { return listener }
+        // No time limit: the listener lives as long as the test that uses it, which stops it.
+        let process = try SpawnedProcess(
+            executable: setpriv,
+            arguments: OtherUser.command([socat, "-d", "-d", "UNIX-LISTEN:\(path),mode=0600,fork", "EXEC:/bin/cat"]),
+            timeLimit: nil
+        )
+        let listener = ForeignListener(process: process)
+        if await process.standardError.waitForLine(containing: "listening on") != nil { return listener }
         await listener.stop()
         throw POSIXError(.ECONNREFUSED)
     }
 
-    /// Stops the listener and waits until it has exited. SIGKILL, because a child inherits ignored signals and the
-    /// test process may ignore SIGTERM (service-lifecycle's signal handling does); its socket file stays behind.
+    /// Stops the listener and waits until it has exited. SIGKILL, although the child starts with every signal at its
+    /// default action (SIGTERM would do now); its socket file stays behind.
     func stop() async {
-        if self.process.isRunning { kill(self.process.processIdentifier, SIGKILL) }
-        await self.exited.value
+        await self.process.stop()
     }
 }
 
