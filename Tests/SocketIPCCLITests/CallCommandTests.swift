@@ -168,7 +168,7 @@ struct CallCommandTests {
             let file = directory + "/nope.json"
             let result = try await runCLI(["call", "--socket", directory + "/none.sock", "demo.echo", "@" + file])
             #expect(result.status == 64)
-            #expect(result.error.hasPrefix("error: cannot read the request from \(file)"), "\(result.error)")
+            #expect(result.error == "error: cannot read \(file): No such file or directory\n", "\(result.error)")
         }
     }
 
