@@ -86,20 +86,125 @@ struct ServeExecTests {
         }
     }
 
-    @Test("one-way messages run the command too, and the server waits for it before it exits")
+    @Test("one-way messages run the command too, and the server waits for a running one before it exits")
     func oneWay() async throws {
         try await withTemporarySocketDirectory { directory in
             let output = directory + "/out"
+            let started = directory + "/started"
             let path = directory + "/s.sock"
-            try await withServeCommand(at: path, ["--exec", "cat >> '\(output)'"]) { server in
+            // The run takes a while after it has started, so that SIGTERM comes while it runs.
+            let command = "echo x >> '\(started)'; sleep 0.5; cat >> '\(output)'"
+            try await withServeCommand(at: path, ["--exec", command]) { server in
                 let sent = try await runCLI(["send", path, "one-way"])
                 #expect(sent.status == 0, "stderr: \(sent.error)")
+                try await waitUntilFile(started, hasLines: 1)
                 server.signal(SIGTERM)
                 #expect(await server.waitForExit() == 0)
             }
             #expect((try? String(contentsOfFile: output, encoding: .utf8)) == "one-way")
         }
     }
+
+    @Test("--exec-concurrency bounds the commands running at once; the requests beyond it wait and get their replies")
+    func concurrencyLimit() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/s.sock"
+            // Under a lock: count the commands alive in `alive` and log each count in `counts`; the run lasts a
+            // while, so that commands unbounded would overlap.
+            let (lock, alive, counts) = (directory + "/lock", directory + "/alive", directory + "/counts")
+            try "0\n".write(toFile: alive, atomically: true, encoding: .utf8)
+            let update = { (step: String) in
+                "flock '\(lock)' sh -c 'n=$(($(cat \"\(alive)\") \(step))); "
+                    + "echo $n > \"\(alive)\"; echo $n >> \"\(counts)\"'"
+            }
+            let command = "cat >/dev/null; \(update("+ 1")); sleep 0.3; \(update("- 1")); echo ok"
+            try await withServeCommand(at: path, ["--exec-concurrency", "2", "--exec", command]) { _ in
+                let result = try await runCLI(["request", path, "--count", "6", "--concurrency", "6", "x"])
+                #expect(result.status == 0, "stderr: \(result.error)")
+                #expect(result.output.contains("6 requests"), "stdout: \(result.output)")
+            }
+            let log = try String(contentsOfFile: counts, encoding: .utf8).split(separator: "\n").compactMap { Int($0) }
+            // Six starts and six ends, never more than two alive.
+            #expect(log.count == 12, "counts: \(log)")
+            #expect(log.allSatisfy { (0...2).contains($0) }, "counts: \(log)")
+            #expect(log.last == 0)
+        }
+    }
+
+    @Test("a request waiting for its turn is dropped when its connection closes: its command never starts")
+    func waitingRequestCancelled() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/s.sock"
+            let (starts, go) = (directory + "/starts", directory + "/go")
+            // Each run logs its start, then holds its turn until the test creates `go`.
+            let command = "echo x >> '\(starts)'; while [ ! -e '\(go)' ]; do sleep 0.05; done; echo ok"
+            try await withServeCommand(at: path, ["--exec-concurrency", "1", "--exec", command]) { server in
+                let first = try TestProcess.socketIPC(["request", path, "first"])
+                try await withProcess(first) { first in
+                    try await waitUntilFile(starts, hasLines: 1)
+                    // Waits behind the first, gives up and closes its connection (the server's third line).
+                    let waiting = try await runCLI(["request", "--timeout", "0.3", path, "gives up"])
+                    #expect(waiting.status != 0, "stdout: \(waiting.output)")
+                    _ = await server.standardError.waitForLine(containing: "connection closed")
+                    #expect(FileManager.default.createFile(atPath: go, contents: nil))
+                    #expect(await first.waitForExit() == 0)
+                }
+                // Had the request that gave up kept its place, it would run before this one.
+                let last = try await runCLI(["request", path, "last"])
+                #expect(last.output == "reply: \"ok\n\"\n", "stderr: \(last.error)")
+            }
+            let lines = try String(contentsOfFile: starts, encoding: .utf8).split(separator: "\n")
+            #expect(lines.count == 2, "runs started: \(lines.count)")
+        }
+    }
+
+    #if os(Linux)
+        /// SIGTERM then drops the queued runs and kills the running one after the grace period.
+        @Test("a flood of one-way messages closes the connection at 16 pending; the server's memory stays bounded")
+        func oneWayFlood() async throws {
+            try await withTemporarySocketDirectory { directory in
+                let path = directory + "/s.sock"
+                let pids = directory + "/pids"
+                let options = [
+                    "--exec-concurrency", "1", "--shutdown-grace-period", "1",
+                    "--exec", "echo $$ >> '\(pids)'; exec sleep 30",
+                ]
+                try await withServeCommand(at: path, options) { server in
+                    let before = try #require(residentKilobytes(of: server.processID))
+                    let connection = try await Client.connect(to: path)
+                    let megabyte = ByteBuffer(repeating: 0x61, count: 1 << 20)
+                    var sent = 0
+                    do {
+                        for _ in 0..<1000 {
+                            try await connection.send(megabyte)
+                            sent += 1
+                        }
+                    } catch {}
+                    connection.close()
+                    await connection.waitUntilClosed()
+                    #expect(sent < 1000, "the server took all 1000 messages")
+                    let note = await server.standardError.waitForLine(containing: "closing connection")
+                    #expect(note?.contains("more one-way messages than --exec keeps waiting (16)") == true)
+                    let after = try #require(residentKilobytes(of: server.processID))
+                    #expect(after - before < 200 * 1024, "VmRSS went from \(before) kB to \(after) kB")
+
+                    // The first command runs (the others wait for its turn): SIGTERM gives it the grace period.
+                    try await waitUntilFile(pids, hasLines: 1)
+                    let started = ContinuousClock.now
+                    server.signal(SIGTERM)
+                    #expect(await server.waitForExit() == 0)
+                    // Far less than the command's 30 seconds: it was killed.
+                    #expect(ContinuousClock.now - started < .seconds(15))
+                }
+                let lines = try String(contentsOfFile: pids, encoding: .utf8).split(separator: "\n")
+                // Only the first ever started: the queued ones were dropped, and none is left.
+                #expect(lines.count == 1, "started: \(lines)")
+                for pid in lines.compactMap({ Int32($0) }) {
+                    #expect(kill(pid, 0) == -1 && errno == ESRCH, "the command \(pid) is still there")
+                }
+            }
+        }
+    #endif
 
     #if os(Linux)
         @Test("the command inherits no descriptor but its standard input, output and error")
@@ -112,4 +217,24 @@ struct ServeExecTests {
             }
         }
     #endif
+}
+
+#if os(Linux)
+    /// The resident set size of `process` in kB (`VmRSS` of `/proc/PID/status`).
+    private func residentKilobytes(of process: pid_t) -> Int? {
+        guard let status = try? String(contentsOfFile: "/proc/\(process)/status", encoding: .utf8) else { return nil }
+        let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") }
+        return line?.split(whereSeparator: \.isWhitespace).dropFirst().first.flatMap { Int($0) }
+    }
+#endif
+
+/// Waits until the file at `path` has at least `count` lines; the condition, not a time, ends the wait, and 1000
+/// polls are a safety net.
+private func waitUntilFile(_ path: String, hasLines count: Int) async throws {
+    for _ in 0..<1000 {
+        let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+        if text.split(separator: "\n").count >= count { return }
+        try await Task.sleep(for: .milliseconds(10))
+    }
+    Issue.record("\(path) never had \(count) lines")
 }

@@ -16,6 +16,10 @@ import SocketIPC
 /// | `UNIXREMOTEPID`, `UNIXREMOTEEUID`, `UNIXREMOTEEGID` | the peer's pid, effective uid and gid (`SO_PEERCRED`); unset when unknown |
 ///
 /// and `SOCKETIPC_KIND`: `request`, `message` or `eof`.
+///
+/// Each run first waits for its turn (``turns``): at most so many runs at once across the server. ``timeout`` counts
+/// from the start of the run, not from the message's arrival; the wait ends early when the waiting task is cancelled
+/// (its connection closed, or the server's shutdown ended its grace period).
 struct ExecCommand: Sendable {
     /// The shell command.
     let command: String
@@ -25,6 +29,8 @@ struct ExecCommand: Sendable {
     let maximumOutput: Int
     /// The server's socket path, for `UNIXLOCALPATH`.
     let socketPath: String
+    /// The turns to run, shared by every run of the server.
+    let turns: ExecTurns
 
     /// The most bytes of standard error an error reply carries.
     static let maximumErrorText = 4096
@@ -35,12 +41,22 @@ struct ExecCommand: Sendable {
     ///   - peer: Who sent it, for the environment.
     ///   - kind: What carried it, for `SOCKETIPC_KIND`.
     ///   - keepsOutput: Whether the output is wanted (a one-way message's is not).
+    ///   - mayStart: Called once the run has its turn, right before the command starts; `false` gives the turn back
+    ///     and throws `CancellationError` instead of starting it.
     /// - Returns: The command's standard output.
     /// - Throws: ``ExecFailure`` when the command exits with a non-zero status, is killed, writes more than
-    ///   ``maximumOutput`` bytes, outlasts ``timeout`` or cannot be started.
-    func run(_ input: ByteBuffer, peer: PeerCredentials?, kind: ReceivedMessage.Kind, keepsOutput: Bool = true)
-        async throws -> ByteBuffer
-    {
+    ///   ``maximumOutput`` bytes, outlasts ``timeout`` or cannot be started; `CancellationError` when the task is
+    ///   cancelled while it waits for its turn, or `mayStart` says no.
+    func run(
+        _ input: ByteBuffer,
+        peer: PeerCredentials?,
+        kind: ReceivedMessage.Kind,
+        keepsOutput: Bool = true,
+        mayStart: @Sendable () -> Bool = { true }
+    ) async throws -> ByteBuffer {
+        try await self.turns.acquire()
+        defer { self.turns.release() }
+        guard !Task.isCancelled, mayStart() else { throw CancellationError() }
         let limits = ExecProcess.Limits(
             maximumOutput: self.maximumOutput,
             maximumErrorOutput: Self.maximumErrorText,

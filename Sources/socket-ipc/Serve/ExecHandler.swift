@@ -1,15 +1,29 @@
 import NIOCore
 import SocketIPC
+import Synchronization
 
 /// The handler of each connection of `serve --exec` (framed): runs the command for every request (its output is the
 /// reply, a failure an error reply) and every one-way message (its output dropped), and notes the connection.
+///
+/// A request's run is a task of the connection, so it is cancelled when the connection closes, also while it still
+/// waits for its turn (``ExecTurns``); the connection reads nothing more while its maximum of unanswered requests is
+/// reached. One-way messages run in order, one after another, and outlive their connection (a client may send one and
+/// close at once); at most ``maximumPendingMessages`` of a connection are kept, with their payloads, and a connection
+/// that sends more while they are all pending is closed.
 struct ExecHandler: ConnectionHandler {
+    /// The most one-way messages of one connection queued or running at once.
+    static let maximumPendingMessages = 16
+
     /// The command.
     let exec: ExecCommand
-    /// Where the runs for one-way messages are kept, so that the server waits for them before it exits.
+    /// Where the runs for one-way messages are kept, so that the server's shutdown can end them.
     let oneWayRuns: OneWayRuns
+    /// The connection's one-way messages queued or running.
+    private let pendingMessages = PendingCount()
     /// The run for the connection's previous one-way message: the next waits for it, so that they run in order.
     private var previousOneWay: Task<Void, Never>?
+    /// Whether the connection was closed for sending too many one-way messages; what it still sends is dropped.
+    private var isOverwhelmed = false
 
     /// Creates the handler of one connection.
     init(exec: ExecCommand, oneWayRuns: OneWayRuns) {
@@ -38,23 +52,48 @@ struct ExecHandler: ConnectionHandler {
     }
 
     /// Runs the command for the message, after the connection's previous one-way message; its output is dropped.
+    /// Closes the connection instead when ``maximumPendingMessages`` of its messages are pending.
     mutating func didReceiveMessage(_ message: ByteBuffer, on connection: Connection) {
+        let id = connection.id
+        guard !self.isOverwhelmed else { return }
+        guard self.pendingMessages.value.load(ordering: .relaxed) < Self.maximumPendingMessages else {
+            self.isOverwhelmed = true
+            Output.note(
+                "closing connection \(id): it sent more one-way messages than --exec keeps waiting "
+                    + "(\(Self.maximumPendingMessages)); the message was dropped"
+            )
+            connection.close()
+            return
+        }
         let exec = self.exec
         let peer = connection.peer
-        let id = connection.id
         let previous = self.previousOneWay
-        self.previousOneWay = self.oneWayRuns.start {
+        let pending = self.pendingMessages
+        pending.value.add(1, ordering: .relaxed)
+        let run = self.oneWayRuns.start { mayStart in
+            defer { pending.value.subtract(1, ordering: .relaxed) }
             await previous?.value
             do {
-                _ = try await exec.run(message, peer: peer, kind: .message, keepsOutput: false)
+                _ = try await exec.run(message, peer: peer, kind: .message, keepsOutput: false, mayStart: mayStart)
             } catch let failure as ExecFailure {
                 Output.note("exec failed for a message on connection \(id): \(failure.message)")
             } catch {}
         }
+        guard let run else {
+            pending.value.subtract(1, ordering: .relaxed)
+            Output.note("dropped a one-way message on connection \(id): the server is shutting down")
+            return
+        }
+        self.previousOneWay = run
     }
 
     /// Notes the close, and why when it was not orderly.
     func connectionDidClose(_ connection: Connection, error: SocketIPCError?) {
         ConnectionLog.closed(connection.id, peer: connection.peer, error: error)
     }
+}
+
+/// A count shared by a handler and the tasks it starts.
+private final class PendingCount: Sendable {
+    let value = Atomic<Int>(0)
 }

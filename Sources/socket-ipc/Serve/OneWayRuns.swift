@@ -1,29 +1,119 @@
+import ServiceLifecycle
 import Synchronization
 
-/// The command runs of `serve --exec` for one-way messages, which nothing answers: kept so that the server waits for
-/// them (each bounded by `--exec-timeout`) before it exits, leaving no child behind.
+/// The command runs of `serve --exec` for one-way messages, which nothing answers: kept so that the server's shutdown
+/// can end them, leaving no child behind.
+///
+/// A run is queued until its command starts (it waits for the connection's previous one-way message and for its
+/// turn, ``ExecTurns``), then running. When the graceful shutdown begins (``beginShutdown(gracePeriod:)``) the queued
+/// runs are cancelled and no new one starts; ``finish()`` then waits for the running ones until the grace period is
+/// over and cancels those still running, which kills their commands' process groups.
 final class OneWayRuns: Sendable {
-    private let running = Mutex<[UInt64: Task<Void, Never>]>([:])
-    private let nextID = Atomic<UInt64>(0)
+    private struct Run {
+        var task: Task<Void, Never>?
+        var isRunning = false
+    }
 
-    /// Starts `body` in a task of its own and keeps it until it ends.
-    /// - Returns: The task.
-    func start(_ body: @escaping @Sendable () async -> Void) -> Task<Void, Never> {
-        let id = self.nextID.add(1, ordering: .relaxed).newValue
-        return self.running.withLock { running in
+    private struct State {
+        var runs: [UInt64: Run] = [:]
+        var nextID: UInt64 = 0
+        /// When the shutdown's grace period ends; `nil` until the shutdown begins.
+        var deadline: ContinuousClock.Instant?
+        /// Resumed once `runs` is empty.
+        var idleWaiters: [CheckedContinuation<Void, Never>] = []
+    }
+
+    private let state = Mutex(State())
+
+    /// Starts `body` in a task of its own and keeps it until it ends; `body` gets the `mayStart` to pass to
+    /// ``ExecCommand/run(_:peer:kind:keepsOutput:mayStart:)``, which marks the run as running.
+    /// - Returns: The task; `nil`, and `body` is not run, once the shutdown has begun.
+    func start(
+        _ body: @escaping @Sendable (_ mayStart: @escaping @Sendable () -> Bool) async -> Void
+    ) -> Task<Void, Never>? {
+        self.state.withLock { state in
+            guard state.deadline == nil else { return nil }
+            state.nextID += 1
+            let id = state.nextID
             let task = Task {
-                await body()
-                _ = self.running.withLock { $0.removeValue(forKey: id) }
+                await body { self.markRunning(id) }
+                self.remove(id)
             }
-            running[id] = task
+            state.runs[id] = Run(task: task)
             return task
         }
     }
 
-    /// Waits until every run started so far, and any they were waiting for, has ended.
-    func waitForAll() async {
-        while let task = self.running.withLock({ $0.values.first }) {
-            await task.value
+    /// Begins the shutdown: no run starts any more, the queued ones are cancelled, and the running ones have
+    /// `gracePeriod` from now (see ``finish()``). Does nothing the second time.
+    func beginShutdown(gracePeriod: Duration) {
+        let queued = self.state.withLock { state -> [Task<Void, Never>] in
+            guard state.deadline == nil else { return [] }
+            state.deadline = .now.advanced(by: gracePeriod)
+            return state.runs.values.filter { !$0.isRunning }.compactMap(\.task)
         }
+        for task in queued { task.cancel() }
+    }
+
+    /// Waits for the running commands until the grace period given to ``beginShutdown(gracePeriod:)`` is over (from
+    /// now when the shutdown has not begun), cancels (kills) those still running then, and waits until every run has
+    /// ended.
+    func finish(gracePeriod: Duration) async {
+        self.beginShutdown(gracePeriod: gracePeriod)
+        let deadline = self.state.withLock { $0.deadline } ?? .now
+        let killer = Task {
+            try? await Task.sleep(until: deadline, clock: .continuous)
+            guard !Task.isCancelled else { return }
+            for task in self.state.withLock({ $0.runs.values.compactMap(\.task) }) { task.cancel() }
+        }
+        await self.waitUntilIdle()
+        killer.cancel()
+    }
+
+    /// Marks the run as running, unless the shutdown has begun.
+    /// - Returns: Whether the run may start its command.
+    private func markRunning(_ id: UInt64) -> Bool {
+        self.state.withLock { state in
+            guard state.deadline == nil, state.runs[id] != nil else { return false }
+            state.runs[id]?.isRunning = true
+            return true
+        }
+    }
+
+    private func remove(_ id: UInt64) {
+        let waiters = self.state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.runs[id] = nil
+            guard state.runs.isEmpty else { return [] }
+            defer { state.idleWaiters = [] }
+            return state.idleWaiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    /// Waits until no run is kept.
+    private func waitUntilIdle() async {
+        await withCheckedContinuation { continuation in
+            let isIdle = self.state.withLock { state in
+                if state.runs.isEmpty { return true }
+                state.idleWaiters.append(continuation)
+                return false
+            }
+            if isIdle { continuation.resume() }
+        }
+    }
+}
+
+/// The service that tells ``OneWayRuns`` when the graceful shutdown begins; placed after the server in its
+/// `ServiceGroup`, so that it is told first, at once.
+struct OneWayRunsShutdown: Service {
+    /// The runs.
+    let runs: OneWayRuns
+    /// The server's shutdown grace period.
+    let gracePeriod: Duration
+
+    /// Waits for the graceful shutdown (or the group's cancellation), then begins the runs' shutdown.
+    func run() async throws {
+        try? await gracefulShutdown()
+        self.runs.beginShutdown(gracePeriod: self.gracePeriod)
     }
 }

@@ -27,6 +27,15 @@ struct ServeCommand: AsyncParsableCommand {
             UNIXREMOTEPID, UNIXREMOTEEUID, UNIXREMOTEEGID, and UNIXLOCALPATH, UNIXLOCALPID, UNIXLOCALUID, \
             UNIXLOCALGID for the server; SOCKETIPC_KIND is request, message or eof. The demo service is not served.
 
+            At most --exec-concurrency commands run at once across the server (default: twice the CPU count, at \
+            least 4); requests, one-way and EOF-style messages beyond it wait their turn, first come first served, \
+            and --exec-timeout counts from the start of the run. A request that waits is dropped when its connection \
+            closes; a framed connection reads nothing more while it has --max-concurrent-requests requests \
+            unanswered. A connection's one-way messages run one after another, also after it closes; a connection \
+            with 16 of them queued or running that sends one more is closed (`closing connection N: ...` on \
+            standard error). On SIGINT or SIGTERM the one-way messages still queued are dropped, and the commands \
+            running get the --shutdown-grace-period before their process groups are killed.
+
             Prints `listening on PATH` once the socket accepts connections, and notes each connection on standard \
             error: `connection from uid=U gid=G pid=P (connection N)` and `connection closed from ...` (an \
             EOF-style connection once its message has arrived). SIGINT or SIGTERM shut the server down \
@@ -91,6 +100,16 @@ struct ServeCommand: AsyncParsableCommand {
     )
     var execTimeout: Double = 30
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "The most --exec commands running at once across the server; more wait their turn (default: twice the "
+                + "CPU count, at least 4).",
+            valueName: "n"
+        )
+    )
+    var execConcurrency: Int?
+
     @OptionGroup
     var server: ServerOptions
 
@@ -100,6 +119,9 @@ struct ServeCommand: AsyncParsableCommand {
     func validate() throws {
         guard self.execTimeout > 0 else { throw ValidationError("--exec-timeout must be a positive number of seconds") }
         if let exec = self.exec, exec.isEmpty { throw ValidationError("--exec needs a command") }
+        if let limit = self.execConcurrency, limit < 1 {
+            throw ValidationError("--exec-concurrency must be at least 1")
+        }
     }
 
     func run() async throws {
@@ -118,19 +140,26 @@ struct ServeCommand: AsyncParsableCommand {
                 command: $0,
                 timeout: duration(seconds: self.execTimeout),
                 maximumOutput: configuration.connection.maximumMessageSize,
-                socketPath: path
+                socketPath: path,
+                turns: ExecTurns(limit: self.execConcurrency ?? ExecTurns.defaultLimit)
             )
         }
         let server = Self.makeServer(
             configuration: configuration, mode: self.mode, exec: exec, oneWayRuns: oneWayRuns, logger: logger)
-        let group = ServiceGroup(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        let gracePeriod = configuration.shutdownGracePeriod
+        // Listed last, the one-way runs hear of the shutdown first: their queue is dropped while the server drains.
+        let group = ServiceGroup(
+            services: [server, OneWayRunsShutdown(runs: oneWayRuns, gracePeriod: gracePeriod)],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger
+        )
         do {
             try await group.run()
         } catch {
-            await oneWayRuns.waitForAll()
+            await oneWayRuns.finish(gracePeriod: gracePeriod)
             throw error
         }
-        await oneWayRuns.waitForAll()
+        await oneWayRuns.finish(gracePeriod: gracePeriod)
     }
 
     /// The listening socket passed by socket activation (`LISTEN_FDS` for this process), the one named `--fd-name` if
