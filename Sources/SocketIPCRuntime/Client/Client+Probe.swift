@@ -52,12 +52,14 @@ public struct ProbeResult: Sendable, Hashable {
 extension Client {
     /// Finds out what listens on a socket file without sending it anything but an empty EOF-style message.
     ///
-    /// The probe connects and first waits a short while (a quarter of `timeout`, at most 250 ms) without sending
+    /// The probe connects and first waits a short while (a quarter of `timeout`, at most 1 s) without sending
     /// anything. A framed server sends its hello at once (and a going-away frame right after it when it refuses
     /// this process); a listener that sends anything else, or closes without reading, shows itself then too. Only
     /// if nothing came does the probe half-close (an empty message): an EOF-style server reads it, may answer,
     /// and closes. A framed server or an EOF-style server is recognised within a round trip plus that wait; only a
-    /// listener that says nothing makes the probe wait for all of `timeout`.
+    /// listener that says nothing makes the probe wait for all of `timeout`. (A program that greets every connection
+    /// but takes longer than the wait to do it, as a loaded machine may make it, would be taken for an EOF-style
+    /// server that acknowledged the empty message: the wait is what tells them apart.)
     /// - Parameters:
     ///   - path: The socket file's path.
     ///   - timeout: How long to wait for the server to accept and to answer; default 2 s.
@@ -69,7 +71,8 @@ extension Client {
         let deadline = ContinuousClock.now.advanced(by: timeout)
         let descriptor = try await SocketConnector.connect(to: socketPath, timeout: timeout)
         let peer = PeerCredentials.read(descriptor: descriptor)
-        let window = min(timeout / 4, .milliseconds(250))
+        // Long enough for a greeting program started per connection (socat's SYSTEM:) on a loaded machine.
+        let window = min(timeout / 4, .seconds(1))
         let style: ProbeResult.Style
         do {
             style = try await NIOThreadPool.singleton.runIfActive {
