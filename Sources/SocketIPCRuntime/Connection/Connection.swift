@@ -19,6 +19,9 @@ public final class Connection: Sendable {
     public let id: UInt64
     /// The credentials of the process on the other end, read from the socket when the connection opened.
     public let peer: PeerCredentials?
+    /// The peer process, held by a pidfd taken when it connected, when ``ConnectionOptions/holdsPeerProcess`` is set
+    /// and the kernel gives one (Linux 6.5 and later); `nil` otherwise.
+    public let peerProcess: PeerProcess?
     /// The logger of this connection, with `socketipc.connection` (and the peer's credentials) as metadata.
     public var logger: Logger {
         var logger = self.baseLogger
@@ -90,6 +93,11 @@ public final class Connection: Sendable {
         self.writer = writer ?? SocketFrameWriter(channel: channel, descriptor: descriptor)
         self.options = options
         self.peer = peer
+        if options.holdsPeerProcess, let descriptor, let peer {
+            self.peerProcess = PeerProcess.take(descriptor: descriptor, processID: peer.processID)
+        } else {
+            self.peerProcess = nil
+        }
         self.baseLogger = logger
         self.taskExecutor = EventLoopTaskExecutor.shared(for: channel.eventLoop)
         self.flushBufferPool = FlushBufferPool.shared(for: channel.eventLoop)

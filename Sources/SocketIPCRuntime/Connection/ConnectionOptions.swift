@@ -72,6 +72,11 @@ public struct ConnectionOptions: Sendable {
     /// kernel reset the connection) before the peer reads the frame that says why; OpenSSH and PostgreSQL linger
     /// the same way before they close on a refused client.
     public var goAwayLingerTime: Duration = .seconds(1)
+    /// Whether each connection holds a pidfd of its peer, taken when it connected (``Connection/peerProcess``), so
+    /// that a handler can ask later whether that very process still runs, read its control group or signal it
+    /// without the pid-reuse race; default `false`: it costs one more descriptor per connection. Linux 6.5 and later
+    /// (`SO_PEERPIDFD`); elsewhere there is none.
+    public var holdsPeerProcess = false
 
     /// How connections size their read buffers: from 128 bytes up to 1 MiB as traffic demands (the allocator
     /// doubles after a read that filled the buffer and shrinks after reads that did not). NIO keeps a connection's

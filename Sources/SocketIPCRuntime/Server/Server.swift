@@ -155,14 +155,17 @@ public final class Server: Service, Sendable {
     /// Raises the descriptor limit as far as the connection limits need, and lowers the connection limits to what
     /// it can hold, saying so.
     private func fitLimitsToDescriptors() {
-        let limit = DescriptorLimit.raise(toFit: self.configuration.maximumConnections)
+        // A connection that holds its peer's pidfd costs two descriptors.
+        let perConnection = self.configuration.connection.holdsPeerProcess ? 2 : 1
+        let limit = DescriptorLimit.raise(toFit: self.configuration.maximumConnections * perConnection)
         if limit.soft > limit.previousSoft {
             self.logger.info(
                 "raised the open file limit (RLIMIT_NOFILE) for maximumConnections",
                 metadata: ["from": "\(limit.previousSoft)", "to": "\(limit.soft)"]
             )
         }
-        guard let lowered = self.state.withLock({ $0.machine.fitLimits(descriptorsForConnections: limit.connections) })
+        let connections = limit.connections / perConnection
+        guard let lowered = self.state.withLock({ $0.machine.fitLimits(descriptorsForConnections: connections) })
         else {
             return
         }

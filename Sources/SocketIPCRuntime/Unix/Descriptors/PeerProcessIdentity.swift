@@ -77,7 +77,7 @@ struct PeerProcessIdentity {
     }
 
     /// The whole of a small file (a /proc file has no size, so it is read until EOF), or `nil`.
-    private static func readFile(_ path: String) -> String? {
+    static func readFile(_ path: String) -> String? {
         let file = open(path, O_RDONLY | O_CLOEXEC)
         guard file >= 0 else { return nil }
         defer { close(file) }
