@@ -50,7 +50,7 @@ public final class PeerProcess: Sendable, CustomStringConvertible {
     /// process this one may not signal, still runs).
     public var isRunning: Bool {
         #if os(Linux)
-        csocketipc_pidfd_send_signal(self.pidfd, 0) == 0 || errno == EPERM
+        PeerProcessIdentity.isRunning(self.pidfd)
         #else
         false
         #endif
@@ -60,10 +60,7 @@ public final class PeerProcess: Sendable, CustomStringConvertible {
     /// `nil` when the process has exited (then `/proc/PID` may already be another process's, and is not read as its).
     public func controlGroup() -> String? {
         #if os(Linux)
-        guard let text = PeerProcessIdentity.readFile("/proc/\(self.processID)/cgroup"), self.isRunning else {
-            return nil
-        }
-        return text.split(separator: "\n").first { $0.hasPrefix("0::") }.map { String($0.dropFirst(3)) }
+        PeerProcessIdentity.controlGroup(of: self.processID, pidfd: self.pidfd)
         #else
         return nil
         #endif

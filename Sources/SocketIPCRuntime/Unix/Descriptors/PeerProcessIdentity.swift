@@ -47,15 +47,20 @@ struct PeerProcessIdentity {
             return nil
         }
         defer { close(pidfd) }
+        return Self.controlGroup(of: processID, pidfd: pidfd)
+    }
+
+    /// The control group of process `processID`, whose pidfd is `pidfd`, read from `/proc/PID/cgroup` (cgroup v2:
+    /// its `0::PATH` line) and kept only if the process still runs after the read; `nil` otherwise.
+    static func controlGroup(of processID: Int32, pidfd: Int32) -> String? {
         guard let text = Self.readFile("/proc/\(processID)/cgroup"), Self.isRunning(pidfd) else { return nil }
-        // cgroup v2: one line `0::PATH`.
         return text.split(separator: "\n").first { $0.hasPrefix("0::") }.map { String($0.dropFirst(3)) }
     }
 
     /// Whether the process of `pidfd` still runs, after the read: then the file was the peer's, not a later
     /// process's with its pid. `pidfd_send_signal` with signal 0 sends nothing; `EPERM` (a process this one may not
     /// signal, such as another user's when not root) still shows that it runs; only `ESRCH` says it is gone.
-    private static func isRunning(_ pidfd: Int32) -> Bool {
+    static func isRunning(_ pidfd: Int32) -> Bool {
         csocketipc_pidfd_send_signal(pidfd, 0) == 0 || errno == EPERM
     }
 
@@ -77,7 +82,7 @@ struct PeerProcessIdentity {
     }
 
     /// The whole of a small file (a /proc file has no size, so it is read until EOF), or `nil`.
-    static func readFile(_ path: String) -> String? {
+    private static func readFile(_ path: String) -> String? {
         let file = open(path, O_RDONLY | O_CLOEXEC)
         guard file >= 0 else { return nil }
         defer { close(file) }
