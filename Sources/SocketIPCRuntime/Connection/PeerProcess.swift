@@ -56,7 +56,7 @@ public final class PeerProcess: Sendable, CustomStringConvertible {
         #endif
     }
 
-    /// The process's control group (its cgroup v2 path) now, as ``PeerCredentials/controlGroup`` gives it at connect;
+    /// The process's control group (its cgroup v2 path) now, as `PeerCredentials.controlGroup` gives it at connect;
     /// `nil` when the process has exited (then `/proc/PID` may already be another process's, and is not read as its).
     public func controlGroup() -> String? {
         #if os(Linux)
