@@ -116,15 +116,16 @@ struct EOFTimeLimitTests {
         arguments: ["on the event loop", "collecting"]
     )
     func slowReaderGetsWholeAcknowledgement(kind: String) async throws {
-        // 3 MiB read 32 KiB at a time every 100 ms takes over 9.6 s, more than the 8 s time limit; each 64 KiB written
-        // restarts it. (The limit also bounds the connect and the message before it: 8 s leaves a loaded machine room.)
+        // 3 MiB read 32 KiB at a time every 200 ms takes over 19 s, more than the 16 s time limit; each 64 KiB written
+        // restarts it. (The limit also bounds the connect and the message before it: 16 s leaves a loaded machine room;
+        // a CI run spent over 8 s there.)
         let size = 3 * 1024 * 1024
         let acknowledgement = ByteBuffer(repeating: 0x41, count: size)
         let handler: EOFMessageHandler =
             kind == "collecting"
             ? .collecting { _, _ in acknowledgement }
             : .onEventLoop { _, _ in acknowledgement }
-        try await withEOFTestServer(handler: handler, configure: { $0.handshakeTimeout = .seconds(8) }) { _, path in
+        try await withEOFTestServer(handler: handler, configure: { $0.handshakeTimeout = .seconds(16) }) { _, path in
             let socket = try await RawSocket.connect(to: path)
             defer { socket.close() }
             try await socket.write(Array("give me a lot".utf8))
@@ -135,7 +136,7 @@ struct EOFTimeLimitTests {
                 received += bytes.count
                 if bytes.count < 32 * 1024 { break }
                 // A slow reader, not a synchronisation: the server must wait for it as long as it makes progress.
-                try await Task.sleep(for: .milliseconds(100))
+                try await Task.sleep(for: .milliseconds(200))
             }
             #expect(received == size, "a slow but steady reader got \(received) of \(size) bytes")
         }
