@@ -22,7 +22,8 @@ struct HostileServerTextTests {
     func escapedErrorReply() async throws {
         let hostile = "\u{1B}]0;PWNED\u{07}\u{1B}[31mRED\r\nerror: forged line\u{9B}2J"
         try await withFramedTestServer(makeHandler: { FailingHandler(text: hostile) }) { _, path in
-            let result = try await runCLI(["request", path, "hi"])
+            // --quiet: no note (a loaded machine may take a second to send the hello), only the error.
+            let result = try await runCLI(["request", "--quiet", path, "hi"])
             #expect(result.status == 1, "stderr: \(result.error)")
             let lines = result.error.split(separator: "\n", omittingEmptySubsequences: false)
             #expect(lines.count == 2 && lines[1].isEmpty, "one line: \(result.error)")

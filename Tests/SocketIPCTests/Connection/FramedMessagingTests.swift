@@ -70,7 +70,11 @@ struct FramedMessagingTests {
 
     @Test("a frame split into 1-byte writes is decoded")
     func oneByteWrites() async throws {
-        try await withFramedTestServer(makeHandler: { EchoHandler() }) { _, path in
+        // The hello must arrive within the server's handshake timeout (10 s by default); its bytes one write each
+        // took longer than that in a loaded CI run. This test is about decoding, not the timeout.
+        try await withFramedTestServer(configure: { $0.handshakeTimeout = .seconds(120) }, makeHandler: { EchoHandler() }) {
+            _,
+            path in
             let socket = try await RawSocket.connect(to: path)
             defer { socket.close() }
             #expect(try await socket.read(exactly: 8) == serverHelloBytes)
