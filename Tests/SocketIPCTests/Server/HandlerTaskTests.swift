@@ -169,9 +169,13 @@ struct HandlerTaskTests {
             let path = directory + "/socat.sock"
             let (events, event) = AsyncStream.makeStream(of: HandlerEvent.self)
             var iterator = events.makeAsyncIterator()
+            // The message must end within the server's time limit from the accept: a loaded machine took longer
+            // than the default 10 s, and the handler never started. This test is about the handler's task.
+            var configuration = ServerConfiguration(path: path)
+            configuration.handshakeTimeout = .seconds(120)
             try await withRunningServer({
                 Server.eof(
-                    configuration: ServerConfiguration(path: path),
+                    configuration: configuration,
                     logger: testLogger,
                     onServerRunning: $0,
                     handler: .collecting { _, _ in
