@@ -6,7 +6,7 @@ import SocketIPCTesting
 import Synchronization
 import Testing
 
-@Suite("Starting and stopping")
+@Suite("Starting and stopping", .timeLimit(.minutes(1)))
 struct ShutdownTests {
     @Test("graceful shutdown lets a request in flight finish, refuses new ones, and removes the socket file")
     func gracefulShutdown() async throws {
@@ -28,7 +28,15 @@ struct ShutdownTests {
                 let connection = try await Client.connect(to: path)
                 defer { connection.close() }
                 // A request the server holds: once the server has it, shut down while it is in flight.
-                let held = Task { try await connection.request(ByteBuffer(string: "hold")) }
+                // A request that fails ends the wait for the held reply below instead of leaving it hanging.
+                let held = Task {
+                    do {
+                        return try await connection.request(ByteBuffer(string: "hold"))
+                    } catch {
+                        heldReplyContinuation.finish()
+                        throw error
+                    }
+                }
                 var replies = heldReplies.makeAsyncIterator()
                 let reply = try #require(await replies.next())
                 server.shutdownGracefully()

@@ -7,7 +7,7 @@ import Testing
 
 @testable import SocketIPCRuntime
 
-@Suite("Server.waitUntilRunning")
+@Suite("Server.waitUntilRunning", .timeLimit(.minutes(1)))
 struct WaitUntilRunningTests {
     @Test("tasks waiting before run() starts, and one waiting after, return once the server accepts connections")
     func waitersReturnOnceRunning() async throws {
@@ -18,13 +18,14 @@ struct WaitUntilRunningTests {
                 let (ready, readyContinuation) = AsyncStream.makeStream(of: Void.self)
                 for _ in 0..<4 {
                     group.addTask {
+                        // Reported also when it fails, so that a failure surfaces at the group, not as a hang.
+                        defer { readyContinuation.yield() }
                         try await server.waitUntilRunning()
                         // Returned: the socket accepts connections now.
                         let reply = try await Client.withConnection(to: path) {
                             try await $0.request(ByteBuffer(string: "up"))
                         }
                         #expect(String(buffer: reply) == "up")
-                        readyContinuation.yield()
                     }
                 }
                 group.addTask { try await server.run() }
