@@ -31,7 +31,14 @@ final class CallStream: Sendable {
 
     struct Stop {
         var reason: StopReason?
-        var waiter: CheckedContinuation<Void, Never>?
+        /// The task that runs the handler, while it runs it: cancelled when the call must stop. Set and cleared by
+        /// that task itself (``runStoppable(_:)``), and used only under the lock, so never after the task ended.
+        var handlerTask: HandlerTask?
+    }
+
+    /// The task that runs a handler, to cancel it from another thread; see ``Stop/handlerTask``.
+    struct HandlerTask: @unchecked Sendable {
+        let task: UnsafeCurrentTask
     }
 
     /// Why a handler's call stops before its handler is done.
@@ -231,32 +238,33 @@ final class CallStream: Sendable {
 
     // MARK: - The handler's side: stopping
 
-    /// Tells the handler's runner why the call must stop; the first reason counts.
+    /// Tells the handler's runner why the call must stop, cancelling the handler's task unless the reason is
+    /// ``StopReason/finished``; the first reason counts.
     func stopHandler(_ reason: StopReason) {
-        let waiter = self.stop.withLock { stop -> CheckedContinuation<Void, Never>? in
+        self.stop.withLock { stop in
             if stop.reason == nil { stop.reason = reason }
-            return stop.waiter.take()
+            if reason != .finished { stop.handlerTask?.task.cancel() }
         }
-        waiter?.resume()
     }
 
     /// Why the call stopped, once it has.
     var stopReason: StopReason? { self.stop.withLock { $0.reason } }
 
-    /// Waits until ``stopHandler(_:)`` is called, or the waiting task is cancelled.
-    func waitUntilStopped() async {
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let resumeNow = self.stop.withLock { stop -> Bool in
-                    if stop.reason != nil || Task.isCancelled { return true }
-                    stop.waiter = continuation
-                    return false
-                }
-                if resumeNow { continuation.resume() }
-            }
-        } onCancel: {
-            let waiter = self.stop.withLock { $0.waiter.take() }
-            waiter?.resume()
+    /// Runs `handler` in the current task, which ``stopHandler(_:)`` cancels when the call must stop (at once, if
+    /// it already must); then records that the handler finished, if nothing stopped it first.
+    ///
+    /// The handler runs in its call's own task rather than in a child of it: a child would cost a task and a
+    /// wake-up of the waiting parent on every call.
+    nonisolated(nonsending) func runStoppable(_ handler: () async -> Void) async {
+        let task = withUnsafeCurrentTask { $0.map(HandlerTask.init) }
+        self.stop.withLock { stop in
+            stop.handlerTask = task
+            if let reason = stop.reason, reason != .finished { task?.task.cancel() }
+        }
+        await handler()
+        self.stop.withLock { stop in
+            stop.handlerTask = nil
+            if stop.reason == nil { stop.reason = .finished }
         }
     }
 }

@@ -67,35 +67,25 @@ extension CallMultiplexer {
             }
         }
         defer { deadlineTimer?.cancel() }
-        // The handler runs in a child task; this task waits for whatever stops the call first (the handler
-        // finishing, the caller's cancel, the deadline, the connection's close, or this task's own cancellation),
-        // then cancels the handler if it is still running and waits for it.
-        let status = await withTaskGroup(of: CallStatus.self) { group in
-            // The child inherits this task's executor preference (the event loop's, or the global executor).
-            group.addTask {
-                var status: CallStatus
-                do {
-                    try await handler(call, context, codec)
-                    status = .ok
-                } catch {
-                    status = CallStatus.from(error, codec: codec)
-                }
-                // A handler that returns normally once cancelled (a `for await` loop ends quietly) did not complete
-                // its call: the caller must not take the end of its stream for the stream's natural end.
-                if Task.isCancelled, status.code == .ok {
-                    status = CallStatus(code: .cancelled, message: "the handler was cancelled")
-                }
-                call.stopHandler(.finished)
-                return status
+        // The handler runs in this task, which whatever stops the call first (the caller's cancel, the deadline, the
+        // connection's close, the server's shutdown) cancels; so does this task's own cancellation.
+        var status = CallStatus.ok
+        await call.runStoppable {
+            do {
+                try await handler(call, context, codec)
+            } catch {
+                status = CallStatus.from(error, codec: codec)
             }
-            await call.waitUntilStopped()
-            if call.stopReason != .finished { group.cancelAll() }
-            return await group.next()
+            // A handler that returns normally once cancelled (a `for await` loop ends quietly) did not complete its
+            // call: the caller must not take the end of its stream for the stream's natural end.
+            if Task.isCancelled, status.code == .ok {
+                status = CallStatus(code: .cancelled, message: "the handler was cancelled")
+            }
         }
         switch call.stopReason {
         case .finished, nil:
             // The handler ended first (or was cancelled by its server's shutdown): its own status.
-            call.finishAfterStop(status ?? CallStatus(code: .cancelled, message: "the handler was cancelled"))
+            call.finishAfterStop(status)
         case .deadlineExceeded:
             call.finishAfterStop(CallStatus(code: .deadlineExceeded, message: "the call's deadline passed"))
         case .serverGoingAway:
