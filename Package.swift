@@ -71,6 +71,7 @@ let package = Package(
         .executableTarget(
             name: "socketipc-bench",
             dependencies: [
+                "SocketIPC",
                 "SocketIPCBenchmarkWorkloads",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

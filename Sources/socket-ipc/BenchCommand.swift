@@ -32,8 +32,11 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(name: .customLong("n"), help: "Operations per workload, instead of the workload's default (or --quick's).")
     var operations: Int?
 
-    @Option(name: .long, help: "Microseconds of busy polling after traffic (the latency mode); 0 for off.")
+    @Option(name: .long, help: "Microseconds of busy polling after every read and write (the latency mode); 0, the default, keeps the library's adaptive polling.")
     var busyPollUs: Int = 0
+
+    @Flag(name: .long, help: "Turn busy polling off (the library polls adaptively by default).")
+    var noBusyPoll = false
 
     @Flag(name: .long, help: "Print one JSON line per workload (shared/bench's format) instead of a table.")
     var json = false
@@ -59,7 +62,8 @@ struct BenchCommand: AsyncParsableCommand {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         var logger = Logger(label: "socket-ipc.bench")
         logger.logLevel = .error
-        let busyPoll: Duration? = self.busyPollUs > 0 ? .microseconds(self.busyPollUs) : nil
+        let busyPoll: BusyPolling =
+            self.noBusyPoll ? .off : self.busyPollUs > 0 ? .fixed(.microseconds(self.busyPollUs)) : .adaptive()
         let table = BenchmarkTable()
         if !self.json { Output.line(table.header) }
         for workload in workloads {

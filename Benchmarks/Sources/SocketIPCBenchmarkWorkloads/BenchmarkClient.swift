@@ -171,7 +171,7 @@ public enum BenchmarkClient {
     static func clientConfiguration(_ options: BenchmarkOptions) -> ClientConfiguration {
         var configuration = ClientConfiguration()
         configuration.connectTimeout = .seconds(60)
-        configuration.connection.busyPollDuration = options.busyPoll
+        configuration.connection.busyPolling = options.busyPoll
         return configuration
     }
 }

@@ -1,3 +1,5 @@
+import SocketIPC
+
 /// The workloads of the shared UDS benchmark (`shared/bench/README.md`): W1 `seed` to W6 `idle-mem`.
 public enum Workload: String, CaseIterable, Sendable {
     /// W1: one EOF-style message per connection, acknowledged with its byte count.
@@ -54,11 +56,11 @@ public struct BenchmarkOptions: Sendable {
     public var conns: Int
     /// Payload bytes.
     public var size: Int
-    /// The connections' ``ConnectionOptions/busyPollDuration`` (the latency mode); `nil` for none.
-    public var busyPoll: Duration?
+    /// The connections' `ConnectionOptions.busyPolling`; default the library's (adaptive).
+    public var busyPoll: BusyPolling
 
     /// Creates options.
-    public init(socket: String, workload: Workload, n: Int, conns: Int, size: Int, busyPoll: Duration? = nil) {
+    public init(socket: String, workload: Workload, n: Int, conns: Int, size: Int, busyPoll: BusyPolling = .adaptive()) {
         self.busyPoll = busyPoll
         self.socket = socket
         self.workload = workload

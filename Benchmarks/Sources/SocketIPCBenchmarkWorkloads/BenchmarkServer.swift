@@ -15,7 +15,7 @@ public enum BenchmarkServer {
     public static func make(
         path: String,
         workload: Workload,
-        busyPoll: Duration? = nil,
+        busyPoll: BusyPolling = .adaptive(),
         logger: Logger,
         onServerRunning: @escaping @Sendable (SocketPath) async -> Void = { _ in }
     ) -> Server {
@@ -26,7 +26,7 @@ public enum BenchmarkServer {
         configuration.maximumPendingHandshakesPerUser = 100_000
         configuration.backlog = 4096
         configuration.shutdownGracePeriod = .seconds(1)
-        configuration.connection.busyPollDuration = busyPoll
+        configuration.connection.busyPolling = busyPoll
         if workload == .seed {
             return Server.eof(
                 configuration: configuration,

@@ -1,10 +1,12 @@
 // The SocketIPC peer of the shared UDS benchmark (shared/bench/README.md):
 //   socketipc-bench server --socket PATH --workload W                          serves until SIGTERM
 //   socketipc-bench client --socket PATH --workload W --n N --conns C --size S  prints one JSON line
-// Both take --busy-poll-us N to turn on SocketIPC's latency mode (ConnectionOptions.busyPollDuration).
+// Both take --busy-poll-us N to turn on SocketIPC's latency mode (ConnectionOptions.busyPolling .fixed), and
+// --busy-poll off to turn polling off; the default is the library's (adaptive).
 import Logging
 import ServiceLifecycle
 import UnixSignals
+import SocketIPC
 import SocketIPCBenchmarkWorkloads
 
 #if canImport(Glibc)
@@ -39,7 +41,9 @@ guard let workload = Workload(rawValue: values["--workload"] ?? "") else {
 }
 
 let busyPollMicroseconds = number("--busy-poll-us", default: 0)
-let busyPoll: Duration? = busyPollMicroseconds > 0 ? .microseconds(busyPollMicroseconds) : nil
+let busyPoll: BusyPolling =
+    values["--busy-poll"] == "off" ? .off
+    : busyPollMicroseconds > 0 ? .fixed(.microseconds(busyPollMicroseconds)) : .adaptive()
 
 var logger = Logger(label: "socketipc-bench")
 logger.logLevel = .warning

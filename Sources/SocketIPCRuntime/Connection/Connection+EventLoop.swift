@@ -8,6 +8,7 @@ extension Connection {
     /// Marks the start of a read batch: what is queued during it is flushed by ``readBatchEnded()``.
     @inline(__always)
     func readBatchStarted() {
+        self.busyPoller?.messageArrived()
         self.state.withLock { $0.readBatchStarted() }
     }
 
@@ -24,7 +25,13 @@ extension Connection {
     func flushPendingWrites() {
         self.eventLoop.assertInEventLoop()
         let action = self.state.withLock { $0.flush() }
-        self.busyPoller?.arm(for: self.busyPollNanoseconds)
+        if let poller = self.busyPoller {
+            if self.busyPollsAdaptively {
+                poller.armAdaptively(maximum: self.busyPollNanoseconds)
+            } else {
+                poller.arm(for: self.busyPollNanoseconds)
+            }
+        }
         guard case .write(let batch, let mayWriteDirectly, let writersWaiting) = action else { return }
         let tail = batch.tail
         let unwritten = self.writer.write(batch, mayWriteDirectly: mayWriteDirectly)

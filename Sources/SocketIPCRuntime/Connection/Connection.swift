@@ -55,6 +55,8 @@ public final class Connection: Sendable {
     let busyPoller: EventLoopBusyPoller?
     /// How long the busy poller keeps polling after each flush, in nanoseconds; 0 without the latency mode.
     let busyPollNanoseconds: UInt64
+    /// Whether the poller sizes its window to the traffic (``BusyPolling/adaptive(maximum:)``).
+    let busyPollsAdaptively: Bool
     /// Everything the connection tracks; each operation locks it once, and acts on what it returns outside the lock.
     let state: Mutex<StateMachine>
     /// The id of this side's last request; not state: ids are only told apart.
@@ -101,13 +103,14 @@ public final class Connection: Sendable {
         self.baseLogger = logger
         self.taskExecutor = EventLoopTaskExecutor.shared(for: channel.eventLoop)
         self.flushBufferPool = FlushBufferPool.shared(for: channel.eventLoop)
-        if let duration = options.busyPollDuration, duration > .zero {
+        if let window = options.busyPolling.window {
             self.busyPoller = EventLoopBusyPoller.shared(for: channel.eventLoop)
-            let (seconds, attoseconds) = duration.components
-            self.busyPollNanoseconds = UInt64(seconds) * 1_000_000_000 + UInt64(attoseconds / 1_000_000_000)
+            self.busyPollNanoseconds = window.nanoseconds
+            self.busyPollsAdaptively = window.adaptive
         } else {
             self.busyPoller = nil
             self.busyPollNanoseconds = 0
+            self.busyPollsAdaptively = false
         }
         self.state = Mutex(
             StateMachine(
@@ -394,6 +397,7 @@ public final class Connection: Sendable {
 
     /// Flushes in a task of its own on the event loop: what is queued until it runs is written with it.
     func scheduleFlush() {
+        self.busyPoller?.workQueued()
         self.eventLoop.execute { self.flushPendingWrites() }
     }
 

@@ -43,16 +43,23 @@ public struct ConnectionOptions: Sendable {
     /// How long a keepalive ping may wait for its pong before the connection is closed with `peerNotResponding`;
     /// default 20 seconds (gRPC's `KEEPALIVE_TIMEOUT`). Used only with ``keepaliveInterval``.
     public var keepaliveTimeout: Duration = .seconds(20)
-    /// How long the connection's event loop keeps polling for the next message after each read and write instead
-    /// of sleeping; `nil`, the default, never polls.
+    /// Whether the connection's event loop polls for the next message for a while after each read and write
+    /// instead of sleeping; default ``BusyPolling/adaptive(maximum:)`` with a 200 µs maximum, which polls only while
+    /// the peer's answers come back within that time, and not at all on one-way traffic or an idle connection.
     ///
-    /// A latency mode: the next frame is then picked up without a thread wake-up, which on an idle virtual machine
-    /// cuts a request's round trip severalfold. The price is CPU: the event loop's thread stays busy for this long
-    /// after every read and write, so under steady traffic it uses a whole core, and one-way streams get slower
-    /// (the loop polls while its writer waits instead of sleeping; BENCHMARKS.md has the figures). For
-    /// request/reply traffic, 100–200 µs covers the peer's turnaround on a busy machine; shorter windows let the
-    /// loop fall asleep between a reply and the next request now and then. Set it on both sides for the full effect.
-    public var busyPollDuration: Duration? = nil
+    /// ``BusyPolling/fixed(_:)`` is the latency mode (polls after every read and write, whatever the traffic);
+    /// ``BusyPolling/off`` never polls. Set it on both sides for the full effect.
+    public var busyPolling: BusyPolling = .adaptive()
+    /// The latency mode's window: how long the event loop polls after every read and write (``busyPolling`` set to
+    /// ``BusyPolling/fixed(_:)``); `nil` when ``busyPolling`` is not fixed. Setting `nil` restores the default
+    /// (adaptive); setting zero turns polling off.
+    public var busyPollDuration: Duration? {
+        get {
+            if case .fixed(let duration) = self.busyPolling.mode { return duration }
+            return nil
+        }
+        set { self.busyPolling = newValue.map { BusyPolling.fixed($0) } ?? .adaptive() }
+    }
     /// The kernel send buffer asked for on each connection's socket (`SO_SNDBUF`), in bytes; default 1 MiB. `nil`
     /// keeps the system's default (about 208 KiB on Linux).
     ///

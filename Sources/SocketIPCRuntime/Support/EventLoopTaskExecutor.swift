@@ -12,9 +12,12 @@ final class EventLoopTaskExecutor: TaskExecutor, @unchecked Sendable {
     private let queue = Mutex<[UnownedJob]>([])
     /// The array the last batch ran from, kept for its capacity; touched only on the event loop.
     private var spare: [UnownedJob] = []
+    /// The loop's poller: a job handed over from another thread ends its poll.
+    private let poller: EventLoopBusyPoller
 
     private init(_ eventLoop: any EventLoop) {
         self.eventLoop = eventLoop
+        self.poller = EventLoopBusyPoller.shared(for: eventLoop)
     }
 
     private static let executors = PerEventLoop { EventLoopTaskExecutor($0) }
@@ -32,6 +35,7 @@ final class EventLoopTaskExecutor: TaskExecutor, @unchecked Sendable {
             return queue.count == 1
         }
         if first {
+            self.poller.workQueued()
             self.eventLoop.execute { self.runQueuedJobs() }
         }
     }

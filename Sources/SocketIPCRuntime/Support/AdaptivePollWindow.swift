@@ -1,0 +1,52 @@
+/// How long an event loop polls after a read or write in the adaptive mode (``BusyPolling/adaptive(maximum:)``):
+/// the sizing rule alone, with the clock passed in, so that it can be tested without a clock or a socket.
+///
+/// It follows Linux KVM's halt polling (Documentation/virt/kvm/halt-polling.rst): the window starts at zero; a
+/// message that arrives within the maximum after the last read or write, but after the window, doubles the window
+/// (from ``initialWindow``) up to the maximum; one that arrives later than the maximum sets it to zero. In addition, a
+/// window that passed in vain and is followed by another write before any message (a writer whose peer sends little
+/// back) is halved, and dropped to zero below ``initialWindow``.
+struct AdaptivePollWindow {
+    /// The first window after zero, in nanoseconds: 10 µs, as KVM's `halt_poll_ns_grow_start`.
+    static let initialWindow: UInt64 = 10_000
+
+    /// The current window, in nanoseconds; 0 while polling does not pay.
+    private(set) var window: UInt64 = 0
+    /// The largest window, in nanoseconds, as the connections last asked.
+    private(set) var maximum: UInt64 = 0
+    /// When the loop last read or wrote, if no message has arrived since.
+    private var armedAt: UInt64?
+    /// Whether the last poll ended with its window and no message has arrived since.
+    private var missed = false
+
+    /// The loop read or wrote at `now`: returns how long to poll from now (0 for not at all).
+    mutating func armed(at now: UInt64, maximum: UInt64) -> UInt64 {
+        if self.missed {
+            self.missed = false
+            self.window = self.window / 2 >= Self.initialWindow ? self.window / 2 : 0
+        }
+        self.armedAt = now
+        self.maximum = maximum
+        return min(self.window, maximum)
+    }
+
+    /// A message arrived at `now`.
+    mutating func messageArrived(at now: UInt64) {
+        self.missed = false
+        guard let armedAt = self.armedAt else { return }
+        self.armedAt = nil
+        let waited = now &- armedAt
+        if waited <= self.window {
+            return  // the window caught it
+        } else if waited <= self.maximum {
+            self.window = min(self.maximum, max(Self.initialWindow, self.window &* 2))
+        } else {
+            self.window = 0
+        }
+    }
+
+    /// A poll ended with its window, no message having arrived.
+    mutating func pollMissed() {
+        self.missed = self.armedAt != nil
+    }
+}
