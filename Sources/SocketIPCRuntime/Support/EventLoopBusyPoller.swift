@@ -139,6 +139,9 @@ final class EventLoopBusyPoller: @unchecked Sendable {
             return
         }
         defer { Self.polling.wrappingSubtract(1, ordering: .relaxed) }
+        // A poll that starts after its deadline (work ahead of it in the loop's queue took the window) polled in
+        // vain only if it polled at all: it does not count as a miss.
+        var polled = false
         while NIODeadline.now().uptimeNanoseconds < self.deadline {
             if self.handedOver.load(ordering: .relaxed) != self.handedOverBeforePoll {
                 // Let the work run, then go on polling until the same deadline.
@@ -146,8 +149,9 @@ final class EventLoopBusyPoller: @unchecked Sendable {
                 return
             }
             if self.pollOnce() { return }
+            polled = true
         }
-        self.adaptiveWindow.pollMissed()
+        if polled { self.adaptiveWindow.pollMissed() }
     }
 
     /// Whether a descriptor is readable now.
