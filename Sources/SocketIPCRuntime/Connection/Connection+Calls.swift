@@ -92,7 +92,9 @@ extension Connection {
             try self.checkCallMessageSize(message)
             payload = message
         } else {
-            var whole = ByteBuffer()
+            // One allocation of a size that fits the control frames (open, end, credit, cancel) but a long method
+            // name or error text, instead of growing a buffer from nothing in several steps.
+            var whole = ByteBufferAllocator().buffer(capacity: 96)
             whole.writeCallFrame(id: id, frame)
             whole.moveReaderIndex(forwardBy: 4 + kind.headerLength)
             payload = whole

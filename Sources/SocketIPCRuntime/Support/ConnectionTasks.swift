@@ -37,8 +37,9 @@ final class ConnectionTasks: Sendable {
         var nextAttachedNumber: UInt64 = 0
         /// Whether attached jobs are cancelled as they start: the connection closed, or the driver was cancelled.
         var cancelsAttached = false
-        /// The driver, once it waits for the attached jobs to end.
-        var drainWaiter: UnsafeContinuation<Void, Never>?
+        /// The drivers that wait for the attached jobs to end: usually one, but a job that comes after the close
+        /// starts a driver of its own while the first may still wait.
+        var drainWaiters: [UnsafeContinuation<Void, Never>] = []
     }
 
     /// A job and the executor it prefers (the global one when `nil`).
@@ -137,13 +138,13 @@ final class ConnectionTasks: Sendable {
     }
 
     private func attachedJobEnded(_ number: UInt64) {
-        let waiter = self.state.withLock { state -> UnsafeContinuation<Void, Never>? in
+        let waiters = self.state.withLock { state -> [UnsafeContinuation<Void, Never>] in
             state.attached[number] = nil
-            guard state.attached.isEmpty else { return nil }
-            defer { state.drainWaiter = nil }
-            return state.drainWaiter
+            guard state.attached.isEmpty else { return [] }
+            defer { state.drainWaiters = [] }
+            return state.drainWaiters
         }
-        waiter?.resume()
+        for waiter in waiters { waiter.resume() }
     }
 
     /// Cancels the attached jobs running, and those that start from now on.
@@ -160,7 +161,7 @@ final class ConnectionTasks: Sendable {
         await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
             let done = self.state.withLock { state -> Bool in
                 if state.attached.isEmpty { return true }
-                state.drainWaiter = continuation
+                state.drainWaiters.append(continuation)
                 return false
             }
             if done { continuation.resume() }

@@ -32,8 +32,13 @@ final class CallStream: Sendable {
     struct Stop {
         var reason: StopReason?
         /// The task that runs the handler, while it runs it: cancelled when the call must stop. Set and cleared by
-        /// that task itself (``runStoppable(_:)``), and used only under the lock, so never after the task ended.
+        /// that task itself (``runStoppable(_:)``).
         var handlerTask: HandlerTask?
+        /// Cancels of ``handlerTask`` in progress (outside the lock, since a cancel runs the task's cancellation
+        /// handlers, which may close the connection and so come back here): the task does not end before they do.
+        var cancelsInProgress = 0
+        /// The handler's task, waiting at its end for the cancels in progress.
+        var endWaiter: UnsafeContinuation<Void, Never>?
     }
 
     /// The task that runs a handler, to cancel it from another thread; see ``Stop/handlerTask``.
@@ -213,11 +218,15 @@ final class CallStream: Sendable {
             self.fail(CancellationError())
             return
         }
-        let error: any Error = reason == .deadlineExceeded ? Self.deadlineError(self.method) : CancellationError()
-        let wasOpen = self.state.withLock { state in
-            let open = state.failure == nil && !state.inboundEnded
-            return open
+        let (wasOpen, isOver) = self.state.withLock { state in
+            (
+                state.failure == nil && !state.inboundEnded,
+                state.failure != nil || (state.inboundEnded && state.outboundEnded)
+            )
         }
+        // Ended both ways (a call that completed), or failed already: nothing waits, nothing to tell the peer.
+        if isOver { return }
+        let error: any Error = reason == .deadlineExceeded ? Self.deadlineError(self.method) : CancellationError()
         self.fail(error)
         if wasOpen { self.connection.queueCallControlFrame(id: self.id, .cancel(reason)) }
     }
@@ -241,10 +250,22 @@ final class CallStream: Sendable {
     /// Tells the handler's runner why the call must stop, cancelling the handler's task unless the reason is
     /// ``StopReason/finished``; the first reason counts.
     func stopHandler(_ reason: StopReason) {
-        self.stop.withLock { stop in
+        let task = self.stop.withLock { stop -> HandlerTask? in
             if stop.reason == nil { stop.reason = reason }
-            if reason != .finished { stop.handlerTask?.task.cancel() }
+            guard reason != .finished, let task = stop.handlerTask else { return nil }
+            stop.cancelsInProgress += 1
+            return task
         }
+        guard let task else { return }
+        // The task is alive: it waits at its end for this cancel (see `runStoppable`).
+        task.task.cancel()
+        let waiter = self.stop.withLock { stop -> UnsafeContinuation<Void, Never>? in
+            stop.cancelsInProgress -= 1
+            guard stop.cancelsInProgress == 0 else { return nil }
+            defer { stop.endWaiter = nil }
+            return stop.endWaiter
+        }
+        waiter?.resume()
     }
 
     /// Why the call stopped, once it has.
@@ -257,14 +278,27 @@ final class CallStream: Sendable {
     /// wake-up of the waiting parent on every call.
     nonisolated(nonsending) func runStoppable(_ handler: () async -> Void) async {
         let task = withUnsafeCurrentTask { $0.map(HandlerTask.init) }
-        self.stop.withLock { stop in
+        let stopNow = self.stop.withLock { stop -> Bool in
             stop.handlerTask = task
-            if let reason = stop.reason, reason != .finished { task?.task.cancel() }
+            if let reason = stop.reason, reason != .finished { return true }
+            return false
         }
+        if stopNow { task?.task.cancel() }
         await handler()
-        self.stop.withLock { stop in
+        // From here on no cancel starts; one in progress on another thread still uses the task: wait for it.
+        let mustWait = self.stop.withLock { stop -> Bool in
             stop.handlerTask = nil
             if stop.reason == nil { stop.reason = .finished }
+            return stop.cancelsInProgress > 0
+        }
+        guard mustWait else { return }
+        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+            let resumeNow = self.stop.withLock { stop -> Bool in
+                if stop.cancelsInProgress == 0 { return true }
+                stop.endWaiter = continuation
+                return false
+            }
+            if resumeNow { continuation.resume() }
         }
     }
 }

@@ -39,6 +39,13 @@ public struct ServiceRouter: Sendable {
     /// hop: a typed call costs about what a raw request does. A handler must then not block its thread (no blocking
     /// system calls, no long computation without `await`): it would stall every connection of that event loop.
     /// Turn this off for handlers that do, and they run on the global concurrent executor.
+    ///
+    /// Handlers on the event loop run in tasks of their own, started there when their call opens, so they do not
+    /// inherit the task-local values of the task that runs `Server.run()` (swift-service-lifecycle's graceful
+    /// shutdown, as `cancelOnGracefulShutdown()` reads it; a tracing context). They still end with the server: its
+    /// shutdown ends response streams (``endsResponseStreamsOnShutdown``), `Server.onGracefulShutdown(_:)` runs before
+    /// it, and the end of the grace period cancels them. With this off, handlers are child tasks of `Server.run()`'s
+    /// task and inherit its task-local values.
     public var runsHandlersOnEventLoop = true
     /// Whether a graceful shutdown of the server ends its response streams (server and bidirectional streaming)
     /// at once, with status `unavailable`, cancelling their handlers; default `true`.
