@@ -24,7 +24,8 @@ public struct BusyPolling: Sendable, Hashable, CustomStringConvertible {
     /// zero; when the window passed in vain before the next write, it is halved. A request/reply exchange whose peer
     /// answers within `maximum` is then served without thread wake-ups; an idle connection does not poll. Polling
     /// ends at once when other work is queued on the event loop, and goes on after it.
-    /// At most half the processor cores (at least one) of a process poll at once.
+    /// Adaptive polling goes on at most `maximum` after the last message that arrived on the event loop, however
+    /// many writes follow it. At most half the processor cores of a process poll at once (none on a single core).
     /// - Parameter maximum: The largest window; a zero or negative one is ``off``.
     public static func adaptive(maximum: Duration = .microseconds(200)) -> BusyPolling {
         maximum > .zero ? BusyPolling(mode: .adaptive(maximum: maximum)) : .off
@@ -59,8 +60,10 @@ public struct BusyPolling: Sendable, Hashable, CustomStringConvertible {
     private static func nanoseconds(_ duration: Duration) -> UInt64 {
         let (seconds, attoseconds) = duration.components
         guard seconds >= 0 else { return 0 }
-        return UInt64(clamping: seconds).multipliedReportingOverflow(by: 1_000_000_000).partialValue
-            &+ UInt64(attoseconds / 1_000_000_000)
+        let (whole, overflow) = UInt64(seconds).multipliedReportingOverflow(by: 1_000_000_000)
+        guard !overflow else { return .max }
+        let (total, overflowAgain) = whole.addingReportingOverflow(UInt64(attoseconds / 1_000_000_000))
+        return overflowAgain ? .max : total
     }
 
     private static func microseconds(_ duration: Duration) -> UInt64 {

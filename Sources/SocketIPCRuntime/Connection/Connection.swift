@@ -53,6 +53,9 @@ public final class Connection: Sendable {
     let flushBufferPool: FlushBufferPool
     /// The event loop's busy poller, in the latency mode (``ConnectionOptions/busyPollDuration``).
     let busyPoller: EventLoopBusyPoller?
+    /// The event loop's busy poller whatever this connection's mode: work this connection queues on the loop ends
+    /// a poll that other connections of the loop started, so that it does not wait behind it.
+    let loopPoller: EventLoopBusyPoller
     /// How long the busy poller keeps polling after each flush, in nanoseconds; 0 without the latency mode.
     let busyPollNanoseconds: UInt64
     /// Whether the poller sizes its window to the traffic (``BusyPolling/adaptive(maximum:)``).
@@ -103,8 +106,9 @@ public final class Connection: Sendable {
         self.baseLogger = logger
         self.taskExecutor = EventLoopTaskExecutor.shared(for: channel.eventLoop)
         self.flushBufferPool = FlushBufferPool.shared(for: channel.eventLoop)
+        self.loopPoller = EventLoopBusyPoller.shared(for: channel.eventLoop)
         if let window = options.busyPolling.window {
-            self.busyPoller = EventLoopBusyPoller.shared(for: channel.eventLoop)
+            self.busyPoller = self.loopPoller
             self.busyPollNanoseconds = window.nanoseconds
             self.busyPollsAdaptively = window.adaptive
         } else {
@@ -397,8 +401,9 @@ public final class Connection: Sendable {
 
     /// Flushes in a task of its own on the event loop: what is queued until it runs is written with it.
     func scheduleFlush() {
-        self.busyPoller?.workQueued()
         self.eventLoop.execute { self.flushPendingWrites() }
+        // After the work is queued: a poll that sees this ends and goes on behind the work.
+        self.loopPoller.workQueued()
     }
 
     /// Resumes the writers a ``StateMachine/ResumeWritersAction`` names.

@@ -51,12 +51,15 @@ public struct ConnectionOptions: Sendable {
     /// ``BusyPolling/off`` never polls. Set it on both sides for the full effect.
     public var busyPolling: BusyPolling = .adaptive()
     /// The latency mode's window: how long the event loop polls after every read and write (``busyPolling`` set to
-    /// ``BusyPolling/fixed(_:)``); `nil` when ``busyPolling`` is not fixed. Setting `nil` restores the default
-    /// (adaptive); setting zero turns polling off.
+    /// ``BusyPolling/fixed(_:)``); zero when polling is off, `nil` when it is adaptive. Setting `nil` restores the
+    /// default (adaptive); setting zero turns polling off.
     public var busyPollDuration: Duration? {
         get {
-            if case .fixed(let duration) = self.busyPolling.mode { return duration }
-            return nil
+            switch self.busyPolling.mode {
+            case .fixed(let duration): return duration
+            case .off: return .zero
+            case .adaptive: return nil
+            }
         }
         set { self.busyPolling = newValue.map { BusyPolling.fixed($0) } ?? .adaptive() }
     }

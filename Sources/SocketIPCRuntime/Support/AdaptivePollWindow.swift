@@ -5,7 +5,9 @@
 /// message that arrives within the maximum after the last read or write, but after the window, doubles the window
 /// (from ``initialWindow``) up to the maximum; one that arrives later than the maximum sets it to zero. In addition, a
 /// window that passed in vain and is followed by another write before any message (a writer whose peer sends little
-/// back) is halved, and dropped to zero below ``initialWindow``.
+/// back) is halved, and dropped to zero below ``initialWindow``; and polling ends at most the maximum after the last
+/// message, however many writes follow it (a steady one-way stream of writes, queued from another thread, would
+/// otherwise extend the poll from write to write and keep the loop from its other sockets).
 struct AdaptivePollWindow {
     /// The first window after zero, in nanoseconds: 10 µs, as KVM's `halt_poll_ns_grow_start`.
     static let initialWindow: UInt64 = 10_000
@@ -18,6 +20,8 @@ struct AdaptivePollWindow {
     private var armedAt: UInt64?
     /// Whether the last poll ended with its window and no message has arrived since.
     private var missed = false
+    /// When the last message arrived.
+    private var lastMessageAt: UInt64?
 
     /// The loop read or wrote at `now`: returns how long to poll from now (0 for not at all).
     mutating func armed(at now: UInt64, maximum: UInt64) -> UInt64 {
@@ -27,12 +31,16 @@ struct AdaptivePollWindow {
         }
         self.armedAt = now
         self.maximum = maximum
-        return min(self.window, maximum)
+        guard let lastMessageAt = self.lastMessageAt else { return 0 }
+        let sinceMessage = now &- lastMessageAt
+        let budget = sinceMessage < maximum ? maximum - sinceMessage : 0
+        return min(self.window, budget)
     }
 
     /// A message arrived at `now`.
     mutating func messageArrived(at now: UInt64) {
         self.missed = false
+        self.lastMessageAt = now
         guard let armedAt = self.armedAt else { return }
         self.armedAt = nil
         let waited = now &- armedAt

@@ -30,8 +30,8 @@ import Darwin
 ///   sizes its halt polling (``AdaptivePollWindow`` has the rule). A loop spins only while the peer's answers come
 ///   back within the maximum, and stops by itself when traffic stops: an idle connection costs no CPU.
 ///
-/// At most half the processor cores (at least one) poll at once in a process, as Go's scheduler bounds its spinning
-/// threads: the rest sleep as usual, so polling never takes every core from the work it waits for.
+/// At most half the processor cores poll at once in a process (none on a single core), as Go's scheduler bounds its
+/// spinning threads: the rest sleep as usual, so polling never takes every core from the work it waits for.
 final class EventLoopBusyPoller: @unchecked Sendable {
     private let eventLoop: any EventLoop
     // Touched only on the event loop.
@@ -58,7 +58,8 @@ final class EventLoopBusyPoller: @unchecked Sendable {
 
     /// How many event loops of the process poll right now, and how many may.
     private static let polling = Atomic<Int>(0)
-    private static let maximumPolling = max(1, System.coreCount / 2)
+    /// Half the cores: none on a single core, where a polling loop would take the CPU from the very work it waits for.
+    private static let maximumPolling = System.coreCount / 2
 
     /// The one of `eventLoop`.
     static func shared(for eventLoop: any EventLoop) -> EventLoopBusyPoller {

@@ -35,8 +35,9 @@ final class EventLoopTaskExecutor: TaskExecutor, @unchecked Sendable {
             return queue.count == 1
         }
         if first {
-            self.poller.workQueued()
             self.eventLoop.execute { self.runQueuedJobs() }
+            // After the work is queued: a poll that sees this ends and goes on behind the work.
+            self.poller.workQueued()
         }
     }
 

@@ -49,9 +49,10 @@ struct AdaptivePollWindowTests {
             time = Self.exchange(&window, at: time, answerAfter: 190_000).next
         }
         #expect(window.window == Self.maximum)
-        #expect(window.armed(at: time, maximum: Self.maximum) == Self.maximum)
-        // A smaller maximum asked for later bounds the poll at once.
-        #expect(window.armed(at: time + 1, maximum: 50_000) == 50_000)
+        // The last message came 1 µs before `time`: the poll reaches the maximum after it.
+        #expect(window.armed(at: time, maximum: Self.maximum) == Self.maximum - 1_000)
+        // A smaller maximum asked for later bounds the poll at once, counted from the last message (1,001 ns ago).
+        #expect(window.armed(at: time + 1, maximum: 50_000) == 50_000 - 1_001)
     }
 
     @Test("traffic that stops closes the window: the next write after a long silence does not poll")
@@ -70,18 +71,38 @@ struct AdaptivePollWindowTests {
     func oneWayWriterStops() {
         var window = AdaptivePollWindow()
         var time: UInt64 = 1_000_000
-        for _ in 0..<6 { time = Self.exchange(&window, at: time, answerAfter: 150_000).next }
-        #expect(window.window == 160_000)
-        // Now only writes: each poll misses and the next write halves the window.
+        for _ in 0..<6 { time = Self.exchange(&window, at: time, answerAfter: 15_000).next }
+        #expect(window.window == 20_000)
+        // Now only writes, 1 µs apart: each poll misses and the next write halves the window.
         var opened: [UInt64] = []
-        for _ in 0..<6 {
+        for _ in 0..<4 {
             let polled = window.armed(at: time, maximum: Self.maximum)
             opened.append(polled)
             if polled > 0 { window.pollMissed() }
-            time += polled + 5_000
+            time += polled + 1_000
         }
-        #expect(opened == [160_000, 80_000, 40_000, 20_000, 10_000, 0])
+        #expect(opened == [20_000, 10_000, 0, 0])
         #expect(window.window == 0)
+    }
+
+    @Test("polling ends at most the maximum after the last message, however many writes follow it")
+    func boundedByTheLastMessage() {
+        var window = AdaptivePollWindow()
+        var time: UInt64 = 1_000_000
+        for _ in 0..<8 { time = Self.exchange(&window, at: time, answerAfter: 190_000).next }
+        #expect(window.window == Self.maximum)
+        // The last message came 1 µs before `time`. Writes every 10 µs, each ended early by other work (no miss):
+        // each poll reaches only up to 200 µs after that message.
+        var polledUntil: [UInt64] = []
+        var now = time
+        for _ in 0..<30 {
+            let polled = window.armed(at: now, maximum: Self.maximum)
+            if polled > 0 { polledUntil.append(now + polled) }
+            now += 10_000
+        }
+        let lastMessage = time - 1_000
+        #expect(polledUntil.allSatisfy { $0 <= lastMessage + Self.maximum })
+        #expect(polledUntil.count == 20)
     }
 
     @Test("a message that the window caught keeps the window as it is")
