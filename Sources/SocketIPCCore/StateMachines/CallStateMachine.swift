@@ -219,6 +219,9 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
         return FailAction(readWaiter: self.readWaiter.take(), writeWaiter: self.writeWaiter.take()?.waiter)
     }
 
+    /// Whether a reader or a writer waits.
+    package var hasWaiters: Bool { self.readWaiter != nil || self.writeWaiter != nil }
+
     /// Messages received and not yet consumed, and their bytes.
     package var bufferedMessageCount: Int { self.inbound.count }
     /// What this side may still send, in bytes.

@@ -21,11 +21,11 @@ public struct BusyPolling: Sendable, Hashable, CustomStringConvertible {
     ///
     /// The window starts at zero. When a message arrives within `maximum` after a read or write, but after the
     /// window, the window doubles (from 10 µs), up to `maximum`; when one arrives later than `maximum`, it drops to
-    /// zero; when the window passed in vain before the next write, it is halved. A request/reply exchange whose peer
-    /// answers within `maximum` is then served without thread wake-ups; an idle connection does not poll. Polling
-    /// ends at once when other work is queued on the event loop, and goes on after it.
-    /// Adaptive polling goes on at most `maximum` after the last message that arrived on the event loop, however
-    /// many writes follow it. At most half the processor cores of a process poll at once (none on a single core).
+    /// zero; when a window opened by a write passed in vain before the next write, it is halved. A request/reply
+    /// exchange whose peer answers within `maximum` is then served without thread wake-ups; an idle connection does
+    /// not poll. Polling ends at once when other work is queued on the event loop, and goes on after it; it ends at
+    /// most `maximum` after the first write that followed the last message, however many writes follow. At most
+    /// half the processor cores of a process poll at once (none on a single core).
     /// - Parameter maximum: The largest window; a zero or negative one is ``off``.
     public static func adaptive(maximum: Duration = .microseconds(200)) -> BusyPolling {
         maximum > .zero ? BusyPolling(mode: .adaptive(maximum: maximum)) : .off

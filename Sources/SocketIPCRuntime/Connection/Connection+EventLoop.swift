@@ -27,7 +27,9 @@ extension Connection {
         let action = self.state.withLock { $0.flush() }
         if let poller = self.busyPoller {
             if self.busyPollsAdaptively {
-                poller.armAdaptively(maximum: self.busyPollNanoseconds)
+                let wrote: Bool
+                if case .write = action { wrote = true } else { wrote = false }
+                poller.armAdaptively(maximum: self.busyPollNanoseconds, wrote: wrote)
             } else {
                 poller.arm(for: self.busyPollNanoseconds)
             }

@@ -107,7 +107,7 @@ public final class Connection: Sendable {
         self.taskExecutor = EventLoopTaskExecutor.shared(for: channel.eventLoop)
         self.flushBufferPool = FlushBufferPool.shared(for: channel.eventLoop)
         self.loopPoller = EventLoopBusyPoller.shared(for: channel.eventLoop)
-        if let window = options.busyPolling.window {
+        if let window = options.busyPolling.window, EventLoopBusyPoller.isAvailable {
             self.busyPoller = self.loopPoller
             self.busyPollNanoseconds = window.nanoseconds
             self.busyPollsAdaptively = window.adaptive

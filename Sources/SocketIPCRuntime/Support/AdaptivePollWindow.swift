@@ -4,10 +4,11 @@
 /// It follows Linux KVM's halt polling (Documentation/virt/kvm/halt-polling.rst): the window starts at zero; a
 /// message that arrives within the maximum after the last read or write, but after the window, doubles the window
 /// (from ``initialWindow``) up to the maximum; one that arrives later than the maximum sets it to zero. In addition, a
-/// window that passed in vain and is followed by another write before any message (a writer whose peer sends little
-/// back) is halved, and dropped to zero below ``initialWindow``; and polling ends at most the maximum after the last
-/// message, however many writes follow it (a steady one-way stream of writes, queued from another thread, would
-/// otherwise extend the poll from write to write and keep the loop from its other sockets).
+/// window opened by a write that passed in vain and is followed by another write before any message (a writer whose
+/// peer sends little back) is halved, and dropped to zero below ``initialWindow``; and polling ends at most the maximum after the first
+/// write that followed the last message (after the last message, while nothing was written since), however many
+/// writes follow it: a steady one-way stream of writes, queued from another thread, would otherwise extend the poll
+/// from write to write and keep the loop from its other sockets.
 struct AdaptivePollWindow {
     /// The first window after zero, in nanoseconds: 10 µs, as KVM's `halt_poll_ns_grow_start`.
     static let initialWindow: UInt64 = 10_000
@@ -18,22 +19,30 @@ struct AdaptivePollWindow {
     private(set) var maximum: UInt64 = 0
     /// When the loop last read or wrote, if no message has arrived since.
     private var armedAt: UInt64?
-    /// Whether the last poll ended with its window and no message has arrived since.
+    /// Whether the last poll, armed by a write, ended with its window and no message has arrived since.
     private var missed = false
+    /// Whether the last arm wrote something: only a poll for the answer to a write counts as in vain when it
+    /// passes; one armed by a read that wrote nothing may just pass while the application thinks.
+    private var lastArmWrote = false
     /// When the last message arrived.
     private var lastMessageAt: UInt64?
+    /// When the loop first wrote after the last message.
+    private var firstWriteAt: UInt64?
 
     /// The loop read or wrote at `now`: returns how long to poll from now (0 for not at all).
-    mutating func armed(at now: UInt64, maximum: UInt64) -> UInt64 {
+    /// - Parameter wrote: Whether the loop wrote something (a read that wrote nothing also arms).
+    mutating func armed(at now: UInt64, maximum: UInt64, wrote: Bool) -> UInt64 {
         if self.missed {
             self.missed = false
             self.window = self.window / 2 >= Self.initialWindow ? self.window / 2 : 0
         }
         self.armedAt = now
         self.maximum = maximum
-        guard let lastMessageAt = self.lastMessageAt else { return 0 }
-        let sinceMessage = now &- lastMessageAt
-        let budget = sinceMessage < maximum ? maximum - sinceMessage : 0
+        self.lastArmWrote = wrote
+        if wrote, self.firstWriteAt == nil { self.firstWriteAt = now }
+        guard let origin = self.firstWriteAt ?? self.lastMessageAt else { return 0 }
+        let elapsed = now &- origin
+        let budget = elapsed < maximum ? maximum - elapsed : 0
         return min(self.window, budget)
     }
 
@@ -41,6 +50,7 @@ struct AdaptivePollWindow {
     mutating func messageArrived(at now: UInt64) {
         self.missed = false
         self.lastMessageAt = now
+        self.firstWriteAt = nil
         guard let armedAt = self.armedAt else { return }
         self.armedAt = nil
         let waited = now &- armedAt
@@ -55,6 +65,6 @@ struct AdaptivePollWindow {
 
     /// A poll ended with its window, no message having arrived.
     mutating func pollMissed() {
-        self.missed = self.armedAt != nil
+        self.missed = self.armedAt != nil && self.lastArmWrote
     }
 }

@@ -61,6 +61,9 @@ final class EventLoopBusyPoller: @unchecked Sendable {
     /// Half the cores: none on a single core, where a polling loop would take the CPU from the very work it waits for.
     private static let maximumPolling = System.coreCount / 2
 
+    /// Whether loops of this process may poll at all (not on a single core).
+    static var isAvailable: Bool { Self.maximumPolling > 0 }
+
     /// The one of `eventLoop`.
     static func shared(for eventLoop: any EventLoop) -> EventLoopBusyPoller {
         self.pollers(eventLoop)
@@ -102,15 +105,16 @@ final class EventLoopBusyPoller: @unchecked Sendable {
     /// Keeps polling for `nanoseconds` from now: the latency mode. Call on the event loop after a read or write.
     @inline(__always)
     func arm(for nanoseconds: UInt64) {
-        self.extend(to: NIODeadline.now().uptimeNanoseconds &+ nanoseconds)
+        let (deadline, overflow) = NIODeadline.now().uptimeNanoseconds.addingReportingOverflow(nanoseconds)
+        self.extend(to: overflow ? .max : deadline)
     }
 
     /// Polls for the adaptive window from now, if it is open; `maximum` bounds it. Call on the event loop after a
     /// read or write.
     @inline(__always)
-    func armAdaptively(maximum: UInt64) {
+    func armAdaptively(maximum: UInt64, wrote: Bool) {
         let now = NIODeadline.now().uptimeNanoseconds
-        let window = self.adaptiveWindow.armed(at: now, maximum: maximum)
+        let window = self.adaptiveWindow.armed(at: now, maximum: maximum, wrote: wrote)
         if window > 0 { self.extend(to: now &+ window) }
     }
 

@@ -221,10 +221,11 @@ final class CallStream: Sendable {
         let (wasOpen, isOver) = self.state.withLock { state in
             (
                 state.failure == nil && !state.inboundEnded,
-                state.failure != nil || (state.inboundEnded && state.outboundEnded)
+                state.failure != nil || (state.inboundEnded && state.outboundEnded && !state.hasWaiters)
             )
         }
-        // Ended both ways (a call that completed), or failed already: nothing waits, nothing to tell the peer.
+        // Failed already, or ended both ways with nobody waiting (a call that completed): nothing to wake, nothing
+        // to tell the peer. A writer that still waits for credit (one a body left running) is failed below.
         if isOver { return }
         let error: any Error = reason == .deadlineExceeded ? Self.deadlineError(self.method) : CancellationError()
         self.fail(error)

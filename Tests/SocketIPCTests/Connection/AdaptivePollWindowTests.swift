@@ -15,7 +15,7 @@ struct AdaptivePollWindowTests {
         at time: UInt64,
         answerAfter: UInt64
     ) -> (polled: UInt64, next: UInt64) {
-        let polled = window.armed(at: time, maximum: Self.maximum)
+        let polled = window.armed(at: time, maximum: Self.maximum, wrote: true)
         if polled > 0, answerAfter > polled { window.pollMissed() }
         window.messageArrived(at: time + answerAfter)
         return (polled, time + answerAfter + 1_000)
@@ -24,7 +24,7 @@ struct AdaptivePollWindowTests {
     @Test("a new loop does not poll")
     func startsClosed() {
         var window = AdaptivePollWindow()
-        #expect(window.armed(at: 1_000, maximum: Self.maximum) == 0)
+        #expect(window.armed(at: 1_000, maximum: Self.maximum, wrote: true) == 0)
     }
 
     @Test("answers within the maximum open the window, doubling from 10 µs up to the time they take")
@@ -49,10 +49,10 @@ struct AdaptivePollWindowTests {
             time = Self.exchange(&window, at: time, answerAfter: 190_000).next
         }
         #expect(window.window == Self.maximum)
-        // The last message came 1 µs before `time`: the poll reaches the maximum after it.
-        #expect(window.armed(at: time, maximum: Self.maximum) == Self.maximum - 1_000)
-        // A smaller maximum asked for later bounds the poll at once, counted from the last message (1,001 ns ago).
-        #expect(window.armed(at: time + 1, maximum: 50_000) == 50_000 - 1_001)
+        // The poll reaches the maximum after this first write since the last message.
+        #expect(window.armed(at: time, maximum: Self.maximum, wrote: true) == Self.maximum)
+        // A smaller maximum asked for later bounds the poll at once, counted from that write (1 ns ago).
+        #expect(window.armed(at: time + 1, maximum: 50_000, wrote: true) == 50_000 - 1)
     }
 
     @Test("traffic that stops closes the window: the next write after a long silence does not poll")
@@ -64,7 +64,7 @@ struct AdaptivePollWindowTests {
         // The peer answers only after a second.
         time = Self.exchange(&window, at: time, answerAfter: 1_000_000_000).next
         #expect(window.window == 0)
-        #expect(window.armed(at: time, maximum: Self.maximum) == 0)
+        #expect(window.armed(at: time, maximum: Self.maximum, wrote: true) == 0)
     }
 
     @Test("a writer whose peer does not answer: polls in vain halve the window down to zero")
@@ -76,7 +76,7 @@ struct AdaptivePollWindowTests {
         // Now only writes, 1 µs apart: each poll misses and the next write halves the window.
         var opened: [UInt64] = []
         for _ in 0..<4 {
-            let polled = window.armed(at: time, maximum: Self.maximum)
+            let polled = window.armed(at: time, maximum: Self.maximum, wrote: true)
             opened.append(polled)
             if polled > 0 { window.pollMissed() }
             time += polled + 1_000
@@ -85,24 +85,45 @@ struct AdaptivePollWindowTests {
         #expect(window.window == 0)
     }
 
-    @Test("polling ends at most the maximum after the last message, however many writes follow it")
-    func boundedByTheLastMessage() {
+    @Test("polling ends at most the maximum after the first write since the last message, however many follow")
+    func boundedByTheFirstWrite() {
         var window = AdaptivePollWindow()
         var time: UInt64 = 1_000_000
         for _ in 0..<8 { time = Self.exchange(&window, at: time, answerAfter: 190_000).next }
         #expect(window.window == Self.maximum)
-        // The last message came 1 µs before `time`. Writes every 10 µs, each ended early by other work (no miss):
-        // each poll reaches only up to 200 µs after that message.
+        // Writes every 10 µs from `time` on, with no message, each poll ended early by other work (no miss): each
+        // poll reaches only up to 200 µs after the first of them.
         var polledUntil: [UInt64] = []
         var now = time
         for _ in 0..<30 {
-            let polled = window.armed(at: now, maximum: Self.maximum)
+            let polled = window.armed(at: now, maximum: Self.maximum, wrote: true)
             if polled > 0 { polledUntil.append(now + polled) }
             now += 10_000
         }
-        let lastMessage = time - 1_000
-        #expect(polledUntil.allSatisfy { $0 <= lastMessage + Self.maximum })
+        #expect(polledUntil.allSatisfy { $0 <= time + Self.maximum })
         #expect(polledUntil.count == 20)
+    }
+
+    @Test("a client that thinks before each request: its poll after the request still waits the whole window")
+    func thinkTime() {
+        // The reply arrives, the read ends with an arm that writes nothing, the next request is written 120 µs later,
+        // and its reply takes 100 µs: 220 µs from message to message, more than the maximum.
+        var window = AdaptivePollWindow()
+        var time: UInt64 = 1_000_000
+        var caught: [Bool] = []
+        for _ in 0..<12 {
+            window.messageArrived(at: time)
+            // The read's own poll passes before the request is written: in vain, but not for a write's answer.
+            let afterRead = window.armed(at: time, maximum: Self.maximum, wrote: false)
+            if afterRead > 0 && afterRead < 120_000 { window.pollMissed() }
+            let request = time + 120_000
+            let polled = window.armed(at: request, maximum: Self.maximum, wrote: true)
+            caught.append(polled >= 100_000)
+            if polled < 100_000 && polled > 0 { window.pollMissed() }
+            time = request + 100_000
+        }
+        // It grows from 10 µs to 160 µs, then every reply is caught by the poll after its request.
+        #expect(caught.suffix(6).allSatisfy { $0 }, "\(caught)")
     }
 
     @Test("a message that the window caught keeps the window as it is")
