@@ -51,12 +51,14 @@ public final class Connection: Sendable {
     let taskExecutor: EventLoopTaskExecutor
     /// The event loop's spare coalescing buffer, taken when the queue needs one and given back after each flush.
     let flushBufferPool: FlushBufferPool
-    /// The event loop's busy poller, in the latency mode (``ConnectionOptions/busyPollDuration``).
+    /// The event loop's busy poller when this connection polls (``ConnectionOptions/busyPolling`` not off, and more
+    /// than one core); `nil` otherwise.
     let busyPoller: EventLoopBusyPoller?
     /// The event loop's busy poller whatever this connection's mode: work this connection queues on the loop ends
     /// a poll that other connections of the loop started, so that it does not wait behind it.
     let loopPoller: EventLoopBusyPoller
-    /// How long the busy poller keeps polling after each flush, in nanoseconds; 0 without the latency mode.
+    /// The polling window after each flush, in nanoseconds: the fixed window, or the adaptive one's maximum; 0 when
+    /// this connection does not poll.
     let busyPollNanoseconds: UInt64
     /// Whether the poller sizes its window to the traffic (``BusyPolling/adaptive(maximum:)``).
     let busyPollsAdaptively: Bool
