@@ -46,6 +46,9 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     private var writeWaiter: (waiter: WriteWaiter, cost: Int)?
     /// Whether this side ended its direction (sent its end frame).
     package private(set) var outboundEnded = false
+    /// Why sends fail from now on although the call did not fail: on the caller's side, the handler ended the call
+    /// while the caller still sent (no credit comes any more).
+    private var sendsRefused: (any Error)?
 
     /// Why the call ended abruptly (cancelled, its connection closed), once it has: everything waiting or new fails
     /// with it.
@@ -155,6 +158,7 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     /// The producer wants to send a message of `payloadLength` bytes.
     package mutating func reserveSend(payloadLength: Int, orWait waiter: WriteWaiter) -> SendAction {
         if let failure = self.failure { return .fail(failure) }
+        if let refused = self.sendsRefused { return .fail(refused) }
         if self.outboundEnded { return .fail(SocketIPCError(.invalidState, "the call's stream was already finished")) }
         guard self.sendCredit > 0 else {
             self.writeWaiter = (waiter, Self.frameCost(payloadLength: payloadLength))
@@ -169,6 +173,7 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     /// - Throws: What the call failed with, or `invalidState` once this side ended its direction.
     package mutating func trySend(payloadLength: Int) throws -> Bool {
         if let failure = self.failure { throw failure }
+        if let refused = self.sendsRefused { throw refused }
         if self.outboundEnded { throw SocketIPCError(.invalidState, "the call's stream was already finished") }
         guard self.sendCredit > 0 else { return false }
         self.sendCredit -= Self.frameCost(payloadLength: payloadLength)
@@ -217,6 +222,18 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
         self.failure = error
         self.inbound.removeAll()
         return FailAction(readWaiter: self.readWaiter.take(), writeWaiter: self.writeWaiter.take()?.waiter)
+    }
+
+    /// The other side ended the whole call while this side still sends (on the caller's side: the handler's end):
+    /// every send from now on fails with the error `makeError` makes (only if this side still sends); returns the
+    /// producer waiting for credit and the error, to fail it with.
+    package mutating func refuseSends(
+        with makeError: () -> any Error
+    ) -> (waiter: WriteWaiter?, error: any Error)? {
+        guard self.failure == nil, !self.outboundEnded, self.sendsRefused == nil else { return nil }
+        let error = makeError()
+        self.sendsRefused = error
+        return (self.writeWaiter.take()?.waiter, error)
     }
 
     /// Whether a reader or a writer waits.

@@ -95,6 +95,20 @@ final class CallStream: Sendable {
             if case .end(let waiter, let status) = self.state.withLock({ $0.endReceived(status) }) {
                 waiter.resume(returning: .end(status))
             }
+            // On the caller's side the handler's end ends the whole call: what the caller still sends has no
+            // reader, and no credit comes for it (gRPC: a client's sends fail once the server has sent its status).
+            if self.isCaller {
+                let method = self.method
+                let refused = self.state.withLock { state in
+                    state.refuseSends {
+                        SocketIPCError(
+                            .invalidState,
+                            "the call '\(method)' was ended by its handler (status \(status.code)) while this side was still sending"
+                        )
+                    }
+                }
+                if let refused, let waiter = refused.waiter { waiter.resume(throwing: refused.error) }
+            }
         case .credit(let increment):
             self.state.withLock { $0.creditReceived(increment) }?.resume()
         case .cancel(let reason):

@@ -119,3 +119,40 @@ struct ServiceStreamTests {
         #expect(observed >= 60)
     }
 }
+
+@Suite("Services: a handler that ends a client stream early", .timeLimit(.minutes(1)))
+struct EarlyEndTests {
+    enum TakeOne: ServiceMethod {
+        static let name = "test.takeOne"
+        typealias Request = String
+        typealias Response = String
+    }
+
+    @Test("the caller's writes, waiting for credit or later, fail once the handler has ended the call")
+    func writesFailAfterHandlerEnded() async throws {
+        var router = ServiceRouter()
+        // Reads one request and answers: the rest of the caller's stream has no reader and gets no credit.
+        router.registerClientStreaming(TakeOne.self) { requests, _ in
+            for try await request in requests { return "got \(request)" }
+            return "nothing"
+        }
+        let served = router
+        try await withFramedTestServer(makeHandler: { ServiceConnectionHandler(router: served) }) { _, path in
+            let connection = try await Client.connect(to: path)
+            defer { connection.close() }
+            let chunk = String(repeating: "x", count: 4_096)
+            let outcome = try await connection.clientStreaming(TakeOne.self) { writer -> Void in
+                // More than the 64 KiB window: without the fix the write that waits for credit waited forever.
+                var failure: (any Error)?
+                do {
+                    for _ in 0..<1_000 { try await writer.write(chunk) }
+                } catch {
+                    failure = error
+                }
+                let refused = try #require(failure as? SocketIPCError, "a write failed: \(String(describing: failure))")
+                #expect(refused.code == .invalidState)
+            }
+            #expect(outcome.hasPrefix("got "))
+        }
+    }
+}
