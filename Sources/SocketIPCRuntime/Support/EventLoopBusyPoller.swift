@@ -86,7 +86,8 @@ final class EventLoopBusyPoller: @unchecked Sendable {
         self.descriptors.append(pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0))
     }
 
-    /// Stops polling `descriptor`. Call on the event loop, before the descriptor is closed.
+    /// Stops polling `descriptor`. Call on the event loop when its channel closes (the kernel has then already
+    /// dropped a closed descriptor from the epoll set; a number reused since is added only later, on this loop).
     func remove(_ descriptor: Int32) {
         guard let index = self.descriptors.firstIndex(where: { $0.fd == descriptor }) else { return }
         self.descriptors.remove(at: index)

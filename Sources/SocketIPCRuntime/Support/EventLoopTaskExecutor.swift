@@ -12,7 +12,7 @@ final class EventLoopTaskExecutor: TaskExecutor, @unchecked Sendable {
     private let queue = Mutex<[UnownedJob]>([])
     /// The array the last batch ran from, kept for its capacity; touched only on the event loop.
     private var spare: [UnownedJob] = []
-    /// The loop's poller: a job handed over from another thread ends its poll.
+    /// The loop's poller: a job queued here, from any thread, ends its poll (the job would wait behind it).
     private let poller: EventLoopBusyPoller
 
     private init(_ eventLoop: any EventLoop) {
