@@ -1,7 +1,14 @@
-// Headers only: see include/CSocketIPCLinux.h.
+// The definitions of include/CSocketIPCLinux.h.
+
+#define _GNU_SOURCE
 
 #if defined(__linux__)
+#include "CSocketIPCLinux.h"
+#include <errno.h>
+#include <string.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #ifndef SYS_pidfd_send_signal
@@ -10,5 +17,81 @@
 
 int csocketipc_pidfd_send_signal(int pidfd, int signal) {
     return (int)syscall(SYS_pidfd_send_signal, pidfd, signal, (void *)0, 0u);
+}
+
+long csocketipc_receive_with_descriptors(
+    int socket, void *bytes, unsigned long length, int *descriptors, int maximum, int *count, int *truncated) {
+    union {
+        struct cmsghdr align;
+        char space[CMSG_SPACE(sizeof(int) * CSOCKETIPC_MAX_DESCRIPTORS)];
+    } control;
+    struct iovec vector = {.iov_base = bytes, .iov_len = length};
+    struct msghdr message;
+    *count = 0;
+    *truncated = 0;
+    if (maximum > CSOCKETIPC_MAX_DESCRIPTORS) maximum = CSOCKETIPC_MAX_DESCRIPTORS;
+    ssize_t received;
+    do {
+        memset(&message, 0, sizeof(message));
+        message.msg_iov = &vector;
+        message.msg_iovlen = 1;
+        message.msg_control = control.space;
+        message.msg_controllen = sizeof(control.space);
+        received = recvmsg(socket, &message, MSG_CMSG_CLOEXEC);
+    } while (received < 0 && errno == EINTR);
+    if (received < 0) return -1;
+    if (message.msg_flags & MSG_CTRUNC) *truncated = 1;
+    for (struct cmsghdr *header = CMSG_FIRSTHDR(&message); header != NULL; header = CMSG_NXTHDR(&message, header)) {
+        if (header->cmsg_level == SOL_SOCKET && header->cmsg_type == SCM_RIGHTS) {
+            size_t n = (header->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            int *passed = (int *)CMSG_DATA(header);
+            for (size_t i = 0; i < n; i++) {
+                int descriptor;
+                memcpy(&descriptor, passed + i, sizeof(int));
+                if (*count < maximum) {
+                    descriptors[(*count)++] = descriptor;
+                } else {
+                    // More than the caller has room for: never leak one.
+                    close(descriptor);
+                    *truncated = 1;
+                }
+            }
+        } else if (!(header->cmsg_level == SOL_SOCKET && header->cmsg_type == SCM_CREDENTIALS)) {
+            *truncated = 1;
+        }
+    }
+    return (long)received;
+}
+
+long csocketipc_send_with_descriptors(
+    int socket, const void *bytes, unsigned long length, const int *descriptors, int count) {
+    union {
+        struct cmsghdr align;
+        char space[CMSG_SPACE(sizeof(int) * CSOCKETIPC_MAX_DESCRIPTORS)];
+    } control;
+    if (count < 0 || count > CSOCKETIPC_MAX_DESCRIPTORS) {
+        errno = EINVAL;
+        return -1;
+    }
+    struct iovec vector = {.iov_base = (void *)bytes, .iov_len = length};
+    struct msghdr message;
+    memset(&message, 0, sizeof(message));
+    memset(&control, 0, sizeof(control));
+    message.msg_iov = &vector;
+    message.msg_iovlen = 1;
+    if (count > 0) {
+        message.msg_control = control.space;
+        message.msg_controllen = CMSG_SPACE(sizeof(int) * count);
+        struct cmsghdr *header = CMSG_FIRSTHDR(&message);
+        header->cmsg_level = SOL_SOCKET;
+        header->cmsg_type = SCM_RIGHTS;
+        header->cmsg_len = CMSG_LEN(sizeof(int) * count);
+        memcpy(CMSG_DATA(header), descriptors, sizeof(int) * count);
+    }
+    ssize_t sent;
+    do {
+        sent = sendmsg(socket, &message, MSG_NOSIGNAL);
+    } while (sent < 0 && errno == EINTR);
+    return (long)sent;
 }
 #endif

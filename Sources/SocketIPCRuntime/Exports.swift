@@ -5,3 +5,4 @@
 @_exported import struct Logging.Logger
 @_exported import struct NIOCore.ByteBuffer
 @_exported import struct NIOCore.ByteBufferAllocator
+@_exported import struct SystemPackage.FileDescriptor

@@ -75,7 +75,9 @@ extension ConnectionStateMachine {
         continuation: RequestContinuation,
         isCancelled: @autoclosure () -> Bool,
         spareBuffer: () -> ByteBuffer?,
-        makeTimer: () -> Timer?
+        makeTimer: () -> Timer?,
+        passing descriptors: Int = 0,
+        registerDescriptors: () -> Void = {}
     ) -> RegisterAction {
         switch self.state {
         case .open(var requests):
@@ -83,6 +85,10 @@ extension ConnectionStateMachine {
             self.state = .modifying
             requests.pending[id] = PendingRequest(continuation: continuation, timer: makeTimer())
             self.state = .open(requests)
+            if descriptors > 0 {
+                registerDescriptors()
+                self.outbound.queue.appendDescriptorsFrame(count: descriptors, spareBuffer: spareBuffer)
+            }
             self.outbound.queue.appendFrame(.request, id: id, payload: payload, spareBuffer: spareBuffer)
             return .registered(scheduleFlush: self.outbound.scheduleFlushIfNeeded())
         case .goingAway(_, let peerError):
@@ -136,7 +142,9 @@ extension ConnectionStateMachine {
         _ kind: FrameKind,
         id: UInt32,
         payload: ByteBuffer,
-        spareBuffer: () -> ByteBuffer?
+        spareBuffer: () -> ByteBuffer?,
+        passing descriptors: Int = 0,
+        registerDescriptors: () -> Void = {}
     ) -> AnswerAction {
         let (resumeReading, close) = self.modifyRequests(closed: (false, false)) { requests, goingAway in
             requests.unanswered -= 1
@@ -145,6 +153,10 @@ extension ConnectionStateMachine {
             return (resumeReading, goingAway && requests.isDrained)
         }
         guard self.isOpen else { return AnswerAction(scheduleFlush: false, resumeReading: false, close: false) }
+        if descriptors > 0 {
+            registerDescriptors()
+            self.outbound.queue.appendDescriptorsFrame(count: descriptors, spareBuffer: spareBuffer)
+        }
         self.outbound.queue.appendFrame(kind, id: id, payload: payload, spareBuffer: spareBuffer)
         return AnswerAction(
             scheduleFlush: self.outbound.scheduleFlushIfNeeded(),

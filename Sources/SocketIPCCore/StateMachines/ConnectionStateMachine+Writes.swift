@@ -52,15 +52,24 @@ extension ConnectionStateMachine {
     ///   - payload: The frame's payload.
     ///   - spareBuffer: Asked only when the queue needs a new coalescing buffer: a cleared buffer to reuse, or
     ///     `nil`.
+    ///   - descriptors: How many descriptors the frame carries: when more than 0, a descriptors frame (`0x0D`)
+    ///     announcing them is queued right before it, and `registerDescriptors` runs first, under the same lock, so
+    ///     that whoever attaches descriptors to the bytes sees them in the order of their frames.
     @inlinable
     @inline(__always)
     package mutating func enqueue(
         _ kind: FrameKind,
         id: UInt32,
         payload: ByteBuffer,
-        spareBuffer: () -> ByteBuffer?
+        spareBuffer: () -> ByteBuffer?,
+        passing descriptors: Int = 0,
+        registerDescriptors: () -> Void = {}
     ) -> EnqueueAction {
         if case .closed(let closed) = self.state { return .fail(closed.error) }
+        if descriptors > 0 {
+            registerDescriptors()
+            self.outbound.queue.appendDescriptorsFrame(count: descriptors, spareBuffer: spareBuffer)
+        }
         self.outbound.queue.appendFrame(kind, id: id, payload: payload, spareBuffer: spareBuffer)
         return .queued(
             scheduleFlush: self.outbound.scheduleFlushIfNeeded(),

@@ -36,6 +36,10 @@ extension ByteBuffer {
             self.writeFrameHeader(.ping, id: id, payloadLength: 0)
         case .pong(let id):
             self.writeFrameHeader(.pong, id: id, payloadLength: 0)
+        case .descriptors(let count):
+            precondition((1...255).contains(count), "a descriptors frame announces 1 to 255 descriptors")
+            self.writeFrameHeader(.descriptors, payloadLength: 1)
+            self.writeInteger(UInt8(count))
         }
     }
 }

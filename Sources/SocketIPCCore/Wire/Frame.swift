@@ -27,4 +27,7 @@ package enum Frame: Equatable, Sendable {
     case ping(id: UInt32)
     /// The answer to this side's ping `id`.
     case pong(id: UInt32)
+    /// The next frame carries `count` (1 to 255) file descriptors, passed with this frame's bytes. Only from a peer
+    /// that set ``HelloFlags/descriptors``.
+    case descriptors(count: Int)
 }

@@ -19,11 +19,16 @@ package struct FrameDecoder: Sendable {
     /// The flags of the peer's hello, once read: which frames beyond version 1's it may send.
     @usableFromInline
     package var peerFlags: HelloFlags = []
+    /// The flags of this side's hello: a peer's flag counts only if this side set it too.
+    @usableFromInline
+    package let localFlags: HelloFlags
 
     /// - Parameter maximumPayload: The largest payload accepted, in bytes; clamped to what a frame can carry
     ///   (4 GiB − 6 bytes), so that no arithmetic on it can overflow.
-    package init(maximumPayload: Int) {
+    ///   - localFlags: The flags of this side's hello: which optional frames this side speaks.
+    package init(maximumPayload: Int, localFlags: HelloFlags = Hello.flags) {
         self.maximumPayload = min(max(maximumPayload, 0), Int(UInt32.max) - 5)
+        self.localFlags = localFlags
     }
 
     /// Whether the peer's hello has been read and accepted.
@@ -61,7 +66,8 @@ package struct FrameDecoder: Sendable {
             throw Self.tooLarge(frameLength: frameLength, limit: self.maximumPayload)
         }
         guard let kindByte = buffer.getInteger(at: buffer.readerIndex + 4, as: UInt8.self) else { return nil }
-        guard let kind = FrameKind(rawValue: kindByte), kind.isVersion1 || self.peerFlags.contains(.calls) else {
+        guard let kind = FrameKind(rawValue: kindByte), kind.isVersion1 || self.peerFlags.contains(kind.requiredFlag)
+        else {
             throw Self.unknownKind(kindByte)
         }
         let payloadLength = frameLength - kind.headerLength
@@ -83,6 +89,8 @@ package struct FrameDecoder: Sendable {
         case .errorReply:
             let id = buffer.readInteger(as: UInt32.self)!
             return .errorReply(id: id, message: buffer.readString(length: payloadLength)!)
+        case .descriptors:
+            return try Self.descriptorsFrame(payload: buffer.readSlice(length: payloadLength)!)
         case .goAway:
             guard payloadLength >= 1 else { throw Self.missingReason() }
             let reasonByte = buffer.readInteger(as: UInt8.self)!
@@ -103,6 +111,20 @@ package struct FrameDecoder: Sendable {
         case .pong: .pong(id: id)
         default: .call(id: id, try CallFrame.decode(kind, payload: &payload))
         }
+    }
+
+    /// Decodes a descriptors frame's payload: exactly one byte, a count of 1 to 255.
+    @usableFromInline
+    package static func descriptorsFrame(payload: ByteBuffer) throws -> Frame {
+        guard payload.readableBytes == 1, let count = payload.getInteger(at: payload.readerIndex, as: UInt8.self),
+            count > 0
+        else {
+            throw SocketIPCError(
+                .protocolViolation,
+                "received a descriptors frame whose payload is not one count of 1 to 255 (\(payload.readableBytes) bytes)"
+            )
+        }
+        return .descriptors(count: Int(count))
     }
 
     /// Checks the hello at the front of `buffer` as far as it is there; returns whether it is whole and accepted.
@@ -131,7 +153,7 @@ package struct FrameDecoder: Sendable {
             )
         }
         // Only the flags this side knows count: a flag it does not know names frames it would refuse anyway.
-        self.peerFlags = HelloFlags(rawValue: flags).intersection(Hello.flags)
+        self.peerFlags = HelloFlags(rawValue: flags).intersection(self.localFlags)
         self.awaitingHello = false
         return true
     }

@@ -24,13 +24,26 @@ package enum FrameKind: UInt8, Sendable {
     case ping = 0x0B
     /// The answer to a ping.
     case pong = 0x0C
+    /// The next frame carries this many file descriptors, passed with this frame's bytes (`SCM_RIGHTS`). Only from
+    /// a peer that set ``HelloFlags/descriptors``.
+    case descriptors = 0x0D
 
     /// Bytes of the frame header after the length field: the kind, and the id where there is one.
     @inlinable
     package var headerLength: Int {
         switch self {
-        case .message, .goAway: 1
+        case .message, .goAway, .descriptors: 1
         default: 5
+        }
+    }
+
+    /// The hello flag a peer must have set to send this kind; empty for version 1's kinds.
+    @inlinable
+    package var requiredFlag: HelloFlags {
+        switch self {
+        case .message, .request, .reply, .errorReply, .goAway: []
+        case .descriptors: .descriptors
+        default: .calls
         }
     }
 

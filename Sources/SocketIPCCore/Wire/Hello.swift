@@ -12,8 +12,11 @@ package enum Hello: Sendable {
     /// Bytes in a hello.
     @usableFromInline
     package static let length = 8
-    /// The flags this implementation sends: it speaks calls.
+    /// The flags this implementation sends by default: it speaks calls. A side that passes descriptors adds
+    /// ``HelloFlags/descriptors``.
     package static let flags: HelloFlags = [.calls]
+    /// Every flag this implementation knows.
+    package static let knownFlags: HelloFlags = [.calls, .descriptors]
 
     /// Writes this side's hello.
     package static func write(into buffer: inout ByteBuffer, flags: HelloFlags = Hello.flags) {
@@ -37,4 +40,8 @@ package struct HelloFlags: OptionSet, Sendable, Hashable {
     /// Bit 0 (`0x01`): the sender speaks frames `0x06` to `0x0C` (calls with streams, credit, cancel, ping and pong).
     @usableFromInline
     package static let calls = HelloFlags(rawValue: 0x01)
+
+    /// Bit 1 (`0x02`): the sender passes and accepts file descriptors (`SCM_RIGHTS`) announced by frame `0x0D`.
+    @usableFromInline
+    package static let descriptors = HelloFlags(rawValue: 0x02)
 }

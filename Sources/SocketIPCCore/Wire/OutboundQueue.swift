@@ -102,6 +102,18 @@ package struct OutboundQueue {
         }
     }
 
+    /// Queues a descriptors frame (`0x0D`) announcing `count` (1 to 255) descriptors for the frame queued next.
+    @inlinable
+    package mutating func appendDescriptorsFrame(count: Int, spareBuffer: () -> ByteBuffer?) {
+        precondition((1...255).contains(count), "a descriptors frame announces 1 to 255 descriptors")
+        self.queuedBytes += 6
+        self.withOwnedTail(capacity: 6, spareBuffer: spareBuffer) { buffer in
+            buffer.writeInteger(UInt32(2))
+            buffer.writeInteger(FrameKind.descriptors.rawValue)
+            buffer.writeInteger(UInt8(count))
+        }
+    }
+
     /// Queues bytes that are written as they are (a going-away frame made elsewhere).
     @inlinable
     package mutating func appendRaw(_ bytes: ByteBuffer) {
@@ -125,7 +137,7 @@ package struct OutboundQueue {
     @inline(__always)
     static func headerLengthAfterLength(_ kind: FrameKind) -> Int {
         switch kind {
-        case .message, .goAway: 1
+        case .message, .goAway, .descriptors: 1
         default: 5
         }
     }

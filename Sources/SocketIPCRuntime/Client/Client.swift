@@ -68,6 +68,17 @@ public enum Client {
         )
         let options = configuration.connection
         let id = ConnectionIDs.next()
+        // A connection that passes descriptors goes through a relay; the server's credentials are read from the
+        // connection's own socket first, since the channel's is the relay's socket pair.
+        var relay: DescriptorRelay?
+        var knownPeer: PeerCredentials?
+        if options.effectiveMaximumDescriptors > 0 {
+            knownPeer = PeerCredentials.read(descriptor: descriptor)
+            relay = try DescriptorRelay(socket: descriptor, maximumPerMessage: options.effectiveMaximumDescriptors)
+        }
+        let descriptorRelay = relay
+        let peer = knownPeer
+        let channelDescriptor = relay?.channelSide ?? descriptor
         let channel: any Channel
         do {
             channel = try await ClientBootstrap(group: eventLoop)
@@ -82,15 +93,18 @@ public enum Client {
                                 options: options,
                                 connectionID: id,
                                 lifecycle: lifecycle,
-                                descriptor: descriptor,
+                                descriptor: channelDescriptor,
+                                peer: peer,
+                                descriptorRelay: descriptorRelay,
                                 logger: logger
                             )
                         )
                     }
                 }
-                .withConnectedSocket(descriptor)
+                .withConnectedSocket(channelDescriptor)
                 .get()
         } catch {
+            descriptorRelay?.abort()
             handshake.fail(error)
             throw SocketIPCError(.systemCall, "could not set up the connection to \(socketPath): \(error)", path: path, cause: error)
         }

@@ -70,6 +70,8 @@ public final class Connection: Sendable {
     let handlerTasks: ConnectionTaskSlot
     /// Calls and keepalive: the peer's hello flags, call ids, the services layer's receiver.
     let calls: ConnectionCalls
+    /// Descriptor passing, when ``ConnectionOptions/maximumDescriptorsPerMessage`` turned it on.
+    let descriptorPassing: DescriptorPassing?
 
     /// Makes the connection of `channel`; the channel handler calls this once the channel is active.
     /// - Parameters:
@@ -86,9 +88,11 @@ public final class Connection: Sendable {
         options: ConnectionOptions,
         peer: PeerCredentials?,
         logger: Logger,
-        handlerTaskOwner: ConnectionTasks.Owner = .connection
+        handlerTaskOwner: ConnectionTasks.Owner = .connection,
+        descriptorRelay: DescriptorRelay? = nil
     ) {
         self.id = id
+        self.descriptorPassing = descriptorRelay.map { DescriptorPassing(relay: $0) }
         self.handlerTasks = ConnectionTaskSlot(owner: handlerTaskOwner)
         if case .connection = handlerTaskOwner {
             self.calls = ConnectionCalls(isInitiator: true)
@@ -100,7 +104,8 @@ public final class Connection: Sendable {
         self.writer = writer ?? SocketFrameWriter(channel: channel, descriptor: descriptor)
         self.options = options
         self.peer = peer
-        if options.holdsPeerProcess, let descriptor, let peer {
+        // With a relay, the channel's descriptor is the relay's socket pair; the peer is on the relay's socket.
+        if options.holdsPeerProcess, let descriptor = descriptorRelay?.socket ?? descriptor, let peer {
             self.peerProcess = PeerProcess.take(descriptor: descriptor, processID: peer.processID)
         } else {
             self.peerProcess = nil
@@ -236,12 +241,20 @@ public final class Connection: Sendable {
     /// Answers the peer's request `id` with `payload`, or with an error reply if `payload` exceeds
     /// ``ConnectionOptions/maximumMessageSize``. Does nothing once the connection is closed.
     func sendReply(id: UInt32, payload: ByteBuffer) {
+        self.sendReply(id: id, payload: payload, descriptors: [])
+    }
+
+    /// Answers the peer's request `id` with `payload` and the descriptors of `group` (owned by the connection from
+    /// now on), or with an error reply if `payload` exceeds ``ConnectionOptions/maximumMessageSize``. Does nothing
+    /// once the connection is closed.
+    func sendReply(id: UInt32, payload: ByteBuffer, descriptors group: [Int32]) {
         if payload.readableBytes > self.options.effectiveMaximumMessageSize {
             let message = "the reply of \(payload.readableBytes) bytes exceeds the maximum of \(self.options.effectiveMaximumMessageSize)"
+            DescriptorRelay.closeAll(group)
             self.sendErrorReply(id: id, message: message)
             return
         }
-        self.answer(.reply, id: id, payload: payload)
+        self.answer(.reply, id: id, payload: payload, descriptors: group)
     }
 
     /// Answers the peer's request `id` with an error reply saying `message`. Does nothing once the connection is
@@ -253,9 +266,25 @@ public final class Connection: Sendable {
     /// Queues the answer and counts the request answered, in one lock; then flushes, lets the channel handler read
     /// again, or closes, as the answer asks.
     @inline(__always)
-    private func answer(_ kind: FrameKind, id: UInt32, payload: ByteBuffer) {
-        let action = self.state.withLock {
-            $0.answer(kind, id: id, payload: payload, spareBuffer: { self.spareBuffer() })
+    private func answer(_ kind: FrameKind, id: UInt32, payload: ByteBuffer, descriptors group: [Int32] = []) {
+        let action: StateMachine.AnswerAction
+        if group.isEmpty {
+            action = self.state.withLock {
+                $0.answer(kind, id: id, payload: payload, spareBuffer: { self.spareBuffer() })
+            }
+        } else {
+            let relay = self.descriptorPassing?.relay
+            var registered = false
+            action = self.state.withLock {
+                $0.answer(
+                    kind, id: id, payload: payload, spareBuffer: { self.spareBuffer() }, passing: group.count,
+                    registerDescriptors: {
+                        relay?.registerOutgoing(group)
+                        registered = true
+                    }
+                )
+            }
+            if !registered { DescriptorRelay.closeAll(group) }
         }
         if action.scheduleFlush { self.scheduleFlush() }
         if action.resumeReading { self.resumeReadingForRequests() }
@@ -315,7 +344,7 @@ public final class Connection: Sendable {
         )
     }
 
-    private func nextRequestID() -> UInt32 {
+    func nextRequestID() -> UInt32 {
         self.requestIDs.wrappingAdd(1, ordering: .relaxed).newValue
     }
 
@@ -327,12 +356,15 @@ public final class Connection: Sendable {
 
     /// Queues request `id` and registers `continuation` for its reply, with its timeout and the task's
     /// cancellation checked, in one lock.
-    private func register(
+    func register(
         _ continuation: UnsafeContinuation<ByteBuffer, any Error>,
         id: UInt32,
         payload: ByteBuffer,
-        timeout: Duration?
+        timeout: Duration?,
+        descriptors group: [Int32] = []
     ) {
+        let relay = self.descriptorPassing?.relay
+        var registered = false
         let action = self.state.withLock { state in
             state.register(
                 id: id,
@@ -340,9 +372,15 @@ public final class Connection: Sendable {
                 continuation: continuation,
                 isCancelled: Task.isCancelled,
                 spareBuffer: { self.spareBuffer() },
-                makeTimer: { timeout.map { self.scheduleTimeout(of: id, after: $0) } }
+                makeTimer: { timeout.map { self.scheduleTimeout(of: id, after: $0) } },
+                passing: group.count,
+                registerDescriptors: {
+                    relay?.registerOutgoing(group)
+                    registered = true
+                }
             )
         }
+        if !group.isEmpty && !registered { DescriptorRelay.closeAll(group) }
         switch action {
         case .fail(let error):
             continuation.resume(throwing: error)

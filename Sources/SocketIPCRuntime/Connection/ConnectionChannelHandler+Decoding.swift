@@ -117,11 +117,16 @@ extension ConnectionChannelHandler {
         var step = DecodeStep.next
         self.dispatching = true
         do {
-            while self.state.mayHandleFrames {
+            loop: while self.state.mayHandleFrames {
                 // The same bytes, not yet read: the frame's own bytes are taken from here if it is held.
                 var before = partial.bytes
                 guard let frame = try self.decoder.next(from: &partial.bytes) else { break }
                 switch frame {
+                case .descriptors:
+                    // Its descriptors go with the frame after it, which may be held: leave both (and what follows)
+                    // for when the pause ends, so that descriptors are taken in the order they came.
+                    partial.bytes = before
+                    break loop
                 case .request, .message, .goAway, .call:
                     self.inbound.hold(before.readSlice(length: partial.bytes.readerIndex - before.readerIndex)!)
                 default:
@@ -184,6 +189,13 @@ extension ConnectionChannelHandler {
         connection: Connection,
         maximumRequests: Int
     ) -> DecodeStep {
+        if let passing = connection.descriptorPassing,
+            let step = Self.dispatchPassingDescriptors(
+                frame, passing: passing, to: &handler, connection: connection, maximumRequests: maximumRequests
+            )
+        {
+            return step
+        }
         switch frame {
         case .message(let message):
             handler.didReceiveMessage(message, on: connection)
@@ -204,6 +216,48 @@ extension ConnectionChannelHandler {
             connection.pingReceived(id: id)
         case .pong(let id):
             connection.pongReceived(id: id)
+        case .descriptors:
+            // Unreachable: the decoder refuses kind 0x0D unless both hellos set the descriptors flag.
+            return .violation(SocketIPCError(.protocolViolation, "a descriptors frame on a connection without them"))
+        }
+        return .next
+    }
+
+    /// Dispatches a descriptors frame, and the frame after it with the descriptors it announced; returns `nil` for
+    /// any other frame, which ``dispatch(_:to:connection:maximumRequests:)`` hands out as usual.
+    @inline(never)
+    static func dispatchPassingDescriptors(
+        _ frame: Frame,
+        passing: DescriptorPassing,
+        to handler: inout Handler,
+        connection: Connection,
+        maximumRequests: Int
+    ) -> DecodeStep? {
+        if case .descriptors(let count) = frame {
+            if let violation = passing.announce(count) { return .violation(violation) }
+            return .next
+        }
+        guard let descriptors = passing.takeAnnounced() else { return nil }
+        switch frame {
+        case .message(let message):
+            handler.didReceiveMessage(message, descriptors: descriptors, on: connection)
+        case .request(let id, let payload):
+            let unanswered = connection.requestReceived()
+            handler.didReceiveRequest(
+                payload, descriptors: descriptors, reply: Reply(connection: connection, id: id), on: connection
+            )
+            if unanswered >= maximumRequests { return .pauseForRequests }
+        case .reply(let id, let payload):
+            passing.replyArrived(id, descriptors: descriptors)
+            connection.replyReceived(id: id, result: .success(payload))
+        default:
+            descriptors.close()
+            return .violation(
+                SocketIPCError(
+                    .protocolViolation,
+                    "a descriptors frame must come right before a message, request or reply, not before \(frame)"
+                )
+            )
         }
         return .next
     }

@@ -57,6 +57,9 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
     let descriptor: Int32?
     /// The peer's credentials, when the server read them already at accept; else they are read from ``descriptor``.
     let knownPeer: PeerCredentials?
+    /// The relay between the connection's socket and the channel, when the connection passes descriptors; the
+    /// channel's ``descriptor`` is then the relay's socket pair, and ``knownPeer`` is required.
+    let descriptorRelay: DescriptorRelay?
 
     /// Creates the handler of one connection.
     /// - Parameters:
@@ -74,13 +77,15 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         pausesReadingWhileUnwritable: Bool = false,
         descriptor: Int32? = nil,
         peer: PeerCredentials? = nil,
+        descriptorRelay: DescriptorRelay? = nil,
         logger: Logger
     ) {
         self.descriptor = descriptor
         self.knownPeer = peer
+        self.descriptorRelay = descriptorRelay
         self.handler = handler
         self.options = options
-        self.decoder = FrameDecoder(maximumPayload: options.effectiveMaximumMessageSize)
+        self.decoder = FrameDecoder(maximumPayload: options.effectiveMaximumMessageSize, localFlags: options.helloFlags)
         self.connectionID = connectionID
         self.lifecycle = lifecycle
         self.handshakeTimeout = handshakeTimeout
@@ -116,8 +121,10 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
             options: self.options,
             peer: peer,
             logger: self.logger,
-            handlerTaskOwner: self.lifecycle.handlerTaskOwner
+            handlerTaskOwner: self.lifecycle.handlerTaskOwner,
+            descriptorRelay: self.descriptorRelay
         )
+        self.descriptorRelay?.attach(channel)
         // The connection exists before the hello is written: if the peer is already gone, the failed write closes
         // the channel right here, and that close must find the connection.
         self.connection = connection
@@ -128,7 +135,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         if self.logger.logLevel <= .debug { connection.logger.debug("connection opened") }
         if let descriptor = self.descriptor, let poller = connection.busyPoller { poller.add(descriptor) }
         var hello = channel.allocator.buffer(capacity: Hello.length)
-        Hello.write(into: &hello)
+        Hello.write(into: &hello, flags: self.options.helloFlags)
         connection.writeThroughChannel(CollectionOfOne(hello))
         guard self.state.mayHandleFrames else { return }
         self.startTimers(context: context)
@@ -228,6 +235,10 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         self.connection?.socketClosed()
         self.connection?.stopKeepalive()
         if let descriptor = self.descriptor, let poller = self.connection?.busyPoller { poller.remove(descriptor) }
+        if let relay = self.descriptorRelay {
+            self.connection?.descriptorPassing?.closeAnnounced()
+            relay.channelClosed(eventLoop: context.eventLoop, timeout: self.options.closeTimeout)
+        }
         if case .reportClosed(let failure) = self.state.channelClosed() {
             if self.dispatching {
                 // Closed from inside the user's handler: report it once that call has returned.

@@ -19,6 +19,19 @@ public protocol ConnectionHandler {
     /// default), no further request is handed out and the connection reads nothing more from the peer; the next
     /// answer lets it go on. A reply never completed therefore holds one of those places until the connection closes.
     mutating func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection)
+    /// Called for each one-way message that carries file descriptors (``Connection/send(_:descriptors:)``); only on a
+    /// connection whose ``ConnectionOptions/maximumDescriptorsPerMessage`` is above 0. Take the descriptors to keep
+    /// them; those not taken are closed once `descriptors` is released.
+    mutating func didReceiveMessage(_ message: ByteBuffer, descriptors: ReceivedDescriptors, on connection: Connection)
+    /// Called for each request that carries file descriptors (`Connection.request(_:descriptors:timeout:)`), as
+    /// ``didReceiveRequest(_:reply:on:)`` otherwise. Take the descriptors to keep them; those not taken are closed
+    /// once `descriptors` is released.
+    mutating func didReceiveRequest(
+        _ request: ByteBuffer,
+        descriptors: ReceivedDescriptors,
+        reply: Reply,
+        on connection: Connection
+    )
     /// Called once when the connection has closed; `error` says why, `nil` for an orderly close.
     mutating func connectionDidClose(_ connection: Connection, error: SocketIPCError?)
 }
@@ -34,6 +47,25 @@ extension ConnectionHandler {
     }
     /// Does nothing.
     public mutating func connectionDidClose(_ connection: Connection, error: SocketIPCError?) {}
+    /// Closes the descriptors and hands the message to ``didReceiveMessage(_:on:)``.
+    public mutating func didReceiveMessage(
+        _ message: ByteBuffer,
+        descriptors: ReceivedDescriptors,
+        on connection: Connection
+    ) {
+        descriptors.close()
+        self.didReceiveMessage(message, on: connection)
+    }
+    /// Closes the descriptors and hands the request to ``didReceiveRequest(_:reply:on:)``.
+    public mutating func didReceiveRequest(
+        _ request: ByteBuffer,
+        descriptors: ReceivedDescriptors,
+        reply: Reply,
+        on connection: Connection
+    ) {
+        descriptors.close()
+        self.didReceiveRequest(request, reply: reply, on: connection)
+    }
 }
 
 /// The answer to one request: complete it exactly once with ``succeed(_:)``, ``fail(_:)`` or ``complete(_:)``, from any

@@ -88,6 +88,26 @@ public struct ConnectionOptions: Sendable {
     /// (`SO_PEERPIDFD`); elsewhere there is none.
     public var holdsPeerProcess = false
 
+    /// The most file descriptors one message, request or reply may carry each way (`SCM_RIGHTS`); default 0: this
+    /// side neither passes nor accepts descriptors. 1 to 253 (the kernel's `SCM_MAX_FD`; larger values count as 253)
+    /// turns descriptor passing on: the hello says so (flag `0x02`, PROTOCOL.md "Passing descriptors"), and
+    /// ``Connection/send(_:descriptors:)`` and its kin work once the peer said so too.
+    ///
+    /// A connection that passes descriptors carries its bytes through a relay of two threads of its own (SwiftNIO's
+    /// channels cannot read descriptors), so it costs two threads and an extra copy of each byte; leave it off for
+    /// connections that need none. A peer that passes more descriptors than this, or passes them without announcing
+    /// them, breaks the protocol: its connection closes with `protocolViolation`, and every descriptor it passed is
+    /// closed. Linux; elsewhere (untested) setting it makes the connection fail with `unsupported`.
+    public var maximumDescriptorsPerMessage = 0
+
+    /// ``maximumDescriptorsPerMessage`` within 0...253.
+    var effectiveMaximumDescriptors: Int { min(max(self.maximumDescriptorsPerMessage, 0), 253) }
+
+    /// The flags of this side's hello.
+    var helloFlags: HelloFlags {
+        self.effectiveMaximumDescriptors > 0 ? Hello.flags.union(.descriptors) : Hello.flags
+    }
+
     /// How connections size their read buffers: from 128 bytes up to 1 MiB as traffic demands (the allocator
     /// doubles after a read that filled the buffer and shrinks after reads that did not). NIO keeps a connection's
     /// last read buffer for reuse, so a small start keeps idle connections small, and the large end lets a large

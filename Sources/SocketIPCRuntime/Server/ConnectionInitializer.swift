@@ -7,8 +7,10 @@ struct AcceptedConnection {
     var channel: any Channel
     /// The connection's number in logs.
     var id: UInt64
-    /// The connection's socket.
+    /// The channel's socket: the connection's, or the relay's socket pair when it passes descriptors.
     var descriptor: Int32
+    /// The relay between the connection's socket and its channel, when it passes descriptors.
+    var descriptorRelay: DescriptorRelay?
     /// The peer's credentials as the server read them when it accepted the connection (with what its policy needed:
     /// groups, control group, security label).
     var peer: PeerCredentials?
@@ -32,6 +34,9 @@ protocol ConnectionInitializer: Sendable {
     /// anything is read (EOF style).
     var explainsRefusals: Bool { get }
 
+    /// The most descriptors a message may carry; above 0, each connection's bytes go through a ``DescriptorRelay``.
+    var maximumDescriptorsPerMessage: Int { get }
+
     /// Serves an admitted connection on the accepting thread, where the style can do that without waiting for the
     /// peer.
     /// - Parameters:
@@ -48,6 +53,9 @@ protocol ConnectionInitializer: Sendable {
 }
 
 extension ConnectionInitializer {
+    /// No descriptors.
+    var maximumDescriptorsPerMessage: Int { 0 }
+
     /// Serves nothing on the accepting thread.
     func serveOnAcceptingThread(_ descriptor: Int32, id: UInt64, logger: Logger) -> EOFInlineServer.Outcome? {
         nil

@@ -92,6 +92,19 @@ extension Server {
             break
         }
         let handedOffBytes = initialBytes
+        var relay: DescriptorRelay?
+        let maximumDescriptors = self.initializer.maximumDescriptorsPerMessage
+        if maximumDescriptors > 0 {
+            do {
+                relay = try DescriptorRelay(socket: descriptor, maximumPerMessage: maximumDescriptors)
+            } catch {
+                self.logger.error("could not relay a connection that passes descriptors", metadata: ["error": "\(error)"])
+                self.connectionClosed(id)
+                return
+            }
+        }
+        let descriptorRelay = relay
+        let channelDescriptor = relay?.channelSide ?? descriptor
         let lifecycle = ConnectionLifecycle(
             handshakeDeadline: handshakeDeadline,
             handshakeCompleted: { _ in self.handshakeCompleted(id) },
@@ -113,7 +126,8 @@ extension Server {
                         AcceptedConnection(
                             channel: channel,
                             id: id,
-                            descriptor: descriptor,
+                            descriptor: channelDescriptor,
+                            descriptorRelay: descriptorRelay,
                             peer: peer,
                             initialBytes: handedOffBytes,
                             lifecycle: lifecycle,
@@ -124,8 +138,9 @@ extension Server {
                     if action == .close { channel.eventLoop.execute { channel.close(promise: nil) } }
                 }
             }
-            .withConnectedSocket(descriptor)
+            .withConnectedSocket(channelDescriptor)
             .whenFailure { error in
+                descriptorRelay?.abort()
                 self.logger.error("could not set up an accepted connection", metadata: ["error": "\(error)"])
                 self.connectionClosed(id)
             }

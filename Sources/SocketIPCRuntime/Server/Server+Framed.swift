@@ -38,6 +38,9 @@ struct FramedConnectionInitializer<Handler: ConnectionHandler & SendableMetatype
     /// How long the peer has to send its hello, counted from the accept.
     let handshakeTimeout: Duration
 
+    /// Descriptors travel when the options allow them.
+    var maximumDescriptorsPerMessage: Int { self.options.effectiveMaximumDescriptors }
+
     /// A framed connection closes when its peer half-closes.
     var allowsRemoteHalfClosure: Bool { false }
 
@@ -55,6 +58,7 @@ struct FramedConnectionInitializer<Handler: ConnectionHandler & SendableMetatype
             pausesReadingWhileUnwritable: true,
             descriptor: connection.descriptor,
             peer: connection.peer,
+            descriptorRelay: connection.descriptorRelay,
             logger: connection.logger
         )
         try connection.channel.pipeline.syncOperations.addHandler(handler)

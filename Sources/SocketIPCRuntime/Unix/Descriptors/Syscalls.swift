@@ -26,8 +26,10 @@ func retryingOnInterrupt(_ name: String, path: String? = nil, _ body: () -> Int3
 
 #if canImport(Darwin)
 let systemSocketStream = Int32(SOCK_STREAM)
+let systemSocketCloseOnExec: Int32 = 0  // Darwin has no SOCK_CLOEXEC (untested)
 #else
 let systemSocketStream = Int32(SOCK_STREAM.rawValue)
+let systemSocketCloseOnExec = Int32(SOCK_CLOEXEC.rawValue)
 #endif
 
 #if canImport(Glibc)

@@ -1,0 +1,153 @@
+import NIOCore
+import SocketIPCCore
+import SystemPackage
+import Synchronization
+
+// Passing file descriptors (SCM_RIGHTS) with messages, requests and replies. PROTOCOL.md, "Passing descriptors".
+extension Connection {
+    /// Whether descriptors can travel on this connection: this side's
+    /// ``ConnectionOptions/maximumDescriptorsPerMessage`` is above 0 and the peer's hello said it passes them too.
+    /// Known once the handshake is complete (a client's connection always is; a server's, after the peer's hello).
+    public var passesDescriptors: Bool {
+        self.descriptorPassing != nil
+            && HelloFlags(rawValue: self.calls.peerFlags.load(ordering: .relaxed)).contains(.descriptors)
+    }
+
+    /// Sends a one-way message with file descriptors; the peer's handler gets them in
+    /// ``ConnectionHandler/didReceiveMessage(_:descriptors:on:)``.
+    ///
+    /// The descriptors are duplicated before this returns, so the caller keeps its own and may close them at once;
+    /// the duplicates travel with the message (the kernel gives the peer new descriptors of the same open files)
+    /// and are closed once sent, or when the connection closes first.
+    /// - Parameters:
+    ///   - message: The payload, 0 bytes up to ``ConnectionOptions/maximumMessageSize``.
+    ///   - descriptors: 1 to ``ConnectionOptions/maximumDescriptorsPerMessage`` open descriptors.
+    /// - Throws: `SocketIPCError` with code `invalidState` when descriptors cannot travel on this connection
+    ///   (``passesDescriptors``), `invalidConfiguration` for too many or none, `systemCall` when one is not open,
+    ///   `messageTooLarge`, or `connectionClosed` once the connection is closed.
+    nonisolated(nonsending) public func send(_ message: ByteBuffer, descriptors: [SystemPackage.FileDescriptor]) async throws {
+        let (passing, group) = try self.prepare(descriptors, payload: message, what: "message")
+        var registered = false
+        let action = self.state.withLock {
+            $0.enqueue(
+                .message, id: 0, payload: message, spareBuffer: { self.spareBuffer() }, passing: group.count,
+                registerDescriptors: {
+                    passing.relay.registerOutgoing(group)
+                    registered = true
+                }
+            )
+        }
+        if !registered { DescriptorRelay.closeAll(group) }
+        switch action {
+        case .fail(let error):
+            throw error
+        case .queued(let scheduleFlush, let mustWait):
+            if scheduleFlush { self.scheduleFlush() }
+            if mustWait { try await self.waitUntilWritable() }
+        }
+    }
+
+    /// Sends a request with file descriptors (none with an empty array) and waits for its reply and the descriptors
+    /// the reply carries; the peer's handler gets them in
+    /// ``ConnectionHandler/didReceiveRequest(_:descriptors:reply:on:)`` and answers with ``Reply/succeed(_:descriptors:)``.
+    ///
+    /// As ``request(_:timeout:)`` otherwise; the descriptors are duplicated as ``send(_:descriptors:)`` does.
+    /// - Returns: The reply's payload, and the descriptors it carried (none when the peer passed none), which the
+    ///   caller owns.
+    /// - Throws: What ``request(_:timeout:)`` and ``send(_:descriptors:)`` throw.
+    nonisolated(nonsending) public func request(
+        _ request: ByteBuffer,
+        descriptors: [SystemPackage.FileDescriptor],
+        timeout: Duration? = nil
+    ) async throws -> (payload: ByteBuffer, descriptors: ReceivedDescriptors) {
+        let (passing, group): (DescriptorPassing, [Int32])
+        if descriptors.isEmpty {
+            guard let existing = self.descriptorPassing, self.passesDescriptors else {
+                throw Self.cannotPass()
+            }
+            (passing, group) = (existing, [])
+        } else {
+            (passing, group) = try self.prepare(descriptors, payload: request, what: "request")
+        }
+        do {
+            try await self.waitUntilWritable()
+        } catch {
+            DescriptorRelay.closeAll(group)
+            throw error
+        }
+        let id = self.nextRequestID()
+        let timeout = timeout ?? self.options.requestTimeout
+        passing.expectReply(id)
+        do {
+            let payload = try await withTaskCancellationHandler {
+                try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<ByteBuffer, any Error>) in
+                    self.register(continuation, id: id, payload: request, timeout: timeout, descriptors: group)
+                }
+            } onCancel: {
+                self.finishRequest(id, with: .failure(CancellationError()))
+            }
+            return (payload, passing.takeReply(id))
+        } catch {
+            passing.takeReply(id).close()
+            throw error
+        }
+    }
+
+    /// Checks that `descriptors` may travel with `payload`, and duplicates them.
+    private func prepare(
+        _ descriptors: [SystemPackage.FileDescriptor],
+        payload: ByteBuffer,
+        what: String
+    ) throws -> (DescriptorPassing, [Int32]) {
+        guard let passing = self.descriptorPassing, self.passesDescriptors else { throw Self.cannotPass() }
+        guard payload.readableBytes <= self.options.effectiveMaximumMessageSize else {
+            throw SocketIPCError(
+                .messageTooLarge,
+                "the \(what) of \(payload.readableBytes) bytes exceeds the maximum of "
+                    + "\(self.options.effectiveMaximumMessageSize) bytes (ConnectionOptions.maximumMessageSize)"
+            )
+        }
+        let group = try DescriptorPassing.duplicate(
+            descriptors.map(\.rawValue),
+            maximum: passing.relay.maximumPerMessage
+        )
+        return (passing, group)
+    }
+
+    private static func cannotPass() -> SocketIPCError {
+        SocketIPCError(
+            .invalidState,
+            "descriptors cannot travel on this connection: both sides must set "
+                + "ConnectionOptions.maximumDescriptorsPerMessage (and the peer's hello must have arrived)"
+        )
+    }
+}
+
+extension Reply {
+    /// Sends `payload` as the reply, with file descriptors; the requester gets them from
+    /// `Connection.request(_:descriptors:timeout:)`. The descriptors are duplicated before this returns, so the
+    /// caller keeps its own.
+    ///
+    /// When descriptors cannot travel (the peer's request came without ``Connection/passesDescriptors``), or one of
+    /// `descriptors` cannot be duplicated, or there are more than ``ConnectionOptions/maximumDescriptorsPerMessage``,
+    /// the requester gets an error reply saying so instead.
+    public func succeed(_ payload: ByteBuffer, descriptors: [SystemPackage.FileDescriptor]) {
+        guard !descriptors.isEmpty else {
+            self.succeed(payload)
+            return
+        }
+        guard let passing = self.connection.descriptorPassing, self.connection.passesDescriptors else {
+            self.fail(SocketIPCError(.invalidState, "the reply's descriptors cannot travel on this connection"))
+            return
+        }
+        do {
+            let group = try DescriptorPassing.duplicate(
+                descriptors.map(\.rawValue),
+                maximum: passing.relay.maximumPerMessage
+            )
+            self.connection.sendReply(id: self.id, payload: payload, descriptors: group)
+        } catch {
+            self.fail(error)
+        }
+    }
+}

@@ -1,0 +1,104 @@
+import NIOCore
+import SocketIPCCore
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A connection's side of descriptor passing: its relay, the descriptors announced for the next frame, and those of
+/// replies waiting for their requester.
+final class DescriptorPassing: Sendable {
+    /// The relay that carries the connection's bytes and descriptors.
+    let relay: DescriptorRelay
+    /// The descriptors a descriptors frame announced for the frame after it; touched on the event loop only.
+    private let announced = Mutex<[Int32]?>(nil)
+    /// The requests made with ``Connection/request(_:descriptors:timeout:)`` that wait for their reply, and the
+    /// descriptors their reply brought once it came.
+    private let replies = Mutex<[UInt32: ReceivedDescriptors]>([:])
+
+    init(relay: DescriptorRelay) {
+        self.relay = relay
+    }
+
+    /// A descriptors frame announced `count` descriptors: takes them from the relay for the next frame.
+    /// - Returns: Why the peer broke the protocol, if it did.
+    func announce(_ count: Int) -> SocketIPCError? {
+        guard let group = self.relay.takeClaimed() else {
+            return SocketIPCError(.protocolViolation, "a descriptors frame came without the descriptors it announced")
+        }
+        let earlier = self.announced.withLock { announced in
+            defer { announced = group }
+            return announced
+        }
+        if let earlier {
+            DescriptorRelay.closeAll(earlier)
+            return SocketIPCError(.protocolViolation, "two descriptors frames came in a row")
+        }
+        guard group.count == count else {
+            return SocketIPCError(.protocolViolation, "a descriptors frame announced \(count) descriptors, not \(group.count)")
+        }
+        return nil
+    }
+
+    /// Takes the descriptors announced for the frame just decoded, if any.
+    @inline(__always)
+    func takeAnnounced() -> ReceivedDescriptors? {
+        self.announced.withLock { $0.take() }.map { ReceivedDescriptors($0) }
+    }
+
+    /// Closes descriptors announced and not handed out (the connection closed).
+    func closeAnnounced() {
+        if let group = self.announced.withLock({ $0.take() }) { DescriptorRelay.closeAll(group) }
+    }
+
+    /// A request that takes the descriptors of its reply is about to be sent as `id`.
+    func expectReply(_ id: UInt32) {
+        self.replies.withLock { $0[id] = ReceivedDescriptors.none }
+    }
+
+    /// The reply to `id` brought `descriptors`: kept for its requester, or closed when nobody waits for them.
+    func replyArrived(_ id: UInt32, descriptors: ReceivedDescriptors) {
+        let kept = self.replies.withLock { replies -> Bool in
+            guard replies[id] != nil else { return false }
+            replies[id] = descriptors
+            return true
+        }
+        if !kept { descriptors.close() }
+    }
+
+    /// The requester of `id` is done waiting: returns what its reply brought (nothing if it failed).
+    func takeReply(_ id: UInt32) -> ReceivedDescriptors {
+        self.replies.withLock { $0.removeValue(forKey: id) } ?? .none
+    }
+
+    /// Duplicates `descriptors` (close-on-exec) so that the caller may close its own at once; the copies go with the
+    /// frame and are closed once sent.
+    /// - Throws: `SocketIPCError` with code `invalidConfiguration` for more than `maximum`, or `systemCall` when one
+    ///   cannot be duplicated (`EBADF`: not open; `EMFILE`).
+    static func duplicate(_ descriptors: [Int32], maximum: Int) throws -> [Int32] {
+        guard !descriptors.isEmpty, descriptors.count <= maximum else {
+            throw SocketIPCError(
+                .invalidConfiguration,
+                "a message carries 1 to \(maximum) descriptors (ConnectionOptions.maximumDescriptorsPerMessage), "
+                    + "not \(descriptors.count)"
+            )
+        }
+        var copies: [Int32] = []
+        copies.reserveCapacity(descriptors.count)
+        for descriptor in descriptors {
+            let copy = fcntl(descriptor, F_DUPFD_CLOEXEC, 0)
+            if copy < 0 {
+                let code = errno
+                DescriptorRelay.closeAll(copies)
+                throw SocketIPCError.systemCall("fcntl(F_DUPFD_CLOEXEC) of descriptor \(descriptor)", errno: code)
+            }
+            copies.append(copy)
+        }
+        return copies
+    }
+}

@@ -1,0 +1,373 @@
+import CSocketIPCLinux
+import NIOConcurrencyHelpers
+import NIOCore
+import SocketIPCCore
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Carries the bytes of a connection that passes file descriptors between its socket and the socket pair its channel
+/// reads and writes, with the descriptors that travel along (`SCM_RIGHTS`).
+///
+/// SwiftNIO's stream channels read with `read(2)`, which makes the kernel drop (close) the descriptors a peer passed,
+/// and read on their own when the peer closes; so such a connection's channel never sees its socket. Two threads of
+/// the relay do, each blocking in one direction:
+///
+/// ```
+///  peer ──socket── [in: recvmsg, MSG_CMSG_CLOEXEC] ──pair── channel (NIO, the usual pipeline)
+///       ◀──────── [out: sendmsg, SCM_RIGHTS at each 0x0D frame] ◀──
+/// ```
+///
+/// - **In**: each `recvmsg` takes the descriptors that came with its bytes; a ``DescriptorFrameScanner`` finds the
+///   descriptors frames (`0x0D`), and at each one's last byte the relay moves the count it announces from the
+///   descriptors received to the groups the channel handler takes (``takeClaimed()``), before the bytes go on to the
+///   channel. A peer that passes descriptors without announcing them, more than the maximum, or whose control data
+///   the kernel truncated (`MSG_CTRUNC`) breaks the protocol: the relay closes what it holds and fails the channel
+///   with `protocolViolation`.
+/// - **Out**: the connection registers each group it sends (``registerOutgoing(_:)``) before it writes the frame's
+///   bytes; the relay attaches the next group to the first byte of each descriptors frame it forwards, and closes
+///   its copies once the kernel took them.
+///
+/// Memory stays bounded: one 64 KiB buffer each way, the socket pair's buffers, and at most ``inFlightLimit``
+/// received descriptors; past that the relay reads nothing more until the handler took some, so the kernel pushes
+/// back on the peer. Each such connection costs two threads; descriptor passing is off unless
+/// ``ConnectionOptions/maximumDescriptorsPerMessage`` is set.
+final class DescriptorRelay: @unchecked Sendable {
+    /// The channel's end of the socket pair, for `ClientBootstrap.withConnectedSocket`; the channel owns it.
+    let channelSide: Int32
+    /// The connection's socket; the relay owns it and closes it once both threads ended.
+    let socket: Int32
+    /// The relay's end of the socket pair.
+    private let relaySide: Int32
+    /// The most descriptors one message may carry.
+    let maximumPerMessage: Int
+    /// The most descriptors received and not yet taken by the channel handler before the relay stops reading.
+    let inFlightLimit: Int
+    /// Guards everything below; its value is 1 while the inbound thread may receive, 0 while it waits.
+    private let lock = ConditionLock(value: 1)
+    private var unclaimed: [Int32] = []
+    private var claimed: [[Int32]] = []
+    private var claimedCount = 0
+    private var outgoing: [[Int32]] = []
+    private var isClosed = false
+    private var socketIsClosed = false
+    private var threadsRunning = 2
+    private var channel: (any Channel)?
+    private var violation: SocketIPCError?
+
+    /// Makes the socket pair and starts the threads.
+    /// - Parameters:
+    ///   - socket: The connection's socket, which the relay now owns (also when this throws).
+    ///   - maximumPerMessage: The most descriptors one message may carry, 1 to 253.
+    /// - Throws: `SocketIPCError` with code `systemCall` when the socket pair or a thread cannot be made.
+    init(socket: Int32, maximumPerMessage: Int) throws {
+        var pair: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, systemSocketStream | systemSocketCloseOnExec, 0, &pair) == 0 else {
+            let code = errno
+            _ = close(socket)
+            throw SocketIPCError.systemCall("socketpair", errno: code)
+        }
+        self.socket = socket
+        self.channelSide = pair[0]
+        self.relaySide = pair[1]
+        self.maximumPerMessage = maximumPerMessage
+        self.inFlightLimit = max(4 * maximumPerMessage, 64)
+        // The threads block; the channel's end stays as NIO makes it (non-blocking).
+        for descriptor in [socket, pair[1]] {
+            let flags = fcntl(descriptor, F_GETFL)
+            _ = fcntl(descriptor, F_SETFL, flags & ~O_NONBLOCK)
+        }
+        do {
+            try RelayThread.start { [self] in self.runInbound() }
+        } catch {
+            self.lock.lock()
+            self.threadsRunning = 1
+            self.lock.unlock()
+            _ = shutdown(socket, Int32(SHUT_RDWR))
+            _ = shutdown(pair[1], Int32(SHUT_RDWR))
+            self.threadEnded()
+            throw error
+        }
+        do {
+            try RelayThread.start { [self] in self.runOutbound() }
+        } catch {
+            _ = shutdown(socket, Int32(SHUT_RDWR))
+            _ = shutdown(pair[1], Int32(SHUT_RDWR))
+            self.threadEnded()
+            throw error
+        }
+    }
+
+    // MARK: - The channel handler's side (any thread)
+
+    /// The channel the relay fails when the peer breaks the protocol; set once the channel exists.
+    func attach(_ channel: any Channel) {
+        self.lock.lock()
+        self.channel = channel
+        let violation = self.violation
+        self.lock.unlock(withValue: self.mayReceiveValue)
+        if let violation { Self.fail(channel, with: violation) }
+    }
+
+    /// Takes the descriptors of the next descriptors frame the channel handler decoded; the caller owns them.
+    /// - Returns: The group, or `nil` if the relay holds none (which a descriptors frame the relay forwarded never
+    ///   causes).
+    func takeClaimed() -> [Int32]? {
+        self.lock.lock()
+        guard !self.claimed.isEmpty else {
+            self.lock.unlock(withValue: self.mayReceiveValue)
+            return nil
+        }
+        let group = self.claimed.removeFirst()
+        self.claimedCount -= group.count
+        self.lock.unlock(withValue: self.mayReceiveValue)
+        return group
+    }
+
+    /// Registers the descriptors of the next descriptors frame this side writes, before its bytes are written; the
+    /// relay owns them from now on and closes them once sent, or when the connection closes.
+    func registerOutgoing(_ group: [Int32]) {
+        self.lock.lock()
+        if self.isClosed {
+            self.lock.unlock(withValue: self.mayReceiveValue)
+            Self.closeAll(group)
+            return
+        }
+        self.outgoing.append(group)
+        self.lock.unlock(withValue: self.mayReceiveValue)
+    }
+
+    /// The channel closed: descriptors received and not taken are closed, and so is everything received later. What
+    /// the channel wrote is still sent; after `timeout` a peer that does not read it is cut off.
+    func channelClosed(eventLoop: any EventLoop, timeout: Duration) {
+        self.lock.lock()
+        self.isClosed = true
+        let received = self.unclaimed + self.claimed.flatMap { $0 }
+        self.unclaimed = []
+        self.claimed = []
+        self.claimedCount = 0
+        self.channel = nil
+        self.lock.unlock(withValue: 1)
+        Self.closeAll(received)
+        eventLoop.scheduleTask(in: .init(timeout)) { self.abort() }
+    }
+
+    /// Shuts the socket down, ending both threads, unless they ended already.
+    func abort() {
+        self.lock.lock()
+        if !self.socketIsClosed { _ = shutdown(self.socket, Int32(SHUT_RDWR)) }
+        self.lock.unlock(withValue: self.mayReceiveValue)
+    }
+
+    // MARK: - Threads
+
+    /// 1 while the inbound thread may receive more. Called with the lock held.
+    private var mayReceiveValue: Int {
+        self.isClosed || self.unclaimed.count + self.claimedCount < self.inFlightLimit ? 1 : 0
+    }
+
+    private static let bufferSize = 64 * 1024
+
+    private func runInbound() {
+        var scanner = DescriptorFrameScanner()
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.bufferSize, alignment: 16)
+        defer { buffer.deallocate() }
+        var received = [Int32](repeating: -1, count: Int(CSOCKETIPC_MAX_DESCRIPTORS))
+        loop: while true {
+            self.lock.lock(whenValue: 1)
+            let closed = self.isClosed
+            self.lock.unlock(withValue: 1)
+            if closed { break }
+            var count: Int32 = 0
+            var truncated: Int32 = 0
+            let length = received.withUnsafeMutableBufferPointer { descriptors in
+                csocketipc_receive_with_descriptors(
+                    self.socket, buffer.baseAddress, UInt(buffer.count), descriptors.baseAddress,
+                    CSOCKETIPC_MAX_DESCRIPTORS, &count, &truncated
+                )
+            }
+            if length < 0 { break }
+            let group = Array(received[0..<Int(count)])
+            if truncated != 0 {
+                Self.closeAll(group)
+                self.violate("the peer passed descriptors the kernel could not deliver whole (MSG_CTRUNC)")
+                break
+            }
+            let found = scanner.scan(UnsafeRawBufferPointer(rebasing: buffer[0..<length]))
+            if let error = self.receive(
+                group,
+                found: found,
+                helloFlags: scanner.helloFlags,
+                mayBeClaimedLater: scanner.mayBeInsideDescriptorsFrame
+            ) {
+                self.violate(error)
+                break
+            }
+            if length == 0 { break }
+            var offset = 0
+            while offset < length {
+                let sent = SocketSend.send(self.relaySide, buffer.baseAddress! + offset, length - offset)
+                if sent <= 0 { break loop }
+                offset += sent
+            }
+        }
+        _ = shutdown(self.relaySide, Int32(SHUT_WR))
+        self.threadEnded()
+    }
+
+    /// Adds what one `recvmsg` brought and claims a group for each descriptors frame that ended in it.
+    /// - Returns: Why the peer broke the protocol, if it did.
+    private func receive(
+        _ group: [Int32],
+        found: [DescriptorFrameScanner.Found],
+        helloFlags: HelloFlags?,
+        mayBeClaimedLater: Bool
+    ) -> String? {
+        self.lock.lock()
+        if self.isClosed {
+            self.lock.unlock(withValue: 1)
+            Self.closeAll(group)
+            return nil
+        }
+        var problem: String?
+        if !group.isEmpty {
+            self.unclaimed += group
+            if helloFlags?.contains(.descriptors) != true {
+                problem = "the peer passed descriptors without announcing descriptor passing in its hello"
+            } else if self.unclaimed.count > self.maximumPerMessage {
+                problem =
+                    "the peer passed \(self.unclaimed.count) descriptors that no descriptors frame claims; at most "
+                    + "\(self.maximumPerMessage) may travel with one message (ConnectionOptions.maximumDescriptorsPerMessage)"
+            }
+        }
+        for frame in found where problem == nil {
+            guard let count = frame.count else { continue }
+            if count > self.maximumPerMessage {
+                problem =
+                    "the peer announced \(count) descriptors for one message; this side accepts at most "
+                    + "\(self.maximumPerMessage) (ConnectionOptions.maximumDescriptorsPerMessage)"
+            } else if self.unclaimed.count < count {
+                problem =
+                    "the peer announced \(count) descriptors but passed \(self.unclaimed.count) with its descriptors frame"
+            } else {
+                self.claimed.append(Array(self.unclaimed.prefix(count)))
+                self.unclaimed.removeFirst(count)
+                self.claimedCount += count
+            }
+        }
+        if problem == nil && !self.unclaimed.isEmpty && !mayBeClaimedLater {
+            problem = "the peer passed descriptors with bytes that are not a descriptors frame (0x0D)"
+        }
+        var dropped: [Int32] = []
+        if problem != nil {
+            dropped = self.unclaimed + self.claimed.flatMap { $0 }
+            self.unclaimed = []
+            self.claimed = []
+            self.claimedCount = 0
+        }
+        self.lock.unlock(withValue: self.mayReceiveValue)
+        Self.closeAll(dropped)
+        return problem
+    }
+
+    private func runOutbound() {
+        var scanner = DescriptorFrameScanner()
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.bufferSize, alignment: 16)
+        defer { buffer.deallocate() }
+        var kept = 0  // the start of a frame header held back from the last read
+        loop: while true {
+            let length = systemRead(self.relaySide, buffer.baseAddress! + kept, buffer.count - kept)
+            if length < 0 && errno == EINTR { continue }
+            if length <= 0 { break }
+            let found = scanner.scan(UnsafeRawBufferPointer(rebasing: buffer[kept..<(kept + length)]))
+            let end = kept + length - scanner.incompleteHeaderBytes
+            // Each descriptors frame starts a sendmsg of its own, which carries its group and runs up to the next one,
+            // so that the kernel attaches each group to its frame's first byte.
+            let starts = found.compactMap { $0.start.map { $0 + kept } }
+            if !self.sendPlain(buffer, from: 0, to: starts.first ?? end) { break }
+            for (index, start) in starts.enumerated() {
+                let segmentEnd = index + 1 < starts.count ? starts[index + 1] : end
+                let group = self.nextOutgoing()
+                let sent = group.withUnsafeBufferPointer { descriptors in
+                    csocketipc_send_with_descriptors(
+                        self.socket, buffer.baseAddress! + start, UInt(segmentEnd - start), descriptors.baseAddress,
+                        Int32(descriptors.count)
+                    )
+                }
+                Self.closeAll(group)
+                if sent <= 0 { break loop }
+                if !self.sendPlain(buffer, from: start + sent, to: segmentEnd) { break loop }
+            }
+            kept = kept + length - end
+            if kept > 0 { buffer.baseAddress!.copyMemory(from: buffer.baseAddress! + end, byteCount: kept) }
+        }
+        // The channel closed its end (everything it wrote is sent), or the peer is gone: end both directions.
+        self.lock.lock()
+        let left = self.outgoing.flatMap { $0 }
+        self.outgoing = []
+        if !self.socketIsClosed { _ = shutdown(self.socket, Int32(SHUT_RDWR)) }
+        self.lock.unlock(withValue: self.mayReceiveValue)
+        Self.closeAll(left)
+        _ = shutdown(self.relaySide, Int32(SHUT_RDWR))
+        self.threadEnded()
+    }
+
+    /// Sends `buffer[from..<to]` to the socket. Returns `false` once the socket failed.
+    private func sendPlain(_ buffer: UnsafeMutableRawBufferPointer, from start: Int, to end: Int) -> Bool {
+        var offset = start
+        while offset < end {
+            let sent = SocketSend.send(self.socket, buffer.baseAddress! + offset, end - offset)
+            if sent <= 0 { return false }
+            offset += sent
+        }
+        return true
+    }
+
+    private func nextOutgoing() -> [Int32] {
+        self.lock.lock()
+        let group = self.outgoing.isEmpty ? [] : self.outgoing.removeFirst()
+        self.lock.unlock(withValue: self.mayReceiveValue)
+        return group
+    }
+
+    private func violate(_ message: String) {
+        let error = SocketIPCError(.protocolViolation, message)
+        self.lock.lock()
+        self.violation = error
+        let channel = self.channel
+        self.lock.unlock(withValue: self.mayReceiveValue)
+        if let channel { Self.fail(channel, with: error) }
+    }
+
+    private static func fail(_ channel: any Channel, with error: SocketIPCError) {
+        channel.eventLoop.execute { channel.pipeline.fireErrorCaught(error) }
+    }
+
+    private func threadEnded() {
+        self.lock.lock()
+        self.threadsRunning -= 1
+        let last = self.threadsRunning == 0
+        var left: [Int32] = []
+        if last {
+            self.socketIsClosed = true
+            _ = close(self.socket)
+            _ = close(self.relaySide)
+            left = self.unclaimed + self.claimed.flatMap { $0 } + self.outgoing.flatMap { $0 }
+            self.unclaimed = []
+            self.claimed = []
+            self.claimedCount = 0
+            self.outgoing = []
+        }
+        self.lock.unlock(withValue: 1)
+        Self.closeAll(left)
+    }
+
+    static func closeAll(_ descriptors: [Int32]) {
+        for descriptor in descriptors { _ = close(descriptor) }
+    }
+}

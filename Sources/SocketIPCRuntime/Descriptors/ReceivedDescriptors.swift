@@ -1,0 +1,71 @@
+import SystemPackage
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// File descriptors the peer passed with a message, request or reply (`SCM_RIGHTS`), owned by the receiver.
+///
+/// The descriptors are new ones in this process, opened close-on-exec (`MSG_CMSG_CLOEXEC`), in the order the peer
+/// passed them. Take them with ``take()`` to own them (and close them yourself); whatever is not taken is closed when
+/// this value is released or ``close()`` is called, so a handler that ignores them leaks nothing.
+///
+/// ```swift
+/// func didReceiveMessage(_ message: ByteBuffer, descriptors: ReceivedDescriptors, on connection: Connection) {
+///     for descriptor in descriptors.take() {
+///         defer { try? descriptor.close() }
+///         // read from it, hand it on, ...
+///     }
+/// }
+/// ```
+public final class ReceivedDescriptors: Sendable {
+    private let descriptors: Mutex<[Int32]>
+
+    /// Takes ownership of `descriptors`.
+    init(_ descriptors: [Int32]) {
+        self.descriptors = Mutex(descriptors)
+    }
+
+    /// No descriptors.
+    static var none: ReceivedDescriptors { ReceivedDescriptors([]) }
+
+    /// How many descriptors are held and not yet taken.
+    public var count: Int { self.descriptors.withLock { $0.count } }
+
+    /// Whether no descriptor is held.
+    public var isEmpty: Bool { self.count == 0 }
+
+    /// Takes the descriptors: the caller owns them from now on and must close them. A second call returns `[]`.
+    public func take() -> [SystemPackage.FileDescriptor] {
+        self.descriptors.withLock { held in
+            defer { held = [] }
+            return held.map { SystemPackage.FileDescriptor(rawValue: $0) }
+        }
+    }
+
+    /// Closes the descriptors not taken. Safe to call more than once.
+    public func close() {
+        let held = self.descriptors.withLock { held in
+            defer { held = [] }
+            return held
+        }
+        for descriptor in held { _ = systemClose(descriptor) }
+    }
+
+    deinit {
+        self.close()
+    }
+}
+
+#if canImport(Glibc)
+private let systemClose = Glibc.close
+#elseif canImport(Musl)
+private let systemClose = Musl.close
+#elseif canImport(Darwin)
+private let systemClose = Darwin.close
+#endif

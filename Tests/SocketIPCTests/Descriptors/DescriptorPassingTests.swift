@@ -1,0 +1,288 @@
+import CSocketIPCLinux
+import Foundation
+import NIOCore
+import SocketIPC
+import SocketIPCTesting
+import Synchronization
+import SystemPackage
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// swift-system's descriptor (NIOCore has a protocol of the same name).
+private typealias FileDescriptor = SystemPackage.FileDescriptor
+
+/// Passing file descriptors (`SCM_RIGHTS`) with messages, requests and replies, and what a hostile peer can do with
+/// them: every descriptor it passes is closed when its connection fails, and nothing else is hurt. Descriptor leaks
+/// are counted in `/proc/self/fd` (client and server share this process).
+@Suite("Passing descriptors", .serialized)
+struct DescriptorPassingTests {
+    static func options(_ maximum: Int = 4) -> ConnectionOptions {
+        var options = ConnectionOptions()
+        options.maximumDescriptorsPerMessage = maximum
+        return options
+    }
+
+    static func clientConfiguration(_ maximum: Int = 4) -> ClientConfiguration {
+        var configuration = ClientConfiguration()
+        configuration.connection = Self.options(maximum)
+        return configuration
+    }
+
+    @Test("a message carries a pipe's write end: the server writes through it, and the client reads what it wrote")
+    func messageWithPipe() async throws {
+        // The event loops and their pollers open descriptors of their own on first use.
+        try await withFramedTestServer(makeHandler: { EchoHandler() }) { _, path in
+            try await Client.withConnection(to: path) { _ = try await $0.request(ByteBuffer(string: "warm up")) }
+        }
+        let baseline = openDescriptorCount()
+        try await withFramedTestServer(
+            configure: { $0.connection = Self.options() },
+            makeHandler: { WritingHandler() }
+        ) { _, path in
+            let connection = try await Client.connect(to: path, configuration: Self.clientConfiguration())
+            #expect(connection.passesDescriptors)
+            let (readEnd, writeEnd) = try FileDescriptor.pipe()
+            defer { try? readEnd.close() }
+            try await connection.send(ByteBuffer(string: "hello through the pipe"), descriptors: [writeEnd])
+            // The connection sent a duplicate: the caller's own may be closed at once.
+            try writeEnd.close()
+            // The server writes the message into the pipe and closes its copy: EOF once every copy is closed.
+            let text = try readAll(readEnd)
+            #expect(text == "hello through the pipe")
+            connection.close()
+            await connection.waitUntilClosed()
+        }
+        try await expectDescriptorCount(returnsTo: baseline)
+    }
+
+    @Test("a request carries a file and the reply carries another: each side reads the file the other opened")
+    func requestAndReplyWithFiles() async throws {
+        let baseline = openDescriptorCount()
+        let directory = try TemporaryDirectory()
+        let served = directory.path + "/served.txt"
+        try "the server's file".write(toFile: served, atomically: true, encoding: .utf8)
+        let sent = directory.path + "/sent.txt"
+        try "the client's file".write(toFile: sent, atomically: true, encoding: .utf8)
+        try await withFramedTestServer(
+            configure: { $0.connection = Self.options() },
+            makeHandler: { FileServingHandler(path: served) }
+        ) { _, path in
+            try await Client.withConnection(to: path, configuration: Self.clientConfiguration()) { connection in
+                let file = try FileDescriptor.open(sent, .readOnly)
+                defer { try? file.close() }
+                let (payload, descriptors) = try await connection.request(
+                    ByteBuffer(string: "read mine, send yours"),
+                    descriptors: [file]
+                )
+                #expect(String(buffer: payload) == "the client's file")
+                let received = descriptors.take()
+                #expect(received.count == 1)
+                for descriptor in received {
+                    defer { try? descriptor.close() }
+                    #expect(try readAll(descriptor) == "the server's file")
+                }
+                // A request without descriptors may still get some back.
+                let (_, more) = try await connection.request(ByteBuffer(string: "no file"), descriptors: [])
+                #expect(more.count == 1)
+            }
+        }
+        try await expectDescriptorCount(returnsTo: baseline)
+    }
+
+    @Test("descriptors that a handler does not take are closed, and so are those a plain request's reply brings")
+    func untakenAreClosed() async throws {
+        let baseline = openDescriptorCount()
+        try await withFramedTestServer(
+            configure: { $0.connection = Self.options() },
+            makeHandler: { EchoHandler() }  // knows nothing of descriptors: the defaults close them
+        ) { _, path in
+            try await Client.withConnection(to: path, configuration: Self.clientConfiguration()) { connection in
+                let (readEnd, writeEnd) = try FileDescriptor.pipe()
+                defer {
+                    try? readEnd.close()
+                    try? writeEnd.close()
+                }
+                for index in 0..<50 {
+                    try await connection.send(ByteBuffer(string: "m\(index)"), descriptors: [readEnd, writeEnd])
+                }
+                let (reply, descriptors) = try await connection.request(ByteBuffer(string: "echo"), descriptors: [readEnd])
+                #expect(String(buffer: reply) == "echo")
+                #expect(descriptors.isEmpty)
+            }
+        }
+        try await expectDescriptorCount(returnsTo: baseline)
+    }
+
+    @Test("a peer without descriptor passing: sending descriptors fails with invalidState, and plain messages work")
+    func peerWithout() async throws {
+        try await withFramedTestServer(makeHandler: { EchoHandler() }) { _, path in
+            try await Client.withConnection(to: path, configuration: Self.clientConfiguration()) { connection in
+                #expect(!connection.passesDescriptors)
+                let (readEnd, writeEnd) = try FileDescriptor.pipe()
+                defer {
+                    try? readEnd.close()
+                    try? writeEnd.close()
+                }
+                let error = await #expect(throws: SocketIPCError.self) {
+                    try await connection.send(ByteBuffer(string: "x"), descriptors: [readEnd])
+                }
+                #expect(error?.code == .invalidState)
+                let reply = try await connection.request(ByteBuffer(string: "plain"))
+                #expect(String(buffer: reply) == "plain")
+            }
+        }
+    }
+
+    @Test("more descriptors than the maximum are refused before anything is sent")
+    func tooMany() async throws {
+        try await withFramedTestServer(
+            configure: { $0.connection = Self.options(2) },
+            makeHandler: { EchoHandler() }
+        ) { _, path in
+            try await Client.withConnection(to: path, configuration: Self.clientConfiguration(2)) { connection in
+                let (readEnd, writeEnd) = try FileDescriptor.pipe()
+                defer {
+                    try? readEnd.close()
+                    try? writeEnd.close()
+                }
+                let error = await #expect(throws: SocketIPCError.self) {
+                    try await connection.send(ByteBuffer(string: "x"), descriptors: [readEnd, writeEnd, readEnd])
+                }
+                #expect(error?.code == .invalidConfiguration)
+                #expect(connection.isOpen)
+            }
+        }
+    }
+
+    /// What a hostile peer sends after its hello (flags: calls and descriptors), with the descriptors attached to its
+    /// first byte; the server must close the connection, close every descriptor it got, and go on serving others.
+    @Test(
+        "a hostile peer's descriptors are closed with its connection",
+        arguments: [
+            ("descriptors without a descriptors frame", [0, 0, 0, 1, 0x01], 2),
+            ("a descriptors frame announcing more than passed", [0, 0, 0, 2, 0x0D, 3, 0, 0, 0, 1, 0x01], 2),
+            ("more descriptors than the maximum", [0, 0, 0, 2, 0x0D, 4, 0, 0, 0, 1, 0x01], 4),
+            ("a descriptors frame before a going-away", [0, 0, 0, 2, 0x0D, 1, 0, 0, 0, 2, 0x05, 0], 1),
+            ("a message cut off after its descriptors", [0, 0, 0, 2, 0x0D, 1, 0, 0, 0, 9, 0x01, 0x61], 1),
+        ] as [(String, [UInt8], Int)]
+    )
+    func hostilePeer(_ what: String, frames: [UInt8], passing count: Int) async throws {
+        let baseline = openDescriptorCount()
+        try await withFramedTestServer(
+            configure: { $0.connection = Self.options(2) },
+            makeHandler: { EchoHandler() }
+        ) { _, path in
+            let socket = try await RawSocket.connect(to: path)
+            defer { socket.close() }
+            try await socket.write([0x53, 0x49, 0x50, 0x43, 0x01, 0x03, 0x00, 0x00])
+            let (readEnd, writeEnd) = try FileDescriptor.pipe()
+            let passed = Array(repeating: readEnd.rawValue, count: count)
+            let sent = passed.withUnsafeBufferPointer { descriptors in
+                frames.withUnsafeBytes {
+                    csocketipc_send_with_descriptors(
+                        socket.descriptor, $0.baseAddress, UInt($0.count), descriptors.baseAddress, Int32(count)
+                    )
+                }
+            }
+            #expect(sent == frames.count)
+            try readEnd.close()
+            try writeEnd.close()
+            // Abrupt end for the cut-off message: the peer goes away in the middle of it.
+            if what.contains("cut off") { shutdown(socket.descriptor, Int32(SHUT_WR)) }
+            _ = try await socket.readUntilClosed()
+            // The server still serves another peer.
+            try await Client.withConnection(to: path, configuration: Self.clientConfiguration(2)) { connection in
+                let reply = try await connection.request(ByteBuffer(string: "still here"))
+                #expect(String(buffer: reply) == "still here")
+            }
+        }
+        try await expectDescriptorCount(returnsTo: baseline)
+    }
+}
+
+/// Writes each message it gets into the first descriptor that came with it.
+private struct WritingHandler: ConnectionHandler {
+    func didReceiveMessage(_ message: ByteBuffer, descriptors: ReceivedDescriptors, on connection: Connection) {
+        for descriptor in descriptors.take() {
+            _ = try? descriptor.writeAll(message.readableBytesView)
+            try? descriptor.close()
+        }
+    }
+}
+
+/// Answers a request with the text of the file that came with it (if any), passing its own file back.
+private struct FileServingHandler: ConnectionHandler {
+    let path: String
+
+    func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {
+        self.answer(text: "", reply: reply)
+    }
+
+    func didReceiveRequest(
+        _ request: ByteBuffer,
+        descriptors: ReceivedDescriptors,
+        reply: Reply,
+        on connection: Connection
+    ) {
+        var text = ""
+        for descriptor in descriptors.take() {
+            text += (try? readAll(descriptor)) ?? "unreadable"
+            try? descriptor.close()
+        }
+        self.answer(text: text, reply: reply)
+    }
+
+    private func answer(text: String, reply: Reply) {
+        guard let file = try? FileDescriptor.open(self.path, .readOnly) else {
+            reply.fail(SocketIPCError(.remoteError, "cannot open \(self.path)"))
+            return
+        }
+        defer { try? file.close() }
+        reply.succeed(ByteBuffer(string: text), descriptors: [file])
+    }
+}
+
+/// Reads `descriptor` from where it is to its end.
+private func readAll(_ descriptor: FileDescriptor) throws -> String {
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let count = try chunk.withUnsafeMutableBytes { try descriptor.read(into: $0) }
+        if count == 0 { break }
+        bytes += chunk[..<count]
+    }
+    return String(decoding: bytes, as: UTF8.self)
+}
+
+/// How many descriptors this process has open.
+private func openDescriptorCount() -> Int {
+    (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1
+}
+
+/// Waits until the process has no more descriptors open than `baseline`: the relays close theirs on their own threads
+/// once their connection has closed. Fails after 20 s.
+private func expectDescriptorCount(returnsTo baseline: Int) async throws {
+    let deadline = ContinuousClock.now + .seconds(20)
+    var count = openDescriptorCount()
+    while count > baseline && ContinuousClock.now < deadline {
+        await Task.yield()
+        try await Task.sleep(for: .milliseconds(5))
+        count = openDescriptorCount()
+    }
+    #expect(count <= baseline, "descriptors open: \(count), before the test: \(baseline)")
+}
+
+/// A temporary directory, removed when released.
+private final class TemporaryDirectory {
+    let path: String
+    init() throws {
+        self.path = FileManager.default.temporaryDirectory.appendingPathComponent("socketipc-fd-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: self.path, withIntermediateDirectories: true)
+    }
+    deinit { try? FileManager.default.removeItem(atPath: self.path) }
+}
