@@ -65,6 +65,9 @@ struct ProtocolVectorTests {
         "call-credit-32k": .frame(.call(id: 1, .credit(32768))),
         "ping-7": .frame(.ping(id: 7)),
         "pong-7": .frame(.pong(id: 7)),
+        // Descriptors, after a hello that set the calls and descriptors flags.
+        "hello-descriptors": .hello,
+        "descriptors-2": .frame(.descriptors(count: 2)),
     ]
 
     /// The vectors that the decoder must read but the encoder never produces.
@@ -96,6 +99,13 @@ struct ProtocolVectorTests {
         "frame-unknown-kind-0d": Rejection(code: .protocolViolation, reason: .protocolViolation, refusedAtByte: 5),
         "call-credit-too-short": Rejection(code: .protocolViolation, reason: .protocolViolation, refusedAtByte: 12),
         "call-open-name-overruns": Rejection(code: .protocolViolation, reason: .protocolViolation, refusedAtByte: 20),
+        "descriptors-from-peer-without-flag": Rejection(
+            code: .protocolViolation,
+            reason: .protocolViolation,
+            refusedAtByte: 5
+        ),
+        "descriptors-count-0": Rejection(code: .protocolViolation, reason: .protocolViolation, refusedAtByte: 6),
+        "descriptors-two-bytes": Rejection(code: .protocolViolation, reason: .protocolViolation, refusedAtByte: 7),
     ]
 
     static let validNames = valid.keys.sorted()
@@ -132,7 +142,13 @@ struct ProtocolVectorTests {
         var buffer = ByteBuffer()
         switch try #require(Self.valid[name]) {
         case .hello:
-            Hello.write(into: &buffer, flags: name == "hello" ? [] : Hello.flags)
+            let flags: HelloFlags =
+                switch name {
+                case "hello": []
+                case "hello-descriptors": [.calls, .descriptors]
+                default: Hello.flags
+                }
+            Hello.write(into: &buffer, flags: flags)
         case .frame(let frame):
             buffer.writeFrame(frame)
         }
@@ -191,7 +207,7 @@ struct ProtocolVectorTests {
         let vector = try Self.vector(named: name)
         let rejection = try #require(Self.rejected[name])
         let stream = Self.stream(for: vector)
-        var decoder = FrameDecoder(maximumPayload: FrameDecoder.defaultMaximumPayload)
+        var decoder = FrameDecoder(maximumPayload: FrameDecoder.defaultMaximumPayload, localFlags: Hello.knownFlags)
         var buffer = ByteBuffer()
         for (index, byte) in stream.enumerated() {
             buffer.writeInteger(byte)
@@ -224,7 +240,8 @@ struct ProtocolVectorTests {
     /// each piece to one growing buffer and taking every whole frame after each, as the connection's channel handler
     /// does with the socket's reads.
     static func decode(_ stream: [UInt8], pieceEnds: [Int]) throws -> Outcome {
-        var decoder = FrameDecoder(maximumPayload: FrameDecoder.defaultMaximumPayload)
+        // A decoder that knows every flag: what the peer's hello sets decides which kinds exist.
+        var decoder = FrameDecoder(maximumPayload: FrameDecoder.defaultMaximumPayload, localFlags: Hello.knownFlags)
         var buffer = ByteBuffer()
         var outcome = Outcome()
         var fed = 0
@@ -253,6 +270,10 @@ struct ProtocolVectorTests {
         case .callsHello:
             var hello = ByteBuffer()
             Hello.write(into: &hello, flags: [.calls])
+            return Array(hello.readableBytesView) + vector.bytes
+        case .descriptorsHello:
+            var hello = ByteBuffer()
+            Hello.write(into: &hello, flags: [.calls, .descriptors])
             return Array(hello.readableBytesView) + vector.bytes
         }
     }
@@ -283,6 +304,8 @@ struct ProtocolVectorTests {
             case hello
             /// The bytes follow a valid hello with the calls flag (`0x01`): the peer speaks frames `0x06` to `0x0C`.
             case callsHello = "calls-hello"
+            /// The bytes follow a valid hello with the calls and descriptors flags (`0x03`): kind `0x0D` exists too.
+            case descriptorsHello = "descriptors-hello"
         }
 
         enum Result: Equatable, Sendable {
