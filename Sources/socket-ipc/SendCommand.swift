@@ -19,7 +19,9 @@ struct SendCommand: AsyncParsableCommand {
             progress bar on a terminal (never when standard error is piped, nor with --quiet).
 
             Without --eof: connects to a framed server, sends MESSAGE (or all of standard input) as one one-way \
-            message, prints `sent N bytes` and closes once it is written.
+            message, prints `sent N bytes` and closes once it is written. With --fd FILE (repeatable), the \
+            message carries FILE's descriptor, opened read-only (SCM_RIGHTS); the server must accept descriptors \
+            (`serve` or `listen` with --max-descriptors), which print what each one is.
 
             With --json the result is one JSON object: {"style":"eof","sent":N,"acknowledgement":{"count":N}} (or \
             the acknowledgement's bytes as {"payload":TEXT,"encoding":"utf8"} or "base64"), or \
@@ -32,6 +34,7 @@ struct SendCommand: AsyncParsableCommand {
               tar c dir | socket-ipc send --eof --quiet /tmp/app.sock
               socket-ipc send /tmp/app.sock '{"event":"reload"}'      # a framed one-way message
               socket-ipc send --json --timeout 5 /tmp/app.sock @msg.json
+              socket-ipc send --fd /var/log/app.log /tmp/app.sock 'rotate'   # passes the open file
 
             \(ExitStatus.help)
             """
@@ -55,6 +58,15 @@ struct SendCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Print the result as one JSON object.")
     var json = false
 
+    @Option(
+        name: .customLong("fd"),
+        help: ArgumentHelp(
+            "Pass this file's descriptor, opened read-only, with the framed message (repeatable).",
+            valueName: "file"
+        )
+    )
+    var descriptorFiles: [String] = []
+
     @Argument(help: "The message; @FILE reads it from a file; standard input when omitted or -.")
     var message: String?
 
@@ -64,6 +76,12 @@ struct SendCommand: AsyncParsableCommand {
     func validate() throws {
         if let timeout = self.timeout, !(timeout > 0) {
             throw ValidationError("--timeout must be a positive number of seconds")
+        }
+        if self.eof && !self.descriptorFiles.isEmpty {
+            throw ValidationError("--fd passes descriptors with a framed message; EOF-style messages carry none")
+        }
+        if self.descriptorFiles.count > 253 {
+            throw ValidationError("at most 253 --fd files travel with one message (the kernel's SCM_MAX_FD)")
         }
     }
 
@@ -83,12 +101,30 @@ struct SendCommand: AsyncParsableCommand {
                 Output.line(Self.describeAcknowledgement(acknowledgement))
             }
         } else {
+            let files = try self.descriptorFiles.map { try PassedFile(path: $0) }
+            defer { for file in files { file.close() } }
+            let configuration = {
+                var configuration = ClientConfiguration()
+                configuration.connection.maximumDescriptorsPerMessage = files.count
+                return configuration
+            }()
             let sent = try await withDeadline(timeout, "the message to \(path) was not sent") {
                 let payload = try await source.readAll()
                 try await HelloHint.whileConnecting(to: path) { connected in
-                    try await Client.withConnection(to: path) { connection in
+                    try await Client.withConnection(to: path, configuration: configuration) { connection in
                         connected()
-                        try await connection.send(payload)
+                        if files.isEmpty {
+                            try await connection.send(payload)
+                        } else {
+                            guard connection.passesDescriptors else {
+                                throw CommandFailure(
+                                    message: "the server at \(path) does not accept descriptors (start it with "
+                                        + "--max-descriptors \(files.count) or more)",
+                                    status: ExitStatus.refused
+                                )
+                            }
+                            try await connection.send(payload, descriptors: files.map(\.descriptor))
+                        }
                     }
                 }
                 return payload.readableBytes

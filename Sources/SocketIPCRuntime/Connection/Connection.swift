@@ -231,9 +231,13 @@ public final class Connection: Sendable {
         }
     }
 
-    /// Waits until the connection is closed, by either side.
+    /// Waits until the connection is closed, by either side. On a connection that passes descriptors
+    /// (``ConnectionOptions/maximumDescriptorsPerMessage``), also until its relay has written what the connection
+    /// wrote to the socket and closed it (bounded by ``ConnectionOptions/closeTimeout`` for a peer that stopped
+    /// reading), so that a process may exit once this returns.
     public func waitUntilClosed() async {
         try? await self.channel.closeFuture.get()
+        if let relay = self.descriptorPassing?.relay { await relay.waitUntilFinished() }
     }
 
     // MARK: - Replies (used by `Reply`)

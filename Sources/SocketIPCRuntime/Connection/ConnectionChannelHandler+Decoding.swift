@@ -34,6 +34,7 @@ extension ConnectionChannelHandler {
             if var partial = self.inbound.partial.take() {
                 while self.state.mayHandleFrames {
                     if let frame = try decoder.next(from: &partial.bytes) {
+                        if !wasEstablished { connection.peerHelloReceived(flags: decoder.peerFlags) }
                         step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: limit)
                         if !wasEstablished { self.frameHandledBeforeEstablished(connection) }
                         if step != .next { break }
@@ -48,6 +49,9 @@ extension ConnectionChannelHandler {
             // Then the rest of this read, decoded where it lies, without copying.
             if leftover == nil && step == .next {
                 while self.state.mayHandleFrames, let frame = try decoder.next(from: &incoming) {
+                    // The first frames after the hello may come in the same read: the peer's flags are known to
+                    // their handlers (Connection.passesDescriptors).
+                    if !wasEstablished { connection.peerHelloReceived(flags: decoder.peerFlags) }
                     step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: limit)
                     if !wasEstablished { self.frameHandledBeforeEstablished(connection) }
                     if step != .next { break }

@@ -2,6 +2,7 @@ import CSocketIPCLinux
 import NIOConcurrencyHelpers
 import NIOCore
 import SocketIPCCore
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -59,6 +60,8 @@ final class DescriptorRelay: @unchecked Sendable {
     private var threadsRunning = 2
     private var channel: (any Channel)?
     private var violation: SocketIPCError?
+    /// Who waits for both threads to end (``waitUntilFinished()``); `nil` once they have.
+    private let finishWaiters = Mutex<[@Sendable () -> Void]?>([])
 
     /// Makes the socket pair and starts the threads.
     /// - Parameters:
@@ -66,6 +69,11 @@ final class DescriptorRelay: @unchecked Sendable {
     ///   - maximumPerMessage: The most descriptors one message may carry, 1 to 253.
     /// - Throws: `SocketIPCError` with code `systemCall` when the socket pair or a thread cannot be made.
     init(socket: Int32, maximumPerMessage: Int) throws {
+        #if !os(Linux)
+        // Untested: Darwin has SCM_RIGHTS too, but not MSG_CMSG_CLOEXEC or MSG_NOSIGNAL; not done yet.
+        _ = close(socket)
+        throw SocketIPCError(.invalidConfiguration, "descriptor passing is available on Linux only")
+        #endif
         var pair: [Int32] = [-1, -1]
         guard socketpair(AF_UNIX, systemSocketStream | systemSocketCloseOnExec, 0, &pair) == 0 else {
             let code = errno
@@ -157,6 +165,24 @@ final class DescriptorRelay: @unchecked Sendable {
         eventLoop.scheduleTask(in: .init(timeout)) { self.abort() }
     }
 
+    /// Returns once both threads have ended: everything the channel wrote has been sent (or the peer was cut off),
+    /// and the connection's socket is closed.
+    func waitUntilFinished() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            self.whenFinished { continuation.resume() }
+        }
+    }
+
+    /// Runs `body` once both threads have ended (at once if they have), on the thread that ended last.
+    func whenFinished(_ body: @escaping @Sendable () -> Void) {
+        let finished = self.finishWaiters.withLock { waiters -> Bool in
+            guard waiters != nil else { return true }
+            waiters!.append(body)
+            return false
+        }
+        if finished { body() }
+    }
+
     /// Shuts the socket down, ending both threads, unless they ended already.
     func abort() {
         self.lock.lock()
@@ -177,7 +203,7 @@ final class DescriptorRelay: @unchecked Sendable {
         var scanner = DescriptorFrameScanner()
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.bufferSize, alignment: 16)
         defer { buffer.deallocate() }
-        var received = [Int32](repeating: -1, count: Int(CSOCKETIPC_MAX_DESCRIPTORS))
+        var received = [Int32](repeating: -1, count: Self.maximumPerCall)
         loop: while true {
             self.lock.lock(whenValue: 1)
             let closed = self.isClosed
@@ -186,10 +212,7 @@ final class DescriptorRelay: @unchecked Sendable {
             var count: Int32 = 0
             var truncated: Int32 = 0
             let length = received.withUnsafeMutableBufferPointer { descriptors in
-                csocketipc_receive_with_descriptors(
-                    self.socket, buffer.baseAddress, UInt(buffer.count), descriptors.baseAddress,
-                    CSOCKETIPC_MAX_DESCRIPTORS, &count, &truncated
-                )
+                Self.receive(self.socket, buffer, descriptors, &count, &truncated)
             }
             if length < 0 { break }
             let group = Array(received[0..<Int(count)])
@@ -294,10 +317,7 @@ final class DescriptorRelay: @unchecked Sendable {
                 let segmentEnd = index + 1 < starts.count ? starts[index + 1] : end
                 let group = self.nextOutgoing()
                 let sent = group.withUnsafeBufferPointer { descriptors in
-                    csocketipc_send_with_descriptors(
-                        self.socket, buffer.baseAddress! + start, UInt(segmentEnd - start), descriptors.baseAddress,
-                        Int32(descriptors.count)
-                    )
+                    Self.send(self.socket, buffer.baseAddress! + start, segmentEnd - start, descriptors)
                 }
                 Self.closeAll(group)
                 if sent <= 0 { break loop }
@@ -357,14 +377,68 @@ final class DescriptorRelay: @unchecked Sendable {
             self.socketIsClosed = true
             _ = close(self.socket)
             _ = close(self.relaySide)
-            left = self.unclaimed + self.claimed.flatMap { $0 } + self.outgoing.flatMap { $0 }
+            // Descriptors no frame claimed now never will be; those claimed wait for the channel, which may still
+            // read the frames that claimed them (the channel's close closes them if it does not).
+            left = self.unclaimed + self.outgoing.flatMap { $0 }
             self.unclaimed = []
-            self.claimed = []
-            self.claimedCount = 0
             self.outgoing = []
+            if self.isClosed {
+                left += self.claimed.flatMap { $0 }
+                self.claimed = []
+                self.claimedCount = 0
+            }
         }
         self.lock.unlock(withValue: 1)
         Self.closeAll(left)
+        if last {
+            let waiters = self.finishWaiters.withLock { waiters in
+                defer { waiters = nil }
+                return waiters ?? []
+            }
+            for waiter in waiters { waiter() }
+        }
+    }
+
+    // MARK: - System calls
+
+    /// The most descriptors one `sendmsg` or `recvmsg` carries: the kernel's `SCM_MAX_FD`, 253.
+    static let maximumPerCall = 253
+
+    /// `recvmsg` with room for ``maximumPerCall`` descriptors, `MSG_CMSG_CLOEXEC`.
+    private static func receive(
+        _ socket: Int32,
+        _ buffer: UnsafeMutableRawBufferPointer,
+        _ descriptors: UnsafeMutableBufferPointer<Int32>,
+        _ count: inout Int32,
+        _ truncated: inout Int32
+    ) -> Int {
+        #if os(Linux)
+        return csocketipc_receive_with_descriptors(
+            socket, buffer.baseAddress, UInt(buffer.count), descriptors.baseAddress, Int32(descriptors.count),
+            &count, &truncated
+        )
+        #else
+        // Untested: descriptor passing is Linux-only for now (the relay is never made elsewhere).
+        errno = ENOSYS
+        return -1
+        #endif
+    }
+
+    /// `sendmsg` of `length` bytes with `descriptors` attached, `MSG_NOSIGNAL`.
+    private static func send(
+        _ socket: Int32,
+        _ bytes: UnsafeRawPointer,
+        _ length: Int,
+        _ descriptors: UnsafeBufferPointer<Int32>
+    ) -> Int {
+        #if os(Linux)
+        return csocketipc_send_with_descriptors(
+            socket, bytes, UInt(length), descriptors.baseAddress, Int32(descriptors.count)
+        )
+        #else
+        errno = ENOSYS
+        return -1
+        #endif
     }
 
     static func closeAll(_ descriptors: [Int32]) {

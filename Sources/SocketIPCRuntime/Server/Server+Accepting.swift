@@ -121,7 +121,15 @@ extension Server {
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let action = self.state.withLock { $0.machine.channelInitialized(id, channel: channel) }
-                    channel.closeFuture.whenComplete { _ in self.connectionClosed(id) }
+                    channel.closeFuture.whenComplete { _ in
+                        // A relayed connection is over once its relay has written the last bytes and closed the
+                        // socket: the server's run() does not return before.
+                        if let descriptorRelay {
+                            descriptorRelay.whenFinished { self.connectionClosed(id) }
+                        } else {
+                            self.connectionClosed(id)
+                        }
+                    }
                     try self.initializer.initialize(
                         AcceptedConnection(
                             channel: channel,

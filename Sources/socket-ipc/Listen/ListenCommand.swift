@@ -82,6 +82,9 @@ struct ListenCommand: AsyncParsableCommand {
             let path = try socketPath(fromArgument: self.socket, creatingDirectory: false)
             var configuration = ClientConfiguration()
             if let size = self.server.limits.maxMessageSize { configuration.connection.maximumMessageSize = size }
+            if let count = self.server.limits.maxDescriptors {
+                configuration.connection.maximumDescriptorsPerMessage = count
+            }
             try await PushListener(path: path, configuration: configuration, printer: printer, logger: logger).run()
         } else {
             let path = try socketPath(fromArgument: self.socket, creatingDirectory: true)

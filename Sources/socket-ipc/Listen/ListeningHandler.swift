@@ -36,6 +36,27 @@ struct ListeningHandler: ConnectionHandler, Sendable {
         if self.printer.print(received) { self.limitReached() }
     }
 
+    /// Prints the message and what its descriptors are, and closes them.
+    func didReceiveMessage(_ message: ByteBuffer, descriptors: ReceivedDescriptors, on connection: Connection) {
+        let received = ReceivedMessage(
+            message, descriptors: descriptors, kind: .message, peer: connection.peer, connectionID: connection.id)
+        if self.printer.print(received) { self.limitReached() }
+    }
+
+    /// Prints the request and what its descriptors are, closes them, and answers with an empty reply.
+    func didReceiveRequest(
+        _ request: ByteBuffer,
+        descriptors: ReceivedDescriptors,
+        reply: Reply,
+        on connection: Connection
+    ) {
+        let received = ReceivedMessage(
+            request, descriptors: descriptors, kind: .request, peer: connection.peer, connectionID: connection.id)
+        let last = self.printer.print(received)
+        reply.succeed(ByteBuffer())
+        if last { self.limitReached() }
+    }
+
     /// Prints the request and answers it with an empty reply.
     func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {
         let received = ReceivedMessage(request, kind: .request, peer: connection.peer, connectionID: connection.id)

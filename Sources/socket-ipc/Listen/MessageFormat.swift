@@ -24,7 +24,8 @@ enum MessageFormat: String, ExpressibleByArgument, CaseIterable {
     /// The payload as an `xxd`-style hex dump.
     case hex
     /// One JSON object per message: `time`, `kind`, `size`, `connection`, `peer` (`pid`, `uid`, `gid`; absent when
-    /// unknown), and `payload`, a string when the payload is printable UTF-8 (`encoding` `utf8`) and base64
+    /// unknown), `descriptors` (what each passed descriptor was: `path`, `type`, and `size` for a file; absent when
+    /// none came), and `payload`, a string when the payload is printable UTF-8 (`encoding` `utf8`) and base64
     /// otherwise (`encoding` `base64`).
     case json
 
@@ -51,12 +52,16 @@ enum MessageFormat: String, ExpressibleByArgument, CaseIterable {
         }
     }
 
-    /// `TIME KIND N bytes from uid=U gid=G pid=P (connection C)`.
+    /// `TIME KIND N bytes from uid=U gid=G pid=P (connection C)`, and `with descriptors: PATH (TYPE, N bytes); ...`
+    /// when descriptors came with it.
     static func metadata(_ message: ReceivedMessage, colored: Bool) -> String {
         let size = message.payload.count == 1 ? "1 byte" : "\(message.payload.count) bytes"
-        let line =
+        var line =
             "\(message.timestamp) \(message.kind.rawValue) \(size) from \(peerDescription(message.peer)) "
             + "(connection \(message.connectionID))"
+        if !message.descriptors.isEmpty {
+            line += " with descriptors: " + message.descriptors.map(\.text).joined(separator: "; ")
+        }
         return colored ? "\u{1B}[2m\(line)\u{1B}[0m" : line
     }
 
@@ -70,6 +75,9 @@ enum MessageFormat: String, ExpressibleByArgument, CaseIterable {
         ]
         if let peer = message.peer {
             object["peer"] = ["pid": Int(peer.processID), "uid": Int(peer.userID), "gid": Int(peer.groupID)]
+        }
+        if !message.descriptors.isEmpty {
+            object["descriptors"] = message.descriptors.map(\.json)
         }
         if SafeText.isPrintable(message.payload) {
             object["payload"] = String(decoding: message.payload, as: UTF8.self)

@@ -24,6 +24,8 @@ struct ReceivedMessage {
     var kind: Kind
     /// The payload.
     var payload: [UInt8]
+    /// What the file descriptors passed with the message were, in order; they are closed once described.
+    var descriptors: [DescriptorDescription] = []
 
     /// Records `payload`, received now.
     init(_ payload: ByteBuffer, kind: Kind, peer: PeerCredentials?, connectionID: UInt64, time: Date = Date()) {
@@ -32,6 +34,18 @@ struct ReceivedMessage {
         self.connectionID = connectionID
         self.kind = kind
         self.payload = Array(payload.readableBytesView)
+    }
+
+    /// Records `payload` and describes `descriptors`, closing them.
+    init(
+        _ payload: ByteBuffer,
+        descriptors: ReceivedDescriptors,
+        kind: Kind,
+        peer: PeerCredentials?,
+        connectionID: UInt64
+    ) {
+        self.init(payload, kind: kind, peer: peer, connectionID: connectionID)
+        self.descriptors = DescriptorDescription.describingAndClosing(descriptors)
     }
 
     /// The time in ISO 8601, in UTC with milliseconds: `2026-11-30T16:03:06.123Z`.

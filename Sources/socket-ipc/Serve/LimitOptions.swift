@@ -79,6 +79,16 @@ struct LimitOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("The listen(2) backlog (default 256).", valueName: "n"))
     var backlog: Int32?
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Accept up to n file descriptors passed with each framed message or request (SCM_RIGHTS; default 0: "
+                + "none), and print what each one is.",
+            valueName: "n"
+        )
+    )
+    var maxDescriptors: Int?
+
     func validate() throws {
         for (name, value) in [
             ("--max-message-size", self.maxMessageSize),
@@ -93,6 +103,9 @@ struct LimitOptions: ParsableArguments {
             ("--keepalive-interval", self.keepaliveInterval), ("--keepalive-timeout", self.keepaliveTimeout),
         ] {
             if let value, !(value > 0) { throw ValidationError("\(name) must be a positive number of seconds") }
+        }
+        if let value = self.maxDescriptors, !(0...253).contains(value) {
+            throw ValidationError("--max-descriptors must be 0 to 253 (the kernel's SCM_MAX_FD)")
         }
         if let value = self.shutdownGracePeriod, !(value >= 0) {
             throw ValidationError("--shutdown-grace-period must be 0 or more seconds")
@@ -112,5 +125,6 @@ struct LimitOptions: ParsableArguments {
         if let value = self.keepaliveTimeout { configuration.connection.keepaliveTimeout = duration(seconds: value) }
         if let value = self.shutdownGracePeriod { configuration.shutdownGracePeriod = duration(seconds: value) }
         if let value = self.backlog { configuration.backlog = value }
+        if let value = self.maxDescriptors { configuration.connection.maximumDescriptorsPerMessage = value }
     }
 }

@@ -18,6 +18,12 @@ struct PrintingEchoHandler: ConnectionHandler {
         Output.line("message \(message.readableBytes) bytes: \(describe(message))")
     }
 
+    /// Prints the message's size and text, and what its descriptors are (closing them).
+    func didReceiveMessage(_ message: ByteBuffer, descriptors: ReceivedDescriptors, on connection: Connection) {
+        let described = DescriptorDescription.describingAndClosing(descriptors).map(\.text).joined(separator: "; ")
+        Output.line("message \(message.readableBytes) bytes with descriptors: \(described): \(describe(message))")
+    }
+
     /// Echoes the request.
     func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {
         reply.succeed(request)

@@ -18,7 +18,7 @@ private typealias FileDescriptor = SystemPackage.FileDescriptor
 
 /// Passing file descriptors (`SCM_RIGHTS`) with messages, requests and replies, and what a hostile peer can do with
 /// them: every descriptor it passes is closed when its connection fails, and nothing else is hurt. Descriptor leaks
-/// are counted in `/proc/self/fd` (client and server share this process).
+/// are found in `/proc/self/fd` (client and server share this process) by what each descriptor is.
 @Suite("Passing descriptors", .serialized)
 struct DescriptorPassingTests {
     static func options(_ maximum: Int = 4) -> ConnectionOptions {
@@ -39,7 +39,6 @@ struct DescriptorPassingTests {
         try await withFramedTestServer(makeHandler: { EchoHandler() }) { _, path in
             try await Client.withConnection(to: path) { _ = try await $0.request(ByteBuffer(string: "warm up")) }
         }
-        let baseline = openDescriptorCount()
         try await withFramedTestServer(
             configure: { $0.connection = Self.options() },
             makeHandler: { WritingHandler() }
@@ -48,6 +47,7 @@ struct DescriptorPassingTests {
             #expect(connection.passesDescriptors)
             let (readEnd, writeEnd) = try FileDescriptor.pipe()
             defer { try? readEnd.close() }
+            let pipe = linkTarget(readEnd)
             try await connection.send(ByteBuffer(string: "hello through the pipe"), descriptors: [writeEnd])
             // The connection sent a duplicate: the caller's own may be closed at once.
             try writeEnd.close()
@@ -56,13 +56,13 @@ struct DescriptorPassingTests {
             #expect(text == "hello through the pipe")
             connection.close()
             await connection.waitUntilClosed()
+            try readEnd.close()
+            #expect(openCopies(of: pipe) == 0, "every copy of the pipe is closed")
         }
-        try await expectDescriptorCount(returnsTo: baseline)
     }
 
     @Test("a request carries a file and the reply carries another: each side reads the file the other opened")
     func requestAndReplyWithFiles() async throws {
-        let baseline = openDescriptorCount()
         let directory = try TemporaryDirectory()
         let served = directory.path + "/served.txt"
         try "the server's file".write(toFile: served, atomically: true, encoding: .utf8)
@@ -91,12 +91,13 @@ struct DescriptorPassingTests {
                 #expect(more.count == 1)
             }
         }
-        try await expectDescriptorCount(returnsTo: baseline)
+        // The server stopped and the client's connection closed: no copy of either file is left open.
+        #expect(openCopies(of: served) == 0)
+        #expect(openCopies(of: sent) == 0)
     }
 
     @Test("descriptors that a handler does not take are closed, and so are those a plain request's reply brings")
     func untakenAreClosed() async throws {
-        let baseline = openDescriptorCount()
         try await withFramedTestServer(
             configure: { $0.connection = Self.options() },
             makeHandler: { EchoHandler() }  // knows nothing of descriptors: the defaults close them
@@ -107,15 +108,18 @@ struct DescriptorPassingTests {
                     try? readEnd.close()
                     try? writeEnd.close()
                 }
+                let pipe = linkTarget(readEnd)
+                defer { #expect(openCopies(of: pipe) == 2, "only the test's own two ends are open") }
                 for index in 0..<50 {
                     try await connection.send(ByteBuffer(string: "m\(index)"), descriptors: [readEnd, writeEnd])
                 }
                 let (reply, descriptors) = try await connection.request(ByteBuffer(string: "echo"), descriptors: [readEnd])
                 #expect(String(buffer: reply) == "echo")
                 #expect(descriptors.isEmpty)
+                // A request's answer comes after the messages before it: the server has closed what they carried.
+                #expect(openCopies(of: pipe) == 2)
             }
         }
-        try await expectDescriptorCount(returnsTo: baseline)
     }
 
     @Test("a peer without descriptor passing: sending descriptors fails with invalidState, and plain messages work")
@@ -172,7 +176,6 @@ struct DescriptorPassingTests {
         ] as [(String, [UInt8], Int)]
     )
     func hostilePeer(_ what: String, frames: [UInt8], passing count: Int) async throws {
-        let baseline = openDescriptorCount()
         try await withFramedTestServer(
             configure: { $0.connection = Self.options(2) },
             makeHandler: { EchoHandler() }
@@ -181,6 +184,7 @@ struct DescriptorPassingTests {
             defer { socket.close() }
             try await socket.write([0x53, 0x49, 0x50, 0x43, 0x01, 0x03, 0x00, 0x00])
             let (readEnd, writeEnd) = try FileDescriptor.pipe()
+            let pipe = linkTarget(readEnd)
             let passed = Array(repeating: readEnd.rawValue, count: count)
             let sent = passed.withUnsafeBufferPointer { descriptors in
                 frames.withUnsafeBytes {
@@ -200,8 +204,9 @@ struct DescriptorPassingTests {
                 let reply = try await connection.request(ByteBuffer(string: "still here"))
                 #expect(String(buffer: reply) == "still here")
             }
+            // Closed with the hostile connection, before the server stops.
+            #expect(openCopies(of: pipe) == 0)
         }
-        try await expectDescriptorCount(returnsTo: baseline)
     }
 }
 
@@ -259,22 +264,18 @@ private func readAll(_ descriptor: FileDescriptor) throws -> String {
     return String(decoding: bytes, as: UTF8.self)
 }
 
-/// How many descriptors this process has open.
-private func openDescriptorCount() -> Int {
-    (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1
+/// What descriptor `descriptor` of this process is, as `/proc/self/fd` names it: a path, or `pipe:[INODE]`.
+private func linkTarget(_ descriptor: FileDescriptor) -> String {
+    (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(descriptor.rawValue)")) ?? "?"
 }
 
-/// Waits until the process has no more descriptors open than `baseline`: the relays close theirs on their own threads
-/// once their connection has closed. Fails after 20 s.
-private func expectDescriptorCount(returnsTo baseline: Int) async throws {
-    let deadline = ContinuousClock.now + .seconds(20)
-    var count = openDescriptorCount()
-    while count > baseline && ContinuousClock.now < deadline {
-        await Task.yield()
-        try await Task.sleep(for: .milliseconds(5))
-        count = openDescriptorCount()
-    }
-    #expect(count <= baseline, "descriptors open: \(count), before the test: \(baseline)")
+/// How many descriptors of this process are `target` (a path, or a pipe's `pipe:[INODE]`). Other tests running
+/// meanwhile never open the files and pipes these tests make, so the count is exact.
+private func openCopies(of target: String) -> Int {
+    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
+    return entries.filter {
+        (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/" + $0)) == target
+    }.count
 }
 
 /// A temporary directory, removed when released.

@@ -1,0 +1,68 @@
+import SocketIPC
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// What a file descriptor passed with a message is, as `listen` and `serve` print it: the path the kernel gives for
+/// it (`/proc/self/fd/N`, Linux), its type and, for a regular file, its size.
+struct DescriptorDescription {
+    /// The path, or what the kernel names it (`pipe:[123]`, `socket:[456]`, `/memfd:name (deleted)`); escaped for a
+    /// terminal.
+    var path: String
+    /// `file`, `directory`, `pipe`, `socket`, `character device`, `block device`, `symbolic link` or `unknown`.
+    var type: String
+    /// The size in bytes of a regular file.
+    var size: Int?
+
+    /// `PATH (TYPE, N bytes)`.
+    var text: String {
+        "\(self.path) (\(self.type)\(self.size.map { $0 == 1 ? ", 1 byte" : ", \($0) bytes" } ?? ""))"
+    }
+
+    /// The JSON object: `path`, `type`, and `size` for a file.
+    var json: [String: Any] {
+        var object: [String: Any] = ["path": self.path, "type": self.type]
+        if let size = self.size { object["size"] = size }
+        return object
+    }
+
+    /// Describes `descriptor`.
+    init(_ descriptor: Int32) {
+        var target = [UInt8](repeating: 0, count: 4096)
+        let length = readlink("/proc/self/fd/\(descriptor)", &target, target.count)
+        let raw = length > 0 ? Array(target[0..<length]) : Array("descriptor \(descriptor)".utf8)
+        // One line whatever the name holds, so that a path cannot forge a line of output.
+        let text = SafeText.text(raw) ?? String(decoding: raw, as: UTF8.self).debugDescription
+        self.path = text.split(separator: "\n", omittingEmptySubsequences: false).joined(separator: "\\n")
+        var status = stat()
+        guard fstat(descriptor, &status) == 0 else {
+            self.type = "unknown"
+            return
+        }
+        switch status.st_mode & S_IFMT {
+        case S_IFREG:
+            self.type = "file"
+            self.size = Int(status.st_size)
+        case S_IFDIR: self.type = "directory"
+        case S_IFIFO: self.type = "pipe"
+        case S_IFSOCK: self.type = "socket"
+        case S_IFCHR: self.type = "character device"
+        case S_IFBLK: self.type = "block device"
+        case S_IFLNK: self.type = "symbolic link"
+        default: self.type = "unknown"
+        }
+    }
+
+    /// Describes each of `descriptors`, then closes them.
+    static func describingAndClosing(_ descriptors: ReceivedDescriptors) -> [DescriptorDescription] {
+        descriptors.take().map { descriptor in
+            defer { try? descriptor.close() }
+            return DescriptorDescription(descriptor.rawValue)
+        }
+    }
+}
