@@ -33,7 +33,7 @@ enum ExitStatus {
         Exit status: 0 done; 1 the server answered with an error (an application error, printed as `error CODE: \
         MESSAGE` and then its details as JSON on standard error; a handler that failed; a message too large); 3 no \
         connection (nothing listens, a stale socket file, not a socket, not a SocketIPC server, the wrong style: \
-        --eof) or the connection was lost; 4 refused (the server's authorization policy, file permissions, or descriptors the server does not accept: --fd); 5 \
+        --eof) or the connection was lost; 4 refused (the server's authorization policy, or file permissions); 5 \
         timed out (--timeout); 6 no such method; 64 usage (a bad option, a request that is not JSON).
         """
 

@@ -21,7 +21,8 @@ struct SendCommand: AsyncParsableCommand {
             Without --eof: connects to a framed server, sends MESSAGE (or all of standard input) as one one-way \
             message, prints `sent N bytes` and closes once it is written. With --fd FILE (repeatable), the \
             message carries FILE's descriptor, opened read-only (SCM_RIGHTS); the server must accept descriptors \
-            (`serve` or `listen` with --max-descriptors), which print what each one is.
+            (`serve` or `listen` with --max-descriptors), which print what each one is; one that takes none is a \
+            refusal (exit status 4).
 
             With --json the result is one JSON object: {"style":"eof","sent":N,"acknowledgement":{"count":N}} (or \
             the acknowledgement's bytes as {"payload":TEXT,"encoding":"utf8"} or "base64"), or \
