@@ -8,6 +8,14 @@ package protocol CallFrameReceiver: AnyObject, Sendable {
     /// - Returns: `nil`, or the protocol violation the frame is (a message beyond the credit given, an open with the
     ///   wrong parity or an id in use): the connection then says going-away `0x01` and closes.
     func receive(_ frame: CallFrame, id: UInt32, on connection: Connection) -> SocketIPCError?
+    /// Takes a call message that carried `descriptors` (a descriptors frame came right before it), as
+    /// ``receive(_:id:on:)`` otherwise. Descriptors not handed on are closed when `descriptors` is released.
+    func receive(
+        _ frame: CallFrame,
+        id: UInt32,
+        descriptors: ReceivedDescriptors,
+        on connection: Connection
+    ) -> SocketIPCError?
     /// The connection closed with `error`: every call still in progress fails with it.
     func connectionClosed(_ connection: Connection, error: SocketIPCError)
     /// This side said going-away `0x00` (its server is shutting down): the connection closes once its calls have

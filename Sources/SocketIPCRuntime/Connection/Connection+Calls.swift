@@ -86,10 +86,32 @@ extension Connection {
     /// Queues a frame of call `id`; returns whether the sender should wait (``waitUntilWritable()``) before the next.
     /// - Throws: The connection's error once it is closed.
     package func queueCallFrame(id: UInt32, _ frame: CallFrame) throws -> Bool {
+        try self.queueCallFrame(id: id, frame, descriptors: [])
+    }
+
+    /// Queues a frame of call `id`, a message with `descriptors` (owned by the connection from now on: duplicates,
+    /// closed once sent or when this throws) announced by a descriptors frame right before it; returns whether the
+    /// sender should wait before the next.
+    /// - Throws: The connection's error once it is closed; `invalidState` for descriptors on a connection that does
+    ///   not pass them.
+    package func queueCallFrame(id: UInt32, _ frame: CallFrame, descriptors group: [Int32]) throws -> Bool {
+        var relay: DescriptorRelay?
+        if !group.isEmpty {
+            guard let passing = self.descriptorPassing, self.passesDescriptors, case .message = frame else {
+                DescriptorRelay.closeAll(group)
+                throw SocketIPCError(.invalidState, "descriptors cannot travel with this call frame on this connection")
+            }
+            relay = passing.relay
+        }
         let kind = frame.kind
         var payload: ByteBuffer
         if case .message(let message) = frame {
-            try self.checkCallMessageSize(message)
+            do {
+                try self.checkCallMessageSize(message)
+            } catch {
+                DescriptorRelay.closeAll(group)
+                throw error
+            }
             payload = message
         } else {
             // One allocation of a size that fits the control frames (open, end, credit, cancel) but a long method
@@ -99,8 +121,23 @@ extension Connection {
             whole.moveReaderIndex(forwardBy: 4 + kind.headerLength)
             payload = whole
         }
-        let action = self.state.withLock {
-            $0.enqueue(kind, id: id, payload: payload, spareBuffer: { self.spareBuffer() })
+        let action: StateMachine.EnqueueAction
+        if let relay {
+            var registered = false
+            action = self.state.withLock {
+                $0.enqueue(
+                    kind, id: id, payload: payload, spareBuffer: { self.spareBuffer() }, passing: group.count,
+                    registerDescriptors: {
+                        relay.registerOutgoing(group)
+                        registered = true
+                    }
+                )
+            }
+            if !registered { DescriptorRelay.closeAll(group) }
+        } else {
+            action = self.state.withLock {
+                $0.enqueue(kind, id: id, payload: payload, spareBuffer: { self.spareBuffer() })
+            }
         }
         switch action {
         case .fail(let error):
@@ -115,6 +152,18 @@ extension Connection {
     /// watermark).
     nonisolated(nonsending) package func sendCallFrame(id: UInt32, _ frame: CallFrame) async throws {
         if try self.queueCallFrame(id: id, frame) {
+            try await self.waitUntilWritable()
+        }
+    }
+
+    /// Queues a call message with `descriptors` (see ``queueCallFrame(id:_:descriptors:)``) and waits while the peer
+    /// is not reading.
+    nonisolated(nonsending) package func sendCallFrame(
+        id: UInt32,
+        _ frame: CallFrame,
+        descriptors: [Int32]
+    ) async throws {
+        if try self.queueCallFrame(id: id, frame, descriptors: descriptors) {
             try await self.waitUntilWritable()
         }
     }
@@ -147,7 +196,7 @@ extension Connection {
 
     /// A call frame arrived: to the services layer's receiver, or answered as an unknown method without one.
     @inline(never)
-    func callFrameReceived(_ frame: CallFrame, id: UInt32) -> SocketIPCError? {
+    func callFrameReceived(_ frame: CallFrame, id: UInt32, descriptors: ReceivedDescriptors? = nil) -> SocketIPCError? {
         if case .open = frame, !self.calls.isPeerCallID(id) {
             return SocketIPCError(
                 .protocolViolation,
@@ -155,6 +204,7 @@ extension Connection {
             )
         }
         if let receiver = self.calls.receiver.withLock({ $0 }) {
+            if let descriptors { return receiver.receive(frame, id: id, descriptors: descriptors, on: self) }
             return receiver.receive(frame, id: id, on: self)
         }
         if case .open(let open) = frame {

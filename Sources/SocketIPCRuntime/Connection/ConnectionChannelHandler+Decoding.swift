@@ -254,12 +254,18 @@ extension ConnectionChannelHandler {
         case .reply(let id, let payload):
             passing.replyArrived(id, descriptors: descriptors)
             connection.replyReceived(id: id, result: .success(payload))
+        case .call(let id, let callFrame):
+            guard case .message = callFrame else { fallthrough }
+            if let violation = connection.callFrameReceived(callFrame, id: id, descriptors: descriptors) {
+                return .violation(violation)
+            }
         default:
             descriptors.close()
             return .violation(
                 SocketIPCError(
                     .protocolViolation,
-                    "a descriptors frame must come right before a message, request or reply, not before \(frame)"
+                    "a descriptors frame must come right before a message, request, reply or call message, not before "
+                        + "\(frame)"
                 )
             )
         }

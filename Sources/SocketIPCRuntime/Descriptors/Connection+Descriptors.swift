@@ -114,6 +114,14 @@ extension Connection {
         return (passing, group)
     }
 
+    /// Duplicates `descriptors` for a frame of this connection (the services layer's typed descriptors).
+    /// - Throws: `invalidState` when descriptors cannot travel here, `invalidConfiguration` for more than the
+    ///   maximum, `systemCall` when one cannot be duplicated.
+    package func duplicateForPassing(_ descriptors: [Int32]) throws -> [Int32] {
+        guard let passing = self.descriptorPassing, self.passesDescriptors else { throw Self.cannotPass() }
+        return try DescriptorPassing.duplicate(descriptors, maximum: passing.relay.maximumPerMessage)
+    }
+
     private static func cannotPass() -> SocketIPCError {
         SocketIPCError(
             .invalidState,

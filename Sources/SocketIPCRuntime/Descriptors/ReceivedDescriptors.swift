@@ -35,7 +35,7 @@ public final class ReceivedDescriptors: Sendable {
     static var none: ReceivedDescriptors { ReceivedDescriptors([]) }
 
     /// How many descriptors are held and not yet taken.
-    public var count: Int { self.descriptors.withLock { $0.count } }
+    public var count: Int { self.descriptors.withLock { $0.filter { $0 >= 0 }.count } }
 
     /// Whether no descriptor is held.
     public var isEmpty: Bool { self.count == 0 }
@@ -44,7 +44,17 @@ public final class ReceivedDescriptors: Sendable {
     public func take() -> [SystemPackage.FileDescriptor] {
         self.descriptors.withLock { held in
             defer { held = [] }
-            return held.map { SystemPackage.FileDescriptor(rawValue: $0) }
+            return held.filter { $0 >= 0 }.map { SystemPackage.FileDescriptor(rawValue: $0) }
+        }
+    }
+
+    /// Takes the descriptor at `index` (in the order the peer passed them): the caller owns it. `nil` when there is
+    /// no such index or it was taken already. For the services layer's typed descriptors.
+    package func take(at index: Int) -> Int32? {
+        self.descriptors.withLock { held in
+            guard held.indices.contains(index), held[index] >= 0 else { return nil }
+            defer { held[index] = -1 }
+            return held[index]
         }
     }
 
@@ -54,7 +64,7 @@ public final class ReceivedDescriptors: Sendable {
             defer { held = [] }
             return held
         }
-        for descriptor in held { _ = systemClose(descriptor) }
+        for descriptor in held where descriptor >= 0 { _ = systemClose(descriptor) }
     }
 
     deinit {

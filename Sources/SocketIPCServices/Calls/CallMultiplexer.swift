@@ -56,6 +56,18 @@ final class CallMultiplexer: CallFrameReceiver {
         return stream.receive(frame)
     }
 
+    func receive(
+        _ frame: CallFrame,
+        id: UInt32,
+        descriptors: ReceivedDescriptors,
+        on connection: Connection
+    ) -> SocketIPCError? {
+        // Only call messages carry descriptors (the connection refuses them before any other frame); those of a
+        // call that is over are closed as `descriptors` is released.
+        guard let stream = self.streams.withLock({ $0[id] }) else { return nil }
+        return stream.receive(frame, descriptors: descriptors)
+    }
+
     func connectionGoingAway(_ connection: Connection) {
         guard self.router?.endsResponseStreamsOnShutdown ?? false else { return }
         let streams = self.streams.withLock { Array($0.values) }

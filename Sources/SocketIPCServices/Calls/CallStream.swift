@@ -28,6 +28,19 @@ final class CallStream: Sendable {
     /// The handler's side: fires once when the call must stop (the caller cancelled, the deadline passed, the
     /// connection closed), or when the handler finished; see ``waitUntilStopped()``.
     private let stop = Mutex<Stop>(Stop())
+    /// The descriptors of messages received and not yet read, by the messages' numbers: messages are read in the
+    /// order they arrived, so the reader's count finds them.
+    private let descriptors = Mutex<MessageDescriptors>(MessageDescriptors())
+
+    struct MessageDescriptors {
+        /// Messages received, and read, so far.
+        var received: UInt64 = 0
+        var read: UInt64 = 0
+        /// The descriptors of received messages not yet read, by message number, in order.
+        var waiting: [(number: UInt64, descriptors: ReceivedDescriptors)] = []
+        /// The descriptors of the message the reader took last, until it takes them.
+        var lastRead: ReceivedDescriptors?
+    }
 
     struct Stop {
         var reason: StopReason?
@@ -72,9 +85,13 @@ final class CallStream: Sendable {
     // MARK: - Frames from the peer (on the event loop)
 
     /// Takes a frame of this call; returns a protocol violation, if it is one.
-    func receive(_ frame: CallFrame) -> SocketIPCError? {
+    func receive(_ frame: CallFrame, descriptors: ReceivedDescriptors? = nil) -> SocketIPCError? {
         switch frame {
         case .message(let message):
+            self.descriptors.withLock { state in
+                state.received += 1
+                if let descriptors { state.waiting.append((state.received, descriptors)) }
+            }
             var credit = 0
             let action = self.state.withLock { state -> Machine.ReceiveAction in
                 let action = state.messageReceived(message)
@@ -144,9 +161,9 @@ final class CallStream: Sendable {
         }
         if let ready {
             self.grant(credit)
-            return try ready.get()
+            return self.noteRead(try ready.get())
         }
-        return try await withTaskCancellationHandler {
+        return self.noteRead(try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Inbound, any Error>) in
                 var credit = 0
                 let action = self.state.withLock { state -> Machine.NextAction in
@@ -164,7 +181,27 @@ final class CallStream: Sendable {
             }
         } onCancel: {
             self.cancel(.cancelled)
+        })
+    }
+
+    /// Counts a message read, and keeps its descriptors (if it brought any) for ``takeDescriptorsOfLastRead()``.
+    @inline(__always)
+    private func noteRead(_ inbound: Inbound) -> Inbound {
+        guard case .message = inbound else { return inbound }
+        self.descriptors.withLock { state in
+            state.read += 1
+            if let first = state.waiting.first, first.number == state.read {
+                state.lastRead = state.waiting.removeFirst().descriptors
+            } else {
+                state.lastRead = nil
+            }
         }
+        return inbound
+    }
+
+    /// The descriptors the message ``next()`` returned last brought, if any; the caller owns them.
+    func takeDescriptorsOfLastRead() -> ReceivedDescriptors? {
+        self.descriptors.withLock { $0.lastRead.take() }
     }
 
     /// Gives `credit` bytes back to the peer, if any.
@@ -177,7 +214,8 @@ final class CallStream: Sendable {
 
     /// Sends one message: waits for credit, then for the socket (the connection's write queue).
     /// - Throws: What the call failed with; `messageTooLarge`; `CancellationError` if the task is cancelled.
-    nonisolated(nonsending) func send(_ payload: ByteBuffer) async throws {
+    /// - Parameter descriptors: What the message carries, if anything; taken only once the message is queued.
+    nonisolated(nonsending) func send(_ payload: ByteBuffer, descriptors: DuplicatedDescriptors? = nil) async throws {
         // With credit, nothing to wait for: no suspension.
         if try !self.state.withLock({ try $0.trySend(payloadLength: payload.readableBytes) }) {
             try await withTaskCancellationHandler {
@@ -195,17 +233,28 @@ final class CallStream: Sendable {
                 self.cancel(.cancelled)
             }
         }
-        try await self.connection.sendCallFrame(id: self.id, .message(payload))
+        if let descriptors {
+            try await self.connection.sendCallFrame(id: self.id, .message(payload), descriptors: descriptors.take())
+        } else {
+            try await self.connection.sendCallFrame(id: self.id, .message(payload))
+        }
     }
 
     /// Queues one message without waiting for the socket when credit allows it at once (the first message of a
     /// call always has it), so that a unary call's open, request and half-close leave in one write; otherwise
     /// waits as ``send(_:)``.
-    nonisolated(nonsending) func sendWithoutWaiting(_ payload: ByteBuffer) async throws {
+    nonisolated(nonsending) func sendWithoutWaiting(
+        _ payload: ByteBuffer,
+        descriptors: DuplicatedDescriptors? = nil
+    ) async throws {
         if try self.state.withLock({ try $0.trySend(payloadLength: payload.readableBytes) }) {
-            _ = try self.connection.queueCallFrame(id: self.id, .message(payload))
+            _ = try self.connection.queueCallFrame(
+                id: self.id,
+                .message(payload),
+                descriptors: descriptors?.take() ?? []
+            )
         } else {
-            try await self.send(payload)
+            try await self.send(payload, descriptors: descriptors)
         }
     }
 

@@ -24,9 +24,9 @@ extension Connection {
         _ request: Method.Request,
         options: CallOptions = CallOptions()
     ) async throws -> Method.Response {
-        let payload = try options.codec.encode(request)
+        let (payload, descriptors) = try DescriptorCoding.encode(request, codec: options.codec, on: self)
         return try await self.withOutgoingCall(Method.name, options: options) { call in
-            try await call.sendWithoutWaiting(payload)
+            try await call.sendWithoutWaiting(payload, descriptors: descriptors)
             call.finish()
             return try await Self.readSingleResponse(of: call, as: Method.Response.self, codec: options.codec)
         }
@@ -50,9 +50,9 @@ extension Connection {
         options: CallOptions = CallOptions(),
         _ body: (ServiceStream<Method.Response>) async throws -> Result
     ) async throws -> Result {
-        let payload = try options.codec.encode(request)
+        let (payload, descriptors) = try DescriptorCoding.encode(request, codec: options.codec, on: self)
         return try await self.withOutgoingCall(Method.name, options: options) { call in
-            try await call.sendWithoutWaiting(payload)
+            try await call.sendWithoutWaiting(payload, descriptors: descriptors)
             call.finish()
             return try await body(ServiceStream(call: call, codec: options.codec))
         }
@@ -157,7 +157,12 @@ extension Connection {
         case .message(let message):
             let response: Response
             do {
-                response = try codec.decode(Response.self, from: message)
+                response = try DescriptorCoding.decode(
+                    Response.self,
+                    from: message,
+                    descriptors: call.takeDescriptorsOfLastRead(),
+                    codec: codec
+                )
             } catch {
                 throw SocketIPCError(
                     .invalidMessage,

@@ -75,7 +75,8 @@ public struct ServiceRouter: Sendable {
         self.handlers[Method.name] = Registered(handler: { call, context, codec in
             let request = try await Self.readSingleRequest(of: call, as: Method.Request.self, codec: codec)
             let response = try await handler(request, context)
-            try await call.send(try Self.encode(response, codec: codec, method: Method.name))
+            let (payload, descriptors) = try Self.encode(response, codec: codec, on: call, method: Method.name)
+            try await call.send(payload, descriptors: descriptors)
         }, streamsResponses: false)
     }
 
@@ -99,7 +100,8 @@ public struct ServiceRouter: Sendable {
     ) {
         self.handlers[Method.name] = Registered(handler: { call, context, codec in
             let response = try await handler(ServiceStream(call: call, codec: codec), context)
-            try await call.send(try Self.encode(response, codec: codec, method: Method.name))
+            let (payload, descriptors) = try Self.encode(response, codec: codec, on: call, method: Method.name)
+            try await call.send(payload, descriptors: descriptors)
         }, streamsResponses: false)
     }
 
@@ -128,7 +130,12 @@ public struct ServiceRouter: Sendable {
         }
         let request: Request
         do {
-            request = try codec.decode(Request.self, from: message)
+            request = try DescriptorCoding.decode(
+                Request.self,
+                from: message,
+                descriptors: call.takeDescriptorsOfLastRead(),
+                codec: codec
+            )
         } catch {
             throw SocketIPCError(
                 .invalidMessage,
@@ -142,9 +149,14 @@ public struct ServiceRouter: Sendable {
         return request
     }
 
-    static func encode<Value: Encodable>(_ value: Value, codec: any MessageCodec, method: String) throws -> ByteBuffer {
+    static func encode<Value: Encodable>(
+        _ value: Value,
+        codec: any MessageCodec,
+        on call: CallStream,
+        method: String
+    ) throws -> (ByteBuffer, DuplicatedDescriptors?) {
         do {
-            return try codec.encode(value)
+            return try DescriptorCoding.encode(value, codec: codec, on: call.connection)
         } catch {
             throw SocketIPCError(.remoteError, "the response of '\(method)' could not be encoded: \(error)", cause: error)
         }

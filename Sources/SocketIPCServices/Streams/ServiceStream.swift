@@ -35,7 +35,12 @@ public struct ServiceStream<Element: Decodable & Sendable>: AsyncSequence, Senda
             switch try await self.call.next() {
             case .message(let message):
                 do {
-                    return try self.codec.decode(Element.self, from: message)
+                    return try DescriptorCoding.decode(
+                        Element.self,
+                        from: message,
+                        descriptors: self.call.takeDescriptorsOfLastRead(),
+                        codec: self.codec
+                    )
                 } catch {
                     self.finished = true
                     let failure = SocketIPCError(
@@ -68,7 +73,8 @@ public struct ServiceStreamWriter<Element: Encodable & Sendable>: Sendable {
     /// - Throws: What the call failed with (the peer cancelled it or ended it, the deadline passed, the connection
     ///   closed); the codec's error; `messageTooLarge`; `CancellationError`.
     nonisolated(nonsending) public func write(_ element: Element) async throws {
-        try await self.call.send(try self.codec.encode(element))
+        let (payload, descriptors) = try DescriptorCoding.encode(element, codec: self.codec, on: self.call.connection)
+        try await self.call.send(payload, descriptors: descriptors)
     }
 
     /// Sends every element of `elements`, in order.

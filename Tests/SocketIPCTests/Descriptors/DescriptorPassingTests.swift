@@ -176,7 +176,7 @@ struct DescriptorPassingTests {
         ] as [(String, [UInt8], Int)]
     )
     func hostilePeer(_ what: String, frames: [UInt8], passing count: Int) async throws {
-        try await withFramedTestServer(
+        let pipe = try await withFramedTestServer(
             configure: { $0.connection = Self.options(2) },
             makeHandler: { EchoHandler() }
         ) { _, path in
@@ -204,9 +204,11 @@ struct DescriptorPassingTests {
                 let reply = try await connection.request(ByteBuffer(string: "still here"))
                 #expect(String(buffer: reply) == "still here")
             }
-            // Closed with the hostile connection, before the server stops.
-            #expect(openCopies(of: pipe) == 0)
+            return pipe
         }
+        // Every descriptor the hostile peer passed is closed (at the latest with its connection; the server has
+        // stopped now, which waits for every connection's close).
+        #expect(openCopies(of: pipe) == 0)
     }
 }
 

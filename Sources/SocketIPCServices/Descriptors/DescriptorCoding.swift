@@ -1,0 +1,86 @@
+import NIOCore
+import SocketIPCCore
+import SocketIPCRuntime
+import Synchronization
+
+/// Where ``PassedDescriptor`` finds the message's descriptors while a codec encodes or decodes it: task-local, so
+/// that any `MessageCodec` carries them without knowing. Used only on connections that pass descriptors, so the
+/// others pay nothing.
+enum DescriptorCoding {
+    /// The descriptors a message being encoded collects, in order.
+    final class Outgoing: Sendable {
+        private let descriptors = Mutex<[Int32]>([])
+
+        /// Adds `descriptor`; returns its index.
+        func add(_ descriptor: Int32) -> Int {
+            self.descriptors.withLock {
+                $0.append(descriptor)
+                return $0.count - 1
+            }
+        }
+
+        var collected: [Int32] { self.descriptors.withLock { $0 } }
+    }
+
+    @TaskLocal static var outgoing: Outgoing?
+    @TaskLocal static var incoming: ReceivedDescriptors?
+
+    /// Encodes `value` with `codec`; on a connection that passes descriptors, also returns duplicates of the
+    /// descriptors its ``PassedDescriptor``s hold, for the frame to carry.
+    static func encode<Value: Encodable>(
+        _ value: Value,
+        codec: any MessageCodec,
+        on connection: Connection
+    ) throws -> (payload: ByteBuffer, descriptors: DuplicatedDescriptors?) {
+        guard connection.passesDescriptors else { return (try codec.encode(value), nil) }
+        let outgoing = Outgoing()
+        let payload = try Self.$outgoing.withValue(outgoing) { try codec.encode(value) }
+        let collected = outgoing.collected
+        guard !collected.isEmpty else { return (payload, nil) }
+        return (payload, DuplicatedDescriptors(try connection.duplicateForPassing(collected)))
+    }
+
+    /// Decodes a `Value` from `message` with `codec`, its ``PassedDescriptor``s taking theirs from `descriptors`.
+    static func decode<Value: Decodable>(
+        _ type: Value.Type,
+        from message: ByteBuffer,
+        descriptors: ReceivedDescriptors?,
+        codec: any MessageCodec
+    ) throws -> Value {
+        guard let descriptors else { return try codec.decode(type, from: message) }
+        return try Self.$incoming.withValue(descriptors) { try codec.decode(type, from: message) }
+    }
+}
+
+/// Duplicates of the descriptors a message carries, owned until the frame takes them (``take()``); closed if it
+/// never does (the call failed before the message was queued).
+final class DuplicatedDescriptors: Sendable {
+    private let descriptors: Mutex<[Int32]>
+
+    init(_ descriptors: [Int32]) {
+        self.descriptors = Mutex(descriptors)
+    }
+
+    /// Hands the descriptors over to the frame; `[]` the second time.
+    func take() -> [Int32] {
+        self.descriptors.withLock { held in
+            defer { held = [] }
+            return held
+        }
+    }
+
+    deinit {
+        for descriptor in self.take() { _ = systemClose(descriptor) }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+private let systemClose = Glibc.close
+#elseif canImport(Musl)
+import Musl
+private let systemClose = Musl.close
+#elseif canImport(Darwin)
+import Darwin
+private let systemClose = Darwin.close
+#endif
