@@ -5,6 +5,8 @@
 #if defined(__linux__)
 #include "CSocketIPCLinux.h"
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -93,5 +95,36 @@ long csocketipc_send_with_descriptors(
         sent = sendmsg(socket, &message, MSG_NOSIGNAL);
     } while (sent < 0 && errno == EINTR);
     return (long)sent;
+}
+
+#ifndef MFD_CLOEXEC
+#define MFD_CLOEXEC 0x0001U
+#define MFD_ALLOW_SEALING 0x0002U
+#endif
+#ifndef SYS_memfd_create
+#define SYS_memfd_create 319
+#endif
+#ifndef F_ADD_SEALS
+#define F_ADD_SEALS 1033
+#define F_GET_SEALS 1034
+#define F_SEAL_SEAL 0x0001
+#define F_SEAL_SHRINK 0x0002
+#define F_SEAL_GROW 0x0004
+#define F_SEAL_WRITE 0x0008
+#endif
+
+#define CSOCKETIPC_SEALS (F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE)
+
+int csocketipc_memfd_create(const char *name) {
+    return (int)syscall(SYS_memfd_create, name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+}
+
+int csocketipc_seal_all(int descriptor) {
+    return fcntl(descriptor, F_ADD_SEALS, CSOCKETIPC_SEALS);
+}
+
+int csocketipc_is_sealed(int descriptor) {
+    int seals = fcntl(descriptor, F_GET_SEALS);
+    return seals >= 0 && (seals & CSOCKETIPC_SEALS) == CSOCKETIPC_SEALS;
 }
 #endif

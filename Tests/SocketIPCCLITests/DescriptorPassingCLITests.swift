@@ -100,6 +100,64 @@ struct DescriptorPassingCLITests {
     }
 }
 
+extension DescriptorPassingCLITests {
+    /// A peer (a Python process) that sends a 300,000-byte message as a shared payload: a memfd made as `mode` says
+    /// (`sealed`, `unsealed`, `short`: sealed but holding 1,000 bytes, or `pipe`: a pipe instead of a memfd), passed by a
+    /// descriptors frame before the shared-payload frame; then it half-closes and reads until the server closes.
+    static func sharedPayloadPeer(path: String, mode: String) -> [String] {
+        [
+            "-c",
+            """
+            import os, socket, array, fcntl
+            mode = \(pythonString(mode))
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(\(pythonString(path)))
+            s.sendall(bytes.fromhex("5349504301070000"))
+            s.recv(8)
+            data = b"a" * 300000
+            if mode == "pipe":
+                fd = os.pipe()[0]
+            else:
+                fd = os.memfd_create("payload", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+                os.write(fd, data[:1000] if mode == "short" else data)
+                if mode != "unsealed":
+                    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
+            frames = bytes.fromhex("000000020d01" + "0000000e0e01" + "00000000") + len(data).to_bytes(8, "big")
+            s.sendmsg([frames], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+            os.close(fd)
+            s.shutdown(socket.SHUT_WR)
+            while s.recv(65536):
+                pass
+            """,
+        ]
+    }
+
+    @Test(
+        "a shared payload from another implementation: sealed memory is read whole; unsealed, short or not a memfd closes the connection",
+        .enabled(if: hasPython, "needs python3"),
+        arguments: [
+            ("sealed", nil),
+            ("unsealed", "is not sealed shared memory"),
+            ("short", "holds 1000 bytes, not the 300000 it announced"),
+            ("pipe", "is not sealed shared memory"),
+        ] as [(String, String?)]
+    )
+    func sharedPayloadFromPython(_ mode: String, refusal: String?) async throws {
+        try await withListenCommand(["--max-descriptors", "1", "--format", "json"]) { path, listener in
+            let peer = try SpawnedProcess(executable: Self.python, arguments: Self.sharedPayloadPeer(path: path, mode: mode))
+            #expect(try await withProcess(peer) { await $0.waitForExit() } == 0)
+            let closed = await listener.standardError.waitForLine(containing: "connection closed from")
+            if let refusal {
+                #expect(closed?.contains(refusal) == true, "\(closed ?? "no close")")
+            } else {
+                #expect(closed?.hasSuffix(")") == true, "an orderly close: \(closed ?? "no close")")
+                let line = await listener.standardOutput.waitForLine(containing: "\"size\":300000")
+                #expect(line?.contains("\"kind\":\"message\"") == true)
+            }
+        }
+    }
+}
+
 /// How many descriptors process `pid` has open.
 private func openDescriptors(of pid: pid_t) -> Int {
     (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? -1

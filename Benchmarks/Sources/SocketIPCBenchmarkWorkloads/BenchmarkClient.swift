@@ -172,6 +172,7 @@ public enum BenchmarkClient {
         var configuration = ClientConfiguration()
         configuration.connectTimeout = .seconds(60)
         configuration.connection.busyPolling = options.busyPoll
+        configuration.connection.maximumDescriptorsPerMessage = options.maximumDescriptors
         return configuration
     }
 }

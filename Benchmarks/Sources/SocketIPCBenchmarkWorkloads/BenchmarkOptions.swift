@@ -58,10 +58,22 @@ public struct BenchmarkOptions: Sendable {
     public var size: Int
     /// The connections' `ConnectionOptions.busyPolling`; default the library's (adaptive).
     public var busyPoll: BusyPolling
+    /// The connections' `ConnectionOptions.maximumDescriptorsPerMessage`; above 0 their bytes go through the
+    /// descriptor relay (to measure what it costs). Default 0.
+    public var maximumDescriptors: Int
 
     /// Creates options.
-    public init(socket: String, workload: Workload, n: Int, conns: Int, size: Int, busyPoll: BusyPolling = .adaptive()) {
+    public init(
+        socket: String,
+        workload: Workload,
+        n: Int,
+        conns: Int,
+        size: Int,
+        busyPoll: BusyPolling = .adaptive(),
+        maximumDescriptors: Int = 0
+    ) {
         self.busyPoll = busyPoll
+        self.maximumDescriptors = maximumDescriptors
         self.socket = socket
         self.workload = workload
         self.n = n

@@ -16,6 +16,7 @@ public enum BenchmarkServer {
         path: String,
         workload: Workload,
         busyPoll: BusyPolling = .adaptive(),
+        maximumDescriptors: Int = 0,
         logger: Logger,
         onServerRunning: @escaping @Sendable (SocketPath) async -> Void = { _ in }
     ) -> Server {
@@ -27,6 +28,7 @@ public enum BenchmarkServer {
         configuration.backlog = 4096
         configuration.shutdownGracePeriod = .seconds(1)
         configuration.connection.busyPolling = busyPoll
+        configuration.connection.maximumDescriptorsPerMessage = maximumDescriptors
         if workload == .seed {
             return Server.eof(
                 configuration: configuration,

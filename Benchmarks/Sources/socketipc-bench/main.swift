@@ -2,7 +2,8 @@
 //   socketipc-bench server --socket PATH --workload W                          serves until SIGTERM
 //   socketipc-bench client --socket PATH --workload W --n N --conns C --size S  prints one JSON line
 // Both take --busy-poll-us N to turn on SocketIPC's latency mode (ConnectionOptions.busyPolling .fixed), and
-// --busy-poll off to turn polling off; the default is the library's (adaptive).
+// --busy-poll off to turn polling off; the default is the library's (adaptive). --max-descriptors N turns descriptor
+// passing on (ConnectionOptions.maximumDescriptorsPerMessage), which relays every connection's bytes: what that costs.
 import Logging
 import ServiceLifecycle
 import UnixSignals
@@ -41,6 +42,7 @@ guard let workload = Workload(rawValue: values["--workload"] ?? "") else {
 }
 
 let busyPollMicroseconds = number("--busy-poll-us", default: 0)
+let maximumDescriptors = number("--max-descriptors", default: 0)
 let busyPoll: BusyPolling =
     values["--busy-poll"] == "off" ? .off
     : busyPollMicroseconds > 0 ? .fixed(.microseconds(busyPollMicroseconds)) : .adaptive()
@@ -49,7 +51,13 @@ var logger = Logger(label: "socketipc-bench")
 logger.logLevel = .warning
 
 if role == "server" {
-    let server = BenchmarkServer.make(path: socket, workload: workload, busyPoll: busyPoll, logger: logger)
+    let server = BenchmarkServer.make(
+        path: socket,
+        workload: workload,
+        busyPoll: busyPoll,
+        maximumDescriptors: maximumDescriptors,
+        logger: logger
+    )
     let group = ServiceGroup(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
     do {
         try await group.run()
@@ -64,7 +72,8 @@ if role == "server" {
         n: number("--n", default: defaults.n),
         conns: number("--conns", default: defaults.conns),
         size: number("--size", default: defaults.size),
-        busyPoll: busyPoll
+        busyPoll: busyPoll,
+        maximumDescriptors: maximumDescriptors
     )
     do {
         let report = try await BenchmarkClient.run(options) {

@@ -24,6 +24,16 @@ long csocketipc_receive_with_descriptors(
 /// on EINTR. Returns the bytes sent (the descriptors travel with the first of them), or -1 with errno.
 long csocketipc_send_with_descriptors(
     int socket, const void *bytes, unsigned long length, const int *descriptors, int count);
+
+/// memfd_create(2) with MFD_CLOEXEC and MFD_ALLOW_SEALING: a descriptor of anonymous shared memory, or -1 with errno.
+int csocketipc_memfd_create(const char *name);
+
+/// Adds every seal a receiver of shared memory needs (F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE, F_SEAL_SEAL):
+/// 0, or -1 with errno.
+int csocketipc_seal_all(int descriptor);
+
+/// Whether `descriptor` carries all four seals of csocketipc_seal_all: 1 if so, 0 if not (or it is not a memfd).
+int csocketipc_is_sealed(int descriptor);
 #endif
 
 #endif

@@ -77,7 +77,8 @@ extension ConnectionStateMachine {
         spareBuffer: () -> ByteBuffer?,
         makeTimer: () -> Timer?,
         passing descriptors: Int = 0,
-        registerDescriptors: () -> Void = {}
+        registerDescriptors: () -> Void = {},
+        sharedPayloadLength: Int? = nil
     ) -> RegisterAction {
         switch self.state {
         case .open(var requests):
@@ -89,7 +90,13 @@ extension ConnectionStateMachine {
                 registerDescriptors()
                 self.outbound.queue.appendDescriptorsFrame(count: descriptors, spareBuffer: spareBuffer)
             }
-            self.outbound.queue.appendFrame(.request, id: id, payload: payload, spareBuffer: spareBuffer)
+            if let sharedPayloadLength {
+                self.outbound.queue.appendSharedPayloadFrame(
+                    .request, id: id, length: sharedPayloadLength, spareBuffer: spareBuffer
+                )
+            } else {
+                self.outbound.queue.appendFrame(.request, id: id, payload: payload, spareBuffer: spareBuffer)
+            }
             return .registered(scheduleFlush: self.outbound.scheduleFlushIfNeeded())
         case .goingAway(_, let peerError):
             return .fail(
@@ -144,7 +151,8 @@ extension ConnectionStateMachine {
         payload: ByteBuffer,
         spareBuffer: () -> ByteBuffer?,
         passing descriptors: Int = 0,
-        registerDescriptors: () -> Void = {}
+        registerDescriptors: () -> Void = {},
+        sharedPayloadLength: Int? = nil
     ) -> AnswerAction {
         let (resumeReading, close) = self.modifyRequests(closed: (false, false)) { requests, goingAway in
             requests.unanswered -= 1
@@ -157,7 +165,11 @@ extension ConnectionStateMachine {
             registerDescriptors()
             self.outbound.queue.appendDescriptorsFrame(count: descriptors, spareBuffer: spareBuffer)
         }
-        self.outbound.queue.appendFrame(kind, id: id, payload: payload, spareBuffer: spareBuffer)
+        if let sharedPayloadLength {
+            self.outbound.queue.appendSharedPayloadFrame(kind, id: id, length: sharedPayloadLength, spareBuffer: spareBuffer)
+        } else {
+            self.outbound.queue.appendFrame(kind, id: id, payload: payload, spareBuffer: spareBuffer)
+        }
         return AnswerAction(
             scheduleFlush: self.outbound.scheduleFlushIfNeeded(),
             resumeReading: resumeReading,

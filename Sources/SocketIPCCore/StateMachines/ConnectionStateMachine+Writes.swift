@@ -55,6 +55,8 @@ extension ConnectionStateMachine {
     ///   - descriptors: How many descriptors the frame carries: when more than 0, a descriptors frame (`0x0D`)
     ///     announcing them is queued right before it, and `registerDescriptors` runs first, under the same lock, so
     ///     that whoever attaches descriptors to the bytes sees them in the order of their frames.
+    ///   - sharedPayloadLength: When set, the frame's payload of this many bytes is in the shared memory the
+    ///     descriptors frame passes, and a shared-payload frame (`0x0E`) is queued instead of the frame itself.
     @inlinable
     @inline(__always)
     package mutating func enqueue(
@@ -63,14 +65,19 @@ extension ConnectionStateMachine {
         payload: ByteBuffer,
         spareBuffer: () -> ByteBuffer?,
         passing descriptors: Int = 0,
-        registerDescriptors: () -> Void = {}
+        registerDescriptors: () -> Void = {},
+        sharedPayloadLength: Int? = nil
     ) -> EnqueueAction {
         if case .closed(let closed) = self.state { return .fail(closed.error) }
         if descriptors > 0 {
             registerDescriptors()
             self.outbound.queue.appendDescriptorsFrame(count: descriptors, spareBuffer: spareBuffer)
         }
-        self.outbound.queue.appendFrame(kind, id: id, payload: payload, spareBuffer: spareBuffer)
+        if let sharedPayloadLength {
+            self.outbound.queue.appendSharedPayloadFrame(kind, id: id, length: sharedPayloadLength, spareBuffer: spareBuffer)
+        } else {
+            self.outbound.queue.appendFrame(kind, id: id, payload: payload, spareBuffer: spareBuffer)
+        }
         return .queued(
             scheduleFlush: self.outbound.scheduleFlushIfNeeded(),
             mustWait: !self.outbound.isWritable(highWatermark: self.writeBufferHighWatermark)

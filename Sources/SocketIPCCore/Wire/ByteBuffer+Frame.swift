@@ -40,6 +40,11 @@ extension ByteBuffer {
             precondition((1...255).contains(count), "a descriptors frame announces 1 to 255 descriptors")
             self.writeFrameHeader(.descriptors, payloadLength: 1)
             self.writeInteger(UInt8(count))
+        case .sharedPayload(let kind, let id, let length):
+            self.writeFrameHeader(.sharedPayload, payloadLength: 13)
+            self.writeInteger(kind.rawValue)
+            self.writeInteger(id)
+            self.writeInteger(UInt64(length))
         }
     }
 }

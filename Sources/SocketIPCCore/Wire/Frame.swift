@@ -30,4 +30,8 @@ package enum Frame: Equatable, Sendable {
     /// The next frame carries `count` (1 to 255) file descriptors, passed with this frame's bytes. Only from a peer
     /// that set ``HelloFlags/descriptors``.
     case descriptors(count: Int)
+    /// A frame of `kind` (message, request, reply or call message; `id` for those with one) whose `length` bytes of
+    /// payload are in the sealed shared memory passed by the descriptors frame before it. Only from a peer that set
+    /// ``HelloFlags/sharedPayloads``.
+    case sharedPayload(kind: FrameKind, id: UInt32, length: Int)
 }

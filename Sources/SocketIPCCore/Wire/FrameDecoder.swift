@@ -91,6 +91,8 @@ package struct FrameDecoder: Sendable {
             return .errorReply(id: id, message: buffer.readString(length: payloadLength)!)
         case .descriptors:
             return try Self.descriptorsFrame(payload: buffer.readSlice(length: payloadLength)!)
+        case .sharedPayload:
+            return try self.sharedPayloadFrame(payload: buffer.readSlice(length: payloadLength)!)
         case .goAway:
             guard payloadLength >= 1 else { throw Self.missingReason() }
             let reasonByte = buffer.readInteger(as: UInt8.self)!
@@ -125,6 +127,37 @@ package struct FrameDecoder: Sendable {
             )
         }
         return .descriptors(count: Int(count))
+    }
+
+    /// Decodes a shared-payload frame's payload: the carried frame's kind `u8`, its id `u32` (0 for a message) and
+    /// the payload's length `u64`, exactly 13 bytes.
+    @usableFromInline
+    package func sharedPayloadFrame(payload: ByteBuffer) throws -> Frame {
+        var payload = payload
+        guard payload.readableBytes == 13, let kindByte = payload.readInteger(as: UInt8.self),
+            let id = payload.readInteger(as: UInt32.self), let length = payload.readInteger(as: UInt64.self)
+        else {
+            throw SocketIPCError(
+                .protocolViolation,
+                "received a shared-payload frame whose payload is not 13 bytes (kind, id, length)"
+            )
+        }
+        let carriable: [FrameKind] = [.message, .request, .reply, .callMessage]
+        guard let kind = FrameKind(rawValue: kindByte), carriable.contains(kind),
+            kind != .callMessage || self.peerFlags.contains(.calls)
+        else {
+            throw SocketIPCError(
+                .protocolViolation,
+                "received a shared-payload frame for kind 0x\(String(kindByte, radix: 16)), which cannot carry one"
+            )
+        }
+        guard length <= UInt64(self.maximumPayload) else {
+            throw SocketIPCError(
+                .messageTooLarge,
+                "the peer announced a shared payload of \(length) bytes; the maximum is \(self.maximumPayload)"
+            )
+        }
+        return .sharedPayload(kind: kind, id: kind == .message ? 0 : id, length: Int(length))
     }
 
     /// Checks the hello at the front of `buffer` as far as it is there; returns whether it is whole and accepted.

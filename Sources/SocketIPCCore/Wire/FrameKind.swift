@@ -27,12 +27,15 @@ package enum FrameKind: UInt8, Sendable {
     /// The next frame carries this many file descriptors, passed with this frame's bytes (`SCM_RIGHTS`). Only from
     /// a peer that set ``HelloFlags/descriptors``.
     case descriptors = 0x0D
+    /// A message, request, reply or call message whose payload is in the sealed shared memory (`memfd`) the
+    /// descriptors frame before it passed. Only from a peer that set ``HelloFlags/sharedPayloads``.
+    case sharedPayload = 0x0E
 
     /// Bytes of the frame header after the length field: the kind, and the id where there is one.
     @inlinable
     package var headerLength: Int {
         switch self {
-        case .message, .goAway, .descriptors: 1
+        case .message, .goAway, .descriptors, .sharedPayload: 1
         default: 5
         }
     }
@@ -43,6 +46,7 @@ package enum FrameKind: UInt8, Sendable {
         switch self {
         case .message, .request, .reply, .errorReply, .goAway: []
         case .descriptors: .descriptors
+        case .sharedPayload: .sharedPayloads
         default: .calls
         }
     }

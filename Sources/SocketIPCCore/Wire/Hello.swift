@@ -16,7 +16,7 @@ package enum Hello: Sendable {
     /// ``HelloFlags/descriptors``.
     package static let flags: HelloFlags = [.calls]
     /// Every flag this implementation knows.
-    package static let knownFlags: HelloFlags = [.calls, .descriptors]
+    package static let knownFlags: HelloFlags = [.calls, .descriptors, .sharedPayloads]
 
     /// Writes this side's hello.
     package static func write(into buffer: inout ByteBuffer, flags: HelloFlags = Hello.flags) {
@@ -44,4 +44,9 @@ package struct HelloFlags: OptionSet, Sendable, Hashable {
     /// Bit 1 (`0x02`): the sender passes and accepts file descriptors (`SCM_RIGHTS`) announced by frame `0x0D`.
     @usableFromInline
     package static let descriptors = HelloFlags(rawValue: 0x02)
+
+    /// Bit 2 (`0x04`): the sender sends and accepts large payloads in sealed shared memory (frame `0x0E`, its
+    /// `memfd` passed by a descriptors frame); only with ``descriptors``.
+    @usableFromInline
+    package static let sharedPayloads = HelloFlags(rawValue: 0x04)
 }

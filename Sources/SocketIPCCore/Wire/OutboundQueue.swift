@@ -114,6 +114,25 @@ package struct OutboundQueue {
         }
     }
 
+    /// Queues a shared-payload frame (`0x0E`): a frame of `kind` (and `id`) whose `length` bytes of payload are in the
+    /// shared memory the descriptors frame queued just before passes.
+    @inlinable
+    package mutating func appendSharedPayloadFrame(
+        _ kind: FrameKind,
+        id: UInt32,
+        length: Int,
+        spareBuffer: () -> ByteBuffer?
+    ) {
+        self.queuedBytes += 18
+        self.withOwnedTail(capacity: 18, spareBuffer: spareBuffer) { buffer in
+            buffer.writeInteger(UInt32(14))
+            buffer.writeInteger(FrameKind.sharedPayload.rawValue)
+            buffer.writeInteger(kind.rawValue)
+            buffer.writeInteger(id)
+            buffer.writeInteger(UInt64(length))
+        }
+    }
+
     /// Queues bytes that are written as they are (a going-away frame made elsewhere).
     @inlinable
     package mutating func appendRaw(_ bytes: ByteBuffer) {
@@ -137,7 +156,7 @@ package struct OutboundQueue {
     @inline(__always)
     static func headerLengthAfterLength(_ kind: FrameKind) -> Int {
         switch kind {
-        case .message, .goAway, .descriptors: 1
+        case .message, .goAway, .descriptors, .sharedPayload: 1
         default: 5
         }
     }

@@ -95,6 +95,12 @@ extension Connection {
     /// - Throws: The connection's error once it is closed; `invalidState` for descriptors on a connection that does
     ///   not pass them.
     package func queueCallFrame(id: UInt32, _ frame: CallFrame, descriptors group: [Int32]) throws -> Bool {
+        if group.isEmpty, self.descriptorPassing != nil, case .message(let message) = frame,
+            message.readableBytes <= self.options.effectiveMaximumMessageSize,
+            let memory = self.sharedMemory(for: message)
+        {
+            return try self.queueShared(.callMessage, id: id, payload: message, memory: memory)
+        }
         var relay: DescriptorRelay?
         if !group.isEmpty {
             guard let passing = self.descriptorPassing, self.passesDescriptors, case .message = frame else {

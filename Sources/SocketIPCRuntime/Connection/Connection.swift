@@ -156,6 +156,9 @@ public final class Connection: Sendable {
     @usableFromInline
     func queueMessage(_ message: ByteBuffer) throws -> Bool {
         try self.checkSize(message, what: "message")
+        if self.descriptorPassing != nil, let memory = self.sharedMemory(for: message) {
+            return try self.queueShared(.message, id: 0, payload: message, memory: memory)
+        }
         let action = self.state.withLock {
             $0.enqueue(.message, id: 0, payload: message, spareBuffer: { self.spareBuffer() })
         }
@@ -270,7 +273,13 @@ public final class Connection: Sendable {
     /// Queues the answer and counts the request answered, in one lock; then flushes, lets the channel handler read
     /// again, or closes, as the answer asks.
     @inline(__always)
-    private func answer(_ kind: FrameKind, id: UInt32, payload: ByteBuffer, descriptors group: [Int32] = []) {
+    private func answer(_ kind: FrameKind, id: UInt32, payload: ByteBuffer, descriptors: [Int32] = []) {
+        var group = descriptors
+        var sharedPayload = false
+        if group.isEmpty, kind == .reply, self.descriptorPassing != nil, let memory = self.sharedMemory(for: payload) {
+            group = [memory]
+            sharedPayload = true
+        }
         let action: StateMachine.AnswerAction
         if group.isEmpty {
             action = self.state.withLock {
@@ -285,7 +294,8 @@ public final class Connection: Sendable {
                     registerDescriptors: {
                         relay?.registerOutgoing(group)
                         registered = true
-                    }
+                    },
+                    sharedPayloadLength: sharedPayload ? payload.readableBytes : nil
                 )
             }
             if !registered { DescriptorRelay.closeAll(group) }
@@ -300,6 +310,31 @@ public final class Connection: Sendable {
     private func resumeReadingForRequests() {
         let channel = self.channel
         self.eventLoop.execute { channel.pipeline.fireUserInboundEventTriggered(RequestsAnswered()) }
+    }
+
+    /// Queues a frame of `kind` whose payload travels in the shared memory `memory` (owned by the connection from now
+    /// on): a descriptors frame passing it, then a shared-payload frame. Returns whether the sender must wait.
+    func queueShared(_ kind: FrameKind, id: UInt32, payload: ByteBuffer, memory: Int32) throws -> Bool {
+        let relay = self.descriptorPassing?.relay
+        var registered = false
+        let action = self.state.withLock {
+            $0.enqueue(
+                kind, id: id, payload: payload, spareBuffer: { self.spareBuffer() }, passing: 1,
+                registerDescriptors: {
+                    relay?.registerOutgoing([memory])
+                    registered = true
+                },
+                sharedPayloadLength: payload.readableBytes
+            )
+        }
+        if !registered { DescriptorRelay.closeAll([memory]) }
+        switch action {
+        case .fail(let error):
+            throw error
+        case .queued(let scheduleFlush, let mustWait):
+            if scheduleFlush { self.scheduleFlush() }
+            return mustWait
+        }
     }
 
     // MARK: - Going away
@@ -365,9 +400,15 @@ public final class Connection: Sendable {
         id: UInt32,
         payload: ByteBuffer,
         timeout: Duration?,
-        descriptors group: [Int32] = []
+        descriptors: [Int32] = []
     ) {
         let relay = self.descriptorPassing?.relay
+        var group = descriptors
+        var sharedPayload = false
+        if group.isEmpty, relay != nil, let memory = self.sharedMemory(for: payload) {
+            group = [memory]
+            sharedPayload = true
+        }
         var registered = false
         let action = self.state.withLock { state in
             state.register(
@@ -381,7 +422,8 @@ public final class Connection: Sendable {
                 registerDescriptors: {
                     relay?.registerOutgoing(group)
                     registered = true
-                }
+                },
+                sharedPayloadLength: sharedPayload ? payload.readableBytes : nil
             )
         }
         if !group.isEmpty && !registered { DescriptorRelay.closeAll(group) }

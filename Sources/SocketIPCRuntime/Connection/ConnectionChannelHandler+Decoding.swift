@@ -223,6 +223,10 @@ extension ConnectionChannelHandler {
         case .descriptors:
             // Unreachable: the decoder refuses kind 0x0D unless both hellos set the descriptors flag.
             return .violation(SocketIPCError(.protocolViolation, "a descriptors frame on a connection without them"))
+        case .sharedPayload:
+            return .violation(
+                SocketIPCError(.protocolViolation, "a shared-payload frame without a descriptors frame before it")
+            )
         }
         return .next
     }
@@ -242,6 +246,35 @@ extension ConnectionChannelHandler {
             return .next
         }
         guard let descriptors = passing.takeAnnounced() else { return nil }
+        if case .sharedPayload(let kind, let id, let length) = frame {
+            // The one descriptor is the shared memory holding the payload: read it, then hand out the frame it
+            // carries as if its payload had come through the socket.
+            let memory = descriptors.take()
+            guard memory.count == 1 else {
+                for descriptor in memory { try? descriptor.close() }
+                return .violation(
+                    SocketIPCError(.protocolViolation, "a shared payload came with \(memory.count) descriptors, not 1")
+                )
+            }
+            let payload: ByteBuffer
+            do {
+                payload = try SharedPayload.read(
+                    memory[0].rawValue,
+                    length: length,
+                    allocator: connection.channel.allocator
+                )
+            } catch {
+                return .violation(error as? SocketIPCError ?? SocketIPCError(.protocolViolation, "\(error)"))
+            }
+            let carried: Frame =
+                switch kind {
+                case .request: .request(id: id, payload: payload)
+                case .reply: .reply(id: id, payload: payload)
+                case .callMessage: .call(id: id, .message(payload))
+                default: .message(payload)
+                }
+            return Self.dispatch(carried, to: &handler, connection: connection, maximumRequests: maximumRequests)
+        }
         switch frame {
         case .message(let message):
             handler.didReceiveMessage(message, descriptors: descriptors, on: connection)

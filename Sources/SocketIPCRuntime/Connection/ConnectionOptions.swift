@@ -100,12 +100,19 @@ public struct ConnectionOptions: Sendable {
     /// closed. Linux; elsewhere (untested) setting it makes the connection fail with `unsupported`.
     public var maximumDescriptorsPerMessage = 0
 
+    /// Payloads of at least this many bytes travel in sealed shared memory (a `memfd` passed with the frame, PROTOCOL.md
+    /// "Shared payloads") instead of through the socket, when both sides pass descriptors
+    /// (``maximumDescriptorsPerMessage``); default 256 KiB, chosen by measurement (BENCHMARKS.md, "Shared payloads").
+    /// `Int.max` turns it off. Messages, requests, replies and call messages all do; the receiver gets an ordinary
+    /// buffer. If the shared memory cannot be made (out of memory, no `memfd`), the payload goes through the socket.
+    public var sharedPayloadThreshold = 256 * 1024
+
     /// ``maximumDescriptorsPerMessage`` within 0...253.
     var effectiveMaximumDescriptors: Int { min(max(self.maximumDescriptorsPerMessage, 0), 253) }
 
     /// The flags of this side's hello.
     var helloFlags: HelloFlags {
-        self.effectiveMaximumDescriptors > 0 ? Hello.flags.union(.descriptors) : Hello.flags
+        self.effectiveMaximumDescriptors > 0 ? Hello.flags.union([.descriptors, .sharedPayloads]) : Hello.flags
     }
 
     /// How connections size their read buffers: from 128 bytes up to 1 MiB as traffic demands (the allocator

@@ -122,6 +122,34 @@ struct DescriptorPassingTests {
         }
     }
 
+    @Test(
+        "payloads above the threshold travel in sealed shared memory and arrive whole: message, request and reply",
+        arguments: [256 * 1024, 1024 * 1024 + 7, 4 * 1024 * 1024]
+    )
+    func sharedPayloads(size: Int) async throws {
+        let (received, receivedContinuation) = AsyncStream.makeStream(of: ByteBuffer.self)
+        try await withFramedTestServer(
+            configure: { $0.connection = Self.options() },
+            makeHandler: { RecordingEchoHandler(messages: receivedContinuation) }
+        ) { _, path in
+            try await Client.withConnection(to: path, configuration: Self.clientConfiguration()) { connection in
+                // A pattern that differs at every offset of a page, so that a misplaced page would show.
+                let pattern = (0..<4099).map { UInt8(truncatingIfNeeded: $0 &* 31) }
+                var payload = ByteBuffer()
+                while payload.readableBytes < size {
+                    payload.writeBytes(pattern.prefix(size - payload.readableBytes))
+                }
+                try await connection.send(payload)
+                var messages = received.makeAsyncIterator()
+                let message = try #require(await messages.next())
+                #expect(message == payload, "the message arrived whole")
+                // The reply (the echo) is as large: it travels in shared memory too.
+                let reply = try await connection.request(payload)
+                #expect(reply == payload, "the request and its reply arrived whole")
+            }
+        }
+    }
+
     @Test("a peer without descriptor passing: sending descriptors fails with invalidState, and plain messages work")
     func peerWithout() async throws {
         try await withFramedTestServer(makeHandler: { EchoHandler() }) { _, path in
@@ -209,6 +237,19 @@ struct DescriptorPassingTests {
         // Every descriptor the hostile peer passed is closed (at the latest with its connection; the server has
         // stopped now, which waits for every connection's close).
         #expect(openCopies(of: pipe) == 0)
+    }
+}
+
+/// Records each one-way message and echoes each request.
+private struct RecordingEchoHandler: ConnectionHandler {
+    let messages: AsyncStream<ByteBuffer>.Continuation
+
+    func didReceiveMessage(_ message: ByteBuffer, on connection: Connection) {
+        self.messages.yield(message)
+    }
+
+    func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {
+        reply.succeed(request)
     }
 }
 

@@ -1,0 +1,104 @@
+import CSocketIPCLinux
+import NIOCore
+import SocketIPCCore
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Large payloads in sealed shared memory (`memfd`), PROTOCOL.md "Shared payloads": the sender copies the bytes into
+/// a new `memfd` once, seals it (`F_SEAL_SHRINK`, `F_SEAL_GROW`, `F_SEAL_WRITE`, `F_SEAL_SEAL`) and passes it; the
+/// receiver checks the seals, maps it read-only and copies the bytes out once. The payload never goes through the
+/// socket (nor, on a relayed connection, through the relay).
+///
+/// The seals are what make the receiver safe: without `F_SEAL_SHRINK` the sender could truncate the memory while the
+/// receiver reads its mapping, which raises `SIGBUS`; without `F_SEAL_WRITE` it could change the bytes after the
+/// receiver checked them. A receiver never maps a descriptor that is not sealed.
+enum SharedPayload {
+    /// Makes a sealed `memfd` holding `payload`'s readable bytes.
+    /// - Returns: The descriptor, which the caller owns.
+    /// - Throws: `SocketIPCError` with code `systemCall` when the memory cannot be made, written or sealed.
+    static func make(_ payload: ByteBuffer) throws -> Int32 {
+        #if os(Linux)
+        let descriptor = csocketipc_memfd_create("socketipc-payload")
+        guard descriptor >= 0 else { throw SocketIPCError.systemCall("memfd_create", errno: errno) }
+        do {
+            var offset = 0
+            try payload.withUnsafeReadableBytes { bytes in
+                while offset < bytes.count {
+                    let written = pwrite(descriptor, bytes.baseAddress! + offset, bytes.count - offset, off_t(offset))
+                    if written < 0 {
+                        if errno == EINTR { continue }
+                        throw SocketIPCError.systemCall("write to a memfd", errno: errno)
+                    }
+                    offset += written
+                }
+            }
+            guard csocketipc_seal_all(descriptor) == 0 else {
+                throw SocketIPCError.systemCall("fcntl(F_ADD_SEALS) of a memfd", errno: errno)
+            }
+            return descriptor
+        } catch {
+            _ = close(descriptor)
+            throw error
+        }
+        #else
+        throw SocketIPCError(.invalidConfiguration, "shared payloads are available on Linux only")
+        #endif
+    }
+
+    /// Reads the `length` bytes of the sealed shared memory `descriptor` into a new buffer, and closes it.
+    /// - Throws: `SocketIPCError` with code `protocolViolation` when the descriptor is not sealed shared memory of
+    ///   exactly `length` bytes; `systemCall` when it cannot be mapped.
+    static func read(_ descriptor: Int32, length: Int, allocator: ByteBufferAllocator) throws -> ByteBuffer {
+        defer { _ = close(descriptor) }
+        #if os(Linux)
+        guard csocketipc_is_sealed(descriptor) == 1 else {
+            throw SocketIPCError(
+                .protocolViolation,
+                "the peer passed a shared payload that is not sealed shared memory (F_SEAL_SHRINK, F_SEAL_GROW, "
+                    + "F_SEAL_WRITE and F_SEAL_SEAL)"
+            )
+        }
+        var status = stat()
+        guard fstat(descriptor, &status) == 0, Int(status.st_size) == length else {
+            throw SocketIPCError(
+                .protocolViolation,
+                "the peer's shared payload holds \(status.st_size) bytes, not the \(length) it announced"
+            )
+        }
+        var buffer = allocator.buffer(capacity: length)
+        guard length > 0 else { return buffer }
+        guard let mapping = mmap(nil, length, PROT_READ, MAP_SHARED, descriptor, 0), mapping != MAP_FAILED else {
+            throw SocketIPCError.systemCall("mmap of a shared payload", errno: errno)
+        }
+        defer { _ = munmap(mapping, length) }
+        buffer.writeBytes(UnsafeRawBufferPointer(start: mapping, count: length))
+        return buffer
+        #else
+        throw SocketIPCError(.invalidConfiguration, "shared payloads are available on Linux only")
+        #endif
+    }
+}
+
+extension Connection {
+    /// The sealed shared memory `payload` travels in, when it should: on a connection whose peer takes shared
+    /// payloads, for a payload of at least ``ConnectionOptions/sharedPayloadThreshold`` bytes. `nil` otherwise, and
+    /// when the memory cannot be made (the payload then goes through the socket).
+    func sharedMemory(for payload: ByteBuffer) -> Int32? {
+        guard self.descriptorPassing != nil, payload.readableBytes >= self.options.sharedPayloadThreshold,
+            HelloFlags(rawValue: self.calls.peerFlags.load(ordering: .relaxed)).contains(.sharedPayloads)
+        else { return nil }
+        do {
+            return try SharedPayload.make(payload)
+        } catch {
+            self.logger.debug("a shared payload could not be made; it goes through the socket", metadata: ["error": "\(error)"])
+            return nil
+        }
+    }
+}
