@@ -68,6 +68,10 @@ struct ProtocolVectorTests {
         // Descriptors, after a hello that set the calls and descriptors flags.
         "hello-descriptors": .hello,
         "descriptors-2": .frame(.descriptors(count: 2)),
+        // Shared payloads, after a hello that set the calls, descriptors and shared-payloads flags.
+        "hello-shared-payloads": .hello,
+        "shared-payload-message-1m": .frame(.sharedPayload(kind: .message, id: 0, length: 1_048_576)),
+        "shared-payload-reply-9": .frame(.sharedPayload(kind: .reply, id: 9, length: 262_144)),
     ]
 
     /// The vectors that the decoder must read but the encoder never produces.
@@ -106,6 +110,9 @@ struct ProtocolVectorTests {
         ),
         "descriptors-count-0": Rejection(code: .protocolViolation, reason: .protocolViolation, refusedAtByte: 6),
         "descriptors-two-bytes": Rejection(code: .protocolViolation, reason: .protocolViolation, refusedAtByte: 7),
+        "shared-payload-without-flag": Rejection(code: .protocolViolation, reason: .protocolViolation, refusedAtByte: 5),
+        "shared-payload-going-away": Rejection(code: .protocolViolation, reason: .protocolViolation, refusedAtByte: 18),
+        "shared-payload-over-maximum": Rejection(code: .messageTooLarge, reason: .messageTooLarge, refusedAtByte: 18),
     ]
 
     static let validNames = valid.keys.sorted()
@@ -146,6 +153,7 @@ struct ProtocolVectorTests {
                 switch name {
                 case "hello": []
                 case "hello-descriptors": [.calls, .descriptors]
+                case "hello-shared-payloads": [.calls, .descriptors, .sharedPayloads]
                 default: Hello.flags
                 }
             Hello.write(into: &buffer, flags: flags)
@@ -275,6 +283,10 @@ struct ProtocolVectorTests {
             var hello = ByteBuffer()
             Hello.write(into: &hello, flags: [.calls, .descriptors])
             return Array(hello.readableBytesView) + vector.bytes
+        case .sharedHello:
+            var hello = ByteBuffer()
+            Hello.write(into: &hello, flags: [.calls, .descriptors, .sharedPayloads])
+            return Array(hello.readableBytesView) + vector.bytes
         }
     }
 
@@ -306,6 +318,9 @@ struct ProtocolVectorTests {
             case callsHello = "calls-hello"
             /// The bytes follow a valid hello with the calls and descriptors flags (`0x03`): kind `0x0D` exists too.
             case descriptorsHello = "descriptors-hello"
+            /// The bytes follow a hello with the calls, descriptors and shared-payloads flags (`0x07`): kind `0x0E`
+            /// exists too.
+            case sharedHello = "shared-hello"
         }
 
         enum Result: Equatable, Sendable {
