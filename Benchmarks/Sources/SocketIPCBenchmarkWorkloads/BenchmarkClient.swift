@@ -173,6 +173,7 @@ public enum BenchmarkClient {
         configuration.connectTimeout = .seconds(60)
         configuration.connection.busyPolling = options.busyPoll
         configuration.connection.maximumDescriptorsPerMessage = options.maximumDescriptors
+        if let threshold = options.sharedPayloadThreshold { configuration.connection.sharedPayloadThreshold = threshold }
         return configuration
     }
 }

@@ -61,6 +61,8 @@ public struct BenchmarkOptions: Sendable {
     /// The connections' `ConnectionOptions.maximumDescriptorsPerMessage`; above 0 their bytes go through the
     /// descriptor relay (to measure what it costs). Default 0.
     public var maximumDescriptors: Int
+    /// The connections' `ConnectionOptions.sharedPayloadThreshold`; `nil` keeps the library's default.
+    public var sharedPayloadThreshold: Int?
 
     /// Creates options.
     public init(
@@ -70,8 +72,10 @@ public struct BenchmarkOptions: Sendable {
         conns: Int,
         size: Int,
         busyPoll: BusyPolling = .adaptive(),
-        maximumDescriptors: Int = 0
+        maximumDescriptors: Int = 0,
+        sharedPayloadThreshold: Int? = nil
     ) {
+        self.sharedPayloadThreshold = sharedPayloadThreshold
         self.busyPoll = busyPoll
         self.maximumDescriptors = maximumDescriptors
         self.socket = socket

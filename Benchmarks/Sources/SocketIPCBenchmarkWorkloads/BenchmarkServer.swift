@@ -17,6 +17,7 @@ public enum BenchmarkServer {
         workload: Workload,
         busyPoll: BusyPolling = .adaptive(),
         maximumDescriptors: Int = 0,
+        sharedPayloadThreshold: Int? = nil,
         logger: Logger,
         onServerRunning: @escaping @Sendable (SocketPath) async -> Void = { _ in }
     ) -> Server {
@@ -29,6 +30,7 @@ public enum BenchmarkServer {
         configuration.shutdownGracePeriod = .seconds(1)
         configuration.connection.busyPolling = busyPoll
         configuration.connection.maximumDescriptorsPerMessage = maximumDescriptors
+        if let sharedPayloadThreshold { configuration.connection.sharedPayloadThreshold = sharedPayloadThreshold }
         if workload == .seed {
             return Server.eof(
                 configuration: configuration,

@@ -3,7 +3,8 @@
 //   socketipc-bench client --socket PATH --workload W --n N --conns C --size S  prints one JSON line
 // Both take --busy-poll-us N to turn on SocketIPC's latency mode (ConnectionOptions.busyPolling .fixed), and
 // --busy-poll off to turn polling off; the default is the library's (adaptive). --max-descriptors N turns descriptor
-// passing on (ConnectionOptions.maximumDescriptorsPerMessage), which relays every connection's bytes: what that costs.
+// passing on (ConnectionOptions.maximumDescriptorsPerMessage), which relays every connection's bytes: what that costs;
+// with it, payloads of --shared-payload-threshold bytes or more travel in shared memory (default the library's).
 import Logging
 import ServiceLifecycle
 import UnixSignals
@@ -43,6 +44,7 @@ guard let workload = Workload(rawValue: values["--workload"] ?? "") else {
 
 let busyPollMicroseconds = number("--busy-poll-us", default: 0)
 let maximumDescriptors = number("--max-descriptors", default: 0)
+let sharedPayloadThreshold = values["--shared-payload-threshold"] == nil ? nil : number("--shared-payload-threshold", default: 0)
 let busyPoll: BusyPolling =
     values["--busy-poll"] == "off" ? .off
     : busyPollMicroseconds > 0 ? .fixed(.microseconds(busyPollMicroseconds)) : .adaptive()
@@ -56,6 +58,7 @@ if role == "server" {
         workload: workload,
         busyPoll: busyPoll,
         maximumDescriptors: maximumDescriptors,
+        sharedPayloadThreshold: sharedPayloadThreshold,
         logger: logger
     )
     let group = ServiceGroup(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
@@ -73,7 +76,8 @@ if role == "server" {
         conns: number("--conns", default: defaults.conns),
         size: number("--size", default: defaults.size),
         busyPoll: busyPoll,
-        maximumDescriptors: maximumDescriptors
+        maximumDescriptors: maximumDescriptors,
+        sharedPayloadThreshold: sharedPayloadThreshold
     )
     do {
         let report = try await BenchmarkClient.run(options) {
