@@ -79,7 +79,9 @@ struct DescriptorPassingCLITests {
                 #expect(try await runCLI(["send", path, "warm up"]).status == 0)
                 #expect(await listener.standardError.waitForLine(containing: "connection closed from") != nil)
             }
-            let before = openDescriptors(of: listener.processID)
+            // The relays of the warm-up connections close their sockets just after the close is noted: count once
+            // the number has stopped falling.
+            let before = try await settledDescriptorCount(of: listener.processID)
             let peer = try SpawnedProcess(executable: Self.python, arguments: Self.killedPeer(path: path, tail: tail))
             let status = try await withProcess(peer) { await $0.waitForExit() }
             #expect(status != 0, "the peer killed itself")
@@ -156,6 +158,21 @@ extension DescriptorPassingCLITests {
             }
         }
     }
+}
+
+/// How many descriptors process `pid` has open once the number has stayed the same for ten looks 20 ms apart
+/// (at most 10 s).
+private func settledDescriptorCount(of pid: pid_t) async throws -> Int {
+    var count = openDescriptors(of: pid)
+    var unchanged = 0
+    let deadline = ContinuousClock.now + .seconds(10)
+    while unchanged < 10 && ContinuousClock.now < deadline {
+        try await Task.sleep(for: .milliseconds(20))
+        let next = openDescriptors(of: pid)
+        unchanged = next == count ? unchanged + 1 : 0
+        count = next
+    }
+    return count
 }
 
 /// How many descriptors process `pid` has open.

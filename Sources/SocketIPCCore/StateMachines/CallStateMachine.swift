@@ -70,6 +70,12 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
         case violation
     }
 
+    /// Whether a message arriving now would be kept for the consumer (or delivered): the call has not failed, the
+    /// peer has not ended its direction, and it has credit left.
+    package var acceptsMessages: Bool {
+        self.failure == nil && self.inboundEnd == nil && self.peerCredit > 0
+    }
+
     /// A message of the call arrived.
     package mutating func messageReceived(_ message: ByteBuffer) -> ReceiveAction {
         guard self.failure == nil, self.inboundEnd == nil else { return .none }

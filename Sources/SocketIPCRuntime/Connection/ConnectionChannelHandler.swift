@@ -211,6 +211,8 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is RequestsAnswered {
             self.resumeAfterAnswers(context: context)
+        } else if let violation = event as? RelayViolation {
+            self.fail(violation.error, context: context)
         } else {
             context.fireUserInboundEventTriggered(event)
         }

@@ -122,6 +122,12 @@ extension Connection {
         return try DescriptorPassing.duplicate(descriptors, maximum: passing.relay.maximumPerMessage)
     }
 
+    /// The most received descriptors one call may hold for its reader (the relay's in-flight limit); 0 on a
+    /// connection that passes none.
+    package var maximumDescriptorsHeld: Int {
+        self.descriptorPassing.map { $0.relay.inFlightLimit } ?? 0
+    }
+
     private static func cannotPass() -> SocketIPCError {
         SocketIPCError(
             .invalidState,

@@ -84,7 +84,7 @@ final class DescriptorRelay: @unchecked Sendable {
         self.channelSide = pair[0]
         self.relaySide = pair[1]
         self.maximumPerMessage = maximumPerMessage
-        self.inFlightLimit = max(4 * maximumPerMessage, 64)
+        self.inFlightLimit = Self.inFlightLimit(maximumPerMessage: maximumPerMessage)
         // The threads block; the channel's end stays as NIO makes it (non-blocking).
         for descriptor in [socket, pair[1]] {
             let flags = fcntl(descriptor, F_GETFL)
@@ -96,6 +96,7 @@ final class DescriptorRelay: @unchecked Sendable {
             self.lock.lock()
             self.threadsRunning = 1
             self.lock.unlock()
+            _ = close(pair[0])  // never handed to a channel
             _ = shutdown(socket, Int32(SHUT_RDWR))
             _ = shutdown(pair[1], Int32(SHUT_RDWR))
             self.threadEnded()
@@ -104,12 +105,16 @@ final class DescriptorRelay: @unchecked Sendable {
         do {
             try RelayThread.start { [self] in self.runOutbound() }
         } catch {
+            _ = close(pair[0])  // never handed to a channel: the inbound thread then reads no more
             _ = shutdown(socket, Int32(SHUT_RDWR))
             _ = shutdown(pair[1], Int32(SHUT_RDWR))
             self.threadEnded()
             throw error
         }
     }
+
+    /// The most descriptors a relay holds received and not yet handed out: 4 messages' worth, at least 64.
+    static func inFlightLimit(maximumPerMessage: Int) -> Int { max(4 * maximumPerMessage, 64) }
 
     // MARK: - The channel handler's side (any thread)
 
@@ -258,6 +263,9 @@ final class DescriptorRelay: @unchecked Sendable {
             return nil
         }
         var problem: String?
+        // Descriptors left unclaimed by the last read must be claimed by this one: a descriptors frame cut by the end
+        // of a read is completed by the next.
+        let carriedOver = !self.unclaimed.isEmpty
         if !group.isEmpty {
             self.unclaimed += group
             if helloFlags?.contains(.descriptors) != true {
@@ -268,7 +276,9 @@ final class DescriptorRelay: @unchecked Sendable {
                     + "\(self.maximumPerMessage) may travel with one message (ConnectionOptions.maximumDescriptorsPerMessage)"
             }
         }
-        for frame in found where problem == nil {
+        // Without the flag in the peer's hello, kind 0x0D is an unknown kind, which the channel refuses.
+        let peerPassesDescriptors = helloFlags?.contains(.descriptors) == true
+        for frame in found where problem == nil && peerPassesDescriptors {
             guard let count = frame.count else { continue }
             if count > self.maximumPerMessage {
                 problem =
@@ -283,7 +293,7 @@ final class DescriptorRelay: @unchecked Sendable {
                 self.claimedCount += count
             }
         }
-        if problem == nil && !self.unclaimed.isEmpty && !mayBeClaimedLater {
+        if problem == nil && !self.unclaimed.isEmpty && (!mayBeClaimedLater || carriedOver) {
             problem = "the peer passed descriptors with bytes that are not a descriptors frame (0x0D)"
         }
         var dropped: [Int32] = []
@@ -365,7 +375,8 @@ final class DescriptorRelay: @unchecked Sendable {
     }
 
     private static func fail(_ channel: any Channel, with error: SocketIPCError) {
-        channel.eventLoop.execute { channel.pipeline.fireErrorCaught(error) }
+        // As a protocol error the channel handler found itself: going-away 0x01, then the close.
+        channel.eventLoop.execute { channel.pipeline.fireUserInboundEventTriggered(RelayViolation(error: error)) }
     }
 
     private func threadEnded() {
@@ -444,4 +455,10 @@ final class DescriptorRelay: @unchecked Sendable {
     static func closeAll(_ descriptors: [Int32]) {
         for descriptor in descriptors { _ = close(descriptor) }
     }
+}
+
+/// The event a ``DescriptorRelay`` fires through its channel's pipeline when the peer broke the rules of passing
+/// descriptors: the channel handler says going-away `0x01` and closes.
+struct RelayViolation: Sendable {
+    let error: SocketIPCError
 }

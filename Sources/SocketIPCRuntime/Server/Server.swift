@@ -155,8 +155,14 @@ public final class Server: Service, Sendable {
     /// Raises the descriptor limit as far as the connection limits need, and lowers the connection limits to what
     /// it can hold, saying so.
     private func fitLimitsToDescriptors() {
-        // A connection that holds its peer's pidfd costs two descriptors.
-        let perConnection = self.configuration.connection.holdsPeerProcess ? 2 : 1
+        // A connection that holds its peer's pidfd costs two descriptors. One that passes descriptors costs three (its
+        // socket and its relay's socket pair) and what its relay may hold: the descriptors received and not yet
+        // handed out (DescriptorRelay.inFlightLimit) and those of one message not yet claimed.
+        var perConnection = self.configuration.connection.holdsPeerProcess ? 2 : 1
+        let maximumDescriptors = self.configuration.connection.effectiveMaximumDescriptors
+        if maximumDescriptors > 0 {
+            perConnection += 2 + DescriptorRelay.inFlightLimit(maximumPerMessage: maximumDescriptors) + maximumDescriptors
+        }
         let limit = DescriptorLimit.raise(toFit: self.configuration.maximumConnections * perConnection)
         if limit.soft > limit.previousSoft {
             self.logger.info(

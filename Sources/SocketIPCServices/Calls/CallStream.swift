@@ -40,6 +40,8 @@ final class CallStream: Sendable {
         var waiting: [(number: UInt64, descriptors: ReceivedDescriptors)] = []
         /// The descriptors of the message the reader took last, until it takes them.
         var lastRead: ReceivedDescriptors?
+        /// How many descriptors ``waiting`` holds.
+        var held = 0
     }
 
     struct Stop {
@@ -88,15 +90,33 @@ final class CallStream: Sendable {
     func receive(_ frame: CallFrame, descriptors: ReceivedDescriptors? = nil) -> SocketIPCError? {
         switch frame {
         case .message(let message):
-            self.descriptors.withLock { state in
-                state.received += 1
-                if let descriptors { state.waiting.append((state.received, descriptors)) }
-            }
             var credit = 0
+            var tooMany = false
+            let limit = descriptors == nil ? 0 : self.connection.maximumDescriptorsHeld
             let action = self.state.withLock { state -> Machine.ReceiveAction in
+                // Counted (and its descriptors kept) under the call's lock, before the reader can see the message,
+                // and only if the call keeps it: a message dropped (after the peer's end, or a failure) takes its
+                // descriptors with it (closed as `descriptors` is released).
+                if state.acceptsMessages {
+                    self.descriptors.withLock { kept in
+                        kept.received += 1
+                        if let descriptors {
+                            kept.waiting.append((kept.received, descriptors))
+                            kept.held += descriptors.count
+                            tooMany = kept.held > limit
+                        }
+                    }
+                }
+                if tooMany { return .violation }
                 let action = state.messageReceived(message)
                 if case .deliver = action { credit = state.delivered(message) }
                 return action
+            }
+            if tooMany {
+                return SocketIPCError(
+                    .protocolViolation,
+                    "the peer passed more than \(limit) descriptors on call \(self.id) that its reader has not taken"
+                )
             }
             switch action {
             case .none, .end: break
@@ -192,6 +212,7 @@ final class CallStream: Sendable {
             state.read += 1
             if let first = state.waiting.first, first.number == state.read {
                 state.lastRead = state.waiting.removeFirst().descriptors
+                state.held -= first.descriptors.count
             } else {
                 state.lastRead = nil
             }

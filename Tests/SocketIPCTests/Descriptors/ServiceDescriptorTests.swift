@@ -1,3 +1,4 @@
+import CSocketIPCLinux
 import Foundation
 import SocketIPC
 import SocketIPCTesting
@@ -41,8 +42,19 @@ struct ServiceDescriptorTests {
         typealias Response = String
     }
 
+    /// Waits until cancelled: a call that stays open.
+    enum Hold: ServiceMethod {
+        static let name = "fd.hold"
+        typealias Request = Int
+        typealias Response = Int
+    }
+
     static func router() -> ServiceRouter {
         var router = ServiceRouter()
+        router.register(Hold.self) { request, _ in
+            try await Task.sleep(for: .seconds(600))
+            return request
+        }
         router.register(OpenFile.self) { path, _ in
             let file = try FileDescriptor.open(path, .readOnly)
             defer { try? file.close() }  // the value holds a duplicate
@@ -168,6 +180,64 @@ struct ServiceDescriptorTests {
                 #expect(count == 0)
             }
         }
+    }
+}
+
+extension ServiceDescriptorTests {
+    @Test("descriptors a peer sends on a call after its end are closed at once, not kept with the call")
+    func afterTheEnd() async throws {
+        let pipeName = try await withFramedTestServer(
+            configure: { $0.connection = Self.options },
+            makeHandler: { ServiceConnectionHandler(router: Self.router()) }
+        ) { _, path in
+            let socket = try await RawSocket.connect(to: path)
+            defer { socket.close() }
+            try await socket.write([0x53, 0x49, 0x50, 0x43, 0x01, 0x03, 0x00, 0x00])
+            try await socket.write(
+                callOpenBytes(id: 1, method: Hold.name) + frameBytes(kind: 0x07, id: 1, payload: Array("1".utf8))
+                    + callEndOKBytes(id: 1)
+            )
+            let (readEnd, writeEnd) = try FileDescriptor.pipe()
+            defer {
+                try? readEnd.close()
+                try? writeEnd.close()
+            }
+            let pipe = linkTarget(readEnd)
+            // 300 empty call messages after the end, each with both ends of the pipe: far more than a call may hold.
+            let frames: [UInt8] = [0, 0, 0, 2, 0x0D, 2] + frameBytes(kind: 0x07, id: 1, payload: [])
+            for _ in 0..<300 {
+                let sent = [readEnd.rawValue, writeEnd.rawValue].withUnsafeBufferPointer { descriptors in
+                    frames.withUnsafeBytes {
+                        csocketipc_send_with_descriptors(
+                            socket.descriptor, $0.baseAddress, UInt($0.count), descriptors.baseAddress, 2
+                        )
+                    }
+                }
+                #expect(sent == frames.count)
+            }
+            // A ping answered means every frame before it was handled.
+            try await socket.write(frameBytes(kind: 0x0B, id: 7, payload: []))
+            let pong = frameBytes(kind: 0x0C, id: 7, payload: [])
+            var received: [UInt8] = []
+            let deadline = ContinuousClock.now + .seconds(20)
+            while !received.contains(pong) && ContinuousClock.now < deadline {
+                let (bytes, closed) = try await socket.readAvailable(for: .milliseconds(100))
+                received += bytes
+                if closed { break }
+            }
+            #expect(received.contains(pong), "the connection answered the ping")
+            #expect(openCopies(of: pipe) == 2, "only the test's own two ends are open while the call is")
+            return pipe
+        }
+        #expect(openCopies(of: pipeName) == 0)
+    }
+}
+
+extension Array where Element == UInt8 {
+    /// Whether `part` occurs in this array.
+    fileprivate func contains(_ part: [UInt8]) -> Bool {
+        guard part.count <= self.count else { return false }
+        return (0...(self.count - part.count)).contains { Array(self[$0..<($0 + part.count)]) == part }
     }
 }
 
