@@ -188,11 +188,18 @@ final class DescriptorRelay: @unchecked Sendable {
         if finished { body() }
     }
 
-    /// Shuts the socket down, ending both threads, unless they ended already.
+    /// Shuts the socket down, ending both threads, unless they ended already, and closes the descriptors received and
+    /// not handed out (the channel closed, or was never made).
     func abort() {
         self.lock.lock()
+        self.isClosed = true
+        let received = self.unclaimed + self.claimed.flatMap { $0 }
+        self.unclaimed = []
+        self.claimed = []
+        self.claimedCount = 0
         if !self.socketIsClosed { _ = shutdown(self.socket, Int32(SHUT_RDWR)) }
-        self.lock.unlock(withValue: self.mayReceiveValue)
+        self.lock.unlock(withValue: 1)
+        Self.closeAll(received)
     }
 
     // MARK: - Threads
