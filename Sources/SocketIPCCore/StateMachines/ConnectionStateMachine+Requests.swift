@@ -86,17 +86,10 @@ extension ConnectionStateMachine {
             self.state = .modifying
             requests.pending[id] = PendingRequest(continuation: continuation, timer: makeTimer())
             self.state = .open(requests)
-            if descriptors > 0 {
-                registerDescriptors()
-                self.outbound.queue.appendDescriptorsFrame(count: descriptors, spareBuffer: spareBuffer)
-            }
-            if let sharedPayloadLength {
-                self.outbound.queue.appendSharedPayloadFrame(
-                    .request, id: id, length: sharedPayloadLength, spareBuffer: spareBuffer
-                )
-            } else {
-                self.outbound.queue.appendFrame(.request, id: id, payload: payload, spareBuffer: spareBuffer)
-            }
+            self.appendOutbound(
+                .request, id: id, payload: payload, spareBuffer: spareBuffer, passing: descriptors,
+                registerDescriptors: registerDescriptors, sharedPayloadLength: sharedPayloadLength
+            )
             return .registered(scheduleFlush: self.outbound.scheduleFlushIfNeeded())
         case .goingAway(_, let peerError):
             return .fail(
@@ -161,15 +154,10 @@ extension ConnectionStateMachine {
             return (resumeReading, goingAway && requests.isDrained)
         }
         guard self.isOpen else { return AnswerAction(scheduleFlush: false, resumeReading: false, close: false) }
-        if descriptors > 0 {
-            registerDescriptors()
-            self.outbound.queue.appendDescriptorsFrame(count: descriptors, spareBuffer: spareBuffer)
-        }
-        if let sharedPayloadLength {
-            self.outbound.queue.appendSharedPayloadFrame(kind, id: id, length: sharedPayloadLength, spareBuffer: spareBuffer)
-        } else {
-            self.outbound.queue.appendFrame(kind, id: id, payload: payload, spareBuffer: spareBuffer)
-        }
+        self.appendOutbound(
+            kind, id: id, payload: payload, spareBuffer: spareBuffer, passing: descriptors,
+            registerDescriptors: registerDescriptors, sharedPayloadLength: sharedPayloadLength
+        )
         return AnswerAction(
             scheduleFlush: self.outbound.scheduleFlushIfNeeded(),
             resumeReading: resumeReading,

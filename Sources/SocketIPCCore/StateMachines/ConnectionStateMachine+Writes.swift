@@ -69,6 +69,30 @@ extension ConnectionStateMachine {
         sharedPayloadLength: Int? = nil
     ) -> EnqueueAction {
         if case .closed(let closed) = self.state { return .fail(closed.error) }
+        self.appendOutbound(
+            kind, id: id, payload: payload, spareBuffer: spareBuffer, passing: descriptors,
+            registerDescriptors: registerDescriptors, sharedPayloadLength: sharedPayloadLength
+        )
+        return .queued(
+            scheduleFlush: self.outbound.scheduleFlushIfNeeded(),
+            mustWait: !self.outbound.isWritable(highWatermark: self.writeBufferHighWatermark)
+        )
+    }
+
+    /// Queues a frame: first, when it carries descriptors, the descriptors frame announcing them (after
+    /// `registerDescriptors`, so that whoever attaches them sees them in the order of their frames); then the frame,
+    /// or the shared-payload frame standing for it when its payload travels in shared memory.
+    @inlinable
+    @inline(__always)
+    mutating func appendOutbound(
+        _ kind: FrameKind,
+        id: UInt32,
+        payload: ByteBuffer,
+        spareBuffer: () -> ByteBuffer?,
+        passing descriptors: Int,
+        registerDescriptors: () -> Void,
+        sharedPayloadLength: Int?
+    ) {
         if descriptors > 0 {
             registerDescriptors()
             self.outbound.queue.appendDescriptorsFrame(count: descriptors, spareBuffer: spareBuffer)
@@ -78,10 +102,6 @@ extension ConnectionStateMachine {
         } else {
             self.outbound.queue.appendFrame(kind, id: id, payload: payload, spareBuffer: spareBuffer)
         }
-        return .queued(
-            scheduleFlush: self.outbound.scheduleFlushIfNeeded(),
-            mustWait: !self.outbound.isWritable(highWatermark: self.writeBufferHighWatermark)
-        )
     }
 
     /// A sender asks whether it may go on before it sends (the fast check, before it makes anything to wait with).

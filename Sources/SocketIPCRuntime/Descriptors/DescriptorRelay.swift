@@ -460,7 +460,7 @@ final class DescriptorRelay: @unchecked Sendable {
     }
 
     static func closeAll(_ descriptors: [Int32]) {
-        for descriptor in descriptors { _ = close(descriptor) }
+        closeDescriptors(descriptors)
     }
 }
 

@@ -64,7 +64,7 @@ public final class ReceivedDescriptors: Sendable {
             defer { held = [] }
             return held
         }
-        for descriptor in held where descriptor >= 0 { _ = systemClose(descriptor) }
+        closeDescriptors(held.filter { $0 >= 0 })
     }
 
     deinit {
@@ -72,10 +72,8 @@ public final class ReceivedDescriptors: Sendable {
     }
 }
 
-#if canImport(Glibc)
-private let systemClose = Glibc.close
-#elseif canImport(Musl)
-private let systemClose = Musl.close
-#elseif canImport(Darwin)
-private let systemClose = Darwin.close
-#endif
+/// Closes each of `descriptors` (ignoring errors: each is closed, or was not open); for the descriptors the services
+/// layer owns.
+package func closeDescriptors(_ descriptors: [Int32]) {
+    for descriptor in descriptors { _ = close(descriptor) }
+}

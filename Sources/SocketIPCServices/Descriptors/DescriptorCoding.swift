@@ -70,17 +70,6 @@ final class DuplicatedDescriptors: Sendable {
     }
 
     deinit {
-        for descriptor in self.take() { _ = systemClose(descriptor) }
+        closeDescriptors(self.take())
     }
 }
-
-#if canImport(Glibc)
-import Glibc
-private let systemClose = Glibc.close
-#elseif canImport(Musl)
-import Musl
-private let systemClose = Musl.close
-#elseif canImport(Darwin)
-import Darwin
-private let systemClose = Darwin.close
-#endif

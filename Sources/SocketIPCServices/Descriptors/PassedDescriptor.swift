@@ -68,7 +68,7 @@ public final class PassedDescriptor: Codable, Sendable {
     }
 
     deinit {
-        if let raw = self.held.withLock({ $0.take() }) { _ = systemClose(raw) }
+        if let raw = self.held.withLock({ $0.take() }) { closeDescriptors([raw]) }
     }
 
     private enum CodingKeys: String, CodingKey {
@@ -115,11 +115,3 @@ public final class PassedDescriptor: Codable, Sendable {
         self.held = Mutex(raw)
     }
 }
-
-#if canImport(Glibc)
-private let systemClose = Glibc.close
-#elseif canImport(Musl)
-private let systemClose = Musl.close
-#elseif canImport(Darwin)
-private let systemClose = Darwin.close
-#endif
