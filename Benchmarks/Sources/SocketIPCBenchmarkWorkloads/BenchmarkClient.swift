@@ -103,7 +103,17 @@ public enum BenchmarkClient {
         return try await Client.withConnection(to: options.socket, configuration: Self.clientConfiguration(options)) { connection in
             var sent: UInt64 = 0
             func burst(_ count: Int) async throws {
-                for _ in 0..<count { try await connection.send(message) }
+                if options.loansSharedMemory {
+                    for _ in 0..<count {
+                        var loan = try SharedMemoryLoan(capacity: message.readableBytes)
+                        loan.withUnsafeMutableBytes { bytes in
+                            message.withUnsafeReadableBytes { bytes.copyMemory(from: $0) }
+                        }
+                        try await connection.send(loan, count: message.readableBytes)
+                    }
+                } else {
+                    for _ in 0..<count { try await connection.send(message) }
+                }
                 sent += UInt64(count)
                 var reply = try await connection.request(barrier)
                 guard let counted = reply.readInteger(as: UInt64.self), counted == sent else {

@@ -63,6 +63,9 @@ public struct BenchmarkOptions: Sendable {
     public var maximumDescriptors: Int
     /// The connections' `ConnectionOptions.sharedPayloadThreshold`; `nil` keeps the library's default.
     public var sharedPayloadThreshold: Int?
+    /// Whether `stream` and `bulk` send each one-way message as a `SharedMemoryLoan` filled in place (a copy of the
+    /// prepared payload into it, as a producer writing its bytes would) instead of a buffer. Default `false`.
+    public var loansSharedMemory: Bool
 
     /// Creates options.
     public init(
@@ -73,8 +76,10 @@ public struct BenchmarkOptions: Sendable {
         size: Int,
         busyPoll: BusyPolling = .adaptive(),
         maximumDescriptors: Int = 0,
-        sharedPayloadThreshold: Int? = nil
+        sharedPayloadThreshold: Int? = nil,
+        loansSharedMemory: Bool = false
     ) {
+        self.loansSharedMemory = loansSharedMemory
         self.sharedPayloadThreshold = sharedPayloadThreshold
         self.busyPoll = busyPoll
         self.maximumDescriptors = maximumDescriptors

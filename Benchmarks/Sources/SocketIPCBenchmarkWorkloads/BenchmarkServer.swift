@@ -11,13 +11,15 @@ public enum BenchmarkServer {
     /// Payload byte 0 of a barrier request.
     static let barrier = UInt8(ascii: "B")
 
-    /// Makes the server for `workload` on `path`.
+    /// Makes the server for `workload` on `path`; with `mapsSharedPayloads`, its handler takes one-way messages that
+    /// come in shared memory mapped (`MappedPayload`), without copying them.
     public static func make(
         path: String,
         workload: Workload,
         busyPoll: BusyPolling = .adaptive(),
         maximumDescriptors: Int = 0,
         sharedPayloadThreshold: Int? = nil,
+        mapsSharedPayloads: Bool = false,
         logger: Logger,
         onServerRunning: @escaping @Sendable (SocketPath) async -> Void = { _ in }
     ) -> Server {
@@ -50,17 +52,31 @@ public enum BenchmarkServer {
             }
         }
         return Server.framed(configuration: configuration, logger: logger, onServerRunning: onServerRunning) {
-            WorkloadHandler()
+            WorkloadHandler(mapsSharedPayloads: mapsSharedPayloads)
         }
     }
 }
 
 /// Counts one-way messages; answers barriers with the count and echoes every other request.
 struct WorkloadHandler: ConnectionHandler {
+    /// Whether a one-way message in shared memory is counted as mapped, or first copied as the default does.
+    let mapsSharedPayloads: Bool
     private var oneWayCount: UInt64 = 0
+
+    init(mapsSharedPayloads: Bool) {
+        self.mapsSharedPayloads = mapsSharedPayloads
+    }
 
     mutating func didReceiveMessage(_ message: ByteBuffer, on connection: Connection) {
         self.oneWayCount &+= 1
+    }
+
+    mutating func didReceiveMessage(_ message: MappedPayload, on connection: Connection) {
+        if self.mapsSharedPayloads {
+            self.oneWayCount &+= 1
+        } else {
+            self.didReceiveMessage(message.copyToBuffer(), on: connection)
+        }
     }
 
     mutating func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {

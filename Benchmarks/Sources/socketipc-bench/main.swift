@@ -5,6 +5,8 @@
 // --busy-poll off to turn polling off; the default is the library's (adaptive). --max-descriptors N turns descriptor
 // passing on (ConnectionOptions.maximumDescriptorsPerMessage), which relays every connection's bytes: what that costs;
 // with it, payloads of --shared-payload-threshold bytes or more travel in shared memory (default the library's).
+// --zero-copy on (with --max-descriptors) makes the client send one-way messages as SharedMemoryLoans it fills in
+// place, and the server take shared payloads as MappedPayloads, without copying them.
 import Logging
 import ServiceLifecycle
 import UnixSignals
@@ -45,6 +47,7 @@ guard let workload = Workload(rawValue: values["--workload"] ?? "") else {
 let busyPollMicroseconds = number("--busy-poll-us", default: 0)
 let maximumDescriptors = number("--max-descriptors", default: 0)
 let sharedPayloadThreshold = values["--shared-payload-threshold"] == nil ? nil : number("--shared-payload-threshold", default: 0)
+let zeroCopy = values["--zero-copy"] == "on"
 let busyPoll: BusyPolling =
     values["--busy-poll"] == "off" ? .off
     : busyPollMicroseconds > 0 ? .fixed(.microseconds(busyPollMicroseconds)) : .adaptive()
@@ -59,6 +62,7 @@ if role == "server" {
         busyPoll: busyPoll,
         maximumDescriptors: maximumDescriptors,
         sharedPayloadThreshold: sharedPayloadThreshold,
+        mapsSharedPayloads: zeroCopy,
         logger: logger
     )
     let group = ServiceGroup(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
@@ -77,7 +81,8 @@ if role == "server" {
         size: number("--size", default: defaults.size),
         busyPoll: busyPoll,
         maximumDescriptors: maximumDescriptors,
-        sharedPayloadThreshold: sharedPayloadThreshold
+        sharedPayloadThreshold: sharedPayloadThreshold,
+        loansSharedMemory: zeroCopy
     )
     do {
         let report = try await BenchmarkClient.run(options) {

@@ -99,7 +99,7 @@ extension Connection {
             message.readableBytes <= self.options.effectiveMaximumMessageSize,
             let memory = self.sharedMemory(for: message)
         {
-            return try self.queueShared(.callMessage, id: id, payload: message, memory: memory)
+            return try self.queueShared(.callMessage, id: id, length: message.readableBytes, memory: memory)
         }
         var relay: DescriptorRelay?
         if !group.isEmpty {

@@ -157,7 +157,7 @@ public final class Connection: Sendable {
     func queueMessage(_ message: ByteBuffer) throws -> Bool {
         try self.checkSize(message, what: "message")
         if self.descriptorPassing != nil, let memory = self.sharedMemory(for: message) {
-            return try self.queueShared(.message, id: 0, payload: message, memory: memory)
+            return try self.queueShared(.message, id: 0, length: message.readableBytes, memory: memory)
         }
         let action = self.state.withLock {
             $0.enqueue(.message, id: 0, payload: message, spareBuffer: { self.spareBuffer() })
@@ -312,19 +312,20 @@ public final class Connection: Sendable {
         self.eventLoop.execute { channel.pipeline.fireUserInboundEventTriggered(RequestsAnswered()) }
     }
 
-    /// Queues a frame of `kind` whose payload travels in the shared memory `memory` (owned by the connection from now
-    /// on): a descriptors frame passing it, then a shared-payload frame. Returns whether the sender must wait.
-    func queueShared(_ kind: FrameKind, id: UInt32, payload: ByteBuffer, memory: Int32) throws -> Bool {
+    /// Queues a frame of `kind` whose payload of `length` bytes travels in the shared memory `memory` (owned by the
+    /// connection from now on): a descriptors frame passing it, then a shared-payload frame. Returns whether the
+    /// sender must wait.
+    func queueShared(_ kind: FrameKind, id: UInt32, length: Int, memory: Int32) throws -> Bool {
         let relay = self.descriptorPassing?.relay
         var registered = false
         let action = self.state.withLock {
             $0.enqueue(
-                kind, id: id, payload: payload, spareBuffer: { self.spareBuffer() }, passing: 1,
+                kind, id: id, payload: ByteBuffer(), spareBuffer: { self.spareBuffer() }, passing: 1,
                 registerDescriptors: {
                     relay?.registerOutgoing([memory])
                     registered = true
                 },
-                sharedPayloadLength: payload.readableBytes
+                sharedPayloadLength: length
             )
         }
         if !registered { DescriptorRelay.closeAll([memory]) }

@@ -247,8 +247,8 @@ extension ConnectionChannelHandler {
         }
         guard let descriptors = passing.takeAnnounced() else { return nil }
         if case .sharedPayload(let kind, let id, let length) = frame {
-            // The one descriptor is the shared memory holding the payload: read it, then hand out the frame it
-            // carries as if its payload had come through the socket.
+            // The one descriptor is the shared memory holding the payload: map it; hand a message or request to the
+            // handler mapped (its default copies it), and any other frame as if its payload had come through the socket.
             let memory = descriptors.take()
             guard memory.count == 1 else {
                 for descriptor in memory { try? descriptor.close() }
@@ -256,16 +256,24 @@ extension ConnectionChannelHandler {
                     SocketIPCError(.protocolViolation, "a shared payload came with \(memory.count) descriptors, not 1")
                 )
             }
-            let payload: ByteBuffer
+            let mapping: MappedPayload
             do {
-                payload = try SharedPayload.read(
-                    memory[0].rawValue,
-                    length: length,
-                    allocator: connection.channel.allocator
-                )
+                mapping = try SharedPayload.map(memory[0].rawValue, length: length)
             } catch {
                 return .violation(error as? SocketIPCError ?? SocketIPCError(.protocolViolation, "\(error)"))
             }
+            switch kind {
+            case .message:
+                handler.didReceiveMessage(mapping, on: connection)
+                return .next
+            case .request:
+                let unanswered = connection.requestReceived()
+                handler.didReceiveRequest(mapping, reply: Reply(connection: connection, id: id), on: connection)
+                return unanswered >= maximumRequests ? .pauseForRequests : .next
+            default:
+                break
+            }
+            let payload = mapping.copyToBuffer(allocator: connection.channel.allocator)
             let carried: Frame =
                 switch kind {
                 case .request: .request(id: id, payload: payload)

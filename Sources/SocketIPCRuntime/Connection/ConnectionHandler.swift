@@ -32,6 +32,14 @@ public protocol ConnectionHandler {
         reply: Reply,
         on connection: Connection
     )
+    /// Called for each one-way message whose payload came in sealed shared memory (PROTOCOL.md "Shared payloads"),
+    /// with the memory mapped read-only, so that the bytes are not copied at all. Implement it to ask for that form;
+    /// the default copies the bytes into a buffer once and calls ``didReceiveMessage(_:on:)-(ByteBuffer,_)``.
+    mutating func didReceiveMessage(_ message: MappedPayload, on connection: Connection)
+    /// Called for each request whose payload came in sealed shared memory, mapped read-only, as
+    /// ``didReceiveMessage(_:on:)-(MappedPayload,_)`` is for messages; the default copies the bytes into a buffer
+    /// once and calls ``didReceiveRequest(_:reply:on:)-(ByteBuffer,_,_)``.
+    mutating func didReceiveRequest(_ request: MappedPayload, reply: Reply, on connection: Connection)
     /// Called once when the connection has closed; `error` says why, `nil` for an orderly close.
     mutating func connectionDidClose(_ connection: Connection, error: SocketIPCError?)
 }
@@ -65,6 +73,14 @@ extension ConnectionHandler {
     ) {
         descriptors.close()
         self.didReceiveRequest(request, reply: reply, on: connection)
+    }
+    /// Copies the bytes into a buffer and hands it to ``didReceiveMessage(_:on:)-(ByteBuffer,_)``.
+    public mutating func didReceiveMessage(_ message: MappedPayload, on connection: Connection) {
+        self.didReceiveMessage(message.copyToBuffer(allocator: connection.channel.allocator), on: connection)
+    }
+    /// Copies the bytes into a buffer and hands it to ``didReceiveRequest(_:reply:on:)-(ByteBuffer,_,_)``.
+    public mutating func didReceiveRequest(_ request: MappedPayload, reply: Reply, on connection: Connection) {
+        self.didReceiveRequest(request.copyToBuffer(allocator: connection.channel.allocator), reply: reply, on: connection)
     }
 }
 

@@ -52,10 +52,10 @@ enum SharedPayload {
         #endif
     }
 
-    /// Reads the `length` bytes of the sealed shared memory `descriptor` into a new buffer, and closes it.
+    /// Maps the `length` bytes of the sealed shared memory `descriptor` read-only, and closes the descriptor.
     /// - Throws: `SocketIPCError` with code `protocolViolation` when the descriptor is not sealed shared memory of
     ///   exactly `length` bytes; `systemCall` when it cannot be mapped.
-    static func read(_ descriptor: Int32, length: Int, allocator: ByteBufferAllocator) throws -> ByteBuffer {
+    static func map(_ descriptor: Int32, length: Int) throws -> MappedPayload {
         defer { _ = close(descriptor) }
         #if os(Linux)
         guard csocketipc_is_sealed(descriptor) == 1 else {
@@ -72,17 +72,20 @@ enum SharedPayload {
                 "the peer's shared payload holds \(status.st_size) bytes, not the \(length) it announced"
             )
         }
-        var buffer = allocator.buffer(capacity: length)
-        guard length > 0 else { return buffer }
+        guard length > 0 else { return MappedPayload(mapping: nil, count: 0) }
         guard let mapping = mmap(nil, length, PROT_READ, MAP_SHARED, descriptor, 0), mapping != MAP_FAILED else {
             throw SocketIPCError.systemCall("mmap of a shared payload", errno: errno)
         }
-        defer { _ = munmap(mapping, length) }
-        buffer.writeBytes(UnsafeRawBufferPointer(start: mapping, count: length))
-        return buffer
+        return MappedPayload(mapping: UnsafeRawPointer(mapping), count: length)
         #else
         throw SocketIPCError(.invalidConfiguration, "shared payloads are available on Linux only")
         #endif
+    }
+
+    /// Reads the `length` bytes of the sealed shared memory `descriptor` into a new buffer, and closes it.
+    /// - Throws: As ``map(_:length:)``.
+    static func read(_ descriptor: Int32, length: Int, allocator: ByteBufferAllocator) throws -> ByteBuffer {
+        try Self.map(descriptor, length: length).copyToBuffer(allocator: allocator)
     }
 }
 
@@ -91,14 +94,19 @@ extension Connection {
     /// payloads, for a payload of at least ``ConnectionOptions/sharedPayloadThreshold`` bytes. `nil` otherwise, and
     /// when the memory cannot be made (the payload then goes through the socket).
     func sharedMemory(for payload: ByteBuffer) -> Int32? {
-        guard self.descriptorPassing != nil, payload.readableBytes >= self.options.sharedPayloadThreshold,
-            HelloFlags(rawValue: self.calls.peerFlags.load(ordering: .relaxed)).contains(.sharedPayloads)
-        else { return nil }
+        guard payload.readableBytes >= self.options.sharedPayloadThreshold, self.takesSharedPayloads else { return nil }
         do {
             return try SharedPayload.make(payload)
         } catch {
             self.logger.debug("a shared payload could not be made; it goes through the socket", metadata: ["error": "\(error)"])
             return nil
         }
+    }
+
+    /// Whether shared payloads can travel on this connection: both sides pass descriptors and the peer's hello says
+    /// it takes shared payloads.
+    var takesSharedPayloads: Bool {
+        self.descriptorPassing != nil
+            && HelloFlags(rawValue: self.calls.peerFlags.load(ordering: .relaxed)).contains(.sharedPayloads)
     }
 }
