@@ -36,7 +36,7 @@ results=${results:-$OUT/sweep-$(date -u +%Y%m%d-%H%M%S).jsonl}
 # count SHAPE SIZE: timed operations for one run, so that each moves about the same bytes (bounded both ways).
 count() {
     local budget min max n
-    if [[ $1 == rr ]]; then budget=$((256 << 20)) min=200 max=50000; else budget=$((1 << 30)) min=256 max=500000; fi
+    if [[ $1 == rr ]]; then budget=$((256 << 20)) min=200 max=20000; else budget=$((1 << 30)) min=256 max=200000; fi
     ((quick)) && budget=$((budget / 4)) min=$((min / 2)) max=$((max / 4))
     n=$((budget / $2))
     ((n < min)) && n=$min

@@ -58,7 +58,8 @@ def main():
                 if figure is None:
                     cells.append("")
                     continue
-                cell = f"{figure:,.1f} {unit}"
+                digits = 1 if figure >= 10 else 2 if figure >= 0.1 else 3
+                cell = f"{figure:,.{digits}f} {unit}"
                 if base and impl != baseline:
                     ratio = base / figure if lower_is_better else figure / base
                     cell += f" ({ratio:.2f}x)"

@@ -49,6 +49,55 @@ struct ImportSocketIPCAloneTests {
         #expect(buffer.readableBytes == 2)
     }
 
+    // From the DocC article "Passing descriptors", "Large payloads in shared memory": a frame rendered into a loan,
+    // and a sink that reads it mapped.
+    struct Frame { var byteCount: Int }
+    static func render(_ frame: Frame, into bytes: UnsafeMutableRawBufferPointer) {
+        for index in bytes.indices { bytes[index] = UInt8(truncatingIfNeeded: index) }
+    }
+    struct FrameSink: ConnectionHandler {
+        let display: @Sendable (UnsafeRawBufferPointer) -> Void
+        func didReceiveMessage(_ message: MappedPayload, on connection: Connection) {
+            message.withUnsafeBytes { display($0) }
+        }
+    }
+
+    @Test("the shared-memory example of the docs compiles and runs with import SocketIPC alone: a loan, read mapped")
+    func loanAndMappedPayload() async throws {
+        let directory = try Self.makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        var configuration = ServerConfiguration(path: directory + "/frames.sock")
+        configuration.connection.maximumDescriptorsPerMessage = 1
+        var logger = Logger(label: "import-alone")
+        logger.logLevel = .critical
+        let (running, runningContinuation) = AsyncStream.makeStream(of: Void.self)
+        let (sums, sumsContinuation) = AsyncStream.makeStream(of: Int.self)
+        let server = Server.framed(
+            configuration: configuration,
+            logger: logger,
+            onServerRunning: { _ in runningContinuation.yield() }
+        ) {
+            FrameSink { bytes in sumsContinuation.yield(bytes.reduce(0) { $0 + Int($1) }) }
+        }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await server.run() }
+            var iterator = running.makeAsyncIterator()
+            _ = await iterator.next()
+            var client = ClientConfiguration()
+            client.connection.maximumDescriptorsPerMessage = 1
+            let frame = Frame(byteCount: 3 * 4096)
+            try await Client.withConnection(to: configuration.path, configuration: client) { connection in
+                var loan = try SharedMemoryLoan(capacity: frame.byteCount)
+                loan.withUnsafeMutableBytes { Self.render(frame, into: $0) }
+                try await connection.send(loan, count: frame.byteCount)
+            }
+            var received = sums.makeAsyncIterator()
+            #expect(await received.next() == 3 * 4096 / 256 * (255 * 256 / 2), "the sink read every byte of the frame")
+            server.shutdownGracefully()
+            try await group.waitForAll()
+        }
+    }
+
     static func makeTemporaryDirectory() throws -> String {
         var template = Array("/tmp/sipc-import-XXXXXX".utf8CString)
         guard let result = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {

@@ -24,7 +24,7 @@ public protocol ConnectionHandler {
     /// them; those not taken are closed once `descriptors` is released.
     mutating func didReceiveMessage(_ message: ByteBuffer, descriptors: ReceivedDescriptors, on connection: Connection)
     /// Called for each request that carries file descriptors (`Connection.request(_:descriptors:timeout:)`), as
-    /// ``didReceiveRequest(_:reply:on:)`` otherwise. Take the descriptors to keep them; those not taken are closed
+    /// ``didReceiveRequest(_:reply:on:)-(ByteBuffer,_,_)`` otherwise. Take the descriptors to keep them; those not taken are closed
     /// once `descriptors` is released.
     mutating func didReceiveRequest(
         _ request: ByteBuffer,
@@ -55,7 +55,7 @@ extension ConnectionHandler {
     }
     /// Does nothing.
     public mutating func connectionDidClose(_ connection: Connection, error: SocketIPCError?) {}
-    /// Closes the descriptors and hands the message to ``didReceiveMessage(_:on:)``.
+    /// Closes the descriptors and hands the message to ``didReceiveMessage(_:on:)-(ByteBuffer,_)``.
     public mutating func didReceiveMessage(
         _ message: ByteBuffer,
         descriptors: ReceivedDescriptors,
@@ -64,7 +64,7 @@ extension ConnectionHandler {
         descriptors.close()
         self.didReceiveMessage(message, on: connection)
     }
-    /// Closes the descriptors and hands the request to ``didReceiveRequest(_:reply:on:)``.
+    /// Closes the descriptors and hands the request to ``didReceiveRequest(_:reply:on:)-(ByteBuffer,_,_)``.
     public mutating func didReceiveRequest(
         _ request: ByteBuffer,
         descriptors: ReceivedDescriptors,

@@ -103,8 +103,10 @@ public struct ConnectionOptions: Sendable {
     /// Payloads of at least this many bytes travel in sealed shared memory (a `memfd` passed with the frame, PROTOCOL.md
     /// "Shared payloads") instead of through the socket, when both sides pass descriptors
     /// (``maximumDescriptorsPerMessage``); default 256 KiB, chosen by measurement (BENCHMARKS.md, "Shared payloads").
-    /// `Int.max` turns it off. Messages, requests, replies and call messages all do; the receiver gets an ordinary
-    /// buffer. If the shared memory cannot be made (out of memory, no `memfd`), the payload goes through the socket.
+    /// `Int.max` turns it off for buffers (a ``SharedMemoryLoan`` is sent in shared memory whatever its size).
+    /// Messages, requests, replies and call messages all do; the receiver gets an ordinary buffer, or a
+    /// ``MappedPayload`` if its handler asks for one. If the shared memory cannot be made (out of memory, no `memfd`),
+    /// the payload goes through the socket.
     public var sharedPayloadThreshold = 256 * 1024
 
     /// ``maximumDescriptorsPerMessage`` within 0...253.

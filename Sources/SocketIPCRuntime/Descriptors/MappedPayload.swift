@@ -9,7 +9,8 @@ import Darwin
 #endif
 
 /// A payload that arrived in sealed shared memory (PROTOCOL.md "Shared payloads"), mapped read-only: its bytes,
-/// without the copy into a buffer that an ordinary payload costs.
+/// without the copy into a buffer that an ordinary payload costs. (A payload under 64 KiB is copied instead: for so
+/// few bytes a copy is cheaper than a mapping, and it keeps a peer from using up the process's mappings.)
 ///
 /// A handler gets one by implementing ``ConnectionHandler/didReceiveMessage(_:on:)-(MappedPayload,_)`` or
 /// ``ConnectionHandler/didReceiveRequest(_:reply:on:)-(MappedPayload,_,_)``; without them, the payload is copied
@@ -21,22 +22,43 @@ import Darwin
 /// Its pages count against the process's memory like any shared memory, not against the connection's buffers. It is a
 /// collection of the payload's bytes, indexed from 0.
 public final class MappedPayload: RandomAccessCollection, @unchecked Sendable {
-    // @unchecked: the mapping is read-only and sealed against writes, and the object never changes it.
+    // @unchecked: the bytes are read-only (a mapping sealed against writes, or memory of its own) and never change.
     private let base: UnsafeRawPointer?
+    /// Whether `base` is a mapping (unmapped by `deinit`) or memory allocated for a copy (deallocated).
+    private let isMapping: Bool
 
     /// The payload's length in bytes.
     public let count: Int
+
+    /// Payloads shorter than this are copied rather than mapped: a copy of so few bytes costs less than a mapping,
+    /// and a peer sending many tiny payloads to a handler that keeps them cannot use up the process's mappings
+    /// (`vm.max_map_count`, 65,530 by default), past which every `mmap` of the process fails, `malloc`'s too.
+    static let smallestMapped = 64 * 1024
 
     /// Takes over the read-only mapping of `count` bytes at `base` (`nil` for an empty payload), which `deinit`
     /// unmaps.
     init(mapping base: UnsafeRawPointer?, count: Int) {
         self.base = base
+        self.isMapping = true
+        self.count = count
+    }
+
+    /// Takes over `count` bytes at `base` allocated with `UnsafeMutableRawPointer.allocate`, which `deinit`
+    /// deallocates.
+    init(copy base: UnsafeMutableRawPointer, count: Int) {
+        self.base = UnsafeRawPointer(base)
+        self.isMapping = false
         self.count = count
     }
 
     deinit {
+        guard let base else { return }
+        if !self.isMapping {
+            UnsafeMutableRawPointer(mutating: base).deallocate()
+            return
+        }
         #if os(Linux) || canImport(Darwin)
-        if let base { _ = munmap(UnsafeMutableRawPointer(mutating: base), self.count) }
+        _ = munmap(UnsafeMutableRawPointer(mutating: base), self.count)
         #endif
     }
 

@@ -24,7 +24,9 @@ import Darwin
 /// reads. On a connection whose peer does not take shared payloads, the bytes are copied into a buffer and go
 /// through the socket instead: a loan works on every connection, and saves its copy where descriptors pass.
 ///
-/// A loan is used once: sending consumes it. One dropped without being sent unmaps and frees its memory.
+/// A loan is used once: sending consumes it. One dropped without being sent unmaps and frees its memory. Its mapping is
+/// not inherited by a child process (`MADV_DONTFORK`), so a `fork` meanwhile does not keep it from being sealed; if
+/// another process maps the memory writable all the same (through `/proc/PID/fd`), the bytes are copied instead.
 ///
 /// Each loan is fresh memory: the kernel allocates and zeroes its pages as they are first written, which costs about
 /// as much as copying them (BENCHMARKS.md, "What fresh shared memory costs"). Linux; elsewhere (untested) the
@@ -63,6 +65,9 @@ public struct SharedMemoryLoan: ~Copyable {
                 _ = close(descriptor)
                 throw error
             }
+            // A child forked meanwhile must not inherit the writable mapping: while any process maps the memory
+            // writable, the kernel refuses F_SEAL_WRITE, and the loan could not be sent sealed.
+            _ = madvise(mapping, capacity, MADV_DONTFORK)
             base = mapping
         }
         self.descriptor = descriptor
@@ -98,10 +103,11 @@ public struct SharedMemoryLoan: ~Copyable {
         try body(UnsafeRawBufferPointer(start: self.base, count: self.capacity))
     }
 
-    /// Ends the loan: unmaps the memory, cuts it to `count` bytes and seals it; returns its descriptor, which the
-    /// caller owns. The loan's memory is freed if that fails.
-    /// - Throws: `SocketIPCError` with code `systemCall` when it cannot be cut or sealed.
-    consuming func seal(count: Int) throws -> Int32 {
+    /// Ends the loan: unmaps the memory, cuts it to `count` bytes and seals it, for sending as a shared payload.
+    /// If the memory cannot be cut or sealed (another process still maps it writable), its first `count` bytes are
+    /// read into a buffer instead, to go through the socket. The memory is closed in every case but the first.
+    /// - Throws: `SocketIPCError` with code `systemCall` when neither works.
+    consuming func seal(count: Int, allocator: ByteBufferAllocator) throws -> SealedLoan {
         let descriptor = self.descriptor
         let base = self.base
         let capacity = self.capacity
@@ -110,19 +116,24 @@ public struct SharedMemoryLoan: ~Copyable {
         if let base { _ = munmap(base, capacity) }
         // Once unmapped, nothing of this process can write it: the seal can be added (F_SEAL_WRITE fails while a
         // writable shared mapping exists).
-        guard count == capacity || ftruncate(descriptor, off_t(count)) == 0 else {
-            let error = SocketIPCError.systemCall("ftruncate of a memfd", errno: errno)
-            _ = close(descriptor)
-            throw error
+        if count == capacity || ftruncate(descriptor, off_t(count)) == 0, csocketipc_seal_all(descriptor) == 0 {
+            return .sealed(descriptor)
         }
-        guard csocketipc_seal_all(descriptor) == 0 else {
-            let error = SocketIPCError.systemCall("fcntl(F_ADD_SEALS) of a memfd", errno: errno)
-            _ = close(descriptor)
-            throw error
+        defer { _ = close(descriptor) }
+        var buffer = allocator.buffer(capacity: count)
+        var offset = 0
+        try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { bytes in
+            while offset < count {
+                let read = pread(descriptor, bytes.baseAddress! + offset, count - offset, off_t(offset))
+                if read < 0 && errno == EINTR { continue }
+                if read <= 0 { throw SocketIPCError.systemCall("read of a shared memory loan", errno: errno) }
+                offset += read
+            }
+            return count
         }
-        return descriptor
+        return .copied(buffer)
         #else
-        _ = (base, capacity)
+        _ = (descriptor, base, capacity, allocator)
         throw SocketIPCError(.invalidConfiguration, "shared memory loans are available on Linux only")
         #endif
     }
@@ -133,6 +144,12 @@ public struct SharedMemoryLoan: ~Copyable {
         self.withUnsafeBytes { _ = buffer.writeBytes(UnsafeRawBufferPointer(rebasing: $0.prefix(count))) }
         return buffer
     }
+}
+
+/// A loan once it is ended: its sealed memory, or its bytes copied when the memory could not be sealed.
+enum SealedLoan {
+    case sealed(Int32)
+    case copied(ByteBuffer)
 }
 
 extension SharedMemoryLoan: @unchecked Sendable {}
@@ -152,7 +169,7 @@ extension Connection {
     ///   - count: How many of its bytes to send, 0 up to its ``SharedMemoryLoan/capacity`` and
     ///     ``ConnectionOptions/maximumMessageSize``.
     /// - Throws: `SocketIPCError` with code `invalidConfiguration` when `count` is outside the loan,
-    ///   `messageTooLarge`, `systemCall` when the memory cannot be sealed, or `connectionClosed` (or the reason the
+    ///   `messageTooLarge`, `systemCall` when the memory can be neither sealed nor read, or `connectionClosed` (or the reason the
     ///   peer gave when it went away) once the connection is closed.
     nonisolated(nonsending) public func send(_ loan: consuming SharedMemoryLoan, count: Int) async throws {
         guard count >= 0, count <= loan.capacity else {
@@ -170,8 +187,13 @@ extension Connection {
         }
         let mustWait: Bool
         if self.takesSharedPayloads {
-            let memory = try loan.seal(count: count)
-            mustWait = try self.queueShared(.message, id: 0, length: count, memory: memory)
+            switch try loan.seal(count: count, allocator: self.channel.allocator) {
+            case .sealed(let memory):
+                mustWait = try self.queueShared(.message, id: 0, length: count, memory: memory)
+            case .copied(let bytes):
+                self.logger.debug("a shared memory loan could not be sealed (another process maps it writable); its bytes are copied")
+                mustWait = try self.queueMessage(bytes)
+            }
         } else {
             mustWait = try self.queueMessage(loan.copy(count: count, allocator: self.channel.allocator))
         }

@@ -73,6 +73,21 @@ enum SharedPayload {
             )
         }
         guard length > 0 else { return MappedPayload(mapping: nil, count: 0) }
+        if length < MappedPayload.smallestMapped {
+            let copy = UnsafeMutableRawPointer.allocate(byteCount: length, alignment: 16)
+            var offset = 0
+            while offset < length {
+                let read = pread(descriptor, copy + offset, length - offset, off_t(offset))
+                if read < 0 && errno == EINTR { continue }
+                guard read > 0 else {
+                    let error = SocketIPCError.systemCall("read of a shared payload", errno: read < 0 ? errno : EIO)
+                    copy.deallocate()
+                    throw error
+                }
+                offset += read
+            }
+            return MappedPayload(copy: copy, count: length)
+        }
         guard let mapping = mmap(nil, length, PROT_READ, MAP_SHARED, descriptor, 0), mapping != MAP_FAILED else {
             throw SocketIPCError.systemCall("mmap of a shared payload", errno: errno)
         }
@@ -80,12 +95,6 @@ enum SharedPayload {
         #else
         throw SocketIPCError(.invalidConfiguration, "shared payloads are available on Linux only")
         #endif
-    }
-
-    /// Reads the `length` bytes of the sealed shared memory `descriptor` into a new buffer, and closes it.
-    /// - Throws: As ``map(_:length:)``.
-    static func read(_ descriptor: Int32, length: Int, allocator: ByteBufferAllocator) throws -> ByteBuffer {
-        try Self.map(descriptor, length: length).copyToBuffer(allocator: allocator)
     }
 }
 

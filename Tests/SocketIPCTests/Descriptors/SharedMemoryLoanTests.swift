@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import NIOCore
 import SocketIPC
 import SocketIPCTesting
@@ -155,6 +156,104 @@ extension DescriptorPassingTests {
                 #expect(await Self.sharedMemoryInUse(settlingAt: (0, 0)) == (0, 0), "every refused loan was unmapped and closed")
             }
         }
+    }
+}
+
+extension DescriptorPassingTests {
+    @Test("a loan of 0 bytes reaches the mapped form as an empty payload; one under 64 KiB is copied, not mapped")
+    func emptyAndSmallMapped() async throws {
+        let (received, continuation) = AsyncStream.makeStream(of: MappedPayload.self)
+        try await withFramedTestServer(
+            configure: { $0.connection = Self.options() },
+            makeHandler: { MappingHandler(messages: continuation) }
+        ) { _, path in
+            try await Client.withConnection(to: path, configuration: Self.clientConfiguration()) { connection in
+                var messages = received.makeAsyncIterator()
+                try await connection.send(SharedMemoryLoan(capacity: 4096), count: 0)
+                let empty = try #require(await messages.next())
+                #expect(empty.isEmpty && Array(empty).isEmpty)
+                #expect(empty.withUnsafeBytes { $0.count } == 0)
+                #expect(empty.withContiguousStorageIfAvailable { $0.count } == 0)
+                #expect(empty.copyToBuffer().readableBytes == 0)
+                try await connection.send(Self.filledLoan(capacity: 65_535, count: 65_535), count: 65_535)
+                let small = try #require(await messages.next())
+                #expect(Array(small) == Self.pattern(65_535))
+                #expect(
+                    await Self.sharedMemoryInUse(settlingAt: (0, 0)) == (0, 0),
+                    "held, a small payload is a copy: no mapping, no descriptor"
+                )
+            }
+        }
+    }
+
+    @Test("a loan sent on a closed connection fails with connectionClosed and leaves nothing open or mapped")
+    func loanOnClosedConnection() async throws {
+        try await withFramedTestServer(
+            configure: { $0.connection = Self.options() },
+            makeHandler: { EchoHandler() }
+        ) { _, path in
+            let connection = try await Client.connect(to: path, configuration: Self.clientConfiguration())
+            connection.close()
+            await connection.waitUntilClosed()
+            let error = await #expect(throws: SocketIPCError.self) {
+                try await connection.send(Self.filledLoan(capacity: 1 << 20, count: 1000), count: 1000)
+            }
+            #expect(error?.code == .connectionClosed)
+        }
+        #expect(await Self.sharedMemoryInUse(settlingAt: (0, 0)) == (0, 0))
+    }
+
+    @Test("requests in shared memory for the mapped form count against maximumConcurrentRequests as any request")
+    func mappedRequestsAreLimited() async throws {
+        let (held, heldContinuation) = AsyncStream.makeStream(of: Reply.self)
+        let counters = RequestCounters()
+        try await withFramedTestServer(
+            configure: {
+                $0.connection = Self.options()
+                $0.connection.maximumConcurrentRequests = 1
+            },
+            makeHandler: { HoldingMappedHandler(counters: counters, held: heldContinuation) }
+        ) { _, path in
+            try await Client.withConnection(to: path, configuration: Self.clientConfiguration()) { connection in
+                let total = 6
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for _ in 0..<total {
+                        group.addTask { _ = try await connection.request(ByteBuffer(repeating: 7, count: 300_000)) }
+                    }
+                    var answered = 0
+                    for await reply in held {
+                        // A moment for more requests to arrive, were the limit not kept (a bounded wait for an
+                        // absence; nothing waits on it).
+                        try? await Task.sleep(for: .milliseconds(20))
+                        counters.answered.add(1, ordering: .relaxed)
+                        reply.succeed(ByteBuffer(string: "ok"))
+                        answered += 1
+                        if answered == total { break }
+                    }
+                    try await group.waitForAll()
+                }
+            }
+        }
+        #expect(counters.most.load(ordering: .relaxed) == 1, "never more than one request unanswered")
+    }
+}
+
+/// Requests handed out and answered, and the most ever unanswered at once.
+private final class RequestCounters: Sendable {
+    let received = Atomic<Int>(0)
+    let answered = Atomic<Int>(0)
+    let most = Atomic<Int>(0)
+}
+
+/// Holds each mapped request's reply for the test to answer, counting the requests unanswered.
+private struct HoldingMappedHandler: ConnectionHandler {
+    let counters: RequestCounters
+    let held: AsyncStream<Reply>.Continuation
+
+    func didReceiveRequest(_ request: MappedPayload, reply: Reply, on connection: Connection) {
+        let received = self.counters.received.add(1, ordering: .relaxed).newValue
+        _ = self.counters.most.max(received - self.counters.answered.load(ordering: .relaxed), ordering: .relaxed)
+        self.held.yield(reply)
     }
 }
 
