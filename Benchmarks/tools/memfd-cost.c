@@ -11,6 +11,8 @@
 //                     (SharedMemoryLoan filled by a copy)
 //   copy-in+copy-out  copy-in, then mmap read-only + memcpy out + munmap (a receiver's ordinary buffer)
 //   copy-in+mapped    copy-in, then mmap read-only and munmap without reading (a receiver's MappedPayload)
+//   fresh-anonymous   mmap of private anonymous memory + memset + munmap: whether fresh pages cost as much without
+//                     shared memory (they do on a VM whose page faults are slow)
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdio.h>
@@ -89,7 +91,14 @@ static void step(int which) {
         break;
     }
     case 4: fd = copy_in(); receive(fd, 1); break;
-    default: fd = copy_in(); receive(fd, 0); break;
+    case 5: fd = copy_in(); receive(fd, 0); break;
+    default: {
+        char *anonymous = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (anonymous == MAP_FAILED) die("mmap");
+        memset(anonymous, 'x', size);
+        munmap(anonymous, size);
+        return;
+    }
     }
     close(fd);
 }
@@ -100,7 +109,8 @@ static int compare(const void *a, const void *b) {
 }
 
 int main(int argc, char **argv) {
-    static const char *names[] = {"memcpy", "fresh-memory", "copy-in", "loan", "copy-in+copy-out", "copy-in+mapped"};
+    static const char *names[] = {"memcpy", "fresh-memory", "copy-in", "loan", "copy-in+copy-out", "copy-in+mapped",
+                                  "fresh-anonymous"};
     long n = 1000;
     if (argc > 1) size = (size_t)strtoul(argv[1], NULL, 10);
     if (argc > 2) n = strtol(argv[2], NULL, 10);
@@ -113,7 +123,7 @@ int main(int argc, char **argv) {
     if (!source || !target) die("malloc");
     memset(source, 'x', size);
     memset(target, 0, size);
-    for (int which = 0; which < 6; which++) {
+    for (int which = 0; which < 7; which++) {
         double rounds[5];
         for (int round = 0; round < 5; round++) {
             double start = now_us();
