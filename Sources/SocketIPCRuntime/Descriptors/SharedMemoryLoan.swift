@@ -28,8 +28,8 @@ import Darwin
 /// not inherited by a child process (`MADV_DONTFORK`), so a `fork` meanwhile does not keep it from being sealed; if
 /// another process maps the memory writable all the same (through `/proc/PID/fd`), the bytes are copied instead.
 ///
-/// Each loan is fresh memory: the kernel allocates and zeroes its pages as they are first written, which costs about
-/// as much as copying them (BENCHMARKS.md, "What fresh shared memory costs"). Linux; elsewhere (untested) the
+/// Each loan is fresh memory: the kernel allocates and zeroes its pages as they are first written, which costs more
+/// than copying them on a machine with slow page faults, such as a virtual machine (BENCHMARKS.md, "Large payloads"). Linux; elsewhere (untested) the
 /// initializer throws `invalidConfiguration`.
 public struct SharedMemoryLoan: ~Copyable {
     private let descriptor: Int32
