@@ -157,9 +157,7 @@ extension DescriptorPassingTests {
             }
         }
     }
-}
 
-extension DescriptorPassingTests {
     @Test("a loan of 0 bytes reaches the mapped form as an empty payload; one under 64 KiB is copied, not mapped")
     func emptyAndSmallMapped() async throws {
         let (received, continuation) = AsyncStream.makeStream(of: MappedPayload.self)
