@@ -46,13 +46,26 @@ struct DescriptorPassingTests {
             let connection = try await Client.connect(to: path, configuration: Self.clientConfiguration())
             #expect(connection.passesDescriptors)
             let (readEnd, writeEnd) = try FileDescriptor.pipe()
-            defer { try? readEnd.close() }
             let pipe = linkTarget(readEnd)
-            try await connection.send(ByteBuffer(string: "hello through the pipe"), descriptors: [writeEnd])
+            // Each end is closed exactly once: a second close could close another test's descriptor of the same
+            // number, in this process of concurrent tests.
+            do {
+                try await connection.send(ByteBuffer(string: "hello through the pipe"), descriptors: [writeEnd])
+            } catch {
+                try? readEnd.close()
+                try? writeEnd.close()
+                throw error
+            }
             // The connection sent a duplicate: the caller's own may be closed at once.
             try writeEnd.close()
             // The server writes the message into the pipe and closes its copy: EOF once every copy is closed.
-            let text = try readAll(readEnd)
+            let text: String
+            do {
+                text = try readAll(readEnd)
+            } catch {
+                try? readEnd.close()
+                throw error
+            }
             #expect(text == "hello through the pipe")
             connection.close()
             await connection.waitUntilClosed()
