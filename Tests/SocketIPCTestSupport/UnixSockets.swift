@@ -109,7 +109,11 @@ public final class ClosingListener: Sendable {
             throw POSIXError(POSIXErrorCode(rawValue: code) ?? .EIO)
         }
         let descriptor = self.descriptor
+        // Only this thread closes the listening socket, when `accept` fails after `stop()` shut it down: were `stop()`
+        // to close it, a concurrent test could get the same number for a socket of its own before this thread's
+        // next `accept`, which would then take (and close) that test's connections.
         let thread = Thread {
+            defer { close(descriptor) }
             while true {
                 let accepted = accept(descriptor, nil, nil)
                 if accepted >= 0 {
@@ -126,7 +130,8 @@ public final class ClosingListener: Sendable {
         thread.start()
     }
 
-    /// Stops accepting (wakes the blocked `accept`) and closes the listening socket. Safe to call twice.
+    /// Stops accepting: shuts the listening socket down, so that connecting is refused at once and the blocked
+    /// `accept` fails (`EINVAL`); the accepting thread then closes the socket. Safe to call twice.
     public func stop() {
         let wasStopped = self.stopped.withLock { stopped in
             defer { stopped = true }
@@ -134,6 +139,5 @@ public final class ClosingListener: Sendable {
         }
         guard !wasStopped else { return }
         shutdown(self.descriptor, Int32(SHUT_RDWR))
-        close(self.descriptor)
     }
 }

@@ -119,7 +119,10 @@ final class GreetingListener: Sendable {
             throw POSIXError(POSIXErrorCode(rawValue: code) ?? .EIO)
         }
         self.descriptor = descriptor
+        // Only this thread closes the listening socket (see `ClosingListener`): a close in `stop()` could race with
+        // the next `accept` here after another test reused the number.
         Thread {
+            defer { closeDescriptor(descriptor) }
             while true {
                 let accepted = accept(descriptor, nil, nil)
                 if accepted < 0 {
@@ -134,7 +137,8 @@ final class GreetingListener: Sendable {
         }.start()
     }
 
-    /// Stops accepting and closes the listener. Safe to call twice.
+    /// Stops accepting: shuts the listener down (connecting is refused at once); the accepting thread then closes
+    /// it. Safe to call twice.
     func stop() {
         let wasStopped = self.stopped.withLock { stopped in
             defer { stopped = true }
@@ -142,6 +146,5 @@ final class GreetingListener: Sendable {
         }
         guard !wasStopped else { return }
         shutdown(self.descriptor, Int32(SHUT_RDWR))
-        closeDescriptor(self.descriptor)
     }
 }

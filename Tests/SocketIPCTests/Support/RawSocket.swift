@@ -13,7 +13,8 @@ import Darwin
 
 /// A blocking Unix domain socket client for byte-level tests; each blocking call runs on a thread of its own, so that
 /// it never occupies Swift's cooperative threads nor waits behind another test's call in a small shared pool (which
-/// on a 2-core machine delays a send past a test's short timeout). Every read has a 10 s timeout as a safety net.
+/// on a 2-core machine delays a send past a test's short timeout). Every read has a 60 s timeout (`SO_RCVTIMEO`) as a safety net
+/// for a broken test, long enough never to cut a slow but working exchange on a loaded machine.
 final class RawSocket: @unchecked Sendable {
     let descriptor: Int32
 
