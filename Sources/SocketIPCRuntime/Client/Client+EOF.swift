@@ -28,9 +28,16 @@ extension Client {
     ///   - path: The server's socket path.
     ///   - maximumAcknowledgementSize: The most acknowledgement bytes accepted; default 16 MiB.
     ///   - connectTimeout: How long to keep trying while the server's listen backlog is full; default 10 seconds.
+    ///   - timeout: How long the exchange may take once connected, writing the message (to a server that stops
+    ///     reading) and waiting for the acknowledgement and end-of-stream (from a server that never closes); `nil`,
+    ///     the default, for no limit, as with a framed request's `ConnectionOptions/requestTimeout`. Cancelling the
+    ///     calling task ends the exchange either way.
     /// - Returns: The acknowledgement.
-    /// - Throws: `SocketIPCError` with code `invalidPath`, `connectionRefused`, `unauthorized` (the socket file's
-    ///   mode forbids connecting), `timedOut` (the server's backlog stayed full for `connectTimeout`), `messageTooLarge` (the
+    /// - Throws: `CancellationError` when the calling task is cancelled (the connection is closed; whether the server
+    ///   got the message is unknown). `SocketIPCError` with code `invalidPath`, `connectionRefused`, `unauthorized`
+    ///   (the socket file's mode forbids connecting), `timedOut` (the server's backlog stayed full for
+    ///   `connectTimeout`, or the exchange took longer than `timeout`: the connection is then closed and the
+    ///   delivery unknown), `messageTooLarge` (the
     ///   acknowledgement), `connectionClosed` (the server closed the connection before the whole message was
     ///   delivered: the message is over its maximum size, its authorization policy refused this process, or it is
     ///   at its connection limit or shutting down), `protocolViolation` (the server is a framed SocketIPC server,
@@ -40,10 +47,12 @@ extension Client {
         _ message: ByteBuffer,
         to path: String,
         maximumAcknowledgementSize: Int = 16 * 1024 * 1024,
-        connectTimeout: Duration = .seconds(10)
+        connectTimeout: Duration = .seconds(10),
+        timeout: Duration? = nil
     ) async throws -> ByteBuffer {
         let socketPath = try SocketPath(path)
         let descriptor = try await SocketConnector.connect(to: socketPath, timeout: connectTimeout)
+        let deadline = timeout.map { ContinuousClock.now.advanced(by: $0) }
         // Optimistically do the whole exchange with plain system calls on this thread: a small message fits in the
         // socket buffer, and a server that answers at once is answered within the short wait below. Anything that
         // would block goes to an event loop instead.
@@ -66,11 +75,17 @@ extension Client {
         #if os(Linux)
         // The whole message is out: only the acknowledgement is left to read, which the process-wide waiter does
         // far more cheaply than a channel set up for this one connection.
-        if attempt.halfClosed, let outcome = await EOFAcknowledgementWaiter.shared.acknowledgement(of: attempt) {
+        if attempt.halfClosed,
+            let outcome = await EOFAcknowledgementWaiter.shared.acknowledgement(
+                of: attempt,
+                timeout: deadline.map { max(.zero, $0 - ContinuousClock.now) }
+            )
+        {
             switch outcome {
             case .finished(let acknowledgement):
                 return acknowledgement
             case .failed(let error):
+                if error.code == .cancelled { throw CancellationError() }
                 throw error
             case .wouldBlock:
                 preconditionFailure("the acknowledgement waiter resumes only finished exchanges")
@@ -81,8 +96,9 @@ extension Client {
         let receivedSoFar = attempt.received
         let eventLoop = currentEventLoop ?? MultiThreadedEventLoopGroup.singleton.any()
         let acknowledgement = eventLoop.makePromise(of: ByteBuffer.self)
+        let channel: any Channel
         do {
-            _ = try await ClientBootstrap(group: eventLoop)
+            channel = try await ClientBootstrap(group: eventLoop)
                 .channelOption(.allowRemoteHalfClosure, value: true)
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
@@ -103,13 +119,32 @@ extension Client {
             acknowledgement.fail(error)
             throw SocketIPCError(.systemCall, "could not set up the connection to \(socketPath): \(error)", path: path, cause: error)
         }
-        return try await acknowledgement.futureResult.get()
+        // Giving up fails the promise first, so that the end-of-stream of the close that follows is no delivery.
+        let timer = deadline.map { deadline in
+            eventLoop.scheduleTask(in: TimeAmount(max(.zero, deadline - ContinuousClock.now))) {
+                acknowledgement.fail(SocketIPCError(
+                    .timedOut,
+                    "the exchange with the server did not end within \(timeout!)",
+                    path: path
+                ))
+                channel.close(promise: nil)
+            }
+        }
+        defer { timer?.cancel() }
+        return try await withTaskCancellationHandler {
+            try await acknowledgement.futureResult.get()
+        } onCancel: {
+            eventLoop.execute {
+                acknowledgement.fail(CancellationError())
+                channel.close(promise: nil)
+            }
+        }
     }
 
     /// Sends one EOF-style message that `body` writes in pieces, with backpressure, then half-closes and returns the
     /// server's acknowledgement. Use it for messages too large to hold in memory.
     ///
-    /// As with ``sendMessage(_:to:maximumAcknowledgementSize:connectTimeout:)``, the call returns only when every byte was
+    /// As with ``sendMessage(_:to:maximumAcknowledgementSize:connectTimeout:timeout:)``, the call returns only when every byte was
     /// written, the write side shut down and the server then closed cleanly.
     /// - Parameters:
     ///   - path: The server's socket path.
@@ -117,8 +152,10 @@ extension Client {
     ///   - connectTimeout: How long to keep trying while the server's listen backlog is full; default 10 seconds.
     ///   - body: Writes the message with the ``EOFMessageWriter`` it is given.
     /// - Returns: The acknowledgement.
-    /// - Throws: `SocketIPCError` with the codes of ``sendMessage(_:to:maximumAcknowledgementSize:connectTimeout:)``,
-    ///   or what `body` throws.
+    /// - Throws: `SocketIPCError` with the codes of
+    ///   ``sendMessage(_:to:maximumAcknowledgementSize:connectTimeout:timeout:)``, `CancellationError` when the
+    ///   calling task is cancelled while waiting for the acknowledgement, or what `body` throws. For a time limit,
+    ///   cancel the task.
     public static func sendMessage(
         to path: String,
         maximumAcknowledgementSize: Int = 16 * 1024 * 1024,
@@ -179,6 +216,8 @@ extension Client {
             }
             outbound.finish()
             let failure = await readAcknowledgement()
+            // A cancelled task ends the read early: no acknowledgement, and no delivery to report.
+            try Task.checkCancellation()
             if let framed = FramedServerRecognition.error(for: acknowledgement, path: path) { throw framed }
             if let failure { throw failure }
             if let undelivered = try await eventLoop.submit({ tracker.value.undelivered(path: path) }).get() {

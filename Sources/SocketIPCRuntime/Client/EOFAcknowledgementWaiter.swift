@@ -1,6 +1,8 @@
 #if os(Linux)
 import CSocketIPCLinux
 import Foundation
+import NIOCore
+import NIOPosix
 import Synchronization
 
 #if canImport(Glibc)
@@ -21,12 +23,23 @@ final class EOFAcknowledgementWaiter: @unchecked Sendable {
     static let shared = EOFAcknowledgementWaiter()
 
     private struct Waiting {
+        /// Tells this wait from a later one on a socket that reuses the number.
+        let id: UInt64
         var exchange: EOFExchange
         let continuation: CheckedContinuation<EOFExchange.Outcome, Never>
     }
 
+    private struct State {
+        /// The waits whose sockets are in the epoll set, by socket.
+        var waiting: [Int32: Waiting] = [:]
+        /// The waits the thread took out of `waiting` to read from their sockets, with the error to fail them with
+        /// if their callers gave up meanwhile (`nil`: not abandoned).
+        var running: [UInt64: SocketIPCError?] = [:]
+        var nextID: UInt64 = 0
+    }
+
     private let epollDescriptor: Int32
-    private let waiting = Mutex<[Int32: Waiting]>([:])
+    private let state = Mutex(State())
 
     private init() {
         self.epollDescriptor = epoll_create1(Int32(EPOLL_CLOEXEC))
@@ -38,22 +51,73 @@ final class EOFAcknowledgementWaiter: @unchecked Sendable {
     }
 
     /// Finishes `exchange`, whose message is sent and whose write side is shut down, once its acknowledgement
-    /// and EOF have arrived.
-    /// - Returns: `.finished` or `.failed` (the socket is then closed), or `nil` when the waiter is unavailable
-    ///   (no `epoll` set could be made) and the caller must wait some other way.
-    func acknowledgement(of exchange: EOFExchange) async -> EOFExchange.Outcome? {
+    /// and EOF have arrived, `timeout` has passed, or the calling task is cancelled.
+    /// - Parameters:
+    ///   - exchange: The exchange; the waiter owns its socket from here on and closes it when done.
+    ///   - timeout: How long to wait at most; `nil` for no limit.
+    /// - Returns: `.finished` or `.failed` (the socket is then closed; `timedOut` after `timeout`, `cancelled`
+    ///   when the task was cancelled), or `nil` when the waiter is unavailable (no `epoll` set could be made) and the
+    ///   caller must wait some other way.
+    func acknowledgement(of exchange: EOFExchange, timeout: Duration?) async -> EOFExchange.Outcome? {
         guard self.epollDescriptor >= 0 else { return nil }
         let descriptor = exchange.descriptor
-        return await withCheckedContinuation { continuation in
-            self.waiting.withLock { $0[descriptor] = Waiting(exchange: exchange, continuation: continuation) }
-            if !self.arm(descriptor, operation: EPOLL_CTL_ADD) {
-                let code = errno
-                let waiting = self.waiting.withLock { $0.removeValue(forKey: descriptor) }
-                let exchange = waiting!.exchange
-                continuation.resume(returning: exchange.fail(
-                    SocketIPCError.systemCall("epoll_ctl", errno: code)
+        let id = self.state.withLock { state in
+            state.nextID &+= 1
+            return state.nextID
+        }
+        let timer = timeout.map { timeout in
+            MultiThreadedEventLoopGroup.singleton.any().scheduleTask(in: TimeAmount(timeout)) {
+                self.abandon(descriptor, id: id, because: SocketIPCError(
+                    .timedOut,
+                    "the server did not acknowledge the message within \(timeout)",
+                    path: exchange.path
                 ))
             }
+        }
+        defer { timer?.cancel() }
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                let failure: (Int32, CheckedContinuation<EOFExchange.Outcome, Never>)? = self.state.withLock { state in
+                    state.waiting[descriptor] = Waiting(id: id, exchange: exchange, continuation: continuation)
+                    // Armed under the lock, so that `abandon` never sees a wait whose socket is not registered yet.
+                    guard self.arm(descriptor, operation: EPOLL_CTL_ADD) else {
+                        let code = errno
+                        state.waiting[descriptor] = nil
+                        return (code, continuation)
+                    }
+                    return nil
+                }
+                if let (code, continuation) = failure {
+                    continuation.resume(returning: exchange.fail(SocketIPCError.systemCall("epoll_ctl", errno: code)))
+                } else if Task.isCancelled {
+                    self.abandon(descriptor, id: id, because: Self.cancelled(exchange))
+                }
+            }
+        } onCancel: {
+            self.abandon(descriptor, id: id, because: Self.cancelled(exchange))
+        }
+    }
+
+    private static func cancelled(_ exchange: EOFExchange) -> SocketIPCError {
+        SocketIPCError(.cancelled, "the task waiting for the acknowledgement was cancelled", path: exchange.path)
+    }
+
+    /// Gives up the wait `id` on `descriptor`: fails it with `error` (closing its socket) unless it has ended.
+    private func abandon(_ descriptor: Int32, id: UInt64, because error: SocketIPCError) {
+        let abandoned: Waiting? = self.state.withLock { state in
+            if state.running[id] != nil {
+                // The thread is reading from the socket: it fails the exchange when it is done, unless it finished.
+                if state.running[id]! == nil { state.running[id] = error }
+                return nil
+            }
+            guard let waiting = state.waiting[descriptor], waiting.id == id else { return nil }
+            // Out of the set before the socket is closed (and its number reused).
+            _ = epoll_ctl(self.epollDescriptor, EPOLL_CTL_DEL, descriptor, nil)
+            state.waiting[descriptor] = nil
+            return waiting
+        }
+        if let abandoned {
+            abandoned.continuation.resume(returning: abandoned.exchange.fail(error))
         }
     }
 
@@ -78,22 +142,36 @@ final class EOFAcknowledgementWaiter: @unchecked Sendable {
         }
     }
 
-    /// Reads what arrived on `descriptor`; resumes its caller when the exchange is over, or waits again.
+    /// Reads what arrived on `descriptor`; resumes its caller when the exchange is over or was abandoned, or waits
+    /// again.
     private func continueExchange(on descriptor: Int32) {
-        guard var waiting = self.waiting.withLock({ $0.removeValue(forKey: descriptor) }) else { return }
+        guard var waiting: Waiting = self.state.withLock({ state in
+            guard let waiting = state.waiting.removeValue(forKey: descriptor) else { return nil }
+            state.running[waiting.id] = .some(nil)
+            return waiting
+        }) else { return }
         let outcome = waiting.exchange.runWithoutBlocking(waitingForAcknowledgementUpTo: 0)
-        if case .wouldBlock = outcome {
-            self.waiting.withLock { $0[descriptor] = waiting }
-            if !self.arm(descriptor, operation: EPOLL_CTL_MOD) {
-                let code = errno
-                guard let waiting = self.waiting.withLock({ $0.removeValue(forKey: descriptor) }) else { return }
-                waiting.continuation.resume(returning: waiting.exchange.fail(
-                    SocketIPCError.systemCall("epoll_ctl", errno: code)
-                ))
+        // A finished or failed exchange closed its socket (which left the epoll set with it); one that would block
+        // still owns it, so no other wait can have its number.
+        let resumed: EOFExchange.Outcome? = self.state.withLock { state in
+            let abandoned = state.running.removeValue(forKey: waiting.id) ?? nil
+            guard case .wouldBlock = outcome else { return outcome }
+            if let abandoned {
+                _ = epoll_ctl(self.epollDescriptor, EPOLL_CTL_DEL, descriptor, nil)
+                return waiting.exchange.fail(abandoned)
             }
-            return
+            // Armed again under the lock, for the same reason as in `acknowledgement(of:timeout:)`.
+            guard self.arm(descriptor, operation: EPOLL_CTL_MOD) else {
+                let code = errno
+                _ = epoll_ctl(self.epollDescriptor, EPOLL_CTL_DEL, descriptor, nil)
+                return waiting.exchange.fail(SocketIPCError.systemCall("epoll_ctl", errno: code))
+            }
+            state.waiting[descriptor] = waiting
+            return nil
         }
-        waiting.continuation.resume(returning: outcome)
+        if let resumed {
+            waiting.continuation.resume(returning: resumed)
+        }
     }
 }
 #endif

@@ -1,0 +1,128 @@
+import NIOCore
+import SocketIPC
+import SocketIPCTestSupport
+import SocketIPCTesting
+import Testing
+
+// Written for Linux (Glibc, Musl) and Darwin; tested on Linux only, Darwin is untested.
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A server that never acknowledges (it reads the message, or not even that, and keeps the connection open) must not
+/// hold an EOF-style sender for ever: `timeout` ends the exchange with `timedOut`, cancelling the task ends it with
+/// `CancellationError`, and either way the sender closes its socket.
+@Suite("EOF-style sender: timeout and cancellation", .timeLimit(.minutes(1)))
+struct EOFClientTimeoutTests {
+    @Test(
+        "a server that reads the whole message but never closes: timedOut after the timeout, and the socket is closed",
+        arguments: [16, 4 * 1024 * 1024]
+    )
+    func silentServerTimesOut(size: Int) async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/silent.sock"
+            let listener = try makeStaleSocket(at: path, listening: true)
+            defer { _ = closeDescriptor(listener) }
+            let sending = Task {
+                try await Client.sendMessage(ByteBuffer(repeating: 0x41, count: size), to: path, timeout: .milliseconds(300))
+            }
+            let accepted = try await SilentPeer.acceptOne(on: listener)
+            defer { _ = closeDescriptor(accepted) }
+            // Read the whole message (the sender then waits for the acknowledgement only), but never answer.
+            #expect(try await SilentPeer.readUntilHalfClosed(accepted) == size)
+            let error = await #expect(throws: SocketIPCError.self) { try await sending.value }
+            #expect(error?.code == .timedOut)
+            #expect(try await SilentPeer.waitUntilClosed(accepted), "the sender closed its socket")
+        }
+    }
+
+    @Test("a server that never reads a message larger than the socket buffers: timedOut while it is being written")
+    func stalledWriteTimesOut() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/stalled.sock"
+            // Listening, never accepting: the connection waits in the backlog and nothing is ever read.
+            let listener = try makeStaleSocket(at: path, listening: true)
+            defer { _ = closeDescriptor(listener) }
+            let error = await #expect(throws: SocketIPCError.self) {
+                try await Client.sendMessage(
+                    ByteBuffer(repeating: 0x41, count: 8 * 1024 * 1024),
+                    to: path,
+                    timeout: .milliseconds(300)
+                )
+            }
+            #expect(error?.code == .timedOut)
+            let accepted = try await SilentPeer.acceptOne(on: listener)
+            defer { _ = closeDescriptor(accepted) }
+            #expect(try await SilentPeer.waitUntilClosed(accepted), "the sender closed its socket")
+        }
+    }
+
+    @Test(
+        "cancelling the sender while it waits for the acknowledgement throws CancellationError and closes the socket",
+        arguments: ["whole message", "message writer"]
+    )
+    func cancelledWhileWaiting(form: String) async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/silent.sock"
+            let listener = try makeStaleSocket(at: path, listening: true)
+            defer { _ = closeDescriptor(listener) }
+            let sending = Task {
+                if form == "whole message" {
+                    _ = try await Client.sendMessage(ByteBuffer(string: "hello"), to: path)
+                } else {
+                    _ = try await Client.sendMessage(to: path) { writer in
+                        try await writer.write(ByteBuffer(string: "hello"))
+                    }
+                }
+            }
+            let accepted = try await SilentPeer.acceptOne(on: listener)
+            defer { _ = closeDescriptor(accepted) }
+            #expect(try await SilentPeer.readUntilHalfClosed(accepted) == 5)
+            sending.cancel()
+            await #expect(throws: CancellationError.self) { try await sending.value }
+            #expect(try await SilentPeer.waitUntilClosed(accepted), "the sender closed its socket")
+        }
+    }
+}
+
+/// The server's side of these tests, with plain blocking system calls on threads of their own.
+private enum SilentPeer {
+    static func acceptOne(on listener: Int32) async throws -> Int32 {
+        try await onOwnThread {
+            let accepted = accept(listener, nil, nil)
+            guard accepted >= 0 else { throw RawSocketError.failed("accept", errno) }
+            return accepted
+        }
+    }
+
+    /// Reads until the sender's half-close (end-of-stream); how many bytes came.
+    static func readUntilHalfClosed(_ descriptor: Int32) async throws -> Int {
+        try await onOwnThread {
+            var total = 0
+            var chunk = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let got = chunk.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress, $0.count, 0) }
+                if got == 0 { return total }
+                guard got > 0 else { throw RawSocketError.failed("read", errno) }
+                total += got
+            }
+        }
+    }
+
+    /// Whether the sender closed its socket within 20 s (a safety net, not a wait): `POLLHUP` (both directions
+    /// ended) or `POLLERR` (it closed with bytes of ours unread), which `poll` reports whatever the events asked.
+    static func waitUntilClosed(_ descriptor: Int32) async throws -> Bool {
+        try await onOwnThread {
+            var entry = pollfd(fd: descriptor, events: 0, revents: 0)
+            while true {
+                let ready = poll(&entry, 1, 20_000)
+                if ready < 0 && errno == EINTR { continue }
+                return ready > 0 && entry.revents & Int16(POLLHUP | POLLERR) != 0
+            }
+        }
+    }
+}
