@@ -74,6 +74,7 @@ public enum Client {
         var knownPeer: PeerCredentials?
         if options.effectiveMaximumDescriptors > 0 {
             knownPeer = PeerCredentials.read(descriptor: descriptor)
+            options.applySocketOptions(toDescriptor: descriptor)
             relay = try DescriptorRelay(socket: descriptor, maximumPerMessage: options.effectiveMaximumDescriptors)
         }
         let descriptorRelay = relay

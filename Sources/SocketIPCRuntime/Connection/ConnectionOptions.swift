@@ -1,5 +1,13 @@
 import NIOCore
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// Limits and timeouts of a framed connection, the same on the client and the server side.
 public struct ConnectionOptions: Sendable {
     /// The largest payload of one message, request or reply, in bytes; default 16 MiB.
@@ -123,6 +131,14 @@ public struct ConnectionOptions: Sendable {
     /// message arrive in a few reads, each copied once.
     static var receiveAllocator: AdaptiveRecvByteBufferAllocator {
         AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 128, maximum: 1024 * 1024)
+    }
+
+    /// Sets the socket options these options ask for on a connection's own socket, when its channel does not own it:
+    /// a connection that passes descriptors, whose channel has the relay's socket pair (``applySocketOptions(to:)``
+    /// sets them there too). Best effort: a failure leaves the kernel's default.
+    func applySocketOptions(toDescriptor descriptor: Int32) {
+        guard var size = self.socketSendBufferSize.map({ Int32(clamping: $0) }), size > 0 else { return }
+        _ = setsockopt(descriptor, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
     }
 
     /// Sets the socket options these options ask for on a new connection's channel; call on its event loop.

@@ -95,6 +95,7 @@ extension Server {
         var relay: DescriptorRelay?
         let maximumDescriptors = self.initializer.maximumDescriptorsPerMessage
         if maximumDescriptors > 0 {
+            self.configuration.connection.applySocketOptions(toDescriptor: descriptor)
             do {
                 relay = try DescriptorRelay(socket: descriptor, maximumPerMessage: maximumDescriptors)
             } catch {
