@@ -110,8 +110,8 @@ extension ConnectionChannelHandler {
         }
     }
 
-    /// While paused for requests: hands out the replies, error replies, pings and pongs among the bytes kept (a ping
-    /// is answered at once, so that a busy peer is not taken for a frozen one), and moves the other
+    /// While paused for requests: hands out the replies (with their descriptors), error replies, pings and pongs among
+    /// the bytes kept (a ping is answered at once, so that a busy peer is not taken for a frozen one), and moves the other
     /// frames among them (requests, messages, going-away), in order, to the held frames; keeps the start of an
     /// unfinished frame. A going-away is held too, so that it still comes after the requests sent before it.
     func handOutRepliesWhilePaused(context: ChannelHandlerContext, connection: Connection) {
@@ -127,10 +127,20 @@ extension ConnectionChannelHandler {
                 guard let frame = try self.decoder.next(from: &partial.bytes) else { break }
                 switch frame {
                 case .descriptors:
-                    // Its descriptors go with the frame after it, which may be held: leave both (and what follows)
-                    // for when the pause ends, so that descriptors are taken in the order they came.
-                    partial.bytes = before
-                    break loop
+                    // Its descriptors go with the frame after it. No frame held so far carries descriptors (the
+                    // first descriptors frame stops this loop), so a reply after it takes the next group in order:
+                    // hand both out now, or a handler waiting for that reply to answer would wait for ever. Before
+                    // any other frame, leave both (and what follows) for when the pause ends.
+                    var after = partial.bytes
+                    guard let next = try self.decoder.next(from: &after), Self.isReply(next) else {
+                        partial.bytes = before
+                        break loop
+                    }
+                    step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: .max)
+                    if step == .next {
+                        step = Self.dispatch(next, to: &handler, connection: connection, maximumRequests: .max)
+                    }
+                    partial.bytes = after
                 case .request, .message, .goAway, .call:
                     self.inbound.hold(before.readSlice(length: partial.bytes.readerIndex - before.readerIndex)!)
                 default:
@@ -154,6 +164,15 @@ extension ConnectionChannelHandler {
             self.fail(error, context: context)
         } else if partial.readableBytes > 0, self.state.mayHandleFrames {
             self.inbound.partial = partial
+        }
+    }
+
+    /// Whether `frame` is a reply, or stands for one whose payload is in shared memory.
+    static func isReply(_ frame: Frame) -> Bool {
+        switch frame {
+        case .reply: true
+        case .sharedPayload(let kind, _, _): kind == .reply
+        default: false
         }
     }
 
