@@ -115,6 +115,14 @@ long csocketipc_send_with_descriptors(
 
 #define CSOCKETIPC_SEALS (F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE)
 
+int csocketipc_accept_cloexec(int descriptor) {
+    return accept4(descriptor, NULL, NULL, SOCK_CLOEXEC);
+}
+
+int csocketipc_pipe_cloexec(int ends[2]) {
+    return pipe2(ends, O_CLOEXEC);
+}
+
 int csocketipc_memfd_create(const char *name) {
     return (int)syscall(SYS_memfd_create, name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
 }

@@ -28,6 +28,12 @@ long csocketipc_send_with_descriptors(
 /// memfd_create(2) with MFD_CLOEXEC and MFD_ALLOW_SEALING: a descriptor of anonymous shared memory, or -1 with errno.
 int csocketipc_memfd_create(const char *name);
 
+/// accept4(2) with SOCK_CLOEXEC: the accepted descriptor, close-on-exec from the start, or -1 with errno.
+int csocketipc_accept_cloexec(int descriptor);
+
+/// pipe2(2) with O_CLOEXEC into ends[0] (read) and ends[1] (write): 0, or -1 with errno.
+int csocketipc_pipe_cloexec(int ends[2]);
+
 /// Adds every seal a receiver of shared memory needs (F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE, F_SEAL_SEAL):
 /// 0, or -1 with errno.
 int csocketipc_seal_all(int descriptor);

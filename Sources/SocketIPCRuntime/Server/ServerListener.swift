@@ -80,7 +80,7 @@ struct ServerListener {
 
     /// A socket bound to the abstract address `path`, listening.
     private static func bindAbstract(_ path: SocketPath, backlog: Int32) throws -> Int32 {
-        let descriptor = try retryingOnInterrupt("socket", path: path.path) { socket(AF_UNIX, systemSocketStream, 0) }
+        let descriptor = try retryingOnInterrupt("socket", path: path.path) { socket(AF_UNIX, systemSocketStream | systemSocketCloseOnExec, 0) }
         _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC)
         if path.withSockAddr({ bind(descriptor, $0, $1) }) != 0 {
             let code = errno

@@ -1,3 +1,4 @@
+import CSocketIPCLinux
 import Foundation
 import Logging
 import NIOCore
@@ -52,8 +53,7 @@ final class Acceptor: @unchecked Sendable {
         self.onAccept = onAccept
         self.onError = onError
         var ends: [Int32] = [-1, -1]
-        if sharesListeningSocket, pipe(&ends) == 0 {
-            for end in ends { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
+        if sharesListeningSocket, makeCloseOnExecPipe(&ends) == 0 {
             self.wakePipe = (ends[0], ends[1])
         } else {
             self.wakePipe = nil
@@ -166,7 +166,13 @@ final class Acceptor: @unchecked Sendable {
     }
 
     private static func acceptNonBlocking(_ descriptor: Int32) -> Int32 {
+        // Close-on-exec from the start (accept4 on Linux): a child that another thread spawns meanwhile must not
+        // inherit the connection and keep it open after the server closed it.
+        #if canImport(Darwin)
         let accepted = accept(descriptor, nil, nil)
+        #else
+        let accepted = csocketipc_accept_cloexec(descriptor)
+        #endif
         if accepted >= 0 {
             _ = fcntl(accepted, F_SETFD, FD_CLOEXEC)
             _ = fcntl(accepted, F_SETFL, fcntl(accepted, F_GETFL) | O_NONBLOCK)

@@ -45,7 +45,7 @@ enum SocketConnector {
         let deadline = ContinuousClock.now.advanced(by: timeout)
         var backoff = Duration.microseconds(100)
         while true {
-            let descriptor = try retryingOnInterrupt("socket") { socket(AF_UNIX, systemSocketStream, 0) }
+            let descriptor = try retryingOnInterrupt("socket") { socket(AF_UNIX, systemSocketStream | systemSocketCloseOnExec, 0) }
             _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC)
             _ = fcntl(descriptor, F_SETFL, fcntl(descriptor, F_GETFL) | O_NONBLOCK)
             SocketSend.preventSignal(on: descriptor)

@@ -1,3 +1,4 @@
+import CSocketIPCLinux
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -49,3 +50,15 @@ let systemConnect = Darwin.connect
 let systemPoll = Darwin.poll
 let systemRead = Darwin.read
 #endif
+
+/// `pipe2(O_CLOEXEC)` on Linux, so that no child spawned meanwhile inherits the pipe; `pipe` and `FD_CLOEXEC` on
+/// Darwin, which has no `pipe2` (untested). Returns 0, or -1 with `errno`.
+func makeCloseOnExecPipe(_ ends: inout [Int32]) -> Int32 {
+    #if canImport(Darwin)
+    guard pipe(&ends) == 0 else { return -1 }
+    for end in ends { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
+    return 0
+    #else
+    return ends.withUnsafeMutableBufferPointer { csocketipc_pipe_cloexec($0.baseAddress!) }
+    #endif
+}

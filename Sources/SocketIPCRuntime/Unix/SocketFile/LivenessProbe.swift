@@ -25,7 +25,7 @@ enum LivenessProbe {
     /// Probes the socket at `path` without blocking.
     /// - Throws: ``SocketIPCError`` (`systemCall`) when no probing socket can be made.
     static func probe(_ path: SocketPath) throws -> Answer {
-        let descriptor = try retryingOnInterrupt("socket", path: path.path) { socket(AF_UNIX, systemSocketStream, 0) }
+        let descriptor = try retryingOnInterrupt("socket", path: path.path) { socket(AF_UNIX, systemSocketStream | systemSocketCloseOnExec, 0) }
         defer { close(descriptor) }
         _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC)
         let flags = fcntl(descriptor, F_GETFL)

@@ -47,7 +47,7 @@ enum PrivateBind {
         let scratch = try PrivateDirectory(in: directory, besides: path)
         defer { scratch.remove() }
         let socketDescriptor = try retryingOnInterrupt("socket", path: path.path) {
-            socket(AF_UNIX, systemSocketStream, 0)
+            socket(AF_UNIX, systemSocketStream | systemSocketCloseOnExec, 0)
         }
         do {
             _ = fcntl(socketDescriptor, F_SETFD, FD_CLOEXEC)
