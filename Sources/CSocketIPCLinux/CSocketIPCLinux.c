@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -117,6 +118,10 @@ long csocketipc_send_with_descriptors(
 
 int csocketipc_accept_cloexec(int descriptor) {
     return accept4(descriptor, NULL, NULL, SOCK_CLOEXEC);
+}
+
+int csocketipc_set_thread_name(const char *name) {
+    return prctl(PR_SET_NAME, (unsigned long)name, 0, 0, 0);
 }
 
 int csocketipc_pipe_cloexec(int ends[2]) {

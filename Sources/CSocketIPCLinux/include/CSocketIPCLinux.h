@@ -34,6 +34,9 @@ int csocketipc_accept_cloexec(int descriptor);
 /// pipe2(2) with O_CLOEXEC into ends[0] (read) and ends[1] (write): 0, or -1 with errno.
 int csocketipc_pipe_cloexec(int ends[2]);
 
+/// Names the calling thread (prctl(PR_SET_NAME): the first 15 bytes show in /proc and debuggers): 0, or -1 with errno.
+int csocketipc_set_thread_name(const char *name);
+
 /// Adds every seal a receiver of shared memory needs (F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE, F_SEAL_SEAL):
 /// 0, or -1 with errno.
 int csocketipc_seal_all(int descriptor);

@@ -1,6 +1,5 @@
 #if os(Linux)
 import CSocketIPCLinux
-import Foundation
 import NIOCore
 import NIOPosix
 import Synchronization
@@ -38,15 +37,19 @@ final class EOFAcknowledgementWaiter: @unchecked Sendable {
         var nextID: UInt64 = 0
     }
 
-    private let epollDescriptor: Int32
+    private var epollDescriptor: Int32
     private let state = Mutex(State())
 
     private init() {
         self.epollDescriptor = epoll_create1(Int32(EPOLL_CLOEXEC))
         if self.epollDescriptor >= 0 {
-            let thread = Thread { [unowned self] in self.run() }
-            thread.name = "SocketIPC-eof-ack"
-            thread.start()
+            do {
+                try DetachedThread.start(name: "SocketIPC-eof-ack", stackSize: 256 * 1024) { [unowned self] in self.run() }
+            } catch {
+                // No thread to be had: the waiter stays unavailable and callers wait on an event loop instead.
+                close(self.epollDescriptor)
+                self.epollDescriptor = -1
+            }
         }
     }
 

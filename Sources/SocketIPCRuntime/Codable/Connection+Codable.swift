@@ -1,6 +1,9 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import NIOCore
-import NIOFoundationCompat
 
 extension Connection {
     /// Sends `message` encoded as JSON, as a one-way message.
@@ -8,7 +11,7 @@ extension Connection {
     ///   - message: The value to send.
     ///   - encoder: The encoder; default a plain `JSONEncoder`.
     public func send<Message: Encodable>(_ message: Message, encoder: JSONEncoder = JSONEncoder()) async throws {
-        try await self.send(try encoder.encodeAsByteBuffer(message, allocator: ByteBufferAllocator()))
+        try await self.send(try encoder.encodeAsBuffer(message))
     }
 
     /// Sends `request` encoded as JSON and decodes the JSON reply as `Response`.
@@ -27,9 +30,9 @@ extension Connection {
         encoder: JSONEncoder = JSONEncoder(),
         decoder: JSONDecoder = JSONDecoder()
     ) async throws -> Response {
-        let payload = try encoder.encodeAsByteBuffer(request, allocator: ByteBufferAllocator())
+        let payload = try encoder.encodeAsBuffer(request)
         let reply = try await self.request(payload, timeout: timeout)
-        return try decoder.decode(Response.self, from: reply)
+        return try decoder.decode(Response.self, fromBuffer: reply)
     }
 }
 
@@ -37,7 +40,7 @@ extension Reply {
     /// Replies with `value` encoded as JSON; if encoding fails, sends an error reply instead.
     public func succeed<Value: Encodable>(encoding value: Value, encoder: JSONEncoder = JSONEncoder()) {
         do {
-            self.succeed(try encoder.encodeAsByteBuffer(value, allocator: ByteBufferAllocator()))
+            self.succeed(try encoder.encodeAsBuffer(value))
         } catch {
             self.fail(error)
         }
@@ -50,6 +53,6 @@ extension ByteBuffer {
     ///   - type: The type to decode.
     ///   - decoder: The decoder; default a plain `JSONDecoder`.
     public func decodeJSON<Value: Decodable>(as type: Value.Type, decoder: JSONDecoder = JSONDecoder()) throws -> Value {
-        try decoder.decode(Value.self, from: self)
+        try decoder.decode(Value.self, fromBuffer: self)
     }
 }

@@ -1,8 +1,12 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import NIOCore
-import NIOFoundationCompat
+import SocketIPCRuntime
 
-/// The default ``MessageCodec``: JSON, UTF-8, through Foundation's `JSONEncoder` and `JSONDecoder`.
+/// The default ``MessageCodec``: JSON, UTF-8, through Foundation's `JSONEncoder` and `JSONDecoder` (from FoundationEssentials where it exists, as on Linux).
 ///
 /// A top-level value of any `Codable` type is allowed (a string, a number, an optional), as RFC 8259 allows. The
 /// encoder and decoder are shared by every call that uses the codec (Foundation's are `Sendable`); configure them
@@ -22,11 +26,11 @@ public struct JSONCodec: MessageCodec {
 
     /// Encodes `value` as JSON.
     public func encode<Value: Encodable>(_ value: Value) throws -> ByteBuffer {
-        try self.encoder.encodeAsByteBuffer(value, allocator: ByteBufferAllocator())
+        try self.encoder.encodeAsBuffer(value)
     }
 
     /// Decodes a `Value` from JSON.
     public func decode<Value: Decodable>(_ type: Value.Type, from buffer: ByteBuffer) throws -> Value {
-        try self.decoder.decode(Value.self, from: buffer)
+        try self.decoder.decode(Value.self, fromBuffer: buffer)
     }
 }

@@ -1,6 +1,6 @@
 import CSocketIPCLinux
-import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import Synchronization
 
@@ -22,8 +22,8 @@ final class Acceptor: @unchecked Sendable {
     private let stopping = Atomic<Bool>(false)
     private let finished: EventLoopPromise<Void>
     private let logger: Logger
-    /// Wakes the accepting thread from a back-off wait when the acceptor stops.
-    private let wakeUp = NSCondition()
+    /// Wakes the accepting thread from a back-off wait when the acceptor stops: its value is whether it stops.
+    private let wakeUp = ConditionLock(value: false)
     /// For a listening socket shared with another process: a pipe whose write end ``stop()`` writes to, waking the
     /// thread from its `poll(2)`; `nil` for a socket of our own, which ``stop()`` shuts down instead.
     private let wakePipe: (read: Int32, write: Int32)?
@@ -63,10 +63,16 @@ final class Acceptor: @unchecked Sendable {
     /// Completes when the accepting thread has ended and the listening socket is closed.
     var finishedFuture: EventLoopFuture<Void> { self.finished.futureResult }
 
+    /// Starts the accepting thread. Should no thread be had (`pthread_create` failing with `EAGAIN`), the acceptor
+    /// ends at once as after a failed `accept`: the listening socket is closed and `onError` called.
     func start() {
-        let thread = Thread { self.acceptUntilStopped() }
-        thread.name = "SocketIPC-accept"
-        thread.start()
+        do {
+            try DetachedThread.start(name: "SocketIPC-accept") { self.acceptUntilStopped() }
+        } catch {
+            self.stopping.store(true, ordering: .releasing)
+            self.onError(error as? SocketIPCError ?? SocketIPCError(.systemCall, "\(error)"))
+            self.acceptUntilStopped()
+        }
     }
 
     /// Stops accepting: wakes the blocked `accept` and lets the thread end. Safe to call more than once.
@@ -79,8 +85,7 @@ final class Acceptor: @unchecked Sendable {
             shutdown(self.descriptor, Int32(SHUT_RDWR))
         }
         self.wakeUp.lock()
-        self.wakeUp.broadcast()
-        self.wakeUp.unlock()
+        self.wakeUp.unlock(withValue: true)
     }
 
     private func acceptUntilStopped() {
@@ -146,10 +151,9 @@ final class Acceptor: @unchecked Sendable {
     /// Waits `delay`, or less if the acceptor stops meanwhile.
     private func wait(_ delay: Duration) {
         let (seconds, attoseconds) = delay.components
-        let deadline = Date(timeIntervalSinceNow: Double(seconds) + Double(attoseconds) / 1e18)
-        self.wakeUp.lock()
-        while !self.stopping.load(ordering: .acquiring), self.wakeUp.wait(until: deadline) {}
-        self.wakeUp.unlock()
+        if self.wakeUp.lock(whenValue: true, timeoutSeconds: Double(seconds) + Double(attoseconds) / 1e18) {
+            self.wakeUp.unlock()
+        }
     }
 
     /// Waits in `poll(2)` until `descriptor` has a connection to accept (`true`) or `wakeUp` is written to (`false`).

@@ -1,3 +1,6 @@
+#if os(Linux)
+import CSocketIPCLinux
+#endif
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -6,30 +9,38 @@ import Musl
 import Darwin
 #endif
 
-/// Starts the detached threads of a ``DescriptorRelay``, with a small stack: each only loops over one buffer on the
-/// heap.
-enum RelayThread {
-    /// The stack of a relay thread: 128 KiB.
-    static let stackSize = 128 * 1024
-
+/// Starts the library's own threads (the accepting thread, the EOF acknowledgement waiter, the descriptor relays)
+/// with `pthread_create`, so that the runtime needs no Foundation (`Thread`), whose libraries (and ICU's) would
+/// add several MiB to every process's resident memory.
+enum DetachedThread {
     private final class Body {
+        let name: String
         let run: () -> Void
-        init(_ run: @escaping () -> Void) { self.run = run }
+        init(name: String, _ run: @escaping () -> Void) {
+            self.name = name
+            self.run = run
+        }
     }
 
-    /// Runs `body` on a new detached thread.
+    /// Runs `body` on a new detached thread named `name` (at most 15 bytes show, as `prctl(PR_SET_NAME)` and
+    /// `pthread_setname_np` allow).
+    /// - Parameters:
+    ///   - name: The thread's name, as `top -H` and debuggers show it.
+    ///   - stackSize: The thread's stack in bytes; `nil` for the system's default (8 MiB of address space on Linux,
+    ///     of which only the pages used become resident).
+    ///   - body: What the thread runs.
     /// - Throws: `SocketIPCError` with code `systemCall` when `pthread_create` fails (`EAGAIN`: the process or user
     ///   is at its limit of threads).
-    static func start(_ body: @escaping @Sendable () -> Void) throws {
+    static func start(name: String, stackSize: Int? = nil, _ body: @escaping @Sendable () -> Void) throws {
         let attributes = UnsafeMutablePointer<pthread_attr_t>.allocate(capacity: 1)
         pthread_attr_init(attributes)
         defer {
             pthread_attr_destroy(attributes)
             attributes.deallocate()
         }
-        pthread_attr_setstacksize(attributes, Self.stackSize)
+        if let stackSize { pthread_attr_setstacksize(attributes, stackSize) }
         pthread_attr_setdetachstate(attributes, Int32(PTHREAD_CREATE_DETACHED))
-        let context = Unmanaged.passRetained(Body(body)).toOpaque()
+        let context = Unmanaged.passRetained(Body(name: name, body)).toOpaque()
         #if canImport(Darwin)
         var thread: pthread_t? = nil
         #else
@@ -41,8 +52,10 @@ enum RelayThread {
             { context in
                 #if canImport(Darwin)
                 let body = Unmanaged<Body>.fromOpaque(context).takeRetainedValue()
+                _ = pthread_setname_np(String(decoding: body.name.utf8.prefix(15), as: UTF8.self))
                 #else
                 let body = Unmanaged<Body>.fromOpaque(context!).takeRetainedValue()
+                _ = csocketipc_set_thread_name(body.name)
                 #endif
                 body.run()
                 return nil
