@@ -4,7 +4,7 @@ import Testing
 
 /// This target depends on the `SocketIPC` product alone and imports nothing else of the package or of SwiftNIO and
 /// swift-log (with `MemberImportVisibility` on, the strictest setting): what the README shows must compile here.
-@Suite("import SocketIPC alone")
+@Suite("import SocketIPC alone", .timeLimit(.minutes(2)))
 struct ImportSocketIPCAloneTests {
     @Test("the README's server and client compile and run with import SocketIPC alone")
     func readmeServerAndClient() async throws {

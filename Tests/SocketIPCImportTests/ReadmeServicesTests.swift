@@ -37,7 +37,7 @@ final class ReadmeStore: Sendable {
     }
 }
 
-@Suite("README: services")
+@Suite("README: services", .timeLimit(.minutes(2)))
 struct ReadmeServicesTests {
     @Test("the first screen: a typed method, its daemon and a client that waits for it")
     func firstScreen() async throws {

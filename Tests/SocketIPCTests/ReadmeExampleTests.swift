@@ -6,7 +6,7 @@ import SocketIPCTesting
 import Testing
 
 /// The README's examples, compiled and run, so that the first thing a user copies works.
-@Suite("README examples")
+@Suite("README examples", .timeLimit(.minutes(2)))
 struct ReadmeExampleTests {
     struct Sum: Codable { var numbers: [Int] }
     struct Total: Codable, Equatable { var total: Int }

@@ -10,17 +10,17 @@ struct FrameAssemblerTests {
     func oneByteAtATime() {
         var assembler = FrameAssembler(ByteBufferAllocator().buffer(capacity: 64))
         var worst = 0.0
-        for count in 1...200_000 {
+        for count in 1...20_000 {
             assembler.append(ByteBuffer(bytes: [UInt8(truncatingIfNeeded: count)]))
             if count >= 64 { worst = max(worst, Double(assembler.bytes.capacity) / Double(count)) }
         }
-        #expect(assembler.readableBytes == 200_000)
+        #expect(assembler.readableBytes == 20_000)
         #expect(worst <= 2.0, "the buffer held up to \(worst) bytes of capacity per byte")
     }
 
     @Test("a request fed to the decoder through the assembler one byte at a time decodes whole")
     func decodesAfterAssembly() throws {
-        let payload = (0..<100_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        let payload = (0..<20_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
         var frame = ByteBuffer()
         frame.writeFrame(.request(id: 3, payload: ByteBuffer(bytes: payload)))
         var decoder = FrameDecoder(maximumPayload: 1 << 20)

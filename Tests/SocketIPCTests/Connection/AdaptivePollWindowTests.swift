@@ -4,7 +4,7 @@ import Testing
 
 /// The sizing rule of adaptive busy polling (``BusyPolling/adaptive(maximum:)``), with the clock passed in: times
 /// are nanoseconds on a made-up clock, the maximum is 200 µs.
-@Suite("Adaptive busy polling: the window")
+@Suite("Adaptive busy polling: the window", .timeLimit(.minutes(2)))
 struct AdaptivePollWindowTests {
     static let maximum: UInt64 = 200_000
 

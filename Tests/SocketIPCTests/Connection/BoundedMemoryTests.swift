@@ -6,7 +6,7 @@ import Testing
 
 /// What a peer can make a framed connection hold is bounded, whatever it does (issue 9, section 3): replies it never
 /// reads, requests it never lets finish, frames it sends a byte at a time.
-@Suite("Bounded memory per framed connection", .serialized)
+@Suite("Bounded memory per framed connection", .serialized, .timeLimit(.minutes(2)))
 struct BoundedMemoryTests {
     static let payloadSize = 64 * 1024
     static let requestCount = 1024

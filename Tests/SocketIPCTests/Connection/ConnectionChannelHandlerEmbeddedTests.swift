@@ -6,7 +6,7 @@ import Testing
 @testable import SocketIPCRuntime
 
 /// The framed channel handler on NIO's `EmbeddedChannel`: bytes in, bytes out, time advanced by hand; no socket.
-@Suite("ConnectionChannelHandler on EmbeddedChannel")
+@Suite("ConnectionChannelHandler on EmbeddedChannel", .timeLimit(.minutes(2)))
 struct ConnectionChannelHandlerEmbeddedTests {
     /// What the handler told the connection's owner.
     final class Events: Sendable {

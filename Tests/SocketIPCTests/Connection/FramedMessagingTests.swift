@@ -4,7 +4,7 @@ import SocketIPCTesting
 import Synchronization
 import Testing
 
-@Suite("Framed messages")
+@Suite("Framed messages", .timeLimit(.minutes(2)))
 struct FramedMessagingTests {
     @Test("payloads of 0, 1 and exactly the maximum bytes go both ways; one byte more is refused before sending",
           arguments: [0, 1, 16 * 1024 * 1024])

@@ -5,7 +5,7 @@ import SocketIPCTesting
 import Synchronization
 import Testing
 
-@Suite("Requests and replies")
+@Suite("Requests and replies", .timeLimit(.minutes(2)))
 struct RequestReplyTests {
     @Test("100 concurrent requests on one connection complete out of order: a slow one does not hold up the rest")
     func outOfOrder() async throws {

@@ -6,7 +6,7 @@ import Testing
 /// Connections that hold a slot without using it are closed (issue 9, section 4, framed): a peer that does not
 /// complete its hello within the server's handshake timeout, and a connection idle for its idle timeout. Each test
 /// waits for the close itself, never for a fixed time.
-@Suite("Handshake and idle timeouts", .serialized)
+@Suite("Handshake and idle timeouts", .serialized, .timeLimit(.minutes(2)))
 struct TimeoutTests {
     static let shortTimeout = Duration.milliseconds(200)
 

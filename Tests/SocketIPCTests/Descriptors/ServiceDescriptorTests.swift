@@ -11,7 +11,7 @@ private typealias FileDescriptor = SystemPackage.FileDescriptor
 
 /// Typed descriptors (`PassedDescriptor`) in the services layer: a unary response, a server stream's elements and a
 /// client stream's requests carry open files and pipes; none is left open afterwards.
-@Suite("Services: passing descriptors", .serialized)
+@Suite("Services: passing descriptors", .serialized, .timeLimit(.minutes(2)))
 struct ServiceDescriptorTests {
     /// Opens a file for the caller: the response carries it.
     enum OpenFile: ServiceMethod {

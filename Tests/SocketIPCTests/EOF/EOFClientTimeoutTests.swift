@@ -32,8 +32,10 @@ struct EOFClientTimeoutTests {
             }
             let accepted = try await SilentPeer.acceptOne(on: listener)
             defer { _ = closeDescriptor(accepted) }
-            // Read the whole message (the sender then waits for the acknowledgement only), but never answer.
-            #expect(try await SilentPeer.readUntilHalfClosed(accepted) == size)
+            // Read the message, but never answer. A small one is in the socket whatever the sender does next; a large
+            // one may still be on its way when the timeout passes (on a loaded machine), and then arrives cut short.
+            let read = try await SilentPeer.readUntilHalfClosed(accepted)
+            #expect(size > 64 * 1024 ? read <= size : read == size)
             let error = await #expect(throws: SocketIPCError.self) { try await sending.value }
             #expect(error?.code == .timedOut)
             #expect(try await SilentPeer.waitUntilClosed(accepted), "the sender closed its socket")
@@ -99,14 +101,14 @@ private enum SilentPeer {
         }
     }
 
-    /// Reads until the sender's half-close (end-of-stream); how many bytes came.
+    /// Reads until the sender's half-close or close (end-of-stream, or `ECONNRESET`); how many bytes came.
     static func readUntilHalfClosed(_ descriptor: Int32) async throws -> Int {
         try await onOwnThread {
             var total = 0
             var chunk = [UInt8](repeating: 0, count: 65536)
             while true {
                 let got = chunk.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress, $0.count, 0) }
-                if got == 0 { return total }
+                if got == 0 || (got < 0 && errno == ECONNRESET) { return total }
                 guard got > 0 else { throw RawSocketError.failed("read", errno) }
                 total += got
             }

@@ -13,7 +13,7 @@ import Musl
 import Darwin
 #endif
 
-@Suite("EOF-style messages")
+@Suite("EOF-style messages", .timeLimit(.minutes(2)))
 struct EOFMessageTests {
     /// Acknowledges with the 4-byte big-endian count of bytes received.
     static let countingHandler = EOFMessageHandler.onEventLoop { message, _ in

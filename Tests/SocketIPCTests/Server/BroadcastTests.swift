@@ -3,7 +3,7 @@ import SocketIPC
 import SocketIPCTesting
 import Testing
 
-@Suite("Server.broadcast")
+@Suite("Server.broadcast", .timeLimit(.minutes(2)))
 struct BroadcastTests {
     @Test("reaches every connection, and the filter chooses which")
     func reachesEveryConnection() async throws {

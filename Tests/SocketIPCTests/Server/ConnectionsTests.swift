@@ -11,7 +11,7 @@ import Musl
 import Darwin
 #endif
 
-@Suite("Server.connections")
+@Suite("Server.connections", .timeLimit(.minutes(2)))
 struct ConnectionsTests {
     @Test("lists framed connections once their handshake is done, in the order accepted, and forgets those that close")
     func growsAndShrinks() async throws {

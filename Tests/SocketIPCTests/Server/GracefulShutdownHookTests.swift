@@ -4,7 +4,7 @@ import SocketIPCTesting
 import Synchronization
 import Testing
 
-@Suite("Server.onGracefulShutdown")
+@Suite("Server.onGracefulShutdown", .timeLimit(.minutes(2)))
 struct GracefulShutdownHookTests {
     @Test("what the bodies send reaches each client before the going-away; they run once, in registration order")
     func bodiesRunBeforeTheGoingAway() async throws {

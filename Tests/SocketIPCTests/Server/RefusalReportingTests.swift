@@ -13,7 +13,7 @@ import Musl
 import Darwin
 #endif
 
-@Suite("Refused connections are reported")
+@Suite("Refused connections are reported", .timeLimit(.minutes(2)))
 struct RefusalReportingTests {
     /// A refusal as `onConnectionRefused` reports it.
     struct Refusal: Sendable {

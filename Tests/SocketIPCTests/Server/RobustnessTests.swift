@@ -14,7 +14,7 @@ import Musl
 import Darwin
 #endif
 
-@Suite("Hostile and broken peers", .serialized)
+@Suite("Hostile and broken peers", .serialized, .timeLimit(.minutes(2)))
 struct RobustnessTests {
     @Test("a peer that dies mid-frame is dropped; the server keeps serving and leaks no file descriptor")
     func peerDiesMidFrame() async throws {

@@ -10,7 +10,7 @@ import Musl
 import Darwin
 #endif
 
-@Suite("Server configuration defaults")
+@Suite("Server configuration defaults", .timeLimit(.minutes(2)))
 struct ServerConfigurationTests {
     @Test("the default policy of a server is sameUser")
     func defaultPolicy() {

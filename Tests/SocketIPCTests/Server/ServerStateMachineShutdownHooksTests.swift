@@ -9,7 +9,7 @@ import Testing
 /// The listener, channels, connections and timers are plain strings here.
 private typealias Machine = ServerStateMachine<String, String, String, String>
 
-@Suite("ServerStateMachine: shutdown hooks and established connections")
+@Suite("ServerStateMachine: shutdown hooks and established connections", .timeLimit(.minutes(2)))
 struct ServerStateMachineShutdownHooksTests {
     private static let later = NIODeadline.uptimeNanoseconds(1_000_000)
 

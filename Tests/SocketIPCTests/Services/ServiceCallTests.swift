@@ -8,7 +8,7 @@ import SocketIPCTesting
 import Synchronization
 import Testing
 
-@Suite("Services: typed calls")
+@Suite("Services: typed calls", .timeLimit(.minutes(2)))
 struct ServiceCallTests {
     @Test("a unary call returns the handler's typed response; calls share a connection")
     func unary() async throws {

@@ -3,7 +3,7 @@ import SocketIPCTesting
 import Synchronization
 import Testing
 
-@Suite("Services: cancellation and deadlines cross the wire")
+@Suite("Services: cancellation and deadlines cross the wire", .timeLimit(.minutes(2)))
 struct ServiceCancellationTests {
     @Test("cancelling the calling task cancels the handler's task on the other side")
     func cancellation() async throws {

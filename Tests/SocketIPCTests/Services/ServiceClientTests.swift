@@ -3,7 +3,7 @@ import SocketIPCTesting
 import Synchronization
 import Testing
 
-@Suite("Services: a client that survives restarts")
+@Suite("Services: a client that survives restarts", .timeLimit(.minutes(2)))
 struct ServiceClientTests {
     /// A service server at `path` for the length of `body`.
     func withServiceServer<Result>(

@@ -2,7 +2,7 @@ import SocketIPC
 import SocketIPCTesting
 import Testing
 
-@Suite("Services: a server's graceful shutdown")
+@Suite("Services: a server's graceful shutdown", .timeLimit(.minutes(2)))
 struct ServiceShutdownTests {
     enum Watch: ServiceMethod {
         static let name = "kv.watch"

@@ -13,7 +13,7 @@ import Darwin
 #endif
 
 /// `RuntimeDirectory`: `$XDG_RUNTIME_DIR` when the XDG spec's requirements hold, else a private fallback.
-@Suite("The runtime directory")
+@Suite("The runtime directory", .timeLimit(.minutes(2)))
 struct RuntimeDirectoryTests {
     @Test("XDG_RUNTIME_DIR is used when it is an absolute path to a 0700 directory of this user")
     func environment() async throws {

@@ -14,7 +14,7 @@ import Darwin
 #endif
 
 /// The parent directory check: no directory on the way to the socket may let another user replace the socket file.
-@Suite("The socket's directory")
+@Suite("The socket's directory", .timeLimit(.minutes(2)))
 struct SocketDirectorySecurityTests {
     @Test("a directory others can write without the sticky bit is refused, and accepted with the opt-out",
           arguments: [mode_t(0o777), 0o770, 0o703])

@@ -3,7 +3,7 @@ import SocketIPC
 import SocketIPCTesting
 import Testing
 
-@Suite("Socket paths")
+@Suite("Socket paths", .timeLimit(.minutes(2)))
 struct SocketPathTests {
     @Test("the limit is sun_path less its NUL")
     func limit() {
