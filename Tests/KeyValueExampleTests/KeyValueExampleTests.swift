@@ -14,7 +14,7 @@ import Testing
 
 /// Examples/KeyValue as a user runs it: the built `kv-daemon` and `kv`, as processes, on a socket in a temporary
 /// directory.
-@Suite("Examples/KeyValue: kv-daemon and kv", .timeLimit(.minutes(1)))
+@Suite("Examples/KeyValue: kv-daemon and kv", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct KeyValueExampleTests {
     /// Starts `kv-daemon --socket path options...` and waits until it prints `listening on PATH`.
     func startDaemon(at path: String, _ options: [String] = []) async throws -> ExampleProcess {

@@ -13,8 +13,9 @@ import Testing
 
 @Suite(
     "serve: out of file descriptors",
-    .timeLimit(.minutes(1)),
-    .enabled(if: toolExists("prlimit"), "needs util-linux's prlimit (Linux only)")
+    .timeLimit(.minutes(5)),
+    .enabled(if: toolExists("prlimit"), "needs util-linux's prlimit (Linux only)"),
+    .limitedConcurrency
 )
 struct AcceptBackoffTests {
     @Test("at the descriptor limit the server logs once, backs off, logs once more with a count when it recovers, and serves again")

@@ -16,8 +16,9 @@ import Testing
 /// that stands between them and the server.
 @Suite(
     "serve: who may connect",
-    .timeLimit(.minutes(1)),
-    .enabled(if: canRunAsAnotherUser, "needs root and setpriv to run clients as another user")
+    .timeLimit(.minutes(5)),
+    .enabled(if: canRunAsAnotherUser, "needs root and setpriv to run clients as another user"),
+    .limitedConcurrency
 )
 struct AccessControlTests {
     /// Starts `serve` on a socket that every user can open (mode 0666 in a 0755 directory) and runs `body`.

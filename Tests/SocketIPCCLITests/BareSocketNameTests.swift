@@ -3,7 +3,7 @@ import SocketIPCTestSupport
 import SocketIPCTesting
 import Testing
 
-@Suite("Bare socket names", .timeLimit(.minutes(1)))
+@Suite("Bare socket names", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct BareSocketNameTests {
     @Test("serve --socket NAME (no '/') listens in $XDG_RUNTIME_DIR, and clients given the same name find it")
     func bareName() async throws {

@@ -14,7 +14,7 @@ import Darwin
 
 /// `socket-ipc call` and `watch` against the demo service that `serve` serves: responses, errors and their exit
 /// statuses.
-@Suite("socket-ipc call and watch", .timeLimit(.minutes(1)))
+@Suite("socket-ipc call and watch", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct CallCommandTests {
     @Test("call prints the JSON response on one line")
     func echo() async throws {

@@ -3,7 +3,7 @@ import SocketIPCTestSupport
 import SocketIPCTesting
 import Testing
 
-@Suite("socket-ipc send, request and probe", .timeLimit(.minutes(1)))
+@Suite("socket-ipc send, request and probe", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct ClientCommandTests {
     @Test("send --eof sends its argument and prints the 4-byte acknowledgement as a count")
     func sendEOFArgument() async throws {

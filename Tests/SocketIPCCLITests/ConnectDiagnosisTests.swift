@@ -14,7 +14,7 @@ import Darwin
 
 /// Issue 12: every client command whose connect fails says the precise cause and the fix in one line that names the
 /// path, in the words of `socket-ipc probe` (``Diagnosis``).
-@Suite("client commands explain a failed connect in one line", .timeLimit(.minutes(1)))
+@Suite("client commands explain a failed connect in one line", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct ConnectDiagnosisTests {
     /// One invocation of each client command against `path`.
     private func clientCommands(_ path: String) -> [[String]] {

@@ -15,7 +15,7 @@ import Testing
 /// What a library client learns when its connection to a real `socket-ipc serve` process ends: a graceful shutdown,
 /// a kill, a freeze found by keepalive, its own close, and a refusal. `Connection.closeReason` and the handler's
 /// `connectionDidClose(_:error:)` must tell them apart, and agree.
-@Suite("Connection events: why a client's connection to a server process closed", .timeLimit(.minutes(1)))
+@Suite("Connection events: why a client's connection to a server process closed", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct ConnectionEventTests {
     @Test("a server shut down gracefully (SIGTERM): closeReason and connectionDidClose say peerGoingAway and why")
     func serverShutDownGracefully() async throws {

@@ -1,10 +1,11 @@
 import Foundation
 import SocketIPCTesting
+import SocketIPCTestSupport
 import Testing
 
 /// Issue 12's conventions: the exit-status table in `--help`, colour only on a terminal and never with `NO_COLOR`,
 /// shell completions, the `--socket` spelling of earlier versions, and `bench`'s table and JSON lines.
-@Suite("socket-ipc conventions", .timeLimit(.minutes(2)))
+@Suite("socket-ipc conventions", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct ConventionsTests {
     @Test("every client command's help documents the exit statuses", arguments: ["send", "request", "call", "watch"])
     func exitStatusesInHelp(command: String) async throws {

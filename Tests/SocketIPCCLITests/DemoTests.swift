@@ -1,6 +1,7 @@
+import SocketIPCTestSupport
 import Testing
 
-@Suite("socket-ipc demo", .timeLimit(.minutes(1)))
+@Suite("socket-ipc demo", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct DemoTests {
     @Test("demo: both servers and the client processes talk, and the socket files are removed")
     func demo() async throws {

@@ -11,7 +11,7 @@ import Darwin
 
 /// Issue 13, passing descriptors from the command line: `send --fd` passes files, `listen --max-descriptors` prints
 /// what each one is, and a peer killed in the middle of passing them leaves no descriptor behind in the server.
-@Suite("socket-ipc: passing descriptors", .timeLimit(.minutes(1)))
+@Suite("socket-ipc: passing descriptors", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct DescriptorPassingCLITests {
     static let python = "/usr/bin/python3"
     static let hasPython = FileManager.default.isExecutableFile(atPath: python)

@@ -2,12 +2,13 @@ import Foundation
 import NIOCore
 import SocketIPC
 import SocketIPCTesting
+import SocketIPCTestSupport
 import Testing
 
 /// A hostile server's text reaches the terminal only escaped: an error reply whose text carries escape sequences and
 /// newlines prints as one line without an ESC byte; and input that never ends costs a framed message's maximum, not
 /// all memory.
-@Suite("socket-ipc against hostile servers and endless input", .timeLimit(.minutes(1)))
+@Suite("socket-ipc against hostile servers and endless input", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct HostileServerTextTests {
     /// Fails every request with `text`.
     struct FailingHandler: ConnectionHandler {

@@ -14,7 +14,7 @@ import Testing
 
 /// Adaptive busy polling (the default) polls only while traffic flows: a server whose client has gone quiet, with
 /// its connection still open, sleeps.
-@Suite("Adaptive busy polling: an idle server sleeps", .timeLimit(.minutes(1)))
+@Suite("Adaptive busy polling: an idle server sleeps", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct IdleCPUTests {
     #if os(Linux)
     /// The CPU time a process has used, in clock ticks (user + system, `/proc/PID/stat` fields 14 and 15).

@@ -8,7 +8,8 @@ import Testing
 @Suite(
     "Interoperability with socat and nc",
     .enabled(if: toolExists("socat") && netcatIsOpenBSD, "needs socat and OpenBSD netcat (nc -U -N)"),
-    .timeLimit(.minutes(1))
+    .timeLimit(.minutes(5)),
+    .limitedConcurrency
 )
 struct InteropTests {
     @Test("socat and nc -U -N as EOF-style clients: the server sees the message and they get the 4-byte ack")

@@ -11,7 +11,7 @@ import Darwin
 
 /// Issue 13 from the command line: `serve` started by socket activation (`systemd-socket-activate`, as systemd's own
 /// tool runs a service), and `@name` addresses in the abstract namespace.
-@Suite("socket-ipc: socket activation and abstract addresses", .timeLimit(.minutes(1)))
+@Suite("socket-ipc: socket activation and abstract addresses", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct LinuxNativeCLITests {
     static let activate = "/usr/bin/systemd-socket-activate"
     static let canActivate = FileManager.default.isExecutableFile(atPath: activate)

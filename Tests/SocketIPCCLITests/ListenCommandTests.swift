@@ -13,7 +13,7 @@ import Testing
     import Darwin
 #endif
 
-@Suite("socket-ipc listen", .timeLimit(.minutes(1)))
+@Suite("socket-ipc listen", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct ListenCommandTests {
     @Test("text: a metadata line (time, kind, size, uid, gid, pid) then the payload, for a message and a request")
     func framedText() async throws {

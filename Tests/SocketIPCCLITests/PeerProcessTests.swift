@@ -12,7 +12,7 @@ import Glibc
 
 /// Issue 13, section 5: with `holdsPeerProcess`, each connection holds a pidfd of its peer taken when it connected,
 /// and the handler can ask whether that very process still runs, read its control group and signal it.
-@Suite("A connection's peer process, held by a pidfd", .timeLimit(.minutes(1)))
+@Suite("A connection's peer process, held by a pidfd", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct PeerProcessTests {
     #if os(Linux)
     /// The connections' peer processes, kept for the test to look at.

@@ -16,8 +16,9 @@ import Darwin
 /// refused by the socket file's mode. Both exit 4.
 @Suite(
     "socket-ipc probe and clients as another user",
-    .timeLimit(.minutes(1)),
-    .enabled(if: canRunAsAnotherUser, "needs root and setpriv to run clients as another user")
+    .timeLimit(.minutes(5)),
+    .enabled(if: canRunAsAnotherUser, "needs root and setpriv to run clients as another user"),
+    .limitedConcurrency
 )
 struct ProbeAccessTests {
     /// Runs `socket-ipc arguments...` as another user to completion.

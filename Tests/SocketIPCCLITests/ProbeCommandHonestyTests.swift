@@ -14,7 +14,7 @@ import Darwin
 
 /// Issue 9, section 2: `socket-ipc probe` exits 0 only for a live SocketIPC server that accepts the caller; issue 12:
 /// with the exit statuses of ``ExitStatus`` (3 not a usable server, 4 refused) and the verdict on standard output.
-@Suite("socket-ipc probe exits 0 only for a server that serves you", .timeLimit(.minutes(1)))
+@Suite("socket-ipc probe exits 0 only for a server that serves you", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct ProbeCommandHonestyTests {
     @Test(
         "probe of socat answering every connection with an HTTP response exits 3",

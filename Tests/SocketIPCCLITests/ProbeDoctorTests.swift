@@ -14,7 +14,7 @@ import Darwin
 
 /// Issue 12: `socket-ipc probe PATH`, the "why can't I connect" doctor, against a real object for each verdict: its
 /// verdict line, its `--json` form field by field, and its exit status.
-@Suite("socket-ipc probe: the why-can't-I-connect doctor", .timeLimit(.minutes(1)))
+@Suite("socket-ipc probe: the why-can't-I-connect doctor", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct ProbeDoctorTests {
     /// `probe PATH --json arguments...`, parsed.
     /// - Returns: The exit status and the JSON object.

@@ -11,7 +11,7 @@ import Darwin
 
 /// Issue 12: `send` and `request` as scripts use them: `@FILE`, standard input, `--timeout`, `--json`, `--raw`, a
 /// latency summary, and the hint when a framed client meets an EOF-style server.
-@Suite("socket-ipc send and request: input, timeouts, JSON", .timeLimit(.minutes(2)))
+@Suite("socket-ipc send and request: input, timeouts, JSON", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct SendRequestCommandTests {
     @Test("send --eof @FILE streams the file and --json reports what was sent and the acknowledged count")
     func sendFile() async throws {

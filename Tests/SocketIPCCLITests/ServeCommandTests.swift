@@ -12,7 +12,7 @@ import Testing
     import Darwin
 #endif
 
-@Suite("socket-ipc serve", .timeLimit(.minutes(1)))
+@Suite("socket-ipc serve", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct ServeCommandTests {
     @Test("serve prints exactly `listening on PATH` once it accepts connections, and echoes requests")
     func listeningLine() async throws {

@@ -12,7 +12,7 @@ import Testing
     import Darwin
 #endif
 
-@Suite("socket-ipc serve --exec", .timeLimit(.minutes(1)))
+@Suite("socket-ipc serve --exec", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct ServeExecTests {
     @Test("a request is piped to the command; its standard output is the reply")
     func reply() async throws {

@@ -13,7 +13,7 @@ import Darwin
 #endif
 
 /// `socket-ipc serve` and the socket file, run as another user or under an unusual umask.
-@Suite("serve and the socket file", .timeLimit(.minutes(2)))
+@Suite("serve and the socket file", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct SocketFileCLITests {
     @Test(
         "serve, run as another user, refuses root's live 0600 socket in a shared sticky directory and leaves it alone",

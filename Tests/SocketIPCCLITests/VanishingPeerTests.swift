@@ -16,7 +16,7 @@ import Darwin
 /// Issue 9, section 1: nothing dies of SIGPIPE. Peers that vanish before the server writes its acknowledgement, and
 /// servers that close before the client writes its message, cost that one connection a typed error; the process
 /// keeps running.
-@Suite("Vanishing peers never kill a process with SIGPIPE", .timeLimit(.minutes(1)))
+@Suite("Vanishing peers never kill a process with SIGPIPE", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct VanishingPeerTests {
     @Test("serve --mode eof, stopped with SIGSTOP while 3 × 200 clients connect, write and vanish, keeps serving")
     func stoppedServerOutlivesVanishingClients() async throws {

@@ -3,10 +3,11 @@ import Logging
 import NIOCore
 import SocketIPC
 import SocketIPCTesting
+import SocketIPCTestSupport
 import Testing
 
 /// The README's examples, compiled and run, so that the first thing a user copies works.
-@Suite("README examples", .timeLimit(.minutes(2)))
+@Suite("README examples", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct ReadmeExampleTests {
     struct Sum: Codable { var numbers: [Int] }
     struct Total: Codable, Equatable { var total: Int }

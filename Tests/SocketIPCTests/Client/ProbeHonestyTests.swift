@@ -6,7 +6,7 @@ import Testing
 
 /// Issue 9, section 2: `Client.probe` calls a listener an EOF-style server only when it waited for the probe's
 /// message, read it and closed; and tells a framed server that refuses the caller from one that serves it.
-@Suite("Probing tells servers that serve the caller from everything else", .timeLimit(.minutes(1)))
+@Suite("Probing tells servers that serve the caller from everything else", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct ProbeHonestyTests {
     @Test("a listener that writes a few bytes on accept and closes is another program, not an EOF-style server")
     func greetingListener() async throws {

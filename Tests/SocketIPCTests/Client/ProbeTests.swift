@@ -15,7 +15,7 @@ import Musl
 import Darwin
 #endif
 
-@Suite("Probing a socket file", .timeLimit(.minutes(1)))
+@Suite("Probing a socket file", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct ProbeTests {
     @Test("a framed server is recognised by its hello, with its protocol version and credentials")
     func framedServer() async throws {

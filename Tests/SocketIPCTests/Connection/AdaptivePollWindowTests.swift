@@ -1,10 +1,11 @@
+import SocketIPCTestSupport
 import Testing
 
 @testable import SocketIPCRuntime
 
 /// The sizing rule of adaptive busy polling (``BusyPolling/adaptive(maximum:)``), with the clock passed in: times
 /// are nanoseconds on a made-up clock, the maximum is 200 µs.
-@Suite("Adaptive busy polling: the window", .timeLimit(.minutes(2)))
+@Suite("Adaptive busy polling: the window", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct AdaptivePollWindowTests {
     static let maximum: UInt64 = 200_000
 

@@ -2,11 +2,12 @@ import NIOCore
 import SocketIPC
 import SocketIPCTesting
 import Synchronization
+import SocketIPCTestSupport
 import Testing
 
 /// What a peer can make a framed connection hold is bounded, whatever it does (issue 9, section 3): replies it never
 /// reads, requests it never lets finish, frames it sends a byte at a time.
-@Suite("Bounded memory per framed connection", .serialized, .timeLimit(.minutes(2)))
+@Suite("Bounded memory per framed connection", .serialized, .timeLimit(.minutes(5)), .limitedConcurrency)
 struct BoundedMemoryTests {
     static let payloadSize = 64 * 1024
     static let requestCount = 1024

@@ -2,12 +2,13 @@ import NIOCore
 import SocketIPC
 import SocketIPCTesting
 import Synchronization
+import SocketIPCTestSupport
 import Testing
 
 /// Busy polling (``ConnectionOptions/busyPolling``: the adaptive default, the latency mode, off) changes how event
 /// loops wait, never what arrives: the same exchanges in each mode, on both sides, including connections that close
 /// while their loop polls, and answers made on other threads while it polls.
-@Suite("Busy polling", .timeLimit(.minutes(1)))
+@Suite("Busy polling", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct BusyPollingTests {
     @Test(
         "requests, one-way messages, answers from other threads and a large message work, across many closes",

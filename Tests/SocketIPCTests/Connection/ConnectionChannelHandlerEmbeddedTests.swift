@@ -1,12 +1,13 @@
 import NIOCore
 import NIOEmbedded
 import Synchronization
+import SocketIPCTestSupport
 import Testing
 
 @testable import SocketIPCRuntime
 
 /// The framed channel handler on NIO's `EmbeddedChannel`: bytes in, bytes out, time advanced by hand; no socket.
-@Suite("ConnectionChannelHandler on EmbeddedChannel", .timeLimit(.minutes(2)))
+@Suite("ConnectionChannelHandler on EmbeddedChannel", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct ConnectionChannelHandlerEmbeddedTests {
     /// What the handler told the connection's owner.
     final class Events: Sendable {

@@ -2,6 +2,7 @@ import Logging
 import NIOCore
 import NIOEmbedded
 import Synchronization
+import SocketIPCTestSupport
 import Testing
 
 @testable import SocketIPCRuntime
@@ -9,7 +10,7 @@ import Testing
 /// The real ``Connection`` behind its real channel handler, on NIO's embedded channels instead of a socket: what it
 /// writes is read back byte for byte, and what the peer sends is written in by the test. Without a descriptor every
 /// flush goes through the channel, which is the path the frame writer takes whenever the socket is busy.
-@Suite("Connection on an embedded channel", .timeLimit(.minutes(2)))
+@Suite("Connection on an embedded channel", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct ConnectionEmbeddedTests {
     /// What the test sees of a connection: the connection itself, the replies its handler kept, and how it closed.
     final class Observed: Sendable {

@@ -2,9 +2,10 @@ import NIOCore
 import SocketIPC
 import SocketIPCTesting
 import Synchronization
+import SocketIPCTestSupport
 import Testing
 
-@Suite("Framed messages", .timeLimit(.minutes(2)))
+@Suite("Framed messages", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct FramedMessagingTests {
     @Test("payloads of 0, 1 and exactly the maximum bytes go both ways; one byte more is refused before sending",
           arguments: [0, 1, 16 * 1024 * 1024])

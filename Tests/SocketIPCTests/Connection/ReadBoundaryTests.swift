@@ -8,7 +8,7 @@ import Testing
 /// The server does what PROTOCOL.md says however a raw client splits its bytes across writes (issue 9, section 7):
 /// each test writes the bytes up to the one that decides, split at every position, and nothing more, so the server
 /// can only answer if it decided at that byte.
-@Suite("The wire protocol whatever the read boundaries", .serialized, .timeLimit(.minutes(2)))
+@Suite("The wire protocol whatever the read boundaries", .serialized, .timeLimit(.minutes(5)), .limitedConcurrency)
 struct ReadBoundaryTests {
     /// Writes the hello and `bytes` split at `split` (two writes), and returns everything the server sends until it
     /// closes.

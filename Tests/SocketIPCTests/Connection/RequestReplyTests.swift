@@ -3,9 +3,10 @@ import NIOCore
 import SocketIPC
 import SocketIPCTesting
 import Synchronization
+import SocketIPCTestSupport
 import Testing
 
-@Suite("Requests and replies", .timeLimit(.minutes(2)))
+@Suite("Requests and replies", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct RequestReplyTests {
     @Test("100 concurrent requests on one connection complete out of order: a slow one does not hold up the rest")
     func outOfOrder() async throws {

@@ -1,12 +1,13 @@
 import NIOCore
 import SocketIPC
 import SocketIPCTesting
+import SocketIPCTestSupport
 import Testing
 
 /// Connections that hold a slot without using it are closed (issue 9, section 4, framed): a peer that does not
 /// complete its hello within the server's handshake timeout, and a connection idle for its idle timeout. Each test
 /// waits for the close itself, never for a fixed time.
-@Suite("Handshake and idle timeouts", .serialized, .timeLimit(.minutes(2)))
+@Suite("Handshake and idle timeouts", .serialized, .timeLimit(.minutes(5)), .limitedConcurrency)
 struct TimeoutTests {
     static let shortTimeout = Duration.milliseconds(200)
 

@@ -5,6 +5,7 @@ import SocketIPC
 import SocketIPCTesting
 import Synchronization
 import SystemPackage
+import SocketIPCTestSupport
 import Testing
 
 #if canImport(Glibc)
@@ -19,7 +20,7 @@ private typealias FileDescriptor = SystemPackage.FileDescriptor
 /// Passing file descriptors (`SCM_RIGHTS`) with messages, requests and replies, and what a hostile peer can do with
 /// them: every descriptor it passes is closed when its connection fails, and nothing else is hurt. Descriptor leaks
 /// are found in `/proc/self/fd` (client and server share this process) by what each descriptor is.
-@Suite("Passing descriptors", .serialized, .timeLimit(.minutes(2)))
+@Suite("Passing descriptors", .serialized, .timeLimit(.minutes(5)), .limitedConcurrency)
 struct DescriptorPassingTests {
     static func options(_ maximum: Int = 4) -> ConnectionOptions {
         var options = ConnectionOptions()

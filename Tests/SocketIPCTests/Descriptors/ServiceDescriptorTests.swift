@@ -4,6 +4,7 @@ import SocketIPC
 import SocketIPCTesting
 import Synchronization
 import SystemPackage
+import SocketIPCTestSupport
 import Testing
 
 /// swift-system's descriptor (NIOCore has a protocol of the same name).
@@ -11,7 +12,7 @@ private typealias FileDescriptor = SystemPackage.FileDescriptor
 
 /// Typed descriptors (`PassedDescriptor`) in the services layer: a unary response, a server stream's elements and a
 /// client stream's requests carry open files and pipes; none is left open afterwards.
-@Suite("Services: passing descriptors", .serialized, .timeLimit(.minutes(2)))
+@Suite("Services: passing descriptors", .serialized, .timeLimit(.minutes(5)), .limitedConcurrency)
 struct ServiceDescriptorTests {
     /// Opens a file for the caller: the response carries it.
     enum OpenFile: ServiceMethod {

@@ -16,7 +16,7 @@ import Darwin
 /// A server that never acknowledges (it reads the message, or not even that, and keeps the connection open) must not
 /// hold an EOF-style sender for ever: `timeout` ends the exchange with `timedOut`, cancelling the task ends it with
 /// `CancellationError`, and either way the sender closes its socket.
-@Suite("EOF-style sender: timeout and cancellation", .timeLimit(.minutes(1)))
+@Suite("EOF-style sender: timeout and cancellation", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct EOFClientTimeoutTests {
     @Test(
         "a server that reads the whole message but never closes: timedOut after the timeout, and the socket is closed",

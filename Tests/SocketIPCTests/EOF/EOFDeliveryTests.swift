@@ -18,7 +18,7 @@ import Darwin
 
 /// Issue 9, section 2: an EOF-style send reports delivery only when the server read the whole message and closed
 /// cleanly; anything else is an error that says why.
-@Suite("EOF-style delivery is honest", .timeLimit(.minutes(1)))
+@Suite("EOF-style delivery is honest", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct EOFDeliveryTests {
     /// The three handler forms, each with a maximum of 1000 bytes and a 2-byte acknowledgement.
     static func handler(_ kind: String) -> EOFMessageHandler {

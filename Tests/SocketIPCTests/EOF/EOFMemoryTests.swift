@@ -2,12 +2,13 @@ import NIOCore
 import SocketIPC
 import SocketIPCTesting
 import Synchronization
+import SocketIPCTestSupport
 import Testing
 
 /// Issue 9, section 3 (EOF style): a peer that sends one byte per write costs the server about what it sent, not
 /// a read buffer per byte: the message is accumulated in one buffer that grows by doubling, and streamed chunks
 /// are copied out of their (much larger) read buffers.
-@Suite("EOF-style memory per byte received", .timeLimit(.minutes(1)))
+@Suite("EOF-style memory per byte received", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct EOFMemoryTests {
     /// Raises the server's time limit for one message (its handshake timeout) from 10 s to 120 s.
     static let generousTimeLimit: @Sendable (inout ServerConfiguration) -> Void = { $0.handshakeTimeout = .seconds(120) }

@@ -2,6 +2,7 @@ import NIOCore
 import SocketIPC
 import SocketIPCTesting
 import Synchronization
+import SocketIPCTestSupport
 import Testing
 
 // Written for Linux (Glibc, Musl) and Darwin; tested on Linux only, Darwin is untested.
@@ -13,7 +14,7 @@ import Musl
 import Darwin
 #endif
 
-@Suite("EOF-style messages", .timeLimit(.minutes(2)))
+@Suite("EOF-style messages", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct EOFMessageTests {
     /// Acknowledges with the 4-byte big-endian count of bytes received.
     static let countingHandler = EOFMessageHandler.onEventLoop { message, _ in

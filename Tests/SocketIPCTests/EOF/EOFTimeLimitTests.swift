@@ -19,7 +19,7 @@ import Darwin
 
 /// Issue 9, section 4 (EOF style): `ServerConfiguration.handshakeTimeout` is the time an EOF-style peer has to send
 /// its whole message, up to its half-close; for a streaming handler, the longest wait for more bytes.
-@Suite("EOF-style time limit", .timeLimit(.minutes(1)))
+@Suite("EOF-style time limit", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct EOFTimeLimitTests {
     @Test(
         "a silent peer and a one-byte-per-interval peer are closed after the time limit; others are served meanwhile",

@@ -1,9 +1,10 @@
 import NIOCore
 import SocketIPC
 import SocketIPCTesting
+import SocketIPCTestSupport
 import Testing
 
-@Suite("Server.broadcast", .timeLimit(.minutes(2)))
+@Suite("Server.broadcast", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct BroadcastTests {
     @Test("reaches every connection, and the filter chooses which")
     func reachesEveryConnection() async throws {

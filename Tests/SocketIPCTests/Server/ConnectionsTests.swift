@@ -1,6 +1,7 @@
 import NIOCore
 import SocketIPC
 import SocketIPCTesting
+import SocketIPCTestSupport
 import Testing
 
 #if canImport(Glibc)
@@ -11,7 +12,7 @@ import Musl
 import Darwin
 #endif
 
-@Suite("Server.connections", .timeLimit(.minutes(2)))
+@Suite("Server.connections", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct ConnectionsTests {
     @Test("lists framed connections once their handshake is done, in the order accepted, and forgets those that close")
     func growsAndShrinks() async throws {

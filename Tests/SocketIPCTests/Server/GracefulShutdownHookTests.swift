@@ -2,9 +2,10 @@ import NIOCore
 import SocketIPC
 import SocketIPCTesting
 import Synchronization
+import SocketIPCTestSupport
 import Testing
 
-@Suite("Server.onGracefulShutdown", .timeLimit(.minutes(2)))
+@Suite("Server.onGracefulShutdown", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct GracefulShutdownHookTests {
     @Test("what the bodies send reaches each client before the going-away; they run once, in registration order")
     func bodiesRunBeforeTheGoingAway() async throws {

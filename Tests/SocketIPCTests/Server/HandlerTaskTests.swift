@@ -2,6 +2,7 @@ import Logging
 import NIOCore
 import SocketIPC
 import SocketIPCTesting
+import SocketIPCTestSupport
 import Testing
 
 /// What a handler under test went through.
@@ -12,7 +13,7 @@ private enum HandlerEvent: Equatable, Sendable {
 }
 
 /// Handler work runs in child tasks that the connection's close and the server's shutdown reach as cancellation.
-@Suite("Handler tasks", .timeLimit(.minutes(1)))
+@Suite("Handler tasks", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct HandlerTaskTests {
     /// An async handler that says when it starts, then sleeps for as long as it is not cancelled.
     private static func sleepingHandler(_ events: AsyncStream<HandlerEvent>.Continuation) -> AsyncRequestHandler {

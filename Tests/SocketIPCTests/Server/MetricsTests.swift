@@ -3,9 +3,10 @@ import MetricsTestKit
 import NIOCore
 import SocketIPC
 import SocketIPCTesting
+import SocketIPCTestSupport
 import Testing
 
-@Suite("Server metrics", .timeLimit(.minutes(1)))
+@Suite("Server metrics", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct MetricsTests {
     @Test("a framed server counts connections accepted, active, unauthorized and closed by an error")
     func framedServer() async throws {

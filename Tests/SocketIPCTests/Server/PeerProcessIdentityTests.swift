@@ -3,11 +3,12 @@ import NIOCore
 import SocketIPC
 import SocketIPCTesting
 import Synchronization
+import SocketIPCTestSupport
 import Testing
 
 /// Issue 13, section 5: a server whose policy looks at the peer process reads its control group through a pidfd
 /// (`SO_PEERPIDFD`, no pid-reuse race) and its security label (`SO_PEERSEC`); handlers see them in the credentials.
-@Suite("The peer process's identity", .timeLimit(.minutes(1)))
+@Suite("The peer process's identity", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct PeerProcessIdentityTests {
     /// This process's cgroup v2 path, as /proc/self/cgroup gives it.
     static func ownControlGroup() throws -> String {

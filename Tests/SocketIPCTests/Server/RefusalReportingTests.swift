@@ -3,6 +3,7 @@ import NIOCore
 import SocketIPC
 import SocketIPCTesting
 import Synchronization
+import SocketIPCTestSupport
 import Testing
 
 #if canImport(Glibc)
@@ -13,7 +14,7 @@ import Musl
 import Darwin
 #endif
 
-@Suite("Refused connections are reported", .timeLimit(.minutes(2)))
+@Suite("Refused connections are reported", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct RefusalReportingTests {
     /// A refusal as `onConnectionRefused` reports it.
     struct Refusal: Sendable {

@@ -3,6 +3,7 @@ import NIOPosix
 import SocketIPC
 import SocketIPCTesting
 import Synchronization
+import SocketIPCTestSupport
 import Testing
 
 // Written for Linux (Glibc, Musl) and Darwin; tested on Linux only, Darwin is untested.
@@ -14,7 +15,7 @@ import Musl
 import Darwin
 #endif
 
-@Suite("Hostile and broken peers", .serialized, .timeLimit(.minutes(2)))
+@Suite("Hostile and broken peers", .serialized, .timeLimit(.minutes(5)), .limitedConcurrency)
 struct RobustnessTests {
     @Test("a peer that dies mid-frame is dropped; the server keeps serving and leaks no file descriptor")
     func peerDiesMidFrame() async throws {

@@ -1,4 +1,5 @@
 import SocketIPC
+import SocketIPCTestSupport
 import Testing
 
 // Written for Linux (Glibc, Musl) and Darwin; tested on Linux only, Darwin is untested.
@@ -10,7 +11,7 @@ import Musl
 import Darwin
 #endif
 
-@Suite("Server configuration defaults", .timeLimit(.minutes(2)))
+@Suite("Server configuration defaults", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct ServerConfigurationTests {
     @Test("the default policy of a server is sameUser")
     func defaultPolicy() {

@@ -1,4 +1,5 @@
 import NIOCore
+import SocketIPCTestSupport
 import Testing
 
 @_spi(SocketIPCRuntime) import SocketIPCCore
@@ -9,7 +10,7 @@ import Testing
 /// The listener, channels, connections and timers are plain strings here.
 private typealias Machine = ServerStateMachine<String, String, String, String>
 
-@Suite("ServerStateMachine: shutdown hooks and established connections", .timeLimit(.minutes(2)))
+@Suite("ServerStateMachine: shutdown hooks and established connections", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct ServerStateMachineShutdownHooksTests {
     private static let later = NIODeadline.uptimeNanoseconds(1_000_000)
 

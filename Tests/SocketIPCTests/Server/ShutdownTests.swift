@@ -4,9 +4,10 @@ import ServiceLifecycle
 import SocketIPC
 import SocketIPCTesting
 import Synchronization
+import SocketIPCTestSupport
 import Testing
 
-@Suite("Starting and stopping", .timeLimit(.minutes(1)))
+@Suite("Starting and stopping", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct ShutdownTests {
     @Test("graceful shutdown lets a request in flight finish, refuses new ones, and removes the socket file")
     func gracefulShutdown() async throws {

@@ -3,11 +3,12 @@ import NIOCore
 import SocketIPC
 import SocketIPCTesting
 import Synchronization
+import SocketIPCTestSupport
 import Testing
 
 @testable import SocketIPCRuntime
 
-@Suite("Server.waitUntilRunning", .timeLimit(.minutes(1)))
+@Suite("Server.waitUntilRunning", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct WaitUntilRunningTests {
     @Test("tasks waiting before run() starts, and one waiting after, return once the server accepts connections")
     func waitersReturnOnceRunning() async throws {

@@ -2,6 +2,7 @@ import Foundation
 import SocketIPC
 import SocketIPCTesting
 import Synchronization
+import SocketIPCTestSupport
 import Testing
 
 // Written for Linux (Glibc, Musl) and Darwin; tested on Linux only, Darwin is untested.
@@ -17,7 +18,7 @@ import Darwin
 /// one broken or hostile peer closes its own connection, never the server, never another peer's service; that no
 /// buffer grows with what a peer merely claims or refuses to read; and that no write raises SIGPIPE. After every
 /// attack another client is still served.
-@Suite("Services: hostile peers", .timeLimit(.minutes(1)))
+@Suite("Services: hostile peers", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct HostileCallTests {
     // MARK: - 1. Too many calls
 

@@ -19,7 +19,7 @@ import Darwin
 /// version 1 peer (hello flags 0) is served as before and never sees a frame of kinds 0x06 to 0x0C, nor may it send
 /// one; a peer with the calls flag gets pongs, and breaks the protocol with an open of the server's parity or a
 /// message beyond its credit; a library client never opens a call on a version 1 server.
-@Suite("Services: compatibility with version 1 peers, and the calls flag on the wire", .timeLimit(.minutes(1)))
+@Suite("Services: compatibility with version 1 peers, and the calls flag on the wire", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct ProtocolCompatibilityTests {
     // MARK: - A version 1 peer
 

@@ -6,9 +6,10 @@ import Darwin
 import SocketIPC
 import SocketIPCTesting
 import Synchronization
+import SocketIPCTestSupport
 import Testing
 
-@Suite("Services: typed calls", .timeLimit(.minutes(2)))
+@Suite("Services: typed calls", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct ServiceCallTests {
     @Test("a unary call returns the handler's typed response; calls share a connection")
     func unary() async throws {

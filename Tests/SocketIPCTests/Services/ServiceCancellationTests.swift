@@ -1,9 +1,10 @@
 import SocketIPC
 import SocketIPCTesting
 import Synchronization
+import SocketIPCTestSupport
 import Testing
 
-@Suite("Services: cancellation and deadlines cross the wire", .timeLimit(.minutes(2)))
+@Suite("Services: cancellation and deadlines cross the wire", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct ServiceCancellationTests {
     @Test("cancelling the calling task cancels the handler's task on the other side")
     func cancellation() async throws {

@@ -1,9 +1,10 @@
 import SocketIPC
 import SocketIPCTesting
 import Synchronization
+import SocketIPCTestSupport
 import Testing
 
-@Suite("Services: a client that survives restarts", .timeLimit(.minutes(2)))
+@Suite("Services: a client that survives restarts", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct ServiceClientTests {
     /// A service server at `path` for the length of `body`.
     func withServiceServer<Result>(

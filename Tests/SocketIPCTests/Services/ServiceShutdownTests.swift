@@ -1,8 +1,9 @@
 import SocketIPC
 import SocketIPCTesting
+import SocketIPCTestSupport
 import Testing
 
-@Suite("Services: a server's graceful shutdown", .timeLimit(.minutes(2)))
+@Suite("Services: a server's graceful shutdown", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct ServiceShutdownTests {
     enum Watch: ServiceMethod {
         static let name = "kv.watch"

@@ -1,9 +1,10 @@
 import SocketIPC
 import SocketIPCTesting
 import Synchronization
+import SocketIPCTestSupport
 import Testing
 
-@Suite("Services: streams and flow control")
+@Suite("Services: streams and flow control", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct ServiceStreamTests {
     @Test("server streaming: every response in order, then the end")
     func serverStreaming() async throws {
@@ -120,7 +121,7 @@ struct ServiceStreamTests {
     }
 }
 
-@Suite("Services: a handler that ends a client stream early", .timeLimit(.minutes(1)))
+@Suite("Services: a handler that ends a client stream early", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct EarlyEndTests {
     enum TakeOne: ServiceMethod {
         static let name = "test.takeOne"

@@ -7,7 +7,7 @@ import Testing
 
 /// Issue 13, section 2: `@name` is an address in Linux's abstract namespace: no file, served and reached like a path,
 /// refused with a mode or with a policy that admits everyone unless that is said explicitly.
-@Suite("Abstract socket addresses (@name)", .timeLimit(.minutes(1)))
+@Suite("Abstract socket addresses (@name)", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct AbstractAddressTests {
     /// A name no other test or run uses.
     static func uniqueName() -> String { "@socketipc-test-\(getpid())-\(UUID().uuidString.prefix(8))" }

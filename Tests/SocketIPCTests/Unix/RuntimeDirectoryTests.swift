@@ -1,6 +1,7 @@
 import Foundation
 import SocketIPC
 import SocketIPCTesting
+import SocketIPCTestSupport
 import Testing
 
 // Written for Linux (Glibc, Musl) and Darwin; tested on Linux only, Darwin is untested.
@@ -13,7 +14,7 @@ import Darwin
 #endif
 
 /// `RuntimeDirectory`: `$XDG_RUNTIME_DIR` when the XDG spec's requirements hold, else a private fallback.
-@Suite("The runtime directory", .timeLimit(.minutes(2)))
+@Suite("The runtime directory", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct RuntimeDirectoryTests {
     @Test("XDG_RUNTIME_DIR is used when it is an absolute path to a 0700 directory of this user")
     func environment() async throws {

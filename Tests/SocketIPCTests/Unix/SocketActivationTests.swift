@@ -16,7 +16,7 @@ import Darwin
 /// them. (The end-to-end run under `systemd-socket-activate`, which also checks that the variables are removed from the
 /// environment, is in the CLI tests: a test here must not change the environment of a process whose other threads
 /// start processes.)
-@Suite("Socket activation", .timeLimit(.minutes(1)))
+@Suite("Socket activation", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct SocketActivationTests {
     @Test("LISTEN_FDS for this pid gives descriptors 3... with their LISTEN_FDNAMES, or `unknown` without them")
     func parsesVariables() throws {

@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import SocketIPC
 import SocketIPCTesting
+import SocketIPCTestSupport
 import Testing
 
 // Written for Linux (Glibc, Musl) and Darwin; tested on Linux only, Darwin is untested.
@@ -14,7 +15,7 @@ import Darwin
 #endif
 
 /// The parent directory check: no directory on the way to the socket may let another user replace the socket file.
-@Suite("The socket's directory", .timeLimit(.minutes(2)))
+@Suite("The socket's directory", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct SocketDirectorySecurityTests {
     @Test("a directory others can write without the sticky bit is refused, and accepted with the opt-out",
           arguments: [mode_t(0o777), 0o770, 0o703])

@@ -14,7 +14,7 @@ import Musl
 import Darwin
 #endif
 
-@Suite("Owning the socket file", .timeLimit(.minutes(2)))
+@Suite("Owning the socket file", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct SocketFileOwnershipTests {
     @Test("a second server on a live path fails with addressInUse; the first keeps its inode and keeps answering")
     func secondServer() async throws {

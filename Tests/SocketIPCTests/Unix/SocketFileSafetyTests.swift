@@ -16,7 +16,7 @@ import Darwin
 
 /// What a server may and may not do to files at and beside its socket path when other processes, of this user or
 /// another, got there first or change things while it runs.
-@Suite("The socket file: never another's, never wider, never through a symbolic link")
+@Suite("The socket file: never another's, never wider, never through a symbolic link", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct SocketFileSafetyTests {
     @Test(
         "another user's live 0600 socket in a shared directory is left running; the server refuses and says why",

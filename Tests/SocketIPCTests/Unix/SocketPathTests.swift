@@ -1,9 +1,10 @@
 import NIOCore
 import SocketIPC
 import SocketIPCTesting
+import SocketIPCTestSupport
 import Testing
 
-@Suite("Socket paths", .timeLimit(.minutes(2)))
+@Suite("Socket paths", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct SocketPathTests {
     @Test("the limit is sun_path less its NUL")
     func limit() {
