@@ -134,11 +134,19 @@ package struct OutboundQueue {
     }
 
     /// Queues bytes that are written as they are (a going-away frame made elsewhere).
+    ///
+    /// On an empty queue the bytes themselves become the coalescing buffer, so that a going-away frame sent to every
+    /// idle connection at a shutdown costs no new buffer of ``initialCapacity`` bytes each (16 KiB times the
+    /// connections, at once); were more to follow, writing into them copies them first if they are shared.
     @inlinable
     package mutating func appendRaw(_ bytes: ByteBuffer) {
         var bytes = bytes
         self.queuedBytes += bytes.readableBytes
-        self.withOwnedTail(capacity: bytes.readableBytes, spareBuffer: { nil }) { $0.writeBuffer(&bytes) }
+        guard self.tail != nil else {
+            self.tail = bytes
+            return
+        }
+        self.tail!.writeBuffer(&bytes)
     }
 
     /// Takes everything queued, leaving the queue empty.

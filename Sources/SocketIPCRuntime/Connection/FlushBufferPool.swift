@@ -20,9 +20,10 @@ final class FlushBufferPool: @unchecked Sendable {
         return buffer
     }
 
-    /// Keeps `buffer` for the next flush, unless it grew larger than 64 KiB.
+    /// Keeps `buffer` for the next flush, unless it grew larger than 64 KiB or is smaller than 4 KiB (a going-away
+    /// frame written from its own small buffer: the spare kept is better).
     @inline(__always)
     func recycle(_ buffer: ByteBuffer) {
-        if buffer.capacity <= 64 * 1024 { self.spare = buffer }
+        if (4 * 1024...64 * 1024).contains(buffer.capacity) { self.spare = buffer }
     }
 }

@@ -95,6 +95,30 @@ struct ConnectionStateMachineTests {
         #expect(Self.flush(&machine) == nil)
     }
 
+    @Test("a going-away frame on an idle connection is written from its own buffer: no 16 KiB coalescing buffer each")
+    func goingAwayOnIdleConnection() throws {
+        // At a shutdown every idle connection gets a going-away frame at once: a new coalescing buffer each would be
+        // 16 KiB times the connections.
+        var machine = Self.machine()
+        let frame = ByteBuffer(bytes: [0, 0, 0, 2, 5, 0])
+        #expect(machine.goAway(frame: frame) == .close)
+        guard case .write(let batch, _, _) = machine.flush() else {
+            Issue.record("the going-away frame was not flushed")
+            return
+        }
+        #expect(batch.earlier.isEmpty)
+        let tail = try #require(batch.tail)
+        #expect(tail == frame)
+        #expect(tail.capacity < 1024, "the frame went into a buffer of \(tail.capacity) bytes")
+
+        // Behind frames already queued, it rides along in their buffer.
+        var busy = Self.machine()
+        Self.send("hi", on: &busy)
+        _ = busy.goAway(frame: frame)
+        let flushed = try #require(Self.flush(&busy))
+        #expect(flushed.bytes == ByteBuffer(bytes: [0, 0, 0, 3, 1, 0x68, 0x69, 0, 0, 0, 2, 5, 0]))
+    }
+
     @Test("frames queued during a read batch schedule no flush: the batch's end flushes them")
     func readBatch() throws {
         var machine = Self.machine()
