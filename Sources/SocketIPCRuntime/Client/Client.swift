@@ -91,7 +91,7 @@ public enum Client {
                         try channel.pipeline.syncOperations.addHandler(
                             ConnectionChannelHandler(
                                 handler: handler,
-                                options: options,
+                                options: SharedConnectionOptions(options),
                                 connectionID: id,
                                 lifecycle: lifecycle,
                                 descriptor: channelDescriptor,

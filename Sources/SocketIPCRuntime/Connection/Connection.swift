@@ -46,7 +46,10 @@ public final class Connection: Sendable {
     /// Where flushes write: straight to the socket where it may, else through the channel.
     let writer: any FrameWriter
     /// The limits and timeouts the connection was opened with.
-    let options: ConnectionOptions
+    /// The connection's options, shared with its server's other connections.
+    let sharedOptions: SharedConnectionOptions
+    /// The connection's limits and timeouts.
+    var options: ConnectionOptions { self.sharedOptions.value }
     /// Runs the client's tasks on the channel's event loop (`Client.withConnection`).
     let taskExecutor: EventLoopTaskExecutor
     /// The event loop's spare coalescing buffer, taken when the queue needs one and given back after each flush.
@@ -85,7 +88,7 @@ public final class Connection: Sendable {
         channel: any Channel,
         descriptor: Int32? = nil,
         writer: (any FrameWriter)? = nil,
-        options: ConnectionOptions,
+        options sharedOptions: SharedConnectionOptions,
         peer: PeerCredentials?,
         logger: Logger,
         handlerTaskOwner: ConnectionTasks.Owner = .connection,
@@ -102,7 +105,8 @@ public final class Connection: Sendable {
         self.channel = channel
         self.eventLoop = channel.eventLoop
         self.writer = writer ?? SocketFrameWriter(channel: channel, descriptor: descriptor)
-        self.options = options
+        self.sharedOptions = sharedOptions
+        let options = sharedOptions.value
         self.peer = peer
         // With a relay, the channel's descriptor is the relay's socket pair; the peer is on the relay's socket.
         if options.holdsPeerProcess, let descriptor = descriptorRelay?.socket ?? descriptor, let peer {

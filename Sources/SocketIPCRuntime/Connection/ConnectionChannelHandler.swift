@@ -46,7 +46,10 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
     var idleTimer: Scheduled<Void>?
     /// When a read last delivered bytes (or a request was last seen in flight); kept only with an idle timeout.
     var lastActivity = NIODeadline.uptimeNanoseconds(0)
-    let options: ConnectionOptions
+    /// The connection's options, shared with its server's other connections.
+    let sharedOptions: SharedConnectionOptions
+    /// The connection's limits and timeouts.
+    var options: ConnectionOptions { self.sharedOptions.value }
     let connectionID: UInt64
     let lifecycle: ConnectionLifecycle
     let handshakeTimeout: Duration?
@@ -70,7 +73,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
     ///   - peer: The peer's credentials as the server read them at accept (with what its policy needed), if it did.
     init(
         handler: Handler,
-        options: ConnectionOptions,
+        options sharedOptions: SharedConnectionOptions,
         connectionID: UInt64,
         lifecycle: ConnectionLifecycle,
         handshakeTimeout: Duration? = nil,
@@ -84,7 +87,8 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         self.knownPeer = peer
         self.descriptorRelay = descriptorRelay
         self.handler = handler
-        self.options = options
+        self.sharedOptions = sharedOptions
+        let options = sharedOptions.value
         self.decoder = FrameDecoder(maximumPayload: options.effectiveMaximumMessageSize, localFlags: options.helloFlags)
         self.connectionID = connectionID
         self.lifecycle = lifecycle
@@ -118,7 +122,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
             id: self.connectionID,
             channel: channel,
             descriptor: self.descriptor,
-            options: self.options,
+            options: self.sharedOptions,
             peer: peer,
             logger: self.logger,
             handlerTaskOwner: self.lifecycle.handlerTaskOwner,

@@ -22,7 +22,7 @@ extension Server {
             onServerRunning: onServerRunning,
             initializer: FramedConnectionInitializer(
                 makeHandler: makeHandler,
-                options: configuration.connection,
+                sharedOptions: SharedConnectionOptions(configuration.connection),
                 handshakeTimeout: configuration.handshakeTimeout
             )
         )
@@ -33,8 +33,10 @@ extension Server {
 struct FramedConnectionInitializer<Handler: ConnectionHandler & SendableMetatype>: ConnectionInitializer {
     /// Makes the handler of one connection, on that connection's event loop.
     let makeHandler: @Sendable () -> Handler
+    /// Limits and timeouts of each connection, one copy for all of them.
+    let sharedOptions: SharedConnectionOptions
     /// Limits and timeouts of each connection.
-    let options: ConnectionOptions
+    var options: ConnectionOptions { self.sharedOptions.value }
     /// How long the peer has to send its hello, counted from the accept.
     let handshakeTimeout: Duration
 
@@ -51,7 +53,7 @@ struct FramedConnectionInitializer<Handler: ConnectionHandler & SendableMetatype
         try self.options.applySocketOptions(to: connection.channel)
         let handler = ConnectionChannelHandler(
             handler: self.makeHandler(),
-            options: self.options,
+            options: self.sharedOptions,
             connectionID: connection.id,
             lifecycle: connection.lifecycle,
             handshakeTimeout: self.handshakeTimeout,

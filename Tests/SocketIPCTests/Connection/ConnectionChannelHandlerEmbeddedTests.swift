@@ -49,7 +49,7 @@ struct ConnectionChannelHandlerEmbeddedTests {
         )
         let channelHandler = ConnectionChannelHandler(
             handler: handler,
-            options: ConnectionOptions(),
+            options: SharedConnectionOptions(ConnectionOptions()),
             connectionID: 1,
             lifecycle: lifecycle,
             handshakeTimeout: handshakeTimeout,

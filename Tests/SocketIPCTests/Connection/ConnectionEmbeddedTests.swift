@@ -53,7 +53,7 @@ struct ConnectionEmbeddedTests {
     static func channelHandler(_ observed: Observed) -> ConnectionChannelHandler<Handler> {
         ConnectionChannelHandler(
             handler: Handler(observed: observed),
-            options: ConnectionOptions(),
+            options: SharedConnectionOptions(ConnectionOptions()),
             connectionID: 1,
             lifecycle: observed.lifecycle(),
             logger: testLogger

@@ -1,0 +1,11 @@
+/// One connection's ``ConnectionOptions`` held by reference, so that a server's connections share one copy: the
+/// options are about 200 bytes, and a connection's ``Connection`` and ``ConnectionChannelHandler`` each kept their own,
+/// which is a tenth of what an idle connection costs (`BENCHMARKS.md`, "An idle connection's memory").
+final class SharedConnectionOptions: Sendable {
+    /// The options.
+    let value: ConnectionOptions
+
+    init(_ value: ConnectionOptions) {
+        self.value = value
+    }
+}
