@@ -78,7 +78,12 @@ extension Client {
         if attempt.halfClosed,
             let outcome = await EOFAcknowledgementWaiter.shared.acknowledgement(
                 of: attempt,
-                timeout: deadline.map { max(.zero, $0 - ContinuousClock.now) }
+                timeout: deadline.map { max(.zero, $0 - ContinuousClock.now) },
+                timedOut: SocketIPCError(
+                    .timedOut,
+                    "the server did not acknowledge the message within \(timeout!)",
+                    path: path
+                )
             )
         {
             switch outcome {

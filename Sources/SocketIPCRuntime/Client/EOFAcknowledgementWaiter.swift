@@ -1,5 +1,6 @@
 #if os(Linux)
 import CSocketIPCLinux
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import Synchronization
@@ -44,7 +45,7 @@ final class EOFAcknowledgementWaiter: @unchecked Sendable {
         self.epollDescriptor = epoll_create1(Int32(EPOLL_CLOEXEC))
         if self.epollDescriptor >= 0 {
             do {
-                try DetachedThread.start(name: "SocketIPC-eof-ack", stackSize: 256 * 1024) { [unowned self] in self.run() }
+                try DetachedThread.start(name: "sipc-eof-ack", stackSize: 256 * 1024) { [unowned self] in self.run() }
             } catch {
                 // No thread to be had: the waiter stays unavailable and callers wait on an event loop instead.
                 close(self.epollDescriptor)
@@ -58,26 +59,24 @@ final class EOFAcknowledgementWaiter: @unchecked Sendable {
     /// - Parameters:
     ///   - exchange: The exchange; the waiter owns its socket from here on and closes it when done.
     ///   - timeout: How long to wait at most; `nil` for no limit.
+    ///   - timedOut: The error of a wait that `timeout` ended.
     /// - Returns: `.finished` or `.failed` (the socket is then closed; `timedOut` after `timeout`, `cancelled`
     ///   when the task was cancelled), or `nil` when the waiter is unavailable (no `epoll` set could be made) and the
     ///   caller must wait some other way.
-    func acknowledgement(of exchange: EOFExchange, timeout: Duration?) async -> EOFExchange.Outcome? {
+    func acknowledgement(
+        of exchange: EOFExchange,
+        timeout: Duration?,
+        timedOut: @autoclosure @escaping @Sendable () -> SocketIPCError
+    ) async -> EOFExchange.Outcome? {
         guard self.epollDescriptor >= 0 else { return nil }
         let descriptor = exchange.descriptor
+        let path = exchange.path
         let id = self.state.withLock { state in
             state.nextID &+= 1
             return state.nextID
         }
-        let timer = timeout.map { timeout in
-            MultiThreadedEventLoopGroup.singleton.any().scheduleTask(in: TimeAmount(timeout)) {
-                self.abandon(descriptor, id: id, because: SocketIPCError(
-                    .timedOut,
-                    "the server did not acknowledge the message within \(timeout)",
-                    path: exchange.path
-                ))
-            }
-        }
-        defer { timer?.cancel() }
+        let timer = NIOLockedValueBox<Scheduled<Void>?>(nil)
+        defer { timer.withLockedValue { $0?.cancel() } }
         return await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
                 let failure: (Int32, CheckedContinuation<EOFExchange.Outcome, Never>)? = self.state.withLock { state in
@@ -92,17 +91,27 @@ final class EOFAcknowledgementWaiter: @unchecked Sendable {
                 }
                 if let (code, continuation) = failure {
                     continuation.resume(returning: exchange.fail(SocketIPCError.systemCall("epoll_ctl", errno: code)))
-                } else if Task.isCancelled {
-                    self.abandon(descriptor, id: id, because: Self.cancelled(exchange))
+                    return
+                }
+                // Timed only once registered: a timer that fired before would find no wait to end, and the wait that
+                // followed would have no limit at all.
+                if let timeout {
+                    let scheduled = MultiThreadedEventLoopGroup.singleton.any().scheduleTask(in: TimeAmount(timeout)) {
+                        self.abandon(descriptor, id: id, because: timedOut())
+                    }
+                    timer.withLockedValue { $0 = scheduled }
+                }
+                if Task.isCancelled {
+                    self.abandon(descriptor, id: id, because: Self.cancelled(path: path))
                 }
             }
         } onCancel: {
-            self.abandon(descriptor, id: id, because: Self.cancelled(exchange))
+            self.abandon(descriptor, id: id, because: Self.cancelled(path: path))
         }
     }
 
-    private static func cancelled(_ exchange: EOFExchange) -> SocketIPCError {
-        SocketIPCError(.cancelled, "the task waiting for the acknowledgement was cancelled", path: exchange.path)
+    private static func cancelled(path: String) -> SocketIPCError {
+        SocketIPCError(.cancelled, "the task waiting for the acknowledgement was cancelled", path: path)
     }
 
     /// Gives up the wait `id` on `descriptor`: fails it with `error` (closing its socket) unless it has ended.

@@ -42,6 +42,40 @@ struct EOFClientTimeoutTests {
         }
     }
 
+    @Test("a timeout shorter than the send itself still ends the wait: timedOut every time, never a wait without limit")
+    func shortTimeoutIsNeverLost() async throws {
+        // A timer that fired before the wait was registered found nothing to end (found by review: 91 of 200 such
+        // sends then waited for ever). Each send here is raced against a safety net far longer than it needs.
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/silent.sock"
+            let listener = try makeStaleSocket(at: path, listening: true)
+            defer { _ = closeDescriptor(listener) }
+            var lost = 0
+            for _ in 0..<50 {
+                let ended = try await withThrowingTaskGroup(of: Bool.self) { group in
+                    group.addTask {
+                        let error = await #expect(throws: SocketIPCError.self) {
+                            try await Client.sendMessage(ByteBuffer(string: "hi"), to: path, timeout: .microseconds(1))
+                        }
+                        #expect(error?.code == .timedOut)
+                        return true
+                    }
+                    group.addTask {
+                        try await Task.sleep(for: .seconds(20))
+                        return false
+                    }
+                    let first = try await group.next()!
+                    group.cancelAll()
+                    return first
+                }
+                if !ended { lost += 1 }
+                // Take the connection out of the listen backlog, so that the next one is not refused.
+                _ = closeDescriptor(try await SilentPeer.acceptOne(on: listener))
+            }
+            #expect(lost == 0, "\(lost) of 50 sends with a 1 µs timeout waited without limit")
+        }
+    }
+
     @Test("a server that never reads a message larger than the socket buffers: timedOut while it is being written")
     func stalledWriteTimesOut() async throws {
         try await withTemporarySocketDirectory { directory in
