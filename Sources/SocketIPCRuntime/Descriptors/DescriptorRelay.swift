@@ -91,7 +91,7 @@ final class DescriptorRelay: @unchecked Sendable {
             _ = fcntl(descriptor, F_SETFL, flags & ~O_NONBLOCK)
         }
         do {
-            try DetachedThread.start(name: "SocketIPC-relay", stackSize: 128 * 1024) { [self] in self.runInbound() }
+            try DetachedThread.start(name: "sipc-relay", stackSize: 128 * 1024) { [self] in self.runInbound() }
         } catch {
             self.lock.lock()
             self.threadsRunning = 1
@@ -103,7 +103,7 @@ final class DescriptorRelay: @unchecked Sendable {
             throw error
         }
         do {
-            try DetachedThread.start(name: "SocketIPC-relay", stackSize: 128 * 1024) { [self] in self.runOutbound() }
+            try DetachedThread.start(name: "sipc-relay", stackSize: 128 * 1024) { [self] in self.runOutbound() }
         } catch {
             _ = close(pair[0])  // never handed to a channel: the inbound thread then reads no more
             _ = shutdown(socket, Int32(SHUT_RDWR))

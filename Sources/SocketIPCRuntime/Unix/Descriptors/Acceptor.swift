@@ -67,7 +67,7 @@ final class Acceptor: @unchecked Sendable {
     /// ends at once as after a failed `accept`: the listening socket is closed and `onError` called.
     func start() {
         do {
-            try DetachedThread.start(name: "SocketIPC-accept") { self.acceptUntilStopped() }
+            try DetachedThread.start(name: "sipc-accept") { self.acceptUntilStopped() }
         } catch {
             self.stopping.store(true, ordering: .releasing)
             self.onError(error as? SocketIPCError ?? SocketIPCError(.systemCall, "\(error)"))
