@@ -20,12 +20,16 @@ public struct TestConcurrencyLimit: SuiteTrait, TestTrait, TestScoping {
         testCase: Test.Case?,
         performing function: @Sendable () async throws -> Void
     ) async throws {
-        // Around each test case only: a suite's scope would hold a place for as long as its tests run.
-        guard testCase != nil else { return try await function() }
+        // Around each test case only: a suite's scope would hold a place for as long as its tests run. And once only:
+        // a test case with the trait twice (a nested suite's, say) must not take two places, which could deadlock.
+        guard testCase != nil, !Self.holdsPlace else { return try await function() }
         await TestGate.shared.enter()
         defer { TestGate.shared.leave() }
-        try await function()
+        try await Self.$holdsPlace.withValue(true) { try await function() }
     }
+
+    /// Whether the running test case holds a place already.
+    @TaskLocal private static var holdsPlace = false
 }
 
 extension Trait where Self == TestConcurrencyLimit {
