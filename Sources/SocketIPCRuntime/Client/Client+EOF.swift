@@ -221,11 +221,15 @@ extension Client {
             }
             outbound.finish()
             let failure = await readAcknowledgement()
-            // A cancelled task ends the read early: no acknowledgement, and no delivery to report.
-            try Task.checkCancellation()
             if let framed = FramedServerRecognition.error(for: acknowledgement, path: path) { throw framed }
-            if let failure { throw failure }
+            // A cancelled task ends the read early, without the server's end-of-stream: that is a cancellation, not
+            // a failed delivery. A delivery completed before the cancellation is still reported.
+            if let failure {
+                try Task.checkCancellation()
+                throw failure
+            }
             if let undelivered = try await eventLoop.submit({ tracker.value.undelivered(path: path) }).get() {
+                try Task.checkCancellation()
                 throw undelivered
             }
             return acknowledgement
