@@ -1,4 +1,5 @@
 import Foundation
+import SocketIPCRuntime
 
 /// A process that holds a lock on a file, as `/proc/locks` tells it.
 ///
@@ -26,30 +27,11 @@ struct LockHolder: Sendable, Equatable {
     /// The processes that hold a lock on the file with `status`.
     /// - Returns: The holders (empty when the file is not locked), or `nil` when `/proc/locks` cannot be read.
     static func holders(of status: FileSummary) -> [LockHolder]? {
-        guard let text = Self.readProcFile("/proc/locks") else { return nil }
+        // Read to the end: FileManager's `contents(atPath:)` stops after one read of a /proc file (about 4 KiB), and a
+        // busy machine's list of locks is longer.
+        guard let text = ProcFile.read("/proc/locks", limit: 64 << 20) else { return nil }
         return Self.holders(in: text, device: status.device, inode: status.inode)
             .map { LockHolder(pid: $0, command: ProcessName.of($0)) }
-    }
-
-    /// The whole of a `/proc` file, read with `read(2)` until end-of-file, retrying on `EINTR`: FileManager's
-    /// `contents(atPath:)` stops after one read of a /proc file (about 4 KiB), a busy machine's list of locks is longer,
-    /// and a signal during a read must not make the answer "unknown". `nil` when it cannot be opened or read.
-    static func readProcFile(_ path: String) -> String? {
-        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
-        guard descriptor >= 0 else { return nil }
-        defer { close(descriptor) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 16 * 1024)
-        while true {
-            let count = chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
-            if count > 0 {
-                bytes += chunk[..<count]
-            } else if count == 0 {
-                return String(decoding: bytes, as: UTF8.self)
-            } else if errno != EINTR {
-                return nil
-            }
-        }
     }
 
     /// The pids that `/proc/locks`' `text` lists as holding a lock on the file at `device` and `inode`.

@@ -53,7 +53,7 @@ struct PeerProcessIdentity {
     /// The control group of process `processID`, whose pidfd is `pidfd`, read from `/proc/PID/cgroup` (cgroup v2:
     /// its `0::PATH` line) and kept only if the process still runs after the read; `nil` otherwise.
     static func controlGroup(of processID: Int32, pidfd: Int32) -> String? {
-        guard let text = Self.readFile("/proc/\(processID)/cgroup"), Self.isRunning(pidfd) else { return nil }
+        guard let text = ProcFile.read("/proc/\(processID)/cgroup"), Self.isRunning(pidfd) else { return nil }
         return text.split(separator: "\n").first { $0.hasPrefix("0::") }.map { String($0.dropFirst(3)) }
     }
 
@@ -81,24 +81,5 @@ struct PeerProcessIdentity {
         }
     }
 
-    /// The whole of a small file (a /proc file has no size, so it is read until EOF), or `nil`.
-    private static func readFile(_ path: String) -> String? {
-        let file = open(path, O_RDONLY | O_CLOEXEC)
-        guard file >= 0 else { return nil }
-        defer { close(file) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        while bytes.count < 1 << 20 {
-            let count = chunk.withUnsafeMutableBytes { read(file, $0.baseAddress, $0.count) }
-            if count > 0 {
-                bytes += chunk[..<count]
-            } else if count == 0 {
-                return String(decoding: bytes, as: UTF8.self)
-            } else if errno != EINTR {
-                return nil
-            }
-        }
-        return nil
-    }
     #endif
 }
