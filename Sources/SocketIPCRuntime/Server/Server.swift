@@ -88,7 +88,11 @@ public final class Server: Service, Sendable {
     /// ``waitUntilRunning()`` returns once the socket accepts connections, and throws what this throws.
     /// - Throws: `SocketIPCError` when the path cannot be claimed: `invalidPath`, `parentDirectoryMissing`,
     ///   `insecureDirectory`, `addressInUse`, `pathOccupied`, `systemCall`; or `invalidState` when called a second
-    ///   time, or after the server was shut down. Once it has thrown, the server is finished.
+    ///   time, or after the server was shut down. Once it has thrown, the server is finished. Also `systemCall`
+    ///   (`accept`) when accepting fails for good while serving (the listening socket was shut down or closed under
+    ///   it; running out of descriptors or memory only makes it back off): the server then shuts down gracefully and
+    ///   this throws once it has, so that a supervisor sees it end, as Go's `http.Server.Serve` returns its listener's
+    ///   error.
     public func run() async throws {
         switch self.state.withLock({ $0.machine.runCalled() }) {
         case .startListening:
@@ -108,13 +112,18 @@ public final class Server: Service, Sendable {
         defer { listener.owner?.release() }
         let path = listener.path
 
+        let acceptFailure = Mutex<SocketIPCError?>(nil)
         let acceptor = Acceptor(
             descriptor: listener.descriptor,
             sharesListeningSocket: listener.isShared,
             eventLoop: MultiThreadedEventLoopGroup.singleton.any(),
             logger: self.logger,
             onAccept: { descriptor in self.accept(descriptor) },
-            onError: { error in self.logger.error("accepting connections failed", metadata: ["error": "\(error)"]) }
+            onError: { error in
+                self.logger.error("accepting connections failed; shutting down", metadata: ["error": "\(error)"])
+                acceptFailure.withLock { $0 = error }
+                self.shutDown(graceful: true)
+            }
         )
         let listening = self.state.withLock { $0.machine.listening(acceptor) }
         // Started even when shutting down at once: the acceptor closes the listening socket when it stops.
@@ -142,6 +151,7 @@ public final class Server: Service, Sendable {
         }
         try? await acceptor.finishedFuture.get()
         self.logger.info("stopped", metadata: ["socketipc.path": "\(path)"])
+        if let failure = acceptFailure.withLock({ $0 }) { throw failure }
     }
 
     /// Starts a graceful shutdown: stop accepting, run the ``onGracefulShutdown(_:)`` bodies, tell clients, let

@@ -75,6 +75,30 @@ struct SocketActivationTests {
         }
     }
 
+    @Test("a listening socket shut down under the server ends run(): it shuts down and throws accept's error")
+    func listenerShutDownUnderServer() async throws {
+        // Go's http.Server.Serve returns its listener's error; a server that went on "running" without accepting
+        // would be invisible to its supervisor.
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/activated.sock"
+            let listener = makeUnixStreamSocket()
+            defer { closeDescriptor(listener) }
+            #expect(withSocketAddress(path, { bind(listener, $0, $1) }) == 0)
+            #expect(listen(listener, 16) == 0)
+            let configuration = ServerConfiguration(inheritedSocket: InheritedSocket(descriptor: dup(listener)))
+            let server = Server.framed(configuration: configuration, logger: testLogger) { EchoHandler() }
+            let running = Task { try await server.run() }
+            try await server.waitUntilRunning()
+            let reply = try await Client.withConnection(to: path) { try await $0.request(ByteBuffer(string: "on")) }
+            #expect(String(buffer: reply) == "on")
+            // Another holder of the socket (systemd's copy, here the test's) shuts it down: accept fails for good.
+            shutdown(listener, Int32(SHUT_RDWR))
+            let error = await #expect(throws: SocketIPCError.self) { try await running.value }
+            #expect(error?.code == .systemCall)
+            #expect(error?.message.contains("accept") == true, "\(String(describing: error))")
+        }
+    }
+
     @Test("an inherited descriptor that is not a listening Unix stream socket is refused with invalidConfiguration")
     func refusesNonListeners() async throws {
         try await withTemporarySocketDirectory { directory in
