@@ -50,10 +50,8 @@ struct SocketActivationTests {
     func servesInheritedSocket() async throws {
         try await withTemporarySocketDirectory { directory in
             let path = directory + "/activated.sock"
-            let listener = makeUnixStreamSocket()
+            let listener = listeningSocket(at: path)
             defer { closeDescriptor(listener) }
-            #expect(withSocketAddress(path, { bind(listener, $0, $1) }) == 0)
-            #expect(listen(listener, 16) == 0)
             chmod(path, 0o640)
             // The server closes the descriptor it is given; the test keeps the original, as systemd keeps its own.
             let inherited = InheritedSocket(descriptor: dup(listener), name: "api")
@@ -81,10 +79,8 @@ struct SocketActivationTests {
         // would be invisible to its supervisor.
         try await withTemporarySocketDirectory { directory in
             let path = directory + "/activated.sock"
-            let listener = makeUnixStreamSocket()
+            let listener = listeningSocket(at: path)
             defer { closeDescriptor(listener) }
-            #expect(withSocketAddress(path, { bind(listener, $0, $1) }) == 0)
-            #expect(listen(listener, 16) == 0)
             let configuration = ServerConfiguration(inheritedSocket: InheritedSocket(descriptor: dup(listener)))
             let server = Server.framed(configuration: configuration, logger: testLogger) { EchoHandler() }
             let running = Task { try await server.run() }
@@ -123,6 +119,14 @@ struct SocketActivationTests {
             }
         }
     }
+}
+
+/// A Unix stream socket bound at `path` and listening, as systemd would pass it; the caller closes it.
+private func listeningSocket(at path: String) -> Int32 {
+    let listener = makeUnixStreamSocket()
+    #expect(withSocketAddress(path, { bind(listener, $0, $1) }) == 0)
+    #expect(listen(listener, 16) == 0)
+    return listener
 }
 
 /// The permission bits of `path`, or `nil` when it does not exist.
