@@ -105,6 +105,60 @@ package struct FrameDecoder: Sendable {
         }
     }
 
+    /// A message, request or reply: the frames of version 1 that carry data, which ``nextDataFrame(from:)`` hands out
+    /// without making a ``Frame``.
+    @usableFromInline
+    package struct DataFrame {
+        /// ``FrameKind/message``, ``FrameKind/request`` or ``FrameKind/reply``.
+        @usableFromInline
+        package let kind: FrameKind
+        /// The request id; 0 for a message.
+        @usableFromInline
+        package let id: UInt32
+        /// The payload, a slice of the bytes read.
+        @usableFromInline
+        package let payload: ByteBuffer
+
+        @inlinable
+        init(kind: FrameKind, id: UInt32, payload: ByteBuffer) {
+            self.kind = kind
+            self.id = id
+            self.payload = payload
+        }
+    }
+
+    /// Takes the message, request or reply at the front of `buffer` when all of it is there and the hello is behind;
+    /// returns `nil` and leaves `buffer` as it was otherwise: for any other kind, a frame not yet whole, or one that
+    /// ``next(from:)`` refuses (which then says why).
+    ///
+    /// The read loop's fast path: the header is read with one look at the buffer's bytes and the payload taken as one
+    /// slice, where ``next(from:)`` calls into the buffer for each field (each call costs dynamic exclusivity checks
+    /// of the buffer's storage from outside NIO) and makes a ``Frame``.
+    @inlinable
+    @inline(__always)
+    package func nextDataFrame(from buffer: inout ByteBuffer) -> DataFrame? {
+        guard !self.awaitingHello else { return nil }
+        let maximumPayload = self.maximumPayload
+        // (kind, id, frame length) of a whole data frame within the limit; kind 0 for anything else.
+        let header: (kind: UInt8, id: UInt32, length: Int) = buffer.withUnsafeReadableBytes { bytes in
+            guard bytes.count >= 5 else { return (0, 0, 0) }
+            let length = Int(UInt32(bigEndian: bytes.loadUnaligned(as: UInt32.self)))
+            let kind = bytes[4]
+            guard (1...3).contains(kind), bytes.count - 4 >= length else { return (0, 0, 0) }
+            if kind == FrameKind.message.rawValue {
+                guard length >= 1, length - 1 <= maximumPayload else { return (0, 0, 0) }
+                return (kind, 0, length)
+            }
+            guard length >= 5, length - 5 <= maximumPayload else { return (0, 0, 0) }
+            return (kind, UInt32(bigEndian: bytes.loadUnaligned(fromByteOffset: 5, as: UInt32.self)), length)
+        }
+        guard header.kind != 0, let kind = FrameKind(rawValue: header.kind) else { return nil }
+        let headerLength = kind == .message ? 5 : 9
+        let payload = buffer.getSlice(at: buffer.readerIndex + headerLength, length: header.length + 4 - headerLength)!
+        buffer.moveReaderIndex(forwardBy: 4 + header.length)
+        return DataFrame(kind: kind, id: header.id, payload: payload)
+    }
+
     /// Decodes a frame of kind `0x06` to `0x0C`, out of line: calls cost the read loop of version 1's frames nothing.
     @usableFromInline
     package static func extensionFrame(_ kind: FrameKind, id: UInt32, payload: inout ByteBuffer) throws -> Frame {

@@ -48,7 +48,15 @@ extension ConnectionChannelHandler {
             }
             // Then the rest of this read, decoded where it lies, without copying.
             if leftover == nil && step == .next {
-                while self.state.mayHandleFrames, let frame = try decoder.next(from: &incoming) {
+                // Messages, requests and replies of an established connection without descriptors take the fast path.
+                let fastPath = wasEstablished && connection.descriptorPassing == nil
+                while self.state.mayHandleFrames {
+                    if fastPath, let data = decoder.nextDataFrame(from: &incoming) {
+                        step = Self.dispatch(data, to: &handler, connection: connection, maximumRequests: limit)
+                        if step != .next { break }
+                        continue
+                    }
+                    guard let frame = try decoder.next(from: &incoming) else { break }
                     // The first frames after the hello may come in the same read: the peer's flags are known to
                     // their handlers (Connection.passesDescriptors).
                     if !wasEstablished { connection.peerHelloReceived(flags: decoder.peerFlags) }
@@ -205,7 +213,29 @@ extension ConnectionChannelHandler {
         self.lifecycle.handshakeCompleted(connection)
     }
 
+    /// Hands a message, request or reply to the handler or to the request that waits for it, as the dispatch of a
+    /// ``Frame`` does for the same frames on a connection without descriptors.
     @inline(__always)
+    static func dispatch(
+        _ data: FrameDecoder.DataFrame,
+        to handler: inout Handler,
+        connection: Connection,
+        maximumRequests: Int
+    ) -> DecodeStep {
+        switch data.kind {
+        case .message:
+            handler.didReceiveMessage(data.payload, on: connection)
+        case .request:
+            let unanswered = connection.requestReceived()
+            handler.didReceiveRequest(data.payload, reply: Reply(connection: connection, id: data.id), on: connection)
+            if unanswered >= maximumRequests { return .pauseForRequests }
+        default:
+            connection.replyReceived(id: data.id, result: .success(data.payload))
+        }
+        return .next
+    }
+
+    /// Hands a frame to the handler, to the request that waits for it, or to the connection.
     static func dispatch(
         _ frame: Frame,
         to handler: inout Handler,
