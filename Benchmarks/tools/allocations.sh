@@ -20,7 +20,7 @@ count() {
     echo "$(awk '/allocations:/ { print $2 }' "$work/server.err") $(awk '/allocations:/ { print $2 }' "$work/client.err")"
 }
 
-for workload in rr stream; do
+for workload in ${WORKLOADS:-rr stream}; do
     n=$([[ $workload == rr ]] && echo 20000 || echo 200000)
     read -r s1 c1 <<<"$(count "$workload" "$n")"
     read -r s2 c2 <<<"$(count "$workload" $((2 * n)))"
