@@ -33,6 +33,10 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
     var connection: Connection?
     var decoder: FrameDecoder
     /// Where the connection is: decides when the handshake is reported, when it fails and what its close reports.
+    ///
+    /// Read before every frame a read hands out, so without the dynamic exclusivity check a class property costs:
+    /// accesses cannot overlap, since the state machine's methods call nothing back and run on the event loop only.
+    @exclusivity(unchecked)
     var state = HandshakeStateMachine()
     /// The bytes read and not yet handed out, and whether reading is paused or held.
     var inbound = InboundBuffer()
