@@ -286,6 +286,15 @@ package struct ConnectionStateMachine<RequestContinuation, WriteWaiter, Timer> {
     @inlinable
     package var queuedBytes: Int { self.outbound.queue.byteCount }
 
+    /// Whether a sender on the event loop should flush now rather than wait for the scheduled flush: `threshold`
+    /// bytes or more are queued, and no read batch is in progress (whose end flushes anyway). Bounds the coalescing
+    /// buffer of a sender that queues many frames without yielding, as Go's `bufio.Writer` writes when its buffer
+    /// is full, so that the buffer stays small enough to be reused while warm in the cache.
+    @inlinable
+    package func shouldFlushEarly(threshold: Int) -> Bool {
+        self.outbound.queue.byteCount >= threshold && !self.outbound.readBatchActive
+    }
+
     /// How many of this side's requests wait for their reply.
     package var pendingRequestCount: Int {
         switch self.state {

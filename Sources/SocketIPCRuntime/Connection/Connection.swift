@@ -163,16 +163,30 @@ public final class Connection: Sendable {
         if self.descriptorPassing != nil, let memory = self.sharedMemory(for: message) {
             return try self.queueShared(.message, id: 0, length: message.readableBytes, memory: memory)
         }
-        let action = self.state.withLock {
-            $0.enqueue(.message, id: 0, payload: message, spareBuffer: { self.spareBuffer() })
+        let (action, flushEarly) = self.state.withLock {
+            (
+                $0.enqueue(.message, id: 0, payload: message, spareBuffer: { self.spareBuffer() }),
+                $0.shouldFlushEarly(threshold: Self.earlyFlushThreshold)
+            )
         }
         switch action {
         case .fail(let error):
             throw error
         case .queued(let scheduleFlush, let mustWait):
             if scheduleFlush { self.scheduleFlush() }
+            if flushEarly && !mustWait { self.flushEarlyIfOnEventLoop() }
             return mustWait
         }
+    }
+
+    /// Queued bytes from which a sender on the event loop flushes at once (64 KiB, what ``FlushBufferPool`` keeps).
+    static var earlyFlushThreshold: Int { 64 * 1024 }
+
+    /// Flushes now when called on the event loop (a sender whose task runs there queues until it yields otherwise);
+    /// elsewhere the scheduled flush runs in parallel with the sender anyway.
+    @inline(never)
+    func flushEarlyIfOnEventLoop() {
+        if self.eventLoop.inEventLoop { self.flushPendingWrites() }
     }
 
     /// Sends a request and waits for its reply.

@@ -164,4 +164,35 @@ struct ConnectionEmbeddedTests {
         #expect(failure?.code == .connectionClosed)
         #expect(connection.closeError?.code == .connectionClosed)
     }
+
+    @Test("a sender on the event loop that queues 64 KiB without yielding has it written at once, not held until it yields")
+    func earlyFlushBoundsTheQueue() throws {
+        let observed = Observed()
+        let channel = EmbeddedChannel()
+        try channel.pipeline.syncOperations.addHandler(Self.channelHandler(observed))
+        try channel.connect(to: Self.address).wait()
+        _ = try Self.nextWrite(channel)
+        try channel.writeInbound(Self.bytes(hello: true))
+        let connection = try #require(observed.opened)
+
+        // 200 messages of 1 KiB: 1,029 bytes each on the wire, 205,800 in all, below the 256 KiB high watermark, so
+        // the sender never has to wait, and the event loop never runs in between.
+        let message = ByteBuffer(repeating: 0x61, count: 1024)
+        var largestQueue = 0
+        for _ in 0..<200 {
+            #expect(try connection.queueMessage(message) == false)
+            largestQueue = max(largestQueue, connection.state.withLock { $0.queuedBytes })
+        }
+        #expect(largestQueue < Connection.earlyFlushThreshold + 1029)
+        var written = ByteBuffer()
+        while var buffer = try channel.readOutbound(as: ByteBuffer.self) { written.writeBuffer(&buffer) }
+        // Three flushes of 64 KiB went out before the loop ran; the scheduled flush writes the rest.
+        #expect(written.readableBytes == 3 * 64 * 1029)
+        channel.embeddedEventLoop.run()
+        while var buffer = try channel.readOutbound(as: ByteBuffer.self) { written.writeBuffer(&buffer) }
+        var expected = ByteBuffer()
+        for _ in 0..<200 { expected.writeFrame(.message(message)) }
+        #expect(written == expected)
+        _ = try channel.finish()
+    }
 }
