@@ -21,44 +21,59 @@ import NIOCore
 ///
 /// - `ReadWaiter`: what waits for the next inbound message (the runtime's continuation).
 /// - `WriteWaiter`: what waits for credit.
+@usableFromInline
 package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     /// Bytes of credit each direction of a call starts with: 64 KiB.
+    @inlinable
     package static var initialWindow: Int { 65_536 }
 
     /// What a call-message frame of `payloadLength` bytes costs in credit: its bytes on the wire.
+    @inlinable
     package static func frameCost(payloadLength: Int) -> Int { 9 + payloadLength }
 
     /// The messages received and not yet consumed.
-    private var inbound = CircularBuffer<ByteBuffer>()
+    @usableFromInline
+    var inbound = InboundMessages()
     /// How the peer ended its direction (its half-close, or the handler's final status), once it has.
-    private var inboundEnd: CallStatus?
+    @usableFromInline
+    var inboundEnd: CallStatus?
     /// What the peer may still send, as this side counts it: a message that arrives when it is not above zero
     /// breaks the protocol.
-    private var peerCredit = CallStateMachine.initialWindow
+    @usableFromInline
+    var peerCredit = CallStateMachine.initialWindow
     /// Bytes consumed since this side last gave credit back.
-    private var consumedSinceGrant = 0
+    @usableFromInline
+    var consumedSinceGrant = 0
     /// Who waits for the next inbound message.
-    private var readWaiter: ReadWaiter?
+    @usableFromInline
+    var readWaiter: ReadWaiter?
 
     /// What this side may still send.
-    private var sendCredit = CallStateMachine.initialWindow
+    @usableFromInline
+    var sendCredit = CallStateMachine.initialWindow
     /// Who waits for credit, and the cost of the message it will send once resumed.
-    private var writeWaiter: (waiter: WriteWaiter, cost: Int)?
+    @usableFromInline
+    var writeWaiter: (waiter: WriteWaiter, cost: Int)?
     /// Whether this side ended its direction (sent its end frame).
-    package private(set) var outboundEnded = false
+    @usableFromInline
+    package internal(set) var outboundEnded = false
     /// Why sends fail from now on although the call did not fail: on the caller's side, the handler ended the call
     /// while the caller still sent (no credit comes any more).
-    private var sendsRefused: (any Error)?
+    @usableFromInline
+    var sendsRefused: (any Error)?
 
     /// Why the call ended abruptly (cancelled, its connection closed), once it has: everything waiting or new fails
     /// with it.
-    package private(set) var failure: (any Error)?
+    @usableFromInline
+    package internal(set) var failure: (any Error)?
 
+    @inlinable
     package init() {}
 
     // MARK: - Inbound
 
     /// What to do with a received message or end.
+    @usableFromInline
     package enum ReceiveAction {
         /// Nothing now: it is kept for the consumer (or the call is over and it is dropped).
         case none
@@ -72,11 +87,13 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
 
     /// Whether a message arriving now would be kept for the consumer (or delivered): the call has not failed, the
     /// peer has not ended its direction, and it has credit left.
+    @inlinable
     package var acceptsMessages: Bool {
         self.failure == nil && self.inboundEnd == nil && self.peerCredit > 0
     }
 
     /// A message of the call arrived.
+    @inlinable
     package mutating func messageReceived(_ message: ByteBuffer) -> ReceiveAction {
         guard self.failure == nil, self.inboundEnd == nil else { return .none }
         guard self.peerCredit > 0 else { return .violation }
@@ -89,6 +106,7 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     }
 
     /// The peer's end of its direction arrived.
+    @inlinable
     package mutating func endReceived(_ status: CallStatus) -> ReceiveAction {
         guard self.failure == nil, self.inboundEnd == nil else { return .none }
         self.inboundEnd = status
@@ -99,6 +117,7 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     }
 
     /// What the consumer gets when it asks for the next message.
+    @usableFromInline
     package enum NextAction {
         /// A message; give `credit` bytes back to the peer first if it is above zero.
         case message(ByteBuffer, credit: Int)
@@ -111,6 +130,7 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     }
 
     /// The consumer asks for the next message, with `waiter` to keep if there is none yet.
+    @inlinable
     package mutating func next(orWait waiter: ReadWaiter) -> NextAction {
         if let message = self.inbound.popFirst() {
             return .message(message, credit: self.consumed(message))
@@ -123,6 +143,7 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
 
     /// The consumer asks for the next message and will not wait: ``NextAction/wait`` means there is none yet (and
     /// nothing was kept).
+    @inlinable
     package mutating func poll() -> NextAction {
         if let message = self.inbound.popFirst() {
             return .message(message, credit: self.consumed(message))
@@ -134,11 +155,13 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
 
     /// The consumer took `message` (handed to it by ``ReceiveAction/deliver(_:_:)``): the credit to give back, if
     /// any.
+    @inlinable
     package mutating func delivered(_ message: ByteBuffer) -> Int {
         self.consumed(message)
     }
 
-    private mutating func consumed(_ message: ByteBuffer) -> Int {
+    @inlinable
+    mutating func consumed(_ message: ByteBuffer) -> Int {
         self.consumedSinceGrant += Self.frameCost(payloadLength: message.readableBytes)
         guard self.consumedSinceGrant >= Self.initialWindow / 2, self.inboundEnd == nil, self.failure == nil else {
             return 0
@@ -152,6 +175,7 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     // MARK: - Outbound
 
     /// What a producer may do.
+    @usableFromInline
     package enum SendAction {
         /// Send the message now (its cost is taken).
         case send
@@ -162,6 +186,7 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     }
 
     /// The producer wants to send a message of `payloadLength` bytes.
+    @inlinable
     package mutating func reserveSend(payloadLength: Int, orWait waiter: WriteWaiter) -> SendAction {
         if let failure = self.failure { return .fail(failure) }
         if let refused = self.sendsRefused { return .fail(refused) }
@@ -177,6 +202,7 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     /// The producer wants to send a message of `payloadLength` bytes and will not wait: whether it may (its cost is
     /// then taken).
     /// - Throws: What the call failed with, or `invalidState` once this side ended its direction.
+    @inlinable
     package mutating func trySend(payloadLength: Int) throws -> Bool {
         if let failure = self.failure { throw failure }
         if let refused = self.sendsRefused { throw refused }
@@ -188,6 +214,7 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
 
     /// The peer gave `increment` bytes of credit: the producer waiting for it, if it may go on now (its message's
     /// cost is taken: it sends as soon as it is resumed).
+    @inlinable
     package mutating func creditReceived(_ increment: UInt32) -> WriteWaiter? {
         self.sendCredit += Int(increment)
         guard self.sendCredit > 0, let (waiter, cost) = self.writeWaiter.take() else { return nil }
@@ -196,6 +223,7 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     }
 
     /// This side ends its direction; returns whether it had not already (so the end frame is to be sent).
+    @inlinable
     package mutating func endOutbound() -> Bool {
         guard !self.outboundEnded, self.failure == nil else { return false }
         self.outboundEnded = true
@@ -204,6 +232,7 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
 
     /// This side ends its direction even though the call failed on its side (the handler's side stopped it: its
     /// deadline passed, its server is shutting down) and the peer must hear why; returns whether it had not already.
+    @inlinable
     package mutating func endOutboundAfterStop() -> Bool {
         guard !self.outboundEnded else { return false }
         self.outboundEnded = true
@@ -211,18 +240,29 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     }
 
     /// Whether the peer ended its direction.
+    @inlinable
     package var inboundEnded: Bool { self.inboundEnd != nil }
 
     // MARK: - Failure
 
     /// The waiters to resume with the failure.
+    @usableFromInline
     package struct FailAction {
+        @usableFromInline
         package var readWaiter: ReadWaiter?
+        @usableFromInline
         package var writeWaiter: WriteWaiter?
+
+        @inlinable
+        init(readWaiter: ReadWaiter? = nil, writeWaiter: WriteWaiter? = nil) {
+            self.readWaiter = readWaiter
+            self.writeWaiter = writeWaiter
+        }
     }
 
     /// The call ends abruptly with `error` (cancelled, deadline passed, connection closed). What is already received
     /// is still consumed first only if it ended normally; here it is dropped.
+    @inlinable
     package mutating func fail(_ error: any Error) -> FailAction {
         guard self.failure == nil else { return FailAction() }
         self.failure = error
@@ -233,6 +273,7 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     /// The other side ended the whole call while this side still sends (on the caller's side: the handler's end):
     /// every send from now on fails with the error `makeError` makes (only if this side still sends); returns the
     /// producer waiting for credit and the error, to fail it with.
+    @inlinable
     package mutating func refuseSends(
         with makeError: () -> any Error
     ) -> (waiter: WriteWaiter?, error: any Error)? {
@@ -243,10 +284,13 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     }
 
     /// Whether a reader or a writer waits.
+    @inlinable
     package var hasWaiters: Bool { self.readWaiter != nil || self.writeWaiter != nil }
 
     /// Messages received and not yet consumed, and their bytes.
+    @inlinable
     package var bufferedMessageCount: Int { self.inbound.count }
     /// What this side may still send, in bytes.
+    @inlinable
     package var availableSendCredit: Int { self.sendCredit }
 }

@@ -14,7 +14,9 @@ final class CallStream: Sendable {
         case end(CallStatus)
     }
 
-    typealias Machine = CallStateMachine<CheckedContinuation<Inbound, any Error>, CheckedContinuation<Void, any Error>>
+    /// The call's state; its waiters are resumed exactly once, since the state machine hands each out once (it takes
+    /// it out of its state), so unchecked continuations do (a checked one allocates a canary per wait).
+    typealias Machine = CallStateMachine<UnsafeContinuation<Inbound, any Error>, UnsafeContinuation<Void, any Error>>
 
     let id: UInt32
     let method: String
@@ -184,7 +186,7 @@ final class CallStream: Sendable {
             return self.noteRead(try ready.get())
         }
         return self.noteRead(try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Inbound, any Error>) in
+            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Inbound, any Error>) in
                 var credit = 0
                 let action = self.state.withLock { state -> Machine.NextAction in
                     let action = state.next(orWait: continuation)
@@ -240,7 +242,7 @@ final class CallStream: Sendable {
         // With credit, nothing to wait for: no suspension.
         if try !self.state.withLock({ try $0.trySend(payloadLength: payload.readableBytes) }) {
             try await withTaskCancellationHandler {
-                try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
                     let action = self.state.withLock {
                         $0.reserveSend(payloadLength: payload.readableBytes, orWait: continuation)
                     }
