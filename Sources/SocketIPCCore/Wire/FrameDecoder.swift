@@ -105,14 +105,14 @@ package struct FrameDecoder: Sendable {
         }
     }
 
-    /// A message, request or reply: the frames of version 1 that carry data, which ``nextDataFrame(from:)`` hands out
-    /// without making a ``Frame``.
+    /// A message, request, reply or call message: the frames that carry data, which ``nextDataFrame(from:)`` hands
+    /// out without making a ``Frame``.
     @usableFromInline
     package struct DataFrame {
-        /// ``FrameKind/message``, ``FrameKind/request`` or ``FrameKind/reply``.
+        /// ``FrameKind/message``, ``FrameKind/request``, ``FrameKind/reply`` or ``FrameKind/callMessage``.
         @usableFromInline
         package let kind: FrameKind
-        /// The request id; 0 for a message.
+        /// The request or call id; 0 for a message.
         @usableFromInline
         package let id: UInt32
         /// The payload, a slice of the bytes read.
@@ -127,7 +127,8 @@ package struct FrameDecoder: Sendable {
         }
     }
 
-    /// Takes the message, request or reply at the front of `buffer` when all of it is there and the hello is behind;
+    /// Takes the message, request, reply or call message (from a peer that set ``HelloFlags/calls``) at the front of
+    /// `buffer` when all of it is there and the hello is behind;
     /// returns `nil` and leaves `buffer` as it was otherwise: for any other kind, a frame not yet whole, or one that
     /// ``next(from:)`` refuses (which then says why).
     ///
@@ -139,12 +140,15 @@ package struct FrameDecoder: Sendable {
     package func nextDataFrame(from buffer: inout ByteBuffer) -> DataFrame? {
         guard !self.awaitingHello else { return nil }
         let maximumPayload = self.maximumPayload
+        let callMessages = self.peerFlags.contains(FrameKind.callMessage.requiredFlag)
         // (kind, id, frame length) of a whole data frame within the limit; kind 0 for anything else.
         let header: (kind: UInt8, id: UInt32, length: Int) = buffer.withUnsafeReadableBytes { bytes in
             guard bytes.count >= 5 else { return (0, 0, 0) }
             let length = Int(UInt32(bigEndian: bytes.loadUnaligned(as: UInt32.self)))
             let kind = bytes[4]
-            guard (1...3).contains(kind), bytes.count - 4 >= length else { return (0, 0, 0) }
+            guard (1...3).contains(kind) || (kind == FrameKind.callMessage.rawValue && callMessages),
+                bytes.count - 4 >= length
+            else { return (0, 0, 0) }
             if kind == FrameKind.message.rawValue {
                 guard length >= 1, length - 1 <= maximumPayload else { return (0, 0, 0) }
                 return (kind, 0, length)

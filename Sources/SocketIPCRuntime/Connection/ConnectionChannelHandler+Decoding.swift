@@ -48,7 +48,8 @@ extension ConnectionChannelHandler {
             }
             // Then the rest of this read, decoded where it lies, without copying.
             if leftover == nil && step == .next {
-                // Messages, requests and replies of an established connection without descriptors take the fast path.
+                // Messages, requests, replies and call messages of an established connection without descriptors take
+                // the fast path.
                 let fastPath = wasEstablished && connection.descriptorPassing == nil
                 while self.state.mayHandleFrames {
                     if fastPath, let data = decoder.nextDataFrame(from: &incoming) {
@@ -213,8 +214,8 @@ extension ConnectionChannelHandler {
         self.lifecycle.handshakeCompleted(connection)
     }
 
-    /// Hands a message, request or reply to the handler or to the request that waits for it, as the dispatch of a
-    /// ``Frame`` does for the same frames on a connection without descriptors.
+    /// Hands a message, request, reply or call message to the handler, the request that waits for it or the call, as
+    /// the dispatch of a ``Frame`` does for the same frames on a connection without descriptors.
     @inline(__always)
     static func dispatch(
         _ data: FrameDecoder.DataFrame,
@@ -229,8 +230,12 @@ extension ConnectionChannelHandler {
             let unanswered = connection.requestReceived()
             handler.didReceiveRequest(data.payload, reply: Reply(connection: connection, id: data.id), on: connection)
             if unanswered >= maximumRequests { return .pauseForRequests }
-        default:
+        case .reply:
             connection.replyReceived(id: data.id, result: .success(data.payload))
+        default:
+            if let violation = connection.callFrameReceived(.message(data.payload), id: data.id) {
+                return .violation(violation)
+            }
         }
         return .next
     }

@@ -29,7 +29,7 @@ struct FrameDecoderFastPathTests {
             #expect(fast.readerIndex == 0, "the fast path consumed bytes of a frame it left: \(bytes)")
             if let fullFrame {
                 switch fullFrame {
-                case .message, .request, .reply:
+                case .message, .request, .reply, .call(_, .message):
                     Issue.record("the fast path left a whole data frame to the full decoder: \(bytes)")
                 default: break
                 }
@@ -41,6 +41,7 @@ struct FrameDecoderFastPathTests {
             case .message: .message(data.payload)
             case .request: .request(id: data.id, payload: data.payload)
             case .reply: .reply(id: data.id, payload: data.payload)
+            case .callMessage: .call(id: data.id, .message(data.payload))
             default: nil
             }
         #expect(expected != nil && expected == fullFrame, "fast \(String(describing: expected)), full \(String(describing: fullFrame))")
@@ -48,12 +49,16 @@ struct FrameDecoderFastPathTests {
         return true
     }
 
-    @Test("whole messages, requests and replies at every payload size up to the limit are taken as the decoder takes them")
+    @Test("whole messages, requests, replies and call messages at every payload size up to the limit are taken as the decoder takes them")
     func dataFrames() throws {
         let decoder = try Self.decoder()
         for size in 0...64 {
             let payload = ByteBuffer(repeating: UInt8(size), count: size)
-            for frame: Frame in [.message(payload), .request(id: 7, payload: payload), .reply(id: 0xFFFF_FFFF, payload: payload)] {
+            let frames: [Frame] = [
+                .message(payload), .request(id: 7, payload: payload), .reply(id: 0xFFFF_FFFF, payload: payload),
+                .call(id: 3, .message(payload)),
+            ]
+            for frame in frames {
                 var buffer = ByteBuffer()
                 buffer.writeFrame(frame)
                 buffer.writeFrame(.message(ByteBuffer(string: "next")))
@@ -92,7 +97,7 @@ struct FrameDecoderFastPathTests {
             [0, 0, 0, 70] + [2, 0, 0, 0, 1] + [UInt8](repeating: 0, count: 65),  // a request one byte above it
             [0xFF, 0xFF, 0xFF, 0xFF, 1],  // the largest length a frame can claim
             [0, 0, 0, 1, 0],  // kind 0
-            [0, 0, 0, 5, 6, 0, 0, 0, 1],  // a call frame from a peer without calls
+            [0, 0, 0, 4, 7, 0, 0, 0],  // a call message too short for its id
             [0, 0, 0, 1, 0x7F],  // an unknown kind
         ]
         for bytes in refused {
@@ -101,6 +106,20 @@ struct FrameDecoderFastPathTests {
             var fullDecoder = decoder
             #expect(throws: SocketIPCError.self) { try fullDecoder.next(from: &full) }
         }
+    }
+
+    @Test("a call message from a peer that did not set the calls flag is left to the full decoder, which refuses it")
+    func callMessageWithoutCalls() throws {
+        var decoder = FrameDecoder(maximumPayload: 64)
+        var hello = ByteBuffer()
+        Hello.write(into: &hello, flags: [])
+        _ = try decoder.next(from: &hello)
+        var frame = ByteBuffer()
+        frame.writeCallFrame(id: 3, .message(ByteBuffer(string: "m")))
+        let bytes = Array(frame.readableBytesView)
+        #expect(!Self.agree(on: bytes, decoder: decoder))
+        var full = ByteBuffer(bytes: bytes)
+        #expect(throws: SocketIPCError.self) { try decoder.next(from: &full) }
     }
 
     @Test("before the hello, nothing takes the fast path")
