@@ -79,6 +79,22 @@ extension ConnectionStateMachine {
         )
     }
 
+    /// A call's control frame (open, end, cancel or credit) of this side is queued, written straight into the
+    /// coalescing buffer; as ``enqueue(_:id:payload:spareBuffer:passing:registerDescriptors:sharedPayloadLength:)``
+    /// otherwise.
+    package mutating func enqueueCallControlFrame(
+        id: UInt32,
+        _ frame: CallFrame,
+        spareBuffer: () -> ByteBuffer?
+    ) -> EnqueueAction {
+        if case .closed(let closed) = self.state { return .fail(closed.error) }
+        self.outbound.queue.appendCallControlFrame(id: id, frame, spareBuffer: spareBuffer)
+        return .queued(
+            scheduleFlush: self.outbound.scheduleFlushIfNeeded(),
+            mustWait: !self.outbound.isWritable(highWatermark: self.writeBufferHighWatermark)
+        )
+    }
+
     /// Queues a frame: first, when it carries descriptors, the descriptors frame announcing them (after
     /// `registerDescriptors`, so that whoever attaches them sees them in the order of their frames); then the frame,
     /// or the shared-payload frame standing for it when its payload travels in shared memory.

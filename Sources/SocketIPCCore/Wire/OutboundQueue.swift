@@ -154,6 +154,18 @@ package struct OutboundQueue {
         self.windowOwner = nil
     }
 
+    /// Queues a call's control frame (open, end, cancel or credit), written straight into the coalescing buffer
+    /// with no buffer of its own.
+    package mutating func appendCallControlFrame(id: UInt32, _ frame: CallFrame, spareBuffer: () -> ByteBuffer?) {
+        var written = 0
+        self.withOwnedTail(capacity: 96, spareBuffer: spareBuffer) { buffer in
+            let start = buffer.writerIndex
+            buffer.writeCallFrame(id: id, frame)
+            written = buffer.writerIndex - start
+        }
+        self.queuedBytes += written
+    }
+
     /// Queues a descriptors frame (`0x0D`) announcing `count` (1 to 255) descriptors for the frame queued next.
     @inlinable
     package mutating func appendDescriptorsFrame(count: Int, spareBuffer: () -> ByteBuffer?) {

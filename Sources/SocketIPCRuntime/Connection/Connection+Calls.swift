@@ -110,7 +110,7 @@ extension Connection {
             relay = passing.relay
         }
         let kind = frame.kind
-        var payload: ByteBuffer
+        let payload: ByteBuffer
         if case .message(let message) = frame {
             do {
                 try self.checkCallMessageSize(message)
@@ -120,15 +120,15 @@ extension Connection {
             }
             payload = message
         } else {
-            // One allocation of a size that fits the control frames (open, end, credit, cancel) but a long method
-            // name or error text, instead of growing a buffer from nothing in several steps.
-            var whole = ByteBufferAllocator().buffer(capacity: 96)
-            whole.writeCallFrame(id: id, frame)
-            whole.moveReaderIndex(forwardBy: 4 + kind.headerLength)
-            payload = whole
+            payload = ByteBuffer()
         }
         let action: StateMachine.EnqueueAction
-        if let relay {
+        if kind != .callMessage {
+            // A control frame (open, end, cancel, credit) goes straight into the coalescing buffer.
+            action = self.state.withLock {
+                $0.enqueueCallControlFrame(id: id, frame, spareBuffer: { self.spareBuffer() })
+            }
+        } else if let relay {
             var registered = false
             action = self.state.withLock {
                 $0.enqueue(

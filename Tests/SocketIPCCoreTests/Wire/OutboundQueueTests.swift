@@ -101,4 +101,26 @@ struct OutboundQueueTests {
                 == Self.expected([.message(ByteBuffer(string: "second")), .message(ByteBuffer(string: "third"))])
         )
     }
+
+    @Test("call control frames written into the coalescing buffer sit between windowed frames in order, counted")
+    func callControlFrames() {
+        var queue = OutboundQueue()
+        let longName = String(repeating: "n", count: 200)
+        let controls: [CallFrame] = [
+            .open(CallOpen(method: longName, timeoutNanoseconds: 5)),
+            .end(CallStatus(code: .ok)),
+            .credit(65_536),
+            .cancel(.deadlineExceeded),
+        ]
+        var expected = ByteBuffer()
+        for (index, control) in controls.enumerated() {
+            let message = ByteBuffer(string: "message \(index)")
+            queue.appendFrame(.callMessage, id: UInt32(index), payload: message, spareBuffer: { nil })
+            expected.writeCallFrame(id: UInt32(index), .message(message))
+            queue.appendCallControlFrame(id: UInt32(index), control, spareBuffer: { nil })
+            expected.writeCallFrame(id: UInt32(index), control)
+        }
+        #expect(queue.byteCount == expected.readableBytes)
+        #expect(Self.bytes(of: queue.takeAll()) == Array(expected.readableBytesView))
+    }
 }
