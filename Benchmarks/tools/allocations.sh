@@ -2,6 +2,7 @@
 # Allocations per message of SocketIPC's benchmark server and client (W2 rr, W3 stream): runs each workload with n
 # and 2n messages under malloc-count.so and divides the difference by n, so that setup costs cancel out.
 #   Benchmarks/tools/allocations.sh            (after: swift build -c release --product socketipc-bench)
+#   WORKLOADS="rr typed-rr-binary" Benchmarks/tools/allocations.sh   (other workloads; default rr and stream)
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 bench=${BENCH_BINARY:-$here/../../.build/release/socketipc-bench}
