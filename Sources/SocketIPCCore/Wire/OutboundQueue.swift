@@ -138,7 +138,8 @@ package struct OutboundQueue {
         guard self.tail != nil else { return }
         self.window = self.tail!.withUnsafeMutableWritableBytes { $0 }
         self.windowUsed = 0
-        self.windowOwner = WindowOwner()
+        // The owner is kept from window to window, so that opening one allocates nothing, unless a copy shares it.
+        if !isKnownUniquelyReferenced(&self.windowOwner) { self.windowOwner = WindowOwner() }
     }
 
     /// Counts what was stored through the ``window`` in the tail's writer index, and drops the window.
@@ -151,7 +152,6 @@ package struct OutboundQueue {
         if self.windowUsed > 0 { self.tail!.moveWriterIndex(forwardBy: self.windowUsed) }
         self.window = nil
         self.windowUsed = 0
-        self.windowOwner = nil
     }
 
     /// Queues a call's control frame (open, end, cancel or credit), written straight into the coalescing buffer
