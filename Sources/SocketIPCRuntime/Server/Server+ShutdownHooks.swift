@@ -70,7 +70,6 @@ extension Server {
         for connection in finished.tellGoingAway {
             connection.goAway(.normal, message: "the server is shutting down")
         }
-        finished.cancelGracePeriodTimer?.cancel()
-        if finished.drained { self.handlerTasks.finish() }
+        self.drained(finished.drained, gracePeriodTimer: finished.cancelGracePeriodTimer)
     }
 }

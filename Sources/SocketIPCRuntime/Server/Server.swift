@@ -142,6 +142,7 @@ public final class Server: Service, Sendable {
                 async let running: Void = self.onServerRunning(path)
                 // Returns once the server has drained and its handlers' work has ended.
                 await self.handlerTasks.run()
+                self.state.withLock { $0.drainedGracePeriodTimer.take() }?.cancel()
                 await running
             } onCancel: {
                 self.shutDown(graceful: false)
@@ -243,7 +244,22 @@ public final class Server: Service, Sendable {
         if shutdown.cancelHandlerTasks { self.handlerTasks.cancelAll() }
         shutdown.cancelGracePeriodTimer?.cancel()
         if shutdown.armGracePeriodTimer { self.armGracePeriodTimer() }
-        if shutdown.drained { self.handlerTasks.finish() }
+        if shutdown.drained {
+            // No connection was left to drain, but handler work may go on without one: the grace period bounds it.
+            if shutdown.graceful { self.boundHandlerWorkByGracePeriod() }
+            self.handlerTasks.finish()
+        }
+    }
+
+    /// Cancels the handlers' work once the grace period has passed, unless ``run()`` is done with it first: for a
+    /// graceful shutdown that found no connection to wait for.
+    private func boundHandlerWorkByGracePeriod() {
+        let timer = MultiThreadedEventLoopGroup.singleton.any().scheduleTask(
+            in: .init(self.configuration.shutdownGracePeriod)
+        ) {
+            self.handlerTasks.cancelAll()
+        }
+        self.state.withLock { $0.drainedGracePeriodTimer = timer }
     }
 
     /// Schedules the end of a graceful shutdown's grace period, and tells the state machine, which cancels it at
@@ -254,10 +270,17 @@ public final class Server: Service, Sendable {
         ) {
             if case .shutDown(let shutdown) = self.state.withLock({ $0.machine.gracePeriodEnded() }) {
                 self.perform(shutdown)
+            } else {
+                // Every connection closed within the grace period, and handler work goes on without one.
+                self.handlerTasks.cancelAll()
             }
         }
-        if case .cancel(let timer) = self.state.withLock({ $0.machine.gracePeriodTimerArmed(timer) }) {
-            timer.cancel()
+        // The drain completed before the machine knew of the timer (or a forced shutdown superseded this one): the
+        // timer still bounds the handlers' work that goes on without a connection, as `drained` keeps it.
+        self.state.withLock { state in
+            if case .cancel(let timer) = state.machine.gracePeriodTimerArmed(timer) {
+                state.drainedGracePeriodTimer = timer
+            }
         }
     }
 
@@ -267,7 +290,17 @@ public final class Server: Service, Sendable {
         let closed = self.state.withLock { $0.machine.connectionClosed(id, now: .now()) }
         if closed.wasCounted { self.metrics.active.decrement() }
         self.handOff(closed.parked)
-        closed.cancelGracePeriodTimer?.cancel()
-        if closed.drained { self.handlerTasks.finish() }
+        self.drained(closed.drained, gracePeriodTimer: closed.cancelGracePeriodTimer)
+    }
+
+    /// Completes the drain of a shutdown when `drained`: lets ``run()`` return once the handlers' work has ended,
+    /// which the grace period's timer, kept running, still bounds.
+    func drained(_ drained: Bool, gracePeriodTimer: Scheduled<Void>?) {
+        guard drained else {
+            gracePeriodTimer?.cancel()
+            return
+        }
+        if let gracePeriodTimer { self.state.withLock { $0.drainedGracePeriodTimer = gracePeriodTimer } }
+        self.handlerTasks.finish()
     }
 }

@@ -27,6 +27,8 @@ public struct ServerConfiguration: Sendable {
     /// The `listen` backlog; default 256.
     public var backlog: Int32 = 256
     /// How long a graceful shutdown lets connections finish their requests before closing them; default 10 s.
+    /// Handler work still running then is cancelled, also work that goes on after its connection closed (an
+    /// EOF-style message received whole), so that ``Server/run()`` returns within about this time.
     public var shutdownGracePeriod: Duration = .seconds(10)
     /// The most connections served at once; a connection beyond it is closed as soon as it is accepted.
     /// Default 10,000.

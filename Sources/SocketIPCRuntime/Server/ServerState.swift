@@ -11,6 +11,10 @@ struct ServerState {
     var startup = StartupWaiters()
     /// The bodies of ``Server/onGracefulShutdown(_:)``.
     var shutdownHooks = ShutdownHooks()
+    /// The grace period's timer of a graceful shutdown whose connections have all closed: it still bounds the
+    /// handlers' work that goes on without a connection (an EOF-style message received whole), and is cancelled
+    /// once ``Server/run()`` is done with that work.
+    var drainedGracePeriodTimer: Scheduled<Void>?
 
     init(machine: Server.StateMachine) {
         self.machine = machine

@@ -16,8 +16,12 @@ final class HandlerTaskGroup: Sendable {
         var pending: [ConnectionTasks] = []
         /// Whether ``cancelAll()`` was called since the group last looked.
         var cancelRequested = false
-        /// Whether ``finish()`` was called: no drivers are added after those pending.
+        /// Whether ``finish()`` was called: the group ends once the drivers started so far have ended.
         var finishing = false
+        /// Drivers added to the group that have not ended: the group keeps taking cancellations until none is left,
+        /// so that a cancellation after ``finish()`` (the grace period's end, once every connection closed but a
+        /// handler still runs) still reaches them.
+        var running = 0
         /// Whether the group is done: a driver asked for now has no group to join.
         var ended = false
         /// The task driving the group, while it waits for something to do.
@@ -28,7 +32,8 @@ final class HandlerTaskGroup: Sendable {
     private struct Batch {
         var drivers: [ConnectionTasks] = []
         var cancel = false
-        var finish = false
+        /// ``finish()`` was called and every driver has ended.
+        var done = false
     }
 
     private let state = Mutex(State())
@@ -46,10 +51,13 @@ final class HandlerTaskGroup: Sendable {
                     // may prefer (an event loop's, inside `Client.withEventLoopExecutor`), whose I/O a handler
                     // would stall. (Drivers on their connection's event loop were tried: a loaded full test run then
                     // hung, for a reason not found yet.) Each job chooses its own executor.
-                    group.addTask(executorPreference: globalConcurrentExecutor) { await driver.drive() }
+                    group.addTask(executorPreference: globalConcurrentExecutor) {
+                        await driver.drive()
+                        self.driverEnded()
+                    }
                 }
                 if batch.cancel { group.cancelAll() }
-                if batch.finish { break }
+                if batch.done { break }
             }
         }
         let late = self.state.withLock { state -> [ConnectionTasks] in
@@ -85,6 +93,17 @@ final class HandlerTaskGroup: Sendable {
         waiter?.resume()
     }
 
+    /// A driver added to the group has ended.
+    private func driverEnded() {
+        let waiter = self.state.withLock { state -> UnsafeContinuation<Void, Never>? in
+            state.running -= 1
+            guard state.running == 0, state.finishing else { return nil }
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume()
+    }
+
     /// Lets ``run()`` return once the drivers started so far have ended: the server has drained.
     func finish() {
         let waiter = self.state.withLock { state -> UnsafeContinuation<Void, Never>? in
@@ -99,17 +118,20 @@ final class HandlerTaskGroup: Sendable {
     private func next() async -> Batch {
         while true {
             let batch = self.state.withLock { state -> Batch? in
-                guard !state.pending.isEmpty || state.cancelRequested || state.finishing else { return nil }
+                let done = state.finishing && state.pending.isEmpty && state.running == 0
+                guard !state.pending.isEmpty || state.cancelRequested || done else { return nil }
                 defer {
+                    state.running += state.pending.count
                     state.pending = []
                     state.cancelRequested = false
                 }
-                return Batch(drivers: state.pending, cancel: state.cancelRequested, finish: state.finishing)
+                return Batch(drivers: state.pending, cancel: state.cancelRequested, done: done)
             }
             if let batch { return batch }
             await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
                 let wakeNow = self.state.withLock { state -> Bool in
-                    guard state.pending.isEmpty, !state.cancelRequested, !state.finishing else { return true }
+                    let done = state.finishing && state.running == 0
+                    guard state.pending.isEmpty, !state.cancelRequested, !done else { return true }
                     state.waiter = continuation
                     return false
                 }

@@ -203,4 +203,44 @@ struct HandlerTaskTests {
             }
         }
     }
+
+    @Test("the grace period still ends an EOF-style handler whose client closed: run() returns, the handler is cancelled")
+    func gracePeriodEndsHandlerWithoutConnection() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/drained.sock"
+            let (events, event) = AsyncStream.makeStream(of: HandlerEvent.self)
+            var iterator = events.makeAsyncIterator()
+            var configuration = ServerConfiguration(path: path)
+            configuration.handshakeTimeout = .seconds(120)
+            configuration.shutdownGracePeriod = .milliseconds(100)
+            try await withRunningServer({
+                Server.eof(
+                    configuration: configuration,
+                    logger: testLogger,
+                    onServerRunning: $0,
+                    handler: .collecting { _, _ in
+                        event.yield(.started)
+                        do {
+                            try await Task.sleep(for: .seconds(600))
+                        } catch {
+                            event.yield(.cancelled)
+                            throw error
+                        }
+                        return nil
+                    }
+                )
+            }) { server in
+                // The message whole, then the client goes (as socat does): the server drains at once, with the
+                // handler still at work.
+                let socket = try await RawSocket.connect(to: path)
+                try await socket.write(Array("hi".utf8))
+                socket.shutdownWrite()
+                #expect(await iterator.next() == .started)
+                socket.close()
+                server.shutdownGracefully()
+            }
+            // withRunningServer returned, so run() did: the grace period's end cancelled the handler.
+            #expect(await iterator.next() == .cancelled)
+        }
+    }
 }
