@@ -30,6 +30,30 @@ struct HandlerTaskTests {
         }
     }
 
+    /// An EOF-style server whose collecting handler says when it starts, then sleeps for as long as it is not
+    /// cancelled, and acknowledges with the message.
+    private static func sleepingEOFServer(
+        _ configuration: ServerConfiguration,
+        _ events: AsyncStream<HandlerEvent>.Continuation,
+        onServerRunning: @escaping @Sendable (SocketPath) async -> Void
+    ) -> Server {
+        Server.eof(
+            configuration: configuration,
+            logger: testLogger,
+            onServerRunning: onServerRunning,
+            handler: .collecting { message, _ in
+                events.yield(.started)
+                do {
+                    try await Task.sleep(for: .seconds(600))
+                } catch {
+                    events.yield(.cancelled)
+                    throw error
+                }
+                return message
+            }
+        )
+    }
+
     @Test("a request handler's task is cancelled when its client disconnects")
     func cancelledWhenClientDisconnects() async throws {
         try await withTemporarySocketDirectory { directory in
@@ -118,21 +142,7 @@ struct HandlerTaskTests {
             var configuration = ServerConfiguration(path: path)
             configuration.shutdownGracePeriod = .milliseconds(100)
             try await withRunningServer({
-                Server.eof(
-                    configuration: configuration,
-                    logger: testLogger,
-                    onServerRunning: $0,
-                    handler: .collecting { message, _ in
-                        event.yield(.started)
-                        do {
-                            try await Task.sleep(for: .seconds(600))
-                        } catch {
-                            event.yield(.cancelled)
-                            throw error
-                        }
-                        return message
-                    }
-                )
+                Self.sleepingEOFServer(configuration, event, onServerRunning: $0)
             }) { server in
                 let send = Task { try await Client.sendMessage(ByteBuffer(string: "sleep"), to: path) }
                 #expect(await iterator.next() == .started)
@@ -214,21 +224,7 @@ struct HandlerTaskTests {
             configuration.handshakeTimeout = .seconds(120)
             configuration.shutdownGracePeriod = .milliseconds(100)
             try await withRunningServer({
-                Server.eof(
-                    configuration: configuration,
-                    logger: testLogger,
-                    onServerRunning: $0,
-                    handler: .collecting { _, _ in
-                        event.yield(.started)
-                        do {
-                            try await Task.sleep(for: .seconds(600))
-                        } catch {
-                            event.yield(.cancelled)
-                            throw error
-                        }
-                        return nil
-                    }
-                )
+                Self.sleepingEOFServer(configuration, event, onServerRunning: $0)
             }) { server in
                 // The message whole, then the client goes (as socat does): the server drains at once, with the
                 // handler still at work.
