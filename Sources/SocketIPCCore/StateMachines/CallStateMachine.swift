@@ -137,8 +137,19 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
         }
         if let end = self.inboundEnd { return .end(end) }
         if let failure = self.failure { return .fail(failure) }
+        // One reader at a time: a second waiter would replace the first, which would then never be resumed.
+        guard self.readWaiter == nil else { return .fail(Self.concurrentUse("reads")) }
         self.readWaiter = waiter
         return .wait
+    }
+
+    /// The error of a second task that waits to read (or to write) while another already does.
+    @usableFromInline
+    static func concurrentUse(_ what: String) -> SocketIPCError {
+        SocketIPCError(
+            .invalidState,
+            "another task already waits on this call's stream; a call's stream takes one task at a time that \(what)"
+        )
     }
 
     /// The consumer asks for the next message and will not wait: ``NextAction/wait`` means there is none yet (and
@@ -192,6 +203,8 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
         if let refused = self.sendsRefused { return .fail(refused) }
         if self.outboundEnded { return .fail(SocketIPCError(.invalidState, "the call's stream was already finished")) }
         guard self.sendCredit > 0 else {
+            // One writer at a time, as one reader: a second waiter would leave the first waiting for ever.
+            guard self.writeWaiter == nil else { return .fail(Self.concurrentUse("writes")) }
             self.writeWaiter = (waiter, Self.frameCost(payloadLength: payloadLength))
             return .wait
         }

@@ -79,4 +79,23 @@ struct CallStateMachineTests {
         var message: String
         init(_ message: String) { self.message = message }
     }
+
+    @Test("a second reader or writer while one waits fails at once, and the first still gets what it waits for")
+    func oneWaiterEachWay() throws {
+        var machine = Machine()
+        guard case .wait = machine.next(orWait: "first reader") else { throw Unexpected() }
+        guard case .fail(let readError) = machine.next(orWait: "second reader") else { throw Unexpected() }
+        #expect((readError as? SocketIPCError)?.code == .invalidState)
+        guard case .deliver(let reader, _) = machine.messageReceived(Self.message(10)) else { throw Unexpected() }
+        #expect(reader == "first reader")
+
+        while case .send = machine.reserveSend(payloadLength: 1000, orWait: "first writer") {}
+        guard case .fail(let writeError) = machine.reserveSend(payloadLength: 10, orWait: "second writer") else {
+            throw Unexpected()
+        }
+        #expect((writeError as? SocketIPCError)?.code == .invalidState)
+        #expect(machine.creditReceived(UInt32(Machine.initialWindow)) == "first writer")
+    }
+
+    struct Unexpected: Error {}
 }
