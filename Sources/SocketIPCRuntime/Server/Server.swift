@@ -142,7 +142,10 @@ public final class Server: Service, Sendable {
                 async let running: Void = self.onServerRunning(path)
                 // Returns once the server has drained and its handlers' work has ended.
                 await self.handlerTasks.run()
-                self.state.withLock { $0.drainedGracePeriodTimer.take() }?.cancel()
+                self.state.withLock { state in
+                    state.handlerWorkEnded = true
+                    return state.drainedGracePeriodTimer.take()
+                }?.cancel()
                 await running
             } onCancel: {
                 self.shutDown(graceful: false)
@@ -259,7 +262,7 @@ public final class Server: Service, Sendable {
         ) {
             self.handlerTasks.cancelAll()
         }
-        self.state.withLock { $0.drainedGracePeriodTimer = timer }
+        self.state.withLock { $0.keepDrainedGracePeriodTimer(timer) }?.cancel()
     }
 
     /// Schedules the end of a graceful shutdown's grace period, and tells the state machine, which cancels it at
@@ -277,11 +280,11 @@ public final class Server: Service, Sendable {
         }
         // The drain completed before the machine knew of the timer (or a forced shutdown superseded this one): the
         // timer still bounds the handlers' work that goes on without a connection, as `drained` keeps it.
-        self.state.withLock { state in
-            if case .cancel(let timer) = state.machine.gracePeriodTimerArmed(timer) {
-                state.drainedGracePeriodTimer = timer
-            }
+        let leftOver = self.state.withLock { state -> Scheduled<Void>? in
+            guard case .cancel(let timer) = state.machine.gracePeriodTimerArmed(timer) else { return nil }
+            return state.keepDrainedGracePeriodTimer(timer)
         }
+        leftOver?.cancel()
     }
 
     /// Forgets a closed connection (once: later calls for the same id do nothing), hands a parked connection of the
@@ -300,7 +303,7 @@ public final class Server: Service, Sendable {
             gracePeriodTimer?.cancel()
             return
         }
-        if let gracePeriodTimer { self.state.withLock { $0.drainedGracePeriodTimer = gracePeriodTimer } }
+        if let gracePeriodTimer { self.state.withLock { $0.keepDrainedGracePeriodTimer(gracePeriodTimer) }?.cancel() }
         self.handlerTasks.finish()
     }
 }

@@ -15,8 +15,19 @@ struct ServerState {
     /// handlers' work that goes on without a connection (an EOF-style message received whole), and is cancelled
     /// once ``Server/run()`` is done with that work.
     var drainedGracePeriodTimer: Scheduled<Void>?
+    /// Whether ``Server/run()`` is done with the handlers' work: a grace period's timer armed from now on is
+    /// cancelled at once instead of kept.
+    var handlerWorkEnded = false
 
     init(machine: Server.StateMachine) {
         self.machine = machine
+    }
+
+    /// Keeps `timer` as ``drainedGracePeriodTimer``; returns it to cancel instead when ``Server/run()`` is already
+    /// done with the handlers' work.
+    mutating func keepDrainedGracePeriodTimer(_ timer: Scheduled<Void>) -> Scheduled<Void>? {
+        if self.handlerWorkEnded { return timer }
+        self.drainedGracePeriodTimer = timer
+        return nil
     }
 }

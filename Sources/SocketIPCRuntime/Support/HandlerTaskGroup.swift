@@ -70,8 +70,9 @@ final class HandlerTaskGroup: Sendable {
 
     /// Starts `driver` as a child of the group. From any thread.
     ///
-    /// After the group is done (the server's connections have all closed, so this is a job that came after its
-    /// connection closed), the driver runs in a task of its own, cancelled at once.
+    /// After ``finish()``, while drivers still run, it joins the group as before (a job that came after its
+    /// connection closed, whose driver runs its jobs cancelled). Once the group is done (every connection closed and
+    /// every driver ended), the driver runs in a task of its own, cancelled at once.
     func start(_ driver: ConnectionTasks) {
         let (waiter, ended) = self.state.withLock { state -> (UnsafeContinuation<Void, Never>?, Bool) in
             guard !state.ended else { return (nil, true) }
