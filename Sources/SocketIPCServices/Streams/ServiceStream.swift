@@ -4,7 +4,9 @@ import SocketIPCCore
 /// The messages of one direction of a call, decoded, as an `AsyncSequence`: a handler's requests (client and
 /// bidirectional streaming), or a caller's responses (server and bidirectional streaming).
 ///
-/// Iterate it once. It ends (`nil`) when the other side ends its direction normally, and throws when the call fails:
+/// Iterate it once, from one task at a time: a second task that waits for a message while another does gets
+/// `SocketIPCError` with code `invalidState`. It ends (`nil`) when the other side ends its direction normally, and
+/// throws when the call fails:
 /// the handler's error as a ``ServiceError`` or a `SocketIPCError` (`deadlineExceeded`, `connectionClosed`, …), or
 /// `invalidMessage` for a message that does not decode. Reading is what gives the sender credit (PROTOCOL.md, "Flow
 /// control"): a consumer that stops reading stops the producer on the other side after 64 KiB, and no more than that
@@ -64,14 +66,16 @@ public struct ServiceStream<Element: Decodable & Sendable>: AsyncSequence, Senda
 /// streaming), or a handler's responses (server and bidirectional streaming).
 ///
 /// ``write(_:)`` waits while the other side has not given credit for more (it is not reading), so a producer
-/// never runs ahead of its consumer by more than 64 KiB.
+/// never runs ahead of its consumer by more than 64 KiB. Write from one task at a time: a second task that would
+/// wait for credit while another does gets `SocketIPCError` with code `invalidState`.
 public struct ServiceStreamWriter<Element: Encodable & Sendable>: Sendable {
     let call: CallStream
     let codec: any MessageCodec
 
     /// Sends one message.
     /// - Throws: What the call failed with (the peer cancelled it or ended it, the deadline passed, the connection
-    ///   closed); the codec's error; `messageTooLarge`; `CancellationError`.
+    ///   closed); the codec's error; `messageTooLarge`; `invalidState` while another task waits to write;
+    ///   `CancellationError`.
     nonisolated(nonsending) public func write(_ element: Element) async throws {
         let (payload, descriptors) = try DescriptorCoding.encode(element, codec: self.codec, on: self.call.connection)
         try await self.call.send(payload, descriptors: descriptors)
