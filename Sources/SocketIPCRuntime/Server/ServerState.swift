@@ -24,9 +24,9 @@ struct ServerState {
     }
 
     /// Keeps `timer` as ``drainedGracePeriodTimer``; returns it to cancel instead when ``Server/run()`` is already
-    /// done with the handlers' work.
+    /// done with the handlers' work, or when a timer is kept already (both end the same grace period).
     mutating func keepDrainedGracePeriodTimer(_ timer: Scheduled<Void>) -> Scheduled<Void>? {
-        if self.handlerWorkEnded { return timer }
+        if self.handlerWorkEnded || self.drainedGracePeriodTimer != nil { return timer }
         self.drainedGracePeriodTimer = timer
         return nil
     }
