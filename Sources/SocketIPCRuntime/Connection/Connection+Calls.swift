@@ -123,6 +123,7 @@ extension Connection {
             payload = ByteBuffer()
         }
         let action: StateMachine.EnqueueAction
+        var flushEarly = false
         if kind != .callMessage {
             // A control frame (open, end, cancel, credit) goes straight into the coalescing buffer.
             action = self.state.withLock {
@@ -141,8 +142,11 @@ extension Connection {
             }
             if !registered { DescriptorRelay.closeAll(group) }
         } else {
-            action = self.state.withLock {
-                $0.enqueue(kind, id: id, payload: payload, spareBuffer: { self.spareBuffer() })
+            (action, flushEarly) = self.state.withLock {
+                (
+                    $0.enqueue(kind, id: id, payload: payload, spareBuffer: { self.spareBuffer() }),
+                    $0.shouldFlushEarly(threshold: Self.earlyFlushThreshold)
+                )
             }
         }
         switch action {
@@ -150,6 +154,8 @@ extension Connection {
             throw error
         case .queued(let scheduleFlush, let mustWait):
             if scheduleFlush { self.scheduleFlush() }
+            // A stream's producer on the event loop, as a one-way sender (``queueMessage(_:)``).
+            if flushEarly && !mustWait { self.flushEarlyIfOnEventLoop() }
             return mustWait
         }
     }
@@ -178,6 +184,16 @@ extension Connection {
     /// which must not wait behind the peer's reading. Does nothing once the connection is closed.
     package func queueCallControlFrame(id: UInt32, _ frame: CallFrame) {
         _ = try? self.queueCallFrame(id: id, frame)
+    }
+
+    /// Queues a credit frame of call `id` and, on the event loop, writes it at once unless a read batch is in
+    /// progress (whose end flushes anyway): a reader that consumes a burst of messages in one go would otherwise
+    /// hold its credit back until it yields, and its producer would wait idle meanwhile. Once per half window.
+    package func grantCallCredit(id: UInt32, _ increment: UInt32) {
+        guard (try? self.queueCallFrame(id: id, .credit(increment))) != nil else { return }
+        if self.eventLoop.inEventLoop, self.state.withLock({ $0.shouldFlushEarly(threshold: 1) }) {
+            self.flushPendingWrites()
+        }
     }
 
     /// The largest message a call may carry: the connection's maximum.

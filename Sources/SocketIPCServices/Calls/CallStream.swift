@@ -10,7 +10,8 @@ import Synchronization
 final class CallStream: Sendable {
     /// What a read returns: the next message, or the peer's end with its status.
     enum Inbound: Sendable {
-        case message(ByteBuffer)
+        /// A message, with the descriptors it brought (the reader owns them), if any.
+        case message(ByteBuffer, descriptors: ReceivedDescriptors?)
         case end(CallStatus)
     }
 
@@ -26,13 +27,18 @@ final class CallStream: Sendable {
     /// On the handler's side: whether the handler writes a stream of responses (server or bidirectional streaming),
     /// which a server's graceful shutdown ends at once.
     let streamsResponses: Bool
-    private let state: Mutex<Machine>
+    /// The call's state machine, and the descriptors of its messages, under one lock (taken once per message each
+    /// way).
+    private let state: Mutex<Locked>
     /// The handler's side: fires once when the call must stop (the caller cancelled, the deadline passed, the
     /// connection closed), or when the handler finished; see ``waitUntilStopped()``.
     private let stop = Mutex<Stop>(Stop())
-    /// The descriptors of messages received and not yet read, by the messages' numbers: messages are read in the
-    /// order they arrived, so the reader's count finds them.
-    private let descriptors = Mutex<MessageDescriptors>(MessageDescriptors())
+    struct Locked {
+        var machine = Machine()
+        /// The descriptors of messages received and not yet read, by the messages' numbers: messages are read in
+        /// the order they arrived, so the reader's count finds them.
+        var descriptors = MessageDescriptors()
+    }
 
     struct MessageDescriptors {
         /// Messages received, and read, so far.
@@ -40,10 +46,18 @@ final class CallStream: Sendable {
         var read: UInt64 = 0
         /// The descriptors of received messages not yet read, by message number, in order.
         var waiting: [(number: UInt64, descriptors: ReceivedDescriptors)] = []
-        /// The descriptors of the message the reader took last, until it takes them.
-        var lastRead: ReceivedDescriptors?
         /// How many descriptors ``waiting`` holds.
         var held = 0
+
+        /// Counts the next message as read (handed to the reader); returns the descriptors it brought, if any.
+        @inline(__always)
+        mutating func takeNext() -> ReceivedDescriptors? {
+            self.read += 1
+            guard let first = self.waiting.first, first.number == self.read else { return nil }
+            self.waiting.removeFirst()
+            self.held -= first.descriptors.count
+            return first.descriptors
+        }
     }
 
     struct Stop {
@@ -83,7 +97,7 @@ final class CallStream: Sendable {
         self.connection = connection
         self.isCaller = isCaller
         self.streamsResponses = streamsResponses
-        self.state = Mutex(Machine())
+        self.state = Mutex(Locked())
     }
 
     // MARK: - Frames from the peer (on the event loop)
@@ -95,23 +109,25 @@ final class CallStream: Sendable {
             var credit = 0
             var tooMany = false
             let limit = descriptors == nil ? 0 : self.connection.maximumDescriptorsHeld
+            var delivered: ReceivedDescriptors?
             let action = self.state.withLock { state -> Machine.ReceiveAction in
                 // Counted (and its descriptors kept) under the call's lock, before the reader can see the message,
                 // and only if the call keeps it: a message dropped (after the peer's end, or a failure) takes its
                 // descriptors with it (closed as `descriptors` is released).
-                if state.acceptsMessages {
-                    self.descriptors.withLock { kept in
-                        kept.received += 1
-                        if let descriptors {
-                            kept.waiting.append((kept.received, descriptors))
-                            kept.held += descriptors.count
-                            tooMany = kept.held > limit
-                        }
+                if state.machine.acceptsMessages {
+                    state.descriptors.received += 1
+                    if let descriptors {
+                        state.descriptors.waiting.append((state.descriptors.received, descriptors))
+                        state.descriptors.held += descriptors.count
+                        tooMany = state.descriptors.held > limit
                     }
                 }
                 if tooMany { return .violation }
-                let action = state.messageReceived(message)
-                if case .deliver = action { credit = state.delivered(message) }
+                let action = state.machine.messageReceived(message)
+                if case .deliver = action {
+                    credit = state.machine.delivered(message)
+                    delivered = state.descriptors.takeNext()
+                }
                 return action
             }
             if tooMany {
@@ -122,7 +138,8 @@ final class CallStream: Sendable {
             }
             switch action {
             case .none, .end: break
-            case .deliver(let waiter, let message): waiter.resume(returning: .message(message))
+            case .deliver(let waiter, let message):
+                waiter.resume(returning: .message(message, descriptors: delivered))
             case .violation:
                 return SocketIPCError(
                     .protocolViolation,
@@ -131,7 +148,7 @@ final class CallStream: Sendable {
             }
             self.grant(credit)
         case .end(let status):
-            if case .end(let waiter, let status) = self.state.withLock({ $0.endReceived(status) }) {
+            if case .end(let waiter, let status) = self.state.withLock({ $0.machine.endReceived(status) }) {
                 waiter.resume(returning: .end(status))
             }
             // On the caller's side the handler's end ends the whole call: what the caller still sends has no
@@ -139,7 +156,7 @@ final class CallStream: Sendable {
             if self.isCaller {
                 let method = self.method
                 let refused = self.state.withLock { state in
-                    state.refuseSends {
+                    state.machine.refuseSends {
                         SocketIPCError(
                             .invalidState,
                             "the call '\(method)' was ended by its handler (status \(status.code)) while this side was still sending"
@@ -149,7 +166,7 @@ final class CallStream: Sendable {
                 if let refused, let waiter = refused.waiter { waiter.resume(throwing: refused.error) }
             }
         case .credit(let increment):
-            self.state.withLock { $0.creditReceived(increment) }?.resume()
+            self.state.withLock { $0.machine.creditReceived(increment) }?.resume()
         case .cancel(let reason):
             guard !self.isCaller else { return nil }
             let stopReason: StopReason = reason == .deadlineExceeded ? .deadlineExceeded : .cancelledByCaller
@@ -172,10 +189,10 @@ final class CallStream: Sendable {
         // without suspending.
         var credit = 0
         let ready = self.state.withLock { state -> Result<Inbound, any Error>? in
-            switch state.poll() {
+            switch state.machine.poll() {
             case .message(let message, let grant):
                 credit = grant
-                return .success(.message(message))
+                return .success(.message(message, descriptors: state.descriptors.takeNext()))
             case .end(let status): return .success(.end(status))
             case .fail(let error): return .failure(error)
             case .wait: return nil
@@ -183,18 +200,22 @@ final class CallStream: Sendable {
         }
         if let ready {
             self.grant(credit)
-            return self.noteRead(try ready.get())
+            return try ready.get()
         }
-        return self.noteRead(try await withTaskCancellationHandler {
+        return try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Inbound, any Error>) in
                 var credit = 0
+                var descriptors: ReceivedDescriptors?
                 let action = self.state.withLock { state -> Machine.NextAction in
-                    let action = state.next(orWait: continuation)
-                    if case .message(_, let grant) = action { credit = grant }
+                    let action = state.machine.next(orWait: continuation)
+                    if case .message(_, let grant) = action {
+                        credit = grant
+                        descriptors = state.descriptors.takeNext()
+                    }
                     return action
                 }
                 switch action {
-                case .message(let message, _): continuation.resume(returning: .message(message))
+                case .message(let message, _): continuation.resume(returning: .message(message, descriptors: descriptors))
                 case .end(let status): continuation.resume(returning: .end(status))
                 case .fail(let error): continuation.resume(throwing: error)
                 case .wait: break
@@ -203,34 +224,13 @@ final class CallStream: Sendable {
             }
         } onCancel: {
             self.cancel(.cancelled)
-        })
-    }
-
-    /// Counts a message read, and keeps its descriptors (if it brought any) for ``takeDescriptorsOfLastRead()``.
-    @inline(__always)
-    private func noteRead(_ inbound: Inbound) -> Inbound {
-        guard case .message = inbound else { return inbound }
-        self.descriptors.withLock { state in
-            state.read += 1
-            if let first = state.waiting.first, first.number == state.read {
-                state.lastRead = state.waiting.removeFirst().descriptors
-                state.held -= first.descriptors.count
-            } else {
-                state.lastRead = nil
-            }
         }
-        return inbound
-    }
-
-    /// The descriptors the message ``next()`` returned last brought, if any; the caller owns them.
-    func takeDescriptorsOfLastRead() -> ReceivedDescriptors? {
-        self.descriptors.withLock { $0.lastRead.take() }
     }
 
     /// Gives `credit` bytes back to the peer, if any.
     private func grant(_ credit: Int) {
         guard credit > 0 else { return }
-        self.connection.queueCallControlFrame(id: self.id, .credit(UInt32(clamping: credit)))
+        self.connection.grantCallCredit(id: self.id, UInt32(clamping: credit))
     }
 
     // MARK: - Writing
@@ -240,11 +240,11 @@ final class CallStream: Sendable {
     /// - Parameter descriptors: What the message carries, if anything; taken only once the message is queued.
     nonisolated(nonsending) func send(_ payload: ByteBuffer, descriptors: DuplicatedDescriptors? = nil) async throws {
         // With credit, nothing to wait for: no suspension.
-        if try !self.state.withLock({ try $0.trySend(payloadLength: payload.readableBytes) }) {
+        if try !self.state.withLock({ try $0.machine.trySend(payloadLength: payload.readableBytes) }) {
             try await withTaskCancellationHandler {
                 try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
                     let action = self.state.withLock {
-                        $0.reserveSend(payloadLength: payload.readableBytes, orWait: continuation)
+                        $0.machine.reserveSend(payloadLength: payload.readableBytes, orWait: continuation)
                     }
                     switch action {
                     case .send: continuation.resume()
@@ -270,7 +270,7 @@ final class CallStream: Sendable {
         _ payload: ByteBuffer,
         descriptors: DuplicatedDescriptors? = nil
     ) async throws {
-        if try self.state.withLock({ try $0.trySend(payloadLength: payload.readableBytes) }) {
+        if try self.state.withLock({ try $0.machine.trySend(payloadLength: payload.readableBytes) }) {
             _ = try self.connection.queueCallFrame(
                 id: self.id,
                 .message(payload),
@@ -283,14 +283,14 @@ final class CallStream: Sendable {
 
     /// Ends this side's direction of the call with `status` (the caller's half-close is ``CallStatus/ok``); once.
     func finish(_ status: CallStatus = .ok) {
-        guard self.state.withLock({ $0.endOutbound() }) else { return }
+        guard self.state.withLock({ $0.machine.endOutbound() }) else { return }
         self.connection.queueCallControlFrame(id: self.id, .end(status))
     }
 
     /// Ends the call from the handler's side after this side stopped it (its deadline, its server's shutdown), when
     /// the call has already failed locally: the caller still hears `status`; once.
     func finishAfterStop(_ status: CallStatus) {
-        guard self.state.withLock({ $0.endOutboundAfterStop() }) else { return }
+        guard self.state.withLock({ $0.machine.endOutboundAfterStop() }) else { return }
         self.connection.queueCallControlFrame(id: self.id, .end(status))
     }
 
@@ -304,8 +304,9 @@ final class CallStream: Sendable {
             self.fail(CancellationError())
             return
         }
-        let (wasOpen, isOver) = self.state.withLock { state in
-            (
+        let (wasOpen, isOver) = self.state.withLock { locked in
+            let state = locked.machine
+            return (
                 state.failure == nil && !state.inboundEnded,
                 state.failure != nil || (state.inboundEnded && state.outboundEnded && !state.hasWaiters)
             )
@@ -320,13 +321,13 @@ final class CallStream: Sendable {
 
     /// Fails the call with `error`: everything waiting and everything later throws it.
     func fail(_ error: any Error) {
-        let action = self.state.withLock { $0.fail(error) }
+        let action = self.state.withLock { $0.machine.fail(error) }
         action.readWaiter?.resume(throwing: error)
         action.writeWaiter?.resume(throwing: error)
     }
 
     /// Whether the call failed (cancelled, deadline passed, connection closed), and with what.
-    var failure: (any Error)? { self.state.withLock { $0.failure } }
+    var failure: (any Error)? { self.state.withLock { $0.machine.failure } }
 
     static func deadlineError(_ method: String) -> SocketIPCError {
         SocketIPCError(.deadlineExceeded, "the call '\(method)' did not complete before its deadline")

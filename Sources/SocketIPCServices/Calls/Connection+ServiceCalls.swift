@@ -154,13 +154,13 @@ extension Connection {
         case .end(let status):
             throw status.error(codec: codec, method: call.method)
                 ?? SocketIPCError(.invalidMessage, "the call '\(call.method)' ended without a response")
-        case .message(let message):
+        case .message(let message, let descriptors):
             let response: Response
             do {
                 response = try DescriptorCoding.decode(
                     Response.self,
                     from: message,
-                    descriptors: call.takeDescriptorsOfLastRead(),
+                    descriptors: descriptors,
                     codec: codec
                 )
             } catch {

@@ -125,7 +125,7 @@ public struct ServiceRouter: Sendable {
         as type: Request.Type,
         codec: any MessageCodec
     ) async throws -> Request {
-        guard case .message(let message) = try await call.next() else {
+        guard case .message(let message, let descriptors) = try await call.next() else {
             throw SocketIPCError(.invalidMessage, "the call '\(call.method)' sent no request")
         }
         let request: Request
@@ -133,7 +133,7 @@ public struct ServiceRouter: Sendable {
             request = try DescriptorCoding.decode(
                 Request.self,
                 from: message,
-                descriptors: call.takeDescriptorsOfLastRead(),
+                descriptors: descriptors,
                 codec: codec
             )
         } catch {

@@ -31,16 +31,23 @@ public struct ServiceStream<Element: Decodable & Sendable>: AsyncSequence, Senda
         let codec: any MessageCodec
         var finished = false
 
+        /// The next message, or `nil` once the other side has ended its direction; what `for try await` calls
+        /// (SE-0421), on the caller's isolation. Without it the loop would call ``next()`` through the protocol's
+        /// default, which hops to the generic executor and back for every message.
+        public mutating func next(isolation actor: isolated (any Actor)?) async throws(any Error) -> Element? {
+            try await self.next()
+        }
+
         /// The next message, or `nil` once the other side has ended its direction.
         nonisolated(nonsending) public mutating func next() async throws -> Element? {
             guard !self.finished else { return nil }
             switch try await self.call.next() {
-            case .message(let message):
+            case .message(let message, let descriptors):
                 do {
                     return try DescriptorCoding.decode(
                         Element.self,
                         from: message,
-                        descriptors: self.call.takeDescriptorsOfLastRead(),
+                        descriptors: descriptors,
                         codec: self.codec
                     )
                 } catch {

@@ -195,4 +195,59 @@ struct ConnectionEmbeddedTests {
         #expect(written == expected)
         _ = try channel.finish()
     }
+
+    @Test("a stream's producer on the event loop that queues 64 KiB of call messages has them written at once")
+    func earlyFlushOfCallMessages() throws {
+        let observed = Observed()
+        let channel = EmbeddedChannel()
+        try channel.pipeline.syncOperations.addHandler(Self.channelHandler(observed))
+        try channel.connect(to: Self.address).wait()
+        _ = try Self.nextWrite(channel)
+        try channel.writeInbound(Self.bytes(hello: true))
+        let connection = try #require(observed.opened)
+
+        // 200 call messages of 1 KiB: 1,033 bytes each on the wire (a 9-byte header with the call's id).
+        let message = ByteBuffer(repeating: 0x62, count: 1024)
+        var largestQueue = 0
+        for _ in 0..<200 {
+            #expect(try connection.queueCallFrame(id: 1, .message(message)) == false)
+            largestQueue = max(largestQueue, connection.state.withLock { $0.queuedBytes })
+        }
+        #expect(largestQueue < Connection.earlyFlushThreshold + 1033)
+        var written = ByteBuffer()
+        while var buffer = try channel.readOutbound(as: ByteBuffer.self) { written.writeBuffer(&buffer) }
+        // Three flushes of 64 frames (66,112 bytes, the first count at or above 64 KiB) went out before the loop ran.
+        #expect(written.readableBytes == 3 * 64 * 1033)
+        channel.embeddedEventLoop.run()
+        while var buffer = try channel.readOutbound(as: ByteBuffer.self) { written.writeBuffer(&buffer) }
+        var expected = ByteBuffer()
+        for _ in 0..<200 { expected.writeCallFrame(id: 1, .message(message)) }
+        #expect(written == expected)
+        _ = try channel.finish()
+    }
+
+    @Test("credit granted on the event loop is written at once: the producer does not wait for the reader to yield")
+    func creditIsWrittenAtOnce() throws {
+        let observed = Observed()
+        let channel = EmbeddedChannel()
+        try channel.pipeline.syncOperations.addHandler(Self.channelHandler(observed))
+        try channel.connect(to: Self.address).wait()
+        _ = try Self.nextWrite(channel)
+        try channel.writeInbound(Self.bytes(hello: true))
+        let connection = try #require(observed.opened)
+
+        connection.grantCallCredit(id: 3, 32_768)
+        // Before the event loop runs anything scheduled: the frame is already in the channel's outbound.
+        var expected = ByteBuffer()
+        expected.writeCallFrame(id: 3, .credit(32_768))
+        #expect(try Self.nextWrite(channel) == expected)
+        // A control frame queued the plain way waits for the scheduled flush.
+        connection.queueCallControlFrame(id: 3, .credit(1))
+        #expect(try channel.readOutbound(as: ByteBuffer.self) == nil)
+        channel.embeddedEventLoop.run()
+        expected.clear()
+        expected.writeCallFrame(id: 3, .credit(1))
+        #expect(try Self.nextWrite(channel) == expected)
+        _ = try channel.finish()
+    }
 }
