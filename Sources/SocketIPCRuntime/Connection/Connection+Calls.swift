@@ -186,11 +186,13 @@ extension Connection {
         _ = try? self.queueCallFrame(id: id, frame)
     }
 
-    /// Queues a credit frame of call `id` and, on the event loop, writes it at once unless a read batch is in
-    /// progress (whose end flushes anyway): a reader that consumes a burst of messages in one go would otherwise
-    /// hold its credit back until it yields, and its producer would wait idle meanwhile. Once per half window.
-    package func grantCallCredit(id: UInt32, _ increment: UInt32) {
-        guard (try? self.queueCallFrame(id: id, .credit(increment))) != nil else { return }
+    /// Queues a frame that ends or steers call `id` (credit, end) and, on the event loop, writes it at once unless a
+    /// read batch is in progress (whose end flushes anyway): a reader that consumes a burst of messages in one go
+    /// would otherwise hold its credit back until it yields, its producer idle meanwhile; a handler's end would wait
+    /// for its task to be torn down, and a caller's half-close for the caller to suspend. Does nothing once the
+    /// connection is closed.
+    package func writeCallControlFrame(id: UInt32, _ frame: CallFrame) {
+        guard (try? self.queueCallFrame(id: id, frame)) != nil else { return }
         if self.eventLoop.inEventLoop, self.state.withLock({ $0.shouldFlushEarly(threshold: 1) }) {
             self.flushPendingWrites()
         }

@@ -230,7 +230,7 @@ final class CallStream: Sendable {
     /// Gives `credit` bytes back to the peer, if any.
     private func grant(_ credit: Int) {
         guard credit > 0 else { return }
-        self.connection.grantCallCredit(id: self.id, UInt32(clamping: credit))
+        self.connection.writeCallControlFrame(id: self.id, .credit(UInt32(clamping: credit)))
     }
 
     // MARK: - Writing
@@ -284,14 +284,14 @@ final class CallStream: Sendable {
     /// Ends this side's direction of the call with `status` (the caller's half-close is ``CallStatus/ok``); once.
     func finish(_ status: CallStatus = .ok) {
         guard self.state.withLock({ $0.machine.endOutbound() }) else { return }
-        self.connection.queueCallControlFrame(id: self.id, .end(status))
+        self.connection.writeCallControlFrame(id: self.id, .end(status))
     }
 
     /// Ends the call from the handler's side after this side stopped it (its deadline, its server's shutdown), when
     /// the call has already failed locally: the caller still hears `status`; once.
     func finishAfterStop(_ status: CallStatus) {
         guard self.state.withLock({ $0.machine.endOutboundAfterStop() }) else { return }
-        self.connection.queueCallControlFrame(id: self.id, .end(status))
+        self.connection.writeCallControlFrame(id: self.id, .end(status))
     }
 
     // MARK: - Ending

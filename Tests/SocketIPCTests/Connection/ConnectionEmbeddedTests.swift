@@ -236,7 +236,7 @@ struct ConnectionEmbeddedTests {
         try channel.writeInbound(Self.bytes(hello: true))
         let connection = try #require(observed.opened)
 
-        connection.grantCallCredit(id: 3, 32_768)
+        connection.writeCallControlFrame(id: 3, .credit(32_768))
         // Before the event loop runs anything scheduled: the frame is already in the channel's outbound.
         var expected = ByteBuffer()
         expected.writeCallFrame(id: 3, .credit(32_768))
