@@ -225,14 +225,31 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
         return true
     }
 
-    /// The peer gave `increment` bytes of credit: the producer waiting for it, if it may go on now (its message's
-    /// cost is taken: it sends as soon as it is resumed).
+    /// The most credit a sender may hold: 2³¹ − 1 bytes, as HTTP/2's flow-control window (RFC 9113, section
+    /// 6.9.1). Credit beyond it is a protocol error, so that no count can overflow however many credit frames a peer
+    /// sends.
     @inlinable
-    package mutating func creditReceived(_ increment: UInt32) -> WriteWaiter? {
+    package static var maximumWindow: Int { Int(Int32.max) }
+
+    /// What credit from the peer leads to.
+    @usableFromInline
+    package enum CreditAction {
+        /// Nothing waits, or the credit is not enough yet.
+        case none
+        /// Resume the producer: it may send now (its message's cost is taken: it sends as soon as it is resumed).
+        case resume(WriteWaiter)
+        /// The credit would take the window above ``maximumWindow``: a protocol violation.
+        case violation
+    }
+
+    /// The peer gave `increment` bytes of credit.
+    @inlinable
+    package mutating func creditReceived(_ increment: UInt32) -> CreditAction {
+        guard Int(increment) <= Self.maximumWindow - self.sendCredit else { return .violation }
         self.sendCredit += Int(increment)
-        guard self.sendCredit > 0, let (waiter, cost) = self.writeWaiter.take() else { return nil }
+        guard self.sendCredit > 0, let (waiter, cost) = self.writeWaiter.take() else { return .none }
         self.sendCredit -= cost
-        return waiter
+        return .resume(waiter)
     }
 
     /// This side ends its direction; returns whether it had not already (so the end frame is to be sent).

@@ -166,7 +166,15 @@ final class CallStream: Sendable {
                 if let refused, let waiter = refused.waiter { waiter.resume(throwing: refused.error) }
             }
         case .credit(let increment):
-            self.state.withLock { $0.machine.creditReceived(increment) }?.resume()
+            switch self.state.withLock({ $0.machine.creditReceived(increment) }) {
+            case .none: break
+            case .resume(let waiter): waiter.resume()
+            case .violation:
+                return SocketIPCError(
+                    .protocolViolation,
+                    "the peer's credit for call \(self.id) would take its window above \(Machine.maximumWindow) bytes"
+                )
+            }
         case .cancel(let reason):
             guard !self.isCaller else { return nil }
             let stopReason: StopReason = reason == .deadlineExceeded ? .deadlineExceeded : .cancelledByCaller

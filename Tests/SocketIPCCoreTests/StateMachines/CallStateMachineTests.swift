@@ -21,12 +21,26 @@ struct CallStateMachineTests {
         #expect(machine.availableSendCredit <= 0)
         // Waiting now; credit resumes the waiter and takes its message's cost.
         let before = machine.availableSendCredit
-        let resumed = machine.creditReceived(UInt32(Self.cost))
+        guard case .resume(let resumed) = machine.creditReceived(UInt32(Self.cost)) else { throw Unexpected() }
         #expect(resumed == "writer")
         #expect(machine.availableSendCredit == before + Self.cost - Self.cost)
         // Not enough credit to go above zero: nobody to resume.
-        let nobody = machine.creditReceived(1)
-        #expect(nobody == nil)
+        guard case .none = machine.creditReceived(1) else { throw Unexpected() }
+    }
+
+    @Test("credit that would take the window above 2^31 - 1 bytes is a violation, and leaves the window as it was")
+    func creditBeyondTheMaximumWindow() throws {
+        var machine = Machine()
+        let room = Machine.maximumWindow - Machine.initialWindow
+        guard case .none = machine.creditReceived(UInt32(room)) else { throw Unexpected() }
+        #expect(machine.availableSendCredit == Machine.maximumWindow)
+        guard case .violation = machine.creditReceived(1) else { throw Unexpected() }
+        guard case .violation = machine.creditReceived(.max) else { throw Unexpected() }
+        #expect(machine.availableSendCredit == Machine.maximumWindow)
+        // Sending makes room again.
+        guard case .send = machine.reserveSend(payloadLength: 991, orWait: "writer") else { throw Unexpected() }
+        guard case .none = machine.creditReceived(1000) else { throw Unexpected() }
+        #expect(machine.availableSendCredit == Machine.maximumWindow)
     }
 
     @Test("a receiver refuses a message its peer had no credit for, and gives credit back once half the window is read")
@@ -94,7 +108,8 @@ struct CallStateMachineTests {
             throw Unexpected()
         }
         #expect((writeError as? SocketIPCError)?.code == .invalidState)
-        #expect(machine.creditReceived(UInt32(Machine.initialWindow)) == "first writer")
+        guard case .resume(let writer) = machine.creditReceived(UInt32(Machine.initialWindow)) else { throw Unexpected() }
+        #expect(writer == "first writer")
     }
 
     struct Unexpected: Error {}

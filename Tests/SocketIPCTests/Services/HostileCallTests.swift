@@ -249,6 +249,25 @@ struct HostileCallTests {
         }
     }
 
+    @Test(
+        "credit that would take a call's window above 2^31 - 1 bytes is a violation (RFC 9113, 6.9.1), at once or summed",
+        arguments: [[0x7FFF_FFFF], [0x7FFF_0000, 0xFFFF], [UInt32.max]] as [[UInt32]]
+    )
+    func creditBeyondTheMaximumWindow(increments: [UInt32]) async throws {
+        let gauge = HandlerGauge()
+        try await withServiceTestServer(router: hostileRouter(gauge: gauge)) { _, path in
+            let peer = try await RawSocket.connect(to: path)
+            defer { peer.close() }
+            // The handler's direction starts with 65,536 bytes of credit; it writes nothing while it holds.
+            var attack = serverHelloBytes + callOpenBytes(id: 1, method: "hostile.hold")
+            for increment in increments { attack += creditBytes(id: 1, increment: increment) }
+            try await peer.write(attack)
+            #expect(try await peer.read(exactly: 8) == serverHelloBytes)
+            try expectViolation(try await peer.readUntilClosed()[...], "credit \(increments)")
+            try await expectServed(path)
+        }
+    }
+
     @Test("a message one byte above the maximum is refused before it is read: going-away and the close")
     func messageAboveMaximum() async throws {
         try await withServiceTestServer(router: keyValueRouter()) { _, path in
@@ -317,7 +336,7 @@ struct HostileCallTests {
                 // The peer gives lots of credit and reads a little: the handler is writing when it vanishes.
                 try await peer.write(
                     serverHelloBytes + callOpenBytes(id: 1, method: "hostile.forever") + messageBytes(id: 1, json: "0")
-                        + callEndOKBytes(id: 1) + creditBytes(id: 1, increment: 0x7FFF_FFFF)
+                        + callEndOKBytes(id: 1) + creditBytes(id: 1, increment: 0x7FFE_0000)
                 )
                 _ = try await peer.read(exactly: 8 + 4096)
             default:
