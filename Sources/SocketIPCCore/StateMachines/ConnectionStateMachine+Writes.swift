@@ -146,13 +146,28 @@ extension ConnectionStateMachine {
         self.outbound.readBatchActive = true
     }
 
+    /// Bytes from which a flush hands what is queued to a channel that still holds earlier writes (64 KiB); below,
+    /// it waits for them to be written (``channelWriteCompleted()``).
+    @inlinable
+    package static var channelChunkBytes: Int { 65_536 }
+
     /// A flush runs on the event loop (scheduled, or at the end of a read batch): takes everything queued.
+    ///
+    /// While the channel still holds earlier writes (the peer is not reading fast enough), less than
+    /// ``channelChunkBytes`` stays queued until they are written, unless `force` (a close, which writes after it):
+    /// every buffer handed to the channel holds its capacity until the peer reads it, while the channel's
+    /// watermarks count only its bytes, so a peer that sends pings and never reads would otherwise pin a
+    /// coalescing buffer of at least 16 KiB for every 9-byte pong.
     @inlinable
     @inline(__always)
-    package mutating func flush() -> FlushAction {
+    package mutating func flush(force: Bool = false) -> FlushAction {
         self.outbound.flushScheduled = false
         self.outbound.readBatchActive = false
         guard !self.outbound.queue.isEmpty else { return .none }
+        if !force, self.outbound.writesInChannel > 0, self.outbound.queue.byteCount < Self.channelChunkBytes {
+            self.outbound.flushWhenChannelWritten = true
+            return .none
+        }
         return .write(
             self.outbound.queue.takeAll(),
             mayWriteDirectly: self.outbound.descriptorIsOpen && self.outbound.writesInChannel == 0,
@@ -166,11 +181,15 @@ extension ConnectionStateMachine {
         self.outbound.writesInChannel += 1
     }
 
-    /// Buffers handed to the channel were written (or failed, the channel closing).
+    /// Buffers handed to the channel were written (or failed, the channel closing); returns whether to flush now
+    /// what a flush left queued meanwhile.
     @inlinable
-    package mutating func channelWriteCompleted() {
+    package mutating func channelWriteCompleted() -> Bool {
         precondition(self.outbound.writesInChannel > 0, "a channel write completed that never started")
         self.outbound.writesInChannel -= 1
+        guard self.outbound.writesInChannel == 0, self.outbound.flushWhenChannelWritten else { return false }
+        self.outbound.flushWhenChannelWritten = false
+        return true
     }
 
     /// The channel closed its socket: from now on nothing may write to the descriptor, whose number may be reused.

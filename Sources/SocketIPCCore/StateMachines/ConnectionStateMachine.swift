@@ -177,6 +177,9 @@ package struct ConnectionStateMachine<RequestContinuation, WriteWaiter, Timer> {
         /// too, so that bytes leave in order.
         @usableFromInline
         var writesInChannel = 0
+        /// Whether a flush left frames queued until the channel's writes complete (``flush(force:)``).
+        @usableFromInline
+        var flushWhenChannelWritten = false
         /// Cleared when the channel closes its socket: the descriptor number may then belong to another file.
         @usableFromInline
         var descriptorIsOpen = true
@@ -285,6 +288,10 @@ package struct ConnectionStateMachine<RequestContinuation, WriteWaiter, Timer> {
     /// Bytes queued and not yet flushed.
     @inlinable
     package var queuedBytes: Int { self.outbound.queue.byteCount }
+
+    /// Writes handed to the channel and not yet completed.
+    @inlinable
+    package var channelWritesPending: Int { self.outbound.writesInChannel }
 
     /// Whether a read batch is in progress (its end flushes what is queued meanwhile).
     @inlinable

@@ -24,9 +24,11 @@ extension Connection {
     /// The ``writer`` writes what it can at once (on Linux straight to the socket with `send(2)`, while the channel
     /// has no writes of its own pending, which skips the channel's pipeline and write queue on the common path);
     /// whatever it leaves goes through the channel.
-    func flushPendingWrites() {
+    /// - Parameter force: Whether to hand everything to the channel even while it still holds earlier writes (see
+    ///   ``StateMachine/flush(force:)``): before a write that must come after everything queued (a close's).
+    func flushPendingWrites(force: Bool = false) {
         self.eventLoop.assertInEventLoop()
-        let action = self.state.withLock { $0.flush() }
+        let action = self.state.withLock { $0.flush(force: force) }
         if let poller = self.busyPoller {
             if self.busyPollsAdaptively {
                 let wrote: Bool
@@ -54,7 +56,10 @@ extension Connection {
     func writeThroughChannel(_ buffers: some Collection<ByteBuffer>) -> EventLoopFuture<Void> {
         self.state.withLock { $0.channelWriteStarted() }
         let written = self.writer.writeThroughChannel(buffers)
-        written.whenComplete { _ in self.state.withLock { $0.channelWriteCompleted() } }
+        written.whenComplete { _ in
+            // On the event loop: the channel wrote (or failed) what it held; frames a flush kept back meanwhile go now.
+            if self.state.withLock({ $0.channelWriteCompleted() }) { self.flushPendingWrites() }
+        }
         return written
     }
 

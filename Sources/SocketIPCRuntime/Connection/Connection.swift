@@ -245,7 +245,7 @@ public final class Connection: Sendable {
 
     private func closeAfterFlushing() {
         guard self.channel.isActive else { return }
-        self.flushPendingWrites()
+        self.flushPendingWrites(force: true)
         let channel = self.channel
         let deadline = channel.eventLoop.scheduleTask(in: .init(self.options.closeTimeout)) { channel.close(promise: nil) }
         // An empty write completes once everything written before it has reached the socket.
@@ -382,7 +382,7 @@ public final class Connection: Sendable {
     /// Flushes and closes, on the event loop: a connection that went away has nothing left to wait for.
     func closeAfterGoingAway() {
         self.eventLoop.execute {
-            self.flushPendingWrites()
+            self.flushPendingWrites(force: true)
             self.close()
         }
     }

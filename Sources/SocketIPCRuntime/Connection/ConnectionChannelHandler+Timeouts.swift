@@ -70,7 +70,7 @@ extension ConnectionChannelHandler {
         )
         var frame = context.channel.allocator.buffer(capacity: 64)
         frame.writeFrame(.goAway(GoAwayReason(code: error.code), message: error.message))
-        self.connection?.flushPendingWrites()
+        self.connection?.flushPendingWrites(force: true)
         let channel = context.channel
         let lingerTime = TimeAmount(self.options.goAwayLingerTime)
         let written =

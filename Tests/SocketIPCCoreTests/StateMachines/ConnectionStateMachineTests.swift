@@ -24,9 +24,12 @@ struct ConnectionStateMachineTests {
 
     /// Runs a flush and returns what it would write, all its buffers in order, with its two flags.
     static func flush(
-        _ machine: inout Machine
+        _ machine: inout Machine,
+        force: Bool = false
     ) -> (bytes: ByteBuffer, mayWriteDirectly: Bool, writersWaiting: Bool)? {
-        guard case .write(let batch, let mayWriteDirectly, let writersWaiting) = machine.flush() else { return nil }
+        guard case .write(let batch, let mayWriteDirectly, let writersWaiting) = machine.flush(force: force) else {
+            return nil
+        }
         var bytes = ByteBuffer()
         for var buffer in batch.buffers { bytes.writeBuffer(&buffer) }
         return (bytes, mayWriteDirectly, writersWaiting)
@@ -217,7 +220,8 @@ struct ConnectionStateMachineTests {
         }
         #expect(requests.isEmpty && writers.isEmpty)
         #expect(error == SocketIPCError.closed)
-        machine.channelWriteCompleted()
+        let flushNow = machine.channelWriteCompleted()
+        #expect(flushNow == false)
         #expect(Self.send("b", on: &machine) == .fail(.closed))
         #expect(Self.flush(&machine) == nil)
         #expect(!machine.isOpen)
@@ -229,13 +233,51 @@ struct ConnectionStateMachineTests {
         var machine = Self.machine()
         machine.channelWriteStarted()
         Self.send("a", on: &machine)
-        #expect(try #require(Self.flush(&machine)).mayWriteDirectly == false)
-        machine.channelWriteCompleted()
+        #expect(try #require(Self.flush(&machine, force: true)).mayWriteDirectly == false)
+        let flushNow = machine.channelWriteCompleted()
+        #expect(flushNow == false)
         Self.send("b", on: &machine)
         #expect(try #require(Self.flush(&machine)).mayWriteDirectly == true)
         machine.socketClosed()
         Self.send("c", on: &machine)
         #expect(try #require(Self.flush(&machine)).mayWriteDirectly == false)
+    }
+
+    @Test("while the channel holds writes, a flush keeps less than 64 KiB queued until they complete, then flushes it")
+    func flushWaitsForTheChannel() throws {
+        var machine = Self.machine()
+        machine.channelWriteStarted()
+        // Small frames, flush after flush (a peer that pings and never reads): nothing more goes to the channel.
+        for index in 0..<1000 {
+            Self.send("pong \(index)", on: &machine)
+            #expect(Self.flush(&machine) == nil)
+        }
+        let kept = machine.queuedBytes
+        #expect(kept > 0 && kept < Machine.channelChunkBytes)
+        // The channel's write completes: the kept frames go, in one batch, in order.
+        let flushNow = machine.channelWriteCompleted()
+        #expect(flushNow)
+        let flushed = try #require(Self.flush(&machine))
+        #expect(flushed.mayWriteDirectly)
+        var expected = ByteBuffer()
+        for index in 0..<1000 { expected.writeFrame(.message(ByteBuffer(string: "pong \(index)"))) }
+        #expect(flushed.bytes == expected)
+        // Once 64 KiB are queued, they go to the channel as one chunk even while it holds earlier writes.
+        machine.channelWriteStarted()
+        let chunk = String(repeating: "x", count: 1000)
+        var chunkFlushes = 0
+        for _ in 0..<200 {
+            Self.send(chunk, on: &machine)
+            if let flushed = Self.flush(&machine) {
+                chunkFlushes += 1
+                #expect(flushed.bytes.readableBytes >= Machine.channelChunkBytes)
+                machine.channelWriteStarted()
+            }
+        }
+        #expect(chunkFlushes == 200 * 1005 / Machine.channelChunkBytes)
+        // A close's flush takes everything, whatever the channel holds.
+        #expect(Self.flush(&machine, force: true) != nil)
+        #expect(machine.queuedBytes == 0)
     }
 
     // MARK: - Requests

@@ -1,0 +1,51 @@
+import NIOCore
+import SocketIPCCore
+import SocketIPCTesting
+import SocketIPCTestSupport
+import Synchronization
+import Testing
+
+@testable import SocketIPCRuntime
+
+/// What a connection hands to its channel while the peer does not read: the channel's watermarks count the bytes of
+/// the buffers it holds, not their capacity, so the connection must not hand it a buffer per flush.
+@Suite("Channel writes while the peer does not read", .timeLimit(.minutes(5)), .limitedConcurrency)
+struct ChannelWriteTests {
+    @Test("thousands of small flushes while the peer does not read: the channel holds one write, then 64 KiB chunks")
+    func smallFlushesWhileThePeerDoesNotRead() async throws {
+        try await withFramedTestServer(makeHandler: { EchoHandler() }) { server, path in
+            let peer = try await RawSocket.connect(to: path)
+            defer { peer.close() }
+            // The pong proves the server took the hello: the connection is listed.
+            try await peer.write(serverHelloBytes + frameBytes(kind: 0x0b, id: 1, payload: []))
+            #expect(try await peer.read(exactly: 8 + 9) == serverHelloBytes + frameBytes(kind: 0x0c, id: 1, payload: []))
+            let connection = try #require(server.connections.first)
+
+            let pending = try await connection.eventLoop.submit {
+                // 4 MiB the peer never reads: the socket takes what it can, the channel holds the rest.
+                _ = try connection.queueMessage(ByteBuffer(repeating: 0x61, count: 4 << 20))
+                connection.flushPendingWrites()
+                let afterFirst = connection.state.withLock { $0.channelWritesPending }
+                // Then 5,000 flushes of one 13-byte frame each, as a peer that pings and never reads causes.
+                for index in 0..<5000 {
+                    connection.queueCallControlFrame(id: 1, .credit(UInt32(index)))
+                    connection.flushPendingWrites()
+                }
+                return (afterFirst, connection.state.withLock { ($0.channelWritesPending, $0.queuedBytes) })
+            }.get()
+            #expect(pending.0 == 1)
+            // 65,000 bytes of small frames: still kept (below 64 KiB), not 5,000 buffers in the channel.
+            #expect(pending.1.0 == 1)
+            #expect(pending.1.1 == 5000 * 13)
+
+            // Once the peer reads, everything arrives, in order: the kept frames go when the channel's write is done.
+            let message = 4 << 20
+            let received = try await peer.read(exactly: 4 + 1 + message + 5000 * 13)
+            var expectedTail: [UInt8] = []
+            for index in 0..<5000 {
+                expectedTail += frameBytes(kind: 0x0a, id: 1, payload: withUnsafeBytes(of: UInt32(index).bigEndian, Array.init))
+            }
+            #expect(Array(received[(4 + 1 + message)...]) == expectedTail)
+        }
+    }
+}
