@@ -216,6 +216,7 @@ final class DescriptorRelay: @unchecked Sendable {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.bufferSize, alignment: 16)
         defer { buffer.deallocate() }
         var received = [Int32](repeating: -1, count: Self.maximumPerCall)
+        var violated = false
         loop: while true {
             self.lock.lock(whenValue: 1)
             let closed = self.isClosed
@@ -231,6 +232,7 @@ final class DescriptorRelay: @unchecked Sendable {
             if truncated != 0 {
                 Self.closeAll(group)
                 self.violate("the peer passed descriptors the kernel could not deliver whole (MSG_CTRUNC)")
+                violated = true
                 break
             }
             let found = scanner.scan(UnsafeRawBufferPointer(rebasing: buffer[0..<length]))
@@ -241,6 +243,7 @@ final class DescriptorRelay: @unchecked Sendable {
                 mayBeClaimedLater: scanner.mayBeInsideDescriptorsFrame
             ) {
                 self.violate(error)
+                violated = true
                 break
             }
             if length == 0 { break }
@@ -251,7 +254,9 @@ final class DescriptorRelay: @unchecked Sendable {
                 offset += sent
             }
         }
-        _ = shutdown(self.relaySide, Int32(SHUT_WR))
+        // The peer's end of stream, passed on. Not after a violation: the channel would read that end of stream
+        // before the violation's event and close without telling the peer why; the violation closes it instead.
+        if !violated { _ = shutdown(self.relaySide, Int32(SHUT_WR)) }
         self.threadEnded()
     }
 

@@ -240,7 +240,12 @@ struct DescriptorPassingTests {
             try writeEnd.close()
             // Abrupt end for the cut-off message: the peer goes away in the middle of it.
             if what.contains("cut off") { shutdown(socket.descriptor, Int32(SHUT_WR)) }
-            _ = try await socket.readUntilClosed()
+            let received = try await socket.readUntilClosed()
+            if !what.contains("cut off") && !what.contains("going-away") {
+                // A violation: the peer hears why (going-away 0x01) before the close, after the server's hello.
+                let frames = RawFrame.parse(Array(received.dropFirst(8)))
+                #expect(frames.last?.kind == 0x05 && frames.last?.body.first == 0x01, "\(what): \(frames)")
+            }
             // The server still serves another peer.
             try await Client.withConnection(to: path, configuration: Self.clientConfiguration(2)) { connection in
                 let reply = try await connection.request(ByteBuffer(string: "still here"))
