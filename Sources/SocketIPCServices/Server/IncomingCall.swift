@@ -59,6 +59,13 @@ extension CallMultiplexer {
         context: ServiceContext,
         codec: any MessageCodec
     ) async {
+        // A deadline that passed before the handler starts (a timeout shorter than the way here) stops the call at
+        // once, as gRPC answers DEADLINE_EXCEEDED without running the handler: the handler would otherwise finish
+        // before the timer below could fire, and the caller would get an answer after its deadline.
+        if let deadline = context.deadline, deadline <= .now {
+            call.fail(CallStream.deadlineError(context.method))
+            call.stopHandler(.deadlineExceeded)
+        }
         // The deadline is a timer on the connection's event loop, not a task of its own.
         let deadlineTimer = context.deadline.map { deadline in
             call.connection.scheduleCallTimer(in: ContinuousClock.now.duration(to: deadline)) {

@@ -354,7 +354,7 @@ struct HostileCallTests {
 
     // MARK: - 8. Deadlines at the extremes
 
-    @Test("an open with the largest timeout is served; one with a 1 ns timeout ends with deadline exceeded")
+    @Test("an open with the largest timeout is served; one with a 1 ns timeout ends with deadline exceeded, even for a handler that would answer at once")
     func extremeTimeouts() async throws {
         let gauge = HandlerGauge()
         try await withServiceTestServer(router: hostileRouter(gauge: gauge)) { _, path in
@@ -376,6 +376,15 @@ struct HostileCallTests {
             )
             let end = try await peer.readFrames(1)
             #expect(end.first.flatMap(CallEnd.init)?.status == 0x04, "got \(end)")
+
+            // A handler that would answer at once does not run once the deadline passed: no response, status 0x04.
+            try await peer.write(
+                callOpenBytes(id: 5, method: Get.name, timeoutNanoseconds: 1) + messageBytes(id: 5, json: "\"a\"")
+                    + callEndOKBytes(id: 5)
+            )
+            let expired = try await peer.readFrames(1)
+            #expect(expired.map(\.kind) == [0x08], "got \(expired)")
+            #expect(expired.first.flatMap(CallEnd.init)?.status == 0x04, "got \(expired)")
             try await expectServed(path)
         }
     }
