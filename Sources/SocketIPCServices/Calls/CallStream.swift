@@ -195,21 +195,7 @@ final class CallStream: Sendable {
     nonisolated(nonsending) func next() async throws -> Inbound {
         // Most reads find their message already here (a stream in full flow, a unary call's request): take it
         // without suspending.
-        var credit = 0
-        let ready = self.state.withLock { state -> Result<Inbound, any Error>? in
-            switch state.machine.poll() {
-            case .message(let message, let grant):
-                credit = grant
-                return .success(.message(message, descriptors: state.descriptors.takeNext()))
-            case .end(let status): return .success(.end(status))
-            case .fail(let error): return .failure(error)
-            case .wait: return nil
-            }
-        }
-        if let ready {
-            self.grant(credit)
-            return try ready.get()
-        }
+        if let ready = try self.nextIfReceived() { return ready }
         return try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Inbound, any Error>) in
                 var credit = 0
@@ -233,6 +219,25 @@ final class CallStream: Sendable {
         } onCancel: {
             self.cancel(.cancelled)
         }
+    }
+
+    /// The next message, or the peer's end, if it has arrived; `nil` if nothing has yet. Does not wait.
+    /// - Throws: What the call failed with.
+    func nextIfReceived() throws -> Inbound? {
+        var credit = 0
+        let ready = self.state.withLock { state -> Result<Inbound, any Error>? in
+            switch state.machine.poll() {
+            case .message(let message, let grant):
+                credit = grant
+                return .success(.message(message, descriptors: state.descriptors.takeNext()))
+            case .end(let status): return .success(.end(status))
+            case .fail(let error): return .failure(error)
+            case .wait: return nil
+            }
+        }
+        guard let ready else { return nil }
+        self.grant(credit)
+        return try ready.get()
     }
 
     /// Gives `credit` bytes back to the peer, if any.

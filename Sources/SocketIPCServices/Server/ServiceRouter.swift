@@ -70,6 +70,10 @@ public struct ServiceRouter: Sendable {
 
     /// Registers the handler of a unary method: one request, one response. Replaces an earlier handler of the same
     /// name.
+    ///
+    /// The handler runs once the request is in, without waiting for the caller's half-close (as gRPC runs a unary
+    /// handler), so that a caller that never half-closes cannot keep its requests in the server's memory; a second
+    /// request that came with the first fails the call with `invalidMessage`, a later one is ignored.
     public mutating func register<Method: ServiceMethod>(
         _ method: Method.Type,
         handler: @escaping @Sendable (Method.Request, ServiceContext) async throws -> Method.Response
@@ -121,7 +125,10 @@ public struct ServiceRouter: Sendable {
 
     // MARK: - Internals
 
-    /// Reads exactly one request and the caller's half-close.
+    /// Reads the one request of a unary or server-streaming call; does not wait for the caller's half-close, as
+    /// gRPC runs a unary handler once its request is in: a caller that never half-closes would otherwise keep its
+    /// request (up to the maximum message size, on each of its calls) in the server's memory for as long as it
+    /// likes. A second request already received is an error; one that comes later is ignored with the call's end.
     static func readSingleRequest<Request: Decodable>(
         of call: CallStream,
         as type: Request.Type,
@@ -145,7 +152,7 @@ public struct ServiceRouter: Sendable {
                 cause: error
             )
         }
-        guard case .end = try await call.next() else {
+        if case .message = try call.nextIfReceived() {
             throw SocketIPCError(.invalidMessage, "the call '\(call.method)' sent more than one request")
         }
         return request

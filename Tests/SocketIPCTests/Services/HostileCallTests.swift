@@ -352,6 +352,36 @@ struct HostileCallTests {
         }
     }
 
+    @Test("unary calls whose caller never half-closes are answered once their request is in, not held with it")
+    func unaryCallsWithoutHalfClose() async throws {
+        let gauge = HandlerGauge()
+        try await withServiceTestServer(router: hostileRouter(gauge: gauge)) { _, path in
+            let peer = try await RawSocket.connect(to: path)
+            defer { peer.close() }
+            // 100 calls, each with a 1 MiB request and no half-close: before, each handler kept its request while
+            // it waited for the half-close, as long as the peer liked (100 MiB here, 1.6 GiB at the maximum size).
+            let request = "\"" + String(repeating: "k", count: 1 << 20) + "\""
+            var attack = serverHelloBytes
+            for index in 0..<100 {
+                let id = UInt32(2 * index + 1)
+                attack += callOpenBytes(id: id, method: Get.name) + messageBytes(id: id, json: request)
+            }
+            // The answers are small (about 3 KB in all): the socket's buffer holds them while the requests go.
+            try await peer.write(attack)
+            #expect(try await peer.read(exactly: 8) == serverHelloBytes)
+            // Per call: credit for the request read, the response, the end.
+            let frames = try await peer.readFrames(300)
+            let ends = frames.compactMap(CallEnd.init)
+            #expect(ends.count == 100 && ends.allSatisfy { $0.status == 0x00 }, "\(ends.count) ends")
+            // The late half-closes are ignored: the calls are over, and the connection goes on.
+            var halfCloses: [UInt8] = []
+            for index in 0..<100 { halfCloses += callEndOKBytes(id: UInt32(2 * index + 1)) }
+            try await peer.write(halfCloses + frameBytes(kind: 0x0b, id: 7, payload: []))
+            #expect(try await peer.readFrames(1).first?.kind == 0x0c)
+            try await expectServed(path)
+        }
+    }
+
     // MARK: - 8. Deadlines at the extremes
 
     @Test("an open with the largest timeout is served; one with a 1 ns timeout ends with deadline exceeded, even for a handler that would answer at once")
