@@ -45,7 +45,9 @@ enum TypedWorkloads {
         var router = ServiceRouter(codec: codec)
         router.register(Echo.self) { event, _ in event }
         router.registerServerStreaming(Events.self) { request, events, _ in
-            let event = Event(sequence: 1, size: request.count > 1 ? request[1] : 64, binary: binary)
+            // The size is the client's to choose, within what a message may carry (no overflow on a hostile one).
+            let size = request.count > 1 ? min(max(request[1], 0), 1 << 20) : 64
+            let event = Event(sequence: 1, size: size, binary: binary)
             for _ in 0..<(request.first ?? 0) { try await events.write(event) }
         }
         return router
