@@ -40,9 +40,7 @@ public struct ServiceRouter: Sendable {
     /// system calls, no long computation without `await`): it would stall every connection of that event loop.
     /// Turn this off for handlers that do, and they run on the global concurrent executor.
     ///
-    /// Handlers on the event loop run in tasks of their own, started there at the end of the read that opened their
-    /// call (`Task.immediate`, SE-0472: the handler runs at once, up to its first suspension, and a unary call's
-    /// answer leaves with that read's flush), so they do not
+    /// Handlers on the event loop run in tasks of their own, started there when their call opens, so they do not
     /// inherit the task-local values of the task that runs `Server.run()` (swift-service-lifecycle's graceful
     /// shutdown, as `cancelOnGracefulShutdown()` reads it; a tracing context). They still end with the server: its
     /// shutdown ends response streams (``endsResponseStreamsOnShutdown``), `Server.onGracefulShutdown(_:)` runs before
