@@ -293,10 +293,6 @@ package struct ConnectionStateMachine<RequestContinuation, WriteWaiter, Timer> {
     @inlinable
     package var channelWritesPending: Int { self.outbound.writesInChannel }
 
-    /// Whether a read batch is in progress (its end flushes what is queued meanwhile).
-    @inlinable
-    package var isReadBatchActive: Bool { self.outbound.readBatchActive }
-
     /// Whether a sender on the event loop should flush now rather than wait for the scheduled flush: `threshold`
     /// bytes or more are queued, and no read batch is in progress (whose end flushes anyway). Bounds the coalescing
     /// buffer of a sender that queues many frames without yielding, as Go's `bufio.Writer` writes when its buffer

@@ -259,30 +259,8 @@ extension Connection {
     /// connection closes.
     /// - Parameter onEventLoop: Whether the job's task prefers the connection's event loop as its executor (no
     ///   thread hop between the I/O and the job, but a job that blocks stalls the loop), or the global executor.
-    ///
-    /// A job for the event loop asked for while a read batch is being decoded (a call the peer opened) starts at
-    /// the end of that batch, before its flush, in a task that runs right there up to its first suspension
-    /// (`Task.immediate`, SE-0472): a unary call's request and half-close have arrived by then, so its handler
-    /// answers without a wake-up of its own, and the answer leaves with the batch's flush, as a raw reply does.
     package func runHandlerJob(onEventLoop: Bool, _ job: @escaping @Sendable () async -> Void) {
-        guard onEventLoop else {
-            self.handlerTasks.get().run(job)
-            return
-        }
-        if self.eventLoop.inEventLoop, self.state.withLock({ $0.isReadBatchActive }) {
-            self.handlerTasks.get().runAtEndOfReadBatch(job, on: self.taskExecutor)
-            self.hasDeferredHandlerJobs.store(true, ordering: .relaxed)
-            return
-        }
-        self.handlerTasks.get().run(job, on: self.taskExecutor)
-    }
-
-    /// Starts the jobs ``runHandlerJob(onEventLoop:_:)`` kept for the end of the read batch. On the event loop.
-    @inline(__always)
-    func startDeferredHandlerJobs() {
-        guard self.hasDeferredHandlerJobs.load(ordering: .relaxed) else { return }
-        self.hasDeferredHandlerJobs.store(false, ordering: .relaxed)
-        self.handlerTasks.get().startDeferred()
+        self.handlerTasks.get().run(job, on: onEventLoop ? self.taskExecutor : nil)
     }
 }
 

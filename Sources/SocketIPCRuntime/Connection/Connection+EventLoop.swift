@@ -12,10 +12,8 @@ extension Connection {
         self.state.withLock { $0.readBatchStarted() }
     }
 
-    /// Starts the handler jobs the read batch asked for (they run up to their first suspension, and what they
-    /// queue meanwhile leaves with the batch), then flushes what the read batch queued.
+    /// Flushes what the read batch queued.
     func readBatchEnded() {
-        self.startDeferredHandlerJobs()
         self.flushPendingWrites()
     }
 

@@ -71,9 +71,6 @@ public final class Connection: Sendable {
     private let requestIDs = Atomic<UInt32>(0)
     /// Where ``Reply/complete(_:)`` runs its work, made with the first and cancelled when the connection closes.
     let handlerTasks: ConnectionTaskSlot
-    /// Whether ``handlerTasks`` keeps jobs to start at the end of the read batch (``runHandlerJob(onEventLoop:_:)``).
-    /// Only touched on the event loop.
-    let hasDeferredHandlerJobs = Atomic<Bool>(false)
     /// Calls and keepalive: the peer's hello flags, call ids, the services layer's receiver.
     let calls: ConnectionCalls
     /// Descriptor passing, when ``ConnectionOptions/maximumDescriptorsPerMessage`` turned it on.

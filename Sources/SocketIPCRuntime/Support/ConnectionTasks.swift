@@ -8,9 +8,7 @@ import Synchronization
 /// asked for: a child of the driver would first wake the driver on another thread, which then starts the child back
 /// on the event loop (two thread hops a call, the most of a typed call's cost). The driver tracks those tasks as it
 /// tracks its children: it cancels them when the connection closes (or when it is cancelled itself) and waits for
-/// them before it ends, so ``Server/run()`` still returns only once every handler has. Such a job asked for while a
-/// read batch is decoded waits for the batch's end (``runAtEndOfReadBatch(_:on:)``) and then starts in a task that
-/// runs it right there, on the event loop, up to its first suspension (``startDeferred()``).
+/// them before it ends, so ``Server/run()`` still returns only once every handler has.
 ///
 /// A server's connection drives its jobs in the server's ``HandlerTaskGroup``; a client's connection in a task of
 /// its own. A job that comes after the connection closed runs cancelled.
@@ -37,12 +35,6 @@ final class ConnectionTasks: Sendable {
         /// The running jobs that prefer an executor of their own, each in a task of its own, by a number.
         var attached: [UInt64: Task<Void, Never>] = [:]
         var nextAttachedNumber: UInt64 = 0
-        /// Attached jobs whose task is being started outside the lock (``startImmediately(_:)``), not yet in
-        /// ``attached``; and those of them that already ended (a task that ran to its end as it started).
-        var starting = 0
-        var endedWhileStarting: Set<UInt64> = []
-        /// Jobs kept for the end of the read batch (``runAtEndOfReadBatch(_:on:)``).
-        var deferred: [Job] = []
         /// Whether attached jobs are cancelled as they start: the connection closed, or the driver was cancelled.
         var cancelsAttached = false
         /// The drivers that wait for the attached jobs to end: usually one, but a job that comes after the close
@@ -54,13 +46,6 @@ final class ConnectionTasks: Sendable {
     struct Job {
         var run: HandlerJob
         var executor: (any TaskExecutor)?
-    }
-
-    /// An attached job to start in a task that runs at once on the calling thread, outside the lock.
-    private struct ImmediateStart {
-        var number: UInt64
-        var run: HandlerJob
-        var executor: any TaskExecutor
     }
 
     /// What the driver does next.
@@ -84,12 +69,8 @@ final class ConnectionTasks: Sendable {
     /// - Parameter executor: The executor the job prefers; `nil`, the default, is the global executor, and the job
     ///   runs as a child task of the driver. With an executor, the job starts on it at once, in a task the driver
     ///   tracks.
-    /// - Parameter immediately: Whether a job with an executor starts running right here, on the calling thread
-    ///   (which must be the executor's), up to its first suspension (`Task.immediate`), unless jobs are cancelled
-    ///   as they start.
-    func run(_ job: @escaping HandlerJob, on executor: (any TaskExecutor)? = nil, immediately: Bool = false) {
+    func run(_ job: @escaping HandlerJob, on executor: (any TaskExecutor)? = nil) {
         let job = Job(run: job, executor: executor)
-        var immediateStart: ImmediateStart?
         enum Next {
             case startDriver
             case resume(UnsafeContinuation<Batch, Never>)
@@ -99,7 +80,7 @@ final class ConnectionTasks: Sendable {
             switch state.phase {
             case .idle:
                 if let executor {
-                    immediateStart = self.attach(job.run, on: executor, immediately: immediately, state: &state)
+                    self.attach(job.run, on: executor, state: &state)
                     state.phase = .active(jobs: [], waiter: nil)
                 } else {
                     state.phase = .active(jobs: [job], waiter: nil)
@@ -107,7 +88,7 @@ final class ConnectionTasks: Sendable {
                 return .startDriver
             case .active(var jobs, let waiter):
                 if let executor {
-                    immediateStart = self.attach(job.run, on: executor, immediately: immediately, state: &state)
+                    self.attach(job.run, on: executor, state: &state)
                     return .none
                 }
                 if let waiter {
@@ -141,99 +122,29 @@ final class ConnectionTasks: Sendable {
         case .none:
             break
         }
-        if let immediateStart { self.startImmediately(immediateStart) }
-    }
-
-    /// Keeps `job` until ``startDeferred()``, which starts it as ``run(_:on:immediately:)`` does with
-    /// `immediately`; a close first starts it the usual way, cancelled.
-    func runAtEndOfReadBatch(_ job: @escaping HandlerJob, on executor: any TaskExecutor) {
-        self.state.withLock { $0.deferred.append(Job(run: job, executor: executor)) }
-    }
-
-    /// Starts the jobs kept by ``runAtEndOfReadBatch(_:on:)``, in order, each running on the calling thread up to
-    /// its first suspension. On their executor's thread (the event loop).
-    func startDeferred() {
-        let jobs = self.state.withLock { state -> [Job] in
-            defer { state.deferred = [] }
-            return state.deferred
-        }
-        for job in jobs { self.run(job.run, on: job.executor, immediately: true) }
     }
 
     /// Starts `job` in a task of its own on `executor`, tracked in `state`. Called with the lock held: the task
-    /// cannot report its end (which takes the lock) before it is tracked. With `immediately` (and jobs not
-    /// cancelled as they start), only reserves the job's number and returns what ``startImmediately(_:)`` starts
-    /// once the lock is released: such a task runs its job at once, and may end before it is tracked.
-    private func attach(
-        _ job: @escaping HandlerJob,
-        on executor: any TaskExecutor,
-        immediately: Bool,
-        state: inout State
-    ) -> ImmediateStart? {
+    /// cannot report its end (which takes the lock) before it is tracked.
+    private func attach(_ job: @escaping HandlerJob, on executor: any TaskExecutor, state: inout State) {
         let number = state.nextAttachedNumber
         state.nextAttachedNumber &+= 1
-        if immediately, !state.cancelsAttached {
-            state.starting += 1
-            return ImmediateStart(number: number, run: job, executor: executor)
-        }
         let task = Task(executorPreference: executor) {
             await job()
             self.attachedJobEnded(number)
         }
         if state.cancelsAttached { task.cancel() }
         state.attached[number] = task
-        return nil
-    }
-
-    /// Starts a job ``attach(_:on:immediately:state:)`` reserved, in a task that runs it on this thread up to its
-    /// first suspension, then tracks the task unless it already ended.
-    private func startImmediately(_ start: ImmediateStart) {
-        let number = start.number
-        let job = start.run
-        let task: Task<Void, Never>
-        if #available(macOS 26, iOS 26, watchOS 26, tvOS 26, visionOS 26, *) {
-            task = Task.immediate(executorPreference: start.executor) {
-                await job()
-                self.attachedJobEnded(number)
-            }
-        } else {
-            task = Task(executorPreference: start.executor) {
-                await job()
-                self.attachedJobEnded(number)
-            }
-        }
-        var cancel = false
-        let waiters = self.state.withLock { state -> [UnsafeContinuation<Void, Never>] in
-            state.starting -= 1
-            if state.endedWhileStarting.remove(number) == nil {
-                state.attached[number] = task
-                // Jobs started being cancelled while this one started: it is cancelled as the others were.
-                cancel = state.cancelsAttached
-                return []
-            }
-            return Self.drainedWaiters(&state)
-        }
-        if cancel { task.cancel() }
-        for waiter in waiters { waiter.resume() }
     }
 
     private func attachedJobEnded(_ number: UInt64) {
         let waiters = self.state.withLock { state -> [UnsafeContinuation<Void, Never>] in
-            if state.attached.removeValue(forKey: number) == nil {
-                // Its task ran to its end as it started, before ``startImmediately(_:)`` could track it.
-                state.endedWhileStarting.insert(number)
-                return []
-            }
-            return Self.drainedWaiters(&state)
+            state.attached[number] = nil
+            guard state.attached.isEmpty else { return [] }
+            defer { state.drainWaiters = [] }
+            return state.drainWaiters
         }
         for waiter in waiters { waiter.resume() }
-    }
-
-    /// The drivers waiting for the attached jobs to end, taken, if none runs any more.
-    private static func drainedWaiters(_ state: inout State) -> [UnsafeContinuation<Void, Never>] {
-        guard state.attached.isEmpty, state.starting == 0 else { return [] }
-        defer { state.drainWaiters = [] }
-        return state.drainWaiters
     }
 
     /// Cancels the attached jobs running, and those that start from now on.
@@ -249,7 +160,7 @@ final class ConnectionTasks: Sendable {
     private func attachedJobsEnded() async {
         await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
             let done = self.state.withLock { state -> Bool in
-                if state.attached.isEmpty && state.starting == 0 { return true }
+                if state.attached.isEmpty { return true }
                 state.drainWaiters.append(continuation)
                 return false
             }
@@ -264,9 +175,7 @@ final class ConnectionTasks: Sendable {
     ///   message received whole is handled even when its client closes without waiting for the acknowledgement,
     ///   as `socat` does). The server's grace period ends them all the same.
     func close(cancellingJobs: Bool = true) {
-        var deferred: [Job] = []
         let waiter = self.state.withLock { state -> UnsafeContinuation<Batch, Never>? in
-            swap(&deferred, &state.deferred)
             switch state.phase {
             case .idle:
                 state.phase = .closed(jobs: [], cancelling: cancellingJobs)
@@ -280,8 +189,6 @@ final class ConnectionTasks: Sendable {
         }
         if cancellingJobs { self.cancelAttachedJobs() }
         waiter?.resume(returning: Batch(jobs: [], closed: true, cancel: cancellingJobs))
-        // Jobs kept for the end of a read batch that ended with the close: they run as any job after the close.
-        for job in deferred { self.run(job.run, on: job.executor) }
     }
 
     /// Runs the connection's child jobs until the connection closes, then cancels the jobs still running (children
