@@ -168,6 +168,7 @@ extension ConnectionStateMachine {
             self.outbound.flushWhenChannelWritten = true
             return .none
         }
+        self.outbound.flushWhenChannelWritten = false
         return .write(
             self.outbound.queue.takeAll(),
             mayWriteDirectly: self.outbound.descriptorIsOpen && self.outbound.writesInChannel == 0,

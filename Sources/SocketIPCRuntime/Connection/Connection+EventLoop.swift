@@ -54,15 +54,20 @@ extension Connection {
     func writeThroughChannel(_ buffers: some Collection<ByteBuffer>) -> EventLoopFuture<Void> {
         self.state.withLock { $0.channelWriteStarted() }
         let written = self.writer.writeThroughChannel(buffers)
-        written.whenComplete { _ in
-            // On the event loop: the channel wrote (or failed) what it held; frames a flush kept back meanwhile go now.
-            if self.state.withLock({ $0.channelWriteCompleted() }) { self.flushPendingWrites() }
+        written.whenComplete { result in
+            // On the event loop: the channel wrote what it held; frames a flush kept back meanwhile go now. Not when
+            // the write failed: the channel is closing, and NIO fails its writes after it closed the socket and
+            // before it reports the close, so the descriptor's number may already belong to another socket.
+            let flushNow = self.state.withLock { $0.channelWriteCompleted() }
+            if flushNow, case .success = result { self.flushPendingWrites() }
         }
         return written
     }
 
-    /// Called when the channel has closed its socket, before anything else: nothing may write to the descriptor
-    /// from now on.
+    /// Called when the channel reports its close (`channelInactive`): nothing may write to the descriptor from now
+    /// on. NIO closed the socket before, and failed the channel's pending writes in between, so what runs on those
+    /// failures must not write directly either (``writeThroughChannel(_:)`` does not flush then, and
+    /// ``SocketFrameWriter`` checks that the channel is active).
     func socketClosed() {
         self.state.withLock { $0.socketClosed() }
     }

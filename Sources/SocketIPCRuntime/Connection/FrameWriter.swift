@@ -37,7 +37,9 @@ struct SocketFrameWriter: FrameWriter {
 
     func write(_ batch: OutboundQueue.Batch, mayWriteDirectly: Bool) -> [ByteBuffer] {
         #if os(Linux)
-        var writingDirectly = mayWriteDirectly ? self.descriptor : nil
+        // A closing channel has closed its socket before it reports the close: then its number may belong to
+        // another socket already (NIO marks the channel inactive first, and fails its writes before channelInactive).
+        var writingDirectly = mayWriteDirectly && self.channel.isActive ? self.descriptor : nil
         #else
         var writingDirectly: Int32? = nil
         #endif

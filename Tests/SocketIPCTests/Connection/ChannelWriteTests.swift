@@ -1,5 +1,12 @@
 import NIOCore
 import SocketIPCCore
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import SocketIPCTesting
 import SocketIPCTestSupport
 import Synchronization
@@ -46,6 +53,53 @@ struct ChannelWriteTests {
                 expectedTail += frameBytes(kind: 0x0a, id: 1, payload: withUnsafeBytes(of: UInt32(index).bigEndian, Array.init))
             }
             #expect(Array(received[(4 + 1 + message)...]) == expectedTail)
+        }
+    }
+
+    @Test("frames kept while the channel held writes are not written once NIO has closed the socket, whose number may be another's")
+    func keptFramesAfterTheSocketClosed() async throws {
+        try await withFramedTestServer(makeHandler: { EchoHandler() }) { server, path in
+            let peer = try await RawSocket.connect(to: path)
+            defer { peer.close() }
+            try await peer.write(serverHelloBytes + frameBytes(kind: 0x0b, id: 1, payload: []))
+            #expect(try await peer.read(exactly: 8 + 9) == serverHelloBytes + frameBytes(kind: 0x0c, id: 1, payload: []))
+            let connection = try #require(server.connections.first)
+            let descriptor = try #require((connection.writer as? SocketFrameWriter)?.descriptor)
+            // Stands for a socket that another thread opens and that gets the number NIO just freed.
+            var pair: [Int32] = [-1, -1]
+            #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &pair) == 0)
+            let (other, otherPeer) = (pair[0], pair[1])
+            defer { _ = close(other); _ = close(otherPeer) }
+            let reused = Mutex(false)
+            try await connection.eventLoop.submit {
+                let channel = connection.channel
+                // 4 MiB the peer never reads: the channel holds what the socket does not take.
+                _ = try connection.queueMessage(ByteBuffer(repeating: 0x61, count: 4 << 20))
+                connection.flushPendingWrites()
+                // A write of another handler, whose promise NIO fails on the close after it closed the socket and
+                // before the connection's own pending write: there the number is given to the other socket.
+                let promise = channel.eventLoop.makePromise(of: Void.self)
+                promise.futureResult.whenComplete { _ in
+                    let wasClosed = fcntl(descriptor, F_GETFD) == -1 && errno == EBADF
+                    reused.withLock { $0 = wasClosed && dup2(other, descriptor) == descriptor }
+                }
+                channel.writeAndFlush(ByteBuffer(repeating: 0x62, count: 16), promise: promise)
+                connection.writeThroughChannel(CollectionOfOne(ByteBuffer(repeating: 0x63, count: 16)))
+                // A small frame, kept: the channel holds writes and less than 64 KiB is queued.
+                connection.queueCallControlFrame(id: 1, .credit(7))
+                connection.flushPendingWrites()
+                #expect(connection.state.withLock { $0.queuedBytes } == 13)
+                connection.abort()
+            }.get()
+            try await connection.channel.closeFuture.get()
+            #expect(reused.withLock { $0 }, "the number was not free when the channel failed its writes")
+            // Nothing reached the socket that now has the number.
+            var buffer = [UInt8](repeating: 0, count: 64)
+            _ = fcntl(otherPeer, F_SETFL, fcntl(otherPeer, F_GETFL) | O_NONBLOCK)
+            let got = read(otherPeer, &buffer, 64)
+            #expect(got <= 0, "the connection wrote \(got) bytes to a descriptor number NIO had closed")
+            // The duplicate the test made under NIO's old number.
+            if reused.withLock({ $0 }) { _ = close(descriptor) }
         }
     }
 }
