@@ -44,6 +44,10 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     /// Bytes consumed since this side last gave credit back.
     @usableFromInline
     var consumedSinceGrant = 0
+    /// Whether this side takes no more messages (a unary or server-streaming handler has its one request): those
+    /// that come are counted against the peer's credit and dropped, not kept for a reader that will never come.
+    @usableFromInline
+    var receivingStopped = false
     /// Who waits for the next inbound message.
     @usableFromInline
     var readWaiter: ReadWaiter?
@@ -89,7 +93,7 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     /// peer has not ended its direction, and it has credit left.
     @inlinable
     package var acceptsMessages: Bool {
-        self.failure == nil && self.inboundEnd == nil && self.peerCredit > 0
+        self.failure == nil && self.inboundEnd == nil && self.peerCredit > 0 && !self.receivingStopped
     }
 
     /// A message of the call arrived.
@@ -98,11 +102,22 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
         guard self.failure == nil, self.inboundEnd == nil else { return .none }
         guard self.peerCredit > 0 else { return .violation }
         self.peerCredit -= Self.frameCost(payloadLength: message.readableBytes)
+        if self.receivingStopped { return .none }
         if let waiter = self.readWaiter.take() {
             return .deliver(waiter, message)
         }
         self.inbound.append(message)
         return .none
+    }
+
+    /// This side takes no more messages: drops those held and those to come (see ``receivingStopped``); returns
+    /// whether any was held. Gives no more credit.
+    @inlinable
+    package mutating func stopReceiving() -> Bool {
+        self.receivingStopped = true
+        let held = self.inbound.count > 0
+        self.inbound.removeAll()
+        return held
     }
 
     /// The peer's end of its direction arrived.
@@ -174,7 +189,9 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     @inlinable
     mutating func consumed(_ message: ByteBuffer) -> Int {
         self.consumedSinceGrant += Self.frameCost(payloadLength: message.readableBytes)
-        guard self.consumedSinceGrant >= Self.initialWindow / 2, self.inboundEnd == nil, self.failure == nil else {
+        guard self.consumedSinceGrant >= Self.initialWindow / 2, self.inboundEnd == nil, self.failure == nil,
+            !self.receivingStopped
+        else {
             return 0
         }
         let grant = self.consumedSinceGrant

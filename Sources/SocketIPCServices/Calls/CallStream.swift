@@ -240,6 +240,17 @@ final class CallStream: Sendable {
         return try ready.get()
     }
 
+    /// This side reads no more messages of the call (a unary or server-streaming handler has its request): those
+    /// that come are dropped as they arrive, with their descriptors; returns whether one had already arrived.
+    func stopReceiving() -> Bool {
+        self.state.withLock { state in
+            let held = state.machine.stopReceiving()
+            state.descriptors.waiting.removeAll()
+            state.descriptors.held = 0
+            return held
+        }
+    }
+
     /// Gives `credit` bytes back to the peer, if any.
     private func grant(_ credit: Int) {
         guard credit > 0 else { return }

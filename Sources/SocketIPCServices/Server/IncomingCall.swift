@@ -65,6 +65,8 @@ extension CallMultiplexer {
         if let deadline = context.deadline, deadline <= .now {
             call.fail(CallStream.deadlineError(context.method))
             call.stopHandler(.deadlineExceeded)
+            call.finishAfterStop(CallStatus(code: .deadlineExceeded, message: "the call's deadline passed"))
+            return
         }
         // The deadline is a timer on the connection's event loop, not a task of its own.
         let deadlineTimer = context.deadline.map { deadline in

@@ -126,7 +126,7 @@ public struct ServiceRouter: Sendable {
     /// Reads the one request of a unary or server-streaming call; does not wait for the caller's half-close, as
     /// gRPC runs a unary handler once its request is in: a caller that never half-closes would otherwise keep its
     /// request (up to the maximum message size, on each of its calls) in the server's memory for as long as it
-    /// likes. A second request already received is an error; one that comes later is ignored with the call's end.
+    /// likes. A second request already received is an error; one that comes later is dropped as it arrives.
     static func readSingleRequest<Request: Decodable>(
         of call: CallStream,
         as type: Request.Type,
@@ -150,7 +150,8 @@ public struct ServiceRouter: Sendable {
                 cause: error
             )
         }
-        if case .message = try call.nextIfReceived() {
+        // Nothing more is read: a later request is dropped as it arrives, not kept for the handler's whole life.
+        if call.stopReceiving() {
             throw SocketIPCError(.invalidMessage, "the call '\(call.method)' sent more than one request")
         }
         return request

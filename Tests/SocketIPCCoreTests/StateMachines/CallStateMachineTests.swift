@@ -28,6 +28,26 @@ struct CallStateMachineTests {
         guard case .none = machine.creditReceived(1) else { throw Unexpected() }
     }
 
+    @Test("after stopReceiving, messages are dropped as they arrive but still cost credit; no credit is given back")
+    func stopReceiving() throws {
+        var machine = Machine()
+        guard case .none = machine.messageReceived(Self.message(100)) else { throw Unexpected() }
+        #expect(machine.stopReceiving() == true, "one message was held")
+        #expect(machine.acceptsMessages == false)
+        // Dropped, not held: nothing to read.
+        var received = 0
+        while case .none = machine.messageReceived(Self.message(1000)) { received += 1 }
+        #expect(received == (Machine.initialWindow - Machine.frameCost(payloadLength: 100) + Self.cost - 1) / Self.cost)
+        guard case .wait = machine.poll() else { throw Unexpected() }
+        // Beyond the credit it is still a violation.
+        guard case .violation = machine.messageReceived(Self.message(1)) else { throw Unexpected() }
+        // The peer's end still arrives.
+        guard case .none = machine.endReceived(.ok) else { throw Unexpected() }
+        guard case .end = machine.poll() else { throw Unexpected() }
+        var fresh = Machine()
+        #expect(fresh.stopReceiving() == false)
+    }
+
     @Test("credit that would take the window above 2^31 - 1 bytes is a violation, and leaves the window as it was")
     func creditBeyondTheMaximumWindow() throws {
         var machine = Machine()

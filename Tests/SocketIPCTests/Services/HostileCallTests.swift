@@ -382,6 +382,51 @@ struct HostileCallTests {
         }
     }
 
+    @Test("a client-streaming call whose deadline passed before its handler starts ends with 0x04; the handler never runs")
+    func expiredStreamingCallRunsNoHandler() async throws {
+        let gauge = HandlerGauge()
+        try await withServiceTestServer(router: hostileRouter(gauge: gauge)) { _, path in
+            let peer = try await RawSocket.connect(to: path)
+            defer { peer.close() }
+            try await peer.write(
+                serverHelloBytes + callOpenBytes(id: 1, method: Sum.name, timeoutNanoseconds: 1)
+                    + messageBytes(id: 1, json: "1") + callEndOKBytes(id: 1)
+            )
+            #expect(try await peer.read(exactly: 8) == serverHelloBytes)
+            let end = try await peer.readFrames(1)
+            #expect(end.map(\.kind) == [0x08] && end.first.flatMap(CallEnd.init)?.status == 0x04, "got \(end)")
+            #expect(gauge.peak.load(ordering: .relaxed) == 0, "the handler ran")
+            try await expectServed(path)
+        }
+    }
+
+    @Test("a unary call with two requests in one write ends with invalid message; a later one is dropped as it arrives")
+    func twoRequestsToAUnaryMethod() async throws {
+        let gauge = HandlerGauge()
+        try await withServiceTestServer(router: hostileRouter(gauge: gauge)) { _, path in
+            let peer = try await RawSocket.connect(to: path)
+            defer { peer.close() }
+            try await peer.write(
+                serverHelloBytes + callOpenBytes(id: 1, method: Get.name) + messageBytes(id: 1, json: "\"a\"")
+                    + messageBytes(id: 1, json: "\"b\"") + callEndOKBytes(id: 1)
+            )
+            #expect(try await peer.read(exactly: 8) == serverHelloBytes)
+            let end = try await peer.readFrames(1)
+            #expect(end.first.flatMap(CallEnd.init)?.status == 0x05, "got \(end)")
+
+            // A blocked handler with its request in: later messages (1 MiB each, within credit) are dropped as they
+            // arrive, not kept for the handler's life; the call still answers a cancel, and the connection serves.
+            try await peer.write(callOpenBytes(id: 3, method: Block.name) + messageBytes(id: 3, json: "\"x\""))
+            for await _ in gauge.started.stream { break }
+            let junk = "\"" + String(repeating: "j", count: 1 << 20) + "\""
+            try await peer.write(messageBytes(id: 3, json: junk) + frameBytes(kind: 0x0b, id: 9, payload: []))
+            #expect(try await peer.readFrames(1).first?.kind == 0x0c)
+            try await peer.write(frameBytes(kind: 0x09, id: 3, payload: [0x00]))
+            for await _ in gauge.ended.stream { break }
+            try await expectServed(path)
+        }
+    }
+
     // MARK: - 8. Deadlines at the extremes
 
     @Test("an open with the largest timeout is served; one with a 1 ns timeout ends with deadline exceeded, even for a handler that would answer at once")
