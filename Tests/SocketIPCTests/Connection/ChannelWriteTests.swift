@@ -18,15 +18,20 @@ import Testing
 /// the buffers it holds, not their capacity, so the connection must not hand it a buffer per flush.
 @Suite("Channel writes while the peer does not read", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct ChannelWriteTests {
+    /// A raw peer of `server` that has done its hello and will read nothing more, and its connection on the server.
+    static func silentPeer(of server: Server, at path: String) async throws -> (RawSocket, Connection) {
+        let peer = try await RawSocket.connect(to: path)
+        // The pong proves the server took the hello: the connection is listed.
+        try await peer.write(serverHelloBytes + frameBytes(kind: 0x0b, id: 1, payload: []))
+        #expect(try await peer.read(exactly: 8 + 9) == serverHelloBytes + frameBytes(kind: 0x0c, id: 1, payload: []))
+        return (peer, try #require(server.connections.first))
+    }
+
     @Test("thousands of small flushes while the peer does not read: the channel holds one write, then 64 KiB chunks")
     func smallFlushesWhileThePeerDoesNotRead() async throws {
         try await withFramedTestServer(makeHandler: { EchoHandler() }) { server, path in
-            let peer = try await RawSocket.connect(to: path)
+            let (peer, connection) = try await Self.silentPeer(of: server, at: path)
             defer { peer.close() }
-            // The pong proves the server took the hello: the connection is listed.
-            try await peer.write(serverHelloBytes + frameBytes(kind: 0x0b, id: 1, payload: []))
-            #expect(try await peer.read(exactly: 8 + 9) == serverHelloBytes + frameBytes(kind: 0x0c, id: 1, payload: []))
-            let connection = try #require(server.connections.first)
 
             let pending = try await connection.eventLoop.submit {
                 // 4 MiB the peer never reads: the socket takes what it can, the channel holds the rest.
@@ -59,11 +64,8 @@ struct ChannelWriteTests {
     @Test("frames kept while the channel held writes are not written once NIO has closed the socket, whose number may be another's")
     func keptFramesAfterTheSocketClosed() async throws {
         try await withFramedTestServer(makeHandler: { EchoHandler() }) { server, path in
-            let peer = try await RawSocket.connect(to: path)
+            let (peer, connection) = try await Self.silentPeer(of: server, at: path)
             defer { peer.close() }
-            try await peer.write(serverHelloBytes + frameBytes(kind: 0x0b, id: 1, payload: []))
-            #expect(try await peer.read(exactly: 8 + 9) == serverHelloBytes + frameBytes(kind: 0x0c, id: 1, payload: []))
-            let connection = try #require(server.connections.first)
             let descriptor = try #require((connection.writer as? SocketFrameWriter)?.descriptor)
             // Stands for a socket that another thread opens and that gets the number NIO just freed.
             var pair: [Int32] = [-1, -1]

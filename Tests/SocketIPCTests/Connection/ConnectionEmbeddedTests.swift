@@ -165,76 +165,54 @@ struct ConnectionEmbeddedTests {
         #expect(connection.closeError?.code == .connectionClosed)
     }
 
-    @Test("a sender on the event loop that queues 64 KiB without yielding has it written at once, not held until it yields")
-    func earlyFlushBoundsTheQueue() throws {
-        let observed = Observed()
+    /// A connection on an embedded channel after both hellos, with nothing written since.
+    static func established(_ observed: Observed = Observed()) throws -> (EmbeddedChannel, Connection) {
         let channel = EmbeddedChannel()
         try channel.pipeline.syncOperations.addHandler(Self.channelHandler(observed))
         try channel.connect(to: Self.address).wait()
         _ = try Self.nextWrite(channel)
         try channel.writeInbound(Self.bytes(hello: true))
-        let connection = try #require(observed.opened)
-
-        // 200 messages of 1 KiB: 1,029 bytes each on the wire, 205,800 in all, below the 256 KiB high watermark, so
-        // the sender never has to wait, and the event loop never runs in between.
-        let message = ByteBuffer(repeating: 0x61, count: 1024)
-        var largestQueue = 0
-        for _ in 0..<200 {
-            #expect(try connection.queueMessage(message) == false)
-            largestQueue = max(largestQueue, connection.state.withLock { $0.queuedBytes })
-        }
-        #expect(largestQueue < Connection.earlyFlushThreshold + 1029)
-        var written = ByteBuffer()
-        while var buffer = try channel.readOutbound(as: ByteBuffer.self) { written.writeBuffer(&buffer) }
-        // Three flushes of 64 KiB went out before the loop ran; the scheduled flush writes the rest.
-        #expect(written.readableBytes == 3 * 64 * 1029)
-        channel.embeddedEventLoop.run()
-        while var buffer = try channel.readOutbound(as: ByteBuffer.self) { written.writeBuffer(&buffer) }
-        var expected = ByteBuffer()
-        for _ in 0..<200 { expected.writeFrame(.message(message)) }
-        #expect(written == expected)
-        _ = try channel.finish()
+        return (channel, try #require(observed.opened))
     }
 
-    @Test("a stream's producer on the event loop that queues 64 KiB of call messages has them written at once")
-    func earlyFlushOfCallMessages() throws {
-        let observed = Observed()
-        let channel = EmbeddedChannel()
-        try channel.pipeline.syncOperations.addHandler(Self.channelHandler(observed))
-        try channel.connect(to: Self.address).wait()
-        _ = try Self.nextWrite(channel)
-        try channel.writeInbound(Self.bytes(hello: true))
-        let connection = try #require(observed.opened)
-
-        // 200 call messages of 1 KiB: 1,033 bytes each on the wire (a 9-byte header with the call's id).
-        let message = ByteBuffer(repeating: 0x62, count: 1024)
+    @Test(
+        "a sender on the event loop that queues 64 KiB without yielding has it written at once, not held until it yields",
+        arguments: ["one-way messages", "a stream's call messages"]
+    )
+    func earlyFlushBoundsTheQueue(of what: String) throws {
+        let (channel, connection) = try Self.established()
+        // 200 messages of 1 KiB: 1,029 bytes each on the wire (1,033 for call messages, whose header has the call's
+        // id), about 206,000 in all, below the 256 KiB high watermark, so the sender never has to wait, and the
+        // event loop never runs in between.
+        let message = ByteBuffer(repeating: 0x61, count: 1024)
+        let calls = what.contains("call")
+        let frameLength = calls ? 1033 : 1029
         var largestQueue = 0
         for _ in 0..<200 {
-            #expect(try connection.queueCallFrame(id: 1, .message(message)) == false)
+            let mustWait =
+                calls ? try connection.queueCallFrame(id: 1, .message(message)) : try connection.queueMessage(message)
+            #expect(mustWait == false)
             largestQueue = max(largestQueue, connection.state.withLock { $0.queuedBytes })
         }
-        #expect(largestQueue < Connection.earlyFlushThreshold + 1033)
+        #expect(largestQueue < Connection.earlyFlushThreshold + frameLength)
         var written = ByteBuffer()
         while var buffer = try channel.readOutbound(as: ByteBuffer.self) { written.writeBuffer(&buffer) }
-        // Three flushes of 64 frames (66,112 bytes, the first count at or above 64 KiB) went out before the loop ran.
-        #expect(written.readableBytes == 3 * 64 * 1033)
+        // Three flushes of 64 frames (the first count at or above 64 KiB) went out before the loop ran; the
+        // scheduled flush writes the rest.
+        #expect(written.readableBytes == 3 * 64 * frameLength)
         channel.embeddedEventLoop.run()
         while var buffer = try channel.readOutbound(as: ByteBuffer.self) { written.writeBuffer(&buffer) }
         var expected = ByteBuffer()
-        for _ in 0..<200 { expected.writeCallFrame(id: 1, .message(message)) }
+        for _ in 0..<200 {
+            if calls { expected.writeCallFrame(id: 1, .message(message)) } else { expected.writeFrame(.message(message)) }
+        }
         #expect(written == expected)
         _ = try channel.finish()
     }
 
     @Test("credit granted on the event loop is written at once: the producer does not wait for the reader to yield")
     func creditIsWrittenAtOnce() throws {
-        let observed = Observed()
-        let channel = EmbeddedChannel()
-        try channel.pipeline.syncOperations.addHandler(Self.channelHandler(observed))
-        try channel.connect(to: Self.address).wait()
-        _ = try Self.nextWrite(channel)
-        try channel.writeInbound(Self.bytes(hello: true))
-        let connection = try #require(observed.opened)
+        let (channel, connection) = try Self.established()
 
         connection.writeCallControlFrame(id: 3, .credit(32_768))
         // Before the event loop runs anything scheduled: the frame is already in the channel's outbound.
