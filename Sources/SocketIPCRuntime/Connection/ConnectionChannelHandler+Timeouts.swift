@@ -73,10 +73,16 @@ extension ConnectionChannelHandler {
         self.connection?.flushPendingWrites(force: true)
         let channel = context.channel
         let lingerTime = TimeAmount(self.options.goAwayLingerTime)
+        // A peer that does not read may never let the going-away (nor what was queued before it) be written: the
+        // close comes after closeTimeout however far the write got, or the connection would outlive every timeout.
+        let deadline = channel.eventLoop.scheduleTask(in: TimeAmount(self.options.closeTimeout)) {
+            channel.close(promise: nil)
+        }
         let written =
             self.connection?.writeThroughChannel(CollectionOfOne(frame))
             ?? context.writeAndFlush(Self.wrapOutboundOut(frame))
         written.assumeIsolated().whenComplete { _ in
+            deadline.cancel()
             guard linger else {
                 channel.close(promise: nil)
                 return

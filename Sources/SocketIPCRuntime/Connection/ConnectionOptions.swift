@@ -79,8 +79,9 @@ public struct ConnectionOptions: Sendable {
     /// Kernel memory is only charged for bytes really waiting. Linux caps the request at `net.core.wmem_max` (and
     /// then doubles it for its own bookkeeping), so on a system with the default limits it has little effect.
     public var socketSendBufferSize: Int? = 1024 * 1024
-    /// How long ``Connection/close()`` waits for what was sent before it to reach the socket, when the peer does not
-    /// read it; the connection is then closed regardless. Default 10 seconds.
+    /// How long ``Connection/close()``, or the close after a protocol error (with its going-away frame), waits for
+    /// what was sent before it to reach the socket, when the peer does not read it; the connection is then closed
+    /// regardless. Default 10 seconds.
     public var closeTimeout: Duration = .seconds(10)
     /// How long a connection that tells its peer why it is closing (a going-away frame after a protocol error, or
     /// an authorization refusal) stays half-closed, waiting for the peer to close its side, before it closes.

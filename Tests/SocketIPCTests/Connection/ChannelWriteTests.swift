@@ -104,4 +104,30 @@ struct ChannelWriteTests {
             if reused.withLock({ $0 }) { _ = close(descriptor) }
         }
     }
+
+    @Test("a peer that breaks the protocol while it reads nothing is closed after closeTimeout, its replies unwritten")
+    func protocolErrorFromAPeerThatDoesNotRead() async throws {
+        try await withFramedTestServer(
+            configure: {
+                $0.connection.closeTimeout = .milliseconds(200)
+                // Small kernel buffers: the echoes wait in the channel, below the 2 MiB at which reading pauses.
+                $0.connection.socketSendBufferSize = 4096
+            },
+            makeHandler: { EchoHandler() }
+        ) { server, path in
+            let (peer, connection) = try await Self.silentPeer(of: server, at: path)
+            defer { peer.close() }
+            var small: Int32 = 4096
+            _ = setsockopt(peer.descriptor, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+            // Requests whose echoes (1 MiB in all) the peer never reads, then a frame of an unknown kind.
+            var attack: [UInt8] = []
+            for id in 1...16 { attack += frameBytes(kind: 0x02, id: UInt32(id), payload: [UInt8](repeating: 0x61, count: 65_536)) }
+            attack += [0x00, 0x00, 0x00, 0x01, 0x7f]
+            try await peer.write(attack)
+            // Before, the close waited for the going-away to be written, which a peer that does not read never lets
+            // happen: the connection outlived every timeout.
+            await connection.waitUntilClosed()
+            #expect(connection.closeError?.code == .protocolViolation)
+        }
+    }
 }
