@@ -15,4 +15,7 @@ struct ConnectionLifecycle: Sendable {
     /// Where ``Reply/complete(_:)`` runs the connection's async work, cancelled when the connection closes: in the
     /// server's task group, or (a client's connection) in a task of the connection's own.
     var handlerTaskOwner = ConnectionTasks.Owner.connection
+    /// The connection's place in its server's admission count, for handler work that outlives the channel to hold;
+    /// `nil` for a client's connection.
+    var slot: ConnectionSlot? = nil
 }

@@ -40,6 +40,9 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
     private var firstReadBuffer: ByteBuffer?
     /// Where a ``EOFMessageHandler/collecting(maximumSize:_:)`` handler runs, cancelled when the connection closes.
     private let tasks: ConnectionTaskSlot
+    /// The connection's place in its server's admission count: a collecting handler holds it until it ends, since
+    /// it goes on after its client closed.
+    private let slot: ConnectionSlot?
 
     init(
         kind: EOFMessageHandler.Kind,
@@ -47,8 +50,10 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
         initialBytes: ByteBuffer? = nil,
         timeLimit: Duration,
         descriptor: Int32? = nil,
-        taskOwner: ConnectionTasks.Owner
+        taskOwner: ConnectionTasks.Owner,
+        slot: ConnectionSlot? = nil
     ) {
+        self.slot = slot
         self.descriptor = descriptor
         self.tasks = ConnectionTaskSlot(owner: taskOwner)
         self.message = initialBytes
@@ -171,7 +176,11 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
         case .collecting(_, let body):
             let channel = context.channel
             let timeLimit = self.timeLimit
+            let slot = self.slot
+            // The handler goes on if its client closes: until it ends it counts against the connection limits.
+            slot?.hold()
             self.tasks.get().run {
+                defer { slot?.release() }
                 do {
                     Self.finish(channel: channel, acknowledgement: try await body(message, messageContext), timeLimit: timeLimit)
                 } catch {

@@ -68,6 +68,7 @@ public struct EOFMessageHandler: Sendable {
         timeLimit: Duration = .seconds(10),
         descriptor: Int32? = nil,
         taskOwner: ConnectionTasks.Owner,
+        slot: ConnectionSlot? = nil,
         reportFailure: @escaping @Sendable (SocketIPCError) -> Void = { _ in }
     ) throws {
         var logger = logger
@@ -83,7 +84,8 @@ public struct EOFMessageHandler: Sendable {
                     initialBytes: initialBytes,
                     timeLimit: timeLimit,
                     descriptor: descriptor,
-                    taskOwner: taskOwner
+                    taskOwner: taskOwner,
+                    slot: slot
                 )
             )
         case .streaming(let body):

@@ -106,6 +106,7 @@ extension Server {
         }
         let descriptorRelay = relay
         let channelDescriptor = relay?.channelSide ?? descriptor
+        let slot = ConnectionSlot(released: { self.connectionClosed(id) })
         let lifecycle = ConnectionLifecycle(
             handshakeDeadline: handshakeDeadline,
             handshakeCompleted: { _ in self.handshakeCompleted(id) },
@@ -113,7 +114,8 @@ extension Server {
             closed: { connection, error in
                 if let error { self.connectionFailed(error, id: id, peer: connection.peer) }
             },
-            handlerTaskOwner: .server(self.handlerTasks)
+            handlerTaskOwner: .server(self.handlerTasks),
+            slot: slot
         )
         ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelOption(.allowRemoteHalfClosure, value: self.initializer.allowsRemoteHalfClosure)
@@ -126,9 +128,9 @@ extension Server {
                         // A relayed connection is over once its relay has written the last bytes and closed the
                         // socket: the server's run() does not return before.
                         if let descriptorRelay {
-                            descriptorRelay.whenFinished { self.connectionClosed(id) }
+                            descriptorRelay.whenFinished { slot.release() }
                         } else {
-                            self.connectionClosed(id)
+                            slot.release()
                         }
                     }
                     try self.initializer.initialize(

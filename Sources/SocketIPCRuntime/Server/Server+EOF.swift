@@ -76,6 +76,7 @@ struct EOFConnectionInitializer: ConnectionInitializer {
             timeLimit: min(self.timeLimit, left ?? self.timeLimit),
             descriptor: connection.descriptor,
             taskOwner: connection.lifecycle.handlerTaskOwner,
+            slot: connection.lifecycle.slot,
             reportFailure: { failureLog.failed($0) }
         )
     }
