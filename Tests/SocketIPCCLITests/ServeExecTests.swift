@@ -160,6 +160,36 @@ struct ServeExecTests {
     }
 
     #if os(Linux)
+        @Test("one-way messages that outlive their connections are bounded per user: past 64 MiB waiting, a connection is closed")
+        func oneWayMessagesBoundedPerUser() async throws {
+            try await withTemporarySocketDirectory { directory in
+                let path = directory + "/s.sock"
+                let options = ["--exec-concurrency", "1", "--shutdown-grace-period", "0", "--exec", "sleep 30"]
+                try await withServeCommand(at: path, options) { server in
+                    let megabyte = ByteBuffer(repeating: 0x61, count: 1 << 20)
+                    // Connections that each send 15 messages of 1 MiB (below the 16 one connection may have pending)
+                    // and close at once: their runs wait, and before, nothing bounded them all together.
+                    var refused = false
+                    for _ in 0..<8 where !refused {
+                        let connection = try await Client.connect(to: path)
+                        do {
+                            for _ in 0..<15 { try await connection.send(megabyte) }
+                        } catch {
+                            refused = true
+                        }
+                        connection.close()
+                        await connection.waitUntilClosed()
+                    }
+                    let note = await server.standardError.waitForLine(containing: "its user's one-way messages")
+                    #expect(note?.contains("already hold 64 MiB") == true, "\(note ?? "no note")")
+                    server.signal(SIGTERM)
+                    #expect(await server.waitForExit() == 0)
+                }
+            }
+        }
+    #endif
+
+    #if os(Linux)
         /// SIGTERM then drops the queued runs and kills the running one after the grace period.
         @Test("a flood of one-way messages closes the connection at 16 pending; the server's memory stays bounded")
         func oneWayFlood() async throws {

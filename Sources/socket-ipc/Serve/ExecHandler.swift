@@ -70,18 +70,29 @@ struct ExecHandler: ConnectionHandler {
         let previous = self.previousOneWay
         let pending = self.pendingMessages
         pending.value.add(1, ordering: .relaxed)
-        let run = self.oneWayRuns.start { mayStart in
-            defer { pending.value.subtract(1, ordering: .relaxed) }
-            await previous?.value
-            do {
-                _ = try await exec.run(message, peer: peer, kind: .message, keepsOutput: false, mayStart: mayStart)
-            } catch let failure as ExecFailure {
-                Output.note("exec failed for a message on connection \(id): \(failure.message)")
-            } catch {}
-        }
-        guard let run else {
+        let run: Task<Void, Never>
+        do throws(OneWayRuns.Refusal) {
+            run = try self.oneWayRuns.start(bytes: message.readableBytes, user: peer?.userID) { mayStart in
+                defer { pending.value.subtract(1, ordering: .relaxed) }
+                await previous?.value
+                do {
+                    _ = try await exec.run(message, peer: peer, kind: .message, keepsOutput: false, mayStart: mayStart)
+                } catch let failure as ExecFailure {
+                    Output.note("exec failed for a message on connection \(id): \(failure.message)")
+                } catch {}
+            }
+        } catch {
             pending.value.subtract(1, ordering: .relaxed)
-            Output.note("dropped a one-way message on connection \(id): the server is shutting down")
+            guard case .userBudgetSpent = error else {
+                Output.note("dropped a one-way message on connection \(id): the server is shutting down")
+                return
+            }
+            self.isOverwhelmed = true
+            Output.note(
+                "closing connection \(id): its user's one-way messages waiting for --exec already hold "
+                    + "\(OneWayRuns.maximumBytesPerUser >> 20) MiB; the message was dropped"
+            )
+            connection.close()
             return
         }
         self.previousOneWay = run

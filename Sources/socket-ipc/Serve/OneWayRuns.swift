@@ -8,15 +8,32 @@ import Synchronization
 /// turn, ``ExecTurns``), then running. When the graceful shutdown begins (``beginShutdown(gracePeriod:)``) the queued
 /// runs are cancelled and no new one starts; ``finish()`` then waits for the running ones until the grace period is
 /// over and cancels those still running, which kills their commands' process groups.
+///
+/// Runs outlive their connections (a client may send a message and close at once), so the connection limits do not
+/// bound them: each user's runs not yet ended may hold at most ``maximumBytesPerUser`` of payload, and a message
+/// beyond that is refused (its connection is closed), so that one user cannot fill the server's memory or queue.
 final class OneWayRuns: Sendable {
+    /// The most payload bytes one user's runs not yet ended may hold: 64 MiB.
+    static let maximumBytesPerUser = 64 << 20
+
     private struct Run {
         var task: Task<Void, Never>?
         var isRunning = false
     }
 
+    /// Why ``start(bytes:user:_:)`` did not start a run.
+    enum Refusal: Error {
+        /// The shutdown has begun.
+        case shuttingDown
+        /// The user's runs already hold ``maximumBytesPerUser``.
+        case userBudgetSpent
+    }
+
     private struct State {
         var runs: [UInt64: Run] = [:]
         var nextID: UInt64 = 0
+        /// The payload bytes of each user's runs not yet ended, by uid (`UInt32.max` for a peer without credentials).
+        var bytesByUser: [UInt32: Int] = [:]
         /// When the shutdown's grace period ends; `nil` until the shutdown begins.
         var deadline: ContinuousClock.Instant?
         /// Resumed once `runs` is empty.
@@ -27,17 +44,28 @@ final class OneWayRuns: Sendable {
 
     /// Starts `body` in a task of its own and keeps it until it ends; `body` gets the `mayStart` to pass to
     /// ``ExecCommand/run(_:peer:kind:keepsOutput:mayStart:)``, which marks the run as running.
-    /// - Returns: The task; `nil`, and `body` is not run, once the shutdown has begun.
+    /// - Parameters:
+    ///   - bytes: The message's payload, charged to `user` until the run ends.
+    ///   - user: The sender's uid; `nil` for a peer without credentials.
+    /// - Returns: The task.
+    /// - Throws: ``Refusal``, and `body` is not run: the shutdown has begun, or the user's budget is spent.
     func start(
+        bytes: Int,
+        user: UInt32?,
         _ body: @escaping @Sendable (_ mayStart: @escaping @Sendable () -> Bool) async -> Void
-    ) -> Task<Void, Never>? {
-        self.state.withLock { state in
-            guard state.deadline == nil else { return nil }
+    ) throws(Refusal) -> Task<Void, Never> {
+        let user = user ?? .max
+        return try self.state.withLock { (state) throws(Refusal) -> Task<Void, Never> in
+            guard state.deadline == nil else { throw .shuttingDown }
+            let held = state.bytesByUser[user, default: 0]
+            // One message alone is always taken (the connection's maximum message size bounds it).
+            guard held == 0 || held + bytes <= Self.maximumBytesPerUser else { throw .userBudgetSpent }
+            state.bytesByUser[user] = held + bytes
             state.nextID += 1
             let id = state.nextID
             let task = Task {
                 await body { self.markRunning(id) }
-                self.remove(id)
+                self.remove(id, bytes: bytes, user: user)
             }
             state.runs[id] = Run(task: task)
             return task
@@ -80,9 +108,11 @@ final class OneWayRuns: Sendable {
         }
     }
 
-    private func remove(_ id: UInt64) {
+    private func remove(_ id: UInt64, bytes: Int, user: UInt32) {
         let waiters = self.state.withLock { state -> [CheckedContinuation<Void, Never>] in
             state.runs[id] = nil
+            let left = state.bytesByUser[user, default: 0] - bytes
+            state.bytesByUser[user] = left > 0 ? left : nil
             guard state.runs.isEmpty else { return [] }
             defer { state.idleWaiters = [] }
             return state.idleWaiters
