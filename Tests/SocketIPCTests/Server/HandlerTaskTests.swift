@@ -135,23 +135,38 @@ struct HandlerTaskTests {
 
     @Test("an EOF-style collecting handler still running when the grace period ends is cancelled, and run() returns")
     func eofHandlerCancelledWhenGracePeriodEnds() async throws {
+        var iterator = try await Self.withSleepingEOFServer("eof.sock") { server, path, iterator in
+            let send = Task { try await Client.sendMessage(ByteBuffer(string: "sleep"), to: path) }
+            #expect(await iterator.next() == .started)
+            server.shutdownGracefully()
+            // No acknowledgement: the connection closes without one.
+            #expect((try? await send.value)?.readableBytes ?? 0 == 0)
+        }
+        #expect(await iterator.next() == .cancelled)
+    }
+
+    /// Runs ``sleepingEOFServer(_:_:onServerRunning:)`` at `name` in a fresh directory with a 100 ms grace period
+    /// (and what `configure` sets) for `body`, which gets the server, its path and its handlers' events; returns
+    /// those events once `run()` has returned.
+    private static func withSleepingEOFServer(
+        _ name: String,
+        configure: (inout ServerConfiguration) -> Void = { _ in },
+        _ body: (Server, String, inout AsyncStream<HandlerEvent>.AsyncIterator) async throws -> Void
+    ) async throws -> AsyncStream<HandlerEvent>.AsyncIterator {
         try await withTemporarySocketDirectory { directory in
-            let path = directory + "/eof.sock"
+            let path = directory + "/" + name
             let (events, event) = AsyncStream.makeStream(of: HandlerEvent.self)
             var iterator = events.makeAsyncIterator()
             var configuration = ServerConfiguration(path: path)
             configuration.shutdownGracePeriod = .milliseconds(100)
+            configure(&configuration)
             try await withRunningServer({
                 Self.sleepingEOFServer(configuration, event, onServerRunning: $0)
             }) { server in
-                let send = Task { try await Client.sendMessage(ByteBuffer(string: "sleep"), to: path) }
-                #expect(await iterator.next() == .started)
-                server.shutdownGracefully()
-                // No acknowledgement: the connection closes without one.
-                #expect((try? await send.value)?.readableBytes ?? 0 == 0)
+                try await body(server, path, &iterator)
             }
             event.finish()
-            #expect(await iterator.next() == .cancelled)
+            return iterator
         }
     }
 
@@ -216,27 +231,20 @@ struct HandlerTaskTests {
 
     @Test("the grace period still ends an EOF-style handler whose client closed: run() returns, the handler is cancelled")
     func gracePeriodEndsHandlerWithoutConnection() async throws {
-        try await withTemporarySocketDirectory { directory in
-            let path = directory + "/drained.sock"
-            let (events, event) = AsyncStream.makeStream(of: HandlerEvent.self)
-            var iterator = events.makeAsyncIterator()
-            var configuration = ServerConfiguration(path: path)
-            configuration.handshakeTimeout = .seconds(120)
-            configuration.shutdownGracePeriod = .milliseconds(100)
-            try await withRunningServer({
-                Self.sleepingEOFServer(configuration, event, onServerRunning: $0)
-            }) { server in
-                // The message whole, then the client goes (as socat does): the server drains at once, with the
-                // handler still at work.
-                let socket = try await RawSocket.connect(to: path)
-                try await socket.write(Array("hi".utf8))
-                socket.shutdownWrite()
-                #expect(await iterator.next() == .started)
-                socket.close()
-                server.shutdownGracefully()
-            }
-            // withRunningServer returned, so run() did: the grace period's end cancelled the handler.
-            #expect(await iterator.next() == .cancelled)
+        var iterator = try await Self.withSleepingEOFServer(
+            "drained.sock",
+            configure: { $0.handshakeTimeout = .seconds(120) }
+        ) { server, path, iterator in
+            // The message whole, then the client goes (as socat does): no connection is left, only the handler at
+            // work, which holds the connection's place until it ends.
+            let socket = try await RawSocket.connect(to: path)
+            try await socket.write(Array("hi".utf8))
+            socket.shutdownWrite()
+            #expect(await iterator.next() == .started)
+            socket.close()
+            server.shutdownGracefully()
         }
+        // withSleepingEOFServer returned, so run() did: the grace period's end cancelled the handler.
+        #expect(await iterator.next() == .cancelled)
     }
 }
