@@ -108,8 +108,13 @@ enum TypedWorkloads {
 struct BinaryEventCodec: MessageCodec {
     func encode<Value: Encodable>(_ value: Value) throws -> ByteBuffer {
         var buffer = ByteBuffer()
+        try self.encode(value, into: &buffer)
+        return buffer
+    }
+
+    func encode<Value: Encodable>(_ value: Value, into buffer: inout ByteBuffer) throws {
         if let event = value as? TypedWorkloads.Event {
-            buffer.reserveCapacity(8 + event.d.utf8.count)
+            buffer.reserveCapacity(minimumWritableBytes: 8 + event.d.utf8.count)
             buffer.writeInteger(Int64(event.s))
             buffer.writeString(event.d)
         } else if let numbers = value as? [Int] {
@@ -117,7 +122,6 @@ struct BinaryEventCodec: MessageCodec {
         } else {
             throw BenchmarkError("BinaryEventCodec encodes Event and [Int] only")
         }
-        return buffer
     }
 
     func decode<Value: Decodable>(_ type: Value.Type, from buffer: ByteBuffer) throws -> Value {

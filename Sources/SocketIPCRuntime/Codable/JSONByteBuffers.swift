@@ -15,6 +15,12 @@ extension JSONEncoder {
     package func encodeAsBuffer<Value: Encodable>(_ value: Value) throws -> ByteBuffer {
         ByteBuffer(bytes: try self.encode(value))
     }
+
+    /// Appends `value` as JSON to `buffer`.
+    /// - Throws: `EncodingError`, as `encode(_:)`.
+    package func encode<Value: Encodable>(_ value: Value, appendingTo buffer: inout ByteBuffer) throws {
+        buffer.writeBytes(try self.encode(value))
+    }
 }
 
 extension JSONDecoder {

@@ -42,7 +42,7 @@ extension Connection {
         if !unwritten.isEmpty {
             self.writeThroughChannel(unwritten)
         }
-        if let tail { self.flushBufferPool.recycle(tail) }
+        if let tail { self.bufferPool.recycleCoalescing(tail) }
         // A writer that starts waiting after the lock above waits for a fuller queue, which a later flush drains.
         if writersWaiting { self.perform(self.state.withLock { $0.writersMayResume() }) }
     }

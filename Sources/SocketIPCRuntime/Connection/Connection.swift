@@ -52,8 +52,9 @@ public final class Connection: Sendable {
     var options: ConnectionOptions { self.sharedOptions.value }
     /// Runs the client's tasks on the channel's event loop (`Client.withConnection`).
     let taskExecutor: EventLoopTaskExecutor
-    /// The event loop's spare coalescing buffer, taken when the queue needs one and given back after each flush.
-    let flushBufferPool: FlushBufferPool
+    /// The event loop's spare buffers: for coalescing (taken when the queue needs one, given back after each flush)
+    /// and for encoding typed messages.
+    let bufferPool: EventLoopBufferPool
     /// The event loop's busy poller when this connection polls (``ConnectionOptions/busyPolling`` not off, and more
     /// than one core); `nil` otherwise.
     let busyPoller: EventLoopBusyPoller?
@@ -116,7 +117,7 @@ public final class Connection: Sendable {
         }
         self.baseLogger = logger
         self.taskExecutor = EventLoopTaskExecutor.shared(for: channel.eventLoop)
-        self.flushBufferPool = FlushBufferPool.shared(for: channel.eventLoop)
+        self.bufferPool = EventLoopBufferPool.shared(for: channel.eventLoop)
         self.loopPoller = EventLoopBusyPoller.shared(for: channel.eventLoop)
         if let window = options.busyPolling.window, EventLoopBusyPoller.isAvailable {
             self.busyPoller = self.loopPoller
@@ -179,7 +180,7 @@ public final class Connection: Sendable {
         }
     }
 
-    /// Queued bytes from which a sender on the event loop flushes at once (64 KiB, what ``FlushBufferPool`` keeps).
+    /// Queued bytes from which a sender on the event loop flushes at once (64 KiB, what ``EventLoopBufferPool`` keeps).
     static var earlyFlushThreshold: Int { 64 * 1024 }
 
     /// Flushes now when called on the event loop (a sender whose task runs there queues until it yields otherwise);
@@ -409,7 +410,24 @@ public final class Connection: Sendable {
     /// The event loop's spare coalescing buffer, which may be taken only on the event loop.
     @inline(__always)
     func spareBuffer() -> ByteBuffer? {
-        self.eventLoop.inEventLoop ? self.flushBufferPool.take() : nil
+        self.eventLoop.inEventLoop ? self.bufferPool.takeCoalescing() : nil
+    }
+
+    /// A cleared buffer to encode a message into before it is queued: on the event loop its spare one (so that
+    /// encoding allocates nothing once a message has been encoded there), elsewhere an empty one. Give it back with
+    /// ``recycleEncodingBuffer(_:)`` once the message is queued.
+    @inline(__always)
+    package func takeEncodingBuffer() -> ByteBuffer {
+        guard self.eventLoop.inEventLoop, let buffer = self.bufferPool.takeEncoding() else { return ByteBuffer() }
+        return buffer
+    }
+
+    /// Keeps `buffer`, taken with ``takeEncodingBuffer()`` and now queued (its bytes copied, or shared by value), for
+    /// the next message encoded on this event loop; elsewhere, or when it grew large, lets it go.
+    @inline(__always)
+    package func recycleEncodingBuffer(_ buffer: ByteBuffer) {
+        guard self.eventLoop.inEventLoop else { return }
+        self.bufferPool.recycleEncoding(buffer)
     }
 
     /// Queues request `id` and registers `continuation` for its reply, with its timeout and the task's

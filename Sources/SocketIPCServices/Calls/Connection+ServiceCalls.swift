@@ -28,6 +28,7 @@ extension Connection {
         return try await self.withOutgoingCall(Method.name, options: options) { call in
             try await call.sendWithoutWaiting(payload, descriptors: descriptors)
             call.finish()
+            self.recycleEncodingBuffer(payload)
             return try await Self.readSingleResponse(of: call, as: Method.Response.self, codec: options.codec)
         }
     }
@@ -54,6 +55,7 @@ extension Connection {
         return try await self.withOutgoingCall(Method.name, options: options) { call in
             try await call.sendWithoutWaiting(payload, descriptors: descriptors)
             call.finish()
+            self.recycleEncodingBuffer(payload)
             return try await body(ServiceStream(call: call, codec: options.codec))
         }
     }

@@ -29,6 +29,11 @@ public struct JSONCodec: MessageCodec {
         try self.encoder.encodeAsBuffer(value)
     }
 
+    /// Encodes `value` as JSON at the end of `buffer`.
+    public func encode<Value: Encodable>(_ value: Value, into buffer: inout ByteBuffer) throws {
+        try self.encoder.encode(value, appendingTo: &buffer)
+    }
+
     /// Decodes a `Value` from JSON.
     public func decode<Value: Decodable>(_ type: Value.Type, from buffer: ByteBuffer) throws -> Value {
         try self.decoder.decode(Value.self, fromBuffer: buffer)

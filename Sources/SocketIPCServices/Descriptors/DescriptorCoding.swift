@@ -25,16 +25,21 @@ enum DescriptorCoding {
     @TaskLocal static var outgoing: Outgoing?
     @TaskLocal static var incoming: ReceivedDescriptors?
 
-    /// Encodes `value` with `codec`; on a connection that passes descriptors, also returns duplicates of the
-    /// descriptors its ``PassedDescriptor``s hold, for the frame to carry.
+    /// Encodes `value` with `codec`, into the connection's encoding buffer (hand `payload` back with
+    /// `connection.recycleEncodingBuffer(_:)` once it is queued); on a connection that passes descriptors, also
+    /// returns duplicates of the descriptors its ``PassedDescriptor``s hold, for the frame to carry.
     static func encode<Value: Encodable>(
         _ value: Value,
         codec: any MessageCodec,
         on connection: Connection
     ) throws -> (payload: ByteBuffer, descriptors: DuplicatedDescriptors?) {
-        guard connection.passesDescriptors else { return (try codec.encode(value), nil) }
+        var payload = connection.takeEncodingBuffer()
+        guard connection.passesDescriptors else {
+            try codec.encode(value, into: &payload)
+            return (payload, nil)
+        }
         let outgoing = Outgoing()
-        let payload = try Self.$outgoing.withValue(outgoing) { try codec.encode(value) }
+        try Self.$outgoing.withValue(outgoing) { try codec.encode(value, into: &payload) }
         let collected = outgoing.collected
         guard !collected.isEmpty else { return (payload, nil) }
         return (payload, DuplicatedDescriptors(try connection.duplicateForPassing(collected)))

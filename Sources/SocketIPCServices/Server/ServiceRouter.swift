@@ -81,6 +81,7 @@ public struct ServiceRouter: Sendable {
             let response = try await handler(request, context)
             let (payload, descriptors) = try Self.encode(response, codec: codec, on: call, method: Method.name)
             try await call.send(payload, descriptors: descriptors)
+            call.connection.recycleEncodingBuffer(payload)
         }, streamsResponses: false)
     }
 
@@ -106,6 +107,7 @@ public struct ServiceRouter: Sendable {
             let response = try await handler(ServiceStream(call: call, codec: codec), context)
             let (payload, descriptors) = try Self.encode(response, codec: codec, on: call, method: Method.name)
             try await call.send(payload, descriptors: descriptors)
+            call.connection.recycleEncodingBuffer(payload)
         }, streamsResponses: false)
     }
 

@@ -86,6 +86,7 @@ public struct ServiceStreamWriter<Element: Encodable & Sendable>: Sendable {
     nonisolated(nonsending) public func write(_ element: Element) async throws {
         let (payload, descriptors) = try DescriptorCoding.encode(element, codec: self.codec, on: self.call.connection)
         try await self.call.send(payload, descriptors: descriptors)
+        self.call.connection.recycleEncodingBuffer(payload)
     }
 
     /// Sends every element of `elements`, in order.
