@@ -95,11 +95,8 @@ extension Connection {
     /// - Throws: The connection's error once it is closed; `invalidState` for descriptors on a connection that does
     ///   not pass them.
     package func queueCallFrame(id: UInt32, _ frame: CallFrame, descriptors group: [Int32]) throws -> Bool {
-        if group.isEmpty, self.descriptorPassing != nil, case .message(let message) = frame,
-            message.readableBytes <= self.options.effectiveMaximumMessageSize,
-            let memory = self.sharedMemory(for: message)
-        {
-            return try self.queueShared(.callMessage, id: id, length: message.readableBytes, memory: memory)
+        if group.isEmpty, case .message(let message) = frame {
+            return try self.queueCallMessage(id: id, message)
         }
         var relay: DescriptorRelay?
         if !group.isEmpty {
@@ -123,13 +120,8 @@ extension Connection {
             payload = ByteBuffer()
         }
         let action: StateMachine.EnqueueAction
-        var flushEarly = false
-        if kind != .callMessage {
-            // A control frame (open, end, cancel, credit) goes straight into the coalescing buffer.
-            action = self.state.withLock {
-                $0.enqueueCallControlFrame(id: id, frame, spareBuffer: { self.spareBuffer() })
-            }
-        } else if let relay {
+        if let relay {
+            // A message with descriptors (one without went to `queueCallMessage`).
             var registered = false
             action = self.state.withLock {
                 $0.enqueue(
@@ -142,11 +134,9 @@ extension Connection {
             }
             if !registered { DescriptorRelay.closeAll(group) }
         } else {
-            (action, flushEarly) = self.state.withLock {
-                (
-                    $0.enqueue(kind, id: id, payload: payload, spareBuffer: { self.spareBuffer() }),
-                    $0.shouldFlushEarly(threshold: Self.earlyFlushThreshold)
-                )
+            // A control frame (open, end, cancel, credit) goes straight into the coalescing buffer.
+            action = self.state.withLock {
+                $0.enqueueCallControlFrame(id: id, frame, spareBuffer: { self.spareBuffer() })
             }
         }
         switch action {
@@ -154,9 +144,23 @@ extension Connection {
             throw error
         case .queued(let scheduleFlush, let mustWait):
             if scheduleFlush { self.scheduleFlush() }
-            // A stream's producer on the event loop, as a one-way sender (``queueMessage(_:)``).
-            if flushEarly && !mustWait { self.flushEarlyIfOnEventLoop() }
             return mustWait
+        }
+    }
+
+    /// Queues a message of call `id` without descriptors (a call's most frequent frame, on the path of every stream
+    /// element); returns whether the sender should wait (``waitUntilWritable()``) before the next.
+    /// - Throws: `messageTooLarge`; the connection's error once it is closed.
+    package func queueCallMessage(id: UInt32, _ message: ByteBuffer) throws -> Bool {
+        try self.checkCallMessageSize(message)
+        return try self.queueCheckedData(.callMessage, id: id, message)
+    }
+
+    /// Queues a message of call `id` without descriptors and waits while the peer is not reading (the write queue
+    /// above its high watermark).
+    nonisolated(nonsending) package func sendCallMessage(id: UInt32, _ message: ByteBuffer) async throws {
+        if try self.queueCallMessage(id: id, message) {
+            try await self.waitUntilWritable()
         }
     }
 

@@ -161,12 +161,20 @@ public final class Connection: Sendable {
     @usableFromInline
     func queueMessage(_ message: ByteBuffer) throws -> Bool {
         try self.checkSize(message, what: "message")
+        return try self.queueCheckedData(.message, id: 0, message)
+    }
+
+    /// Queues a frame of `kind` (a one-way message, or a call's message) whose payload's size was checked, without
+    /// descriptors: in shared memory where the connection puts large payloads there, else in the queue; returns
+    /// whether the sender must wait for the queue to drain.
+    @inline(__always)
+    func queueCheckedData(_ kind: FrameKind, id: UInt32, _ message: ByteBuffer) throws -> Bool {
         if self.descriptorPassing != nil, let memory = self.sharedMemory(for: message) {
-            return try self.queueShared(.message, id: 0, length: message.readableBytes, memory: memory)
+            return try self.queueShared(kind, id: id, length: message.readableBytes, memory: memory)
         }
         let (action, flushEarly) = self.state.withLock {
             (
-                $0.enqueue(.message, id: 0, payload: message, spareBuffer: { self.spareBuffer() }),
+                $0.enqueue(kind, id: id, payload: message, spareBuffer: { self.spareBuffer() }),
                 $0.shouldFlushEarly(threshold: Self.earlyFlushThreshold)
             )
         }

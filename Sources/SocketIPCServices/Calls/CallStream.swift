@@ -283,7 +283,7 @@ final class CallStream: Sendable {
         if let descriptors {
             try await self.connection.sendCallFrame(id: self.id, .message(payload), descriptors: descriptors.take())
         } else {
-            try await self.connection.sendCallFrame(id: self.id, .message(payload))
+            try await self.connection.sendCallMessage(id: self.id, payload)
         }
     }
 

@@ -43,14 +43,20 @@ struct MessageCodecTests {
         #expect(String(buffer: started) == #"prefix:"x""#)
     }
 
-    @Test("JSONCodec.encode(into:) appends exactly what encode(_:) returns")
+    @Test("JSONCodec.encode(into:) appends after what the buffer holds the JSON that encode(_:) makes")
     func jsonEncodeInto() throws {
         let codec = JSONCodec()
-        let value = ["key": "value", "other": "ü"]
         var buffer = ByteBuffer(string: "[")
-        try codec.encode(value, into: &buffer)
-        #expect(buffer.readString(length: 1) == "[")
-        #expect(buffer == (try codec.encode(value)))
+        try codec.encode("value ü", into: &buffer)
+        #expect(String(buffer: buffer) == "[" + String(buffer: try codec.encode("value ü")))
+
+        // An object's keys come in no fixed order from FoundationEssentials' encoder: compare the values.
+        let value = SetValue.Request(key: "key", value: "ü")
+        var object = ByteBuffer(string: "[")
+        try codec.encode(value, into: &object)
+        #expect(object.readString(length: 1) == "[")
+        let decoded = try codec.decode(SetValue.Request.self, from: object)
+        #expect(decoded.key == value.key && decoded.value == value.value)
     }
 
     @Test(
