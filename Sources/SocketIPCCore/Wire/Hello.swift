@@ -29,6 +29,9 @@ package enum Hello: Sendable {
 
 /// The hello's flags byte: the optional parts of the protocol the sender speaks. A version 1 peer sends 0 and
 /// ignores what it receives, so a flag only ever adds frames both sides understand. See PROTOCOL.md, "Extensions".
+///
+/// The flags are computed, not stored: the read loop checks one for every frame, and a stored static would cost a
+/// lazy-initialisation check each time.
 @usableFromInline
 package struct HelloFlags: OptionSet, Sendable, Hashable {
     @usableFromInline
@@ -38,15 +41,15 @@ package struct HelloFlags: OptionSet, Sendable, Hashable {
     package init(rawValue: UInt8) { self.rawValue = rawValue }
 
     /// Bit 0 (`0x01`): the sender speaks frames `0x06` to `0x0C` (calls with streams, credit, cancel, ping and pong).
-    @usableFromInline
-    package static let calls = HelloFlags(rawValue: 0x01)
+    @inlinable
+    package static var calls: HelloFlags { HelloFlags(rawValue: 0x01) }
 
     /// Bit 1 (`0x02`): the sender passes and accepts file descriptors (`SCM_RIGHTS`) announced by frame `0x0D`.
-    @usableFromInline
-    package static let descriptors = HelloFlags(rawValue: 0x02)
+    @inlinable
+    package static var descriptors: HelloFlags { HelloFlags(rawValue: 0x02) }
 
     /// Bit 2 (`0x04`): the sender sends and accepts large payloads in sealed shared memory (frame `0x0E`, its
     /// `memfd` passed by a descriptors frame); only with ``descriptors``.
-    @usableFromInline
-    package static let sharedPayloads = HelloFlags(rawValue: 0x04)
+    @inlinable
+    package static var sharedPayloads: HelloFlags { HelloFlags(rawValue: 0x04) }
 }
