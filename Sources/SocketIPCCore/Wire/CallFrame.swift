@@ -170,28 +170,28 @@ extension ByteBuffer {
     package mutating func writeCallFrame(id: UInt32, _ frame: CallFrame) {
         switch frame {
         case .open(let open):
-            let name = open.method.utf8.prefix(255)
-            self.writeFrameHeader(.callOpen, id: id, payloadLength: CallOpen.fixedLength + name.count)
+            let nameLength = min(open.method.utf8.count, 255)
+            self.writeFrameHeader(.callOpen, id: id, payloadLength: CallOpen.fixedLength + nameLength)
             self.writeInteger(open.flags)
             self.writeInteger(open.timeoutNanoseconds)
-            self.writeInteger(UInt8(name.count))
-            self.writeBytes(name)
+            self.writeInteger(UInt8(nameLength))
+            self.writeUTF8(open.method, length: nameLength)
         case .message(var payload):
             self.writeFrameHeader(.callMessage, id: id, payloadLength: payload.readableBytes)
             self.writeBuffer(&payload)
         case .end(var status):
-            let code = status.errorCode.utf8.prefix(255)
-            let text = status.message.utf8.prefix(65535)
+            let codeLength = min(status.errorCode.utf8.count, 255)
+            let textLength = min(status.message.utf8.count, 65535)
             self.writeFrameHeader(
                 .callEnd,
                 id: id,
-                payloadLength: 1 + 1 + code.count + 2 + text.count + status.details.readableBytes
+                payloadLength: 1 + 1 + codeLength + 2 + textLength + status.details.readableBytes
             )
             self.writeInteger(status.code.rawValue)
-            self.writeInteger(UInt8(code.count))
-            self.writeBytes(code)
-            self.writeInteger(UInt16(text.count))
-            self.writeBytes(text)
+            self.writeInteger(UInt8(codeLength))
+            self.writeUTF8(status.errorCode, length: codeLength)
+            self.writeInteger(UInt16(textLength))
+            self.writeUTF8(status.message, length: textLength)
             self.writeBuffer(&status.details)
         case .cancel(let reason):
             self.writeFrameHeader(.callCancel, id: id, payloadLength: 1)
@@ -199,6 +199,16 @@ extension ByteBuffer {
         case .credit(let increment):
             self.writeFrameHeader(.callCredit, id: id, payloadLength: 4)
             self.writeInteger(increment)
+        }
+    }
+
+    /// Writes the first `length` bytes of `string`'s UTF-8 (all of them, the usual case, through `writeString`'s
+    /// contiguous copy; a prefix only for a string beyond its field's limit).
+    mutating func writeUTF8(_ string: String, length: Int) {
+        if length == string.utf8.count {
+            self.writeString(string)
+        } else {
+            self.writeBytes(string.utf8.prefix(length))
         }
     }
 }
