@@ -421,9 +421,9 @@ public final class Connection: Sendable {
         self.eventLoop.inEventLoop ? self.bufferPool.takeCoalescing() : nil
     }
 
-    /// A cleared buffer to encode a message into before it is queued: on the event loop its spare one (so that
-    /// encoding allocates nothing once a message has been encoded there), elsewhere an empty one. Give it back with
-    /// ``recycleEncodingBuffer(_:)`` once the message is queued.
+    /// A cleared buffer to encode a message into before it is queued: on the event loop its spare one (so that a
+    /// codec writing into it allocates no buffer once a message has been encoded there), elsewhere an empty one.
+    /// Give it back with ``recycleEncodingBuffer(_:)`` once the message is queued.
     @inline(__always)
     package func takeEncodingBuffer() -> ByteBuffer {
         guard self.eventLoop.inEventLoop, let buffer = self.bufferPool.takeEncoding() else { return ByteBuffer() }

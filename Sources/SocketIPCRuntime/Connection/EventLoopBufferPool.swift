@@ -7,7 +7,8 @@ import NIOCore
 ///   ``OutboundQueue`` needs one. Reusing it costs nothing once the channel has written it; while the channel still
 ///   holds it, `clear()` copies on write, so reuse is always safe.
 /// - an encoding buffer: what a typed message was last encoded into before its bytes were copied into the
-///   coalescing buffer, so that encoding the next one allocates nothing (``Connection/takeEncodingBuffer()``).
+///   coalescing buffer, so that a codec that writes into it (``Connection/takeEncodingBuffer()``) does not allocate a
+///   buffer for the next.
 final class EventLoopBufferPool: @unchecked Sendable {
     private var spareCoalescing: ByteBuffer?
     private var spareEncoding: ByteBuffer?
@@ -26,10 +27,11 @@ final class EventLoopBufferPool: @unchecked Sendable {
     }
 
     /// Keeps `buffer` for the next flush, unless it grew larger than 64 KiB or is smaller than 4 KiB (a going-away
-    /// frame written from its own small buffer: the spare kept is better).
+    /// frame written from its own small buffer: the spare kept is better). Sizes are of the memory behind the buffer
+    /// (`storageCapacity`), which a slice's `capacity` understates.
     @inline(__always)
     func recycleCoalescing(_ buffer: ByteBuffer) {
-        if (4 * 1024...64 * 1024).contains(buffer.capacity) { self.spareCoalescing = buffer }
+        if (4 * 1024...64 * 1024).contains(buffer.storageCapacity) { self.spareCoalescing = buffer }
     }
 
     /// The largest encoding buffer kept, in bytes (16 KiB): below ``OutboundQueue/largePayloadThreshold``, so that
@@ -44,9 +46,11 @@ final class EventLoopBufferPool: @unchecked Sendable {
         return buffer
     }
 
-    /// Keeps `buffer` for the next encoding, unless it is larger than ``maximumEncodingCapacity``.
+    /// Keeps `buffer` for the next encoding, unless the memory behind it is larger than ``maximumEncodingCapacity``
+    /// (`storageCapacity`: a codec may return a small slice of a large buffer, which `clear()` would widen back to
+    /// all of it).
     @inline(__always)
     func recycleEncoding(_ buffer: ByteBuffer) {
-        if buffer.capacity <= Self.maximumEncodingCapacity { self.spareEncoding = buffer }
+        if buffer.storageCapacity <= Self.maximumEncodingCapacity { self.spareEncoding = buffer }
     }
 }

@@ -4,7 +4,8 @@ import NIOCore
 /// default; a service may use another (a binary format, a schema'd one), the same on both sides.
 ///
 /// A codec that can write straight into a buffer implements ``encode(_:into:)`` too: SocketIPC then encodes each
-/// message into a buffer it reuses, and a stream of small messages allocates nothing to encode them.
+/// message into a buffer it reuses on the event loop, instead of a new buffer per message (``JSONCodec`` saves the
+/// buffer, not Foundation's own `Data`). A codec without it works as before: its buffer replaces the reused one.
 public protocol MessageCodec: Sendable {
     /// Encodes `value` into a buffer.
     /// - Throws: Whatever the encoding throws (an `EncodingError`); the call fails with it.

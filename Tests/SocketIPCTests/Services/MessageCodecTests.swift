@@ -111,4 +111,19 @@ struct MessageCodecTests {
             #expect(pool.takeEncoding() == nil)
         }.wait()
     }
+
+    @Test("a small slice of a large buffer (what a codec may return) is not kept: clear() would widen it to all of it")
+    func poolRefusesSlicesOfLargeBuffers() throws {
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        try loop.submit {
+            let pool = EventLoopBufferPool.shared(for: loop)
+            _ = pool.takeEncoding()
+            var large = ByteBuffer()
+            large.writeRepeatingByte(1, count: 4 << 20)
+            let slice = try #require(large.getSlice(at: 0, length: 4))
+            #expect(slice.capacity <= EventLoopBufferPool.maximumEncodingCapacity)
+            pool.recycleEncoding(slice)
+            #expect(pool.takeEncoding() == nil)
+        }.wait()
+    }
 }
