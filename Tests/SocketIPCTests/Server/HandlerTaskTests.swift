@@ -10,6 +10,8 @@ private enum HandlerEvent: Equatable, Sendable {
     case started
     case cancelled
     case finished(cancelled: Bool)
+    /// The server refused a connection for want of room (`resourceExhausted`).
+    case refused
 }
 
 /// Handler work runs in child tasks that the connection's close and the server's shutdown reach as cancellation.
@@ -226,6 +228,48 @@ struct HandlerTaskTests {
                 socket.close()
                 #expect(await iterator.next() == .finished(cancelled: false))
             }
+        }
+    }
+
+    @Test("an EOF-style handler whose client closed keeps the connection's place: with room for one, the next client is refused")
+    func eofHandlerKeepsItsPlaceAfterItsClientCloses() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/place.sock"
+            // One stream for the handlers' starts and the server's refusals, so that what comes after another client
+            // connects says which happened: refused (the place is still taken), or served (a handler starts).
+            let (events, event) = AsyncStream.makeStream(of: HandlerEvent.self)
+            var iterator = events.makeAsyncIterator()
+            var configuration = ServerConfiguration(path: path)
+            configuration.shutdownGracePeriod = .milliseconds(100)
+            configuration.maximumConnections = 1
+            configuration.handshakeTimeout = .seconds(120)
+            configuration.onConnectionRefused = { _, error in
+                if error.code == .resourceExhausted { event.yield(.refused) }
+            }
+            try await withRunningServer({
+                Self.sleepingEOFServer(configuration, event, onServerRunning: $0)
+            }) { server in
+                let first = try await RawSocket.connect(to: path)
+                try await first.write(Array("hi".utf8))
+                first.shutdownWrite()
+                #expect(await iterator.next() == .started)
+                first.close()
+                // The first client is gone; its handler still runs (until the shutdown's grace period ends it). Other
+                // clients, each with its message whole, one after another: every one is refused, however soon the
+                // server sees the first client's close (nothing here can tell when it does; within a few attempts it
+                // has, and a server that freed the place then would start a second handler).
+                for attempt in 1...50 {
+                    let other = try await RawSocket.connect(to: path)
+                    try? await other.write(Array("me too".utf8))
+                    other.shutdownWrite()
+                    let outcome = await iterator.next()
+                    other.close()
+                    #expect(outcome == .refused, "attempt \(attempt)")
+                    if outcome != .refused { break }
+                }
+                server.shutdownGracefully()
+            }
+            event.finish()
         }
     }
 
