@@ -54,7 +54,7 @@ struct ExecCommand: Sendable {
         keepsOutput: Bool = true,
         mayStart: @Sendable () -> Bool = { true }
     ) async throws -> ByteBuffer {
-        try await self.turns.acquire()
+        try await self.turns.acquire(user: peer?.userID)
         defer { self.turns.release() }
         guard !Task.isCancelled, mayStart() else { throw CancellationError() }
         let limits = ExecProcess.Limits(

@@ -2,9 +2,11 @@ import Foundation
 import Synchronization
 
 /// The turns of `serve --exec` to run its command: at most ``limit`` runs at once across the whole server (requests,
-/// one-way messages and EOF-style messages alike); the others wait for a turn, first come first served.
+/// one-way messages and EOF-style messages alike); the others wait for a turn, shared fairly between users
+/// (``FairTurnQueue``: round-robin between the users who wait, first come first served within each), so that one user
+/// with many runs queued does not keep another user's run waiting behind all of them.
 ///
-/// An async semaphore: ``acquire()`` returns once a turn is free, ``release()`` hands it to the longest waiter. How
+/// An async semaphore: ``acquire(user:)`` returns once a turn is free, ``release()`` hands it to the next waiter. How
 /// many wait is bounded elsewhere: a framed connection stops reading at its maximum of unanswered requests and
 /// closes at ``ExecHandler/maximumPendingMessages`` one-way messages, and an EOF-style connection carries one message.
 final class ExecTurns: Sendable {
@@ -13,20 +15,9 @@ final class ExecTurns: Sendable {
         var free: Int
         /// Who waits, by ticket.
         var waiting: [UInt64: CheckedContinuation<Void, any Error>] = [:]
-        /// The tickets in the order they came, from `head` on; those no longer in `waiting` were cancelled.
-        var order: [UInt64] = []
-        var head = 0
+        /// The tickets waiting, by user, in the order their turns come.
+        var queue = FairTurnQueue<UInt64>()
         var nextTicket: UInt64 = 0
-
-        /// Drops what `order` holds before `head` and the cancelled tickets, once they are most of it.
-        mutating func compact() {
-            let queued = self.order.count - self.head
-            guard self.order.count >= 1024, self.head * 2 >= self.order.count || self.waiting.count * 2 < queued else {
-                return
-            }
-            self.order = self.order[self.head...].filter { self.waiting[$0] != nil }
-            self.head = 0
-        }
     }
 
     /// The most runs at once.
@@ -45,8 +36,11 @@ final class ExecTurns: Sendable {
     }
 
     /// Waits for a turn; call ``release()`` once the run is over.
+    /// - Parameter user: The uid of the peer the run is for; `nil` for a peer without credentials (they share one
+    ///   place in the round).
     /// - Throws: `CancellationError` when the calling task is cancelled before it gets its turn (it then holds none).
-    func acquire() async throws {
+    func acquire(user: UInt32?) async throws {
+        let user = user ?? .max
         let ticket = self.state.withLock { state in
             state.nextTicket += 1
             return state.nextTicket
@@ -60,7 +54,7 @@ final class ExecTurns: Sendable {
                         return true
                     }
                     state.waiting[ticket] = continuation
-                    state.order.append(ticket)
+                    state.queue.append(ticket, user: user)
                     return nil
                 }
                 switch granted {
@@ -72,26 +66,22 @@ final class ExecTurns: Sendable {
         } onCancel: {
             let continuation = self.state.withLock { state in
                 let continuation = state.waiting.removeValue(forKey: ticket)
-                state.compact()
+                if continuation != nil { state.queue.cancel(ticket) }
                 return continuation
             }
             continuation?.resume(throwing: CancellationError())
         }
     }
 
-    /// Gives the turn back: to the longest waiter, if any.
+    /// Gives the turn back: to the waiter whose turn it is (``FairTurnQueue``), if any.
     func release() {
         let next = self.state.withLock { state -> CheckedContinuation<Void, any Error>? in
-            while state.head < state.order.count {
-                let ticket = state.order[state.head]
-                state.head += 1
-                if let continuation = state.waiting.removeValue(forKey: ticket) {
-                    state.compact()
-                    return continuation
+            if let ticket = state.queue.popNext() {
+                guard let continuation = state.waiting.removeValue(forKey: ticket) else {
+                    preconditionFailure("a ticket handed out has no waiter")
                 }
+                return continuation
             }
-            state.order.removeAll(keepingCapacity: true)
-            state.head = 0
             state.free += 1
             return nil
         }
