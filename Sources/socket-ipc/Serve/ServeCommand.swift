@@ -28,8 +28,9 @@ struct ServeCommand: AsyncParsableCommand {
             UNIXLOCALGID for the server; SOCKETIPC_KIND is request, message or eof. The demo service is not served.
 
             At most --exec-concurrency commands run at once across the server (default: twice the CPU count, at \
-            least 4); requests, one-way and EOF-style messages beyond it wait their turn, first come first served, \
-            and --exec-timeout counts from the start of the run. A request that waits is dropped when its connection \
+            least 4); requests, one-way and EOF-style messages beyond it wait their turn, shared fairly between users \
+            (turns go round the users who wait; each user's in the order they came), and --exec-timeout counts from \
+            the start of the run. A request that waits is dropped when its connection \
             closes; a framed connection reads nothing more while it has --max-concurrent-requests requests \
             unanswered. A connection's one-way messages run one after another, also after it closes; a connection \
             with 16 of them queued or running that sends one more is closed (`closing connection N: ...` on \
