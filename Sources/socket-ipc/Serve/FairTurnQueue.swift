@@ -2,8 +2,8 @@ import NIOCore
 
 /// Who waits for a turn of `serve --exec`, by user: turns go round the users who wait, one each in turn, and to each
 /// user's runs in the order they came. So one user's many runs cannot keep another user's single run waiting behind
-/// all of them; within one user it is first come, first served. This is round-robin between users, as a fair
-/// scheduler shares a resource between them (Linux's CFS shares CPU time between groups of tasks so).
+/// all of them; within one user it is first come, first served. This is fair queueing by round-robin between
+/// sources, as Nagle proposed for packet switches (RFC 970), with the peer's uid as the source.
 ///
 /// A value without I/O; ``ExecTurns`` keeps it under its lock. Every operation is O(1) amortized: a cancelled ticket
 /// is dropped when its turn comes up, or by a compaction once cancelled tickets are half of those queued, so that
