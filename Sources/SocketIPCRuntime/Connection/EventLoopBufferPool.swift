@@ -10,47 +10,56 @@ import NIOCore
 ///   coalescing buffer, so that a codec that writes into it (``Connection/takeEncodingBuffer()``) does not allocate a
 ///   buffer for the next.
 final class EventLoopBufferPool: @unchecked Sendable {
-    private var spareCoalescing: ByteBuffer?
-    private var spareEncoding: ByteBuffer?
+    /// One spare buffer, kept only if the memory behind it (`storageCapacity`, which a slice's `capacity` understates)
+    /// is within `sizes`.
+    private struct Spare {
+        let sizes: ClosedRange<Int>
+        var buffer: ByteBuffer?
+
+        /// The buffer, cleared, if one is spare.
+        @inline(__always)
+        mutating func take() -> ByteBuffer? {
+            guard var buffer = self.buffer.take() else { return nil }
+            buffer.clear()
+            return buffer
+        }
+
+        /// Keeps `buffer` if its size is within ``sizes``.
+        @inline(__always)
+        mutating func recycle(_ buffer: ByteBuffer) {
+            if self.sizes.contains(buffer.storageCapacity) { self.buffer = buffer }
+        }
+    }
+
+    /// Kept if from 4 KiB (smaller is a going-away frame written from its own small buffer: the spare kept is better)
+    /// to 64 KiB.
+    private var coalescing = Spare(sizes: 4 * 1024...64 * 1024)
+    /// Kept up to ``maximumEncodingCapacity``.
+    private var encoding = Spare(sizes: 0...EventLoopBufferPool.maximumEncodingCapacity)
 
     private static let pools = PerEventLoop { _ in EventLoopBufferPool() }
 
     /// The pool of `eventLoop`.
     static func shared(for eventLoop: any EventLoop) -> EventLoopBufferPool { self.pools(eventLoop) }
 
-    /// A cleared coalescing buffer, if one is spare.
-    @inline(__always)
-    func takeCoalescing() -> ByteBuffer? {
-        guard var buffer = self.spareCoalescing.take() else { return nil }
-        buffer.clear()
-        return buffer
-    }
-
-    /// Keeps `buffer` for the next flush, unless it grew larger than 64 KiB or is smaller than 4 KiB (a going-away
-    /// frame written from its own small buffer: the spare kept is better). Sizes are of the memory behind the buffer
-    /// (`storageCapacity`), which a slice's `capacity` understates.
-    @inline(__always)
-    func recycleCoalescing(_ buffer: ByteBuffer) {
-        if (4 * 1024...64 * 1024).contains(buffer.storageCapacity) { self.spareCoalescing = buffer }
-    }
-
     /// The largest encoding buffer kept, in bytes (16 KiB): below ``OutboundQueue/largePayloadThreshold``, so that
     /// what was encoded into it was copied into the queue, and small enough not to matter while it waits.
     static let maximumEncodingCapacity = 16 * 1024
 
+    /// A cleared coalescing buffer, if one is spare.
+    @inline(__always)
+    func takeCoalescing() -> ByteBuffer? { self.coalescing.take() }
+
+    /// Keeps `buffer` for the next flush, if from 4 KiB to 64 KiB.
+    @inline(__always)
+    func recycleCoalescing(_ buffer: ByteBuffer) { self.coalescing.recycle(buffer) }
+
     /// A cleared encoding buffer, if one is spare.
     @inline(__always)
-    func takeEncoding() -> ByteBuffer? {
-        guard var buffer = self.spareEncoding.take() else { return nil }
-        buffer.clear()
-        return buffer
-    }
+    func takeEncoding() -> ByteBuffer? { self.encoding.take() }
 
     /// Keeps `buffer` for the next encoding, unless the memory behind it is larger than ``maximumEncodingCapacity``
-    /// (`storageCapacity`: a codec may return a small slice of a large buffer, which `clear()` would widen back to
-    /// all of it).
+    /// (a codec may return a small slice of a large buffer, which `clear()` would widen back to all of it).
     @inline(__always)
-    func recycleEncoding(_ buffer: ByteBuffer) {
-        if buffer.storageCapacity <= Self.maximumEncodingCapacity { self.spareEncoding = buffer }
-    }
+    func recycleEncoding(_ buffer: ByteBuffer) { self.encoding.recycle(buffer) }
 }
