@@ -95,55 +95,50 @@ extension Connection {
     /// - Throws: The connection's error once it is closed; `invalidState` for descriptors on a connection that does
     ///   not pass them.
     package func queueCallFrame(id: UInt32, _ frame: CallFrame, descriptors group: [Int32]) throws -> Bool {
-        if group.isEmpty, case .message(let message) = frame {
-            return try self.queueCallMessage(id: id, message)
-        }
-        var relay: DescriptorRelay?
-        if !group.isEmpty {
-            guard let passing = self.descriptorPassing, self.passesDescriptors, case .message = frame else {
-                DescriptorRelay.closeAll(group)
-                throw SocketIPCError(.invalidState, "descriptors cannot travel with this call frame on this connection")
-            }
-            relay = passing.relay
-        }
-        let kind = frame.kind
-        let payload: ByteBuffer
-        if case .message(let message) = frame {
-            do {
-                try self.checkCallMessageSize(message)
-            } catch {
-                DescriptorRelay.closeAll(group)
-                throw error
-            }
-            payload = message
-        } else {
-            payload = ByteBuffer()
-        }
-        let action: StateMachine.EnqueueAction
-        if let relay {
-            // A message with descriptors (one without went to `queueCallMessage`).
-            var registered = false
-            action = self.state.withLock {
-                $0.enqueue(
-                    kind, id: id, payload: payload, spareBuffer: { self.spareBuffer() }, passing: group.count,
-                    registerDescriptors: {
-                        relay.registerOutgoing(group)
-                        registered = true
-                    }
-                )
-            }
-            if !registered { DescriptorRelay.closeAll(group) }
-        } else {
+        guard case .message(let message) = frame else {
+            guard group.isEmpty else { throw Self.descriptorsRefused(group) }
             // A control frame (open, end, cancel, credit) goes straight into the coalescing buffer.
-            action = self.state.withLock {
+            return try Self.queued(self.state.withLock {
                 $0.enqueueCallControlFrame(id: id, frame, spareBuffer: { self.spareBuffer() })
-            }
+            }, on: self)
         }
+        if group.isEmpty { return try self.queueCallMessage(id: id, message) }
+        guard let passing = self.descriptorPassing, self.passesDescriptors else { throw Self.descriptorsRefused(group) }
+        do {
+            try self.checkCallMessageSize(message)
+        } catch {
+            DescriptorRelay.closeAll(group)
+            throw error
+        }
+        let relay = passing.relay
+        var registered = false
+        let action = self.state.withLock {
+            $0.enqueue(
+                .callMessage, id: id, payload: message, spareBuffer: { self.spareBuffer() }, passing: group.count,
+                registerDescriptors: {
+                    relay.registerOutgoing(group)
+                    registered = true
+                }
+            )
+        }
+        if !registered { DescriptorRelay.closeAll(group) }
+        return try Self.queued(action, on: self)
+    }
+
+    /// Closes `group` and returns the error for descriptors that cannot travel with a call frame here.
+    private static func descriptorsRefused(_ group: [Int32]) -> SocketIPCError {
+        DescriptorRelay.closeAll(group)
+        return SocketIPCError(.invalidState, "descriptors cannot travel with this call frame on this connection")
+    }
+
+    /// Schedules the flush `action` asks for; returns whether the sender should wait before the next frame.
+    /// - Throws: The connection's error once it is closed.
+    private static func queued(_ action: StateMachine.EnqueueAction, on connection: Connection) throws -> Bool {
         switch action {
         case .fail(let error):
             throw error
         case .queued(let scheduleFlush, let mustWait):
-            if scheduleFlush { self.scheduleFlush() }
+            if scheduleFlush { connection.scheduleFlush() }
             return mustWait
         }
     }
