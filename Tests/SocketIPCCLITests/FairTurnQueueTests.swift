@@ -2,14 +2,15 @@ import Testing
 
 @testable import socket_ipc
 
-/// `serve --exec` shares its turns between users: round-robin between the users who wait, first come first served
-/// within each (FairTurnQueue), so that one user's many queued runs do not keep another's waiting behind them.
+/// `serve --exec` shares its turns between users (FairTurnQueue): a freed turn goes to the waiting user holding the
+/// fewest turns, round-robin among equals, first come first served within each user; so one user's many or long runs
+/// do not keep another's waiting behind them.
 @Suite("serve --exec: turns shared fairly between users")
 struct FairTurnQueueTests {
     /// Pops every ticket, in the order their turns come.
     static func drain(_ queue: inout FairTurnQueue<String>) -> [String] {
         var order: [String] = []
-        while let ticket = queue.popNext() { order.append(ticket) }
+        while let (ticket, _) = queue.popNext() { order.append(ticket) }
         return order
     }
 
@@ -32,7 +33,7 @@ struct FairTurnQueueTests {
         queue.append("a3", user: 1)
         queue.append("c1", user: 3)
         queue.append("c2", user: 3)
-        #expect(queue.popNext() == "a1")
+        #expect(queue.popNext()?.ticket == "a1")
         // A user who comes now joins the end of the round.
         queue.append("d1", user: 4)
         #expect(Self.drain(&queue) == ["b1", "c1", "a2", "d1", "c2", "a3"])
@@ -50,6 +51,32 @@ struct FairTurnQueueTests {
         #expect(Self.drain(&queue) == ["a2"])
         queue.append("b2", user: 2)
         #expect(Self.drain(&queue) == ["b2"])
+    }
+
+    @Test("a freed turn goes to the waiting user who holds the fewest, not back to one who holds the others")
+    func fewestHeldFirst() {
+        var queue = FairTurnQueue<String>()
+        queue.append("a3", user: 1)
+        queue.append("b1", user: 2)
+        queue.append("a4", user: 1)
+        // User 1 holds two turns, user 2 one: user 2's run goes first although user 1 is first in the round.
+        let first = queue.popNext(held: [1: 2, 2: 1])
+        #expect(first?.ticket == "b1" && first?.user == 2)
+        // Equal holdings: the round decides.
+        #expect(queue.popNext(held: [1: 2, 2: 2])?.ticket == "a3")
+        #expect(queue.popNext(held: [1: 3])?.ticket == "a4")
+        #expect(queue.popNext() == nil)
+    }
+
+    @Test("a cancelled run at the front of a user's queue does not cost that user its place in the round")
+    func cancelledAtTheFront() {
+        var queue = FairTurnQueue<String>()
+        queue.append("x1", user: 9)
+        queue.append("a1", user: 1)
+        queue.append("b1", user: 2)
+        queue.append("x2", user: 9)
+        queue.cancel("x1")
+        #expect(Self.drain(&queue) == ["x2", "a1", "b1"])
     }
 
     @Test("many cancelled runs are dropped, not kept: the order of those still waiting is unchanged")

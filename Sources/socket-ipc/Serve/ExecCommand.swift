@@ -55,7 +55,7 @@ struct ExecCommand: Sendable {
         mayStart: @Sendable () -> Bool = { true }
     ) async throws -> ByteBuffer {
         try await self.turns.acquire(user: peer?.userID)
-        defer { self.turns.release() }
+        defer { self.turns.release(user: peer?.userID) }
         guard !Task.isCancelled, mayStart() else { throw CancellationError() }
         let limits = ExecProcess.Limits(
             maximumOutput: self.maximumOutput,

@@ -6,7 +6,7 @@ import Synchronization
 /// (``FairTurnQueue``: round-robin between the users who wait, first come first served within each), so that one user
 /// with many runs queued does not keep another user's run waiting behind all of them.
 ///
-/// An async semaphore: ``acquire(user:)`` returns once a turn is free, ``release()`` hands it to the next waiter. How
+/// An async semaphore: ``acquire(user:)`` returns once a turn is free, ``release(user:)`` hands it to the next waiter. How
 /// many wait is bounded elsewhere: a framed connection stops reading at its maximum of unanswered requests and
 /// closes at ``ExecHandler/maximumPendingMessages`` one-way messages, and an EOF-style connection carries one message.
 final class ExecTurns: Sendable {
@@ -17,6 +17,8 @@ final class ExecTurns: Sendable {
         var waiting: [UInt64: CheckedContinuation<Void, any Error>] = [:]
         /// The tickets waiting, by user, in the order their turns come.
         var queue = FairTurnQueue<UInt64>()
+        /// The turns each user holds (users holding none are absent).
+        var held: [UInt32: Int] = [:]
         var nextTicket: UInt64 = 0
     }
 
@@ -35,7 +37,7 @@ final class ExecTurns: Sendable {
         self.state = Mutex(State(free: limit))
     }
 
-    /// Waits for a turn; call ``release()`` once the run is over.
+    /// Waits for a turn; call ``release(user:)`` with the same `user` once the run is over.
     /// - Parameter user: The uid of the peer the run is for; `nil` for a peer without credentials (they share one
     ///   place in the round).
     /// - Throws: `CancellationError` when the calling task is cancelled before it gets its turn (it then holds none).
@@ -51,6 +53,7 @@ final class ExecTurns: Sendable {
                     if Task.isCancelled { return false }
                     if state.free > 0 {
                         state.free -= 1
+                        state.held[user, default: 0] += 1
                         return true
                     }
                     state.waiting[ticket] = continuation
@@ -73,13 +76,18 @@ final class ExecTurns: Sendable {
         }
     }
 
-    /// Gives the turn back: to the waiter whose turn it is (``FairTurnQueue``), if any.
-    func release() {
+    /// Gives the turn `user` held back: to the waiter whose turn it is (``FairTurnQueue``: of the users who wait, the
+    /// one holding the fewest turns), if any.
+    /// - Parameter user: As given to ``acquire(user:)``.
+    func release(user: UInt32?) {
+        let user = user ?? .max
         let next = self.state.withLock { state -> CheckedContinuation<Void, any Error>? in
-            if let ticket = state.queue.popNext() {
+            if let turns = state.held[user], turns > 1 { state.held[user] = turns - 1 } else { state.held[user] = nil }
+            if let (ticket, next) = state.queue.popNext(held: state.held) {
                 guard let continuation = state.waiting.removeValue(forKey: ticket) else {
                     preconditionFailure("a ticket handed out has no waiter")
                 }
+                state.held[next, default: 0] += 1
                 return continuation
             }
             state.free += 1

@@ -1,13 +1,15 @@
 import NIOCore
 
-/// Who waits for a turn of `serve --exec`, by user: turns go round the users who wait, one each in turn, and to each
-/// user's runs in the order they came. So one user's many runs cannot keep another user's single run waiting behind
-/// all of them; within one user it is first come, first served. This is fair queueing by round-robin between
-/// sources, as Nagle proposed for packet switches (RFC 970), with the peer's uid as the source.
+/// Who waits for a turn of `serve --exec`, by user: a freed turn goes to the waiting user who holds the fewest turns
+/// at that moment, and among users holding as many, to the one whose turn comes first in the round; within one user,
+/// runs go in the order they came. So one user's many runs, or long ones, cannot keep another user's runs waiting
+/// behind them: this is fair queueing between sources, round-robin as Nagle proposed for packet switches (RFC 970),
+/// with the peer's uid as the source and the turns each user holds weighed as a max-min fair share is.
 ///
-/// A value without I/O; ``ExecTurns`` keeps it under its lock. Every operation is O(1) amortized: a cancelled ticket
-/// is dropped when its turn comes up, or by a compaction once cancelled tickets are half of those queued, so that
-/// however many waiters a user cancels the queue neither slows down nor keeps them.
+/// A value without I/O; ``ExecTurns`` keeps it under its lock. A cancelled ticket is dropped when it comes to the
+/// front of its user's queue, or by a compaction once cancelled tickets are half of those queued, so that however
+/// many waiters a user cancels the queue neither slows down nor keeps them. Choosing the next user takes time in
+/// proportion to the number of users waiting (uids, which a peer cannot make up).
 struct FairTurnQueue<Ticket: Hashable> {
     /// Each waiting user's tickets, in the order they came (cancelled ones included until dropped).
     private var queues: [UInt32: CircularBuffer<Ticket>] = [:]
@@ -34,21 +36,37 @@ struct FairTurnQueue<Ticket: Hashable> {
         self.queued += 1
     }
 
-    /// The ticket whose turn it is: the first of the next user in the round, who then goes to the end of the round
-    /// if it has more; `nil` when nobody waits.
-    mutating func popNext() -> Ticket? {
-        while let user = self.rotation.popFirst() {
-            guard let ticket = self.queues[user]?.popFirst() else {
+    /// The ticket whose turn it is, and its user: of the users who wait, the one holding the fewest turns now
+    /// (`held`, by user; absent is none), the earliest in the round among equals; that user goes to the end of the
+    /// round if it has more tickets. `nil` when nobody waits.
+    mutating func popNext(held: [UInt32: Int] = [:]) -> (ticket: Ticket, user: UInt32)? {
+        while !self.rotation.isEmpty {
+            var chosen = self.rotation.startIndex
+            var least = Int.max
+            for index in self.rotation.indices {
+                let turns = held[self.rotation[index]] ?? 0
+                if turns < least {
+                    chosen = index
+                    least = turns
+                    if turns == 0 { break }
+                }
+            }
+            let user = self.rotation.remove(at: chosen)
+            guard var queue = self.queues.removeValue(forKey: user) else {
                 preconditionFailure("a user in the round has no ticket")
             }
+            // Cancelled tickets at the front go first, so that they do not cost the user its place.
+            while let first = queue.first, self.cancelled.remove(first) != nil {
+                queue.removeFirst()
+                self.queued -= 1
+            }
+            guard let ticket = queue.popFirst() else { continue }
             self.queued -= 1
-            if self.queues[user]!.isEmpty {
-                self.queues[user] = nil
-            } else {
+            if !queue.isEmpty {
+                self.queues[user] = queue
                 self.rotation.append(user)
             }
-            if self.cancelled.remove(ticket) != nil { continue }
-            return ticket
+            return (ticket, user)
         }
         return nil
     }

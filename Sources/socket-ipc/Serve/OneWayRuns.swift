@@ -10,11 +10,16 @@ import Synchronization
 /// over and cancels those still running, which kills their commands' process groups.
 ///
 /// Runs outlive their connections (a client may send a message and close at once), so the connection limits do not
-/// bound them: each user's runs not yet ended may hold at most ``maximumBytesPerUser`` of payload, and a message
-/// beyond that is refused (its connection is closed), so that one user cannot fill the server's memory or queue.
+/// bound them: each user's runs not yet ended may hold at most ``maximumBytesPerUser``, each counted as its payload but
+/// at least ``minimumBytesPerRun`` (what a queued run itself costs: its task and its place in the queue), and a message
+/// beyond that is refused (its connection is closed), so that one user cannot fill the server's memory or queue, with
+/// large messages or with many empty ones.
 final class OneWayRuns: Sendable {
     /// The most payload bytes one user's runs not yet ended may hold: 64 MiB.
     static let maximumBytesPerUser = 64 << 20
+    /// What a run counts against ``maximumBytesPerUser`` at least, whatever its payload: 4 KiB (a queued run itself
+    /// holds about 2 KiB), so that a user's runs number at most 16,384.
+    static let minimumBytesPerRun = 4 << 10
 
     private struct Run {
         var task: Task<Void, Never>?
@@ -55,6 +60,7 @@ final class OneWayRuns: Sendable {
         _ body: @escaping @Sendable (_ mayStart: @escaping @Sendable () -> Bool) async -> Void
     ) throws(Refusal) -> Task<Void, Never> {
         let user = user ?? .max
+        let bytes = max(bytes, Self.minimumBytesPerRun)
         return try self.state.withLock { (state) throws(Refusal) -> Task<Void, Never> in
             guard state.deadline == nil else { throw .shuttingDown }
             let held = state.bytesByUser[user, default: 0]

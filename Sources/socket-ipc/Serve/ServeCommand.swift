@@ -34,7 +34,7 @@ struct ServeCommand: AsyncParsableCommand {
             closes; a framed connection reads nothing more while it has --max-concurrent-requests requests \
             unanswered. A connection's one-way messages run one after another, also after it closes; a connection \
             with 16 of them queued or running that sends one more is closed (`closing connection N: ...` on \
-            standard error), and so is one whose user's messages queued or running already hold 64 MiB. On SIGINT or SIGTERM the one-way messages still queued are dropped, and the commands \
+            standard error), and so is one whose user's messages queued or running already hold 64 MiB (each counted as at least 4 KiB). On SIGINT or SIGTERM the one-way messages still queued are dropped, and the commands \
             running get the --shutdown-grace-period before their process groups are killed.
 
             Prints `listening on PATH` once the socket accepts connections, and notes each connection on standard \
