@@ -3,12 +3,13 @@ import Synchronization
 
 /// The turns of `serve --exec` to run its command: at most ``limit`` runs at once across the whole server (requests,
 /// one-way messages and EOF-style messages alike); the others wait for a turn, shared fairly between users
-/// (``FairTurnQueue``: round-robin between the users who wait, first come first served within each), so that one user
-/// with many runs queued does not keep another user's run waiting behind all of them.
+/// (``FairTurnQueue``: a freed turn goes to the waiting user holding the fewest, round-robin among equals, first come
+/// first served within each user), so that one user's many or long runs do not keep another user's runs waiting.
 ///
-/// An async semaphore: ``acquire(user:)`` returns once a turn is free, ``release(user:)`` hands it to the next waiter. How
-/// many wait is bounded elsewhere: a framed connection stops reading at its maximum of unanswered requests and
-/// closes at ``ExecHandler/maximumPendingMessages`` one-way messages, and an EOF-style connection carries one message.
+/// An async semaphore: ``acquire(user:)`` returns once a turn is free, ``release(user:)`` hands it to the next waiter.
+/// How many wait is bounded elsewhere: a framed connection stops reading at its maximum of unanswered requests and
+/// closes at ``ExecHandler/maximumPendingMessages`` one-way messages, a user's one-way runs that outlive their
+/// connections are bounded by ``OneWayRuns/maximumBytesPerUser``, and an EOF-style connection carries one message.
 final class ExecTurns: Sendable {
     private struct State {
         /// Turns nobody holds.
