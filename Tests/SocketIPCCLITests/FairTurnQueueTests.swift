@@ -92,3 +92,60 @@ struct FairTurnQueueTests {
         #expect(Self.drain(&queue) == ["a1", "b1", "a2"])
     }
 }
+
+/// ExecTurns, the semaphore around FairTurnQueue: the turns each user holds decide who gets a freed one.
+@Suite("serve --exec: the turns themselves")
+struct ExecTurnsTests {
+    @Test("a user holding turns with more runs waiting does not get back the turn it frees while another user waits")
+    func freedTurnGoesToTheUserHoldingFewest() async throws {
+        let (queued, queuedEvent) = AsyncStream.makeStream(of: Void.self)
+        let (granted, grantedEvent) = AsyncStream.makeStream(of: String.self)
+        let turns = ExecTurns(limit: 2, waiterQueued: { queuedEvent.yield() })
+        var waiters = queued.makeAsyncIterator()
+        var grants = granted.makeAsyncIterator()
+        // User 1000 holds both turns (long runs), and queues a third run before user 1001 queues its first.
+        try await turns.acquire(user: 1000)
+        try await turns.acquire(user: 1000)
+        let third = Task {
+            try await turns.acquire(user: 1000)
+            grantedEvent.yield("1000")
+        }
+        _ = await waiters.next()
+        let other = Task {
+            try await turns.acquire(user: 1001)
+            grantedEvent.yield("1001")
+        }
+        _ = await waiters.next()
+        // User 1000's run ends: its turn goes to user 1001 (holding none), not to 1000's next run (1000 holds one).
+        turns.release(user: 1000)
+        #expect(await grants.next() == "1001")
+        turns.release(user: 1000)
+        #expect(await grants.next() == "1000")
+        try await third.value
+        try await other.value
+        turns.release(user: 1000)
+        turns.release(user: 1001)
+        // Both turns are free again: two runs start at once.
+        try await turns.acquire(user: nil)
+        try await turns.acquire(user: nil)
+        turns.release(user: nil)
+        turns.release(user: nil)
+    }
+
+    @Test("a waiter cancelled before its turn holds none, and the turn goes to the next")
+    func cancelledWaiter() async throws {
+        let (queued, queuedEvent) = AsyncStream.makeStream(of: Void.self)
+        let turns = ExecTurns(limit: 1, waiterQueued: { queuedEvent.yield() })
+        var waiters = queued.makeAsyncIterator()
+        try await turns.acquire(user: 1)
+        let cancelled = Task { try await turns.acquire(user: 2) }
+        _ = await waiters.next()
+        let next = Task { try await turns.acquire(user: 3) }
+        _ = await waiters.next()
+        cancelled.cancel()
+        await #expect(throws: CancellationError.self) { try await cancelled.value }
+        turns.release(user: 1)
+        try await next.value
+        turns.release(user: 3)
+    }
+}

@@ -26,16 +26,21 @@ final class ExecTurns: Sendable {
     /// The most runs at once.
     let limit: Int
     private let state: Mutex<State>
+    /// Called (outside the lock) each time a run starts waiting for its turn: lets a test know the order of waiters.
+    private let waiterQueued: (@Sendable () -> Void)?
 
     /// The default ``limit``: twice the CPU count, at least 4.
     static var defaultLimit: Int { max(4, 2 * ProcessInfo.processInfo.activeProcessorCount) }
 
     /// Creates the turns.
-    /// - Parameter limit: The most runs at once, at least 1.
-    init(limit: Int) {
+    /// - Parameters:
+    ///   - limit: The most runs at once, at least 1.
+    ///   - waiterQueued: Called each time a run starts waiting for its turn (for tests); default none.
+    init(limit: Int, waiterQueued: (@Sendable () -> Void)? = nil) {
         precondition(limit > 0, "the limit of runs at once must be at least 1")
         self.limit = limit
         self.state = Mutex(State(free: limit))
+        self.waiterQueued = waiterQueued
     }
 
     /// Waits for a turn; call ``release(user:)`` with the same `user` once the run is over.
@@ -64,7 +69,7 @@ final class ExecTurns: Sendable {
                 switch granted {
                 case true?: continuation.resume()
                 case false?: continuation.resume(throwing: CancellationError())
-                case nil: break
+                case nil: self.waiterQueued?()
                 }
             }
         } onCancel: {
