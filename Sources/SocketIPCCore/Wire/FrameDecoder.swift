@@ -106,26 +106,12 @@ package struct FrameDecoder: Sendable {
     }
 
     /// A message, request, reply or call message: the frames that carry data, which ``nextDataFrame(from:)`` hands
-    /// out without making a ``Frame``.
+    /// out without making a ``Frame``: `kind` is ``FrameKind/message``, ``FrameKind/request``, ``FrameKind/reply``
+    /// or ``FrameKind/callMessage``; `id` the request or call id (0 for a message); `payload` a slice of the bytes
+    /// read. A tuple, not a struct: the read loop then releases the payload with a plain release per frame, where
+    /// a struct was destroyed through an outlined call.
     @usableFromInline
-    package struct DataFrame {
-        /// ``FrameKind/message``, ``FrameKind/request``, ``FrameKind/reply`` or ``FrameKind/callMessage``.
-        @usableFromInline
-        package let kind: FrameKind
-        /// The request or call id; 0 for a message.
-        @usableFromInline
-        package let id: UInt32
-        /// The payload, a slice of the bytes read.
-        @usableFromInline
-        package let payload: ByteBuffer
-
-        @inlinable
-        init(kind: FrameKind, id: UInt32, payload: ByteBuffer) {
-            self.kind = kind
-            self.id = id
-            self.payload = payload
-        }
-    }
+    package typealias DataFrame = (kind: FrameKind, id: UInt32, payload: ByteBuffer)
 
     /// Takes the message, request, reply or call message (from a peer that set ``HelloFlags/calls``) at the front of
     /// `buffer` when all of it is there and the hello is behind;
@@ -138,12 +124,19 @@ package struct FrameDecoder: Sendable {
     @inlinable
     @inline(__always)
     package func nextDataFrame(from buffer: inout ByteBuffer) -> DataFrame? {
-        guard !self.awaitingHello else { return nil }
+        self.nextDataFrame(from: &buffer, window: ReadableBytesWindow(buffer))
+    }
+
+    /// As ``nextDataFrame(from:)``, looking at the bytes through `window`, taken from `buffer` once for many frames
+    /// (see ``ReadableBytesWindow``); returns `nil` as well when `buffer` no longer matches the window.
+    @inlinable
+    @inline(__always)
+    package func nextDataFrame(from buffer: inout ByteBuffer, window: ReadableBytesWindow) -> DataFrame? {
+        guard !self.awaitingHello, let bytes = window.bytes(of: buffer), bytes.count >= 5 else { return nil }
         let maximumPayload = self.maximumPayload
         let callMessages = self.peerFlags.contains(FrameKind.callMessage.requiredFlag)
         // (kind, id, frame length) of a whole data frame within the limit; kind 0 for anything else.
-        let header: (kind: UInt8, id: UInt32, length: Int) = buffer.withUnsafeReadableBytes { bytes in
-            guard bytes.count >= 5 else { return (0, 0, 0) }
+        let header: (kind: UInt8, id: UInt32, length: Int) = {
             let length = Int(UInt32(bigEndian: bytes.loadUnaligned(as: UInt32.self)))
             let kind = bytes[4]
             guard (1...3).contains(kind) || (kind == FrameKind.callMessage.rawValue && callMessages),
@@ -155,12 +148,12 @@ package struct FrameDecoder: Sendable {
             }
             guard length >= 5, length - 5 <= maximumPayload else { return (0, 0, 0) }
             return (kind, UInt32(bigEndian: bytes.loadUnaligned(fromByteOffset: 5, as: UInt32.self)), length)
-        }
+        }()
         guard header.kind != 0, let kind = FrameKind(rawValue: header.kind) else { return nil }
         let headerLength = kind == .message ? 5 : 9
         let payload = buffer.getSlice(at: buffer.readerIndex + headerLength, length: header.length + 4 - headerLength)!
         buffer.moveReaderIndex(forwardBy: 4 + header.length)
-        return DataFrame(kind: kind, id: header.id, payload: payload)
+        return (kind, header.id, payload)
     }
 
     /// Decodes a frame of kind `0x06` to `0x0C`, out of line: calls cost the read loop of version 1's frames nothing.

@@ -10,6 +10,13 @@ enum DecodeStep: Equatable {
     case peerFailed
     /// A call frame broke the protocol: say going-away `0x01` and close.
     case violation(SocketIPCError)
+
+    /// Whether the step is ``next``: a pattern match, where `== .next` would make and compare a whole value (with
+    /// the error of ``violation(_:)``) per frame.
+    @inline(__always)
+    var isNext: Bool {
+        if case .next = self { true } else { false }
+    }
 }
 
 extension ConnectionChannelHandler {
@@ -37,7 +44,7 @@ extension ConnectionChannelHandler {
                         if !wasEstablished { connection.peerHelloReceived(flags: decoder.peerFlags) }
                         step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: limit)
                         if !wasEstablished { self.frameHandledBeforeEstablished(connection) }
-                        if step != .next { break }
+                        if !step.isNext { break }
                         continue
                     }
                     guard partial.readableBytes > 0, incoming.readableBytes > 0 else { break }
@@ -47,15 +54,20 @@ extension ConnectionChannelHandler {
                 if partial.readableBytes > 0 { leftover = partial }
             }
             // Then the rest of this read, decoded where it lies, without copying.
-            if leftover == nil && step == .next {
+            if leftover == nil && step.isNext {
                 // Messages, requests, replies and call messages of an established connection without descriptors take
                 // the fast path.
-                let fastPath = wasEstablished && connection.descriptorPassing == nil
+                // The bytes are looked at once for the whole read (one exclusivity check of the buffer's storage, not
+                // one per frame); `incoming` keeps its storage and only its reader index moves meanwhile.
+                let window = wasEstablished && connection.descriptorPassing == nil ? ReadableBytesWindow(incoming) : nil
                 while self.state.mayHandleFrames {
-                    if fastPath, let data = decoder.nextDataFrame(from: &incoming) {
-                        step = Self.dispatch(data, to: &handler, connection: connection, maximumRequests: limit)
-                        if step != .next { break }
-                        continue
+                    if let window, let data = decoder.nextDataFrame(from: &incoming, window: window) {
+                        // `step` is assigned only when the loop stops: a step that is known to be `.next` has nothing
+                        // to destroy, where assigning over `step` would destroy its old value per frame.
+                        let dispatched = Self.dispatch(data, to: &handler, connection: connection, maximumRequests: limit)
+                        if case .next = dispatched { continue }
+                        step = dispatched
+                        break
                     }
                     guard let frame = try decoder.next(from: &incoming) else { break }
                     // The first frames after the hello may come in the same read: the peer's flags are known to
@@ -63,7 +75,7 @@ extension ConnectionChannelHandler {
                     if !wasEstablished { connection.peerHelloReceived(flags: decoder.peerFlags) }
                     step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: limit)
                     if !wasEstablished { self.frameHandledBeforeEstablished(connection) }
-                    if step != .next { break }
+                    if !step.isNext { break }
                 }
             }
             if incoming.readableBytes > 0 {
@@ -146,7 +158,7 @@ extension ConnectionChannelHandler {
                         break loop
                     }
                     step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: .max)
-                    if step == .next {
+                    if step.isNext {
                         step = Self.dispatch(next, to: &handler, connection: connection, maximumRequests: .max)
                     }
                     partial.bytes = after
@@ -155,7 +167,7 @@ extension ConnectionChannelHandler {
                 default:
                     step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: .max)
                 }
-                if step != .next { break }
+                if !step.isNext { break }
             }
         } catch let error as SocketIPCError {
             failure = error

@@ -122,6 +122,71 @@ struct FrameDecoderFastPathTests {
         #expect(throws: SocketIPCError.self) { try decoder.next(from: &full) }
     }
 
+    @Test("a run of frames read through one window taken before the first is what the decoder reads, frame by frame")
+    func runThroughOneWindow() throws {
+        let decoder = try Self.decoder()
+        var buffer = ByteBuffer()
+        var expected: [Frame] = []
+        for size in 0...64 {
+            let payload = ByteBuffer(repeating: UInt8(truncatingIfNeeded: size), count: size)
+            let frame: Frame =
+                switch size % 4 {
+                case 0: .message(payload)
+                case 1: .request(id: UInt32(size), payload: payload)
+                case 2: .reply(id: UInt32(size), payload: payload)
+                default: .call(id: UInt32(size), .message(payload))
+                }
+            buffer.writeFrame(frame)
+            expected.append(frame)
+        }
+        // A frame the fast path leaves (an error reply) in the middle, and half a frame at the end.
+        buffer.writeFrame(.errorReply(id: 9, message: "no"))
+        expected.append(.errorReply(id: 9, message: "no"))
+        buffer.writeFrame(.message(ByteBuffer(string: "last")))
+        expected.append(.message(ByteBuffer(string: "last")))
+        buffer.writeBytes([0, 0, 0, 9, 1])
+
+        var fullDecoder = decoder
+        let window = ReadableBytesWindow(buffer)
+        var decoded: [Frame] = []
+        while true {
+            if let data = decoder.nextDataFrame(from: &buffer, window: window) {
+                switch data.kind {
+                case .message: decoded.append(.message(data.payload))
+                case .request: decoded.append(.request(id: data.id, payload: data.payload))
+                case .reply: decoded.append(.reply(id: data.id, payload: data.payload))
+                default: decoded.append(.call(id: data.id, .message(data.payload)))
+                }
+                continue
+            }
+            guard let frame = try fullDecoder.next(from: &buffer) else { break }
+            decoded.append(frame)
+        }
+        #expect(decoded == expected)
+        #expect(buffer.readableBytes == 5)
+    }
+
+    @Test("a window no longer taken for a buffer written to since, or read backwards, gives no bytes")
+    func staleWindow() throws {
+        let decoder = try Self.decoder()
+        var buffer = ByteBuffer()
+        buffer.writeFrame(.message(ByteBuffer(string: "one")))
+        let window = ReadableBytesWindow(buffer)
+        #expect(window.bytes(of: buffer)?.count == buffer.readableBytes)
+
+        var written = buffer
+        written.writeFrame(.message(ByteBuffer(string: "two")))
+        #expect(window.bytes(of: written) == nil)
+        #expect(decoder.nextDataFrame(from: &written, window: window) == nil)
+        #expect(written.readerIndex == 0)
+
+        var read = buffer
+        read.moveReaderIndex(forwardBy: 2)
+        let later = ReadableBytesWindow(read)
+        #expect(later.bytes(of: buffer) == nil, "the reader index is behind the window's")
+        #expect((ReadableBytesWindow(ByteBuffer()).bytes(of: ByteBuffer())?.count ?? 0) == 0)
+    }
+
     @Test("before the hello, nothing takes the fast path")
     func beforeHello() {
         let decoder = FrameDecoder(maximumPayload: 64)
