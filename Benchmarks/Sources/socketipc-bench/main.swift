@@ -6,7 +6,8 @@
 // passing on (ConnectionOptions.maximumDescriptorsPerMessage), which relays every connection's bytes: what that costs;
 // with it, payloads of --shared-payload-threshold bytes or more travel in shared memory (default the library's).
 // --zero-copy on (with --max-descriptors) makes the client send one-way messages as SharedMemoryLoans it fills in
-// place, and the server take shared payloads as MappedPayloads, without copying them.
+// place, and the server take shared payloads as MappedPayloads, without copying them. --send-batch N (stream, bulk)
+// makes the client hand its one-way messages to Connection.send(contentsOf:) N at a time instead of one by one.
 import Logging
 import ServiceLifecycle
 import UnixSignals
@@ -82,7 +83,8 @@ if role == "server" {
         busyPoll: busyPoll,
         maximumDescriptors: maximumDescriptors,
         sharedPayloadThreshold: sharedPayloadThreshold,
-        loansSharedMemory: zeroCopy
+        loansSharedMemory: zeroCopy,
+        sendBatch: number("--send-batch", default: 1)
     )
     do {
         let report = try await BenchmarkClient.run(options) {

@@ -396,14 +396,14 @@ public final class Connection: Sendable {
     // MARK: - Internals
 
     @inline(__always)
-    private func checkSize(_ payload: ByteBuffer, what: StaticString) throws {
+    func checkSize(_ payload: ByteBuffer, what: StaticString) throws {
         guard payload.readableBytes <= self.options.effectiveMaximumMessageSize else {
             throw self.tooLarge(payload.readableBytes, what: what)
         }
     }
 
     @inline(never)
-    private func tooLarge(_ size: Int, what: StaticString) -> SocketIPCError {
+    func tooLarge(_ size: Int, what: StaticString) -> SocketIPCError {
         SocketIPCError(
             .messageTooLarge,
             "the \(what) of \(size) bytes exceeds the maximum of \(self.options.effectiveMaximumMessageSize) bytes "
