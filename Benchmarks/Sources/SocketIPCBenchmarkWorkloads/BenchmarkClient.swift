@@ -100,7 +100,6 @@ public enum BenchmarkClient {
     private static func oneWay(_ options: BenchmarkOptions) async throws -> BenchmarkReport {
         let message = Self.payload("O", size: options.size)
         let barrier = Self.payload("B", size: 1)
-        let batch = [ByteBuffer](repeating: message, count: options.sendBatch)
         return try await Client.withConnection(to: options.socket, configuration: Self.clientConfiguration(options)) { connection in
             var sent: UInt64 = 0
             func burst(_ count: Int) async throws {
@@ -111,13 +110,6 @@ public enum BenchmarkClient {
                             message.withUnsafeReadableBytes { bytes.copyMemory(from: $0) }
                         }
                         try await connection.send(loan, count: message.readableBytes)
-                    }
-                } else if options.sendBatch > 1 {
-                    var left = count
-                    while left > 0 {
-                        let now = min(left, batch.count)
-                        try await connection.send(contentsOf: batch[..<now])
-                        left -= now
                     }
                 } else {
                     for _ in 0..<count { try await connection.send(message) }

@@ -66,9 +66,6 @@ public struct BenchmarkOptions: Sendable {
     /// Whether `stream` and `bulk` send each one-way message as a `SharedMemoryLoan` filled in place (a copy of the
     /// prepared payload into it, as a producer writing its bytes would) instead of a buffer. Default `false`.
     public var loansSharedMemory: Bool
-    /// How many one-way messages `stream` and `bulk` hand to the connection at once: 1 sends each with
-    /// `Connection.send(_:)`; more send them in groups of that many with `Connection.send(contentsOf:)`. Default 1.
-    public var sendBatch: Int
 
     /// Creates options.
     public init(
@@ -80,10 +77,8 @@ public struct BenchmarkOptions: Sendable {
         busyPoll: BusyPolling = .adaptive(),
         maximumDescriptors: Int = 0,
         sharedPayloadThreshold: Int? = nil,
-        loansSharedMemory: Bool = false,
-        sendBatch: Int = 1
+        loansSharedMemory: Bool = false
     ) {
-        self.sendBatch = max(1, sendBatch)
         self.loansSharedMemory = loansSharedMemory
         self.sharedPayloadThreshold = sharedPayloadThreshold
         self.busyPoll = busyPoll

@@ -6,8 +6,7 @@
 // passing on (ConnectionOptions.maximumDescriptorsPerMessage), which relays every connection's bytes: what that costs;
 // with it, payloads of --shared-payload-threshold bytes or more travel in shared memory (default the library's).
 // --zero-copy on (with --max-descriptors) makes the client send one-way messages as SharedMemoryLoans it fills in
-// place, and the server take shared payloads as MappedPayloads, without copying them. --send-batch N (stream, bulk)
-// makes the client hand its one-way messages to Connection.send(contentsOf:) N at a time instead of one by one.
+// place, and the server take shared payloads as MappedPayloads, without copying them.
 import Logging
 import ServiceLifecycle
 import UnixSignals
@@ -83,8 +82,7 @@ if role == "server" {
         busyPoll: busyPoll,
         maximumDescriptors: maximumDescriptors,
         sharedPayloadThreshold: sharedPayloadThreshold,
-        loansSharedMemory: zeroCopy,
-        sendBatch: number("--send-batch", default: 1)
+        loansSharedMemory: zeroCopy
     )
     do {
         let report = try await BenchmarkClient.run(options) {

@@ -79,37 +79,6 @@ extension ConnectionStateMachine {
         )
     }
 
-    /// One-way messages are queued from the front of `messages`, in order, under one lock of the caller's: until all
-    /// are, the queue reaches its high watermark (the sender then waits, as after
-    /// ``enqueue(_:id:payload:spareBuffer:passing:registerDescriptors:sharedPayloadLength:)``), or it holds
-    /// `flushThreshold` bytes outside a read batch (the sender then flushes before it queues more). Returns how many
-    /// were queued (at least one unless the connection is closed) and the action, as for a single message.
-    /// - Parameters:
-    ///   - messages: The payloads, each checked against the maximum message size by the caller.
-    ///   - spareBuffer: Asked only when the queue needs a new coalescing buffer.
-    ///   - flushThreshold: Queued bytes at which to stop so that the caller flushes.
-    @inlinable
-    package mutating func enqueueMessages(
-        _ messages: UnsafeBufferPointer<ByteBuffer>,
-        spareBuffer: () -> ByteBuffer?,
-        flushThreshold: Int
-    ) -> (queued: Int, action: EnqueueAction) {
-        if case .closed(let closed) = self.state { return (0, .fail(closed.error)) }
-        var queued = 0
-        var mustWait = false
-        for message in messages {
-            self.outbound.queue.appendFrame(.message, id: 0, payload: message, spareBuffer: spareBuffer)
-            queued += 1
-            if !self.outbound.isWritable(highWatermark: self.writeBufferHighWatermark) {
-                mustWait = true
-                break
-            }
-            if self.shouldFlushEarly(threshold: flushThreshold) { break }
-        }
-        guard queued > 0 else { return (0, .queued(scheduleFlush: false, mustWait: false)) }
-        return (queued, .queued(scheduleFlush: self.outbound.scheduleFlushIfNeeded(), mustWait: mustWait))
-    }
-
     /// A call's control frame (open, end, cancel or credit) of this side is queued, written straight into the
     /// coalescing buffer; as ``enqueue(_:id:payload:spareBuffer:passing:registerDescriptors:sharedPayloadLength:)``
     /// otherwise.

@@ -396,14 +396,14 @@ public final class Connection: Sendable {
     // MARK: - Internals
 
     @inline(__always)
-    func checkSize(_ payload: ByteBuffer, what: StaticString) throws {
+    private func checkSize(_ payload: ByteBuffer, what: StaticString) throws {
         guard payload.readableBytes <= self.options.effectiveMaximumMessageSize else {
             throw self.tooLarge(payload.readableBytes, what: what)
         }
     }
 
     @inline(never)
-    func tooLarge(_ size: Int, what: StaticString) -> SocketIPCError {
+    private func tooLarge(_ size: Int, what: StaticString) -> SocketIPCError {
         SocketIPCError(
             .messageTooLarge,
             "the \(what) of \(size) bytes exceeds the maximum of \(self.options.effectiveMaximumMessageSize) bytes "

@@ -183,47 +183,6 @@ struct ConnectionStateMachineTests {
         #expect(machine.checkWritable() == .proceed)
     }
 
-    @Test("messages queued together are the frames queued one by one, and stop at the high watermark or the flush threshold")
-    func messagesQueuedTogether() throws {
-        let messages = (0..<10).map { ByteBuffer(string: "m\($0)") }  // 7-byte frames
-        var together = Self.machine(highWatermark: 1024)
-        var oneByOne = Self.machine(highWatermark: 1024)
-        let result = messages.withUnsafeBufferPointer {
-            together.enqueueMessages($0, spareBuffer: { nil }, flushThreshold: .max)
-        }
-        #expect(result.queued == 10)
-        #expect(result.action == .queued(scheduleFlush: true, mustWait: false))
-        for message in messages { _ = oneByOne.enqueue(.message, id: 0, payload: message, spareBuffer: { nil }) }
-        #expect(try #require(Self.flush(&together)).bytes == (try #require(Self.flush(&oneByOne))).bytes)
-
-        // At the high watermark (16 bytes: the third frame reaches 21) the sender must wait: the rest is not queued.
-        var full = Self.machine(highWatermark: 16)
-        let stopped = messages.withUnsafeBufferPointer { full.enqueueMessages($0, spareBuffer: { nil }, flushThreshold: .max) }
-        #expect(stopped.queued == 3)
-        #expect(stopped.action == .queued(scheduleFlush: true, mustWait: true))
-        #expect(full.queuedBytes == 21)
-
-        // At the flush threshold (14 bytes: two frames) the sender stops to flush, without waiting.
-        var flushing = Self.machine(highWatermark: 1024)
-        let flushed = messages.withUnsafeBufferPointer { flushing.enqueueMessages($0, spareBuffer: { nil }, flushThreshold: 14) }
-        #expect(flushed.queued == 2)
-        #expect(flushed.action == .queued(scheduleFlush: true, mustWait: false))
-
-        // Nothing to queue, or a closed connection: nothing queued.
-        var empty = Self.machine()
-        let none = [ByteBuffer]().withUnsafeBufferPointer { empty.enqueueMessages($0, spareBuffer: { nil }, flushThreshold: .max) }
-        #expect(none.queued == 0)
-        #expect(empty.queuedBytes == 0)
-        _ = empty.closed(error: nil)
-        let refused = messages.withUnsafeBufferPointer { empty.enqueueMessages($0, spareBuffer: { nil }, flushThreshold: .max) }
-        #expect(refused.queued == 0)
-        guard case .fail = refused.action else {
-            Issue.record("messages were queued on a closed connection")
-            return
-        }
-        #expect(empty.queuedBytes == 0)
-    }
-
     @Test("a writer waiting for the channel's writability is released when it comes back, not before")
     func writerReleasedByWritability() {
         var machine = Self.machine()

@@ -210,64 +210,6 @@ struct ConnectionEmbeddedTests {
         _ = try channel.finish()
     }
 
-    @Test("messages queued together: written as one by one, flushed every 64 KiB, stopped by an unwritable channel")
-    func messagesQueuedTogether() throws {
-        let (channel, connection) = try Self.established()
-        // 200 messages of 1 KiB (1,029 bytes each on the wire), queued as `send(contentsOf:)` queues them: each call
-        // takes as many as fit before the queue asks for a flush.
-        let messages = [ByteBuffer](repeating: ByteBuffer(repeating: 0x62, count: 1024), count: 200)
-        var offset = 0
-        var calls = 0
-        try messages.withUnsafeBufferPointer { all in
-            while offset < all.count {
-                let (queued, mustWait) = try connection.queueMessages(UnsafeBufferPointer(rebasing: all[offset...]))
-                #expect(queued > 0)
-                #expect(!mustWait)
-                #expect(connection.state.withLock { $0.queuedBytes } < Connection.earlyFlushThreshold + 1029)
-                offset += queued
-                calls += 1
-            }
-        }
-        #expect(calls == 4, "three flushes of 64 frames, then the last 8")
-        channel.embeddedEventLoop.run()
-        var written = ByteBuffer()
-        while var buffer = try channel.readOutbound(as: ByteBuffer.self) { written.writeBuffer(&buffer) }
-        var expected = ByteBuffer()
-        for message in messages { expected.writeFrame(.message(message)) }
-        #expect(written == expected)
-
-        // A channel that is not writable: every message after the first must wait.
-        channel.isWritable = false
-        channel.pipeline.fireChannelWritabilityChanged()
-        let stalled = try messages.withUnsafeBufferPointer { try connection.queueMessages($0) }
-        #expect(stalled.queued == 1)
-        #expect(stalled.mustWait)
-        _ = try channel.finish()
-    }
-
-    @Test("messages queued together up to one above the maximum: those before it are queued, then it is refused")
-    func tooLargeAmongMessages() throws {
-        let (channel, connection) = try Self.established()
-        let tooLarge = ByteBuffer(repeating: 0, count: connection.options.effectiveMaximumMessageSize + 1)
-        let messages = [ByteBuffer(string: "a"), ByteBuffer(string: "b"), tooLarge, ByteBuffer(string: "c")]
-        try messages.withUnsafeBufferPointer { all in
-            let first = try connection.queueMessages(all)
-            #expect(first.queued == 2)
-            let error = #expect(throws: SocketIPCError.self) {
-                try connection.queueMessages(UnsafeBufferPointer(rebasing: all[2...]))
-            }
-            #expect(error?.code == .messageTooLarge)
-        }
-        channel.embeddedEventLoop.run()
-        var written = ByteBuffer()
-        while var buffer = try channel.readOutbound(as: ByteBuffer.self) { written.writeBuffer(&buffer) }
-        var expected = ByteBuffer()
-        expected.writeFrame(.message(ByteBuffer(string: "a")))
-        expected.writeFrame(.message(ByteBuffer(string: "b")))
-        #expect(written == expected)
-        _ = try channel.finish()
-    }
-
     @Test("credit granted on the event loop is written at once: the producer does not wait for the reader to yield")
     func creditIsWrittenAtOnce() throws {
         let (channel, connection) = try Self.established()

@@ -40,46 +40,6 @@ struct FramedMessagingTests {
         #expect(received.items.withLock { $0 } == (0..<1000).map { "m\($0)" })
     }
 
-    @Test("messages sent together, from an array, a slice or a lazy sequence, arrive whole and in order with single sends")
-    func sentTogether() async throws {
-        let received = Recorder()
-        try await withFramedTestServer(makeHandler: { PatternCheckingHandler(received: received) }) { _, path in
-            try await Client.withConnection(to: path) { connection in
-                // Small, empty-bodied and large (copied and not) messages, many more than fit in the socket at once.
-                let sizes = (0..<600).map { $0 % 100 == 7 ? 40_000 + $0 : 4 + $0 % 50 }
-                let messages = sizes.enumerated().map { patternMessage(index: $0.offset, size: $0.element) }
-                try await connection.send(contentsOf: messages[..<200])
-                try await connection.send(patternMessage(index: 200, size: 10))
-                try await connection.send(contentsOf: Array(messages[201..<400]))
-                try await connection.send(contentsOf: (400..<600).lazy.map { messages[$0] })
-                try await connection.send(contentsOf: [ByteBuffer]())
-                // 16 MiB at once, far above the socket's buffers and the 256 KiB high watermark: the sender waits for
-                // the queue to drain on the way.
-                try await connection.send(contentsOf: (600..<2648).map { patternMessage(index: $0, size: 8192) })
-                _ = try await connection.request(ByteBuffer(string: "done"))
-            }
-        }
-        #expect(received.items.withLock { $0 } == (0..<2648).map { "\($0) whole" })
-    }
-
-    @Test("messages sent together with one above the maximum: those before it arrive, it fails typed, the connection goes on")
-    func sentTogetherTooLarge() async throws {
-        let received = Recorder()
-        try await withFramedTestServer(makeHandler: { PatternCheckingHandler(received: received) }) { _, path in
-            try await Client.withConnection(to: path) { connection in
-                let tooLarge = ByteBuffer(repeating: 0, count: 16 * 1024 * 1024 + 1)
-                let messages = [patternMessage(index: 0, size: 8), patternMessage(index: 1, size: 8), tooLarge]
-                let error = await #expect(throws: SocketIPCError.self) {
-                    try await connection.send(contentsOf: messages + [patternMessage(index: 9, size: 8)])
-                }
-                #expect(error?.code == .messageTooLarge)
-                try await connection.send(contentsOf: [patternMessage(index: 2, size: 8)])
-                _ = try await connection.request(ByteBuffer(string: "done"))
-            }
-        }
-        #expect(received.items.withLock { $0 } == ["0 whole", "1 whole", "2 whole"])
-    }
-
     @Test("messages larger than the socket buffer, among small ones and concurrent large requests, arrive whole and in order")
     func largeAndSmallInOrder() async throws {
         let received = Recorder()
