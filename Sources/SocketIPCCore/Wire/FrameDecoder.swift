@@ -135,25 +135,31 @@ package struct FrameDecoder: Sendable {
         guard !self.awaitingHello, let bytes = window.bytes(of: buffer), bytes.count >= 5 else { return nil }
         let maximumPayload = self.maximumPayload
         let callMessages = self.peerFlags.contains(FrameKind.callMessage.requiredFlag)
-        // (kind, id, frame length) of a whole data frame within the limit; kind 0 for anything else.
-        let header: (kind: UInt8, id: UInt32, length: Int) = {
+        // The kind, id and frame length of a whole data frame within the limit; `nil` for anything else. The kind is
+        // matched byte by byte, where `FrameKind(rawValue:)` is a call per frame.
+        let header: (kind: FrameKind, id: UInt32, length: Int)? = {
             let length = Int(UInt32(bigEndian: bytes.loadUnaligned(as: UInt32.self)))
-            let kind = bytes[4]
-            guard (1...3).contains(kind) || (kind == FrameKind.callMessage.rawValue && callMessages),
-                bytes.count - 4 >= length
-            else { return (0, 0, 0) }
-            if kind == FrameKind.message.rawValue {
-                guard length >= 1, length - 1 <= maximumPayload else { return (0, 0, 0) }
+            guard bytes.count - 4 >= length else { return nil }
+            let kind: FrameKind
+            switch bytes[4] {
+            case FrameKind.message.rawValue: kind = .message
+            case FrameKind.request.rawValue: kind = .request
+            case FrameKind.reply.rawValue: kind = .reply
+            case FrameKind.callMessage.rawValue where callMessages: kind = .callMessage
+            default: return nil
+            }
+            if kind == .message {
+                guard length >= 1, length - 1 <= maximumPayload else { return nil }
                 return (kind, 0, length)
             }
-            guard length >= 5, length - 5 <= maximumPayload else { return (0, 0, 0) }
+            guard length >= 5, length - 5 <= maximumPayload else { return nil }
             return (kind, UInt32(bigEndian: bytes.loadUnaligned(fromByteOffset: 5, as: UInt32.self)), length)
         }()
-        guard header.kind != 0, let kind = FrameKind(rawValue: header.kind) else { return nil }
+        guard let (kind, id, length) = header else { return nil }
         let headerLength = kind == .message ? 5 : 9
-        let payload = buffer.getSlice(at: buffer.readerIndex + headerLength, length: header.length + 4 - headerLength)!
-        buffer.moveReaderIndex(forwardBy: 4 + header.length)
-        return (kind, header.id, payload)
+        let payload = buffer.getSlice(at: buffer.readerIndex + headerLength, length: length + 4 - headerLength)!
+        buffer.moveReaderIndex(forwardBy: 4 + length)
+        return (kind, id, payload)
     }
 
     /// Decodes a frame of kind `0x06` to `0x0C`, out of line: calls cost the read loop of version 1's frames nothing.

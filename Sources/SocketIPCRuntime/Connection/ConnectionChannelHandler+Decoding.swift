@@ -230,22 +230,24 @@ extension ConnectionChannelHandler {
     /// the dispatch of a ``Frame`` does for the same frames on a connection without descriptors.
     @inline(__always)
     static func dispatch(
-        _ data: FrameDecoder.DataFrame,
+        _ data: consuming FrameDecoder.DataFrame,
         to handler: inout Handler,
         connection: Connection,
         maximumRequests: Int
     ) -> DecodeStep {
-        switch data.kind {
+        // Taken apart, so that the payload is moved where a branch needs it owned, not copied once for all of them.
+        let (kind, id, payload) = data
+        switch kind {
         case .message:
-            handler.didReceiveMessage(data.payload, on: connection)
+            handler.didReceiveMessage(payload, on: connection)
         case .request:
             let unanswered = connection.requestReceived()
-            handler.didReceiveRequest(data.payload, reply: Reply(connection: connection, id: data.id), on: connection)
+            handler.didReceiveRequest(payload, reply: Reply(connection: connection, id: id), on: connection)
             if unanswered >= maximumRequests { return .pauseForRequests }
         case .reply:
-            connection.replyReceived(id: data.id, result: .success(data.payload))
+            connection.replyReceived(id: id, result: .success(payload))
         default:
-            if let violation = connection.callFrameReceived(.message(data.payload), id: data.id) {
+            if let violation = connection.callFrameReceived(.message(payload), id: id) {
                 return .violation(violation)
             }
         }
