@@ -20,10 +20,11 @@ public struct BusyPolling: Sendable, Hashable, CustomStringConvertible {
     /// default of Linux KVM's `halt_poll_ns`, which this follows; see Documentation/virt/kvm/halt-polling.rst).
     ///
     /// The window starts at zero. When a message arrives within `maximum` after a read or write, but after the
-    /// window, the window doubles (from 10 µs), up to `maximum`; when one arrives later than `maximum`, it drops to
-    /// zero; when a window opened by a write passed in vain before the next write, it is halved. A request/reply
-    /// exchange whose peer answers within `maximum` is then served without thread wake-ups; an idle connection does
-    /// not poll. Polling ends at once when other work is queued on the event loop, and goes on after it; it ends at
+    /// window, the window doubles (from 10 µs), up to `maximum`; when one arrives later than `maximum`, or a window
+    /// opened by a write passed in vain before the next write, it is halved (KVM's `halt_poll_ns_shrink` default of
+    /// 2), and drops to zero below 10 µs. A request/reply exchange whose peer answers within `maximum` is then served
+    /// without thread wake-ups, and one late answer does not close the window; traffic slower than `maximum` closes
+    /// it after a few messages, and an idle connection does not poll. Polling ends at once when other work is queued on the event loop, and goes on after it; it ends at
     /// most `maximum` after the first write that followed the last message, however many writes follow. At most
     /// half the processor cores of a process poll at once (none on a single core).
     /// - Parameter maximum: The largest window; a zero or negative one is ``off``.

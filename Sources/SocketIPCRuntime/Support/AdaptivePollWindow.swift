@@ -1,14 +1,18 @@
 /// How long an event loop polls after a read or write in the adaptive mode (``BusyPolling/adaptive(maximum:)``):
 /// the sizing rule alone, with the clock passed in, so that it can be tested without a clock or a socket.
 ///
-/// It follows Linux KVM's halt polling (Documentation/virt/kvm/halt-polling.rst): the window starts at zero; a
-/// message that arrives within the maximum after the last read or write, but after the window, doubles the window
-/// (from ``initialWindow``) up to the maximum; one that arrives later than the maximum sets it to zero. In addition, a
-/// window opened by a write that passed in vain and is followed by another write before any message (a writer whose
-/// peer sends little back) is halved, and dropped to zero below ``initialWindow``; and polling ends at most the maximum after the first
-/// write that followed the last message (after the last message, while nothing was written since), however many
-/// writes follow it: a steady one-way stream of writes, queued from another thread, would otherwise extend the poll
-/// from write to write and keep the loop from its other sockets.
+/// It follows Linux KVM's halt polling (Documentation/virt/kvm/halt-polling.rst) with its current defaults: the
+/// window starts at zero; a message that arrives within the maximum after the last read or write, but after the
+/// window, doubles the window (from ``initialWindow``) up to the maximum; one that arrives later than the maximum
+/// halves it (KVM's `halt_poll_ns_shrink` of 2, its default since Linux commit aeb1b22a3ac8, "KVM: Enable halt
+/// polling shrink parameter by default": resetting to zero let one outlier close a window that steady traffic keeps
+/// paying for). In addition, a window opened by a write that passed in vain and is followed by another write before
+/// any message (a writer whose peer sends little back) is halved. A halved window below ``initialWindow`` drops to
+/// zero, as in KVM since commit ae232ea46088, so traffic slower than the maximum closes it after a few messages and
+/// it stays closed. Polling ends at most the maximum after the first write that followed the last message (after
+/// the last message, while nothing was written since), however many writes follow it: a steady one-way stream of
+/// writes, queued from another thread, would otherwise extend the poll from write to write and keep the loop from
+/// its other sockets.
 struct AdaptivePollWindow {
     /// The first window after zero, in nanoseconds: 10 µs, as KVM's `halt_poll_ns_grow_start`.
     static let initialWindow: UInt64 = 10_000
@@ -34,7 +38,7 @@ struct AdaptivePollWindow {
     mutating func armed(at now: UInt64, maximum: UInt64, wrote: Bool) -> UInt64 {
         if self.missed {
             self.missed = false
-            self.window = self.window / 2 >= Self.initialWindow ? self.window / 2 : 0
+            self.shrink()
         }
         self.armedAt = now
         self.maximum = maximum
@@ -59,8 +63,13 @@ struct AdaptivePollWindow {
         } else if waited <= self.maximum {
             self.window = min(self.maximum, max(Self.initialWindow, self.window &* 2))
         } else {
-            self.window = 0
+            self.shrink()
         }
+    }
+
+    /// Halves the window, to zero below ``initialWindow``.
+    private mutating func shrink() {
+        self.window = self.window / 2 >= Self.initialWindow ? self.window / 2 : 0
     }
 
     /// A poll ended with its window, no message having arrived.

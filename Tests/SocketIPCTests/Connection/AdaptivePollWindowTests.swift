@@ -56,16 +56,41 @@ struct AdaptivePollWindowTests {
         #expect(window.armed(at: time + 1, maximum: 50_000, wrote: true) == 50_000 - 1)
     }
 
-    @Test("traffic that stops closes the window: the next write after a long silence does not poll")
-    func idleCloses() {
+    @Test("one answer later than the maximum halves the window instead of closing it (KVM's shrink of 2)")
+    func oneLateAnswerHalves() {
         var window = AdaptivePollWindow()
         var time: UInt64 = 1_000_000
-        for _ in 0..<6 { time = Self.exchange(&window, at: time, answerAfter: 20_000).next }
-        #expect(window.window > 0)
-        // The peer answers only after a second.
-        time = Self.exchange(&window, at: time, answerAfter: 1_000_000_000).next
+        for _ in 0..<8 { time = Self.exchange(&window, at: time, answerAfter: 150_000).next }
+        #expect(window.window == 160_000)
+        // One slow moment: the answer takes 3 ms.
+        time = Self.exchange(&window, at: time, answerAfter: 3_000_000).next
+        #expect(window.window == 80_000)
+        // The next answers, back at 30 µs, are caught by the halved window at once.
+        let (polled, _) = Self.exchange(&window, at: time, answerAfter: 30_000)
+        #expect(polled == 80_000)
+        #expect(window.window == 80_000)
+    }
+
+    @Test("traffic slower than the maximum closes the window after a few messages, and it stays closed")
+    func sparseTrafficCloses() {
+        var window = AdaptivePollWindow()
+        var time: UInt64 = 1_000_000
+        for _ in 0..<8 { time = Self.exchange(&window, at: time, answerAfter: 190_000).next }
+        #expect(window.window == Self.maximum)
+        // Now the peer answers only after a millisecond, then after a second.
+        var opened: [UInt64] = []
+        for answerAfter: UInt64 in [1_000_000, 1_000_000, 1_000_000, 1_000_000, 1_000_000_000, 1_000_000_000] {
+            let (polled, next) = Self.exchange(&window, at: time, answerAfter: answerAfter)
+            opened.append(polled)
+            time = next
+        }
+        #expect(opened == [200_000, 100_000, 50_000, 25_000, 12_500, 0])
         #expect(window.window == 0)
+        // Closed: a write after a long silence does not poll.
+        time += 60_000_000_000
         #expect(window.armed(at: time, maximum: Self.maximum, wrote: true) == 0)
+        window.messageArrived(at: time + 5_000_000)
+        #expect(window.window == 0)
     }
 
     @Test("a writer whose peer does not answer: polls in vain halve the window down to zero")
