@@ -160,6 +160,41 @@ extension DescriptorPassingCLITests {
     }
 }
 
+extension DescriptorPassingCLITests {
+    @Test(
+        "a descriptors frame before a going-away frame is refused with the frame's kind, not Swift's description of it",
+        .enabled(if: hasPython, "needs python3")
+    )
+    func descriptorsBeforeGoingAway() async throws {
+        try await withListenCommand(["--max-descriptors", "1"]) { path, listener in
+            let peer = try SpawnedProcess(
+                executable: Self.python,
+                arguments: [
+                    "-c",
+                    """
+                    import os, socket, array
+                    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    s.connect(\(pythonString(path)))
+                    s.sendall(bytes.fromhex("5349504301070000"))
+                    s.recv(8)
+                    r, w = os.pipe()
+                    # A descriptors frame (one descriptor), then going-away 0x00 "bye" instead of a message.
+                    frames = bytes.fromhex("000000020d01" + "000000050500") + b"bye"
+                    s.sendmsg([frames], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r]))])
+                    s.shutdown(socket.SHUT_WR)
+                    while s.recv(65536):
+                        pass
+                    """,
+                ]
+            )
+            #expect(try await withProcess(peer) { await $0.waitForExit() } == 0)
+            let closed = await listener.standardError.waitForLine(containing: "connection closed from")
+            #expect(closed?.contains("not before a going-away frame (0x05)") == true, "\(closed ?? "no close")")
+            #expect(closed?.contains("GoAwayReason") == false, "\(closed ?? "no close")")
+        }
+    }
+}
+
 /// How many descriptors process `pid` has open once the number has stayed the same for ten looks 20 ms apart
 /// (at most 10 s).
 private func settledDescriptorCount(of pid: pid_t) async throws -> Int {

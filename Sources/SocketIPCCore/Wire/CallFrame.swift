@@ -161,7 +161,7 @@ extension CallFrame {
     }
 
     static func malformed(_ kind: FrameKind, payload: ByteBuffer) -> SocketIPCError {
-        SocketIPCError(.protocolViolation, "received a \(kind) frame whose payload is malformed")
+        SocketIPCError(.protocolViolation, "received \(kind.nameWithArticle) frame whose payload is malformed")
     }
 }
 

@@ -264,7 +264,7 @@ package struct FrameDecoder: Sendable {
     package static func tooShort(_ kind: FrameKind, frameLength: Int) -> SocketIPCError {
         SocketIPCError(
             .protocolViolation,
-            "received a \(kind) frame of length \(frameLength); it needs at least \(kind.headerLength)"
+            "received \(kind.nameWithArticle) frame of length \(frameLength); it needs at least \(kind.headerLength)"
         )
     }
 

@@ -106,7 +106,15 @@ extension Connection {
     /// still unanswered and waits for the replies to its own, then closes (the peer closes too once it has answered
     /// this side's requests). After any other reason the caller closes the connection at once.
     func peerIsGoingAway(_ reason: GoAwayReason, message: String) {
-        let text = message.isEmpty ? "the peer is going away" : "the peer is going away: \(message)"
+        let what =
+            switch reason {
+            case .normal: "the peer is going away"
+            case .unauthorized: "the peer refused this connection"
+            case .protocolViolation: "the peer closed the connection over a protocol violation"
+            case .messageTooLarge: "the peer closed the connection: a frame was larger than it accepts"
+            case .unsupportedVersion: "the peer closed the connection: it does not speak this protocol version"
+            }
+        let text = message.isEmpty ? what : "\(what): \(message)"
         let error = SocketIPCError(reason.errorCode, text)
         let action = self.state.withLock { $0.peerIsGoingAway(isNormal: reason == .normal, error: error) }
         self.logger.debug("peer is going away", metadata: ["reason": "\(reason)", "message": "\(message)"])

@@ -374,7 +374,7 @@ extension ConnectionChannelHandler {
                 SocketIPCError(
                     .protocolViolation,
                     "a descriptors frame must come right before a message, request, reply or call message, not before "
-                        + "\(frame)"
+                        + frame.kindDescription
                 )
             )
         }

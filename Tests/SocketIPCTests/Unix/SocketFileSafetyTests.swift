@@ -123,6 +123,41 @@ struct SocketFileSafetyTests {
         }
     }
 
+    @Test(
+        "a symbolic link of another user on the way to the directory is refused, even behind one of this user's; one of this user's alone is followed",
+        .enabled(if: OtherUser.canOwnFiles, "needs root")
+    )
+    func foreignLinkOnTheWay() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let real = directory + "/real"
+            #expect(mkdir(real, 0o700) == 0)
+            // The other user's link leads to this user's own directory, which passes the check: the link does not,
+            // since its owner could point it at a directory of theirs once the server runs.
+            let foreign = directory + "/foreign"
+            #expect(symlink(real, foreign) == 0)
+            #expect(lchown(foreign, OtherUser.uid, OtherUser.gid) == 0)
+            let own = directory + "/own"
+            #expect(symlink("foreign", own) == 0)
+            for path in [foreign + "/s.sock", own + "/s.sock"] {
+                let server = Server.framed(configuration: .init(path: path), logger: testLogger) { EchoHandler() }
+                let error = await #expect(throws: SocketIPCError.self) { try await server.run() }
+                #expect(error?.code == .insecureDirectory)
+                #expect(error?.message.contains("symbolic link \(foreign)") == true, "\(error?.message ?? "")")
+                #expect(error?.message.contains("uid \(OtherUser.uid)") == true)
+                #expect(try directoryEntries(real) == [])
+            }
+            // A link of this user's straight to the directory is followed, as before.
+            let direct = directory + "/direct"
+            #expect(symlink(real, direct) == 0)
+            try await withEchoServer(path: direct + "/s.sock") { _ in
+                let reply = try await Client.withConnection(to: direct + "/s.sock") {
+                    try await $0.request(ByteBuffer(string: "through my link"))
+                }
+                #expect(String(buffer: reply) == "through my link")
+            }
+        }
+    }
+
     @Test("a hard link to another file of this user at the lock path is refused, and that file is not written")
     func hardLinkAtLockPath() async throws {
         try await withTemporarySocketDirectory { directory in

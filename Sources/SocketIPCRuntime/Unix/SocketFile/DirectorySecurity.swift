@@ -13,6 +13,12 @@ import Darwin
 ///
 /// A directory that fails lets another user unlink the socket file, or rename a directory on the way to it, and
 /// put their own listener where clients look for this server's.
+///
+/// The path as configured is checked too, not only its real path: every symbolic link met on the way to the
+/// directory must belong to root or to this process's effective user, and the directory it is in must pass the same
+/// check, so that nobody else can point it elsewhere later. This is the rule of Linux's `fs.protected_symlinks`
+/// (which only some systems turn on, and only for sticky world-writable directories), applied to every link on the
+/// way, as systemd's `chase()` refuses unsafe transitions with `CHASE_SAFE`.
 enum DirectorySecurity {
     /// Checks the directory open at `descriptor` (reached through `path`) and every ancestor of its real path.
     ///
@@ -36,6 +42,12 @@ enum DirectorySecurity {
             )
         }
         try Self.require(opened, at: resolved == path ? path : "\(resolved) (reached as \(path))", socketPath: socketPath)
+        try Self.requireAncestors(of: resolved, socketPath: socketPath)
+        try Self.requireSafeLinks(on: path, socketPath: socketPath)
+    }
+
+    /// Checks every ancestor of the real path `resolved`, up to `/`.
+    private static func requireAncestors(of resolved: String, socketPath: SocketPath) throws {
         var current = resolved
         while current != "/" {
             current = Self.parent(of: current)
@@ -45,6 +57,76 @@ enum DirectorySecurity {
             }
             try Self.require(FileStatus(info), at: current, socketPath: socketPath)
         }
+    }
+
+    /// The most symbolic links followed on the way to one directory, as Linux's `MAXSYMLINKS`.
+    private static let maximumLinks = 40
+
+    /// Resolves `path` one component at a time, as the kernel does, and requires of every symbolic link on the way
+    /// that it belongs to root or to this process's effective user, and that the directory it is in (and that
+    /// directory's ancestors) passes ``problem(with:at:)``.
+    private static func requireSafeLinks(on path: String, socketPath: SocketPath) throws {
+        var pending = Self.components(of: path).reversed() as [String]
+        var current: String
+        if path.hasPrefix("/") {
+            current = "/"
+        } else {
+            guard let workingDirectory = Self.realPath(".") else {
+                throw SocketIPCError.systemCall("realpath", errno: errno, path: ".")
+            }
+            current = workingDirectory
+        }
+        var links = 0
+        while let name = pending.popLast() {
+            if name == "." { continue }
+            if name == ".." {
+                current = Self.parent(of: current)  // `current` has no links left in it: its parent is the real one
+                continue
+            }
+            let candidate = current == "/" ? "/" + name : current + "/" + name
+            var info = stat()
+            guard lstat(candidate, &info) == 0 else {
+                throw SocketIPCError.systemCall("lstat", errno: errno, path: candidate)
+            }
+            guard info.st_mode & S_IFMT == S_IFLNK else {
+                current = candidate
+                continue
+            }
+            links += 1
+            guard links <= Self.maximumLinks else {
+                throw SocketIPCError.systemCall("realpath", errno: ELOOP, path: path)
+            }
+            let me = geteuid()
+            if info.st_uid != 0 && info.st_uid != me {
+                try Self.refuse(
+                    "the path \(path) goes through the symbolic link \(candidate), which belongs to uid \(info.st_uid): "
+                        + "that user could point it at a directory of their own, where this server's clients would "
+                        + "find their listener; this process runs as uid \(me)",
+                    socketPath: socketPath
+                )
+            }
+            // The directory the link is in: whoever may replace entries there may replace the link.
+            var directory = stat()
+            guard lstat(current, &directory) == 0 else {
+                throw SocketIPCError.systemCall("lstat", errno: errno, path: current)
+            }
+            try Self.require(FileStatus(directory), at: "\(current) (holding the symbolic link \(candidate))", socketPath: socketPath)
+            try Self.requireAncestors(of: current, socketPath: socketPath)
+            let target = try Self.linkTarget(candidate)
+            if target.hasPrefix("/") { current = "/" }
+            pending.append(contentsOf: Self.components(of: target).reversed())
+        }
+    }
+
+    private static func components(of path: String) -> [String] {
+        path.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
+    }
+
+    private static func linkTarget(_ path: String) throws -> String {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let count = buffer.withUnsafeMutableBufferPointer { readlink(path, $0.baseAddress!, $0.count - 1) }
+        guard count >= 0 else { throw SocketIPCError.systemCall("readlink", errno: errno, path: path) }
+        return String(decoding: buffer[..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     /// Why a directory with `status` is unsafe for this process's sockets, or `nil` when it is safe.
@@ -67,6 +149,10 @@ enum DirectorySecurity {
 
     private static func require(_ status: FileStatus, at path: String, socketPath: SocketPath) throws {
         guard let problem = Self.problem(with: status, at: path) else { return }
+        try Self.refuse(problem, socketPath: socketPath)
+    }
+
+    private static func refuse(_ problem: String, socketPath: SocketPath) throws -> Never {
         throw SocketIPCError(
             .insecureDirectory,
             "\(problem); \(socketPath) was not created: use a directory only you (or root) can write, such as "
