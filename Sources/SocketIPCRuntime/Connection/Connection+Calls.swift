@@ -151,11 +151,64 @@ extension Connection {
         return try self.queueCheckedData(.callMessage, id: id, message)
     }
 
-    /// Queues a message of call `id` without descriptors and waits while the peer is not reading (the write queue
-    /// above its high watermark).
+    /// Queues a message of call `id` without descriptors once the write queue has room: while the peer is not
+    /// reading (the queue at or above its high watermark, or the channel not writable) it waits first, and queues
+    /// nothing meanwhile.
+    ///
+    /// Waiting before queueing, not after, is what bounds a peer that opens many calls and reads nothing: each of
+    /// its calls' handlers would otherwise queue one whole message beyond the watermark (up to the maximum message
+    /// size each, so 100 calls times 16 MiB on one connection). Now the queue holds at most the watermark and one
+    /// message, however many handlers send.
+    /// - Throws: `messageTooLarge`; the connection's error once it is closed.
     nonisolated(nonsending) package func sendCallMessage(id: UInt32, _ message: ByteBuffer) async throws {
-        if try self.queueCallMessage(id: id, message) {
+        try self.checkCallMessageSize(message)
+        while try !self.queueCallMessageIfRoom(id: id, message) {
             try await self.waitUntilWritable()
+        }
+    }
+
+    /// Queues a message of call `id` whose size was checked if the write queue has room (below its high watermark,
+    /// the channel writable), checked and queued under one lock; returns whether it was queued.
+    private func queueCallMessageIfRoom(id: UInt32, _ message: ByteBuffer) throws -> Bool {
+        if self.descriptorPassing != nil && message.readableBytes >= self.options.sharedPayloadThreshold {
+            // A payload that may travel in shared memory (made before it is queued): checked first, then queued.
+            switch self.state.withLock({ $0.checkWritable() }) {
+            case .wait: return false
+            case .fail(let error): throw error
+            case .proceed: break
+            }
+            _ = try self.queueCheckedData(.callMessage, id: id, message)
+            return true
+        }
+        let (action, flushEarly) = self.state.withLock { state -> (StateMachine.EnqueueAction?, Bool) in
+            if case .wait = state.checkWritable() { return (nil, false) }
+            return (
+                state.enqueue(.callMessage, id: id, payload: message, spareBuffer: { self.spareBuffer() }),
+                state.shouldFlushEarly(threshold: Self.earlyFlushThreshold)
+            )
+        }
+        switch action {
+        case nil:
+            return false
+        case .fail(let error):
+            throw error
+        case .queued(let scheduleFlush, let mustWait):
+            if scheduleFlush { self.scheduleFlush() }
+            if flushEarly && !mustWait { self.flushEarlyIfOnEventLoop() }
+            return true
+        }
+    }
+
+    /// Waits until the write queue has room (below its high watermark, the channel writable), looking again after
+    /// each wake-up: all waiting senders are resumed together, and those that run after another one filled the
+    /// queue again wait again.
+    nonisolated(nonsending) private func waitForRoom() async throws {
+        while true {
+            switch self.state.withLock({ $0.checkWritable() }) {
+            case .proceed: return
+            case .fail(let error): throw error
+            case .wait: try await self.waitUntilWritable()
+            }
         }
     }
 
@@ -167,13 +220,19 @@ extension Connection {
         }
     }
 
-    /// Queues a call message with `descriptors` (see ``queueCallFrame(id:_:descriptors:)``) and waits while the peer
-    /// is not reading.
+    /// Queues a call message with `descriptors` (see ``queueCallFrame(id:_:descriptors:)``) once the write queue has
+    /// room, as ``sendCallMessage(id:_:)`` does, and waits while the peer is not reading.
     nonisolated(nonsending) package func sendCallFrame(
         id: UInt32,
         _ frame: CallFrame,
         descriptors: [Int32]
     ) async throws {
+        do {
+            try await self.waitForRoom()
+        } catch {
+            DescriptorRelay.closeAll(descriptors)
+            throw error
+        }
         if try self.queueCallFrame(id: id, frame, descriptors: descriptors) {
             try await self.waitUntilWritable()
         }

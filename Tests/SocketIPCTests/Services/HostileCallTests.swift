@@ -1,9 +1,12 @@
 import Foundation
+import NIOCore
 import SocketIPC
 import SocketIPCTesting
 import Synchronization
 import SocketIPCTestSupport
 import Testing
+
+@testable import SocketIPCRuntime
 
 // Written for Linux (Glibc, Musl) and Darwin; tested on Linux only, Darwin is untested.
 #if canImport(Glibc)
@@ -219,6 +222,51 @@ struct HostileCallTests {
             try await expectServed(path)
             closer.close()
             for await _ in gauge.ended.stream { break }
+            try await expectServed(path)
+        }
+    }
+
+    @Test("a peer that opens 40 server streams of 1 MiB messages and reads nothing: the server queues at most its watermark and one message")
+    func unreadStreamsQueueOneMessage() async throws {
+        let gauge = HandlerGauge()
+        let served = Mutex<Connection?>(nil)
+        var router = keyValueRouter()
+        router.registerServerStreaming(Big.self) { size, writer, context in
+            served.withLock { $0 = context.connection }
+            gauge.start()
+            defer { gauge.end() }
+            // One message above the starting credit of 64 KiB: credit lets it through, the write queue must not.
+            try await writer.write(String(repeating: "a", count: size))
+            gauge.wrote()
+            try await Task.sleep(for: .seconds(3600))
+        }
+        try await withServiceTestServer(router: router) { _, path in
+            let calls = 40
+            let peer = try await RawSocket.connect(to: path)
+            let closer = PeerCloser(peer)
+            defer { closer.close() }
+            var bytes = serverHelloBytes
+            for index in 0..<calls {
+                let id = UInt32(2 * index + 1)
+                bytes += callOpenBytes(id: id, method: Big.name) + messageBytes(id: id, json: "1048576")
+                    + callEndOKBytes(id: id)
+            }
+            try await peer.write(bytes)
+            var started = 0
+            for await _ in gauge.started.stream {
+                started += 1
+                if started == calls { break }
+            }
+            // A bounded wait that asserts an absence: the handlers that could queue have queued.
+            try await Task.sleep(for: .milliseconds(500))
+            let connection = try #require(served.withLock { $0 })
+            // What the server holds for this peer: its own queue, and what it handed to the channel (SwiftNIO's
+            // pending writes, which the flush fills in chunks of 64 KiB and more).
+            let queued = connection.state.withLock { $0.queuedBytes }
+            let handed = try await connection.channel.getOption(ChannelOptions.bufferedWritableBytes).get()
+            let limit = connection.options.writeBufferHighWatermark + 2 * 1024 * 1024 + 1_048_576 + 1024
+            #expect(queued + handed <= limit, "\(queued) bytes queued and \(handed) handed to the channel")
+            #expect(gauge.written.load(ordering: .relaxed) < calls / 4, "handlers that queued their message")
             try await expectServed(path)
         }
     }
@@ -501,6 +549,12 @@ private enum Hold: ServiceMethod {
     static let name = "hostile.hold"
     typealias Request = Int
     typealias Response = Int
+}
+
+private enum Big: ServiceMethod {
+    static let name = "hostile.big"
+    typealias Request = Int
+    typealias Response = String
 }
 
 private enum Forever: ServiceMethod {
