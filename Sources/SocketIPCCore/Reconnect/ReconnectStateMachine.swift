@@ -2,10 +2,10 @@
 /// after a failure, failed for good or shut down; and the calls waiting for a connection.
 ///
 /// ```
-///           start()                     connected(_:)
+///           start()                     connected(_:at:)
 ///   idle -----------> connecting -------------------------> ready
-///                       ^    |  connectFailed (retryable)      |  connectionLost(_:)
-///                       |    v                                 |  (reconnects at once)
+///                       ^    |  connectFailed (retryable)      |  connectionLost: at once after a
+///                       |    v                                 |  stable connection, else as a failure
 ///            retryDue() |  waiting(retry, error) <-------------+--> connecting
 ///                       +----/   connectFailed (not retryable) -> failed(error)
 ///   shutdown() from any state -> shutDown
@@ -13,8 +13,11 @@
 ///
 /// A failed attempt is retried, since a later one may succeed (no server yet, the server shutting down or gone, a
 /// timeout), except when it never will: a refusal by the server's policy, a peer that does not speak the protocol
-/// or this version of it, an invalid path. Consecutive failures back off (``ConnectionBackoff``); a connection that was ready and is lost is
-/// retried at once, as gRPC's client does.
+/// or this version of it, an invalid path. Consecutive failures back off (``ConnectionBackoff``). A connection that was
+/// ready and is lost is retried at once, as gRPC's client does, if it had stayed up for at least the backoff's
+/// ``ConnectionBackoff/maximumDelay``; one lost sooner counts as a failure and is retried after the backoff, the count
+/// going on from the failures before it. So a server that completes the handshake and closes at once (a crash loop,
+/// or a hostile one) is not reconnected to in a tight loop: only a connection that proved stable resets the count.
 ///
 /// - `Connection`: the runtime's connection (compared by identity).
 /// - `Waiter`: what waits for a connection (the runtime's continuation).
@@ -44,6 +47,8 @@ package struct ReconnectStateMachine<Connection: AnyObject, Waiter> {
     package private(set) var state: State = .idle
     private var waiters: [Int: (waiter: Waiter, excluding: Connection?)] = [:]
     private var failures = 0
+    /// When the ready connection became ready.
+    private var readySince: ContinuousClock.Instant?
     private let backoff: ConnectionBackoff
 
     package init(backoff: ConnectionBackoff) {
@@ -57,11 +62,12 @@ package struct ReconnectStateMachine<Connection: AnyObject, Waiter> {
         return .connect(attempt: 1)
     }
 
-    /// A connection is ready: the waiters to resume with it.
-    package mutating func connected(_ connection: Connection) -> [Waiter] {
+    /// A connection is ready at `now`: the waiters to resume with it. The count of failures goes on until the
+    /// connection has proved stable (``connectionLost(_:at:error:random:)``).
+    package mutating func connected(_ connection: Connection, at now: ContinuousClock.Instant) -> [Waiter] {
         guard case .connecting = self.state else { return [] }
         self.state = .ready(connection)
-        self.failures = 0
+        self.readySince = now
         let ready = self.waiters.filter { $0.value.excluding !== connection }
         for id in ready.keys { self.waiters[id] = nil }
         return ready.values.map(\.waiter)
@@ -99,14 +105,30 @@ package struct ReconnectStateMachine<Connection: AnyObject, Waiter> {
         return .connect(attempt: retry + 1)
     }
 
-    /// The ready connection closed: connect again at once.
-    package mutating func connectionLost(_ connection: Connection) -> Action {
-        guard case .ready(let current) = self.state, current === connection else {
-            if case .shutDown = self.state { return .stop }
-            return .stop
+    /// The ready connection closed at `now`, with `error` (its close reason, if it has one): connect again at once
+    /// if it had stayed up for at least the backoff's maximum delay; otherwise count it as a failure and retry after
+    /// the backoff, `random` in `0..<1` placing the retry in the jitter's range.
+    package mutating func connectionLost(
+        _ connection: Connection,
+        at now: ContinuousClock.Instant,
+        error: SocketIPCError?,
+        random: Double
+    ) -> Action {
+        guard case .ready(let current) = self.state, current === connection else { return .stop }
+        let lasted = self.readySince.map { $0.duration(to: now) } ?? .zero
+        self.readySince = nil
+        if lasted >= self.backoff.maximumDelay {
+            self.failures = 0
+            self.state = .connecting(attempt: 1)
+            return .connect(attempt: 1)
         }
-        self.state = .connecting(attempt: 1)
-        return .connect(attempt: 1)
+        self.failures += 1
+        let failure =
+            error
+            ?? SocketIPCError(.connectionClosed, "the connection closed \(lasted) after it was ready")
+        self.state = .waiting(retry: self.failures, error: failure)
+        let delay = self.backoff.delay(beforeRetry: self.failures, random: random)
+        return .retry(after: delay, retry: self.failures, error: failure)
     }
 
     /// The client shuts down: the waiters to fail, and the connection to close if one is ready.

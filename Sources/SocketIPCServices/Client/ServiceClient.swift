@@ -143,7 +143,7 @@ public final class ServiceClient: Sendable, Service {
                 return self.failed(error)
             }
         }
-        let waiters = self.machine.withLock { $0.connected(connection) }
+        let waiters = self.machine.withLock { $0.connected(connection, at: .now) }
         guard case .ready = self.machine.withLock({ $0.state }) else {
             // Shut down meanwhile.
             connection.close()
@@ -159,7 +159,8 @@ public final class ServiceClient: Sendable, Service {
             // At debug level: `states` and `lastCloseReason` tell the application, which decides what to show.
             self.logger.debug("connection lost", metadata: ["path": "\(self.path)", "reason": "\(reason)"])
         }
-        return self.machine.withLock { $0.connectionLost(connection) }
+        let random = Double.random(in: 0..<1)
+        return self.machine.withLock { $0.connectionLost(connection, at: .now, error: reason, random: random) }
     }
 
     private func failed(_ error: any Error) -> Machine.Action {

@@ -10,8 +10,9 @@ struct ReconnectStateMachineTests {
 
     static let refused = SocketIPCError(.connectionRefused, "no server")
 
-    @Test("failures back off; a success resets the count; a lost connection reconnects at once; waiters get the connection")
+    @Test("failures back off; a connection lost after it proved stable reconnects at once and resets the count; waiters get the connection")
     func lifecycle() throws {
+        let start = ContinuousClock.now
         var machine = Machine(backoff: ConnectionBackoff(initialDelay: .milliseconds(100), jitter: 0))
         guard case .connect(attempt: 1) = machine.start() else { throw Failure("starts by connecting") }
         #expect(machine.waitForConnection(id: 1, waiter: "call", excluding: nil).isWait)
@@ -24,23 +25,59 @@ struct ReconnectStateMachineTests {
         #expect(delay2 == .milliseconds(160))
         _ = machine.retryDue()
         let connection = FakeConnection()
-        #expect(machine.connected(connection) == ["call"])
+        #expect(machine.connected(connection, at: start) == ["call"])
         guard case .ready(let ready) = machine.waitForConnection(id: 2, waiter: "next", excluding: nil), ready === connection
         else { throw Failure("ready") }
         // A caller that saw this connection lost waits for the next one.
         #expect(machine.waitForConnection(id: 3, waiter: "retry", excluding: connection).isWait)
-        guard case .connect(attempt: 1) = machine.connectionLost(connection) else { throw Failure("reconnects at once") }
+        // Up for the backoff's maximum (5 s by default): stable.
+        guard case .connect(attempt: 1) = machine.connectionLost(connection, at: start + .seconds(5), error: nil, random: 0.5)
+        else { throw Failure("reconnects at once") }
         let (third, _) = machine.connectFailed(Self.refused, random: 0.5)
         guard case .retry(let delay3, retry: 1, _) = third else { throw Failure("the count started again") }
         #expect(delay3 == .milliseconds(100))
         _ = machine.retryDue()
-        #expect(machine.connected(FakeConnection()) == ["retry"])
+        #expect(machine.connected(FakeConnection(), at: start + .seconds(6)) == ["retry"])
         let (toClose, failed) = machine.shutdown()
         #expect(toClose != nil)
         #expect(failed.isEmpty)
         guard case .fail = machine.waitForConnection(id: 4, waiter: "late", excluding: nil) else {
             throw Failure("a shut-down client fails calls")
         }
+    }
+
+    @Test("a connection lost before it proved stable counts as a failure: a server that closes right after the handshake is retried with growing waits, not in a loop")
+    func flappingServerBacksOff() throws {
+        var time = ContinuousClock.now
+        var machine = Machine(backoff: ConnectionBackoff(initialDelay: .milliseconds(100), maximumDelay: .seconds(5), jitter: 0))
+        guard case .connect(attempt: 1) = machine.start() else { throw Failure("starts by connecting") }
+        var delays: [Duration] = []
+        for _ in 0..<4 {
+            let connection = FakeConnection()
+            _ = machine.connected(connection, at: time)
+            time += .milliseconds(2)
+            let closed = SocketIPCError(.peerGoingAway, "the server is shutting down")
+            guard case .retry(let delay, _, let error) = machine.connectionLost(connection, at: time, error: closed, random: 0.5)
+            else { throw Failure("a quick loss is retried after a wait") }
+            #expect(error.code == .peerGoingAway)
+            delays.append(delay)
+            time += delay
+            guard case .connect = machine.retryDue() else { throw Failure("connects after the wait") }
+        }
+        #expect(delays == [.milliseconds(100), .milliseconds(160), .milliseconds(256), .nanoseconds(409_600_000)])
+        // A connection that stays up for the maximum delay resets the count: its loss reconnects at once, and the
+        // next quick loss waits the initial delay again.
+        let stable = FakeConnection()
+        _ = machine.connected(stable, at: time)
+        time += .seconds(5)
+        guard case .connect(attempt: 1) = machine.connectionLost(stable, at: time, error: nil, random: 0.5) else {
+            throw Failure("a stable connection's loss reconnects at once")
+        }
+        let quick = FakeConnection()
+        _ = machine.connected(quick, at: time)
+        guard case .retry(let delay, retry: 1, _) = machine.connectionLost(quick, at: time + .milliseconds(1), error: nil, random: 0.5)
+        else { throw Failure("the count started again") }
+        #expect(delay == .milliseconds(100))
     }
 
     @Test("a refusal fails for good, and fails the waiters with it")
