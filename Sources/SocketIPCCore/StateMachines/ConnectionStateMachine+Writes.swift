@@ -120,6 +120,27 @@ extension ConnectionStateMachine {
         }
     }
 
+    /// The most frames the peer may send that this side must answer (requests, pings, calls' opens) while it does not
+    /// read this side's writes (the queue at or above its high watermark, or the channel not writable): 10,000, as
+    /// Go's HTTP/2 server bounds the control frames queued for a peer (`maxQueuedControlFrames`, its fix for the
+    /// ping and settings floods of CVE-2019-9512 and CVE-2019-9515).
+    @inlinable
+    package static var maximumAnswersOwedUnread: UInt32 { 10_000 }
+
+    /// The peer sent a frame this side answers: returns `false` when it is one more than
+    /// ``maximumAnswersOwedUnread`` sent while the peer did not read this side's writes, so the connection closes
+    /// instead of queueing answers without bound. A side that stops reading when it cannot write (a server) never
+    /// gets near it; this bounds a client, which keeps reading so that no two peers wait on each other.
+    @inlinable
+    package mutating func answerOwed() -> Bool {
+        if self.outbound.isWritable(highWatermark: self.writeBufferHighWatermark) {
+            self.outbound.answersOwedUnread = 0
+            return true
+        }
+        self.outbound.answersOwedUnread &+= 1
+        return self.outbound.answersOwedUnread <= Self.maximumAnswersOwedUnread
+    }
+
     /// A sender asks whether it may go on before it sends (the fast check, before it makes anything to wait with).
     @inlinable
     @inline(__always)

@@ -183,6 +183,10 @@ package struct ConnectionStateMachine<RequestContinuation, WriteWaiter, Timer> {
         /// Cleared when the channel closes its socket: the descriptor number may then belong to another file.
         @usableFromInline
         var descriptorIsOpen = true
+        /// Frames of the peer that this side answers (requests, pings, calls' opens) that came while the peer was
+        /// not reading this side's writes, since it last was (``ConnectionStateMachine/answerOwed()``).
+        @usableFromInline
+        var answersOwedUnread: UInt32 = 0
 
         @inlinable
         init() {}

@@ -279,11 +279,15 @@ extension Connection {
     /// A call frame arrived: to the services layer's receiver, or answered as an unknown method without one.
     @inline(never)
     func callFrameReceived(_ frame: CallFrame, id: UInt32, descriptors: ReceivedDescriptors? = nil) -> SocketIPCError? {
-        if case .open = frame, !self.calls.isPeerCallID(id) {
-            return SocketIPCError(
-                .protocolViolation,
-                "the peer opened call \(id), an id of this side's numbering (the connecting side's calls are odd)"
-            )
+        if case .open = frame {
+            if !self.calls.isPeerCallID(id) {
+                return SocketIPCError(
+                    .protocolViolation,
+                    "the peer opened call \(id), an id of this side's numbering (the connecting side's calls are odd)"
+                )
+            }
+            // Every open is answered (at the least by an end frame); see ``answerOwed()``.
+            if let flood = self.answerOwed() { return flood }
         }
         if let receiver = self.calls.receiver.withLock({ $0 }) {
             if let descriptors { return receiver.receive(frame, id: id, descriptors: descriptors, on: self) }

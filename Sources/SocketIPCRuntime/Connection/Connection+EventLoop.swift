@@ -78,10 +78,27 @@ extension Connection {
         self.perform(self.state.withLock { $0.writabilityChanged(isWritable) })
     }
 
-    /// Counts a request of the peer; returns how many are now unanswered.
+    /// Counts a request of the peer as unanswered: returns how many are, or `nil` when the peer sent more frames
+    /// that need an answer than it may while not reading this side's writes (``floodError``), and the connection
+    /// must close.
     @inline(__always)
-    func requestReceived() -> Int {
-        self.state.withLock { $0.requestReceived() }
+    func requestReceived() -> Int? {
+        self.state.withLock { $0.answerOwed() ? $0.requestReceived() : nil }
+    }
+
+    /// The peer pinged, or opened a call that this side answers at once: `nil`, or the error to close with when
+    /// the peer sent more frames that need an answer than it may while not reading this side's writes.
+    func answerOwed() -> SocketIPCError? {
+        self.state.withLock { $0.answerOwed() } ? nil : Self.floodError
+    }
+
+    /// Why a peer that sends requests, pings or calls without reading their answers is closed.
+    static var floodError: SocketIPCError {
+        SocketIPCError(
+            .protocolViolation,
+            "the peer sent more than \(StateMachine.maximumAnswersOwedUnread) requests, pings or calls while not "
+                + "reading this side's answers"
+        )
     }
 
     /// Called by the channel handler when the peer's unanswered requests reached the maximum: returns `true` if the

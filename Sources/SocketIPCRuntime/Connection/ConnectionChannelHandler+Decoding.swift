@@ -241,7 +241,7 @@ extension ConnectionChannelHandler {
         case .message:
             handler.didReceiveMessage(payload, on: connection)
         case .request:
-            let unanswered = connection.requestReceived()
+            guard let unanswered = connection.requestReceived() else { return .violation(Connection.floodError) }
             handler.didReceiveRequest(payload, reply: Reply(connection: connection, id: id), on: connection)
             if unanswered >= maximumRequests { return .pauseForRequests }
         case .reply:
@@ -272,7 +272,7 @@ extension ConnectionChannelHandler {
         case .message(let message):
             handler.didReceiveMessage(message, on: connection)
         case .request(let id, let payload):
-            let unanswered = connection.requestReceived()
+            guard let unanswered = connection.requestReceived() else { return .violation(Connection.floodError) }
             handler.didReceiveRequest(payload, reply: Reply(connection: connection, id: id), on: connection)
             if unanswered >= maximumRequests { return .pauseForRequests }
         case .reply(let id, let payload):
@@ -285,6 +285,7 @@ extension ConnectionChannelHandler {
         case .call(let id, let callFrame):
             if let violation = connection.callFrameReceived(callFrame, id: id) { return .violation(violation) }
         case .ping(let id):
+            if let flood = connection.answerOwed() { return .violation(flood) }
             connection.pingReceived(id: id)
         case .pong(let id):
             connection.pongReceived(id: id)
@@ -335,7 +336,7 @@ extension ConnectionChannelHandler {
                 handler.didReceiveMessage(mapping, on: connection)
                 return .next
             case .request:
-                let unanswered = connection.requestReceived()
+                guard let unanswered = connection.requestReceived() else { return .violation(Connection.floodError) }
                 handler.didReceiveRequest(mapping, reply: Reply(connection: connection, id: id), on: connection)
                 return unanswered >= maximumRequests ? .pauseForRequests : .next
             default:
@@ -355,7 +356,7 @@ extension ConnectionChannelHandler {
         case .message(let message):
             handler.didReceiveMessage(message, descriptors: descriptors, on: connection)
         case .request(let id, let payload):
-            let unanswered = connection.requestReceived()
+            guard let unanswered = connection.requestReceived() else { return .violation(Connection.floodError) }
             handler.didReceiveRequest(
                 payload, descriptors: descriptors, reply: Reply(connection: connection, id: id), on: connection
             )
