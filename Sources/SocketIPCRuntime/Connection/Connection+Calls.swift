@@ -337,6 +337,13 @@ extension Connection {
         }
     }
 
+    /// When the calling task runs on the connection's event loop, suspends it until the loop has polled its sockets
+    /// once (``EventLoopTurn``); elsewhere returns at once.
+    nonisolated(nonsending) package func yieldToEventLoop() async {
+        guard self.eventLoop.inEventLoop else { return }
+        await EventLoopTurn.shared(for: self.eventLoop).wait()
+    }
+
     /// Runs `body` on the connection's event loop after `delay`, unless the returned task is cancelled first: a
     /// call's deadline.
     package func scheduleCallTimer(in delay: Duration, _ body: @escaping @Sendable () -> Void) -> Scheduled<Void> {

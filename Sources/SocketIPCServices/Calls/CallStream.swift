@@ -35,6 +35,10 @@ final class CallStream: Sendable {
     private let stop = Mutex<Stop>(Stop())
     struct Locked {
         var machine = Machine()
+        /// Messages and bytes sent on credit since the sender last waited for credit, or last gave its event loop
+        /// a turn (``send(_:descriptors:)``).
+        var sentInRun = 0
+        var bytesInRun = 0
         /// The descriptors of messages received and not yet read, by the messages' numbers: messages are read in
         /// the order they arrived, so the reader's count finds them.
         var descriptors = MessageDescriptors()
@@ -263,8 +267,26 @@ final class CallStream: Sendable {
     /// - Throws: What the call failed with; `messageTooLarge`; `CancellationError` if the task is cancelled.
     /// - Parameter descriptors: What the message carries, if anything; taken only once the message is queued.
     nonisolated(nonsending) func send(_ payload: ByteBuffer, descriptors: DuplicatedDescriptors? = nil) async throws {
-        // With credit, nothing to wait for: no suspension.
-        if try !self.state.withLock({ try $0.machine.trySend(payloadLength: payload.readableBytes) }) {
+        // With credit, nothing to wait for: no suspension, but a turn for the event loop's other connections now and
+        // then (below).
+        let length = payload.readableBytes
+        var longRun = false
+        let onCredit = try self.state.withLock { locked -> Bool in
+            guard try locked.machine.trySend(payloadLength: length) else {
+                locked.sentInRun = 0
+                locked.bytesInRun = 0
+                return false
+            }
+            locked.sentInRun += 1
+            locked.bytesInRun += length
+            if locked.sentInRun >= Self.runLength || locked.bytesInRun >= Self.runBytes {
+                locked.sentInRun = 0
+                locked.bytesInRun = 0
+                longRun = true
+            }
+            return true
+        }
+        if !onCredit {
             try await withTaskCancellationHandler {
                 try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
                     let action = self.state.withLock {
@@ -285,7 +307,18 @@ final class CallStream: Sendable {
         } else {
             try await self.connection.sendCallMessage(id: self.id, payload)
         }
+        if longRun {
+            // A handler on the event loop whose peer grants credit without limit and reads as fast as it is written
+            // never waits, and would keep the loop from its other connections (their hellos, their calls) for as
+            // long as it sends; so it gives the loop a turn at its sockets after each run.
+            await self.connection.yieldToEventLoop()
+        }
     }
+
+    /// Messages sent on credit, without waiting, after which a sender on the event loop gives the loop a turn.
+    static var runLength: Int { 1024 }
+    /// Bytes sent on credit, without waiting, after which a sender on the event loop gives the loop a turn: 4 MiB.
+    static var runBytes: Int { 4 * 1024 * 1024 }
 
     /// Queues one message without waiting for the socket when credit allows it at once (the first message of a
     /// call always has it), so that a unary call's open, request and half-close leave in one write; otherwise

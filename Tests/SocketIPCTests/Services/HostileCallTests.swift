@@ -271,6 +271,57 @@ struct HostileCallTests {
         }
     }
 
+    @Test("a server stream whose peer grants all the credit there is and reads as fast as it comes leaves the other connections served, on every event loop")
+    func unlimitedCreditLeavesOthersServed() async throws {
+        let gauge = HandlerGauge()
+        var router = keyValueRouter()
+        router.registerServerStreaming(Forever.self) { _, writer, _ in
+            gauge.start()
+            defer { gauge.end() }
+            var number = 0
+            while true {
+                try await writer.write(number)
+                number += 1
+            }
+        }
+        try await withServiceTestServer(router: router) { _, path in
+            let peer = try await RawSocket.connect(to: path)
+            let closer = PeerCloser(peer)
+            defer { closer.close() }
+            try await peer.write(
+                serverHelloBytes + callOpenBytes(id: 1, method: Forever.name) + messageBytes(id: 1, json: "0")
+                    + callEndOKBytes(id: 1) + creditBytes(id: 1, increment: UInt32(Int32.max) - 65_536)
+            )
+            // Read everything as it comes, on a thread of its own; say once when the first MiB is in.
+            let (flowing, flowingContinuation) = AsyncStream.makeStream(of: Void.self)
+            let descriptor = peer.descriptor
+            let reading = Task {
+                try await onOwnThread {
+                    var total = 0
+                    var chunk = [UInt8](repeating: 0, count: 65536)
+                    while true {
+                        let got = chunk.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress, $0.count, 0) }
+                        if got < 0 && errno == EINTR { continue }
+                        if got <= 0 { break }
+                        if total < 1_048_576 && total + got >= 1_048_576 { flowingContinuation.yield() }
+                        total += got
+                    }
+                    flowingContinuation.finish()
+                }
+            }
+            for await _ in flowing { break }
+            // Connections are spread over the event loops in turn: twice as many as there are cores reach the
+            // stream's loop at least once. Each is served while the stream goes on.
+            for _ in 0..<(2 * System.coreCount) { try await expectServed(path) }
+            #expect(gauge.running.load(ordering: .relaxed) == 1, "the stream still runs")
+            // Wake the reading thread (a close alone would not end its `recv`), then close once it is done.
+            shutdown(descriptor, Int32(SHUT_RDWR))
+            _ = try? await reading.value
+            closer.close()
+            for await _ in gauge.ended.stream { break }
+        }
+    }
+
     // MARK: - 5. Messages beyond credit
 
     @Test("a 16 MiB message to a client stream is taken on positive credit; the next before any credit is a violation")

@@ -1,0 +1,118 @@
+import NIOCore
+import NIOPosix
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Lets a task that runs on an event loop wait until the loop has polled its sockets once, so that a long run of
+/// work on the loop (a sender that never has to wait) does not keep the loop's other connections from being served.
+///
+/// SwiftNIO runs every task queued on a loop, including those queued while it runs them, before it polls its
+/// sockets again; so a task resumed by a timer or by another task may well run again before any poll, and a task that
+/// yields that way can hold the loop for ever. A byte written to a pipe whose read end the loop watches is seen only by
+/// the loop's next poll: the waiters resumed on that read run after the loop has handled whatever else the same poll
+/// found (a new connection's hello, another connection's call). One pipe serves each event loop, made the first time
+/// a task waits there; should it fail (no descriptors left), waiting returns at once.
+final class EventLoopTurn: @unchecked Sendable {
+    private let eventLoop: any EventLoop
+    // Touched only on the event loop.
+    private var waiters: [UnsafeContinuation<Void, Never>] = []
+    private var writeEnd: Int32 = -1
+    private var setUp = false
+    private var signalled = false
+
+    private init(_ eventLoop: any EventLoop) {
+        self.eventLoop = eventLoop
+    }
+
+    private static let turns = PerEventLoop { EventLoopTurn($0) }
+
+    /// The one of `eventLoop`.
+    static func shared(for eventLoop: any EventLoop) -> EventLoopTurn {
+        self.turns(eventLoop)
+    }
+
+    /// Suspends the calling task, which runs on the event loop, until the loop has polled its sockets.
+    func wait() async {
+        self.eventLoop.preconditionInEventLoop()
+        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+            self.waiters.append(continuation)
+            self.signal()
+        }
+    }
+
+    private func signal() {
+        if !self.setUp {
+            self.setUp = true
+            self.makePipe()
+        }
+        guard self.writeEnd >= 0 else {
+            self.resumeWaiters()
+            return
+        }
+        guard !self.signalled else { return }
+        self.signalled = true
+        var byte: UInt8 = 1
+        if write(self.writeEnd, &byte, 1) != 1 && errno != EAGAIN {
+            // The pipe is gone: nothing will wake the waiters, so they go on now (and later ones at once).
+            self.writeEnd = -1
+            self.resumeWaiters()
+        }
+    }
+
+    /// The loop read the pipe: its poll has happened.
+    fileprivate func polled() {
+        self.signalled = false
+        self.resumeWaiters()
+    }
+
+    private func resumeWaiters() {
+        let ready = self.waiters
+        self.waiters = []
+        for waiter in ready { waiter.resume() }
+    }
+
+    private func makePipe() {
+        var ends: [Int32] = [-1, -1]
+        guard pipe(&ends) == 0 else { return }
+        for end in ends {
+            _ = fcntl(end, F_SETFD, FD_CLOEXEC)
+            _ = fcntl(end, F_SETFL, fcntl(end, F_GETFL) | O_NONBLOCK)
+        }
+        let (readEnd, writeEnd) = (ends[0], ends[1])
+        self.writeEnd = writeEnd
+        let turn = self
+        NIOPipeBootstrap(group: self.eventLoop)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(EventLoopTurnHandler(turn: turn))
+                }
+            }
+            .takingOwnershipOfDescriptor(input: readEnd)
+            .whenFailure { _ in
+                // The read end is the bootstrap's now, which closes it; the write end is ours.
+                close(writeEnd)
+                turn.writeEnd = -1
+                turn.resumeWaiters()
+            }
+    }
+}
+
+/// Reads the pipe of an ``EventLoopTurn`` and tells it the loop has polled.
+private final class EventLoopTurnHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    let turn: EventLoopTurn
+
+    init(turn: EventLoopTurn) {
+        self.turn = turn
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        self.turn.polled()
+    }
+}
