@@ -107,6 +107,8 @@ struct SendCommand: AsyncParsableCommand {
             let configuration = {
                 var configuration = ClientConfiguration()
                 configuration.connection.maximumDescriptorsPerMessage = files.count
+                // The hello may not take longer than the whole send may.
+                if let timeout { configuration.connectTimeout = min(configuration.connectTimeout, timeout) }
                 return configuration
             }()
             let sent = try await withDeadline(timeout, "the message to \(path) was not sent") {

@@ -22,7 +22,8 @@ public enum Client {
     ///   - logger: Where the connection logs.
     /// - Returns: The open connection.
     /// - Throws: `SocketIPCError` with code `invalidPath`, `connectionRefused`, `notSocketIPCPeer`,
-    ///   `unsupportedVersion`, `unauthorized`, `timedOut` or `systemCall`.
+    ///   `unsupportedVersion`, `unauthorized`, `timedOut` or `systemCall`; `CancellationError` when the task is cancelled
+    ///   while it waits for the server's hello.
     public static func connect<Handler: ConnectionHandler & Sendable>(
         to path: String,
         configuration: ClientConfiguration = .init(),
@@ -123,7 +124,13 @@ public enum Client {
         }
         defer { timeout.cancel() }
         do {
-            return try await handshake.futureResult.get()
+            // A cancelled task stops waiting for the hello at once (a deadline around the call, say), rather than
+            // when the connect timeout passes.
+            return try await withTaskCancellationHandler {
+                try await handshake.futureResult.get()
+            } onCancel: {
+                handshake.fail(CancellationError())
+            }
         } catch {
             channel.close(promise: nil)
             throw error
@@ -173,7 +180,13 @@ public enum Client {
                 result = try await body(connection)
             }
         } catch {
-            connection.close()
+            if Task.isCancelled {
+                // Cancelled (a deadline passed): what is still queued is dropped rather than waited for, for up to
+                // the close timeout, after the caller has stopped waiting.
+                connection.abort()
+            } else {
+                connection.close()
+            }
             await connection.waitUntilClosed()
             throw error
         }
