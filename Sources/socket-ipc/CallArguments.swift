@@ -12,7 +12,8 @@ struct CallArguments: ParsableArguments {
         name: .long,
         help: ArgumentHelp(
             "The call's deadline in seconds, from the start (default: none). It travels with the call: the server's "
-                + "handler is cancelled when it passes.",
+                + "handler is cancelled when it passes. Without it a call may take as long as the server needs, but a "
+                + "server that answers no keepalive ping (every 10 s) within 10 s is given up (exit 3).",
             valueName: "seconds"
         )
     )
@@ -54,6 +55,9 @@ struct CallArguments: ParsableArguments {
         return request
     }
 
+    /// How often `call` and `watch` ping the server, and how long they wait for its pong.
+    static var keepaliveInterval: Duration { .seconds(10) }
+
     /// Connects to the server, bounded by `--timeout`, and runs `body` with the connection and what is left of the
     /// deadline.
     func withConnection<Result: Sendable>(
@@ -64,6 +68,10 @@ struct CallArguments: ParsableArguments {
         let deadline = timeout.map { ContinuousClock.now.advanced(by: $0) }
         var configuration = ClientConfiguration()
         if let timeout { configuration.connectTimeout = min(configuration.connectTimeout, timeout) }
+        // A server that stops answering (frozen, or silent on purpose) holds no call or watch for ever, with or
+        // without --timeout: a ping every 10 s that gets no pong within 10 s ends the connection (exit 3).
+        configuration.connection.keepaliveInterval = Self.keepaliveInterval
+        configuration.connection.keepaliveTimeout = Self.keepaliveInterval
         return try await Client.withConnection(to: path, configuration: configuration) { connection in
             let left = deadline.map { max($0 - ContinuousClock.now, .nanoseconds(1)) }
             return try await body(connection, left)
