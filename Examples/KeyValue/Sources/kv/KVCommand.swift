@@ -18,6 +18,10 @@ struct KVCommand: AsyncParsableCommand {
     @Option(help: "The daemon's socket file (default: kv.sock in $XDG_RUNTIME_DIR).")
     var socket: String?
 
+    /// A get or set gives up after 10 s: a daemon that accepted the connection and answers nothing does not hold the
+    /// command for ever.
+    static var callOptions: CallOptions { CallOptions(timeout: .seconds(10)) }
+
     /// The socket file: `--socket`, or the default.
     var path: String { get throws { try KV.socketPath(self.socket) } }
 
@@ -29,7 +33,7 @@ struct KVCommand: AsyncParsableCommand {
         func run() async throws {
             try await reportingErrors {
                 let value = try await Client.withConnection(to: try self.kv.path) { daemon in
-                    try await daemon.call(KV.Get.self, self.key)
+                    try await daemon.call(KV.Get.self, self.key, options: KVCommand.callOptions)
                 }
                 output(value)
             }
@@ -45,7 +49,7 @@ struct KVCommand: AsyncParsableCommand {
         func run() async throws {
             try await reportingErrors {
                 _ = try await Client.withConnection(to: try self.kv.path) { daemon in
-                    try await daemon.call(KV.Set.self, .init(key: self.key, value: self.value))
+                    try await daemon.call(KV.Set.self, .init(key: self.key, value: self.value), options: KVCommand.callOptions)
                 }
             }
         }
@@ -66,6 +70,10 @@ struct KVCommand: AsyncParsableCommand {
             var configuration = ServiceClientConfiguration()
             // A watch waits for its daemon as long as it takes, not the 30 s a call does.
             configuration.waitForConnectionTimeout = .seconds(365 * 24 * 3600)
+            // A daemon that stops answering (frozen, or silent) is given up after a ping unanswered for 10 s, and
+            // the watch goes on with the next one.
+            configuration.connection.connection.keepaliveInterval = .seconds(10)
+            configuration.connection.connection.keepaliveTimeout = .seconds(10)
             try await reportingErrors {
                 let client = ServiceClient(path: try self.kv.path, configuration: configuration)
                 try await withThrowingDiscardingTaskGroup { group in
