@@ -181,9 +181,11 @@ final class CallStream: Sendable {
             }
         case .cancel(let reason):
             guard !self.isCaller else { return nil }
-            let stopReason: StopReason = reason == .deadlineExceeded ? .deadlineExceeded : .cancelledByCaller
-            self.fail(stopReason == .deadlineExceeded ? Self.deadlineError(self.method) : CancellationError())
-            self.stopHandler(stopReason)
+            // The caller gave the call up, whether its deadline passed or its task was cancelled: the handler sees
+            // which, and nothing more is sent for the call (PROTOCOL.md: after a cancel the handler's side sends
+            // nothing), as the caller no longer listens.
+            self.fail(reason == .deadlineExceeded ? Self.deadlineError(self.method) : CancellationError())
+            self.stopHandler(.cancelledByCaller)
         case .open:
             return SocketIPCError(.protocolViolation, "the peer opened call \(self.id), which is already open")
         }

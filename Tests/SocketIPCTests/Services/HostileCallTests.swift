@@ -412,6 +412,29 @@ struct HostileCallTests {
         }
     }
 
+    @Test("a caller's cancel whose reason is its deadline stops the handler, and nothing more is sent for the call")
+    func cancelForDeadline() async throws {
+        let gauge = HandlerGauge()
+        try await withServiceTestServer(router: hostileRouter(gauge: gauge)) { _, path in
+            let peer = try await RawSocket.connect(to: path)
+            defer { peer.close() }
+            try await peer.write(
+                serverHelloBytes + callOpenBytes(id: 1, method: Block.name) + messageBytes(id: 1, json: "\"x\"")
+                    + callEndOKBytes(id: 1)
+            )
+            for await _ in gauge.started.stream { break }
+            try await peer.write(cancelBytes(id: 1, reason: 0x01) + pingBytes(id: 3))
+            for await _ in gauge.ended.stream { break }
+            #expect(try await peer.read(exactly: 8) == serverHelloBytes)
+            // Only the pong: no end frame ("the call's deadline passed") for a call its caller gave up.
+            let pong = try await peer.readFrames(1)
+            #expect(pong.first?.kind == 0x0c && pong.first?.id == 3, "got \(pong)")
+            let quiet = try await peer.readAvailable(for: .milliseconds(300))
+            #expect(quiet.bytes.isEmpty && !quiet.closed, "got \(quiet)")
+            try await expectServed(path)
+        }
+    }
+
     // MARK: - 7. A peer that vanishes
 
     @Test(
