@@ -10,7 +10,16 @@ enum JSONValue: Codable, Sendable, Equatable {
     case array([JSONValue])
     case object([String: JSONValue])
 
+    /// The deepest nesting decoded: 64 levels. Each level tries the kinds of value in turn, so a peer's deeply nested
+    /// request would otherwise cost the demo server's event loop seconds of CPU for a few kilobytes.
+    static var maximumDepth: Int { 64 }
+
     init(from decoder: any Decoder) throws {
+        guard decoder.codingPath.count < Self.maximumDepth else {
+            throw DecodingError.dataCorrupted(
+                .init(codingPath: [], debugDescription: "JSON nested deeper than \(Self.maximumDepth) levels")
+            )
+        }
         let container = try decoder.singleValueContainer()
         if container.decodeNil() {
             self = .null
@@ -24,8 +33,17 @@ enum JSONValue: Codable, Sendable, Equatable {
             self = .string(value)
         } else if let value = try? container.decode([JSONValue].self) {
             self = .array(value)
+        } else if let value = try? container.decode([String: JSONValue].self) {
+            self = .object(value)
         } else {
-            self = .object(try container.decode([String: JSONValue].self))
+            // Not "expected a dictionary", which is what the last attempt would say.
+            throw DecodingError.dataCorrupted(
+                .init(
+                    codingPath: [],
+                    debugDescription: "not a JSON value this service takes: nested deeper than \(Self.maximumDepth) "
+                        + "levels, a number beyond a Double's range, or a string that is not valid Unicode"
+                )
+            )
         }
     }
 

@@ -27,6 +27,23 @@ struct CallCommandTests {
         }
     }
 
+    @Test("a request nested 64 levels deep is echoed; one nested 500 levels is refused with a clear reason, and the server serves on")
+    func deepNesting() async throws {
+        try await withServeCommand { path, _ in
+            let deepest = String(repeating: "[", count: 63) + "1" + String(repeating: "]", count: 63)
+            let echoed = try await runCLI(["call", "--socket", path, "demo.echo", deepest])
+            #expect(echoed.status == 0, "stderr: \(echoed.error)")
+            #expect(echoed.output == deepest + "\n")
+            let tooDeep = String(repeating: "[", count: 500) + "1" + String(repeating: "]", count: 500)
+            let refused = try await runCLI(["call", "--socket", path, "demo.echo", tooDeep])
+            #expect(refused.status != 0)
+            #expect(refused.error.contains("nested deeper than 64 levels"), "stderr: \(refused.error)")
+            #expect(refused.error.count < 2000, "a short reason, not the request's dump: \(refused.error.count) bytes")
+            let after = try await runCLI(["call", "--socket", path, "demo.echo", "1"])
+            #expect(after.status == 0 && after.output == "1\n", "stderr: \(after.error)")
+        }
+    }
+
     @Test("call reads the request from standard input (omitted or -) and from @FILE; --pretty indents the response")
     func requestSourcesAndPretty() async throws {
         try await withServeCommand { path, _ in
