@@ -158,6 +158,29 @@ struct SocketFileSafetyTests {
         }
     }
 
+    @Test("a lock file of this user that others may open: held by another, the error says so; free, the server takes it and makes it 0600")
+    func lockFileOthersMayOpen() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/open.sock"
+            let lockPath = path + ".lock"
+            let made = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+            #expect(made >= 0)
+            #expect(fchmod(made, 0o644) == 0)
+            // Another holder of a shared lock, as another user with read access could be.
+            let holder = open(lockPath, O_RDONLY | O_CLOEXEC)
+            #expect(flock(holder, LOCK_SH) == 0)
+            let server = Server.framed(configuration: .init(path: path), logger: testLogger) { EchoHandler() }
+            let error = await #expect(throws: SocketIPCError.self) { try await server.run() }
+            #expect(error?.code == .addressInUse)
+            #expect(error?.message.contains("lets other users open it") == true, "\(error?.message ?? "")")
+            close(holder)
+            close(made)
+            try await withEchoServer(path: path) { _ in
+                #expect(fileStatus(lockPath).map { $0.mode & 0o777 } == 0o600)
+            }
+        }
+    }
+
     @Test("a hard link to another file of this user at the lock path is refused, and that file is not written")
     func hardLinkAtLockPath() async throws {
         try await withTemporarySocketDirectory { directory in

@@ -122,11 +122,26 @@ final class SocketFileOwner {
             if descriptor < 0 {
                 let code = errno
                 if code == EINTR { continue }
-                if code == ELOOP {
+                // In a sticky directory, Linux answers EACCES rather than ELOOP for another user's symbolic link
+                // (fs.protected_symlinks) or file (fs.protected_regular): look at what is there to say which.
+                let entry = code == ELOOP || code == EACCES || code == EPERM
+                    ? try? FileStatus.entry(name, in: directory, describedAs: lockPath) : nil
+                if code == ELOOP || entry?.isSymbolicLink == true {
                     throw SocketIPCError(
                         .pathOccupied,
                         "the lock file path \(lockPath) is a symbolic link; it was left untouched: remove it or "
                             + "choose another path",
+                        path: path.path
+                    )
+                }
+                if let entry {
+                    // A file this process may not open: another user's (refused below in any case), or one of its
+                    // own without write permission.
+                    try Self.requireOwnLockFile(entry, lockPath: lockPath, path: path)
+                    throw SocketIPCError(
+                        .pathOccupied,
+                        "the lock file \(lockPath) (mode \(entry.octalPermissions)) cannot be opened for writing by "
+                            + "this process; it was left untouched: remove it or choose another path",
                         path: path.path
                     )
                 }
@@ -145,9 +160,14 @@ final class SocketFileOwner {
                 let holder = Self.processID(in: descriptor).map { ", by process \($0)" } ?? ""
                 close(descriptor)
                 if code == EWOULDBLOCK || code == EAGAIN {
+                    // A lock file others may open can be held by any of them, not only by a server of ours.
+                    let others = status.permissions & 0o077 != 0
+                        ? "; its mode \(status.octalPermissions) lets other users open it and hold its lock: if no "
+                            + "server of yours runs, remove it (servers create it with mode 0600)"
+                        : ""
                     throw SocketIPCError(
                         .addressInUse,
-                        "another server is serving on \(path) (its lock file \(lockPath) is held\(holder))",
+                        "another server is serving on \(path) (its lock file \(lockPath) is held\(holder))\(others)",
                         path: path.path
                     )
                 }
@@ -157,6 +177,9 @@ final class SocketFileOwner {
             if let current = try? FileStatus.entry(name, in: directory, describedAs: lockPath),
                 current.identity == status.identity
             {
+                // A lock file others may open (made by something else than a server, which makes it 0600) lets them
+                // hold its lock while this server is down: from now on only this user may.
+                if status.permissions & 0o077 != 0 { _ = fchmod(descriptor, 0o600) }
                 Self.record(processIDIn: descriptor)
                 return (descriptor, status.identity)
             }
