@@ -14,7 +14,7 @@ enum Diagnosis {
         switch error.code {
         case .timedOut where error.message.contains("sent no hello"):
             let probe = error.path.map { " (`socket-ipc probe \($0)` tells)" } ?? ""
-            return "\(error.message); if this is an EOF-style server, add --eof\(probe)"
+            return "\(error.message); if this is an EOF-style server, send to it with `socket-ipc send --eof`\(probe)"
         case .connectionRefused, .unauthorized:
             guard let path = error.path, !path.isEmpty else { return error.message }
             let report = ProbeReport.afterConnectFailure(error, inspection: SocketFileInspection.inspect(path))

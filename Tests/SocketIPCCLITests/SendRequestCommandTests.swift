@@ -120,7 +120,7 @@ struct SendRequestCommandTests {
         }
     }
 
-    @Test("request --timeout against a listener that never answers: exit 5, and the hint to add --eof")
+    @Test("request --timeout against a listener that never answers: exit 5, and the hint to send with --eof")
     func requestTimeout() async throws {
         try await withTemporarySocketDirectory { directory in
             let path = directory + "/silent.sock"
@@ -130,7 +130,7 @@ struct SendRequestCommandTests {
             #expect(result.status == 5, "stderr: \(result.error)")
             #expect(!result.error.contains("note:"), "--quiet drops notes: \(result.error)")
             #expect(result.error.hasPrefix("error: the server at \(path) sent no hello within "))
-            #expect(result.error.hasSuffix("if this is an EOF-style server, add --eof (`socket-ipc probe \(path)` tells)\n"))
+            #expect(result.error.hasSuffix("if this is an EOF-style server, send to it with `socket-ipc send --eof` (`socket-ipc probe \(path)` tells)\n"))
         }
     }
 }

@@ -25,7 +25,7 @@ enum HelloHint {
         let hint = Task {
             try await Task.sleep(for: Self.delay)
             Output.note(
-                "note: no hello from \(path) after \(formatSeconds(Self.delay)) yet; if it is an EOF-style server, add --eof"
+                "note: no hello from \(path) after \(formatSeconds(Self.delay)) yet; if it is an EOF-style server, send to it with `socket-ipc send --eof`"
             )
         }
         defer { hint.cancel() }
