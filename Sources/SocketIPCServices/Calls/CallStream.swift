@@ -159,12 +159,16 @@ final class CallStream: Sendable {
             // reader, and no credit comes for it (gRPC: a client's sends fail once the server has sent its status).
             if self.isCaller {
                 let method = self.method
+                // A status that says why (the server going away, an unknown method) is the sends' error too, so that
+                // a caller can tell "try the next server" from "this call is over".
+                let because = status.error(codec: JSONCodec(), method: method) as? SocketIPCError
                 let refused = self.state.withLock { state in
                     state.machine.refuseSends {
-                        SocketIPCError(
-                            .invalidState,
-                            "the call '\(method)' was ended by its handler (status \(status.code)) while this side was still sending"
-                        )
+                        because
+                            ?? SocketIPCError(
+                                .invalidState,
+                                "the call '\(method)' was ended by its handler (status \(status.code)) while this side was still sending"
+                            )
                     }
                 }
                 if let refused, let waiter = refused.waiter { waiter.resume(throwing: refused.error) }
