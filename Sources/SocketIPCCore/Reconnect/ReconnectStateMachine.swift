@@ -14,10 +14,11 @@
 /// A failed attempt is retried, since a later one may succeed (no server yet, the server shutting down or gone, a
 /// timeout), except when it never will: a refusal by the server's policy, a peer that does not speak the protocol
 /// or this version of it, an invalid path. Consecutive failures back off (``ConnectionBackoff``). A connection that was
-/// ready and is lost is retried at once, as gRPC's client does, if it had stayed up for at least the backoff's
-/// ``ConnectionBackoff/maximumDelay``; one lost sooner counts as a failure and is retried after the backoff, the count
-/// going on from the failures before it. So a server that completes the handshake and closes at once (a crash loop,
-/// or a hostile one) is not reconnected to in a tight loop: only a connection that proved stable resets the count.
+/// ready and is lost is retried at once, as gRPC's client does, if it had stayed up for at least
+/// ``stableConnection`` (1 s, or the backoff's ``ConnectionBackoff/maximumDelay`` if shorter); one lost sooner counts
+/// as a failure and is retried after the backoff, the count going on from the failures before it. So a server that
+/// completes the handshake and closes at once (a crash loop, or a hostile one) is not reconnected to in a tight
+/// loop: only a connection that proved stable resets the count.
 ///
 /// - `Connection`: the runtime's connection (compared by identity).
 /// - `Waiter`: what waits for a connection (the runtime's continuation).
@@ -43,6 +44,9 @@ package struct ReconnectStateMachine<Connection: AnyObject, Waiter> {
         /// Stop with `error`: the client cannot connect, ever.
         case fail(SocketIPCError)
     }
+
+    /// How long a connection must have been up for its loss to reset the count of failures: 1 s.
+    package static var stableConnection: Duration { .seconds(1) }
 
     package private(set) var state: State = .idle
     private var waiters: [Int: (waiter: Waiter, excluding: Connection?)] = [:]
@@ -106,8 +110,8 @@ package struct ReconnectStateMachine<Connection: AnyObject, Waiter> {
     }
 
     /// The ready connection closed at `now`, with `error` (its close reason, if it has one): connect again at once
-    /// if it had stayed up for at least the backoff's maximum delay; otherwise count it as a failure and retry after
-    /// the backoff, `random` in `0..<1` placing the retry in the jitter's range.
+    /// if it had stayed up for at least ``stableConnection`` (or the backoff's maximum delay, if shorter); otherwise
+    /// count it as a failure and retry after the backoff, `random` in `0..<1` placing the retry in the jitter's range.
     package mutating func connectionLost(
         _ connection: Connection,
         at now: ContinuousClock.Instant,
@@ -117,7 +121,7 @@ package struct ReconnectStateMachine<Connection: AnyObject, Waiter> {
         guard case .ready(let current) = self.state, current === connection else { return .stop }
         let lasted = self.readySince.map { $0.duration(to: now) } ?? .zero
         self.readySince = nil
-        if lasted >= self.backoff.maximumDelay {
+        if lasted >= min(Self.stableConnection, self.backoff.maximumDelay) {
             self.failures = 0
             self.state = .connecting(attempt: 1)
             return .connect(attempt: 1)

@@ -121,7 +121,8 @@ extension ConnectionStateMachine {
     }
 
     /// The most frames the peer may send that this side must answer (requests, pings, calls' opens) while it does not
-    /// read this side's writes (the queue at or above its high watermark, or the channel not writable): 10,000, as
+    /// read this side's writes (the channel not writable: more than its watermark, 2 MiB, handed to the socket and
+    /// not taken by the peer): 10,000, as
     /// Go's HTTP/2 server bounds the control frames queued for a peer (`maxQueuedControlFrames`, its fix for the
     /// ping and settings floods of CVE-2019-9512 and CVE-2019-9515).
     @inlinable
@@ -129,11 +130,14 @@ extension ConnectionStateMachine {
 
     /// The peer sent a frame this side answers: returns `false` when it is one more than
     /// ``maximumAnswersOwedUnread`` sent while the peer did not read this side's writes, so the connection closes
-    /// instead of queueing answers without bound. A side that stops reading when it cannot write (a server) never
-    /// gets near it; this bounds a client, which keeps reading so that no two peers wait on each other.
+    /// instead of queueing answers without bound. Only the channel's writability counts, not this side's own queue,
+    /// which holds a read batch's answers until the batch ends by design: a peer that pipelines many requests in one
+    /// write is not taken for one that does not read. A side that stops reading when it cannot write (a server)
+    /// never gets near it; this bounds a client, which keeps reading so that no two peers wait on each other. The
+    /// count starts again whenever the channel becomes writable.
     @inlinable
     package mutating func answerOwed() -> Bool {
-        if self.outbound.isWritable(highWatermark: self.writeBufferHighWatermark) {
+        if self.outbound.channelWritable {
             self.outbound.answersOwedUnread = 0
             return true
         }
@@ -224,6 +228,7 @@ extension ConnectionStateMachine {
     @inlinable
     package mutating func writabilityChanged(_ isWritable: Bool) -> ResumeWritersAction {
         self.outbound.channelWritable = isWritable
+        if isWritable { self.outbound.answersOwedUnread = 0 }
         return isWritable ? self.writersMayResume() : .none
     }
 

@@ -58,11 +58,23 @@ final class EventLoopTurn: @unchecked Sendable {
         guard !self.signalled else { return }
         self.signalled = true
         var byte: UInt8 = 1
-        if write(self.writeEnd, &byte, 1) != 1 && errno != EAGAIN {
+        var written = write(self.writeEnd, &byte, 1)
+        while written < 0 && errno == EINTR { written = write(self.writeEnd, &byte, 1) }
+        if written != 1 && errno != EAGAIN {
             // The pipe is gone: nothing will wake the waiters, so they go on now (and later ones at once).
-            self.writeEnd = -1
-            self.resumeWaiters()
+            self.pipeFailed()
         }
+    }
+
+    /// The pipe cannot signal any more (a write failed, or its read end closed): the waiters go on now, and later
+    /// ones at once.
+    fileprivate func pipeFailed() {
+        if self.writeEnd >= 0 {
+            close(self.writeEnd)
+            self.writeEnd = -1
+        }
+        self.signalled = false
+        self.resumeWaiters()
     }
 
     /// The loop read the pipe: its poll has happened.
@@ -114,5 +126,14 @@ private final class EventLoopTurnHandler: ChannelInboundHandler, @unchecked Send
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         self.turn.polled()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.turn.pipeFailed()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        self.turn.pipeFailed()
+        context.close(promise: nil)
     }
 }

@@ -30,8 +30,8 @@ struct ReconnectStateMachineTests {
         else { throw Failure("ready") }
         // A caller that saw this connection lost waits for the next one.
         #expect(machine.waitForConnection(id: 3, waiter: "retry", excluding: connection).isWait)
-        // Up for the backoff's maximum (5 s by default): stable.
-        guard case .connect(attempt: 1) = machine.connectionLost(connection, at: start + .seconds(5), error: nil, random: 0.5)
+        // Up for a second: stable.
+        guard case .connect(attempt: 1) = machine.connectionLost(connection, at: start + .seconds(1), error: nil, random: 0.5)
         else { throw Failure("reconnects at once") }
         let (third, _) = machine.connectFailed(Self.refused, random: 0.5)
         guard case .retry(let delay3, retry: 1, _) = third else { throw Failure("the count started again") }
@@ -55,7 +55,7 @@ struct ReconnectStateMachineTests {
         for _ in 0..<4 {
             let connection = FakeConnection()
             _ = machine.connected(connection, at: time)
-            time += .milliseconds(2)
+            time += .milliseconds(900)
             let closed = SocketIPCError(.peerGoingAway, "the server is shutting down")
             guard case .retry(let delay, _, let error) = machine.connectionLost(connection, at: time, error: closed, random: 0.5)
             else { throw Failure("a quick loss is retried after a wait") }
@@ -65,11 +65,11 @@ struct ReconnectStateMachineTests {
             guard case .connect = machine.retryDue() else { throw Failure("connects after the wait") }
         }
         #expect(delays == [.milliseconds(100), .milliseconds(160), .milliseconds(256), .nanoseconds(409_600_000)])
-        // A connection that stays up for the maximum delay resets the count: its loss reconnects at once, and the
-        // next quick loss waits the initial delay again.
+        // A connection that stays up for a second resets the count: its loss reconnects at once, and the next quick
+        // loss waits the initial delay again.
         let stable = FakeConnection()
         _ = machine.connected(stable, at: time)
-        time += .seconds(5)
+        time += .seconds(1)
         guard case .connect(attempt: 1) = machine.connectionLost(stable, at: time, error: nil, random: 0.5) else {
             throw Failure("a stable connection's loss reconnects at once")
         }
