@@ -187,16 +187,9 @@ extension Connection {
                 state.shouldFlushEarly(threshold: Self.earlyFlushThreshold)
             )
         }
-        switch action {
-        case nil:
-            return false
-        case .fail(let error):
-            throw error
-        case .queued(let scheduleFlush, let mustWait):
-            if scheduleFlush { self.scheduleFlush() }
-            if flushEarly && !mustWait { self.flushEarlyIfOnEventLoop() }
-            return true
-        }
+        guard let action else { return false }
+        _ = try self.queued(action, flushEarly: flushEarly)
+        return true
     }
 
     /// Waits until the write queue has room (below its high watermark, the channel writable), looking again after

@@ -178,6 +178,14 @@ public final class Connection: Sendable {
                 $0.shouldFlushEarly(threshold: Self.earlyFlushThreshold)
             )
         }
+        return try self.queued(action, flushEarly: flushEarly)
+    }
+
+    /// After a frame was queued: schedules the flush `action` asks for, or flushes at once on the event loop when
+    /// `flushEarly` and the queue has room; returns whether the sender must wait for the queue to drain.
+    /// - Throws: The connection's error once it is closed (nothing was queued).
+    @inline(__always)
+    func queued(_ action: StateMachine.EnqueueAction, flushEarly: Bool) throws -> Bool {
         switch action {
         case .fail(let error):
             throw error
