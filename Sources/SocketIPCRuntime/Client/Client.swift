@@ -152,7 +152,10 @@ public enum Client {
     }
 
     /// Opens a framed connection, runs `body` with it, and closes it, also when `body` throws; returns once
-    /// everything `body` sent has been written and the connection is closed.
+    /// everything `body` sent has been written and the connection is closed. When `body` throws because its task was
+    /// cancelled, or with `timedOut` or `peerNotResponding`, what is still queued is dropped instead (the server is
+    /// not reading it, and the caller has stopped waiting), so that the call returns at once rather than after
+    /// ``ConnectionOptions/closeTimeout``.
     ///
     /// With ``ClientConfiguration/runsBodyOnEventLoop`` (the default), `body` runs on the connection's event loop.
     /// - Parameters:
@@ -180,9 +183,10 @@ public enum Client {
                 result = try await body(connection)
             }
         } catch {
-            if Task.isCancelled {
-                // Cancelled (a deadline passed): what is still queued is dropped rather than waited for, for up to
-                // the close timeout, after the caller has stopped waiting.
+            let code = (error as? SocketIPCError)?.code
+            if Task.isCancelled || code == .timedOut || code == .peerNotResponding {
+                // Cancelled (a deadline passed), or the server did not answer in time: what is still queued is
+                // dropped rather than waited for, for up to the close timeout, after the caller has stopped waiting.
                 connection.abort()
             } else {
                 connection.close()

@@ -37,4 +37,37 @@ struct SilentServerCancellationTests {
             #expect(error is CancellationError, "\(String(describing: error))")
         }
     }
+
+    @Test("withConnection whose request timed out against a server that reads nothing returns with timedOut, without waiting for its queue to drain")
+    func timedOutBodyDoesNotWaitForTheQueue() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/unread.sock"
+            let listener = try makeStaleSocket(at: path, listening: true)
+            defer { close(listener) }
+            // Hello, then nothing: never a read, never an answer.
+            let serving = Task {
+                try await onOwnThread { () -> Int32 in
+                    let accepted = accept(listener, nil, nil)
+                    guard accepted >= 0 else { throw RawSocketError.failed("accept", errno) }
+                    let hello = serverHelloBytes
+                    _ = hello.withUnsafeBytes { send(accepted, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                    return accepted
+                }
+            }
+            var configuration = ClientConfiguration()
+            // Waiting for the queue would take this long: the test's time limit would end it first.
+            configuration.connection.closeTimeout = .seconds(3600)
+            let error = await #expect(throws: SocketIPCError.self) {
+                try await Client.withConnection(to: path, configuration: configuration) { connection in
+                    // More than the socket takes, less than the write watermarks: the send returns, and the channel
+                    // holds the rest; then a small message, which stays in the connection's queue behind it.
+                    try await connection.send(ByteBuffer(repeating: 0x61, count: 1024 * 1024))
+                    try await connection.send(ByteBuffer(repeating: 0x62, count: 1024))
+                    return try await connection.request(ByteBuffer(string: "anyone?"), timeout: .milliseconds(200))
+                }
+            }
+            #expect(error?.code == .timedOut)
+            close(try await serving.value)
+        }
+    }
 }
