@@ -28,11 +28,7 @@ struct FloodingServerTests {
             let listener = try makeStaleSocket(at: path, listening: true)
             defer { close(listener) }
             let connecting = Task { try await Client.connect(to: path) }
-            let server = try await onOwnThread { () -> Int32 in
-                let accepted = accept(listener, nil, nil)
-                guard accepted >= 0 else { throw RawSocketError.failed("accept", errno) }
-                return accepted
-            }
+            let server = try await acceptConnection(on: listener)
             // The hello (version 1, calls), then 64 MiB of 9-byte pings or empty requests without reading, or less
             // if the client closes first; then everything the client wrote, until it closes.
             let frame: [UInt8] = kind == "ping" ? [0, 0, 0, 5, 0x0B, 0, 0, 0, 1] : [0, 0, 0, 5, 0x02, 0, 0, 0, 1]

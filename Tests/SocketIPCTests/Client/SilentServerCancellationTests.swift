@@ -26,11 +26,7 @@ struct SilentServerCancellationTests {
             configuration.connectTimeout = .seconds(120)
             let connecting = Task { try await Client.connect(to: path, configuration: configuration) }
             // The connection is in the listener's queue once accept returns it: the client waits for the hello.
-            let accepted = try await onOwnThread { () -> Int32 in
-                let accepted = accept(listener, nil, nil)
-                guard accepted >= 0 else { throw RawSocketError.failed("accept", errno) }
-                return accepted
-            }
+            let accepted = try await acceptConnection(on: listener)
             defer { close(accepted) }
             connecting.cancel()
             let error = await #expect(throws: (any Error).self) { try await connecting.value }
@@ -47,8 +43,7 @@ struct SilentServerCancellationTests {
             // Hello, then nothing: never a read, never an answer.
             let serving = Task {
                 try await onOwnThread { () -> Int32 in
-                    let accepted = accept(listener, nil, nil)
-                    guard accepted >= 0 else { throw RawSocketError.failed("accept", errno) }
+                    let accepted = try acceptConnectionNow(on: listener)
                     let hello = serverHelloBytes
                     _ = hello.withUnsafeBytes { send(accepted, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
                     return accepted

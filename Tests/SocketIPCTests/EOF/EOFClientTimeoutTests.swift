@@ -128,11 +128,7 @@ struct EOFClientTimeoutTests {
 /// The server's side of these tests, with plain blocking system calls on threads of their own.
 private enum SilentPeer {
     static func acceptOne(on listener: Int32) async throws -> Int32 {
-        try await onOwnThread {
-            let accepted = accept(listener, nil, nil)
-            guard accepted >= 0 else { throw RawSocketError.failed("accept", errno) }
-            return accepted
-        }
+        try await acceptConnection(on: listener)
     }
 
     /// Reads until the sender's half-close or close (end-of-stream, or `ECONNRESET`); how many bytes came.

@@ -212,3 +212,16 @@ func onOwnThread<Value: Sendable>(_ body: @escaping @Sendable () throws -> Value
         Thread { continuation.resume(with: Swift.Result { try body() }) }.start()
     }
 }
+
+/// Accepts one connection on `listener` with a plain blocking `accept`, on a thread of its own: the server's side of
+/// tests whose server is a raw socket.
+func acceptConnection(on listener: Int32) async throws -> Int32 {
+    try await onOwnThread { try acceptConnectionNow(on: listener) }
+}
+
+/// Accepts one connection on `listener`, blocking the calling thread.
+func acceptConnectionNow(on listener: Int32) throws -> Int32 {
+    let accepted = accept(listener, nil, nil)
+    guard accepted >= 0 else { throw RawSocketError.failed("accept", errno) }
+    return accepted
+}
