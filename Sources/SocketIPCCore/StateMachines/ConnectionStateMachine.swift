@@ -306,6 +306,15 @@ package struct ConnectionStateMachine<RequestContinuation, WriteWaiter, Timer> {
         self.outbound.queue.byteCount >= threshold && !self.outbound.readBatchActive
     }
 
+    /// Whether this side's request `id` waits for its reply: its id may not be given to another request yet.
+    package func isRequestPending(id: UInt32) -> Bool {
+        switch self.state {
+        case .open(let requests), .goingAway(let requests, _), .peerFailed(let requests, _): requests.pending[id] != nil
+        case .closed: false
+        case .modifying: preconditionFailure("ConnectionStateMachine re-entered while modifying its state")
+        }
+    }
+
     /// How many of this side's requests wait for their reply.
     package var pendingRequestCount: Int {
         switch self.state {

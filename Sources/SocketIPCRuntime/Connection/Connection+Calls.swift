@@ -57,10 +57,12 @@ extension Connection {
     }
 
     /// Opens a call: counts it (a connection going away waits for it) and numbers it.
+    /// - Parameter isOpen: Whether a call of this side's with a given id is still open: once ids wrap around, those
+    ///   are skipped.
     /// - Returns: The call's id.
     /// - Throws: ``SocketIPCError`` with code `unknownMethod` if the peer does not speak calls (a version 1 peer),
     ///   or the connection's error once it is closed or going away (`peerGoingAway`, `connectionClosed`).
-    package func startOutgoingCall() throws -> UInt32 {
+    package func startOutgoingCall(skipping isOpen: (UInt32) -> Bool) throws -> UInt32 {
         guard self.peerSpeaksCalls else {
             throw SocketIPCError(
                 .unknownMethod,
@@ -68,7 +70,7 @@ extension Connection {
             )
         }
         switch self.state.withLock({ $0.outgoingCallStarted() }) {
-        case .proceed: return self.calls.nextCallID()
+        case .proceed: return self.calls.nextCallID(skipping: isOpen)
         case .fail(let error): throw error
         }
     }
@@ -78,7 +80,7 @@ extension Connection {
         if case .fail(let error) = self.state.withLock({ $0.incomingCallStarted() }) { throw error }
     }
 
-    /// A call counted by ``startOutgoingCall()`` or ``startIncomingCall()`` is over.
+    /// A call counted by ``startOutgoingCall(skipping:)`` or ``startIncomingCall()`` is over.
     package func callEnded() {
         if self.state.withLock({ $0.callEnded() }) { self.closeAfterGoingAway() }
     }

@@ -68,8 +68,9 @@ public final class Connection: Sendable {
     let busyPollsAdaptively: Bool
     /// Everything the connection tracks; each operation locks it once, and acts on what it returns outside the lock.
     let state: Mutex<StateMachine>
-    /// The id of this side's last request; not state: ids are only told apart.
-    private let requestIDs = Atomic<UInt32>(0)
+    /// How many request ids this side has taken (the last id is this count's low 32 bits); not state: ids are
+    /// only told apart.
+    let requestIDs = Atomic<UInt64>(0)
     /// Where ``Reply/complete(_:)`` runs its work, made with the first and cancelled when the connection closes.
     let handlerTasks: ConnectionTaskSlot
     /// Calls and keepalive: the peer's hello flags, call ids, the services layer's receiver.
@@ -419,8 +420,17 @@ public final class Connection: Sendable {
         )
     }
 
+    /// The id of this side's next request: 1, 2, 3, ... wrapping around after `0xFFFFFFFF`. Once it has wrapped, an
+    /// id may still name a request waiting for its reply (one the peer never answers, without a timeout), whose
+    /// reply the new request would take while the first waited for ever: such ids are skipped (PROTOCOL.md: an id is
+    /// unique among the side's requests still waiting). Before the first wrap every id is fresh, so the common case
+    /// takes no lock.
     func nextRequestID() -> UInt32 {
-        self.requestIDs.wrappingAdd(1, ordering: .relaxed).newValue
+        while true {
+            let count = self.requestIDs.wrappingAdd(1, ordering: .relaxed).newValue
+            let id = UInt32(truncatingIfNeeded: count)
+            if count <= UInt64(UInt32.max) || !self.state.withLock({ $0.isRequestPending(id: id) }) { return id }
+        }
     }
 
     /// The event loop's spare coalescing buffer, which may be taken only on the event loop.

@@ -9,8 +9,8 @@ final class ConnectionCalls: Sendable {
     let isInitiator: Bool
     /// The flags of the peer's hello, once read.
     let peerFlags = Atomic<UInt8>(0)
-    /// How many calls this side has opened.
-    private let opened = Atomic<UInt32>(0)
+    /// How many call ids this side has taken.
+    let opened = Atomic<UInt64>(0)
     /// The services layer's receiver, once installed.
     let receiver = Mutex<(any CallFrameReceiver)?>(nil)
     /// Whether this side closed the connection (``Connection/close()``, ``Connection/abort()``, after going away).
@@ -30,10 +30,17 @@ final class ConnectionCalls: Sendable {
         self.isInitiator = isInitiator
     }
 
-    /// The id of this side's next call: odd on the connecting side, even on the accepting side.
-    func nextCallID() -> UInt32 {
-        let n = self.opened.wrappingAdd(1, ordering: .relaxed).oldValue
-        return n &* 2 &+ (self.isInitiator ? 1 : 2)
+    /// The id of this side's next call: odd on the connecting side (1, 3, 5, ...), even on the accepting side (2, 4,
+    /// 6, ...), wrapping around after 2^31 calls. From then on an id may name a call still open (a watch opened long
+    /// ago), which the peer would take for a second open of it, a protocol error: such ids are skipped. Before the
+    /// first wrap every id is fresh, so the common case asks nothing.
+    /// - Parameter isOpen: Whether a call of this side's with that id is still open.
+    func nextCallID(skipping isOpen: (UInt32) -> Bool) -> UInt32 {
+        while true {
+            let n = self.opened.wrappingAdd(1, ordering: .relaxed).oldValue
+            let id = UInt32(truncatingIfNeeded: n) &* 2 &+ (self.isInitiator ? 1 : 2)
+            if n < 1 << 31 || !isOpen(id) { return id }
+        }
     }
 
     /// Whether `id` is a call the peer opened (its parity is the peer's).
