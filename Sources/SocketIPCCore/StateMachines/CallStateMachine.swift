@@ -93,13 +93,13 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     /// peer has not ended its direction, and it has credit left.
     @inlinable
     package var acceptsMessages: Bool {
-        self.failure == nil && self.inboundEnd == nil && self.peerCredit > 0 && !self.receivingStopped
+        self.failure == nil && !self.inboundEnded && self.peerCredit > 0 && !self.receivingStopped
     }
 
     /// A message of the call arrived.
     @inlinable
     package mutating func messageReceived(_ message: ByteBuffer) -> ReceiveAction {
-        guard self.failure == nil, self.inboundEnd == nil else { return .none }
+        guard self.failure == nil, !self.inboundEnded else { return .none }
         guard self.peerCredit > 0 else { return .violation }
         self.peerCredit -= Self.frameCost(payloadLength: message.readableBytes)
         if self.receivingStopped { return .none }
@@ -123,7 +123,7 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     /// The peer's end of its direction arrived.
     @inlinable
     package mutating func endReceived(_ status: CallStatus) -> ReceiveAction {
-        guard self.failure == nil, self.inboundEnd == nil else { return .none }
+        guard self.failure == nil, !self.inboundEnded else { return .none }
         self.inboundEnd = status
         if let waiter = self.readWaiter.take() {
             return .end(waiter, status)
@@ -189,7 +189,7 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     @inlinable
     mutating func consumed(_ message: ByteBuffer) -> Int {
         self.consumedSinceGrant += Self.frameCost(payloadLength: message.readableBytes)
-        guard self.consumedSinceGrant >= Self.initialWindow / 2, self.inboundEnd == nil, self.failure == nil,
+        guard self.consumedSinceGrant >= Self.initialWindow / 2, !self.inboundEnded, self.failure == nil,
             !self.receivingStopped
         else {
             return 0
@@ -286,9 +286,13 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
         return true
     }
 
-    /// Whether the peer ended its direction.
+    /// Whether the peer ended its direction. A pattern, not `!= nil`, which went through `CallStatus`'s value
+    /// witness on every message.
     @inlinable
-    package var inboundEnded: Bool { self.inboundEnd != nil }
+    package var inboundEnded: Bool {
+        if case .some = self.inboundEnd { return true }
+        return false
+    }
 
     // MARK: - Failure
 

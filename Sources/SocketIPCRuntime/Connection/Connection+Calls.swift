@@ -169,6 +169,14 @@ extension Connection {
         }
     }
 
+    /// Queues a message of call `id` without descriptors if the write queue has room now, as
+    /// ``sendCallMessage(id:_:)`` does without waiting; returns whether it was queued (if not, nothing was).
+    /// - Throws: `messageTooLarge`; the connection's error once it is closed.
+    package func queueCallMessageIfRoomNow(id: UInt32, _ message: ByteBuffer) throws -> Bool {
+        try self.checkCallMessageSize(message)
+        return try self.queueCallMessageIfRoom(id: id, message)
+    }
+
     /// Queues a message of call `id` whose size was checked if the write queue has room (below its high watermark,
     /// the channel writable), checked and queued under one lock; returns whether it was queued.
     private func queueCallMessageIfRoom(id: UInt32, _ message: ByteBuffer) throws -> Bool {
@@ -254,7 +262,7 @@ extension Connection {
     /// The largest message a call may carry: the connection's maximum.
     package var maximumMessageSize: Int { self.options.effectiveMaximumMessageSize }
 
-    private func checkCallMessageSize(_ message: ByteBuffer) throws {
+    package func checkCallMessageSize(_ message: ByteBuffer) throws {
         guard message.readableBytes <= self.options.effectiveMaximumMessageSize else {
             throw SocketIPCError(
                 .messageTooLarge,

@@ -31,10 +31,15 @@ final class EventLoopBufferPool: @unchecked Sendable {
         }
     }
 
+    // Both spares are touched on their event loop only, by the short methods below, which never overlap: so without
+    // the dynamic exclusivity check (a thread-local lookup on every access, a few percent of a typed stream's sender).
+
     /// Kept if from 4 KiB (smaller is a going-away frame written from its own small buffer: the spare kept is better)
     /// to 64 KiB.
+    @exclusivity(unchecked)
     private var coalescing = Spare(sizes: 4 * 1024...64 * 1024)
     /// Kept up to ``maximumEncodingCapacity``.
+    @exclusivity(unchecked)
     private var encoding = Spare(sizes: 0...EventLoopBufferPool.maximumEncodingCapacity)
 
     private static let pools = PerEventLoop { _ in EventLoopBufferPool() }

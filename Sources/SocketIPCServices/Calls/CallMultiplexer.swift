@@ -9,7 +9,32 @@ import Synchronization
 /// connection closes.
 final class CallMultiplexer: CallFrameReceiver {
     let router: ServiceRouter?
-    private let streams = Mutex<[UInt32: CallStream]>([:])
+    private let streams = Mutex<Streams>(Streams())
+
+    /// The calls in progress by id, and the one a frame last went to: a stream's frames come in runs for one call,
+    /// and comparing an id costs less than hashing it.
+    struct Streams {
+        var byID: [UInt32: CallStream] = [:]
+        var last: CallStream?
+
+        @inline(__always)
+        mutating func lookUp(_ id: UInt32) -> CallStream? {
+            if let last = self.last, last.id == id { return last }
+            let stream = self.byID[id]
+            if stream != nil { self.last = stream }
+            return stream
+        }
+
+        mutating func insert(_ stream: CallStream) {
+            self.byID[stream.id] = stream
+            if self.last?.id == stream.id { self.last = stream }
+        }
+
+        mutating func remove(_ id: UInt32) {
+            self.byID.removeValue(forKey: id)
+            if self.last?.id == id { self.last = nil }
+        }
+    }
 
     init(router: ServiceRouter?) {
         self.router = router
@@ -30,20 +55,20 @@ final class CallMultiplexer: CallFrameReceiver {
     }
 
     func register(_ stream: CallStream) {
-        self.streams.withLock { $0[stream.id] = stream }
+        self.streams.withLock { $0.insert(stream) }
     }
 
     func remove(_ id: UInt32) {
-        _ = self.streams.withLock { $0.removeValue(forKey: id) }
+        self.streams.withLock { $0.remove(id) }
     }
 
     /// The call of `id`, if it is in progress.
     func lookUp(_ id: UInt32) -> CallStream? {
-        self.streams.withLock { $0[id] }
+        self.streams.withLock { $0.lookUp(id) }
     }
 
     /// How many calls are in progress either way.
-    var count: Int { self.streams.withLock { $0.count } }
+    var count: Int { self.streams.withLock { $0.byID.count } }
 
     // MARK: - CallFrameReceiver
 
@@ -52,7 +77,7 @@ final class CallMultiplexer: CallFrameReceiver {
             return self.open(open, id: id, on: connection)
         }
         // A frame of a call that is over (or never was) is ignored, as a late reply is.
-        guard let stream = self.streams.withLock({ $0[id] }) else { return nil }
+        guard let stream = self.streams.withLock({ $0.lookUp(id) }) else { return nil }
         return stream.receive(frame)
     }
 
@@ -64,13 +89,13 @@ final class CallMultiplexer: CallFrameReceiver {
     ) -> SocketIPCError? {
         // Only call messages carry descriptors (the connection refuses them before any other frame); those of a
         // call that is over are closed as `descriptors` is released.
-        guard let stream = self.streams.withLock({ $0[id] }) else { return nil }
+        guard let stream = self.streams.withLock({ $0.lookUp(id) }) else { return nil }
         return stream.receive(frame, descriptors: descriptors)
     }
 
     func connectionGoingAway(_ connection: Connection) {
         guard self.router?.endsResponseStreamsOnShutdown ?? false else { return }
-        let streams = self.streams.withLock { Array($0.values) }
+        let streams = self.streams.withLock { Array($0.byID.values) }
         for stream in streams where !stream.isCaller && stream.streamsResponses {
             stream.fail(CancellationError())
             stream.stopHandler(.serverGoingAway)
@@ -78,7 +103,7 @@ final class CallMultiplexer: CallFrameReceiver {
     }
 
     func connectionClosed(_ connection: Connection, error: SocketIPCError) {
-        let streams = self.streams.withLock { Array($0.values) }
+        let streams = self.streams.withLock { Array($0.byID.values) }
         for stream in streams {
             stream.fail(error)
             stream.stopHandler(.connectionClosed)

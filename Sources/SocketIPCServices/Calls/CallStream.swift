@@ -269,29 +269,70 @@ final class CallStream: Sendable {
 
     // MARK: - Writing
 
+    /// What ``trySendWithoutWaiting(_:)`` did.
+    enum SendAttempt {
+        /// Queued. `longRun`: it ended a run of sends on credit, after which the sender gives its event loop a turn.
+        case sent(longRun: Bool)
+        /// Its credit is taken, but the write queue has no room: the sender waits for room, then queues it.
+        case waitForRoom(longRun: Bool)
+        /// No credit: nothing was taken or queued.
+        case waitForCredit
+    }
+
+    /// Sends one message without descriptors if nothing has to wait (credit allows it and the write queue has
+    /// room), without suspending: the path of a stream in full flow, which so makes no async call below the writer.
+    /// What is left to do otherwise is ``finishSend(_:after:)``'s.
+    /// - Throws: What the call failed with; `messageTooLarge`; the connection's error once it is closed.
+    func trySendWithoutWaiting(_ payload: ByteBuffer) throws -> SendAttempt {
+        // Checked before the credit is taken: a message that never leaves must not take credit the peer never gives
+        // back.
+        try self.connection.checkCallMessageSize(payload)
+        let credit = try self.takeCredit(payloadLength: payload.readableBytes)
+        guard credit.taken else { return .waitForCredit }
+        if try self.connection.queueCallMessageIfRoomNow(id: self.id, payload) { return .sent(longRun: credit.longRun) }
+        return .waitForRoom(longRun: credit.longRun)
+    }
+
+    /// Completes a send that ``trySendWithoutWaiting(_:)`` began: waits for room or credit as `attempt` says, and
+    /// gives the event loop its turn after a long run.
+    nonisolated(nonsending) func finishSend(_ payload: ByteBuffer, after attempt: SendAttempt) async throws {
+        switch attempt {
+        case .sent(let longRun):
+            if longRun { await self.connection.yieldToEventLoop() }
+        case .waitForRoom(let longRun):
+            try await self.connection.sendCallMessage(id: self.id, payload)
+            if longRun { await self.connection.yieldToEventLoop() }
+        case .waitForCredit:
+            try await self.send(payload)
+        }
+    }
+
+    /// Takes credit for a message of `payloadLength` bytes if the call has it, counting the run of sends on credit.
+    /// - Returns: Whether it was taken (if not, the run is over), and whether this send ended a long run.
+    private func takeCredit(payloadLength: Int) throws -> (taken: Bool, longRun: Bool) {
+        try self.state.withLock { locked -> (taken: Bool, longRun: Bool) in
+            guard try locked.machine.trySend(payloadLength: payloadLength) else {
+                locked.sentInRun = 0
+                locked.bytesInRun = 0
+                return (false, false)
+            }
+            locked.sentInRun += 1
+            locked.bytesInRun += payloadLength
+            guard locked.sentInRun >= Self.runLength || locked.bytesInRun >= Self.runBytes else { return (true, false) }
+            locked.sentInRun = 0
+            locked.bytesInRun = 0
+            return (true, true)
+        }
+    }
+
     /// Sends one message: waits for credit, then for the socket (the connection's write queue).
     /// - Throws: What the call failed with; `messageTooLarge`; `CancellationError` if the task is cancelled.
     /// - Parameter descriptors: What the message carries, if anything; taken only once the message is queued.
     nonisolated(nonsending) func send(_ payload: ByteBuffer, descriptors: DuplicatedDescriptors? = nil) async throws {
+        if descriptors == nil { try self.connection.checkCallMessageSize(payload) }
         // With credit, nothing to wait for: no suspension, but a turn for the event loop's other connections now and
         // then (below).
-        let length = payload.readableBytes
-        var longRun = false
-        let onCredit = try self.state.withLock { locked -> Bool in
-            guard try locked.machine.trySend(payloadLength: length) else {
-                locked.sentInRun = 0
-                locked.bytesInRun = 0
-                return false
-            }
-            locked.sentInRun += 1
-            locked.bytesInRun += length
-            if locked.sentInRun >= Self.runLength || locked.bytesInRun >= Self.runBytes {
-                locked.sentInRun = 0
-                locked.bytesInRun = 0
-                longRun = true
-            }
-            return true
-        }
+        let (onCredit, longRun) = try self.takeCredit(payloadLength: payload.readableBytes)
         if !onCredit {
             try await withTaskCancellationHandler {
                 try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in

@@ -85,7 +85,17 @@ public struct ServiceStreamWriter<Element: Encodable & Sendable>: Sendable {
     ///   `CancellationError`.
     nonisolated(nonsending) public func write(_ element: Element) async throws {
         let (payload, descriptors) = try DescriptorCoding.encode(element, codec: self.codec, on: self.call.connection)
-        try await self.call.send(payload, descriptors: descriptors)
+        if descriptors == nil {
+            // A stream in full flow sends here without suspending and without a further async call.
+            let attempt = try self.call.trySendWithoutWaiting(payload)
+            if case .sent(longRun: false) = attempt {
+                self.call.connection.recycleEncodingBuffer(payload)
+                return
+            }
+            try await self.call.finishSend(payload, after: attempt)
+        } else {
+            try await self.call.send(payload, descriptors: descriptors)
+        }
         self.call.connection.recycleEncodingBuffer(payload)
     }
 
