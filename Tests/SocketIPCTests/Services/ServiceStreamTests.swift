@@ -119,6 +119,38 @@ struct ServiceStreamTests {
         #expect(observed <= 70, "the producer wrote \(observed) messages of 1 KiB to a consumer that stopped reading")
         #expect(observed >= 60)
     }
+
+    @Test("a message refused as too large takes no credit: the stream goes on, beyond a window, as before it")
+    func tooLargeMessageTakesNoCredit() async throws {
+        var router = ServiceRouter()
+        router.registerBidirectionalStreaming(EchoText.self) { texts, writer, _ in
+            for try await text in texts { try await writer.write(text) }
+        }
+        try await withFramedTestServer(makeHandler: { [router] in ServiceConnectionHandler(router: router) }) { _, path in
+            var configuration = ClientConfiguration()
+            configuration.connection.maximumMessageSize = 1024
+            let connection = try await Client.connect(to: path, configuration: configuration)
+            defer { connection.close() }
+            let echoed = try await connection.bidirectionalStreaming(EchoText.self) { writer, responses in
+                var iterator = responses.makeAsyncIterator()
+                // 100 KiB: more than the call's window of 64 KiB, so that credit taken for it would stop the
+                // stream for good (the peer gives back only what it received).
+                let error = await #expect(throws: SocketIPCError.self) {
+                    try await writer.write(String(repeating: "x", count: 100 * 1024))
+                }
+                #expect(error?.code == .messageTooLarge)
+                // Then more than a window's worth of small messages, each echoed.
+                var echoed = 0
+                for index in 0..<200 {
+                    try await writer.write(String(repeating: "y", count: 500))
+                    guard try await iterator.next()?.count == 500 else { break }
+                    echoed = index + 1
+                }
+                return echoed
+            }
+            #expect(echoed == 200)
+        }
+    }
 }
 
 @Suite("Services: a handler that ends a client stream early", .timeLimit(.minutes(5)), .limitedConcurrency)
@@ -156,4 +188,11 @@ struct EarlyEndTests {
             #expect(outcome.hasPrefix("got "))
         }
     }
+}
+
+/// Echoes text, to send messages of a chosen size.
+private enum EchoText: ServiceMethod {
+    static let name = "test.echoText"
+    typealias Request = String
+    typealias Response = String
 }
