@@ -124,6 +124,17 @@ int csocketipc_set_thread_name(const char *name) {
     return prctl(PR_SET_NAME, (unsigned long)name, 0, 0, 0);
 }
 
+#ifndef SO_PASSRIGHTS
+// include/uapi/asm-generic/socket.h since Linux 6.16 ("af_unix: Introduce SO_PASSRIGHTS"); the
+// architectures with their own numbering (alpha, mips, parisc, sparc) are not targets.
+#define SO_PASSRIGHTS 83
+#endif
+
+int csocketipc_refuse_descriptors(int socket) {
+    int off = 0;
+    return setsockopt(socket, SOL_SOCKET, SO_PASSRIGHTS, &off, sizeof(off));
+}
+
 int csocketipc_pipe_cloexec(int ends[2]) {
     return pipe2(ends, O_CLOEXEC);
 }

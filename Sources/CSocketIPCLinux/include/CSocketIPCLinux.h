@@ -37,6 +37,12 @@ int csocketipc_pipe_cloexec(int ends[2]);
 /// Names the calling thread (prctl(PR_SET_NAME): the first 15 bytes show in /proc and debuggers): 0, or -1 with errno.
 int csocketipc_set_thread_name(const char *name);
 
+/// Turns SO_PASSRIGHTS off on a Unix domain socket (Linux 6.16 and later): a peer's sendmsg(2) with SCM_RIGHTS then
+/// fails with EPERM, so no descriptor it passes ever reaches this process, whose read or close would drop it (and
+/// could block for as long as the peer chose, as the last close of a socket with SO_LINGER does). Inherited by the
+/// sockets a listening socket accepts. 0, or -1 with errno (ENOPROTOOPT before Linux 6.16).
+int csocketipc_refuse_descriptors(int socket);
+
 /// Adds every seal a receiver of shared memory needs (F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE, F_SEAL_SEAL):
 /// 0, or -1 with errno.
 int csocketipc_seal_all(int descriptor);

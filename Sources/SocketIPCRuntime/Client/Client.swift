@@ -35,7 +35,8 @@ public enum Client {
         let descriptor = try await SocketConnector.connect(
             to: socketPath,
             timeout: configuration.connectTimeout,
-            trustedServerUserIDs: configuration.trustedServerUserIDs
+            trustedServerUserIDs: configuration.trustedServerUserIDs,
+            takesDescriptors: configuration.connection.effectiveMaximumDescriptors > 0
         )
         let eventLoop = group.any()
         let handshake = eventLoop.makePromise(of: Connection.self)

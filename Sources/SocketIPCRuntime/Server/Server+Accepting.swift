@@ -26,6 +26,9 @@ extension Server {
             includingProcessIdentity: policy.needsProcessIdentity
         )
         let decision = policy.evaluate(peer)
+        // Also set here, for a socket accepted before its listener had the setting (an inherited one) and for a
+        // refused peer of a server that takes descriptors: from a peer it refuses, nothing is taken.
+        if !decision.isAllowed || self.initializer.maximumDescriptorsPerMessage == 0 { refuseDescriptors(on: descriptor) }
         if !decision.isAllowed {
             self.metrics.unauthorized.increment()
             var metadata = Self.metadata(id, peer)

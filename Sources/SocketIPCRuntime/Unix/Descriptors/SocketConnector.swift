@@ -20,9 +20,10 @@ enum SocketConnector {
     static func connect(
         to path: SocketPath,
         timeout: Duration,
-        trustedServerUserIDs: Set<UInt32>? = nil
+        trustedServerUserIDs: Set<UInt32>? = nil,
+        takesDescriptors: Bool = false
     ) async throws -> Int32 {
-        let descriptor = try await Self.connectUnchecked(to: path, timeout: timeout)
+        let descriptor = try await Self.connectUnchecked(to: path, timeout: timeout, takesDescriptors: takesDescriptors)
         if path.isAbstract {
             let trusted = trustedServerUserIDs ?? [UInt32(geteuid()), 0]
             guard let server = PeerCredentials.read(descriptor: descriptor), trusted.contains(server.userID) else {
@@ -41,7 +42,7 @@ enum SocketConnector {
         return descriptor
     }
 
-    private static func connectUnchecked(to path: SocketPath, timeout: Duration) async throws -> Int32 {
+    private static func connectUnchecked(to path: SocketPath, timeout: Duration, takesDescriptors: Bool) async throws -> Int32 {
         let deadline = ContinuousClock.now.advanced(by: timeout)
         var backoff = Duration.microseconds(100)
         while true {
@@ -49,6 +50,8 @@ enum SocketConnector {
             _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC)
             _ = fcntl(descriptor, F_SETFL, fcntl(descriptor, F_GETFL) | O_NONBLOCK)
             SocketSend.preventSignal(on: descriptor)
+            // A client that takes no descriptors refuses them from the server too (see refuseDescriptors(on:)).
+            if !takesDescriptors { refuseDescriptors(on: descriptor) }
             var result: Int32
             repeat {
                 result = path.withSockAddr { systemConnect(descriptor, $0, $1) }

@@ -62,3 +62,18 @@ func makeCloseOnExecPipe(_ ends: inout [Int32]) -> Int32 {
     return ends.withUnsafeMutableBufferPointer { csocketipc_pipe_cloexec($0.baseAddress!) }
     #endif
 }
+
+/// Turns `SO_PASSRIGHTS` off on `socket` where the kernel has it (Linux 6.16 and later): a peer's `SCM_RIGHTS` then
+/// fails at its `sendmsg(2)` with `EPERM`, so no descriptor it passes reaches this process. Without it, the kernel
+/// drops a passed descriptor in the thread that reads (or closes) the socket, and dropping the last reference to a
+/// socket the peer set `SO_LINGER` on blocks that thread for as long as the peer chose: an event loop, and every
+/// connection on it. A listening socket's setting is inherited by the sockets it accepts. Best effort: returns
+/// whether the kernel took it (before Linux 6.16, and on Darwin, it does not; untested on Darwin).
+@discardableResult
+func refuseDescriptors(on socket: Int32) -> Bool {
+    #if os(Linux)
+    return csocketipc_refuse_descriptors(socket) == 0
+    #else
+    return false
+    #endif
+}

@@ -1,0 +1,84 @@
+import CSocketIPCLinux
+import NIOCore
+import SocketIPC
+import SocketIPCTesting
+import SocketIPCTestSupport
+import SystemPackage
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// Whether this kernel has `SO_PASSRIGHTS` (Linux 6.16 and later).
+private let kernelRefusesDescriptors: Bool = {
+    var pair: [Int32] = [-1, -1]
+    guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &pair) == 0 else { return false }
+    defer { pair.forEach { _ = close($0) } }
+    return csocketipc_refuse_descriptors(pair[0]) == 0
+}()
+
+/// A side that takes no descriptors refuses them at the peer's `sendmsg(2)` (`SO_PASSRIGHTS` off), so that a passed
+/// descriptor never reaches it: the kernel would otherwise drop it in the thread that reads or closes the socket,
+/// and dropping the last reference to a TCP socket with `SO_LINGER` whose send queue cannot drain blocks that thread,
+/// an event loop, for as long as the peer set.
+@Suite(
+    "Descriptors refused at the sender by a side that takes none",
+    .enabled(if: kernelRefusesDescriptors, "SO_PASSRIGHTS needs Linux 6.16 or later"),
+    .timeLimit(.minutes(5)),
+    .limitedConcurrency
+)
+struct DescriptorRefusalTests {
+    @Test("a server without descriptor passing: a peer's SCM_RIGHTS fails with EPERM, and its plain request is served")
+    func serverRefuses() async throws {
+        try await withFramedTestServer(makeHandler: { EchoingHandler() }) { _, path in
+            let socket = try await RawSocket.connect(to: path)
+            defer { socket.close() }
+            try await socket.write([0x53, 0x49, 0x50, 0x43, 0x01, 0x00, 0x00, 0x00])
+            #expect(try await socket.read(exactly: 8).prefix(5) == [0x53, 0x49, 0x50, 0x43, 0x01])
+            #expect(passPipe(over: socket.descriptor, bytes: [0, 0, 0, 1, 0x01]) == EPERM)
+            // Nothing was sent, and the connection goes on.
+            try await socket.write(frameBytes(kind: 0x02, id: 7, payload: Array("ping".utf8)))
+            let reply = try await socket.read(exactly: 13)
+            #expect(reply == frameBytes(kind: 0x03, id: 7, payload: Array("ping".utf8)))
+        }
+    }
+
+    @Test("a client without descriptor passing: the server's SCM_RIGHTS fails with EPERM")
+    func clientRefuses() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/passing.sock"
+            let listener = try makeStaleSocket(at: path, listening: true)
+            defer { close(listener) }
+            let connecting = Task { try await Client.connect(to: path) }
+            let server = try await acceptConnection(on: listener)
+            defer { close(server) }
+            #expect(passPipe(over: server, bytes: serverHelloBytes) == EPERM)
+            connecting.cancel()
+            _ = try? await connecting.value.close()
+        }
+    }
+}
+
+/// Sends `bytes` with a pipe's read end attached; returns 0 if it went, or the `errno` of `sendmsg(2)`.
+private func passPipe(over socket: Int32, bytes: [UInt8]) -> Int32 {
+    guard let (readEnd, writeEnd) = try? SystemPackage.FileDescriptor.pipe() else { return -1 }
+    defer {
+        try? readEnd.close()
+        try? writeEnd.close()
+    }
+    var descriptor = readEnd.rawValue
+    let sent = bytes.withUnsafeBytes {
+        csocketipc_send_with_descriptors(socket, $0.baseAddress, UInt($0.count), &descriptor, 1)
+    }
+    return sent < 0 ? errno : 0
+}
+
+/// Echoes each request.
+private struct EchoingHandler: ConnectionHandler {
+    func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {
+        reply.succeed(request)
+    }
+}
