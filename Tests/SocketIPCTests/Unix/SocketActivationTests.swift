@@ -70,6 +70,10 @@ struct SocketActivationTests {
             let probe = makeUnixStreamSocket()
             defer { closeDescriptor(probe) }
             #expect(connectUnixSocket(probe, to: path) == 0, "the listening socket was not shut down: errno \(errno)")
+            // Non-blocking from then on: a connection that another holder of the socket takes between the server's
+            // poll and its accept makes that accept fail with EAGAIN, instead of blocking until the next one (and
+            // keeping the server from stopping).
+            #expect(fcntl(listener, F_GETFL) & O_NONBLOCK != 0)
         }
     }
 

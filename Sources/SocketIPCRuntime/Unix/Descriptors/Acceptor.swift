@@ -55,6 +55,13 @@ final class Acceptor: @unchecked Sendable {
         var ends: [Int32] = [-1, -1]
         if sharesListeningSocket, makeCloseOnExecPipe(&ends) == 0 {
             self.wakePipe = (ends[0], ends[1])
+            // Another holder (a second server on the same activated socket) may take a connection between this
+            // thread's poll(2) and its accept(2), which on a blocking socket (systemd passes them blocking) would then
+            // wait for the next connection, and stop() could not end it. Non-blocking, that accept fails with EAGAIN
+            // and the thread polls again. The flag belongs to the open file description, so the other holders see it
+            // too, as Go's net.FileListener and SwiftNIO's inherited channels set it. (Only with the pipe: without
+            // it, accept(2) is the thread's wait.)
+            _ = fcntl(descriptor, F_SETFL, fcntl(descriptor, F_GETFL) | O_NONBLOCK)
         } else {
             self.wakePipe = nil
         }
@@ -99,8 +106,18 @@ final class Acceptor: @unchecked Sendable {
         }
         var backoff = AcceptBackoff()
         while !self.stopping.load(ordering: .acquiring) {
-            if let wakePipe = self.wakePipe, !Self.waitUntilReadable(self.descriptor, orWokenBy: wakePipe.read) {
-                return
+            if let wakePipe = self.wakePipe {
+                switch Self.waitUntilReadable(self.descriptor, orWokenBy: wakePipe.read) {
+                case .readable: break
+                case .wokenUp: return
+                case .hungUp:
+                    // Shut down by another holder: a non-blocking accept would fail with EAGAIN for ever (a blocking
+                    // one fails with EINVAL), so this is accept's end.
+                    if !self.stopping.load(ordering: .acquiring) {
+                        self.onError(SocketIPCError.systemCall("accept", errno: EINVAL))
+                    }
+                    return
+                }
             }
             let accepted = Self.acceptNonBlocking(self.descriptor)
             if accepted >= 0 {
@@ -156,8 +173,18 @@ final class Acceptor: @unchecked Sendable {
         }
     }
 
-    /// Waits in `poll(2)` until `descriptor` has a connection to accept (`true`) or `wakeUp` is written to (`false`).
-    private static func waitUntilReadable(_ descriptor: Int32, orWokenBy wakeUp: Int32) -> Bool {
+    /// What ``waitUntilReadable(_:orWokenBy:)`` saw.
+    private enum PollResult {
+        /// A connection may be there to accept (another holder of the socket may take it first).
+        case readable
+        /// ``stop()`` wrote to the wake-up pipe.
+        case wokenUp
+        /// The listening socket was shut down (`POLLHUP`) or failed (`POLLERR`, `POLLNVAL`).
+        case hungUp
+    }
+
+    /// Waits in `poll(2)` until `descriptor` has a connection to accept, `wakeUp` is written to, or the socket hangs up.
+    private static func waitUntilReadable(_ descriptor: Int32, orWokenBy wakeUp: Int32) -> PollResult {
         var events = [
             pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0),
             pollfd(fd: wakeUp, events: Int16(POLLIN), revents: 0),
@@ -165,7 +192,9 @@ final class Acceptor: @unchecked Sendable {
         while true {
             let result = poll(&events, nfds_t(events.count), -1)
             if result < 0 && errno == EINTR { continue }
-            return result > 0 && events[1].revents == 0
+            if result <= 0 || events[1].revents != 0 { return .wokenUp }
+            if events[0].revents & Int16(POLLHUP | POLLERR | POLLNVAL) != 0 { return .hungUp }
+            return .readable
         }
     }
 
