@@ -135,6 +135,13 @@ int csocketipc_refuse_descriptors(int socket) {
     return setsockopt(socket, SOL_SOCKET, SO_PASSRIGHTS, &off, sizeof(off));
 }
 
+int csocketipc_close_passed(int descriptor) {
+    struct linger off = {0, 0};
+    // Fails with ENOTSOCK for what is not a socket: nothing to turn off then.
+    (void)setsockopt(descriptor, SOL_SOCKET, SO_LINGER, &off, sizeof(off));
+    return close(descriptor);
+}
+
 int csocketipc_pipe_cloexec(int ends[2]) {
     return pipe2(ends, O_CLOEXEC);
 }

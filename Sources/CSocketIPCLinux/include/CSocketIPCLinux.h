@@ -43,6 +43,11 @@ int csocketipc_set_thread_name(const char *name);
 /// sockets a listening socket accepts. 0, or -1 with errno (ENOPROTOOPT before Linux 6.16).
 int csocketipc_refuse_descriptors(int socket);
 
+/// Closes a descriptor a peer passed, first turning SO_LINGER off if it is a socket: the last close of a TCP socket
+/// with SO_LINGER set whose send queue cannot drain would otherwise block the calling thread for as long as the peer
+/// chose. The result of close(2).
+int csocketipc_close_passed(int descriptor);
+
 /// Adds every seal a receiver of shared memory needs (F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE, F_SEAL_SEAL):
 /// 0, or -1 with errno.
 int csocketipc_seal_all(int descriptor);

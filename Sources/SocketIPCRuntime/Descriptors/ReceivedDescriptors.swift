@@ -1,3 +1,4 @@
+import CSocketIPCLinux
 import SystemPackage
 import Synchronization
 
@@ -72,8 +73,16 @@ public final class ReceivedDescriptors: Sendable {
     }
 }
 
-/// Closes each of `descriptors` (ignoring errors: each is closed, or was not open); for the descriptors the services
-/// layer owns.
+/// Closes each of `descriptors`, which a peer passed (ignoring errors: each is closed, or was not open); for the
+/// descriptors the services layer owns.
+///
+/// A socket's `SO_LINGER` is turned off first: the peer may have passed a TCP socket with `SO_LINGER` whose send queue
+/// cannot drain and closed its own copy, and the last close of such a socket blocks the calling thread, here often an
+/// event loop, for as long as the peer chose.
 package func closeDescriptors(_ descriptors: [Int32]) {
+    #if os(Linux)
+    for descriptor in descriptors { _ = csocketipc_close_passed(descriptor) }
+    #else
     for descriptor in descriptors { _ = close(descriptor) }
+    #endif
 }

@@ -33,7 +33,7 @@ private let kernelRefusesDescriptors: Bool = {
 struct DescriptorRefusalTests {
     @Test("a server without descriptor passing: a peer's SCM_RIGHTS fails with EPERM, and its plain request is served")
     func serverRefuses() async throws {
-        try await withFramedTestServer(makeHandler: { EchoingHandler() }) { _, path in
+        try await withFramedTestServer(makeHandler: { EchoHandler() }) { _, path in
             let socket = try await RawSocket.connect(to: path)
             defer { socket.close() }
             try await socket.write([0x53, 0x49, 0x50, 0x43, 0x01, 0x00, 0x00, 0x00])
@@ -74,11 +74,4 @@ private func passPipe(over socket: Int32, bytes: [UInt8]) -> Int32 {
         csocketipc_send_with_descriptors(socket, $0.baseAddress, UInt($0.count), &descriptor, 1)
     }
     return sent < 0 ? errno : 0
-}
-
-/// Echoes each request.
-private struct EchoingHandler: ConnectionHandler {
-    func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {
-        reply.succeed(request)
-    }
 }
