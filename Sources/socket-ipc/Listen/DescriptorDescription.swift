@@ -58,11 +58,11 @@ struct DescriptorDescription {
         }
     }
 
-    /// Describes each of `descriptors`, then closes them.
+    /// Describes each of `descriptors`, then closes them as the library closes what a peer passed (a socket's
+    /// `SO_LINGER` off first, so that a lingering socket does not block the event loop).
     static func describingAndClosing(_ descriptors: ReceivedDescriptors) -> [DescriptorDescription] {
-        descriptors.take().map { descriptor in
-            defer { try? descriptor.close() }
-            return DescriptorDescription(descriptor.rawValue)
-        }
+        let taken = descriptors.take().map(\.rawValue)
+        defer { closeDescriptors(taken) }
+        return taken.map(DescriptorDescription.init)
     }
 }
