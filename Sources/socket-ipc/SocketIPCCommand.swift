@@ -58,6 +58,7 @@ struct SocketIPCCommand: AsyncParsableCommand {
         // process; sockets never raise SIGPIPE anyway (the library sends with MSG_NOSIGNAL).
         signal(SIGPIPE, SIG_IGN)
         do {
+            try Self.checkArgumentsAreUTF8()
             let arguments = Self.movingSocketOption(in: Array(CommandLine.arguments.dropFirst()))
             var command = try await Self.asyncParseAsRoot(arguments)
             if var asyncCommand = command as? any AsyncParsableCommand {
@@ -70,6 +71,22 @@ struct SocketIPCCommand: AsyncParsableCommand {
                 Self.exit(withError: status)
             }
             Self.exit(withError: error)
+        }
+    }
+
+    /// Refuses an argument that is not valid UTF-8: Swift's `CommandLine.arguments` replaces each invalid byte with
+    /// U+FFFD, so a path such as `a\xFFb.sock` would name another file (made, or looked for, under the altered name)
+    /// and a message would be sent altered, both silently.
+    /// - Throws: ``UsageError`` naming the argument.
+    static func checkArgumentsAreUTF8() throws {
+        for index in 1..<Int(CommandLine.argc) {
+            guard let raw = CommandLine.unsafeArgv[index] else { continue }
+            let bytes = UnsafeBufferPointer(start: raw, count: strlen(raw)).map { UInt8(bitPattern: $0) }
+            guard String(validating: bytes, as: UTF8.self) == nil else { continue }
+            throw UsageError(
+                message: "argument \(index) is not valid UTF-8, and would be read altered: give paths in UTF-8, "
+                    + "and binary messages as @FILE or on standard input"
+            )
         }
     }
 

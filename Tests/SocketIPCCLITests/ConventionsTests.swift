@@ -85,4 +85,16 @@ struct ConventionsTests {
         #expect(object["n"] as? Int == 200)
         #expect((object["ops_per_s"] as? Double ?? 0) > 0)
     }
+
+    @Test("an argument that is not valid UTF-8 is refused (usage, 64), not read altered: no file under another name")
+    func nonUTF8Argument() async throws {
+        try await withTemporarySocketDirectory { directory in
+            // `a\xFFb.sock`: Swift's CommandLine.arguments would read it as `a\u{FFFD}b.sock`, another file.
+            let result = try await runShell("'\(socketIPCBinary)' serve \"\(directory)/a$(printf '\\377')b.sock\"")
+            #expect(result.status == 64)
+            let made = try FileManager.default.contentsOfDirectory(atPath: directory)
+            #expect(made.isEmpty, "\(made)")
+        }
+    }
 }
+
