@@ -6,6 +6,7 @@
 #include "CSocketIPCLinux.h"
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <string.h>
@@ -130,15 +131,22 @@ int csocketipc_set_thread_name(const char *name) {
 #define SO_PASSRIGHTS 83
 #endif
 
-int csocketipc_refuse_descriptors(int socket) {
-    int off = 0;
-    return setsockopt(socket, SOL_SOCKET, SO_PASSRIGHTS, &off, sizeof(off));
+const short csocketipc_pollrdhup = POLLRDHUP;
+
+int csocketipc_set_pass_rights(int socket, int on) {
+    return setsockopt(socket, SOL_SOCKET, SO_PASSRIGHTS, &on, sizeof(on));
 }
 
 int csocketipc_close_passed(int descriptor) {
-    struct linger off = {0, 0};
-    // Fails with ENOTSOCK for what is not a socket: nothing to turn off then.
-    (void)setsockopt(descriptor, SOL_SOCKET, SO_LINGER, &off, sizeof(off));
+    struct linger current = {0, 0};
+    socklen_t length = sizeof(current);
+    // Fails with ENOTSOCK for what is not a socket. Changed only when a close could wait (on, with a time): the
+    // setting belongs to the socket, which other holders share.
+    if (getsockopt(descriptor, SOL_SOCKET, SO_LINGER, &current, &length) == 0 && current.l_onoff != 0
+        && current.l_linger > 0) {
+        struct linger off = {0, 0};
+        (void)setsockopt(descriptor, SOL_SOCKET, SO_LINGER, &off, sizeof(off));
+    }
     return close(descriptor);
 }
 

@@ -55,6 +55,7 @@ struct DescriptorPassingCLITests {
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             s.connect(\(pythonString(path)))
             s.sendall(bytes.fromhex("5349504301030000"))
+            s.recv(8)
             fd = os.open("/dev/null", os.O_RDONLY)
             s.sendmsg([bytes.fromhex("000000020d02" + \(pythonString(tail)))],
                       [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd, fd]))])

@@ -37,15 +37,20 @@ int csocketipc_pipe_cloexec(int ends[2]);
 /// Names the calling thread (prctl(PR_SET_NAME): the first 15 bytes show in /proc and debuggers): 0, or -1 with errno.
 int csocketipc_set_thread_name(const char *name);
 
-/// Turns SO_PASSRIGHTS off on a Unix domain socket (Linux 6.16 and later): a peer's sendmsg(2) with SCM_RIGHTS then
-/// fails with EPERM, so no descriptor it passes ever reaches this process, whose read or close would drop it (and
-/// could block for as long as the peer chose, as the last close of a socket with SO_LINGER does). Inherited by the
-/// sockets a listening socket accepts. 0, or -1 with errno (ENOPROTOOPT before Linux 6.16).
-int csocketipc_refuse_descriptors(int socket);
+/// poll(2)'s POLLRDHUP (the peer, or another holder, shut down the reading side), which <poll.h> shows only with
+/// _GNU_SOURCE.
+extern const short csocketipc_pollrdhup;
 
-/// Closes a descriptor a peer passed, first turning SO_LINGER off if it is a socket: the last close of a TCP socket
-/// with SO_LINGER set whose send queue cannot drain would otherwise block the calling thread for as long as the peer
-/// chose. The result of close(2).
+/// Sets SO_PASSRIGHTS on a Unix domain socket (Linux 6.16 and later): off, a peer's sendmsg(2) with SCM_RIGHTS fails
+/// with EPERM, so no descriptor it passes ever reaches this process, whose read or close would drop it (and could
+/// block for as long as the peer chose, as the last close of a socket with SO_LINGER does). A connection takes the
+/// listening socket's setting when it is made. 0, or -1 with errno (ENOPROTOOPT before Linux 6.16).
+int csocketipc_set_pass_rights(int socket, int on);
+
+/// Closes a descriptor a peer passed, first turning SO_LINGER off if it is a socket with SO_LINGER on and a time: the
+/// last close of a TCP socket with SO_LINGER set whose send queue cannot drain would otherwise block the calling
+/// thread for as long as the peer chose. The setting is the socket's, so its other holders (the sender's copy, if the
+/// sender kept one) see it off too. The result of close(2).
 int csocketipc_close_passed(int descriptor);
 
 /// Adds every seal a receiver of shared memory needs (F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE, F_SEAL_SEAL):

@@ -36,7 +36,7 @@ final class DescriptorPassing: Sendable {
             return announced
         }
         if let earlier {
-            DescriptorRelay.closeAll(earlier)
+            DescriptorRelay.closeReceived(earlier)
             return SocketIPCError(.protocolViolation, "two descriptors frames came in a row")
         }
         guard group.count == count else {
@@ -53,7 +53,7 @@ final class DescriptorPassing: Sendable {
 
     /// Closes descriptors announced and not handed out (the connection closed).
     func closeAnnounced() {
-        if let group = self.announced.withLock({ $0.take() }) { DescriptorRelay.closeAll(group) }
+        if let group = self.announced.withLock({ $0.take() }) { DescriptorRelay.closeReceived(group) }
     }
 
     /// A request that takes the descriptors of its reply is about to be sent as `id`.

@@ -166,7 +166,7 @@ final class DescriptorRelay: @unchecked Sendable {
         self.claimedCount = 0
         self.channel = nil
         self.lock.unlock(withValue: 1)
-        Self.closeAll(received)
+        Self.closeReceived(received)
         eventLoop.scheduleTask(in: .init(timeout)) { self.abort() }
     }
 
@@ -199,7 +199,7 @@ final class DescriptorRelay: @unchecked Sendable {
         self.claimedCount = 0
         if !self.socketIsClosed { _ = shutdown(self.socket, Int32(SHUT_RDWR)) }
         self.lock.unlock(withValue: 1)
-        Self.closeAll(received)
+        Self.closeReceived(received)
     }
 
     // MARK: - Threads
@@ -230,7 +230,7 @@ final class DescriptorRelay: @unchecked Sendable {
             if length < 0 { break }
             let group = Array(received[0..<Int(count)])
             if truncated != 0 {
-                Self.closeAll(group)
+                Self.closeReceived(group)
                 self.violate("the peer passed descriptors the kernel could not deliver whole (MSG_CTRUNC)")
                 violated = true
                 break
@@ -271,7 +271,7 @@ final class DescriptorRelay: @unchecked Sendable {
         self.lock.lock()
         if self.isClosed {
             self.lock.unlock(withValue: 1)
-            Self.closeAll(group)
+            Self.closeReceived(group)
             return nil
         }
         var problem: String?
@@ -316,7 +316,7 @@ final class DescriptorRelay: @unchecked Sendable {
             self.claimedCount = 0
         }
         self.lock.unlock(withValue: self.mayReceiveValue)
-        Self.closeAll(dropped)
+        Self.closeReceived(dropped)
         return problem
     }
 
@@ -396,13 +396,15 @@ final class DescriptorRelay: @unchecked Sendable {
         self.threadsRunning -= 1
         let last = self.threadsRunning == 0
         var left: [Int32] = []
+        var leftOutgoing: [Int32] = []
         if last {
             self.socketIsClosed = true
             _ = close(self.socket)
             _ = close(self.relaySide)
             // Descriptors no frame claimed now never will be; those claimed wait for the channel, which may still
             // read the frames that claimed them (the channel's close closes them if it does not).
-            left = self.unclaimed + self.outgoing.flatMap { $0 }
+            left = self.unclaimed
+            leftOutgoing = self.outgoing.flatMap { $0 }
             self.unclaimed = []
             self.outgoing = []
             if self.isClosed {
@@ -412,7 +414,8 @@ final class DescriptorRelay: @unchecked Sendable {
             }
         }
         self.lock.unlock(withValue: 1)
-        Self.closeAll(left)
+        Self.closeReceived(left)
+        Self.closeAll(leftOutgoing)
         if last {
             let waiters = self.finishWaiters.withLock { waiters in
                 defer { waiters = nil }
@@ -464,8 +467,14 @@ final class DescriptorRelay: @unchecked Sendable {
         #endif
     }
 
+    /// Closes this side's own descriptors (sent, or to send).
     static func closeAll(_ descriptors: [Int32]) {
         closeDescriptors(descriptors)
+    }
+
+    /// Closes descriptors the peer passed (see ``closePassedDescriptors(_:)``).
+    static func closeReceived(_ descriptors: [Int32]) {
+        closePassedDescriptors(descriptors)
     }
 }
 

@@ -65,7 +65,7 @@ public final class ReceivedDescriptors: Sendable {
             defer { held = [] }
             return held
         }
-        closeDescriptors(held.filter { $0 >= 0 })
+        closePassedDescriptors(held.filter { $0 >= 0 })
     }
 
     deinit {
@@ -73,16 +73,21 @@ public final class ReceivedDescriptors: Sendable {
     }
 }
 
-/// Closes each of `descriptors`, which a peer passed (ignoring errors: each is closed, or was not open); for the
-/// descriptors the services layer owns.
-///
-/// A socket's `SO_LINGER` is turned off first: the peer may have passed a TCP socket with `SO_LINGER` whose send queue
-/// cannot drain and closed its own copy, and the last close of such a socket blocks the calling thread, here often an
-/// event loop, for as long as the peer chose.
+/// Closes each of `descriptors` (ignoring errors: each is closed, or was not open): this side's own, such as the
+/// duplicates it sent.
 package func closeDescriptors(_ descriptors: [Int32]) {
+    for descriptor in descriptors { _ = close(descriptor) }
+}
+
+/// Closes each of `descriptors`, which a peer passed (ignoring errors), turning a socket's `SO_LINGER` off first if it
+/// is on with a time: the peer may have passed a TCP socket with `SO_LINGER` whose send queue cannot drain and closed
+/// its own copy, and the last close of such a socket blocks the calling thread, often an event loop, for as long as
+/// the peer chose. The setting is the socket's: a sender that kept its copy sees it off too. Never for this side's own
+/// descriptors (the duplicates it sent), whose sockets are its application's.
+package func closePassedDescriptors(_ descriptors: [Int32]) {
     #if os(Linux)
     for descriptor in descriptors { _ = csocketipc_close_passed(descriptor) }
     #else
-    for descriptor in descriptors { _ = close(descriptor) }
+    closeDescriptors(descriptors)
     #endif
 }

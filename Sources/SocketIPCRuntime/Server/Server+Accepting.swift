@@ -26,9 +26,10 @@ extension Server {
             includingProcessIdentity: policy.needsProcessIdentity
         )
         let decision = policy.evaluate(peer)
-        // Also set here, for a socket accepted before its listener had the setting (an inherited one) and for a
-        // refused peer of a server that takes descriptors: from a peer it refuses, nothing is taken.
-        if !decision.isAllowed || self.initializer.maximumDescriptorsPerMessage == 0 { refuseDescriptors(on: descriptor) }
+        // The listening socket refuses descriptors, so the connection did from the start; only a peer admitted by a
+        // server that takes them may pass them, which it does after the server's hello (see setDescriptorPassing).
+        // Set either way, for a connection made before an inherited socket was set.
+        setDescriptorPassing(decision.isAllowed && self.initializer.maximumDescriptorsPerMessage > 0, on: descriptor)
         if !decision.isAllowed {
             self.metrics.unauthorized.increment()
             var metadata = Self.metadata(id, peer)

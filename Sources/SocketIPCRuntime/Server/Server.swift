@@ -111,9 +111,6 @@ public final class Server: Service, Sendable {
         }
         defer { listener.owner?.release() }
         let path = listener.path
-        // A server that takes no descriptors refuses them at the peer's sendmsg (see refuseDescriptors(on:)): the
-        // accepted sockets inherit the setting, a refused peer's included.
-        if self.initializer.maximumDescriptorsPerMessage == 0 { refuseDescriptors(on: listener.descriptor) }
 
         let acceptFailure = Mutex<SocketIPCError?>(nil)
         let acceptor = Acceptor(

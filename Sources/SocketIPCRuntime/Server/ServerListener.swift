@@ -27,6 +27,9 @@ struct ServerListener {
         if let inherited = configuration.inheritedSocket {
             try inherited.validate()
             let path = try SocketPath(inherited.address ?? configuration.path)
+            // Listening already: a connection made before this has the socket's earlier setting, and accept sets it
+            // per connection too (see setDescriptorPassing(_:on:)).
+            setDescriptorPassing(false, on: inherited.descriptor)
             return ServerListener(descriptor: inherited.descriptor, path: path, owner: nil, isShared: true)
         }
         let path = try SocketPath(configuration.path)
@@ -82,6 +85,7 @@ struct ServerListener {
     private static func bindAbstract(_ path: SocketPath, backlog: Int32) throws -> Int32 {
         let descriptor = try retryingOnInterrupt("socket", path: path.path) { socket(AF_UNIX, systemSocketStream | systemSocketCloseOnExec, 0) }
         _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC)
+        setDescriptorPassing(false, on: descriptor)
         if path.withSockAddr({ bind(descriptor, $0, $1) }) != 0 {
             let code = errno
             close(descriptor)

@@ -329,7 +329,8 @@ final class CallStream: Sendable {
     /// - Throws: What the call failed with; `messageTooLarge`; `CancellationError` if the task is cancelled.
     /// - Parameter descriptors: What the message carries, if anything; taken only once the message is queued.
     nonisolated(nonsending) func send(_ payload: ByteBuffer, descriptors: DuplicatedDescriptors? = nil) async throws {
-        if descriptors == nil { try self.connection.checkCallMessageSize(payload) }
+        // Before the credit is taken, whatever the message carries: one that never leaves must not take credit.
+        try self.connection.checkCallMessageSize(payload)
         // With credit, nothing to wait for: no suspension, but a turn for the event loop's other connections now and
         // then (below).
         let (onCredit, longRun) = try self.takeCredit(payloadLength: payload.readableBytes)

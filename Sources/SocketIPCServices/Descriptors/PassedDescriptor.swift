@@ -42,6 +42,9 @@ import Darwin
 public final class PassedDescriptor: Codable, Sendable {
     /// The descriptor this value owns until it is taken; `nil` once taken.
     private let held: Mutex<Int32?>
+    /// Whether the peer passed it (decoded), rather than this side (to send): only a passed one is closed with its
+    /// `SO_LINGER` turned off (``closePassedDescriptors(_:)``), since a sender's duplicate shares its owner's socket.
+    private let isReceived: Bool
 
     /// Duplicates `descriptor` (close-on-exec) to send it; the caller keeps its own.
     /// - Throws: `SocketIPCError` with code `systemCall` when it cannot be duplicated (`EBADF`: not open; `EMFILE`).
@@ -54,6 +57,7 @@ public final class PassedDescriptor: Codable, Sendable {
             )
         }
         self.held = Mutex(copy)
+        self.isReceived = false
     }
 
     /// The descriptor, to use without taking it: valid while this value lives and the descriptor is not taken;
@@ -68,7 +72,8 @@ public final class PassedDescriptor: Codable, Sendable {
     }
 
     deinit {
-        if let raw = self.held.withLock({ $0.take() }) { closeDescriptors([raw]) }
+        guard let raw = self.held.withLock({ $0.take() }) else { return }
+        if self.isReceived { closePassedDescriptors([raw]) } else { closeDescriptors([raw]) }
     }
 
     private enum CodingKeys: String, CodingKey {
@@ -113,5 +118,6 @@ public final class PassedDescriptor: Codable, Sendable {
             )
         }
         self.held = Mutex(raw)
+        self.isReceived = true
     }
 }

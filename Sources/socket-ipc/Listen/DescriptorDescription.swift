@@ -62,7 +62,7 @@ struct DescriptorDescription {
     /// `SO_LINGER` off first, so that a lingering socket does not block the event loop).
     static func describingAndClosing(_ descriptors: ReceivedDescriptors) -> [DescriptorDescription] {
         let taken = descriptors.take().map(\.rawValue)
-        defer { closeDescriptors(taken) }
+        defer { closePassedDescriptors(taken) }
         return taken.map(DescriptorDescription.init)
     }
 }

@@ -17,7 +17,7 @@ private let kernelRefusesDescriptors: Bool = {
     var pair: [Int32] = [-1, -1]
     guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &pair) == 0 else { return false }
     defer { pair.forEach { _ = close($0) } }
-    return csocketipc_refuse_descriptors(pair[0]) == 0
+    return csocketipc_set_pass_rights(pair[0], 0) == 0
 }()
 
 /// A side that takes no descriptors refuses them at the peer's `sendmsg(2)` (`SO_PASSRIGHTS` off), so that a passed
@@ -58,6 +58,24 @@ struct DescriptorRefusalTests {
             #expect(passPipe(over: server, bytes: serverHelloBytes) == EPERM)
             connecting.cancel()
             _ = try? await connecting.value.close()
+        }
+    }
+
+    @Test("a server that takes descriptors refuses them from a peer its policy refuses, from its first byte")
+    func refusedPeerOfPassingServer() async throws {
+        var options = ConnectionOptions()
+        options.maximumDescriptorsPerMessage = 4
+        try await withFramedTestServer(
+            configure: {
+                $0.connection = options
+                $0.authorization = .users([UInt32.max - 1])
+            },
+            makeHandler: { EchoHandler() }
+        ) { _, path in
+            let socket = try await RawSocket.connect(to: path)
+            defer { socket.close() }
+            // At once, before the server has accepted the connection: the listening socket's setting holds.
+            #expect(passPipe(over: socket.descriptor, bytes: [0x53, 0x49, 0x50, 0x43, 0x01, 0x03, 0x00, 0x00]) == EPERM)
         }
     }
 }

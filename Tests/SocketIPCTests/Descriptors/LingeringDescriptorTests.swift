@@ -3,6 +3,7 @@ import NIOCore
 import SocketIPC
 import SocketIPCTesting
 import SocketIPCTestSupport
+import Synchronization
 import SystemPackage
 import Testing
 
@@ -22,21 +23,105 @@ struct LingeringDescriptorTests {
         options.maximumDescriptorsPerMessage = 4
         try await withFramedTestServer(configure: { $0.connection = options }, makeHandler: { EchoHandler() }) {
             _, path in
-            var configuration = ClientConfiguration()
-            configuration.connection = options
-            try await Client.withConnection(to: path, configuration: configuration) { connection in
-                let stuck = try StuckTCPConnection()
-                defer { stuck.close() }
-                // The connection sends a duplicate; closing the original leaves the server's copy the last one.
-                try await connection.send(ByteBuffer(string: "a lingering socket"), descriptors: [stuck.lingering])
-                try stuck.lingering.close()
-                // The handler does not take it: the server closes it before it reads this request. Closed with its
-                // linger of an hour, it would block the event loop, and the request would time out.
-                let reply = try await connection.request(ByteBuffer(string: "still served"), timeout: .seconds(30))
-                #expect(String(buffer: reply) == "still served")
+            // A raw peer, as an attacker is: nothing of this side touches the socket after it is passed.
+            let peer = try await RawSocket.connect(to: path)
+            defer { peer.close() }
+            // A safety net, not a wait: a server blocked for the hour fails the read below after 30 s.
+            var limit = timeval(tv_sec: 30, tv_usec: 0)
+            setsockopt(peer.descriptor, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+            try await peer.write([0x53, 0x49, 0x50, 0x43, 0x01, 0x03, 0x00, 0x00])  // hello: calls, descriptors
+            _ = try await peer.read(exactly: 8)
+            let stuck = try StuckTCPConnection()
+            defer { stuck.close() }
+            // A descriptors frame announcing one, with the socket on its first byte; then the message it belongs to.
+            var lingering = stuck.lingering.rawValue
+            let descriptorsFrame: [UInt8] = [0, 0, 0, 2, 0x0D, 1]
+            let sent = descriptorsFrame.withUnsafeBytes {
+                csocketipc_send_with_descriptors(peer.descriptor, $0.baseAddress, UInt($0.count), &lingering, 1)
             }
+            #expect(sent == descriptorsFrame.count)
+            // The peer's own copy closed: the server's is the last one.
+            try stuck.lingering.close()
+            try await peer.write(frameBytes(kind: 0x01, payload: Array("a lingering socket".utf8)))
+            // The handler does not take it: the server closes it before it reads this request. Closed with its
+            // linger of an hour, it would block the event loop, and no reply would come.
+            try await peer.write(frameBytes(kind: 0x02, id: 7, payload: Array("still served".utf8)))
+            let reply = try await peer.read(exactly: 9 + 12)
+            #expect(reply == frameBytes(kind: 0x03, id: 7, payload: Array("still served".utf8)))
         }
     }
+}
+
+/// The sender's side: what it passes is its own, and a duplicate shares its socket, so nothing it closes may change
+/// the socket's `SO_LINGER` (an application may rely on `{1, 0}`, a reset on close).
+@Suite("Descriptors a side sends keep their socket options", .timeLimit(.minutes(5)), .limitedConcurrency)
+struct SentDescriptorOptionsTests {
+    @Test("a socket sent with a message, and one wrapped in a PassedDescriptor and released, keep SO_LINGER")
+    func senderKeepsLinger() async throws {
+        var options = ConnectionOptions()
+        options.maximumDescriptorsPerMessage = 4
+        // The server (in this process) takes what it gets and keeps it open, so that only the sender's closes count.
+        let kept = KeptDescriptors()
+        defer { kept.closeAll() }
+        try await withFramedTestServer(configure: { $0.connection = options }, makeHandler: { KeepingHandler(kept: kept) }) {
+            _, path in
+            var configuration = ClientConfiguration()
+            configuration.connection = options
+            let socket = try lingeringSocket(seconds: 30)
+            defer { try? socket.close() }
+            try await Client.withConnection(to: path, configuration: configuration) { connection in
+                try await connection.send(ByteBuffer(string: "a socket"), descriptors: [socket])
+                // Answered after the message: the connection has sent the duplicate and closed it.
+                _ = try await connection.request(ByteBuffer(string: "after"))
+            }
+            #expect(lingerOf(socket) == Glibc.linger(l_onoff: 1, l_linger: 30))
+            _ = try PassedDescriptor(socket)
+            #expect(lingerOf(socket) == Glibc.linger(l_onoff: 1, l_linger: 30))
+        }
+    }
+}
+
+/// Takes every descriptor a message brings and keeps it; echoes requests.
+private struct KeepingHandler: ConnectionHandler {
+    let kept: KeptDescriptors
+
+    func didReceiveMessage(_ message: ByteBuffer, descriptors: ReceivedDescriptors, on connection: Connection) {
+        self.kept.descriptors.withLock { $0 += descriptors.take() }
+    }
+
+    func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {
+        reply.succeed(request)
+    }
+}
+
+/// The descriptors a ``KeepingHandler`` took.
+private final class KeptDescriptors: Sendable {
+    let descriptors = Mutex<[SystemPackage.FileDescriptor]>([])
+
+    func closeAll() {
+        for descriptor in self.descriptors.withLock({ $0 }) { try? descriptor.close() }
+    }
+}
+
+/// A TCP socket, not connected, with `SO_LINGER` on for `seconds`.
+private func lingeringSocket(seconds: Int32) throws -> SystemPackage.FileDescriptor {
+    let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard descriptor >= 0 else { throw RawSocketError.failed("socket", errno) }
+    var linger = Glibc.linger(l_onoff: 1, l_linger: seconds)
+    setsockopt(descriptor, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+    return SystemPackage.FileDescriptor(rawValue: descriptor)
+}
+
+/// `SO_LINGER` of `socket`.
+private func lingerOf(_ socket: SystemPackage.FileDescriptor) -> Glibc.linger {
+    var linger = Glibc.linger()
+    var length = socklen_t(MemoryLayout<Glibc.linger>.size)
+    getsockopt(socket.rawValue, SOL_SOCKET, SO_LINGER, &linger, &length)
+    return linger
+}
+
+extension Glibc.linger: @retroactive Equatable {
+    public static func == (lhs: Self, rhs: Self) -> Bool { lhs.l_onoff == rhs.l_onoff && lhs.l_linger == rhs.l_linger }
 }
 
 /// A TCP connection on the loopback whose receiving end never reads: its sending end's queue is full, and that end has

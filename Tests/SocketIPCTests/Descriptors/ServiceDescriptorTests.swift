@@ -194,6 +194,8 @@ extension ServiceDescriptorTests {
             let socket = try await RawSocket.connect(to: path)
             defer { socket.close() }
             try await socket.write([0x53, 0x49, 0x50, 0x43, 0x01, 0x03, 0x00, 0x00])
+            // The server's hello first: it admits the peer's descriptors only then (SO_PASSRIGHTS).
+            #expect(try await socket.read(exactly: 8).count == 8)
             try await socket.write(
                 callOpenBytes(id: 1, method: Hold.name) + frameBytes(kind: 0x07, id: 1, payload: Array("1".utf8))
                     + callEndOKBytes(id: 1)

@@ -77,8 +77,11 @@ struct SocketActivationTests {
         }
     }
 
-    @Test("a listening socket shut down under the server ends run(): it shuts down and throws accept's error")
-    func listenerShutDownUnderServer() async throws {
+    @Test(
+        "a listening socket shut down under the server ends run(): it shuts down and throws accept's error",
+        arguments: [Int32(SHUT_RDWR), Int32(SHUT_RD)]
+    )
+    func listenerShutDownUnderServer(how: Int32) async throws {
         // Go's http.Server.Serve returns its listener's error; a server that went on "running" without accepting
         // would be invisible to its supervisor.
         try await withTemporarySocketDirectory { directory in
@@ -92,7 +95,8 @@ struct SocketActivationTests {
             let reply = try await Client.withConnection(to: path) { try await $0.request(ByteBuffer(string: "on")) }
             #expect(String(buffer: reply) == "on")
             // Another holder of the socket (systemd's copy, here the test's) shuts it down: accept fails for good.
-            shutdown(listener, Int32(SHUT_RDWR))
+            // Its reading side alone (SHUT_RD) leaves it readable for ever without POLLHUP.
+            shutdown(listener, how)
             let error = await #expect(throws: SocketIPCError.self) { try await running.value }
             #expect(error?.code == .systemCall)
             #expect(error?.message.contains("accept") == true, "\(String(describing: error))")

@@ -179,21 +179,31 @@ final class Acceptor: @unchecked Sendable {
         case readable
         /// ``stop()`` wrote to the wake-up pipe.
         case wokenUp
-        /// The listening socket was shut down (`POLLHUP`) or failed (`POLLERR`, `POLLNVAL`).
+        /// The listening socket was shut down (`POLLHUP`, or `POLLRDHUP` for its reading side) or failed (`POLLERR`,
+        /// `POLLNVAL`).
         case hungUp
     }
 
     /// Waits in `poll(2)` until `descriptor` has a connection to accept, `wakeUp` is written to, or the socket hangs up.
     private static func waitUntilReadable(_ descriptor: Int32, orWokenBy wakeUp: Int32) -> PollResult {
+        // `shutdown(SHUT_RD)` by another holder makes the socket readable for ever without POLLHUP, and a non-blocking
+        // accept then fails with EAGAIN each time: Linux says so with POLLRDHUP.
+        #if os(Linux)
+        let hangUp = Int16(POLLHUP | POLLERR | POLLNVAL) | csocketipc_pollrdhup
+        let watched = Int16(POLLIN) | csocketipc_pollrdhup
+        #else
+        let hangUp = Int16(POLLHUP | POLLERR | POLLNVAL)
+        let watched = Int16(POLLIN)
+        #endif
         var events = [
-            pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0),
+            pollfd(fd: descriptor, events: watched, revents: 0),
             pollfd(fd: wakeUp, events: Int16(POLLIN), revents: 0),
         ]
         while true {
             let result = poll(&events, nfds_t(events.count), -1)
             if result < 0 && errno == EINTR { continue }
             if result <= 0 || events[1].revents != 0 { return .wokenUp }
-            if events[0].revents & Int16(POLLHUP | POLLERR | POLLNVAL) != 0 { return .hungUp }
+            if events[0].revents & hangUp != 0 { return .hungUp }
             return .readable
         }
     }

@@ -50,8 +50,8 @@ enum SocketConnector {
             _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC)
             _ = fcntl(descriptor, F_SETFL, fcntl(descriptor, F_GETFL) | O_NONBLOCK)
             SocketSend.preventSignal(on: descriptor)
-            // A client that takes no descriptors refuses them from the server too (see refuseDescriptors(on:)).
-            if !takesDescriptors { refuseDescriptors(on: descriptor) }
+            // A client that takes no descriptors refuses them from the server too (see setDescriptorPassing).
+            if !takesDescriptors { setDescriptorPassing(false, on: descriptor) }
             var result: Int32
             repeat {
                 result = path.withSockAddr { systemConnect(descriptor, $0, $1) }

@@ -63,16 +63,18 @@ func makeCloseOnExecPipe(_ ends: inout [Int32]) -> Int32 {
     #endif
 }
 
-/// Turns `SO_PASSRIGHTS` off on `socket` where the kernel has it (Linux 6.16 and later): a peer's `SCM_RIGHTS` then
-/// fails at its `sendmsg(2)` with `EPERM`, so no descriptor it passes reaches this process. Without it, the kernel
-/// drops a passed descriptor in the thread that reads (or closes) the socket, and dropping the last reference to a
-/// socket the peer set `SO_LINGER` on blocks that thread for as long as the peer chose: an event loop, and every
-/// connection on it. A listening socket's setting is inherited by the sockets it accepts. Best effort: returns
-/// whether the kernel took it (before Linux 6.16, and on Darwin, it does not; untested on Darwin).
+/// Sets `SO_PASSRIGHTS` on `socket` where the kernel has it (Linux 6.16 and later). Off, a peer's `SCM_RIGHTS` fails at
+/// its `sendmsg(2)` with `EPERM`, so no descriptor it passes reaches this process. Without it, the kernel drops a
+/// passed descriptor in the thread that reads (or closes) the socket, and dropping the last reference to a socket the
+/// peer set `SO_LINGER` on blocks that thread for as long as the peer chose: an event loop, and every connection on
+/// it. A connection takes its listening socket's setting when the peer connects, so a server turns it off on its
+/// listening socket before it listens, and on again for each peer it admits when it takes descriptors (such a peer
+/// passes them only after the server's hello, so after that). Best effort: returns whether the kernel took it (before
+/// Linux 6.16, and on Darwin, it does not; untested on Darwin).
 @discardableResult
-func refuseDescriptors(on socket: Int32) -> Bool {
+func setDescriptorPassing(_ allowed: Bool, on socket: Int32) -> Bool {
     #if os(Linux)
-    return csocketipc_refuse_descriptors(socket) == 0
+    return csocketipc_set_pass_rights(socket, allowed ? 1 : 0) == 0
     #else
     return false
     #endif

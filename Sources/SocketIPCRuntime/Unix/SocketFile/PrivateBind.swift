@@ -51,6 +51,8 @@ enum PrivateBind {
         }
         do {
             _ = fcntl(socketDescriptor, F_SETFD, FD_CLOEXEC)
+            // Before it listens: no connection is made before this (see setDescriptorPassing(_:on:)).
+            setDescriptorPassing(false, on: socketDescriptor)
             let address = try scratch.bindAddress(forEntry: PrivateDirectory.entryName, socketPath: path)
             try retryingOnInterrupt("bind", path: path.path) {
                 address.withSockAddr { posixBind(socketDescriptor, $0, $1) }
