@@ -3,6 +3,7 @@ import NIOCore
 import SocketIPC
 import SocketIPCTestSupport
 import SocketIPCTesting
+import SystemPackage
 import Testing
 
 #if canImport(Glibc)
@@ -74,6 +75,47 @@ struct SocketActivationTests {
             // poll and its accept makes that accept fail with EAGAIN, instead of blocking until the next one (and
             // keeping the server from stopping).
             #expect(fcntl(listener, F_GETFL) & O_NONBLOCK != 0)
+        }
+    }
+
+    @Test("a server that takes descriptors, after one that did not on the same inherited socket, gets them")
+    func descriptorsAfterAnotherServer() async throws {
+        // The first server turns descriptor passing off on the socket (SO_PASSRIGHTS), which the manager keeps; the
+        // second, which takes descriptors, turns it on for each peer it admits.
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/activated.sock"
+            let listener = listeningSocket(at: path)
+            defer { closeDescriptor(listener) }
+            try await withRunningServer({
+                Server.framed(
+                    configuration: ServerConfiguration(inheritedSocket: InheritedSocket(descriptor: dup(listener))),
+                    logger: testLogger,
+                    onServerRunning: $0
+                ) { EchoHandler() }
+            }) { _ in
+                let reply = try await Client.withConnection(to: path) { try await $0.request(ByteBuffer(string: "one")) }
+                #expect(String(buffer: reply) == "one")
+            }
+            var options = ConnectionOptions()
+            options.maximumDescriptorsPerMessage = 4
+            var configuration = ServerConfiguration(inheritedSocket: InheritedSocket(descriptor: dup(listener)))
+            configuration.connection = options
+            try await withRunningServer({
+                Server.framed(configuration: configuration, logger: testLogger, onServerRunning: $0) { EchoHandler() }
+            }) { _ in
+                var client = ClientConfiguration()
+                client.connection = options
+                var ends: [Int32] = [-1, -1]
+                #expect(pipe(&ends) == 0)
+                defer { for end in ends { closeDescriptor(end) } }
+                let reply = try await Client.withConnection(to: path, configuration: client) { connection in
+                    try await connection.request(
+                        ByteBuffer(string: "two"),
+                        descriptors: [SystemPackage.FileDescriptor(rawValue: ends[1])]
+                    )
+                }
+                #expect(String(buffer: reply.payload) == "two")
+            }
         }
     }
 
