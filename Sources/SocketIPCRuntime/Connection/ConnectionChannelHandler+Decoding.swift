@@ -320,7 +320,7 @@ extension ConnectionChannelHandler {
             // handler mapped (its default copies it), and any other frame as if its payload had come through the socket.
             let memory = descriptors.take()
             guard memory.count == 1 else {
-                for descriptor in memory { try? descriptor.close() }
+                closePassedDescriptors(memory.map(\.rawValue))
                 return .violation(
                     SocketIPCError(.protocolViolation, "a shared payload came with \(memory.count) descriptors, not 1")
                 )

@@ -52,11 +52,12 @@ enum SharedPayload {
         #endif
     }
 
-    /// Maps the `length` bytes of the sealed shared memory `descriptor` read-only, and closes the descriptor.
+    /// Maps the `length` bytes of the sealed shared memory `descriptor` read-only, and closes the descriptor (as one a
+    /// peer passed: it may be a lingering socket instead, see ``closePassedDescriptors(_:)``).
     /// - Throws: `SocketIPCError` with code `protocolViolation` when the descriptor is not sealed shared memory of
     ///   exactly `length` bytes; `systemCall` when it cannot be mapped.
     static func map(_ descriptor: Int32, length: Int) throws -> MappedPayload {
-        defer { _ = close(descriptor) }
+        defer { closePassedDescriptors([descriptor]) }
         #if os(Linux)
         guard csocketipc_is_sealed(descriptor) == 1 else {
             throw SocketIPCError(

@@ -375,6 +375,8 @@ final class CallStream: Sendable {
         _ payload: ByteBuffer,
         descriptors: DuplicatedDescriptors? = nil
     ) async throws {
+        // Before the credit is taken: a message that never leaves must not take it.
+        try self.connection.checkCallMessageSize(payload)
         if try self.state.withLock({ try $0.machine.trySend(payloadLength: payload.readableBytes) }) {
             _ = try self.connection.queueCallFrame(
                 id: self.id,

@@ -6,6 +6,8 @@ import SocketIPCTestSupport
 import SystemPackage
 import Testing
 
+@testable import SocketIPCRuntime
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -25,7 +27,7 @@ private let kernelRefusesDescriptors: Bool = {
 /// and dropping the last reference to a TCP socket with `SO_LINGER` whose send queue cannot drain blocks that thread,
 /// an event loop, for as long as the peer set.
 @Suite(
-    "Descriptors refused at the sender by a side that takes none",
+    "Descriptors refused at the sender where they are not taken",
     .enabled(if: kernelRefusesDescriptors, "SO_PASSRIGHTS needs Linux 6.16 or later"),
     .timeLimit(.minutes(5)),
     .limitedConcurrency
@@ -61,21 +63,37 @@ struct DescriptorRefusalTests {
         }
     }
 
-    @Test("a server that takes descriptors refuses them from a peer its policy refuses, from its first byte")
-    func refusedPeerOfPassingServer() async throws {
-        var options = ConnectionOptions()
-        options.maximumDescriptorsPerMessage = 4
-        try await withFramedTestServer(
-            configure: {
-                $0.connection = options
-                $0.authorization = .users([UInt32.max - 1])
-            },
-            makeHandler: { EchoHandler() }
-        ) { _, path in
-            let socket = try await RawSocket.connect(to: path)
-            defer { socket.close() }
-            // At once, before the server has accepted the connection: the listening socket's setting holds.
-            #expect(passPipe(over: socket.descriptor, bytes: [0x53, 0x49, 0x50, 0x43, 0x01, 0x03, 0x00, 0x00]) == EPERM)
+    @Test(
+        "every listening socket refuses descriptors before any peer connects, also for a server that takes them",
+        arguments: ["path", "abstract", "inherited"]
+    )
+    func listenersRefuse(kind: String) async throws {
+        // A connection takes its listening socket's setting when the peer connects, before the server accepts it: a
+        // peer the server will refuse can pass nothing from its first byte, and an admitted one only once the server
+        // has turned it on for that connection (DescriptorRefusalTests.serverRefuses, SocketActivationTests).
+        try await withTemporarySocketDirectory { directory in
+            var configuration: ServerConfiguration
+            var inherited: Int32 = -1
+            switch kind {
+            case "abstract":
+                configuration = ServerConfiguration(path: "@socketipc-refusal-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+            case "inherited":
+                inherited = try makeStaleSocket(at: directory + "/inherited.sock", listening: true)
+                configuration = ServerConfiguration(inheritedSocket: InheritedSocket(descriptor: dup(inherited)))
+            default:
+                configuration = ServerConfiguration(path: directory + "/listening.sock")
+            }
+            defer { if inherited >= 0 { close(inherited) } }
+            configuration.connection.maximumDescriptorsPerMessage = 4
+            let listener = try ServerListener.open(configuration)
+            defer {
+                listener.owner?.release()
+                close(listener.descriptor)
+            }
+            var on: Int32 = -1
+            var length = socklen_t(MemoryLayout<Int32>.size)
+            #expect(getsockopt(listener.descriptor, SOL_SOCKET, 83 /* SO_PASSRIGHTS */, &on, &length) == 0)
+            #expect(on == 0)
         }
     }
 }

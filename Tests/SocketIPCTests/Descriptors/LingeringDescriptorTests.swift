@@ -52,6 +52,45 @@ struct LingeringDescriptorTests {
     }
 }
 
+/// The same socket passed as a shared payload's memory (frame `0x0E`), which the server checks (not sealed memory:
+/// a protocol violation) and closes at once.
+@Suite("A lingering socket passed as a shared payload", .timeLimit(.minutes(5)), .limitedConcurrency)
+struct LingeringSharedPayloadTests {
+    @Test("the server refuses it and closes the connection at once, not after the socket's linger of an hour")
+    func lingeringSharedPayload() async throws {
+        var options = ConnectionOptions()
+        options.maximumDescriptorsPerMessage = 4
+        try await withFramedTestServer(configure: { $0.connection = options }, makeHandler: { EchoHandler() }) {
+            _, path in
+            let peer = try await RawSocket.connect(to: path)
+            defer { peer.close() }
+            // A safety net, not a wait: a server blocked for the hour fails the read below after 30 s.
+            var limit = timeval(tv_sec: 30, tv_usec: 0)
+            setsockopt(peer.descriptor, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+            // Hello: calls, descriptors, shared payloads.
+            try await peer.write([0x53, 0x49, 0x50, 0x43, 0x01, 0x07, 0x00, 0x00])
+            _ = try await peer.read(exactly: 8)
+            let stuck = try StuckTCPConnection()
+            defer { stuck.close() }
+            // A descriptors frame, then a shared payload of 1,000 bytes as a one-way message (kind 0x01, id 0).
+            let frames: [UInt8] = [0, 0, 0, 2, 0x0D, 1, 0, 0, 0, 0x0E, 0x0E, 0x01, 0, 0, 0, 0] + withUnsafeBytes(
+                of: UInt64(1000).bigEndian,
+                Array.init
+            )
+            var lingering = stuck.lingering.rawValue
+            let sent = frames.withUnsafeBytes {
+                csocketipc_send_with_descriptors(peer.descriptor, $0.baseAddress, UInt($0.count), &lingering, 1)
+            }
+            #expect(sent == frames.count)
+            try stuck.lingering.close()
+            // Going-away 0x01 (not sealed memory), then the close.
+            let received = try await peer.readUntilClosed()
+            let last = RawFrame.parse(received).last
+            #expect(last?.kind == 0x05 && last?.body.first == 0x01, "\(RawFrame.parse(received))")
+        }
+    }
+}
+
 /// The sender's side: what it passes is its own, and a duplicate shares its socket, so nothing it closes may change
 /// the socket's `SO_LINGER` (an application may rely on `{1, 0}`, a reset on close).
 @Suite("Descriptors a side sends keep their socket options", .timeLimit(.minutes(5)), .limitedConcurrency)
