@@ -19,29 +19,9 @@ import Musl
 struct LingeringDescriptorTests {
     @Test("a passed TCP socket with SO_LINGER of an hour, left untaken: the next request on the connection is answered")
     func lingeringSocketDoesNotBlock() async throws {
-        var options = ConnectionOptions()
-        options.maximumDescriptorsPerMessage = 4
-        try await withFramedTestServer(configure: { $0.connection = options }, makeHandler: { EchoHandler() }) {
-            _, path in
-            // A raw peer, as an attacker is: nothing of this side touches the socket after it is passed.
-            let peer = try await RawSocket.connect(to: path)
-            defer { peer.close() }
-            // A safety net, not a wait: a server blocked for the hour fails the read below after 30 s.
-            var limit = timeval(tv_sec: 30, tv_usec: 0)
-            setsockopt(peer.descriptor, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
-            try await peer.write([0x53, 0x49, 0x50, 0x43, 0x01, 0x03, 0x00, 0x00])  // hello: calls, descriptors
-            _ = try await peer.read(exactly: 8)
-            let stuck = try StuckTCPConnection()
-            defer { stuck.close() }
-            // A descriptors frame announcing one, with the socket on its first byte; then the message it belongs to.
-            var lingering = stuck.lingering.rawValue
-            let descriptorsFrame: [UInt8] = [0, 0, 0, 2, 0x0D, 1]
-            let sent = descriptorsFrame.withUnsafeBytes {
-                csocketipc_send_with_descriptors(peer.descriptor, $0.baseAddress, UInt($0.count), &lingering, 1)
-            }
-            #expect(sent == descriptorsFrame.count)
-            // The peer's own copy closed: the server's is the last one.
-            try stuck.lingering.close()
+        // Hello: calls, descriptors. A descriptors frame announcing one, with the socket on its first byte.
+        try await withLingeringSocketPassed(helloFlags: 0x03, frames: [0, 0, 0, 2, 0x0D, 1]) { peer in
+            // The message it belongs to.
             try await peer.write(frameBytes(kind: 0x01, payload: Array("a lingering socket".utf8)))
             // The handler does not take it: the server closes it before it reads this request. Closed with its
             // linger of an hour, it would block the event loop, and no reply would come.
@@ -58,36 +38,49 @@ struct LingeringDescriptorTests {
 struct LingeringSharedPayloadTests {
     @Test("the server refuses it and closes the connection at once, not after the socket's linger of an hour")
     func lingeringSharedPayload() async throws {
-        var options = ConnectionOptions()
-        options.maximumDescriptorsPerMessage = 4
-        try await withFramedTestServer(configure: { $0.connection = options }, makeHandler: { EchoHandler() }) {
-            _, path in
-            let peer = try await RawSocket.connect(to: path)
-            defer { peer.close() }
-            // A safety net, not a wait: a server blocked for the hour fails the read below after 30 s.
-            var limit = timeval(tv_sec: 30, tv_usec: 0)
-            setsockopt(peer.descriptor, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
-            // Hello: calls, descriptors, shared payloads.
-            try await peer.write([0x53, 0x49, 0x50, 0x43, 0x01, 0x07, 0x00, 0x00])
-            _ = try await peer.read(exactly: 8)
-            let stuck = try StuckTCPConnection()
-            defer { stuck.close() }
-            // A descriptors frame, then a shared payload of 1,000 bytes as a one-way message (kind 0x01, id 0).
-            let frames: [UInt8] = [0, 0, 0, 2, 0x0D, 1, 0, 0, 0, 0x0E, 0x0E, 0x01, 0, 0, 0, 0] + withUnsafeBytes(
-                of: UInt64(1000).bigEndian,
-                Array.init
-            )
-            var lingering = stuck.lingering.rawValue
-            let sent = frames.withUnsafeBytes {
-                csocketipc_send_with_descriptors(peer.descriptor, $0.baseAddress, UInt($0.count), &lingering, 1)
-            }
-            #expect(sent == frames.count)
-            try stuck.lingering.close()
+        // Hello: calls, descriptors, shared payloads. A descriptors frame, then a shared payload of 1,000 bytes as a
+        // one-way message (kind 0x01, id 0).
+        let frames: [UInt8] = [0, 0, 0, 2, 0x0D, 1, 0, 0, 0, 0x0E, 0x0E, 0x01, 0, 0, 0, 0] + withUnsafeBytes(
+            of: UInt64(1000).bigEndian,
+            Array.init
+        )
+        try await withLingeringSocketPassed(helloFlags: 0x07, frames: frames) { peer in
             // Going-away 0x01 (not sealed memory), then the close.
             let received = try await peer.readUntilClosed()
             let last = RawFrame.parse(received).last
             #expect(last?.kind == 0x05 && last?.body.first == 0x01, "\(RawFrame.parse(received))")
         }
+    }
+}
+
+/// Runs a server that takes descriptors and a raw peer against it, as an attacker is (nothing of this side touches the
+/// socket after it is passed): the peer says hello with `helloFlags`, reads the server's, sends `frames` with a
+/// ``StuckTCPConnection``'s lingering end on their first byte, closes its own copy (so that the server's is the last
+/// one), and hands itself to `body`. A read of the peer fails after 30 s: a safety net for a server blocked for the
+/// socket's hour, not a wait.
+private func withLingeringSocketPassed(
+    helloFlags: UInt8,
+    frames: [UInt8],
+    _ body: (RawSocket) async throws -> Void
+) async throws {
+    var options = ConnectionOptions()
+    options.maximumDescriptorsPerMessage = 4
+    try await withFramedTestServer(configure: { $0.connection = options }, makeHandler: { EchoHandler() }) { _, path in
+        let peer = try await RawSocket.connect(to: path)
+        defer { peer.close() }
+        var limit = timeval(tv_sec: 30, tv_usec: 0)
+        setsockopt(peer.descriptor, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+        try await peer.write([0x53, 0x49, 0x50, 0x43, 0x01, helloFlags, 0x00, 0x00])
+        _ = try await peer.read(exactly: 8)
+        let stuck = try StuckTCPConnection()
+        defer { stuck.close() }
+        var lingering = stuck.lingering.rawValue
+        let sent = frames.withUnsafeBytes {
+            csocketipc_send_with_descriptors(peer.descriptor, $0.baseAddress, UInt($0.count), &lingering, 1)
+        }
+        #expect(sent == frames.count)
+        try stuck.lingering.close()
+        try await body(peer)
     }
 }
 
