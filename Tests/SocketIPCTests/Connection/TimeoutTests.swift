@@ -65,8 +65,9 @@ struct TimeoutTests {
 
     @Test("a request in flight keeps a connection from being idle")
     func requestInFlightIsNotIdle() async throws {
-        // Longer than the others: the request must reach the server before the connection has been idle this long.
-        let idleTimeout = Duration.seconds(1)
+        // Longer than the others: the request must reach the server before the connection has been idle this long,
+        // also on a machine loaded with the other tests.
+        let idleTimeout = Duration.seconds(2)
         let (held, heldContinuation) = AsyncStream.makeStream(of: Reply.self)
         try await withFramedTestServer(
             configure: { $0.connection.idleTimeout = idleTimeout },
@@ -74,9 +75,18 @@ struct TimeoutTests {
         ) { _, path in
             let connection = try await Client.connect(to: path)
             defer { connection.close() }
-            async let answer = connection.request(ByteBuffer(string: "hold"))
+            async let answer = { () async throws -> ByteBuffer in
+                do {
+                    return try await connection.request(ByteBuffer(string: "hold"))
+                } catch {
+                    // Failed before the server held it (closed as idle first): fail below at once, not at the
+                    // suite's time limit.
+                    heldContinuation.finish()
+                    throw error
+                }
+            }()
             var replies = held.makeAsyncIterator()
-            let reply = try #require(await replies.next())
+            let reply = try #require(await replies.next(), "the request failed before the server held it")
             // Longer than the idle timeout: the connection must stay open while the request is in flight.
             try await Task.sleep(for: idleTimeout * 2)
             reply.succeed(ByteBuffer(string: "late"))
