@@ -158,6 +158,39 @@ struct SocketFileSafetyTests {
         }
     }
 
+    @Test(
+        "a directory of another user that the path leaves through `..` is refused: in a sticky directory its owner could replace it with a link; one of this user's is fine",
+        .enabled(if: OtherUser.canOwnFiles, "needs root")
+    )
+    func foreignDirectoryLeftThroughParent() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let sticky = directory + "/sticky"
+            #expect(mkdir(sticky, 0o700) == 0)
+            #expect(chmod(sticky, 0o1777) == 0)
+            let real = sticky + "/real"
+            #expect(mkdir(real, 0o700) == 0)
+            let theirs = sticky + "/theirs"
+            #expect(mkdir(theirs, 0o755) == 0)
+            #expect(chown(theirs, OtherUser.uid, OtherUser.gid) == 0)
+            let path = theirs + "/../real/s.sock"
+            let server = Server.framed(configuration: .init(path: path), logger: testLogger) { EchoHandler() }
+            let error = await #expect(throws: SocketIPCError.self) { try await server.run() }
+            #expect(error?.code == .insecureDirectory)
+            #expect(error?.message.contains("leaves the directory \(theirs) through `..`") == true, "\(error?.message ?? "")")
+            #expect(error?.message.contains("uid \(OtherUser.uid)") == true)
+            #expect(try directoryEntries(real) == [])
+
+            let mine = sticky + "/mine"
+            #expect(mkdir(mine, 0o700) == 0)
+            try await withEchoServer(path: mine + "/../real/s.sock") { _ in
+                let reply = try await Client.withConnection(to: real + "/s.sock") {
+                    try await $0.request(ByteBuffer(string: "through .."))
+                }
+                #expect(String(buffer: reply) == "through ..")
+            }
+        }
+    }
+
     @Test("a lock file of this user that others may open: held by another, the error says so; free, the server takes it and makes it 0600")
     func lockFileOthersMayOpen() async throws {
         try await withTemporarySocketDirectory { directory in

@@ -18,7 +18,8 @@ import Darwin
 /// directory must belong to root or to this process's effective user, and the directory it is in must pass the same
 /// check, so that nobody else can point it elsewhere later. This is the rule of Linux's `fs.protected_symlinks`
 /// (which only some systems turn on, and only for sticky world-writable directories), applied to every link on the
-/// way, as systemd's `chase()` refuses unsafe transitions with `CHASE_SAFE`.
+/// way, as systemd's `chase()` refuses unsafe transitions with `CHASE_SAFE`. A directory the path leaves through `..`
+/// is held to the same rule, since whoever may replace it with a link decides where that `..` leads.
 enum DirectorySecurity {
     /// Checks the directory open at `descriptor` (reached through `path`) and every ancestor of its real path.
     ///
@@ -80,7 +81,11 @@ enum DirectorySecurity {
         while let name = pending.popLast() {
             if name == "." { continue }
             if name == ".." {
-                current = Self.parent(of: current)  // `current` has no links left in it: its parent is the real one
+                // `current` has no links left in it, so its parent is the real one, for now: whoever may replace
+                // the directory being left (its owner, in a sticky directory) could put a link there and send `..`
+                // elsewhere. So it is held to the rule of a link on the way.
+                try Self.requireEntry(current, leftThrough: path, socketPath: socketPath)
+                current = Self.parent(of: current)
                 continue
             }
             let candidate = current == "/" ? "/" + name : current + "/" + name
@@ -116,6 +121,34 @@ enum DirectorySecurity {
             if target.hasPrefix("/") { current = "/" }
             pending.append(contentsOf: Self.components(of: target).reversed())
         }
+    }
+
+    /// Requires of the directory `entry`, left through a `..` of `path`, what a symbolic link on the way must
+    /// satisfy: it belongs to root or to this process's effective user, and the directory it is in (with that
+    /// directory's ancestors) passes ``problem(with:at:)``.
+    private static func requireEntry(_ entry: String, leftThrough path: String, socketPath: SocketPath) throws {
+        guard entry != "/" else { return }
+        var info = stat()
+        guard lstat(entry, &info) == 0 else {
+            throw SocketIPCError.systemCall("lstat", errno: errno, path: entry)
+        }
+        let me = geteuid()
+        if info.st_uid != 0 && info.st_uid != me {
+            try Self.refuse(
+                "the path \(path) leaves the directory \(entry) through `..`, and that directory belongs to uid "
+                    + "\(info.st_uid): that user could replace it with a symbolic link and send `..` to a directory "
+                    + "of their own, where this server's clients would find their listener; this process runs as uid "
+                    + "\(me)",
+                socketPath: socketPath
+            )
+        }
+        let holder = Self.parent(of: entry)
+        var directory = stat()
+        guard lstat(holder, &directory) == 0 else {
+            throw SocketIPCError.systemCall("lstat", errno: errno, path: holder)
+        }
+        try Self.require(FileStatus(directory), at: "\(holder) (holding \(entry), left through `..`)", socketPath: socketPath)
+        try Self.requireAncestors(of: holder, socketPath: socketPath)
     }
 
     private static func components(of path: String) -> [String] {
