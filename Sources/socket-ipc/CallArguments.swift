@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Logging
 import NIOCore
 import SocketIPC
 
@@ -72,7 +73,10 @@ struct CallArguments: ParsableArguments {
         // without --timeout: a ping every 10 s that gets no pong within 10 s ends the connection (exit 3).
         configuration.connection.keepaliveInterval = Self.keepaliveInterval
         configuration.connection.keepaliveTimeout = Self.keepaliveInterval
-        return try await Client.withConnection(to: path, configuration: configuration) { connection in
+        // The connection's own notice of a missed pong would repeat, as a log line, the error this command prints.
+        var logger = Logger(label: "socket-ipc.client")
+        logger.logLevel = .warning
+        return try await Client.withConnection(to: path, configuration: configuration, logger: logger) { connection in
             let left = deadline.map { max($0 - ContinuousClock.now, .nanoseconds(1)) }
             return try await body(connection, left)
         }

@@ -221,6 +221,29 @@ struct CallCommandTests {
         }
     }
 
+    @Test("watch against a server frozen with SIGSTOP ends by itself with exit 3: its keepalive ping (every 10 s) gets no pong within 10 s")
+    func watchOfAFrozenServer() async throws {
+        try await withServeCommand { path, server in
+            let watch = try TestProcess.socketIPC(["watch", "--socket", path, "demo.counter", "{}"])
+            try await withProcess(watch) { watch in
+                #expect(await watch.standardOutput.waitForLine(containing: "0") == "0")
+                try await freeze(server)
+                // The CLI's own keepalive deadline (at most 20 s) is what ends this wait; the suite's limit is the net.
+                #expect(await watch.waitForExit() == 3)
+                // The error, once, without a log line repeating it.
+                let error = await watch.standardError.text()
+                #expect(
+                    error == "error: the peer did not answer a keepalive ping within 10.0 seconds: it is frozen or unreachable\n",
+                    "\(error)"
+                )
+                #expect(await watch.standardOutput.remainingLines() == ["0"])
+            }
+            server.signal(SIGKILL)
+            server.signal(SIGCONT)
+            #expect(await server.waitForExit() == 128 + SIGKILL)
+        }
+    }
+
     @Test("the help lists call and watch; theirs has examples and the exit statuses")
     func help() async throws {
         let root = try await runCLI(["--help"])

@@ -206,29 +206,6 @@ private func waitUntilUnread(byServer serverID: pid_t) async throws {
     Issue.record("the connection to process \(serverID) never had bytes waiting in the server's socket")
 }
 
-/// Sends SIGSTOP to `process` and waits until every thread of it has stopped (state `T` in
-/// `/proc/PID/task/*/stat`, on Linux; elsewhere it only sends the signal): `kill` returns before the threads stop, and
-/// one that is still running could answer what the test sends next. 1000 polls are a safety net.
-private func freeze(_ process: TestProcess) async throws {
-    process.signal(SIGSTOP)
-    #if os(Linux)
-        let tasks = "/proc/\(process.processID)/task"
-        for _ in 0..<1000 {
-            let threads = (try? FileManager.default.contentsOfDirectory(atPath: tasks)) ?? []
-            let states = threads.map { thread -> Character? in
-                guard let stat = try? String(contentsOfFile: "\(tasks)/\(thread)/stat", encoding: .utf8),
-                    let end = stat.lastIndex(of: ")")
-                else { return nil }
-                // `PID (COMMAND) STATE ...`: the command may hold spaces and parentheses, so read after the last `)`.
-                return stat[stat.index(after: end)...].first { $0 != " " }
-            }
-            if !states.isEmpty, states.allSatisfy({ $0 == "T" }) { return }
-            try await Task.sleep(for: .milliseconds(10))
-        }
-        Issue.record("process \(process.processID) did not stop")
-    #endif
-}
-
 /// The bytes written on this process's connection to the process `serverID` (the socket whose peer is that process,
 /// by `SO_PEERCRED`) that the server has not read yet; `nil` when there is no such socket.
 private func unreadBytesOfConnection(toProcess serverID: pid_t) -> Int? {

@@ -143,13 +143,20 @@ public enum Client {
     ///   - path: The server's socket path.
     ///   - configuration: Limits and timeouts.
     ///   - onMessage: Called on the connection's event loop for each message the server sends; must not block.
+    ///   - logger: Where the connection logs.
     /// - Returns: The open connection.
     public static func connect(
         to path: String,
         configuration: ClientConfiguration = .init(),
-        onMessage: @escaping @Sendable (ByteBuffer) -> Void = { _ in }
+        onMessage: @escaping @Sendable (ByteBuffer) -> Void = { _ in },
+        logger: Logger = Logger(label: "socketipc.client")
     ) async throws -> Connection {
-        try await Self.connect(to: path, configuration: configuration, handler: MessageCallbackHandler(onMessage: onMessage))
+        try await Self.connect(
+            to: path,
+            configuration: configuration,
+            handler: MessageCallbackHandler(onMessage: onMessage),
+            logger: logger
+        )
     }
 
     /// Opens a framed connection, runs `body` with it, and closes it, also when `body` throws; returns once
@@ -201,23 +208,26 @@ public enum Client {
         return result
     }
 
-    /// Opens a framed connection whose server pushes go to `onMessage`, runs `body` with it, and closes it.
+    /// Opens a framed connection whose server pushes go to `onMessage`, runs `body` with it, and closes it, as
+    /// ``withConnection(to:configuration:handler:logger:_:)`` does; `logger` is where the connection logs.
     public static func withConnection<Result: Sendable>(
         to path: String,
         configuration: ClientConfiguration = .init(),
         onMessage: @escaping @Sendable (ByteBuffer) -> Void = { _ in },
+        logger: Logger = Logger(label: "socketipc.client"),
         _ body: (Connection) async throws -> Result
     ) async throws -> Result {
         try await Self.withConnection(
             to: path,
             configuration: configuration,
             handler: MessageCallbackHandler(onMessage: onMessage),
+            logger: logger,
             body
         )
     }
 }
 
-/// The handler of ``Client/connect(to:configuration:onMessage:)``: passes messages on, refuses requests.
+/// The handler of ``Client/connect(to:configuration:onMessage:logger:)``: passes messages on, refuses requests.
 struct MessageCallbackHandler: ConnectionHandler, Sendable {
     let onMessage: @Sendable (ByteBuffer) -> Void
 
