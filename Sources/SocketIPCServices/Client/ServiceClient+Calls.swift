@@ -73,7 +73,9 @@ extension ServiceClient {
     }
 
     /// A server stream that outlives connections: it calls `method` with `request`, yields what comes, and when the
-    /// connection is lost (the server restarts) calls it again on the next one, as a watcher re-subscribes; while
+    /// connection is lost (the server restarts) calls it again on the next one, as a watcher re-subscribes. A call
+    /// the server refuses as going away (status unavailable) while it keeps the connection open is made again after
+    /// ``ServiceClientConfiguration/backoff``, on that connection if it is still open then. While
     /// there is no server it waits as long as the client runs (``ServiceClientConfiguration/waitForConnectionTimeout``
     /// bounds calls, not this stream). It ends
     /// when the handler ends the stream, or when the client shuts down; it throws the handler's error (a
@@ -93,6 +95,7 @@ extension ServiceClient {
             var demandIterator = demand.makeAsyncIterator()
             var hasDemand = false
             var lost: Connection?
+            var refusals = 0
             while !Task.isCancelled {
                 do {
                     // A watch waits for its server as long as the client runs, not just waitForConnectionTimeout.
@@ -108,6 +111,7 @@ extension ServiceClient {
                             }
                             guard let response = try await iterator.next() else { return true }
                             hasDemand = false
+                            refusals = 0
                             continuation.yield(response)
                         }
                     }
@@ -115,6 +119,16 @@ extension ServiceClient {
                     _ = ended
                     return
                 } catch let error as SocketIPCError where Self.lostBeforeAnswer(error) {
+                    if let connection = lost, connection.isOpen {
+                        // The server refused the call as going away ("unavailable") but keeps the connection: it
+                        // may still close it (a graceful shutdown), or serve again (another implementation's
+                        // passing trouble). Call again after a backoff, on this connection if it is still open, as
+                        // gRPC retries UNAVAILABLE, instead of waiting for a new connection that may never come.
+                        refusals += 1
+                        let delay = self.configuration.backoff.delay(beforeRetry: refusals, random: .random(in: 0..<1))
+                        do { try await Task.sleep(for: delay) } catch { break }
+                        if connection.isOpen { lost = nil }
+                    }
                     continue
                 } catch {
                     continuation.finish(throwing: error is CancellationError ? nil : error)

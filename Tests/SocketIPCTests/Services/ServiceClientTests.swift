@@ -4,6 +4,15 @@ import Synchronization
 import SocketIPCTestSupport
 import Testing
 
+// Written for Linux (Glibc, Musl) and Darwin; tested on Linux only, Darwin is untested.
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 @Suite("Services: a client that survives restarts", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct ServiceClientTests {
     /// A service server at `path` for the length of `body`.
@@ -117,6 +126,51 @@ struct ServiceClientTests {
         }
     }
 
+    @Test("a resubscribing stream refused with 'unavailable' by a server that keeps the connection open calls again after a backoff on that connection, instead of waiting for ever for another")
+    func resubscribesAfterUnavailableOnAnOpenConnection() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/unavailable.sock"
+            let listener = try makeStaleSocket(at: path, listening: true)
+            defer { close(listener) }
+            // A raw server: the first open is answered "unavailable" (0x07), the connection kept open; the next gets
+            // one element and the end.
+            let serving = Task { () -> [UInt32?] in
+                let peer = try await RawSocket.accepting(on: listener)
+                defer { peer.close() }
+                _ = try await peer.read(exactly: helloBytes.count)
+                try await peer.write(serverHelloBytes)
+                let first = try await peer.readCallOpen()
+                try await peer.write(callEndBytes(id: first ?? 0, status: 0x07, text: "not now"))
+                let second = try await peer.readCallOpen()
+                try await peer.write(frameBytes(kind: 0x07, id: second ?? 0, payload: Array("1".utf8)) + callEndOKBytes(id: second ?? 0))
+                _ = try await peer.readAvailable(for: .milliseconds(1))
+                return [first, second]
+            }
+            let client = ServiceClient(path: path, configuration: Self.fastRetries)
+            let received = try await withRunningClient(client) {
+                // Before the retry, the stream waited for a new connection that never came: the 30 s are a safety
+                // net that turns that hang into a failure.
+                try await withThrowingTaskGroup(of: [Int]?.self) { group in
+                    group.addTask {
+                        var values: [Int] = []
+                        for try await value in client.resubscribing(CountedWatch.self, 0) { values.append(value) }
+                        return values
+                    }
+                    group.addTask {
+                        try await Task.sleep(for: .seconds(30))
+                        return nil
+                    }
+                    let first = try await group.next() ?? nil
+                    group.cancelAll()
+                    return first
+                }
+            }
+            #expect(received == [1], "the element of the second call")
+            let opens = try await serving.value
+            #expect(opens.count == 2 && opens[0] != nil && opens[1] != nil && opens[0] != opens[1], "\(opens)")
+        }
+    }
+
     @Test("a client its server refuses fails for good: run() throws unauthorized, calls fail with it")
     func refused() async throws {
         try await withTemporarySocketDirectory { directory in
@@ -153,4 +207,11 @@ struct ServiceClientTests {
             #expect(afterShutdown.code == .invalidState)
         }
     }
+}
+
+/// A server-streaming method of `Int`s, for a raw server that answers it by hand.
+private enum CountedWatch: ServiceMethod {
+    static let name = "counted.watch"
+    typealias Request = Int
+    typealias Response = Int
 }

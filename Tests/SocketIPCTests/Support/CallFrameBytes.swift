@@ -23,7 +23,26 @@ func callEndOKBytes(id: UInt32) -> [UInt8] {
     frameBytes(kind: 0x08, id: id, payload: [0x00, 0x00, 0x00, 0x00])
 }
 
+/// A call end frame (kind 0x08) with `status` and `text`, no code or details.
+func callEndBytes(id: UInt32, status: UInt8, text: String) -> [UInt8] {
+    let text = Array(text.utf8)
+    return frameBytes(kind: 0x08, id: id, payload: [status, 0x00] + withUnsafeBytes(of: UInt16(text.count).bigEndian) { Array($0) } + text)
+}
+
 extension RawSocket {
+    /// Reads frames (after the hello) until a call open, skipping the others; returns the open's call id, or `nil`
+    /// when the peer closed first.
+    func readCallOpen() async throws -> UInt32? {
+        while true {
+            let header = try await self.read(exactly: 5)
+            guard header.count == 5 else { return nil }
+            let length = header[0..<4].reduce(0) { $0 << 8 | Int($1) }
+            let rest = try await self.read(exactly: length - 1)
+            guard rest.count == length - 1 else { return nil }
+            if header[4] == 0x06 { return rest[0..<4].reduce(0) { $0 << 8 | UInt32($1) } }
+        }
+    }
+
     /// Reads whatever arrives within `window` (a bounded wait, for tests that assert that nothing comes), or until
     /// the peer closes.
     func readAvailable(for window: Duration) async throws -> (bytes: [UInt8], closed: Bool) {

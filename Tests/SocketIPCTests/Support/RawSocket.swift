@@ -36,6 +36,16 @@ final class RawSocket: @unchecked Sendable {
         }
     }
 
+    /// The server's side of one connection accepted on `listener`, for tests whose server is a raw socket.
+    static func accepting(on listener: Int32) async throws -> RawSocket {
+        try await onOwnThread {
+            let descriptor = try acceptConnectionNow(on: listener)
+            var timeout = timeval(tv_sec: 60, tv_usec: 0)
+            setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            return RawSocket(descriptor: descriptor)
+        }
+    }
+
     /// Writes all of `bytes`, in pieces of `chunkSize` bytes (one `write` call each).
     func write(_ bytes: [UInt8], chunkSize: Int = .max) async throws {
         try await onOwnThread {
