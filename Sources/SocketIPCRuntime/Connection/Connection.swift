@@ -279,6 +279,12 @@ public final class Connection: Sendable {
         if let relay = self.descriptorPassing?.relay { await relay.waitUntilFinished() }
     }
 
+    /// Calls `body` once the connection's channel is closed (at once if it already is), on its event loop; for a
+    /// wait that must end early when cancelled, which ``waitUntilClosed()`` does not.
+    package func whenClosed(_ body: @escaping @Sendable () -> Void) {
+        self.channel.closeFuture.whenComplete { _ in body() }
+    }
+
     // MARK: - Replies (used by `Reply`)
 
     /// Answers the peer's request `id` with `payload`, or with an error reply if `payload` exceeds

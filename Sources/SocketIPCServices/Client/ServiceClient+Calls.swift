@@ -124,9 +124,10 @@ extension ServiceClient {
                         // may still close it (a graceful shutdown), or serve again (another implementation's
                         // passing trouble). Call again after a backoff, on this connection if it is still open, as
                         // gRPC retries UNAVAILABLE, instead of waiting for a new connection that may never come.
+                        // The wait ends early when the connection closes: the next server is then called at once.
                         refusals += 1
                         let delay = self.configuration.backoff.delay(beforeRetry: refusals, random: .random(in: 0..<1))
-                        do { try await Task.sleep(for: delay) } catch { break }
+                        do { try await Self.wait(delay, orUntilClosed: connection) } catch { break }
                         if connection.isOpen { lost = nil }
                     }
                     continue
@@ -142,6 +143,19 @@ extension ServiceClient {
             demandContinuation.finish()
         }
         return ResubscribingStream(elements: elements, demand: demandContinuation)
+    }
+
+    /// Waits for `delay`, or until `connection` closes if that comes first.
+    /// - Throws: `CancellationError` when the task is cancelled.
+    static func wait(_ delay: Duration, orUntilClosed connection: Connection) async throws {
+        let (closed, signal) = AsyncStream.makeStream(of: Void.self)
+        connection.whenClosed { signal.finish() }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await Task.sleep(for: delay) }
+            group.addTask { for await _ in closed {} }
+            defer { group.cancelAll() }
+            try await group.next()
+        }
     }
 
     /// Whether a call failed because its connection went away before it was answered.
