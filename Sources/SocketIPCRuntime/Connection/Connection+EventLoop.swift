@@ -150,7 +150,7 @@ extension Connection {
     }
 
     /// What the peer said when it announced it is going away, once it has.
-    var peerGoingAwayError: SocketIPCError? { self.state.withLock { $0.peerGoingAwayError } }
+    package var peerGoingAwayError: SocketIPCError? { self.state.withLock { $0.peerGoingAwayError } }
 
     /// The error the connection closed with, once it is closed.
     var closeError: SocketIPCError? { self.state.withLock { $0.closeError } }

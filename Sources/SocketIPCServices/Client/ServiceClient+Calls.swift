@@ -74,8 +74,9 @@ extension ServiceClient {
 
     /// A server stream that outlives connections: it calls `method` with `request`, yields what comes, and when the
     /// connection is lost (the server restarts) calls it again on the next one, as a watcher re-subscribes. A call
-    /// the server refuses as going away (status unavailable) while it keeps the connection open is made again after
-    /// ``ServiceClientConfiguration/backoff``, on that connection if it is still open then. While
+    /// the server refuses as going away (status unavailable) while it keeps the connection open, without having said
+    /// going-away on it, is made again after ``ServiceClientConfiguration/backoff``, on that connection if it is still
+    /// open then. While
     /// there is no server it waits as long as the client runs (``ServiceClientConfiguration/waitForConnectionTimeout``
     /// bounds calls, not this stream). It ends
     /// when the handler ends the stream, or when the client shuts down; it throws the handler's error (a
@@ -96,10 +97,12 @@ extension ServiceClient {
             var hasDemand = false
             var lost: Connection?
             var refusals = 0
+            var refusedOn: Connection?
             while !Task.isCancelled {
                 do {
                     // A watch waits for its server as long as the client runs, not just waitForConnectionTimeout.
                     let connection = try await self.readyConnection(excluding: lost, timeout: nil, bounded: false)
+                    if connection !== refusedOn { refusals = 0 }
                     lost = connection
                     let ended = try await connection.serverStreaming(method, request, options: options) { responses in
                         var iterator = responses.makeAsyncIterator()
@@ -119,15 +122,17 @@ extension ServiceClient {
                     _ = ended
                     return
                 } catch let error as SocketIPCError where Self.lostBeforeAnswer(error) {
-                    if let connection = lost, connection.isOpen {
-                        // The server refused the call as going away ("unavailable") but keeps the connection: it
-                        // may still close it (a graceful shutdown), or serve again (another implementation's
-                        // passing trouble). Call again after a backoff, on this connection if it is still open, as
-                        // gRPC retries UNAVAILABLE, instead of waiting for a new connection that may never come.
-                        // The wait ends early when the connection closes: the next server is then called at once.
+                    if let connection = lost, connection.isOpen, connection.peerGoingAwayError == nil {
+                        // The server refused the call as going away ("unavailable") but keeps the connection without
+                        // having said going-away on it (a SocketIPC server says it first when it shuts down, and the
+                        // next connection is then the one to wait for): it may serve again, as another
+                        // implementation's passing trouble would. Call again after a backoff, on this connection if
+                        // it is still open, as gRPC retries UNAVAILABLE, instead of waiting for a new connection that
+                        // may never come. The wait ends early when the connection closes or the client shuts down.
                         refusals += 1
+                        refusedOn = connection
                         let delay = self.configuration.backoff.delay(beforeRetry: refusals, random: .random(in: 0..<1))
-                        do { try await Self.wait(delay, orUntilClosed: connection) } catch { break }
+                        await self.backOff(delay, orUntilClosed: connection)
                         if connection.isOpen { lost = nil }
                     }
                     continue
@@ -145,16 +150,15 @@ extension ServiceClient {
         return ResubscribingStream(elements: elements, demand: demandContinuation)
     }
 
-    /// Waits for `delay`, or until `connection` closes if that comes first.
-    /// - Throws: `CancellationError` when the task is cancelled.
-    static func wait(_ delay: Duration, orUntilClosed connection: Connection) async throws {
+    /// Waits for `delay`, or less: until `connection` closes, the client shuts down or the task is cancelled.
+    func backOff(_ delay: Duration, orUntilClosed connection: Connection) async {
         let (closed, signal) = AsyncStream.makeStream(of: Void.self)
         connection.whenClosed { signal.finish() }
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await Task.sleep(for: delay) }
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.shutdownRequested.wait(upTo: delay) }
             group.addTask { for await _ in closed {} }
-            defer { group.cancelAll() }
-            try await group.next()
+            await group.next()
+            group.cancelAll()
         }
     }
 

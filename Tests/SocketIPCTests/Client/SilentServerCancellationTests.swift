@@ -52,10 +52,10 @@ struct SilentServerCancellationTests {
             var configuration = ClientConfiguration()
             // Waiting for the queue would take this long: the test's time limit would end it first.
             configuration.connection.closeTimeout = .seconds(3600)
-            // The system's send buffer (about 416 KiB as Linux counts it), so that the message below does not fit in
-            // it: with the default 1 MiB (2 MiB counted) all of it went to the kernel, nothing was left to wait for,
-            // and the test passed without the fix.
-            configuration.connection.socketSendBufferSize = nil
+            // A send buffer far below the message (Linux doubles the 64 KiB asked for), whatever the system's
+            // defaults: with the library's 1 MiB (2 MiB counted) all of it went to the kernel, nothing was left to
+            // wait for, and the test passed without the fix.
+            configuration.connection.socketSendBufferSize = 64 * 1024
             let error = await #expect(throws: SocketIPCError.self) {
                 try await Client.withConnection(to: path, configuration: configuration) { connection in
                     // More than the socket takes, less than the write watermarks: the send returns, and the channel

@@ -171,6 +171,50 @@ struct ServiceClientTests {
         }
     }
 
+    @Test("a resubscribing stream waiting out its backoff after an 'unavailable' ends as soon as the client shuts down")
+    func shutdownDuringTheBackoff() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/unavailable.sock"
+            let listener = try makeStaleSocket(at: path, listening: true)
+            defer { close(listener) }
+            // The raw server refuses the first open and keeps the connection open (until the test closes it).
+            let serving = Task { () -> RawSocket in
+                let peer = try await RawSocket.accepting(on: listener)
+                _ = try await peer.read(exactly: helloBytes.count)
+                try await peer.write(serverHelloBytes)
+                let first = try await peer.readCallOpen()
+                try await peer.write(callEndBytes(id: first ?? 0, status: 0x07, text: "not now"))
+                return peer
+            }
+            var configuration = ServiceClientConfiguration()
+            // A backoff that outlasts the test: only the shutdown can end the wait.
+            configuration.backoff = ConnectionBackoff(initialDelay: .seconds(3600), maximumDelay: .seconds(3600))
+            let client = ServiceClient(path: path, configuration: configuration)
+            let ended = try await withRunningClient(client) {
+                try await withThrowingTaskGroup(of: Bool.self) { group in
+                    group.addTask {
+                        do {
+                            for try await _ in client.resubscribing(CountedWatch.self, 0) {}
+                        } catch {}
+                        return true
+                    }
+                    // The stream is refused once, then waits out its backoff.
+                    let peer = try await serving.value
+                    defer { peer.close() }
+                    client.shutdown()
+                    group.addTask {
+                        try await Task.sleep(for: .seconds(30))  // a safety net, not a synchronisation
+                        return false
+                    }
+                    let first = try await group.next() ?? false
+                    group.cancelAll()
+                    return first
+                }
+            }
+            #expect(ended, "the stream ended once the client shut down")
+        }
+    }
+
     @Test("a client its server refuses fails for good: run() throws unauthorized, calls fail with it")
     func refused() async throws {
         try await withTemporarySocketDirectory { directory in
