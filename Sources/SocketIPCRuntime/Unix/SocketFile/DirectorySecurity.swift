@@ -101,22 +101,16 @@ enum DirectorySecurity {
             guard links <= Self.maximumLinks else {
                 throw SocketIPCError.systemCall("realpath", errno: ELOOP, path: path)
             }
-            let me = geteuid()
-            if info.st_uid != 0 && info.st_uid != me {
-                try Self.refuse(
-                    "the path \(path) goes through the symbolic link \(candidate), which belongs to uid \(info.st_uid): "
-                        + "that user could point it at a directory of their own, where this server's clients would "
-                        + "find their listener; this process runs as uid \(me)",
-                    socketPath: socketPath
-                )
+            try Self.requireOnlyOursMayReplace(
+                owner: info.st_uid,
+                in: current,
+                holding: "the symbolic link \(candidate)",
+                socketPath: socketPath
+            ) { owner, me in
+                "the path \(path) goes through the symbolic link \(candidate), which belongs to uid \(owner): that "
+                    + "user could point it at a directory of their own, where this server's clients would find their "
+                    + "listener; this process runs as uid \(me)"
             }
-            // The directory the link is in: whoever may replace entries there may replace the link.
-            var directory = stat()
-            guard lstat(current, &directory) == 0 else {
-                throw SocketIPCError.systemCall("lstat", errno: errno, path: current)
-            }
-            try Self.require(FileStatus(directory), at: "\(current) (holding the symbolic link \(candidate))", socketPath: socketPath)
-            try Self.requireAncestors(of: current, socketPath: socketPath)
             let target = try Self.linkTarget(candidate)
             if target.hasPrefix("/") { current = "/" }
             pending.append(contentsOf: Self.components(of: target).reversed())
@@ -124,30 +118,45 @@ enum DirectorySecurity {
     }
 
     /// Requires of the directory `entry`, left through a `..` of `path`, what a symbolic link on the way must
-    /// satisfy: it belongs to root or to this process's effective user, and the directory it is in (with that
-    /// directory's ancestors) passes ``problem(with:at:)``.
+    /// satisfy (see ``requireOnlyOursMayReplace(owner:in:holding:socketPath:ownerProblem:)``).
     private static func requireEntry(_ entry: String, leftThrough path: String, socketPath: SocketPath) throws {
         guard entry != "/" else { return }
         var info = stat()
         guard lstat(entry, &info) == 0 else {
             throw SocketIPCError.systemCall("lstat", errno: errno, path: entry)
         }
-        let me = geteuid()
-        if info.st_uid != 0 && info.st_uid != me {
-            try Self.refuse(
-                "the path \(path) leaves the directory \(entry) through `..`, and that directory belongs to uid "
-                    + "\(info.st_uid): that user could replace it with a symbolic link and send `..` to a directory "
-                    + "of their own, where this server's clients would find their listener; this process runs as uid "
-                    + "\(me)",
-                socketPath: socketPath
-            )
+        try Self.requireOnlyOursMayReplace(
+            owner: info.st_uid,
+            in: Self.parent(of: entry),
+            holding: "\(entry), left through `..`",
+            socketPath: socketPath
+        ) { owner, me in
+            "the path \(path) leaves the directory \(entry) through `..`, and that directory belongs to uid \(owner): "
+                + "that user could replace it with a symbolic link and send `..` to a directory of their own, where "
+                + "this server's clients would find their listener; this process runs as uid \(me)"
         }
-        let holder = Self.parent(of: entry)
+    }
+
+    /// Requires of an entry on the way (a symbolic link, or a directory left through `..`) that only root or this
+    /// process's effective user could replace it: it belongs to one of them (else the refusal says
+    /// `ownerProblem(owner, me)`), and the directory `holder` it is in, with that directory's ancestors, passes
+    /// ``problem(with:at:)``, since whoever may replace entries there may replace it.
+    private static func requireOnlyOursMayReplace(
+        owner: uid_t,
+        in holder: String,
+        holding what: String,
+        socketPath: SocketPath,
+        ownerProblem: (_ owner: uid_t, _ me: uid_t) -> String
+    ) throws {
+        let me = geteuid()
+        if owner != 0 && owner != me {
+            try Self.refuse(ownerProblem(owner, me), socketPath: socketPath)
+        }
         var directory = stat()
         guard lstat(holder, &directory) == 0 else {
             throw SocketIPCError.systemCall("lstat", errno: errno, path: holder)
         }
-        try Self.require(FileStatus(directory), at: "\(holder) (holding \(entry), left through `..`)", socketPath: socketPath)
+        try Self.require(FileStatus(directory), at: "\(holder) (holding \(what))", socketPath: socketPath)
         try Self.requireAncestors(of: holder, socketPath: socketPath)
     }
 
