@@ -76,10 +76,9 @@ extension ServiceClient {
     /// connection is lost (the server restarts) calls it again on the next one, as a watcher re-subscribes. A call
     /// the server refuses as going away (status unavailable) while it keeps the connection open, without having said
     /// going-away on it, is made again after ``ServiceClientConfiguration/backoff``, on that connection if it is still
-    /// open then. While
-    /// there is no server it waits as long as the client runs (``ServiceClientConfiguration/waitForConnectionTimeout``
-    /// bounds calls, not this stream). It ends
-    /// when the handler ends the stream, or when the client shuts down; it throws the handler's error (a
+    /// open then. While there is no server it waits as long as the client runs
+    /// (``ServiceClientConfiguration/waitForConnectionTimeout`` bounds calls, not this stream). It ends when the
+    /// handler ends the stream, or when the client shuts down; it throws the handler's error (a
     /// ``ServiceError``, `unknownMethod`, …). Elements sent while no connection was up are not seen: a watch that
     /// must not miss changes starts with the current value (as a `kv.watch` that yields it first).
     ///
