@@ -39,7 +39,8 @@ struct AcceptBackoffTests {
             // let go.
             try await Task.sleep(for: .milliseconds(500))
             held.removeAll()
-            let recovered = await server.standardError.waitForLine(containing: "accepting connections")
+            // A loaded machine may keep it out of descriptors long enough for a "still fails" line first.
+            let recovered = await server.standardError.waitForLine(containing: "accepting connections again")
             #expect(recovered?.contains("accepting connections again") == true, "log: \(recovered ?? "none")")
             #expect(recovered?.contains("failures=") == true, "log: \(recovered ?? "none")")
 
