@@ -97,6 +97,7 @@ extension ServiceClient {
             var lost: Connection?
             var refusals = 0
             var refusedOn: Connection?
+            var refusedOnClosed = OneShotSignal()
             while !Task.isCancelled {
                 do {
                     // A watch waits for its server as long as the client runs, not just waitForConnectionTimeout.
@@ -129,9 +130,15 @@ extension ServiceClient {
                         // it is still open, as gRPC retries UNAVAILABLE, instead of waiting for a new connection that
                         // may never come. The wait ends early when the connection closes or the client shuts down.
                         refusals += 1
-                        refusedOn = connection
+                        if connection !== refusedOn {
+                            // One close callback per connection: SwiftNIO keeps each until the close.
+                            refusedOn = connection
+                            let closed = OneShotSignal()
+                            connection.whenClosed { closed.fire() }
+                            refusedOnClosed = closed
+                        }
                         let delay = self.configuration.backoff.delay(beforeRetry: refusals, random: .random(in: 0..<1))
-                        await self.backOff(delay, orUntilClosed: connection)
+                        await self.backOff(delay, orUntil: refusedOnClosed)
                         if connection.isOpen { lost = nil }
                     }
                     continue
@@ -149,13 +156,12 @@ extension ServiceClient {
         return ResubscribingStream(elements: elements, demand: demandContinuation)
     }
 
-    /// Waits for `delay`, or less: until `connection` closes, the client shuts down or the task is cancelled.
-    func backOff(_ delay: Duration, orUntilClosed connection: Connection) async {
-        let (closed, signal) = AsyncStream.makeStream(of: Void.self)
-        connection.whenClosed { signal.finish() }
+    /// Waits for `delay`, or less: until `closed` fires (the connection closed), the client shuts down or the task
+    /// is cancelled.
+    func backOff(_ delay: Duration, orUntil closed: OneShotSignal) async {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.shutdownRequested.wait(upTo: delay) }
-            group.addTask { for await _ in closed {} }
+            group.addTask { await closed.wait(upTo: delay) }
             await group.next()
             group.cancelAll()
         }

@@ -41,7 +41,7 @@ public final class ServiceClient: Sendable, Service {
     let published = Mutex(Published())
     let nextSubscriberID = Atomic<Int>(0)
     let nextWaiterID = Atomic<Int>(0)
-    let shutdownRequested = ShutdownSignal()
+    let shutdownRequested = OneShotSignal()
     let lastClose = Mutex<SocketIPCError?>(nil)
 
     /// Why the client's last connection closed, once one has: `peerGoingAway` with the server's text after a graceful
@@ -179,46 +179,5 @@ struct ServiceClientConnectionHandler: ConnectionHandler, Sendable {
 
     func connectionDidOpen(_ connection: Connection) {
         if let router { CallMultiplexer.install(router: router, on: connection) }
-    }
-}
-
-/// Fires once; ``wait(upTo:)`` returns when it has, or after a delay.
-final class ShutdownSignal: Sendable {
-    private let state = Mutex<(fired: Bool, waiters: [Int: CheckedContinuation<Void, Never>])>((false, [:]))
-    private let ids = Atomic<Int>(0)
-
-    func fire() {
-        let waiters = self.state.withLock { state -> [CheckedContinuation<Void, Never>] in
-            state.fired = true
-            defer { state.waiters = [:] }
-            return Array(state.waiters.values)
-        }
-        for waiter in waiters { waiter.resume() }
-    }
-
-    /// Returns after `delay`, or earlier once fired (or the task is cancelled).
-    func wait(upTo delay: Duration) async {
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask { try? await Task.sleep(for: delay) }
-            group.addTask { await self.waitUntilFired() }
-            await group.next()
-            group.cancelAll()
-        }
-    }
-
-    private func waitUntilFired() async {
-        let id = self.ids.wrappingAdd(1, ordering: .relaxed).newValue
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let resumeNow = self.state.withLock { state -> Bool in
-                    if state.fired || Task.isCancelled { return true }
-                    state.waiters[id] = continuation
-                    return false
-                }
-                if resumeNow { continuation.resume() }
-            }
-        } onCancel: {
-            self.state.withLock { $0.waiters.removeValue(forKey: id) }?.resume()
-        }
     }
 }
