@@ -155,6 +155,12 @@ package struct ReconnectStateMachine<Connection: AnyObject, Waiter> {
         case fail(SocketIPCError)
     }
 
+    /// The ready connection, unless it is `excluding`; nothing is kept either way.
+    package func readyConnection(excluding: Connection?) -> Connection? {
+        guard case .ready(let connection) = self.state, connection !== excluding else { return nil }
+        return connection
+    }
+
     /// A call needs a connection other than `excluding` (one it saw closed).
     package mutating func waitForConnection(id: Int, waiter: Waiter, excluding: Connection?) -> WaitAction {
         switch self.state {

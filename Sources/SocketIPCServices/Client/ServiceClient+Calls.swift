@@ -189,6 +189,9 @@ extension ServiceClient {
     }
 
     private func waitForConnection(excluding: Connection?, timeout: Duration?, bounded: Bool) async throws -> Connection {
+        // The common case, a connection ready now, makes no timer: a cancelled `Task.sleep` keeps its timer until the
+        // deadline, so a timer task per call held memory for waitForConnectionTimeout (30 s) after each call.
+        if let ready = self.machine.withLock({ $0.readyConnection(excluding: excluding) }) { return ready }
         let id = self.nextWaiterID.wrappingAdd(1, ordering: .relaxed).newValue
         let limit = min(timeout ?? self.configuration.waitForConnectionTimeout, self.configuration.waitForConnectionTimeout)
         let timer = bounded ? Task {

@@ -46,6 +46,20 @@ struct ReconnectStateMachineTests {
         }
     }
 
+    @Test("readyConnection gives the ready connection unless excluded, and keeps no waiter either way")
+    func readyConnectionKeepsNothing() throws {
+        var machine = Machine(backoff: ConnectionBackoff(initialDelay: .milliseconds(100), jitter: 0))
+        _ = machine.start()
+        #expect(machine.readyConnection(excluding: nil) == nil, "none while connecting")
+        let connection = FakeConnection()
+        _ = machine.connected(connection, at: .now)
+        #expect(machine.readyConnection(excluding: nil) === connection)
+        #expect(machine.readyConnection(excluding: connection) == nil)
+        // Nothing was kept for those asks: a shutdown fails no waiter.
+        #expect(machine.shutdown().failedWaiters.isEmpty)
+        #expect(machine.readyConnection(excluding: nil) == nil, "none once shut down")
+    }
+
     @Test("a connection lost before it proved stable counts as a failure: a server that closes right after the handshake is retried with growing waits, not in a loop")
     func flappingServerBacksOff() throws {
         var time = ContinuousClock.now
