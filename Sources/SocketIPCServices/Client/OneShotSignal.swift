@@ -14,6 +14,9 @@ final class OneShotSignal: Sendable {
         for waiter in waiters { waiter.resume() }
     }
 
+    /// Whether it has fired.
+    var hasFired: Bool { self.state.withLock { $0.fired } }
+
     /// Returns after `delay`, or earlier once fired (or the task is cancelled).
     func wait(upTo delay: Duration) async {
         await withTaskGroup(of: Void.self) { group in

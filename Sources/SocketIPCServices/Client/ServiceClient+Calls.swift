@@ -142,6 +142,10 @@ extension ServiceClient {
                         if connection.isOpen { lost = nil }
                     }
                     continue
+                } catch let error as SocketIPCError where error.code == .invalidState && self.shutdownRequested.hasFired {
+                    // The client shut down: the stream ends, as documented, without an error.
+                    continuation.finish()
+                    return
                 } catch {
                     continuation.finish(throwing: error is CancellationError ? nil : error)
                     return
