@@ -135,12 +135,8 @@ struct ServiceClientTests {
             // A raw server: the first open is answered "unavailable" (0x07), the connection kept open; the next gets
             // one element and the end.
             let serving = Task { () -> [UInt32?] in
-                let peer = try await RawSocket.accepting(on: listener)
+                let (peer, first) = try await acceptRefusingFirstOpen(on: listener)
                 defer { peer.close() }
-                _ = try await peer.read(exactly: helloBytes.count)
-                try await peer.write(serverHelloBytes)
-                let first = try await peer.readCallOpen()
-                try await peer.write(callEndBytes(id: first ?? 0, status: 0x07, text: "not now"))
                 let second = try await peer.readCallOpen()
                 try await peer.write(frameBytes(kind: 0x07, id: second ?? 0, payload: Array("1".utf8)) + callEndOKBytes(id: second ?? 0))
                 _ = try await peer.readAvailable(for: .milliseconds(1))
@@ -178,14 +174,7 @@ struct ServiceClientTests {
             let listener = try makeStaleSocket(at: path, listening: true)
             defer { close(listener) }
             // The raw server refuses the first open and keeps the connection open (until the test closes it).
-            let serving = Task { () -> RawSocket in
-                let peer = try await RawSocket.accepting(on: listener)
-                _ = try await peer.read(exactly: helloBytes.count)
-                try await peer.write(serverHelloBytes)
-                let first = try await peer.readCallOpen()
-                try await peer.write(callEndBytes(id: first ?? 0, status: 0x07, text: "not now"))
-                return peer
-            }
+            let serving = Task { try await acceptRefusingFirstOpen(on: listener).peer }
             var configuration = ServiceClientConfiguration()
             // A backoff that outlasts the test: only the shutdown can end the wait.
             configuration.backoff = ConnectionBackoff(initialDelay: .seconds(3600), maximumDelay: .seconds(3600))
@@ -250,6 +239,17 @@ struct ServiceClientTests {
             #expect(afterShutdown.code == .invalidState)
         }
     }
+}
+
+/// The raw server's side of one connection accepted on `listener`: the hellos, then its first call open answered
+/// with status unavailable (0x07); the connection stays open. Returns it and the refused call's id.
+private func acceptRefusingFirstOpen(on listener: Int32) async throws -> (peer: RawSocket, first: UInt32?) {
+    let peer = try await RawSocket.accepting(on: listener)
+    _ = try await peer.read(exactly: helloBytes.count)
+    try await peer.write(serverHelloBytes)
+    let first = try await peer.readCallOpen()
+    try await peer.write(callEndBytes(id: first ?? 0, status: 0x07, text: "not now"))
+    return (peer, first)
 }
 
 /// A server-streaming method of `Int`s, for a raw server that answers it by hand.
