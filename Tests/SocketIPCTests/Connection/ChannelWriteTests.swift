@@ -63,6 +63,19 @@ struct ChannelWriteTests {
 
     @Test("frames kept while the channel held writes are not written once NIO has closed the socket, whose number may be another's")
     func keptFramesAfterTheSocketClosed() async throws {
+        // Other tests run beside this one and open descriptors: one of them can take the freed number before the
+        // test does. Such an attempt proves nothing, so the scenario runs again, on a new connection (rarely needed).
+        var attempts = 0
+        while try await !Self.keptFramesAfterTheSocketClosedOnce() {
+            attempts += 1
+            try #require(attempts < 5, "another thread took the freed number in each of \(attempts) attempts")
+        }
+    }
+
+    /// One run of `keptFramesAfterTheSocketClosed`; returns whether the test's socket got the freed number (and so
+    /// whether the run checked anything).
+    static func keptFramesAfterTheSocketClosedOnce() async throws -> Bool {
+        let reused = Mutex(false)
         try await withFramedTestServer(makeHandler: { EchoHandler() }) { server, path in
             let (peer, connection) = try await Self.silentPeer(of: server, at: path)
             defer { peer.close() }
@@ -72,7 +85,6 @@ struct ChannelWriteTests {
             #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &pair) == 0)
             let (other, otherPeer) = (pair[0], pair[1])
             defer { _ = close(other); _ = close(otherPeer) }
-            let reused = Mutex(false)
             try await connection.eventLoop.submit {
                 let channel = connection.channel
                 // 4 MiB the peer never reads: the channel holds what the socket does not take.
@@ -94,15 +106,16 @@ struct ChannelWriteTests {
                 connection.abort()
             }.get()
             try await connection.channel.closeFuture.get()
-            #expect(reused.withLock { $0 }, "the number was not free when the channel failed its writes")
+            guard reused.withLock({ $0 }) else { return }
             // Nothing reached the socket that now has the number.
             var buffer = [UInt8](repeating: 0, count: 64)
             _ = fcntl(otherPeer, F_SETFL, fcntl(otherPeer, F_GETFL) | O_NONBLOCK)
             let got = read(otherPeer, &buffer, 64)
             #expect(got <= 0, "the connection wrote \(got) bytes to a descriptor number NIO had closed")
             // The duplicate the test made under NIO's old number.
-            if reused.withLock({ $0 }) { _ = close(descriptor) }
+            _ = close(descriptor)
         }
+        return reused.withLock { $0 }
     }
 
     @Test("a peer that breaks the protocol while it reads nothing is closed after closeTimeout, its replies unwritten")
