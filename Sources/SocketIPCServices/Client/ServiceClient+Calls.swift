@@ -9,6 +9,10 @@ extension ServiceClient {
     ///
     /// If the connection is lost before the response comes, a method that declares itself idempotent is called
     /// again on the next connection (up to ``ServiceClientConfiguration/maximumRetries`` times); any other fails.
+    /// An idempotent call the server refuses as going away (status unavailable) while it keeps the connection open,
+    /// without having said going-away on it, counts as such a retry too: it is made again after
+    /// ``ServiceClientConfiguration/backoff``, on that connection if it is still open then (as gRPC retries
+    /// `UNAVAILABLE`), instead of waiting for a new connection that may never come.
     /// - Throws: What ``SocketIPCRuntime/Connection/call(_:_:options:)`` throws; the last connection error (or
     ///   `timedOut`) when no connection was ready within ``ServiceClientConfiguration/waitForConnectionTimeout`` or
     ///   the call's timeout; `invalidState` once the client is shut down.
@@ -29,9 +33,20 @@ extension ServiceClient {
             {
                 retries += 1
                 lost = connection
+                if connection.isOpen, connection.peerGoingAwayError == nil {
+                    // Refused, not lost: the server may serve again on this connection (see the resubscribing
+                    // stream). The wait is short and bounded by maximumRetries, so it watches only the client's
+                    // shutdown, not the connection's close (a close callback would stay with SwiftNIO until then).
+                    let delay = self.configuration.backoff.delay(beforeRetry: retries, random: .random(in: 0..<1))
+                    await self.shutdownRequested.wait(upTo: delay)
+                    if connection.isOpen { lost = nil }
+                }
                 self.logger.debug(
-                    "retrying an idempotent call on a new connection",
-                    metadata: ["method": "\(Method.name)", "error": "\(error)", "retry": "\(retries)"]
+                    "retrying an idempotent call",
+                    metadata: [
+                        "method": "\(Method.name)", "error": "\(error)", "retry": "\(retries)",
+                        "connection": "\(lost == nil ? "the same" : "a new one")",
+                    ]
                 )
             }
         }

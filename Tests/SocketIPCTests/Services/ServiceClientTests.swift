@@ -167,6 +167,58 @@ struct ServiceClientTests {
         }
     }
 
+    @Test("an idempotent call refused with 'unavailable' by a server that keeps the connection open is made again after a backoff on that connection, instead of waiting for another")
+    func idempotentCallRetriedAfterUnavailableOnAnOpenConnection() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/unavailable.sock"
+            let listener = try makeStaleSocket(at: path, listening: true)
+            defer { close(listener) }
+            // A raw server: the first open is answered "unavailable" (0x07), the connection kept open; the next gets
+            // its response and the end.
+            let serving = Task { () -> [UInt32?] in
+                let (peer, first) = try await acceptRefusingFirstOpen(on: listener)
+                defer { peer.close() }
+                let second = try await peer.readCallOpen()
+                try await peer.write(frameBytes(kind: 0x07, id: second ?? 0, payload: Array("1".utf8)) + callEndOKBytes(id: second ?? 0))
+                _ = try await peer.readAvailable(for: .milliseconds(1))
+                return [first, second]
+            }
+            var configuration = Self.fastRetries
+            // Before, the call waited for a new connection that never came, then failed: a shorter wait for it
+            // keeps that failure quick.
+            configuration.waitForConnectionTimeout = .seconds(10)
+            let client = ServiceClient(path: path, configuration: configuration)
+            let value = try await withRunningClient(client) { try await client.call(CountedGet.self, 0) }
+            #expect(value == 1)
+            let opens = try await serving.value
+            #expect(opens.count == 2 && opens[0] != nil && opens[1] != nil && opens[0] != opens[1], "\(opens)")
+        }
+    }
+
+    @Test("a non-idempotent call refused with 'unavailable' fails at once with peerGoingAway, and is not made again")
+    func nonIdempotentCallRefusedIsNotRetried() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/unavailable.sock"
+            let listener = try makeStaleSocket(at: path, listening: true)
+            defer { close(listener) }
+            let serving = Task { () -> (opens: [UInt32?], closed: Bool) in
+                let (peer, first) = try await acceptRefusingFirstOpen(on: listener)
+                defer { peer.close() }
+                // Whatever the client sends until it closes: no second open.
+                var opens = [first]
+                while let next = try await peer.readCallOpen() { opens.append(next) }
+                return (opens, true)
+            }
+            let client = ServiceClient(path: path, configuration: Self.fastRetries)
+            let error = try await withRunningClient(client) {
+                await #expect(throws: SocketIPCError.self) { try await client.call(CountedOnce.self, 0) }
+            }
+            #expect(error?.code == .peerGoingAway)
+            let (opens, _) = try await serving.value
+            #expect(opens.count == 1 && opens[0] != nil, "\(opens)")
+        }
+    }
+
     @Test("a resubscribing stream waiting out its backoff after an 'unavailable' ends, without an error, as soon as the client shuts down")
     func shutdownDuringTheBackoff() async throws {
         try await withTemporarySocketDirectory { directory in
@@ -250,6 +302,21 @@ private func acceptRefusingFirstOpen(on listener: Int32) async throws -> (peer: 
     let first = try await peer.readCallOpen()
     try await peer.write(callEndBytes(id: first ?? 0, status: 0x07, text: "not now"))
     return (peer, first)
+}
+
+/// An idempotent unary method of `Int`s, for a raw server that answers it by hand.
+private enum CountedGet: ServiceMethod {
+    static let name = "counted.get"
+    static let isIdempotent = true
+    typealias Request = Int
+    typealias Response = Int
+}
+
+/// A unary method of `Int`s that is not idempotent, for a raw server that answers it by hand.
+private enum CountedOnce: ServiceMethod {
+    static let name = "counted.once"
+    typealias Request = Int
+    typealias Response = Int
 }
 
 /// A server-streaming method of `Int`s, for a raw server that answers it by hand.
