@@ -132,16 +132,7 @@ struct ServiceClientTests {
             let path = directory + "/unavailable.sock"
             let listener = try makeStaleSocket(at: path, listening: true)
             defer { close(listener) }
-            // A raw server: the first open is answered "unavailable" (0x07), the connection kept open; the next gets
-            // one element and the end.
-            let serving = Task { () -> [UInt32?] in
-                let (peer, first) = try await acceptRefusingFirstOpen(on: listener)
-                defer { peer.close() }
-                let second = try await peer.readCallOpen()
-                try await peer.write(frameBytes(kind: 0x07, id: second ?? 0, payload: Array("1".utf8)) + callEndOKBytes(id: second ?? 0))
-                _ = try await peer.readAvailable(for: .milliseconds(1))
-                return [first, second]
-            }
+            let serving = Task { try await refuseFirstOpenThenAnswerOne(on: listener) }
             let client = ServiceClient(path: path, configuration: Self.fastRetries)
             let received = try await withRunningClient(client) {
                 // Before the retry, the stream waited for a new connection that never came: the 30 s are a safety
@@ -173,16 +164,7 @@ struct ServiceClientTests {
             let path = directory + "/unavailable.sock"
             let listener = try makeStaleSocket(at: path, listening: true)
             defer { close(listener) }
-            // A raw server: the first open is answered "unavailable" (0x07), the connection kept open; the next gets
-            // its response and the end.
-            let serving = Task { () -> [UInt32?] in
-                let (peer, first) = try await acceptRefusingFirstOpen(on: listener)
-                defer { peer.close() }
-                let second = try await peer.readCallOpen()
-                try await peer.write(frameBytes(kind: 0x07, id: second ?? 0, payload: Array("1".utf8)) + callEndOKBytes(id: second ?? 0))
-                _ = try await peer.readAvailable(for: .milliseconds(1))
-                return [first, second]
-            }
+            let serving = Task { try await refuseFirstOpenThenAnswerOne(on: listener) }
             var configuration = Self.fastRetries
             // Before, the call waited for a new connection that never came, then failed: a shorter wait for it
             // keeps that failure quick.
@@ -302,6 +284,17 @@ private func acceptRefusingFirstOpen(on listener: Int32) async throws -> (peer: 
     let first = try await peer.readCallOpen()
     try await peer.write(callEndBytes(id: first ?? 0, status: 0x07, text: "not now"))
     return (peer, first)
+}
+
+/// A raw server on `listener` whose first call open is answered "unavailable" (0x07), the connection kept open, and
+/// whose second gets the message `1` and the end; returns the two opens' ids.
+private func refuseFirstOpenThenAnswerOne(on listener: Int32) async throws -> [UInt32?] {
+    let (peer, first) = try await acceptRefusingFirstOpen(on: listener)
+    defer { peer.close() }
+    let second = try await peer.readCallOpen()
+    try await peer.write(frameBytes(kind: 0x07, id: second ?? 0, payload: Array("1".utf8)) + callEndOKBytes(id: second ?? 0))
+    _ = try await peer.readAvailable(for: .milliseconds(1))
+    return [first, second]
 }
 
 /// An idempotent unary method of `Int`s, for a raw server that answers it by hand.
