@@ -347,9 +347,30 @@ extension Connection {
         await EventLoopTurn.shared(for: self.eventLoop).wait()
     }
 
+    /// The share of the event loop's time that a long run of sends on this connection's loop may take between two
+    /// of the loop's polls (see ``yieldToEventLoop()``).
+    package func eventLoopShare() -> EventLoopShare {
+        EventLoopShare(turn: EventLoopTurn.shared(for: self.eventLoop))
+    }
+
     /// Runs `body` on the connection's event loop after `delay`, unless the returned task is cancelled first: a
     /// call's deadline.
     package func scheduleCallTimer(in delay: Duration, _ body: @escaping @Sendable () -> Void) -> Scheduled<Void> {
         self.eventLoop.scheduleTask(in: .init(delay), body)
+    }
+}
+
+/// The share of an event loop's time between two polls that one of the tasks giving the loop its turn
+/// (``Connection/yieldToEventLoop()``) may take: a run of work that would take the whole time between two polls
+/// alone is divided by the number of tasks that waited for the last poll, so that many such tasks on one loop (many
+/// streams whose peers read as fast as they are written) keep the loop's other connections waiting no longer than
+/// one would.
+package struct EventLoopShare: Sendable {
+    fileprivate let turn: EventLoopTurn
+
+    /// `run` (a number of messages, or of bytes) divided among the tasks that share the loop; at least 1.
+    @inline(__always)
+    package func share(of run: Int) -> Int {
+        max(1, run / self.turn.sharers)
     }
 }

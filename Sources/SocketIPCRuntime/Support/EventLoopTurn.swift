@@ -1,5 +1,6 @@
 import NIOCore
 import NIOPosix
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -18,8 +19,14 @@ import Darwin
 /// the loop's next poll: the waiters resumed on that read run after the loop has handled whatever else the same poll
 /// found (a new connection's hello, another connection's call). One pipe serves each event loop, made the first time
 /// a task waits there; should it fail (no descriptors left), waiting returns at once.
+///
+/// The tasks that wait here share the loop's time between two polls: ``sharers`` says how many waited for the last
+/// poll, so that each can make its run that much shorter (see ``EventLoopShare``), and the work between two polls
+/// stays about one run whatever their number.
 final class EventLoopTurn: @unchecked Sendable {
     private let eventLoop: any EventLoop
+    /// How many tasks the last poll resumed, at least 1; read from any thread.
+    private let resumedAtLastPoll = Atomic<Int>(1)
     // Touched only on the event loop.
     private var waiters: [UnsafeContinuation<Void, Never>] = []
     private var writeEnd: Int32 = -1
@@ -80,8 +87,12 @@ final class EventLoopTurn: @unchecked Sendable {
     /// The loop read the pipe: its poll has happened.
     fileprivate func polled() {
         self.signalled = false
+        self.resumedAtLastPoll.store(max(1, self.waiters.count), ordering: .relaxed)
         self.resumeWaiters()
     }
+
+    /// How many tasks waited for the loop's last poll, at least 1: the number that share its next turn.
+    var sharers: Int { self.resumedAtLastPoll.load(ordering: .relaxed) }
 
     private func resumeWaiters() {
         let ready = self.waiters

@@ -22,6 +22,8 @@ final class CallStream: Sendable {
     let id: UInt32
     let method: String
     let connection: Connection
+    /// The share of its event loop's time that a run of sends on credit may take (see ``runLength``).
+    private let loopShare: EventLoopShare
     /// Whether this side opened the call.
     let isCaller: Bool
     /// On the handler's side: whether the handler writes a stream of responses (server or bidirectional streaming),
@@ -39,6 +41,9 @@ final class CallStream: Sendable {
         /// a turn (``send(_:descriptors:)``).
         var sentInRun = 0
         var bytesInRun = 0
+        /// The limits of the run in progress: ``CallStream/runLength`` and ``CallStream/runBytes``, shared with the
+        /// other long runs on the event loop; set when a run starts.
+        var runLimit = (messages: 0, bytes: 0)
         /// The descriptors of messages received and not yet read, by the messages' numbers: messages are read in
         /// the order they arrived, so the reader's count finds them.
         var descriptors = MessageDescriptors()
@@ -99,6 +104,7 @@ final class CallStream: Sendable {
         self.id = id
         self.method = method
         self.connection = connection
+        self.loopShare = connection.eventLoopShare()
         self.isCaller = isCaller
         self.streamsResponses = streamsResponses
         self.state = Mutex(Locked())
@@ -316,9 +322,15 @@ final class CallStream: Sendable {
                 locked.bytesInRun = 0
                 return (false, false)
             }
+            if locked.sentInRun == 0 {
+                // A run starts: its share of the loop's time between two polls.
+                locked.runLimit = (self.loopShare.share(of: Self.runLength), self.loopShare.share(of: Self.runBytes))
+            }
             locked.sentInRun += 1
             locked.bytesInRun += payloadLength
-            guard locked.sentInRun >= Self.runLength || locked.bytesInRun >= Self.runBytes else { return (true, false) }
+            guard locked.sentInRun >= locked.runLimit.messages || locked.bytesInRun >= locked.runLimit.bytes else {
+                return (true, false)
+            }
             locked.sentInRun = 0
             locked.bytesInRun = 0
             return (true, true)
@@ -363,9 +375,12 @@ final class CallStream: Sendable {
         }
     }
 
-    /// Messages sent on credit, without waiting, after which a sender on the event loop gives the loop a turn.
+    /// Messages sent on credit, without waiting, after which a sender on the event loop gives the loop a turn; divided
+    /// among the senders that gave it a turn last time (``SocketIPCRuntime/EventLoopShare``), so that many streams on
+    /// one loop send about this many between two polls in all.
     static var runLength: Int { 1024 }
-    /// Bytes sent on credit, without waiting, after which a sender on the event loop gives the loop a turn: 4 MiB.
+    /// Bytes sent on credit, without waiting, after which a sender on the event loop gives the loop a turn: 4 MiB,
+    /// divided as ``runLength`` is.
     static var runBytes: Int { 4 * 1024 * 1024 }
 
     /// Queues one message without waiting for the socket when credit allows it at once (the first message of a

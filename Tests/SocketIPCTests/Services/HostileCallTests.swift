@@ -322,6 +322,74 @@ struct HostileCallTests {
         }
     }
 
+    @Test("many streams on one loop whose peer grants all the credit there is and reads as fast as it comes share the loop's turns: each one's run between two polls shrinks to its share, so the others wait no longer than for one")
+    func manyUnlimitedStreamsShareTheLoop() async throws {
+        var router = keyValueRouter()
+        router.registerServerStreaming(Forever.self) { _, writer, _ in
+            var number = 0
+            while true {
+                try await writer.write(number)
+                number += 1
+            }
+        }
+        try await withServiceTestServer(router: router) { _, path in
+            let peer = try await RawSocket.connect(to: path)
+            let closer = PeerCloser(peer)
+            defer { closer.close() }
+            // Eight streams of one connection, on one loop, each with all the credit there is.
+            let streams = 8
+            var opening = serverHelloBytes
+            for index in 0..<streams {
+                let id = UInt32(2 * index + 1)
+                opening += callOpenBytes(id: id, method: Forever.name) + messageBytes(id: id, json: "0")
+                    + callEndOKBytes(id: id) + creditBytes(id: id, increment: UInt32(Int32.max) - 65_536)
+            }
+            try await peer.write(opening)
+            // A run is the messages of one call that follow one another on the wire: what its handler sent between
+            // two turns of the loop. The first runs come before the streams have waited for a turn together.
+            let skipped = 2 * streams * 1024
+            let measured = 2 * streams * 1024
+            let descriptor = peer.descriptor
+            let runs = try await onOwnThread { () -> [Int] in
+                var bytes: [UInt8] = []
+                var offset = 8  // the server's hello
+                var seen = 0
+                var runs: [Int] = []
+                var current: (id: UInt32, count: Int)? = nil
+                var chunk = [UInt8](repeating: 0, count: 65536)
+                while seen < skipped + measured {
+                    let got = chunk.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress, $0.count, 0) }
+                    if got < 0 && errno == EINTR { continue }
+                    guard got > 0 else { break }
+                    bytes += chunk[..<got]
+                    while bytes.count - offset >= 9 {
+                        let length = bytes[offset..<offset + 4].reduce(0) { $0 << 8 | Int($1) }
+                        guard bytes.count - offset >= 4 + length else { break }
+                        let kind = bytes[offset + 4]
+                        let id = bytes[offset + 5..<offset + 9].reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
+                        offset += 4 + length
+                        guard kind == 0x07 else { continue }
+                        seen += 1
+                        if let run = current, run.id == id {
+                            current = (id, run.count + 1)
+                        } else {
+                            if let run = current, seen > skipped { runs.append(run.count) }
+                            current = (id, 1)
+                        }
+                    }
+                    bytes.removeFirst(offset)
+                    offset = 0
+                }
+                return runs
+            }
+            // Alone, a stream's run is 1,024 messages; shared by eight, about 128.
+            let longest = runs.max() ?? 0
+            #expect(runs.count > 4 * streams, "\(runs.count) runs")
+            #expect(longest <= 1024 / 4, "the longest run took \(longest) messages; runs: \(runs.prefix(32))")
+            try await expectServed(path)
+        }
+    }
+
     // MARK: - 5. Messages beyond credit
 
     @Test("a 16 MiB message to a client stream is taken on positive credit; the next before any credit is a violation")
