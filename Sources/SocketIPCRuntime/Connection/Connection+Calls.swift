@@ -347,6 +347,9 @@ extension Connection {
         await EventLoopTurn.shared(for: self.eventLoop).wait()
     }
 
+    /// Whether the calling code runs on the connection's event loop.
+    package var isOnEventLoop: Bool { self.eventLoop.inEventLoop }
+
     /// The share of the event loop's time that a long run of sends on this connection's loop may take between two
     /// of the loop's polls (see ``yieldToEventLoop()``).
     package func eventLoopShare() -> EventLoopShare {

@@ -147,7 +147,7 @@ extension Connection {
     }
 
     /// Reads exactly one response and the handler's end.
-    nonisolated(nonsending) static func readSingleResponse<Response: Decodable>(
+    nonisolated(nonsending) static func readSingleResponse<Response: Decodable & Sendable>(
         of call: CallStream,
         as type: Response.Type,
         codec: any MessageCodec
@@ -159,11 +159,12 @@ extension Connection {
         case .message(let message, let descriptors):
             let response: Response
             do {
-                response = try DescriptorCoding.decode(
+                response = try await DescriptorCoding.decode(
                     Response.self,
                     from: message,
                     descriptors: descriptors,
-                    codec: codec
+                    codec: codec,
+                    readOn: call.connection
                 )
             } catch {
                 throw SocketIPCError(

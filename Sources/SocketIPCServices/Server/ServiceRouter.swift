@@ -38,7 +38,9 @@ public struct ServiceRouter: Sendable {
     /// Then a call's frames are read, its handler runs, and its response is written on one thread, with no thread
     /// hop: a typed call costs about what a raw request does. A handler must then not block its thread (no blocking
     /// system calls, no long computation without `await`): it would stall every connection of that event loop.
-    /// Turn this off for handlers that do, and they run on the global concurrent executor.
+    /// Turn this off for handlers that do, and they run on the global concurrent executor. A request or stream
+    /// message of 64 KiB or more is decoded on the global concurrent executor either way, since decoding costs CPU in
+    /// proportion to what the peer sent.
     ///
     /// Handlers on the event loop run in tasks of their own, started there when their call opens, so they do not
     /// inherit the task-local values of the task that runs `Server.run()` (swift-service-lifecycle's graceful
@@ -129,7 +131,7 @@ public struct ServiceRouter: Sendable {
     /// gRPC runs a unary handler once its request is in: a caller that never half-closes would otherwise keep its
     /// request (up to the maximum message size, on each of its calls) in the server's memory for as long as it
     /// likes. A second request already received is an error; one that comes later is dropped as it arrives.
-    static func readSingleRequest<Request: Decodable>(
+    static func readSingleRequest<Request: Decodable & Sendable>(
         of call: CallStream,
         as type: Request.Type,
         codec: any MessageCodec
@@ -139,11 +141,12 @@ public struct ServiceRouter: Sendable {
         }
         let request: Request
         do {
-            request = try DescriptorCoding.decode(
+            request = try await DescriptorCoding.decode(
                 Request.self,
                 from: message,
                 descriptors: descriptors,
-                codec: codec
+                codec: codec,
+                readOn: call.connection
             )
         } catch {
             throw SocketIPCError(

@@ -44,11 +44,12 @@ public struct ServiceStream<Element: Decodable & Sendable>: AsyncSequence, Senda
             switch try await self.call.next() {
             case .message(let message, let descriptors):
                 do {
-                    return try DescriptorCoding.decode(
+                    return try await DescriptorCoding.decode(
                         Element.self,
                         from: message,
                         descriptors: descriptors,
-                        codec: self.codec
+                        codec: self.codec,
+                        readOn: self.call.connection
                     )
                 } catch {
                     self.finished = true

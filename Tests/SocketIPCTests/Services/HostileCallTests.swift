@@ -390,6 +390,25 @@ struct HostileCallTests {
         }
     }
 
+    @Test("a large request is decoded away from the event loop: while its decoding takes its time, the loop's other connections are served")
+    func largeRequestDecodedOffTheLoop() async throws {
+        let gate = DecodingGate()
+        var router = keyValueRouter(codec: GatedCodec(gate: gate))
+        router.register(Measure.self) { text, _ in text.utf8.count }
+        try await withServiceTestServer(router: router) { _, path in
+            let client = try await Client.connect(to: path)
+            defer { client.close() }
+            // 100 KB, whose decoding waits for the gate (at most 30 s): as a costly decoding would take its time.
+            async let measured = client.call(Measure.self, String(repeating: "x", count: 100_000))
+            for await _ in gate.decoding { break }
+            // Connections are spread over the event loops in turn: twice as many as there are cores reach the large
+            // call's loop at least once. Before, the one there waited for the decoding.
+            for _ in 0..<(2 * System.coreCount) { try await expectServed(path) }
+            gate.release()
+            #expect(try await measured == 100_000)
+        }
+    }
+
     // MARK: - 5. Messages beyond credit
 
     @Test("a 16 MiB message to a client stream is taken on positive credit; the next before any credit is a violation")
@@ -703,6 +722,51 @@ private enum Forever: ServiceMethod {
     static let name = "hostile.forever"
     typealias Request = Int
     typealias Response = Int
+}
+
+/// A unary method that answers the size of its request in bytes.
+private enum Measure: ServiceMethod {
+    static let name = "hostile.measure"
+    typealias Request = String
+    typealias Response = Int
+}
+
+/// Holds the decoding of large messages (64 KiB and more) in ``GatedCodec`` until ``release()``, and says when one
+/// started.
+private final class DecodingGate: Sendable {
+    private let semaphore = DispatchSemaphore(value: 0)
+    private let started: AsyncStream<Void>.Continuation
+    let decoding: AsyncStream<Void>
+
+    init() {
+        (self.decoding, self.started) = AsyncStream.makeStream(of: Void.self)
+    }
+
+    /// Called by the decoding thread: blocks it until ``release()``, or at most 30 s.
+    func hold() {
+        self.started.yield()
+        _ = self.semaphore.wait(timeout: .now() + 30)
+    }
+
+    func release() {
+        self.semaphore.signal()
+    }
+}
+
+/// JSON, but a message of 64 KiB or more is decoded only once its ``DecodingGate`` lets it: a decoding that takes
+/// its time, as one of a hostile shape does.
+private struct GatedCodec: MessageCodec {
+    let gate: DecodingGate
+    let json = JSONCodec()
+
+    func encode<Value: Encodable>(_ value: Value) throws -> ByteBuffer {
+        try self.json.encode(value)
+    }
+
+    func decode<Value: Decodable>(_ type: Value.Type, from buffer: ByteBuffer) throws -> Value {
+        if buffer.readableBytes >= 64 * 1024 { self.gate.hold() }
+        return try self.json.decode(type, from: buffer)
+    }
 }
 
 /// The key-value router, with its blocking, streaming and client-streaming handlers counted by `gauge`.

@@ -59,8 +59,12 @@ final class Store: Sendable {
     func withLock<Result>(_ body: (inout [String: String]) -> Result) -> Result { self.values.withLock { body(&$0) } }
 }
 
-func keyValueRouter(store: Store = Store(), probe: HandlerProbe = HandlerProbe()) -> ServiceRouter {
-    var router = ServiceRouter()
+func keyValueRouter(
+    store: Store = Store(),
+    probe: HandlerProbe = HandlerProbe(),
+    codec: any MessageCodec = JSONCodec()
+) -> ServiceRouter {
+    var router = ServiceRouter(codec: codec)
     router.register(Get.self) { key, _ in
         if key == "missing" {
             throw ServiceError(code: "notFound", message: "no key \(key)", details: NotFoundDetails(key: key))
