@@ -44,22 +44,19 @@ enum DemoService {
 
     /// The methods, one line each, for the help.
     static let summary = """
-        demo.echo (any JSON: answers it), demo.count (n: streams 0 to n-1), demo.sleep (seconds: answers after \
+        demo.echo (any JSON up to 1 MiB: answers it), demo.count (n: streams 0 to n-1), demo.sleep (seconds: answers after \
         sleeping them), demo.increment (n: adds n to a counter and answers its value), demo.counter ({}: streams the \
         counter's value now and after each change). A negative count or sleep fails with the application error \
         invalidArgument.
         """
 
-    /// A router that serves the methods, with `counter` as `demo.increment`'s and `demo.counter`'s state. Responses are
-    /// JSON with sorted keys, so that `demo.echo`'s output does not depend on hashing.
+    /// A router that serves the methods, with `counter` as `demo.increment`'s and `demo.counter`'s state, in
+    /// ``DemoCodec``'s JSON.
     static func router(counter: SharedCounter = SharedCounter()) -> ServiceRouter {
-        var router = ServiceRouter(
-            codec: JSONCodec(encoder: {
-                let encoder = JSONEncoder()
-                encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-                return encoder
-            }())
-        )
+        var router = ServiceRouter(codec: DemoCodec())
+        // Off the event loops: a request's decoding, the handler and the response's encoding cost CPU in proportion
+        // to what a peer sent, and a demo has no need of the lower latency.
+        router.runsHandlersOnEventLoop = false
         router.register(Echo.self) { request, _ in request }
         router.registerServerStreaming(Count.self) { count, writer, _ in
             guard count >= 0 else {

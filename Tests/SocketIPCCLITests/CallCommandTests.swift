@@ -66,6 +66,31 @@ struct CallCommandTests {
         }
     }
 
+    @Test("demo.echo answers every kind of JSON value as it came, a wide request of 50,000 objects whole, and refuses one over 1 MiB with the reason")
+    func echoKindsAndSizes() async throws {
+        try await withServeCommand { path, _ in
+            let kinds = #"[1,-3,2.5,12345678901234567890,true,false,null,"s\u001b",{"a":[{}]},[]]"#
+            let echoed = try await runCLI(["call", "--socket", path, "demo.echo", kinds])
+            #expect(echoed.status == 0, "stderr: \(echoed.error)")
+            #expect(echoed.output == #"[1,-3,2.5,1.2345678901234567e+19,true,false,null,"s\u001b",{"a":[{}]},[]]"# + "\n")
+            let directory = URL(fileURLWithPath: path).deletingLastPathComponent()
+            let wide = "[" + Array(repeating: #"{"k":1}"#, count: 50_000).joined(separator: ",") + "]"
+            let wideFile = directory.appendingPathComponent("wide.json")
+            try Data(wide.utf8).write(to: wideFile)
+            let answered = try await runCLI(["call", "--socket", path, "demo.echo", "@" + wideFile.path])
+            #expect(answered.status == 0, "stderr: \(answered.error.prefix(500))")
+            #expect(answered.output == wide + "\n")
+            // Through `Decodable` such a value costs seconds of CPU per MiB and a hundred times its size in memory.
+            let tooLarge = "[" + Array(repeating: "{}", count: 350_000).joined(separator: ",") + "]"
+            let tooLargeFile = directory.appendingPathComponent("too-large.json")
+            try Data(tooLarge.utf8).write(to: tooLargeFile)
+            let refused = try await runCLI(["call", "--socket", path, "demo.echo", "@" + tooLargeFile.path])
+            #expect(refused.status == 1, "stderr: \(refused.error.prefix(500))")
+            #expect(refused.error.contains("the demo service takes at most 1048576 (1 MiB)"), "\(refused.error.prefix(500))")
+            #expect(refused.error.count < 2000, "a short reason: \(refused.error.count) bytes")
+        }
+    }
+
     @Test("an application error exits 1 with `error CODE: MESSAGE` and its details as JSON on standard error")
     func applicationError() async throws {
         try await withServeCommand { path, _ in
