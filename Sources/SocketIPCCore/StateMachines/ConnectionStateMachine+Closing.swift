@@ -113,7 +113,7 @@ extension ConnectionStateMachine {
             finalError = error ?? .closed
         }
         self.state = .closed(Closed(error: finalError, peerError: peerError))
-        let writers = self.outbound.writeWaiters
+        let writers = self.outbound.writeWaiters.map(\.waiter)
         self.outbound.writeWaiters = []
         _ = self.outbound.queue.takeAll()
         return .fail(requests: Array(requests.pending.values), writers: writers, error: finalError)

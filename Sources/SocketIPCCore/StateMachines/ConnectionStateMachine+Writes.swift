@@ -155,12 +155,24 @@ extension ConnectionStateMachine {
 
     /// A sender is ready to wait with `waiter`: it is kept (``WritabilityAction/wait``) unless the queue drained or
     /// the connection closed meanwhile.
+    /// - Parameter id: Tells this wait from the others, for ``cancelWriteWaiter(id:)``.
     @inlinable
-    package mutating func waitForWritability(_ waiter: WriteWaiter) -> WritabilityAction {
+    package mutating func waitForWritability(_ waiter: WriteWaiter, id: UInt64) -> WritabilityAction {
         if case .closed(let closed) = self.state { return .fail(closed.error) }
         if self.outbound.isWritable(highWatermark: self.writeBufferHighWatermark) { return .proceed }
-        self.outbound.writeWaiters.append(waiter)
+        self.outbound.writeWaiters.append((id, waiter))
         return .wait
+    }
+
+    /// How many senders wait for the queue to drain.
+    package var writersWaiting: Int { self.outbound.writeWaiters.count }
+
+    /// The sender waiting with `id` was cancelled: its waiter, for the caller to resume with the cancellation, if it
+    /// still waits (none if it was released or failed already).
+    @inlinable
+    package mutating func cancelWriteWaiter(id: UInt64) -> WriteWaiter? {
+        guard let index = self.outbound.writeWaiters.firstIndex(where: { $0.id == id }) else { return nil }
+        return self.outbound.writeWaiters.remove(at: index).waiter
     }
 
     /// The channel handler starts a read batch: what is queued during it is flushed when it ends, so no flush
@@ -241,6 +253,6 @@ extension ConnectionStateMachine {
             self.outbound.isWritable(highWatermark: self.writeBufferHighWatermark)
         else { return .none }
         defer { self.outbound.writeWaiters = [] }
-        return .resume(self.outbound.writeWaiters)
+        return .resume(self.outbound.writeWaiters.map(\.waiter))
     }
 }

@@ -170,9 +170,10 @@ package struct ConnectionStateMachine<RequestContinuation, WriteWaiter, Timer> {
         /// The channel's writability (NIO's watermarks on what the channel itself holds).
         @usableFromInline
         var channelWritable = true
-        /// Senders waiting for the queue to drain and the channel to be writable, in order.
+        /// Senders waiting for the queue to drain and the channel to be writable, in order, each with the id its
+        /// sender may cancel the wait by (``ConnectionStateMachine/cancelWriteWaiter(id:)``).
         @usableFromInline
-        var writeWaiters: [WriteWaiter] = []
+        var writeWaiters: [(id: UInt64, waiter: WriteWaiter)] = []
         /// Writes handed to the channel and not yet completed; while there are any, flushes go through the channel
         /// too, so that bytes leave in order.
         @usableFromInline

@@ -161,9 +161,9 @@ public enum Client {
 
     /// Opens a framed connection, runs `body` with it, and closes it, also when `body` throws; returns once
     /// everything `body` sent has been written and the connection is closed. When `body` throws because its task was
-    /// cancelled, or with `timedOut` or `peerNotResponding`, what is still queued is dropped instead (the server is
-    /// not reading it, and the caller has stopped waiting), so that the call returns at once rather than after
-    /// ``ConnectionOptions/closeTimeout``.
+    /// cancelled, or with `CancellationError`, `timedOut`, `deadlineExceeded` (a call's) or `peerNotResponding`,
+    /// what is still queued is dropped instead (the server is not reading it, and the caller has stopped waiting),
+    /// so that the call returns at once rather than after ``ConnectionOptions/closeTimeout``.
     ///
     /// With ``ClientConfiguration/runsBodyOnEventLoop`` (the default), `body` runs on the connection's event loop.
     /// - Parameters:
@@ -192,9 +192,12 @@ public enum Client {
             }
         } catch {
             let code = (error as? SocketIPCError)?.code
-            if Task.isCancelled || code == .timedOut || code == .peerNotResponding {
-                // Cancelled (a deadline passed), or the server did not answer in time: what is still queued is
-                // dropped rather than waited for, for up to the close timeout, after the caller has stopped waiting.
+            if Task.isCancelled || error is CancellationError || code == .timedOut || code == .deadlineExceeded
+                || code == .peerNotResponding
+            {
+                // Cancelled, a deadline passed (the connection's, or a call's), or the server did not answer in
+                // time: what is still queued is dropped rather than waited for, for up to the close timeout, after
+                // the caller has stopped waiting.
                 connection.abort()
             } else {
                 connection.close()

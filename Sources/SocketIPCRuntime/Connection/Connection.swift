@@ -71,6 +71,8 @@ public final class Connection: Sendable {
     /// How many request ids this side has taken (the last id is this count's low 32 bits); not state: ids are
     /// only told apart.
     let requestIDs = Atomic<UInt64>(0)
+    /// Tells apart the senders waiting in ``waitUntilWritable()``, for their cancellation.
+    let writeWaiterIDs = Atomic<UInt64>(0)
     /// Where ``Reply/complete(_:)`` runs its work, made with the first and cancelled when the connection closes.
     let handlerTasks: ConnectionTaskSlot
     /// Calls and keepalive: the peer's hello flags, call ids, the services layer's receiver.
@@ -145,10 +147,11 @@ public final class Connection: Sendable {
     /// Sends a one-way message; the peer's handler receives it, and nothing answers it.
     ///
     /// Returns once the message is queued for the socket; suspends first while the peer is not reading and the
-    /// queue is above its high watermark.
+    /// queue is above its high watermark. Cancelling the calling task ends that wait with `CancellationError`; the
+    /// message stays queued (close or abort the connection to drop it).
     /// - Parameter message: The payload, 0 bytes up to ``ConnectionOptions/maximumMessageSize``.
     /// - Throws: `SocketIPCError` with code `messageTooLarge`, or `connectionClosed` (or the reason the peer gave
-    ///   when it went away) once the connection is closed.
+    ///   when it went away) once the connection is closed; `CancellationError`.
     @inlinable
     nonisolated(nonsending) public func send(_ message: ByteBuffer) async throws {
         // Inlined into the caller, so that a send that need not wait costs no async call frame of its own.
@@ -545,13 +548,27 @@ public final class Connection: Sendable {
         case .fail(let error): throw error
         case .wait: break
         }
-        try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
-            switch self.state.withLock({ $0.waitForWritability(continuation) }) {
-            case .proceed: continuation.resume()
-            case .fail(let error): continuation.resume(throwing: error)
-            case .wait: break
+        // Cancelling the task ends the wait with CancellationError (what was queued stays queued): a deadline of the
+        // caller's must be able to end a send to a peer that stopped reading.
+        let id = self.writeWaiterIDs.wrappingAdd(1, ordering: .relaxed).newValue
+        try await withTaskCancellationHandler {
+            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
+                switch self.state.withLock({ $0.waitForWritability(continuation, id: id) }) {
+                case .proceed: continuation.resume()
+                case .fail(let error): continuation.resume(throwing: error)
+                case .wait:
+                    // Cancelled before the wait began: the handler below ran and found nothing to cancel.
+                    if Task.isCancelled { self.cancelWriteWait(id: id) }
+                }
             }
+        } onCancel: {
+            self.cancelWriteWait(id: id)
         }
+    }
+
+    /// Ends the wait of ``waitUntilWritable()`` with `id` with `CancellationError`, if it still waits.
+    private func cancelWriteWait(id: UInt64) {
+        self.state.withLock { $0.cancelWriteWaiter(id: id) }?.resume(throwing: CancellationError())
     }
 
     /// Flushes in a task of its own on the event loop: what is queued until it runs is written with it.

@@ -113,7 +113,7 @@ extension ConnectionStateMachineTests {
         var machine = Self.machine(highWatermark: 8)
         _ = Self.register(1, "request 1", timer: 11, on: &machine)
         _ = Self.register(2, "request 2", on: &machine)
-        #expect(machine.waitForWritability("writer") == .wait)
+        #expect(machine.waitForWritability("writer", id: 1) == .wait)
         guard case .fail(let requests, let writers, let error) = machine.closed(error: nil) else {
             Issue.record("the close failed nothing")
             return
@@ -127,7 +127,7 @@ extension ConnectionStateMachineTests {
             return
         }
         #expect(machine.checkWritable() == .fail(.closed))
-        #expect(machine.waitForWritability("late writer") == .fail(.closed))
+        #expect(machine.waitForWritability("late writer", id: 2) == .fail(.closed))
         #expect(Self.failure(Self.register(3, "late", on: &machine)) as? SocketIPCError == .closed)
         #expect(Self.resumed(machine.finishRequest(id: 1)) == nil)
         let nothing = Machine.AnswerAction(scheduleFlush: false, resumeReading: false, close: false)

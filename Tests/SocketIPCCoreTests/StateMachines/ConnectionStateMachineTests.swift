@@ -168,7 +168,7 @@ struct ConnectionStateMachineTests {
         #expect(Self.send("0123456789", on: &machine) == .queued(scheduleFlush: true, mustWait: false))
         #expect(Self.send("0123456789", on: &machine) == .queued(scheduleFlush: false, mustWait: true))
         #expect(machine.checkWritable() == .wait)
-        #expect(machine.waitForWritability("writer") == .wait)
+        #expect(machine.waitForWritability("writer", id: 1) == .wait)
         let flushed = try #require(Self.flush(&machine))
         #expect(flushed.writersWaiting)
         guard case .resume(let writers) = machine.writersMayResume() else {
@@ -183,6 +183,25 @@ struct ConnectionStateMachineTests {
         #expect(machine.checkWritable() == .proceed)
     }
 
+    @Test("a waiting writer that is cancelled is handed back once, and is then neither released nor failed")
+    func waitingWriterCancelled() throws {
+        var machine = Self.machine(highWatermark: 16)
+        _ = Self.send("0123456789", on: &machine)
+        _ = Self.send("0123456789", on: &machine)
+        #expect(machine.waitForWritability("first", id: 1) == .wait)
+        #expect(machine.waitForWritability("second", id: 2) == .wait)
+        #expect(machine.cancelWriteWaiter(id: 1) == "first")
+        #expect(machine.cancelWriteWaiter(id: 1) == nil, "handed back twice")
+        #expect(machine.cancelWriteWaiter(id: 9) == nil)
+        _ = try #require(Self.flush(&machine))
+        guard case .resume(let writers) = machine.writersMayResume() else {
+            Issue.record("the other writer was not released")
+            return
+        }
+        #expect(writers == ["second"])
+        #expect(machine.cancelWriteWaiter(id: 2) == nil, "a released writer is not cancelled")
+    }
+
     @Test("a writer waiting for the channel's writability is released when it comes back, not before")
     func writerReleasedByWritability() {
         var machine = Self.machine()
@@ -191,7 +210,7 @@ struct ConnectionStateMachineTests {
             return
         }
         #expect(Self.send("a", on: &machine) == .queued(scheduleFlush: true, mustWait: true))
-        #expect(machine.waitForWritability("writer") == .wait)
+        #expect(machine.waitForWritability("writer", id: 1) == .wait)
         // The queue drained, but the channel is still full.
         _ = Self.flush(&machine)
         guard case .none = machine.writersMayResume() else {

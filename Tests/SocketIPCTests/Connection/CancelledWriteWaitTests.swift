@@ -1,0 +1,118 @@
+import NIOCore
+import SocketIPC
+import SocketIPCTestSupport
+import SocketIPCTesting
+import Synchronization
+import Testing
+
+@testable import SocketIPCRuntime
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A sender that waits for a peer that stopped reading (the queue above its high watermark) must be able to give up:
+/// a caller's deadline cancels its task, and the wait ends with `CancellationError`.
+@Suite("Cancelling a send that waits for a peer that does not read", .timeLimit(.minutes(2)))
+struct CancelledWriteWaitTests {
+    /// A client connection to a raw server that sends its hello and then reads nothing, for the length of `body`.
+    func withSilentPeer(_ body: (Connection) async throws -> Void) async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/silent.sock"
+            let listener = try makeStaleSocket(at: path, listening: true)
+            defer { close(listener) }
+            let accepting = Task { () -> RawSocket in
+                let peer = try await RawSocket.accepting(on: listener)
+                try await peer.write(serverHelloBytes)
+                return peer
+            }
+            let connection = try await Client.connect(to: path)
+            let peer = try await accepting.value
+            defer { peer.close() }
+            defer { connection.abort() }
+            try await body(connection)
+        }
+    }
+
+    @Test("a send waiting for room ends with CancellationError when its task is cancelled, then or before it waits", arguments: [false, true])
+    func cancelledSend(cancelBeforeTheWait: Bool) async throws {
+        try await withSilentPeer { connection in
+            let started = AsyncStream.makeStream(of: Void.self)
+            let sending = Task {
+                started.continuation.yield()
+                let message = ByteBuffer(repeating: 0x61, count: 1 << 20)
+                // Until the queue is full and a send waits; the peer never reads.
+                while true { try await connection.send(message) }
+            }
+            if cancelBeforeTheWait {
+                for await _ in started.stream { break }
+            } else {
+                #expect(await eventually { connection.state.withLock { $0.writersWaiting } == 1 })
+            }
+            sending.cancel()
+            // Before, the send waited for ever: the safety net turns that into a failure.
+            let outcome = await outcome(within: .seconds(30)) { try await sending.value }
+            #expect(outcome == "CancellationError")
+            #expect(connection.state.withLock { $0.writersWaiting } == 0, "the cancelled wait is gone")
+        }
+    }
+
+    @Test("a call whose deadline passes while its request waits for a peer that reads nothing: withConnection drops what is queued and returns, without waiting out the close timeout")
+    func deadlineDropsTheQueue() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/silent.sock"
+            let listener = try makeStaleSocket(at: path, listening: true)
+            defer { close(listener) }
+            let accepting = Task { () -> RawSocket in
+                let peer = try await RawSocket.accepting(on: listener)
+                try await peer.write(serverHelloBytes)
+                return peer
+            }
+            var configuration = ClientConfiguration()
+            // Before, the close waited this long for the queued request to be written.
+            configuration.connection.closeTimeout = .seconds(3600)
+            let outcome = await outcome(within: .seconds(30)) { [configuration] in
+                try await Client.withConnection(to: path, configuration: configuration) { connection in
+                    // 8 MiB: the socket takes a part, the rest stays queued.
+                    let request = ByteBuffer(repeating: 0x61, count: 8 << 20)
+                    _ = try await connection.call(method: "any", request: request, timeout: .milliseconds(200))
+                }
+            }
+            try await accepting.value.close()
+            #expect(outcome == "deadlineExceeded")
+        }
+    }
+}
+
+/// How `body` ended, within `limit`: "returned", the code of a `SocketIPCError`, the type of another error, or "still
+/// running" (a safety net, not a synchronisation: what is tested ends at once or never). Returns at the limit without
+/// waiting for `body`, which is cancelled then, so that the test can clean up what holds it.
+func outcome(within limit: Duration, _ body: @escaping @Sendable () async throws -> Void) async -> String {
+    let (outcomes, continuation) = AsyncStream.makeStream(of: String.self)
+    let running = Task {
+        do {
+            try await body()
+            continuation.yield("returned")
+        } catch let error as SocketIPCError {
+            continuation.yield("\(error.code)")
+        } catch {
+            continuation.yield("\(type(of: error))")
+        }
+    }
+    let timer = Task {
+        try? await Task.sleep(for: limit)
+        continuation.yield("still running after \(limit)")
+    }
+    var first = ""
+    for await outcome in outcomes {
+        first = outcome
+        break
+    }
+    timer.cancel()
+    running.cancel()
+    return first
+}
