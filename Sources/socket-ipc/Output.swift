@@ -5,8 +5,11 @@ import Synchronization
 
 /// Writes whole lines to standard output or standard error from any thread, unbuffered, so that the lines of
 /// concurrent servers and clients never interleave and reach a pipe at once (a test waits for `listening on`).
+/// Each has a lock of its own: a standard output that nobody reads (a paused `| less`) blocks its writers, never
+/// an error on its way to standard error.
 enum Output {
-    private static let lock = Mutex(())
+    private static let outputLock = Mutex(())
+    private static let errorLock = Mutex(())
     private static let settings = Mutex(Verbosity.normal)
 
     /// How much a command says besides its results and errors.
@@ -63,14 +66,14 @@ enum Output {
 
     /// Writes raw `text` (no newline) to standard error, for a progress line redrawn with `\r`.
     static func progress(_ text: String) {
-        self.lock.withLock { _ in
+        self.errorLock.withLock { _ in
             Self.writeAll(text, to: STDERR_FILENO)
         }
     }
 
     /// Writes `text` and a newline to standard output.
     static func line(_ text: String) {
-        self.lock.withLock { _ in
+        self.outputLock.withLock { _ in
             Self.writeAll(text + "\n", to: STDOUT_FILENO)
         }
     }
@@ -100,7 +103,7 @@ enum Output {
     static func raw(_ buffer: ByteBuffer) {
         var bytes = Array(buffer.readableBytesView)
         if bytes.last != UInt8(ascii: "\n") { bytes.append(UInt8(ascii: "\n")) }
-        self.lock.withLock { _ in
+        self.outputLock.withLock { _ in
             Self.writeAll(bytes, to: STDOUT_FILENO)
         }
     }
@@ -113,7 +116,7 @@ enum Output {
 
     /// Writes `text` and a newline to standard error.
     static func errorLine(_ text: String) {
-        self.lock.withLock { _ in
+        self.errorLock.withLock { _ in
             Self.writeAll(text + "\n", to: STDERR_FILENO)
         }
     }

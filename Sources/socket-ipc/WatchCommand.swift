@@ -45,7 +45,7 @@ struct WatchCommand: AsyncParsableCommand {
             }
             group.addTask {
                 var signals = signals.makeAsyncIterator()
-                _ = await signals.next()
+                if await signals.next() != nil { ForcedExit.arm() }
             }
             // The stream ended or failed, or a signal came: either way the other task is cancelled (a stream
             // cancelled so is cancelled on the server too), and its error, if any, is not reported.

@@ -46,7 +46,7 @@ struct PushListener {
             }
             group.addTask {
                 var signals = signals.makeAsyncIterator()
-                _ = await signals.next()
+                if await signals.next() != nil { ForcedExit.arm() }
                 return .signal
             }
             let first = await group.next() ?? .closedByServer
