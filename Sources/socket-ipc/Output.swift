@@ -7,9 +7,47 @@ import Synchronization
 /// concurrent servers and clients never interleave and reach a pipe at once (a test waits for `listening on`).
 /// Each has a lock of its own: a standard output that nobody reads (a paused `| less`) blocks its writers, never
 /// an error on its way to standard error.
+///
+/// A server (`serve`, `listen`) writes through ``QueuedWriter``s instead (``writeWithoutWaiting()``): its lines are
+/// printed by its event loops, which must not wait for a reader of standard output.
 enum Output {
     private static let outputLock = Mutex(())
     private static let errorLock = Mutex(())
+    /// The writers of standard output and standard error once ``writeWithoutWaiting()`` was called.
+    private static let queued = Mutex<(output: QueuedWriter, error: QueuedWriter)?>(nil)
+
+    /// From now on, lines are written by a queue of each descriptor's own, and whoever prints never waits: for a
+    /// server. ``finish(within:)`` writes what is left before the process exits.
+    static func writeWithoutWaiting() {
+        self.queued.withLock { queued in
+            guard queued == nil else { return }
+            let error = QueuedWriter(descriptor: STDERR_FILENO, label: "socket-ipc.stderr", notes: nil)
+            let output = QueuedWriter(descriptor: STDOUT_FILENO, label: "socket-ipc.stdout", notes: error)
+            queued = (output, error)
+        }
+    }
+
+    /// Before the process exits: waits for what the queued writers hold to be written, at most `timeout` each (a
+    /// reader that never reads must not keep the process from exiting).
+    static func finish(within timeout: Duration = .seconds(2)) {
+        guard let queued = self.queued.withLock({ $0 }) else { return }
+        queued.output.drain(within: timeout)
+        queued.error.drain(within: timeout)
+    }
+
+    /// Writes `bytes` to standard output (`toError` false) or standard error, at once under the descriptor's lock,
+    /// or through its queued writer.
+    private static func emit(_ bytes: [UInt8], toError: Bool) {
+        if let queued = self.queued.withLock({ $0 }) {
+            (toError ? queued.error : queued.output).write(bytes)
+            return
+        }
+        if toError {
+            self.errorLock.withLock { _ in writeAll(bytes, to: STDERR_FILENO) }
+        } else {
+            self.outputLock.withLock { _ in writeAll(bytes, to: STDOUT_FILENO) }
+        }
+    }
     private static let settings = Mutex(Verbosity.normal)
 
     /// How much a command says besides its results and errors.
@@ -66,46 +104,19 @@ enum Output {
 
     /// Writes raw `text` (no newline) to standard error, for a progress line redrawn with `\r`.
     static func progress(_ text: String) {
-        self.errorLock.withLock { _ in
-            Self.writeAll(text, to: STDERR_FILENO)
-        }
+        self.emit(Array(text.utf8), toError: true)
     }
 
     /// Writes `text` and a newline to standard output.
     static func line(_ text: String) {
-        self.outputLock.withLock { _ in
-            Self.writeAll(text + "\n", to: STDOUT_FILENO)
-        }
-    }
-
-    /// Writes all of `text` to `descriptor`, retrying on `EINTR` (where Foundation's `FileHandle.write` traps); on
-    /// any other error (`EPIPE`: the reader has gone, once `SIGPIPE` is ignored) the line is dropped.
-    private static func writeAll(_ text: String, to descriptor: Int32) {
-        self.writeAll(Array(text.utf8), to: descriptor)
-    }
-
-    /// Writes all of `bytes` to `descriptor`, as ``writeAll(_:to:)-(String,_)`` does.
-    private static func writeAll(_ bytes: [UInt8], to descriptor: Int32) {
-        var offset = 0
-        while offset < bytes.count {
-            let written = bytes[offset...].withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
-            if written > 0 {
-                offset += written
-            } else if written < 0 && errno == EINTR {
-                continue
-            } else {
-                return
-            }
-        }
+        self.emit(Array((text + "\n").utf8), toError: false)
     }
 
     /// Writes the bytes of `buffer` as they are to standard output, then a newline unless they end with one.
     static func raw(_ buffer: ByteBuffer) {
         var bytes = Array(buffer.readableBytesView)
         if bytes.last != UInt8(ascii: "\n") { bytes.append(UInt8(ascii: "\n")) }
-        self.outputLock.withLock { _ in
-            Self.writeAll(bytes, to: STDOUT_FILENO)
-        }
+        self.emit(bytes, toError: false)
     }
 
     /// Writes `error: ` (red on a terminal), `text` and a newline to standard error: one line, whatever `text` holds
@@ -116,9 +127,7 @@ enum Output {
 
     /// Writes `text` and a newline to standard error.
     static func errorLine(_ text: String) {
-        self.errorLock.withLock { _ in
-            Self.writeAll(text + "\n", to: STDERR_FILENO)
-        }
+        self.emit(Array((text + "\n").utf8), toError: true)
     }
 }
 

@@ -66,8 +66,11 @@ struct SocketIPCCommand: AsyncParsableCommand {
             } else {
                 try command.run()
             }
+            Output.finish()
         } catch {
-            if let status = ExitStatus.report(error) {
+            let status = ExitStatus.report(error)
+            Output.finish()
+            if let status {
                 Self.exit(withError: status)
             }
             Self.exit(withError: error)

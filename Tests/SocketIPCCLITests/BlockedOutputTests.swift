@@ -1,5 +1,6 @@
 import Foundation
 import SocketIPCTestSupport
+import SocketIPCTesting
 import Testing
 
 // Written for Linux (Glibc, Musl) and Darwin; tested on Linux only, Darwin is untested.
@@ -39,6 +40,43 @@ struct BlockedOutputTests {
             try #require(waiting >= 65_536 - 100, "the pipe holds \(waiting) bytes")
             watch.signal(SIGTERM)
             #expect(await watch.waitForExit() == 0)
+        }
+    }
+
+    @Test("serve whose standard output nobody reads goes on serving every client, and ends on SIGTERM with exit 0")
+    func serveGoesOn() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/s.sock"
+            let fifo = directory + "/out"
+            #expect(mkfifo(fifo, 0o600) == 0)
+            let reader = open(fifo, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+            try #require(reader >= 0)
+            defer { close(reader) }
+            let serve = try TestProcess(
+                executable: "/bin/sh",
+                ["-c", #"exec "$0" serve --socket "$1" > "$2""#, socketIPCBinary, path, fifo],
+                timeLimit: .seconds(90)
+            )
+            defer { serve.signal(SIGKILL) }
+            // Its first line, then nothing more is read.
+            var first: [UInt8] = []
+            var byte: UInt8 = 0
+            for _ in 0..<3000 where first.last != UInt8(ascii: "\n") {
+                if read(reader, &byte, 1) == 1 { first.append(byte) } else { try await Task.sleep(for: .milliseconds(10)) }
+            }
+            try #require(String(decoding: first, as: UTF8.self) == "listening on \(path)\n")
+            // 3,000 one-way messages, each printed as a line: about 180 KB, more than the pipe holds.
+            let messages = (1...3000).map { "message number \($0) with some text to fill the pipe" }.joined(separator: "\n")
+            let sent = try await runCLI(["send", "--socket", path, "-"], input: messages)
+            #expect(sent.status == 0, "stderr: \(sent.error)")
+            // Connections are spread over the event loops in turn: each loop is reached. Before, the requests that
+            // reached the loop blocked in its write to standard output timed out.
+            for _ in 0..<(2 * ProcessInfo.processInfo.activeProcessorCount + 2) {
+                let answered = try await runCLI(["request", "--socket", path, "--timeout", "10", "hi"])
+                #expect(answered.status == 0 && answered.output == "reply: \"hi\"\n", "\(answered)")
+            }
+            serve.signal(SIGTERM)
+            #expect(await serve.waitForExit() == 0)
         }
     }
 }

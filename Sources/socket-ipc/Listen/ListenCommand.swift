@@ -17,7 +17,10 @@ struct ListenCommand: AsyncParsableCommand {
             the sender's uid, gid and pid, the connection's number), then the payload, each of its lines indented by \
             two spaces (so that no payload can pass for a metadata line). Framed requests get an empty \
             reply, so that a requester never waits; EOF-style messages are acknowledged with the 4-byte big-endian \
-            count of bytes received, as `serve --mode eof` does.
+            count of bytes received, as `serve --mode eof` does. Output is written from a queue, so a reader that \
+            stops reading (a paused `| less`) never holds up the server: beyond 16 MiB waiting, lines are dropped, \
+            and standard error says how many once the reader catches up. (With --connect, a reader that stops \
+            reading holds up the connection instead.)
 
             --format text (the default) prints printable UTF-8 as it is and escapes everything else (ESC is \
             \\x1b, a backslash is doubled), and a payload that is not UTF-8 as a hex dump: no payload can act on \
@@ -87,6 +90,8 @@ struct ListenCommand: AsyncParsableCommand {
             }
             try await PushListener(path: path, configuration: configuration, printer: printer, logger: logger).run()
         } else {
+            // A server's event loops print: they must not wait for a reader of standard output.
+            Output.writeWithoutWaiting()
             let path = try socketPath(fromArgument: self.socket, creatingDirectory: true)
             let configuration = try self.server.configuration(path: path)
             try await Self.serve(configuration: configuration, mode: self.mode, printer: printer, logger: logger)

@@ -42,7 +42,9 @@ struct ServeCommand: AsyncParsableCommand {
             EOF-style connection once its message has arrived). SIGINT or SIGTERM shut the server down \
             gracefully: requests in flight finish, clients are told, and the socket file is removed. A stale \
             socket file (its server was killed) is replaced; a live server's is never touched. The socket file is \
-            owned by the server's user and group: the library has no option to give it another.
+            owned by the server's user and group: the library has no option to give it another. Output is written \
+            from a queue, so a reader that stops reading (a paused `| less`) never holds up the server: beyond 16 MiB \
+            waiting, lines are dropped, and standard error says how many once the reader catches up.
 
             Socket activation: started by a service manager that passes a listening socket (systemd's \
             LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES), serve serves that socket, PATH is not needed, and the \
@@ -127,6 +129,8 @@ struct ServeCommand: AsyncParsableCommand {
 
     func run() async throws {
         self.output.apply()
+        // A server's event loops print: they must not wait for a reader of standard output.
+        Output.writeWithoutWaiting()
         let inherited = try self.inheritedSocket()
         guard inherited != nil || self.socket != nil else {
             throw UsageError(message: "give the socket's PATH (or start serve by socket activation, which passes LISTEN_FDS)")

@@ -1,0 +1,83 @@
+import Dispatch
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Writes to a descriptor on a queue of its own, so that whoever hands it bytes never waits for the descriptor: a
+/// server's event loop must not stop serving every client because nobody reads its standard output (a paused
+/// `| less`). What waits is held up to ``limit`` bytes; beyond that, lines are dropped and counted, and once the
+/// reader has caught up, one line on `notes` says how many (as journald reports what it suppressed).
+final class QueuedWriter: Sendable {
+    /// The most bytes waiting to be written: 16 MiB.
+    static var limit: Int { 16 << 20 }
+
+    private let descriptor: Int32
+    private let queue: DispatchQueue
+    private let state = Mutex<(waiting: Int, dropped: Int)>((0, 0))
+    /// Where the count of dropped lines goes (standard error's writer); `nil` for standard error's own.
+    private let notes: QueuedWriter?
+
+    init(descriptor: Int32, label: String, notes: QueuedWriter?) {
+        self.descriptor = descriptor
+        self.queue = DispatchQueue(label: label)
+        self.notes = notes
+    }
+
+    /// Queues `bytes` (whole lines) for writing, or drops them if ``limit`` bytes already wait.
+    func write(_ bytes: [UInt8]) {
+        let queued = self.state.withLock { state -> Bool in
+            guard state.waiting + bytes.count <= Self.limit else {
+                state.dropped += 1
+                return false
+            }
+            state.waiting += bytes.count
+            return true
+        }
+        guard queued else { return }
+        self.queue.async {
+            writeAll(bytes, to: self.descriptor)
+            let dropped = self.state.withLock { state -> Int in
+                state.waiting -= bytes.count
+                guard state.waiting == 0 else { return 0 }
+                defer { state.dropped = 0 }
+                return state.dropped
+            }
+            if dropped > 0 {
+                let note = "socket-ipc: \(dropped) lines of output dropped while it was not read\n"
+                self.notes?.write(Array(note.utf8))
+            }
+        }
+    }
+
+    /// Waits until what was queued before has been written, or `timeout` has passed; whether it was written.
+    @discardableResult
+    func drain(within timeout: Duration) -> Bool {
+        let done = DispatchSemaphore(value: 0)
+        self.queue.async { done.signal() }
+        let (seconds, attoseconds) = timeout.components
+        let nanoseconds = Int(seconds) * 1_000_000_000 + Int(attoseconds / 1_000_000_000)
+        return done.wait(timeout: .now() + .nanoseconds(nanoseconds)) == .success
+    }
+}
+
+/// Writes all of `bytes` to `descriptor`, retrying on `EINTR` (where Foundation's `FileHandle.write` traps); on any
+/// other error (`EPIPE`: the reader has gone, once `SIGPIPE` is ignored) the rest is dropped.
+func writeAll(_ bytes: [UInt8], to descriptor: Int32) {
+    var offset = 0
+    while offset < bytes.count {
+        let written = bytes[offset...].withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
+        if written > 0 {
+            offset += written
+        } else if written < 0 && errno == EINTR {
+            continue
+        } else {
+            return
+        }
+    }
+}
