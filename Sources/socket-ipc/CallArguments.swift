@@ -84,14 +84,30 @@ struct CallArguments: ParsableArguments {
 }
 
 /// JSON as `call` and `watch` print it: `bytes` on one line as they came, or re-serialized on one line when they
-/// span several; with `pretty`, indented with sorted keys. Bytes that are not JSON are printed as they are.
-func formatJSON(_ bytes: ByteBuffer, pretty: Bool) -> String {
-    let text = String(buffer: bytes)
-    guard pretty || text.contains(where: \.isNewline) else { return text }
+/// span several; with `pretty`, indented with sorted keys. Characters that could act on a terminal (C1 controls,
+/// bidirectional overrides: JSON lets them stand in strings) are written as JSON escapes.
+/// - Throws: `SocketIPCError` with code `invalidMessage` (exit status 1) for bytes that are not JSON: printed as they
+///   came they could act on the terminal (an ESC sequence), and what reads the output expects JSON.
+func formatJSON(_ bytes: ByteBuffer, pretty: Bool) throws -> String {
     let data = Data(bytes.readableBytesView)
-    guard let value = try? JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed]) else { return text }
+    let value: Any
+    do {
+        value = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])
+    } catch {
+        // Escaped where it is printed (Output.error).
+        let preview = String(decoding: bytes.readableBytesView.prefix(200), as: UTF8.self)
+        throw SocketIPCError(
+            .invalidMessage,
+            "the response is not JSON (\(bytes.readableBytes) bytes): \(preview)"
+                + (bytes.readableBytes > 200 ? "…" : "")
+        )
+    }
+    let text = String(buffer: bytes)
+    guard pretty || text.contains(where: \.isNewline) else { return SafeText.json(text) }
     var options: JSONSerialization.WritingOptions = [.fragmentsAllowed, .withoutEscapingSlashes]
     if pretty { options.formUnion([.prettyPrinted, .sortedKeys]) }
-    guard let formatted = try? JSONSerialization.data(withJSONObject: value, options: options) else { return text }
-    return String(decoding: formatted, as: UTF8.self)
+    guard let formatted = try? JSONSerialization.data(withJSONObject: value, options: options) else {
+        return SafeText.json(text)
+    }
+    return SafeText.json(String(decoding: formatted, as: UTF8.self))
 }

@@ -8,7 +8,9 @@ struct CallCommand: AsyncParsableCommand {
         abstract: "Call a service method with a JSON request and print its JSON response.",
         discussion: """
             Calls METHOD on the server with JSON as its request, as the server's JSON codec reads it, and prints \
-            the response on standard output: as it came, or indented with --pretty. The request is checked to be \
+            the response on standard output: as it came, or indented with --pretty; characters that could act on \
+            a terminal are written as JSON escapes, and a response that is not JSON is an error (exit 1). The \
+            request is checked to be \
             JSON first (a top-level string, number, true, false or null is JSON too). A request that starts with \
             a '-' (a negative number) goes after `--`.
 
@@ -40,6 +42,6 @@ struct CallCommand: AsyncParsableCommand {
         let response = try await call.withConnection { connection, timeout in
             try await connection.call(method: call.method, request: request, timeout: timeout)
         }
-        Output.line(formatJSON(response, pretty: pretty))
+        Output.line(try formatJSON(response, pretty: pretty))
     }
 }

@@ -14,7 +14,7 @@ import Darwin
 /// | status | meaning |
 /// | --- | --- |
 /// | 0 | done (a server stream or `listen` interrupted by SIGINT or SIGTERM is done too) |
-/// | 1 | the server answered with an error: an application error (``ServiceError``), a failed handler, a message it would not take (too large) |
+/// | 1 | the server answered with an error: an application error (``ServiceError``), a failed handler, a message it would not take (too large); or with a response that is not JSON (`call`, `watch`) |
 /// | 3 | no connection: nothing listens (no socket file, a stale one, not a socket), not a SocketIPC server, the wrong message style, the connection lost |
 /// | 4 | refused: the server's authorization policy does not serve this user, or the file system denies access |
 /// | 5 | timed out: `--timeout` passed, or the server sent no hello in time |

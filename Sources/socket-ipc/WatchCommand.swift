@@ -11,7 +11,8 @@ struct WatchCommand: AsyncParsableCommand {
             Calls METHOD on the server with JSON as its request and prints each response on one line as it comes, \
             until the server ends the stream (exit 0) or SIGINT or SIGTERM (exit 0: the call is cancelled on the \
             server and the connection closed). The request is read as `call` reads it. The watch ends when its \
-            connection is lost (exit 3): it does not reconnect.
+            connection is lost (exit 3): it does not reconnect. Responses are printed as `call` prints them: a \
+            response that is not JSON ends the watch (exit 1).
 
             Examples, against `socket-ipc serve --socket app.sock`, which serves a small demo service:
 
@@ -39,7 +40,7 @@ struct WatchCommand: AsyncParsableCommand {
             group.addTask {
                 try await call.withConnection { connection, timeout in
                     try await connection.serverStreaming(method: call.method, request: request, timeout: timeout) {
-                        Output.line(formatJSON($0, pretty: false))
+                        Output.line(try formatJSON($0, pretty: false))
                     }
                 }
             }

@@ -35,6 +35,27 @@ struct HostileServerTextTests {
         }
     }
 
+    @Test("call and watch refuse a response that is not JSON (exit 1, the text escaped), and print JSON whose strings hold controls of the terminal with them as JSON escapes", arguments: ["call", "watch"])
+    func responsesReachTheTerminalEscaped(command: String) async throws {
+        for (response, status, output) in [
+            ("\"a\u{1B}]0;PWNED\u{07}\u{1B}[2Jb\"", Int32(1), ""),
+            ("not json \u{1B}[31m", 1, ""),
+            ("[\"\u{9B}31m\", \"\u{202E}txt.exe\", \"ok\u{7F}\", \"😀\"]", 0, #"["\u009b31m", "\u202etxt.exe", "ok\u007f", "😀"]"# + "\n"),
+        ] {
+            var router = ServiceRouter(codec: RawResponseCodec())
+            router.register(HostileEcho.self) { _, _ in response }
+            router.registerServerStreaming(HostileWatch.self) { _, writer, _ in try await writer.write(response) }
+            try await withServiceTestServer(router: router) { _, path in
+                let method = command == "call" ? HostileEcho.name : HostileWatch.name
+                let result = try await runCLI([command, "--quiet", path, method, "{}"])
+                #expect(result.status == status, "stderr: \(result.error)")
+                #expect(result.output == output)
+                #expect(!(result.output + result.error).unicodeScalars.contains { $0 == "\u{1B}" || $0 == "\u{9B}" || $0 == "\u{202E}" })
+                if status == 1 { #expect(result.error.contains("the response is not JSON"), "\(result.error)") }
+            }
+        }
+    }
+
     @Test("request --json gives a reply with C1 controls as base64, never raw", arguments: ["\u{9B}31m", "a\u{1B}b"])
     func jsonOfControlCharacters(payload: String) async throws {
         try await withFramedTestServer(makeHandler: { EchoingHandler() }) { _, path in
@@ -66,5 +87,31 @@ struct HostileServerTextTests {
 struct EchoingHandler: ConnectionHandler {
     func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {
         reply.succeed(request)
+    }
+}
+
+/// A unary method of `JSON` requests whose response a hostile handler writes byte for byte.
+private enum HostileEcho: ServiceMethod {
+    static let name = "hostile.echo"
+    typealias Request = [String: String]
+    typealias Response = String
+}
+
+/// ``HostileEcho`` as a stream of one response.
+private enum HostileWatch: ServiceMethod {
+    static let name = "hostile.watch"
+    typealias Request = [String: String]
+    typealias Response = String
+}
+
+/// JSON, except that a `String` response is written as its bytes, unquoted: what a hostile server sends.
+private struct RawResponseCodec: MessageCodec {
+    func encode<Value: Encodable>(_ value: Value) throws -> ByteBuffer {
+        if let text = value as? String { return ByteBuffer(string: text) }
+        return try JSONCodec().encode(value)
+    }
+
+    func decode<Value: Decodable>(_ type: Value.Type, from buffer: ByteBuffer) throws -> Value {
+        try JSONCodec().decode(type, from: buffer)
     }
 }

@@ -37,6 +37,26 @@ enum SafeText {
         Self.escape(text).replacing("\n", with: "\\n").replacing("\t", with: "\\t").replacing("\r", with: "\\r")
     }
 
+    /// Valid JSON `text` with every character that could act on a terminal written as a JSON escape (`\u001b`, a
+    /// pair of them beyond the BMP): the same JSON, safe to print. Such characters can only stand inside strings
+    /// (JSON's whitespace is a space, a tab, a newline or a carriage return, which are kept), so escaping them
+    /// changes no value.
+    static func json(_ text: String) -> String {
+        guard !text.unicodeScalars.allSatisfy({ $0 == "\n" || $0 == "\t" || $0 == "\r" || self.isPrintable($0) }) else {
+            return text
+        }
+        var escaped = ""
+        escaped.reserveCapacity(text.utf8.count)
+        for scalar in text.unicodeScalars {
+            if scalar == "\n" || scalar == "\t" || scalar == "\r" || self.isPrintable(scalar) {
+                escaped.unicodeScalars.append(scalar)
+            } else {
+                for unit in String(scalar).utf16 { escaped += "\\u" + hex(UInt32(unit), digits: 4) }
+            }
+        }
+        return escaped
+    }
+
     /// Whether `bytes` are UTF-8 text that needs no escaping but for newlines and tabs.
     static func isPrintable(_ bytes: [UInt8]) -> Bool {
         guard let text = String(validating: bytes, as: UTF8.self) else { return false }
