@@ -47,6 +47,18 @@ struct KeyValueExampleTests {
         }
     }
 
+    @Test("kv get prints a value another client stored with what could act on a terminal escaped")
+    func valuesEscaped() async throws {
+        try await withDaemon { path in
+            let hostile = "\u{1B}]0;PWNED\u{07}\nforged line"
+            let set = try await runKV(["--socket", path, "set", "title", hostile])
+            #expect(set.status == 0, "stderr: \(set.error)")
+            let get = try await runKV(["--socket", path, "get", "title"])
+            #expect(get.status == 0, "stderr: \(get.error)")
+            #expect(get.output == #"\u{1B}]0;PWNED\u{07}\nforged line"# + "\n")
+        }
+    }
+
     @Test("kv get of a key without a value exits 1 with the daemon's notFound on standard error")
     func notFound() async throws {
         try await self.withDaemon { path in

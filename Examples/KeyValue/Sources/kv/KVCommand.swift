@@ -104,7 +104,18 @@ func reportingErrors(_ body: () async throws -> Void) async throws {
     }
 }
 
-/// Writes a line at once (standard output is not line-buffered on a pipe), so that a reader sees each change.
+/// Writes a line at once (standard output is not line-buffered on a pipe), so that a reader sees each change. What
+/// could act on a terminal is escaped (ESC as `\u{1B}`, a newline as `\n`): a value another client stored, or a
+/// daemon's error text, must not move the cursor, retitle the window or pass for a line of its own.
 func output(_ line: String, to handle: FileHandle = .standardOutput) {
-    try? handle.write(contentsOf: Data((line + "\n").utf8))
+    var safe = ""
+    for scalar in line.unicodeScalars {
+        switch scalar.properties.generalCategory {
+        case .control, .format, .lineSeparator, .paragraphSeparator, .unassigned, .surrogate:
+            safe += scalar.escaped(asASCII: true)
+        default:
+            safe.unicodeScalars.append(scalar)
+        }
+    }
+    try? handle.write(contentsOf: Data((safe + "\n").utf8))
 }
