@@ -47,14 +47,18 @@ package struct CallOpen: Equatable, Sendable {
     package var timeoutNanoseconds: UInt64
     /// Sent as 0; a receiver ignores them.
     package var flags: UInt8
+    /// Whether the name's bytes were valid UTF-8. When not, ``method`` holds them with each invalid sequence replaced
+    /// by U+FFFD, for display only: names are matched byte for byte (PROTOCOL.md), so such a name matches none.
+    package var methodIsValidUTF8: Bool
 
     /// The fixed bytes before the name.
     static let fixedLength = 1 + 8 + 1
 
-    package init(method: String, timeoutNanoseconds: UInt64 = 0, flags: UInt8 = 0) {
+    package init(method: String, timeoutNanoseconds: UInt64 = 0, flags: UInt8 = 0, methodIsValidUTF8: Bool = true) {
         self.method = method
         self.timeoutNanoseconds = timeoutNanoseconds
         self.flags = flags
+        self.methodIsValidUTF8 = methodIsValidUTF8
     }
 }
 
@@ -131,9 +135,17 @@ extension CallFrame {
                 let timeout = payload.readInteger(as: UInt64.self),
                 let nameLength = payload.readInteger(as: UInt8.self),
                 payload.readableBytes == Int(nameLength),
-                let method = payload.readString(length: Int(nameLength))
+                let name = payload.readBytes(length: Int(nameLength))
             else { throw Self.malformed(kind, payload: payload) }
-            return .open(CallOpen(method: method, timeoutNanoseconds: timeout, flags: flags))
+            let method = String(validating: name, as: UTF8.self)
+            return .open(
+                CallOpen(
+                    method: method ?? String(decoding: name, as: UTF8.self),
+                    timeoutNanoseconds: timeout,
+                    flags: flags,
+                    methodIsValidUTF8: method != nil
+                )
+            )
         case .callMessage:
             return .message(payload)
         case .callEnd:

@@ -409,6 +409,39 @@ struct HostileCallTests {
         }
     }
 
+    @Test("method names are matched byte for byte: a canonically equivalent name, or one that is not UTF-8, is unknown (0x02)")
+    func methodNamesMatchedByteForByte() async throws {
+        var router = keyValueRouter()
+        router.register(Accented.self) { _, _ in "served" }
+        try await withServiceTestServer(router: router) { _, path in
+            let peer = try await RawSocket.connect(to: path)
+            let closer = PeerCloser(peer)
+            defer { closer.close() }
+            func call(id: UInt32, name: [UInt8]) -> [UInt8] {
+                let open = [0] + [UInt8](repeating: 0, count: 8) + [UInt8(name.count)] + name
+                return frameBytes(kind: 0x06, id: id, payload: open) + messageBytes(id: id, json: "\"x\"")
+                    + callEndOKBytes(id: id)
+            }
+            try await peer.write(
+                serverHelloBytes
+                    + call(id: 1, name: Array("caf\u{E9}".utf8))  // as registered: U+00E9
+                    + call(id: 3, name: Array("cafe\u{301}".utf8))  // e and U+0301: equal as Swift Strings
+                    + call(id: 5, name: Array(Get.name.utf8) + [0xFF])  // not UTF-8, "kv.get\u{FFFD}" once repaired
+            )
+            #expect(try await peer.read(exactly: 8) == serverHelloBytes)
+            // The refusals go out as the opens are read, the answer once its handler has run.
+            let frames = try await peer.readFrames(4)
+            let answer = frames.filter { $0.kind == 0x07 }
+            #expect(answer.map(\.id) == [1] && answer.first?.payload == Array("\"served\"".utf8), "\(frames)")
+            let ends = frames.compactMap(CallEnd.init).sorted { $0.id < $1.id }
+            #expect(ends.map(\.id) == [1, 3, 5] && ends.map(\.status) == [0x00, 0x02, 0x02], "\(frames)")
+            let refusal = frames.first { $0.kind == 0x08 && $0.id == 5 }
+            let text = String(decoding: refusal?.payload.dropFirst(4) ?? [], as: UTF8.self)
+            #expect(text.contains("(not UTF-8)"), "\(text)")
+            try await expectServed(path)
+        }
+    }
+
     // MARK: - 5. Messages beyond credit
 
     @Test("a 16 MiB message to a client stream is taken on positive credit; the next before any credit is a violation")
@@ -722,6 +755,13 @@ private enum Forever: ServiceMethod {
     static let name = "hostile.forever"
     typealias Request = Int
     typealias Response = Int
+}
+
+/// A method whose name is not ASCII: `café` with a precomposed `é` (U+00E9).
+private enum Accented: ServiceMethod {
+    static let name = "caf\u{E9}"
+    typealias Request = String
+    typealias Response = String
 }
 
 /// A unary method that answers the size of its request in bytes.
