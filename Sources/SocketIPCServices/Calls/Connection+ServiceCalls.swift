@@ -159,13 +159,14 @@ extension Connection {
         case .message(let message, let descriptors):
             let response: Response
             do {
-                response = try await DescriptorCoding.decode(
-                    Response.self,
-                    from: message,
-                    descriptors: descriptors,
-                    codec: codec,
-                    readOn: call.connection
-                )
+                response = try DescriptorCoding.decodesAwayFromTheLoop(message, readOn: call.connection)
+                    ? await DescriptorCoding.decodeAwayFromTheLoop(
+                        Response.self,
+                        from: message,
+                        descriptors: descriptors,
+                        codec: codec
+                    )
+                    : DescriptorCoding.decode(Response.self, from: message, descriptors: descriptors, codec: codec)
             } catch {
                 throw SocketIPCError(
                     .invalidMessage,

@@ -48,23 +48,25 @@ enum DescriptorCoding {
     /// Messages of at least this many bytes are decoded away from the event loop: 64 KiB.
     static var offLoopDecodingThreshold: Int { 64 * 1024 }
 
-    /// Decodes as ``decode(_:from:descriptors:codec:)``; but a message of ``offLoopDecodingThreshold`` bytes or more,
-    /// read by a task that runs on `connection`'s event loop, on the global concurrent executor, and the task then
-    /// goes back to the loop. Decoding costs CPU in proportion to what the peer sent (JSON: milliseconds per MiB,
-    /// seconds for a hostile shape), which on the loop would keep its other connections waiting; gRPC Swift runs
-    /// its handlers off the loop for this reason. Small messages, the common case, stay on the loop, without the
-    /// two thread hops.
-    nonisolated(nonsending) static func decode<Value: Decodable & Sendable>(
+    /// Whether `message` is decoded away from the event loop (``decodeAwayFromTheLoop(_:from:descriptors:codec:)``):
+    /// a message of ``offLoopDecodingThreshold`` bytes or more, read by a task that runs on `connection`'s event
+    /// loop. Decoding costs CPU in proportion to what the peer sent (JSON: milliseconds per MiB, seconds for a
+    /// hostile shape), which on the loop would keep its other connections waiting; gRPC Swift runs its handlers off
+    /// the loop for this reason. Small messages, the common case, stay on the loop, without the two thread hops.
+    @inline(__always)
+    static func decodesAwayFromTheLoop(_ message: ByteBuffer, readOn connection: Connection) -> Bool {
+        message.readableBytes >= Self.offLoopDecodingThreshold && connection.isOnEventLoop
+    }
+
+    /// Decodes as ``decode(_:from:descriptors:codec:)``, on the global concurrent executor; the task then goes back
+    /// to its own.
+    static func decodeAwayFromTheLoop<Value: Decodable & Sendable>(
         _ type: Value.Type,
         from message: ByteBuffer,
         descriptors: ReceivedDescriptors?,
-        codec: any MessageCodec,
-        readOn connection: Connection
+        codec: any MessageCodec
     ) async throws -> Value {
-        guard message.readableBytes >= Self.offLoopDecodingThreshold, connection.isOnEventLoop else {
-            return try Self.decode(type, from: message, descriptors: descriptors, codec: codec)
-        }
-        return try await withTaskExecutorPreference(globalConcurrentExecutor) {
+        try await withTaskExecutorPreference(globalConcurrentExecutor) {
             try await Self.decodeOnTheExecutorPreferred(type, from: message, descriptors: descriptors, codec: codec)
         }
     }

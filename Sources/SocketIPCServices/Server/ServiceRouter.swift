@@ -141,13 +141,14 @@ public struct ServiceRouter: Sendable {
         }
         let request: Request
         do {
-            request = try await DescriptorCoding.decode(
-                Request.self,
-                from: message,
-                descriptors: descriptors,
-                codec: codec,
-                readOn: call.connection
-            )
+            request = try DescriptorCoding.decodesAwayFromTheLoop(message, readOn: call.connection)
+                ? await DescriptorCoding.decodeAwayFromTheLoop(
+                    Request.self,
+                    from: message,
+                    descriptors: descriptors,
+                    codec: codec
+                )
+                : DescriptorCoding.decode(Request.self, from: message, descriptors: descriptors, codec: codec)
         } catch {
             throw SocketIPCError(
                 .invalidMessage,

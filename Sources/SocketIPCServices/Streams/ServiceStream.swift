@@ -44,13 +44,19 @@ public struct ServiceStream<Element: Decodable & Sendable>: AsyncSequence, Senda
             switch try await self.call.next() {
             case .message(let message, let descriptors):
                 do {
-                    return try await DescriptorCoding.decode(
-                        Element.self,
-                        from: message,
-                        descriptors: descriptors,
-                        codec: self.codec,
-                        readOn: self.call.connection
-                    )
+                    return try DescriptorCoding.decodesAwayFromTheLoop(message, readOn: self.call.connection)
+                        ? await DescriptorCoding.decodeAwayFromTheLoop(
+                            Element.self,
+                            from: message,
+                            descriptors: descriptors,
+                            codec: self.codec
+                        )
+                        : DescriptorCoding.decode(
+                            Element.self,
+                            from: message,
+                            descriptors: descriptors,
+                            codec: self.codec
+                        )
                 } catch {
                     self.finished = true
                     let failure = SocketIPCError(
