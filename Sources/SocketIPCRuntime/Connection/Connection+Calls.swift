@@ -344,7 +344,7 @@ extension Connection {
     /// once (``EventLoopTurn``); elsewhere returns at once.
     nonisolated(nonsending) package func yieldToEventLoop() async {
         guard self.eventLoop.inEventLoop else { return }
-        await EventLoopTurn.shared(for: self.eventLoop).wait()
+        await self.taskExecutor.turn.wait()
     }
 
     /// Whether the calling code runs on the connection's event loop.
@@ -353,7 +353,7 @@ extension Connection {
     /// The share of the event loop's time that a long run of sends on this connection's loop may take between two
     /// of the loop's polls (see ``yieldToEventLoop()``).
     package func eventLoopShare() -> EventLoopShare {
-        EventLoopShare(turn: EventLoopTurn.shared(for: self.eventLoop))
+        EventLoopShare(turn: self.taskExecutor.turn)
     }
 
     /// Runs `body` on the connection's event loop after `delay`, unless the returned task is cancelled first: a

@@ -14,10 +14,14 @@ final class EventLoopTaskExecutor: TaskExecutor, @unchecked Sendable {
     private var spare: [UnownedJob] = []
     /// The loop's poller: a job queued here, from any thread, ends its poll (the job would wait behind it).
     private let poller: EventLoopBusyPoller
+    /// The loop's turn, which the tasks run here wait for after a long run of work; kept here so that finding it costs
+    /// no lookup.
+    let turn: EventLoopTurn
 
     private init(_ eventLoop: any EventLoop) {
         self.eventLoop = eventLoop
         self.poller = EventLoopBusyPoller.shared(for: eventLoop)
+        self.turn = EventLoopTurn.shared(for: eventLoop)
     }
 
     private static let executors = PerEventLoop { EventLoopTaskExecutor($0) }
