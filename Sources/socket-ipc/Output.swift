@@ -27,12 +27,35 @@ enum Output {
         }
     }
 
-    /// Before the process exits: waits for what the queued writers hold to be written, at most `timeout` each (a
-    /// reader that never reads must not keep the process from exiting).
-    static func finish(within timeout: Duration = .seconds(2)) {
+    /// Whether the command ends because SIGINT or SIGTERM asked it to (``stoppedBySignal()``).
+    private static let signalled = Atomic<Bool>(false)
+
+    /// The command ends because SIGINT or SIGTERM asked it to: ``finish(stall:)`` then waits for a reader that
+    /// stopped reading no longer than its stall limit.
+    static func stoppedBySignal() {
+        self.signalled.store(true, ordering: .relaxed)
+    }
+
+    /// Before the process exits: waits for what the queued writers hold to be written, then says on standard error
+    /// what was dropped or left unwritten, if anything. After ``stoppedBySignal()``, it waits as long as the readers
+    /// read, and gives up on one that has read nothing for `stall` (2 s by default): a reader that never reads must
+    /// not keep a stopped server from exiting. Otherwise (a `listen --count` that is done) it waits as any program
+    /// writing to a pipe does, for ever, SIGINT and SIGTERM then ending the process at once.
+    static func finish(stall: Duration = .seconds(2)) {
         guard let queued = self.queued.withLock({ $0 }) else { return }
-        queued.output.drain(within: timeout)
-        queued.error.drain(within: timeout)
+        if !self.signalled.load(ordering: .relaxed) {
+            signal(SIGINT, SIG_DFL)
+            signal(SIGTERM, SIG_DFL)
+            while !queued.output.drain(within: stall) {}
+        }
+        let (unwritten, dropped) = queued.output.finish(stall: stall)
+        if dropped > 0 || unwritten > 0 {
+            var lost: [String] = []
+            if dropped > 0 { lost.append("\(dropped) lines of output dropped while it was not read") }
+            if unwritten > 0 { lost.append("\(unwritten) bytes of output not written: nothing was read for \(stall)") }
+            queued.error.write(Array(("socket-ipc: " + lost.joined(separator: "; ") + "\n").utf8))
+        }
+        _ = queued.error.finish(stall: stall)
     }
 
     /// Writes `bytes` to standard output (`toError` false) or standard error, at once under the descriptor's lock,

@@ -65,7 +65,7 @@ struct BlockedOutputTests {
                 if read(reader, &byte, 1) == 1 { first.append(byte) } else { try await Task.sleep(for: .milliseconds(10)) }
             }
             try #require(String(decoding: first, as: UTF8.self) == "listening on \(path)\n")
-            // 3,000 one-way messages, each printed as a line: about 180 KB, more than the pipe holds.
+            // One message of 3,000 lines, each printed: about 180 KB, more than the pipe holds.
             let messages = (1...3000).map { "message number \($0) with some text to fill the pipe" }.joined(separator: "\n")
             let sent = try await runCLI(["send", "--socket", path, "-"], input: messages)
             #expect(sent.status == 0, "stderr: \(sent.error)")
@@ -77,6 +77,33 @@ struct BlockedOutputTests {
             }
             serve.signal(SIGTERM)
             #expect(await serve.waitForExit() == 0)
+        }
+    }
+
+    @Test("listen --count whose reader reads only after a pause gets every line: a server that is done waits for its reader")
+    func listenWaitsForASlowReader() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/s.sock"
+            // Before, the lines still queued 2 s after the last message were dropped at exit.
+            let listen = try TestProcess(
+                executable: "/bin/sh",
+                ["-c", #""$0" listen --count 1 "$1" 2>/dev/null | (sleep 3; wc -l)"#, socketIPCBinary, path],
+                timeLimit: .seconds(60)
+            )
+            var ready = false
+            for _ in 0..<3000 where !ready {
+                var status = stat()
+                ready = stat(path, &status) == 0
+                if !ready { try await Task.sleep(for: .milliseconds(10)) }
+            }
+            try #require(ready, "listen did not start")
+            // One message of 20,000 lines (about 290 KB printed): more than the pipe holds.
+            let lines = (1...20_000).map { "line number \($0)" }.joined(separator: "\n")
+            let sent = try await runCLI(["send", "--socket", path, "-"], input: lines)
+            #expect(sent.status == 0, "stderr: \(sent.error)")
+            #expect(await listen.waitForExit() == 0)
+            let counted = await listen.standardOutput.text().trimmingCharacters(in: .whitespacesAndNewlines)
+            #expect(counted == "20001", "1 metadata line and 20,000 payload lines")
         }
     }
 }

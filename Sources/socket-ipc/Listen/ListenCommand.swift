@@ -19,8 +19,10 @@ struct ListenCommand: AsyncParsableCommand {
             reply, so that a requester never waits; EOF-style messages are acknowledged with the 4-byte big-endian \
             count of bytes received, as `serve --mode eof` does. Output is written from a queue, so a reader that \
             stops reading (a paused `| less`) never holds up the server: beyond 16 MiB waiting, lines are dropped, \
-            and standard error says how many once the reader catches up. (With --connect, a reader that stops \
-            reading holds up the connection instead.)
+            and standard error says how many once the reader catches up; on SIGINT or SIGTERM, output that a \
+            reader has left unread for 2 s is given up, and counted there too, while with --count listen waits for \
+            its reader as long as it takes. (With --connect, a reader that stops reading holds up the connection \
+            instead.)
 
             --format text (the default) prints printable UTF-8 as it is and escapes everything else (ESC is \
             \\x1b, a backslash is doubled), and a payload that is not UTF-8 as a hex dump: no payload can act on \
@@ -138,5 +140,7 @@ struct ListenCommand: AsyncParsableCommand {
         }
         defer { stopper.cancel() }
         try await group.run()
+        // Not the last message printed: SIGINT or SIGTERM.
+        if !printer.reachedLimit { Output.stoppedBySignal() }
     }
 }

@@ -19,6 +19,12 @@ final class MessagePrinter: Sendable {
         self.colored = Output.usesColor(on: STDOUT_FILENO)
     }
 
+    /// Whether the last message of ``limit`` has been printed.
+    var reachedLimit: Bool {
+        guard let limit = self.limit else { return false }
+        return self.printed.load(ordering: .relaxed) >= limit
+    }
+
     /// Prints `message` on standard output, unless `limit` messages have been printed already.
     /// - Returns: Whether this was the last message to print: `listen` should end now.
     @discardableResult

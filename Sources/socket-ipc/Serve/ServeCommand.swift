@@ -44,7 +44,8 @@ struct ServeCommand: AsyncParsableCommand {
             socket file (its server was killed) is replaced; a live server's is never touched. The socket file is \
             owned by the server's user and group: the library has no option to give it another. Output is written \
             from a queue, so a reader that stops reading (a paused `| less`) never holds up the server: beyond 16 MiB \
-            waiting, lines are dropped, and standard error says how many once the reader catches up.
+            waiting, lines are dropped, and standard error says how many once the reader catches up; on SIGINT or \
+            SIGTERM, output that a reader has left unread for 2 s is given up, and counted there too.
 
             Socket activation: started by a service manager that passes a listening socket (systemd's \
             LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES), serve serves that socket, PATH is not needed, and the \
@@ -164,6 +165,8 @@ struct ServeCommand: AsyncParsableCommand {
             await oneWayRuns.finish(gracePeriod: gracePeriod)
             throw error
         }
+        // Only SIGINT or SIGTERM end a server that ran.
+        Output.stoppedBySignal()
         await oneWayRuns.finish(gracePeriod: gracePeriod)
     }
 

@@ -19,7 +19,7 @@ final class QueuedWriter: Sendable {
 
     private let descriptor: Int32
     private let queue: DispatchQueue
-    private let state = Mutex<(waiting: Int, dropped: Int)>((0, 0))
+    private let state = Mutex<(waiting: Int, dropped: Int, written: Int)>((0, 0, 0))
     /// Where the count of dropped lines goes (standard error's writer); `nil` for standard error's own.
     private let notes: QueuedWriter?
 
@@ -44,6 +44,7 @@ final class QueuedWriter: Sendable {
             writeAll(bytes, to: self.descriptor)
             let dropped = self.state.withLock { state -> Int in
                 state.waiting -= bytes.count
+                state.written += bytes.count
                 guard state.waiting == 0 else { return 0 }
                 defer { state.dropped = 0 }
                 return state.dropped
@@ -52,6 +53,22 @@ final class QueuedWriter: Sendable {
                 let note = "socket-ipc: \(dropped) lines of output dropped while it was not read\n"
                 self.notes?.write(Array(note.utf8))
             }
+        }
+    }
+
+    /// Waits until what was queued before has been written, for as long as the reader keeps reading: gives up only
+    /// once nothing has been written for `stall`. Returns what was left: the bytes not written, and the lines dropped
+    /// at ``limit`` and not yet reported.
+    func finish(stall: Duration) -> (unwritten: Int, dropped: Int) {
+        var written = self.state.withLock { $0.written }
+        while !self.drain(within: stall) {
+            let now = self.state.withLock { $0.written }
+            if now == written { break }
+            written = now
+        }
+        return self.state.withLock { state in
+            defer { state.dropped = 0 }
+            return (state.waiting, state.dropped)
         }
     }
 
