@@ -376,4 +376,11 @@ package struct EventLoopShare: Sendable {
     package func share(of run: Int) -> Int {
         max(1, run / self.turn.sharers)
     }
+
+    /// Counts a message of `bytes` sent on the loop; whether the messages sent on it since its last poll, by every
+    /// sender, have used up `budget` (one run: a number of messages, and of bytes).
+    @inline(__always)
+    package func spend(bytes: Int, budget: (messages: Int, bytes: Int)) -> Bool {
+        self.turn.spend(bytes: bytes, budget: budget)
+    }
 }

@@ -27,6 +27,9 @@ final class EventLoopTurn: @unchecked Sendable {
     private let eventLoop: any EventLoop
     /// How many tasks the last poll resumed, at least 1; read from any thread.
     private let resumedAtLastPoll = Atomic<Int>(1)
+    /// The messages and bytes sent by long runs of work on this loop since its last poll (``spend(bytes:budget:)``).
+    private let spentMessages = Atomic<Int>(0)
+    private let spentBytes = Atomic<Int>(0)
     // Touched only on the event loop.
     private var waiters: [UnsafeContinuation<Void, Never>] = []
     private var writeEnd: Int32 = -1
@@ -88,7 +91,19 @@ final class EventLoopTurn: @unchecked Sendable {
     fileprivate func polled() {
         self.signalled = false
         self.resumedAtLastPoll.store(max(1, self.waiters.count), ordering: .relaxed)
+        self.spentMessages.store(0, ordering: .relaxed)
+        self.spentBytes.store(0, ordering: .relaxed)
         self.resumeWaiters()
+    }
+
+    /// Counts one message of `bytes` sent on this loop since its last poll; returns whether all of them together
+    /// have used up `budget` (messages, bytes), so that the sender gives the loop its turn now, however its own run
+    /// began: however many senders a peer wakes at once (streams it feeds credit in drips, each below a run), the
+    /// work between two polls stays about one run.
+    func spend(bytes: Int, budget: (messages: Int, bytes: Int)) -> Bool {
+        let messages = self.spentMessages.wrappingAdd(1, ordering: .relaxed).newValue
+        let total = self.spentBytes.wrappingAdd(bytes, ordering: .relaxed).newValue
+        return messages >= budget.messages || total >= budget.bytes
     }
 
     /// How many tasks waited for the loop's last poll, at least 1: the number that share its next turn.

@@ -328,7 +328,12 @@ final class CallStream: Sendable {
             }
             locked.sentInRun += 1
             locked.bytesInRun += payloadLength
-            guard locked.sentInRun >= locked.runLimit.messages || locked.bytesInRun >= locked.runLimit.bytes else {
+            // The loop's budget too: senders that each stay below their run (woken together by credit in drips)
+            // must not add up to more than one run between two polls.
+            let loopSpent = self.loopShare.spend(bytes: payloadLength, budget: (Self.runLength, Self.runBytes))
+            guard locked.sentInRun >= locked.runLimit.messages || locked.bytesInRun >= locked.runLimit.bytes
+                || loopSpent
+            else {
                 return (true, false)
             }
             locked.sentInRun = 0
