@@ -9,18 +9,15 @@ extension CallMultiplexer {
         if self.isOpen(id) {
             return SocketIPCError(.protocolViolation, "the peer opened call \(id), which is already open")
         }
-        // Names are matched byte for byte (PROTOCOL.md): not as Swift compares strings, which takes canonically
-        // equivalent ones (a precomposed "é" and "e" with a combining accent) for equal; never a name that is not
-        // UTF-8.
-        guard let router = self.router, open.methodIsValidUTF8, let index = router.handlers.index(forKey: open.method),
-            router.handlers[index].key.utf8.elementsEqual(open.method.utf8)
+        // Names are matched byte for byte (PROTOCOL.md, MethodName); a name that is not UTF-8 matches none.
+        guard let router = self.router, open.methodIsValidUTF8,
+            let registered = router.handlers[MethodName(open.method)]
         else {
             let name = open.methodIsValidUTF8 ? "'\(open.method)'" : "'\(open.method)' (not UTF-8)"
             let status = CallStatus(code: .unknownMethod, message: "no method \(name) is served here")
             connection.queueCallControlFrame(id: id, .end(status))
             return nil
         }
-        let registered = router.handlers[index].value
         guard self.count < router.maximumConcurrentCalls else {
             let status = CallStatus(
                 code: .resourceExhausted,

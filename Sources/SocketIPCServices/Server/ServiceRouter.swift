@@ -26,7 +26,8 @@ public struct ServiceRouter: Sendable {
         var streamsResponses: Bool
     }
 
-    var handlers: [String: Registered] = [:]
+    /// By name, compared byte for byte (``MethodName``).
+    var handlers: [MethodName: Registered] = [:]
     /// How requests and responses are encoded; default ``JSONCodec``. Callers must use the same.
     public var codec: any MessageCodec
     /// The most calls of one connection handled at once; default 100 (as
@@ -66,7 +67,7 @@ public struct ServiceRouter: Sendable {
     }
 
     /// The names of the methods registered.
-    public var methods: [String] { self.handlers.keys.sorted() }
+    public var methods: [String] { self.handlers.keys.map(\.name).sorted() }
 
     /// Registers the handler of a unary method: one request, one response. Replaces an earlier handler of the same
     /// name.
@@ -78,7 +79,7 @@ public struct ServiceRouter: Sendable {
         _ method: Method.Type,
         handler: @escaping @Sendable (Method.Request, ServiceContext) async throws -> Method.Response
     ) {
-        self.handlers[Method.name] = Registered(handler: { call, context, codec in
+        self.handlers[MethodName(Method.name)] = Registered(handler: { call, context, codec in
             let request = try await Self.readSingleRequest(of: call, as: Method.Request.self, codec: codec)
             let response = try await handler(request, context)
             let (payload, descriptors) = try Self.encode(response, codec: codec, on: call, method: Method.name)
@@ -94,7 +95,7 @@ public struct ServiceRouter: Sendable {
         handler: @escaping @Sendable (Method.Request, ServiceStreamWriter<Method.Response>, ServiceContext) async throws
             -> Void
     ) {
-        self.handlers[Method.name] = Registered(handler: { call, context, codec in
+        self.handlers[MethodName(Method.name)] = Registered(handler: { call, context, codec in
             let request = try await Self.readSingleRequest(of: call, as: Method.Request.self, codec: codec)
             try await handler(request, ServiceStreamWriter(call: call, codec: codec), context)
         }, streamsResponses: true)
@@ -105,7 +106,7 @@ public struct ServiceRouter: Sendable {
         _ method: Method.Type,
         handler: @escaping @Sendable (ServiceStream<Method.Request>, ServiceContext) async throws -> Method.Response
     ) {
-        self.handlers[Method.name] = Registered(handler: { call, context, codec in
+        self.handlers[MethodName(Method.name)] = Registered(handler: { call, context, codec in
             let response = try await handler(ServiceStream(call: call, codec: codec), context)
             let (payload, descriptors) = try Self.encode(response, codec: codec, on: call, method: Method.name)
             try await call.send(payload, descriptors: descriptors)
@@ -120,7 +121,7 @@ public struct ServiceRouter: Sendable {
         handler: @escaping @Sendable (ServiceStream<Method.Request>, ServiceStreamWriter<Method.Response>, ServiceContext)
             async throws -> Void
     ) {
-        self.handlers[Method.name] = Registered(handler: { call, context, codec in
+        self.handlers[MethodName(Method.name)] = Registered(handler: { call, context, codec in
             try await handler(ServiceStream(call: call, codec: codec), ServiceStreamWriter(call: call, codec: codec), context)
         }, streamsResponses: true)
     }
@@ -174,5 +175,24 @@ public struct ServiceRouter: Sendable {
         } catch {
             throw SocketIPCError(.remoteError, "the response of '\(method)' could not be encoded: \(error)", cause: error)
         }
+    }
+}
+
+/// A method's name as the router keys it: equal to another only if their UTF-8 bytes are (PROTOCOL.md: names are
+/// matched byte for byte), where Swift's `String` takes canonically equivalent names (a precomposed `é` and `e` with
+/// a combining accent) for one.
+struct MethodName: Hashable, Sendable {
+    let name: String
+
+    init(_ name: String) {
+        self.name = name
+    }
+
+    static func == (lhs: MethodName, rhs: MethodName) -> Bool {
+        lhs.name.utf8.elementsEqual(rhs.name.utf8)
+    }
+
+    func hash(into hasher: inout Hasher) {
+        for byte in self.name.utf8 { hasher.combine(byte) }
     }
 }

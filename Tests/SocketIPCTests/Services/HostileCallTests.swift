@@ -442,6 +442,20 @@ struct HostileCallTests {
         }
     }
 
+    @Test("two canonically equivalent names are two methods, each with its own handler")
+    func canonicallyEquivalentNamesAreTwoMethods() async throws {
+        var router = keyValueRouter()
+        router.register(Accented.self) { _, _ in "composed" }
+        router.register(AccentedDecomposed.self) { _, _ in "decomposed" }
+        #expect(router.methods.filter { $0.hasPrefix("caf") }.count == 2)
+        try await withServiceTestServer(router: router) { _, path in
+            let client = try await Client.connect(to: path)
+            defer { client.close() }
+            #expect(try await client.call(Accented.self, "x") == "composed")
+            #expect(try await client.call(AccentedDecomposed.self, "x") == "decomposed")
+        }
+    }
+
     // MARK: - 5. Messages beyond credit
 
     @Test("a 16 MiB message to a client stream is taken on positive credit; the next before any credit is a violation")
@@ -760,6 +774,13 @@ private enum Forever: ServiceMethod {
 /// A method whose name is not ASCII: `café` with a precomposed `é` (U+00E9).
 private enum Accented: ServiceMethod {
     static let name = "caf\u{E9}"
+    typealias Request = String
+    typealias Response = String
+}
+
+/// ``Accented``'s name with `e` and a combining acute accent (U+0301): canonically equivalent, other bytes.
+private enum AccentedDecomposed: ServiceMethod {
+    static let name = "cafe\u{301}"
     typealias Request = String
     typealias Response = String
 }
