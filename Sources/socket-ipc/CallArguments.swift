@@ -89,25 +89,22 @@ struct CallArguments: ParsableArguments {
 /// - Throws: `SocketIPCError` with code `invalidMessage` (exit status 1) for bytes that are not JSON: printed as they
 ///   came they could act on the terminal (an ESC sequence), and what reads the output expects JSON.
 func formatJSON(_ bytes: ByteBuffer, pretty: Bool) throws -> String {
-    let data = Data(bytes.readableBytesView)
-    let value: Any
-    do {
-        value = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])
-    } catch {
+    // RFC 8259's grammar decides (JSONSerialization takes some text that is not JSON, such as `[1,]`, and refuses
+    // some that is, such as `1e400`); it serves only to re-serialize.
+    let raw = Array(bytes.readableBytesView)
+    guard let text = String(validating: raw, as: UTF8.self), JSONSyntax.isValid(raw) else {
         // Escaped where it is printed (Output.error).
-        let preview = String(decoding: bytes.readableBytesView.prefix(200), as: UTF8.self)
+        let preview = String(decoding: raw.prefix(200), as: UTF8.self)
         throw SocketIPCError(
             .invalidMessage,
-            "the response is not JSON (\(bytes.readableBytes) bytes): \(preview)"
-                + (bytes.readableBytes > 200 ? "…" : "")
+            "the response is not JSON (\(raw.count) bytes): \(preview)" + (raw.count > 200 ? "…" : "")
         )
     }
-    let text = String(buffer: bytes)
     guard pretty || text.contains(where: \.isNewline) else { return SafeText.json(text) }
     var options: JSONSerialization.WritingOptions = [.fragmentsAllowed, .withoutEscapingSlashes]
     if pretty { options.formUnion([.prettyPrinted, .sortedKeys]) }
-    guard let formatted = try? JSONSerialization.data(withJSONObject: value, options: options) else {
-        return SafeText.json(text)
-    }
+    guard let value = try? JSONSerialization.jsonObject(with: Data(raw), options: [.fragmentsAllowed]),
+        let formatted = try? JSONSerialization.data(withJSONObject: value, options: options)
+    else { return SafeText.json(text) }
     return SafeText.json(String(decoding: formatted, as: UTF8.self))
 }

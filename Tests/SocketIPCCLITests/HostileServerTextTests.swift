@@ -41,6 +41,13 @@ struct HostileServerTextTests {
             ("\"a\u{1B}]0;PWNED\u{07}\u{1B}[2Jb\"", Int32(1), ""),
             ("not json \u{1B}[31m", 1, ""),
             ("[\"\u{9B}31m\", \"\u{202E}txt.exe\", \"ok\u{7F}\", \"😀\"]", 0, #"["\u009b31m", "\u202etxt.exe", "ok\u007f", "😀"]"# + "\n"),
+            // JSON that Foundation's JSONSerialization refuses is JSON all the same (RFC 8259's grammar).
+            ("1e400", 0, "1e400\n"),
+            (#"["\ud800", -0.5E+2]"#, 0, #"["\ud800", -0.5E+2]"# + "\n"),
+            (String(repeating: "[", count: 600) + String(repeating: "]", count: 600), 0,
+             String(repeating: "[", count: 600) + String(repeating: "]", count: 600) + "\n"),
+            ("[1,]", 1, ""),
+            ("\"tab\there\"", 1, ""),
         ] {
             var router = ServiceRouter(codec: RawResponseCodec())
             router.register(HostileEcho.self) { _, _ in response }
