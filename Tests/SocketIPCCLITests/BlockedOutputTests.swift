@@ -16,14 +16,20 @@ import Darwin
 /// it all the same, as they end any process blocked so.
 @Suite("Commands whose standard output nobody reads", .timeLimit(.minutes(2)))
 struct BlockedOutputTests {
+    /// Makes a FIFO at `path` and opens it to read, so that a command's open of it to write goes through; returns the
+    /// read end, which the test never reads (non-blocking, for `FIONREAD` and for a first line).
+    static func makeFIFO(at path: String) throws -> Int32 {
+        try #require(mkfifo(path, 0o600) == 0)
+        let reader = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+        try #require(reader >= 0)
+        return reader
+    }
+
     @Test("watch whose standard output nobody reads ends on SIGTERM, with exit 0")
     func watchEndsOnSIGTERM() async throws {
         try await withServeCommand { path, _ in
             let fifo = URL(fileURLWithPath: path).deletingLastPathComponent().appendingPathComponent("out").path
-            #expect(mkfifo(fifo, 0o600) == 0)
-            // Opened to read, so that the command's open of it goes through; never read.
-            let reader = open(fifo, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
-            try #require(reader >= 0)
+            let reader = try Self.makeFIFO(at: fifo)
             defer { close(reader) }
             let watch = try TestProcess(
                 executable: "/bin/sh",
@@ -48,9 +54,7 @@ struct BlockedOutputTests {
         try await withTemporarySocketDirectory { directory in
             let path = directory + "/s.sock"
             let fifo = directory + "/out"
-            #expect(mkfifo(fifo, 0o600) == 0)
-            let reader = open(fifo, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
-            try #require(reader >= 0)
+            let reader = try Self.makeFIFO(at: fifo)
             defer { close(reader) }
             let serve = try TestProcess(
                 executable: "/bin/sh",

@@ -19,8 +19,9 @@ import Darwin
 /// a caller's deadline cancels its task, and the wait ends with `CancellationError`.
 @Suite("Cancelling a send that waits for a peer that does not read", .timeLimit(.minutes(2)))
 struct CancelledWriteWaitTests {
-    /// A client connection to a raw server that sends its hello and then reads nothing, for the length of `body`.
-    func withSilentPeer(_ body: (Connection) async throws -> Void) async throws {
+    /// A raw server that sends its hello and then reads nothing, for the length of `body`, which gets its path;
+    /// it accepts one connection, and closes it once `body` is done.
+    func withSilentServer(_ body: (String) async throws -> Void) async throws {
         try await withTemporarySocketDirectory { directory in
             let path = directory + "/silent.sock"
             let listener = try makeStaleSocket(at: path, listening: true)
@@ -30,9 +31,15 @@ struct CancelledWriteWaitTests {
                 try await peer.write(serverHelloBytes)
                 return peer
             }
+            try await body(path)
+            try await accepting.value.close()
+        }
+    }
+
+    /// A client connection to ``withSilentServer(_:)``, for the length of `body`.
+    func withSilentPeer(_ body: (Connection) async throws -> Void) async throws {
+        try await self.withSilentServer { path in
             let connection = try await Client.connect(to: path)
-            let peer = try await accepting.value
-            defer { peer.close() }
             defer { connection.abort() }
             try await body(connection)
         }
@@ -63,15 +70,7 @@ struct CancelledWriteWaitTests {
 
     @Test("a call whose deadline passes while its request waits for a peer that reads nothing: withConnection drops what is queued and returns, without waiting out the close timeout")
     func deadlineDropsTheQueue() async throws {
-        try await withTemporarySocketDirectory { directory in
-            let path = directory + "/silent.sock"
-            let listener = try makeStaleSocket(at: path, listening: true)
-            defer { close(listener) }
-            let accepting = Task { () -> RawSocket in
-                let peer = try await RawSocket.accepting(on: listener)
-                try await peer.write(serverHelloBytes)
-                return peer
-            }
+        try await self.withSilentServer { path in
             var configuration = ClientConfiguration()
             // Before, the close waited this long for the queued request to be written.
             configuration.connection.closeTimeout = .seconds(3600)
@@ -82,7 +81,6 @@ struct CancelledWriteWaitTests {
                     _ = try await connection.call(method: "any", request: request, timeout: .milliseconds(200))
                 }
             }
-            try await accepting.value.close()
             #expect(outcome == "deadlineExceeded")
         }
     }
