@@ -1,4 +1,5 @@
 import ArgumentParser
+import Logging
 import SocketIPC
 
 #if canImport(Glibc)
@@ -57,6 +58,8 @@ struct SocketIPCCommand: AsyncParsableCommand {
         // A closed standard output or error (`socket-ipc listen | head`) fails the write instead of killing the
         // process; sockets never raise SIGPIPE anyway (the library sends with MSG_NOSIGNAL).
         signal(SIGPIPE, SIG_IGN)
+        // The library's log lines go where the command's own go, and as they go (queued in a server).
+        LoggingSystem.bootstrap { OutputLogHandler(label: $0) }
         do {
             try Self.checkArgumentsAreUTF8()
             let arguments = Self.movingSocketOption(in: Array(CommandLine.arguments.dropFirst()))

@@ -84,6 +84,49 @@ struct BlockedOutputTests {
         }
     }
 
+    @Test("serve whose standard error nobody reads, logging every connection, goes on serving every client, and ends on SIGTERM with exit 0")
+    func serveGoesOnWithBlockedLog() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/s.sock"
+            let fifo = directory + "/err"
+            let reader = try Self.makeFIFO(at: fifo)
+            defer { close(reader) }
+            let serve = try TestProcess(
+                executable: "/bin/sh",
+                ["-c", #"exec "$0" serve --socket "$1" --log-level debug 2> "$2" > /dev/null"#, socketIPCBinary, path, fifo],
+                timeLimit: .seconds(90)
+            )
+            defer { serve.signal(SIGKILL) }
+            var ready = false
+            for _ in 0..<3000 where !ready {
+                var status = stat()
+                ready = stat(path, &status) == 0
+                if !ready { try await Task.sleep(for: .milliseconds(10)) }
+            }
+            try #require(ready, "serve did not start")
+            // Connections that say hello and go: two log lines each ("connection opened", "connection closed"), until
+            // the pipe's 64 KiB are full (its last page's slot taken) and then 200 more, whose lines must wait.
+            var waiting: Int32 = 0
+            var more = 200
+            for _ in 0..<5000 where more > 0 {
+                let peer = try RawUnixSocket(connectingTo: path)
+                peer.write(framedHello)
+                _ = await peer.read(count: serverFramedHello.count)
+                _ = ioctl(reader, UInt(FIONREAD), &waiting)
+                if waiting >= 65_536 - 4096 { more -= 1 }
+            }
+            try #require(more == 0, "the pipe holds \(waiting) bytes")
+            // Each event loop is reached. Before, the loop blocked in its write of a log line to standard error, and
+            // the requests that reached it timed out.
+            for _ in 0..<(2 * ProcessInfo.processInfo.activeProcessorCount + 2) {
+                let answered = try await runCLI(["request", "--socket", path, "--timeout", "10", "hi"])
+                #expect(answered.status == 0 && answered.output == "reply: \"hi\"\n", "\(answered)")
+            }
+            serve.signal(SIGTERM)
+            #expect(await serve.waitForExit() == 0)
+        }
+    }
+
     @Test("listen --count whose reader reads only after a pause gets every line: a server that is done waits for its reader")
     func listenWaitsForASlowReader() async throws {
         try await withTemporarySocketDirectory { directory in
