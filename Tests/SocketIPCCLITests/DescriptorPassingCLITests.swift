@@ -32,6 +32,21 @@ struct DescriptorPassingCLITests {
         }
     }
 
+    @Test("send --fd of a FIFO that no one writes to passes it at once, without waiting in open(2) for a writer")
+    func fifoWithoutWriter() async throws {
+        try await withListenCommand(["--max-descriptors", "1", "--count", "1"]) { path, listener in
+            let fifo = (path as NSString).deletingLastPathComponent + "/passed.fifo"
+            try #require(mkfifo(fifo, 0o600) == 0)
+            // Before, open(2) waited for a writer that never came, and --timeout did not end it.
+            let sent = try await runCLI(["send", "--timeout", "20", "--fd", fifo, path, "a pipe"])
+            #expect(sent.status == 0, "stderr: \(sent.error)")
+            #expect(await listener.waitForExit() == 0)
+            let lines = await listener.standardOutput.remainingLines()
+            try #require(lines.count == 2, "stdout: \(lines)")
+            #expect(lines[0].hasSuffix(" with descriptors: \(fifo) (pipe)"), "stdout: \(lines)")
+        }
+    }
+
     @Test("send --fd to a server that accepts no descriptors exits 4 and says how to start it; nothing is sent")
     func serverWithout() async throws {
         try await withListenCommand(["--count", "1"]) { path, listener in
