@@ -27,6 +27,34 @@ enum Output {
         }
     }
 
+    /// Whether the process ends once standard output's reader has gone (``standardOutputClosed()``); `serve` turns it
+    /// off.
+    private static let endsWithStandardOutput = Atomic<Bool>(true)
+
+    /// From now on the command goes on when standard output's reader has gone: for `serve`, whose output only shows
+    /// what it serves. (systemd ignores `SIGPIPE` in services by default for this reason: a journal that restarts
+    /// must not end them.)
+    static func outlivesStandardOutput() {
+        self.endsWithStandardOutput.store(false, ordering: .relaxed)
+    }
+
+    /// Standard output's reader has gone (a write failed with `EPIPE`): unless ``outlivesStandardOutput()`` was
+    /// called, the process ends as one killed by `SIGPIPE` does, as `yes | head` ends, so that `watch PATH method
+    /// | head -n 2` and `listen PATH | head` end instead of running on with nobody to read what they print.
+    /// `SIGPIPE` is ignored otherwise (see `SocketIPCCommand.main()`), so that sockets and standard error never
+    /// end the process.
+    static func standardOutputClosed() {
+        guard self.endsWithStandardOutput.load(ordering: .relaxed) else { return }
+        signal(SIGPIPE, SIG_DFL)
+        var pipe = sigset_t()
+        sigemptyset(&pipe)
+        sigaddset(&pipe, SIGPIPE)
+        // Unblocked in this thread, a signal it raises is delivered before raise(3) returns.
+        pthread_sigmask(SIG_UNBLOCK, &pipe, nil)
+        raise(SIGPIPE)
+        _exit(128 + SIGPIPE)
+    }
+
     /// Whether the command ends because SIGINT or SIGTERM asked it to (``stoppedBySignal()``).
     private static let signalled = Atomic<Bool>(false)
 

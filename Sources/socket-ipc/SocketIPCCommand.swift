@@ -55,8 +55,9 @@ struct SocketIPCCommand: AsyncParsableCommand {
     /// Parses the command line and runs the chosen subcommand; a failure is reported in one line on standard error
     /// and ends the process with the status of ``ExitStatus``'s table.
     static func main() async {
-        // A closed standard output or error (`socket-ipc listen | head`) fails the write instead of killing the
-        // process; sockets never raise SIGPIPE anyway (the library sends with MSG_NOSIGNAL).
+        // A closed standard error fails the write instead of killing the process, and sockets never raise SIGPIPE
+        // anyway (the library sends with MSG_NOSIGNAL); a closed standard output ends the command as SIGPIPE would,
+        // but for serve (Output.standardOutputClosed()).
         signal(SIGPIPE, SIG_IGN)
         // The library's log lines go where the command's own go, and as they go (queued in a server).
         LoggingSystem.bootstrap { OutputLogHandler(label: $0) }

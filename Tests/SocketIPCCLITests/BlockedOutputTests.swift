@@ -127,6 +127,61 @@ struct BlockedOutputTests {
         }
     }
 
+    @Test("watch whose reader has gone (| head -n 2) ends, as yes | head does")
+    func watchEndsWithItsReader() async throws {
+        try await withServeCommand { path, _ in
+            let pipeline = try TestProcess(
+                executable: "/bin/sh",
+                ["-c", #""$0" watch --socket "$1" demo.count 100000000 | head -n 2"#, socketIPCBinary, path],
+                // Before, watch went on for ever, its writes failing with EPIPE: this turns that into a failure.
+                timeLimit: .seconds(60)
+            )
+            #expect(await pipeline.waitForExit() == 0)
+            #expect(await pipeline.standardOutput.text() == "0\n1\n")
+        }
+    }
+
+    @Test("listen whose reader has gone ends as one killed by SIGPIPE; serve whose reader has gone goes on serving")
+    func listenEndsServeGoesOn() async throws {
+        for command in ["listen", "serve"] {
+            try await withTemporarySocketDirectory { directory in
+                let path = directory + "/s.sock"
+                let fifo = directory + "/out"
+                var reader = try Self.makeFIFO(at: fifo)
+                defer { if reader >= 0 { close(reader) } }
+                let server = try TestProcess(
+                    executable: "/bin/sh",
+                    ["-c", #"exec "$0" "$1" --socket "$2" > "$3""#, socketIPCBinary, command, path, fifo],
+                    timeLimit: .seconds(60)
+                )
+                defer { server.signal(SIGKILL) }
+                var ready = false
+                for _ in 0..<3000 where !ready {
+                    var status = stat()
+                    ready = stat(path, &status) == 0
+                    if !ready { try await Task.sleep(for: .milliseconds(10)) }
+                }
+                try #require(ready, "\(command) did not start")
+                // The reader goes: every later write to standard output fails with EPIPE.
+                close(reader)
+                reader = -1
+                if command == "listen" {
+                    // Each message printed; before, listen went on without a reader until killed.
+                    for _ in 0..<50 where server.isRunning {
+                        _ = try await runCLI(["send", "--socket", path, "a message"])
+                    }
+                    #expect(await server.waitForExit() == 128 + SIGPIPE)
+                } else {
+                    #expect(try await runCLI(["send", "--socket", path, "a message"]).status == 0)
+                    let answered = try await runCLI(["request", "--socket", path, "--timeout", "10", "hi"])
+                    #expect(answered.status == 0 && answered.output == "reply: \"hi\"\n", "\(answered)")
+                    server.signal(SIGTERM)
+                    #expect(await server.waitForExit() == 0)
+                }
+            }
+        }
+    }
+
     @Test("listen --count whose reader reads only after a pause gets every line: a server that is done waits for its reader")
     func listenWaitsForASlowReader() async throws {
         try await withTemporarySocketDirectory { directory in

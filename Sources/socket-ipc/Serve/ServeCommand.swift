@@ -132,6 +132,7 @@ struct ServeCommand: AsyncParsableCommand {
         self.output.apply()
         // A server's event loops print: they must not wait for a reader of standard output.
         Output.writeWithoutWaiting()
+        Output.outlivesStandardOutput()
         let inherited = try self.inheritedSocket()
         guard inherited != nil || self.socket != nil else {
             throw UsageError(message: "give the socket's PATH (or start serve by socket activation, which passes LISTEN_FDS)")

@@ -84,7 +84,8 @@ final class QueuedWriter: Sendable {
 }
 
 /// Writes all of `bytes` to `descriptor`, retrying on `EINTR` (where Foundation's `FileHandle.write` traps); on any
-/// other error (`EPIPE`: the reader has gone, once `SIGPIPE` is ignored) the rest is dropped.
+/// other error the rest is dropped. `EPIPE` on standard output (its reader has gone, once `SIGPIPE` is ignored) is
+/// told to ``Output/standardOutputClosed()``, which ends most commands.
 func writeAll(_ bytes: [UInt8], to descriptor: Int32) {
     var offset = 0
     while offset < bytes.count {
@@ -94,6 +95,7 @@ func writeAll(_ bytes: [UInt8], to descriptor: Int32) {
         } else if written < 0 && errno == EINTR {
             continue
         } else {
+            if written < 0 && errno == EPIPE && descriptor == STDOUT_FILENO { Output.standardOutputClosed() }
             return
         }
     }
