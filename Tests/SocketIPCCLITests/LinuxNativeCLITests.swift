@@ -147,6 +147,42 @@ struct LinuxNativeCLITests {
         }
     }
 
+    @Test(
+        "a client refuses a server of another user at a path that user could have made (a socket in a directory any user may write to, as /tmp): exit 4, nothing sent; its own user's server there is served",
+        .enabled(if: canRunAsAnotherUser, "needs root and setpriv to run the server as another user")
+    )
+    func pathSquatter() async throws {
+        try await withTemporarySocketDirectory { directory in
+            chmod(directory, 0o755)
+            let shared = directory + "/shared"
+            #expect(mkdir(shared, 0o700) == 0 && chmod(shared, 0o1777) == 0)
+            // The squatter (uid 65534) makes the socket first, serving anyone who comes.
+            let path = shared + "/app.sock"
+            let squatter = try TestProcess(
+                executable: "/usr/bin/setpriv",
+                asOtherUser() + [socketIPCBinary, "serve", path, "--allow-anyone", "--permissions", "0666"]
+            )
+            try await withProcess(squatter) { squatter in
+                #expect(await squatter.standardOutput.waitForLine(containing: "listening on") == "listening on \(path)")
+                // Before, both were served.
+                let result = try await runCLI(["request", path, "my secret"])
+                #expect(result.status == 4, "stderr: \(result.error)")
+                #expect(result.output.isEmpty)
+                #expect(result.error.contains("runs as uid \(otherUserID)"), "\(result.error)")
+                #expect(result.error.contains("\(shared), a directory any user may write to"), "\(result.error)")
+                #expect(result.error.contains("nothing was sent"))
+                let eof = try await runCLI(["send", "--eof", path, "my secret"])
+                #expect(eof.status == 4, "stderr: \(eof.error)")
+            }
+            // This user's own server in the same directory is served.
+            let own = shared + "/own.sock"
+            try await withServeCommand(at: own) { _ in
+                let answered = try await runCLI(["request", own, "hi"])
+                #expect(answered.status == 0 && answered.output == "reply: \"hi\"\n", "\(answered)")
+            }
+        }
+    }
+
     @Test("a client of an @name nobody serves says so in one line, exit 3")
     func abstractNobody() async throws {
         let name = "@socketipc-cli-none-\(getpid())"

@@ -11,12 +11,14 @@ import Darwin
 enum SocketConnector {
     /// Opens a socket and connects it to `path`, retrying while the server's backlog is full, up to `timeout`.
     ///
-    /// An abstract address (`@name`) has no owner: any process may bind the name first. So the server on one must
-    /// run as a user of `trustedServerUserIDs` (by default this process's own user and root), checked with the
-    /// server's `SO_PEERCRED`, or the connection is closed before a byte is sent (as D-Bus clients check the bus).
+    /// An abstract address (`@name`) has no owner: any process may bind the name first. Nor has a path where another
+    /// user could have made the socket file or a directory on the way (``SharedDirectoryPath``: a socket in `/tmp`
+    /// that this user did not make). On either, the server must run as a user of `trustedServerUserIDs` (by default
+    /// this process's own user and root), checked with the server's `SO_PEERCRED`, or the connection is closed before
+    /// a byte is sent (as D-Bus clients check the bus, and PostgreSQL's `requirepeer`).
     /// - Returns: The connected, non-blocking descriptor; the caller owns it.
     /// - Throws: ``SocketIPCError`` with code `connectionRefused`, `unauthorized` (no permission; or a server on an
-    ///   abstract address running as another user), `timedOut` or `systemCall`.
+    ///   address another user could have taken, running as another user), `timedOut` or `systemCall`.
     static func connect(
         to path: SocketPath,
         timeout: Duration,
@@ -24,22 +26,24 @@ enum SocketConnector {
         takesDescriptors: Bool = false
     ) async throws -> Int32 {
         let descriptor = try await Self.connectUnchecked(to: path, timeout: timeout, takesDescriptors: takesDescriptors)
-        if path.isAbstract {
-            let trusted = trustedServerUserIDs ?? [UInt32(geteuid()), 0]
-            guard let server = PeerCredentials.read(descriptor: descriptor), trusted.contains(server.userID) else {
-                let who = PeerCredentials.read(descriptor: descriptor).map { "runs as uid \($0.userID) (pid \($0.processID))" }
-                    ?? "cannot be identified"
-                close(descriptor)
-                throw SocketIPCError(
-                    .unauthorized,
-                    "the server on the abstract address \(path) \(who), not as a trusted user "
-                        + "(\(trusted.sorted().map { "uid \($0)" }.joined(separator: ", "))): any process can take an "
-                        + "abstract name, so this one may not be the server you meant; nothing was sent",
-                    path: path.path
-                )
-            }
+        let shared = path.isAbstract ? nil : SharedDirectoryPath.openToOthers(on: path.path)
+        guard path.isAbstract || shared != nil else { return descriptor }
+        let trusted = trustedServerUserIDs ?? [UInt32(geteuid()), 0]
+        guard let server = PeerCredentials.read(descriptor: descriptor), trusted.contains(server.userID) else {
+            let who = PeerCredentials.read(descriptor: descriptor).map { "runs as uid \($0.userID) (pid \($0.processID))" }
+                ?? "cannot be identified"
+            close(descriptor)
+            let address =
+                shared.map { "the server at \(path) \(who), not as a trusted user (\(Self.describe(trusted))): \(path) is reached through \($0), a directory any user may write to, so another user may have made it; nothing was sent" }
+                ?? "the server on the abstract address \(path) \(who), not as a trusted user (\(Self.describe(trusted))): any process can take an abstract name, so this one may not be the server you meant; nothing was sent"
+            throw SocketIPCError(.unauthorized, address, path: path.path)
         }
         return descriptor
+    }
+
+    /// `uid 0, uid 1000`.
+    private static func describe(_ users: Set<UInt32>) -> String {
+        users.sorted().map { "uid \($0)" }.joined(separator: ", ")
     }
 
     private static func connectUnchecked(to path: SocketPath, timeout: Duration, takesDescriptors: Bool) async throws -> Int32 {

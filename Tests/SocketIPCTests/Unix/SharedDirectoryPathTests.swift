@@ -1,0 +1,58 @@
+import Foundation
+import SocketIPCTesting
+import Testing
+
+@testable import SocketIPCRuntime
+
+// Written for Linux (Glibc, Musl) and Darwin; tested on Linux only, Darwin is untested.
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Which socket paths another user could have made: the client asks the server there who it is
+/// (`SharedDirectoryPath`, used by `SocketConnector.connect`).
+@Suite("Paths another user could have made", .enabled(if: OtherUser.canOwnFiles, "needs root to make files of another user"))
+struct SharedDirectoryPathTests {
+    @Test("a name in a directory any user may write to is anyone's unless this user or root owns it (sticky), or at all (not sticky); a link there counts as its owner's; a private directory, or a group-writable one, is not counted")
+    func cases() async throws {
+        try await withTemporarySocketDirectory { directory in
+            chmod(directory, 0o755)
+            let sticky = directory + "/sticky"
+            try makeDirectory(sticky, mode: 0o1777)
+            let open = directory + "/open"
+            try makeDirectory(open, mode: 0o777)
+            let group = directory + "/group"
+            try makeDirectory(group, mode: 0o770)
+            let mine = directory + "/mine"
+            try makeDirectory(mine, mode: 0o700)
+            // Entries of the other user, and of this one, in the sticky directory.
+            try makeStaleSocket(at: sticky + "/theirs.sock")
+            #expect(lchown(sticky + "/theirs.sock", OtherUser.uid, OtherUser.gid) == 0)
+            try makeStaleSocket(at: sticky + "/ours.sock")
+            try makeDirectory(sticky + "/theirs", mode: 0o755)
+            #expect(chown(sticky + "/theirs", OtherUser.uid, OtherUser.gid) == 0)
+            try makeDirectory(sticky + "/ours", mode: 0o755)
+            // A link of the other user's in the sticky directory, to this user's private directory.
+            #expect(symlink(mine, sticky + "/link") == 0)
+            #expect(lchown(sticky + "/link", OtherUser.uid, OtherUser.gid) == 0)
+
+            #expect(SharedDirectoryPath.openToOthers(on: sticky + "/theirs.sock") == sticky)
+            #expect(SharedDirectoryPath.openToOthers(on: sticky + "/ours.sock") == nil)
+            #expect(SharedDirectoryPath.openToOthers(on: sticky + "/not-yet.sock") == nil, "no file: nothing to connect to")
+            #expect(SharedDirectoryPath.openToOthers(on: sticky + "/theirs/s.sock") == sticky, "a directory they made")
+            #expect(SharedDirectoryPath.openToOthers(on: sticky + "/ours/s.sock") == nil)
+            #expect(SharedDirectoryPath.openToOthers(on: sticky + "/link/s.sock") == sticky, "a link they made")
+            #expect(SharedDirectoryPath.openToOthers(on: sticky + "/ours/../theirs.sock") == sticky)
+            #expect(SharedDirectoryPath.openToOthers(on: open + "/any.sock") == open, "not sticky: any entry may be replaced")
+            #expect(SharedDirectoryPath.openToOthers(on: group + "/s.sock") == nil)
+            #expect(SharedDirectoryPath.openToOthers(on: mine + "/s.sock") == nil)
+            // A link of this user's, in a private directory, to a directory any user may write to.
+            #expect(symlink(open, mine + "/to-open") == 0)
+            #expect(SharedDirectoryPath.openToOthers(on: mine + "/to-open/s.sock") == mine + "/to-open", "named as met on the way")
+        }
+    }
+}
