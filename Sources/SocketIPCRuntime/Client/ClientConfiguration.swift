@@ -12,9 +12,15 @@ public struct ClientConfiguration: Sendable {
     /// this off for a body that does.
     public var runsBodyOnEventLoop = true
 
-    /// For an abstract address (`@name`), the user ids the server may run as, checked with its `SO_PEERCRED` before
-    /// anything is sent; `nil`, the default, trusts this process's own user and root. (An abstract name has no owner
-    /// or file mode: any process may take it first.) Paths are protected by their file and directory instead.
+    /// For an address another user could have taken first, the user ids the server may run as, checked with its
+    /// `SO_PEERCRED` before anything is sent; `nil`, the default, trusts this process's own user and root.
+    ///
+    /// Such an address is an abstract one (`@name`: it has no owner or file mode, and any process may bind the name
+    /// first), or a path on which another user could have made the socket file, a symbolic link or a directory: in a
+    /// directory any user may write to, such as `/tmp` (`1777`), an entry that neither this user nor root owns, and
+    /// any entry of a directory writable by all without the sticky bit. Other paths are protected by their file and
+    /// directories, and are not checked; nor are directories writable by their group only, whose group is trusted
+    /// with them. (As PostgreSQL's `requirepeer`, and D-Bus clients checking the bus.)
     public var trustedServerUserIDs: Set<UInt32>? = nil
 
     /// Creates a configuration with the defaults.
