@@ -17,7 +17,7 @@ import Darwin
 /// (`SharedDirectoryPath`, used by `SocketConnector.connect`).
 @Suite("Paths another user could have made", .enabled(if: OtherUser.canOwnFiles, "needs root to make files of another user"))
 struct SharedDirectoryPathTests {
-    @Test("a name in a directory any user may write to is anyone's unless this user or root owns it (sticky), or at all (not sticky); a link there counts as its owner's; a private directory, or a group-writable one, is not counted")
+    @Test("a name in a directory any user may write to is anyone's unless this user or root owns it (sticky), or at all (not sticky); a link there counts as its owner's, and links are followed; a private directory, or a group-writable one, is not counted")
     func cases() async throws {
         try await withTemporarySocketDirectory { directory in
             chmod(directory, 0o755)
@@ -36,23 +36,33 @@ struct SharedDirectoryPathTests {
             try makeDirectory(sticky + "/theirs", mode: 0o755)
             #expect(chown(sticky + "/theirs", OtherUser.uid, OtherUser.gid) == 0)
             try makeDirectory(sticky + "/ours", mode: 0o755)
+            // The sockets the client connected to, of this user.
+            for socket in [sticky + "/ours/s.sock", group + "/s.sock", mine + "/s.sock", open + "/s.sock"] {
+                try makeStaleSocket(at: socket)
+            }
             // A link of the other user's in the sticky directory, to this user's private directory.
             #expect(symlink(mine, sticky + "/link") == 0)
             #expect(lchown(sticky + "/link", OtherUser.uid, OtherUser.gid) == 0)
 
             #expect(SharedDirectoryPath.openToOthers(on: sticky + "/theirs.sock") == sticky)
             #expect(SharedDirectoryPath.openToOthers(on: sticky + "/ours.sock") == nil)
-            #expect(SharedDirectoryPath.openToOthers(on: sticky + "/not-yet.sock") == nil, "no file: nothing to connect to")
+            #expect(
+                SharedDirectoryPath.openToOthers(on: sticky + "/gone.sock") == sticky,
+                "called after the connect: a name gone since counts as another user's"
+            )
             #expect(SharedDirectoryPath.openToOthers(on: sticky + "/theirs/s.sock") == sticky, "a directory they made")
             #expect(SharedDirectoryPath.openToOthers(on: sticky + "/ours/s.sock") == nil)
             #expect(SharedDirectoryPath.openToOthers(on: sticky + "/link/s.sock") == sticky, "a link they made")
             #expect(SharedDirectoryPath.openToOthers(on: sticky + "/ours/../theirs.sock") == sticky)
-            #expect(SharedDirectoryPath.openToOthers(on: open + "/any.sock") == open, "not sticky: any entry may be replaced")
+            #expect(SharedDirectoryPath.openToOthers(on: open + "/s.sock") == open, "not sticky: any entry may be replaced")
             #expect(SharedDirectoryPath.openToOthers(on: group + "/s.sock") == nil)
             #expect(SharedDirectoryPath.openToOthers(on: mine + "/s.sock") == nil)
             // A link of this user's, in a private directory, to a directory any user may write to.
             #expect(symlink(open, mine + "/to-open") == 0)
-            #expect(SharedDirectoryPath.openToOthers(on: mine + "/to-open/s.sock") == mine + "/to-open", "named as met on the way")
+            #expect(SharedDirectoryPath.openToOthers(on: mine + "/to-open/s.sock") == open)
+            // The socket's own name a link of this user's, in a private directory, to a socket of theirs.
+            #expect(symlink(sticky + "/theirs.sock", mine + "/app.sock") == 0)
+            #expect(SharedDirectoryPath.openToOthers(on: mine + "/app.sock") == sticky)
         }
     }
 }

@@ -16,9 +16,12 @@ import Darwin
 /// This is the client's side of what ``DirectorySecurity`` requires of a server's directory (as OpenSSH's
 /// `safe_path`), and what PostgreSQL's `requirepeer` and D-Bus clients check with `SO_PEERCRED`.
 enum SharedDirectoryPath {
-    /// The first directory on the way to `path` (as given, and as resolved) in which another user could have made or
-    /// replaced the next entry on the way; `nil` when there is none, or when the path cannot be examined (the connect
-    /// then fails on its own, or nothing there was made by another user).
+    /// The first directory on the way to `path` in which another user could have made or replaced the next entry on
+    /// the way, named as met (through the symbolic links on the way, if any, resolved); `nil` when there is none.
+    ///
+    /// Called after the connect, so the path led to a socket then: a name that cannot be examined now, after a
+    /// directory others may write to was passed, counts as made by another user (who may have removed it since).
+    /// Costs one `lstat` per component, and a `realpath` and a second walk when a symbolic link is met.
     static func openToOthers(on path: String) -> String? {
         let absolute: String
         if path.hasPrefix("/") {
@@ -27,35 +30,63 @@ enum SharedDirectoryPath {
             guard let workingDirectory = DirectorySecurity.realPath(".") else { return nil }
             absolute = workingDirectory + "/" + path
         }
-        if let found = Self.firstOpenDirectory(on: absolute) { return found }
-        // The directories a symbolic link on the way leads to: the socket's real parent, and its ancestors.
-        let slash = absolute.lastIndex(of: "/")!
-        let parent = slash == absolute.startIndex ? "/" : String(absolute[..<slash])
-        guard let resolved = DirectorySecurity.realPath(parent) else { return nil }
-        return Self.firstOpenDirectory(on: (resolved == "/" ? "" : resolved) + "/" + absolute[absolute.index(after: slash)...])
-    }
-
-    /// Walks the absolute `path` one component at a time, lexically (`..` drops the last directory).
-    private static func firstOpenDirectory(on path: String) -> String? {
-        let trusted: Set<uid_t> = [geteuid(), 0]
-        var directory = "/"
-        for name in path.split(separator: "/", omittingEmptySubsequences: true).map(String.init) {
-            if name == "." { continue }
-            let entry = (directory == "/" ? "" : directory) + "/" + name
-            if name != ".." {
-                var info = stat()
-                guard stat(directory, &info) == 0 else { return nil }
-                if info.st_mode & S_IWOTH != 0 {
-                    var entryInfo = stat()
-                    if info.st_mode & S_ISVTX == 0 { return directory }
-                    guard lstat(entry, &entryInfo) == 0 else { return nil }
-                    if !trusted.contains(entryInfo.st_uid) { return directory }
-                }
-                directory = entry
-            } else if let slash = directory.lastIndex(of: "/") {
-                directory = slash == directory.startIndex ? "/" : String(directory[..<slash])
+        switch Self.walk(absolute) {
+        case .open(let directory): return directory
+        case .closed: return nil
+        case .symbolicLink(let passed):
+            // Every link on the way (the socket's name included) resolved, the directories it really is in.
+            guard let resolved = DirectorySecurity.realPath(absolute) else { return passed }
+            switch Self.walk(resolved) {
+            case .open(let directory): return directory
+            case .closed: return passed
+            case .symbolicLink(let again): return again ?? passed ?? resolved
             }
         }
-        return nil
+    }
+
+    /// What a walk along a path found.
+    private enum Walk {
+        /// A directory in which another user could have made or replaced the next entry.
+        case open(String)
+        /// No such directory, as far as the path could be examined.
+        case closed
+        /// A symbolic link, met after passing the open directory given, if any (whose entry on the way is safe).
+        case symbolicLink(passed: String?)
+    }
+
+    /// Walks the absolute `path` one component at a time with `lstat`, lexically (`..` drops the last directory),
+    /// until the end or a symbolic link.
+    private static func walk(_ path: String) -> Walk {
+        let trusted: Set<uid_t> = [geteuid(), 0]
+        var directory = "/"
+        var directoryInfo = stat()
+        guard lstat(directory, &directoryInfo) == 0 else { return .closed }
+        // A directory others may write to, passed through an entry of a trusted user (sticky): safe so far.
+        var passed: String?
+        for name in path.split(separator: "/", omittingEmptySubsequences: true).map(String.init) {
+            if name == "." { continue }
+            if name == ".." {
+                if let slash = directory.lastIndex(of: "/") {
+                    directory = slash == directory.startIndex ? "/" : String(directory[..<slash])
+                }
+                guard lstat(directory, &directoryInfo) == 0 else { return passed.map(Walk.open) ?? .closed }
+                continue
+            }
+            let entry = (directory == "/" ? "" : directory) + "/" + name
+            let othersMayWrite = directoryInfo.st_mode & S_IWOTH != 0
+            if othersMayWrite && directoryInfo.st_mode & S_ISVTX == 0 { return .open(directory) }
+            var entryInfo = stat()
+            guard lstat(entry, &entryInfo) == 0 else {
+                return othersMayWrite ? .open(directory) : passed.map(Walk.open) ?? .closed
+            }
+            if othersMayWrite {
+                guard trusted.contains(entryInfo.st_uid) else { return .open(directory) }
+                passed = directory
+            }
+            if entryInfo.st_mode & S_IFMT == S_IFLNK { return .symbolicLink(passed: passed) }
+            directory = entry
+            directoryInfo = entryInfo
+        }
+        return .closed
     }
 }
