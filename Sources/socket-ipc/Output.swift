@@ -182,16 +182,21 @@ enum Output {
     }
 }
 
-/// A payload for display: its text in quotes if it is printable UTF-8, otherwise `0x` and its hex (the first 64
-/// bytes).
+/// A payload for display on one line: its text in quotes if it is printable UTF-8, with newlines, tabs and the other
+/// characters that could end the line or act on a terminal escaped (``SafeText/oneLine(_:)``: a peer's text can
+/// neither forge a line of its own nor move the cursor), and only its first 1,024 bytes, then `…`; otherwise `0x`
+/// and its hex (the first 64 bytes).
 func describe(_ buffer: ByteBuffer) -> String {
-    let bytes = Array(buffer.readableBytesView)
-    if let text = String(validating: bytes, as: UTF8.self),
-        text.unicodeScalars.allSatisfy({ $0.properties.isWhitespace || !$0.properties.generalCategory.isControl })
-    {
-        return "\"\(text)\""
+    let limit = 1024
+    let bytes = Array(buffer.readableBytesView.prefix(limit))
+    // A cut may fall inside a character: the text then ends before it.
+    let text = (0...min(3, max(bytes.count - 1, 0))).lazy.compactMap {
+        String(validating: bytes.dropLast($0), as: UTF8.self)
+    }.first
+    if let text, text.unicodeScalars.allSatisfy({ $0.properties.isWhitespace || !$0.properties.generalCategory.isControl }) {
+        return "\"" + SafeText.oneLine(text) + "\"" + (buffer.readableBytes > text.utf8.count ? "…" : "")
     }
-    return "0x" + bytes.prefix(64).map { String(format: "%02x", $0) }.joined() + (bytes.count > 64 ? "…" : "")
+    return "0x" + bytes.prefix(64).map { String(format: "%02x", $0) }.joined() + (buffer.readableBytes > 64 ? "…" : "")
 }
 
 extension Unicode.GeneralCategory {

@@ -9,8 +9,8 @@ struct RequestCommand: AsyncParsableCommand {
         abstract: "Send a framed request and print the reply; or fire many and print a latency summary.",
         discussion: """
             Sends MESSAGE (the argument, @FILE, or standard input when omitted or -) as one request and prints the \
-            reply as `reply: TEXT-OR-HEX` (text in quotes when it is printable UTF-8), or with --raw the reply's \
-            bytes as they are.
+            reply as `reply: TEXT-OR-HEX` (text in quotes when it is printable UTF-8, on one line: newlines and \
+            controls escaped as \\n and \\xNN, at most its first 1 KiB), or with --raw the reply's bytes as they are.
 
             With --count N it sends N requests, `MESSAGE #1` ... `MESSAGE #N`, with at most --concurrency of them \
             in flight at once on one connection, and prints a summary: how many, how long, the rate, and the \

@@ -35,6 +35,61 @@ struct HostileServerTextTests {
         }
     }
 
+    /// Echoes every request.
+    struct EchoingHandler: ConnectionHandler {
+        func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {
+            reply.succeed(request)
+        }
+    }
+
+    @Test("a reply, and a message serve prints, with newlines and carriage returns stay on one line, escaped: no peer forges a line; a long one is cut at 1 KiB")
+    func repliesAndMessagesOnOneLine() async throws {
+        let forging = "hi\nerror: the server says your disk is full\rX\u{2028}Y\u{85}Z\u{0B}\u{0C}"
+        let escaped = #""hi\nerror: the server says your disk is full\x0dX\u{2028}Y\u{0085}Z\x0b\x0c""#
+        try await withFramedTestServer(makeHandler: { EchoingHandler() }) { _, path in
+            // Before, the reply's newline and carriage return reached the terminal as they were.
+            let result = try await runCLI(["request", "--quiet", path, forging])
+            #expect(result.status == 0, "stderr: \(result.error)")
+            #expect(result.output == "reply: \(escaped)\n", "\(result.output)")
+            let long = try await runCLI(["request", "--quiet", path, String(repeating: "é", count: 600)])
+            #expect(long.output == "reply: \"\(String(repeating: "é", count: 512))\"…\n", "\(long.output)")
+        }
+        try await withServeCommand { path, server in
+            let sent = try await runCLI(["send", "--socket", path, forging])
+            #expect(sent.status == 0, "stderr: \(sent.error)")
+            let printed = await server.standardOutput.waitForLine(containing: "message")
+            #expect(printed == "message \(forging.utf8.count) bytes: \(escaped)")
+        }
+    }
+
+    @Test(
+        "probe prints a listener's process name, which the process chose, escaped",
+        .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/python3"), "needs python3")
+    )
+    func probeEscapesProcessName() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/named.sock"
+            // A listener that names itself with escape sequences (prctl(PR_SET_NAME)), then holds what it accepts.
+            let script = #"""
+                import ctypes, socket, sys
+                ctypes.CDLL(None).prctl(15, b"\x1b[31mEVIL\x07", 0, 0, 0)
+                s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(8)
+                print("ready", flush=True)
+                held = []
+                while True: held.append(s.accept()[0])
+                """#
+            let listener = try TestProcess(executable: "/usr/bin/python3", ["-c", script, path], timeLimit: .seconds(60))
+            try await withProcess(listener) { listener in
+                #expect(await listener.standardOutput.waitForLine("ready"))
+                let probed = try await runCLI(["probe", path])
+                let all = probed.output + probed.error
+                // Before, the name's ESC and BEL bytes reached the terminal as they were.
+                #expect(!all.utf8.contains(0x1B) && !all.utf8.contains(0x07), "\(all)")
+                #expect(all.contains(#"\x1b[31mEVIL\x07"#), "\(all)")
+            }
+        }
+    }
+
     @Test("call and watch refuse a response that is not JSON (exit 1, the text escaped), and print JSON whose strings hold controls of the terminal with them as JSON escapes", arguments: ["call", "watch"])
     func responsesReachTheTerminalEscaped(command: String) async throws {
         for (response, status, output) in [

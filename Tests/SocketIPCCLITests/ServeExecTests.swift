@@ -152,7 +152,7 @@ struct ServeExecTests {
                 }
                 // Had the request that gave up kept its place, it would run before this one.
                 let last = try await runCLI(["request", path, "last"])
-                #expect(last.output == "reply: \"ok\n\"\n", "stderr: \(last.error)")
+                #expect(last.output == #"reply: "ok\n""# + "\n", "stderr: \(last.error)")
             }
             let lines = try String(contentsOfFile: starts, encoding: .utf8).split(separator: "\n")
             #expect(lines.count == 2, "runs started: \(lines.count)")
@@ -258,7 +258,7 @@ struct ServeExecTests {
                 let result = try await runCLI(["request", path, "x"])
                 #expect(result.status == 0, "stderr: \(result.error)")
                 // `ls` itself holds the directory it lists open: 3.
-                #expect(result.output == "reply: \"0\n1\n2\n3\n\"\n")
+                #expect(result.output == #"reply: "0\n1\n2\n3\n""# + "\n")
             }
         }
     #endif

@@ -2,11 +2,15 @@ import Foundation
 
 /// The command name of a process, as `ps -o comm` shows it: `/proc/PID/comm` on Linux (Darwin: none, untested).
 enum ProcessName {
-    /// The command name of process `pid`, or `nil` when it is gone or cannot be read.
+    /// The command name of process `pid`, safe to print (``SafeText/oneLine(_:)``: a process names itself, with
+    /// `prctl(PR_SET_NAME)`, and may put escape sequences or a newline in its name), or `nil` when it is gone or cannot
+    /// be read.
     static func of(_ pid: Int32) -> String? {
         #if os(Linux)
         guard pid > 0, let data = FileManager.default.contents(atPath: "/proc/\(pid)/comm") else { return nil }
-        let name = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        // The kernel ends the name with a newline.
+        let bytes = data.last == UInt8(ascii: "\n") ? data.dropLast() : data[...]
+        let name = SafeText.oneLine(String(decoding: bytes, as: UTF8.self))
         return name.isEmpty ? nil : name
         #else
         return nil
