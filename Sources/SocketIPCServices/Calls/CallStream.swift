@@ -158,7 +158,11 @@ final class CallStream: Sendable {
             }
             self.grant(credit)
         case .end(let status):
-            if case .end(let waiter, let status) = self.state.withLock({ $0.machine.endReceived(status) }) {
+            // A caller's end keeps only its code (see endReceived): its details would be held for the call's life.
+            let fromCaller = !self.isCaller
+            if case .end(let waiter, let status) = self.state.withLock({
+                $0.machine.endReceived(status, fromCaller: fromCaller)
+            }) {
                 waiter.resume(returning: .end(status))
             }
             // On the caller's side the handler's end ends the whole call: what the caller still sends has no

@@ -85,6 +85,22 @@ struct CallStateMachineTests {
         if case .violation = machine.messageReceived(Self.message(1000)) { Issue.record("credit was given back") }
     }
 
+    @Test("a caller's end keeps only its code (a hostile caller's details are not held for the call's life); a handler's end keeps its error and details")
+    func callersEndKeepsNothingElse() throws {
+        let details = ByteBuffer(repeating: 0x44, count: 1 << 20)
+        let withEverything = CallStatus(code: .ok, errorCode: "code", message: "text", details: details)
+        var handling = Machine()
+        _ = handling.endReceived(withEverything, fromCaller: true)
+        guard case .end(let kept) = handling.next(orWait: "reader") else { throw Failure("the end stays") }
+        #expect(kept.code == .ok && kept.errorCode.isEmpty && kept.message.isEmpty && kept.details.readableBytes == 0)
+
+        var calling = Machine()
+        let failed = CallStatus(code: .applicationError, errorCode: "code", message: "text", details: details)
+        _ = calling.endReceived(failed, fromCaller: false)
+        guard case .end(let status) = calling.next(orWait: "reader") else { throw Failure("the end stays") }
+        #expect(status.code == .applicationError && status.errorCode == "code" && status.details == details)
+    }
+
     @Test("a waiting reader gets the next message or the end; a failure reaches every waiter and every later call")
     func readersAndFailure() throws {
         var machine = Machine()
