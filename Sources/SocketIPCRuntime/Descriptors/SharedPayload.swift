@@ -101,16 +101,28 @@ enum SharedPayload {
 
 extension Connection {
     /// The sealed shared memory `payload` travels in, when it should: on a connection whose peer takes shared
-    /// payloads, for a payload of at least ``ConnectionOptions/sharedPayloadThreshold`` bytes. `nil` otherwise, and
-    /// when the memory cannot be made (the payload then goes through the socket).
+    /// payloads, for a payload of at least ``ConnectionOptions/sharedPayloadThreshold`` bytes, while the peer has not
+    /// left more than ``sharedMemoryUnreadLimit`` bytes of such memory unread. `nil` otherwise, and when the memory
+    /// cannot be made (the payload then goes through the socket).
     func sharedMemory(for payload: ByteBuffer) -> Int32? {
-        guard payload.readableBytes >= self.options.sharedPayloadThreshold, self.takesSharedPayloads else { return nil }
+        guard payload.readableBytes >= self.options.sharedPayloadThreshold, self.takesSharedPayloads,
+            let relay = self.descriptorPassing?.relay,
+            relay.reserveSharedMemory(payload.readableBytes, limit: self.sharedMemoryUnreadLimit)
+        else { return nil }
         do {
             return try SharedPayload.make(payload)
         } catch {
+            relay.releaseSharedMemory(payload.readableBytes)
             self.logger.debug("a shared payload could not be made; it goes through the socket", metadata: ["error": "\(error)"])
             return nil
         }
+    }
+
+    /// The most bytes of shared memory this side makes for payloads that the peer has not read yet: one largest
+    /// message (``ConnectionOptions/maximumMessageSize``, 16 MiB by default) or the write watermark, whichever is
+    /// more. Beyond it, payloads go through the socket, as if there were no shared memory.
+    var sharedMemoryUnreadLimit: Int {
+        max(self.options.effectiveMaximumMessageSize, self.options.writeBufferHighWatermark)
     }
 
     /// Whether shared payloads can travel on this connection: both sides pass descriptors and the peer's hello says

@@ -8,6 +8,8 @@ import SystemPackage
 import SocketIPCTestSupport
 import Testing
 
+@testable import SocketIPCRuntime
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -161,6 +163,50 @@ struct DescriptorPassingTests {
                 let reply = try await connection.request(payload)
                 #expect(reply == payload, "the request and its reply arrived whole")
             }
+        }
+    }
+
+    @Test("a peer that leaves shared payloads unread gets no more of them beyond the limit: the next payloads go through the socket, where the write watermark holds them, until it has read everything")
+    func unreadSharedPayloadsBounded() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/raw.sock"
+            let listener = try makeStaleSocket(at: path, listening: true)
+            defer { close(listener) }
+            // A raw server that passes descriptors and takes shared payloads (hello flags 0x07), and reads when told.
+            let accepting = Task { () -> RawSocket in
+                let peer = try await RawSocket.accepting(on: listener)
+                try await peer.write([0x53, 0x49, 0x50, 0x43, 0x01, 0x07, 0x00, 0x00])
+                return peer
+            }
+            var configuration = Self.clientConfiguration()
+            // The limit of unread shared memory is the larger of the maximum message and the watermark: 256 KiB here.
+            configuration.connection.maximumMessageSize = 200 * 1024
+            configuration.connection.sharedPayloadThreshold = 64 * 1024
+            let connection = try await Client.connect(to: path, configuration: configuration)
+            defer { connection.abort() }
+            let peer = try await accepting.value
+            defer { peer.close() }
+            #expect(try await peer.read(exactly: 8).count == 8, "the client's hello")
+            /// The kinds of the frames of `count` payloads (a descriptors frame and its shared payload frame count as
+            /// one payload), read whole.
+            func kinds(ofPayloads count: Int) async throws -> [UInt8] {
+                var kinds: [UInt8] = []
+                while kinds.filter({ $0 != 0x0D }).count < count {
+                    let length = try await peer.read(exactly: 4).reduce(0) { $0 << 8 | Int($1) }
+                    kinds.append(try await peer.read(exactly: length)[0])
+                }
+                return kinds
+            }
+            let payload = ByteBuffer(repeating: 0x61, count: 150 * 1024)
+            // Nothing is read meanwhile: the first goes in shared memory, the second would pass the limit.
+            try await connection.send(payload)
+            try await connection.send(payload)
+            #expect(try await kinds(ofPayloads: 2) == [0x0D, 0x0E, 0x01], "before, both were shared")
+            // Once the peer has read everything, shared memory again.
+            let relay = try #require(connection.descriptorPassing?.relay)
+            #expect(await eventually { relay.reserveSharedMemory(0, limit: 0) }, "the count starts again")
+            try await connection.send(payload)
+            #expect(try await kinds(ofPayloads: 1) == [0x0D, 0x0E])
         }
     }
 
