@@ -159,3 +159,6 @@ extension Connection {
 /// The event a ``Connection`` fires through its channel's pipeline when an answer brought the peer's unanswered
 /// requests below ``ConnectionOptions/maximumConcurrentRequests`` while reading was paused for them.
 struct RequestsAnswered: Sendable {}
+
+/// The event-loop turn a ``DecodeStep/yieldTurn`` gave up has passed: the channel handler hands out what it kept.
+struct SharedPayloadTurnEnded: Sendable {}

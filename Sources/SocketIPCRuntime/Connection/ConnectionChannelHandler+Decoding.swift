@@ -10,6 +10,9 @@ enum DecodeStep: Equatable {
     case peerFailed
     /// A call frame broke the protocol: say going-away `0x01` and close.
     case violation(SocketIPCError)
+    /// A payload in shared memory was handed out: its mapping and copy were this read's share of the event loop, so
+    /// the rest is handed out after the loop's other work (``ConnectionChannelHandler/resumeAfterYield(context:)``).
+    case yieldTurn
 
     /// Whether the step is ``next``: a pattern match, where `== .next` would make and compare a whole value (with
     /// the error of ``violation(_:)``) per frame.
@@ -128,7 +131,29 @@ extension ConnectionChannelHandler {
             context.close(promise: nil)
         case .violation(let error):
             self.fail(error, context: context)
+        case .yieldTurn:
+            // What is kept is handed out after the loop's other work; reads meanwhile only add to it (and stop at
+            // pausedReadLimit), so that one peer's frames of a few bytes each, each standing for up to 16 MiB of
+            // shared memory to map and copy, cannot hold the loop for all of them at once (found by a review: a
+            // benign request waited 113 s).
+            self.inbound.isYielding = true
+            let channel = context.channel
+            context.eventLoop.execute { channel.pipeline.fireUserInboundEventTriggered(SharedPayloadTurnEnded()) }
         }
+    }
+
+    /// After a ``DecodeStep/yieldTurn``, on the event loop's next turn: hands out what was kept, then reads again.
+    func resumeAfterYield(context: ChannelHandlerContext) {
+        guard self.inbound.isYielding else { return }
+        self.inbound.isYielding = false
+        guard let connection = self.connection, self.state.mayHandleFrames else { return }
+        if self.inbound.partial != nil {
+            connection.readBatchStarted()
+            var nothing = ByteBuffer()
+            self.decode(&nothing, context: context, connection: connection)
+            connection.readBatchEnded()
+        }
+        self.readIfHeld(context: context)
     }
 
     /// While paused for requests: hands out the replies (with their descriptors), error replies, pings and pongs among
@@ -161,12 +186,15 @@ extension ConnectionChannelHandler {
                     if step.isNext {
                         step = Self.dispatch(next, to: &handler, connection: connection, maximumRequests: .max)
                     }
+                    if step == .yieldTurn { step = .next }
                     partial.bytes = after
                 case .request, .message, .goAway, .call:
                     self.inbound.hold(before.readSlice(length: partial.bytes.readerIndex - before.readerIndex)!)
                 default:
                     step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: .max)
                 }
+                // Replies are handed out while paused whatever they cost: a request of this side waits for each.
+                if step == .yieldTurn { step = .next }
                 if !step.isNext { break }
             }
         } catch let error as SocketIPCError {
@@ -334,11 +362,11 @@ extension ConnectionChannelHandler {
             switch kind {
             case .message:
                 handler.didReceiveMessage(mapping, on: connection)
-                return .next
+                return .yieldTurn
             case .request:
                 guard let unanswered = connection.requestReceived() else { return .violation(Connection.floodError) }
                 handler.didReceiveRequest(mapping, reply: Reply(connection: connection, id: id), on: connection)
-                return unanswered >= maximumRequests ? .pauseForRequests : .next
+                return unanswered >= maximumRequests ? .pauseForRequests : .yieldTurn
             default:
                 break
             }
@@ -350,7 +378,8 @@ extension ConnectionChannelHandler {
                 case .callMessage: .call(id: id, .message(payload))
                 default: .message(payload)
                 }
-            return Self.dispatch(carried, to: &handler, connection: connection, maximumRequests: maximumRequests)
+            let step = Self.dispatch(carried, to: &handler, connection: connection, maximumRequests: maximumRequests)
+            return step.isNext ? .yieldTurn : step
         }
         switch frame {
         case .message(let message):

@@ -172,7 +172,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
 
     @inline(__always)
     private func mustHoldReads(context: ChannelHandlerContext) -> Bool {
-        (self.inbound.isPausedForRequests && self.inbound.bytesKept >= Self.pausedReadLimit)
+        ((self.inbound.isPausedForRequests || self.inbound.isYielding) && self.inbound.bytesKept >= Self.pausedReadLimit)
             || (self.pausesReadingWhileUnwritable && !context.channel.isWritable)
             || self.connection == nil
     }
@@ -199,6 +199,10 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
             self.handOutRepliesWhilePaused(context: context, connection: connection)
             return
         }
+        if self.inbound.isYielding {
+            self.inbound.append(incoming)
+            return
+        }
         self.decode(&incoming, context: context, connection: connection)
     }
 
@@ -219,6 +223,8 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is RequestsAnswered {
             self.resumeAfterAnswers(context: context)
+        } else if event is SharedPayloadTurnEnded {
+            self.resumeAfterYield(context: context)
         } else if let violation = event as? RelayViolation {
             self.fail(violation.error, context: context)
         } else {

@@ -9,6 +9,9 @@ struct InboundBuffer {
     var held: ByteBuffer?
     /// Whether requests and messages are not handed out until an answer makes room for more requests.
     var isPausedForRequests = false
+    /// Whether frames are not handed out until the event loop's next turn, after a payload in shared memory
+    /// (``DecodeStep/yieldTurn``); reads meanwhile add to ``partial``.
+    var isYielding = false
     /// Whether a `read()` from the channel was held back; it is passed on once nothing holds reads any more.
     var readHeld = false
 

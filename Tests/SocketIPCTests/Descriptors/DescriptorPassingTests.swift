@@ -210,6 +210,60 @@ struct DescriptorPassingTests {
         }
     }
 
+    /// How many messages ``TurnMarkingHandler`` got, and how many had been handed out when its loop ran the task it
+    /// queued at the first.
+    final class TurnMarks: Sendable {
+        let received = Atomic<Int>(0)
+        let seenByTheLoop = Atomic<Int>(0)
+    }
+
+    /// Counts the messages it gets; at the first, queues a task on its event loop that notes how many had been handed
+    /// out by the time the loop ran its other work.
+    struct TurnMarkingHandler: ConnectionHandler {
+        let marks: TurnMarks
+
+        func didReceiveMessage(_ message: ByteBuffer, on connection: Connection) {
+            let count = self.marks.received.add(1, ordering: .relaxed).newValue
+            guard count == 1 else { return }
+            let marks = self.marks
+            connection.eventLoop.execute {
+                marks.seenByTheLoop.store(marks.received.load(ordering: .relaxed), ordering: .relaxed)
+            }
+        }
+    }
+
+    @Test("messages in shared memory are handed out one per turn of the event loop: frames of a few bytes, each standing for megabytes to map and copy, do not hold the loop for all of them at once")
+    func sharedPayloadsYieldTheLoop() async throws {
+        let marks = TurnMarks()
+        try await withFramedTestServer(
+            configure: { $0.connection = Self.options() },
+            makeHandler: { TurnMarkingHandler(marks: marks) }
+        ) { _, path in
+            // One sealed memfd of 1 MiB, passed 20 times: each frame costs the peer 20 bytes.
+            let memory = csocketipc_memfd_create("test-payload")
+            try #require(memory >= 0)
+            defer { close(memory) }
+            try #require(ftruncate(memory, 1 << 20) == 0 && csocketipc_seal_all(memory) == 0)
+            let socket = try await RawSocket.connect(to: path)
+            defer { socket.close() }
+            try await socket.write([0x53, 0x49, 0x50, 0x43, 0x01, 0x07, 0x00, 0x00])
+            #expect(try await socket.read(exactly: 8).count == 8)
+            for _ in 0..<20 {
+                let announce: [UInt8] = [0, 0, 0, 2, 0x0D, 1]
+                var descriptor = memory
+                let sent = announce.withUnsafeBytes {
+                    csocketipc_send_with_descriptors(socket.descriptor, $0.baseAddress, UInt($0.count), &descriptor, 1)
+                }
+                try #require(sent == announce.count)
+                // Frame 0x0E: a message (0x01), id 0, 1 MiB.
+                try await socket.write([0, 0, 0, 14, 0x0E, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0])
+            }
+            #expect(await eventually { marks.received.load(ordering: .relaxed) == 20 }, "all 20 arrive")
+            // Before, every message of the read (up to all 20) was handed out before the loop's next task.
+            #expect(marks.seenByTheLoop.load(ordering: .relaxed) == 1)
+        }
+    }
+
     @Test("a peer without descriptor passing: sending descriptors fails with invalidState, and plain messages work")
     func peerWithout() async throws {
         try await withFramedTestServer(makeHandler: { EchoHandler() }) { _, path in
