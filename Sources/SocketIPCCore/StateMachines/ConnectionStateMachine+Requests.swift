@@ -120,12 +120,22 @@ extension ConnectionStateMachine {
     }
 
     /// The channel handler hands a request of the peer to the handler.
-    /// - Returns: How many of the peer's requests are now unanswered (0 once closed).
+    /// - Parameters:
+    ///   - id: The request's id.
+    ///   - bytes: Its payload's size: a large one also counts against ``maximumUnansweredRequestBytes``.
+    /// - Returns: How many of the peer's requests are now unanswered (0 once closed); `Int.max` once its unanswered
+    ///   large requests hold ``maximumUnansweredRequestBytes`` or more, so that the handler pauses either way.
     @inlinable
     @inline(__always)
-    package mutating func requestReceived() -> Int {
-        self.modifyRequests(closed: 0) { requests, _ in
+    package mutating func requestReceived(id: UInt32 = 0, bytes: Int = 0) -> Int {
+        let budget = self.maximumUnansweredRequestBytes
+        return self.modifyRequests(closed: 0) { requests, _ in
             requests.unanswered += 1
+            if bytes >= Self.largeRequestSize {
+                requests.largeSizes[id, default: 0] += bytes
+                requests.largeBytes += bytes
+                if requests.largeBytes >= budget { return .max }
+            }
             return requests.unanswered
         }
     }
@@ -149,6 +159,9 @@ extension ConnectionStateMachine {
     ) -> AnswerAction {
         let (resumeReading, close) = self.modifyRequests(closed: (false, false)) { requests, goingAway in
             requests.unanswered -= 1
+            if !requests.largeSizes.isEmpty, let size = requests.largeSizes.removeValue(forKey: id) {
+                requests.largeBytes -= size
+            }
             let resumeReading = requests.readingPaused
             requests.readingPaused = false
             return (resumeReading, goingAway && requests.isDrained)
@@ -165,13 +178,14 @@ extension ConnectionStateMachine {
         )
     }
 
-    /// The peer's unanswered requests reached the maximum (as ``requestReceived()`` counted them): the channel
-    /// handler asks whether to stop handing out its frames.
+    /// The peer's unanswered requests reached the maximum, in number or in bytes (as
+    /// ``requestReceived(id:bytes:)`` counted them): the channel handler asks whether to stop handing out its frames.
     @inlinable
     package mutating func pauseReadingForRequests() -> PauseAction {
         let maximum = self.maximumConcurrentRequests
+        let budget = self.maximumUnansweredRequestBytes
         return self.modifyRequests(closed: .keepReading) { requests, _ in
-            guard requests.unanswered >= maximum else { return .keepReading }
+            guard requests.unanswered >= maximum || requests.largeBytes >= budget else { return .keepReading }
             requests.readingPaused = true
             return .pause
         }

@@ -60,17 +60,34 @@ package struct ConnectionStateMachine<RequestContinuation, WriteWaiter, Timer> {
     /// more (`ConnectionOptions.maximumConcurrentRequests`).
     @usableFromInline
     let maximumConcurrentRequests: Int
+    /// The most payload bytes of the peer's large requests (``largeRequestSize`` bytes or more each) that may wait for
+    /// their answer before the channel handler stops handing out more; one such request is always let through.
+    @usableFromInline
+    let maximumUnansweredRequestBytes: Int
+
+    /// Requests of at least this many bytes (64 KiB) count by their size against
+    /// ``maximumUnansweredRequestBytes``; smaller ones only against ``maximumConcurrentRequests``, so that the common
+    /// small request costs no bookkeeping.
+    @inlinable
+    package static var largeRequestSize: Int { 64 * 1024 }
 
     /// Makes the machine of a connection that just opened.
     /// - Parameters:
     ///   - writeBufferHighWatermark: The queued bytes at or above which a sender waits.
     ///   - maximumConcurrentRequests: The most unanswered requests of the peer before reading pauses.
+    ///   - maximumUnansweredRequestBytes: The most bytes of the peer's unanswered large requests before reading
+    ///     pauses; by default no limit.
     @inlinable
-    package init(writeBufferHighWatermark: Int, maximumConcurrentRequests: Int) {
+    package init(
+        writeBufferHighWatermark: Int,
+        maximumConcurrentRequests: Int,
+        maximumUnansweredRequestBytes: Int = .max
+    ) {
         self.state = .open(Requests())
         self.outbound = Outbound()
         self.writeBufferHighWatermark = writeBufferHighWatermark
         self.maximumConcurrentRequests = maximumConcurrentRequests
+        self.maximumUnansweredRequestBytes = maximumUnansweredRequestBytes
     }
 
     // MARK: - State
@@ -125,6 +142,12 @@ package struct ConnectionStateMachine<RequestContinuation, WriteWaiter, Timer> {
         /// maximum: the answer that clears it tells the handler to go on.
         @usableFromInline
         var readingPaused = false
+        /// The sizes of the peer's unanswered large requests (``ConnectionStateMachine/largeRequestSize`` bytes or
+        /// more), by id, and their sum.
+        @usableFromInline
+        var largeSizes: [UInt32: Int] = [:]
+        @usableFromInline
+        var largeBytes = 0
         /// Calls in progress either way (the services layer's, kinds `0x06` to `0x0A`): a connection going away
         /// waits for them as for requests.
         @usableFromInline

@@ -82,8 +82,8 @@ extension Connection {
     /// that need an answer than it may while not reading this side's writes (``floodError``), and the connection
     /// must close.
     @inline(__always)
-    func requestReceived() -> Int? {
-        self.state.withLock { $0.answerOwed() ? $0.requestReceived() : nil }
+    func requestReceived(id: UInt32, bytes: Int) -> Int? {
+        self.state.withLock { $0.answerOwed() ? $0.requestReceived(id: id, bytes: bytes) : nil }
     }
 
     /// The peer pinged, or opened a call that this side answers at once: `nil`, or the error to close with when

@@ -134,7 +134,8 @@ public final class Connection: Sendable {
         self.state = Mutex(
             StateMachine(
                 writeBufferHighWatermark: options.writeBufferHighWatermark,
-                maximumConcurrentRequests: options.maximumConcurrentRequests
+                maximumConcurrentRequests: options.maximumConcurrentRequests,
+                maximumUnansweredRequestBytes: options.effectiveMaximumMessageSize
             )
         )
     }

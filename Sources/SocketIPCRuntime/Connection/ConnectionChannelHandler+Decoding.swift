@@ -269,7 +269,9 @@ extension ConnectionChannelHandler {
         case .message:
             handler.didReceiveMessage(payload, on: connection)
         case .request:
-            guard let unanswered = connection.requestReceived() else { return .violation(Connection.floodError) }
+            guard let unanswered = connection.requestReceived(id: id, bytes: payload.readableBytes) else {
+                return .violation(Connection.floodError)
+            }
             handler.didReceiveRequest(payload, reply: Reply(connection: connection, id: id), on: connection)
             if unanswered >= maximumRequests { return .pauseForRequests }
         case .reply:
@@ -300,7 +302,9 @@ extension ConnectionChannelHandler {
         case .message(let message):
             handler.didReceiveMessage(message, on: connection)
         case .request(let id, let payload):
-            guard let unanswered = connection.requestReceived() else { return .violation(Connection.floodError) }
+            guard let unanswered = connection.requestReceived(id: id, bytes: payload.readableBytes) else {
+                return .violation(Connection.floodError)
+            }
             handler.didReceiveRequest(payload, reply: Reply(connection: connection, id: id), on: connection)
             if unanswered >= maximumRequests { return .pauseForRequests }
         case .reply(let id, let payload):
@@ -364,7 +368,9 @@ extension ConnectionChannelHandler {
                 handler.didReceiveMessage(mapping, on: connection)
                 return .yieldTurn
             case .request:
-                guard let unanswered = connection.requestReceived() else { return .violation(Connection.floodError) }
+                guard let unanswered = connection.requestReceived(id: id, bytes: length) else {
+                    return .violation(Connection.floodError)
+                }
                 handler.didReceiveRequest(mapping, reply: Reply(connection: connection, id: id), on: connection)
                 return unanswered >= maximumRequests ? .pauseForRequests : .yieldTurn
             default:
@@ -385,7 +391,9 @@ extension ConnectionChannelHandler {
         case .message(let message):
             handler.didReceiveMessage(message, descriptors: descriptors, on: connection)
         case .request(let id, let payload):
-            guard let unanswered = connection.requestReceived() else { return .violation(Connection.floodError) }
+            guard let unanswered = connection.requestReceived(id: id, bytes: payload.readableBytes) else {
+                return .violation(Connection.floodError)
+            }
             handler.didReceiveRequest(
                 payload, descriptors: descriptors, reply: Reply(connection: connection, id: id), on: connection
             )

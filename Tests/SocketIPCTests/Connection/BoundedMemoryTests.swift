@@ -84,6 +84,43 @@ struct BoundedMemoryTests {
         }
     }
 
+    @Test("large requests count by their bytes too: unanswered ones hold at most the maximum message size (one always passes), and more are handed out as they are answered")
+    func largeRequestsCappedByBytes() async throws {
+        let (held, heldContinuation) = AsyncStream.makeStream(of: Reply.self)
+        let counter = RequestCounter()
+        let total = 8
+        let size = 100 * 1024
+        try await withFramedTestServer(
+            // The byte limit is the maximum message size: 256 KiB here, so the third request of 100 KiB reaches it.
+            configure: { $0.connection.maximumMessageSize = 256 * 1024 },
+            makeHandler: { HoldingCountingHandler(counter: counter, held: heldContinuation) }
+        ) { _, path in
+            // Eight requests, then a ping: pings are answered while requests are paused, so its pong says that
+            // everything before it was read.
+            var stream: [UInt8] = [0x53, 0x49, 0x50, 0x43, 0x01, 0x01, 0x00, 0x00]
+            for id in 1...total {
+                stream += frameBytes(kind: 0x02, id: UInt32(id), payload: [UInt8](repeating: UInt8(id), count: size))
+            }
+            stream += frameBytes(kind: 0x0B, id: 99, payload: [])
+            let socket = try await RawSocket.connect(to: path)
+            defer { socket.close() }
+            try await socket.send(pieces: [stream])
+            let pong = try await socket.read(exactly: 8 + 9)
+            #expect(Array(pong[8...]) == frameBytes(kind: 0x0C, id: 99, payload: []))
+            // Before, all eight (800 KiB) were handed out: only the count (100) was limited.
+            #expect(counter.received.load(ordering: .relaxed) == 3)
+            var answered = 0
+            for await reply in held {
+                counter.answered.add(1, ordering: .relaxed)
+                reply.succeed(ByteBuffer(string: "ok"))
+                answered += 1
+                if answered == total { break }
+            }
+            #expect(try await socket.read(exactly: total * (9 + 2)).count == total * 11)
+            #expect(counter.mostUnanswered.load(ordering: .relaxed) == 3)
+        }
+    }
+
     @Test("a client with many large requests in flight gets every reply: the server's pause never deadlocks it")
     func pipelinedLargeRequests() async throws {
         try await withFramedTestServer(makeHandler: { EchoHandler() }) { _, path in
