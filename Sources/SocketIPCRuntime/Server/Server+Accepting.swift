@@ -109,6 +109,7 @@ extension Server {
             }
         }
         let descriptorRelay = relay
+        if let relay { self.relays.withLock { $0[id] = relay } }
         let channelDescriptor = relay?.channelSide ?? descriptor
         let slot = ConnectionSlot(released: { self.connectionClosed(id) })
         let lifecycle = ConnectionLifecycle(
@@ -132,7 +133,10 @@ extension Server {
                         // A relayed connection is over once its relay has written the last bytes and closed the
                         // socket: the server's run() does not return before.
                         if let descriptorRelay {
-                            descriptorRelay.whenFinished { slot.release() }
+                            descriptorRelay.whenFinished {
+                                _ = self.relays.withLock { $0.removeValue(forKey: id) }
+                                slot.release()
+                            }
                         } else {
                             slot.release()
                         }
@@ -156,6 +160,7 @@ extension Server {
             .withConnectedSocket(channelDescriptor)
             .whenFailure { error in
                 descriptorRelay?.abort()
+                _ = self.relays.withLock { $0.removeValue(forKey: id) }
                 self.logger.error("could not set up an accepted connection", metadata: ["error": "\(error)"])
                 self.connectionClosed(id)
             }

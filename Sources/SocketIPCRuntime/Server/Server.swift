@@ -57,6 +57,10 @@ public final class Server: Service, Sendable {
     let refusalLogger: RateLimitedLogger
     /// Where the connections' handlers run their async work; ``run()`` drives it.
     let handlerTasks = HandlerTaskGroup()
+    /// The relays of the connections that pass descriptors, by connection id, until each has finished: a shutdown
+    /// that no longer waits (its grace period ended, or it was forced) cuts them off, instead of letting each write to
+    /// a peer that does not read for its own ``ConnectionOptions/closeTimeout``.
+    let relays = Mutex<[UInt64: DescriptorRelay]>([:])
 
     init(
         configuration: ServerConfiguration,
@@ -244,6 +248,7 @@ public final class Server: Service, Sendable {
             connection.goAway(.normal, message: "the server is shutting down")
         }
         for channel in shutdown.closeChannels { channel.close(promise: nil) }
+        if !shutdown.graceful { self.abortRelays() }
         if shutdown.cancelHandlerTasks { self.handlerTasks.cancelAll() }
         shutdown.cancelGracePeriodTimer?.cancel()
         if shutdown.armGracePeriodTimer { self.armGracePeriodTimer() }
@@ -267,6 +272,11 @@ public final class Server: Service, Sendable {
 
     /// Schedules the end of a graceful shutdown's grace period, and tells the state machine, which cancels it at
     /// once if the drain completed meanwhile.
+    /// Cuts off every relay still writing to its peer: the shutdown waits no longer (see ``relays``).
+    private func abortRelays() {
+        for relay in self.relays.withLock({ Array($0.values) }) { relay.abort() }
+    }
+
     private func armGracePeriodTimer() {
         let timer = MultiThreadedEventLoopGroup.singleton.any().scheduleTask(
             in: .init(self.configuration.shutdownGracePeriod)
@@ -277,6 +287,8 @@ public final class Server: Service, Sendable {
                 // Every connection closed within the grace period, and handler work goes on without one.
                 self.handlerTasks.cancelAll()
             }
+            // Relays still writing what their closed connections wrote are cut off too: nothing waits any more.
+            self.abortRelays()
         }
         // The drain completed before the machine knew of the timer (or a forced shutdown superseded this one): the
         // timer still bounds the handlers' work that goes on without a connection, as `drained` keeps it.

@@ -7,6 +7,14 @@ import Synchronization
 import SocketIPCTestSupport
 import Testing
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 @Suite("Starting and stopping", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct ShutdownTests {
     @Test("graceful shutdown lets a request in flight finish, refuses new ones, and removes the socket file")
@@ -93,6 +101,48 @@ struct ShutdownTests {
                 #expect(error?.code == .connectionClosed)
             }
             #expect(fileStatus(path) == nil)
+        }
+    }
+
+    @Test("the grace period bounds the relays of connections that pass descriptors too: a peer that reads none of its replies is cut off when it ends, not after its close timeout")
+    func gracePeriodBoundsRelays() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/relay.sock"
+            var configuration = ServerConfiguration(path: path)
+            configuration.shutdownGracePeriod = .milliseconds(200)
+            configuration.connection.maximumDescriptorsPerMessage = 4
+            // Before, the relay wrote to the peer for this long after its connection closed, and run() waited.
+            configuration.connection.closeTimeout = .seconds(3600)
+            let (running, isRunning) = AsyncStream.makeStream(of: Void.self)
+            let server = Server.framed(configuration: configuration, logger: testLogger, onServerRunning: { _ in
+                isRunning.yield()
+            }) { EchoHandler() }
+            let serving = Task { try await server.run() }
+            defer { serving.cancel() }
+            for await _ in running { break }
+            // Sixteen requests of 1 MiB whose echoes are never read: the socket takes a few MiB, the relay holds the
+            // rest, and the writer waits once the server stops reading.
+            let socket = try await RawSocket.connect(to: path)
+            defer { socket.close() }
+            var stream: [UInt8] = [0x53, 0x49, 0x50, 0x43, 0x01, 0x03, 0x00, 0x00]
+            for id in 1...16 {
+                stream += frameBytes(kind: 0x02, id: UInt32(id), payload: [UInt8](repeating: 7, count: 1 << 20))
+            }
+            let writing = Task { try? await socket.send(pieces: [stream]) }
+            defer { writing.cancel() }
+            // Until the echoes fill the socket (its send buffer is the relay's, up to a few MiB).
+            var unread: Int32 = 0
+            var steady = 0
+            for _ in 0..<3000 where steady < 20 {
+                var now: Int32 = 0
+                _ = ioctl(socket.descriptor, UInt(FIONREAD), &now)
+                steady = now > 0 && now == unread ? steady + 1 : 0
+                unread = now
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            try #require(unread > 1 << 20, "the socket holds \(unread) bytes of echoes")
+            server.shutdownGracefully()
+            #expect(await outcome(within: .seconds(60)) { try await serving.value } == "returned")
         }
     }
 
