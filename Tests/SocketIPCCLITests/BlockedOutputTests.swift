@@ -25,6 +25,17 @@ struct BlockedOutputTests {
         return reader
     }
 
+    /// Whether a file appears at `path` within 30 s, looked for every 10 ms: a server started in a shell with its
+    /// output redirected says nothing the test could wait for.
+    static func socketAppears(at path: String) async -> Bool {
+        for _ in 0..<3000 {
+            var status = stat()
+            if stat(path, &status) == 0 { return true }
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        return false
+    }
+
     @Test("watch whose standard output nobody reads ends on SIGTERM, with exit 0")
     func watchEndsOnSIGTERM() async throws {
         try await withServeCommand { path, _ in
@@ -97,12 +108,7 @@ struct BlockedOutputTests {
                 timeLimit: .seconds(90)
             )
             defer { serve.signal(SIGKILL) }
-            var ready = false
-            for _ in 0..<3000 where !ready {
-                var status = stat()
-                ready = stat(path, &status) == 0
-                if !ready { try await Task.sleep(for: .milliseconds(10)) }
-            }
+            let ready = await Self.socketAppears(at: path)
             try #require(ready, "serve did not start")
             // Connections that say hello and go: two log lines each ("connection opened", "connection closed"), until
             // the pipe's 64 KiB are full (its last page's slot taken) and then 200 more, whose lines must wait.
@@ -155,12 +161,7 @@ struct BlockedOutputTests {
                     timeLimit: .seconds(60)
                 )
                 defer { server.signal(SIGKILL) }
-                var ready = false
-                for _ in 0..<3000 where !ready {
-                    var status = stat()
-                    ready = stat(path, &status) == 0
-                    if !ready { try await Task.sleep(for: .milliseconds(10)) }
-                }
+                let ready = await Self.socketAppears(at: path)
                 try #require(ready, "\(command) did not start")
                 // The reader goes: every later write to standard output fails with EPIPE.
                 close(reader)
@@ -192,12 +193,7 @@ struct BlockedOutputTests {
                 ["-c", #""$0" listen --count 1 "$1" 2>/dev/null | (sleep 3; wc -l)"#, socketIPCBinary, path],
                 timeLimit: .seconds(60)
             )
-            var ready = false
-            for _ in 0..<3000 where !ready {
-                var status = stat()
-                ready = stat(path, &status) == 0
-                if !ready { try await Task.sleep(for: .milliseconds(10)) }
-            }
+            let ready = await Self.socketAppears(at: path)
             try #require(ready, "listen did not start")
             // One message of 20,000 lines (about 290 KB printed): more than the pipe holds.
             let lines = (1...20_000).map { "line number \($0)" }.joined(separator: "\n")

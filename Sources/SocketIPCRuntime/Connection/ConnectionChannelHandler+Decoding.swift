@@ -147,12 +147,7 @@ extension ConnectionChannelHandler {
         guard self.inbound.isYielding else { return }
         self.inbound.isYielding = false
         guard let connection = self.connection, self.state.mayHandleFrames else { return }
-        if self.inbound.partial != nil {
-            connection.readBatchStarted()
-            var nothing = ByteBuffer()
-            self.decode(&nothing, context: context, connection: connection)
-            connection.readBatchEnded()
-        }
+        self.handOutKept(context: context, connection: connection)
         self.readIfHeld(context: context)
     }
 
@@ -231,13 +226,17 @@ extension ConnectionChannelHandler {
             return
         }
         self.inbound.endPause()
-        if self.inbound.partial != nil {
-            connection.readBatchStarted()
-            var nothing = ByteBuffer()
-            self.decode(&nothing, context: context, connection: connection)
-            connection.readBatchEnded()
-        }
+        self.handOutKept(context: context, connection: connection)
         self.readIfHeld(context: context)
+    }
+
+    /// Hands out the frames kept from earlier reads, as one read batch, if there are any.
+    func handOutKept(context: ChannelHandlerContext, connection: Connection) {
+        guard self.inbound.partial != nil else { return }
+        connection.readBatchStarted()
+        var nothing = ByteBuffer()
+        self.decode(&nothing, context: context, connection: connection)
+        connection.readBatchEnded()
     }
 
     /// A frame was handed out before the handshake was reported: the first one after the peer's hello reports it,

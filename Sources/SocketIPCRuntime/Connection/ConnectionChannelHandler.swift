@@ -150,13 +150,8 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         self.lifecycle.opened(connection)
         self.handler!.connectionDidOpen(connection)
         guard self.state.mayHandleFrames else { return }
-        if self.inbound.partial != nil {
-            // Bytes that arrived before the connection was set up.
-            connection.readBatchStarted()
-            var nothing = ByteBuffer()
-            self.decode(&nothing, context: context, connection: connection)
-            connection.readBatchEnded()
-        }
+        // Bytes that arrived before the connection was set up.
+        self.handOutKept(context: context, connection: connection)
         self.readIfHeld(context: context)
     }
 

@@ -44,8 +44,11 @@ struct SharedDirectoryPathTests {
             #expect(symlink(mine, sticky + "/link") == 0)
             #expect(lchown(sticky + "/link", OtherUser.uid, OtherUser.gid) == 0)
 
-            #expect(SharedDirectoryPath.openToOthers(on: sticky + "/theirs.sock") == sticky)
             #expect(SharedDirectoryPath.openToOthers(on: sticky + "/ours.sock") == nil)
+            #expect(
+                SharedDirectoryPath.openToOthers(on: sticky + "/theirs.sock") == sticky,
+                "after a socket of ours in the same directory: another name there is still anyone's"
+            )
             #expect(
                 SharedDirectoryPath.openToOthers(on: sticky + "/gone.sock") == sticky,
                 "called after the connect: a name gone since counts as another user's"
@@ -57,6 +60,14 @@ struct SharedDirectoryPathTests {
             #expect(SharedDirectoryPath.openToOthers(on: open + "/s.sock") == open, "not sticky: any entry may be replaced")
             #expect(SharedDirectoryPath.openToOthers(on: group + "/s.sock") == nil)
             #expect(SharedDirectoryPath.openToOthers(on: mine + "/s.sock") == nil)
+            // Known closed now, and looked at alone next time: replaced by a directory others may write to, it is
+            // walked again.
+            #expect(rename(mine, directory + "/mine-before") == 0)
+            try makeDirectory(mine, mode: 0o777)
+            try makeStaleSocket(at: mine + "/s.sock")
+            #expect(SharedDirectoryPath.openToOthers(on: mine + "/s.sock") == mine)
+            #expect(unlink(mine + "/s.sock") == 0 && rmdir(mine) == 0)
+            #expect(rename(directory + "/mine-before", mine) == 0)
             // A link of this user's, in a private directory, to a directory any user may write to.
             #expect(symlink(open, mine + "/to-open") == 0)
             #expect(SharedDirectoryPath.openToOthers(on: mine + "/to-open/s.sock") == open)

@@ -1,3 +1,5 @@
+import Synchronization
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -30,9 +32,23 @@ enum SharedDirectoryPath {
             guard let workingDirectory = DirectorySecurity.realPath(".") else { return nil }
             absolute = workingDirectory + "/" + path
         }
+        let slash = absolute.lastIndex(of: "/")!
+        let parent = slash == absolute.startIndex ? "/" : String(absolute[..<slash])
+        if let known = Self.closedDirectories.withLock({ $0[parent] }), Self.identity(of: parent) == known {
+            // The directory is as it was; the socket's name, a link, may still lead elsewhere.
+            var info = stat()
+            if lstat(absolute, &info) == 0, info.st_mode & S_IFMT != S_IFLNK { return nil }
+        }
         switch Self.walk(absolute) {
         case .open(let directory): return directory
-        case .closed: return nil
+        case .closed(let byTrustedUsersOnly):
+            if byTrustedUsersOnly, let identity = Self.identity(of: parent) {
+                Self.closedDirectories.withLock { known in
+                    if known.count >= Self.closedDirectoriesKept { known.removeAll() }
+                    known[parent] = identity
+                }
+            }
+            return nil
         case .symbolicLink(let passed):
             // Every link on the way (the socket's name included) resolved, the directories it really is in.
             guard let resolved = DirectorySecurity.realPath(absolute) else { return passed }
@@ -44,12 +60,31 @@ enum SharedDirectoryPath {
         }
     }
 
+    /// Directories whose paths were found closed to other users (``Walk/closed(byTrustedUsersOnly:)`` with `true`),
+    /// by path, with the identity the directory had then: a connect to a socket in one of them looks at the
+    /// directory and the socket's name alone (two `lstat`s; a link is followed as before) instead of every component
+    /// (the seed workload's connects cost 4 `lstat`s more each). Only this process's user and root own and so may change any entry on such a path; a directory
+    /// replaced since has another identity and is walked again.
+    private static let closedDirectories = Mutex<[String: FileStatus.Identity]>([:])
+
+    /// The most paths ``closedDirectories`` keeps; past it, it starts again.
+    private static var closedDirectoriesKept: Int { 64 }
+
+    /// The identity of what `path` names, not following a last symbolic link; `nil` when it cannot be examined.
+    private static func identity(of path: String) -> FileStatus.Identity? {
+        var info = stat()
+        guard lstat(path, &info) == 0 else { return nil }
+        return FileStatus.Identity(device: UInt64(info.st_dev), inode: UInt64(info.st_ino))
+    }
+
     /// What a walk along a path found.
     private enum Walk {
         /// A directory in which another user could have made or replaced the next entry.
         case open(String)
-        /// No such directory, as far as the path could be examined.
-        case closed
+        /// No such directory, as far as the path could be examined; `byTrustedUsersOnly` when it was examined to its
+        /// end, every component belongs to this process's user or root, and the socket's own directory is closed to
+        /// others (so that another name in it is safe too).
+        case closed(byTrustedUsersOnly: Bool)
         /// A symbolic link, met after passing the open directory given, if any (whose entry on the way is safe).
         case symbolicLink(passed: String?)
     }
@@ -60,7 +95,9 @@ enum SharedDirectoryPath {
         let trusted: Set<uid_t> = [geteuid(), 0]
         var directory = "/"
         var directoryInfo = stat()
-        guard lstat(directory, &directoryInfo) == 0 else { return .closed }
+        guard lstat(directory, &directoryInfo) == 0 else { return .closed(byTrustedUsersOnly: false) }
+        var byTrustedUsersOnly = trusted.contains(directoryInfo.st_uid)
+        var parentOpen = false
         // A directory others may write to, passed through an entry of a trusted user (sticky): safe so far.
         var passed: String?
         for name in path.split(separator: "/", omittingEmptySubsequences: true).map(String.init) {
@@ -69,16 +106,21 @@ enum SharedDirectoryPath {
                 if let slash = directory.lastIndex(of: "/") {
                     directory = slash == directory.startIndex ? "/" : String(directory[..<slash])
                 }
-                guard lstat(directory, &directoryInfo) == 0 else { return passed.map(Walk.open) ?? .closed }
+                guard lstat(directory, &directoryInfo) == 0 else {
+                    return passed.map(Walk.open) ?? .closed(byTrustedUsersOnly: false)
+                }
                 continue
             }
             let entry = (directory == "/" ? "" : directory) + "/" + name
             let othersMayWrite = directoryInfo.st_mode & S_IWOTH != 0
+            // The socket's own directory must be closed to others as well: in /tmp, another name is anyone's.
+            parentOpen = othersMayWrite
             if othersMayWrite && directoryInfo.st_mode & S_ISVTX == 0 { return .open(directory) }
             var entryInfo = stat()
             guard lstat(entry, &entryInfo) == 0 else {
-                return othersMayWrite ? .open(directory) : passed.map(Walk.open) ?? .closed
+                return othersMayWrite ? .open(directory) : passed.map(Walk.open) ?? .closed(byTrustedUsersOnly: false)
             }
+            byTrustedUsersOnly = byTrustedUsersOnly && trusted.contains(entryInfo.st_uid)
             if othersMayWrite {
                 guard trusted.contains(entryInfo.st_uid) else { return .open(directory) }
                 passed = directory
@@ -87,6 +129,6 @@ enum SharedDirectoryPath {
             directory = entry
             directoryInfo = entryInfo
         }
-        return .closed
+        return .closed(byTrustedUsersOnly: byTrustedUsersOnly && !parentOpen)
     }
 }
