@@ -133,6 +133,24 @@ struct BlockedOutputTests {
         }
     }
 
+    @Test("serve --log-level debug prints a peer's long going-away text cut to one line of a few KiB, escaped")
+    func longLogLinesCut() async throws {
+        try await withServeCommand(["--log-level", "debug"]) { path, server in
+            let peer = try RawUnixSocket(connectingTo: path)
+            peer.write(framedHello)
+            _ = await peer.read(count: serverFramedHello.count)
+            // Going-away 0x00 with 1 MiB of newlines and ESCs: before, all of it was escaped on the event loop and
+            // printed, a line of 2.6 MB.
+            let text = [UInt8]((0..<(1 << 20)).map { $0 % 2 == 0 ? 0x0A : 0x1B })
+            let length = UInt32(1 + 1 + text.count)
+            peer.write(withUnsafeBytes(of: length.bigEndian, Array.init) + [0x05, 0x00] + text)
+            let line = await server.standardError.waitForLine(containing: "peer is going away")
+            let printed = try #require(line)
+            #expect(printed.utf8.count < 16 * 1024, "\(printed.utf8.count) bytes")
+            #expect(printed.contains("…") && !printed.utf8.contains(0x1B), "\(printed.prefix(200))")
+        }
+    }
+
     @Test("watch whose reader has gone (| head -n 2) ends, as yes | head does")
     func watchEndsWithItsReader() async throws {
         try await withServeCommand { path, _ in

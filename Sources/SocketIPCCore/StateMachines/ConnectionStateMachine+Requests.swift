@@ -132,7 +132,8 @@ extension ConnectionStateMachine {
         return self.modifyRequests(closed: 0) { requests, _ in
             requests.unanswered += 1
             if bytes >= Self.largeRequestSize {
-                requests.largeSizes[id, default: 0] += bytes
+                // Per request: a peer may reuse an id while an earlier request with it waits.
+                requests.largeSizes[id, default: []].append(bytes)
                 requests.largeBytes += bytes
                 if requests.largeBytes >= budget { return .max }
             }
@@ -157,13 +158,19 @@ extension ConnectionStateMachine {
         registerDescriptors: () -> Void = {},
         sharedPayloadLength: Int? = nil
     ) -> AnswerAction {
+        let maximum = self.maximumConcurrentRequests
+        let budget = self.maximumUnansweredRequestBytes
         let (resumeReading, close) = self.modifyRequests(closed: (false, false)) { requests, goingAway in
             requests.unanswered -= 1
-            if !requests.largeSizes.isEmpty, let size = requests.largeSizes.removeValue(forKey: id) {
-                requests.largeBytes -= size
+            if !requests.largeSizes.isEmpty, var sizes = requests.largeSizes.removeValue(forKey: id) {
+                requests.largeBytes -= sizes.removeFirst()
+                if !sizes.isEmpty { requests.largeSizes[id] = sizes }
             }
-            let resumeReading = requests.readingPaused
-            requests.readingPaused = false
+            // Reading goes on only below both limits: an answer to a small request while large ones hold the bytes
+            // must not let more in (found by a review: small and large requests in turn got past the bytes).
+            let resumeReading =
+                requests.readingPaused && requests.unanswered < maximum && requests.largeBytes < budget
+            if resumeReading { requests.readingPaused = false }
             return (resumeReading, goingAway && requests.isDrained)
         }
         guard self.isOpen else { return AnswerAction(scheduleFlush: false, resumeReading: false, close: false) }

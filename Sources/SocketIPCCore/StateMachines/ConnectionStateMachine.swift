@@ -143,9 +143,9 @@ package struct ConnectionStateMachine<RequestContinuation, WriteWaiter, Timer> {
         @usableFromInline
         var readingPaused = false
         /// The sizes of the peer's unanswered large requests (``ConnectionStateMachine/largeRequestSize`` bytes or
-        /// more), by id, and their sum.
+        /// more), by id in the order they came, and their sum.
         @usableFromInline
-        var largeSizes: [UInt32: Int] = [:]
+        var largeSizes: [UInt32: [Int]] = [:]
         @usableFromInline
         var largeBytes = 0
         /// Calls in progress either way (the services layer's, kinds `0x06` to `0x0A`): a connection going away

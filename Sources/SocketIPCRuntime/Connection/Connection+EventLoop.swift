@@ -108,6 +108,11 @@ extension Connection {
         self.state.withLock { $0.pauseReadingForRequests() } == .pause
     }
 
+    /// Whether this side's request `id` waits for its reply.
+    func waitsForReply(_ id: UInt32) -> Bool {
+        self.state.withLock { $0.isRequestPending(id: id) }
+    }
+
     /// Whether a request is in flight either way: one of the peer's waits for its answer, or one of this side's for
     /// its reply.
     var hasRequestsInFlight: Bool {

@@ -36,6 +36,7 @@ extension ConnectionChannelHandler {
         var failure: SocketIPCError?
         var leftover: FrameAssembler?
         var step = DecodeStep.next
+        let closing = self.inbound.closing
         self.dispatching = true
         do {
             // First the bytes earlier reads left: frames kept while paused, or the start of a frame, which takes
@@ -47,6 +48,7 @@ extension ConnectionChannelHandler {
                         if !wasEstablished { connection.peerHelloReceived(flags: decoder.peerFlags) }
                         step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: limit)
                         if !wasEstablished { self.frameHandledBeforeEstablished(connection) }
+                        if closing && step == .yieldTurn { step = .next }
                         if !step.isNext { break }
                         continue
                     }
@@ -69,6 +71,7 @@ extension ConnectionChannelHandler {
                         // to destroy, where assigning over `step` would destroy its old value per frame.
                         let dispatched = Self.dispatch(data, to: &handler, connection: connection, maximumRequests: limit)
                         if case .next = dispatched { continue }
+                        if closing && dispatched == .yieldTurn { continue }
                         step = dispatched
                         break
                     }
@@ -78,6 +81,7 @@ extension ConnectionChannelHandler {
                     if !wasEstablished { connection.peerHelloReceived(flags: decoder.peerFlags) }
                     step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: limit)
                     if !wasEstablished { self.frameHandledBeforeEstablished(connection) }
+                    if closing && step == .yieldTurn { step = .next }
                     if !step.isNext { break }
                 }
             }
@@ -355,6 +359,12 @@ extension ConnectionChannelHandler {
                 return .violation(
                     SocketIPCError(.protocolViolation, "a shared payload came with \(memory.count) descriptors, not 1")
                 )
+            }
+            // A reply nobody waits for is dropped unmapped: its copy would cost the loop as much as a wanted one's
+            // (found by a review: sent while requests were paused, they held the loop a second).
+            if kind == .reply, !connection.waitsForReply(id) {
+                closePassedDescriptors(memory.map(\.rawValue))
+                return .next
             }
             let mapping: MappedPayload
             do {

@@ -240,6 +240,18 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
     // MARK: - Closing
 
     func channelInactive(context: ChannelHandlerContext) {
+        if self.inbound.isYielding {
+            // Frames read before the peer closed are handed out now, at once, as a read would have handed them out
+            // (found by a review: the frames after a shared payload were lost when the peer closed right after it).
+            // What is kept is bounded: reads stop at pausedReadLimit, and the relay takes at most its in-flight
+            // limit of descriptors, so at most that many shared payloads.
+            self.inbound.isYielding = false
+            if let connection = self.connection, self.state.mayHandleFrames {
+                self.inbound.closing = true
+                self.handOutKept(context: context, connection: connection)
+                self.inbound.closing = false
+            }
+        }
         self.handshakeTimer.take()?.cancel()
         self.idleTimer.take()?.cancel()
         self.inbound = InboundBuffer()

@@ -12,6 +12,9 @@ struct InboundBuffer {
     /// Whether frames are not handed out until the event loop's next turn, after a payload in shared memory
     /// (``DecodeStep/yieldTurn``); reads meanwhile add to ``partial``.
     var isYielding = false
+    /// Whether the channel closed: what is kept is handed out at once, with no turn given up
+    /// (``DecodeStep/yieldTurn`` is taken as going on).
+    var closing = false
     /// Whether a `read()` from the channel was held back; it is passed on once nothing holds reads any more.
     var readHeld = false
 

@@ -79,6 +79,27 @@ struct ConnectionStateMachineTests {
 
     // MARK: - Writes
 
+    @Test("large requests count by their bytes: reading stays paused until both the number and the bytes are below their limits, and a reused id counts each request")
+    func largeRequestBytes() {
+        let large = Machine.largeRequestSize
+        var machine = Machine(writeBufferHighWatermark: 1024, maximumConcurrentRequests: 100, maximumUnansweredRequestBytes: 2 * large)
+        #expect(machine.requestReceived(id: 1, bytes: 10) == 1, "a small request counts by number only")
+        #expect(machine.requestReceived(id: 2, bytes: large) == 2)
+        #expect(machine.requestReceived(id: 3, bytes: large) == .max, "the bytes reached the limit")
+        #expect(machine.pauseReadingForRequests() == .pause)
+        // Before, any answer resumed reading: a small one let more large ones in.
+        #expect(!Self.answer(1, on: &machine).resumeReading, "the large ones still hold the bytes")
+        #expect(Self.answer(2, on: &machine).resumeReading)
+
+        var reused = Machine(writeBufferHighWatermark: 1024, maximumConcurrentRequests: 100, maximumUnansweredRequestBytes: 2 * large)
+        _ = reused.requestReceived(id: 5, bytes: large)
+        #expect(reused.requestReceived(id: 5, bytes: large) == .max)
+        #expect(reused.pauseReadingForRequests() == .pause)
+        // Before, the first answer for the id took both requests' bytes away.
+        _ = Self.answer(5, on: &reused)
+        #expect(reused.requestReceived(id: 6, bytes: large) == .max, "one request of id 5 still holds its bytes")
+    }
+
     @Test("a message is queued as its frame's bytes; the first frame schedules a flush, the next ones ride along")
     func messageFrames() throws {
         var machine = Self.machine()

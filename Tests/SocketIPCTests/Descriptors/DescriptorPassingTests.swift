@@ -264,6 +264,38 @@ struct DescriptorPassingTests {
         }
     }
 
+    @Test("frames after a message in shared memory are handed out even when the peer closes right after them", arguments: 0..<5)
+    func framesAfterASharedPayloadBeforeTheClose(round: Int) async throws {
+        let marks = TurnMarks()
+        try await withFramedTestServer(
+            configure: { $0.connection = Self.options() },
+            makeHandler: { TurnMarkingHandler(marks: marks) }
+        ) { _, path in
+            let memory = csocketipc_memfd_create("test-payload")
+            try #require(memory >= 0)
+            defer { close(memory) }
+            try #require(ftruncate(memory, 1 << 20) == 0 && csocketipc_seal_all(memory) == 0)
+            let socket = try await RawSocket.connect(to: path)
+            try await socket.write([0x53, 0x49, 0x50, 0x43, 0x01, 0x07, 0x00, 0x00])
+            #expect(try await socket.read(exactly: 8).count == 8)
+            let announce: [UInt8] = [0, 0, 0, 2, 0x0D, 1]
+            var descriptor = memory
+            let sent = announce.withUnsafeBytes {
+                csocketipc_send_with_descriptors(socket.descriptor, $0.baseAddress, UInt($0.count), &descriptor, 1)
+            }
+            try #require(sent == announce.count)
+            // The shared message, two plain ones in the same write, and the close.
+            try await socket.write(
+                [0, 0, 0, 14, 0x0E, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0]
+                    + frameBytes(kind: 0x01, payload: Array("tail a".utf8))
+                    + frameBytes(kind: 0x01, payload: Array("tail b".utf8))
+            )
+            socket.close()
+            // Before, the two plain messages were dropped with the connection most of the time.
+            #expect(await eventually { marks.received.load(ordering: .relaxed) == 3 }, "\(marks.received.load(ordering: .relaxed)) of 3")
+        }
+    }
+
     @Test("a peer without descriptor passing: sending descriptors fails with invalidState, and plain messages work")
     func peerWithout() async throws {
         try await withFramedTestServer(makeHandler: { EchoHandler() }) { _, path in

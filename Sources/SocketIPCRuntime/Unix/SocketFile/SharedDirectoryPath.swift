@@ -51,7 +51,10 @@ enum SharedDirectoryPath {
             return nil
         case .symbolicLink(let passed):
             // Every link on the way (the socket's name included) resolved, the directories it really is in.
-            guard let resolved = DirectorySecurity.realPath(absolute) else { return passed }
+            // A path that cannot be resolved now (longer than PATH_MAX, or changed since the connect) counts as
+            // another user's: the connect followed it to somebody's socket (found by a review: a chain of links
+            // under /run/lock that realpath cannot resolve passed unchecked).
+            guard let resolved = DirectorySecurity.realPath(absolute) else { return passed ?? parent }
             switch Self.walk(resolved) {
             case .open(let directory): return directory
             case .closed: return passed
