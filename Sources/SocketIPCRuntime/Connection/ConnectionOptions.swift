@@ -115,7 +115,9 @@ public struct ConnectionOptions: Sendable {
     /// `Int.max` turns it off for buffers (a ``SharedMemoryLoan`` is sent in shared memory whatever its size).
     /// Messages, requests, replies and call messages all do; the receiver gets an ordinary buffer, or a
     /// ``MappedPayload`` if its handler asks for one. If the shared memory cannot be made (out of memory, no `memfd`),
-    /// the payload goes through the socket.
+    /// the payload goes through the socket. Such memory is charged to the side that made it for as long as the peer
+    /// keeps its descriptor or a mapping (SECURITY.md, "Known limits"); toward peers not trusted with that, use
+    /// `Int.max`.
     public var sharedPayloadThreshold = 256 * 1024
 
     /// ``maximumDescriptorsPerMessage`` within 0...253.
