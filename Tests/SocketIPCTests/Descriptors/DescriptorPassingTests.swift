@@ -232,6 +232,35 @@ struct DescriptorPassingTests {
         }
     }
 
+    /// A raw peer of the server at `path` that passes descriptors and shared payloads (hello flags `0x07`), with one
+    /// sealed memfd of 1 MiB of its own, for the length of `body`; `body` gets the socket and a function that sends
+    /// the descriptors frame of one shared message (the memfd again) before the bytes it is given, which must start
+    /// with that message's `0x0E` frame. The socket is the test's to close.
+    func withSharingPeer(
+        at path: String,
+        _ body: (RawSocket, _ sendShared: ([UInt8]) async throws -> Void) async throws -> Void
+    ) async throws {
+        let memory = csocketipc_memfd_create("test-payload")
+        try #require(memory >= 0)
+        defer { close(memory) }
+        try #require(ftruncate(memory, 1 << 20) == 0 && csocketipc_seal_all(memory) == 0)
+        let socket = try await RawSocket.connect(to: path)
+        try await socket.write([0x53, 0x49, 0x50, 0x43, 0x01, 0x07, 0x00, 0x00])
+        #expect(try await socket.read(exactly: 8).count == 8)
+        try await body(socket) { following in
+            let announce: [UInt8] = [0, 0, 0, 2, 0x0D, 1]
+            var descriptor = memory
+            let sent = announce.withUnsafeBytes {
+                csocketipc_send_with_descriptors(socket.descriptor, $0.baseAddress, UInt($0.count), &descriptor, 1)
+            }
+            try #require(sent == announce.count)
+            try await socket.write(following)
+        }
+    }
+
+    /// Frame `0x0E` of a one-way message (`0x01`, id 0) of 1 MiB in shared memory.
+    static let sharedMessageFrame: [UInt8] = [0, 0, 0, 14, 0x0E, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0]
+
     @Test("messages in shared memory are handed out one per turn of the event loop: frames of a few bytes, each standing for megabytes to map and copy, do not hold the loop for all of them at once")
     func sharedPayloadsYieldTheLoop() async throws {
         let marks = TurnMarks()
@@ -240,27 +269,13 @@ struct DescriptorPassingTests {
             makeHandler: { TurnMarkingHandler(marks: marks) }
         ) { _, path in
             // One sealed memfd of 1 MiB, passed 20 times: each frame costs the peer 20 bytes.
-            let memory = csocketipc_memfd_create("test-payload")
-            try #require(memory >= 0)
-            defer { close(memory) }
-            try #require(ftruncate(memory, 1 << 20) == 0 && csocketipc_seal_all(memory) == 0)
-            let socket = try await RawSocket.connect(to: path)
-            defer { socket.close() }
-            try await socket.write([0x53, 0x49, 0x50, 0x43, 0x01, 0x07, 0x00, 0x00])
-            #expect(try await socket.read(exactly: 8).count == 8)
-            for _ in 0..<20 {
-                let announce: [UInt8] = [0, 0, 0, 2, 0x0D, 1]
-                var descriptor = memory
-                let sent = announce.withUnsafeBytes {
-                    csocketipc_send_with_descriptors(socket.descriptor, $0.baseAddress, UInt($0.count), &descriptor, 1)
-                }
-                try #require(sent == announce.count)
-                // Frame 0x0E: a message (0x01), id 0, 1 MiB.
-                try await socket.write([0, 0, 0, 14, 0x0E, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0])
+            try await self.withSharingPeer(at: path) { socket, sendShared in
+                defer { socket.close() }
+                for _ in 0..<20 { try await sendShared(Self.sharedMessageFrame) }
+                #expect(await eventually { marks.received.load(ordering: .relaxed) == 20 }, "all 20 arrive")
+                // Before, every message of the read (up to all 20) was handed out before the loop's next task.
+                #expect(marks.seenByTheLoop.load(ordering: .relaxed) == 1)
             }
-            #expect(await eventually { marks.received.load(ordering: .relaxed) == 20 }, "all 20 arrive")
-            // Before, every message of the read (up to all 20) was handed out before the loop's next task.
-            #expect(marks.seenByTheLoop.load(ordering: .relaxed) == 1)
         }
     }
 
@@ -271,28 +286,20 @@ struct DescriptorPassingTests {
             configure: { $0.connection = Self.options() },
             makeHandler: { TurnMarkingHandler(marks: marks) }
         ) { _, path in
-            let memory = csocketipc_memfd_create("test-payload")
-            try #require(memory >= 0)
-            defer { close(memory) }
-            try #require(ftruncate(memory, 1 << 20) == 0 && csocketipc_seal_all(memory) == 0)
-            let socket = try await RawSocket.connect(to: path)
-            try await socket.write([0x53, 0x49, 0x50, 0x43, 0x01, 0x07, 0x00, 0x00])
-            #expect(try await socket.read(exactly: 8).count == 8)
-            let announce: [UInt8] = [0, 0, 0, 2, 0x0D, 1]
-            var descriptor = memory
-            let sent = announce.withUnsafeBytes {
-                csocketipc_send_with_descriptors(socket.descriptor, $0.baseAddress, UInt($0.count), &descriptor, 1)
+            try await self.withSharingPeer(at: path) { socket, sendShared in
+                // The shared message, two plain ones in the same write, and the close.
+                try await sendShared(
+                    Self.sharedMessageFrame
+                        + frameBytes(kind: 0x01, payload: Array("tail a".utf8))
+                        + frameBytes(kind: 0x01, payload: Array("tail b".utf8))
+                )
+                socket.close()
+                // Before, the two plain messages were dropped with the connection most of the time.
+                #expect(
+                    await eventually { marks.received.load(ordering: .relaxed) == 3 },
+                    "\(marks.received.load(ordering: .relaxed)) of 3"
+                )
             }
-            try #require(sent == announce.count)
-            // The shared message, two plain ones in the same write, and the close.
-            try await socket.write(
-                [0, 0, 0, 14, 0x0E, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0]
-                    + frameBytes(kind: 0x01, payload: Array("tail a".utf8))
-                    + frameBytes(kind: 0x01, payload: Array("tail b".utf8))
-            )
-            socket.close()
-            // Before, the two plain messages were dropped with the connection most of the time.
-            #expect(await eventually { marks.received.load(ordering: .relaxed) == 3 }, "\(marks.received.load(ordering: .relaxed)) of 3")
         }
     }
 
