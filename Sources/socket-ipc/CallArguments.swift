@@ -20,6 +20,9 @@ struct CallArguments: ParsableArguments {
     )
     var timeout: Double?
 
+    @OptionGroup(title: "Server's user")
+    var trust: ServerTrustOptions
+
     @Argument(help: "The method's name, such as demo.echo.")
     var method: String
 
@@ -68,6 +71,7 @@ struct CallArguments: ParsableArguments {
         let timeout = self.timeout.map { duration(seconds: $0) }
         let deadline = timeout.map { ContinuousClock.now.advanced(by: $0) }
         var configuration = ClientConfiguration()
+        configuration.trustedServerUserIDs = self.trust.trustedServerUserIDs
         if let timeout { configuration.connectTimeout = min(configuration.connectTimeout, timeout) }
         // A server that stops answering (frozen, or silent on purpose) holds no call or watch for ever, with or
         // without --timeout: a ping every 10 s that gets no pong within 10 s ends the connection (exit 3).

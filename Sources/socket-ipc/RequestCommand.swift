@@ -56,6 +56,9 @@ struct RequestCommand: AsyncParsableCommand {
     @Argument(help: "The request; @FILE reads it from a file; standard input when omitted or -.")
     var message: String?
 
+    @OptionGroup(title: "Server's user")
+    var trust: ServerTrustOptions
+
     @OptionGroup(title: "Output")
     var output: OutputOptions
 
@@ -73,6 +76,7 @@ struct RequestCommand: AsyncParsableCommand {
         let timeout = duration(seconds: self.timeout)
         var configuration = ClientConfiguration()
         configuration.connectTimeout = timeout
+        configuration.trustedServerUserIDs = self.trust.trustedServerUserIDs
         try await HelloHint.whileConnecting(to: path) { connected in
             try await Client.withConnection(to: path, configuration: configuration) { connection in
                 connected()

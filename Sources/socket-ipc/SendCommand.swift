@@ -71,6 +71,9 @@ struct SendCommand: AsyncParsableCommand {
     @Argument(help: "The message; @FILE reads it from a file; standard input when omitted or -.")
     var message: String?
 
+    @OptionGroup(title: "Server's user")
+    var trust: ServerTrustOptions
+
     @OptionGroup(title: "Output")
     var output: OutputOptions
 
@@ -94,7 +97,7 @@ struct SendCommand: AsyncParsableCommand {
         let json = self.json
         if self.eof {
             let (sent, acknowledgement) = try await withDeadline(timeout, "the message to \(path) was not acknowledged") {
-                try await Self.sendEOF(from: source, to: path)
+                try await Self.sendEOF(from: source, to: path, trusting: self.trust.trustedServerUserIDs)
             }
             if json {
                 Output.json(["style": "eof", "sent": sent, "acknowledgement": Self.acknowledgementJSON(acknowledgement)])
@@ -107,6 +110,7 @@ struct SendCommand: AsyncParsableCommand {
             let configuration = {
                 var configuration = ClientConfiguration()
                 configuration.connection.maximumDescriptorsPerMessage = files.count
+                configuration.trustedServerUserIDs = self.trust.trustedServerUserIDs
                 // The hello may not take longer than the whole send may.
                 if let timeout { configuration.connectTimeout = min(configuration.connectTimeout, timeout) }
                 return configuration
@@ -142,12 +146,17 @@ struct SendCommand: AsyncParsableCommand {
 
     /// Streams `source` to the EOF-style server at `path`, with a progress bar on a terminal.
     /// - Returns: How many bytes were sent, and the acknowledgement.
-    static func sendEOF(from source: MessageSource, to path: String) async throws -> (Int, ByteBuffer) {
+    static func sendEOF(
+        from source: MessageSource,
+        to path: String,
+        trusting trustedServerUserIDs: Set<UInt32>? = nil
+    ) async throws -> (Int, ByteBuffer) {
         try await source.withChunks { chunks, total in
             let progress = ProgressBar(total: total, label: "sending")
             defer { progress.finish() }
             var sent = 0
-            let acknowledgement = try await Client.sendMessage(to: path) { writer in
+            let acknowledgement = try await Client.sendMessage(to: path, trustedServerUserIDs: trustedServerUserIDs) {
+                writer in
                 for try await chunk in chunks {
                     try await writer.write(chunk)
                     sent += chunk.readableBytes

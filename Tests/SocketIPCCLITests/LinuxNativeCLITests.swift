@@ -148,7 +148,7 @@ struct LinuxNativeCLITests {
     }
 
     @Test(
-        "a client refuses a server of another user at a path that user could have made (a socket in a directory any user may write to, as /tmp): exit 4, nothing sent; its own user's server there is served",
+        "a client refuses a server of another user at a path that user could have made (a socket in a directory any user may write to, as /tmp): exit 4, nothing sent, unless --trust-uid names that user; its own user's server there is served",
         .enabled(if: canRunAsAnotherUser, "needs root and setpriv to run the server as another user")
     )
     func pathSquatter() async throws {
@@ -173,6 +173,11 @@ struct LinuxNativeCLITests {
                 #expect(result.error.contains("nothing was sent"))
                 let eof = try await runCLI(["send", "--eof", path, "my secret"])
                 #expect(eof.status == 4, "stderr: \(eof.error)")
+                // Trusted by name, the same server is served.
+                let trusted = try await runCLI(["request", "--trust-uid", "\(otherUserID)", path, "hi"])
+                #expect(trusted.status == 0 && trusted.output == "reply: \"hi\"\n", "\(trusted)")
+                let sent = try await runCLI(["send", "--trust-uid", "\(otherUserID)", path, "hi"])
+                #expect(sent.status == 0, "stderr: \(sent.error)")
             }
             // This user's own server in the same directory is served.
             let own = shared + "/own.sock"

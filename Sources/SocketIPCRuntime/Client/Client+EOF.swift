@@ -32,6 +32,9 @@ extension Client {
     ///     reading) and waiting for the acknowledgement and end-of-stream (from a server that never closes); `nil`,
     ///     the default, for no limit, as with a framed request's `ConnectionOptions/requestTimeout`. Cancelling the
     ///     calling task ends the exchange either way.
+    ///   - trustedServerUserIDs: The user ids the server may run as where another user could have taken its address
+    ///     first, as ``ClientConfiguration/trustedServerUserIDs``; `nil`, the default, trusts this process's own user
+    ///     and root.
     /// - Returns: The acknowledgement.
     /// - Throws: `CancellationError` when the calling task is cancelled (the connection is closed; whether the server
     ///   got the message is unknown). `SocketIPCError` with code `invalidPath`, `connectionRefused`, `unauthorized`
@@ -48,10 +51,15 @@ extension Client {
         to path: String,
         maximumAcknowledgementSize: Int = 16 * 1024 * 1024,
         connectTimeout: Duration = .seconds(10),
-        timeout: Duration? = nil
+        timeout: Duration? = nil,
+        trustedServerUserIDs: Set<UInt32>? = nil
     ) async throws -> ByteBuffer {
         let socketPath = try SocketPath(path)
-        let descriptor = try await SocketConnector.connect(to: socketPath, timeout: connectTimeout)
+        let descriptor = try await SocketConnector.connect(
+            to: socketPath,
+            timeout: connectTimeout,
+            trustedServerUserIDs: trustedServerUserIDs
+        )
         let deadline = timeout.map { ContinuousClock.now.advanced(by: $0) }
         // Optimistically do the whole exchange with plain system calls on this thread: a small message fits in the
         // socket buffer, and a server that answers at once is answered within the short wait below. Anything that
@@ -149,26 +157,33 @@ extension Client {
     /// Sends one EOF-style message that `body` writes in pieces, with backpressure, then half-closes and returns the
     /// server's acknowledgement. Use it for messages too large to hold in memory.
     ///
-    /// As with ``sendMessage(_:to:maximumAcknowledgementSize:connectTimeout:timeout:)``, the call returns only when every byte was
+    /// As with ``sendMessage(_:to:maximumAcknowledgementSize:connectTimeout:timeout:trustedServerUserIDs:)``, the call returns only when every byte was
     /// written, the write side shut down and the server then closed cleanly.
     /// - Parameters:
     ///   - path: The server's socket path.
     ///   - maximumAcknowledgementSize: The most acknowledgement bytes accepted; default 16 MiB.
     ///   - connectTimeout: How long to keep trying while the server's listen backlog is full; default 10 seconds.
+    ///   - trustedServerUserIDs: As ``ClientConfiguration/trustedServerUserIDs``; `nil`, the default, trusts this
+    ///     process's own user and root.
     ///   - body: Writes the message with the ``EOFMessageWriter`` it is given.
     /// - Returns: The acknowledgement.
     /// - Throws: `SocketIPCError` with the codes of
-    ///   ``sendMessage(_:to:maximumAcknowledgementSize:connectTimeout:timeout:)``, `CancellationError` when the
+    ///   ``sendMessage(_:to:maximumAcknowledgementSize:connectTimeout:timeout:trustedServerUserIDs:)``, `CancellationError` when the
     ///   calling task is cancelled while waiting for the acknowledgement, or what `body` throws. For a time limit,
     ///   cancel the task.
     public static func sendMessage(
         to path: String,
         maximumAcknowledgementSize: Int = 16 * 1024 * 1024,
         connectTimeout: Duration = .seconds(10),
+        trustedServerUserIDs: Set<UInt32>? = nil,
         body: (EOFMessageWriter) async throws -> Void
     ) async throws -> ByteBuffer {
         let socketPath = try SocketPath(path)
-        let descriptor = try await SocketConnector.connect(to: socketPath, timeout: connectTimeout)
+        let descriptor = try await SocketConnector.connect(
+            to: socketPath,
+            timeout: connectTimeout,
+            trustedServerUserIDs: trustedServerUserIDs
+        )
         let channel: NIOAsyncChannel<ByteBuffer, ByteBuffer>
         let tracker: NIOLoopBound<EOFDeliveryTracker>
         do {

@@ -4,7 +4,7 @@ import NIOPosix
 
 /// Connects to a SocketIPC server: framed connections with ``connect(to:configuration:handler:logger:)`` and
 /// ``withConnection(to:configuration:handler:logger:_:)``, EOF-style messages with
-/// ``sendMessage(_:to:maximumAcknowledgementSize:connectTimeout:timeout:)``.
+/// ``sendMessage(_:to:maximumAcknowledgementSize:connectTimeout:timeout:trustedServerUserIDs:)``.
 ///
 /// ```swift
 /// try await Client.withConnection(to: "/tmp/app.sock") { connection in

@@ -1,6 +1,6 @@
 import NIOCore
 
-/// Watches the writes and the half-close of a streamed EOF-style message (``Client/sendMessage(to:maximumAcknowledgementSize:connectTimeout:body:)``)
+/// Watches the writes and the half-close of a streamed EOF-style message (``Client/sendMessage(to:maximumAcknowledgementSize:connectTimeout:trustedServerUserIDs:body:)``)
 /// to tell delivery from a server that closed on the message.
 final class EOFDeliveryTracker: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer

@@ -69,6 +69,9 @@ struct ListenCommand: AsyncParsableCommand {
     @OptionGroup
     var server: ServerOptions
 
+    @OptionGroup(title: "Server's user")
+    var trust: ServerTrustOptions
+
     @OptionGroup(title: "Output")
     var output: OutputOptions
 
@@ -86,6 +89,7 @@ struct ListenCommand: AsyncParsableCommand {
         if self.connect {
             let path = try socketPath(fromArgument: self.socket, creatingDirectory: false)
             var configuration = ClientConfiguration()
+            configuration.trustedServerUserIDs = self.trust.trustedServerUserIDs
             if let size = self.server.limits.maxMessageSize { configuration.connection.maximumMessageSize = size }
             if let count = self.server.limits.maxDescriptors {
                 configuration.connection.maximumDescriptorsPerMessage = count
