@@ -66,8 +66,8 @@ enum SharedDirectoryPath {
     /// Directories whose paths were found closed to other users (``Walk/closed(byTrustedUsersOnly:)`` with `true`),
     /// by path, with the identity the directory had then: a connect to a socket in one of them looks at the
     /// directory and the socket's name alone (two `lstat`s; a link is followed as before) instead of every component
-    /// (the seed workload's connects cost 4 `lstat`s more each). Only this process's user and root own and so may change any entry on such a path; a directory
-    /// replaced since has another identity and is walked again.
+    /// (the seed workload's connects cost 4 `lstat`s more each). Only this process's user and root own, and so may
+    /// change, any entry on such a path; a directory replaced since has another identity and is walked again.
     private static let closedDirectories = Mutex<[String: FileStatus.Identity]>([:])
 
     /// The most paths ``closedDirectories`` keeps; past it, it starts again.
