@@ -36,6 +36,25 @@ struct BlockedOutputTests {
         return false
     }
 
+    /// `serve --socket PATH` with `options`, started by a shell with the `redirections` given (such as `> FIFO`),
+    /// so that the test process is the server itself.
+    static func startServe(at path: String, _ options: String = "", redirecting redirections: String) throws -> TestProcess {
+        try TestProcess(
+            executable: "/bin/sh",
+            ["-c", #"exec "$0" serve --socket "$1" "# + options + " " + redirections, socketIPCBinary, path],
+            timeLimit: .seconds(90)
+        )
+    }
+
+    /// Requests enough times that each event loop of the server at `path` is reached (connections are spread over
+    /// them in turn), expecting each to be answered.
+    static func expectEveryLoopAnswers(at path: String) async throws {
+        for _ in 0..<(2 * ProcessInfo.processInfo.activeProcessorCount + 2) {
+            let answered = try await runCLI(["request", "--socket", path, "--timeout", "10", "hi"])
+            #expect(answered.status == 0 && answered.output == "reply: \"hi\"\n", "\(answered)")
+        }
+    }
+
     @Test("watch whose standard output nobody reads ends on SIGTERM, with exit 0")
     func watchEndsOnSIGTERM() async throws {
         try await withServeCommand { path, _ in
@@ -67,11 +86,7 @@ struct BlockedOutputTests {
             let fifo = directory + "/out"
             let reader = try Self.makeFIFO(at: fifo)
             defer { close(reader) }
-            let serve = try TestProcess(
-                executable: "/bin/sh",
-                ["-c", #"exec "$0" serve --socket "$1" > "$2""#, socketIPCBinary, path, fifo],
-                timeLimit: .seconds(90)
-            )
+            let serve = try Self.startServe(at: path, redirecting: #"> "\#(fifo)""#)
             defer { serve.signal(SIGKILL) }
             // Its first line, then nothing more is read.
             var first: [UInt8] = []
@@ -86,10 +101,7 @@ struct BlockedOutputTests {
             #expect(sent.status == 0, "stderr: \(sent.error)")
             // Connections are spread over the event loops in turn: each loop is reached. Before, the requests that
             // reached the loop blocked in its write to standard output timed out.
-            for _ in 0..<(2 * ProcessInfo.processInfo.activeProcessorCount + 2) {
-                let answered = try await runCLI(["request", "--socket", path, "--timeout", "10", "hi"])
-                #expect(answered.status == 0 && answered.output == "reply: \"hi\"\n", "\(answered)")
-            }
+            try await Self.expectEveryLoopAnswers(at: path)
             serve.signal(SIGTERM)
             #expect(await serve.waitForExit() == 0)
         }
@@ -102,11 +114,7 @@ struct BlockedOutputTests {
             let fifo = directory + "/err"
             let reader = try Self.makeFIFO(at: fifo)
             defer { close(reader) }
-            let serve = try TestProcess(
-                executable: "/bin/sh",
-                ["-c", #"exec "$0" serve --socket "$1" --log-level debug 2> "$2" > /dev/null"#, socketIPCBinary, path, fifo],
-                timeLimit: .seconds(90)
-            )
+            let serve = try Self.startServe(at: path, "--log-level debug", redirecting: #"2> "\#(fifo)" > /dev/null"#)
             defer { serve.signal(SIGKILL) }
             let ready = await Self.socketAppears(at: path)
             try #require(ready, "serve did not start")
@@ -124,10 +132,7 @@ struct BlockedOutputTests {
             try #require(more == 0, "the pipe holds \(waiting) bytes")
             // Each event loop is reached. Before, the loop blocked in its write of a log line to standard error, and
             // the requests that reached it timed out.
-            for _ in 0..<(2 * ProcessInfo.processInfo.activeProcessorCount + 2) {
-                let answered = try await runCLI(["request", "--socket", path, "--timeout", "10", "hi"])
-                #expect(answered.status == 0 && answered.output == "reply: \"hi\"\n", "\(answered)")
-            }
+            try await Self.expectEveryLoopAnswers(at: path)
             serve.signal(SIGTERM)
             #expect(await serve.waitForExit() == 0)
         }
