@@ -130,7 +130,7 @@ extension Client {
                 .get()
         } catch {
             acknowledgement.fail(error)
-            throw SocketIPCError(.systemCall, "could not set up the connection to \(socketPath): \(error)", path: path, cause: error)
+            throw SocketIPCError(.systemCall, "could not set up the connection to \(socketPath): \(errorText(error))", path: path, cause: error)
         }
         // Giving up fails the promise first, so that the end-of-stream of the close that follows is no delivery.
         let timer = deadline.map { deadline in
@@ -201,7 +201,7 @@ extension Client {
                     }
                 }
         } catch {
-            throw SocketIPCError(.systemCall, "could not set up the connection to \(socketPath): \(error)", path: path, cause: error)
+            throw SocketIPCError(.systemCall, "could not set up the connection to \(socketPath): \(errorText(error))", path: path, cause: error)
         }
         let eventLoop = channel.channel.eventLoop
         return try await channel.executeThenClose { inbound, outbound in
@@ -224,7 +224,7 @@ extension Client {
                 } catch let error as SocketIPCError {
                     return error
                 } catch {
-                    return .eofNotDelivered(path: path, cause: "\(error)", underlying: error)
+                    return .eofNotDelivered(path: path, cause: "\(errorText(error))", underlying: error)
                 }
             }
             do {

@@ -81,7 +81,7 @@ extension Client {
             }
         } catch {
             close(descriptor)
-            throw SocketIPCError(.systemCall, "could not probe \(socketPath): \(error)", path: path, cause: error)
+            throw SocketIPCError(.systemCall, "could not probe \(socketPath): \(errorText(error))", path: path, cause: error)
         }
         close(descriptor)
         return ProbeResult(style: style, peer: peer)

@@ -109,7 +109,7 @@ public enum Client {
         } catch {
             descriptorRelay?.abort()
             handshake.fail(error)
-            throw SocketIPCError(.systemCall, "could not set up the connection to \(socketPath): \(error)", path: path, cause: error)
+            throw SocketIPCError(.systemCall, "could not set up the connection to \(socketPath): \(errorText(error))", path: path, cause: error)
         }
         let timeout = eventLoop.scheduleTask(in: .init(configuration.connectTimeout)) {
             handshake.fail(

@@ -43,7 +43,7 @@ final class EOFClientChannelHandler: ChannelInboundHandler {
                     self.sent = true
                     context.close(mode: .output, promise: nil)
                 case .failure(let error):
-                    self.fail(cause: "\(error)", context: context)
+                    self.fail(cause: "\(errorText(error))", context: context)
                 }
             }
         }
@@ -99,7 +99,7 @@ final class EOFClientChannelHandler: ChannelInboundHandler {
         if let error = error as? IOError {
             self.fail(cause: errnoDescription(error.errnoCode), context: context)
         } else {
-            self.fail(cause: "\(error)", context: context)
+            self.fail(cause: "\(errorText(error))", context: context)
         }
     }
 

@@ -15,7 +15,7 @@ public struct EOFMessageWriter: Sendable {
         } catch let error as SocketIPCError {
             throw error
         } catch {
-            throw SocketIPCError.eofNotDelivered(path: self.path, cause: "\(error)", underlying: error)
+            throw SocketIPCError.eofNotDelivered(path: self.path, cause: "\(errorText(error))", underlying: error)
         }
     }
 }

@@ -231,8 +231,8 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         // A SocketIPCError fired into the pipeline (the keepalive's `peerNotResponding`) is the close's reason as it is.
         let failure =
             error as? SocketIPCError
-            ?? SocketIPCError(.connectionClosed, "the connection failed: \(error)", cause: error)
-        if self.state.failure == nil { self.logger.debug("connection error", metadata: ["error": "\(error)"]) }
+            ?? SocketIPCError(.connectionClosed, "the connection failed: \(errorText(error))", cause: error)
+        if self.state.failure == nil { self.logger.debug("connection error", metadata: ["error": "\(errorText(error))"]) }
         _ = self.state.channelFailed(failure)
         context.close(promise: nil)
     }

@@ -327,7 +327,7 @@ final class DescriptorRelay: @unchecked Sendable {
                 problem = "the peer passed descriptors without announcing descriptor passing in its hello"
             } else if self.unclaimed.count > self.maximumPerMessage {
                 problem =
-                    "the peer passed \(self.unclaimed.count) descriptors that no descriptors frame claims; at most "
+                    "the peer passed \(self.unclaimed.count) descriptors before a message took them; at most "
                     + "\(self.maximumPerMessage) may travel with one message (ConnectionOptions.maximumDescriptorsPerMessage)"
             }
         }

@@ -113,7 +113,7 @@ extension Connection {
             return try SharedPayload.make(payload)
         } catch {
             relay.releaseSharedMemory(payload.readableBytes)
-            self.logger.debug("a shared payload could not be made; it goes through the socket", metadata: ["error": "\(error)"])
+            self.logger.debug("a shared payload could not be made; it goes through the socket", metadata: ["error": "\(errorText(error))"])
             return nil
         }
     }

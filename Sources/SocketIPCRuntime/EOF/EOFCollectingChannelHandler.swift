@@ -77,7 +77,7 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
                 .timedOut,
                 "the message did not end (no half-close from the client) within the time limit of \(limit)"
             )
-            self.messageContext.logger.debug("closing connection: message timed out", metadata: ["error": "\(error)"])
+            self.messageContext.logger.debug("closing connection: message timed out", metadata: ["error": "\(errorText(error))"])
             self.messageContext.reportFailure(error)
             channel.close(promise: nil)
         }
@@ -148,7 +148,7 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
         self.message = nil
         self.firstReadBuffer = nil
         let error = SocketIPCError(.messageTooLarge, "the message exceeds the maximum of \(self.maximumSize) bytes")
-        self.messageContext.logger.debug("closing connection: message too large", metadata: ["error": "\(error)"])
+        self.messageContext.logger.debug("closing connection: message too large", metadata: ["error": "\(errorText(error))"])
         self.messageContext.reportFailure(error)
         context.close(promise: nil)
     }
@@ -202,11 +202,11 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        self.messageContext.logger.debug("connection error", metadata: ["error": "\(error)"])
+        self.messageContext.logger.debug("connection error", metadata: ["error": "\(errorText(error))"])
         if !self.done {
             self.done = true
             self.timer?.cancel()
-            self.messageContext.reportFailure(SocketIPCError(.connectionClosed, "the connection failed: \(error)", cause: error))
+            self.messageContext.reportFailure(SocketIPCError(.connectionClosed, "the connection failed: \(errorText(error))", cause: error))
         }
         context.close(promise: nil)
     }

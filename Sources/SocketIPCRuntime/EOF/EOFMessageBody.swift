@@ -121,7 +121,7 @@ final class EOFStreamingChannelHandler: ChannelInboundHandler, RemovableChannelH
                     .timedOut,
                     "the client sent nothing for the time limit of \(self.timeLimit) while the message had not ended"
                 )
-                self.messageContext.logger.debug("closing connection: message timed out", metadata: ["error": "\(error)"])
+                self.messageContext.logger.debug("closing connection: message timed out", metadata: ["error": "\(errorText(error))"])
                 self.messageContext.reportFailure(error)
                 self.source?.finish(error)
                 self.source = nil
@@ -210,7 +210,7 @@ final class EOFStreamingChannelHandler: ChannelInboundHandler, RemovableChannelH
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        self.messageContext.logger.debug("connection error", metadata: ["error": "\(error)"])
+        self.messageContext.logger.debug("connection error", metadata: ["error": "\(errorText(error))"])
         context.close(promise: nil)
     }
 }

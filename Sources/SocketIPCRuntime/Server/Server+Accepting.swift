@@ -103,7 +103,7 @@ extension Server {
             do {
                 relay = try DescriptorRelay(socket: descriptor, maximumPerMessage: maximumDescriptors)
             } catch {
-                self.logger.error("could not relay a connection that passes descriptors", metadata: ["error": "\(error)"])
+                self.logger.error("could not relay a connection that passes descriptors", metadata: ["error": "\(errorText(error))"])
                 self.connectionClosed(id)
                 return
             }
@@ -161,7 +161,7 @@ extension Server {
             .whenFailure { error in
                 descriptorRelay?.abort()
                 _ = self.relays.withLock { $0.removeValue(forKey: id) }
-                self.logger.error("could not set up an accepted connection", metadata: ["error": "\(error)"])
+                self.logger.error("could not set up an accepted connection", metadata: ["error": "\(errorText(error))"])
                 self.connectionClosed(id)
             }
     }
@@ -216,7 +216,7 @@ extension Server {
     private func connectionFailed(_ error: SocketIPCError, id: UInt64, peer: PeerCredentials?) {
         self.metrics.connectionFailed(error)
         var metadata = Self.metadata(id, peer)
-        metadata["error"] = "\(error)"
+        metadata["error"] = "\(errorText(error))"
         self.refusalLogger.log(level: .notice, "closing connection: \(error.code)", metadata: metadata)
     }
 

@@ -124,7 +124,7 @@ public final class Server: Service, Sendable {
             logger: self.logger,
             onAccept: { descriptor in self.accept(descriptor) },
             onError: { error in
-                self.logger.error("accepting connections failed; shutting down", metadata: ["error": "\(error)"])
+                self.logger.error("accepting connections failed; shutting down", metadata: ["error": "\(errorText(error))"])
                 acceptFailure.withLock { $0 = error }
                 self.shutDown(graceful: true)
             }

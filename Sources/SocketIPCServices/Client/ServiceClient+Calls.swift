@@ -44,7 +44,7 @@ extension ServiceClient {
                 self.logger.debug(
                     "retrying an idempotent call",
                     metadata: [
-                        "method": "\(Method.name)", "error": "\(error)", "retry": "\(retries)",
+                        "method": "\(Method.name)", "error": "\(errorText(error))", "retry": "\(retries)",
                         "connection": "\(lost == nil ? "the same" : "a new one")",
                     ]
                 )

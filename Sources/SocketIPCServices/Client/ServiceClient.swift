@@ -108,7 +108,7 @@ public final class ServiceClient: Sendable, Service {
                 self.publish(.waitingToRetry(retry: retry, delay: delay, error: error))
                 self.logger.debug(
                     "cannot connect; retrying",
-                    metadata: ["path": "\(self.path)", "error": "\(error)", "delay": "\(delay)"]
+                    metadata: ["path": "\(self.path)", "error": "\(errorText(error))", "delay": "\(delay)"]
                 )
                 await self.shutdownRequested.wait(upTo: delay)
                 action = self.machine.withLock { $0.retryDue() }
@@ -166,7 +166,7 @@ public final class ServiceClient: Sendable, Service {
     private func failed(_ error: any Error) -> Machine.Action {
         let failure =
             error as? SocketIPCError
-            ?? SocketIPCError(.connectionClosed, "the connection's setup failed: \(error)", cause: error)
+            ?? SocketIPCError(.connectionClosed, "the connection's setup failed: \(errorText(error))", cause: error)
         let (action, waiters) = self.machine.withLock { $0.connectFailed(failure, random: Double.random(in: 0..<1)) }
         for waiter in waiters { waiter.resume(throwing: failure) }
         return action

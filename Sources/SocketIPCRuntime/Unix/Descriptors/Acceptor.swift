@@ -77,7 +77,7 @@ final class Acceptor: @unchecked Sendable {
             try DetachedThread.start(name: "sipc-accept") { self.acceptUntilStopped() }
         } catch {
             self.stopping.store(true, ordering: .releasing)
-            self.onError(error as? SocketIPCError ?? SocketIPCError(.systemCall, "\(error)"))
+            self.onError(error as? SocketIPCError ?? SocketIPCError(.systemCall, errorText(error), cause: error))
             self.acceptUntilStopped()
         }
     }

@@ -1,0 +1,33 @@
+import NIOCore
+import SocketIPCTestSupport
+import Testing
+
+@testable import SocketIPCRuntime
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// How errors of other libraries read inside SocketIPC's messages and logs (``errorText(_:)``).
+@Suite("Errors of other libraries as text", .timeLimit(.minutes(1)))
+struct ErrorTextTests {
+    @Test("SwiftNIO's IOError reads without its unbalanced parenthesis, worded as SocketIPC words a failed system call")
+    func ioErrorBalanced() {
+        let reset = IOError(errnoCode: ECONNRESET, reason: "read(descriptor:pointer:size:)")
+        #expect(errorText(reset) == "read(descriptor:pointer:size:): Connection reset by peer (errno \(ECONNRESET))")
+        let closedPipe = IOError(errnoCode: EPIPE, reason: "write")
+        #expect(errorText(closedPipe) == "write: Broken pipe (errno \(EPIPE))")
+        #expect(!errorText(reset).contains("peer)"))
+    }
+
+    @Test("other errors read as their own description")
+    func otherErrors() {
+        let error = SocketIPCError(.connectionClosed, "gone")
+        #expect(errorText(error) == "\(error)")
+        #expect(errorText(CancellationError()) == "CancellationError()")
+    }
+}
