@@ -97,16 +97,14 @@ final class CallMultiplexer: CallFrameReceiver {
         guard self.router?.endsResponseStreamsOnShutdown ?? false else { return }
         let streams = self.streams.withLock { Array($0.byID.values) }
         for stream in streams where !stream.isCaller && stream.streamsResponses {
-            stream.fail(CancellationError())
-            stream.stopHandler(.serverGoingAway)
+            stream.stopHandler(.serverGoingAway, failing: CancellationError())
         }
     }
 
     func connectionClosed(_ connection: Connection, error: SocketIPCError) {
         let streams = self.streams.withLock { Array($0.byID.values) }
         for stream in streams {
-            stream.fail(error)
-            stream.stopHandler(.connectionClosed)
+            stream.stopHandler(.connectionClosed, failing: error)
         }
     }
 }

@@ -198,8 +198,10 @@ final class CallStream: Sendable {
             // The caller gave the call up, whether its deadline passed or its task was cancelled: the handler sees
             // which, and nothing more is sent for the call (PROTOCOL.md: after a cancel the handler's side sends
             // nothing), as the caller no longer listens.
-            self.fail(reason == .deadlineExceeded ? Self.deadlineError(self.method) : CancellationError())
-            self.stopHandler(.cancelledByCaller)
+            self.stopHandler(
+                .cancelledByCaller,
+                failing: reason == .deadlineExceeded ? Self.deadlineError(self.method) : CancellationError()
+            )
         case .open:
             return SocketIPCError(.protocolViolation, "the peer opened call \(self.id), which is already open")
         }
@@ -466,15 +468,21 @@ final class CallStream: Sendable {
 
     // MARK: - The handler's side: stopping
 
-    /// Tells the handler's runner why the call must stop, cancelling the handler's task unless the reason is
+    /// Tells the handler's runner why the call must stop, then fails the call with `error` (what the handler's
+    /// reads and writes throw from then on), if one is given, and cancels the handler's task unless the reason is
     /// ``StopReason/finished``; the first reason counts.
-    func stopHandler(_ reason: StopReason) {
+    ///
+    /// The reason is recorded before the call fails: a handler woken by the failure on another thread may end at
+    /// once, and must find the reason then, or it would count as finished and send an end the caller no longer
+    /// wants (PROTOCOL.md: after a caller's cancel the handler's side sends nothing more for the call).
+    func stopHandler(_ reason: StopReason, failing error: (any Error)? = nil) {
         let task = self.stop.withLock { stop -> HandlerTask? in
             if stop.reason == nil { stop.reason = reason }
             guard reason != .finished, let task = stop.handlerTask else { return nil }
             stop.cancelsInProgress += 1
             return task
         }
+        if let error { self.fail(error) }
         guard let task else { return }
         // The task is alive: it waits at its end for this cancel (see `runStoppable`).
         task.task.cancel()

@@ -67,16 +67,14 @@ extension CallMultiplexer {
         // once, as gRPC answers DEADLINE_EXCEEDED without running the handler: the handler would otherwise finish
         // before the timer below could fire, and the caller would get an answer after its deadline.
         if let deadline = context.deadline, deadline <= .now {
-            call.fail(CallStream.deadlineError(context.method))
-            call.stopHandler(.deadlineExceeded)
+            call.stopHandler(.deadlineExceeded, failing: CallStream.deadlineError(context.method))
             call.finishAfterStop(CallStatus(code: .deadlineExceeded, message: "the call's deadline passed"))
             return
         }
         // The deadline is a timer on the connection's event loop, not a task of its own.
         let deadlineTimer = context.deadline.map { deadline in
             call.connection.scheduleCallTimer(in: ContinuousClock.now.duration(to: deadline)) {
-                call.fail(CallStream.deadlineError(context.method))
-                call.stopHandler(.deadlineExceeded)
+                call.stopHandler(.deadlineExceeded, failing: CallStream.deadlineError(context.method))
             }
         }
         defer { deadlineTimer?.cancel() }

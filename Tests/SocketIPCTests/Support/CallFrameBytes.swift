@@ -66,3 +66,96 @@ extension RawSocket {
         }
     }
 }
+
+
+/// A frame as a raw peer reads it: its kind, its call or request id (kinds 0x02 and up, but going-away), its payload.
+struct WireFrame: CustomStringConvertible {
+    var kind: UInt8
+    var id: UInt32?
+    var payload: [UInt8]
+    var description: String { "kind \(kind) id \(id.map(String.init) ?? "-") payload \(payload.count) B" }
+}
+
+/// A call end frame's id and status.
+struct CallEnd {
+    var id: UInt32
+    var status: UInt8
+
+    init?(_ frame: WireFrame) {
+        guard frame.kind == 0x08, let id = frame.id, let status = frame.payload.first else { return nil }
+        self.id = id
+        self.status = status
+    }
+}
+
+
+/// The peer closed in the middle of a frame.
+struct Truncated: Error {}
+
+/// Splits whole frames.
+func parseFrames(_ bytes: ArraySlice<UInt8>) throws -> [WireFrame] {
+    var frames: [WireFrame] = []
+    var rest = bytes
+    while !rest.isEmpty {
+        guard rest.count >= 5 else { throw Truncated() }
+        let length = rest.prefix(4).reduce(0) { $0 << 8 | Int($1) }
+        guard rest.count >= 4 + length, length >= 1 else { throw Truncated() }
+        let body = Array(rest.dropFirst(4).prefix(length))
+        rest = rest.dropFirst(4 + length)
+        let kind = body[0]
+        if kind >= 0x02 && kind != 0x05 && body.count >= 5 {
+            let id = body[1..<5].reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
+            frames.append(WireFrame(kind: kind, id: id, payload: Array(body.dropFirst(5))))
+        } else {
+            frames.append(WireFrame(kind: kind, id: nil, payload: Array(body.dropFirst(1))))
+        }
+    }
+    return frames
+}
+
+/// A call message frame (kind 0x07) of `json`.
+func messageBytes(id: UInt32, json: String) -> [UInt8] {
+    frameBytes(kind: 0x07, id: id, payload: Array(json.utf8))
+}
+
+/// A call cancel frame (kind 0x09) with `reason`.
+func cancelBytes(id: UInt32, reason: UInt8) -> [UInt8] {
+    frameBytes(kind: 0x09, id: id, payload: [reason])
+}
+
+/// A call credit frame (kind 0x0A) of `increment` bytes.
+func creditBytes(id: UInt32, increment: UInt32) -> [UInt8] {
+    frameBytes(kind: 0x0a, id: id, payload: withUnsafeBytes(of: increment.bigEndian) { Array($0) })
+}
+
+/// A ping frame (kind 0x0B).
+func pingBytes(id: UInt32) -> [UInt8] {
+    frameBytes(kind: 0x0b, id: id, payload: [])
+}
+
+extension RawSocket {
+    /// Reads exactly `count` whole frames (on one thread).
+    func readFrames(_ count: Int) async throws -> [WireFrame] {
+        try await onOwnThread {
+            var frames: [WireFrame] = []
+            func readExactly(_ wanted: Int) throws -> [UInt8] {
+                var bytes = [UInt8](repeating: 0, count: wanted)
+                var offset = 0
+                while offset < wanted {
+                    let got = bytes[offset...].withUnsafeMutableBytes { recv(self.descriptor, $0.baseAddress, wanted - offset, 0) }
+                    if got == 0 { throw Truncated() }
+                    guard got > 0 else { throw RawSocketError.failed("read", errno) }
+                    offset += got
+                }
+                return bytes
+            }
+            while frames.count < count {
+                let header = try readExactly(4)
+                let length = header.reduce(0) { $0 << 8 | Int($1) }
+                let body = try readExactly(length)
+                frames += try parseFrames((header + body)[...])
+            }
+            return frames
+        }
+    }
+}

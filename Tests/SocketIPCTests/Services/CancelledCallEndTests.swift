@@ -1,0 +1,88 @@
+import SocketIPC
+import SocketIPCTestSupport
+import SocketIPCTesting
+import Testing
+
+/// After a caller's cancel the handler's side sends nothing more for the call (PROTOCOL.md, `0x09`), however the
+/// handler ends: also when the cancel wakes a handler waiting in a read on another thread, which may end before the
+/// cancel has been fully taken (found by a hostile review: 674 of 2,500 such calls got an end frame).
+@Suite("Services: nothing after a caller's cancel", .timeLimit(.minutes(2)), .limitedConcurrency)
+struct CancelledCallEndTests {
+    @Test(
+        "100 client-streaming calls (the most a connection may have) cancelled while their handlers, off the event loop, wait for a message: no end frame for any",
+        arguments: [UInt8(0x00), 0x01]
+    )
+    func cancelWakingAReadSendsNoEnd(reason: UInt8) async throws {
+        let calls = 100  // ServiceRouter.maximumConcurrentCalls
+        let handlers = AsyncStream<Bool>.makeStream()
+        var router = ServiceRouter()
+        // Off the loops: the woken handler runs on another thread than the one that takes the cancel.
+        router.runsHandlersOnEventLoop = false
+        router.registerClientStreaming(Sum.self) { numbers, _ in
+            handlers.continuation.yield(true)
+            defer { handlers.continuation.yield(false) }
+            var sum = 0
+            for try await number in numbers { sum += number }
+            return sum
+        }
+
+        try await withServiceTestServer(router: router) { _, path in
+            let peer = try await RawSocket.connect(to: path)
+            defer { peer.close() }
+            let ids = (0..<calls).map { UInt32(2 * $0 + 1) }
+            try await peer.write(serverHelloBytes + ids.flatMap { callOpenBytes(id: $0, method: Sum.name) })
+            #expect(try await peer.read(exactly: 8) == serverHelloBytes)
+            var started = 0
+            var ended = 0
+            for await isStart in handlers.stream {
+                if isStart { started += 1 } else { ended += 1 }
+                if started == calls { break }
+            }
+            // Every handler waits in its read: cancel them all, then a ping to mark the end of what this peer sent.
+            try await peer.write(ids.flatMap { cancelBytes(id: $0, reason: reason) } + pingBytes(id: 7))
+            for await isStart in handlers.stream where !isStart {
+                ended += 1
+                if ended == calls { break }
+            }
+            // A handler's end frame follows its return at once; a bounded wait after the last asserts their absence.
+            let pong = try await peer.readFrames(1)
+            #expect(pong.first?.kind == 0x0c && pong.first?.id == 7, "before the pong: \(pong)")
+            let rest = try await peer.readAvailable(for: .milliseconds(300))
+            let frames = try parseFrames(rest.bytes[...])
+            let ends = frames.compactMap(CallEnd.init)
+            #expect(ends.isEmpty, "\(ends.count) end frames for cancelled calls, statuses \(Set(ends.map(\.status)))")
+            #expect(frames.isEmpty && !rest.closed, "\(frames)")
+        }
+    }
+}
+
+extension CancelledCallEndTests {
+    @Test("5 rounds of 100 unary calls whose request never comes, cancelled while they wait for it off the event loop: no end frame for any")
+    func cancelWakingAWaitForTheRequestSendsNoEnd() async throws {
+        let calls = 100
+        var router = ServiceRouter()
+        router.runsHandlersOnEventLoop = false
+        router.register(Echo.self) { number, _ in number }
+        try await withServiceTestServer(router: router) { _, path in
+            let peer = try await RawSocket.connect(to: path)
+            defer { peer.close() }
+            try await peer.write(serverHelloBytes)
+            #expect(try await peer.read(exactly: 8) == serverHelloBytes)
+            var unexpected: [WireFrame] = []
+            for round in 0..<5 {
+                let ids = (0..<calls).map { UInt32(2 * (round * calls + $0) + 1) }
+                // The pong says that the server has taken the opens and started their handlers' tasks.
+                try await peer.write(ids.flatMap { callOpenBytes(id: $0, method: Echo.name) } + pingBytes(id: 1))
+                unexpected += try await peer.readFrames(1).filter { $0.kind != 0x0c }
+                try await peer.write(ids.flatMap { cancelBytes(id: $0, reason: 0) } + pingBytes(id: 3))
+                unexpected += try await peer.readFrames(1).filter { $0.kind != 0x0c }
+            }
+            // A bounded wait that asserts an absence: the cancelled calls' tasks end within it.
+            let rest = try await peer.readAvailable(for: .milliseconds(500))
+            unexpected += try parseFrames(rest.bytes[...])
+            let ends = unexpected.compactMap(CallEnd.init)
+            #expect(ends.isEmpty, "\(ends.count) end frames for cancelled calls, statuses \(Set(ends.map(\.status)))")
+            #expect(unexpected.isEmpty && !rest.closed, "\(unexpected)")
+        }
+    }
+}
