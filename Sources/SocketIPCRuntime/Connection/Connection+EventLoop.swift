@@ -166,4 +166,4 @@ extension Connection {
 struct RequestsAnswered: Sendable {}
 
 /// The event-loop turn a ``DecodeStep/yieldTurn`` gave up has passed: the channel handler hands out what it kept.
-struct SharedPayloadTurnEnded: Sendable {}
+struct YieldedTurnEnded: Sendable {}

@@ -10,8 +10,9 @@ enum DecodeStep: Equatable {
     case peerFailed
     /// A call frame broke the protocol: say going-away `0x01` and close.
     case violation(SocketIPCError)
-    /// A payload in shared memory was handed out: its mapping and copy were this read's share of the event loop, so
-    /// the rest is handed out after the loop's other work (``ConnectionChannelHandler/resumeAfterYield(context:)``).
+    /// A payload in shared memory was handed out (its mapping and copy were this read's share of the event loop), or
+    /// the read's ``ConnectionChannelHandler/frameBudgetPerTurn`` is spent: the rest is handed out after the loop's
+    /// other work (``ConnectionChannelHandler/resumeAfterYield(context:)``).
     case yieldTurn
 
     /// Whether the step is ``next``: a pattern match, where `== .next` would make and compare a whole value (with
@@ -37,6 +38,8 @@ extension ConnectionChannelHandler {
         var leftover: FrameAssembler?
         var step = DecodeStep.next
         let closing = self.inbound.closing
+        // What this read may still hand out before the loop's other work comes first (``frameBudgetPerTurn``).
+        var budget = Self.frameBudgetPerTurn
         self.dispatching = true
         do {
             // First the bytes earlier reads left: frames kept while paused, or the start of a frame, which takes
@@ -50,6 +53,11 @@ extension ConnectionChannelHandler {
                         if !wasEstablished { self.frameHandledBeforeEstablished(connection) }
                         if closing && step == .yieldTurn { step = .next }
                         if !step.isNext { break }
+                        budget -= Self.frameCost(frame)
+                        if budget <= 0 && !closing {
+                            step = .yieldTurn
+                            break
+                        }
                         continue
                     }
                     guard partial.readableBytes > 0, incoming.readableBytes > 0 else { break }
@@ -70,7 +78,12 @@ extension ConnectionChannelHandler {
                         // `step` is assigned only when the loop stops: a step that is known to be `.next` has nothing
                         // to destroy, where assigning over `step` would destroy its old value per frame.
                         let dispatched = Self.dispatch(data, to: &handler, connection: connection, maximumRequests: limit)
-                        if case .next = dispatched { continue }
+                        if case .next = dispatched {
+                            budget &-= 1
+                            if budget > 0 || closing { continue }
+                            step = .yieldTurn
+                            break
+                        }
                         if closing && dispatched == .yieldTurn { continue }
                         step = dispatched
                         break
@@ -83,6 +96,11 @@ extension ConnectionChannelHandler {
                     if !wasEstablished { self.frameHandledBeforeEstablished(connection) }
                     if closing && step == .yieldTurn { step = .next }
                     if !step.isNext { break }
+                    budget -= Self.frameCost(frame)
+                    if budget <= 0 && !closing {
+                        step = .yieldTurn
+                        break
+                    }
                 }
             }
             if incoming.readableBytes > 0 {
@@ -138,11 +156,32 @@ extension ConnectionChannelHandler {
         case .yieldTurn:
             // What is kept is handed out after the loop's other work; reads meanwhile only add to it (and stop at
             // pausedReadLimit), so that one peer's frames of a few bytes each, each standing for up to 16 MiB of
-            // shared memory to map and copy, cannot hold the loop for all of them at once (found by a review: a
-            // benign request waited 113 s).
+            // shared memory to map and copy (found by a review: a benign request waited 113 s), or each starting or
+            // stopping a handler (frameBudgetPerTurn), cannot hold the loop for all of them at once.
             self.inbound.isYielding = true
             let channel = context.channel
-            context.eventLoop.execute { channel.pipeline.fireUserInboundEventTriggered(SharedPayloadTurnEnded()) }
+            context.eventLoop.execute { channel.pipeline.fireUserInboundEventTriggered(YieldedTurnEnded()) }
+        }
+    }
+
+    /// How much one read may hand out before the rest waits for the event loop's next turn, in data frames
+    /// (messages, requests, replies and call messages on the fast path each cost 1; see ``frameCost(_:)``).
+    ///
+    /// A read can bring a megabyte of frames of a few bytes each: tens of thousands of call opens and cancels, each
+    /// starting or stopping a handler. Handed out at once, they held the loop, and every other connection on it, for
+    /// up to 1.5 s (debug build; 0.1 s release) in a hostile review. So, as SwiftNIO bounds the reads of one turn
+    /// (`maxMessagesPerRead`), a read hands out this much and yields the loop for the rest, as after a payload in
+    /// shared memory (``DecodeStep/yieldTurn``). A megabyte of 64-byte messages, about 15,000 frames, fits in one
+    /// turn.
+    static var frameBudgetPerTurn: Int { 16_384 }
+
+    /// What handing out `frame`, decoded on the slow path, costs of ``frameBudgetPerTurn``: 1 for data, 16 for the
+    /// others (call opens, cancels, ends and credit; pings; descriptors), which start, stop or wake other work.
+    @inline(__always)
+    static func frameCost(_ frame: Frame) -> Int {
+        switch frame {
+        case .message, .request, .reply, .errorReply, .call(_, .message): 1
+        default: 16
         }
     }
 

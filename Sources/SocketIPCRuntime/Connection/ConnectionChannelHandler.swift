@@ -218,7 +218,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is RequestsAnswered {
             self.resumeAfterAnswers(context: context)
-        } else if event is SharedPayloadTurnEnded {
+        } else if event is YieldedTurnEnded {
             self.resumeAfterYield(context: context)
         } else if let violation = event as? RelayViolation {
             self.fail(violation.error, context: context)
