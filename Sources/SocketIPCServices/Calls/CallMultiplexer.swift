@@ -16,8 +16,6 @@ final class CallMultiplexer: CallFrameReceiver {
     struct Streams {
         var byID: [UInt32: CallStream] = [:]
         var last: CallStream?
-        /// The peer's allowance of frames that make this side work for nothing (``WastedCallFrames``).
-        var wasted = WastedCallFrames()
 
         @inline(__always)
         mutating func lookUp(_ id: UInt32) -> CallStream? {
@@ -78,39 +76,9 @@ final class CallMultiplexer: CallFrameReceiver {
         if case .open(let open) = frame {
             return self.open(open, id: id, on: connection)
         }
-        let (stream, allowed) = self.streams.withLock { streams -> (CallStream?, Bool) in
-            let stream = streams.lookUp(id)
-            guard Self.isWasted(frame, on: stream) else { return (stream, true) }
-            return (stream, streams.wasted.spend(at: .now))
-        }
-        guard allowed else { return Self.wastedFramesError(frame) }
         // A frame of a call that is over (or never was) is ignored, as a late reply is.
-        return stream?.receive(frame)
-    }
-
-    /// Whether `frame` makes this side work for nothing (``WastedCallFrames``): a caller's cancel of a handler's
-    /// call, zero credit, or a cancel or credit of a call that is over or never was. Not a message or an end of such
-    /// a call: a caller that stops reading a stream in full flow gets up to a window of messages (64 KiB) after its
-    /// cancel, and a caller whose open was refused (the connection had its most calls) sends the call's request and
-    /// end after it.
-    @inline(__always)
-    private static func isWasted(_ frame: CallFrame, on stream: CallStream?) -> Bool {
-        switch frame {
-        case .message, .open, .end: false
-        case .cancel: stream.map { !$0.isCaller } ?? true
-        case .credit(let increment): stream == nil || increment == 0
-        }
-    }
-
-    /// Why a peer is closed that spent its allowance of frames that make this side work for nothing.
-    static func wastedFramesError(_ frame: CallFrame) -> SocketIPCError {
-        let last = if case .cancel = frame { "a cancel" } else { "credit" }
-        return SocketIPCError(
-            .protocolViolation,
-            "the peer sent more than \(WastedCallFrames.burst) call frames at once (\(WastedCallFrames.perSecond) a second "
-                + "over time) that make this side work for nothing: cancels of calls, zero credit, credit for calls that "
-                + "are over; the last was \(last) (as HTTP/2 servers limit Rapid Reset, CVE-2023-44487)"
-        )
+        guard let stream = self.streams.withLock({ $0.lookUp(id) }) else { return nil }
+        return stream.receive(frame)
     }
 
     func receive(

@@ -68,7 +68,8 @@ extension CallMultiplexer {
         // before the timer below could fire, and the caller would get an answer after its deadline.
         if let deadline = context.deadline, deadline <= .now {
             call.stopHandler(.deadlineExceeded, failing: CallStream.deadlineError(context.method))
-            call.finishAfterStop(CallStatus(code: .deadlineExceeded, message: "the call's deadline passed"))
+            // Unless something stopped the call first (the caller's cancel, read with the open: then nothing is sent).
+            Self.end(call, status: CallStatus(code: .deadlineExceeded, message: "the call's deadline passed"))
             return
         }
         // The deadline is a timer on the connection's event loop, not a task of its own.
@@ -93,6 +94,12 @@ extension CallMultiplexer {
                 status = CallStatus(code: .cancelled, message: "the handler was cancelled")
             }
         }
+        Self.end(call, status: status)
+    }
+
+    /// Ends `call` as what stopped it first says: with `status` (the handler's own) if the handler ended first, else
+    /// with the status of what stopped it, or with nothing when the caller is gone or no longer listens.
+    private static func end(_ call: CallStream, status: CallStatus) {
         switch call.stopReason {
         case .finished, nil:
             // The handler ended first (or was cancelled by its server's shutdown): its own status.

@@ -85,4 +85,33 @@ extension CancelledCallEndTests {
             #expect(unexpected.isEmpty && !rest.closed, "\(unexpected)")
         }
     }
+
+    @Test("100 calls whose deadline passed before their handlers start, cancelled by their callers in the same read: no end frame for any")
+    func cancelBeforeAnExpiredDeadlineSendsNoEnd() async throws {
+        try await withServiceTestServer(router: keyValueRouter()) { _, path in
+            let peer = try await RawSocket.connect(to: path)
+            defer { peer.close() }
+            let ids = (0..<100).map { UInt32(2 * $0 + 1) }
+            // A timeout of 1 ns has passed by the time the handler's task starts; the cancel (reason deadline) is read
+            // with the open, before that.
+            let calls = ids.flatMap { id in
+                callOpenBytes(id: id, method: Get.name, timeoutNanoseconds: 1) + messageBytes(id: id, json: "\"k\"")
+                    + callEndOKBytes(id: id) + cancelBytes(id: id, reason: 0x01)
+            }
+            // First a one-way message of 256 KiB, which grows the server's reads (they start at 128 bytes), so that
+            // all the calls come in one read, as an attacker's pipelined frames do: their handlers' tasks start after it.
+            let large = [UInt8](repeating: 0x2a, count: 256 * 1024)
+            try await peer.write(serverHelloBytes + frameBytes(kind: 0x01, payload: large) + pingBytes(id: 1))
+            #expect(try await peer.read(exactly: 8) == serverHelloBytes)
+            #expect(try await peer.readFrames(1).map(\.kind) == [0x0c])
+            try await peer.write(calls + pingBytes(id: 2))
+            var frames = try await peer.readFrames(1)
+            // A bounded wait that asserts an absence: the calls' tasks end within it.
+            let rest = try await peer.readAvailable(for: .milliseconds(500))
+            frames += try parseFrames(rest.bytes[...])
+            let ends = frames.compactMap(CallEnd.init)
+            #expect(ends.isEmpty, "\(ends.count) end frames for cancelled calls, statuses \(Set(ends.map(\.status)))")
+            #expect(frames.map(\.kind) == [0x0c] && !rest.closed, "\(frames)")
+        }
+    }
 }

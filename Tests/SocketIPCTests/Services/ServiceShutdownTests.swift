@@ -70,4 +70,46 @@ struct ServiceShutdownTests {
             #expect(error.code == .cancelled || error.code == .connectionClosed, "\(error)")
         }
     }
+
+    @Test("100 streams whose writers wait for credit, off the event loops: a graceful shutdown ends every one with unavailable (0x07)")
+    func shutdownEndsWaitingWritersAsUnavailable() async throws {
+        let streams = 100
+        let waiting = AsyncStream<Void>.makeStream()
+        var router = ServiceRouter()
+        router.runsHandlersOnEventLoop = false
+        router.registerServerStreaming(Watch.self) { key, values, _ in
+            // A message goes while any of the caller's window of 64 KiB is left: after two of 40,000 bytes none is,
+            // and the third waits for credit that never comes.
+            try await values.write(String(repeating: "x", count: 40_000))
+            try await values.write(String(repeating: "y", count: 40_000))
+            waiting.continuation.yield()
+            try await values.write(String(repeating: "z", count: 40_000))
+        }
+        try await withServiceTestServer(router: router) { server, path in
+            let peer = try await RawSocket.connect(to: path)
+            defer { peer.close() }
+            let ids = (0..<streams).map { UInt32(2 * $0 + 1) }
+            try await peer.write(
+                serverHelloBytes
+                    + ids.flatMap { callOpenBytes(id: $0, method: Watch.name) + messageBytes(id: $0, json: "\"k\"") + callEndOKBytes(id: $0) }
+            )
+            #expect(try await peer.read(exactly: 8) == serverHelloBytes)
+            // Read as it comes (giving no credit), so that the writers wait for credit, not for room in the queue.
+            let reader = Task {
+                var ends: [CallEnd] = []
+                while ends.count < streams {
+                    ends += try await peer.readFrames(1).compactMap(CallEnd.init)
+                }
+                return ends
+            }
+            var first = 0
+            for await _ in waiting.stream {
+                first += 1
+                if first == streams { break }
+            }
+            server.shutdownGracefully()
+            let ends = try await reader.value
+            #expect(ends.allSatisfy { $0.status == 0x07 }, "statuses: \(ends.map(\.status))")
+        }
+    }
 }
