@@ -14,6 +14,18 @@ enum DecodeStep: Equatable {
     /// the read's ``ConnectionChannelHandler/frameBudgetPerTurn`` is spent: the rest is handed out after the loop's
     /// other work (``ConnectionChannelHandler/resumeAfterYield(context:)``).
     case yieldTurn
+    /// The peer cancelled its calls faster than its ``CancelAllowance`` allows: the rest is handed out after the
+    /// given time (``ConnectionChannelHandler/resumeAfterYield(context:)``).
+    case throttle(Duration)
+
+    /// Whether the step gives up the loop for now, the rest of the read kept (``yieldTurn`` or ``throttle(_:)``).
+    @inline(__always)
+    var yields: Bool {
+        switch self {
+        case .yieldTurn, .throttle: true
+        default: false
+        }
+    }
 
     /// Whether the step is ``next``: a pattern match, where `== .next` would make and compare a whole value (with
     /// the error of ``violation(_:)``) per frame.
@@ -51,7 +63,7 @@ extension ConnectionChannelHandler {
                         if !wasEstablished { connection.peerHelloReceived(flags: decoder.peerFlags) }
                         step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: limit)
                         if !wasEstablished { self.frameHandledBeforeEstablished(connection) }
-                        if closing && step == .yieldTurn { step = .next }
+                        if closing && step.yields { step = .next }
                         if !step.isNext { break }
                         budget -= Self.frameCost(frame)
                         if budget <= 0 && !closing {
@@ -84,7 +96,7 @@ extension ConnectionChannelHandler {
                             step = .yieldTurn
                             break
                         }
-                        if closing && dispatched == .yieldTurn { continue }
+                        if closing && dispatched.yields { continue }
                         step = dispatched
                         break
                     }
@@ -94,7 +106,7 @@ extension ConnectionChannelHandler {
                     if !wasEstablished { connection.peerHelloReceived(flags: decoder.peerFlags) }
                     step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: limit)
                     if !wasEstablished { self.frameHandledBeforeEstablished(connection) }
-                    if closing && step == .yieldTurn { step = .next }
+                    if closing && step.yields { step = .next }
                     if !step.isNext { break }
                     budget -= Self.frameCost(frame)
                     if budget <= 0 && !closing {
@@ -153,6 +165,13 @@ extension ConnectionChannelHandler {
             context.close(promise: nil)
         case .violation(let error):
             self.fail(error, context: context)
+        case .throttle(let wait):
+            // As for a yield, but after `wait`: the peer's frames wait while it cancels faster than it may.
+            self.inbound.isYielding = true
+            let channel = context.channel
+            context.eventLoop.scheduleTask(in: TimeAmount(wait)) {
+                channel.pipeline.fireUserInboundEventTriggered(YieldedTurnEnded())
+            }
         case .yieldTurn:
             // What is kept is handed out after the loop's other work; reads meanwhile only add to it (and stop at
             // pausedReadLimit), so that one peer's frames of a few bytes each, each standing for up to 16 MiB of
@@ -229,7 +248,7 @@ extension ConnectionChannelHandler {
                     if step.isNext {
                         step = Self.dispatch(next, to: &handler, connection: connection, maximumRequests: .max)
                     }
-                    if step == .yieldTurn { step = .next }
+                    if step.yields { step = .next }
                     partial.bytes = after
                 case .request, .message, .goAway, .call:
                     self.inbound.hold(before.readSlice(length: partial.bytes.readerIndex - before.readerIndex)!)
@@ -237,7 +256,7 @@ extension ConnectionChannelHandler {
                     step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: .max)
                 }
                 // Replies are handed out while paused whatever they cost: a request of this side waits for each.
-                if step == .yieldTurn { step = .next }
+                if step.yields { step = .next }
                 if !step.isNext { break }
             }
         } catch let error as SocketIPCError {
@@ -363,6 +382,7 @@ extension ConnectionChannelHandler {
             if reason != .normal { return .peerFailed }
         case .call(let id, let callFrame):
             if let violation = connection.callFrameReceived(callFrame, id: id) { return .violation(violation) }
+            if case .cancel = callFrame, let wait = connection.cancelReceived(id: id) { return .throttle(wait) }
         case .ping(let id):
             if let flood = connection.answerOwed() { return .violation(flood) }
             connection.pingReceived(id: id)
