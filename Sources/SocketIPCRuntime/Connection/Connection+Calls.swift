@@ -282,18 +282,24 @@ extension Connection {
     /// A call frame arrived: to the services layer's receiver, or answered as an unknown method without one.
     @inline(never)
     /// The peer cancelled call `id`: counts it against the peer's ``CancelAllowance`` if the peer opened that call.
-    /// - Returns: `nil`, or how long to hand out none of the peer's frames once the allowance is spent.
+    /// - Returns: `nil`, or how long to read none of the peer's frames, once it owes a whole burst of cancels.
     func cancelReceived(id: UInt32) -> Duration? {
-        guard self.calls.isPeerCallID(id), let wait = self.calls.cancels.withLock({ $0.spend(at: .now) }) else {
-            return nil
-        }
-        self.calls.cancelThrottles.add(1, ordering: .relaxed)
-        return wait
+        guard self.calls.isPeerCallID(id) else { return nil }
+        return self.calls.cancels.withLock { $0.spend(at: .now) }
     }
 
-    /// How often the peer's frames were held back because it cancelled its calls faster than ``CancelAllowance``
+    /// Whether the peer may open a call now, as far as its cancels go (``CancelAllowance``); counts a refusal.
+    package func allowsCallOpen() -> Bool {
+        guard self.calls.cancels.withLock({ $0.allowsOpen(at: .now) }) else {
+            self.calls.opensRefusedForCancels.add(1, ordering: .relaxed)
+            return false
+        }
+        return true
+    }
+
+    /// How many of the peer's calls were refused because it cancelled its calls faster than ``CancelAllowance``
     /// allows.
-    package var cancelThrottles: Int { self.calls.cancelThrottles.load(ordering: .relaxed) }
+    package var opensRefusedForCancels: Int { self.calls.opensRefusedForCancels.load(ordering: .relaxed) }
 
     func callFrameReceived(_ frame: CallFrame, id: UInt32, descriptors: ReceivedDescriptors? = nil) -> SocketIPCError? {
         if case .open = frame {

@@ -17,11 +17,11 @@ final class ConnectionCalls: Sendable {
     let closedLocally = Atomic<Bool>(false)
     /// The keepalive's state, touched on the event loop only (kept under a lock so that the class stays `Sendable`).
     let keepalive = Mutex<Keepalive>(Keepalive())
-    /// How fast the peer may cancel its calls before its frames are handed out more slowly (``CancelAllowance``);
-    /// touched on the event loop only.
+    /// How fast the peer may cancel its calls before its new ones are refused (``CancelAllowance``); touched on the
+    /// event loop only.
     let cancels = Mutex<CancelAllowance>(CancelAllowance())
-    /// How often the peer's frames were held back for its cancels.
-    let cancelThrottles = Atomic<Int>(0)
+    /// How many of the peer's opens were refused for its cancels.
+    let opensRefusedForCancels = Atomic<Int>(0)
 
     struct Keepalive {
         /// The id of the ping waiting for its pong, if any.

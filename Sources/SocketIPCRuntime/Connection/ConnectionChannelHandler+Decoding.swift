@@ -14,8 +14,8 @@ enum DecodeStep: Equatable {
     /// the read's ``ConnectionChannelHandler/frameBudgetPerTurn`` is spent: the rest is handed out after the loop's
     /// other work (``ConnectionChannelHandler/resumeAfterYield(context:)``).
     case yieldTurn
-    /// The peer cancelled its calls faster than its ``CancelAllowance`` allows: the rest is handed out after the
-    /// given time (``ConnectionChannelHandler/resumeAfterYield(context:)``).
+    /// The peer owes a whole burst of cancels (``CancelAllowance``): the rest is handed out after the given time
+    /// (``ConnectionChannelHandler/resumeAfterYield(context:)``).
     case throttle(Duration)
 
     /// Whether the step gives up the loop for now, the rest of the read kept (``yieldTurn`` or ``throttle(_:)``).
@@ -166,7 +166,7 @@ extension ConnectionChannelHandler {
         case .violation(let error):
             self.fail(error, context: context)
         case .throttle(let wait):
-            // As for a yield, but after `wait`: the peer's frames wait while it cancels faster than it may.
+            // As for a yield, but after `wait`: the peer goes on cancelling calls it was refused.
             self.inbound.isYielding = true
             let channel = context.channel
             context.eventLoop.scheduleTask(in: TimeAmount(wait)) {

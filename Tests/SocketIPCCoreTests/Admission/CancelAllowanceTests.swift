@@ -4,40 +4,56 @@ import Testing
 
 @Suite("CancelAllowance: how fast a peer may cancel its calls")
 struct CancelAllowanceTests {
-    @Test("a burst of 200 at once; beyond it, the wait until 10 are due again: 11 ms, then 12 ms")
-    func burst() {
+    @Test("a new connection may cancel 200 calls at once; with the 200th, no open until time passes")
+    func initialAllowance() {
         var allowance = CancelAllowance()
         let now = ContinuousClock.now
-        let waits = (0..<CancelAllowance.burst).map { _ in allowance.spend(at: now) }
-        #expect(waits.allSatisfy { $0 == nil })
-        let first = allowance.spend(at: now)
-        let second = allowance.spend(at: now)
-        #expect(first.map { $0 > .microseconds(10_990) && $0 <= .microseconds(11_010) } == true, "\(String(describing: first))")
-        #expect(second.map { $0 > .microseconds(11_990) && $0 <= .microseconds(12_010) } == true, "\(String(describing: second))")
+        for _ in 0..<(CancelAllowance.initial - 1) { _ = allowance.spend(at: now) }
+        let allowed1 = allowance.allowsOpen(at: now)
+        #expect(allowed1)
+        _ = allowance.spend(at: now)
+        let allowed2 = allowance.allowsOpen(at: now)
+        #expect(!allowed2)
+        // 1,000 a second: one more after a millisecond and a bit.
+        let allowed3 = allowance.allowsOpen(at: now.advanced(by: .microseconds(1_100)))
+        #expect(allowed3)
     }
 
-    @Test("1,000 a second come back with time, up to the burst and no further")
-    func refill() {
+    @Test("the allowance grows to 200 with time and no further; owing a whole burst holds the peer's frames until it owes none")
+    func burstAndDebt() throws {
         var allowance = CancelAllowance()
         let start = ContinuousClock.now
-        for _ in 0..<CancelAllowance.burst { _ = allowance.spend(at: start) }
-        let halfSecond = start.advanced(by: .milliseconds(100))
-        let allowed = (0..<300).prefix { _ in allowance.spend(at: halfSecond) == nil }.count
-        #expect(allowed == CancelAllowance.perSecond / 10)
-        let later = halfSecond.advanced(by: .seconds(3600))
-        let afterAnHour = (0..<1_000).prefix { _ in allowance.spend(at: later) == nil }.count
-        #expect(afterAnHour == CancelAllowance.burst)
+        _ = allowance.allowsOpen(at: start)
+        let later = start.advanced(by: .seconds(3600))
+        for _ in 0..<(CancelAllowance.burst - 1) { _ = allowance.spend(at: later) }
+        let allowed4 = allowance.allowsOpen(at: later)
+        #expect(allowed4)
+        _ = allowance.spend(at: later)
+        let allowed5 = allowance.allowsOpen(at: later)
+        #expect(!allowed5)
+        // A peer that goes on cancelling (the calls it was refused) until it owes a whole burst is read no further
+        // until it owes none: 0.2 s at 1,000 a second.
+        let owing = (0..<(CancelAllowance.burst - 1)).map { _ in allowance.spend(at: later) }
+        #expect(owing.allSatisfy { $0 == nil })
+        let held = allowance.spend(at: later)
+        let wait = try #require(held)
+        #expect(wait > .milliseconds(199) && wait <= .milliseconds(201), "\(wait)")
+        let stillOwing = allowance.allowsOpen(at: later.advanced(by: wait - .milliseconds(2)))
+        #expect(!stillOwing)
+        let afterwards = allowance.allowsOpen(at: later.advanced(by: wait + .milliseconds(2)))
+        #expect(afterwards)
     }
 
-    @Test("a steady 900 a second is never held back")
+    @Test("a steady 900 cancels a second never refuses an open")
     func steadyRate() {
         var allowance = CancelAllowance()
         var now = ContinuousClock.now
-        var held = 0
+        var refused = 0
         for _ in 0..<27_000 {
             now = now.advanced(by: .microseconds(1_111))
-            if allowance.spend(at: now) != nil { held += 1 }
+            if !allowance.allowsOpen(at: now) { refused += 1 }
+            _ = allowance.spend(at: now)
         }
-        #expect(held == 0)
+        #expect(refused == 0)
     }
 }

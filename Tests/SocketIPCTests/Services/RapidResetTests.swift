@@ -5,8 +5,9 @@ import Synchronization
 import Testing
 
 /// Calls opened and cancelled at once, again and again: HTTP/2's "Rapid Reset" (CVE-2023-44487) on SocketIPC's calls.
-/// The concurrency limit holds, and beyond its ``CancelAllowance`` (a burst of 200, then 1,000 a second) the peer's
-/// frames are handed out more slowly, its connection kept: cancels are honest too.
+/// The concurrency limit holds, and beyond its ``CancelAllowance`` (200 cancels at once, 1,000 more a second) the peer's
+/// new calls are refused at once, its connection kept and served: cancels are honest too. A peer that goes on
+/// cancelling the calls it was refused is read no further until its debt is paid.
 @Suite("Services: Rapid Reset", .timeLimit(.minutes(2)), .limitedConcurrency)
 struct RapidResetTests {
     /// The server's side of the connection, as the handlers see it.
@@ -42,7 +43,7 @@ struct RapidResetTests {
         }
     }
 
-    @Test("150 calls opened and cancelled at once, as an honest caller may: handed out without holding anything back")
+    @Test("a connection's first call, then 150 calls opened and cancelled at once, as an honest caller may: none refused")
     func honestBurst() async throws {
         let side = ServerSide()
         try await withServiceTestServer(router: Self.router(side)) { _, path in
@@ -52,12 +53,12 @@ struct RapidResetTests {
             try await peer.write(Self.pairs(1..<151) + pingBytes(id: 2))
             var answers: [WireFrame] = []
             while !answers.contains(where: { $0.kind == 0x0c }) { answers += try await peer.readFrames(1) }
-            #expect(connection.cancelThrottles == 0)
+            #expect(connection.opensRefusedForCancels == 0)
             #expect(!answers.contains { $0.kind == 0x05 }, "\(answers.filter { $0.kind == 0x05 })")
         }
     }
 
-    @Test("3,000 calls opened and cancelled in a loop: paced at the allowance, the connection kept, the ping after them answered")
+    @Test("3,000 calls opened and cancelled in a loop: beyond the allowance refused at once with resourceExhausted; the connection kept and its ping answered")
     func openAndCancelInALoop() async throws {
         let side = ServerSide()
         try await withServiceTestServer(router: Self.router(side)) { _, path in
@@ -73,7 +74,12 @@ struct RapidResetTests {
             try await peer.write(Self.pairs(1..<3_001) + pingBytes(id: 2))
             let answers = try await reader.value
             #expect(answers.allSatisfy { $0.kind == 0x0c || $0.kind == 0x08 }, "\(answers.filter { $0.kind != 0x08 })")
-            #expect(connection.cancelThrottles > 0)
+            #expect(connection.opensRefusedForCancels > 2_000, "\(connection.opensRefusedForCancels)")
+            let refusals = answers.filter { frame in
+                frame.kind == 0x08 && frame.payload.first == 0x08
+                    && String(decoding: frame.payload, as: UTF8.self).contains("cancels its calls faster")
+            }
+            #expect(refusals.count == connection.opensRefusedForCancels)
         }
     }
 }
