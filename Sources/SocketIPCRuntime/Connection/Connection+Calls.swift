@@ -279,8 +279,6 @@ extension Connection {
         self.calls.peerFlags.store(flags.rawValue, ordering: .relaxed)
     }
 
-    /// A call frame arrived: to the services layer's receiver, or answered as an unknown method without one.
-    @inline(never)
     /// The peer cancelled call `id`: counts it against the peer's ``CancelAllowance`` if the peer opened that call.
     /// - Returns: `nil`, or how long to read none of the peer's frames, once it owes a whole burst of cancels.
     func cancelReceived(id: UInt32) -> Duration? {
@@ -301,6 +299,8 @@ extension Connection {
     /// allows.
     package var opensRefusedForCancels: Int { self.calls.opensRefusedForCancels.load(ordering: .relaxed) }
 
+    /// A call frame arrived: to the services layer's receiver, or answered as an unknown method without one.
+    @inline(never)
     func callFrameReceived(_ frame: CallFrame, id: UInt32, descriptors: ReceivedDescriptors? = nil) -> SocketIPCError? {
         if case .open = frame {
             if !self.calls.isPeerCallID(id) {
