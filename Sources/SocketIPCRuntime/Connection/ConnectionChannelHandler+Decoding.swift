@@ -10,9 +10,8 @@ enum DecodeStep: Equatable {
     case peerFailed
     /// A call frame broke the protocol: say going-away `0x01` and close.
     case violation(SocketIPCError)
-    /// A payload in shared memory was handed out (its mapping and copy were this read's share of the event loop), or
-    /// the read's ``ConnectionChannelHandler/frameBudgetPerTurn`` is spent: the rest is handed out after the loop's
-    /// other work (``ConnectionChannelHandler/resumeAfterYield(context:)``).
+    /// A payload in shared memory was handed out: its mapping and copy were this read's share of the event loop, so
+    /// the rest is handed out after the loop's other work (``ConnectionChannelHandler/resumeAfterYield(context:)``).
     case yieldTurn
     /// The peer owes a whole burst of cancels (``CancelAllowance``): the rest is handed out after the given time
     /// (``ConnectionChannelHandler/resumeAfterYield(context:)``).
@@ -50,8 +49,6 @@ extension ConnectionChannelHandler {
         var leftover: FrameAssembler?
         var step = DecodeStep.next
         let closing = self.inbound.closing
-        // What this read may still hand out before the loop's other work comes first (``frameBudgetPerTurn``).
-        var budget = Self.frameBudgetPerTurn
         self.dispatching = true
         do {
             // First the bytes earlier reads left: frames kept while paused, or the start of a frame, which takes
@@ -65,11 +62,6 @@ extension ConnectionChannelHandler {
                         if !wasEstablished { self.frameHandledBeforeEstablished(connection) }
                         if closing && step.yields { step = .next }
                         if !step.isNext { break }
-                        budget -= Self.frameCost(frame)
-                        if budget <= 0 && !closing {
-                            step = .yieldTurn
-                            break
-                        }
                         continue
                     }
                     guard partial.readableBytes > 0, incoming.readableBytes > 0 else { break }
@@ -90,12 +82,7 @@ extension ConnectionChannelHandler {
                         // `step` is assigned only when the loop stops: a step that is known to be `.next` has nothing
                         // to destroy, where assigning over `step` would destroy its old value per frame.
                         let dispatched = Self.dispatch(data, to: &handler, connection: connection, maximumRequests: limit)
-                        if case .next = dispatched {
-                            budget &-= 1
-                            if budget > 0 || closing { continue }
-                            step = .yieldTurn
-                            break
-                        }
+                        if case .next = dispatched { continue }
                         if closing && dispatched.yields { continue }
                         step = dispatched
                         break
@@ -108,11 +95,6 @@ extension ConnectionChannelHandler {
                     if !wasEstablished { self.frameHandledBeforeEstablished(connection) }
                     if closing && step.yields { step = .next }
                     if !step.isNext { break }
-                    budget -= Self.frameCost(frame)
-                    if budget <= 0 && !closing {
-                        step = .yieldTurn
-                        break
-                    }
                 }
             }
             if incoming.readableBytes > 0 {
@@ -175,37 +157,11 @@ extension ConnectionChannelHandler {
         case .yieldTurn:
             // What is kept is handed out after the loop's other work; reads meanwhile only add to it (and stop at
             // pausedReadLimit), so that one peer's frames of a few bytes each, each standing for up to 16 MiB of
-            // shared memory to map and copy (found by a review: a benign request waited 113 s), or each starting or
-            // stopping a handler (frameBudgetPerTurn), cannot hold the loop for all of them at once.
+            // shared memory to map and copy, cannot hold the loop for all of them at once (found by a review: a
+            // benign request waited 113 s).
             self.inbound.isYielding = true
             let channel = context.channel
             context.eventLoop.execute { channel.pipeline.fireUserInboundEventTriggered(YieldedTurnEnded()) }
-        }
-    }
-
-    /// How much one read may hand out before the rest waits for the event loop's next turn, in data frames
-    /// (messages, requests, replies and call messages each cost 1; see ``frameCost(_:)``).
-    ///
-    /// A read can bring a megabyte of frames of a few bytes each: tens of thousands of call opens and cancels, each
-    /// starting or stopping a handler. Handed out at once, they held the loop, and every other connection on it, for
-    /// up to 1.5 s (debug build) in a hostile review. So, as SwiftNIO bounds the reads of one turn
-    /// (`maxMessagesPerRead`), a read hands out this much and yields the loop for the rest, as after a payload in
-    /// shared memory (``DecodeStep/yieldTurn``). A megabyte of 64-byte messages, about 15,000 frames, fits in one
-    /// turn; so do 256 call opens, cancels or pings.
-    static var frameBudgetPerTurn: Int { 16_384 }
-
-    /// What a frame other than data costs of ``frameBudgetPerTurn``: call opens, ends, cancels and credit, pings and
-    /// pongs, going-away and descriptors frames start, stop or wake other work. (With 16, a release server under the
-    /// review's open-and-cancel loop kept another client's calls at a median of 19 ms; with 64, 14 ms, and 3–6 ms for
-    /// a client that connects anew, against 17–24 ms and 36–40 ms without a budget.)
-    static var controlFrameCost: Int { 64 }
-
-    /// What handing out `frame`, decoded on the slow path, costs of ``frameBudgetPerTurn``.
-    @inline(__always)
-    static func frameCost(_ frame: Frame) -> Int {
-        switch frame {
-        case .message, .request, .reply, .errorReply, .call(_, .message): 1
-        default: Self.controlFrameCost
         }
     }
 
