@@ -77,7 +77,7 @@ struct RapidResetTests {
         }
     }
 
-    @Test("3,000 calls opened and cancelled in a loop: beyond the allowance refused at once with resourceExhausted; the connection kept and its ping answered")
+    @Test("3,000 calls opened and cancelled in a loop: what the allowance refuses is answered with resourceExhausted; the connection kept and its ping answered")
     func openAndCancelInALoop() async throws {
         let side = ServerSide()
         try await withServiceTestServer(router: Self.router(side)) { _, path in
@@ -89,8 +89,9 @@ struct RapidResetTests {
             try await peer.write(Self.pairs(1..<3_001) + pingBytes(id: 2))
             let answers = try await reader.value
             #expect(answers.allSatisfy { $0.kind == 0x0c || $0.kind == 0x08 }, "\(answers.filter { $0.kind != 0x08 })")
-            // How many depends on the clock (1,000 more a second), not on the test: some are, and each was answered.
-            #expect(connection.opensRefusedForCancels > 0)
+            // How many are refused depends on the clock (1,000 more a second): none on a machine so loaded that the
+            // server takes 3 s for the pairs, as in a CI run. Each refusal is answered (CancelAllowanceTests checks the
+            // allowance itself, with the clock passed in).
             let refusals = answers.filter { frame in
                 frame.kind == 0x08 && frame.payload.first == 0x08
                     && String(decoding: frame.payload, as: UTF8.self).contains("cancels its calls faster")
