@@ -279,21 +279,36 @@ extension Connection {
         self.calls.peerFlags.store(flags.rawValue, ordering: .relaxed)
     }
 
-    /// The peer cancelled call `id`: counts it against the peer's ``CancelAllowance`` if the peer opened that call.
-    /// - Returns: `nil`, or how long to read none of the peer's frames, once it owes a whole burst of cancels.
+    /// The peer cancelled call `id`: counts it against the peer's ``CancelAllowance``s (the connection's, and on a
+    /// server its user's) if the peer opened that call.
+    /// - Returns: `nil`, or how long to read none of the peer's frames, once it owes a whole burst of cancels to either.
     func cancelReceived(id: UInt32) -> Duration? {
         guard self.calls.isPeerCallID(id) else { return nil }
-        return self.calls.cancels.withLock { $0.spend(at: .now) }
+        let now = self.calls.cancelClockNow()
+        let own = self.calls.cancels.withLock { $0.spend(at: now) }
+        guard let user = self.calls.userCancels?.spend(at: now) else { return own }
+        return max(own ?? .zero, user)
     }
 
-    /// Whether the peer may open a call now, as far as its cancels go (``CancelAllowance``); counts a refusal.
-    package func allowsCallOpen() -> Bool {
-        guard self.calls.cancels.withLock({ $0.allowsOpen(at: .now) }) else {
-            self.calls.opensRefusedForCancels.add(1, ordering: .relaxed)
-            return false
+    /// Why the peer may not open a call now, as far as its cancels go (``CancelAllowance``), or `nil` if it may;
+    /// counts a refusal.
+    package func callOpenRefusal() -> String? {
+        let calls = self.calls
+        if !calls.cancels.withLock({ $0.allowsOpen(at: calls.cancelClockNow()) }) {
+            calls.opensRefusedForCancels.add(1, ordering: .relaxed)
+            return "the peer cancels its calls faster than this side allows (\(CancelAllowance.perConnection)): "
+                + "no new call for now"
         }
-        return true
+        if let user = calls.userCancels, !user.allowsOpen() {
+            calls.opensRefusedForCancels.add(1, ordering: .relaxed)
+            return "the peer's user cancels its calls faster than this side allows across its connections "
+                + "(\(user.rate)): no new call for now"
+        }
+        return nil
     }
+
+    /// The clock the connection's cancel allowances read (tests set it by hand), if it is a server's connection.
+    package var cancelClock: CancelClock? { self.calls.userCancels?.clock }
 
     /// How many of the peer's calls were refused because it cancelled its calls faster than ``CancelAllowance``
     /// allows.

@@ -130,7 +130,8 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
             peer: peer,
             logger: self.logger,
             handlerTaskOwner: self.lifecycle.handlerTaskOwner,
-            descriptorRelay: self.descriptorRelay
+            descriptorRelay: self.descriptorRelay,
+            userCancels: self.lifecycle.userCancels
         )
         self.descriptorRelay?.attach(channel)
         // The connection exists before the hello is written: if the peer is already gone, the failed write closes

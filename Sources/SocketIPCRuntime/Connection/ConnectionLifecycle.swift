@@ -18,4 +18,7 @@ struct ConnectionLifecycle: Sendable {
     /// The connection's place in its server's admission count, for handler work that outlives the channel to hold;
     /// `nil` for a client's connection.
     var slot: ConnectionSlot? = nil
+    /// The cancel allowance the peer's user shares across its connections to the server (``UserCancelAllowances``);
+    /// `nil` for a client's connection.
+    var userCancels: SharedCancelAllowance? = nil
 }

@@ -120,7 +120,8 @@ extension Server {
                 if let error { self.connectionFailed(error, id: id, peer: connection.peer) }
             },
             handlerTaskOwner: .server(self.handlerTasks),
-            slot: slot
+            slot: slot,
+            userCancels: self.userCancels.allowance(for: peer?.userID)
         )
         ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelOption(.allowRemoteHalfClosure, value: self.initializer.allowsRemoteHalfClosure)

@@ -61,6 +61,10 @@ public final class Server: Service, Sendable {
     /// that no longer waits (its grace period ended, or it was forced) cuts them off, instead of letting each write to
     /// a peer that does not read for its own ``ConnectionOptions/closeTimeout``.
     let relays = Mutex<[UInt64: DescriptorRelay]>([:])
+    /// The cancel allowances of the server's peers by user, each spent by all of that user's connections.
+    let userCancels = UserCancelAllowances()
+    /// The clock the server's cancel allowances read (``CancelAllowance``); tests set it by hand.
+    package var cancelClock: CancelClock { self.userCancels.clock }
 
     init(
         configuration: ServerConfiguration,

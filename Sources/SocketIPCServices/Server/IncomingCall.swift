@@ -28,13 +28,8 @@ extension CallMultiplexer {
         }
         // A peer that cancels its calls faster than its allowance (Rapid Reset, CVE-2023-44487) gets no new handler
         // for a while: refused at once, as beyond the concurrency limit.
-        guard connection.allowsCallOpen() else {
-            let status = CallStatus(
-                code: .resourceExhausted,
-                message: "the peer cancels its calls faster than this side allows (\(CancelAllowance.burst) at once, "
-                    + "\(CancelAllowance.perSecond) a second): no new call for now"
-            )
-            connection.queueCallControlFrame(id: id, .end(status))
+        if let refusal = connection.callOpenRefusal() {
+            connection.queueCallControlFrame(id: id, .end(CallStatus(code: .resourceExhausted, message: refusal)))
             return nil
         }
         do {

@@ -16,8 +16,11 @@ struct RapidResetTests {
         let started = AsyncStream<Void>.makeStream()
     }
 
-    static func router(_ side: ServerSide) -> ServiceRouter {
+    /// A router whose one method blocks until cancelled; `maximumConcurrentCalls` high enough that only the cancel
+    /// allowance refuses calls.
+    static func router(_ side: ServerSide, maximumConcurrentCalls: Int = 100) -> ServiceRouter {
         var router = ServiceRouter()
+        router.maximumConcurrentCalls = maximumConcurrentCalls
         router.register(Block.self) { request, context in
             side.connection.withLock { $0 = context.connection }
             side.started.continuation.yield()
@@ -77,26 +80,68 @@ struct RapidResetTests {
         }
     }
 
-    @Test("3,000 calls opened and cancelled in a loop: what the allowance refuses is answered with resourceExhausted; the connection kept and its ping answered")
+    /// The end frames among `answers` that refuse a call for its peer's cancels, with `text` in their message.
+    static func refusals(_ answers: [WireFrame], saying text: String) -> [WireFrame] {
+        answers.filter { frame in
+            frame.kind == 0x08 && frame.payload.first == 0x08
+                && String(decoding: frame.payload, as: UTF8.self).contains(text)
+        }
+    }
+
+    @Test("350 calls opened and cancelled in a loop, the server's clock stopped: the first 200 run, the other 150 are refused with resourceExhausted; the connection kept and its ping answered")
     func openAndCancelInALoop() async throws {
         let side = ServerSide()
-        try await withServiceTestServer(router: Self.router(side)) { _, path in
+        try await withServiceTestServer(router: Self.router(side, maximumConcurrentCalls: 10_000)) { server, path in
+            server.cancelClock.set(.now)
             let peer = try await RawSocket.connect(to: path)
             defer { peer.close() }
             let connection = try await Self.openFirstCall(on: peer, side)
-            // Read as it comes, in bulk, so that the server's answers (refusals) never wait.
             let reader = Task { try await Self.readUntilPong(peer) }
-            try await peer.write(Self.pairs(1..<3_001) + pingBytes(id: 2))
+            try await peer.write(Self.pairs(1..<351) + pingBytes(id: 2))
             let answers = try await reader.value
-            #expect(answers.allSatisfy { $0.kind == 0x0c || $0.kind == 0x08 }, "\(answers.filter { $0.kind != 0x08 })")
-            // How many are refused depends on the clock (1,000 more a second): none on a machine so loaded that the
-            // server takes 3 s for the pairs, as in a CI run. Each refusal is answered (CancelAllowanceTests checks the
-            // allowance itself, with the clock passed in).
-            let refusals = answers.filter { frame in
-                frame.kind == 0x08 && frame.payload.first == 0x08
-                    && String(decoding: frame.payload, as: UTF8.self).contains("cancels its calls faster")
+            let kinds: [UInt8] = answers.map(\.kind)
+            let ends: [UInt8] = kinds.filter { $0 == 0x08 }
+            #expect(kinds.count == ends.count + 1 && kinds.last == 0x0c, "\(answers)")
+            let refusals = Self.refusals(answers, saying: "the peer cancels its calls faster")
+            #expect(refusals.count == 150)
+            #expect(refusals.count == ends.count)
+            // The refused calls are the last 150.
+            let refusedIDs: [UInt32] = refusals.compactMap(\.id).sorted()
+            let lastIDs: [UInt32] = (201..<351).map { UInt32(2 * $0 + 1) }
+            #expect(refusedIDs == lastIDs)
+            #expect(connection.opensRefusedForCancels == 150)
+        }
+    }
+
+    @Test("a peer that connects anew after every 100 calls opened and cancelled does not get the allowance back: its user's 1,000 are shared by its connections")
+    func reconnectingPeerSharesItsUsersAllowance() async throws {
+        let side = ServerSide()
+        try await withServiceTestServer(router: Self.router(side, maximumConcurrentCalls: 10_000)) { server, path in
+            server.cancelClock.set(.now)
+            for round in 0..<10 {
+                let peer = try await RawSocket.connect(to: path)
+                defer { peer.close() }
+                try await peer.write(serverHelloBytes + Self.pairs(0..<100) + pingBytes(id: 2))
+                #expect(try await peer.read(exactly: 8) == serverHelloBytes)
+                let answers = try await Self.readUntilPong(peer)
+                let kinds: [UInt8] = answers.map(\.kind)
+                #expect(kinds == [0x0c], "round \(round): \(answers)")
             }
-            #expect(refusals.count == connection.opensRefusedForCancels)
+            // 1,000 cancels: the user's allowance is spent, though this connection's own is whole.
+            let peer = try await RawSocket.connect(to: path)
+            defer { peer.close() }
+            try await peer.write(serverHelloBytes + Self.pairs(0..<1) + pingBytes(id: 2))
+            #expect(try await peer.read(exactly: 8) == serverHelloBytes)
+            let answers = try await Self.readUntilPong(peer)
+            let refusals = Self.refusals(answers, saying: "the peer's user cancels its calls faster")
+            let refusedIDs: [UInt32] = refusals.compactMap(\.id)
+            #expect(refusedIDs == [1], "\(answers)")
+            // Time passes (5,000 a second): the user may open calls again.
+            server.cancelClock.set(.now.advanced(by: .seconds(1)))
+            try await peer.write(Self.pairs(1..<2) + pingBytes(id: 4))
+            let later = try await Self.readUntilPong(peer)
+            let laterKinds: [UInt8] = later.map(\.kind)
+            #expect(laterKinds == [0x0c], "\(later)")
         }
     }
 }
