@@ -296,16 +296,22 @@ extension Connection {
         let calls = self.calls
         if !calls.cancels.withLock({ $0.allowsOpen(at: calls.cancelClockNow()) }) {
             calls.opensRefusedForCancels.add(1, ordering: .relaxed)
-            return "the peer cancels its calls faster than this side allows (\(CancelAllowance.perConnection)): "
-                + "no new call for now"
+            return Self.connectionCancelsRefusal
         }
         if let user = calls.userCancels, !user.allowsOpen() {
             calls.opensRefusedForCancels.add(1, ordering: .relaxed)
-            return "the peer's user cancels its calls faster than this side allows across its connections "
-                + "(\(user.rate)): no new call for now"
+            return Self.userCancelsRefusal
         }
         return nil
     }
+
+    /// The message of a call refused for its connection's cancels (made once: a peer may cause it at any rate).
+    static let connectionCancelsRefusal =
+        "the peer cancels its calls faster than this side allows (\(CancelAllowance.perConnection)): no new call for now"
+    /// The message of a call refused for its user's cancels across its connections.
+    static let userCancelsRefusal =
+        "the peer's user cancels its calls faster than this side allows across its connections "
+        + "(\(CancelAllowance.perUser)): no new call for now"
 
     /// The clock the connection's cancel allowances read (tests set it by hand), if it is a server's connection.
     package var cancelClock: CancelClock? { self.calls.userCancels?.clock }

@@ -27,9 +27,6 @@ final class SharedCancelAllowance: Sendable {
     func isFull(at now: ContinuousClock.Instant) -> Bool {
         self.allowance.withLock { $0.isFull(at: now) }
     }
-
-    /// The allowance's size and refill.
-    var rate: CancelAllowance.Rate { self.allowance.withLock { $0.rate } }
 }
 
 /// The clock a server's cancel allowances read: the continuous clock, or, for tests, a time set by hand, so that how
