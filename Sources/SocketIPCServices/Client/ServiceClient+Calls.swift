@@ -157,7 +157,7 @@ extension ServiceClient {
                         if connection.isOpen { lost = nil }
                     }
                     continue
-                } catch let error as SocketIPCError where error.code == .invalidState && self.shutdownRequested.hasFired {
+                } catch let error as SocketIPCError where error.code == .invalidState && self.isShutDown {
                     // The client shut down: the stream ends, as documented, without an error.
                     continuation.finish()
                     return

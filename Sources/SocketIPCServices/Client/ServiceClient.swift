@@ -88,6 +88,14 @@ public final class ServiceClient: Sendable, Service {
         }
     }
 
+    /// Whether ``shutdown()`` was called: the state machine is shut down (before the waiters it fails are resumed,
+    /// which ``shutdownRequested`` is not yet at that moment).
+    var isShutDown: Bool {
+        self.machine.withLock { machine in
+            if case .shutDown = machine.state { true } else { false }
+        }
+    }
+
     /// Stops: closes the connection (after what is written), fails calls waiting for a connection, and makes
     /// ``run()`` return. Safe to call more than once, from any task.
     public func shutdown() {
