@@ -20,6 +20,7 @@ import Darwin
 /// | 5 | timed out: `--timeout` passed, or the server sent no hello in time |
 /// | 6 | the server serves no method of that name |
 /// | 64 | usage: a bad option or argument, a request that is not JSON, a file that cannot be read (`EX_USAGE` of sysexits(3), as ArgumentParser's validation errors) |
+/// | 74 | writing standard output failed (a full disk, an I/O error; `EX_IOERR` of sysexits(3)); a closed standard output ends the command as `SIGPIPE` does |
 enum ExitStatus {
     static let remoteError = ExitCode(1)
     static let cannotConnect = ExitCode(3)
@@ -27,6 +28,7 @@ enum ExitStatus {
     static let timedOut = ExitCode(5)
     static let unknownMethod = ExitCode(6)
     static let usage = ExitCode.validationFailure
+    static let outputFailed = ExitCode(74)
 
     /// The table, for the commands' help.
     static let help = """
@@ -34,7 +36,8 @@ enum ExitStatus {
         MESSAGE` and then its details as JSON on standard error; a handler that failed; a message too large); 3 no \
         connection (nothing listens, a stale socket file, not a socket, not a SocketIPC server, the wrong style: \
         --eof) or the connection was lost; 4 refused (the server's authorization policy, or file permissions); 5 \
-        timed out (--timeout); 6 no such method; 64 usage (a bad option, a request that is not JSON).
+        timed out (--timeout); 6 no such method; 64 usage (a bad option, a request that is not JSON); 74 writing \
+        standard output failed (a full disk).
         """
 
     /// The status for `error`.

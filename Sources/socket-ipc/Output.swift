@@ -55,6 +55,26 @@ enum Output {
         _exit(128 + SIGPIPE)
     }
 
+    /// Whether a write to standard output failed with an error other than `EPIPE` (``standardOutputFailed(_:)``).
+    private static let standardOutputFailureReported = Atomic<Bool>(false)
+
+    /// A write to standard output failed with `code`, an error other than `EPIPE`: a full disk (`ENOSPC`), an I/O
+    /// error. Unless ``outlivesStandardOutput()`` was called, the command ends at once, with status 74 (`EX_IOERR` of
+    /// sysexits(3)) and the error on standard error, as GNU tools end on a write error (`yes > /dev/full`): a script
+    /// must not take output that was lost for a result. `serve` says so once on standard error and goes on.
+    static func standardOutputFailed(_ code: Int32) {
+        guard !self.standardOutputFailureReported.exchange(true, ordering: .relaxed) else { return }
+        let cause = "\(String(cString: strerror(code))) (errno \(code))"
+        guard self.endsWithStandardOutput.load(ordering: .relaxed) else {
+            self.errorLine("socket-ipc: writing standard output failed: \(cause); its output is dropped from now on")
+            return
+        }
+        // Straight to the descriptor: standard error's queued writer is not drained after _exit(2).
+        let line = Array("socket-ipc: error: writing standard output failed: \(cause)\n".utf8)
+        line.withUnsafeBytes { _ = write(STDERR_FILENO, $0.baseAddress, $0.count) }
+        _exit(ExitStatus.outputFailed.rawValue)
+    }
+
     /// Whether the command ends because SIGINT or SIGTERM asked it to (``stoppedBySignal()``).
     private static let signalled = Atomic<Bool>(false)
 

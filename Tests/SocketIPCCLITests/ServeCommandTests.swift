@@ -50,6 +50,26 @@ struct ServeCommandTests {
         }
     }
 
+    @Test("serve shuts down gracefully on SIGHUP (its terminal closed): exit 0, socket file removed; under nohup (SIGHUP ignored) it goes on serving")
+    func hangUp() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/s.sock"
+            try await withServeCommand(at: path) { server in
+                server.signal(SIGHUP)
+                #expect(await server.waitForExit() == 0)
+            }
+            #expect(fileStatus(path) == nil, "the socket file was left after SIGHUP")
+            // As `nohup` starts it: SIGHUP ignored.
+            try await withServeCommand(at: path, shellSetup: "trap '' HUP") { server in
+                server.signal(SIGHUP)
+                let reply = try await runCLI(["request", "--socket", path, "--timeout", "10", "still here"])
+                #expect(reply.status == 0 && reply.output == "reply: \"still here\"\n", "\(reply)")
+                server.signal(SIGTERM)
+                #expect(await server.waitForExit() == 0)
+            }
+        }
+    }
+
     @Test("a server killed with SIGKILL leaves its socket file; the next server on the path replaces it and answers")
     func staleSocketAfterKill() async throws {
         try await withTemporarySocketDirectory { directory in

@@ -31,7 +31,7 @@ struct ListenCommand: AsyncParsableCommand {
             payload that is not printable UTF-8) and no metadata line.
 
             Notes go to standard error: `listening on PATH`, and each connection opened and closed with the peer's \
-            uid and pid. --count N exits 0 after N messages. SIGINT or SIGTERM shut the server down gracefully and \
+            uid and pid. --count N exits 0 after N messages. SIGINT, SIGTERM or SIGHUP (unless ignored) shut the server down gracefully and \
             remove the socket file (exit 0).
 
             With --connect, connects to the framed server on PATH and prints every message it pushes (and every \
@@ -135,7 +135,7 @@ struct ListenCommand: AsyncParsableCommand {
                 }
             )
         }
-        let group = ServiceGroup(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        let group = ServiceGroup(services: [server], gracefulShutdownSignals: ShutdownSignals.server, logger: logger)
         // Shuts the server down, as SIGTERM would, once the last message is printed; cancelled (and then harmless)
         // when the group ends otherwise.
         let stopper = Task {
@@ -144,7 +144,7 @@ struct ListenCommand: AsyncParsableCommand {
         }
         defer { stopper.cancel() }
         try await group.run()
-        // Not the last message printed: SIGINT or SIGTERM.
+        // Not the last message printed: SIGINT, SIGTERM or SIGHUP.
         if !printer.reachedLimit { Output.stoppedBySignal() }
     }
 }

@@ -5,7 +5,7 @@ import ServiceLifecycle
 import SocketIPC
 import UnixSignals
 
-/// `socket-ipc serve`: a server on a socket file until SIGINT or SIGTERM.
+/// `socket-ipc serve`: a server on a socket file until SIGINT, SIGTERM or SIGHUP.
 struct ServeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "serve",
@@ -39,7 +39,7 @@ struct ServeCommand: AsyncParsableCommand {
 
             Prints `listening on PATH` once the socket accepts connections, and notes each connection on standard \
             error: `connection from uid=U gid=G pid=P (connection N)` and `connection closed from ...` (an \
-            EOF-style connection once its message has arrived). SIGINT or SIGTERM shut the server down \
+            EOF-style connection once its message has arrived). SIGINT, SIGTERM or SIGHUP (unless ignored, as under nohup) shut the server down \
             gracefully: requests in flight finish, clients are told, and the socket file is removed. A stale \
             socket file (its server was killed) is replaced; a live server's is never touched. The socket file is \
             owned by the server's user and group: the library has no option to give it another. Output is written \
@@ -157,7 +157,7 @@ struct ServeCommand: AsyncParsableCommand {
         // Listed last, the one-way runs hear of the shutdown first: their queue is dropped while the server drains.
         let group = ServiceGroup(
             services: [server, OneWayRunsShutdown(runs: oneWayRuns, gracePeriod: gracePeriod)],
-            gracefulShutdownSignals: [.sigterm, .sigint],
+            gracefulShutdownSignals: ShutdownSignals.server,
             logger: logger
         )
         do {
@@ -166,7 +166,7 @@ struct ServeCommand: AsyncParsableCommand {
             await oneWayRuns.finish(gracePeriod: gracePeriod)
             throw error
         }
-        // Only SIGINT or SIGTERM end a server that ran.
+        // Only SIGINT, SIGTERM or SIGHUP end a server that ran.
         Output.stoppedBySignal()
         await oneWayRuns.finish(gracePeriod: gracePeriod)
     }

@@ -83,20 +83,33 @@ final class QueuedWriter: Sendable {
     }
 }
 
-/// Writes all of `bytes` to `descriptor`, retrying on `EINTR` (where Foundation's `FileHandle.write` traps); on any
-/// other error the rest is dropped. `EPIPE` on standard output (its reader has gone, once `SIGPIPE` is ignored) is
-/// told to ``Output/standardOutputClosed()``, which ends most commands.
+/// Writes all of `bytes` to `descriptor`, retrying on `EINTR` (where Foundation's `FileHandle.write` traps) and
+/// waiting with `poll(2)` on `EAGAIN` (a descriptor left non-blocking by whoever shares it, such as a pipe from a
+/// parent that set `O_NONBLOCK`). On standard output, `EPIPE` (its reader has gone, once `SIGPIPE` is ignored) is told
+/// to ``Output/standardOutputClosed()`` and any other error (a full disk, an I/O error) to
+/// ``Output/standardOutputFailed(_:)``, each of which ends most commands; then, and on standard error, the rest is
+/// dropped.
 func writeAll(_ bytes: [UInt8], to descriptor: Int32) {
     var offset = 0
     while offset < bytes.count {
         let written = bytes[offset...].withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
         if written > 0 {
             offset += written
-        } else if written < 0 && errno == EINTR {
             continue
-        } else {
-            if written < 0 && errno == EPIPE && descriptor == STDOUT_FILENO { Output.standardOutputClosed() }
-            return
         }
+        let error = written < 0 ? errno : EIO
+        switch error {
+        case EINTR:
+            continue
+        case EAGAIN, EWOULDBLOCK:
+            var ready = pollfd(fd: descriptor, events: Int16(POLLOUT), revents: 0)
+            _ = poll(&ready, 1, -1)
+            continue
+        case EPIPE where descriptor == STDOUT_FILENO:
+            Output.standardOutputClosed()
+        default:
+            if descriptor == STDOUT_FILENO { Output.standardOutputFailed(error) }
+        }
+        return
     }
 }
