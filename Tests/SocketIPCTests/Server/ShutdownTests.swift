@@ -130,13 +130,15 @@ struct ShutdownTests {
             }
             let writing = Task { try? await socket.send(pieces: [stream]) }
             defer { writing.cancel() }
-            // Until the echoes fill the socket (its send buffer is the relay's, up to a few MiB).
+            // Until the echoes fill the socket (its send buffer is the relay's, up to a few MiB): more than a MiB,
+            // unchanged for 200 ms. (Counting only a steady count, a loaded run stopped at the 8 bytes of the hello,
+            // before the server had echoed anything.)
             var unread: Int32 = 0
             var steady = 0
-            for _ in 0..<3000 where steady < 20 {
+            for _ in 0..<6000 where steady < 20 {
                 var now: Int32 = 0
                 _ = ioctl(socket.descriptor, UInt(FIONREAD), &now)
-                steady = now > 0 && now == unread ? steady + 1 : 0
+                steady = now > 1 << 20 && now == unread ? steady + 1 : 0
                 unread = now
                 try await Task.sleep(for: .milliseconds(10))
             }
