@@ -316,13 +316,16 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
         }
     }
 
-    /// The call ends abruptly with `error` (cancelled, deadline passed, connection closed). What is already received
-    /// is still consumed first only if it ended normally; here it is dropped.
+    /// The call ends abruptly with `error` (cancelled, deadline passed, connection closed).
+    /// - Parameter keepingReceived: Whether the messages already received are still read before the end (if the peer
+    ///   had ended its direction) or `error`: the connection closed under a call, after they had arrived (as gRPC
+    ///   delivers the messages it received before a stream's status). Otherwise (this side gave the call up: its
+    ///   cancel, its deadline) they are dropped.
     @inlinable
-    package mutating func fail(_ error: any Error) -> FailAction {
+    package mutating func fail(_ error: any Error, keepingReceived: Bool = false) -> FailAction {
         guard self.failure == nil else { return FailAction() }
         self.failure = error
-        self.inbound.removeAll()
+        if !keepingReceived { self.inbound.removeAll() }
         return FailAction(readWaiter: self.readWaiter.take(), writeWaiter: self.writeWaiter.take()?.waiter)
     }
 

@@ -452,9 +452,10 @@ final class CallStream: Sendable {
         if wasOpen { self.connection.queueCallControlFrame(id: self.id, .cancel(reason)) }
     }
 
-    /// Fails the call with `error`: everything waiting and everything later throws it.
-    func fail(_ error: any Error) {
-        let action = self.state.withLock { $0.machine.fail(error) }
+    /// Fails the call with `error`: everything waiting and everything later throws it; reads first take the messages
+    /// already received if `keepingReceived` (``CallStateMachine/fail(_:keepingReceived:)``).
+    func fail(_ error: any Error, keepingReceived: Bool = false) {
+        let action = self.state.withLock { $0.machine.fail(error, keepingReceived: keepingReceived) }
         action.readWaiter?.resume(throwing: error)
         action.writeWaiter?.resume(throwing: error)
     }
@@ -482,7 +483,10 @@ final class CallStream: Sendable {
             stop.cancelsInProgress += 1
             return task
         }
-        if let error { self.fail(error) }
+        // Messages that arrived before the connection closed are still read: a stream the handler completed (its end
+        // came before the close) or one cut off (its messages, then the error) loses none of them (found by a review:
+        // a server stream read after its server's graceful shutdown came back empty, and reported a normal end).
+        if let error { self.fail(error, keepingReceived: reason == .connectionClosed) }
         guard let task else { return }
         // The task is alive: it waits at its end for this cancel (see `runStoppable`).
         task.task.cancel()

@@ -125,6 +125,27 @@ struct CallStateMachineTests {
         #expect(!ended, "a failed call sends no end")
     }
 
+    @Test("a failure that keeps what was received (the connection closed) still hands out the messages, then the end or the failure; one that does not (a cancel) drops them")
+    func failureKeepingReceived() throws {
+        for ended in [true, false] {
+            var machine = Machine()
+            _ = machine.messageReceived(Self.message(1))
+            _ = machine.messageReceived(Self.message(2))
+            if ended { _ = machine.endReceived(.ok) }
+            _ = machine.fail(CancellationError(), keepingReceived: true)
+            guard case .message(let first, _) = machine.poll(), first.readableBytes == 1 else { throw Failure("first") }
+            guard case .message(let second, _) = machine.poll(), second.readableBytes == 2 else { throw Failure("second") }
+            switch machine.poll() {
+            case .end(.ok) where ended, .fail where !ended: break
+            default: throw Failure("then the end if it came, else the failure (ended: \(ended))")
+            }
+        }
+        var dropping = Machine()
+        _ = dropping.messageReceived(Self.message(1))
+        _ = dropping.fail(CancellationError())
+        guard case .fail = dropping.poll() else { throw Failure("a cancel drops what was received") }
+    }
+
     struct Failure: Error {
         var message: String
         init(_ message: String) { self.message = message }
