@@ -27,7 +27,8 @@ final class OneShotSignal: Sendable {
         }
     }
 
-    private func waitUntilFired() async {
+    /// Returns once fired, or once the task is cancelled.
+    func waitUntilFired() async {
         let id = self.ids.wrappingAdd(1, ordering: .relaxed).newValue
         await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in

@@ -44,11 +44,14 @@ extension ServiceClient {
     public var states: AsyncStream<State> {
         let (stream, continuation) = AsyncStream.makeStream(of: State.self, bufferingPolicy: .bufferingNewest(16))
         let id = self.nextSubscriberID.wrappingAdd(1, ordering: .relaxed).newValue
+        // Yielded under the lock, so that a state published meanwhile comes after it, never before (found by a
+        // review: a subscriber got `connecting` after `waiting to retry` of the same attempt). `finish()` runs the
+        // termination handler, which takes the lock: outside it.
         let current = self.published.withLock { published -> State in
-            published.subscribers[id] = continuation
+            continuation.yield(published.state)
+            if !published.state.isFinal { published.subscribers[id] = continuation }
             return published.state
         }
-        continuation.yield(current)
         if current.isFinal {
             continuation.finish()
         }
@@ -61,16 +64,18 @@ extension ServiceClient {
     /// The current state.
     public var state: State { self.published.withLock { $0.state } }
 
-    /// Records and announces `state`.
+    /// Records and announces `state`, in order: each subscriber gets it under the lock. Nothing follows a final state.
     func publish(_ state: State) {
-        let subscribers = self.published.withLock { published -> [AsyncStream<State>.Continuation] in
+        let finished = self.published.withLock { published -> [AsyncStream<State>.Continuation] in
+            guard !published.state.isFinal else { return [] }
             published.state = state
+            for subscriber in published.subscribers.values { subscriber.yield(state) }
+            guard state.isFinal else { return [] }
+            defer { published.subscribers = [:] }
             return Array(published.subscribers.values)
         }
-        for subscriber in subscribers {
-            subscriber.yield(state)
-            if state.isFinal { subscriber.finish() }
-        }
+        // Outside the lock: finishing runs each subscriber's termination handler, which takes it.
+        for subscriber in finished { subscriber.finish() }
     }
 
     struct Published {

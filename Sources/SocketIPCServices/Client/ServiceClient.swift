@@ -99,10 +99,16 @@ public final class ServiceClient: Sendable, Service {
     /// Stops: closes the connection (after what is written), fails calls waiting for a connection, and makes
     /// ``run()`` return. Safe to call more than once, from any task.
     public func shutdown() {
-        let (connection, waiters) = self.machine.withLock { $0.shutdown() }
+        let (connection, waiters, neverRan) = self.machine.withLock { machine in
+            let neverRan = if case .idle = machine.state { true } else { false }
+            let (connection, waiters) = machine.shutdown()
+            return (connection, waiters, neverRan)
+        }
         for waiter in waiters { waiter.resume(throwing: SocketIPCError(.invalidState, "the client is shut down")) }
         connection?.close()
         self.shutdownRequested.fire()
+        // run() announces the end once it returns; without it, nothing else would, and `states` would never end.
+        if neverRan { self.publish(.shutDown) }
     }
 
     private func drive() async throws {
@@ -134,22 +140,9 @@ public final class ServiceClient: Sendable, Service {
     private func connect() async -> Machine.Action {
         let connection: Connection
         do {
-            connection = try await Client.connect(
-                to: self.path,
-                configuration: self.configuration.connection,
-                handler: ServiceClientConnectionHandler(router: self.router),
-                logger: self.logger
-            )
+            connection = try await self.connectUntilShutdown()
         } catch {
             return self.failed(error)
-        }
-        if let onConnect = self.onConnect {
-            do {
-                try await onConnect(connection)
-            } catch {
-                connection.close()
-                return self.failed(error)
-            }
         }
         let waiters = self.machine.withLock { $0.connected(connection, at: .now) }
         guard case .ready = self.machine.withLock({ $0.state }) else {
@@ -169,6 +162,46 @@ public final class ServiceClient: Sendable, Service {
         }
         let random = Double.random(in: 0..<1)
         return self.machine.withLock { $0.connectionLost(connection, at: .now, error: reason, random: random) }
+    }
+
+    /// Connects and runs `onConnect`, unless ``shutdown()`` comes first: it cancels both (found by a review: a
+    /// shutdown while `onConnect` waited for a call the server never answered, or while a frozen server's connect
+    /// waited for its hello, did not end ``run()`` until that wait ended). A connection made all the same is closed.
+    /// - Throws: What connecting or `onConnect` threw; `invalidState` after a shutdown.
+    private func connectUntilShutdown() async throws -> Connection {
+        let shutDown = SocketIPCError(.invalidState, "the client is shut down")
+        let (path, configuration, router, logger, onConnect) =
+            (self.path, self.configuration.connection, self.router, self.logger, self.onConnect)
+        let shutdownRequested = self.shutdownRequested
+        return try await withThrowingTaskGroup(of: Connection?.self) { group in
+            group.addTask {
+                let connection = try await Client.connect(
+                    to: path,
+                    configuration: configuration,
+                    handler: ServiceClientConnectionHandler(router: router),
+                    logger: logger
+                )
+                do {
+                    try await onConnect?(connection)
+                } catch {
+                    connection.close()
+                    throw error
+                }
+                return connection
+            }
+            group.addTask {
+                await shutdownRequested.waitUntilFired()
+                return nil
+            }
+            let first = try await group.next() ?? nil
+            group.cancelAll()
+            if let first {
+                return first
+            }
+            // Shut down first: the connect or onConnect, cancelled, ends; a connection it still made is closed.
+            while let made = try? await group.next() { made?.close() }
+            throw shutDown
+        }
     }
 
     private func failed(_ error: any Error) -> Machine.Action {
