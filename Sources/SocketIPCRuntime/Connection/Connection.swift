@@ -312,10 +312,20 @@ public final class Connection: Sendable {
         self.answer(.reply, id: id, payload: payload, descriptors: group)
     }
 
-    /// Answers the peer's request `id` with an error reply saying `message`. Does nothing once the connection is
-    /// closed.
+    /// Answers the peer's request `id` with an error reply saying `message`, cut to fit
+    /// ``ConnectionOptions/maximumMessageSize`` (a peer refuses a larger frame by closing the connection, which would
+    /// fail its other requests too; found by a review). Does nothing once the connection is closed.
     func sendErrorReply(id: UInt32, message: String) {
-        self.answer(.errorReply, id: id, payload: ByteBuffer(string: message))
+        self.answer(.errorReply, id: id, payload: ByteBuffer(string: Self.fitting(message, within: self.options.effectiveMaximumMessageSize)))
+    }
+
+    /// `message`, or its start and a note of how long it was, in at most `limit` bytes of UTF-8.
+    static func fitting(_ message: String, within limit: Int) -> String {
+        let length = message.utf8.count
+        guard length > limit else { return message }
+        let note = "… (\(length) bytes, cut to the maximum message size)"
+        guard limit > note.utf8.count else { return message.prefix(utf8Bytes: limit) }
+        return message.prefix(utf8Bytes: limit - note.utf8.count) + note
     }
 
     /// Queues the answer and counts the request answered, in one lock; then flushes, lets the channel handler read

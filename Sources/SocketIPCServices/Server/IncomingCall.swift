@@ -32,13 +32,6 @@ extension CallMultiplexer {
             connection.queueCallControlFrame(id: id, .end(CallStatus(code: .resourceExhausted, message: refusal)))
             return nil
         }
-        do {
-            try connection.startIncomingCall()
-        } catch {
-            let status = CallStatus(code: .unavailable, message: "the server is going away and takes no new calls")
-            connection.queueCallControlFrame(id: id, .end(status))
-            return nil
-        }
         let call = CallStream(
             id: id,
             method: open.method,
@@ -46,8 +39,19 @@ extension CallMultiplexer {
             isCaller: false,
             streamsResponses: registered.streamsResponses
         )
-        let handler = registered.handler
+        // Registered before it counts as started: a shutdown that begins meanwhile either refuses it below or finds it
+        // among the calls it ends (found by a review: a stream registered after the shutdown had taken its list of
+        // calls was not ended, and the shutdown waited out its whole grace period).
         self.register(call)
+        do {
+            try connection.startIncomingCall()
+        } catch {
+            self.remove(id)
+            let status = CallStatus(code: .unavailable, message: "the server is going away and takes no new calls")
+            connection.queueCallControlFrame(id: id, .end(status))
+            return nil
+        }
+        let handler = registered.handler
         let deadline: ContinuousClock.Instant? =
             open.timeoutNanoseconds == 0
             ? nil : .now.advanced(by: .nanoseconds(Int64(clamping: open.timeoutNanoseconds)))
@@ -109,7 +113,7 @@ extension CallMultiplexer {
         switch call.stopReason {
         case .finished, nil:
             // The handler ended first (or was cancelled by its server's shutdown): its own status.
-            call.finishAfterStop(status)
+            call.finishAfterStop(Self.fitting(status, within: call.connection.maximumMessageSize))
         case .deadlineExceeded:
             call.finishAfterStop(CallStatus(code: .deadlineExceeded, message: "the call's deadline passed"))
         case .serverGoingAway:
@@ -123,6 +127,24 @@ extension CallMultiplexer {
 }
 
 extension CallMultiplexer {
+    /// `status`, without its details (and with its message cut) if its end frame would exceed `limit` bytes, the
+    /// maximum message size: the caller refuses a larger frame by closing the connection, which would fail its other
+    /// calls too (found by a review: a `ServiceError` with 70 KB of details under a 64 KiB maximum did).
+    static func fitting(_ status: CallStatus, within limit: Int) -> CallStatus {
+        // The end frame's payload: the code, and the error code, message and details each after its length.
+        let overhead = 16
+        guard overhead + status.errorCode.utf8.count + status.message.utf8.count + status.details.readableBytes > limit
+        else { return status }
+        var fitted = status
+        let dropped = fitted.details.readableBytes
+        fitted.details = ByteBuffer()
+        if dropped > 0 {
+            fitted.message += " (its \(dropped) bytes of details left out: above the maximum message size)"
+        }
+        fitted.message = fitted.message.prefix(utf8Bytes: max(0, limit - overhead - fitted.errorCode.utf8.count))
+        return fitted
+    }
+
     func isOpen(_ id: UInt32) -> Bool {
         self.lookUp(id) != nil
     }
