@@ -316,7 +316,8 @@ public final class Connection: Sendable {
     /// ``ConnectionOptions/maximumMessageSize`` (a peer refuses a larger frame by closing the connection, which would
     /// fail its other requests too; found by a review). Does nothing once the connection is closed.
     func sendErrorReply(id: UInt32, message: String) {
-        self.answer(.errorReply, id: id, payload: ByteBuffer(string: Self.fitting(message, within: self.options.effectiveMaximumMessageSize)))
+        let text = Self.fitting(message, within: self.options.effectiveMaximumMessageSize)
+        self.answer(.errorReply, id: id, payload: ByteBuffer(string: text))
     }
 
     /// `message`, or its start and a note of how long it was, in at most `limit` bytes of UTF-8.

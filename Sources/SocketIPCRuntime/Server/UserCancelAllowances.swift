@@ -23,7 +23,8 @@ final class UserCancelAllowances: Sendable {
             if let allowance = users[user] { return allowance }
             if users.count >= Self.pruneThreshold {
                 let now = self.clock.now()
-                for key in Array(users.keys) where isKnownUniquelyReferenced(&users[key]!) && users[key]!.isFull(at: now) {
+                for key in Array(users.keys)
+                where isKnownUniquelyReferenced(&users[key]!) && users[key]!.isFull(at: now) {
                     users[key] = nil
                 }
             }
