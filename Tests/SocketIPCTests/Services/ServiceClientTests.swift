@@ -263,7 +263,9 @@ struct ServiceClientTests {
     func boundedWait() async throws {
         try await withTemporarySocketDirectory { directory in
             var configuration = Self.fastRetries
-            configuration.waitForConnectionTimeout = .milliseconds(300)
+            // Long enough for the first attempt to fail first on a loaded machine (with 300 ms, a loaded CI run's call
+            // timed out before any attempt had failed, and failed with timedOut).
+            configuration.waitForConnectionTimeout = .seconds(2)
             let client = ServiceClient(path: directory + "/none.sock", configuration: configuration)
             try await withRunningClient(client) {
                 let error = try await #require(throws: SocketIPCError.self) { try await client.call(Get.self, "x") }

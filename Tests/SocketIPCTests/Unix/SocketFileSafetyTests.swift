@@ -208,6 +208,11 @@ struct SocketFileSafetyTests {
             #expect(error?.message.contains("lets other users open it") == true, "\(error?.message ?? "")")
             close(holder)
             close(made)
+            // A process another test spawns meanwhile holds copies of the descriptors until it executes its program
+            // (a loaded CI run's server found the lock still held): wait, bounded, until the lock is free.
+            let probe = open(lockPath, O_RDONLY | O_CLOEXEC)
+            for _ in 0..<1000 where flock(probe, LOCK_EX | LOCK_NB) != 0 { try await Task.sleep(for: .milliseconds(10)) }
+            close(probe)
             try await withEchoServer(path: path) { _ in
                 #expect(fileStatus(lockPath).map { $0.mode & 0o777 } == 0o600)
             }
