@@ -123,35 +123,41 @@ extension ConnectionStateMachine {
     /// - Parameters:
     ///   - id: The request's id.
     ///   - bytes: Its payload's size: a large one also counts against ``maximumUnansweredRequestBytes``.
-    /// - Returns: How many of the peer's requests are now unanswered (0 once closed); `Int.max` once its unanswered
-    ///   large requests hold ``maximumUnansweredRequestBytes`` or more, so that the handler pauses either way.
+    /// - Returns: How many of the peer's requests are now unanswered (0 once closed), or `Int.max` once its
+    ///   unanswered large requests hold ``maximumUnansweredRequestBytes`` or more, so that the handler pauses either
+    ///   way; and the ticket that ``answer(_:id:ticket:payload:spareBuffer:passing:registerDescriptors:sharedPayloadLength:)``
+    ///   takes (``ReplyTicket/none`` once closed).
     @inlinable
     @inline(__always)
-    package mutating func requestReceived(id: UInt32 = 0, bytes: Int = 0) -> Int {
+    package mutating func requestReceived(id: UInt32 = 0, bytes: Int = 0) -> (unanswered: Int, ticket: ReplyTicket) {
         let budget = self.maximumUnansweredRequestBytes
-        return self.modifyRequests(closed: 0) { requests, _ in
+        return self.modifyRequests(closed: (0, .none)) { requests, _ in
             requests.unanswered += 1
+            let ticket = requests.tickets.take()
             if bytes >= Self.largeRequestSize {
                 // Per request: a peer may reuse an id while an earlier request with it waits.
                 requests.largeSizes[id, default: []].append(bytes)
                 requests.largeBytes += bytes
-                if requests.largeBytes >= budget { return .max }
+                if requests.largeBytes >= budget { return (.max, ticket) }
             }
-            return requests.unanswered
+            return (requests.unanswered, ticket)
         }
     }
 
     /// This side answers one of the peer's requests: queues the reply (or error reply) and counts the request as
-    /// answered. Once closed, nothing is queued.
+    /// answered. Once closed, or when `ticket` was spent by an earlier answer (a handler that completed its reply
+    /// twice), nothing is queued or counted.
     /// - Parameters:
     ///   - kind: ``FrameKind/reply`` or ``FrameKind/errorReply``.
     ///   - id: The id of the peer's request.
+    ///   - ticket: What ``requestReceived(id:bytes:)`` returned for the request.
     ///   - payload: The reply's payload.
     ///   - spareBuffer: Asked only when the queue needs a new coalescing buffer.
     @inlinable
     package mutating func answer(
         _ kind: FrameKind,
         id: UInt32,
+        ticket: ReplyTicket,
         payload: ByteBuffer,
         spareBuffer: () -> ByteBuffer?,
         passing descriptors: Int = 0,
@@ -160,7 +166,9 @@ extension ConnectionStateMachine {
     ) -> AnswerAction {
         let maximum = self.maximumConcurrentRequests
         let budget = self.maximumUnansweredRequestBytes
-        let (resumeReading, close) = self.modifyRequests(closed: (false, false)) { requests, goingAway in
+        let (answered, resumeReading, close) = self.modifyRequests(closed: (false, false, false)) {
+            requests, goingAway in
+            guard requests.tickets.redeem(ticket) else { return (false, false, false) }
             requests.unanswered -= 1
             if !requests.largeSizes.isEmpty, var sizes = requests.largeSizes.removeValue(forKey: id) {
                 requests.largeBytes -= sizes.removeFirst()
@@ -171,9 +179,11 @@ extension ConnectionStateMachine {
             let resumeReading =
                 requests.readingPaused && requests.unanswered < maximum && requests.largeBytes < budget
             if resumeReading { requests.readingPaused = false }
-            return (resumeReading, goingAway && requests.isDrained)
+            return (true, resumeReading, goingAway && requests.isDrained)
         }
-        guard self.isOpen else { return AnswerAction(scheduleFlush: false, resumeReading: false, close: false) }
+        guard answered else {
+            return AnswerAction(scheduleFlush: false, resumeReading: false, close: false)
+        }
         self.appendOutbound(
             kind, id: id, payload: payload, spareBuffer: spareBuffer, passing: descriptors,
             registerDescriptors: registerDescriptors, sharedPayloadLength: sharedPayloadLength

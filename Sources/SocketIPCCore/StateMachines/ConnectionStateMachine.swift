@@ -138,6 +138,9 @@ package struct ConnectionStateMachine<RequestContinuation, WriteWaiter, Timer> {
         /// The peer's requests handed to the handler and not yet answered.
         @usableFromInline
         var unanswered = 0
+        /// The tickets of the peer's unanswered requests, so that each is answered at most once.
+        @usableFromInline
+        var tickets = ReplyTickets()
         /// Whether the channel handler stopped handing out the peer's frames because ``unanswered`` reached the
         /// maximum: the answer that clears it tells the handler to go on.
         @usableFromInline

@@ -78,12 +78,14 @@ extension Connection {
         self.perform(self.state.withLock { $0.writabilityChanged(isWritable) })
     }
 
-    /// Counts a request of the peer as unanswered: returns how many are, or `nil` when the peer sent more frames
-    /// that need an answer than it may while not reading this side's writes (``floodError``), and the connection
-    /// must close.
+    /// Counts a request of the peer as unanswered: returns how many are and the ``Reply`` that answers it, or `nil`
+    /// when the peer sent more frames that need an answer than it may while not reading this side's writes
+    /// (``floodError``), and the connection must close.
     @inline(__always)
-    func requestReceived(id: UInt32, bytes: Int) -> Int? {
-        self.state.withLock { $0.answerOwed() ? $0.requestReceived(id: id, bytes: bytes) : nil }
+    func requestReceived(id: UInt32, bytes: Int) -> (unanswered: Int, reply: Reply)? {
+        let received = self.state.withLock { $0.answerOwed() ? $0.requestReceived(id: id, bytes: bytes) : nil }
+        guard let received else { return nil }
+        return (received.unanswered, Reply(connection: self, id: id, ticket: received.ticket))
     }
 
     /// The peer pinged, or opened a call that this side answers at once: `nil`, or the error to close with when

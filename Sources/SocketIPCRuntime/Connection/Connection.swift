@@ -295,29 +295,29 @@ public final class Connection: Sendable {
 
     /// Answers the peer's request `id` with `payload`, or with an error reply if `payload` exceeds
     /// ``ConnectionOptions/maximumMessageSize``. Does nothing once the connection is closed.
-    func sendReply(id: UInt32, payload: ByteBuffer) {
-        self.sendReply(id: id, payload: payload, descriptors: [])
+    func sendReply(id: UInt32, ticket: ReplyTicket, payload: ByteBuffer) {
+        self.sendReply(id: id, ticket: ticket, payload: payload, descriptors: [])
     }
 
     /// Answers the peer's request `id` with `payload` and the descriptors of `group` (owned by the connection from
     /// now on), or with an error reply if `payload` exceeds ``ConnectionOptions/maximumMessageSize``. Does nothing
     /// once the connection is closed.
-    func sendReply(id: UInt32, payload: ByteBuffer, descriptors group: [Int32]) {
+    func sendReply(id: UInt32, ticket: ReplyTicket, payload: ByteBuffer, descriptors group: [Int32]) {
         if payload.readableBytes > self.options.effectiveMaximumMessageSize {
             let message = "the reply of \(payload.readableBytes) bytes exceeds the maximum of \(self.options.effectiveMaximumMessageSize)"
             DescriptorRelay.closeAll(group)
-            self.sendErrorReply(id: id, message: message)
+            self.sendErrorReply(id: id, ticket: ticket, message: message)
             return
         }
-        self.answer(.reply, id: id, payload: payload, descriptors: group)
+        self.answer(.reply, id: id, ticket: ticket, payload: payload, descriptors: group)
     }
 
     /// Answers the peer's request `id` with an error reply saying `message`, cut to fit
     /// ``ConnectionOptions/maximumMessageSize`` (a peer refuses a larger frame by closing the connection, which would
     /// fail its other requests too; found by a review). Does nothing once the connection is closed.
-    func sendErrorReply(id: UInt32, message: String) {
+    func sendErrorReply(id: UInt32, ticket: ReplyTicket, message: String) {
         let text = Self.fitting(message, within: self.options.effectiveMaximumMessageSize)
-        self.answer(.errorReply, id: id, payload: ByteBuffer(string: text))
+        self.answer(.errorReply, id: id, ticket: ticket, payload: ByteBuffer(string: text))
     }
 
     /// `message`, or its start and a note of how long it was, in at most `limit` bytes of UTF-8.
@@ -332,7 +332,13 @@ public final class Connection: Sendable {
     /// Queues the answer and counts the request answered, in one lock; then flushes, lets the channel handler read
     /// again, or closes, as the answer asks.
     @inline(__always)
-    private func answer(_ kind: FrameKind, id: UInt32, payload: ByteBuffer, descriptors: [Int32] = []) {
+    private func answer(
+        _ kind: FrameKind,
+        id: UInt32,
+        ticket: ReplyTicket,
+        payload: ByteBuffer,
+        descriptors: [Int32] = []
+    ) {
         var group = descriptors
         var sharedPayload = false
         if group.isEmpty, kind == .reply, self.descriptorPassing != nil, let memory = self.sharedMemory(for: payload) {
@@ -342,14 +348,15 @@ public final class Connection: Sendable {
         let action: StateMachine.AnswerAction
         if group.isEmpty {
             action = self.state.withLock {
-                $0.answer(kind, id: id, payload: payload, spareBuffer: { self.spareBuffer() })
+                $0.answer(kind, id: id, ticket: ticket, payload: payload, spareBuffer: { self.spareBuffer() })
             }
         } else {
             let relay = self.descriptorPassing?.relay
             var registered = false
             action = self.state.withLock {
                 $0.answer(
-                    kind, id: id, payload: payload, spareBuffer: { self.spareBuffer() }, passing: group.count,
+                    kind, id: id, ticket: ticket, payload: payload, spareBuffer: { self.spareBuffer() },
+                    passing: group.count,
                     registerDescriptors: {
                         relay?.registerOutgoing(group)
                         registered = true

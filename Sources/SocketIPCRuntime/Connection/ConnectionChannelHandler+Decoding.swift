@@ -291,10 +291,10 @@ extension ConnectionChannelHandler {
         case .message:
             handler.didReceiveMessage(payload, on: connection)
         case .request:
-            guard let unanswered = connection.requestReceived(id: id, bytes: payload.readableBytes) else {
+            guard let (unanswered, reply) = connection.requestReceived(id: id, bytes: payload.readableBytes) else {
                 return .violation(Connection.floodError)
             }
-            handler.didReceiveRequest(payload, reply: Reply(connection: connection, id: id), on: connection)
+            handler.didReceiveRequest(payload, reply: reply, on: connection)
             if unanswered >= maximumRequests { return .pauseForRequests }
         case .reply:
             connection.replyReceived(id: id, result: .success(payload))
@@ -324,10 +324,10 @@ extension ConnectionChannelHandler {
         case .message(let message):
             handler.didReceiveMessage(message, on: connection)
         case .request(let id, let payload):
-            guard let unanswered = connection.requestReceived(id: id, bytes: payload.readableBytes) else {
+            guard let (unanswered, reply) = connection.requestReceived(id: id, bytes: payload.readableBytes) else {
                 return .violation(Connection.floodError)
             }
-            handler.didReceiveRequest(payload, reply: Reply(connection: connection, id: id), on: connection)
+            handler.didReceiveRequest(payload, reply: reply, on: connection)
             if unanswered >= maximumRequests { return .pauseForRequests }
         case .reply(let id, let payload):
             connection.replyReceived(id: id, result: .success(payload))
@@ -397,10 +397,10 @@ extension ConnectionChannelHandler {
                 handler.didReceiveMessage(mapping, on: connection)
                 return .yieldTurn
             case .request:
-                guard let unanswered = connection.requestReceived(id: id, bytes: length) else {
+                guard let (unanswered, reply) = connection.requestReceived(id: id, bytes: length) else {
                     return .violation(Connection.floodError)
                 }
-                handler.didReceiveRequest(mapping, reply: Reply(connection: connection, id: id), on: connection)
+                handler.didReceiveRequest(mapping, reply: reply, on: connection)
                 return unanswered >= maximumRequests ? .pauseForRequests : .yieldTurn
             default:
                 break
@@ -420,11 +420,11 @@ extension ConnectionChannelHandler {
         case .message(let message):
             handler.didReceiveMessage(message, descriptors: descriptors, on: connection)
         case .request(let id, let payload):
-            guard let unanswered = connection.requestReceived(id: id, bytes: payload.readableBytes) else {
+            guard let (unanswered, reply) = connection.requestReceived(id: id, bytes: payload.readableBytes) else {
                 return .violation(Connection.floodError)
             }
             handler.didReceiveRequest(
-                payload, descriptors: descriptors, reply: Reply(connection: connection, id: id), on: connection
+                payload, descriptors: descriptors, reply: reply, on: connection
             )
             if unanswered >= maximumRequests { return .pauseForRequests }
         case .reply(let id, let payload):

@@ -1,4 +1,5 @@
 import NIOCore
+import SocketIPCCore
 
 /// What one side of a framed connection does with what the peer sends: one-way messages and requests.
 ///
@@ -13,7 +14,7 @@ public protocol ConnectionHandler {
     mutating func connectionDidOpen(_ connection: Connection)
     /// Called for each one-way message.
     mutating func didReceiveMessage(_ message: ByteBuffer, on connection: Connection)
-    /// Called for each request. Complete `reply` exactly once, now or later, from any thread.
+    /// Called for each request. Complete `reply` once, now or later, from any thread (later completions are ignored).
     ///
     /// While ``ConnectionOptions/maximumConcurrentRequests`` requests of the connection are unanswered (100 by
     /// default), no further request is handed out and the connection reads nothing more from the peer; the next
@@ -84,22 +85,27 @@ extension ConnectionHandler {
     }
 }
 
-/// The answer to one request: complete it exactly once with ``succeed(_:)``, ``fail(_:)`` or ``complete(_:)``, from any
+/// The answer to one request: complete it once with ``succeed(_:)``, ``fail(_:)`` or ``complete(_:)``, from any
 /// thread.
+///
+/// Only the first completion is sent and counted; later ones, from this value or a copy, do nothing, so that a
+/// handler that completes twice can neither send the requester a second reply nor let more requests in than
+/// ``ConnectionOptions/maximumConcurrentRequests`` (NIO's promises, by contrast, trap on a second completion).
 public struct Reply: Sendable {
     let connection: Connection
     let id: UInt32
+    let ticket: ReplyTicket
 
     /// Sends `payload` as the reply.
     public func succeed(_ payload: ByteBuffer) {
-        self.connection.sendReply(id: self.id, payload: payload)
+        self.connection.sendReply(id: self.id, ticket: self.ticket, payload: payload)
     }
 
     /// Sends an error reply; the requester's ``Connection/request(_:timeout:)`` throws a `SocketIPCError` with code
     /// `remoteError` whose message describes `error`. The connection stays open.
     public func fail(_ error: any Error) {
         let message = (error as? SocketIPCError)?.message ?? String(describing: error)
-        self.connection.sendErrorReply(id: self.id, message: message)
+        self.connection.sendErrorReply(id: self.id, ticket: self.ticket, message: message)
     }
 
     /// Completes the reply with the outcome of `body`, run concurrently, so that slow requests do not hold up the

@@ -159,7 +159,7 @@ extension Reply {
                 descriptors.map(\.rawValue),
                 maximum: passing.relay.maximumPerMessage
             )
-            self.connection.sendReply(id: self.id, payload: payload, descriptors: group)
+            self.connection.sendReply(id: self.id, ticket: self.ticket, payload: payload, descriptors: group)
         } catch {
             self.fail(error)
         }

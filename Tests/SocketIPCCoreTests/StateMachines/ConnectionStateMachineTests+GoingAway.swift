@@ -9,10 +9,10 @@ extension ConnectionStateMachineTests {
     func goAwayWhileAnswering() throws {
         // The reply comes after the going-away: the answer closes.
         var machine = Self.machine()
-        _ = machine.requestReceived()
+        let ticket = machine.requestReceived(id: 1).ticket
         #expect(machine.goAway(frame: Self.goAwayFrame()) == .scheduleFlush)
         #expect(machine.isGoingAway)
-        let answered = Self.answer(1, on: &machine)
+        let answered = Self.answer(1, ticket, on: &machine)
         #expect(answered.close)
         #expect(
             try #require(Self.flush(&machine)).bytes
@@ -21,8 +21,8 @@ extension ConnectionStateMachineTests {
 
         // The reply comes first: the going-away closes.
         var other = Self.machine()
-        _ = other.requestReceived()
-        #expect(!Self.answer(1, on: &other).close)
+        let otherTicket = other.requestReceived(id: 1).ticket
+        #expect(!Self.answer(1, otherTicket, on: &other).close)
         #expect(other.goAway(frame: Self.goAwayFrame()) == .close)
         #expect(
             try #require(Self.flush(&other)).bytes
@@ -33,13 +33,13 @@ extension ConnectionStateMachineTests {
     @Test("drain, then close: after going away the connection closes once both sides' requests are done")
     func drainThenClose() throws {
         var machine = Self.machine()
-        _ = machine.requestReceived()
-        _ = machine.requestReceived()
+        let first = machine.requestReceived(id: 1).ticket
+        let second = machine.requestReceived(id: 2).ticket
         _ = Self.register(5, "mine", on: &machine)
         #expect(machine.goAway(frame: Self.goAwayFrame()) == .none)  // the request's flush is still due
-        #expect(!Self.answer(1, on: &machine).close)
+        #expect(!Self.answer(1, first, on: &machine).close)
         #expect(try #require(Self.resumed(machine.finishRequest(id: 5))).close == false)
-        #expect(Self.answer(2, on: &machine).close)
+        #expect(Self.answer(2, second, on: &machine).close)
         #expect(!machine.hasRequestsInFlight)
         // Still open until the channel closes: the flush writes the answers first.
         #expect(machine.isOpen)
@@ -93,19 +93,19 @@ extension ConnectionStateMachineTests {
     @Test("after this side went away new requests fail with connectionClosed; going away after the peer queues nothing")
     func requestsRefusedWhileGoingAway() throws {
         var machine = Self.machine()
-        _ = machine.requestReceived()
+        _ = machine.requestReceived(id: 1)
         _ = machine.goAway(frame: Self.goAwayFrame())
         let refused = try #require(Self.failure(Self.register(1, "request", on: &machine)) as? SocketIPCError)
         #expect(refused.code == .connectionClosed)
         #expect(refused.message == "the connection is closing: this side has announced it is going away")
 
         var other = Self.machine()
-        _ = other.requestReceived()
+        let ticket = other.requestReceived(id: 1).ticket
         let error = SocketIPCError(.peerGoingAway, "the peer is going away")
         #expect(other.peerIsGoingAway(isNormal: true, error: error) == .none)
         #expect(other.goAway(frame: Self.goAwayFrame()) == .none)
         #expect(other.queuedBytes == 0)
-        #expect(Self.answer(1, on: &other).close)
+        #expect(Self.answer(1, ticket, on: &other).close)
     }
 
     @Test("the close fails every request and writer once, drops what is queued, and fails everything after it")
@@ -131,8 +131,10 @@ extension ConnectionStateMachineTests {
         #expect(Self.failure(Self.register(3, "late", on: &machine)) as? SocketIPCError == .closed)
         #expect(Self.resumed(machine.finishRequest(id: 1)) == nil)
         let nothing = Machine.AnswerAction(scheduleFlush: false, resumeReading: false, close: false)
-        #expect(Self.answer(9, on: &machine) == nothing)
+        #expect(Self.answer(9, ReplyTicket.none, on: &machine) == nothing)
         #expect(machine.goAway(frame: Self.goAwayFrame()) == .none)
-        #expect(machine.requestReceived() == 0)
+        let late = machine.requestReceived(id: 10)
+        #expect(late.unanswered == 0)
+        #expect(late.ticket == .none)
     }
 }

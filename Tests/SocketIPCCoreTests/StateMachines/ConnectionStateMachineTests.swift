@@ -57,8 +57,9 @@ struct ConnectionStateMachineTests {
         )
     }
 
-    static func answer(_ id: UInt32, on machine: inout Machine) -> Machine.AnswerAction {
-        machine.answer(.reply, id: id, payload: ByteBuffer(string: "a\(id)"), spareBuffer: { nil })
+    /// Answers the peer's request `id`, received with `ticket`, with "a" and the id.
+    static func answer(_ id: UInt32, _ ticket: ReplyTicket, on machine: inout Machine) -> Machine.AnswerAction {
+        machine.answer(.reply, id: id, ticket: ticket, payload: ByteBuffer(string: "a\(id)"), spareBuffer: { nil })
     }
 
     /// What a ``Machine/FinishAction`` resumes, as plain values.
@@ -83,21 +84,25 @@ struct ConnectionStateMachineTests {
     func largeRequestBytes() {
         let large = Machine.largeRequestSize
         var machine = Machine(writeBufferHighWatermark: 1024, maximumConcurrentRequests: 100, maximumUnansweredRequestBytes: 2 * large)
-        #expect(machine.requestReceived(id: 1, bytes: 10) == 1, "a small request counts by number only")
-        #expect(machine.requestReceived(id: 2, bytes: large) == 2)
-        #expect(machine.requestReceived(id: 3, bytes: large) == .max, "the bytes reached the limit")
+        let first = machine.requestReceived(id: 1, bytes: 10)
+        #expect(first.unanswered == 1, "a small request counts by number only")
+        let second = machine.requestReceived(id: 2, bytes: large)
+        #expect(second.unanswered == 2)
+        #expect(machine.requestReceived(id: 3, bytes: large).unanswered == .max, "the bytes reached the limit")
         #expect(machine.pauseReadingForRequests() == .pause)
         // Before, any answer resumed reading: a small one let more large ones in.
-        #expect(!Self.answer(1, on: &machine).resumeReading, "the large ones still hold the bytes")
-        #expect(Self.answer(2, on: &machine).resumeReading)
+        #expect(!Self.answer(1, first.ticket, on: &machine).resumeReading, "the large ones still hold the bytes")
+        #expect(Self.answer(2, second.ticket, on: &machine).resumeReading)
 
         var reused = Machine(writeBufferHighWatermark: 1024, maximumConcurrentRequests: 100, maximumUnansweredRequestBytes: 2 * large)
-        _ = reused.requestReceived(id: 5, bytes: large)
-        #expect(reused.requestReceived(id: 5, bytes: large) == .max)
+        let reusedFirst = reused.requestReceived(id: 5, bytes: large)
+        #expect(reused.requestReceived(id: 5, bytes: large).unanswered == .max)
         #expect(reused.pauseReadingForRequests() == .pause)
         // Before, the first answer for the id took both requests' bytes away.
-        _ = Self.answer(5, on: &reused)
-        #expect(reused.requestReceived(id: 6, bytes: large) == .max, "one request of id 5 still holds its bytes")
+        _ = Self.answer(5, reusedFirst.ticket, on: &reused)
+        #expect(
+            reused.requestReceived(id: 6, bytes: large).unanswered == .max, "one request of id 5 still holds its bytes"
+        )
     }
 
     @Test("a message is queued as its frame's bytes; the first frame schedules a flush, the next ones ride along")
@@ -146,10 +151,10 @@ struct ConnectionStateMachineTests {
     @Test("frames queued during a read batch schedule no flush: the batch's end flushes them")
     func readBatch() throws {
         var machine = Self.machine()
-        _ = machine.requestReceived()
+        let ticket = machine.requestReceived(id: 7).ticket
         machine.readBatchStarted()
         #expect(Self.send("a", on: &machine) == .queued(scheduleFlush: false, mustWait: false))
-        #expect(Self.answer(7, on: &machine).scheduleFlush == false)
+        #expect(Self.answer(7, ticket, on: &machine).scheduleFlush == false)
         let flushed = try #require(Self.flush(&machine))
         let expected = Self.bytes(.message(ByteBuffer(string: "a")), .reply(id: 7, payload: ByteBuffer(string: "a7")))
         #expect(flushed.bytes == expected)
@@ -378,13 +383,66 @@ struct ConnectionStateMachineTests {
     @Test("reading pauses at the maximum of unanswered requests, and only the first answer resumes it")
     func pauseForRequests() {
         var machine = Self.machine(maximumRequests: 2)
-        #expect(machine.requestReceived() == 1)
+        let first = machine.requestReceived(id: 1)
+        #expect(first.unanswered == 1)
         // Room was made before the channel handler asked: it keeps reading.
         #expect(machine.pauseReadingForRequests() == .keepReading)
-        #expect(machine.requestReceived() == 2)
+        let second = machine.requestReceived(id: 2)
+        #expect(second.unanswered == 2)
         #expect(machine.pauseReadingForRequests() == .pause)
-        #expect(Self.answer(1, on: &machine).resumeReading)
-        #expect(!Self.answer(2, on: &machine).resumeReading)
+        #expect(Self.answer(1, first.ticket, on: &machine).resumeReading)
+        #expect(!Self.answer(2, second.ticket, on: &machine).resumeReading)
         #expect(machine.unansweredRequestCount == 0)
+    }
+
+    @Test("a second answer to one request is neither counted nor queued, even after its slot was reused")
+    func secondAnswerIgnored() throws {
+        var machine = Self.machine(maximumRequests: 2)
+        let first = machine.requestReceived(id: 1)
+        let second = machine.requestReceived(id: 2)
+        #expect(machine.pauseReadingForRequests() == .pause)
+        #expect(Self.answer(1, first.ticket, on: &machine).resumeReading)
+        let nothing = Machine.AnswerAction(scheduleFlush: false, resumeReading: false, close: false)
+        #expect(Self.answer(1, first.ticket, on: &machine) == nothing)
+        #expect(machine.unansweredRequestCount == 1, "before, the second answer took request 2 off the count")
+        // Request 3 takes the slot request 1 freed: request 1's ticket still answers nothing.
+        let third = machine.requestReceived(id: 3)
+        #expect(third.unanswered == 2)
+        #expect(Self.answer(1, first.ticket, on: &machine) == nothing)
+        #expect(machine.unansweredRequestCount == 2)
+        #expect(!Self.answer(3, third.ticket, on: &machine).resumeReading)
+        #expect(!Self.answer(2, second.ticket, on: &machine).resumeReading)
+        #expect(machine.unansweredRequestCount == 0)
+        let flushed = try #require(Self.flush(&machine))
+        let expected = Self.bytes(
+            .reply(id: 1, payload: ByteBuffer(string: "a1")),
+            .reply(id: 3, payload: ByteBuffer(string: "a3")),
+            .reply(id: 2, payload: ByteBuffer(string: "a2"))
+        )
+        #expect(flushed.bytes == expected)
+    }
+}
+
+@Suite("Reply tickets")
+struct ReplyTicketsTests {
+    @Test("a ticket redeems once; a freed slot is reused under a new generation; a ticket never issued redeems nothing")
+    func redeemOnce() {
+        var tickets = ReplyTickets()
+        let first = tickets.take()
+        let second = tickets.take()
+        #expect(first != second)
+        let redeemed = tickets.redeem(first)
+        let redeemedAgain = tickets.redeem(first)
+        #expect(redeemed && !redeemedAgain)
+        let reused = tickets.take()
+        #expect(reused.slot == first.slot, "the freed slot is taken again")
+        #expect(reused != first)
+        let staleAfterReuse = tickets.redeem(first)
+        #expect(!staleAfterReuse)
+        let reusedRedeemed = tickets.redeem(reused)
+        let secondRedeemed = tickets.redeem(second)
+        let neverIssued = tickets.redeem(.none)
+        #expect(reusedRedeemed && secondRedeemed && !neverIssued)
+        #expect(tickets.generations.count == 2, "never more slots than requests unanswered at once")
     }
 }

@@ -1,0 +1,63 @@
+/// Names one of the peer's requests while it is unanswered, so that it is answered at most once.
+///
+/// The request's id cannot serve: a peer may reuse an id while an earlier request with it waits. A ticket names a
+/// slot of ``ReplyTickets`` and the generation of that slot when the request took it; once answered, the slot's
+/// generation moves on, and the ticket no longer matches.
+@usableFromInline
+package struct ReplyTicket: Hashable, Sendable {
+    @usableFromInline
+    let slot: UInt32
+    @usableFromInline
+    let generation: UInt32
+
+    @usableFromInline
+    init(slot: UInt32, generation: UInt32) {
+        self.slot = slot
+        self.generation = generation
+    }
+
+    /// A ticket that answers nothing: what a request received once the connection is closed gets.
+    @usableFromInline
+    package static let none = ReplyTicket(slot: .max, generation: 0)
+}
+
+/// The peer's unanswered requests, as slots that their ``ReplyTicket``s name: a second answer to one request
+/// (a handler that completes its `Reply` twice) finds its ticket spent, and is neither counted nor sent.
+///
+/// A slot's generation is odd while a request holds it and even while it is free. Slots are reused, so there are
+/// never more of them than the most requests unanswered at once (bounded by `maximumConcurrentRequests`).
+@usableFromInline
+struct ReplyTickets {
+    @usableFromInline
+    var generations: [UInt32] = []
+    @usableFromInline
+    var free: [UInt32] = []
+
+    @inlinable
+    init() {}
+
+    /// Takes a slot for a request just received.
+    @inlinable
+    mutating func take() -> ReplyTicket {
+        if let slot = self.free.popLast() {
+            let index = Int(slot)
+            self.generations[index] &+= 1
+            return ReplyTicket(slot: slot, generation: self.generations[index])
+        }
+        self.generations.append(1)
+        return ReplyTicket(slot: UInt32(truncatingIfNeeded: self.generations.count - 1), generation: 1)
+    }
+
+    /// Frees the ticket's slot: `true` if the ticket held it, `false` if it was spent (answered before) or never
+    /// issued here.
+    @inlinable
+    mutating func redeem(_ ticket: ReplyTicket) -> Bool {
+        let index = Int(ticket.slot)
+        guard index < self.generations.count, self.generations[index] == ticket.generation,
+            ticket.generation & 1 == 1
+        else { return false }
+        self.generations[index] &+= 1
+        self.free.append(ticket.slot)
+        return true
+    }
+}
