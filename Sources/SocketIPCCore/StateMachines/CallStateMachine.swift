@@ -106,7 +106,8 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
         if let waiter = self.readWaiter.take() {
             return .deliver(waiter, message)
         }
-        self.inbound.append(message)
+        // Queued for a consumer that may take its time: kept apart from the read buffer it arrived in.
+        self.inbound.append(message.compacted())
         return .none
     }
 

@@ -294,7 +294,8 @@ extension ConnectionChannelHandler {
             guard let (unanswered, reply) = connection.requestReceived(id: id, bytes: payload.readableBytes) else {
                 return .violation(Connection.floodError)
             }
-            handler.didReceiveRequest(payload, reply: reply, on: connection)
+            // Kept until answered: not as a slice that holds its whole read buffer.
+            handler.didReceiveRequest(payload.compacted(), reply: reply, on: connection)
             if unanswered >= maximumRequests { return .pauseForRequests }
         case .reply:
             connection.replyReceived(id: id, result: .success(payload))
@@ -327,7 +328,8 @@ extension ConnectionChannelHandler {
             guard let (unanswered, reply) = connection.requestReceived(id: id, bytes: payload.readableBytes) else {
                 return .violation(Connection.floodError)
             }
-            handler.didReceiveRequest(payload, reply: reply, on: connection)
+            // Kept until answered: not as a slice that holds its whole read buffer.
+            handler.didReceiveRequest(payload.compacted(), reply: reply, on: connection)
             if unanswered >= maximumRequests { return .pauseForRequests }
         case .reply(let id, let payload):
             connection.replyReceived(id: id, result: .success(payload))
@@ -424,7 +426,7 @@ extension ConnectionChannelHandler {
                 return .violation(Connection.floodError)
             }
             handler.didReceiveRequest(
-                payload, descriptors: descriptors, reply: reply, on: connection
+                payload.compacted(), descriptors: descriptors, reply: reply, on: connection
             )
             if unanswered >= maximumRequests { return .pauseForRequests }
         case .reply(let id, let payload):

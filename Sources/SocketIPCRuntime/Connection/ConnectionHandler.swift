@@ -13,6 +13,11 @@ public protocol ConnectionHandler {
     /// Called once, before any message of the connection.
     mutating func connectionDidOpen(_ connection: Connection)
     /// Called for each one-way message.
+    ///
+    /// `message` is a slice of the buffer it was read into (up to 1 MiB), which it keeps alive: a handler that keeps
+    /// messages beyond this call, in a queue say, should keep copies (`ByteBuffer(bytes: message.readableBytesView)`),
+    /// or a peer that sends each small message in a read of its own makes it hold a read buffer per message. Requests
+    /// are handed out apart from a read buffer much larger than themselves, since they wait for their answers.
     mutating func didReceiveMessage(_ message: ByteBuffer, on connection: Connection)
     /// Called for each request. Complete `reply` once, now or later, from any thread (later completions are ignored).
     ///

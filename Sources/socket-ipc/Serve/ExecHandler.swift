@@ -67,6 +67,8 @@ struct ExecHandler: ConnectionHandler {
         }
         let exec = self.exec
         let peer = connection.peer
+        // Kept until the command runs: a copy, not a slice that keeps the whole read buffer (up to 1 MiB) alive.
+        let message = ByteBuffer(bytes: message.readableBytesView)
         let previous = self.previousOneWay
         let pending = self.pendingMessages
         pending.value.add(1, ordering: .relaxed)

@@ -171,3 +171,44 @@ struct CallStateMachineTests {
 
     struct Unexpected: Error {}
 }
+
+/// A payload kept beyond its read does not keep the read buffer it is a slice of (found by a review: a peer that sent
+/// each small message in a read of its own made a server hold 1 MiB per message queued).
+@Suite("Payloads kept apart from their read buffers")
+struct CompactedPayloadTests {
+    /// A slice of `length` bytes of a 1 MiB read buffer.
+    static func slice(_ length: Int) -> ByteBuffer {
+        var read = ByteBufferAllocator().buffer(capacity: 1 << 20)
+        read.writeRepeatingByte(0x61, count: 1 << 20)
+        read.moveReaderIndex(forwardBy: 100)
+        return read.readSlice(length: length)!
+    }
+
+    @Test("a small slice of a large buffer is copied; a slice that fills most of its buffer, or a small buffer, is not")
+    func compactedCopiesOnlyWhatWastes() {
+        let small = Self.slice(10)
+        #expect(small.storageCapacity == 1 << 20)
+        let copied = small.compacted()
+        #expect(copied == small)
+        #expect(copied.storageCapacity < 4096)
+        let large = Self.slice(600 * 1024)
+        #expect(large.compacted().storageCapacity == 1 << 20, "kept: the buffer is mostly this payload")
+        let own = ByteBuffer(string: "hello")
+        #expect(own.compacted().storageCapacity == own.storageCapacity)
+    }
+
+    @Test("a call message queued for its consumer is kept as a copy; one handed to a waiting reader is not copied")
+    func queuedMessageCompacted() throws {
+        var machine = CallStateMachine<String, String>()
+        guard case .none = machine.messageReceived(Self.slice(10)) else { throw CallStateMachineTests.Unexpected() }
+        guard case .message(let queued, _) = machine.poll() else { throw CallStateMachineTests.Unexpected() }
+        #expect(queued.readableBytes == 10)
+        #expect(queued.storageCapacity < 4096, "queued as a slice of the 1 MiB read buffer")
+        guard case .wait = machine.next(orWait: "reader") else { throw CallStateMachineTests.Unexpected() }
+        guard case .deliver(let waiter, let delivered) = machine.messageReceived(Self.slice(10)) else {
+            throw CallStateMachineTests.Unexpected()
+        }
+        #expect(waiter == "reader")
+        #expect(delivered.storageCapacity == 1 << 20, "handed over at once: no copy")
+    }
+}
