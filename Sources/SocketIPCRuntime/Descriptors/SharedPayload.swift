@@ -55,7 +55,7 @@ enum SharedPayload {
     /// Maps the `length` bytes of the sealed shared memory `descriptor` read-only, and closes the descriptor (as one a
     /// peer passed: it may be a lingering socket instead, see ``closePassedDescriptors(_:)``).
     /// - Throws: `SocketIPCError` with code `protocolViolation` when the descriptor is not sealed shared memory of
-    ///   exactly `length` bytes; `systemCall` when it cannot be mapped.
+    ///   exactly `length` bytes, all of them backed by memory (not sparse); `systemCall` when it cannot be mapped.
     static func map(_ descriptor: Int32, length: Int) throws -> MappedPayload {
         defer { closePassedDescriptors([descriptor]) }
         #if os(Linux)
@@ -71,6 +71,17 @@ enum SharedPayload {
             throw SocketIPCError(
                 .protocolViolation,
                 "the peer's shared payload holds \(status.st_size) bytes, not the \(length) it announced"
+            )
+        }
+        // A hole in shared memory reads as zeros, but the read fault of a mapping allocates its page, charged to this
+        // process, and the page stays while the peer keeps the memfd: a peer that passed sealed memfds it had only
+        // truncated to 16 MiB made a server allocate 640 MiB for 40 of them at no cost of its own, until its memory
+        // cgroup killed it (found by a review). An honest sender writes its payload before sealing it.
+        guard Int(status.st_blocks) * 512 >= length else {
+            throw SocketIPCError(
+                .protocolViolation,
+                "the peer's shared payload of \(length) bytes is sparse (\(Int(status.st_blocks) * 512) bytes of it are "
+                    + "backed by memory): reading it would allocate the rest, charged to this side"
             )
         }
         guard length > 0 else { return MappedPayload(mapping: nil, count: 0) }

@@ -236,14 +236,23 @@ struct DescriptorPassingTests {
     /// sealed memfd of 1 MiB of its own, for the length of `body`; `body` gets the socket and a function that sends
     /// the descriptors frame of one shared message (the memfd again) before the bytes it is given, which must start
     /// with that message's `0x0E` frame. The socket is the test's to close.
+    ///
+    /// `sparse`: the memfd is only truncated to its size, not written, so that none of its pages are allocated.
     func withSharingPeer(
         at path: String,
+        sparse: Bool = false,
         _ body: (RawSocket, _ sendShared: ([UInt8]) async throws -> Void) async throws -> Void
     ) async throws {
         let memory = csocketipc_memfd_create("test-payload")
         try #require(memory >= 0)
         defer { close(memory) }
-        try #require(ftruncate(memory, 1 << 20) == 0 && csocketipc_seal_all(memory) == 0)
+        if sparse {
+            try #require(ftruncate(memory, 1 << 20) == 0)
+        } else {
+            let bytes = [UInt8](repeating: 0x6D, count: 1 << 20)
+            try #require(bytes.withUnsafeBytes { write(memory, $0.baseAddress, $0.count) } == 1 << 20)
+        }
+        try #require(csocketipc_seal_all(memory) == 0)
         let socket = try await RawSocket.connect(to: path)
         try await socket.write([0x53, 0x49, 0x50, 0x43, 0x01, 0x07, 0x00, 0x00])
         #expect(try await socket.read(exactly: 8).count == 8)
@@ -299,6 +308,26 @@ struct DescriptorPassingTests {
                     await eventually { marks.received.load(ordering: .relaxed) == 3 },
                     "\(marks.received.load(ordering: .relaxed)) of 3"
                 )
+            }
+        }
+    }
+
+    @Test("a sparse memfd (truncated to its size, never written) is refused before it is read: going-away 0x01 saying so")
+    func sparseSharedPayloadRefused() async throws {
+        let marks = TurnMarks()
+        try await withFramedTestServer(
+            configure: { $0.connection = Self.options() },
+            makeHandler: { TurnMarkingHandler(marks: marks) }
+        ) { _, path in
+            try await self.withSharingPeer(at: path, sparse: true) { socket, sendShared in
+                defer { socket.close() }
+                try await sendShared(Self.sharedMessageFrame)
+                // Before, the server mapped it and its copy allocated the 1 MiB of pages, charged to the server.
+                let answer = try await socket.readToEnd()
+                let text = String(decoding: answer, as: UTF8.self)
+                #expect(answer.starts(with: [0, 0, 0]) && answer.count > 6 && answer[4] == 0x05 && answer[5] == 0x01)
+                #expect(text.contains("is sparse"), "\(text)")
+                #expect(marks.received.load(ordering: .relaxed) == 0)
             }
         }
     }
