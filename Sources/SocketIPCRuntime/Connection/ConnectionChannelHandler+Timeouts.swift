@@ -23,6 +23,35 @@ extension ConnectionChannelHandler {
             self.lastActivity = .now()
             self.scheduleIdleCheck(at: self.lastActivity + .init(timeout), context: context)
         }
+        if let timeout = self.options.pendingDescriptorTimeout, self.connection?.descriptorPassing != nil {
+            self.schedulePendingDescriptorCheck(after: timeout, seen: nil, context: context)
+        }
+    }
+
+    /// Checks, every `timeout`, whether descriptors the peer passed still wait for a frame to take them and none
+    /// moved on since the last check (`seen`: what it found then, if descriptors waited): if so, they waited at
+    /// least `timeout`, and the connection fails with `protocolViolation`, closing them (D-Bus's
+    /// `pending_fd_timeout`; see ``ConnectionOptions/pendingDescriptorTimeout``).
+    private func schedulePendingDescriptorCheck(after timeout: Duration, seen: UInt64?, context: ChannelHandlerContext) {
+        self.pendingDescriptorTimer = context.eventLoop.assumeIsolated().scheduleTask(in: .init(timeout)) {
+            self.pendingDescriptorTimer = nil
+            guard let passing = self.connection?.descriptorPassing, self.state.mayHandleFrames else { return }
+            let pending = passing.pendingDescriptors()
+            if pending.waiting, let seen, seen == pending.progress {
+                self.fail(
+                    SocketIPCError(
+                        .protocolViolation,
+                        "descriptors the peer passed waited \(timeout) for the frame that takes them "
+                            + "(ConnectionOptions.pendingDescriptorTimeout)"
+                    ),
+                    context: context
+                )
+                return
+            }
+            self.schedulePendingDescriptorCheck(
+                after: timeout, seen: pending.waiting ? pending.progress : nil, context: context
+            )
+        }
     }
 
     /// Checks at `deadline` whether the connection has been idle for the idle timeout: no bytes read and no request

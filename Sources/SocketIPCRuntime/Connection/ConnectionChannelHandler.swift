@@ -48,6 +48,8 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
     static var pausedReadLimit: Int { 1024 * 1024 }
     var handshakeTimer: Scheduled<Void>?
     var idleTimer: Scheduled<Void>?
+    /// Checks that descriptors the peer passed do not wait forever (``ConnectionOptions/pendingDescriptorTimeout``).
+    var pendingDescriptorTimer: Scheduled<Void>?
     /// When a read last delivered bytes (or a request was last seen in flight); kept only with an idle timeout.
     var lastActivity = NIODeadline.uptimeNanoseconds(0)
     /// The connection's options, shared with its server's other connections.
@@ -255,6 +257,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         }
         self.handshakeTimer.take()?.cancel()
         self.idleTimer.take()?.cancel()
+        self.pendingDescriptorTimer.take()?.cancel()
         self.inbound = InboundBuffer()
         self.connection?.socketClosed()
         self.connection?.stopKeepalive()

@@ -109,6 +109,20 @@ public struct ConnectionOptions: Sendable {
     /// closed. Linux; elsewhere (untested) setting it makes the connection fail with `unsupported`.
     public var maximumDescriptorsPerMessage = 0
 
+    /// How long descriptors the peer passed may wait before a frame takes them (received with a descriptors frame,
+    /// or with its first bytes, and not yet handed to the handler) before the connection closes with
+    /// `protocolViolation`; default 150 s, as D-Bus's `pending_fd_timeout`. `nil` waits as long as the connection is
+    /// open. Measured from when this side last saw such descriptors move on, checked every this long, so the close
+    /// comes between one and two of these after the descriptors stopped moving.
+    ///
+    /// Descriptors this side holds can keep the connection itself open (D-Bus's CVE-2014-3637): a peer that passes
+    /// its own end of the connection (or a socket whose queue holds it), never sends the frame that would take it,
+    /// and exits, leaves a connection whose end-of-file never comes, since this side holds the last reference to the
+    /// peer's end; before this limit such connections stayed until the server stopped, and filled its user's
+    /// ``ServerConfiguration/maximumConnectionsPerUser``. A connection paused for requests this long with descriptors
+    /// waiting also closes.
+    public var pendingDescriptorTimeout: Duration? = .seconds(150)
+
     /// Payloads of at least this many bytes travel in sealed shared memory (a `memfd` passed with the frame, PROTOCOL.md
     /// "Shared payloads") instead of through the socket, when both sides pass descriptors
     /// (``maximumDescriptorsPerMessage``); default 256 KiB, chosen by measurement (BENCHMARKS.md, "Shared payloads").

@@ -17,6 +17,8 @@ final class DescriptorPassing: Sendable {
     let relay: DescriptorRelay
     /// The descriptors a descriptors frame announced for the frame after it; touched on the event loop only.
     private let announced = Mutex<[Int32]?>(nil)
+    /// How many announced groups frames took so far; touched on the event loop only.
+    private let announcedTaken = Atomic<UInt64>(0)
     /// The requests made with ``Connection/request(_:descriptors:timeout:)`` that wait for their reply, and the
     /// descriptors their reply brought once it came.
     private let replies = Mutex<[UInt32: ReceivedDescriptors]>([:])
@@ -48,7 +50,17 @@ final class DescriptorPassing: Sendable {
     /// Takes the descriptors announced for the frame just decoded, if any.
     @inline(__always)
     func takeAnnounced() -> ReceivedDescriptors? {
-        self.announced.withLock { $0.take() }.map { ReceivedDescriptors($0) }
+        guard let group = self.announced.withLock({ $0.take() }) else { return nil }
+        self.announcedTaken.wrappingAdd(1, ordering: .relaxed)
+        return ReceivedDescriptors(group)
+    }
+
+    /// Whether descriptors the peer passed wait for a frame to take them (in the relay, or announced), and a count
+    /// that grows whenever some move on: descriptors that wait while it stays the same are stuck.
+    func pendingDescriptors() -> (waiting: Bool, progress: UInt64) {
+        let relay = self.relay.pendingDescriptors()
+        let announced = self.announced.withLock { $0 != nil }
+        return (relay.waiting || announced, relay.movedOn &+ self.announcedTaken.load(ordering: .relaxed))
     }
 
     /// Closes descriptors announced and not handed out (the connection closed).

@@ -54,6 +54,9 @@ final class DescriptorRelay: @unchecked Sendable {
     private var unclaimed: [Int32] = []
     private var claimed: [[Int32]] = []
     private var claimedCount = 0
+    /// How many descriptors have moved on so far: claimed by a descriptors frame, then taken by the channel handler
+    /// (``pendingDescriptors()``).
+    private var movedOn: UInt64 = 0
     private var outgoing: [[Int32]] = []
     private var isClosed = false
     private var socketIsClosed = false
@@ -143,8 +146,18 @@ final class DescriptorRelay: @unchecked Sendable {
         }
         let group = self.claimed.removeFirst()
         self.claimedCount -= group.count
+        self.movedOn &+= UInt64(group.count)
         self.lock.unlock(withValue: self.mayReceiveValue)
         return group
+    }
+
+    /// Whether descriptors the peer passed wait in the relay (received and not yet taken by the channel handler),
+    /// and how many have moved on so far: descriptors that wait while that count stays the same have not moved.
+    func pendingDescriptors() -> (waiting: Bool, movedOn: UInt64) {
+        self.lock.lock()
+        let state = (!self.unclaimed.isEmpty || self.claimedCount > 0, self.movedOn)
+        self.lock.unlock(withValue: self.mayReceiveValue)
+        return state
     }
 
     /// Registers the descriptors of the next descriptors frame this side writes, before its bytes are written; the
@@ -346,6 +359,7 @@ final class DescriptorRelay: @unchecked Sendable {
                 self.claimed.append(Array(self.unclaimed.prefix(count)))
                 self.unclaimed.removeFirst(count)
                 self.claimedCount += count
+                self.movedOn &+= UInt64(count)
             }
         }
         if problem == nil && !self.unclaimed.isEmpty && (!mayBeClaimedLater || carriedOver) {
