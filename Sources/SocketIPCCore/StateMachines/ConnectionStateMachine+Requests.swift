@@ -133,14 +133,12 @@ extension ConnectionStateMachine {
         let budget = self.maximumUnansweredRequestBytes
         return self.modifyRequests(closed: (0, .none)) { requests, _ in
             requests.unanswered += 1
-            let ticket = requests.tickets.take()
-            if bytes >= Self.largeRequestSize {
-                // Per request: a peer may reuse an id while an earlier request with it waits.
-                requests.largeSizes[id, default: []].append(bytes)
-                requests.largeBytes += bytes
-                if requests.largeBytes >= budget { return (.max, ticket) }
-            }
-            return (requests.unanswered, ticket)
+            guard bytes >= Self.largeRequestSize else { return (requests.unanswered, requests.tickets.take()) }
+            // Kept with the request's ticket, not its id: a peer may reuse an id while an earlier request with it
+            // waits, and the answer to either must give back its own bytes.
+            let ticket = requests.tickets.take(counting: bytes)
+            requests.largeBytes += bytes
+            return (requests.largeBytes >= budget ? .max : requests.unanswered, ticket)
         }
     }
 
@@ -168,12 +166,9 @@ extension ConnectionStateMachine {
         let budget = self.maximumUnansweredRequestBytes
         let (answered, resumeReading, close) = self.modifyRequests(closed: (false, false, false)) {
             requests, goingAway in
-            guard requests.tickets.redeem(ticket) else { return (false, false, false) }
+            guard let counted = requests.tickets.redeem(ticket) else { return (false, false, false) }
             requests.unanswered -= 1
-            if !requests.largeSizes.isEmpty, var sizes = requests.largeSizes.removeValue(forKey: id) {
-                requests.largeBytes -= sizes.removeFirst()
-                if !sizes.isEmpty { requests.largeSizes[id] = sizes }
-            }
+            requests.largeBytes -= counted
             // Reading goes on only below both limits: an answer to a small request while large ones hold the bytes
             // must not let more in (found by a review: small and large requests in turn got past the bytes).
             let resumeReading =

@@ -145,10 +145,8 @@ package struct ConnectionStateMachine<RequestContinuation, WriteWaiter, Timer> {
         /// maximum: the answer that clears it tells the handler to go on.
         @usableFromInline
         var readingPaused = false
-        /// The sizes of the peer's unanswered large requests (``ConnectionStateMachine/largeRequestSize`` bytes or
-        /// more), by id in the order they came, and their sum.
-        @usableFromInline
-        var largeSizes: [UInt32: [Int]] = [:]
+        /// The sum of the sizes of the peer's unanswered large requests (``ConnectionStateMachine/largeRequestSize``
+        /// bytes or more), each kept with its ticket in ``tickets``.
         @usableFromInline
         var largeBytes = 0
         /// Calls in progress either way (the services layer's, kinds `0x06` to `0x0A`): a connection going away

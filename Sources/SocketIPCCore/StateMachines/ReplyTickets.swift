@@ -25,39 +25,46 @@ package struct ReplyTicket: Hashable, Sendable {
 /// (a handler that completes its `Reply` twice) finds its ticket spent, and is neither counted nor sent.
 ///
 /// A slot's generation is odd while a request holds it and even while it is free. Slots are reused, so there are
-/// never more of them than the most requests unanswered at once (bounded by `maximumConcurrentRequests`).
+/// never more of them than the most requests unanswered at once (bounded by `maximumConcurrentRequests`). Each slot
+/// also keeps the size its request counts against `maximumUnansweredRequestBytes` (0 for a small one), so that its
+/// own answer gives back its own bytes: kept by id, a small request that reused a large one's id gave back the large
+/// one's bytes when answered first (found by a review: 120 MiB of 4 MiB requests held against a 16 MiB limit).
 @usableFromInline
 struct ReplyTickets {
     @usableFromInline
     var generations: [UInt32] = []
+    @usableFromInline
+    var counted: [Int] = []
     @usableFromInline
     var free: [UInt32] = []
 
     @inlinable
     init() {}
 
-    /// Takes a slot for a request just received.
+    /// Takes a slot for a request just received that counts `bytes` against the byte limit (0 if it does not).
     @inlinable
-    mutating func take() -> ReplyTicket {
+    mutating func take(counting bytes: Int = 0) -> ReplyTicket {
         if let slot = self.free.popLast() {
             let index = Int(slot)
             self.generations[index] &+= 1
+            self.counted[index] = bytes
             return ReplyTicket(slot: slot, generation: self.generations[index])
         }
         self.generations.append(1)
+        self.counted.append(bytes)
         return ReplyTicket(slot: UInt32(truncatingIfNeeded: self.generations.count - 1), generation: 1)
     }
 
-    /// Frees the ticket's slot: `true` if the ticket held it, `false` if it was spent (answered before) or never
-    /// issued here.
+    /// Frees the ticket's slot: the bytes its request counted if the ticket held it, `nil` if it was spent (answered
+    /// before) or never issued here.
     @inlinable
-    mutating func redeem(_ ticket: ReplyTicket) -> Bool {
+    mutating func redeem(_ ticket: ReplyTicket) -> Int? {
         let index = Int(ticket.slot)
         guard index < self.generations.count, self.generations[index] == ticket.generation,
             ticket.generation & 1 == 1
-        else { return false }
+        else { return nil }
         self.generations[index] &+= 1
         self.free.append(ticket.slot)
-        return true
+        return self.counted[index]
     }
 }
