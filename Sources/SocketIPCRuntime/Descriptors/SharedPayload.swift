@@ -52,6 +52,18 @@ enum SharedPayload {
         #endif
     }
 
+    #if os(Linux)
+    /// The offset of the first hole in `descriptor` (`lseek` with `SEEK_HOLE`: the end of the file when there is
+    /// none), or -1; the file offset, which the peer's descriptor shares, is put back as it was.
+    private static func firstHole(in descriptor: Int32) -> Int {
+        let seekHole: Int32 = 4  // SEEK_HOLE, Linux 3.1 and later
+        let offset = lseek(descriptor, 0, SEEK_CUR)
+        let hole = lseek(descriptor, 0, seekHole)
+        if offset >= 0 { _ = lseek(descriptor, offset, SEEK_SET) }
+        return Int(hole)
+    }
+    #endif
+
     /// Maps the `length` bytes of the sealed shared memory `descriptor` read-only, and closes the descriptor (as one a
     /// peer passed: it may be a lingering socket instead, see ``closePassedDescriptors(_:)``).
     /// - Throws: `SocketIPCError` with code `protocolViolation` when the descriptor is not sealed shared memory of
@@ -77,11 +89,13 @@ enum SharedPayload {
         // process, and the page stays while the peer keeps the memfd: a peer that passed sealed memfds it had only
         // truncated to 16 MiB made a server allocate 640 MiB for 40 of them at no cost of its own, until its memory
         // cgroup killed it (found by a review). An honest sender writes its payload before sealing it.
-        guard Int(status.st_blocks) * 512 >= length else {
+        // Blocks allocated past the end (`fallocate` with `FALLOC_FL_KEEP_SIZE`) count in `st_blocks` too, so the
+        // first hole must also lie at the end or beyond (`SEEK_HOLE`; found by a review of the first check).
+        guard Int(status.st_blocks) * 512 >= length, length == 0 || Self.firstHole(in: descriptor) >= length else {
             throw SocketIPCError(
                 .protocolViolation,
-                "the peer's shared payload of \(length) bytes is sparse (\(Int(status.st_blocks) * 512) bytes of it are "
-                    + "backed by memory): reading it would allocate the rest, charged to this side"
+                "the peer's shared payload of \(length) bytes is sparse (not all of it is backed by memory): "
+                    + "reading it would allocate the rest, charged to this side"
             )
         }
         guard length > 0 else { return MappedPayload(mapping: nil, count: 0) }

@@ -237,10 +237,13 @@ struct DescriptorPassingTests {
     /// the descriptors frame of one shared message (the memfd again) before the bytes it is given, which must start
     /// with that message's `0x0E` frame. The socket is the test's to close.
     ///
-    /// `sparse`: the memfd is only truncated to its size, not written, so that none of its pages are allocated.
+    /// `sparse`: the memfd is only truncated to its size, not written, so that none of its pages are allocated;
+    /// `blocksPastTheEnd`: and as many blocks are allocated past its end (`FALLOC_FL_KEEP_SIZE`), which count in
+    /// `st_blocks` too.
     func withSharingPeer(
         at path: String,
         sparse: Bool = false,
+        blocksPastTheEnd: Bool = false,
         _ body: (RawSocket, _ sendShared: ([UInt8]) async throws -> Void) async throws -> Void
     ) async throws {
         let memory = csocketipc_memfd_create("test-payload")
@@ -248,6 +251,13 @@ struct DescriptorPassingTests {
         defer { close(memory) }
         if sparse {
             try #require(ftruncate(memory, 1 << 20) == 0)
+            if blocksPastTheEnd {
+                // fallocate(2) with FALLOC_FL_KEEP_SIZE (1); Swift's Glibc module does not declare it.
+                typealias Fallocate = @convention(c) (Int32, Int32, Int, Int) -> Int32
+                let symbol = try #require(dlsym(UnsafeMutableRawPointer(bitPattern: 0), "fallocate"))
+                let fallocate = unsafeBitCast(symbol, to: Fallocate.self)
+                try #require(fallocate(memory, 1, 1 << 20, 1 << 20) == 0)
+            }
         } else {
             let bytes = [UInt8](repeating: 0x6D, count: 1 << 20)
             try #require(bytes.withUnsafeBytes { write(memory, $0.baseAddress, $0.count) } == 1 << 20)
@@ -312,14 +322,18 @@ struct DescriptorPassingTests {
         }
     }
 
-    @Test("a sparse memfd (truncated to its size, never written) is refused before it is read: going-away 0x01 saying so")
-    func sparseSharedPayloadRefused() async throws {
+    @Test(
+        "a sparse memfd (truncated to its size, never written; also with as many blocks allocated past its end) is refused before it is read: going-away 0x01 saying so",
+        arguments: [false, true]
+    )
+    func sparseSharedPayloadRefused(blocksPastTheEnd: Bool) async throws {
         let marks = TurnMarks()
         try await withFramedTestServer(
             configure: { $0.connection = Self.options() },
             makeHandler: { TurnMarkingHandler(marks: marks) }
         ) { _, path in
-            try await self.withSharingPeer(at: path, sparse: true) { socket, sendShared in
+            try await self.withSharingPeer(at: path, sparse: true, blocksPastTheEnd: blocksPastTheEnd) {
+                socket, sendShared in
                 defer { socket.close() }
                 try await sendShared(Self.sharedMessageFrame)
                 // Before, the server mapped it and its copy allocated the 1 MiB of pages, charged to the server.
