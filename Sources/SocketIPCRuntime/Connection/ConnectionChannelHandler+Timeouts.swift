@@ -29,19 +29,24 @@ extension ConnectionChannelHandler {
     }
 
     /// Checks, every `timeout`, whether descriptors the peer passed still wait for a frame to take them and none
-    /// moved on since the last check (`seen`: what it found then, if descriptors waited): if so, they waited at
-    /// least `timeout`, and the connection fails with `protocolViolation`, closing them (D-Bus's
-    /// `pending_fd_timeout`; see ``ConnectionOptions/pendingDescriptorTimeout``).
+    /// moved on since the last check (`seen`: what it found then, if descriptors waited and this side held nothing
+    /// back): if so, they waited at least `timeout`, and the connection fails with `protocolViolation`, closing them
+    /// (D-Bus's `pending_fd_timeout`; see ``ConnectionOptions/pendingDescriptorTimeout``).
     private func schedulePendingDescriptorCheck(after timeout: Duration, seen: UInt64?, context: ChannelHandlerContext) {
         self.pendingDescriptorTimer = context.eventLoop.assumeIsolated().scheduleTask(in: .init(timeout)) {
             self.pendingDescriptorTimer = nil
             guard let passing = self.connection?.descriptorPassing, self.state.mayHandleFrames else { return }
+            // While this side holds the peer's frames back because its handler has not answered (paused at the
+            // maximum of unanswered requests), the wait is this side's doing: it does not count (found by a review: a
+            // client whose descriptors queued behind a slow handler's request was closed). Reading held while the
+            // peer does not read this side's writes does count: a peer gone with its own end held here reads nothing.
+            let heldBack = self.inbound.isPausedForRequests || self.inbound.isYielding
             let pending = passing.pendingDescriptors()
-            if pending.waiting, let seen, seen == pending.progress {
+            if pending.waiting, !heldBack, let seen, seen == pending.progress {
                 self.fail(
                     SocketIPCError(
                         .protocolViolation,
-                        "descriptors the peer passed waited \(timeout) for the frame that takes them "
+                        "descriptors the peer passed waited more than \(timeout) for the frame that takes them "
                             + "(ConnectionOptions.pendingDescriptorTimeout)"
                     ),
                     context: context
@@ -49,7 +54,7 @@ extension ConnectionChannelHandler {
                 return
             }
             self.schedulePendingDescriptorCheck(
-                after: timeout, seen: pending.waiting ? pending.progress : nil, context: context
+                after: timeout, seen: pending.waiting && !heldBack ? pending.progress : nil, context: context
             )
         }
     }

@@ -119,8 +119,9 @@ public struct ConnectionOptions: Sendable {
     /// its own end of the connection (or a socket whose queue holds it), never sends the frame that would take it,
     /// and exits, leaves a connection whose end-of-file never comes, since this side holds the last reference to the
     /// peer's end; before this limit such connections stayed until the server stopped, and filled its user's
-    /// ``ServerConfiguration/maximumConnectionsPerUser``. A connection paused for requests this long with descriptors
-    /// waiting also closes.
+    /// ``ServerConfiguration/maximumConnectionsPerUser``. Time while this side holds the peer's frames back, paused at
+    /// ``maximumConcurrentRequests`` until its handler answers, does not count: the wait is then this side's doing
+    /// (so a handler that holds that many requests until its connection closes also keeps such a connection).
     public var pendingDescriptorTimeout: Duration? = .seconds(150)
 
     /// Payloads of at least this many bytes travel in sealed shared memory (a `memfd` passed with the frame, PROTOCOL.md

@@ -3,6 +3,8 @@ import NIOCore
 import SocketIPC
 import SocketIPCTesting
 import SocketIPCTestSupport
+import Synchronization
+import SystemPackage
 import Testing
 
 #if canImport(Glibc)
@@ -63,6 +65,80 @@ struct PendingDescriptorTimeoutTests {
             peer.close()
             // Before, the connection stayed until the server stopped.
             #expect(await eventually { server.connections.isEmpty }, "\(server.connections.count) connection(s) left")
+        }
+    }
+
+    @Test("descriptors that wait behind a request the handler has not answered do not count: the connection stays")
+    func waitBehindTheHandlerDoesNotCount() async throws {
+        var options = Self.options()
+        options.maximumConcurrentRequests = 1
+        let gate = HeldRequestGate()
+        var configuration = ClientConfiguration()
+        configuration.connection = options
+        try await withFramedTestServer(
+            configure: { $0.connection = options },
+            makeHandler: { GatedHandler(gate: gate) }
+        ) { _, path in
+            try await Client.withConnection(to: path, configuration: configuration) { connection in
+                async let held = connection.request(ByteBuffer(string: "held"))
+                #expect(await eventually { gate.received.load(ordering: .relaxed) == 1 })
+                // Reading is paused at the one unanswered request: the message's descriptors wait in the relay.
+                let (readEnd, writeEnd) = try FileDescriptor.pipe()
+                defer {
+                    try? readEnd.close()
+                    try? writeEnd.close()
+                }
+                try await connection.send(ByteBuffer(string: "with a descriptor"), descriptors: [readEnd])
+                // Five of the 200 ms periods (at least two checks, unless the machine is slower than that). Before,
+                // the second check closed the connection.
+                try await Task.sleep(for: .seconds(1))
+                gate.open()
+                #expect(String(buffer: try await held) == "held")
+                #expect(await eventually { gate.messages.load(ordering: .relaxed) == 1 }, "the message arrived")
+                #expect(String(buffer: try await connection.request(ByteBuffer(string: "after"))) == "after")
+            }
+        }
+    }
+}
+
+/// Holds the request "held" until ``open()``; answers the others at once; counts the messages.
+private final class HeldRequestGate: Sendable {
+    let received = Atomic<Int>(0)
+    let messages = Atomic<Int>(0)
+    private let waiting = Mutex<(isOpen: Bool, replies: [(Reply, ByteBuffer)])>((false, []))
+
+    func hold(_ reply: Reply, _ request: ByteBuffer) {
+        let now = self.waiting.withLock { state -> Bool in
+            if state.isOpen { return true }
+            state.replies.append((reply, request))
+            return false
+        }
+        if now { reply.succeed(request) }
+    }
+
+    func open() {
+        let replies = self.waiting.withLock { state in
+            state.isOpen = true
+            return state.replies
+        }
+        for (reply, request) in replies { reply.succeed(request) }
+    }
+}
+
+private struct GatedHandler: ConnectionHandler, Sendable {
+    let gate: HeldRequestGate
+
+    func didReceiveMessage(_ message: ByteBuffer, descriptors: ReceivedDescriptors, on connection: Connection) {
+        descriptors.close()
+        self.gate.messages.add(1, ordering: .relaxed)
+    }
+
+    func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {
+        self.gate.received.add(1, ordering: .relaxed)
+        if String(buffer: request) == "held" {
+            self.gate.hold(reply, request)
+        } else {
+            reply.succeed(request)
         }
     }
 }
