@@ -6,7 +6,10 @@
 #include "CSocketIPCLinux.h"
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <poll.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <string.h>
@@ -152,6 +155,63 @@ int csocketipc_close_passed(int descriptor) {
 
 int csocketipc_pipe_cloexec(int ends[2]) {
     return pipe2(ends, O_CLOEXEC);
+}
+
+#define CSOCKETIPC_KEPT_BLOCK_MINIMUM (256 * 1024)
+#define CSOCKETIPC_KEPT_BLOCKS 4
+
+struct csocketipc_kept_blocks {
+    void *blocks[CSOCKETIPC_KEPT_BLOCKS];
+    size_t sizes[CSOCKETIPC_KEPT_BLOCKS];
+    int count;
+};
+
+static __thread struct csocketipc_kept_blocks csocketipc_kept;
+static pthread_key_t csocketipc_kept_key;
+static pthread_once_t csocketipc_kept_once = PTHREAD_ONCE_INIT;
+
+static void csocketipc_free_kept(void *unused) {
+    (void)unused;
+    for (int i = 0; i < csocketipc_kept.count; i++) free(csocketipc_kept.blocks[i]);
+    csocketipc_kept.count = 0;
+}
+
+static void csocketipc_make_kept_key(void) { (void)pthread_key_create(&csocketipc_kept_key, csocketipc_free_kept); }
+
+void *csocketipc_read_buffer_allocate(size_t size) {
+    if (size >= CSOCKETIPC_KEPT_BLOCK_MINIMUM) {
+        struct csocketipc_kept_blocks *kept = &csocketipc_kept;
+        for (int i = 0; i < kept->count; i++) {
+            if (kept->sizes[i] >= size) {
+                void *block = kept->blocks[i];
+                kept->count -= 1;
+                kept->blocks[i] = kept->blocks[kept->count];
+                kept->sizes[i] = kept->sizes[kept->count];
+                return block;
+            }
+        }
+    }
+    return malloc(size);
+}
+
+void *csocketipc_read_buffer_reallocate(void *pointer, size_t old_size, size_t new_size) {
+    (void)old_size;
+    return realloc(pointer, new_size);
+}
+
+void csocketipc_read_buffer_free(void *pointer) {
+    size_t size = malloc_usable_size(pointer);
+    struct csocketipc_kept_blocks *kept = &csocketipc_kept;
+    if (size >= CSOCKETIPC_KEPT_BLOCK_MINIMUM && kept->count < CSOCKETIPC_KEPT_BLOCKS) {
+        // The key's destructor frees what the thread keeps when it ends; it runs only for a non-NULL value.
+        (void)pthread_once(&csocketipc_kept_once, csocketipc_make_kept_key);
+        if (kept->count == 0) (void)pthread_setspecific(csocketipc_kept_key, (void *)1);
+        kept->blocks[kept->count] = pointer;
+        kept->sizes[kept->count] = size;
+        kept->count += 1;
+        return;
+    }
+    free(pointer);
 }
 
 int csocketipc_memfd_create(const char *name) {

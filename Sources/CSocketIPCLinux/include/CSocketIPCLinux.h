@@ -3,6 +3,7 @@
 #define C_SOCKET_IPC_LINUX_H
 
 #if defined(__linux__)
+#include <stddef.h>
 #include <sys/epoll.h>
 
 /// pidfd_send_signal(2) (Linux 5.1), which glibc wraps only from 2.36 and Swift cannot call through the variadic
@@ -24,6 +25,16 @@ long csocketipc_receive_with_descriptors(
 /// on EINTR. Returns the bytes sent (the descriptors travel with the first of them), or -1 with errno.
 long csocketipc_send_with_descriptors(
     int socket, const void *bytes, unsigned long length, const int *descriptors, int count);
+
+/// The memory of a connection's read buffers: malloc(3), except that blocks of 256 KiB or more freed on a thread are
+/// kept for that thread's next ones, at most 4 of them (freed when the thread ends). A connection then needs no pool
+/// of read buffers of its own (SwiftNIO keeps up to 4 per channel, as large as its largest read, for as long as it is
+/// open), and a large read still gets memory already mapped, without the page faults of fresh memory.
+void *csocketipc_read_buffer_allocate(size_t size);
+/// realloc(3) for csocketipc_read_buffer_allocate's memory.
+void *csocketipc_read_buffer_reallocate(void *pointer, size_t old_size, size_t new_size);
+/// Frees (or keeps for the thread's next large read buffer) memory of csocketipc_read_buffer_allocate.
+void csocketipc_read_buffer_free(void *pointer);
 
 /// memfd_create(2) with MFD_CLOEXEC and MFD_ALLOW_SEALING: a descriptor of anonymous shared memory, or -1 with errno.
 int csocketipc_memfd_create(const char *name);

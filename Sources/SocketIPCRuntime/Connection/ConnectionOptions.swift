@@ -144,11 +144,11 @@ public struct ConnectionOptions: Sendable {
     }
 
     /// How connections size their read buffers: from 128 bytes up to 1 MiB as traffic demands (the allocator
-    /// doubles after a read that filled the buffer and shrinks after reads that did not). NIO keeps a connection's
-    /// last read buffer for reuse, so a small start keeps idle connections small, and the large end lets a large
-    /// message arrive in a few reads, each copied once.
-    static var receiveAllocator: AdaptiveRecvByteBufferAllocator {
-        AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 128, maximum: 1024 * 1024)
+    /// doubles after a read that filled the buffer and shrinks after reads that did not). A small start keeps idle
+    /// connections small, and the large end lets a large message arrive in a few reads, each copied once; an idle
+    /// connection keeps none of its large buffers (``UnpooledAdaptiveRecvAllocator``).
+    static var receiveAllocator: UnpooledAdaptiveRecvAllocator {
+        UnpooledAdaptiveRecvAllocator(minimum: 64, initial: 128, maximum: 1024 * 1024)
     }
 
     /// Sets the socket options these options ask for on a connection's own socket, when its channel does not own it:
