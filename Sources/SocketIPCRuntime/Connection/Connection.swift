@@ -50,12 +50,6 @@ public final class Connection: Sendable {
     let sharedOptions: SharedConnectionOptions
     /// The connection's limits and timeouts.
     var options: ConnectionOptions { self.sharedOptions.value }
-    /// The bytes of the large messages (64 KiB or more) its calls hold for readers that have not taken them, across
-    /// all of its calls (kept by the services layer): at most ``maximumHeldCallMessageBytes``.
-    package let heldCallMessageBytes = Atomic<Int>(0)
-    /// The most bytes of large messages the connection's calls may hold for their readers beyond one message: its
-    /// ``ConnectionOptions/maximumMessageSize``, as for the payloads of the peer's unanswered requests.
-    package var maximumHeldCallMessageBytes: Int { self.options.effectiveMaximumMessageSize }
     /// Runs the client's tasks on the channel's event loop (`Client.withConnection`).
     let taskExecutor: EventLoopTaskExecutor
     /// The event loop's spare buffers: for coalescing (taken when the queue needs one, given back after each flush)
