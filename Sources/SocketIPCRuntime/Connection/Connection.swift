@@ -137,7 +137,8 @@ public final class Connection: Sendable {
             StateMachine(
                 writeBufferHighWatermark: options.writeBufferHighWatermark,
                 maximumConcurrentRequests: options.maximumConcurrentRequests,
-                maximumUnansweredRequestBytes: options.effectiveMaximumMessageSize
+                maximumUnansweredRequestBytes: options.effectiveMaximumMessageSize,
+                maximumHeldCallMessageBytes: options.effectiveMaximumMessageSize
             )
         )
     }
@@ -367,15 +368,15 @@ public final class Connection: Sendable {
             if !registered { DescriptorRelay.closeAll(group) }
         }
         if action.scheduleFlush { self.scheduleFlush() }
-        if action.resumeReading { self.resumeReadingForRequests() }
+        if action.resumeReading { self.resumeReading() }
         if action.close { self.closeAfterGoingAway() }
     }
 
     /// Tells the channel handler, on the event loop, that it may read again.
     @inline(never)
-    private func resumeReadingForRequests() {
+    func resumeReading() {
         let channel = self.channel
-        self.eventLoop.execute { channel.pipeline.fireUserInboundEventTriggered(RequestsAnswered()) }
+        self.eventLoop.execute { channel.pipeline.fireUserInboundEventTriggered(ReadingMayResume()) }
     }
 
     /// Queues a frame of `kind` whose payload of `length` bytes travels in the shared memory `memory` (owned by the

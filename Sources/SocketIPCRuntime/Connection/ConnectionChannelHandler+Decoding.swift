@@ -4,8 +4,9 @@ import NIOCore
 enum DecodeStep: Equatable {
     /// Go on with the next frame.
     case next
-    /// The peer's unanswered requests reached the maximum: hand out nothing more for now.
-    case pauseForRequests
+    /// The peer's unanswered requests reached the maximum, or its calls' large messages held for readers theirs: hand
+    /// out nothing more for now (but replies, pings, pongs and credit).
+    case pauseReading
     /// The peer went away with a reason other than `0x00`: close.
     case peerFailed
     /// A call frame broke the protocol: say going-away `0x01` and close.
@@ -129,9 +130,9 @@ extension ConnectionChannelHandler {
         switch step {
         case .next:
             break
-        case .pauseForRequests:
-            if connection.pauseReadingForRequests() {
-                self.inbound.isPausedForRequests = true
+        case .pauseReading:
+            if connection.pauseReading() {
+                self.inbound.isPaused = true
                 if self.inbound.partial != nil {
                     self.handOutRepliesWhilePaused(context: context, connection: connection)
                 }
@@ -174,10 +175,11 @@ extension ConnectionChannelHandler {
         self.readIfHeld(context: context)
     }
 
-    /// While paused for requests: hands out the replies (with their descriptors), error replies, pings and pongs among
-    /// the bytes kept (a ping is answered at once, so that a busy peer is not taken for a frozen one), and moves the other
-    /// frames among them (requests, messages, going-away), in order, to the held frames; keeps the start of an
-    /// unfinished frame. A going-away is held too, so that it still comes after the requests sent before it.
+    /// While paused (for requests, or for call messages readers have not taken): hands out the replies (with their
+    /// descriptors), error replies, pings, pongs and call credit among the bytes kept (a ping is answered at once, so
+    /// that a busy peer is not taken for a frozen one), and moves the other frames among them (requests, messages,
+    /// call frames, going-away), in order, to the held frames; keeps the start of an unfinished frame. A going-away
+    /// is held too, so that it still comes after the requests sent before it.
     func handOutRepliesWhilePaused(context: ChannelHandlerContext, connection: Connection) {
         guard var partial = self.inbound.partial.take(), self.state.mayHandleFrames else { return }
         var handler = self.handler.take()!
@@ -206,6 +208,14 @@ extension ConnectionChannelHandler {
                     }
                     if step.yields { step = .next }
                     partial.bytes = after
+                case .call(let id, .credit) where !self.inbound.heldCallOpens.contains(id):
+                    // Credit is for what this side sends, not for the frames held: handed out at once, so that a
+                    // handler waiting for it to send (and only then taking its messages, which ends a pause for
+                    // them) is not kept waiting by the pause. Credit for a call whose open is held waits with it.
+                    step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: .max)
+                case .call(let id, .open):
+                    self.inbound.heldCallOpens.insert(id)
+                    self.inbound.hold(before.readSlice(length: partial.bytes.readerIndex - before.readerIndex)!)
                 case .request, .message, .goAway, .call:
                     self.inbound.hold(before.readSlice(length: partial.bytes.readerIndex - before.readerIndex)!)
                 default:
@@ -243,9 +253,9 @@ extension ConnectionChannelHandler {
         }
     }
 
-    /// Answers made room for more requests: hand out the frames kept meanwhile, then read again.
-    func resumeAfterAnswers(context: ChannelHandlerContext) {
-        guard self.inbound.isPausedForRequests, let connection = self.connection, self.state.mayHandleFrames else {
+    /// Answers or readers made room: hand out the frames kept meanwhile, then read again.
+    func resumeAfterPause(context: ChannelHandlerContext) {
+        guard self.inbound.isPaused, let connection = self.connection, self.state.mayHandleFrames else {
             return
         }
         self.inbound.endPause()
@@ -296,15 +306,25 @@ extension ConnectionChannelHandler {
             }
             // Kept until answered: not as a slice that holds its whole read buffer.
             handler.didReceiveRequest(payload.compacted(), reply: reply, on: connection)
-            if unanswered >= maximumRequests { return .pauseForRequests }
+            if unanswered >= maximumRequests { return .pauseReading }
         case .reply:
             connection.replyReceived(id: id, result: .success(payload))
         default:
+            let size = payload.readableBytes
             if let violation = connection.callFrameReceived(.message(payload), id: id) {
                 return .violation(violation)
             }
+            if size >= InboundMessages.largeMessageSize { return Self.afterLargeCallMessage(connection) }
         }
         return .next
+    }
+
+    /// After a large call message (``InboundMessages/largeMessageSize`` or more): ``DecodeStep/pauseReading`` if the
+    /// peer's calls now hold more such bytes for their readers than the connection lets them
+    /// (`Connection.callMessagesHeld(_:)`).
+    @inline(never)
+    static func afterLargeCallMessage(_ connection: Connection) -> DecodeStep {
+        connection.callMessagesOverBudget() ? .pauseReading : .next
     }
 
     /// Hands a frame to the handler, to the request that waits for it, or to the connection.
@@ -330,7 +350,7 @@ extension ConnectionChannelHandler {
             }
             // Kept until answered: not as a slice that holds its whole read buffer.
             handler.didReceiveRequest(payload.compacted(), reply: reply, on: connection)
-            if unanswered >= maximumRequests { return .pauseForRequests }
+            if unanswered >= maximumRequests { return .pauseReading }
         case .reply(let id, let payload):
             connection.replyReceived(id: id, result: .success(payload))
         case .errorReply(let id, let message):
@@ -341,6 +361,9 @@ extension ConnectionChannelHandler {
         case .call(let id, let callFrame):
             if let violation = connection.callFrameReceived(callFrame, id: id) { return .violation(violation) }
             if case .cancel = callFrame, let wait = connection.cancelReceived(id: id) { return .throttle(wait) }
+            if case .message(let payload) = callFrame, payload.readableBytes >= InboundMessages.largeMessageSize {
+                return Self.afterLargeCallMessage(connection)
+            }
         case .ping(let id):
             if let flood = connection.answerOwed() { return .violation(flood) }
             connection.pingReceived(id: id)
@@ -403,7 +426,7 @@ extension ConnectionChannelHandler {
                     return .violation(Connection.floodError)
                 }
                 handler.didReceiveRequest(mapping, reply: reply, on: connection)
-                return unanswered >= maximumRequests ? .pauseForRequests : .yieldTurn
+                return unanswered >= maximumRequests ? .pauseReading : .yieldTurn
             default:
                 break
             }
@@ -428,14 +451,17 @@ extension ConnectionChannelHandler {
             handler.didReceiveRequest(
                 payload.compacted(), descriptors: descriptors, reply: reply, on: connection
             )
-            if unanswered >= maximumRequests { return .pauseForRequests }
+            if unanswered >= maximumRequests { return .pauseReading }
         case .reply(let id, let payload):
             passing.replyArrived(id, descriptors: descriptors)
             connection.replyReceived(id: id, result: .success(payload))
         case .call(let id, let callFrame):
-            guard case .message = callFrame else { fallthrough }
+            guard case .message(let payload) = callFrame else { fallthrough }
             if let violation = connection.callFrameReceived(callFrame, id: id, descriptors: descriptors) {
                 return .violation(violation)
+            }
+            if payload.readableBytes >= InboundMessages.largeMessageSize {
+                return Self.afterLargeCallMessage(connection)
             }
         default:
             descriptors.close()

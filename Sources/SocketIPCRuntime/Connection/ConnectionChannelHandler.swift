@@ -15,10 +15,12 @@ import NIOCore
 ///   read. (Not on a client: what a client reads never makes it write, and a client that stopped reading replies
 ///   while its requests wait for the server could deadlock with a server that stopped reading for the same reason.)
 /// - when the peer's unanswered requests reach ``ConnectionOptions/maximumConcurrentRequests``, no further request or
-///   message is handed out, even from the middle of a read, until an answer makes room. Meanwhile it goes on reading
-///   replies (a handler may be waiting for one from this same peer before it can answer), keeping the requests,
-///   messages and going-away frames that come with them, in order, up to ``pausedReadLimit`` bytes; past that it
-///   reads nothing more.
+///   message is handed out, even from the middle of a read, until an answer makes room; so too when the large
+///   messages its calls hold for readers that have not taken them exceed ``ConnectionOptions/maximumMessageSize``
+///   across the connection's calls, until readers take enough of them. Meanwhile it goes on reading replies, pings,
+///   pongs and call credit (a handler may be waiting for one from this same peer before it can answer, or send),
+///   keeping the requests, messages, call frames and going-away frames that come with them, in order, up to
+///   ``pausedReadLimit`` bytes; past that it reads nothing more.
 /// - until the connection is set up (its peer's credentials read), nothing is read.
 /// It closes a connection whose peer sent no complete hello within the handshake timeout (server side), and one that
 /// stayed idle for ``ConnectionOptions/idleTimeout``.
@@ -43,7 +45,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
     /// Whether a frame is being handed to the user's handler: a close it causes is reported after it returns, so the
     /// handler is never re-entered.
     var dispatching = false
-    /// How many bytes a connection paused for requests keeps (requests and messages held, and the start of the
+    /// How many bytes a paused connection keeps (requests, messages and call frames held, and the start of the
     /// frame being read) before it stops reading: 1 MiB.
     static var pausedReadLimit: Int { 1024 * 1024 }
     var handshakeTimer: Scheduled<Void>?
@@ -170,7 +172,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
 
     @inline(__always)
     private func mustHoldReads(context: ChannelHandlerContext) -> Bool {
-        ((self.inbound.isPausedForRequests || self.inbound.isYielding) && self.inbound.bytesKept >= Self.pausedReadLimit)
+        ((self.inbound.isPaused || self.inbound.isYielding) && self.inbound.bytesKept >= Self.pausedReadLimit)
             || (self.pausesReadingWhileUnwritable && !context.channel.isWritable)
             || self.connection == nil
     }
@@ -192,7 +194,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         }
         if self.options.idleTimeout != nil { self.lastActivity = .now() }
         connection.readBatchStarted()
-        if self.inbound.isPausedForRequests {
+        if self.inbound.isPaused {
             self.inbound.append(incoming)
             self.handOutRepliesWhilePaused(context: context, connection: connection)
             return
@@ -219,8 +221,8 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is RequestsAnswered {
-            self.resumeAfterAnswers(context: context)
+        if event is ReadingMayResume {
+            self.resumeAfterPause(context: context)
         } else if event is YieldedTurnEnded {
             self.resumeAfterYield(context: context)
         } else if let violation = event as? RelayViolation {

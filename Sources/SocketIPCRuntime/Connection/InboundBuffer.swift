@@ -2,13 +2,16 @@ import NIOCore
 
 /// The bytes a framed connection has read and not yet handed out, and whether reading is paused or held.
 struct InboundBuffer {
-    /// The start of a frame a read left unfinished; while paused for requests, also the bytes not yet looked at.
+    /// The start of a frame a read left unfinished; while paused, also the bytes not yet looked at.
     var partial: FrameAssembler?
-    /// The requests and messages read while paused for requests, as their frames' bytes in order: they come before
+    /// The requests, messages and call frames read while paused, as their frames' bytes in order: they come before
     /// the bytes of ``partial`` once the pause ends.
     var held: ByteBuffer?
-    /// Whether requests and messages are not handed out until an answer makes room for more requests.
-    var isPausedForRequests = false
+    /// The ids of the call opens among ``held``: credit for those calls is held too, not handed out before them.
+    var heldCallOpens: Set<UInt32> = []
+    /// Whether requests, messages and call frames are not handed out until an answer makes room for more requests,
+    /// or readers take enough of the large call messages they hold.
+    var isPaused = false
     /// Whether frames are not handed out until the event loop's next turn, after a payload in shared memory
     /// (``DecodeStep/yieldTurn``); reads meanwhile add to ``partial``.
     var isYielding = false
@@ -42,7 +45,8 @@ struct InboundBuffer {
 
     /// Ends a pause: the frames held come first, then what is still kept.
     mutating func endPause() {
-        self.isPausedForRequests = false
+        self.isPaused = false
+        self.heldCallOpens = []
         guard var held = self.held.take() else { return }
         if let rest = self.partial.take() { held.writeImmutableBuffer(rest.bytes) }
         self.partial = FrameAssembler(held)
@@ -52,6 +56,7 @@ struct InboundBuffer {
     mutating func discard() {
         self.partial = nil
         self.held = nil
+        self.heldCallOpens = []
     }
 
     /// The start of a frame a read left unfinished, kept for the next read. A small rest is copied out of the read

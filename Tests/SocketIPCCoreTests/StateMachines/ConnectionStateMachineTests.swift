@@ -89,7 +89,7 @@ struct ConnectionStateMachineTests {
         let second = machine.requestReceived(id: 2, bytes: large)
         #expect(second.unanswered == 2)
         #expect(machine.requestReceived(id: 3, bytes: large).unanswered == .max, "the bytes reached the limit")
-        #expect(machine.pauseReadingForRequests() == .pause)
+        #expect(machine.pauseReading() == .pause)
         // Before, any answer resumed reading: a small one let more large ones in.
         #expect(!Self.answer(1, first.ticket, on: &machine).resumeReading, "the large ones still hold the bytes")
         #expect(Self.answer(2, second.ticket, on: &machine).resumeReading)
@@ -97,7 +97,7 @@ struct ConnectionStateMachineTests {
         var reused = Machine(writeBufferHighWatermark: 1024, maximumConcurrentRequests: 100, maximumUnansweredRequestBytes: 2 * large)
         let reusedFirst = reused.requestReceived(id: 5, bytes: large)
         #expect(reused.requestReceived(id: 5, bytes: large).unanswered == .max)
-        #expect(reused.pauseReadingForRequests() == .pause)
+        #expect(reused.pauseReading() == .pause)
         // Before, the first answer for the id took both requests' bytes away.
         _ = Self.answer(5, reusedFirst.ticket, on: &reused)
         #expect(
@@ -114,6 +114,38 @@ struct ConnectionStateMachineTests {
             mixed.requestReceived(id: 7, bytes: large).unanswered == .max,
             "the large request of id 5 still holds its bytes"
         )
+    }
+
+    @Test("large call messages held for readers pause reading beyond their budget (one always passes); only the change that clears every limit resumes it")
+    func heldCallMessageBytes() {
+        let large = Machine.largeRequestSize
+        var machine = Machine(
+            writeBufferHighWatermark: 1024, maximumConcurrentRequests: 1, maximumUnansweredRequestBytes: 2 * large,
+            maximumHeldCallMessageBytes: 2 * large
+        )
+        var resumes = machine.callMessagesHeld(2 * large)
+        #expect(!resumes, "not paused: nothing to resume")
+        #expect(!machine.callMessagesOverBudget, "up to the budget")
+        var pause = machine.pauseReading()
+        #expect(pause == .keepReading)
+        resumes = machine.callMessagesHeld(large)
+        #expect(!resumes)
+        #expect(machine.callMessagesOverBudget)
+        pause = machine.pauseReading()
+        #expect(pause == .pause)
+        #expect(machine.heldCallMessageBytes == 3 * large)
+        // A request at the number's limit meanwhile: taking the messages alone does not resume reading.
+        let request = machine.requestReceived(id: 1, bytes: 10)
+        resumes = machine.callMessagesHeld(-large)
+        #expect(!resumes, "the request still holds the number")
+        #expect(Self.answer(1, request.ticket, on: &machine).resumeReading)
+        resumes = machine.callMessagesHeld(large)
+        #expect(!resumes, "not paused")
+        pause = machine.pauseReading()
+        #expect(pause == .pause)
+        resumes = machine.callMessagesHeld(-3 * large)
+        #expect(resumes, "the readers took them: reading goes on")
+        #expect(machine.heldCallMessageBytes == 0)
     }
 
     @Test("a message is queued as its frame's bytes; the first frame schedules a flush, the next ones ride along")
@@ -392,15 +424,15 @@ struct ConnectionStateMachineTests {
     }
 
     @Test("reading pauses at the maximum of unanswered requests, and only the first answer resumes it")
-    func pauseForRequests() {
+    func pauseReading() {
         var machine = Self.machine(maximumRequests: 2)
         let first = machine.requestReceived(id: 1)
         #expect(first.unanswered == 1)
         // Room was made before the channel handler asked: it keeps reading.
-        #expect(machine.pauseReadingForRequests() == .keepReading)
+        #expect(machine.pauseReading() == .keepReading)
         let second = machine.requestReceived(id: 2)
         #expect(second.unanswered == 2)
-        #expect(machine.pauseReadingForRequests() == .pause)
+        #expect(machine.pauseReading() == .pause)
         #expect(Self.answer(1, first.ticket, on: &machine).resumeReading)
         #expect(!Self.answer(2, second.ticket, on: &machine).resumeReading)
         #expect(machine.unansweredRequestCount == 0)
@@ -411,7 +443,7 @@ struct ConnectionStateMachineTests {
         var machine = Self.machine(maximumRequests: 2)
         let first = machine.requestReceived(id: 1)
         let second = machine.requestReceived(id: 2)
-        #expect(machine.pauseReadingForRequests() == .pause)
+        #expect(machine.pauseReading() == .pause)
         #expect(Self.answer(1, first.ticket, on: &machine).resumeReading)
         let nothing = Machine.AnswerAction(scheduleFlush: false, resumeReading: false, close: false)
         #expect(Self.answer(1, first.ticket, on: &machine) == nothing)
