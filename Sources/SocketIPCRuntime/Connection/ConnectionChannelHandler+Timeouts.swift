@@ -89,6 +89,15 @@ extension ConnectionChannelHandler {
     func fail(_ error: SocketIPCError, context: ChannelHandlerContext) {
         guard case .tellPeerAndClose(let error) = self.state.protocolFailed(error) else { return }
         self.tellPeerAndClose(error, context: context, linger: true)
+        // The connection is over for its users now, not once the going-away is written: a peer that does not read
+        // may keep that write waiting up to closeTimeout (found by a review: a client that closed a flooding server
+        // reported isOpen and no closeReason, and held its requests and calls, for 10 s). Its requests and calls fail
+        // with the error at once and new ones are refused; connectionDidClose, and a server's count of its user's
+        // connections, still wait for the socket's close.
+        if let connection = self.connection {
+            connection.closed(error: error)
+            connection.callsClosed(error: error)
+        }
     }
 
     /// Tells the peer why (a going-away frame) and closes.

@@ -78,4 +78,48 @@ struct FloodingServerTests {
             #expect(connection.closeReason?.code == .protocolViolation, "\(String(describing: connection.closeReason))")
         }
     }
+
+    @Test(
+        "a client that closes a flooding server is closed for its users at once: its request fails, isOpen and closeReason say so, before its going-away is written",
+        .timeLimit(.minutes(1))
+    )
+    func closedForUsersAtOnce() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/flood.sock"
+            let listener = try makeStaleSocket(at: path, listening: true)
+            defer { close(listener) }
+            var configuration = ClientConfiguration()
+            // Far longer than the test's time limit: before, the request below failed only at this close.
+            configuration.connection.closeTimeout = .seconds(3600)
+            let connecting = Task { try await Client.connect(to: path, configuration: configuration) }
+            let server = try await acceptConnection(on: listener)
+            defer { close(server) }
+            // The hello, then pings without reading anything, until the socket is shut down below.
+            let flooding = Task {
+                try await onOwnThread {
+                    let hello = serverHelloBytes
+                    guard hello.withUnsafeBytes({ send(server, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == hello.count
+                    else { throw RawSocketError.failed("send", errno) }
+                    let burst = [UInt8](Array(repeating: [0, 0, 0, 5, 0x0B, 0, 0, 0, 1] as [UInt8], count: 4096).joined())
+                    while burst.withUnsafeBytes({ send(server, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) >= 0
+                        || errno == EINTR
+                    {}
+                }
+            }
+            let connection = try await connecting.value
+            let error = await #expect(throws: SocketIPCError.self) {
+                _ = try await connection.request(ByteBuffer(string: "never answered"))
+            }
+            #expect(error?.code == .protocolViolation, "\(String(describing: error))")
+            #expect(!connection.isOpen)
+            #expect(connection.closeReason?.code == .protocolViolation, "\(String(describing: connection.closeReason))")
+            let refused = await #expect(throws: SocketIPCError.self) {
+                _ = try await connection.request(ByteBuffer(string: "after"))
+            }
+            #expect(refused?.code == .protocolViolation)
+            shutdown(server, Int32(SHUT_RDWR))
+            try await flooding.value
+            await connection.waitUntilClosed()
+        }
+    }
 }
