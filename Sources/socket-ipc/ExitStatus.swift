@@ -19,6 +19,7 @@ import Darwin
 /// | 4 | refused: the server's authorization policy does not serve this user, or the file system denies access |
 /// | 5 | timed out: `--timeout` passed, or the server sent no hello in time |
 /// | 6 | the server serves no method of that name |
+/// | 73 | `serve`, `listen`: the socket cannot be served: another server serves on the path, something that is not a socket (a FIFO, a symbolic link, a file) is there, its directory is missing or not safe, or the file system refuses (`EX_CANTCREAT` of sysexits(3)) |
 /// | 64 | usage: a bad option or argument, a request that is not JSON, a file that cannot be read (`EX_USAGE` of sysexits(3), as ArgumentParser's validation errors) |
 /// | 74 | writing standard output failed (a full disk, an I/O error; `EX_IOERR` of sysexits(3)); a closed standard output ends the command as `SIGPIPE` does |
 enum ExitStatus {
@@ -27,6 +28,7 @@ enum ExitStatus {
     static let refused = ExitCode(4)
     static let timedOut = ExitCode(5)
     static let unknownMethod = ExitCode(6)
+    static let cannotServe = ExitCode(73)
     static let usage = ExitCode.validationFailure
     static let outputFailed = ExitCode(74)
 
@@ -36,7 +38,8 @@ enum ExitStatus {
         MESSAGE` and then its details as JSON on standard error; a handler that failed; a message too large); 3 no \
         connection (nothing listens, a stale socket file, not a socket, not a SocketIPC server, the wrong style: \
         --eof) or the connection was lost; 4 refused (the server's authorization policy, or file permissions); 5 \
-        timed out (--timeout); 6 no such method; 64 usage (a bad option, a request that is not JSON); 74 writing \
+        timed out (--timeout); 6 no such method; 73 serve or listen cannot serve the socket (another server \
+        serves on the path, something that is not a socket is there, an unsafe or missing directory); 64 usage (a bad option, a request that is not JSON); 74 writing \
         standard output failed (a full disk).
         """
 
@@ -79,6 +82,9 @@ enum ExitStatus {
         case let error as UsageError:
             Output.error(error.message)
             return Self.usage
+        case let failure as ServingFailure:
+            Output.error(Diagnosis.explain(failure.error))
+            return Self.cannotServe
         case let error as CommandFailure:
             Output.error(error.message)
             return error.status
@@ -98,4 +104,26 @@ struct UsageError: Error {
 struct CommandFailure: Error {
     var message: String
     var status: ExitCode
+}
+
+/// `serve` or `listen` could not start serving its socket (the library's error, reported as it is): exits with
+/// ``ExitStatus/cannotServe``, not with a client's statuses, which speak of a server's answer or of no server.
+struct ServingFailure: Error {
+    var error: SocketIPCError
+
+    /// The codes of the errors a server meets while it sets up its socket.
+    static let codes: Set<SocketIPCError.Code> = [
+        .addressInUse, .pathOccupied, .invalidPath, .parentDirectoryMissing, .insecureDirectory, .systemCall,
+        .invalidConfiguration,
+    ]
+
+    /// Runs `body` (a server that runs until it is shut down): an error of ``codes`` that it throws becomes a
+    /// ``ServingFailure``; any other is thrown as it is.
+    static func reporting(_ body: () async throws -> Void) async throws {
+        do {
+            try await body()
+        } catch let error as SocketIPCError where Self.codes.contains(error.code) {
+            throw ServingFailure(error: error)
+        }
+    }
 }

@@ -94,7 +94,7 @@ struct ServeCommandTests {
             let before = try #require(fileStatus(path))
 
             let second = try await runCLI(["serve", "--socket", path])
-            #expect(second.status == 1)
+            #expect(second.status == 73, "EX_CANTCREAT: the socket cannot be served")
             #expect(
                 second.error.hasPrefix("error: another server is serving on \(path)"), "stderr: \(second.error)")
             #expect(!second.output.contains("listening on"))

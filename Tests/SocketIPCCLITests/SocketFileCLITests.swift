@@ -35,7 +35,7 @@ struct SocketFileCLITests {
             )
             let status = await server.waitForExit()
             let error = await server.standardError.text()
-            #expect(status == 1)
+            #expect(status == 73, "EX_CANTCREAT: the socket cannot be served")
             #expect(error.contains("Permission denied"), "the cause is named: \(error)")
             #expect(error.contains("left untouched"), "\(error)")
             #expect(fileStatus(path) == before, "the victim's socket file is unchanged")
@@ -75,4 +75,29 @@ private func listeningSocket(at path: String, mode: mode_t) throws -> Int32 {
         throw POSIXError(.EADDRINUSE)
     }
     return descriptor
+}
+
+extension SocketFileCLITests {
+    @Test(
+        "serve and listen on a path taken by something that is not a socket exit 73 (EX_CANTCREAT), name it, and leave it untouched",
+        arguments: [["serve"], ["listen"]], ["fifo", "symlink", "file"]
+    )
+    func pathTaken(command: [String], kind: String) async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/taken.sock"
+            switch kind {
+            case "fifo": #expect(mkfifo(path, 0o600) == 0)
+            case "symlink": #expect(symlink(directory + "/elsewhere", path) == 0)
+            default: #expect(FileManager.default.createFile(atPath: path, contents: Data("keep".utf8)))
+            }
+            var before = stat()
+            #expect(lstat(path, &before) == 0)
+            let result = try await runCLI(command + [path])
+            #expect(result.status == 73, "stderr: \(result.error)")
+            #expect(result.error.contains(path), "the path is named: \(result.error)")
+            #expect(!result.output.contains("listening on"))
+            var after = stat()
+            #expect(lstat(path, &after) == 0 && after.st_ino == before.st_ino && after.st_mode == before.st_mode)
+        }
+    }
 }

@@ -143,7 +143,7 @@ struct ListenCommand: AsyncParsableCommand {
             await group.triggerGracefulShutdown()
         }
         defer { stopper.cancel() }
-        try await group.run()
+        try await ServingFailure.reporting { try await group.run() }
         // Not the last message printed: SIGINT, SIGTERM or SIGHUP.
         if !printer.reachedLimit { Output.stoppedBySignal() }
     }

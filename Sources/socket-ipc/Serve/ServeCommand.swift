@@ -161,7 +161,7 @@ struct ServeCommand: AsyncParsableCommand {
             logger: logger
         )
         do {
-            try await group.run()
+            try await ServingFailure.reporting { try await group.run() }
         } catch {
             await oneWayRuns.finish(gracePeriod: gracePeriod)
             throw error
