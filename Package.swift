@@ -84,6 +84,7 @@ let package = Package(
             name: "socket-ipc",
             dependencies: [
                 "SocketIPC",
+                "CSocketIPCLinux",
                 "SocketIPCBenchmarkWorkloads",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

@@ -9,6 +9,7 @@
 #include <malloc.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -16,11 +17,90 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #ifndef SYS_pidfd_send_signal
 #define SYS_pidfd_send_signal 424
 #endif
+
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+
+/// In the child of csocketipc_spawn_killed_with_parent: makes `descriptor` the child's `target`, open across exec.
+static int csocketipc_move_descriptor(int descriptor, int target) {
+    if (descriptor == target) {
+        int flags = fcntl(descriptor, F_GETFD);
+        return flags < 0 ? -1 : fcntl(descriptor, F_SETFD, flags & ~FD_CLOEXEC);
+    }
+    return dup2(descriptor, target) < 0 ? -1 : 0;
+}
+
+int csocketipc_spawn_killed_with_parent(
+    const char *path, char *const arguments[], char *const environment[], int input, int output, int error) {
+    int report[2];
+    if (pipe2(report, O_CLOEXEC) != 0) return -1;
+    pid_t parent = getpid();
+    // Every signal blocked across fork, so that no handler of this process runs in the child before its dispositions
+    // are the defaults.
+    sigset_t all, previous;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &previous);
+    pid_t child = fork();
+    if (child == 0) {
+        // The child of a multithreaded process: async-signal-safe calls only, until exec.
+        struct sigaction defaults;
+        memset(&defaults, 0, sizeof defaults);
+        defaults.sa_handler = SIG_DFL;
+        for (int signal = 1; signal < NSIG; signal++) (void)sigaction(signal, &defaults, NULL);
+        int code = 0;
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) code = errno;
+        // The parent may have died before the line above: then nobody would kill this child.
+        if (code == 0 && getppid() != parent) code = ESRCH;
+        if (code == 0 && setpgid(0, 0) != 0) code = errno;
+        if (code == 0 && (csocketipc_move_descriptor(input, 0) != 0 || csocketipc_move_descriptor(output, 1) != 0
+                             || csocketipc_move_descriptor(error, 2) != 0))
+            code = errno;
+        if (code == 0) {
+            // Every other descriptor closes on exec, also one opened without O_CLOEXEC (Linux 5.11; before, those
+            // the process opens are close-on-exec already).
+            (void)syscall(SYS_close_range, 3u, ~0u, CLOSE_RANGE_CLOEXEC);
+            sigset_t none;
+            sigemptyset(&none);
+            sigprocmask(SIG_SETMASK, &none, NULL);
+            execve(path, arguments, environment);
+            code = errno;
+        }
+        ssize_t ignored = write(report[1], &code, sizeof code);
+        (void)ignored;
+        _exit(127);
+    }
+    int forkError = errno;
+    pthread_sigmask(SIG_SETMASK, &previous, NULL);
+    close(report[1]);
+    if (child < 0) {
+        close(report[0]);
+        errno = forkError;
+        return -1;
+    }
+    // The report pipe closes at exec (O_CLOEXEC): no bytes means the program runs.
+    int code = 0;
+    ssize_t count;
+    do {
+        count = read(report[0], &code, sizeof code);
+    } while (count < 0 && errno == EINTR);
+    close(report[0]);
+    if (count == (ssize_t)sizeof code) {
+        while (waitpid(child, NULL, 0) < 0 && errno == EINTR) {}
+        errno = code;
+        return -1;
+    }
+    return child;
+}
 
 int csocketipc_pidfd_send_signal(int pidfd, int signal) {
     return (int)syscall(SYS_pidfd_send_signal, pidfd, signal, (void *)0, 0u);

@@ -60,6 +60,44 @@ struct ServeExecTests {
         }
     }
 
+    @Test("a command still running when serve is killed with SIGKILL dies with it (PR_SET_PDEATHSIG), where it ran on")
+    func commandDiesWithKilledServer() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let fifo = directory + "/held"
+            #expect(mkfifo(fifo, 0o600) == 0)
+            // The shell becomes `sleep` (exec), holding the FIFO open for writing: the reader below sees its end-of-file
+            // once that process has ended.
+            let command = "exec sleep 300 3>'\(fifo)'"
+            let path = directory + "/s.sock"
+            try await withServeCommand(at: path, ["--exec", command]) { server in
+                let requester = try TestProcess.socketIPC(["request", path, "wait"])
+                // Opening the FIFO waits for the command to open it: it runs.
+                let reader = open(fifo, O_RDONLY)
+                try #require(reader >= 0)
+                defer { close(reader) }
+                server.signal(SIGKILL)
+                #expect(await server.waitForExit() == 128 + SIGKILL)
+                let ended = await withCheckedContinuation { continuation in
+                    Thread {
+                        // A safety net, not a wait: the command's end comes at once; before, it ran for its 300 s.
+                        var entry = pollfd(fd: reader, events: Int16(POLLIN), revents: 0)
+                        while true {
+                            let ready = poll(&entry, 1, 20_000)
+                            if ready < 0 && errno == EINTR { continue }
+                            guard ready > 0 else { return continuation.resume(returning: false) }
+                            var byte: UInt8 = 0
+                            let count = read(reader, &byte, 1)
+                            if count < 0 && errno == EINTR { continue }
+                            return continuation.resume(returning: count == 0)
+                        }
+                    }.start()
+                }
+                #expect(ended, "the command outlived the server it was started by")
+                #expect(await requester.waitForExit() == 3, "the requester lost its connection")
+            }
+        }
+    }
+
     @Test("the command gets the peer's identity as ucspi-unix gives it: PROTO, UNIXREMOTEEUID, -EGID, -PID")
     func environment() async throws {
         let command = #"printf '%s' "$PROTO $UNIXREMOTEEUID $UNIXREMOTEEGID $UNIXREMOTEPID $SOCKETIPC_KIND""#

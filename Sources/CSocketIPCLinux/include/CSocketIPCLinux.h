@@ -48,6 +48,16 @@ int csocketipc_pipe_cloexec(int ends[2]);
 /// Names the calling thread (prctl(PR_SET_NAME): the first 15 bytes show in /proc and debuggers): 0, or -1 with errno.
 int csocketipc_set_thread_name(const char *name);
 
+/// Starts the program at `path` with `arguments` and `environment` (each ending with NULL), as posix_spawn(3) would
+/// with POSIX_SPAWN_SETPGROUP (a process group of its own), POSIX_SPAWN_SETSIGDEF for every signal and an empty
+/// signal mask; `input`, `output` and `error` become its descriptors 0, 1 and 2, and every other one is closed on
+/// exec. Unlike posix_spawn, the child also gets PR_SET_PDEATHSIG with SIGKILL: it is killed when the thread that
+/// started it ends, and so when this process ends, even by SIGKILL (which leaves no chance to kill it otherwise).
+/// Call it on a thread that lives as long as the child should. Returns the child's process id, or -1 with errno
+/// (the child's, when exec failed: the child has then been reaped).
+int csocketipc_spawn_killed_with_parent(
+    const char *path, char *const arguments[], char *const environment[], int input, int output, int error);
+
 /// poll(2)'s POLLRDHUP (the peer, or another holder, shut down the reading side), which <poll.h> shows only with
 /// _GNU_SOURCE.
 extern const short csocketipc_pollrdhup;

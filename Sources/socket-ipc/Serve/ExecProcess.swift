@@ -1,6 +1,9 @@
 import Foundation
 import Synchronization
 
+#if os(Linux)
+    import CSocketIPCLinux
+#endif
 #if canImport(Glibc)
     import Glibc
 #elseif canImport(Musl)
@@ -15,8 +18,12 @@ import Synchronization
 ///
 /// The child runs in a process group of its own, so that killing the group kills what the shell started too; its
 /// signal dispositions and mask are the defaults (the server ignores SIGPIPE and traps SIGINT and SIGTERM); it
-/// inherits no descriptor but its standard input, output and error. All the waiting (`poll`, `waitpid`) happens on a
-/// thread of the run's own, never on an event loop or Swift's cooperative threads.
+/// inherits no descriptor but its standard input, output and error. On Linux it is started with `PR_SET_PDEATHSIG`
+/// (SIGKILL), so that it does not outlive a server killed with SIGKILL, which leaves no chance to kill it otherwise
+/// (`csocketipc_spawn_killed_with_parent`); what the shell itself started in the background is not covered. The
+/// child is started, and all the waiting (`poll`, `waitpid`) happens, on a thread of the run's own, never on an
+/// event loop or Swift's cooperative threads: that thread lives until the child is reaped, as the death signal
+/// needs (it comes when the thread that started the child ends).
 final class ExecProcess: @unchecked Sendable {
     /// How the child ended.
     enum Termination: Equatable, Sendable {
@@ -77,16 +84,47 @@ final class ExecProcess: @unchecked Sendable {
     /// - Returns: How it ended and what it wrote.
     /// - Throws: `ExecSpawnError` when the process or its pipes cannot be made.
     static func run(command: String, environment: [String], input: [UInt8], limits: Limits) async throws -> Outcome {
-        let process = try ExecProcess(command: command, environment: environment)
-        return await withTaskCancellationHandler {
-            await withCheckedContinuation { continuation in
+        let started = StartedProcess()
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
                 let thread = Thread {
+                    let process: ExecProcess
+                    do {
+                        process = try ExecProcess(command: command, environment: environment)
+                    } catch {
+                        continuation.resume(throwing: error)
+                        return
+                    }
+                    started.started(process)
                     continuation.resume(returning: process.communicate(input: input, limits: limits))
                 }
                 thread.start()
             }
         } onCancel: {
-            process.cancel()
+            started.cancel()
+        }
+    }
+
+    /// The process of a run, once its thread has started it, and whether the run was cancelled before that.
+    private final class StartedProcess: Sendable {
+        private let state = Mutex<(process: ExecProcess?, cancelled: Bool)>((nil, false))
+
+        /// The run's thread started `process`: it is cancelled at once if the run was.
+        func started(_ process: ExecProcess) {
+            if self.state.withLock({ state in
+                state.process = process
+                return state.cancelled
+            }) {
+                process.cancel()
+            }
+        }
+
+        /// Cancels the run: its process, or the process when it starts.
+        func cancel() {
+            self.state.withLock { state in
+                state.cancelled = true
+                return state.process
+            }?.cancel()
         }
     }
 
@@ -269,9 +307,34 @@ final class ExecProcess: @unchecked Sendable {
     }()
 
     /// Starts `/bin/sh -c command` in a process group of its own, with `input`, `output` and `error` as its
-    /// standard descriptors, default signal dispositions and an empty signal mask.
+    /// standard descriptors, default signal dispositions and an empty signal mask; on Linux, killed when the calling
+    /// thread (or the whole process) ends.
     private static func spawn(
         command: String, environment: [String], input: Int32, output: Int32, error: Int32
+    ) throws -> pid_t {
+        let shell: [String] = ["/bin/sh", "-c", command]
+        let arguments: [UnsafeMutablePointer<CChar>?] = shell.map { strdup($0) } + [nil]
+        let environment: [UnsafeMutablePointer<CChar>?] = environment.map { strdup($0) } + [nil]
+        defer { for pointer in arguments + environment { free(pointer) } }
+        #if os(Linux)
+            let started = csocketipc_spawn_killed_with_parent("/bin/sh", arguments, environment, input, output, error)
+            guard started > 0 else { throw ExecSpawnError(function: "fork and exec of /bin/sh", code: errno) }
+            return started
+        #else
+            // Darwin (untested): no parent-death signal.
+            return try Self.posixSpawn(arguments: arguments, environment: environment, input: input, output: output, error: error)
+        #endif
+    }
+
+    #if !os(Linux)
+    /// posix_spawn(3) of `/bin/sh` with `arguments` and `environment`, in a process group of its own, with default
+    /// signal dispositions, an empty mask and `input`, `output` and `error` as its standard descriptors.
+    private static func posixSpawn(
+        arguments: [UnsafeMutablePointer<CChar>?],
+        environment: [UnsafeMutablePointer<CChar>?],
+        input: Int32,
+        output: Int32,
+        error: Int32
     ) throws -> pid_t {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -296,11 +359,6 @@ final class ExecProcess: @unchecked Sendable {
         posix_spawnattr_setpgroup(&attributes, 0)
         posix_spawnattr_setflags(
             &attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
-
-        let shell: [String] = ["/bin/sh", "-c", command]
-        let arguments: [UnsafeMutablePointer<CChar>?] = shell.map { strdup($0) } + [nil]
-        let environment: [UnsafeMutablePointer<CChar>?] = environment.map { strdup($0) } + [nil]
-        defer { for pointer in arguments + environment { free(pointer) } }
         var processID: pid_t = 0
         let result = posix_spawn(&processID, "/bin/sh", &actions, &attributes, arguments, environment)
         guard result == 0 else { throw ExecSpawnError(function: "posix_spawn", code: result) }
@@ -316,6 +374,7 @@ final class ExecProcess: @unchecked Sendable {
                 to: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>?, Int32) -> Int32).self
             )
         }()
+    #endif
 }
 
 /// `serve --exec` could not start its command: a system call failed.
