@@ -556,7 +556,8 @@ public final class Connection: Sendable {
             return
         case .resume(let continuation, let timer, let close):
             timer?.cancel()
-            continuation.resume(with: result)
+            // Kept by its caller (it is the result): not as a slice that holds its whole read buffer, up to 1 MiB.
+            continuation.resume(with: result.map { $0.compacted() })
             if close { self.closeAfterGoingAway() }
         }
     }

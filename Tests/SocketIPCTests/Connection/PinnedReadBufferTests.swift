@@ -5,6 +5,14 @@ import SocketIPCTestSupport
 import Synchronization
 import Testing
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// A request waiting for its answer does not keep the read buffer it arrived in (found by a review: a peer that sent
 /// each 10-byte request at the start of a read of its own, padded with replies to requests never made, which the
 /// server drops, made the server hold 1 MiB per request: 800 MiB for 800 requests on 8 connections).
@@ -38,6 +46,41 @@ struct PinnedReadBufferTests {
             #expect(largest <= 4096, "a request kept a read buffer of \(largest) bytes beyond twice its own")
             for reply in replies { reply.succeed(ByteBuffer(string: "ok")) }
             #expect(try await socket.read(exactly: 8 + total * (9 + 2)).count == 8 + total * 11)
+        }
+    }
+}
+
+extension PinnedReadBufferTests {
+    @Test("replies a client waits for are handed out as copies, not as slices of 1 MiB read buffers")
+    func repliesAreNotSlicesOfLargeReads() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/padded.sock"
+            let listener = try makeStaleSocket(at: path, listening: true)
+            defer { close(listener) }
+            let connecting = Task { try await Client.connect(to: path) }
+            let server = RawSocket(descriptor: try await acceptConnection(on: listener))
+            defer { server.close() }
+            try await server.write(serverHelloBytes)
+            #expect(try await server.read(exactly: 8).prefix(4) == [0x53, 0x49, 0x50, 0x43])
+            let connection = try await connecting.value
+            defer { connection.close() }
+            // Each reply comes after 1 MiB of replies to a request never made, which the client drops: its reads grow
+            // to 1 MiB, and each reply is a few bytes of one. A client keeps its replies (they are the results).
+            let padding = frameBytes(kind: 0x03, id: 7777, payload: [UInt8](repeating: 0x70, count: 64 * 1024))
+            var largest = 0
+            for round in 1...8 {
+                async let reply = connection.request(ByteBuffer(string: "r"))
+                let request = try await server.read(exactly: 10)
+                let id = request[5..<9].reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
+                try await server.write(
+                    Array(repeating: padding, count: 16).flatMap { $0 }
+                        + frameBytes(kind: 0x03, id: id, payload: Array("reply-\(round)".utf8))
+                )
+                let received = try await reply
+                #expect(String(buffer: received) == "reply-\(round)")
+                largest = max(largest, received.storageCapacity - 2 * received.readableBytes)
+            }
+            #expect(largest <= 4096, "a reply kept a read buffer of \(largest) bytes beyond twice its own")
         }
     }
 }

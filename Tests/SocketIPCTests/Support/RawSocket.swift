@@ -18,7 +18,7 @@ import Darwin
 final class RawSocket: @unchecked Sendable {
     let descriptor: Int32
 
-    private init(descriptor: Int32) {
+    init(descriptor: Int32) {
         self.descriptor = descriptor
     }
 
