@@ -96,10 +96,6 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
         self.failure == nil && !self.inboundEnded && self.peerCredit > 0 && !self.receivingStopped
     }
 
-    /// The bytes of the large messages held for the consumer (``InboundMessages/largeBytes``).
-    @inlinable
-    package var heldLargeBytes: Int { self.inbound.largeBytes }
-
     /// A message of the call arrived.
     @inlinable
     package mutating func messageReceived(_ message: ByteBuffer) -> ReceiveAction {

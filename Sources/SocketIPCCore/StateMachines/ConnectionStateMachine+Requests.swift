@@ -164,7 +164,6 @@ extension ConnectionStateMachine {
     ) -> AnswerAction {
         let maximum = self.maximumConcurrentRequests
         let budget = self.maximumUnansweredRequestBytes
-        let calls = self.maximumHeldCallMessageBytes
         let (answered, resumeReading, close) = self.modifyRequests(closed: (false, false, false)) {
             requests, goingAway in
             guard let counted = requests.tickets.redeem(ticket) else { return (false, false, false) }
@@ -172,7 +171,7 @@ extension ConnectionStateMachine {
             requests.largeBytes -= counted
             // Reading goes on only below both limits: an answer to a small request while large ones hold the bytes
             // must not let more in (found by a review: small and large requests in turn got past the bytes).
-            let resumeReading = requests.readingPaused && requests.mayRead(maximum: maximum, budget: budget, calls: calls)
+            let resumeReading = requests.readingPaused && requests.mayRead(maximum: maximum, budget: budget)
             if resumeReading { requests.readingPaused = false }
             return (true, resumeReading, goingAway && requests.isDrained)
         }
@@ -191,59 +190,24 @@ extension ConnectionStateMachine {
     }
 
     /// The peer's unanswered requests reached the maximum, in number or in bytes (as
-    /// ``requestReceived(id:bytes:)`` counted them), or its calls' large messages held for readers theirs (as
-    /// ``callMessagesHeld(_:)`` counted them): the channel handler asks whether to stop handing out its frames.
+    /// ``requestReceived(id:bytes:)`` counted them): the channel handler asks whether to stop handing out its frames.
     @inlinable
     package mutating func pauseReading() -> PauseAction {
         let maximum = self.maximumConcurrentRequests
         let budget = self.maximumUnansweredRequestBytes
-        let calls = self.maximumHeldCallMessageBytes
         return self.modifyRequests(closed: .keepReading) { requests, _ in
-            guard !requests.mayRead(maximum: maximum, budget: budget, calls: calls) else { return .keepReading }
+            guard !requests.mayRead(maximum: maximum, budget: budget) else { return .keepReading }
             requests.readingPaused = true
             return .pause
         }
     }
-
-    /// The readers of the peer's calls now hold `delta` more bytes of large messages (negative: they took them, or
-    /// the calls dropped them); returns whether the channel handler, paused for them, may read again (only the change
-    /// that clears the pause says so).
-    @inlinable
-    package mutating func callMessagesHeld(_ delta: Int) -> Bool {
-        let maximum = self.maximumConcurrentRequests
-        let budget = self.maximumUnansweredRequestBytes
-        let calls = self.maximumHeldCallMessageBytes
-        return self.modifyRequests(closed: false) { requests, _ in
-            requests.heldCallMessageBytes += delta
-            guard requests.readingPaused, requests.mayRead(maximum: maximum, budget: budget, calls: calls) else {
-                return false
-            }
-            requests.readingPaused = false
-            return true
-        }
-    }
-
-    /// The bytes of large messages the peer's calls hold for their readers, as ``callMessagesHeld(_:)`` counted them
-    /// (0 once closed).
-    @inlinable
-    package var heldCallMessageBytes: Int {
-        switch self.state {
-        case .open(let requests), .goingAway(let requests, _), .peerFailed(let requests, _): requests.heldCallMessageBytes
-        case .closed, .modifying: 0
-        }
-    }
-
-    /// Whether the peer's calls hold more bytes of large messages for their readers than
-    /// ``maximumHeldCallMessageBytes``: the channel handler then stops handing out its frames.
-    @inlinable
-    package var callMessagesOverBudget: Bool { self.heldCallMessageBytes > self.maximumHeldCallMessageBytes }
 }
 
 extension ConnectionStateMachine.Requests {
     /// Whether the channel handler may hand out the peer's frames: its unanswered requests are below `maximum` in
-    /// number and `budget` in bytes, and its calls' large messages held for readers at most `calls` bytes.
+    /// number and `budget` in bytes.
     @inlinable
-    func mayRead(maximum: Int, budget: Int, calls: Int) -> Bool {
-        self.unanswered < maximum && self.largeBytes < budget && self.heldCallMessageBytes <= calls
+    func mayRead(maximum: Int, budget: Int) -> Bool {
+        self.unanswered < maximum && self.largeBytes < budget
     }
 }

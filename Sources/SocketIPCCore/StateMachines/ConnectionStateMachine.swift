@@ -64,11 +64,6 @@ package struct ConnectionStateMachine<RequestContinuation, WriteWaiter, Timer> {
     /// their answer before the channel handler stops handing out more; one such request is always let through.
     @usableFromInline
     let maximumUnansweredRequestBytes: Int
-    /// The most bytes of large messages (``InboundMessages/largeMessageSize`` or more each) that the peer's calls may
-    /// hold for readers that have not taken them, across the connection's calls, before the channel handler stops
-    /// handing out more; one such message always passes.
-    @usableFromInline
-    let maximumHeldCallMessageBytes: Int
 
     /// Requests of at least this many bytes (64 KiB) count by their size against
     /// ``maximumUnansweredRequestBytes``; smaller ones only against ``maximumConcurrentRequests``, so that the common
@@ -82,21 +77,17 @@ package struct ConnectionStateMachine<RequestContinuation, WriteWaiter, Timer> {
     ///   - maximumConcurrentRequests: The most unanswered requests of the peer before reading pauses.
     ///   - maximumUnansweredRequestBytes: The most bytes of the peer's unanswered large requests before reading
     ///     pauses; by default no limit.
-    ///   - maximumHeldCallMessageBytes: The most bytes of large call messages held for readers, across the
-    ///     connection's calls, before reading pauses; by default no limit.
     @inlinable
     package init(
         writeBufferHighWatermark: Int,
         maximumConcurrentRequests: Int,
-        maximumUnansweredRequestBytes: Int = .max,
-        maximumHeldCallMessageBytes: Int = .max
+        maximumUnansweredRequestBytes: Int = .max
     ) {
         self.state = .open(Requests())
         self.outbound = Outbound()
         self.writeBufferHighWatermark = writeBufferHighWatermark
         self.maximumConcurrentRequests = maximumConcurrentRequests
         self.maximumUnansweredRequestBytes = maximumUnansweredRequestBytes
-        self.maximumHeldCallMessageBytes = maximumHeldCallMessageBytes
     }
 
     // MARK: - State
@@ -151,18 +142,13 @@ package struct ConnectionStateMachine<RequestContinuation, WriteWaiter, Timer> {
         @usableFromInline
         var tickets = ReplyTickets()
         /// Whether the channel handler stopped handing out the peer's frames because ``unanswered`` reached the
-        /// maximum, or the bytes of ``largeBytes`` or ``heldCallMessageBytes`` theirs: the answer or the reader that
-        /// clears it tells the handler to go on.
+        /// maximum, or the bytes of ``largeBytes`` theirs: the answer that clears it tells the handler to go on.
         @usableFromInline
         var readingPaused = false
         /// The sum of the sizes of the peer's unanswered large requests (``ConnectionStateMachine/largeRequestSize``
         /// bytes or more), each kept with its ticket in ``tickets``.
         @usableFromInline
         var largeBytes = 0
-        /// The bytes of the large messages (``InboundMessages/largeMessageSize`` or more each) that the peer's calls
-        /// hold for readers that have not taken them, across the connection's calls (counted by the services layer).
-        @usableFromInline
-        var heldCallMessageBytes = 0
         /// Calls in progress either way (the services layer's, kinds `0x06` to `0x0A`): a connection going away
         /// waits for them as for requests.
         @usableFromInline

@@ -11,14 +11,6 @@ package struct InboundMessages {
     /// Every message, once a second one arrived while the first was held; kept (empty or not) from then on.
     @usableFromInline
     var more: CircularBuffer<ByteBuffer>?
-    /// The bytes of the messages held of ``largeMessageSize`` or more, which a connection counts across its calls.
-    @usableFromInline
-    package private(set) var largeBytes = 0
-
-    /// The size from which a held message counts in ``largeBytes``: a message below it is bounded by its call's
-    /// window, one above it may take the whole window's credit at once (up to the maximum message size).
-    @usableFromInline
-    package static let largeMessageSize = 64 * 1024
 
     /// An empty queue.
     @inlinable
@@ -31,7 +23,6 @@ package struct InboundMessages {
     /// Adds `message` at the end.
     @inlinable
     package mutating func append(_ message: ByteBuffer) {
-        if message.readableBytes >= Self.largeMessageSize { self.largeBytes += message.readableBytes }
         if self.more != nil {
             self.more!.append(message)
         } else if let first = self.single.take() {
@@ -47,9 +38,8 @@ package struct InboundMessages {
     /// Takes the first message, if there is one.
     @inlinable
     package mutating func popFirst() -> ByteBuffer? {
-        guard let first = self.single.take() ?? self.more?.popFirst() else { return nil }
-        if first.readableBytes >= Self.largeMessageSize { self.largeBytes -= first.readableBytes }
-        return first
+        if let first = self.single.take() { return first }
+        return self.more?.popFirst()
     }
 
     /// Drops every message.
@@ -57,6 +47,5 @@ package struct InboundMessages {
     package mutating func removeAll() {
         self.single = nil
         self.more = nil
-        self.largeBytes = 0
     }
 }

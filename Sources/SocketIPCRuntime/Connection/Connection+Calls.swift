@@ -57,20 +57,29 @@ extension Connection {
     }
 
     /// Opens a call: counts it (a connection going away waits for it) and numbers it.
-    /// - Parameter isOpen: Whether a call of this side's with a given id is still open: once ids wrap around, those
-    ///   are skipped.
     /// - Returns: The call's id.
     /// - Throws: ``SocketIPCError`` with code `unknownMethod` if the peer does not speak calls (a version 1 peer),
-    ///   or the connection's error once it is closed or going away (`peerGoingAway`, `connectionClosed`).
-    package func startOutgoingCall(skipping isOpen: (UInt32) -> Bool) throws -> UInt32 {
+    ///   or the connection's error once it is closed or going away (`peerGoingAway`, `connectionClosed`). Once this
+    ///   side has opened 2^31 calls on the connection, all the ids it has, it goes away (`0x00`: calls in progress
+    ///   finish, then it closes) and new calls fail with `connectionClosed`, to be opened on a new connection, as an
+    ///   HTTP/2 client does when its stream ids run out (RFC 9113, section 5.1.1).
+    package func startOutgoingCall() throws -> UInt32 {
         guard self.peerSpeaksCalls else {
             throw SocketIPCError(
                 .unknownMethod,
                 "the peer does not speak calls (its hello did not set the calls flag): it serves no methods"
             )
         }
+        guard let id = self.calls.nextCallID() else {
+            self.goAway(.normal, message: "this side has opened all the calls a connection can number")
+            throw SocketIPCError(
+                .connectionClosed,
+                "the connection has opened all the 2^31 calls this side can number (PROTOCOL.md, \"Call ids\"), and is "
+                    + "going away: open the call on a new connection"
+            )
+        }
         switch self.state.withLock({ $0.outgoingCallStarted() }) {
-        case .proceed: return self.calls.nextCallID(skipping: isOpen)
+        case .proceed: return id
         case .fail(let error): throw error
         }
     }
@@ -80,7 +89,7 @@ extension Connection {
         if case .fail(let error) = self.state.withLock({ $0.incomingCallStarted() }) { throw error }
     }
 
-    /// A call counted by ``startOutgoingCall(skipping:)`` or ``startIncomingCall()`` is over.
+    /// A call counted by ``startOutgoingCall()`` or ``startIncomingCall()`` is over.
     package func callEnded() {
         if self.state.withLock({ $0.callEnded() }) { self.closeAfterGoingAway() }
     }

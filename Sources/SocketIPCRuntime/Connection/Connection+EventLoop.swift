@@ -103,32 +103,11 @@ extension Connection {
         )
     }
 
-    /// Called by the channel handler when the peer's unanswered requests reached the maximum, or its calls' large
-    /// messages held for readers theirs: returns `true` if the handler must stop reading, in which case a
-    /// ``ReadingMayResume`` event reaches its pipeline once an answer or a reader makes room; `false` if they made
-    /// room already.
+    /// Called by the channel handler when the peer's unanswered requests reached the maximum: returns `true` if the
+    /// handler must stop reading, in which case a ``ReadingMayResume`` event reaches its pipeline once an answer
+    /// makes room; `false` if answers already made room.
     func pauseReading() -> Bool {
         self.state.withLock { $0.pauseReading() } == .pause
-    }
-
-    /// The readers of the peer's calls hold `delta` more bytes of large messages
-    /// (``InboundMessages/largeMessageSize`` or more each; negative once taken or dropped), counted across the
-    /// connection's calls by the services layer. A peer may send each call one message beyond the call's credit
-    /// (PROTOCOL.md, "Flow control"), so beyond ``ConnectionOptions/maximumMessageSize`` in all the channel handler
-    /// stops handing out the peer's frames, as for unanswered requests, until readers take enough of them.
-    package func callMessagesHeld(_ delta: Int) {
-        guard delta != 0 else { return }
-        if self.state.withLock({ $0.callMessagesHeld(delta) }) { self.resumeReading() }
-    }
-
-    /// The bytes of large messages the peer's calls hold for their readers that have not taken them, across the
-    /// connection's calls (0 once closed).
-    package var heldCallMessageBytes: Int { self.state.withLock { $0.heldCallMessageBytes } }
-
-    /// Whether the peer's calls hold more bytes of large messages for their readers than the connection lets them:
-    /// asked by the channel handler after each large call message.
-    func callMessagesOverBudget() -> Bool {
-        self.state.withLock { $0.callMessagesOverBudget }
     }
 
     /// Whether this side's request `id` waits for its reply.
@@ -185,8 +164,8 @@ extension Connection {
 }
 
 /// The event a ``Connection`` fires through its channel's pipeline when an answer brought the peer's unanswered
-/// requests below ``ConnectionOptions/maximumConcurrentRequests`` (and their bytes below the maximum message size),
-/// or a reader took enough of its calls' large messages, while reading was paused for them.
+/// requests below ``ConnectionOptions/maximumConcurrentRequests`` (and their bytes below the maximum message size)
+/// while reading was paused for them.
 struct ReadingMayResume: Sendable {}
 
 /// The event-loop turn a ``DecodeStep/yieldTurn`` gave up has passed: the channel handler hands out what it kept.

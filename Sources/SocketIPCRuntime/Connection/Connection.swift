@@ -137,8 +137,7 @@ public final class Connection: Sendable {
             StateMachine(
                 writeBufferHighWatermark: options.writeBufferHighWatermark,
                 maximumConcurrentRequests: options.maximumConcurrentRequests,
-                maximumUnansweredRequestBytes: options.effectiveMaximumMessageSize,
-                maximumHeldCallMessageBytes: options.effectiveMaximumMessageSize
+                maximumUnansweredRequestBytes: options.effectiveMaximumMessageSize
             )
         )
     }
@@ -374,7 +373,7 @@ public final class Connection: Sendable {
 
     /// Tells the channel handler, on the event loop, that it may read again.
     @inline(never)
-    func resumeReading() {
+    private func resumeReading() {
         let channel = self.channel
         self.eventLoop.execute { channel.pipeline.fireUserInboundEventTriggered(ReadingMayResume()) }
     }

@@ -44,17 +44,15 @@ final class ConnectionCalls: Sendable {
         self.userCancels?.clock.now() ?? .now
     }
 
-    /// The id of this side's next call: odd on the connecting side (1, 3, 5, ...), even on the accepting side (2, 4,
-    /// 6, ...), wrapping around after 2^31 calls. From then on an id may name a call still open (a watch opened long
-    /// ago), which the peer would take for a second open of it, a protocol error: such ids are skipped. Before the
-    /// first wrap every id is fresh, so the common case asks nothing.
-    /// - Parameter isOpen: Whether a call of this side's with that id is still open.
-    func nextCallID(skipping isOpen: (UInt32) -> Bool) -> UInt32 {
-        while true {
-            let n = self.opened.wrappingAdd(1, ordering: .relaxed).oldValue
-            let id = UInt32(truncatingIfNeeded: n) &* 2 &+ (self.isInitiator ? 1 : 2)
-            if n < 1 << 31 || !isOpen(id) { return id }
-        }
+    /// The id of this side's next call: odd on the connecting side (1, 3, 5, ..., 0xFFFFFFFF), even on the accepting
+    /// side (2, 4, 6, ..., 0xFFFFFFFE, 0); `nil` once all 2^31 are used. No id is used twice on a connection, as no
+    /// HTTP/2 stream id is (RFC 9113, section 5.1.1): the peer keeps a call this side cancelled open until its handler
+    /// ends, which this side cannot see, and would take a second open of its id for a protocol error, or its late
+    /// answer for the new call's (found by a review: after the ids wrapped around, both happened).
+    func nextCallID() -> UInt32? {
+        let n = self.opened.wrappingAdd(1, ordering: .relaxed).oldValue
+        guard n < 1 << 31 else { return nil }
+        return UInt32(truncatingIfNeeded: n) &* 2 &+ (self.isInitiator ? 1 : 2)
     }
 
     /// Whether `id` is a call the peer opened (its parity is the peer's).

@@ -4,8 +4,8 @@ import NIOCore
 enum DecodeStep: Equatable {
     /// Go on with the next frame.
     case next
-    /// The peer's unanswered requests reached the maximum, or its calls' large messages held for readers theirs: hand
-    /// out nothing more for now (but replies, pings, pongs and credit).
+    /// The peer's unanswered requests reached the maximum: hand out nothing more for now (but replies, pings, pongs
+    /// and call credit).
     case pauseReading
     /// The peer went away with a reason other than `0x00`: close.
     case peerFailed
@@ -175,7 +175,7 @@ extension ConnectionChannelHandler {
         self.readIfHeld(context: context)
     }
 
-    /// While paused (for requests, or for call messages readers have not taken): hands out the replies (with their
+    /// While paused for requests: hands out the replies (with their
     /// descriptors), error replies, pings, pongs and call credit among the bytes kept (a ping is answered at once, so
     /// that a busy peer is not taken for a frozen one), and moves the other frames among them (requests, messages,
     /// call frames, going-away), in order, to the held frames; keeps the start of an unfinished frame. A going-away
@@ -193,25 +193,34 @@ extension ConnectionChannelHandler {
                 guard let frame = try self.decoder.next(from: &partial.bytes) else { break }
                 switch frame {
                 case .descriptors:
-                    // Its descriptors go with the frame after it. No frame held so far carries descriptors (the
-                    // first descriptors frame stops this loop), so a reply after it takes the next group in order:
-                    // hand both out now, or a handler waiting for that reply to answer would wait for ever. Before
-                    // any other frame, leave both (and what follows) for when the pause ends.
+                    // Its descriptors go with the frame after it, and the groups are taken in the order they came.
+                    // While no descriptors frame is held, a reply after it takes the next group: hand both out now,
+                    // or a handler waiting for that reply to answer would wait for ever. Any other frame after it is
+                    // held with it, and from then on every descriptors frame with its frame, so that the groups stay
+                    // in order; the loop goes on, so that the credit, pings and pongs behind them still get through
+                    // (found by a review: they waited for the pause to end, and a stream waiting for credit with
+                    // them). Without the frame after it yet, both wait for more bytes.
                     var after = partial.bytes
-                    guard let next = try self.decoder.next(from: &after), Self.isReply(next) else {
+                    guard let next = try self.decoder.next(from: &after) else {
                         partial.bytes = before
                         break loop
                     }
-                    step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: .max)
-                    if step.isNext {
-                        step = Self.dispatch(next, to: &handler, connection: connection, maximumRequests: .max)
+                    if Self.isReply(next) && !self.inbound.holdsDescriptors {
+                        step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: .max)
+                        if step.isNext {
+                            step = Self.dispatch(next, to: &handler, connection: connection, maximumRequests: .max)
+                        }
+                        if step.yields { step = .next }
+                    } else {
+                        self.inbound.holdsDescriptors = true
+                        self.inbound.hold(before.readSlice(length: after.readerIndex - before.readerIndex)!)
                     }
-                    if step.yields { step = .next }
                     partial.bytes = after
                 case .call(let id, .credit) where !self.inbound.heldCallOpens.contains(id):
                     // Credit is for what this side sends, not for the frames held: handed out at once, so that a
-                    // handler waiting for it to send (and only then taking its messages, which ends a pause for
-                    // them) is not kept waiting by the pause. Credit for a call whose open is held waits with it.
+                    // call's handler waiting for it to send (a stream the peer reads) is not kept waiting by the
+                    // pause, nor a request handler that waits for that call. Credit for a call whose open is held
+                    // waits with it.
                     step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: .max)
                 case .call(let id, .open):
                     self.inbound.heldCallOpens.insert(id)
@@ -253,7 +262,7 @@ extension ConnectionChannelHandler {
         }
     }
 
-    /// Answers or readers made room: hand out the frames kept meanwhile, then read again.
+    /// Answers made room for more requests: hand out the frames kept meanwhile, then read again.
     func resumeAfterPause(context: ChannelHandlerContext) {
         guard self.inbound.isPaused, let connection = self.connection, self.state.mayHandleFrames else {
             return
@@ -310,21 +319,11 @@ extension ConnectionChannelHandler {
         case .reply:
             connection.replyReceived(id: id, result: .success(payload))
         default:
-            let size = payload.readableBytes
             if let violation = connection.callFrameReceived(.message(payload), id: id) {
                 return .violation(violation)
             }
-            if size >= InboundMessages.largeMessageSize { return Self.afterLargeCallMessage(connection) }
         }
         return .next
-    }
-
-    /// After a large call message (``InboundMessages/largeMessageSize`` or more): ``DecodeStep/pauseReading`` if the
-    /// peer's calls now hold more such bytes for their readers than the connection lets them
-    /// (`Connection.callMessagesHeld(_:)`).
-    @inline(never)
-    static func afterLargeCallMessage(_ connection: Connection) -> DecodeStep {
-        connection.callMessagesOverBudget() ? .pauseReading : .next
     }
 
     /// Hands a frame to the handler, to the request that waits for it, or to the connection.
@@ -361,9 +360,6 @@ extension ConnectionChannelHandler {
         case .call(let id, let callFrame):
             if let violation = connection.callFrameReceived(callFrame, id: id) { return .violation(violation) }
             if case .cancel = callFrame, let wait = connection.cancelReceived(id: id) { return .throttle(wait) }
-            if case .message(let payload) = callFrame, payload.readableBytes >= InboundMessages.largeMessageSize {
-                return Self.afterLargeCallMessage(connection)
-            }
         case .ping(let id):
             if let flood = connection.answerOwed() { return .violation(flood) }
             connection.pingReceived(id: id)
@@ -456,12 +452,9 @@ extension ConnectionChannelHandler {
             passing.replyArrived(id, descriptors: descriptors)
             connection.replyReceived(id: id, result: .success(payload))
         case .call(let id, let callFrame):
-            guard case .message(let payload) = callFrame else { fallthrough }
+            guard case .message = callFrame else { fallthrough }
             if let violation = connection.callFrameReceived(callFrame, id: id, descriptors: descriptors) {
                 return .violation(violation)
-            }
-            if payload.readableBytes >= InboundMessages.largeMessageSize {
-                return Self.afterLargeCallMessage(connection)
             }
         default:
             descriptors.close()

@@ -37,8 +37,7 @@ extension ConnectionChannelHandler {
             self.pendingDescriptorTimer = nil
             guard let passing = self.connection?.descriptorPassing, self.state.mayHandleFrames else { return }
             // While this side holds the peer's frames back because its handler has not answered (paused at the
-            // maximum of unanswered requests, or of large call messages its handlers have not taken), the wait is
-            // this side's doing: it does not count (found by a review: a
+            // maximum of unanswered requests), the wait is this side's doing: it does not count (found by a review: a
             // client whose descriptors queued behind a slow handler's request was closed). Reading held while the
             // peer does not read this side's writes does count: a peer gone with its own end held here reads nothing.
             let heldBack = self.inbound.isPaused || self.inbound.isYielding

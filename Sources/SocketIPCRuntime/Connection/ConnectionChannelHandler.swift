@@ -15,9 +15,8 @@ import NIOCore
 ///   read. (Not on a client: what a client reads never makes it write, and a client that stopped reading replies
 ///   while its requests wait for the server could deadlock with a server that stopped reading for the same reason.)
 /// - when the peer's unanswered requests reach ``ConnectionOptions/maximumConcurrentRequests``, no further request or
-///   message is handed out, even from the middle of a read, until an answer makes room; so too when the large
-///   messages its calls hold for readers that have not taken them exceed ``ConnectionOptions/maximumMessageSize``
-///   across the connection's calls, until readers take enough of them. Meanwhile it goes on reading replies, pings,
+///   message is handed out, even from the middle of a read, until an answer makes room. Meanwhile it goes on reading
+///   replies, pings,
 ///   pongs and call credit (a handler may be waiting for one from this same peer before it can answer, or send),
 ///   keeping the requests, messages, call frames and going-away frames that come with them, in order, up to
 ///   ``pausedReadLimit`` bytes; past that it reads nothing more.

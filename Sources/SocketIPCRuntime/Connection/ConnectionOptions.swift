@@ -17,10 +17,10 @@ public struct ConnectionOptions: Sendable {
     /// buffered. A frame's 32-bit length field caps any payload at 4 GiB − 6 bytes; a larger value (or `Int.max`)
     /// means that.
     ///
-    /// It also bounds what the peer's unanswered requests of 64 KiB or more hold together, and what its calls'
-    /// messages of 64 KiB or more hold together for handlers that have not taken them (each call may hold one beyond
-    /// its window, PROTOCOL.md "Flow control"): beyond it (one always passes), no further request or call frame is
-    /// handed out until answers or handlers make room; replies, pings, pongs and call credit keep being read.
+    /// It also bounds what the peer's unanswered requests of 64 KiB or more hold together: beyond it (one always
+    /// passes), no further request is handed out until answers make room. A call may hold one message of up to this
+    /// size beyond its 64 KiB window (PROTOCOL.md "Flow control"), for each of the connection's calls: lower it (or
+    /// `ServiceRouter.maximumConcurrentCalls`) for peers that need no large messages.
     public var maximumMessageSize: Int = FrameDecoder.defaultMaximumPayload
 
     /// The most any frame can carry: the 32-bit length field counts the payload and a header of up to 5 bytes.
@@ -125,9 +125,8 @@ public struct ConnectionOptions: Sendable {
     /// and exits, leaves a connection whose end-of-file never comes, since this side holds the last reference to the
     /// peer's end; before this limit such connections stayed until the server stopped, and filled its user's
     /// ``ServerConfiguration/maximumConnectionsPerUser``. Time while this side holds the peer's frames back, paused at
-    /// ``maximumConcurrentRequests`` until its handler answers (or at ``maximumMessageSize`` of large call messages
-    /// until its handlers take them), does not count: the wait is then this side's doing (so a handler that holds
-    /// that many requests, or messages, until its connection closes also keeps such a connection).
+    /// ``maximumConcurrentRequests`` until its handler answers, does not count: the wait is then this side's doing
+    /// (so a handler that holds that many requests until its connection closes also keeps such a connection).
     public var pendingDescriptorTimeout: Duration? = .seconds(150)
 
     /// Payloads of at least this many bytes travel in sealed shared memory (a `memfd` passed with the frame, PROTOCOL.md

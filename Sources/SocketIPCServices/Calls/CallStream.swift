@@ -110,12 +110,6 @@ final class CallStream: Sendable {
         self.state = Mutex(Locked())
     }
 
-    deinit {
-        // Messages still held when the call goes (a handler that ended without reading them all) leave the
-        // connection's count.
-        self.countHeld(-self.state.withLock { $0.machine.heldLargeBytes })
-    }
-
     // MARK: - Frames from the peer (on the event loop)
 
     /// Takes a frame of this call; returns a protocol violation, if it is one.
@@ -126,10 +120,7 @@ final class CallStream: Sendable {
             var tooMany = false
             let limit = descriptors == nil ? 0 : self.connection.maximumDescriptorsHeld
             var delivered: ReceivedDescriptors?
-            var held = 0
             let action = self.state.withLock { state -> Machine.ReceiveAction in
-                let before = state.machine.heldLargeBytes
-                defer { held = state.machine.heldLargeBytes - before }
                 // Counted (and its descriptors kept) under the call's lock, before the reader can see the message,
                 // and only if the call keeps it: a message dropped (after the peer's end, or a failure) takes its
                 // descriptors with it (closed as `descriptors` is released).
@@ -155,11 +146,6 @@ final class CallStream: Sendable {
                     "the peer passed more than \(limit) descriptors on call \(self.id) that its reader has not taken"
                 )
             }
-            // Each call may hold one message beyond its window, of up to the maximum message size: across a
-            // connection's calls, such messages pause reading beyond that size, as unanswered requests' payloads do
-            // (found by a review: 100 calls that each sent one message of 16 MiB to a handler not reading yet held
-            // 1.6 GB). The channel handler asks the connection after the frame whether to pause.
-            self.countHeld(held)
             switch action {
             case .none, .end: break
             case .deliver(let waiter, let message):
@@ -236,10 +222,7 @@ final class CallStream: Sendable {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Inbound, any Error>) in
                 var credit = 0
                 var descriptors: ReceivedDescriptors?
-                var held = 0
                 let action = self.state.withLock { state -> Machine.NextAction in
-                    let before = state.machine.heldLargeBytes
-                    defer { held = state.machine.heldLargeBytes - before }
                     let action = state.machine.next(orWait: continuation)
                     if case .message(_, let grant) = action {
                         credit = grant
@@ -253,7 +236,6 @@ final class CallStream: Sendable {
                 case .fail(let error): continuation.resume(throwing: error)
                 case .wait: break
                 }
-                self.countHeld(held)
                 self.grant(credit)
             }
         } onCancel: {
@@ -265,10 +247,7 @@ final class CallStream: Sendable {
     /// - Throws: What the call failed with.
     func nextIfReceived() throws -> Inbound? {
         var credit = 0
-        var held = 0
         let ready = self.state.withLock { state -> Result<Inbound, any Error>? in
-            let before = state.machine.heldLargeBytes
-            defer { held = state.machine.heldLargeBytes - before }
             switch state.machine.poll() {
             case .message(let message, let grant):
                 credit = grant
@@ -278,7 +257,6 @@ final class CallStream: Sendable {
             case .wait: return nil
             }
         }
-        self.countHeld(held)
         guard let ready else { return nil }
         self.grant(credit)
         return try ready.get()
@@ -287,22 +265,12 @@ final class CallStream: Sendable {
     /// This side reads no more messages of the call (a unary or server-streaming handler has its request): those
     /// that come are dropped as they arrive, with their descriptors; returns whether one had already arrived.
     func stopReceiving() -> Bool {
-        let (wasHolding, dropped) = self.state.withLock { state in
-            let before = state.machine.heldLargeBytes
+        self.state.withLock { state in
             let held = state.machine.stopReceiving()
             state.descriptors.waiting.removeAll()
             state.descriptors.held = 0
-            return (held, before - state.machine.heldLargeBytes)
+            return held
         }
-        self.countHeld(-dropped)
-        return wasHolding
-    }
-
-    /// Adds `delta` bytes of large messages held for the reader to the connection's count across its calls
-    /// (`Connection.callMessagesHeld(_:)`).
-    private func countHeld(_ delta: Int) {
-        guard delta != 0 else { return }
-        self.connection.callMessagesHeld(delta)
     }
 
     /// Gives `credit` bytes back to the peer, if any.
@@ -487,12 +455,7 @@ final class CallStream: Sendable {
     /// Fails the call with `error`: everything waiting and everything later throws it; reads first take the messages
     /// already received if `keepingReceived` (``CallStateMachine/fail(_:keepingReceived:)``).
     func fail(_ error: any Error, keepingReceived: Bool = false) {
-        let (action, dropped) = self.state.withLock { state in
-            let before = state.machine.heldLargeBytes
-            let action = state.machine.fail(error, keepingReceived: keepingReceived)
-            return (action, before - state.machine.heldLargeBytes)
-        }
-        self.countHeld(-dropped)
+        let action = self.state.withLock { $0.machine.fail(error, keepingReceived: keepingReceived) }
         action.readWaiter?.resume(throwing: error)
         action.writeWaiter?.resume(throwing: error)
     }

@@ -113,7 +113,7 @@ extension Connection {
     ) async throws -> Result {
         try Task.checkCancellation()
         let multiplexer = CallMultiplexer.of(self)
-        let id = try self.startOutgoingCall(skipping: { multiplexer.lookUp($0) != nil })
+        let id = try self.startOutgoingCall()
         let call = CallStream(id: id, method: method, connection: self, isCaller: true)
         multiplexer.register(call)
         defer {

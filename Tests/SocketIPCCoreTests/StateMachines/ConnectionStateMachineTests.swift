@@ -116,38 +116,6 @@ struct ConnectionStateMachineTests {
         )
     }
 
-    @Test("large call messages held for readers pause reading beyond their budget (one always passes); only the change that clears every limit resumes it")
-    func heldCallMessageBytes() {
-        let large = Machine.largeRequestSize
-        var machine = Machine(
-            writeBufferHighWatermark: 1024, maximumConcurrentRequests: 1, maximumUnansweredRequestBytes: 2 * large,
-            maximumHeldCallMessageBytes: 2 * large
-        )
-        var resumes = machine.callMessagesHeld(2 * large)
-        #expect(!resumes, "not paused: nothing to resume")
-        #expect(!machine.callMessagesOverBudget, "up to the budget")
-        var pause = machine.pauseReading()
-        #expect(pause == .keepReading)
-        resumes = machine.callMessagesHeld(large)
-        #expect(!resumes)
-        #expect(machine.callMessagesOverBudget)
-        pause = machine.pauseReading()
-        #expect(pause == .pause)
-        #expect(machine.heldCallMessageBytes == 3 * large)
-        // A request at the number's limit meanwhile: taking the messages alone does not resume reading.
-        let request = machine.requestReceived(id: 1, bytes: 10)
-        resumes = machine.callMessagesHeld(-large)
-        #expect(!resumes, "the request still holds the number")
-        #expect(Self.answer(1, request.ticket, on: &machine).resumeReading)
-        resumes = machine.callMessagesHeld(large)
-        #expect(!resumes, "not paused")
-        pause = machine.pauseReading()
-        #expect(pause == .pause)
-        resumes = machine.callMessagesHeld(-3 * large)
-        #expect(resumes, "the readers took them: reading goes on")
-        #expect(machine.heldCallMessageBytes == 0)
-    }
-
     @Test("a message is queued as its frame's bytes; the first frame schedules a flush, the next ones ride along")
     func messageFrames() throws {
         var machine = Self.machine()

@@ -7,12 +7,10 @@ import Testing
 
 @testable import SocketIPCRuntime
 
-/// Request ids and call ids are 32 bits and wrap around (PROTOCOL.md, "Requests, replies and ids" and "Call ids"). A
-/// connection that lives long enough comes round to the id of something still in flight: a request the peer has
-/// not answered, a watch opened at the start. Reusing that id would hand the old request's reply to the new one (and
-/// leave the old one waiting for ever), or make the peer see a second open of a call still open (a protocol error
-/// that closes the connection). The counters are set close to their wrap here instead of making 2^32 requests.
-@Suite("Request and call ids wrap around without reusing one in flight", .timeLimit(.minutes(5)), .limitedConcurrency)
+/// Request ids are 32 bits and wrap around (PROTOCOL.md, "Requests, replies and ids"): a connection that lives long
+/// enough comes round to the id of a request the peer has not answered, which is skipped. Call ids are never used
+/// twice (PROTOCOL.md, "Call ids"). The counters are set close to their end here instead of making 2^32 requests.
+@Suite("Request ids wrap around without reusing one in flight; call ids are never reused", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct IDWraparoundTests {
     @Test("after wrapping around, a request skips the id of a request still waiting, and both get their own reply")
     func requestIDs() async throws {
@@ -39,7 +37,7 @@ struct IDWraparoundTests {
         }
     }
 
-    @Test("after wrapping around, a call skips the id of a call still open, which goes on working")
+    @Test("call ids are never used twice: after 2^31 calls the connection goes away, calls in progress finish, and new ones fail with connectionClosed")
     func callIDs() async throws {
         try await withFramedTestServer(makeHandler: { ServiceConnectionHandler(router: keyValueRouter()) }) { _, path in
             let connection = try await Client.connect(to: path)
@@ -48,16 +46,24 @@ struct IDWraparoundTests {
                 var iterator = responses.makeAsyncIterator()
                 try await writer.write(1)
                 #expect(try await iterator.next() == 10)
-                // The echo call is id 1; the next count wraps, and its id would be 1 again.
-                connection.calls.opened.store(1 << 31, ordering: .relaxed)
-                // Without the skip, the server would take this open for a second open of call 1 and close the
-                // connection with a protocol error.
+                // The echo call is id 1. The last id of this side's 2^31, 0xFFFFFFFF, is still fresh.
+                connection.calls.opened.store((1 << 31) - 1, ordering: .relaxed)
                 #expect(try await connection.call(SetValue.self, .init(key: "colour", value: "blue")))
-                #expect(try await connection.call(Get.self, "colour") == "blue")
+                // Then the ids would come round to 1 again: before, a call cancelled long ago (forgotten by this side,
+                // still open at the server until its handler ends) had its id reused, and the server took the open
+                // for a second one (a protocol error) or answered the new call with the old one's response.
+                let error = await #expect(throws: SocketIPCError.self) {
+                    try await connection.call(Get.self, "colour")
+                }
+                #expect(error?.code == .connectionClosed, "\(String(describing: error))")
+                #expect(error?.message.contains("2^31") == true, "\(String(describing: error))")
+                // The call in progress goes on until it ends.
                 try await writer.write(2)
                 #expect(try await iterator.next() == 20)
             }
-            #expect(connection.closeError == nil)
+            // Then the connection, which went away, closes; no protocol error on either side.
+            await connection.waitUntilClosed()
+            #expect(connection.closeError?.code != .protocolViolation, "\(String(describing: connection.closeError))")
         }
     }
 }
