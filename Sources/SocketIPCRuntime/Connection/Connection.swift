@@ -226,7 +226,7 @@ public final class Connection: Sendable {
     nonisolated(nonsending) public func request(_ request: ByteBuffer, timeout: Duration? = nil) async throws -> ByteBuffer {
         try self.checkSize(request, what: "request")
         try await self.waitUntilWritable()
-        let id = self.nextRequestID()
+        let id = try self.nextRequestID()
         let timeout = timeout ?? self.options.requestTimeout
         return try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<ByteBuffer, any Error>) in
@@ -450,17 +450,22 @@ public final class Connection: Sendable {
         )
     }
 
-    /// The id of this side's next request: 1, 2, 3, ... wrapping around after `0xFFFFFFFF`. Once it has wrapped, an
-    /// id may still name a request waiting for its reply (one the peer never answers, without a timeout), whose
-    /// reply the new request would take while the first waited for ever: such ids are skipped (PROTOCOL.md: an id is
-    /// unique among the side's requests still waiting). Before the first wrap every id is fresh, so the common case
-    /// takes no lock.
-    func nextRequestID() -> UInt32 {
-        while true {
-            let count = self.requestIDs.wrappingAdd(1, ordering: .relaxed).newValue
-            let id = UInt32(truncatingIfNeeded: count)
-            if count <= UInt64(UInt32.max) || !self.state.withLock({ $0.isRequestPending(id: id) }) { return id }
+    /// The id of this side's next request: 1, 2, 3, ..., `0xFFFFFFFF`, then 0. No id is used twice on a connection,
+    /// as no HTTP/2 stream id is (RFC 9113, section 5.1.1): a request this side gave up (it timed out, or its task was
+    /// cancelled) may still be answered by the peer, however late, and that answer must not reach a new request.
+    /// - Throws: `connectionClosed` once all 2^32 are used: the connection then goes away (`0x00`: requests in flight
+    ///   get their replies, then it closes), and requests are sent on a new connection.
+    func nextRequestID() throws -> UInt32 {
+        let count = self.requestIDs.wrappingAdd(1, ordering: .relaxed).newValue
+        guard count <= 1 << 32 else {
+            self.goAway(.normal, message: "this side has sent all the requests a connection can number")
+            throw SocketIPCError(
+                .connectionClosed,
+                "the connection has sent all the 2^32 requests this side can number (PROTOCOL.md, \"Requests, replies "
+                    + "and ids\"), and is going away: send the request on a new connection"
+            )
         }
+        return UInt32(truncatingIfNeeded: count)
     }
 
     /// The event loop's spare coalescing buffer, which may be taken only on the event loop.

@@ -69,13 +69,14 @@ extension Connection {
         } else {
             (passing, group) = try self.prepare(descriptors, payload: request, what: "request")
         }
+        let id: UInt32
         do {
             try await self.waitUntilWritable()
+            id = try self.nextRequestID()
         } catch {
             DescriptorRelay.closeAll(group)
             throw error
         }
-        let id = self.nextRequestID()
         let timeout = timeout ?? self.options.requestTimeout
         passing.expectReply(id)
         do {

@@ -45,6 +45,9 @@ struct ReadBufferTests {
     @Test("large blocks freed on a thread are kept for its next large read buffers, at most four; small ones are not")
     func keptBlocks() {
         let size = 1024 * 1024
+        // Blocks kept on this thread before (read buffers that other tests' tasks released here) are taken first, by
+        // allocations of the smallest size kept, and freed for good: otherwise smaller ones would hold the slots.
+        Self.dropKeptBlocks()
         var blocks: [UnsafeMutableRawPointer] = (0..<6).map { _ in csocketipc_read_buffer_allocate(size)! }
         let freed = Set(blocks)
         for block in blocks { csocketipc_read_buffer_free(block) }
@@ -55,7 +58,11 @@ struct ReadBufferTests {
         let small = csocketipc_read_buffer_allocate(100)!
         csocketipc_read_buffer_free(small)
         // Leave nothing kept for the next test on this thread.
-        blocks = (0..<4).map { _ in csocketipc_read_buffer_allocate(size)! }
-        for block in blocks { free(block) }
+        Self.dropKeptBlocks()
+    }
+
+    /// Takes the blocks kept on this thread (at most four, each of 256 KiB or more) and frees them with free(3).
+    static func dropKeptBlocks() {
+        for block in (0..<4).map({ _ in csocketipc_read_buffer_allocate(256 * 1024)! }) { free(block) }
     }
 }
