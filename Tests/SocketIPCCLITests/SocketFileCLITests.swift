@@ -100,4 +100,15 @@ extension SocketFileCLITests {
             #expect(lstat(path, &after) == 0 && after.st_ino == before.st_ino && after.st_mode == before.st_mode)
         }
     }
+
+    @Test("a socket path with a newline is printed on one line, escaped: `listening on` cannot be forged")
+    func pathWithNewline() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/a\nlistening on b.sock"
+            try await withProcess(try TestProcess.socketIPC(["serve", path])) { server in
+                let line = await server.standardOutput.waitForLine(containing: "listening on")
+                #expect(line == "listening on " + directory + "/a\\nlistening on b.sock", "\(String(describing: line))")
+            }
+        }
+    }
 }

@@ -113,7 +113,7 @@ struct ListenCommand: AsyncParsableCommand {
     ) async throws {
         let (limit, limitReached) = AsyncStream.makeStream(of: Void.self)
         let onLimit: @Sendable () -> Void = { limitReached.finish() }
-        let onRunning: @Sendable (SocketPath) async -> Void = { Output.note("listening on \($0)") }
+        let onRunning: @Sendable (SocketPath) async -> Void = { Output.note("listening on \(SafeText.oneLine("\($0)"))") }
         let server: Server
         switch mode {
         case .framed:

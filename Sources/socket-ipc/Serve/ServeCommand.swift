@@ -193,7 +193,7 @@ struct ServeCommand: AsyncParsableCommand {
         oneWayRuns: OneWayRuns = OneWayRuns(),
         logger: Logger
     ) -> Server {
-        let onRunning: @Sendable (SocketPath) async -> Void = { Output.line("listening on \($0)") }
+        let onRunning: @Sendable (SocketPath) async -> Void = { Output.line("listening on \(SafeText.oneLine("\($0)"))") }
         let maximumSize = configuration.connection.maximumMessageSize
         switch (mode, exec) {
         case (.framed, nil):
