@@ -1,6 +1,7 @@
 import ArgumentParser
 import NIOCore
 import SocketIPC
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -111,19 +112,25 @@ struct CommandFailure: Error {
 struct ServingFailure: Error {
     var error: SocketIPCError
 
-    /// The codes of the errors a server meets while it sets up its socket.
-    static let codes: Set<SocketIPCError.Code> = [
-        .addressInUse, .pathOccupied, .invalidPath, .parentDirectoryMissing, .insecureDirectory, .systemCall,
-        .invalidConfiguration,
-    ]
-
-    /// Runs `body` (a server that runs until it is shut down): an error of ``codes`` that it throws becomes a
-    /// ``ServingFailure``; any other is thrown as it is.
-    static func reporting(_ body: () async throws -> Void) async throws {
+    /// Runs `body`, which sets up a server and runs it until it is shut down: a ``SocketIPCError`` it throws before
+    /// `started` says the server listens becomes a ``ServingFailure``; any other error, and any error after that (an
+    /// `accept` that fails while serving), is thrown as it is.
+    static func reporting(_ started: ServingStarted, _ body: () async throws -> Void) async throws {
         do {
             try await body()
-        } catch let error as SocketIPCError where Self.codes.contains(error.code) {
+        } catch let error as SocketIPCError where !started.hasStarted {
             throw ServingFailure(error: error)
         }
     }
+}
+
+/// Whether the server of `serve` or `listen` has started listening (set by its `onServerRunning` hook).
+final class ServingStarted: Sendable {
+    private let started = Atomic<Bool>(false)
+
+    /// The server listens.
+    func markStarted() { self.started.store(true, ordering: .releasing) }
+
+    /// Whether the server has listened.
+    var hasStarted: Bool { self.started.load(ordering: .acquiring) }
 }

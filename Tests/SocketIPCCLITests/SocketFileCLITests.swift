@@ -111,4 +111,14 @@ extension SocketFileCLITests {
             }
         }
     }
+
+    @Test("serve with malformed socket-activation variables exits 73 (EX_CANTCREAT) and names them")
+    func malformedActivation() async throws {
+        // The shell's pid is serve's after exec, so LISTEN_PID names serve.
+        let server = try TestProcess.shell(#"LISTEN_PID=$$ LISTEN_FDS=abc exec "$0" serve"#)
+        let status = await server.waitForExit()
+        let error = await server.standardError.text()
+        #expect(status == 73, "stderr: \(error)")
+        #expect(error.contains("LISTEN_FDS"), "\(error)")
+    }
 }

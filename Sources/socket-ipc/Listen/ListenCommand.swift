@@ -98,9 +98,14 @@ struct ListenCommand: AsyncParsableCommand {
         } else {
             // A server's event loops print: they must not wait for a reader of standard output.
             Output.writeWithoutWaiting()
-            let path = try socketPath(fromArgument: self.socket, creatingDirectory: true)
-            let configuration = try self.server.configuration(path: path)
-            try await Self.serve(configuration: configuration, mode: self.mode, printer: printer, logger: logger)
+            // The socket's setup and the server's start: a failure there exits 73 (EX_CANTCREAT).
+            let started = ServingStarted()
+            try await ServingFailure.reporting(started) {
+                let path = try socketPath(fromArgument: self.socket, creatingDirectory: true)
+                let configuration = try self.server.configuration(path: path)
+                try await Self.serve(
+                    configuration: configuration, mode: self.mode, printer: printer, started: started, logger: logger)
+            }
         }
     }
 
@@ -109,11 +114,15 @@ struct ListenCommand: AsyncParsableCommand {
         configuration: ServerConfiguration,
         mode: ServeCommand.Mode,
         printer: MessagePrinter,
+        started: ServingStarted = ServingStarted(),
         logger: Logger
     ) async throws {
         let (limit, limitReached) = AsyncStream.makeStream(of: Void.self)
         let onLimit: @Sendable () -> Void = { limitReached.finish() }
-        let onRunning: @Sendable (SocketPath) async -> Void = { Output.note("listening on \(SafeText.oneLine("\($0)"))") }
+        let onRunning: @Sendable (SocketPath) async -> Void = {
+            started.markStarted()
+            Output.note("listening on \(SafeText.oneLine("\($0)"))")
+        }
         let server: Server
         switch mode {
         case .framed:
@@ -143,7 +152,7 @@ struct ListenCommand: AsyncParsableCommand {
             await group.triggerGracefulShutdown()
         }
         defer { stopper.cancel() }
-        try await ServingFailure.reporting { try await group.run() }
+        try await group.run()
         // Not the last message printed: SIGINT, SIGTERM or SIGHUP.
         if !printer.reachedLimit { Output.stoppedBySignal() }
     }

@@ -133,38 +133,44 @@ struct ServeCommand: AsyncParsableCommand {
         // A server's event loops print: they must not wait for a reader of standard output.
         Output.writeWithoutWaiting()
         Output.outlivesStandardOutput()
-        let inherited = try self.inheritedSocket()
-        guard inherited != nil || self.socket != nil else {
-            throw UsageError(message: "give the socket's PATH (or start serve by socket activation, which passes LISTEN_FDS)")
-        }
-        let path =
-            try inherited?.address ?? self.socket.map { try socketPath(fromArgument: $0, creatingDirectory: true) } ?? ""
-        let configuration = try self.server.configuration(path: path, inheritedSocket: inherited)
-        let logger = self.server.logger
+        // The socket's setup and the server's start: a failure there exits 73 (EX_CANTCREAT).
+        let started = ServingStarted()
         let oneWayRuns = OneWayRuns()
-        let exec = self.exec.map {
-            ExecCommand(
-                command: $0,
-                timeout: duration(seconds: self.execTimeout),
-                maximumOutput: configuration.connection.maximumMessageSize,
-                socketPath: path,
-                turns: ExecTurns(limit: self.execConcurrency ?? ExecTurns.defaultLimit)
+        var gracePeriod = Duration.zero
+        try await ServingFailure.reporting(started) {
+            let inherited = try self.inheritedSocket()
+            guard inherited != nil || self.socket != nil else {
+                throw UsageError(message: "give the socket's PATH (or start serve by socket activation, which passes LISTEN_FDS)")
+            }
+            let path =
+                try inherited?.address ?? self.socket.map { try socketPath(fromArgument: $0, creatingDirectory: true) } ?? ""
+            let configuration = try self.server.configuration(path: path, inheritedSocket: inherited)
+            let logger = self.server.logger
+            let exec = self.exec.map {
+                ExecCommand(
+                    command: $0,
+                    timeout: duration(seconds: self.execTimeout),
+                    maximumOutput: configuration.connection.maximumMessageSize,
+                    socketPath: path,
+                    turns: ExecTurns(limit: self.execConcurrency ?? ExecTurns.defaultLimit)
+                )
+            }
+            let server = Self.makeServer(
+                configuration: configuration, mode: self.mode, exec: exec, oneWayRuns: oneWayRuns, started: started,
+                logger: logger)
+            gracePeriod = configuration.shutdownGracePeriod
+            // Listed last, the one-way runs hear of the shutdown first: their queue is dropped while the server drains.
+            let group = ServiceGroup(
+                services: [server, OneWayRunsShutdown(runs: oneWayRuns, gracePeriod: gracePeriod)],
+                gracefulShutdownSignals: ShutdownSignals.server,
+                logger: logger
             )
-        }
-        let server = Self.makeServer(
-            configuration: configuration, mode: self.mode, exec: exec, oneWayRuns: oneWayRuns, logger: logger)
-        let gracePeriod = configuration.shutdownGracePeriod
-        // Listed last, the one-way runs hear of the shutdown first: their queue is dropped while the server drains.
-        let group = ServiceGroup(
-            services: [server, OneWayRunsShutdown(runs: oneWayRuns, gracePeriod: gracePeriod)],
-            gracefulShutdownSignals: ShutdownSignals.server,
-            logger: logger
-        )
-        do {
-            try await ServingFailure.reporting { try await group.run() }
-        } catch {
-            await oneWayRuns.finish(gracePeriod: gracePeriod)
-            throw error
+            do {
+                try await group.run()
+            } catch {
+                await oneWayRuns.finish(gracePeriod: gracePeriod)
+                throw error
+            }
         }
         // Only SIGINT, SIGTERM or SIGHUP end a server that ran.
         Output.stoppedBySignal()
@@ -191,9 +197,13 @@ struct ServeCommand: AsyncParsableCommand {
         mode: Mode,
         exec: ExecCommand? = nil,
         oneWayRuns: OneWayRuns = OneWayRuns(),
+        started: ServingStarted = ServingStarted(),
         logger: Logger
     ) -> Server {
-        let onRunning: @Sendable (SocketPath) async -> Void = { Output.line("listening on \(SafeText.oneLine("\($0)"))") }
+        let onRunning: @Sendable (SocketPath) async -> Void = {
+            started.markStarted()
+            Output.line("listening on \(SafeText.oneLine("\($0)"))")
+        }
         let maximumSize = configuration.connection.maximumMessageSize
         switch (mode, exec) {
         case (.framed, nil):
