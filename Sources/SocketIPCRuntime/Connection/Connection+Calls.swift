@@ -56,6 +56,12 @@ extension Connection {
         self.calls.receiver.withLock { $0 = receiver }
     }
 
+    /// Whether this side has used all the ids of its calls (2^31) or of its requests (2^32) on the connection: it then
+    /// goes away at its next call or request, and new ones belong on a new connection (PROTOCOL.md, "Call ids").
+    package var hasUsedAllIDs: Bool {
+        self.calls.opened.load(ordering: .relaxed) >= 1 << 31 || self.requestIDs.load(ordering: .relaxed) >= 1 << 32
+    }
+
     /// Opens a call: counts it (a connection going away waits for it) and numbers it.
     /// - Returns: The call's id.
     /// - Throws: ``SocketIPCError`` with code `unknownMethod` if the peer does not speak calls (a version 1 peer),

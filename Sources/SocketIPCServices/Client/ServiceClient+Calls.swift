@@ -202,7 +202,13 @@ extension ServiceClient {
         var excluding = excluding
         while true {
             let connection = try await self.waitForConnection(excluding: excluding, timeout: timeout, bounded: bounded)
-            if connection.isOpen { return connection }
+            if connection.isOpen && !connection.hasUsedAllIDs { return connection }
+            if connection.hasUsedAllIDs {
+                // It has numbered all the calls it can, and would stay open, going away, while its calls last (a watch
+                // may last for ever): closed, so that the client connects anew and its streams resubscribe there, as
+                // after a loss (found by a review: every new call failed on it).
+                connection.close()
+            }
             excluding = connection
         }
     }

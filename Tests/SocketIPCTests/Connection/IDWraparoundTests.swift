@@ -91,3 +91,43 @@ private final class HeldReply: Sendable {
     let reply = Mutex<Reply?>(nil)
     let kept = AsyncStream<Void>.makeStream()
 }
+
+extension IDWraparoundTests {
+    @Test("a ServiceClient whose connection has used all its call ids connects anew, and its calls go on there")
+    func serviceClientConnectsAnew() async throws {
+        // One store for the server's connections.
+        let router = keyValueRouter()
+        try await withFramedTestServer(makeHandler: { [router] in ServiceConnectionHandler(router: router) }) { _, path in
+            let connections = Mutex<[Connection]>([])
+            let client = ServiceClient(path: path) { connection in connections.withLock { $0.append(connection) } }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await client.run() }
+                defer { client.shutdown() }
+                #expect(try await client.call(SetValue.self, .init(key: "colour", value: "blue")))
+                // A stream that keeps the first connection open while it goes away (as a watch would, for ever).
+                let (streaming, started) = AsyncStream.makeStream(of: Void.self)
+                group.addTask {
+                    _ = try? await client.bidirectionalStreaming(Echo.self) { writer, responses in
+                        var iterator = responses.makeAsyncIterator()
+                        try await writer.write(1)
+                        _ = try await iterator.next()
+                        started.yield()
+                        while try await iterator.next() != nil {}
+                    }
+                }
+                for await _ in streaming { break }
+                let first = try #require(connections.withLock { $0.first })
+                // The last id of this side's 2^31 is still fresh; then the ids are used up.
+                first.calls.opened.store((1 << 31) - 1, ordering: .relaxed)
+                #expect(try await client.call(SetValue.self, .init(key: "colour", value: "red")))
+                // Before, every later call failed with connectionClosed on the first connection, going away and kept
+                // open by the stream. It is closed now: the stream ends with it, as after a loss.
+                #expect(try await client.call(Get.self, "colour") == "red")
+                #expect(try await client.call(SetValue.self, .init(key: "colour", value: "green")))
+                #expect(connections.withLock { $0.count } == 2)
+                await first.waitUntilClosed()
+                group.cancelAll()
+            }
+        }
+    }
+}
