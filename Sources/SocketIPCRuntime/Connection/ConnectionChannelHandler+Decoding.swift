@@ -192,27 +192,35 @@ extension ConnectionChannelHandler {
                 var before = partial.bytes
                 guard let frame = try self.decoder.next(from: &partial.bytes) else { break }
                 switch frame {
-                case .descriptors:
-                    // Its descriptors go with the frame after it, and the groups are taken in the order they came.
-                    // While no descriptors frame is held, a reply after it takes the next group: hand both out now,
-                    // or a handler waiting for that reply to answer would wait for ever. Any other frame after it is
-                    // held with it, and from then on every descriptors frame with its frame, so that the groups stay
-                    // in order; the loop goes on, so that the credit, pings and pongs behind them still get through
-                    // (found by a review: they waited for the pause to end, and a stream waiting for credit with
-                    // them). Without the frame after it yet, both wait for more bytes.
+                case .descriptors(let count):
+                    // Its descriptors go with the frame after it. A reply after it takes them now: a handler may be
+                    // waiting for that reply to answer. Any other frame after it is held with it, and its group is
+                    // taken from the relay now and kept for when the held frames are handed out, so that a later
+                    // reply's group can be taken meanwhile; the loop goes on, so that the replies, credit, pings and
+                    // pongs behind them still get through (found by reviews: they waited for the pause to end, for
+                    // good when the handler's answer waited for one of them). Without the frame after it yet, both
+                    // wait for more bytes.
                     var after = partial.bytes
-                    guard let next = try self.decoder.next(from: &after) else {
+                    guard let next = try self.decoder.next(from: &after), let passing = connection.descriptorPassing
+                    else {
                         partial.bytes = before
                         break loop
                     }
-                    if Self.isReply(next) && !self.inbound.holdsDescriptors {
-                        step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: .max)
-                        if step.isNext {
+                    if passing.heldCount > self.inbound.heldDescriptorFrames {
+                        // Held before, handed back when a pause ended, and held again: its group is kept already.
+                        self.inbound.heldDescriptorFrames += 1
+                        self.inbound.hold(before.readSlice(length: after.readerIndex - before.readerIndex)!)
+                    } else if Self.isReply(next) {
+                        if let violation = passing.announceFromRelay(count) {
+                            step = .violation(violation)
+                        } else {
                             step = Self.dispatch(next, to: &handler, connection: connection, maximumRequests: .max)
+                            if step.yields { step = .next }
                         }
-                        if step.yields { step = .next }
+                    } else if let violation = passing.hold(count) {
+                        step = .violation(violation)
                     } else {
-                        self.inbound.holdsDescriptors = true
+                        self.inbound.heldDescriptorFrames += 1
                         self.inbound.hold(before.readSlice(length: after.readerIndex - before.readerIndex)!)
                     }
                     partial.bytes = after

@@ -9,9 +9,9 @@ struct InboundBuffer {
     var held: ByteBuffer?
     /// The ids of the call opens among ``held``: credit for those calls is held too, not handed out before them.
     var heldCallOpens: Set<UInt32> = []
-    /// Whether a descriptors frame is among ``held``: every later one is held too, so that the descriptor groups are
-    /// taken in the order they came.
-    var holdsDescriptors = false
+    /// How many descriptors frames are among ``held`` (their groups kept by `DescriptorPassing.hold(_:)`): those
+    /// beyond it that the connection keeps are in ``partial``, held once and handed back when a pause ended.
+    var heldDescriptorFrames = 0
     /// Whether requests, messages and call frames are not handed out until an answer makes room for more requests.
     var isPaused = false
     /// Whether frames are not handed out until the event loop's next turn, after a payload in shared memory
@@ -49,7 +49,7 @@ struct InboundBuffer {
     mutating func endPause() {
         self.isPaused = false
         self.heldCallOpens = []
-        self.holdsDescriptors = false
+        self.heldDescriptorFrames = 0
         guard var held = self.held.take() else { return }
         if let rest = self.partial.take() { held.writeImmutableBuffer(rest.bytes) }
         self.partial = FrameAssembler(held)
@@ -60,7 +60,7 @@ struct InboundBuffer {
         self.partial = nil
         self.held = nil
         self.heldCallOpens = []
-        self.holdsDescriptors = false
+        self.heldDescriptorFrames = 0
     }
 
     /// The start of a frame a read left unfinished, kept for the next read. A small rest is copied out of the read

@@ -17,6 +17,10 @@ final class DescriptorPassing: Sendable {
     let relay: DescriptorRelay
     /// The descriptors a descriptors frame announced for the frame after it; touched on the event loop only.
     private let announced = Mutex<[Int32]?>(nil)
+    /// The groups of the descriptors frames held while the connection is paused for requests, in order: taken from
+    /// the relay when the frame was held, so that later groups (a reply's) can be taken meanwhile, and announced
+    /// again, in order, when the held frames are handed out; touched on the event loop only.
+    private let held = Mutex<[[Int32]]>([])
     /// How many announced groups frames took so far; touched on the event loop only.
     private let announcedTaken = Atomic<UInt64>(0)
     /// The requests made with ``Connection/request(_:descriptors:timeout:)`` that wait for their reply, and the
@@ -30,7 +34,37 @@ final class DescriptorPassing: Sendable {
     /// A descriptors frame announced `count` descriptors: takes them from the relay for the next frame.
     /// - Returns: Why the peer broke the protocol, if it did.
     func announce(_ count: Int) -> SocketIPCError? {
+        // Frames held while paused are handed out first when the pause ends, so their groups come first.
+        let group = self.held.withLock { $0.isEmpty ? nil : $0.removeFirst() } ?? self.relay.takeClaimed()
+        return self.announce(group, count: count)
+    }
+
+    /// While paused for requests, a descriptors frame announced `count` descriptors for a frame that is held with it:
+    /// takes them from the relay now and keeps them for ``announce(_:)`` when the held frames are handed out.
+    /// - Returns: Why the peer broke the protocol, if it did.
+    func hold(_ count: Int) -> SocketIPCError? {
         guard let group = self.relay.takeClaimed() else {
+            return SocketIPCError(.protocolViolation, "a descriptors frame came without the descriptors it announced")
+        }
+        guard group.count == count else {
+            DescriptorRelay.closeReceived(group)
+            return SocketIPCError(.protocolViolation, "a descriptors frame announced \(count) descriptors, not \(group.count)")
+        }
+        self.held.withLock { $0.append(group) }
+        return nil
+    }
+
+    /// How many groups ``hold(_:)`` keeps that no frame has taken yet.
+    var heldCount: Int { self.held.withLock { $0.count } }
+
+    /// While paused, a descriptors frame followed by a reply: takes its group from the relay (not from the held ones,
+    /// which come before it in the relay but after it in what is handed out).
+    func announceFromRelay(_ count: Int) -> SocketIPCError? {
+        self.announce(self.relay.takeClaimed(), count: count)
+    }
+
+    private func announce(_ group: [Int32]?, count: Int) -> SocketIPCError? {
+        guard let group else {
             return SocketIPCError(.protocolViolation, "a descriptors frame came without the descriptors it announced")
         }
         let earlier = self.announced.withLock { announced in
@@ -59,13 +93,19 @@ final class DescriptorPassing: Sendable {
     /// that grows whenever some move on: descriptors that wait while it stays the same are stuck.
     func pendingDescriptors() -> (waiting: Bool, progress: UInt64) {
         let relay = self.relay.pendingDescriptors()
-        let announced = self.announced.withLock { $0 != nil }
+        let announced = self.announced.withLock { $0 != nil } || self.held.withLock { !$0.isEmpty }
         return (relay.waiting || announced, relay.movedOn &+ self.announcedTaken.load(ordering: .relaxed))
     }
 
     /// Closes descriptors announced and not handed out (the connection closed).
     func closeAnnounced() {
         if let group = self.announced.withLock({ $0.take() }) { DescriptorRelay.closeReceived(group) }
+        for group in self.held.withLock({ held in
+            defer { held = [] }
+            return held
+        }) {
+            DescriptorRelay.closeReceived(group)
+        }
     }
 
     /// A request that takes the descriptors of its reply is about to be sent as `id`.

@@ -105,6 +105,128 @@ struct ReadWhilePausedTests {
     }
 }
 
+extension ReadWhilePausedTests {
+    @Test("a reply with descriptors behind a held message with descriptors is handed out: the handler waiting for it answers")
+    func replyWithDescriptorsBehindHeldOne() async throws {
+        try await withFramedTestServer(
+            configure: {
+                $0.connection.maximumConcurrentRequests = 1
+                $0.connection.maximumDescriptorsPerMessage = 4
+            },
+            makeHandler: { CallingBackHandler() }
+        ) { _, path in
+            let peer = try await RawSocket.connect(to: path)
+            defer { peer.close() }
+            try await peer.write([0x53, 0x49, 0x50, 0x43, 0x01, 0x03, 0x00, 0x00])
+            _ = try await peer.read(exactly: 8)
+            let (readEnd, writeEnd) = try FileDescriptor.pipe()
+            defer {
+                try? readEnd.close()
+                try? writeEnd.close()
+            }
+            // A descriptors frame announcing one descriptor, with the pipe's read end passed with its bytes.
+            func announceOne() {
+                let announce: [UInt8] = [0, 0, 0, 2, 0x0D, 1]
+                var passed = readEnd.rawValue
+                let sent = announce.withUnsafeBytes {
+                    csocketipc_send_with_descriptors(peer.descriptor, $0.baseAddress, UInt($0.count), &passed, 1)
+                }
+                #expect(sent == announce.count)
+            }
+            // A request the handler answers with the reply to its own request back to this peer (the connection is
+            // paused at it), then a one-way message with a descriptor: held with its descriptors frame.
+            try await peer.write(frameBytes(kind: 0x02, id: 1, payload: Array("call me back".utf8)))
+            announceOne()
+            try await peer.write(frameBytes(kind: 0x01, payload: Array("a note".utf8)))
+            var callback: UInt32?
+            while callback == nil {
+                for frame in try await peer.readFrames(1) where frame.kind == 0x02 { callback = frame.id }
+            }
+            // The answer to the callback, with a descriptor. Before, it was held behind the message, and the handler,
+            // waiting for it, never answered: the pause never ended.
+            announceOne()
+            try await peer.write(frameBytes(kind: 0x03, id: callback!, payload: Array("here".utf8)))
+            var answer: WireFrame?
+            while answer == nil {
+                for frame in try await peer.readFrames(1) where frame.kind == 0x03 && frame.id == 1 { answer = frame }
+            }
+            #expect(answer.map { String(decoding: $0.payload, as: UTF8.self) } == "here 1")
+            // The held message comes after the pause, with its own descriptor.
+            try await peer.write(pingBytes(id: 9))
+            while try await peer.readFrames(1).first?.kind != 0x0c {}
+        }
+    }
+}
+
+extension ReadWhilePausedTests {
+    @Test("a message with descriptors held, handed back when a pause ends and held again by the next pause, keeps its own descriptors; later ones keep theirs")
+    func descriptorsHeldTwice() async throws {
+        let handler = HoldingHandler()
+        try await withFramedTestServer(
+            configure: {
+                $0.connection.maximumConcurrentRequests = 1
+                $0.connection.maximumDescriptorsPerMessage = 4
+            },
+            makeHandler: { handler }
+        ) { _, path in
+            let peer = try await RawSocket.connect(to: path)
+            defer { peer.close() }
+            try await peer.write([0x53, 0x49, 0x50, 0x43, 0x01, 0x03, 0x00, 0x00])
+            _ = try await peer.read(exactly: 8)
+            let (readEnd, writeEnd) = try FileDescriptor.pipe()
+            defer {
+                try? readEnd.close()
+                try? writeEnd.close()
+            }
+            // A descriptors frame announcing `count` descriptors (copies of the pipe's read end), then a message.
+            func message(passing count: Int) async throws {
+                let announce: [UInt8] = [0, 0, 0, 2, 0x0D, UInt8(count)]
+                var passed = [Int32](repeating: readEnd.rawValue, count: count)
+                let sent = announce.withUnsafeBytes {
+                    csocketipc_send_with_descriptors(peer.descriptor, $0.baseAddress, UInt($0.count), &passed, Int32(count))
+                }
+                #expect(sent == announce.count)
+                try await peer.write(frameBytes(kind: 0x01, payload: Array("with \(count)".utf8)))
+            }
+            // Request 1 pauses the connection; request 2 and a message with two descriptors are held behind it.
+            try await peer.write(frameBytes(kind: 0x02, id: 1, payload: Array("one".utf8)) + frameBytes(kind: 0x02, id: 2, payload: Array("two".utf8)))
+            try await message(passing: 2)
+            try await peer.write(pingBytes(id: 9))
+            #expect(try await peer.readFrames(1).first?.id == 9)
+            // Answering request 1 ends the pause; request 2, handed out again, pauses the connection before the
+            // message, which is held a second time.
+            handler.answer()
+            var pongs = 0
+            try await peer.write(pingBytes(id: 10))
+            while pongs == 0 { pongs += try await peer.readFrames(1).filter { $0.kind == 0x0c }.count }
+            #expect(handler.messages.load(ordering: .relaxed) == 0)
+            // Answering request 2 hands the message out with its two descriptors; a later one with one comes after.
+            handler.answer()
+            try await message(passing: 1)
+            try await peer.write(pingBytes(id: 11))
+            while try await peer.readFrames(1).first(where: { $0.kind == 0x0c })?.id != 11 {}
+            #expect(handler.messages.load(ordering: .relaxed) == 2)
+            #expect(handler.descriptorCounts.withLock { $0 } == [2, 1])
+        }
+    }
+}
+
+/// Answers each request with the reply to its own request back to the peer, and how many descriptors came with it.
+private struct CallingBackHandler: ConnectionHandler, Sendable {
+    func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {
+        reply.complete {
+            let (payload, descriptors) = try await connection.request(ByteBuffer(string: "callback"), descriptors: [])
+            let taken = descriptors.take()
+            for descriptor in taken { try? descriptor.close() }
+            return ByteBuffer(string: "\(String(buffer: payload)) \(taken.count)")
+        }
+    }
+
+    func didReceiveMessage(_ message: ByteBuffer, descriptors: ReceivedDescriptors, on connection: Connection) {
+        for descriptor in descriptors.take() { try? descriptor.close() }
+    }
+}
+
 private enum Chunks: ServiceMethod {
     static let name = "paused.chunks"
     typealias Request = Int
@@ -137,6 +259,8 @@ private struct WaitingRequestsHandler: ConnectionHandler, Sendable {
 private final class HoldingHandler: ConnectionHandler, Sendable {
     let messages = Atomic<Int>(0)
     let descriptors = Atomic<Int>(0)
+    /// How many descriptors came with each message, in order.
+    let descriptorCounts = Mutex<[Int]>([])
     private let held = Mutex<[Reply]>([])
 
     func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {
@@ -146,11 +270,18 @@ private final class HoldingHandler: ConnectionHandler, Sendable {
     func didReceiveMessage(_ message: ByteBuffer, descriptors: ReceivedDescriptors, on connection: Connection) {
         let taken = descriptors.take()
         self.descriptors.add(taken.count, ordering: .relaxed)
+        self.descriptorCounts.withLock { $0.append(taken.count) }
         for descriptor in taken { try? descriptor.close() }
         self.messages.add(1, ordering: .relaxed)
     }
 
+    /// Answers the requests held so far.
     func answer() {
-        for reply in self.held.withLock({ $0 }) { reply.succeed(ByteBuffer(string: "ok")) }
+        for reply in self.held.withLock({ held in
+            defer { held = [] }
+            return held
+        }) {
+            reply.succeed(ByteBuffer(string: "ok"))
+        }
     }
 }
