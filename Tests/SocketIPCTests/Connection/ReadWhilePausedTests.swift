@@ -64,31 +64,11 @@ struct ReadWhilePausedTests {
     @Test("pings behind a descriptors frame that is held are answered; the frame and its descriptors come after the pause")
     func pingsBehindHeldDescriptors() async throws {
         let handler = HoldingHandler()
-        try await withFramedTestServer(
-            configure: {
-                $0.connection.maximumConcurrentRequests = 1
-                $0.connection.maximumDescriptorsPerMessage = 4
-            },
-            makeHandler: { handler }
-        ) { _, path in
-            let peer = try await RawSocket.connect(to: path)
-            defer { peer.close() }
-            try await peer.write([0x53, 0x49, 0x50, 0x43, 0x01, 0x03, 0x00, 0x00])
-            _ = try await peer.read(exactly: 8)
+        try await withPassingPeer(handler: handler) { peer, readEnd in
             // A request the handler holds: the connection is paused. Then a message with a descriptor, held with its
             // descriptors frame, and a ping behind both. Before, the ping waited for the pause to end.
             try await peer.write(frameBytes(kind: 0x02, id: 1, payload: Array("held".utf8)))
-            let (readEnd, writeEnd) = try FileDescriptor.pipe()
-            defer {
-                try? readEnd.close()
-                try? writeEnd.close()
-            }
-            let announce: [UInt8] = [0, 0, 0, 2, 0x0D, 1]
-            var passed = readEnd.rawValue
-            let sent = announce.withUnsafeBytes {
-                csocketipc_send_with_descriptors(peer.descriptor, $0.baseAddress, UInt($0.count), &passed, 1)
-            }
-            #expect(sent == announce.count)
+            announce(1, of: readEnd, on: peer)
             try await peer.write(frameBytes(kind: 0x01, payload: Array("with a pipe".utf8)) + pingBytes(id: 9))
             let pong = try await peer.readFrames(1)
             #expect(pong.first?.kind == 0x0c && pong.first?.id == 9, "\(pong)")
@@ -108,35 +88,11 @@ struct ReadWhilePausedTests {
 extension ReadWhilePausedTests {
     @Test("a reply with descriptors behind a held message with descriptors is handed out: the handler waiting for it answers")
     func replyWithDescriptorsBehindHeldOne() async throws {
-        try await withFramedTestServer(
-            configure: {
-                $0.connection.maximumConcurrentRequests = 1
-                $0.connection.maximumDescriptorsPerMessage = 4
-            },
-            makeHandler: { CallingBackHandler() }
-        ) { _, path in
-            let peer = try await RawSocket.connect(to: path)
-            defer { peer.close() }
-            try await peer.write([0x53, 0x49, 0x50, 0x43, 0x01, 0x03, 0x00, 0x00])
-            _ = try await peer.read(exactly: 8)
-            let (readEnd, writeEnd) = try FileDescriptor.pipe()
-            defer {
-                try? readEnd.close()
-                try? writeEnd.close()
-            }
-            // A descriptors frame announcing one descriptor, with the pipe's read end passed with its bytes.
-            func announceOne() {
-                let announce: [UInt8] = [0, 0, 0, 2, 0x0D, 1]
-                var passed = readEnd.rawValue
-                let sent = announce.withUnsafeBytes {
-                    csocketipc_send_with_descriptors(peer.descriptor, $0.baseAddress, UInt($0.count), &passed, 1)
-                }
-                #expect(sent == announce.count)
-            }
+        try await withPassingPeer(handler: CallingBackHandler()) { peer, readEnd in
             // A request the handler answers with the reply to its own request back to this peer (the connection is
             // paused at it), then a one-way message with a descriptor: held with its descriptors frame.
             try await peer.write(frameBytes(kind: 0x02, id: 1, payload: Array("call me back".utf8)))
-            announceOne()
+            announce(1, of: readEnd, on: peer)
             try await peer.write(frameBytes(kind: 0x01, payload: Array("a note".utf8)))
             var callback: UInt32?
             while callback == nil {
@@ -144,7 +100,7 @@ extension ReadWhilePausedTests {
             }
             // The answer to the callback, with a descriptor. Before, it was held behind the message, and the handler,
             // waiting for it, never answered: the pause never ended.
-            announceOne()
+            announce(1, of: readEnd, on: peer)
             try await peer.write(frameBytes(kind: 0x03, id: callback!, payload: Array("here".utf8)))
             var answer: WireFrame?
             while answer == nil {
@@ -162,30 +118,10 @@ extension ReadWhilePausedTests {
     @Test("a message with descriptors held, handed back when a pause ends and held again by the next pause, keeps its own descriptors; later ones keep theirs")
     func descriptorsHeldTwice() async throws {
         let handler = HoldingHandler()
-        try await withFramedTestServer(
-            configure: {
-                $0.connection.maximumConcurrentRequests = 1
-                $0.connection.maximumDescriptorsPerMessage = 4
-            },
-            makeHandler: { handler }
-        ) { _, path in
-            let peer = try await RawSocket.connect(to: path)
-            defer { peer.close() }
-            try await peer.write([0x53, 0x49, 0x50, 0x43, 0x01, 0x03, 0x00, 0x00])
-            _ = try await peer.read(exactly: 8)
-            let (readEnd, writeEnd) = try FileDescriptor.pipe()
-            defer {
-                try? readEnd.close()
-                try? writeEnd.close()
-            }
+        try await withPassingPeer(handler: handler) { peer, readEnd in
             // A descriptors frame announcing `count` descriptors (copies of the pipe's read end), then a message.
             func message(passing count: Int) async throws {
-                let announce: [UInt8] = [0, 0, 0, 2, 0x0D, UInt8(count)]
-                var passed = [Int32](repeating: readEnd.rawValue, count: count)
-                let sent = announce.withUnsafeBytes {
-                    csocketipc_send_with_descriptors(peer.descriptor, $0.baseAddress, UInt($0.count), &passed, Int32(count))
-                }
-                #expect(sent == announce.count)
+                announce(count, of: readEnd, on: peer)
                 try await peer.write(frameBytes(kind: 0x01, payload: Array("with \(count)".utf8)))
             }
             // Request 1 pauses the connection; request 2 and a message with two descriptors are held behind it.
@@ -284,4 +220,40 @@ private final class HoldingHandler: ConnectionHandler, Sendable {
             reply.succeed(ByteBuffer(string: "ok"))
         }
     }
+}
+
+/// Runs `body` against a server of `handler` that pauses at one unanswered request and passes descriptors, with a raw
+/// peer that passes descriptors (hellos exchanged) and the read end of a pipe for it to pass.
+private func withPassingPeer<Handler: ConnectionHandler & Sendable>(
+    handler: Handler,
+    _ body: (_ peer: RawSocket, _ readEnd: FileDescriptor) async throws -> Void
+) async throws {
+    try await withFramedTestServer(
+        configure: {
+            $0.connection.maximumConcurrentRequests = 1
+            $0.connection.maximumDescriptorsPerMessage = 4
+        },
+        makeHandler: { handler }
+    ) { _, path in
+        let peer = try await RawSocket.connect(to: path)
+        defer { peer.close() }
+        try await peer.write([0x53, 0x49, 0x50, 0x43, 0x01, 0x03, 0x00, 0x00])
+        _ = try await peer.read(exactly: 8)
+        let (readEnd, writeEnd) = try FileDescriptor.pipe()
+        defer {
+            try? readEnd.close()
+            try? writeEnd.close()
+        }
+        try await body(peer, readEnd)
+    }
+}
+
+/// Sends a descriptors frame announcing `count` descriptors, copies of `descriptor` passed with its bytes.
+private func announce(_ count: Int, of descriptor: FileDescriptor, on peer: RawSocket) {
+    let frame: [UInt8] = [0, 0, 0, 2, 0x0D, UInt8(count)]
+    var passed = [Int32](repeating: descriptor.rawValue, count: count)
+    let sent = frame.withUnsafeBytes {
+        csocketipc_send_with_descriptors(peer.descriptor, $0.baseAddress, UInt($0.count), &passed, Int32(count))
+    }
+    #expect(sent == frame.count)
 }

@@ -14,6 +14,13 @@ struct OneCallAtATimeTests {
     static let maximum = 1024 * 1024
     static let chunk = String(repeating: "u", count: 600 * 1024)
 
+    /// A client connection with the same maximum message size as the server's.
+    static func connect(to path: String) async throws -> Connection {
+        var configuration = ClientConfiguration()
+        configuration.connection.maximumMessageSize = Self.maximum
+        return try await Client.connect(to: path, configuration: configuration)
+    }
+
     @Test("uploads that the server writes one at a time all finish")
     func uploadsOneAtATime() async throws {
         let turns = Turns()
@@ -27,9 +34,7 @@ struct OneCallAtATimeTests {
         }
         try await withServiceTestServer(router: router, configure: { $0.connection.maximumMessageSize = Self.maximum }) {
             _, path in
-            var configuration = ClientConfiguration()
-            configuration.connection.maximumMessageSize = Self.maximum
-            let connection = try await Client.connect(to: path, configuration: configuration)
+            let connection = try await Self.connect(to: path)
             defer { connection.close() }
             let sizes = try await withThrowingTaskGroup(of: Int.self) { group in
                 for _ in 0..<3 {
@@ -53,9 +58,7 @@ struct OneCallAtATimeTests {
         }
         try await withServiceTestServer(router: router, configure: { $0.connection.maximumMessageSize = Self.maximum }) {
             _, path in
-            var configuration = ClientConfiguration()
-            configuration.connection.maximumMessageSize = Self.maximum
-            let connection = try await Client.connect(to: path, configuration: configuration)
+            let connection = try await Self.connect(to: path)
             defer { connection.close() }
             let turns = Turns()
             let counts = try await withThrowingTaskGroup(of: Int.self) { group in
