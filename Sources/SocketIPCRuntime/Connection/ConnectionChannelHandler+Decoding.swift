@@ -175,11 +175,11 @@ extension ConnectionChannelHandler {
         self.readIfHeld(context: context)
     }
 
-    /// While paused for requests: hands out the replies (with their
-    /// descriptors), error replies, pings, pongs and call credit among the bytes kept (a ping is answered at once, so
-    /// that a busy peer is not taken for a frozen one), and moves the other frames among them (requests, messages,
-    /// call frames, going-away), in order, to the held frames; keeps the start of an unfinished frame. A going-away
-    /// is held too, so that it still comes after the requests sent before it.
+    /// While paused for requests: hands out the replies (with their descriptors), error replies, pings, pongs and call
+    /// credit among the bytes kept (a ping is answered at once, so that a busy peer is not taken for a frozen one), and
+    /// moves the other frames among them (requests, messages, call frames, going-away), in order, to the held frames;
+    /// keeps the start of an unfinished frame. A going-away is held too, so that it still comes after the requests
+    /// sent before it.
     func handOutRepliesWhilePaused(context: ChannelHandlerContext, connection: Connection) {
         guard var partial = self.inbound.partial.take(), self.state.mayHandleFrames else { return }
         var handler = self.handler.take()!
