@@ -5,11 +5,20 @@ import NIOCore
 ///
 /// Flow control is credit-based, as HTTP/2's (RFC 9113, section 6.9), counted in bytes of call-message frames as
 /// they travel (``frameCost(payloadLength:)``: the 9 bytes of header and the payload). Each direction of a call starts
-/// with ``initialWindow`` bytes of credit. A sender may send a message while its credit is above zero; the message's
-/// cost is taken from it (it may go below zero, so that a message larger than the window still goes). The receiver
-/// gives credit back with a credit frame as its application consumes messages, once half the window is consumed. So
-/// a receiver holds at most one window plus one message per call, and a consumer that stops reading stops its
-/// producer on the other side.
+/// with ``initialWindow`` bytes of credit. The receiver gives credit back with a credit frame as its application
+/// consumes messages, once half the window is consumed, so a consumer that stops reading stops its producer on the
+/// other side.
+///
+/// How far a sender may go depends on ``strictCredit`` (both hellos set ``HelloFlags/strictCredit``):
+/// - **Strict**: a message goes only when its whole cost is within the credit. A message that costs more waits, and
+///   the sender says so with a call-blocked frame (`0x0F`, as QUIC's `STREAM_DATA_BLOCKED`, RFC 9000, section
+///   19.13) carrying the cost; the receiver gives the credit it lacks once its application waits for a message and
+///   has none (``blockedReceived(cost:)``, ``next(orWait:)``). So a receiver holds at most one window per call whose
+///   reader is busy, and a message larger than the window only for a reader that asked for it, as gRPC widens a
+///   stream's window for the message its application is reading.
+/// - **Version 1 of calls**: a message goes while the credit is above zero, and its cost may take the credit below
+///   zero, so that a message larger than the window still goes: a receiver holds up to one window and one message
+///   per call.
 ///
 /// ```
 ///            messageReceived / endReceived          next(...)
@@ -34,6 +43,15 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     /// The messages received and not yet consumed.
     @usableFromInline
     var inbound = InboundMessages()
+    /// Whether both sides send within credit (``HelloFlags/strictCredit``): a message then never costs more than its
+    /// sender's credit, and a sender that lacks credit for one says so (``CallFrame/blocked(_:)``).
+    @usableFromInline
+    package var strictCredit = false
+    /// The cost of the message the peer is blocked on (its call-blocked frame), while the credit the peer has, as
+    /// this side counts it, is less: given once this side's reader waits with nothing to read.
+    @usableFromInline
+    var peerBlockedCost: Int?
+
     /// How the peer ended its direction (its half-close, or the handler's final status), once it has.
     @usableFromInline
     var inboundEnd: CallStatus?
@@ -55,6 +73,16 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     /// What this side may still send.
     @usableFromInline
     var sendCredit = CallStateMachine.initialWindow
+    /// Strict credit: the cost of the message accepted from the producer that waits for credit to cover it
+    /// (``SendAction/park(cost:)``); the caller keeps the message itself.
+    @usableFromInline
+    var parkedCost: Int?
+    /// Strict credit: the parked message's cost is taken and the caller is sending it (``CreditAction/sendParked``).
+    @usableFromInline
+    var sendingParked = false
+    /// Strict credit: this side's end waits for the parked message.
+    @usableFromInline
+    var endAfterParked = false
     /// Who waits for credit, and the cost of the message it will send once resumed.
     @usableFromInline
     var writeWaiter: (waiter: WriteWaiter, cost: Int)?
@@ -71,8 +99,11 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     @usableFromInline
     package internal(set) var failure: (any Error)?
 
+    /// - Parameter strictCredit: Whether both sides send within credit (``HelloFlags/strictCredit``).
     @inlinable
-    package init() {}
+    package init(strictCredit: Bool = false) {
+        self.strictCredit = strictCredit
+    }
 
     // MARK: - Inbound
 
@@ -89,6 +120,13 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
         case violation
     }
 
+    /// Whether a message that costs `cost` bytes may arrive now: the credit left is above zero, and with strict
+    /// credit covers all of it.
+    @inlinable
+    func peerMaySend(cost: Int) -> Bool {
+        self.strictCredit ? cost <= self.peerCredit : self.peerCredit > 0
+    }
+
     /// Whether a message arriving now would be kept for the consumer (or delivered): the call has not failed, the
     /// peer has not ended its direction, and it has credit left.
     @inlinable
@@ -100,8 +138,11 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     @inlinable
     package mutating func messageReceived(_ message: ByteBuffer) -> ReceiveAction {
         guard self.failure == nil, !self.inboundEnded else { return .none }
-        guard self.peerCredit > 0 else { return .violation }
-        self.peerCredit -= Self.frameCost(payloadLength: message.readableBytes)
+        let cost = Self.frameCost(payloadLength: message.readableBytes)
+        guard self.peerMaySend(cost: cost) else { return .violation }
+        self.peerCredit -= cost
+        // The message the peer was blocked on, if it was: a sender blocks again for its next one.
+        self.peerBlockedCost = nil
         if self.receivingStopped { return .none }
         if let waiter = self.readWaiter.take() {
             return .deliver(waiter, message)
@@ -119,6 +160,56 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
         let held = self.inbound.count > 0
         self.inbound.removeAll()
         return held
+    }
+
+    /// What a call-blocked frame from the peer leads to.
+    @usableFromInline
+    package enum BlockedAction: Equatable {
+        /// Give the peer this much credit now (this side's reader waits, with nothing to read).
+        case grant(Int)
+        /// Nothing now: the credit is given once the reader waits with nothing to read, or not at all (the peer has
+        /// enough already, the call is over, or this side takes no more messages).
+        case none
+        /// The cost is above what any message may cost here: a protocol violation.
+        case violation
+    }
+
+    /// The peer has a message that costs `cost` bytes of credit (its frame's bytes) and lacks the credit for it
+    /// (``CallFrame/blocked(_:)``).
+    ///
+    /// The credit is given only to a reader that waits with nothing to read: a consumer that is busy, or stopped
+    /// reading, keeps its producer within one window, and a message larger than the window is held only once the
+    /// application asked for it.
+    /// - Parameter maximumCost: The most a message may cost here (9 bytes and the maximum message size); a cost above
+    ///   it, or above ``maximumWindow``, is a violation.
+    @inlinable
+    package mutating func blockedReceived(cost: Int, maximumCost: Int) -> BlockedAction {
+        guard cost <= min(maximumCost, Self.maximumWindow) else { return .violation }
+        guard self.failure == nil, !self.inboundEnded, !self.receivingStopped, self.strictCredit,
+            cost > self.peerCredit
+        else {
+            return .none
+        }
+        self.peerBlockedCost = cost
+        guard self.readWaiter != nil else { return .none }
+        return .grant(self.creditForBlockedPeer())
+    }
+
+    /// The credit the blocked peer lacks, taken as given, when this side's reader waits with nothing to read; 0
+    /// otherwise.
+    @inlinable
+    mutating func creditForBlockedPeer() -> Int {
+        guard let cost = self.peerBlockedCost, self.inbound.count == 0, self.failure == nil, !self.inboundEnded,
+            !self.receivingStopped
+        else {
+            return 0
+        }
+        self.peerBlockedCost = nil
+        guard cost > self.peerCredit else { return 0 }
+        let grant = cost - self.peerCredit
+        self.peerCredit = cost
+        // Credit given ahead of consumption: what the reader consumes from here on counts anew.
+        return grant
     }
 
     /// The peer's end of its direction arrived; `fromCaller` when this side handles the call, and the end is the
@@ -146,8 +237,9 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
         case end(CallStatus)
         /// The call failed.
         case fail(any Error)
-        /// Nothing yet: the waiter is kept.
-        case wait
+        /// Nothing yet: the waiter is kept. Give `credit` bytes to the peer first if it is above zero: the peer is
+        /// blocked on a message larger than its credit, which the waiting reader now asks for.
+        case wait(credit: Int)
     }
 
     /// The consumer asks for the next message, with `waiter` to keep if there is none yet.
@@ -161,7 +253,7 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
         // One reader at a time: a second waiter would replace the first, which would then never be resumed.
         guard self.readWaiter == nil else { return .fail(Self.concurrentUse("reads")) }
         self.readWaiter = waiter
-        return .wait
+        return .wait(credit: self.creditForBlockedPeer())
     }
 
     /// The error of a second task that waits to read (or to write) while another already does.
@@ -173,8 +265,8 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
         )
     }
 
-    /// The consumer asks for the next message and will not wait: ``NextAction/wait`` means there is none yet (and
-    /// nothing was kept).
+    /// The consumer asks for the next message and will not wait: ``NextAction/wait(credit:)`` means there is none yet
+    /// (nothing was kept, and no credit is given).
     @inlinable
     package mutating func poll() -> NextAction {
         if let message = self.inbound.popFirst() {
@@ -182,7 +274,7 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
         }
         if let end = self.inboundEnd { return .end(end) }
         if let failure = self.failure { return .fail(failure) }
-        return .wait
+        return .wait(credit: 0)
     }
 
     /// The consumer took `message` (handed to it by ``ReceiveAction/deliver(_:_:)``): the credit to give back, if
@@ -203,10 +295,18 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
         let grant = self.consumedSinceGrant
         self.consumedSinceGrant = 0
         self.peerCredit += grant
+        if let cost = self.peerBlockedCost, cost <= self.peerCredit { self.peerBlockedCost = nil }
         return grant
     }
 
     // MARK: - Outbound
+
+    /// Whether this side may send a message that costs `cost` bytes now: its credit is above zero, and with strict
+    /// credit covers all of it.
+    @inlinable
+    func maySend(cost: Int) -> Bool {
+        self.strictCredit ? cost <= self.sendCredit : self.sendCredit > 0
+    }
 
     /// What a producer may do.
     @usableFromInline
@@ -215,6 +315,11 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
         case send
         /// Wait: the waiter is kept until credit comes.
         case wait
+        /// Strict credit: the message costs more than the credit there is. It is accepted (the producer goes on, as
+        /// with version 1's credit, and the caller keeps the message: ``parkedSendable``), and goes once credit
+        /// covers `cost`; tell the peer first that this side is blocked on it (``CallFrame/blocked(_:)``), since
+        /// credit beyond its window comes only when asked for.
+        case park(cost: Int)
         /// The call is over.
         case fail(any Error)
     }
@@ -225,27 +330,41 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
         if let failure = self.failure { return .fail(failure) }
         if let refused = self.sendsRefused { return .fail(refused) }
         if self.outboundEnded { return .fail(SocketIPCError(.invalidState, "the call's stream was already finished")) }
-        guard self.sendCredit > 0 else {
-            // One writer at a time, as one reader: a second waiter would leave the first waiting for ever.
-            guard self.writeWaiter == nil else { return .fail(Self.concurrentUse("writes")) }
-            self.writeWaiter = (waiter, Self.frameCost(payloadLength: payloadLength))
-            return .wait
-        }
-        self.sendCredit -= Self.frameCost(payloadLength: payloadLength)
-        return .send
+        let cost = Self.frameCost(payloadLength: payloadLength)
+        if let action = self.sendOrPark(cost: cost) { return action }
+        // One writer at a time, as one reader: a second waiter would leave the first waiting for ever.
+        guard self.writeWaiter == nil else { return .fail(Self.concurrentUse("writes")) }
+        self.writeWaiter = (waiter, cost)
+        return .wait
     }
 
-    /// The producer wants to send a message of `payloadLength` bytes and will not wait: whether it may (its cost is
-    /// then taken).
+    /// The producer wants to send a message of `payloadLength` bytes and will not wait: ``SendAction/send`` (its
+    /// cost is taken), ``SendAction/park(cost:)``, or ``SendAction/wait`` (nothing was kept).
     /// - Throws: What the call failed with, or `invalidState` once this side ended its direction.
     @inlinable
-    package mutating func trySend(payloadLength: Int) throws -> Bool {
+    package mutating func trySend(payloadLength: Int) throws -> SendAction {
         if let failure = self.failure { throw failure }
         if let refused = self.sendsRefused { throw refused }
         if self.outboundEnded { throw SocketIPCError(.invalidState, "the call's stream was already finished") }
-        guard self.sendCredit > 0 else { return false }
-        self.sendCredit -= Self.frameCost(payloadLength: payloadLength)
-        return true
+        return self.sendOrPark(cost: Self.frameCost(payloadLength: payloadLength)) ?? .wait
+    }
+
+    /// A message that costs `cost` goes now (its cost taken), or is parked; `nil` if the producer has to wait: the
+    /// credit is not above zero, or (strict) a message is parked already.
+    @inlinable
+    mutating func sendOrPark(cost: Int) -> SendAction? {
+        guard self.strictCredit else {
+            guard self.sendCredit > 0 else { return nil }
+            self.sendCredit -= cost
+            return .send
+        }
+        guard self.parkedCost == nil, !self.sendingParked, self.sendCredit > 0 else { return nil }
+        if cost <= self.sendCredit {
+            self.sendCredit -= cost
+            return .send
+        }
+        self.parkedCost = cost
+        return .park(cost: cost)
     }
 
     /// The most credit a sender may hold: 2³¹ − 1 bytes, as HTTP/2's flow-control window (RFC 9113, section
@@ -261,6 +380,12 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
         case none
         /// Resume the producer: it may send now (its message's cost is taken: it sends as soon as it is resumed).
         case resume(WriteWaiter)
+        /// Strict credit: resume the producer to try again (nothing is taken: ``reserveSend(payloadLength:orWait:)``
+        /// again).
+        case retry(WriteWaiter)
+        /// Strict credit: the parked message's cost is taken; send it (before anything else of the call), then call
+        /// ``parkedSent()``.
+        case sendParked
         /// The credit would take the window above ``maximumWindow``: a protocol violation.
         case violation
     }
@@ -270,26 +395,57 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     package mutating func creditReceived(_ increment: UInt32) -> CreditAction {
         guard Int(increment) <= Self.maximumWindow - self.sendCredit else { return .violation }
         self.sendCredit += Int(increment)
+        if self.strictCredit {
+            if let cost = self.parkedCost {
+                guard cost <= self.sendCredit else { return .none }
+                self.sendCredit -= cost
+                self.parkedCost = nil
+                self.sendingParked = true
+                return .sendParked
+            }
+            guard !self.sendingParked, self.sendCredit > 0, let (waiter, _) = self.writeWaiter.take() else {
+                return .none
+            }
+            return .retry(waiter)
+        }
         guard self.sendCredit > 0, let (waiter, cost) = self.writeWaiter.take() else { return .none }
         self.sendCredit -= cost
         return .resume(waiter)
     }
 
-    /// This side ends its direction; returns whether it had not already (so the end frame is to be sent).
+    /// What ending this side's direction leads to.
+    @usableFromInline
+    package enum EndAction: Equatable {
+        /// Send the end frame now.
+        case send
+        /// Send it after the parked message, which still waits for credit (``parkedSent()`` says when).
+        case afterParked
+        /// Nothing: the direction had already ended (or the call failed).
+        case none
+    }
+
+    /// This side ends its direction: whether the end frame is to be sent, now or after the parked message.
     @inlinable
-    package mutating func endOutbound() -> Bool {
-        guard !self.outboundEnded, self.failure == nil else { return false }
+    package mutating func endOutbound() -> EndAction {
+        guard !self.outboundEnded, self.failure == nil else { return .none }
         self.outboundEnded = true
-        return true
+        return self.endNowOrAfterParked()
     }
 
     /// This side ends its direction even though the call failed on its side (the handler's side stopped it: its
-    /// deadline passed, its server is shutting down) and the peer must hear why; returns whether it had not already.
+    /// deadline passed, its server is shutting down) and the peer must hear why: as ``endOutbound()``.
     @inlinable
-    package mutating func endOutboundAfterStop() -> Bool {
-        guard !self.outboundEnded else { return false }
+    package mutating func endOutboundAfterStop() -> EndAction {
+        guard !self.outboundEnded else { return .none }
         self.outboundEnded = true
-        return true
+        return self.endNowOrAfterParked()
+    }
+
+    @inlinable
+    mutating func endNowOrAfterParked() -> EndAction {
+        guard self.hasParkedMessage, self.failure == nil, self.sendsRefused == nil else { return .send }
+        self.endAfterParked = true
+        return .afterParked
     }
 
     /// Whether the peer ended its direction. A pattern, not `!= nil`, which went through `CallStatus`'s value
@@ -327,6 +483,7 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
         guard self.failure == nil else { return FailAction() }
         self.failure = error
         if !keepingReceived { self.inbound.removeAll() }
+        self.dropParked()
         return FailAction(readWaiter: self.readWaiter.take(), writeWaiter: self.writeWaiter.take()?.waiter)
     }
 
@@ -340,6 +497,7 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
         guard self.failure == nil, !self.outboundEnded, self.sendsRefused == nil else { return nil }
         let error = makeError()
         self.sendsRefused = error
+        self.dropParked()
         return (self.writeWaiter.take()?.waiter, error)
     }
 

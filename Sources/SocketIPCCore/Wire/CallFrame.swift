@@ -1,6 +1,6 @@
 import NIOCore
 
-/// A frame of a call (kinds `0x06` to `0x0A`), as decoded: what follows the id. See PROTOCOL.md, "Calls".
+/// A frame of a call (kinds `0x06` to `0x0A`, and `0x0F`), as decoded: what follows the id. See PROTOCOL.md, "Calls".
 ///
 /// Calls are numbered as HTTP/2 numbers its streams (RFC 9113, section 5.1.1): the side that connected opens calls
 /// with odd ids, the side that accepted with even ids, so one id names one call on the connection whichever side
@@ -18,6 +18,10 @@ package enum CallFrame: Equatable, Sendable {
     case cancel(CallCancelReason)
     /// `0x0A`: the sender of this frame accepts `increment` more bytes of the call's messages.
     case credit(UInt32)
+    /// `0x0F`: the sender of this frame has a message of the call to send that costs `cost` bytes of credit (its
+    /// frame's bytes: 9 and the payload), more than it has; only between sides that both set
+    /// ``HelloFlags/strictCredit``.
+    case blocked(UInt32)
 
     /// The kind byte of the frame.
     package var kind: FrameKind {
@@ -27,6 +31,7 @@ package enum CallFrame: Equatable, Sendable {
         case .end: .callEnd
         case .cancel: .callCancel
         case .credit: .callCredit
+        case .blocked: .callBlocked
         }
     }
 }
@@ -125,7 +130,7 @@ package enum CallCancelReason: UInt8, Sendable {
 }
 
 extension CallFrame {
-    /// Decodes the payload of a frame of `kind` (`0x06` to `0x0A`), after its id.
+    /// Decodes the payload of a frame of `kind` (`0x06` to `0x0A`, `0x0F`), after its id.
     /// - Throws: ``SocketIPCError`` with code `protocolViolation` for a payload of the wrong shape.
     @usableFromInline
     package static func decode(_ kind: FrameKind, payload: inout ByteBuffer) throws -> CallFrame {
@@ -167,6 +172,11 @@ extension CallFrame {
                 throw Self.malformed(kind, payload: payload)
             }
             return .credit(increment)
+        case .callBlocked:
+            guard payload.readableBytes == 4, let cost = payload.readInteger(as: UInt32.self) else {
+                throw Self.malformed(kind, payload: payload)
+            }
+            return .blocked(cost)
         default:
             preconditionFailure("\(kind) is not a call frame")
         }
@@ -211,6 +221,9 @@ extension ByteBuffer {
         case .credit(let increment):
             self.writeFrameHeader(.callCredit, id: id, payloadLength: 4)
             self.writeInteger(increment)
+        case .blocked(let cost):
+            self.writeFrameHeader(.callBlocked, id: id, payloadLength: 4)
+            self.writeInteger(cost)
         }
     }
 

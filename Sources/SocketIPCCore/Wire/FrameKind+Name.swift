@@ -16,6 +16,7 @@ extension FrameKind {
         case .pong: "pong"
         case .descriptors: "descriptors"
         case .sharedPayload: "shared-payload"
+        case .callBlocked: "call blocked"
         }
     }
 

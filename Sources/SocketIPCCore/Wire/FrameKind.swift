@@ -30,6 +30,9 @@ package enum FrameKind: UInt8, Sendable {
     /// A message, request, reply or call message whose payload is in the sealed shared memory (`memfd`) the
     /// descriptors frame before it passed. Only from a peer that set ``HelloFlags/sharedPayloads``.
     case sharedPayload = 0x0E
+    /// The sender has a call message to send that costs more credit than it has, and asks for that much (as QUIC's
+    /// `STREAM_DATA_BLOCKED`, RFC 9000, section 19.13). Only from a peer that set ``HelloFlags/strictCredit``.
+    case callBlocked = 0x0F
 
     /// Bytes of the frame header after the length field: the kind, and the id where there is one.
     @inlinable
@@ -47,6 +50,7 @@ package enum FrameKind: UInt8, Sendable {
         case .message, .request, .reply, .errorReply, .goAway: []
         case .descriptors: .descriptors
         case .sharedPayload: .sharedPayloads
+        case .callBlocked: [.calls, .strictCredit]
         default: .calls
         }
     }

@@ -12,11 +12,11 @@ package enum Hello: Sendable {
     /// Bytes in a hello.
     @usableFromInline
     package static let length = 8
-    /// The flags this implementation sends by default: it speaks calls. A side that passes descriptors adds
-    /// ``HelloFlags/descriptors``.
-    package static let flags: HelloFlags = [.calls]
+    /// The flags this implementation sends by default: it speaks calls, and sends their messages within credit. A
+    /// side that passes descriptors adds ``HelloFlags/descriptors``.
+    package static let flags: HelloFlags = [.calls, .strictCredit]
     /// Every flag this implementation knows.
-    package static let knownFlags: HelloFlags = [.calls, .descriptors, .sharedPayloads]
+    package static let knownFlags: HelloFlags = [.calls, .descriptors, .sharedPayloads, .strictCredit]
 
     /// Writes this side's hello.
     package static func write(into buffer: inout ByteBuffer, flags: HelloFlags = Hello.flags) {
@@ -52,4 +52,11 @@ package struct HelloFlags: OptionSet, Sendable, Hashable {
     /// `memfd` passed by a descriptors frame); only with ``descriptors``.
     @inlinable
     package static var sharedPayloads: HelloFlags { HelloFlags(rawValue: 0x04) }
+
+    /// Bit 3 (`0x08`): the sender sends a call message only within the credit it has (never beyond it, as a version
+    /// 1 sender of calls may, by one message), and asks for the credit a larger message needs with frame `0x0F`
+    /// (call blocked); only with ``calls``. When both hellos set it, a call message beyond its credit is a protocol
+    /// error, so that a receiver holds at most its window per call (PROTOCOL.md, "Flow control").
+    @inlinable
+    package static var strictCredit: HelloFlags { HelloFlags(rawValue: 0x08) }
 }

@@ -48,6 +48,12 @@ extension Connection {
         HelloFlags(rawValue: self.calls.peerFlags.load(ordering: .relaxed)).contains(.calls)
     }
 
+    /// Whether both hellos set ``HelloFlags/strictCredit``: call messages then go only within credit both ways, and
+    /// a sender that lacks credit for one says so with a call-blocked frame (PROTOCOL.md, "Flow control").
+    package var peerSendsWithinCredit: Bool {
+        HelloFlags(rawValue: self.calls.peerFlags.load(ordering: .relaxed)).contains([.calls, .strictCredit])
+    }
+
     /// Whether this side connected (a client's connection).
     package var isInitiator: Bool { self.calls.isInitiator }
 

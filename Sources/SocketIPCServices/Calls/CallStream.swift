@@ -17,7 +17,17 @@ final class CallStream: Sendable {
 
     /// The call's state; its waiters are resumed exactly once, since the state machine hands each out once (it takes
     /// it out of its state), so unchecked continuations do (a checked one allocates a canary per wait).
-    typealias Machine = CallStateMachine<UnsafeContinuation<Inbound, any Error>, UnsafeContinuation<Void, any Error>>
+    typealias Machine = CallStateMachine<UnsafeContinuation<Inbound, any Error>, UnsafeContinuation<Resumed, any Error>>
+
+    /// What a producer waiting for credit is resumed with.
+    enum Resumed: Sendable {
+        /// Its message's cost is taken: send it.
+        case send
+        /// Strict credit: its message is parked (its cost is this many bytes): tell the peer, and go on.
+        case parked(cost: Int)
+        /// Strict credit: nothing is taken; ask again.
+        case retry
+    }
 
     let id: UInt32
     let method: String
@@ -47,6 +57,21 @@ final class CallStream: Sendable {
         /// The descriptors of messages received and not yet read, by the messages' numbers: messages are read in
         /// the order they arrived, so the reader's count finds them.
         var descriptors = MessageDescriptors()
+        /// Strict credit: the message parked until credit covers it (``CallStateMachine/SendAction/park(cost:)``),
+        /// with its descriptors (closed if it never goes).
+        var parked: (payload: ByteBuffer, descriptors: DuplicatedDescriptors?)?
+        /// Strict credit: this side's end, waiting for the parked message.
+        var endAfterParked: CallStatus?
+        /// Who waits until nothing is parked (``waitUntilParkedSent()``).
+        var parkedWaiter: UnsafeContinuation<Void, Never>?
+
+        /// Forgets the parked message and the end that waited for it (the call failed, or its other side ended it);
+        /// returns who waited for it to go.
+        mutating func dropParked() -> UnsafeContinuation<Void, Never>? {
+            self.parked = nil
+            self.endAfterParked = nil
+            return self.parkedWaiter.take()
+        }
     }
 
     struct MessageDescriptors {
@@ -107,7 +132,7 @@ final class CallStream: Sendable {
         self.loopShare = connection.eventLoopShare()
         self.isCaller = isCaller
         self.streamsResponses = streamsResponses
-        self.state = Mutex(Locked())
+        self.state = Mutex(Locked(machine: Machine(strictCredit: connection.peerSendsWithinCredit)))
     }
 
     // MARK: - Frames from the peer (on the event loop)
@@ -172,21 +197,46 @@ final class CallStream: Sendable {
                 // A status that says why (the server going away, an unknown method) is the sends' error too, so that
                 // a caller can tell "try the next server" from "this call is over".
                 let because = status.error(codec: JSONCodec(), method: method) as? SocketIPCError
+                var parkedWaiter: UnsafeContinuation<Void, Never>?
                 let refused = self.state.withLock { state in
-                    state.machine.refuseSends {
+                    let refused = state.machine.refuseSends {
                         because
                             ?? SocketIPCError(
                                 .invalidState,
                                 "the call '\(method)' was ended by its handler (status \(status.code)) while this side was still sending"
                             )
                     }
+                    // A parked message no longer goes: the handler has ended the call.
+                    if refused != nil { parkedWaiter = state.dropParked() }
+                    return refused
                 }
                 if let refused, let waiter = refused.waiter { waiter.resume(throwing: refused.error) }
+                parkedWaiter?.resume()
+            }
+        case .blocked(let cost):
+            let maximumCost = Machine.frameCost(payloadLength: self.connection.maximumMessageSize)
+            switch self.state.withLock({ $0.machine.blockedReceived(cost: Int(cost), maximumCost: maximumCost) }) {
+            case .none: break
+            case .grant(let credit): self.grant(credit)
+            case .violation:
+                return SocketIPCError(
+                    .protocolViolation,
+                    "the peer is blocked on a message of call \(self.id) that costs \(cost) bytes of credit, more than "
+                        + "a message of the maximum size (\(self.connection.maximumMessageSize) bytes) costs"
+                )
             }
         case .credit(let increment):
-            switch self.state.withLock({ $0.machine.creditReceived(increment) }) {
+            var parked: (payload: ByteBuffer, descriptors: DuplicatedDescriptors?)?
+            let action = self.state.withLock { locked in
+                let action = locked.machine.creditReceived(increment)
+                if case .sendParked = action { parked = locked.parked.take() }
+                return action
+            }
+            switch action {
             case .none: break
-            case .resume(let waiter): waiter.resume()
+            case .resume(let waiter): waiter.resume(returning: .send)
+            case .retry(let waiter): waiter.resume(returning: .retry)
+            case .sendParked: self.sendParked(parked)
             case .violation:
                 return SocketIPCError(
                     .protocolViolation,
@@ -224,9 +274,15 @@ final class CallStream: Sendable {
                 var descriptors: ReceivedDescriptors?
                 let action = self.state.withLock { state -> Machine.NextAction in
                     let action = state.machine.next(orWait: continuation)
-                    if case .message(_, let grant) = action {
+                    switch action {
+                    case .message(_, let grant):
                         credit = grant
                         descriptors = state.descriptors.takeNext()
+                    case .wait(let grant):
+                        // The peer is blocked on a message larger than its credit, which this reader now asks for.
+                        credit = grant
+                    case .end, .fail:
+                        break
                     }
                     return action
                 }
@@ -293,16 +349,23 @@ final class CallStream: Sendable {
 
     /// Sends one message without descriptors if nothing has to wait (credit allows it and the write queue has
     /// room), without suspending: the path of a stream in full flow, which so makes no async call below the writer.
-    /// What is left to do otherwise is ``finishSend(_:after:)``'s.
+    /// A message parked for credit (strict credit) counts as sent. What is left to do otherwise is
+    /// ``finishSend(_:after:)``'s.
     /// - Throws: What the call failed with; `messageTooLarge`; the connection's error once it is closed.
     func trySendWithoutWaiting(_ payload: ByteBuffer) throws -> SendAttempt {
         // Checked before the credit is taken: a message that never leaves must not take credit the peer never gives
         // back.
         try self.connection.checkCallMessageSize(payload)
-        let credit = try self.takeCredit(payloadLength: payload.readableBytes)
-        guard credit.taken else { return .waitForCredit }
-        if try self.connection.queueCallMessageIfRoomNow(id: self.id, payload) { return .sent(longRun: credit.longRun) }
-        return .waitForRoom(longRun: credit.longRun)
+        switch try self.takeCredit(for: payload, descriptors: nil) {
+        case .none:
+            return .waitForCredit
+        case .parked(let cost):
+            self.announceBlocked(cost: cost)
+            return .sent(longRun: false)
+        case .taken(let longRun):
+            if try self.connection.queueCallMessageIfRoomNow(id: self.id, payload) { return .sent(longRun: longRun) }
+            return .waitForRoom(longRun: longRun)
+        }
     }
 
     /// Completes a send that ``trySendWithoutWaiting(_:)`` began: waits for room or credit as `attempt` says, and
@@ -319,14 +382,33 @@ final class CallStream: Sendable {
         }
     }
 
-    /// Takes credit for a message of `payloadLength` bytes if the call has it, counting the run of sends on credit.
-    /// - Returns: Whether it was taken (if not, the run is over), and whether this send ended a long run.
-    private func takeCredit(payloadLength: Int) throws -> (taken: Bool, longRun: Bool) {
-        try self.state.withLock { locked -> (taken: Bool, longRun: Bool) in
-            guard try locked.machine.trySend(payloadLength: payloadLength) else {
+    /// What ``takeCredit(for:descriptors:)`` did.
+    enum CreditTaken {
+        /// The message's cost is taken: send it. `longRun`: this send ended a long run of sends on credit.
+        case taken(longRun: Bool)
+        /// Strict credit: the message (and its descriptors) is parked until credit covers its cost.
+        case parked(cost: Int)
+        /// No credit: nothing was taken or kept.
+        case none
+    }
+
+    /// Takes credit for `payload` if the call has it, counting the run of sends on credit, or parks it (strict
+    /// credit, with `descriptors`).
+    private func takeCredit(for payload: ByteBuffer, descriptors: DuplicatedDescriptors?) throws -> CreditTaken {
+        let payloadLength = payload.readableBytes
+        return try self.state.withLock { locked -> CreditTaken in
+            switch try locked.machine.trySend(payloadLength: payloadLength) {
+            case .send:
+                break
+            case .park(let cost):
+                locked.parked = (payload, descriptors)
                 locked.sentInRun = 0
                 locked.bytesInRun = 0
-                return (false, false)
+                return .parked(cost: cost)
+            case .wait, .fail:
+                locked.sentInRun = 0
+                locked.bytesInRun = 0
+                return .none
             }
             if locked.sentInRun == 0 {
                 // A run starts: its share of the loop's time between two polls.
@@ -340,15 +422,60 @@ final class CallStream: Sendable {
             guard locked.sentInRun >= locked.runLimit.messages || locked.bytesInRun >= locked.runLimit.bytes
                 || loopSpent
             else {
-                return (true, false)
+                return .taken(longRun: false)
             }
             locked.sentInRun = 0
             locked.bytesInRun = 0
-            return (true, true)
+            return .taken(longRun: true)
         }
     }
 
-    /// Sends one message: waits for credit, then for the socket (the connection's write queue).
+    /// Tells the peer that this side is blocked on a message that costs `cost` bytes of credit (strict credit): the
+    /// peer gives credit beyond its window only when asked, once its reader waits. Sent after the message was parked,
+    /// outside the call's lock: if credit arrives between the two and sends the message first, the peer only gives
+    /// a reader that waits some credit ahead.
+    private func announceBlocked(cost: Int) {
+        self.connection.writeCallControlFrame(id: self.id, .blocked(UInt32(clamping: cost)))
+    }
+
+    /// Sends the message that was parked (credit now covers it), then this side's end if it waited for it, and
+    /// resumes the producer waiting behind it.
+    private func sendParked(_ parked: (payload: ByteBuffer, descriptors: DuplicatedDescriptors?)?) {
+        if let (payload, descriptors) = parked {
+            // On the event loop, without waiting for room: the message was the producer's already, and goes as soon
+            // as its credit came (the peer reads); a closed connection fails the call anyway.
+            _ = try? self.connection.queueCallFrame(id: self.id, .message(payload), descriptors: descriptors?.take() ?? [])
+        }
+        var end: CallStatus?
+        var parkedWaiter: UnsafeContinuation<Void, Never>?
+        let after = self.state.withLock { locked in
+            let after = locked.machine.parkedSent()
+            if after.sendEnd { end = locked.endAfterParked }
+            locked.endAfterParked = nil
+            if !locked.machine.hasParkedMessage { parkedWaiter = locked.parkedWaiter.take() }
+            return after
+        }
+        if let end { self.connection.writeCallControlFrame(id: self.id, .end(end)) }
+        after.retry?.resume(returning: .retry)
+        parkedWaiter?.resume()
+    }
+
+    /// Waits until no message of this side is parked for credit (strict credit): sent, or dropped as the call failed.
+    /// A handler's call stays registered meanwhile, so that the credit that sends its last message still finds it.
+    nonisolated(nonsending) func waitUntilParkedSent() async {
+        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+            let now = self.state.withLock { locked -> Bool in
+                guard locked.machine.hasParkedMessage, locked.machine.failure == nil else { return true }
+                locked.parkedWaiter = continuation
+                return false
+            }
+            if now { continuation.resume() }
+        }
+    }
+
+    /// Sends one message: waits for credit, then for the socket (the connection's write queue). With strict credit a
+    /// message that costs more than the credit there is is parked instead, and this returns (see
+    /// ``CallStateMachine``).
     /// - Throws: What the call failed with; `messageTooLarge`; `CancellationError` if the task is cancelled.
     /// - Parameter descriptors: What the message carries, if anything; taken only once the message is queued.
     nonisolated(nonsending) func send(_ payload: ByteBuffer, descriptors: DuplicatedDescriptors? = nil) async throws {
@@ -356,21 +483,17 @@ final class CallStream: Sendable {
         try self.connection.checkCallMessageSize(payload)
         // With credit, nothing to wait for: no suspension, but a turn for the event loop's other connections now and
         // then (below).
-        let (onCredit, longRun) = try self.takeCredit(payloadLength: payload.readableBytes)
-        if !onCredit {
-            try await withTaskCancellationHandler {
-                try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
-                    let action = self.state.withLock {
-                        $0.machine.reserveSend(payloadLength: payload.readableBytes, orWait: continuation)
-                    }
-                    switch action {
-                    case .send: continuation.resume()
-                    case .fail(let error): continuation.resume(throwing: error)
-                    case .wait: break
-                    }
-                }
-            } onCancel: {
-                self.cancel(.cancelled)
+        var longRun = false
+        switch try self.takeCredit(for: payload, descriptors: descriptors) {
+        case .taken(let endsRun):
+            longRun = endsRun
+        case .parked(let cost):
+            self.announceBlocked(cost: cost)
+            return
+        case .none:
+            if case .parked(let cost) = try await self.waitForCredit(payload, descriptors: descriptors) {
+                self.announceBlocked(cost: cost)
+                return
             }
         }
         if let descriptors {
@@ -383,6 +506,34 @@ final class CallStream: Sendable {
             // never waits, and would keep the loop from its other connections (their hellos, their calls) for as
             // long as it sends; so it gives the loop a turn at its sockets after each run.
             await self.connection.yieldToEventLoop()
+        }
+    }
+
+    /// Waits until `payload`'s cost is taken (``Resumed/send``) or it is parked (``Resumed/parked(cost:)``).
+    nonisolated(nonsending) private func waitForCredit(
+        _ payload: ByteBuffer,
+        descriptors: DuplicatedDescriptors?
+    ) async throws -> Resumed {
+        while true {
+            let resumed = try await withTaskCancellationHandler {
+                try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Resumed, any Error>) in
+                    let action = self.state.withLock { locked in
+                        let action = locked.machine.reserveSend(payloadLength: payload.readableBytes, orWait: continuation)
+                        if case .park = action { locked.parked = (payload, descriptors) }
+                        return action
+                    }
+                    switch action {
+                    case .send: continuation.resume(returning: .send)
+                    case .park(let cost): continuation.resume(returning: .parked(cost: cost))
+                    case .fail(let error): continuation.resume(throwing: error)
+                    case .wait: break
+                    }
+                }
+            } onCancel: {
+                self.cancel(.cancelled)
+            }
+            if case .retry = resumed { continue }
+            return resumed
         }
     }
 
@@ -403,27 +554,42 @@ final class CallStream: Sendable {
     ) async throws {
         // Before the credit is taken: a message that never leaves must not take it.
         try self.connection.checkCallMessageSize(payload)
-        if try self.state.withLock({ try $0.machine.trySend(payloadLength: payload.readableBytes) }) {
-            _ = try self.connection.queueCallFrame(
-                id: self.id,
-                .message(payload),
-                descriptors: descriptors?.take() ?? []
-            )
-        } else {
+        let action = try self.state.withLock { locked -> Machine.SendAction in
+            let action = try locked.machine.trySend(payloadLength: payload.readableBytes)
+            if case .park = action { locked.parked = (payload, descriptors) }
+            return action
+        }
+        switch action {
+        case .send:
+            _ = try self.connection.queueCallFrame(id: self.id, .message(payload), descriptors: descriptors?.take() ?? [])
+        case .park(let cost):
+            self.announceBlocked(cost: cost)
+        case .wait, .fail:
             try await self.send(payload, descriptors: descriptors)
         }
     }
 
     /// Ends this side's direction of the call with `status` (the caller's half-close is ``CallStatus/ok``); once.
+    /// Behind a parked message, the end goes after it.
     func finish(_ status: CallStatus = .ok) {
-        guard self.state.withLock({ $0.machine.endOutbound() }) else { return }
+        let action = self.state.withLock { locked in
+            let action = locked.machine.endOutbound()
+            if action == .afterParked { locked.endAfterParked = status }
+            return action
+        }
+        guard action == .send else { return }
         self.connection.writeCallControlFrame(id: self.id, .end(status))
     }
 
     /// Ends the call from the handler's side after this side stopped it (its deadline, its server's shutdown), when
     /// the call has already failed locally: the caller still hears `status`; once.
     func finishAfterStop(_ status: CallStatus) {
-        guard self.state.withLock({ $0.machine.endOutboundAfterStop() }) else { return }
+        let action = self.state.withLock { locked in
+            let action = locked.machine.endOutboundAfterStop()
+            if action == .afterParked { locked.endAfterParked = status }
+            return action
+        }
+        guard action == .send else { return }
         self.connection.writeCallControlFrame(id: self.id, .end(status))
     }
 
@@ -455,9 +621,16 @@ final class CallStream: Sendable {
     /// Fails the call with `error`: everything waiting and everything later throws it; reads first take the messages
     /// already received if `keepingReceived` (``CallStateMachine/fail(_:keepingReceived:)``).
     func fail(_ error: any Error, keepingReceived: Bool = false) {
-        let action = self.state.withLock { $0.machine.fail(error, keepingReceived: keepingReceived) }
+        var parkedWaiter: UnsafeContinuation<Void, Never>?
+        let action = self.state.withLock { locked in
+            let action = locked.machine.fail(error, keepingReceived: keepingReceived)
+            // A parked message never goes now (its descriptors are closed as it is released).
+            if locked.machine.failure != nil { parkedWaiter = locked.dropParked() }
+            return action
+        }
         action.readWaiter?.resume(throwing: error)
         action.writeWaiter?.resume(throwing: error)
+        parkedWaiter?.resume()
     }
 
     /// Whether the call failed (cancelled, deadline passed, connection closed), and with what.

@@ -105,6 +105,9 @@ extension CallMultiplexer {
             }
         }
         Self.end(call, status: status)
+        // A last message parked for credit (strict credit), and the end behind it, go once the caller gives that
+        // credit: the call stays registered (and counted) until then, or until it fails.
+        await call.waitUntilParkedSent()
     }
 
     /// Ends `call` as what stopped it first says: with `status` (the handler's own) if the handler ended first, else

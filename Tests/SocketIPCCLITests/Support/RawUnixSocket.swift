@@ -87,8 +87,9 @@ final class RawUnixSocket: Sendable {
 
 /// The framed protocol's hello, as PROTOCOL.md defines it: `SIPC`, version 1, flags 0, reserved 0.
 let framedHello: [UInt8] = [0x53, 0x49, 0x50, 0x43, 0x01, 0x00, 0x00, 0x00]
-/// The hello a SocketIPC server sends: version 1 with the calls flag (`0x01`), which a version 1 peer ignores.
-let serverFramedHello: [UInt8] = [0x53, 0x49, 0x50, 0x43, 0x01, 0x01, 0x00, 0x00]
+/// The hello a SocketIPC server sends: version 1 with the calls and strict-credit flags (`0x09`), which a version 1
+/// peer ignores.
+let serverFramedHello: [UInt8] = [0x53, 0x49, 0x50, 0x43, 0x01, 0x09, 0x00, 0x00]
 
 /// Whether this process may run others as another user with `setpriv` (root with util-linux's `setpriv`, so on Linux
 /// only: elsewhere the tests that need it are skipped).

@@ -72,6 +72,9 @@ struct ProtocolVectorTests {
         "hello-shared-payloads": .hello,
         "shared-payload-message-1m": .frame(.sharedPayload(kind: .message, id: 0, length: 1_048_576)),
         "shared-payload-reply-9": .frame(.sharedPayload(kind: .reply, id: 9, length: 262_144)),
+        // Strict credit, after a hello that set the calls and strict-credit flags.
+        "hello-strict-credit": .hello,
+        "call-blocked-1m": .frame(.call(id: 1, .blocked(1_048_585))),
     ]
 
     /// The vectors that the decoder must read but the encoder never produces.
@@ -113,6 +116,8 @@ struct ProtocolVectorTests {
         "shared-payload-without-flag": Rejection(code: .protocolViolation, reason: .protocolViolation, refusedAtByte: 5),
         "shared-payload-going-away": Rejection(code: .protocolViolation, reason: .protocolViolation, refusedAtByte: 18),
         "shared-payload-over-maximum": Rejection(code: .messageTooLarge, reason: .messageTooLarge, refusedAtByte: 18),
+        "call-blocked-without-flag": Rejection(code: .protocolViolation, reason: .protocolViolation, refusedAtByte: 5),
+        "call-blocked-too-short": Rejection(code: .protocolViolation, reason: .protocolViolation, refusedAtByte: 12),
     ]
 
     static let validNames = valid.keys.sorted()
@@ -152,6 +157,7 @@ struct ProtocolVectorTests {
             let flags: HelloFlags =
                 switch name {
                 case "hello": []
+                case "hello-calls": [.calls]
                 case "hello-descriptors": [.calls, .descriptors]
                 case "hello-shared-payloads": [.calls, .descriptors, .sharedPayloads]
                 default: Hello.flags
@@ -287,6 +293,10 @@ struct ProtocolVectorTests {
             var hello = ByteBuffer()
             Hello.write(into: &hello, flags: [.calls, .descriptors, .sharedPayloads])
             return Array(hello.readableBytesView) + vector.bytes
+        case .strictHello:
+            var hello = ByteBuffer()
+            Hello.write(into: &hello, flags: [.calls, .strictCredit])
+            return Array(hello.readableBytesView) + vector.bytes
         }
     }
 
@@ -321,6 +331,8 @@ struct ProtocolVectorTests {
             /// The bytes follow a hello with the calls, descriptors and shared-payloads flags (`0x07`): kind `0x0E`
             /// exists too.
             case sharedHello = "shared-hello"
+            /// The bytes follow a hello with the calls and strict-credit flags (`0x09`): kind `0x0F` exists too.
+            case strictHello = "strict-hello"
         }
 
         enum Result: Equatable, Sendable {

@@ -28,7 +28,7 @@ struct CancelledWriteWaitTests {
             defer { close(listener) }
             let accepting = Task { () -> RawSocket in
                 let peer = try await RawSocket.accepting(on: listener)
-                try await peer.write(serverHelloBytes)
+                try await peer.write(callsPeerHelloBytes)
                 return peer
             }
             try await body(path)

@@ -22,7 +22,7 @@ struct ChannelWriteTests {
     static func silentPeer(of server: Server, at path: String) async throws -> (RawSocket, Connection) {
         let peer = try await RawSocket.connect(to: path)
         // The pong proves the server took the hello: the connection is listed.
-        try await peer.write(serverHelloBytes + frameBytes(kind: 0x0b, id: 1, payload: []))
+        try await peer.write(callsPeerHelloBytes + frameBytes(kind: 0x0b, id: 1, payload: []))
         #expect(try await peer.read(exactly: 8 + 9) == serverHelloBytes + frameBytes(kind: 0x0c, id: 1, payload: []))
         return (peer, try #require(server.connections.first))
     }

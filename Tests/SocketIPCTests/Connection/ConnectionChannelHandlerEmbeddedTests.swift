@@ -23,6 +23,8 @@ struct ConnectionChannelHandlerEmbeddedTests {
     }
 
     static let hello: [UInt8] = [0x53, 0x49, 0x50, 0x43, 0x01, 0x01, 0x00, 0x00]
+    /// The hello this side sends: the calls and strict-credit flags.
+    static let ownHello: [UInt8] = [0x53, 0x49, 0x50, 0x43, 0x01, 0x09, 0x00, 0x00]
 
     static func frame(kind: UInt8, id: UInt32? = nil, payload: [UInt8]) -> [UInt8] {
         let header = id == nil ? 1 : 5
@@ -77,7 +79,7 @@ struct ConnectionChannelHandlerEmbeddedTests {
     func requestReply() throws {
         let events = Events()
         let channel = try Self.makeChannel(events: events)
-        #expect(try Self.written(channel) == Self.hello)
+        #expect(try Self.written(channel) == Self.ownHello)
         try channel.writeInbound(Self.buffer(Self.hello + Self.frame(kind: 0x02, id: 7, payload: Array("ping".utf8))))
         channel.embeddedEventLoop.run()
         #expect(try Self.written(channel) == Self.frame(kind: 0x03, id: 7, payload: Array("ping".utf8)))

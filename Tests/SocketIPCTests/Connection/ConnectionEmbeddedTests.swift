@@ -85,8 +85,8 @@ struct ConnectionEmbeddedTests {
         let channel = EmbeddedChannel()
         try channel.pipeline.syncOperations.addHandler(Self.channelHandler(observed))
         try channel.connect(to: Self.address).wait()
-        // "SIPC", version 1, no flags, reserved.
-        #expect(try Self.nextWrite(channel) == ByteBuffer(bytes: [0x53, 0x49, 0x50, 0x43, 0x01, 0x01, 0x00, 0x00]))
+        // "SIPC", version 1, flags calls and strict credit, reserved.
+        #expect(try Self.nextWrite(channel) == ByteBuffer(bytes: [0x53, 0x49, 0x50, 0x43, 0x01, 0x09, 0x00, 0x00]))
 
         try channel.writeInbound(
             Self.bytes(

@@ -60,7 +60,7 @@ extension PinnedReadBufferTests {
             let connecting = Task { try await Client.connect(to: path) }
             let server = RawSocket(descriptor: try await acceptConnection(on: listener))
             defer { server.close() }
-            try await server.write(serverHelloBytes)
+            try await server.write(callsPeerHelloBytes)
             #expect(try await server.read(exactly: 8).prefix(4) == [0x53, 0x49, 0x50, 0x43])
             let connection = try await connecting.value
             defer { connection.close() }

@@ -37,7 +37,7 @@ struct ReadWhilePausedTests {
             // once the stream is written: the connection is paused at it while the peer reads the stream and gives
             // credit. Held back with the request's pause, the credit never reached the stream, which never ended.
             try await peer.write(
-                serverHelloBytes + callOpenBytes(id: 1, method: Chunks.name) + frameBytes(kind: 0x07, id: 1, payload: Array("10".utf8))
+                callsPeerHelloBytes + callOpenBytes(id: 1, method: Chunks.name) + frameBytes(kind: 0x07, id: 1, payload: Array("10".utf8))
                     + frameBytes(kind: 0x08, id: 1, payload: [0, 0, 0, 0])
                     + frameBytes(kind: 0x02, id: 1, payload: Array("held".utf8))
             )

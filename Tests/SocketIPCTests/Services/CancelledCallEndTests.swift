@@ -30,7 +30,7 @@ struct CancelledCallEndTests {
             let peer = try await RawSocket.connect(to: path)
             defer { peer.close() }
             let ids = (0..<calls).map { UInt32(2 * $0 + 1) }
-            try await peer.write(serverHelloBytes + ids.flatMap { callOpenBytes(id: $0, method: Sum.name) })
+            try await peer.write(callsPeerHelloBytes + ids.flatMap { callOpenBytes(id: $0, method: Sum.name) })
             #expect(try await peer.read(exactly: 8) == serverHelloBytes)
             var started = 0
             var ended = 0
@@ -66,7 +66,7 @@ extension CancelledCallEndTests {
         try await withServiceTestServer(router: router) { _, path in
             let peer = try await RawSocket.connect(to: path)
             defer { peer.close() }
-            try await peer.write(serverHelloBytes)
+            try await peer.write(callsPeerHelloBytes)
             #expect(try await peer.read(exactly: 8) == serverHelloBytes)
             var unexpected: [WireFrame] = []
             for round in 0..<2 {  // 200 cancels: a connection's CancelAllowance
@@ -101,7 +101,7 @@ extension CancelledCallEndTests {
             // First a one-way message of 256 KiB, which grows the server's reads (they start at 128 bytes), so that
             // all the calls come in one read, as an attacker's pipelined frames do: their handlers' tasks start after it.
             let large = [UInt8](repeating: 0x2a, count: 256 * 1024)
-            try await peer.write(serverHelloBytes + frameBytes(kind: 0x01, payload: large) + pingBytes(id: 1))
+            try await peer.write(callsPeerHelloBytes + frameBytes(kind: 0x01, payload: large) + pingBytes(id: 1))
             #expect(try await peer.read(exactly: 8) == serverHelloBytes)
             #expect(try await peer.readFrames(1).map(\.kind) == [0x0c])
             try await peer.write(calls + pingBytes(id: 2))

@@ -32,7 +32,7 @@ struct HostileCallTests {
             let peer = try await RawSocket.connect(to: path)
             let closer = PeerCloser(peer)
             defer { closer.close() }
-            var attack = serverHelloBytes
+            var attack = callsPeerHelloBytes
             for index in 0..<1000 {
                 let id = UInt32(2 * index + 1)
                 attack += callOpenBytes(id: id, method: Block.name) + messageBytes(id: id, json: "\"x\"") + callEndOKBytes(id: id)
@@ -84,7 +84,7 @@ struct HostileCallTests {
         // before the server starts and on a thread of its own: seconds of CPU in a debug build, which on Swift's
         // cooperative pool (a thread per core) would hold up every other test's tasks, and their peers' hellos.
         let attack = try await onOwnThread {
-            var attack = serverHelloBytes
+            var attack = callsPeerHelloBytes
             let pairs = 200_000
             attack.reserveCapacity(8 + pairs * 32)
             for index in 0..<pairs {
@@ -116,7 +116,7 @@ struct HostileCallTests {
         try await withServiceTestServer(router: keyValueRouter(), configure: { $0.handshakeTimeout = .seconds(120) }) { _, path in
             let peer = try await RawSocket.connect(to: path)
             defer { peer.close() }
-            try await peer.write(serverHelloBytes + frame)
+            try await peer.write(callsPeerHelloBytes + frame)
             let received = try await peer.readUntilClosed()
             #expect(Array(received.prefix(8)) == serverHelloBytes, "\(name)")
             try expectViolation(received.dropFirst(8), name)
@@ -131,7 +131,7 @@ struct HostileCallTests {
             let peer = try await RawSocket.connect(to: path)
             defer { peer.close() }
             try await peer.write(
-                serverHelloBytes + callOpenBytes(id: 1, method: Block.name) + messageBytes(id: 1, json: "\"x\"")
+                callsPeerHelloBytes + callOpenBytes(id: 1, method: Block.name) + messageBytes(id: 1, json: "\"x\"")
                     + callEndOKBytes(id: 1)
             )
             for await _ in gauge.started.stream { break }
@@ -151,7 +151,7 @@ struct HostileCallTests {
             let peer = try await RawSocket.connect(to: path)
             defer { peer.close() }
             try await peer.write(
-                serverHelloBytes
+                callsPeerHelloBytes
                     + messageBytes(id: 5, json: "1")
                     + callEndOKBytes(id: 7)
                     + frameBytes(kind: 0x08, id: 9, payload: [0x01, 0x01] + Array("e".utf8) + [0, 1] + Array("t".utf8) + [1, 2, 3])
@@ -200,7 +200,7 @@ struct HostileCallTests {
             let closer = PeerCloser(peer)
             defer { closer.close() }
             try await peer.write(
-                serverHelloBytes + callOpenBytes(id: 1, method: Count.name) + messageBytes(id: 1, json: "100000000")
+                callsPeerHelloBytes + callOpenBytes(id: 1, method: Count.name) + messageBytes(id: 1, json: "100000000")
                     + callEndOKBytes(id: 1)
             )
             for await written in gauge.writes.stream where written >= expectedMessages { break }
@@ -245,7 +245,7 @@ struct HostileCallTests {
             let peer = try await RawSocket.connect(to: path)
             let closer = PeerCloser(peer)
             defer { closer.close() }
-            var bytes = serverHelloBytes
+            var bytes = callsPeerHelloBytes
             for index in 0..<calls {
                 let id = UInt32(2 * index + 1)
                 bytes += callOpenBytes(id: id, method: Big.name) + messageBytes(id: id, json: "1048576")
@@ -289,7 +289,7 @@ struct HostileCallTests {
             let closer = PeerCloser(peer)
             defer { closer.close() }
             try await peer.write(
-                serverHelloBytes + callOpenBytes(id: 1, method: Forever.name) + messageBytes(id: 1, json: "0")
+                callsPeerHelloBytes + callOpenBytes(id: 1, method: Forever.name) + messageBytes(id: 1, json: "0")
                     + callEndOKBytes(id: 1) + creditBytes(id: 1, increment: UInt32(Int32.max) - 65_536)
             )
             // Read everything as it comes, on a thread of its own; say once when the first MiB is in.
@@ -338,7 +338,7 @@ struct HostileCallTests {
             defer { closer.close() }
             // Eight streams of one connection, on one loop, each with all the credit there is.
             let streams = 8
-            var opening = serverHelloBytes
+            var opening = callsPeerHelloBytes
             for index in 0..<streams {
                 let id = UInt32(2 * index + 1)
                 opening += callOpenBytes(id: id, method: Forever.name) + messageBytes(id: id, json: "0")
@@ -423,7 +423,7 @@ struct HostileCallTests {
                     + callEndOKBytes(id: id)
             }
             try await peer.write(
-                serverHelloBytes
+                callsPeerHelloBytes
                     + call(id: 1, name: Array("caf\u{E9}".utf8))  // as registered: U+00E9
                     + call(id: 3, name: Array("cafe\u{301}".utf8))  // e and U+0301: equal as Swift Strings
                     + call(id: 5, name: Array(Get.name.utf8) + [0xFF])  // not UTF-8, "kv.get\u{FFFD}" once repaired
@@ -465,7 +465,7 @@ struct HostileCallTests {
             let peer = try await RawSocket.connect(to: path)
             defer { peer.close() }
             let big = [UInt8](repeating: 0x31, count: 16 * 1024 * 1024)
-            try await peer.write(serverHelloBytes + callOpenBytes(id: 1, method: "hostile.hold") + frameBytes(kind: 0x07, id: 1, payload: big) + pingBytes(id: 9))
+            try await peer.write(callsPeerHelloBytes + callOpenBytes(id: 1, method: "hostile.hold") + frameBytes(kind: 0x07, id: 1, payload: big) + pingBytes(id: 9))
             #expect(try await peer.read(exactly: 8) == serverHelloBytes)
             let pong = try await peer.readFrames(1)
             #expect(pong.first?.kind == 0x0c && pong.first?.id == 9, "the first message is within credit: \(pong)")
@@ -492,7 +492,7 @@ struct HostileCallTests {
             let peer = try await RawSocket.connect(to: path)
             defer { peer.close() }
             // The handler's direction starts with 65,536 bytes of credit; it writes nothing while it holds.
-            var attack = serverHelloBytes + callOpenBytes(id: 1, method: "hostile.hold")
+            var attack = callsPeerHelloBytes + callOpenBytes(id: 1, method: "hostile.hold")
             for increment in increments { attack += creditBytes(id: 1, increment: increment) }
             try await peer.write(attack)
             #expect(try await peer.read(exactly: 8) == serverHelloBytes)
@@ -509,7 +509,7 @@ struct HostileCallTests {
             // Only the header: the length claims 16 MiB + 1 of payload, which never comes.
             let length = UInt32(5 + 16 * 1024 * 1024 + 1)
             try await peer.write(
-                serverHelloBytes + callOpenBytes(id: 1, method: Sum.name) + withUnsafeBytes(of: length.bigEndian) { Array($0) }
+                callsPeerHelloBytes + callOpenBytes(id: 1, method: Sum.name) + withUnsafeBytes(of: length.bigEndian) { Array($0) }
                     + [0x07, 0, 0, 0, 1]
             )
             let received = try await peer.readUntilClosed()
@@ -529,7 +529,7 @@ struct HostileCallTests {
             let peer = try await RawSocket.connect(to: path)
             defer { peer.close() }
             try await peer.write(
-                serverHelloBytes + cancelBytes(id: 1, reason: 0) + cancelBytes(id: 2, reason: 0)
+                callsPeerHelloBytes + cancelBytes(id: 1, reason: 0) + cancelBytes(id: 2, reason: 0)
                     + cancelBytes(id: 0, reason: 1) + cancelBytes(id: 0xFFFF_FFFF, reason: 0)
                     + callOpenBytes(id: 3, method: Block.name) + messageBytes(id: 3, json: "\"x\"") + callEndOKBytes(id: 3)
             )
@@ -553,7 +553,7 @@ struct HostileCallTests {
             let peer = try await RawSocket.connect(to: path)
             defer { peer.close() }
             try await peer.write(
-                serverHelloBytes + callOpenBytes(id: 1, method: Block.name) + messageBytes(id: 1, json: "\"x\"")
+                callsPeerHelloBytes + callOpenBytes(id: 1, method: Block.name) + messageBytes(id: 1, json: "\"x\"")
                     + callEndOKBytes(id: 1)
             )
             for await _ in gauge.started.stream { break }
@@ -584,20 +584,20 @@ struct HostileCallTests {
             switch situation {
             case "server stream blocked on credit":
                 try await peer.write(
-                    serverHelloBytes + callOpenBytes(id: 1, method: "hostile.forever") + messageBytes(id: 1, json: "0")
+                    callsPeerHelloBytes + callOpenBytes(id: 1, method: "hostile.forever") + messageBytes(id: 1, json: "0")
                         + callEndOKBytes(id: 1)
                 )
                 for await written in gauge.writes.stream where written > 3000 { break }
             case "server stream still writing":
                 // The peer gives lots of credit and reads a little: the handler is writing when it vanishes.
                 try await peer.write(
-                    serverHelloBytes + callOpenBytes(id: 1, method: "hostile.forever") + messageBytes(id: 1, json: "0")
+                    callsPeerHelloBytes + callOpenBytes(id: 1, method: "hostile.forever") + messageBytes(id: 1, json: "0")
                         + callEndOKBytes(id: 1) + creditBytes(id: 1, increment: 0x7FFE_0000)
                 )
                 _ = try await peer.read(exactly: 8 + 4096)
             default:
                 try await peer.write(
-                    serverHelloBytes + callOpenBytes(id: 1, method: Sum.name) + messageBytes(id: 1, json: "1")
+                    callsPeerHelloBytes + callOpenBytes(id: 1, method: Sum.name) + messageBytes(id: 1, json: "1")
                 )
                 for await _ in gauge.started.stream { break }
             }
@@ -617,7 +617,7 @@ struct HostileCallTests {
             // 100 calls, each with a 1 MiB request and no half-close: before, each handler kept its request while
             // it waited for the half-close, as long as the peer liked (100 MiB here, 1.6 GiB at the maximum size).
             let request = "\"" + String(repeating: "k", count: 1 << 20) + "\""
-            var attack = serverHelloBytes
+            var attack = callsPeerHelloBytes
             for index in 0..<100 {
                 let id = UInt32(2 * index + 1)
                 attack += callOpenBytes(id: id, method: Get.name) + messageBytes(id: id, json: request)
@@ -645,7 +645,7 @@ struct HostileCallTests {
             let peer = try await RawSocket.connect(to: path)
             defer { peer.close() }
             try await peer.write(
-                serverHelloBytes + callOpenBytes(id: 1, method: Sum.name, timeoutNanoseconds: 1)
+                callsPeerHelloBytes + callOpenBytes(id: 1, method: Sum.name, timeoutNanoseconds: 1)
                     + messageBytes(id: 1, json: "1") + callEndOKBytes(id: 1)
             )
             #expect(try await peer.read(exactly: 8) == serverHelloBytes)
@@ -663,7 +663,7 @@ struct HostileCallTests {
             let peer = try await RawSocket.connect(to: path)
             defer { peer.close() }
             try await peer.write(
-                serverHelloBytes + callOpenBytes(id: 1, method: Get.name) + messageBytes(id: 1, json: "\"a\"")
+                callsPeerHelloBytes + callOpenBytes(id: 1, method: Get.name) + messageBytes(id: 1, json: "\"a\"")
                     + messageBytes(id: 1, json: "\"b\"") + callEndOKBytes(id: 1)
             )
             #expect(try await peer.read(exactly: 8) == serverHelloBytes)
@@ -692,7 +692,7 @@ struct HostileCallTests {
             let peer = try await RawSocket.connect(to: path)
             defer { peer.close() }
             try await peer.write(
-                serverHelloBytes
+                callsPeerHelloBytes
                     + callOpenBytes(id: 1, method: Get.name, timeoutNanoseconds: .max) + messageBytes(id: 1, json: "\"a\"")
                     + callEndOKBytes(id: 1)
             )

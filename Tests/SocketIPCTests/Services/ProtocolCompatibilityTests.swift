@@ -43,7 +43,7 @@ struct ProtocolCompatibilityTests {
                 + frameBytes(kind: 0x04, id: 0xFFFF_FFFF, payload: refusal)
             let received = try await peer.read(exactly: expected.count)
             #expect(ProtocolDocument.hex(received) == ProtocolDocument.hex(expected))
-            #expect(Array(received.prefix(8)) == [0x53, 0x49, 0x50, 0x43, 0x01, 0x01, 0x00, 0x00])
+            #expect(Array(received.prefix(8)) == serverHelloBytes)
 
             // The connection stays usable, and nothing arrived between or after the answers.
             try await peer.write(frameBytes(kind: 0x02, id: 2, payload: Array("again".utf8)))
@@ -62,7 +62,7 @@ struct ProtocolCompatibilityTests {
             // The control: a peer with the calls flag is pinged within one interval.
             let callsPeer = try await RawSocket.connect(to: path)
             defer { callsPeer.close() }
-            try await callsPeer.write(serverHelloBytes)
+            try await callsPeer.write(callsPeerHelloBytes)
             #expect(try await callsPeer.read(exactly: 8) == serverHelloBytes)
             let ping = try await callsPeer.read(exactly: 9)
             #expect(Array(ping.prefix(5)) == [0, 0, 0, 5, 0x0b], "expected a ping, got \(ProtocolDocument.hex(ping))")
@@ -111,7 +111,7 @@ struct ProtocolCompatibilityTests {
         try await withFramedTestServer(makeHandler: { ServiceConnectionHandler(router: keyValueRouter()) }) { _, path in
             let peer = try await RawSocket.connect(to: path)
             defer { peer.close() }
-            try await peer.write(serverHelloBytes + bytes(hex: ping))
+            try await peer.write(callsPeerHelloBytes + bytes(hex: ping))
             let received = try await peer.read(exactly: 8 + 9)
             let expected = serverHelloBytes + bytes(hex: "00000005 0c 00000007")
             #expect(ProtocolDocument.hex(received) == ProtocolDocument.hex(expected), "PROTOCOL.md's vector \(vector)")
@@ -131,7 +131,7 @@ struct ProtocolCompatibilityTests {
             defer { peer.close() }
             let hold = Array("hold".utf8)
             try await peer.write(
-                serverHelloBytes
+                callsPeerHelloBytes
                     + frameBytes(kind: 0x02, id: 1, payload: hold)
                     + frameBytes(kind: 0x02, id: 2, payload: hold)
                     + bytes(hex: "00000005 0b 00000007")
@@ -200,7 +200,7 @@ struct ProtocolCompatibilityTests {
         ) { _, path in
             let peer = try await RawSocket.connect(to: path)
             defer { peer.close() }
-            try await peer.write(serverHelloBytes)
+            try await peer.write(callsPeerHelloBytes)
             #expect(try await peer.read(exactly: 8) == serverHelloBytes)
             var ids: [[UInt8]] = []
             for _ in 0..<5 {
@@ -225,7 +225,7 @@ struct ProtocolCompatibilityTests {
         ) { _, path in
             let peer = try await RawSocket.connect(to: path)
             defer { peer.close() }
-            try await peer.write(serverHelloBytes)
+            try await peer.write(callsPeerHelloBytes)
             #expect(try await peer.read(exactly: 8) == serverHelloBytes)
             // One ping, unanswered, and no other (the next one waits for its pong); then the close, without a
             // going-away frame. The real keepalive deadline ends the wait. (In one loaded full run the peer read no ping
@@ -244,7 +244,7 @@ struct ProtocolCompatibilityTests {
             // A unary call, as PROTOCOL.md draws it: open, message, the caller's end; the handler answers with a
             // message and its end.
             try await peer.write(
-                serverHelloBytes
+                callsPeerHelloBytes
                     + callOpenBytes(id: 1, method: "kv.get")
                     + frameBytes(kind: 0x07, id: 1, payload: Array("\"a\"".utf8))
                     + callEndOKBytes(id: 1)
@@ -282,7 +282,7 @@ struct ProtocolCompatibilityTests {
             let message = frameBytes(kind: 0x07, id: 1, payload: Array(json.utf8))
             #expect(message.count == 1009)
             try await peer.write(
-                serverHelloBytes + callOpenBytes(id: 1, method: Hold.name)
+                callsPeerHelloBytes + callOpenBytes(id: 1, method: Hold.name)
                     + Array((0..<65).map { _ in message }.joined())
                     + bytes(hex: "00000005 0b 00000009")
             )

@@ -33,7 +33,7 @@ struct RapidResetTests {
     /// Opens call 1, which runs until the connection closes, and waits until its handler has the server's side of
     /// the connection.
     static func openFirstCall(on peer: RawSocket, _ side: ServerSide) async throws -> Connection {
-        try await peer.write(serverHelloBytes + callOpenBytes(id: 1, method: Block.name) + messageBytes(id: 1, json: "\"x\""))
+        try await peer.write(callsPeerHelloBytes + callOpenBytes(id: 1, method: Block.name) + messageBytes(id: 1, json: "\"x\""))
         #expect(try await peer.read(exactly: 8) == serverHelloBytes)
         for await _ in side.started.stream { break }
         return try #require(side.connection.withLock { $0 })
@@ -121,7 +121,7 @@ struct RapidResetTests {
             for round in 0..<10 {
                 let peer = try await RawSocket.connect(to: path)
                 defer { peer.close() }
-                try await peer.write(serverHelloBytes + Self.pairs(0..<100) + pingBytes(id: 2))
+                try await peer.write(callsPeerHelloBytes + Self.pairs(0..<100) + pingBytes(id: 2))
                 #expect(try await peer.read(exactly: 8) == serverHelloBytes)
                 let answers = try await Self.readUntilPong(peer)
                 let kinds: [UInt8] = answers.map(\.kind)
@@ -130,7 +130,7 @@ struct RapidResetTests {
             // 1,000 cancels: the user's allowance is spent, though this connection's own is whole.
             let peer = try await RawSocket.connect(to: path)
             defer { peer.close() }
-            try await peer.write(serverHelloBytes + Self.pairs(0..<1) + pingBytes(id: 2))
+            try await peer.write(callsPeerHelloBytes + Self.pairs(0..<1) + pingBytes(id: 2))
             #expect(try await peer.read(exactly: 8) == serverHelloBytes)
             let answers = try await Self.readUntilPong(peer)
             let refusals = Self.refusals(answers, saying: "the peer's user cancels its calls faster")

@@ -53,7 +53,7 @@ struct ReceivedBeforeCloseTests {
                     let peer = try await RawSocket.accepting(on: listener)
                     defer { peer.close() }
                     _ = try await peer.read(exactly: helloBytes.count)
-                    try await peer.write(serverHelloBytes)
+                    try await peer.write(callsPeerHelloBytes)
                     let id = try await peer.readCallOpen() ?? 0
                     var bytes: [UInt8] = []
                     for number in 0..<5 { bytes += messageBytes(id: id, json: "\(number)") }

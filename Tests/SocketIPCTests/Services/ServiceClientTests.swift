@@ -282,7 +282,7 @@ struct ServiceClientTests {
 private func acceptRefusingFirstOpen(on listener: Int32) async throws -> (peer: RawSocket, first: UInt32?) {
     let peer = try await RawSocket.accepting(on: listener)
     _ = try await peer.read(exactly: helloBytes.count)
-    try await peer.write(serverHelloBytes)
+    try await peer.write(callsPeerHelloBytes)
     let first = try await peer.readCallOpen()
     try await peer.write(callEndBytes(id: first ?? 0, status: 0x07, text: "not now"))
     return (peer, first)

@@ -90,7 +90,7 @@ struct ServiceShutdownTests {
             defer { peer.close() }
             let ids = (0..<streams).map { UInt32(2 * $0 + 1) }
             try await peer.write(
-                serverHelloBytes
+                callsPeerHelloBytes
                     + ids.flatMap { callOpenBytes(id: $0, method: Watch.name) + messageBytes(id: $0, json: "\"k\"") + callEndOKBytes(id: $0) }
             )
             #expect(try await peer.read(exactly: 8) == serverHelloBytes)

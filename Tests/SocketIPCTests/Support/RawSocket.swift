@@ -107,8 +107,12 @@ enum RawSocketError: Error {
 
 /// The bytes of a hello, as a SocketIPC peer sends it.
 let helloBytes: [UInt8] = [0x53, 0x49, 0x50, 0x43, 0x01, 0x00, 0x00, 0x00]
-/// The hello a SocketIPC side sends: version 1 with the calls flag (`0x01`), which a version 1 peer ignores.
-let serverHelloBytes: [UInt8] = [0x53, 0x49, 0x50, 0x43, 0x01, 0x01, 0x00, 0x00]
+/// The hello a SocketIPC side sends: version 1 with the calls and strict-credit flags (`0x09`), which a version 1
+/// peer ignores.
+let serverHelloBytes: [UInt8] = [0x53, 0x49, 0x50, 0x43, 0x01, 0x09, 0x00, 0x00]
+/// The hello of a peer that speaks calls as version 1 of them does (flags `0x01`: no strict credit), as PROTOCOL.md's
+/// peers in other languages send it.
+let callsPeerHelloBytes: [UInt8] = [0x53, 0x49, 0x50, 0x43, 0x01, 0x01, 0x00, 0x00]
 
 /// The bytes of a frame: length, kind, optional id, payload.
 func frameBytes(kind: UInt8, id: UInt32? = nil, payload: [UInt8]) -> [UInt8] {

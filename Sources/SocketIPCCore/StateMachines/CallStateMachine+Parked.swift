@@ -1,0 +1,59 @@
+import NIOCore
+
+// Strict credit (``HelloFlags/strictCredit``), the sending side: a message that costs more credit than there is is
+// *parked*. The producer goes on as with version 1's credit (which let such a message go beyond the credit), the
+// caller keeps the message, and whoever receives the credit that covers it sends it (``CreditAction/sendParked``).
+// So an application that sends one large message and then reads does not wait for its peer to read first, as a
+// gRPC sender's write returns once its transport has taken the message, while the wire never carries a message
+// beyond its credit.
+//
+// ```
+//   producer --reserveSend--> cost <= credit: send
+//                             credit > 0, nothing parked: park (tell the peer: call blocked, cost)
+//                             otherwise: wait --credit--> retry
+//   credit covers the parked cost --> sendParked --> the caller sends it, then parkedSent():
+//                                     its end (if it waited), and the producer waiting to retry
+// ```
+extension CallStateMachine {
+    /// Whether a message is parked, or on its way out after it (its end then waits for it).
+    @inlinable
+    package var hasParkedMessage: Bool { self.parkedCost != nil || self.sendingParked }
+
+    /// What follows the parked message once the caller has queued it.
+    @usableFromInline
+    package struct ParkedSentAction {
+        /// Send this side's end now: it waited for the parked message.
+        @usableFromInline
+        package var sendEnd: Bool
+        /// The producer to resume to try again (``CreditAction/retry(_:)``).
+        @usableFromInline
+        package var retry: WriteWaiter?
+
+        @inlinable
+        init(sendEnd: Bool, retry: WriteWaiter?) {
+            self.sendEnd = sendEnd
+            self.retry = retry
+        }
+    }
+
+    /// The caller queued the parked message (after ``CreditAction/sendParked``).
+    @inlinable
+    package mutating func parkedSent() -> ParkedSentAction {
+        guard self.sendingParked else { return ParkedSentAction(sendEnd: false, retry: nil) }
+        self.sendingParked = false
+        let sendEnd = self.endAfterParked && self.failure == nil && self.sendsRefused == nil
+        self.endAfterParked = false
+        guard self.sendCredit > 0, let (waiter, _) = self.writeWaiter.take() else {
+            return ParkedSentAction(sendEnd: sendEnd, retry: nil)
+        }
+        return ParkedSentAction(sendEnd: sendEnd, retry: waiter)
+    }
+
+    /// Forgets the parked message (the call failed, or the other side ended it): it never goes, and neither does an
+    /// end that waited for it.
+    @inlinable
+    mutating func dropParked() {
+        self.parkedCost = nil
+        self.endAfterParked = false
+    }
+}
