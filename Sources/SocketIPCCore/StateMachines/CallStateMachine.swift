@@ -508,6 +508,18 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     /// Messages received and not yet consumed, and their bytes.
     @inlinable
     package var bufferedMessageCount: Int { self.inbound.count }
+
+    /// Without strict credit: the bytes (as credit counts them) of the messages held for the consumer beyond one
+    /// window, which only a message that took the peer's credit below zero puts there (version 1's rule lets one
+    /// go); 0 with strict credit, where no message goes beyond its credit.
+    ///
+    /// What is held is what arrived and was not consumed: the window less the credit left and less what was consumed
+    /// but not yet given back.
+    @inlinable
+    package var heldBeyondWindow: Int {
+        guard !self.strictCredit, self.inbound.count > 0 else { return 0 }
+        return max(0, -(self.peerCredit + self.consumedSinceGrant))
+    }
     /// What this side may still send, in bytes.
     @inlinable
     package var availableSendCredit: Int { self.sendCredit }

@@ -70,6 +70,34 @@ final class CallMultiplexer: CallFrameReceiver {
     /// How many calls are in progress either way.
     var count: Int { self.streams.withLock { $0.byID.count } }
 
+    /// The most a peer without strict credit (``HelloFlags/strictCredit``) may make the connection hold beyond its
+    /// calls' windows, across them: 4 messages of the connection's maximum size, and at least 16 MiB (64 MiB with
+    /// the defaults).
+    ///
+    /// Version 1 of calls lets each message that a call's credit, while above zero, does not cover go beyond it: one
+    /// message of up to the maximum size per call, so 1.6 GB across 100 calls whose readers are busy. A peer with
+    /// strict credit never sends beyond it; this bounds the others, as D-Bus bounds the bytes a connection may have
+    /// queued unread (`max_incoming_bytes`).
+    static func heldBeyondWindowsLimit(maximumMessageSize: Int) -> Int {
+        max(16 * 1024 * 1024, 4 * maximumMessageSize)
+    }
+
+    /// After a call's message was held beyond its window: `resourceExhausted` if the connection's calls hold more
+    /// than ``heldBeyondWindowsLimit(maximumMessageSize:)`` beyond their windows in all (the connection then closes),
+    /// `nil` otherwise. Sums the calls' holdings (a lock each): only a message beyond its credit comes here.
+    func checkHeldBeyondWindows(on connection: Connection) -> SocketIPCError? {
+        let limit = Self.heldBeyondWindowsLimit(maximumMessageSize: connection.maximumMessageSize)
+        let streams = self.streams.withLock { Array($0.byID.values) }
+        let held = streams.reduce(0) { $0 + $1.heldBeyondWindow }
+        guard held > limit else { return nil }
+        return SocketIPCError(
+            .resourceExhausted,
+            "the peer's calls hold \(held) bytes of messages beyond their credit windows, unread, more than the "
+                + "\(limit) bytes this side holds for a peer without strict credit (hello flag 0x08, PROTOCOL.md "
+                + "\"Flow control\")"
+        )
+    }
+
     // MARK: - CallFrameReceiver
 
     func receive(_ frame: CallFrame, id: UInt32, on connection: Connection) -> SocketIPCError? {

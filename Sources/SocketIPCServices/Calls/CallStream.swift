@@ -143,6 +143,7 @@ final class CallStream: Sendable {
         case .message(let message):
             var credit = 0
             var tooMany = false
+            var beyondWindow = false
             let limit = descriptors == nil ? 0 : self.connection.maximumDescriptorsHeld
             var delivered: ReceivedDescriptors?
             let action = self.state.withLock { state -> Machine.ReceiveAction in
@@ -159,9 +160,16 @@ final class CallStream: Sendable {
                 }
                 if tooMany { return .violation }
                 let action = state.machine.messageReceived(message)
-                if case .deliver = action {
+                switch action {
+                case .deliver:
                     credit = state.machine.delivered(message)
                     delivered = state.descriptors.takeNext()
+                case .none:
+                    // Held beyond the call's window (a version 1 peer of calls sent it beyond its credit): counted
+                    // across the connection's calls below.
+                    beyondWindow = state.machine.heldBeyondWindow > 0
+                case .end, .violation:
+                    break
                 }
                 return action
             }
@@ -182,6 +190,9 @@ final class CallStream: Sendable {
                 )
             }
             self.grant(credit)
+            if beyondWindow, let exhausted = CallMultiplexer.of(self.connection).checkHeldBeyondWindows(on: self.connection) {
+                return exhausted
+            }
         case .end(let status):
             // A caller's end keeps only its code (see endReceived): its details would be held for the call's life.
             let fromCaller = !self.isCaller
@@ -632,6 +643,9 @@ final class CallStream: Sendable {
         action.writeWaiter?.resume(throwing: error)
         parkedWaiter?.resume()
     }
+
+    /// Bytes of messages held for the reader beyond the call's window (see ``CallStateMachine/heldBeyondWindow``).
+    var heldBeyondWindow: Int { self.state.withLock { $0.machine.heldBeyondWindow } }
 
     /// Whether the call failed (cancelled, deadline passed, connection closed), and with what.
     var failure: (any Error)? { self.state.withLock { $0.machine.failure } }

@@ -1,0 +1,160 @@
+import NIOCore
+import Testing
+
+@testable import SocketIPCCore
+
+/// Strict credit (hello flag `0x08`): a call message only within its credit, a sender short of credit parks its
+/// message and says so (call blocked, `0x0F`), and a receiver gives credit beyond its window only to a reader that
+/// waits with nothing to read.
+@Suite("CallStateMachine with strict credit")
+struct CallStateMachineStrictCreditTests {
+    typealias Machine = CallStateMachine<String, String>
+    typealias Unexpected = CallStateMachineTests.Unexpected
+
+    static func message(_ size: Int) -> ByteBuffer { ByteBuffer(repeating: 0x61, count: size) }
+    static let maximumCost = Machine.frameCost(payloadLength: 16 * 1024 * 1024)
+
+    // MARK: - Receiving
+
+    @Test("a message that costs more than the credit left is a violation, even while the credit is above zero")
+    func messageBeyondCredit() throws {
+        var machine = Machine(strictCredit: true)
+        // 64 KiB of credit: one message of exactly that cost fits, and leaves none.
+        guard case .none = machine.messageReceived(Self.message(Machine.initialWindow - 9)) else { throw Unexpected() }
+        guard case .violation = machine.messageReceived(Self.message(0)) else { throw Unexpected() }
+
+        var fresh = Machine(strictCredit: true)
+        guard case .violation = fresh.messageReceived(Self.message(Machine.initialWindow)) else {
+            throw Unexpected()
+        }
+        // Version 1's rule lets the same message go, alone.
+        var version1 = Machine()
+        guard case .none = version1.messageReceived(Self.message(Machine.initialWindow)) else { throw Unexpected() }
+    }
+
+    @Test("a blocked peer gets its credit only once the reader waits with nothing to read, and exactly what it lacks")
+    func creditForAWaitingReader() throws {
+        var machine = Machine(strictCredit: true)
+        guard case .none = machine.messageReceived(Self.message(1000)) else { throw Unexpected() }
+        let cost = Machine.frameCost(payloadLength: 1 << 20)
+        // Nobody reads yet: nothing.
+        #expect(machine.blockedReceived(cost: cost, maximumCost: Self.maximumCost) == .none)
+        // The reader takes the message it has (no grant: less than half the window was read) ...
+        guard case .message(_, credit: 0) = machine.next(orWait: "reader") else { throw Unexpected() }
+        // ... then waits with nothing to read: now the peer gets what it lacks for its message.
+        guard case .wait(let credit) = machine.next(orWait: "reader") else { throw Unexpected() }
+        #expect(credit == cost - (Machine.initialWindow - Machine.frameCost(payloadLength: 1000)))
+        // And the message fits, exactly.
+        guard case .deliver("reader", let delivered) = machine.messageReceived(Self.message(1 << 20)) else {
+            throw Unexpected()
+        }
+        #expect(delivered.readableBytes == 1 << 20)
+        guard case .violation = machine.messageReceived(Self.message(0)) else { throw Unexpected() }
+    }
+
+    @Test("a reader already waiting gives the credit as the blocked frame arrives, once; nothing for a call that ended")
+    func blockedWhileTheReaderWaits() throws {
+        var machine = Machine(strictCredit: true)
+        guard case .wait(credit: 0) = machine.next(orWait: "reader") else { throw Unexpected() }
+        let cost = Machine.initialWindow * 3
+        #expect(machine.blockedReceived(cost: cost, maximumCost: Self.maximumCost) == .grant(cost - Machine.initialWindow))
+        // Asked again (a stale frame): the peer has that credit already.
+        #expect(machine.blockedReceived(cost: cost, maximumCost: Self.maximumCost) == .none)
+
+        var ended = Machine(strictCredit: true)
+        guard case .none = ended.endReceived(.ok) else { throw Unexpected() }
+        #expect(ended.blockedReceived(cost: cost, maximumCost: Self.maximumCost) == .none)
+        var stopped = Machine(strictCredit: true)
+        _ = stopped.stopReceiving()
+        #expect(stopped.blockedReceived(cost: cost, maximumCost: Self.maximumCost) == .none)
+    }
+
+    @Test("a blocked cost above what a message of the maximum size costs is a violation; version 1 ignores the frame")
+    func blockedBeyondTheMaximum() throws {
+        var machine = Machine(strictCredit: true)
+        #expect(machine.blockedReceived(cost: Self.maximumCost + 1, maximumCost: Self.maximumCost) == .violation)
+        #expect(machine.blockedReceived(cost: Self.maximumCost, maximumCost: Self.maximumCost) == .none)
+        var version1 = Machine()
+        guard case .wait(credit: 0) = version1.next(orWait: "reader") else { throw Unexpected() }
+        #expect(version1.blockedReceived(cost: 100_000, maximumCost: Self.maximumCost) == .none)
+    }
+
+    @Test("credit given back as messages are read settles a blocked peer that no longer lacks any")
+    func readingSettlesTheBlockedPeer() throws {
+        var machine = Machine(strictCredit: true)
+        for _ in 0..<60 {
+            guard case .none = machine.messageReceived(Self.message(1000)) else { throw Unexpected() }
+        }
+        #expect(machine.blockedReceived(cost: 20_000, maximumCost: Self.maximumCost) == .none)
+        var granted = 0
+        while case .message(_, let credit) = machine.poll() { granted += credit }
+        #expect(granted > 0)
+        // The credit given back covers the blocked message: waiting gives nothing more.
+        guard case .wait(credit: 0) = machine.next(orWait: "reader") else { throw Unexpected() }
+    }
+
+    // MARK: - Sending
+
+    @Test("a message beyond the credit is parked, the next send waits, and credit that covers it sends it first")
+    func parking() throws {
+        var machine = Machine(strictCredit: true)
+        guard case .send = machine.reserveSend(payloadLength: 60_000, orWait: "w0") else { throw Unexpected() }
+        let parkedCost = Machine.frameCost(payloadLength: 100_000)
+        guard case .park(cost: parkedCost) = machine.reserveSend(payloadLength: 100_000, orWait: "w1") else {
+            throw Unexpected()
+        }
+        #expect(machine.hasParkedMessage)
+        // Behind the parked message, even a small one waits.
+        guard case .wait = machine.reserveSend(payloadLength: 10, orWait: "w2") else { throw Unexpected() }
+        // Not enough yet.
+        guard case .none = machine.creditReceived(50_000) else { throw Unexpected() }
+        let left = machine.availableSendCredit
+        // Enough: the parked message goes (its cost taken), and only then the waiting writer tries again.
+        guard case .sendParked = machine.creditReceived(UInt32(parkedCost - left + 100)) else { throw Unexpected() }
+        #expect(machine.availableSendCredit == 100)
+        #expect(machine.hasParkedMessage, "on its way: the end and the next send still wait for it")
+        let after = machine.parkedSent()
+        #expect(after.retry == "w2")
+        #expect(!after.sendEnd)
+        #expect(!machine.hasParkedMessage)
+        guard case .send = machine.reserveSend(payloadLength: 10, orWait: "w2") else { throw Unexpected() }
+    }
+
+    @Test("the end waits for the parked message; a failure drops both")
+    func endAfterParked() throws {
+        var machine = Machine(strictCredit: true)
+        guard case .park = machine.reserveSend(payloadLength: 70_000, orWait: "w") else { throw Unexpected() }
+        #expect(machine.endOutbound() == .afterParked)
+        guard case .sendParked = machine.creditReceived(10_000) else { throw Unexpected() }
+        #expect(machine.parkedSent().sendEnd)
+
+        var failing = Machine(strictCredit: true)
+        guard case .park = failing.reserveSend(payloadLength: 70_000, orWait: "w") else { throw Unexpected() }
+        #expect(failing.endOutbound() == .afterParked)
+        _ = failing.fail(CancellationError())
+        #expect(!failing.hasParkedMessage)
+        guard case .none = failing.creditReceived(10_000) else { throw Unexpected() }
+    }
+
+    @Test("with no credit left a sender waits, and is resumed to try again, not with its cost taken")
+    func retryAfterCredit() throws {
+        var machine = Machine(strictCredit: true)
+        guard case .send = machine.reserveSend(payloadLength: Machine.initialWindow - 9, orWait: "w") else {
+            throw Unexpected()
+        }
+        #expect(machine.availableSendCredit == 0)
+        guard case .wait = machine.reserveSend(payloadLength: 10, orWait: "w") else { throw Unexpected() }
+        guard case .retry("w") = machine.creditReceived(5) else { throw Unexpected() }
+        #expect(machine.availableSendCredit == 5, "nothing taken")
+        // Its message costs 19: parked on the 5 bytes there are.
+        guard case .park(cost: 19) = machine.reserveSend(payloadLength: 10, orWait: "w") else { throw Unexpected() }
+    }
+
+    @Test("trySend parks as reserveSend does, and waits without keeping anything")
+    func trySend() throws {
+        var machine = Machine(strictCredit: true)
+        guard case .park = try machine.trySend(payloadLength: 100_000) else { throw Unexpected() }
+        guard case .wait = try machine.trySend(payloadLength: 1) else { throw Unexpected() }
+        #expect(!machine.hasWaiters)
+    }
+}
