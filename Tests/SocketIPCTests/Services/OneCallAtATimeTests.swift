@@ -4,10 +4,10 @@ import SocketIPCTesting
 import Synchronization
 import Testing
 
-/// Calls of one connection that an application serves one at a time (a single file, a database) all finish: a call
-/// waiting its turn holds its first large message (up to the maximum message size beyond its window, PROTOCOL.md
-/// "Flow control") without holding up the call being served. A connection-wide pause on such messages hung both
-/// tests for good (found by a review, and taken out again).
+/// Calls of one connection that an application serves one at a time (a single file, a database) all finish: the
+/// large message of a call waiting its turn waits on its sender's side (strict credit, PROTOCOL.md "Flow control")
+/// without holding up the call being served. A connection-wide pause on such messages, held on the receiving side
+/// before strict credit, hung both tests for good (found by a review, and taken out again).
 @Suite("Calls served one at a time on one connection", .timeLimit(.minutes(2)), .limitedConcurrency)
 struct OneCallAtATimeTests {
     /// The maximum message size of both sides: two messages waiting their turn hold more than it.
