@@ -49,11 +49,27 @@ extension CallStateMachine {
         return ParkedSentAction(sendEnd: sendEnd, retry: waiter)
     }
 
+    /// The caller queued the call-blocked frame for the parked message (after ``SendAction/park(cost:)``): returns
+    /// whether the credit already covers the message, whose cost is then taken (send it, then call
+    /// ``parkedSent()``, as after ``CreditAction/sendParked``). Credit that comes before the frame is queued does not
+    /// send the message: the peer would read the frame after the message, and take it for the next one's.
+    @inlinable
+    package mutating func parkedAnnounced() -> Bool {
+        guard let cost = self.parkedCost, !self.parkedIsAnnounced else { return false }
+        self.parkedIsAnnounced = true
+        guard cost <= self.sendCredit else { return false }
+        self.sendCredit -= cost
+        self.parkedCost = nil
+        self.sendingParked = true
+        return true
+    }
+
     /// Forgets the parked message (the call failed, or the other side ended it): it never goes, and neither does an
     /// end that waited for it.
     @inlinable
     mutating func dropParked() {
         self.parkedCost = nil
+        self.parkedIsAnnounced = false
         self.endAfterParked = false
     }
 }

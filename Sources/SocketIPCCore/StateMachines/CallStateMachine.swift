@@ -51,6 +51,10 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     /// this side counts it, is less: given once this side's reader waits with nothing to read.
     @usableFromInline
     var peerBlockedCost: Int?
+    /// The cost of the message this side gave credit beyond its window for (``creditForBlockedPeer()``): the peer's
+    /// next message must be that one, so that the credit serves the message a reader asked for and nothing else.
+    @usableFromInline
+    var grantedBlockedCost: Int?
 
     /// How the peer ended its direction (its half-close, or the handler's final status), once it has.
     @usableFromInline
@@ -83,6 +87,10 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     /// Strict credit: this side's end waits for the parked message.
     @usableFromInline
     var endAfterParked = false
+    /// Strict credit: the call-blocked frame for the parked message is queued (``parkedAnnounced()``): only then may
+    /// credit send the message, so that the peer never reads the frame after the message it announces.
+    @usableFromInline
+    var parkedIsAnnounced = false
     /// Who waits for credit, and the cost of the message it will send once resumed.
     @usableFromInline
     var writeWaiter: (waiter: WriteWaiter, cost: Int)?
@@ -140,6 +148,11 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
         guard self.failure == nil, !self.inboundEnded else { return .none }
         let cost = Self.frameCost(payloadLength: message.readableBytes)
         guard self.peerMaySend(cost: cost) else { return .violation }
+        if let granted = self.grantedBlockedCost {
+            // Credit given for the message the peer said it was blocked on: this must be that message.
+            guard cost == granted else { return .violation }
+            self.grantedBlockedCost = nil
+        }
         self.peerCredit -= cost
         // The message the peer was blocked on, if it was: a sender blocks again for its next one.
         self.peerBlockedCost = nil
@@ -208,7 +221,7 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
         guard cost > self.peerCredit else { return 0 }
         let grant = cost - self.peerCredit
         self.peerCredit = cost
-        // Credit given ahead of consumption: what the reader consumes from here on counts anew.
+        self.grantedBlockedCost = cost
         return grant
     }
 
@@ -364,6 +377,7 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
             return .send
         }
         self.parkedCost = cost
+        self.parkedIsAnnounced = false
         return .park(cost: cost)
     }
 
@@ -397,7 +411,7 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
         self.sendCredit += Int(increment)
         if self.strictCredit {
             if let cost = self.parkedCost {
-                guard cost <= self.sendCredit else { return .none }
+                guard self.parkedIsAnnounced, cost <= self.sendCredit else { return .none }
                 self.sendCredit -= cost
                 self.parkedCost = nil
                 self.sendingParked = true

@@ -441,12 +441,19 @@ final class CallStream: Sendable {
         }
     }
 
-    /// Tells the peer that this side is blocked on a message that costs `cost` bytes of credit (strict credit): the
-    /// peer gives credit beyond its window only when asked, once its reader waits. Sent after the message was parked,
-    /// outside the call's lock: if credit arrives between the two and sends the message first, the peer only gives
-    /// a reader that waits some credit ahead.
+    /// Tells the peer that this side is blocked on the message it parked, which costs `cost` bytes of credit (strict
+    /// credit): the peer gives credit beyond its window only when asked, once its reader waits. Queued after the
+    /// message was parked, outside the call's lock; credit that came meanwhile sends the message only now, after the
+    /// frame (the peer takes a call-blocked frame for the cost of the next message).
     private func announceBlocked(cost: Int) {
         self.connection.writeCallControlFrame(id: self.id, .blocked(UInt32(clamping: cost)))
+        var parked: (payload: ByteBuffer, descriptors: DuplicatedDescriptors?)?
+        let covered = self.state.withLock { locked in
+            guard locked.machine.parkedAnnounced() else { return false }
+            parked = locked.parked.take()
+            return true
+        }
+        if covered { self.sendParked(parked) }
     }
 
     /// Sends the message that was parked (credit now covers it), then this side's end if it waited for it, and

@@ -104,6 +104,8 @@ struct CallStateMachineStrictCreditTests {
             throw Unexpected()
         }
         #expect(machine.hasParkedMessage)
+        let coveredAtOnce = machine.parkedAnnounced()
+        #expect(!coveredAtOnce, "the credit does not cover it yet")
         // Behind the parked message, even a small one waits.
         guard case .wait = machine.reserveSend(payloadLength: 10, orWait: "w2") else { throw Unexpected() }
         // Not enough yet.
@@ -124,6 +126,8 @@ struct CallStateMachineStrictCreditTests {
     func endAfterParked() throws {
         var machine = Machine(strictCredit: true)
         guard case .park = machine.reserveSend(payloadLength: 70_000, orWait: "w") else { throw Unexpected() }
+        let coveredAtOnce = machine.parkedAnnounced()
+        #expect(!coveredAtOnce)
         #expect(machine.endOutbound() == .afterParked)
         guard case .sendParked = machine.creditReceived(10_000) else { throw Unexpected() }
         #expect(machine.parkedSent().sendEnd)
@@ -148,6 +152,38 @@ struct CallStateMachineStrictCreditTests {
         #expect(machine.availableSendCredit == 5, "nothing taken")
         // Its message costs 19: parked on the 5 bytes there are.
         guard case .park(cost: 19) = machine.reserveSend(payloadLength: 10, orWait: "w") else { throw Unexpected() }
+    }
+
+    @Test("credit that comes before the call-blocked frame is queued does not send the parked message; the announcement does")
+    func creditBeforeTheAnnouncement() throws {
+        var machine = Machine(strictCredit: true)
+        guard case .park(let cost) = machine.reserveSend(payloadLength: 70_000, orWait: "w") else { throw Unexpected() }
+        guard case .none = machine.creditReceived(10_000) else { throw Unexpected() }
+        let covered = machine.parkedAnnounced()
+        #expect(covered, "covered: its cost is taken, and the caller sends it now")
+        #expect(machine.availableSendCredit == Machine.initialWindow + 10_000 - cost)
+        let again = machine.parkedAnnounced()
+        #expect(!again, "once")
+        let after = machine.parkedSent()
+        #expect(after.retry == nil)
+    }
+
+    @Test("after credit given for a blocked message, the next message must be that one: another cost is a violation")
+    func grantedCreditServesTheAnnouncedMessage() throws {
+        var machine = Machine(strictCredit: true)
+        guard case .wait = machine.next(orWait: "reader") else { throw Unexpected() }
+        let cost = Machine.frameCost(payloadLength: 1 << 20)
+        #expect(machine.blockedReceived(cost: cost, maximumCost: Self.maximumCost) == .grant(cost - Machine.initialWindow))
+        // 1 MiB of credit spent on small messages instead would be held beyond the window.
+        guard case .violation = machine.messageReceived(Self.message(10)) else { throw Unexpected() }
+
+        var honest = Machine(strictCredit: true)
+        guard case .wait = honest.next(orWait: "reader") else { throw Unexpected() }
+        _ = honest.blockedReceived(cost: cost, maximumCost: Self.maximumCost)
+        guard case .deliver = honest.messageReceived(Self.message(1 << 20)) else { throw Unexpected() }
+        // Then any message within the credit again.
+        _ = honest.delivered(Self.message(1 << 20))
+        guard case .none = honest.messageReceived(Self.message(10)) else { throw Unexpected() }
     }
 
     @Test("trySend parks as reserveSend does, and waits without keeping anything")

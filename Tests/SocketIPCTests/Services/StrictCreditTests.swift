@@ -125,6 +125,26 @@ struct StrictCreditTests {
         }
     }
 
+    @Test("credit given for a message the peer said it was blocked on serves that message only: small ones instead are a protocol violation")
+    func grantedCreditServesTheAnnouncedMessage() async throws {
+        try await withServiceTestServer(router: Self.router(holding: HandlerGate())) { _, path in
+            let peer = try await RawSocket.connect(to: path)
+            defer { peer.close() }
+            try await peer.write(
+                serverHelloBytes + callOpenBytes(id: 1, method: StrictUpload.name)
+                    + Self.blockedBytes(id: 1, cost: UInt32(Self.largeCost))
+            )
+            #expect(try await peer.read(exactly: 8) == serverHelloBytes)
+            let credit = try await peer.readFrames(1)
+            #expect(credit.first?.kind == 0x0a, "\(credit)")
+            // A megabyte of credit spent on small messages would be held beyond the window while the reader is busy.
+            try await peer.write(messageBytes(id: 1, json: "\"x\""))
+            let frames = try parseFrames(try await peer.readUntilClosed()[...])
+            #expect(frames.count == 1 && frames.first?.kind == 0x05 && frames.first?.payload.first == 0x01, "\(frames)")
+            try await Self.expectServed(path)
+        }
+    }
+
     @Test("a version 1 peer of calls keeps its rule, but its messages beyond their calls' windows are bounded across the connection")
     func version1PeerBeyondWindows() async throws {
         let gate = HandlerGate()
