@@ -55,6 +55,11 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     /// next message must be that one, so that the credit serves the message a reader asked for and nothing else.
     @usableFromInline
     var grantedBlockedCost: Int?
+    /// Credit given beyond the window for blocked messages and not yet consumed: the message it paid for is not given
+    /// back as it is consumed, so that the window stays what it was (otherwise one 16 MiB message would widen the
+    /// call's window to 16 MiB for good).
+    @usableFromInline
+    var creditBeyondWindow = 0
 
     /// How the peer ended its direction (its half-close, or the handler's final status), once it has.
     @usableFromInline
@@ -222,6 +227,7 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
         let grant = cost - self.peerCredit
         self.peerCredit = cost
         self.grantedBlockedCost = cost
+        self.creditBeyondWindow += grant
         return grant
     }
 
@@ -299,7 +305,14 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
 
     @inlinable
     mutating func consumed(_ message: ByteBuffer) -> Int {
-        self.consumedSinceGrant += Self.frameCost(payloadLength: message.readableBytes)
+        var cost = Self.frameCost(payloadLength: message.readableBytes)
+        if self.creditBeyondWindow > 0 {
+            // Paid for by credit given beyond the window: not given back.
+            let paid = min(self.creditBeyondWindow, cost)
+            self.creditBeyondWindow -= paid
+            cost -= paid
+        }
+        self.consumedSinceGrant += cost
         guard self.consumedSinceGrant >= Self.initialWindow / 2, !self.inboundEnded, self.failure == nil,
             !self.receivingStopped
         else {

@@ -83,20 +83,21 @@ final class CallMultiplexer: CallFrameReceiver {
     }
 
     /// After a call's message was held beyond its window: `resourceExhausted` if the connection's calls hold more
-    /// than ``heldBeyondWindowsLimit(maximumMessageSize:)`` beyond their windows in all (the connection then closes),
-    /// `nil` otherwise. Sums the calls' holdings (a lock each): only a message beyond its credit comes here.
+    /// than ``heldBeyondWindowsLimit(maximumMessageSize:)`` beyond their windows in all (the call whose message
+    /// tipped it over then ends, its messages dropped; the connection and its other calls go on), `nil` otherwise.
+    /// Sums the calls' holdings (a lock each): only a message beyond its credit comes here.
     func checkHeldBeyondWindows(on connection: Connection) -> SocketIPCError? {
         let limit = Self.heldBeyondWindowsLimit(maximumMessageSize: connection.maximumMessageSize)
         let streams = self.streams.withLock { Array($0.byID.values) }
         let held = streams.reduce(0) { $0 + $1.heldBeyondWindow }
         guard held > limit else { return nil }
-        return SocketIPCError(
-            .resourceExhausted,
-            "the peer's calls hold \(held) bytes of messages beyond their credit windows, unread, more than the "
-                + "\(limit) bytes this side holds for a peer without strict credit (hello flag 0x08, PROTOCOL.md "
-                + "\"Flow control\")"
-        )
+        return SocketIPCError(.resourceExhausted, "\(Self.heldBeyondWindowsText): \(held) bytes, more than \(limit)")
     }
+
+    /// Why a call was ended for the messages held beyond the connection's calls' windows.
+    static let heldBeyondWindowsText =
+        "the peer's calls hold more messages beyond their credit windows, unread, than this side holds for a peer "
+        + "without strict credit (hello flag 0x08, PROTOCOL.md \"Flow control\")"
 
     // MARK: - CallFrameReceiver
 

@@ -123,6 +123,9 @@ final class CallStream: Sendable {
         case serverGoingAway
         /// The handler returned or threw: nothing to stop.
         case finished
+        /// A peer without strict credit made the connection's calls hold more than they may beyond their windows, and
+        /// this call's message tipped it over (``CallMultiplexer/checkHeldBeyondWindows(on:)``).
+        case heldBeyondWindows
     }
 
     init(id: UInt32, method: String, connection: Connection, isCaller: Bool, streamsResponses: Bool = false) {
@@ -191,7 +194,7 @@ final class CallStream: Sendable {
             }
             self.grant(credit)
             if beyondWindow, let exhausted = CallMultiplexer.of(self.connection).checkHeldBeyondWindows(on: self.connection) {
-                return exhausted
+                self.refuseHeldBeyondWindows(exhausted)
             }
         case .end(let status):
             // A caller's end keeps only its code (see endReceived): its details would be held for the call's life.
@@ -267,6 +270,19 @@ final class CallStream: Sendable {
             return SocketIPCError(.protocolViolation, "the peer opened call \(self.id), which is already open")
         }
         return nil
+    }
+
+    /// This call's message tipped the messages held beyond the connection's calls' windows over their bound: the
+    /// call ends, and what it holds is dropped, not the connection. A handler's call ends with status
+    /// `resourceExhausted` (`0x08`, as beyond the concurrency limit); a caller's is cancelled, and fails with `error`.
+    private func refuseHeldBeyondWindows(_ error: SocketIPCError) {
+        if self.isCaller {
+            let wasOpen = self.state.withLock { $0.machine.failure == nil }
+            self.fail(error)
+            if wasOpen { self.connection.queueCallControlFrame(id: self.id, .cancel(.cancelled)) }
+        } else {
+            self.stopHandler(.heldBeyondWindows, failing: error)
+        }
     }
 
     // MARK: - Reading
@@ -671,12 +687,18 @@ final class CallStream: Sendable {
     /// once, and must find the reason then, or it would count as finished and send an end the caller no longer
     /// wants (PROTOCOL.md: after a caller's cancel the handler's side sends nothing more for the call).
     func stopHandler(_ reason: StopReason, failing error: (any Error)? = nil) {
+        var handlerFinished = false
         let task = self.stop.withLock { stop -> HandlerTask? in
+            handlerFinished = stop.reason == .finished
             if stop.reason == nil { stop.reason = reason }
             guard reason != .finished, let task = stop.handlerTask else { return nil }
             stop.cancelsInProgress += 1
             return task
         }
+        // A server's shutdown ends response streams whose handler still writes; one whose handler has returned has
+        // written all it will, and its last message (parked for credit) and end still go (found by a review: they
+        // were dropped, and the caller got connectionClosed).
+        if handlerFinished, reason == .serverGoingAway { return }
         // Messages that arrived before the connection closed are still read: a stream the handler completed (its end
         // came before the close) or one cut off (its messages, then the error) loses none of them (found by a review:
         // a server stream read after its server's graceful shutdown came back empty, and reported a normal end).

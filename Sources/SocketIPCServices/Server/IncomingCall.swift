@@ -122,6 +122,8 @@ extension CallMultiplexer {
         case .serverGoingAway:
             // The caller may call again on the next server: a ServiceClient's resubscribing stream does.
             call.finishAfterStop(CallStatus(code: .unavailable, message: "the server is shutting down"))
+        case .heldBeyondWindows:
+            call.finishAfterStop(CallStatus(code: .resourceExhausted, message: CallMultiplexer.heldBeyondWindowsText))
         case .cancelledByCaller, .connectionClosed:
             // The caller is gone or no longer listening: nothing to send.
             break

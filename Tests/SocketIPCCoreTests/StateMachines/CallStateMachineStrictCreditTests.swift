@@ -181,9 +181,11 @@ struct CallStateMachineStrictCreditTests {
         guard case .wait = honest.next(orWait: "reader") else { throw Unexpected() }
         _ = honest.blockedReceived(cost: cost, maximumCost: Self.maximumCost)
         guard case .deliver = honest.messageReceived(Self.message(1 << 20)) else { throw Unexpected() }
-        // Then any message within the credit again.
-        _ = honest.delivered(Self.message(1 << 20))
+        // Consumed, it gives back the window, not the credit given beyond it: the window stays 64 KiB.
+        #expect(honest.delivered(Self.message(1 << 20)) == Machine.initialWindow)
+        #expect(honest.peerCredit == Machine.initialWindow)
         guard case .none = honest.messageReceived(Self.message(10)) else { throw Unexpected() }
+        guard case .violation = honest.messageReceived(Self.message(Machine.initialWindow)) else { throw Unexpected() }
     }
 
     @Test("trySend parks as reserveSend does, and waits without keeping anything")
