@@ -9,8 +9,9 @@ import NIOCore
 //
 // ```
 //   producer --reserveSend--> cost <= credit: send
-//                             credit > 0, nothing parked: park (tell the peer: call blocked, cost)
-//                             otherwise: wait --credit--> retry
+//                             cost > half the window, credit > 0, nothing parked: park (tell the peer: call
+//                             blocked, cost)
+//                             otherwise: wait --credit--> resume (cost covered) or retry (to park)
 //   credit covers the parked cost --> sendParked --> the caller sends it, then parkedSent():
 //                                     its end (if it waited), and the producer waiting to retry
 // ```
@@ -25,28 +26,26 @@ extension CallStateMachine {
         /// Send this side's end now: it waited for the parked message.
         @usableFromInline
         package var sendEnd: Bool
-        /// The producer to resume to try again (``CreditAction/retry(_:)``).
+        /// The producer waiting behind the parked message, if it may go on now: ``CreditAction/resume(_:)`` (its
+        /// message's cost taken) or ``CreditAction/retry(_:)``.
         @usableFromInline
-        package var retry: WriteWaiter?
+        package var writer: CreditAction?
 
         @inlinable
-        init(sendEnd: Bool, retry: WriteWaiter?) {
+        init(sendEnd: Bool, writer: CreditAction?) {
             self.sendEnd = sendEnd
-            self.retry = retry
+            self.writer = writer
         }
     }
 
     /// The caller queued the parked message (after ``CreditAction/sendParked``).
     @inlinable
     package mutating func parkedSent() -> ParkedSentAction {
-        guard self.sendingParked else { return ParkedSentAction(sendEnd: false, retry: nil) }
+        guard self.sendingParked else { return ParkedSentAction(sendEnd: false, writer: nil) }
         self.sendingParked = false
         let sendEnd = self.endAfterParked && self.failure == nil && self.sendsRefused == nil
         self.endAfterParked = false
-        guard self.sendCredit > 0, let (waiter, _) = self.writeWaiter.take() else {
-            return ParkedSentAction(sendEnd: sendEnd, retry: nil)
-        }
-        return ParkedSentAction(sendEnd: sendEnd, retry: waiter)
+        return ParkedSentAction(sendEnd: sendEnd, writer: self.resumeWaitingWriter())
     }
 
     /// The caller queued the call-blocked frame for the parked message (after ``SendAction/park(cost:)``): returns

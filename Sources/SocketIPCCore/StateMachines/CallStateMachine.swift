@@ -376,7 +376,8 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     }
 
     /// A message that costs `cost` goes now (its cost taken), or is parked; `nil` if the producer has to wait: the
-    /// credit is not above zero, or (strict) a message is parked already.
+    /// credit is not above zero, or (strict) a message is parked already, or the message is small enough for the
+    /// credit the peer gives back as it reads to cover it (``parksMessage(cost:)``).
     @inlinable
     mutating func sendOrPark(cost: Int) -> SendAction? {
         guard self.strictCredit else {
@@ -389,10 +390,19 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
             self.sendCredit -= cost
             return .send
         }
+        guard Self.parksMessage(cost: cost) else { return nil }
         self.parkedCost = cost
         self.parkedIsAnnounced = false
         return .park(cost: cost)
     }
+
+    /// Strict credit: whether a message of `cost` that its credit does not cover is parked (and announced with a
+    /// call-blocked frame) rather than waited for: one above half the window. A smaller one waits for credit as with
+    /// version 1's rule once the credit is spent: the peer gives credit back each time its reader has consumed half
+    /// the window, and a reader that has consumed all it was sent has given back all but less than half, so the
+    /// credit comes to cover it without asking; parking it would cost a frame and a wake-up each window.
+    @inlinable
+    package static func parksMessage(cost: Int) -> Bool { cost > Self.initialWindow / 2 }
 
     /// The most credit a sender may hold: 2³¹ − 1 bytes, as HTTP/2's flow-control window (RFC 9113, section
     /// 6.9.1). Credit beyond it is a protocol error, so that no count can overflow however many credit frames a peer
@@ -430,10 +440,8 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
                 self.sendingParked = true
                 return .sendParked
             }
-            guard !self.sendingParked, self.sendCredit > 0, let (waiter, _) = self.writeWaiter.take() else {
-                return .none
-            }
-            return .retry(waiter)
+            guard !self.sendingParked else { return .none }
+            return self.resumeWaitingWriter() ?? .none
         }
         guard self.sendCredit > 0, let (waiter, cost) = self.writeWaiter.take() else { return .none }
         self.sendCredit -= cost
@@ -449,6 +457,21 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
         case afterParked
         /// Nothing: the direction had already ended (or the call failed).
         case none
+    }
+
+    /// Strict credit: the producer waiting for credit, if it may go on now: resumed with its message's cost taken if
+    /// the credit covers it, or to try again (and park it) if it is one to park and the credit is above zero.
+    @inlinable
+    mutating func resumeWaitingWriter() -> CreditAction? {
+        guard let (waiter, cost) = self.writeWaiter else { return nil }
+        if cost <= self.sendCredit {
+            self.writeWaiter = nil
+            self.sendCredit -= cost
+            return .resume(waiter)
+        }
+        guard Self.parksMessage(cost: cost), self.sendCredit > 0 else { return nil }
+        self.writeWaiter = nil
+        return .retry(waiter)
     }
 
     /// This side ends its direction: whether the end frame is to be sent, now or after the parked message.

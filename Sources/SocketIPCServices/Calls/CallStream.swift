@@ -490,7 +490,11 @@ final class CallStream: Sendable {
             return after
         }
         if let end { self.connection.writeCallControlFrame(id: self.id, .end(end)) }
-        after.retry?.resume(returning: .retry)
+        switch after.writer {
+        case .resume(let waiter)?: waiter.resume(returning: .send)
+        case .retry(let waiter)?: waiter.resume(returning: .retry)
+        default: break
+        }
         parkedWaiter?.resume()
     }
 

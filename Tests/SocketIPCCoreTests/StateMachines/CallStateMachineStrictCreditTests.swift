@@ -111,15 +111,15 @@ struct CallStateMachineStrictCreditTests {
         // Not enough yet.
         guard case .none = machine.creditReceived(50_000) else { throw Unexpected() }
         let left = machine.availableSendCredit
-        // Enough: the parked message goes (its cost taken), and only then the waiting writer tries again.
+        // Enough: the parked message goes (its cost taken), and only then the waiting writer goes on, its cost taken.
         guard case .sendParked = machine.creditReceived(UInt32(parkedCost - left + 100)) else { throw Unexpected() }
         #expect(machine.availableSendCredit == 100)
         #expect(machine.hasParkedMessage, "on its way: the end and the next send still wait for it")
         let after = machine.parkedSent()
-        #expect(after.retry == "w2")
+        guard case .resume("w2")? = after.writer else { throw Unexpected() }
         #expect(!after.sendEnd)
         #expect(!machine.hasParkedMessage)
-        guard case .send = machine.reserveSend(payloadLength: 10, orWait: "w2") else { throw Unexpected() }
+        #expect(machine.availableSendCredit == 100 - 19)
     }
 
     @Test("the end waits for the parked message; a failure drops both")
@@ -140,18 +140,27 @@ struct CallStateMachineStrictCreditTests {
         guard case .none = failing.creditReceived(10_000) else { throw Unexpected() }
     }
 
-    @Test("with no credit left a sender waits, and is resumed to try again, not with its cost taken")
-    func retryAfterCredit() throws {
+    @Test("a message of up to half the window waits for the credit that covers it, without parking; a larger one is resumed to try again, and parks")
+    func smallMessagesWait() throws {
         var machine = Machine(strictCredit: true)
-        guard case .send = machine.reserveSend(payloadLength: Machine.initialWindow - 9, orWait: "w") else {
+        guard case .send = machine.reserveSend(payloadLength: Machine.initialWindow - 9 - 5, orWait: "w") else {
             throw Unexpected()
         }
-        #expect(machine.availableSendCredit == 0)
+        #expect(machine.availableSendCredit == 5)
+        // Costs 19: more than the 5 bytes left, not parked (no call-blocked frame): it waits.
         guard case .wait = machine.reserveSend(payloadLength: 10, orWait: "w") else { throw Unexpected() }
+        guard case .none = machine.creditReceived(5) else { throw Unexpected() }
+        guard case .resume("w") = machine.creditReceived(9) else { throw Unexpected() }
+        #expect(machine.availableSendCredit == 0, "its cost taken")
+
+        // A message above half the window, with no credit: waits; once there is some, it tries again and parks.
+        let large = Machine.initialWindow / 2
+        guard case .wait = machine.reserveSend(payloadLength: large, orWait: "w") else { throw Unexpected() }
         guard case .retry("w") = machine.creditReceived(5) else { throw Unexpected() }
         #expect(machine.availableSendCredit == 5, "nothing taken")
-        // Its message costs 19: parked on the 5 bytes there are.
-        guard case .park(cost: 19) = machine.reserveSend(payloadLength: 10, orWait: "w") else { throw Unexpected() }
+        guard case .park(cost: large + 9) = machine.reserveSend(payloadLength: large, orWait: "w") else {
+            throw Unexpected()
+        }
     }
 
     @Test("credit that comes before the call-blocked frame is queued does not send the parked message; the announcement does")
@@ -165,7 +174,7 @@ struct CallStateMachineStrictCreditTests {
         let again = machine.parkedAnnounced()
         #expect(!again, "once")
         let after = machine.parkedSent()
-        #expect(after.retry == nil)
+        #expect(after.writer == nil)
     }
 
     @Test("after credit given for a blocked message, the next message must be that one: another cost is a violation")
