@@ -177,6 +177,25 @@ struct StrictCreditTests {
         }
     }
 
+    @Test("a version 1 peer of calls sends and gets messages of 1 MiB beyond the credit, as before, and never a call-blocked frame")
+    func version1PeerUnchanged() async throws {
+        try await withServiceTestServer(router: Self.router(holding: HandlerGate())) { _, path in
+            let peer = try await RawSocket.connect(to: path)
+            defer { peer.close() }
+            let payload = "\"" + Self.large + "\""
+            try await peer.write(
+                callsPeerHelloBytes + callOpenBytes(id: 1, method: StrictEcho.name) + messageBytes(id: 1, json: payload)
+                    + callEndOKBytes(id: 1)
+            )
+            #expect(try await peer.read(exactly: 8) == serverHelloBytes)
+            var frames: [WireFrame] = []
+            while frames.last?.kind != 0x08 { frames += try await peer.readFrames(1) }
+            #expect(!frames.contains { $0.kind == 0x0f }, "\(frames)")
+            #expect(frames.first { $0.kind == 0x07 }?.payload.count == payload.utf8.count, "\(frames)")
+            #expect(frames.last.flatMap(CallEnd.init)?.status == 0x00)
+        }
+    }
+
     @Test("a version 1 peer of calls keeps its rule, but its messages beyond their calls' windows are bounded across the connection")
     func version1PeerBeyondWindows() async throws {
         let gate = HandlerGate()
