@@ -112,10 +112,23 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     @usableFromInline
     package internal(set) var failure: (any Error)?
 
-    /// - Parameter strictCredit: Whether both sides send within credit (``HelloFlags/strictCredit``).
+    /// Whether a blocked peer also gets its credit while this side's own producer is held up by credit (waiting, or
+    /// its message parked) with nothing to read: the caller's side. A handler that ended its call behind a parked
+    /// last message waits for the caller's reader, and a caller that writes before it reads would wait for the
+    /// handler's credit, which its ended handler never gives: the handler's message comes, then its end, which fails
+    /// the caller's writes, as with version 1's credit (found by a review: such a call hung until its deadline). The
+    /// handler's side gives such credit only to a reader, so that a peer cannot make a server hold more than one
+    /// window per call by leaving it blocked.
+    @usableFromInline
+    package var grantsWhileWriting = false
+
+    /// - Parameters:
+    ///   - strictCredit: Whether both sides send within credit (``HelloFlags/strictCredit``).
+    ///   - grantsWhileWriting: ``grantsWhileWriting``: whether this is the caller's side.
     @inlinable
-    package init(strictCredit: Bool = false) {
+    package init(strictCredit: Bool = false, grantsWhileWriting: Bool = false) {
         self.strictCredit = strictCredit
+        self.grantsWhileWriting = grantsWhileWriting
     }
 
     // MARK: - Inbound
@@ -209,8 +222,23 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
             return .none
         }
         self.peerBlockedCost = cost
-        guard self.readWaiter != nil else { return .none }
+        guard self.readWaiter != nil || self.writerHeldUp else { return .none }
         return .grant(self.creditForBlockedPeer())
+    }
+
+    /// On the caller's side (``grantsWhileWriting``): whether this side's producer is held up by the peer's credit,
+    /// waiting or with its message parked.
+    @inlinable
+    var writerHeldUp: Bool {
+        self.grantsWhileWriting && (self.writeWaiter != nil || self.hasParkedMessage)
+    }
+
+    /// On the caller's side: the credit a blocked peer lacks, now that this side's producer is held up by credit
+    /// (after ``SendAction/wait`` or ``SendAction/park(cost:)``) with nothing to read; 0 otherwise.
+    @inlinable
+    package mutating func creditForBlockedPeerWhileWriting() -> Int {
+        guard self.writerHeldUp else { return 0 }
+        return self.creditForBlockedPeer()
     }
 
     /// The credit the blocked peer lacks, taken as given, when this side's reader waits with nothing to read; 0

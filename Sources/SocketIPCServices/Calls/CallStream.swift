@@ -135,7 +135,9 @@ final class CallStream: Sendable {
         self.loopShare = connection.eventLoopShare()
         self.isCaller = isCaller
         self.streamsResponses = streamsResponses
-        self.state = Mutex(Locked(machine: Machine(strictCredit: connection.peerSendsWithinCredit)))
+        self.state = Mutex(
+            Locked(machine: Machine(strictCredit: connection.peerSendsWithinCredit, grantsWhileWriting: isCaller))
+        )
     }
 
     // MARK: - Frames from the peer (on the event loop)
@@ -423,6 +425,8 @@ final class CallStream: Sendable {
     /// credit, with `descriptors`).
     private func takeCredit(for payload: ByteBuffer, descriptors: DuplicatedDescriptors?) throws -> CreditTaken {
         let payloadLength = payload.readableBytes
+        var credit = 0
+        defer { self.grant(credit) }
         return try self.state.withLock { locked -> CreditTaken in
             switch try locked.machine.trySend(payloadLength: payloadLength) {
             case .send:
@@ -431,6 +435,7 @@ final class CallStream: Sendable {
                 locked.parked = (payload, descriptors)
                 locked.sentInRun = 0
                 locked.bytesInRun = 0
+                credit = locked.machine.creditForBlockedPeerWhileWriting()
                 return .parked(cost: cost)
             case .wait, .fail:
                 locked.sentInRun = 0
@@ -555,11 +560,16 @@ final class CallStream: Sendable {
         while true {
             let resumed = try await withTaskCancellationHandler {
                 try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Resumed, any Error>) in
+                    var credit = 0
                     let action = self.state.withLock { locked in
                         let action = locked.machine.reserveSend(payloadLength: payload.readableBytes, orWait: continuation)
                         if case .park = action { locked.parked = (payload, descriptors) }
+                        // Held up by the peer's credit: a caller gives a blocked handler its credit now (see
+                        // CallStateMachine.grantsWhileWriting).
+                        credit = locked.machine.creditForBlockedPeerWhileWriting()
                         return action
                     }
+                    self.grant(credit)
                     switch action {
                     case .send: continuation.resume(returning: .send)
                     case .park(let cost): continuation.resume(returning: .parked(cost: cost))
@@ -592,11 +602,16 @@ final class CallStream: Sendable {
     ) async throws {
         // Before the credit is taken: a message that never leaves must not take it.
         try self.connection.checkCallMessageSize(payload)
+        var credit = 0
         let action = try self.state.withLock { locked -> Machine.SendAction in
             let action = try locked.machine.trySend(payloadLength: payload.readableBytes)
-            if case .park = action { locked.parked = (payload, descriptors) }
+            if case .park = action {
+                locked.parked = (payload, descriptors)
+                credit = locked.machine.creditForBlockedPeerWhileWriting()
+            }
             return action
         }
+        self.grant(credit)
         switch action {
         case .send:
             _ = try self.connection.queueCallFrame(id: self.id, .message(payload), descriptors: descriptors?.take() ?? [])

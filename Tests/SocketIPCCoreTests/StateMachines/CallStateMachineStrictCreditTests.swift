@@ -197,6 +197,25 @@ struct CallStateMachineStrictCreditTests {
         guard case .violation = honest.messageReceived(Self.message(Machine.initialWindow)) else { throw Unexpected() }
     }
 
+    @Test("a caller whose producer is held up by credit gives a blocked handler its credit, reading or not; a handler's side gives it only to a reader")
+    func callerGrantsWhileWriting() throws {
+        let cost = Machine.frameCost(payloadLength: 1 << 20)
+        var caller = Machine(strictCredit: true, grantsWhileWriting: true)
+        // The handler says it is blocked on a large message (its last, its end behind it); the caller does not read.
+        #expect(caller.blockedReceived(cost: cost, maximumCost: Self.maximumCost) == .none)
+        // The caller's own large message is parked: now it gives the credit.
+        guard case .park = caller.reserveSend(payloadLength: 1 << 20, orWait: "w") else { throw Unexpected() }
+        #expect(caller.creditForBlockedPeerWhileWriting() == cost - Machine.initialWindow)
+        // Blocked again while the caller waits behind its parked message: at once.
+        guard case .none = caller.messageReceived(Self.message(1 << 20)) else { throw Unexpected() }
+        guard case .wait = caller.reserveSend(payloadLength: 10, orWait: "w2") else { throw Unexpected() }
+
+        var handler = Machine(strictCredit: true)
+        guard case .park = handler.reserveSend(payloadLength: 1 << 20, orWait: "w") else { throw Unexpected() }
+        #expect(handler.blockedReceived(cost: cost, maximumCost: Self.maximumCost) == .none)
+        #expect(handler.creditForBlockedPeerWhileWriting() == 0)
+    }
+
     @Test("trySend parks as reserveSend does, and waits without keeping anything")
     func trySend() throws {
         var machine = Machine(strictCredit: true)

@@ -69,6 +69,34 @@ struct StrictCreditTests {
         }
     }
 
+    @Test("a handler that answers large and ends while its caller still writes large requests: the caller's writes fail as the handler ended the call, then it reads the answer, as with version 1's credit")
+    func handlerEndsWhileCallerWrites() async throws {
+        var router = Self.router(holding: HandlerGate())
+        // Reads one request, answers with a large message, and returns: its end waits behind that message.
+        router.registerBidirectionalStreaming(StrictEarlyAnswer.self) { requests, writer, _ in
+            for try await _ in requests { break }
+            try await writer.write(Self.large)
+        }
+        try await withServiceTestServer(router: router) { _, path in
+            let connection = try await Client.connect(to: path)
+            defer { connection.close() }
+            let outcome = await Result(catching: {
+                try await connection.bidirectionalStreaming(StrictEarlyAnswer.self) { writer, responses in
+                    // Writes before it reads: its second or third large request waits for credit the ended handler
+                    // does not give.
+                    let writes = await Result(catching: { for _ in 0..<4 { try await writer.write(Self.large) } })
+                    var sizes: [Int] = []
+                    for try await response in responses { sizes.append(response.utf8.count) }
+                    return (writes, sizes)
+                }
+            })
+            let (writes, sizes) = try outcome.get()
+            #expect(sizes == [1 << 20])
+            #expect((writes.failure as? SocketIPCError)?.code == .invalidState, "\(writes)")
+            #expect(try await connection.call(StrictEcho.self, "after") == "after")
+        }
+    }
+
     @Test("a strict peer's message beyond its credit is a protocol violation: going-away 0x01 for it, others served")
     func messageBeyondCredit() async throws {
         try await withServiceTestServer(router: Self.router(holding: HandlerGate())) { _, path in
@@ -274,6 +302,23 @@ struct StrictCreditTests {
     }
 }
 
+extension Result where Failure == any Error {
+    /// The result of `body`, thrown or returned.
+    init(catching body: () async throws -> Success) async {
+        do {
+            self = .success(try await body())
+        } catch {
+            self = .failure(error)
+        }
+    }
+
+    /// The error, if it failed.
+    var failure: (any Error)? {
+        if case .failure(let error) = self { return error }
+        return nil
+    }
+}
+
 /// Holds handlers until the test opens it (open once, for good), or until their task is cancelled (their server
 /// shuts down), so that a failing test still ends.
 final class HandlerGate: Sendable {
@@ -333,6 +378,12 @@ enum StrictExchange: ServiceMethod {
 
 enum StrictDownload: ServiceMethod {
     static let name = "strict.download"
+    typealias Request = String
+    typealias Response = String
+}
+
+enum StrictEarlyAnswer: ServiceMethod {
+    static let name = "strict.earlyAnswer"
     typealias Request = String
     typealias Response = String
 }
