@@ -10,10 +10,11 @@ import NIOCore
 /// other side.
 ///
 /// How far a sender may go depends on ``strictCredit`` (both hellos set ``HelloFlags/strictCredit``):
-/// - **Strict**: a message goes only when its whole cost is within the credit. A message that costs more waits, and
-///   the sender says so with a call-blocked frame (`0x0F`, as QUIC's `STREAM_DATA_BLOCKED`, RFC 9000, section
+/// - **Strict**: a message goes only when its whole cost is within the credit. One that costs more waits: up to half
+///   the window, for the credit the reader gives back as it reads; a larger one is parked (CallStateMachine+Parked)
+///   and the sender says so with a call-blocked frame (`0x0F`, as QUIC's `STREAM_DATA_BLOCKED`, RFC 9000, section
 ///   19.13) carrying the cost; the receiver gives the credit it lacks once its application waits for a message and
-///   has none (``blockedReceived(cost:)``, ``next(orWait:)``). So a receiver holds at most one window per call whose
+///   has none (``blockedReceived(cost:maximumCost:)``, ``next(orWait:)``). So a receiver holds at most one window per call whose
 ///   reader is busy, and a message larger than the window only for a reader that asked for it, as gRPC widens a
 ///   stream's window for the message its application is reading.
 /// - **Version 1 of calls**: a message goes while the credit is above zero, and its cost may take the credit below
@@ -354,13 +355,6 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     }
 
     // MARK: - Outbound
-
-    /// Whether this side may send a message that costs `cost` bytes now: its credit is above zero, and with strict
-    /// credit covers all of it.
-    @inlinable
-    func maySend(cost: Int) -> Bool {
-        self.strictCredit ? cost <= self.sendCredit : self.sendCredit > 0
-    }
 
     /// What a producer may do.
     @usableFromInline
