@@ -110,7 +110,7 @@ struct ParkedMessageTests {
         return try readAll(file)
     }
 
-    static func router(gate: HandlerGate, onEventLoop: Bool = true) -> ServiceRouter {
+    static func router(gate: OneShotSignal, onEventLoop: Bool = true) -> ServiceRouter {
         var router = ServiceRouter()
         router.runsHandlersOnEventLoop = onEventLoop
         router.register(FileBlob.self) { request, _ in
@@ -151,14 +151,14 @@ struct ParkedMessageTests {
             for try await request in requests { try await writer.write(Self.big("re-" + Self.tag(of: request))) }
         }
         router.registerClientStreaming(Idle.self) { chunks, _ in
-            await gate.wait()
+            await gate.waitUntilFired()
             var total = 0
             for try await chunk in chunks { total += chunk.utf8.count }
             return total
         }
         router.registerServerStreaming(ParkThenWait.self) { _, writer, _ in
             try await writer.write(Self.big("parked"))
-            await gate.wait()
+            await gate.waitUntilFired()
             try Task.checkCancellation()
         }
         return router
@@ -185,7 +185,7 @@ struct ParkedMessageTests {
 
     @Test("parked messages that carry descriptors: unary, client stream, server stream, bidi; each descriptor arrives once", arguments: [true, false])
     func parkedDescriptors(onEventLoop: Bool) async throws {
-        let gate = HandlerGate()
+        let gate = OneShotSignal()
         try await withServiceTestServer(
             router: Self.router(gate: gate, onEventLoop: onEventLoop),
             configure: { $0.connection = Self.options(descriptors: true) }
@@ -230,7 +230,7 @@ struct ParkedMessageTests {
 
     @Test("shared payloads (memfd, >= 256 KiB) parked both ways: all arrive intact")
     func parkedSharedPayloads() async throws {
-        let gate = HandlerGate()
+        let gate = OneShotSignal()
         try await withServiceTestServer(
             router: Self.router(gate: gate),
             configure: { $0.connection = Self.options(descriptors: true) }
@@ -267,7 +267,7 @@ struct ParkedMessageTests {
 
     @Test("a parked message with a pipe on a handler that reads nothing: the caller cancels; the pipe's duplicate is closed")
     func cancelParkedPipe() async throws {
-        let gate = HandlerGate()
+        let gate = OneShotSignal()
         try await withServiceTestServer(
             router: Self.router(gate: gate),
             configure: { $0.connection = Self.options(descriptors: true) }
@@ -308,7 +308,7 @@ struct ParkedMessageTests {
 
     @Test("the caller's timeout passes while its request is parked: deadlineExceeded, the handler's call unregistered, the connection serves on")
     func callerDeadlineWhileParked() async throws {
-        let gate = HandlerGate()
+        let gate = OneShotSignal()
         let served = Mutex<Connection?>(nil)
         var router = Self.router(gate: gate)
         router.register(Get.self) { key, context in
@@ -333,7 +333,7 @@ struct ParkedMessageTests {
 
     @Test("the handler's message is parked and then its deadline passes while it waits: the caller gets deadlineExceeded, not a hang")
     func handlerDeadlineWhileParked() async throws {
-        let gate = HandlerGate()
+        let gate = OneShotSignal()
         try await withServiceTestServer(router: Self.router(gate: gate)) { _, path in
             let connection = try await Self.connect(path, descriptors: false)
             defer { connection.close() }
@@ -410,7 +410,7 @@ struct ParkedMessageTests {
 
     @Test("50 unary calls of 1 MiB each way, client streams and bidi streams on one connection: all complete, in order", arguments: [true, false])
     func manyConcurrentLargeCalls(onEventLoop: Bool) async throws {
-        let gate = HandlerGate()
+        let gate = OneShotSignal()
         try await withServiceTestServer(router: Self.router(gate: gate, onEventLoop: onEventLoop)) { _, path in
             let connection = try await Self.connect(path, descriptors: false)
             defer { connection.close() }

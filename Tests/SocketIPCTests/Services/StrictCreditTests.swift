@@ -18,7 +18,7 @@ struct StrictCreditTests {
     /// What a call message of `large` (a JSON string: two quotes) costs in credit.
     static let largeCost = 9 + (1 << 20) + 2
 
-    static func router(holding gate: HandlerGate) -> ServiceRouter {
+    static func router(holding gate: OneShotSignal) -> ServiceRouter {
         var router = ServiceRouter()
         router.register(StrictEcho.self) { request, _ in request }
         router.registerClientStreaming(StrictUpload.self) { chunks, _ in
@@ -36,7 +36,7 @@ struct StrictCreditTests {
         }
         // Reads nothing until the test lets it.
         router.registerClientStreaming(StrictIdle.self) { chunks, _ in
-            await gate.wait()
+            await gate.waitUntilFired()
             var total = 0
             for try await chunk in chunks { total += chunk.utf8.count }
             return total
@@ -47,7 +47,7 @@ struct StrictCreditTests {
 
     @Test("two SocketIPC sides speak strict credit, and messages of 1 MiB go both ways: unary, streamed, and sent by both sides before either reads")
     func largeMessagesBothWays() async throws {
-        let gate = HandlerGate()
+        let gate = OneShotSignal()
         try await withServiceTestServer(router: Self.router(holding: gate)) { _, path in
             let connection = try await Client.connect(to: path)
             defer { connection.close() }
@@ -71,7 +71,7 @@ struct StrictCreditTests {
 
     @Test("a handler that answers large and ends while its caller still writes large requests: the caller's writes fail as the handler ended the call, then it reads the answer, as with version 1's credit")
     func handlerEndsWhileCallerWrites() async throws {
-        var router = Self.router(holding: HandlerGate())
+        var router = Self.router(holding: OneShotSignal())
         // Reads one request, answers with a large message, and returns: its end waits behind that message.
         router.registerBidirectionalStreaming(StrictEarlyAnswer.self) { requests, writer, _ in
             for try await _ in requests { break }
@@ -99,7 +99,7 @@ struct StrictCreditTests {
 
     @Test("a strict peer's message beyond its credit is a protocol violation: going-away 0x01 for it, others served")
     func messageBeyondCredit() async throws {
-        try await withServiceTestServer(router: Self.router(holding: HandlerGate())) { _, path in
+        try await withServiceTestServer(router: Self.router(holding: OneShotSignal())) { _, path in
             let peer = try await RawSocket.connect(to: path)
             defer { peer.close() }
             // 70,000 bytes: within a version 1 peer's rule (the credit is above zero), beyond a strict one's.
@@ -116,7 +116,7 @@ struct StrictCreditTests {
 
     @Test("a strict peer blocked on large messages gets credit only for a reader that waits: calls whose handler does not read hold one window each")
     func creditOnlyForAWaitingReader() async throws {
-        let gate = HandlerGate()
+        let gate = OneShotSignal()
         try await withServiceTestServer(router: Self.router(holding: gate)) { _, path in
             let peer = try await RawSocket.connect(to: path)
             defer { peer.close() }
@@ -149,14 +149,14 @@ struct StrictCreditTests {
             let response = answer.first { $0.kind == 0x07 }
             #expect(response.map { String(decoding: $0.payload, as: UTF8.self) } == "\(1 << 20)", "\(answer)")
             #expect(answer.last.flatMap(CallEnd.init)?.status == 0x00)
-            gate.open()
+            gate.fire()
             try await Self.expectServed(path)
         }
     }
 
     @Test("credit given for a message the peer said it was blocked on serves that message only: small ones instead are a protocol violation")
     func grantedCreditServesTheAnnouncedMessage() async throws {
-        try await withServiceTestServer(router: Self.router(holding: HandlerGate())) { _, path in
+        try await withServiceTestServer(router: Self.router(holding: OneShotSignal())) { _, path in
             let peer = try await RawSocket.connect(to: path)
             defer { peer.close() }
             try await peer.write(
@@ -207,7 +207,7 @@ struct StrictCreditTests {
 
     @Test("a version 1 peer of calls sends and gets messages of 1 MiB beyond the credit, as before, and never a call-blocked frame")
     func version1PeerUnchanged() async throws {
-        try await withServiceTestServer(router: Self.router(holding: HandlerGate())) { _, path in
+        try await withServiceTestServer(router: Self.router(holding: OneShotSignal())) { _, path in
             let peer = try await RawSocket.connect(to: path)
             defer { peer.close() }
             let payload = "\"" + Self.large + "\""
@@ -226,7 +226,7 @@ struct StrictCreditTests {
 
     @Test("a version 1 peer of calls keeps its rule, but its messages beyond their calls' windows are bounded across the connection")
     func version1PeerBeyondWindows() async throws {
-        let gate = HandlerGate()
+        let gate = OneShotSignal()
         let maximum = 1 << 20
         try await withServiceTestServer(
             router: Self.router(holding: gate),
@@ -245,7 +245,7 @@ struct StrictCreditTests {
             try await honest.write(bytes + pingBytes(id: 7))
             #expect(try await honest.read(exactly: 8) == serverHelloBytes)
             #expect(try await honest.readFrames(1).map(\.kind) == [0x0c])
-            gate.open()
+            gate.fire()
             var ends: [CallEnd] = []
             while ends.count < 8 { ends += try await honest.readFrames(1).compactMap(CallEnd.init) }
             #expect(ends.allSatisfy { $0.status == 0x00 }, "\(ends.map(\.status))")
@@ -253,7 +253,7 @@ struct StrictCreditTests {
             // Beyond it: 20 such messages on calls whose handler waits (for a gate that stays shut) end the calls
             // whose message tipped it over, with status 0x08 resource exhausted, their messages dropped; the
             // connection goes on. Before, all 20 were held (up to 1.6 GB with 100 calls of 16 MiB).
-            let shut = HandlerGate()
+            let shut = OneShotSignal()
             try await withServiceTestServer(
                 router: Self.router(holding: shut),
                 socketName: "bounded.sock",
@@ -277,7 +277,7 @@ struct StrictCreditTests {
                 // The connection goes on.
                 try await hostile.write(pingBytes(id: 7))
                 #expect(try await hostile.readFrames(1).map(\.kind) == [0x0c])
-                shut.open()
+                shut.fire()
                 try await Self.expectServed(path)
             }
         }
@@ -316,45 +316,6 @@ extension Result where Failure == any Error {
     var failure: (any Error)? {
         if case .failure(let error) = self { return error }
         return nil
-    }
-}
-
-/// Holds handlers until the test opens it (open once, for good), or until their task is cancelled (their server
-/// shuts down), so that a failing test still ends.
-final class HandlerGate: Sendable {
-    private struct State {
-        var open = false
-        var next = 0
-        var waiters: [Int: CheckedContinuation<Void, Never>] = [:]
-    }
-    private let state = Mutex(State())
-
-    func wait() async {
-        let id = self.state.withLock { state in
-            defer { state.next += 1 }
-            return state.next
-        }
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { continuation in
-                let now = self.state.withLock { state -> Bool in
-                    if state.open || Task.isCancelled { return true }
-                    state.waiters[id] = continuation
-                    return false
-                }
-                if now { continuation.resume() }
-            }
-        } onCancel: {
-            self.state.withLock { $0.waiters.removeValue(forKey: id) }?.resume()
-        }
-    }
-
-    func open() {
-        let waiters = self.state.withLock { state -> [CheckedContinuation<Void, Never>] in
-            state.open = true
-            defer { state.waiters = [:] }
-            return Array(state.waiters.values)
-        }
-        for waiter in waiters { waiter.resume() }
     }
 }
 
