@@ -39,7 +39,7 @@ struct CallStateMachineStrictCreditTests {
         let cost = Machine.frameCost(payloadLength: 1 << 20)
         // Nobody reads yet: nothing.
         #expect(machine.blockedReceived(cost: cost, maximumCost: Self.maximumCost) == .none)
-        // The reader takes the message it has (no grant: less than half the window was read) ...
+        // The reader takes the message it has (no grant: less than a quarter of the window was read) ...
         guard case .message(_, credit: 0) = machine.next(orWait: "reader") else { throw Unexpected() }
         // ... then waits with nothing to read: now the peer gets what it lacks for its message.
         guard case .wait(let credit) = machine.next(orWait: "reader") else { throw Unexpected() }
