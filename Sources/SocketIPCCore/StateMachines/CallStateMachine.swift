@@ -11,13 +11,13 @@ import NIOCore
 /// other side.
 ///
 /// How far a sender may go depends on ``strictCredit`` (both hellos set ``HelloFlags/strictCredit``):
-/// - **Strict**: a message goes only when its whole cost is within the credit. One that costs more waits: up to half
-///   the window, for the credit the reader gives back as it reads; a larger one is parked (CallStateMachine+Parked)
-///   and the sender says so with a call-blocked frame (`0x0F`, as QUIC's `STREAM_DATA_BLOCKED`, RFC 9000, section
+/// - **Strict**: a message above half the window goes only when its whole cost is within the credit; one that costs
+///   more is parked (CallStateMachine+Parked) and the sender says so with a call-blocked frame (`0x0F`, as QUIC's `STREAM_DATA_BLOCKED`, RFC 9000, section
 ///   19.13) carrying the cost; the receiver gives the credit it lacks once its application waits for a message and
-///   has none (``blockedReceived(cost:maximumCost:)``, ``next(orWait:)``). So a receiver holds at most one window per call whose
-///   reader is busy, and a message larger than the window only for a reader that asked for it, as gRPC widens a
-///   stream's window for the message its application is reading.
+///   has none (``blockedReceived(cost:maximumCost:)``, ``next(orWait:)``). A smaller message goes while the credit
+///   is above zero, as with version 1's rule. So a receiver holds at most a window and a half per call whose reader
+///   is busy, and a message larger than that only for a reader that asked for it, as gRPC widens a stream's window
+///   for the message its application is reading.
 /// - **Version 1 of calls**: a message goes while the credit is above zero, and its cost may take the credit below
 ///   zero, so that a message larger than the window still goes: a receiver holds up to one window and one message
 ///   per call.
@@ -156,10 +156,11 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     }
 
     /// Whether a message that costs `cost` bytes may arrive now: the credit left is above zero, and with strict
-    /// credit covers all of it.
+    /// credit covers all of a message above half the window (``parksMessage(cost:)``; a smaller one may take the
+    /// credit below zero, as with version 1's rule).
     @inlinable
     func peerMaySend(cost: Int) -> Bool {
-        self.strictCredit ? cost <= self.peerCredit : self.peerCredit > 0
+        self.peerCredit > 0 && (!self.strictCredit || cost <= self.peerCredit || !Self.parksMessage(cost: cost))
     }
 
     /// Whether a message arriving now would be kept for the consumer (or delivered): the call has not failed, the
@@ -406,8 +407,8 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     }
 
     /// A message that costs `cost` goes now (its cost taken), or is parked; `nil` if the producer has to wait: the
-    /// credit is not above zero, or (strict) a message is parked already, or the message is small enough for the
-    /// credit the peer gives back as it reads to cover it (``parksMessage(cost:)``).
+    /// credit is not above zero, or (strict) a message is parked already. With strict credit a message of up to half
+    /// the window goes while the credit is above zero, as with version 1's rule (``parksMessage(cost:)``).
     @inlinable
     mutating func sendOrPark(cost: Int) -> SendAction? {
         guard self.strictCredit else {
@@ -416,22 +417,21 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
             return .send
         }
         guard self.parkedCost == nil, !self.sendingParked, self.sendCredit > 0 else { return nil }
-        if cost <= self.sendCredit {
+        if cost <= self.sendCredit || !Self.parksMessage(cost: cost) {
             self.sendCredit -= cost
             return .send
         }
-        guard Self.parksMessage(cost: cost) else { return nil }
         self.parkedCost = cost
         self.parkedIsAnnounced = false
         return .park(cost: cost)
     }
 
-    /// Strict credit: whether a message of `cost` that its credit does not cover is parked (and announced with a
-    /// call-blocked frame) rather than waited for: one above half the window. A smaller one waits for credit as with
-    /// version 1's rule once the credit is spent: the peer gives credit back each time its reader has consumed
-    /// ``grantThreshold`` (a quarter of the window), and a reader that has consumed all it was sent has given back all
-    /// but less than that, so the credit comes to cover it without asking; parking it would cost a frame and a
-    /// wake-up each window.
+    /// Strict credit: whether a message of `cost` must fit its credit, and is parked (and announced with a
+    /// call-blocked frame) when it does not: one above half the window. A smaller one goes while the credit is above
+    /// zero, taking it below zero by less than half a window, as with version 1's rule: so a receiver holds at most a
+    /// window and a half per call, and two sides that each write a few messages of 16 to 32 KiB before they read do not
+    /// wait for each other, where with whole credit required each got one message fewer out (found by a review: such a
+    /// stream hung).
     @inlinable
     package static func parksMessage(cost: Int) -> Bool { cost > Self.initialWindow / 2 }
 
@@ -495,7 +495,7 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     @inlinable
     mutating func resumeWaitingWriter() -> CreditAction? {
         guard let (waiter, cost) = self.writeWaiter else { return nil }
-        if cost <= self.sendCredit {
+        if cost <= self.sendCredit || (!Self.parksMessage(cost: cost) && self.sendCredit > 0) {
             self.writeWaiter = nil
             self.sendCredit -= cost
             return .resume(waiter)

@@ -16,7 +16,7 @@ struct CallStateMachineStrictCreditTests {
 
     // MARK: - Receiving
 
-    @Test("a message that costs more than the credit left is a violation, even while the credit is above zero")
+    @Test("a message above half the window that costs more than the credit left is a violation, even while the credit is above zero; none goes once the credit is spent")
     func messageBeyondCredit() throws {
         var machine = Machine(strictCredit: true)
         // 64 KiB of credit: one message of exactly that cost fits, and leaves none.
@@ -140,27 +140,38 @@ struct CallStateMachineStrictCreditTests {
         guard case .none = failing.creditReceived(10_000) else { throw Unexpected() }
     }
 
-    @Test("a message of up to half the window waits for the credit that covers it, without parking; a larger one is resumed to try again, and parks")
-    func smallMessagesWait() throws {
+    @Test("a message of up to half the window goes while the credit is above zero, as with version 1's rule, on both sides; a larger one waits, then tries again and parks")
+    func smallMessagesOvershoot() throws {
         var machine = Machine(strictCredit: true)
         guard case .send = machine.reserveSend(payloadLength: Machine.initialWindow - 9 - 5, orWait: "w") else {
             throw Unexpected()
         }
         #expect(machine.availableSendCredit == 5)
-        // Costs 19: more than the 5 bytes left, not parked (no call-blocked frame): it waits.
+        // Costs 19, more than the 5 bytes left: it goes, as version 1's would, and takes the credit below zero.
+        guard case .send = machine.reserveSend(payloadLength: 10, orWait: "w") else { throw Unexpected() }
+        #expect(machine.availableSendCredit == -14)
         guard case .wait = machine.reserveSend(payloadLength: 10, orWait: "w") else { throw Unexpected() }
-        guard case .none = machine.creditReceived(5) else { throw Unexpected() }
-        guard case .resume("w") = machine.creditReceived(9) else { throw Unexpected() }
-        #expect(machine.availableSendCredit == 0, "its cost taken")
+        guard case .none = machine.creditReceived(14) else { throw Unexpected() }
+        guard case .resume("w") = machine.creditReceived(1) else { throw Unexpected() }
 
         // A message above half the window, with no credit: waits; once there is some, it tries again and parks.
         let large = Machine.initialWindow / 2
         guard case .wait = machine.reserveSend(payloadLength: large, orWait: "w") else { throw Unexpected() }
-        guard case .retry("w") = machine.creditReceived(5) else { throw Unexpected() }
-        #expect(machine.availableSendCredit == 5, "nothing taken")
+        guard case .retry("w") = machine.creditReceived(50) else { throw Unexpected() }
         guard case .park(cost: large + 9) = machine.reserveSend(payloadLength: large, orWait: "w") else {
             throw Unexpected()
         }
+
+        // The receiver: a small message may take the credit below zero, a large one may not.
+        var receiver = Machine(strictCredit: true)
+        guard case .none = receiver.messageReceived(Self.message(Machine.initialWindow - 9 - 5)) else {
+            throw Unexpected()
+        }
+        guard case .none = receiver.messageReceived(Self.message(10)) else { throw Unexpected() }
+        guard case .violation = receiver.messageReceived(Self.message(1)) else { throw Unexpected() }
+        var fresh = Machine(strictCredit: true)
+        guard case .none = fresh.messageReceived(Self.message(40_000)) else { throw Unexpected() }
+        guard case .violation = fresh.messageReceived(Self.message(40_000)) else { throw Unexpected() }
     }
 
     @Test("credit that comes before the call-blocked frame is queued does not send the parked message; the announcement does")

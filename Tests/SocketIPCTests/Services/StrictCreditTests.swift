@@ -97,6 +97,33 @@ struct StrictCreditTests {
         }
     }
 
+    @Test("both sides of a stream write three messages of 30,000 bytes before they read: all arrive, as with version 1's credit")
+    func bothWriteSmallMessagesBeforeReading() async throws {
+        let chunk = String(repeating: "m", count: 30_000)
+        var router = ServiceRouter()
+        router.registerBidirectionalStreaming(StrictExchange.self) { requests, writer, _ in
+            for _ in 0..<3 { try await writer.write(chunk) }
+            var read = 0
+            for try await _ in requests {
+                read += 1
+                if read == 3 { return }
+            }
+        }
+        try await withServiceTestServer(router: router) { _, path in
+            let connection = try await Client.connect(to: path)
+            defer { connection.close() }
+            // Each side's third message takes its credit below zero (up to half a window may): with whole credit
+            // required, each side's third write waited for the other to read, for good.
+            let sizes = try await connection.bidirectionalStreaming(StrictExchange.self) { writer, responses in
+                for _ in 0..<3 { try await writer.write(chunk) }
+                var sizes: [Int] = []
+                for try await response in responses { sizes.append(response.utf8.count) }
+                return sizes
+            }
+            #expect(sizes == [30_000, 30_000, 30_000])
+        }
+    }
+
     @Test("a strict peer's message beyond its credit is a protocol violation: going-away 0x01 for it, others served")
     func messageBeyondCredit() async throws {
         try await withServiceTestServer(router: Self.router(holding: OneShotSignal())) { _, path in
