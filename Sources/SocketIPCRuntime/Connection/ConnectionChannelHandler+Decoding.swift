@@ -11,8 +11,9 @@ enum DecodeStep: Equatable {
     case peerFailed
     /// A call frame broke the protocol: say going-away `0x01` and close.
     case violation(SocketIPCError)
-    /// A payload in shared memory was handed out: its mapping and copy were this read's share of the event loop, so
-    /// the rest is handed out after the loop's other work (``ConnectionChannelHandler/resumeAfterYield(context:)``).
+    /// A payload in shared memory was handed out, or the read handed out its budget of frames
+    /// (``ConnectionChannelHandler/frameBudget``): that was this read's share of the event loop, so the rest is handed
+    /// out after the loop's other work (``ConnectionChannelHandler/resumeAfterYield(context:)``).
     case yieldTurn
     /// The peer owes a whole burst of cancels (``CancelAllowance``): the rest is handed out after the given time
     /// (``ConnectionChannelHandler/resumeAfterYield(context:)``).
@@ -50,6 +51,8 @@ extension ConnectionChannelHandler {
         var leftover: FrameAssembler?
         var step = DecodeStep.next
         let closing = self.inbound.closing
+        // What is left of this turn's share of the event loop, in frames handed out: see frameBudget.
+        var budget = Self.frameBudget
         self.dispatching = true
         do {
             // First the bytes earlier reads left: frames kept while paused, or the start of a frame, which takes
@@ -61,6 +64,8 @@ extension ConnectionChannelHandler {
                         if !wasEstablished { connection.peerHelloReceived(flags: decoder.peerFlags) }
                         step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: limit)
                         if !wasEstablished { self.frameHandledBeforeEstablished(connection) }
+                        budget &-= Self.controlFrameCost
+                        if step.isNext && budget <= 0 { step = .yieldTurn }
                         if closing && step.yields { step = .next }
                         if !step.isNext { break }
                         continue
@@ -83,7 +88,12 @@ extension ConnectionChannelHandler {
                         // `step` is assigned only when the loop stops: a step that is known to be `.next` has nothing
                         // to destroy, where assigning over `step` would destroy its old value per frame.
                         let dispatched = Self.dispatch(data, to: &handler, connection: connection, maximumRequests: limit)
-                        if case .next = dispatched { continue }
+                        budget &-= 1
+                        if case .next = dispatched {
+                            if budget > 0 || closing { continue }
+                            step = .yieldTurn
+                            break
+                        }
                         if closing && dispatched.yields { continue }
                         step = dispatched
                         break
@@ -94,6 +104,8 @@ extension ConnectionChannelHandler {
                     if !wasEstablished { connection.peerHelloReceived(flags: decoder.peerFlags) }
                     step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: limit)
                     if !wasEstablished { self.frameHandledBeforeEstablished(connection) }
+                    budget &-= Self.controlFrameCost
+                    if step.isNext && budget <= 0 { step = .yieldTurn }
                     if closing && step.yields { step = .next }
                     if !step.isNext { break }
                 }
@@ -156,10 +168,11 @@ extension ConnectionChannelHandler {
                 channel.pipeline.fireUserInboundEventTriggered(YieldedTurnEnded())
             }
         case .yieldTurn:
-            // What is kept is handed out after the loop's other work; reads meanwhile only add to it (and stop at
-            // pausedReadLimit), so that one peer's frames of a few bytes each, each standing for up to 16 MiB of
-            // shared memory to map and copy, cannot hold the loop for all of them at once (found by a review: a
-            // benign request waited 113 s).
+            // What is kept is handed out after the loop's other work, and nothing more is read meanwhile (reads
+            // already under way in NIO's read loop only add to it), so that one peer's frames of a few bytes each,
+            // each standing for up to 16 MiB of shared memory to map and copy, or a megabyte of call opens and
+            // cancels, cannot hold the loop for all of them at once (found by reviews: a benign request waited 113 s
+            // behind shared payloads, 0.1-0.3 s behind a megabyte of ignored call frames).
             self.inbound.isYielding = true
             let channel = context.channel
             context.eventLoop.execute { channel.pipeline.fireUserInboundEventTriggered(YieldedTurnEnded()) }

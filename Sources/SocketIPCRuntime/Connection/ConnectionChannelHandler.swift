@@ -20,6 +20,8 @@ import NIOCore
 ///   pongs and call credit (a handler may be waiting for one from this same peer before it can answer, or send),
 ///   keeping the requests, messages, call frames and going-away frames that come with them, in order, up to
 ///   ``pausedReadLimit`` bytes; past that it reads nothing more.
+/// - while the rest of a read waits for the event loop's next turn (``frameBudget``, or a payload in shared memory
+///   handed out), nothing more is read.
 /// - until the connection is set up (its peer's credentials read), nothing is read.
 /// It closes a connection whose peer sent no complete hello within the handshake timeout (server side), and one that
 /// stayed idle for ``ConnectionOptions/idleTimeout``.
@@ -44,6 +46,15 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
     /// Whether a frame is being handed to the user's handler: a close it causes is reported after it returns, so the
     /// handler is never re-entered.
     var dispatching = false
+    /// How many frames one turn of the event loop hands out of a connection's reads before the rest waits for the
+    /// loop's next turn, the loop's other connections served meanwhile: 16,384 messages, requests, replies or call
+    /// messages on the common path, each other frame counting as ``controlFrameCost`` of them (2,048 call opens,
+    /// cancels, pings and the like). NIO bounds a turn's reads (`maxMessagesPerRead`), not the frames in them: a
+    /// megabyte of frames of a few bytes each would otherwise be handed out in one turn.
+    static var frameBudget: Int { 16_384 }
+    /// What a frame off the common path costs of ``frameBudget``: call opens, cancels, credit, pings and the frames
+    /// of connections that pass descriptors.
+    static var controlFrameCost: Int { 8 }
     /// How many bytes a paused connection keeps (requests, messages and call frames held, and the start of the
     /// frame being read) before it stops reading: 1 MiB.
     static var pausedReadLimit: Int { 1024 * 1024 }
@@ -171,7 +182,8 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
 
     @inline(__always)
     private func mustHoldReads(context: ChannelHandlerContext) -> Bool {
-        ((self.inbound.isPaused || self.inbound.isYielding) && self.inbound.bytesKept >= Self.pausedReadLimit)
+        self.inbound.isYielding
+            || (self.inbound.isPaused && self.inbound.bytesKept >= Self.pausedReadLimit)
             || (self.pausesReadingWhileUnwritable && !context.channel.isWritable)
             || self.connection == nil
     }
@@ -247,8 +259,8 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         if self.inbound.isYielding {
             // Frames read before the peer closed are handed out now, at once, as a read would have handed them out
             // (found by a review: the frames after a shared payload were lost when the peer closed right after it).
-            // What is kept is bounded: reads stop at pausedReadLimit, and the relay takes at most its in-flight
-            // limit of descriptors, so at most that many shared payloads.
+            // What is kept is bounded: nothing is read while yielding beyond NIO's read loop under way, and the relay
+            // takes at most its in-flight limit of descriptors, so at most that many shared payloads.
             self.inbound.isYielding = false
             if let connection = self.connection, self.state.mayHandleFrames {
                 self.inbound.closing = true

@@ -14,8 +14,9 @@ struct InboundBuffer {
     var heldDescriptorFrames = 0
     /// Whether requests, messages and call frames are not handed out until an answer makes room for more requests.
     var isPaused = false
-    /// Whether frames are not handed out until the event loop's next turn, after a payload in shared memory
-    /// (``DecodeStep/yieldTurn``); reads meanwhile add to ``partial``.
+    /// Whether frames are not handed out until the event loop's next turn, after a payload in shared memory or a
+    /// read's budget of frames (``DecodeStep/yieldTurn``); no `read()` is passed on meanwhile, and reads already under
+    /// way add to ``partial``.
     var isYielding = false
     /// Whether the channel closed: what is kept is handed out at once, with no turn given up
     /// (``DecodeStep/yieldTurn`` is taken as going on).

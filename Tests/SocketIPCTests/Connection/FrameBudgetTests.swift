@@ -1,0 +1,129 @@
+import NIOCore
+import NIOEmbedded
+import Synchronization
+import SocketIPCTestSupport
+import Testing
+
+@testable import SocketIPCRuntime
+
+/// One turn of the event loop hands out at most ``ConnectionChannelHandler/frameBudget`` frames of a connection's
+/// reads; the rest waits for the loop's next turn, in order, and nothing more is read meanwhile.
+@Suite("A read's frames share the event loop", .timeLimit(.minutes(5)), .limitedConcurrency)
+struct FrameBudgetTests {
+    typealias Embedded = ConnectionChannelHandlerEmbeddedTests
+
+    /// Records the first four bytes of every message, as a big-endian number, in order.
+    struct Recorder: ConnectionHandler {
+        final class Seen: Sendable {
+            let numbers = Mutex<[UInt32]>([])
+        }
+        let seen = Seen()
+
+        func didReceiveMessage(_ message: ByteBuffer, on connection: Connection) {
+            let number = message.getInteger(at: message.readerIndex, as: UInt32.self) ?? .max
+            self.seen.numbers.withLock { $0.append(number) }
+        }
+    }
+
+    /// Counts the `read()` calls that reach the channel, to see whether the handler holds them back.
+    final class ReadCounter: ChannelOutboundHandler, Sendable {
+        typealias OutboundIn = Never
+        let reads = Atomic<Int>(0)
+
+        func read(context: ChannelHandlerContext) {
+            self.reads.add(1, ordering: .relaxed)
+            context.read()
+        }
+    }
+
+    static var budget: Int { ConnectionChannelHandler<Recorder>.frameBudget }
+
+    /// An established embedded connection whose messages go to `recorder`, with a `ReadCounter` before its handler.
+    static func establishedChannel(recorder: Recorder, counter: ReadCounter) throws -> EmbeddedChannel {
+        let channel = try Embedded.makeChannel(events: Embedded.Events(), handler: recorder)
+        try channel.pipeline.syncOperations.addHandler(counter, position: .first)
+        _ = try Embedded.written(channel)
+        try channel.writeInbound(Embedded.buffer(Embedded.hello))
+        channel.embeddedEventLoop.run()
+        return channel
+    }
+
+    static func message(_ number: UInt32) -> [UInt8] {
+        Embedded.frame(kind: 0x01, payload: withUnsafeBytes(of: number.bigEndian) { Array($0) })
+    }
+
+    @Test("a read of more messages than the budget hands out the budget, the rest on the next turn, in order")
+    func messagesBeyondTheBudget() throws {
+        let recorder = Recorder()
+        let counter = ReadCounter()
+        let channel = try Self.establishedChannel(recorder: recorder, counter: counter)
+        defer { _ = try? channel.finish() }
+        let count = 2 * Self.budget + 100
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(count * 12)
+        for number in 0..<UInt32(count) { bytes += Self.message(number) }
+
+        try channel.writeInbound(Embedded.buffer(bytes))
+        #expect(recorder.seen.numbers.withLock { $0.count } == Self.budget)
+
+        // While the rest waits for the next turn, a read() the pipeline asks for is held back.
+        let readsBefore = counter.reads.load(ordering: .relaxed)
+        channel.pipeline.read()
+        #expect(counter.reads.load(ordering: .relaxed) == readsBefore)
+
+        channel.embeddedEventLoop.run()
+        #expect(recorder.seen.numbers.withLock { $0 } == Array(0..<UInt32(count)))
+        // Once everything kept is handed out, the held read() is passed on.
+        #expect(counter.reads.load(ordering: .relaxed) == readsBefore + 1)
+        #expect(channel.isActive)
+    }
+
+    @Test("frames off the common path cost more of the budget: a message behind many of them waits for a next turn")
+    func controlFramesCostMore() throws {
+        let recorder = Recorder()
+        let counter = ReadCounter()
+        let channel = try Self.establishedChannel(recorder: recorder, counter: counter)
+        defer { _ = try? channel.finish() }
+        // Error replies for requests never made are ignored; each is a frame off the common path.
+        let ignored = Self.budget / ConnectionChannelHandler<Recorder>.controlFrameCost + 10
+        var bytes: [UInt8] = []
+        for id in 0..<UInt32(ignored) { bytes += Embedded.frame(kind: 0x04, id: id + 1, payload: Array("no".utf8)) }
+        bytes += Self.message(7)
+
+        try channel.writeInbound(Embedded.buffer(bytes))
+        #expect(recorder.seen.numbers.withLock { $0 }.isEmpty)
+        channel.embeddedEventLoop.run()
+        #expect(recorder.seen.numbers.withLock { $0 } == [7])
+        #expect(channel.isActive)
+    }
+
+    @Test("a read within the budget is handed out at once, in its own turn")
+    func withinTheBudget() throws {
+        let recorder = Recorder()
+        let counter = ReadCounter()
+        let channel = try Self.establishedChannel(recorder: recorder, counter: counter)
+        defer { _ = try? channel.finish() }
+        var bytes: [UInt8] = []
+        for number in 0..<UInt32(Self.budget - 1) { bytes += Self.message(number) }
+        try channel.writeInbound(Embedded.buffer(bytes))
+        #expect(recorder.seen.numbers.withLock { $0.count } == Self.budget - 1)
+        let readsBefore = counter.reads.load(ordering: .relaxed)
+        channel.pipeline.read()
+        #expect(counter.reads.load(ordering: .relaxed) == readsBefore + 1)
+    }
+
+    @Test("frames kept for the next turn are handed out when the peer closes first")
+    func peerClosesWhileKept() throws {
+        let recorder = Recorder()
+        let counter = ReadCounter()
+        let channel = try Self.establishedChannel(recorder: recorder, counter: counter)
+        let count = Self.budget + 5
+        var bytes: [UInt8] = []
+        for number in 0..<UInt32(count) { bytes += Self.message(number) }
+        try channel.writeInbound(Embedded.buffer(bytes))
+        #expect(recorder.seen.numbers.withLock { $0.count } == Self.budget)
+        channel.pipeline.fireChannelInactive()
+        #expect(recorder.seen.numbers.withLock { $0 } == Array(0..<UInt32(count)))
+        _ = try? channel.finish()
+    }
+}
