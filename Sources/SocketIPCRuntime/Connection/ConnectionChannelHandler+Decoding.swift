@@ -40,6 +40,11 @@ extension ConnectionChannelHandler {
     /// Hands out every whole frame in the bytes kept from earlier reads and then in `incoming`, keeps the rest, and
     /// pauses or closes as the frames ask.
     func decode(_ incoming: inout ByteBuffer, context: ChannelHandlerContext, connection: Connection) {
+        if incoming.readableBytes == 0, let kept = self.inbound.partial.take() {
+            // Only bytes kept (after a pause or a yield): decoded where they lie, as a read is, so that whole frames
+            // take the common path.
+            incoming = kept.bytes
+        }
         // Work on locals and store them back once per read: class properties accessed per frame would cost a
         // dynamic exclusivity check each time.
         var decoder = self.decoder
@@ -173,13 +178,18 @@ extension ConnectionChannelHandler {
             // each standing for up to 16 MiB of shared memory to map and copy, or a megabyte of call opens and
             // cancels, cannot hold the loop for all of them at once (found by reviews: a benign request waited 113 s
             // behind shared payloads, 0.1-0.3 s behind a megabyte of ignored call frames).
+            // After the loop's next poll, not merely after its queued tasks: SwiftNIO runs every task queued, also
+            // those queued meanwhile, before it polls again, so other connections' reads would still wait.
             self.inbound.isYielding = true
             let channel = context.channel
-            context.eventLoop.execute { channel.pipeline.fireUserInboundEventTriggered(YieldedTurnEnded()) }
+            connection.taskExecutor.turn.afterPoll {
+                channel.pipeline.fireUserInboundEventTriggered(YieldedTurnEnded())
+            }
         }
     }
 
-    /// After a ``DecodeStep/yieldTurn``, on the event loop's next turn: hands out what was kept, then reads again.
+    /// After a ``DecodeStep/yieldTurn``, once the event loop has polled its sockets: hands out what was kept, then reads
+    /// again.
     func resumeAfterYield(context: ChannelHandlerContext) {
         guard self.inbound.isYielding else { return }
         self.inbound.isYielding = false

@@ -46,11 +46,12 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
     /// Whether a frame is being handed to the user's handler: a close it causes is reported after it returns, so the
     /// handler is never re-entered.
     var dispatching = false
-    /// How many frames one turn of the event loop hands out of a connection's reads before the rest waits for the
-    /// loop's next turn, the loop's other connections served meanwhile: 16,384 messages, requests, replies or call
-    /// messages on the common path, each other frame counting as ``controlFrameCost`` of them (2,048 call opens,
-    /// cancels, pings and the like). NIO bounds a turn's reads (`maxMessagesPerRead`), not the frames in them: a
-    /// megabyte of frames of a few bytes each would otherwise be handed out in one turn.
+    /// How many frames one read hands out before the rest waits for the event loop's next turn, the loop's other
+    /// connections served meanwhile: 16,384 messages, requests, replies or call messages on the common path, each
+    /// other frame counting as ``controlFrameCost`` of them (2,048 call opens, cancels, pings and the like). NIO bounds
+    /// a turn's reads (`maxMessagesPerRead`, 4) and their size (1 MiB here), not the frames in them: a megabyte of
+    /// frames of a few bytes each would otherwise be handed out at once. After a yield, the reads NIO's read loop still
+    /// makes in that turn only add to what is kept.
     static var frameBudget: Int { 16_384 }
     /// What a frame off the common path costs of ``frameBudget``: call opens, cancels, credit, pings and the frames
     /// of connections that pass descriptors.

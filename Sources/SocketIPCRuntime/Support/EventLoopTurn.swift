@@ -32,6 +32,8 @@ final class EventLoopTurn: @unchecked Sendable {
     private let spentBytes = Atomic<Int>(0)
     // Touched only on the event loop.
     private var waiters: [UnsafeContinuation<Void, Never>] = []
+    /// The channel handlers' work that waits for the poll (``afterPoll(_:)``).
+    private var callbacks: [() -> Void] = []
     private var writeEnd: Int32 = -1
     private var setUp = false
     private var signalled = false
@@ -54,6 +56,15 @@ final class EventLoopTurn: @unchecked Sendable {
             self.waiters.append(continuation)
             self.signal()
         }
+    }
+
+    /// Runs `body` on the event loop once the loop has polled its sockets: the rest of a read that a channel handler
+    /// gives up the loop for (``ConnectionChannelHandler/frameBudget``). Where the loop has no pipe (an
+    /// `EmbeddedEventLoop`, or no descriptor left), `body` runs after the loop's other queued work instead.
+    func afterPoll(_ body: @escaping () -> Void) {
+        self.eventLoop.preconditionInEventLoop()
+        self.callbacks.append(body)
+        self.signal()
     }
 
     private func signal() {
@@ -93,7 +104,7 @@ final class EventLoopTurn: @unchecked Sendable {
         self.resumedAtLastPoll.store(max(1, self.waiters.count), ordering: .relaxed)
         self.spentMessages.store(0, ordering: .relaxed)
         self.spentBytes.store(0, ordering: .relaxed)
-        self.resumeWaiters()
+        self.resumeWaiters(polled: true)
     }
 
     /// Counts one message of `bytes` sent on this loop since its last poll; returns whether all of them together
@@ -109,13 +120,28 @@ final class EventLoopTurn: @unchecked Sendable {
     /// How many tasks waited for the loop's last poll, at least 1: the number that share its next turn.
     var sharers: Int { self.resumedAtLastPoll.load(ordering: .relaxed) }
 
-    private func resumeWaiters() {
+    /// Resumes the tasks that wait and runs the callbacks: at once when the loop has polled, else (`polled` false:
+    /// there is no pipe to wait for) the callbacks after the loop's other queued work, never inside the call that
+    /// queued them.
+    private func resumeWaiters(polled: Bool = false) {
         let ready = self.waiters
         self.waiters = []
         for waiter in ready { waiter.resume() }
+        guard !self.callbacks.isEmpty else { return }
+        let callbacks = self.callbacks
+        self.callbacks = []
+        if polled {
+            for callback in callbacks { callback() }
+        } else {
+            self.eventLoop.assumeIsolated().execute {
+                for callback in callbacks { callback() }
+            }
+        }
     }
 
     private func makePipe() {
+        // Only loops that poll sockets have a poll to wait for (not an EmbeddedEventLoop).
+        guard let bootstrap = NIOPipeBootstrap(validatingGroup: self.eventLoop) else { return }
         var ends: [Int32] = [-1, -1]
         guard pipe(&ends) == 0 else { return }
         for end in ends {
@@ -125,7 +151,7 @@ final class EventLoopTurn: @unchecked Sendable {
         let (readEnd, writeEnd) = (ends[0], ends[1])
         self.writeEnd = writeEnd
         let turn = self
-        NIOPipeBootstrap(group: self.eventLoop)
+        bootstrap
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(EventLoopTurnHandler(turn: turn))
