@@ -35,18 +35,24 @@ final class DescriptorPassing: Sendable {
     /// - Returns: Why the peer broke the protocol, if it did.
     func announce(_ count: Int) -> SocketIPCError? {
         // Frames held while paused are handed out first when the pause ends, so their groups come first.
-        let group = self.held.withLock { $0.isEmpty ? nil : $0.removeFirst() } ?? self.relay.takeClaimed()
-        return self.announce(group, count: count)
+        if let held = self.held.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) {
+            self.relay.releaseHeld(held.count)
+            return self.announce(held, count: count)
+        }
+        return self.announce(self.relay.takeClaimed(), count: count)
     }
 
     /// While paused for requests, a descriptors frame announced `count` descriptors for a frame that is held with it:
     /// takes them from the relay now and keeps them for ``announce(_:)`` when the held frames are handed out.
     /// - Returns: Why the peer broke the protocol, if it did.
+    /// They still count against the relay's in-flight limit until then, so that the relay reads no more descriptors
+    /// past it.
     func hold(_ count: Int) -> SocketIPCError? {
-        guard let group = self.relay.takeClaimed() else {
+        guard let group = self.relay.takeClaimed(holding: true) else {
             return SocketIPCError(.protocolViolation, "a descriptors frame came without the descriptors it announced")
         }
         guard group.count == count else {
+            self.relay.releaseHeld(group.count)
             DescriptorRelay.closeReceived(group)
             return SocketIPCError(.protocolViolation, "a descriptors frame announced \(count) descriptors, not \(group.count)")
         }
@@ -104,6 +110,7 @@ final class DescriptorPassing: Sendable {
             defer { held = [] }
             return held
         }) {
+            self.relay.releaseHeld(group.count)
             DescriptorRelay.closeReceived(group)
         }
     }

@@ -54,6 +54,9 @@ final class DescriptorRelay: @unchecked Sendable {
     private var unclaimed: [Int32] = []
     private var claimed: [[Int32]] = []
     private var claimedCount = 0
+    /// Descriptors the channel handler took and holds for frames it keeps while paused for requests
+    /// (``takeClaimed(holding:)``): still in flight, counted against ``inFlightLimit`` until released.
+    private var heldCount = 0
     /// How many descriptors have moved on so far: claimed by a descriptors frame, then taken by the channel handler
     /// (``pendingDescriptors()``).
     private var movedOn: UInt64 = 0
@@ -136,9 +139,12 @@ final class DescriptorRelay: @unchecked Sendable {
     }
 
     /// Takes the descriptors of the next descriptors frame the channel handler decoded; the caller owns them.
+    /// - Parameter holding: Whether the handler keeps them for a frame it holds while paused for requests: they still
+    ///   count against ``inFlightLimit`` until ``releaseHeld(_:)``, so that a peer cannot make a paused connection
+    ///   hold more than the limit (found by a review: 19,960 descriptors held by one connection ran the server out).
     /// - Returns: The group, or `nil` if the relay holds none (which a descriptors frame the relay forwarded never
     ///   causes).
-    func takeClaimed() -> [Int32]? {
+    func takeClaimed(holding: Bool = false) -> [Int32]? {
         self.lock.lock()
         guard !self.claimed.isEmpty else {
             self.lock.unlock(withValue: self.mayReceiveValue)
@@ -146,9 +152,18 @@ final class DescriptorRelay: @unchecked Sendable {
         }
         let group = self.claimed.removeFirst()
         self.claimedCount -= group.count
+        if holding { self.heldCount += group.count }
         self.movedOn &+= UInt64(group.count)
         self.lock.unlock(withValue: self.mayReceiveValue)
         return group
+    }
+
+    /// `count` descriptors taken with ``takeClaimed(holding:)`` are held no more: handed out with their frame, or
+    /// closed.
+    func releaseHeld(_ count: Int) {
+        self.lock.lock()
+        self.heldCount = max(self.heldCount - count, 0)
+        self.lock.unlock(withValue: self.mayReceiveValue)
     }
 
     /// Whether descriptors the peer passed wait in the relay (received and not yet taken by the channel handler),
@@ -262,7 +277,7 @@ final class DescriptorRelay: @unchecked Sendable {
 
     /// 1 while the inbound thread may receive more. Called with the lock held.
     private var mayReceiveValue: Int {
-        self.isClosed || self.unclaimed.count + self.claimedCount < self.inFlightLimit ? 1 : 0
+        self.isClosed || self.unclaimed.count + self.claimedCount + self.heldCount < self.inFlightLimit ? 1 : 0
     }
 
     private static let bufferSize = 64 * 1024

@@ -7,6 +7,8 @@ import Synchronization
 import SystemPackage
 import Testing
 
+@testable import SocketIPCRuntime
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -145,6 +147,63 @@ extension ReadWhilePausedTests {
             #expect(handler.descriptorCounts.withLock { $0 } == [2, 1])
         }
     }
+}
+
+extension ReadWhilePausedTests {
+    @Test("descriptors held while paused count against the relay's in-flight limit: a peer cannot make a paused connection hold more, and all come after the pause")
+    func heldDescriptorsBounded() async throws {
+        let handler = HoldingHandler()
+        try await withPassingPeer(handler: handler) { peer, readEnd in
+            // A request the handler holds pauses the connection. Then groups of a descriptors frame and an empty
+            // message, one descriptor each, until the kernel pushes back. Before, each group was taken from the relay
+            // and held, uncounted: a review's peer made one connection hold 19,960 descriptors, all the server had.
+            try await peer.write(frameBytes(kind: 0x02, id: 1, payload: Array("held".utf8)))
+            let target = linkTarget(readEnd)
+            let before = openCopies(of: target)
+            let cap = 600
+            let sent = try await onOwnThread { sendGroupsUntilStalled(peer.descriptor, passing: readEnd.rawValue, cap: cap) }
+            let limit = DescriptorRelay.inFlightLimit(maximumPerMessage: 4)
+            #expect(sent < cap, "the server took all \(sent) groups while paused")
+            // Copies of the pipe's read end in this process: the server's (the peer's are in flight in the kernel).
+            let held = openCopies(of: target) - before
+            #expect(held <= limit + 4, "the paused connection holds \(held) descriptors (limit \(limit))")
+            // The answer ends the pause: every group comes, in order, with its descriptor.
+            handler.answer()
+            try await onOwnThread { setBlocking(peer.descriptor) }
+            try await peer.write(pingBytes(id: 9))
+            while try await peer.readFrames(1).first(where: { $0.kind == 0x0c })?.id != 9 {}
+            #expect(handler.messages.load(ordering: .relaxed) == sent)
+            #expect(handler.descriptors.load(ordering: .relaxed) == sent)
+        }
+    }
+}
+
+/// Sends groups of a descriptors frame announcing one descriptor (`descriptor`, passed with it) and an empty message,
+/// without blocking, until `cap` groups or until the socket has not become writable for a second (the kernel's
+/// buffers are full: the server reads no more); returns how many groups went.
+private func sendGroupsUntilStalled(_ socket: Int32, passing descriptor: Int32, cap: Int) -> Int {
+    _ = fcntl(socket, F_SETFL, fcntl(socket, F_GETFL) | O_NONBLOCK)
+    let group: [UInt8] = [0, 0, 0, 2, 0x0D, 1, 0, 0, 0, 1, 0x01]
+    var passed = [descriptor]
+    var sent = 0
+    while sent < cap {
+        let result = group.withUnsafeBytes {
+            csocketipc_send_with_descriptors(socket, $0.baseAddress, UInt($0.count), &passed, 1)
+        }
+        if result == group.count {
+            sent += 1
+            continue
+        }
+        #expect(result < 0 && (errno == EAGAIN || errno == EWOULDBLOCK), "a group went in part: \(result)")
+        var waiting = pollfd(fd: socket, events: Int16(POLLOUT), revents: 0)
+        if poll(&waiting, 1, 1000) == 0 { break }
+    }
+    return sent
+}
+
+/// Makes `socket` blocking again.
+private func setBlocking(_ socket: Int32) {
+    _ = fcntl(socket, F_SETFL, fcntl(socket, F_GETFL) & ~O_NONBLOCK)
 }
 
 /// Answers each request with the reply to its own request back to the peer, and how many descriptors came with it.
