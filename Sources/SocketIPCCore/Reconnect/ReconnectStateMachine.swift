@@ -43,6 +43,8 @@ package struct ReconnectStateMachine<Connection: AnyObject, Waiter> {
         case stop
         /// Stop with `error`: the client cannot connect, ever.
         case fail(SocketIPCError)
+        /// Do nothing: another driver runs, or ran and ended (failed); the client's state is that driver's.
+        case alreadyRunning
     }
 
     /// How long a connection must have been up for its loss to reset the count of failures: 1 s.
@@ -59,11 +61,18 @@ package struct ReconnectStateMachine<Connection: AnyObject, Waiter> {
         self.backoff = backoff
     }
 
-    /// The driver starts.
+    /// The driver starts: ``Action/connect(attempt:)`` the first time, ``Action/stop`` after a shutdown, and
+    /// ``Action/alreadyRunning`` while another driver runs or after it failed.
     package mutating func start() -> Action {
-        guard case .idle = self.state else { return .stop }
-        self.state = .connecting(attempt: 1)
-        return .connect(attempt: 1)
+        switch self.state {
+        case .idle:
+            self.state = .connecting(attempt: 1)
+            return .connect(attempt: 1)
+        case .shutDown:
+            return .stop
+        case .connecting, .ready, .waiting, .failed:
+            return .alreadyRunning
+        }
     }
 
     /// A connection is ready at `now`: the waiters to resume with it. The count of failures goes on until the

@@ -582,6 +582,10 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
         return (self.writeWaiter.take()?.waiter, error)
     }
 
+    /// Whether this side's sends are refused because the other side ended the call (``refuseSends(with:)``).
+    @inlinable
+    package var sendsAreRefused: Bool { self.sendsRefused != nil }
+
     /// Whether a reader or a writer waits.
     @inlinable
     package var hasWaiters: Bool { self.readWaiter != nil || self.writeWaiter != nil }

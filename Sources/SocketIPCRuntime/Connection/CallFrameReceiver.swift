@@ -21,4 +21,11 @@ package protocol CallFrameReceiver: AnyObject, Sendable {
     /// This side said going-away `0x00` (its server is shutting down): the connection closes once its calls have
     /// ended, so end those that would not by themselves.
     func connectionGoingAway(_ connection: Connection)
+    /// The peer said going-away (any reason): it takes no new calls on this connection.
+    func peerIsGoingAway(_ connection: Connection)
+}
+
+extension CallFrameReceiver {
+    /// Does nothing.
+    package func peerIsGoingAway(_ connection: Connection) {}
 }

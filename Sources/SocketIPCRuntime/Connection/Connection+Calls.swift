@@ -183,10 +183,15 @@ extension Connection {
     /// size each, so 100 calls times 16 MiB on one connection). Now the queue holds at most the watermark and one
     /// message, however many handlers send.
     /// - Throws: `messageTooLarge`; the connection's error once it is closed.
-    nonisolated(nonsending) package func sendCallMessage(id: UInt32, _ message: ByteBuffer) async throws {
+    /// - Parameter owner: What may end a wait for room before the task is cancelled (the call, at its deadline).
+    nonisolated(nonsending) package func sendCallMessage(
+        id: UInt32,
+        _ message: ByteBuffer,
+        owner: (any WriteWaitOwner)? = nil
+    ) async throws {
         try self.checkCallMessageSize(message)
         while try !self.queueCallMessageIfRoom(id: id, message) {
-            try await self.waitUntilWritable()
+            try await self.waitUntilWritable(owner: owner)
         }
     }
 
@@ -226,12 +231,12 @@ extension Connection {
     /// Waits until the write queue has room (below its high watermark, the channel writable), looking again after
     /// each wake-up: all waiting senders are resumed together, and those that run after another one filled the
     /// queue again wait again.
-    nonisolated(nonsending) private func waitForRoom() async throws {
+    nonisolated(nonsending) private func waitForRoom(owner: (any WriteWaitOwner)?) async throws {
         while true {
             switch self.state.withLock({ $0.checkWritable() }) {
             case .proceed: return
             case .fail(let error): throw error
-            case .wait: try await self.waitUntilWritable()
+            case .wait: try await self.waitUntilWritable(owner: owner)
             }
         }
     }
@@ -249,16 +254,17 @@ extension Connection {
     nonisolated(nonsending) package func sendCallFrame(
         id: UInt32,
         _ frame: CallFrame,
-        descriptors: [Int32]
+        descriptors: [Int32],
+        owner: (any WriteWaitOwner)? = nil
     ) async throws {
         do {
-            try await self.waitForRoom()
+            try await self.waitForRoom(owner: owner)
         } catch {
             DescriptorRelay.closeAll(descriptors)
             throw error
         }
         if try self.queueCallFrame(id: id, frame, descriptors: descriptors) {
-            try await self.waitUntilWritable()
+            try await self.waitUntilWritable(owner: owner)
         }
     }
 

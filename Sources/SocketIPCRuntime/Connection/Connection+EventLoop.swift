@@ -142,6 +142,7 @@ extension Connection {
         let error = SocketIPCError(reason.errorCode, text)
         let action = self.state.withLock { $0.peerIsGoingAway(isNormal: reason == .normal, error: error) }
         self.logger.debug("peer is going away", metadata: ["reason": "\(reason)", "message": "\(message)"])
+        self.calls.receiver.withLock({ $0 })?.peerIsGoingAway(self)
         if action == .close { self.closeAfterGoingAway() }
     }
 

@@ -568,8 +568,10 @@ public final class Connection: Sendable {
 
     /// Returns at once while the queue is below its high watermark and the channel writable; otherwise suspends
     /// until it is.
+    /// - Parameter owner: What may end the wait before the task is cancelled (a call whose deadline passed), told
+    ///   when it begins and ends.
     @usableFromInline
-    nonisolated(nonsending) func waitUntilWritable() async throws {
+    nonisolated(nonsending) func waitUntilWritable(owner: (any WriteWaitOwner)? = nil) async throws {
         switch self.state.withLock({ $0.checkWritable() }) {
         case .proceed: return
         case .fail(let error): throw error
@@ -578,14 +580,16 @@ public final class Connection: Sendable {
         // Cancelling the task ends the wait with CancellationError (what was queued stays queued): a deadline of the
         // caller's must be able to end a send to a peer that stopped reading.
         let id = self.writeWaiterIDs.wrappingAdd(1, ordering: .relaxed).newValue
+        defer { owner?.writeWaitEnded(id: id) }
         try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
                 switch self.state.withLock({ $0.waitForWritability(continuation, id: id) }) {
                 case .proceed: continuation.resume()
                 case .fail(let error): continuation.resume(throwing: error)
                 case .wait:
-                    // Cancelled before the wait began: the handler below ran and found nothing to cancel.
-                    if Task.isCancelled { self.cancelWriteWait(id: id) }
+                    // Cancelled before the wait began: the handler below ran and found nothing to cancel. Likewise an
+                    // owner that stopped already.
+                    if Task.isCancelled || owner?.writeWaitBegan(id: id) == false { self.cancelWriteWait(id: id) }
                 }
             }
         } onCancel: {
@@ -593,8 +597,9 @@ public final class Connection: Sendable {
         }
     }
 
-    /// Ends the wait of ``waitUntilWritable()`` with `id` with `CancellationError`, if it still waits.
-    private func cancelWriteWait(id: UInt64) {
+    /// Ends the wait of ``waitUntilWritable(owner:)`` with `id` with `CancellationError`, if it still waits: for
+    /// its ``WriteWaitOwner``.
+    package func cancelWriteWait(id: UInt64) {
         self.state.withLock { $0.cancelWriteWaiter(id: id) }?.resume(throwing: CancellationError())
     }
 

@@ -10,12 +10,17 @@ import Synchronization
 final class CallMultiplexer: CallFrameReceiver {
     let router: ServiceRouter?
     private let streams = Mutex<Streams>(Streams())
+    /// What runs once the peer said going-away or the connection closed (``whenPeerGoingAway(on:_:)``); `nil` once
+    /// that happened.
+    private let peerGoingAwayCallbacks = Mutex<[@Sendable () -> Void]?>([])
 
     /// The calls in progress by id, and the one a frame last went to: a stream's frames come in runs for one call,
     /// and comparing an id costs less than hashing it.
     struct Streams {
         var byID: [UInt32: CallStream] = [:]
         var last: CallStream?
+        /// How many of them the peer opened (this side runs their handlers).
+        var incoming = 0
 
         @inline(__always)
         mutating func lookUp(_ id: UInt32) -> CallStream? {
@@ -26,12 +31,13 @@ final class CallMultiplexer: CallFrameReceiver {
         }
 
         mutating func insert(_ stream: CallStream) {
-            self.byID[stream.id] = stream
+            if let earlier = self.byID.updateValue(stream, forKey: stream.id), !earlier.isCaller { self.incoming -= 1 }
+            if !stream.isCaller { self.incoming += 1 }
             if self.last?.id == stream.id { self.last = stream }
         }
 
         mutating func remove(_ id: UInt32) {
-            self.byID.removeValue(forKey: id)
+            if let removed = self.byID.removeValue(forKey: id), !removed.isCaller { self.incoming -= 1 }
             if self.last?.id == id { self.last = nil }
         }
     }
@@ -66,6 +72,11 @@ final class CallMultiplexer: CallFrameReceiver {
     func lookUp(_ id: UInt32) -> CallStream? {
         self.streams.withLock { $0.lookUp(id) }
     }
+
+    /// How many calls the peer opened are in progress: what ``ServiceRouter/maximumConcurrentCalls`` bounds. This
+    /// side's own calls do not count (found by a review: a client with 100 watches open refused every call back from
+    /// its server).
+    var incomingCount: Int { self.streams.withLock { $0.incoming } }
 
     /// How many calls are in progress either way.
     var count: Int { self.streams.withLock { $0.byID.count } }
@@ -130,7 +141,36 @@ final class CallMultiplexer: CallFrameReceiver {
         }
     }
 
+    /// Runs `body` once the peer has said going-away on `connection`, or the connection closed (at once if either
+    /// happened already), on any thread.
+    func whenPeerGoingAway(on connection: Connection, _ body: @escaping @Sendable () -> Void) {
+        let added = self.peerGoingAwayCallbacks.withLock { callbacks -> Bool in
+            guard callbacks != nil else { return false }
+            callbacks!.append(body)
+            return true
+        }
+        if !added {
+            body()
+        } else if connection.peerGoingAwayError != nil || !connection.isOpen {
+            // It happened before `body` was added, and may have found no callback yet.
+            self.runPeerGoingAwayCallbacks()
+        }
+    }
+
+    private func runPeerGoingAwayCallbacks() {
+        let callbacks = self.peerGoingAwayCallbacks.withLock { callbacks in
+            defer { callbacks = nil }
+            return callbacks ?? []
+        }
+        for callback in callbacks { callback() }
+    }
+
+    func peerIsGoingAway(_ connection: Connection) {
+        self.runPeerGoingAwayCallbacks()
+    }
+
     func connectionClosed(_ connection: Connection, error: SocketIPCError) {
+        self.runPeerGoingAwayCallbacks()
         let streams = self.streams.withLock { Array($0.byID.values) }
         for stream in streams {
             stream.stopHandler(.connectionClosed, failing: error)

@@ -7,7 +7,7 @@ import Synchronization
 /// Its state is a ``CallStateMachine`` under a lock: messages received and not yet read, credit both ways, who
 /// waits. It sends its own frames through the connection: messages (waiting for credit and for the socket), the
 /// end, credit as the reader consumes, and (on the caller's side) a cancel.
-final class CallStream: Sendable {
+final class CallStream: Sendable, WriteWaitOwner {
     /// What a read returns: the next message, or the peer's end with its status.
     enum Inbound: Sendable {
         /// A message, with the descriptors it brought (the reader owns them), if any.
@@ -64,6 +64,8 @@ final class CallStream: Sendable {
         var endAfterParked: CallStatus?
         /// Who waits until nothing is parked (``waitUntilParkedSent()``).
         var parkedWaiter: UnsafeContinuation<Void, Never>?
+        /// The id of the connection's wait for room that a writer of this call is in, if any (``WriteWaitOwner``).
+        var writeWaitID: UInt64?
 
         /// Forgets the parked message and the end that waited for it (the call failed, or its other side ended it);
         /// returns who waited for it to go.
@@ -404,7 +406,7 @@ final class CallStream: Sendable {
         case .sent(let longRun):
             if longRun { await self.connection.yieldToEventLoop() }
         case .waitForRoom(let longRun):
-            try await self.connection.sendCallMessage(id: self.id, payload)
+            try await self.connection.sendCallMessage(id: self.id, payload, owner: self)
             if longRun { await self.connection.yieldToEventLoop() }
         case .waitForCredit:
             try await self.send(payload)
@@ -540,9 +542,14 @@ final class CallStream: Sendable {
             }
         }
         if let descriptors {
-            try await self.connection.sendCallFrame(id: self.id, .message(payload), descriptors: descriptors.take())
+            try await self.connection.sendCallFrame(
+                id: self.id,
+                .message(payload),
+                descriptors: descriptors.take(),
+                owner: self
+            )
         } else {
-            try await self.connection.sendCallMessage(id: self.id, payload)
+            try await self.connection.sendCallMessage(id: self.id, payload, owner: self)
         }
         if longRun {
             // A handler on the event loop whose peer grants credit without limit and reads as fast as it is written
@@ -675,15 +682,44 @@ final class CallStream: Sendable {
     /// already received if `keepingReceived` (``CallStateMachine/fail(_:keepingReceived:)``).
     func fail(_ error: any Error, keepingReceived: Bool = false) {
         var parkedWaiter: UnsafeContinuation<Void, Never>?
+        var writeWait: UInt64?
         let action = self.state.withLock { locked in
             let action = locked.machine.fail(error, keepingReceived: keepingReceived)
             // A parked message never goes now (its descriptors are closed as it is released).
-            if locked.machine.failure != nil { parkedWaiter = locked.dropParked() }
+            if locked.machine.failure != nil {
+                parkedWaiter = locked.dropParked()
+                writeWait = locked.writeWaitID.take()
+            }
             return action
         }
         action.readWaiter?.resume(throwing: error)
         action.writeWaiter?.resume(throwing: error)
         parkedWaiter?.resume()
+        // A writer waiting for room in the connection's write queue (its peer reads nothing) ends too: the caller's
+        // deadline or cancel must end it, not only the connection's close.
+        if let writeWait { self.connection.cancelWriteWait(id: writeWait) }
+    }
+
+    // MARK: - WriteWaitOwner
+
+    func writeWaitBegan(id: UInt64) -> Bool {
+        self.state.withLock { locked in
+            guard locked.machine.failure == nil else { return false }
+            locked.writeWaitID = id
+            return true
+        }
+    }
+
+    func writeWaitEnded(id: UInt64) {
+        self.state.withLock { locked in
+            if locked.writeWaitID == id { locked.writeWaitID = nil }
+        }
+    }
+
+    /// Whether the handler ended the call while this side (the caller) still sent: its sends are refused, and the
+    /// handler's end is the call's outcome.
+    var endedByHandler: Bool {
+        self.state.withLock { $0.machine.inboundEnded && $0.machine.sendsAreRefused }
     }
 
     /// Bytes of messages held for the reader beyond the call's window (see ``CallStateMachine/heldBeyondWindow``).

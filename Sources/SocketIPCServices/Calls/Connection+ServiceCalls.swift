@@ -63,7 +63,8 @@ extension Connection {
     /// Calls `method` with the requests `body` writes, and returns its one response: client streaming.
     ///
     /// The request stream ends (the caller's half-close) when `body` returns; then the handler's response is
-    /// awaited.
+    /// awaited. A handler may answer before it has read every request: a write then fails, and if `body` lets that
+    /// error out, the call still returns the handler's response (or throws its error).
     /// - Returns: The handler's response.
     /// - Throws: What `body` throws (the call is then cancelled), and the errors of ``call(_:_:options:)``.
     public func clientStreaming<Method: ServiceMethod>(
@@ -72,7 +73,13 @@ extension Connection {
         _ body: (ServiceStreamWriter<Method.Request>) async throws -> Void
     ) async throws -> Method.Response {
         try await self.withOutgoingCall(Method.name, options: options) { call in
-            try await body(ServiceStreamWriter(call: call, codec: options.codec))
+            do {
+                try await body(ServiceStreamWriter(call: call, codec: options.codec))
+            } catch is SocketIPCError where call.endedByHandler {
+                // The handler answered (or failed) before reading every request, and ended the call: its answer is
+                // the call's result, as a gRPC client's `SendMsg` returns `io.EOF` and `CloseAndRecv` the status
+                // (found by a review: the response that had come was dropped for this write's error).
+            }
             call.finish()
             return try await Self.readSingleResponse(of: call, as: Method.Response.self, codec: options.codec)
         }
@@ -81,10 +88,21 @@ extension Connection {
     /// Calls `method` with a stream of requests and a stream of responses both open at once: bidirectional
     /// streaming.
     ///
-    /// `body` gets a writer for the requests and the stream of responses; the request stream ends when `body`
-    /// calls nothing more and returns (or earlier with `finish` semantics: return from `body` after the last
-    /// write and keep reading inside it). When `body` returns before the responses ended, the call is cancelled on
-    /// the other side.
+    /// `body` gets a writer for the requests and the stream of responses. The request stream ends (the caller's
+    /// half-close) when `body` calls ``ServiceStreamWriter/finish()``, or when it returns; a handler that answers
+    /// once it has read every request needs the first:
+    ///
+    /// ```swift
+    /// let sums = try await connection.bidirectionalStreaming(Sum.self) { requests, responses in
+    ///     try await requests.write(contentsOf: [1, 2, 3])
+    ///     requests.finish()
+    ///     var all: [Int] = []
+    ///     for try await sum in responses { all.append(sum) }
+    ///     return all
+    /// }
+    /// ```
+    ///
+    /// When `body` returns before the responses ended, the call is cancelled on the other side.
     /// - Returns: What `body` returns.
     /// - Throws: What `body` throws, and the errors of ``call(_:_:options:)``.
     public func bidirectionalStreaming<Method: ServiceMethod, Result: Sendable>(

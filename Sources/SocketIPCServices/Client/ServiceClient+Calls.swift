@@ -13,9 +13,12 @@ extension ServiceClient {
     /// without having said going-away on it, counts as such a retry too: it is made again after
     /// ``ServiceClientConfiguration/backoff``, on that connection if it is still open then (as gRPC retries
     /// `UNAVAILABLE`), instead of waiting for a new connection that may never come.
+    /// The call's ``CallOptions/timeout`` covers all of it: the waits for a connection, every attempt, and the waits
+    /// between them, as gRPC's deadline covers its retries.
     /// - Throws: What ``SocketIPCRuntime/Connection/call(_:_:options:)`` throws; the last connection error (or
     ///   `timedOut`) when no connection was ready within ``ServiceClientConfiguration/waitForConnectionTimeout`` or
-    ///   the call's timeout; `invalidState` once the client is shut down.
+    ///   the call's timeout; `deadlineExceeded` when the timeout passes during a retry; `invalidState` once the
+    ///   client is shut down.
     public func call<Method: ServiceMethod>(
         _ method: Method.Type,
         _ request: Method.Request,
@@ -23,10 +26,24 @@ extension ServiceClient {
     ) async throws -> Method.Response {
         var retries = 0
         var lost: Connection?
+        // One deadline for all the attempts and the waits between them, as gRPC's deadline covers its retries (found
+        // by a review: each attempt had the whole timeout again, and a call with 2 s failed after 6 s).
+        let deadline = options.timeout.map { ContinuousClock.now.advanced(by: $0) }
         while true {
-            let connection = try await self.readyConnection(excluding: lost, timeout: options.timeout)
+            var attempt = options
+            if let deadline {
+                let left = ContinuousClock.now.duration(to: deadline)
+                guard left > .zero else { throw CallStream.deadlineError(Method.name) }
+                attempt.timeout = left
+            }
+            let connection: Connection
             do {
-                return try await connection.call(method, request, options: options)
+                connection = try await self.readyConnection(excluding: lost, timeout: attempt.timeout)
+            } catch where retries > 0 && deadline.map({ $0 <= .now }) ?? false {
+                throw CallStream.deadlineError(Method.name)
+            }
+            do {
+                return try await connection.call(method, request, options: attempt)
             } catch let error as SocketIPCError
                 where Method.isIdempotent && retries < self.configuration.maximumRetries
                 && Self.lostBeforeAnswer(error)
@@ -37,7 +54,8 @@ extension ServiceClient {
                     // Refused, not lost: the server may serve again on this connection (see the resubscribing
                     // stream). The wait is short and bounded by maximumRetries, so it watches only the client's
                     // shutdown, not the connection's close (a close callback would stay with SwiftNIO until then).
-                    let delay = self.configuration.backoff.delay(beforeRetry: retries, random: .random(in: 0..<1))
+                    var delay = self.configuration.backoff.delay(beforeRetry: retries, random: .random(in: 0..<1))
+                    if let deadline { delay = min(delay, max(ContinuousClock.now.duration(to: deadline), .zero)) }
                     await self.shutdownRequested.wait(upTo: delay)
                     if connection.isOpen { lost = nil }
                 }
@@ -202,7 +220,8 @@ extension ServiceClient {
         var excluding = excluding
         while true {
             let connection = try await self.waitForConnection(excluding: excluding, timeout: timeout, bounded: bounded)
-            if connection.isOpen && !connection.hasUsedAllIDs { return connection }
+            // One whose server said going-away takes no new calls: the next connection is on its way.
+            if connection.isOpen && !connection.hasUsedAllIDs && connection.peerGoingAwayError == nil { return connection }
             if connection.hasUsedAllIDs {
                 // It has numbered all the calls it can, and would stay open, going away, while its calls last (a watch
                 // may last for ever): closed, so that the client connects anew and its streams resubscribe there, as

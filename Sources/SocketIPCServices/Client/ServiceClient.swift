@@ -43,6 +43,9 @@ public final class ServiceClient: Sendable, Service {
     let nextWaiterID = Atomic<Int>(0)
     let shutdownRequested = OneShotSignal()
     let lastClose = Mutex<SocketIPCError?>(nil)
+    /// Connections whose server said going-away while calls were in progress on them: they finish there, and are
+    /// closed by ``shutdown()`` if still open.
+    let draining = Mutex<[ObjectIdentifier: Connection]>([:])
 
     /// Why the client's last connection closed, once one has: `peerGoingAway` with the server's text after a graceful
     /// shutdown, `connectionClosed` after a crash or `SIGKILL`, `peerNotResponding` when it stopped answering pings
@@ -75,7 +78,9 @@ public final class ServiceClient: Sendable, Service {
     /// Connects, and connects again whenever the connection is lost, until ``shutdown()`` is called or the task is
     /// cancelled (or a ServiceLifecycle graceful shutdown begins); then closes the connection and returns.
     /// - Throws: The `SocketIPCError` that makes connecting pointless (`unauthorized`: the server's policy refuses
-    ///   this process; `notSocketIPCPeer`, `unsupportedVersion`, `wrongStyle`, `invalidPath`).
+    ///   this process; `notSocketIPCPeer`, `unsupportedVersion`, `wrongStyle`, `invalidPath`); `invalidState` at
+    ///   once, changing nothing, when `run()` is running already or has failed (after ``shutdown()`` it returns at
+    ///   once).
     public func run() async throws {
         try await withGracefulShutdownHandler {
             try await withTaskCancellationHandler {
@@ -106,6 +111,7 @@ public final class ServiceClient: Sendable, Service {
         }
         for waiter in waiters { waiter.resume(throwing: SocketIPCError(.invalidState, "the client is shut down")) }
         connection?.close()
+        for draining in self.draining.withLock({ $0.values }) { draining.close() }
         self.shutdownRequested.fire()
         // run() announces the end once it returns; without it, nothing else would, and `states` would never end.
         if neverRan { self.publish(.shutDown) }
@@ -132,6 +138,9 @@ public final class ServiceClient: Sendable, Service {
             case .fail(let error):
                 self.publish(.failed(error))
                 throw error
+            case .alreadyRunning:
+                // The running one keeps the state: a second run() must not announce a shutdown that did not happen.
+                throw SocketIPCError(.invalidState, "run() was called on this client already")
             }
         }
     }
@@ -153,8 +162,8 @@ public final class ServiceClient: Sendable, Service {
         self.publish(.ready)
         self.logger.debug("connected", metadata: ["path": "\(self.path)"])
         for waiter in waiters { waiter.resume(returning: connection) }
-        await connection.waitUntilClosed()
-        let reason = connection.closeReason
+        await self.waitUntilClosedOrGoingAway(connection)
+        let reason = connection.closeReason ?? connection.peerGoingAwayError
         self.lastClose.withLock { $0 = reason }
         if let reason {
             // At debug level: `states` and `lastCloseReason` tell the application, which decides what to show.
@@ -162,6 +171,24 @@ public final class ServiceClient: Sendable, Service {
         }
         let random = Double.random(in: 0..<1)
         return self.machine.withLock { $0.connectionLost(connection, at: .now, error: reason, random: random) }
+    }
+
+    /// Waits until `connection` is closed, or its server said going-away: then new calls wait for the next
+    /// connection, which is made at once, as gRPC's client reconnects on GOAWAY, while the calls in progress finish on
+    /// this one, which is kept among the ``draining`` until it closes (found by a review: while a server drained a
+    /// long call, the client stayed ready and failed new calls it never sent with `peerGoingAway`).
+    private func waitUntilClosedOrGoingAway(_ connection: Connection) async {
+        let signal = OneShotSignal()
+        CallMultiplexer.of(connection).whenPeerGoingAway(on: connection) { signal.fire() }
+        await signal.waitUntilFired()
+        guard connection.isOpen else {
+            await connection.waitUntilClosed()
+            return
+        }
+        let id = ObjectIdentifier(connection)
+        self.draining.withLock { $0[id] = connection }
+        connection.whenClosed { [weak self] in _ = self?.draining.withLock { $0.removeValue(forKey: id) } }
+        if self.isShutDown { connection.close() }
     }
 
     /// Connects and runs `onConnect`, unless ``shutdown()`` comes first: it cancels both (found by a review: a

@@ -18,7 +18,7 @@ extension CallMultiplexer {
             connection.queueCallControlFrame(id: id, .end(status))
             return nil
         }
-        guard self.count < router.maximumConcurrentCalls else {
+        guard self.incomingCount < router.maximumConcurrentCalls else {
             let status = CallStatus(
                 code: .resourceExhausted,
                 message: "\(router.maximumConcurrentCalls) calls are already in progress on this connection"

@@ -32,6 +32,7 @@ public struct ServiceRouter: Sendable {
     public var codec: any MessageCodec
     /// The most calls of one connection handled at once; default 100 (as
     /// `ConnectionOptions.maximumConcurrentRequests`). A call beyond it fails at the caller with `resourceExhausted`.
+    /// Only the calls the peer opens count, not this side's own calls on the same connection.
     public var maximumConcurrentCalls: Int = 100
     /// Whether handlers run on their connection's event loop (as their task's executor preference); default
     /// `true`, as `ClientConfiguration.runsBodyOnEventLoop`.

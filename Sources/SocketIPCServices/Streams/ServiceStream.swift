@@ -110,4 +110,16 @@ public struct ServiceStreamWriter<Element: Encodable & Sendable>: Sendable {
     public func write<Elements: Sequence>(contentsOf elements: Elements) async throws where Elements.Element == Element {
         for element in elements { try await self.write(element) }
     }
+
+    /// Ends the stream of requests (the caller's half-close): the handler's request stream ends, and a later
+    /// ``write(_:)`` throws `invalidState`. For a bidirectional call whose handler answers once it has read every
+    /// request, as a gRPC client's `CloseSend`: call it after the last write, then read the responses. Returning from
+    /// the call's body does it too. Calling it again does nothing.
+    ///
+    /// On a handler's writer (its responses) it does nothing: a handler's stream ends when the handler returns, with
+    /// its status.
+    public func finish() {
+        guard self.call.isCaller else { return }
+        self.call.finish()
+    }
 }

@@ -1,0 +1,250 @@
+import NIOCore
+import SocketIPC
+import SocketIPCTestSupport
+import SocketIPCTesting
+import Synchronization
+import Testing
+
+@testable import SocketIPCRuntime
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// Calls at their edges, each found by a review: a deadline while a write waits for a peer that reads nothing, the
+/// caller's half-close of a bidirectional call, a handler that answers before the last request, retries against the
+/// call's deadline, a server that drains, calls back to a client, and a second `run()`.
+@Suite("Calls at their edges", .timeLimit(.minutes(5)), .limitedConcurrency)
+struct CallEdgeTests {
+    enum Ping: ServiceMethod {
+        static let name = "edge.client.ping"
+        typealias Request = String
+        typealias Response = String
+    }
+
+    enum CallBack: ServiceMethod {
+        static let name = "edge.server.callback"
+        typealias Request = String
+        typealias Response = String
+    }
+
+    enum Summarise: ServiceMethod {
+        static let name = "edge.summarise"
+        typealias Request = Int
+        typealias Response = Int
+    }
+
+    enum Upload: ServiceMethod {
+        static let name = "edge.upload"
+        typealias Request = Int
+        typealias Response = String
+    }
+
+    enum Flaky: ServiceMethod {
+        static let name = "edge.flaky"
+        typealias Request = Int
+        typealias Response = Int
+        static let isIdempotent = true
+    }
+
+    enum Slow: ServiceMethod {
+        static let name = "edge.slow"
+        typealias Request = Int
+        typealias Response = Int
+    }
+
+    enum Create: ServiceMethod {
+        static let name = "edge.create"
+        typealias Request = String
+        typealias Response = String
+    }
+
+    @Test("a client's own calls do not count against the calls it handles: its server's call back is served")
+    func ownCallsDoNotCount() async throws {
+        var serverRouter = ServiceRouter()
+        serverRouter.register(CallBack.self) { text, context in
+            try await context.connection.call(Ping.self, text)
+        }
+        var clientRouter = ServiceRouter()
+        clientRouter.maximumConcurrentCalls = 1
+        clientRouter.register(Ping.self) { text, _ in "pong \(text)" }
+        try await withServiceTestServer(router: serverRouter) { _, path in
+            let connection = try await Client.connect(to: path, handler: ServiceConnectionHandler(router: clientRouter))
+            defer { connection.close() }
+            // Before, the client's own call in progress counted as the one call it may handle: the call back was
+            // refused with resourceExhausted.
+            #expect(try await connection.call(CallBack.self, "x") == "pong x")
+        }
+    }
+
+    @Test("bidirectional: the caller half-closes with finish() and reads the summary the handler sends after the last request")
+    func bidirectionalHalfClose() async throws {
+        var router = ServiceRouter()
+        router.registerBidirectionalStreaming(Summarise.self) { requests, responses, _ in
+            var count = 0
+            for try await number in requests {
+                count += 1
+                try await responses.write(number)
+            }
+            try await responses.write(-count)
+        }
+        try await withServiceTestServer(router: router) { _, path in
+            let connection = try await Client.connect(to: path)
+            defer { connection.close() }
+            let result = try await connection.bidirectionalStreaming(Summarise.self) { writer, responses in
+                for number in 1...3 { try await writer.write(number) }
+                writer.finish()
+                writer.finish()
+                await #expect(throws: SocketIPCError.self) { try await writer.write(4) }
+                var all: [Int] = []
+                for try await number in responses { all.append(number) }
+                return all
+            }
+            #expect(result == [1, 2, 3, -3])
+        }
+    }
+
+    @Test("client streaming: a handler that answers before the last request; the caller gets its response")
+    func clientStreamingEarlyAnswer() async throws {
+        var router = ServiceRouter()
+        router.registerClientStreaming(Upload.self) { requests, _ in
+            var iterator = requests.makeAsyncIterator()
+            _ = try await iterator.next()
+            return "enough"
+        }
+        try await withServiceTestServer(router: router) { _, path in
+            let connection = try await Client.connect(to: path)
+            defer { connection.close() }
+            // Writes until the handler's end refuses them: before, that write's invalidState was the call's result,
+            // and the response that had come was dropped.
+            let response = try await connection.clientStreaming(Upload.self) { writer in
+                for number in 0...1_000_000 { try await writer.write(number) }
+            }
+            #expect(response == "enough")
+        }
+    }
+
+    @Test("client streaming: a write waiting for room, its peer reading nothing, ends at the call's deadline")
+    func deadlineEndsWriteWaitingForRoom() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/silent.sock"
+            let listener = try makeStaleSocket(at: path, listening: true)
+            defer { close(listener) }
+            let accepting = Task { () -> RawSocket in
+                let peer = try await RawSocket.accepting(on: listener)
+                try await peer.write(callsPeerHelloBytes)
+                return peer  // and reads nothing
+            }
+            let connection = try await Client.connect(to: path)
+            defer { connection.abort() }
+            // An 8 MiB one-way message fills the write queue above its high watermark: the peer reads nothing.
+            let filler = Task { try await connection.send(ByteBuffer(repeating: 0x61, count: 8 << 20)) }
+            #expect(await eventually { connection.state.withLock { $0.writersWaiting } == 1 })
+            // The call's first write has credit but no room. Before, it waited past its deadline until the
+            // connection closed.
+            let result = await outcome(within: .seconds(30)) {
+                _ = try await connection.clientStreaming(Upload.self, options: CallOptions(timeout: .milliseconds(300))) {
+                    writer in
+                    try await writer.write(1)
+                }
+            }
+            #expect(result == "deadlineExceeded")
+            filler.cancel()
+            try await accepting.value.close()
+        }
+    }
+
+    @Test("ServiceClient: one timeout covers an idempotent call's retries; it ends with deadlineExceeded")
+    func deadlineAcrossRetries() async throws {
+        let attempts = Atomic<Int>(0)
+        var router = ServiceRouter()
+        router.register(Flaky.self) { value, context in
+            attempts.add(1, ordering: .relaxed)
+            // Each attempt takes 1.5 s of the 2 s timeout, then its connection is lost, as if the server crashed.
+            try await Task.sleep(for: .milliseconds(1500))
+            context.connection.close()
+            try await Task.sleep(for: .seconds(60))
+            return value
+        }
+        try await withServiceTestServer(router: router) { _, path in
+            var configuration = ServiceClientConfiguration()
+            configuration.backoff = ConnectionBackoff(initialDelay: .milliseconds(10), maximumDelay: .milliseconds(20))
+            let client = ServiceClient(path: path, configuration: configuration)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await client.run() }
+                // Before, each attempt had the whole 2 s again: 4 attempts, then connectionClosed after 6 s.
+                let error = await #expect(throws: SocketIPCError.self) {
+                    _ = try await client.call(Flaky.self, 1, options: CallOptions(timeout: .seconds(2)))
+                }
+                #expect(error?.code == .deadlineExceeded)
+                #expect(attempts.load(ordering: .relaxed) <= 2)
+                client.shutdown()
+                try await group.waitForAll()
+            }
+        }
+    }
+
+    @Test("ServiceClient: after its server's going-away, new calls wait for the next connection; the call in progress finishes")
+    func callDuringDrain() async throws {
+        let (slowStarted, slowStartedContinuation) = AsyncStream.makeStream(of: Void.self)
+        let (release, releaseContinuation) = AsyncStream.makeStream(of: Void.self)
+        let created = Atomic<Int>(0)
+        var router = ServiceRouter()
+        router.register(Slow.self) { value, _ in
+            slowStartedContinuation.yield()
+            for await _ in release { break }
+            return value
+        }
+        router.register(Create.self) { name, _ in
+            created.add(1, ordering: .relaxed)
+            return name
+        }
+        try await withServiceTestServer(router: router, configure: { $0.shutdownGracePeriod = .seconds(60) }) {
+            server, path in
+            let client = ServiceClient(path: path)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await client.run() }
+                var states = client.states.makeAsyncIterator()
+                while let state = await states.next(), state != .ready {}
+                let slow = Task { try await client.call(Slow.self, 7) }
+                for await _ in slowStarted { break }
+                server.shutdownGracefully()
+                // The going-away makes the client connect anew at once, while the slow call goes on.
+                while let state = await states.next(), state == .ready {}
+                // Before, the client stayed ready on the draining connection and failed this call, which it never
+                // sent, with peerGoingAway. Now it waits for a connection, which the stopping server never gives.
+                let error = await #expect(throws: SocketIPCError.self) {
+                    _ = try await client.call(Create.self, "thing", options: CallOptions(timeout: .milliseconds(500)))
+                }
+                #expect(error?.code != .peerGoingAway)
+                #expect(created.load(ordering: .relaxed) == 0)
+                releaseContinuation.finish()
+                #expect(try await slow.value == 7)
+                client.shutdown()
+                try await group.waitForAll()
+            }
+        }
+    }
+
+    @Test("ServiceClient: a second run() throws invalidState and changes nothing")
+    func secondRun() async throws {
+        try await withServiceTestServer(router: keyValueRouter()) { _, path in
+            let client = ServiceClient(path: path)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await client.run() }
+                var states = client.states.makeAsyncIterator()
+                while let state = await states.next(), state != .ready {}
+                let error = await #expect(throws: SocketIPCError.self) { try await client.run() }
+                #expect(error?.code == .invalidState)
+                // Before, it announced shutDown (and ended every `states` subscriber) while calls still went through.
+                #expect(client.state == .ready)
+                #expect(try await client.call(Get.self, "colour") == nil)
+                client.shutdown()
+                try await group.waitForAll()
+                #expect(client.state == .shutDown)
+            }
+        }
+    }
+}
