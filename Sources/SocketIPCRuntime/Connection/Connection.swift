@@ -568,10 +568,14 @@ public final class Connection: Sendable {
 
     /// Returns at once while the queue is below its high watermark and the channel writable; otherwise suspends
     /// until it is.
-    /// - Parameter owner: What may end the wait before the task is cancelled (a call whose deadline passed), told
-    ///   when it begins and ends.
     @usableFromInline
-    nonisolated(nonsending) func waitUntilWritable(owner: (any WriteWaitOwner)? = nil) async throws {
+    nonisolated(nonsending) func waitUntilWritable() async throws {
+        try await self.waitUntilWritable(owner: nil)
+    }
+
+    /// As ``waitUntilWritable()``; `owner` may end the wait before the task is cancelled (a call whose deadline
+    /// passed), and is told when it begins and ends.
+    nonisolated(nonsending) func waitUntilWritable(owner: (any WriteWaitOwner)?) async throws {
         switch self.state.withLock({ $0.checkWritable() }) {
         case .proceed: return
         case .fail(let error): throw error

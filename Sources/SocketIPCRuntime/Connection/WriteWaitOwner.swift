@@ -4,7 +4,6 @@
 ///
 /// The owner keeps the id of the wait in progress from ``writeWaitBegan(id:)`` to ``writeWaitEnded(id:)``, and ends
 /// it with ``Connection/cancelWriteWait(id:)``, which makes it throw `CancellationError`.
-@usableFromInline
 package protocol WriteWaitOwner: AnyObject, Sendable {
     /// A wait with `id` began; returns `false` if the owner has stopped already, which ends it at once.
     func writeWaitBegan(id: UInt64) -> Bool
