@@ -225,9 +225,9 @@ public final class Connection: Sendable {
     ///   `timedOut`, `messageTooLarge`, `peerGoingAway` or `connectionClosed`; or `CancellationError`.
     nonisolated(nonsending) public func request(_ request: ByteBuffer, timeout: Duration? = nil) async throws -> ByteBuffer {
         try self.checkSize(request, what: "request")
-        try await self.waitUntilWritable()
+        // The timeout covers the wait for room too: a peer that reads nothing must not hold a request past it.
+        let timeout = try await self.waitUntilWritable(within: timeout ?? self.options.requestTimeout)
         let id = try self.nextRequestID()
-        let timeout = timeout ?? self.options.requestTimeout
         return try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<ByteBuffer, any Error>) in
                 self.register(continuation, id: id, payload: request, timeout: timeout)
@@ -599,6 +599,36 @@ public final class Connection: Sendable {
         } onCancel: {
             self.cancelWriteWait(id: id)
         }
+    }
+
+    /// As ``waitUntilWritable()``, for at most `timeout`: a request's timeout counts from when it is made, so it
+    /// covers the wait for room in the write queue while the peer reads nothing (found by a review: such a request
+    /// waited until the connection closed, whatever its timeout).
+    /// - Returns: What is left of `timeout` (`nil`: no limit).
+    /// - Throws: `timedOut` when `timeout` passed first; what ``waitUntilWritable()`` throws.
+    nonisolated(nonsending) func waitUntilWritable(within timeout: Duration?) async throws -> Duration? {
+        switch self.state.withLock({ $0.checkWritable() }) {
+        case .proceed: return timeout
+        case .fail(let error): throw error
+        case .wait: break
+        }
+        guard let timeout else {
+            try await self.waitUntilWritable()
+            return nil
+        }
+        let start = ContinuousClock.now
+        let limit = WriteWaitLimit()
+        let timer = self.eventLoop.scheduleTask(in: .init(max(timeout, .zero))) { limit.expire(on: self) }
+        defer { timer.cancel() }
+        do {
+            try await self.waitUntilWritable(owner: limit)
+        } catch is CancellationError where limit.hasExpired {
+            throw SocketIPCError(
+                .timedOut,
+                "the request got no reply within \(timeout): the peer read nothing, and it was never sent"
+            )
+        }
+        return max(timeout - start.duration(to: .now), .zero)
     }
 
     /// Ends the wait of ``waitUntilWritable(owner:)`` with `id` with `CancellationError`, if it still waits: for

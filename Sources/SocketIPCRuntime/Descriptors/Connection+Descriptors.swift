@@ -70,19 +70,19 @@ extension Connection {
             (passing, group) = try self.prepare(descriptors, payload: request, what: "request")
         }
         let id: UInt32
+        let left: Duration?
         do {
-            try await self.waitUntilWritable()
+            left = try await self.waitUntilWritable(within: timeout ?? self.options.requestTimeout)
             id = try self.nextRequestID()
         } catch {
             DescriptorRelay.closeAll(group)
             throw error
         }
-        let timeout = timeout ?? self.options.requestTimeout
         passing.expectReply(id)
         do {
             let payload = try await withTaskCancellationHandler {
                 try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<ByteBuffer, any Error>) in
-                    self.register(continuation, id: id, payload: request, timeout: timeout, descriptors: group)
+                    self.register(continuation, id: id, payload: request, timeout: left, descriptors: group)
                 }
             } onCancel: {
                 self.finishRequest(id, with: .failure(CancellationError()))

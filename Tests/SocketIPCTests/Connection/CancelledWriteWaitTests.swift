@@ -45,6 +45,21 @@ struct CancelledWriteWaitTests {
         }
     }
 
+    @Test("a request's timeout covers its wait for room while the peer reads nothing: timedOut, not a wait until the close")
+    func requestTimeoutCoversTheWaitForRoom() async throws {
+        try await withSilentPeer { connection in
+            // An 8 MiB one-way message fills the write queue above its high watermark: the peer reads nothing.
+            let filler = Task { try await connection.send(ByteBuffer(repeating: 0x61, count: 8 << 20)) }
+            defer { filler.cancel() }
+            #expect(await eventually { connection.state.withLock { $0.writersWaiting } == 1 })
+            // Before, the request waited for room until the connection closed, whatever its timeout.
+            let result = await outcome(within: .seconds(30)) {
+                _ = try await connection.request(ByteBuffer(string: "x"), timeout: .milliseconds(300))
+            }
+            #expect(result == "timedOut")
+        }
+    }
+
     @Test("a send waiting for room ends with CancellationError when its task is cancelled, then or before it waits", arguments: [false, true])
     func cancelledSend(cancelBeforeTheWait: Bool) async throws {
         try await withSilentPeer { connection in
