@@ -72,36 +72,39 @@ extension ServiceClient {
 
     /// Calls `method` (server streaming) once a connection is ready; see
     /// ``SocketIPCRuntime/Connection/serverStreaming(_:_:options:_:)``.
-    /// Not repeated when the connection is lost: ``resubscribing(_:_:options:)`` is the stream that is.
+    /// Not repeated when the connection is lost: ``resubscribing(_:_:options:)`` is the stream that is. The call's
+    /// timeout covers its wait for a connection too.
     public func serverStreaming<Method: ServiceMethod, Result: Sendable>(
         _ method: Method.Type,
         _ request: Method.Request,
         options: CallOptions = CallOptions(),
         _ body: (ServiceStream<Method.Response>) async throws -> Result
     ) async throws -> Result {
-        let connection = try await self.readyConnection(excluding: nil, timeout: options.timeout)
+        let (connection, options) = try await self.readyConnection(for: Method.name, options: options)
         return try await connection.serverStreaming(method, request, options: options, body)
     }
 
     /// Calls `method` (client streaming) once a connection is ready; see
-    /// ``SocketIPCRuntime/Connection/clientStreaming(_:options:_:)``.
+    /// ``SocketIPCRuntime/Connection/clientStreaming(_:options:_:)``. The call's timeout covers its wait for a
+    /// connection too.
     public func clientStreaming<Method: ServiceMethod>(
         _ method: Method.Type,
         options: CallOptions = CallOptions(),
         _ body: (ServiceStreamWriter<Method.Request>) async throws -> Void
     ) async throws -> Method.Response {
-        let connection = try await self.readyConnection(excluding: nil, timeout: options.timeout)
+        let (connection, options) = try await self.readyConnection(for: Method.name, options: options)
         return try await connection.clientStreaming(method, options: options, body)
     }
 
     /// Calls `method` (bidirectional streaming) once a connection is ready; see
-    /// ``SocketIPCRuntime/Connection/bidirectionalStreaming(_:options:_:)``.
+    /// ``SocketIPCRuntime/Connection/bidirectionalStreaming(_:options:_:)``. The call's timeout covers its wait for
+    /// a connection too.
     public func bidirectionalStreaming<Method: ServiceMethod, Result: Sendable>(
         _ method: Method.Type,
         options: CallOptions = CallOptions(),
         _ body: (ServiceStreamWriter<Method.Request>, ServiceStream<Method.Response>) async throws -> Result
     ) async throws -> Result {
-        let connection = try await self.readyConnection(excluding: nil, timeout: options.timeout)
+        let (connection, options) = try await self.readyConnection(for: Method.name, options: options)
         return try await connection.bidirectionalStreaming(method, options: options, body)
     }
 
@@ -213,6 +216,21 @@ extension ServiceClient {
     }
 
     // MARK: - Waiting for a connection
+
+    /// A ready connection for a call of `method`, and the call's options with what is left of its timeout: the
+    /// timeout counts from when the call is made, so it covers the wait for a connection too, as a gRPC deadline does.
+    /// - Throws: As ``readyConnection(excluding:timeout:bounded:)``; `deadlineExceeded` if nothing is left.
+    func readyConnection(for method: String, options: CallOptions) async throws -> (Connection, CallOptions) {
+        guard let timeout = options.timeout else {
+            return (try await self.readyConnection(excluding: nil, timeout: nil), options)
+        }
+        let deadline = ContinuousClock.now.advanced(by: timeout)
+        let connection = try await self.readyConnection(excluding: nil, timeout: timeout)
+        var left = options
+        left.timeout = ContinuousClock.now.duration(to: deadline)
+        guard left.timeout! > .zero else { throw CallStream.deadlineError(method) }
+        return (connection, left)
+    }
 
     /// A connection that is ready (and not `excluding`, one the caller saw lost), waiting for one up to the
     /// configured time, or `timeout` if shorter.

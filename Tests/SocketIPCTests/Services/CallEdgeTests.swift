@@ -186,6 +186,37 @@ struct CallEdgeTests {
         }
     }
 
+    @Test("ServiceClient: a stream's timeout covers its wait for a connection; the handler's deadline shows what is left")
+    func streamTimeoutCoversTheWait() async throws {
+        let deadlines = Mutex<[ContinuousClock.Instant?]>([])
+        var router = ServiceRouter()
+        router.registerServerStreaming(Slow.self) { value, writer, context in
+            deadlines.withLock { $0.append(context.deadline) }
+            try await writer.write(value)
+        }
+        try await withServiceTestServer(router: router) { _, path in
+            // Each connection is ready 0.7 s after it was made (work done in onConnect, such as authenticating).
+            let client = ServiceClient(path: path, onConnect: { _ in try await Task.sleep(for: .milliseconds(700)) })
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await client.run() }
+                let start = ContinuousClock.now
+                let values = try await client.serverStreaming(Slow.self, 5, options: CallOptions(timeout: .seconds(1))) {
+                    stream in
+                    var values: [Int] = []
+                    for try await value in stream { values.append(value) }
+                    return values
+                }
+                #expect(values == [5])
+                // Before, the call got the whole second again once the connection was ready: its deadline was at
+                // least 1.7 s after the call was made. Now it is 1 s after, plus the open's way to the handler.
+                let deadline = try #require(deadlines.withLock { $0.first } ?? nil)
+                #expect(deadline < start.advanced(by: .milliseconds(1500)), "\(start.duration(to: deadline))")
+                client.shutdown()
+                try await group.waitForAll()
+            }
+        }
+    }
+
     @Test("ServiceClient: after its server's going-away, new calls wait for the next connection; the call in progress finishes")
     func callDuringDrain() async throws {
         let (slowStarted, slowStartedContinuation) = AsyncStream.makeStream(of: Void.self)
