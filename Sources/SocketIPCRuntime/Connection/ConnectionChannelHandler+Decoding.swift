@@ -5,7 +5,8 @@ enum DecodeStep: Equatable {
     /// Go on with the next frame.
     case next
     /// The peer's unanswered requests reached the maximum: hand out nothing more for now (but replies, pings, pongs
-    /// and call credit).
+    /// and call credit). The read loop asks the connection to pause at once (``Connection/pauseReading()``), and goes
+    /// on if answers made room already.
     case pauseReading
     /// The peer went away with a reason other than `0x00`: close.
     case peerFailed
@@ -69,6 +70,7 @@ extension ConnectionChannelHandler {
                         if !wasEstablished { connection.peerHelloReceived(flags: decoder.peerFlags) }
                         step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: limit)
                         if !wasEstablished { self.frameHandledBeforeEstablished(connection) }
+                        if case .pauseReading = step, !connection.pauseReading() { step = .next }
                         budget &-= Self.controlFrameCost
                         if step.isNext && budget <= 0 { step = .yieldTurn }
                         if closing && step.yields { step = .next }
@@ -92,8 +94,9 @@ extension ConnectionChannelHandler {
                     if let window, let data = decoder.nextDataFrame(from: &incoming, window: window) {
                         // `step` is assigned only when the loop stops: a step that is known to be `.next` has nothing
                         // to destroy, where assigning over `step` would destroy its old value per frame.
-                        let dispatched = Self.dispatch(data, to: &handler, connection: connection, maximumRequests: limit)
+                        var dispatched = Self.dispatch(data, to: &handler, connection: connection, maximumRequests: limit)
                         budget &-= 1
+                        if case .pauseReading = dispatched, !connection.pauseReading() { dispatched = .next }
                         if case .next = dispatched {
                             if budget > 0 || closing { continue }
                             step = .yieldTurn
@@ -109,6 +112,7 @@ extension ConnectionChannelHandler {
                     if !wasEstablished { connection.peerHelloReceived(flags: decoder.peerFlags) }
                     step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: limit)
                     if !wasEstablished { self.frameHandledBeforeEstablished(connection) }
+                    if case .pauseReading = step, !connection.pauseReading() { step = .next }
                     budget &-= Self.controlFrameCost
                     if step.isNext && budget <= 0 { step = .yieldTurn }
                     if closing && step.yields { step = .next }
@@ -148,15 +152,13 @@ extension ConnectionChannelHandler {
         case .next:
             break
         case .pauseReading:
-            if connection.pauseReading() {
-                self.inbound.isPaused = true
-                if self.inbound.partial != nil {
-                    self.handOutRepliesWhilePaused(context: context, connection: connection)
-                }
-            } else if self.inbound.partial != nil {
-                // Answers made room already: go on with what is kept.
-                var nothing = ByteBuffer()
-                self.decode(&nothing, context: context, connection: connection)
+            // The connection paused already (`connection.pauseReading()` in the loop above): when answers had made
+            // room already, the loop went on instead, within this read's budget. (It called `decode` again for the
+            // rest, a level deeper for each such request: found by a review, a few thousand requests answered at
+            // once overflowed the event loop's stack and killed the server.)
+            self.inbound.isPaused = true
+            if self.inbound.partial != nil {
+                self.handOutRepliesWhilePaused(context: context, connection: connection)
             }
         case .peerFailed:
             // PROTOCOL.md: after a going-away with a reason other than 0x00 the receiver reads no further and closes;
@@ -178,13 +180,7 @@ extension ConnectionChannelHandler {
             // each standing for up to 16 MiB of shared memory to map and copy, or a megabyte of call opens and
             // cancels, cannot hold the loop for all of them at once (found by reviews: a benign request waited 113 s
             // behind shared payloads, 0.1-0.3 s behind a megabyte of ignored call frames).
-            // After the loop's next poll, not merely after its queued tasks: SwiftNIO runs every task queued, also
-            // those queued meanwhile, before it polls again, so other connections' reads would still wait.
-            self.inbound.isYielding = true
-            let channel = context.channel
-            connection.taskExecutor.turn.afterPoll {
-                channel.pipeline.fireUserInboundEventTriggered(YieldedTurnEnded())
-            }
+            self.yieldUntilPolled(context: context, connection: connection)
         }
     }
 
@@ -194,7 +190,14 @@ extension ConnectionChannelHandler {
         guard self.inbound.isYielding else { return }
         self.inbound.isYielding = false
         guard let connection = self.connection, self.state.mayHandleFrames else { return }
-        self.handOutKept(context: context, connection: connection)
+        if self.inbound.isPaused {
+            // Still paused for requests: only what may pass a pause goes on.
+            connection.readBatchStarted()
+            self.handOutRepliesWhilePaused(context: context, connection: connection)
+            connection.readBatchEnded()
+        } else {
+            self.handOutKept(context: context, connection: connection)
+        }
         self.readIfHeld(context: context)
     }
 
@@ -208,9 +211,17 @@ extension ConnectionChannelHandler {
         var handler = self.handler.take()!
         var failure: SocketIPCError?
         var step = DecodeStep.next
+        // This read's share of the event loop (frameBudget): each frame counts as a control frame, whether handed
+        // out or held (found by a review: a paused connection answered 466,000 pings in one turn).
+        var budget = Self.frameBudget
         self.dispatching = true
         do {
             loop: while self.state.mayHandleFrames {
+                if budget <= 0 {
+                    step = .yieldTurn
+                    break
+                }
+                budget &-= Self.controlFrameCost
                 // The same bytes, not yet read: the frame's own bytes are taken from here if it is held.
                 var before = partial.bytes
                 guard let frame = try self.decoder.next(from: &partial.bytes) else { break }
@@ -265,6 +276,7 @@ extension ConnectionChannelHandler {
                 if step.yields { step = .next }
                 if !step.isNext { break }
             }
+            if self.inbound.closing, case .yieldTurn = step { step = .next }
         } catch let error as SocketIPCError {
             failure = error
         } catch {
@@ -281,6 +293,19 @@ extension ConnectionChannelHandler {
             self.fail(error, context: context)
         } else if partial.readableBytes > 0, self.state.mayHandleFrames {
             self.inbound.partial = partial
+            if case .yieldTurn = step { self.yieldUntilPolled(context: context, connection: connection) }
+        }
+    }
+
+    /// Gives up the event loop until it has polled its sockets, keeping what was read for then
+    /// (``resumeAfterYield(context:)``): not merely until its queued tasks ran, since SwiftNIO runs every queued
+    /// task, also those queued meanwhile, before it polls again, so other connections' reads would still wait.
+    func yieldUntilPolled(context: ChannelHandlerContext, connection: Connection) {
+        guard !self.inbound.isYielding else { return }
+        self.inbound.isYielding = true
+        let channel = context.channel
+        connection.taskExecutor.turn.afterPoll {
+            channel.pipeline.fireUserInboundEventTriggered(YieldedTurnEnded())
         }
     }
 
@@ -299,6 +324,8 @@ extension ConnectionChannelHandler {
             return
         }
         self.inbound.endPause()
+        // While the loop's turn is given up, what is kept is handed out when it comes back (resumeAfterYield).
+        guard !self.inbound.isYielding else { return }
         self.handOutKept(context: context, connection: connection)
         self.readIfHeld(context: context)
     }

@@ -206,13 +206,14 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         }
         if self.options.idleTimeout != nil { self.lastActivity = .now() }
         connection.readBatchStarted()
+        if self.inbound.isYielding {
+            // The rest of an earlier read waits for the loop's next poll: this read waits behind it.
+            self.inbound.append(incoming)
+            return
+        }
         if self.inbound.isPaused {
             self.inbound.append(incoming)
             self.handOutRepliesWhilePaused(context: context, connection: connection)
-            return
-        }
-        if self.inbound.isYielding {
-            self.inbound.append(incoming)
             return
         }
         self.decode(&incoming, context: context, connection: connection)
@@ -265,7 +266,12 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
             self.inbound.isYielding = false
             if let connection = self.connection, self.state.mayHandleFrames {
                 self.inbound.closing = true
-                self.handOutKept(context: context, connection: connection)
+                if self.inbound.isPaused {
+                    // Paused for requests as well: what may pass a pause, as a read would have handed it out.
+                    self.handOutRepliesWhilePaused(context: context, connection: connection)
+                } else {
+                    self.handOutKept(context: context, connection: connection)
+                }
                 self.inbound.closing = false
             }
         }

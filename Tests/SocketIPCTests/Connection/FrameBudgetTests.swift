@@ -112,6 +112,99 @@ struct FrameBudgetTests {
         #expect(counter.reads.load(ordering: .relaxed) == readsBefore + 1)
     }
 
+    /// Holds the requests whose payload is "hold"; answers the others at once.
+    final class Mixed: ConnectionHandler, Sendable {
+        let held = Mutex<[Reply]>([])
+
+        func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {
+            if request.readableBytesView.elementsEqual("hold".utf8) {
+                self.held.withLock { $0.append(reply) }
+            } else {
+                reply.succeed(request)
+            }
+        }
+    }
+
+    /// An established embedded connection of `handler` with `maximumConcurrentRequests`.
+    static func establishedChannel<Handler: ConnectionHandler>(
+        handler: Handler,
+        maximumConcurrentRequests: Int
+    ) throws -> EmbeddedChannel {
+        let channel = EmbeddedChannel()
+        var options = ConnectionOptions()
+        options.maximumConcurrentRequests = maximumConcurrentRequests
+        let channelHandler = ConnectionChannelHandler(
+            handler: handler,
+            options: SharedConnectionOptions(options),
+            connectionID: 1,
+            lifecycle: ConnectionLifecycle(handshakeCompleted: { _ in }, closed: { _, _ in }),
+            handshakeTimeout: .seconds(5),
+            pausesReadingWhileUnwritable: true,
+            logger: testLogger
+        )
+        try channel.pipeline.syncOperations.addHandler(channelHandler)
+        try channel.connect(to: SocketAddress(unixDomainSocketPath: "/embedded.sock")).wait()
+        _ = try Embedded.written(channel)
+        try channel.writeInbound(Embedded.buffer(Embedded.hello))
+        channel.embeddedEventLoop.run()
+        return channel
+    }
+
+    /// How many frames of `kind` are in `bytes`.
+    static func count(of kind: UInt8, in bytes: [UInt8]) -> Int {
+        var index = 0
+        var count = 0
+        while index + 5 <= bytes.count {
+            let length = bytes[index..<index + 4].reduce(0) { $0 << 8 | Int($1) }
+            if bytes[index + 4] == kind { count += 1 }
+            index += 4 + length
+        }
+        return count
+    }
+
+    @Test("requests answered at once at the limit of unanswered ones go on in the same read, within its budget, however many", arguments: [1, 100])
+    func requestsAnsweredAtTheLimit(maximumConcurrentRequests: Int) throws {
+        let handler = Mixed()
+        let channel = try Self.establishedChannel(handler: handler, maximumConcurrentRequests: maximumConcurrentRequests)
+        defer { _ = try? channel.finish() }
+        // All but one of the unanswered requests the connection allows are held; then requests answered at once,
+        // each of which reaches the limit and finds room made. Before, each called the decoding again, a level
+        // deeper: a few thousand overflowed the event loop's stack and killed the process.
+        var bytes: [UInt8] = []
+        for id in 0..<UInt32(maximumConcurrentRequests - 1) {
+            bytes += Embedded.frame(kind: 0x02, id: id + 1, payload: Array("hold".utf8))
+        }
+        let answered = 3 * Self.budget
+        for id in 0..<UInt32(answered) { bytes += Embedded.frame(kind: 0x02, id: id + 1_000, payload: []) }
+        try channel.writeInbound(Embedded.buffer(bytes))
+        #expect(Self.count(of: 0x03, in: try Embedded.written(channel)) <= Self.budget)
+        channel.embeddedEventLoop.run()
+        #expect(Self.count(of: 0x03, in: try Embedded.written(channel)) + Self.budget >= answered)
+        #expect(channel.isActive)
+    }
+
+    @Test("a connection paused for requests answers pings within the budget too; the rest after the next turn")
+    func pausedReadsKeepTheBudget() throws {
+        let handler = Mixed()
+        let channel = try Self.establishedChannel(handler: handler, maximumConcurrentRequests: 1)
+        defer { _ = try? channel.finish() }
+        try channel.writeInbound(Embedded.buffer(Embedded.frame(kind: 0x02, id: 1, payload: Array("hold".utf8))))
+        _ = try Embedded.written(channel)
+        // Paused: pings are still answered, but not all 9,000 of one read in one turn (before, all of them).
+        let pings = 9_000
+        var bytes: [UInt8] = []
+        for id in 0..<UInt32(pings) { bytes += Embedded.frame(kind: 0x0B, id: id + 1, payload: []) }
+        try channel.writeInbound(Embedded.buffer(bytes))
+        let allowed = Self.budget / ConnectionChannelHandler<Recorder>.controlFrameCost
+        let first = Self.count(of: 0x0C, in: try Embedded.written(channel))
+        #expect(first <= allowed, "one read while paused answered \(first) pings")
+        channel.embeddedEventLoop.run()
+        #expect(first + Self.count(of: 0x0C, in: try Embedded.written(channel)) == pings)
+        // The held request is still held; answering it ends the pause.
+        #expect(handler.held.withLock { $0.count } == 1)
+        #expect(channel.isActive)
+    }
+
     @Test("frames kept for the next turn are handed out when the peer closes first")
     func peerClosesWhileKept() throws {
         let recorder = Recorder()
