@@ -12,7 +12,8 @@ enum ChildProcess {
     }
 
     /// Runs `executable` with `arguments`; standard input is `/dev/null`.
-    /// - Returns: The exit status and the output, once the process has exited and its output has ended.
+    /// - Returns: The exit status and the output, once the process has exited and its output has ended; a child
+    ///   whose caller is cancelled meanwhile is sent SIGTERM first.
     /// - Throws: When the process cannot be started.
     static func run(_ executable: String, _ arguments: [String]) async throws -> Result {
         let process = Process()
@@ -28,15 +29,21 @@ enum ChildProcess {
             exited.finish()
         }
         try process.run()
-        let output = await withCheckedContinuation { continuation in
-            let reader = Thread {
-                continuation.resume(returning: Self.readToEnd(pipe.fileHandleForReading.fileDescriptor))
+        // Cancelling the calling task stops the child (SIGTERM); its exit is still waited for, so none is left behind.
+        let pid = process.processIdentifier
+        return await withTaskCancellationHandler {
+            let output = await withCheckedContinuation { continuation in
+                let reader = Thread {
+                    continuation.resume(returning: Self.readToEnd(pipe.fileHandleForReading.fileDescriptor))
+                }
+                reader.start()
             }
-            reader.start()
+            var statuses = exits.makeAsyncIterator()
+            let status = await statuses.next() ?? -1
+            return Result(status: status, output: String(decoding: output, as: UTF8.self))
+        } onCancel: {
+            kill(pid, SIGTERM)
         }
-        var statuses = exits.makeAsyncIterator()
-        let status = await statuses.next() ?? -1
-        return Result(status: status, output: String(decoding: output, as: UTF8.self))
     }
 
     /// Reads `descriptor` until end-of-file with `read(2)`, retrying on `EINTR` (where Foundation's

@@ -24,6 +24,13 @@ enum Upload: ServiceMethod {         // client streaming: a stream of requests, 
     typealias Response = Int
 }
 
+/// Not the README's: a bidirectional method, answering each request in capitals.
+enum Shout: ServiceMethod {
+    static let name = "test.shout"
+    typealias Request = String
+    typealias Response = String
+}
+
 /// What the README's handlers call `store`: values by key, and a stream of each key's values.
 final class ReadmeStore: Sendable {
     private let values = Mutex<[String: String]>(["colour": "blue"])
@@ -121,5 +128,57 @@ struct ReadmeServicesTests {
             server.shutdownGracefully()
             try await group.waitForAll()
         }
+    }
+
+    @Test("from the main actor, as an app's code runs: the streaming calls take their body, which runs there")
+    @MainActor
+    func streamingFromTheMainActor() async throws {
+        let directory = try ImportSocketIPCAloneTests.makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/kv.sock"
+        var router = ServiceRouter()
+        router.registerServerStreaming(Watch.self) { key, changes, _ in
+            try await changes.write(key)
+        }
+        router.registerClientStreaming(Upload.self) { lines, _ in
+            var count = 0
+            for try await _ in lines { count += 1 }
+            return count
+        }
+        router.registerBidirectionalStreaming(Shout.self) { keys, values, _ in
+            for try await key in keys { try await values.write(key.uppercased()) }
+        }
+        let server = Server.service(configuration: .init(path: path), router: router)
+        let running = Task { try await server.run() }
+        try await server.waitUntilRunning()
+        // Before, these took a body that is not Sendable into a nonisolated method, which the main actor cannot
+        // send ("sending value of non-Sendable type risks causing data races").
+        var seen: [String] = []  // the main actor's own state, touched from the bodies
+        let connection = try await Client.connect(to: path)
+        try await connection.serverStreaming(Watch.self, "colour") { values in
+            for try await value in values { seen.append(value) }
+        }
+        let count = try await connection.clientStreaming(Upload.self) { lines in
+            for line in seen { try await lines.write(line) }
+        }
+        seen.append(try await connection.bidirectionalStreaming(Shout.self) { keys, values in
+            try await keys.write("size")
+            keys.finish()
+            var all = ""
+            for try await value in values { all += value }
+            return all
+        })
+        connection.close()
+        let client = ServiceClient(path: path)
+        let clientRunning = Task { try await client.run() }
+        try await client.serverStreaming(Watch.self, "shape") { values in
+            for try await value in values { seen.append(value) }
+        }
+        client.shutdown()
+        try await clientRunning.value
+        #expect(seen == ["colour", "SIZE", "shape"])
+        #expect(count == 1)
+        server.shutdownGracefully()
+        try await running.value
     }
 }

@@ -45,7 +45,7 @@ extension Connection {
     /// - Returns: What `body` returns.
     /// - Throws: What `body` throws, which includes what the stream throws (see ``ServiceStream``), and the errors of
     ///   ``call(_:_:options:)``.
-    public func serverStreaming<Method: ServiceMethod, Result: Sendable>(
+    nonisolated(nonsending) public func serverStreaming<Method: ServiceMethod, Result: Sendable>(
         _ method: Method.Type,
         _ request: Method.Request,
         options: CallOptions = CallOptions(),
@@ -67,7 +67,7 @@ extension Connection {
     /// error out, the call still returns the handler's response (or throws its error).
     /// - Returns: The handler's response.
     /// - Throws: What `body` throws (the call is then cancelled), and the errors of ``call(_:_:options:)``.
-    public func clientStreaming<Method: ServiceMethod>(
+    nonisolated(nonsending) public func clientStreaming<Method: ServiceMethod>(
         _ method: Method.Type,
         options: CallOptions = CallOptions(),
         _ body: (ServiceStreamWriter<Method.Request>) async throws -> Void
@@ -105,7 +105,7 @@ extension Connection {
     /// When `body` returns before the responses ended, the call is cancelled on the other side.
     /// - Returns: What `body` returns.
     /// - Throws: What `body` throws, and the errors of ``call(_:_:options:)``.
-    public func bidirectionalStreaming<Method: ServiceMethod, Result: Sendable>(
+    nonisolated(nonsending) public func bidirectionalStreaming<Method: ServiceMethod, Result: Sendable>(
         _ method: Method.Type,
         options: CallOptions = CallOptions(),
         _ body: (ServiceStreamWriter<Method.Request>, ServiceStream<Method.Response>) async throws -> Result

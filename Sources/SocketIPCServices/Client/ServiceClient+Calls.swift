@@ -74,38 +74,38 @@ extension ServiceClient {
     /// ``SocketIPCRuntime/Connection/serverStreaming(_:_:options:_:)``.
     /// Not repeated when the connection is lost: ``resubscribing(_:_:options:)`` is the stream that is. The call's
     /// timeout covers its wait for a connection too.
-    public func serverStreaming<Method: ServiceMethod, Result: Sendable>(
+    nonisolated(nonsending) public func serverStreaming<Method: ServiceMethod, Result: Sendable>(
         _ method: Method.Type,
         _ request: Method.Request,
         options: CallOptions = CallOptions(),
         _ body: (ServiceStream<Method.Response>) async throws -> Result
     ) async throws -> Result {
-        let (connection, options) = try await self.readyConnection(for: Method.name, options: options)
-        return try await connection.serverStreaming(method, request, options: options, body)
+        let (connection, left) = try await self.readyConnection(for: Method.name, options: options)
+        return try await connection.serverStreaming(method, request, options: left, body)
     }
 
     /// Calls `method` (client streaming) once a connection is ready; see
     /// ``SocketIPCRuntime/Connection/clientStreaming(_:options:_:)``. The call's timeout covers its wait for a
     /// connection too.
-    public func clientStreaming<Method: ServiceMethod>(
+    nonisolated(nonsending) public func clientStreaming<Method: ServiceMethod>(
         _ method: Method.Type,
         options: CallOptions = CallOptions(),
         _ body: (ServiceStreamWriter<Method.Request>) async throws -> Void
     ) async throws -> Method.Response {
-        let (connection, options) = try await self.readyConnection(for: Method.name, options: options)
-        return try await connection.clientStreaming(method, options: options, body)
+        let (connection, left) = try await self.readyConnection(for: Method.name, options: options)
+        return try await connection.clientStreaming(method, options: left, body)
     }
 
     /// Calls `method` (bidirectional streaming) once a connection is ready; see
     /// ``SocketIPCRuntime/Connection/bidirectionalStreaming(_:options:_:)``. The call's timeout covers its wait for
     /// a connection too.
-    public func bidirectionalStreaming<Method: ServiceMethod, Result: Sendable>(
+    nonisolated(nonsending) public func bidirectionalStreaming<Method: ServiceMethod, Result: Sendable>(
         _ method: Method.Type,
         options: CallOptions = CallOptions(),
         _ body: (ServiceStreamWriter<Method.Request>, ServiceStream<Method.Response>) async throws -> Result
     ) async throws -> Result {
-        let (connection, options) = try await self.readyConnection(for: Method.name, options: options)
-        return try await connection.bidirectionalStreaming(method, options: options, body)
+        let (connection, left) = try await self.readyConnection(for: Method.name, options: options)
+        return try await connection.bidirectionalStreaming(method, options: left, body)
     }
 
     /// A server stream that outlives connections: it calls `method` with `request`, yields what comes, and when the
