@@ -291,6 +291,14 @@ extension ServiceClient {
                 path: self.path,
                 cause: error
             )
+        case .idle:
+            // The common mistake: nothing connects until run() runs (found by a review: the docs' own example).
+            SocketIPCError(
+                .timedOut,
+                "no connection to \(self.path) within \(limit): the client is not running (call run(), or add it to "
+                    + "a ServiceGroup)",
+                path: self.path
+            )
         default:
             SocketIPCError(.timedOut, "no connection to \(self.path) within \(limit)", path: self.path)
         }

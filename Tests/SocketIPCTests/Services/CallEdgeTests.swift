@@ -259,6 +259,18 @@ struct CallEdgeTests {
         }
     }
 
+    @Test("ServiceClient: a call on a client that was never run says so when it gives up")
+    func neverRun() async throws {
+        try await withServiceTestServer(router: keyValueRouter()) { _, path in
+            var configuration = ServiceClientConfiguration()
+            configuration.waitForConnectionTimeout = .milliseconds(200)
+            let client = ServiceClient(path: path, configuration: configuration)
+            let error = await #expect(throws: SocketIPCError.self) { _ = try await client.call(Get.self, "colour") }
+            #expect(error?.code == .timedOut)
+            #expect(error?.message.contains("the client is not running (call run()") == true, "\(String(describing: error))")
+        }
+    }
+
     @Test("ServiceClient: a second run() throws invalidState and changes nothing")
     func secondRun() async throws {
         try await withServiceTestServer(router: keyValueRouter()) { _, path in
