@@ -38,11 +38,12 @@ struct ConnectionChannelHandlerEmbeddedTests {
         func didReceiveMessage(_ message: ByteBuffer, on connection: Connection) { connection.abort() }
     }
 
-    /// An active embedded channel with the handler of a server (handshake timeout of `handshakeTimeout`).
+    /// An active embedded channel with the handler of a server (handshake timeout of `handshakeTimeout`, `options`).
     static func makeChannel<Handler: ConnectionHandler>(
         events: Events,
         handshakeTimeout: Duration? = .seconds(5),
-        handler: Handler = Echo()
+        handler: Handler = Echo(),
+        options: ConnectionOptions = ConnectionOptions()
     ) throws -> EmbeddedChannel {
         let channel = EmbeddedChannel()
         let lifecycle = ConnectionLifecycle(
@@ -51,7 +52,7 @@ struct ConnectionChannelHandlerEmbeddedTests {
         )
         let channelHandler = ConnectionChannelHandler(
             handler: handler,
-            options: SharedConnectionOptions(ConnectionOptions()),
+            options: SharedConnectionOptions(options),
             connectionID: 1,
             lifecycle: lifecycle,
             handshakeTimeout: handshakeTimeout,

@@ -130,20 +130,9 @@ struct FrameBudgetTests {
         handler: Handler,
         maximumConcurrentRequests: Int
     ) throws -> EmbeddedChannel {
-        let channel = EmbeddedChannel()
         var options = ConnectionOptions()
         options.maximumConcurrentRequests = maximumConcurrentRequests
-        let channelHandler = ConnectionChannelHandler(
-            handler: handler,
-            options: SharedConnectionOptions(options),
-            connectionID: 1,
-            lifecycle: ConnectionLifecycle(handshakeCompleted: { _ in }, closed: { _, _ in }),
-            handshakeTimeout: .seconds(5),
-            pausesReadingWhileUnwritable: true,
-            logger: testLogger
-        )
-        try channel.pipeline.syncOperations.addHandler(channelHandler)
-        try channel.connect(to: SocketAddress(unixDomainSocketPath: "/embedded.sock")).wait()
+        let channel = try Embedded.makeChannel(events: Embedded.Events(), handler: handler, options: options)
         _ = try Embedded.written(channel)
         try channel.writeInbound(Embedded.buffer(Embedded.hello))
         channel.embeddedEventLoop.run()

@@ -7,12 +7,6 @@ import Testing
 
 @testable import SocketIPCRuntime
 
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
-
 /// Calls at their edges, each found by a review: a deadline while a write waits for a peer that reads nothing, the
 /// caller's half-close of a bidirectional call, a handler that answers before the last request, retries against the
 /// call's deadline, a server that drains, calls back to a client, and a second `run()`.
@@ -128,19 +122,10 @@ struct CallEdgeTests {
 
     @Test("client streaming: a write waiting for room, its peer reading nothing, ends at the call's deadline")
     func deadlineEndsWriteWaitingForRoom() async throws {
-        try await withTemporarySocketDirectory { directory in
-            let path = directory + "/silent.sock"
-            let listener = try makeStaleSocket(at: path, listening: true)
-            defer { close(listener) }
-            let accepting = Task { () -> RawSocket in
-                let peer = try await RawSocket.accepting(on: listener)
-                try await peer.write(callsPeerHelloBytes)
-                return peer  // and reads nothing
-            }
-            let connection = try await Client.connect(to: path)
-            defer { connection.abort() }
+        try await CancelledWriteWaitTests().withSilentPeer { connection in
             // An 8 MiB one-way message fills the write queue above its high watermark: the peer reads nothing.
             let filler = Task { try await connection.send(ByteBuffer(repeating: 0x61, count: 8 << 20)) }
+            defer { filler.cancel() }
             #expect(await eventually { connection.state.withLock { $0.writersWaiting } == 1 })
             // The call's first write has credit but no room. Before, it waited past its deadline until the
             // connection closed.
@@ -151,8 +136,6 @@ struct CallEdgeTests {
                 }
             }
             #expect(result == "deadlineExceeded")
-            filler.cancel()
-            try await accepting.value.close()
         }
     }
 
@@ -162,8 +145,8 @@ struct CallEdgeTests {
         var router = ServiceRouter()
         router.register(Flaky.self) { value, context in
             attempts.add(1, ordering: .relaxed)
-            // Each attempt takes 1.5 s of the 2 s timeout, then its connection is lost, as if the server crashed.
-            try await Task.sleep(for: .milliseconds(1500))
+            // Each attempt takes 3 s of the 4 s timeout, then its connection is lost, as if the server crashed.
+            try await Task.sleep(for: .seconds(3))
             context.connection.close()
             try await Task.sleep(for: .seconds(60))
             return value
@@ -174,9 +157,9 @@ struct CallEdgeTests {
             let client = ServiceClient(path: path, configuration: configuration)
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await client.run() }
-                // Before, each attempt had the whole 2 s again: 4 attempts, then connectionClosed after 6 s.
+                // Before, each attempt had the whole 4 s again: 4 attempts, then connectionClosed after 12 s.
                 let error = await #expect(throws: SocketIPCError.self) {
-                    _ = try await client.call(Flaky.self, 1, options: CallOptions(timeout: .seconds(2)))
+                    _ = try await client.call(Flaky.self, 1, options: CallOptions(timeout: .seconds(4)))
                 }
                 #expect(error?.code == .deadlineExceeded)
                 #expect(attempts.load(ordering: .relaxed) <= 2)
@@ -195,22 +178,22 @@ struct CallEdgeTests {
             try await writer.write(value)
         }
         try await withServiceTestServer(router: router) { _, path in
-            // Each connection is ready 0.7 s after it was made (work done in onConnect, such as authenticating).
-            let client = ServiceClient(path: path, onConnect: { _ in try await Task.sleep(for: .milliseconds(700)) })
+            // Each connection is ready 2 s after it was made (work done in onConnect, such as authenticating).
+            let client = ServiceClient(path: path, onConnect: { _ in try await Task.sleep(for: .seconds(2)) })
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await client.run() }
                 let start = ContinuousClock.now
-                let values = try await client.serverStreaming(Slow.self, 5, options: CallOptions(timeout: .seconds(1))) {
+                let values = try await client.serverStreaming(Slow.self, 5, options: CallOptions(timeout: .seconds(10))) {
                     stream in
                     var values: [Int] = []
                     for try await value in stream { values.append(value) }
                     return values
                 }
                 #expect(values == [5])
-                // Before, the call got the whole second again once the connection was ready: its deadline was at
-                // least 1.7 s after the call was made. Now it is 1 s after, plus the open's way to the handler.
+                // Before, the call got its whole 10 s again once the connection was ready: its deadline was at least
+                // 12 s after the call was made. Now it is 10 s after, plus the open's way to the handler.
                 let deadline = try #require(deadlines.withLock { $0.first } ?? nil)
-                #expect(deadline < start.advanced(by: .milliseconds(1500)), "\(start.duration(to: deadline))")
+                #expect(deadline < start.advanced(by: .milliseconds(11_500)), "\(start.duration(to: deadline))")
                 client.shutdown()
                 try await group.waitForAll()
             }
