@@ -8,6 +8,9 @@ enum DecodeStep: Equatable {
     /// and call credit). The read loop asks the connection to pause at once (``Connection/pauseReading()``), and goes
     /// on if answers made room already.
     case pauseReading
+    /// As ``pauseReading``, after a request whose payload was in shared memory: if answers made room already, the
+    /// read yields its turn instead (``yieldTurn``), as after any shared payload.
+    case pauseReadingAfterSharedPayload
     /// The peer went away with a reason other than `0x00`: close.
     case peerFailed
     /// A call frame broke the protocol: say going-away `0x01` and close.
@@ -70,7 +73,7 @@ extension ConnectionChannelHandler {
                         if !wasEstablished { connection.peerHelloReceived(flags: decoder.peerFlags) }
                         step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: limit)
                         if !wasEstablished { self.frameHandledBeforeEstablished(connection) }
-                        if case .pauseReading = step, !connection.pauseReading() { step = .next }
+                        step = Self.settlePause(step, connection: connection)
                         budget &-= Self.controlFrameCost
                         if step.isNext && budget <= 0 { step = .yieldTurn }
                         if closing && step.yields { step = .next }
@@ -112,7 +115,7 @@ extension ConnectionChannelHandler {
                     if !wasEstablished { connection.peerHelloReceived(flags: decoder.peerFlags) }
                     step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: limit)
                     if !wasEstablished { self.frameHandledBeforeEstablished(connection) }
-                    if case .pauseReading = step, !connection.pauseReading() { step = .next }
+                    step = Self.settlePause(step, connection: connection)
                     budget &-= Self.controlFrameCost
                     if step.isNext && budget <= 0 { step = .yieldTurn }
                     if closing && step.yields { step = .next }
@@ -151,7 +154,7 @@ extension ConnectionChannelHandler {
         switch step {
         case .next:
             break
-        case .pauseReading:
+        case .pauseReading, .pauseReadingAfterSharedPayload:
             // The connection paused already (`connection.pauseReading()` in the loop above): when answers had made
             // room already, the loop went on instead, within this read's budget. (It called `decode` again for the
             // rest, a level deeper for each such request: found by a review, a few thousand requests answered at
@@ -181,6 +184,17 @@ extension ConnectionChannelHandler {
             // cancels, cannot hold the loop for all of them at once (found by reviews: a benign request waited 113 s
             // behind shared payloads, 0.1-0.3 s behind a megabyte of ignored call frames).
             self.yieldUntilPolled(context: context, connection: connection)
+        }
+    }
+
+    /// A step that asks to pause for requests, settled: the connection pauses now, or, if answers made room already,
+    /// the read goes on (``DecodeStep/next``), or gives up its turn after a shared payload (``DecodeStep/yieldTurn``).
+    @inline(__always)
+    static func settlePause(_ step: DecodeStep, connection: Connection) -> DecodeStep {
+        switch step {
+        case .pauseReading: connection.pauseReading() ? .pauseReading : .next
+        case .pauseReadingAfterSharedPayload: connection.pauseReading() ? .pauseReading : .yieldTurn
+        default: step
         }
     }
 
@@ -217,7 +231,9 @@ extension ConnectionChannelHandler {
         self.dispatching = true
         do {
             loop: while self.state.mayHandleFrames {
-                if budget <= 0 {
+                // Closing, everything kept goes at once, as `decode` does (found by a review: a reply read before the
+                // close was dropped behind the budget).
+                if budget <= 0 && !self.inbound.closing {
                     step = .yieldTurn
                     break
                 }
@@ -267,6 +283,10 @@ extension ConnectionChannelHandler {
                 case .call(let id, .open):
                     self.inbound.heldCallOpens.insert(id)
                     self.inbound.hold(before.readSlice(length: partial.bytes.readerIndex - before.readerIndex)!)
+                case .goAway(let reason, _) where reason != .normal:
+                    // PROTOCOL.md: after a reason other than 0x00 nothing more is read and the connection closes; held,
+                    // the frames after it were still answered (found by a review).
+                    step = Self.dispatch(frame, to: &handler, connection: connection, maximumRequests: .max)
                 case .request, .message, .goAway, .call:
                     self.inbound.hold(before.readSlice(length: partial.bytes.readerIndex - before.readerIndex)!)
                 default:
@@ -480,7 +500,7 @@ extension ConnectionChannelHandler {
                     return .violation(Connection.floodError)
                 }
                 handler.didReceiveRequest(mapping, reply: reply, on: connection)
-                return unanswered >= maximumRequests ? .pauseReading : .yieldTurn
+                return unanswered >= maximumRequests ? .pauseReadingAfterSharedPayload : .yieldTurn
             default:
                 break
             }

@@ -268,7 +268,9 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
                 self.inbound.closing = true
                 if self.inbound.isPaused {
                     // Paused for requests as well: what may pass a pause, as a read would have handed it out.
+                    connection.readBatchStarted()
                     self.handOutRepliesWhilePaused(context: context, connection: connection)
+                    connection.readBatchEnded()
                 } else {
                     self.handOutKept(context: context, connection: connection)
                 }

@@ -1,5 +1,6 @@
 import NIOCore
 import NIOEmbedded
+import SocketIPCTesting
 import Synchronization
 import SocketIPCTestSupport
 import Testing
@@ -192,6 +193,70 @@ struct FrameBudgetTests {
         // The held request is still held; answering it ends the pause.
         #expect(handler.held.withLock { $0.count } == 1)
         #expect(channel.isActive)
+    }
+
+    @Test("a going-away with an error while paused is acted on at once: nothing after it is answered, the connection closes")
+    func goingAwayWithErrorWhilePaused() throws {
+        let channel = try Self.establishedChannel(handler: Mixed(), maximumConcurrentRequests: 1)
+        defer { _ = try? channel.finish() }
+        try channel.writeInbound(Embedded.buffer(Embedded.frame(kind: 0x02, id: 1, payload: Array("hold".utf8))))
+        _ = try Embedded.written(channel)
+        // Before, it was held with the requests, and the pings after it were still answered.
+        var bytes = Embedded.frame(kind: 0x05, payload: [0x01] + Array("bye".utf8))
+        for id in 0..<UInt32(10) { bytes += Embedded.frame(kind: 0x0B, id: id + 1, payload: []) }
+        try channel.writeInbound(Embedded.buffer(bytes))
+        channel.embeddedEventLoop.run()
+        #expect(Self.count(of: 0x0C, in: try Embedded.written(channel)) == 0)
+        #expect(!channel.isActive)
+    }
+
+    /// The connection a channel handler made, once open.
+    final class Opened: Sendable {
+        let connection = Mutex<Connection?>(nil)
+    }
+
+    @Test("a reply read before the close while paused and yielding still reaches its request", arguments: [3_000, 5_000])
+    func replyReadBeforeCloseWhilePausedAndYielding(ignored: Int) async throws {
+        let opened = Opened()
+        var lifecycle = ConnectionLifecycle()
+        lifecycle.opened = { connection in opened.connection.withLock { $0 = connection } }
+        var options = ConnectionOptions()
+        options.maximumConcurrentRequests = 1
+        let channel = NIOAsyncTestingChannel()
+        let (sharedOptions, ownLifecycle) = (SharedConnectionOptions(options), lifecycle)
+        try await channel.testingEventLoop.executeInContext {
+            try channel.pipeline.syncOperations.addHandler(
+                ConnectionChannelHandler(
+                    handler: Mixed(),
+                    options: sharedOptions,
+                    connectionID: 1,
+                    lifecycle: ownLifecycle,
+                    logger: testLogger
+                )
+            )
+        }
+        try await channel.connect(to: SocketAddress(unixDomainSocketPath: "/embedded.sock"))
+        _ = try await channel.waitForOutboundWrite(as: ByteBuffer.self)
+        try await channel.writeInbound(Embedded.buffer(Embedded.hello))
+        let connection = try #require(opened.connection.withLock { $0 })
+        let pending = Task { try await connection.request(ByteBuffer(string: "mine")) }  // id 1
+        _ = try await channel.waitForOutboundWrite(as: ByteBuffer.self)
+        // The peer's own request, held: the connection is paused. Then one read of error replies nobody waits for
+        // (more than the budget when 5,000), the reply this side waits for, and the close.
+        try await channel.writeInbound(Embedded.buffer(Embedded.frame(kind: 0x02, id: 1, payload: Array("hold".utf8))))
+        var bytes: [UInt8] = []
+        for id in 0..<UInt32(ignored) { bytes += Embedded.frame(kind: 0x04, id: id + 1_000, payload: Array("no".utf8)) }
+        bytes += Embedded.frame(kind: 0x03, id: 1, payload: Array("answer".utf8))
+        let read = Embedded.buffer(bytes)
+        try await channel.testingEventLoop.executeInContext {
+            channel.pipeline.fireChannelRead(NIOAny(read))
+            channel.pipeline.fireChannelReadComplete()
+            channel.pipeline.fireChannelInactive()
+        }
+        // Before, the close dropped what the budget had left kept, the reply among it: connectionClosed.
+        let result = await pending.result
+        #expect((try? result.get()) == ByteBuffer(string: "answer"), "\(result)")
+        _ = try? await channel.finish()
     }
 
     @Test("frames kept for the next turn are handed out when the peer closes first")
