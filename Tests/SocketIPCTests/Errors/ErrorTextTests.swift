@@ -24,6 +24,12 @@ struct ErrorTextTests {
         #expect(!errorText(reset).contains("peer)"))
     }
 
+    @Test("SwiftNIO's I/O on a closed channel reads as the closed connection it is")
+    func ioOnClosedChannel() {
+        #expect(errorText(ChannelError.ioOnClosedChannel) == "the connection was closed")
+        #expect(errorText(ChannelError.alreadyClosed) == "\(ChannelError.alreadyClosed)")
+    }
+
     @Test("other errors read as their own description")
     func otherErrors() {
         let error = SocketIPCError(.connectionClosed, "gone")
