@@ -28,13 +28,16 @@ struct PushListener {
         // Trapped before connecting, so that a signal during the connect ends the command cleanly too.
         let signals = await UnixSignalsSequence(trapping: .sigint, .sigterm)
         let (limit, limitReached) = AsyncStream.makeStream(of: Void.self)
+        let connected = ListeningHandler.ConnectedNote(path: self.path)
         let handler = ListeningHandler(
             printer: self.printer,
             limitReached: { limitReached.finish() },
-            notes: .clientConnection(path: self.path)
+            notes: .clientConnection(connected)
         )
         let connection = try await Client.connect(
             to: self.path, configuration: self.configuration, handler: handler, logger: self.logger)
+        // The server's hello came and it did not refuse this process (a refusal fails the connect).
+        connected.note(connection)
         let ending = await withTaskGroup(of: Ending.self) { group in
             group.addTask {
                 await connection.waitUntilClosed()
