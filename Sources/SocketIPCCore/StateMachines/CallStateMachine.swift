@@ -582,9 +582,9 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
         return (self.writeWaiter.take()?.waiter, error)
     }
 
-    /// Whether this side's sends are refused because the other side ended the call (``refuseSends(with:)``).
+    /// Why this side's sends are refused because the other side ended the call (``refuseSends(with:)``), if they are.
     @inlinable
-    package var sendsAreRefused: Bool { self.sendsRefused != nil }
+    package var sendsRefusedError: (any Error)? { self.sendsRefused }
 
     /// Whether a reader or a writer waits.
     @inlinable

@@ -64,8 +64,13 @@ final class CallStream: Sendable, WriteWaitOwner {
         var endAfterParked: CallStatus?
         /// Who waits until nothing is parked (``waitUntilParkedSent()``).
         var parkedWaiter: UnsafeContinuation<Void, Never>?
-        /// The id of the connection's wait for room that a writer of this call is in, if any (``WriteWaitOwner``).
-        var writeWaitID: UInt64?
+        /// The ids of the connection's waits for room that writers of this call are in (``WriteWaitOwner``).
+        var writeWaitIDs: [UInt64] = []
+        /// Sends of this call between taking their credit and queueing their message (waiting for room): an end
+        /// (``finish(_:)``) waits for them, so that it never overtakes a message whose write returns success.
+        var sendsInProgress = 0
+        /// This side's end, waiting for the sends in progress.
+        var endAfterSends: CallStatus?
 
         /// Forgets the parked message and the end that waited for it (the call failed, or its other side ended it);
         /// returns who waited for it to go.
@@ -406,7 +411,7 @@ final class CallStream: Sendable, WriteWaitOwner {
         case .sent(let longRun):
             if longRun { await self.connection.yieldToEventLoop() }
         case .waitForRoom(let longRun):
-            try await self.connection.sendCallMessage(id: self.id, payload, owner: self)
+            try await self.sendWhenRoom(payload, descriptors: nil)
             if longRun { await self.connection.yieldToEventLoop() }
         case .waitForCredit:
             try await self.send(payload)
@@ -541,16 +546,7 @@ final class CallStream: Sendable, WriteWaitOwner {
                 return
             }
         }
-        if let descriptors {
-            try await self.connection.sendCallFrame(
-                id: self.id,
-                .message(payload),
-                descriptors: descriptors.take(),
-                owner: self
-            )
-        } else {
-            try await self.connection.sendCallMessage(id: self.id, payload, owner: self)
-        }
+        try await self.sendWhenRoom(payload, descriptors: descriptors)
         if longRun {
             // A handler on the event loop whose peer grants credit without limit and reads as fast as it is written
             // never waits, and would keep the loop from its other connections (their hellos, their calls) for as
@@ -632,12 +628,18 @@ final class CallStream: Sendable, WriteWaitOwner {
     /// Ends this side's direction of the call with `status` (the caller's half-close is ``CallStatus/ok``); once.
     /// Behind a parked message, the end goes after it.
     func finish(_ status: CallStatus = .ok) {
-        let action = self.state.withLock { locked in
+        let sendNow = self.state.withLock { locked -> Bool in
             let action = locked.machine.endOutbound()
             if action == .afterParked { locked.endAfterParked = status }
-            return action
+            guard action == .send else { return false }
+            // A send that took its credit and waits for room goes first (``sendWhenRoom(_:descriptors:)``).
+            if locked.sendsInProgress > 0 {
+                locked.endAfterSends = status
+                return false
+            }
+            return true
         }
-        guard action == .send else { return }
+        guard sendNow else { return }
         self.connection.writeCallControlFrame(id: self.id, .end(status))
     }
 
@@ -682,13 +684,15 @@ final class CallStream: Sendable, WriteWaitOwner {
     /// already received if `keepingReceived` (``CallStateMachine/fail(_:keepingReceived:)``).
     func fail(_ error: any Error, keepingReceived: Bool = false) {
         var parkedWaiter: UnsafeContinuation<Void, Never>?
-        var writeWait: UInt64?
+        var writeWaits: [UInt64] = []
         let action = self.state.withLock { locked in
             let action = locked.machine.fail(error, keepingReceived: keepingReceived)
             // A parked message never goes now (its descriptors are closed as it is released).
             if locked.machine.failure != nil {
                 parkedWaiter = locked.dropParked()
-                writeWait = locked.writeWaitID.take()
+                writeWaits = locked.writeWaitIDs
+                locked.writeWaitIDs = []
+                locked.endAfterSends = nil
             }
             return action
         }
@@ -697,7 +701,7 @@ final class CallStream: Sendable, WriteWaitOwner {
         parkedWaiter?.resume()
         // A writer waiting for room in the connection's write queue (its peer reads nothing) ends too: the caller's
         // deadline or cancel must end it, not only the connection's close.
-        if let writeWait { self.connection.cancelWriteWait(id: writeWait) }
+        for id in writeWaits { self.connection.cancelWriteWait(id: id) }
     }
 
     // MARK: - WriteWaitOwner
@@ -705,21 +709,62 @@ final class CallStream: Sendable, WriteWaitOwner {
     func writeWaitBegan(id: UInt64) -> Bool {
         self.state.withLock { locked in
             guard locked.machine.failure == nil else { return false }
-            locked.writeWaitID = id
+            locked.writeWaitIDs.append(id)
             return true
         }
     }
 
     func writeWaitEnded(id: UInt64) {
         self.state.withLock { locked in
-            if locked.writeWaitID == id { locked.writeWaitID = nil }
+            locked.writeWaitIDs.removeAll { $0 == id }
         }
     }
 
-    /// Whether the handler ended the call while this side (the caller) still sent: its sends are refused, and the
-    /// handler's end is the call's outcome.
-    var endedByHandler: Bool {
-        self.state.withLock { $0.machine.inboundEnded && $0.machine.sendsAreRefused }
+    /// Queues `payload`, whose credit is taken, once the connection's write queue has room; an end asked for
+    /// meanwhile (``finish(_:)``) goes after it (found by a review: it overtook the message, which the peer then
+    /// dropped although the write returned success).
+    nonisolated(nonsending) private func sendWhenRoom(
+        _ payload: ByteBuffer,
+        descriptors: DuplicatedDescriptors?
+    ) async throws {
+        self.state.withLock { $0.sendsInProgress += 1 }
+        do {
+            if let descriptors {
+                try await self.connection.sendCallFrame(
+                    id: self.id,
+                    .message(payload),
+                    descriptors: descriptors.take(),
+                    owner: self
+                )
+            } else {
+                try await self.connection.sendCallMessage(id: self.id, payload, owner: self)
+            }
+        } catch {
+            self.sendEnded()
+            throw error
+        }
+        self.sendEnded()
+    }
+
+    /// A send of ``sendWhenRoom(_:descriptors:)`` is over: the end that waited for the sends goes now, if it was the
+    /// last.
+    private func sendEnded() {
+        let end = self.state.withLock { locked -> CallStatus? in
+            locked.sendsInProgress -= 1
+            guard locked.sendsInProgress == 0, locked.machine.failure == nil else { return nil }
+            return locked.endAfterSends.take()
+        }
+        if let end { self.connection.writeCallControlFrame(id: self.id, .end(end)) }
+    }
+
+    /// Whether `error` is the refusal of this side's (the caller's) sends because the handler ended the call: the
+    /// handler's end is then the call's outcome.
+    func isRefusalByHandlerEnd(_ error: SocketIPCError) -> Bool {
+        self.state.withLock { locked in
+            guard locked.machine.inboundEnded, let refused = locked.machine.sendsRefusedError as? SocketIPCError
+            else { return false }
+            return refused.code == error.code && refused.message == error.message
+        }
     }
 
     /// Bytes of messages held for the reader beyond the call's window (see ``CallStateMachine/heldBeyondWindow``).

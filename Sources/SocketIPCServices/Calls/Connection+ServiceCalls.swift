@@ -75,10 +75,12 @@ extension Connection {
         try await self.withOutgoingCall(Method.name, options: options) { call in
             do {
                 try await body(ServiceStreamWriter(call: call, codec: options.codec))
-            } catch is SocketIPCError where call.endedByHandler {
+            } catch let error as SocketIPCError where call.isRefusalByHandlerEnd(error) {
                 // The handler answered (or failed) before reading every request, and ended the call: its answer is
                 // the call's result, as a gRPC client's `SendMsg` returns `io.EOF` and `CloseAndRecv` the status
-                // (found by a review: the response that had come was dropped for this write's error).
+                // (found by a review: the response that had come was dropped for this write's error). The body's own
+                // errors still end the call with them.
+                _ = error
             }
             call.finish()
             return try await Self.readSingleResponse(of: call, as: Method.Response.self, codec: options.codec)

@@ -7,6 +7,12 @@ import Testing
 
 @testable import SocketIPCRuntime
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
 /// Calls at their edges, each found by a review: a deadline while a write waits for a peer that reads nothing, the
 /// caller's half-close of a bidirectional call, a handler that answers before the last request, retries against the
 /// call's deadline, a server that drains, calls back to a client, and a second `run()`.
@@ -136,6 +142,112 @@ struct CallEdgeTests {
                 }
             }
             #expect(result == "deadlineExceeded")
+        }
+    }
+
+    @Test("finish() while a write of the call waits for room: the end goes after the message, not before")
+    func finishDuringWriteWaitingForRoom() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/raw.sock"
+            let listener = try makeStaleSocket(at: path, listening: true)
+            defer { close(listener) }
+            let accepting = Task { () -> RawSocket in
+                let peer = try await RawSocket.accepting(on: listener)
+                try await peer.write(callsPeerHelloBytes)
+                return peer
+            }
+            let connection = try await Client.connect(to: path)
+            defer { connection.abort() }
+            let peer = try await accepting.value
+            defer { peer.close() }
+            // An 8 MiB one-way message fills the write queue above its high watermark until the peer reads.
+            let filler = Task { try await connection.send(ByteBuffer(repeating: 0x61, count: 8 << 20)) }
+            defer { filler.cancel() }
+            #expect(await eventually { connection.state.withLock { $0.writersWaiting } == 1 })
+            let (written, writtenContinuation) = AsyncStream.makeStream(of: String.self)
+            let (release, releaseContinuation) = AsyncStream.makeStream(of: Void.self)
+            let call = Task {
+                _ = try await connection.clientStreaming(Upload.self) { writer in
+                    let write = Task {
+                        do {
+                            try await writer.write(42)
+                            writtenContinuation.yield("returned")
+                        } catch {
+                            writtenContinuation.yield("\(error)")
+                        }
+                    }
+                    #expect(await eventually { connection.state.withLock { $0.writersWaiting } == 2 })
+                    writer.finish()
+                    _ = await write.value
+                    for await _ in release { break }
+                }
+            }
+            defer {
+                releaseContinuation.finish()
+                call.cancel()
+            }
+            // The peer reads now: the call's frames in the order they were written. Before, [open, end, message],
+            // and the handler's side dropped the message after the end although the write returned.
+            _ = try await peer.read(exactly: 8)
+            var kinds: [UInt8] = []
+            while !(kinds.contains(0x07) && kinds.contains(0x08)) {
+                for frame in try await peer.readFrames(1) where (0x06...0x08).contains(frame.kind) {
+                    kinds.append(frame.kind)
+                }
+            }
+            var outcome = ""
+            for await text in written {
+                outcome = text
+                break
+            }
+            #expect(outcome == "returned")
+            #expect(kinds == [0x06, 0x07, 0x08], "call frames on the wire: \(kinds)")
+        }
+    }
+
+    @Test("two writes of one call waiting for room: the call's deadline ends both")
+    func deadlineEndsBothWriteWaits() async throws {
+        try await CancelledWriteWaitTests().withSilentPeer { connection in
+            let filler = Task { try await connection.send(ByteBuffer(repeating: 0x61, count: 8 << 20)) }
+            defer { filler.cancel() }
+            #expect(await eventually { connection.state.withLock { $0.writersWaiting } == 1 })
+            let result = await outcome(within: .seconds(30)) {
+                _ = try await connection.clientStreaming(Upload.self, options: CallOptions(timeout: .milliseconds(300))) {
+                    writer in
+                    try await withThrowingTaskGroup(of: Void.self) { group in
+                        group.addTask { try await writer.write(1) }
+                        group.addTask { try await writer.write(2) }
+                        try await group.waitForAll()
+                    }
+                }
+            }
+            // Before, only the last wait was ended: the other waited until the connection closed.
+            #expect(result == "deadlineExceeded")
+        }
+    }
+
+    @Test("client streaming: the body's own error after the handler answered is the call's error")
+    func clientStreamingKeepsTheBodysError() async throws {
+        var router = ServiceRouter()
+        router.registerClientStreaming(Upload.self) { requests, _ in
+            var iterator = requests.makeAsyncIterator()
+            _ = try await iterator.next()
+            return "enough"
+        }
+        try await withServiceTestServer(router: router) { _, path in
+            let connection = try await Client.connect(to: path)
+            defer { connection.close() }
+            let error = await #expect(throws: SocketIPCError.self) {
+                _ = try await connection.clientStreaming(Upload.self) { writer in
+                    // Writes until the handler's end refuses them, then fails for a reason of its own.
+                    do {
+                        for number in 0...1_000_000 { try await writer.write(number) }
+                    } catch {}
+                    throw SocketIPCError(.unauthorized, "the caller's own failure")
+                }
+            }
+            // Before, any SocketIPCError of the body was taken for the refusal, and the call returned "enough".
+            #expect(error?.code == .unauthorized)
         }
     }
 
