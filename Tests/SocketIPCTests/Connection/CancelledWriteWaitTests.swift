@@ -19,9 +19,9 @@ import Darwin
 /// a caller's deadline cancels its task, and the wait ends with `CancellationError`.
 @Suite("Cancelling a send that waits for a peer that does not read", .timeLimit(.minutes(2)))
 struct CancelledWriteWaitTests {
-    /// A raw server that sends its hello and then reads nothing, for the length of `body`, which gets its path;
-    /// it accepts one connection, and closes it once `body` is done.
-    func withSilentServer(_ body: (String) async throws -> Void) async throws {
+    /// A raw server that sends its hello and then reads nothing, for the length of `body`, which gets its path and
+    /// the task accepting its one connection; it closes that connection once `body` is done.
+    func withSilentServer(_ body: (String, Task<RawSocket, any Error>) async throws -> Void) async throws {
         try await withTemporarySocketDirectory { directory in
             let path = directory + "/silent.sock"
             let listener = try makeStaleSocket(at: path, listening: true)
@@ -31,17 +31,22 @@ struct CancelledWriteWaitTests {
                 try await peer.write(callsPeerHelloBytes)
                 return peer
             }
-            try await body(path)
+            try await body(path, accepting)
             try await accepting.value.close()
         }
     }
 
     /// A client connection to ``withSilentServer(_:)``, for the length of `body`.
     func withSilentPeer(_ body: (Connection) async throws -> Void) async throws {
-        try await self.withSilentServer { path in
+        try await self.withSilentPeerSocket { connection, _ in try await body(connection) }
+    }
+
+    /// As ``withSilentPeer(_:)``, with the server's side of the connection, which reads only what `body` reads.
+    func withSilentPeerSocket(_ body: (Connection, RawSocket) async throws -> Void) async throws {
+        try await self.withSilentServer { path, accepting in
             let connection = try await Client.connect(to: path)
             defer { connection.abort() }
-            try await body(connection)
+            try await body(connection, try await accepting.value)
         }
     }
 
@@ -85,7 +90,7 @@ struct CancelledWriteWaitTests {
 
     @Test("a call whose deadline passes while its request waits for a peer that reads nothing: withConnection drops what is queued and returns, without waiting out the close timeout")
     func deadlineDropsTheQueue() async throws {
-        try await self.withSilentServer { path in
+        try await self.withSilentServer { path, _ in
             var configuration = ClientConfiguration()
             // Before, the close waited this long for the queued request to be written.
             configuration.connection.closeTimeout = .seconds(3600)

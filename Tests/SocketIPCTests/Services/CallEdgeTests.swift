@@ -7,11 +7,6 @@ import Testing
 
 @testable import SocketIPCRuntime
 
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 
 /// Calls at their edges, each found by a review: a deadline while a write waits for a peer that reads nothing, the
 /// caller's half-close of a bidirectional call, a handler that answers before the last request, retries against the
@@ -147,19 +142,7 @@ struct CallEdgeTests {
 
     @Test("finish() while a write of the call waits for room: the end goes after the message, not before")
     func finishDuringWriteWaitingForRoom() async throws {
-        try await withTemporarySocketDirectory { directory in
-            let path = directory + "/raw.sock"
-            let listener = try makeStaleSocket(at: path, listening: true)
-            defer { close(listener) }
-            let accepting = Task { () -> RawSocket in
-                let peer = try await RawSocket.accepting(on: listener)
-                try await peer.write(callsPeerHelloBytes)
-                return peer
-            }
-            let connection = try await Client.connect(to: path)
-            defer { connection.abort() }
-            let peer = try await accepting.value
-            defer { peer.close() }
+        try await CancelledWriteWaitTests().withSilentPeerSocket { connection, peer in
             // An 8 MiB one-way message fills the write queue above its high watermark until the peer reads.
             let filler = Task { try await connection.send(ByteBuffer(repeating: 0x61, count: 8 << 20)) }
             defer { filler.cancel() }
