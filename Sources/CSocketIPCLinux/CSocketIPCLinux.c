@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -41,7 +42,8 @@ static int csocketipc_move_descriptor(int descriptor, int target) {
 }
 
 int csocketipc_spawn_killed_with_parent(
-    const char *path, char *const arguments[], char *const environment[], int input, int output, int error) {
+    const char *path, char *const arguments[], char *const environment[], int input, int output, int error,
+    long long descriptor_soft_limit) {
     int report[2];
     if (pipe2(report, O_CLOEXEC) != 0) return -1;
     pid_t parent = getpid();
@@ -65,6 +67,15 @@ int csocketipc_spawn_killed_with_parent(
         if (code == 0 && (csocketipc_move_descriptor(input, 0) != 0 || csocketipc_move_descriptor(output, 1) != 0
                              || csocketipc_move_descriptor(error, 2) != 0))
             code = errno;
+        if (code == 0 && descriptor_soft_limit >= 0) {
+            // Only ever lowered: the hard limit, and a soft limit already lower, are left as they are.
+            struct rlimit limit;
+            if (getrlimit(RLIMIT_NOFILE, &limit) != 0) code = errno;
+            else if (limit.rlim_cur > (rlim_t)descriptor_soft_limit) {
+                limit.rlim_cur = (rlim_t)descriptor_soft_limit;
+                if (setrlimit(RLIMIT_NOFILE, &limit) != 0) code = errno;
+            }
+        }
         if (code == 0) {
             // Every other descriptor closes on exec, also one opened without O_CLOEXEC (Linux 5.11; before, those
             // the process opens are close-on-exec already).

@@ -12,9 +12,13 @@ enum Diagnosis {
     /// `no permission to connect to PATH (mode 0600, owner alice (uid 1000), ...): ...`.
     static func explain(_ error: SocketIPCError) -> String {
         switch error.code {
-        case .timedOut where error.message.contains("sent no hello"):
+        case .timedOut where Self.isNoHello(error):
             let probe = error.path.map { " (`socket-ipc probe \($0)` tells)" } ?? ""
             return "\(error.message); if this is an EOF-style server, send to it with `socket-ipc send --eof`\(probe)"
+        case .unauthorized where error.message.contains("not as a trusted user"):
+            // The library's message names the server's user as `runs as uid N`; the command line's fix is an option.
+            guard let uid = Self.serverUserID(in: error.message) else { return error.message }
+            return "\(error.message): if that user runs the server you meant, trust it with --trust-uid \(uid)"
         case .connectionRefused, .unauthorized:
             guard let path = error.path, !path.isEmpty else { return error.message }
             let report = ProbeReport.afterConnectFailure(error, inspection: SocketFileInspection.inspect(path))
@@ -22,5 +26,17 @@ enum Diagnosis {
         default:
             return error.message
         }
+    }
+
+    /// `N` of `runs as uid N` in `message`: the user of an untrusted server, as the library names it.
+    private static func serverUserID(in message: String) -> UInt32? {
+        guard let range = message.firstRange(of: "runs as uid ") else { return nil }
+        return UInt32(message[range.upperBound...].prefix(while: \.isNumber))
+    }
+
+    /// Whether `error` is the library's report that the wait for the server's hello ran out (``Client``'s
+    /// `connectTimeout`): no connection was made, as when the server closes the connection before its hello.
+    static func isNoHello(_ error: SocketIPCError) -> Bool {
+        error.code == .timedOut && error.message.contains("sent no hello")
     }
 }

@@ -55,6 +55,8 @@ struct SocketIPCCommand: AsyncParsableCommand {
     /// Parses the command line and runs the chosen subcommand; a failure is reported in one line on standard error
     /// and ends the process with the status of ``ExitStatus``'s table.
     static func main() async {
+        // Before any descriptor is opened: /dev/null where standard input, output or error is closed.
+        ProcessStart.prepare()
         // A closed standard error fails the write instead of killing the process, and sockets never raise SIGPIPE
         // anyway (the library sends with MSG_NOSIGNAL); a closed standard output ends the command as SIGPIPE would,
         // but for serve (Output.standardOutputClosed()).

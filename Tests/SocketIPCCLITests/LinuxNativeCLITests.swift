@@ -171,6 +171,7 @@ struct LinuxNativeCLITests {
                 #expect(result.error.contains("runs as uid \(otherUserID)"), "\(result.error)")
                 #expect(result.error.contains("\(shared), a directory any user may write to"), "\(result.error)")
                 #expect(result.error.contains("nothing was sent"))
+                #expect(result.error.hasSuffix("trust it with --trust-uid \(otherUserID)\n"), "\(result.error)")
                 let eof = try await runCLI(["send", "--eof", path, "my secret"])
                 #expect(eof.status == 4, "stderr: \(eof.error)")
                 // Trusted by name, the same server is served.

@@ -320,7 +320,7 @@ struct ProbeDoctorTests {
         }
     }
 
-    @Test("a listener that accepts nothing and says nothing: verdict silent, exit 5")
+    @Test("a listener that accepts nothing and says nothing: verdict silent, exit 3 (no connection), as request's")
     func silentListener() async throws {
         try await withTemporarySocketDirectory { directory in
             let path = directory + "/silent.sock"
@@ -328,15 +328,15 @@ struct ProbeDoctorTests {
             defer { closeDescriptor(listener) }
             #expect(listen(listener, 16) == 0)
             let result = try await runCLI(["probe", path, "--timeout", "0.3"])
-            #expect(result.status == 5)
+            #expect(result.status == 3)
             #expect(
                 self.firstLine(result.output).hasPrefix("something listens on \(path) but sent nothing within 0.3 s"),
                 "stdout: \(result.output)"
             )
             let (status, json) = try await self.probeJSON(path, ["--timeout", "0.3"])
-            #expect(status == 5)
+            #expect(status == 3)
             #expect(json["verdict"] as? String == "silent")
-            #expect(json["exitStatus"] as? Int == 5)
+            #expect(json["exitStatus"] as? Int == 3)
         }
     }
 

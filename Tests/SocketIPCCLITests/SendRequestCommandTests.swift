@@ -106,11 +106,19 @@ struct SendRequestCommandTests {
         }
     }
 
-    @Test("request to an EOF-style server says to use --eof, and exits 3 when the server closes it")
-    func requestToEOFServer() async throws {
-        // The EOF-style server closes a connection whose message has not ended after 3 s.
-        try await withServeCommand(["--mode", "eof", "--handshake-timeout", "3"]) { path, _ in
-            let result = try await runCLI(["request", path, "hello"])
+    @Test(
+        "request to an EOF-style server says to use --eof and exits 3, whether the server closes first or the wait for its hello runs out first",
+        arguments: [
+            // The EOF-style server closes a connection whose message has not ended after 3 s, before the client's 10.
+            (["--handshake-timeout", "3"], [String]()),
+            // The client's wait for the hello (--timeout 1) runs out before the server's 30 s: before, exit 5, and
+            // with equal times (the defaults) either status, as the race went.
+            (["--handshake-timeout", "30"], ["--timeout", "1"]),
+        ]
+    )
+    func requestToEOFServer(serverOptions: [String], requestOptions: [String]) async throws {
+        try await withServeCommand(["--mode", "eof"] + serverOptions) { path, _ in
+            let result = try await runCLI(["request"] + requestOptions + [path, "hello"])
             #expect(result.status == 3, "stderr: \(result.error)")
             // Piped, so no note while waiting (that is for a terminal): the error itself says what to do.
             #expect(!result.error.contains("note:"), "\(result.error)")
@@ -120,14 +128,14 @@ struct SendRequestCommandTests {
         }
     }
 
-    @Test("request --timeout against a listener that never answers: exit 5, and the hint to send with --eof")
+    @Test("request --timeout against a listener that never answers: exit 3 (no connection: no hello came), and the hint to send with --eof")
     func requestTimeout() async throws {
         try await withTemporarySocketDirectory { directory in
             let path = directory + "/silent.sock"
             let listener = try SilentListener(path: path)
             defer { listener.close() }
             let result = try await runCLI(["request", "--quiet", "--timeout", "0.5", path, "hello"])
-            #expect(result.status == 5, "stderr: \(result.error)")
+            #expect(result.status == 3, "stderr: \(result.error)")
             #expect(!result.error.contains("note:"), "--quiet drops notes: \(result.error)")
             #expect(result.error.hasPrefix("error: the server at \(path) sent no hello within "))
             #expect(result.error.hasSuffix("if this is an EOF-style server, send to it with `socket-ipc send --eof` (`socket-ipc probe \(path)` tells)\n"))

@@ -172,4 +172,34 @@ struct ServeCommandTests {
             }
         }
     }
+    #if os(Linux)
+        @Test("serve started without standard input and error gets /dev/null there, not SwiftNIO's descriptors, which its lines would go into")
+        func closedStandardDescriptors() async throws {
+            try await withTemporarySocketDirectory { directory in
+                let path = directory + "/s.sock"
+                let server = try TestProcess.shell(#"exec "$0" serve --socket "$1" <&- 2>&-"#, [path])
+                try await withProcess(server) { server in
+                    #expect(await server.standardOutput.waitForLine(containing: "listening on") == "listening on \(path)")
+                    for descriptor in [0, 2] {
+                        let target = readLink("/proc/\(server.processID)/fd/\(descriptor)")
+                        // Before, 0 was an epoll descriptor and 2 a timerfd of an event loop.
+                        #expect(target == "/dev/null", "descriptor \(descriptor): \(target ?? "none")")
+                    }
+                    let result = try await runCLI(["request", path, "still served"])
+                    #expect(result.status == 0 && result.output == "reply: \"still served\"\n", "\(result)")
+                }
+            }
+        }
+    #endif
 }
+
+#if os(Linux)
+    /// Where the symbolic link at `path` points, or `nil`.
+    private func readLink(_ path: String) -> String? {
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let count = readlink(path, &buffer, buffer.count - 1)
+        guard count >= 0 else { return nil }
+        return String(decoding: buffer.prefix(count).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+#endif
+

@@ -299,8 +299,34 @@ struct ServeExecTests {
                 #expect(result.output == #"reply: "0\n1\n2\n3\n""# + "\n")
             }
         }
+
+        @Test(
+            "a command gets the soft descriptor limit serve started with, not the one the server raised for its connections (a select(2) program breaks above 1024)",
+            .enabled(if: hardDescriptorLimit() > 4096, "needs a hard RLIMIT_NOFILE above 4096 for the server to raise")
+        )
+        func descriptorLimit() async throws {
+            try await withServeCommand(["--exec", "ulimit -S -n"], shellSetup: "ulimit -S -n 512") { path, server in
+                // The server itself raised its soft limit for --max-connections (10,000 by default).
+                let limits = try String(contentsOfFile: "/proc/\(server.processID)/limits", encoding: .utf8)
+                let line = try #require(limits.split(separator: "\n").first { $0.hasPrefix("Max open files") })
+                let soft = line.split(whereSeparator: \.isWhitespace).dropFirst(3).first.flatMap { Int($0) }
+                #expect((soft ?? 0) > 512, "\(line)")
+                let result = try await runCLI(["request", path, "x"])
+                #expect(result.status == 0, "stderr: \(result.error)")
+                // Before, the command's limit was the server's (10,256 here).
+                #expect(result.output == #"reply: "512\n""# + "\n")
+            }
+        }
     #endif
 }
+
+#if os(Linux)
+    /// The hard `RLIMIT_NOFILE` of this process.
+    private func hardDescriptorLimit() -> UInt64 {
+        var limit = rlimit()
+        return getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 ? UInt64(limit.rlim_max) : 0
+    }
+#endif
 
 #if os(Linux)
     /// The resident set size of `process` in kB (`VmRSS` of `/proc/PID/status`).

@@ -54,9 +54,13 @@ int csocketipc_set_thread_name(const char *name);
 /// exec. Unlike posix_spawn, the child also gets PR_SET_PDEATHSIG with SIGKILL: it is killed when the thread that
 /// started it ends, and so when this process ends, even by SIGKILL (which leaves no chance to kill it otherwise).
 /// Call it on a thread that lives as long as the child should. Returns the child's process id, or -1 with errno
-/// (the child's, when exec failed: the child has then been reaped).
+/// (the child's, when exec failed: the child has then been reaped). A `descriptor_soft_limit` of 0 or more lowers the
+/// child's soft RLIMIT_NOFILE to it before exec where it is higher (the limit this process started with, which a
+/// server raised for its connections: a program that uses select(2) breaks on descriptors above 1024, so Go's
+/// os/exec and systemd give children the original soft limit back); -1 leaves the limit as it is.
 int csocketipc_spawn_killed_with_parent(
-    const char *path, char *const arguments[], char *const environment[], int input, int output, int error);
+    const char *path, char *const arguments[], char *const environment[], int input, int output, int error,
+    long long descriptor_soft_limit);
 
 /// poll(2)'s POLLRDHUP (the peer, or another holder, shut down the reading side), which <poll.h> shows only with
 /// _GNU_SOURCE.

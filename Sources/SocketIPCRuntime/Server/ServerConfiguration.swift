@@ -32,6 +32,11 @@ public struct ServerConfiguration: Sendable {
     public var shutdownGracePeriod: Duration = .seconds(10)
     /// The most connections served at once; a connection beyond it is closed as soon as it is accepted.
     /// Default 10,000.
+    ///
+    /// To hold them, ``Server/run()`` raises the process's soft `RLIMIT_NOFILE` toward the hard limit (as Go's
+    /// runtime does at start), and programs the process starts afterwards inherit the raised limit. A program that
+    /// uses `select(2)` breaks on descriptors above `FD_SETSIZE` (1024), so give children the soft limit the process
+    /// started with, as Go's `os/exec` and systemd do (`socket-ipc serve --exec` does: `setrlimit` in the child).
     public var maximumConnections = 10_000
     /// The most connections one user id may hold at once (counted by the peer's `SO_PEERCRED` uid; peers whose
     /// credentials are unknown share one count); a connection beyond it is closed as soon as it is accepted, so one

@@ -26,7 +26,8 @@ extension CallStatus {
         case .handlerFailed:
             return SocketIPCError(.remoteError, self.message.isEmpty ? "the handler of '\(method)' failed" : self.message)
         case .unavailable:
-            return SocketIPCError(.peerGoingAway, "the peer is going away and takes no new calls\(text)")
+            // A call the peer would not start, or one its shutdown ended (a stream being watched): both say so.
+            return SocketIPCError(.peerGoingAway, "the call '\(method)' ended as the peer goes away\(text)")
         case .resourceExhausted:
             return SocketIPCError(.resourceExhausted, "the peer has too many calls in progress\(text)")
         }

@@ -40,13 +40,13 @@ enum ProbeVerdict: String, Sendable, CaseIterable {
     case connectFailed
 
     /// The exit status of `probe`: 0 for a server that serves this process, 4 for a refusal (the server's policy or the
-    /// file system's permissions), 5 for a listener silent within `--timeout`, 3 for everything else.
+    /// file system's permissions), 3 for everything else: a listener silent within `--timeout` too, as `request` and
+    /// `call` exit 3 when no hello comes (no connection; 5 is for a `--timeout` that passes once connected).
     var exitStatus: ExitCode {
         switch self {
         case .framed, .eof: .success
         case .refused, .permissionDenied: ExitStatus.refused
-        case .silent: ExitStatus.timedOut
-        case .goingAway, .closedAtOnce, .otherProgram, .queueFull, .stale, .notListening, .missing, .missingParent,
+        case .goingAway, .silent, .closedAtOnce, .otherProgram, .queueFull, .stale, .notListening, .missing, .missingParent,
             .notSocket, .pathTooLong, .connectFailed:
             ExitStatus.cannotConnect
         }

@@ -307,17 +307,25 @@ final class ExecProcess: @unchecked Sendable {
     }()
 
     /// Starts `/bin/sh -c command` in a process group of its own, with `input`, `output` and `error` as its
-    /// standard descriptors, default signal dispositions and an empty signal mask; on Linux, killed when the calling
-    /// thread (or the whole process) ends.
+    /// standard descriptors, default signal dispositions, an empty signal mask and the soft descriptor limit this
+    /// process started with; on Linux, killed when the calling thread (or the whole process) ends.
     private static func spawn(
         command: String, environment: [String], input: Int32, output: Int32, error: Int32
     ) throws -> pid_t {
-        let shell: [String] = ["/bin/sh", "-c", command]
+        // The soft descriptor limit the process started with, not the one its server raised (ProcessStart).
+        let softLimit = ProcessStart.descriptorSoftLimit.flatMap { $0 == rlim_t.max ? nil : Int64(exactly: $0) }
+        #if os(Linux)
+            let shell: [String] = ["/bin/sh", "-c", command]
+        #else
+            // Darwin (untested): posix_spawn cannot set a limit, so the shell lowers it.
+            let shell: [String] = ["/bin/sh", "-c", (softLimit.map { "ulimit -S -n \($0) 2>/dev/null; " } ?? "") + command]
+        #endif
         let arguments: [UnsafeMutablePointer<CChar>?] = shell.map { strdup($0) } + [nil]
         let environment: [UnsafeMutablePointer<CChar>?] = environment.map { strdup($0) } + [nil]
         defer { for pointer in arguments + environment { free(pointer) } }
         #if os(Linux)
-            let started = csocketipc_spawn_killed_with_parent("/bin/sh", arguments, environment, input, output, error)
+            let started = csocketipc_spawn_killed_with_parent(
+                "/bin/sh", arguments, environment, input, output, error, softLimit ?? -1)
             guard started > 0 else { throw ExecSpawnError(function: "fork and exec of /bin/sh", code: errno) }
             return started
         #else

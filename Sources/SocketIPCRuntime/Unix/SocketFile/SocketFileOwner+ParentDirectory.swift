@@ -44,6 +44,14 @@ extension SocketFileOwner {
                     "\(parent) is not a directory, so \(path) cannot be created there",
                     path: path.path
                 )
+            case EACCES:
+                throw SocketIPCError(
+                    .systemCall,
+                    "this process (uid \(geteuid())) may not open the directory \(parent), or one on the way to it "
+                        + "(errno \(code)), so \(path) cannot be created there: choose a directory this user can write, "
+                        + "such as $XDG_RUNTIME_DIR",
+                    path: path.path
+                )
             default:
                 throw SocketIPCError.systemCall("open", errno: code, path: parent)
             }

@@ -145,7 +145,12 @@ final class SocketFileOwner {
                         path: path.path
                     )
                 }
-                throw SocketIPCError.systemCall("open", errno: code, path: lockPath)
+                throw SocketIPCError(
+                    .systemCall,
+                    "the lock file \(lockPath) cannot be created: \(errnoDescription(code)) (errno \(code)); the "
+                        + "server keeps it beside its socket file, so the directory must be one this user can write",
+                    path: path.path
+                )
             }
             let status: FileStatus
             do {
