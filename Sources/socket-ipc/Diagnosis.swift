@@ -12,7 +12,7 @@ enum Diagnosis {
     /// `no permission to connect to PATH (mode 0600, owner alice (uid 1000), ...): ...`.
     static func explain(_ error: SocketIPCError) -> String {
         switch error.code {
-        case .timedOut where Self.isNoHello(error):
+        case .timedOut where error.message.contains("sent no hello"):
             let probe = error.path.map { " (`socket-ipc probe \($0)` tells)" } ?? ""
             return "\(error.message); if this is an EOF-style server, send to it with `socket-ipc send --eof`\(probe)"
         case .unauthorized where error.message.contains("not as a trusted user"):
@@ -34,9 +34,11 @@ enum Diagnosis {
         return UInt32(message[range.upperBound...].prefix(while: \.isNumber))
     }
 
-    /// Whether `error` is the library's report that the wait for the server's hello ran out (``Client``'s
-    /// `connectTimeout`): no connection was made, as when the server closes the connection before its hello.
-    static func isNoHello(_ error: SocketIPCError) -> Bool {
-        error.code == .timedOut && error.message.contains("sent no hello")
+    /// Whether `error` is the library's report that no connection was made in time: the server did not accept
+    /// (its backlog stayed full: a stopped or swamped server), or the wait for its hello ran out (``Client``'s
+    /// `connectTimeout`), as when the server closes the connection before its hello. Such a command exits 3 (no
+    /// connection), as `probe` does for the same listener, rather than 5 (a timeout once connected).
+    static func isNoConnection(_ error: SocketIPCError) -> Bool {
+        error.code == .timedOut && (error.message.contains("sent no hello") || error.message.contains("did not accept within"))
     }
 }

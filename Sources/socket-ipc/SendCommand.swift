@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import NIOCore
 import SocketIPC
+import Synchronization
 
 /// `socket-ipc send`: one message, EOF-style or framed one-way.
 struct SendCommand: AsyncParsableCommand {
@@ -96,8 +97,12 @@ struct SendCommand: AsyncParsableCommand {
         let timeout = self.timeout.map { duration(seconds: $0) }
         let json = self.json
         if self.eof {
-            let (sent, acknowledgement) = try await withDeadline(timeout, "the message to \(path) was not acknowledged") {
-                try await Self.sendEOF(from: source, to: path, trusting: self.trust.trustedServerUserIDs)
+            let connected = ConnectedMark()
+            let (sent, acknowledgement) = try await Self.noConnectionIfNot(connected, to: path, within: timeout, framed: false) {
+                try await withDeadline(timeout, "the message to \(path) was not acknowledged") {
+                    try await Self.sendEOF(
+                        from: source, to: path, trusting: self.trust.trustedServerUserIDs, connected: connected)
+                }
             }
             if json {
                 Output.json(["style": "eof", "sent": sent, "acknowledgement": Self.acknowledgementJSON(acknowledgement)])
@@ -115,26 +120,30 @@ struct SendCommand: AsyncParsableCommand {
                 if let timeout { configuration.connectTimeout = min(configuration.connectTimeout, timeout) }
                 return configuration
             }()
-            let sent = try await withDeadline(timeout, "the message to \(path) was not sent") {
-                let payload = try await source.readAll()
-                try await HelloHint.whileConnecting(to: path) { connected in
-                    try await Client.withConnection(to: path, configuration: configuration) { connection in
-                        connected()
-                        if files.isEmpty {
-                            try await connection.send(payload)
-                        } else {
-                            guard connection.passesDescriptors else {
-                                throw CommandFailure(
-                                    message: "the server at \(path) does not accept descriptors (start it with "
-                                        + "--max-descriptors \(files.count) or more)",
-                                    status: ExitStatus.refused
-                                )
+            let isConnected = ConnectedMark()
+            let sent = try await Self.noConnectionIfNot(isConnected, to: path, within: timeout, framed: true) {
+                try await withDeadline(timeout, "the message to \(path) was not sent") {
+                    let payload = try await source.readAll()
+                    try await HelloHint.whileConnecting(to: path) { connected in
+                        try await Client.withConnection(to: path, configuration: configuration) { connection in
+                            connected()
+                            isConnected.mark()
+                            if files.isEmpty {
+                                try await connection.send(payload)
+                            } else {
+                                guard connection.passesDescriptors else {
+                                    throw CommandFailure(
+                                        message: "the server at \(path) does not accept descriptors (start it with "
+                                            + "--max-descriptors \(files.count) or more)",
+                                        status: ExitStatus.refused
+                                    )
+                                }
+                                try await connection.send(payload, descriptors: files.map(\.descriptor))
                             }
-                            try await connection.send(payload, descriptors: files.map(\.descriptor))
                         }
                     }
+                    return payload.readableBytes
                 }
-                return payload.readableBytes
             }
             if json {
                 Output.json(["style": "framed", "sent": sent])
@@ -144,12 +153,47 @@ struct SendCommand: AsyncParsableCommand {
         }
     }
 
+    /// Whether a send got as far as a connection (a framed server's hello, an EOF-style server's accept).
+    final class ConnectedMark: Sendable {
+        private let connected = Atomic(false)
+
+        /// The connection is made.
+        func mark() { self.connected.store(true, ordering: .relaxed) }
+
+        /// Whether ``mark()`` was called.
+        var isMarked: Bool { self.connected.load(ordering: .relaxed) }
+    }
+
+    /// Runs `body`; a `--timeout` that passes in it before `isConnected` is marked becomes the no-connection error of
+    /// ``Diagnosis/isNoConnection(_:)`` (exit 3), not a timeout once connected (exit 5): the library's own connect
+    /// timeout, which ends at the same time, would say the same.
+    private static func noConnectionIfNot<Result>(
+        _ isConnected: ConnectedMark,
+        to path: String,
+        within timeout: Duration?,
+        framed: Bool,
+        _ body: () async throws -> Result
+    ) async throws -> Result {
+        do {
+            return try await body()
+        } catch let error as SocketIPCError where error.code == .timedOut && !isConnected.isMarked {
+            guard !Diagnosis.isNoConnection(error) else { throw error }
+            throw SocketIPCError(
+                .timedOut,
+                "the server at \(path) did not accept within \(timeout.map(formatSeconds) ?? "the time") (--timeout)"
+                    + (framed ? ", or sent no hello: it is stopped or swamped, or not a framed SocketIPC server" : ": it is stopped or swamped"),
+                path: path
+            )
+        }
+    }
+
     /// Streams `source` to the EOF-style server at `path`, with a progress bar on a terminal.
     /// - Returns: How many bytes were sent, and the acknowledgement.
     static func sendEOF(
         from source: MessageSource,
         to path: String,
-        trusting trustedServerUserIDs: Set<UInt32>? = nil
+        trusting trustedServerUserIDs: Set<UInt32>? = nil,
+        connected: ConnectedMark? = nil
     ) async throws -> (Int, ByteBuffer) {
         try await source.withChunks { chunks, total in
             let progress = ProgressBar(total: total, label: "sending")
@@ -157,6 +201,7 @@ struct SendCommand: AsyncParsableCommand {
             var sent = 0
             let acknowledgement = try await Client.sendMessage(to: path, trustedServerUserIDs: trustedServerUserIDs) {
                 writer in
+                connected?.mark()
                 for try await chunk in chunks {
                     try await writer.write(chunk)
                     sent += chunk.readableBytes

@@ -141,6 +141,39 @@ struct SendRequestCommandTests {
             #expect(result.error.hasSuffix("if this is an EOF-style server, send to it with `socket-ipc send --eof` (`socket-ipc probe \(path)` tells)\n"))
         }
     }
+
+    #if os(Linux)
+        @Test("a server whose backlog stays full (stopped, swamped) makes no connection: request and send exit 3 within --timeout, as probe (queueFull) does")
+        func fullBacklog() async throws {
+            try await withTemporarySocketDirectory { directory in
+                let path = directory + "/full.sock"
+                let listener = try SilentListener(path: path, backlog: 0)
+                defer { listener.close() }
+                // Queued connections that are never accepted, until a non-blocking connect would block.
+                var queued: [Int32] = []
+                defer { for descriptor in queued { closeDescriptor(descriptor) } }
+                while queued.count < 64 {
+                    let descriptor = makeUnixStreamSocket()
+                    _ = fcntl(descriptor, F_SETFL, fcntl(descriptor, F_GETFL) | O_NONBLOCK)
+                    let connected = withSocketAddress(path) { connect(descriptor, $0, $1) }
+                    queued.append(descriptor)
+                    if connected != 0 { break }
+                }
+                try #require(queued.count < 64, "the backlog never filled")
+                for command in [
+                    ["request", "--timeout", "0.3", path, "hi"], ["send", "--timeout", "0.3", path, "hi"],
+                    ["send", "--eof", "--timeout", "0.3", path, "hi"],
+                ] {
+                    let result = try await runCLI(command)
+                    // Before, 5, while probe said 3 for the same listener.
+                    #expect(result.status == 3, "\(command[0]): \(result.error)")
+                    #expect(result.error.contains("did not accept within"), "\(result.error)")
+                }
+                let probe = try await runCLI(["probe", "--timeout", "0.3", path])
+                #expect(probe.status == 3, "\(probe)")
+            }
+        }
+    #endif
 }
 
 /// `text` as one JSON object, or `nil` if it is not one.
@@ -152,10 +185,10 @@ func parseJSON(_ text: String) throws -> [String: Any]? {
 final class SilentListener: Sendable {
     private let descriptor: Int32
 
-    /// Binds `path` and listens, with a backlog of 8.
-    init(path: String) throws {
+    /// Binds `path` and listens, with a backlog of `backlog` (8 by default; with 0, Linux queues one connection).
+    init(path: String, backlog: Int32 = 8) throws {
         self.descriptor = makeUnixStreamSocket()
-        guard withSocketAddress(path, { bind(self.descriptor, $0, $1) }) == 0, listen(self.descriptor, 8) == 0 else {
+        guard withSocketAddress(path, { bind(self.descriptor, $0, $1) }) == 0, listen(self.descriptor, backlog) == 0 else {
             let code = errno
             closeDescriptor(self.descriptor)
             throw POSIXError(POSIXErrorCode(rawValue: code) ?? .EIO)
