@@ -63,6 +63,24 @@ struct ProbeCommandHonestyTests {
         }
     }
 
+    @Test("probe of a framed server whose hello names protocol version 2 does not say it serves you (its clients would be refused with unsupportedVersion): exit 3, verdict otherVersion")
+    func otherProtocolVersion() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/v2.sock"
+            let listener = try ClosingListener(path: path, greeting: "SIPC\u{2}\u{0}\u{0}\u{0}")
+            defer { listener.stop() }
+            let result = try await runCLI(["probe", "--socket", path, "--json"])
+            // Before, exit 0: "framed SocketIPC server (protocol version 2) serves you".
+            #expect(result.status == 3, "stdout: \(result.output) stderr: \(result.error)")
+            let object = try #require(try JSONSerialization.jsonObject(with: Data(result.output.utf8)) as? [String: Any])
+            #expect(object["verdict"] as? String == "otherVersion")
+            #expect(object["protocolVersion"] as? Int == 2)
+            #expect(object["servesYou"] as? Bool == false)
+            let text = try await runCLI(["probe", "--socket", path])
+            #expect(text.output.contains("speaks version 1 only"), "\(text.output)")
+        }
+    }
+
     @Test(
         "probe, run as another user, of a framed server that refuses it exits 4 and says so",
         .enabled(if: getuid() == 0 && toolExists("setpriv"), "needs root and setpriv")

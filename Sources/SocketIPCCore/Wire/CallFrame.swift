@@ -192,7 +192,7 @@ extension ByteBuffer {
     package mutating func writeCallFrame(id: UInt32, _ frame: CallFrame) {
         switch frame {
         case .open(let open):
-            let nameLength = min(open.method.utf8.count, 255)
+            let nameLength = Self.utf8Length(of: open.method, atMost: 255)
             self.writeFrameHeader(.callOpen, id: id, payloadLength: CallOpen.fixedLength + nameLength)
             self.writeInteger(open.flags)
             self.writeInteger(open.timeoutNanoseconds)
@@ -202,8 +202,8 @@ extension ByteBuffer {
             self.writeFrameHeader(.callMessage, id: id, payloadLength: payload.readableBytes)
             self.writeBuffer(&payload)
         case .end(var status):
-            let codeLength = min(status.errorCode.utf8.count, 255)
-            let textLength = min(status.message.utf8.count, 65535)
+            let codeLength = Self.utf8Length(of: status.errorCode, atMost: 255)
+            let textLength = Self.utf8Length(of: status.message, atMost: 65535)
             self.writeFrameHeader(
                 .callEnd,
                 id: id,
@@ -225,6 +225,19 @@ extension ByteBuffer {
             self.writeFrameHeader(.callBlocked, id: id, payloadLength: 4)
             self.writeInteger(cost)
         }
+    }
+
+    /// How many of `string`'s UTF-8 bytes fit in a field of at most `limit` bytes: all of them, or the longest prefix
+    /// that ends where a character's encoding ends, so that a field cut short is still UTF-8 (PROTOCOL.md: code,
+    /// text and method name are UTF-8). Callers refuse a method name that does not fit before it gets here; a
+    /// handler's error code or text beyond its field is cut.
+    package static func utf8Length(of string: String, atMost limit: Int) -> Int {
+        let utf8 = string.utf8
+        guard utf8.count > limit else { return utf8.count }
+        var length = limit
+        // A byte 10xxxxxx continues the character before it: the prefix must end before that character starts.
+        while length > 0, utf8[utf8.index(utf8.startIndex, offsetBy: length)] & 0xC0 == 0x80 { length -= 1 }
+        return length
     }
 
     /// Writes the first `length` bytes of `string`'s UTF-8 (all of them, the usual case, through `writeString`'s

@@ -49,7 +49,7 @@ package enum FrameKind: UInt8, Sendable {
         switch self {
         case .message, .request, .reply, .errorReply, .goAway: []
         case .descriptors: .descriptors
-        case .sharedPayload: .sharedPayloads
+        case .sharedPayload: [.descriptors, .sharedPayloads]
         case .callBlocked: [.calls, .strictCredit]
         default: .calls
         }

@@ -28,7 +28,7 @@ package enum Hello: Sendable {
 }
 
 /// The hello's flags byte: the optional parts of the protocol the sender speaks. A version 1 peer sends 0 and
-/// ignores what it receives, so a flag only ever adds frames both sides understand. See PROTOCOL.md, "Extensions".
+/// ignores what it receives, so a flag only ever adds frames both sides understand. See PROTOCOL.md, "Framed style: the hello".
 ///
 /// The flags are computed, not stored: the read loop checks one for every frame, and a stored static would cost a
 /// lazy-initialisation check each time.

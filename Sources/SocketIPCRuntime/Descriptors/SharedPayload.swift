@@ -154,6 +154,6 @@ extension Connection {
     /// it takes shared payloads.
     var takesSharedPayloads: Bool {
         self.descriptorPassing != nil
-            && HelloFlags(rawValue: self.calls.peerFlags.load(ordering: .relaxed)).contains(.sharedPayloads)
+            && HelloFlags(rawValue: self.calls.peerFlags.load(ordering: .relaxed)).contains([.descriptors, .sharedPayloads])
     }
 }

@@ -132,6 +132,13 @@ extension Connection {
         _ body: (CallStream) async throws -> Result
     ) async throws -> Result {
         try Task.checkCancellation()
+        guard method.utf8.count <= 255 else {
+            // Cut to fit, it would name another method: refused before anything is sent.
+            throw SocketIPCError(
+                .invalidMessage,
+                "the method name '\(method.prefix(40))…' is \(method.utf8.count) bytes of UTF-8; a call carries at most 255"
+            )
+        }
         let multiplexer = CallMultiplexer.of(self)
         let id = try self.startOutgoingCall()
         let call = CallStream(id: id, method: method, connection: self, isCaller: true)

@@ -185,7 +185,10 @@ public struct ServiceRouter: Sendable {
 struct MethodName: Hashable, Sendable {
     let name: String
 
+    /// A name of at most 255 bytes of UTF-8, all a call open can carry: registering a longer one is a programming
+    /// error (no call could reach it), and traps; a name read from the wire always fits.
     init(_ name: String) {
+        precondition(name.utf8.count <= 255, "a method's name is at most 255 bytes of UTF-8 (PROTOCOL.md, call open): \(name)")
         self.name = name
     }
 

@@ -40,7 +40,8 @@ struct ProbeCommand: AsyncParsableCommand {
 
             Verdicts (the `verdict` of --json) and exit statuses: framed, eof (a SocketIPC server that serves you: \
             0); refused (its policy refused you), permissionDenied (the socket file's mode, or a directory on the \
-            way: EACCES): 4; and 3 for the rest: silent (nothing within --timeout), goingAway (shutting down), \
+            way: EACCES): 4; and 3 for the rest: silent (nothing within --timeout), otherVersion (a framed server of \
+            another protocol version, which would refuse this client), goingAway (shutting down), \
             closedAtOnce (closed without reading), otherProgram (not SocketIPC), queueFull (the accept queue stayed \
             full), stale (nobody listens and no process holds PATH.lock), notListening (nobody listens but a \
             process holds PATH.lock), missing, missingParent, notSocket (a regular file, a directory, a symbolic \

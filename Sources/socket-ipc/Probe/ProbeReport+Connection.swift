@@ -41,6 +41,13 @@ extension ProbeReport {
         let peer = result.peer.map { ", peer \($0)" } ?? ""
         self.init(verdict: .connectFailed, headline: "", inspection: inspection, peer: result.peer)
         switch result.style {
+        case .framed(let version) where version != Hello.version:
+            self.verdict = .otherVersion
+            self.protocolVersion = version
+            self.headline =
+                "framed SocketIPC server (protocol version \(version)) on \(path), but this socket-ipc speaks version "
+                + "\(Hello.version) only: it would refuse this client\(peer)"
+            self.fix = "use a socket-ipc that speaks protocol version \(version)"
         case .framed(let version):
             self.verdict = .framed
             self.protocolVersion = version

@@ -6,6 +6,9 @@ enum ProbeVerdict: String, Sendable, CaseIterable {
     case framed
     /// An EOF-style SocketIPC server that serves this process (it read the probe's empty message and closed).
     case eof
+    /// A framed SocketIPC server whose hello names a protocol version this `socket-ipc` does not speak: its clients
+    /// would be refused with `unsupportedVersion` (PROTOCOL.md: there is no negotiation).
+    case otherVersion
     /// A framed SocketIPC server whose authorization policy refused this process (going-away reason `0x04`).
     case refused
     /// A framed SocketIPC server that said it is going away for another reason (`0x00`: shutting down).
@@ -46,7 +49,7 @@ enum ProbeVerdict: String, Sendable, CaseIterable {
         switch self {
         case .framed, .eof: .success
         case .refused, .permissionDenied: ExitStatus.refused
-        case .goingAway, .silent, .closedAtOnce, .otherProgram, .queueFull, .stale, .notListening, .missing, .missingParent,
+        case .goingAway, .silent, .otherVersion, .closedAtOnce, .otherProgram, .queueFull, .stale, .notListening, .missing, .missingParent,
             .notSocket, .pathTooLong, .connectFailed:
             ExitStatus.cannotConnect
         }

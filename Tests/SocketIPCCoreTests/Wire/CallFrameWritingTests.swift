@@ -77,4 +77,30 @@ struct CallFrameWritingTests {
         #expect(ended.message == String(repeating: "m", count: 65_535))
         #expect(ended.details == ByteBuffer(string: "d"))
     }
+
+    @Test("a string cut at its field's limit ends where a character ends: a multi-byte character across the limit is left out whole, so the field stays UTF-8")
+    func cutAtCharacterBoundary() throws {
+        // "é" is 2 bytes and "€" 3: each would straddle the limit. Before, the field ended with the character's
+        // first byte(s), which is not UTF-8 (decoded, U+FFFD).
+        guard case .open(let open) = try Self.roundTrip(.open(CallOpen(method: String(repeating: "x", count: 254) + "ü"))) else {
+            Issue.record("not an open frame")
+            return
+        }
+        #expect(open.method == String(repeating: "x", count: 254))
+        let status = CallStatus(
+            code: .applicationError,
+            errorCode: String(repeating: "c", count: 254) + "é",
+            message: String(repeating: "m", count: 65_533) + "€",
+            details: ByteBuffer()
+        )
+        guard case .end(let ended) = try Self.roundTrip(.end(status)) else {
+            Issue.record("not an end frame")
+            return
+        }
+        #expect(ended.errorCode == String(repeating: "c", count: 254))
+        #expect(ended.message == String(repeating: "m", count: 65_533))
+        #expect(ByteBuffer.utf8Length(of: "ab€", atMost: 4) == 2)
+        #expect(ByteBuffer.utf8Length(of: "ab€", atMost: 5) == 5)
+        #expect(ByteBuffer.utf8Length(of: "€", atMost: 2) == 0)
+    }
 }

@@ -105,7 +105,7 @@ struct ProtocolVectorTests {
         ),
         "frame-unknown-kind-0d": Rejection(code: .protocolViolation, reason: .protocolViolation, refusedAtByte: 5),
         "call-credit-too-short": Rejection(code: .protocolViolation, reason: .protocolViolation, refusedAtByte: 12),
-        "call-open-name-overruns": Rejection(code: .protocolViolation, reason: .protocolViolation, refusedAtByte: 20),
+        "call-open-name-overruns": Rejection(code: .protocolViolation, reason: .protocolViolation, refusedAtByte: 25),
         "descriptors-from-peer-without-flag": Rejection(
             code: .protocolViolation,
             reason: .protocolViolation,

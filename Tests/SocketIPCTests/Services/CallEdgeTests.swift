@@ -56,6 +56,34 @@ struct CallEdgeTests {
         typealias Response = String
     }
 
+    enum LongName: ServiceMethod {
+        static let name = "edge." + String(repeating: "n", count: 250) + ".get"
+        typealias Request = String
+        typealias Response = String
+    }
+
+    @Test("a method name over 255 bytes fails the call with invalidMessage before anything is sent: cut to fit, it would call another method; the connection serves on")
+    func methodNameTooLong() async throws {
+        // A handler of the name the long one was cut to: before, the call reached it.
+        enum Truncated: ServiceMethod {
+            static let name = String(LongName.name.utf8.prefix(255))!
+            typealias Request = String
+            typealias Response = String
+        }
+        var router = ServiceRouter()
+        router.register(Truncated.self) { _, _ in "the wrong method" }
+        router.register(Create.self) { text, _ in "created \(text)" }
+        try await withServiceTestServer(router: router) { _, path in
+            try await Client.withConnection(to: path) { connection in
+                let error = await #expect(throws: SocketIPCError.self) { try await connection.call(LongName.self, "x") }
+                #expect(error?.code == .invalidMessage)
+                #expect(error?.message.contains("259 bytes") == true, "\(String(describing: error))")
+                let answer = try await connection.call(Create.self, "y")
+                #expect(answer == "created y")
+            }
+        }
+    }
+
     @Test("a client's own calls do not count against the calls it handles: its server's call back is served")
     func ownCallsDoNotCount() async throws {
         var serverRouter = ServiceRouter()
