@@ -64,12 +64,13 @@ enum DemoService {
             }
             for number in 0..<count { try await writer.write(number) }
         }
-        router.register(Sleep.self) { seconds, _ in
+        router.register(Sleep.self) { seconds, context in
             guard seconds >= 0 else {
                 throw invalidArgument("cannot sleep a negative time; got \(seconds) s", ["seconds": seconds])
             }
-            // Until the time is up, or the call is cancelled (by its deadline, the caller, or the connection's close).
-            try await Task.sleep(for: duration(seconds: seconds))
+            // Until the time is up, or the call is cancelled (by its deadline, the caller, or the connection's close);
+            // not Task.sleep, whose cancelled timers keep their memory until their time (ServiceContext.sleep).
+            try await context.sleep(for: duration(seconds: seconds))
             return seconds
         }
         router.register(Increment.self) { amount, _ in counter.add(amount) }

@@ -54,6 +54,9 @@ final class CallStream: Sendable, WriteWaitOwner {
         /// The limits of the run in progress: ``CallStream/runLength`` and ``CallStream/runBytes``, shared with the
         /// other long runs on the event loop; set when a run starts.
         var runLimit = (messages: 0, bytes: 0)
+        /// Messages read without waiting since the reader last waited or gave the other tasks a turn
+        /// (``next()``, off the event loop).
+        var readInRun = 0
         /// The descriptors of messages received and not yet read, by the messages' numbers: messages are read in
         /// the order they arrived, so the reader's count finds them.
         var descriptors = MessageDescriptors()
@@ -302,8 +305,12 @@ final class CallStream: Sendable, WriteWaitOwner {
     ///   cancellation does).
     nonisolated(nonsending) func next() async throws -> Inbound {
         // Most reads find their message already here (a stream in full flow, a unary call's request): take it
-        // without suspending.
-        if let ready = try self.nextIfReceived() { return ready }
+        // without suspending, but off the event loop give the executor's other tasks a turn now and then
+        // (``offLoopRunLength``); on the loop, the buffer runs dry once the window is read, since only the loop refills it.
+        if let (ready, endsRun) = try self.nextIfReceived(countingRun: !self.connection.isOnEventLoop) {
+            if endsRun { await Task.yield() }
+            return ready
+        }
         return try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Inbound, any Error>) in
                 var credit = 0
@@ -338,20 +345,36 @@ final class CallStream: Sendable, WriteWaitOwner {
     /// The next message, or the peer's end, if it has arrived; `nil` if nothing has yet. Does not wait.
     /// - Throws: What the call failed with.
     func nextIfReceived() throws -> Inbound? {
+        try self.nextIfReceived(countingRun: false)?.inbound
+    }
+
+    /// ``nextIfReceived()``, and with `countingRun`, whether this read ends a run of ``offLoopRunLength`` reads
+    /// without waiting (the reader then yields).
+    private func nextIfReceived(countingRun: Bool) throws -> (inbound: Inbound, endsRun: Bool)? {
         var credit = 0
+        var endsRun = false
         let ready = self.state.withLock { state -> Result<Inbound, any Error>? in
             switch state.machine.poll() {
             case .message(let message, let grant):
                 credit = grant
+                if countingRun {
+                    state.readInRun += 1
+                    if state.readInRun >= Self.offLoopRunLength {
+                        state.readInRun = 0
+                        endsRun = true
+                    }
+                }
                 return .success(.message(message, descriptors: state.descriptors.takeNext()))
             case .end(let status): return .success(.end(status))
             case .fail(let error): return .failure(error)
-            case .wait: return nil
+            case .wait:
+                state.readInRun = 0
+                return nil
             }
         }
         guard let ready else { return nil }
         self.grant(credit)
-        return try ready.get()
+        return (try ready.get(), endsRun)
     }
 
     /// This side reads no more messages of the call (a unary or server-streaming handler has its request): those
@@ -409,10 +432,10 @@ final class CallStream: Sendable, WriteWaitOwner {
     nonisolated(nonsending) func finishSend(_ payload: ByteBuffer, after attempt: SendAttempt) async throws {
         switch attempt {
         case .sent(let longRun):
-            if longRun { await self.connection.yieldToEventLoop() }
+            if longRun { await self.yieldTurn() }
         case .waitForRoom(let longRun):
             try await self.sendWhenRoom(payload, descriptors: nil)
-            if longRun { await self.connection.yieldToEventLoop() }
+            if longRun { await self.yieldTurn() }
         case .waitForCredit:
             try await self.send(payload)
         }
@@ -432,6 +455,7 @@ final class CallStream: Sendable, WriteWaitOwner {
     /// credit, with `descriptors`).
     private func takeCredit(for payload: ByteBuffer, descriptors: DuplicatedDescriptors?) throws -> CreditTaken {
         let payloadLength = payload.readableBytes
+        let onLoop = self.connection.isOnEventLoop
         var credit = 0
         defer { self.grant(credit) }
         return try self.state.withLock { locked -> CreditTaken in
@@ -450,14 +474,18 @@ final class CallStream: Sendable, WriteWaitOwner {
                 return .none
             }
             if locked.sentInRun == 0 {
-                // A run starts: its share of the loop's time between two polls.
-                locked.runLimit = (self.loopShare.share(of: Self.runLength), self.loopShare.share(of: Self.runBytes))
+                // A run starts: its share of the loop's time between two polls; off the loop, a task's turn among the
+                // other tasks of the executor (``offLoopRunLength``).
+                locked.runLimit =
+                    onLoop
+                    ? (self.loopShare.share(of: Self.runLength), self.loopShare.share(of: Self.runBytes))
+                    : (Self.offLoopRunLength, Self.offLoopRunBytes)
             }
             locked.sentInRun += 1
             locked.bytesInRun += payloadLength
             // The loop's budget too: senders that each stay below their run (woken together by credit in drips)
             // must not add up to more than one run between two polls.
-            let loopSpent = self.loopShare.spend(bytes: payloadLength, budget: (Self.runLength, Self.runBytes))
+            let loopSpent = onLoop && self.loopShare.spend(bytes: payloadLength, budget: (Self.runLength, Self.runBytes))
             guard locked.sentInRun >= locked.runLimit.messages || locked.bytesInRun >= locked.runLimit.bytes
                 || loopSpent
             else {
@@ -551,7 +579,7 @@ final class CallStream: Sendable, WriteWaitOwner {
             // A handler on the event loop whose peer grants credit without limit and reads as fast as it is written
             // never waits, and would keep the loop from its other connections (their hellos, their calls) for as
             // long as it sends; so it gives the loop a turn at its sockets after each run.
-            await self.connection.yieldToEventLoop()
+            await self.yieldTurn()
         }
     }
 
@@ -595,6 +623,25 @@ final class CallStream: Sendable, WriteWaitOwner {
     /// Bytes sent on credit, without waiting, after which a sender on the event loop gives the loop a turn: 4 MiB,
     /// divided as ``runLength`` is.
     static var runBytes: Int { 4 * 1024 * 1024 }
+    /// Messages sent, or read, without waiting, after which a task off the event loop (a handler with
+    /// `ServiceRouter.runsHandlersOnEventLoop` off, a caller's task) lets the executor's other tasks run
+    /// (`Task.yield()`): 128, as Tokio's cooperative budget per task (`tokio::task::coop`). The global executor runs
+    /// tasks in turn and never preempts one, so without it the streams of one peer that reads fast (or whose
+    /// messages are all here) keep every other task, another user's call among them, waiting until their credit runs
+    /// out: a peer that opened 1,000 streams held another user's call for 25 s (debug build; found by a review).
+    static var offLoopRunLength: Int { 128 }
+    /// Bytes sent without waiting after which a task off the event loop yields, as ``offLoopRunLength``: 512 KiB.
+    static var offLoopRunBytes: Int { 512 * 1024 }
+
+    /// Gives others their turn after a long run: on the connection's event loop, the loop's poll of its sockets
+    /// (``SocketIPCRuntime/Connection/yieldToEventLoop()``); elsewhere, the executor's other tasks (`Task.yield()`).
+    nonisolated(nonsending) private func yieldTurn() async {
+        if self.connection.isOnEventLoop {
+            await self.connection.yieldToEventLoop()
+        } else {
+            await Task.yield()
+        }
+    }
 
     /// Queues one message without waiting for the socket when credit allows it at once (the first message of a
     /// call always has it), so that a unary call's open, request and half-close leave in one write; otherwise

@@ -40,7 +40,8 @@ public struct ServiceRouter: Sendable {
     /// Then a call's frames are read, its handler runs, and its response is written on one thread, with no thread
     /// hop: a typed call costs about what a raw request does. A handler must then not block its thread (no blocking
     /// system calls, no long computation without `await`): it would stall every connection of that event loop.
-    /// Turn this off for handlers that do, and they run on the global concurrent executor. A request or stream
+    /// Turn this off for handlers that do, and they run on the global concurrent executor (where a stream's
+    /// handler, reading or writing 128 messages without waiting, lets other tasks run). A request or stream
     /// message of 64 KiB or more is decoded on the global concurrent executor either way, since decoding costs CPU in
     /// proportion to what the peer sent.
     ///
