@@ -12,7 +12,7 @@ enum Diagnosis {
     /// `no permission to connect to PATH (mode 0600, owner alice (uid 1000), ...): ...`.
     static func explain(_ error: SocketIPCError) -> String {
         switch error.code {
-        case .timedOut where error.message.contains("sent no hello"):
+        case .timedOut where (error.cause as? ConnectionNotMade) == .noHello:
             let probe = error.path.map { " (`socket-ipc probe \($0)` tells)" } ?? ""
             return "\(error.message); if this is an EOF-style server, send to it with `socket-ipc send --eof`\(probe)"
         case .unauthorized where error.message.contains("not as a trusted user"):
@@ -39,6 +39,6 @@ enum Diagnosis {
     /// `connectTimeout`), as when the server closes the connection before its hello. Such a command exits 3 (no
     /// connection), as `probe` does for the same listener, rather than 5 (a timeout once connected).
     static func isNoConnection(_ error: SocketIPCError) -> Bool {
-        error.code == .timedOut && (error.message.contains("sent no hello") || error.message.contains("did not accept within"))
+        error.isConnectionNotMade
     }
 }

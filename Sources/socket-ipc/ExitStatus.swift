@@ -16,7 +16,7 @@ import Darwin
 /// | --- | --- |
 /// | 0 | done (a server stream or `listen` interrupted by SIGINT or SIGTERM is done too) |
 /// | 1 | the server answered with an error: an application error (``ServiceError``), a failed handler, a message it would not take (too large); or with a response that is not JSON (`call`, `watch`) |
-/// | 3 | no connection: nothing listens (no socket file, a stale one, not a socket), not a SocketIPC server, the wrong message style, no connection in time (the server did not accept, or no hello came: the server closed the connection or the wait for its hello ran out, whichever came first, as both are an EOF-style server's answer to a framed client), the connection lost |
+/// | 3 | no connection: nothing listens (no socket file, a stale one, not a socket), not a SocketIPC server, the wrong message style, no connection in time (the server's backlog stayed full, so it did not accept; or no hello came: the server closed the connection or the wait for its hello ran out, whichever came first, as both are an EOF-style server's answer to a framed client), the connection lost |
 /// | 4 | refused: the server's authorization policy does not serve this user (a framed server says so; an EOF-style server closes the connection without a word, which is 3), or the file system denies access |
 /// | 5 | timed out: `--timeout` passed once connected (a reply, a call, an acknowledgement, a send waiting for room); a server that does not accept or sends no hello in time is 3 |
 /// | 6 | the server serves no method of that name |

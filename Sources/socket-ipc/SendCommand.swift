@@ -97,11 +97,23 @@ struct SendCommand: AsyncParsableCommand {
         let timeout = self.timeout.map { duration(seconds: $0) }
         let json = self.json
         if self.eof {
-            let connected = ConnectedMark()
-            let (sent, acknowledgement) = try await Self.noConnectionIfNot(connected, to: path, within: timeout, framed: false) {
-                try await withDeadline(timeout, "the message to \(path) was not acknowledged") {
-                    try await Self.sendEOF(
-                        from: source, to: path, trusting: self.trust.trustedServerUserIDs, connected: connected)
+            let phase = ConnectionPhase()
+            // Cut short once connected, the message may still reach the server: a close ends it as a half-close would.
+            let what = "the message to \(path) was not acknowledged"
+            let mayHaveArrived =
+                " (what was written may reach the server as a whole, shorter message: an EOF-style server cannot tell a "
+                + "message cut short, PROTOCOL.md)"
+            let (sent, acknowledgement) = try await Self.noConnectionIfNot(phase, to: path, within: timeout, framed: false) {
+                do {
+                    return try await withDeadline(timeout, what, onExpiry: phase.deadlinePassed) {
+                        try await Self.sendEOF(
+                            from: source, to: path, connectTimeout: timeout, trusting: self.trust.trustedServerUserIDs,
+                            phase: phase)
+                    }
+                } catch let error as SocketIPCError where error.code == .timedOut && !phase.timedOutConnecting
+                    && error.message.hasPrefix(what)
+                {
+                    throw SocketIPCError(.timedOut, error.message + mayHaveArrived, path: path)
                 }
             }
             if json {
@@ -120,14 +132,15 @@ struct SendCommand: AsyncParsableCommand {
                 if let timeout { configuration.connectTimeout = min(configuration.connectTimeout, timeout) }
                 return configuration
             }()
-            let isConnected = ConnectedMark()
-            let sent = try await Self.noConnectionIfNot(isConnected, to: path, within: timeout, framed: true) {
-                try await withDeadline(timeout, "the message to \(path) was not sent") {
+            let phase = ConnectionPhase()
+            let sent = try await Self.noConnectionIfNot(phase, to: path, within: timeout, framed: true) {
+                try await withDeadline(timeout, "the message to \(path) was not sent", onExpiry: phase.deadlinePassed) {
                     let payload = try await source.readAll()
+                    phase.connecting()
                     try await HelloHint.whileConnecting(to: path) { connected in
                         try await Client.withConnection(to: path, configuration: configuration) { connection in
                             connected()
-                            isConnected.mark()
+                            phase.connected()
                             if files.isEmpty {
                                 try await connection.send(payload)
                             } else {
@@ -153,22 +166,32 @@ struct SendCommand: AsyncParsableCommand {
         }
     }
 
-    /// Whether a send got as far as a connection (a framed server's hello, an EOF-style server's accept).
-    final class ConnectedMark: Sendable {
-        private let connected = Atomic(false)
+    /// How far a send got when its `--timeout` passed: reading its input, connecting (the server had not accepted,
+    /// or sent no hello), or connected. The deadline notes it as it passes, so that a cancelled connect that
+    /// completes afterwards does not change the answer.
+    final class ConnectionPhase: Sendable {
+        /// 0: before connecting; 1: connecting; 2: connected; 3: the deadline passed while connecting.
+        private let state = Atomic<UInt8>(0)
 
-        /// The connection is made.
-        func mark() { self.connected.store(true, ordering: .relaxed) }
+        /// The connect begins.
+        func connecting() { _ = self.state.compareExchange(expected: 0, desired: 1, ordering: .relaxed) }
 
-        /// Whether ``mark()`` was called.
-        var isMarked: Bool { self.connected.load(ordering: .relaxed) }
+        /// The connection is made (a framed server's hello came; an EOF-style server accepted).
+        func connected() { _ = self.state.compareExchange(expected: 1, desired: 2, ordering: .relaxed) }
+
+        /// The deadline passed: noted if it passed while connecting.
+        @Sendable func deadlinePassed() { _ = self.state.compareExchange(expected: 1, desired: 3, ordering: .relaxed) }
+
+        /// Whether the deadline passed while connecting.
+        var timedOutConnecting: Bool { self.state.load(ordering: .relaxed) == 3 }
     }
 
-    /// Runs `body`; a `--timeout` that passes in it before `isConnected` is marked becomes the no-connection error of
-    /// ``Diagnosis/isNoConnection(_:)`` (exit 3), not a timeout once connected (exit 5): the library's own connect
-    /// timeout, which ends at the same time, would say the same.
+    /// Runs `body`; a `--timeout` that passed while connecting (``ConnectionPhase``) becomes the no-connection error
+    /// of ``Diagnosis/isNoConnection(_:)`` (exit 3), not a timeout once connected (exit 5): the library's own connect
+    /// timeout, which ends at the same time, would say the same. One that passed while the input was read is a
+    /// timeout (nothing was sent).
     private static func noConnectionIfNot<Result>(
-        _ isConnected: ConnectedMark,
+        _ phase: ConnectionPhase,
         to path: String,
         within timeout: Duration?,
         framed: Bool,
@@ -176,13 +199,14 @@ struct SendCommand: AsyncParsableCommand {
     ) async throws -> Result {
         do {
             return try await body()
-        } catch let error as SocketIPCError where error.code == .timedOut && !isConnected.isMarked {
+        } catch let error as SocketIPCError where error.code == .timedOut && phase.timedOutConnecting {
             guard !Diagnosis.isNoConnection(error) else { throw error }
             throw SocketIPCError(
                 .timedOut,
                 "the server at \(path) did not accept within \(timeout.map(formatSeconds) ?? "the time") (--timeout)"
                     + (framed ? ", or sent no hello: it is stopped or swamped, or not a framed SocketIPC server" : ": it is stopped or swamped"),
-                path: path
+                path: path,
+                cause: ConnectionNotMade.notAccepted
             )
         }
     }
@@ -192,16 +216,21 @@ struct SendCommand: AsyncParsableCommand {
     static func sendEOF(
         from source: MessageSource,
         to path: String,
+        connectTimeout: Duration? = nil,
         trusting trustedServerUserIDs: Set<UInt32>? = nil,
-        connected: ConnectedMark? = nil
+        phase: ConnectionPhase? = nil
     ) async throws -> (Int, ByteBuffer) {
         try await source.withChunks { chunks, total in
             let progress = ProgressBar(total: total, label: "sending")
             defer { progress.finish() }
             var sent = 0
-            let acknowledgement = try await Client.sendMessage(to: path, trustedServerUserIDs: trustedServerUserIDs) {
-                writer in
-                connected?.mark()
+            phase?.connecting()
+            let acknowledgement = try await Client.sendMessage(
+                to: path,
+                connectTimeout: connectTimeout ?? .seconds(10),
+                trustedServerUserIDs: trustedServerUserIDs
+            ) { writer in
+                phase?.connected()
                 for try await chunk in chunks {
                     try await writer.write(chunk)
                     sent += chunk.readableBytes

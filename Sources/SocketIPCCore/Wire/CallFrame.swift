@@ -228,14 +228,15 @@ extension ByteBuffer {
     }
 
     /// How many of `string`'s UTF-8 bytes fit in a field of at most `limit` bytes: all of them, or the longest prefix
-    /// that ends where a character's encoding ends, so that a field cut short is still UTF-8 (PROTOCOL.md: code,
+    /// that ends where a Unicode scalar's encoding ends, so that a field cut short is still UTF-8 (a character of
+    /// several scalars, a flag or an accented letter, may lose its last ones) (PROTOCOL.md: code,
     /// text and method name are UTF-8). Callers refuse a method name that does not fit before it gets here; a
     /// handler's error code or text beyond its field is cut.
     package static func utf8Length(of string: String, atMost limit: Int) -> Int {
         let utf8 = string.utf8
         guard utf8.count > limit else { return utf8.count }
         var length = limit
-        // A byte 10xxxxxx continues the character before it: the prefix must end before that character starts.
+        // A byte 10xxxxxx continues the scalar before it: the prefix must end before that scalar starts.
         while length > 0, utf8[utf8.index(utf8.startIndex, offsetBy: length)] & 0xC0 == 0x80 { length -= 1 }
         return length
     }

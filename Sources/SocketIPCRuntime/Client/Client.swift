@@ -118,7 +118,8 @@ public enum Client {
                     "the server at \(socketPath) sent no hello within \(configuration.connectTimeout): it is busy, or it "
                         + "is not a framed SocketIPC server (an EOF-style server answers only after the client's "
                         + "half-close; send it an EOF-style message instead)",
-                    path: path
+                    path: path,
+                    cause: ConnectionNotMade.noHello
                 )
             )
             channel.close(promise: nil)

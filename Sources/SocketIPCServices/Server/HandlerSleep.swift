@@ -21,7 +21,8 @@ final class HandlerSleep: Sendable {
 
     /// Sleeps for `duration`; `schedule` runs its argument after the given time on an event loop, and is given the
     /// scheduled task to `observe` (for the tests).
-    /// - Throws: `CancellationError` when the task is cancelled first; the timer is then cancelled.
+    /// - Throws: `CancellationError` when the task is cancelled first; the timer is then cancelled. The event loop's
+    ///   error if it shuts down first.
     static func sleep(
         for duration: Duration,
         schedule: (Duration, @escaping @Sendable () -> Void) -> Scheduled<Void>,
@@ -44,6 +45,9 @@ final class HandlerSleep: Sendable {
                     return
                 }
                 let scheduled = schedule(bounded) { sleep.end(throwing: nil) }
+                // An event loop that shuts down fails its scheduled tasks: the sleep ends with that error rather than
+                // never (a cancelled timer fails too, after the sleep has ended: nothing then).
+                scheduled.futureResult.whenFailure { sleep.end(throwing: $0) }
                 sleep.timer.withLock { $0 = scheduled }
                 observe(scheduled)
                 // Cancelled between the two locks: the timer was not there yet to cancel.

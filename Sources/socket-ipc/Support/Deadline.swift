@@ -6,9 +6,11 @@ import SocketIPC
 ///   - timeout: How long `body` may take; `nil` for no deadline.
 ///   - what: What did not finish, for the error: "the message to PATH was not acknowledged".
 /// - Throws: ``SocketIPCError`` with code `timedOut`, or what `body` throws.
+///   - onExpiry: Called as the deadline passes, before `body` is cancelled: what `body` was doing then.
 func withDeadline<Result: Sendable>(
     _ timeout: Duration?,
     _ what: @autoclosure () -> String,
+    onExpiry: (@Sendable () -> Void)? = nil,
     _ body: @escaping @Sendable () async throws -> Result
 ) async throws -> Result {
     guard let timeout else { return try await body() }
@@ -17,6 +19,7 @@ func withDeadline<Result: Sendable>(
         group.addTask { try await body() }
         group.addTask {
             try await Task.sleep(for: timeout)
+            onExpiry?()
             return nil
         }
         defer { group.cancelAll() }

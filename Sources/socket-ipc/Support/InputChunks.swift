@@ -79,6 +79,9 @@ struct InputChunks: AsyncSequence {
                 return self.single
             }
             let chunk = try await self.chunks!.next()
+            // A stream ends, rather than throws, when its consumer's task is cancelled: that is no end of the input,
+            // and a message cut short there must not go out as a whole one (send --timeout on a slow pipe).
+            if chunk == nil { try Task.checkCancellation() }
             if chunk != nil { self.credits?.give() }
             return chunk
         }

@@ -78,7 +78,7 @@ struct CallFrameWritingTests {
         #expect(ended.details == ByteBuffer(string: "d"))
     }
 
-    @Test("a string cut at its field's limit ends where a character ends: a multi-byte character across the limit is left out whole, so the field stays UTF-8")
+    @Test("a string cut at its field's limit ends where a Unicode scalar ends: a multi-byte scalar across the limit is left out whole, so the field stays UTF-8")
     func cutAtCharacterBoundary() throws {
         // "é" is 2 bytes and "€" 3: each would straddle the limit. Before, the field ended with the character's
         // first byte(s), which is not UTF-8 (decoded, U+FFFD).

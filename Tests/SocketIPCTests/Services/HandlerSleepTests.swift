@@ -7,7 +7,7 @@ import Testing
 
 /// `ServiceContext.sleep(for:)`: a sleep on an event loop's timer whose cancellation cancels the timer, so that a
 /// sleep cut short gives its memory back at once (a cancelled `Task.sleep` keeps it until its time: swiftlang/swift#60441).
-@Suite("A handler's sleep cut short cancels its timer")
+@Suite("A handler's sleep cut short cancels its timer", .timeLimit(.minutes(1)))
 struct HandlerSleepTests {
     /// Runs `body` with an event loop of its own, shut down afterwards.
     private func withEventLoop<Result>(_ body: (any EventLoop) async throws -> Result) async throws -> Result {
@@ -54,5 +54,24 @@ struct HandlerSleepTests {
             await #expect(throws: CancellationError.self) { try await cancelledFirst.value }
             #expect(scheduledCount.withLock { $0 } == 1)
         }
+    }
+
+    @Test("a sleep whose event loop shuts down first ends with the loop's error rather than never")
+    func loopShutDown() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let loop = group.next()
+        let (scheduled, scheduledContinuation) = AsyncStream<Void>.makeStream()
+        let sleeper = Task {
+            try await HandlerSleep.sleep(
+                for: .seconds(60),
+                schedule: { delay, body in loop.scheduleTask(in: .init(delay), body) },
+                observe: { _ in scheduledContinuation.yield() }
+            )
+        }
+        var timers = scheduled.makeAsyncIterator()
+        _ = await timers.next()
+        try await group.shutdownGracefully()
+        // Before, the sleep waited for its whole minute, and longer: the shut-down loop never ran its timer.
+        await #expect(throws: EventLoopError.self) { try await sleeper.value }
     }
 }

@@ -67,7 +67,12 @@ enum SocketConnector {
             case EAGAIN:
                 // The listen backlog is full: a Unix domain socket connect cannot complete asynchronously, so retry.
                 guard ContinuousClock.now < deadline else {
-                    throw SocketIPCError(.timedOut, "the server at \(path) did not accept within \(timeout) (its backlog is full)", path: path.path)
+                    throw SocketIPCError(
+                        .timedOut,
+                        "the server at \(path) did not accept within \(timeout) (its backlog is full)",
+                        path: path.path,
+                        cause: ConnectionNotMade.notAccepted
+                    )
                 }
                 try await Task.sleep(for: backoff)
                 backoff = min(backoff * 2, .milliseconds(10))

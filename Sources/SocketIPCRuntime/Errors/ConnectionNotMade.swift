@@ -1,0 +1,14 @@
+/// The cause of a `timedOut` error that says no connection was made in time: the server did not accept (its
+/// backlog stayed full), or sent no hello. A command line tells it from a timeout once connected by this cause, not
+/// by the message, which holds the path.
+package enum ConnectionNotMade: Error, Sendable {
+    /// `connect` found the server's backlog full until the time was up.
+    case notAccepted
+    /// The server accepted but sent no hello in time.
+    case noHello
+}
+
+extension SocketIPCError {
+    /// Whether this error says no connection was made in time (``ConnectionNotMade``).
+    package var isConnectionNotMade: Bool { self.code == .timedOut && self.cause is ConnectionNotMade }
+}
