@@ -59,6 +59,33 @@ extension ConnectionChannelHandler {
         }
     }
 
+    /// Starts the write timer when the channel stops being writable, and stops it when it is writable again: a peer
+    /// that leaves this side's writes unread (above the channel's high watermark, 2 MiB) for all of ``writeTimeout``
+    /// has its connection closed, as nginx's `send_timeout` closes a client that takes nothing for 60 s. A server
+    /// stops reading from such a peer, so without it the connection would last for good: a review's peer passed its
+    /// own end of the connection in a descriptors frame that the server never read, and exited; with no process left
+    /// the connection never saw end-of-file, and 278 such connections of two users held the server at
+    /// `maximumConnections`, every other user refused, until it was restarted.
+    func watchWrites(isWritable: Bool, context: ChannelHandlerContext) {
+        guard let timeout = self.writeTimeout else { return }
+        if isWritable {
+            self.writeTimer.take()?.cancel()
+            return
+        }
+        guard self.writeTimer == nil else { return }
+        self.writeTimer = context.eventLoop.assumeIsolated().scheduleTask(in: .init(timeout)) {
+            self.writeTimer = nil
+            guard !context.channel.isWritable, self.connection != nil else { return }
+            self.fail(
+                SocketIPCError(
+                    .peerNotResponding,
+                    "the peer read none of this side's writes for \(timeout) (ServerConfiguration.writeTimeout)"
+                ),
+                context: context
+            )
+        }
+    }
+
     /// Checks at `deadline` whether the connection has been idle for the idle timeout: no bytes read and no request
     /// in flight either way. If so, says going-away `0x00` ("idle timeout") and closes; if not, checks again when
     /// it would be.

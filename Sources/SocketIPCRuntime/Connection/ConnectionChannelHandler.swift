@@ -63,6 +63,9 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
     var idleTimer: Scheduled<Void>?
     /// Checks that descriptors the peer passed do not wait forever (``ConnectionOptions/pendingDescriptorTimeout``).
     var pendingDescriptorTimer: Scheduled<Void>?
+    /// Runs while the channel is not writable, to close a connection whose peer leaves this side's writes unread for
+    /// ``writeTimeout``.
+    var writeTimer: Scheduled<Void>?
     /// When a read last delivered bytes (or a request was last seen in flight); kept only with an idle timeout.
     var lastActivity = NIODeadline.uptimeNanoseconds(0)
     /// The connection's options, shared with its server's other connections.
@@ -72,6 +75,9 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
     let connectionID: UInt64
     let lifecycle: ConnectionLifecycle
     let handshakeTimeout: Duration?
+    /// How long the channel may stay not writable (the peer reads nothing of this side's writes) before the
+    /// connection closes; `nil`: as long as it takes (``ServerConfiguration/writeTimeout``).
+    let writeTimeout: Duration?
     let pausesReadingWhileUnwritable: Bool
     let logger: Logger
     /// The socket's descriptor, where known: its peer's credentials are read from it, and the latency mode's busy
@@ -87,6 +93,8 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
     /// - Parameters:
     ///   - handshakeTimeout: How long the peer has, from when the channel is active, to send its whole hello; `nil`
     ///     (the client's case: its connect call has its own timeout) waits as long as it takes.
+    ///   - writeTimeout: How long the channel may stay not writable before the connection closes; `nil` (the
+    ///     client's case) waits as long as it takes.
     ///   - pausesReadingWhileUnwritable: Whether to stop reading while the channel is not writable (a server's
     ///     case: what it reads makes it write replies).
     ///   - peer: The peer's credentials as the server read them at accept (with what its policy needed), if it did.
@@ -96,6 +104,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         connectionID: UInt64,
         lifecycle: ConnectionLifecycle,
         handshakeTimeout: Duration? = nil,
+        writeTimeout: Duration? = nil,
         pausesReadingWhileUnwritable: Bool = false,
         descriptor: Int32? = nil,
         peer: PeerCredentials? = nil,
@@ -112,6 +121,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         self.connectionID = connectionID
         self.lifecycle = lifecycle
         self.handshakeTimeout = handshakeTimeout
+        self.writeTimeout = writeTimeout
         self.pausesReadingWhileUnwritable = pausesReadingWhileUnwritable
         self.logger = logger
     }
@@ -229,6 +239,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         let isWritable = context.channel.isWritable
         self.connection?.writabilityChanged(isWritable)
+        self.watchWrites(isWritable: isWritable, context: context)
         if isWritable { self.readIfHeld(context: context) }
         context.fireChannelWritabilityChanged()
     }
@@ -280,6 +291,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         self.handshakeTimer.take()?.cancel()
         self.idleTimer.take()?.cancel()
         self.pendingDescriptorTimer.take()?.cancel()
+        self.writeTimer.take()?.cancel()
         self.inbound = InboundBuffer()
         self.connection?.socketClosed()
         self.connection?.stopKeepalive()

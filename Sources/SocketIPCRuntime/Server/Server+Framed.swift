@@ -23,7 +23,8 @@ extension Server {
             initializer: FramedConnectionInitializer(
                 makeHandler: makeHandler,
                 sharedOptions: SharedConnectionOptions(configuration.connection),
-                handshakeTimeout: configuration.handshakeTimeout
+                handshakeTimeout: configuration.handshakeTimeout,
+                writeTimeout: configuration.writeTimeout
             )
         )
     }
@@ -39,6 +40,8 @@ struct FramedConnectionInitializer<Handler: ConnectionHandler & SendableMetatype
     var options: ConnectionOptions { self.sharedOptions.value }
     /// How long the peer has to send its hello, counted from the accept.
     let handshakeTimeout: Duration
+    /// How long the peer may leave the server's writes unread.
+    let writeTimeout: Duration?
 
     /// Descriptors travel when the options allow them.
     var maximumDescriptorsPerMessage: Int { self.options.effectiveMaximumDescriptors }
@@ -57,6 +60,7 @@ struct FramedConnectionInitializer<Handler: ConnectionHandler & SendableMetatype
             connectionID: connection.id,
             lifecycle: connection.lifecycle,
             handshakeTimeout: self.handshakeTimeout,
+            writeTimeout: self.writeTimeout,
             pausesReadingWhileUnwritable: true,
             descriptor: connection.descriptor,
             peer: connection.peer,

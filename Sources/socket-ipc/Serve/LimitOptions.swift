@@ -36,6 +36,16 @@ struct LimitOptions: ParsableArguments {
     @Option(
         name: .long,
         help: ArgumentHelp(
+            "Close a framed connection whose peer reads none of the server's writes for this many seconds (default "
+                + "60, as nginx's send_timeout).",
+            valueName: "seconds"
+        )
+    )
+    var writeTimeout: Double?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
             "Close a framed connection idle for this many seconds (default: never).", valueName: "seconds")
     )
     var idleTimeout: Double?
@@ -100,6 +110,7 @@ struct LimitOptions: ParsableArguments {
         }
         for (name, value) in [
             ("--handshake-timeout", self.handshakeTimeout), ("--idle-timeout", self.idleTimeout),
+            ("--write-timeout", self.writeTimeout),
             ("--keepalive-interval", self.keepaliveInterval), ("--keepalive-timeout", self.keepaliveTimeout),
         ] {
             if let value, !(value > 0) { throw ValidationError("\(name) must be a positive number of seconds") }
@@ -119,6 +130,7 @@ struct LimitOptions: ParsableArguments {
         if let value = self.maxConnectionsPerUser { configuration.maximumConnectionsPerUser = value }
         if let value = self.maxPendingHandshakesPerUser { configuration.maximumPendingHandshakesPerUser = value }
         if let value = self.handshakeTimeout { configuration.handshakeTimeout = duration(seconds: value) }
+        if let value = self.writeTimeout { configuration.writeTimeout = duration(seconds: value) }
         if let value = self.idleTimeout { configuration.connection.idleTimeout = duration(seconds: value) }
         if let value = self.maxConcurrentRequests { configuration.connection.maximumConcurrentRequests = value }
         if let value = self.keepaliveInterval { configuration.connection.keepaliveInterval = duration(seconds: value) }
