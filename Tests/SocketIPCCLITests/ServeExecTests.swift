@@ -23,6 +23,51 @@ struct ServeExecTests {
         }
     }
 
+    @Test("one user's requests waiting for their turn hold at most 64 MiB across its connections: beyond, an error reply at once, the connections going on (before, 200 connections of 100 requests took the server to 1.4 GB)")
+    func requestBytesPerUser() async throws {
+        // One command at a time, which never ends while the test runs: every other request waits for its turn.
+        try await withServeCommand(["--exec-concurrency", "1", "--exec", "cat >/dev/null; exec sleep 600"]) { path, _ in
+            let payload = ByteBuffer(repeating: 0x61, count: 1 << 20)
+            // 6 connections of 16 requests of 1 MiB: each connection may hold 16 MiB of large requests, the user 64.
+            let refusal = try await withThrowingTaskGroup(of: String?.self) { group in
+                for _ in 0..<6 {
+                    group.addTask {
+                        try await Client.withConnection(to: path) { connection in
+                            try await withThrowingTaskGroup(of: String?.self) { requests in
+                                for _ in 0..<16 {
+                                    requests.addTask {
+                                        do {
+                                            _ = try await connection.request(payload)
+                                            return nil
+                                        } catch let error as SocketIPCError where error.code == .remoteError {
+                                            return error.message
+                                        }
+                                    }
+                                }
+                                while let result = try await requests.next() {
+                                    if let message = result {
+                                        requests.cancelAll()
+                                        return message
+                                    }
+                                }
+                                return nil
+                            }
+                        }
+                    }
+                }
+                // A safety net, not a wait: before the change no request was refused, and all waited.
+                group.addTask {
+                    try await Task.sleep(for: .seconds(60))
+                    return "none refused in 60 s"
+                }
+                let first = try await group.next() ?? nil
+                group.cancelAll()
+                return first
+            }
+            #expect(refusal?.contains("64 MiB of this user's requests") == true, "\(refusal ?? "nil")")
+        }
+    }
+
     @Test("a non-zero exit is an error reply with the command's standard error; the requester exits 1")
     func failure() async throws {
         try await withServeCommand(["--exec", "cat >/dev/null; echo 'no such key' >&2; exit 3"]) { path, server in

@@ -18,6 +18,12 @@ struct ExecHandler: ConnectionHandler {
     let exec: ExecCommand
     /// Where the runs for one-way messages are kept, so that the server's shutdown can end them.
     let oneWayRuns: OneWayRuns
+    /// What each user's requests waiting or running hold, across the server (``requestBytesPerUser``).
+    let requestBytes: UserByteBudget
+    /// The most bytes one user's requests may hold while they wait for their turn or run, across all its connections:
+    /// 64 MiB, each counted as at least 4 KiB, as one-way messages (``OneWayRuns``). A request beyond it is answered at
+    /// once with an error reply, and the connection goes on.
+    static let requestBytesPerUser = OneWayRuns.maximumBytesPerUser
     /// The connection's one-way messages queued or running.
     private let pendingMessages = PendingCount()
     /// The run for the connection's previous one-way message: the next waits for it, so that they run in order.
@@ -26,9 +32,10 @@ struct ExecHandler: ConnectionHandler {
     private var isOverwhelmed = false
 
     /// Creates the handler of one connection.
-    init(exec: ExecCommand, oneWayRuns: OneWayRuns) {
+    init(exec: ExecCommand, oneWayRuns: OneWayRuns, requestBytes: UserByteBudget) {
         self.exec = exec
         self.oneWayRuns = oneWayRuns
+        self.requestBytes = requestBytes
     }
 
     /// Notes the connection with the peer's uid, gid and pid.
@@ -41,7 +48,18 @@ struct ExecHandler: ConnectionHandler {
         let exec = self.exec
         let peer = connection.peer
         let id = connection.id
+        let budget = self.requestBytes
+        guard let charge = budget.take(request.readableBytes, user: peer?.userID) else {
+            reply.fail(
+                ExecFailure(
+                    message: "the server already holds \(Self.requestBytesPerUser >> 20) MiB of this user's requests "
+                        + "waiting for their turn; try again once they are answered"
+                )
+            )
+            return
+        }
         reply.complete {
+            defer { budget.give(charge, user: peer?.userID) }
             do {
                 return try await exec.run(request, peer: peer, kind: .request)
             } catch let failure as ExecFailure {

@@ -31,7 +31,8 @@ struct ServeCommand: AsyncParsableCommand {
             least 4); requests, one-way and EOF-style messages beyond it wait their turn, shared fairly between users \
             (turns go round the users who wait; each user's in the order they came), and --exec-timeout counts from \
             the start of the run. A request that waits is dropped when its connection \
-            closes; a framed connection reads nothing more while it has --max-concurrent-requests requests \
+            closes, and one whose user's requests waiting or running already hold 64 MiB (each counted as at least \
+            4 KiB) gets an error reply at once; a framed connection reads nothing more while it has --max-concurrent-requests requests \
             unanswered. A connection's one-way messages run one after another, also after it closes; a connection \
             with 16 of them queued or running that sends one more is closed (`closing connection N: ...` on \
             standard error), and so is one whose user's messages queued or running already hold 64 MiB (each counted as at least 4 KiB). On SIGINT or SIGTERM the one-way messages still queued are dropped, and the commands \
@@ -212,8 +213,10 @@ struct ServeCommand: AsyncParsableCommand {
                 PrintingEchoHandler(router: router)
             }
         case (.framed, let exec?):
+            // One budget for the server: it counts each user's requests across all of its connections.
+            let requestBytes = UserByteBudget(limit: ExecHandler.requestBytesPerUser, minimum: OneWayRuns.minimumBytesPerRun)
             return Server.framed(configuration: configuration, logger: logger, onServerRunning: onRunning) {
-                ExecHandler(exec: exec, oneWayRuns: oneWayRuns)
+                ExecHandler(exec: exec, oneWayRuns: oneWayRuns, requestBytes: requestBytes)
             }
         case (.eof, nil):
             return Server.eof(
