@@ -73,17 +73,37 @@ extension ConnectionChannelHandler {
             return
         }
         guard self.writeTimer == nil else { return }
+        self.scheduleWriteCheck(after: timeout, buffered: Self.bufferedBytes(context), context: context)
+    }
+
+    /// Checks after `timeout` whether the channel is writable again (the peer took enough of this side's writes to
+    /// bring it below its low watermark) or fewer bytes wait in it than `buffered`; then it checks again later.
+    /// Otherwise the connection closes. (What waits in the channel is refilled from the connection's queue as the
+    /// peer reads, so a peer that reads but takes less than the gap between the watermarks, 1 MiB, in `timeout` can
+    /// still be closed: the measure is that gap, not every byte.)
+    private func scheduleWriteCheck(after timeout: Duration, buffered: Int?, context: ChannelHandlerContext) {
         self.writeTimer = context.eventLoop.assumeIsolated().scheduleTask(in: .init(timeout)) {
             self.writeTimer = nil
             guard !context.channel.isWritable, self.connection != nil else { return }
+            let now = Self.bufferedBytes(context)
+            if let now, let buffered, now < buffered {
+                self.scheduleWriteCheck(after: timeout, buffered: now, context: context)
+                return
+            }
             self.fail(
                 SocketIPCError(
                     .peerNotResponding,
-                    "the peer read none of this side's writes for \(timeout) (ServerConfiguration.writeTimeout)"
+                    "the peer left this side's writes above the channel's watermarks for \(timeout), taking too little of them "
+                        + "(ServerConfiguration.writeTimeout)"
                 ),
                 context: context
             )
         }
+    }
+
+    /// The bytes written to the channel and not yet taken by the socket, where the channel tells.
+    private static func bufferedBytes(_ context: ChannelHandlerContext) -> Int? {
+        try? context.channel.syncOptions?.getOption(.bufferedWritableBytes)
     }
 
     /// Checks at `deadline` whether the connection has been idle for the idle timeout: no bytes read and no request

@@ -55,14 +55,16 @@ public struct ServerConfiguration: Sendable {
     /// For an EOF-style ``EOFMessageHandler/streaming(_:)`` handler, which reads only as fast as it consumes, the
     /// limit is on each wait for more bytes instead of on the whole message.
     public var handshakeTimeout: Duration = .seconds(10)
-    /// How long a framed peer may leave the server's writes unread: when the connection's channel stays above its
-    /// high watermark (2 MiB written and not taken) for this long, the connection closes with `peerNotResponding`.
+    /// How long a framed peer may leave the server's writes unread: when the connection's channel is above its high
+    /// watermark (2 MiB written and not taken) and the peer takes none of it for this long, the connection closes
+    /// with `peerNotResponding`.
     /// Default 60 s, as nginx's `send_timeout`; `nil` waits as long as it takes.
     ///
     /// The server stops reading from a peer that does not read its replies, so without a limit such a connection
     /// lasts for good, also one whose peer is gone while a descriptor it passed keeps its own end open (inside the
-    /// socket's unread bytes), holding its user's slot and the server's descriptors. A peer that reads, however
-    /// slowly, moves the channel below its low watermark now and then and is never closed for it.
+    /// socket's unread bytes), holding its user's slot and the server's descriptors. A peer that reads at least 1 MiB
+    /// (the gap between the channel's watermarks) in each such time brings the channel below its low watermark and is
+    /// not closed; with the default, one that reads less than about 17 KB/s while over 2 MiB wait for it is.
     public var writeTimeout: Duration? = .seconds(60)
     /// Whether to refuse a parent directory that others could use to replace the socket file: one that a user other
     /// than root and the server's own can write (group- or world-writable without the sticky bit), or that is owned
