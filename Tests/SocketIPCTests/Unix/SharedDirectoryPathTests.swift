@@ -76,4 +76,22 @@ struct SharedDirectoryPathTests {
             #expect(SharedDirectoryPath.openToOthers(on: mine + "/app.sock") == sticky)
         }
     }
+
+    @Test("a directory known closed that is now another user's, with the same inode, is walked again (found by a review: a directory made again by another user at the same path got the same inode number)")
+    func knownDirectoryChangedOwner() async throws {
+        try await withTemporarySocketDirectory { directory in
+            chmod(directory, 0o755)
+            let sticky = directory + "/sticky"
+            try makeDirectory(sticky, mode: 0o1777)
+            let private_ = sticky + "/app"
+            try makeDirectory(private_, mode: 0o700)
+            try makeStaleSocket(at: private_ + "/s.sock")
+            #expect(SharedDirectoryPath.openToOthers(on: private_ + "/s.sock") == nil)
+            #expect(SharedDirectoryPath.openToOthers(on: private_ + "/s.sock") == nil, "known closed: looked at alone")
+            // The same directory (the same device and inode), now the other user's: they could have put any socket
+            // in it. As a directory removed and made again by them, when the file system reuses its inode number.
+            #expect(chown(private_, OtherUser.uid, OtherUser.gid) == 0)
+            #expect(SharedDirectoryPath.openToOthers(on: private_ + "/s.sock") == sticky)
+        }
+    }
 }

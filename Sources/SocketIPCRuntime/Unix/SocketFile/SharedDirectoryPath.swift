@@ -34,7 +34,7 @@ enum SharedDirectoryPath {
         }
         let slash = absolute.lastIndex(of: "/")!
         let parent = slash == absolute.startIndex ? "/" : String(absolute[..<slash])
-        if let known = Self.closedDirectories.withLock({ $0[parent] }), Self.identity(of: parent) == known {
+        if let known = Self.closedDirectories.withLock({ $0[parent] }), Self.snapshot(of: parent) == known {
             // The directory is as it was; the socket's name, a link, may still lead elsewhere.
             var info = stat()
             if lstat(absolute, &info) == 0, info.st_mode & S_IFMT != S_IFLNK { return nil }
@@ -42,10 +42,10 @@ enum SharedDirectoryPath {
         switch Self.walk(absolute) {
         case .open(let directory): return directory
         case .closed(let byTrustedUsersOnly):
-            if byTrustedUsersOnly, let identity = Self.identity(of: parent) {
+            if byTrustedUsersOnly, let snapshot = Self.snapshot(of: parent) {
                 Self.closedDirectories.withLock { known in
                     if known.count >= Self.closedDirectoriesKept { known.removeAll() }
-                    known[parent] = identity
+                    known[parent] = snapshot
                 }
             }
             return nil
@@ -64,20 +64,46 @@ enum SharedDirectoryPath {
     }
 
     /// Directories whose paths were found closed to other users (``Walk/closed(byTrustedUsersOnly:)`` with `true`),
-    /// by path, with the identity the directory had then: a connect to a socket in one of them looks at the
+    /// by path, with what the directory was then (``Snapshot``): a connect to a socket in one of them looks at the
     /// directory and the socket's name alone (two `lstat`s; a link is followed as before) instead of every component
     /// (the seed workload's connects cost 4 `lstat`s more each). Only this process's user and root own, and so may
-    /// change, any entry on such a path; a directory replaced since has another identity and is walked again.
-    private static let closedDirectories = Mutex<[String: FileStatus.Identity]>([:])
+    /// change, any entry on such a path; a directory replaced, or changed, since is walked again.
+    private static let closedDirectories = Mutex<[String: Snapshot]>([:])
 
     /// The most paths ``closedDirectories`` keeps; past it, it starts again.
     private static var closedDirectoriesKept: Int { 64 }
 
-    /// The identity of what `path` names, not following a last symbolic link; `nil` when it cannot be examined.
-    private static func identity(of path: String) -> FileStatus.Identity? {
+    /// What a directory was when its path was found closed to others: its identity, owner, mode and status change
+    /// time (`st_ctim`, which creating, renaming, `chmod`, `chown` and any change of its entries set).
+    ///
+    /// The identity alone does not tell a directory from one made since at the same path: file systems reuse inode
+    /// numbers at once (found by a review: on ext4 a directory removed from `/tmp` and made again by another user
+    /// came back with the same inode number, three times in three, and a long-running client's next connect to a
+    /// server of that user's skipped the check of who it is).
+    struct Snapshot: Equatable {
+        let identity: FileStatus.Identity
+        let owner: uid_t
+        let mode: mode_t
+        let changeSeconds: Int
+        let changeNanoseconds: Int
+    }
+
+    /// The ``Snapshot`` of what `path` names, not following a last symbolic link; `nil` when it cannot be examined.
+    private static func snapshot(of path: String) -> Snapshot? {
         var info = stat()
         guard lstat(path, &info) == 0 else { return nil }
-        return FileStatus.Identity(device: UInt64(info.st_dev), inode: UInt64(info.st_ino))
+        #if canImport(Darwin)
+        let change = info.st_ctimespec  // Darwin: untested
+        #else
+        let change = info.st_ctim
+        #endif
+        return Snapshot(
+            identity: FileStatus.Identity(device: UInt64(info.st_dev), inode: UInt64(info.st_ino)),
+            owner: info.st_uid,
+            mode: info.st_mode,
+            changeSeconds: Int(change.tv_sec),
+            changeNanoseconds: Int(change.tv_nsec)
+        )
     }
 
     /// What a walk along a path found.
