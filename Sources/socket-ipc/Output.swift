@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import NIOCore
+import SocketIPC
 import Synchronization
 
 /// Writes whole lines to standard output or standard error from any thread, unbuffered, so that the lines of
@@ -181,6 +182,24 @@ enum Output {
     /// Writes `text` and a newline to standard output.
     static func line(_ text: String) {
         self.emit(Array((text + "\n").utf8), toError: false)
+    }
+
+    /// Writes `text` and a newline to standard output as ``line(_:)`` does, but waits for a reader that takes nothing
+    /// only until `deadline` (a command's `--timeout`); `nil` waits as long as ``line(_:)``.
+    /// - Throws: `SocketIPCError` with code `timedOut` (exit status 5) when standard output took nothing more until
+    ///   `deadline`; the line may then be written in part.
+    static func line(_ text: String, by deadline: ContinuousClock.Instant?) throws {
+        let bytes = Array((text + "\n").utf8)
+        guard let deadline, self.queued.withLock({ $0 }) == nil else {
+            return self.emit(bytes, toError: false)
+        }
+        let taken = self.outputLock.withLock { _ in writeAll(bytes, to: STDOUT_FILENO, by: deadline) }
+        guard taken else {
+            throw SocketIPCError(
+                .timedOut,
+                "standard output took nothing more before the deadline (--timeout): nothing reads it"
+            )
+        }
     }
 
     /// Writes the bytes of `buffer` as they are to standard output, then a newline unless they end with one.

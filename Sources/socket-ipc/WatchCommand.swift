@@ -39,8 +39,12 @@ struct WatchCommand: AsyncParsableCommand {
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
                 try await call.withConnection { connection, timeout in
+                    // A reader of standard output that stops reading holds a line's write, on the connection's event
+                    // loop, where the call's deadline would have fired (found by a review: `| (sleep 30)` held a
+                    // `--timeout 5` for 30 s): the write waits only until the deadline.
+                    let deadline = timeout.map { ContinuousClock.now.advanced(by: $0) }
                     try await connection.serverStreaming(method: call.method, request: request, timeout: timeout) {
-                        Output.line(try formatJSON($0, pretty: false))
+                        try Output.line(try formatJSON($0, pretty: false), by: deadline)
                     }
                 }
             }

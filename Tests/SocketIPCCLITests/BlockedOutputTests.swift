@@ -79,6 +79,28 @@ struct BlockedOutputTests {
         }
     }
 
+    @Test("watch --timeout whose standard output nobody reads ends at its deadline, with exit 5 (found by a review: it waited for the reader)")
+    func watchTimeoutWhileBlocked() async throws {
+        try await withServeCommand { path, _ in
+            let fifo = URL(fileURLWithPath: path).deletingLastPathComponent().appendingPathComponent("out").path
+            let reader = try Self.makeFIFO(at: fifo)
+            defer { close(reader) }
+            let watch = try TestProcess(
+                executable: "/bin/sh",
+                [
+                    "-c", #"exec "$0" watch --timeout 3 --socket "$1" demo.count 100000000 > "$2""#,
+                    socketIPCBinary, path, fifo,
+                ],
+                // Before, it ran until the pipe was read: this turns that into a failure (status 137).
+                timeLimit: .seconds(60)
+            )
+            #expect(await watch.waitForExit() == 5)
+            var waiting: Int32 = 0
+            _ = ioctl(reader, UInt(FIONREAD), &waiting)
+            #expect(waiting > 32_768, "the pipe filled up first: \(waiting) bytes")
+        }
+    }
+
     @Test("serve whose standard output nobody reads goes on serving every client, and ends on SIGTERM with exit 0")
     func serveGoesOn() async throws {
         try await withTemporarySocketDirectory { directory in

@@ -89,6 +89,35 @@ final class QueuedWriter: Sendable {
 /// to ``Output/standardOutputClosed()`` and any other error (a full disk, an I/O error) to
 /// ``Output/standardOutputFailed(_:)``, each of which ends most commands; then, and on standard error, the rest is
 /// dropped.
+/// Writes `bytes` to `descriptor` as ``writeAll(_:to:)`` does, waiting for it to take more only until `deadline`;
+/// returns whether everything was written (or the write failed, which ``writeAll(_:to:)`` reports), `false` when the
+/// deadline passed first. Writes at most `PIPE_BUF` bytes after each wait: a pipe that polls writable takes that many
+/// without blocking.
+func writeAll(_ bytes: [UInt8], to descriptor: Int32, by deadline: ContinuousClock.Instant) -> Bool {
+    var offset = 0
+    while offset < bytes.count {
+        let left = ContinuousClock.now.duration(to: deadline)
+        guard left > .zero else { return false }
+        let (seconds, attoseconds) = left.components
+        let milliseconds = Int32(clamping: seconds * 1000 + attoseconds / 1_000_000_000_000_000 + 1)
+        var ready = pollfd(fd: descriptor, events: Int16(POLLOUT), revents: 0)
+        let polled = poll(&ready, 1, milliseconds)
+        if polled < 0 && errno == EINTR { continue }
+        if polled == 0 { continue }  // The deadline is looked at again above.
+        let end = min(bytes.count, offset + Int(PIPE_BUF))
+        let written = bytes[offset..<end].withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
+        if written > 0 {
+            offset += written
+            continue
+        }
+        if written < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) { continue }
+        // A failure, reported (and acted on) as writeAll(_:to:) does.
+        writeAll(Array(bytes[offset...]), to: descriptor)
+        return true
+    }
+    return true
+}
+
 func writeAll(_ bytes: [UInt8], to descriptor: Int32) {
     var offset = 0
     while offset < bytes.count {
