@@ -89,8 +89,8 @@ extension ProbeReport {
         case .otherProtocol:
             self.verdict = .otherProgram
             self.headline =
-                "something listens on \(path) but does not speak SocketIPC: it sent bytes that are not a hello "
-                + "before it got any message (another program\(Self.describe(result.peer, inParentheses: false)))"
+                "something listens on \(path) but does not speak SocketIPC: what it sent is neither a hello nor an "
+                + "EOF-style acknowledgement that ends (another program\(Self.describe(result.peer, inParentheses: false)))"
             self.fix = "check the path: it is not a SocketIPC server's socket"
         }
     }
