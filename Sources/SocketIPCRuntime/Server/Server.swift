@@ -117,7 +117,18 @@ public final class Server: Service, Sendable {
             self.endStartup(.failed(error))
             throw error
         }
-        defer { listener.owner?.release() }
+        // While it runs, its socket file and lock file keep fresh times, so that a cleaner of old files leaves them.
+        let refresher = listener.owner.map { owner in
+            let interval = TimeAmount(self.configuration.socketFileRefreshInterval)
+            return MultiThreadedEventLoopGroup.singleton.any().scheduleRepeatedTask(
+                initialDelay: interval,
+                delay: interval
+            ) { _ in owner.refreshTimestamps() }
+        }
+        defer {
+            refresher?.cancel()
+            listener.owner?.release()
+        }
         let path = listener.path
 
         let acceptFailure = Mutex<SocketIPCError?>(nil)

@@ -22,6 +22,10 @@ public struct ServerConfiguration: Sendable {
     /// of it. The lesson of containerd's CVE-2020-15257 (an abstract socket that any container on the host network
     /// could reach).
     public var allowsAnyoneOnAbstractAddress = false
+    /// How often a running server sets the access and modification times of its socket file and lock file to now,
+    /// so that a cleaner of old files (systemd-tmpfiles aging `/tmp` after 10 days) leaves them: one hour. Tests
+    /// shorten it.
+    package var socketFileRefreshInterval: Duration = .seconds(3600)
     /// Whether to create a missing parent directory (with mode `0o700`) instead of failing; default `false`.
     public var createParentDirectory = false
     /// The `listen` backlog; default 256.

@@ -1,3 +1,5 @@
+import Synchronization
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -20,12 +22,21 @@ import Darwin
 /// - With `requiresSecureParentDirectory`, no other user can replace the socket file. See ``DirectorySecurity``.
 /// - Every step after opening the parent directory works relative to its descriptor and never follows a symbolic
 ///   link at the socket's or the lock file's name.
-final class SocketFileOwner {
+///
+/// While the server runs, ``refreshTimestamps()`` keeps both files looking used to a cleaner of old files, such as
+/// systemd-tmpfiles aging `/tmp` (10 days by default): it spares a live socket only if `/proc/net/unix` lists it by
+/// its path, which lists the private path the socket was bound at (``PrivateBind``), and it would take the lock file,
+/// whose times never change otherwise, letting a second server claim the path (found by a review).
+final class SocketFileOwner: @unchecked Sendable {
     let path: SocketPath
     private let directoryDescriptor: Int32
+    /// Guards ``lockDescriptor`` and ``socketStatus``: ``refreshTimestamps()`` runs on an event loop, ``release(removeSocket:)``
+    /// where the server ends.
+    private let access = Mutex(())
     private var lockDescriptor: Int32
     private let lockIdentity: FileStatus.Identity
-    private var socketIdentity: FileStatus.Identity?
+    /// The socket file as this owner last saw it (after its bind and move, and after each refresh).
+    private var socketStatus: FileStatus?
 
     /// What ``claim(_:mode:createParentDirectory:requiresSecureParentDirectory:backlog:)`` created: the owner, and a
     /// bound, listening socket.
@@ -76,7 +87,12 @@ final class SocketFileOwner {
             try owner.removeStaleSocket()
             let bound = try PrivateBind.bind(
                 path, directory: directory, name: path.fileName, mode: mode, backlog: backlog)
-            owner.socketIdentity = bound.identity
+            // As it is at its name: the move changed its status change time.
+            if let moved = try? FileStatus.entry(path.fileName, in: directory, describedAs: path.path),
+                moved.identity == bound.identity
+            {
+                owner.socketStatus = moved
+            }
             return Claim(owner: owner, listeningDescriptor: bound.descriptor)
         } catch {
             owner.release(removeSocket: false)
@@ -87,24 +103,60 @@ final class SocketFileOwner {
     /// Removes the socket file and the lock file, each only if it is still the one this owner made, then drops the
     /// lock. Safe to call twice.
     func release(removeSocket: Bool = true) {
-        guard self.lockDescriptor >= 0 else { return }
-        if removeSocket, let identity = self.socketIdentity {
-            self.unlinkIfStill(identity, named: self.path.fileName)
+        self.access.withLock { _ in
+            guard self.lockDescriptor >= 0 else { return }
+            // Each file only if it is still the one this owner made: another, made at the name since (by a
+            // successor, after a cleaner removed this one), may have the same identity, as inode numbers are reused.
+            if removeSocket, let made = self.socketStatus,
+                let current = try? FileStatus.entry(self.path.fileName, in: self.directoryDescriptor, describedAs: self.path.path),
+                current.isUnchanged(since: made)
+            {
+                unlinkat(self.directoryDescriptor, self.path.fileName, 0)
+            }
+            // Unlink the lock file while still holding the lock; `lock(_:in:)` re-checks the inode, so a server that
+            // opened the old file before this unlink will notice and retry with a new one. A lock file that is no
+            // longer ours (this one has no name left: removed by someone, and a successor made and locked a new one,
+            // perhaps with the same inode number) is left to its owner.
+            if let held = try? FileStatus.of(descriptor: self.lockDescriptor, describedAs: self.path.lockFilePath),
+                held.linkCount > 0,
+                let current = try? FileStatus.entry(
+                    self.path.lockFileName, in: self.directoryDescriptor, describedAs: self.path.lockFilePath),
+                current.identity == self.lockIdentity
+            {
+                unlinkat(self.directoryDescriptor, self.path.lockFileName, 0)
+            }
+            close(self.lockDescriptor)
+            self.lockDescriptor = -1
+            close(self.directoryDescriptor)
         }
-        // Unlink the lock file while still holding the lock; `lock(_:in:)` re-checks the inode, so a server that
-        // opened the old file before this unlink will notice and retry with a new one. A lock file that is no
-        // longer ours (removed by someone, and a successor made and locked a new one) is left to its owner.
-        self.unlinkIfStill(self.lockIdentity, named: self.path.lockFileName)
-        close(self.lockDescriptor)
-        self.lockDescriptor = -1
-        close(self.directoryDescriptor)
     }
 
-    private func unlinkIfStill(_ identity: FileStatus.Identity, named name: String) {
-        guard let current = try? FileStatus.entry(name, in: self.directoryDescriptor, describedAs: name),
-            current.identity == identity
-        else { return }
-        unlinkat(self.directoryDescriptor, name, 0)
+    /// Sets the access and modification times of the lock file and of the socket file (a socket with the identity
+    /// of the one this owner made) to now, so that a cleaner of files unused for long leaves them while the server
+    /// runs (systemd tmpfiles.d(5) ages by those times; it would not see the socket as live, see above). Does nothing
+    /// once released.
+    ///
+    /// A socket file whose status changed since this owner last saw it (someone set its times or mode, or it was made
+    /// again at the name with the same inode number) gets fresh times all the same, which is harmless, but is no
+    /// longer taken for this owner's: the server leaves it when it stops, and the next server removes it if stale.
+    func refreshTimestamps() {
+        self.access.withLock { _ in
+            guard self.lockDescriptor >= 0 else { return }
+            _ = futimens(self.lockDescriptor, nil)
+            let name = self.path.fileName
+            guard let made = self.socketStatus,
+                let current = try? FileStatus.entry(name, in: self.directoryDescriptor, describedAs: self.path.path),
+                current.isSocket, current.identity == made.identity
+            else { return }
+            guard utimensat(self.directoryDescriptor, name, nil, AT_SYMLINK_NOFOLLOW) == 0 else { return }
+            guard current.isUnchanged(since: made) else { return }
+            // Its status change time is now that of this refresh.
+            if let refreshed = try? FileStatus.entry(name, in: self.directoryDescriptor, describedAs: self.path.path),
+                refreshed.identity == made.identity
+            {
+                self.socketStatus = refreshed
+            }
+        }
     }
 
     // MARK: - Steps
