@@ -32,14 +32,24 @@ public struct ConnectionBackoff: Sendable, Hashable {
 
     /// The wait before retry number `retry` (1 for the first), with `random` in `0..<1` choosing where in the
     /// jitter's range it falls.
+    ///
+    /// Settings out of range are taken at the nearest sensible value, never trapped on (found by a review: a delay
+    /// of `.seconds(Int64.max)`, or a `jitter` of `.nan`, crashed the client at its first retry): delays between zero
+    /// and 100 years (`Duration.longestWait`), a `multiplier` below 1 or not a number as 1, a `jitter` outside 0...1
+    /// clamped (not a number: 0).
     package func delay(beforeRetry retry: Int, random: Double) -> Duration {
-        let initial = Self.seconds(self.initialDelay)
-        let maximum = Self.seconds(self.maximumDelay)
+        let initial = Self.seconds(self.initialDelay.asWait)
+        let maximum = Self.seconds(self.maximumDelay.asWait)
         let exponent = Double(max(retry - 1, 0))
-        let nominal = min(initial * power(max(self.multiplier, 1), exponent), maximum)
-        let spread = min(max(self.jitter, 0), 1)
-        let jittered = nominal * (1 - spread + 2 * spread * min(max(random, 0), 1))
-        return .nanoseconds(Int64(max(jittered, 0) * 1e9))
+        let multiplier = self.multiplier.isNaN ? 1 : max(self.multiplier, 1)
+        let grown = initial * power(multiplier, exponent)
+        let nominal = grown.isNaN ? maximum : min(grown, maximum)
+        let spread = self.jitter.isNaN ? 0 : min(max(self.jitter, 0), 1)
+        let position = random.isNaN ? 0.5 : min(max(random, 0), 1)
+        let jittered = nominal * (1 - spread + 2 * spread * position)
+        let longest = Self.seconds(Duration.longestWait)
+        guard jittered.isFinite else { return Duration.longestWait }
+        return .nanoseconds(Int64(min(max(jittered, 0), longest) * 1e9))
     }
 
     static func seconds(_ duration: Duration) -> Double {

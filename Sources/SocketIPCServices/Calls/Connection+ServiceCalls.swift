@@ -17,14 +17,15 @@ extension Connection {
     ///   - options: The deadline and the codec; default none and JSON.
     /// - Returns: The handler's response.
     /// - Throws: ``ServiceError`` (the handler's own error); `SocketIPCError` with code `unknownMethod`,
-    ///   `deadlineExceeded`, `invalidMessage`, `remoteError` (the handler failed otherwise), `cancelled`,
+    ///   `deadlineExceeded`, `invalidMessage` (a request that does not encode, a response that does not decode),
+    ///   `remoteError` (the handler failed otherwise), `cancelled`,
     ///   `peerGoingAway`, `resourceExhausted`, `connectionClosed`, `messageTooLarge`; `CancellationError`.
     nonisolated(nonsending) public func call<Method: ServiceMethod>(
         _ method: Method.Type,
         _ request: Method.Request,
         options: CallOptions = CallOptions()
     ) async throws -> Method.Response {
-        let (payload, descriptors) = try DescriptorCoding.encode(request, codec: options.codec, on: self)
+        let (payload, descriptors) = try DescriptorCoding.encodeOutgoing(request, of: Method.name, codec: options.codec, on: self)
         return try await self.withOutgoingCall(Method.name, options: options) { call in
             try await call.sendWithoutWaiting(payload, descriptors: descriptors)
             call.finish()
@@ -51,7 +52,7 @@ extension Connection {
         options: CallOptions = CallOptions(),
         _ body: (ServiceStream<Method.Response>) async throws -> Result
     ) async throws -> Result {
-        let (payload, descriptors) = try DescriptorCoding.encode(request, codec: options.codec, on: self)
+        let (payload, descriptors) = try DescriptorCoding.encodeOutgoing(request, of: Method.name, codec: options.codec, on: self)
         return try await self.withOutgoingCall(Method.name, options: options) { call in
             try await call.sendWithoutWaiting(payload, descriptors: descriptors)
             call.finish()

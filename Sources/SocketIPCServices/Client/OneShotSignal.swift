@@ -1,3 +1,4 @@
+import SocketIPCCore
 import Synchronization
 
 /// Fires once; ``wait(upTo:)`` returns when it has, or after a delay: a client's shutdown, a connection's close.
@@ -20,7 +21,7 @@ final class OneShotSignal: Sendable {
     /// Returns after `delay`, or earlier once fired (or the task is cancelled).
     func wait(upTo delay: Duration) async {
         await withTaskGroup(of: Void.self) { group in
-            group.addTask { try? await Task.sleep(for: delay) }
+            group.addTask { try? await Task.sleep(for: delay.asWait) }
             group.addTask { await self.waitUntilFired() }
             await group.next()
             group.cancelAll()

@@ -257,7 +257,7 @@ extension ServiceClient {
         let id = self.nextWaiterID.wrappingAdd(1, ordering: .relaxed).newValue
         let limit = min(timeout ?? self.configuration.waitForConnectionTimeout, self.configuration.waitForConnectionTimeout)
         let timer = bounded ? Task {
-            try await Task.sleep(for: limit)
+            try await Task.sleep(for: limit.asWait)
             let waiter = self.machine.withLock { $0.removeWaiter(id: id) }
             waiter?.resume(throwing: self.noConnectionError(after: limit))
         } : nil

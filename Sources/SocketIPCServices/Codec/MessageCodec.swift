@@ -8,7 +8,8 @@ import NIOCore
 /// buffer, not Foundation's own `Data`). A codec without it works as before: its buffer replaces the reused one.
 public protocol MessageCodec: Sendable {
     /// Encodes `value` into a buffer.
-    /// - Throws: Whatever the encoding throws (an `EncodingError`); the call fails with it.
+    /// - Throws: Whatever the encoding throws (an `EncodingError`). A caller gets it as `invalidMessage`, with this
+    ///   error as its cause; a handler's call ends with it as the handler's error.
     func encode<Value: Encodable>(_ value: Value) throws -> ByteBuffer
     /// Encodes `value` by appending its bytes to `buffer`, after its readable bytes (SocketIPC passes a cleared
     /// buffer that it reuses from message to message). Optional: the default calls ``encode(_:)``.

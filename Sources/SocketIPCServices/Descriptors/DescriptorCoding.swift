@@ -45,6 +45,29 @@ enum DescriptorCoding {
         return (payload, DuplicatedDescriptors(try connection.duplicateForPassing(collected)))
     }
 
+    /// ``encode(_:codec:on:)`` for a caller's request or stream message: the codec's own error (an `EncodingError`, a
+    /// codec's error type) comes as `SocketIPCError` with code `invalidMessage`, the codec's error as its cause, as a
+    /// response that does not decode does (found by a review: it came untyped, where every failure of a call is a
+    /// `SocketIPCError`). A handler's own encoding failure ends its call, as its other errors do.
+    static func encodeOutgoing<Value: Encodable>(
+        _ value: Value,
+        of method: String,
+        codec: any MessageCodec,
+        on connection: Connection
+    ) throws -> (payload: ByteBuffer, descriptors: DuplicatedDescriptors?) {
+        do {
+            return try Self.encode(value, codec: codec, on: connection)
+        } catch let error as SocketIPCError {
+            throw error
+        } catch {
+            throw SocketIPCError(
+                .invalidMessage,
+                "a message of the call '\(method)' could not be encoded as a \(Value.self): \(error)",
+                cause: error
+            )
+        }
+    }
+
     /// Messages of at least this many bytes are decoded away from the event loop: 64 KiB.
     static var offLoopDecodingThreshold: Int { 64 * 1024 }
 

@@ -38,9 +38,18 @@ extension CallStatus {
         switch error {
         case let error as ServiceError:
             var details = ByteBuffer()
-            if let outgoing = error.outgoingDetails, let encoded = try? codec.encode(outgoing) { details = encoded }
-            else if let encoded = error.encodedDetails { details = encoded }
-            return CallStatus(code: .applicationError, errorCode: error.code, message: error.message, details: details)
+            var message = error.message
+            if let outgoing = error.outgoingDetails {
+                do {
+                    details = try codec.encode(outgoing)
+                } catch {
+                    // Said, as details too large to send are (found by a review: they were dropped without a word).
+                    message += " (its details were left out: they could not be encoded: \(error))"
+                }
+            } else if let encoded = error.encodedDetails {
+                details = encoded
+            }
+            return CallStatus(code: .applicationError, errorCode: error.code, message: message, details: details)
         case is CancellationError:
             // Cancelled on this side (its server's grace period ended, its connection is closing).
             return CallStatus(code: .cancelled, message: "the handler was cancelled")

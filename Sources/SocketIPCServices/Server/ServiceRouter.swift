@@ -32,7 +32,11 @@ public struct ServiceRouter: Sendable {
     public var codec: any MessageCodec
     /// The most calls of one connection handled at once; default 100 (as
     /// `ConnectionOptions.maximumConcurrentRequests`). A call beyond it fails at the caller with `resourceExhausted`.
-    /// Only the calls the peer opens count, not this side's own calls on the same connection.
+    /// Only the calls the peer opens count, not this side's own calls on the same connection. A call counts until its
+    /// handler returns: the caller's cancel or deadline answers the caller at once and cancels the handler's task, but
+    /// a handler that ignores cancellation keeps its place (its task still runs), and enough of them fill the
+    /// connection's limit. Handlers that wait should wait cancellably (``ServiceContext/sleep(for:)``, `Task.sleep`,
+    /// streams).
     public var maximumConcurrentCalls: Int = 100
     /// Whether handlers run on their connection's event loop (as their task's executor preference); default
     /// `true`, as `ClientConfiguration.runsBodyOnEventLoop`.

@@ -88,10 +88,14 @@ public struct ServiceStreamWriter<Element: Encodable & Sendable>: Sendable {
 
     /// Sends one message.
     /// - Throws: What the call failed with (the peer cancelled it or ended it, the deadline passed, the connection
-    ///   closed); the codec's error; `messageTooLarge`; `invalidState` while another task waits to write;
-    ///   `CancellationError`.
+    ///   closed); a message that does not encode: on a caller's writer `invalidMessage` (the codec's error as its
+    ///   cause), on a handler's the codec's own error (it ends the call as the handler's error); `messageTooLarge`;
+    ///   `invalidState` while another task waits to write; `CancellationError`.
     nonisolated(nonsending) public func write(_ element: Element) async throws {
-        let (payload, descriptors) = try DescriptorCoding.encode(element, codec: self.codec, on: self.call.connection)
+        let (payload, descriptors) =
+            self.call.isCaller
+            ? try DescriptorCoding.encodeOutgoing(element, of: self.call.method, codec: self.codec, on: self.call.connection)
+            : try DescriptorCoding.encode(element, codec: self.codec, on: self.call.connection)
         if descriptors == nil {
             // A stream in full flow sends here without suspending and without a further async call.
             let attempt = try self.call.trySendWithoutWaiting(payload)

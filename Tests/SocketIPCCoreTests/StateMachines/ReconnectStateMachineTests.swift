@@ -116,6 +116,29 @@ struct ReconnectStateMachineTests {
         #expect(backoff.delay(beforeRetry: 1, random: 1) == .milliseconds(1200))
     }
 
+    @Test("backoff settings out of range give a delay between zero and 100 years, never a trap (found by a review: the first retry crashed the client)")
+    func backoffOutOfRange() {
+        let longest = Duration.longestWait
+        let cases: [(ConnectionBackoff, Int, Double)] = [
+            (ConnectionBackoff(initialDelay: .seconds(Int64.max)), 1, 0.5),
+            (ConnectionBackoff(initialDelay: .seconds(400 * 365 * 86_400), maximumDelay: .seconds(Int64.max)), 1, 0.5),
+            (ConnectionBackoff(maximumDelay: .seconds(Int64.max)), 200, 0.5),
+            (ConnectionBackoff(jitter: .nan), 2, 0.5),
+            (ConnectionBackoff(multiplier: .nan), 3, 0.5),
+            (ConnectionBackoff(multiplier: .infinity, jitter: .infinity), 3, 0.5),
+            (ConnectionBackoff(initialDelay: .seconds(-5), maximumDelay: .seconds(-1)), 2, 0.5),
+            (ConnectionBackoff(), 2, .nan),
+        ]
+        for (backoff, retry, random) in cases {
+            let delay = backoff.delay(beforeRetry: retry, random: random)
+            #expect(delay >= .zero && delay <= longest, "\(backoff) retry \(retry): \(delay)")
+        }
+        #expect(ConnectionBackoff(jitter: .nan).delay(beforeRetry: 1, random: 0.9) == .milliseconds(50), "no jitter")
+        #expect(Duration.seconds(Int64.max).asWait == longest)
+        #expect(Duration.seconds(-1).asWait == .zero)
+        #expect(Duration.seconds(3).asWait == .seconds(3))
+    }
+
     struct Failure: Error {
         var message: String
         init(_ message: String) { self.message = message }
