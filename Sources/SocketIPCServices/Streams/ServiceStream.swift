@@ -8,7 +8,8 @@ import SocketIPCCore
 /// `SocketIPCError` with code `invalidState`. It ends (`nil`) when the other side ends its direction normally, and
 /// throws when the call fails:
 /// the handler's error as a ``ServiceError`` or a `SocketIPCError` (`deadlineExceeded`, `connectionClosed`, …), or
-/// `invalidMessage` for a message that does not decode. Reading is what gives the sender credit (PROTOCOL.md, "Flow
+/// `invalidMessage` for a message that does not decode; `invalidState` on a caller's stream kept past the body it
+/// was handed to. Reading is what gives the sender credit (PROTOCOL.md, "Flow
 /// control"): a consumer that stops reading stops the producer on the other side after 64 KiB, and no more than that
 /// waits here.
 public struct ServiceStream<Element: Decodable & Sendable>: AsyncSequence, Sendable {

@@ -34,6 +34,12 @@ struct APIMisuseTests {
         typealias Response = Int
     }
 
+    enum Chat: ServiceMethod {
+        static let name = "misuse.chat"
+        typealias Request = Int
+        typealias Response = Int
+    }
+
     @Test("a request that does not encode fails the call with invalidMessage, the codec's error as its cause; the connection serves on")
     func requestDoesNotEncode() async throws {
         var router = ServiceRouter()
@@ -65,6 +71,23 @@ struct APIMisuseTests {
                 let error = await #expect(throws: ServiceError.self) { _ = try await connection.call(Fail.self, 1) }
                 #expect(error?.code == "broken")
                 #expect(error?.message.hasPrefix("it broke (its details were left out: they could not be encoded") == true, "\(String(describing: error))")
+            }
+        }
+    }
+
+    @Test("a caller's stream or writer used after the body it was handed to returned throws invalidState, not CancellationError (which would say the task using it was cancelled)")
+    func escapedCallerStream() async throws {
+        var router = ServiceRouter()
+        router.registerServerStreaming(Quiet.self) { _, _, _ in try await Task.sleep(for: .seconds(3600)) }
+        router.registerBidirectionalStreaming(Chat.self) { requests, _, _ in for try await _ in requests {} }
+        try await withServiceTestServer(router: router) { _, path in
+            try await Client.withConnection(to: path) { connection in
+                let escaped = try await connection.serverStreaming(Quiet.self, 0) { $0 }
+                let error = await #expect(throws: SocketIPCError.self) { for try await _ in escaped {} }
+                #expect(error?.code == .invalidState, "\(String(describing: error))")
+                let writer = try await connection.bidirectionalStreaming(Chat.self) { requests, _ in requests }
+                let writeError = await #expect(throws: SocketIPCError.self) { try await writer.write(1) }
+                #expect(writeError?.code == .invalidState, "\(String(describing: writeError))")
             }
         }
     }
