@@ -42,7 +42,7 @@ public struct ConnectionBackoff: Sendable, Hashable {
         let maximum = Self.seconds(self.maximumDelay.asWait)
         let exponent = Double(max(retry - 1, 0))
         let multiplier = self.multiplier.isNaN ? 1 : max(self.multiplier, 1)
-        let grown = initial * power(multiplier, exponent)
+        let grown = initial == 0 ? 0 : initial * power(multiplier, exponent)
         let nominal = grown.isNaN ? maximum : min(grown, maximum)
         let spread = self.jitter.isNaN ? 0 : min(max(self.jitter, 0), 1)
         let position = random.isNaN ? 0.5 : min(max(random, 0), 1)

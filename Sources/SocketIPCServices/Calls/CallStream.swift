@@ -706,7 +706,7 @@ final class CallStream: Sendable, WriteWaitOwner {
 
     /// The caller gives the call up: tells the handler's side (a cancel frame) unless the call already ended, and
     /// fails what waits with `error`, by default `CancellationError` or `deadlineExceeded` as `reason` says.
-    func cancel(_ reason: CallCancelReason, failing error: (any Error)? = nil) {
+    func cancel(_ reason: CallCancelReason, failing error: @autoclosure () -> (any Error)? = nil) {
         guard self.isCaller else {
             // The handler's own task was cancelled (its connection closed or its server's grace period ended).
             self.fail(CancellationError())
@@ -723,7 +723,7 @@ final class CallStream: Sendable, WriteWaitOwner {
         // to tell the peer. A writer that still waits for credit (one a body left running) is failed below.
         if isOver { return }
         let error: any Error =
-            error ?? (reason == .deadlineExceeded ? Self.deadlineError(self.method) : CancellationError())
+            error() ?? (reason == .deadlineExceeded ? Self.deadlineError(self.method) : CancellationError())
         self.fail(error)
         if wasOpen { self.connection.queueCallControlFrame(id: self.id, .cancel(reason)) }
     }

@@ -161,20 +161,23 @@ extension Connection {
             self.scheduleCallTimer(in: max(timeout, .zero)) { call.cancel(.deadlineExceeded) }
         }
         defer { timer?.cancel() }
-        // What a stream or writer that outlives `body` (kept by another task) gets: not `CancellationError`, which says
-        // that the task using it was cancelled (found by a review).
-        let over = SocketIPCError(.invalidState, "the call '\(method)' is over: the body it was handed to has returned")
         do {
             let result = try await body(call)
             // `body` stopped listening before the handler ended the call: tell the handler's side.
-            call.cancel(.cancelled, failing: over)
+            call.cancel(.cancelled, failing: Self.callOver(method))
             return result
         } catch {
-            call.cancel(.cancelled, failing: over)
+            call.cancel(.cancelled, failing: Self.callOver(method))
             // A deadline that passed is the reason, whatever the read or write it interrupted threw.
             if let failure = call.failure as? SocketIPCError, failure.code == .deadlineExceeded { throw failure }
             throw error
         }
+    }
+
+    /// What a stream or writer that outlives the body it was handed to (kept by another task) gets: not
+    /// `CancellationError`, which says that the task using it was cancelled (found by a review).
+    static func callOver(_ method: String) -> SocketIPCError {
+        SocketIPCError(.invalidState, "the call '\(method)' is over: the body it was handed to has returned")
     }
 
     /// Reads exactly one response and the handler's end.

@@ -83,12 +83,6 @@ final class QueuedWriter: Sendable {
     }
 }
 
-/// Writes all of `bytes` to `descriptor`, retrying on `EINTR` (where Foundation's `FileHandle.write` traps) and
-/// waiting with `poll(2)` on `EAGAIN` (a descriptor left non-blocking by whoever shares it, such as a pipe from a
-/// parent that set `O_NONBLOCK`). On standard output, `EPIPE` (its reader has gone, once `SIGPIPE` is ignored) is told
-/// to ``Output/standardOutputClosed()`` and any other error (a full disk, an I/O error) to
-/// ``Output/standardOutputFailed(_:)``, each of which ends most commands; then, and on standard error, the rest is
-/// dropped.
 /// Writes `bytes` to `descriptor` as ``writeAll(_:to:)`` does, waiting for it to take more only until `deadline`;
 /// returns whether everything was written (or the write failed, which ``writeAll(_:to:)`` reports), `false` when the
 /// deadline passed first. Writes at most `PIPE_BUF` bytes after each wait: a pipe that polls writable takes that many
@@ -118,6 +112,12 @@ func writeAll(_ bytes: [UInt8], to descriptor: Int32, by deadline: ContinuousClo
     return true
 }
 
+/// Writes all of `bytes` to `descriptor`, retrying on `EINTR` (where Foundation's `FileHandle.write` traps) and
+/// waiting with `poll(2)` on `EAGAIN` (a descriptor left non-blocking by whoever shares it, such as a pipe from a
+/// parent that set `O_NONBLOCK`). On standard output, `EPIPE` (its reader has gone, once `SIGPIPE` is ignored) is told
+/// to ``Output/standardOutputClosed()`` and any other error (a full disk, an I/O error) to
+/// ``Output/standardOutputFailed(_:)``, each of which ends most commands; then, and on standard error, the rest is
+/// dropped.
 func writeAll(_ bytes: [UInt8], to descriptor: Int32) {
     var offset = 0
     while offset < bytes.count {

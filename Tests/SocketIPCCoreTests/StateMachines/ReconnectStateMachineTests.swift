@@ -128,12 +128,14 @@ struct ReconnectStateMachineTests {
             (ConnectionBackoff(multiplier: .infinity, jitter: .infinity), 3, 0.5),
             (ConnectionBackoff(initialDelay: .seconds(-5), maximumDelay: .seconds(-1)), 2, 0.5),
             (ConnectionBackoff(), 2, .nan),
+            (ConnectionBackoff(initialDelay: .zero, multiplier: .infinity), 3, 0.5),
         ]
         for (backoff, retry, random) in cases {
             let delay = backoff.delay(beforeRetry: retry, random: random)
             #expect(delay >= .zero && delay <= longest, "\(backoff) retry \(retry): \(delay)")
         }
         #expect(ConnectionBackoff(jitter: .nan).delay(beforeRetry: 1, random: 0.9) == .milliseconds(50), "no jitter")
+        #expect(ConnectionBackoff(initialDelay: .zero, multiplier: .infinity).delay(beforeRetry: 3, random: 0.5) == .zero)
         #expect(Duration.seconds(Int64.max).asWait == longest)
         #expect(Duration.seconds(-1).asWait == .zero)
         #expect(Duration.seconds(3).asWait == .seconds(3))

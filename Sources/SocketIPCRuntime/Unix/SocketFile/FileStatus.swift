@@ -23,8 +23,6 @@ struct FileStatus {
     let owner: uid_t
     /// How many names (hard links) the file has.
     let linkCount: UInt64
-    /// When its status last changed (`st_ctim`): creating it, renaming it, `chmod`, `chown`, `utimensat` set it.
-    let changeTime: Duration
 
     init(_ info: stat) {
         self.identity = Identity(
@@ -35,19 +33,6 @@ struct FileStatus {
         self.permissions = info.st_mode & 0o7777
         self.owner = info.st_uid
         self.linkCount = UInt64(truncatingIfNeeded: info.st_nlink)
-        #if canImport(Darwin)
-        let change = info.st_ctimespec  // Darwin: untested
-        #else
-        let change = info.st_ctim
-        #endif
-        self.changeTime = .seconds(Int64(change.tv_sec)) + .nanoseconds(Int64(change.tv_nsec))
-    }
-
-    /// Whether this is the same file as `other` was, unchanged since: the same identity and status change time. A
-    /// file removed and another made at its name can have the same identity (file systems reuse inode numbers at
-    /// once), not the same change time.
-    func isUnchanged(since other: FileStatus) -> Bool {
-        self.identity == other.identity && self.changeTime == other.changeTime
     }
 
     var isDirectory: Bool { self.type == S_IFDIR }

@@ -35,7 +35,7 @@ final class SocketFileOwner: @unchecked Sendable {
     private let access = Mutex(())
     private var lockDescriptor: Int32
     private let lockIdentity: FileStatus.Identity
-    /// The socket file as this owner last saw it (after its bind and move, and after each refresh).
+    /// The socket file as this owner made it (after its bind and move).
     private var socketStatus: FileStatus?
 
     /// What ``claim(_:mode:createParentDirectory:requiresSecureParentDirectory:backlog:)`` created: the owner, and a
@@ -105,11 +105,13 @@ final class SocketFileOwner: @unchecked Sendable {
     func release(removeSocket: Bool = true) {
         self.access.withLock { _ in
             guard self.lockDescriptor >= 0 else { return }
-            // Each file only if it is still the one this owner made: another, made at the name since (by a
-            // successor, after a cleaner removed this one), may have the same identity, as inode numbers are reused.
+            // Each file only if it is still the one this owner made. The socket file's inode cannot be reused while the
+            // server listens (the bound socket holds it): its identity tells it from another made at the name since.
+            // (Its status change time would not do: a `chown` or `touch` by an administrator changes it, and the
+            // socket left behind as another user's would stop the next start, found by a review.)
             if removeSocket, let made = self.socketStatus,
                 let current = try? FileStatus.entry(self.path.fileName, in: self.directoryDescriptor, describedAs: self.path.path),
-                current.isUnchanged(since: made)
+                current.identity == made.identity
             {
                 unlinkat(self.directoryDescriptor, self.path.fileName, 0)
             }
@@ -136,9 +138,6 @@ final class SocketFileOwner: @unchecked Sendable {
     /// runs (systemd tmpfiles.d(5) ages by those times; it would not see the socket as live, see above). Does nothing
     /// once released.
     ///
-    /// A socket file whose status changed since this owner last saw it (someone set its times or mode, or it was made
-    /// again at the name with the same inode number) gets fresh times all the same, which is harmless, but is no
-    /// longer taken for this owner's: the server leaves it when it stops, and the next server removes it if stale.
     func refreshTimestamps() {
         self.access.withLock { _ in
             guard self.lockDescriptor >= 0 else { return }
@@ -148,14 +147,7 @@ final class SocketFileOwner: @unchecked Sendable {
                 let current = try? FileStatus.entry(name, in: self.directoryDescriptor, describedAs: self.path.path),
                 current.isSocket, current.identity == made.identity
             else { return }
-            guard utimensat(self.directoryDescriptor, name, nil, AT_SYMLINK_NOFOLLOW) == 0 else { return }
-            guard current.isUnchanged(since: made) else { return }
-            // Its status change time is now that of this refresh.
-            if let refreshed = try? FileStatus.entry(name, in: self.directoryDescriptor, describedAs: self.path.path),
-                refreshed.identity == made.identity
-            {
-                self.socketStatus = refreshed
-            }
+            _ = utimensat(self.directoryDescriptor, name, nil, AT_SYMLINK_NOFOLLOW)
         }
     }
 
