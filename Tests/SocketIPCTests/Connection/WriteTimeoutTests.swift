@@ -32,7 +32,10 @@ struct WriteTimeoutTests {
             for id in 1...512 { stream += frameBytes(kind: 0x02, id: UInt32(id), payload: payload) }
             let hostile = try await RawSocket.connect(to: path)
             defer { hostile.close() }
-            let taken = try await hostile.sendUntilStalled(stream)
+            // The server stops reading only once its writes to this peer are above the channel's watermarks: a stall
+            // of a second in a loaded run could be the server's slowness instead, after which it read the rest and
+            // never became unwritable (a CI check: no close within 90 s); five seconds without progress is the stop.
+            let taken = try await hostile.sendUntilStalled(stream, stalledAfterMilliseconds: 5000)
             #expect(taken < stream.count, "the server stopped taking requests")
             // Meanwhile another client is served, and reads what it asked for.
             let reply = try await Client.withConnection(to: path) { try await $0.request(ByteBuffer(string: "next")) }
