@@ -30,13 +30,12 @@ import Darwin
 final class SocketFileOwner: @unchecked Sendable {
     let path: SocketPath
     private let directoryDescriptor: Int32
-    /// Guards ``lockDescriptor`` and ``socketStatus``: ``refreshTimestamps()`` runs on an event loop, ``release(removeSocket:)``
-    /// where the server ends.
+    /// Guards ``lockDescriptor``: ``refreshTimestamps()`` runs on an event loop, ``release(removeSocket:)`` where the
+    /// server ends.
     private let access = Mutex(())
     private var lockDescriptor: Int32
     private let lockIdentity: FileStatus.Identity
-    /// The socket file as this owner made it (after its bind and move).
-    private var socketStatus: FileStatus?
+    private var socketIdentity: FileStatus.Identity?
 
     /// What ``claim(_:mode:createParentDirectory:requiresSecureParentDirectory:backlog:)`` created: the owner, and a
     /// bound, listening socket.
@@ -87,12 +86,7 @@ final class SocketFileOwner: @unchecked Sendable {
             try owner.removeStaleSocket()
             let bound = try PrivateBind.bind(
                 path, directory: directory, name: path.fileName, mode: mode, backlog: backlog)
-            // As it is at its name: the move changed its status change time.
-            if let moved = try? FileStatus.entry(path.fileName, in: directory, describedAs: path.path),
-                moved.identity == bound.identity
-            {
-                owner.socketStatus = moved
-            }
+            owner.socketIdentity = bound.identity
             return Claim(owner: owner, listeningDescriptor: bound.descriptor)
         } catch {
             owner.release(removeSocket: false)
@@ -109,9 +103,9 @@ final class SocketFileOwner: @unchecked Sendable {
             // server listens (the bound socket holds it): its identity tells it from another made at the name since.
             // (Its status change time would not do: a `chown` or `touch` by an administrator changes it, and the
             // socket left behind as another user's would stop the next start, found by a review.)
-            if removeSocket, let made = self.socketStatus,
+            if removeSocket, let identity = self.socketIdentity,
                 let current = try? FileStatus.entry(self.path.fileName, in: self.directoryDescriptor, describedAs: self.path.path),
-                current.identity == made.identity
+                current.identity == identity
             {
                 unlinkat(self.directoryDescriptor, self.path.fileName, 0)
             }
@@ -137,15 +131,14 @@ final class SocketFileOwner: @unchecked Sendable {
     /// of the one this owner made) to now, so that a cleaner of files unused for long leaves them while the server
     /// runs (systemd tmpfiles.d(5) ages by those times; it would not see the socket as live, see above). Does nothing
     /// once released.
-    ///
     func refreshTimestamps() {
         self.access.withLock { _ in
             guard self.lockDescriptor >= 0 else { return }
             _ = futimens(self.lockDescriptor, nil)
             let name = self.path.fileName
-            guard let made = self.socketStatus,
+            guard let identity = self.socketIdentity,
                 let current = try? FileStatus.entry(name, in: self.directoryDescriptor, describedAs: self.path.path),
-                current.isSocket, current.identity == made.identity
+                current.isSocket, current.identity == identity
             else { return }
             _ = utimensat(self.directoryDescriptor, name, nil, AT_SYMLINK_NOFOLLOW)
         }
