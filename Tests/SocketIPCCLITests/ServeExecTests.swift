@@ -334,6 +334,34 @@ struct ServeExecTests {
         }
     #endif
 
+    @Test("a second SIGTERM or SIGINT stops serve at once: the commands still running are killed, the socket file removed, without waiting out --shutdown-grace-period (before, an hour)")
+    func secondSignalStopsNow() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/s.sock"
+            let pids = directory + "/pids"
+            let options = [
+                "--shutdown-grace-period", "3600", "--exec-timeout", "3600", "--exec", "echo $$ >> '\(pids)'; sleep 3600",
+            ]
+            try await withServeCommand(at: path, options) { server in
+                let sent = try await runCLI(["send", path, "one-way"])
+                #expect(sent.status == 0, "stderr: \(sent.error)")
+                try await waitUntilFile(pids, hasLines: 1)
+                // The first begins the graceful shutdown, which would wait an hour for the command; the second ends it.
+                server.signal(SIGTERM)
+                server.signal(SIGINT)
+                #expect(await server.waitForExit() == 0, "serve was killed at its time limit: the second signal did not stop it")
+                // Which of the two is second is the kernel's choice: pending signals are delivered lowest number first.
+                let note = await server.standardError.waitForLine(containing: "second shutdown signal")
+                #expect(note?.hasSuffix("): stopping now, without the rest of the grace period") == true, "\(note ?? "")")
+            }
+            #expect(access(path, F_OK) == -1, "the socket file is left behind")
+            let lines = try String(contentsOfFile: pids, encoding: .utf8).split(separator: "\n")
+            for pid in lines.compactMap({ Int32($0) }) {
+                #expect(kill(pid, 0) == -1 && errno == ESRCH, "the command \(pid) is still there")
+            }
+        }
+    }
+
     #if os(Linux)
         @Test("the command inherits no descriptor but its standard input, output and error")
         func noLeakedDescriptors() async throws {

@@ -32,7 +32,7 @@ struct ListenCommand: AsyncParsableCommand {
 
             Notes go to standard error: `listening on PATH`, and each connection opened and closed with the peer's \
             uid and pid. --count N exits 0 after N messages. SIGINT, SIGTERM or SIGHUP (unless ignored) shut the server down gracefully and \
-            remove the socket file (exit 0).
+            remove the socket file (exit 0); a second one stops it at once.
 
             With --connect, connects to the framed server on PATH and prints every message it pushes (and every \
             request it sends, answered with an empty reply), until the server closes the connection (exit 0 when it \
@@ -152,7 +152,9 @@ struct ListenCommand: AsyncParsableCommand {
             await group.triggerGracefulShutdown()
         }
         defer { stopper.cancel() }
-        try await group.run()
+        try await ShutdownSignals.run(group, stoppingAtSecondOf: ShutdownSignals.server) { signal in
+            Output.note("a second shutdown signal (\(signal)): stopping now, without the rest of the grace period")
+        }
         // Not the last message printed: SIGINT, SIGTERM or SIGHUP.
         if !printer.reachedLimit { Output.stoppedBySignal() }
     }

@@ -89,6 +89,16 @@ final class OneWayRuns: Sendable {
         for task in queued { task.cancel() }
     }
 
+    /// Ends the grace period now: no run starts any more and every run is cancelled, which kills the process groups of
+    /// the commands running (a second shutdown signal).
+    func stopNow() {
+        let tasks = self.state.withLock { state -> [Task<Void, Never>] in
+            state.deadline = .now
+            return state.runs.values.compactMap(\.task)
+        }
+        for task in tasks { task.cancel() }
+    }
+
     /// Waits for the running commands until the grace period given to ``beginShutdown(gracePeriod:)`` is over (from
     /// now when the shutdown has not begun), cancels (kills) those still running then, and waits until every run has
     /// ended.

@@ -41,7 +41,8 @@ struct ServeCommand: AsyncParsableCommand {
             Prints `listening on PATH` once the socket accepts connections, and notes each connection on standard \
             error: `connection from uid=U gid=G pid=P (connection N)` and `connection closed from ...` (an \
             EOF-style connection once its message has arrived). SIGINT, SIGTERM or SIGHUP (unless ignored, as under nohup) shut the server down \
-            gracefully: requests in flight finish, clients are told, and the socket file is removed. A stale \
+            gracefully: requests in flight finish, clients are told, and the socket file is removed; a second one stops \
+            it at once, without the rest of the grace period. A stale \
             socket file (its server was killed) is replaced; a live server's is never touched. The socket file is \
             owned by the server's user and group: the library has no option to give it another. Output is written \
             from a queue, so a reader that stops reading (a paused `| less`) never holds up the server: beyond 16 MiB \
@@ -167,7 +168,10 @@ struct ServeCommand: AsyncParsableCommand {
                 logger: logger
             )
             do {
-                try await group.run()
+                try await ShutdownSignals.run(group, stoppingAtSecondOf: ShutdownSignals.server) { signal in
+                    Output.note("a second shutdown signal (\(signal)): stopping now, without the rest of the grace period")
+                    oneWayRuns.stopNow()
+                }
             } catch {
                 await oneWayRuns.finish(gracePeriod: gracePeriod)
                 throw error

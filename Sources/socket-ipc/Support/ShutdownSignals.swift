@@ -1,3 +1,4 @@
+import ServiceLifecycle
 import UnixSignals
 
 #if canImport(Glibc)
@@ -17,6 +18,46 @@ enum ShutdownSignals {
     /// SIGTERM, SIGINT, and SIGHUP unless it is ignored.
     static var server: [UnixSignal] {
         Self.isIgnored(SIGHUP) ? [.sigterm, .sigint] : [.sigterm, .sigint, .sighup]
+    }
+
+    /// Runs `group` until it returns. The first of `signals` begins its graceful shutdown (the group's own
+    /// `gracefulShutdownSignals`); a second one while it drains cancels the group, which closes what is left at once,
+    /// without the rest of the grace period, after `onSecond` has run: a second Ctrl-C means "stop now", as it does for
+    /// PostgreSQL's postmaster (smart, then fast shutdown), Docker and systemd's own `systemctl stop` escalation.
+    /// - Parameters:
+    ///   - group: A group whose `gracefulShutdownSignals` are `signals`.
+    ///   - signals: The signals counted; trapped before the group starts, so that none is missed.
+    ///   - onSecond: Called with the second signal, before the group is cancelled.
+    /// - Throws: What `group.run()` throws.
+    static func run(
+        _ group: ServiceGroup,
+        stoppingAtSecondOf signals: [UnixSignal],
+        onSecond: @escaping @Sendable (UnixSignal) -> Void
+    ) async throws {
+        let caught = await UnixSignalsSequence(trapping: signals)
+        try await withThrowingTaskGroup(of: Bool.self) { tasks in
+            tasks.addTask {
+                try await group.run()
+                return true
+            }
+            tasks.addTask {
+                var count = 0
+                // Ends with `nil` when cancelled: the group returned first.
+                for await signal in caught {
+                    count += 1
+                    if count == 2 {
+                        onSecond(signal)
+                        return false
+                    }
+                }
+                return false
+            }
+            // The group returned (or threw, which ends this too), or the second signal came: either way the other
+            // task is cancelled, and the group's task, when cancelled, still returns only once the server is closed.
+            _ = try await tasks.next()
+            tasks.cancelAll()
+            while try await tasks.next() != nil {}
+        }
     }
 
     /// Whether `number`'s disposition is to ignore it, read by setting it and setting it back.
