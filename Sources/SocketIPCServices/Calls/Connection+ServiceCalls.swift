@@ -133,6 +133,10 @@ extension Connection {
         _ body: (CallStream) async throws -> Result
     ) async throws -> Result {
         try Task.checkCancellation()
+        guard !method.isEmpty else {
+            // The protocol carries an empty name, but no handler can be registered for one (ServiceMethod.name).
+            throw SocketIPCError(.invalidMessage, "the method name is empty; a method's name is 1 to 255 bytes of UTF-8")
+        }
         guard method.utf8.count <= 255 else {
             // Cut to fit, it would name another method: refused before anything is sent.
             throw SocketIPCError(

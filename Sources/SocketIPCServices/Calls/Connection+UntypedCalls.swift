@@ -9,7 +9,8 @@ extension Connection {
     /// The bytes must be what the server's codec reads (JSON, by default). Errors are those of
     /// ``call(_:_:options:)``; a ``ServiceError``'s details stay encoded (``ServiceError/encodedDetails``).
     /// - Parameters:
-    ///   - method: The method's name.
+    ///   - method: The method's name, 1 to 255 bytes of UTF-8 (``ServiceMethod/name``); another fails with
+    ///     `invalidMessage` before anything is sent.
     ///   - request: The encoded request.
     ///   - timeout: The call's deadline, as ``CallOptions/timeout``; default none.
     /// - Returns: The encoded response.

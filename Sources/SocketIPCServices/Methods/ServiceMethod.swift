@@ -21,8 +21,8 @@ public protocol ServiceMethod: SendableMetatype {
     /// What the handler answers: the response (or each element of a response stream).
     associatedtype Response: Codable & Sendable
     /// The method's name on the wire, 1 to 255 bytes of UTF-8, unique within the server; by convention
-    /// `service.method`, such as `kv.get`. A call of a longer name fails with `invalidMessage` before anything is
-    /// sent, and registering one with ``ServiceRouter`` traps (no call could reach it).
+    /// `service.method`, such as `kv.get`. A call of an empty or longer name fails with `invalidMessage` before
+    /// anything is sent, and registering one with ``ServiceRouter`` traps (no call could reach it).
     static var name: String { get }
     /// Whether calling the method twice has the effect of calling it once, so that a ``ServiceClient`` may repeat a
     /// call whose connection was lost before the response came (as gRPC's retry policy and HTTP's idempotent

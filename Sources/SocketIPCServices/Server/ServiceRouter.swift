@@ -85,7 +85,7 @@ public struct ServiceRouter: Sendable {
         _ method: Method.Type,
         handler: @escaping @Sendable (Method.Request, ServiceContext) async throws -> Method.Response
     ) {
-        self.handlers[MethodName(Method.name)] = Registered(handler: { call, context, codec in
+        self.handlers[MethodName(registering: Method.name)] = Registered(handler: { call, context, codec in
             let request = try await Self.readSingleRequest(of: call, as: Method.Request.self, codec: codec)
             let response = try await handler(request, context)
             let (payload, descriptors) = try Self.encode(response, codec: codec, on: call, method: Method.name)
@@ -101,7 +101,7 @@ public struct ServiceRouter: Sendable {
         handler: @escaping @Sendable (Method.Request, ServiceStreamWriter<Method.Response>, ServiceContext) async throws
             -> Void
     ) {
-        self.handlers[MethodName(Method.name)] = Registered(handler: { call, context, codec in
+        self.handlers[MethodName(registering: Method.name)] = Registered(handler: { call, context, codec in
             let request = try await Self.readSingleRequest(of: call, as: Method.Request.self, codec: codec)
             try await handler(request, ServiceStreamWriter(call: call, codec: codec), context)
         }, streamsResponses: true)
@@ -112,7 +112,7 @@ public struct ServiceRouter: Sendable {
         _ method: Method.Type,
         handler: @escaping @Sendable (ServiceStream<Method.Request>, ServiceContext) async throws -> Method.Response
     ) {
-        self.handlers[MethodName(Method.name)] = Registered(handler: { call, context, codec in
+        self.handlers[MethodName(registering: Method.name)] = Registered(handler: { call, context, codec in
             let response = try await handler(ServiceStream(call: call, codec: codec), context)
             let (payload, descriptors) = try Self.encode(response, codec: codec, on: call, method: Method.name)
             try await call.send(payload, descriptors: descriptors)
@@ -127,7 +127,7 @@ public struct ServiceRouter: Sendable {
         handler: @escaping @Sendable (ServiceStream<Method.Request>, ServiceStreamWriter<Method.Response>, ServiceContext)
             async throws -> Void
     ) {
-        self.handlers[MethodName(Method.name)] = Registered(handler: { call, context, codec in
+        self.handlers[MethodName(registering: Method.name)] = Registered(handler: { call, context, codec in
             try await handler(ServiceStream(call: call, codec: codec), ServiceStreamWriter(call: call, codec: codec), context)
         }, streamsResponses: true)
     }
@@ -195,6 +195,13 @@ struct MethodName: Hashable, Sendable {
     init(_ name: String) {
         precondition(name.utf8.count <= 255, "a method's name is at most 255 bytes of UTF-8 (PROTOCOL.md, call open): \(name)")
         self.name = name
+    }
+
+    /// A name a handler is registered for: 1 to 255 bytes of UTF-8 (``ServiceMethod/name``). An empty one is a
+    /// programming error, as a long one is, and traps: callers refuse to send it.
+    init(registering name: String) {
+        precondition(!name.isEmpty, "a method's name is 1 to 255 bytes of UTF-8: this one is empty")
+        self.init(name)
     }
 
     static func == (lhs: MethodName, rhs: MethodName) -> Bool {

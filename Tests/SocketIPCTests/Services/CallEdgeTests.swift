@@ -84,6 +84,23 @@ struct CallEdgeTests {
         }
     }
 
+    @Test("an empty method name fails the call with invalidMessage before anything is sent, as ServiceMethod documents (1 to 255 bytes); the connection serves on")
+    func methodNameEmpty() async throws {
+        var router = ServiceRouter()
+        router.register(Create.self) { text, _ in "created \(text)" }
+        try await withServiceTestServer(router: router) { _, path in
+            try await Client.withConnection(to: path) { connection in
+                let error = await #expect(throws: SocketIPCError.self) {
+                    try await connection.call(method: "", request: ByteBuffer(string: "\"x\""))
+                }
+                #expect(error?.code == .invalidMessage)
+                #expect(error?.message.contains("empty") == true, "\(String(describing: error))")
+                let answer = try await connection.call(Create.self, "y")
+                #expect(answer == "created y")
+            }
+        }
+    }
+
     @Test("a client's own calls do not count against the calls it handles: its server's call back is served")
     func ownCallsDoNotCount() async throws {
         var serverRouter = ServiceRouter()
