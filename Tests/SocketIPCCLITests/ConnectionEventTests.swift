@@ -77,6 +77,47 @@ struct ConnectionEventTests {
         #expect(killed.reason.message.contains("without going away"), "\(killed.reason)")
     }
 
+    @Test("a request in flight when the server is killed fails with connectionClosed saying it did not go away (before: 'the connection is closed')")
+    func requestInFlightWhenKilled() async throws {
+        let failure = try await requestInFlight { server in
+            server.signal(SIGKILL)
+            #expect(await server.waitForExit() == 128 + SIGKILL)
+        }
+        #expect(failure?.code == .connectionClosed, "\(String(describing: failure))")
+        #expect(failure?.message.contains("without going away: it exited, crashed or was killed") == true, "\(String(describing: failure))")
+    }
+
+    @Test("a request in flight when the server's shutdown grace period ends fails with connectionClosed saying the server went away and why (before: 'the connection is closed')")
+    func requestInFlightAtEndOfGracePeriod() async throws {
+        let failure = try await requestInFlight(["--shutdown-grace-period", "0.2"]) { server in
+            server.signal(SIGTERM)
+            #expect(await server.waitForExit() == 0)
+        }
+        #expect(failure?.code == .connectionClosed, "\(String(describing: failure))")
+        #expect(failure?.message.contains("before this ended, after going away") == true, "\(String(describing: failure))")
+        #expect(failure?.message.contains("the server is shutting down") == true, "\(String(describing: failure))")
+    }
+
+    /// Starts `serve --exec` with a command that does not end, sends a request and, once its command runs, does
+    /// `stop` to the server; returns how the request failed.
+    private func requestInFlight(
+        _ options: [String] = [],
+        stop: (TestProcess) async throws -> Void
+    ) async throws -> SocketIPCError? {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/s.sock"
+            let started = directory + "/started"
+            let command = "echo x >> '\(started)'; exec sleep 3600"
+            return try await withServeCommand(at: path, options + ["--exec-timeout", "3600", "--exec", command]) { server in
+                let client = try await RecordingClient.connect(to: path)
+                let request = Task { try await client.connection.request(ByteBuffer(string: "forever")) }
+                try await waitUntilFile(started, hasLines: 1)
+                try await stop(server)
+                return await #expect(throws: SocketIPCError.self) { _ = try await request.value }
+            }
+        }
+    }
+
     /// Connects to a `serve` process, freezes it, sends a request (which it cannot read) and kills it once the
     /// request waits in its socket: it closes its socket with the request unread, which Linux reports to the client
     /// as ECONNRESET rather than end-of-stream.

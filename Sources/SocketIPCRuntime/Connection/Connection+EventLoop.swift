@@ -157,6 +157,25 @@ extension Connection {
         for writer in writers { writer.resume(throwing: finalError) }
     }
 
+    /// What a client's requests, calls and writes still waiting fail with when its server closed the connection in
+    /// order (no I/O error): a server says going-away before it closes (PROTOCOL.md), so either it went away and
+    /// closed before they ended (its grace period passed), or it exited, crashed or was killed. `nil` (the plain
+    /// ``SocketIPCError/closed``) on a server's side, where a client's close is ordinary, and after this side's own
+    /// ``close()`` or ``abort()``.
+    var orderlyCloseError: SocketIPCError? {
+        guard self.isInitiator, !self.calls.closedLocally.load(ordering: .relaxed) else { return nil }
+        if let goingAway = self.peerGoingAwayError {
+            return SocketIPCError(
+                .connectionClosed,
+                "the server closed the connection before this ended, after going away (\(goingAway.message))"
+            )
+        }
+        return SocketIPCError(
+            .connectionClosed,
+            "the server closed the connection without going away: it exited, crashed or was killed"
+        )
+    }
+
     /// What the peer said when it announced it is going away, once it has.
     package var peerGoingAwayError: SocketIPCError? { self.state.withLock { $0.peerGoingAwayError } }
 

@@ -313,7 +313,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
 
     private func reportClosed(failure: SocketIPCError?) {
         guard let connection = self.connection else { return }
-        connection.closed(error: failure)
+        connection.closed(error: failure ?? connection.orderlyCloseError)
         let error = connection.closeError.flatMap { $0.code == .connectionClosed && failure == nil ? nil : $0 }
         connection.callsClosed(error: connection.closeError ?? .closed)
         if self.logger.logLevel <= .debug {
