@@ -44,8 +44,57 @@ enum Output {
     /// | head -n 2` and `listen PATH | head` end instead of running on with nobody to read what they print.
     /// `SIGPIPE` is ignored otherwise (see `SocketIPCCommand.main()`), so that sockets and standard error never
     /// end the process.
+    ///
+    /// A command that registered ``onReaderGone(_:)`` (`listen`, a server) is stopped by its action instead, and ends
+    /// so once its server has removed its socket file (``endAsClosedPipe()``); what it prints meanwhile is dropped.
     static func standardOutputClosed() {
         guard self.endsWithStandardOutput.load(ordering: .relaxed) else { return }
+        let isFirst = !self.readerGone.exchange(true, ordering: .acquiringAndReleasing)
+        if let action = self.readerGoneAction.withLock({ $0 }) {
+            // Later, the stop is under way: what is printed meanwhile is dropped.
+            if isFirst { action() }
+            return
+        }
+        self.endAsClosedPipe()
+    }
+
+    /// Whether standard output's reader has gone (a write failed with `EPIPE`, or ``watchForReaderGone()`` saw it).
+    static var readerHasGone: Bool { self.readerGone.load(ordering: .acquiring) }
+
+    private static let readerGone = Atomic<Bool>(false)
+    private static let readerGoneAction = Mutex<(@Sendable () -> Void)?>(nil)
+
+    /// Once standard output's reader has gone, `action` runs (once) instead of the process ending at once: for a
+    /// server that must stop, and remove its socket file, before it ends as ``endAsClosedPipe()``.
+    static func onReaderGone(_ action: @escaping @Sendable () -> Void) {
+        self.readerGoneAction.withLock { $0 = action }
+    }
+
+    /// Watches standard output, when it is a pipe or a socket, for its reader's going, in a thread of its own, and
+    /// then does what a write that failed with `EPIPE` does (``standardOutputClosed()``): so that a command that
+    /// prints rarely (a quiet `watch ... | head -1`, a `listen | head -1` after its line) ends when its reader
+    /// does, not at its next line, as GNU `tail -f` does since coreutils 8.28. `poll(2)` with no events asked reports
+    /// `POLLERR` on a pipe whose read end is closed and `POLLHUP` on a socket whose peer closed; a terminal or a file
+    /// has no reader to lose.
+    static func watchForReaderGone() {
+        var status = stat()
+        guard fstat(STDOUT_FILENO, &status) == 0 else { return }
+        let type = status.st_mode & S_IFMT
+        guard type == S_IFIFO || type == S_IFSOCK else { return }
+        Thread.detachNewThread {
+            var watched = pollfd(fd: STDOUT_FILENO, events: 0, revents: 0)
+            while true {
+                let ready = poll(&watched, 1, -1)
+                if ready < 0 && errno == EINTR { continue }
+                guard ready > 0, watched.revents & Int16(POLLERR | POLLHUP) != 0 else { return }
+                self.standardOutputClosed()
+                return
+            }
+        }
+    }
+
+    /// Ends the process as one killed by `SIGPIPE` (status 141 in a shell), as `yes | head` ends.
+    static func endAsClosedPipe() -> Never {
         signal(SIGPIPE, SIG_DFL)
         var pipe = sigset_t()
         sigemptyset(&pipe)

@@ -32,6 +32,8 @@ struct WatchCommand: AsyncParsableCommand {
 
     func run() async throws {
         self.output.apply()
+        // A quiet stream piped to `head -1` ends when head does, not at its next event.
+        Output.watchForReaderGone()
         let call = self.call
         let request = try await call.loadRequest()
         // Trapped before connecting: once a response is printed, SIGINT ends the watch cleanly.

@@ -88,12 +88,13 @@ struct BlockedOutputTests {
             let watch = try TestProcess(
                 executable: "/bin/sh",
                 [
-                    "-c", #"exec "$0" watch --timeout 3 --socket "$1" demo.count 100000000 > "$2""#,
+                    "-c", #"exec "$0" watch --timeout 8 --socket "$1" demo.count 100000000 > "$2""#,
                     socketIPCBinary, path, fifo,
                 ],
                 // Before, it ran until the pipe was read: this turns that into a failure (status 137).
                 timeLimit: .seconds(60)
             )
+            // Eight seconds: a loaded machine's debug build fills the pipe well within them (three were once too few).
             #expect(await watch.waitForExit() == 5)
             var waiting: Int32 = 0
             _ = ioctl(reader, UInt(FIONREAD), &waiting)
@@ -192,7 +193,24 @@ struct BlockedOutputTests {
         }
     }
 
-    @Test("listen whose reader has gone ends as one killed by SIGPIPE; serve whose reader has gone goes on serving")
+    @Test("watch of a quiet stream ends when its reader does (| head -n 1), not at the stream's next event, as tail -f does")
+    func quietWatchEndsWithItsReader() async throws {
+        try await withServeCommand { path, server in
+            let pipeline = try TestProcess(
+                executable: "/bin/sh",
+                // demo.counter says its value at once, then only when demo.increment changes it: never, here.
+                ["-c", #""$0" watch --socket "$1" demo.counter '{}' | head -n 1"#, socketIPCBinary, path],
+                // Before, watch waited for the next event, which never came: this turns that into a failure.
+                timeLimit: .seconds(60)
+            )
+            #expect(await pipeline.waitForExit() == 0)
+            #expect(await pipeline.standardOutput.text() == "0\n")
+            // Not ended by the server's end: before, watch waited until the server was killed at its time limit.
+            #expect(server.isRunning, "the watch ended only when its server did")
+        }
+    }
+
+    @Test("listen whose reader has gone ends as one killed by SIGPIPE, at once and with its socket file removed; serve whose reader has gone goes on serving")
     func listenEndsServeGoesOn() async throws {
         for command in ["listen", "serve"] {
             try await withTemporarySocketDirectory { directory in
@@ -212,11 +230,11 @@ struct BlockedOutputTests {
                 close(reader)
                 reader = -1
                 if command == "listen" {
-                    // Each message printed; before, listen went on without a reader until killed.
-                    for _ in 0..<50 where server.isRunning {
-                        _ = try await runCLI(["send", "--socket", path, "a message"])
-                    }
+                    // Without a message to print; before, listen went on until its next one, and then ended without
+                    // removing its socket file and lock file.
                     #expect(await server.waitForExit() == 128 + SIGPIPE)
+                    #expect(access(path, F_OK) == -1, "the socket file is left behind")
+                    #expect(access(path + ".lock", F_OK) == -1, "the lock file is left behind")
                 } else {
                     #expect(try await runCLI(["send", "--socket", path, "a message"]).status == 0)
                     let answered = try await runCLI(["request", "--socket", path, "--timeout", "10", "hi"])

@@ -94,6 +94,7 @@ struct ListenCommand: AsyncParsableCommand {
             if let count = self.server.limits.maxDescriptors {
                 configuration.connection.maximumDescriptorsPerMessage = count
             }
+            Output.watchForReaderGone()
             try await PushListener(path: path, configuration: configuration, printer: printer, logger: logger).run()
         } else {
             // A server's event loops print: they must not wait for a reader of standard output.
@@ -152,9 +153,15 @@ struct ListenCommand: AsyncParsableCommand {
             await group.triggerGracefulShutdown()
         }
         defer { stopper.cancel() }
-        try await ShutdownSignals.run(group, stoppingAtSecondOf: ShutdownSignals.server) { signal in
+        // Standard output's reader gone (`listen | head -1`): the server stops at once, removing its socket file, and
+        // the command then ends as SIGPIPE would have ended it.
+        let (readerGone, readerGoneNow) = AsyncStream.makeStream(of: Void.self)
+        Output.onReaderGone { readerGoneNow.finish() }
+        Output.watchForReaderGone()
+        try await ShutdownSignals.run(group, stoppingAtSecondOf: ShutdownSignals.server, orWhen: readerGone) { signal in
             Output.note("a second shutdown signal (\(signal)): stopping now, without the rest of the grace period")
         }
+        if Output.readerHasGone { Output.endAsClosedPipe() }
         // Not the last message printed: SIGINT, SIGTERM or SIGHUP.
         if !printer.reachedLimit { Output.stoppedBySignal() }
     }

@@ -27,19 +27,18 @@ enum ShutdownSignals {
     /// - Parameters:
     ///   - group: A group whose `gracefulShutdownSignals` are `signals`.
     ///   - signals: The signals counted; trapped before the group starts, so that none is missed.
+    ///   - stop: Stops the group at once, as the second signal does, when it yields or finishes; `nil` for none.
     ///   - onSecond: Called with the second signal, before the group is cancelled.
     /// - Throws: What `group.run()` throws.
     static func run(
         _ group: ServiceGroup,
         stoppingAtSecondOf signals: [UnixSignal],
+        orWhen stop: AsyncStream<Void>? = nil,
         onSecond: @escaping @Sendable (UnixSignal) -> Void
     ) async throws {
         let caught = await UnixSignalsSequence(trapping: signals)
-        try await withThrowingTaskGroup(of: Bool.self) { tasks in
-            tasks.addTask {
-                try await group.run()
-                return true
-            }
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { try await group.run() }
             tasks.addTask {
                 var count = 0
                 // Ends with `nil` when cancelled: the group returned first.
@@ -47,13 +46,19 @@ enum ShutdownSignals {
                     count += 1
                     if count == 2 {
                         onSecond(signal)
-                        return false
+                        return
                     }
                 }
-                return false
             }
-            // The group returned (or threw, which ends this too), or the second signal came: either way the other
-            // task is cancelled, and the group's task, when cancelled, still returns only once the server is closed.
+            if let stop {
+                tasks.addTask {
+                    var iterator = stop.makeAsyncIterator()
+                    _ = await iterator.next()
+                }
+            }
+            // The group returned (or threw, which ends this too), the second signal came, or `stop` did: either way
+            // the other tasks are cancelled, and the group's task, when cancelled, still returns only once the
+            // server is closed.
             _ = try await tasks.next()
             tasks.cancelAll()
             while try await tasks.next() != nil {}
