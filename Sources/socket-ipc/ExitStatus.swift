@@ -40,7 +40,7 @@ enum ExitStatus {
         connection (nothing listens, a stale socket file, not a socket, not a SocketIPC server, no hello in time, \
         the wrong style: --eof) or the connection was lost; 4 refused (the server's authorization policy, or file \
         permissions); 5 timed out (--timeout, once connected); 6 no such method; 73 serve or listen cannot serve the socket (another server \
-        serves on the path, something that is not a socket is there, an unsafe or missing directory); 64 usage (a bad option, a request that is not JSON); 74 writing \
+        serves on the path, something that is not a socket is there, an unsafe or missing directory); 64 usage (a bad option, a request that is not JSON, a socket path that cannot be one: too long for sun_path); 74 writing \
         standard output failed (a full disk).
         """
 
@@ -58,7 +58,10 @@ enum ExitStatus {
             return Self.cannotConnect
         case .deadlineExceeded, .timedOut:
             return Self.timedOut
-        case .connectionRefused, .invalidPath, .parentDirectoryMissing, .insecureDirectory, .notSocketIPCPeer,
+        case .invalidPath:
+            // A socket path that cannot be one (too long for `sun_path`, empty, `@` alone): the argument's fault.
+            return Self.usage
+        case .connectionRefused, .parentDirectoryMissing, .insecureDirectory, .notSocketIPCPeer,
             .unsupportedVersion, .wrongStyle, .systemCall, .connectionClosed, .peerGoingAway, .peerNotResponding,
             .protocolViolation, .cancelled:
             // `cancelled`: the server cancelled the handler as it shut down.
@@ -90,7 +93,7 @@ enum ExitStatus {
             return Self.usage
         case let failure as ServingFailure:
             Output.error(Diagnosis.explain(failure.error))
-            return Self.cannotServe
+            return failure.error.code == .invalidPath ? Self.usage : Self.cannotServe
         case let error as CommandFailure:
             Output.error(error.message)
             return error.status

@@ -5,6 +5,16 @@ import Testing
 
 @Suite("socket-ipc send, request and probe", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct ClientCommandTests {
+    @Test("a socket path too long for sun_path is a usage error (64) for clients and servers alike, not 'no connection' (3) or 'cannot serve' (73)")
+    func pathTooLongIsUsage() async throws {
+        let path = "/tmp/" + String(repeating: "d", count: 200) + "/s.sock"
+        for arguments in [["request", path, "hi"], ["call", path, "demo.echo", "1"], ["serve", path], ["listen", path]] {
+            let result = try await runCLI(arguments)
+            #expect(result.status == 64, "\(arguments[0]): \(result)")
+            #expect(result.error.contains("sun_path"), "\(arguments[0]): \(result.error)")
+        }
+    }
+
     @Test("send --eof sends its argument and prints the 4-byte acknowledgement as a count")
     func sendEOFArgument() async throws {
         try await withServeCommand(["--mode", "eof"]) { path, server in
