@@ -45,14 +45,12 @@ struct CallArguments: ParsableArguments {
 
     /// The request's bytes, from the argument, the file it names or standard input, as given.
     /// - Throws: ``UsageError`` when the file cannot be read or the bytes are not JSON (a top-level string, number,
-    ///   `true`, `false` or `null` is JSON too).
+    ///   `true`, `false` or `null` is JSON too), by RFC 8259's grammar, as responses are checked (``formatJSON(_:pretty:)``).
     func loadRequest() async throws -> ByteBuffer {
         let source = MessageSource(argument: self.request)
         let request = try await source.readAll()
-        let bytes = Data(request.readableBytesView)
-        do {
-            _ = try JSONSerialization.jsonObject(with: bytes, options: [.fragmentsAllowed])
-        } catch {
+        let bytes = Array(request.readableBytesView)
+        guard String(validating: bytes, as: UTF8.self) != nil, JSONSyntax.isValid(bytes) else {
             let shown = bytes.isEmpty ? "nothing" : describe(ByteBuffer(bytes: bytes.prefix(64)))
             throw UsageError(message: "the request in \(source.name) is not JSON: \(shown)")
         }

@@ -27,6 +27,17 @@ struct CallCommandTests {
         }
     }
 
+    @Test("a request is checked by RFC 8259's grammar, as responses are: [1,] is refused (64), 1e400 is sent (before, the other way round)")
+    func requestGrammar() async throws {
+        try await withServeCommand { path, _ in
+            let trailingComma = try await runCLI(["call", path, "demo.echo", "[1,]"])
+            #expect(trailingComma.status == 64, "\(trailingComma)")
+            #expect(trailingComma.error.contains("is not JSON"), "\(trailingComma.error)")
+            let huge = try await runCLI(["call", path, "demo.echo", "1e400"])
+            #expect(huge.status != 64 && !huge.error.contains("is not JSON"), "\(huge)")
+        }
+    }
+
     @Test("a request nested 64 levels deep is echoed; one nested 500 levels is refused with a clear reason, and the server serves on")
     func deepNesting() async throws {
         try await withServeCommand { path, _ in
