@@ -27,6 +27,20 @@ struct CallCommandTests {
         }
     }
 
+    @Test("a --timeout too short for anything is a timeout (5) that names --timeout, never 'no connection' (3): before, the connect timeout it bounded closed the connection already handed over, or the server was blamed as busy or not framed")
+    func tinyTimeout() async throws {
+        try await withServeCommand { path, _ in
+            // Which step the deadline cuts varies from run to run: several runs meet more of them.
+            for _ in 0..<4 {
+                for arguments in [["call", "--timeout=0.0001", path, "demo.echo", "1"], ["request", "--timeout=0.0001", path, "hi"]] {
+                    let result = try await runCLI(arguments)
+                    #expect(result.status == 5, "\(arguments[0]): \(result)")
+                    #expect(!result.error.contains("EOF-style") && !result.error.contains("closed"), "\(arguments[0]): \(result.error)")
+                }
+            }
+        }
+    }
+
     @Test("a request is checked by RFC 8259's grammar, as responses are: [1,] is refused (64), 1e400 is sent (before, the other way round)")
     func requestGrammar() async throws {
         try await withServeCommand { path, _ in

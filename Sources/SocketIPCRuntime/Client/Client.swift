@@ -40,12 +40,15 @@ public enum Client {
         )
         let eventLoop = group.any()
         let handshake = eventLoop.makePromise(of: Connection.self)
+        // Set on the event loop once the connection is handed over: the connect timeout then leaves it alone.
+        let handedOver = NIOLoopBoundBox.makeBoxSendingValue(false, eventLoop: eventLoop)
         let lifecycle = ConnectionLifecycle(
             handshakeCompleted: { connection in
                 // A server that refuses this peer sends its going-away frame right after its hello.
                 if let refusal = connection.peerGoingAwayError, refusal.code == .unauthorized {
                     handshake.fail(refusal)
                 } else {
+                    handedOver.value = true
                     handshake.succeed(connection)
                 }
             },
@@ -112,6 +115,10 @@ public enum Client {
             throw SocketIPCError(.systemCall, "could not set up the connection to \(socketPath): \(errorText(error))", path: path, cause: error)
         }
         let timeout = eventLoop.scheduleTask(in: .init(configuration.connectTimeout)) {
+            // The hello came first, and the caller has (or is about to have) the connection, though this timer
+            // fired before the caller's task resumed to cancel it: closing it here would close the caller's
+            // connection under it (found by a review: `call --timeout=0.0001` then failed with connectionClosed).
+            guard !handedOver.value else { return }
             handshake.fail(
                 SocketIPCError(
                     .timedOut,
