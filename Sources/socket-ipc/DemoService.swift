@@ -99,13 +99,20 @@ final class SharedCounter: Sendable {
     }
 
     private let state = Mutex(State())
+    /// Held while the watchers are told, so that they see the values in order; `state` is not: a watcher's
+    /// `onTermination` takes `state` while its task's cancellation holds that task, and a `yield` under `state`
+    /// would wait for the same task: a deadlock (found by fuzzing: it stopped an event loop for good).
+    private let telling = Mutex(())
 
     /// Adds `amount` (wrapping on overflow), tells the watchers, and returns the new value.
     func add(_ amount: Int) -> Int {
-        self.state.withLock { state in
-            state.value &+= amount
-            for watcher in state.watchers.values { watcher.yield(state.value) }
-            return state.value
+        self.telling.withLock { _ in
+            let (value, watchers) = self.state.withLock { state in
+                state.value &+= amount
+                return (state.value, Array(state.watchers.values))
+            }
+            for watcher in watchers { watcher.yield(value) }
+            return value
         }
     }
 
@@ -113,11 +120,14 @@ final class SharedCounter: Sendable {
     /// the newest value.
     func watch() -> (current: Int, changes: AsyncStream<Int>) {
         let (changes, continuation) = AsyncStream.makeStream(of: Int.self, bufferingPolicy: .bufferingNewest(1))
-        let (id, current) = self.state.withLock { state in
-            let id = state.nextWatcher
-            state.nextWatcher += 1
-            state.watchers[id] = continuation
-            return (id, state.value)
+        // Under `telling`: no change is told between the value read here and the watcher's registration.
+        let (id, current) = self.telling.withLock { _ in
+            self.state.withLock { state in
+                let id = state.nextWatcher
+                state.nextWatcher += 1
+                state.watchers[id] = continuation
+                return (id, state.value)
+            }
         }
         continuation.onTermination = { [weak self] _ in
             _ = self?.state.withLock { $0.watchers.removeValue(forKey: id) }

@@ -9,6 +9,10 @@ public final class Store: Sendable {
     }
 
     private let state = Mutex(State())
+    /// Held while watchers are told, so that each sees the values in order. Not `state`: a watcher's `onTermination`
+    /// takes `state` while its task is being cancelled, and a `yield` made under `state` may wait for that task, a
+    /// deadlock. Never `yield` to a stream under a lock its `onTermination` takes.
+    private let telling = Mutex(())
 
     /// Creates an empty store.
     public init() {}
@@ -22,20 +26,26 @@ public final class Store: Sendable {
     /// - Returns: The value it replaced, if any.
     @discardableResult
     public func set(_ key: String, to value: String) -> String? {
-        self.state.withLock { state in
-            for watcher in state.watchers.values where watcher.key == key { watcher.changes.yield(value) }
-            return state.values.updateValue(value, forKey: key)
+        self.telling.withLock { _ in
+            let (replaced, watchers) = self.state.withLock { state in
+                (state.values.updateValue(value, forKey: key), state.watchers.values.filter { $0.key == key })
+            }
+            for watcher in watchers { watcher.changes.yield(value) }
+            return replaced
         }
     }
 
     /// The value of `key` now (`nil`: not set), then each new one; a slow reader skips to the newest.
     public func values(of key: String) -> AsyncStream<String?> {
         let (stream, continuation) = AsyncStream.makeStream(of: String?.self, bufferingPolicy: .bufferingNewest(1))
-        let id = self.state.withLock { state in
-            continuation.yield(state.values[key])
-            state.nextWatcher += 1
-            state.watchers[state.nextWatcher] = (key, continuation)
-            return state.nextWatcher
+        let id = self.telling.withLock { _ in
+            let (id, current) = self.state.withLock { state in
+                state.nextWatcher += 1
+                state.watchers[state.nextWatcher] = (key, continuation)
+                return (state.nextWatcher, state.values[key])
+            }
+            continuation.yield(current)
+            return id
         }
         continuation.onTermination = { _ in
             _ = self.state.withLock { $0.watchers.removeValue(forKey: id) }
