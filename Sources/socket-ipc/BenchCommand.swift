@@ -58,14 +58,32 @@ struct BenchCommand: AsyncParsableCommand {
             }
             workloads.append(workload)
         }
-        let directory = try DemoCommand.makeTemporaryDirectory()
-        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let chosen = workloads
+        let quick = self.quick, operations = self.operations, json = self.json
+        let noBusyPoll = self.noBusyPoll, busyPollUs = self.busyPollUs
+        try await InterruptibleRun.inTemporaryDirectory(stopping: "the benchmark servers are shut down") { directory in
+            try await Self.run(
+                chosen, in: directory, quick: quick, operations: operations, json: json, noBusyPoll: noBusyPoll,
+                busyPollUs: busyPollUs)
+        }
+    }
+
+    /// Runs `workloads` one after another, each server on a socket in `directory`, and prints their rows.
+    private static func run(
+        _ workloads: [Workload],
+        in directory: String,
+        quick: Bool,
+        operations: Int?,
+        json: Bool,
+        noBusyPoll: Bool,
+        busyPollUs: Int
+    ) async throws {
         var logger = Logger(label: "socket-ipc.bench")
         logger.logLevel = .error
         let busyPoll: BusyPolling =
-            self.noBusyPoll ? .off : self.busyPollUs > 0 ? .fixed(.microseconds(self.busyPollUs)) : .adaptive()
+            noBusyPoll ? .off : busyPollUs > 0 ? .fixed(.microseconds(busyPollUs)) : .adaptive()
         let table = BenchmarkTable()
-        if !self.json { Output.line(table.header) }
+        if !json { Output.line(table.header) }
         for workload in workloads {
             let path = directory + "/\(workload.rawValue).sock"
             let (running, continuation) = AsyncStream.makeStream(of: Void.self)
@@ -73,13 +91,12 @@ struct BenchCommand: AsyncParsableCommand {
                 continuation.yield()
             }
             var (n, conns, size) = workload.defaults
-            if self.quick { n = Self.quickN[workload] ?? n }
-            if let operations = self.operations { n = operations }
+            if quick { n = Self.quickN[workload] ?? n }
+            if let operations = operations { n = operations }
             let options = BenchmarkOptions(socket: path, workload: workload, n: n, conns: conns, size: size, busyPoll: busyPoll)
             let progress = ProgressBar(total: nil, label: "running \(workload.rawValue) (n=\(n), conns=\(conns), size=\(size))")
             progress.show()
             defer { progress.finish() }
-            let json = self.json
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await server.run() }
                 for await _ in running { break }

@@ -33,45 +33,9 @@ struct DemoCommand: AsyncParsableCommand {
 
     func run() async throws {
         self.output.apply()
-        // Trapped before anything is made: SIGINT (Ctrl-C) or SIGTERM stops the demo, whose servers shut down and
-        // whose folder is removed, instead of killing the process with its socket files left behind (found by a
-        // review). The exit status is then 128 plus the signal's number, as a shell reports a process it killed.
-        let signals = await UnixSignalsSequence(trapping: .sigint, .sigterm)
-        let directory = try Self.makeTemporaryDirectory()
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        enum Ended: Sendable {
-            case demo(Result<Void, any Error>)
-            case signal(UnixSignal?)
+        try await InterruptibleRun.inTemporaryDirectory(stopping: "the servers are shut down") { directory in
+            try await Self.runDemo(in: directory)
         }
-        var outcome: Result<Void, any Error> = .success(())
-        var interrupted: UnixSignal?
-        await withTaskGroup(of: Ended.self) { group in
-            group.addTask {
-                do {
-                    try await Self.runDemo(in: directory)
-                    return .demo(.success(()))
-                } catch {
-                    return .demo(.failure(error))
-                }
-            }
-            group.addTask {
-                var signals = signals.makeAsyncIterator()
-                return .signal(await signals.next())
-            }
-            while let ended = await group.next() {
-                switch ended {
-                case .demo(let result): outcome = result
-                case .signal(let signal): interrupted = interrupted ?? signal
-                }
-                // The demo ended, or a signal came: the other task stops (the demo's servers shut down).
-                group.cancelAll()
-            }
-        }
-        if let signal = interrupted {
-            Output.error("interrupted by \(signal): the servers are shut down and \(directory) is removed")
-            throw ExitCode(128 + signal.rawValue)
-        }
-        try outcome.get()
     }
 
     /// The demo, in `directory`; ends early, its servers shut down, when its task is cancelled.

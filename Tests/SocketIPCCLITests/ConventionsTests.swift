@@ -86,6 +86,19 @@ struct ConventionsTests {
         #expect((object["ops_per_s"] as? Double ?? 0) > 0)
     }
 
+    @Test("bench stopped by SIGINT shuts its servers down, removes its temporary directory and exits 130 (before, it left the directory and its socket files behind)")
+    func benchInterrupted() async throws {
+        let bench = try TestProcess.socketIPC(["bench", "--workload", "rr", "--n", "100000000"])
+        let header = await bench.standardOutput.waitForLine(containing: "workload")
+        try #require(header != nil, "bench did not start")
+        bench.signal(SIGINT)
+        #expect(await bench.waitForExit() == 130)
+        let note = try #require(await bench.standardError.waitForLine(containing: "interrupted by SIGINT"))
+        // `... and /tmp/sipc-demo-XXXXXX is removed`
+        let directory = try #require(note.split(separator: " ").first { $0.hasPrefix("/tmp/sipc-demo-") })
+        #expect(access(String(directory), F_OK) == -1, "\(directory) is left behind")
+    }
+
     @Test("an argument that is not valid UTF-8 is refused (usage, 64), not read altered: no file under another name")
     func nonUTF8Argument() async throws {
         try await withTemporarySocketDirectory { directory in
