@@ -34,10 +34,6 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
     private let descriptor: Int32?
     /// The size reads are limited to now, or `nil` while they are not limited.
     private var readLimit: Int?
-    /// The connection's first read buffer, held until the message ends: NIO keeps one read buffer per channel here
-    /// (`maxMessagesPerRead` 1) and reuses it whenever nobody else holds it, whatever its size; held, it is never
-    /// reused, and each read gets a new buffer of the size the limit allows. (It is small: the first read's.)
-    private var firstReadBuffer: ByteBuffer?
     /// Where a ``EOFMessageHandler/collecting(maximumSize:_:)`` handler runs, cancelled when the connection closes.
     private let tasks: ConnectionTaskSlot
     /// The connection's place in its server's admission count: a collecting handler holds it until it ends, since
@@ -105,7 +101,6 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !self.done else { return }
         var chunk = Self.unwrapInboundIn(data)
-        if self.firstReadBuffer == nil { self.firstReadBuffer = chunk }
         let size = (self.message?.readableBytes ?? 0) + chunk.readableBytes
         guard size <= self.maximumSize else {
             self.refuseTooLarge(context: context)
@@ -132,13 +127,14 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
     /// read never takes bytes past the maximum out of the socket.
     private func limitReads(context: ChannelHandlerContext) {
         let room = self.maximumSize - (self.message?.readableBytes ?? 0)
-        // A power of two: a read buffer's capacity is rounded up to one, and a read fills the whole buffer.
+        // A power of two: a read buffer's capacity is rounded up to one, and a read fills the whole buffer. Each read
+        // gets a new buffer (ExactReadAllocator): NIO's pool would reuse a larger one.
         let limit: Int? = room >= 1024 * 1024 ? nil : 1 << (Int.bitWidth - 1 - max(1, min(room, 64 * 1024)).leadingZeroBitCount)
         guard let limit, limit != self.readLimit else { return }
         self.readLimit = limit
         try? context.channel.syncOptions?.setOption(
             ChannelOptions.recvAllocator,
-            value: FixedSizeRecvByteBufferAllocator(capacity: limit)
+            value: ExactReadAllocator(capacity: limit)
         )
     }
 
@@ -146,7 +142,6 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
         self.done = true
         self.timer?.cancel()
         self.message = nil
-        self.firstReadBuffer = nil
         let error = SocketIPCError(.messageTooLarge, "the message exceeds the maximum of \(self.maximumSize) bytes")
         self.messageContext.logger.debug("closing connection: message too large", metadata: ["error": "\(errorText(error))"])
         self.messageContext.reportFailure(error)
@@ -160,7 +155,6 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
         }
         self.done = true
         self.timer?.cancel()
-        self.firstReadBuffer = nil
         let message = self.message ?? context.channel.allocator.buffer(capacity: 0)
         self.message = nil
         let messageContext = self.messageContext

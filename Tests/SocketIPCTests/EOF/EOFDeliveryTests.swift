@@ -138,6 +138,28 @@ struct EOFDeliveryTests {
 
 extension EOFDeliveryTests {
     @Test(
+        "a message up to 64 KiB over a maximum beyond the accepting thread's share is refused with bytes unread: the client's read fails (ECONNRESET), never a clean end-of-stream (before, NIO's pool reused a larger read buffer and the server read the excess too)",
+        arguments: [1, 2, 20_000, 40_000]
+    )
+    func overByAFewKilobytes(excess: Int) async throws {
+        let maximum = 4 << 20
+        let handler = EOFMessageHandler.collecting(maximumSize: maximum) { _, _ in ByteBuffer(string: "ok") }
+        try await withEOFTestServer(handler: handler) { _, path in
+            let message = [UInt8](repeating: 7, count: maximum + excess)
+            for _ in 0..<3 {
+                let socket = try await RawSocket.connect(to: path)
+                defer { socket.close() }
+                // The server closes once it has seen too much: the write may fail then, which is the point.
+                try? await socket.write(message)
+                socket.shutdownWrite()
+                await #expect(throws: RawSocketError.self, "the server read past its maximum: a clean end-of-stream") {
+                    _ = try await socket.readToEnd()
+                }
+            }
+        }
+    }
+
+    @Test(
         "one byte over the maximum throws, also when the message is read on an event loop",
         arguments: ["on the event loop", "collecting"]
     )
