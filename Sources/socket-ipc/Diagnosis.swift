@@ -1,5 +1,13 @@
 import SocketIPC
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// The one line a command prints for a ``SocketIPCError``: the library's message, with the command-line fix where
 /// there is one.
 enum Diagnosis {
@@ -19,6 +27,11 @@ enum Diagnosis {
             // The library's message names the server's user as `runs as uid N`; the command line's fix is an option.
             guard let uid = Self.serverUserID(in: error.message) else { return error.message }
             return "\(error.message): if that user runs the server you meant, trust it with --trust-uid \(uid)"
+        case .unauthorized where error.message.contains("authorization policy refused"):
+            // The server's policy refused this process's user; the fix is the server's owner's, on its command line.
+            let user = geteuid()
+            return "\(error.message): the server's owner can admit this user with `socket-ipc serve --allow-uid \(user)` "
+                + "(or --allow-gid), or ServerConfiguration.authorization in a program"
         case .connectionRefused, .unauthorized:
             guard let path = error.path, !path.isEmpty else { return error.message }
             let report = ProbeReport.afterConnectFailure(error, inspection: SocketFileInspection.inspect(path))

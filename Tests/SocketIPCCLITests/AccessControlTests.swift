@@ -43,6 +43,8 @@ struct AccessControlTests {
             let refused = try await self.runAsOtherUser(["request", "--socket", path, "hi"])
             #expect(refused.status == 4, "4: refused")
             #expect(refused.error.contains("authorization policy refused"), "stderr: \(refused.error)")
+            // The fix, as probe gives it: the refused user's uid in the server's option.
+            #expect(refused.error.contains("socket-ipc serve --allow-uid 65534"), "stderr: \(refused.error)")
             #expect(refused.output == "")
 
             let mine = try await runCLI(["request", "--socket", path, "hi"])
