@@ -14,12 +14,12 @@ struct CallCommand: AsyncParsableCommand {
             JSON first (a top-level string, number, true, false or null is JSON too). A request that starts with \
             a '-' (a negative number) goes after `--`.
 
-            Examples, against `socket-ipc serve --socket app.sock`, which serves a small demo service:
+            Examples, against `socket-ipc serve app.sock`, which serves a small demo service:
 
-              socket-ipc call --socket app.sock demo.echo '{"hello": "world"}'
-              echo '[1, 2, 3]' | socket-ipc call --socket app.sock --pretty demo.echo
-              socket-ipc call --socket app.sock demo.increment @amount.json
-              socket-ipc call --socket app.sock --timeout 0.5 demo.sleep 10     # exits 5
+              socket-ipc call app.sock demo.echo '{"hello": "world"}'
+              echo '[1, 2, 3]' | socket-ipc call app.sock --pretty demo.echo
+              socket-ipc call app.sock demo.increment @amount.json
+              socket-ipc call app.sock --timeout 0.5 demo.sleep 10     # exits 5
 
             \(ExitStatus.help)
             """

@@ -5,8 +5,10 @@ import Foundation
 enum ChildProcess {
     /// How a child process ended and what it wrote.
     struct Result: Sendable {
-        /// The exit status, or the signal that ended the process.
+        /// The exit status, or the signal that ended the process (``killedBySignal``).
         var status: Int32
+        /// Whether a signal ended the process: `status` is then the signal's number.
+        var killedBySignal = false
         /// Standard output and standard error, interleaved as written.
         var output: String
     }
@@ -23,9 +25,9 @@ enum ChildProcess {
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = pipe
-        let (exits, exited) = AsyncStream.makeStream(of: Int32.self)
+        let (exits, exited) = AsyncStream.makeStream(of: (status: Int32, signalled: Bool).self)
         process.terminationHandler = { process in
-            exited.yield(process.terminationStatus)
+            exited.yield((process.terminationStatus, process.terminationReason == .uncaughtSignal))
             exited.finish()
         }
         try process.run()
@@ -38,9 +40,13 @@ enum ChildProcess {
                 }
                 reader.start()
             }
-            var statuses = exits.makeAsyncIterator()
-            let status = await statuses.next() ?? -1
-            return Result(status: status, output: String(decoding: output, as: UTF8.self))
+            // Waited for in a task of its own, which the caller's cancellation does not end: the exit is real.
+            let exit = await Task {
+                var statuses = exits.makeAsyncIterator()
+                return await statuses.next() ?? (-1, false)
+            }.value
+            return Result(
+                status: exit.status, killedBySignal: exit.signalled, output: String(decoding: output, as: UTF8.self))
         } onCancel: {
             kill(pid, SIGTERM)
         }

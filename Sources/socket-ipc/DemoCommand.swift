@@ -120,8 +120,10 @@ struct DemoCommand: AsyncParsableCommand {
             Output.line("\(prefix)\(line)")
         }
         guard result.status == 0 else {
-            Output.error(
-                "\(label) (socket-ipc \(arguments.joined(separator: " "))) exited with status \(result.status)")
+            // Stopped by the demo's own interruption (SIGINT): the demo says so itself.
+            try Task.checkCancellation()
+            let how = result.killedBySignal ? "was killed by signal \(result.status)" : "exited with status \(result.status)"
+            Output.error("\(label) (socket-ipc \(arguments.joined(separator: " "))) \(how)")
             throw ExitCode.failure
         }
     }

@@ -14,11 +14,11 @@ struct WatchCommand: AsyncParsableCommand {
             connection is lost (exit 3): it does not reconnect. Responses are printed as `call` prints them: a \
             response that is not JSON ends the watch (exit 1).
 
-            Examples, against `socket-ipc serve --socket app.sock`, which serves a small demo service:
+            Examples, against `socket-ipc serve app.sock`, which serves a small demo service:
 
-              socket-ipc watch --socket app.sock demo.count 5        # 0 to 4, then exits
-              socket-ipc watch --socket app.sock demo.counter '{}'   # 0, then until ^C:
-              socket-ipc call --socket app.sock demo.increment 1     # the watch prints 1
+              socket-ipc watch app.sock demo.count 5        # 0 to 4, then exits
+              socket-ipc watch app.sock demo.counter '{}'   # 0, then until ^C:
+              socket-ipc call app.sock demo.increment 1     # the watch prints 1
 
             \(ExitStatus.help)
             """
