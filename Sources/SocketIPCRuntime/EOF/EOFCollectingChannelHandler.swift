@@ -69,9 +69,11 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
             guard !self.done else { return }
             self.done = true
             self.message = nil
+            // What was left of the time limit, to the millisecond (not 9.998733595000001 seconds).
+            let shown = Duration.milliseconds(Int64((limit / .milliseconds(1)).rounded()))
             let error = SocketIPCError(
                 .timedOut,
-                "the message did not end (no half-close from the client) within the time limit of \(limit)"
+                "the message did not end (no half-close from the client) within the time limit of \(shown)"
             )
             self.messageContext.logger.debug("closing connection: message timed out", metadata: ["error": "\(errorText(error))"])
             self.messageContext.reportFailure(error)

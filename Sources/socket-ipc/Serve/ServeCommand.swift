@@ -40,7 +40,7 @@ struct ServeCommand: AsyncParsableCommand {
 
             Prints `listening on PATH` once the socket accepts connections, and notes each connection on standard \
             error: `connection from uid=U gid=G pid=P (connection N)` and `connection closed from ...` (an \
-            EOF-style connection once its message has arrived). SIGINT, SIGTERM or SIGHUP (unless ignored, as under nohup) shut the server down \
+            EOF-style connection only `connection from`, once its message has arrived). SIGINT, SIGTERM or SIGHUP (unless ignored, as under nohup) shut the server down \
             gracefully: requests in flight finish, clients are told, and the socket file is removed; a second one stops \
             it at once, without the rest of the grace period. A stale \
             socket file (its server was killed) is replaced; a live server's is never touched. The socket file is \
