@@ -78,13 +78,9 @@ struct CallArguments: ParsableArguments {
         // The connection's own notice of a missed pong would repeat, as a log line, the error this command prints.
         var logger = Logger(label: "socket-ipc.client")
         logger.logLevel = .warning
-        do {
-            return try await Client.withConnection(to: path, configuration: configuration, logger: logger) { connection in
-                let left = deadline.map { max($0 - ContinuousClock.now, .nanoseconds(1)) }
-                return try await body(connection, left)
-            }
-        } catch let error as SocketIPCError {
-            throw Diagnosis.userTimeout(self.timeout, boundingConnectOf: error)
+        return try await Client.withConnection(to: path, configuration: configuration, logger: logger) { connection in
+            let left = deadline.map { max($0 - ContinuousClock.now, .nanoseconds(1)) }
+            return try await body(connection, left)
         }
     }
 }

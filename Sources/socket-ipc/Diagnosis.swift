@@ -47,22 +47,6 @@ enum Diagnosis {
         return UInt32(message[range.upperBound...].prefix(while: \.isNumber))
     }
 
-    /// `error` as a command reports it when its own `--timeout` of `seconds`, shorter than the library's connect
-    /// timeout, bounded the connect: a `deadlineExceeded` (exit 5) that says so, when no connection was made in time
-    /// (``isNoConnection(_:)``), rather than the library's word that the server is busy or not a framed server,
-    /// which would blame the server for the user's own deadline; `error` itself otherwise.
-    static func userTimeout(_ seconds: Double?, boundingConnectOf error: SocketIPCError) -> SocketIPCError {
-        guard let seconds, duration(seconds: seconds) < ClientConfiguration().connectTimeout, Self.isNoConnection(error)
-        else { return error }
-        let path = error.path.map { " to \($0)" } ?? ""
-        return SocketIPCError(
-            .deadlineExceeded,
-            "--timeout \(seconds) s passed before the connection\(path) was made (the server's hello had not come)",
-            path: error.path,
-            cause: error
-        )
-    }
-
     /// Whether `error` is the library's report that no connection was made in time: the server did not accept
     /// (its backlog stayed full: a stopped or swamped server), or the wait for its hello ran out (``Client``'s
     /// `connectTimeout`), as when the server closes the connection before its hello. Such a command exits 3 (no

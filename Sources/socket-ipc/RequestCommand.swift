@@ -77,20 +77,6 @@ struct RequestCommand: AsyncParsableCommand {
         var configuration = ClientConfiguration()
         configuration.connectTimeout = timeout
         configuration.trustedServerUserIDs = self.trust.trustedServerUserIDs
-        do {
-            try await self.exchange(message, path: path, configuration: configuration, timeout: timeout)
-        } catch let error as SocketIPCError {
-            throw Diagnosis.userTimeout(self.timeout, boundingConnectOf: error)
-        }
-    }
-
-    /// Connects, sends the request (or `--count` of them) and prints what comes back.
-    private func exchange(
-        _ message: ByteBuffer,
-        path: String,
-        configuration: ClientConfiguration,
-        timeout: Duration
-    ) async throws {
         try await HelloHint.whileConnecting(to: path) { connected in
             try await Client.withConnection(to: path, configuration: configuration) { connection in
                 connected()
