@@ -46,6 +46,15 @@ struct BenchCommand: AsyncParsableCommand {
 
     func validate() throws {
         if let operations = self.operations, operations < 1 { throw ValidationError("--n must be at least 1") }
+        guard self.busyPollUs >= 0 else { throw ValidationError("--busy-poll-us must be 0 or more microseconds") }
+        if self.noBusyPoll && self.busyPollUs > 0 {
+            throw ValidationError("--no-busy-poll and --busy-poll-us exclude each other")
+        }
+        for name in self.workload {
+            guard let workload = Workload(rawValue: name), workload != .idleMemory else {
+                throw ValidationError("unknown or unsupported workload \(name); use seed, rr, stream, bulk or fanin")
+            }
+        }
     }
 
     func run() async throws {

@@ -86,6 +86,22 @@ struct ConventionsTests {
         #expect((object["ops_per_s"] as? Double ?? 0) > 0)
     }
 
+    @Test("options that cannot be meant are refused with the usage status (64) and their own reason, before anything runs")
+    func impossibleOptions() async throws {
+        let cases: [([String], String)] = [
+            (["bench", "--workload", "bogus"], "unknown or unsupported workload bogus"),
+            (["bench", "--busy-poll-us=-1"], "--busy-poll-us must be 0 or more"),
+            (["bench", "--busy-poll-us", "5", "--no-busy-poll"], "exclude each other"),
+            (["serve", "--allow-gid", "4294967295", "/tmp/never.sock"], "(uid_t)-1"),
+            (["serve", "--allow-uid", "4294967295", "/tmp/never.sock"], "(uid_t)-1"),
+        ]
+        for (arguments, reason) in cases {
+            let result = try await runCLI(arguments)
+            #expect(result.status == 64, "\(arguments): \(result)")
+            #expect(result.error.contains(reason), "\(arguments): \(result.error)")
+        }
+    }
+
     @Test("bench stopped by SIGINT shuts its servers down, removes its temporary directory and exits 130 (before, it left the directory and its socket files behind)")
     func benchInterrupted() async throws {
         let bench = try TestProcess.socketIPC(["bench", "--workload", "rr", "--n", "100000000"])

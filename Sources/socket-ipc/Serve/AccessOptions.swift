@@ -48,5 +48,9 @@ struct AccessOptions: ParsableArguments {
         if self.anyone && !(self.userIDs.isEmpty && self.groupIDs.isEmpty) {
             throw ValidationError("--allow-anyone already serves every user; drop --allow-uid and --allow-gid")
         }
+        // (uid_t)-1 and (gid_t)-1 name nobody: chown(2) and setreuid(2) read them as "leave unchanged".
+        if self.userIDs.contains(.max) || self.groupIDs.contains(.max) {
+            throw ValidationError("4294967295 is (uid_t)-1, which names no user or group; give a real uid or gid")
+        }
     }
 }
