@@ -237,6 +237,10 @@ struct CallCommandTests {
             let result = try await runCLI(["call", "--socket", directory + "/none.sock", "demo.echo", "@" + file])
             #expect(result.status == 64)
             #expect(result.error == "error: cannot read \(file): No such file or directory\n", "\(result.error)")
+            // A directory is named too (before: 'could not read the input: Is a directory').
+            let folder = try await runCLI(["call", "--socket", directory + "/none.sock", "demo.echo", "@" + directory])
+            #expect(folder.status == 64)
+            #expect(folder.error == "error: cannot read \(directory): it is a directory\n", "\(folder.error)")
         }
     }
 

@@ -55,8 +55,12 @@ enum MessageSource: Sendable {
             }
             defer { close(descriptor) }
             var status = stat()
-            let total: Int? =
-                fstat(descriptor, &status) == 0 && (status.st_mode & S_IFMT) == S_IFREG ? Int(status.st_size) : nil
+            let isFile = fstat(descriptor, &status) == 0
+            // A directory opens for reading, and fails at the first read: said here, with its name.
+            if isFile, (status.st_mode & S_IFMT) == S_IFDIR {
+                throw UsageError(message: "cannot read \(path): it is a directory")
+            }
+            let total: Int? = isFile && (status.st_mode & S_IFMT) == S_IFREG ? Int(status.st_size) : nil
             return try await body(InputChunks(descriptor: descriptor), total)
         }
     }
