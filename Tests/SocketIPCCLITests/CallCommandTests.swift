@@ -141,6 +141,9 @@ struct CallCommandTests {
             #expect(result.status == 1)
             #expect(result.error.hasPrefix("error: "), "stderr: \(result.error)")
             #expect(result.error.contains("demo.increment"), "stderr: \(result.error)")
+            // In words: what was expected and where, not Swift's `DecodingError.typeMismatch` and its debug text.
+            #expect(result.error.contains("expected Int at the top level"), "stderr: \(result.error)")
+            #expect(!result.error.contains("DecodingError"), "stderr: \(result.error)")
         }
     }
 

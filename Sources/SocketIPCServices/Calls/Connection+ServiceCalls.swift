@@ -208,7 +208,7 @@ extension Connection {
             } catch {
                 throw SocketIPCError(
                     .invalidMessage,
-                    "the response of the call '\(call.method)' is not a \(Response.self): \(error)",
+                    "the response of the call '\(call.method)' is not a \(Response.self): \(decodingErrorText(error))",
                     cause: error
                 )
             }

@@ -159,7 +159,7 @@ public struct ServiceRouter: Sendable {
         } catch {
             throw SocketIPCError(
                 .invalidMessage,
-                "the request of '\(call.method)' is not a \(Request.self): \(error)",
+                "the request of '\(call.method)' is not a \(Request.self): \(decodingErrorText(error))",
                 cause: error
             )
         }

@@ -62,7 +62,7 @@ public struct ServiceStream<Element: Decodable & Sendable>: AsyncSequence, Senda
                     self.finished = true
                     let failure = SocketIPCError(
                         .invalidMessage,
-                        "a message of the call '\(self.call.method)' is not a \(Element.self): \(error)",
+                        "a message of the call '\(self.call.method)' is not a \(Element.self): \(decodingErrorText(error))",
                         cause: error
                     )
                     if self.call.isCaller { self.call.cancel(.cancelled) } else { self.call.fail(failure) }
