@@ -47,6 +47,16 @@ struct SocketActivationTests {
         }
     }
 
+    @Test("a LISTEN_FDS that counts a descriptor that is not open is invalidConfiguration naming it, as sd_listen_fds(3) fails with EBADF")
+    func countsClosedDescriptor() throws {
+        // The test process has far fewer than 5,000 descriptors open: some descriptor from 3 on is closed.
+        let error = #expect(throws: SocketIPCError.self) {
+            try SocketActivation.sockets(pid: "42", count: "5000", names: nil, me: 42)
+        }
+        #expect(error?.code == .invalidConfiguration)
+        #expect(error?.message.contains("is not open") == true, "\(String(describing: error))")
+    }
+
     @Test("a server on an inherited socket serves it, leaves its file, and does not shut it down when it stops")
     func servesInheritedSocket() async throws {
         try await withTemporarySocketDirectory { directory in

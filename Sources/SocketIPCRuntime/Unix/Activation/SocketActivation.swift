@@ -29,8 +29,8 @@ public enum SocketActivation {
     /// - Parameter unsettingEnvironment: Whether to remove `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES`; default
     ///   `true`.
     /// - Returns: The sockets, in descriptor order; empty when the variables are not set or are for another process.
-    /// - Throws: `SocketIPCError` with code `invalidConfiguration` when `LISTEN_FDS` is not a count, or
-    ///   `LISTEN_FDNAMES` does not name as many sockets.
+    /// - Throws: `SocketIPCError` with code `invalidConfiguration` when `LISTEN_FDS` is not a count, counts a
+    ///   descriptor that is not open, or `LISTEN_FDNAMES` does not name as many sockets.
     public static func listeningSockets(unsettingEnvironment: Bool = true) throws -> [InheritedSocket] {
         let environment = (
             pid: Self.variable("LISTEN_PID"), count: Self.variable("LISTEN_FDS"), names: Self.variable("LISTEN_FDNAMES")
@@ -72,9 +72,16 @@ public enum SocketActivation {
         } else {
             labels = Array(repeating: "unknown", count: Int(number))
         }
-        return (0..<number).map { index in
+        return try (0..<number).map { index in
             let descriptor = Self.firstDescriptor + index
-            _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC)
+            // As sd_listen_fds(3), which fails with the error of this fcntl: a count past the descriptors passed
+            // would otherwise serve whatever this process opens there later.
+            guard fcntl(descriptor, F_SETFD, FD_CLOEXEC) == 0 else {
+                throw SocketIPCError(
+                    .invalidConfiguration,
+                    "LISTEN_FDS passes \(number) descriptors from 3, but descriptor \(descriptor) is not open"
+                )
+            }
             return InheritedSocket(descriptor: descriptor, name: labels[Int(index)])
         }
     }
