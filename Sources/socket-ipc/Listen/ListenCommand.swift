@@ -145,7 +145,8 @@ struct ListenCommand: AsyncParsableCommand {
                 }
             )
         }
-        let group = ServiceGroup(services: [server], gracefulShutdownSignals: ShutdownSignals.server, logger: logger)
+        // The signals are ShutdownSignals.run's: the first shuts down gracefully, the second at once.
+        let group = ServiceGroup(services: [server], logger: logger)
         // Shuts the server down, as SIGTERM would, once the last message is printed; cancelled (and then harmless)
         // when the group ends otherwise.
         let stopper = Task {

@@ -138,7 +138,6 @@ struct ServeCommand: AsyncParsableCommand {
         // The socket's setup and the server's start: a failure there exits 73 (EX_CANTCREAT).
         let started = ServingStarted()
         let oneWayRuns = OneWayRuns()
-        var gracePeriod = Duration.zero
         try await ServingFailure.reporting(started) {
             let inherited = try self.inheritedSocket()
             guard inherited != nil || self.socket != nil else {
@@ -160,26 +159,26 @@ struct ServeCommand: AsyncParsableCommand {
             let server = Self.makeServer(
                 configuration: configuration, mode: self.mode, exec: exec, oneWayRuns: oneWayRuns, started: started,
                 logger: logger)
-            gracePeriod = configuration.shutdownGracePeriod
+            let gracePeriod = configuration.shutdownGracePeriod
             // Listed last, the one-way runs hear of the shutdown first: their queue is dropped while the server drains.
             let group = ServiceGroup(
                 services: [server, OneWayRunsShutdown(runs: oneWayRuns, gracePeriod: gracePeriod)],
-                gracefulShutdownSignals: ShutdownSignals.server,
+                // The signals are ShutdownSignals.run's: the first shuts down gracefully, the second at once.
                 logger: logger
             )
-            do {
-                try await ShutdownSignals.run(group, stoppingAtSecondOf: ShutdownSignals.server) { signal in
-                    Output.note("a second shutdown signal (\(signal)): stopping now, without the rest of the grace period")
-                    oneWayRuns.stopNow()
-                }
-            } catch {
-                await oneWayRuns.finish(gracePeriod: gracePeriod)
-                throw error
+            // The one-way runs still running when the server has drained get the rest of the grace period, and a
+            // second signal meanwhile still ends them.
+            try await ShutdownSignals.run(
+                group,
+                stoppingAtSecondOf: ShutdownSignals.server,
+                afterwards: { await oneWayRuns.finish(gracePeriod: gracePeriod) }
+            ) { signal in
+                Output.note("a second shutdown signal (\(signal)): stopping now, without the rest of the grace period")
+                oneWayRuns.stopNow()
             }
         }
         // Only SIGINT, SIGTERM or SIGHUP end a server that ran.
         Output.stoppedBySignal()
-        await oneWayRuns.finish(gracePeriod: gracePeriod)
     }
 
     /// The listening socket passed by socket activation (`LISTEN_FDS` for this process), the one named `--fd-name` if
