@@ -426,6 +426,8 @@ public final class Connection: Sendable {
 
     /// Flushes and closes, on the event loop: a connection that went away has nothing left to wait for.
     func closeAfterGoingAway() {
+        // This side closes: a peer's end-of-stream read before the close below is not the peer's doing.
+        self.calls.closedLocally.store(true, ordering: .relaxed)
         self.eventLoop.execute {
             self.flushPendingWrites(force: true)
             self.close()

@@ -37,7 +37,17 @@ enum InterruptibleRun {
             }
             group.addTask {
                 var signals = signals.makeAsyncIterator()
-                return .signal(await signals.next())
+                let first = await signals.next()
+                // A second signal while the work stops (a shutdown that hangs) ends the process at once, with the
+                // directory removed first, as a second Ctrl-C ends serve.
+                if first != nil {
+                    Task {
+                        guard let second = await signals.next() else { return }
+                        try? FileManager.default.removeItem(atPath: directory)
+                        _exit(128 + second.rawValue)
+                    }
+                }
+                return .signal(first)
             }
             while let ended = await group.next() {
                 switch ended {
