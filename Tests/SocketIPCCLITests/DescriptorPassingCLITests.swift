@@ -235,3 +235,69 @@ private func openDescriptors(of pid: pid_t) -> Int {
 private func pythonString(_ text: String) -> String {
     "'" + text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "'", with: "\\'") + "'"
 }
+
+extension DescriptorPassingCLITests {
+    /// A peer (a Python process) that sends, as fast as the server takes them, requests each standing for the same
+    /// sealed 4 MiB memfd (a descriptors frame and a shared-payload request frame, 21 bytes), and reads nothing; once
+    /// the server has stopped taking them for a second it prints `sent N` and holds the connection.
+    static func sharedRequestFlooder(path: String) -> [String] {
+        [
+            "-c",
+            """
+            import os, socket, array, fcntl, time
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(\(pythonString(path)))
+            s.sendall(bytes.fromhex("5349504301070000"))
+            s.recv(8)
+            size = 4 << 20
+            fd = os.memfd_create("payload", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+            os.write(fd, b"a" * size)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
+            s.settimeout(1.0)
+            sent = 0
+            try:
+                while sent < 2000:
+                    frames = bytes.fromhex("000000020d01" + "000000" + "0e" + "0e02") + (sent + 1).to_bytes(4, "big") + size.to_bytes(8, "big")
+                    s.sendmsg([frames], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+                    sent += 1
+            except (socket.timeout, BlockingIOError):
+                pass
+            print("sent", sent, flush=True)
+            time.sleep(60)
+            """,
+        ]
+    }
+
+    @Test(
+        "a peer that sends requests standing for a sealed memfd again and again and reads nothing holds a bounded share of the server's memory (before, about 64 answers of the payload's size per connection: 4 GB for four connections of 16 MiB)",
+        .enabled(if: hasPython, "needs python3")
+    )
+    func sharedRequestsUnread() async throws {
+        try await withServeCommand(["--max-descriptors", "1"]) { path, server in
+            let before = try #require(Self.residentKilobytes(of: server.processID))
+            let peer = try SpawnedProcess(executable: Self.python, arguments: Self.sharedRequestFlooder(path: path))
+            try await withProcess(peer) { peer in
+                let sent = await peer.standardOutput.waitForLine(containing: "sent")
+                try #require(sent != nil, "the flooder did not finish")
+                // The server may still be answering what it took: the most it holds is what counts.
+                var most = before
+                for _ in 0..<20 {
+                    most = max(most, Self.residentKilobytes(of: server.processID) ?? most)
+                    try await Task.sleep(for: .milliseconds(50))
+                }
+                #expect(most - before < 64 * 1024, "VmRSS went from \(before) kB to \(most) kB after \(sent ?? "")")
+                // And the server serves others meanwhile.
+                let answered = try await runCLI(["request", "--timeout", "20", path, "hi"])
+                #expect(answered.status == 0, "\(answered)")
+                peer.signal(SIGKILL)
+            }
+        }
+    }
+
+    /// The resident set size of `process` in kB (`VmRSS` of `/proc/PID/status`).
+    static func residentKilobytes(of process: pid_t) -> Int? {
+        guard let status = try? String(contentsOfFile: "/proc/\(process)/status", encoding: .utf8) else { return nil }
+        let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") }
+        return line?.split(whereSeparator: \.isWhitespace).dropFirst().first.flatMap { Int($0) }
+    }
+}

@@ -202,6 +202,16 @@ extension ConnectionChannelHandler {
     /// again.
     func resumeAfterYield(context: ChannelHandlerContext) {
         guard self.inbound.isYielding else { return }
+        if self.pausesReadingWhileUnwritable && !context.channel.isWritable {
+            // A server stops reading while it cannot write (the peer does not read its answers); the frames already
+            // kept wait too, until the channel is writable (`channelWritabilityChanged`). Each may be a request of a
+            // few bytes standing for 16 MiB of shared memory, whose answer would be queued all the same (found by a
+            // review: a peer that sent one sealed memfd again and again, and read nothing, held about 64 answers of
+            // its size per connection, 4 GB for four connections of 16 MiB payloads).
+            self.inbound.yieldWaitsForWritability = true
+            return
+        }
+        self.inbound.yieldWaitsForWritability = false
         self.inbound.isYielding = false
         guard let connection = self.connection, self.state.mayHandleFrames else { return }
         if self.inbound.isPaused {

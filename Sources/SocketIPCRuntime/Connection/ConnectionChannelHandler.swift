@@ -240,6 +240,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         let isWritable = context.channel.isWritable
         self.connection?.writabilityChanged(isWritable)
         self.watchWrites(isWritable: isWritable, context: context)
+        if isWritable, self.inbound.yieldWaitsForWritability { self.resumeAfterYield(context: context) }
         if isWritable { self.readIfHeld(context: context) }
         context.fireChannelWritabilityChanged()
     }

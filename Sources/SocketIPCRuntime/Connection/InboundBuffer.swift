@@ -18,6 +18,9 @@ struct InboundBuffer {
     /// read's budget of frames (``DecodeStep/yieldTurn``); no `read()` is passed on meanwhile, and reads already under
     /// way add to ``partial``.
     var isYielding = false
+    /// Whether the turn given up (``isYielding``) ends only once the channel is writable again: a server's frames
+    /// kept from reads made before it could no longer write are not handed out while it cannot.
+    var yieldWaitsForWritability = false
     /// Whether the channel closed: what is kept is handed out at once, with no turn given up
     /// (``DecodeStep/yieldTurn`` is taken as going on).
     var closing = false
