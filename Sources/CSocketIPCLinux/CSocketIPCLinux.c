@@ -244,6 +244,12 @@ int csocketipc_close_passed(int descriptor) {
     return close(descriptor);
 }
 
+int csocketipc_is_unix_socket(int descriptor) {
+    int domain = 0;
+    socklen_t length = sizeof(domain);
+    return getsockopt(descriptor, SOL_SOCKET, SO_DOMAIN, &domain, &length) == 0 && domain == AF_UNIX;
+}
+
 int csocketipc_pipe_cloexec(int ends[2]) {
     return pipe2(ends, O_CLOEXEC);
 }

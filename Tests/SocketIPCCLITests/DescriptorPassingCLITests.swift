@@ -301,3 +301,60 @@ extension DescriptorPassingCLITests {
         return line?.split(whereSeparator: \.isWhitespace).dropFirst().first.flatMap { Int($0) }
     }
 }
+
+extension DescriptorPassingCLITests {
+    /// A peer (a Python process) that passes a Unix socket whose receive queue holds, in flight, a TCP socket with
+    /// `SO_LINGER` of an hour and a send queue its peer never drains, then a message; it prints `sent` and holds the
+    /// TCP peer open, so that the last close of the TCP socket, which comes with the Unix socket's, would wait.
+    static func nestedLingerPeer(path: String) -> [String] {
+        [
+            "-c",
+            """
+            import socket, struct, array, time
+            listener = socket.socket(); listener.bind(("127.0.0.1", 0)); listener.listen(1)
+            tcp = socket.socket(); tcp.connect(listener.getsockname()); held, _ = listener.accept()
+            held.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            tcp.setblocking(False)
+            try:
+                while True: tcp.send(b"x" * 65536)
+            except BlockingIOError:
+                pass
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 3600))
+            a, b = socket.socketpair()
+            socket.send_fds(b, [b"z"], [tcp.fileno()]); tcp.close(); b.close()
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(\(pythonString(path)))
+            s.sendall(bytes.fromhex("5349504301070000"))
+            s.recv(8)
+            # A descriptors frame passing the Unix socket, then a one-way message "hi".
+            s.sendmsg([bytes.fromhex("000000020d01" + "0000000301") + b"hi"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [a.fileno()]))])
+            a.close()
+            print("sent", flush=True)
+            time.sleep(60)
+            """,
+        ]
+    }
+
+    @Test(
+        "a passed Unix socket holding a lingering TCP socket in flight is closed off the event loop: every connection is served meanwhile (before, the close waited out the linger on the loop, and the connections on it got no hello)",
+        .enabled(if: hasPython, "needs python3")
+    )
+    func nestedLingeringSocket() async throws {
+        try await withServeCommand(["--max-descriptors", "1"]) { path, server in
+            let peer = try SpawnedProcess(executable: Self.python, arguments: Self.nestedLingerPeer(path: path))
+            try await withProcess(peer) { peer in
+                let sent = await peer.standardOutput.waitForLine(containing: "sent")
+                try #require(sent != nil, "the peer did not pass its socket")
+                // serve describes and closes the descriptor when it prints the message.
+                let printed = await server.standardOutput.waitForLine(containing: "with descriptors")
+                #expect(printed != nil, "serve did not print the message")
+                // Connections land on the event loops in turn: four reach each loop of a 2-core machine twice.
+                for _ in 0..<4 {
+                    let answered = try await runCLI(["request", "--timeout", "10", path, "hi"])
+                    #expect(answered.status == 0, "\(answered)")
+                }
+                peer.signal(SIGKILL)
+            }
+        }
+    }
+}

@@ -78,6 +78,10 @@ int csocketipc_set_pass_rights(int socket, int on);
 /// sender kept one) see it off too. The result of close(2).
 int csocketipc_close_passed(int descriptor);
 
+/// Whether `descriptor` is a Unix-domain socket (SO_DOMAIN is AF_UNIX): a socket whose queue may hold descriptors in
+/// flight, whose last close happens when it closes.
+int csocketipc_is_unix_socket(int descriptor);
+
 /// Adds every seal a receiver of shared memory needs (F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE, F_SEAL_SEAL):
 /// 0, or -1 with errno.
 int csocketipc_seal_all(int descriptor);

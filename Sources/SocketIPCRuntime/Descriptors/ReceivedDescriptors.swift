@@ -84,9 +84,20 @@ package func closeDescriptors(_ descriptors: [Int32]) {
 /// its own copy, and the last close of such a socket blocks the calling thread, often an event loop, for as long as
 /// the peer chose. The setting is the socket's: a sender that kept its copy sees it off too. Never for this side's own
 /// descriptors (the duplicates it sent), whose sockets are its application's.
+///
+/// A Unix-domain socket is closed on a thread of ``PassedSocketCloser``'s instead: its queue may hold descriptors in
+/// flight (a lingering TCP socket among them), whose last close happens with its own and may wait as long.
 package func closePassedDescriptors(_ descriptors: [Int32]) {
     #if os(Linux)
-    for descriptor in descriptors { _ = csocketipc_close_passed(descriptor) }
+    var sockets: [Int32] = []
+    for descriptor in descriptors {
+        if csocketipc_is_unix_socket(descriptor) != 0 {
+            sockets.append(descriptor)
+        } else {
+            _ = csocketipc_close_passed(descriptor)
+        }
+    }
+    if !sockets.isEmpty { PassedSocketCloser.close(sockets) }
     #else
     closeDescriptors(descriptors)
     #endif
