@@ -274,7 +274,7 @@ extension DescriptorPassingCLITests {
     )
     func sharedRequestsUnread() async throws {
         try await withServeCommand(["--max-descriptors", "1"]) { path, server in
-            let before = try #require(Self.residentKilobytes(of: server.processID))
+            let before = try #require(residentKilobytes(of: server.processID))
             let peer = try SpawnedProcess(executable: Self.python, arguments: Self.sharedRequestFlooder(path: path))
             try await withProcess(peer) { peer in
                 let sent = await peer.standardOutput.waitForLine(containing: "sent")
@@ -282,7 +282,7 @@ extension DescriptorPassingCLITests {
                 // The server may still be answering what it took: the most it holds is what counts.
                 var most = before
                 for _ in 0..<20 {
-                    most = max(most, Self.residentKilobytes(of: server.processID) ?? most)
+                    most = max(most, residentKilobytes(of: server.processID) ?? most)
                     try await Task.sleep(for: .milliseconds(50))
                 }
                 #expect(most - before < 64 * 1024, "VmRSS went from \(before) kB to \(most) kB after \(sent ?? "")")
@@ -292,13 +292,6 @@ extension DescriptorPassingCLITests {
                 peer.signal(SIGKILL)
             }
         }
-    }
-
-    /// The resident set size of `process` in kB (`VmRSS` of `/proc/PID/status`).
-    static func residentKilobytes(of process: pid_t) -> Int? {
-        guard let status = try? String(contentsOfFile: "/proc/\(process)/status", encoding: .utf8) else { return nil }
-        let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") }
-        return line?.split(whereSeparator: \.isWhitespace).dropFirst().first.flatMap { Int($0) }
     }
 }
 

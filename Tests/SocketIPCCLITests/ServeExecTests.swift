@@ -407,11 +407,3 @@ struct ServeExecTests {
     }
 #endif
 
-#if os(Linux)
-    /// The resident set size of `process` in kB (`VmRSS` of `/proc/PID/status`).
-    private func residentKilobytes(of process: pid_t) -> Int? {
-        guard let status = try? String(contentsOfFile: "/proc/\(process)/status", encoding: .utf8) else { return nil }
-        let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") }
-        return line?.split(whereSeparator: \.isWhitespace).dropFirst().first.flatMap { Int($0) }
-    }
-#endif
