@@ -159,10 +159,18 @@ struct ListenCommand: AsyncParsableCommand {
         let (readerGone, readerGoneNow) = AsyncStream.makeStream(of: Void.self)
         Output.onReaderGone { readerGoneNow.finish() }
         Output.watchForReaderGone()
-        try await ShutdownSignals.run(group, stoppingAtSecondOf: ShutdownSignals.server, orWhen: readerGone) { signal in
-            Output.note("a second shutdown signal (\(signal)): stopping now, without the rest of the grace period")
+        do {
+            try await ShutdownSignals.run(group, stoppingAtSecondOf: ShutdownSignals.server, orWhen: readerGone) { signal in
+                Output.note("a second shutdown signal (\(signal)): stopping now, without the rest of the grace period")
+            }
+        } catch where Output.readerHasGone {
+            // The server's stop failed after the reader went: the command still ends as SIGPIPE would.
         }
-        if Output.readerHasGone { Output.endAsClosedPipe() }
+        if Output.readerHasGone {
+            // Standard error's queued notes first (what was queued for standard output is dropped: no one reads it).
+            Output.finish()
+            Output.endAsClosedPipe()
+        }
         // Not the last message printed: SIGINT, SIGTERM or SIGHUP.
         if !printer.reachedLimit { Output.stoppedBySignal() }
     }
