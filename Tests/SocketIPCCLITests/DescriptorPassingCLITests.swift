@@ -341,8 +341,9 @@ extension DescriptorPassingCLITests {
                 // serve describes and closes the descriptor when it prints the message.
                 let printed = await server.standardOutput.waitForLine(containing: "with descriptors")
                 #expect(printed != nil, "serve did not print the message")
-                // Connections land on the event loops in turn: four reach each loop of a 2-core machine twice.
-                for _ in 0..<4 {
+                // Connections land on the event loops in turn (one loop per core): twice as many as there are loops,
+                // and two more, reach the blocked one too.
+                for _ in 0..<(2 * ProcessInfo.processInfo.activeProcessorCount + 2) {
                     let answered = try await runCLI(["request", "--timeout", "10", path, "hi"])
                     #expect(answered.status == 0, "\(answered)")
                 }

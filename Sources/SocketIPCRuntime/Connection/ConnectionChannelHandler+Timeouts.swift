@@ -39,8 +39,10 @@ extension ConnectionChannelHandler {
             // While this side holds the peer's frames back because its handler has not answered (paused at the
             // maximum of unanswered requests), the wait is this side's doing: it does not count (found by a review: a
             // client whose descriptors queued behind a slow handler's request was closed). Reading held while the
-            // peer does not read this side's writes does count: a peer gone with its own end held here reads nothing.
-            let heldBack = self.inbound.isPaused || self.inbound.isYielding
+            // peer does not read this side's writes does count: a peer gone with its own end held here reads nothing;
+            // so does a turn given up that waits for the channel to be writable again, for the same reason.
+            let heldBack =
+                self.inbound.isPaused || (self.inbound.isYielding && !self.inbound.yieldWaitsForWritability)
             let pending = passing.pendingDescriptors()
             if pending.waiting, !heldBack, let seen, seen == pending.progress {
                 self.fail(

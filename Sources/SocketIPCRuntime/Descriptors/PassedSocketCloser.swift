@@ -14,11 +14,14 @@ import Synchronization
 ///
 /// A thread takes the sockets queued one after another and ends when none is left; another starts when every thread
 /// is busy closing, up to ``maximumThreads``, so that one close that waits does not hold the others. Beyond that
-/// (a peer that keeps that many closes waiting), sockets wait in the queue, open, until a thread is free: they
-/// cost descriptors, not an event loop.
+/// (a peer that keeps that many closes waiting), sockets wait in the queue, open, until a thread is free, at most
+/// ``maximumQueued`` of them: past that, and when no thread can start, the caller closes its own as before, so that
+/// the queue cannot hold the process's descriptors (found by a review).
 enum PassedSocketCloser {
     /// The most closing threads at once: 8.
     static let maximumThreads = 8
+    /// The most sockets waiting for a closing thread: 1,024.
+    static let maximumQueued = 1024
 
     private struct State {
         var queue: [Int32] = []
@@ -30,19 +33,30 @@ enum PassedSocketCloser {
 
     /// Queues `sockets` to be closed (with ``csocketipc_close_passed``), starting a thread if every one is busy.
     static func close(_ sockets: [Int32]) {
-        let startsThread = self.state.withLock { state -> Bool in
-            state.queue.append(contentsOf: sockets)
-            guard state.busy == state.threads, state.threads < Self.maximumThreads else { return false }
-            state.threads += 1
-            return true
+        let (startsThread, overflow) = self.state.withLock { state -> (Bool, ArraySlice<Int32>) in
+            let room = max(0, Self.maximumQueued - state.queue.count)
+            state.queue.append(contentsOf: sockets.prefix(room))
+            let startsThread = state.busy == state.threads && state.threads < Self.maximumThreads
+            if startsThread { state.threads += 1 }
+            return (startsThread, sockets.dropFirst(room))
         }
+        // Past the queue's bound: closed here, as before this closer.
+        for socket in overflow { _ = csocketipc_close_passed(socket) }
         guard startsThread else { return }
         do {
             try DetachedThread.start(name: "sipc-close") { Self.run() }
         } catch {
-            // No thread (the process is at its limit of threads): closed here, as before; `run` counts this thread
-            // out when the queue is empty.
-            Self.run()
+            // No thread (the process is at its limit of threads): this caller's own sockets, if still queued, are
+            // closed here, as before; the others wait for a thread that runs.
+            let own = self.state.withLock { state -> [Int32] in
+                state.threads -= 1
+                let queued = Set(state.queue)
+                let own = sockets.filter { queued.contains($0) }
+                let ownSet = Set(own)
+                state.queue.removeAll { ownSet.contains($0) }
+                return own
+            }
+            for socket in own { _ = csocketipc_close_passed(socket) }
         }
     }
 
