@@ -36,6 +36,17 @@ struct CancelledWriteWaitTests {
         }
     }
 
+    /// Sends 1 MiB one-way messages to a peer that reads nothing until one waits for room (and then, once cancelled,
+    /// stops). One message of 8 MiB did not always wait: when the event loop had handed it to the channel before the
+    /// channel said it was not writable, the send found room and returned, and nothing waited (a failure seen under
+    /// load, in CI).
+    static func fillUntilASendWaits(_ connection: Connection) -> Task<Void, any Error> {
+        Task {
+            let message = ByteBuffer(repeating: 0x61, count: 1 << 20)
+            while true { try await connection.send(message) }
+        }
+    }
+
     /// A client connection to ``withSilentServer(_:)``, for the length of `body`.
     func withSilentPeer(_ body: (Connection) async throws -> Void) async throws {
         try await self.withSilentPeerSocket { connection, _ in try await body(connection) }
@@ -53,8 +64,7 @@ struct CancelledWriteWaitTests {
     @Test("a request's timeout covers its wait for room while the peer reads nothing: timedOut, not a wait until the close")
     func requestTimeoutCoversTheWaitForRoom() async throws {
         try await withSilentPeer { connection in
-            // An 8 MiB one-way message fills the write queue above its high watermark: the peer reads nothing.
-            let filler = Task { try await connection.send(ByteBuffer(repeating: 0x61, count: 8 << 20)) }
+            let filler = Self.fillUntilASendWaits(connection)
             defer { filler.cancel() }
             #expect(await eventually { connection.state.withLock { $0.writersWaiting } == 1 })
             // Before, the request waited for room until the connection closed, whatever its timeout.

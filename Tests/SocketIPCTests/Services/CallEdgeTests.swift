@@ -169,8 +169,7 @@ struct CallEdgeTests {
     @Test("client streaming: a write waiting for room, its peer reading nothing, ends at the call's deadline")
     func deadlineEndsWriteWaitingForRoom() async throws {
         try await CancelledWriteWaitTests().withSilentPeer { connection in
-            // An 8 MiB one-way message fills the write queue above its high watermark: the peer reads nothing.
-            let filler = Task { try await connection.send(ByteBuffer(repeating: 0x61, count: 8 << 20)) }
+            let filler = CancelledWriteWaitTests.fillUntilASendWaits(connection)
             defer { filler.cancel() }
             #expect(await eventually { connection.state.withLock { $0.writersWaiting } == 1 })
             // The call's first write has credit but no room. Before, it waited past its deadline until the
@@ -238,7 +237,7 @@ struct CallEdgeTests {
     @Test("two writes of one call waiting for room: the call's deadline ends both")
     func deadlineEndsBothWriteWaits() async throws {
         try await CancelledWriteWaitTests().withSilentPeer { connection in
-            let filler = Task { try await connection.send(ByteBuffer(repeating: 0x61, count: 8 << 20)) }
+            let filler = CancelledWriteWaitTests.fillUntilASendWaits(connection)
             defer { filler.cancel() }
             #expect(await eventually { connection.state.withLock { $0.writersWaiting } == 1 })
             let result = await outcome(within: .seconds(30)) {
