@@ -27,6 +27,10 @@ enum Diagnosis {
             // The library's message names the server's user as `runs as uid N`; the command line's fix is an option.
             guard let uid = Self.serverUserID(in: error.message) else { return error.message }
             return "\(error.message): if that user runs the server you meant, trust it with --trust-uid \(uid)"
+        case .unauthorized where error.message.contains("authorization policy refused")
+            && error.message.contains("credentials unknown"):
+            // The server could not learn this process's credentials (SO_PEERCRED failed there): no option admits it.
+            return "\(error.message): the server could not learn who this process is; see its log"
         case .unauthorized where error.message.contains("authorization policy refused"):
             // The server's policy refused this process's user; the fix is the server's owner's, on its command line.
             let user = geteuid()

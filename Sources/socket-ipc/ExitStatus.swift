@@ -58,6 +58,10 @@ enum ExitStatus {
             return Self.cannotConnect
         case .deadlineExceeded, .timedOut:
             return Self.timedOut
+        case .messageTooLarge where error.message.hasPrefix("received "):
+            // A frame from the server over this side's maximum: the server broke the protocol and the connection is
+            // lost, as for any other bad frame (found by a review: it was reported as the server's answer, 1).
+            return Self.cannotConnect
         case .invalidPath:
             // A socket path that cannot be one (too long for `sun_path`, empty, `@` alone): the argument's fault.
             return Self.usage
@@ -82,7 +86,11 @@ enum ExitStatus {
             let text = error.message.isEmpty ? " \(error.code)" : " \(error.code): \(error.message)"
             Output.errorLine(Output.colored("error", 31, on: STDERR_FILENO) + SafeText.oneLine(text))
             if let details = error.encodedDetails, details.readableBytes > 0 {
-                Output.errorLine(SafeText.oneLine(String(buffer: details)))
+                // JSON details stay the same JSON value on one line, only characters that act on a terminal written
+                // as JSON escapes (found by a review: escaping them as text doubled their backslashes, so that
+                // `"say \"hi\""` was no longer JSON); anything else is escaped as text.
+                let line = (try? formatJSON(details, pretty: false)) ?? SafeText.oneLine(String(buffer: details))
+                Output.errorLine(line)
             }
             return Self.remoteError
         case let error as SocketIPCError:

@@ -130,6 +130,11 @@ struct SendCommand: AsyncParsableCommand {
                 configuration.trustedServerUserIDs = self.trust.trustedServerUserIDs
                 // The hello may not take longer than the whole send may.
                 if let timeout { configuration.connectTimeout = min(configuration.connectTimeout, timeout) }
+                // A server that reads nothing and answers nothing (frozen, or silent on purpose) holds no send for
+                // ever, with or without --timeout, as for call and watch (found by a review: a send of 5 MB to a
+                // server that read nothing waited for good).
+                configuration.connection.keepaliveInterval = CallArguments.keepaliveInterval
+                configuration.connection.keepaliveTimeout = CallArguments.keepaliveInterval
                 return configuration
             }()
             let phase = ConnectionPhase()

@@ -27,7 +27,7 @@ struct CallCommandTests {
         }
     }
 
-    @Test("a --timeout too short for anything ends with the call's deadline (5), or with no hello within that time (3), never with a connection closed under it: before, the connect timeout it bounded closed the connection already handed over")
+    @Test("a --timeout too short for anything ends with the call's deadline (5), or with no hello within that time (3), or is done in time (0), never with a connection closed under it: before, the connect timeout it bounded closed the connection already handed over")
     func tinyTimeout() async throws {
         try await withServeCommand { path, _ in
             // Which step the deadline cuts varies from run to run: several runs meet more of them.
@@ -35,7 +35,8 @@ struct CallCommandTests {
                 for arguments in [["call", "--timeout=0.0001", path, "demo.echo", "1"], ["request", "--timeout=0.0001", path, "hi"]] {
                     let result = try await runCLI(arguments)
                     let noHello = result.error.contains("sent no hello within 0.0001 seconds")
-                    #expect(result.status == (noHello ? 3 : 5), "\(arguments[0]): \(result)")
+                    // A round trip may fit in the time left after the hello (it did once in a full run here): done, 0.
+                    #expect(result.status == (noHello ? 3 : 5) || result.status == 0, "\(arguments[0]): \(result)")
                     #expect(!result.error.contains("closed"), "\(arguments[0]): \(result.error)")
                 }
             }
@@ -131,6 +132,33 @@ struct CallCommandTests {
             #expect(watched.output == "")
             #expect(
                 watched.error == "error invalidArgument: cannot count to a negative number; got -3\n{\"count\":-3}\n")
+        }
+    }
+
+    /// A method whose error's details hold quotes, a backslash, a newline and an ESC.
+    enum Refuse: ServiceMethod {
+        static let name = "test.refuse"
+        typealias Request = String
+        typealias Response = String
+    }
+
+    @Test("an application error's JSON details print as the same JSON value, on one line, ESC escaped as JSON (found by a review: escaped as text, they were no longer JSON)")
+    func detailsStayJSON() async throws {
+        var router = ServiceRouter()
+        router.register(Refuse.self) { text, _ in
+            throw ServiceError(code: "refused", message: "no", details: ["msg": text, "path": #"C:\x"#])
+        }
+        try await withServiceTestServer(router: router) { _, path in
+            let text = "say \"hi\"\nand \u{1B}[31m red"
+            let request = String(decoding: try JSONEncoder().encode(text), as: UTF8.self)
+            let result = try await runCLI(["call", "--socket", path, "test.refuse", request])
+            #expect(result.status == 1)
+            let lines = result.error.split(separator: "\n", omittingEmptySubsequences: false)
+            #expect(lines.count == 3 && lines[2].isEmpty, "stderr: \(result.error)")
+            #expect(lines.first == "error refused: no", "stderr: \(result.error)")
+            #expect(!result.error.contains("\u{1B}"), "stderr: \(result.error)")
+            let details = try JSONDecoder().decode([String: String].self, from: Data(lines[1].utf8))
+            #expect(details == ["msg": text, "path": #"C:\x"#])
         }
     }
 

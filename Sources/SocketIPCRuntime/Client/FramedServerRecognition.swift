@@ -6,6 +6,7 @@ import NIOCore
 ///
 /// ```
 /// 53495043 01 00 0000          hello: magic "SIPC", version, flags, reserved
+/// …                            frames the server sent at once (a message, say), if any
 /// 0000000n 05 rr <text>        going-away: length, kind 0x05, reason, text (optional, maybe cut short)
 /// ```
 enum FramedServerRecognition {
@@ -19,7 +20,10 @@ enum FramedServerRecognition {
         var goAwayText: String?
     }
 
-    /// Parses `bytes` as a hello, optionally followed by a going-away frame (which may be cut short).
+    /// Parses `bytes` as a hello, followed by whole frames (the last may be cut short) among which the first
+    /// going-away, if any, gives the reason: PROTOCOL.md lets a side send frames right after its hello, so a server
+    /// may send a message before it reads the client's bytes and goes away (found by a review: a hello followed by a
+    /// message frame was taken for an EOF-style acknowledgement).
     /// - Returns: What the framed server said, or `nil` when the bytes are anything else.
     static func recognize(_ bytes: ByteBuffer) -> Answer? {
         guard bytes.readableBytes >= 5,
@@ -28,16 +32,25 @@ enum FramedServerRecognition {
         else { return nil }
         var rest = bytes
         rest.moveReaderIndex(forwardBy: min(Hello.length, rest.readableBytes))
-        guard rest.readableBytes > 0 else { return Answer(protocolVersion: version) }
-        // Whatever follows the hello must be the start of a going-away frame: length >= 2, kind 0x05.
-        guard rest.readableBytes >= 5,
-            let length = rest.readInteger(as: UInt32.self), length >= 2,
-            rest.readInteger(as: UInt8.self) == FrameKind.goAway.rawValue
-        else { return nil }
-        let reason = rest.readInteger(as: UInt8.self)
-        let textLength = min(Int(length) - 2, rest.readableBytes)
-        let text = textLength > 0 ? rest.readString(length: textLength) : nil
-        return Answer(protocolVersion: version, goAwayReason: reason, goAwayText: text)
+        // Frames after the hello: each length counts at least its kind; the bytes of the last frame may end early.
+        // Anything else is not a framed server's answer.
+        while rest.readableBytes > 0 {
+            guard let length = rest.readInteger(as: UInt32.self) else {
+                // Part of a length: a frame cut short, after a whole hello.
+                return Answer(protocolVersion: version)
+            }
+            guard length >= 1 else { return nil }
+            guard let kind = rest.readInteger(as: UInt8.self) else { return Answer(protocolVersion: version) }
+            if kind == FrameKind.goAway.rawValue {
+                guard length >= 2 else { return nil }
+                let reason = rest.readInteger(as: UInt8.self)
+                let textLength = min(Int(length) - 2, rest.readableBytes)
+                let text = textLength > 0 ? rest.readString(length: textLength) : nil
+                return Answer(protocolVersion: version, goAwayReason: reason, goAwayText: text)
+            }
+            rest.moveReaderIndex(forwardBy: min(Int(length) - 1, rest.readableBytes))
+        }
+        return Answer(protocolVersion: version)
     }
 
     /// The error for an EOF-style exchange with a framed server at `path`, if `bytes` show that it is one.

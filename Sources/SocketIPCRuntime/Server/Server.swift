@@ -117,6 +117,13 @@ public final class Server: Service, Sendable {
             self.endStartup(.failed(error))
             throw error
         }
+        if let leftover = listener.leftover {
+            // Found by fault injection: the empty private directory of the bind was left beside the socket silently.
+            self.logger.warning(
+                "the private directory the socket was bound in could not be removed; it is empty and may be deleted",
+                metadata: ["error": "\(leftover)"]
+            )
+        }
         // While it runs, its socket file and lock file keep fresh times, so that a cleaner of old files leaves them.
         let refresher = listener.owner.map { owner in
             let interval = TimeAmount(self.configuration.socketFileRefreshInterval)

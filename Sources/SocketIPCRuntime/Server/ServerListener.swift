@@ -17,6 +17,8 @@ struct ServerListener {
     let owner: SocketFileOwner?
     /// Whether the listening socket is shared with another process (inherited): it must then not be shut down.
     let isShared: Bool
+    /// Why the private directory of the bind was left behind, if it was: for the server to log.
+    var leftover: String? = nil
 
     /// Opens the listener `configuration` asks for.
     /// - Throws: ``SocketIPCError``: what ``SocketFileOwner/claim(_:mode:createParentDirectory:requiresSecureParentDirectory:backlog:)``
@@ -49,7 +51,13 @@ struct ServerListener {
             requiresSecureParentDirectory: configuration.requiresSecureParentDirectory,
             backlog: configuration.backlog
         )
-        return ServerListener(descriptor: claim.listeningDescriptor, path: path, owner: claim.owner, isShared: false)
+        return ServerListener(
+            descriptor: claim.listeningDescriptor,
+            path: path,
+            owner: claim.owner,
+            isShared: false,
+            leftover: claim.leftover
+        )
     }
 
     /// Refuses what makes no sense or is unsafe on an abstract address: file options, and a policy that admits every

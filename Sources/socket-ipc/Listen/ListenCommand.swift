@@ -94,6 +94,12 @@ struct ListenCommand: AsyncParsableCommand {
             if let count = self.server.limits.maxDescriptors {
                 configuration.connection.maximumDescriptorsPerMessage = count
             }
+            // A frozen server holds no listener for ever: pinged as `call` and `watch` ping theirs, unless the
+            // keepalive options say otherwise.
+            configuration.connection.keepaliveInterval =
+                self.server.limits.keepaliveInterval.map { duration(seconds: $0) } ?? CallArguments.keepaliveInterval
+            configuration.connection.keepaliveTimeout =
+                self.server.limits.keepaliveTimeout.map { duration(seconds: $0) } ?? CallArguments.keepaliveInterval
             Output.watchForReaderGone()
             try await PushListener(path: path, configuration: configuration, printer: printer, logger: logger).run()
         } else {

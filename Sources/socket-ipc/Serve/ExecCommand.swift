@@ -95,6 +95,10 @@ struct ExecCommand: Sendable {
             throw ExecFailure(message: "exit status \(status)" + (stderr.isEmpty ? "" : ": \(stderr)"))
         case .signalled(let signal):
             throw ExecFailure(message: "killed by signal \(signal)" + (stderr.isEmpty ? "" : ": \(stderr)"))
+        case .unknown(let code):
+            throw ExecFailure(
+                message: "could not learn how the command ended: waitpid failed: \(String(cString: strerror(code)))"
+            )
         }
     }
 

@@ -31,6 +31,9 @@ final class ExecProcess: @unchecked Sendable {
         case exited(Int32)
         /// A signal ended it.
         case signalled(Int32)
+        /// `waitpid(2)` failed with this errno (`ECHILD`: something else in the process reaped it), so how it ended
+        /// is unknown.
+        case unknown(Int32)
     }
 
     /// Why the run was cut short (the child was killed).
@@ -129,10 +132,19 @@ final class ExecProcess: @unchecked Sendable {
     }
 
     private init(command: String, environment: [String]) throws {
-        let input = try Self.makePipe()
-        let output = try Self.makePipe()
-        let errors = try Self.makePipe()
-        let wake = try Self.makePipe()
+        // Each pipe made is closed again if a later one cannot be (found by fault injection: a pipe2 failing with
+        // EMFILE leaked the pipes made before it, so that a server near its descriptor limit lost more with each run).
+        var pipes: [(read: Int32, write: Int32)] = []
+        do {
+            for _ in 0..<4 { pipes.append(try Self.makePipe()) }
+        } catch {
+            for pipe in pipes {
+                close(pipe.read)
+                close(pipe.write)
+            }
+            throw error
+        }
+        let (input, output, errors, wake) = (pipes[0], pipes[1], pipes[2], pipes[3])
         let childEnds = [input.read, output.write, errors.write]
         defer { for descriptor in childEnds { close(descriptor) } }
         do {
@@ -235,7 +247,7 @@ final class ExecProcess: @unchecked Sendable {
             while true {
                 let reaped = waitpid(self.processID, &status, WNOHANG)
                 if reaped == self.processID { return Self.termination(status) }
-                if reaped < 0 && errno != EINTR { return .exited(-1) }
+                if reaped < 0 && errno != EINTR { return .unknown(errno) }
                 guard let timeout = Self.milliseconds(until: deadline) else {
                     stop = .timedOut
                     break
@@ -251,7 +263,7 @@ final class ExecProcess: @unchecked Sendable {
         kill(-self.processID, SIGKILL)
         kill(self.processID, SIGKILL)
         while waitpid(self.processID, &status, 0) < 0 {
-            if errno != EINTR { return .exited(-1) }
+            if errno != EINTR { return .unknown(errno) }
         }
         return Self.termination(status)
     }

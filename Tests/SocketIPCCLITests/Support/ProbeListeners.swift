@@ -105,13 +105,19 @@ final class FullQueueListener: Sendable {
 }
 
 /// Another program's listener: on a thread of its own it accepts each connection, writes `greeting` at once, then
-/// reads until the client closes. Not SocketIPC: it never sends a hello.
+/// reads until the client closes. Not SocketIPC unless its greeting is a hello (a broken or hostile server's).
 final class GreetingListener: Sendable {
     private let descriptor: Int32
     private let stopped = Mutex(false)
 
     /// Listens at `path` and starts accepting.
-    init(path: String, greeting: String) throws {
+    convenience init(path: String, greeting: String) throws {
+        try self.init(path: path, greeting: Array(greeting.utf8))
+    }
+
+    /// Listens at `path` and starts accepting; with `reads` false, it reads nothing after its greeting and keeps the
+    /// connection open until ``stop()``.
+    init(path: String, greeting: [UInt8], reads: Bool = true) throws {
         let descriptor = try bindUnixSocket(at: path)
         guard listen(descriptor, 16) == 0 else {
             let code = errno
@@ -121,15 +127,24 @@ final class GreetingListener: Sendable {
         self.descriptor = descriptor
         // Only this thread closes the listening socket (see `ClosingListener`): a close in `stop()` could race with
         // the next `accept` here after another test reused the number.
+        let held = Mutex<[Int32]>([])
         Thread {
-            defer { closeDescriptor(descriptor) }
+            defer {
+                closeDescriptor(descriptor)
+                for accepted in held.withLock({ $0 }) { closeDescriptor(accepted) }
+            }
             while true {
                 let accepted = accept(descriptor, nil, nil)
                 if accepted < 0 {
                     if errno == EINTR || errno == ECONNABORTED { continue }
                     return
                 }
-                sendWithoutSignal(accepted, Array(greeting.utf8))
+                sendWithoutSignal(accepted, greeting)
+                if !reads {
+                    // Held until the listener stops: the next accept fails then.
+                    held.withLock { $0.append(accepted) }
+                    continue
+                }
                 var buffer = [UInt8](repeating: 0, count: 256)
                 while buffer.withUnsafeMutableBytes({ read(accepted, $0.baseAddress, $0.count) }) > 0 {}
                 closeDescriptor(accepted)

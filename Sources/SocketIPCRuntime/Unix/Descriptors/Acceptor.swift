@@ -27,7 +27,9 @@ final class Acceptor: @unchecked Sendable {
     /// For a listening socket shared with another process: a pipe whose write end ``stop()`` writes to, waking the
     /// thread from its `poll(2)`; `nil` for a socket of our own, which ``stop()`` shuts down instead.
     private let wakePipe: (read: Int32, write: Int32)?
-
+    /// Why the wake-up pipe of a shared socket could not be made (`pipe2(2)`'s errno): ``start()`` then fails, since
+    /// stopping without the pipe would shut down the socket for every holder.
+    private let wakePipeErrno: Int32?
 
     /// - Parameters:
     ///   - descriptor: A bound, listening socket; the acceptor closes it when it stops.
@@ -55,6 +57,7 @@ final class Acceptor: @unchecked Sendable {
         var ends: [Int32] = [-1, -1]
         if sharesListeningSocket, makeCloseOnExecPipe(&ends) == 0 {
             self.wakePipe = (ends[0], ends[1])
+            self.wakePipeErrno = nil
             // Another holder (a second server on the same activated socket) may take a connection between this
             // thread's poll(2) and its accept(2), which on a blocking socket (systemd passes them blocking) would then
             // wait for the next connection, and stop() could not end it. Non-blocking, that accept fails with EAGAIN
@@ -63,6 +66,7 @@ final class Acceptor: @unchecked Sendable {
             // it, accept(2) is the thread's wait.)
             _ = fcntl(descriptor, F_SETFL, fcntl(descriptor, F_GETFL) | O_NONBLOCK)
         } else {
+            self.wakePipeErrno = sharesListeningSocket ? errno : nil
             self.wakePipe = nil
         }
     }
@@ -70,9 +74,16 @@ final class Acceptor: @unchecked Sendable {
     /// Completes when the accepting thread has ended and the listening socket is closed.
     var finishedFuture: EventLoopFuture<Void> { self.finished.futureResult }
 
-    /// Starts the accepting thread. Should no thread be had (`pthread_create` failing with `EAGAIN`), the acceptor
-    /// ends at once as after a failed `accept`: the listening socket is closed and `onError` called.
+    /// Starts the accepting thread. Should no thread be had (`pthread_create` failing with `EAGAIN`), or no wake-up
+    /// pipe for a shared socket, the acceptor ends at once as after a failed `accept`: the listening socket is closed
+    /// and `onError` called.
     func start() {
+        if let code = self.wakePipeErrno {
+            self.stopping.store(true, ordering: .releasing)
+            self.onError(SocketIPCError.systemCall("pipe2", errno: code))
+            self.acceptUntilStopped()
+            return
+        }
         do {
             try DetachedThread.start(name: "sipc-accept") { self.acceptUntilStopped() }
         } catch {
@@ -110,6 +121,17 @@ final class Acceptor: @unchecked Sendable {
                 switch Self.waitUntilReadable(self.descriptor, orWokenBy: wakePipe.read) {
                 case .readable: break
                 case .wokenUp: return
+                case .failed(let code) where code == ENOMEM || code == EAGAIN:
+                    // poll(2) could not allocate its tables: back off as for accept's ENOMEM, then wait again.
+                    let (wait, report) = backoff.failed(errno: code)
+                    if let report { self.log(report) }
+                    self.wait(wait)
+                    continue
+                case .failed(let code):
+                    if !self.stopping.load(ordering: .acquiring) {
+                        self.onError(SocketIPCError.systemCall("poll", errno: code))
+                    }
+                    return
                 case .hungUp:
                     // Shut down by another holder: a non-blocking accept would fail with EAGAIN for ever (a blocking
                     // one fails with EINVAL), so this is accept's end.
@@ -182,6 +204,8 @@ final class Acceptor: @unchecked Sendable {
         /// The listening socket was shut down (`POLLHUP`, or `POLLRDHUP` for its reading side) or failed (`POLLERR`,
         /// `POLLNVAL`).
         case hungUp
+        /// `poll(2)` failed with this errno (not `EINTR`, which it retries).
+        case failed(Int32)
     }
 
     /// Waits in `poll(2)` until `descriptor` has a connection to accept, `wakeUp` is written to, or the socket hangs up.
@@ -201,8 +225,15 @@ final class Acceptor: @unchecked Sendable {
         ]
         while true {
             let result = poll(&events, nfds_t(events.count), -1)
-            if result < 0 && errno == EINTR { continue }
-            if result <= 0 || events[1].revents != 0 { return .wokenUp }
+            if result < 0 {
+                // Found by fault injection: a failed poll was taken for stop()'s wake-up, and the server went on
+                // running without accepting anything, silently.
+                let code = errno
+                if code == EINTR { continue }
+                return .failed(code)
+            }
+            if result == 0 { continue }
+            if events[1].revents != 0 { return .wokenUp }
             if events[0].revents & hangUp != 0 { return .hungUp }
             return .readable
         }

@@ -25,6 +25,9 @@ enum PrivateBind {
         let descriptor: Int32
         /// The socket file's identity, to recognise it later before removing it.
         let identity: FileStatus.Identity
+        /// The private directory's path when it could not be removed after the move (`rmdir` failed), with the
+        /// reason, for the server to log: it is left behind, empty, mode `0700`.
+        var leftover: String?
     }
 
     /// Binds, sets `mode`, listens, and moves the socket to `name` in the directory open at `directory`.
@@ -45,7 +48,8 @@ enum PrivateBind {
         backlog: Int32
     ) throws -> Bound {
         let scratch = try PrivateDirectory(in: directory, besides: path)
-        defer { scratch.remove() }
+        var removed = false
+        defer { if !removed { _ = scratch.remove() } }
         let socketDescriptor = try retryingOnInterrupt("socket", path: path.path) {
             socket(AF_UNIX, systemSocketStream | systemSocketCloseOnExec, 0)
         }
@@ -72,7 +76,8 @@ enum PrivateBind {
             try retryingOnInterrupt("listen", path: path.path) { listen(socketDescriptor, backlog) }
             try Self.move(
                 from: PrivateDirectory.entryName, in: scratch.descriptor, to: name, in: directory, path: path)
-            return Bound(descriptor: socketDescriptor, identity: status.identity)
+            removed = true
+            return Bound(descriptor: socketDescriptor, identity: status.identity, leftover: scratch.remove())
         } catch {
             close(socketDescriptor)
             throw error
@@ -182,10 +187,15 @@ private struct PrivateDirectory {
     }
 
     /// Removes the entry left inside (if any) and the directory, then closes it.
-    func remove() {
+    /// - Returns: `nil` once the directory is gone, else its path and why it could not be removed.
+    func remove() -> String? {
         unlinkat(self.descriptor, Self.entryName, 0)
-        unlinkat(self.parent, self.name, AT_REMOVEDIR)
         close(self.descriptor)
+        var result = unlinkat(self.parent, self.name, AT_REMOVEDIR)
+        while result != 0 && errno == EINTR { result = unlinkat(self.parent, self.name, AT_REMOVEDIR) }
+        guard result != 0 else { return nil }
+        let error = SocketIPCError.systemCall("unlinkat", errno: errno, path: self.parentPath + "/" + self.name)
+        return error.message
     }
 }
 

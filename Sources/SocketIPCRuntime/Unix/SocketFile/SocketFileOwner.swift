@@ -42,6 +42,8 @@ final class SocketFileOwner: @unchecked Sendable {
     struct Claim {
         let owner: SocketFileOwner
         let listeningDescriptor: Int32
+        /// Why the private directory of the bind was left behind, if it was (see ``PrivateBind/Bound/leftover``).
+        let leftover: String?
     }
 
     private init(path: SocketPath, directoryDescriptor: Int32, lock: (descriptor: Int32, identity: FileStatus.Identity)) {
@@ -87,7 +89,7 @@ final class SocketFileOwner: @unchecked Sendable {
             let bound = try PrivateBind.bind(
                 path, directory: directory, name: path.fileName, mode: mode, backlog: backlog)
             owner.socketIdentity = bound.identity
-            return Claim(owner: owner, listeningDescriptor: bound.descriptor)
+            return Claim(owner: owner, listeningDescriptor: bound.descriptor, leftover: bound.leftover)
         } catch {
             owner.release(removeSocket: false)
             throw error
