@@ -8,7 +8,13 @@ import Synchronization
 /// ``ServiceRouter`` it was installed with; without one it answers `unknownMethod`), and fails every call when the
 /// connection closes.
 final class CallMultiplexer: CallFrameReceiver {
-    let router: ServiceRouter?
+    /// The methods served, until the connection closes: then it is let go, so that a handler's state that holds the
+    /// connection (`context.connection`, kept in something the router's closures capture) makes no cycle that keeps
+    /// the connection, its channel and its calls for good (found by a review with AddressSanitizer).
+    private let routerWhileOpen: Mutex<ServiceRouter?>
+
+    /// The methods served; `nil` without a router, and once the connection closed.
+    var router: ServiceRouter? { self.routerWhileOpen.withLock { $0 } }
     private let streams = Mutex<Streams>(Streams())
     /// What runs once the peer said going-away or the connection closed (``whenPeerGoingAway(on:_:)``); `nil` once
     /// that happened.
@@ -43,7 +49,7 @@ final class CallMultiplexer: CallFrameReceiver {
     }
 
     init(router: ServiceRouter?) {
-        self.router = router
+        self.routerWhileOpen = Mutex(router)
     }
 
     /// The connection's multiplexer, installed (without a router) if it has none.
@@ -170,6 +176,10 @@ final class CallMultiplexer: CallFrameReceiver {
     }
 
     func connectionClosed(_ connection: Connection, error: SocketIPCError) {
+        // Released outside the lock, at the end of this function: what the router's closures own may run code
+        // (a deinit) as it goes.
+        let released = self.routerWhileOpen.withLock { $0.take() }
+        defer { withExtendedLifetime(released) {} }
         self.runPeerGoingAwayCallbacks()
         let streams = self.streams.withLock { Array($0.byID.values) }
         for stream in streams {
