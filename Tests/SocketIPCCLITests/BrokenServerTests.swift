@@ -17,10 +17,7 @@ import Darwin
 @Suite("socket-ipc clients against broken servers", .timeLimit(.minutes(3)), .limitedConcurrency)
 struct BrokenServerTests {
     /// `hex` (spaces ignored) as bytes.
-    static func bytes(_ hex: String) -> [UInt8] {
-        let digits = Array(hex.filter { !$0.isWhitespace })
-        return stride(from: 0, to: digits.count, by: 2).map { UInt8(String(digits[$0...$0 + 1]), radix: 16)! }
-    }
+    static func bytes(_ hex: String) -> [UInt8] { ProtocolDocument.bytes(hex: hex) }
 
     @Test("send --eof to a framed server that sends a message frame before its going-away: wrongStyle, exit 3, and probe calls it a framed server")
     func framesBeforeGoAway() async throws {

@@ -24,4 +24,10 @@ public enum ProtocolDocument {
     public static func hex(_ bytes: some Sequence<UInt8>) -> String {
         bytes.map { ($0 < 0x10 ? "0" : "") + String($0, radix: 16) }.joined()
     }
+
+    /// The bytes that `hex` writes as hex digits, two per byte, spaces ignored (as PROTOCOL.md groups them).
+    public static func bytes(hex: String) -> [UInt8] {
+        let digits = Array(hex.filter { !$0.isWhitespace })
+        return stride(from: 0, to: digits.count, by: 2).map { UInt8(String(digits[$0...$0 + 1]), radix: 16)! }
+    }
 }

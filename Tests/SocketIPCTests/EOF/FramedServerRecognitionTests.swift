@@ -1,4 +1,5 @@
 import NIOCore
+import SocketIPCTestSupport
 import Testing
 
 @testable import SocketIPCRuntime
@@ -8,14 +9,7 @@ import Testing
 @Suite("A framed server's answer to an EOF-style client is recognised")
 struct FramedServerRecognitionTests {
     /// `hex` (spaces ignored) as bytes.
-    static func bytes(_ hex: String) -> ByteBuffer {
-        let digits = Array(hex.filter { !$0.isWhitespace })
-        var buffer = ByteBuffer()
-        for index in stride(from: 0, to: digits.count, by: 2) {
-            buffer.writeInteger(UInt8(String(digits[index...index + 1]), radix: 16)!)
-        }
-        return buffer
-    }
+    static func bytes(_ hex: String) -> ByteBuffer { ByteBuffer(bytes: ProtocolDocument.bytes(hex: hex)) }
 
     @Test("a hello alone, and a hello and a going-away")
     func helloAndGoAway() {

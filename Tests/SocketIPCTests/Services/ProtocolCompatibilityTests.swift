@@ -381,10 +381,7 @@ private func expectProtocolViolation(
 }
 
 /// The bytes PROTOCOL.md writes as hex digits, spaces ignored.
-private func bytes(hex: String) -> [UInt8] {
-    let digits = Array(hex.filter { !$0.isWhitespace })
-    return stride(from: 0, to: digits.count, by: 2).map { UInt8(String(digits[$0...$0 + 1]), radix: 16)! }
-}
+private func bytes(hex: String) -> [UInt8] { ProtocolDocument.bytes(hex: hex) }
 
 private struct TruncatedFrame: Error {}
 
