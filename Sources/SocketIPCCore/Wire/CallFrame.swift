@@ -156,10 +156,14 @@ extension CallFrame {
         case .callEnd:
             guard let statusByte = payload.readInteger(as: UInt8.self),
                 let codeLength = payload.readInteger(as: UInt8.self),
-                let errorCode = payload.readString(length: Int(codeLength)),
-                let textLength = payload.readInteger(as: UInt16.self),
-                let message = payload.readString(length: Int(textLength))
+                payload.readableBytes >= Int(codeLength) + 2
             else { throw Self.malformed(kind, payload: payload) }
+            // Escaped as they are read (PeerText): they end up in error messages and log lines. The message keeps
+            // its newlines and tabs, as an application error's message may have them.
+            let errorCode = PeerText.read(&payload, length: Int(codeLength))
+            let textLength = Int(payload.readInteger(as: UInt16.self)!)
+            guard payload.readableBytes >= textLength else { throw Self.malformed(kind, payload: payload) }
+            let message = PeerText.read(&payload, length: textLength, limit: .max, keepingNewlines: true)
             let code = CallStatus.Code(rawValue: statusByte) ?? .handlerFailed
             return .end(CallStatus(code: code, errorCode: errorCode, message: message, details: payload))
         case .callCancel:

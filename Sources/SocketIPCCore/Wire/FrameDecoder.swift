@@ -88,7 +88,7 @@ package struct FrameDecoder: Sendable {
             return .reply(id: id, payload: buffer.readSlice(length: payloadLength)!)
         case .errorReply:
             let id = buffer.readInteger(as: UInt32.self)!
-            return .errorReply(id: id, message: buffer.readString(length: payloadLength)!)
+            return .errorReply(id: id, message: PeerText.read(&buffer, length: payloadLength))
         case .descriptors:
             return try Self.descriptorsFrame(payload: buffer.readSlice(length: payloadLength)!)
         case .sharedPayload:
@@ -96,7 +96,7 @@ package struct FrameDecoder: Sendable {
         case .goAway:
             guard payloadLength >= 1 else { throw Self.missingReason() }
             let reasonByte = buffer.readInteger(as: UInt8.self)!
-            let message = buffer.readString(length: payloadLength - 1)!
+            let message = PeerText.read(&buffer, length: payloadLength - 1)
             return .goAway(GoAwayReason(rawValue: reasonByte) ?? .protocolViolation, message: message)
         default:
             let id = buffer.readInteger(as: UInt32.self)!

@@ -787,6 +787,12 @@ final class CallStream: Sendable, WriteWaitOwner {
             } else {
                 try await self.connection.sendCallMessage(id: self.id, payload, owner: self)
             }
+        } catch is CancellationError where !Task.isCancelled {
+            // The wait for room was ended by the call's failure (its deadline, the caller's cancel of the call, the
+            // peer's end), not by a cancel of this task: the writer throws what the call failed with, as a wait for
+            // credit does (found by a review: a deadline threw CancellationError here).
+            self.sendEnded()
+            throw self.state.withLock { $0.machine.failure } ?? CancellationError()
         } catch {
             self.sendEnded()
             throw error

@@ -4,7 +4,10 @@ import SocketIPCCore
 extension CallStatus {
     /// The error a caller throws for a call that ended with this status; `nil` for ``CallStatus/Code/ok``.
     func error(codec: any MessageCodec, method: String) -> (any Error)? {
-        let text = self.message.isEmpty ? "" : ": \(self.message)"
+        // The peer's message, escaped as it was read (PeerText) but for newlines and tabs, which an application
+        // error keeps; in the library's own error messages it stays on one line.
+        let oneLine = self.message.replacing("\n", with: "\\n").replacing("\t", with: "\\t")
+        let text = self.message.isEmpty ? "" : ": \(oneLine)"
         switch self.code {
         case .ok:
             return nil
@@ -24,7 +27,7 @@ extension CallStatus {
         case .invalidMessage:
             return SocketIPCError(.invalidMessage, "the peer could not take a message of the call '\(method)'\(text)")
         case .handlerFailed:
-            return SocketIPCError(.remoteError, self.message.isEmpty ? "the handler of '\(method)' failed" : self.message)
+            return SocketIPCError(.remoteError, "the handler of '\(method)' failed\(text)")
         case .unavailable:
             // A call the peer would not start, or one its shutdown ended (a stream being watched): both say so.
             return SocketIPCError(.peerGoingAway, "the call '\(method)' ended as the peer goes away\(text)")

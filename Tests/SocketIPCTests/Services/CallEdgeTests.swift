@@ -184,6 +184,29 @@ struct CallEdgeTests {
         }
     }
 
+    @Test("a write waiting for room that the call's deadline ends throws deadlineExceeded itself, not CancellationError: the task was not cancelled")
+    func writeWaitingForRoomThrowsTheDeadline() async throws {
+        try await CancelledWriteWaitTests().withSilentPeer { connection in
+            let filler = CancelledWriteWaitTests.fillUntilASendWaits(connection)
+            defer { filler.cancel() }
+            #expect(await eventually { connection.state.withLock { $0.writersWaiting } == 1 })
+            let thrown = Mutex<String?>(nil)
+            _ = await outcome(within: .seconds(30)) {
+                _ = try await connection.clientStreaming(Upload.self, options: CallOptions(timeout: .milliseconds(300))) {
+                    writer in
+                    do {
+                        try await writer.write(1)
+                    } catch {
+                        thrown.withLock { $0 = (error as? SocketIPCError).map { "\($0.code)" } ?? "\(type(of: error))" }
+                        throw error
+                    }
+                }
+            }
+            // Before, the writer threw CancellationError (the call's outcome was deadlineExceeded all the same).
+            #expect(thrown.withLock { $0 } == "deadlineExceeded")
+        }
+    }
+
     @Test("finish() while a write of the call waits for room: the end goes after the message, not before")
     func finishDuringWriteWaitingForRoom() async throws {
         try await CancelledWriteWaitTests().withSilentPeerSocket { connection, peer in
