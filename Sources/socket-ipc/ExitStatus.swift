@@ -58,7 +58,7 @@ enum ExitStatus {
             return Self.cannotConnect
         case .deadlineExceeded, .timedOut:
             return Self.timedOut
-        case .messageTooLarge where error.message.hasPrefix("received "):
+        case .messageTooLarge where error.message.hasPrefix("received ") || error.message.hasPrefix("the peer announced"):
             // A frame from the server over this side's maximum: the server broke the protocol and the connection is
             // lost, as for any other bad frame (found by a review: it was reported as the server's answer, 1).
             return Self.cannotConnect
@@ -89,7 +89,14 @@ enum ExitStatus {
                 // JSON details stay the same JSON value on one line, only characters that act on a terminal written
                 // as JSON escapes (found by a review: escaping them as text doubled their backslashes, so that
                 // `"say \"hi\""` was no longer JSON); anything else is escaped as text.
-                let line = (try? formatJSON(details, pretty: false)) ?? SafeText.oneLine(String(buffer: details))
+                // A raw newline, carriage return or tab in valid JSON is whitespace between tokens (in a string it
+                // would be escaped): a space keeps the value and the line (found by a review: details that
+                // JSONSerialization would not re-serialize, such as `1e400`, kept their line breaks).
+                let line =
+                    (try? formatJSON(details, pretty: false)).map { json in
+                        // By scalar: "\r\n" is one Character, which neither "\r" nor "\n" would match.
+                        String(String.UnicodeScalarView(json.unicodeScalars.map { $0.value < 0x20 ? " " : $0 }))
+                    } ?? SafeText.oneLine(String(buffer: details))
                 Output.errorLine(line)
             }
             return Self.remoteError

@@ -318,6 +318,9 @@ package struct ConnectionStateMachine<RequestContinuation, WriteWaiter, Timer> {
     @inlinable
     package var queuedBytes: Int { self.outbound.queue.byteCount }
 
+    /// Bytes flushes have taken from the queue so far, wrapping (``OutboundQueue/takenBytes``).
+    package var takenBytes: Int { self.outbound.queue.takenBytes }
+
     /// Writes handed to the channel and not yet completed.
     @inlinable
     package var channelWritesPending: Int { self.outbound.writesInChannel }

@@ -32,26 +32,34 @@ enum FramedServerRecognition {
         else { return nil }
         var rest = bytes
         rest.moveReaderIndex(forwardBy: min(Hello.length, rest.readableBytes))
-        // Frames after the hello: each length counts at least its kind; the bytes of the last frame may end early.
-        // Anything else is not a framed server's answer.
+        guard rest.readableBytes > 0 else { return Answer(protocolVersion: version) }
+        // A whole hello has its reserved bytes zero (any version so far): an EOF-style server's acknowledgement that
+        // happens to start with "SIPC" (an echo of "SIPC is great", found by a review) does not.
+        guard bytes.getInteger(at: bytes.readerIndex + 6, as: UInt16.self) == 0 else { return nil }
+        // Then whole frames of known kinds, each no longer than the largest frame a default server sends, until a
+        // going-away, which a framed server sends before it closes on an EOF-style client; or bytes that end before
+        // it (the rest was not read). Anything else is not a framed server's answer.
         while rest.readableBytes > 0 {
-            guard let length = rest.readInteger(as: UInt32.self) else {
-                // Part of a length: a frame cut short, after a whole hello.
-                return Answer(protocolVersion: version)
-            }
-            guard length >= 1 else { return nil }
-            guard let kind = rest.readInteger(as: UInt8.self) else { return Answer(protocolVersion: version) }
-            if kind == FrameKind.goAway.rawValue {
+            guard let length = rest.readInteger(as: UInt32.self) else { return Answer(protocolVersion: version) }
+            guard length >= 1, length <= Self.largestFrameLength else { return nil }
+            guard let kindByte = rest.readInteger(as: UInt8.self) else { return Answer(protocolVersion: version) }
+            guard let kind = FrameKind(rawValue: kindByte) else { return nil }
+            if kind == .goAway {
                 guard length >= 2 else { return nil }
                 let reason = rest.readInteger(as: UInt8.self)
                 let textLength = min(Int(length) - 2, rest.readableBytes)
                 let text = textLength > 0 ? rest.readString(length: textLength) : nil
                 return Answer(protocolVersion: version, goAwayReason: reason, goAwayText: text)
             }
-            rest.moveReaderIndex(forwardBy: min(Int(length) - 1, rest.readableBytes))
+            guard rest.readableBytes >= Int(length) - 1 else { return Answer(protocolVersion: version) }
+            rest.moveReaderIndex(forwardBy: Int(length) - 1)
         }
-        return Answer(protocolVersion: version)
+        // Whole frames and no going-away: a framed server closes an EOF-style client's connection only after one.
+        return nil
     }
+
+    /// The longest frame a server with the default maximum sends: the kind, an id, and 16 MiB.
+    private static let largestFrameLength = UInt32(FrameDecoder.defaultMaximumPayload + 5)
 
     /// The error for an EOF-style exchange with a framed server at `path`, if `bytes` show that it is one.
     /// The error's code is ``SocketIPCError/Code/wrongStyle``.

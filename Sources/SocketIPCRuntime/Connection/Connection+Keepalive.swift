@@ -47,10 +47,34 @@ extension Connection {
             return keepalive.sent
         }
         guard (try? self.queueCallFrameKind(.ping, id: id)) != nil else { return }
+        // The socket has taken the ping once it has taken every byte queued so far, the ping's included.
+        let pingWritten = self.state.withLock { $0.takenBytes &+ $0.queuedBytes }
+        self.waitForPong(id, writtenWhenSent: pingWritten, writtenBefore: self.writtenBytes())
+    }
+
+    /// How many of this side's bytes the socket has taken so far, wrapping: what flushes took from the connection's
+    /// queue, less what the channel still buffers of it.
+    private func writtenBytes() -> Int {
+        let taken = self.state.withLock { $0.takenBytes }
+        let buffered = (try? self.channel.syncOptions?.getOption(ChannelOptions.bufferedWritableBytes)) ?? 0
+        return taken &- buffered
+    }
+
+    /// Closes the connection with `peerNotResponding` unless the pong of ping `id` comes within the keepalive timeout,
+    /// or the ping is still queued behind bytes the socket went on taking meanwhile (`writtenBefore` then, the ping
+    /// taken at `writtenWhenSent`): a ping queued behind a large message reaches a peer that reads it slowly only after
+    /// it, and that peer is alive (found by a review: a send of 8 MB to a server reading 100 KB/s was cut off as
+    /// frozen). A frozen peer reads nothing: its socket's buffer fills, and the bytes taken stop growing.
+    private func waitForPong(_ id: UInt32, writtenWhenSent: Int, writtenBefore: Int) {
         let timeout = self.options.keepaliveTimeout
         let channel = self.channel
         let timer = self.eventLoop.scheduleTask(in: .init(timeout)) {
             guard self.calls.keepalive.withLock({ $0.outstanding == id }) else { return }
+            let written = self.writtenBytes()
+            if written &- writtenWhenSent < 0 && written != writtenBefore {
+                self.waitForPong(id, writtenWhenSent: writtenWhenSent, writtenBefore: written)
+                return
+            }
             self.logger.notice("the peer did not answer a keepalive ping", metadata: ["timeout": "\(timeout)"])
             channel.pipeline.fireErrorCaught(
                 SocketIPCError(

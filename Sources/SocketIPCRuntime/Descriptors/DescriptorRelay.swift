@@ -309,10 +309,9 @@ final class DescriptorRelay: @unchecked Sendable {
                     usleep(10_000)
                     continue
                 }
-                // The connection fails with the error, as a failed read(2) on any other connection does, and is logged
-                // so (found by fault injection: the relay passed on a clean end of stream, and the close said nothing).
-                // (Before the channel exists, its end of stream ends it, as before.)
-                violated = self.failRead(SocketIPCError.systemCall("recvmsg", errno: code))
+                // Anything else (ECONNRESET: the peer closed with this side's bytes unread) ends the stream after
+                // the bytes already passed on, as before: failing the channel at once lost those (found by a review
+                // of an earlier fix, which did so to log the error).
                 break
             }
             memoryWaits = 0
@@ -482,17 +481,6 @@ final class DescriptorRelay: @unchecked Sendable {
         let channel = self.channel
         self.lock.unlock(withValue: self.mayReceiveValue)
         if let channel { Self.fail(channel, with: error) }
-    }
-
-    /// The peer's socket failed: the channel fails with `error` (its handler logs it and closes), as after a failed
-    /// read on a connection without a relay. Returns whether there was a channel to fail.
-    private func failRead(_ error: SocketIPCError) -> Bool {
-        self.lock.lock()
-        let channel = self.channel
-        self.lock.unlock(withValue: self.mayReceiveValue)
-        guard let channel else { return false }
-        channel.eventLoop.execute { channel.pipeline.fireErrorCaught(error) }
-        return true
     }
 
     private static func fail(_ channel: any Channel, with error: SocketIPCError) {

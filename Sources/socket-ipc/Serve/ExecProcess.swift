@@ -193,7 +193,12 @@ final class ExecProcess: @unchecked Sendable {
                 descriptors.append(pollfd(fd: descriptor, events: Int16(events), revents: 0))
             }
             let ready = poll(&descriptors, nfds_t(descriptors.count), timeout)
-            if ready < 0 && errno == EINTR { continue }
+            if ready < 0 {
+                // EINTR: again at once; anything else (ENOMEM) again after a moment, not in a tight loop (found by a
+                // review), the deadline still watched above.
+                if errno != EINTR { usleep(10_000) }
+                continue
+            }
             for entry in descriptors where entry.revents != 0 {
                 switch entry.fd {
                 case self.wakeRead:
@@ -253,7 +258,9 @@ final class ExecProcess: @unchecked Sendable {
                     break
                 }
                 var wake = [pollfd(fd: self.wakeRead, events: Int16(POLLIN), revents: 0)]
-                if poll(&wake, 1, min(timeout, 10)) > 0 {
+                let polled = poll(&wake, 1, min(timeout, 10))
+                if polled < 0 && errno != EINTR { usleep(10_000) }
+                if polled > 0 {
                     stop = .cancelled
                     break
                 }

@@ -97,6 +97,7 @@ func writeAll(_ bytes: [UInt8], to descriptor: Int32, by deadline: ContinuousClo
         var ready = pollfd(fd: descriptor, events: Int16(POLLOUT), revents: 0)
         let polled = poll(&ready, 1, milliseconds)
         if polled < 0 && errno == EINTR { continue }
+        if polled < 0 { usleep(1000) }  // ENOMEM: try the write anyway, after a moment, not in a tight loop.
         if polled == 0 { continue }  // The deadline is looked at again above.
         let end = min(bytes.count, offset + Int(PIPE_BUF))
         let written = bytes[offset..<end].withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
@@ -132,7 +133,7 @@ func writeAll(_ bytes: [UInt8], to descriptor: Int32) {
             continue
         case EAGAIN, EWOULDBLOCK:
             var ready = pollfd(fd: descriptor, events: Int16(POLLOUT), revents: 0)
-            _ = poll(&ready, 1, -1)
+            if poll(&ready, 1, -1) < 0 && errno != EINTR { usleep(1000) }
             continue
         case EPIPE where descriptor == STDOUT_FILENO:
             Output.standardOutputClosed()

@@ -31,6 +31,15 @@ struct FramedServerRecognitionTests {
         #expect(FramedServerRecognition.recognize(Self.bytes("53495043 01 00 0000  0000"))?.protocolVersion == 1)
     }
 
+    @Test("an EOF-style server's acknowledgement that starts with SIPC is one: an echo of text, whole frames and no going-away, an unknown kind (found by a review of the first fix)")
+    func acknowledgementsStartingWithMagic() {
+        #expect(FramedServerRecognition.recognize(ByteBuffer(string: "SIPC is great")) == nil)
+        #expect(FramedServerRecognition.recognize(ByteBuffer(string: "SIPC-protocol doc v1")) == nil)
+        #expect(FramedServerRecognition.recognize(Self.bytes("53495043 01 00 0000  00000003 01 6f6b")) == nil)
+        #expect(FramedServerRecognition.recognize(Self.bytes("53495043 01 00 0000  00000003 7f 6f6b")) == nil)
+        #expect(FramedServerRecognition.recognize(Self.bytes("53495043 01 00 0000  7fffffff 01")) == nil)
+    }
+
     @Test("anything else is an acknowledgement: no magic, a frame of length 0, a going-away without its reason")
     func notFramed() {
         #expect(FramedServerRecognition.recognize(Self.bytes("00000004")) == nil)

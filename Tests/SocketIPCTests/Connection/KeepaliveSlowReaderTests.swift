@@ -1,0 +1,83 @@
+import NIOCore
+import SocketIPC
+import SocketIPCTestSupport
+import SocketIPCTesting
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A keepalive ping queued behind a large message reaches a peer that reads slowly only after that message: such a
+/// peer is alive, and the connection stays open while the socket goes on taking this side's bytes (found by a review:
+/// a send of 8 MB to a server reading 100 KB/s was cut off as frozen); a peer that reads nothing is still found.
+@Suite("Keepalive and a peer that reads slowly", .timeLimit(.minutes(3)), .limitedConcurrency)
+struct KeepaliveSlowReaderTests {
+    /// Pings after 2 s, each given 3 s: the first ping comes after the test's message is queued, behind it, and a
+    /// loaded machine's stalls of the reading test (a second was seen in a full run) stay well inside the timeout.
+    static var configuration: ClientConfiguration {
+        var configuration = ClientConfiguration()
+        configuration.connection.keepaliveInterval = .seconds(2)
+        configuration.connection.keepaliveTimeout = .seconds(3)
+        return configuration
+    }
+
+    /// A server that sends the hello of a calls peer, for `body`, with the server's side of the one connection.
+    static func withRawServer(_ body: (String, Task<RawSocket, any Error>) async throws -> Void) async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/slow.sock"
+            let listener = try makeStaleSocket(at: path, listening: true)
+            defer { close(listener) }
+            let accepting = Task { () -> RawSocket in
+                let peer = try await RawSocket.accepting(on: listener)
+                try await peer.write(callsPeerHelloBytes)
+                return peer
+            }
+            try await body(path, accepting)
+            try await accepting.value.close()
+        }
+    }
+
+    @Test("a 4 MiB message read at about 0.6 MB/s by a peer that never answers pings: the connection stays open while the socket takes the bytes before the ping")
+    func slowReaderIsAlive() async throws {
+        try await Self.withRawServer { path, accepting in
+            let connection = try await Client.connect(to: path, configuration: Self.configuration)
+            defer { connection.abort() }
+            let peer = try await accepting.value
+            let message = ByteBuffer(repeating: 0x61, count: 4 << 20)
+            let sending = Task { try await connection.send(message) }
+            defer { sending.cancel() }
+            // 3.2 MB of it, 20 KiB every 35 ms or more: 5.6 s or more, past the first ping (at 2 s, queued behind the
+            // message) and its timeout (at 5 s). The ping stays behind the last MB, which this peer never reads.
+            var reads = 0
+            for _ in 0..<160 {
+                _ = try await peer.read(exactly: 20 * 1024)
+                reads += 1
+                try await Task.sleep(for: .milliseconds(35))
+                // Before, the first ping's timeout closed it with peerNotResponding, at about 5 s.
+                if !connection.isOpen { break }
+            }
+            #expect(connection.isOpen, "closed after \(reads) reads: \(String(describing: connection.closeReason))")
+        }
+    }
+
+    @Test("a peer that reads nothing is still found by the keepalive: peerNotResponding")
+    func silentPeerIsFound() async throws {
+        try await Self.withRawServer { path, accepting in
+            let connection = try await Client.connect(to: path, configuration: Self.configuration)
+            defer { connection.abort() }
+            _ = try await accepting.value
+            let filling = Task {
+                let message = ByteBuffer(repeating: 0x61, count: 1 << 20)
+                while true { try await connection.send(message) }
+            }
+            defer { filling.cancel() }
+            await connection.waitUntilClosed()
+            #expect(connection.closeReason?.code == .peerNotResponding, "\(String(describing: connection.closeReason))")
+        }
+    }
+}
