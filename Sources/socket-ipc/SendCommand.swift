@@ -158,6 +158,9 @@ struct SendCommand: AsyncParsableCommand {
                                 }
                                 try await connection.send(payload, descriptors: files.map(\.descriptor))
                             }
+                            // "sent" only once the socket has all of it: the close after this flushes for at most
+                            // its close timeout and then drops the rest.
+                            try await connection.waitUntilWritten()
                         }
                     }
                     return payload.readableBytes

@@ -276,6 +276,30 @@ public final class Connection: Sendable {
         }
     }
 
+    /// Waits until everything queued so far is written to the socket (the kernel holds it for the peer), for a
+    /// sender that reports delivery only then, as `socket-ipc send` does: a close after a body that returned flushes
+    /// for at most ``ConnectionOptions/closeTimeout`` and then drops the rest (found by a review: `send` said "sent"
+    /// of a message the server then got only in part). Cancelling the calling task aborts the connection.
+    /// - Throws: The reason the connection closed (``closeReason``), or `connectionClosed`, when it closes first.
+    package func waitUntilWritten() async throws {
+        let written = self.eventLoop.flatSubmit {
+            self.flushPendingWrites(force: true)
+            // An empty write completes once everything written before it has reached the socket.
+            return self.writeThroughChannel(CollectionOfOne(ByteBuffer()))
+        }
+        do {
+            try await withTaskCancellationHandler {
+                try await written.get()
+            } onCancel: {
+                self.abort()
+            }
+        } catch {
+            try Task.checkCancellation()
+            throw self.closeReason
+                ?? SocketIPCError(.connectionClosed, "the connection closed before everything sent was written")
+        }
+    }
+
     /// Waits until the connection is closed, by either side. On a connection that passes descriptors
     /// (``ConnectionOptions/maximumDescriptorsPerMessage``), also until its relay has written what the connection
     /// wrote to the socket and closed it (bounded by ``ConnectionOptions/closeTimeout`` for a peer that stopped
