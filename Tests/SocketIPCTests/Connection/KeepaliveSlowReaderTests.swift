@@ -4,14 +4,6 @@ import SocketIPCTestSupport
 import SocketIPCTesting
 import Testing
 
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#elseif canImport(Darwin)
-import Darwin
-#endif
-
 /// A keepalive ping queued behind a large message reaches a peer that reads slowly only after that message: such a
 /// peer is alive, and the connection stays open while the socket goes on taking this side's bytes (found by a review:
 /// a send of 8 MB to a server reading 100 KB/s was cut off as frozen); a peer that reads nothing is still found.
@@ -26,20 +18,9 @@ struct KeepaliveSlowReaderTests {
         return configuration
     }
 
-    /// A server that sends the hello of a calls peer, for `body`, with the server's side of the one connection.
+    /// A server that sends the hello of a calls peer and reads only what `body` reads (``CancelledWriteWaitTests``').
     static func withRawServer(_ body: (String, Task<RawSocket, any Error>) async throws -> Void) async throws {
-        try await withTemporarySocketDirectory { directory in
-            let path = directory + "/slow.sock"
-            let listener = try makeStaleSocket(at: path, listening: true)
-            defer { close(listener) }
-            let accepting = Task { () -> RawSocket in
-                let peer = try await RawSocket.accepting(on: listener)
-                try await peer.write(callsPeerHelloBytes)
-                return peer
-            }
-            try await body(path, accepting)
-            try await accepting.value.close()
-        }
+        try await CancelledWriteWaitTests().withSilentServer(body)
     }
 
     @Test("a 4 MiB message read at about 0.6 MB/s by a peer that never answers pings: the connection stays open while the socket takes the bytes before the ping")
