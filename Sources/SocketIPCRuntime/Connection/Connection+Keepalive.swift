@@ -53,8 +53,8 @@ extension Connection {
     }
 
     /// How many of this side's bytes the socket has taken so far, wrapping: what flushes took from the connection's
-    /// queue, less what the channel still buffers of it.
-    private func writtenBytes() -> Int {
+    /// queue, less what the channel still buffers of it. On the event loop.
+    func writtenBytes() -> Int {
         let taken = self.state.withLock { $0.takenBytes }
         let buffered = (try? self.channel.syncOptions?.getOption(ChannelOptions.bufferedWritableBytes)) ?? 0
         return taken &- buffered

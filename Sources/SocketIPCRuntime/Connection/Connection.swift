@@ -1,4 +1,5 @@
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import SocketIPCCore
 import Synchronization
@@ -279,13 +280,32 @@ public final class Connection: Sendable {
     /// Waits until everything queued so far is written to the socket (the kernel holds it for the peer), for a
     /// sender that reports delivery only then, as `socket-ipc send` does: a close after a body that returned flushes
     /// for at most ``ConnectionOptions/closeTimeout`` and then drops the rest (found by a review: `send` said "sent"
-    /// of a message the server then got only in part). Cancelling the calling task aborts the connection.
-    /// - Throws: The reason the connection closed (``closeReason``), or `connectionClosed`, when it closes first.
+    /// of a message the server then got only in part). A peer that takes none of it for a whole
+    /// ``ConnectionOptions/closeTimeout`` (10 seconds by default) ends the wait and the connection: it reads nothing.
+    /// Cancelling the calling task aborts the connection.
+    /// - Throws: `timedOut` for a peer that took nothing for that long; the reason the connection closed
+    ///   (``closeReason``), or `connectionClosed`, when it closes first.
     package func waitUntilWritten() async throws {
-        let written = self.eventLoop.flatSubmit {
+        let stallLimit = self.options.closeTimeout
+        let stalled = NIOLockedValueBox(false)
+        let written = self.eventLoop.flatSubmit { () -> EventLoopFuture<Void> in
             self.flushPendingWrites(force: true)
             // An empty write completes once everything written before it has reached the socket.
-            return self.writeThroughChannel(CollectionOfOne(ByteBuffer()))
+            let written = self.writeThroughChannel(CollectionOfOne(ByteBuffer()))
+            let last = NIOLockedValueBox(self.writtenBytes())
+            let watch = self.eventLoop.scheduleRepeatedTask(initialDelay: .init(stallLimit), delay: .init(stallLimit)) {
+                task in
+                let now = self.writtenBytes()
+                guard last.withLockedValue({ $0 }) == now else {
+                    last.withLockedValue { $0 = now }
+                    return
+                }
+                stalled.withLockedValue { $0 = true }
+                task.cancel()
+                self.channel.close(promise: nil)
+            }
+            written.whenComplete { _ in watch.cancel() }
+            return written
         }
         do {
             try await withTaskCancellationHandler {
@@ -295,6 +315,9 @@ public final class Connection: Sendable {
             }
         } catch {
             try Task.checkCancellation()
+            if stalled.withLockedValue({ $0 }) {
+                throw SocketIPCError(.timedOut, "the peer took none of what was sent for \(stallLimit): it reads nothing")
+            }
             throw self.closeReason
                 ?? SocketIPCError(.connectionClosed, "the connection closed before everything sent was written")
         }

@@ -34,4 +34,26 @@ struct WaitUntilWrittenTests {
             #expect(finished)
         }
     }
+
+    @Test("a peer that takes nothing for a whole close timeout ends the wait with timedOut, and the connection")
+    func peerThatReadsNothing() async throws {
+        try await CancelledWriteWaitTests().withSilentServer { path, accepting in
+            var configuration = ClientConfiguration()
+            configuration.connection.closeTimeout = .milliseconds(500)
+            // The send queues all of it without waiting for room; what the socket does not take waits in the channel.
+            configuration.connection.writeBufferHighWatermark = 64 << 20
+            let connection = try await Client.connect(to: path, configuration: configuration)
+            defer { connection.abort() }
+            _ = try await accepting.value
+            // More than the socket takes without a reader.
+            let message = ByteBuffer(repeating: 0x61, count: 8 << 20)
+            let outcome = await outcome(within: .seconds(30)) {
+                try await connection.send(message)
+                try await connection.waitUntilWritten()
+            }
+            // Before this wait existed, the close after a send gave up as silently as this.
+            #expect(outcome == "timedOut")
+            #expect(!connection.isOpen)
+        }
+    }
 }
