@@ -51,6 +51,9 @@ package struct ReconnectStateMachine<Connection: AnyObject, Waiter> {
     package static var stableConnection: Duration { .seconds(1) }
 
     package private(set) var state: State = .idle
+    /// Why the last attempt to connect failed, until one succeeds: what a call that found no connection in time
+    /// names, also while the next attempt is under way.
+    package private(set) var lastConnectError: SocketIPCError?
     private var waiters: [Int: (waiter: Waiter, excluding: Connection?)] = [:]
     private var failures = 0
     /// When the ready connection became ready.
@@ -80,6 +83,7 @@ package struct ReconnectStateMachine<Connection: AnyObject, Waiter> {
     package mutating func connected(_ connection: Connection, at now: ContinuousClock.Instant) -> [Waiter] {
         guard case .connecting = self.state else { return [] }
         self.state = .ready(connection)
+        self.lastConnectError = nil
         self.readySince = now
         let ready = self.waiters.filter { $0.value.excluding !== connection }
         for id in ready.keys { self.waiters[id] = nil }
@@ -89,6 +93,7 @@ package struct ReconnectStateMachine<Connection: AnyObject, Waiter> {
     /// An attempt failed with `error`; `random` in `0..<1` places the retry in the jitter's range.
     package mutating func connectFailed(_ error: SocketIPCError, random: Double) -> (Action, failedWaiters: [Waiter]) {
         guard case .connecting = self.state else { return (.stop, []) }
+        self.lastConnectError = error
         guard !Self.failsForGood(error) else {
             self.state = .failed(error)
             let waiters = self.waiters.values.map(\.waiter)

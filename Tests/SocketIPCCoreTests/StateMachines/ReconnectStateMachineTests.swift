@@ -46,6 +46,18 @@ struct ReconnectStateMachineTests {
         }
     }
 
+    @Test("the last attempt's error is kept while the next attempt connects, for a call that finds no connection in time to name, and dropped once one succeeds")
+    func lastConnectError() throws {
+        var machine = Machine(backoff: ConnectionBackoff(initialDelay: .milliseconds(100), jitter: 0))
+        _ = machine.start()
+        #expect(machine.lastConnectError == nil)
+        _ = machine.connectFailed(Self.refused, random: 0.5)
+        guard case .connect(attempt: 2) = machine.retryDue() else { throw Failure("connects again") }
+        #expect(machine.lastConnectError?.message == "no server")
+        _ = machine.connected(FakeConnection(), at: .now)
+        #expect(machine.lastConnectError == nil)
+    }
+
     @Test("readyConnection gives the ready connection unless excluded, and keeps no waiter either way")
     func readyConnectionKeepsNothing() throws {
         var machine = Machine(backoff: ConnectionBackoff(initialDelay: .milliseconds(100), jitter: 0))
