@@ -9,8 +9,8 @@ import NIOCore
 /// OpenSSH makes a peer's banner and version strings safe the same way before it prints or logs them, `strnvis(3)`),
 /// and a 16 MiB going-away text was kept whole in every copy of the error.
 ///
-/// Escapes: C0 controls and DEL as `\xNN` (ESC is `\x1b`), C1 controls, format characters (such as the bidirectional
-/// overrides) and line and paragraph separators as `\u{NNNN}`, as the CLI prints what it escapes. A newline and a tab
+/// Escapes: C0 controls and DEL as `\xNN` (ESC is `\x1b`), C1 controls, the bidirectional controls (such as the
+/// overrides, U+202E) and line and paragraph separators as `\u{NNNN}`, as the CLI prints what it escapes. A newline and a tab
 /// are kept where ``read(_:length:limit:keepingNewlines:)`` is asked to (an application error's message).
 @usableFromInline
 package enum PeerText {
@@ -28,7 +28,15 @@ package enum PeerText {
         keepingNewlines: Bool = false
     ) -> String {
         guard length > 0 else { return "" }
-        let kept = min(length, limit)
+        var kept = min(length, limit)
+        if kept < length {
+            // Cut at a character's start, not inside its UTF-8 bytes (which would decode as U+FFFD).
+            while kept > 0, let byte = buffer.getInteger(at: buffer.readerIndex + kept, as: UInt8.self),
+                byte & 0xC0 == 0x80
+            {
+                kept -= 1
+            }
+        }
         let text = buffer.readString(length: kept) ?? ""
         buffer.moveReaderIndex(forwardBy: min(length - kept, buffer.readableBytes))
         let safe = Self.escaped(text, keepingNewlines: keepingNewlines)
@@ -55,9 +63,12 @@ package enum PeerText {
         return escaped
     }
 
+    /// C1 controls, line and paragraph separators, and the bidirectional controls (which reorder what a terminal
+    /// shows); not other format characters such as the zero-width joiner of emoji sequences or Persian's non-joiner,
+    /// which ordinary text has (found by a review).
     private static func actsOnTerminal(_ scalar: Unicode.Scalar) -> Bool {
-        switch scalar.properties.generalCategory {
-        case .control, .format, .lineSeparator, .paragraphSeparator: true
+        switch scalar.value {
+        case 0x80...0x9F, 0x2028, 0x2029, 0x061C, 0x200E, 0x200F, 0x202A...0x202E, 0x2066...0x2069: true
         default: false
         }
     }

@@ -2,6 +2,14 @@ import NIOCore
 import SocketIPCCore
 import Synchronization
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 // Keepalive (frames 0x0B ping and 0x0C pong), as gRPC's: every `keepaliveInterval` this side pings a peer that
 // speaks calls, and closes the connection with `peerNotResponding` if the pong has not come within
 // `keepaliveTimeout`. A frozen peer (stopped with SIGSTOP, deadlocked) keeps its socket open and is found only so.
@@ -47,9 +55,7 @@ extension Connection {
             return keepalive.sent
         }
         guard (try? self.queueCallFrameKind(.ping, id: id)) != nil else { return }
-        // The socket has taken the ping once it has taken every byte queued so far, the ping's included.
-        let pingWritten = self.state.withLock { $0.takenBytes &+ $0.queuedBytes }
-        self.waitForPong(id, writtenWhenSent: pingWritten, writtenBefore: self.writtenBytes())
+        self.waitForPong(id, progressBefore: self.progress())
     }
 
     /// How many of this side's bytes the socket has taken so far, wrapping: what flushes took from the connection's
@@ -60,19 +66,36 @@ extension Connection {
         return taken &- buffered
     }
 
+    /// Bytes the socket took that the peer has not read yet (`TIOCOUTQ`, Linux; with a relay, those of the pair and
+    /// of the peer's socket), 0 where it cannot tell. On the event loop, while the channel is open (its descriptor's
+    /// number is its own until then).
+    func unreadBytes() -> Int {
+        #if os(Linux)
+        guard let descriptor = self.socketDescriptor, self.channel.isActive else { return 0 }
+        var count: Int32 = 0
+        let pair = ioctl(descriptor, UInt(TIOCOUTQ), &count) == 0 ? Int(count) : 0
+        return pair + (self.descriptorPassing?.relay.unreadByPeer() ?? 0)
+        #else
+        return 0
+        #endif
+    }
+
+    /// What moves while the peer reads: the bytes the socket took, and those it holds unread.
+    func progress() -> [Int] { [self.writtenBytes(), self.unreadBytes()] }
+
     /// Closes the connection with `peerNotResponding` unless the pong of ping `id` comes within the keepalive timeout,
-    /// or the ping is still queued behind bytes the socket went on taking meanwhile (`writtenBefore` then, the ping
-    /// taken at `writtenWhenSent`): a ping queued behind a large message reaches a peer that reads it slowly only after
-    /// it, and that peer is alive (found by a review: a send of 8 MB to a server reading 100 KB/s was cut off as
-    /// frozen). A frozen peer reads nothing: its socket's buffer fills, and the bytes taken stop growing.
-    private func waitForPong(_ id: UInt32, writtenWhenSent: Int, writtenBefore: Int) {
+    /// or the peer went on reading meanwhile (``progress()`` moved from `progressBefore`): a ping queued behind a large
+    /// message reaches a peer that reads it slowly only after it, and that peer is alive (found by reviews: a send of
+    /// 8 MB to a server reading 100 KB/s was cut off as frozen, also once the ping had reached the socket with 2 MB of
+    /// the message still unread before it). A frozen peer reads nothing: its socket's buffer fills and nothing moves.
+    private func waitForPong(_ id: UInt32, progressBefore: [Int]) {
         let timeout = self.options.keepaliveTimeout
         let channel = self.channel
         let timer = self.eventLoop.scheduleTask(in: .init(timeout)) {
             guard self.calls.keepalive.withLock({ $0.outstanding == id }) else { return }
-            let written = self.writtenBytes()
-            if written &- writtenWhenSent < 0 && written != writtenBefore {
-                self.waitForPong(id, writtenWhenSent: writtenWhenSent, writtenBefore: written)
+            let progress = self.progress()
+            if progress != progressBefore {
+                self.waitForPong(id, progressBefore: progress)
                 return
             }
             self.logger.notice("the peer did not answer a keepalive ping", metadata: ["timeout": "\(timeout)"])

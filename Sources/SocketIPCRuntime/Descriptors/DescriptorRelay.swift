@@ -213,6 +213,26 @@ final class DescriptorRelay: @unchecked Sendable {
         return true
     }
 
+    /// Whether the relay has passed on to the peer's socket everything the channel wrote to the pair (or it has
+    /// closed): what ``Connection/waitUntilWritten()`` waits for on a connection that passes descriptors.
+    func outboundDrained() -> Bool {
+        self.lock.lock()
+        defer { self.lock.unlock(withValue: self.mayReceiveValue) }
+        guard !self.socketIsClosed else { return true }
+        return !self.outboundBusy && self.outgoing.isEmpty
+            && Self.queuedBytes(self.relaySide, request: UInt(FIONREAD)) <= 0
+    }
+
+    /// Bytes the relay has sent to the peer's socket that the peer has not read yet (`TIOCOUTQ`), 0 once the relay
+    /// closed it or when it cannot tell: with the pair's own count, how far the peer has read (the keepalive's
+    /// measure of a peer that reads slowly).
+    func unreadByPeer() -> Int {
+        self.lock.lock()
+        defer { self.lock.unlock(withValue: self.mayReceiveValue) }
+        guard !self.socketIsClosed else { return 0 }
+        return max(Int(Self.queuedBytes(self.socket, request: UInt(TIOCOUTQ))), 0)
+    }
+
     /// Gives back a reservation of ``reserveSharedMemory(_:limit:)`` whose memory could not be made.
     func releaseSharedMemory(_ bytes: Int) {
         self.lock.lock()

@@ -4,6 +4,7 @@ import SocketIPCCore
 extension CallStatus {
     /// The error a caller throws for a call that ended with this status; `nil` for ``CallStatus/Code/ok``.
     func error(codec: any MessageCodec, method: String) -> (any Error)? {
+        if self.code == .ok { return nil }
         // The peer's message, escaped as it was read (PeerText) but for newlines and tabs, which an application
         // error keeps; in the library's own error messages it stays on one line.
         let oneLine = self.message.replacing("\n", with: "\\n").replacing("\t", with: "\\t")

@@ -24,6 +24,14 @@ struct PeerTextTests {
         #expect(escaped == #"\x1b]0;PWNED\x07\x1b[31mRED\x0d\x0aerror: forged\u{009b}2J\x7f\u{202e}\u{2028}é €"#)
         #expect(PeerText.escaped("a\nb\tc", keepingNewlines: true) == "a\nb\tc")
         #expect(PeerText.escaped(#"C:\x "quoted""#) == #"C:\x "quoted""#)
+        // Format characters that ordinary text has stay: the zero-width joiner of an emoji sequence, Persian's
+        // non-joiner, a soft hyphen.
+        #expect(PeerText.escaped("👨\u{200D}👩\u{200D}👧 می\u{200C}خواهم co\u{AD}operate") == "👨\u{200D}👩\u{200D}👧 می\u{200C}خواهم co\u{AD}operate")
+        // A cut at 4 KiB falls at a character's start.
+        var long = ByteBuffer(string: String(repeating: "a", count: PeerText.limit - 1) + "é" + "bbb")
+        let cut = PeerText.read(&long, length: long.readableBytes)
+        #expect(cut == String(repeating: "a", count: PeerText.limit - 1) + "… (\(PeerText.limit + 4) bytes in all)")
+        #expect(long.readableBytes == 0)
     }
 
     @Test("a going-away's text of 16 MiB keeps 4 KiB and says how long it was; the frame is consumed whole")
