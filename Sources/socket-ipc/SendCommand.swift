@@ -146,8 +146,12 @@ struct SendCommand: AsyncParsableCommand {
                         try await Client.withConnection(to: path, configuration: configuration) { connection in
                             connected()
                             phase.connected()
+                            // Queued without waiting for room: waitUntilWritten below waits for the socket to take
+                            // it, and gives up on a server that takes none of it for a close timeout, where send's
+                            // wait for room had no end with a server that reads nothing and answers no ping (found
+                            // by hand: a version-1 hello without the calls flag, 8 MB, waited for good).
                             if files.isEmpty {
-                                try await connection.send(payload)
+                                _ = try connection.queueMessage(payload)
                             } else {
                                 guard connection.passesDescriptors else {
                                     throw CommandFailure(
@@ -156,7 +160,7 @@ struct SendCommand: AsyncParsableCommand {
                                         status: ExitStatus.refused
                                     )
                                 }
-                                try await connection.send(payload, descriptors: files.map(\.descriptor))
+                                _ = try connection.queueMessage(payload, descriptors: files.map(\.descriptor))
                             }
                             // "sent" only once the socket has all of it: the close after this flushes for at most
                             // its close timeout and then drops the rest.

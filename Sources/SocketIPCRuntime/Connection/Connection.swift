@@ -169,9 +169,11 @@ public final class Connection: Sendable {
     }
 
     /// Checks the size of a one-way message and queues it; returns whether the sender must wait for the queue to
-    /// drain.
+    /// drain. A sender that waits with ``waitUntilWritten()`` next (which gives up on a peer that takes nothing) calls
+    /// it instead of ``send(_:)``, whose wait for room has no end but the peer's reading or the task's cancellation.
+    /// - Throws: What ``send(_:)`` throws, but `CancellationError`.
     @usableFromInline
-    func queueMessage(_ message: ByteBuffer) throws -> Bool {
+    package func queueMessage(_ message: ByteBuffer) throws -> Bool {
         try self.checkSize(message, what: "message")
         return try self.queueCheckedData(.message, id: 0, message)
     }

@@ -26,6 +26,13 @@ extension Connection {
     ///   (``passesDescriptors``), `invalidConfiguration` for too many or none, `systemCall` when one is not open,
     ///   `messageTooLarge`, or `connectionClosed` once the connection is closed.
     nonisolated(nonsending) public func send(_ message: ByteBuffer, descriptors: [SystemPackage.FileDescriptor]) async throws {
+        if try self.queueMessage(message, descriptors: descriptors) { try await self.waitUntilWritable() }
+    }
+
+    /// Queues a one-way message with descriptors as ``send(_:descriptors:)`` does, without waiting for room: returns
+    /// whether the queue is above its high watermark (the sender should wait).
+    /// - Throws: What ``send(_:descriptors:)`` throws, but `CancellationError`.
+    package func queueMessage(_ message: ByteBuffer, descriptors: [SystemPackage.FileDescriptor]) throws -> Bool {
         let (passing, group) = try self.prepare(descriptors, payload: message, what: "message")
         var registered = false
         let action = self.state.withLock {
@@ -43,7 +50,7 @@ extension Connection {
             throw error
         case .queued(let scheduleFlush, let mustWait):
             if scheduleFlush { self.scheduleFlush() }
-            if mustWait { try await self.waitUntilWritable() }
+            return mustWait
         }
     }
 
