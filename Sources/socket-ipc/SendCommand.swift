@@ -240,7 +240,11 @@ struct SendCommand: AsyncParsableCommand {
             let acknowledgement = try await Client.sendMessage(
                 to: path,
                 connectTimeout: connectTimeout ?? .seconds(10),
-                trustedServerUserIDs: trustedServerUserIDs
+                trustedServerUserIDs: trustedServerUserIDs,
+                // A server that takes none of the message for a close timeout holds no send for ever, with or without
+                // --timeout, as a framed send (found by hand: an EOF-style server that accepted and read nothing
+                // held send --eof for good).
+                stallTimeout: ConnectionOptions().closeTimeout
             ) { writer in
                 phase?.connected()
                 for try await chunk in chunks {

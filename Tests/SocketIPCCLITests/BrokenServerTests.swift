@@ -48,6 +48,22 @@ struct BrokenServerTests {
         }
     }
 
+    @Test("send --eof without --timeout to a server that accepts and reads nothing ends with timedOut (exit 5)")
+    func sendEOFToServerThatReadsNothing() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/deaf-eof.sock"
+            let listener = try GreetingListener(path: path, greeting: [], reads: false)
+            defer { listener.stop() }
+            let file = directory + "/large.bin"
+            try Data(count: 8 * 1024 * 1024).write(to: URL(fileURLWithPath: file))
+            // Before, it waited for good; now the server's taking none of the message for a close timeout (10 s)
+            // ends it.
+            let result = try await runCLI(["send", "--eof", path, "@" + file])
+            #expect(result.status == 5, "stderr: \(result.error)")
+            #expect(result.error.contains("took none of the message"), "stderr: \(result.error)")
+        }
+    }
+
     /// The hellos of a server that reads nothing: one that speaks calls and pings (and answers none), one of version
     /// 1 without flags (no pings: only the socket can tell that it reads nothing).
     static let deafHellos = ["5349504301090000", "5349504301000000"]

@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
@@ -165,17 +166,23 @@ extension Client {
     ///   - connectTimeout: How long to keep trying while the server's listen backlog is full; default 10 seconds.
     ///   - trustedServerUserIDs: As ``ClientConfiguration/trustedServerUserIDs``; `nil`, the default, trusts this
     ///     process's own user and root.
+    ///   - stallTimeout: How long the server may take none of the message while `body` writes it before the exchange
+    ///     ends with `timedOut`: the socket takes none of the bytes written and the server reads none of those the
+    ///     socket holds (a server that reads slowly is not stalled). As TCP's user timeout (`TCP_USER_TIMEOUT`,
+    ///     RFC 5482), which Unix domain sockets do not have. `nil`, the default, for no limit; the wait for the
+    ///     acknowledgement after the whole message is not covered (cancel the task for that).
     ///   - body: Writes the message with the ``EOFMessageWriter`` it is given.
     /// - Returns: The acknowledgement.
     /// - Throws: `SocketIPCError` with the codes of
-    ///   ``sendMessage(_:to:maximumAcknowledgementSize:connectTimeout:timeout:trustedServerUserIDs:)``, `CancellationError` when the
-    ///   calling task is cancelled while waiting for the acknowledgement, or what `body` throws. For a time limit,
-    ///   cancel the task.
+    ///   ``sendMessage(_:to:maximumAcknowledgementSize:connectTimeout:timeout:trustedServerUserIDs:)`` (`timedOut`
+    ///   after `stallTimeout`), `CancellationError` when the calling task is cancelled while waiting for the
+    ///   acknowledgement, or what `body` throws. For a time limit, cancel the task.
     public static func sendMessage(
         to path: String,
         maximumAcknowledgementSize: Int = 16 * 1024 * 1024,
         connectTimeout: Duration = .seconds(10),
         trustedServerUserIDs: Set<UInt32>? = nil,
+        stallTimeout: Duration? = nil,
         body: (EOFMessageWriter) async throws -> Void
     ) async throws -> ByteBuffer {
         let socketPath = try SocketPath(path)
@@ -204,6 +211,17 @@ extension Client {
             throw SocketIPCError(.systemCall, "could not set up the connection to \(socketPath): \(errorText(error))", path: path, cause: error)
         }
         let eventLoop = channel.channel.eventLoop
+        let stalled = stallTimeout.map { Self.closeWhenStalled(channel.channel, tracker: tracker, descriptor: descriptor, after: $0) }
+        defer { stalled?.watch.cancel() }
+        /// The error of a server that took none of the message for `stallTimeout`, once the watch closed the channel.
+        func stallError() -> SocketIPCError? {
+            guard let stalled, stalled.happened.withLockedValue({ $0 }) else { return nil }
+            return SocketIPCError(
+                .timedOut,
+                "the server at \(path) took none of the message for \(stallTimeout!): it reads nothing",
+                path: path
+            )
+        }
         return try await channel.executeThenClose { inbound, outbound in
             var acknowledgement = ByteBuffer()
             /// Reads what the server sent until it closes (or `maximumAcknowledgementSize`); the error it ended
@@ -229,13 +247,19 @@ extension Client {
             }
             do {
                 try await body(EOFMessageWriter(outbound: outbound, path: path))
+            } catch let error where stallError() != nil {
+                _ = error
+                throw stallError()!
             } catch let error as SocketIPCError where error.code == .connectionClosed && !channel.channel.isActive {
                 // The server closed on the message: what it sent before (already read) may say why.
                 _ = await readAcknowledgement()
                 throw FramedServerRecognition.error(for: acknowledgement, path: path) ?? error
             }
             outbound.finish()
+            // The whole message is written (or queued to be): the stall limit covers only the writing.
+            stalled?.watch.cancel()
             let failure = await readAcknowledgement()
+            if let stall = stallError() { throw stall }
             if let framed = FramedServerRecognition.error(for: acknowledgement, path: path) { throw framed }
             // A cancelled task ends the read early, without the server's end-of-stream: that is a cancellation, not
             // a failed delivery. A delivery completed before the cancellation is still reported.
@@ -249,5 +273,45 @@ extension Client {
             }
             return acknowledgement
         }
+    }
+
+    /// Closes `channel` when, over a whole `limit`, the socket took none of the bytes written to it and the server
+    /// read none of those the socket holds (`TIOCOUTQ` on `descriptor`, Linux): what ``Connection`` calls a stall in
+    /// `waitUntilWritten()`. `happened` says whether it did.
+    private static func closeWhenStalled(
+        _ channel: any Channel,
+        tracker: NIOLoopBound<EOFDeliveryTracker>,
+        descriptor: Int32,
+        after limit: Duration
+    ) -> (watch: RepeatedTask, happened: NIOLockedValueBox<Bool>) {
+        let happened = NIOLockedValueBox(false)
+        let last = NIOLockedValueBox<[Int]?>(nil)
+        let watch = channel.eventLoop.scheduleRepeatedTask(initialDelay: .zero, delay: .init(limit)) { task in
+            guard channel.isActive else {
+                task.cancel()
+                return
+            }
+            let now = [tracker.value.writtenBytes(channel), Self.unreadBytes(descriptor)]
+            let before = last.withLockedValue { last in
+                defer { last = now }
+                return last
+            }
+            guard before == now else { return }
+            happened.withLockedValue { $0 = true }
+            task.cancel()
+            channel.close(promise: nil)
+        }
+        return (watch, happened)
+    }
+
+    /// Bytes the socket holds that the peer has not read (`TIOCOUTQ`, Linux); 0 where it cannot tell. On the event
+    /// loop, while the channel is open (its descriptor's number is its own until then).
+    private static func unreadBytes(_ descriptor: Int32) -> Int {
+        #if os(Linux)
+        var count: Int32 = 0
+        return ioctl(descriptor, UInt(TIOCOUTQ), &count) == 0 ? Int(count) : 0
+        #else
+        return 0  // Darwin: untested; the bytes the socket took still count.
+        #endif
     }
 }

@@ -13,9 +13,17 @@ final class EOFDeliveryTracker: ChannelDuplexHandler {
     private var halfClosed = false
     private var endOfStreamAfterHalfClose = false
     private var endOfStreamBeforeHalfClose = false
+    /// Bytes handed to the channel so far, wrapping.
+    private var handedBytes = 0
+
+    /// Bytes the socket took so far, wrapping: those handed to the channel less those it still buffers.
+    func writtenBytes(_ channel: any Channel) -> Int {
+        self.handedBytes &- ((try? channel.syncOptions?.getOption(ChannelOptions.bufferedWritableBytes)) ?? 0)
+    }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let written = promise ?? context.eventLoop.makePromise(of: Void.self)
+        self.handedBytes &+= self.unwrapOutboundIn(data).readableBytes
         written.futureResult.assumeIsolated().whenFailure { error in
             if self.writeFailure == nil { self.writeFailure = error }
         }

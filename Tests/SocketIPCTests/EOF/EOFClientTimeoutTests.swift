@@ -123,6 +123,51 @@ struct EOFClientTimeoutTests {
             #expect(try await SilentPeer.waitUntilClosed(accepted), "the sender closed its socket")
         }
     }
+
+    @Test("a server that reads none of a streamed message: timedOut after the stall timeout, and the socket is closed")
+    func stalledServerTimesOut() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/deaf.sock"
+            let listener = try makeStaleSocket(at: path, listening: true)
+            defer { _ = closeDescriptor(listener) }
+            let sending = Task {
+                try await Client.sendMessage(to: path, stallTimeout: .milliseconds(300)) { writer in
+                    // Far more than the socket and the channel hold: the writes wait for room from some point on.
+                    for _ in 0..<(64 * 16) { try await writer.write(ByteBuffer(repeating: 0x41, count: 64 * 1024)) }
+                }
+            }
+            let accepted = try await SilentPeer.acceptOne(on: listener)
+            defer { _ = closeDescriptor(accepted) }
+            // Before, nothing ended the writes but cancelling the task.
+            let error = await #expect(throws: SocketIPCError.self) { try await sending.value }
+            #expect(error?.code == .timedOut)
+            #expect(error?.message.contains("took none of the message") == true, "\(String(describing: error))")
+            #expect(try await SilentPeer.waitUntilClosed(accepted), "the sender closed its socket")
+        }
+    }
+
+    @Test("a server that reads a streamed message slowly is not stalled: the message is delivered whole")
+    func slowReaderIsNotStalled() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/slow.sock"
+            let listener = try makeStaleSocket(at: path, listening: true)
+            defer { _ = closeDescriptor(listener) }
+            let size = 2 * 1024 * 1024
+            let sending = Task {
+                try await Client.sendMessage(to: path, stallTimeout: .seconds(1)) { writer in
+                    for _ in 0..<(size / (64 * 1024)) { try await writer.write(ByteBuffer(repeating: 0x41, count: 64 * 1024)) }
+                }
+            }
+            let accepted = try await SilentPeer.acceptOne(on: listener)
+            // 8 KiB every 20 ms (about 400 KB/s): the whole message takes about 5 s, five stall timeouts, and the
+            // server reads something within each (fifty times, so that a loaded machine cannot make it look stalled).
+            let read = try await SilentPeer.readUntilHalfClosed(accepted, chunk: 8 * 1024, pause: .milliseconds(20))
+            #expect(read == size)
+            _ = closeDescriptor(accepted)
+            let acknowledgement = try await sending.value
+            #expect(acknowledgement.readableBytes == 0)
+        }
+    }
 }
 
 /// The server's side of these tests, with plain blocking system calls on threads of their own.
@@ -132,15 +177,18 @@ private enum SilentPeer {
     }
 
     /// Reads until the sender's half-close or close (end-of-stream, or `ECONNRESET`); how many bytes came.
-    static func readUntilHalfClosed(_ descriptor: Int32) async throws -> Int {
+    /// Reads `chunk` bytes at a time, with `pause` after each.
+    static func readUntilHalfClosed(_ descriptor: Int32, chunk size: Int = 65536, pause: Duration = .zero) async throws -> Int {
         try await onOwnThread {
             var total = 0
-            var chunk = [UInt8](repeating: 0, count: 65536)
+            var chunk = [UInt8](repeating: 0, count: size)
             while true {
                 let got = chunk.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress, $0.count, 0) }
                 if got == 0 || (got < 0 && errno == ECONNRESET) { return total }
+                if got < 0 && errno == EINTR { continue }
                 guard got > 0 else { throw RawSocketError.failed("read", errno) }
                 total += got
+                if pause > .zero { usleep(UInt32(pause.components.attoseconds / 1_000_000_000_000)) }
             }
         }
     }
