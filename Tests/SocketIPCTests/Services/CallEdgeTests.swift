@@ -212,8 +212,10 @@ struct CallEdgeTests {
     @Test("finish() while a write of the call waits for room: the end goes after the message, not before")
     func finishDuringWriteWaitingForRoom() async throws {
         try await CancelledWriteWaitTests().withSilentPeerSocket { connection, peer in
-            // An 8 MiB one-way message fills the write queue above its high watermark until the peer reads.
-            let filler = Task { try await connection.send(ByteBuffer(repeating: 0x61, count: 8 << 20)) }
+            // One-way messages fill the write queue above its high watermark until the peer reads. (A single 8 MiB
+            // message was seen not to wait in a full run under load: a sender that checks for room while a flush
+            // moves the queue into the channel, before the channel says it is not writable, finds room once.)
+            let filler = CancelledWriteWaitTests.fillUntilASendWaits(connection)
             defer { filler.cancel() }
             #expect(await eventually { connection.state.withLock { $0.writersWaiting } == 1 })
             let (written, writtenContinuation) = AsyncStream.makeStream(of: String.self)
