@@ -124,7 +124,7 @@ final class Acceptor: @unchecked Sendable {
                 case .failed(let code) where code == ENOMEM || code == EAGAIN:
                     // poll(2) could not allocate its tables: back off as for accept's ENOMEM, then wait again.
                     let (wait, report) = backoff.failed(errno: code)
-                    if let report { self.log(report) }
+                    if let report { self.log(report, call: "poll") }
                     self.wait(wait)
                     continue
                 case .failed(let code):
@@ -170,7 +170,9 @@ final class Acceptor: @unchecked Sendable {
         }
     }
 
-    private func log(_ report: AcceptBackoff.Report) {
+    /// Logs a back-off episode's start, its continuation or its end; `call` names the system call that failed
+    /// (`accept`, or the `poll` that waits for a shared socket).
+    private func log(_ report: AcceptBackoff.Report, call: String = "accept") {
         switch report {
         case .failing(let code, let failures, let first):
             self.logger.error(
@@ -178,7 +180,7 @@ final class Acceptor: @unchecked Sendable {
                     ? "accepting connections failed; backing off until descriptors or memory are free"
                     : "accepting connections still fails",
                 metadata: [
-                    "error": "\(SocketIPCError.systemCall("accept", errno: code))",
+                    "error": "\(SocketIPCError.systemCall(call, errno: code))",
                     "failures": "\(failures)",
                 ]
             )
