@@ -94,10 +94,25 @@ extension ConnectionChannelHandler {
                 // one per frame); `incoming` keeps its storage and only its reader index moves meanwhile.
                 let window = wasEstablished && connection.descriptorPassing == nil ? ReadableBytesWindow(incoming) : nil
                 while self.state.mayHandleFrames {
-                    if let window, let data = decoder.nextDataFrame(from: &incoming, window: window) {
+                    if let window, let header = decoder.nextDataFrameHeader(in: incoming, window: window) {
+                        let payloadIndex = incoming.readerIndex + header.payloadOffset
                         // `step` is assigned only when the loop stops: a step that is known to be `.next` has nothing
                         // to destroy, where assigning over `step` would destroy its old value per frame.
-                        var dispatched = Self.dispatch(data, to: &handler, connection: connection, maximumRequests: limit)
+                        var dispatched: DecodeStep
+                        if header.kind == .message {
+                            // Lent to the handler as a temporary slice: one retain and one release of the read
+                            // buffer's storage (a DataFrame's payload cost two of each).
+                            handler.didReceiveMessage(
+                                incoming.getSlice(at: payloadIndex, length: header.payloadLength)!, on: connection)
+                            incoming.moveReaderIndex(forwardBy: header.frameLength)
+                            dispatched = .next
+                        } else {
+                            let payload = incoming.getSlice(at: payloadIndex, length: header.payloadLength)!
+                            incoming.moveReaderIndex(forwardBy: header.frameLength)
+                            dispatched = Self.dispatch(
+                                (header.kind, header.id, payload), to: &handler, connection: connection,
+                                maximumRequests: limit)
+                        }
                         budget &-= 1
                         if case .pauseReading = dispatched, !connection.pauseReading() { dispatched = .next }
                         if case .next = dispatched {
