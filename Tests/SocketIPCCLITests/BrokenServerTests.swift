@@ -60,7 +60,7 @@ struct BrokenServerTests {
             // ends it.
             let result = try await runCLI(["send", "--eof", path, "@" + file])
             #expect(result.status == 5, "stderr: \(result.error)")
-            #expect(result.error.contains("took none of the message"), "stderr: \(result.error)")
+            #expect(result.error.contains("took nothing more of the message"), "stderr: \(result.error)")
         }
     }
 
@@ -84,7 +84,7 @@ struct BrokenServerTests {
             // (10 s) without progress, whether the server speaks pings or not.
             let result = try await runCLI(["send", path, "@" + file])
             #expect(result.status == 5, "stderr: \(result.error)")
-            #expect(result.error.contains("took none of what was sent"), "stderr: \(result.error)")
+            #expect(result.error.contains("took nothing more of what was sent"), "stderr: \(result.error)")
         }
     }
 }

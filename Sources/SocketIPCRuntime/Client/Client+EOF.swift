@@ -166,11 +166,13 @@ extension Client {
     ///   - connectTimeout: How long to keep trying while the server's listen backlog is full; default 10 seconds.
     ///   - trustedServerUserIDs: As ``ClientConfiguration/trustedServerUserIDs``; `nil`, the default, trusts this
     ///     process's own user and root.
-    ///   - stallTimeout: How long the server may take none of the message while `body` writes it before the exchange
-    ///     ends with `timedOut`: the socket takes none of the bytes written and the server reads none of those the
-    ///     socket holds (a server that reads slowly is not stalled). As TCP's user timeout (`TCP_USER_TIMEOUT`,
-    ///     RFC 5482), which Unix domain sockets do not have. `nil`, the default, for no limit; the wait for the
-    ///     acknowledgement after the whole message is not covered (cancel the task for that).
+    ///   - stallTimeout: How long the server may take nothing more of the message while some of it waits (in the
+    ///     connection's buffer, or unread in the socket) before the exchange ends with `timedOut`: the socket takes
+    ///     none of the bytes written and the server reads none of those the socket holds. A server that reads slowly
+    ///     is not stalled, nor is one waiting for `body`'s next piece; one that stops is found after one to two
+    ///     `stallTimeout`s. As TCP's user timeout (`TCP_USER_TIMEOUT`, RFC 5482), which Unix domain sockets do not
+    ///     have. `nil`, the default, for no limit. The wait for the acknowledgement once the server has read the
+    ///     whole message is not covered (cancel the task for that).
     ///   - body: Writes the message with the ``EOFMessageWriter`` it is given.
     /// - Returns: The acknowledgement.
     /// - Throws: `SocketIPCError` with the codes of
@@ -213,12 +215,15 @@ extension Client {
         let eventLoop = channel.channel.eventLoop
         let stalled = stallTimeout.map { Self.closeWhenStalled(channel.channel, tracker: tracker, descriptor: descriptor, after: $0) }
         defer { stalled?.watch.cancel() }
-        /// The error of a server that took none of the message for `stallTimeout`, once the watch closed the channel.
+        /// The error of a server that took nothing more of the message for `stallTimeout`, once the watch closed the
+        /// channel.
         func stallError() -> SocketIPCError? {
             guard let stalled, stalled.happened.withLockedValue({ $0 }) else { return nil }
             return SocketIPCError(
                 .timedOut,
-                "the server at \(path) took none of the message for \(stallTimeout!): it reads nothing",
+                "the server at \(path) took nothing more of the message for \(stallTimeout!): it stopped reading (what "
+                    + "it read may reach it as a whole, shorter message: an EOF-style server cannot tell a message cut "
+                    + "short, PROTOCOL.md)",
                 path: path
             )
         }
@@ -256,8 +261,9 @@ extension Client {
                 throw FramedServerRecognition.error(for: acknowledgement, path: path) ?? error
             }
             outbound.finish()
-            // The whole message is written (or queued to be): the stall limit covers only the writing.
-            stalled?.watch.cancel()
+            // The watch goes on until the server has read the whole message (found by a review: a 5-byte message to
+            // a server that read nothing waited for good once the body had returned); with nothing left unread it
+            // counts no stall, so the wait for the acknowledgement has no limit.
             let failure = await readAcknowledgement()
             if let stall = stallError() { throw stall }
             if let framed = FramedServerRecognition.error(for: acknowledgement, path: path) { throw framed }
@@ -275,9 +281,11 @@ extension Client {
         }
     }
 
-    /// Closes `channel` when, over a whole `limit`, the socket took none of the bytes written to it and the server
-    /// read none of those the socket holds (`TIOCOUTQ` on `descriptor`, Linux): what ``Connection`` calls a stall in
-    /// `waitUntilWritten()`. `happened` says whether it did.
+    /// Closes `channel` when, over a whole `limit` while bytes of the message were waiting (in NIO's buffer or unread
+    /// in the socket), the socket took none of them and the server read none of those the socket holds (`TIOCOUTQ` on
+    /// `descriptor`, Linux): what ``Connection`` calls a stall in `waitUntilWritten()`. A pause of the message's
+    /// source leaves nothing waiting, and is no stall (found by a review: input that paused for 20 s cut off a server
+    /// that had read all of it). `happened` says whether it closed the channel.
     private static func closeWhenStalled(
         _ channel: any Channel,
         tracker: NIOLoopBound<EOFDeliveryTracker>,
@@ -285,18 +293,29 @@ extension Client {
         after limit: Duration
     ) -> (watch: RepeatedTask, happened: NIOLockedValueBox<Bool>) {
         let happened = NIOLockedValueBox(false)
+        /// What moved last time: the bytes the socket took and those it holds unread; `nil` when nothing waited.
         let last = NIOLockedValueBox<[Int]?>(nil)
-        let watch = channel.eventLoop.scheduleRepeatedTask(initialDelay: .zero, delay: .init(limit)) { task in
+        /// What moves while the server reads, or `nil` when nothing of the message waits. On the event loop.
+        @Sendable func progress() -> [Int]? {
+            guard channel.isActive else { return nil }
+            let buffered = (try? channel.syncOptions?.getOption(ChannelOptions.bufferedWritableBytes)) ?? 0
+            let unread = Self.unreadBytes(descriptor)
+            guard buffered > 0 || unread > 0 else { return nil }
+            return [tracker.value.writtenBytes(channel), unread]
+        }
+        // The first look now, so that a server that reads nothing is found after `limit`, not twice that.
+        channel.eventLoop.execute { last.withLockedValue { $0 = progress() } }
+        let watch = channel.eventLoop.scheduleRepeatedTask(initialDelay: .init(limit), delay: .init(limit)) { task in
             guard channel.isActive else {
                 task.cancel()
                 return
             }
-            let now = [tracker.value.writtenBytes(channel), Self.unreadBytes(descriptor)]
+            let now = progress()
             let before = last.withLockedValue { last in
                 defer { last = now }
                 return last
             }
-            guard before == now else { return }
+            guard let now, before == now else { return }
             happened.withLockedValue { $0 = true }
             task.cancel()
             channel.close(promise: nil)

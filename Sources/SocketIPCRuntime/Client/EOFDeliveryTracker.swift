@@ -16,7 +16,8 @@ final class EOFDeliveryTracker: ChannelDuplexHandler {
     /// Bytes handed to the channel so far, wrapping.
     private var handedBytes = 0
 
-    /// Bytes the socket took so far, wrapping: those handed to the channel less those it still buffers.
+    /// Bytes the socket took so far, wrapping: those handed to the channel less those it still buffers. On the event
+    /// loop.
     func writtenBytes(_ channel: any Channel) -> Int {
         self.handedBytes &- ((try? channel.syncOptions?.getOption(ChannelOptions.bufferedWritableBytes)) ?? 0)
     }

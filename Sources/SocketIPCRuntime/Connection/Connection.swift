@@ -311,6 +311,10 @@ public final class Connection: Sendable {
                 stalled.withLockedValue { $0 = true }
                 task.cancel()
                 self.channel.close(promise: nil)
+                // What the relay would still pass on after the close must not reach the peer: the sender is told the
+                // message was not written (found by a review: a server that read after 15 s got all of a message
+                // that `send --fd` had reported as timed out).
+                self.descriptorPassing?.relay.abort()
             }
             written.whenComplete { _ in watch.cancel() }
             return written
@@ -329,7 +333,7 @@ public final class Connection: Sendable {
         } catch {
             try Task.checkCancellation()
             if stalled.withLockedValue({ $0 }) {
-                throw SocketIPCError(.timedOut, "the peer took none of what was sent for \(stallLimit): it reads nothing")
+                throw SocketIPCError(.timedOut, "the peer took nothing more of what was sent for \(stallLimit): it stopped reading")
             }
             throw self.closeReason
                 ?? SocketIPCError(.connectionClosed, "the connection closed before everything sent was written")
@@ -354,6 +358,7 @@ public final class Connection: Sendable {
             } else if ContinuousClock.now - lastChange > stallLimit {
                 stalled.withLockedValue { $0 = true }
                 self.abort()
+                relay.abort()
                 throw SocketIPCError(.timedOut, "stalled")
             }
         }

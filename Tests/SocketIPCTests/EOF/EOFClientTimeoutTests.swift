@@ -124,6 +124,25 @@ struct EOFClientTimeoutTests {
         }
     }
 
+    @Test("a server that reads none of a small streamed message: timedOut after the stall timeout, once the body returned")
+    func stalledServerTimesOutAfterTheBody() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/deaf.sock"
+            let listener = try makeStaleSocket(at: path, listening: true)
+            defer { _ = closeDescriptor(listener) }
+            let sending = Task {
+                try await Client.sendMessage(to: path, stallTimeout: .milliseconds(200)) { writer in
+                    try await writer.write(ByteBuffer(string: "hello"))
+                }
+            }
+            let accepted = try await SilentPeer.acceptOne(on: listener)
+            defer { _ = closeDescriptor(accepted) }
+            // Before, the watch stopped when the body returned, and the unread 5 bytes held the sender for good.
+            let error = await #expect(throws: SocketIPCError.self) { try await sending.value }
+            #expect(error?.code == .timedOut)
+        }
+    }
+
     @Test("a server that reads none of a streamed message: timedOut after the stall timeout, and the socket is closed")
     func stalledServerTimesOut() async throws {
         try await withTemporarySocketDirectory { directory in
@@ -141,8 +160,33 @@ struct EOFClientTimeoutTests {
             // Before, nothing ended the writes but cancelling the task.
             let error = await #expect(throws: SocketIPCError.self) { try await sending.value }
             #expect(error?.code == .timedOut)
-            #expect(error?.message.contains("took none of the message") == true, "\(String(describing: error))")
+            #expect(error?.message.contains("took nothing more of the message") == true, "\(String(describing: error))")
             #expect(try await SilentPeer.waitUntilClosed(accepted), "the sender closed its socket")
+        }
+    }
+
+    @Test("a pause of the message's source is no stall: with nothing of it unread, the server is waiting, not stalled")
+    func pausedSourceIsNotStalled() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/prompt.sock"
+            let listener = try makeStaleSocket(at: path, listening: true)
+            defer { _ = closeDescriptor(listener) }
+            let sending = Task {
+                try await Client.sendMessage(to: path, stallTimeout: .milliseconds(200)) { writer in
+                    try await writer.write(ByteBuffer(string: "abc"))
+                    // The source has nothing for five stall timeouts (a pipe whose writer is slow): the scenario,
+                    // not a wait for something to happen.
+                    try await Task.sleep(for: .seconds(1))
+                    try await writer.write(ByteBuffer(string: "def"))
+                }
+            }
+            let accepted = try await SilentPeer.acceptOne(on: listener)
+            // Before, the server, which had read all there was, was cut off after two stall timeouts, and took "abc"
+            // for the whole message.
+            #expect(try await SilentPeer.readUntilHalfClosed(accepted) == 6)
+            _ = closeDescriptor(accepted)
+            let acknowledgement = try await sending.value
+            #expect(acknowledgement.readableBytes == 0)
         }
     }
 
