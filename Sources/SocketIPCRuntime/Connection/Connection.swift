@@ -333,6 +333,9 @@ public final class Connection: Sendable {
         } catch {
             try Task.checkCancellation()
             if stalled.withLockedValue({ $0 }) {
+                // Closed by then, as the error says (found in a loaded full run: `isOpen` was still true for a moment,
+                // the write's failure having come before the close reached the connection).
+                await self.waitUntilClosed()
                 throw SocketIPCError(.timedOut, "the peer took nothing more of what was sent for \(stallLimit): it stopped reading")
             }
             throw self.closeReason
