@@ -299,7 +299,7 @@ extension Client {
         @Sendable func progress() -> [Int]? {
             guard channel.isActive else { return nil }
             let buffered = (try? channel.syncOptions?.getOption(ChannelOptions.bufferedWritableBytes)) ?? 0
-            let unread = Self.unreadBytes(descriptor)
+            let unread = SocketQueue.unreadByPeer(descriptor)
             guard buffered > 0 || unread > 0 else { return nil }
             return [tracker.value.writtenBytes(channel), unread]
         }
@@ -321,16 +321,5 @@ extension Client {
             channel.close(promise: nil)
         }
         return (watch, happened)
-    }
-
-    /// Bytes the socket holds that the peer has not read (`TIOCOUTQ`, Linux); 0 where it cannot tell. On the event
-    /// loop, while the channel is open (its descriptor's number is its own until then).
-    private static func unreadBytes(_ descriptor: Int32) -> Int {
-        #if os(Linux)
-        var count: Int32 = 0
-        return ioctl(descriptor, UInt(TIOCOUTQ), &count) == 0 ? Int(count) : 0
-        #else
-        return 0  // Darwin: untested; the bytes the socket took still count.
-        #endif
     }
 }

@@ -70,14 +70,8 @@ extension Connection {
     /// of the peer's socket), 0 where it cannot tell. On the event loop, while the channel is open (its descriptor's
     /// number is its own until then).
     func unreadBytes() -> Int {
-        #if os(Linux)
         guard let descriptor = self.socketDescriptor, self.channel.isActive else { return 0 }
-        var count: Int32 = 0
-        let pair = ioctl(descriptor, UInt(TIOCOUTQ), &count) == 0 ? Int(count) : 0
-        return pair + (self.descriptorPassing?.relay.unreadByPeer() ?? 0)
-        #else
-        return 0
-        #endif
+        return SocketQueue.unreadByPeer(descriptor) + (self.descriptorPassing?.relay.unreadByPeer() ?? 0)
     }
 
     /// What moves while the peer reads: the bytes the socket took, and those it holds unread.
