@@ -155,6 +155,11 @@ extension ConnectionChannelHandler {
     ///   is free as soon as it sees the close.
     private func tellPeerAndClose(_ error: SocketIPCError, context: ChannelHandlerContext, linger: Bool) {
         self.inbound.discard()
+        // Reading goes on until the close, and what it brings is dropped, so that a peer blocked in a write to this
+        // side gets to read the going-away. A read held back by a pause for requests (whose kept bytes were just
+        // dropped) or by a turn given up is passed on now: before, nothing passed it on after a failure (found
+        // reading this code for a flaky test). A server's wait to write still holds reads: its peer reads nothing.
+        self.readIfHeld(context: context)
         // Debug only: the server logs each failed connection once, at notice and at a bounded rate.
         self.logger.debug(
             error.code == .timedOut ? "closing connection: handshake timeout" : "closing connection after a protocol error",

@@ -59,12 +59,17 @@ struct InboundBuffer {
         self.partial = FrameAssembler(held)
     }
 
-    /// Drops everything kept: after a failure or the peer's going-away with an error, nothing more is handed out.
+    /// Drops everything kept: after a failure or the peer's going-away with an error, nothing more is handed out
+    /// (later reads are dropped as they come, since the connection no longer handles frames). A pause or a turn given up no longer holds reads (a server's wait to write
+    /// still does: its peer reads nothing, so reading on would not let it see the going-away).
     mutating func discard() {
         self.partial = nil
         self.held = nil
         self.heldCallOpens = []
         self.heldDescriptorFrames = 0
+        self.isPaused = false
+        self.isYielding = false
+        self.yieldWaitsForWritability = false
     }
 
     /// The start of a frame a read left unfinished, kept for the next read. A small rest is copied out of the read

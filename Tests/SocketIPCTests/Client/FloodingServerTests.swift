@@ -27,7 +27,12 @@ struct FloodingServerTests {
             let path = directory + "/flood.sock"
             let listener = try makeStaleSocket(at: path, listening: true)
             defer { close(listener) }
-            let connecting = Task { try await Client.connect(to: path) }
+            // The client's going-away waits behind its unread answers until this server, done sending, reads: the
+            // client reads and drops the rest of the flood meanwhile. Alone that takes 2 to 5 s; in a loaded full run
+            // it passed the default close timeout of 10 s once, and the client closed without its going-away.
+            var configuration = ClientConfiguration()
+            configuration.connection.closeTimeout = .seconds(120)
+            let connecting = Task { try await Client.connect(to: path, configuration: configuration) }
             let server = try await acceptConnection(on: listener)
             // The hello (version 1, calls), then 64 MiB of 9-byte pings or empty requests without reading, or less
             // if the client closes first; then everything the client wrote, until it closes.
