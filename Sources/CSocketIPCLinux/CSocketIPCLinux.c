@@ -16,6 +16,7 @@
 #include <sys/resource.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
@@ -244,10 +245,20 @@ int csocketipc_close_passed(int descriptor) {
     return close(descriptor);
 }
 
-int csocketipc_is_unix_socket(int descriptor) {
+int csocketipc_close_may_wait(int descriptor) {
+    if (fcntl(descriptor, F_GET_SEALS) >= 0 || fcntl(descriptor, F_GETPIPE_SZ) >= 0) return 0;
     int domain = 0;
     socklen_t length = sizeof(domain);
-    return getsockopt(descriptor, SOL_SOCKET, SO_DOMAIN, &domain, &length) == 0 && domain == AF_UNIX;
+    if (getsockopt(descriptor, SOL_SOCKET, SO_DOMAIN, &domain, &length) == 0) return domain == AF_UNIX;
+    return 1;
+}
+
+int csocketipc_cached_type_and_size(int descriptor, unsigned int *type, long long *size) {
+    struct statx status;
+    if (statx(descriptor, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_TYPE | STATX_SIZE, &status) != 0) return -1;
+    *type = status.stx_mode & S_IFMT;
+    *size = (long long)status.stx_size;
+    return 0;
 }
 
 int csocketipc_pipe_cloexec(int ends[2]) {

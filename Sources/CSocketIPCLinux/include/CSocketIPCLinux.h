@@ -78,9 +78,18 @@ int csocketipc_set_pass_rights(int socket, int on);
 /// sender kept one) see it off too. The result of close(2).
 int csocketipc_close_passed(int descriptor);
 
-/// Whether `descriptor` is a Unix-domain socket (SO_DOMAIN is AF_UNIX): a socket whose queue may hold descriptors in
-/// flight, whose last close happens when it closes.
-int csocketipc_is_unix_socket(int descriptor);
+/// Whether the last close of `descriptor`, a descriptor a peer passed, may wait for something the peer controls: 0
+/// for shared memory (a memfd: F_GET_SEALS succeeds), a pipe (F_GETPIPE_SZ succeeds) and a socket other than a
+/// Unix-domain one (whose SO_LINGER csocketipc_close_passed turns off), whose closes never wait; 1 for anything else.
+/// That is a Unix-domain socket, whose queue may hold descriptors in flight whose last close comes with its own; a
+/// file, whose close flushes it to its file system (a FUSE file system the peer serves may never answer the flush);
+/// a device, whose driver may wait (a terminal drains its output for up to 30 s). Asks nothing of any file system.
+int csocketipc_close_may_wait(int descriptor);
+
+/// The type bits of st_mode (S_IFMT) and the size of `descriptor`, from what the kernel has cached
+/// (statx with AT_STATX_DONT_SYNC): no request reaches the file's file system, such as a FUSE file system served by a
+/// peer that never answers, which a plain fstat(2) may wait for. 0, or -1 with errno.
+int csocketipc_cached_type_and_size(int descriptor, unsigned int *type, long long *size);
 
 /// Adds every seal a receiver of shared memory needs (F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE, F_SEAL_SEAL):
 /// 0, or -1 with errno.

@@ -85,19 +85,21 @@ package func closeDescriptors(_ descriptors: [Int32]) {
 /// the peer chose. The setting is the socket's: a sender that kept its copy sees it off too. Never for this side's own
 /// descriptors (the duplicates it sent), whose sockets are its application's.
 ///
-/// A Unix-domain socket is closed on a thread of ``PassedSocketCloser``'s instead: its queue may hold descriptors in
-/// flight (a lingering TCP socket among them), whose last close happens with its own and may wait as long.
+/// Only shared memory, pipes and sockets other than Unix-domain ones are closed on the calling thread: their closes
+/// never wait. Anything else (a Unix-domain socket, whose queue may hold descriptors in flight; a file, whose close a
+/// FUSE file system served by the peer may hold for good; a device) is closed on a thread of
+/// ``PassedDescriptorCloser``'s. Nothing here asks a file system anything (``csocketipc_close_may_wait``).
 package func closePassedDescriptors(_ descriptors: [Int32]) {
     #if os(Linux)
-    var sockets: [Int32] = []
+    var waiting: [Int32] = []
     for descriptor in descriptors {
-        if csocketipc_is_unix_socket(descriptor) != 0 {
-            sockets.append(descriptor)
+        if csocketipc_close_may_wait(descriptor) != 0 {
+            waiting.append(descriptor)
         } else {
             _ = csocketipc_close_passed(descriptor)
         }
     }
-    if !sockets.isEmpty { PassedSocketCloser.close(sockets) }
+    if !waiting.isEmpty { PassedDescriptorCloser.close(waiting) }
     #else
     closeDescriptors(descriptors)
     #endif

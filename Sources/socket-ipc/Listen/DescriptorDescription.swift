@@ -1,5 +1,9 @@
 import SocketIPC
 
+#if os(Linux)
+import CSocketIPCLinux
+#endif
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -9,7 +13,7 @@ import Darwin
 #endif
 
 /// What a file descriptor passed with a message is, as `listen` and `serve` print it: the path the kernel gives for
-/// it (`/proc/self/fd/N`, Linux), its type and, for a regular file, its size.
+/// it (`/proc/self/fd/N`, Linux), its type and, for a regular file, its size (as the kernel has them cached, on Linux).
 struct DescriptorDescription {
     /// The path, or what the kernel names it (`pipe:[123]`, `socket:[456]`, `/memfd:name (deleted)`); escaped for a
     /// terminal.
@@ -39,15 +43,30 @@ struct DescriptorDescription {
         // One line whatever the name holds, so that a path cannot forge a line of output.
         let text = SafeText.text(raw) ?? String(decoding: raw, as: UTF8.self).debugDescription
         self.path = text.split(separator: "\n", omittingEmptySubsequences: false).joined(separator: "\\n")
+        // What the kernel has cached, asking the file's file system nothing: a FUSE file system served by the peer
+        // may never answer a plain fstat(2), which would stop this event loop (found by a review).
+        var mode: mode_t = 0
+        var size = 0
+        #if os(Linux)
+        var type: UInt32 = 0
+        var cachedSize: Int64 = 0
+        guard csocketipc_cached_type_and_size(descriptor, &type, &cachedSize) == 0 else {
+            self.type = "unknown"
+            return
+        }
+        (mode, size) = (mode_t(type), Int(cachedSize))
+        #else
         var status = stat()
         guard fstat(descriptor, &status) == 0 else {
             self.type = "unknown"
             return
         }
-        switch status.st_mode & S_IFMT {
+        (mode, size) = (status.st_mode, Int(status.st_size))
+        #endif
+        switch mode & S_IFMT {
         case S_IFREG:
             self.type = "file"
-            self.size = Int(status.st_size)
+            self.size = size
         case S_IFDIR: self.type = "directory"
         case S_IFIFO: self.type = "pipe"
         case S_IFSOCK: self.type = "socket"

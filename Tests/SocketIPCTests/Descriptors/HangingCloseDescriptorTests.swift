@@ -1,0 +1,81 @@
+import CSocketIPCLinux
+import NIOCore
+import SocketIPC
+import SocketIPCTesting
+import SocketIPCTestSupport
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// A peer may pass a descriptor whose close never returns: a file on a FUSE file system it serves, which never answers
+/// the flush of a close. The server closes what a peer passed and no frame took, and the shared memory it refuses; it
+/// does so on threads of its own (``PassedDescriptorCloser``). Before, such a close on an event loop froze the loop,
+/// every connection on it and the server's shutdown; in the relay's thread, it kept the connection and its user's
+/// slot for good (found by a review, with a FUSE mount served from Python).
+@Suite(
+    "Descriptors whose close never returns",
+    .timeLimit(.minutes(3)),
+    .limitedConcurrency,
+    .enabled(if: HangingFUSEMount.isAvailable, "mounts a FUSE file system: root and /dev/fuse")
+)
+struct HangingCloseDescriptorTests {
+    @Test(
+        "a file whose flush is never answered, passed with a message that leaves it, with a frame that does not take it, or as shared memory: the connection goes on or is refused, other clients are served, and the server shuts down",
+        arguments: ["left by the handler", "no descriptors frame", "shared memory"]
+    )
+    func hangingCloseDoesNotBlock(how: String) async throws {
+        let mount = try HangingFUSEMount()
+        let file = try mount.open()
+        var options = ConnectionOptions()
+        options.maximumDescriptorsPerMessage = 4
+        try await withFramedTestServer(configure: { $0.connection = options }, makeHandler: { EchoHandler() }) { _, path in
+            let peer = try await RawSocket.connect(to: path)
+            defer { peer.close() }
+            // A safety net for a server blocked in the close, not a wait.
+            var limit = timeval(tv_sec: 30, tv_usec: 0)
+            setsockopt(peer.descriptor, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+            // Hello: calls, descriptors, shared payloads.
+            try await peer.write([0x53, 0x49, 0x50, 0x43, 0x01, 0x07, 0x00, 0x00])
+            _ = try await peer.read(exactly: 8)
+            let announce: [UInt8] = [0, 0, 0, 2, 0x0D, 1]
+            let message = frameBytes(kind: 0x01, payload: Array("a file on FUSE".utf8))
+            // A shared payload of 4 bytes as a one-way message (kind 0x01, id 0).
+            let shared: [UInt8] = [0, 0, 0, 0x0E, 0x0E, 0x01, 0, 0, 0, 0] + withUnsafeBytes(of: UInt64(4).bigEndian, Array.init)
+            let (first, rest): ([UInt8], [UInt8]) =
+                switch how {
+                case "left by the handler": (announce, message)
+                case "no descriptors frame": (message, [])
+                default: (announce, shared)
+                }
+            var descriptor = file
+            let sent = first.withUnsafeBytes {
+                csocketipc_send_with_descriptors(peer.descriptor, $0.baseAddress, UInt($0.count), &descriptor, 1)
+            }
+            #expect(sent == first.count)
+            try await peer.write(rest)
+            if how == "left by the handler" {
+                // The server closes the file before it reads this request.
+                try await peer.write(frameBytes(kind: 0x02, id: 7, payload: Array("still served".utf8)))
+                let reply = try await peer.read(exactly: 9 + 12)
+                #expect(reply == frameBytes(kind: 0x03, id: 7, payload: Array("still served".utf8)))
+            } else {
+                // Refused: going-away 0x01 (a protocol violation), then the close.
+                let received = try await peer.readUntilClosed()
+                let last = RawFrame.parse(received).last
+                #expect(last?.kind == 0x05 && last?.body.first == 0x01, "\(RawFrame.parse(received))")
+            }
+            // Another client, on whichever loop it lands, is served.
+            for _ in 0..<4 {
+                let reply = try await Client.withConnection(to: path) { try await $0.request(ByteBuffer(string: "next")) }
+                #expect(String(buffer: reply) == "next")
+            }
+        }
+        // The server shut down with the close still waiting; ending the file system ends it.
+        mount.stop()
+        close(file)
+    }
+}

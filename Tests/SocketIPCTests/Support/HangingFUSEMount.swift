@@ -1,0 +1,175 @@
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// A FUSE file system served by this process (Linux, as root), mounted on a temporary directory: one file, `f`, whose
+/// every close waits for good, since the file system never answers `FUSE_FLUSH`. It is what a hostile peer that serves
+/// a FUSE mount can pass (where `/dev/fuse` and `fusermount3` are open to every user, as on most desktops).
+///
+/// ``stop()`` unmounts it and aborts the file system's connection (the device is closed), which ends every close still
+/// waiting, with an error.
+final class HangingFUSEMount: @unchecked Sendable {
+    /// Whether one can be mounted here: root, with `/dev/fuse`.
+    static var isAvailable: Bool {
+        #if os(Linux)
+        getuid() == 0 && access("/dev/fuse", R_OK | W_OK) == 0
+        #else
+        false
+        #endif
+    }
+
+    /// The mount point.
+    let directory: String
+    /// The path of the file whose closes wait.
+    var file: String { self.directory + "/f" }
+    private let device: Int32
+    /// Written to end the serving thread, which polls it with the device.
+    private let wake: (read: Int32, write: Int32)
+    private let served = DispatchSemaphore(value: 0)
+
+    init() throws {
+        var template = Array("/tmp/sipc-fuse-XXXXXX".utf8CString)
+        guard let made = mkdtemp(&template) else { throw RawSocketError.failed("mkdtemp", errno) }
+        self.directory = String(cString: made)
+        self.device = Glibc.open("/dev/fuse", O_RDWR | O_CLOEXEC)
+        guard self.device >= 0 else { throw RawSocketError.failed("open /dev/fuse", errno) }
+        var ends: [Int32] = [-1, -1]
+        guard pipe(&ends) == 0 else { throw RawSocketError.failed("pipe", errno) }
+        self.wake = (ends[0], ends[1])
+        let options = "fd=\(self.device),rootmode=40000,user_id=0,group_id=0"
+        guard mount("sipc-test", self.directory, "fuse", UInt(MS_NOSUID | MS_NODEV), options) == 0 else {
+            let code = errno
+            close(self.device)
+            throw RawSocketError.failed("mount fuse", code)
+        }
+        let device = self.device
+        let wake = self.wake.read
+        let served = self.served
+        Thread {
+            Self.serve(device, wake: wake)
+            served.signal()
+        }.start()
+    }
+
+    /// Opens the file read-only. Its holder's own close waits too: close it only after ``stop()``.
+    func open() throws -> Int32 {
+        let descriptor = Glibc.open(self.file, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { throw RawSocketError.failed("open \(self.file)", errno) }
+        return descriptor
+    }
+
+    /// Unmounts the file system and aborts it: closes still waiting end.
+    func stop() {
+        _ = umount2(self.directory, Int32(MNT_DETACH))
+        var byte: UInt8 = 1
+        _ = write(self.wake.write, &byte, 1)
+        self.served.wait()
+        close(self.device)
+        close(self.wake.read)
+        close(self.wake.write)
+        rmdir(self.directory)
+    }
+
+    // MARK: - The file system
+
+    private static let rootNode: UInt64 = 1
+    private static let fileNode: UInt64 = 2
+
+    /// Answers the kernel's requests until `wake` is readable: everything a lookup, an open and a read need, and never
+    /// a flush.
+    private static func serve(_ device: Int32, wake: Int32) {
+        var buffer = [UInt8](repeating: 0, count: 1 << 20 + 4096)
+        while true {
+            var entries = [pollfd(fd: device, events: Int16(POLLIN), revents: 0), pollfd(fd: wake, events: Int16(POLLIN), revents: 0)]
+            guard poll(&entries, 2, -1) >= 0 || errno == EINTR else { return }
+            if entries[1].revents != 0 { return }
+            guard entries[0].revents & Int16(POLLIN) != 0 else { continue }
+            let count = buffer.withUnsafeMutableBytes { read(device, $0.baseAddress, $0.count) }
+            guard count >= 40 else {
+                if count < 0, errno == EINTR || errno == ENOENT || errno == EAGAIN { continue }
+                return
+            }
+            var request = Reader(bytes: Array(buffer[0..<count]))
+            _ = request.u32()  // length
+            let opcode = request.u32()
+            let unique = request.u64()
+            let node = request.u64()
+            switch opcode {
+            case 26:  // INIT: version 7.31, no options
+                var out = Writer()
+                out.u32(7); out.u32(31); out.u32(0); out.u32(0)
+                out.u16(16); out.u16(12); out.u32(65536); out.u32(1)
+                out.u16(0); out.u16(0); out.u32(0)
+                out.bytes += [UInt8](repeating: 0, count: 64 - out.bytes.count)
+                reply(device, unique, out.bytes)
+            case 1:  // LOOKUP
+                let name = Array(buffer[40..<count].prefix { $0 != 0 })
+                guard name == Array("f".utf8) else {
+                    reply(device, unique, [], error: -ENOENT)
+                    continue
+                }
+                var out = Writer()
+                out.u64(fileNode); out.u64(0); out.u64(0); out.u64(0); out.u32(0); out.u32(0)
+                out.bytes += attributes(node: fileNode)
+                reply(device, unique, out.bytes)
+            case 3:  // GETATTR
+                var out = Writer()
+                out.u64(0); out.u32(0); out.u32(0)
+                out.bytes += attributes(node: node)
+                reply(device, unique, out.bytes)
+            case 14, 27:  // OPEN, OPENDIR
+                var out = Writer()
+                out.u64(1); out.u32(0); out.u32(0)
+                reply(device, unique, out.bytes)
+            case 15:  // READ
+                reply(device, unique, Array("data".utf8))
+            case 18, 29, 34:  // RELEASE, RELEASEDIR, ACCESS
+                reply(device, unique, [])
+            case 25, 2, 36, 42:  // FLUSH (never answered), FORGET, INTERRUPT, BATCH_FORGET (no answer expected)
+                continue
+            default:
+                reply(device, unique, [], error: -ENOSYS)
+            }
+        }
+    }
+
+    /// `struct fuse_attr` of the root directory or of the file (4 bytes).
+    private static func attributes(node: UInt64) -> [UInt8] {
+        var out = Writer()
+        let isRoot = node == rootNode
+        out.u64(node); out.u64(isRoot ? 0 : 4); out.u64(1); out.u64(0); out.u64(0); out.u64(0)
+        out.u32(0); out.u32(0); out.u32(0)
+        out.u32(isRoot ? 0o40755 : 0o100644); out.u32(1); out.u32(0); out.u32(0); out.u32(0); out.u32(4096); out.u32(0)
+        return out.bytes
+    }
+
+    private static func reply(_ device: Int32, _ unique: UInt64, _ body: [UInt8], error: Int32 = 0) {
+        var out = Writer()
+        out.u32(UInt32(16 + body.count)); out.u32(UInt32(bitPattern: error)); out.u64(unique)
+        out.bytes += body
+        _ = out.bytes.withUnsafeBytes { write(device, $0.baseAddress, $0.count) }
+    }
+
+    private struct Reader {
+        var bytes: [UInt8]
+        var offset = 0
+        mutating func u32() -> UInt32 {
+            defer { self.offset += 4 }
+            return (0..<4).reduce(UInt32(0)) { $0 | UInt32(self.bytes[self.offset + $1]) << (8 * $1) }
+        }
+        mutating func u64() -> UInt64 {
+            UInt64(self.u32()) | UInt64(self.u32()) << 32
+        }
+    }
+
+    private struct Writer {
+        var bytes: [UInt8] = []
+        mutating func u16(_ value: UInt16) { self.bytes += withUnsafeBytes(of: value.littleEndian, Array.init) }
+        mutating func u32(_ value: UInt32) { self.bytes += withUnsafeBytes(of: value.littleEndian, Array.init) }
+        mutating func u64(_ value: UInt64) { self.bytes += withUnsafeBytes(of: value.littleEndian, Array.init) }
+    }
+}
