@@ -90,6 +90,53 @@ struct HostileServerTextTests {
         }
     }
 
+    @Test(
+        "probe prints a server's going-away text, which the server chose, escaped",
+        .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/python3"), "needs python3")
+    )
+    func probeEscapesGoingAwayText() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/leaving.sock"
+            // A framed server's hello, then going-away 0x00 whose text retitles the terminal and forges a line.
+            let script = #"""
+                import socket, sys
+                s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(8)
+                print("ready", flush=True)
+                text = b"bye\x1b]0;PWNED\x07\x1b[31m\nverdict: ok"
+                frame = (2 + len(text)).to_bytes(4, "big") + b"\x05\x00" + text
+                while True:
+                    c = s.accept()[0]
+                    c.sendall(b"SIPC\x01\x00\x00\x00" + frame)
+                    c.close()
+                """#
+            let listener = try TestProcess(executable: "/usr/bin/python3", ["-c", script, path], timeLimit: .seconds(60))
+            try await withProcess(listener) { listener in
+                #expect(await listener.standardOutput.waitForLine("ready"))
+                let probed = try await runCLI(["probe", path])
+                let all = probed.output + probed.error
+                // Before, the text's ESC, BEL and newline reached the terminal as they were.
+                #expect(!all.utf8.contains(0x1B) && !all.utf8.contains(0x07), "\(all)")
+                #expect(!all.contains("\nverdict: ok"), "a forged line: \(all)")
+                #expect(all.contains("PWNED"), "the text is shown: \(all)")
+            }
+        }
+    }
+
+    @Test("probe prints a symbolic link's target, which whoever made the link chose, escaped")
+    func probeEscapesLinkTarget() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/evil.sock"
+            let target = "x\u{1B}]0;PWNED\u{07}\u{1B}[2J\nverdict: ok"
+            #expect(symlink(target, path) == 0)
+            let probed = try await runCLI(["probe", path])
+            let all = probed.output + probed.error
+            // Before, the target's ESC, BEL and newline reached the terminal as they were, twice.
+            #expect(!all.utf8.contains(0x1B) && !all.utf8.contains(0x07), "\(all)")
+            #expect(!all.contains("\nverdict: ok"), "a forged line: \(all)")
+            #expect(all.contains(#"x\x1b]0;PWNED"#), "\(all)")
+        }
+    }
+
     @Test("call and watch refuse a response that is not JSON (exit 1, the text escaped), and print JSON whose strings hold controls of the terminal with them as JSON escapes", arguments: ["call", "watch"])
     func responsesReachTheTerminalEscaped(command: String) async throws {
         for (response, status, output) in [

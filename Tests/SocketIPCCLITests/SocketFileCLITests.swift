@@ -121,4 +121,19 @@ extension SocketFileCLITests {
         #expect(status == 73, "stderr: \(error)")
         #expect(error.contains("LISTEN_FDS"), "\(error)")
     }
+
+    @Test("serve whose open file limit holds no connection of its configuration exits 73 (EX_CANTCREAT) and says why, where it listened and closed every connection before")
+    func descriptorLimitHoldsNoConnection() async throws {
+        try await withTemporarySocketDirectory { directory in
+            // 64 descriptors, hard limit included: each connection that passes 4 descriptors needs more than that.
+            let server = try TestProcess.shell(
+                #"exec prlimit --nofile=64:64 "$0" serve --max-descriptors 4 "$1""#, [directory + "/app.sock"]
+            )
+            let status = await server.waitForExit()
+            let error = await server.standardError.text()
+            #expect(status == 73, "stderr: \(error)")
+            #expect(error.contains("RLIMIT_NOFILE") && error.contains("holds no connection"), "\(error)")
+            #expect(fileStatus(directory + "/app.sock") == nil, "no socket file was left")
+        }
+    }
 }

@@ -1,4 +1,5 @@
 import NIOCore
+import SocketIPCCore
 
 /// Tells whether the bytes an EOF-style client read back came from a framed SocketIPC server instead of an EOF-style
 /// one: a framed server answers any connection with its hello and, when it dislikes what it read (the EOF client's
@@ -48,7 +49,9 @@ enum FramedServerRecognition {
                 guard length >= 2 else { return nil }
                 let reason = rest.readInteger(as: UInt8.self)
                 let textLength = min(Int(length) - 2, rest.readableBytes)
-                let text = textLength > 0 ? rest.readString(length: textLength) : nil
+                // A peer's text, escaped and cut as every going-away's is (found by a review: `socket-ipc probe`
+                // printed a server's escape sequences and newlines raw).
+                let text = textLength > 0 ? PeerText.read(&rest, length: textLength) : nil
                 return Answer(protocolVersion: version, goAwayReason: reason, goAwayText: text)
             }
             guard rest.readableBytes >= Int(length) - 1 else { return Answer(protocolVersion: version) }

@@ -95,8 +95,9 @@ public final class Server: Service, Sendable {
     ///
     /// ``waitUntilRunning()`` returns once the socket accepts connections, and throws what this throws.
     /// - Throws: `SocketIPCError` when the path cannot be claimed: `invalidPath`, `parentDirectoryMissing`,
-    ///   `insecureDirectory`, `addressInUse`, `pathOccupied`, `systemCall`; or `invalidState` when called a second
-    ///   time, or after the server was shut down. Once it has thrown, the server is finished. Also `systemCall`
+    ///   `insecureDirectory`, `addressInUse`, `pathOccupied`, `systemCall`; `invalidConfiguration` when the open file
+    ///   limit (`RLIMIT_NOFILE`, raised as far as the hard limit allows) holds not one connection of this
+    ///   configuration; or `invalidState` when called a second time, or after the server was shut down. Once it has thrown, the server is finished. Also `systemCall`
     ///   (`accept`) when accepting fails for good while serving (the listening socket was shut down or closed under
     ///   it; running out of descriptors or memory only makes it back off): the server then shuts down gracefully and
     ///   this throws once it has, so that a supervisor sees it end, as Go's `http.Server.Serve` returns its listener's
@@ -110,7 +111,7 @@ public final class Server: Service, Sendable {
         }
         let listener: ServerListener
         do {
-            self.fitLimitsToDescriptors()
+            try self.fitLimitsToDescriptors()
             listener = try ServerListener.open(self.configuration)
         } catch {
             self.state.withLock { $0.machine.listenFailed() }
@@ -194,7 +195,10 @@ public final class Server: Service, Sendable {
 
     /// Raises the descriptor limit as far as the connection limits need, and lowers the connection limits to what
     /// it can hold, saying so.
-    private func fitLimitsToDescriptors() {
+    /// - Throws: `SocketIPCError` with code `invalidConfiguration` when the limit holds not one connection: such a
+    ///   server would listen and close every connection it accepts (found by a review: `prlimit --nofile=64` with
+    ///   descriptor passing on).
+    private func fitLimitsToDescriptors() throws {
         // A connection that holds its peer's pidfd costs two descriptors. One that passes descriptors costs three (its
         // socket and its relay's socket pair) and what its relay may hold: the descriptors received and not yet
         // handed out (DescriptorRelay.inFlightLimit) and those of one message not yet claimed.
@@ -211,6 +215,16 @@ public final class Server: Service, Sendable {
             )
         }
         let connections = limit.connections / perConnection
+        guard connections >= 1 else {
+            throw SocketIPCError(
+                .invalidConfiguration,
+                "the open file limit (RLIMIT_NOFILE) of \(limit.soft) holds no connection: each needs \(perConnection) "
+                    + "descriptors (ConnectionOptions.maximumDescriptorsPerMessage is \(maximumDescriptors)) besides "
+                    + "the \(limit.reserve) the process keeps; raise the limit (ulimit -n, LimitNOFILE=) or lower "
+                    + "maximumDescriptorsPerMessage",
+                path: self.configuration.path
+            )
+        }
         guard let lowered = self.state.withLock({ $0.machine.fitLimits(descriptorsForConnections: connections) })
         else {
             return

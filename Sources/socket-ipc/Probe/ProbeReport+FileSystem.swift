@@ -68,7 +68,8 @@ extension ProbeReport {
         case .socket:
             return nil
         case .symlink:
-            let target = inspection.linkTarget ?? "?"
+            // Whoever made the link chose its target: escaped, so that it cannot act on the terminal or forge a line.
+            let target = inspection.linkTarget.map(SafeText.oneLine) ?? "?"
             switch inspection.linkDestination {
             case nil:
                 return nil

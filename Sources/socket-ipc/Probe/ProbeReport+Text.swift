@@ -46,7 +46,7 @@ extension ProbeReport {
                 case .failure(let error): "nothing (\(error))"
                 case nil: "?"
                 }
-            lines.append(("link", "-> \(target): \(destination)"))
+            lines.append(("link", "-> \(SafeText.oneLine(target)): \(destination)"))
         }
         lines.append(("directory", self.directoryDescription))
         lines.append(("path", "\(inspection.pathLength) bytes; the limit is \(inspection.pathLimit)"))
