@@ -140,6 +140,10 @@ extension ReadWhilePausedTests {
             try await peer.write(pingBytes(id: 10))
             while pongs == 0 { pongs += try await peer.readFrames(1).filter { $0.kind == 0x0c }.count }
             #expect(handler.messages.load(ordering: .relaxed) == 0)
+            // Request 2 reaches the handler once the event loop has ended the pause, which a pong does not show (pings
+            // are answered while paused): under load, answering before it came answered nothing, and request 2 then
+            // held the message for good (a loaded full run).
+            #expect(await eventually { handler.heldCount == 1 })
             // Answering request 2 hands the message out with its two descriptors; a later one with one comes after.
             handler.answer()
             try await message(passing: 1)
@@ -275,6 +279,11 @@ private final class HoldingHandler: ConnectionHandler, Sendable {
         self.descriptorCounts.withLock { $0.append(taken.count) }
         for descriptor in taken { try? descriptor.close() }
         self.messages.add(1, ordering: .relaxed)
+    }
+
+    /// How many requests are held, unanswered.
+    var heldCount: Int {
+        self.held.withLock { $0.count }
     }
 
     /// Answers the requests held so far.
