@@ -1,3 +1,5 @@
+// Linux only: FUSE, mount(2) and umount2(2).
+#if os(Linux)
 import CSocketIPCLinux
 import NIOCore
 import SocketIPC
@@ -79,3 +81,4 @@ struct HangingCloseDescriptorTests {
         close(file)
     }
 }
+#endif

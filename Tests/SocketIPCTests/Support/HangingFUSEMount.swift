@@ -1,3 +1,5 @@
+// Linux only: FUSE, mount(2) and umount2(2).
+#if os(Linux)
 import Foundation
 
 #if canImport(Glibc)
@@ -15,11 +17,7 @@ import Musl
 final class HangingFUSEMount: @unchecked Sendable {
     /// Whether one can be mounted here: root, with `/dev/fuse`.
     static var isAvailable: Bool {
-        #if os(Linux)
         getuid() == 0 && access("/dev/fuse", R_OK | W_OK) == 0
-        #else
-        false
-        #endif
     }
 
     /// The mount point.
@@ -173,3 +171,4 @@ final class HangingFUSEMount: @unchecked Sendable {
         mutating func u64(_ value: UInt64) { self.bytes += withUnsafeBytes(of: value.littleEndian, Array.init) }
     }
 }
+#endif
