@@ -31,7 +31,17 @@ struct HangingCloseDescriptorTests {
     )
     func hangingCloseDoesNotBlock(how: String) async throws {
         let mount = try HangingFUSEMount()
-        let file = try mount.open()
+        let file: Int32
+        do { file = try mount.open() } catch {
+            mount.stop()
+            throw error
+        }
+        // Ending the file system ends the closes still waiting, this test's own close of the file after it: also when
+        // the test fails, or the process could not exit.
+        defer {
+            mount.stop()
+            close(file)
+        }
         var options = ConnectionOptions()
         options.maximumDescriptorsPerMessage = 4
         try await withFramedTestServer(configure: { $0.connection = options }, makeHandler: { EchoHandler() }) { _, path in
@@ -76,9 +86,7 @@ struct HangingCloseDescriptorTests {
                 #expect(String(buffer: reply) == "next")
             }
         }
-        // The server shut down with the close still waiting; ending the file system ends it.
-        mount.stop()
-        close(file)
+        // The server shut down with the close still waiting; ending the file system (deferred above) ends it.
     }
 }
 #endif
