@@ -4,17 +4,26 @@ import SocketIPCTestSupport
 import SocketIPCTesting
 import Testing
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// A keepalive ping queued behind a large message reaches a peer that reads slowly only after that message: such a
 /// peer is alive, and the connection stays open while the socket goes on taking this side's bytes (found by a review:
 /// a send of 8 MB to a server reading 100 KB/s was cut off as frozen); a peer that reads nothing is still found.
 @Suite("Keepalive and a peer that reads slowly", .timeLimit(.minutes(3)), .limitedConcurrency)
 struct KeepaliveSlowReaderTests {
-    /// Pings after 2 s, each given 3 s: the first ping comes after the test's message is queued, behind it, and a
-    /// loaded machine's stalls of the reading test (a second was seen in a full run) stay well inside the timeout.
+    /// Pings after 2 s, each given 6 s: the first ping comes after the test's message is queued, behind it, and a
+    /// loaded machine's stalls of the reading test stay well inside the timeout (a CI run once resumed the reading
+    /// task more than 3 s late, when it ran on Swift's cooperative threads; it now runs on a thread of its own).
     static var configuration: ClientConfiguration {
         var configuration = ClientConfiguration()
         configuration.connection.keepaliveInterval = .seconds(2)
-        configuration.connection.keepaliveTimeout = .seconds(3)
+        configuration.connection.keepaliveTimeout = .seconds(6)
         return configuration
     }
 
@@ -23,7 +32,7 @@ struct KeepaliveSlowReaderTests {
         try await CancelledWriteWaitTests().withSilentServer(body)
     }
 
-    @Test("a 4 MiB message read at about 0.6 MB/s by a peer that never answers pings: the connection stays open while the peer reads the bytes before the ping")
+    @Test("a 4 MiB message read at about 0.4 MB/s by a peer that never answers pings: the connection stays open while the peer reads the bytes before the ping")
     func slowReaderIsAlive() async throws {
         try await Self.withRawServer { path, accepting in
             let connection = try await Client.connect(to: path, configuration: Self.configuration)
@@ -32,17 +41,23 @@ struct KeepaliveSlowReaderTests {
             let message = ByteBuffer(repeating: 0x61, count: 4 << 20)
             let sending = Task { try await connection.send(message) }
             defer { sending.cancel() }
-            // All but its last 96 KiB, 20 KiB every 35 ms or more: 7 s or more, past the first ping (at 2 s, queued
-            // behind the message) and its timeouts. The ping reaches the socket while about 2 MB of the message are
-            // still unread before it (twice SO_SNDBUF): the peer is alive while it reads those too (a review found
-            // the first fix cut it off then).
-            var reads = 0
-            for _ in 0..<200 {
-                _ = try await peer.read(exactly: 20 * 1024)
-                reads += 1
-                try await Task.sleep(for: .milliseconds(35))
-                // Before, the first ping's timeout closed it with peerNotResponding, at about 5 s.
-                if !connection.isOpen { break }
+            // All but its last 96 KiB, 20 KiB every 50 ms or more: 10 s or more, past the first ping (at 2 s, queued
+            // behind the message) and its timeout (at 8 s). The ping reaches the socket while about 2 MB of the
+            // message are still unread before it (twice SO_SNDBUF): the peer is alive while it reads those too (a
+            // review found the first fix cut it off then). The loop blocks a thread of its own, so that a cooperative
+            // pool busy with other tests cannot hold the reader up past the timeout.
+            let reads = try await onOwnThread { () throws -> Int in
+                var reads = 0
+                var pause = timespec(tv_sec: 0, tv_nsec: 50_000_000)
+                for _ in 0..<200 {
+                    // Fewer bytes: closed, and the expectation below says how.
+                    guard try peer.readBlocking(exactly: 20 * 1024).count == 20 * 1024 else { return reads }
+                    reads += 1
+                    nanosleep(&pause, nil)
+                    // Before, the first ping's timeout closed it with peerNotResponding.
+                    if !connection.isOpen { break }
+                }
+                return reads
             }
             #expect(connection.isOpen, "closed after \(reads) reads: \(String(describing: connection.closeReason))")
         }

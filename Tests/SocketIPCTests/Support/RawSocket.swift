@@ -63,19 +63,23 @@ final class RawSocket: @unchecked Sendable {
 
     /// Reads exactly `count` bytes, or fewer if EOF comes first.
     func read(exactly count: Int) async throws -> [UInt8] {
-        try await onOwnThread {
-            var bytes = [UInt8](repeating: 0, count: count)
-            var offset = 0
-            while offset < count {
-                let got = bytes[offset...].withUnsafeMutableBytes {
-                    recv(self.descriptor, $0.baseAddress, count - offset, 0)
-                }
-                if got == 0 { break }
-                guard got > 0 else { throw RawSocketError.failed("read", errno) }
-                offset += got
+        try await onOwnThread { try self.readBlocking(exactly: count) }
+    }
+
+    /// Reads exactly `count` bytes, or fewer if EOF comes first, blocking the calling thread: for a test's loop that
+    /// runs on a thread of its own (``onOwnThread(_:)``).
+    func readBlocking(exactly count: Int) throws -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        var offset = 0
+        while offset < count {
+            let got = bytes[offset...].withUnsafeMutableBytes {
+                recv(self.descriptor, $0.baseAddress, count - offset, 0)
             }
-            return Array(bytes[..<offset])
+            if got == 0 { break }
+            guard got > 0 else { throw RawSocketError.failed("read", errno) }
+            offset += got
         }
+        return Array(bytes[..<offset])
     }
 
     /// Reads until EOF.
