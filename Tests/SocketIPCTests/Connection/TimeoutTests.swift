@@ -66,8 +66,8 @@ struct TimeoutTests {
     @Test("a request in flight keeps a connection from being idle")
     func requestInFlightIsNotIdle() async throws {
         // Longer than the others: the request must reach the server before the connection has been idle this long,
-        // also on a machine loaded with the other tests.
-        let idleTimeout = Duration.seconds(2)
+        // also on a machine loaded with the other tests (a CI run once resumed a test's task more than 3 s late).
+        let idleTimeout = Duration.seconds(5)
         let (held, heldContinuation) = AsyncStream.makeStream(of: Reply.self)
         try await withFramedTestServer(
             configure: { $0.connection.idleTimeout = idleTimeout },
@@ -87,8 +87,8 @@ struct TimeoutTests {
             }()
             var replies = held.makeAsyncIterator()
             let reply = try #require(await replies.next(), "the request failed before the server held it")
-            // Longer than the idle timeout: the connection must stay open while the request is in flight.
-            try await Task.sleep(for: idleTimeout * 2)
+            // Longer than the idle timeout since the request: the connection must stay open while it is in flight.
+            try await Task.sleep(for: idleTimeout + .seconds(1))
             reply.succeed(ByteBuffer(string: "late"))
             #expect(String(buffer: try await answer) == "late")
             // Then, idle, it is closed.
