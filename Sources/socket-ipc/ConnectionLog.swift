@@ -9,7 +9,7 @@ enum ConnectionLog {
 
     /// `connection closed: uid=U gid=G pid=P (connection C)`, and why when it was not an orderly close.
     static func closed(_ id: UInt64, peer: PeerCredentials?, error: SocketIPCError?) {
-        let reason = error.map { ": \(SafeText.escape($0.message))" } ?? ""
+        let reason = error.map { ": \(SafeText.message($0.message))" } ?? ""
         Output.note("connection closed from \(peerDescription(peer)) (connection \(id))\(reason)")
     }
 }

@@ -84,7 +84,7 @@ enum ExitStatus {
             // `error CODE: MESSAGE`, as grpcurl prints a status (`ERROR: Code: ... Message: ...`).
             // The code, the message and the details are the server's: printed safely, each on one line.
             let text = error.message.isEmpty ? " \(error.code)" : " \(error.code): \(error.message)"
-            Output.errorLine(Output.colored("error", 31, on: STDERR_FILENO) + SafeText.oneLine(text))
+            Output.errorLine(Output.colored("error", 31, on: STDERR_FILENO) + SafeText.message(text))
             if let details = error.encodedDetails, details.readableBytes > 0 {
                 // JSON details stay the same JSON value on one line, only characters that act on a terminal written
                 // as JSON escapes (found by a review: escaping them as text doubled their backslashes, so that

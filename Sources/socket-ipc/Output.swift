@@ -263,9 +263,9 @@ enum Output {
     }
 
     /// Writes `error: ` (red on a terminal), `text` and a newline to standard error: one line, whatever `text` holds
-    /// (a peer's text in it can neither act on the terminal nor pass for a line of its own: ``SafeText/oneLine(_:)``).
+    /// (a peer's text in it can neither act on the terminal nor pass for a line of its own: ``SafeText/message(_:)``).
     static func error(_ text: String) {
-        self.errorLine(self.colored("error:", 31, on: STDERR_FILENO) + " " + SafeText.oneLine(text))
+        self.errorLine(self.colored("error:", 31, on: STDERR_FILENO) + " " + SafeText.message(text))
     }
 
     /// Writes `text` and a newline to standard error.

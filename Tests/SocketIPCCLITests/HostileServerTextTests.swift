@@ -32,6 +32,8 @@ struct HostileServerTextTests {
             #expect(!result.error.utf8.contains(0x07) && !result.error.utf8.contains(0x0D))
             #expect(!result.error.unicodeScalars.contains("\u{9B}"), "no C1 CSI")
             #expect(result.error.contains("\\x1b]0;PWNED"), "\(result.error)")
+            // The library escaped the text already: the CLI does not escape its escapes again.
+            #expect(!result.error.contains(#"\\x1b"#), "escaped twice: \(result.error)")
         }
     }
 

@@ -60,7 +60,7 @@ struct PushListener {
         guard case .closedByServer = ending else { return }
         guard let reason = connection.closeReason else { return }
         if reason.code == .peerGoingAway {
-            Output.note("the server went away: \(SafeText.escape(reason.message))")
+            Output.note("the server went away: \(SafeText.message(reason.message))")
             return
         }
         throw reason

@@ -11,13 +11,18 @@ enum SafeText {
     /// terminal escaped: C0 controls and DEL as `\xNN` (ESC is `\x1b`), C1 controls, format characters (such as the
     /// bidirectional overrides), line and paragraph separators and unassigned code points as `\u{NNNN}`.
     static func escape(_ text: String) -> String {
+        self.escape(text, doublingBackslashes: true)
+    }
+
+    /// ``escape(_:)``, with a backslash doubled only if `doublingBackslashes`.
+    private static func escape(_ text: String, doublingBackslashes: Bool) -> String {
         var escaped = ""
         escaped.reserveCapacity(text.utf8.count)
         for scalar in text.unicodeScalars {
             switch scalar {
             case "\n", "\t":
                 escaped.unicodeScalars.append(scalar)
-            case "\\":
+            case "\\" where doublingBackslashes:
                 escaped += "\\\\"
             case _ where !self.isPrintable(scalar):
                 escaped +=
@@ -34,7 +39,20 @@ enum SafeText {
     /// diagnostic that quotes what a peer sent (an error reply's text, a going-away reason), which then can neither
     /// act on the terminal nor pass for a line of its own.
     static func oneLine(_ text: String) -> String {
-        Self.escape(text).replacing("\n", with: "\\n").replacing("\t", with: "\\t").replacing("\r", with: "\\r")
+        Self.lineBreaksEscaped(Self.escape(text, doublingBackslashes: true))
+    }
+
+    /// `text` as one line of a diagnostic: SocketIPC's words, and a peer's text that the library has made safe
+    /// already (an error reply's or a going-away's text, a close reason: ESC is there as `\x1b`). What could still act
+    /// on a terminal or end the line is escaped as ``oneLine(_:)`` does, but a backslash is kept as it is, so that the
+    /// library's escapes are not escaped a second time (`\\x1b`, found by a review).
+    static func message(_ text: String) -> String {
+        Self.lineBreaksEscaped(Self.escape(text, doublingBackslashes: false))
+    }
+
+    /// `text` with its newlines and tabs (which ``escape(_:)`` keeps) and carriage returns written as `\n`, `\t`, `\r`.
+    private static func lineBreaksEscaped(_ text: String) -> String {
+        text.replacing("\n", with: "\\n").replacing("\t", with: "\\t").replacing("\r", with: "\\r")
     }
 
     /// Valid JSON `text` with every character that could act on a terminal written as a JSON escape (`\u001b`, a

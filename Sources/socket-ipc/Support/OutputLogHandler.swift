@@ -50,7 +50,7 @@ struct OutputLogHandler: LogHandler {
         let pretty = metadata.sorted { $0.key < $1.key }.map { " \($0.key)=\(Self.cut("\($0.value)"))" }.joined()
         let label = self.label.isEmpty ? "" : " " + self.label
         let line = "\(event.level)\(label):\(pretty) [\(event.source)] \(Self.cut("\(event.message)"))"
-        Output.errorLine("\(Self.timestamp()) " + SafeText.oneLine(line))
+        Output.errorLine("\(Self.timestamp()) " + SafeText.message(line))
     }
 
     /// `text`, or its first 1 KiB and `…`.
