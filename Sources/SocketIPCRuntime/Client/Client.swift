@@ -80,7 +80,11 @@ public enum Client {
         if options.effectiveMaximumDescriptors > 0 {
             knownPeer = PeerCredentials.read(descriptor: descriptor)
             options.applySocketOptions(toDescriptor: descriptor)
-            relay = try DescriptorRelay(socket: descriptor, maximumPerMessage: options.effectiveMaximumDescriptors)
+            relay = try DescriptorRelay(
+                socket: descriptor,
+                maximumPerMessage: options.effectiveMaximumDescriptors,
+                logger: logger
+            )
         }
         let descriptorRelay = relay
         let peer = knownPeer

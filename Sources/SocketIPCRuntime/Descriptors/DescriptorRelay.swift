@@ -1,4 +1,5 @@
 import CSocketIPCLinux
+import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import SocketIPCCore
@@ -49,6 +50,8 @@ final class DescriptorRelay: @unchecked Sendable {
     let maximumPerMessage: Int
     /// The most descriptors received and not yet taken by the channel handler before the relay stops reading.
     let inFlightLimit: Int
+    /// Where the inbound thread says why a `recvmsg` ended the stream.
+    private let logger: Logger
     /// Guards everything below; its value is 1 while the inbound thread may receive, 0 while it waits.
     private let lock = ConditionLock(value: 1)
     private var unclaimed: [Int32] = []
@@ -78,8 +81,9 @@ final class DescriptorRelay: @unchecked Sendable {
     /// - Parameters:
     ///   - socket: The connection's socket, which the relay now owns (also when this throws).
     ///   - maximumPerMessage: The most descriptors one message may carry, 1 to 253.
+    ///   - logger: The connection's logger.
     /// - Throws: `SocketIPCError` with code `systemCall` when the socket pair or a thread cannot be made.
-    init(socket: Int32, maximumPerMessage: Int) throws {
+    init(socket: Int32, maximumPerMessage: Int, logger: Logger) throws {
         #if !os(Linux)
         // Untested: Darwin has SCM_RIGHTS too, but not MSG_CMSG_CLOEXEC or MSG_NOSIGNAL; not done yet.
         _ = close(socket)
@@ -96,6 +100,7 @@ final class DescriptorRelay: @unchecked Sendable {
         self.relaySide = pair[1]
         self.maximumPerMessage = maximumPerMessage
         self.inFlightLimit = Self.inFlightLimit(maximumPerMessage: maximumPerMessage)
+        self.logger = logger
         // The threads block; the channel's end stays as NIO makes it (non-blocking).
         for descriptor in [socket, pair[1]] {
             let flags = fcntl(descriptor, F_GETFL)
@@ -331,7 +336,12 @@ final class DescriptorRelay: @unchecked Sendable {
                 }
                 // Anything else (ECONNRESET: the peer closed with this side's bytes unread) ends the stream after
                 // the bytes already passed on, as before: failing the channel at once lost those (found by a review
-                // of an earlier fix, which did so to log the error).
+                // of an earlier fix, which did so to log the error). So it is logged here.
+                self.logger.log(
+                    level: code == ECONNRESET ? .debug : .notice,
+                    "recvmsg on a connection that passes descriptors failed: the connection ends as at end of stream",
+                    metadata: ["errno": "\(code)", "error": "\(String(cString: strerror(code)))"]
+                )
                 break
             }
             memoryWaits = 0

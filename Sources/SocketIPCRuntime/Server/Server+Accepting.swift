@@ -101,7 +101,7 @@ extension Server {
         if maximumDescriptors > 0 {
             self.configuration.connection.applySocketOptions(toDescriptor: descriptor)
             do {
-                relay = try DescriptorRelay(socket: descriptor, maximumPerMessage: maximumDescriptors)
+                relay = try DescriptorRelay(socket: descriptor, maximumPerMessage: maximumDescriptors, logger: self.logger)
             } catch {
                 self.logger.error("could not relay a connection that passes descriptors", metadata: ["error": "\(errorText(error))"])
                 self.connectionClosed(id)
