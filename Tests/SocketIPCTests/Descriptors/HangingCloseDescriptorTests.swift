@@ -36,8 +36,8 @@ struct HangingCloseDescriptorTests {
             mount.stop()
             throw error
         }
-        // Ending the file system ends the closes still waiting, this test's own close of the file after it: also when
-        // the test fails, or the process could not exit.
+        // Stopping the file system (its flushes answered from then on) ends the closes still waiting, and this test's
+        // own close of the file after it: also when the test fails, or the process could not exit.
         defer {
             mount.stop()
             close(file)
@@ -86,7 +86,7 @@ struct HangingCloseDescriptorTests {
                 #expect(String(buffer: reply) == "next")
             }
         }
-        // The server shut down with the close still waiting; ending the file system (deferred above) ends it.
+        // The server shut down with the close still waiting; stopping the file system (deferred above) ends it.
     }
 }
 #endif

@@ -13,8 +13,13 @@ import Musl
 /// process's, such as a child forked by another test that inherited the descriptor until its `exec`, is answered). It is what a hostile peer that serves
 /// a FUSE mount can pass (where `/dev/fuse` and `fusermount3` are open to every user, as on most desktops).
 ///
-/// ``stop()`` unmounts it and aborts the file system's connection (the device is closed), which ends every close still
-/// waiting, with an error.
+/// ``stop()`` answers the flushes held so far and every later one, and unmounts it (lazily): every close still waiting
+/// returns. The serving thread goes on answering until the kernel ends the file system's connection, once the last
+/// file on it is closed (`ENODEV`), and then closes the device. It never stops serving before that: a child forked by
+/// another test holds copies of the file and of the device until its `exec`, and if that `exec` closed its copy of the
+/// file while no one served the device, it would wait for good for a flush that its own copy of the device kept
+/// alive, and so would the test that forked it (found in a loaded run, where that stopped every test that starts a
+/// process, since starts take turns).
 final class HangingFUSEMount: @unchecked Sendable {
     /// Whether one can be mounted here: root, with `/dev/fuse`.
     static var isAvailable: Bool {
@@ -26,9 +31,10 @@ final class HangingFUSEMount: @unchecked Sendable {
     /// The path of the file whose closes wait.
     var file: String { self.directory + "/f" }
     private let device: Int32
-    /// Written to end the serving thread, which polls it with the device.
+    /// Written to make the serving thread answer every flush (``stop()``); it polls it with the device.
     private let wake: (read: Int32, write: Int32)
-    private let served = DispatchSemaphore(value: 0)
+    /// Signalled once the serving thread answers every flush, or has ended.
+    private let answersAll = DispatchSemaphore(value: 0)
 
     init() throws {
         var template = Array("/tmp/sipc-fuse-XXXXXX".utf8CString)
@@ -47,29 +53,32 @@ final class HangingFUSEMount: @unchecked Sendable {
         }
         let device = self.device
         let wake = self.wake.read
-        let served = self.served
+        let answersAll = self.answersAll
         Thread {
-            Self.serve(device, wake: wake)
-            served.signal()
+            Self.serve(device, wake: wake, answersAll: answersAll)
+            close(device)
+            answersAll.signal()
         }.start()
     }
 
-    /// Opens the file read-only. Its holder's own close waits too: close it only after ``stop()``.
+    /// Opens the file read-only. Its holder's own close waits too: close it only after ``stop()``, which is what ends
+    /// the file system.
     func open() throws -> Int32 {
         let descriptor = Glibc.open(self.file, O_RDONLY | O_CLOEXEC)
         guard descriptor >= 0 else { throw RawSocketError.failed("open \(self.file)", errno) }
         return descriptor
     }
 
-    /// Unmounts the file system and aborts it: closes still waiting end.
+    /// Answers the flushes held and every later one, and unmounts the file system: closes still waiting end, and the
+    /// file system ends once every file on it is closed.
     func stop() {
-        _ = umount2(self.directory, Int32(MNT_DETACH))
         var byte: UInt8 = 1
         _ = write(self.wake.write, &byte, 1)
-        self.served.wait()
-        close(self.device)
+        self.answersAll.wait()
+        // The thread no longer polls it.
         close(self.wake.read)
         close(self.wake.write)
+        _ = umount2(self.directory, Int32(MNT_DETACH))
         rmdir(self.directory)
     }
 
@@ -78,19 +87,28 @@ final class HangingFUSEMount: @unchecked Sendable {
     private static let rootNode: UInt64 = 1
     private static let fileNode: UInt64 = 2
 
-    /// Answers the kernel's requests until `wake` is readable: everything a lookup, an open and a read need, and never
-    /// a flush.
-    private static func serve(_ device: Int32, wake: Int32) {
+    /// Answers the kernel's requests until the connection ends (`ENODEV`): everything a lookup, an open and a read
+    /// need, and a flush of this process only once `wake` is readable (then also those held until then, and
+    /// `answersAll` is signalled).
+    private static func serve(_ device: Int32, wake: Int32, answersAll: DispatchSemaphore) {
         var buffer = [UInt8](repeating: 0, count: 1 << 20 + 4096)
+        var heldFlushes: [UInt64] = []
+        var answering = false
         while true {
             var entries = [pollfd(fd: device, events: Int16(POLLIN), revents: 0), pollfd(fd: wake, events: Int16(POLLIN), revents: 0)]
-            guard poll(&entries, 2, -1) >= 0 || errno == EINTR else { return }
-            if entries[1].revents != 0 { return }
-            guard entries[0].revents & Int16(POLLIN) != 0 else { continue }
+            guard poll(&entries, answering ? 1 : 2, -1) >= 0 || errno == EINTR else { return }
+            if !answering, entries[1].revents != 0 {
+                answering = true
+                for unique in heldFlushes { reply(device, unique, []) }
+                heldFlushes = []
+                answersAll.signal()
+                continue
+            }
+            guard entries[0].revents != 0 else { continue }
             let count = buffer.withUnsafeMutableBytes { read(device, $0.baseAddress, $0.count) }
             guard count >= 40 else {
                 if count < 0, errno == EINTR || errno == ENOENT || errno == EAGAIN { continue }
-                return
+                return  // ENODEV: the connection has ended
             }
             var request = Reader(bytes: Array(buffer[0..<count]))
             _ = request.u32()  // length
@@ -131,12 +149,14 @@ final class HangingFUSEMount: @unchecked Sendable {
                 reply(device, unique, Array("data".utf8))
             case 18, 29, 34:  // RELEASE, RELEASEDIR, ACCESS
                 reply(device, unique, [])
-            case 25 where access("/proc/self/task/\(requester)", F_OK) != 0:
+            case 25 where answering || access("/proc/self/task/\(requester)", F_OK) != 0:
                 // The flush of another process: a child that another test forked, closing the descriptors it
                 // inherited as it executes its program (they are close-on-exec). Answered, or that child would wait
                 // for good (found in a CI check, where such children held up the whole run).
                 reply(device, unique, [])
-            case 25, 2, 36, 42:  // FLUSH of this process (never answered), FORGET, INTERRUPT, BATCH_FORGET (no answer)
+            case 25:  // FLUSH of this process: held until stop()
+                heldFlushes.append(unique)
+            case 2, 36, 42:  // FORGET, INTERRUPT, BATCH_FORGET (no answer)
                 continue
             default:
                 reply(device, unique, [], error: -ENOSYS)
