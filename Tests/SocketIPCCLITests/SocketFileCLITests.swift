@@ -136,4 +136,28 @@ extension SocketFileCLITests {
             #expect(fileStatus(directory + "/app.sock") == nil, "no socket file was left")
         }
     }
+
+    @Test("serve --exec keeps descriptors back for the commands it may run at once: at a low open file limit it serves fewer connections than without --exec (before, connections could take them, and commands failed with EMFILE)")
+    func execKeepsDescriptorsForCommands() async throws {
+        try await withTemporarySocketDirectory { directory in
+            /// The connections `serve` says it serves at 256 descriptors with `arguments`, from its warning at start.
+            func servedConnections(_ name: String, _ arguments: [String]) async throws -> Int? {
+                let server = try TestProcess.shell(
+                    #"exec prlimit --nofile=256:256 "$0" serve "$@""#,
+                    [directory + "/" + name] + arguments
+                )
+                return try await withProcess(server) { server in
+                    let warning = await server.standardError.waitForLine(containing: "serving at most")
+                    let words = warning?.split(separator: " ") ?? []
+                    let at = words.firstIndex(of: "most")
+                    return at.flatMap { Int(words[words.index(after: $0)]) }
+                }
+            }
+            let plain = try #require(try await servedConnections("plain.sock", []))
+            // 4 commands at once, each with 8 descriptors: 32 fewer for connections.
+            let exec = try #require(try await servedConnections("exec.sock", ["--exec", "cat", "--exec-concurrency", "4"]))
+            // 256 less the reserve of 32 holds `plain` connections; 32 more kept back hold a seventh fewer.
+            #expect(exec < plain && (plain - exec) * 7 == plain, "without --exec \(plain), with it \(exec)")
+        }
+    }
 }

@@ -207,7 +207,10 @@ public final class Server: Service, Sendable {
         if maximumDescriptors > 0 {
             perConnection += 2 + DescriptorRelay.inFlightLimit(maximumPerMessage: maximumDescriptors) + maximumDescriptors
         }
-        let limit = DescriptorLimit.raise(toFit: self.configuration.maximumConnections * perConnection)
+        let limit = DescriptorLimit.raise(
+            toFit: self.configuration.maximumConnections * perConnection,
+            reserving: self.configuration.reservedDescriptors
+        )
         if limit.soft > limit.previousSoft {
             self.logger.info(
                 "raised the open file limit (RLIMIT_NOFILE) for maximumConnections",
@@ -220,7 +223,8 @@ public final class Server: Service, Sendable {
                 .invalidConfiguration,
                 "the open file limit (RLIMIT_NOFILE) of \(limit.soft) holds no connection: each needs \(perConnection) "
                     + "descriptors (ConnectionOptions.maximumDescriptorsPerMessage is \(maximumDescriptors)) besides "
-                    + "the \(limit.reserve) the process keeps; raise the limit (ulimit -n, LimitNOFILE=) or lower "
+                    + "the \(limit.reserve) the process keeps (ServerConfiguration.reservedDescriptors is "
+                    + "\(self.configuration.reservedDescriptors)); raise the limit (ulimit -n, LimitNOFILE=) or lower "
                     + "maximumDescriptorsPerMessage",
                 path: self.configuration.path
             )

@@ -42,6 +42,14 @@ public struct ServerConfiguration: Sendable {
     /// uses `select(2)` breaks on descriptors above `FD_SETSIZE` (1024), so give children the soft limit the process
     /// started with, as Go's `os/exec` and systemd do (`socket-ipc serve --exec` does: `setrlimit` in the child).
     public var maximumConnections = 10_000
+    /// How many descriptors the application needs besides its connections: its own files and sockets, the pipes of
+    /// the child processes it runs. Default 0. When ``Server/run()`` fits the connection limits to the open file
+    /// limit (``maximumConnections``), it keeps these back on top of its own reserve (an eighth of the limit, 32 to
+    /// 256, for the process's other files), so that connections cannot take them: where the limit is too low,
+    /// fewer connections are served. `socket-ipc serve --exec` keeps 8 for each command that may run at once (the ends
+    /// of its four pipes). As PostgreSQL keeps `NUM_RESERVED_FDS` back from its pool of files. A negative value
+    /// counts as 0.
+    public var reservedDescriptors = 0
     /// The most connections one user id may hold at once (counted by the peer's `SO_PEERCRED` uid; peers whose
     /// credentials are unknown share one count); a connection beyond it is closed as soon as it is accepted, so one
     /// user cannot take every slot from the others. Default 1,024. (D-Bus's `max_connections_per_user` plays the

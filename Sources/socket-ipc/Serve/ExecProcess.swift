@@ -25,6 +25,10 @@ import Synchronization
 /// event loop or Swift's cooperative threads: that thread lives until the child is reaped, as the death signal
 /// needs (it comes when the thread that started the child ends).
 final class ExecProcess: @unchecked Sendable {
+    /// The most descriptors one run holds at once: both ends of its four pipes (standard input, output and error, and
+    /// the wake pipe), until the child's three ends are closed once it has started.
+    static let descriptorsPerRun = 8
+
     /// How the child ended.
     enum Termination: Equatable, Sendable {
         /// It exited with this status.

@@ -28,7 +28,7 @@ struct ServeCommand: AsyncParsableCommand {
             UNIXLOCALGID for the server; SOCKETIPC_KIND is request, message or eof. The demo service is not served.
 
             At most --exec-concurrency commands run at once across the server (default: twice the CPU count, at \
-            least 4); requests, one-way and EOF-style messages beyond it wait their turn, shared fairly between users \
+            least 4), and 8 descriptors for each are kept back from the connections; requests, one-way and EOF-style messages beyond it wait their turn, shared fairly between users \
             (turns go round the users who wait; each user's in the order they came), and --exec-timeout counts from \
             the start of the run. A request that waits is dropped when its connection \
             closes, and one whose user's requests waiting or running already hold 64 MiB (each counted as at least \
@@ -145,15 +145,22 @@ struct ServeCommand: AsyncParsableCommand {
             }
             let path =
                 try inherited?.address ?? self.socket.map { try socketPath(fromArgument: $0, creatingDirectory: true) } ?? ""
-            let configuration = try self.server.configuration(path: path, inheritedSocket: inherited)
+            var configuration = try self.server.configuration(path: path, inheritedSocket: inherited)
             let logger = self.server.logger
+            let execConcurrency = self.execConcurrency ?? ExecTurns.defaultLimit
+            if self.exec != nil {
+                // Each command running holds descriptors of its own: kept back from the connections, or at a low open
+                // file limit the connections took them and commands failed to start (found by a review: with
+                // `prlimit --nofile=64`, most of two flooding users' requests got `pipe2: Too many open files`).
+                configuration.reservedDescriptors = ExecProcess.descriptorsPerRun * execConcurrency
+            }
             let exec = self.exec.map {
                 ExecCommand(
                     command: $0,
                     timeout: duration(seconds: self.execTimeout),
                     maximumOutput: configuration.connection.maximumMessageSize,
                     socketPath: path,
-                    turns: ExecTurns(limit: self.execConcurrency ?? ExecTurns.defaultLimit)
+                    turns: ExecTurns(limit: execConcurrency)
                 )
             }
             let server = Self.makeServer(

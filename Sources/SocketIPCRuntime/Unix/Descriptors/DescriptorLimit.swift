@@ -18,29 +18,39 @@ struct DescriptorLimit {
     let soft: Int
     /// The soft limit before.
     let previousSoft: Int
+    /// Descriptors the application needs besides its connections (``ServerConfiguration/reservedDescriptors``).
+    var reserved = 0
 
-    /// Descriptors left to the process's other files: an eighth of the limit, between 32 and 256.
-    var reserve: Int { min(256, max(32, self.soft / 8)) }
+    /// Descriptors left to the process's other files: an eighth of the limit, between 32 and 256, and ``reserved``.
+    var reserve: Int { Self.defaultReserve(self.soft) + max(0, self.reserved) }
+
+    /// An eighth of `descriptors`, between 32 and 256.
+    static func defaultReserve(_ descriptors: Int) -> Int { min(256, max(32, descriptors / 8)) }
 
     /// The most connections the limit can hold besides the reserve.
     var connections: Int { max(1, self.soft - self.reserve) }
 
-    /// Raises the soft limit, if it must and can, so that `connections` fit with the reserve.
-    static func raise(toFit connections: Int) -> DescriptorLimit {
+    /// Raises the soft limit, if it must and can, so that `connections` descriptors fit with the reserve, `reserved`
+    /// included.
+    static func raise(toFit connections: Int, reserving reserved: Int = 0) -> DescriptorLimit {
         var limit = rlimit()
         #if canImport(Glibc)
         let resource = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
         #else
         let resource = RLIMIT_NOFILE
         #endif
-        guard getrlimit(resource, &limit) == 0 else { return DescriptorLimit(soft: .max, previousSoft: .max) }
+        guard getrlimit(resource, &limit) == 0 else {
+            return DescriptorLimit(soft: .max, previousSoft: .max, reserved: reserved)
+        }
         let soft = Int(clamping: limit.rlim_cur)
         let hard = Int(clamping: limit.rlim_max)
-        let wanted = connections + min(256, max(32, connections / 8))
-        guard soft < wanted, soft < hard else { return DescriptorLimit(soft: soft, previousSoft: soft) }
+        let wanted = connections + Self.defaultReserve(connections) + max(0, reserved)
+        guard soft < wanted, soft < hard else { return DescriptorLimit(soft: soft, previousSoft: soft, reserved: reserved) }
         var raised = limit
         raised.rlim_cur = rlim_t(min(wanted, hard))
-        guard setrlimit(resource, &raised) == 0 else { return DescriptorLimit(soft: soft, previousSoft: soft) }
-        return DescriptorLimit(soft: Int(clamping: raised.rlim_cur), previousSoft: soft)
+        guard setrlimit(resource, &raised) == 0 else {
+            return DescriptorLimit(soft: soft, previousSoft: soft, reserved: reserved)
+        }
+        return DescriptorLimit(soft: Int(clamping: raised.rlim_cur), previousSoft: soft, reserved: reserved)
     }
 }
