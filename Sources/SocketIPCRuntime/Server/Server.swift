@@ -207,8 +207,9 @@ public final class Server: Service, Sendable {
         if maximumDescriptors > 0 {
             perConnection += 2 + DescriptorRelay.inFlightLimit(maximumPerMessage: maximumDescriptors) + maximumDescriptors
         }
+        let (needed, overflows) = self.configuration.maximumConnections.multipliedReportingOverflow(by: perConnection)
         let limit = DescriptorLimit.raise(
-            toFit: self.configuration.maximumConnections * perConnection,
+            toFit: overflows ? Int.max : needed,
             reserving: self.configuration.reservedDescriptors
         )
         if limit.soft > limit.previousSoft {

@@ -55,6 +55,25 @@ struct RobustnessTests {
         }
     }
 
+    @Test(
+        "limits as large as Int allows (maximumConnections, reservedDescriptors) start a server that serves, rather than trap on an overflow as it fits them to the open file limit",
+        // The server raises the process's soft limit as far as the hard one: where they differ, that would change what
+        // every other test's children inherit.
+        .enabled(if: openFileLimits().soft == openFileLimits().hard, "the soft open file limit is below the hard one")
+    )
+    func largestLimits() async throws {
+        try await withFramedTestServer(
+            configure: {
+                $0.maximumConnections = .max
+                $0.reservedDescriptors = .max
+            },
+            makeHandler: { EchoHandler() }
+        ) { _, path in
+            let reply = try await Client.withConnection(to: path) { try await $0.request(ByteBuffer(string: "served")) }
+            #expect(String(buffer: reply) == "served")
+        }
+    }
+
     @Test("a server that closes a connection right after accepting it makes connect fail at once, not time out")
     func closedRightAway() async throws {
         try await withTemporarySocketDirectory { directory in
@@ -180,4 +199,15 @@ func eventually(attempts: Int = 1000, _ condition: () -> Bool) async -> Bool {
 final class PushState: Sendable {
     let pushed = Atomic<Int>(0)
     let task = Mutex<Task<Void, any Error>?>(nil)
+}
+
+/// The process's `RLIMIT_NOFILE`, soft and hard.
+private func openFileLimits() -> (soft: UInt64, hard: UInt64) {
+    var limit = rlimit()
+    #if canImport(Glibc)
+    _ = getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
+    #else
+    _ = getrlimit(RLIMIT_NOFILE, &limit)
+    #endif
+    return (UInt64(limit.rlim_cur), UInt64(limit.rlim_max))
 }

@@ -22,10 +22,13 @@ struct DescriptorLimit {
     var reserved = 0
 
     /// Descriptors left to the process's other files: an eighth of the limit, between 32 and 256, and ``reserved``.
-    var reserve: Int { Self.defaultReserve(self.soft) + max(0, self.reserved) }
+    var reserve: Int { Self.defaultReserve(self.soft) + Self.clamped(self.reserved) }
 
     /// An eighth of `descriptors`, between 32 and 256.
     static func defaultReserve(_ descriptors: Int) -> Int { min(256, max(32, descriptors / 8)) }
+
+    /// `reserved` within 0 and `Int32.max` (no descriptor limit is larger), so that sums with it cannot overflow.
+    private static func clamped(_ reserved: Int) -> Int { min(max(0, reserved), Int(Int32.max)) }
 
     /// The most connections the limit can hold besides the reserve.
     var connections: Int { max(1, self.soft - self.reserve) }
@@ -44,7 +47,10 @@ struct DescriptorLimit {
         }
         let soft = Int(clamping: limit.rlim_cur)
         let hard = Int(clamping: limit.rlim_max)
-        let wanted = connections + Self.defaultReserve(connections) + max(0, reserved)
+        // Saturating: a configuration may ask for Int.max connections.
+        let reserve = Self.defaultReserve(connections) + Self.clamped(reserved)
+        let (sum, overflows) = connections.addingReportingOverflow(reserve)
+        let wanted = overflows ? Int.max : sum
         guard soft < wanted, soft < hard else { return DescriptorLimit(soft: soft, previousSoft: soft, reserved: reserved) }
         var raised = limit
         raised.rlim_cur = rlim_t(min(wanted, hard))
