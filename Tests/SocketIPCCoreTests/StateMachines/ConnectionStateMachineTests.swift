@@ -454,6 +454,27 @@ struct ReplyTicketsTests {
         let secondRedeemed = tickets.redeem(second)
         let neverIssued = tickets.redeem(.none)
         #expect(reusedRedeemed == 0 && secondRedeemed == 0 && neverIssued == nil)
-        #expect(tickets.generations.count == 2, "never more slots than requests unanswered at once")
+        #expect(tickets.slotCount == 2, "never more slots than requests unanswered at once")
+    }
+
+    @Test("one request at a time takes the inline slot and makes no array; a later slot is reused under a new generation too")
+    func inlineSlotThenArraySlots() {
+        var tickets = ReplyTickets()
+        for round in 0..<1_000 {
+            let ticket = tickets.take(counting: round)
+            #expect(ticket.slot == 0)
+            #expect(tickets.redeem(ticket) == round)
+            #expect(tickets.redeem(ticket) == nil)
+        }
+        #expect(tickets.generations.isEmpty && tickets.free.isEmpty, "no array for one request at a time")
+        let held = tickets.take()
+        let second = tickets.take(counting: 5)
+        #expect(second.slot == 1)
+        #expect(tickets.redeem(second) == 5)
+        let third = tickets.take(counting: 7)
+        #expect(third.slot == 1 && third != second, "slot 1 again, under a new generation")
+        #expect(tickets.redeem(second) == nil, "the spent ticket of slot 1 answers nothing")
+        #expect(tickets.redeem(third) == 7 && tickets.redeem(held) == 0)
+        #expect(tickets.slotCount == 2)
     }
 }
