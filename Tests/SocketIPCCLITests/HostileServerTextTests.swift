@@ -80,15 +80,10 @@ struct HostileServerTextTests {
                 held = []
                 while True: held.append(s.accept()[0])
                 """#
-            let listener = try TestProcess(executable: "/usr/bin/python3", ["-c", script, path], timeLimit: .seconds(60))
-            try await withProcess(listener) { listener in
-                #expect(await listener.standardOutput.waitForLine("ready"))
-                let probed = try await runCLI(["probe", path])
-                let all = probed.output + probed.error
-                // Before, the name's ESC and BEL bytes reached the terminal as they were.
-                #expect(!all.utf8.contains(0x1B) && !all.utf8.contains(0x07), "\(all)")
-                #expect(all.contains(#"\x1b[31mEVIL\x07"#), "\(all)")
-            }
+            let all = try await Self.probeOutput(ofListener: script, at: path)
+            // Before, the name's ESC and BEL bytes reached the terminal as they were.
+            #expect(!all.utf8.contains(0x1B) && !all.utf8.contains(0x07), "\(all)")
+            #expect(all.contains(#"\x1b[31mEVIL\x07"#), "\(all)")
         }
     }
 
@@ -111,16 +106,22 @@ struct HostileServerTextTests {
                     c.sendall(b"SIPC\x01\x00\x00\x00" + frame)
                     c.close()
                 """#
-            let listener = try TestProcess(executable: "/usr/bin/python3", ["-c", script, path], timeLimit: .seconds(60))
-            try await withProcess(listener) { listener in
-                #expect(await listener.standardOutput.waitForLine("ready"))
-                let probed = try await runCLI(["probe", path])
-                let all = probed.output + probed.error
-                // Before, the text's ESC, BEL and newline reached the terminal as they were.
-                #expect(!all.utf8.contains(0x1B) && !all.utf8.contains(0x07), "\(all)")
-                #expect(!all.contains("\nverdict: ok"), "a forged line: \(all)")
-                #expect(all.contains("PWNED"), "the text is shown: \(all)")
-            }
+            let all = try await Self.probeOutput(ofListener: script, at: path)
+            // Before, the text's ESC, BEL and newline reached the terminal as they were.
+            #expect(!all.utf8.contains(0x1B) && !all.utf8.contains(0x07), "\(all)")
+            #expect(!all.contains("\nverdict: ok"), "a forged line: \(all)")
+            #expect(all.contains("PWNED"), "the text is shown: \(all)")
+        }
+    }
+
+    /// What `socket-ipc probe PATH` prints, on standard output and error, of a listener at `path` that the Python
+    /// `script` runs (its `sys.argv[1]` is `path`; it prints `ready` once it listens).
+    static func probeOutput(ofListener script: String, at path: String) async throws -> String {
+        let listener = try TestProcess(executable: "/usr/bin/python3", ["-c", script, path], timeLimit: .seconds(60))
+        return try await withProcess(listener) { listener in
+            #expect(await listener.standardOutput.waitForLine("ready"))
+            let probed = try await runCLI(["probe", path])
+            return probed.output + probed.error
         }
     }
 

@@ -42,17 +42,8 @@ struct HangingCloseDescriptorTests {
             mount.stop()
             close(file)
         }
-        var options = ConnectionOptions()
-        options.maximumDescriptorsPerMessage = 4
-        try await withFramedTestServer(configure: { $0.connection = options }, makeHandler: { EchoHandler() }) { _, path in
-            let peer = try await RawSocket.connect(to: path)
-            defer { peer.close() }
-            // A safety net for a server blocked in the close, not a wait.
-            var limit = timeval(tv_sec: 30, tv_usec: 0)
-            setsockopt(peer.descriptor, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
-            // Hello: calls, descriptors, shared payloads.
-            try await peer.write([0x53, 0x49, 0x50, 0x43, 0x01, 0x07, 0x00, 0x00])
-            _ = try await peer.read(exactly: 8)
+        // Hello: calls, descriptors, shared payloads.
+        try await withDescriptorTakingServer(helloFlags: 0x07) { peer, path in
             let announce: [UInt8] = [0, 0, 0, 2, 0x0D, 1]
             let message = frameBytes(kind: 0x01, payload: Array("a file on FUSE".utf8))
             // A shared payload of 4 bytes as a one-way message (kind 0x01, id 0).

@@ -56,22 +56,14 @@ struct LingeringSharedPayloadTests {
 /// Runs a server that takes descriptors and a raw peer against it, as an attacker is (nothing of this side touches the
 /// socket after it is passed): the peer says hello with `helloFlags`, reads the server's, sends `frames` with a
 /// ``StuckTCPConnection``'s lingering end on their first byte, closes its own copy (so that the server's is the last
-/// one), and hands itself to `body`. A read of the peer fails after 30 s: a safety net for a server blocked for the
-/// socket's hour, not a wait.
+/// one), and hands itself to `body` (``withDescriptorTakingServer(helloFlags:_:)``: a read of the peer fails after
+/// 30 s, a safety net for a server blocked for the socket's hour, not a wait).
 private func withLingeringSocketPassed(
     helloFlags: UInt8,
     frames: [UInt8],
     _ body: (RawSocket) async throws -> Void
 ) async throws {
-    var options = ConnectionOptions()
-    options.maximumDescriptorsPerMessage = 4
-    try await withFramedTestServer(configure: { $0.connection = options }, makeHandler: { EchoHandler() }) { _, path in
-        let peer = try await RawSocket.connect(to: path)
-        defer { peer.close() }
-        var limit = timeval(tv_sec: 30, tv_usec: 0)
-        setsockopt(peer.descriptor, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
-        try await peer.write([0x53, 0x49, 0x50, 0x43, 0x01, helloFlags, 0x00, 0x00])
-        _ = try await peer.read(exactly: 8)
+    try await withDescriptorTakingServer(helloFlags: helloFlags) { peer, _ in
         let stuck = try StuckTCPConnection()
         defer { stuck.close() }
         var lingering = stuck.lingering.rawValue
