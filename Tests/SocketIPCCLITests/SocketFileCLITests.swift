@@ -160,4 +160,22 @@ extension SocketFileCLITests {
             #expect(exec < plain && (plain - exec) * 7 == plain, "without --exec \(plain), with it \(exec)")
         }
     }
+
+    @Test("serve raises its open file limit far enough for its connections and for what it keeps back: it then serves them all (before, the reserve taken from the raised limit, an eighth of it, left one connection of 100)")
+    func raisedLimitHoldsConnectionsAndReserve() async throws {
+        try await withTemporarySocketDirectory { directory in
+            // 125 commands at once keep 1,000 descriptors back; the hard limit has room for all.
+            let server = try TestProcess.shell(
+                #"exec prlimit --nofile=64:20000 "$0" serve "$1" --exec cat --max-connections 100 --exec-concurrency 125"#,
+                [directory + "/app.sock"]
+            )
+            let (listening, errors) = try await withProcess(server) { server in
+                let listening = await server.standardOutput.waitForLine(containing: "listening on")
+                server.signal(SIGTERM)
+                return (listening, await server.standardError.remainingLines())
+            }
+            #expect(listening != nil, "\(errors)")
+            #expect(!errors.contains { $0.contains("serving at most") }, "\(errors)")
+        }
+    }
 }

@@ -340,7 +340,7 @@ final class DescriptorRelay: @unchecked Sendable {
                 self.logger.log(
                     level: code == ECONNRESET ? .debug : .notice,
                     "recvmsg on a connection that passes descriptors failed: the connection ends as at end of stream",
-                    metadata: ["errno": "\(code)", "error": "\(String(cString: strerror(code)))"]
+                    metadata: ["errno": "\(code)", "error": "\(errnoDescription(code))"]
                 )
                 break
             }

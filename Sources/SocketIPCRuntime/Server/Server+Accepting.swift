@@ -101,7 +101,9 @@ extension Server {
         if maximumDescriptors > 0 {
             self.configuration.connection.applySocketOptions(toDescriptor: descriptor)
             do {
-                relay = try DescriptorRelay(socket: descriptor, maximumPerMessage: maximumDescriptors, logger: self.logger)
+                var relayLogger = self.logger
+                for (key, value) in Self.metadata(id, peer) { relayLogger[metadataKey: key] = value }
+                relay = try DescriptorRelay(socket: descriptor, maximumPerMessage: maximumDescriptors, logger: relayLogger)
             } catch {
                 self.logger.error("could not relay a connection that passes descriptors", metadata: ["error": "\(errorText(error))"])
                 self.connectionClosed(id)

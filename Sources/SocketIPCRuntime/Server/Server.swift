@@ -224,9 +224,10 @@ public final class Server: Service, Sendable {
                 .invalidConfiguration,
                 "the open file limit (RLIMIT_NOFILE) of \(limit.soft) holds no connection: each needs \(perConnection) "
                     + "descriptors (ConnectionOptions.maximumDescriptorsPerMessage is \(maximumDescriptors)) besides "
-                    + "the \(limit.reserve) the process keeps (ServerConfiguration.reservedDescriptors is "
-                    + "\(self.configuration.reservedDescriptors)); raise the limit (ulimit -n, LimitNOFILE=) or lower "
-                    + "maximumDescriptorsPerMessage",
+                    + "the \(limit.reserve) the process keeps for its other files (ServerConfiguration."
+                    + "reservedDescriptors: \(max(0, self.configuration.reservedDescriptors)) of them); raise the limit "
+                    + "(ulimit -n, LimitNOFILE=), or lower maximumDescriptorsPerMessage or reservedDescriptors "
+                    + "(socket-ipc serve: --max-descriptors, --exec-concurrency)",
                 path: self.configuration.path
             )
         }
@@ -237,8 +238,9 @@ public final class Server: Service, Sendable {
         self.logger.warning(
             """
             the open file limit (RLIMIT_NOFILE) is too low for the connection limits: serving at most \
-            \(lowered.maximumConnections) connections, \(lowered.maximumConnectionsPerUser) per user; raise the \
-            limit (ulimit -n, LimitNOFILE=) to serve more
+            \(lowered.maximumConnections) connections, \(lowered.maximumConnectionsPerUser) per user, besides \
+            the \(limit.reserve) descriptors kept for the process's other files (reservedDescriptors included); raise \
+            the limit (ulimit -n, LimitNOFILE=) to serve more
             """,
             metadata: ["limit": "\(limit.soft)"]
         )

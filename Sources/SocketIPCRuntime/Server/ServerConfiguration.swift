@@ -46,7 +46,8 @@ public struct ServerConfiguration: Sendable {
     /// the child processes it runs. Default 0. When ``Server/run()`` fits the connection limits to the open file
     /// limit (``maximumConnections``), it keeps these back on top of its own reserve (an eighth of the limit, 32 to
     /// 256, for the process's other files), so that connections cannot take them: where the limit is too low,
-    /// fewer connections are served. `socket-ipc serve --exec` keeps 8 for each command that may run at once (the ends
+    /// fewer connections are served, and where it holds not one besides the reserve, `run()` throws
+    /// `invalidConfiguration`. `socket-ipc serve --exec` keeps 8 for each command that may run at once (the ends
     /// of its four pipes). As PostgreSQL keeps `NUM_RESERVED_FDS` back from its pool of files. A negative value
     /// counts as 0.
     public var reservedDescriptors = 0

@@ -152,7 +152,8 @@ struct ServeCommand: AsyncParsableCommand {
                 // Each command running holds descriptors of its own: kept back from the connections, or at a low open
                 // file limit the connections took them and commands failed to start (found by a review: with
                 // `prlimit --nofile=64`, most of two flooding users' requests got `pipe2: Too many open files`).
-                configuration.reservedDescriptors = ExecProcess.descriptorsPerRun * execConcurrency
+                let (reserved, overflows) = ExecProcess.descriptorsPerRun.multipliedReportingOverflow(by: execConcurrency)
+                configuration.reservedDescriptors = overflows ? .max : reserved
             }
             let exec = self.exec.map {
                 ExecCommand(

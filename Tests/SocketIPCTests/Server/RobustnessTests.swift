@@ -56,22 +56,29 @@ struct RobustnessTests {
     }
 
     @Test(
-        "limits as large as Int allows (maximumConnections, reservedDescriptors) start a server that serves, rather than trap on an overflow as it fits them to the open file limit",
+        "limits as large as Int allows, fitted to the open file limit, do not trap on an overflow: maximumConnections serves, a reservedDescriptors that leaves no room is invalidConfiguration",
         // The server raises the process's soft limit as far as the hard one: where they differ, that would change what
         // every other test's children inherit.
         .enabled(if: openFileLimits().soft == openFileLimits().hard, "the soft open file limit is below the hard one")
     )
     func largestLimits() async throws {
         try await withFramedTestServer(
-            configure: {
-                $0.maximumConnections = .max
-                $0.reservedDescriptors = .max
-            },
+            configure: { $0.maximumConnections = .max },
             makeHandler: { EchoHandler() }
         ) { _, path in
             let reply = try await Client.withConnection(to: path) { try await $0.request(ByteBuffer(string: "served")) }
             #expect(String(buffer: reply) == "served")
         }
+        let error = await #expect(throws: SocketIPCError.self) {
+            try await withFramedTestServer(
+                configure: {
+                    $0.maximumConnections = .max
+                    $0.reservedDescriptors = .max
+                },
+                makeHandler: { EchoHandler() }
+            ) { _, _ in }
+        }
+        #expect(error?.code == .invalidConfiguration, "\(String(describing: error))")
     }
 
     @Test("a server that closes a connection right after accepting it makes connect fail at once, not time out")

@@ -27,11 +27,17 @@ struct DescriptorLimit {
     /// An eighth of `descriptors`, between 32 and 256.
     static func defaultReserve(_ descriptors: Int) -> Int { min(256, max(32, descriptors / 8)) }
 
+    /// `a + b`, or `Int.max` where that overflows.
+    private static func saturatingSum(_ a: Int, _ b: Int) -> Int {
+        let (sum, overflows) = a.addingReportingOverflow(b)
+        return overflows ? Int.max : sum
+    }
+
     /// `reserved` within 0 and `Int32.max` (no descriptor limit is larger), so that sums with it cannot overflow.
     private static func clamped(_ reserved: Int) -> Int { min(max(0, reserved), Int(Int32.max)) }
 
-    /// The most connections the limit can hold besides the reserve.
-    var connections: Int { max(1, self.soft - self.reserve) }
+    /// The most connections the limit can hold besides the reserve; 0 when the reserve takes it all.
+    var connections: Int { max(0, self.soft - self.reserve) }
 
     /// Raises the soft limit, if it must and can, so that `connections` descriptors fit with the reserve, `reserved`
     /// included.
@@ -47,10 +53,11 @@ struct DescriptorLimit {
         }
         let soft = Int(clamping: limit.rlim_cur)
         let hard = Int(clamping: limit.rlim_max)
+        // The default reserve of the raised limit, which is at most 256 above `connections` and `reserved`: so that
+        // ``connections`` (which takes the default reserve of the limit it has) holds all of them afterwards.
         // Saturating: a configuration may ask for Int.max connections.
-        let reserve = Self.defaultReserve(connections) + Self.clamped(reserved)
-        let (sum, overflows) = connections.addingReportingOverflow(reserve)
-        let wanted = overflows ? Int.max : sum
+        let needed = Self.saturatingSum(connections, Self.clamped(reserved))
+        let wanted = Self.saturatingSum(needed, Self.defaultReserve(Self.saturatingSum(needed, 256)))
         guard soft < wanted, soft < hard else { return DescriptorLimit(soft: soft, previousSoft: soft, reserved: reserved) }
         var raised = limit
         raised.rlim_cur = rlim_t(min(wanted, hard))
