@@ -83,6 +83,7 @@ public enum Client {
             relay = try DescriptorRelay(
                 socket: descriptor,
                 maximumPerMessage: options.effectiveMaximumDescriptors,
+                passedBy: knownPeer?.userID,
                 logger: logger
             )
         }

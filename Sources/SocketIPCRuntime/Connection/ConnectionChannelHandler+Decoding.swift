@@ -495,7 +495,7 @@ extension ConnectionChannelHandler {
             // handler mapped (its default copies it), and any other frame as if its payload had come through the socket.
             let memory = descriptors.take()
             guard memory.count == 1 else {
-                closePassedDescriptors(memory.map(\.rawValue))
+                closePassedDescriptors(memory.map(\.rawValue), passedBy: descriptors.passedBy)
                 return .violation(
                     SocketIPCError(.protocolViolation, "a shared payload came with \(memory.count) descriptors, not 1")
                 )
@@ -503,12 +503,12 @@ extension ConnectionChannelHandler {
             // A reply nobody waits for is dropped unmapped: its copy would cost the loop as much as a wanted one's
             // (found by a review: sent while requests were paused, they held the loop a second).
             if kind == .reply, !connection.waitsForReply(id) {
-                closePassedDescriptors(memory.map(\.rawValue))
+                closePassedDescriptors(memory.map(\.rawValue), passedBy: descriptors.passedBy)
                 return .next
             }
             let mapping: MappedPayload
             do {
-                mapping = try SharedPayload.map(memory[0].rawValue, length: length)
+                mapping = try SharedPayload.map(memory[0].rawValue, length: length, passedBy: descriptors.passedBy)
             } catch {
                 return .violation(error as? SocketIPCError ?? SocketIPCError(.protocolViolation, "\(error)"))
             }

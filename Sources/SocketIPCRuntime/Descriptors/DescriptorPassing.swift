@@ -53,7 +53,7 @@ final class DescriptorPassing: Sendable {
         }
         guard group.count == count else {
             self.relay.releaseHeld(group.count)
-            DescriptorRelay.closeReceived(group)
+            self.relay.closeReceived(group)
             return SocketIPCError(.protocolViolation, "a descriptors frame announced \(count) descriptors, not \(group.count)")
         }
         self.held.withLock { $0.append(group) }
@@ -78,7 +78,7 @@ final class DescriptorPassing: Sendable {
             return announced
         }
         if let earlier {
-            DescriptorRelay.closeReceived(earlier)
+            self.relay.closeReceived(earlier)
             return SocketIPCError(.protocolViolation, "two descriptors frames came in a row")
         }
         guard group.count == count else {
@@ -92,7 +92,7 @@ final class DescriptorPassing: Sendable {
     func takeAnnounced() -> ReceivedDescriptors? {
         guard let group = self.announced.withLock({ $0.take() }) else { return nil }
         self.announcedTaken.wrappingAdd(1, ordering: .relaxed)
-        return ReceivedDescriptors(group)
+        return ReceivedDescriptors(group, passedBy: self.relay.passedBy)
     }
 
     /// Whether descriptors the peer passed wait for a frame to take them (in the relay, or announced), and a count
@@ -105,13 +105,13 @@ final class DescriptorPassing: Sendable {
 
     /// Closes descriptors announced and not handed out (the connection closed).
     func closeAnnounced() {
-        if let group = self.announced.withLock({ $0.take() }) { DescriptorRelay.closeReceived(group) }
+        if let group = self.announced.withLock({ $0.take() }) { self.relay.closeReceived(group) }
         for group in self.held.withLock({ held in
             defer { held = [] }
             return held
         }) {
             self.relay.releaseHeld(group.count)
-            DescriptorRelay.closeReceived(group)
+            self.relay.closeReceived(group)
         }
     }
 

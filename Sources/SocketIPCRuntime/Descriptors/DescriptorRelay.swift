@@ -37,7 +37,9 @@ import Darwin
 ///
 /// Memory stays bounded: one 64 KiB buffer each way, the socket pair's buffers, and at most ``inFlightLimit``
 /// received descriptors; past that the relay reads nothing more until the handler took some, so the kernel pushes
-/// back on the peer. Each such connection costs two threads; descriptor passing is off unless
+/// back on the peer. It also reads nothing while the peer's user has ``PassedDescriptorCloser/maximumWaitingPerUser``
+/// closes of descriptors it passed waiting (a file system it serves that never answers a flush): those are open
+/// descriptors too. Each such connection costs two threads; descriptor passing is off unless
 /// ``ConnectionOptions/maximumDescriptorsPerMessage`` is set.
 final class DescriptorRelay: @unchecked Sendable {
     /// The channel's end of the socket pair, for `ClientBootstrap.withConnectedSocket`; the channel owns it.
@@ -48,6 +50,9 @@ final class DescriptorRelay: @unchecked Sendable {
     private let relaySide: Int32
     /// The most descriptors one message may carry.
     let maximumPerMessage: Int
+    /// The peer's user (`SO_PEERCRED`'s uid; `nil` when unknown), whose account the closes of what it passed are
+    /// charged to (``PassedDescriptorCloser``).
+    let passedBy: UInt32?
     /// The most descriptors received and not yet taken by the channel handler before the relay stops reading.
     let inFlightLimit: Int
     /// Where the inbound thread says why a `recvmsg` ended the stream.
@@ -74,6 +79,9 @@ final class DescriptorRelay: @unchecked Sendable {
     private var outboundBusy = false
     private var channel: (any Channel)?
     private var violation: SocketIPCError?
+    /// Whether the inbound thread waits because the peer's user is over its bound of waiting closes (logged once
+    /// each time it starts).
+    private var waitsForUsersCloses = false
     /// Who waits for both threads to end (``waitUntilFinished()``); `nil` once they have.
     private let finishWaiters = Mutex<[@Sendable () -> Void]?>([])
 
@@ -81,9 +89,11 @@ final class DescriptorRelay: @unchecked Sendable {
     /// - Parameters:
     ///   - socket: The connection's socket, which the relay now owns (also when this throws).
     ///   - maximumPerMessage: The most descriptors one message may carry, 1 to 253.
+    ///   - passedBy: The peer's user id (`SO_PEERCRED`), `nil` when unknown: the closes of the descriptors it passes
+    ///     are charged to it.
     ///   - logger: The connection's logger.
     /// - Throws: `SocketIPCError` with code `systemCall` when the socket pair or a thread cannot be made.
-    init(socket: Int32, maximumPerMessage: Int, logger: Logger) throws {
+    init(socket: Int32, maximumPerMessage: Int, passedBy: UInt32?, logger: Logger) throws {
         #if !os(Linux)
         // Untested: Darwin has SCM_RIGHTS too, but not MSG_CMSG_CLOEXEC or MSG_NOSIGNAL; not done yet.
         _ = close(socket)
@@ -99,6 +109,7 @@ final class DescriptorRelay: @unchecked Sendable {
         self.channelSide = pair[0]
         self.relaySide = pair[1]
         self.maximumPerMessage = maximumPerMessage
+        self.passedBy = passedBy
         self.inFlightLimit = Self.inFlightLimit(maximumPerMessage: maximumPerMessage)
         self.logger = logger
         // The threads block; the channel's end stays as NIO makes it (non-blocking).
@@ -106,6 +117,8 @@ final class DescriptorRelay: @unchecked Sendable {
             let flags = fcntl(descriptor, F_GETFL)
             _ = fcntl(descriptor, F_SETFL, flags & ~O_NONBLOCK)
         }
+        // Until both threads end (``threadEnded()``, also when one cannot start).
+        PassedDescriptorCloser.add(self, of: passedBy)
         do {
             try DetachedThread.start(name: "sipc-relay", stackSize: 128 * 1024) { [self] in self.runInbound() }
         } catch {
@@ -263,7 +276,7 @@ final class DescriptorRelay: @unchecked Sendable {
         self.claimedCount = 0
         self.channel = nil
         self.lock.unlock(withValue: 1)
-        Self.closeReceived(received)
+        self.closeReceived(received)
         eventLoop.scheduleTask(in: .init(timeout)) { self.abort() }
     }
 
@@ -296,7 +309,13 @@ final class DescriptorRelay: @unchecked Sendable {
         self.claimedCount = 0
         if !self.socketIsClosed { _ = shutdown(self.socket, Int32(SHUT_RDWR)) }
         self.lock.unlock(withValue: 1)
-        Self.closeReceived(received)
+        self.closeReceived(received)
+    }
+
+    /// The peer's user came back under its bound of waiting closes: the inbound thread looks again.
+    func passingUserUnderBound() {
+        self.lock.lock()
+        self.lock.unlock(withValue: self.mayReceiveValue)
     }
 
     // MARK: - Threads
@@ -318,6 +337,23 @@ final class DescriptorRelay: @unchecked Sendable {
         loop: while true {
             self.lock.lock(whenValue: 1)
             let closed = self.isClosed
+            // Checked with the lock held: ``passingUserUnderBound()`` takes it after the count came down, so it cannot
+            // slip between this check and the wait.
+            if !closed, PassedDescriptorCloser.isOverBound(self.passedBy) {
+                let starts = !self.waitsForUsersCloses
+                self.waitsForUsersCloses = true
+                self.lock.unlock(withValue: 0)
+                if starts {
+                    // At debug: each of the user's connections says so; the server's refusals of its new ones are
+                    // logged at notice, at a bounded rate.
+                    self.logger.debug(
+                        "the peer's user has \(PassedDescriptorCloser.maximumWaitingPerUser) or more closes of descriptors it passed waiting (a file system that does not answer?): this connection reads nothing until they come down",
+                        metadata: ["socketipc.closes_waiting": "\(PassedDescriptorCloser.waiting(by: self.passedBy))"]
+                    )
+                }
+                continue
+            }
+            self.waitsForUsersCloses = false
             self.lock.unlock(withValue: 1)
             if closed { break }
             var count: Int32 = 0
@@ -347,7 +383,7 @@ final class DescriptorRelay: @unchecked Sendable {
             memoryWaits = 0
             let group = Array(received[0..<Int(count)])
             if truncated != 0 {
-                Self.closeReceived(group)
+                self.closeReceived(group)
                 self.violate("the peer passed descriptors the kernel could not deliver whole (MSG_CTRUNC)")
                 violated = true
                 break
@@ -388,7 +424,7 @@ final class DescriptorRelay: @unchecked Sendable {
         self.lock.lock()
         if self.isClosed {
             self.lock.unlock(withValue: 1)
-            Self.closeReceived(group)
+            self.closeReceived(group)
             return nil
         }
         var problem: String?
@@ -434,7 +470,7 @@ final class DescriptorRelay: @unchecked Sendable {
             self.claimedCount = 0
         }
         self.lock.unlock(withValue: self.mayReceiveValue)
-        Self.closeReceived(dropped)
+        self.closeReceived(dropped)
         return problem
     }
 
@@ -522,6 +558,7 @@ final class DescriptorRelay: @unchecked Sendable {
         self.lock.lock()
         self.threadsRunning -= 1
         let last = self.threadsRunning == 0
+        if last { PassedDescriptorCloser.remove(self, of: self.passedBy) }
         var left: [Int32] = []
         var leftOutgoing: [Int32] = []
         if last {
@@ -541,7 +578,7 @@ final class DescriptorRelay: @unchecked Sendable {
             }
         }
         self.lock.unlock(withValue: 1)
-        Self.closeReceived(left)
+        self.closeReceived(left)
         Self.closeAll(leftOutgoing)
         if last {
             let waiters = self.finishWaiters.withLock { waiters in
@@ -599,9 +636,9 @@ final class DescriptorRelay: @unchecked Sendable {
         closeDescriptors(descriptors)
     }
 
-    /// Closes descriptors the peer passed (see ``closePassedDescriptors(_:)``).
-    static func closeReceived(_ descriptors: [Int32]) {
-        closePassedDescriptors(descriptors)
+    /// Closes descriptors the peer passed, charged to its user (see ``closePassedDescriptors(_:passedBy:)``).
+    func closeReceived(_ descriptors: [Int32]) {
+        closePassedDescriptors(descriptors, passedBy: self.passedBy)
     }
 }
 

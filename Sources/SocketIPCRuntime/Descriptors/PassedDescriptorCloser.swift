@@ -1,71 +1,119 @@
 #if os(Linux)
 import CSocketIPCLinux
+#endif
 import Synchronization
 
 /// Closes descriptors a peer passed whose last close may wait for something the peer controls
-/// (``csocketipc_close_may_wait``), on threads of its own, never on the calling thread (an event loop, most often).
+/// (``csocketipc_close_may_wait``), on threads of its own, never on the calling thread (an event loop, most often),
+/// charged to the user who passed them.
 ///
 /// - A passed Unix-domain socket may hold, in its receive queue, descriptors in flight that no one else holds: a TCP
 ///   socket with `SO_LINGER` on and a send queue its peer never drains, passed into it and closed by the sender. Their
 ///   last close happens with the socket's, in the thread that closes it, and waits out the linger time the peer chose
 ///   (found by a review: such a socket, passed to `serve`, stopped an event loop, and every connection on it, for as
 ///   long as the peer kept the TCP connection open). `SO_LINGER` can be turned off only on a socket one holds
-///   (``closePassedDescriptors(_:)``), not on one in flight.
+///   (``closePassedDescriptors(_:passedBy:)``), not on one in flight.
 /// - A file's close flushes it to its file system: a FUSE file system that the peer serves may never answer
 ///   (`FUSE_FLUSH`), and the close waits for good (found by a review: a file on such a mount, passed with a frame
 ///   that did not take it, froze an event loop, every connection on it and the server's shutdown). A device's close
 ///   may wait too (a terminal drains its output).
 ///
-/// A thread takes the descriptors queued one after another and ends when none is left; another starts when every
-/// thread is busy closing, up to ``maximumThreads``, so that one close that waits does not hold the others. Beyond
-/// that (a peer that keeps that many closes waiting for good), descriptors wait in the queue, open, until a thread is
-/// free: never closed on the caller's thread, where one close that never returns would stop an event loop and every
-/// connection on it. The queue holds only open descriptors, so the process's limit of descriptors bounds it; at that
-/// limit the server refuses new connections and backs off (`EMFILE`), and the connections it has go on.
+/// A thread takes the descriptors queued one after another and ends when none is left; another starts whenever a
+/// descriptor could be taken and every thread is in the middle of a close, up to ``maximumThreads``, so that one close
+/// that waits does not hold the others. Descriptors are never closed on the caller's thread, where one close that
+/// never returns would stop an event loop and every connection on it.
+///
+/// **Charged by user** (``PassedDescriptorCloseQueue``): a user (`SO_PEERCRED`'s uid) whose closes never return holds
+/// at most ``maximumThreadsPerUser`` of the threads, and its other descriptors wait open in its own queue. Once
+/// ``maximumWaitingPerUser`` of its closes wait, the relays of its connections read nothing more (the kernel pushes
+/// back on the peer) and the server refuses its new connections that would pass descriptors, until its closes come
+/// down again. Before, one user that kept 8 closes waiting for good held every closing thread, and its further
+/// descriptors queued without bound until the process ran out of descriptors and refused every user at `accept`.
 enum PassedDescriptorCloser {
-    /// The most closing threads at once: 8.
-    static let maximumThreads = 8
+    /// The user who passed a descriptor: the peer's uid, `nil` when its credentials are unknown.
+    typealias User = PassedDescriptorCloseQueue.User
+
+    /// The most closing threads at once: 32.
+    static let maximumThreads = 32
+    /// The most threads closing one user's descriptors at once: 2.
+    static let maximumThreadsPerUser = 2
+    /// The number of one user's closes waiting (queued or running) at which its connections stop reading descriptors
+    /// and its new ones are refused: 64, the least a relay holds in flight (``DescriptorRelay/inFlightLimit``).
+    static let maximumWaitingPerUser = 64
+
+    /// Each closing thread's stack: a close needs little.
+    private static let stackSize = 128 * 1024
 
     private struct State {
-        var queue: [Int32] = []
-        var threads = 0
-        var busy = 0
+        var queue = PassedDescriptorCloseQueue(
+            maximumThreads: PassedDescriptorCloser.maximumThreads,
+            maximumThreadsPerUser: PassedDescriptorCloser.maximumThreadsPerUser,
+            maximumWaitingPerUser: PassedDescriptorCloser.maximumWaitingPerUser
+        )
+        /// The relays of each user's connections, told when the user comes back under its bound.
+        var relays: [User: [ObjectIdentifier: DescriptorRelay]] = [:]
     }
 
     private static let state = Mutex(State())
 
-    /// Queues `descriptors` to be closed (with ``csocketipc_close_passed``), starting a thread if every one is busy.
-    /// Should no thread start (the process is at its limit of threads), they wait for the next call to start one.
-    static func close(_ descriptors: [Int32]) {
-        let startsThread = self.state.withLock { state -> Bool in
-            state.queue.append(contentsOf: descriptors)
-            let startsThread = state.busy == state.threads && state.threads < Self.maximumThreads
-            if startsThread { state.threads += 1 }
-            return startsThread
-        }
-        guard startsThread else { return }
-        do {
-            try DetachedThread.start(name: "sipc-close") { Self.run() }
-        } catch {
-            self.state.withLock { $0.threads -= 1 }
+    /// Queues `descriptors`, which `user` passed, to be closed (with ``csocketipc_close_passed``), starting threads
+    /// as needed. Should a thread not start (the process is at its limit of threads), the descriptors wait for the
+    /// next call to start one.
+    static func close(_ descriptors: [Int32], passedBy user: User) {
+        let starting = self.state.withLock { $0.queue.enqueue(descriptors, by: user) }
+        self.startThreads(starting)
+    }
+
+    /// Whether `user` has ``maximumWaitingPerUser`` or more closes waiting: its connections read no more descriptors,
+    /// and a server refuses its new connections that would pass them.
+    static func isOverBound(_ user: User) -> Bool {
+        self.state.withLock { $0.queue.isOverBound(user) }
+    }
+
+    /// How many closes of `user`'s descriptors wait, queued or running.
+    static func waiting(by user: User) -> Int {
+        self.state.withLock { $0.queue.waiting(by: user) }
+    }
+
+    /// How many closing threads run.
+    static var threads: Int { self.state.withLock { $0.queue.threads } }
+
+    /// Tells `relay`, a connection of `user`'s, whenever `user` comes back under its bound, until ``remove(_:)``.
+    static func add(_ relay: DescriptorRelay, of user: User) {
+        self.state.withLock { $0.relays[user, default: [:]][ObjectIdentifier(relay)] = relay }
+    }
+
+    /// Stops telling `relay`, a connection of `user`'s (its threads ended).
+    static func remove(_ relay: DescriptorRelay, of user: User) {
+        self.state.withLock { state in
+            state.relays[user]?[ObjectIdentifier(relay)] = nil
+            if state.relays[user]?.isEmpty == true { state.relays[user] = nil }
         }
     }
 
-    /// Closes queued descriptors until none is left.
+    private static func startThreads(_ count: Int) {
+        for _ in 0..<count {
+            do {
+                try DetachedThread.start(name: "sipc-close", stackSize: Self.stackSize) { Self.run() }
+            } catch {
+                self.state.withLock { $0.queue.threadNotStarted() }
+            }
+        }
+    }
+
+    /// Closes queued descriptors until none is left that this thread may take.
     private static func run() {
         while true {
-            let next = self.state.withLock { state -> Int32? in
-                guard !state.queue.isEmpty else {
-                    state.threads -= 1
-                    return nil
-                }
-                state.busy += 1
-                return state.queue.removeFirst()
+            guard let next = self.state.withLock({ $0.queue.next() }) else { return }
+            self.startThreads(next.threadsToStart)
+            #if os(Linux)
+            _ = csocketipc_close_passed(next.descriptor)
+            #endif
+            let relays = self.state.withLock { state -> [DescriptorRelay] in
+                guard state.queue.closed(by: next.user) else { return [] }
+                return state.relays[next.user].map { Array($0.values) } ?? []
             }
-            guard let descriptor = next else { return }
-            _ = csocketipc_close_passed(descriptor)
-            self.state.withLock { $0.busy -= 1 }
+            for relay in relays { relay.passingUserUnderBound() }
         }
     }
 }
-#endif

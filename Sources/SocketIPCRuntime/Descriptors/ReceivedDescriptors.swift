@@ -26,14 +26,17 @@ import Darwin
 /// ```
 public final class ReceivedDescriptors: Sendable {
     private let descriptors: Mutex<[Int32]>
+    /// The user who passed them (the peer's uid, `nil` when unknown), whose account their closes are charged to.
+    package let passedBy: UInt32?
 
-    /// Takes ownership of `descriptors`.
-    init(_ descriptors: [Int32]) {
+    /// Takes ownership of `descriptors`, which the user `passedBy` passed.
+    init(_ descriptors: [Int32], passedBy: UInt32?) {
         self.descriptors = Mutex(descriptors)
+        self.passedBy = passedBy
     }
 
     /// No descriptors.
-    static var none: ReceivedDescriptors { ReceivedDescriptors([]) }
+    static var none: ReceivedDescriptors { ReceivedDescriptors([], passedBy: nil) }
 
     /// How many descriptors are held and not yet taken.
     public var count: Int { self.descriptors.withLock { $0.filter { $0 >= 0 }.count } }
@@ -65,7 +68,7 @@ public final class ReceivedDescriptors: Sendable {
             defer { held = [] }
             return held
         }
-        closePassedDescriptors(held.filter { $0 >= 0 })
+        closePassedDescriptors(held.filter { $0 >= 0 }, passedBy: self.passedBy)
     }
 
     deinit {
@@ -88,8 +91,10 @@ package func closeDescriptors(_ descriptors: [Int32]) {
 /// Only shared memory, pipes and sockets other than Unix-domain ones are closed on the calling thread: their closes
 /// never wait. Anything else (a Unix-domain socket, whose queue may hold descriptors in flight; a file, whose close a
 /// FUSE file system served by the peer may hold for good; a device) is closed on a thread of
-/// ``PassedDescriptorCloser``'s. Nothing here asks a file system anything (``csocketipc_close_may_wait``).
-package func closePassedDescriptors(_ descriptors: [Int32]) {
+/// ``PassedDescriptorCloser``'s, charged to `user`, who passed them (the peer's uid, `nil` when unknown): a user
+/// whose closes never return holds only its own share of those threads. Nothing here asks a file system anything
+/// (``csocketipc_close_may_wait``).
+package func closePassedDescriptors(_ descriptors: [Int32], passedBy user: UInt32?) {
     #if os(Linux)
     var waiting: [Int32] = []
     for descriptor in descriptors {
@@ -99,7 +104,7 @@ package func closePassedDescriptors(_ descriptors: [Int32]) {
             _ = csocketipc_close_passed(descriptor)
         }
     }
-    if !waiting.isEmpty { PassedDescriptorCloser.close(waiting) }
+    if !waiting.isEmpty { PassedDescriptorCloser.close(waiting, passedBy: user) }
     #else
     closeDescriptors(descriptors)
     #endif

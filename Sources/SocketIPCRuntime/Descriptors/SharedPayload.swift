@@ -65,11 +65,11 @@ enum SharedPayload {
     #endif
 
     /// Maps the `length` bytes of the sealed shared memory `descriptor` read-only, and closes the descriptor (as one a
-    /// peer passed: it may be a lingering socket instead, see ``closePassedDescriptors(_:)``).
+    /// peer passed, charged to `user`: it may be a lingering socket instead, see ``closePassedDescriptors(_:passedBy:)``).
     /// - Throws: `SocketIPCError` with code `protocolViolation` when the descriptor is not sealed shared memory of
     ///   exactly `length` bytes, all of them backed by memory (not sparse); `systemCall` when it cannot be mapped.
-    static func map(_ descriptor: Int32, length: Int) throws -> MappedPayload {
-        defer { closePassedDescriptors([descriptor]) }
+    static func map(_ descriptor: Int32, length: Int, passedBy user: UInt32?) throws -> MappedPayload {
+        defer { closePassedDescriptors([descriptor], passedBy: user) }
         #if os(Linux)
         guard csocketipc_is_sealed(descriptor) == 1 else {
             throw SocketIPCError(

@@ -36,6 +36,14 @@ extension Server {
             metadata["socketipc.reason"] = "\(decision.reason)"
             self.refusalLogger.log(level: .notice, "refusing connection: authorization policy", metadata: metadata)
         }
+        // A user with too many closes of descriptors it passed waiting (a file system it serves that never answers a
+        // flush) passes no more until they come down: each is an open descriptor of this process's.
+        if decision.isAllowed, self.initializer.maximumDescriptorsPerMessage > 0,
+            PassedDescriptorCloser.isOverBound(peer?.userID)
+        {
+            self.refuseForWaitingCloses(descriptor, id: id, peer: peer)
+            return
+        }
         // The handshake time counts from now, also for a connection that first waits for a handshake slot.
         let handshakeDeadline = NIODeadline.now() + .init(self.configuration.handshakeTimeout)
         let action = self.state.withLock {
@@ -103,7 +111,12 @@ extension Server {
             do {
                 var relayLogger = self.logger
                 for (key, value) in Self.metadata(id, peer) { relayLogger[metadataKey: key] = value }
-                relay = try DescriptorRelay(socket: descriptor, maximumPerMessage: maximumDescriptors, logger: relayLogger)
+                relay = try DescriptorRelay(
+                    socket: descriptor,
+                    maximumPerMessage: maximumDescriptors,
+                    passedBy: peer?.userID,
+                    logger: relayLogger
+                )
             } catch {
                 self.logger.error("could not relay a connection that passes descriptors", metadata: ["error": "\(errorText(error))"])
                 self.connectionClosed(id)
@@ -242,6 +255,29 @@ extension Server {
             }
             .withConnectedSocket(descriptor)
             .whenFailure { _ in self.connectionClosed(id) }
+    }
+
+    /// Refuses, closing it at once, a connection that would pass descriptors from a user with
+    /// ``PassedDescriptorCloser/maximumWaitingPerUser`` or more closes of descriptors it passed waiting.
+    private func refuseForWaitingCloses(_ descriptor: Int32, id: UInt64, peer: PeerCredentials?) {
+        let waiting = PassedDescriptorCloser.waiting(by: peer?.userID)
+        self.metrics.refused.increment()
+        var metadata = Self.metadata(id, peer)
+        metadata["socketipc.closes_waiting"] = "\(waiting)"
+        self.refusalLogger.log(
+            level: .notice,
+            "refusing connection: closes of descriptors the peer's user passed are waiting",
+            metadata: metadata
+        )
+        close(descriptor)
+        self.reportRefusal(
+            of: peer,
+            SocketIPCError(
+                .resourceExhausted,
+                "refused the connection: \(waiting) closes of descriptors that the peer's user passed are waiting "
+                    + "(at most \(PassedDescriptorCloser.maximumWaitingPerUser); a file system that does not answer?)"
+            )
+        )
     }
 
     /// Calls ``ServerConfiguration/onConnectionRefused``, if set.

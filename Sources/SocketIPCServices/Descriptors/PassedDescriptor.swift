@@ -43,8 +43,11 @@ public final class PassedDescriptor: Codable, Sendable {
     /// The descriptor this value owns until it is taken; `nil` once taken.
     private let held: Mutex<Int32?>
     /// Whether the peer passed it (decoded), rather than this side (to send): only a passed one is closed with its
-    /// `SO_LINGER` turned off (``closePassedDescriptors(_:)``), since a sender's duplicate shares its owner's socket.
+    /// `SO_LINGER` turned off (``closePassedDescriptors(_:passedBy:)``), since a sender's duplicate shares its owner's
+    /// socket.
     private let isReceived: Bool
+    /// The user who passed a received one (the peer's uid, `nil` when unknown), whose account its close is charged to.
+    private let passedBy: UInt32?
 
     /// Duplicates `descriptor` (close-on-exec) to send it; the caller keeps its own.
     /// - Throws: `SocketIPCError` with code `systemCall` when it cannot be duplicated (`EBADF`: not open; `EMFILE`).
@@ -58,6 +61,7 @@ public final class PassedDescriptor: Codable, Sendable {
         }
         self.held = Mutex(copy)
         self.isReceived = false
+        self.passedBy = nil
     }
 
     /// The descriptor, to use without taking it: valid while this value lives and the descriptor is not taken;
@@ -73,7 +77,7 @@ public final class PassedDescriptor: Codable, Sendable {
 
     deinit {
         guard let raw = self.held.withLock({ $0.take() }) else { return }
-        if self.isReceived { closePassedDescriptors([raw]) } else { closeDescriptors([raw]) }
+        if self.isReceived { closePassedDescriptors([raw], passedBy: self.passedBy) } else { closeDescriptors([raw]) }
     }
 
     private enum CodingKeys: String, CodingKey {
@@ -110,7 +114,7 @@ public final class PassedDescriptor: Codable, Sendable {
     public init(from decoder: any Decoder) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)
         let index = try container.decode(Int.self, forKey: .descriptor)
-        guard let raw = DescriptorCoding.incoming?.take(at: index) else {
+        guard let incoming = DescriptorCoding.incoming, let raw = incoming.take(at: index) else {
             throw DecodingError.dataCorruptedError(
                 forKey: .descriptor,
                 in: container,
@@ -119,5 +123,6 @@ public final class PassedDescriptor: Codable, Sendable {
         }
         self.held = Mutex(raw)
         self.isReceived = true
+        self.passedBy = incoming.passedBy
     }
 }

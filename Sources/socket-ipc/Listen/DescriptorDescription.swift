@@ -81,7 +81,7 @@ struct DescriptorDescription {
     /// `SO_LINGER` off first, so that a lingering socket does not block the event loop).
     static func describingAndClosing(_ descriptors: ReceivedDescriptors) -> [DescriptorDescription] {
         let taken = descriptors.take().map(\.rawValue)
-        defer { closePassedDescriptors(taken) }
+        defer { closePassedDescriptors(taken, passedBy: descriptors.passedBy) }
         return taken.map(DescriptorDescription.init)
     }
 }

@@ -45,7 +45,7 @@ final class HangingFUSEMount: @unchecked Sendable {
         var ends: [Int32] = [-1, -1]
         guard pipe(&ends) == 0 else { throw RawSocketError.failed("pipe", errno) }
         self.wake = (ends[0], ends[1])
-        let options = "fd=\(self.device),rootmode=40000,user_id=0,group_id=0"
+        let options = "fd=\(self.device),rootmode=40000,user_id=0,group_id=0,allow_other"
         guard mount("sipc-test", self.directory, "fuse", UInt(MS_NOSUID | MS_NODEV), options) == 0 else {
             let code = errno
             close(self.device)

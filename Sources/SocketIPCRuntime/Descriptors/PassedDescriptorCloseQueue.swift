@@ -1,0 +1,107 @@
+/// The bookkeeping of ``PassedDescriptorCloser``, without I/O: which descriptors wait to be closed, charged to the
+/// user who passed them, which one a closing thread takes next, and how many threads to start.
+///
+/// A close that waits for good (a file on a FUSE file system its peer serves and never answers) holds its thread.
+/// Charged by user, such closes hold only that user's share:
+/// - at most ``maximumThreadsPerUser`` threads close one user's descriptors at once; the user's others wait in its
+///   own queue, and the other users' closes go on on other threads (users take turns);
+/// - a user with ``maximumWaitingPerUser`` or more closes waiting (queued or running) is over its bound: its
+///   connections read no more descriptors and it is refused new ones that pass them (``isOverBound(_:)``), so that
+///   its waiting closes, each an open descriptor, cannot run the process out of descriptors;
+/// - at most ``maximumThreads`` threads in all.
+///
+/// A user is the peer's user id as the kernel reported it (`SO_PEERCRED`), or `nil` for peers whose credentials are
+/// unknown, who share one count (as ``ConnectionAdmissions`` counts them).
+struct PassedDescriptorCloseQueue {
+    typealias User = UInt32?
+
+    /// The most closing threads at once.
+    let maximumThreads: Int
+    /// The most threads closing one user's descriptors at once.
+    let maximumThreadsPerUser: Int
+    /// The number of one user's waiting closes at which it is over its bound.
+    let maximumWaitingPerUser: Int
+
+    private struct UserCloses {
+        var queue: [Int32] = []
+        var closing = 0
+        var waiting: Int { self.queue.count + self.closing }
+    }
+
+    private var users: [User: UserCloses] = [:]
+    /// The users with queued descriptors, in the order of their turns.
+    private var turns: [User] = []
+    /// The closing threads running (started, or about to be).
+    private(set) var threads = 0
+    /// The threads in the middle of a close.
+    private(set) var busy = 0
+
+    init(maximumThreads: Int, maximumThreadsPerUser: Int, maximumWaitingPerUser: Int) {
+        self.maximumThreads = maximumThreads
+        self.maximumThreadsPerUser = maximumThreadsPerUser
+        self.maximumWaitingPerUser = maximumWaitingPerUser
+    }
+
+    /// How many closes of `user`'s descriptors wait: queued, or running on a thread.
+    func waiting(by user: User) -> Int { self.users[user]?.waiting ?? 0 }
+
+    /// Whether `user` has ``maximumWaitingPerUser`` or more closes waiting.
+    func isOverBound(_ user: User) -> Bool { self.waiting(by: user) >= self.maximumWaitingPerUser }
+
+    /// Queues `descriptors`, which `user` passed, to be closed.
+    /// - Returns: How many threads the caller must start (counted as running already; see ``threadNotStarted()``).
+    mutating func enqueue(_ descriptors: [Int32], by user: User) -> Int {
+        guard !descriptors.isEmpty else { return 0 }
+        if self.users[user]?.queue.isEmpty ?? true { self.turns.append(user) }
+        self.users[user, default: UserCloses()].queue += descriptors
+        return self.threadsToStart()
+    }
+
+    /// The next descriptor for a closing thread to close: the first of the first user in turn with fewer than
+    /// ``maximumThreadsPerUser`` closes running, who then goes to the end of the turns.
+    /// - Returns: The descriptor and its user, and how many more threads the caller must start (so that a descriptor
+    ///   that may be taken never waits behind this close); `nil` when there is none to take: the thread ends, and is
+    ///   counted off.
+    mutating func next() -> (descriptor: Int32, user: User, threadsToStart: Int)? {
+        guard let turn = self.turns.firstIndex(where: { self.users[$0]!.closing < self.maximumThreadsPerUser }) else {
+            self.threads -= 1
+            return nil
+        }
+        let user = self.turns.remove(at: turn)
+        let descriptor = self.users[user]!.queue.removeFirst()
+        self.users[user]!.closing += 1
+        if !self.users[user]!.queue.isEmpty { self.turns.append(user) }
+        self.busy += 1
+        return (descriptor, user, self.threadsToStart())
+    }
+
+    /// A close of `user`'s descriptor ended.
+    /// - Returns: Whether this brought the user under its bound (see ``isOverBound(_:)``).
+    mutating func closed(by user: User) -> Bool {
+        self.busy -= 1
+        let wasOver = self.isOverBound(user)
+        self.users[user]!.closing -= 1
+        if self.users[user]!.waiting == 0 { self.users[user] = nil }
+        return wasOver && !self.isOverBound(user)
+    }
+
+    /// A thread that ``enqueue(_:by:)`` or ``next()`` asked for could not be started (the process is at its limit
+    /// of threads): the next call asks again.
+    mutating func threadNotStarted() {
+        self.threads -= 1
+    }
+
+    /// Counts as running, and returns, the threads to start so that every descriptor that may be taken now has a
+    /// thread that is not in the middle of a close, within ``maximumThreads``.
+    private mutating func threadsToStart() -> Int {
+        var takeable = 0
+        for user in self.turns {
+            let closes = self.users[user]!
+            takeable += min(closes.queue.count, max(self.maximumThreadsPerUser - closes.closing, 0))
+        }
+        let free = self.threads - self.busy
+        let starting = max(min(takeable - free, self.maximumThreads - self.threads), 0)
+        self.threads += starting
+        return starting
+    }
+}

@@ -1,0 +1,86 @@
+@testable import SocketIPCRuntime
+import Testing
+
+/// The closing threads' bookkeeping, charged by user (``PassedDescriptorCloseQueue``): a user whose closes never return
+/// holds at most its share of the threads, the other users' closes still get threads, and a user with too many closes
+/// waiting is over its bound until they come down.
+@Suite("Closes of passed descriptors, charged by user")
+struct PassedDescriptorCloseQueueTests {
+    private func makeQueue() -> PassedDescriptorCloseQueue {
+        PassedDescriptorCloseQueue(maximumThreads: 6, maximumThreadsPerUser: 2, maximumWaitingPerUser: 4)
+    }
+
+    @Test("a user whose closes never end holds at most its share of the threads, and another user's close gets one")
+    func perUserThreads() {
+        var queue = self.makeQueue()
+        // User 1 passes 5 descriptors: two threads, one for each it may close at once.
+        #expect(queue.enqueue([10, 11, 12, 13, 14], by: 1) == 2)
+        let first = queue.next()
+        let second = queue.next()
+        #expect(first?.descriptor == 10 && first?.user == 1 && first?.threadsToStart == 0)
+        #expect(second?.descriptor == 11 && second?.user == 1 && second?.threadsToStart == 0)
+        // Both closes hang: user 1's others wait in its queue, and no third thread is asked for them.
+        #expect(queue.threads == 2 && queue.busy == 2)
+        #expect(queue.waiting(by: 1) == 5 && queue.isOverBound(1))
+        // User 2's descriptor gets a thread of its own.
+        #expect(queue.enqueue([20], by: 2) == 1)
+        let third = queue.next()
+        #expect(third?.descriptor == 20 && third?.user == 2)
+        #expect(queue.closed(by: 2) == false)
+        #expect(queue.waiting(by: 2) == 0 && !queue.isOverBound(2))
+        // Nothing left that the thread may take: it ends.
+        #expect(queue.next() == nil)
+        #expect(queue.threads == 2)
+    }
+
+    @Test("users take turns on a thread, and a close that ends brings its user under its bound once")
+    func turnsAndBound() {
+        var queue = PassedDescriptorCloseQueue(maximumThreads: 1, maximumThreadsPerUser: 1, maximumWaitingPerUser: 2)
+        #expect(queue.enqueue([10, 11], by: 1) == 1)
+        #expect(queue.enqueue([20, 21], by: nil) == 0)
+        #expect(queue.isOverBound(1) && queue.isOverBound(nil))
+        var order: [Int32] = []
+        var cameUnder: [Bool] = []
+        while let next = queue.next() {
+            order.append(next.descriptor)
+            cameUnder.append(queue.closed(by: next.user))
+        }
+        #expect(order == [10, 20, 11, 21])
+        #expect(cameUnder == [true, true, false, false])
+        #expect(queue.threads == 0 && queue.busy == 0)
+        #expect(queue.waiting(by: 1) == 0 && queue.waiting(by: nil) == 0)
+    }
+
+    @Test("a thread that takes a close asks for the thread that could not be started before, so no descriptor waits behind it")
+    func noDescriptorWaitsBehindAClose() {
+        var queue = self.makeQueue()
+        #expect(queue.enqueue([10], by: 1) == 1)
+        #expect(queue.enqueue([20], by: 2) == 1)
+        // The second thread could not be started (the process was at its limit of threads).
+        queue.threadNotStarted()
+        // The one thread takes user 1's, whose close may never end: user 2's needs a thread of its own.
+        let first = queue.next()
+        #expect(first?.descriptor == 10 && first?.threadsToStart == 1)
+        #expect(queue.threads == 2)
+        #expect(queue.next()?.descriptor == 20)
+    }
+
+    @Test("never more threads than the maximum, and a thread that could not start is asked for again")
+    func threadLimit() {
+        var queue = self.makeQueue()
+        var asked = 0
+        for user in UInt32(1)...UInt32(4) { asked += queue.enqueue([Int32(user) * 10, Int32(user) * 10 + 1], by: user) }
+        #expect(asked == 6 && queue.threads == 6)
+        queue.threadNotStarted()
+        #expect(queue.threads == 5)
+        #expect(queue.enqueue([50], by: 5) == 1)
+        #expect(queue.threads == 6)
+    }
+
+    @Test("no descriptors, no thread")
+    func empty() {
+        var queue = self.makeQueue()
+        #expect(queue.enqueue([], by: 1) == 0)
+        #expect(queue.threads == 0 && queue.waiting(by: 1) == 0)
+    }
+}

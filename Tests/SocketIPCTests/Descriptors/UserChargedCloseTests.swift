@@ -1,0 +1,159 @@
+// Linux only: FUSE, setpriv and SO_PEERCRED.
+#if os(Linux)
+import Foundation
+import NIOCore
+@testable import SocketIPCRuntime
+import SocketIPC
+import SocketIPCTesting
+import SocketIPCTestSupport
+import Synchronization
+import SystemPackage
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// The Python that runs the hostile peer (3.9 or later, for `socket.send_fds`).
+private let hostilePeerPython = "/usr/bin/python3"
+
+/// A user whose passed descriptors' closes never return (files on a FUSE file system it serves, which never answers
+/// their flushes) is charged for them: it holds at most two of the closing threads, its connections read no more
+/// descriptors once 64 of its closes wait, and its new connections are refused, while another user's closes, requests
+/// and connections go on. Before, such a user held every closing thread (8), so that no other user's passed socket or
+/// file was ever closed, and its further descriptors queued open until the server ran out of descriptors and refused
+/// every user at `accept` (the top item left by a hostile review).
+@Suite(
+    "Closes of passed descriptors charged to their user",
+    .timeLimit(.minutes(3)),
+    .limitedConcurrency,
+    .enabled(
+        if: HangingFUSEMount.isAvailable && OtherUser.canRunProcesses
+            && FileManager.default.isExecutableFile(atPath: hostilePeerPython),
+        "needs root, /dev/fuse, setpriv and python3"
+    )
+)
+struct UserChargedCloseTests {
+    /// The hostile peer, run as ``OtherUser``: passes the FUSE file `rounds` × 4 times (4 with each one-way message),
+    /// says `sent`, then connects again until the server refuses it (closes before its hello) and says `refused`, then
+    /// waits to be killed. Its own closes are answered: the file system holds only the test process's flushes.
+    static let hostileScript = """
+        import os, socket, sys, time
+        path, fuse, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+        hello = b"SIPC\\x01\\x07\\x00\\x00"
+        def connect():
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(30)
+            s.connect(path)
+            s.sendall(hello)
+            got = b""
+            try:
+                while len(got) < 8:
+                    chunk = s.recv(8 - len(got))
+                    if not chunk:
+                        break
+                    got += chunk
+            except (ConnectionResetError, socket.timeout):
+                pass
+            return s, len(got) == 8
+        s, greeted = connect()
+        if not greeted:
+            print("no hello", flush=True)
+            sys.exit(1)
+        fd = os.open(fuse, os.O_RDONLY)
+        for _ in range(rounds):
+            socket.send_fds(s, [bytes([0, 0, 0, 2, 0x0D, 4])], [fd] * 4)
+            s.sendall(bytes([0, 0, 0, 2, 0x01]) + b"x")
+        print("sent", flush=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            t, greeted = connect()
+            t.close()
+            if not greeted:
+                print("refused", flush=True)
+                break
+            time.sleep(0.02)
+        while True:
+            time.sleep(60)
+        """
+
+    @Test("a user whose closes never return is refused and stops being read; another user's passed socket is closed and its requests served")
+    func hangingClosesAreCharged() async throws {
+        let mount = try HangingFUSEMount()
+        let outcome: Result<Void, any Error>
+        do {
+            try await self.attack(mount)
+            outcome = .success(())
+        } catch {
+            outcome = .failure(error)
+        }
+        // The file system answers from here on: the hostile user's closes end, and its account with them.
+        mount.stop()
+        let deadline = ContinuousClock.now + .seconds(30)
+        while PassedDescriptorCloser.waiting(by: OtherUser.uid) > 0, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        #expect(PassedDescriptorCloser.waiting(by: OtherUser.uid) == 0)
+        try outcome.get()
+    }
+
+    private func attack(_ mount: HangingFUSEMount) async throws {
+        let hostile = OtherUser.uid
+        let refusals = Mutex<[(UInt32?, SocketIPCError)]>([])
+        var options = ConnectionOptions()
+        options.maximumDescriptorsPerMessage = 4
+        try await withFramedTestServer(
+            configure: {
+                $0.connection = options
+                $0.mode = 0o666
+                $0.authorization = .sameUser || .users([hostile])
+                $0.onConnectionRefused = { peer, error in refusals.withLock { $0.append((peer?.userID, error)) } }
+            },
+            makeHandler: { EchoHandler() }
+        ) { _, path in
+            chmod((path as NSString).deletingLastPathComponent, 0o755)
+            let process = try SpawnedProcess(
+                executable: OtherUser.setpriv!,
+                arguments: OtherUser.command([hostilePeerPython, "-c", Self.hostileScript, path, mount.file, "40"]),
+                timeLimit: .seconds(120)
+            )
+            // Killed and reaped when done: its exit's close of the file is answered (another process's flush).
+            try await withProcess(process) { process in
+                #expect(await process.standardOutput.waitForLine(containing: "sent") != nil)
+                // The server refuses the hostile user's new connections once 64 of its closes wait.
+                let refused = await process.standardOutput.waitForLine(containing: "refused")
+                let errors = refused == nil ? await process.standardError.remainingLines() : []
+                #expect(refused != nil, "stderr: \(errors)")
+                #expect(
+                    refusals.withLock { $0.contains { $0.0 == hostile && $0.1.code == .resourceExhausted } },
+                    "\(refusals.withLock { $0.map { "\($0.0.map(String.init) ?? "?"): \($0.1)" } })"
+                )
+                let waiting = PassedDescriptorCloser.waiting(by: hostile)
+                #expect(waiting >= PassedDescriptorCloser.maximumWaitingPerUser)
+                // Its connection read no more: what it passed is bounded by the bound plus what one connection holds
+                // in flight (the relay's 64, a read's 4) and the handler's message, not the 160 it passed.
+                #expect(waiting <= PassedDescriptorCloser.maximumWaitingPerUser + 64 + 8, "\(waiting) closes wait")
+
+                // This process's user passes one end of a socket pair: the server closes it on a thread the hostile
+                // user cannot hold, so the other end reads end of stream. Its requests are served meanwhile.
+                var client = ClientConfiguration()
+                client.connection = options
+                var pair: [Int32] = [-1, -1]
+                #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0)
+                let ours = RawSocket(descriptor: pair[0])
+                defer { ours.close() }
+                let reply = try await Client.withConnection(to: path, configuration: client) { connection in
+                    try await connection.request(ByteBuffer(string: "mine"), descriptors: [FileDescriptor(rawValue: pair[1])])
+                }
+                close(pair[1])
+                #expect(String(buffer: reply.payload) == "mine")
+                var limit = timeval(tv_sec: 30, tv_usec: 0)
+                setsockopt(pair[0], SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+                #expect(try await ours.readUntilClosed().isEmpty)
+            }
+        }
+    }
+}
+#endif
