@@ -6,8 +6,11 @@
 /// - at most ``maximumThreadsPerUser`` threads close one user's descriptors at once; the user's others wait in its
 ///   own queue, and the other users' closes go on on other threads (users take turns);
 /// - a user with ``maximumWaitingPerUser`` or more closes waiting (queued or running) is over its bound: its
-///   connections read no more descriptors and it is refused new ones that pass them (``isOverBound(_:)``), so that
-///   its waiting closes, each an open descriptor, cannot run the process out of descriptors;
+///   connections read no more descriptors (``isOverBound(_:)``), so that its waiting closes, each an open
+///   descriptor, cannot run the process out of descriptors; and once none of its closes has ended for
+///   ``stallTime`` while it is over its bound, it is *stalled* and refused new connections that would pass
+///   descriptors (``isStalled(_:now:)``). A burst of an honest user's descriptors (253 files with one message) is
+///   over the bound only while its closes drain, and is not refused;
 /// - at most ``maximumThreads`` threads in all.
 ///
 /// A user is the peer's user id as the kernel reported it (`SO_PEERCRED`), or `nil` for peers whose credentials are
@@ -21,10 +24,14 @@ struct PassedDescriptorCloseQueue {
     let maximumThreadsPerUser: Int
     /// The number of one user's waiting closes at which it is over its bound.
     let maximumWaitingPerUser: Int
+    /// How long a user over its bound must go without a close ending to be stalled.
+    let stallTime: Duration
 
     private struct UserCloses {
         var queue: [Int32] = []
         var closing = 0
+        /// When a close of the user's last ended, or its first waiting one was queued.
+        var progress: ContinuousClock.Instant
         var waiting: Int { self.queue.count + self.closing }
     }
 
@@ -36,10 +43,11 @@ struct PassedDescriptorCloseQueue {
     /// The threads in the middle of a close.
     private(set) var busy = 0
 
-    init(maximumThreads: Int, maximumThreadsPerUser: Int, maximumWaitingPerUser: Int) {
+    init(maximumThreads: Int, maximumThreadsPerUser: Int, maximumWaitingPerUser: Int, stallTime: Duration) {
         self.maximumThreads = maximumThreads
         self.maximumThreadsPerUser = maximumThreadsPerUser
         self.maximumWaitingPerUser = maximumWaitingPerUser
+        self.stallTime = stallTime
     }
 
     /// How many closes of `user`'s descriptors wait: queued, or running on a thread.
@@ -48,12 +56,18 @@ struct PassedDescriptorCloseQueue {
     /// Whether `user` has ``maximumWaitingPerUser`` or more closes waiting.
     func isOverBound(_ user: User) -> Bool { self.waiting(by: user) >= self.maximumWaitingPerUser }
 
-    /// Queues `descriptors`, which `user` passed, to be closed.
+    /// Whether `user` is over its bound and none of its closes has ended for ``stallTime`` by `now`.
+    func isStalled(_ user: User, now: ContinuousClock.Instant) -> Bool {
+        guard let closes = self.users[user], closes.waiting >= self.maximumWaitingPerUser else { return false }
+        return closes.progress + self.stallTime <= now
+    }
+
+    /// Queues `descriptors`, which `user` passed, to be closed, at `now`.
     /// - Returns: How many threads the caller must start (counted as running already; see ``threadNotStarted()``).
-    mutating func enqueue(_ descriptors: [Int32], by user: User) -> Int {
+    mutating func enqueue(_ descriptors: [Int32], by user: User, now: ContinuousClock.Instant) -> Int {
         guard !descriptors.isEmpty else { return 0 }
         if self.users[user]?.queue.isEmpty ?? true { self.turns.append(user) }
-        self.users[user, default: UserCloses()].queue += descriptors
+        self.users[user, default: UserCloses(progress: now)].queue += descriptors
         return self.threadsToStart()
     }
 
@@ -75,12 +89,13 @@ struct PassedDescriptorCloseQueue {
         return (descriptor, user, self.threadsToStart())
     }
 
-    /// A close of `user`'s descriptor ended.
+    /// A close of `user`'s descriptor ended, at `now`.
     /// - Returns: Whether this brought the user under its bound (see ``isOverBound(_:)``).
-    mutating func closed(by user: User) -> Bool {
+    mutating func closed(by user: User, now: ContinuousClock.Instant) -> Bool {
         self.busy -= 1
         let wasOver = self.isOverBound(user)
         self.users[user]!.closing -= 1
+        self.users[user]!.progress = now
         if self.users[user]!.waiting == 0 { self.users[user] = nil }
         return wasOver && !self.isOverBound(user)
     }

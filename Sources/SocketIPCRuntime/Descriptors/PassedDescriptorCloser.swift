@@ -26,8 +26,8 @@ import Synchronization
 /// **Charged by user** (``PassedDescriptorCloseQueue``): a user (`SO_PEERCRED`'s uid) whose closes never return holds
 /// at most ``maximumThreadsPerUser`` of the threads, and its other descriptors wait open in its own queue. Once
 /// ``maximumWaitingPerUser`` of its closes wait, the relays of its connections read nothing more (the kernel pushes
-/// back on the peer) and the server refuses its new connections that would pass descriptors, until its closes come
-/// down again. Before, one user that kept 8 closes waiting for good held every closing thread, and its further
+/// back on the peer) until they come down again; and once none of them has ended for ``stallTime`` meanwhile, the
+/// server refuses its new connections that would pass descriptors. Before, one user that kept 8 closes waiting for good held every closing thread, and its further
 /// descriptors queued without bound until the process ran out of descriptors and refused every user at `accept`.
 enum PassedDescriptorCloser {
     /// The user who passed a descriptor: the peer's uid, `nil` when its credentials are unknown.
@@ -40,6 +40,9 @@ enum PassedDescriptorCloser {
     /// The number of one user's closes waiting (queued or running) at which its connections stop reading descriptors
     /// and its new ones are refused: 64, the least a relay holds in flight (``DescriptorRelay/inFlightLimit``).
     static let maximumWaitingPerUser = 64
+    /// How long a user over its bound must go without a close ending before the server refuses its new connections
+    /// that would pass descriptors: 1 second. Closes that never end are what it catches, not a burst that drains.
+    static let stallTime: Duration = .seconds(1)
 
     /// Each closing thread's stack: a close needs little.
     private static let stackSize = 128 * 1024
@@ -48,7 +51,8 @@ enum PassedDescriptorCloser {
         var queue = PassedDescriptorCloseQueue(
             maximumThreads: PassedDescriptorCloser.maximumThreads,
             maximumThreadsPerUser: PassedDescriptorCloser.maximumThreadsPerUser,
-            maximumWaitingPerUser: PassedDescriptorCloser.maximumWaitingPerUser
+            maximumWaitingPerUser: PassedDescriptorCloser.maximumWaitingPerUser,
+            stallTime: PassedDescriptorCloser.stallTime
         )
         /// The relays of each user's connections, told when the user comes back under its bound.
         var relays: [User: [ObjectIdentifier: DescriptorRelay]] = [:]
@@ -60,14 +64,21 @@ enum PassedDescriptorCloser {
     /// as needed. Should a thread not start (the process is at its limit of threads), the descriptors wait for the
     /// next call to start one.
     static func close(_ descriptors: [Int32], passedBy user: User) {
-        let starting = self.state.withLock { $0.queue.enqueue(descriptors, by: user) }
+        let now = ContinuousClock.now
+        let starting = self.state.withLock { $0.queue.enqueue(descriptors, by: user, now: now) }
         self.startThreads(starting)
     }
 
-    /// Whether `user` has ``maximumWaitingPerUser`` or more closes waiting: its connections read no more descriptors,
-    /// and a server refuses its new connections that would pass them.
+    /// Whether `user` has ``maximumWaitingPerUser`` or more closes waiting: its connections read no more descriptors.
     static func isOverBound(_ user: User) -> Bool {
         self.state.withLock { $0.queue.isOverBound(user) }
+    }
+
+    /// Whether `user` is over its bound and none of its closes has ended for ``stallTime``: a server refuses its new
+    /// connections that would pass descriptors.
+    static func isStalled(_ user: User) -> Bool {
+        let now = ContinuousClock.now
+        return self.state.withLock { $0.queue.isStalled(user, now: now) }
     }
 
     /// How many closes of `user`'s descriptors wait, queued or running.
@@ -109,8 +120,9 @@ enum PassedDescriptorCloser {
             #if os(Linux)
             _ = csocketipc_close_passed(next.descriptor)
             #endif
+            let now = ContinuousClock.now
             let relays = self.state.withLock { state -> [DescriptorRelay] in
-                guard state.queue.closed(by: next.user) else { return [] }
+                guard state.queue.closed(by: next.user, now: now) else { return [] }
                 return state.relays[next.user].map { Array($0.values) } ?? []
             }
             for relay in relays { relay.passingUserUnderBound() }

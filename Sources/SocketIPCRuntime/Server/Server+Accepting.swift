@@ -36,10 +36,11 @@ extension Server {
             metadata["socketipc.reason"] = "\(decision.reason)"
             self.refusalLogger.log(level: .notice, "refusing connection: authorization policy", metadata: metadata)
         }
-        // A user with too many closes of descriptors it passed waiting (a file system it serves that never answers a
-        // flush) passes no more until they come down: each is an open descriptor of this process's.
+        // A user with too many closes of descriptors it passed waiting, none of which ends (a file system it serves
+        // that never answers a flush), passes no more until they come down: each is an open descriptor of this
+        // process's.
         if decision.isAllowed, self.initializer.maximumDescriptorsPerMessage > 0,
-            PassedDescriptorCloser.isOverBound(peer?.userID)
+            PassedDescriptorCloser.isStalled(peer?.userID)
         {
             self.refuseForWaitingCloses(descriptor, id: id, peer: peer)
             return
@@ -258,7 +259,8 @@ extension Server {
     }
 
     /// Refuses, closing it at once, a connection that would pass descriptors from a user with
-    /// ``PassedDescriptorCloser/maximumWaitingPerUser`` or more closes of descriptors it passed waiting.
+    /// ``PassedDescriptorCloser/maximumWaitingPerUser`` or more closes of descriptors it passed waiting, none of which
+    /// ended for ``PassedDescriptorCloser/stallTime``.
     private func refuseForWaitingCloses(_ descriptor: Int32, id: UInt64, peer: PeerCredentials?) {
         let waiting = PassedDescriptorCloser.waiting(by: peer?.userID)
         self.metrics.refused.increment()
@@ -274,8 +276,9 @@ extension Server {
             of: peer,
             SocketIPCError(
                 .resourceExhausted,
-                "refused the connection: \(waiting) closes of descriptors that the peer's user passed are waiting "
-                    + "(at most \(PassedDescriptorCloser.maximumWaitingPerUser); a file system that does not answer?)"
+                "refused the connection: \(waiting) closes of descriptors that the peer's user passed are waiting, "
+                    + "and none ended for \(PassedDescriptorCloser.stallTime) (at most "
+                    + "\(PassedDescriptorCloser.maximumWaitingPerUser) may wait; a file system that does not answer?)"
             )
         )
     }

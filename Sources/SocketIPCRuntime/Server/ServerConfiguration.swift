@@ -99,8 +99,9 @@ public struct ServerConfiguration: Sendable {
     /// tell them) and why: `SocketIPCError.Code.unauthorized` when ``authorization`` refused the peer,
     /// `SocketIPCError.Code.resourceExhausted` when a connection limit (``maximumConnections``,
     /// ``maximumConnectionsPerUser``) was reached (a peer both refuse is reported as `unauthorized`), and also when
-    /// the server passes descriptors and 64 or more closes of descriptors that the peer's user passed are waiting (a
-    /// file system it serves that does not answer a flush; see SECURITY.md); the error's message says which and why. Not called for connections closed because the server is shutting down, nor for
+    /// the server passes descriptors and 64 or more closes of descriptors that the peer's user passed are waiting,
+    /// none of which ended for a second (a file system it serves that does not answer a flush; see SECURITY.md); the
+    /// error's message says which and why. Not called for connections closed because the server is shutting down, nor for
     /// one that waited for a handshake slot (``maximumPendingHandshakesPerUser``) until its handshake time ran out.
     /// `nil`, the default, calls nothing; refusals are logged at `notice` with the peer's uid and pid (at most 10
     /// lines a second) and counted in the metrics either way.

@@ -6,15 +6,23 @@ import Testing
 /// waiting is over its bound until they come down.
 @Suite("Closes of passed descriptors, charged by user")
 struct PassedDescriptorCloseQueueTests {
+    /// The time the tests' closes are queued and end at, unless they say otherwise.
+    private let start = ContinuousClock.now
+
     private func makeQueue() -> PassedDescriptorCloseQueue {
-        PassedDescriptorCloseQueue(maximumThreads: 6, maximumThreadsPerUser: 2, maximumWaitingPerUser: 4)
+        PassedDescriptorCloseQueue(
+            maximumThreads: 6,
+            maximumThreadsPerUser: 2,
+            maximumWaitingPerUser: 4,
+            stallTime: .seconds(1)
+        )
     }
 
     @Test("a user whose closes never end holds at most its share of the threads, and another user's close gets one")
     func perUserThreads() {
         var queue = self.makeQueue()
         // User 1 passes 5 descriptors: two threads, one for each it may close at once.
-        #expect(queue.enqueue([10, 11, 12, 13, 14], by: 1) == 2)
+        #expect(queue.enqueue([10, 11, 12, 13, 14], by: 1, now: self.start) == 2)
         let first = queue.next()
         let second = queue.next()
         #expect(first?.descriptor == 10 && first?.user == 1 && first?.threadsToStart == 0)
@@ -23,10 +31,10 @@ struct PassedDescriptorCloseQueueTests {
         #expect(queue.threads == 2 && queue.busy == 2)
         #expect(queue.waiting(by: 1) == 5 && queue.isOverBound(1))
         // User 2's descriptor gets a thread of its own.
-        #expect(queue.enqueue([20], by: 2) == 1)
+        #expect(queue.enqueue([20], by: 2, now: self.start) == 1)
         let third = queue.next()
         #expect(third?.descriptor == 20 && third?.user == 2)
-        #expect(queue.closed(by: 2) == false)
+        #expect(queue.closed(by: 2, now: self.start) == false)
         #expect(queue.waiting(by: 2) == 0 && !queue.isOverBound(2))
         // Nothing left that the thread may take: it ends.
         #expect(queue.next() == nil)
@@ -35,15 +43,20 @@ struct PassedDescriptorCloseQueueTests {
 
     @Test("users take turns on a thread, and a close that ends brings its user under its bound once")
     func turnsAndBound() {
-        var queue = PassedDescriptorCloseQueue(maximumThreads: 1, maximumThreadsPerUser: 1, maximumWaitingPerUser: 2)
-        #expect(queue.enqueue([10, 11], by: 1) == 1)
-        #expect(queue.enqueue([20, 21], by: nil) == 0)
+        var queue = PassedDescriptorCloseQueue(
+            maximumThreads: 1,
+            maximumThreadsPerUser: 1,
+            maximumWaitingPerUser: 2,
+            stallTime: .seconds(1)
+        )
+        #expect(queue.enqueue([10, 11], by: 1, now: self.start) == 1)
+        #expect(queue.enqueue([20, 21], by: nil, now: self.start) == 0)
         #expect(queue.isOverBound(1) && queue.isOverBound(nil))
         var order: [Int32] = []
         var cameUnder: [Bool] = []
         while let next = queue.next() {
             order.append(next.descriptor)
-            cameUnder.append(queue.closed(by: next.user))
+            cameUnder.append(queue.closed(by: next.user, now: self.start))
         }
         #expect(order == [10, 20, 11, 21])
         #expect(cameUnder == [true, true, false, false])
@@ -54,8 +67,8 @@ struct PassedDescriptorCloseQueueTests {
     @Test("a thread that takes a close asks for the thread that could not be started before, so no descriptor waits behind it")
     func noDescriptorWaitsBehindAClose() {
         var queue = self.makeQueue()
-        #expect(queue.enqueue([10], by: 1) == 1)
-        #expect(queue.enqueue([20], by: 2) == 1)
+        #expect(queue.enqueue([10], by: 1, now: self.start) == 1)
+        #expect(queue.enqueue([20], by: 2, now: self.start) == 1)
         // The second thread could not be started (the process was at its limit of threads).
         queue.threadNotStarted()
         // The one thread takes user 1's, whose close may never end: user 2's needs a thread of its own.
@@ -69,18 +82,36 @@ struct PassedDescriptorCloseQueueTests {
     func threadLimit() {
         var queue = self.makeQueue()
         var asked = 0
-        for user in UInt32(1)...UInt32(4) { asked += queue.enqueue([Int32(user) * 10, Int32(user) * 10 + 1], by: user) }
+        for user in UInt32(1)...UInt32(4) { asked += queue.enqueue([Int32(user) * 10, Int32(user) * 10 + 1], by: user, now: self.start) }
         #expect(asked == 6 && queue.threads == 6)
         queue.threadNotStarted()
         #expect(queue.threads == 5)
-        #expect(queue.enqueue([50], by: 5) == 1)
+        #expect(queue.enqueue([50], by: 5, now: self.start) == 1)
         #expect(queue.threads == 6)
+    }
+
+    @Test("a user over its bound is stalled once none of its closes has ended for the stall time; a close that ends starts it again")
+    func stalled() {
+        var queue = self.makeQueue()
+        _ = queue.enqueue([10, 11, 12, 13, 14, 15], by: 1, now: self.start)
+        _ = queue.enqueue([20], by: 2, now: self.start)
+        #expect(!queue.isStalled(1, now: self.start + .milliseconds(999)))
+        #expect(queue.isStalled(1, now: self.start + .seconds(1)))
+        // User 2 is under its bound, however long its close takes.
+        #expect(!queue.isStalled(2, now: self.start + .seconds(60)))
+        // One of user 1's closes ends after 2 s: still over its bound (5 wait), but progressing.
+        let first = queue.next()
+        #expect(first?.user == 1)
+        #expect(queue.closed(by: 1, now: self.start + .seconds(2)) == false)
+        #expect(queue.isOverBound(1))
+        #expect(!queue.isStalled(1, now: self.start + .milliseconds(2_500)))
+        #expect(queue.isStalled(1, now: self.start + .seconds(3)))
     }
 
     @Test("no descriptors, no thread")
     func empty() {
         var queue = self.makeQueue()
-        #expect(queue.enqueue([], by: 1) == 0)
+        #expect(queue.enqueue([], by: 1, now: self.start) == 0)
         #expect(queue.threads == 0 && queue.waiting(by: 1) == 0)
     }
 }
