@@ -135,7 +135,11 @@ long csocketipc_receive_with_descriptors(
         message.msg_iov = &vector;
         message.msg_iovlen = 1;
         message.msg_control = control.space;
-        message.msg_controllen = sizeof(control.space);
+        // Room for exactly `maximum`: the kernel installs no more (it drops the rest itself, never opened in this
+        // process, and sets MSG_CTRUNC), so that one recvmsg cannot make this process hold more than the caller's
+        // maximum (found by a review: with room for 253 always, each connection took 253 at once, whatever its
+        // maximum per message, and a user's connections ran the process out of descriptors).
+        message.msg_controllen = maximum > 0 ? CMSG_LEN(sizeof(int) * (size_t)maximum) : 0;
         received = recvmsg(socket, &message, MSG_CMSG_CLOEXEC);
     } while (received < 0 && errno == EINTR);
     if (received < 0) return -1;

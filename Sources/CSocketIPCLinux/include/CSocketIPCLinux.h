@@ -13,8 +13,8 @@ int csocketipc_pidfd_send_signal(int pidfd, int signal);
 /// The most descriptors one message may carry: the kernel's SCM_MAX_FD.
 #define CSOCKETIPC_MAX_DESCRIPTORS 253
 
-/// recvmsg(2) of up to `length` bytes into `bytes`, with room for `maximum` (at most 253) passed descriptors, taken
-/// with MSG_CMSG_CLOEXEC; retried on EINTR. Stores the descriptors received (SCM_RIGHTS) in `descriptors` and their
+/// recvmsg(2) of up to `length` bytes into `bytes`, with room for exactly `maximum` (at most 253) passed descriptors
+/// (the kernel drops the rest without installing them), taken with MSG_CMSG_CLOEXEC; retried on EINTR. Stores the descriptors received (SCM_RIGHTS) in `descriptors` and their
 /// number in `count`, and sets `truncated` when the kernel cut the control data (MSG_CTRUNC: descriptors were
 /// dropped) or data other than SCM_RIGHTS and SCM_CREDENTIALS came. Returns the bytes read, 0 at end-of-stream, or
 /// -1 with errno.

@@ -331,7 +331,9 @@ final class DescriptorRelay: @unchecked Sendable {
         var scanner = DescriptorFrameScanner()
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.bufferSize, alignment: 16)
         defer { buffer.deallocate() }
-        var received = [Int32](repeating: -1, count: Self.maximumPerCall)
+        // Room for one message's maximum: more in one recvmsg breaks the protocol anyway, and the kernel then drops
+        // the rest itself (MSG_CTRUNC) instead of opening them here.
+        var received = [Int32](repeating: -1, count: min(self.maximumPerMessage, Self.maximumPerCall))
         var violated = false
         var memoryWaits = 0
         loop: while true {
@@ -594,7 +596,7 @@ final class DescriptorRelay: @unchecked Sendable {
     /// The most descriptors one `sendmsg` or `recvmsg` carries: the kernel's `SCM_MAX_FD`, 253.
     static let maximumPerCall = 253
 
-    /// `recvmsg` with room for ``maximumPerCall`` descriptors, `MSG_CMSG_CLOEXEC`.
+    /// `recvmsg` with room for `descriptors.count` descriptors (at most ``maximumPerCall``), `MSG_CMSG_CLOEXEC`.
     private static func receive(
         _ socket: Int32,
         _ buffer: UnsafeMutableRawBufferPointer,

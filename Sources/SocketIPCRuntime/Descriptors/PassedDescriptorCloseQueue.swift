@@ -67,7 +67,11 @@ struct PassedDescriptorCloseQueue {
     mutating func enqueue(_ descriptors: [Int32], by user: User, now: ContinuousClock.Instant) -> Int {
         guard !descriptors.isEmpty else { return 0 }
         if self.users[user]?.queue.isEmpty ?? true { self.turns.append(user) }
+        let wasOver = self.isOverBound(user)
         self.users[user, default: UserCloses(progress: now)].queue += descriptors
+        // Its stall time counts from when it went over its bound: a close that has waited since long before (one
+        // slow close) does not make a burst that then drains look stalled (found by a review).
+        if !wasOver && self.isOverBound(user) { self.users[user]!.progress = now }
         return self.threadsToStart()
     }
 
@@ -100,10 +104,16 @@ struct PassedDescriptorCloseQueue {
         return wasOver && !self.isOverBound(user)
     }
 
-    /// A thread that ``enqueue(_:by:)`` or ``next()`` asked for could not be started (the process is at its limit
-    /// of threads): the next call asks again.
+    /// A thread that ``enqueue(_:by:now:)`` or ``next()`` asked for could not be started (the process is at its
+    /// limit of threads): the next call asks again, and so does ``threadsWanted()``.
     mutating func threadNotStarted() {
         self.threads -= 1
+    }
+
+    /// Counts as running, and returns, the threads to start now so that every descriptor that may be taken has a
+    /// thread (after some could not be started).
+    mutating func threadsWanted() -> Int {
+        self.threadsToStart()
     }
 
     /// Counts as running, and returns, the threads to start so that every descriptor that may be taken now has a

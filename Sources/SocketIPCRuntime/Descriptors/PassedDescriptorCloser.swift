@@ -1,6 +1,13 @@
 #if os(Linux)
 import CSocketIPCLinux
 #endif
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import NIOCore
+import NIOPosix
 import Synchronization
 
 /// Closes descriptors a peer passed whose last close may wait for something the peer controls
@@ -44,6 +51,11 @@ enum PassedDescriptorCloser {
     /// that would pass descriptors: 1 second. Closes that never end are what it catches, not a burst that drains.
     static let stallTime: Duration = .seconds(1)
 
+    /// The account of this side's own descriptors (the duplicates it sends; ``closeDescriptors(_:)``): `uid_t` -1,
+    /// which never names a user (`setresuid(2)` takes it for "unchanged"), so no peer's connection is paused or
+    /// refused for it.
+    static let ownDescriptors: User = UInt32.max
+
     /// Each closing thread's stack: a close needs little.
     private static let stackSize = 128 * 1024
 
@@ -56,7 +68,13 @@ enum PassedDescriptorCloser {
         )
         /// The relays of each user's connections, told when the user comes back under its bound.
         var relays: [User: [ObjectIdentifier: DescriptorRelay]] = [:]
+        /// Whether a retry of threads that could not be started is scheduled.
+        var retryScheduled = false
     }
+
+    /// How long after a thread could not be started (the process at its limit of threads) the closer tries again,
+    /// should nothing else start one meanwhile: 100 ms.
+    private static let retryDelay: TimeAmount = .milliseconds(100)
 
     private static let state = Mutex(State())
 
@@ -103,12 +121,33 @@ enum PassedDescriptorCloser {
     }
 
     private static func startThreads(_ count: Int) {
+        var failed = false
         for _ in 0..<count {
             do {
                 try DetachedThread.start(name: "sipc-close", stackSize: Self.stackSize) { Self.run() }
             } catch {
                 self.state.withLock { $0.queue.threadNotStarted() }
+                failed = true
             }
+        }
+        if failed { self.scheduleRetry() }
+    }
+
+    /// Tries again, after ``retryDelay``, to start the threads that could not be started: with no thread left and
+    /// its user's relays paused, nothing else might ask again, and its descriptors would wait for good (found by a
+    /// review).
+    private static func scheduleRetry() {
+        let schedules = self.state.withLock { state -> Bool in
+            defer { state.retryScheduled = true }
+            return !state.retryScheduled
+        }
+        guard schedules else { return }
+        MultiThreadedEventLoopGroup.singleton.any().scheduleTask(in: Self.retryDelay) {
+            let starting = self.state.withLock { state -> Int in
+                state.retryScheduled = false
+                return state.queue.threadsWanted()
+            }
+            self.startThreads(starting)
         }
     }
 
@@ -118,7 +157,12 @@ enum PassedDescriptorCloser {
             guard let next = self.state.withLock({ $0.queue.next() }) else { return }
             self.startThreads(next.threadsToStart)
             #if os(Linux)
-            _ = csocketipc_close_passed(next.descriptor)
+            if next.user == Self.ownDescriptors {
+                // This side's own: its sockets are its application's, whose SO_LINGER is left as it is.
+                _ = closeOwn(next.descriptor)
+            } else {
+                _ = csocketipc_close_passed(next.descriptor)
+            }
             #endif
             let now = ContinuousClock.now
             let relays = self.state.withLock { state -> [DescriptorRelay] in
@@ -128,4 +172,9 @@ enum PassedDescriptorCloser {
             for relay in relays { relay.passingUserUnderBound() }
         }
     }
+}
+
+/// `close(2)` of this side's own descriptor (a name `PassedDescriptorCloser.close(_:passedBy:)` does not hide).
+private func closeOwn(_ descriptor: Int32) -> Int32 {
+    close(descriptor)
 }

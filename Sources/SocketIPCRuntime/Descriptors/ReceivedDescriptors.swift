@@ -78,8 +78,27 @@ public final class ReceivedDescriptors: Sendable {
 
 /// Closes each of `descriptors` (ignoring errors: each is closed, or was not open): this side's own, such as the
 /// duplicates it sent.
+///
+/// A duplicate's close waits as the original's would: every close of a file on a FUSE file system sends it a flush,
+/// not only the last. So what may wait (``csocketipc_close_may_wait``: anything but shared memory, pipes and sockets
+/// other than Unix-domain ones) is closed on a thread of ``PassedDescriptorCloser``'s, charged to this side's own
+/// account (``PassedDescriptorCloser/ownDescriptors``), never on the calling thread: before, an application that
+/// forwarded a file a hostile peer served had the relay thread that sent the duplicate, or the event loop that
+/// dropped it, wait for good (found by a review), and a server whose relay never ended never shut down.
 package func closeDescriptors(_ descriptors: [Int32]) {
+    #if os(Linux)
+    var waiting: [Int32] = []
+    for descriptor in descriptors {
+        if csocketipc_close_may_wait(descriptor) != 0 {
+            waiting.append(descriptor)
+        } else {
+            _ = close(descriptor)
+        }
+    }
+    if !waiting.isEmpty { PassedDescriptorCloser.close(waiting, passedBy: PassedDescriptorCloser.ownDescriptors) }
+    #else
     for descriptor in descriptors { _ = close(descriptor) }
+    #endif
 }
 
 /// Closes each of `descriptors`, which a peer passed (ignoring errors), turning a socket's `SO_LINGER` off first if it

@@ -108,6 +108,29 @@ struct PassedDescriptorCloseQueueTests {
         #expect(queue.isStalled(1, now: self.start + .seconds(3)))
     }
 
+    @Test("the stall time counts from when the user went over its bound, not from a slow close before it")
+    func stallCountsFromTheCrossing() {
+        var queue = self.makeQueue()
+        // One close that takes long, then, 10 s later, a burst that takes the user over its bound.
+        _ = queue.enqueue([10], by: 1, now: self.start)
+        _ = queue.next()
+        _ = queue.enqueue([11, 12, 13, 14], by: 1, now: self.start + .seconds(10))
+        #expect(queue.isOverBound(1))
+        #expect(!queue.isStalled(1, now: self.start + .seconds(10)))
+        #expect(queue.isStalled(1, now: self.start + .seconds(11)))
+    }
+
+    @Test("threads that could not be started are asked for again")
+    func threadsWantedAgain() {
+        var queue = self.makeQueue()
+        #expect(queue.enqueue([10, 11], by: 1, now: self.start) == 2)
+        queue.threadNotStarted()
+        queue.threadNotStarted()
+        #expect(queue.threads == 0)
+        #expect(queue.threadsWanted() == 2)
+        #expect(queue.threadsWanted() == 0)
+    }
+
     @Test("no descriptors, no thread")
     func empty() {
         var queue = self.makeQueue()

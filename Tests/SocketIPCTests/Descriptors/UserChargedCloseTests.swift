@@ -36,35 +36,52 @@ private let hostilePeerPython = "/usr/bin/python3"
     )
 )
 struct UserChargedCloseTests {
-    /// The hostile peer, run as ``OtherUser``: passes the FUSE file `rounds` × 4 times (4 with each one-way message),
-    /// says `sent`, then connects again until the server refuses it (closes before its hello) and says `refused`, then
-    /// waits to be killed. Its own closes are answered: the file system holds only the test process's flushes.
+    /// The hostile peer, run as ``OtherUser``. First it opens 8 connections and passes the FUSE file 253 times at once
+    /// on each (a connection's maximum is 4), reads each until the server closes it, and says `wide`. Then it passes
+    /// the file `rounds` × 4 times on one connection (4 with each one-way message), says `sent`, connects again until
+    /// the server refuses it (closes before its hello) and says `refused`, and waits to be killed. Its own closes are
+    /// answered: the file system holds only the test process's flushes.
     static let hostileScript = """
         import os, socket, sys, time
         path, fuse, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
         hello = b"SIPC\\x01\\x07\\x00\\x00"
+        announce = bytes([0, 0, 0, 2, 0x0D, 4])
         def connect():
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             s.settimeout(30)
             s.connect(path)
-            s.sendall(hello)
             got = b""
             try:
+                s.sendall(hello)
                 while len(got) < 8:
                     chunk = s.recv(8 - len(got))
                     if not chunk:
                         break
                     got += chunk
-            except (ConnectionResetError, socket.timeout):
+            except (BrokenPipeError, ConnectionResetError, socket.timeout):
                 pass
             return s, len(got) == 8
+        fd = os.open(fuse, os.O_RDONLY)
+        wide = [connect() for _ in range(8)]
+        for t, greeted in wide:
+            if not greeted:
+                print("no hello", flush=True)
+                sys.exit(1)
+            socket.send_fds(t, [announce], [fd] * 253)
+        for t, _ in wide:
+            try:
+                while t.recv(4096):
+                    pass
+            except ConnectionResetError:
+                pass
+            t.close()
+        print("wide", flush=True)
         s, greeted = connect()
         if not greeted:
             print("no hello", flush=True)
             sys.exit(1)
-        fd = os.open(fuse, os.O_RDONLY)
         for _ in range(rounds):
-            socket.send_fds(s, [bytes([0, 0, 0, 2, 0x0D, 4])], [fd] * 4)
+            socket.send_fds(s, [announce], [fd] * 4)
             s.sendall(bytes([0, 0, 0, 2, 0x01]) + b"x")
         print("sent", flush=True)
         deadline = time.monotonic() + 60
@@ -121,6 +138,11 @@ struct UserChargedCloseTests {
             )
             // Killed and reaped when done: its exit's close of the file is answered (another process's flush).
             try await withProcess(process) { process in
+                // 253 descriptors at once, where a message may carry 4: each connection's read took 4 of them and
+                // the kernel dropped the rest unopened (before, it took all 253: 2,024 closes waiting here).
+                #expect(await process.standardOutput.waitForLine(containing: "wide") != nil)
+                let wide = PassedDescriptorCloser.waiting(by: hostile)
+                #expect(wide <= 8 * 4, "\(wide) closes wait after the 8 connections that passed 253 at once")
                 #expect(await process.standardOutput.waitForLine(containing: "sent") != nil)
                 // The server refuses the hostile user's new connections once 64 of its closes wait.
                 let refused = await process.standardOutput.waitForLine(containing: "refused")
