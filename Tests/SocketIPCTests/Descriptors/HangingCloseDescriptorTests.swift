@@ -5,6 +5,7 @@ import NIOCore
 import SocketIPC
 import SocketIPCTesting
 import SocketIPCTestSupport
+import SystemPackage
 import Testing
 
 #if canImport(Glibc)
@@ -78,6 +79,33 @@ struct HangingCloseDescriptorTests {
             }
         }
         // The server shut down with the close still waiting; stopping the file system (deferred above) ends it.
+    }
+
+    @Test("a client that sends such a file (a server forwarding what a peer passed) closes its duplicate off its relay: the connection ends and the server shuts down")
+    func sentDuplicateDoesNotBlock() async throws {
+        let mount = try HangingFUSEMount()
+        let file: Int32
+        do { file = try mount.open() } catch {
+            mount.stop()
+            throw error
+        }
+        defer {
+            mount.stop()
+            close(file)
+        }
+        var options = ConnectionOptions()
+        options.maximumDescriptorsPerMessage = 4
+        var client = ClientConfiguration()
+        client.connection = options
+        // Before, the relay thread that sent the duplicate closed it and waited for good for its flush, so the
+        // connection never ended: withConnection did not return, nor the server's shutdown.
+        try await withFramedTestServer(configure: { $0.connection = options }, makeHandler: { EchoHandler() }) { _, path in
+            let reply = try await Client.withConnection(to: path, configuration: client) { connection in
+                try await connection.send(ByteBuffer(string: "a file on FUSE"), descriptors: [FileDescriptor(rawValue: file)])
+                return try await connection.request(ByteBuffer(string: "still served"))
+            }
+            #expect(String(buffer: reply) == "still served")
+        }
     }
 }
 #endif
