@@ -121,6 +121,8 @@ let package = Package(
             path: "Examples/KeyValue/Sources/kv"
         ),
         .target(name: "SocketIPCTestSupport", path: "Tests/SocketIPCTestSupport"),
+        // What only C can do for the tests: a connect with one thread's credentials changed.
+        .target(name: "CSocketIPCTestSupport", path: "Tests/CSocketIPCTestSupport"),
         .testTarget(
             name: "SocketIPCTests",
             dependencies: [
@@ -129,6 +131,7 @@ let package = Package(
                 "CSocketIPCLinux",
                 "SocketIPCTesting",
                 "SocketIPCTestSupport",
+                "CSocketIPCTestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -5,6 +5,7 @@ import NIOCore
 import SocketIPC
 import SocketIPCTesting
 import SocketIPCTestSupport
+import Synchronization
 import SystemPackage
 import Testing
 
@@ -23,7 +24,7 @@ import Musl
     "Descriptors whose close never returns",
     .timeLimit(.minutes(3)),
     .limitedConcurrency,
-    .enabled(if: HangingFUSEMount.isAvailable, "mounts a FUSE file system: root and /dev/fuse")
+    .enabled(if: HangingFUSEMount.isAvailable, "mounts a FUSE file system and connects as other users: root and /dev/fuse")
 )
 struct HangingCloseDescriptorTests {
     @Test(
@@ -44,7 +45,10 @@ struct HangingCloseDescriptorTests {
             close(file)
         }
         // Hello: calls, descriptors, shared payloads.
-        try await withDescriptorTakingServer(helloFlags: 0x07) { peer, path in
+        // A user of its own per case: the library charges these closes, which hold two closing threads of the user's
+        // until the file system stops, to the peer's user, and this process's own user is every other test's.
+        let peerUser = uid_t(61_000 + ["left by the handler", "no descriptors frame", "shared memory"].firstIndex(of: how)!)
+        try await withDescriptorTakingServer(helloFlags: 0x07, peerUser: peerUser) { peer, path in
             let announce: [UInt8] = [0, 0, 0, 2, 0x0D, 1]
             let message = frameBytes(kind: 0x01, payload: Array("a file on FUSE".utf8))
             // A shared payload of 4 bytes as a one-way message (kind 0x01, id 0).
@@ -89,8 +93,12 @@ struct HangingCloseDescriptorTests {
             mount.stop()
             throw error
         }
+        // The server keeps what it gets until the file system stops: its own close of it would wait meanwhile,
+        // charged to this process's user, whose account every other test shares.
+        let keeper = DescriptorKeeper()
         defer {
             mount.stop()
+            keeper.closeAll()
             close(file)
         }
         var options = ConnectionOptions()
@@ -99,12 +107,34 @@ struct HangingCloseDescriptorTests {
         client.connection = options
         // Before, the relay thread that sent the duplicate closed it and waited for good for its flush, so the
         // connection never ended: withConnection did not return, nor the server's shutdown.
-        try await withFramedTestServer(configure: { $0.connection = options }, makeHandler: { EchoHandler() }) { _, path in
+        try await withFramedTestServer(configure: { $0.connection = options }, makeHandler: { keeper }) { _, path in
             let reply = try await Client.withConnection(to: path, configuration: client) { connection in
                 try await connection.send(ByteBuffer(string: "a file on FUSE"), descriptors: [FileDescriptor(rawValue: file)])
                 return try await connection.request(ByteBuffer(string: "still served"))
             }
             #expect(String(buffer: reply) == "still served")
+        }
+    }
+}
+/// A handler that keeps the descriptors it gets, to close them when told, and echoes requests.
+private final class DescriptorKeeper: ConnectionHandler, Sendable {
+    private let kept = Mutex<[FileDescriptor]>([])
+
+    func didReceiveMessage(_ message: ByteBuffer, descriptors: ReceivedDescriptors, on connection: Connection) {
+        let taken = descriptors.take()
+        self.kept.withLock { $0 += taken }
+    }
+
+    func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {
+        reply.succeed(request)
+    }
+
+    func closeAll() {
+        for descriptor in self.kept.withLock({ kept in
+            defer { kept = [] }
+            return kept
+        }) {
+            try? descriptor.close()
         }
     }
 }

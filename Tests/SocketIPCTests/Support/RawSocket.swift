@@ -1,3 +1,4 @@
+import CSocketIPCTestSupport
 import Foundation
 import NIOPosix
 import SocketIPCTestSupport
@@ -31,6 +32,23 @@ final class RawSocket: @unchecked Sendable {
                 let code = errno
                 closeDescriptor(descriptor)
                 throw RawSocketError.failed("connect", code)
+            }
+            return RawSocket(descriptor: descriptor)
+        }
+    }
+
+    /// Connects to `path` as the user `uid` sees it (`SO_PEERCRED`), from a thread of its own whose effective uid is
+    /// `uid` for the `connect` only (root, Linux: ``csocketipc_test_connect_as``): for a peer charged to a user of
+    /// its own, apart from this process's other tests, which all run as root.
+    static func connect(to path: String, asUser uid: uid_t) async throws -> RawSocket {
+        try await onOwnThread {
+            let descriptor = makeUnixStreamSocket()
+            var timeout = timeval(tv_sec: 60, tv_usec: 0)
+            setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            guard csocketipc_test_connect_as(descriptor, path, uid) == 0 else {
+                let code = errno
+                closeDescriptor(descriptor)
+                throw RawSocketError.failed("connect as uid \(uid)", code)
             }
             return RawSocket(descriptor: descriptor)
         }
