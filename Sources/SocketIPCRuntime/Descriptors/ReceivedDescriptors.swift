@@ -87,15 +87,7 @@ public final class ReceivedDescriptors: Sendable {
 /// dropped it, wait for good (found by a review), and a server whose relay never ended never shut down.
 package func closeDescriptors(_ descriptors: [Int32]) {
     #if os(Linux)
-    var waiting: [Int32] = []
-    for descriptor in descriptors {
-        if csocketipc_close_may_wait(descriptor) != 0 {
-            waiting.append(descriptor)
-        } else {
-            _ = close(descriptor)
-        }
-    }
-    if !waiting.isEmpty { PassedDescriptorCloser.close(waiting, passedBy: PassedDescriptorCloser.ownDescriptors) }
+    closeOrQueue(descriptors, account: PassedDescriptorCloser.ownDescriptors) { _ = close($0) }
     #else
     for descriptor in descriptors { _ = close(descriptor) }
     #endif
@@ -115,16 +107,24 @@ package func closeDescriptors(_ descriptors: [Int32]) {
 /// (``csocketipc_close_may_wait``).
 package func closePassedDescriptors(_ descriptors: [Int32], passedBy user: UInt32?) {
     #if os(Linux)
+    closeOrQueue(descriptors, account: user) { _ = csocketipc_close_passed($0) }
+    #else
+    closeDescriptors(descriptors)
+    #endif
+}
+
+#if os(Linux)
+/// Closes with `closeNow` each of `descriptors` whose close never waits (``csocketipc_close_may_wait``), and queues the
+/// others on ``PassedDescriptorCloser``'s threads, charged to `account`.
+private func closeOrQueue(_ descriptors: [Int32], account: UInt32?, closeNow: (Int32) -> Void) {
     var waiting: [Int32] = []
     for descriptor in descriptors {
         if csocketipc_close_may_wait(descriptor) != 0 {
             waiting.append(descriptor)
         } else {
-            _ = csocketipc_close_passed(descriptor)
+            closeNow(descriptor)
         }
     }
-    if !waiting.isEmpty { PassedDescriptorCloser.close(waiting, passedBy: user) }
-    #else
-    closeDescriptors(descriptors)
-    #endif
+    if !waiting.isEmpty { PassedDescriptorCloser.close(waiting, passedBy: account) }
 }
+#endif
