@@ -22,6 +22,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+// SCM_PIDFD, the control message SO_PASSPIDFD adds (include/linux/socket.h, Linux 6.5 and later).
+#define CSOCKETIPC_SCM_PIDFD 0x04
+
 #ifndef SYS_pidfd_send_signal
 #define SYS_pidfd_send_signal 424
 #endif
@@ -120,9 +123,15 @@ int csocketipc_pidfd_send_signal(int pidfd, int signal) {
 
 long csocketipc_receive_with_descriptors(
     int socket, void *bytes, unsigned long length, int *descriptors, int maximum, int *count, int *truncated) {
+    // Room for every descriptor one sendmsg can carry (SCM_MAX_FD), and for the credentials and pidfd a socket with
+    // SO_PASSCRED or SO_PASSPIDFD gets with each message (inherited from a listener, as systemd's PassCredentials=
+    // sets it): the kernel then never drops a passed descriptor itself. It would release what it drops on this
+    // thread, and the last close of a lingering socket among them would hold it (found by a review of a buffer sized
+    // to the caller's maximum); and credentials that did not fit would cut the descriptors of honest peers.
     union {
         struct cmsghdr align;
-        char space[CMSG_SPACE(sizeof(int) * CSOCKETIPC_MAX_DESCRIPTORS)];
+        char space[CMSG_SPACE(sizeof(int) * CSOCKETIPC_MAX_DESCRIPTORS) + CMSG_SPACE(sizeof(struct ucred))
+            + CMSG_SPACE(sizeof(int))];
     } control;
     struct iovec vector = {.iov_base = bytes, .iov_len = length};
     struct msghdr message;
@@ -135,11 +144,7 @@ long csocketipc_receive_with_descriptors(
         message.msg_iov = &vector;
         message.msg_iovlen = 1;
         message.msg_control = control.space;
-        // Room for exactly `maximum`: the kernel installs no more (it drops the rest itself, never opened in this
-        // process, and sets MSG_CTRUNC), so that one recvmsg cannot make this process hold more than the caller's
-        // maximum (found by a review: with room for 253 always, each connection took 253 at once, whatever its
-        // maximum per message, and a user's connections ran the process out of descriptors).
-        message.msg_controllen = maximum > 0 ? CMSG_LEN(sizeof(int) * (size_t)maximum) : 0;
+        message.msg_controllen = sizeof(control.space);
         received = recvmsg(socket, &message, MSG_CMSG_CLOEXEC);
     } while (received < 0 && errno == EINTR);
     if (received < 0) return -1;
@@ -159,6 +164,12 @@ long csocketipc_receive_with_descriptors(
                     *truncated = 1;
                 }
             }
+        } else if (header->cmsg_level == SOL_SOCKET && header->cmsg_type == CSOCKETIPC_SCM_PIDFD
+                   && header->cmsg_len >= CMSG_LEN(sizeof(int))) {
+            // The sender's pidfd, which SO_PASSPIDFD asks for: the kernel's, not the peer's, and its close never waits.
+            int pidfd;
+            memcpy(&pidfd, CMSG_DATA(header), sizeof(int));
+            if (pidfd >= 0) close(pidfd);
         } else if (!(header->cmsg_level == SOL_SOCKET && header->cmsg_type == SCM_CREDENTIALS)) {
             *truncated = 1;
         }
@@ -253,7 +264,18 @@ int csocketipc_close_may_wait(int descriptor) {
     if (fcntl(descriptor, F_GET_SEALS) >= 0 || fcntl(descriptor, F_GETPIPE_SZ) >= 0) return 0;
     int domain = 0;
     socklen_t length = sizeof(domain);
-    if (getsockopt(descriptor, SOL_SOCKET, SO_DOMAIN, &domain, &length) == 0) return domain == AF_UNIX;
+    if (getsockopt(descriptor, SOL_SOCKET, SO_DOMAIN, &domain, &length) == 0) {
+        if (domain == AF_UNIX) return 2;
+        // Another socket: its close waits only with SO_LINGER on and a time (which csocketipc_close_passed turns off
+        // on a passed one, but which this side's own duplicate keeps).
+        struct linger linger;
+        socklen_t lingerLength = sizeof(linger);
+        if (getsockopt(descriptor, SOL_SOCKET, SO_LINGER, &linger, &lingerLength) == 0 && linger.l_onoff
+            && linger.l_linger > 0) {
+            return 1;
+        }
+        return 0;
+    }
     return 1;
 }
 

@@ -13,8 +13,8 @@ int csocketipc_pidfd_send_signal(int pidfd, int signal);
 /// The most descriptors one message may carry: the kernel's SCM_MAX_FD.
 #define CSOCKETIPC_MAX_DESCRIPTORS 253
 
-/// recvmsg(2) of up to `length` bytes into `bytes`, with room for exactly `maximum` (at most 253) passed descriptors
-/// (the kernel drops the rest without installing them), taken with MSG_CMSG_CLOEXEC; retried on EINTR. Stores the descriptors received (SCM_RIGHTS) in `descriptors` and their
+/// recvmsg(2) of up to `length` bytes into `bytes`, with room for `maximum` (at most 253) passed descriptors, taken
+/// with MSG_CMSG_CLOEXEC; retried on EINTR. Stores the descriptors received (SCM_RIGHTS) in `descriptors` and their
 /// number in `count`, and sets `truncated` when the kernel cut the control data (MSG_CTRUNC: descriptors were
 /// dropped) or data other than SCM_RIGHTS and SCM_CREDENTIALS came. Returns the bytes read, 0 at end-of-stream, or
 /// -1 with errno.
@@ -80,9 +80,9 @@ int csocketipc_close_passed(int descriptor);
 
 /// Whether the last close of `descriptor`, a descriptor a peer passed, may wait for something the peer controls: 0
 /// for shared memory (a memfd: F_GET_SEALS succeeds), a pipe (F_GETPIPE_SZ succeeds) and a socket other than a
-/// Unix-domain one (whose SO_LINGER csocketipc_close_passed turns off), whose closes never wait; 1 for anything else.
-/// That is a Unix-domain socket, whose queue may hold descriptors in flight whose last close comes with its own; a
-/// file, whose close flushes it to its file system (a FUSE file system the peer serves may never answer the flush);
+/// Unix-domain one without SO_LINGER (csocketipc_close_passed turns a passed one's off), whose closes never wait; 2
+/// for a Unix-domain socket, whose queue may hold descriptors in flight whose last close comes with its own; 1 for
+/// anything else: another socket with SO_LINGER on and a time; a file, whose close flushes it to its file system (a FUSE file system the peer serves may never answer the flush);
 /// a device, whose driver may wait (a terminal drains its output for up to 30 s). Asks nothing of any file system.
 int csocketipc_close_may_wait(int descriptor);
 

@@ -331,9 +331,11 @@ final class DescriptorRelay: @unchecked Sendable {
         var scanner = DescriptorFrameScanner()
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.bufferSize, alignment: 16)
         defer { buffer.deallocate() }
-        // Room for one message's maximum: more in one recvmsg breaks the protocol anyway, and the kernel then drops
-        // the rest itself (MSG_CTRUNC) instead of opening them here.
-        var received = [Int32](repeating: -1, count: min(self.maximumPerMessage, Self.maximumPerCall))
+        // Room for all one sendmsg can carry, so that the kernel never drops a passed descriptor on this thread (its
+        // last close could wait: a lingering socket). More than a message's maximum breaks the protocol: all of them are
+        // closed, charged to the peer's user (a review tried room for the maximum only: the kernel then released the
+        // rest here, and a lingering TCP socket among them held this thread and the server's shutdown).
+        var received = [Int32](repeating: -1, count: Self.maximumPerCall)
         var violated = false
         var memoryWaits = 0
         loop: while true {
@@ -596,7 +598,7 @@ final class DescriptorRelay: @unchecked Sendable {
     /// The most descriptors one `sendmsg` or `recvmsg` carries: the kernel's `SCM_MAX_FD`, 253.
     static let maximumPerCall = 253
 
-    /// `recvmsg` with room for `descriptors.count` descriptors (at most ``maximumPerCall``), `MSG_CMSG_CLOEXEC`.
+    /// `recvmsg` with room for ``maximumPerCall`` descriptors, `MSG_CMSG_CLOEXEC`.
     private static func receive(
         _ socket: Int32,
         _ buffer: UnsafeMutableRawBufferPointer,

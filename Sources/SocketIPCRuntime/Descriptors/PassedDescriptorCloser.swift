@@ -55,6 +55,11 @@ enum PassedDescriptorCloser {
     /// which never names a user (`setresuid(2)` takes it for "unchanged"), so no peer's connection is paused or
     /// refused for it.
     static let ownDescriptors: User = UInt32.max
+    /// The account of this side's own Unix-domain sockets: `uid_t` -2, never a user's either (the kernel reports
+    /// unmapped ids as the overflow uid, 65534). Apart from ``ownDescriptors``, so that forwarded files whose closes
+    /// never return (two are enough to hold that account's threads) do not hold back the close of a socket this side
+    /// sent, whose other end waits for its end of stream (found by a review).
+    static let ownSockets: User = UInt32.max - 1
 
     /// Each closing thread's stack: a close needs little.
     private static let stackSize = 128 * 1024
@@ -157,7 +162,7 @@ enum PassedDescriptorCloser {
             guard let next = self.state.withLock({ $0.queue.next() }) else { return }
             self.startThreads(next.threadsToStart)
             #if os(Linux)
-            if next.user == Self.ownDescriptors {
+            if next.user == Self.ownDescriptors || next.user == Self.ownSockets {
                 // This side's own: its sockets are its application's, whose SO_LINGER is left as it is.
                 _ = closeOwn(next.descriptor)
             } else {

@@ -81,13 +81,19 @@ public final class ReceivedDescriptors: Sendable {
 ///
 /// A duplicate's close waits as the original's would: every close of a file on a FUSE file system sends it a flush,
 /// not only the last. So what may wait (``csocketipc_close_may_wait``: anything but shared memory, pipes and sockets
-/// other than Unix-domain ones) is closed on a thread of ``PassedDescriptorCloser``'s, charged to this side's own
-/// account (``PassedDescriptorCloser/ownDescriptors``), never on the calling thread: before, an application that
+/// other than Unix-domain ones without `SO_LINGER`) is closed on a thread of ``PassedDescriptorCloser``'s, charged to
+/// this side's own accounts (``PassedDescriptorCloser/ownSockets`` for Unix-domain sockets, so that files whose
+/// closes never return cannot hold them back, and ``PassedDescriptorCloser/ownDescriptors`` for the rest), never on
+/// the calling thread: before, an application that
 /// forwarded a file a hostile peer served had the relay thread that sent the duplicate, or the event loop that
 /// dropped it, wait for good (found by a review), and a server whose relay never ended never shut down.
 package func closeDescriptors(_ descriptors: [Int32]) {
     #if os(Linux)
-    closeOrQueue(descriptors, account: PassedDescriptorCloser.ownDescriptors) { _ = close($0) }
+    closeOrQueue(
+        descriptors,
+        account: PassedDescriptorCloser.ownDescriptors,
+        socketAccount: PassedDescriptorCloser.ownSockets
+    ) { _ = close($0) }
     #else
     for descriptor in descriptors { _ = close(descriptor) }
     #endif
@@ -115,16 +121,24 @@ package func closePassedDescriptors(_ descriptors: [Int32], passedBy user: UInt3
 
 #if os(Linux)
 /// Closes with `closeNow` each of `descriptors` whose close never waits (``csocketipc_close_may_wait``), and queues the
-/// others on ``PassedDescriptorCloser``'s threads, charged to `account`.
-private func closeOrQueue(_ descriptors: [Int32], account: UInt32?, closeNow: (Int32) -> Void) {
+/// others on ``PassedDescriptorCloser``'s threads, charged to `account`; with `socketAccount`, Unix-domain sockets are
+/// charged to that one instead.
+private func closeOrQueue(
+    _ descriptors: [Int32],
+    account: UInt32?,
+    socketAccount: UInt32?? = nil,
+    closeNow: (Int32) -> Void
+) {
     var waiting: [Int32] = []
+    var sockets: [Int32] = []
     for descriptor in descriptors {
-        if csocketipc_close_may_wait(descriptor) != 0 {
-            waiting.append(descriptor)
-        } else {
-            closeNow(descriptor)
+        switch csocketipc_close_may_wait(descriptor) {
+        case 0: closeNow(descriptor)
+        case 2 where socketAccount != nil: sockets.append(descriptor)
+        default: waiting.append(descriptor)
         }
     }
     if !waiting.isEmpty { PassedDescriptorCloser.close(waiting, passedBy: account) }
+    if let socketAccount, !sockets.isEmpty { PassedDescriptorCloser.close(sockets, passedBy: socketAccount) }
 }
 #endif

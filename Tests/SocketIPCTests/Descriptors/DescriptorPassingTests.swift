@@ -73,7 +73,7 @@ struct DescriptorPassingTests {
             connection.close()
             await connection.waitUntilClosed()
             try readEnd.close()
-            #expect(openCopies(of: pipe) == 0, "every copy of the pipe is closed")
+            #expect(await openCopiesOnceClosed(of: pipe) == 0, "every copy of the pipe is closed")
         }
     }
 
@@ -108,8 +108,8 @@ struct DescriptorPassingTests {
             }
         }
         // The server stopped and the client's connection closed: no copy of either file is left open.
-        #expect(openCopies(of: served) == 0)
-        #expect(openCopies(of: sent) == 0)
+        #expect(await openCopiesOnceClosed(of: served) == 0)
+        #expect(await openCopiesOnceClosed(of: sent) == 0)
     }
 
     @Test("descriptors that a handler does not take are closed, and so are those a plain request's reply brings")
@@ -440,7 +440,7 @@ struct DescriptorPassingTests {
         }
         // Every descriptor the hostile peer passed is closed (at the latest with its connection; the server has
         // stopped now, which waits for every connection's close).
-        #expect(openCopies(of: pipe) == 0)
+        #expect(await openCopiesOnceClosed(of: pipe) == 0)
     }
 }
 

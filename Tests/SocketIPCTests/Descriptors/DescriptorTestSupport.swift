@@ -28,3 +28,13 @@ func openCopies(of target: String) -> Int {
         (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/" + $0)) == target
     }.count
 }
+
+/// ``openCopies(of:)`` once it is 0, or after 10 s: the library closes what may wait (files, Unix-domain sockets; its
+/// own duplicates too) on threads of its own, a moment after the connection that held them ended.
+func openCopiesOnceClosed(of target: String) async -> Int {
+    let deadline = ContinuousClock.now + .seconds(10)
+    while openCopies(of: target) > 0, ContinuousClock.now < deadline {
+        try? await Task.sleep(for: .milliseconds(10))
+    }
+    return openCopies(of: target)
+}

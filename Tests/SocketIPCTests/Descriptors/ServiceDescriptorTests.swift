@@ -120,7 +120,7 @@ struct ServiceDescriptorTests {
                 #expect(response.file.take() == nil, "taken once")
             }
         }
-        #expect(openCopies(of: path) == 0, "no copy of the file is left open")
+        #expect(await openCopiesOnceClosed(of: path) == 0, "no copy of the file is left open")
     }
 
     @Test("each element of a server stream carries a pipe; elements not taken are closed")
@@ -142,7 +142,7 @@ struct ServiceDescriptorTests {
         // The server has stopped and the connection is closed: the copies the relays sent are closed too.
         let seen = pipes.withLock { $0 }
         #expect(seen.count == 5)
-        for pipe in seen { #expect(openCopies(of: pipe) == 0, "\(pipe) is closed") }
+        for pipe in seen { #expect(await openCopiesOnceClosed(of: pipe) == 0, "\(pipe) is closed") }
     }
 
     @Test("a client stream's requests carry files; the handler reads them all")
@@ -163,7 +163,7 @@ struct ServiceDescriptorTests {
                 #expect(joined == "file 0+file 1+file 2")
             }
         }
-        for target in targets.withLock({ $0 }) { #expect(openCopies(of: target) == 0) }
+        for target in targets.withLock({ $0 }) { #expect(await openCopiesOnceClosed(of: target) == 0) }
     }
 
     @Test("a PassedDescriptor on a connection that passes none fails the call with a clear error")
@@ -232,7 +232,7 @@ extension ServiceDescriptorTests {
             #expect(openCopies(of: pipe) == 2, "only the test's own two ends are open while the call is")
             return pipe
         }
-        #expect(openCopies(of: pipeName) == 0)
+        #expect(await openCopiesOnceClosed(of: pipeName) == 0)
     }
 }
 
