@@ -155,6 +155,51 @@ struct SocketActivationTests {
         }
     }
 
+    @Test(
+        "a listening socket with SO_PASSCRED and SO_PASSPIDFD (systemd's PassCredentials=) passes descriptors: each read's credentials leave room for them",
+        .enabled(if: runsOnLinux, "SO_PASSCRED is Linux's")
+    )
+    func passCredentialsListener() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/activated.sock"
+            let listener = listeningSocket(at: path)
+            defer { closeDescriptor(listener) }
+            var on: Int32 = 1
+            #expect(setsockopt(listener, SOL_SOCKET, SO_PASSCRED, &on, socklen_t(MemoryLayout<Int32>.size)) == 0)
+            // SO_PASSPIDFD (76, Linux 6.5 and later): where the kernel has it, each read brings a pidfd too.
+            _ = setsockopt(listener, SOL_SOCKET, 76, &on, socklen_t(MemoryLayout<Int32>.size))
+            var options = ConnectionOptions()
+            options.maximumDescriptorsPerMessage = 1
+            var configuration = ServerConfiguration(inheritedSocket: InheritedSocket(descriptor: dup(listener)))
+            configuration.connection = options
+            let server = Server.framed(configuration: configuration, logger: testLogger) { EchoHandler() }
+            let running = Task { try await server.run() }
+            defer { server.shutdownGracefully() }
+            try await server.waitUntilRunning()
+            var client = ClientConfiguration()
+            client.connection = options
+            let file = open(directory + "/passed", O_CREAT | O_RDWR | O_CLOEXEC, 0o600)
+            defer { closeDescriptor(file) }
+            // Before, with room for the maximum only (one descriptor), the credentials took it: every read was cut
+            // (MSG_CTRUNC) and the connection closed as a protocol violation.
+            let replies = try await Client.withConnection(to: path, configuration: client) { connection in
+                var replies: [String] = []
+                for round in 0..<3 {
+                    let (payload, _) = try await connection.request(
+                        ByteBuffer(string: "file \(round)"),
+                        descriptors: [FileDescriptor(rawValue: file)]
+                    )
+                    replies.append(String(buffer: payload))
+                }
+                replies.append(String(buffer: try await connection.request(ByteBuffer(string: "none"))))
+                return replies
+            }
+            #expect(replies == ["file 0", "file 1", "file 2", "none"])
+            server.shutdownGracefully()
+            try await running.value
+        }
+    }
+
     @Test("an inherited descriptor that is not a listening Unix stream socket is refused with invalidConfiguration")
     func refusesNonListeners() async throws {
         try await withTemporarySocketDirectory { directory in
