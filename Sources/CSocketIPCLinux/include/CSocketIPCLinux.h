@@ -82,8 +82,9 @@ int csocketipc_close_passed(int descriptor);
 /// for shared memory (a memfd: F_GET_SEALS succeeds), a pipe (F_GETPIPE_SZ succeeds) and a socket other than a
 /// Unix-domain one without SO_LINGER (csocketipc_close_passed turns a passed one's off), whose closes never wait; 2
 /// for a Unix-domain socket, whose queue may hold descriptors in flight whose last close comes with its own; 1 for
-/// anything else: another socket with SO_LINGER on and a time; a file, whose close flushes it to its file system (a FUSE file system the peer serves may never answer the flush);
-/// a device, whose driver may wait (a terminal drains its output for up to 30 s). Asks nothing of any file system.
+/// anything else: another socket with SO_LINGER on and a time; a file, whose close flushes it to its file system (a
+/// FUSE file system the peer serves may never answer the flush); a device, whose driver may wait (a terminal drains
+/// its output for up to 30 s). Asks nothing of any file system.
 int csocketipc_close_may_wait(int descriptor);
 
 /// The type bits of st_mode (S_IFMT) and the size of `descriptor`, from what the kernel has cached

@@ -332,9 +332,9 @@ final class DescriptorRelay: @unchecked Sendable {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.bufferSize, alignment: 16)
         defer { buffer.deallocate() }
         // Room for all one sendmsg can carry, so that the kernel never drops a passed descriptor on this thread (its
-        // last close could wait: a lingering socket). More than a message's maximum breaks the protocol: all of them are
-        // closed, charged to the peer's user (a review tried room for the maximum only: the kernel then released the
-        // rest here, and a lingering TCP socket among them held this thread and the server's shutdown).
+        // last close could wait: a lingering socket). More than a message's maximum breaks the protocol: all of them
+        // are closed, charged to the peer's user (a review tried room for the maximum only: the kernel then released
+        // the rest here, and a lingering TCP socket among them held this thread and the server's shutdown).
         var received = [Int32](repeating: -1, count: Self.maximumPerCall)
         var violated = false
         var memoryWaits = 0

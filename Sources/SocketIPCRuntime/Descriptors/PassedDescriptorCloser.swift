@@ -34,8 +34,9 @@ import Synchronization
 /// at most ``maximumThreadsPerUser`` of the threads, and its other descriptors wait open in its own queue. Once
 /// ``maximumWaitingPerUser`` of its closes wait, the relays of its connections read nothing more (the kernel pushes
 /// back on the peer) until they come down again; and once none of them has ended for ``stallTime`` meanwhile, the
-/// server refuses its new connections that would pass descriptors. Before, one user that kept 8 closes waiting for good held every closing thread, and its further
-/// descriptors queued without bound until the process ran out of descriptors and refused every user at `accept`.
+/// server refuses its new connections that would pass descriptors. Before, one user that kept 8 closes waiting for
+/// good held every closing thread, and its further descriptors queued without bound until the process ran out of
+/// descriptors and refused every user at `accept`.
 enum PassedDescriptorCloser {
     /// The user who passed a descriptor: the peer's uid, `nil` when its credentials are unknown.
     typealias User = PassedDescriptorCloseQueue.User
@@ -109,10 +110,7 @@ enum PassedDescriptorCloser {
         self.state.withLock { $0.queue.waiting(by: user) }
     }
 
-    /// How many closing threads run.
-    static var threads: Int { self.state.withLock { $0.queue.threads } }
-
-    /// Tells `relay`, a connection of `user`'s, whenever `user` comes back under its bound, until ``remove(_:)``.
+    /// Tells `relay`, a connection of `user`'s, whenever `user` comes back under its bound, until ``remove(_:of:)``.
     static func add(_ relay: DescriptorRelay, of user: User) {
         self.state.withLock { $0.relays[user, default: [:]][ObjectIdentifier(relay)] = relay }
     }

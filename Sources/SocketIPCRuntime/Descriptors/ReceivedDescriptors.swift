@@ -84,9 +84,9 @@ public final class ReceivedDescriptors: Sendable {
 /// other than Unix-domain ones without `SO_LINGER`) is closed on a thread of ``PassedDescriptorCloser``'s, charged to
 /// this side's own accounts (``PassedDescriptorCloser/ownSockets`` for Unix-domain sockets, so that files whose
 /// closes never return cannot hold them back, and ``PassedDescriptorCloser/ownDescriptors`` for the rest), never on
-/// the calling thread: before, an application that
-/// forwarded a file a hostile peer served had the relay thread that sent the duplicate, or the event loop that
-/// dropped it, wait for good (found by a review), and a server whose relay never ended never shut down.
+/// the calling thread: before, an application that forwarded a file a hostile peer served had the relay thread that
+/// sent the duplicate, or the event loop that dropped it, wait for good (found by a review), and a server whose relay
+/// never ended never shut down.
 package func closeDescriptors(_ descriptors: [Int32]) {
     #if os(Linux)
     closeOrQueue(
@@ -105,8 +105,8 @@ package func closeDescriptors(_ descriptors: [Int32]) {
 /// the peer chose. The setting is the socket's: a sender that kept its copy sees it off too. Never for this side's own
 /// descriptors (the duplicates it sent), whose sockets are its application's.
 ///
-/// Only shared memory, pipes and sockets other than Unix-domain ones are closed on the calling thread: their closes
-/// never wait. Anything else (a Unix-domain socket, whose queue may hold descriptors in flight; a file, whose close a
+/// Only shared memory, pipes and sockets other than Unix-domain ones without `SO_LINGER` are closed on the calling
+/// thread: their closes never wait. Anything else (a Unix-domain socket, whose queue may hold descriptors in flight; a file, whose close a
 /// FUSE file system served by the peer may hold for good; a device) is closed on a thread of
 /// ``PassedDescriptorCloser``'s, charged to `user`, who passed them (the peer's uid, `nil` when unknown): a user
 /// whose closes never return holds only its own share of those threads. Nothing here asks a file system anything
