@@ -27,12 +27,7 @@ func withDescriptorTakingServer(
         if let peerUser { configuration.authorization = .sameUser || .users([peerUser]) }
     }
     try await withFramedTestServer(configure: configure, makeHandler: { EchoHandler() }) { _, path in
-        let peer =
-            if let peerUser {
-                try await RawSocket.connect(to: path, asUser: peerUser)
-            } else {
-                try await RawSocket.connect(to: path)
-            }
+        let peer = try await RawSocket.connect(to: path, asUser: peerUser)
         defer { peer.close() }
         var limit = timeval(tv_sec: 30, tv_usec: 0)
         setsockopt(peer.descriptor, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))

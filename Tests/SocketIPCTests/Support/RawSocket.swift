@@ -23,32 +23,22 @@ final class RawSocket: @unchecked Sendable {
         self.descriptor = descriptor
     }
 
-    static func connect(to path: String) async throws -> RawSocket {
-        try await onOwnThread {
-            let descriptor = makeUnixStreamSocket()
-            var timeout = timeval(tv_sec: 60, tv_usec: 0)
-            setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-            guard connectUnixSocket(descriptor, to: path) == 0 else {
-                let code = errno
-                closeDescriptor(descriptor)
-                throw RawSocketError.failed("connect", code)
-            }
-            return RawSocket(descriptor: descriptor)
-        }
-    }
-
-    /// Connects to `path` as the user `uid` sees it (`SO_PEERCRED`), from a thread of its own whose effective uid is
+    /// Connects to `path`; with `uid`, as that user (`SO_PEERCRED`), from a thread of its own whose effective uid is
     /// `uid` for the `connect` only (root, Linux: ``csocketipc_test_connect_as``): for a peer charged to a user of
     /// its own, apart from this process's other tests, which all run as root.
-    static func connect(to path: String, asUser uid: uid_t) async throws -> RawSocket {
+    static func connect(to path: String, asUser uid: uid_t? = nil) async throws -> RawSocket {
         try await onOwnThread {
             let descriptor = makeUnixStreamSocket()
             var timeout = timeval(tv_sec: 60, tv_usec: 0)
             setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-            guard csocketipc_test_connect_as(descriptor, path, uid) == 0 else {
+            let connected =
+                if let uid { csocketipc_test_connect_as(descriptor, path, uid) } else {
+                    connectUnixSocket(descriptor, to: path)
+                }
+            guard connected == 0 else {
                 let code = errno
                 closeDescriptor(descriptor)
-                throw RawSocketError.failed("connect as uid \(uid)", code)
+                throw RawSocketError.failed(uid.map { "connect as uid \($0)" } ?? "connect", code)
             }
             return RawSocket(descriptor: descriptor)
         }
