@@ -350,18 +350,21 @@ struct CallEdgeTests {
             let client = ServiceClient(path: path, onConnect: { _ in try await Task.sleep(for: .seconds(2)) })
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await client.run() }
+                // 30 s: room for a loaded test run, where the connection has taken more than 10 s to be made.
+                let timeout = Duration.seconds(30)
                 let start = ContinuousClock.now
-                let values = try await client.serverStreaming(Slow.self, 5, options: CallOptions(timeout: .seconds(10))) {
+                let values = try await client.serverStreaming(Slow.self, 5, options: CallOptions(timeout: timeout)) {
                     stream in
                     var values: [Int] = []
                     for try await value in stream { values.append(value) }
                     return values
                 }
                 #expect(values == [5])
-                // Before, the call got its whole 10 s again once the connection was ready: its deadline was at least
-                // 12 s after the call was made. Now it is 10 s after, plus the open's way to the handler.
+                // Before, the call got its whole timeout again once the connection was ready: its deadline was at
+                // least the timeout and 2 s after the call was made. Now it is the timeout after, plus the open's way
+                // to the handler.
                 let deadline = try #require(deadlines.withLock { $0.first } ?? nil)
-                #expect(deadline < start.advanced(by: .milliseconds(11_500)), "\(start.duration(to: deadline))")
+                #expect(deadline < start + timeout + .milliseconds(1_500), "\(start.duration(to: deadline))")
                 client.shutdown()
                 try await group.waitForAll()
             }
