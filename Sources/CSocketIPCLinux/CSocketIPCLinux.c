@@ -122,7 +122,8 @@ int csocketipc_pidfd_send_signal(int pidfd, int signal) {
 }
 
 long csocketipc_receive_with_descriptors(
-    int socket, void *bytes, unsigned long length, int *descriptors, int maximum, int *count, int *truncated) {
+    int socket, void *bytes, unsigned long length, int *descriptors, int maximum, int *count, int *truncated,
+    int flags) {
     // Room for every descriptor one sendmsg can carry (SCM_MAX_FD), and for the credentials and pidfd a socket with
     // SO_PASSCRED or SO_PASSPIDFD gets with each message (inherited from a listener, as systemd's PassCredentials=
     // sets it): the kernel then never drops a passed descriptor itself. It would release what it drops on this
@@ -145,7 +146,7 @@ long csocketipc_receive_with_descriptors(
         message.msg_iovlen = 1;
         message.msg_control = control.space;
         message.msg_controllen = sizeof(control.space);
-        received = recvmsg(socket, &message, MSG_CMSG_CLOEXEC);
+        received = recvmsg(socket, &message, MSG_CMSG_CLOEXEC | flags);
     } while (received < 0 && errno == EINTR);
     if (received < 0) return -1;
     if (message.msg_flags & MSG_CTRUNC) *truncated = 1;

@@ -39,7 +39,9 @@ import Darwin
 /// received descriptors; past that the relay reads nothing more until the handler took some, so the kernel pushes
 /// back on the peer. It also reads nothing while the peer's user has ``PassedDescriptorCloser/maximumWaitingPerUser``
 /// closes of descriptors it passed waiting (a file system it serves that never answers a flush): those are open
-/// descriptors too. Each such connection costs two threads; descriptor passing is off unless
+/// descriptors too. As one `recvmsg` may bring 253 of them whatever the bound, the inbound thread waits for the peer
+/// with `poll(2)` and reads without blocking (`MSG_DONTWAIT`), and only while fewer than
+/// ``PassedDescriptorCloser/maximumReadsPerUser`` of the user's connections read (``PassedDescriptorCloser/beginRead(_:of:)``). Each such connection costs two threads; descriptor passing is off unless
 /// ``ConnectionOptions/maximumDescriptorsPerMessage`` is set.
 final class DescriptorRelay: @unchecked Sendable {
     /// The channel's end of the socket pair, for `ClientBootstrap.withConnectedSocket`; the channel owns it.
@@ -312,8 +314,9 @@ final class DescriptorRelay: @unchecked Sendable {
         self.closeReceived(received)
     }
 
-    /// The peer's user came back under its bound of waiting closes: the inbound thread looks again.
-    func passingUserUnderBound() {
+    /// A read of the peer's user's connections ended, or the user came back under its bound of waiting closes: the
+    /// inbound thread looks again whether it may read (``PassedDescriptorCloser/beginRead(_:of:)``).
+    func readMayBegin() {
         self.lock.lock()
         self.lock.unlock(withValue: self.mayReceiveValue)
     }
@@ -341,11 +344,11 @@ final class DescriptorRelay: @unchecked Sendable {
         loop: while true {
             self.lock.lock(whenValue: 1)
             let closed = self.isClosed
-            // Checked with the lock held: ``passingUserUnderBound()`` takes it after the count came down, so it cannot
-            // slip between this check and the wait.
-            if !closed, PassedDescriptorCloser.isOverBound(self.passedBy) {
-                let starts = !self.waitsForUsersCloses
-                self.waitsForUsersCloses = true
+            // Checked with the lock held: ``readMayBegin()`` takes it once a read of the user's ended or its closes
+            // came down, so that cannot slip between this check and the wait.
+            if !closed, let refusal = PassedDescriptorCloser.beginRead(self, of: self.passedBy) {
+                let starts = refusal == .overBound && !self.waitsForUsersCloses
+                if refusal == .overBound { self.waitsForUsersCloses = true }
                 self.lock.unlock(withValue: 0)
                 if starts {
                     // At debug: each of the user's connections says so; the server's refusals of its new ones are
@@ -360,6 +363,8 @@ final class DescriptorRelay: @unchecked Sendable {
             self.waitsForUsersCloses = false
             self.lock.unlock(withValue: 1)
             if closed { break }
+            // A read under way (PassedDescriptorCloser.beginRead): it never waits for the peer, and ends once what it
+            // brought is handed on or queued to be closed, before the bytes go on to the channel, which may wait.
             var count: Int32 = 0
             var truncated: Int32 = 0
             let length = received.withUnsafeMutableBufferPointer { descriptors in
@@ -367,6 +372,11 @@ final class DescriptorRelay: @unchecked Sendable {
             }
             if length < 0 {
                 let code = errno
+                PassedDescriptorCloser.endRead(of: self.passedBy)
+                if code == EAGAIN || code == EWOULDBLOCK {
+                    Self.waitUntilReadable(self.socket)
+                    continue
+                }
                 if code == ENOMEM || code == ENOBUFS, memoryWaits < 100 {
                     // Out of kernel memory for the moment: wait a little (at most a second in all), as NIO's accept
                     // backs off, rather than end the connection at once.
@@ -388,18 +398,21 @@ final class DescriptorRelay: @unchecked Sendable {
             let group = Array(received[0..<Int(count)])
             if truncated != 0 {
                 self.closeReceived(group)
+                PassedDescriptorCloser.endRead(of: self.passedBy)
                 self.violate("the peer passed descriptors the kernel could not deliver whole (MSG_CTRUNC)")
                 violated = true
                 break
             }
             let found = scanner.scan(UnsafeRawBufferPointer(rebasing: buffer[0..<length]))
-            if let error = self.receive(
+            let problem = self.receive(
                 group,
                 found: found,
                 helloFlags: scanner.helloFlags,
                 mayBeClaimedLater: scanner.mayBeInsideDescriptorsFrame
-            ) {
-                self.violate(error)
+            )
+            PassedDescriptorCloser.endRead(of: self.passedBy)
+            if let problem {
+                self.violate(problem)
                 violated = true
                 break
             }
@@ -414,6 +427,7 @@ final class DescriptorRelay: @unchecked Sendable {
         // The peer's end of stream, passed on. Not after a violation: the channel would read that end of stream
         // before the violation's event and close without telling the peer why; the violation closes it instead.
         if !violated { _ = shutdown(self.relaySide, Int32(SHUT_WR)) }
+        PassedDescriptorCloser.readerEnded(self, of: self.passedBy)
         self.threadEnded()
     }
 
@@ -598,7 +612,20 @@ final class DescriptorRelay: @unchecked Sendable {
     /// The most descriptors one `sendmsg` or `recvmsg` carries: the kernel's `SCM_MAX_FD`, 253.
     static let maximumPerCall = 253
 
-    /// `recvmsg` with room for ``maximumPerCall`` descriptors, `MSG_CMSG_CLOEXEC`.
+    /// Waits with `poll(2)` until `socket` has bytes to read, its peer's end of stream or an error; retried on
+    /// `EINTR`. Any other failure of `poll` (`ENOMEM`) waits 10 ms instead, so that the caller's `recvmsg` says what
+    /// is wrong without spinning.
+    private static func waitUntilReadable(_ socket: Int32) {
+        var descriptor = pollfd(fd: socket, events: Int16(POLLIN), revents: 0)
+        while poll(&descriptor, 1, -1) < 0 {
+            guard errno == EINTR else {
+                usleep(10_000)
+                return
+            }
+        }
+    }
+
+    /// `recvmsg` with room for ``maximumPerCall`` descriptors, `MSG_CMSG_CLOEXEC` and `MSG_DONTWAIT`.
     private static func receive(
         _ socket: Int32,
         _ buffer: UnsafeMutableRawBufferPointer,
@@ -609,7 +636,7 @@ final class DescriptorRelay: @unchecked Sendable {
         #if os(Linux)
         return csocketipc_receive_with_descriptors(
             socket, buffer.baseAddress, UInt(buffer.count), descriptors.baseAddress, Int32(descriptors.count),
-            &count, &truncated
+            &count, &truncated, Int32(MSG_DONTWAIT)
         )
         #else
         // Untested: descriptor passing is Linux-only for now (the relay is never made elsewhere).

@@ -11,6 +11,9 @@
 ///   ``stallTime`` while it is over its bound, it is *stalled* and refused new connections that would pass
 ///   descriptors (``isStalled(_:now:)``). A burst of an honest user's descriptors (253 files with one message) is
 ///   over the bound only while its closes drain, and is not refused;
+/// - at most ``maximumReadsPerUser`` of a user's connections read at once (``beginRead(_:)``): one read may bring 253
+///   descriptors whatever the bound, so that a user's waiting closes stay under the bound plus that many reads' worth,
+///   however many connections it has (before, each of its connections could bring 253 more past the bound);
 /// - at most ``maximumThreads`` threads in all.
 ///
 /// A user is the peer's user id as the kernel reported it (`SO_PEERCRED`), or `nil` for peers whose credentials are
@@ -26,6 +29,8 @@ struct PassedDescriptorCloseQueue {
     let maximumWaitingPerUser: Int
     /// How long a user over its bound must go without a close ending to be stalled.
     let stallTime: Duration
+    /// The most reads of one user's connections at once.
+    let maximumReadsPerUser: Int
 
     private struct UserCloses {
         var queue: [Int32] = []
@@ -36,6 +41,8 @@ struct PassedDescriptorCloseQueue {
     }
 
     private var users: [User: UserCloses] = [:]
+    /// The reads of each user's connections under way (``beginRead(_:)``); a user with none has no entry.
+    private var reading: [User: Int] = [:]
     /// The users with queued descriptors, in the order of their turns.
     private var turns: [User] = []
     /// The closing threads running (started, or about to be).
@@ -43,11 +50,18 @@ struct PassedDescriptorCloseQueue {
     /// The threads in the middle of a close.
     private(set) var busy = 0
 
-    init(maximumThreads: Int, maximumThreadsPerUser: Int, maximumWaitingPerUser: Int, stallTime: Duration) {
+    init(
+        maximumThreads: Int,
+        maximumThreadsPerUser: Int,
+        maximumWaitingPerUser: Int,
+        stallTime: Duration,
+        maximumReadsPerUser: Int
+    ) {
         self.maximumThreads = maximumThreads
         self.maximumThreadsPerUser = maximumThreadsPerUser
         self.maximumWaitingPerUser = maximumWaitingPerUser
         self.stallTime = stallTime
+        self.maximumReadsPerUser = maximumReadsPerUser
     }
 
     /// How many closes of `user`'s descriptors wait: queued, or running on a thread.
@@ -60,6 +74,32 @@ struct PassedDescriptorCloseQueue {
     func isStalled(_ user: User, now: ContinuousClock.Instant) -> Bool {
         guard let closes = self.users[user], closes.waiting >= self.maximumWaitingPerUser else { return false }
         return closes.progress + self.stallTime <= now
+    }
+
+    /// How many reads of `user`'s connections are under way.
+    func reads(by user: User) -> Int { self.reading[user] ?? 0 }
+
+    /// Whether a connection of `user`'s may read now: the user is under its bound and fewer than
+    /// ``maximumReadsPerUser`` of its reads are under way.
+    func mayBeginRead(_ user: User) -> Bool {
+        !self.isOverBound(user) && self.reads(by: user) < self.maximumReadsPerUser
+    }
+
+    /// Starts a read of a connection of `user`'s, if it may (``mayBeginRead(_:)``); the caller must end it with
+    /// ``endRead(_:)`` once the descriptors it brought are handed on or queued to be closed, and must not wait for the
+    /// peer meanwhile.
+    /// - Returns: Whether the read may start.
+    mutating func beginRead(_ user: User) -> Bool {
+        guard self.mayBeginRead(user) else { return false }
+        self.reading[user, default: 0] += 1
+        return true
+    }
+
+    /// Ends a read that ``beginRead(_:)`` started.
+    mutating func endRead(_ user: User) {
+        let left = self.reads(by: user) - 1
+        precondition(left >= 0, "endRead without beginRead")
+        self.reading[user] = left == 0 ? nil : left
     }
 
     /// Queues `descriptors`, which `user` passed, to be closed, at `now`.

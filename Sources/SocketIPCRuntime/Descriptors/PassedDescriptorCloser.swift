@@ -37,6 +37,14 @@ import Synchronization
 /// server refuses its new connections that would pass descriptors. Before, one user that kept 8 closes waiting for
 /// good held every closing thread, and its further descriptors queued without bound until the process ran out of
 /// descriptors and refused every user at `accept`.
+///
+/// **Reads by user:** one `recvmsg` may bring 253 descriptors (`SCM_MAX_FD`) whatever a message's maximum, and a relay
+/// blocked in `recvmsg` is past any check of the bound. So a relay waits for the peer with `poll(2)`, holding nothing,
+/// and reads only once it may begin a read (``beginRead(_:of:)``): at most ``maximumReadsPerUser`` of a user's
+/// connections read at once, none while it is over its bound. Its waiting closes stay under
+/// ``maximumWaitingPerUser`` plus ``maximumReadsPerUser`` × 253 however many connections it has (found by a review:
+/// one user's 100 connections, each passing 253 files of a file system that never answered, left 19,881 closes
+/// waiting, 99.5 % of the server's descriptors).
 enum PassedDescriptorCloser {
     /// The user who passed a descriptor: the peer's uid, `nil` when its credentials are unknown.
     typealias User = PassedDescriptorCloseQueue.User
@@ -51,6 +59,9 @@ enum PassedDescriptorCloser {
     /// How long a user over its bound must go without a close ending before the server refuses its new connections
     /// that would pass descriptors: 1 second. Closes that never end are what it catches, not a burst that drains.
     static let stallTime: Duration = .seconds(1)
+    /// The most connections of one user that read at once (``beginRead(_:of:)``): 2. Each read is a non-blocking
+    /// `recvmsg` and the bookkeeping of what it brought, never a wait for the peer.
+    static let maximumReadsPerUser = 2
 
     /// The account of this side's own descriptors (the duplicates it sends; ``closeDescriptors(_:)``): `uid_t` -1,
     /// which never names a user (`setresuid(2)` takes it for "unchanged"), so no peer's connection is paused or
@@ -70,10 +81,30 @@ enum PassedDescriptorCloser {
             maximumThreads: PassedDescriptorCloser.maximumThreads,
             maximumThreadsPerUser: PassedDescriptorCloser.maximumThreadsPerUser,
             maximumWaitingPerUser: PassedDescriptorCloser.maximumWaitingPerUser,
-            stallTime: PassedDescriptorCloser.stallTime
+            stallTime: PassedDescriptorCloser.stallTime,
+            maximumReadsPerUser: PassedDescriptorCloser.maximumReadsPerUser
         )
         /// The relays of each user's connections, told when the user comes back under its bound.
         var relays: [User: [ObjectIdentifier: DescriptorRelay]] = [:]
+        /// The relays of each user's connections that wait for one of its reads to end, first come first told.
+        var readWaiters: [User: [DescriptorRelay]] = [:]
+
+        /// The first relay of `user`'s that waits for a read to end, if one of its reads may begin now.
+        mutating func nextReader(of user: User) -> DescriptorRelay? {
+            guard self.queue.mayBeginRead(user), var waiters = self.readWaiters[user], !waiters.isEmpty else {
+                return nil
+            }
+            let next = waiters.removeFirst()
+            self.readWaiters[user] = waiters.isEmpty ? nil : waiters
+            return next
+        }
+
+        /// Takes `relay`, a connection of `user`'s, off the relays that wait for a read to end.
+        mutating func removeReader(_ relay: DescriptorRelay, of user: User) {
+            guard let waiters = self.readWaiters[user] else { return }
+            let left = waiters.filter { $0 !== relay }
+            self.readWaiters[user] = left.isEmpty ? nil : left
+        }
         /// Whether a retry of threads that could not be started is scheduled.
         var retryScheduled = false
     }
@@ -93,9 +124,51 @@ enum PassedDescriptorCloser {
         self.startThreads(starting)
     }
 
-    /// Whether `user` has ``maximumWaitingPerUser`` or more closes waiting: its connections read no more descriptors.
-    static func isOverBound(_ user: User) -> Bool {
-        self.state.withLock { $0.queue.isOverBound(user) }
+    /// Why a read of a connection may not begin (``beginRead(_:of:)``).
+    enum ReadRefusal {
+        /// The user has ``maximumWaitingPerUser`` or more closes waiting: the relay is told once they come down.
+        case overBound
+        /// ``maximumReadsPerUser`` of the user's reads are under way: the relay is told when one ends.
+        case readsUnderWay
+    }
+
+    /// Begins a read of `relay`, a connection of `user`'s, unless `user` is over its bound or at
+    /// ``maximumReadsPerUser`` reads under way; then the relay is told (``DescriptorRelay/readMayBegin()``) when that
+    /// changes. Called with the relay's lock held, so that the telling cannot slip in before the relay waits.
+    /// - Returns: `nil` when the read may begin: the caller ends it with ``endRead(of:)`` and must not wait for the peer
+    ///   meanwhile; otherwise why not.
+    static func beginRead(_ relay: DescriptorRelay, of user: User) -> ReadRefusal? {
+        self.state.withLock { state in
+            if state.queue.beginRead(user) {
+                // No longer waiting: told later, it would take the turn of one that waits (a lost wake-up).
+                state.removeReader(relay, of: user)
+                return nil
+            }
+            if state.queue.isOverBound(user) { return .overBound }
+            if state.readWaiters[user]?.contains(where: { $0 === relay }) != true {
+                state.readWaiters[user, default: []].append(relay)
+            }
+            return .readsUnderWay
+        }
+    }
+
+    /// Ends a read that ``beginRead(_:of:)`` began, and tells the next relay of `user`'s that waits for one.
+    static func endRead(of user: User) {
+        let next = self.state.withLock { state -> DescriptorRelay? in
+            state.queue.endRead(user)
+            return state.nextReader(of: user)
+        }
+        next?.readMayBegin()
+    }
+
+    /// `relay`, a connection of `user`'s, reads no more: it no longer waits for a read to end, and, had it been told
+    /// that one did, the next relay that waits is told instead.
+    static func readerEnded(_ relay: DescriptorRelay, of user: User) {
+        let next = self.state.withLock { state -> DescriptorRelay? in
+            state.removeReader(relay, of: user)
+            return state.nextReader(of: user)
+        }
+        next?.readMayBegin()
     }
 
     /// Whether `user` is over its bound and none of its closes has ended for ``stallTime``: a server refuses its new
@@ -172,7 +245,7 @@ enum PassedDescriptorCloser {
                 guard state.queue.closed(by: next.user, now: now) else { return [] }
                 return state.relays[next.user].map { Array($0.values) } ?? []
             }
-            for relay in relays { relay.passingUserUnderBound() }
+            for relay in relays { relay.readMayBegin() }
         }
     }
 }

@@ -14,7 +14,8 @@ struct PassedDescriptorCloseQueueTests {
             maximumThreads: 6,
             maximumThreadsPerUser: 2,
             maximumWaitingPerUser: 4,
-            stallTime: .seconds(1)
+            stallTime: .seconds(1),
+            maximumReadsPerUser: 2
         )
     }
 
@@ -47,7 +48,8 @@ struct PassedDescriptorCloseQueueTests {
             maximumThreads: 1,
             maximumThreadsPerUser: 1,
             maximumWaitingPerUser: 2,
-            stallTime: .seconds(1)
+            stallTime: .seconds(1),
+            maximumReadsPerUser: 2
         )
         #expect(queue.enqueue([10, 11], by: 1, now: self.start) == 1)
         #expect(queue.enqueue([20, 21], by: nil, now: self.start) == 0)
@@ -129,6 +131,41 @@ struct PassedDescriptorCloseQueueTests {
         #expect(queue.threads == 0)
         #expect(queue.threadsWanted() == 2)
         #expect(queue.threadsWanted() == 0)
+    }
+
+    @Test("at most two reads of a user's connections at once, none while the user is over its bound, each user apart")
+    func readsByUser() {
+        var queue = self.makeQueue()
+        let first = queue.beginRead(1)
+        let second = queue.beginRead(1)
+        #expect(first && second)
+        // A third connection of user 1 waits: one read may bring 253 descriptors, whatever the bound.
+        let third = queue.beginRead(1)
+        #expect(!third && !queue.mayBeginRead(1))
+        #expect(queue.reads(by: 1) == 2)
+        // Another user reads meanwhile, and so does the unknown user.
+        let otherUser = queue.beginRead(2)
+        let unknownUser = queue.beginRead(nil)
+        #expect(otherUser && unknownUser)
+        queue.endRead(1)
+        #expect(queue.mayBeginRead(1) && queue.reads(by: 1) == 1)
+        // The read that ended brought 4 descriptors that the closes queue: over the bound, no read begins.
+        _ = queue.enqueue([10, 11, 12, 13], by: 1, now: self.start)
+        let overBound = queue.beginRead(1)
+        #expect(queue.isOverBound(1) && !overBound)
+        queue.endRead(1)
+        #expect(queue.reads(by: 1) == 0 && !queue.mayBeginRead(1))
+        // A close ends: under the bound again, reads begin.
+        let next = queue.next()
+        #expect(next?.user == 1)
+        let cameUnder = queue.closed(by: 1, now: self.start)
+        #expect(cameUnder)
+        let underBound = queue.beginRead(1)
+        #expect(underBound)
+        queue.endRead(1)
+        queue.endRead(2)
+        queue.endRead(nil)
+        #expect(queue.reads(by: 1) == 0 && queue.reads(by: 2) == 0 && queue.reads(by: nil) == 0)
     }
 
     @Test("no descriptors, no thread")

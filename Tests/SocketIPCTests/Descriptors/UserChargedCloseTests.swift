@@ -27,6 +27,7 @@ private let hostilePeerPython = "/usr/bin/python3"
 /// every user at `accept` (the top item left by a hostile review).
 @Suite(
     "Closes of passed descriptors charged to their user",
+    .serialized,  // both charge OtherUser's account
     .timeLimit(.minutes(3)),
     .limitedConcurrency,
     .enabled(
@@ -81,12 +82,93 @@ struct UserChargedCloseTests {
             time.sleep(60)
         """
 
+    /// The second hostile peer: connects `connections` times and says `greeted` once each has the server's hello, then
+    /// passes the FUSE file 253 times (one `sendmsg`'s most, `SCM_MAX_FD`) on each with a descriptors frame that
+    /// announces 253, more than the server's maximum of 4, says `sent`, then connects again until refused, as above.
+    static let manyConnectionsScript = """
+        import os, resource, socket, sys, time
+        path, fuse, connections = sys.argv[1], sys.argv[2], int(sys.argv[3])
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        hello = b"SIPC\\x01\\x07\\x00\\x00"
+        def connect():
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(30)
+            s.connect(path)
+            got = b""
+            try:
+                s.sendall(hello)
+                while len(got) < 8:
+                    chunk = s.recv(8 - len(got))
+                    if not chunk:
+                        break
+                    got += chunk
+            except (BrokenPipeError, ConnectionResetError, socket.timeout):
+                pass
+            return s, len(got) == 8
+        fd = os.open(fuse, os.O_RDONLY)
+        sockets = []
+        for _ in range(connections):
+            s, greeted = connect()
+            if not greeted:
+                print("no hello", flush=True)
+                sys.exit(1)
+            sockets.append(s)
+        print("greeted", flush=True)
+        for s in sockets:
+            socket.send_fds(s, [bytes([0, 0, 0, 2, 0x0D, 253])], [fd] * 253)
+        print("sent", flush=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            t, greeted = connect()
+            t.close()
+            if not greeted:
+                print("refused", flush=True)
+                break
+            time.sleep(0.02)
+        while True:
+            time.sleep(60)
+        """
+
     @Test("a user whose closes never return is refused and stops being read; another user's passed socket is closed and its requests served")
     func hangingClosesAreCharged() async throws {
+        try await self.withHangingMount { mount in try await self.attack(mount) }
+    }
+
+    /// One `recvmsg` may bring 253 descriptors whatever a message's maximum: before, each of a user's connections was
+    /// blocked in `recvmsg`, past the check of the bound, and brought 253 more (a review's 100 connections left 19,881
+    /// closes waiting). Now at most two of its connections read at once and none once it is over its bound.
+    @Test("a user's many connections, each passing 253 descriptors in one message, leave at most two reads' worth waiting")
+    func manyConnectionsEachPassingTheMost() async throws {
+        try await self.withHangingMount { mount in
+            let hostile = OtherUser.uid
+            let connections = 8
+            try await self.withHostilePeer(
+                script: Self.manyConnectionsScript,
+                arguments: [mount.file, "\(connections)"]
+            ) { process, refusals, _ in
+                #expect(await process.standardOutput.waitForLine(containing: "greeted") != nil)
+                #expect(await process.standardOutput.waitForLine(containing: "sent") != nil)
+                let refused = await process.standardOutput.waitForLine(containing: "refused")
+                let errors = refused == nil ? await process.standardError.remainingLines() : []
+                #expect(refused != nil, "stderr: \(errors)")
+                #expect(refusals().contains { $0.0 == hostile && $0.1.code == .resourceExhausted })
+                // Refused: over its bound for a second with no close ended. Without the bound on reads, all 8
+                // connections' 2,024 descriptors would wait by now.
+                let waiting = PassedDescriptorCloser.waiting(by: hostile)
+                let most = PassedDescriptorCloser.maximumWaitingPerUser + 2 * DescriptorRelay.maximumPerCall
+                #expect(waiting >= DescriptorRelay.maximumPerCall && waiting <= most, "\(waiting) closes wait")
+            }
+        }
+    }
+
+    /// Mounts a ``HangingFUSEMount`` for `body`; then lets the file system answer and waits until none of
+    /// ``OtherUser``'s closes waits.
+    private func withHangingMount(_ body: (HangingFUSEMount) async throws -> Void) async throws {
         let mount = try HangingFUSEMount()
         let outcome: Result<Void, any Error>
         do {
-            try await self.attack(mount)
+            try await body(mount)
             outcome = .success(())
         } catch {
             outcome = .failure(error)
@@ -101,8 +183,15 @@ struct UserChargedCloseTests {
         try outcome.get()
     }
 
-    private func attack(_ mount: HangingFUSEMount) async throws {
-        let hostile = OtherUser.uid
+    /// Runs `script` as ``OtherUser`` against a framed echo server that takes at most 4 descriptors per message and
+    /// admits that user, and runs `body` with the process, the refusals reported so far (users and errors) and the
+    /// server's path. The process is killed and reaped after: its exit's close of the file is answered (another
+    /// process's flush).
+    private func withHostilePeer(
+        script: String,
+        arguments: [String],
+        _ body: (SpawnedProcess, () -> [(UInt32?, SocketIPCError)], String) async throws -> Void
+    ) async throws {
         let refusals = Mutex<[(UInt32?, SocketIPCError)]>([])
         var options = ConnectionOptions()
         options.maximumDescriptorsPerMessage = 4
@@ -110,7 +199,7 @@ struct UserChargedCloseTests {
             configure: {
                 $0.connection = options
                 $0.mode = 0o666
-                $0.authorization = .sameUser || .users([hostile])
+                $0.authorization = .sameUser || .users([OtherUser.uid])
                 $0.onConnectionRefused = { peer, error in refusals.withLock { $0.append((peer?.userID, error)) } }
             },
             makeHandler: { EchoHandler() }
@@ -118,43 +207,52 @@ struct UserChargedCloseTests {
             chmod((path as NSString).deletingLastPathComponent, 0o755)
             let process = try SpawnedProcess(
                 executable: OtherUser.setpriv!,
-                arguments: OtherUser.command([hostilePeerPython, "-c", Self.hostileScript, path, mount.file, "40"]),
+                arguments: OtherUser.command([hostilePeerPython, "-c", script, path] + arguments),
                 timeLimit: .seconds(120)
             )
-            // Killed and reaped when done: its exit's close of the file is answered (another process's flush).
             try await withProcess(process) { process in
-                #expect(await process.standardOutput.waitForLine(containing: "sent") != nil)
-                // The server refuses the hostile user's new connections once 64 of its closes wait.
-                let refused = await process.standardOutput.waitForLine(containing: "refused")
-                let errors = refused == nil ? await process.standardError.remainingLines() : []
-                #expect(refused != nil, "stderr: \(errors)")
-                #expect(
-                    refusals.withLock { $0.contains { $0.0 == hostile && $0.1.code == .resourceExhausted } },
-                    "\(refusals.withLock { $0.map { "\($0.0.map(String.init) ?? "?"): \($0.1)" } })"
-                )
-                let waiting = PassedDescriptorCloser.waiting(by: hostile)
-                #expect(waiting >= PassedDescriptorCloser.maximumWaitingPerUser)
-                // Its connection read no more: what it passed is bounded by the bound plus what one connection holds
-                // in flight (the relay's 64, a read's 4) and the handler's message, not the 160 it passed.
-                #expect(waiting <= PassedDescriptorCloser.maximumWaitingPerUser + 64 + 8, "\(waiting) closes wait")
-
-                // This process's user passes one end of a socket pair: the server closes it on a thread the hostile
-                // user cannot hold, so the other end reads end of stream. Its requests are served meanwhile.
-                var client = ClientConfiguration()
-                client.connection = options
-                var pair: [Int32] = [-1, -1]
-                #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0)
-                let ours = RawSocket(descriptor: pair[0])
-                defer { ours.close() }
-                let reply = try await Client.withConnection(to: path, configuration: client) { connection in
-                    try await connection.request(ByteBuffer(string: "mine"), descriptors: [FileDescriptor(rawValue: pair[1])])
-                }
-                close(pair[1])
-                #expect(String(buffer: reply.payload) == "mine")
-                var limit = timeval(tv_sec: 30, tv_usec: 0)
-                setsockopt(pair[0], SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
-                #expect(try await ours.readUntilClosed().isEmpty)
+                try await body(process, { refusals.withLock { $0 } }, path)
             }
+        }
+    }
+
+    private func attack(_ mount: HangingFUSEMount) async throws {
+        let hostile = OtherUser.uid
+        var options = ConnectionOptions()
+        options.maximumDescriptorsPerMessage = 4
+        try await self.withHostilePeer(script: Self.hostileScript, arguments: [mount.file, "40"]) {
+            process, refusals, path in
+            #expect(await process.standardOutput.waitForLine(containing: "sent") != nil)
+            // The server refuses the hostile user's new connections once 64 of its closes wait.
+            let refused = await process.standardOutput.waitForLine(containing: "refused")
+            let errors = refused == nil ? await process.standardError.remainingLines() : []
+            #expect(refused != nil, "stderr: \(errors)")
+            #expect(
+                refusals().contains { $0.0 == hostile && $0.1.code == .resourceExhausted },
+                "\(refusals().map { "\($0.0.map(String.init) ?? "?"): \($0.1)" })"
+            )
+            let waiting = PassedDescriptorCloser.waiting(by: hostile)
+            #expect(waiting >= PassedDescriptorCloser.maximumWaitingPerUser)
+            // Its connection read no more: what it passed is bounded by the bound plus what one connection holds
+            // in flight (the relay's 64, a read's 4) and the handler's message, not the 160 it passed.
+            #expect(waiting <= PassedDescriptorCloser.maximumWaitingPerUser + 64 + 8, "\(waiting) closes wait")
+
+            // This process's user passes one end of a socket pair: the server closes it on a thread the hostile
+            // user cannot hold, so the other end reads end of stream. Its requests are served meanwhile.
+            var client = ClientConfiguration()
+            client.connection = options
+            var pair: [Int32] = [-1, -1]
+            #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0)
+            let ours = RawSocket(descriptor: pair[0])
+            defer { ours.close() }
+            let reply = try await Client.withConnection(to: path, configuration: client) { connection in
+                try await connection.request(ByteBuffer(string: "mine"), descriptors: [FileDescriptor(rawValue: pair[1])])
+            }
+            close(pair[1])
+            #expect(String(buffer: reply.payload) == "mine")
+            var limit = timeval(tv_sec: 30, tv_usec: 0)
+            setsockopt(pair[0], SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+            #expect(try await ours.readUntilClosed().isEmpty)
         }
     }
 }
