@@ -46,7 +46,8 @@ import Darwin
 final class DescriptorRelay: @unchecked Sendable {
     /// The channel's end of the socket pair, for `ClientBootstrap.withConnectedSocket`; the channel owns it.
     let channelSide: Int32
-    /// The connection's socket; the relay owns it and closes it once both threads ended.
+    /// The connection's socket; the relay owns it, and shuts it down once both threads ended and has it closed as
+    /// what the peer passed is (``closeReceived(_:)``).
     let socket: Int32
     /// The relay's end of the socket pair.
     private let relaySide: Int32
@@ -81,9 +82,11 @@ final class DescriptorRelay: @unchecked Sendable {
     private var outboundBusy = false
     private var channel: (any Channel)?
     private var violation: SocketIPCError?
-    /// Whether the inbound thread waits because the peer's user is over its bound of waiting closes (logged once
-    /// each time it starts).
+    /// Whether the inbound thread waits because the peer's user is paused (logged once each time it starts).
     private var waitsForUsersCloses = false
+    /// How many of the descriptors received and not yet taken this relay has counted on its peer's user's account
+    /// (``PassedDescriptorCloser/adjustHeld(_:of:)``); 0 once the channel closed, when what it holds is closed.
+    private var accounted = 0
     /// Who waits for both threads to end (``waitUntilFinished()``); `nil` once they have.
     private let finishWaiters = Mutex<[@Sendable () -> Void]?>([])
 
@@ -174,7 +177,9 @@ final class DescriptorRelay: @unchecked Sendable {
         self.claimedCount -= group.count
         if holding { self.heldCount += group.count }
         self.movedOn &+= UInt64(group.count)
+        let change = self.accountChange()
         self.lock.unlock(withValue: self.mayReceiveValue)
+        PassedDescriptorCloser.adjustHeld(change, of: self.passedBy)
         return group
     }
 
@@ -183,7 +188,9 @@ final class DescriptorRelay: @unchecked Sendable {
     func releaseHeld(_ count: Int) {
         self.lock.lock()
         self.heldCount = max(self.heldCount - count, 0)
+        let change = self.accountChange()
         self.lock.unlock(withValue: self.mayReceiveValue)
+        PassedDescriptorCloser.adjustHeld(change, of: self.passedBy)
     }
 
     /// Whether descriptors the peer passed wait in the relay (received and not yet taken by the channel handler),
@@ -277,13 +284,15 @@ final class DescriptorRelay: @unchecked Sendable {
         self.claimed = []
         self.claimedCount = 0
         self.channel = nil
+        let change = self.accountChange()
         self.lock.unlock(withValue: 1)
         self.closeReceived(received)
+        PassedDescriptorCloser.adjustHeld(change, of: self.passedBy)
         eventLoop.scheduleTask(in: .init(timeout)) { self.abort() }
     }
 
     /// Returns once both threads have ended: everything the channel wrote has been sent (or the peer was cut off),
-    /// and the connection's socket is closed.
+    /// and the connection's socket is shut down (its close queued, charged to the peer's user).
     func waitUntilFinished() async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             self.whenFinished { continuation.resume() }
@@ -310,18 +319,34 @@ final class DescriptorRelay: @unchecked Sendable {
         self.claimed = []
         self.claimedCount = 0
         if !self.socketIsClosed { _ = shutdown(self.socket, Int32(SHUT_RDWR)) }
+        let change = self.accountChange()
         self.lock.unlock(withValue: 1)
         self.closeReceived(received)
+        PassedDescriptorCloser.adjustHeld(change, of: self.passedBy)
     }
 
     /// A read of the peer's user's connections ended, or the user came back under its bound of waiting closes: the
     /// inbound thread looks again whether it may read (``PassedDescriptorCloser/beginRead(_:of:)``).
-    func readMayBegin() {
+    /// - Returns: Whether the inbound thread looks: not while the relay holds its limit of descriptors in flight (it
+    ///   looks again once the handler takes some).
+    @discardableResult
+    func readMayBegin() -> Bool {
         self.lock.lock()
-        self.lock.unlock(withValue: self.mayReceiveValue)
+        let value = self.mayReceiveValue
+        self.lock.unlock(withValue: value)
+        return value == 1
     }
 
     // MARK: - Threads
+
+    /// The change to pass to the account of the peer's user (``PassedDescriptorCloser/adjustHeld(_:of:)``) after
+    /// the descriptors in flight changed: passed once the lock is released, and after what was dropped is queued to be
+    /// closed, so that the user's total never dips in between. Called with the lock held.
+    private func accountChange() -> Int {
+        let now = self.isClosed ? 0 : self.unclaimed.count + self.claimedCount + self.heldCount
+        defer { self.accounted = now }
+        return now - self.accounted
+    }
 
     /// 1 while the inbound thread may receive more. Called with the lock held.
     private var mayReceiveValue: Int {
@@ -347,15 +372,18 @@ final class DescriptorRelay: @unchecked Sendable {
             // Checked with the lock held: ``readMayBegin()`` takes it once a read of the user's ended or its closes
             // came down, so that cannot slip between this check and the wait.
             if !closed, let refusal = PassedDescriptorCloser.beginRead(self, of: self.passedBy) {
-                let starts = refusal == .overBound && !self.waitsForUsersCloses
-                if refusal == .overBound { self.waitsForUsersCloses = true }
+                let starts = refusal == .paused && !self.waitsForUsersCloses
+                if refusal == .paused { self.waitsForUsersCloses = true }
                 self.lock.unlock(withValue: 0)
                 if starts {
                     // At debug: each of the user's connections says so; the server's refusals of its new ones are
                     // logged at notice, at a bounded rate.
                     self.logger.debug(
-                        "the peer's user has \(PassedDescriptorCloser.maximumWaitingPerUser) or more closes of descriptors it passed waiting (a file system that does not answer?): this connection reads nothing until they come down",
-                        metadata: ["socketipc.closes_waiting": "\(PassedDescriptorCloser.waiting(by: self.passedBy))"]
+                        "the peer's user has \(PassedDescriptorCloser.maximumWaitingPerUser) or more closes of descriptors it passed waiting (a file system that does not answer?), or \(PassedDescriptorCloser.maximumHeldPerUser) descriptors with those its connections hold: this connection reads nothing until they come down",
+                        metadata: [
+                            "socketipc.closes_waiting": "\(PassedDescriptorCloser.waiting(by: self.passedBy))",
+                            "socketipc.descriptors_held": "\(PassedDescriptorCloser.heldDescriptors(by: self.passedBy))",
+                        ]
                     )
                 }
                 continue
@@ -487,8 +515,10 @@ final class DescriptorRelay: @unchecked Sendable {
             self.claimed = []
             self.claimedCount = 0
         }
+        let change = self.accountChange()
         self.lock.unlock(withValue: self.mayReceiveValue)
         self.closeReceived(dropped)
+        PassedDescriptorCloser.adjustHeld(change, of: self.passedBy)
         return problem
     }
 
@@ -581,11 +611,16 @@ final class DescriptorRelay: @unchecked Sendable {
         var leftOutgoing: [Int32] = []
         if last {
             self.socketIsClosed = true
-            _ = close(self.socket)
+            // The socket is shut down here, so that its peer reads end of stream at once, and closed as what the peer
+            // passed is, charged to its user, off this thread and the lock: descriptors in flight in its receive
+            // queue (a lingering TCP socket whose close waits) are released by its close (found by a review: under
+            // the lock, such a close held every thread that took it, a closing thread's wake-up among them).
+            _ = shutdown(self.socket, Int32(SHUT_RDWR))
+            left.append(self.socket)
             _ = close(self.relaySide)
             // Descriptors no frame claimed now never will be; those claimed wait for the channel, which may still
             // read the frames that claimed them (the channel's close closes them if it does not).
-            left = self.unclaimed
+            left += self.unclaimed
             leftOutgoing = self.outgoing.flatMap { $0 }
             self.unclaimed = []
             self.outgoing = []
@@ -595,8 +630,10 @@ final class DescriptorRelay: @unchecked Sendable {
                 self.claimedCount = 0
             }
         }
+        let change = self.accountChange()
         self.lock.unlock(withValue: 1)
         self.closeReceived(left)
+        PassedDescriptorCloser.adjustHeld(change, of: self.passedBy)
         Self.closeAll(leftOutgoing)
         if last {
             let waiters = self.finishWaiters.withLock { waiters in

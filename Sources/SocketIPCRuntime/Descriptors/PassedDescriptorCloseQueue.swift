@@ -11,9 +11,14 @@
 ///   ``stallTime`` while it is over its bound, it is *stalled* and refused new connections that would pass
 ///   descriptors (``isStalled(_:now:)``). A burst of an honest user's descriptors (253 files with one message) is
 ///   over the bound only while its closes drain, and is not refused;
-/// - at most ``maximumReadsPerUser`` of a user's connections read at once (``beginRead(_:)``): one read may bring 253
-///   descriptors whatever the bound, so that a user's waiting closes stay under the bound plus that many reads' worth,
-///   however many connections it has (before, each of its connections could bring 253 more past the bound);
+/// - descriptors its connections received and the handler has not taken yet (``adjustHeld(_:of:)``) count with its
+///   waiting closes against ``maximumHeldPerUser``: a connection that closes turns them into closes, so that counted
+///   apart they escaped every bound (found by a review: a user's connections that each held 8 unclaimed
+///   descriptors, then closed, left 1,048 closes waiting);
+/// - at most ``maximumReadsPerUser`` of a user's connections read at once (``beginRead(_:)``), none while it is over
+///   either bound: one read may bring 253 descriptors whatever the bounds, so that what a user holds stays under
+///   ``maximumHeldPerUser`` plus that many reads' worth, however many connections it has (before, each of its
+///   connections could bring 253 more past the bound);
 /// - at most ``maximumThreads`` threads in all.
 ///
 /// A user is the peer's user id as the kernel reported it (`SO_PEERCRED`), or `nil` for peers whose credentials are
@@ -31,6 +36,8 @@ struct PassedDescriptorCloseQueue {
     let stallTime: Duration
     /// The most reads of one user's connections at once.
     let maximumReadsPerUser: Int
+    /// The most descriptors of one user's, received and not taken plus waiting closes, before its reads pause.
+    let maximumHeldPerUser: Int
 
     private struct UserCloses {
         var queue: [Int32] = []
@@ -43,6 +50,9 @@ struct PassedDescriptorCloseQueue {
     private var users: [User: UserCloses] = [:]
     /// The reads of each user's connections under way (``beginRead(_:)``); a user with none has no entry.
     private var reading: [User: Int] = [:]
+    /// The descriptors each user's connections received and the handler has not taken (``adjustHeld(_:of:)``); a
+    /// user with none has no entry.
+    private var held: [User: Int] = [:]
     /// The users with queued descriptors, in the order of their turns.
     private var turns: [User] = []
     /// The closing threads running (started, or about to be).
@@ -55,13 +65,15 @@ struct PassedDescriptorCloseQueue {
         maximumThreadsPerUser: Int,
         maximumWaitingPerUser: Int,
         stallTime: Duration,
-        maximumReadsPerUser: Int
+        maximumReadsPerUser: Int,
+        maximumHeldPerUser: Int
     ) {
         self.maximumThreads = maximumThreads
         self.maximumThreadsPerUser = maximumThreadsPerUser
         self.maximumWaitingPerUser = maximumWaitingPerUser
         self.stallTime = stallTime
         self.maximumReadsPerUser = maximumReadsPerUser
+        self.maximumHeldPerUser = maximumHeldPerUser
     }
 
     /// How many closes of `user`'s descriptors wait: queued, or running on a thread.
@@ -79,15 +91,37 @@ struct PassedDescriptorCloseQueue {
     /// How many reads of `user`'s connections are under way.
     func reads(by user: User) -> Int { self.reading[user] ?? 0 }
 
-    /// Whether a connection of `user`'s may read now: the user is under its bound and fewer than
+    /// How many descriptors `user`'s connections received that the handler has not taken.
+    func heldDescriptors(by user: User) -> Int { self.held[user] ?? 0 }
+
+    /// Whether `user`'s connections read nothing now: it is over its bound of waiting closes (``isOverBound(_:)``),
+    /// or its waiting closes and the descriptors its connections hold reach ``maximumHeldPerUser``.
+    func isPaused(_ user: User) -> Bool {
+        let waiting = self.waiting(by: user)
+        return waiting >= self.maximumWaitingPerUser || waiting + self.heldDescriptors(by: user) >= self.maximumHeldPerUser
+    }
+
+    /// Whether a connection of `user`'s may read now: the user is not paused (``isPaused(_:)``) and fewer than
     /// ``maximumReadsPerUser`` of its reads are under way.
     func mayBeginRead(_ user: User) -> Bool {
-        !self.isOverBound(user) && self.reads(by: user) < self.maximumReadsPerUser
+        !self.isPaused(user) && self.reads(by: user) < self.maximumReadsPerUser
+    }
+
+    /// Counts `change` more (or, negative, fewer) descriptors that `user`'s connections received and the handler has
+    /// not taken. Descriptors that go on to be closed are queued (``enqueue(_:by:now:)``) before they are counted off
+    /// here, so that the user's total never dips in between.
+    /// - Returns: Whether this ended a pause of the user's (see ``isPaused(_:)``).
+    mutating func adjustHeld(_ change: Int, of user: User) -> Bool {
+        let wasPaused = self.isPaused(user)
+        let count = self.heldDescriptors(by: user) + change
+        precondition(count >= 0, "more descriptors counted off than were counted")
+        self.held[user] = count == 0 ? nil : count
+        return wasPaused && !self.isPaused(user)
     }
 
     /// Starts a read of a connection of `user`'s, if it may (``mayBeginRead(_:)``); the caller must end it with
-    /// ``endRead(_:)`` once the descriptors it brought are handed on or queued to be closed, and must not wait for the
-    /// peer meanwhile.
+    /// ``endRead(_:)`` once the descriptors it brought are counted (``adjustHeld(_:of:)``) or queued to be closed, and
+    /// must not wait for the peer meanwhile.
     /// - Returns: Whether the read may start.
     mutating func beginRead(_ user: User) -> Bool {
         guard self.mayBeginRead(user) else { return false }
@@ -134,14 +168,14 @@ struct PassedDescriptorCloseQueue {
     }
 
     /// A close of `user`'s descriptor ended, at `now`.
-    /// - Returns: Whether this brought the user under its bound (see ``isOverBound(_:)``).
+    /// - Returns: Whether this ended a pause of the user's (see ``isPaused(_:)``).
     mutating func closed(by user: User, now: ContinuousClock.Instant) -> Bool {
         self.busy -= 1
-        let wasOver = self.isOverBound(user)
+        let wasPaused = self.isPaused(user)
         self.users[user]!.closing -= 1
         self.users[user]!.progress = now
         if self.users[user]!.waiting == 0 { self.users[user] = nil }
-        return wasOver && !self.isOverBound(user)
+        return wasPaused && !self.isPaused(user)
     }
 
     /// A thread that ``enqueue(_:by:now:)`` or ``next()`` asked for could not be started (the process is at its

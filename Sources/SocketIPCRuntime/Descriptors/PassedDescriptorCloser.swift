@@ -38,13 +38,18 @@ import Synchronization
 /// good held every closing thread, and its further descriptors queued without bound until the process ran out of
 /// descriptors and refused every user at `accept`.
 ///
+/// **Held by user:** descriptors a user's connections received and the handler has not taken yet count with its
+/// waiting closes against ``maximumHeldPerUser`` (``adjustHeld(_:of:)``): a connection that closes turns what it holds
+/// into closes (found by a review: connections that each held 8 descriptors no frame had claimed yet, then closed,
+/// left 1,048 closes waiting where the bound was meant to be 570).
+///
 /// **Reads by user:** one `recvmsg` may bring 253 descriptors (`SCM_MAX_FD`) whatever a message's maximum, and a relay
-/// blocked in `recvmsg` is past any check of the bound. So a relay waits for the peer with `poll(2)`, holding nothing,
+/// blocked in `recvmsg` is past any check of the bounds. So a relay waits for the peer with `poll(2)`, holding nothing,
 /// and reads only once it may begin a read (``beginRead(_:of:)``): at most ``maximumReadsPerUser`` of a user's
-/// connections read at once, none while it is over its bound. Its waiting closes stay under
-/// ``maximumWaitingPerUser`` plus ``maximumReadsPerUser`` × 253 however many connections it has (found by a review:
-/// one user's 100 connections, each passing 253 files of a file system that never answered, left 19,881 closes
-/// waiting, 99.5 % of the server's descriptors).
+/// connections read at once, none while it is paused. What a user holds, waiting closes and descriptors not yet
+/// taken, stays under ``maximumHeldPerUser`` plus ``maximumReadsPerUser`` × 253 however many connections it has
+/// (found by a review: one user's 100 connections, each passing 253 files of a file system that never answered, left
+/// 19,881 closes waiting, 99.5 % of the server's descriptors).
 enum PassedDescriptorCloser {
     /// The user who passed a descriptor: the peer's uid, `nil` when its credentials are unknown.
     typealias User = PassedDescriptorCloseQueue.User
@@ -62,6 +67,10 @@ enum PassedDescriptorCloser {
     /// The most connections of one user that read at once (``beginRead(_:of:)``): 2. Each read is a non-blocking
     /// `recvmsg` and the bookkeeping of what it brought, never a wait for the peer.
     static let maximumReadsPerUser = 2
+    /// The most descriptors of one user's, received and not yet taken by the handler plus waiting closes, before its
+    /// connections stop reading: 1,024, sixteen connections' worth of ``DescriptorRelay/inFlightLimit`` at its least.
+    /// Its reads resume when the handler takes some or closes end.
+    static let maximumHeldPerUser = 1024
 
     /// The account of this side's own descriptors (the duplicates it sends; ``closeDescriptors(_:)``): `uid_t` -1,
     /// which never names a user (`setresuid(2)` takes it for "unchanged"), so no peer's connection is paused or
@@ -82,7 +91,8 @@ enum PassedDescriptorCloser {
             maximumThreadsPerUser: PassedDescriptorCloser.maximumThreadsPerUser,
             maximumWaitingPerUser: PassedDescriptorCloser.maximumWaitingPerUser,
             stallTime: PassedDescriptorCloser.stallTime,
-            maximumReadsPerUser: PassedDescriptorCloser.maximumReadsPerUser
+            maximumReadsPerUser: PassedDescriptorCloser.maximumReadsPerUser,
+            maximumHeldPerUser: PassedDescriptorCloser.maximumHeldPerUser
         )
         /// The relays of each user's connections, told when the user comes back under its bound.
         var relays: [User: [ObjectIdentifier: DescriptorRelay]] = [:]
@@ -126,13 +136,14 @@ enum PassedDescriptorCloser {
 
     /// Why a read of a connection may not begin (``beginRead(_:of:)``).
     enum ReadRefusal {
-        /// The user has ``maximumWaitingPerUser`` or more closes waiting: the relay is told once they come down.
-        case overBound
+        /// The user has ``maximumWaitingPerUser`` or more closes waiting, or holds ``maximumHeldPerUser`` descriptors
+        /// with them: the relay is told once that ends.
+        case paused
         /// ``maximumReadsPerUser`` of the user's reads are under way: the relay is told when one ends.
         case readsUnderWay
     }
 
-    /// Begins a read of `relay`, a connection of `user`'s, unless `user` is over its bound or at
+    /// Begins a read of `relay`, a connection of `user`'s, unless `user` is paused (over a bound) or at
     /// ``maximumReadsPerUser`` reads under way; then the relay is told (``DescriptorRelay/readMayBegin()``) when that
     /// changes. Called with the relay's lock held, so that the telling cannot slip in before the relay waits.
     /// - Returns: `nil` when the read may begin: the caller ends it with ``endRead(of:)`` and must not wait for the peer
@@ -144,7 +155,7 @@ enum PassedDescriptorCloser {
                 state.removeReader(relay, of: user)
                 return nil
             }
-            if state.queue.isOverBound(user) { return .overBound }
+            if state.queue.isPaused(user) { return .paused }
             if state.readWaiters[user]?.contains(where: { $0 === relay }) != true {
                 state.readWaiters[user, default: []].append(relay)
             }
@@ -154,24 +165,43 @@ enum PassedDescriptorCloser {
 
     /// Ends a read that ``beginRead(_:of:)`` began, and tells the next relay of `user`'s that waits for one.
     static func endRead(of user: User) {
-        let next = self.state.withLock { state -> DescriptorRelay? in
-            state.queue.endRead(user)
-            return state.nextReader(of: user)
+        self.state.withLock { $0.queue.endRead(user) }
+        self.tellNextReader(of: user)
+    }
+
+    /// Tells the first relay of `user`'s that waits for a read to end, if one of its reads may begin now; and the
+    /// next, should that one not wake (its own limit of descriptors in flight reached: it looks again once the
+    /// handler takes some), so that the turn is not lost (found by a review).
+    private static func tellNextReader(of user: User) {
+        while let next = self.state.withLock({ $0.nextReader(of: user) }) {
+            if next.readMayBegin() { return }
         }
-        next?.readMayBegin()
+    }
+
+    /// Counts `change` more (or, negative, fewer) descriptors that `user`'s connections received and the handler has
+    /// not taken, and tells its relays when that ends a pause. Descriptors that go on to be closed are queued first.
+    static func adjustHeld(_ change: Int, of user: User) {
+        guard change != 0 else { return }
+        let relays = self.state.withLock { state -> [DescriptorRelay] in
+            guard state.queue.adjustHeld(change, of: user) else { return [] }
+            return state.relays[user].map { Array($0.values) } ?? []
+        }
+        for relay in relays { relay.readMayBegin() }
+    }
+
+    /// How many descriptors `user`'s connections received that the handler has not taken.
+    static func heldDescriptors(by user: User) -> Int {
+        self.state.withLock { $0.queue.heldDescriptors(by: user) }
     }
 
     /// `relay`, a connection of `user`'s, reads no more: it no longer waits for a read to end, and, had it been told
     /// that one did, the next relay that waits is told instead.
     static func readerEnded(_ relay: DescriptorRelay, of user: User) {
-        let next = self.state.withLock { state -> DescriptorRelay? in
-            state.removeReader(relay, of: user)
-            return state.nextReader(of: user)
-        }
-        next?.readMayBegin()
+        self.state.withLock { $0.removeReader(relay, of: user) }
+        self.tellNextReader(of: user)
     }
 
-    /// Whether `user` is over its bound and none of its closes has ended for ``stallTime``: a server refuses its new
+    /// Whether `user` is over its bound of waiting closes and none of them has ended for ``stallTime``: a server refuses its new
     /// connections that would pass descriptors.
     static func isStalled(_ user: User) -> Bool {
         let now = ContinuousClock.now

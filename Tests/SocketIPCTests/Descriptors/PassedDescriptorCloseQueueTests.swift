@@ -15,7 +15,8 @@ struct PassedDescriptorCloseQueueTests {
             maximumThreadsPerUser: 2,
             maximumWaitingPerUser: 4,
             stallTime: .seconds(1),
-            maximumReadsPerUser: 2
+            maximumReadsPerUser: 2,
+            maximumHeldPerUser: 8
         )
     }
 
@@ -49,7 +50,8 @@ struct PassedDescriptorCloseQueueTests {
             maximumThreadsPerUser: 1,
             maximumWaitingPerUser: 2,
             stallTime: .seconds(1),
-            maximumReadsPerUser: 2
+            maximumReadsPerUser: 2,
+            maximumHeldPerUser: 8
         )
         #expect(queue.enqueue([10, 11], by: 1, now: self.start) == 1)
         #expect(queue.enqueue([20, 21], by: nil, now: self.start) == 0)
@@ -166,6 +168,30 @@ struct PassedDescriptorCloseQueueTests {
         queue.endRead(2)
         queue.endRead(nil)
         #expect(queue.reads(by: 1) == 0 && queue.reads(by: 2) == 0 && queue.reads(by: nil) == 0)
+    }
+
+    @Test("descriptors a user's connections hold count with its waiting closes, and a pause ends once")
+    func heldCountWithWaiting() {
+        var queue = self.makeQueue()
+        // Held 5 of 8: reads go on.
+        let ended1 = queue.adjustHeld(5, of: 1)
+        #expect(ended1 == false)
+        #expect(queue.mayBeginRead(1) && queue.heldDescriptors(by: 1) == 5)
+        // 8 held: paused, though no close waits; another user is not.
+        let ended2 = queue.adjustHeld(3, of: 1)
+        #expect(ended2 == false)
+        #expect(queue.isPaused(1) && !queue.mayBeginRead(1) && !queue.isOverBound(1))
+        #expect(queue.mayBeginRead(2))
+        // The handler takes one: the pause ends.
+        let ended3 = queue.adjustHeld(-1, of: 1)
+        #expect(ended3)
+        #expect(queue.mayBeginRead(1))
+        // The connection closes: the 7 it held are queued to be closed, then counted off; the total never dips.
+        _ = queue.enqueue([10, 11, 12, 13, 14, 15, 16], by: 1, now: self.start)
+        #expect(queue.isPaused(1))
+        let ended4 = queue.adjustHeld(-7, of: 1)
+        #expect(ended4 == false)
+        #expect(queue.isPaused(1) && queue.heldDescriptors(by: 1) == 0)
     }
 
     @Test("no descriptors, no thread")

@@ -14,6 +14,13 @@ import Testing
 import Glibc
 #elseif canImport(Musl)
 import Musl
+
+/// The process's hard limit of open files (`RLIMIT_NOFILE`), which a server may raise its soft limit to.
+private func openFileHardLimit() -> UInt64 {
+    var limit = rlimit()
+    guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 0 }
+    return UInt64(limit.rlim_max)
+}
 #endif
 
 /// The Python that runs the hostile peer (3.9 or later, for `socket.send_fds`).
@@ -83,11 +90,12 @@ struct UserChargedCloseTests {
         """
 
     /// The second hostile peer: connects `connections` times and says `greeted` once each has the server's hello, then
-    /// passes the FUSE file 253 times (one `sendmsg`'s most, `SCM_MAX_FD`) on each with a descriptors frame that
-    /// announces 253, more than the server's maximum of 4, says `sent`, then connects again until refused, as above.
+    /// passes the FUSE file `count` times on each (253 at most, one `sendmsg`'s, `SCM_MAX_FD`) with the bytes `frame`
+    /// (hex), says `sent`, then, if `reconnect` is 1, connects again until refused, as above.
     static let manyConnectionsScript = """
         import os, resource, socket, sys, time
-        path, fuse, connections = sys.argv[1], sys.argv[2], int(sys.argv[3])
+        path, fuse, connections, frame = sys.argv[1], sys.argv[2], int(sys.argv[3]), bytes.fromhex(sys.argv[4])
+        count, reconnect = int(sys.argv[5]), sys.argv[6] == "1"
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         hello = b"SIPC\\x01\\x07\\x00\\x00"
@@ -116,10 +124,10 @@ struct UserChargedCloseTests {
             sockets.append(s)
         print("greeted", flush=True)
         for s in sockets:
-            socket.send_fds(s, [bytes([0, 0, 0, 2, 0x0D, 253])], [fd] * 253)
+            socket.send_fds(s, [frame], [fd] * count)
         print("sent", flush=True)
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        while reconnect and time.monotonic() < deadline:
             t, greeted = connect()
             t.close()
             if not greeted:
@@ -143,9 +151,10 @@ struct UserChargedCloseTests {
         try await self.withHangingMount { mount in
             let hostile = OtherUser.uid
             let connections = 8
+            // A descriptors frame that announces 253, more than the server's maximum of 4.
             try await self.withHostilePeer(
                 script: Self.manyConnectionsScript,
-                arguments: [mount.file, "\(connections)"]
+                arguments: [mount.file, "\(connections)", "000000020dfd", "253", "1"]
             ) { process, refusals, _ in
                 #expect(await process.standardOutput.waitForLine(containing: "greeted") != nil)
                 #expect(await process.standardOutput.waitForLine(containing: "sent") != nil)
@@ -158,6 +167,45 @@ struct UserChargedCloseTests {
                 let waiting = PassedDescriptorCloser.waiting(by: hostile)
                 let most = PassedDescriptorCloser.maximumWaitingPerUser + 2 * DescriptorRelay.maximumPerCall
                 #expect(waiting >= DescriptorRelay.maximumPerCall && waiting <= most, "\(waiting) closes wait")
+            }
+        }
+    }
+
+    /// Descriptors a user's connections received and the handler has not taken yet count with its waiting closes:
+    /// a connection that closes turns them into closes. Before, counted apart, they escaped every bound (found by a
+    /// review: connections that each held 8 descriptors no frame had claimed yet, then closed, left 1,048 closes
+    /// waiting). Here each of 13 connections holds 128 of them behind a descriptors frame cut before its count, until
+    /// ``ConnectionOptions/pendingDescriptorTimeout`` closes it: 1,664 closes without the count, at most 1,024 and two
+    /// reads' worth with it, as its connections stop reading at 1,024.
+    @Test(
+        "descriptors a user's connections hold count with its waiting closes",
+        .enabled(if: openFileHardLimit() >= 16_384, "needs 16 connections of 643 descriptors each (RLIMIT_NOFILE)")
+    )
+    func heldDescriptorsCount() async throws {
+        try await self.withHangingMount { mount in
+            let hostile = OtherUser.uid
+            try await self.withHostilePeer(
+                script: Self.manyConnectionsScript,
+                arguments: [mount.file, "13", "000000020d", "128", "0"],
+                maximumDescriptorsPerMessage: 128,
+                configure: {
+                    $0.connection.pendingDescriptorTimeout = .milliseconds(500)
+                    $0.maximumConnections = 16
+                    $0.maximumConnectionsPerUser = 16
+                }
+            ) { process, _, _ in
+                #expect(await process.standardOutput.waitForLine(containing: "greeted") != nil)
+                #expect(await process.standardOutput.waitForLine(containing: "sent") != nil)
+                // The connections that read are closed within a second (their descriptors never claimed), and their
+                // closes never end: the user is stalled a second later. The others read nothing meanwhile.
+                let deadline = ContinuousClock.now + .seconds(30)
+                while !PassedDescriptorCloser.isStalled(hostile), ContinuousClock.now < deadline {
+                    try await Task.sleep(for: .milliseconds(10))
+                }
+                #expect(PassedDescriptorCloser.isStalled(hostile))
+                let waiting = PassedDescriptorCloser.waiting(by: hostile)
+                let most = PassedDescriptorCloser.maximumHeldPerUser + 2 * DescriptorRelay.maximumPerCall
+                #expect(waiting >= PassedDescriptorCloser.maximumHeldPerUser && waiting <= most, "\(waiting) closes wait")
             }
         }
     }
@@ -183,24 +231,25 @@ struct UserChargedCloseTests {
         try outcome.get()
     }
 
-    /// Runs `script` as ``OtherUser`` against a framed echo server that takes at most 4 descriptors per message and
-    /// admits that user, and runs `body` with the process, the refusals reported so far (users and errors) and the
+    /// Runs `script` as ``OtherUser`` against a framed echo server that takes at most `maximumDescriptorsPerMessage`
+    /// descriptors per message, admits that user and is changed by `configure`, and runs `body` with the process, the refusals reported so far (users and errors) and the
     /// server's path. The process is killed and reaped after: its exit's close of the file is answered (another
     /// process's flush).
     private func withHostilePeer(
         script: String,
         arguments: [String],
+        maximumDescriptorsPerMessage: Int = 4,
+        configure: (inout ServerConfiguration) -> Void = { _ in },
         _ body: (SpawnedProcess, () -> [(UInt32?, SocketIPCError)], String) async throws -> Void
     ) async throws {
         let refusals = Mutex<[(UInt32?, SocketIPCError)]>([])
-        var options = ConnectionOptions()
-        options.maximumDescriptorsPerMessage = 4
         try await withFramedTestServer(
             configure: {
-                $0.connection = options
+                $0.connection.maximumDescriptorsPerMessage = maximumDescriptorsPerMessage
                 $0.mode = 0o666
                 $0.authorization = .sameUser || .users([OtherUser.uid])
                 $0.onConnectionRefused = { peer, error in refusals.withLock { $0.append((peer?.userID, error)) } }
+                configure(&$0)
             },
             makeHandler: { EchoHandler() }
         ) { _, path in
@@ -255,5 +304,12 @@ struct UserChargedCloseTests {
             #expect(try await ours.readUntilClosed().isEmpty)
         }
     }
+}
+
+/// The process's hard limit of open files (`RLIMIT_NOFILE`), which a server may raise its soft limit to.
+private func openFileHardLimit() -> UInt64 {
+    var limit = rlimit()
+    guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 0 }
+    return UInt64(limit.rlim_max)
 }
 #endif
