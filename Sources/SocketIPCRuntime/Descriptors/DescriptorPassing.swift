@@ -31,15 +31,19 @@ final class DescriptorPassing: Sendable {
         self.relay = relay
     }
 
-    /// A descriptors frame announced `count` descriptors: takes them from the relay for the next frame.
+    /// A descriptors frame announced `count` descriptors: takes them from the relay for the next frame. They still
+    /// count as held (against the relay's in-flight limit and its peer's user's account) until that frame takes them
+    /// (``takeAnnounced()``) or they are closed: a peer that never sends the frame after would otherwise leave them
+    /// uncounted until its connection closes them (found by a review: 16 connections, 2,063 closes past the user's
+    /// bound).
     /// - Returns: Why the peer broke the protocol, if it did.
     func announce(_ count: Int) -> SocketIPCError? {
-        // Frames held while paused are handed out first when the pause ends, so their groups come first.
+        // Frames held while paused are handed out first when the pause ends, so their groups come first; they are
+        // counted as held already.
         if let held = self.held.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) {
-            self.relay.releaseHeld(held.count)
             return self.announce(held, count: count)
         }
-        return self.announce(self.relay.takeClaimed(), count: count)
+        return self.announce(self.relay.takeClaimed(holding: true), count: count)
     }
 
     /// While paused for requests, a descriptors frame announced `count` descriptors for a frame that is held with it:
@@ -52,8 +56,8 @@ final class DescriptorPassing: Sendable {
             return SocketIPCError(.protocolViolation, "a descriptors frame came without the descriptors it announced")
         }
         guard group.count == count else {
-            self.relay.releaseHeld(group.count)
             self.relay.closeReceived(group)
+            self.relay.releaseHeld(group.count)
             return SocketIPCError(.protocolViolation, "a descriptors frame announced \(count) descriptors, not \(group.count)")
         }
         self.held.withLock { $0.append(group) }
@@ -66,7 +70,7 @@ final class DescriptorPassing: Sendable {
     /// While paused, a descriptors frame followed by a reply: takes its group from the relay (not from the held ones,
     /// which come before it in the relay but after it in what is handed out).
     func announceFromRelay(_ count: Int) -> SocketIPCError? {
-        self.announce(self.relay.takeClaimed(), count: count)
+        self.announce(self.relay.takeClaimed(holding: true), count: count)
     }
 
     private func announce(_ group: [Int32]?, count: Int) -> SocketIPCError? {
@@ -79,6 +83,7 @@ final class DescriptorPassing: Sendable {
         }
         if let earlier {
             self.relay.closeReceived(earlier)
+            self.relay.releaseHeld(earlier.count)
             return SocketIPCError(.protocolViolation, "two descriptors frames came in a row")
         }
         guard group.count == count else {
@@ -92,6 +97,7 @@ final class DescriptorPassing: Sendable {
     func takeAnnounced() -> ReceivedDescriptors? {
         guard let group = self.announced.withLock({ $0.take() }) else { return nil }
         self.announcedTaken.wrappingAdd(1, ordering: .relaxed)
+        self.relay.releaseHeld(group.count)
         return ReceivedDescriptors(group, passedBy: self.relay.passedBy)
     }
 
@@ -105,13 +111,17 @@ final class DescriptorPassing: Sendable {
 
     /// Closes descriptors announced and not handed out (the connection closed).
     func closeAnnounced() {
-        if let group = self.announced.withLock({ $0.take() }) { self.relay.closeReceived(group) }
+        if let group = self.announced.withLock({ $0.take() }) {
+            self.relay.closeReceived(group)
+            self.relay.releaseHeld(group.count)
+        }
         for group in self.held.withLock({ held in
             defer { held = [] }
             return held
         }) {
-            self.relay.releaseHeld(group.count)
+            // Queued to be closed before counted off, so that the user's account never dips in between.
             self.relay.closeReceived(group)
+            self.relay.releaseHeld(group.count)
         }
     }
 

@@ -46,8 +46,7 @@ import Darwin
 final class DescriptorRelay: @unchecked Sendable {
     /// The channel's end of the socket pair, for `ClientBootstrap.withConnectedSocket`; the channel owns it.
     let channelSide: Int32
-    /// The connection's socket; the relay owns it, and shuts it down once both threads ended and has it closed as
-    /// what the peer passed is (``closeReceived(_:)``).
+    /// The connection's socket; the relay owns it and closes it once both threads ended.
     let socket: Int32
     /// The relay's end of the socket pair.
     private let relaySide: Int32
@@ -129,6 +128,7 @@ final class DescriptorRelay: @unchecked Sendable {
         } catch {
             self.lock.lock()
             self.threadsRunning = 1
+            self.isClosed = true
             self.lock.unlock()
             _ = close(pair[0])  // never handed to a channel
             _ = shutdown(socket, Int32(SHUT_RDWR))
@@ -139,7 +139,10 @@ final class DescriptorRelay: @unchecked Sendable {
         do {
             try DetachedThread.start(name: "sipc-relay", stackSize: 128 * 1024) { [self] in self.runOutbound() }
         } catch {
-            _ = close(pair[0])  // never handed to a channel: the inbound thread then reads no more
+            // Never handed to a channel, which would close it: what the inbound thread received is closed, and it
+            // reads no more (found by a review: a group it claimed stayed open, and counted on its user's account).
+            self.abort()
+            _ = close(pair[0])
             _ = shutdown(socket, Int32(SHUT_RDWR))
             _ = shutdown(pair[1], Int32(SHUT_RDWR))
             self.threadEnded()
@@ -292,7 +295,7 @@ final class DescriptorRelay: @unchecked Sendable {
     }
 
     /// Returns once both threads have ended: everything the channel wrote has been sent (or the peer was cut off),
-    /// and the connection's socket is shut down (its close queued, charged to the peer's user).
+    /// and the connection's socket is closed.
     func waitUntilFinished() async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             self.whenFinished { continuation.resume() }
@@ -611,12 +614,13 @@ final class DescriptorRelay: @unchecked Sendable {
         var leftOutgoing: [Int32] = []
         if last {
             self.socketIsClosed = true
-            // The socket is shut down here, so that its peer reads end of stream at once, and closed as what the peer
-            // passed is, charged to its user, off this thread and the lock: descriptors in flight in its receive
-            // queue (a lingering TCP socket whose close waits) are released by its close (found by a review: under
-            // the lock, such a close held every thread that took it, a closing thread's wake-up among them).
+            // The socket is closed below, once the lock is released: descriptors in flight in its receive queue (a
+            // lingering TCP socket whose close waits) are released by its close, which would hold every thread
+            // that takes the lock meanwhile, an event loop or a closing thread's wake-up (found by a review). It is
+            // closed on this thread, before the finish waiters run, so that the connection's slot is not given back
+            // while the socket is still open (a review of a close queued instead: a user's sockets then piled up
+            // behind its closes that never end, 700 a second, past every bound).
             _ = shutdown(self.socket, Int32(SHUT_RDWR))
-            left.append(self.socket)
             _ = close(self.relaySide)
             // Descriptors no frame claimed now never will be; those claimed wait for the channel, which may still
             // read the frames that claimed them (the channel's close closes them if it does not).
@@ -636,6 +640,7 @@ final class DescriptorRelay: @unchecked Sendable {
         PassedDescriptorCloser.adjustHeld(change, of: self.passedBy)
         Self.closeAll(leftOutgoing)
         if last {
+            _ = close(self.socket)
             let waiters = self.finishWaiters.withLock { waiters in
                 defer { waiters = nil }
                 return waiters ?? []

@@ -92,7 +92,7 @@ struct PassedDescriptorCloseQueue {
     func reads(by user: User) -> Int { self.reading[user] ?? 0 }
 
     /// How many descriptors `user`'s connections received that the handler has not taken.
-    func heldDescriptors(by user: User) -> Int { self.held[user] ?? 0 }
+    func heldDescriptors(by user: User) -> Int { max(self.held[user] ?? 0, 0) }
 
     /// Whether `user`'s connections read nothing now: it is over its bound of waiting closes (``isOverBound(_:)``),
     /// or its waiting closes and the descriptors its connections hold reach ``maximumHeldPerUser``.
@@ -109,12 +109,13 @@ struct PassedDescriptorCloseQueue {
 
     /// Counts `change` more (or, negative, fewer) descriptors that `user`'s connections received and the handler has
     /// not taken. Descriptors that go on to be closed are queued (``enqueue(_:by:now:)``) before they are counted off
-    /// here, so that the user's total never dips in between.
+    /// here, so that the user's total never dips in between. A connection passes its changes once its own lock is
+    /// released, so two of them may come in either order (a close counting off what a read counted a moment before):
+    /// the count may be below 0 for that moment, and counts as 0.
     /// - Returns: Whether this ended a pause of the user's (see ``isPaused(_:)``).
     mutating func adjustHeld(_ change: Int, of user: User) -> Bool {
         let wasPaused = self.isPaused(user)
-        let count = self.heldDescriptors(by: user) + change
-        precondition(count >= 0, "more descriptors counted off than were counted")
+        let count = (self.held[user] ?? 0) + change
         self.held[user] = count == 0 ? nil : count
         return wasPaused && !self.isPaused(user)
     }

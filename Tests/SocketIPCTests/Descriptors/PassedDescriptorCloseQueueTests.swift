@@ -192,6 +192,13 @@ struct PassedDescriptorCloseQueueTests {
         let ended4 = queue.adjustHeld(-7, of: 1)
         #expect(ended4 == false)
         #expect(queue.isPaused(1) && queue.heldDescriptors(by: 1) == 0)
+        // A close's count comes before the read's that it counts off: 0 for the moment, then even.
+        let ended5 = queue.adjustHeld(-3, of: 2)
+        #expect(ended5 == false && queue.heldDescriptors(by: 2) == 0)
+        let ended6 = queue.adjustHeld(3, of: 2)
+        #expect(ended6 == false && queue.heldDescriptors(by: 2) == 0 && queue.mayBeginRead(2))
+        let ended7 = queue.adjustHeld(8, of: 2)
+        #expect(ended7 == false && queue.isPaused(2))
     }
 
     @Test("no descriptors, no thread")
