@@ -363,7 +363,9 @@ struct ParkedMessageTests {
             let connection = try await Self.connect(path, descriptors: false)
             defer { connection.close() }
             let error = await #expect(throws: SocketIPCError.self) {
-                try await connection.serverStreaming(Download.self, 1, options: CallOptions(timeout: .seconds(3))) {
+                // 10 s: the handler must have run and written its first message by then (in a full run once it had
+                // not within 3 s, and the call ended before the test could look at the server's side).
+                try await connection.serverStreaming(Download.self, 1, options: CallOptions(timeout: .seconds(10))) {
                     responses in
                     var iterator = responses.makeAsyncIterator()
                     _ = try await iterator.next()
