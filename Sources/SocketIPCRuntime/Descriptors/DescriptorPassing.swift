@@ -31,19 +31,21 @@ final class DescriptorPassing: Sendable {
         self.relay = relay
     }
 
-    /// A descriptors frame announced `count` descriptors: takes them from the relay for the next frame. They still
-    /// count as held (against the relay's in-flight limit and its peer's user's account) until that frame takes them
-    /// (``takeAnnounced()``) or they are closed: a peer that never sends the frame after would otherwise leave them
-    /// uncounted until its connection closes them (found by a review: 16 connections, 2,063 closes past the user's
-    /// bound).
+    /// A descriptors frame announced `count` descriptors: takes them from the relay for the next frame.
+    ///
+    /// They no longer count as held on the peer's user's account (``PassedDescriptorCloser/adjustHeld(_:of:)``): the
+    /// frame that takes them may need more reads (a payload larger than a read), which a paused user does not get, so
+    /// that counting them paused honest users for good mid-message (found by a review of a version that counted
+    /// them). A peer that never sends that frame leaves them uncounted until its connection closes them: at most one
+    /// message's maximum per connection (SECURITY.md, "Known limits").
     /// - Returns: Why the peer broke the protocol, if it did.
     func announce(_ count: Int) -> SocketIPCError? {
-        // Frames held while paused are handed out first when the pause ends, so their groups come first; they are
-        // counted as held already.
+        // Frames held while paused are handed out first when the pause ends, so their groups come first.
         if let held = self.held.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) {
+            self.relay.releaseHeld(held.count)
             return self.announce(held, count: count)
         }
-        return self.announce(self.relay.takeClaimed(holding: true), count: count)
+        return self.announce(self.relay.takeClaimed(), count: count)
     }
 
     /// While paused for requests, a descriptors frame announced `count` descriptors for a frame that is held with it:
@@ -70,7 +72,7 @@ final class DescriptorPassing: Sendable {
     /// While paused, a descriptors frame followed by a reply: takes its group from the relay (not from the held ones,
     /// which come before it in the relay but after it in what is handed out).
     func announceFromRelay(_ count: Int) -> SocketIPCError? {
-        self.announce(self.relay.takeClaimed(holding: true), count: count)
+        self.announce(self.relay.takeClaimed(), count: count)
     }
 
     private func announce(_ group: [Int32]?, count: Int) -> SocketIPCError? {
@@ -83,7 +85,6 @@ final class DescriptorPassing: Sendable {
         }
         if let earlier {
             self.relay.closeReceived(earlier)
-            self.relay.releaseHeld(earlier.count)
             return SocketIPCError(.protocolViolation, "two descriptors frames came in a row")
         }
         guard group.count == count else {
@@ -97,7 +98,6 @@ final class DescriptorPassing: Sendable {
     func takeAnnounced() -> ReceivedDescriptors? {
         guard let group = self.announced.withLock({ $0.take() }) else { return nil }
         self.announcedTaken.wrappingAdd(1, ordering: .relaxed)
-        self.relay.releaseHeld(group.count)
         return ReceivedDescriptors(group, passedBy: self.relay.passedBy)
     }
 
@@ -111,10 +111,7 @@ final class DescriptorPassing: Sendable {
 
     /// Closes descriptors announced and not handed out (the connection closed).
     func closeAnnounced() {
-        if let group = self.announced.withLock({ $0.take() }) {
-            self.relay.closeReceived(group)
-            self.relay.releaseHeld(group.count)
-        }
+        if let group = self.announced.withLock({ $0.take() }) { self.relay.closeReceived(group) }
         for group in self.held.withLock({ held in
             defer { held = [] }
             return held

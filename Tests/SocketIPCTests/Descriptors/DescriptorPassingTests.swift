@@ -112,6 +112,60 @@ struct DescriptorPassingTests {
         #expect(await openCopiesOnceClosed(of: sent) == 0)
     }
 
+    /// One user's connections share its account of descriptors received and not yet taken (1,024 pause its reads).
+    /// A message's descriptors, once its descriptors frame is decoded, must not stay counted while the rest of the
+    /// message needs more reads: 10 connections each in the middle of a request of 250 KB with 128 descriptors would
+    /// then pause each other for good (found by a review of a version that counted them until the message was whole:
+    /// this test's writes of the rest then time out).
+    @Test(
+        "ten connections of one user, each in the middle of a request of 250 KB with 128 descriptors, are all answered",
+        .enabled(if: openFileHardLimitAtLeast(16_384), "needs 16 connections of 643 descriptors each (RLIMIT_NOFILE)")
+    )
+    func manyConnectionsOfOneUserInTheMiddle() async throws {
+        try await withFramedTestServer(
+            configure: {
+                $0.connection = Self.options(128)
+                $0.maximumConnections = 16
+                $0.maximumConnectionsPerUser = 16
+            },
+            makeHandler: { EchoHandler() }
+        ) { _, path in
+            let (readEnd, writeEnd) = try FileDescriptor.pipe()
+            defer {
+                try? readEnd.close()
+                try? writeEnd.close()
+            }
+            let payload = [UInt8](repeating: 0x61, count: 250_000)
+            let request = frameBytes(kind: 0x02, id: 1, payload: payload)
+            let start = [0, 0, 0, 2, 0x0D, 128] + request.prefix(1_000)
+            var peers: [RawSocket] = []
+            defer { for peer in peers { peer.close() } }
+            for _ in 0..<10 {
+                let peer = try await RawSocket.connect(to: path)
+                peers.append(peer)
+                var limit = timeval(tv_sec: 20, tv_usec: 0)
+                setsockopt(peer.descriptor, SOL_SOCKET, SO_SNDTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+                setsockopt(peer.descriptor, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+                try await peer.write([0x53, 0x49, 0x50, 0x43, 0x01, 0x03, 0x00, 0x00])
+                #expect(try await peer.read(exactly: 8).count == 8)
+            }
+            // Every connection first passes its descriptors and the start of its request ...
+            for peer in peers {
+                var descriptors = [Int32](repeating: readEnd.rawValue, count: 128)
+                let sent = start.withUnsafeBytes {
+                    csocketipc_send_with_descriptors(peer.descriptor, $0.baseAddress, UInt($0.count), &descriptors, 128)
+                }
+                #expect(sent == start.count)
+            }
+            // ... then the rest, and reads the echo.
+            for peer in peers {
+                try await peer.write(Array(request.dropFirst(1_000)))
+                let reply = try await peer.read(exactly: request.count)
+                #expect(reply.count == request.count && reply[4] == 0x03 && reply.dropFirst(9).elementsEqual(payload))
+            }
+        }
+    }
+
     @Test("descriptors that a handler does not take are closed, and so are those a plain request's reply brings")
     func untakenAreClosed() async throws {
         try await withFramedTestServer(

@@ -58,3 +58,16 @@ func makeStaleSocket(at path: String, listening: Bool = false) throws -> Int32 {
     close(descriptor)
     return -1
 }
+
+/// Whether the process's hard limit of open files (`RLIMIT_NOFILE`), which a server may raise its soft limit to, is
+/// at least `count`: tests whose servers hold many descriptors per connection need it.
+func openFileHardLimitAtLeast(_ count: UInt64) -> Bool {
+    var limit = rlimit()
+    #if canImport(Glibc)
+    let resource = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
+    #else
+    let resource = RLIMIT_NOFILE  // Untested: Darwin and Musl.
+    #endif
+    guard getrlimit(resource, &limit) == 0 else { return false }
+    return UInt64(limit.rlim_max) >= count
+}
