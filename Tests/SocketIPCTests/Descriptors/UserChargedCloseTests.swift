@@ -1,5 +1,6 @@
 // Linux only: FUSE, setpriv and SO_PEERCRED.
 #if os(Linux)
+import CSocketIPCLinux
 import Foundation
 import NIOCore
 @testable import SocketIPCRuntime
