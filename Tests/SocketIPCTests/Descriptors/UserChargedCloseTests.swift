@@ -39,15 +39,9 @@ private let hostilePeerPython = "/usr/bin/python3"
     )
 )
 struct UserChargedCloseTests {
-    /// The hostile peer, run as ``OtherUser``: passes the FUSE file `rounds` × 4 times on one connection (4 with each
-    /// one-way message), says `sent`, connects again until the server refuses it (closes before its hello) and says
-    /// `refused`, and waits to be killed. Its own closes are answered: the file system holds only the test process's
-    /// flushes.
-    static let hostileScript = """
-        import os, socket, sys, time
-        path, fuse, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
-        hello = b"SIPC\\x01\\x07\\x00\\x00"
-        announce = bytes([0, 0, 0, 2, 0x0D, 4])
+    /// The hostile peers' `connect()`: connects to `path`, sends `hello`, and returns the socket and whether the
+    /// server's hello came (not when the server closed first, or within 30 s).
+    static let pythonConnect = """
         def connect():
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             s.settimeout(30)
@@ -63,6 +57,18 @@ struct UserChargedCloseTests {
             except (BrokenPipeError, ConnectionResetError, socket.timeout):
                 pass
             return s, len(got) == 8
+        """
+
+    /// The hostile peer, run as ``OtherUser``: passes the FUSE file `rounds` × 4 times on one connection (4 with each
+    /// one-way message), says `sent`, connects again until the server refuses it (closes before its hello) and says
+    /// `refused`, and waits to be killed. Its own closes are answered: the file system holds only the test process's
+    /// flushes.
+    static let hostileScript = """
+        import os, socket, sys, time
+        path, fuse, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+        hello = b"SIPC\\x01\\x07\\x00\\x00"
+        announce = bytes([0, 0, 0, 2, 0x0D, 4])
+        \(Self.pythonConnect)
         fd = os.open(fuse, os.O_RDONLY)
         s, greeted = connect()
         if not greeted:
@@ -94,21 +100,7 @@ struct UserChargedCloseTests {
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         hello = b"SIPC\\x01\\x07\\x00\\x00"
-        def connect():
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.settimeout(30)
-            s.connect(path)
-            got = b""
-            try:
-                s.sendall(hello)
-                while len(got) < 8:
-                    chunk = s.recv(8 - len(got))
-                    if not chunk:
-                        break
-                    got += chunk
-            except (BrokenPipeError, ConnectionResetError, socket.timeout):
-                pass
-            return s, len(got) == 8
+        \(Self.pythonConnect)
         fd = os.open(fuse, os.O_RDONLY)
         sockets = []
         for _ in range(connections):
