@@ -39,8 +39,9 @@ private let hostilePeerPython = "/usr/bin/python3"
     )
 )
 struct UserChargedCloseTests {
-    /// The hostile peers' `connect()`: connects to `path`, sends `hello`, and returns the socket and whether the
-    /// server's hello came (not when the server closed first, or within 30 s).
+    /// The hostile peers' `connect()`, which connects to `path`, sends `hello`, and returns the socket and whether the
+    /// server's hello came (not when the server closed first, or within 30 s); and `until_refused()`, which connects
+    /// again every 20 ms, for at most 60 s, until the server closes before its hello, then says `refused`.
     static let pythonConnect = """
         def connect():
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -57,6 +58,15 @@ struct UserChargedCloseTests {
             except (BrokenPipeError, ConnectionResetError, socket.timeout):
                 pass
             return s, len(got) == 8
+        def until_refused():
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                t, greeted = connect()
+                t.close()
+                if not greeted:
+                    print("refused", flush=True)
+                    break
+                time.sleep(0.02)
         """
 
     /// The hostile peer, run as ``OtherUser``: passes the FUSE file `rounds` × 4 times on one connection (4 with each
@@ -78,14 +88,7 @@ struct UserChargedCloseTests {
             socket.send_fds(s, [announce], [fd] * 4)
             s.sendall(bytes([0, 0, 0, 2, 0x01]) + b"x")
         print("sent", flush=True)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            t, greeted = connect()
-            t.close()
-            if not greeted:
-                print("refused", flush=True)
-                break
-            time.sleep(0.02)
+        until_refused()
         while True:
             time.sleep(60)
         """
@@ -113,14 +116,8 @@ struct UserChargedCloseTests {
         for s in sockets:
             socket.send_fds(s, [frame], [fd] * count)
         print("sent", flush=True)
-        deadline = time.monotonic() + 60
-        while reconnect and time.monotonic() < deadline:
-            t, greeted = connect()
-            t.close()
-            if not greeted:
-                print("refused", flush=True)
-                break
-            time.sleep(0.02)
+        if reconnect:
+            until_refused()
         while True:
             time.sleep(60)
         """
