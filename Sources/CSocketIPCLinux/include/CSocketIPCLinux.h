@@ -14,8 +14,8 @@ int csocketipc_pidfd_send_signal(int pidfd, int signal);
 #define CSOCKETIPC_MAX_DESCRIPTORS 253
 
 /// recvmsg(2) of up to `length` bytes into `bytes`, with room for `maximum` (at most 253) passed descriptors, taken
-/// with MSG_CMSG_CLOEXEC and `flags` (MSG_DONTWAIT, or 0); retried on EINTR. Stores the descriptors received (SCM_RIGHTS) in `descriptors` and their
-/// number in `count`, and sets `truncated` when the kernel cut the control data (MSG_CTRUNC: descriptors were
+/// with MSG_CMSG_CLOEXEC and `flags` (MSG_DONTWAIT, or 0); retried on EINTR. Stores the descriptors received
+/// (SCM_RIGHTS) in `descriptors` and their number in `count`, and sets `truncated` when the kernel cut the control data (MSG_CTRUNC: descriptors were
 /// dropped) or data other than SCM_RIGHTS and SCM_CREDENTIALS came. Returns the bytes read, 0 at end-of-stream, or
 /// -1 with errno.
 long csocketipc_receive_with_descriptors(

@@ -41,8 +41,9 @@ import Darwin
 /// closes of descriptors it passed waiting (a file system it serves that never answers a flush): those are open
 /// descriptors too. As one `recvmsg` may bring 253 of them whatever the bound, the inbound thread waits for the peer
 /// with `poll(2)` and reads without blocking (`MSG_DONTWAIT`), and only while fewer than
-/// ``PassedDescriptorCloser/maximumReadsPerUser`` of the user's connections read (``PassedDescriptorCloser/beginRead(_:of:)``). Each such connection costs two threads; descriptor passing is off unless
-/// ``ConnectionOptions/maximumDescriptorsPerMessage`` is set.
+/// ``PassedDescriptorCloser/maximumReadsPerUser`` of the user's connections read
+/// (``PassedDescriptorCloser/beginRead(_:of:)``). Each such connection costs two threads; descriptor passing is off
+/// unless ``ConnectionOptions/maximumDescriptorsPerMessage`` is set.
 final class DescriptorRelay: @unchecked Sendable {
     /// The channel's end of the socket pair, for `ClientBootstrap.withConnectedSocket`; the channel owns it.
     let channelSide: Int32
@@ -84,7 +85,7 @@ final class DescriptorRelay: @unchecked Sendable {
     /// Whether the inbound thread waits because the peer's user is paused (logged once each time it starts).
     private var waitsForUsersCloses = false
     /// How many of the descriptors received and not yet taken this relay has counted on its peer's user's account
-    /// (``PassedDescriptorCloser/adjustHeld(_:of:)``); 0 once the channel closed, when what it holds is closed.
+    /// (``unlockAccounting(withValue:closing:)``); 0 once the channel closed, when what it holds is closed.
     private var accounted = 0
     /// Who waits for both threads to end (``waitUntilFinished()``); `nil` once they have.
     private let finishWaiters = Mutex<[@Sendable () -> Void]?>([])
@@ -180,9 +181,7 @@ final class DescriptorRelay: @unchecked Sendable {
         self.claimedCount -= group.count
         if holding { self.heldCount += group.count }
         self.movedOn &+= UInt64(group.count)
-        let change = self.accountChange()
-        self.lock.unlock(withValue: self.mayReceiveValue)
-        PassedDescriptorCloser.adjustHeld(change, of: self.passedBy)
+        self.unlockAccounting(withValue: self.mayReceiveValue)
         return group
     }
 
@@ -191,9 +190,7 @@ final class DescriptorRelay: @unchecked Sendable {
     func releaseHeld(_ count: Int) {
         self.lock.lock()
         self.heldCount = max(self.heldCount - count, 0)
-        let change = self.accountChange()
-        self.lock.unlock(withValue: self.mayReceiveValue)
-        PassedDescriptorCloser.adjustHeld(change, of: self.passedBy)
+        self.unlockAccounting(withValue: self.mayReceiveValue)
     }
 
     /// Whether descriptors the peer passed wait in the relay (received and not yet taken by the channel handler),
@@ -287,10 +284,7 @@ final class DescriptorRelay: @unchecked Sendable {
         self.claimed = []
         self.claimedCount = 0
         self.channel = nil
-        let change = self.accountChange()
-        self.lock.unlock(withValue: 1)
-        self.closeReceived(received)
-        PassedDescriptorCloser.adjustHeld(change, of: self.passedBy)
+        self.unlockAccounting(withValue: 1, closing: received)
         eventLoop.scheduleTask(in: .init(timeout)) { self.abort() }
     }
 
@@ -322,10 +316,7 @@ final class DescriptorRelay: @unchecked Sendable {
         self.claimed = []
         self.claimedCount = 0
         if !self.socketIsClosed { _ = shutdown(self.socket, Int32(SHUT_RDWR)) }
-        let change = self.accountChange()
-        self.lock.unlock(withValue: 1)
-        self.closeReceived(received)
-        PassedDescriptorCloser.adjustHeld(change, of: self.passedBy)
+        self.unlockAccounting(withValue: 1, closing: received)
     }
 
     /// A read of the peer's user's connections ended, or the user came back under its bound of waiting closes: the
@@ -342,13 +333,16 @@ final class DescriptorRelay: @unchecked Sendable {
 
     // MARK: - Threads
 
-    /// The change to pass to the account of the peer's user (``PassedDescriptorCloser/adjustHeld(_:of:)``) after
-    /// the descriptors in flight changed: passed once the lock is released, and after what was dropped is queued to be
-    /// closed, so that the user's total never dips in between. Called with the lock held.
-    private func accountChange() -> Int {
+    /// Releases the lock with `value` after the descriptors in flight changed, then queues `dropped` to be closed and
+    /// passes the change to the account of the peer's user (``PassedDescriptorCloser/adjustHeld(_:of:)``), in that
+    /// order, so that the user's total never dips in between. Called with the lock held.
+    private func unlockAccounting(withValue value: Int, closing dropped: [Int32] = []) {
         let now = self.isClosed ? 0 : self.unclaimed.count + self.claimedCount + self.heldCount
-        defer { self.accounted = now }
-        return now - self.accounted
+        let change = now - self.accounted
+        self.accounted = now
+        self.lock.unlock(withValue: value)
+        if !dropped.isEmpty { self.closeReceived(dropped) }
+        PassedDescriptorCloser.adjustHeld(change, of: self.passedBy)
     }
 
     /// 1 while the inbound thread may receive more. Called with the lock held.
@@ -518,10 +512,7 @@ final class DescriptorRelay: @unchecked Sendable {
             self.claimed = []
             self.claimedCount = 0
         }
-        let change = self.accountChange()
-        self.lock.unlock(withValue: self.mayReceiveValue)
-        self.closeReceived(dropped)
-        PassedDescriptorCloser.adjustHeld(change, of: self.passedBy)
+        self.unlockAccounting(withValue: self.mayReceiveValue, closing: dropped)
         return problem
     }
 
@@ -634,10 +625,7 @@ final class DescriptorRelay: @unchecked Sendable {
                 self.claimedCount = 0
             }
         }
-        let change = self.accountChange()
-        self.lock.unlock(withValue: 1)
-        self.closeReceived(left)
-        PassedDescriptorCloser.adjustHeld(change, of: self.passedBy)
+        self.unlockAccounting(withValue: 1, closing: left)
         Self.closeAll(leftOutgoing)
         if last {
             _ = close(self.socket)

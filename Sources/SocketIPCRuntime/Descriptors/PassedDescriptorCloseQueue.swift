@@ -98,7 +98,8 @@ struct PassedDescriptorCloseQueue {
     /// or its waiting closes and the descriptors its connections hold reach ``maximumHeldPerUser``.
     func isPaused(_ user: User) -> Bool {
         let waiting = self.waiting(by: user)
-        return waiting >= self.maximumWaitingPerUser || waiting + self.heldDescriptors(by: user) >= self.maximumHeldPerUser
+        return waiting >= self.maximumWaitingPerUser
+            || waiting + self.heldDescriptors(by: user) >= self.maximumHeldPerUser
     }
 
     /// Whether a connection of `user`'s may read now: the user is not paused (``isPaused(_:)``) and fewer than

@@ -146,8 +146,8 @@ enum PassedDescriptorCloser {
     /// Begins a read of `relay`, a connection of `user`'s, unless `user` is paused (over a bound) or at
     /// ``maximumReadsPerUser`` reads under way; then the relay is told (``DescriptorRelay/readMayBegin()``) when that
     /// changes. Called with the relay's lock held, so that the telling cannot slip in before the relay waits.
-    /// - Returns: `nil` when the read may begin: the caller ends it with ``endRead(of:)`` and must not wait for the peer
-    ///   meanwhile; otherwise why not.
+    /// - Returns: `nil` when the read may begin: the caller ends it with ``endRead(of:)`` and must not wait for the
+    ///   peer meanwhile; otherwise why not.
     static func beginRead(_ relay: DescriptorRelay, of user: User) -> ReadRefusal? {
         self.state.withLock { state in
             if state.queue.beginRead(user) {
@@ -201,8 +201,8 @@ enum PassedDescriptorCloser {
         self.tellNextReader(of: user)
     }
 
-    /// Whether `user` is over its bound of waiting closes and none of them has ended for ``stallTime``: a server refuses its new
-    /// connections that would pass descriptors.
+    /// Whether `user` is over its bound of waiting closes and none of them has ended for ``stallTime``: a server
+    /// refuses its new connections that would pass descriptors.
     static func isStalled(_ user: User) -> Bool {
         let now = ContinuousClock.now
         return self.state.withLock { $0.queue.isStalled(user, now: now) }
