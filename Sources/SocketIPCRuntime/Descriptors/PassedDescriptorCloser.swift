@@ -109,6 +109,11 @@ enum PassedDescriptorCloser {
             return next
         }
 
+        /// The relays of `user`'s connections, to tell when a pause of the user's ended.
+        func relays(of user: User) -> [DescriptorRelay] {
+            self.relays[user].map { Array($0.values) } ?? []
+        }
+
         /// Takes `relay`, a connection of `user`'s, off the relays that wait for a read to end.
         mutating func removeReader(_ relay: DescriptorRelay, of user: User) {
             guard let waiters = self.readWaiters[user] else { return }
@@ -165,8 +170,12 @@ enum PassedDescriptorCloser {
 
     /// Ends a read that ``beginRead(_:of:)`` began, and tells the next relay of `user`'s that waits for one.
     static func endRead(of user: User) {
-        self.state.withLock { $0.queue.endRead(user) }
-        self.tellNextReader(of: user)
+        // One turn of the lock on every read's path when no relay waits.
+        let next = self.state.withLock { state -> DescriptorRelay? in
+            state.queue.endRead(user)
+            return state.nextReader(of: user)
+        }
+        if let next, !next.readMayBegin() { self.tellNextReader(of: user) }
     }
 
     /// Tells the first relay of `user`'s that waits for a read to end, if one of its reads may begin now; and the
@@ -184,7 +193,7 @@ enum PassedDescriptorCloser {
         guard change != 0 else { return }
         let relays = self.state.withLock { state -> [DescriptorRelay] in
             guard state.queue.adjustHeld(change, of: user) else { return [] }
-            return state.relays[user].map { Array($0.values) } ?? []
+            return state.relays(of: user)
         }
         for relay in relays { relay.readMayBegin() }
     }
@@ -273,7 +282,7 @@ enum PassedDescriptorCloser {
             let now = ContinuousClock.now
             let relays = self.state.withLock { state -> [DescriptorRelay] in
                 guard state.queue.closed(by: next.user, now: now) else { return [] }
-                return state.relays[next.user].map { Array($0.values) } ?? []
+                return state.relays(of: next.user)
             }
             for relay in relays { relay.readMayBegin() }
         }
