@@ -27,6 +27,11 @@ public struct ServerConfiguration: Sendable {
     /// shorten it.
     package var socketFileRefreshInterval: Duration = .seconds(3600)
     /// Whether to create a missing parent directory (with mode `0o700`) instead of failing; default `false`.
+    ///
+    /// Nothing is made until the deepest directory that exists passes the check of
+    /// ``requiresSecureParentDirectory`` (when on), and the directories are made one at a time, following no symbolic
+    /// link met among them, as systemd's `mkdir_parents_safe`: another user's link on the way makes the start fail
+    /// with `insecureDirectory` before anything is created where it points.
     public var createParentDirectory = false
     /// The `listen` backlog; default 256.
     public var backlog: Int32 = 256

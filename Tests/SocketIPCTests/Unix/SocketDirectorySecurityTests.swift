@@ -113,6 +113,54 @@ struct SocketDirectorySecurityTests {
         }
     }
 
+    @Test("created parents follow no other user's link, and nothing is made before the check refuses",
+          .enabled(if: OtherUser.canOwnFiles, "needs root to give a link and a directory away"))
+    func createdParentsThroughAnotherUsersEntries() async throws {
+        try await withTemporarySocketDirectory { directory in
+            // A sticky directory anyone may write (as /tmp), where another user planted a link to one of ours
+            // (a review: before, `mkdir -p` made `run/sub` in the link's target, then the check refused).
+            let shared = directory + "/shared"
+            try makeDirectory(shared, mode: 0o1777)
+            let target = directory + "/target"
+            try makeDirectory(target, mode: 0o700)
+            symlink(target, shared + "/app")
+            #expect(lchown(shared + "/app", OtherUser.uid, OtherUser.gid) == 0)
+            let throughLink = await refusal(shared + "/app/run/sub/server.sock", createParents: true)
+            #expect(throughLink?.code == .insecureDirectory)
+            #expect(throughLink?.message.contains("symbolic link \(shared)/app") == true, "the message names the link")
+            #expect(try directoryEntries(target) == [], "nothing was made where the link points")
+
+            // Their own directory, writable by anyone, on the way.
+            let theirs = shared + "/theirs"
+            try makeDirectory(theirs, mode: 0o777)
+            #expect(chown(theirs, OtherUser.uid, OtherUser.gid) == 0)
+            let inTheirs = await refusal(theirs + "/made/server.sock", createParents: true)
+            #expect(inTheirs?.code == .insecureDirectory)
+            #expect(try directoryEntries(theirs) == [], "nothing was made in their directory")
+        }
+    }
+
+    @Test("a link in the way of the directories to make is not followed, even one's own, and what was made is removed")
+    func createdParentsStopAtALink() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let mine = directory + "/mine"
+            try makeDirectory(mine, mode: 0o700)
+            try makeDirectory(mine + "/made", mode: 0o700)
+            // A dangling link: `mkdir -p` through it would make its target.
+            #expect(symlink(directory + "/elsewhere", mine + "/made/link") == 0)
+            let error = await refusal(mine + "/made/link/sub/server.sock", createParents: true)
+            #expect(error?.code == .insecureDirectory)
+            #expect(error?.message.contains("\(mine)/made/link is in the way") == true, "the message names the link")
+            #expect(fileStatus(directory + "/elsewhere") == nil, "the link's target was not made")
+            #expect(try directoryEntries(mine + "/made") == ["link"])
+
+            // `new` is made first, then the link is met: `new` is removed again.
+            let again = await refusal(mine + "/new/../made/link/sub/server.sock", createParents: true)
+            #expect(again?.code == .insecureDirectory)
+            #expect(try directoryEntries(mine) == ["made"], "the directory made before the link was removed")
+        }
+    }
+
     @Test("a relative path in the working directory is checked like any other")
     func relativePath() async throws {
         let error = await refusal("relative-but-missing/server.sock")
@@ -121,7 +169,9 @@ struct SocketDirectorySecurityTests {
 }
 
 /// Runs a server on `path` that is expected to refuse to start; returns its error.
-private func refusal(_ path: String) async -> SocketIPCError? {
-    let server = Server.framed(configuration: .init(path: path), logger: testLogger) { EchoHandler() }
+private func refusal(_ path: String, createParents: Bool = false) async -> SocketIPCError? {
+    var configuration = ServerConfiguration(path: path)
+    configuration.createParentDirectory = createParents
+    let server = Server.framed(configuration: configuration, logger: testLogger) { EchoHandler() }
     return await #expect(throws: SocketIPCError.self) { try await server.run() }
 }

@@ -25,7 +25,7 @@ extension SocketFileOwner {
         let parent = path.parentDirectory
         var descriptor = Self.openDirectory(parent)
         if descriptor < 0 && errno == ENOENT && create {
-            try Self.makeDirectories(parent)
+            try DirectoryCreation.make(parent, requireSecure: requireSecure, socketPath: path)
             descriptor = Self.openDirectory(parent)
         }
         guard descriptor >= 0 else {
@@ -72,21 +72,5 @@ extension SocketFileOwner {
             let descriptor = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
             if descriptor >= 0 || errno != EINTR { return descriptor }
         }
-    }
-
-    /// `mkdir -p` with mode `0700` for every directory it makes. An existing entry is never followed or changed
-    /// here; whether the result is safe is for ``DirectorySecurity`` to decide.
-    private static func makeDirectories(_ directory: String) throws {
-        if directory.isEmpty || directory == "/" || directory == "." { return }
-        if mkdir(directory, 0o700) == 0 { return }
-        var code = errno
-        if code == EEXIST { return }
-        if code == ENOENT, let slash = directory.lastIndex(of: "/"), slash != directory.startIndex {
-            try Self.makeDirectories(String(directory[..<slash]))
-            if mkdir(directory, 0o700) == 0 { return }
-            code = errno
-            if code == EEXIST { return }
-        }
-        throw SocketIPCError.systemCall("mkdir", errno: code, path: directory)
     }
 }

@@ -1,0 +1,106 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// `mkdir -p` for a socket's parent directory that follows no symbolic link it meets among the directories it
+/// makes, and makes nothing below a directory that ``DirectorySecurity`` refuses.
+///
+/// A plain `mkdir -p` on the path string follows every link on the way: another user's link in `/tmp` (where
+/// `fs.protected_symlinks` is off) would have a server started with `createParentDirectory` make directories where
+/// that user points it (in `/root`, in `/etc`), before the check of the finished path refused to serve there. So,
+/// as systemd's `mkdir_parents_safe` and `chase()` do: the deepest directory that exists is opened and checked
+/// first, then each missing one is made with `mkdirat(2)` in the one above it and opened with `O_NOFOLLOW`, so that
+/// an entry put in the way meanwhile (a link, a file) is refused instead of followed.
+enum DirectoryCreation {
+    /// Makes the missing directories of `directory`, each with mode `0700`.
+    ///
+    /// - Parameters:
+    ///   - directory: The directory to make, absolute or relative to the working directory.
+    ///   - requireSecure: Whether the deepest directory that exists must pass ``DirectorySecurity/check(descriptor:path:socketPath:)``
+    ///     (its ancestors, and every link on the way to it, included) before anything is made in it.
+    ///   - socketPath: The socket path the errors concern.
+    /// - Throws: ``SocketIPCError``: `insecureDirectory` (from the check, or an entry that is not a directory, such
+    ///   as a symbolic link, where a directory is to be made), or `systemCall`. What it made is removed again on
+    ///   error, where it still can be.
+    static func make(_ directory: String, requireSecure: Bool, socketPath: SocketPath) throws {
+        let components = directory.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
+        let absolute = directory.hasPrefix("/")
+        var existing = components.count
+        var descriptor: Int32 = -1
+        var existingPath = ""
+        while descriptor < 0 {
+            existingPath = Self.path(of: components[..<existing], absolute: absolute)
+            descriptor = Self.openDirectory(existingPath)
+            if descriptor >= 0 { break }
+            let code = errno
+            guard code == ENOENT, existing > 0 else {
+                throw SocketIPCError.systemCall("open", errno: code, path: existingPath)
+            }
+            existing -= 1
+        }
+        // The directories opened on the way, each with the name looked up in it and whether this call made it.
+        var holders: [(descriptor: Int32, name: String, made: Bool)] = []
+        defer {
+            close(descriptor)
+            for holder in holders { close(holder.descriptor) }
+        }
+        do {
+            if requireSecure {
+                try DirectorySecurity.check(descriptor: descriptor, path: existingPath, socketPath: socketPath)
+            }
+            for index in existing..<components.count {
+                let name = components[index]
+                let madePath = Self.path(of: components[...index], absolute: absolute)
+                let made = mkdirat(descriptor, name, 0o700) == 0
+                if !made && errno != EEXIST {
+                    throw SocketIPCError.systemCall("mkdir", errno: errno, path: madePath)
+                }
+                holders.append((descriptor, name, made))
+                descriptor = Self.openDirectory(name, in: holders[holders.count - 1].descriptor)
+                guard descriptor >= 0 else {
+                    let code = errno
+                    guard code == ELOOP || code == ENOTDIR else {
+                        throw SocketIPCError.systemCall("open", errno: code, path: madePath)
+                    }
+                    throw SocketIPCError(
+                        .insecureDirectory,
+                        "\(madePath) is in the way of the directories to make for \(socketPath): it is a symbolic link "
+                            + "or not a directory, and a server that makes its directory follows no link it finds "
+                            + "there (another user could have put it there); \(socketPath) was not created",
+                        path: socketPath.path
+                    )
+                }
+            }
+        } catch {
+            // Newest first: only the directories this call made, each still empty if nobody else wrote there.
+            for holder in holders.reversed() where holder.made {
+                _ = unlinkat(holder.descriptor, holder.name, AT_REMOVEDIR)
+            }
+            throw error
+        }
+    }
+
+    private static func path(of components: ArraySlice<String>, absolute: Bool) -> String {
+        let joined = components.joined(separator: "/")
+        if absolute { return "/" + joined }
+        return joined.isEmpty ? "." : joined
+    }
+
+    private static func openDirectory(_ path: String) -> Int32 {
+        while true {
+            let descriptor = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            if descriptor >= 0 || errno != EINTR { return descriptor }
+        }
+    }
+
+    private static func openDirectory(_ name: String, in directory: Int32) -> Int32 {
+        while true {
+            let descriptor = openat(directory, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            if descriptor >= 0 || errno != EINTR { return descriptor }
+        }
+    }
+}
