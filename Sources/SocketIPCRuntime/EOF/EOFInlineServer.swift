@@ -114,11 +114,13 @@ enum EOFInlineServer {
     private static func finishOnEventLoop(_ descriptor: Int32, remaining: ByteBuffer, timeLimit: Duration) {
         // The client has half-closed: without remote half-closure the channel would close at that EOF, before
         // the rest of the acknowledgement is written.
-        ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .channelOption(.allowRemoteHalfClosure, value: true)
-            .withConnectedSocket(descriptor)
-            .whenSuccess { channel in
-                EOFCollectingChannelHandler.finish(channel: channel, acknowledgement: remaining, timeLimit: timeLimit)
-            }
+        ChannelSetupQueue.shared.enqueue { eventLoop in
+            ClientBootstrap(group: eventLoop)
+                .channelOption(.allowRemoteHalfClosure, value: true)
+                .withConnectedSocket(descriptor)
+                .whenSuccess { channel in
+                    EOFCollectingChannelHandler.finish(channel: channel, acknowledgement: remaining, timeLimit: timeLimit)
+                }
+        }
     }
 }

@@ -139,48 +139,52 @@ extension Server {
             slot: slot,
             userCancels: self.userCancels.allowance(for: peer?.userID)
         )
-        ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .channelOption(.allowRemoteHalfClosure, value: self.initializer.allowsRemoteHalfClosure)
-            .channelOption(.recvAllocator, value: ConnectionOptions.receiveAllocator)
-            .channelOption(.writeBufferWaterMark, value: ConnectionOptions.channelWriteWatermark)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    let action = self.state.withLock { $0.machine.channelInitialized(id, channel: channel) }
-                    channel.closeFuture.whenComplete { _ in
-                        // A relayed connection is over once its relay has written the last bytes and closed the
-                        // socket: the server's run() does not return before.
-                        if let descriptorRelay {
-                            descriptorRelay.whenFinished {
-                                _ = self.relays.withLock { $0.removeValue(forKey: id) }
+        // Set up in an event loop's I/O turn, not as a task that would run before the loop's sockets (see
+        // ChannelSetupQueue).
+        ChannelSetupQueue.shared.enqueue { eventLoop in
+            ClientBootstrap(group: eventLoop)
+                .channelOption(.allowRemoteHalfClosure, value: self.initializer.allowsRemoteHalfClosure)
+                .channelOption(.recvAllocator, value: ConnectionOptions.receiveAllocator)
+                .channelOption(.writeBufferWaterMark, value: ConnectionOptions.channelWriteWatermark)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        let action = self.state.withLock { $0.machine.channelInitialized(id, channel: channel) }
+                        channel.closeFuture.whenComplete { _ in
+                            // A relayed connection is over once its relay has written the last bytes and closed the
+                            // socket: the server's run() does not return before.
+                            if let descriptorRelay {
+                                descriptorRelay.whenFinished {
+                                    _ = self.relays.withLock { $0.removeValue(forKey: id) }
+                                    slot.release()
+                                }
+                            } else {
                                 slot.release()
                             }
-                        } else {
-                            slot.release()
                         }
-                    }
-                    try self.initializer.initialize(
-                        AcceptedConnection(
-                            channel: channel,
-                            id: id,
-                            descriptor: channelDescriptor,
-                            descriptorRelay: descriptorRelay,
-                            peer: peer,
-                            initialBytes: handedOffBytes,
-                            lifecycle: lifecycle,
-                            logger: self.logger
+                        try self.initializer.initialize(
+                            AcceptedConnection(
+                                channel: channel,
+                                id: id,
+                                descriptor: channelDescriptor,
+                                descriptorRelay: descriptorRelay,
+                                peer: peer,
+                                initialBytes: handedOffBytes,
+                                lifecycle: lifecycle,
+                                logger: self.logger
+                            )
                         )
-                    )
-                    // A forced shutdown closed the server's channels while this one was being made.
-                    if action == .close { channel.eventLoop.execute { channel.close(promise: nil) } }
+                        // A forced shutdown closed the server's channels while this one was being made.
+                        if action == .close { channel.eventLoop.execute { channel.close(promise: nil) } }
+                    }
                 }
-            }
-            .withConnectedSocket(channelDescriptor)
-            .whenFailure { error in
-                descriptorRelay?.abort()
-                _ = self.relays.withLock { $0.removeValue(forKey: id) }
-                self.logger.error("could not set up an accepted connection", metadata: ["error": "\(errorText(error))"])
-                self.connectionClosed(id)
-            }
+                .withConnectedSocket(channelDescriptor)
+                .whenFailure { error in
+                    descriptorRelay?.abort()
+                    _ = self.relays.withLock { $0.removeValue(forKey: id) }
+                    self.logger.error("could not set up an accepted connection", metadata: ["error": "\(errorText(error))"])
+                    self.connectionClosed(id)
+                }
+        }
     }
 
     /// A framed connection opened: a shutdown that began while it was being set up tells it so.
@@ -247,15 +251,17 @@ extension Server {
         }
         let text = "the server's authorization policy refused this peer (\(peer.map { "\($0)" } ?? "credentials unknown"))"
         let lingerTime = self.configuration.connection.goAwayLingerTime
-        ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    channel.closeFuture.whenComplete { _ in self.connectionClosed(id) }
-                    try channel.pipeline.syncOperations.addHandler(RefusalChannelHandler(text: text, lingerTime: lingerTime))
+        ChannelSetupQueue.shared.enqueue { eventLoop in
+            ClientBootstrap(group: eventLoop)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        channel.closeFuture.whenComplete { _ in self.connectionClosed(id) }
+                        try channel.pipeline.syncOperations.addHandler(RefusalChannelHandler(text: text, lingerTime: lingerTime))
+                    }
                 }
-            }
-            .withConnectedSocket(descriptor)
-            .whenFailure { _ in self.connectionClosed(id) }
+                .withConnectedSocket(descriptor)
+                .whenFailure { _ in self.connectionClosed(id) }
+        }
     }
 
     /// Refuses, closing it at once, a connection that would pass descriptors from a user with

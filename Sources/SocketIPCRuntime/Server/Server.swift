@@ -146,6 +146,7 @@ public final class Server: Service, Sendable {
             eventLoop: MultiThreadedEventLoopGroup.singleton.any(),
             logger: self.logger,
             onAccept: { descriptor in self.accept(descriptor) },
+            waitForRoom: { ChannelSetupQueue.shared.waitForRoom() },
             onError: { error in
                 self.logger.error("accepting connections failed; shutting down", metadata: ["error": "\(errorText(error))"])
                 acceptFailure.withLock { $0 = error }

@@ -18,6 +18,7 @@ import Darwin
 final class Acceptor: @unchecked Sendable {
     private let descriptor: Int32
     private let onAccept: @Sendable (Int32) -> Void
+    private let waitForRoom: @Sendable () -> Void
     private let onError: @Sendable (SocketIPCError) -> Void
     private let stopping = Atomic<Bool>(false)
     private let finished: EventLoopPromise<Void>
@@ -38,6 +39,9 @@ final class Acceptor: @unchecked Sendable {
     ///     waits in `poll(2)` on the socket and a wake-up pipe instead of blocking in `accept(2)`.
     ///   - eventLoop: Where ``finished`` completes.
     ///   - onAccept: Called on the accepting thread with each new non-blocking socket, which it then owns.
+    ///   - waitForRoom: Called on the accepting thread before each `accept(2)`: returns once the server can take
+    ///     another connection (``ChannelSetupQueue/waitForRoom()``), so that connections wait in the kernel's
+    ///     backlog, not in the event loops' task queues.
     ///   - logger: Where running out of descriptors (or memory) is reported, at most once per
     ///     ``AcceptBackoff/reportInterval`` for failing and once for recovering, with counts.
     ///   - onError: Called for an error that ends accepting.
@@ -47,12 +51,14 @@ final class Acceptor: @unchecked Sendable {
         eventLoop: any EventLoop,
         logger: Logger,
         onAccept: @escaping @Sendable (Int32) -> Void,
+        waitForRoom: @escaping @Sendable () -> Void = {},
         onError: @escaping @Sendable (SocketIPCError) -> Void
     ) {
         self.descriptor = descriptor
         self.logger = logger
         self.finished = eventLoop.makePromise(of: Void.self)
         self.onAccept = onAccept
+        self.waitForRoom = waitForRoom
         self.onError = onError
         var ends: [Int32] = [-1, -1]
         if sharesListeningSocket, makeCloseOnExecPipe(&ends) == 0 {
@@ -117,6 +123,7 @@ final class Acceptor: @unchecked Sendable {
         }
         var backoff = AcceptBackoff()
         while !self.stopping.load(ordering: .acquiring) {
+            self.waitForRoom()
             if let wakePipe = self.wakePipe {
                 switch Self.waitUntilReadable(self.descriptor, orWokenBy: wakePipe.read) {
                 case .readable: break
