@@ -169,10 +169,10 @@ extension Client {
     ///   - stallTimeout: How long the server may take nothing more of the message while some of it waits (in the
     ///     connection's buffer, or unread in the socket) before the exchange ends with `timedOut`: the socket takes
     ///     none of the bytes written and the server reads none of those the socket holds. A server that reads slowly
-    ///     is not stalled, nor is one waiting for `body`'s next piece; one that stops is found after one to two
-    ///     `stallTimeout`s. As TCP's user timeout (`TCP_USER_TIMEOUT`, RFC 5482), which Unix domain sockets do not
-    ///     have. `nil`, the default, for no limit. The wait for the acknowledgement once the server has read the
-    ///     whole message is not covered (cancel the task for that).
+    ///     is not stalled, nor is one waiting for `body`'s next piece; one that stops is found one to one and a half
+    ///     `stallTimeout`s after it took the last byte. As TCP's user timeout (`TCP_USER_TIMEOUT`, RFC 5482), which
+    ///     Unix domain sockets do not have. `nil`, the default, for no limit. The wait for the acknowledgement once
+    ///     the server has read the whole message is not covered (cancel the task for that).
     ///   - body: Writes the message with the ``EOFMessageWriter`` it is given.
     /// - Returns: The acknowledgement.
     /// - Throws: `SocketIPCError` with the codes of
@@ -293,8 +293,8 @@ extension Client {
         after limit: Duration
     ) -> (watch: RepeatedTask, happened: NIOLockedValueBox<Bool>) {
         let happened = NIOLockedValueBox(false)
-        /// What moved last time: the bytes the socket took and those it holds unread; `nil` when nothing waited.
-        let last = NIOLockedValueBox<[Int]?>(nil)
+        /// What moved at the last look that saw a change, and when; `nil` progress when nothing waited.
+        let last = NIOLockedValueBox<(progress: [Int]?, since: NIODeadline)>((nil, .now()))
         /// What moves while the server reads, or `nil` when nothing of the message waits. On the event loop.
         @Sendable func progress() -> [Int]? {
             guard channel.isActive else { return nil }
@@ -303,19 +303,25 @@ extension Client {
             guard buffered > 0 || unread > 0 else { return nil }
             return [tracker.value.writtenBytes(channel), unread]
         }
-        // The first look now, so that a server that reads nothing is found after `limit`, not twice that.
-        channel.eventLoop.execute { last.withLockedValue { $0 = progress() } }
-        let watch = channel.eventLoop.scheduleRepeatedTask(initialDelay: .init(limit), delay: .init(limit)) { task in
+        // Looks four times per `limit`, so that a server that stops reading is found between one and one and a half
+        // `limit`s after it took the last byte (a review: with a look per `limit`, the first one, before the message
+        // was written, saw nothing waiting, and a server that read nothing was found after two).
+        let look = TimeAmount.nanoseconds(max(1, TimeAmount(limit).nanoseconds / 4))
+        let watch = channel.eventLoop.scheduleRepeatedTask(initialDelay: look, delay: look) { task in
             guard channel.isActive else {
                 task.cancel()
                 return
             }
             let now = progress()
-            let before = last.withLockedValue { last in
-                defer { last = now }
-                return last
+            let time = NIODeadline.now()
+            let stalledSince: NIODeadline? = last.withLockedValue { last in
+                if last.progress != now {
+                    last = (now, time)
+                    return nil
+                }
+                return now == nil ? nil : last.since
             }
-            guard let now, before == now else { return }
+            guard let stalledSince, time - stalledSince >= TimeAmount(limit) else { return }
             happened.withLockedValue { $0 = true }
             task.cancel()
             channel.close(promise: nil)
