@@ -62,6 +62,8 @@ extension ConnectionChannelHandler {
         let closing = self.inbound.closing
         // What is left of this turn's share of the event loop, in frames handed out: see frameBudget.
         var budget = Self.frameBudget
+        // And its share in time (TurnClock).
+        var clock = TurnClock(budget: budget, nanoseconds: self.sharedOptions.turnTimeNanoseconds)
         self.dispatching = true
         do {
             // First the bytes earlier reads left: frames kept while paused, or the start of a frame, which takes
@@ -75,7 +77,7 @@ extension ConnectionChannelHandler {
                         if !wasEstablished { self.frameHandledBeforeEstablished(connection) }
                         step = Self.settlePause(step, connection: connection)
                         budget &-= Self.controlFrameCost
-                        if step.isNext && budget <= 0 { step = .yieldTurn }
+                        if step.isNext && clock.isUsedUp(budget) { step = .yieldTurn }
                         if closing && step.yields { step = .next }
                         if !step.isNext { break }
                         continue
@@ -102,7 +104,7 @@ extension ConnectionChannelHandler {
                         budget &-= 1
                         if case .pauseReading = dispatched, !connection.pauseReading() { dispatched = .next }
                         if case .next = dispatched {
-                            if budget > 0 || closing { continue }
+                            if closing || !clock.isUsedUp(budget) { continue }
                             step = .yieldTurn
                             break
                         }
@@ -118,7 +120,7 @@ extension ConnectionChannelHandler {
                     if !wasEstablished { self.frameHandledBeforeEstablished(connection) }
                     step = Self.settlePause(step, connection: connection)
                     budget &-= Self.controlFrameCost
-                    if step.isNext && budget <= 0 { step = .yieldTurn }
+                    if step.isNext && clock.isUsedUp(budget) { step = .yieldTurn }
                     if closing && step.yields { step = .next }
                     if !step.isNext { break }
                 }

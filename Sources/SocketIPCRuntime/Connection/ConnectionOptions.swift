@@ -63,6 +63,10 @@ public struct ConnectionOptions: Sendable {
     /// ``BusyPolling/fixed(_:)`` is the latency mode (polls after every read and write, whatever the traffic);
     /// ``BusyPolling/off`` never polls. Set it on both sides for the full effect.
     public var busyPolling: BusyPolling = .adaptive()
+    /// How long one read may hand frames to the handler, once it has handed out 1,024, before the rest waits for the
+    /// event loop's next turn (``TurnClock``): 2 ms; `nil` for no limit in time (only
+    /// `ConnectionChannelHandler.frameBudget`'s in frames). Tests of the frame budget turn it off.
+    package var turnTime: Duration? = .milliseconds(2)
     /// The latency mode's window: how long the event loop polls after every read and write (``busyPolling`` set to
     /// ``BusyPolling/fixed(_:)``); zero when polling is off, `nil` when it is adaptive. Setting `nil` restores the
     /// default (adaptive); setting zero turns polling off.

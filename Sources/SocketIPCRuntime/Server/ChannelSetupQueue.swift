@@ -61,25 +61,41 @@ final class ChannelSetupQueue: @unchecked Sendable {
                     channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(self) }
                 }
                 .takingOwnershipOfDescriptor(input: ends[0])
-                .whenFailure { _ in
-                    // Tasks from now on; what was queued meanwhile is run at once.
-                    if let write = self.wakeWrite.withLock({ $0.take() }) { close(write) }
-                    self.eventLoop.execute { self.runAll() }
-                }
+                .whenFailure { _ in self.pipeFailed() }
+        }
+
+        /// The pipe cannot wake the loop (not registered, or its channel closed): tasks from now on, and what was
+        /// queued meanwhile is run at once.
+        private func pipeFailed() {
+            self.wakeWrite.withLock { descriptor in
+                if let write = descriptor.take() { close(write) }
+            }
+            self.eventLoop.execute { self.runAll() }
         }
 
         /// Wakes the loop for its set-ups: a byte in the pipe, or a task.
         func wake() {
-            guard let descriptor = self.wakeWrite.withLock({ $0 }) else {
-                self.eventLoop.execute { self.runAll() }
-                return
+            // Under the lock, so that the descriptor is not closed (and its number reused) meanwhile. A full pipe
+            // (EAGAIN) already wakes the loop.
+            let written = self.wakeWrite.withLock { descriptor -> Bool in
+                guard let descriptor else { return false }
+                writeWakeUpByte(descriptor)
+                return true
             }
-            // A full pipe (EAGAIN) already wakes the loop.
-            writeWakeUpByte(descriptor)
+            if !written { self.eventLoop.execute { self.runAll() } }
         }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             // The bytes only wake the loop; the pipe's reads drain them.
+        }
+
+        func channelInactive(context: ChannelHandlerContext) {
+            // Nothing closes the pipe but a fault elsewhere (a descriptor closed twice): set-ups must not wait for it.
+            self.pipeFailed()
+        }
+
+        func errorCaught(context: ChannelHandlerContext, error: any Error) {
+            context.close(promise: nil)
         }
 
         func channelReadComplete(context: ChannelHandlerContext) {
@@ -147,10 +163,13 @@ final class ChannelSetupQueue: @unchecked Sendable {
         if wake { inbox.wake() }
     }
 
-    /// Returns once fewer than ``limit`` set-ups wait: the accepting thread calls it before it accepts. Never on an
-    /// event loop (the loops empty the queue).
-    func waitForRoom() {
-        self.room.lock(whenValue: true)
+    /// Returns once fewer than ``limit`` set-ups wait, or once `stopping` says the caller stops (looked at every
+    /// 100 ms while the queue is full): the accepting thread calls it before it accepts. Never on an event loop (the
+    /// loops empty the queue).
+    func waitForRoom(unless stopping: () -> Bool) {
+        while !self.room.lock(whenValue: true, timeoutSeconds: 0.1) {
+            if stopping() { return }
+        }
         self.room.unlock()
     }
 

@@ -146,7 +146,7 @@ public final class Server: Service, Sendable {
             eventLoop: MultiThreadedEventLoopGroup.singleton.any(),
             logger: self.logger,
             onAccept: { descriptor in self.accept(descriptor) },
-            waitForRoom: { ChannelSetupQueue.shared.waitForRoom() },
+            waitForRoom: { stopping in ChannelSetupQueue.shared.waitForRoom(unless: stopping) },
             onError: { error in
                 self.logger.error("accepting connections failed; shutting down", metadata: ["error": "\(errorText(error))"])
                 acceptFailure.withLock { $0 = error }

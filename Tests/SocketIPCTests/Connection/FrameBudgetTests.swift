@@ -39,9 +39,17 @@ struct FrameBudgetTests {
 
     static var budget: Int { ConnectionChannelHandler<Recorder>.frameBudget }
 
+    /// Options without a read's share in time (`turnTime`): a debug build on a busy machine takes longer than it for
+    /// a budget's frames, and these tests count frames.
+    static var countingOptions: ConnectionOptions {
+        var options = ConnectionOptions()
+        options.turnTime = nil
+        return options
+    }
+
     /// An established embedded connection whose messages go to `recorder`, with a `ReadCounter` before its handler.
     static func establishedChannel(recorder: Recorder, counter: ReadCounter) throws -> EmbeddedChannel {
-        let channel = try Embedded.makeChannel(events: Embedded.Events(), handler: recorder)
+        let channel = try Embedded.makeChannel(events: Embedded.Events(), handler: recorder, options: Self.countingOptions)
         try channel.pipeline.syncOperations.addHandler(counter, position: .first)
         _ = try Embedded.written(channel)
         try channel.writeInbound(Embedded.buffer(Embedded.hello))
@@ -76,6 +84,42 @@ struct FrameBudgetTests {
         #expect(recorder.seen.numbers.withLock { $0 } == Array(0..<UInt32(count)))
         // Once everything kept is handed out, the held read() is passed on.
         #expect(counter.reads.load(ordering: .relaxed) == readsBefore + 1)
+        #expect(channel.isActive)
+    }
+
+    /// Records as ``Recorder`` does, and takes at least 10 µs per message (spinning): a handler that is slow per
+    /// message, as a server that prints each one.
+    struct SlowRecorder: ConnectionHandler {
+        let recorder = Recorder()
+
+        func didReceiveMessage(_ message: ByteBuffer, on connection: Connection) {
+            let until = ContinuousClock.now.advanced(by: .microseconds(10))
+            while ContinuousClock.now < until {}
+            self.recorder.didReceiveMessage(message, on: connection)
+        }
+    }
+
+    @Test("a read whose handler is slow gives up the loop after its time (once 1,024 frames are out), the rest in order")
+    func slowHandlerYieldsAfterItsTime() throws {
+        let slow = SlowRecorder()
+        let counter = ReadCounter()
+        let channel = try Embedded.makeChannel(events: Embedded.Events(), handler: slow)
+        defer { _ = try? channel.finish() }
+        try channel.pipeline.syncOperations.addHandler(counter, position: .first)
+        _ = try Embedded.written(channel)
+        try channel.writeInbound(Embedded.buffer(Embedded.hello))
+        channel.embeddedEventLoop.run()
+        let count = 4_000
+        var bytes: [UInt8] = []
+        for number in 0..<UInt32(count) { bytes += Self.message(number) }
+
+        // 1,024 messages take 10 ms or more, past the read's 2 ms: the first look at the clock ends the turn. Before,
+        // the read handed out all 4,000 (its frame budget is 16,384), holding the loop for 40 ms or more.
+        try channel.writeInbound(Embedded.buffer(bytes))
+        #expect(slow.recorder.seen.numbers.withLock { $0.count } == TurnClock.framesBeforeClock)
+
+        channel.embeddedEventLoop.run()
+        #expect(slow.recorder.seen.numbers.withLock { $0 } == Array(0..<UInt32(count)))
         #expect(channel.isActive)
     }
 
@@ -131,7 +175,7 @@ struct FrameBudgetTests {
         handler: Handler,
         maximumConcurrentRequests: Int
     ) throws -> EmbeddedChannel {
-        var options = ConnectionOptions()
+        var options = Self.countingOptions
         options.maximumConcurrentRequests = maximumConcurrentRequests
         let channel = try Embedded.makeChannel(events: Embedded.Events(), handler: handler, options: options)
         _ = try Embedded.written(channel)
@@ -220,7 +264,7 @@ struct FrameBudgetTests {
         let opened = Opened()
         var lifecycle = ConnectionLifecycle()
         lifecycle.opened = { connection in opened.connection.withLock { $0 = connection } }
-        var options = ConnectionOptions()
+        var options = Self.countingOptions
         options.maximumConcurrentRequests = 1
         let channel = NIOAsyncTestingChannel()
         let (sharedOptions, ownLifecycle) = (SharedConnectionOptions(options), lifecycle)

@@ -18,7 +18,7 @@ import Darwin
 final class Acceptor: @unchecked Sendable {
     private let descriptor: Int32
     private let onAccept: @Sendable (Int32) -> Void
-    private let waitForRoom: @Sendable () -> Void
+    private let waitForRoom: @Sendable (_ stopping: () -> Bool) -> Void
     private let onError: @Sendable (SocketIPCError) -> Void
     private let stopping = Atomic<Bool>(false)
     private let finished: EventLoopPromise<Void>
@@ -40,8 +40,8 @@ final class Acceptor: @unchecked Sendable {
     ///   - eventLoop: Where ``finished`` completes.
     ///   - onAccept: Called on the accepting thread with each new non-blocking socket, which it then owns.
     ///   - waitForRoom: Called on the accepting thread before each `accept(2)`: returns once the server can take
-    ///     another connection (``ChannelSetupQueue/waitForRoom()``), so that connections wait in the kernel's
-    ///     backlog, not in the event loops' task queues.
+    ///     another connection (``ChannelSetupQueue/waitForRoom(unless:)``), or once the closure it is given says the
+    ///     acceptor stops, so that connections wait in the kernel's backlog, not in the event loops' task queues.
     ///   - logger: Where running out of descriptors (or memory) is reported, at most once per
     ///     ``AcceptBackoff/reportInterval`` for failing and once for recovering, with counts.
     ///   - onError: Called for an error that ends accepting.
@@ -51,7 +51,7 @@ final class Acceptor: @unchecked Sendable {
         eventLoop: any EventLoop,
         logger: Logger,
         onAccept: @escaping @Sendable (Int32) -> Void,
-        waitForRoom: @escaping @Sendable () -> Void = {},
+        waitForRoom: @escaping @Sendable (_ stopping: () -> Bool) -> Void = { _ in },
         onError: @escaping @Sendable (SocketIPCError) -> Void
     ) {
         self.descriptor = descriptor
@@ -123,7 +123,7 @@ final class Acceptor: @unchecked Sendable {
         }
         var backoff = AcceptBackoff()
         while !self.stopping.load(ordering: .acquiring) {
-            self.waitForRoom()
+            self.waitForRoom { self.stopping.load(ordering: .acquiring) }
             if let wakePipe = self.wakePipe {
                 switch Self.waitUntilReadable(self.descriptor, orWokenBy: wakePipe.read) {
                 case .readable: break
