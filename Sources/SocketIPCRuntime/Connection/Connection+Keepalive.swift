@@ -57,7 +57,7 @@ extension Connection {
         guard (try? self.queueCallFrameKind(.ping, id: id)) != nil else { return }
         // Written now, so that the ping's own bytes do not count as the peer's progress when the timeout passes (a
         // review: a call whose request waited for credit was given up after two keepalive timeouts, not one).
-        self.flushPendingWrites()
+        self.flushPendingWrites(force: true)
         self.waitForPong(id, progressBefore: self.progress())
     }
 

@@ -51,7 +51,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
     /// other frame counting as ``controlFrameCost`` of them (2,048 call opens, cancels, pings and the like). NIO bounds
     /// a turn's reads (`maxMessagesPerRead`, 4) and their size (1 MiB here), not the frames in them: a megabyte of
     /// frames of a few bytes each would otherwise be handed out at once. After a yield, the reads NIO's read loop still
-    /// makes in that turn only add to what is kept. A read's share in time ends it sooner (``TurnClock/turnTime``).
+    /// makes in that turn only add to what is kept. A read's share in time ends it sooner (``TurnClock``).
     static var frameBudget: Int { 16_384 }
     /// What a frame off the common path costs of ``frameBudget``: call opens, cancels, credit, pings and the frames
     /// of connections that pass descriptors.

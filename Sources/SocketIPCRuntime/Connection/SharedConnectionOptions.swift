@@ -11,6 +11,9 @@ final class SharedConnectionOptions: Sendable {
 
     init(_ value: ConnectionOptions) {
         self.value = value
-        self.turnTimeNanoseconds = value.turnTime.map { UInt64(TimeAmount($0).nanoseconds) } ?? .max
+        // At most an hour: a longer one could wrap the deadline; none below zero.
+        self.turnTimeNanoseconds = value.turnTime.map {
+            UInt64(min(max(TimeAmount($0).nanoseconds, 0), TimeAmount.hours(1).nanoseconds))
+        } ?? .max
     }
 }

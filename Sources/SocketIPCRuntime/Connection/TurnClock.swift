@@ -11,7 +11,8 @@ import NIOCore
 /// that the common path costs one comparison a frame, and a read of fewer frames never yields for time: what a peer
 /// sends in one write of a few hundred frames is still handed out in one turn, however slowly.
 struct TurnClock {
-    /// How many frames a read hands out before its time counts: 1,024.
+    /// How much of the frame budget a read spends before its time counts: 1,024 (1,024 messages, or 128 frames off
+    /// the common path, which cost ``ConnectionChannelHandler/controlFrameCost`` each).
     static var framesBeforeClock: Int { 1_024 }
     /// How many frames pass between two looks at the clock: 64.
     static var framesPerClockCheck: Int { 64 }

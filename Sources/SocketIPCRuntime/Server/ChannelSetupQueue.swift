@@ -20,9 +20,9 @@ import Darwin
 /// that connected and closed in a loop held every connection already open for the whole attack, 11–14 s, and new
 /// peers' hellos unread until their handshake timeout). So each loop takes its set-ups when a pipe of its own is
 /// readable, as one more socket among its others: at most ``setupsPerTurn`` per turn, and the accepting thread
-/// accepts nothing more while ``limit`` wait in all (the kernel's listen backlog holds the rest, and connecting
-/// peers wait there, as they do for any server that is busy). As NIO's own `ServerSocketChannel` accepts at most
-/// `maxMessagesPerRead` connections per I/O turn.
+/// accepts nothing more while every loop has ``limitPerLoop`` waiting (the kernel's listen backlog holds the rest,
+/// and connecting peers wait there, as they do for any server that is busy). As NIO's own `ServerSocketChannel`
+/// accepts at most `maxMessagesPerRead` connections per I/O turn.
 final class ChannelSetupQueue: @unchecked Sendable {
     /// Sets up one accepted connection on the event loop it is given.
     typealias Setup = @Sendable (any EventLoop) -> Void
@@ -50,11 +50,15 @@ final class ChannelSetupQueue: @unchecked Sendable {
             self.queue = queue
         }
 
-        /// Makes the pipe and registers its read end with the loop.
+        /// Makes the pipe (a socket pair, so that a write to it never raises `SIGPIPE`, which SwiftNIO ignores only
+        /// once it has made a socket of its own) and registers its read end with the loop.
         func start() {
             var ends: [Int32] = [-1, -1]
-            guard makeCloseOnExecPipe(&ends) == 0 else { return }
-            for end in ends { _ = fcntl(end, F_SETFL, fcntl(end, F_GETFL) | O_NONBLOCK) }
+            guard socketpair(AF_UNIX, systemSocketStream | systemSocketCloseOnExec, 0, &ends) == 0 else { return }
+            for end in ends {
+                _ = fcntl(end, F_SETFL, fcntl(end, F_GETFL) | O_NONBLOCK)
+                SocketSend.preventSignal(on: end)
+            }
             self.wakeWrite.withLock { $0 = ends[1] }
             NIOPipeBootstrap(group: self.eventLoop)
                 .channelInitializer { channel in
@@ -113,7 +117,7 @@ final class ChannelSetupQueue: @unchecked Sendable {
                 pending.woken = !pending.setups.isEmpty
                 return (turn, pending.woken)
             }
-            self.queue.taken(turn.count)
+            self.queue.taken(turn.count, from: self)
             for setup in turn { setup(self.eventLoop) }
             if more { self.wake() }
         }
@@ -125,35 +129,45 @@ final class ChannelSetupQueue: @unchecked Sendable {
                 defer { pending.setups.removeAll() }
                 return Array(pending.setups)
             }
-            self.queue.taken(all.count)
+            self.queue.taken(all.count, from: self)
             for setup in all { setup(self.eventLoop) }
         }
     }
 
     /// One per event loop; set once, in `init`.
     private var inboxes: [Inbox] = []
-    private let next = Atomic<Int>(0)
-    /// The most set-ups waiting in all before the accepting thread waits: 64 per loop.
-    let limit: Int
-    /// Whether fewer than ``limit`` set-ups wait; with ``waiting``, under its lock.
+    /// The most set-ups waiting for one loop: 64. The accepting thread waits while every loop has as many, so that
+    /// a loop held up (a slow handler) takes no more, and the others go on taking theirs.
+    static let limitPerLoop = 64
+    /// Whether some loop has fewer than ``limitPerLoop`` set-ups waiting; with ``waiting`` and ``next``, under its
+    /// lock.
     private let room = ConditionLock(value: true)
-    /// The set-ups waiting in all; under `room`'s lock.
-    private var waiting = 0
+    /// The set-ups waiting, per loop (as ``inboxes``); under `room`'s lock.
+    private var waiting: [Int] = []
+    /// The loop to try first for the next set-up; under `room`'s lock.
+    private var next = 0
 
     init(group: MultiThreadedEventLoopGroup) {
         var loops: [any EventLoop] = []
         for loop in group.makeIterator() { loops.append(loop) }
-        self.limit = 64 * max(1, loops.count)
         self.inboxes = loops.map { Inbox(eventLoop: $0, queue: self) }
+        self.waiting = Array(repeating: 0, count: self.inboxes.count)
         for inbox in self.inboxes { inbox.start() }
     }
 
-    /// Queues `setup` for the next event loop in turn; from any thread, never waits.
+    /// Queues `setup` for the next event loop in turn that has room (any, if none has); from any thread, never waits.
     func enqueue(_ setup: @escaping Setup) {
         self.room.lock()
-        self.waiting += 1
-        self.room.unlock(withValue: self.waiting < self.limit)
-        let inbox = self.inboxes[self.next.wrappingAdd(1, ordering: .relaxed).oldValue % self.inboxes.count]
+        let count = self.inboxes.count
+        var index = self.next % count
+        for offset in 0..<count where self.waiting[(self.next + offset) % count] < Self.limitPerLoop {
+            index = (self.next + offset) % count
+            break
+        }
+        self.next = index + 1
+        self.waiting[index] += 1
+        self.room.unlock(withValue: self.hasRoom)
+        let inbox = self.inboxes[index]
         let wake = inbox.pending.withLock { pending in
             pending.setups.append(setup)
             if pending.woken { return false }
@@ -163,9 +177,9 @@ final class ChannelSetupQueue: @unchecked Sendable {
         if wake { inbox.wake() }
     }
 
-    /// Returns once fewer than ``limit`` set-ups wait, or once `stopping` says the caller stops (looked at every
-    /// 100 ms while the queue is full): the accepting thread calls it before it accepts. Never on an event loop (the
-    /// loops empty the queue).
+    /// Returns once some loop has fewer than ``limitPerLoop`` set-ups waiting, or once `stopping` says the caller
+    /// stops (looked at every 100 ms while the queue is full): the accepting thread calls it before it accepts. Never
+    /// on an event loop (the loops empty the queue).
     func waitForRoom(unless stopping: () -> Bool) {
         while !self.room.lock(whenValue: true, timeoutSeconds: 0.1) {
             if stopping() { return }
@@ -173,17 +187,20 @@ final class ChannelSetupQueue: @unchecked Sendable {
         self.room.unlock()
     }
 
-    /// `count` set-ups were taken off the queue.
-    private func taken(_ count: Int) {
-        guard count > 0 else { return }
+    /// Whether some loop has room; under `room`'s lock.
+    private var hasRoom: Bool { self.waiting.contains { $0 < Self.limitPerLoop } }
+
+    /// `count` set-ups were taken off the queue of `inbox`.
+    private func taken(_ count: Int, from inbox: Inbox) {
+        guard count > 0, let index = self.inboxes.firstIndex(where: { $0 === inbox }) else { return }
         self.room.lock()
-        self.waiting -= count
-        self.room.unlock(withValue: self.waiting < self.limit)
+        self.waiting[index] -= count
+        self.room.unlock(withValue: self.hasRoom)
     }
 }
 
-/// Writes one byte to the pipe `descriptor`, which wakes the loop that watches its read end.
+/// Writes one byte to the pipe `descriptor`, which wakes the loop that watches its other end.
 private func writeWakeUpByte(_ descriptor: Int32) {
     var byte: UInt8 = 1
-    _ = write(descriptor, &byte, 1)
+    _ = SocketSend.send(descriptor, &byte, 1)
 }

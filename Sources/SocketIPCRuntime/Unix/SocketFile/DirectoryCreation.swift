@@ -55,6 +55,15 @@ enum DirectoryCreation {
             for index in existing..<components.count {
                 let name = components[index]
                 let madePath = Self.path(of: components[...index], absolute: absolute)
+                guard name != ".." else {
+                    // It would lead above the directories checked or made here (a review: `/tmp/new/../../home/x`).
+                    throw SocketIPCError(
+                        .invalidPath,
+                        "\(directory) leaves a directory still to be made through `..`; give the path without it, so "
+                            + "that \(socketPath) is not created",
+                        path: socketPath.path
+                    )
+                }
                 let made = mkdirat(descriptor, name, 0o700) == 0
                 if !made && errno != EEXIST {
                     throw SocketIPCError.systemCall("mkdir", errno: errno, path: madePath)
@@ -67,12 +76,25 @@ enum DirectoryCreation {
                         throw SocketIPCError.systemCall("open", errno: code, path: madePath)
                     }
                     throw SocketIPCError(
-                        .insecureDirectory,
+                        requireSecure ? .insecureDirectory : .parentDirectoryMissing,
                         "\(madePath) is in the way of the directories to make for \(socketPath): it is a symbolic link "
                             + "or not a directory, and a server that makes its directory follows no link it finds "
                             + "there (another user could have put it there); \(socketPath) was not created",
                         path: socketPath.path
                     )
+                }
+                // One that was there already (made meanwhile, by whoever could write in the one above) is held to the
+                // check the deepest one passed (a review: another user's directory made there between the check and
+                // this call).
+                if requireSecure && !made {
+                    let status = try FileStatus.of(descriptor: descriptor, describedAs: madePath)
+                    if let problem = DirectorySecurity.problem(with: status, at: madePath) {
+                        throw SocketIPCError(
+                            .insecureDirectory,
+                            "\(problem); \(socketPath) was not created",
+                            path: socketPath.path
+                        )
+                    }
                 }
             }
         } catch {
