@@ -46,8 +46,8 @@ enum DemoService {
     static let summary = """
         demo.echo (any JSON up to 1 MiB: answers it), demo.count (n: streams 0 to n-1), demo.sleep (seconds: answers after \
         sleeping them), demo.increment (n: adds n to a counter and answers its value), demo.counter ({}: streams the \
-        counter's value now and after each change). A negative count or sleep fails with the application error \
-        invalidArgument.
+        counter's value now and after each change; at most 128 at once per user, beyond which resourceExhausted). A \
+        negative count or sleep fails with the application error invalidArgument.
         """
 
     /// A router that serves the methods, with `counter` as `demo.increment`'s and `demo.counter`'s state, in
@@ -74,8 +74,14 @@ enum DemoService {
             return seconds
         }
         router.register(Increment.self) { amount, _ in counter.add(amount) }
-        router.registerServerStreaming(Counter.self) { _, writer, _ in
-            let (current, changes) = counter.watch()
+        router.registerServerStreaming(Counter.self) { _, writer, context in
+            guard let (current, changes) = counter.watch(by: context.peer?.userID) else {
+                throw ServiceError(
+                    code: "resourceExhausted",
+                    message: "at most \(SharedCounter.watchersPerUser) watches of the counter per user at once",
+                    details: ["limit": SharedCounter.watchersPerUser]
+                )
+            }
             try await writer.write(current)
             for await value in changes { try await writer.write(value) }
             // The changes end only when this task is cancelled: never end the stream as if it were complete.
@@ -96,7 +102,13 @@ final class SharedCounter: Sendable {
         var value = 0
         var nextWatcher = 0
         var watchers: [Int: AsyncStream<Int>.Continuation] = [:]
+        /// The watchers of each user (`UInt32.max`: credentials unknown).
+        var watchersByUser: [UInt32: Int] = [:]
     }
+
+    /// The most watchers one user may have at once: 128. Every change wakes every watcher, so one user's 10,000
+    /// watches and a loop of increments held another user's calls for 2–3 s (a review; 0.05 s with one watcher).
+    static let watchersPerUser = 128
 
     private let state = Mutex(State())
     /// Held while the watchers are told, so that they see the values in order; `state` is not: a watcher's
@@ -116,21 +128,32 @@ final class SharedCounter: Sendable {
         }
     }
 
-    /// The value now and its changes from then on, with none missed in between. A watcher that falls behind sees
-    /// the newest value.
-    func watch() -> (current: Int, changes: AsyncStream<Int>) {
+    /// The value now and its changes from then on, with none missed in between, for a watcher of `user`; `nil` when
+    /// that user has ``watchersPerUser`` already. A watcher that falls behind sees the newest value.
+    func watch(by user: UInt32?) -> (current: Int, changes: AsyncStream<Int>)? {
+        let user = user ?? .max
         let (changes, continuation) = AsyncStream.makeStream(of: Int.self, bufferingPolicy: .bufferingNewest(1))
         // Under `telling`: no change is told between the value read here and the watcher's registration.
-        let (id, current) = self.telling.withLock { _ in
+        let registered: (id: Int, current: Int)? = self.telling.withLock { _ in
             self.state.withLock { state in
+                guard state.watchersByUser[user, default: 0] < Self.watchersPerUser else { return nil }
+                state.watchersByUser[user, default: 0] += 1
                 let id = state.nextWatcher
                 state.nextWatcher += 1
                 state.watchers[id] = continuation
                 return (id, state.value)
             }
         }
+        guard let (id, current) = registered else {
+            continuation.finish()
+            return nil
+        }
         continuation.onTermination = { [weak self] _ in
-            _ = self?.state.withLock { $0.watchers.removeValue(forKey: id) }
+            self?.state.withLock { state in
+                guard state.watchers.removeValue(forKey: id) != nil else { return }
+                let left = state.watchersByUser[user, default: 1] - 1
+                state.watchersByUser[user] = left > 0 ? left : nil
+            }
         }
         return (current, changes)
     }

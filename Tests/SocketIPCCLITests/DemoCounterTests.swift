@@ -25,6 +25,36 @@ struct DemoCounterTests {
         }
     }
 
+    @Test("one user's watches of demo.counter are limited: the next is refused with resourceExhausted (before: a review's 10,000 watches, each woken by every increment, held another user's calls 2-3 s)")
+    func watchesPerUserLimited() async throws {
+        try await withServeCommand { path, _ in
+            // Two connections: a connection takes at most 100 calls at once.
+            let connections = [try await Client.connect(to: path), try await Client.connect(to: path)]
+            defer { for connection in connections { connection.close() } }
+            let (watching, watchingNow) = AsyncStream.makeStream(of: Void.self)
+            let limit = 128
+            let tasks = (0..<limit).map { index in
+                Task {
+                    try await connections[index % 2].serverStreaming(
+                        method: "demo.counter",
+                        request: ByteBuffer(string: "{}")
+                    ) { _ in
+                        // Each response: the first one (no increments here) says the watch is registered.
+                        watchingNow.yield()
+                    }
+                }
+            }
+            defer { for task in tasks { task.cancel() } }
+            var iterator = watching.makeAsyncIterator()
+            for _ in 0..<limit { await iterator.next() }
+
+            let refused = await #expect(throws: ServiceError.self) {
+                try await connections[0].serverStreaming(method: "demo.counter", request: ByteBuffer(string: "{}")) { _ in }
+            }
+            #expect(refused?.code == "resourceExhausted", "\(String(describing: refused))")
+        }
+    }
+
     /// `rounds` times: opens `watches` watches of the counter on a new connection, waits until each has its first
     /// value (its handler runs), then cancels them all and closes the connection.
     private static func churnWatches(at path: String, rounds: Int, watches: Int) async throws {
