@@ -28,12 +28,15 @@ final class ChannelSetupQueue: @unchecked Sendable {
     /// The set-ups of one event loop, run in its turns after a poll (``EventLoopTurn/afterPoll(_:)``).
     private final class Inbox: Sendable {
         let eventLoop: any EventLoop
+        /// Its place in the queue's ``ChannelSetupQueue/inboxes`` and `waiting`.
+        let index: Int
         /// The set-ups waiting, and whether a turn is asked for them already.
         let pending = Mutex<(setups: CircularBuffer<Setup>, woken: Bool)>((CircularBuffer(), false))
         unowned let queue: ChannelSetupQueue
 
-        init(eventLoop: any EventLoop, queue: ChannelSetupQueue) {
+        init(eventLoop: any EventLoop, index: Int, queue: ChannelSetupQueue) {
             self.eventLoop = eventLoop
+            self.index = index
             self.queue = queue
         }
 
@@ -81,7 +84,7 @@ final class ChannelSetupQueue: @unchecked Sendable {
     init(group: MultiThreadedEventLoopGroup) {
         var loops: [any EventLoop] = []
         for loop in group.makeIterator() { loops.append(loop) }
-        self.inboxes = loops.map { Inbox(eventLoop: $0, queue: self) }
+        self.inboxes = loops.enumerated().map { Inbox(eventLoop: $1, index: $0, queue: self) }
         self.waiting = Array(repeating: 0, count: self.inboxes.count)
     }
 
@@ -122,9 +125,9 @@ final class ChannelSetupQueue: @unchecked Sendable {
 
     /// `count` set-ups were taken off the queue of `inbox`.
     private func taken(_ count: Int, from inbox: Inbox) {
-        guard count > 0, let index = self.inboxes.firstIndex(where: { $0 === inbox }) else { return }
+        guard count > 0 else { return }
         self.room.lock()
-        self.waiting[index] -= count
+        self.waiting[inbox.index] -= count
         self.room.unlock(withValue: self.hasRoom)
     }
 }

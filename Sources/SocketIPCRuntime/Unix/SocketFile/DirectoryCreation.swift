@@ -23,9 +23,10 @@ enum DirectoryCreation {
     ///   - requireSecure: Whether the deepest directory that exists must pass ``DirectorySecurity/check(descriptor:path:socketPath:)``
     ///     (its ancestors, and every link on the way to it, included) before anything is made in it.
     ///   - socketPath: The socket path the errors concern.
-    /// - Throws: ``SocketIPCError``: `insecureDirectory` (from the check, or an entry that is not a directory, such
-    ///   as a symbolic link, where a directory is to be made), or `systemCall`. What it made is removed again on
-    ///   error, where it still can be.
+    /// - Throws: ``SocketIPCError``: `insecureDirectory` (from the check, for a directory found already there that
+    ///   fails it, or, with `requireSecure`, an entry that is not a directory, such as a symbolic link, where a
+    ///   directory is to be made; without it, `parentDirectoryMissing`), `invalidPath` (`..` among the directories
+    ///   to make), or `systemCall`. What it made is removed again on error, where it still can be.
     static func make(_ directory: String, requireSecure: Bool, socketPath: SocketPath) throws {
         let components = directory.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
         let absolute = directory.hasPrefix("/")
@@ -112,7 +113,9 @@ enum DirectoryCreation {
         return joined.isEmpty ? "." : joined
     }
 
-    private static func openDirectory(_ path: String) -> Int32 {
+    /// Opens the directory at `path` (following links, as the kernel resolves a path), close-on-exec, retrying on
+    /// `EINTR`; -1 with `errno` on failure.
+    static func openDirectory(_ path: String) -> Int32 {
         while true {
             let descriptor = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
             if descriptor >= 0 || errno != EINTR { return descriptor }

@@ -23,10 +23,10 @@ extension SocketFileOwner {
                 .invalidPath, "\(path) names a directory, not a socket file in one", path: path.path)
         }
         let parent = path.parentDirectory
-        var descriptor = Self.openDirectory(parent)
+        var descriptor = DirectoryCreation.openDirectory(parent)
         if descriptor < 0 && errno == ENOENT && create {
             try DirectoryCreation.make(parent, requireSecure: requireSecure, socketPath: path)
-            descriptor = Self.openDirectory(parent)
+            descriptor = DirectoryCreation.openDirectory(parent)
         }
         guard descriptor >= 0 else {
             let code = errno
@@ -65,12 +65,5 @@ extension SocketFileOwner {
             }
         }
         return descriptor
-    }
-
-    private static func openDirectory(_ path: String) -> Int32 {
-        while true {
-            let descriptor = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-            if descriptor >= 0 || errno != EINTR { return descriptor }
-        }
     }
 }
