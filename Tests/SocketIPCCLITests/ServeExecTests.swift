@@ -169,6 +169,46 @@ struct ServeExecTests {
         }
     }
 
+    @Test("EOF-style: one user's messages waiting for their turn hold at most 64 MiB; beyond, a connection is closed without an acknowledgement (before, 150 connections of 4 MiB took the server to 699 MB)")
+    func eofMessageBytesPerUser() async throws {
+        // One command at a time, which never ends while the test runs: every other message waits for its turn.
+        let options = ["--mode", "eof", "--exec-concurrency", "1", "--shutdown-grace-period", "0", "--exec", "cat >/dev/null; exec sleep 600"]
+        try await withServeCommand(options) { path, server in
+            let message = ByteBuffer(repeating: 0x61, count: 1 << 20)
+            // 80 messages of 1 MiB: the user may hold 64 of them.
+            let senders = Task {
+                await withTaskGroup(of: Void.self) { group in
+                    for _ in 0..<80 {
+                        group.addTask { _ = try? await Client.sendMessage(message, to: path) }
+                    }
+                }
+            }
+            let note = await server.standardError.waitForLine(containing: "without an acknowledgement")
+            senders.cancel()
+            await senders.value
+            #expect(note?.contains("acknowledgements not yet read already hold 64 MiB") == true, "\(note ?? "nil")")
+        }
+    }
+
+    @Test("EOF-style: acknowledgements not yet read count against their user's 64 MiB until the connection closes")
+    func eofAcknowledgementBytesPerUser() async throws {
+        // Every command answers with 1 MiB; the clients below half-close and never read it.
+        try await withServeCommand(["--mode", "eof", "--exec", "cat >/dev/null; head -c 1048576 /dev/zero"]) { path, server in
+            var descriptors: [Int32] = []
+            defer { for descriptor in descriptors { _ = closeDescriptor(descriptor) } }
+            // 80 connections: the user may hold 64 acknowledgements of 1 MiB.
+            for _ in 0..<80 {
+                let descriptor = makeUnixStreamSocket()
+                descriptors.append(descriptor)
+                try #require(connectUnixSocket(descriptor, to: path) == 0, "connect: \(errno)")
+                try #require(sendWithoutSignal(descriptor, Array("x".utf8)) == 1)
+                try #require(shutdown(descriptor, Int32(SHUT_WR)) == 0)
+            }
+            let note = await server.standardError.waitForLine(containing: "without an acknowledgement")
+            #expect(note?.contains("acknowledgements not yet read already hold 64 MiB") == true, "\(note ?? "nil")")
+        }
+    }
+
     @Test("one-way messages run the command too, and the server waits for a running one before it exits")
     func oneWay() async throws {
         try await withTemporarySocketDirectory { directory in

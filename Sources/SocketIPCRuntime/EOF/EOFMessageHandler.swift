@@ -75,6 +75,7 @@ public struct EOFMessageHandler: Sendable {
         logger[metadataKey: "socketipc.connection"] = "\(connectionID)"
         var context = EOFMessageContext(connectionID: connectionID, peer: nil, logger: logger)
         context.reportFailure = reportFailure
+        context.closed = channel.closeFuture
         switch self.kind {
         case .eventLoop, .collecting:
             try channel.pipeline.syncOperations.addHandler(
@@ -110,6 +111,9 @@ public struct EOFMessageContext: Sendable {
     public internal(set) var peer: PeerCredentials?
     /// A logger with the connection's metadata.
     public let logger: Logger
+    /// Completed once the connection has closed, its acknowledgement written or given up; `nil` where the handler
+    /// runs inline. What a handler charges for its acknowledgement is held until then.
+    package var closed: EventLoopFuture<Void>? = nil
     /// Told when the connection ends without its message handled (the server counts these in its metrics).
     var reportFailure: @Sendable (SocketIPCError) -> Void = { _ in }
 

@@ -32,7 +32,8 @@ struct ServeCommand: AsyncParsableCommand {
             (turns go round the users who wait; each user's in the order they came), and --exec-timeout counts from \
             the start of the run. A request that waits is dropped when its connection \
             closes, and one whose user's requests waiting or running already hold 64 MiB (each counted as at least \
-            4 KiB) gets an error reply at once; a framed connection reads nothing more while it has --max-concurrent-requests requests \
+            4 KiB) gets an error reply at once; an EOF-style connection is closed without an acknowledgement when its \
+            user's messages waiting or running and acknowledgements not yet read already hold 64 MiB; a framed connection reads nothing more while it has --max-concurrent-requests requests \
             unanswered. A connection's one-way messages run one after another, also after it closes; a connection \
             with 16 of them queued or running that sends one more is closed (`closing connection N: ...` on \
             standard error), and so is one whose user's messages queued or running already hold 64 MiB (each counted as at least 4 KiB). On SIGINT or SIGTERM the one-way messages still queued are dropped, and the commands \
@@ -241,19 +242,12 @@ struct ServeCommand: AsyncParsableCommand {
                 }
             )
         case (.eof, let exec?):
+            let handler = EOFExecHandler(exec: exec)
             return Server.eof(
                 configuration: configuration,
                 logger: logger,
                 onServerRunning: onRunning,
-                handler: .collecting(maximumSize: maximumSize) { message, context in
-                    ConnectionLog.opened(context.connectionID, peer: context.peer)
-                    do {
-                        return try await exec.run(message, peer: context.peer, kind: .eof)
-                    } catch let failure as ExecFailure {
-                        Output.note("exec failed for connection \(context.connectionID): \(failure.message)")
-                        throw failure
-                    }
-                }
+                handler: .collecting(maximumSize: maximumSize) { try await handler.handle($0, context: $1) }
             )
         }
     }

@@ -30,6 +30,19 @@ final class UserByteBudget: Sendable {
         }
     }
 
+    /// Charges `bytes` to `user` whether or not they fit: what is already held and must be counted (a command's
+    /// output waiting to be read). Returns what was charged, to give back.
+    func charge(_ bytes: Int, user: UInt32?) -> Int {
+        let user = user ?? .max
+        self.held.withLock { $0[user, default: 0] += bytes }
+        return bytes
+    }
+
+    /// Whether `user` holds more than ``limit`` (possible only through ``charge(_:user:)``).
+    func isOver(user: UInt32?) -> Bool {
+        self.held.withLock { $0[user ?? .max, default: 0] > self.limit }
+    }
+
     /// Gives back `charge` that ``take(_:user:)`` charged to `user`.
     func give(_ charge: Int, user: UInt32?) {
         let user = user ?? .max
