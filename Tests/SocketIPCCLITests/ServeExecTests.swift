@@ -68,6 +68,28 @@ struct ServeExecTests {
         }
     }
 
+    @Test("replies not yet read count against their user's 64 MiB until the peer reads them: the user's next request is refused (before, 3 connections of 100 requests answered with 16 MB, never read, took the server to 2.9 GB)")
+    func unreadRepliesPerUser() async throws {
+        try await withServeCommand(["--exec", "cat >/dev/null; head -c 1048576 /dev/zero"]) { path, server in
+            // 100 requests, each answered with 1 MiB, and not one reply read: the user may hold 64 MiB of them.
+            let descriptor = makeUnixStreamSocket()
+            defer { _ = closeDescriptor(descriptor) }
+            try #require(connectUnixSocket(descriptor, to: path) == 0, "connect: \(errno)")
+            var frames: [UInt8] = Array("SIPC".utf8) + [1, 0, 0, 0]
+            for id in UInt32(1)...100 {
+                // length 5 + 1, kind 0x02 (request), id, one byte of payload
+                frames += [0, 0, 0, 6, 0x02] + withUnsafeBytes(of: id.bigEndian, Array.init) + [0x78]
+            }
+            try #require(sendWithoutSignal(descriptor, frames) == frames.count)
+            let note = await server.standardError.waitForLine(containing: "refused a request")
+            #expect(note?.contains("replies not yet read already hold 64 MiB") == true, "\(note ?? "nil")")
+            // Another connection of the same user is refused at once, while those replies wait.
+            let result = try await runCLI(["request", path, "x"])
+            #expect(result.status == 1)
+            #expect(result.error.contains("64 MiB of this user's requests waiting for their turn and replies not yet read"), "stderr: \(result.error)")
+        }
+    }
+
     @Test("a non-zero exit is an error reply with the command's standard error; the requester exits 1")
     func failure() async throws {
         try await withServeCommand(["--exec", "cat >/dev/null; echo 'no such key' >&2; exit 3"]) { path, server in

@@ -18,11 +18,13 @@ struct ExecHandler: ConnectionHandler {
     let exec: ExecCommand
     /// Where the runs for one-way messages are kept, so that the server's shutdown can end them.
     let oneWayRuns: OneWayRuns
-    /// What each user's requests waiting or running hold, across the server (``requestBytesPerUser``).
+    /// What each user's requests waiting or running and replies not yet read hold, across the server
+    /// (``requestBytesPerUser``).
     let requestBytes: UserByteBudget
-    /// The most bytes one user's requests may hold while they wait for their turn or run, across all its connections:
-    /// 64 MiB, each counted as at least 4 KiB, as one-way messages (``OneWayRuns``). A request beyond it is answered at
-    /// once with an error reply, and the connection goes on.
+    /// The most bytes one user's requests may hold while they wait for their turn or run, with the replies its peers
+    /// have not read yet, across all its connections: 64 MiB, each request counted as at least 4 KiB, as one-way
+    /// messages (``OneWayRuns``). A request beyond it is answered at once with an error reply, and the connection
+    /// goes on.
     static let requestBytesPerUser = OneWayRuns.maximumBytesPerUser
     /// The connection's one-way messages queued or running.
     private let pendingMessages = PendingCount()
@@ -44,30 +46,58 @@ struct ExecHandler: ConnectionHandler {
     }
 
     /// Runs the command for the request in a task of the connection; its output is the reply, a failure an error reply.
+    ///
+    /// The request is charged to its user's ``requestBytes`` while it waits and runs, and the reply from when it is
+    /// sent until the connection's write queue is below its high watermark again (the peer has read it, but for
+    /// 2 MiB) or the connection closes: a peer that sends requests and reads no reply cannot make the server hold
+    /// more than its user's budget of replies (before, 3 connections of 100 requests each, answered with 16 MB and
+    /// never read, took the server to 2.9 GB in 24 s). A request that comes while its user's budget is spent, or
+    /// whose turn comes while replies not yet read hold more (a reply is counted whatever its size, since its
+    /// command has already run), gets an error reply instead, and its command never runs.
     func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {
         let exec = self.exec
         let peer = connection.peer
         let id = connection.id
         let budget = self.requestBytes
-        guard let charge = budget.take(request.readableBytes, user: peer?.userID) else {
-            reply.fail(
-                ExecFailure(
-                    message: "the server already holds \(Self.requestBytesPerUser >> 20) MiB of this user's requests "
-                        + "waiting for their turn; try again once they are answered"
-                )
-            )
+        let user = peer?.userID
+        guard let charge = budget.take(request.readableBytes, user: user) else {
+            Self.noteRefusal(on: id)
+            reply.fail(Self.budgetSpent)
             return
         }
         reply.complete {
-            defer { budget.give(charge, user: peer?.userID) }
+            let output: ByteBuffer
             do {
-                return try await exec.run(request, peer: peer, kind: .request)
+                defer { budget.give(charge, user: user) }
+                output = try await exec.run(request, peer: peer, kind: .request) { !budget.isOver(user: user) }
             } catch let failure as ExecFailure {
                 Output.note("exec failed for a request on connection \(id): \(failure.message)")
                 throw failure
+            } catch is CancellationError where !Task.isCancelled {
+                Self.noteRefusal(on: id)
+                throw Self.budgetSpent
             }
+            // Sent now; the reply's bytes stay the user's until the peer has read them.
+            reply.succeed(output)
+            let held = budget.charge(output.readableBytes, user: user)
+            defer { budget.give(held, user: user) }
+            try? await connection.waitUntilWritable()
+            return output
         }
     }
+
+    private static func noteRefusal(on connection: UInt64) {
+        Output.note(
+            "refused a request on connection \(connection): its user's requests for --exec and replies not yet read "
+                + "already hold \(Self.requestBytesPerUser >> 20) MiB"
+        )
+    }
+
+    /// The error reply to a request whose user's budget is spent.
+    private static let budgetSpent = ExecFailure(
+        message: "the server already holds \(Self.requestBytesPerUser >> 20) MiB of this user's requests waiting for "
+            + "their turn and replies not yet read; try again once they are answered and read"
+    )
 
     /// Runs the command for the message, after the connection's previous one-way message; its output is dropped.
     /// Closes the connection instead when ``maximumPendingMessages`` of its messages are pending.

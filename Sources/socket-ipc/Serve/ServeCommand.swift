@@ -31,8 +31,8 @@ struct ServeCommand: AsyncParsableCommand {
             least 4), and 8 descriptors for each are kept back from the connections; requests, one-way and EOF-style messages beyond it wait their turn, shared fairly between users \
             (turns go round the users who wait; each user's in the order they came), and --exec-timeout counts from \
             the start of the run. A request that waits is dropped when its connection \
-            closes, and one whose user's requests waiting or running already hold 64 MiB (each counted as at least \
-            4 KiB) gets an error reply at once; an EOF-style connection is closed without an acknowledgement when its \
+            closes, and one whose user's requests waiting or running and replies its clients have not read yet \
+            already hold 64 MiB (each request counted as at least 4 KiB) gets an error reply at once; an EOF-style connection is closed without an acknowledgement when its \
             user's messages waiting or running and acknowledgements not yet read already hold 64 MiB; a framed connection reads nothing more while it has --max-concurrent-requests requests \
             unanswered. A connection's one-way messages run one after another, also after it closes; a connection \
             with 16 of them queued or running that sends one more is closed (`closing connection N: ...` on \

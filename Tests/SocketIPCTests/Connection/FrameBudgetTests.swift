@@ -293,7 +293,7 @@ struct FrameBudgetTests {
         bytes += Embedded.frame(kind: 0x03, id: 1, payload: Array("answer".utf8))
         let read = Embedded.buffer(bytes)
         try await channel.testingEventLoop.executeInContext {
-            channel.pipeline.fireChannelRead(NIOAny(read))
+            channel.pipeline.fireChannelRead(read)
             channel.pipeline.fireChannelReadComplete()
             channel.pipeline.fireChannelInactive()
         }
