@@ -11,6 +11,7 @@ enum DemoService {
         typealias Request = JSONValue
         typealias Response = JSONValue
         static let isIdempotent = true
+        static var maximumRequestSize: Int? { DemoCodec.maximumValueSize }
     }
 
     /// `demo.count`: server streaming; for `n` it sends `0`, `1`, …, `n - 1` and ends.
@@ -18,6 +19,7 @@ enum DemoService {
         static let name = "demo.count"
         typealias Request = Int
         typealias Response = Int
+        static var maximumRequestSize: Int? { DemoService.maximumNumberSize }
     }
 
     /// `demo.sleep`: sleeps the seconds it is sent, then answers them; cancelled by the call's deadline.
@@ -25,6 +27,7 @@ enum DemoService {
         static let name = "demo.sleep"
         typealias Request = Double
         typealias Response = Double
+        static var maximumRequestSize: Int? { DemoService.maximumNumberSize }
     }
 
     /// `demo.increment`: adds its request to the counter and answers the new value.
@@ -32,6 +35,7 @@ enum DemoService {
         static let name = "demo.increment"
         typealias Request = Int
         typealias Response = Int
+        static var maximumRequestSize: Int? { DemoService.maximumNumberSize }
     }
 
     /// `demo.counter`: server streaming; the counter's value now, then each new value, until the caller stops.
@@ -40,14 +44,19 @@ enum DemoService {
         static let name = "demo.counter"
         typealias Request = JSONValue
         typealias Response = Int
+        static var maximumRequestSize: Int? { DemoService.maximumNumberSize }
     }
+
+    /// The largest request of the methods that take a number (or ignore their request): 1 KiB.
+    static let maximumNumberSize = 1024
 
     /// The methods, one line each, for the help.
     static let summary = """
         demo.echo (any JSON up to 1 MiB: answers it), demo.count (n: streams 0 to n-1), demo.sleep (seconds: answers after \
         sleeping them), demo.increment (n: adds n to a counter and answers its value), demo.counter ({}: streams the \
         counter's value now and after each change; at most 128 at once per user, beyond which resourceExhausted). A \
-        negative count or sleep fails with the application error invalidArgument.
+        negative count or sleep fails with the application error invalidArgument. Requests other than demo.echo's take at \
+        most 1 KiB; a larger request ends its call with invalidMessage.
         """
 
     /// A router that serves the methods, with `counter` as `demo.increment`'s and `demo.counter`'s state, in

@@ -113,7 +113,7 @@ struct CallCommandTests {
             try Data(tooLarge.utf8).write(to: tooLargeFile)
             let refused = try await runCLI(["call", "--socket", path, "demo.echo", "@" + tooLargeFile.path])
             #expect(refused.status == 1, "stderr: \(refused.error.prefix(500))")
-            #expect(refused.error.contains("the demo service takes at most 1048576 (1 MiB)"), "\(refused.error.prefix(500))")
+            #expect(refused.error.contains("is larger than 'demo.echo' takes (1048576 bytes)"), "\(refused.error.prefix(500))")
             #expect(refused.error.count < 2000, "a short reason: \(refused.error.count) bytes")
         }
     }

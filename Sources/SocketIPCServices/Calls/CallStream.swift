@@ -136,11 +136,30 @@ final class CallStream: Sendable, WriteWaitOwner {
         /// A peer without strict credit made the connection's calls hold more than they may beyond their windows, and
         /// this call's message tipped it over (``CallMultiplexer/checkHeldBeyondWindows(on:)``).
         case heldBeyondWindows
+        /// The caller sent, or asked for credit for, a request of `size` bytes, above its method's `limit`
+        /// (``ServiceMethod/maximumRequestSize``).
+        case requestTooLarge(size: Int, limit: Int)
     }
 
-    init(id: UInt32, method: String, connection: Connection, isCaller: Bool, streamsResponses: Bool = false) {
+    /// On the handler's side: the largest request message the method takes (``ServiceMethod/maximumRequestSize``,
+    /// within the connection's maximum message size); `Int.max` on the caller's side.
+    let maximumRequestSize: Int
+    /// What a message of ``maximumRequestSize`` costs in credit (its frame's bytes); `Int.max` without a limit.
+    private let maximumRequestCost: Int
+
+    /// - Parameter maximumRequestSize: On the handler's side, the method's ``ServiceMethod/maximumRequestSize``.
+    init(
+        id: UInt32,
+        method: String,
+        connection: Connection,
+        isCaller: Bool,
+        streamsResponses: Bool = false,
+        maximumRequestSize: Int? = nil
+    ) {
         self.id = id
         self.method = method
+        self.maximumRequestSize = maximumRequestSize.map { max($0, 0) } ?? .max
+        self.maximumRequestCost = maximumRequestSize.map { Machine.frameCost(payloadLength: min(max($0, 0), Int(UInt32.max))) } ?? .max
         self.connection = connection
         self.loopShare = connection.eventLoopShare()
         self.isCaller = isCaller
@@ -155,6 +174,10 @@ final class CallStream: Sendable, WriteWaitOwner {
     /// Takes a frame of this call; returns a protocol violation, if it is one.
     func receive(_ frame: CallFrame, descriptors: ReceivedDescriptors? = nil) -> SocketIPCError? {
         switch frame {
+        case .message(let message) where message.readableBytes > self.maximumRequestSize:
+            // Above the method's own limit: the call ends and the message is dropped (its descriptors closed), not
+            // the connection; the caller did not break the protocol, it does not know the limit.
+            self.refuseTooLarge(size: message.readableBytes)
         case .message(let message):
             var credit = 0
             var tooMany = false
@@ -239,6 +262,9 @@ final class CallStream: Sendable, WriteWaitOwner {
                 if let refused, let waiter = refused.waiter { waiter.resume(throwing: refused.error) }
                 parkedWaiter?.resume()
             }
+        case .blocked(let cost) where Int(cost) > self.maximumRequestCost:
+            // Asked for credit for a request above the method's limit: refused before a byte of it is sent.
+            self.refuseTooLarge(size: Int(cost) - Machine.frameCost(payloadLength: 0))
         case .blocked(let cost):
             let maximumCost = Machine.frameCost(payloadLength: self.connection.maximumMessageSize)
             switch self.state.withLock({ $0.machine.blockedReceived(cost: Int(cost), maximumCost: maximumCost) }) {
@@ -295,6 +321,21 @@ final class CallStream: Sendable, WriteWaitOwner {
         } else {
             self.stopHandler(.heldBeyondWindows, failing: error)
         }
+    }
+
+    /// The peer sent, or asked for credit for, a request of `size` bytes above ``maximumRequestSize``: the handler
+    /// is stopped, and the call ends with status `invalidMessage`; what the call holds is dropped.
+    private func refuseTooLarge(size: Int) {
+        let limit = self.maximumRequestSize
+        self.stopHandler(
+            .requestTooLarge(size: size, limit: limit),
+            failing: SocketIPCError(.invalidMessage, Self.requestTooLargeText(size, limit, self.method))
+        )
+    }
+
+    /// Why a call was ended for a request above its method's limit.
+    static func requestTooLargeText(_ size: Int, _ limit: Int, _ method: String) -> String {
+        "a request of \(size) bytes is larger than '\(method)' takes (\(limit) bytes)"
     }
 
     // MARK: - Reading

@@ -33,7 +33,9 @@ extension CallStatus {
             // A call the peer would not start, or one its shutdown ended (a stream being watched): both say so.
             return SocketIPCError(.peerGoingAway, "the call '\(method)' ended as the peer goes away\(text)")
         case .resourceExhausted:
-            return SocketIPCError(.resourceExhausted, "the peer has too many calls in progress\(text)")
+            // Too many calls at once, too many cancelled, messages held beyond windows, or a request above its method's
+            // limit: the message says which.
+            return SocketIPCError(.resourceExhausted, "the peer refused the call '\(method)' for lack of resources\(text)")
         }
     }
 

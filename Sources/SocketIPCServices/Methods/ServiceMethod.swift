@@ -28,9 +28,23 @@ public protocol ServiceMethod: SendableMetatype {
     /// call whose connection was lost before the response came (as gRPC's retry policy and HTTP's idempotent
     /// methods). Default `false`: a call that may have reached the server is never repeated.
     static var isIdempotent: Bool { get }
+    /// The largest request the handler takes, in bytes of its encoded message (each message of a request stream);
+    /// `nil`, the default, takes up to the connection's `ConnectionOptions.maximumMessageSize` (16 MiB by default).
+    ///
+    /// A larger request ends the call with status `invalidMessage` (the caller's `call` throws a `SocketIPCError`
+    /// with that code, which is not retried) and is dropped, the connection and its other calls going on, as gRPC's
+    /// `maxRequestMessageBytes` of a method's service config (gRPC answers `RESOURCE_EXHAUSTED`, which here would
+    /// say "try again later"). With strict credit (PROTOCOL.md, "Flow control") the
+    /// limit applies before the bytes are sent: a caller that asks for credit for a larger message is refused
+    /// instead, so a method that takes small requests never lets a caller make the server hold large ones (before,
+    /// 100 calls that each asked for 16 MiB of a method that decodes at most 1 MiB took a server from 30 to 298 MiB).
+    /// Applies to the server's side; a caller sends what it likes.
+    static var maximumRequestSize: Int? { get }
 }
 
 extension ServiceMethod {
     /// `false`: calls are not repeated unless the method says they may be.
     public static var isIdempotent: Bool { false }
+    /// `nil`: requests up to the connection's maximum message size.
+    public static var maximumRequestSize: Int? { nil }
 }

@@ -37,7 +37,8 @@ extension CallMultiplexer {
             method: open.method,
             connection: connection,
             isCaller: false,
-            streamsResponses: registered.streamsResponses
+            streamsResponses: registered.streamsResponses,
+            maximumRequestSize: registered.maximumRequestSize
         )
         // Registered before it counts as started: a shutdown that begins meanwhile either refuses it below or finds it
         // among the calls it ends (found by a review: a stream registered after the shutdown had taken its list of
@@ -124,6 +125,8 @@ extension CallMultiplexer {
             call.finishAfterStop(CallStatus(code: .unavailable, message: "the server is shutting down"))
         case .heldBeyondWindows:
             call.finishAfterStop(CallStatus(code: .resourceExhausted, message: CallMultiplexer.heldBeyondWindowsText))
+        case .requestTooLarge(let size, let limit):
+            call.finishAfterStop(CallStatus(code: .invalidMessage, message: CallStream.requestTooLargeText(size, limit, call.method)))
         case .cancelledByCaller, .connectionClosed:
             // The caller is gone or no longer listening: nothing to send.
             break

@@ -20,10 +20,12 @@ public struct ServiceRouter: Sendable {
     /// A handler with its types erased: reads its requests from the call and writes its responses to it.
     typealias Handler = @Sendable (CallStream, ServiceContext, any MessageCodec) async throws -> Void
 
-    /// A registered handler, and whether it writes a stream of responses.
+    /// A registered handler, whether it writes a stream of responses, and the largest request it takes
+    /// (``ServiceMethod/maximumRequestSize``).
     struct Registered {
         var handler: Handler
         var streamsResponses: Bool
+        var maximumRequestSize: Int?
     }
 
     /// By name, compared byte for byte (``MethodName``).
@@ -91,7 +93,7 @@ public struct ServiceRouter: Sendable {
             let (payload, descriptors) = try Self.encode(response, codec: codec, on: call, method: Method.name)
             try await call.send(payload, descriptors: descriptors)
             call.connection.recycleEncodingBuffer(payload)
-        }, streamsResponses: false)
+        }, streamsResponses: false, maximumRequestSize: Method.maximumRequestSize)
     }
 
     /// Registers the handler of a server-streaming method: one request, a stream of responses written to the
@@ -104,7 +106,7 @@ public struct ServiceRouter: Sendable {
         self.handlers[MethodName(registering: Method.name)] = Registered(handler: { call, context, codec in
             let request = try await Self.readSingleRequest(of: call, as: Method.Request.self, codec: codec)
             try await handler(request, ServiceStreamWriter(call: call, codec: codec), context)
-        }, streamsResponses: true)
+        }, streamsResponses: true, maximumRequestSize: Method.maximumRequestSize)
     }
 
     /// Registers the handler of a client-streaming method: a stream of requests, one response.
@@ -117,7 +119,7 @@ public struct ServiceRouter: Sendable {
             let (payload, descriptors) = try Self.encode(response, codec: codec, on: call, method: Method.name)
             try await call.send(payload, descriptors: descriptors)
             call.connection.recycleEncodingBuffer(payload)
-        }, streamsResponses: false)
+        }, streamsResponses: false, maximumRequestSize: Method.maximumRequestSize)
     }
 
     /// Registers the handler of a bidirectional-streaming method: a stream of requests and a stream of responses,
@@ -129,7 +131,7 @@ public struct ServiceRouter: Sendable {
     ) {
         self.handlers[MethodName(registering: Method.name)] = Registered(handler: { call, context, codec in
             try await handler(ServiceStream(call: call, codec: codec), ServiceStreamWriter(call: call, codec: codec), context)
-        }, streamsResponses: true)
+        }, streamsResponses: true, maximumRequestSize: Method.maximumRequestSize)
     }
 
     // MARK: - Internals
