@@ -32,6 +32,22 @@ struct DescriptorPassingCLITests {
         }
     }
 
+    @Test("listen --format json gives a passed file's path as it is, escaped once by JSON (before, a quote or tab in it came out escaped twice)")
+    func jsonPathEscapedOnce() async throws {
+        try await withListenCommand(["--max-descriptors", "1", "--count", "1", "--format", "json"]) { path, listener in
+            let file = (path as NSString).deletingLastPathComponent + "/a \"quoted\"\tname"
+            try "x".write(toFile: file, atomically: true, encoding: .utf8)
+            let sent = try await runCLI(["send", "--fd", file, path, "one"])
+            #expect(sent.status == 0, "stderr: \(sent.error)")
+            #expect(await listener.waitForExit() == 0)
+            let lines = await listener.standardOutput.remainingLines()
+            try #require(lines.count == 1, "stdout: \(lines)")
+            let object = try JSONSerialization.jsonObject(with: Data(lines[0].utf8)) as? [String: Any]
+            let descriptors = object?["descriptors"] as? [[String: Any]]
+            #expect(descriptors?.first?["path"] as? String == file, "stdout: \(lines[0])")
+        }
+    }
+
     @Test("send --fd of a FIFO that no one writes to passes it at once, without waiting in open(2) for a writer")
     func fifoWithoutWriter() async throws {
         try await withListenCommand(["--max-descriptors", "1", "--count", "1"]) { path, listener in

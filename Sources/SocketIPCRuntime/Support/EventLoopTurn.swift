@@ -15,9 +15,9 @@ import Darwin
 ///
 /// SwiftNIO runs every task queued on a loop, including those queued while it runs them, before it polls its
 /// sockets again; so a task resumed by a timer or by another task may well run again before any poll, and a task that
-/// yields that way can hold the loop for ever. A byte written to a pipe whose read end the loop watches is seen only by
+/// yields that way can hold the loop for ever. A byte written to a socket pair whose read end the loop watches is seen only by
 /// the loop's next poll: the waiters resumed on that read run after the loop has handled whatever else the same poll
-/// found (a new connection's hello, another connection's call). One pipe serves each event loop, made the first time
+/// found (a new connection's hello, another connection's call). One pair serves each event loop, made the first time
 /// a task waits there; should it fail (no descriptors left), waiting returns at once.
 ///
 /// The tasks that wait here share the loop's time between two polls: ``sharers`` says how many waited for the last
@@ -59,7 +59,7 @@ final class EventLoopTurn: @unchecked Sendable {
     }
 
     /// Runs `body` on the event loop once the loop has polled its sockets: the rest of a read that a channel handler
-    /// gives up the loop for (``ConnectionChannelHandler/frameBudget``). Where the loop has no pipe (an
+    /// gives up the loop for (``ConnectionChannelHandler/frameBudget``). Where the loop has no pair (an
     /// `EmbeddedEventLoop`, or no descriptor left), `body` runs after the loop's other queued work instead.
     func afterPoll(_ body: @escaping () -> Void) {
         self.eventLoop.preconditionInEventLoop()
@@ -70,7 +70,7 @@ final class EventLoopTurn: @unchecked Sendable {
     private func signal() {
         if !self.setUp {
             self.setUp = true
-            self.makePipe()
+            self.makePair()
         }
         guard self.writeEnd >= 0 else {
             self.resumeWaiters()
@@ -79,17 +79,18 @@ final class EventLoopTurn: @unchecked Sendable {
         guard !self.signalled else { return }
         self.signalled = true
         var byte: UInt8 = 1
-        var written = write(self.writeEnd, &byte, 1)
-        while written < 0 && errno == EINTR { written = write(self.writeEnd, &byte, 1) }
+        // send(2) with MSG_NOSIGNAL: a write(2) to a pair whose read end closed would raise SIGPIPE if it came
+        // before SwiftNIO made its first socket (which makes it ignore the signal).
+        let written = SocketSend.send(self.writeEnd, &byte, 1)
         if written != 1 && errno != EAGAIN {
-            // The pipe is gone: nothing will wake the waiters, so they go on now (and later ones at once).
-            self.pipeFailed()
+            // The pair is gone: nothing will wake the waiters, so they go on now (and later ones at once).
+            self.pairFailed()
         }
     }
 
-    /// The pipe cannot signal any more (a write failed, or its read end closed): the waiters go on now, and later
+    /// The pair cannot signal any more (a write failed, or its read end closed): the waiters go on now, and later
     /// ones at once.
-    fileprivate func pipeFailed() {
+    fileprivate func pairFailed() {
         if self.writeEnd >= 0 {
             close(self.writeEnd)
             self.writeEnd = -1
@@ -98,7 +99,7 @@ final class EventLoopTurn: @unchecked Sendable {
         self.resumeWaiters()
     }
 
-    /// The loop read the pipe: its poll has happened.
+    /// The loop read the pair: its poll has happened.
     fileprivate func polled() {
         self.signalled = false
         self.resumedAtLastPoll.store(max(1, self.waiters.count), ordering: .relaxed)
@@ -121,7 +122,7 @@ final class EventLoopTurn: @unchecked Sendable {
     var sharers: Int { self.resumedAtLastPoll.load(ordering: .relaxed) }
 
     /// Resumes the tasks that wait and runs the callbacks: at once when the loop has polled, else (`polled` false:
-    /// there is no pipe to wait for) the callbacks after the loop's other queued work, never inside the call that
+    /// there is no pair to wait for) the callbacks after the loop's other queued work, never inside the call that
     /// queued them.
     private func resumeWaiters(polled: Bool = false) {
         let ready = self.waiters
@@ -139,14 +140,16 @@ final class EventLoopTurn: @unchecked Sendable {
         }
     }
 
-    private func makePipe() {
+    private func makePair() {
         // Only loops that poll sockets have a poll to wait for (not an EmbeddedEventLoop).
         guard let bootstrap = NIOPipeBootstrap(validatingGroup: self.eventLoop) else { return }
+        // A socket pair rather than a pipe, so that the write end can be written without SIGPIPE (``SocketSend``).
         var ends: [Int32] = [-1, -1]
-        guard pipe(&ends) == 0 else { return }
+        guard socketpair(AF_UNIX, systemSocketStream, 0, &ends) == 0 else { return }
         for end in ends {
             _ = fcntl(end, F_SETFD, FD_CLOEXEC)
             _ = fcntl(end, F_SETFL, fcntl(end, F_GETFL) | O_NONBLOCK)
+            SocketSend.preventSignal(on: end)
         }
         let (readEnd, writeEnd) = (ends[0], ends[1])
         self.writeEnd = writeEnd
@@ -167,7 +170,7 @@ final class EventLoopTurn: @unchecked Sendable {
     }
 }
 
-/// Reads the pipe of an ``EventLoopTurn`` and tells it the loop has polled.
+/// Reads the socket pair of an ``EventLoopTurn`` and tells it the loop has polled.
 private final class EventLoopTurnHandler: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
     let turn: EventLoopTurn
@@ -181,11 +184,11 @@ private final class EventLoopTurnHandler: ChannelInboundHandler, @unchecked Send
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        self.turn.pipeFailed()
+        self.turn.pairFailed()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        self.turn.pipeFailed()
+        self.turn.pairFailed()
         context.close(promise: nil)
     }
 }

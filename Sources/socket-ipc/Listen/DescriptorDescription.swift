@@ -18,6 +18,9 @@ struct DescriptorDescription {
     /// The path, or what the kernel names it (`pipe:[123]`, `socket:[456]`, `/memfd:name (deleted)`); escaped for a
     /// terminal.
     var path: String
+    /// The path as it is when it is UTF-8 (JSON escapes what it must itself: escaped here too, a newline would come
+    /// out as `\\n`), else as ``path``.
+    var jsonPath: String
     /// `file`, `directory`, `pipe`, `socket`, `character device`, `block device`, `symbolic link` or `unknown`.
     var type: String
     /// The size in bytes of a regular file.
@@ -30,7 +33,7 @@ struct DescriptorDescription {
 
     /// The JSON object: `path`, `type`, and `size` for a file.
     var json: [String: Any] {
-        var object: [String: Any] = ["path": self.path, "type": self.type]
+        var object: [String: Any] = ["path": self.jsonPath, "type": self.type]
         if let size = self.size { object["size"] = size }
         return object
     }
@@ -43,6 +46,7 @@ struct DescriptorDescription {
         // One line whatever the name holds, so that a path cannot forge a line of output.
         let text = SafeText.text(raw) ?? String(decoding: raw, as: UTF8.self).debugDescription
         self.path = text.split(separator: "\n", omittingEmptySubsequences: false).joined(separator: "\\n")
+        self.jsonPath = String(validating: raw, as: UTF8.self) ?? self.path
         // What the kernel has cached, asking the file's file system nothing: a FUSE file system served by the peer
         // may never answer a plain fstat(2), which would stop this event loop (found by a review).
         var mode: mode_t = 0
