@@ -241,12 +241,14 @@ extension ConnectionChannelHandler {
         // This read's share of the event loop (frameBudget): each frame counts as a control frame, whether handed
         // out or held (found by a review: a paused connection answered 466,000 pings in one turn).
         var budget = Self.frameBudget
+        // And its share in time, as `decode`'s: a reply's or a ping's handling may take long too.
+        var clock = TurnClock(budget: budget, nanoseconds: self.sharedOptions.turnTimeNanoseconds)
         self.dispatching = true
         do {
             loop: while self.state.mayHandleFrames {
                 // Closing, everything kept goes at once, as `decode` does (found by a review: a reply read before the
                 // close was dropped behind the budget).
-                if budget <= 0 && !self.inbound.closing {
+                if clock.isUsedUp(budget) && !self.inbound.closing {
                     step = .yieldTurn
                     break
                 }
