@@ -14,7 +14,8 @@ let socketArgumentHelp = ArgumentHelp(
 ///
 /// A bare name (no `/`, such as `app.sock`) names a socket in this user's runtime directory,
 /// `$XDG_RUNTIME_DIR/app.sock` or `/tmp/socketipc-UID/app.sock` (see ``RuntimeDirectory``); anything with a `/`
-/// (`./app.sock`, `/run/app.sock`) is a path, used as given.
+/// (`./app.sock`, `/run/app.sock`) is a path, used as given. When `$XDG_RUNTIME_DIR` is set but cannot be used, a note
+/// on standard error says why and which directory is used instead.
 ///
 /// - Parameters:
 ///   - argument: The PATH argument.
@@ -27,5 +28,10 @@ func socketPath(fromArgument argument: String, creatingDirectory: Bool) throws -
     // A path, or `@name`: an address in Linux's abstract namespace.
     guard !argument.contains("/"), !argument.hasPrefix("@") else { return argument }
     let directory = try RuntimeDirectory.current(create: creatingDirectory)
+    // A variable that is set but unusable (not owned by this user, open to others, not absolute) is said once, as
+    // the fallback otherwise hides a misconfigured session; one that is unset is the usual case and says nothing.
+    if directory.source == .fallback, let reason = directory.fallbackReason, reason.hasPrefix("XDG_RUNTIME_DIR=") {
+        Output.note("note: \(SafeText.oneLine(reason)); using \(SafeText.oneLine(directory.path))")
+    }
     return try directory.socketPath(argument).path
 }

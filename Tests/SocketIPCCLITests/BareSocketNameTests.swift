@@ -34,8 +34,27 @@ struct BareSocketNameTests {
                 ["XDG_RUNTIME_DIR=\(missing)", socketIPCBinary, "request", "--socket", "app.sock", "hi"]
             )
             #expect(await client.waitForExit() == 3, "3: cannot connect")
-            #expect(await client.standardError.text().hasPrefix("error: "))
+            let error = await client.standardError.text()
+            // A note that the variable is not used, then the error.
+            #expect(error.hasPrefix("note: XDG_RUNTIME_DIR=\(missing) is not used"), "stderr: \(error)")
+            #expect(error.contains("\nerror: "), "stderr: \(error)")
             #expect(fileStatus(missing) == nil)
+        }
+    }
+
+    @Test("XDG_RUNTIME_DIR set to a directory others may write is not used, and a note on standard error says so")
+    func unsafeRuntimeDirectoryNoted() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let open = directory + "/open"
+            try #require(mkdir(open, 0o700) == 0 && chmod(open, 0o777) == 0)
+            let client = try TestProcess(
+                executable: "/usr/bin/env",
+                ["XDG_RUNTIME_DIR=\(open)", socketIPCBinary, "request", "app.sock", "hi"]
+            )
+            #expect(await client.waitForExit() == 3, "3: cannot connect")
+            let error = await client.standardError.text()
+            #expect(error.hasPrefix("note: XDG_RUNTIME_DIR=\(open) is not used: "), "stderr: \(error)")
+            #expect(error.contains("; using /"), "stderr: \(error)")
         }
     }
 }
