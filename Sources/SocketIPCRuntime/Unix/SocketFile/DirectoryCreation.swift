@@ -16,7 +16,7 @@ import Darwin
 /// first, then each missing one is made with `mkdirat(2)` in the one above it and opened with `O_NOFOLLOW`, so that
 /// an entry put in the way meanwhile (a link, a file) is refused instead of followed.
 enum DirectoryCreation {
-    /// Makes the missing directories of `directory`, each with mode `0700`.
+    /// Makes the missing directories of `directory`, each with mode `0700`, and opens the last.
     ///
     /// - Parameters:
     ///   - directory: The directory to make, absolute or relative to the working directory.
@@ -26,8 +26,11 @@ enum DirectoryCreation {
     /// - Throws: ``SocketIPCError``: `insecureDirectory` (from the check, for a directory found already there that
     ///   fails it, or, with `requireSecure`, an entry that is not a directory, such as a symbolic link, where a
     ///   directory is to be made; without it, `parentDirectoryMissing`), `invalidPath` (`..` among the directories
-    ///   to make), or `systemCall`. What it made is removed again on error, where it still can be.
-    static func make(_ directory: String, requireSecure: Bool, socketPath: SocketPath) throws {
+    ///   to make), or `systemCall`. What it made is removed again on error, where it still can be: also when the
+    ///   finished directory fails the check of `requireSecure` (its ancestors changed meanwhile).
+    /// - Returns: An open descriptor on `directory`, reached through the directories made (not its path again, which
+    ///   could lead elsewhere by now), and checked as `requireSecure` asks; the caller closes it.
+    static func make(_ directory: String, requireSecure: Bool, socketPath: SocketPath) throws -> Int32 {
         let components = directory.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
         let absolute = directory.hasPrefix("/")
         var existing = components.count
@@ -45,10 +48,7 @@ enum DirectoryCreation {
         }
         // The directories opened on the way, each with the name looked up in it and whether this call made it.
         var holders: [(descriptor: Int32, name: String, made: Bool)] = []
-        defer {
-            close(descriptor)
-            for holder in holders { close(holder.descriptor) }
-        }
+        defer { for holder in holders { close(holder.descriptor) } }
         do {
             if requireSecure {
                 try DirectorySecurity.check(descriptor: descriptor, path: existingPath, socketPath: socketPath)
@@ -98,7 +98,13 @@ enum DirectoryCreation {
                     }
                 }
             }
+            // The finished directory, with its ancestors and the links on the way as they are now.
+            if requireSecure && !holders.isEmpty {
+                try DirectorySecurity.check(descriptor: descriptor, path: directory, socketPath: socketPath)
+            }
+            return descriptor
         } catch {
+            if descriptor >= 0 { close(descriptor) }
             // Newest first: only the directories this call made, each still empty if nobody else wrote there.
             for holder in holders.reversed() where holder.made {
                 _ = unlinkat(holder.descriptor, holder.name, AT_REMOVEDIR)

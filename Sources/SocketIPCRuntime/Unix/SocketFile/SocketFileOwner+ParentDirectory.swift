@@ -25,8 +25,8 @@ extension SocketFileOwner {
         let parent = path.parentDirectory
         var descriptor = DirectoryCreation.openDirectory(parent)
         if descriptor < 0 && errno == ENOENT && create {
-            try DirectoryCreation.make(parent, requireSecure: requireSecure, socketPath: path)
-            descriptor = DirectoryCreation.openDirectory(parent)
+            // Made, opened and checked (as `requireSecure` asks) through the directories it made.
+            return try DirectoryCreation.make(parent, requireSecure: requireSecure, socketPath: path)
         }
         guard descriptor >= 0 else {
             let code = errno
