@@ -145,9 +145,10 @@ final class EventLoopTurn: @unchecked Sendable {
         guard let bootstrap = NIOPipeBootstrap(validatingGroup: self.eventLoop) else { return }
         // A socket pair rather than a pipe, so that the write end can be written without SIGPIPE (``SocketSend``).
         var ends: [Int32] = [-1, -1]
-        guard socketpair(AF_UNIX, systemSocketStream, 0, &ends) == 0 else { return }
+        // Close-on-exec from the start: a child that `serve --exec` spawns meanwhile must not inherit it.
+        guard socketpair(AF_UNIX, systemSocketStream | systemSocketCloseOnExec, 0, &ends) == 0 else { return }
         for end in ends {
-            _ = fcntl(end, F_SETFD, FD_CLOEXEC)
+            _ = fcntl(end, F_SETFD, FD_CLOEXEC)  // Darwin, which has no SOCK_CLOEXEC (untested)
             _ = fcntl(end, F_SETFL, fcntl(end, F_GETFL) | O_NONBLOCK)
             SocketSend.preventSignal(on: end)
         }
