@@ -170,6 +170,13 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
         self.failure == nil && !self.inboundEnded && self.peerCredit > 0 && !self.receivingStopped
     }
 
+    /// Whether a message arriving now would be taken, credit aside: the call has not failed, the peer has not ended
+    /// its direction, and the consumer still reads.
+    @inlinable
+    package var takesMessages: Bool {
+        self.failure == nil && !self.inboundEnded && !self.receivingStopped
+    }
+
     /// A message of the call arrived.
     @inlinable
     package mutating func messageReceived(_ message: ByteBuffer) -> ReceiveAction {

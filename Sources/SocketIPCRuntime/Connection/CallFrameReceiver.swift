@@ -16,6 +16,12 @@ package protocol CallFrameReceiver: AnyObject, Sendable {
         descriptors: ReceivedDescriptors,
         on connection: Connection
     ) -> SocketIPCError?
+    /// A call message of `length` bytes for call `id` came as a shared payload (frame `0x0E`), not yet mapped or
+    /// copied: whether it is worth that. `false` for a call that is over, that takes no more messages, or whose
+    /// method takes no message that large (the call is then refused, as ``receive(_:id:on:)`` refuses a message
+    /// above its limit); the payload is then dropped unread (found by a review: 1,000 payloads of 8 MiB for a call
+    /// that was never opened cost the server 1.65 s of CPU in copies, and the peer 40 bytes each).
+    func takesSharedMessage(id: UInt32, length: Int, on connection: Connection) -> Bool
     /// The connection closed with `error`: every call still in progress fails with it.
     func connectionClosed(_ connection: Connection, error: SocketIPCError)
     /// This side said going-away `0x00` (its server is shutting down): the connection closes once its calls have

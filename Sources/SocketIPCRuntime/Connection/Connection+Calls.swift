@@ -349,6 +349,13 @@ extension Connection {
 
     /// A call frame arrived: to the services layer's receiver, or answered as an unknown method without one.
     @inline(never)
+    /// Whether a call message of `length` bytes for call `id`, come as a shared payload, is worth mapping and copying
+    /// (``CallFrameReceiver/takesSharedMessage(id:length:on:)``); `false` without a receiver, which drops call frames.
+    func callTakesSharedMessage(id: UInt32, length: Int) -> Bool {
+        guard let receiver = self.calls.receiver.withLock({ $0 }) else { return false }
+        return receiver.takesSharedMessage(id: id, length: length, on: self)
+    }
+
     func callFrameReceived(_ frame: CallFrame, id: UInt32, descriptors: ReceivedDescriptors? = nil) -> SocketIPCError? {
         if case .open = frame {
             if !self.calls.isPeerCallID(id) {

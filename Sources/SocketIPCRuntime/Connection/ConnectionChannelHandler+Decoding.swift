@@ -510,6 +510,11 @@ extension ConnectionChannelHandler {
                 closePassedDescriptors(memory.map(\.rawValue), passedBy: descriptors.passedBy)
                 return .next
             }
+            // So is a call message that its call would drop or refuse.
+            if kind == .callMessage, !connection.callTakesSharedMessage(id: id, length: length) {
+                closePassedDescriptors(memory.map(\.rawValue), passedBy: descriptors.passedBy)
+                return .next
+            }
             let mapping: MappedPayload
             do {
                 mapping = try SharedPayload.map(memory[0].rawValue, length: length, passedBy: descriptors.passedBy)

@@ -127,6 +127,11 @@ final class CallMultiplexer: CallFrameReceiver {
         return stream.receive(frame)
     }
 
+    func takesSharedMessage(id: UInt32, length: Int, on connection: Connection) -> Bool {
+        guard let stream = self.streams.withLock({ $0.lookUp(id) }) else { return false }
+        return stream.takesMessage(ofSize: length)
+    }
+
     func receive(
         _ frame: CallFrame,
         id: UInt32,

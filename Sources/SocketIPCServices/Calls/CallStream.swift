@@ -174,7 +174,7 @@ final class CallStream: Sendable, WriteWaitOwner {
     /// Takes a frame of this call; returns a protocol violation, if it is one.
     func receive(_ frame: CallFrame, descriptors: ReceivedDescriptors? = nil) -> SocketIPCError? {
         switch frame {
-        case .message(let message) where message.readableBytes > self.maximumRequestSize:
+        case .message(let message) where message.readableBytes > self.maximumRequestSize && self.takesMessages:
             // Above the method's own limit: the call ends and the message is dropped (its descriptors closed), not
             // the connection; the caller did not break the protocol, it does not know the limit.
             self.refuseTooLarge(size: message.readableBytes)
@@ -262,7 +262,7 @@ final class CallStream: Sendable, WriteWaitOwner {
                 if let refused, let waiter = refused.waiter { waiter.resume(throwing: refused.error) }
                 parkedWaiter?.resume()
             }
-        case .blocked(let cost) where Int(cost) > self.maximumRequestCost:
+        case .blocked(let cost) where Int(cost) > self.maximumRequestCost && self.takesMessages:
             // Asked for credit for a request above the method's limit: refused before a byte of it is sent.
             self.refuseTooLarge(size: Int(cost) - Machine.frameCost(payloadLength: 0))
         case .blocked(let cost):
@@ -323,13 +323,35 @@ final class CallStream: Sendable, WriteWaitOwner {
         }
     }
 
+    /// Whether a message arriving now would be taken: the call has not failed, the peer has not ended its direction,
+    /// and the reader still reads (a unary handler reads one request). A message that would not is dropped as it
+    /// arrives, whatever its size: only one that would be taken is held to ``maximumRequestSize`` (found by a
+    /// review: a late second request above the limit ended a call whose handler had run, or had answered already).
+    private var takesMessages: Bool {
+        self.state.withLock { $0.machine.takesMessages }
+    }
+
+    /// Whether a message of `size` bytes, come as a shared payload, is worth mapping and copying: the call takes
+    /// messages, and this one is within ``maximumRequestSize`` (one above it refuses the call now, as one through the
+    /// socket would).
+    func takesMessage(ofSize size: Int) -> Bool {
+        guard self.takesMessages else { return false }
+        guard size <= self.maximumRequestSize else {
+            self.refuseTooLarge(size: size)
+            return false
+        }
+        return true
+    }
+
     /// The peer sent, or asked for credit for, a request of `size` bytes above ``maximumRequestSize``: the handler
-    /// is stopped, and the call ends with status `invalidMessage`; what the call holds is dropped.
+    /// is stopped, and the call ends with status `invalidMessage`; what the call holds is dropped. Unless the call is
+    /// stopping already (its handler finished, and its last message may wait for credit): the message is dropped.
     private func refuseTooLarge(size: Int) {
         let limit = self.maximumRequestSize
         self.stopHandler(
             .requestTooLarge(size: size, limit: limit),
-            failing: SocketIPCError(.invalidMessage, Self.requestTooLargeText(size, limit, self.method))
+            failing: SocketIPCError(.invalidMessage, Self.requestTooLargeText(size, limit, self.method)),
+            unlessStopped: true
         )
     }
 
@@ -419,13 +441,15 @@ final class CallStream: Sendable, WriteWaitOwner {
     }
 
     /// This side reads no more messages of the call (a unary or server-streaming handler has its request): those
-    /// that come are dropped as they arrive, with their descriptors; returns whether one had already arrived.
+    /// that come are dropped as they arrive, with their descriptors; returns whether one had already arrived, or the
+    /// call failed meanwhile (a second request above the method's limit refused it): either way the handler must not
+    /// run (found by a review: one refused that way still ran in its cancelled task, its side effect applied).
     func stopReceiving() -> Bool {
         self.state.withLock { state in
             let held = state.machine.stopReceiving()
             state.descriptors.waiting.removeAll()
             state.descriptors.held = 0
-            return held
+            return held || state.machine.failure != nil
         }
     }
 
@@ -876,14 +900,18 @@ final class CallStream: Sendable, WriteWaitOwner {
 
     /// Tells the handler's runner why the call must stop, then fails the call with `error` (what the handler's
     /// reads and writes throw from then on), if one is given, and cancels the handler's task unless the reason is
-    /// ``StopReason/finished``; the first reason counts.
+    /// ``StopReason/finished``; the first reason counts. With `unlessStopped`, does nothing at all once a reason is
+    /// recorded (the call is ending anyway: its handler finished, it was cancelled).
     ///
     /// The reason is recorded before the call fails: a handler woken by the failure on another thread may end at
     /// once, and must find the reason then, or it would count as finished and send an end the caller no longer
     /// wants (PROTOCOL.md: after a caller's cancel the handler's side sends nothing more for the call).
-    func stopHandler(_ reason: StopReason, failing error: (any Error)? = nil) {
+    func stopHandler(_ reason: StopReason, failing error: (any Error)? = nil, unlessStopped: Bool = false) {
         var handlerFinished = false
+        var alreadyStopped = false
         let task = self.stop.withLock { stop -> HandlerTask? in
+            alreadyStopped = stop.reason != nil
+            if unlessStopped && alreadyStopped { return nil }
             handlerFinished = stop.reason == .finished
             if stop.reason == nil { stop.reason = reason }
             guard reason != .finished, let task = stop.handlerTask else { return nil }
@@ -894,6 +922,7 @@ final class CallStream: Sendable, WriteWaitOwner {
         // written all it will, and its last message (parked for credit) and end still go (found by a review: they
         // were dropped, and the caller got connectionClosed).
         if handlerFinished, reason == .serverGoingAway { return }
+        if unlessStopped && alreadyStopped { return }
         // Messages that arrived before the connection closed are still read: a stream the handler completed (its end
         // came before the close) or one cut off (its messages, then the error) loses none of them (found by a review:
         // a server stream read after its server's graceful shutdown came back empty, and reported a normal end).

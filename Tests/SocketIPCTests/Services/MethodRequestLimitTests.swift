@@ -11,7 +11,7 @@ import Testing
 /// for its request: 100 calls of a method that takes 1 MiB made a server hold 298 MiB).
 @Suite("A method's maximum request size", .timeLimit(.minutes(2)))
 struct MethodRequestLimitTests {
-    static func router() -> ServiceRouter {
+    static func router(started: OneShotSignal = OneShotSignal(), gate: OneShotSignal = OneShotSignal()) -> ServiceRouter {
         var router = ServiceRouter()
         router.register(SmallEcho.self) { request, _ in request }
         router.registerClientStreaming(SmallUpload.self) { chunks, _ in
@@ -19,7 +19,19 @@ struct MethodRequestLimitTests {
             for try await chunk in chunks { total += chunk.utf8.count }
             return total
         }
+        // Says it has its request, then answers once the test lets it.
+        router.register(GatedEcho.self) { request, _ in
+            started.fire()
+            await gate.waitUntilFired()
+            return request
+        }
+        // Answers with more than a window at once, reading nothing: its answer waits for credit.
+        router.registerClientStreaming(LargeAnswer.self) { _, _ in String(repeating: "r", count: 100_000) }
         return router
+    }
+
+    static func blockedBytes(id: UInt32, cost: UInt32) -> [UInt8] {
+        frameBytes(kind: 0x0f, id: id, payload: [UInt8(cost >> 24), UInt8(cost >> 16 & 0xff), UInt8(cost >> 8 & 0xff), UInt8(cost & 0xff)])
     }
 
     @Test("a request above the method's limit fails with invalidMessage, naming the sizes; one at the limit is served, and the connection goes on")
@@ -56,12 +68,7 @@ struct MethodRequestLimitTests {
             let peer = try await RawSocket.connect(to: path)
             defer { peer.close() }
             // A message of 16 MiB: within the connection's maximum, far above the method's.
-            let cost = UInt32(9 + 16 * 1024 * 1024)
-            let blocked = frameBytes(
-                kind: 0x0f,
-                id: 1,
-                payload: [UInt8(cost >> 24), UInt8(cost >> 16 & 0xff), UInt8(cost >> 8 & 0xff), UInt8(cost & 0xff)]
-            )
+            let blocked = Self.blockedBytes(id: 1, cost: UInt32(9 + 16 * 1024 * 1024))
             try await peer.write(serverHelloBytes + callOpenBytes(id: 1, method: SmallEcho.name) + blocked + pingBytes(id: 7))
             #expect(try await peer.read(exactly: 8) == serverHelloBytes)
             // The pong (which follows everything read before it) and the end, which the handler's task sends as it
@@ -96,6 +103,65 @@ struct MethodRequestLimitTests {
             #expect(!frames.contains { $0.kind == 0x07 }, "\(frames)")
         }
     }
+
+    @Test("a second request above the limit that comes once the handler has its request is dropped, as any later request: the call answers, and ends with 0x00")
+    func lateOversizeRequestDropped() async throws {
+        let (started, gate) = (OneShotSignal(), OneShotSignal())
+        try await withServiceTestServer(router: Self.router(started: started, gate: gate)) { _, path in
+            let peer = try await RawSocket.connect(to: path)
+            defer { peer.close() }
+            try await peer.write(serverHelloBytes + callOpenBytes(id: 1, method: GatedEcho.name) + messageBytes(id: 1, json: "\"one\""))
+            #expect(try await peer.read(exactly: 8) == serverHelloBytes)
+            await started.waitUntilFired()
+            // Before, it ended the call with 0x05 although the handler had run (a side effect applied, and reported
+            // as refused).
+            try await peer.write(messageBytes(id: 1, json: "\"" + String(repeating: "x", count: 4_000) + "\""))
+            try await peer.write(pingBytes(id: 9))
+            #expect(try await peer.readFrames(1).map(\.kind) == [0x0c])
+            gate.fire()
+            var frames: [WireFrame] = []
+            while !frames.contains(where: { $0.kind == 0x08 }) { frames += try await peer.readFrames(1) }
+            #expect(frames.contains { $0.kind == 0x07 && $0.payload == Array("\"one\"".utf8) }, "\(frames)")
+            #expect(frames.compactMap(CallEnd.init).first?.status == 0x00, "\(frames)")
+        }
+    }
+
+    @Test("a handler's last message waiting for credit still goes after the caller asks for credit for a request above the limit: the call has ended on the handler's side")
+    func parkedAnswerSurvivesLateOversize() async throws {
+        try await withServiceTestServer(router: Self.router()) { _, path in
+            let peer = try await RawSocket.connect(to: path)
+            defer { peer.close() }
+            try await peer.write(serverHelloBytes + callOpenBytes(id: 1, method: LargeAnswer.name))
+            #expect(try await peer.read(exactly: 8) == serverHelloBytes)
+            // The handler answers at once: 100,002 bytes (a JSON string), more than the 64 KiB window, so its
+            // sender says it is blocked.
+            let blocked = try await peer.readFrames(1)
+            #expect(blocked.first?.kind == 0x0f, "\(blocked)")
+            // Before, this refused the call: the parked answer and its end were dropped, and the caller heard nothing.
+            try await peer.write(Self.blockedBytes(id: 1, cost: UInt32(9 + 2 * 1024 * 1024)))
+            try await peer.write(creditBytes(id: 1, increment: 200_000))
+            var frames: [WireFrame] = []
+            while !frames.contains(where: { $0.kind == 0x08 }) { frames += try await peer.readFrames(1) }
+            #expect(frames.contains { $0.kind == 0x07 && $0.payload.count == 100_002 }, "\(frames)")
+            #expect(frames.compactMap(CallEnd.init).first?.status == 0x00, "\(frames)")
+        }
+    }
+}
+
+/// Says when its handler has its request, and answers when let (``MethodRequestLimitTests``).
+enum GatedEcho: ServiceMethod {
+    static let name = "limits.gated"
+    typealias Request = String
+    typealias Response = String
+    static var maximumRequestSize: Int? { 1024 }
+}
+
+/// Answers 100,000 characters at once.
+enum LargeAnswer: ServiceMethod {
+    static let name = "limits.largeAnswer"
+    typealias Request = String
+    typealias Response = String
+    static var maximumRequestSize: Int? { 1024 }
 }
 
 /// Takes requests of at most 1 KiB.
