@@ -47,6 +47,14 @@ extension Connection {
         if writersWaiting { self.perform(self.state.withLock { $0.writersMayResume() }) }
     }
 
+    /// Flushes everything queued, and writes an empty buffer through the channel after it. Runs on the event loop.
+    /// - Returns: A future that completes once everything queued before has reached the socket (the kernel holds it
+    ///   for the peer), or fails when the channel closes first.
+    func writeMarker() -> EventLoopFuture<Void> {
+        self.flushPendingWrites(force: true)
+        return self.writeThroughChannel(CollectionOfOne(ByteBuffer()))
+    }
+
     /// Writes `buffers` through the channel and flushes; until they are written, flushes do not write directly.
     /// Runs on the event loop.
     /// - Returns: A future that completes once the last buffer is written, or fails when the channel cannot write.

@@ -48,10 +48,11 @@ struct ExecHandler: ConnectionHandler {
     /// Runs the command for the request in a task of the connection; its output is the reply, a failure an error reply.
     ///
     /// The request is charged to its user's ``requestBytes`` while it waits and runs, and the reply from when it is
-    /// sent until the connection's write queue is below its high watermark again (the peer has read it, but for
-    /// 2 MiB) or the connection closes: a peer that sends requests and reads no reply cannot make the server hold
-    /// more than its user's budget of replies (before, 3 connections of 100 requests each, answered with 16 MB and
-    /// never read, took the server to 2.9 GB in 24 s). A request that comes while its user's budget is spent, or
+    /// sent until all of it has been written to the socket (the kernel holds it for the peer) or the connection
+    /// closes: a peer that sends requests and reads no reply cannot make the server hold more than its user's budget
+    /// of replies (before, 3 connections of 100 requests each, answered with 16 MB and never read, took the server to
+    /// 2.9 GB in 24 s; and a first version, which held the charge only until the write queue was below its 2 MiB
+    /// watermark, let 1,000 connections each keep a reply of 4 MB unread, 3.7 GB). A request that comes while its user's budget is spent, or
     /// whose turn comes while replies not yet read hold more (a reply is counted whatever its size, since its
     /// command has already run), gets an error reply instead, and its command never runs.
     func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {
@@ -81,7 +82,7 @@ struct ExecHandler: ConnectionHandler {
             reply.succeed(output)
             let held = budget.charge(output.readableBytes, user: user)
             defer { budget.give(held, user: user) }
-            try? await connection.waitUntilWritable()
+            try? await connection.waitUntilDrained()
             return output
         }
     }
