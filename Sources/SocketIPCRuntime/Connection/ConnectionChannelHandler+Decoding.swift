@@ -372,6 +372,8 @@ extension ConnectionChannelHandler {
         var nothing = ByteBuffer()
         self.decode(&nothing, context: context, connection: connection)
         connection.readBatchEnded()
+        // What was kept may be less now (a large frame handed out at last).
+        if self.incomingBytes != nil { self.chargeKeptBytes(context: context) }
     }
 
     /// A frame was handed out before the handshake was reported: the first one after the peer's hello reports it,

@@ -59,6 +59,8 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
     /// How many bytes a paused connection keeps (requests, messages and call frames held, and the start of the
     /// frame being read) before it stops reading: 1 MiB.
     static var pausedReadLimit: Int { 1024 * 1024 }
+    /// What the bytes kept of a frame not yet whole are charged to (a server's connection only).
+    var incomingBytes: IncomingBytesCharge?
     var handshakeTimer: Scheduled<Void>?
     var idleTimer: Scheduled<Void>?
     /// Checks that descriptors the peer passed do not wait forever (``ConnectionOptions/pendingDescriptorTimeout``).
@@ -120,6 +122,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         self.decoder = FrameDecoder(maximumPayload: options.effectiveMaximumMessageSize, localFlags: options.helloFlags)
         self.connectionID = connectionID
         self.lifecycle = lifecycle
+        self.incomingBytes = lifecycle.incomingBytes
         self.handshakeTimeout = handshakeTimeout
         self.writeTimeout = writeTimeout
         self.pausesReadingWhileUnwritable = pausesReadingWhileUnwritable
@@ -219,14 +222,41 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         if self.inbound.isYielding {
             // The rest of an earlier read waits for the loop's next poll: this read waits behind it.
             self.inbound.append(incoming)
-            return
-        }
-        if self.inbound.isPaused {
+        } else if self.inbound.isPaused {
             self.inbound.append(incoming)
             self.handOutRepliesWhilePaused(context: context, connection: connection)
+        } else {
+            self.decode(&incoming, context: context, connection: connection)
+        }
+        if self.incomingBytes != nil { self.chargeKeptBytes(context: context) }
+    }
+
+    /// Charges the bytes kept of frames not yet whole to the peer's user, as they are after a read
+    /// (``ServerConfiguration/maximumIncomingBytesPerUser``); closes the connection with `resourceExhausted` when
+    /// its user's account cannot take them.
+    func chargeKeptBytes(context: ChannelHandlerContext) {
+        guard var charge = self.incomingBytes else { return }
+        let kept = self.inbound.bytesKept
+        if kept <= IncomingBytesCharge.threshold && charge.charged == 0 { return }
+        let fits = charge.keep(kept)
+        guard !fits, self.state.mayHandleFrames else {
+            self.incomingBytes = charge
             return
         }
-        self.decode(&incoming, context: context, connection: connection)
+        let held = charge.accounts.held(by: charge.user)
+        // Given back now, not at the close: what this connection kept is dropped as it fails, and the user's other
+        // connections must not be refused meanwhile.
+        charge.release()
+        self.incomingBytes = charge
+        self.fail(
+            SocketIPCError(
+                .resourceExhausted,
+                "this user's connections already hold \(held) bytes of messages not yet received whole, and this one "
+                    + "\(kept) more; the server takes at most \(charge.accounts.limit) "
+                    + "(ServerConfiguration.maximumIncomingBytesPerUser)"
+            ),
+            context: context
+        )
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -294,6 +324,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         self.pendingDescriptorTimer.take()?.cancel()
         self.writeTimer.take()?.cancel()
         self.inbound = InboundBuffer()
+        self.incomingBytes?.release()
         self.connection?.socketClosed()
         self.connection?.stopKeepalive()
         if let descriptor = self.descriptor, let poller = self.connection?.busyPoller { poller.remove(descriptor) }

@@ -21,4 +21,7 @@ struct ConnectionLifecycle: Sendable {
     /// The cancel allowance the peer's user shares across its connections to the server (``UserCancelAllowances``);
     /// `nil` for a client's connection.
     var userCancels: SharedCancelAllowance? = nil
+    /// Where the bytes of frames not yet whole are charged to the peer's user (``UserIncomingBytes``); `nil` for a
+    /// client's connection.
+    var incomingBytes: IncomingBytesCharge? = nil
 }

@@ -39,6 +39,9 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
     /// The connection's place in its server's admission count: a collecting handler holds it until it ends, since
     /// it goes on after its client closed.
     private let slot: ConnectionSlot?
+    /// What the message gathered so far is charged to, until it is handed to the handler or dropped (a server's
+    /// ``ServerConfiguration/maximumIncomingBytesPerUser``).
+    private var incomingBytes: IncomingBytesCharge?
 
     init(
         kind: EOFMessageHandler.Kind,
@@ -47,9 +50,11 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
         timeLimit: Duration,
         descriptor: Int32? = nil,
         taskOwner: ConnectionTasks.Owner,
-        slot: ConnectionSlot? = nil
+        slot: ConnectionSlot? = nil,
+        incomingBytes: IncomingBytesCharge? = nil
     ) {
         self.slot = slot
+        self.incomingBytes = incomingBytes
         self.descriptor = descriptor
         self.tasks = ConnectionTaskSlot(owner: taskOwner)
         self.message = initialBytes
@@ -84,6 +89,7 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
     func handlerRemoved(context: ChannelHandlerContext) {
         self.timer?.cancel()
         self.timer = nil
+        self.incomingBytes?.release()
     }
 
     private var maximumSize: Int {
@@ -113,6 +119,7 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
         } else {
             self.message!.writeBuffer(&chunk)
         }
+        if self.incomingBytes != nil, !self.chargeMessage(context: context) { return }
         // At the maximum: one more byte already waiting means the message is too large; close with it unread
         // (before NIO's next read in this same batch could take it).
         if size == self.maximumSize, let descriptor = self.descriptor {
@@ -140,6 +147,31 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
         )
     }
 
+    /// Charges the message gathered so far to the peer's user; closes the connection, as for a message too large,
+    /// when the user's account cannot take it.
+    /// - Returns: Whether the message may go on.
+    private func chargeMessage(context: ChannelHandlerContext) -> Bool {
+        guard var charge = self.incomingBytes else { return true }
+        let size = self.message?.readableBytes ?? 0
+        let fits = charge.keep(size)
+        self.incomingBytes = charge
+        guard !fits else { return true }
+        self.done = true
+        self.timer?.cancel()
+        self.message = nil
+        self.incomingBytes?.release()
+        let error = SocketIPCError(
+            .resourceExhausted,
+            "this user's connections already hold \(charge.accounts.held(by: charge.user)) bytes of messages not yet "
+                + "received whole, and this one \(size) more; the server takes at most \(charge.accounts.limit) "
+                + "(ServerConfiguration.maximumIncomingBytesPerUser)"
+        )
+        self.messageContext.logger.debug("closing connection: its user's incoming bytes", metadata: ["error": "\(errorText(error))"])
+        self.messageContext.reportFailure(error)
+        context.close(promise: nil)
+        return false
+    }
+
     private func refuseTooLarge(context: ChannelHandlerContext) {
         self.done = true
         self.timer?.cancel()
@@ -159,6 +191,8 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
         self.timer?.cancel()
         let message = self.message ?? context.channel.allocator.buffer(capacity: 0)
         self.message = nil
+        // Received whole: what holds it from now on is the handler's to count.
+        self.incomingBytes?.release()
         let messageContext = self.messageContext
         switch self.kind {
         case .eventLoop(_, let body):

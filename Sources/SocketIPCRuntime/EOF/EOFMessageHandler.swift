@@ -69,6 +69,7 @@ public struct EOFMessageHandler: Sendable {
         descriptor: Int32? = nil,
         taskOwner: ConnectionTasks.Owner,
         slot: ConnectionSlot? = nil,
+        incomingBytes: IncomingBytesCharge? = nil,
         reportFailure: @escaping @Sendable (SocketIPCError) -> Void = { _ in }
     ) throws {
         var logger = logger
@@ -86,7 +87,8 @@ public struct EOFMessageHandler: Sendable {
                     timeLimit: timeLimit,
                     descriptor: descriptor,
                     taskOwner: taskOwner,
-                    slot: slot
+                    slot: slot,
+                    incomingBytes: incomingBytes
                 )
             )
         case .streaming(let body):

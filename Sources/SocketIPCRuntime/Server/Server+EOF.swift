@@ -77,6 +77,7 @@ struct EOFConnectionInitializer: ConnectionInitializer {
             descriptor: connection.descriptor,
             taskOwner: connection.lifecycle.handlerTaskOwner,
             slot: connection.lifecycle.slot,
+            incomingBytes: connection.lifecycle.incomingBytes,
             reportFailure: { failureLog.failed($0) }
         )
     }

@@ -63,6 +63,8 @@ public final class Server: Service, Sendable {
     let relays = Mutex<[UInt64: DescriptorRelay]>([:])
     /// The cancel allowances of the server's peers by user, each spent by all of that user's connections.
     let userCancels = UserCancelAllowances()
+    /// The bytes of frames not yet whole that each user's connections hold (``ServerConfiguration/maximumIncomingBytesPerUser``).
+    let incomingBytes: UserIncomingBytes
     /// The clock the server's cancel allowances read (``CancelAllowance``); tests set it by hand.
     package var cancelClock: CancelClock { self.userCancels.clock }
 
@@ -79,6 +81,7 @@ public final class Server: Service, Sendable {
         self.refusalLogger = RateLimitedLogger(logger)
         self.onServerRunning = onServerRunning
         self.initializer = initializer
+        self.incomingBytes = UserIncomingBytes(limit: configuration.maximumIncomingBytesPerUser)
         let admissions = ConnectionAdmissions(
             maximumConnections: configuration.maximumConnections,
             maximumConnectionsPerUser: configuration.maximumConnectionsPerUser,

@@ -66,6 +66,16 @@ public struct ServerConfiguration: Sendable {
     /// closed as soon as it is accepted. Default 128. (D-Bus's `max_incomplete_connections`, OpenSSH's
     /// `MaxStartups`, counted per user so that one user's silent connections never lock out another's.)
     public var maximumPendingHandshakesPerUser = 128
+    /// The most bytes of framed messages not yet received whole that one user id's connections may hold together
+    /// (a large frame arrives over many reads and is gathered until its last byte); default 256 MiB. A connection
+    /// whose next read would take its user over it is closed with going-away `0x01` and `resourceExhausted`, its
+    /// frame dropped, and the user's other connections go on; one frame alone is always taken. Only a frame of which
+    /// more than 64 KiB are held counts. Without it, each connection may hold a frame of up to
+    /// ``ConnectionOptions/maximumMessageSize``, so one user's ``maximumConnectionsPerUser`` connections could make
+    /// the server hold 16 GiB with the defaults (a review: 300 connections that each sent all but the last byte of
+    /// a 16 MB request took a server to 4.6 GB). As D-Bus bounds what a connection has queued unread
+    /// (`max_incoming_bytes`), counted per user here so that one user cannot fill the server's memory.
+    public var maximumIncomingBytesPerUser = 256 * 1024 * 1024
     /// How long a framed peer has to send its hello after the connection is accepted, and an EOF-style peer to
     /// send its whole message up to its half-close; a connection that takes longer is closed. Default 10 s.
     /// (PostgreSQL's `authentication_timeout`, OpenSSH's `LoginGraceTime`.)

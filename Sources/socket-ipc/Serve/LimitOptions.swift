@@ -27,6 +27,16 @@ struct LimitOptions: ParsableArguments {
     @Option(
         name: .long,
         help: ArgumentHelp(
+            "The most bytes of messages not yet received whole that one user id's connections may hold together; "
+                + "a connection that would go over is closed (default 268435456, 256 MiB).",
+            valueName: "bytes"
+        )
+    )
+    var maxIncomingBytesPerUser: Int?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
             "Seconds a peer has to send its hello (framed) or its whole message (eof) (default 10).",
             valueName: "seconds"
         )
@@ -104,6 +114,7 @@ struct LimitOptions: ParsableArguments {
             ("--max-message-size", self.maxMessageSize),
             ("--max-connections", self.maxConnections), ("--max-connections-per-user", self.maxConnectionsPerUser),
             ("--max-pending-handshakes-per-user", self.maxPendingHandshakesPerUser),
+            ("--max-incoming-bytes-per-user", self.maxIncomingBytesPerUser),
             ("--max-concurrent-requests", self.maxConcurrentRequests), ("--backlog", self.backlog.map(Int.init)),
         ] {
             if let value, value < 1 { throw ValidationError("\(name) must be at least 1") }
@@ -129,6 +140,7 @@ struct LimitOptions: ParsableArguments {
         if let value = self.maxConnections { configuration.maximumConnections = value }
         if let value = self.maxConnectionsPerUser { configuration.maximumConnectionsPerUser = value }
         if let value = self.maxPendingHandshakesPerUser { configuration.maximumPendingHandshakesPerUser = value }
+        if let value = self.maxIncomingBytesPerUser { configuration.maximumIncomingBytesPerUser = value }
         if let value = self.handshakeTimeout { configuration.handshakeTimeout = duration(seconds: value) }
         if let value = self.writeTimeout { configuration.writeTimeout = duration(seconds: value) }
         if let value = self.idleTimeout { configuration.connection.idleTimeout = duration(seconds: value) }
