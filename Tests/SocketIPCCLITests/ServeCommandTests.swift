@@ -24,6 +24,36 @@ struct ServeCommandTests {
         }
     }
 
+    @Test("echoes of 64 KiB or more that clients leave unread hold at most 64 MiB per user: the next is refused, and once they are gone a large echo goes again (before, 200 connections with a 16 MB echo each, unread, took the server to 3.2 GB)")
+    func unreadEchoesPerUser() async throws {
+        try await withServeCommand { path, server in
+            // 8 connections with a request of 15 MiB each, not one reply read: 120 MiB of echoes, above the 64.
+            var hostile: [Int32] = []
+            defer { for descriptor in hostile { _ = closeDescriptor(descriptor) } }
+            let payload = [UInt8](repeating: 0x61, count: 15 << 20)
+            // The hello, then length 5 + payload, kind 0x02 (request), id 1, payload.
+            let frames: [UInt8] = Array("SIPC".utf8) + [1, 0, 0, 0]
+                + withUnsafeBytes(of: UInt32(5 + payload.count).bigEndian, Array.init) + [0x02, 0, 0, 0, 1] + payload
+            for _ in 0..<8 {
+                let descriptor = makeUnixStreamSocket()
+                hostile.append(descriptor)
+                try #require(connectUnixSocket(descriptor, to: path) == 0, "connect: \(errno)")
+                // Written on threads of their own: each send blocks until the server has read the request.
+                Thread.detachNewThread { [frames] in _ = sendWithoutSignal(descriptor, frames) }
+            }
+            let note = await server.standardError.waitForLine(containing: "refused a request")
+            #expect(note?.contains("echoes not yet read already hold 64 MiB") == true, "\(note ?? "nil")")
+            for descriptor in hostile { _ = shutdown(descriptor, Int32(SHUT_RDWR)) }
+            // The connections closed, their echoes are given back: a large echo goes again.
+            let file = URL(fileURLWithPath: path).deletingLastPathComponent().appendingPathComponent("large")
+            try Data(repeating: 0x62, count: 1 << 20).write(to: file)
+            // The server notes each close once its echo's charge is given back (the close fails its writes first).
+            for _ in 0..<8 { _ = await server.standardError.waitForLine(containing: "connection closed from") }
+            let answered = try await runCLI(["request", path, "@" + file.path])
+            #expect(answered.status == 0, "stderr: \(answered.error)")
+        }
+    }
+
     @Test("serve prints each one-way message with its size, as text or hex")
     func oneWayMessages() async throws {
         try await withServeCommand { path, server in

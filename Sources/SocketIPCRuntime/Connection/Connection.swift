@@ -341,23 +341,17 @@ public final class Connection: Sendable {
         }
     }
 
-    /// As ``waitUntilWritten()``, for as long as it takes: a peer that reads nothing keeps this waiting, and the
-    /// connection open, for as long as the connection lasts (its write timeout, ``ServerConfiguration/writeTimeout``,
-    /// may close it). With descriptor passing, written means handed to the relay. `serve --exec` holds a reply's
-    /// charge against its user's budget until then (found by a review: replies kept below the write watermark, about
-    /// 2 MiB on each of 1,000 connections, escaped a wait for writability and took the server to 3.7 GB).
-    /// - Throws: `CancellationError` when the task is cancelled, which ends the wait and nothing else; the channel's
-    ///   error when the connection closes first.
-    package func waitUntilDrained() async throws {
-        let written = self.eventLoop.flatSubmit { self.writeMarker() }
-        let waiter = DrainWaiter()
-        try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                waiter.set(continuation)
-                written.whenComplete { waiter.resume(with: $0) }
-            }
-        } onCancel: {
-            waiter.resume(with: .failure(CancellationError()))
+    /// Calls `body` once everything queued on the connection so far has been written to the socket (the kernel holds
+    /// it for the peer), or the connection has closed, whichever comes first, on the connection's event loop; for as
+    /// long as it takes: a peer that reads nothing keeps it waiting, and the connection open, for as long as the
+    /// connection lasts (its write timeout, ``ServerConfiguration/writeTimeout``, may close it). A close calls it
+    /// before the connection's handler hears of the close. With descriptor passing, written means handed to the relay.
+    /// `serve` holds a reply's charge against its user's budget until then (found by a review: replies kept below the
+    /// write watermark, about 2 MiB on each of 1,000 connections, escaped a wait for writability and took the server
+    /// to 3.7 GB).
+    package func whenDrained(_ body: @escaping @Sendable () -> Void) {
+        self.eventLoop.execute {
+            self.writeMarker().whenComplete { _ in body() }
         }
     }
 

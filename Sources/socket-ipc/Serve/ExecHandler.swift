@@ -49,7 +49,7 @@ struct ExecHandler: ConnectionHandler {
     ///
     /// The request is charged to its user's ``requestBytes`` while it waits and runs, and the reply from when it is
     /// sent until all of it has been written to the socket (the kernel holds it for the peer) or the connection
-    /// closes: a peer that sends requests and reads no reply cannot make the server hold more than its user's budget
+    /// closes (``Connection/whenDrained(_:)``): a peer that sends requests and reads no reply cannot make the server hold more than its user's budget
     /// of replies (before, 3 connections of 100 requests each, answered with 16 MB and never read, took the server to
     /// 2.9 GB in 24 s; and a first version, which held the charge only until the write queue was below its 2 MiB
     /// watermark, let 1,000 connections each keep a reply of 4 MB unread, 3.7 GB). A request that comes while its user's budget is spent, or
@@ -78,12 +78,11 @@ struct ExecHandler: ConnectionHandler {
                 Self.noteRefusal(on: id)
                 throw Self.budgetSpent
             }
-            // Sent now; the reply's bytes stay the user's until the peer has read them.
-            reply.succeed(output)
+            // Sent now; the reply's bytes stay the user's until they are written to the socket.
             let held = budget.charge(output.readableBytes, user: user)
-            defer { budget.give(held, user: user) }
-            try? await connection.waitUntilDrained()
-            return output
+            reply.succeed(output)
+            connection.whenDrained { budget.give(held, user: user) }
+            return output  // already answered: not sent again
         }
     }
 

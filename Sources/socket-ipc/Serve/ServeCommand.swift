@@ -12,7 +12,8 @@ struct ServeCommand: AsyncParsableCommand {
         abstract: "Serve on a socket file until interrupted.",
         discussion: """
             framed: echoes every request (the reply is the request's payload) and prints every one-way message as \
-            `message N bytes: TEXT-OR-HEX`. eof: prints `received N bytes` for each message and acknowledges it \
+            `message N bytes: TEXT-OR-HEX`; echoes of 64 KiB or more not yet read by their clients hold at most \
+            64 MiB per user, and a request beyond gets an error reply. eof: prints `received N bytes` for each message and acknowledges it \
             with the 4-byte big-endian count of bytes received.
 
             A framed server also serves a small typed service, for `socket-ipc call` and `socket-ipc watch` to \
@@ -221,8 +222,10 @@ struct ServeCommand: AsyncParsableCommand {
         switch (mode, exec) {
         case (.framed, nil):
             let router = DemoService.router()
+            // One budget for the server: it counts each user's echoes across all of its connections.
+            let unreadReplies = UserByteBudget(limit: PrintingEchoHandler.unreadRepliesPerUser, minimum: 0)
             return Server.framed(configuration: configuration, logger: logger, onServerRunning: onRunning) {
-                PrintingEchoHandler(router: router)
+                PrintingEchoHandler(router: router, unreadReplies: unreadReplies)
             }
         case (.framed, let exec?):
             // One budget for the server: it counts each user's requests across all of its connections.
