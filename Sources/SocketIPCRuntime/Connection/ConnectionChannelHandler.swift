@@ -236,7 +236,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
     /// its user's account cannot take them.
     func chargeKeptBytes(context: ChannelHandlerContext) {
         guard var charge = self.incomingBytes else { return }
-        let kept = self.inbound.bytesKept
+        let kept = self.inbound.memoryKept
         if kept <= IncomingBytesCharge.threshold && charge.charged == 0 { return }
         let fits = charge.keep(kept)
         guard !fits, self.state.mayHandleFrames else {

@@ -72,16 +72,19 @@ struct InboundBuffer {
         self.yieldWaitsForWritability = false
     }
 
+    /// The memory the bytes kept hold: the storage of the buffers they are in, which for a rest kept where its read
+    /// left it is the whole read buffer (up to 1 MiB), however few bytes it holds. What a connection is charged for
+    /// (``IncomingBytesCharge``): a review kept 60 KB of each 1 MiB read buffer, on 1,000 connections, and held 1 GB
+    /// that a count of the bytes saw as 60 MB.
+    var memoryKept: Int {
+        (self.held?.storageCapacity ?? 0) + (self.partial?.bytes.storageCapacity ?? 0)
+    }
+
     /// The start of a frame a read left unfinished, kept for the next read. A small rest is copied out of the read
-    /// buffer, so that NIO can reuse that buffer, and so is one that fills less than half of it: what is kept must
-    /// cost about its own bytes (found by a review: 60 KB kept of each 1 MiB read buffer, on 1,000 connections, held
-    /// 1 GB that the per-user count of incoming bytes saw as 60 MB). A large one is kept where it is until the next
-    /// read adds to it (which copies it then, as a slice cannot grow in place). (When a read ends on a frame boundary
-    /// nothing is kept, so an idle connection holds no read buffer.)
+    /// buffer, so that NIO can reuse that buffer; a large one is kept where it is until the next read adds to it.
+    /// (When a read ends on a frame boundary nothing is kept, so an idle connection holds no read buffer.)
     static func keep(_ rest: ByteBuffer) -> FrameAssembler {
-        guard rest.readableBytes <= 4096 || rest.storageCapacity > 2 * rest.readableBytes + 4096 else {
-            return FrameAssembler(rest)
-        }
+        guard rest.readableBytes <= 4096 else { return FrameAssembler(rest) }
         var copy = ByteBufferAllocator().buffer(capacity: max(rest.readableBytes, 64))
         copy.writeImmutableBuffer(rest)
         return FrameAssembler(copy)

@@ -153,7 +153,7 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
     private func chargeMessage(context: ChannelHandlerContext) -> Bool {
         guard var charge = self.incomingBytes else { return true }
         let size = self.message?.readableBytes ?? 0
-        let fits = charge.keep(size)
+        let fits = charge.keep(self.message?.storageCapacity ?? 0)
         self.incomingBytes = charge
         guard !fits else { return true }
         self.done = true

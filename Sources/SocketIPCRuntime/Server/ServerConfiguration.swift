@@ -69,8 +69,9 @@ public struct ServerConfiguration: Sendable {
     /// The most bytes of framed messages not yet received whole that one user id's connections may hold together
     /// (a large frame arrives over many reads and is gathered until its last byte); default 256 MiB. A connection
     /// whose next read would take its user over it is closed with going-away `0x01` and `resourceExhausted`, its
-    /// frame dropped, and the user's other connections go on; one frame alone is always taken. Only a frame of which
-    /// more than 64 KiB are held counts. Without it, each connection may hold a frame of up to
+    /// frame dropped, and the user's other connections go on; one frame alone is always taken. What counts is the
+    /// memory holding the bytes (a frame's start kept in the read buffer it came in counts that whole buffer, up to
+    /// 1 MiB), once a connection keeps more than 64 KiB. Without it, each connection may hold a frame of up to
     /// ``ConnectionOptions/maximumMessageSize``, so one user's ``maximumConnectionsPerUser`` connections could make
     /// the server hold 16 GiB with the defaults (a review: 300 connections that each sent all but the last byte of
     /// a 16 MB request took a server to 4.6 GB). As D-Bus bounds what a connection has queued unread
