@@ -213,12 +213,6 @@ extension ConnectionStateMachine {
         )
     }
 
-    /// Whether everything queued so far has been written: nothing is queued, and the channel holds no write.
-    @inlinable
-    package var outboundIsIdle: Bool {
-        self.outbound.queue.isEmpty && self.outbound.writesInChannel == 0
-    }
-
     /// Buffers are handed to the channel: until they are written, flushes write through the channel too.
     @inlinable
     package mutating func channelWriteStarted() {

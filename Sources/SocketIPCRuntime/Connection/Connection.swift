@@ -672,10 +672,9 @@ public final class Connection: Sendable {
     }
 
     /// Returns at once while the queue is below its high watermark and the channel writable; otherwise suspends
-    /// until it is: until the peer has read what waited above it (`serve --exec` holds a reply's charge until then).
-    /// - Throws: `CancellationError` when the task is cancelled; the connection's error once it closes.
+    /// until it is.
     @usableFromInline
-    package nonisolated(nonsending) func waitUntilWritable() async throws {
+    nonisolated(nonsending) func waitUntilWritable() async throws {
         try await self.waitUntilWritable(owner: nil)
     }
 
