@@ -30,9 +30,6 @@ struct MethodRequestLimitTests {
         return router
     }
 
-    static func blockedBytes(id: UInt32, cost: UInt32) -> [UInt8] {
-        frameBytes(kind: 0x0f, id: id, payload: [UInt8(cost >> 24), UInt8(cost >> 16 & 0xff), UInt8(cost >> 8 & 0xff), UInt8(cost & 0xff)])
-    }
 
     @Test("a request above the method's limit fails with invalidMessage, naming the sizes; one at the limit is served, and the connection goes on")
     func unaryAndStreamedRequests() async throws {
@@ -68,7 +65,7 @@ struct MethodRequestLimitTests {
             let peer = try await RawSocket.connect(to: path)
             defer { peer.close() }
             // A message of 16 MiB: within the connection's maximum, far above the method's.
-            let blocked = Self.blockedBytes(id: 1, cost: UInt32(9 + 16 * 1024 * 1024))
+            let blocked = StrictCreditTests.blockedBytes(id: 1, cost: UInt32(9 + 16 * 1024 * 1024))
             try await peer.write(serverHelloBytes + callOpenBytes(id: 1, method: SmallEcho.name) + blocked + pingBytes(id: 7))
             #expect(try await peer.read(exactly: 8) == serverHelloBytes)
             // The pong (which follows everything read before it) and the end, which the handler's task sends as it
@@ -138,7 +135,7 @@ struct MethodRequestLimitTests {
             let blocked = try await peer.readFrames(1)
             #expect(blocked.first?.kind == 0x0f, "\(blocked)")
             // Before, this refused the call: the parked answer and its end were dropped, and the caller heard nothing.
-            try await peer.write(Self.blockedBytes(id: 1, cost: UInt32(9 + 2 * 1024 * 1024)))
+            try await peer.write(StrictCreditTests.blockedBytes(id: 1, cost: UInt32(9 + 2 * 1024 * 1024)))
             try await peer.write(creditBytes(id: 1, increment: 200_000))
             var frames: [WireFrame] = []
             while !frames.contains(where: { $0.kind == 0x08 }) { frames += try await peer.readFrames(1) }
