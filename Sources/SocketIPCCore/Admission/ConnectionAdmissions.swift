@@ -70,10 +70,10 @@ import NIOCore
         self.maximumPendingHandshakesPerUser = maximumPendingHandshakesPerUser
     }
 
-    /// Lowers the connection limits to what `connections` descriptors can hold, if they cannot hold them: that many
-    /// connections in all, and half of them for one user.
+    /// Lowers the connection limits to `connections` in all, and half of them for one user, if they are higher: what
+    /// the process's descriptors (or, with descriptor passing, its threads) can hold.
     /// - Returns: Whether the limits were lowered.
-    public mutating func fit(descriptorsForConnections connections: Int) -> Bool {
+    public mutating func fit(toHold connections: Int) -> Bool {
         guard connections < self.maximumConnections else { return false }
         self.maximumConnections = connections
         self.maximumConnectionsPerUser = min(self.maximumConnectionsPerUser, max(1, connections / 2))

@@ -203,7 +203,7 @@ extension ServerStateMachine {
         case cancel(Timer)
     }
 
-    /// The connection limits after ``fitLimits(descriptorsForConnections:)`` lowered them.
+    /// The connection limits after ``fitLimits(toHold:)`` lowered them.
     public struct LoweredLimits: Equatable, Sendable {
         /// The most connections in all.
         public var maximumConnections: Int

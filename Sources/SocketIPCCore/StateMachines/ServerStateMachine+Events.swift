@@ -16,13 +16,13 @@ extension ServerStateMachine {
         }
     }
 
-    /// Lowers the connection limits to what `connections` descriptors can hold, if they cannot hold them; before the
-    /// server listens.
+    /// Lowers the connection limits to `connections` in all, and half of them for one user, if they are higher: what
+    /// the process's descriptors (or, with descriptor passing, its threads) can hold; before the server listens.
     /// - Returns: The lowered limits, or `nil` if they were not lowered.
     @inlinable
-    public mutating func fitLimits(descriptorsForConnections connections: Int) -> LoweredLimits? {
+    public mutating func fitLimits(toHold connections: Int) -> LoweredLimits? {
         func fit(_ admissions: inout ConnectionAdmissions) -> LoweredLimits? {
-            guard admissions.fit(descriptorsForConnections: connections) else { return nil }
+            guard admissions.fit(toHold: connections) else { return nil }
             return LoweredLimits(
                 maximumConnections: admissions.maximumConnections,
                 maximumConnectionsPerUser: admissions.maximumConnectionsPerUser

@@ -198,10 +198,10 @@ public final class Server: Service, Sendable {
     }
 
     /// Raises the descriptor limit as far as the connection limits need, and lowers the connection limits to what
-    /// it can hold, saying so.
-    /// - Throws: `SocketIPCError` with code `invalidConfiguration` when the limit holds not one connection: such a
-    ///   server would listen and close every connection it accepts (found by a review: `prlimit --nofile=64` with
-    ///   descriptor passing on).
+    /// it can hold, and with descriptor passing on to what the process's thread limit can hold, saying so.
+    /// - Throws: `SocketIPCError` with code `invalidConfiguration` when the descriptor limit holds not one
+    ///   connection: such a server would listen and close every connection it accepts (found by a review: `prlimit
+    ///   --nofile=64` with descriptor passing on).
     private func fitLimitsToDescriptors() throws {
         // A connection that holds its peer's pidfd costs two descriptors. One that passes descriptors costs three (its
         // socket and its relay's socket pair) and what its relay may hold: the descriptors received and not yet
@@ -235,18 +235,35 @@ public final class Server: Service, Sendable {
                 path: self.configuration.path
             )
         }
-        guard let lowered = self.state.withLock({ $0.machine.fitLimits(descriptorsForConnections: connections) })
-        else {
-            return
+        if let lowered = self.state.withLock({ $0.machine.fitLimits(toHold: connections) }) {
+            self.logger.warning(
+                """
+                the open file limit (RLIMIT_NOFILE) is too low for the connection limits: serving at most \
+                \(lowered.maximumConnections) connections, \(lowered.maximumConnectionsPerUser) per user, besides \
+                the \(limit.reserve) descriptors kept for the process's other files (reservedDescriptors included); \
+                raise the limit (ulimit -n, LimitNOFILE=) to serve more
+                """,
+                metadata: ["limit": "\(limit.soft)"]
+            )
         }
+        if maximumDescriptors > 0 { self.fitLimitsToThreads(ThreadLimit.current()) }
+    }
+
+    /// Lowers the connection limits to what `threads` can hold with a relay of two threads per connection, saying
+    /// so: one user's connections could otherwise take every thread the process may start, and with them every other
+    /// user's connections and whatever else of the process starts a thread or a process.
+    private func fitLimitsToThreads(_ threads: ThreadLimit) {
+        guard let connections = threads.relayedConnections, let available = threads.available,
+            let lowered = self.state.withLock({ $0.machine.fitLimits(toHold: connections) })
+        else { return }
         self.logger.warning(
             """
-            the open file limit (RLIMIT_NOFILE) is too low for the connection limits: serving at most \
-            \(lowered.maximumConnections) connections, \(lowered.maximumConnectionsPerUser) per user, besides \
-            the \(limit.reserve) descriptors kept for the process's other files (reservedDescriptors included); raise \
-            the limit (ulimit -n, LimitNOFILE=) to serve more
+            the thread limit is too low for the connection limits with descriptor passing on (a relay of two \
+            threads per connection): serving at most \(lowered.maximumConnections) connections, \
+            \(lowered.maximumConnectionsPerUser) per user, besides the \(threads.reserve) threads kept for the \
+            process's own; raise the limit (TasksMax=, pids.max, ulimit -u, LimitNPROC=) to serve more
             """,
-            metadata: ["limit": "\(limit.soft)"]
+            metadata: ["threadsAvailable": "\(available)"]
         )
     }
 

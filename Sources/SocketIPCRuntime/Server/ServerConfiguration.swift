@@ -46,6 +46,11 @@ public struct ServerConfiguration: Sendable {
     /// runtime does at start), and programs the process starts afterwards inherit the raised limit. A program that
     /// uses `select(2)` breaks on descriptors above `FD_SETSIZE` (1024), so give children the soft limit the process
     /// started with, as Go's `os/exec` and systemd do (`socket-ipc serve --exec` does: `setrlimit` in the child).
+    /// Where the hard limit is too low, fewer connections are served (half of them per user), with a warning. With
+    /// descriptor passing on (``ConnectionOptions/maximumDescriptorsPerMessage``), each connection also takes two
+    /// threads, and the limits are fitted in the same way to the threads the process may still start: its control
+    /// group's `pids.max` (systemd's `TasksMax=`) and, for a user other than root, `RLIMIT_NPROC`, less a reserve
+    /// of an eighth (64 to 256).
     public var maximumConnections = 10_000
     /// How many descriptors the application needs besides its connections: its own files and sockets, the pipes of
     /// the child processes it runs. Default 0. When ``Server/run()`` fits the connection limits to the open file

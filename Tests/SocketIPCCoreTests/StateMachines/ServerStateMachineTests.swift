@@ -290,12 +290,12 @@ struct ServerStateMachineTests {
             admissions: ConnectionAdmissions(maximumConnections: 3, maximumConnectionsPerUser: 2, maximumPendingHandshakesPerUser: 1)
         )
         #expect(machine.runCalled() == .startListening)
-        #expect(machine.fitLimits(descriptorsForConnections: 10) == nil, "enough descriptors")
+        #expect(machine.fitLimits(toHold: 10) == nil, "enough descriptors")
         guard case .serve = machine.listening("listener") else {
             Issue.record("a running machine did not serve")
             return
         }
-        #expect(machine.fitLimits(descriptorsForConnections: 1) == nil, "only before listening")
+        #expect(machine.fitLimits(toHold: 1) == nil, "only before listening")
 
         #expect(Self.accept(1, into: &machine) == .serve)
         let unauthorized = machine.connectionAccepted(
@@ -319,6 +319,6 @@ struct ServerStateMachineTests {
             admissions: ConnectionAdmissions(maximumConnections: 100, maximumConnectionsPerUser: 80, maximumPendingHandshakesPerUser: 1)
         )
         #expect(small.runCalled() == .startListening)
-        #expect(small.fitLimits(descriptorsForConnections: 10) == .init(maximumConnections: 10, maximumConnectionsPerUser: 5))
+        #expect(small.fitLimits(toHold: 10) == .init(maximumConnections: 10, maximumConnectionsPerUser: 5))
     }
 }
