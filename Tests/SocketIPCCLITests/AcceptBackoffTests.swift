@@ -60,14 +60,9 @@ struct AcceptBackoffTests {
             // server keeps descriptors for everyone else.
             let silent = try (0..<300).map { _ in try RawUnixSocket(connectingTo: path) }
             guard canRunAsAnotherUser else { return }
-            let other = try TestProcess(
-                executable: "/usr/bin/setpriv",
-                asOtherUser() + [socketIPCBinary, "request", "--socket", path, "hi"]
-            )
-            let status = await other.waitForExit()
-            let error = await other.standardError.text()
-            #expect(status == 0, "another user must be served: \(error)")
-            #expect(await other.standardOutput.text() == "reply: \"hi\"\n")
+            let other = try await runCLIAsOtherUser(["request", "--socket", path, "hi"])
+            #expect(other.status == 0, "another user must be served: \(other.error)")
+            #expect(other.output == "reply: \"hi\"\n")
             _ = silent
             server.signal(SIGTERM)
             #expect(await server.waitForExit() == 0)

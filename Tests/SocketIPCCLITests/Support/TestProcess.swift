@@ -66,6 +66,16 @@ func runCLI(_ arguments: [String], input: String? = nil) async throws -> (status
     return (status, output, error)
 }
 
+/// Runs `socket-ipc arguments...` to completion as ``otherUserID`` (with `setpriv`: root only).
+/// - Returns: The exit status, standard output and standard error.
+func runCLIAsOtherUser(_ arguments: [String]) async throws -> (status: Int32, output: String, error: String) {
+    let process = try TestProcess(executable: "/usr/bin/setpriv", asOtherUser() + [socketIPCBinary] + arguments)
+    let status = await process.waitForExit()
+    let output = await process.standardOutput.text()
+    let error = await process.standardError.text()
+    return (status, output, error)
+}
+
 /// Runs `/bin/sh -c command` to completion.
 /// - Returns: The exit status and the bytes written to standard output.
 func runShell(_ command: String) async throws -> (status: Int32, output: [UInt8]) {
