@@ -332,6 +332,18 @@ extension Connection {
         return nil
     }
 
+    /// Counts a call the peer opened against its user's calls in progress across its connections (a server's
+    /// connection; a client's counts none), unless `limit` are already.
+    /// - Returns: Whether the call may start; if so, ``userCallEnded()`` gives it back once its handler has ended.
+    package func beginUserCall(limit: Int) -> Bool {
+        self.calls.userCancels?.beginCall(limit: limit) ?? true
+    }
+
+    /// A call counted by ``beginUserCall(limit:)`` is over.
+    package func userCallEnded() {
+        self.calls.userCancels?.endCall()
+    }
+
     /// The message of a call refused for its connection's cancels (made once: a peer may cause it at any rate).
     static let connectionCancelsRefusal =
         "the peer cancels its calls faster than this side allows (\(CancelAllowance.perConnection)): no new call for now"

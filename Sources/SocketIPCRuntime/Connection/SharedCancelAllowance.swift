@@ -3,8 +3,13 @@ import Synchronization
 
 /// A ``CancelAllowance`` that several connections spend together: one user's, across its connections to a server
 /// (``CancelAllowance/perUser``). Kept by the server's ``UserCancelAllowances``, read with its clock.
+///
+/// It also counts the user's calls in progress across its connections (``beginCall(limit:)``), which
+/// `ServiceRouter.maximumConcurrentCallsPerUser` bounds.
 final class SharedCancelAllowance: Sendable {
     private let allowance: Mutex<CancelAllowance>
+    /// The user's calls in progress, across its connections.
+    private let callsInProgress = Atomic<Int>(0)
     /// The clock every allowance of the server reads, the connections' own too.
     let clock: CancelClock
 
@@ -23,9 +28,30 @@ final class SharedCancelAllowance: Sendable {
         self.allowance.withLock { $0.allowsOpen(at: self.clock.now()) }
     }
 
-    /// Whether the allowance is whole again (``CancelAllowance/isFull(at:)``).
+    /// Whether the allowance is whole again (``CancelAllowance/isFull(at:)``), and no call of the user is in progress.
     func isFull(at now: ContinuousClock.Instant) -> Bool {
-        self.allowance.withLock { $0.isFull(at: now) }
+        self.allowance.withLock { $0.isFull(at: now) } && self.callsInProgress.load(ordering: .relaxed) == 0
+    }
+
+    /// Counts one more call of the user in progress, unless `limit` are already.
+    /// - Returns: Whether it was counted; each counted call is given back with ``endCall()``.
+    func beginCall(limit: Int) -> Bool {
+        var current = self.callsInProgress.load(ordering: .relaxed)
+        while current < limit {
+            let (exchanged, original) = self.callsInProgress.compareExchange(
+                expected: current,
+                desired: current + 1,
+                ordering: .relaxed
+            )
+            if exchanged { return true }
+            current = original
+        }
+        return false
+    }
+
+    /// A call counted by ``beginCall(limit:)`` is over.
+    func endCall() {
+        self.callsInProgress.subtract(1, ordering: .relaxed)
     }
 }
 

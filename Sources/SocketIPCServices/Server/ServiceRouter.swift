@@ -40,6 +40,15 @@ public struct ServiceRouter: Sendable {
     /// connection's limit. Handlers that wait should wait cancellably (``ServiceContext/sleep(for:)``, `Task.sleep`,
     /// streams).
     public var maximumConcurrentCalls: Int = 100
+    /// The most calls of one user id handled at once across all of its connections to the server (counted by the
+    /// peer's `SO_PEERCRED` uid; peers whose credentials are unknown share one count); default 1,024. A call beyond it
+    /// fails at the caller with `resourceExhausted`, and the connection goes on. Each call in progress holds its
+    /// handler's task and the call's state (about 7 KB a call parked in a sleep, in a debug build), and the limits
+    /// per connection (``maximumConcurrentCalls``) and per user on connections (1,024 by default) would allow one user
+    /// 102,400 of them. Calls count as for ``maximumConcurrentCalls``: until the handler returns. Applies to a
+    /// server's connections only (`Server.service`); a client's handlers of calls its server opens count only per
+    /// connection.
+    public var maximumConcurrentCallsPerUser: Int = 1_024
     /// Whether handlers run on their connection's event loop (as their task's executor preference); default
     /// `true`, as `ClientConfiguration.runsBodyOnEventLoop`.
     ///
