@@ -33,6 +33,11 @@ struct ThreadLimitTests {
         #expect(left == 100, "the parent's 1000 − 900, not the group's own 4915 − 15")
         #expect(ThreadLimit.available(inControlGroup: "/sys/fs/cgroup/user.slice") { files[$0] } == nil, "max is none")
         #expect(ThreadLimit.available(inControlGroup: "/sys/fs/cgroup") { files[$0] } == nil, "the root has no limit")
+        let container = ["/sys/fs/cgroup/pids.max": "512\n", "/sys/fs/cgroup/pids.current": "12\n"]
+        #expect(
+            ThreadLimit.available(inControlGroup: "/sys/fs/cgroup") { container[$0] } == 500,
+            "a container's own limit, at the root of its control group namespace"
+        )
         let over = ["/sys/fs/cgroup/pids/a/pids.max": "10", "/sys/fs/cgroup/pids/a/pids.current": "12"]
         #expect(ThreadLimit.available(inControlGroup: "/sys/fs/cgroup/pids/a") { over[$0] } == 0, "never negative")
     }

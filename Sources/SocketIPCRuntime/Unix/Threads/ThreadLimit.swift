@@ -72,20 +72,22 @@ package struct ThreadLimit: Equatable {
     }
 
     /// The tasks the group at `directory` and every group above it up to the hierarchy's root may still start: the
-    /// least of their `pids.max - pids.current`; `nil` when none of them has a limit (`max`, or no such files: the
-    /// root group has none).
+    /// least of their `pids.max - pids.current`; `nil` when none of them has a limit (`max`, or no such files: a
+    /// host's root group has none).
     /// - Parameter read: Reads a file's text; `nil` when it cannot be read.
     package static func available(inControlGroup directory: String, read: (String) -> String?) -> Int? {
         let root = directory.hasPrefix("/sys/fs/cgroup/pids") ? "/sys/fs/cgroup/pids" : "/sys/fs/cgroup"
         var least: Int?
         var current = directory
-        while current.count > root.count, current.hasPrefix(root) {
+        while current.hasPrefix(root) {
             if let maximum = read(current + "/pids.max").flatMap(Self.number),
                 let used = read(current + "/pids.current").flatMap(Self.number)
             {
                 least = min(least ?? .max, max(0, maximum - used))
             }
-            guard let slash = current.lastIndex(of: "/") else { break }
+            // The hierarchy's root too: in a container with a control group namespace, `/proc/self/cgroup` says `/`
+            // and the container's own limit is there (on a host, the root group has no such files).
+            guard current.count > root.count, let slash = current.lastIndex(of: "/") else { break }
             current = String(current[..<slash])
         }
         return least
