@@ -23,7 +23,7 @@ extension SocketFileOwner {
                 .invalidPath, "\(path) names a directory, not a socket file in one", path: path.path)
         }
         let parent = path.parentDirectory
-        var descriptor = DirectoryCreation.openDirectory(parent)
+        let descriptor = DirectoryCreation.openDirectory(parent)
         if descriptor < 0 && errno == ENOENT && create {
             // Made, opened and checked (as `requireSecure` asks) through the directories it made.
             return try DirectoryCreation.make(parent, requireSecure: requireSecure, socketPath: path)
