@@ -313,7 +313,7 @@ extension Connection {
         guard self.calls.isPeerCallID(id) else { return nil }
         let now = self.calls.cancelClockNow()
         let own = self.calls.cancels.withLock { $0.spend(at: now) }
-        guard let user = self.calls.userCancels?.spend(at: now) else { return own }
+        guard let user = self.calls.userCalls?.spend(at: now) else { return own }
         return max(own ?? .zero, user)
     }
 
@@ -325,7 +325,7 @@ extension Connection {
             calls.opensRefusedForCancels.add(1, ordering: .relaxed)
             return Self.connectionCancelsRefusal
         }
-        if let user = calls.userCancels, !user.allowsOpen() {
+        if let user = calls.userCalls, !user.allowsOpen() {
             calls.opensRefusedForCancels.add(1, ordering: .relaxed)
             return Self.userCancelsRefusal
         }
@@ -336,12 +336,12 @@ extension Connection {
     /// connection; a client's counts none), unless `limit` are already.
     /// - Returns: Whether the call may start; if so, ``userCallEnded()`` gives it back once its handler has ended.
     package func beginUserCall(limit: Int) -> Bool {
-        self.calls.userCancels?.beginCall(limit: limit) ?? true
+        self.calls.userCalls?.beginCall(limit: limit) ?? true
     }
 
     /// A call counted by ``beginUserCall(limit:)`` is over.
     package func userCallEnded() {
-        self.calls.userCancels?.endCall()
+        self.calls.userCalls?.endCall()
     }
 
     /// The message of a call refused for its connection's cancels (made once: a peer may cause it at any rate).
@@ -353,7 +353,7 @@ extension Connection {
         + "(\(CancelAllowance.perUser)): no new call for now"
 
     /// The clock the connection's cancel allowances read (tests set it by hand), if it is a server's connection.
-    package var cancelClock: CancelClock? { self.calls.userCancels?.clock }
+    package var cancelClock: CancelClock? { self.calls.userCalls?.clock }
 
     /// How many of the peer's calls were refused because it cancelled its calls faster than ``CancelAllowance``
     /// allows.

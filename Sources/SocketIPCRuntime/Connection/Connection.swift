@@ -91,7 +91,7 @@ public final class Connection: Sendable {
     ///   - writer: Where flushes write; by default a ``SocketFrameWriter`` of `channel` and `descriptor`.
     ///   - handlerTaskOwner: Who owns the tasks of the connection's asynchronous replies: the server's task group,
     ///     or (a client's connection) a task of the connection's own.
-    ///   - userCancels: The cancel allowance the peer's user shares across its connections (a server's), if any.
+    ///   - userCalls: The call account the peer's user shares across its connections (a server's), if any.
     init(
         id: UInt64,
         channel: any Channel,
@@ -102,7 +102,7 @@ public final class Connection: Sendable {
         logger: Logger,
         handlerTaskOwner: ConnectionTasks.Owner = .connection,
         descriptorRelay: DescriptorRelay? = nil,
-        userCancels: SharedCancelAllowance? = nil
+        userCalls: UserCallAccount? = nil
     ) {
         self.id = id
         self.descriptorPassing = descriptorRelay.map { DescriptorPassing(relay: $0) }
@@ -111,7 +111,7 @@ public final class Connection: Sendable {
         if case .connection = handlerTaskOwner {
             self.calls = ConnectionCalls(isInitiator: true)
         } else {
-            self.calls = ConnectionCalls(isInitiator: false, userCancels: userCancels)
+            self.calls = ConnectionCalls(isInitiator: false, userCalls: userCalls)
         }
         self.channel = channel
         self.eventLoop = channel.eventLoop

@@ -20,9 +20,9 @@ final class ConnectionCalls: Sendable {
     /// How fast the peer may cancel its calls before its new ones are refused (``CancelAllowance``); touched on the
     /// event loop only.
     let cancels = Mutex<CancelAllowance>(CancelAllowance())
-    /// The allowance the peer's user shares across its connections to a server (``UserCancelAllowances``), spent
-    /// with ``cancels``; `nil` on a client's connection.
-    let userCancels: SharedCancelAllowance?
+    /// The call account the peer's user shares across its connections to a server (``UserCallAccounts``): its
+    /// cancel allowance, spent with ``cancels``, and its calls in progress; `nil` on a client's connection.
+    let userCalls: UserCallAccount?
     /// How many of the peer's opens were refused for its cancels.
     let opensRefusedForCancels = Atomic<Int>(0)
 
@@ -34,14 +34,14 @@ final class ConnectionCalls: Sendable {
         var sent: UInt32 = 0
     }
 
-    init(isInitiator: Bool, userCancels: SharedCancelAllowance? = nil) {
+    init(isInitiator: Bool, userCalls: UserCallAccount? = nil) {
         self.isInitiator = isInitiator
-        self.userCancels = userCancels
+        self.userCalls = userCalls
     }
 
     /// The time by the clock the cancel allowances read.
     func cancelClockNow() -> ContinuousClock.Instant {
-        self.userCancels?.clock.now() ?? .now
+        self.userCalls?.clock.now() ?? .now
     }
 
     /// The id of this side's next call: odd on the connecting side (1, 3, 5, ..., 0xFFFFFFFF), even on the accepting

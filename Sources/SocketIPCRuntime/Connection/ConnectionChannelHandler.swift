@@ -159,7 +159,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
             logger: self.logger,
             handlerTaskOwner: self.lifecycle.handlerTaskOwner,
             descriptorRelay: self.descriptorRelay,
-            userCancels: self.lifecycle.userCancels
+            userCalls: self.lifecycle.userCalls
         )
         self.descriptorRelay?.attach(channel)
         // The connection exists before the hello is written: if the peer is already gone, the failed write closes

@@ -18,9 +18,9 @@ struct ConnectionLifecycle: Sendable {
     /// The connection's place in its server's admission count, for handler work that outlives the channel to hold;
     /// `nil` for a client's connection.
     var slot: ConnectionSlot? = nil
-    /// The cancel allowance the peer's user shares across its connections to the server (``UserCancelAllowances``);
-    /// `nil` for a client's connection.
-    var userCancels: SharedCancelAllowance? = nil
+    /// The call account (cancel allowance, calls in progress) the peer's user shares across its connections to the
+    /// server (``UserCallAccounts``); `nil` for a client's connection.
+    var userCalls: UserCallAccount? = nil
     /// Where the bytes of frames not yet whole are charged to the peer's user (``UserIncomingBytes``); `nil` for a
     /// client's connection.
     var incomingBytes: IncomingBytesCharge? = nil

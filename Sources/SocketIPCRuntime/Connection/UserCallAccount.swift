@@ -1,12 +1,11 @@
 import SocketIPCCore
 import Synchronization
 
-/// A ``CancelAllowance`` that several connections spend together: one user's, across its connections to a server
-/// (``CancelAllowance/perUser``). Kept by the server's ``UserCancelAllowances``, read with its clock.
-///
-/// It also counts the user's calls in progress across its connections (``beginCall(limit:)``), which
-/// `ServiceRouter.maximumConcurrentCallsPerUser` bounds.
-final class SharedCancelAllowance: Sendable {
+/// What one user's connections to a server share about calls: the ``CancelAllowance`` they spend together
+/// (``CancelAllowance/perUser``), read with the server's clock, and the count of the user's calls in progress
+/// (``beginCall(limit:)``), which `ServiceRouter.maximumConcurrentCallsPerUser` bounds. Kept by the server's
+/// ``UserCallAccounts``.
+final class UserCallAccount: Sendable {
     private let allowance: Mutex<CancelAllowance>
     /// The user's calls in progress, across its connections.
     private let callsInProgress = Atomic<Int>(0)
@@ -28,7 +27,8 @@ final class SharedCancelAllowance: Sendable {
         self.allowance.withLock { $0.allowsOpen(at: self.clock.now()) }
     }
 
-    /// Whether the allowance is whole again (``CancelAllowance/isFull(at:)``), and no call of the user is in progress.
+    /// Whether the allowance is whole again (``CancelAllowance/isFull(at:)``) and no call of the user is in progress:
+    /// then the account may be forgotten, as a new one would be the same.
     func isFull(at now: ContinuousClock.Instant) -> Bool {
         self.allowance.withLock { $0.isFull(at: now) } && self.callsInProgress.load(ordering: .relaxed) == 0
     }

@@ -137,7 +137,7 @@ extension Server {
             },
             handlerTaskOwner: .server(self.handlerTasks),
             slot: slot,
-            userCancels: self.userCancels.allowance(for: peer?.userID),
+            userCalls: self.userCalls.account(for: peer?.userID),
             incomingBytes: IncomingBytesCharge(accounts: self.incomingBytes, user: peer?.userID)
         )
         // Set up in an event loop's I/O turn, not as a task that would run before the loop's sockets (see

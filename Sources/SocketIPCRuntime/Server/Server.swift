@@ -62,11 +62,11 @@ public final class Server: Service, Sendable {
     /// a peer that does not read for its own ``ConnectionOptions/closeTimeout``.
     let relays = Mutex<[UInt64: DescriptorRelay]>([:])
     /// The cancel allowances of the server's peers by user, each spent by all of that user's connections.
-    let userCancels = UserCancelAllowances()
+    let userCalls = UserCallAccounts()
     /// The bytes of frames not yet whole that each user's connections hold (``ServerConfiguration/maximumIncomingBytesPerUser``).
     let incomingBytes: UserIncomingBytes
     /// The clock the server's cancel allowances read (``CancelAllowance``); tests set it by hand.
-    package var cancelClock: CancelClock { self.userCancels.clock }
+    package var cancelClock: CancelClock { self.userCalls.clock }
 
     init(
         configuration: ServerConfiguration,

@@ -1,24 +1,25 @@
 import SocketIPCCore
 import Synchronization
 
-/// A server's cancel allowances by user (``CancelAllowance/perUser``): each connection spends its peer's user's
-/// allowance as well as its own, so that a peer that connects anew after every burst of calls opened and cancelled
-/// (Rapid Reset, CVE-2023-44487) does not get the allowance back; peers whose credentials are unknown share one.
+/// A server's call accounts by user (``UserCallAccount``): each connection spends its peer's user's cancel allowance
+/// (``CancelAllowance/perUser``) as well as its own, so that a peer that connects anew after every burst of calls
+/// opened and cancelled (Rapid Reset, CVE-2023-44487) does not get the allowance back, and counts its calls in
+/// progress against the user's; peers whose credentials are unknown share one account.
 ///
-/// An allowance is forgotten once it is whole again and no connection holds it (a new one starts whole), looked for
-/// when more than ``pruneThreshold`` users are kept: the table holds at most the users that cancelled too fast
-/// lately, or have connections.
-final class UserCancelAllowances: Sendable {
-    /// The clock of every allowance of the server.
+/// An account is forgotten once its allowance is whole again, no call of it is in progress and no connection holds
+/// it (a new one starts so), looked for when more than ``pruneThreshold`` users are kept: the table holds at most the
+/// users that cancelled too fast lately, or have connections.
+final class UserCallAccounts: Sendable {
+    /// The clock of every cancel allowance of the server.
     let clock = CancelClock()
-    private let users = Mutex<[UInt32?: SharedCancelAllowance]>([:])
-    /// How many users are kept before whole allowances nobody holds are forgotten.
+    private let users = Mutex<[UInt32?: UserCallAccount]>([:])
+    /// How many users are kept before accounts nobody holds, whole and without calls, are forgotten.
     static var pruneThreshold: Int { 64 }
 
     init() {}
 
-    /// The allowance of `user` (`nil`: credentials unknown), made whole if there is none.
-    func allowance(for user: UInt32?) -> SharedCancelAllowance {
+    /// The account of `user` (`nil`: credentials unknown), made whole if there is none.
+    func account(for user: UInt32?) -> UserCallAccount {
         self.users.withLock { users in
             if let allowance = users[user] { return allowance }
             if users.count >= Self.pruneThreshold {
@@ -28,12 +29,12 @@ final class UserCancelAllowances: Sendable {
                     users[key] = nil
                 }
             }
-            let allowance = SharedCancelAllowance(CancelAllowance.perUser, clock: self.clock)
+            let allowance = UserCallAccount(CancelAllowance.perUser, clock: self.clock)
             users[user] = allowance
             return allowance
         }
     }
 
-    /// How many users' allowances are kept.
+    /// How many users' accounts are kept.
     var count: Int { self.users.withLock { $0.count } }
 }
