@@ -13,21 +13,29 @@ public struct EOFMessageBody: AsyncSequence, Sendable {
     >
 
     let producer: Producer
+    /// What the queued chunks hold, charged to the peer's user; `nil` where nothing counts it.
+    let charge: StreamedChunkCharge?
 
     /// The iterator of the chunks.
     public struct AsyncIterator: AsyncIteratorProtocol {
         var base: Producer.AsyncIterator
+        let charge: StreamedChunkCharge?
 
         /// The next chunk, or `nil` after the last.
-        /// - Throws: `SocketIPCError` with code `connectionClosed` when the client went away before its half-close.
+        /// - Throws: `SocketIPCError` with code `connectionClosed` when the client went away before its half-close;
+        ///   `resourceExhausted` when the server closed the connection because the chunks that its user's
+        ///   connections hold waiting for their handlers reached ``ServerConfiguration/maximumIncomingBytesPerUser``
+        ///   (after the chunks read before).
         public mutating func next() async throws -> ByteBuffer? {
-            try await self.base.next()
+            let chunk = try await self.base.next()
+            if let chunk, let charge = self.charge { charge.taken(chunk.storageCapacity) }
+            return chunk
         }
     }
 
     /// Makes the iterator.
     public func makeAsyncIterator() -> AsyncIterator {
-        AsyncIterator(base: self.producer.makeAsyncIterator())
+        AsyncIterator(base: self.producer.makeAsyncIterator(), charge: self.charge)
     }
 
     /// Collects every chunk into one buffer.
@@ -65,7 +73,10 @@ struct ReadDemand: NIOAsyncSequenceProducerDelegate {
 ///
 /// The time limit applies to each wait for more bytes: while the handler wants more and the client sends nothing
 /// for that long (without half-closing), the connection is closed. Time the handler itself takes does not count.
-/// Each chunk costs about what it holds: a short read's bytes are copied out of its (much larger) read buffer.
+/// Each chunk costs about what it holds: a short read's bytes are copied out of its (much larger) read buffer. On a
+/// server, the chunks queued ahead of the handler count against their user's
+/// ``ServerConfiguration/maximumIncomingBytesPerUser`` (``StreamedChunkCharge``); a chunk that would take the user
+/// over it closes the connection with `resourceExhausted`.
 final class EOFStreamingChannelHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
 
@@ -80,14 +91,18 @@ final class EOFStreamingChannelHandler: ChannelInboundHandler, RemovableChannelH
     private var timer: Scheduled<Void>?
     /// Where the handler runs, cancelled when the connection closes.
     private let tasks: ConnectionTaskSlot
+    /// What the queued chunks hold, charged to the peer's user; `nil` where nothing counts it.
+    private let charge: StreamedChunkCharge?
 
     init(
         body: @escaping @Sendable (EOFMessageBody, EOFMessageContext) async throws -> ByteBuffer?,
         context: EOFMessageContext,
         timeLimit: Duration,
-        taskOwner: ConnectionTasks.Owner
+        taskOwner: ConnectionTasks.Owner,
+        incomingBytes: IncomingBytesCharge? = nil
     ) {
         self.tasks = ConnectionTaskSlot(owner: taskOwner)
+        self.charge = incomingBytes.map(StreamedChunkCharge.init)
         self.body = body
         self.messageContext = context
         self.timeLimit = timeLimit
@@ -149,7 +164,7 @@ final class EOFStreamingChannelHandler: ChannelInboundHandler, RemovableChannelH
                 delegate: ReadDemand(channel: channel)
             )
             self.source = made.source
-            let messageBody = EOFMessageBody(producer: made.sequence)
+            let messageBody = EOFMessageBody(producer: made.sequence, charge: self.charge)
             let body = self.body
             let messageContext = self.messageContext
             let timeLimit = self.timeLimit
@@ -171,11 +186,39 @@ final class EOFStreamingChannelHandler: ChannelInboundHandler, RemovableChannelH
         guard let source = self.source else { return }
         self.waitingSince = nil
         let chunk = Self.unwrapInboundIn(data).keepingOnlyReadableBytes(allocator: context.channel.allocator)
+        if let charge = self.charge, !charge.arrived(chunk.storageCapacity) {
+            self.refuseOverAccount(chunk.readableBytes, charge: charge, context: context)
+            return
+        }
         switch source.yield(chunk) {
         case .produceMore: self.wantsMore = true
         case .stopProducing: self.wantsMore = false
-        case .dropped: self.wantsMore = false
+        case .dropped:
+            // Nobody reads the body any more: the chunk is not queued.
+            self.charge?.taken(chunk.storageCapacity)
+            self.wantsMore = false
         }
+    }
+
+    /// A chunk of `size` bytes would take the peer's user over its account: the handler's body fails with
+    /// `resourceExhausted` after the chunks already queued, and the connection is closed, as a framed connection
+    /// gathering a frame over it is.
+    private func refuseOverAccount(_ size: Int, charge: StreamedChunkCharge, context: ChannelHandlerContext) {
+        let (held, limit) = charge.account
+        let error = SocketIPCError(
+            .resourceExhausted,
+            "this user's connections already hold \(held) bytes of messages not yet received whole or not yet taken "
+                + "by their handlers, and this one \(size) more; the server takes at most \(limit) "
+                + "(ServerConfiguration.maximumIncomingBytesPerUser)"
+        )
+        self.messageContext.logger.debug("closing connection: its user's incoming bytes", metadata: ["error": "\(errorText(error))"])
+        self.messageContext.reportFailure(error)
+        self.source?.finish(error)
+        self.source = nil
+        self.waitingSince = nil
+        self.timer?.cancel()
+        self.timer = nil
+        context.close(promise: nil)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {

@@ -98,7 +98,8 @@ public struct EOFMessageHandler: Sendable {
                     body: body,
                     context: context,
                     timeLimit: timeLimit,
-                    taskOwner: taskOwner
+                    taskOwner: taskOwner,
+                    incomingBytes: incomingBytes
                 )
             )
         }

@@ -81,6 +81,11 @@ public struct ServerConfiguration: Sendable {
     /// the server hold 16 GiB with the defaults (a review: 300 connections that each sent all but the last byte of
     /// a 16 MB request took a server to 4.6 GB). As D-Bus bounds what a connection has queued unread
     /// (`max_incoming_bytes`), counted per user here so that one user cannot fill the server's memory.
+    ///
+    /// EOF style: an unfinished message gathered for a collecting handler counts the same way, and so do the
+    /// chunks of a streamed message (``EOFMessageHandler/streaming(_:)``) read but not yet taken by its handler
+    /// (up to 8 of up to 1 MiB each per connection); a chunk that would take the user over the limit closes its
+    /// connection, and the handler's ``EOFMessageBody`` throws `resourceExhausted` after the chunks queued before.
     public var maximumIncomingBytesPerUser = 256 * 1024 * 1024
     /// How long a framed peer has to send its hello after the connection is accepted, and an EOF-style peer to
     /// send its whole message up to its half-close; a connection that takes longer is closed. Default 10 s.

@@ -2,7 +2,10 @@ import NIOCore
 import SocketIPC
 import SocketIPCTestSupport
 import SocketIPCTesting
+import Synchronization
 import Testing
+
+@testable import SocketIPCRuntime
 
 #if canImport(Glibc)
 import Glibc
@@ -55,6 +58,64 @@ struct IncomingBytesPerUserTests {
             #expect(try await third.read(exactly: 8) == serverHelloBytes)
             let answer = try await third.read(exactly: large.count)
             #expect(answer.count == large.count && answer[4] == 0x03)
+        }
+    }
+
+    @Test("the chunks of a streamed EOF-style message that its handler has not taken count: over the limit, the connection is closed, its handler's body throws resourceExhausted after the chunks read before, and the charge is held until the handler takes them")
+    func streamedChunks() async throws {
+        let limit = 1 << 20
+        let (gate, opened) = AsyncStream.makeStream(of: Void.self)
+        let (events, event) = AsyncStream.makeStream(of: String.self)
+        // The handler keeps up with the first MiB (its reads grow), then stalls, as one forwarding to a slow sink
+        // does, until the gate opens.
+        let handler = EOFMessageHandler.streaming { body, _ in
+            var taken = 0
+            do {
+                for try await chunk in body {
+                    taken += chunk.readableBytes
+                    if taken == limit {
+                        event.yield("stalled")
+                        for await _ in gate {}
+                    }
+                }
+                event.yield("ended after \(taken) bytes")
+            } catch let error as SocketIPCError {
+                event.yield("\(error.code)")
+            }
+            return nil
+        }
+        try await withEOFTestServer(
+            handler: handler,
+            configure: {
+                $0.maximumIncomingBytesPerUser = limit
+                $0.handshakeTimeout = .seconds(120)
+            }
+        ) { server, path in
+            var seen = events.makeAsyncIterator()
+            let socket = try await RawSocket.connect(to: path)
+            defer { socket.close() }
+            // A large socket buffer, so that the server's reads take large chunks (SO_SNDBUFFORCE as root; else
+            // SO_SNDBUF, up to the system's maximum).
+            var size: Int32 = 4 << 20
+            if setsockopt(socket.descriptor, SOL_SOCKET, 32, &size, socklen_t(MemoryLayout<Int32>.size)) != 0 {
+                setsockopt(socket.descriptor, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+            }
+            try await socket.write([UInt8](repeating: 0x61, count: limit))
+            #expect(await seen.next() == "stalled")
+            // The handler took everything so far: nothing is charged. What comes now queues up ahead of it.
+            #expect(server.incomingBytes.held(by: getuid()) == 0)
+            let writer = Task { try? await socket.write([UInt8](repeating: 0x62, count: 16 << 20)) }
+            defer { writer.cancel() }
+            // The queue reaches the limit: the connection is closed, with nothing sent back.
+            #expect(try await socket.readUntilClosed().isEmpty)
+            // What is still queued stays charged while the stalled handler holds it: within the limit, and one
+            // chunk (at most 1 MiB) beyond, as the first charge of a user always fits.
+            let held = server.incomingBytes.held(by: getuid())
+            #expect(held > 0 && held <= 2 * limit, "held \(held) bytes")
+            opened.finish()
+            #expect(await seen.next() == "resourceExhausted")
+            #expect(server.incomingBytes.held(by: getuid()) == 0)
+            await writer.value
         }
     }
 
