@@ -38,13 +38,18 @@ extension ConnectionStateMachine {
         /// The connection is going away and this was the last thing it waited for: the caller flushes and closes it.
         @usableFromInline
         package var close: Bool
+        /// The answer counted its request as answered: the request was still unanswered and the connection open (a
+        /// server gives it back to its user's count, ``ServerConfiguration``'s `maximumConcurrentRequestsPerUser`).
+        @usableFromInline
+        package var answered: Bool
 
         /// Makes an action.
         @inlinable
-        package init(scheduleFlush: Bool, resumeReading: Bool, close: Bool) {
+        package init(scheduleFlush: Bool, resumeReading: Bool, close: Bool, answered: Bool = false) {
             self.scheduleFlush = scheduleFlush
             self.resumeReading = resumeReading
             self.close = close
+            self.answered = answered
         }
     }
 
@@ -185,7 +190,8 @@ extension ConnectionStateMachine {
         return AnswerAction(
             scheduleFlush: self.outbound.scheduleFlushIfNeeded(),
             resumeReading: resumeReading,
-            close: close
+            close: close,
+            answered: true
         )
     }
 
@@ -199,6 +205,18 @@ extension ConnectionStateMachine {
             guard !requests.mayRead(maximum: maximum, budget: budget) else { return .keepReading }
             requests.readingPaused = true
             return .pause
+        }
+    }
+}
+
+extension ConnectionStateMachine {
+    /// How many of the peer's requests were handed out and are not answered yet; 0 once closed (what was unanswered
+    /// then is read with the close, ``closed(error:)``, under the same lock).
+    @inlinable
+    package var peerRequestsUnanswered: Int {
+        switch self.state {
+        case .open(let requests), .goingAway(let requests, _), .peerFailed(let requests, _): requests.unanswered
+        case .closed, .modifying: 0
         }
     }
 }

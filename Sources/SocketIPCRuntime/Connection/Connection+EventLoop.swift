@@ -89,10 +89,18 @@ extension Connection {
     /// Counts a request of the peer as unanswered: returns how many are and the ``Reply`` that answers it, or `nil`
     /// when the peer sent more frames that need an answer than it may while not reading this side's writes
     /// (``floodError``), and the connection must close.
+    ///
+    /// On a server, the request counts against its user's requests in progress too
+    /// (``ServerConfiguration/maximumConcurrentRequestsPerUser``): at that bound, `unanswered` is `Int.max`, so that
+    /// the channel handler asks to pause (``pauseReading()``).
     @inline(__always)
     func requestReceived(id: UInt32, bytes: Int) -> (unanswered: Int, reply: Reply)? {
         let received = self.state.withLock { $0.answerOwed() ? $0.requestReceived(id: id, bytes: bytes) : nil }
         guard let received else { return nil }
+        // Counted unless the connection closed (then 0): given back when answered, or with the close.
+        if received.unanswered > 0, let requests = self.calls.userCalls?.requests, requests.received() {
+            return (.max, Reply(connection: self, id: id, ticket: received.ticket))
+        }
         return (received.unanswered, Reply(connection: self, id: id, ticket: received.ticket))
     }
 
@@ -114,8 +122,14 @@ extension Connection {
     /// Called by the channel handler when the peer's unanswered requests reached the maximum: returns `true` if the
     /// handler must stop reading, in which case a ``ReadingMayResume`` event reaches its pipeline once an answer
     /// makes room; `false` if answers already made room.
+    ///
+    /// On a server whose peer's user has ``ServerConfiguration/maximumConcurrentRequestsPerUser`` requests in
+    /// progress across its connections, the handler stops reading too, until answers (on any of them) bring the user
+    /// down to three quarters of it (``UserRequests``); the same event tells it to go on.
     func pauseReading() -> Bool {
-        self.state.withLock { $0.pauseReading() } == .pause
+        if self.state.withLock({ $0.pauseReading() }) == .pause { return true }
+        guard let requests = self.calls.userCalls?.requests, requests.count >= requests.limit else { return false }
+        return requests.waitForRoom(ObjectIdentifier(self)) { [weak self] in self?.resumeReading() }
     }
 
     /// Whether this side's request `id` waits for its reply.
@@ -156,8 +170,16 @@ extension Connection {
 
     /// Fails everything that waits on this connection; called once, when the channel becomes inactive.
     func closed(error: SocketIPCError?) {
-        guard case .fail(let requests, let writers, let finalError) = self.state.withLock({ $0.closed(error: error) })
-        else { return }
+        let (action, unanswered) = self.state.withLock { state in
+            let unanswered = state.peerRequestsUnanswered
+            return (state.closed(error: error), unanswered)
+        }
+        // The peer's requests still unanswered no longer count against its user (their handlers are cancelled).
+        if let requests = self.calls.userCalls?.requests {
+            requests.stopWaiting(ObjectIdentifier(self))
+            requests.ended(unanswered)
+        }
+        guard case .fail(let requests, let writers, let finalError) = action else { return }
         for pending in requests {
             pending.timer?.cancel()
             pending.continuation.resume(throwing: finalError)

@@ -81,12 +81,13 @@ extension Connection {
         }
         if action.scheduleFlush { self.scheduleFlush() }
         if action.resumeReading { self.resumeReading() }
+        if action.answered, let requests = self.calls.userCalls?.requests { requests.ended() }
         if action.close { self.closeAfterGoingAway() }
     }
 
     /// Tells the channel handler, on the event loop, that it may read again.
     @inline(never)
-    private func resumeReading() {
+    func resumeReading() {
         let channel = self.channel
         self.eventLoop.execute { channel.pipeline.fireUserInboundEventTriggered(ReadingMayResume()) }
     }

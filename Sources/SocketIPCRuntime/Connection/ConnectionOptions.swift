@@ -37,7 +37,8 @@ public struct ConnectionOptions: Sendable {
     ///
     /// Past it no further request or message is handed to the handler until one is answered. Replies to this side's
     /// own requests keep being read meanwhile (a handler may be waiting for one); once 1 MiB of other frames is kept
-    /// unread, the connection stops reading and the kernel pushes back on the peer.
+    /// unread, the connection stops reading and the kernel pushes back on the peer. A server bounds one user's
+    /// requests across its connections too (``ServerConfiguration/maximumConcurrentRequestsPerUser``).
     public var maximumConcurrentRequests = 100
     /// How long a connection may stay idle (no frame received, no request in flight either way) before this side
     /// says it is going away and closes it; `nil`, the default, never closes an idle connection. (gRPC's

@@ -3,18 +3,21 @@ import Synchronization
 
 /// What one user's connections to a server share about calls: the ``CancelAllowance`` they spend together
 /// (``CancelAllowance/perUser``), read with the server's clock, and the count of the user's calls in progress
-/// (``beginCall(limit:)``), which `ServiceRouter.maximumConcurrentCallsPerUser` bounds. Kept by the server's
-/// ``UserCallAccounts``.
+/// (``beginCall(limit:)``), which `ServiceRouter.maximumConcurrentCallsPerUser` bounds, and of its version-1 requests
+/// in progress (``requests``). Kept by the server's ``UserCallAccounts``.
 final class UserCallAccount: Sendable {
     private let allowance: Mutex<CancelAllowance>
+    /// The user's requests in progress, across its connections (``ServerConfiguration/maximumConcurrentRequestsPerUser``).
+    let requests: UserRequests
     /// The user's calls in progress, across its connections.
     private let callsInProgress = Atomic<Int>(0)
     /// The clock every allowance of the server reads, the connections' own too.
     let clock: CancelClock
 
-    init(_ rate: CancelAllowance.Rate, clock: CancelClock) {
+    init(_ rate: CancelAllowance.Rate, clock: CancelClock, requestLimit: Int = .max) {
         self.allowance = Mutex(CancelAllowance(rate))
         self.clock = clock
+        self.requests = UserRequests(limit: requestLimit)
     }
 
     /// Counts one cancel (``CancelAllowance/spend(at:)``).
@@ -27,10 +30,12 @@ final class UserCallAccount: Sendable {
         self.allowance.withLock { $0.allowsOpen(at: self.clock.now()) }
     }
 
-    /// Whether the allowance is whole again (``CancelAllowance/isFull(at:)``) and no call of the user is in progress:
+    /// Whether the allowance is whole again (``CancelAllowance/isFull(at:)``) and no call or request of the user is in
+    /// progress:
     /// then the account may be forgotten, as a new one would be the same.
     func isFull(at now: ContinuousClock.Instant) -> Bool {
         self.allowance.withLock { $0.isFull(at: now) } && self.callsInProgress.load(ordering: .relaxed) == 0
+            && self.requests.count == 0
     }
 
     /// Counts one more call of the user in progress, unless `limit` are already.

@@ -61,8 +61,9 @@ public final class Server: Service, Sendable {
     /// that no longer waits (its grace period ended, or it was forced) cuts them off, instead of letting each write to
     /// a peer that does not read for its own ``ConnectionOptions/closeTimeout``.
     let relays = Mutex<[UInt64: DescriptorRelay]>([:])
-    /// The cancel allowances of the server's peers by user, each spent by all of that user's connections.
-    let userCalls = UserCallAccounts()
+    /// The cancel allowances of the server's peers by user, each spent by all of that user's connections, and their
+    /// calls and requests in progress.
+    let userCalls: UserCallAccounts
     /// The bytes of frames not yet whole that each user's connections hold (``ServerConfiguration/maximumIncomingBytesPerUser``).
     let incomingBytes: UserIncomingBytes
     /// The clock the server's cancel allowances read (``CancelAllowance``); tests set it by hand.
@@ -82,6 +83,7 @@ public final class Server: Service, Sendable {
         self.onServerRunning = onServerRunning
         self.initializer = initializer
         self.incomingBytes = UserIncomingBytes(limit: configuration.maximumIncomingBytesPerUser)
+        self.userCalls = UserCallAccounts(requestLimit: configuration.maximumConcurrentRequestsPerUser)
         let admissions = ConnectionAdmissions(
             maximumConnections: configuration.maximumConnections,
             maximumConnectionsPerUser: configuration.maximumConnectionsPerUser,

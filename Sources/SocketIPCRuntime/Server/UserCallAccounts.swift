@@ -15,8 +15,12 @@ final class UserCallAccounts: Sendable {
     private let users = Mutex<[UInt32?: UserCallAccount]>([:])
     /// How many users are kept before accounts nobody holds, whole and without calls, are forgotten.
     static var pruneThreshold: Int { 64 }
+    /// The most version-1 requests of one user in progress (``ServerConfiguration/maximumConcurrentRequestsPerUser``).
+    let requestLimit: Int
 
-    init() {}
+    init(requestLimit: Int = .max) {
+        self.requestLimit = requestLimit
+    }
 
     /// The account of `user` (`nil`: credentials unknown), made whole if there is none.
     func account(for user: UInt32?) -> UserCallAccount {
@@ -29,7 +33,7 @@ final class UserCallAccounts: Sendable {
                     users[key] = nil
                 }
             }
-            let allowance = UserCallAccount(CancelAllowance.perUser, clock: self.clock)
+            let allowance = UserCallAccount(CancelAllowance.perUser, clock: self.clock, requestLimit: self.requestLimit)
             users[user] = allowance
             return allowance
         }

@@ -72,6 +72,16 @@ struct LimitOptions: ParsableArguments {
     @Option(
         name: .long,
         help: ArgumentHelp(
+            "The most requests of one user id waiting for their reply, across its connections; past it the server "
+                + "stops reading from that user's connections (default 1024).",
+            valueName: "n"
+        )
+    )
+    var maxConcurrentRequestsPerUser: Int?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
             "Ping a framed peer that speaks calls after this many seconds, to find one that froze (default: never).",
             valueName: "seconds"
         )
@@ -115,7 +125,9 @@ struct LimitOptions: ParsableArguments {
             ("--max-connections", self.maxConnections), ("--max-connections-per-user", self.maxConnectionsPerUser),
             ("--max-pending-handshakes-per-user", self.maxPendingHandshakesPerUser),
             ("--max-incoming-bytes-per-user", self.maxIncomingBytesPerUser),
-            ("--max-concurrent-requests", self.maxConcurrentRequests), ("--backlog", self.backlog.map(Int.init)),
+            ("--max-concurrent-requests", self.maxConcurrentRequests),
+            ("--max-concurrent-requests-per-user", self.maxConcurrentRequestsPerUser),
+            ("--backlog", self.backlog.map(Int.init)),
         ] {
             if let value, value < 1 { throw ValidationError("\(name) must be at least 1") }
         }
@@ -145,6 +157,7 @@ struct LimitOptions: ParsableArguments {
         if let value = self.writeTimeout { configuration.writeTimeout = duration(seconds: value) }
         if let value = self.idleTimeout { configuration.connection.idleTimeout = duration(seconds: value) }
         if let value = self.maxConcurrentRequests { configuration.connection.maximumConcurrentRequests = value }
+        if let value = self.maxConcurrentRequestsPerUser { configuration.maximumConcurrentRequestsPerUser = value }
         if let value = self.keepaliveInterval { configuration.connection.keepaliveInterval = duration(seconds: value) }
         if let value = self.keepaliveTimeout { configuration.connection.keepaliveTimeout = duration(seconds: value) }
         if let value = self.shutdownGracePeriod { configuration.shutdownGracePeriod = duration(seconds: value) }
