@@ -6,7 +6,8 @@ import Synchronization
 ///
 /// At the bound, the connection that handed out the request stops handing out its peer's frames, as at its own
 /// ``ConnectionOptions/maximumConcurrentRequests`` (a pause, never an error: replies, pings and credit still pass),
-/// and waits here. Once answers bring the user's count down to ``wakeLevel``, every waiting connection is told to go
+/// and so does every connection of the user with a request to hand out (before it, the request left unread), and
+/// they wait here. Once answers bring the user's count down to ``wakeLevel``, every waiting connection is told to go
 /// on; a quarter of the bound between the two keeps a user's many paused connections from all waking for each answer.
 final class UserRequests: Sendable {
     /// The most requests of the user in progress.

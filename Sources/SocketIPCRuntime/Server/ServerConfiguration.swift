@@ -88,10 +88,12 @@ public struct ServerConfiguration: Sendable {
     /// connection, and the handler's ``EOFMessageBody`` throws `resourceExhausted` after the chunks queued before.
     public var maximumIncomingBytesPerUser = 256 * 1024 * 1024
     /// The most requests (version 1, kind `0x02`) of one user id handed to the handler and not yet answered, across
-    /// its connections; default 1,024. A connection whose request reaches it stops handing out its peer's frames, as
-    /// at ``ConnectionOptions/maximumConcurrentRequests`` (a pause, never an error: replies, pings and call credit
-    /// still pass, and the peer's writes wait in the kernel), and goes on once answers bring the user down to three
-    /// quarters of it. A request counts from when it is handed to the handler until it is answered or its connection
+    /// its connections; default 1,024. A connection whose request reaches it, and each of the user's connections that
+    /// has a request to hand out meanwhile, stops handing out its peer's frames, as at
+    /// ``ConnectionOptions/maximumConcurrentRequests`` (a pause, never an error: replies, pings and call credit still
+    /// pass, and the peer's writes wait in the kernel), and goes on once answers bring the user down to three
+    /// quarters of it. Connections on different event loops may pass it by one request each at the same moment; one
+    /// that passes descriptors, by one more. A request counts from when it is handed to the handler until it is answered or its connection
     /// closes. Without it, each of a user's ``maximumConnectionsPerUser`` connections could have its own
     /// ``ConnectionOptions/maximumConcurrentRequests`` in progress: 102,400 handlers' tasks with the defaults. As
     /// `ServiceRouter.maximumConcurrentCallsPerUser` bounds typed calls (which are refused instead, with a status).
