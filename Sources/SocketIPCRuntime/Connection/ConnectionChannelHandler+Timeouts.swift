@@ -55,8 +55,12 @@ extension ConnectionChannelHandler {
                 )
                 return
             }
+            // Held back, the period does not count, but the wait seen before it still does: a check that fell in a
+            // pause and started the count again let a connection whose peer was gone, its own end held here, last
+            // three periods and more instead of two (found by a review).
+            let stillSeen = heldBack ? (seen == pending.progress ? seen : nil) : pending.progress
             self.schedulePendingDescriptorCheck(
-                after: timeout, seen: pending.waiting && !heldBack ? pending.progress : nil, context: context
+                after: timeout, seen: pending.waiting ? stillSeen : nil, context: context
             )
         }
     }

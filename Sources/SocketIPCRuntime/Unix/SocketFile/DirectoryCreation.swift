@@ -65,7 +65,7 @@ enum DirectoryCreation {
                         path: socketPath.path
                     )
                 }
-                let made = mkdirat(descriptor, name, 0o700) == 0
+                let made = Self.makeDirectory(name, in: descriptor)
                 if !made && errno != EEXIST {
                     throw SocketIPCError.systemCall("mkdir", errno: errno, path: madePath)
                 }
@@ -126,6 +126,18 @@ enum DirectoryCreation {
             let descriptor = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
             if descriptor >= 0 || errno != EINTR { return descriptor }
         }
+    }
+
+    /// Makes the directory `name` in `directory` with mode `0700`, whatever the process's umask: `mkdirat(2)` applies
+    /// the umask, and one that takes the owner's bits (`umask 0700`) made a directory its own maker could not open
+    /// (found by a review: `serve` failed with "Permission denied" on its private directory). The mode is set again
+    /// without following a link (`AT_SYMLINK_NOFOLLOW`), so an entry swapped in meanwhile is not changed.
+    /// - Returns: Whether it was made; if not, `errno` says why (`EEXIST` when something is there).
+    static func makeDirectory(_ name: String, in directory: Int32) -> Bool {
+        guard mkdirat(directory, name, 0o700) == 0 else { return false }
+        // Best effort: where the mode cannot be set, opening the directory fails as it would have.
+        _ = fchmodat(directory, name, 0o700, AT_SYMLINK_NOFOLLOW)
+        return true
     }
 
     private static func openDirectory(_ name: String, in directory: Int32) -> Int32 {

@@ -129,7 +129,7 @@ private struct PrivateDirectory {
         var attempts = 0
         while true {
             let name = ".socketipc-" + String(UInt64.random(in: 0...UInt64.max), radix: 36)
-            if mkdirat(parent, name, 0o700) == 0 {
+            if DirectoryCreation.makeDirectory(name, in: parent) {
                 self.name = name
                 break
             }

@@ -63,8 +63,14 @@ public struct RuntimeDirectory: Hashable, Sendable {
         }
         let parent = fallbackParent.hasSuffix("/") ? String(fallbackParent.dropLast()) : fallbackParent
         let fallback = parent + "/socketipc-\(geteuid())"
-        if create && mkdir(fallback, 0o700) != 0 && errno != EEXIST {
-            throw SocketIPCError.systemCall("mkdir", errno: errno, path: fallback)
+        if create {
+            if mkdir(fallback, 0o700) == 0 {
+                // Whatever the umask (one that takes the owner's bits made a directory its maker could not use), as
+                // DirectoryCreation.makeDirectory does.
+                _ = fchmodat(AT_FDCWD, fallback, 0o700, AT_SYMLINK_NOFOLLOW)
+            } else if errno != EEXIST {
+                throw SocketIPCError.systemCall("mkdir", errno: errno, path: fallback)
+            }
         }
         var info = stat()
         if lstat(fallback, &info) != 0 {
