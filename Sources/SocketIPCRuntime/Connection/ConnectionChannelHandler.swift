@@ -243,20 +243,12 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
             self.incomingBytes = charge
             return
         }
-        let held = charge.accounts.held(by: charge.user)
+        let error = charge.accounts.refusal(of: kept, user: charge.user)
         // Given back now, not at the close: what this connection kept is dropped as it fails, and the user's other
         // connections must not be refused meanwhile.
         charge.release()
         self.incomingBytes = charge
-        self.fail(
-            SocketIPCError(
-                .resourceExhausted,
-                "this user's connections already hold \(held) bytes of messages not yet received whole, and this one "
-                    + "\(kept) more; the server takes at most \(charge.accounts.limit) "
-                    + "(ServerConfiguration.maximumIncomingBytesPerUser)"
-            ),
-            context: context
-        )
+        self.fail(error, context: context)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {

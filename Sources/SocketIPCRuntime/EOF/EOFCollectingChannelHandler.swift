@@ -160,12 +160,7 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
         self.timer?.cancel()
         self.message = nil
         self.incomingBytes?.release()
-        let error = SocketIPCError(
-            .resourceExhausted,
-            "this user's connections already hold \(charge.accounts.held(by: charge.user)) bytes of messages not yet "
-                + "received whole, and this one \(size) more; the server takes at most \(charge.accounts.limit) "
-                + "(ServerConfiguration.maximumIncomingBytesPerUser)"
-        )
+        let error = charge.accounts.refusal(of: size, user: charge.user)
         self.messageContext.logger.debug("closing connection: its user's incoming bytes", metadata: ["error": "\(errorText(error))"])
         self.messageContext.reportFailure(error)
         context.close(promise: nil)

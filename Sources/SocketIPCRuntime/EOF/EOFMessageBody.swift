@@ -204,13 +204,7 @@ final class EOFStreamingChannelHandler: ChannelInboundHandler, RemovableChannelH
     /// `resourceExhausted` after the chunks already queued, and the connection is closed, as a framed connection
     /// gathering a frame over it is.
     private func refuseOverAccount(_ size: Int, charge: StreamedChunkCharge, context: ChannelHandlerContext) {
-        let (held, limit) = charge.account
-        let error = SocketIPCError(
-            .resourceExhausted,
-            "this user's connections already hold \(held) bytes of messages not yet received whole or not yet taken "
-                + "by their handlers, and this one \(size) more; the server takes at most \(limit) "
-                + "(ServerConfiguration.maximumIncomingBytesPerUser)"
-        )
+        let error = charge.refusal(of: size)
         self.messageContext.logger.debug("closing connection: its user's incoming bytes", metadata: ["error": "\(errorText(error))"])
         self.messageContext.reportFailure(error)
         self.source?.finish(error)

@@ -41,9 +41,10 @@ final class StreamedChunkCharge: Sendable {
         }
     }
 
-    /// What the user's connections hold, and the most they may: for the error that closes a connection.
-    var account: (held: Int, limit: Int) {
-        self.state.withLock { ($0.charge.accounts.held(by: $0.charge.user), $0.charge.accounts.limit) }
+    /// Why the connection is closed: a chunk of `size` bytes would take its user over its account.
+    func refusal(of size: Int) -> SocketIPCError {
+        let (accounts, user) = self.state.withLock { ($0.charge.accounts, $0.charge.user) }
+        return accounts.refusal(of: size, user: user)
     }
 
     deinit {

@@ -41,6 +41,16 @@ final class UserIncomingBytes: Sendable {
     func held(by user: UInt32?) -> Int {
         self.held.withLock { $0[user, default: 0] }
     }
+
+    /// Why a connection of `user` is closed: `size` more bytes would take the user over ``limit``.
+    func refusal(of size: Int, user: UInt32?) -> SocketIPCError {
+        SocketIPCError(
+            .resourceExhausted,
+            "this user's connections already hold \(self.held(by: user)) bytes of messages not yet received whole or "
+                + "not yet taken by their handlers, and this one \(size) more; the server takes at most \(self.limit) "
+                + "(ServerConfiguration.maximumIncomingBytesPerUser)"
+        )
+    }
 }
 
 /// One connection's share of its server's ``UserIncomingBytes``: what it has charged for the bytes it keeps of a
