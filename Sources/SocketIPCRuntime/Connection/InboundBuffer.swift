@@ -49,6 +49,12 @@ struct InboundBuffer {
         self.held!.writeImmutableBuffer(frame)
     }
 
+    /// Whether the first frame held is a request (kind `0x02`).
+    var heldStartsWithRequest: Bool {
+        guard let held = self.held else { return false }
+        return held.getInteger(at: held.readerIndex + 4, as: UInt8.self) == FrameKind.request.rawValue
+    }
+
     /// Ends a pause: the frames held come first, then what is still kept.
     mutating func endPause() {
         self.isPaused = false

@@ -93,6 +93,9 @@ final class DescriptorPassing: Sendable {
         return nil
     }
 
+    /// Whether a descriptors frame announced descriptors that the next frame has not taken yet.
+    var hasAnnounced: Bool { self.announced.withLock { $0 != nil } }
+
     /// Takes the descriptors announced for the frame just decoded, if any.
     @inline(__always)
     func takeAnnounced() -> ReceivedDescriptors? {

@@ -93,7 +93,7 @@ public struct ServerConfiguration: Sendable {
     /// ``ConnectionOptions/maximumConcurrentRequests`` (a pause, never an error: replies, pings and call credit still
     /// pass, and the peer's writes wait in the kernel), and goes on once answers bring the user down to three
     /// quarters of it. Connections on different event loops may pass it by one request each at the same moment; one
-    /// that passes descriptors, by one more. A request counts from when it is handed to the handler until it is answered or its connection
+    /// whose requests bring descriptors, by one more. A request counts from when it is handed to the handler until it is answered or its connection
     /// closes. Without it, each of a user's ``maximumConnectionsPerUser`` connections could have its own
     /// ``ConnectionOptions/maximumConcurrentRequests`` in progress: 102,400 handlers' tasks with the defaults. As
     /// `ServiceRouter.maximumConcurrentCallsPerUser` bounds typed calls (which are refused instead, with a status).
