@@ -39,9 +39,12 @@ struct CallCommand: AsyncParsableCommand {
         let call = self.call
         let pretty = self.pretty
         let request = try await call.loadRequest()
+        var deadline: ContinuousClock.Instant?
         let response = try await call.withConnection { connection, timeout in
-            try await connection.call(method: call.method, request: request, timeout: timeout)
+            deadline = timeout.map { ContinuousClock.now.advanced(by: $0) }
+            return try await connection.call(method: call.method, request: request, timeout: timeout)
         }
-        Output.line(try formatJSON(response, pretty: pretty))
+        // --timeout covers printing too, as watch's: standard output that nobody reads holds no call for good.
+        try Output.line(try formatJSON(response, pretty: pretty), by: deadline)
     }
 }

@@ -18,7 +18,7 @@ import Darwin
 /// | 1 | the server answered with an error: an application error (``ServiceError``), a failed handler, a message it would not take (too large); or with a response that is not JSON (`call`, `watch`) |
 /// | 3 | no connection: nothing listens (no socket file, a stale one, not a socket), not a SocketIPC server, the wrong message style, no connection in time (the server's backlog stayed full, so it did not accept; or no hello came: the server closed the connection or the wait for its hello ran out, whichever came first, as both are an EOF-style server's answer to a framed client), the connection lost |
 /// | 4 | refused: the server's authorization policy does not serve this user (a framed server says so; an EOF-style server closes the connection without a word, which is 3), or the file system denies access |
-/// | 5 | timed out: `--timeout` passed once connected (a reply, a call, an acknowledgement, a send waiting for room); a server that does not accept or sends no hello in time is 3 |
+/// | 5 | timed out: `--timeout` passed once connected (a reply, a call, an acknowledgement, a send waiting for room, standard output that nobody reads); a server that does not accept or sends no hello in time is 3 |
 /// | 6 | the server serves no method of that name |
 /// | 73 | `serve`, `listen`: the socket cannot be served: another server serves on the path, something that is not a socket (a FIFO, a symbolic link, a file) is there, its directory is missing or not safe, or the file system refuses (`EX_CANTCREAT` of sysexits(3)) |
 /// | 64 | usage: a bad option or argument, a request that is not JSON, a file that cannot be read (`EX_USAGE` of sysexits(3), as ArgumentParser's validation errors) |
@@ -39,7 +39,7 @@ enum ExitStatus {
         MESSAGE` and then its details as JSON on standard error; a handler that failed; a message too large); 3 no \
         connection (nothing listens, a stale socket file, not a socket, not a SocketIPC server, no hello in time, \
         the wrong style: --eof) or the connection was lost; 4 refused (the server's authorization policy, or file \
-        permissions); 5 timed out (--timeout, once connected); 6 no such method; 73 serve or listen cannot serve the socket (another server \
+        permissions); 5 timed out (--timeout, once connected, also while nothing reads standard output); 6 no such method; 73 serve or listen cannot serve the socket (another server \
         serves on the path, something that is not a socket is there, an unsafe or missing directory); 64 usage (a bad option, a request that is not JSON, a socket path that cannot be one: too long for sun_path); 74 writing \
         standard output failed (a full disk).
         """

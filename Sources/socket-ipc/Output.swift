@@ -111,16 +111,36 @@ enum Output {
 
     /// Whether a write to standard output failed with an error other than `EPIPE` (``standardOutputFailed(_:)``).
     private static let standardOutputFailureReported = Atomic<Bool>(false)
+    /// Whether a command that registered ``onReaderGone(_:)`` is stopping because a write to standard output failed
+    /// (not because its reader went): it ends with status 74, not as `SIGPIPE`.
+    private static let standardOutputWriteFailed = Atomic<Bool>(false)
+
+    /// Ends a command that ``onReaderGone(_:)`` stopped, once its server is down: with status 74 after a failed write
+    /// (``standardOutputFailed(_:)``), else as `SIGPIPE` would have ended it (``endAsClosedPipe()``).
+    static func endAfterStandardOutputLost() -> Never {
+        if self.standardOutputWriteFailed.load(ordering: .acquiring) { _exit(ExitStatus.outputFailed.rawValue) }
+        self.endAsClosedPipe()
+    }
 
     /// A write to standard output failed with `code`, an error other than `EPIPE`: a full disk (`ENOSPC`), an I/O
     /// error. Unless ``outlivesStandardOutput()`` was called, the command ends at once, with status 74 (`EX_IOERR` of
     /// sysexits(3)) and the error on standard error, as GNU tools end on a write error (`yes > /dev/full`): a script
     /// must not take output that was lost for a result. `serve` says so once on standard error and goes on.
+    ///
+    /// A command that registered ``onReaderGone(_:)`` (`listen`) is stopped by its action first, as when the reader
+    /// has gone, so that its server removes its socket file and lock file (found by a review: `listen > /dev/full`
+    /// left both behind); it then ends with status 74 (``endAfterStandardOutputLost()``).
     static func standardOutputFailed(_ code: Int32) {
         guard !self.standardOutputFailureReported.exchange(true, ordering: .relaxed) else { return }
         let cause = "\(String(cString: strerror(code))) (errno \(code))"
         guard self.endsWithStandardOutput.load(ordering: .relaxed) else {
             self.errorLine("socket-ipc: writing standard output failed: \(cause); its output is dropped from now on")
+            return
+        }
+        if self.readerGoneAction.withLock({ $0 }) != nil {
+            self.standardOutputWriteFailed.store(true, ordering: .releasing)
+            self.errorLine("socket-ipc: error: writing standard output failed: \(cause)")
+            self.standardOutputClosed()
             return
         }
         // Straight to the descriptor: standard error's queued writer is not drained after _exit(2).
@@ -242,7 +262,38 @@ enum Output {
     /// - Throws: `SocketIPCError` with code `timedOut` (exit status 5) when standard output took nothing more until
     ///   `deadline`; the line may then be written in part.
     static func line(_ text: String, by deadline: ContinuousClock.Instant?) throws {
-        let bytes = Array((text + "\n").utf8)
+        try self.writeOutput(Array((text + "\n").utf8), by: deadline)
+    }
+
+    /// Writes `object` as ``json(_:)`` does, waiting for standard output only until `deadline` as
+    /// ``line(_:by:)`` does.
+    static func json(_ object: [String: Any], by deadline: ContinuousClock.Instant?) throws {
+        let options: JSONSerialization.WritingOptions = [.sortedKeys, .withoutEscapingSlashes, .fragmentsAllowed]
+        guard let data = try? JSONSerialization.data(withJSONObject: object, options: options) else { return }
+        try self.line(String(decoding: data, as: UTF8.self), by: deadline)
+    }
+
+    /// Writes the bytes of `buffer` as they are to standard output, then a newline unless they end with one.
+    static func raw(_ buffer: ByteBuffer) {
+        self.emit(self.rawBytes(buffer), toError: false)
+    }
+
+    /// Writes `buffer` as ``raw(_:)`` does, waiting for standard output only until `deadline` as ``line(_:by:)``
+    /// does.
+    static func raw(_ buffer: ByteBuffer, by deadline: ContinuousClock.Instant?) throws {
+        try self.writeOutput(self.rawBytes(buffer), by: deadline)
+    }
+
+    private static func rawBytes(_ buffer: ByteBuffer) -> [UInt8] {
+        var bytes = Array(buffer.readableBytesView)
+        if bytes.last != UInt8(ascii: "\n") { bytes.append(UInt8(ascii: "\n")) }
+        return bytes
+    }
+
+    /// Writes `bytes` to standard output, waiting for a reader that takes nothing only until `deadline` (found by a
+    /// review: `request --timeout 2` and `call --timeout 2` whose standard output nobody read waited for good, where
+    /// `watch` ended after 2 s).
+    private static func writeOutput(_ bytes: [UInt8], by deadline: ContinuousClock.Instant?) throws {
         guard let deadline, self.queued.withLock({ $0 }) == nil else {
             return self.emit(bytes, toError: false)
         }
@@ -253,13 +304,6 @@ enum Output {
                 "standard output took nothing more before the deadline (--timeout): nothing reads it"
             )
         }
-    }
-
-    /// Writes the bytes of `buffer` as they are to standard output, then a newline unless they end with one.
-    static func raw(_ buffer: ByteBuffer) {
-        var bytes = Array(buffer.readableBytesView)
-        if bytes.last != UInt8(ascii: "\n") { bytes.append(UInt8(ascii: "\n")) }
-        self.emit(bytes, toError: false)
     }
 
     /// Writes `error: ` (red on a terminal), `text` and a newline to standard error: one line, whatever `text` holds

@@ -81,7 +81,9 @@ struct RequestCommand: AsyncParsableCommand {
             try await Client.withConnection(to: path, configuration: configuration) { connection in
                 connected()
                 if self.count == 1 {
-                    self.print(reply: try await connection.request(message, timeout: timeout))
+                    let reply = try await connection.request(message, timeout: timeout)
+                    // Printing waits for standard output no longer than for the reply.
+                    try self.print(reply: reply, by: .now.advanced(by: timeout))
                 } else {
                     let summary = try await Self.fire(
                         count: self.count,
@@ -90,20 +92,26 @@ struct RequestCommand: AsyncParsableCommand {
                         timeout: timeout,
                         on: connection
                     )
-                    if self.json { Output.json(summary.json) } else { Output.line(summary.text) }
+                    let deadline = ContinuousClock.now.advanced(by: timeout)
+                    if self.json {
+                        try Output.json(summary.json, by: deadline)
+                    } else {
+                        try Output.line(summary.text, by: deadline)
+                    }
                 }
             }
         }
     }
 
-    /// Prints one reply as the flags say.
-    private func print(reply: ByteBuffer) {
+    /// Prints one reply as the flags say, waiting for standard output until `deadline` at most.
+    /// - Throws: `SocketIPCError` with code `timedOut` when standard output took nothing more until `deadline`.
+    private func print(reply: ByteBuffer, by deadline: ContinuousClock.Instant) throws {
         if self.json {
-            Output.json(payloadJSON(reply).mapKeys { $0 == "payload" ? "reply" : $0 })
+            try Output.json(payloadJSON(reply).mapKeys { $0 == "payload" ? "reply" : $0 }, by: deadline)
         } else if self.raw {
-            Output.raw(reply)
+            try Output.raw(reply, by: deadline)
         } else {
-            Output.line("reply: \(describe(reply))")
+            try Output.line("reply: \(describe(reply))", by: deadline)
         }
     }
 

@@ -95,6 +95,8 @@ struct SendCommand: AsyncParsableCommand {
         let path = try socketPath(fromArgument: self.socket, creatingDirectory: false)
         let source = MessageSource(argument: self.message)
         let timeout = self.timeout.map { duration(seconds: $0) }
+        // --timeout covers printing the result too, as for request, call and watch.
+        let deadline = timeout.map { ContinuousClock.now.advanced(by: $0) }
         let json = self.json
         if self.eof {
             let phase = ConnectionPhase()
@@ -117,9 +119,11 @@ struct SendCommand: AsyncParsableCommand {
                 }
             }
             if json {
-                Output.json(["style": "eof", "sent": sent, "acknowledgement": Self.acknowledgementJSON(acknowledgement)])
+                try Output.json(
+                    ["style": "eof", "sent": sent, "acknowledgement": Self.acknowledgementJSON(acknowledgement)],
+                    by: deadline)
             } else {
-                Output.line(Self.describeAcknowledgement(acknowledgement))
+                try Output.line(Self.describeAcknowledgement(acknowledgement), by: deadline)
             }
         } else {
             let files = try self.descriptorFiles.map { try PassedFile(path: $0) }
@@ -171,9 +175,9 @@ struct SendCommand: AsyncParsableCommand {
                 }
             }
             if json {
-                Output.json(["style": "framed", "sent": sent])
+                try Output.json(["style": "framed", "sent": sent], by: deadline)
             } else {
-                Output.line("sent \(sent) bytes")
+                try Output.line("sent \(sent) bytes", by: deadline)
             }
         }
     }

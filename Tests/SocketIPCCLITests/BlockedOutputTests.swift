@@ -102,6 +102,34 @@ struct BlockedOutputTests {
         }
     }
 
+    @Test("request, call and send --timeout whose standard output nobody reads end at their deadline, with exit 5 (found by a review: request and call waited for the reader)")
+    func oneShotTimeoutWhileBlocked() async throws {
+        try await withServeCommand { path, _ in
+            let fifo = URL(fileURLWithPath: path).deletingLastPathComponent().appendingPathComponent("out").path
+            let reader = try Self.makeFIFO(at: fifo)
+            defer { close(reader) }
+            // The pipe is full before the command starts, as after a reader that stopped reading.
+            let writer = open(fifo, O_WRONLY | O_NONBLOCK | O_CLOEXEC)
+            try #require(writer >= 0)
+            defer { close(writer) }
+            let block = [UInt8](repeating: 0x2E, count: Int(PIPE_BUF))
+            while write(writer, block, block.count) > 0 {}
+            for command in [
+                #"exec "$0" request --timeout 2 --socket "$1" hi > "$2""#,
+                #"exec "$0" request --timeout 2 --raw --socket "$1" hi > "$2""#,
+                #"exec "$0" call --timeout 2 --socket "$1" demo.echo '"hi"' > "$2""#,
+                #"exec "$0" send --timeout 2 --socket "$1" hi > "$2""#,
+            ] {
+                // Before, request and call ran until the pipe was read: this turns that into a failure (137).
+                let process = try TestProcess(
+                    executable: "/bin/sh", ["-c", command, socketIPCBinary, path, fifo], timeLimit: .seconds(60))
+                #expect(await process.waitForExit() == 5, "\(command)")
+                let error = await process.standardError.text()
+                #expect(error.contains("standard output took nothing more before the deadline"), "\(command): \(error)")
+            }
+        }
+    }
+
     @Test("serve whose standard output nobody reads goes on serving every client, and ends on SIGTERM with exit 0")
     func serveGoesOn() async throws {
         try await withTemporarySocketDirectory { directory in

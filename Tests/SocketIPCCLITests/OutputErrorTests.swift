@@ -47,6 +47,24 @@ struct OutputErrorTests {
         }
     }
 
+    @Test("listen whose standard output is a full disk stops its server, removing its socket and lock files, and ends with status 74 (found by a review: both were left behind)", .enabled(if: hasDevFull, "needs /dev/full"))
+    func listenCleansUp() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/s.sock"
+            let listener = try TestProcess.shell(#"exec "$0" listen --socket "$1" > /dev/full"#, [path])
+            defer { listener.signal(SIGKILL) }
+            // Its notes go to standard error: the line says it serves.
+            #expect(await listener.standardError.waitForLine(containing: "listening on") != nil)
+            let sent = try await runCLI(["send", "--socket", path, "--timeout", "10", "one"])
+            #expect(sent.status == 0, "\(sent)")
+            #expect(await listener.waitForExit() == 74)
+            let error = await listener.standardError.text()
+            #expect(error.contains("writing standard output failed: No space left on device"), "\(error)")
+            #expect(!FileManager.default.fileExists(atPath: path), "the socket file is left behind")
+            #expect(!FileManager.default.fileExists(atPath: path + ".lock"), "the lock file is left behind")
+        }
+    }
+
     @Test("call whose standard output is a non-blocking pipe, read late, prints all of a 1 MB response", .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/python3"), "needs python3"))
     func nonBlockingPipe() async throws {
         try await withServeCommand { path, _ in

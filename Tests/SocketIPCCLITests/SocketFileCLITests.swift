@@ -101,6 +101,19 @@ extension SocketFileCLITests {
         }
     }
 
+    @Test("a running server whose socket file was removed by hand: probe and a second serve say it can no longer be reached and must be stopped (found by a review: they said \"start the server\" and \"another server is serving\")")
+    func removedSocketFile() async throws {
+        try await withServeCommand { path, server in
+            try #require(unlink(path) == 0)
+            let probe = try await runCLI(["probe", "--socket", path])
+            #expect(probe.status == 3, "\(probe)")
+            #expect(probe.output.contains("its socket file was removed, so it can no longer be reached"), "\(probe)")
+            let second = try await runCLI(["serve", "--socket", path])
+            #expect(second.status == 73, "\(second)")
+            #expect(second.error.contains("its socket file was removed, so that server can no longer be reached: stop it (process \(server.processID))"), "\(second)")
+        }
+    }
+
     @Test("a socket path with a newline is printed on one line, escaped: `listening on` cannot be forged")
     func pathWithNewline() async throws {
         try await withTemporarySocketDirectory { directory in

@@ -160,8 +160,9 @@ struct ListenCommand: AsyncParsableCommand {
             await group.triggerGracefulShutdown()
         }
         defer { stopper.cancel() }
-        // Standard output's reader gone (`listen | head -1`): the server stops at once, removing its socket file, and
-        // the command then ends as SIGPIPE would have ended it.
+        // Standard output's reader gone (`listen | head -1`), or a write to it failed (`listen > /dev/full`): the
+        // server stops at once, removing its socket file, and the command then ends as SIGPIPE would have ended it
+        // (status 74 after a failed write).
         let (readerGone, readerGoneNow) = AsyncStream.makeStream(of: Void.self)
         Output.onReaderGone { readerGoneNow.finish() }
         Output.watchForReaderGone()
@@ -173,9 +174,10 @@ struct ListenCommand: AsyncParsableCommand {
             // The server's stop failed after the reader went: the command still ends as SIGPIPE would.
         }
         if Output.readerHasGone {
-            // Standard error's queued notes first (what was queued for standard output is dropped: no one reads it).
+            // Standard error's queued notes first (what was queued for standard output is dropped: no one reads it,
+            // or it cannot be written).
             Output.finish()
-            Output.endAsClosedPipe()
+            Output.endAfterStandardOutputLost()
         }
         // Not the last message printed: SIGINT, SIGTERM or SIGHUP.
         if !printer.reachedLimit { Output.stoppedBySignal() }

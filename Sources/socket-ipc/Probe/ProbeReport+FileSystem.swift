@@ -47,6 +47,16 @@ extension ProbeReport {
                     fix: "check the path"
                 )
             default:
+                // A server whose socket file was removed by hand still holds its lock: it can no longer be reached,
+                // and a new server cannot start until it stops (found by a review: "start the server" misled).
+                if inspection.lock.isHeld == true, let holder = inspection.lock.holder {
+                    return report(
+                        .missing,
+                        "no server at \(path): no such file, but process \(holder.description) holds "
+                            + "\(inspection.lock.path): its socket file was removed, so it can no longer be reached",
+                        fix: "stop that process and start the server again (socket-ipc serve \(path))"
+                    )
+                }
                 return report(
                     .missing,
                     "no server at \(path): no such file",

@@ -85,20 +85,24 @@ final class QueuedWriter: Sendable {
 
 /// Writes `bytes` to `descriptor` as ``writeAll(_:to:)`` does, waiting for it to take more only until `deadline`;
 /// returns whether everything was written (or the write failed, which ``writeAll(_:to:)`` reports), `false` when the
-/// deadline passed first. Writes at most `PIPE_BUF` bytes after each wait: a pipe that polls writable takes that many
-/// without blocking.
+/// deadline passed first. A descriptor that takes bytes at once is written to even after the deadline: only a wait
+/// is bounded (an answer that came just before the deadline is still printed). Writes at most `PIPE_BUF` bytes after
+/// each wait: a pipe that polls writable takes that many without blocking.
 func writeAll(_ bytes: [UInt8], to descriptor: Int32, by deadline: ContinuousClock.Instant) -> Bool {
     var offset = 0
     while offset < bytes.count {
-        let left = ContinuousClock.now.duration(to: deadline)
-        guard left > .zero else { return false }
+        let left = max(ContinuousClock.now.duration(to: deadline), .zero)
         let (seconds, attoseconds) = left.components
-        let milliseconds = Int32(clamping: seconds * 1000 + attoseconds / 1_000_000_000_000_000 + 1)
+        let milliseconds =
+            left == .zero ? 0 : Int32(clamping: seconds * 1000 + attoseconds / 1_000_000_000_000_000 + 1)
         var ready = pollfd(fd: descriptor, events: Int16(POLLOUT), revents: 0)
         let polled = poll(&ready, 1, milliseconds)
         if polled < 0 && errno == EINTR { continue }
         if polled < 0 { usleep(1000) }  // ENOMEM: try the write anyway, after a moment, not in a tight loop.
-        if polled == 0 { continue }  // The deadline is looked at again above.
+        if polled == 0 {
+            if left == .zero { return false }
+            continue  // The deadline is looked at again above.
+        }
         let end = min(bytes.count, offset + Int(PIPE_BUF))
         let written = bytes[offset..<end].withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
         if written > 0 {

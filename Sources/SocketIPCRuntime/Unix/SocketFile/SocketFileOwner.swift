@@ -201,7 +201,8 @@ final class SocketFileOwner: @unchecked Sendable {
             }
             if flock(descriptor, LOCK_EX | LOCK_NB) != 0 {
                 let code = errno
-                let holder = Self.processID(in: descriptor).map { ", by process \($0)" } ?? ""
+                let holderID = Self.processID(in: descriptor)
+                let holder = holderID.map { ", by process \($0)" } ?? ""
                 close(descriptor)
                 if code == EWOULDBLOCK || code == EAGAIN {
                     // A lock file others may open can be held by any of them, not only by a server of ours.
@@ -209,9 +210,22 @@ final class SocketFileOwner: @unchecked Sendable {
                         ? "; its mode \(status.octalPermissions) lets other users open it and hold its lock: if no "
                             + "server of yours runs, remove it (servers create it with mode 0600)"
                         : ""
+                    // The holder's socket file removed by hand: it serves no one, and only its stop frees the path
+                    // (found by a review: the message said only that another server serves there).
+                    let socketFileGone: Bool
+                    do {
+                        socketFileGone = try FileStatus.entry(path.fileName, in: directory, describedAs: path.path) == nil
+                    } catch {
+                        socketFileGone = false
+                    }
+                    let unreachable = socketFileGone
+                        ? "; but nothing is at \(path): its socket file was removed, so that server can no longer be "
+                            + "reached: stop it\(holderID.map { " (process \($0))" } ?? "") and start again"
+                        : ""
                     throw SocketIPCError(
                         .addressInUse,
-                        "another server is serving on \(path) (its lock file \(lockPath) is held\(holder))\(others)",
+                        "another server is serving on \(path) (its lock file \(lockPath) is held\(holder))\(unreachable)"
+                            + others,
                         path: path.path
                     )
                 }
