@@ -43,7 +43,7 @@ struct RequestCommand: AsyncParsableCommand {
 
     @Option(
         name: .long,
-        help: ArgumentHelp("Seconds to wait for the connection and for each reply (default 10).", valueName: "seconds")
+        help: ArgumentHelp("Seconds to wait for the connection, for each reply and for standard output to take it (default 10).", valueName: "seconds")
     )
     var timeout: Double = 10
 

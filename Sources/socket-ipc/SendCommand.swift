@@ -51,7 +51,8 @@ struct SendCommand: AsyncParsableCommand {
     @Option(
         name: .long,
         help: ArgumentHelp(
-            "Seconds the whole send may take, from connecting to the acknowledgement (default: no limit).",
+            "Seconds the whole send may take, from connecting to the acknowledgement and printing it (default: no "
+                + "limit).",
             valueName: "seconds"
         )
     )
