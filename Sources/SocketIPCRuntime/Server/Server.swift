@@ -1,5 +1,6 @@
 import Logging
 import Metrics
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 @_spi(SocketIPCRuntime) import SocketIPCCore
@@ -131,12 +132,28 @@ public final class Server: Service, Sendable {
             )
         }
         // While it runs, its socket file and lock file keep fresh times, so that a cleaner of old files leaves them.
+        // A socket file that is no longer the server's (removed by hand or by a cleaner, or replaced) is logged once:
+        // the server goes on serving its connections, but no client can reach it at the path any more (found by a
+        // review: only a second server's failed start told, with "another server is serving").
         let refresher = listener.owner.map { owner in
             let interval = TimeAmount(self.configuration.socketFileRefreshInterval)
+            let logger = self.logger
+            let reported = NIOLockedValueBox(false)
             return MultiThreadedEventLoopGroup.singleton.any().scheduleRepeatedTask(
                 initialDelay: interval,
                 delay: interval
-            ) { _ in owner.refreshTimestamps() }
+            ) { _ in
+                guard !owner.refreshTimestamps(),
+                    !reported.withLockedValue({ reported in defer { reported = true }; return reported })
+                else { return }
+                logger.error(
+                    """
+                    the socket file of this server was removed or replaced: clients can no longer reach it at its \
+                    path; restart the server to serve there again (it keeps the lock file until it stops)
+                    """,
+                    metadata: ["path": "\(owner.path)"]
+                )
+            }
         }
         defer {
             refresher?.cancel()

@@ -3,6 +3,7 @@ import NIOCore
 import SocketIPC
 import SocketIPCTestSupport
 import SocketIPCTesting
+import Synchronization
 import Testing
 
 @testable import SocketIPCRuntime
@@ -75,6 +76,38 @@ struct SocketFileAgingTests {
             }
             #expect(access(path, F_OK) != 0, "the socket file is removed when the server stops")
             #expect(access(path + ".lock", F_OK) != 0, "the lock file is removed when the server stops")
+        }
+    }
+
+    @Test("a server whose socket file was removed logs once that it can no longer be reached at its path, and goes on serving its connections (found by a review: nothing told)")
+    func removedSocketFileLogged() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/removed.sock"
+            let log = CapturedLog()
+            var configuration = ServerConfiguration(path: path)
+            configuration.socketFileRefreshInterval = .milliseconds(20)
+            try await withRunningServer(
+                {
+                    Server.framed(
+                        configuration: configuration, logger: log.logger(level: .error), onServerRunning: $0,
+                        makeHandler: { EchoHandler() })
+                }
+            ) { _ in
+                try await Client.withConnection(to: path) { connection in
+                    #expect(unlink(path) == 0)
+                    let logged = await eventually {
+                        log.entries.withLock { $0.contains { $0.message.contains("was removed or replaced") } }
+                    }
+                    #expect(logged, "\(log.entries.withLock { $0.map(\.message) })")
+                    // More refreshes pass: the line is not repeated, and the connection made before is still served.
+                    let reply = try await connection.request(ByteBuffer(string: "still here"))
+                    #expect(String(buffer: reply) == "still here")
+                    try await Task.sleep(for: .milliseconds(100))
+                    let lines = log.entries.withLock { $0.filter { $0.message.contains("was removed or replaced") } }
+                    #expect(lines.count == 1 && lines.first?.level == .error, "\(lines.map(\.message))")
+                    #expect(lines.first?.metadata["path"] == "\(path)")
+                }
+            }
         }
     }
 }

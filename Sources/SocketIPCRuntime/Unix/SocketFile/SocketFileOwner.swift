@@ -133,16 +133,24 @@ final class SocketFileOwner: @unchecked Sendable {
     /// of the one this owner made) to now, so that a cleaner of files unused for long leaves them while the server
     /// runs (systemd tmpfiles.d(5) ages by those times; it would not see the socket as live, see above). Does nothing
     /// once released.
-    func refreshTimestamps() {
+    /// - Returns: `false` when the socket file at the path is no longer the one this owner made (removed by hand or
+    ///   by a cleaner, or replaced): clients can no longer reach the server there. `true` otherwise, and once released.
+    @discardableResult
+    func refreshTimestamps() -> Bool {
         self.access.withLock { _ in
-            guard self.lockDescriptor >= 0 else { return }
+            guard self.lockDescriptor >= 0 else { return true }
             _ = futimens(self.lockDescriptor, nil)
             let name = self.path.fileName
-            guard let identity = self.socketIdentity,
-                let current = try? FileStatus.entry(name, in: self.directoryDescriptor, describedAs: self.path.path),
-                current.isSocket, current.identity == identity
-            else { return }
+            guard let identity = self.socketIdentity else { return true }
+            let current: FileStatus?
+            do {
+                current = try FileStatus.entry(name, in: self.directoryDescriptor, describedAs: self.path.path)
+            } catch {
+                return true  // Cannot tell (a failed fstatat): not reported as gone.
+            }
+            guard let current, current.isSocket, current.identity == identity else { return false }
             _ = utimensat(self.directoryDescriptor, name, nil, AT_SYMLINK_NOFOLLOW)
+            return true
         }
     }
 
