@@ -63,7 +63,7 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     /// The cost of the message this side gave credit beyond its window for (``creditForBlockedPeer()``): the peer's
     /// next message must be that one, so that the credit serves the message a reader asked for and nothing else.
     @usableFromInline
-    var grantedBlockedCost: Int?
+    package internal(set) var grantedBlockedCost: Int?
     /// Credit given beyond the window for blocked messages and not yet consumed: the message it paid for is not given
     /// back as it is consumed, so that the window stays what it was (otherwise one 16 MiB message would widen the
     /// call's window to 16 MiB for good).

@@ -16,6 +16,9 @@ extension CallStream {
             var credit = 0
             var tooMany = false
             var beyondWindow = false
+            /// The cost credit was given for after the peer's call-blocked frame, if any: its next message must cost
+            /// that, and another is refused as such, not as a message beyond credit (found by a review).
+            var grantedCost: Int?
             let limit = descriptors == nil ? 0 : self.connection.maximumDescriptorsHeld
             var delivered: ReceivedDescriptors?
             let action = self.state.withLock { state -> Machine.ReceiveAction in
@@ -31,6 +34,7 @@ extension CallStream {
                     }
                 }
                 if tooMany { return .violation }
+                grantedCost = state.machine.grantedBlockedCost
                 let action = state.machine.messageReceived(message)
                 switch action {
                 case .deliver:
@@ -56,6 +60,15 @@ extension CallStream {
             case .deliver(let waiter, let message):
                 waiter.resume(returning: .message(message, descriptors: delivered))
             case .violation:
+                let cost = Machine.frameCost(payloadLength: message.readableBytes)
+                if let grantedCost, grantedCost != cost {
+                    return SocketIPCError(
+                        .protocolViolation,
+                        "the peer sent a message of call \(self.id) that costs \(cost) bytes of credit, after it was "
+                            + "given credit for the one of \(grantedCost) bytes its call-blocked frame announced "
+                            + "(PROTOCOL.md, 0x0F)"
+                    )
+                }
                 return SocketIPCError(
                     .protocolViolation,
                     "the peer sent a message of call \(self.id) beyond the credit it was given"

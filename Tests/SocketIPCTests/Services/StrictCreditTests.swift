@@ -197,6 +197,9 @@ struct StrictCreditTests {
             try await peer.write(messageBytes(id: 1, json: "\"x\""))
             let frames = try parseFrames(try await peer.readUntilClosed()[...])
             #expect(frames.count == 1 && frames.first?.kind == 0x05 && frames.first?.payload.first == 0x01, "\(frames)")
+            // Its text names what was wrong: the message's cost, not credit exceeded (found by a review).
+            let text = String(decoding: frames.first?.payload.dropFirst() ?? [], as: UTF8.self)
+            #expect(text.contains("after it was given credit for the one of \(Self.largeCost) bytes"), "\(text)")
             try await Self.expectServed(path)
         }
     }
