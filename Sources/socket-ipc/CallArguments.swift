@@ -85,14 +85,19 @@ struct CallArguments: ParsableArguments {
     }
 }
 
-/// JSON as `call` and `watch` print it: `bytes` on one line as they came, or re-serialized on one line when they
-/// span several; with `pretty`, indented with sorted keys. Characters that could act on a terminal (C1 controls,
-/// bidirectional overrides: JSON lets them stand in strings) are written as JSON escapes.
+/// JSON as `call` and `watch` print it: `bytes` on one line as they came, or laid out on one line when they span
+/// several; with `pretty`, indented (``JSONLayout``). Strings, numbers and the order of keys stay as the server sent
+/// them. Characters that could act on a terminal (C1 controls, bidirectional overrides: JSON lets them stand in
+/// strings) are written as JSON escapes.
+///
+/// Time and memory are linear in the response's size, whatever its shape: a 16 MiB response takes a few times that
+/// at most, and an indented one that would grow beyond four times its size (deep nesting) is printed on one line.
 /// - Throws: `SocketIPCError` with code `invalidMessage` (exit status 1) for bytes that are not JSON: printed as they
 ///   came they could act on the terminal (an ESC sequence), and what reads the output expects JSON.
 func formatJSON(_ bytes: ByteBuffer, pretty: Bool) throws -> String {
-    // RFC 8259's grammar decides (JSONSerialization takes some text that is not JSON, such as `[1,]`, and refuses
-    // some that is, such as `1e400`); it serves only to re-serialize.
+    // RFC 8259's grammar decides, then the bytes are laid out as they are: re-serializing with JSONSerialization took
+    // about 60 times a response's size and up to a minute for 16 MiB (found by a review), reordered keys and refused
+    // some JSON (`1e400`).
     let raw = Array(bytes.readableBytesView)
     guard let text = String(validating: raw, as: UTF8.self), JSONSyntax.isValid(raw) else {
         // Escaped where it is printed (Output.error).
@@ -102,11 +107,13 @@ func formatJSON(_ bytes: ByteBuffer, pretty: Bool) throws -> String {
             "the response is not JSON (\(raw.count) bytes): \(preview)" + (raw.count > 200 ? "…" : "")
         )
     }
-    guard pretty || text.contains(where: \.isNewline) else { return SafeText.json(text) }
-    var options: JSONSerialization.WritingOptions = [.fragmentsAllowed, .withoutEscapingSlashes]
-    if pretty { options.formUnion([.prettyPrinted, .sortedKeys]) }
-    guard let value = try? JSONSerialization.jsonObject(with: Data(raw), options: [.fragmentsAllowed]),
-        let formatted = try? JSONSerialization.data(withJSONObject: value, options: options)
-    else { return SafeText.json(text) }
-    return SafeText.json(String(decoding: formatted, as: UTF8.self))
+    let laidOut: [UInt8]
+    if pretty, let indented = JSONLayout.indented(raw, limit: 4 * raw.count + 4096) {
+        laidOut = indented
+    } else if pretty || text.utf8.contains(where: { $0 == 0x0A || $0 == 0x0D }) {
+        laidOut = JSONLayout.oneLine(raw)
+    } else {
+        return SafeText.json(text)
+    }
+    return SafeText.json(String(decoding: laidOut, as: UTF8.self))
 }

@@ -28,7 +28,7 @@ struct CallCommand: AsyncParsableCommand {
     @OptionGroup
     var call: CallArguments
 
-    @Flag(name: .long, help: "Print the response indented, with sorted keys.")
+    @Flag(name: .long, help: "Print the response indented, its keys in the order the server sent them.")
     var pretty = false
 
     @OptionGroup(title: "Output")

@@ -76,6 +76,10 @@ enum ExitStatus {
         }
     }
 
+    /// The most characters of an application error's details printed: 4,096, about what the library keeps of a
+    /// peer's error text.
+    static let printedDetailsLimit = 4096
+
     /// Reports `error` on standard error in one line (two for an application error with details) and returns the
     /// exit status of the table; `nil` for an error that is not one of SocketIPC's (ArgumentParser reports those).
     static func report(_ error: any Error) -> ExitCode? {
@@ -92,11 +96,16 @@ enum ExitStatus {
                 // A raw newline, carriage return or tab in valid JSON is whitespace between tokens (in a string it
                 // would be escaped): a space keeps the value and the line (found by a review: details that
                 // JSONSerialization would not re-serialize, such as `1e400`, kept their line breaks).
-                let line =
+                var line =
                     (try? formatJSON(details, pretty: false)).map { json in
                         // By scalar: "\r\n" is one Character, which neither "\r" nor "\n" would match.
                         String(String.UnicodeScalarView(json.unicodeScalars.map { $0.value < 0x20 ? " " : $0 }))
                     } ?? SafeText.oneLine(String(buffer: details))
+                // Cut as a peer's texts are (found by a review: 16 MiB of details were printed whole).
+                if line.unicodeScalars.count > Self.printedDetailsLimit {
+                    line = String(String.UnicodeScalarView(line.unicodeScalars.prefix(Self.printedDetailsLimit)))
+                        + "… (cut: \(details.readableBytes) bytes of details in all)"
+                }
                 Output.errorLine(line)
             }
             return Self.remoteError

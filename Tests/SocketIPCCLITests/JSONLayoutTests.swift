@@ -1,0 +1,52 @@
+import NIOCore
+import Testing
+
+@testable import socket_ipc
+
+/// `call` and `watch` lay a server's JSON out again in one pass over its bytes (JSONLayout): linear in time and memory
+/// whatever the shape, keys and numbers as they came (found by a review: re-serializing a 16 MiB response took about
+/// 1 GB and up to a minute, past `--timeout`, and reordered its keys).
+@Suite("JSON responses laid out in one pass")
+struct JSONLayoutTests {
+    static func oneLine(_ text: String) -> String {
+        String(decoding: JSONLayout.oneLine(Array(text.utf8)), as: UTF8.self)
+    }
+
+    static func indented(_ text: String, limit: Int = 1 << 20) -> String? {
+        JSONLayout.indented(Array(text.utf8), limit: limit).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    @Test("on one line: whitespace between tokens dropped, strings (with escaped quotes, backslashes and spaces), numbers and key order kept")
+    func oneLineKeepsTokens() {
+        #expect(Self.oneLine("{\n  \"z\" : 1,\r\n\t\"a\" : [ true , null ]\n}") == #"{"z":1,"a":[true,null]}"#)
+        #expect(Self.oneLine(#"[ "a \"b\" \\", 1e400 , -0.5E+3 ]"#) == #"["a \"b\" \\",1e400,-0.5E+3]"#)
+        #expect(Self.oneLine(#" "x y" "#) == #""x y""#)
+    }
+
+    @Test("indented: two spaces a level, ' : ' between key and value, empty containers kept on their line")
+    func indentedLayout() {
+        #expect(Self.indented(#"{"z": 1, "a": [true]}"#) == "{\n  \"z\" : 1,\n  \"a\" : [\n    true\n  ]\n}")
+        #expect(Self.indented("[ {} , [ ] , \"{[,:]}\" ]") == "[\n  {},\n  [],\n  \"{[,:]}\"\n]")
+        #expect(Self.indented("7") == "7")
+    }
+
+    @Test("indented output longer than its limit (deep nesting) gives nil: the caller prints one line instead")
+    func indentedLimit() {
+        let deep = String(repeating: "[", count: 5_000) + "1" + String(repeating: "]", count: 5_000)
+        #expect(Self.indented(deep, limit: 4 * deep.utf8.count + 4096) == nil)
+        #expect(Self.indented("[1]", limit: 3) == nil)
+    }
+
+    @Test("a response of 200,000 small members, and one nested 200,000 deep, are laid out whole, in key order (with JSONSerialization, 16 MiB of them took a minute)")
+    func largeResponses() throws {
+        var wide = "{"
+        for index in 0..<200_000 { wide += (index == 0 ? "" : ",") + "\"\(199_999 - index)\":{}" }
+        wide += "}"
+        let printed = try formatJSON(ByteBuffer(string: wide.replacing(",", with: ",\n")), pretty: false)
+        #expect(printed == wide)
+        let pretty = try formatJSON(ByteBuffer(string: wide), pretty: true)
+        #expect(pretty.hasPrefix("{\n  \"199999\" : {},\n  \"199998\" : {},"))
+        let deep = String(repeating: "[", count: 200_000) + String(repeating: "]", count: 200_000)
+        #expect(try formatJSON(ByteBuffer(string: deep), pretty: true) == deep)
+    }
+}
