@@ -96,17 +96,15 @@ enum ExitStatus {
                 // A raw newline, carriage return or tab in valid JSON is whitespace between tokens (in a string it
                 // would be escaped): a space keeps the value and the line (found by a review: details that
                 // JSONSerialization would not re-serialize, such as `1e400`, kept their line breaks).
-                var line =
-                    (try? formatJSON(details, pretty: false)).map { json in
-                        // By scalar: "\r\n" is one Character, which neither "\r" nor "\n" would match.
-                        String(String.UnicodeScalarView(json.unicodeScalars.map { $0.value < 0x20 ? " " : $0 }))
-                    } ?? SafeText.oneLine(String(buffer: details))
-                // Cut as a peer's texts are (found by a review: 16 MiB of details were printed whole).
-                if line.unicodeScalars.count > Self.printedDetailsLimit {
-                    line = String(String.UnicodeScalarView(line.unicodeScalars.prefix(Self.printedDetailsLimit)))
-                        + "… (cut: \(details.readableBytes) bytes of details in all)"
+                let text = (try? formatJSON(details, pretty: false)) ?? SafeText.oneLine(String(buffer: details))
+                // By scalar: "\r\n" is one Character, which neither "\r" nor "\n" would match. Cut as a peer's texts
+                // are (found by a review: 16 MiB of details were printed whole).
+                var line = String.UnicodeScalarView()
+                for scalar in text.unicodeScalars.prefix(Self.printedDetailsLimit) {
+                    line.append(scalar.value < 0x20 ? " " : scalar)
                 }
-                Output.errorLine(line)
+                let cut = line.count < text.unicodeScalars.count
+                Output.errorLine(String(line) + (cut ? "… (cut: \(details.readableBytes) bytes of details in all)" : ""))
             }
             return Self.remoteError
         case let error as SocketIPCError:

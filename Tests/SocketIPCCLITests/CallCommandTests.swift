@@ -162,6 +162,24 @@ struct CallCommandTests {
         }
     }
 
+    @Test("an application error's long details print cut at 4,096 characters, saying how long they were (found by a review: 16 MiB were printed whole)")
+    func longDetailsCut() async throws {
+        var router = ServiceRouter()
+        router.register(Refuse.self) { text, _ in
+            throw ServiceError(code: "refused", message: "no", details: [String](repeating: text, count: 10_000))
+        }
+        try await withServiceTestServer(router: router) { _, path in
+            let result = try await runCLI(["call", "--socket", path, "test.refuse", #""0123456789""#])
+            #expect(result.status == 1)
+            let lines = result.error.split(separator: "\n", omittingEmptySubsequences: false)
+            #expect(lines.count == 3 && lines.first == "error refused: no", "stderr: \(result.error.prefix(300))")
+            let whole = "[" + [String](repeating: #""0123456789""#, count: 10_000).joined(separator: ",") + "]"
+            #expect(
+                lines[1] == whole.prefix(4096) + "… (cut: \(whole.utf8.count) bytes of details in all)",
+                "\(lines[1].suffix(200))")
+        }
+    }
+
     @Test("a request the method cannot read exits 1, as the server's answer")
     func requestOfTheWrongType() async throws {
         try await withServeCommand { path, _ in
