@@ -13,8 +13,9 @@ struct CallArguments: ParsableArguments {
         name: .long,
         help: ArgumentHelp(
             "The call's deadline in seconds, from the start (default: none), printing included. It travels with the "
-                + "call: the server's handler is cancelled when it passes. Without it a call may take as long as the server needs, but a "
-                + "server that answers no keepalive ping (every 10 s) within 10 s is given up (exit 3).",
+                + "call: the server's handler is cancelled when it passes. Without it a call may take as long as the "
+                + "server needs, but a server that answers no keepalive ping (every 10 s) within 10 s is given up "
+                + "(exit 3).",
             valueName: "seconds"
         )
     )
