@@ -9,8 +9,9 @@
 /// since cancels are honest too (deadlines shorter than a slow handler, task groups cancelled with their calls, loops
 /// that leave a stream early), and two reviews hurt honest clients with either: while the allowance is spent, the
 /// peer's new calls are refused at once with `resourceExhausted` (no handler starts), as beyond the concurrency
-/// limit, and everything else on the connection goes on. A peer that still cancels until it owes a whole burst (it
-/// cancels calls that were refused) is read no further until it owes none (``spend(at:)``).
+/// limit, and everything else on the connection goes on. Only a cancel that stops a running handler is counted: one
+/// of a call that was refused or is over stops nothing (a review's honest client, counted for those, was read no
+/// further for seconds). A peer that still owes a whole burst is read no further until it owes none (``spend(at:)``).
 ///
 /// A server keeps two for each connection: the connection's own (``perConnection``), and one its peer's user shares
 /// across all of its connections to the server (``perUser``), so that connecting anew does not bring the allowance
@@ -49,10 +50,9 @@ package struct CancelAllowance {
 
     /// Counts one cancel at `now`.
     /// - Returns: `nil`, or, once the peer owes a whole ``Rate/burst`` of cancels, how long until it owes none: this
-    ///   side then reads none of its frames meanwhile. An honest peer never gets there: once its new calls are refused
-    ///   it has no more calls to cancel than those it had open (at most 100 a connection by default), while a peer
-    ///   that goes on cancelling calls it was refused, as an attacker's pipelined pairs do, is paced at
-    ///   ``Rate/perSecond``.
+    ///   side then reads none of its frames meanwhile. A peer rarely gets there: once its new calls are refused it
+    ///   has no more handlers to stop than those it had running (at most 100 a connection by default), and the cancels
+    ///   of refused calls are not counted (the caller counts only cancels that stop a handler).
     package mutating func spend(at now: ContinuousClock.Instant) -> Duration? {
         self.refill(at: now)
         self.allowance -= 1

@@ -22,6 +22,11 @@ package protocol CallFrameReceiver: AnyObject, Sendable {
     /// above its limit); the payload is then dropped unread (found by a review: 1,000 payloads of 8 MiB for a call
     /// that was never opened cost the server 1.65 s of CPU in copies, and the peer 40 bytes each).
     func takesSharedMessage(id: UInt32, length: Int, on connection: Connection) -> Bool
+    /// Whether call `id`, which the peer opened, has a handler that a cancel would stop now: what the peer's
+    /// ``CancelAllowance`` counts. A cancel of a call that is over, or that was refused, stops nothing and costs no
+    /// more than any frame (found by a review: counting those, an honest client that cancelled many calls, some of
+    /// them refused already, was read no further for seconds).
+    func cancelStopsHandler(id: UInt32) -> Bool
     /// The connection closed with `error`: every call still in progress fails with it.
     func connectionClosed(_ connection: Connection, error: SocketIPCError)
     /// This side said going-away `0x00` (its server is shutting down): the connection closes once its calls have

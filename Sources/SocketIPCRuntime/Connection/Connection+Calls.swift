@@ -306,11 +306,14 @@ extension Connection {
         self.calls.peerFlags.store(flags.rawValue, ordering: .relaxed)
     }
 
-    /// The peer cancelled call `id`: counts it against the peer's ``CancelAllowance``s (the connection's, and on a
-    /// server its user's) if the peer opened that call.
+    /// The peer cancels call `id` (before the cancel is handed on): counts it against the peer's ``CancelAllowance``s
+    /// (the connection's, and on a server its user's) if the peer opened that call and the cancel stops its handler
+    /// (``CallFrameReceiver/cancelStopsHandler(id:)``).
     /// - Returns: `nil`, or how long to read none of the peer's frames, once it owes a whole burst of cancels to either.
     func cancelReceived(id: UInt32) -> Duration? {
-        guard self.calls.isPeerCallID(id) else { return nil }
+        guard self.calls.isPeerCallID(id), let receiver = self.calls.receiver.withLock({ $0 }),
+            receiver.cancelStopsHandler(id: id)
+        else { return nil }
         let now = self.calls.cancelClockNow()
         let own = self.calls.cancels.withLock { $0.spend(at: now) }
         guard let user = self.calls.userCalls?.spend(at: now) else { return own }

@@ -511,8 +511,11 @@ extension ConnectionChannelHandler {
             connection.peerIsGoingAway(reason, message: message)
             if reason != .normal { return .peerFailed }
         case .call(let id, let callFrame):
+            // A cancel counts before it is handed on, while its call's handler (if it has one running) is there to see.
+            var throttle: Duration?
+            if case .cancel = callFrame { throttle = connection.cancelReceived(id: id) }
             if let violation = connection.callFrameReceived(callFrame, id: id) { return .violation(violation) }
-            if case .cancel = callFrame, let wait = connection.cancelReceived(id: id) { return .throttle(wait) }
+            if let throttle { return .throttle(throttle) }
         case .ping(let id):
             if let flood = connection.answerOwed() { return .violation(flood) }
             connection.pingReceived(id: id)

@@ -127,6 +127,11 @@ final class CallMultiplexer: CallFrameReceiver {
         return stream.receive(frame)
     }
 
+    func cancelStopsHandler(id: UInt32) -> Bool {
+        guard let stream = self.streams.withLock({ $0.byID[id] }), !stream.isCaller else { return false }
+        return stream.stopReason == nil
+    }
+
     func takesSharedMessage(id: UInt32, length: Int, on connection: Connection) -> Bool {
         guard let stream = self.streams.withLock({ $0.lookUp(id) }) else { return false }
         return stream.takesMessage(ofSize: length)

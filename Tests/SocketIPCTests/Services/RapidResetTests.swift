@@ -6,8 +6,8 @@ import Testing
 
 /// Calls opened and cancelled at once, again and again: HTTP/2's "Rapid Reset" (CVE-2023-44487) on SocketIPC's calls.
 /// The concurrency limit holds, and beyond its ``CancelAllowance`` (200 cancels at once, 1,000 more a second) the peer's
-/// new calls are refused at once, its connection kept and served: cancels are honest too. A peer that goes on
-/// cancelling the calls it was refused is read no further until its debt is paid.
+/// new calls are refused at once, its connection kept and served: cancels are honest too. Only cancels that stop a
+/// running handler count; those of refused calls are free.
 @Suite("Services: Rapid Reset", .timeLimit(.minutes(2)), .limitedConcurrency)
 struct RapidResetTests {
     /// The server's side of the connection, as the handlers see it.
@@ -110,6 +110,32 @@ struct RapidResetTests {
             let lastIDs: [UInt32] = (201..<351).map { UInt32(2 * $0 + 1) }
             #expect(refusedIDs == lastIDs)
             #expect(connection.opensRefusedForCancels == 150)
+        }
+    }
+
+    @Test("cancels of calls that were refused, or are over, stop no handler and cost nothing: once time has given the allowance back, the peer's calls run again (found by a review: an honest client that cancelled refused calls was held for seconds)")
+    func cancelsOfRefusedCallsAreFree() async throws {
+        let side = ServerSide()
+        try await withServiceTestServer(router: Self.router(side, maximumConcurrentCalls: 10_000)) { server, path in
+            let start = ContinuousClock.now
+            server.cancelClock.set(start)
+            let peer = try await RawSocket.connect(to: path)
+            defer { peer.close() }
+            let connection = try await Self.openFirstCall(on: peer, side)
+            // 200 calls run and are cancelled (the allowance spent), then 300 are refused and cancelled all the same.
+            let reader = Task { try await Self.readUntilPong(peer) }
+            try await peer.write(Self.pairs(1..<501) + pingBytes(id: 2))
+            let answers = try await reader.value
+            #expect(Self.refusals(answers, saying: "the peer cancels its calls faster").count == 300)
+            #expect(connection.opensRefusedForCancels == 300)
+            // A fifth of a second gives back 200 (1,000 a second): counting the 300 refused calls' cancels, the peer
+            // would still owe 100, and its next call would be refused.
+            server.cancelClock.set(start.advanced(by: .milliseconds(200)))
+            let next = Task { try await Self.readUntilPong(peer) }
+            try await peer.write(callOpenBytes(id: 1003, method: Block.name) + messageBytes(id: 1003, json: "\"x\"") + pingBytes(id: 4))
+            let later = try await next.value
+            #expect(later.map(\.kind) == [0x0c], "\(later)")
+            #expect(connection.opensRefusedForCancels == 300)
         }
     }
 
