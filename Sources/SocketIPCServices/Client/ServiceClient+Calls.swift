@@ -119,7 +119,10 @@ extension ServiceClient {
     /// must not miss changes starts with the current value (as a `kv.watch` that yields it first).
     ///
     /// It reads from the server only as fast as it is iterated (one element ahead), so the stream's credit holds the
-    /// server back for a slow consumer. Stopping the iteration (or cancelling its task) cancels the call.
+    /// server back for a slow consumer: the server is at most the call's credit window (64 KiB of elements) ahead of
+    /// it, and what that window holds when the connection is lost is still handed out, in order, before the stream
+    /// calls again. After ``shutdown()`` nothing more is handed out, and the stream ends. Stopping the iteration (or
+    /// cancelling its task) cancels the call.
     public func resubscribing<Method: ServiceMethod>(
         _ method: Method.Type,
         _ request: Method.Request,
@@ -149,6 +152,9 @@ extension ServiceClient {
                                 hasDemand = true
                             }
                             guard let response = try await iterator.next() else { return true }
+                            // After shutdown() nothing more is handed out, also not what the call's window still
+                            // holds (found by a review: a slow consumer got 245 elements in 5 s after shutdown).
+                            if self.shutdownRequested.hasFired { return true }
                             hasDemand = false
                             refusals = 0
                             continuation.yield(response)

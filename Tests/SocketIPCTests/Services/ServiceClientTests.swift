@@ -237,6 +237,38 @@ struct ServiceClientTests {
         }
     }
 
+    @Test("a resubscribing stream whose call's window holds many elements hands out none after shutdown() and ends (found by a review: a slow consumer got 245 in 5 s after it)")
+    func shutdownEndsABufferedStream() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/buffered.sock"
+            var router = ServiceRouter()
+            let written = Atomic<Int>(0)
+            // As many small elements as the window takes, at once.
+            router.registerServerStreaming(CountedWatch.self) { first, writer, _ in
+                for value in first..<(first + 100_000) {
+                    try await writer.write(value)
+                    written.add(1, ordering: .relaxed)
+                }
+            }
+            try await self.withServiceServer(at: path, router: router) { _ in
+                let client = ServiceClient(path: path, configuration: Self.fastRetries)
+                let afterShutdown = try await self.withRunningClient(client) {
+                    var iterator = client.resubscribing(CountedWatch.self, 0).makeAsyncIterator()
+                    #expect(try await iterator.next() == 0)
+                    // The window fills while the consumer dawdles: the server has sent far more than one element
+                    // ahead (a window of 64 KiB holds thousands of these).
+                    #expect(await eventually { written.load(ordering: .relaxed) >= 1_000 })
+                    client.shutdown()
+                    var count = 0
+                    while try await iterator.next() != nil { count += 1 }
+                    return count
+                }
+                // At most the one element the stream had handed on before the shutdown.
+                #expect(afterShutdown <= 1, "\(afterShutdown) elements after shutdown()")
+            }
+        }
+    }
+
     @Test("a client its server refuses fails for good: run() throws unauthorized, calls fail with it")
     func refused() async throws {
         try await withTemporarySocketDirectory { directory in
