@@ -301,7 +301,7 @@ enum Output {
         guard taken else {
             throw SocketIPCError(
                 .timedOut,
-                "standard output took nothing more before the deadline (--timeout): nothing reads it"
+                "standard output took nothing for a second after the deadline (--timeout): nothing reads it"
             )
         }
     }

@@ -49,4 +49,13 @@ struct JSONLayoutTests {
         let deep = String(repeating: "[", count: 200_000) + String(repeating: "]", count: 200_000)
         #expect(try formatJSON(ByteBuffer(string: deep), pretty: true) == deep)
     }
+
+    @Test("--pretty indents an ordinary shallow response, a matrix of 300 rows (found by a review: a limit of four times the response printed it on one line)")
+    func prettyShallowMatrix() throws {
+        let rows = [String](repeating: "[0,1,2,3,4,5,6,7,8,9]", count: 300).joined(separator: ",")
+        let matrix = #"{"result":{"matrix":["# + rows + "]}}"
+        let pretty = try formatJSON(ByteBuffer(string: matrix), pretty: true)
+        #expect(pretty.split(separator: "\n").count == 3 + 300 * 12 + 3, "\(pretty.prefix(200))")
+        #expect(JSONLayout.oneLine(Array(pretty.utf8)) == Array(matrix.utf8))
+    }
 }

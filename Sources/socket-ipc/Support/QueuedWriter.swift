@@ -83,18 +83,20 @@ final class QueuedWriter: Sendable {
     }
 }
 
-/// Writes `bytes` to `descriptor` as ``writeAll(_:to:)`` does, waiting for it to take more only until `deadline`;
-/// returns whether everything was written (or the write failed, which ``writeAll(_:to:)`` reports), `false` when the
-/// deadline passed first. A descriptor that takes bytes at once is written to even after the deadline: only a wait
-/// is bounded (an answer that came just before the deadline is still printed). Writes at most `PIPE_BUF` bytes after
-/// each wait: a pipe that polls writable takes that many without blocking.
+/// Writes `bytes` to `descriptor` as ``writeAll(_:to:)`` does, waiting for it to take more until `deadline`, and
+/// after it only while it takes some within each ``outputStallAfterDeadline``: returns whether everything was written
+/// (or the write failed, which ``writeAll(_:to:)`` reports), `false` once the deadline has passed and the descriptor
+/// took nothing for that long. A reader that reads, however slowly, is not cut off (found by a review: a pipe read at
+/// 6 MB/s got 7 of 16 MB, then the command said that nothing read it), nor is an answer that came just before the
+/// deadline; one that reads nothing holds the command for the deadline and a second. Writes at most `PIPE_BUF` bytes
+/// after each wait: a pipe that polls writable takes that many without blocking.
 func writeAll(_ bytes: [UInt8], to descriptor: Int32, by deadline: ContinuousClock.Instant) -> Bool {
     var offset = 0
     while offset < bytes.count {
         let left = max(ContinuousClock.now.duration(to: deadline), .zero)
-        let (seconds, attoseconds) = left.components
-        let milliseconds =
-            left == .zero ? 0 : Int32(clamping: seconds * 1000 + attoseconds / 1_000_000_000_000_000 + 1)
+        let wait = left == .zero ? outputStallAfterDeadline : left
+        let (seconds, attoseconds) = wait.components
+        let milliseconds = Int32(clamping: seconds * 1000 + attoseconds / 1_000_000_000_000_000 + 1)
         var ready = pollfd(fd: descriptor, events: Int16(POLLOUT), revents: 0)
         let polled = poll(&ready, 1, milliseconds)
         if polled < 0 && errno == EINTR { continue }
@@ -116,6 +118,10 @@ func writeAll(_ bytes: [UInt8], to descriptor: Int32, by deadline: ContinuousClo
     }
     return true
 }
+
+/// How long, once a command's deadline has passed, its standard output may take nothing before the command gives up
+/// (``writeAll(_:to:by:)``): one second.
+let outputStallAfterDeadline = Duration.seconds(1)
 
 /// Writes all of `bytes` to `descriptor`, retrying on `EINTR` (where Foundation's `FileHandle.write` traps) and
 /// waiting with `poll(2)` on `EAGAIN` (a descriptor left non-blocking by whoever shares it, such as a pipe from a

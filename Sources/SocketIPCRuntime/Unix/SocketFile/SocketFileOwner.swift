@@ -226,14 +226,18 @@ final class SocketFileOwner: @unchecked Sendable {
                     } catch {
                         socketFileGone = false
                     }
-                    let unreachable = socketFileGone
-                        ? "; but nothing is at \(path): its socket file was removed, so that server can no longer be "
-                            + "reached: stop it\(holderID.map { " (process \($0))" } ?? "") and start again"
-                        : ""
+                    if socketFileGone {
+                        throw SocketIPCError(
+                            .addressInUse,
+                            "a server that can no longer be reached still holds \(path): its lock file \(lockPath) is "
+                                + "held\(holder), but its socket file was removed; stop that server"
+                                + "\(holderID.map { " (process \($0))" } ?? "") and start again\(others)",
+                            path: path.path
+                        )
+                    }
                     throw SocketIPCError(
                         .addressInUse,
-                        "another server is serving on \(path) (its lock file \(lockPath) is held\(holder))\(unreachable)"
-                            + others,
+                        "another server is serving on \(path) (its lock file \(lockPath) is held\(holder))\(others)",
                         path: path.path
                     )
                 }
