@@ -1,5 +1,4 @@
 import Foundation
-import Synchronization
 import Testing
 
 @testable import socket_ipc
@@ -29,40 +28,49 @@ struct OutputDeadlineTests {
         return (ends[0], ends[1])
     }
 
+    /// Runs `body` on a thread of its own: it blocks in poll(2) and read(2), which must not hold one of the few
+    /// threads that Swift's concurrency (and the other tests) run on.
+    static func onThread<Result: Sendable>(_ body: @escaping @Sendable () -> Result) async -> Result {
+        await withCheckedContinuation { continuation in
+            Thread.detachNewThread { continuation.resume(returning: body()) }
+        }
+    }
+
     @Test("past the deadline, a reader that takes some every 50 ms gets everything")
-    func slowReaderGetsEverything() throws {
+    func slowReaderGetsEverything() async throws {
         let (reader, writer) = try Self.fullPipe()
         defer { close(reader) }
         let total = 64 * 1024 + 128 * 1024
-        let done = DispatchSemaphore(value: 0)
-        let got = Mutex(0)
-        Thread.detachNewThread {
-            var buffer = [UInt8](repeating: 0, count: 16 * 1024)
-            while true {
-                usleep(50_000)  // the pace of a slow reader, not a synchronisation
-                let count = read(reader, &buffer, buffer.count)
-                guard count > 0 else { break }
-                got.withLock { $0 += count }
+        let reading = Task {
+            await Self.onThread { () -> Int in
+                var buffer = [UInt8](repeating: 0, count: 16 * 1024)
+                var got = 0
+                while true {
+                    usleep(50_000)  // the pace of a slow reader, not a synchronisation
+                    let count = read(reader, &buffer, buffer.count)
+                    guard count > 0 else { return got }
+                    got += count
+                }
             }
-            done.signal()
         }
         // The deadline has passed before the first byte.
-        let written = writeAll([UInt8](repeating: 0x41, count: 128 * 1024), to: writer, by: .now)
-        close(writer)
-        done.wait()
+        let written = await Self.onThread { () -> Bool in
+            defer { close(writer) }
+            return writeAll([UInt8](repeating: 0x41, count: 128 * 1024), to: writer, by: .now)
+        }
         #expect(written)
-        #expect(got.withLock { $0 } == total)
+        #expect(await reading.value == total)
     }
 
     @Test("past the deadline, a reader that takes nothing ends the write after a second, without it")
-    func stoppedReaderEndsIt() throws {
+    func stoppedReaderEndsIt() async throws {
         let (reader, writer) = try Self.fullPipe()
         defer {
             close(reader)
             close(writer)
         }
         let start = ContinuousClock.now
-        #expect(!writeAll([UInt8](repeating: 0x41, count: 1024), to: writer, by: .now))
+        #expect(!(await Self.onThread { writeAll([UInt8](repeating: 0x41, count: 1024), to: writer, by: .now) }))
         #expect(ContinuousClock.now - start >= outputStallAfterDeadline)
     }
 }
