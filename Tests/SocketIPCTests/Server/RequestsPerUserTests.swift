@@ -163,6 +163,14 @@ struct RequestsPerUserTests {
             var closes = parked.closes.stream.makeAsyncIterator()
             _ = await closes.next()
             #expect(try await Self.send(4...5, on: second, ping: 2).isEmpty)
+            // The close wakes the second connection on its own event loop, which may answer the ping first (pings
+            // pass a paused connection): wait for its requests, then see that the fifth stays held.
+            let resumed = await eventually { parked.handedOut >= 8 }
+            #expect(resumed, "the second connection's first four requests are handed out: \(parked.handedOut)")
+            try await second.write(pingBytes(id: 3))
+            var answers: [WireFrame] = []
+            while !answers.contains(where: { $0.kind == 0x0c }) { answers += try await second.readFrames(1) }
+            #expect(answers.map(\.kind) == [0x0c], "the pong, and no reply")
             #expect(parked.handedOut == 8, "the second connection's first four requests are handed out, not the fifth")
         }
     }
