@@ -242,9 +242,15 @@ enum Output {
     /// Writes `object` as one line of JSON (sorted keys, no escaped slashes) to standard output: the form of every
     /// `--json` result.
     static func json(_ object: [String: Any]) {
+        guard let line = self.jsonLine(object) else { return }
+        self.line(line)
+    }
+
+    /// `object` as one line of JSON, sorted keys and no escaped slashes; `nil` if it is not JSON.
+    private static func jsonLine(_ object: [String: Any]) -> String? {
         let options: JSONSerialization.WritingOptions = [.sortedKeys, .withoutEscapingSlashes, .fragmentsAllowed]
-        guard let data = try? JSONSerialization.data(withJSONObject: object, options: options) else { return }
-        self.line(String(decoding: data, as: UTF8.self))
+        guard let data = try? JSONSerialization.data(withJSONObject: object, options: options) else { return nil }
+        return String(decoding: data, as: UTF8.self)
     }
 
     /// Writes raw `text` (no newline) to standard error, for a progress line redrawn with `\r`.
@@ -268,9 +274,8 @@ enum Output {
     /// Writes `object` as ``json(_:)`` does, waiting for standard output only until `deadline` as
     /// ``line(_:by:)`` does.
     static func json(_ object: [String: Any], by deadline: ContinuousClock.Instant?) throws {
-        let options: JSONSerialization.WritingOptions = [.sortedKeys, .withoutEscapingSlashes, .fragmentsAllowed]
-        guard let data = try? JSONSerialization.data(withJSONObject: object, options: options) else { return }
-        try self.line(String(decoding: data, as: UTF8.self), by: deadline)
+        guard let line = self.jsonLine(object) else { return }
+        try self.line(line, by: deadline)
     }
 
     /// Writes the bytes of `buffer` as they are to standard output, then a newline unless they end with one.
