@@ -53,10 +53,12 @@ struct OutputDeadlineTests {
                 }
             }
         }
-        // The deadline has passed before the first byte.
+        // The deadline has passed before the first byte. The stall limit is generous: on a loaded machine the
+        // reader's thread may not run for more than the default second between two reads (a full test run beside
+        // two builds failed so), and a reader that reads is what this test is about.
         let written = await Self.onThread { () -> Bool in
             defer { close(writer) }
-            return writeAll([UInt8](repeating: 0x41, count: 128 * 1024), to: writer, by: .now)
+            return writeAll([UInt8](repeating: 0x41, count: 128 * 1024), to: writer, by: .now, stallLimit: .seconds(30))
         }
         #expect(written)
         #expect(await reading.value == total)

@@ -90,11 +90,18 @@ final class QueuedWriter: Sendable {
 /// 6 MB/s got 7 of 16 MB, then the command said that nothing read it), nor is an answer that came just before the
 /// deadline; one that reads nothing holds the command for the deadline and a second. Writes at most `PIPE_BUF` bytes
 /// after each wait: a pipe that polls writable takes that many without blocking.
-func writeAll(_ bytes: [UInt8], to descriptor: Int32, by deadline: ContinuousClock.Instant) -> Bool {
+/// - Parameter stallLimit: How long the descriptor may take nothing once the deadline has passed; default
+///   ``outputStallAfterDeadline`` (tests give a reader that reads slowly on a loaded machine more).
+func writeAll(
+    _ bytes: [UInt8],
+    to descriptor: Int32,
+    by deadline: ContinuousClock.Instant,
+    stallLimit: Duration = outputStallAfterDeadline
+) -> Bool {
     var offset = 0
     while offset < bytes.count {
         let left = max(ContinuousClock.now.duration(to: deadline), .zero)
-        let wait = left == .zero ? outputStallAfterDeadline : left
+        let wait = left == .zero ? stallLimit : left
         let (seconds, attoseconds) = wait.components
         let milliseconds = Int32(clamping: seconds * 1000 + attoseconds / 1_000_000_000_000_000 + 1)
         var ready = pollfd(fd: descriptor, events: Int16(POLLOUT), revents: 0)
