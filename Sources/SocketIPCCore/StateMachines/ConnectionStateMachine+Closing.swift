@@ -112,7 +112,9 @@ extension ConnectionStateMachine {
         } else {
             finalError = error ?? .closed
         }
-        self.state = .closed(Closed(error: finalError, peerError: peerError))
+        // What is still queued never left; nor did what the socket refused before.
+        let unsentFrom = min(self.outbound.refusedFrom ?? .max, self.outbound.queue.takenBytes)
+        self.state = .closed(Closed(error: finalError, peerError: peerError, unsentFrom: unsentFrom))
         let writers = self.outbound.writeWaiters.map(\.waiter)
         self.outbound.writeWaiters = []
         _ = self.outbound.queue.takeAll()

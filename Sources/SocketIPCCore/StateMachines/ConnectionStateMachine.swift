@@ -171,11 +171,16 @@ package struct ConnectionStateMachine<RequestContinuation, WriteWaiter, Timer> {
         /// What the peer's going-away said, if it sent one.
         @usableFromInline
         var peerError: SocketIPCError?
+        /// Where in this side's byte stream nothing reached the peer: what was still queued at the close, or what
+        /// the socket refused before (``Outbound/refusedFrom``), whichever comes first.
+        @usableFromInline
+        var unsentFrom: Int
 
         @inlinable
-        init(error: SocketIPCError, peerError: SocketIPCError?) {
+        init(error: SocketIPCError, peerError: SocketIPCError?, unsentFrom: Int) {
             self.error = error
             self.peerError = peerError
+            self.unsentFrom = unsentFrom
         }
     }
 
@@ -208,6 +213,11 @@ package struct ConnectionStateMachine<RequestContinuation, WriteWaiter, Timer> {
         /// Cleared when the channel closes its socket: the descriptor number may then belong to another file.
         @usableFromInline
         var descriptorIsOpen = true
+        /// Where in this side's byte stream (counted as ``OutboundQueue/takenBytes`` counts) the socket refused a
+        /// byte for good (``ConnectionStateMachine/sendRefused(unwrittenBytes:)``): nothing from there on reached the
+        /// peer. `nil` while no send was refused.
+        @usableFromInline
+        var refusedFrom: Int?
         /// Frames of the peer that this side answers (requests, pings, calls' opens) that came while the peer was
         /// not reading this side's writes, since it last was (``ConnectionStateMachine/answerOwed()``).
         @usableFromInline
@@ -320,6 +330,25 @@ package struct ConnectionStateMachine<RequestContinuation, WriteWaiter, Timer> {
 
     /// Bytes flushes have taken from the queue so far, wrapping (``OutboundQueue/takenBytes``).
     package var takenBytes: Int { self.outbound.queue.takenBytes }
+
+    /// Where the next frame queued starts in this side's byte stream: bytes taken by flushes so far and bytes
+    /// queued. Compared with ``neverSent(from:)`` once the connection closed, it tells whether that frame left.
+    package var nextOutboundOffset: Int { self.outbound.queue.takenBytes &+ self.outbound.queue.byteCount }
+
+    /// The socket refused the rest of a flush for good (`EPIPE`, `ECONNRESET`: the peer is gone or shut its reading
+    /// side down): the last `unwrittenBytes` bytes taken never reached the peer, nor will anything after them.
+    package mutating func sendRefused(unwrittenBytes: Int) {
+        guard self.outbound.refusedFrom == nil else { return }
+        self.outbound.refusedFrom = self.outbound.queue.takenBytes &- unwrittenBytes
+    }
+
+    /// Whether nothing from `offset` on (a ``nextOutboundOffset`` read when a frame was queued) reached the peer:
+    /// the connection closed with that frame still queued, or the socket refused it. `false` while open, and
+    /// whenever a byte of it may have left (handed to the channel, which may have written part of it).
+    package func neverSent(from offset: Int) -> Bool {
+        guard case .closed(let closed) = self.state else { return false }
+        return offset >= closed.unsentFrom
+    }
 
     /// Writes handed to the channel and not yet completed.
     @inlinable

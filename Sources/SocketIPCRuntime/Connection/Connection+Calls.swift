@@ -106,6 +106,27 @@ extension Connection {
         if self.state.withLock({ $0.callEnded() }) { self.closeAfterGoingAway() }
     }
 
+    /// Queues the open frame of call `id`; returns where it starts in this side's byte stream, for
+    /// ``neverSent(from:)``.
+    /// - Throws: The connection's error once it is closed.
+    package func queueCallOpen(id: UInt32, _ open: CallOpen) throws -> Int {
+        var offset = 0
+        let action = self.state.withLock { state in
+            offset = state.nextOutboundOffset
+            return state.enqueueCallControlFrame(id: id, .open(open), spareBuffer: { self.spareBuffer() })
+        }
+        _ = try Self.queued(action, on: self)
+        return offset
+    }
+
+    /// Whether nothing this side queued from `offset` on (``queueCallOpen(id:_:)``'s result) reached the peer: the
+    /// connection closed with it still queued, or the socket refused it for good (`EPIPE`, `ECONNRESET`). Then the
+    /// peer cannot have seen that call: a client may make it again elsewhere, as gRPC retries transparently an RPC
+    /// that never left the client. `false` while the connection is open, and when a byte of it may have left.
+    package func neverSent(from offset: Int) -> Bool {
+        self.state.withLock { $0.neverSent(from: offset) }
+    }
+
     /// Queues a frame of call `id`; returns whether the sender should wait (``waitUntilWritable()``) before the next.
     /// - Throws: The connection's error once it is closed.
     package func queueCallFrame(id: UInt32, _ frame: CallFrame) throws -> Bool {

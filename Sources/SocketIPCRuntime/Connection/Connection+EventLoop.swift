@@ -38,7 +38,12 @@ extension Connection {
         }
         guard case .write(let batch, let mayWriteDirectly, let writersWaiting) = action else { return }
         let tail = batch.tail
-        let unwritten = self.writer.write(batch, mayWriteDirectly: mayWriteDirectly)
+        let (unwritten, refused) = self.writer.write(batch, mayWriteDirectly: mayWriteDirectly)
+        if refused {
+            // None of it reached the peer: a call whose open frame is in it never left (see neverSent(from:)).
+            let bytes = unwritten.reduce(0) { $0 + $1.readableBytes }
+            self.state.withLock { $0.sendRefused(unwrittenBytes: bytes) }
+        }
         if !unwritten.isEmpty {
             self.writeThroughChannel(unwritten)
         }

@@ -1,6 +1,14 @@
 import NIOCore
 import SocketIPCCore
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// How a connection's frames reach the peer: the one seam every byte a ``Connection`` writes goes through.
 ///
 /// A flush hands the writer what it took from the queue (``OutboundQueue/Batch``); the writer writes as much of it
@@ -15,8 +23,9 @@ protocol FrameWriter: Sendable {
     ///   - mayWriteDirectly: Whether bytes may bypass the channel: `false` while the channel holds writes of its own
     ///     (bytes must leave in order) or after it closed its socket (the descriptor number may belong to another
     ///     file by then).
-    /// - Returns: What was not written, in order, for ``writeThroughChannel(_:)``; empty if everything was.
-    func write(_ batch: OutboundQueue.Batch, mayWriteDirectly: Bool) -> [ByteBuffer]
+    /// - Returns: What was not written, in order, for ``writeThroughChannel(_:)`` (empty if everything was), and
+    ///   whether the socket refused it for good (`EPIPE`, `ECONNRESET`): then none of it will reach the peer.
+    func write(_ batch: OutboundQueue.Batch, mayWriteDirectly: Bool) -> (unwritten: [ByteBuffer], refused: Bool)
 
     /// Writes `buffers` through the channel's pipeline, in order, and flushes. Runs on the event loop.
     /// - Returns: A future that completes once the last buffer is written, or fails when the channel cannot write.
@@ -35,7 +44,7 @@ struct SocketFrameWriter: FrameWriter {
     /// The channel's socket, when known; without it every write goes through the channel.
     let descriptor: Int32?
 
-    func write(_ batch: OutboundQueue.Batch, mayWriteDirectly: Bool) -> [ByteBuffer] {
+    func write(_ batch: OutboundQueue.Batch, mayWriteDirectly: Bool) -> (unwritten: [ByteBuffer], refused: Bool) {
         #if os(Linux)
         // A closing channel has closed its socket before it reports the close: then its number may belong to
         // another socket already (NIO marks the channel inactive first, and fails its writes before channelInactive).
@@ -47,19 +56,39 @@ struct SocketFrameWriter: FrameWriter {
         if writingDirectly != nil { self.channel.eventLoop.preconditionInEventLoop() }
         // What the socket did not take at once, in order; allocated only then.
         var unwritten: [ByteBuffer] = []
+        var refused = false
         for var buffer in batch.earlier {
-            if let descriptor = writingDirectly, Self.writeWithoutBlocking(&buffer, to: descriptor) { continue }
+            if let descriptor = writingDirectly {
+                switch Self.writeWithoutBlocking(&buffer, to: descriptor) {
+                case .done: continue
+                case .wouldBlock: break
+                case .failed(let code): refused = Self.refusesForGood(code)
+                }
+            }
             writingDirectly = nil
             unwritten.append(buffer)
         }
         if var buffer = batch.tail {
-            if let descriptor = writingDirectly, Self.writeWithoutBlocking(&buffer, to: descriptor) {
-                // written
+            if let descriptor = writingDirectly {
+                switch Self.writeWithoutBlocking(&buffer, to: descriptor) {
+                case .done: break
+                case .wouldBlock: unwritten.append(buffer)
+                case .failed(let code):
+                    refused = Self.refusesForGood(code)
+                    unwritten.append(buffer)
+                }
             } else {
                 unwritten.append(buffer)
             }
         }
-        return unwritten
+        return (unwritten, refused)
+    }
+
+    /// Whether a send that failed with `code` means that nothing more will reach the peer on this socket: it closed
+    /// (`EPIPE`, `ECONNRESET`) or shut its reading side down (`EPIPE`). Not a passing lack of memory (`ENOBUFS`,
+    /// `ENOMEM`), after which the channel's own write may still succeed.
+    static func refusesForGood(_ code: Int32) -> Bool {
+        code == EPIPE || code == ECONNRESET || code == ENOTCONN
     }
 
     func writeThroughChannel(_ buffers: some Collection<ByteBuffer>) -> EventLoopFuture<Void> {
@@ -79,14 +108,14 @@ struct SocketFrameWriter: FrameWriter {
     }
 
     /// Writes as much of `buffer` to `descriptor` as the socket takes now (`send(2)`, never raising `SIGPIPE`).
-    /// - Returns: Whether all of it was written; if not, `buffer` holds the rest.
+    /// - Returns: How far it got; unless `done`, `buffer` holds the rest, which goes through the channel (after an
+    ///   error, the channel meets it again and reports it).
     @inline(__always)
-    static func writeWithoutBlocking(_ buffer: inout ByteBuffer, to descriptor: Int32) -> Bool {
+    static func writeWithoutBlocking(_ buffer: inout ByteBuffer, to descriptor: Int32) -> SocketSend.Outcome {
         #if os(Linux)
-        // EAGAIN, or an error the channel meets again and reports: the rest goes through the channel.
-        return SocketSend.sendAll(descriptor, from: &buffer) == .done
+        return SocketSend.sendAll(descriptor, from: &buffer)
         #else
-        return false
+        return .wouldBlock
         #endif
     }
 }

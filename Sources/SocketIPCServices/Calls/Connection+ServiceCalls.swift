@@ -25,8 +25,20 @@ extension Connection {
         _ request: Method.Request,
         options: CallOptions = CallOptions()
     ) async throws -> Method.Response {
+        var neverSent = false
+        return try await self.call(method, request, options: options, neverSent: &neverSent)
+    }
+
+    /// ``call(_:_:options:)``, telling whether a failed call never reached the peer (`neverSent`), so that a
+    /// ``ServiceClient`` can make any call again that its server never saw.
+    nonisolated(nonsending) package func call<Method: ServiceMethod>(
+        _ method: Method.Type,
+        _ request: Method.Request,
+        options: CallOptions,
+        neverSent: inout Bool
+    ) async throws -> Method.Response {
         let (payload, descriptors) = try DescriptorCoding.encodeOutgoing(request, of: Method.name, codec: options.codec, on: self)
-        return try await self.withOutgoingCall(Method.name, options: options) { call in
+        return try await self.withOutgoingCall(Method.name, options: options, neverSent: &neverSent) { call in
             try await call.sendRequest(payload, descriptors: descriptors)
             call.finish()
             self.recycleEncodingBuffer(payload)
@@ -132,6 +144,19 @@ extension Connection {
         options: CallOptions,
         _ body: (CallStream) async throws -> Result
     ) async throws -> Result {
+        var neverSent = false
+        return try await self.withOutgoingCall(method, options: options, neverSent: &neverSent, body)
+    }
+
+    /// ``withOutgoingCall(_:options:_:)``; when it throws, `neverSent` says whether nothing of the call reached the
+    /// peer: it was refused before its open frame was queued (the connection closed or going away), or the
+    /// connection closed before that frame left (still queued, or refused by the socket for good).
+    nonisolated(nonsending) func withOutgoingCall<Result>(
+        _ method: String,
+        options: CallOptions,
+        neverSent: inout Bool,
+        _ body: (CallStream) async throws -> Result
+    ) async throws -> Result {
         try Task.checkCancellation()
         guard !method.isEmpty else {
             // The protocol carries an empty name, but no handler can be registered for one (ServiceMethod.name).
@@ -145,19 +170,24 @@ extension Connection {
             )
         }
         let multiplexer = CallMultiplexer.of(self)
-        let id = try self.startOutgoingCall()
+        let id: UInt32
+        do {
+            id = try self.startOutgoingCall()
+        } catch {
+            neverSent = true
+            throw error
+        }
         let call = CallStream(id: id, method: method, connection: self, isCaller: true)
         multiplexer.register(call)
         defer {
             multiplexer.remove(id)
             self.callEnded()
         }
+        let openedAt: Int
         do {
-            _ = try self.queueCallFrame(
-                id: id,
-                .open(CallOpen(method: method, timeoutNanoseconds: options.timeoutNanoseconds))
-            )
+            openedAt = try self.queueCallOpen(id: id, CallOpen(method: method, timeoutNanoseconds: options.timeoutNanoseconds))
         } catch {
+            neverSent = true
             call.fail(error)
             throw error
         }
@@ -172,6 +202,7 @@ extension Connection {
             return result
         } catch {
             call.cancel(.cancelled, failing: Self.callOver(method))
+            neverSent = self.neverSent(from: openedAt)
             // A deadline that passed is the reason, whatever the read or write it interrupted threw.
             if let failure = call.failure as? SocketIPCError, failure.code == .deadlineExceeded { throw failure }
             throw error

@@ -8,7 +8,11 @@ extension ServiceClient {
     /// Calls `method` with `request` and returns its response (a unary call), once a connection is ready.
     ///
     /// If the connection is lost before the response comes, a method that declares itself idempotent is called
-    /// again on the next connection (up to ``ServiceClientConfiguration/maximumRetries`` times); any other fails.
+    /// again on the next connection (up to ``ServiceClientConfiguration/maximumRetries`` times); any other fails,
+    /// unless nothing of the call reached the server: the connection had closed or said going-away before the call
+    /// was written, or the socket refused its first byte (`EPIPE`: the server had died before the client noticed).
+    /// Such a call is made again whatever its method, within the same bound, as gRPC retries transparently an RPC
+    /// that never left the client.
     /// An idempotent call the server refuses as going away (status unavailable) while it keeps the connection open,
     /// without having said going-away on it, counts as such a retry too: it is made again after
     /// ``ServiceClientConfiguration/backoff``, on that connection if it is still open then (as gRPC retries
@@ -42,10 +46,11 @@ extension ServiceClient {
             } catch where retries > 0 && deadline.map({ $0 <= .now }) ?? false {
                 throw CallStream.deadlineError(Method.name)
             }
+            var neverSent = false
             do {
-                return try await connection.call(method, request, options: attempt)
+                return try await connection.call(method, request, options: attempt, neverSent: &neverSent)
             } catch let error as SocketIPCError
-                where Method.isIdempotent && retries < self.configuration.maximumRetries
+                where (Method.isIdempotent || neverSent) && retries < self.configuration.maximumRetries
                 && Self.lostBeforeAnswer(error)
             {
                 retries += 1
@@ -60,7 +65,7 @@ extension ServiceClient {
                     if connection.isOpen { lost = nil }
                 }
                 self.logger.debug(
-                    "retrying an idempotent call",
+                    neverSent ? "retrying a call that never reached the server" : "retrying an idempotent call",
                     metadata: [
                         "method": "\(Method.name)", "error": "\(errorText(error))", "retry": "\(retries)",
                         "connection": "\(lost == nil ? "the same" : "a new one")",

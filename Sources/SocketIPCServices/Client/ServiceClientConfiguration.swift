@@ -10,7 +10,8 @@ public struct ServiceClientConfiguration: Sendable {
     /// the last connection error; default 30 s. A call's own ``CallOptions/timeout`` also bounds it.
     public var waitForConnectionTimeout: Duration = .seconds(30)
     /// How many times a call of an idempotent method (``ServiceMethod/isIdempotent``) is repeated on a new
-    /// connection when its connection was lost before the response came; default 3.
+    /// connection when its connection was lost before the response came, and a call of any method that never
+    /// reached the server (its connection closed or went away before the call was written); default 3.
     public var maximumRetries = 3
 
     /// Creates a configuration with the defaults.
