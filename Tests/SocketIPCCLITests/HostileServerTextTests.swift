@@ -84,6 +84,14 @@ struct HostileServerTextTests {
             // Before, the name's ESC and BEL bytes reached the terminal as they were.
             #expect(!all.utf8.contains(0x1B) && !all.utf8.contains(0x07), "\(all)")
             #expect(all.contains(#"\x1b[31mEVIL\x07"#), "\(all)")
+            // JSON escapes it its own way: the name as the process set it, not escaped for a terminal first (before,
+            // a JSON reader got the text `\x1b[31mEVIL\x07`, another name).
+            let json = try await Self.probeOutput(ofListener: script, at: directory + "/named-json.sock", arguments: ["--json"])
+            #expect(!json.utf8.contains(0x1B) && !json.utf8.contains(0x07), "\(json)")
+            let line = try #require(json.split(separator: "\n").first { $0.hasPrefix("{") })
+            let object = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+            let peer = try #require(object["peer"] as? [String: Any], "\(object)")
+            #expect(peer["command"] as? String == "\u{1B}[31mEVIL\u{07}", "\(peer)")
         }
     }
 
@@ -116,11 +124,11 @@ struct HostileServerTextTests {
 
     /// What `socket-ipc probe PATH` prints, on standard output and error, of a listener at `path` that the Python
     /// `script` runs (its `sys.argv[1]` is `path`; it prints `ready` once it listens).
-    static func probeOutput(ofListener script: String, at path: String) async throws -> String {
+    static func probeOutput(ofListener script: String, at path: String, arguments: [String] = []) async throws -> String {
         let listener = try TestProcess(executable: "/usr/bin/python3", ["-c", script, path], timeLimit: .seconds(60))
         return try await withProcess(listener) { listener in
             #expect(await listener.standardOutput.waitForLine("ready"))
-            let probed = try await runCLI(["probe", path])
+            let probed = try await runCLI(["probe"] + arguments + [path])
             return probed.output + probed.error
         }
     }

@@ -16,12 +16,13 @@ import SocketIPCRuntime
 struct LockHolder: Sendable, Equatable {
     /// The holder's process id, as `/proc/locks` gives it (the process that took the lock).
     let pid: Int32
-    /// Its command name from `/proc/PID/comm`, when readable.
+    /// Its command name from `/proc/PID/comm`, when readable, as the process set it (``ProcessName/unescaped(_:)``):
+    /// print it with ``description``, which escapes it.
     let command: String?
 
-    /// `1234 (socket-ipc)`.
+    /// `1234 (socket-ipc)`, the name escaped for a terminal (``SafeText/oneLine(_:)``).
     var description: String {
-        self.command.map { "\(self.pid) (\($0))" } ?? "\(self.pid)"
+        self.command.map { "\(self.pid) (\(SafeText.oneLine($0)))" } ?? "\(self.pid)"
     }
 
     /// The processes that hold a lock on the file with `status`.
@@ -31,7 +32,7 @@ struct LockHolder: Sendable, Equatable {
         // busy machine's list of locks is longer.
         guard let text = ProcFile.read("/proc/locks", limit: 64 << 20) else { return nil }
         return Self.holders(in: text, device: status.device, inode: status.inode)
-            .map { LockHolder(pid: $0, command: ProcessName.of($0)) }
+            .map { LockHolder(pid: $0, command: ProcessName.unescaped($0)) }
     }
 
     /// The pids that `/proc/locks`' `text` lists as holding a lock on the file at `device` and `inode`.

@@ -24,7 +24,7 @@ extension ProbeReport {
             self.peer.map {
                 [
                     "pid": Int($0.processID), "uid": Int($0.userID), "gid": Int($0.groupID),
-                    "command": ProcessName.of($0.processID) ?? null,
+                    "command": ProcessName.unescaped($0.processID) ?? null,
                 ] as [String: Any]
             } ?? null
         object["socket"] = (try? inspection.entry.get()).map(Self.fileObject) ?? null

@@ -6,11 +6,17 @@ enum ProcessName {
     /// `prctl(PR_SET_NAME)`, and may put escape sequences or a newline in its name), or `nil` when it is gone or cannot
     /// be read.
     static func of(_ pid: Int32) -> String? {
+        Self.unescaped(pid).map(SafeText.oneLine)
+    }
+
+    /// The command name of process `pid` as the process set it, not escaped: for JSON, whose own escaping makes any
+    /// name safe (escaping it for text first would print `\u001b` as `\\x1b`, another name); `nil` as ``of(_:)``.
+    static func unescaped(_ pid: Int32) -> String? {
         #if os(Linux)
         guard pid > 0, let data = FileManager.default.contents(atPath: "/proc/\(pid)/comm") else { return nil }
         // The kernel ends the name with a newline.
         let bytes = data.last == UInt8(ascii: "\n") ? data.dropLast() : data[...]
-        let name = SafeText.oneLine(String(decoding: bytes, as: UTF8.self))
+        let name = String(decoding: bytes, as: UTF8.self)
         return name.isEmpty ? nil : name
         #else
         return nil
