@@ -77,6 +77,15 @@ final class DescriptorRelay: @unchecked Sendable {
     /// Whether the outbound thread has stopped sending (the channel closed its end, or the peer is gone): nothing
     /// registered from now on is ever sent.
     private var outboundEnded = false
+    /// Whether the socket is kept, once both threads ended, while the peer has not read shared payloads sent to it
+    /// (``lingersWhilePeerHoldsSharedMemory``), until ``stopLingering()``.
+    private var lingeringStopped = false
+    /// Whether the last thread keeps the socket (and with it, since the relay has not finished, the connection's
+    /// slot on a server) while the peer has left shared payloads unread in it: their memory stays in flight in the
+    /// peer's receive queue whatever this side does, so a server that freed the slot would let one user pin a
+    /// connection's worth of shared memory per connection it ever made (found by a review: 640 MiB through 40
+    /// connections closed one after another against a limit of 4 per user).
+    let lingersWhilePeerHoldsSharedMemory: Bool
     private var threadsRunning = 2
     /// Bytes of shared memory this side made for its payloads since the peer last had read everything sent to it
     /// (``reserveSharedMemory(_:limit:)``).
@@ -101,7 +110,17 @@ final class DescriptorRelay: @unchecked Sendable {
     ///     are charged to it.
     ///   - logger: The connection's logger.
     /// - Throws: `SocketIPCError` with code `systemCall` when the socket pair or a thread cannot be made.
-    init(socket: Int32, maximumPerMessage: Int, passedBy: UInt32?, logger: Logger) throws {
+    ///   - lingersWhilePeerHoldsSharedMemory: Whether to keep the socket, once the connection is over, while the
+    ///     peer has left shared payloads unread in it (a server's relay, whose slot is held meanwhile); default
+    ///     `false`.
+    init(
+        socket: Int32,
+        maximumPerMessage: Int,
+        passedBy: UInt32?,
+        logger: Logger,
+        lingersWhilePeerHoldsSharedMemory: Bool = false
+    ) throws {
+        self.lingersWhilePeerHoldsSharedMemory = lingersWhilePeerHoldsSharedMemory
         #if !os(Linux)
         // Untested: Darwin has SCM_RIGHTS too, but not MSG_CMSG_CLOEXEC or MSG_NOSIGNAL; not done yet.
         _ = close(socket)
@@ -638,12 +657,37 @@ final class DescriptorRelay: @unchecked Sendable {
         self.unlockAccounting(withValue: 1, closing: left)
         Self.closeAll(leftOutgoing)
         if last {
+            if self.lingersWhilePeerHoldsSharedMemory { self.lingerWhilePeerHoldsSharedMemory() }
             _ = close(self.socket)
             let waiters = self.finishWaiters.withLock { waiters in
                 defer { waiters = nil }
                 return waiters ?? []
             }
             for waiter in waiters { waiter() }
+        }
+    }
+
+    /// Stops keeping the socket for a peer that holds shared payloads unread (``lingersWhilePeerHoldsSharedMemory``):
+    /// a server's shutdown waits no longer for it.
+    func stopLingering() {
+        self.lock.lock()
+        self.lingeringStopped = true
+        self.lock.unlock(withValue: self.mayReceiveValue)
+    }
+
+    /// Waits, on the last thread, while shared payloads may be unread in the socket (some were made since the peer
+    /// last had read everything, and the peer has not read or dropped every byte sent: `TIOCOUTQ`, which falls to 0
+    /// when the peer reads them or closes), until ``stopLingering()``. Looks again after 10 ms, then less often, at
+    /// most every second.
+    private func lingerWhilePeerHoldsSharedMemory() {
+        var pause: UInt32 = 10_000
+        while true {
+            self.lock.lock()
+            let waits = self.sharedUnread > 0 && !self.lingeringStopped
+            self.lock.unlock(withValue: self.mayReceiveValue)
+            guard waits, Self.queuedBytes(self.socket, request: UInt(TIOCOUTQ)) > 0 else { return }
+            usleep(pause)
+            pause = min(pause * 2, 1_000_000)
         }
     }
 

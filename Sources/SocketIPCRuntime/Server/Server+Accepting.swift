@@ -116,7 +116,8 @@ extension Server {
                     socket: descriptor,
                     maximumPerMessage: maximumDescriptors,
                     passedBy: peer?.userID,
-                    logger: relayLogger
+                    logger: relayLogger,
+                    lingersWhilePeerHoldsSharedMemory: true
                 )
             } catch {
                 self.logger.error("could not relay a connection that passes descriptors", metadata: ["error": "\(errorText(error))"])

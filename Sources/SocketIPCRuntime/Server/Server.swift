@@ -331,6 +331,8 @@ public final class Server: Service, Sendable {
             connection.goAway(.normal, message: "the server is shutting down")
         }
         for channel in shutdown.closeChannels { channel.close(promise: nil) }
+        // A closed connection's relay kept for a peer that holds shared payloads unread is not waited for.
+        for relay in self.relays.withLock({ Array($0.values) }) { relay.stopLingering() }
         if !shutdown.graceful { self.abortRelays() }
         if shutdown.cancelHandlerTasks { self.handlerTasks.cancelAll() }
         shutdown.cancelGracePeriodTimer?.cancel()
@@ -357,7 +359,10 @@ public final class Server: Service, Sendable {
     /// once if the drain completed meanwhile.
     /// Cuts off every relay still writing to its peer: the shutdown waits no longer (see ``relays``).
     private func abortRelays() {
-        for relay in self.relays.withLock({ Array($0.values) }) { relay.abort() }
+        for relay in self.relays.withLock({ Array($0.values) }) {
+            relay.stopLingering()
+            relay.abort()
+        }
     }
 
     private func armGracePeriodTimer() {

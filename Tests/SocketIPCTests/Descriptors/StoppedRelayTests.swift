@@ -1,5 +1,8 @@
 import Logging
+import NIOCore
 @testable import SocketIPCRuntime
+import SocketIPCTesting
+import Synchronization
 import Testing
 
 #if canImport(Glibc)
@@ -35,5 +38,40 @@ struct StoppedRelayTests {
         var byte: UInt8 = 0
         if polled == 1 { #expect(read(ends[0], &byte, 1) == 0) }
         #expect(!relay.reserveSharedMemory(1 << 20, limit: 16 << 20), "no memory for a peer that will never read it")
+    }
+
+    @Test("a server's connection whose peer keeps shared payloads unread in its socket holds its slot (its relay) after the close, until the peer reads or closes (found by a review: 640 MiB pinned through 40 connections against a limit of 4 per user)")
+    func closedConnectionHoldsSlotWhilePeerHoldsSharedMemory() async throws {
+        var options = ConnectionOptions()
+        options.maximumDescriptorsPerMessage = 4
+        options.sharedPayloadThreshold = 64 * 1024
+        try await withFramedTestServer(configure: { $0.connection = options }, makeHandler: { EchoHandler() }) { server, path in
+            let peer = try await RawSocket.connect(to: path)
+            var peerOpen = true
+            defer { if peerOpen { peer.close() } }
+            // Hello: calls, descriptors, shared payloads.
+            try await peer.write([0x53, 0x49, 0x50, 0x43, 0x01, 0x07, 0x00, 0x00])
+            _ = try await peer.read(exactly: 8)
+            // A request the server echoes in shared memory; the reply waits in the peer's socket, unread.
+            try await peer.write(frameBytes(kind: 0x02, id: 1, payload: [UInt8](repeating: 0x61, count: 100 * 1024)))
+            var readable = pollfd(fd: peer.descriptor, events: Int16(POLLIN), revents: 0)
+            #expect(poll(&readable, 1, 30_000) == 1, "the reply came")
+            // The peer half-closes: the server closes the connection, and its relay shuts the socket down (both
+            // directions shut: POLLHUP), with the reply's memory still in flight to the peer.
+            peer.shutdownWrite()
+            let pollReadHangUp: Int16 = 0x2000  // POLLRDHUP, which Glibc's module leaves out
+            var hungUp = pollfd(fd: peer.descriptor, events: pollReadHangUp, revents: 0)
+            while poll(&hungUp, 1, 30_000) == 1, hungUp.revents & Int16(POLLHUP) == 0 {
+                hungUp.revents = 0
+            }
+            #expect(hungUp.revents & Int16(POLLHUP) != 0)
+            // The relay, and with it the connection's slot, stays while the memory does (before, it finished at once).
+            let finishedEarly = await eventually(attempts: 30) { server.relays.withLock { $0.isEmpty } }
+            #expect(!finishedEarly, "the relay finished while the peer held the reply's shared memory")
+            // The peer closes: the memory is freed, and so is the slot.
+            peer.close()
+            peerOpen = false
+            #expect(await eventually { server.relays.withLock { $0.isEmpty } })
+        }
     }
 }
