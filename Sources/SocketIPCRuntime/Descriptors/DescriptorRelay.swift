@@ -109,10 +109,10 @@ final class DescriptorRelay: @unchecked Sendable {
     ///   - passedBy: The peer's user id (`SO_PEERCRED`), `nil` when unknown: the closes of the descriptors it passes
     ///     are charged to it.
     ///   - logger: The connection's logger.
-    /// - Throws: `SocketIPCError` with code `systemCall` when the socket pair or a thread cannot be made.
     ///   - lingersWhilePeerHoldsSharedMemory: Whether to keep the socket, once the connection is over, while the
     ///     peer has left shared payloads unread in it (a server's relay, whose slot is held meanwhile); default
     ///     `false`.
+    /// - Throws: `SocketIPCError` with code `systemCall` when the socket pair or a thread cannot be made.
     init(
         socket: Int32,
         maximumPerMessage: Int,
