@@ -32,13 +32,20 @@ public func closeDescriptor(_ descriptor: Int32) -> Int32 {
     close(descriptor)
 }
 
-/// A new `AF_UNIX` `SOCK_STREAM` socket, or -1 with `errno` set. On Darwin it has `SO_NOSIGPIPE` (see
+/// A new `AF_UNIX` `SOCK_STREAM` socket, close-on-exec, or -1 with `errno` set. On Darwin it has `SO_NOSIGPIPE` (see
 /// ``disableSIGPIPE(on:)``), which ``sendWithoutSignal(_:_:flags:)`` relies on there.
+///
+/// Close-on-exec, so that a child another test spawns meanwhile does not inherit it: a test's close of its socket
+/// then reaches the peer at once, not when that child exits (a test that closed its peer to free the server's side
+/// waited 20 s for a CLI test's child).
 public func makeUnixStreamSocket() -> Int32 {
     #if canImport(Glibc)
-    let descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    let descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
+    #elseif canImport(Musl)
+    let descriptor = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)
     #else
     let descriptor = socket(AF_UNIX, SOCK_STREAM, 0)
+    if descriptor >= 0 { _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC) }  // untested
     #endif
     if descriptor >= 0 { disableSIGPIPE(on: descriptor) }
     return descriptor

@@ -249,5 +249,7 @@ func acceptConnection(on listener: Int32) async throws -> Int32 {
 func acceptConnectionNow(on listener: Int32) throws -> Int32 {
     let accepted = accept(listener, nil, nil)
     guard accepted >= 0 else { throw RawSocketError.failed("accept", errno) }
+    // Not inherited by a child another test spawns (see makeUnixStreamSocket()).
+    _ = fcntl(accepted, F_SETFD, FD_CLOEXEC)
     return accepted
 }
