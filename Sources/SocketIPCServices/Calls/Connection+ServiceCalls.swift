@@ -38,11 +38,25 @@ extension Connection {
         neverSent: inout Bool
     ) async throws -> Method.Response {
         let (payload, descriptors) = try DescriptorCoding.encodeOutgoing(request, of: Method.name, codec: options.codec, on: self)
-        return try await self.withOutgoingCall(Method.name, options: options, neverSent: &neverSent) { call in
-            try await call.sendRequest(payload, descriptors: descriptors)
-            call.finish()
-            self.recycleEncodingBuffer(payload)
-            return try await Self.readSingleResponse(of: call, as: Method.Response.self, codec: options.codec)
+        var refusedAtOpen = false
+        do {
+            return try await self.withOutgoingCall(Method.name, options: options, neverSent: &neverSent) { call in
+                try await call.sendRequest(payload, descriptors: descriptors)
+                call.finish()
+                self.recycleEncodingBuffer(payload)
+                return try await Self.readSingleResponse(
+                    of: call,
+                    as: Method.Response.self,
+                    codec: options.codec,
+                    refusedAtOpen: &refusedAtOpen
+                )
+            }
+        } catch {
+            // Ended with "unavailable" before any response: the peer took no new calls and its handler did not run
+            // (PROTOCOL.md, status 0x07), so the call had no effect there, as gRPC takes a stream refused with
+            // REFUSED_STREAM or beyond a GOAWAY's last stream id for one that never reached the server.
+            if refusedAtOpen { neverSent = true }
+            throw error
         }
     }
 
@@ -221,8 +235,21 @@ extension Connection {
         as type: Response.Type,
         codec: any MessageCodec
     ) async throws -> Response {
+        var refusedAtOpen = false
+        return try await self.readSingleResponse(of: call, as: type, codec: codec, refusedAtOpen: &refusedAtOpen)
+    }
+
+    /// ``readSingleResponse(of:as:codec:)``; `refusedAtOpen` tells whether the call ended with status unavailable
+    /// before any response (the peer refused it at its open: its handler did not run).
+    nonisolated(nonsending) static func readSingleResponse<Response: Decodable & Sendable>(
+        of call: CallStream,
+        as type: Response.Type,
+        codec: any MessageCodec,
+        refusedAtOpen: inout Bool
+    ) async throws -> Response {
         switch try await call.next() {
         case .end(let status):
+            refusedAtOpen = status.code == .unavailable
             throw status.error(codec: codec, method: call.method)
                 ?? SocketIPCError(.invalidMessage, "the call '\(call.method)' ended without a response")
         case .message(let message, let descriptors):

@@ -9,12 +9,14 @@ extension ServiceClient {
     ///
     /// If the connection is lost before the response comes, a method that declares itself idempotent is called
     /// again on the next connection (up to ``ServiceClientConfiguration/maximumRetries`` times); any other fails,
-    /// unless nothing of the call reached the server: the connection had closed or said going-away before the call
-    /// was written, or the socket refused its first byte (`EPIPE`: the server had died before the client noticed).
+    /// unless nothing of the call reached the server or its handler: the connection had closed or said going-away
+    /// before the call was written, the socket refused its first byte (`EPIPE`: the server had died before the
+    /// client noticed), or the server refused the call at its open as going away (status unavailable before any
+    /// response: it takes no new calls, and the handler did not run).
     /// Such a call is made again whatever its method, within the same bound, as gRPC retries transparently an RPC
-    /// that never left the client.
-    /// An idempotent call the server refuses as going away (status unavailable) while it keeps the connection open,
-    /// without having said going-away on it, counts as such a retry too: it is made again after
+    /// that never left the client or that the server refused unprocessed (`REFUSED_STREAM`, beyond a `GOAWAY`).
+    /// A call the server refuses as going away while it keeps the connection open, without having said going-away
+    /// on it, is made again after
     /// ``ServiceClientConfiguration/backoff``, on that connection if it is still open then (as gRPC retries
     /// `UNAVAILABLE`), instead of waiting for a new connection that may never come.
     /// The call's ``CallOptions/timeout`` covers all of it: the waits for a connection, every attempt, and the waits

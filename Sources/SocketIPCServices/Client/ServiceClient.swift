@@ -27,7 +27,8 @@ import Synchronization
 /// (``ServiceMethod/isIdempotent``) is repeated on the next connection, up to
 /// ``ServiceClientConfiguration/maximumRetries`` times; so is a unary call of any method that never reached the
 /// server (its connection closed or went away before the call was written, as when the server died a moment
-/// before: gRPC's transparent retry). Any other call fails with the transport's error (`connectionClosed`,
+/// before) or that the server refused at its open as it went away (status unavailable, its handler not run): gRPC's
+/// transparent retry. Any other call fails with the transport's error (`connectionClosed`,
 /// `peerGoingAway`, `peerNotResponding`), since it may have had its effect.
 public final class ServiceClient: Sendable, Service {
     /// The socket path of the server.

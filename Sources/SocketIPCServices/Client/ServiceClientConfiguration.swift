@@ -11,7 +11,8 @@ public struct ServiceClientConfiguration: Sendable {
     public var waitForConnectionTimeout: Duration = .seconds(30)
     /// How many times a call of an idempotent method (``ServiceMethod/isIdempotent``) is repeated on a new
     /// connection when its connection was lost before the response came, and a call of any method that never
-    /// reached the server (its connection closed or went away before the call was written); default 3.
+    /// reached the server or its handler (its connection closed or went away before the call was written, or the
+    /// server refused it at its open as going away); default 3.
     public var maximumRetries = 3
 
     /// Creates a configuration with the defaults.

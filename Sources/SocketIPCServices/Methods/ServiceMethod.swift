@@ -27,7 +27,7 @@ public protocol ServiceMethod: SendableMetatype {
     /// Whether calling the method twice has the effect of calling it once, so that a ``ServiceClient`` may repeat a
     /// call whose connection was lost before the response came (as gRPC's retry policy and HTTP's idempotent
     /// methods). Default `false`: a call that may have reached the server is never repeated (one that surely did
-    /// not, its connection gone before it was written, is).
+    /// not, its connection gone before it was written or refused by a server going away before its handler ran, is).
     static var isIdempotent: Bool { get }
     /// The largest request the handler takes, in bytes of its encoded message (each message of a request stream);
     /// `nil`, the default, takes up to the connection's `ConnectionOptions.maximumMessageSize` (16 MiB by default).

@@ -177,26 +177,51 @@ struct ServiceClientTests {
         }
     }
 
-    @Test("a non-idempotent call refused with 'unavailable' fails at once with peerGoingAway, and is not made again")
-    func nonIdempotentCallRefusedIsNotRetried() async throws {
+    @Test("a non-idempotent call refused with 'unavailable' at its open (its handler did not run) is made again, as gRPC retries a stream refused unprocessed")
+    func nonIdempotentCallRefusedAtOpenIsRetried() async throws {
         try await withTemporarySocketDirectory { directory in
             let path = directory + "/unavailable.sock"
             let listener = try makeStaleSocket(at: path, listening: true)
             defer { close(listener) }
-            let serving = Task { () -> (opens: [UInt32?], closed: Bool) in
-                let (peer, first) = try await acceptRefusingFirstOpen(on: listener)
+            let serving = Task { try await refuseFirstOpenThenAnswerOne(on: listener) }
+            var configuration = Self.fastRetries
+            configuration.waitForConnectionTimeout = .seconds(10)
+            let client = ServiceClient(path: path, configuration: configuration)
+            // Before, it failed at once with peerGoingAway.
+            let value = try await withRunningClient(client) { try await client.call(CountedOnce.self, 0) }
+            #expect(value == 1)
+            let opens = try await serving.value
+            #expect(opens.count == 2 && opens[0] != nil && opens[1] != nil && opens[0] != opens[1], "\(opens)")
+        }
+    }
+
+    @Test("a non-idempotent call that ends with 'unavailable' after its response came (its handler ran) fails with peerGoingAway, and is not made again")
+    func nonIdempotentCallUnavailableAfterAResponseIsNotRetried() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/unavailable.sock"
+            let listener = try makeStaleSocket(at: path, listening: true)
+            defer { close(listener) }
+            let serving = Task { () -> [UInt32?] in
+                let peer = try await RawSocket.accepting(on: listener)
                 defer { peer.close() }
+                _ = try await peer.read(exactly: helloBytes.count)
+                try await peer.write(callsPeerHelloBytes)
+                let first = try await peer.readCallOpen()
+                try await peer.write(
+                    frameBytes(kind: 0x07, id: first ?? 0, payload: Array("1".utf8))
+                        + callEndBytes(id: first ?? 0, status: 0x07, text: "going away")
+                )
                 // Whatever the client sends until it closes: no second open.
                 var opens = [first]
                 while let next = try await peer.readCallOpen() { opens.append(next) }
-                return (opens, true)
+                return opens
             }
             let client = ServiceClient(path: path, configuration: Self.fastRetries)
             let error = try await withRunningClient(client) {
                 await #expect(throws: SocketIPCError.self) { try await client.call(CountedOnce.self, 0) }
             }
             #expect(error?.code == .peerGoingAway)
-            let (opens, _) = try await serving.value
+            let opens = try await serving.value
             #expect(opens.count == 1 && opens[0] != nil, "\(opens)")
         }
     }
