@@ -158,37 +158,24 @@ struct ServiceClientTests {
         }
     }
 
-    @Test("an idempotent call refused with 'unavailable' by a server that keeps the connection open is made again after a backoff on that connection, instead of waiting for another")
-    func idempotentCallRetriedAfterUnavailableOnAnOpenConnection() async throws {
+    @Test(
+        "a unary call refused with 'unavailable' at its open (its handler did not run) by a server that keeps the connection open is made again after a backoff on that connection, whatever its method, as gRPC retries a stream refused unprocessed",
+        arguments: [true, false]
+    )
+    func callRetriedAfterUnavailableOnAnOpenConnection(idempotent: Bool) async throws {
         try await withTemporarySocketDirectory { directory in
             let path = directory + "/unavailable.sock"
             let listener = try makeStaleSocket(at: path, listening: true)
             defer { close(listener) }
             let serving = Task { try await refuseFirstOpenThenAnswerOne(on: listener) }
             var configuration = Self.fastRetries
-            // Before, the call waited for a new connection that never came, then failed: a shorter wait for it
-            // keeps that failure quick.
+            // Before, an idempotent call waited for a new connection that never came, then failed (a shorter wait for
+            // it keeps that failure quick); a non-idempotent one failed at once with peerGoingAway.
             configuration.waitForConnectionTimeout = .seconds(10)
             let client = ServiceClient(path: path, configuration: configuration)
-            let value = try await withRunningClient(client) { try await client.call(CountedGet.self, 0) }
-            #expect(value == 1)
-            let opens = try await serving.value
-            #expect(opens.count == 2 && opens[0] != nil && opens[1] != nil && opens[0] != opens[1], "\(opens)")
-        }
-    }
-
-    @Test("a non-idempotent call refused with 'unavailable' at its open (its handler did not run) is made again, as gRPC retries a stream refused unprocessed")
-    func nonIdempotentCallRefusedAtOpenIsRetried() async throws {
-        try await withTemporarySocketDirectory { directory in
-            let path = directory + "/unavailable.sock"
-            let listener = try makeStaleSocket(at: path, listening: true)
-            defer { close(listener) }
-            let serving = Task { try await refuseFirstOpenThenAnswerOne(on: listener) }
-            var configuration = Self.fastRetries
-            configuration.waitForConnectionTimeout = .seconds(10)
-            let client = ServiceClient(path: path, configuration: configuration)
-            // Before, it failed at once with peerGoingAway.
-            let value = try await withRunningClient(client) { try await client.call(CountedOnce.self, 0) }
+            let value = try await withRunningClient(client) {
+                idempotent ? try await client.call(CountedGet.self, 0) : try await client.call(CountedOnce.self, 0)
+            }
             #expect(value == 1)
             let opens = try await serving.value
             #expect(opens.count == 2 && opens[0] != nil && opens[1] != nil && opens[0] != opens[1], "\(opens)")
