@@ -1,6 +1,7 @@
 import SocketIPC
 import SocketIPCTesting
 import SocketIPCTestSupport
+import Synchronization
 import Testing
 
 @Suite("Services: a server's graceful shutdown", .timeLimit(.minutes(5)), .limitedConcurrency)
@@ -110,6 +111,55 @@ struct ServiceShutdownTests {
             server.shutdownGracefully()
             let ends = try await reader.value
             #expect(ends.allSatisfy { $0.status == 0x07 }, "statuses: \(ends.map(\.status))")
+        }
+    }
+
+    enum Slow: ServiceMethod {
+        static let name = "test.slow"
+        typealias Request = Int
+        typealias Response = Int
+    }
+
+    enum Once: ServiceMethod {
+        static let name = "test.once"
+        typealias Request = Int
+        typealias Response = Int
+    }
+
+    @Test("a call opened after the server said going-away is refused with unavailable (0x07) and its handler does not run, so that a client may make it again elsewhere")
+    func callOpenedAfterGoingAwayIsRefusedUnrun() async throws {
+        let started = AsyncStream<Void>.makeStream()
+        let release = AsyncStream<Void>.makeStream()
+        let runs = Atomic<Int>(0)
+        var router = ServiceRouter()
+        router.register(Slow.self) { value, _ in
+            started.continuation.yield()
+            for await _ in release.stream { break }
+            return value
+        }
+        router.register(Once.self) { value, _ in
+            runs.add(1, ordering: .relaxed)
+            return value
+        }
+        try await withServiceTestServer(router: router, configure: { $0.shutdownGracePeriod = .seconds(60) }) { server, path in
+            let peer = try await RawSocket.connect(to: path)
+            defer { peer.close() }
+            try await peer.write(callsPeerHelloBytes + callOpenBytes(id: 1, method: Slow.name) + messageBytes(id: 1, json: "1") + callEndOKBytes(id: 1))
+            #expect(try await peer.read(exactly: 8) == serverHelloBytes)
+            for await _ in started.stream { break }
+            // The slow call keeps the connection open through the grace period.
+            server.shutdownGracefully()
+            var frames: [WireFrame] = []
+            while !frames.contains(where: { $0.kind == 0x05 }) { frames += try await peer.readFrames(1) }
+            // A call made in the moment before the going-away reached the caller.
+            try await peer.write(callOpenBytes(id: 3, method: Once.name) + messageBytes(id: 3, json: "3") + callEndOKBytes(id: 3))
+            var end: CallEnd?
+            while end == nil { end = try await peer.readFrames(1).compactMap(CallEnd.init).first { $0.id == 3 } }
+            #expect(end?.status == 0x07)
+            release.continuation.yield()
+            // The slow call is answered: its end comes after the refusal, and the handler of the refused one never ran.
+            while try await !peer.readFrames(1).compactMap(CallEnd.init).contains(where: { $0.id == 1 }) {}
+            #expect(runs.load(ordering: .relaxed) == 0)
         }
     }
 }
