@@ -20,7 +20,10 @@ struct SendCommand: AsyncParsableCommand {
             progress bar on a terminal (never when standard error is piped, nor with --quiet).
 
             Without --eof: connects to a framed server, sends MESSAGE (or all of standard input) as one one-way \
-            message, prints `sent N bytes` and closes once it is written. With --fd FILE (repeatable), the \
+            message, and prints `sent N bytes` once the server has read it (it answers a ping sent after the \
+            message), or once the socket has taken it when the server cannot tell (a version-1 server without \
+            pings, or one that goes away meanwhile). A message the server refuses (over its maximum size, \
+            descriptors it cannot take: exit 1) is reported as such. With --fd FILE (repeatable), the \
             message carries FILE's descriptor, opened read-only (SCM_RIGHTS); the server must accept descriptors \
             (`serve` or `listen` with --max-descriptors), which print what each one is; one that takes none is a \
             refusal (exit status 4).
@@ -170,6 +173,17 @@ struct SendCommand: AsyncParsableCommand {
                             // "sent" only once the socket has all of it: the close after this flushes for at most
                             // its close timeout and then drops the rest.
                             try await connection.waitUntilWritten()
+                            // And once the server has read it: its pong to a ping sent after the message comes only
+                            // then, and a server that refused it (over its maximum, descriptors it could not take)
+                            // closes with a going-away frame that says why instead (found by a review: `sent`, exit
+                            // 0, for a message the server dropped as too large). A version-1 server without pings
+                            // tells nothing more, nor does one that went away meanwhile (`listen --count 1` once it
+                            // has the message): the message was written, as before.
+                            do {
+                                _ = try await connection.waitUntilPeerHasRead()
+                            } catch let error as SocketIPCError where error.code == .peerGoingAway {
+                                _ = error
+                            }
                         }
                     }
                     return payload.readableBytes

@@ -63,6 +63,33 @@ struct DescriptorPassingCLITests {
         }
     }
 
+    @Test(
+        "a server out of descriptors that cannot take those passed to it says so (going-away 0x05): not a protocol violation of its honest peer, and not `sent`",
+        .enabled(if: toolExists("prlimit"), "needs util-linux's prlimit (Linux only)")
+    )
+    func serverOutOfDescriptors() async throws {
+        try await withServeCommand(["--max-descriptors", "32"]) { path, server in
+            let listed = try await runShell("ls /proc/\(server.processID)/fd | wc -l")
+            let open = try #require(Int(String(decoding: listed.output, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)))
+            // Room for the connection's own descriptors (its socket, the relay's pair), not for 20 passed ones.
+            let lowered = try await runShell("prlimit --pid \(server.processID) --nofile=\(open + 6):\(open + 6)")
+            #expect(lowered.status == 0)
+            let files = Array(repeating: ["--fd", "/dev/null"], count: 20).flatMap { $0 }
+            let sent = try await runCLI(["send"] + files + [path, "take these"])
+            #expect(sent.status == 1, "stderr: \(sent.error)")
+            #expect(sent.output.isEmpty, "stdout: \(sent.output)")
+            #expect(
+                sent.error.contains("the peer closed the connection: it is short of a resource: out of file descriptors"),
+                "stderr: \(sent.error)"
+            )
+            let logged = await server.standardError.waitForLine(containing: "could not take the descriptors passed")
+            #expect(logged?.contains(" error ") == true, "log: \(logged ?? "none")")
+            server.signal(SIGTERM)
+            #expect(await server.waitForExit() == 0)
+            #expect(!(await server.standardError.text()).contains("protocol"))
+        }
+    }
+
     @Test("send --fd to a server that accepts no descriptors exits 4 and says how to start it; nothing is sent")
     func serverWithout() async throws {
         try await withListenCommand(["--count", "1"]) { path, listener in

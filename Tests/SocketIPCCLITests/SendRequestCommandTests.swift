@@ -52,6 +52,21 @@ struct SendRequestCommandTests {
         }
     }
 
+    @Test("send framed of a message over the server's maximum exits 1 and says so; the server delivers nothing (before: `sent`, exit 0)")
+    func sendFramedTooLarge() async throws {
+        try await withServeCommand(["--max-message-size", "1000"]) { path, server in
+            let refused = try await runCLI(["send", path, String(repeating: "x", count: 2000)])
+            #expect(refused.status == 1, "stderr: \(refused.error)")
+            #expect(refused.output.isEmpty, "stdout: \(refused.output)")
+            #expect(refused.error.contains("a frame was larger than it accepts"), "stderr: \(refused.error)")
+            // One that fits is sent, and said so once the server has read it.
+            let sent = try await runCLI(["send", path, "fits"])
+            #expect(sent.status == 0, "stderr: \(sent.error)")
+            #expect(sent.output == "sent 4 bytes\n")
+            #expect(await server.standardOutput.waitForLine(containing: "message") == "message 4 bytes: \"fits\"")
+        }
+    }
+
     @Test("send --timeout ends a send that a server never acknowledges with exit 5, naming the limit")
     func sendTimeout() async throws {
         try await withTemporarySocketDirectory { directory in

@@ -172,6 +172,7 @@ extension Connection {
             switch reason {
             case .normal: "the peer is going away"
             case .unauthorized: "the peer refused this connection"
+            case .resourceExhausted: "the peer closed the connection: it is short of a resource"
             case .protocolViolation: "the peer closed the connection over a protocol violation"
             case .messageTooLarge: "the peer closed the connection: a frame was larger than it accepts"
             case .unsupportedVersion: "the peer closed the connection: it does not speak this protocol version"
@@ -190,6 +191,7 @@ extension Connection {
             let unanswered = state.peerRequestsUnanswered
             return (state.closed(error: error), unanswered)
         }
+        self.failReadConfirmations()
         // The peer's requests still unanswered no longer count against its user (their handlers are cancelled).
         if let requests = self.calls.userCalls?.requests {
             requests.stopWaiting(ObjectIdentifier(self))

@@ -30,8 +30,12 @@ extension Connection {
         _ = try? self.queueCallFrameKind(.pong, id: id)
     }
 
-    /// The peer answered ping `id`: the next ping in one interval.
+    /// The peer answered ping `id`: the next ping in one interval, or the end of a wait for the peer to read.
     func pongReceived(id: UInt32) {
+        if let waiter = self.calls.readConfirmations.withLock({ $0.waiting.removeValue(forKey: id) }) {
+            waiter.resume()
+            return
+        }
         let timer: Scheduled<Void>? = self.calls.keepalive.withLock { keepalive in
             guard keepalive.outstanding == id else { return nil }
             keepalive.outstanding = nil
@@ -104,6 +108,56 @@ extension Connection {
             )
         }
         self.calls.keepalive.withLock { $0.timer = timer }
+    }
+
+    /// Waits until the peer has read everything this side sent before: sends a ping and waits for its pong, which
+    /// the peer sends once it has read the frames before the ping (it reads them in order, PROTOCOL.md), so that a
+    /// one-way message sent before is known to have been taken (handed to the peer's handler) or refused (the peer
+    /// closed the connection with a going-away frame that says why: too large, a protocol violation).
+    /// - Returns: `true` once the pong came; `false` at once when the peer does not speak calls (a version-1 peer
+    ///   without ping and pong), which tells nothing.
+    /// - Throws: The connection's ``closeReason`` (or `connectionClosed`) when it closes first; `CancellationError`.
+    ///   A frozen peer is found by the keepalive (``ConnectionOptions/keepaliveInterval``), which closes the
+    ///   connection with `peerNotResponding`.
+    package func waitUntilPeerHasRead() async throws -> Bool {
+        guard self.peerSpeaksCalls else { return false }
+        let id = self.calls.readConfirmations.withLock { confirmations in
+            defer { confirmations.next = max(confirmations.next &+ 1, 1 << 31) }
+            return confirmations.next
+        }
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                let closed = self.calls.readConfirmations.withLock { confirmations -> (any Error)? in
+                    if let closed = confirmations.closed { return closed }
+                    confirmations.waiting[id] = continuation
+                    return nil
+                }
+                if let closed {
+                    continuation.resume(throwing: closed)
+                    return
+                }
+                do {
+                    try self.queueCallFrameKind(.ping, id: id)
+                } catch {
+                    self.calls.readConfirmations.withLock { $0.waiting.removeValue(forKey: id) }?.resume(throwing: error)
+                }
+            }
+        } onCancel: {
+            self.calls.readConfirmations.withLock { $0.waiting.removeValue(forKey: id) }?
+                .resume(throwing: CancellationError())
+        }
+        return true
+    }
+
+    /// Fails the waits for the peer to read with what the connection closed with; when it closes.
+    func failReadConfirmations() {
+        let error: any Error = self.closeReason ?? self.closeError ?? SocketIPCError.closed
+        let waiters = self.calls.readConfirmations.withLock { confirmations in
+            confirmations.closed = error
+            defer { confirmations.waiting = [:] }
+            return Array(confirmations.waiting.values)
+        }
+        for waiter in waiters { waiter.resume(throwing: error) }
     }
 
     /// Queues an empty frame of `kind` with `id` (a ping or a pong) and schedules its flush.

@@ -17,6 +17,8 @@ final class ConnectionCalls: Sendable {
     let closedLocally = Atomic<Bool>(false)
     /// The keepalive's state, touched on the event loop only (kept under a lock so that the class stays `Sendable`).
     let keepalive = Mutex<Keepalive>(Keepalive())
+    /// The pings that wait for the peer to have read what was sent before them (``Connection/waitUntilPeerHasRead()``).
+    let readConfirmations = Mutex<ReadConfirmations>(ReadConfirmations())
     /// How fast the peer may cancel its calls before its new ones are refused (``CancelAllowance``); touched on the
     /// event loop only.
     let cancels = Mutex<CancelAllowance>(CancelAllowance())
@@ -32,6 +34,15 @@ final class ConnectionCalls: Sendable {
         /// The timer of the next ping, or of the outstanding ping's deadline.
         var timer: Scheduled<Void>?
         var sent: UInt32 = 0
+    }
+
+    struct ReadConfirmations {
+        /// The waiters, by the id of their ping.
+        var waiting: [UInt32: CheckedContinuation<Void, any Error>] = [:]
+        /// The next ping's id: from 2^31 up, apart from the keepalive's, which count from 1.
+        var next: UInt32 = 1 << 31
+        /// What the connection closed with, once it has: later waiters fail with it at once.
+        var closed: (any Error)?
     }
 
     init(isInitiator: Bool, userCalls: UserCallAccount? = nil) {

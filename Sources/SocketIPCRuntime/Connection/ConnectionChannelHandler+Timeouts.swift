@@ -138,9 +138,10 @@ extension ConnectionChannelHandler {
 
     /// The decoder met something it cannot continue after: tell the peer why and close. (A peer the server's
     /// authorization policy refuses never gets here: the server answers it with a ``RefusalChannelHandler``.)
-    func fail(_ error: SocketIPCError, context: ChannelHandlerContext) {
+    /// - Parameter reason: The going-away reason to send; by default the one of `error`'s code.
+    func fail(_ error: SocketIPCError, reason: GoAwayReason? = nil, context: ChannelHandlerContext) {
         guard case .tellPeerAndClose(let error) = self.state.protocolFailed(error) else { return }
-        self.tellPeerAndClose(error, context: context, linger: true)
+        self.tellPeerAndClose(error, reason: reason, context: context, linger: true)
         // The connection is over for its users now, not once the going-away is written: a peer that does not read
         // may keep that write waiting up to closeTimeout (found by a review: a client that closed a flooding server
         // reported isOpen and no closeReason, and held its requests and calls, for 10 s). Its requests and calls fail
@@ -157,7 +158,12 @@ extension ConnectionChannelHandler {
     ///   peer to close, so that a peer still writing reads the going-away frame instead of failing with `EPIPE`;
     ///   `false` closes once it is written, for a peer that was silent (its handshake timed out), so that its slot
     ///   is free as soon as it sees the close.
-    private func tellPeerAndClose(_ error: SocketIPCError, context: ChannelHandlerContext, linger: Bool) {
+    private func tellPeerAndClose(
+        _ error: SocketIPCError,
+        reason: GoAwayReason? = nil,
+        context: ChannelHandlerContext,
+        linger: Bool
+    ) {
         self.inbound.discard()
         // Reading goes on until the close, and what it brings is dropped, so that a peer blocked in a write to this
         // side gets to read the going-away. A read held back by a pause for requests (whose kept bytes were just
@@ -170,7 +176,7 @@ extension ConnectionChannelHandler {
             metadata: ["socketipc.connection": "\(self.connectionID)", "error": "\(error)"]
         )
         var frame = context.channel.allocator.buffer(capacity: 64)
-        frame.writeFrame(.goAway(GoAwayReason(code: error.code), message: error.message))
+        frame.writeFrame(.goAway(reason ?? GoAwayReason(code: error.code), message: error.message))
         self.connection?.flushPendingWrites(force: true)
         let channel = context.channel
         let lingerTime = TimeAmount(self.options.goAwayLingerTime)

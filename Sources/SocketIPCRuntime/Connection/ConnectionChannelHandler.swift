@@ -273,7 +273,7 @@ final class ConnectionChannelHandler<Handler: ConnectionHandler>: ChannelDuplexH
         } else if event is YieldedTurnEnded {
             self.resumeAfterYield(context: context)
         } else if let violation = event as? RelayViolation {
-            self.fail(violation.error, context: context)
+            self.fail(violation.error, reason: violation.reason, context: context)
         } else {
             context.fireUserInboundEventTriggered(event)
         }

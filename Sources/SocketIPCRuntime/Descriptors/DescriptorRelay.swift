@@ -30,7 +30,8 @@ import Darwin
 ///   descriptors received to the groups the channel handler takes (``takeClaimed()``), before the bytes go on to the
 ///   channel. A peer that passes descriptors without announcing them, more than the maximum, or whose control data
 ///   the kernel truncated (`MSG_CTRUNC`) breaks the protocol: the relay closes what it holds and fails the channel
-///   with `protocolViolation`.
+///   with `protocolViolation`. A truncation with room left in the control buffer is this side's shortage (out of
+///   descriptors): the channel fails with `resourceExhausted`, and the peer gets going-away `0x05` that says so.
 /// - **Out**: the connection registers each group it sends (``registerOutgoing(_:)``) before it writes the frame's
 ///   bytes; the relay attaches the next group to the first byte of each descriptors frame it forwards, and closes
 ///   its copies once the kernel took them.
@@ -93,7 +94,7 @@ final class DescriptorRelay: @unchecked Sendable {
     /// Whether the outbound thread holds bytes it read from the pair and has not sent yet.
     private var outboundBusy = false
     private var channel: (any Channel)?
-    private var violation: SocketIPCError?
+    private var violation: RelayViolation?
     /// Whether the inbound thread waits because the peer's user is paused (logged once each time it starts).
     private var waitsForUsersCloses = false
     /// How many of the descriptors received and not yet taken this relay has counted on its peer's user's account
@@ -449,6 +450,20 @@ final class DescriptorRelay: @unchecked Sendable {
             }
             memoryWaits = 0
             let group = Array(received[0..<Int(count)])
+            if truncated == 2 {
+                // This side's shortage, not the peer's fault: the connection ends with going-away 0x05 (resource
+                // exhausted), and the operator is told (found by a review: a server short of descriptors closed
+                // honest peers for a protocol violation, as systemd no longer does since #42043).
+                self.closeReceived(group)
+                PassedDescriptorCloser.endRead(of: self.passedBy)
+                let text =
+                    "out of file descriptors (RLIMIT_NOFILE), or refused by a security module: could not take the "
+                    + "descriptors passed (MSG_CTRUNC)"
+                self.logger.error("\(text); closing the connection")
+                self.violate(text, code: .resourceExhausted, reason: .resourceExhausted)
+                violated = true
+                break
+            }
             if truncated != 0 {
                 self.closeReceived(group)
                 PassedDescriptorCloser.endRead(of: self.passedBy)
@@ -611,18 +626,23 @@ final class DescriptorRelay: @unchecked Sendable {
         return group
     }
 
-    private func violate(_ message: String) {
-        let error = SocketIPCError(.protocolViolation, message)
+    private func violate(
+        _ message: String,
+        code: SocketIPCError.Code = .protocolViolation,
+        reason: GoAwayReason = .protocolViolation
+    ) {
+        let violation = RelayViolation(error: SocketIPCError(code, message), reason: reason)
         self.lock.lock()
-        self.violation = error
+        self.violation = violation
         let channel = self.channel
         self.lock.unlock(withValue: self.mayReceiveValue)
-        if let channel { Self.fail(channel, with: error) }
+        if let channel { Self.fail(channel, with: violation) }
     }
 
-    private static func fail(_ channel: any Channel, with error: SocketIPCError) {
-        // As a protocol error the channel handler found itself: going-away 0x01, then the close.
-        channel.eventLoop.execute { channel.pipeline.fireUserInboundEventTriggered(RelayViolation(error: error)) }
+    private static func fail(_ channel: any Channel, with violation: RelayViolation) {
+        // As a protocol error the channel handler found itself: going-away (0x01, or 0x05 for this side's own
+        // shortage), then the close.
+        channel.eventLoop.execute { channel.pipeline.fireUserInboundEventTriggered(violation) }
     }
 
     private func threadEnded() {
@@ -758,7 +778,9 @@ final class DescriptorRelay: @unchecked Sendable {
 }
 
 /// The event a ``DescriptorRelay`` fires through its channel's pipeline when the peer broke the rules of passing
-/// descriptors: the channel handler says going-away `0x01` and closes.
+/// descriptors (the channel handler says going-away `0x01` and closes), or this side could not take them (`0x05`).
 struct RelayViolation: Sendable {
     let error: SocketIPCError
+    /// The going-away reason the peer gets.
+    let reason: GoAwayReason
 }

@@ -38,6 +38,7 @@ struct ProtocolVectorTests {
         "error-reply-7-boom": .frame(.errorReply(id: 7, message: "boom")),
         "going-away-normal-bye": .frame(.goAway(.normal, message: "bye")),
         "going-away-too-large": .frame(.goAway(.messageTooLarge, message: "")),
+        "going-away-resource-exhausted": .frame(.goAway(.resourceExhausted, message: "")),
         "request-max-id-empty": .frame(.request(id: 0xFFFF_FFFF, payload: ByteBuffer())),
         "error-reply-utf8": .frame(.errorReply(id: 0x0102_0304, message: "d\u{ED}a")),
         // Calls, after a hello that set the calls flag.
