@@ -115,6 +115,20 @@ extension SocketFileCLITests {
         }
     }
 
+    @Test("a running server whose lock file was removed (a cleaner): a second serve exits 73, names the process to stop, and does not say it is not a SocketIPC server's (found by a review)")
+    func removedLockFile() async throws {
+        try await withServeCommand { path, server in
+            try #require(unlink(path + ".lock") == 0)
+            let second = try await runCLI(["serve", "--socket", path])
+            #expect(second.status == 73, "\(second)")
+            #expect(second.error.contains("a process is listening on it (process \(server.processID), uid \(getuid())"), "\(second)")
+            #expect(second.error.contains("or a SocketIPC server whose lock file was removed"), "\(second)")
+            // The first server is untouched and still serves.
+            let served = try await runCLI(["request", "--socket", path, "hi"])
+            #expect(served.status == 0, "\(served)")
+        }
+    }
+
     @Test("a socket path with a newline is printed on one line, escaped: `listening on` cannot be forged")
     func pathWithNewline() async throws {
         try await withTemporarySocketDirectory { directory in

@@ -40,7 +40,18 @@ enum LivenessProbe {
             result = path.withSockAddr { systemConnect(descriptor, $0, $1) }
             code = result == 0 ? 0 : errno
         }
-        return Self.answer(forConnectError: code)
+        let answer = Self.answer(forConnectError: code)
+        // A connection made names the process that listens (SO_PEERCRED: the listener's credentials at listen(2)),
+        // so that the message can say which process to stop.
+        if code == 0 || code == EISCONN, let listener = PeerCredentials.read(descriptor: descriptor),
+            listener.processID > 0
+        {
+            return .maybeLive(
+                "a process is listening on it (process \(listener.processID), uid \(listener.userID): a probing "
+                    + "connection was accepted)"
+            )
+        }
+        return answer
     }
 
     /// What a `connect` that ended with `code` (0 for success) says about the socket.

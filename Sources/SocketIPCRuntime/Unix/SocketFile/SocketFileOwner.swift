@@ -330,8 +330,8 @@ final class SocketFileOwner: @unchecked Sendable {
             throw SocketIPCError(
                 .addressInUse,
                 "\(self.path) is in use: \(reason); it was left untouched (this process holds "
-                    + "\(self.path.lockFilePath), so it is not a SocketIPC server's): stop that process, or choose "
-                    + "another path",
+                    + "\(self.path.lockFilePath), so it is a process that is not SocketIPC, or a SocketIPC server whose "
+                    + "lock file was removed by hand or by a cleaner): stop that process, or choose another path",
                 path: self.path.path
             )
         case .stale:
