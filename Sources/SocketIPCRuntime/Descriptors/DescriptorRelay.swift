@@ -452,14 +452,15 @@ final class DescriptorRelay: @unchecked Sendable {
             let group = Array(received[0..<Int(count)])
             if truncated == 2 {
                 // This side's shortage, not the peer's fault: the connection ends with going-away 0x05 (resource
-                // exhausted), and the operator is told (found by a review: a server short of descriptors closed
-                // honest peers for a protocol violation, as systemd no longer does since #42043).
+                // exhausted), which the server logs as it logs every failed connection, at a bounded rate (a security
+                // module that refuses what a hostile peer passes makes this path the peer's to take) (found by a
+                // review: a server short of descriptors closed honest peers for a protocol violation, as systemd no
+                // longer does since #42043).
                 self.closeReceived(group)
                 PassedDescriptorCloser.endRead(of: self.passedBy)
                 let text =
                     "out of file descriptors (RLIMIT_NOFILE), or refused by a security module: could not take the "
                     + "descriptors passed (MSG_CTRUNC)"
-                self.logger.error("\(text); closing the connection")
                 self.violate(text, code: .resourceExhausted, reason: .resourceExhausted)
                 violated = true
                 break
