@@ -69,7 +69,10 @@ public struct SocketIPCError: Error, Hashable, Sendable, CustomStringConvertible
         /// message says which type failed and why.
         public static let invalidMessage = Code("invalidMessage")
         /// The peer has too many calls in progress on this connection to start another (gRPC's
-        /// `RESOURCE_EXHAUSTED`); the call may be retried later.
+        /// `RESOURCE_EXHAUSTED`); the call may be retried later. Also: the peer closed the connection because it is
+        /// short of a resource itself (going-away `0x05`: it could not take the descriptors passed, out of file
+        /// descriptors), or a server closed a connection whose frames would take its user over
+        /// `ServerConfiguration.maximumIncomingBytesPerUser`.
         public static let resourceExhausted = Code("resourceExhausted")
         /// The peer did not answer a keepalive ping within the keepalive timeout (`ConnectionOptions.keepaliveTimeout`): it is frozen
         /// (stopped, deadlocked) or unreachable. The connection was closed.
