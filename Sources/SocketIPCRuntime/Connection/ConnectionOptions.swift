@@ -42,7 +42,8 @@ public struct ConnectionOptions: Sendable {
     public var maximumConcurrentRequests = 100
     /// How long a connection may stay idle (no frame received, no request in flight either way) before this side
     /// says it is going away and closes it; `nil`, the default, never closes an idle connection. (gRPC's
-    /// `MAX_CONNECTION_IDLE`.)
+    /// `MAX_CONNECTION_IDLE`.) A server's connection whose peer keeps shared payloads unread keeps its slot after
+    /// that close until the peer reads or closes (SECURITY.md).
     public var idleTimeout: Duration? = nil
     /// How long ``Connection/request(_:timeout:)`` waits for a reply when the call names no timeout; `nil`, the
     /// default, waits as long as the connection is open.

@@ -701,6 +701,16 @@ final class DescriptorRelay: @unchecked Sendable {
     /// when the peer reads them or closes), until ``stopLingering()``. Looks again after 10 ms, then less often, at
     /// most every second.
     private func lingerWhilePeerHoldsSharedMemory() {
+        self.lock.lock()
+        let mayWait = self.sharedUnread > 0 && !self.lingeringStopped
+        self.lock.unlock(withValue: self.mayReceiveValue)
+        guard mayWait else { return }
+        // What is left unread in this side's receive queue goes first (the socket is shut down both ways: the peer can
+        // add nothing): a peer that passed its own end of the connection in there and exited would keep that end,
+        // its receive queue and so `TIOCOUTQ` alive for as long as this socket is open, and this wait would never end
+        // (found by a review: 278 slots and their threads held after the attackers had exited, until the server
+        // stopped). Descriptors found are closed, charged to the peer's user.
+        self.discardUnread()
         var pause: UInt32 = 10_000
         while true {
             self.lock.lock()
@@ -709,6 +719,23 @@ final class DescriptorRelay: @unchecked Sendable {
             guard waits, Self.queuedBytes(self.socket, request: UInt(TIOCOUTQ)) > 0 else { return }
             usleep(pause)
             pause = min(pause * 2, 1_000_000)
+        }
+    }
+
+    /// Reads and drops what is left in the socket's receive queue, closing the descriptors that came with it; until
+    /// it is empty (or `recvmsg` fails). For a socket shut down for reading, so that the queue only shrinks.
+    private func discardUnread() {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 << 10, alignment: 16)
+        defer { buffer.deallocate() }
+        var descriptors = [Int32](repeating: -1, count: Self.maximumPerCall)
+        while true {
+            var count: Int32 = 0
+            var truncated: Int32 = 0
+            let length = descriptors.withUnsafeMutableBufferPointer { received in
+                Self.receive(self.socket, buffer, received, &count, &truncated)
+            }
+            if count > 0 { self.closeReceived(Array(descriptors[0..<Int(count)])) }
+            if length <= 0 { return }
         }
     }
 

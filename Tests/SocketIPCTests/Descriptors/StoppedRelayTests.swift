@@ -1,3 +1,4 @@
+import CSocketIPCLinux
 import Logging
 import NIOCore
 @testable import SocketIPCRuntime
@@ -73,5 +74,51 @@ struct StoppedRelayTests {
             peerOpen = false
             #expect(await eventually { server.relays.withLock { $0.isEmpty } })
         }
+    }
+
+    @Test("a peer that broke the rules and then passed its own end of the connection into the server's unread queue, and exited, holds no slot: the lingering relay drops that queue first (found by a review: 278 slots and their threads held after the attackers had exited, until the server stopped)")
+    func peerPassingItsOwnEndHoldsNoSlot() async throws {
+        var options = ConnectionOptions()
+        options.maximumDescriptorsPerMessage = 4
+        options.sharedPayloadThreshold = 64 * 1024
+        try await withFramedTestServer(configure: { $0.connection = options }, makeHandler: { EchoHandler() }) { server, path in
+            // The server may shut its socket down between the two sends (it closes once it has said why): then again,
+            // on a new connection, which ends as any other.
+            var passed = false
+            for _ in 0..<20 where !passed {
+                passed = try await Self.passOwnEndAfterViolation(to: path)
+            }
+            try #require(passed, "the second send never made it before the server shut the socket")
+            // Before, the relay waited for a TIOCOUTQ that nothing would ever lower.
+            #expect(await eventually { server.relays.withLock { $0.isEmpty } })
+        }
+    }
+
+    /// Connects, leaves a reply in shared memory unread in the peer's socket, breaks the rules, passes the peer's own
+    /// end into the server's receive queue, and closes it (the peer's socket then lives on only in flight there);
+    /// whether both sends made it.
+    private static func passOwnEndAfterViolation(to path: String) async throws -> Bool {
+        let peer = try await RawSocket.connect(to: path)
+        defer { peer.close() }
+        // Hello: calls, descriptors, shared payloads.
+        try await peer.write([0x53, 0x49, 0x50, 0x43, 0x01, 0x07, 0x00, 0x00])
+        _ = try await peer.read(exactly: 8)
+        try await peer.write(frameBytes(kind: 0x02, id: 1, payload: [UInt8](repeating: 0x61, count: 100 * 1024)))
+        var readable = pollfd(fd: peer.descriptor, events: Int16(POLLIN), revents: 0)
+        #expect(poll(&readable, 1, 30_000) == 1, "the reply came")
+        // A request that carries a descriptor outside any descriptors frame (a protocol violation: the relay stops
+        // reading at once), then, in a message of its own that the relay never reads, the peer's own end.
+        let stray = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        defer { close(stray) }
+        var descriptor = stray
+        let first = frameBytes(kind: 0x02, id: 99, payload: [0x76]).withUnsafeBytes {
+            csocketipc_send_with_descriptors(peer.descriptor, $0.baseAddress, UInt($0.count), &descriptor, 1)
+        }
+        #expect(first == 10, "errno \(errno)")
+        descriptor = peer.descriptor
+        let second = [UInt8(0x00)].withUnsafeBytes {
+            csocketipc_send_with_descriptors(peer.descriptor, $0.baseAddress, UInt($0.count), &descriptor, 1)
+        }
+        return second == 1
     }
 }
