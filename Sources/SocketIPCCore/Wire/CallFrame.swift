@@ -78,7 +78,8 @@ package struct CallOpen: Equatable, Sendable {
 package struct CallStatus: Equatable, Sendable {
     /// The outcome.
     package var code: Code
-    /// The application's error code (``Code/applicationError``), 0 to 255 bytes of UTF-8; empty otherwise.
+    /// The application's error code (``Code/applicationError``), 0 to 255 bytes of UTF-8; with ``Code/unavailable``,
+    /// ``refusedUnstarted`` or empty; empty otherwise.
     package var errorCode: String
     /// A description for a person, 0 to 65,535 bytes of UTF-8.
     package var message: String
@@ -111,6 +112,15 @@ package struct CallStatus: Equatable, Sendable {
 
     /// Success, with nothing else.
     package static let ok = CallStatus(code: .ok)
+
+    /// The code of an ``Code/unavailable`` end that says the handler's side did not start a handler for the call (it
+    /// refused it at its open, as it goes away): the caller may make the call again elsewhere, whatever its method,
+    /// as gRPC retries a stream refused with `REFUSED_STREAM`. Without it, an unavailable end promises nothing (a
+    /// stream the handler's side ended as it went away may have had its effect). PROTOCOL.md, call end.
+    package static let refusedUnstarted = "refused"
+
+    /// Whether this end says the handler's side did not start a handler for the call (``refusedUnstarted``).
+    package var refusedUnstarted: Bool { self.code == .unavailable && self.errorCode == Self.refusedUnstarted }
 
     package init(code: Code, errorCode: String = "", message: String = "", details: ByteBuffer = ByteBuffer()) {
         self.code = code

@@ -52,9 +52,11 @@ extension Connection {
                 )
             }
         } catch {
-            // Ended with "unavailable" before any response: the peer took no new calls and its handler did not run
-            // (PROTOCOL.md, status 0x07), so the call had no effect there, as gRPC takes a stream refused with
-            // REFUSED_STREAM or beyond a GOAWAY's last stream id for one that never reached the server.
+            // Ended with "unavailable, refused" before any response: the peer took no new calls and started no
+            // handler for this one (PROTOCOL.md, status 0x07), so the call had no effect there, as gRPC takes a stream
+            // refused with REFUSED_STREAM for one that never reached the server. A plain "unavailable" promises
+            // nothing: a method the server serves as a stream (called here as unary) may have run before its
+            // shutdown ended it so (found by a review: a handler ran twice for one call).
             if refusedAtOpen { neverSent = true }
             throw error
         }
@@ -239,8 +241,9 @@ extension Connection {
         return try await self.readSingleResponse(of: call, as: type, codec: codec, refusedAtOpen: &refusedAtOpen)
     }
 
-    /// ``readSingleResponse(of:as:codec:)``; `refusedAtOpen` tells whether the call ended with status unavailable
-    /// before any response (the peer refused it at its open: its handler did not run).
+    /// ``readSingleResponse(of:as:codec:)``; `refusedAtOpen` tells whether the call ended, before any response, with
+    /// status unavailable and the code that says the peer refused it at its open, its handler not started
+    /// (``SocketIPCCore/CallStatus/refusedUnstarted``).
     nonisolated(nonsending) static func readSingleResponse<Response: Decodable & Sendable>(
         of call: CallStream,
         as type: Response.Type,
@@ -249,7 +252,7 @@ extension Connection {
     ) async throws -> Response {
         switch try await call.next() {
         case .end(let status):
-            refusedAtOpen = status.code == .unavailable
+            refusedAtOpen = status.refusedUnstarted
             throw status.error(codec: codec, method: call.method)
                 ?? SocketIPCError(.invalidMessage, "the call '\(call.method)' ended without a response")
         case .message(let message, let descriptors):

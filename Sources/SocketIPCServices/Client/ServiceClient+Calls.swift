@@ -11,10 +11,10 @@ extension ServiceClient {
     /// again on the next connection (up to ``ServiceClientConfiguration/maximumRetries`` times); any other fails,
     /// unless nothing of the call reached the server or its handler: the connection had closed or said going-away
     /// before the call was written, the socket refused its first byte (`EPIPE`: the server had died before the
-    /// client noticed), or the server refused the call at its open as going away (status unavailable before any
-    /// response: it takes no new calls, and the handler did not run).
-    /// Such a call is made again whatever its method, within the same bound, as gRPC retries transparently an RPC
-    /// that never left the client or that the server refused unprocessed (`REFUSED_STREAM`, beyond a `GOAWAY`).
+    /// client noticed), or the server refused the call at its open as going away, saying that it started no handler
+    /// for it (status unavailable with the code `refused`; a plain unavailable may end a method the server serves
+    /// as a stream after it ran). Such a call is made again whatever its method, within the same bound, as gRPC
+    /// retries transparently an RPC that never left the client or that the server refused with `REFUSED_STREAM`.
     /// A call the server refuses as going away while it keeps the connection open, without having said going-away
     /// on it, is made again after
     /// ``ServiceClientConfiguration/backoff``, on that connection if it is still open then (as gRPC retries
@@ -67,7 +67,7 @@ extension ServiceClient {
                     if connection.isOpen { lost = nil }
                 }
                 self.logger.debug(
-                    neverSent ? "retrying a call that never reached the server" : "retrying an idempotent call",
+                    neverSent ? "retrying a call that never reached the server or its handler" : "retrying an idempotent call",
                     metadata: [
                         "method": "\(Method.name)", "error": "\(errorText(error))", "retry": "\(retries)",
                         "connection": "\(lost == nil ? "the same" : "a new one")",

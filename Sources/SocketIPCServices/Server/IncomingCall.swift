@@ -60,7 +60,12 @@ extension CallMultiplexer {
         } catch {
             self.remove(id)
             connection.userCallEnded()
-            let status = CallStatus(code: .unavailable, message: "the server is going away and takes no new calls")
+            // Marked as refused unstarted: the caller may make the call again on the next server, whatever its method.
+            let status = CallStatus(
+                code: .unavailable,
+                errorCode: CallStatus.refusedUnstarted,
+                message: "the server is going away and takes no new calls"
+            )
             connection.queueCallControlFrame(id: id, .end(status))
             return nil
         }

@@ -59,6 +59,12 @@ struct ProtocolVectorTests {
                 )
             )
         ),
+        "call-end-unavailable-refused": .frame(
+            .call(
+                id: 3,
+                .end(CallStatus(code: .unavailable, errorCode: "refused", message: "no new calls now..."))
+            )
+        ),
         "call-end-unknown-method": .frame(
             .call(id: 2, .end(CallStatus(code: .unknownMethod, message: "no method x")))
         ),

@@ -159,7 +159,7 @@ struct ServiceClientTests {
     }
 
     @Test(
-        "a unary call refused with 'unavailable' at its open (its handler did not run) by a server that keeps the connection open is made again after a backoff on that connection, whatever its method, as gRPC retries a stream refused unprocessed",
+        "a unary call refused with 'unavailable' and the code 'refused' (no handler started) by a server that keeps the connection open is made again after a backoff on that connection, whatever its method, as gRPC retries a stream refused with REFUSED_STREAM",
         arguments: [true, false]
     )
     func callRetriedAfterUnavailableOnAnOpenConnection(idempotent: Bool) async throws {
@@ -182,8 +182,11 @@ struct ServiceClientTests {
         }
     }
 
-    @Test("a non-idempotent call that ends with 'unavailable' after its response came (its handler ran) fails with peerGoingAway, and is not made again")
-    func nonIdempotentCallUnavailableAfterAResponseIsNotRetried() async throws {
+    @Test(
+        "a non-idempotent call that ends with 'unavailable' that does not say its handler never started (after its response came, or without the code 'refused') fails with peerGoingAway, and is not made again",
+        arguments: [true, false]
+    )
+    func nonIdempotentCallUnavailableNotRefusedIsNotRetried(afterResponse: Bool) async throws {
         try await withTemporarySocketDirectory { directory in
             let path = directory + "/unavailable.sock"
             let listener = try makeStaleSocket(at: path, listening: true)
@@ -195,8 +198,10 @@ struct ServiceClientTests {
                 try await peer.write(callsPeerHelloBytes)
                 let first = try await peer.readCallOpen()
                 try await peer.write(
-                    frameBytes(kind: 0x07, id: first ?? 0, payload: Array("1".utf8))
-                        + callEndBytes(id: first ?? 0, status: 0x07, text: "going away")
+                    afterResponse
+                        ? frameBytes(kind: 0x07, id: first ?? 0, payload: Array("1".utf8))
+                            + callEndBytes(id: first ?? 0, status: 0x07, code: "refused", text: "going away")
+                        : callEndBytes(id: first ?? 0, status: 0x07, text: "going away")
                 )
                 // Whatever the client sends until it closes: no second open.
                 var opens = [first]
@@ -210,6 +215,46 @@ struct ServiceClientTests {
             #expect(error?.code == .peerGoingAway)
             let opens = try await serving.value
             #expect(opens.count == 1 && opens[0] != nil, "\(opens)")
+        }
+    }
+
+    @Test("a unary call of a method its server serves as a stream, ended as the server goes away (0x07 without 'refused', its handler run), is not made again on the next server (found by a review: the handler ran twice for one call)")
+    func streamServedMethodCalledAsUnaryIsNotRepeated() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/stream.sock"
+            let runs = Atomic<Int>(0)
+            let started = AsyncStream<Void>.makeStream()
+            var first = ServiceRouter()
+            first.registerServerStreaming(CountedOnce.self) { value, writer, _ in
+                runs.add(1, ordering: .relaxed)
+                started.continuation.yield()
+                try await Task.sleep(for: .seconds(3600))
+                try await writer.write(value)
+            }
+            var second = ServiceRouter()
+            second.register(CountedOnce.self) { value, _ in
+                runs.add(1, ordering: .relaxed)
+                return value
+            }
+            let client = ServiceClient(path: path, configuration: Self.fastRetries)
+            let outcome = try await withRunningClient(client) { () -> SocketIPCError? in
+                let call = Task { () -> SocketIPCError? in
+                    do {
+                        _ = try await client.call(CountedOnce.self, 7)
+                        return nil
+                    } catch let error as SocketIPCError {
+                        return error
+                    }
+                }
+                try await withServiceServer(at: path, router: first) { server in
+                    for await _ in started.stream { break }
+                    server.shutdownGracefully()
+                }
+                // A next server, which would run it again.
+                return try await withServiceServer(at: path, router: second) { _ in try await call.value }
+            }
+            #expect(outcome?.code == .peerGoingAway, "\(String(describing: outcome))")
+            #expect(runs.load(ordering: .relaxed) == 1)
         }
     }
 
@@ -323,19 +368,19 @@ struct ServiceClientTests {
 
 /// The raw server's side of one connection accepted on `listener`: the hellos, then its first call open answered
 /// with status unavailable (0x07); the connection stays open. Returns it and the refused call's id.
-private func acceptRefusingFirstOpen(on listener: Int32) async throws -> (peer: RawSocket, first: UInt32?) {
+private func acceptRefusingFirstOpen(on listener: Int32, refused: Bool = true) async throws -> (peer: RawSocket, first: UInt32?) {
     let peer = try await RawSocket.accepting(on: listener)
     _ = try await peer.read(exactly: helloBytes.count)
     try await peer.write(callsPeerHelloBytes)
     let first = try await peer.readCallOpen()
-    try await peer.write(callEndBytes(id: first ?? 0, status: 0x07, text: "not now"))
+    try await peer.write(callEndBytes(id: first ?? 0, status: 0x07, code: refused ? "refused" : "", text: "not now"))
     return (peer, first)
 }
 
 /// A raw server on `listener` whose first call open is answered "unavailable" (0x07), the connection kept open, and
 /// whose second gets the message `1` and the end; returns the two opens' ids.
-private func refuseFirstOpenThenAnswerOne(on listener: Int32) async throws -> [UInt32?] {
-    let (peer, first) = try await acceptRefusingFirstOpen(on: listener)
+private func refuseFirstOpenThenAnswerOne(on listener: Int32, refused: Bool = true) async throws -> [UInt32?] {
+    let (peer, first) = try await acceptRefusingFirstOpen(on: listener, refused: refused)
     defer { peer.close() }
     let second = try await peer.readCallOpen()
     try await peer.write(frameBytes(kind: 0x07, id: second ?? 0, payload: Array("1".utf8)) + callEndOKBytes(id: second ?? 0))

@@ -126,7 +126,7 @@ struct ServiceShutdownTests {
         typealias Response = Int
     }
 
-    @Test("a call opened after the server said going-away is refused with unavailable (0x07) and its handler does not run, so that a client may make it again elsewhere")
+    @Test("a call opened after the server said going-away is refused with unavailable (0x07) and the code 'refused', and its handler does not run, so that a client may make it again elsewhere")
     func callOpenedAfterGoingAwayIsRefusedUnrun() async throws {
         let started = AsyncStream<Void>.makeStream()
         let release = AsyncStream<Void>.makeStream()
@@ -153,9 +153,10 @@ struct ServiceShutdownTests {
             while !frames.contains(where: { $0.kind == 0x05 }) { frames += try await peer.readFrames(1) }
             // A call made in the moment before the going-away reached the caller.
             try await peer.write(callOpenBytes(id: 3, method: Once.name) + messageBytes(id: 3, json: "3") + callEndOKBytes(id: 3))
-            var end: CallEnd?
-            while end == nil { end = try await peer.readFrames(1).compactMap(CallEnd.init).first { $0.id == 3 } }
-            #expect(end?.status == 0x07)
+            var end: WireFrame?
+            while end == nil { end = try await peer.readFrames(1).first { CallEnd($0)?.id == 3 } }
+            // Status 0x07 with the code "refused": no handler started, so the caller may make it again elsewhere.
+            #expect(end.map { Array($0.payload.prefix(9)) } == [0x07, 0x07] + Array("refused".utf8))
             release.continuation.yield()
             // The slow call is answered: its end comes after the refusal, and the handler of the refused one never ran.
             while try await !peer.readFrames(1).compactMap(CallEnd.init).contains(where: { $0.id == 1 }) {}

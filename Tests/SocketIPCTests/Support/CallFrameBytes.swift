@@ -23,10 +23,15 @@ func callEndOKBytes(id: UInt32) -> [UInt8] {
     frameBytes(kind: 0x08, id: id, payload: [0x00, 0x00, 0x00, 0x00])
 }
 
-/// A call end frame (kind 0x08) with `status` and `text`, no code or details.
-func callEndBytes(id: UInt32, status: UInt8, text: String) -> [UInt8] {
+/// A call end frame (kind 0x08) with `status`, `code` (empty by default) and `text`, no details.
+func callEndBytes(id: UInt32, status: UInt8, code: String = "", text: String) -> [UInt8] {
     let text = Array(text.utf8)
-    return frameBytes(kind: 0x08, id: id, payload: [status, 0x00] + withUnsafeBytes(of: UInt16(text.count).bigEndian) { Array($0) } + text)
+    let code = Array(code.utf8)
+    return frameBytes(
+        kind: 0x08,
+        id: id,
+        payload: [status, UInt8(code.count)] + code + withUnsafeBytes(of: UInt16(text.count).bigEndian) { Array($0) } + text
+    )
 }
 
 extension RawSocket {
