@@ -33,9 +33,10 @@ extension Connection {
     /// The peer answered ping `id`: the next ping in one interval, or the end of a wait for the peer to read.
     func pongReceived(id: UInt32) {
         if let waiter = self.calls.readConfirmations.withLock({ $0.waiting.removeValue(forKey: id) }) {
-            waiter.resume()
+            waiter.continuation.resume()
             return
         }
+        if id < 1 << 31 { self.failSkippedReadConfirmations(beforeKeepalivePing: id) }
         let timer: Scheduled<Void>? = self.calls.keepalive.withLock { keepalive in
             guard keepalive.outstanding == id else { return nil }
             keepalive.outstanding = nil
@@ -112,13 +113,17 @@ extension Connection {
 
     /// Waits until the peer has read everything this side sent before: sends a ping and waits for its pong, which
     /// the peer sends once it has read the frames before the ping (it reads them in order, PROTOCOL.md), so that a
-    /// one-way message sent before is known to have been taken (handed to the peer's handler) or refused (the peer
-    /// closed the connection with a going-away frame that says why: too large, a protocol violation).
+    /// one-way message sent before is known to have been read (handed to the peer's handler, unless the peer is
+    /// paused at its limit of requests in progress and holds it back) or refused (the peer closed the connection with
+    /// a going-away frame that says why: too large, a protocol violation). Wayland's `wl_display_roundtrip` is the
+    /// same idea.
     /// - Returns: `true` once the pong came; `false` at once when the peer does not speak calls (a version-1 peer
     ///   without ping and pong), which tells nothing.
-    /// - Throws: The connection's ``closeReason`` (or `connectionClosed`) when it closes first; `CancellationError`.
-    ///   A frozen peer is found by the keepalive (``ConnectionOptions/keepaliveInterval``), which closes the
-    ///   connection with `peerNotResponding`.
+    /// - Throws: The connection's ``closeReason`` (or `connectionClosed`) when it closes first; `CancellationError`;
+    ///   `peerNotResponding` when the peer answers a keepalive ping sent after this one but not this one. A frozen
+    ///   peer is found by the keepalive (``ConnectionOptions/keepaliveInterval``), which closes the connection with
+    ///   `peerNotResponding`; without a keepalive, a peer that never answers keeps the wait until the task is
+    ///   cancelled or the connection closes.
     package func waitUntilPeerHasRead() async throws -> Bool {
         guard self.peerSpeaksCalls else { return false }
         let id = self.calls.readConfirmations.withLock { confirmations in
@@ -127,26 +132,50 @@ extension Connection {
         }
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                let closed = self.calls.readConfirmations.withLock { confirmations -> (any Error)? in
+                let refusal = self.calls.readConfirmations.withLock { confirmations -> (any Error)? in
                     if let closed = confirmations.closed { return closed }
-                    confirmations.waiting[id] = continuation
+                    // Cancelled before the wait began: the cancellation handler found nothing to end (found by a
+                    // review: the wait went on until the peer closed).
+                    if Task.isCancelled { return CancellationError() }
+                    confirmations.waiting[id] = .init(continuation: continuation)
                     return nil
                 }
-                if let closed {
-                    continuation.resume(throwing: closed)
+                if let refusal {
+                    continuation.resume(throwing: refusal)
                     return
                 }
                 do {
                     try self.queueCallFrameKind(.ping, id: id)
+                    // Read once the ping is queued: a keepalive ping sent meanwhile went before it, and its pong
+                    // must not count as one to a later ping.
+                    let keepalivePings = self.calls.keepalive.withLock { $0.sent }
+                    self.calls.readConfirmations.withLock { $0.waiting[id]?.keepalivePingsBefore = keepalivePings }
                 } catch {
-                    self.calls.readConfirmations.withLock { $0.waiting.removeValue(forKey: id) }?.resume(throwing: error)
+                    self.calls.readConfirmations.withLock { $0.waiting.removeValue(forKey: id) }?
+                        .continuation.resume(throwing: error)
                 }
             }
         } onCancel: {
             self.calls.readConfirmations.withLock { $0.waiting.removeValue(forKey: id) }?
-                .resume(throwing: CancellationError())
+                .continuation.resume(throwing: CancellationError())
         }
         return true
+    }
+
+    /// The peer answered keepalive ping `id`: the waits whose pings went before it and are still unanswered were
+    /// skipped (pongs come in the order of their pings), so they fail, instead of lasting as long as the peer answers
+    /// the keepalive (found by a review: a `send` that a server answered so waited for good).
+    private func failSkippedReadConfirmations(beforeKeepalivePing id: UInt32) {
+        let skipped = self.calls.readConfirmations.withLock { confirmations -> [ConnectionCalls.ReadConfirmations.Waiter] in
+            let ids = confirmations.waiting.filter { $0.value.keepalivePingsBefore < id }.map(\.key)
+            return ids.compactMap { confirmations.waiting.removeValue(forKey: $0) }
+        }
+        guard !skipped.isEmpty else { return }
+        let error = SocketIPCError(
+            .peerNotResponding,
+            "the peer answered a later ping but not the one sent to learn whether it had read what came before"
+        )
+        for waiter in skipped { waiter.continuation.resume(throwing: error) }
     }
 
     /// Fails the waits for the peer to read with what the connection closed with; when it closes.
@@ -157,7 +186,7 @@ extension Connection {
             defer { confirmations.waiting = [:] }
             return Array(confirmations.waiting.values)
         }
-        for waiter in waiters { waiter.resume(throwing: error) }
+        for waiter in waiters { waiter.continuation.resume(throwing: error) }
     }
 
     /// Queues an empty frame of `kind` with `id` (a ping or a pong) and schedules its flush.

@@ -37,8 +37,17 @@ final class ConnectionCalls: Sendable {
     }
 
     struct ReadConfirmations {
+        /// A wait for the pong of one ping.
+        struct Waiter {
+            let continuation: CheckedContinuation<Void, any Error>
+            /// How many keepalive pings had been sent once this ping was queued (so at least as many as went before
+            /// it): a pong to a later one means the peer skipped this ping (pongs come in the order of their pings).
+            /// `UInt32.max` until the ping is queued.
+            var keepalivePingsBefore: UInt32 = .max
+        }
+
         /// The waiters, by the id of their ping.
-        var waiting: [UInt32: CheckedContinuation<Void, any Error>] = [:]
+        var waiting: [UInt32: Waiter] = [:]
         /// The next ping's id: from 2^31 up, apart from the keepalive's, which count from 1.
         var next: UInt32 = 1 << 31
         /// What the connection closed with, once it has: later waiters fail with it at once.

@@ -99,4 +99,40 @@ struct WaitUntilPeerHasReadTests {
             #expect(second == "connectionClosed")
         }
     }
+
+    @Test("a task cancelled before it waits gets CancellationError at once (found by a review: the wait went on until the peer closed)")
+    func cancelledBeforeTheWait() async throws {
+        try await CancelledWriteWaitTests().withSilentPeerSocket { connection, _ in
+            let result = await outcome(within: .seconds(30)) {
+                withUnsafeCurrentTask { $0?.cancel() }
+                _ = try await connection.waitUntilPeerHasRead()
+            }
+            #expect(result == "CancellationError")
+        }
+    }
+
+    @Test("a peer that answers the keepalive's pings but not this one: the wait fails with peerNotResponding at the next keepalive pong, not never (found by a review: `send` waited for good)")
+    func peerThatSkipsThePing() async throws {
+        try await CancelledWriteWaitTests().withSilentServer { path, accepting in
+            var configuration = ClientConfiguration()
+            configuration.connection.keepaliveInterval = .milliseconds(50)
+            configuration.connection.keepaliveTimeout = .seconds(30)
+            let connection = try await Client.connect(to: path, configuration: configuration)
+            defer { connection.abort() }
+            let peer = try await accepting.value
+            _ = try await peer.read(exactly: 8)
+            // Answers every ping whose id is below 2^31 (the keepalive's), and no other.
+            let answering = Task {
+                while true {
+                    for frame in try await peer.readFrames(1) where frame.kind == 0x0B {
+                        guard let id = frame.id, id < 1 << 31 else { continue }
+                        try await peer.write(frameBytes(kind: 0x0C, id: id, payload: []))
+                    }
+                }
+            }
+            defer { answering.cancel() }
+            let result = await outcome(within: .seconds(30)) { _ = try await connection.waitUntilPeerHasRead() }
+            #expect(result == "peerNotResponding")
+        }
+    }
 }
