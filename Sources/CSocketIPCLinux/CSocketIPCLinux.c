@@ -149,12 +149,13 @@ long csocketipc_receive_with_descriptors(
         received = recvmsg(socket, &message, MSG_CMSG_CLOEXEC | flags);
     } while (received < 0 && errno == EINTR);
     if (received < 0) return -1;
-    if (message.msg_flags & MSG_CTRUNC) {
-        // With room left for one more descriptor, the kernel cut the control data because this process could not take
-        // what came (out of descriptors, RLIMIT_NOFILE; or a security module refused them), not because the peer sent
-        // more than fits: 2, this side's shortage, which is not the peer's fault (as systemd reads it since #42043).
-        *truncated = (size_t)message.msg_controllen + CMSG_SPACE(sizeof(int)) <= sizeof(control.space) ? 2 : 1;
-    }
+    // The buffer holds all a recvmsg(2) can bring (SCM_MAX_FD descriptors, which one sendmsg carries at most and one
+    // recvmsg never gathers from two, credentials, a pidfd), so the kernel cut the control data because this process
+    // could not take what came (out of descriptors, RLIMIT_NOFILE; or a security module refused them), not because the
+    // peer sent more than fits: 2, this side's shortage, which is not the peer's fault (as systemd reads it since
+    // #42043). (A test of the room left got it wrong with credentials and a pidfd beside 249 or more descriptors,
+    // found by a review.) Control data of another kind, below, is the peer's: 1.
+    if (message.msg_flags & MSG_CTRUNC) *truncated = 2;
     for (struct cmsghdr *header = CMSG_FIRSTHDR(&message); header != NULL; header = CMSG_NXTHDR(&message, header)) {
         if (header->cmsg_level == SOL_SOCKET && header->cmsg_type == SCM_RIGHTS) {
             size_t n = (header->cmsg_len - CMSG_LEN(0)) / sizeof(int);

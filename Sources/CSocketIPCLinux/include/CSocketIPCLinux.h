@@ -16,8 +16,9 @@ int csocketipc_pidfd_send_signal(int pidfd, int signal);
 /// recvmsg(2) of up to `length` bytes into `bytes`, with room for `maximum` (at most 253) passed descriptors, taken
 /// with MSG_CMSG_CLOEXEC and `flags` (MSG_DONTWAIT, or 0); retried on EINTR. Stores the descriptors received
 /// (SCM_RIGHTS) in `descriptors` and their number in `count`, and sets `truncated` to 1 when the kernel cut the control data (MSG_CTRUNC: descriptors were
-/// dropped) or data other than SCM_RIGHTS and SCM_CREDENTIALS came, and to 2 when it cut them with room left in the
-/// buffer: this process could not take them (out of descriptors, or refused by a security module). Returns the bytes read, 0 at end-of-stream, or
+/// dropped) or data other than SCM_RIGHTS and SCM_CREDENTIALS came, and to 2 when the kernel cut the control data
+/// (MSG_CTRUNC) with nothing else wrong: the buffer holds all one recvmsg can bring, so this process could not take
+/// the descriptors (out of descriptors, or refused by a security module). Returns the bytes read, 0 at end-of-stream, or
 /// -1 with errno.
 long csocketipc_receive_with_descriptors(
     int socket, void *bytes, unsigned long length, int *descriptors, int maximum, int *count, int *truncated,

@@ -28,10 +28,11 @@ import Darwin
 /// - **In**: each `recvmsg` takes the descriptors that came with its bytes; a ``DescriptorFrameScanner`` finds the
 ///   descriptors frames (`0x0D`), and at each one's last byte the relay moves the count it announces from the
 ///   descriptors received to the groups the channel handler takes (``takeClaimed()``), before the bytes go on to the
-///   channel. A peer that passes descriptors without announcing them, more than the maximum, or whose control data
-///   the kernel truncated (`MSG_CTRUNC`) breaks the protocol: the relay closes what it holds and fails the channel
-///   with `protocolViolation`. A truncation with room left in the control buffer is this side's shortage (out of
-///   descriptors): the channel fails with `resourceExhausted`, and the peer gets going-away `0x05` that says so.
+///   channel. A peer that passes descriptors without announcing them, more than the maximum, or control data of
+///   another kind breaks the protocol: the relay closes what it holds and fails the channel with
+///   `protocolViolation`. Control data the kernel truncated (`MSG_CTRUNC`) is this side's shortage (out of
+///   descriptors), since the buffer holds all one `recvmsg` can bring: the channel fails with `resourceExhausted`,
+///   and the peer gets going-away `0x05` that says so.
 /// - **Out**: the connection registers each group it sends (``registerOutgoing(_:)``) before it writes the frame's
 ///   bytes; the relay attaches the next group to the first byte of each descriptors frame it forwards, and closes
 ///   its copies once the kernel took them.
