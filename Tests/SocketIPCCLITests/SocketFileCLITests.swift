@@ -121,7 +121,7 @@ extension SocketFileCLITests {
             try #require(unlink(path + ".lock") == 0)
             let second = try await runCLI(["serve", "--socket", path])
             #expect(second.status == 73, "\(second)")
-            #expect(second.error.contains("a process is listening on it (process \(server.processID), uid \(getuid())"), "\(second)")
+            #expect(second.error.contains("the listening socket was made by process \(server.processID), uid \(getuid())"), "\(second)")
             #expect(second.error.contains("or a SocketIPC server whose lock file was removed"), "\(second)")
             // The first server is untouched and still serves.
             let served = try await runCLI(["request", "--socket", path, "hi"])

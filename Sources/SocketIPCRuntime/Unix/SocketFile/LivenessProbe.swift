@@ -41,14 +41,16 @@ enum LivenessProbe {
             code = result == 0 ? 0 : errno
         }
         let answer = Self.answer(forConnectError: code)
-        // A connection made names the process that listens (SO_PEERCRED: the listener's credentials at listen(2)),
-        // so that the message can say which process to stop.
+        // A connection made names the process that made the listening socket (SO_PEERCRED: the credentials at
+        // listen(2)), so that the message can say which process to look at. That process may have handed the socket
+        // on (a fork, socket activation) or exited since, so the words say "made by" (found by a review).
         if code == 0 || code == EISCONN, let listener = PeerCredentials.read(descriptor: descriptor),
             listener.processID > 0
         {
+            let exited = kill(listener.processID, 0) != 0 && errno == ESRCH
             return .maybeLive(
-                "a process is listening on it (process \(listener.processID), uid \(listener.userID): a probing "
-                    + "connection was accepted)"
+                "a process is listening on it (a probing connection was accepted; the listening socket was made by "
+                    + "process \(listener.processID), uid \(listener.userID)\(exited ? ", which has exited since" : ""))"
             )
         }
         return answer
