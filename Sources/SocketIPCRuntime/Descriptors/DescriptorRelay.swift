@@ -566,6 +566,7 @@ final class DescriptorRelay: @unchecked Sendable {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.bufferSize, alignment: 16)
         defer { buffer.deallocate() }
         var kept = 0  // the start of a frame header held back from the last read
+        var sendFailed = false
         loop: while true {
             self.setOutboundBusy(false)
             let length = systemRead(self.relaySide, buffer.baseAddress! + kept, buffer.count - kept)
@@ -577,7 +578,10 @@ final class DescriptorRelay: @unchecked Sendable {
             // Each descriptors frame starts a sendmsg of its own, which carries its group and runs up to the next one,
             // so that the kernel attaches each group to its frame's first byte.
             let starts = found.compactMap { $0.start.map { $0 + kept } }
-            if !self.sendPlain(buffer, from: 0, to: starts.first ?? end) { break }
+            if !self.sendPlain(buffer, from: 0, to: starts.first ?? end) {
+                sendFailed = true
+                break
+            }
             for (index, start) in starts.enumerated() {
                 let segmentEnd = index + 1 < starts.count ? starts[index + 1] : end
                 let group = self.nextOutgoing()
@@ -585,12 +589,15 @@ final class DescriptorRelay: @unchecked Sendable {
                     Self.send(self.socket, buffer.baseAddress! + start, segmentEnd - start, descriptors)
                 }
                 Self.closeAll(group)
-                if sent <= 0 { break loop }
-                if !self.sendPlain(buffer, from: start + sent, to: segmentEnd) { break loop }
+                if sent <= 0 || !self.sendPlain(buffer, from: start + sent, to: segmentEnd) {
+                    sendFailed = true
+                    break loop
+                }
             }
             kept = kept + length - end
             if kept > 0 { buffer.baseAddress!.copyMemory(from: buffer.baseAddress! + end, byteCount: kept) }
         }
+        if sendFailed { self.discardOutgoingWhilePeerFinishes(buffer) }
         // The channel closed its end (everything it wrote is sent), or the peer is gone: end both directions.
         self.lock.lock()
         self.outboundEnded = true
@@ -602,6 +609,37 @@ final class DescriptorRelay: @unchecked Sendable {
         _ = shutdown(self.relaySide, Int32(SHUT_RDWR))
         self.threadEnded()
     }
+
+    /// After the socket refused a send for good (the peer closed, or shut its reading side down): drops what the
+    /// channel still writes, while the inbound thread passes on the peer's last bytes, so that the channel reads them
+    /// (a going-away frame that says why the peer closed) before the connection ends; until the channel closes its
+    /// end, at most ``peerFinishingTime``. Before, both directions were shut at once, and the going-away frame was
+    /// lost whenever this side had written after the peer's close (found by CI: `socket-ipc send --fd` to a server
+    /// that refused its message reported a close without a word).
+    private func discardOutgoingWhilePeerFinishes(_ buffer: UnsafeMutableRawBufferPointer) {
+        self.lock.lock()
+        // Nothing more is sent: descriptors registered from now on are closed at once, and no shared memory is made.
+        self.outboundEnded = true
+        self.lock.unlock(withValue: self.mayReceiveValue)
+        self.setOutboundBusy(false)
+        let deadline = ContinuousClock.now.advanced(by: Self.peerFinishingTime)
+        while true {
+            let left = ContinuousClock.now.duration(to: deadline)
+            guard left > .zero else { return }
+            let (seconds, attoseconds) = left.components
+            var readable = pollfd(fd: self.relaySide, events: Int16(POLLIN), revents: 0)
+            let ready = poll(&readable, 1, Int32(seconds * 1000 + attoseconds / 1_000_000_000_000_000 + 1))
+            if ready < 0 && errno == EINTR { continue }
+            guard ready > 0 else { return }
+            let length = systemRead(self.relaySide, buffer.baseAddress!, buffer.count)
+            if length < 0 && errno == EINTR { continue }
+            if length <= 0 { return }
+        }
+    }
+
+    /// How long the outbound thread keeps the connection after the socket refused a send, for the peer's last bytes
+    /// to reach the channel: a peer that shut only its reading side down and goes on writing is closed then.
+    static let peerFinishingTime: Duration = .seconds(1)
 
     /// Says whether the outbound thread holds bytes it has not sent (see ``reserveSharedMemory(_:limit:)``).
     private func setOutboundBusy(_ busy: Bool) {
