@@ -353,12 +353,12 @@ struct ProbeDoctorTests {
         }
     }
 
-    @Test("a path longer than sun_path: verdict pathTooLong with its length and the limit")
+    @Test("a path longer than sun_path: verdict pathTooLong with its length and the limit, exit 64 as every command's (before: 3)")
     func pathTooLong() async throws {
         try await withTemporarySocketDirectory { directory in
             let path = directory + "/" + String(repeating: "a", count: 120) + ".sock"
             let result = try await runCLI(["probe", path])
-            #expect(result.status == 3)
+            #expect(result.status == 64)
             #expect(
                 self.firstLine(result.output).hasPrefix(
                     "\(path) is \(path.utf8.count) bytes, longer than the 107 that sun_path holds: use a shorter path"

@@ -37,6 +37,14 @@ struct ImportSocketIPCAloneTests {
         }
     }
 
+    /// GettingStarted's daemon, compiled with `import SocketIPC` alone (RunServiceTests runs `runService`): its path
+    /// and `runService()` with its default signals. Never called.
+    static func gettingStartedDaemon(router: ServiceRouter) async throws {
+        let path = try SocketPath.inRuntimeDirectory("kv.sock").path
+        let server = Server.service(configuration: .init(path: path), router: router)
+        try await server.runService()
+    }
+
     @Test("the core's types are there: errors with codes, credentials and policies")
     func coreTypes() {
         let error = SocketIPCError(.addressInUse, "busy", path: "/tmp/x.sock")

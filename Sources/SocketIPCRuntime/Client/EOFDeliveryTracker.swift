@@ -65,9 +65,12 @@ final class EOFDeliveryTracker: ChannelDuplexHandler {
     /// The error to throw when the message was not delivered, or `nil` when it was: every write succeeded, the
     /// write side was shut down, and then the server closed its side.
     func undelivered(path: String) -> SocketIPCError? {
-        if let writeFailure = self.writeFailure { return .eofNotDelivered(path: path, cause: "\(writeFailure)") }
+        // In the library's words, not SwiftNIO's (found by a review: `write(descriptor:pointer:size:): Broken pipe)`).
+        if let writeFailure = self.writeFailure {
+            return .eofNotDelivered(path: path, cause: errorText(writeFailure))
+        }
         if let connectionError = self.connectionError {
-            return .eofNotDelivered(path: path, cause: "\(connectionError)")
+            return .eofNotDelivered(path: path, cause: errorText(connectionError))
         }
         if self.endOfStreamBeforeHalfClose {
             return .eofNotDelivered(path: path, cause: "it closed while the message was being written")

@@ -128,7 +128,8 @@ extension SocketIPCError {
             .connectionClosed,
             "the server at \(path) closed the connection before the whole message was delivered (\(cause)); likely "
                 + "causes: the message is over the server's maximum size, its authorization policy refused this "
-                + "process, or it is at its connection limit or shutting down",
+                + "process, it is at its connection limit or shutting down, or it is not an EOF-style SocketIPC server "
+                + "(socket-ipc probe tells)",
             path: path,
             cause: underlying,
             file: file,

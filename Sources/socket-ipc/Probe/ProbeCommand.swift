@@ -45,7 +45,8 @@ struct ProbeCommand: AsyncParsableCommand {
             closedAtOnce (closed without reading), otherProgram (not SocketIPC), queueFull (the accept queue stayed \
             full), stale (nobody listens and no process holds PATH.lock), notListening (nobody listens but a \
             process holds PATH.lock), missing, missingParent, notSocket (a regular file, a directory, a symbolic \
-            link to something else or to nothing), pathTooLong, connectFailed.
+            link to something else or to nothing), connectFailed; pathTooLong: 64 (a usage error, as for every \
+            command).
 
             --json prints one object; every key is always there, null when it does \
             not apply or is unknown:

@@ -43,15 +43,17 @@ enum ProbeVerdict: String, Sendable, CaseIterable {
     case connectFailed
 
     /// The exit status of `probe`: 0 for a server that serves this process, 4 for a refusal (the server's policy or the
-    /// file system's permissions), 3 for everything else: a listener silent within `--timeout` too, as `request` and
+    /// file system's permissions), 64 for a path too long for `sun_path` (the argument's fault, as for every other
+    /// command: found by a review), 3 for everything else: a listener silent within `--timeout` too, as `request` and
     /// `call` exit 3 when no hello comes (no connection; 5 is for a `--timeout` that passes once connected).
     var exitStatus: ExitCode {
         switch self {
         case .framed, .eof: .success
         case .refused, .permissionDenied: ExitStatus.refused
         case .goingAway, .silent, .otherVersion, .closedAtOnce, .otherProgram, .queueFull, .stale, .notListening, .missing, .missingParent,
-            .notSocket, .pathTooLong, .connectFailed:
+            .notSocket, .connectFailed:
             ExitStatus.cannotConnect
+        case .pathTooLong: ExitStatus.usage
         }
     }
 

@@ -1,4 +1,5 @@
 import NIOCore
+import NIOEmbedded
 import SocketIPCTestSupport
 import Testing
 
@@ -35,5 +36,17 @@ struct ErrorTextTests {
         let error = SocketIPCError(.connectionClosed, "gone")
         #expect(errorText(error) == "\(error)")
         #expect(errorText(CancellationError()) == "CancellationError()")
+    }
+
+    @Test("an EOF-style message the server did not take says why in the library's words, not SwiftNIO's (found by a review: `write(descriptor:pointer:size:): Broken pipe) (errno: 32))` reached `send --eof`)")
+    func eofNotDeliveredInOwnWords() throws {
+        let channel = EmbeddedChannel()
+        let tracker = EOFDeliveryTracker()
+        try channel.pipeline.syncOperations.addHandler(tracker)
+        channel.pipeline.fireErrorCaught(IOError(errnoCode: EPIPE, reason: "write(descriptor:pointer:size:)"))
+        let error = try #require(tracker.undelivered(path: "/tmp/e.sock"))
+        #expect(error.message.contains("(write: Broken pipe (errno \(EPIPE)));"), "\(error.message)")
+        #expect(!error.message.contains("descriptor:"), "\(error.message)")
+        _ = try? channel.finish()
     }
 }
