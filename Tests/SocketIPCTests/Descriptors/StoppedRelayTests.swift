@@ -41,12 +41,19 @@ struct StoppedRelayTests {
         #expect(!relay.reserveSharedMemory(1 << 20, limit: 16 << 20), "no memory for a peer that will never read it")
     }
 
-    @Test("a server's connection whose peer keeps shared payloads unread in its socket holds its slot (its relay) after the close, until the peer reads or closes (found by a review: 640 MiB pinned through 40 connections against a limit of 4 per user)")
-    func closedConnectionHoldsSlotWhilePeerHoldsSharedMemory() async throws {
+    /// An echo server whose replies of 64 KiB or more go in shared memory, to peers that take descriptors.
+    private static func withEchoServerSharingPayloads(
+        _ body: (Server, String) async throws -> Void
+    ) async throws {
         var options = ConnectionOptions()
         options.maximumDescriptorsPerMessage = 4
         options.sharedPayloadThreshold = 64 * 1024
-        try await withFramedTestServer(configure: { $0.connection = options }, makeHandler: { EchoHandler() }) { server, path in
+        try await withFramedTestServer(configure: { $0.connection = options }, makeHandler: { EchoHandler() }, body)
+    }
+
+    @Test("a server's connection whose peer keeps shared payloads unread in its socket holds its slot (its relay) after the close, until the peer reads or closes (found by a review: 640 MiB pinned through 40 connections against a limit of 4 per user)")
+    func closedConnectionHoldsSlotWhilePeerHoldsSharedMemory() async throws {
+        try await Self.withEchoServerSharingPayloads { server, path in
             let peer = try await RawSocket.connect(to: path)
             var peerOpen = true
             defer { if peerOpen { peer.close() } }
@@ -78,10 +85,7 @@ struct StoppedRelayTests {
 
     @Test("a peer that broke the rules and then passed its own end of the connection into the server's unread queue, and exited, holds no slot: the lingering relay drops that queue first (found by a review: 278 slots and their threads held after the attackers had exited, until the server stopped)")
     func peerPassingItsOwnEndHoldsNoSlot() async throws {
-        var options = ConnectionOptions()
-        options.maximumDescriptorsPerMessage = 4
-        options.sharedPayloadThreshold = 64 * 1024
-        try await withFramedTestServer(configure: { $0.connection = options }, makeHandler: { EchoHandler() }) { server, path in
+        try await Self.withEchoServerSharingPayloads { server, path in
             // The server may shut its socket down between the two sends (it closes once it has said why): then again,
             // on a new connection, which ends as any other.
             var passed = false
