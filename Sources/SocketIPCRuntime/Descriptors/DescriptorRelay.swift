@@ -740,41 +740,47 @@ final class DescriptorRelay: @unchecked Sendable {
     /// when the peer reads them or closes), until ``stopLingering()``. Looks again after 10 ms, then less often, at
     /// most every second.
     private func lingerWhilePeerHoldsSharedMemory() {
-        self.lock.lock()
-        let mayWait = self.sharedUnread > 0 && !self.lingeringStopped
-        self.lock.unlock(withValue: self.mayReceiveValue)
-        guard mayWait else { return }
-        // What is left unread in this side's receive queue goes first (the socket is shut down both ways: the peer can
-        // add nothing): a peer that passed its own end of the connection in there and exited would keep that end,
-        // its receive queue and so `TIOCOUTQ` alive for as long as this socket is open, and this wait would never end
-        // (found by a review: 278 slots and their threads held after the attackers had exited, until the server
-        // stopped). Descriptors found are closed, charged to the peer's user.
-        self.discardUnread()
         var pause: UInt32 = 10_000
+        var drained = false
         while true {
             self.lock.lock()
             let waits = self.sharedUnread > 0 && !self.lingeringStopped
             self.lock.unlock(withValue: self.mayReceiveValue)
-            guard waits, Self.queuedBytes(self.socket, request: UInt(TIOCOUTQ)) > 0 else { return }
+            guard waits else { return }
+            // What is left unread in this side's receive queue goes first (the socket is shut down both ways: the peer
+            // can add nothing): a peer that passed its own end of the connection in there and exited would keep that
+            // end, its receive queue and so `TIOCOUTQ` alive for as long as this socket is open, and this wait would
+            // never end (found by a review: 278 slots and their threads held after the attackers had exited, until
+            // the server stopped). Read under the user's limits, as any read of what it passed, and again later while
+            // they hold it back.
+            if !drained { drained = self.discardUnread() }
+            guard Self.queuedBytes(self.socket, request: UInt(TIOCOUTQ)) > 0 else { return }
             usleep(pause)
             pause = min(pause * 2, 1_000_000)
         }
     }
 
-    /// Reads and drops what is left in the socket's receive queue, closing the descriptors that came with it; until
-    /// it is empty (or `recvmsg` fails). For a socket shut down for reading, so that the queue only shrinks.
-    private func discardUnread() {
+    /// Reads and drops what is left in the socket's receive queue, closing the descriptors that came with it, charged
+    /// to the peer's user; for a socket shut down for reading, so that the queue only shrinks. Each `recvmsg` is one of
+    /// the user's reads (``PassedDescriptorCloser/tryBeginRead(of:)``): none while the user is paused or has its
+    /// reads under way, so that what it passed enters this process only within its bounds (found by a review: a
+    /// paused user's 20,240 descriptors in flight, drained at once, filled the server's descriptor table).
+    /// - Returns: Whether the queue is empty (or `recvmsg` failed); `false` when the user's limits held the drain
+    ///   back, to try again later.
+    private func discardUnread() -> Bool {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 << 10, alignment: 16)
         defer { buffer.deallocate() }
         var descriptors = [Int32](repeating: -1, count: Self.maximumPerCall)
         while true {
+            guard PassedDescriptorCloser.tryBeginRead(of: self.passedBy) else { return false }
             var count: Int32 = 0
             var truncated: Int32 = 0
             let length = descriptors.withUnsafeMutableBufferPointer { received in
                 Self.receive(self.socket, buffer, received, &count, &truncated)
             }
             if count > 0 { self.closeReceived(Array(descriptors[0..<Int(count)])) }
-            if length <= 0 { return }
+            PassedDescriptorCloser.endRead(of: self.passedBy)
+            if length <= 0 { return true }
         }
     }
 

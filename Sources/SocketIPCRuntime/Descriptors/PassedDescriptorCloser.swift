@@ -168,6 +168,13 @@ enum PassedDescriptorCloser {
         }
     }
 
+    /// Begins a read of `user`'s if one may begin now (the user is not paused, and fewer than its maximum of reads are
+    /// under way), without waiting for a turn: for a relay that drops what is left in a closed connection's socket and
+    /// tries again later. End it with ``endRead(of:)``.
+    static func tryBeginRead(of user: User) -> Bool {
+        self.state.withLock { $0.queue.beginRead(user) }
+    }
+
     /// Ends a read that ``beginRead(_:of:)`` began, and tells the next relay of `user`'s that waits for one.
     static func endRead(of user: User) {
         // One turn of the lock on every read's path when no relay waits.
