@@ -1,6 +1,7 @@
 import CSocketIPCLinux
 import Logging
 import NIOCore
+import NIOEmbedded
 @testable import SocketIPCRuntime
 import SocketIPCTesting
 import Synchronization
@@ -124,5 +125,57 @@ struct StoppedRelayTests {
             csocketipc_send_with_descriptors(peer.descriptor, $0.baseAddress, UInt($0.count), &descriptor, 1)
         }
         return second == 1
+    }
+
+    @Test("a lingering relay drops what is left in its socket only as its peer's user's limits allow: nothing while the user is paused, the rest once it is not (found by a review: a paused user's 20,240 descriptors in flight entered the server at once and filled its descriptor table)")
+    func lingeringDrainWaitsForTheUsersLimits() async throws {
+        // A user of this test's own, paused from the start: as many descriptors held as a user may hold.
+        let user: UInt32 = 4_000_000_000 + UInt32.random(in: 0..<1_000_000)
+        PassedDescriptorCloser.adjustHeld(PassedDescriptorCloser.maximumHeldPerUser, of: user)
+        var paused = true
+        defer { if paused { PassedDescriptorCloser.adjustHeld(-PassedDescriptorCloser.maximumHeldPerUser, of: user) } }
+        var pair: [Int32] = [-1, -1]
+        try #require(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0)
+        let peer = pair[1]
+        defer { close(peer) }
+        let relay = try DescriptorRelay(
+            socket: pair[0],
+            maximumPerMessage: 4,
+            passedBy: user,
+            logger: Logger(label: "test"),
+            lingersWhilePeerHoldsSharedMemory: true
+        )
+        // A shared payload made for the peer, and bytes of it left unread in the peer's socket.
+        #expect(relay.reserveSharedMemory(1 << 20, limit: 16 << 20))
+        let sent = [UInt8](repeating: 0x61, count: 100).withUnsafeBytes { write(relay.channelSide, $0.baseAddress, $0.count) }
+        #expect(sent == 100)
+        // The peer passes the write end of a pipe, which the relay, its user paused, does not read.
+        var ends: [Int32] = [-1, -1]
+        try #require(pipe(&ends) == 0)
+        defer { close(ends[0]) }
+        var passed = ends[1]
+        let passedBytes = [UInt8(0x00)].withUnsafeBytes {
+            csocketipc_send_with_descriptors(peer, $0.baseAddress, UInt($0.count), &passed, 1)
+        }
+        close(ends[1])
+        #expect(passedBytes == 1)
+        // The peer half-closes, and the channel closes: the relay ends, and lingers for the unread payload. (The
+        // embedded loop never runs the close's time limit.)
+        _ = shutdown(peer, Int32(SHUT_WR))
+        close(relay.channelSide)
+        relay.channelClosed(eventLoop: EmbeddedEventLoop(), timeout: .seconds(30))
+        // While the user is paused, the pipe's write end stays in flight: its read end sees no end of stream.
+        var ready = pollfd(fd: ends[0], events: Int16(POLLIN), revents: 0)
+        #expect(poll(&ready, 1, 300) == 0, "the drain took what a paused user passed")
+        // Once it is not, the drain takes it and closes it.
+        PassedDescriptorCloser.adjustHeld(-PassedDescriptorCloser.maximumHeldPerUser, of: user)
+        paused = false
+        ready.revents = 0
+        #expect(poll(&ready, 1, 10_000) == 1, "the drain did not take the pipe once the user could read")
+        var byte: UInt8 = 0
+        #expect(read(ends[0], &byte, 1) == 0)
+        // The peer still holds the payload unread: the relay lingers until it reads or closes.
+        close(peer)
+        await relay.waitUntilFinished()
     }
 }
