@@ -94,7 +94,9 @@ struct WaitUntilPeerHasReadTests {
             #expect(first == "CancellationError")
             let waiting = Task { try await connection.waitUntilPeerHasRead() }
             _ = try await peer.read(exactly: 9)
-            peer.close()
+            // Shut down, not closed: the helper closes the descriptor once, after the body (a second close would close
+            // another test's descriptor that took the number).
+            _ = shutdown(peer.descriptor, Int32(SHUT_RDWR))
             let second = await outcome(within: .seconds(30)) { _ = try await waiting.value }
             #expect(second == "connectionClosed")
         }

@@ -137,7 +137,8 @@ struct StoppedRelayTests {
         var pair: [Int32] = [-1, -1]
         try #require(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0)
         let peer = pair[1]
-        defer { close(peer) }
+        var peerOpen = true
+        defer { if peerOpen { close(peer) } }
         let relay = try DescriptorRelay(
             socket: pair[0],
             maximumPerMessage: 4,
@@ -174,8 +175,10 @@ struct StoppedRelayTests {
         #expect(poll(&ready, 1, 10_000) == 1, "the drain did not take the pipe once the user could read")
         var byte: UInt8 = 0
         #expect(read(ends[0], &byte, 1) == 0)
-        // The peer still holds the payload unread: the relay lingers until it reads or closes.
+        // The peer still holds the payload unread: the relay lingers until it reads or closes. (Closed once: a second
+        // close would close another test's descriptor that took the number.)
         close(peer)
+        peerOpen = false
         await relay.waitUntilFinished()
     }
 }
