@@ -357,13 +357,33 @@ public final class Server: Service, Sendable {
 
     /// Schedules the end of a graceful shutdown's grace period, and tells the state machine, which cancels it at
     /// once if the drain completed meanwhile.
-    /// Cuts off every relay still writing to its peer: the shutdown waits no longer (see ``relays``).
+    /// Cuts off every relay still writing to its peer: the shutdown waits no longer (see ``relays``). A relay that has
+    /// not finished ``stuckRelayTime`` later is stuck in the kernel, in the last close of its socket (a socket the peer
+    /// left in its queue whose own close waits: a TCP socket with `SO_LINGER`); its connection is then counted as
+    /// closed, so that ``run()`` returns, and the thread is left to the kernel (found by a review: `SIGTERM` was still
+    /// running after 30 s).
     private func abortRelays() {
         for relay in self.relays.withLock({ Array($0.values) }) {
             relay.stopLingering()
             relay.abort()
         }
+        MultiThreadedEventLoopGroup.singleton.any().scheduleTask(in: .init(Self.stuckRelayTime)) {
+            let stuck = self.relays.withLock { relays in
+                defer { relays = [:] }
+                return Array(relays.keys)
+            }
+            guard !stuck.isEmpty else { return }
+            self.logger.warning(
+                "connections whose relays are stuck closing their sockets (a socket their peer passed whose close waits) are no longer waited for",
+                metadata: ["socketipc.connections": "\(stuck.count)"]
+            )
+            for id in stuck { self.connectionClosed(id) }
+        }
     }
+
+    /// How long a shutdown that no longer waits gives its cut-off relays to finish before it counts their connections
+    /// as closed: 1 second.
+    static let stuckRelayTime: Duration = .seconds(1)
 
     private func armGracePeriodTimer() {
         let timer = MultiThreadedEventLoopGroup.singleton.any().scheduleTask(
