@@ -15,10 +15,9 @@ extension ServiceClient {
     /// for it (status unavailable with the code `refused`; a plain unavailable may end a method the server serves
     /// as a stream after it ran). Such a call is made again whatever its method, within the same bound, as gRPC
     /// retries transparently an RPC that never left the client or that the server refused with `REFUSED_STREAM`.
-    /// A call the server refuses as going away while it keeps the connection open, without having said going-away
-    /// on it, is made again after
-    /// ``ServiceClientConfiguration/backoff``, on that connection if it is still open then (as gRPC retries
-    /// `UNAVAILABLE`), instead of waiting for a new connection that may never come.
+    /// Either kind of call that the server refuses as going away while it keeps the connection open, without having
+    /// said going-away on it, is made again after ``ServiceClientConfiguration/backoff``, on that connection if it is
+    /// still open then (as gRPC retries `UNAVAILABLE`), instead of waiting for a new connection that may never come.
     /// The call's ``CallOptions/timeout`` covers all of it: the waits for a connection, every attempt, and the waits
     /// between them, as gRPC's deadline covers its retries.
     /// - Throws: What ``SocketIPCRuntime/Connection/call(_:_:options:)`` throws; the last connection error (or
