@@ -24,7 +24,7 @@ for _ in $(seq "$rounds"); do
             "${CLIENT:-$bench}" client --socket "$socket" --workload "$workload" --n "$n")
         pkill -TERM -P "$runner" || true
         wait "$runner" || true
-        rate=$(grep -o '"\(msgs\|ops\)_per_s":[0-9.]*' <<<"$line" | cut -d: -f2)
+        rate=$(grep -o '"\(msgs\|ops\|conns\)_per_s":[0-9.]*' <<<"$line" | cut -d: -f2)
         echo "$bench $rate $(grep task-clock "$work/server.stat" | cut -d, -f1) $(grep task-clock "$work/client.stat" | cut -d, -f1)"
     done
 done | python3 -c '

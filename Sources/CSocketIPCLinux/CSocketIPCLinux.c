@@ -234,8 +234,8 @@ long csocketipc_send_with_descriptors(
 
 #define CSOCKETIPC_SEALS (F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE)
 
-int csocketipc_accept_cloexec(int descriptor) {
-    return accept4(descriptor, NULL, NULL, SOCK_CLOEXEC);
+int csocketipc_accept_nonblocking_cloexec(int descriptor) {
+    return accept4(descriptor, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 }
 
 int csocketipc_set_thread_name(const char *name) {

@@ -42,8 +42,9 @@ void csocketipc_read_buffer_free(void *pointer);
 /// memfd_create(2) with MFD_CLOEXEC and MFD_ALLOW_SEALING: a descriptor of anonymous shared memory, or -1 with errno.
 int csocketipc_memfd_create(const char *name);
 
-/// accept4(2) with SOCK_CLOEXEC: the accepted descriptor, close-on-exec from the start, or -1 with errno.
-int csocketipc_accept_cloexec(int descriptor);
+/// accept4(2) with SOCK_CLOEXEC and SOCK_NONBLOCK: the accepted descriptor, close-on-exec and non-blocking from the
+/// start (no fcntl(2) calls after it), or -1 with errno.
+int csocketipc_accept_nonblocking_cloexec(int descriptor);
 
 /// pipe2(2) with O_CLOEXEC into ends[0] (read) and ends[1] (write): 0, or -1 with errno.
 int csocketipc_pipe_cloexec(int ends[2]);

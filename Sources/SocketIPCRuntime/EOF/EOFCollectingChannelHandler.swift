@@ -100,8 +100,10 @@ final class EOFCollectingChannelHandler: ChannelInboundHandler {
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        PeerCredentials.read(from: context.channel).assumeIsolated().whenSuccess { peer in
-            self.messageContext.peer = peer
+        if self.messageContext.peer == nil {
+            PeerCredentials.read(from: context.channel).assumeIsolated().whenSuccess { peer in
+                self.messageContext.peer = peer
+            }
         }
         context.fireChannelActive()
     }

@@ -27,8 +27,11 @@ enum EOFInlineServer {
         case handOff(ByteBuffer)
     }
 
+    /// Serves `descriptor` here when its whole message is already there; `peer` is what the server read at the accept
+    /// (`SO_PEERCRED`), not read again.
     static func serve(
         _ descriptor: Int32,
+        peer: PeerCredentials?,
         maximumSize: Int,
         body: @Sendable (ByteBuffer, EOFMessageContext) throws -> ByteBuffer?,
         connectionID: UInt64,
@@ -37,7 +40,6 @@ enum EOFInlineServer {
         reportFailure: @Sendable (SocketIPCError) -> Void = { _ in }
     ) -> Outcome {
         // (The server has applied its authorization policy already, before handing the connection here.)
-        let peer = PeerCredentials.read(descriptor: descriptor)
         // Reads at most `maximumSize` bytes; then one byte more is only peeked at, so that a message over the
         // maximum leaves bytes unread and the client's read fails with `ECONNRESET` instead of a clean end.
         // The buffer grows by doubling: at most about 2 bytes of memory per byte received.

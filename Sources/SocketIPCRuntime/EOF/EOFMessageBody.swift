@@ -155,31 +155,40 @@ final class EOFStreamingChannelHandler: ChannelInboundHandler, RemovableChannelH
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        let channel = context.channel
-        PeerCredentials.read(from: channel).assumeIsolated().whenSuccess { peer in
-            self.messageContext.peer = peer
-            let made = EOFMessageBody.Producer.makeSequence(
-                backPressureStrategy: .init(lowWatermark: 2, highWatermark: 8),
-                finishOnDeinit: false,
-                delegate: ReadDemand(channel: channel)
-            )
-            self.source = made.source
-            let messageBody = EOFMessageBody(producer: made.sequence, charge: self.charge)
-            let body = self.body
-            let messageContext = self.messageContext
-            let timeLimit = self.timeLimit
-            self.tasks.get().run {
-                do {
-                    let acknowledgement = try await body(messageBody, messageContext)
-                    EOFCollectingChannelHandler.finish(channel: channel, acknowledgement: acknowledgement, timeLimit: timeLimit)
-                } catch {
-                    messageContext.handlerFailed(error)
-                    channel.close(promise: nil)
-                }
+        if self.messageContext.peer != nil {
+            self.start(context: context)
+        } else {
+            PeerCredentials.read(from: context.channel).assumeIsolated().whenSuccess { peer in
+                self.messageContext.peer = peer
+                self.start(context: context)
             }
-            self.read(context: context)
         }
         context.fireChannelActive()
+    }
+
+    /// Starts the handler's task with the message's body, once the peer's credentials are known.
+    private func start(context: ChannelHandlerContext) {
+        let channel = context.channel
+        let made = EOFMessageBody.Producer.makeSequence(
+            backPressureStrategy: .init(lowWatermark: 2, highWatermark: 8),
+            finishOnDeinit: false,
+            delegate: ReadDemand(channel: channel)
+        )
+        self.source = made.source
+        let messageBody = EOFMessageBody(producer: made.sequence, charge: self.charge)
+        let body = self.body
+        let messageContext = self.messageContext
+        let timeLimit = self.timeLimit
+        self.tasks.get().run {
+            do {
+                let acknowledgement = try await body(messageBody, messageContext)
+                EOFCollectingChannelHandler.finish(channel: channel, acknowledgement: acknowledgement, timeLimit: timeLimit)
+            } catch {
+                messageContext.handlerFailed(error)
+                channel.close(promise: nil)
+            }
+        }
+        self.read(context: context)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {

@@ -70,11 +70,13 @@ public struct EOFMessageHandler: Sendable {
         taskOwner: ConnectionTasks.Owner,
         slot: ConnectionSlot? = nil,
         incomingBytes: IncomingBytesCharge? = nil,
+        peer: PeerCredentials? = nil,
         reportFailure: @escaping @Sendable (SocketIPCError) -> Void = { _ in }
     ) throws {
         var logger = logger
         logger[metadataKey: "socketipc.connection"] = "\(connectionID)"
-        var context = EOFMessageContext(connectionID: connectionID, peer: nil, logger: logger)
+        // A peer the server read at the accept is not read again; without one, the channel reads it once active.
+        var context = EOFMessageContext(connectionID: connectionID, peer: peer, logger: logger)
         context.reportFailure = reportFailure
         context.closed = channel.closeFuture
         switch self.kind {

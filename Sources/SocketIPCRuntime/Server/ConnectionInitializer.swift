@@ -42,10 +42,13 @@ protocol ConnectionInitializer: Sendable {
     /// - Parameters:
     ///   - descriptor: The connection's socket.
     ///   - id: The connection's number in logs.
+    ///   - peer: The peer's credentials, as the server read them at the accept (`nil` where the platform cannot tell).
     ///   - logger: Where the connection logs.
     /// - Returns: `nil` when the style cannot (the connection goes to a channel); otherwise whether it was served
     ///   here or goes to a channel with the bytes read so far.
-    func serveOnAcceptingThread(_ descriptor: Int32, id: UInt64, logger: Logger) -> EOFInlineServer.Outcome?
+    func serveOnAcceptingThread(
+        _ descriptor: Int32, id: UInt64, peer: PeerCredentials?, logger: Logger
+    ) -> EOFInlineServer.Outcome?
 
     /// Sets up the channel of an admitted connection: its options and handlers.
     /// - Throws: What setting them up threw; the server then closes the connection.
@@ -57,7 +60,9 @@ extension ConnectionInitializer {
     var maximumDescriptorsPerMessage: Int { 0 }
 
     /// Serves nothing on the accepting thread.
-    func serveOnAcceptingThread(_ descriptor: Int32, id: UInt64, logger: Logger) -> EOFInlineServer.Outcome? {
+    func serveOnAcceptingThread(
+        _ descriptor: Int32, id: UInt64, peer: PeerCredentials?, logger: Logger
+    ) -> EOFInlineServer.Outcome? {
         nil
     }
 }

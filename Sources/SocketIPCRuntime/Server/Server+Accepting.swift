@@ -95,7 +95,7 @@ extension Server {
     /// style can, else on a channel.
     func serve(_ descriptor: Int32, id: UInt64, peer: PeerCredentials?, handshakeDeadline: NIODeadline) {
         var initialBytes: ByteBuffer?
-        switch self.initializer.serveOnAcceptingThread(descriptor, id: id, logger: self.logger) {
+        switch self.initializer.serveOnAcceptingThread(descriptor, id: id, peer: peer, logger: self.logger) {
         case .served:
             self.connectionClosed(id)
             return

@@ -48,11 +48,14 @@ struct EOFConnectionInitializer: ConnectionInitializer {
     /// A refused EOF-style peer is closed before anything is read: the style has no frame to say why.
     var explainsRefusals: Bool { false }
 
-    func serveOnAcceptingThread(_ descriptor: Int32, id: UInt64, logger: Logger) -> EOFInlineServer.Outcome? {
+    func serveOnAcceptingThread(
+        _ descriptor: Int32, id: UInt64, peer: PeerCredentials?, logger: Logger
+    ) -> EOFInlineServer.Outcome? {
         guard case .eventLoop(let maximumSize, let body) = self.handler.kind else { return nil }
         let failureLog = self.failureLog
         return EOFInlineServer.serve(
             descriptor,
+            peer: peer,
             maximumSize: maximumSize,
             body: body,
             connectionID: id,
@@ -78,6 +81,7 @@ struct EOFConnectionInitializer: ConnectionInitializer {
             taskOwner: connection.lifecycle.handlerTaskOwner,
             slot: connection.lifecycle.slot,
             incomingBytes: connection.lifecycle.incomingBytes,
+            peer: connection.peer,
             reportFailure: { failureLog.failed($0) }
         )
     }

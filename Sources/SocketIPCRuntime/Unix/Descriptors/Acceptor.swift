@@ -250,17 +250,19 @@ final class Acceptor: @unchecked Sendable {
 
     private static func acceptNonBlocking(_ descriptor: Int32) -> Int32 {
         // Close-on-exec from the start (accept4 on Linux): a child that another thread spawns meanwhile must not
-        // inherit the connection and keep it open after the server closed it.
+        // inherit the connection and keep it open after the server closed it. Non-blocking from the start too: one
+        // system call per connection instead of four (W1 of the benchmarks is connections per second).
         #if canImport(Darwin)
+        // Untested: SocketIPC's tests run on Linux.
         let accepted = accept(descriptor, nil, nil)
-        #else
-        let accepted = csocketipc_accept_cloexec(descriptor)
-        #endif
         if accepted >= 0 {
             _ = fcntl(accepted, F_SETFD, FD_CLOEXEC)
             _ = fcntl(accepted, F_SETFL, fcntl(accepted, F_GETFL) | O_NONBLOCK)
             SocketSend.preventSignal(on: accepted)
         }
         return accepted
+        #else
+        return csocketipc_accept_nonblocking_cloexec(descriptor)
+        #endif
     }
 }

@@ -50,10 +50,15 @@ enum SocketConnector {
         let deadline = ContinuousClock.now.advanced(by: timeout)
         var backoff = Duration.microseconds(100)
         while true {
-            let descriptor = try retryingOnInterrupt("socket") { socket(AF_UNIX, systemSocketStream | systemSocketCloseOnExec, 0) }
+            // Close-on-exec and non-blocking from the start on Linux, without fcntl(2) calls after it.
+            let descriptor = try retryingOnInterrupt("socket") {
+                socket(AF_UNIX, systemSocketStream | systemSocketCloseOnExec | systemSocketNonBlocking, 0)
+            }
+            #if canImport(Darwin)
             _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC)
             _ = fcntl(descriptor, F_SETFL, fcntl(descriptor, F_GETFL) | O_NONBLOCK)
             SocketSend.preventSignal(on: descriptor)
+            #endif
             // A client that takes no descriptors refuses them from the server too (see setDescriptorPassing).
             if !takesDescriptors { setDescriptorPassing(false, on: descriptor) }
             var result: Int32

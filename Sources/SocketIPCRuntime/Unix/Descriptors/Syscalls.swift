@@ -28,9 +28,11 @@ func retryingOnInterrupt(_ name: String, path: String? = nil, _ body: () -> Int3
 #if canImport(Darwin)
 let systemSocketStream = Int32(SOCK_STREAM)
 let systemSocketCloseOnExec: Int32 = 0  // Darwin has no SOCK_CLOEXEC (untested)
+let systemSocketNonBlocking: Int32 = 0  // nor SOCK_NONBLOCK: fcntl(2) after socket(2) instead (untested)
 #else
 let systemSocketStream = Int32(SOCK_STREAM.rawValue)
 let systemSocketCloseOnExec = Int32(SOCK_CLOEXEC.rawValue)
+let systemSocketNonBlocking = Int32(SOCK_NONBLOCK.rawValue)
 #endif
 
 #if canImport(Glibc)
