@@ -17,7 +17,9 @@ extension Server {
     /// Admits an accepted socket and serves it, parks it, or refuses it at once: while shutting down, at a
     /// connection limit, or when the authorization policy refuses the peer. A refusal is logged (at a bounded rate)
     /// and reported to ``ServerConfiguration/onConnectionRefused``. Runs on the accepting thread.
-    func accept(_ descriptor: Int32) {
+    /// - Parameter listenerRefusesDescriptors: Whether the listening socket refused descriptors before it listened
+    ///   (one this server made), so that every connection on it refuses them from the start.
+    func accept(_ descriptor: Int32, listenerRefusesDescriptors: Bool) {
         let id = ConnectionIDs.next()
         let policy = self.configuration.authorization
         let peer = PeerCredentials.read(
@@ -28,8 +30,12 @@ extension Server {
         let decision = policy.evaluate(peer)
         // The listening socket refuses descriptors, so the connection did from the start; only a peer admitted by a
         // server that takes them may pass them, which it does after the server's hello (see setDescriptorPassing).
-        // Set either way, for a connection made before an inherited socket was set.
-        setDescriptorPassing(decision.isAllowed && self.initializer.maximumDescriptorsPerMessage > 0, on: descriptor)
+        // Set either way on an inherited socket, for a connection made before the server turned its setting off; on
+        // a socket of its own the refusal needs no call (one system call fewer per connection).
+        let takesDescriptors = decision.isAllowed && self.initializer.maximumDescriptorsPerMessage > 0
+        if takesDescriptors || !listenerRefusesDescriptors {
+            setDescriptorPassing(takesDescriptors, on: descriptor)
+        }
         if !decision.isAllowed {
             self.metrics.unauthorized.increment()
             var metadata = Self.metadata(id, peer)

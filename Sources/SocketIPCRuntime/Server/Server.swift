@@ -167,7 +167,7 @@ public final class Server: Service, Sendable {
             sharesListeningSocket: listener.isShared,
             eventLoop: MultiThreadedEventLoopGroup.singleton.any(),
             logger: self.logger,
-            onAccept: { descriptor in self.accept(descriptor) },
+            onAccept: { [refuses = !listener.isShared] descriptor in self.accept(descriptor, listenerRefusesDescriptors: refuses) },
             waitForRoom: { stopping in ChannelSetupQueue.shared.waitForRoom(unless: stopping) },
             onError: { error in
                 self.logger.error("accepting connections failed; shutting down", metadata: ["error": "\(errorText(error))"])

@@ -48,6 +48,33 @@ struct DescriptorRefusalTests {
         }
     }
 
+    @Test("an inherited socket: a peer that connected before the server started is refused descriptors too")
+    func connectedBeforeInheritedSocketWasSet() async throws {
+        // A connection takes its listening socket's setting when the peer connects: this one was made while the
+        // socket still took descriptors (as a socket a service manager passes does), so the server must turn it off
+        // for the connection itself, where a socket of its own refused from before it listened.
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/activated.sock"
+            let listener = try makeStaleSocket(at: path, listening: true)
+            defer { close(listener) }
+            let socket = try await RawSocket.connect(to: path)
+            defer { socket.close() }
+            try await withRunningServer({
+                Server.framed(
+                    configuration: ServerConfiguration(inheritedSocket: InheritedSocket(descriptor: dup(listener))),
+                    logger: testLogger,
+                    onServerRunning: $0
+                ) { EchoHandler() }
+            }) { _ in
+                try await socket.write([0x53, 0x49, 0x50, 0x43, 0x01, 0x00, 0x00, 0x00])
+                #expect(try await socket.read(exactly: 8).prefix(5) == [0x53, 0x49, 0x50, 0x43, 0x01])
+                #expect(passPipe(over: socket.descriptor, bytes: [0, 0, 0, 1, 0x01]) == EPERM)
+                try await socket.write(frameBytes(kind: 0x02, id: 7, payload: Array("ping".utf8)))
+                #expect(try await socket.read(exactly: 13) == frameBytes(kind: 0x03, id: 7, payload: Array("ping".utf8)))
+            }
+        }
+    }
+
     @Test("a client without descriptor passing: the server's SCM_RIGHTS fails with EPERM")
     func clientRefuses() async throws {
         try await withTemporarySocketDirectory { directory in
