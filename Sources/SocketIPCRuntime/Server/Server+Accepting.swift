@@ -135,12 +135,14 @@ extension Server {
         if let relay { self.relays.withLock { $0[id] = relay } }
         let channelDescriptor = relay?.channelSide ?? descriptor
         let slot = ConnectionSlot(released: { self.connectionClosed(id) })
+        // The closures below capture `served` alone, so that none allocates a context of its own.
+        let served = ServedConnection(server: self, id: id, relay: descriptorRelay, slot: slot)
         let lifecycle = ConnectionLifecycle(
             handshakeDeadline: handshakeDeadline,
-            handshakeCompleted: { _ in self.handshakeCompleted(id) },
-            opened: { connection in self.connectionOpened(id, connection: connection) },
+            handshakeCompleted: { _ in served.server.handshakeCompleted(served.id) },
+            opened: { connection in served.server.connectionOpened(served.id, connection: connection) },
             closed: { connection, error in
-                if let error { self.connectionFailed(error, id: id, peer: connection.peer) }
+                if let error { served.server.connectionFailed(error, id: served.id, peer: connection.peer) }
             },
             handlerTaskOwner: .server(self.handlerTasks),
             slot: slot,
@@ -157,18 +159,7 @@ extension Server {
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         let action = self.state.withLock { $0.machine.channelInitialized(id, channel: channel) }
-                        channel.closeFuture.whenComplete { _ in
-                            // A relayed connection is over once its relay has written the last bytes and closed the
-                            // socket: the server's run() does not return before.
-                            if let descriptorRelay {
-                                descriptorRelay.whenFinished {
-                                    _ = self.relays.withLock { $0.removeValue(forKey: id) }
-                                    slot.release()
-                                }
-                            } else {
-                                slot.release()
-                            }
-                        }
+                        channel.closeFuture.whenComplete { _ in served.channelClosed() }
                         try self.initializer.initialize(
                             AcceptedConnection(
                                 channel: channel,
@@ -196,7 +187,7 @@ extension Server {
     }
 
     /// A framed connection opened: a shutdown that began while it was being set up tells it so.
-    private func connectionOpened(_ id: UInt64, connection: Connection) {
+    func connectionOpened(_ id: UInt64, connection: Connection) {
         if self.state.withLock({ $0.machine.connectionOpened(id, connection: connection) }) == .goAway {
             connection.goAway(.normal, message: "the server is shutting down")
         }
@@ -205,7 +196,7 @@ extension Server {
     /// A framed connection's peer sent its hello: it no longer counts as a pending handshake, and a parked
     /// connection of the same user may be served. (An EOF-style connection counts as one until it closes, which it
     /// does once its message is handled.)
-    private func handshakeCompleted(_ id: UInt64) {
+    func handshakeCompleted(_ id: UInt64) {
         let parked = self.state.withLock { $0.machine.handshakeCompleted(id, now: .now()) }
         self.handOff(parked)
     }
@@ -242,7 +233,7 @@ extension Server {
     }
 
     /// Counts a connection closed by an error, and logs it at `notice`, at a bounded rate.
-    private func connectionFailed(_ error: SocketIPCError, id: UInt64, peer: PeerCredentials?) {
+    func connectionFailed(_ error: SocketIPCError, id: UInt64, peer: PeerCredentials?) {
         self.metrics.connectionFailed(error)
         var metadata = Self.metadata(id, peer)
         metadata["error"] = "\(errorText(error))"
