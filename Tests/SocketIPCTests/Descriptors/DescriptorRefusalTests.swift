@@ -1,9 +1,11 @@
 import CSocketIPCLinux
+import CoreMetrics
 import NIOCore
 import SocketIPC
 import SocketIPCTesting
 import SocketIPCTestSupport
 import SystemPackage
+import Synchronization
 import Testing
 
 @testable import SocketIPCRuntime
@@ -75,6 +77,37 @@ struct DescriptorRefusalTests {
         }
     }
 
+    @Test("a server that takes descriptors refuses them from a connection it has not served yet (parked for a handshake slot), and takes them once it serves it")
+    func parkedConnectionRefuses() async throws {
+        // Found by a review: the server turned passing on at the accept, before it decided to serve, park or refuse
+        // the connection; a parked one that was then closed unserved dropped the lingering TCP sockets in its queue in
+        // an event loop's close, which waited out their linger time with every connection of that loop.
+        let accepted = AcceptedConnections()
+        var options = ConnectionOptions()
+        options.maximumDescriptorsPerMessage = 4
+        try await withFramedTestServer(
+            configure: {
+                $0.connection = options
+                $0.maximumPendingHandshakesPerUser = 1
+                $0.metricsFactory = accepted
+            },
+            makeHandler: { EchoHandler() }
+        ) { _, path in
+            // The first connection says nothing: it holds this user's one handshake slot.
+            let silent = try await RawSocket.connect(to: path)
+            await accepted.wait(for: 1)
+            let parked = try await RawSocket.connect(to: path)
+            defer { parked.close() }
+            await accepted.wait(for: 2)
+            #expect(passPipe(over: parked.descriptor, bytes: [0, 0, 0, 1, 0x01]) == EPERM, "parked: not served yet")
+            // The slot frees: the parked connection is served, with its relay, which takes descriptors.
+            silent.close()
+            try await parked.write([0x53, 0x49, 0x50, 0x43, 0x01, 0x00, 0x00, 0x00])
+            #expect(try await parked.read(exactly: 8).prefix(5) == [0x53, 0x49, 0x50, 0x43, 0x01])
+            #expect(passPipe(over: parked.descriptor, bytes: [0, 0, 0, 1, 0x01]) == 0, "served: its relay reads them")
+        }
+    }
+
     @Test("a client without descriptor passing: the server's SCM_RIGHTS fails with EPERM")
     func clientRefuses() async throws {
         try await withTemporarySocketDirectory { directory in
@@ -137,4 +170,54 @@ private func passPipe(over socket: Int32, bytes: [UInt8]) -> Int32 {
         csocketipc_send_with_descriptors(socket, $0.baseAddress, UInt($0.count), &descriptor, 1)
     }
     return sent < 0 ? errno : 0
+}
+
+/// Counts the connections a server admitted (`socketipc_connections_accepted_total`, which counts parked ones too),
+/// so that a test can wait until the server has taken a connection off its listening socket; other metrics go nowhere.
+private final class AcceptedConnections: MetricsFactory, CounterHandler, Sendable {
+    private let state = Mutex<(count: Int64, waiters: [(count: Int64, continuation: CheckedContinuation<Void, Never>)])>(
+        (0, [])
+    )
+
+    /// Returns once `count` connections were admitted.
+    func wait(for count: Int64) async {
+        await withCheckedContinuation { continuation in
+            let done = self.state.withLock { state -> Bool in
+                if state.count >= count { return true }
+                state.waiters.append((count, continuation))
+                return false
+            }
+            if done { continuation.resume() }
+        }
+    }
+
+    func increment(by amount: Int64) {
+        let ready = self.state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.count += amount
+            let count = state.count
+            let ready = state.waiters.filter { $0.count <= count }.map(\.continuation)
+            state.waiters.removeAll { $0.count <= count }
+            return ready
+        }
+        for continuation in ready { continuation.resume() }
+    }
+
+    func reset() {}
+
+    func makeCounter(label: String, dimensions: [(String, String)]) -> any CounterHandler {
+        label == "socketipc_connections_accepted_total" ? self : NOOPMetricsHandler.instance
+    }
+    func makeFloatingPointCounter(label: String, dimensions: [(String, String)]) -> any FloatingPointCounterHandler {
+        NOOPMetricsHandler.instance
+    }
+    func makeMeter(label: String, dimensions: [(String, String)]) -> any MeterHandler { NOOPMetricsHandler.instance }
+    func makeRecorder(label: String, dimensions: [(String, String)], aggregate: Bool) -> any RecorderHandler {
+        NOOPMetricsHandler.instance
+    }
+    func makeTimer(label: String, dimensions: [(String, String)]) -> any TimerHandler { NOOPMetricsHandler.instance }
+    func destroyCounter(_ handler: any CounterHandler) {}
+    func destroyMeter(_ handler: any MeterHandler) {}
+    func destroyFloatingPointCounter(_ handler: any FloatingPointCounterHandler) {}
+    func destroyRecorder(_ handler: any RecorderHandler) {}
+    func destroyTimer(_ handler: any TimerHandler) {}
 }
