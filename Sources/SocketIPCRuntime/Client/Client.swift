@@ -35,8 +35,7 @@ public enum Client {
         let descriptor = try await SocketConnector.connect(
             to: socketPath,
             timeout: configuration.connectTimeout,
-            trustedServerUserIDs: configuration.trustedServerUserIDs,
-            takesDescriptors: configuration.connection.effectiveMaximumDescriptors > 0
+            trustedServerUserIDs: configuration.trustedServerUserIDs
         )
         let eventLoop = group.any()
         let handshake = eventLoop.makePromise(of: Connection.self)
@@ -79,6 +78,8 @@ public enum Client {
         var knownPeer: PeerCredentials?
         if options.effectiveMaximumDescriptors > 0 {
             knownPeer = PeerCredentials.read(descriptor: descriptor)
+            // From here on the relay reads everything the socket brings (see SocketConnector.connect).
+            setDescriptorPassing(true, on: descriptor)
             options.applySocketOptions(toDescriptor: descriptor)
             relay = try DescriptorRelay(
                 socket: descriptor,

@@ -51,7 +51,7 @@ struct SocketDescriptorFlagsTests {
         }
     }
 
-    @Test("a socket the client connects is close-on-exec and non-blocking")
+    @Test("a socket the client connects is close-on-exec and non-blocking, and refuses descriptors")
     func connectedSocket() async throws {
         try await withTemporarySocketDirectory { directory in
             let path = directory + "/s.sock"
@@ -59,8 +59,15 @@ struct SocketDescriptorFlagsTests {
             defer { close(listening) }
             let connected = try await SocketConnector.connect(to: try SocketPath(path), timeout: .seconds(10))
             let flags = DescriptorFlags(of: connected)
+            // And it refuses descriptors until a client that takes them has its relay read the socket: a server it
+            // refuses, or any failure before, leaves no descriptor queued that the close would drop (Linux 6.16 and
+            // later; 83 is SO_PASSRIGHTS).
+            var passRights: Int32 = -1
+            var length = socklen_t(MemoryLayout<Int32>.size)
+            let kernelHasPassRights = getsockopt(connected, SOL_SOCKET, 83, &passRights, &length) == 0
             close(connected)
             #expect(flags == DescriptorFlags(closeOnExec: true, nonBlocking: true))
+            if kernelHasPassRights { #expect(passRights == 0) }
         }
     }
 

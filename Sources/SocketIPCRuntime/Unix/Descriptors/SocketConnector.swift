@@ -16,16 +16,19 @@ enum SocketConnector {
     /// that this user did not make). On either, the server must run as a user of `trustedServerUserIDs` (by default
     /// this process's own user and root), checked with the server's `SO_PEERCRED`, or the connection is closed before
     /// a byte is sent (as D-Bus clients check the bus, and PostgreSQL's `requirepeer`).
+    ///
+    /// The socket refuses descriptors (`SO_PASSRIGHTS` off, Linux 6.16 and later): a caller that takes them turns
+    /// passing on right before its relay reads the socket, so that a server it then refuses (or any failure before)
+    /// cannot have queued a descriptor that closing the socket would drop in the caller's thread.
     /// - Returns: The connected, non-blocking descriptor; the caller owns it.
     /// - Throws: ``SocketIPCError`` with code `connectionRefused`, `unauthorized` (no permission; or a server on an
     ///   address another user could have taken, running as another user), `timedOut` or `systemCall`.
     static func connect(
         to path: SocketPath,
         timeout: Duration,
-        trustedServerUserIDs: Set<UInt32>? = nil,
-        takesDescriptors: Bool = false
+        trustedServerUserIDs: Set<UInt32>? = nil
     ) async throws -> Int32 {
-        let descriptor = try await Self.connectUnchecked(to: path, timeout: timeout, takesDescriptors: takesDescriptors)
+        let descriptor = try await Self.connectUnchecked(to: path, timeout: timeout)
         let shared = path.isAbstract ? nil : SharedDirectoryPath.openToOthers(on: path.path)
         guard path.isAbstract || shared != nil else { return descriptor }
         let trusted = trustedServerUserIDs ?? [UInt32(geteuid()), 0]
@@ -46,7 +49,7 @@ enum SocketConnector {
         users.sorted().map { "uid \($0)" }.joined(separator: ", ")
     }
 
-    private static func connectUnchecked(to path: SocketPath, timeout: Duration, takesDescriptors: Bool) async throws -> Int32 {
+    private static func connectUnchecked(to path: SocketPath, timeout: Duration) async throws -> Int32 {
         let deadline = ContinuousClock.now.advanced(by: timeout)
         var backoff = Duration.microseconds(100)
         while true {
@@ -59,8 +62,8 @@ enum SocketConnector {
             _ = fcntl(descriptor, F_SETFL, fcntl(descriptor, F_GETFL) | O_NONBLOCK)
             SocketSend.preventSignal(on: descriptor)
             #endif
-            // A client that takes no descriptors refuses them from the server too (see setDescriptorPassing).
-            if !takesDescriptors { setDescriptorPassing(false, on: descriptor) }
+            // Refused until the caller's relay reads the socket, if it ever does (see setDescriptorPassing).
+            setDescriptorPassing(false, on: descriptor)
             var result: Int32
             repeat {
                 result = path.withSockAddr { systemConnect(descriptor, $0, $1) }
