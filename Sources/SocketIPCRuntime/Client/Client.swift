@@ -78,8 +78,6 @@ public enum Client {
         var knownPeer: PeerCredentials?
         if options.effectiveMaximumDescriptors > 0 {
             knownPeer = PeerCredentials.read(descriptor: descriptor)
-            // From here on the relay reads everything the socket brings (see SocketConnector.connect).
-            setDescriptorPassing(true, on: descriptor)
             options.applySocketOptions(toDescriptor: descriptor)
             relay = try DescriptorRelay(
                 socket: descriptor,

@@ -173,6 +173,12 @@ final class DescriptorRelay: @unchecked Sendable {
             self.threadEnded()
             throw error
         }
+        // Only now may the peer pass descriptors: both threads run, and the inbound one reads everything the socket
+        // brings with recvmsg(2). Until here the socket refused them (SocketConnector's sockets, and the server's
+        // listeners, refuse them from the start), so no failure before could leave one queued for a plain close to
+        // drop in the caller's thread (a review: a server that turned passing on at the accept had its event loops
+        // held by a parked peer's lingering sockets).
+        setDescriptorPassing(true, on: socket)
     }
 
     /// The most descriptors a relay holds received and not yet handed out: 4 messages' worth, at least 64.

@@ -29,12 +29,12 @@ extension Server {
         )
         let decision = policy.evaluate(peer)
         // The listening socket refuses descriptors, so the connection did from the start. Only a connection the
-        // server serves with a relay takes them, turned on in serve(_:id:peer:handshakeDeadline:) right before its
-        // relay reads the socket: not here, where a connection may still be parked or refused at a limit and then
-        // closed unread, its queued descriptors (a lingering socket) dropped by that close on this thread or an
-        // event loop (a review: a parked peer's lingering TCP sockets held both event loops for their linger time).
-        // Turned off here on an inherited socket, for a connection made before the server turned its setting off;
-        // on a socket of its own that needs no call.
+        // server serves with a relay takes them, turned on by its DescriptorRelay once the relay reads the socket: not
+        // here, where a connection may still be parked or refused at a limit and then closed unread, its queued
+        // descriptors (a lingering socket) dropped by that close on this thread or an event loop (a review: a parked
+        // peer's lingering TCP sockets held both event loops for their linger time). Turned off here on an inherited
+        // socket, for a connection made before the server turned its setting off; on a socket of its own that needs
+        // no call.
         if !listenerRefusesDescriptors { setDescriptorPassing(false, on: descriptor) }
         if !decision.isAllowed {
             self.metrics.unauthorized.increment()
@@ -114,8 +114,6 @@ extension Server {
         var relay: DescriptorRelay?
         let maximumDescriptors = self.initializer.maximumDescriptorsPerMessage
         if maximumDescriptors > 0 {
-            // From here on the relay reads everything the socket brings (see accept(_:listenerRefusesDescriptors:)).
-            setDescriptorPassing(true, on: descriptor)
             self.configuration.connection.applySocketOptions(toDescriptor: descriptor)
             do {
                 var relayLogger = self.logger

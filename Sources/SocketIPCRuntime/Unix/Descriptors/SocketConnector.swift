@@ -17,8 +17,8 @@ enum SocketConnector {
     /// this process's own user and root), checked with the server's `SO_PEERCRED`, or the connection is closed before
     /// a byte is sent (as D-Bus clients check the bus, and PostgreSQL's `requirepeer`).
     ///
-    /// The socket refuses descriptors (`SO_PASSRIGHTS` off, Linux 6.16 and later): a caller that takes them turns
-    /// passing on right before its relay reads the socket, so that a server it then refuses (or any failure before)
+    /// The socket refuses descriptors (`SO_PASSRIGHTS` off, Linux 6.16 and later): the ``DescriptorRelay`` of a
+    /// caller that takes them turns passing on once it reads the socket, so that a server it then refuses (or any failure before)
     /// cannot have queued a descriptor that closing the socket would drop in the caller's thread.
     /// - Returns: The connected, non-blocking descriptor; the caller owns it.
     /// - Throws: ``SocketIPCError`` with code `connectionRefused`, `unauthorized` (no permission; or a server on an

@@ -70,9 +70,10 @@ func makeCloseOnExecPipe(_ ends: inout [Int32]) -> Int32 {
 /// passed descriptor in the thread that reads (or closes) the socket, and dropping the last reference to a socket the
 /// peer set `SO_LINGER` on blocks that thread for as long as the peer chose: an event loop, and every connection on
 /// it. A connection takes its listening socket's setting when the peer connects, so a server turns it off on its
-/// listening socket before it listens, and on again for each peer it admits when it takes descriptors (such a peer
-/// passes them only after the server's hello, so after that). Best effort: returns whether the kernel took it (before
-/// Linux 6.16, and on Darwin, it does not; untested on Darwin).
+/// listening socket before it listens, and a client on its socket before it connects; only a ``DescriptorRelay``
+/// turns it on, once its threads read the socket (a peer that takes descriptors passes them only after the other
+/// side's hello, so after that). Best effort: returns whether the kernel took it (before Linux 6.16, and on Darwin,
+/// it does not; untested on Darwin).
 @discardableResult
 func setDescriptorPassing(_ allowed: Bool, on socket: Int32) -> Bool {
     #if os(Linux)
