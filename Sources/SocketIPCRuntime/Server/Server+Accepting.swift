@@ -35,7 +35,14 @@ extension Server {
         // peer's lingering TCP sockets held both event loops for their linger time). Turned off here on an inherited
         // socket, for a connection made before the server turned its setting off; on a socket of its own that needs
         // no call.
-        if !listenerRefusesDescriptors { setDescriptorPassing(false, on: descriptor) }
+        if !listenerRefusesDescriptors {
+            setDescriptorPassing(false, on: descriptor)
+            // What such a peer passed before is refused with its connection, closed on a closing thread.
+            if QueuedDescriptors.refuse(descriptor, passedBy: peer?.userID) {
+                self.refuseForQueuedDescriptors(id: id, peer: peer)
+                return
+            }
+        }
         if !decision.isAllowed {
             self.metrics.unauthorized.increment()
             var metadata = Self.metadata(id, peer)
@@ -284,6 +291,25 @@ extension Server {
                 "refused the connection: \(waiting) closes of descriptors that the peer's user passed are waiting, "
                     + "and none ended for \(PassedDescriptorCloser.stallTime) (at most "
                     + "\(PassedDescriptorCloser.maximumWaitingPerUser) may wait; a file system that does not answer?)"
+            )
+        )
+    }
+
+    /// Counts, logs and reports a connection of an inherited listening socket refused because its peer passed
+    /// descriptors before the server's hello (``QueuedDescriptors``); its socket is the closer's already.
+    private func refuseForQueuedDescriptors(id: UInt64, peer: PeerCredentials?) {
+        self.metrics.refused.increment()
+        self.refusalLogger.log(
+            level: .notice,
+            "refusing connection: the peer passed descriptors before the server's hello",
+            metadata: Self.metadata(id, peer)
+        )
+        self.reportRefusal(
+            of: peer,
+            SocketIPCError(
+                .protocolViolation,
+                "refused the connection: the peer passed descriptors before the server's hello (it connected to the "
+                    + "inherited listening socket before the server started)"
             )
         )
     }

@@ -197,3 +197,40 @@ private struct StuckTCPConnection {
         _ = Glibc.close(self.listener)
     }
 }
+
+/// A service manager makes the listening socket, taking descriptors as any new socket does, and may start the server
+/// only once a first peer connects: such a peer can pass descriptors before the server could turn passing off.
+@Suite("Descriptors passed before an activated server started", .timeLimit(.minutes(5)), .limitedConcurrency)
+struct DescriptorsBeforeActivationTests {
+    @Test("a peer that passed a lingering socket to the inherited socket before the server started is refused at once, and the server serves the next peer")
+    func passedBeforeTheServerStarted() async throws {
+        // Found by a review: the event loop that read the connection dropped the socket in its read(2), and its
+        // close waited out the socket's linger (an hour here) with every connection of that loop.
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/activated.sock"
+            let listener = try makeStaleSocket(at: path, listening: true)
+            defer { _ = Glibc.close(listener) }
+            let peer = try await RawSocket.connect(to: path)
+            defer { peer.close() }
+            let stuck = try StuckTCPConnection()
+            defer { stuck.close() }
+            var lingering = stuck.lingering.rawValue
+            let hello: [UInt8] = [0x53, 0x49, 0x50, 0x43, 0x01, 0x00, 0x00, 0x00]
+            let sent = hello.withUnsafeBytes {
+                csocketipc_send_with_descriptors(peer.descriptor, $0.baseAddress, UInt($0.count), &lingering, 1)
+            }
+            #expect(sent == hello.count)
+            try stuck.lingering.close()
+            let configuration = ServerConfiguration(inheritedSocket: InheritedSocket(descriptor: dup(listener)))
+            try await withRunningServer({
+                Server.framed(configuration: configuration, logger: testLogger, onServerRunning: $0) { EchoHandler() }
+            }) { _ in
+                // Closed without a byte (not even the server's hello), at once: a read fails after 60 s, a safety
+                // net for a server blocked for the socket's hour, not a wait.
+                #expect(try await peer.readUntilClosed().isEmpty)
+                let reply = try await Client.withConnection(to: path) { try await $0.request(ByteBuffer(string: "next")) }
+                #expect(String(buffer: reply) == "next")
+            }
+        }
+    }
+}
