@@ -245,6 +245,9 @@ extension ServerStateMachine {
                 if !runningShutdownHooks { shutdown.tellGoingAway = Array(running.registry.connections.values) }
                 shutdown.armGracePeriodTimer = true
             } else {
+                // Said before the close, as HTTP/2 sends GOAWAY before it closes at once: a peer waiting for an answer
+                // learns that the server went away on purpose, not that it crashed.
+                shutdown.tellGoingAway = Array(running.registry.connections.values)
                 shutdown.closeChannels = Array(running.registry.channels.values)
                 shutdown.cancelHandlerTasks = true
             }
