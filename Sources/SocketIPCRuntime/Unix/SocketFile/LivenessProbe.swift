@@ -32,6 +32,9 @@ enum LivenessProbe {
         guard flags >= 0, fcntl(descriptor, F_SETFL, flags | O_NONBLOCK) == 0 else {
             throw SocketIPCError.systemCall("fcntl(O_NONBLOCK)", errno: errno, path: path.path)
         }
+        // Whoever listens there may be hostile: what it could pass is refused, so that the close above drops nothing
+        // (a lingering socket's close would hold this thread, the server's start, for as long as that peer chose).
+        setDescriptorPassing(false, on: descriptor)
         var result = path.withSockAddr { systemConnect(descriptor, $0, $1) }
         var code = result == 0 ? 0 : errno
         // A connect interrupted by a signal goes on in the background; asking again reports how it ended (EALREADY
