@@ -257,9 +257,12 @@ extension ServerStateMachine {
             return .shutDown(shutdown)
         case .shuttingDown(var shuttingDown) where shuttingDown.graceful && !graceful:
             self.state = .modifying
+            // Going-away waited for the shutdown hooks: said now, before the close (found by a review).
+            let untold = shuttingDown.holdsGoingAway ? Array(shuttingDown.registry.connections.values) : []
             shuttingDown.graceful = false
             let shutdown = Shutdown(
                 graceful: false,
+                tellGoingAway: untold,
                 closeChannels: Array(shuttingDown.registry.channels.values),
                 cancelHandlerTasks: true,
                 cancelGracePeriodTimer: shuttingDown.gracePeriodTimer

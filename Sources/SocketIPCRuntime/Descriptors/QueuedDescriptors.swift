@@ -19,43 +19,66 @@ import Darwin
 /// refused). No honest peer passes descriptors before the server's hello, so the server refuses such a connection,
 /// and its socket is closed on a closing thread charged to the peer's user, as any descriptor it passed is.
 enum QueuedDescriptors {
+    /// Why a connection is refused.
+    enum Refusal: Equatable {
+        /// Its peer passed descriptors.
+        case passedDescriptors
+        /// What it queued cannot be looked at whole: more than ``maximumLookedAt``, out-of-band data (a peek stops at
+        /// its mark and skips the byte), bytes of another process than the first (a socket with `SO_PASSCRED` never
+        /// joins them), or a peek that failed. No honest peer does any of these before the server's hello, and any of
+        /// them could hide descriptors behind it.
+        case unreadable
+    }
+
     /// The most bytes looked at: 16 MiB. A peer cannot queue more without a send buffer raised past `wmem_max` (212,992
-    /// bytes by default), which takes privileges; a connection with more queued is refused as one with descriptors.
+    /// bytes by default), which takes privileges.
     static let maximumLookedAt = 16 << 20
 
-    /// Whether the peer queued descriptors on `socket` (a connection just accepted, whose passing is off now, so that
-    /// none come later); if it did, or queued more than ``maximumLookedAt``, the socket is shut down and handed, with
-    /// the descriptors, to ``PassedDescriptorCloser`` charged to `user`: the caller must not touch it again.
+    /// Whether the connection `socket` (just accepted, its passing off now, so that no descriptor comes later) is
+    /// refused for what its peer queued before; if it is, the socket is shut down and handed, with the copies of
+    /// what it passed, to ``PassedDescriptorCloser`` charged to `user`: the caller must not touch it again.
     ///
     /// Costs one `ioctl(2)` when nothing is queued, and a `recvmsg(2)` that peeks at what is (`MSG_PEEK`: the bytes
-    /// stay for the connection). A peek stops at the first message that carried descriptors, and brings copies of
-    /// them, so it finds descriptors anywhere in what is queued; their `SO_LINGER` is turned off before anything is
-    /// closed (the setting is the socket's, shared by the copy in flight).
-    static func refuse(_ socket: Int32, passedBy user: PassedDescriptorCloser.User) -> Bool {
+    /// stay for the connection). It fails closed: a peek must see every queued byte (it stops early at the first
+    /// message that carried descriptors, at an out-of-band mark, or where another process's bytes begin), else the
+    /// connection is refused (a review found each of these hiding descriptors from a first form that trusted one
+    /// peek). The copies a peek brings have their `SO_LINGER` turned off before anything is closed (the setting is
+    /// the socket's, shared by the copy in flight).
+    static func refuse(_ socket: Int32, passedBy user: PassedDescriptorCloser.User) -> Refusal? {
         #if os(Linux)
         var queued: Int32 = 0
-        guard ioctl(socket, UInt(FIONREAD), &queued) == 0, queued > 0 else { return false }
+        guard ioctl(socket, UInt(FIONREAD), &queued) == 0 else { return Self.close(socket, [], .unreadable, user) }
+        guard queued > 0 else { return nil }
+        guard Int(queued) <= Self.maximumLookedAt else { return Self.close(socket, [], .unreadable, user) }
         var descriptors = [Int32](repeating: -1, count: Int(CSOCKETIPC_MAX_DESCRIPTORS))
         var count: Int32 = 0
         var truncated: Int32 = 0
-        if Int(queued) <= Self.maximumLookedAt {
-            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(queued), alignment: 16)
-            defer { buffer.deallocate() }
-            let peeked = descriptors.withUnsafeMutableBufferPointer { received in
-                csocketipc_receive_with_descriptors(
-                    socket, buffer.baseAddress, UInt(buffer.count), received.baseAddress, CSOCKETIPC_MAX_DESCRIPTORS,
-                    &count, &truncated, Int32(MSG_PEEK | MSG_DONTWAIT))
-            }
-            guard peeked > 0, count > 0 || truncated != 0 else { return false }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(queued), alignment: 16)
+        defer { buffer.deallocate() }
+        let peeked = descriptors.withUnsafeMutableBufferPointer { received in
+            csocketipc_receive_with_descriptors(
+                socket, buffer.baseAddress, UInt(buffer.count), received.baseAddress, CSOCKETIPC_MAX_DESCRIPTORS,
+                &count, &truncated, Int32(MSG_PEEK | MSG_DONTWAIT))
         }
-        let passed = Array(descriptors[0..<Int(count)])
-        for descriptor in passed { Self.turnLingerOff(descriptor) }
-        _ = shutdown(socket, Int32(SHUT_RDWR))
-        PassedDescriptorCloser.close(passed + [socket], passedBy: user)
-        return true
+        let passed = Array(descriptors[0..<Int(max(count, 0))])
+        if count > 0 || truncated == 2 { return Self.close(socket, passed, .passedDescriptors, user) }
+        // Control data of another kind (truncated 1) is not refused: SCM_SECURITY, which a listener with
+        // PassSecurity= gets for an honest peer too.
+        guard peeked == Int(queued) else { return Self.close(socket, passed, .unreadable, user) }
+        return nil
         #else
-        return false  // Darwin: untested, and no socket activation.
+        return nil  // Darwin: untested, and no socket activation.
         #endif
+    }
+
+    /// Shuts `socket` down and hands it, after the peer's `descriptors`, to the closer charged to `user`.
+    private static func close(
+        _ socket: Int32, _ descriptors: [Int32], _ refusal: Refusal, _ user: PassedDescriptorCloser.User
+    ) -> Refusal {
+        for descriptor in descriptors { Self.turnLingerOff(descriptor) }
+        _ = shutdown(socket, Int32(SHUT_RDWR))
+        PassedDescriptorCloser.close(descriptors + [socket], passedBy: user)
+        return refusal
     }
 
     /// Turns `SO_LINGER` off on `descriptor` if it is a socket with it on: its last close then never waits.

@@ -38,8 +38,8 @@ extension Server {
         if !listenerRefusesDescriptors {
             setDescriptorPassing(false, on: descriptor)
             // What such a peer passed before is refused with its connection, closed on a closing thread.
-            if QueuedDescriptors.refuse(descriptor, passedBy: peer?.userID) {
-                self.refuseForQueuedDescriptors(id: id, peer: peer)
+            if let refusal = QueuedDescriptors.refuse(descriptor, passedBy: peer?.userID) {
+                self.refuseForQueuedDescriptors(refusal, id: id, peer: peer)
                 return
             }
         }
@@ -295,21 +295,22 @@ extension Server {
         )
     }
 
-    /// Counts, logs and reports a connection of an inherited listening socket refused because its peer passed
-    /// descriptors before the server's hello (``QueuedDescriptors``); its socket is the closer's already.
-    private func refuseForQueuedDescriptors(id: UInt64, peer: PeerCredentials?) {
+    /// Counts, logs and reports a connection of an inherited listening socket refused for what its peer queued
+    /// before the server's hello (``QueuedDescriptors``); its socket is the closer's already.
+    private func refuseForQueuedDescriptors(_ refusal: QueuedDescriptors.Refusal, id: UInt64, peer: PeerCredentials?) {
+        let what =
+            refusal == .passedDescriptors
+            ? "the peer passed descriptors before the server's hello"
+            : "what the peer sent before the server's hello cannot be looked at whole (out-of-band data, bytes of "
+                + "more than one process, or more than \(QueuedDescriptors.maximumLookedAt) bytes)"
         self.metrics.refused.increment()
-        self.refusalLogger.log(
-            level: .notice,
-            "refusing connection: the peer passed descriptors before the server's hello",
-            metadata: Self.metadata(id, peer)
-        )
+        self.refusalLogger.log(level: .notice, "refusing connection: \(what)", metadata: Self.metadata(id, peer))
         self.reportRefusal(
             of: peer,
             SocketIPCError(
                 .protocolViolation,
-                "refused the connection: the peer passed descriptors before the server's hello (it connected to the "
-                    + "inherited listening socket before the server started)"
+                "refused the connection: \(what) (it connected to the inherited listening socket before the server "
+                    + "started)"
             )
         )
     }

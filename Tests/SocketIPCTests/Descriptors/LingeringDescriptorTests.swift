@@ -202,8 +202,23 @@ private struct StuckTCPConnection {
 /// only once a first peer connects: such a peer can pass descriptors before the server could turn passing off.
 @Suite("Descriptors passed before an activated server started", .timeLimit(.minutes(5)), .limitedConcurrency)
 struct DescriptorsBeforeActivationTests {
-    @Test("a peer that passed a lingering socket to the inherited socket before the server started is refused at once, and the server serves the next peer")
-    func passedBeforeTheServerStarted() async throws {
+    /// How the peer passes the lingering socket before the server starts.
+    enum Passing: String, CaseIterable, CustomTestStringConvertible {
+        /// With its hello.
+        case withTheHello = "with its hello"
+        /// As out-of-band data after its hello: a peek stops at the out-of-band mark (found by a review).
+        case outOfBandAfterTheHello = "as out-of-band data after its hello"
+        /// As out-of-band data alone: a peek skips the byte and finds nothing (found by a review).
+        case outOfBandAlone = "as out-of-band data alone"
+
+        var testDescription: String { self.rawValue }
+    }
+
+    @Test(
+        "a peer that passed a lingering socket to the inherited socket before the server started is refused at once, and the server serves the next peer",
+        arguments: Passing.allCases
+    )
+    func passedBeforeTheServerStarted(passing: Passing) async throws {
         // Found by a review: the event loop that read the connection dropped the socket in its read(2), and its
         // close waited out the socket's linger (an hour here) with every connection of that loop.
         try await withTemporarySocketDirectory { directory in
@@ -214,12 +229,16 @@ struct DescriptorsBeforeActivationTests {
             defer { peer.close() }
             let stuck = try StuckTCPConnection()
             defer { stuck.close() }
-            var lingering = stuck.lingering.rawValue
             let hello: [UInt8] = [0x53, 0x49, 0x50, 0x43, 0x01, 0x00, 0x00, 0x00]
-            let sent = hello.withUnsafeBytes {
-                csocketipc_send_with_descriptors(peer.descriptor, $0.baseAddress, UInt($0.count), &lingering, 1)
+            switch passing {
+            case .withTheHello:
+                #expect(sendPassing(stuck.lingering.rawValue, over: peer.descriptor, bytes: hello) == hello.count)
+            case .outOfBandAfterTheHello:
+                try await peer.write(hello)
+                #expect(sendPassing(stuck.lingering.rawValue, over: peer.descriptor, bytes: [0x21], flags: Int32(MSG_OOB)) == 1)
+            case .outOfBandAlone:
+                #expect(sendPassing(stuck.lingering.rawValue, over: peer.descriptor, bytes: [0x21], flags: Int32(MSG_OOB)) == 1)
             }
-            #expect(sent == hello.count)
             try stuck.lingering.close()
             let configuration = ServerConfiguration(inheritedSocket: InheritedSocket(descriptor: dup(listener)))
             try await withRunningServer({
@@ -230,6 +249,55 @@ struct DescriptorsBeforeActivationTests {
                 #expect(try await peer.readUntilClosed().isEmpty)
                 let reply = try await Client.withConnection(to: path) { try await $0.request(ByteBuffer(string: "next")) }
                 #expect(String(buffer: reply) == "next")
+            }
+        }
+    }
+
+    @Test("a peer that sent its hello before the server started, and nothing else, is served")
+    func honestEarlyPeer() async throws {
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/activated.sock"
+            let listener = try makeStaleSocket(at: path, listening: true)
+            defer { _ = Glibc.close(listener) }
+            let peer = try await RawSocket.connect(to: path)
+            defer { peer.close() }
+            try await peer.write([0x53, 0x49, 0x50, 0x43, 0x01, 0x00, 0x00, 0x00])
+            try await peer.write(frameBytes(kind: 0x02, id: 7, payload: Array("early".utf8)))
+            let configuration = ServerConfiguration(inheritedSocket: InheritedSocket(descriptor: dup(listener)))
+            try await withRunningServer({
+                Server.framed(configuration: configuration, logger: testLogger, onServerRunning: $0) { EchoHandler() }
+            }) { _ in
+                let hello = try await peer.read(exactly: 8)
+                #expect(hello.prefix(5) == [0x53, 0x49, 0x50, 0x43, 0x01])
+                let reply = try await peer.read(exactly: 14)
+                #expect(reply == frameBytes(kind: 0x03, id: 7, payload: Array("early".utf8)))
+            }
+        }
+    }
+}
+
+/// `sendmsg(2)` of `bytes` with `descriptor` attached (`SCM_RIGHTS`) and `flags`; returns the bytes sent, or -1.
+private func sendPassing(_ descriptor: Int32, over socket: Int32, bytes: [UInt8], flags: Int32 = 0) -> Int {
+    var bytes = bytes
+    // CMSG_SPACE(sizeof(int)): the header (its length, level and type: 16 bytes on 64-bit Linux) and one descriptor,
+    // padded to 8 bytes.
+    let headerSize = MemoryLayout<cmsghdr>.size
+    var control = [UInt8](repeating: 0, count: headerSize + 8)
+    return bytes.withUnsafeMutableBytes { data in
+        control.withUnsafeMutableBytes { control in
+            let header = control.baseAddress!.assumingMemoryBound(to: cmsghdr.self)
+            header.pointee.cmsg_len = headerSize + MemoryLayout<Int32>.size
+            header.pointee.cmsg_level = SOL_SOCKET
+            header.pointee.cmsg_type = Int32(SCM_RIGHTS)
+            (control.baseAddress! + headerSize).storeBytes(of: descriptor, as: Int32.self)
+            var vector = iovec(iov_base: data.baseAddress, iov_len: data.count)
+            return withUnsafeMutablePointer(to: &vector) { vector in
+                var message = msghdr()
+                message.msg_iov = vector
+                message.msg_iovlen = 1
+                message.msg_control = control.baseAddress
+                message.msg_controllen = control.count
+                return sendmsg(socket, &message, flags | Int32(MSG_NOSIGNAL))
             }
         }
     }

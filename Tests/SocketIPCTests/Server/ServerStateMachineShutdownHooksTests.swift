@@ -73,6 +73,17 @@ struct ServerStateMachineShutdownHooksTests {
         #expect(machine.establishedConnections == ["f1", "f3"], "listed while they go away")
     }
 
+    @Test("a graceful shutdown with hooks, forced before they end, tells the connections it is going away before it closes them (found by a review)")
+    func forcedWhileHooksRun() throws {
+        var machine = Self.running()
+        Self.open(1, into: &machine)
+        let graceful = try Self.shutDownWithHooks(graceful: true, &machine)
+        #expect(graceful.tellGoingAway.isEmpty, "held for the hooks")
+        let forced = try #require(Self.shutdown(machine.shutdownRequested(graceful: false)))
+        #expect(forced.tellGoingAway == ["f1"])
+        #expect(forced.closeChannels == ["c1"])
+    }
+
     @Test("a graceful shutdown with hooks tells the connections it is going away only once the hooks have ended")
     func gracefulHoldsTheGoingAway() throws {
         var machine = Self.running()
