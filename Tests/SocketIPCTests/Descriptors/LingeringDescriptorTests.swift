@@ -221,14 +221,9 @@ struct DescriptorsBeforeActivationTests {
     func passedBeforeTheServerStarted(passing: Passing) async throws {
         // Found by a review: the event loop that read the connection dropped the socket in its read(2), and its
         // close waited out the socket's linger (an hour here) with every connection of that loop.
-        try await withTemporarySocketDirectory { directory in
-            let path = directory + "/activated.sock"
-            let listener = try makeStaleSocket(at: path, listening: true)
-            defer { _ = Glibc.close(listener) }
-            let peer = try await RawSocket.connect(to: path)
-            defer { peer.close() }
-            let stuck = try StuckTCPConnection()
-            defer { stuck.close() }
+        let stuck = try StuckTCPConnection()
+        defer { stuck.close() }
+        try await withActivatedEchoServer(before: { peer in
             let hello: [UInt8] = [0x53, 0x49, 0x50, 0x43, 0x01, 0x00, 0x00, 0x00]
             switch passing {
             case .withTheHello:
@@ -240,37 +235,46 @@ struct DescriptorsBeforeActivationTests {
                 #expect(sendPassing(stuck.lingering.rawValue, over: peer.descriptor, bytes: [0x21], flags: Int32(MSG_OOB)) == 1)
             }
             try stuck.lingering.close()
-            let configuration = ServerConfiguration(inheritedSocket: InheritedSocket(descriptor: dup(listener)))
-            try await withRunningServer({
-                Server.framed(configuration: configuration, logger: testLogger, onServerRunning: $0) { EchoHandler() }
-            }) { _ in
-                // Closed without a byte (not even the server's hello), at once: a read fails after 60 s, a safety
-                // net for a server blocked for the socket's hour, not a wait.
-                #expect(try await peer.readUntilClosed().isEmpty)
-                let reply = try await Client.withConnection(to: path) { try await $0.request(ByteBuffer(string: "next")) }
-                #expect(String(buffer: reply) == "next")
-            }
+        }) { peer, path in
+            // Closed without a byte (not even the server's hello), at once: a read fails after 60 s, a safety net for
+            // a server blocked for the socket's hour, not a wait.
+            #expect(try await peer.readUntilClosed().isEmpty)
+            let reply = try await Client.withConnection(to: path) { try await $0.request(ByteBuffer(string: "next")) }
+            #expect(String(buffer: reply) == "next")
         }
     }
 
     @Test("a peer that sent its hello before the server started, and nothing else, is served")
     func honestEarlyPeer() async throws {
+        try await withActivatedEchoServer(before: { peer in
+            try await peer.write([0x53, 0x49, 0x50, 0x43, 0x01, 0x00, 0x00, 0x00])
+            try await peer.write(frameBytes(kind: 0x02, id: 7, payload: Array("early".utf8)))
+        }) { peer, _ in
+            let hello = try await peer.read(exactly: 8)
+            #expect(hello.prefix(5) == [0x53, 0x49, 0x50, 0x43, 0x01])
+            let reply = try await peer.read(exactly: 14)
+            #expect(reply == frameBytes(kind: 0x03, id: 7, payload: Array("early".utf8)))
+        }
+    }
+
+    /// Makes a listening socket as a service manager does (taking descriptors), connects a raw peer that does
+    /// `before` while no server runs, then runs an echo server on the socket (inherited) for the length of `body`.
+    private func withActivatedEchoServer(
+        before: (RawSocket) async throws -> Void,
+        _ body: (_ peer: RawSocket, _ path: String) async throws -> Void
+    ) async throws {
         try await withTemporarySocketDirectory { directory in
             let path = directory + "/activated.sock"
             let listener = try makeStaleSocket(at: path, listening: true)
             defer { _ = Glibc.close(listener) }
             let peer = try await RawSocket.connect(to: path)
             defer { peer.close() }
-            try await peer.write([0x53, 0x49, 0x50, 0x43, 0x01, 0x00, 0x00, 0x00])
-            try await peer.write(frameBytes(kind: 0x02, id: 7, payload: Array("early".utf8)))
+            try await before(peer)
             let configuration = ServerConfiguration(inheritedSocket: InheritedSocket(descriptor: dup(listener)))
             try await withRunningServer({
                 Server.framed(configuration: configuration, logger: testLogger, onServerRunning: $0) { EchoHandler() }
             }) { _ in
-                let hello = try await peer.read(exactly: 8)
-                #expect(hello.prefix(5) == [0x53, 0x49, 0x50, 0x43, 0x01])
-                let reply = try await peer.read(exactly: 14)
-                #expect(reply == frameBytes(kind: 0x03, id: 7, payload: Array("early".utf8)))
+                try await body(peer, path)
             }
         }
     }
