@@ -282,6 +282,7 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     /// A caller's end says nothing but that its requests are over (PROTOCOL.md: its code, text and details are
     /// empty), so only its code is kept: a hostile caller's details (up to 16 MiB a frame, which cost no credit) would
     /// otherwise stay, with the read buffer they are a slice of, until the handler ends.
+    @inlinable
     package mutating func endReceived(_ status: CallStatus, fromCaller: Bool = false) -> ReceiveAction {
         guard self.failure == nil, !self.inboundEnded else { return .none }
         let status = fromCaller ? CallStatus(code: status.code) : status

@@ -2,6 +2,7 @@
 // open, as a request does; the calls' own state is the services layer's (`CallStateMachine`).
 extension ConnectionStateMachine {
     /// Whether a call may start.
+    @usableFromInline
     package enum CallStartAction: Equatable, Sendable {
         /// Counted: go on, and report ``callEnded()`` once it is over.
         case proceed
@@ -11,6 +12,7 @@ extension ConnectionStateMachine {
 
     /// This side opens a call. Refused once either side announced going away (as a request is), with the peer's
     /// reason where it gave one.
+    @inlinable
     package mutating func outgoingCallStarted() -> CallStartAction {
         switch self.state {
         case .open(var requests):
@@ -34,6 +36,7 @@ extension ConnectionStateMachine {
 
     /// The peer opened a call. Refused (the caller answers it with status `unavailable`) while this side or the peer
     /// is going away: a connection that drains takes no new work that could keep it open.
+    @inlinable
     package mutating func incomingCallStarted() -> CallStartAction {
         switch self.state {
         case .open(var requests):
@@ -54,6 +57,7 @@ extension ConnectionStateMachine {
 
     /// A call counted by ``outgoingCallStarted()`` or ``incomingCallStarted()`` is over.
     /// - Returns: Whether the connection went away and this was the last thing it waited for: flush and close.
+    @inlinable
     package mutating func callEnded() -> Bool {
         self.modifyRequests(closed: false) { requests, goingAway in
             requests.activeCalls -= 1

@@ -82,6 +82,7 @@ extension ConnectionStateMachine {
     /// A call's control frame (open, end, cancel or credit) of this side is queued, written straight into the
     /// coalescing buffer; as ``enqueue(_:id:payload:spareBuffer:passing:registerDescriptors:sharedPayloadLength:)``
     /// otherwise.
+    @inlinable
     package mutating func enqueueCallControlFrame(
         id: UInt32,
         _ frame: CallFrame,

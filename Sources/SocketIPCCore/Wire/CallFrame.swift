@@ -77,6 +77,7 @@ package struct CallOpen: Equatable, Sendable {
 @usableFromInline
 package struct CallStatus: Equatable, Sendable {
     /// The outcome.
+    @usableFromInline
     package var code: Code
     /// The application's error code (``Code/applicationError``), 0 to 255 bytes of UTF-8; with ``Code/unavailable``,
     /// ``refusedUnstarted`` or empty; empty otherwise.
@@ -122,6 +123,7 @@ package struct CallStatus: Equatable, Sendable {
     /// Whether this end says the handler's side did not start a handler for the call (``refusedUnstarted``).
     package var refusedUnstarted: Bool { self.code == .unavailable && self.errorCode == Self.refusedUnstarted }
 
+    @usableFromInline
     package init(code: Code, errorCode: String = "", message: String = "", details: ByteBuffer = ByteBuffer()) {
         self.code = code
         self.errorCode = errorCode

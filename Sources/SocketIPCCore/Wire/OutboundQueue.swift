@@ -160,6 +160,7 @@ package struct OutboundQueue {
 
     /// Queues a call's control frame (open, end, cancel or credit), written straight into the coalescing buffer
     /// with no buffer of its own.
+    @usableFromInline
     package mutating func appendCallControlFrame(id: UInt32, _ frame: CallFrame, spareBuffer: () -> ByteBuffer?) {
         var written = 0
         self.withOwnedTail(capacity: 96, spareBuffer: spareBuffer) { buffer in

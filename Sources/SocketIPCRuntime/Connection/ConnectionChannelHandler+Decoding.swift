@@ -449,7 +449,7 @@ extension ConnectionChannelHandler {
     static func dispatch(
         _ header: FrameDecoder.DataFrameHeader,
         in incoming: inout ByteBuffer,
-        to handler: inout Handler,
+        to handler: inout any ConnectionHandler,
         connection: Connection,
         maximumRequests: Int
     ) -> DecodeStep {
@@ -482,7 +482,7 @@ extension ConnectionChannelHandler {
     /// Hands a frame to the handler, to the request that waits for it, or to the connection.
     static func dispatch(
         _ frame: Frame,
-        to handler: inout Handler,
+        to handler: inout any ConnectionHandler,
         connection: Connection,
         maximumRequests: Int
     ) -> DecodeStep {
@@ -538,7 +538,7 @@ extension ConnectionChannelHandler {
     static func dispatchPassingDescriptors(
         _ frame: Frame,
         passing: DescriptorPassing,
-        to handler: inout Handler,
+        to handler: inout any ConnectionHandler,
         connection: Connection,
         maximumRequests: Int
     ) -> DecodeStep? {

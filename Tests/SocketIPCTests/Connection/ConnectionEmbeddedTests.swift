@@ -50,7 +50,7 @@ struct ConnectionEmbeddedTests {
         }
     }
 
-    static func channelHandler(_ observed: Observed) -> ConnectionChannelHandler<Handler> {
+    static func channelHandler(_ observed: Observed) -> ConnectionChannelHandler {
         ConnectionChannelHandler(
             handler: Handler(observed: observed),
             options: SharedConnectionOptions(ConnectionOptions()),

@@ -37,7 +37,7 @@ struct FrameBudgetTests {
         }
     }
 
-    static var budget: Int { ConnectionChannelHandler<Recorder>.frameBudget }
+    static var budget: Int { ConnectionChannelHandler.frameBudget }
 
     /// Options without a read's share in time (`turnTime`): a debug build on a busy machine takes longer than it for
     /// a budget's frames, and these tests count frames.
@@ -130,7 +130,7 @@ struct FrameBudgetTests {
         let channel = try Self.establishedChannel(recorder: recorder, counter: counter)
         defer { _ = try? channel.finish() }
         // Error replies for requests never made are ignored; each is a frame off the common path.
-        let ignored = Self.budget / ConnectionChannelHandler<Recorder>.controlFrameCost + 10
+        let ignored = Self.budget / ConnectionChannelHandler.controlFrameCost + 10
         var bytes: [UInt8] = []
         for id in 0..<UInt32(ignored) { bytes += Embedded.frame(kind: 0x04, id: id + 1, payload: Array("no".utf8)) }
         bytes += Self.message(7)
@@ -229,7 +229,7 @@ struct FrameBudgetTests {
         var bytes: [UInt8] = []
         for id in 0..<UInt32(pings) { bytes += Embedded.frame(kind: 0x0B, id: id + 1, payload: []) }
         try channel.writeInbound(Embedded.buffer(bytes))
-        let allowed = Self.budget / ConnectionChannelHandler<Recorder>.controlFrameCost
+        let allowed = Self.budget / ConnectionChannelHandler.controlFrameCost
         let first = Self.count(of: 0x0C, in: try Embedded.written(channel))
         #expect(first <= allowed, "one read while paused answered \(first) pings")
         channel.embeddedEventLoop.run()
