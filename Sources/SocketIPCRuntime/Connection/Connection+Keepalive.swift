@@ -85,18 +85,34 @@ extension Connection {
     /// What moves while the peer reads: the bytes the socket took, and those it holds unread.
     func progress() -> [Int] { [self.writtenBytes(), self.unreadBytes()] }
 
+    /// Whether the peer read any of this side's bytes between two ``progress()`` samples: the kernel's count of what
+    /// it holds unread (`TIOCOUTQ` of a Unix socket: the memory of its queued buffers, each at least as large as
+    /// the bytes in it) grew by less than what the socket took meanwhile. A peer that reads nothing frees no buffer,
+    /// so its count grows by at least what this side writes; `progress() != before` would take this side's own
+    /// writes for the peer's reading (found by a review: a client that kept calling a server stopped with SIGSTOP
+    /// never found it frozen, and a call without a deadline waited as long as the server was stopped). Where the
+    /// unread bytes cannot be told (0), this side's writes count as the peer's reading.
+    static func peerRead(between before: [Int], and now: [Int]) -> Bool {
+        let taken = now[0] &- before[0]
+        let grown = now[1] - before[1]
+        return grown < taken
+    }
+
     /// Closes the connection with `peerNotResponding` unless the pong of ping `id` comes within the keepalive timeout,
-    /// or the peer went on reading meanwhile (``progress()`` moved from `progressBefore`): a ping queued behind a large
+    /// or the peer went on reading meanwhile (``peerRead(between:and:)``): a ping queued behind a large
     /// message reaches a peer that reads it slowly only after it, and that peer is alive (found by reviews: a send of
     /// 8 MB to a server reading 100 KB/s was cut off as frozen, also once the ping had reached the socket with 2 MB of
-    /// the message still unread before it). A frozen peer reads nothing: its socket's buffer fills and nothing moves.
+    /// the message still unread before it). A frozen peer reads nothing, however much this side goes on writing into
+    /// its socket's buffer (found by a review: a client that kept calling a server stopped with SIGSTOP never found
+    /// it frozen, when the socket's taking its new calls counted as progress, and a call without a deadline waited
+    /// as long as the server was stopped).
     private func waitForPong(_ id: UInt32, progressBefore: [Int]) {
         let timeout = self.options.keepaliveTimeout
         let channel = self.channel
         let timer = self.eventLoop.scheduleTask(in: .init(timeout)) {
             guard self.calls.keepalive.withLock({ $0.outstanding == id }) else { return }
             let progress = self.progress()
-            if progress != progressBefore {
+            if Self.peerRead(between: progressBefore, and: progress) {
                 self.waitForPong(id, progressBefore: progress)
                 return
             }

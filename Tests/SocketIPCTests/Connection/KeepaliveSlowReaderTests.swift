@@ -78,4 +78,30 @@ struct KeepaliveSlowReaderTests {
             #expect(connection.closeReason?.code == .peerNotResponding, "\(String(describing: connection.closeReason))")
         }
     }
+
+    @Test("a peer that reads nothing while this side goes on sending small messages its socket still takes: found by the keepalive (found by a review: a client that kept calling a server stopped with SIGSTOP never found it frozen)")
+    func silentPeerFoundWhileSending() async throws {
+        var configuration = ClientConfiguration()
+        configuration.connection.keepaliveInterval = .milliseconds(500)
+        configuration.connection.keepaliveTimeout = .seconds(1)
+        try await Self.withRawServer { path, accepting in
+            let connection = try await Client.connect(to: path, configuration: configuration)
+            defer { connection.abort() }
+            _ = try await accepting.value
+            // One small message every 50 ms, at most 150 of them (7.5 s): the peer's socket takes them all (each
+            // costs its buffer about a kilobyte of its 208 KiB), so the bytes it took go on moving for all that
+            // time. The keepalive must close the connection after its interval and one timeout (1.5 s), while
+            // the sends go on; before, each send counted as the peer's progress, and it stayed open.
+            let message = ByteBuffer(repeating: 0x61, count: 64)
+            var sent = 0
+            while connection.isOpen, sent < 150 {
+                guard (try? await connection.send(message)) != nil else { break }
+                sent += 1
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            #expect(!connection.isOpen, "still open after \(sent) messages the peer never read")
+            await connection.waitUntilClosed()
+            #expect(connection.closeReason?.code == .peerNotResponding, "\(String(describing: connection.closeReason))")
+        }
+    }
 }
