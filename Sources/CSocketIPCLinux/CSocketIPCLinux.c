@@ -121,9 +121,30 @@ int csocketipc_pidfd_send_signal(int pidfd, int signal) {
     return (int)syscall(SYS_pidfd_send_signal, pidfd, signal, (void *)0, 0u);
 }
 
+/// csocketipc_receive_with_descriptors with the kernel given `room` bytes of the control buffer (at most its size).
+static long receive_with_control_room(
+    int socket, void *bytes, unsigned long length, int *descriptors, int maximum, int *count, int *truncated,
+    int flags, size_t room);
+
 long csocketipc_receive_with_descriptors(
     int socket, void *bytes, unsigned long length, int *descriptors, int maximum, int *count, int *truncated,
     int flags) {
+    return receive_with_control_room(socket, bytes, length, descriptors, maximum, count, truncated, flags, (size_t)-1);
+}
+
+long csocketipc_peek_with_descriptors(
+    int socket, void *bytes, unsigned long length, int *descriptors, int maximum, int *count, int *truncated) {
+    if (maximum < 0) maximum = 0;
+    if (maximum > CSOCKETIPC_MAX_DESCRIPTORS) maximum = CSOCKETIPC_MAX_DESCRIPTORS;
+    // Room for `maximum` descriptors, the credentials and a pidfd: a peek copies at most that many into this process.
+    size_t room = CMSG_SPACE(sizeof(int) * (size_t)maximum) + CMSG_SPACE(sizeof(struct ucred)) + CMSG_SPACE(sizeof(int));
+    return receive_with_control_room(
+        socket, bytes, length, descriptors, maximum, count, truncated, MSG_PEEK | MSG_DONTWAIT, room);
+}
+
+static long receive_with_control_room(
+    int socket, void *bytes, unsigned long length, int *descriptors, int maximum, int *count, int *truncated,
+    int flags, size_t room) {
     // Room for every descriptor one sendmsg can carry (SCM_MAX_FD), and for the credentials and pidfd a socket with
     // SO_PASSCRED or SO_PASSPIDFD gets with each message (inherited from a listener, as systemd's PassCredentials=
     // sets it): the kernel then never drops a passed descriptor itself. It would release what it drops on this
@@ -145,7 +166,7 @@ long csocketipc_receive_with_descriptors(
         message.msg_iov = &vector;
         message.msg_iovlen = 1;
         message.msg_control = control.space;
-        message.msg_controllen = sizeof(control.space);
+        message.msg_controllen = room < sizeof(control.space) ? room : sizeof(control.space);
         received = recvmsg(socket, &message, MSG_CMSG_CLOEXEC | flags);
     } while (received < 0 && errno == EINTR);
     if (received < 0) return -1;
@@ -166,9 +187,10 @@ long csocketipc_receive_with_descriptors(
                 if (*count < maximum) {
                     descriptors[(*count)++] = descriptor;
                 } else {
-                    // More than the caller has room for: never leak one.
+                    // More than the caller has room for: never leak one. (A peek's caller learns that descriptors
+                    // came, 2: it refuses them whatever their number.)
                     close(descriptor);
-                    *truncated = 1;
+                    *truncated = (flags & MSG_PEEK) ? 2 : 1;
                 }
             }
         } else if (header->cmsg_level == SOL_SOCKET && header->cmsg_type == CSOCKETIPC_SCM_PIDFD

@@ -24,6 +24,13 @@ long csocketipc_receive_with_descriptors(
     int socket, void *bytes, unsigned long length, int *descriptors, int maximum, int *count, int *truncated,
     int flags);
 
+/// As csocketipc_receive_with_descriptors with MSG_PEEK and MSG_DONTWAIT (the bytes and descriptors stay queued), but
+/// with a control buffer that has room for only `maximum` descriptors (0 to 253) beside the credentials and a pidfd:
+/// a peek copies at most about that many of the peer's descriptors into this process, and sets `truncated` to 2 when
+/// it passed more. Dropping the copies it has no room for releases nothing (the queued message holds them).
+long csocketipc_peek_with_descriptors(
+    int socket, void *bytes, unsigned long length, int *descriptors, int maximum, int *count, int *truncated);
+
 /// sendmsg(2) of up to `length` bytes with `count` descriptors (SCM_RIGHTS) attached, and MSG_NOSIGNAL; retried
 /// on EINTR. Returns the bytes sent (the descriptors travel with the first of them), or -1 with errno.
 long csocketipc_send_with_descriptors(

@@ -43,22 +43,26 @@ enum QueuedDescriptors {
     /// message that carried descriptors, at an out-of-band mark, or where another process's bytes begin), else the
     /// connection is refused (a review found each of these hiding descriptors from a first form that trusted one
     /// peek). The copies a peek brings have their `SO_LINGER` turned off before anything is closed (the setting is
-    /// the socket's, shared by the copy in flight).
+    /// the socket's, shared by the copy in flight). A peek copies no more than the user's bound of descriptors held
+    /// allows (``PassedDescriptorCloser/peekRoom(for:)``): what it has no room for stays in the message, and a
+    /// lingering socket among those holds only a closing thread charged to the user.
     static func refuse(_ socket: Int32, passedBy user: PassedDescriptorCloser.User) -> Refusal? {
         #if os(Linux)
         var queued: Int32 = 0
         guard ioctl(socket, UInt(FIONREAD), &queued) == 0 else { return Self.close(socket, [], .unreadable, user) }
         guard queued > 0 else { return nil }
         guard Int(queued) <= Self.maximumLookedAt else { return Self.close(socket, [], .unreadable, user) }
+        // The copies a peek brings count against the user's bound of descriptors held, checked first: a paused user's
+        // peek copies none, and its connection is refused all the same when it passed any.
+        let room = PassedDescriptorCloser.peekRoom(for: user)
         var descriptors = [Int32](repeating: -1, count: Int(CSOCKETIPC_MAX_DESCRIPTORS))
         var count: Int32 = 0
         var truncated: Int32 = 0
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(queued), alignment: 16)
         defer { buffer.deallocate() }
         let peeked = descriptors.withUnsafeMutableBufferPointer { received in
-            csocketipc_receive_with_descriptors(
-                socket, buffer.baseAddress, UInt(buffer.count), received.baseAddress, CSOCKETIPC_MAX_DESCRIPTORS,
-                &count, &truncated, Int32(MSG_PEEK | MSG_DONTWAIT))
+            csocketipc_peek_with_descriptors(
+                socket, buffer.baseAddress, UInt(buffer.count), received.baseAddress, Int32(room), &count, &truncated)
         }
         let passed = Array(descriptors[0..<Int(max(count, 0))])
         if count > 0 || truncated == 2 { return Self.close(socket, passed, .passedDescriptors, user) }
