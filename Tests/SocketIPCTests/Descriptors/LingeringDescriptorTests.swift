@@ -150,7 +150,7 @@ extension Glibc.linger: @retroactive Equatable {
 
 /// A TCP connection on the loopback whose receiving end never reads: its sending end's queue is full, and that end has
 /// `SO_LINGER` on with an hour's timeout, so that its last close would block for an hour.
-private struct StuckTCPConnection {
+struct StuckTCPConnection {
     let lingering: SystemPackage.FileDescriptor
     let listener: Int32
     let receiver: Int32

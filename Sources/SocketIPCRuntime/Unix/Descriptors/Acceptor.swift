@@ -77,7 +77,8 @@ final class Acceptor: @unchecked Sendable {
         }
     }
 
-    /// Completes when the accepting thread has ended and the listening socket is closed.
+    /// Completes when the accepting thread has ended and the listening socket is closed (a shared one: handed to a
+    /// closing thread, which closes it at once unless the release of its backlog waits).
     var finishedFuture: EventLoopFuture<Void> { self.finished.futureResult }
 
     /// Starts the accepting thread. Should no thread be had (`pthread_create` failing with `EAGAIN`), or no wake-up
@@ -114,7 +115,16 @@ final class Acceptor: @unchecked Sendable {
 
     private func acceptUntilStopped() {
         defer {
-            close(self.descriptor)
+            if self.wakePipe != nil {
+                // A shared (activated) socket of which this may be the last holder: its close then drops the
+                // connections still in its backlog, with whatever their peers passed before the server turned
+                // passing off, and the last close of a lingering socket among them would hold this thread, which
+                // `Server.run()` waits for, for the linger time the peer chose (a review: SIGTERM took 50 s with a
+                // grace period of 10). Closed on a closing thread instead, as passed descriptors are.
+                PassedDescriptorCloser.close([self.descriptor], passedBy: PassedDescriptorCloser.ownSockets)
+            } else {
+                close(self.descriptor)
+            }
             if let wakePipe = self.wakePipe {
                 close(wakePipe.read)
                 close(wakePipe.write)
@@ -152,7 +162,7 @@ final class Acceptor: @unchecked Sendable {
             if accepted >= 0 {
                 if let report = backoff.succeeded() { self.log(report) }
                 if self.stopping.load(ordering: .acquiring) {
-                    close(accepted)
+                    Self.closeRefused(accepted, fromSharedSocket: self.wakePipe != nil)
                     return
                 }
                 self.onAccept(accepted)
@@ -175,6 +185,19 @@ final class Acceptor: @unchecked Sendable {
                 return
             }
         }
+    }
+
+    /// Closes a connection accepted as the acceptor stopped. One of a shared (activated) socket may hold descriptors
+    /// its peer passed before the server turned passing off: it is shut down and closed on a closing thread charged
+    /// to its peer's user, as ``QueuedDescriptors`` closes a refused one, not on this thread.
+    private static func closeRefused(_ accepted: Int32, fromSharedSocket: Bool) {
+        guard fromSharedSocket else {
+            close(accepted)
+            return
+        }
+        let user = PeerCredentials.read(descriptor: accepted)?.userID
+        _ = shutdown(accepted, Int32(SHUT_RDWR))
+        PassedDescriptorCloser.close([accepted], passedBy: user)
     }
 
     /// Logs a back-off episode's start, its continuation or its end; `call` names the system call that failed
