@@ -24,7 +24,9 @@ extension Connection {
     ///   - descriptors: 1 to ``ConnectionOptions/maximumDescriptorsPerMessage`` open descriptors.
     /// - Throws: `SocketIPCError` with code `invalidState` when descriptors cannot travel on this connection
     ///   (``passesDescriptors``), `invalidConfiguration` for too many or none, `systemCall` when one is not open,
-    ///   `messageTooLarge`, or `connectionClosed` once the connection is closed.
+    ///   `messageTooLarge`, `resourceExhausted` when the peer has left 1,024 descriptors sent to it unread (4,096
+    ///   across its user's connections; the connection then closes with going-away `0x05`, as D-Bus bounds
+    ///   `max_outgoing_unix_fds`), or `connectionClosed` once the connection is closed.
     nonisolated(nonsending) public func send(_ message: ByteBuffer, descriptors: [SystemPackage.FileDescriptor]) async throws {
         if try self.queueMessage(message, descriptors: descriptors) { try await self.waitUntilWritable() }
     }
@@ -115,6 +117,7 @@ extension Connection {
                     + "\(self.options.effectiveMaximumMessageSize) bytes (ConnectionOptions.maximumMessageSize)"
             )
         }
+        if let refusal = passing.relay.admitOutgoing(descriptors.count) { throw refusal }
         let group = try DescriptorPassing.duplicate(
             descriptors.map(\.rawValue),
             maximum: passing.relay.maximumPerMessage
@@ -127,6 +130,7 @@ extension Connection {
     ///   maximum, `systemCall` when one cannot be duplicated.
     package func duplicateForPassing(_ descriptors: [Int32]) throws -> [Int32] {
         guard let passing = self.descriptorPassing, self.passesDescriptors else { throw Self.cannotPass() }
+        if let refusal = passing.relay.admitOutgoing(descriptors.count) { throw refusal }
         return try DescriptorPassing.duplicate(descriptors, maximum: passing.relay.maximumPerMessage)
     }
 
@@ -152,7 +156,9 @@ extension Reply {
     ///
     /// When descriptors cannot travel (the peer's request came without ``Connection/passesDescriptors``), or one of
     /// `descriptors` cannot be duplicated, or there are more than ``ConnectionOptions/maximumDescriptorsPerMessage``,
-    /// the requester gets an error reply saying so instead.
+    /// the requester gets an error reply saying so instead. A peer that has left 1,024 descriptors sent to it unread
+    /// (4,096 across its user's connections) is closed instead, with going-away `0x05` (resource exhausted), as
+    /// D-Bus bounds a connection's outgoing descriptors (`max_outgoing_unix_fds`).
     public func succeed(_ payload: ByteBuffer, descriptors: [SystemPackage.FileDescriptor]) {
         guard !descriptors.isEmpty else {
             self.succeed(payload)
@@ -160,6 +166,12 @@ extension Reply {
         }
         guard let passing = self.connection.descriptorPassing, self.connection.passesDescriptors else {
             self.fail(SocketIPCError(.invalidState, "the reply's descriptors cannot travel on this connection"))
+            return
+        }
+        // A peer that reads none of its replies' descriptors is closed (going-away 0x05) before this side holds
+        // more than its bound of them (DescriptorRelay.maximumOutgoing(maximumPerMessage:)).
+        if let refusal = passing.relay.admitOutgoing(descriptors.count) {
+            self.fail(refusal)
             return
         }
         do {

@@ -74,6 +74,8 @@ final class DescriptorRelay: @unchecked Sendable {
     /// (``pendingDescriptors()``).
     private var movedOn: UInt64 = 0
     private var outgoing: [[Int32]] = []
+    /// How many descriptors ``outgoing`` holds: registered, not yet sent.
+    private var outgoingCount = 0
     private var isClosed = false
     private var socketIsClosed = false
     /// Whether the outbound thread has stopped sending (the channel closed its end, or the peer is gone): nothing
@@ -184,6 +186,52 @@ final class DescriptorRelay: @unchecked Sendable {
     /// The most descriptors a relay holds received and not yet handed out: 4 messages' worth, at least 64.
     static func inFlightLimit(maximumPerMessage: Int) -> Int { max(4 * maximumPerMessage, 64) }
 
+    /// The most descriptors this side may have queued to send on one connection and not sent yet: 1,024 (the soft
+    /// `RLIMIT_NOFILE` of a default Linux session), or 4 messages' worth if more. They stay in this process's table of
+    /// descriptors until the peer's socket takes them, and each reply that carries one weighs a few bytes against the
+    /// write watermark: a peer that asked for such replies and read none made a server duplicate 19,970 descriptors
+    /// in a second, and every other peer was refused (found by a review). D-Bus bounds the same
+    /// (`max_outgoing_unix_fds`).
+    static func maximumOutgoing(maximumPerMessage: Int) -> Int { max(1024, 4 * maximumPerMessage) }
+
+    /// The most descriptors this side may have queued to send and not sent yet on all the connections of one peer's
+    /// user: four connections' worth of ``maximumOutgoing(maximumPerMessage:)`` at its least.
+    static let maximumOutgoingPerUser = 4096
+
+    /// Descriptors queued to send and not sent yet, by the peer's user (``passedBy``), across its connections.
+    private static let outgoingByUser = Mutex<[UInt32?: Int]>([:])
+
+    private static func countOutgoing(_ change: Int, of user: UInt32?) {
+        guard change != 0 else { return }
+        Self.outgoingByUser.withLock { counts in
+            let count = (counts[user] ?? 0) + change
+            counts[user] = count > 0 ? count : nil
+        }
+    }
+
+    /// Whether `count` more descriptors may be queued to send on this connection now; if not, the connection is
+    /// failed with going-away `0x05` (the peer does not read what it is sent), and the error is returned for the
+    /// sender. Checked before the descriptors are duplicated.
+    func admitOutgoing(_ count: Int) -> SocketIPCError? {
+        guard count > 0 else { return nil }
+        self.lock.lock()
+        let pending = self.outgoingCount
+        self.lock.unlock(withValue: self.mayReceiveValue)
+        let ofUser = Self.outgoingByUser.withLock { $0[self.passedBy] ?? 0 }
+        let limit = Self.maximumOutgoing(maximumPerMessage: self.maximumPerMessage)
+        let text: String
+        if pending + count > limit {
+            text = "the peer has not read the \(pending) descriptors this side queued for it (at most \(limit))"
+        } else if ofUser + count > Self.maximumOutgoingPerUser {
+            text = "the peer's user has not read the \(ofUser) descriptors this side queued for its connections "
+                + "(at most \(Self.maximumOutgoingPerUser))"
+        } else {
+            return nil
+        }
+        self.violate(text, code: .resourceExhausted, reason: .resourceExhausted)
+        return SocketIPCError(.resourceExhausted, text)
+    }
+
     // MARK: - The channel handler's side (any thread)
 
     /// The channel the relay fails when the peer breaks the protocol; set once the channel exists.
@@ -246,7 +294,9 @@ final class DescriptorRelay: @unchecked Sendable {
             return
         }
         self.outgoing.append(group)
+        self.outgoingCount += group.count
         self.lock.unlock(withValue: self.mayReceiveValue)
+        Self.countOutgoing(group.count, of: self.passedBy)
     }
 
     /// Reserves `bytes` of shared memory for a payload this side is about to make (``SharedPayload``), when the peer
@@ -594,7 +644,20 @@ final class DescriptorRelay: @unchecked Sendable {
                 let sent = group.withUnsafeBufferPointer { descriptors in
                     Self.send(self.socket, buffer.baseAddress! + start, segmentEnd - start, descriptors)
                 }
+                let sendErrno = errno
                 Self.closeAll(group)
+                let shortage = sendErrno == ETOOMANYREFS || sendErrno == ENOBUFS || sendErrno == ENOMEM
+                if sent < 0 && !group.isEmpty && shortage {
+                    // This side's shortage, not the peer's leaving: the kernel passes no more descriptors of this
+                    // side's user while too many sent before wait unread in their receivers' sockets (ETOOMANYREFS:
+                    // more than its RLIMIT_NOFILE in flight), or has no memory for them. Said, as going-away 0x05 and
+                    // in the log, not a bare close (found by a review: a peer that read none of its shared payloads
+                    // made every other peer's descriptors fail so, silently).
+                    let cause = SocketIPCError.systemCall("sendmsg", errno: sendErrno)
+                    let text = "the kernel refused to pass descriptors: \(cause)"
+                    self.logger.error("\(text)")
+                    self.violate(text, code: .resourceExhausted, reason: .resourceExhausted)
+                }
                 if sent <= 0 || !self.sendPlain(buffer, from: start + sent, to: segmentEnd) {
                     sendFailed = true
                     break loop
@@ -609,8 +672,10 @@ final class DescriptorRelay: @unchecked Sendable {
         self.outboundEnded = true
         let left = self.outgoing.flatMap { $0 }
         self.outgoing = []
+        self.outgoingCount = 0
         if !self.socketIsClosed { _ = shutdown(self.socket, Int32(SHUT_RDWR)) }
         self.lock.unlock(withValue: self.mayReceiveValue)
+        Self.countOutgoing(-left.count, of: self.passedBy)
         Self.closeAll(left)
         _ = shutdown(self.relaySide, Int32(SHUT_RDWR))
         self.threadEnded()
@@ -665,10 +730,14 @@ final class DescriptorRelay: @unchecked Sendable {
         return true
     }
 
+    /// The next group to send, no longer counted as queued: from now on the sending thread owns it (and closes it
+    /// once sent, or if the send fails).
     private func nextOutgoing() -> [Int32] {
         self.lock.lock()
         let group = self.outgoing.isEmpty ? [] : self.outgoing.removeFirst()
+        self.outgoingCount -= group.count
         self.lock.unlock(withValue: self.mayReceiveValue)
+        Self.countOutgoing(-group.count, of: self.passedBy)
         return group
     }
 
@@ -714,6 +783,7 @@ final class DescriptorRelay: @unchecked Sendable {
             leftOutgoing = self.outgoing.flatMap { $0 }
             self.unclaimed = []
             self.outgoing = []
+            self.outgoingCount = 0
             if self.isClosed {
                 left += self.claimed.flatMap { $0 }
                 self.claimed = []
@@ -721,6 +791,7 @@ final class DescriptorRelay: @unchecked Sendable {
             }
         }
         self.unlockAccounting(withValue: 1, closing: left)
+        Self.countOutgoing(-leftOutgoing.count, of: self.passedBy)
         Self.closeAll(leftOutgoing)
         if last {
             if self.lingersWhilePeerHoldsSharedMemory { self.lingerWhilePeerHoldsSharedMemory() }

@@ -1,0 +1,79 @@
+#if os(Linux)
+import NIOCore
+import SocketIPC
+import SocketIPCTestSupport
+import SocketIPCTesting
+import SystemPackage
+import Testing
+
+@testable import SocketIPCRuntime
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// Descriptors this side queues to send wait in its own table until the peer's socket takes them: a peer that asks for
+/// replies carrying descriptors and reads none is closed (going-away `0x05`) before this side holds more than its
+/// bound of them (found by a review: a server that answered each request with a descriptor duplicated 19,970 of them
+/// in a second for a peer that read nothing, and every other peer was refused).
+@Suite("Descriptors queued to send are bounded", .timeLimit(.minutes(1)), .limitedConcurrency)
+struct OutgoingDescriptorBoundTests {
+    /// Answers every request with its payload and, where descriptors travel, a descriptor of `/dev/null`; reports
+    /// why its connection closed.
+    struct NullReplier: ConnectionHandler {
+        static let null = try! FileDescriptor.open("/dev/null", .readOnly, options: .closeOnExec)
+        let closed: AsyncStream<SocketIPCError?>.Continuation
+
+        func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {
+            if connection.passesDescriptors {
+                reply.succeed(request, descriptors: [Self.null])
+            } else {
+                reply.succeed(request)
+            }
+        }
+
+        func connectionDidClose(_ connection: Connection, error: SocketIPCError?) {
+            self.closed.yield(error)
+        }
+    }
+
+    @Test("a peer that reads none of 12,000 replies carrying a descriptor is closed with going-away 0x05, and the next client is served")
+    func peerThatReadsNothingIsClosed() async throws {
+        var options = ConnectionOptions()
+        options.maximumDescriptorsPerMessage = 4
+        let (closes, closed) = AsyncStream.makeStream(of: SocketIPCError?.self)
+        try await withFramedTestServer(
+            configure: { $0.connection = options },
+            makeHandler: { NullReplier(closed: closed) }
+        ) { _, path in
+            let peer = try await RawSocket.connect(to: path)
+            defer { peer.close() }
+            // Hello: calls and descriptors.
+            try await peer.write([0x53, 0x49, 0x50, 0x43, 0x01, 0x03, 0x00, 0x00])
+            _ = try await peer.read(exactly: 8)
+            // 12,000 requests, and not a byte read: their replies fill the peer's socket (1 MiB of SO_SNDBUF), and the
+            // rest of their descriptors wait in the server.
+            var requests: [UInt8] = []
+            for id in 1...12_000 { requests += frameBytes(kind: 0x02, id: UInt32(id), payload: [0x61]) }
+            try await peer.write(requests)
+            // The server shuts the connection down (the peer's socket hangs up for reading) while the peer has still
+            // read nothing. Before, it kept every descriptor and the connection open, and this waited in vain.
+            let pollReadHangUp: Int16 = 0x2000  // POLLRDHUP, which Glibc's module leaves out
+            var hungUp = pollfd(fd: peer.descriptor, events: pollReadHangUp, revents: 0)
+            #expect(poll(&hungUp, 1, 20_000) == 1, "the server kept the connection of a peer that reads nothing")
+            // The server closed it as resource exhausted (its going-away 0x05 waits behind replies the peer never
+            // read, and may not reach it).
+            var reasons = closes.makeAsyncIterator()
+            let reason = await reasons.next()
+            #expect(reason??.code == .resourceExhausted, "\(String(describing: reason))")
+            // Another client is served.
+            let answer = try await Client.withConnection(to: path) { connection in
+                try await connection.request(ByteBuffer(string: "ping"))
+            }
+            #expect(String(buffer: answer) == "ping")
+        }
+    }
+}
+#endif
