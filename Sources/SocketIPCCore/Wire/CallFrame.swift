@@ -50,8 +50,12 @@ package struct CallOpen: Equatable, Sendable {
     /// How long the caller waits, from the moment it sent the frame, in nanoseconds; 0 for no deadline. Relative,
     /// as gRPC's `grpc-timeout`, so that the two sides' clocks need not agree.
     package var timeoutNanoseconds: UInt64
-    /// Sent as 0; a receiver ignores them.
+    /// Bit ``takesOneResponse``; the others are sent as 0, and a receiver ignores those it does not know.
     package var flags: UInt8
+    /// Flag `0x01`: the caller takes one response (a unary or client-streaming call). A handler's side whose method
+    /// streams its responses ends such a call at once with status `invalidMessage`: the call could only wait for the
+    /// stream's end, or fail at its second response. A version-1 receiver ignores it, as all flags.
+    package static let takesOneResponse: UInt8 = 0x01
     /// Whether the name's bytes were valid UTF-8. When not, ``method`` holds them with each invalid sequence replaced
     /// by U+FFFD, for display only: names are matched byte for byte (PROTOCOL.md), so such a name matches none.
     package var methodIsValidUTF8: Bool

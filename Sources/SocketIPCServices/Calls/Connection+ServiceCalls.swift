@@ -40,7 +40,9 @@ extension Connection {
         let (payload, descriptors) = try DescriptorCoding.encodeOutgoing(request, of: Method.name, codec: options.codec, on: self)
         var refusedAtOpen = false
         do {
-            return try await self.withOutgoingCall(Method.name, options: options, neverSent: &neverSent) { call in
+            return try await self.withOutgoingCall(
+                Method.name, options: options, takesOneResponse: true, neverSent: &neverSent
+            ) { call in
                 try await call.sendRequest(payload, descriptors: descriptors)
                 call.finish()
                 self.recycleEncodingBuffer(payload)
@@ -101,7 +103,7 @@ extension Connection {
         options: CallOptions = CallOptions(),
         _ body: (ServiceStreamWriter<Method.Request>) async throws -> Void
     ) async throws -> Method.Response {
-        try await self.withOutgoingCall(Method.name, options: options) { call in
+        try await self.withOutgoingCall(Method.name, options: options, takesOneResponse: true) { call in
             do {
                 try await body(ServiceStreamWriter(call: call, codec: options.codec))
             } catch let error as SocketIPCError where call.isRefusalByHandlerEnd(error) {
@@ -155,13 +157,18 @@ extension Connection {
 
     /// Opens a call, runs `body` with it, and makes sure it is over when `body` is: cancelled on the other side if
     /// the handler had not ended it, its deadline timer stopped, and the call no longer counted.
+    /// - Parameter takesOneResponse: Whether the caller takes one response (a unary or client-streaming call): the
+    ///   open says so (``CallOpen/takesOneResponse``), and a method that streams its responses refuses the call at
+    ///   once, instead of leaving it to wait (found by a review: `socket-ipc call` of a watch waited for good).
     nonisolated(nonsending) func withOutgoingCall<Result>(
         _ method: String,
         options: CallOptions,
+        takesOneResponse: Bool = false,
         _ body: (CallStream) async throws -> Result
     ) async throws -> Result {
         var neverSent = false
-        return try await self.withOutgoingCall(method, options: options, neverSent: &neverSent, body)
+        return try await self.withOutgoingCall(
+            method, options: options, takesOneResponse: takesOneResponse, neverSent: &neverSent, body)
     }
 
     /// ``withOutgoingCall(_:options:_:)``; when it throws, `neverSent` says whether nothing of the call reached the
@@ -170,6 +177,7 @@ extension Connection {
     nonisolated(nonsending) func withOutgoingCall<Result>(
         _ method: String,
         options: CallOptions,
+        takesOneResponse: Bool = false,
         neverSent: inout Bool,
         _ body: (CallStream) async throws -> Result
     ) async throws -> Result {
@@ -201,7 +209,12 @@ extension Connection {
         }
         let openedAt: Int
         do {
-            openedAt = try self.queueCallOpen(id: id, CallOpen(method: method, timeoutNanoseconds: options.timeoutNanoseconds))
+            let open = CallOpen(
+                method: method,
+                timeoutNanoseconds: options.timeoutNanoseconds,
+                flags: takesOneResponse ? CallOpen.takesOneResponse : 0
+            )
+            openedAt = try self.queueCallOpen(id: id, open)
         } catch {
             neverSent = true
             call.fail(error)

@@ -16,7 +16,7 @@ extension Connection {
     /// - Returns: The encoded response.
     public func call(method: String, request: ByteBuffer, timeout: Duration? = nil) async throws -> ByteBuffer {
         let options = CallOptions(timeout: timeout)
-        return try await self.withOutgoingCall(method, options: options) { call in
+        return try await self.withOutgoingCall(method, options: options, takesOneResponse: true) { call in
             try await call.sendWithoutWaiting(request)
             call.finish()
             return try await Self.readSingleResponse(of: call, as: EncodedMessage.self, codec: PassthroughCodec())

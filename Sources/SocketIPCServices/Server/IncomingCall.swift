@@ -18,6 +18,17 @@ extension CallMultiplexer {
             connection.queueCallControlFrame(id: id, .end(status))
             return nil
         }
+        // A caller that takes one response, of a method that streams them: the call could only wait for the stream's
+        // end, or fail at its second response (found by a review: `socket-ipc call` of a watch waited for good).
+        if open.flags & CallOpen.takesOneResponse != 0, registered.streamsResponses {
+            let status = CallStatus(
+                code: .invalidMessage,
+                message: "the method '\(open.method)' streams its responses: call it as a streaming call "
+                    + "(socket-ipc watch), not for one response"
+            )
+            connection.queueCallControlFrame(id: id, .end(status))
+            return nil
+        }
         guard self.incomingCount < router.maximumConcurrentCalls else {
             let status = CallStatus(
                 code: .resourceExhausted,

@@ -44,6 +44,9 @@ struct ProtocolVectorTests {
         // Calls, after a hello that set the calls flag.
         "hello-calls": .hello,
         "call-open-kv-get": .frame(.call(id: 1, .open(CallOpen(method: "kv.get", timeoutNanoseconds: 5_000_000_000)))),
+        "call-open-takes-one-response": .frame(
+            .call(id: 1, .open(CallOpen(method: "kv.get", flags: CallOpen.takesOneResponse)))
+        ),
         "call-message-json": .frame(.call(id: 1, .message(ByteBuffer(string: #"{"key":"a"}"#)))),
         "call-end-ok": .frame(.call(id: 1, .end(.ok))),
         "call-end-application-error": .frame(

@@ -101,6 +101,37 @@ struct CallEdgeTests {
         }
     }
 
+    enum Watch: ServiceMethod {
+        static let name = "edge.watch"
+        typealias Request = String
+        typealias Response = String
+    }
+
+    @Test("a unary call, typed or untyped, of a method that streams its responses fails at once with invalidMessage, instead of waiting for the stream (found by a review: `socket-ipc call` of a watch waited for good); as a stream it is served")
+    func unaryCallOfStreamingMethod() async throws {
+        var router = ServiceRouter()
+        // A watch that says nothing until it is cancelled: a unary call of it waited as long.
+        router.registerServerStreaming(Watch.self) { key, changes, context in
+            try await changes.write("first \(key)")
+            try await context.sleep(for: .seconds(3600))
+        }
+        try await withServiceTestServer(router: router) { _, path in
+            try await Client.withConnection(to: path) { connection in
+                let typed = await #expect(throws: SocketIPCError.self) { try await connection.call(Watch.self, "k") }
+                #expect(typed?.code == .invalidMessage)
+                #expect(typed?.message.contains("streams its responses") == true, "\(String(describing: typed))")
+                let untyped = await #expect(throws: SocketIPCError.self) {
+                    try await connection.call(method: Watch.name, request: ByteBuffer(string: "\"k\""))
+                }
+                #expect(untyped?.code == .invalidMessage)
+                let first = try await connection.serverStreaming(Watch.self, "k") { changes in
+                    try await changes.first { _ in true }
+                }
+                #expect(first == "first k")
+            }
+        }
+    }
+
     @Test("a client's own calls do not count against the calls it handles: its server's call back is served")
     func ownCallsDoNotCount() async throws {
         var serverRouter = ServiceRouter()
