@@ -91,10 +91,17 @@ package struct ReconnectStateMachine<Connection: AnyObject, Waiter> {
     }
 
     /// An attempt failed with `error`; `random` in `0..<1` places the retry in the jitter's range.
-    package mutating func connectFailed(_ error: SocketIPCError, random: Double) -> (Action, failedWaiters: [Waiter]) {
+    /// - Parameter retryable: Whether to retry after `error` whatever its code (the socket file's refusal of this
+    ///   process, which says `unauthorized` as the server's policy does, but which a server that starts again may
+    ///   lift by making its socket anew).
+    package mutating func connectFailed(
+        _ error: SocketIPCError,
+        retryable: Bool = false,
+        random: Double
+    ) -> (Action, failedWaiters: [Waiter]) {
         guard case .connecting = self.state else { return (.stop, []) }
         self.lastConnectError = error
-        guard !Self.failsForGood(error) else {
+        guard retryable || !Self.failsForGood(error) else {
             self.state = .failed(error)
             let waiters = self.waiters.values.map(\.waiter)
             self.waiters = [:]

@@ -6,9 +6,18 @@ package enum ConnectionNotMade: Error, Sendable {
     case notAccepted
     /// The server accepted but sent no hello in time.
     case noHello
+    /// The socket file's mode refused this process (`EACCES` or `EPERM` at `connect(2)`): a file system's answer, not
+    /// the server's, which a server that starts again may change by making its socket anew.
+    case permissionDenied
 }
 
 extension SocketIPCError {
     /// Whether this error says no connection was made in time (``ConnectionNotMade``).
     package var isConnectionNotMade: Bool { self.code == .timedOut && self.cause is ConnectionNotMade }
+
+    /// Whether this error is the socket file's refusal of this process at `connect(2)` (`unauthorized`, caused by
+    /// ``ConnectionNotMade/permissionDenied``), not the server's policy's.
+    package var isSocketFilePermissionDenied: Bool {
+        self.code == .unauthorized && (self.cause as? ConnectionNotMade) == .permissionDenied
+    }
 }

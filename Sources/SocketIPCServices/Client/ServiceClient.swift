@@ -81,7 +81,9 @@ public final class ServiceClient: Sendable, Service {
     /// Connects, and connects again whenever the connection is lost, until ``shutdown()`` is called or the task is
     /// cancelled (or a ServiceLifecycle graceful shutdown begins); then closes the connection and returns.
     /// - Throws: The `SocketIPCError` that makes connecting pointless (`unauthorized`: the server's policy refuses
-    ///   this process; `notSocketIPCPeer`, `unsupportedVersion`, `wrongStyle`, `invalidPath`); `invalidState` at
+    ///   this process; `notSocketIPCPeer`, `unsupportedVersion`, `wrongStyle`, `invalidPath`). A socket file whose
+    ///   mode refuses this process (`unauthorized` from `connect(2)`'s `EACCES`) is retried with the backoff, as a
+    ///   server that starts again may make it anew; the state stream shows it. `invalidState` at
     ///   once, changing nothing, when `run()` is running already or has failed (after ``shutdown()`` it returns at
     ///   once).
     public func run() async throws {
@@ -238,7 +240,13 @@ public final class ServiceClient: Sendable, Service {
         let failure =
             error as? SocketIPCError
             ?? SocketIPCError(.connectionClosed, "the connection's setup failed: \(errorText(error))", cause: error)
-        let (action, waiters) = self.machine.withLock { $0.connectFailed(failure, random: Double.random(in: 0..<1)) }
+        // The socket file's mode, unlike the server's policy, may change when the server starts again (a stale file
+        // of a killed server, made anew): retried, as gRPC retries any failed connect (found by a review: a client
+        // started before its server replaced such a file gave up for good).
+        let retryable = failure.isSocketFilePermissionDenied
+        let (action, waiters) = self.machine.withLock {
+            $0.connectFailed(failure, retryable: retryable, random: Double.random(in: 0..<1))
+        }
         for waiter in waiters { waiter.resume(throwing: failure) }
         return action
     }

@@ -118,6 +118,21 @@ struct ReconnectStateMachineTests {
         #expect(machine.removeWaiter(id: 1) == nil)
     }
 
+    @Test("a refusal marked retryable (the socket file's mode, not the server's policy) is retried with the backoff, and the waiters keep waiting")
+    func retryableRefusal() throws {
+        var machine = Machine(backoff: ConnectionBackoff(initialDelay: .milliseconds(100), jitter: 0))
+        _ = machine.start()
+        _ = machine.waitForConnection(id: 1, waiter: "call", excluding: nil)
+        let denied = SocketIPCError(.unauthorized, "no permission to connect")
+        let (action, failed) = machine.connectFailed(denied, retryable: true, random: 0.5)
+        guard case .retry(let delay, retry: 1, let error) = action else { throw Failure("retries") }
+        #expect(delay == .milliseconds(100))
+        #expect(error.code == .unauthorized)
+        #expect(failed.isEmpty)
+        guard case .connect(attempt: 2) = machine.retryDue() else { throw Failure("connects again") }
+        #expect(machine.connected(FakeConnection(), at: .now) == ["call"])
+    }
+
     @Test("backoff grows by its multiplier up to its maximum, spread by its jitter")
     func backoff() {
         let backoff = ConnectionBackoff(initialDelay: .seconds(1), maximumDelay: .seconds(10), multiplier: 2, jitter: 0.2)

@@ -89,7 +89,12 @@ enum SocketConnector {
             case ECONNREFUSED:
                 throw SocketIPCError(.connectionRefused, "no server is listening on \(path)", path: path.path)
             case EACCES, EPERM:
-                throw SocketIPCError(.unauthorized, "no permission to connect to \(path) (check the socket file's mode)", path: path.path)
+                throw SocketIPCError(
+                    .unauthorized,
+                    "no permission to connect to \(path) (check the socket file's mode)",
+                    path: path.path,
+                    cause: ConnectionNotMade.permissionDenied
+                )
             default:
                 throw SocketIPCError.systemCall("connect", errno: code, path: path.path)
             }
