@@ -300,7 +300,7 @@ extension ServiceClient {
         case .waiting(_, let error):
             SocketIPCError(
                 error.code,
-                "no connection to \(self.path) within \(limit): \(error.message)",
+                "no connection to \(self.path) within \(limit.roundedText): \(error.message)",
                 path: self.path,
                 cause: error
             )
@@ -308,8 +308,8 @@ extension ServiceClient {
             // The common mistake: nothing connects until run() runs (found by a review: the docs' own example).
             SocketIPCError(
                 .timedOut,
-                "no connection to \(self.path) within \(limit): the client is not running (call run(), or add it to "
-                    + "a ServiceGroup)",
+                "no connection to \(self.path) within \(limit.roundedText): the client is not running (call run(), "
+                    + "or add it to a ServiceGroup)",
                 path: self.path
             )
         default:
@@ -317,7 +317,8 @@ extension ServiceClient {
             // within 30 s" without the "sent no hello within 10 s" of every attempt).
             SocketIPCError(
                 .timedOut,
-                "no connection to \(self.path) within \(limit)" + (lastConnectError.map { ": \($0.message)" } ?? ""),
+                "no connection to \(self.path) within \(limit.roundedText)"
+                    + (lastConnectError.map { ": \($0.message)" } ?? ""),
                 path: self.path,
                 cause: lastConnectError
             )

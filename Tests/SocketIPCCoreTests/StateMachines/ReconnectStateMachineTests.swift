@@ -133,6 +133,16 @@ struct ReconnectStateMachineTests {
         #expect(machine.connected(FakeConnection(), at: .now) == ["call"])
     }
 
+    @Test("a duration for a person to read is rounded to the millisecond (found by a review: 'within 2.999998718 seconds')")
+    func roundedText() {
+        #expect(Duration.nanoseconds(2_999_998_718).roundedText == "3 seconds")
+        #expect(Duration.milliseconds(2_500).roundedText == "2.5 seconds")
+        #expect(Duration.milliseconds(250).roundedText == "0.25 seconds")
+        #expect(Duration.seconds(1).roundedText == "1 second")
+        #expect(Duration.milliseconds(1_001).roundedText == "1.001 seconds")
+        #expect(Duration.zero.roundedText == "0 seconds")
+    }
+
     @Test("backoff grows by its multiplier up to its maximum, spread by its jitter")
     func backoff() {
         let backoff = ConnectionBackoff(initialDelay: .seconds(1), maximumDelay: .seconds(10), multiplier: 2, jitter: 0.2)
