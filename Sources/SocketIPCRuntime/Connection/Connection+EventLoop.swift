@@ -38,6 +38,12 @@ extension Connection {
         }
         guard case .write(let batch, let mayWriteDirectly, let writersWaiting) = action else { return }
         let tail = batch.tail
+        // While a keepalive ping is out: what the peer holds unread, just before and just after this write, tells
+        // whether it reads (KeepaliveReadWatch); one flag's look otherwise.
+        let readWatch = self.calls.readWatch
+        let watching = readWatch.watching
+        if watching { readWatch.beforeWrite(unread: self.unreadBytes()) }
+        defer { if watching { readWatch.afterWrite(unread: self.unreadBytes()) } }
         let (unwritten, refused) = self.writer.write(batch, mayWriteDirectly: mayWriteDirectly)
         if refused {
             // None of it reached the peer: a call whose open frame is in it never left (see neverSent(from:)).

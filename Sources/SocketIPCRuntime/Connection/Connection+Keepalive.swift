@@ -23,6 +23,7 @@ extension Connection {
     /// Stops the keepalive's timer; when the connection closes.
     func stopKeepalive() {
         self.calls.keepalive.withLock { $0.timer.take() }?.cancel()
+        self.calls.readWatch.end()
     }
 
     /// Answers the peer's ping `id` with a pong.
@@ -44,6 +45,7 @@ extension Connection {
         }
         guard let timer else { return }
         timer.cancel()
+        self.calls.readWatch.end()
         if let interval = self.options.keepaliveInterval { self.scheduleNextPing(after: interval) }
     }
 
@@ -63,7 +65,9 @@ extension Connection {
         // Written now, so that the ping's own bytes do not count as the peer's progress when the timeout passes (a
         // review: a call whose request waited for credit was given up after two keepalive timeouts, not one).
         self.flushPendingWrites(force: true)
-        self.waitForPong(id, progressBefore: self.progress())
+        let progress = self.progress()
+        self.calls.readWatch.begin(unread: progress[1])
+        self.waitForPong(id, progressBefore: progress)
     }
 
     /// How many of this side's bytes the socket has taken so far, wrapping: what flushes took from the connection's
@@ -85,13 +89,15 @@ extension Connection {
     /// What moves while the peer reads: the bytes the socket took, and those it holds unread.
     func progress() -> [Int] { [self.writtenBytes(), self.unreadBytes()] }
 
-    /// Whether the peer read any of this side's bytes between two ``progress()`` samples: the kernel's count of what
-    /// it holds unread (`TIOCOUTQ` of a Unix socket: the memory of its queued buffers, each at least as large as
-    /// the bytes in it) grew by less than what the socket took meanwhile. A peer that reads nothing frees no buffer,
-    /// so its count grows by at least what this side writes; `progress() != before` would take this side's own
-    /// writes for the peer's reading (found by a review: a client that kept calling a server stopped with SIGSTOP
-    /// never found it frozen, and a call without a deadline waited as long as the server was stopped). Where the
-    /// unread bytes cannot be told (0), this side's writes count as the peer's reading.
+    /// Whether the peer read any of this side's bytes between two ``progress()`` samples, as far as the two tell:
+    /// the kernel's count of what it holds unread (`TIOCOUTQ` of a Unix socket: the memory of its queued buffers,
+    /// each at least as large as the bytes in it) grew by less than what the socket took meanwhile. A peer that
+    /// reads nothing frees no buffer, so its count grows by at least what this side writes; `progress() != before`
+    /// would take this side's own writes for the peer's reading (found by a review: a client that kept calling a
+    /// server stopped with SIGSTOP never found it frozen, and a call without a deadline waited as long as the server
+    /// was stopped). A peer that reads less than this side writes in small frames can look as if it read nothing
+    /// here; ``KeepaliveReadWatch`` sees it read. Where the unread bytes cannot be told (0), this side's writes count
+    /// as the peer's reading.
     static func peerRead(between before: [Int], and now: [Int]) -> Bool {
         let taken = now[0] &- before[0]
         let grown = now[1] - before[1]
@@ -112,7 +118,9 @@ extension Connection {
         let timer = self.eventLoop.scheduleTask(in: .init(timeout)) {
             guard self.calls.keepalive.withLock({ $0.outstanding == id }) else { return }
             let progress = self.progress()
-            if Self.peerRead(between: progressBefore, and: progress) {
+            let watch = self.calls.readWatch
+            if Self.peerRead(between: progressBefore, and: progress) || watch.peerRead(unreadNow: progress[1]) {
+                watch.restart(unread: progress[1])
                 self.waitForPong(id, progressBefore: progress)
                 return
             }

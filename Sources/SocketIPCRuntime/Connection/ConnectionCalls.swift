@@ -17,6 +17,8 @@ final class ConnectionCalls: Sendable {
     let closedLocally = Atomic<Bool>(false)
     /// The keepalive's state, touched on the event loop only (kept under a lock so that the class stays `Sendable`).
     let keepalive = Mutex<Keepalive>(Keepalive())
+    /// Whether the peer reads while a keepalive ping is out (``KeepaliveReadWatch``); touched on the event loop only.
+    let readWatch = KeepaliveReadWatch()
     /// The pings that wait for the peer to have read what was sent before them (``Connection/waitUntilPeerHasRead()``).
     let readConfirmations = Mutex<ReadConfirmations>(ReadConfirmations())
     /// How fast the peer may cancel its calls before its new ones are refused (``CancelAllowance``); touched on the

@@ -104,4 +104,61 @@ struct KeepaliveSlowReaderTests {
             #expect(connection.closeReason?.code == .peerNotResponding, "\(String(describing: connection.closeReason))")
         }
     }
+
+    @Test("a peer that reads half of the small replies it is sent, and answers each ping it reads, is alive while its backlog grows (found by a review: cut off as frozen after 3 s)")
+    func slowReaderOfSmallFramesIsAlive() async throws {
+        try await withFramedTestServer(
+            configure: {
+                $0.connection.keepaliveInterval = .seconds(2)
+                $0.connection.keepaliveTimeout = .seconds(1)
+            },
+            makeHandler: { EchoHandler() }
+        ) { _, path in
+            let peer = try await RawSocket.connect(to: path)
+            defer { peer.close() }
+            try await peer.write(callsPeerHelloBytes)
+            _ = try await peer.read(exactly: 8)
+            // A request every 10 ms, for 5 s: the first ping, at 2 s, finds 100 replies unread before it, and the
+            // peer reads it 2 s later, past its timeout of 1 s.
+            let writing = Task {
+                for id in 1...500 {
+                    try await peer.write(frameBytes(kind: 0x02, id: UInt32(id), payload: [0x61]))
+                    try await Task.sleep(for: .milliseconds(10))
+                }
+            }
+            defer { writing.cancel() }
+            // One frame every 20 ms, each ping answered as it is read: the replies pile up, a ping waits behind them.
+            let closedAfter = try await onOwnThread { () throws -> Int? in
+                var pause = timespec(tv_sec: 0, tv_nsec: 20_000_000)
+                for frames in 0..<250 {
+                    let header = try peer.readBlocking(exactly: 5)
+                    guard header.count == 5 else { return frames }
+                    let length = header[0..<4].reduce(0) { $0 << 8 | Int($1) }
+                    let rest = try peer.readBlocking(exactly: length - 1)
+                    guard rest.count == length - 1 else { return frames }
+                    // Going-away: the server gave up on this peer.
+                    if header[4] == 0x05 { return frames }
+                    if header[4] == 0x0b {
+                        let pong = frameBytes(kind: 0x0c, id: UInt32(rest[0..<4].reduce(0) { $0 << 8 | UInt32($1) }), payload: [])
+                        _ = pong.withUnsafeBytes { sendWithoutSignal(peer.descriptor, $0) }
+                    }
+                    nanosleep(&pause, nil)
+                }
+                return nil
+            }
+            #expect(closedAfter == nil, "closed after \(closedAfter ?? 0) frames read")
+            // The server did not shut the connection down behind the replies still unread: every request was taken.
+            let pollReadHangUp: Int16 = 0x2000  // POLLRDHUP, which Glibc's module leaves out
+            var hungUp = pollfd(fd: peer.descriptor, events: pollReadHangUp, revents: 0)
+            #expect(poll(&hungUp, 1, 0) == 0, "the server shut the connection down as frozen")
+            let wrote: Bool
+            do {
+                try await writing.value
+                wrote = true
+            } catch {
+                wrote = false
+            }
+            #expect(wrote, "a request could not be written: the server closed the connection")
+        }
+    }
 }
