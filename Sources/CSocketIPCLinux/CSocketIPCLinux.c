@@ -22,6 +22,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+/// Control-message room for a security label (SCM_SECURITY, which a socket with SO_PASSSEC gets with each message):
+/// SELinux contexts such as `unconfined_u:unconfined_r:unconfined_t:s0-s0:c0.c1023` take 54 bytes; 512 with slack.
+#define CSOCKETIPC_SECURITY_LABEL_ROOM CMSG_SPACE(512)
+
 // SCM_PIDFD, the control message SO_PASSPIDFD adds (include/linux/socket.h, Linux 6.5 and later).
 #define CSOCKETIPC_SCM_PIDFD 0x04
 
@@ -136,8 +140,11 @@ long csocketipc_peek_with_descriptors(
     int socket, void *bytes, unsigned long length, int *descriptors, int maximum, int *count, int *truncated) {
     if (maximum < 0) maximum = 0;
     if (maximum > CSOCKETIPC_MAX_DESCRIPTORS) maximum = CSOCKETIPC_MAX_DESCRIPTORS;
-    // Room for `maximum` descriptors, the credentials and a pidfd: a peek copies at most that many into this process.
-    size_t room = CMSG_SPACE(sizeof(int) * (size_t)maximum) + CMSG_SPACE(sizeof(struct ucred)) + CMSG_SPACE(sizeof(int));
+    // Room for `maximum` descriptors, the credentials, a pidfd and a security label (a listener with PassSecurity=
+    // gets one with each message, an honest peer's too): a peek copies about that many descriptors into this
+    // process, and those it copies beyond `maximum` (into room left by what did not come) are closed at once.
+    size_t room = CMSG_SPACE(sizeof(int) * (size_t)maximum) + CMSG_SPACE(sizeof(struct ucred)) + CMSG_SPACE(sizeof(int))
+        + CSOCKETIPC_SECURITY_LABEL_ROOM;
     return receive_with_control_room(
         socket, bytes, length, descriptors, maximum, count, truncated, MSG_PEEK | MSG_DONTWAIT, room);
 }
@@ -153,7 +160,7 @@ static long receive_with_control_room(
     union {
         struct cmsghdr align;
         char space[CMSG_SPACE(sizeof(int) * CSOCKETIPC_MAX_DESCRIPTORS) + CMSG_SPACE(sizeof(struct ucred))
-            + CMSG_SPACE(sizeof(int))];
+            + CMSG_SPACE(sizeof(int)) + CSOCKETIPC_SECURITY_LABEL_ROOM];
     } control;
     struct iovec vector = {.iov_base = bytes, .iov_len = length};
     struct msghdr message;

@@ -25,9 +25,10 @@ long csocketipc_receive_with_descriptors(
     int flags);
 
 /// As csocketipc_receive_with_descriptors with MSG_PEEK and MSG_DONTWAIT (the bytes and descriptors stay queued), but
-/// with a control buffer that has room for only `maximum` descriptors (0 to 253) beside the credentials and a pidfd:
-/// a peek copies at most about that many of the peer's descriptors into this process, and sets `truncated` to 2 when
-/// it passed more. Dropping the copies it has no room for releases nothing (the queued message holds them).
+/// with a control buffer that has room for only `maximum` descriptors (0 to 253) beside the credentials, a pidfd and
+/// a security label: a peek hands back at most `maximum` of the peer's descriptors (copies the kernel put in room
+/// the others left are closed at once), and sets `truncated` to 2 when it passed more. Dropping or closing the copies
+/// releases nothing (the queued message holds them).
 long csocketipc_peek_with_descriptors(
     int socket, void *bytes, unsigned long length, int *descriptors, int maximum, int *count, int *truncated);
 

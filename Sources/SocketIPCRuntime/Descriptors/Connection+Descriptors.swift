@@ -24,10 +24,17 @@ extension Connection {
     ///   - descriptors: 1 to ``ConnectionOptions/maximumDescriptorsPerMessage`` open descriptors.
     /// - Throws: `SocketIPCError` with code `invalidState` when descriptors cannot travel on this connection
     ///   (``passesDescriptors``), `invalidConfiguration` for too many or none, `systemCall` when one is not open,
-    ///   `messageTooLarge`, `resourceExhausted` when the peer has left 1,024 descriptors sent to it unread (4,096
+    ///   `messageTooLarge`, `resourceExhausted` when the peer has left 2,048 descriptors sent to it unread (4,096
     ///   across its user's connections; the connection then closes with going-away `0x05`, as D-Bus bounds
-    ///   `max_outgoing_unix_fds`), or `connectionClosed` once the connection is closed.
+    ///   `max_outgoing_unix_fds`), `CancellationError`, or `connectionClosed` once the connection is closed. While
+    ///   1,024 wait to be sent on the connection, it waits for the peer to read some, as it waits for the write
+    ///   watermark.
     nonisolated(nonsending) public func send(_ message: ByteBuffer, descriptors: [SystemPackage.FileDescriptor]) async throws {
+        // Room among the descriptors queued to send first: a message weighs its bytes against the write watermark,
+        // and its descriptors here (found by a review: a sender to a slow reader was closed past the bound instead).
+        if let passing = self.descriptorPassing, !descriptors.isEmpty {
+            try await passing.relay.waitForOutgoingRoom(descriptors.count)
+        }
         if try self.queueMessage(message, descriptors: descriptors) { try await self.waitUntilWritable() }
     }
 
@@ -156,7 +163,7 @@ extension Reply {
     ///
     /// When descriptors cannot travel (the peer's request came without ``Connection/passesDescriptors``), or one of
     /// `descriptors` cannot be duplicated, or there are more than ``ConnectionOptions/maximumDescriptorsPerMessage``,
-    /// the requester gets an error reply saying so instead. A peer that has left 1,024 descriptors sent to it unread
+    /// the requester gets an error reply saying so instead. A peer that has left 2,048 descriptors sent to it unread
     /// (4,096 across its user's connections) is closed instead, with going-away `0x05` (resource exhausted), as
     /// D-Bus bounds a connection's outgoing descriptors (`max_outgoing_unix_fds`).
     public func succeed(_ payload: ByteBuffer, descriptors: [SystemPackage.FileDescriptor]) {

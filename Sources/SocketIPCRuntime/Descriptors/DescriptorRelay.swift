@@ -76,6 +76,9 @@ final class DescriptorRelay: @unchecked Sendable {
     private var outgoing: [[Int32]] = []
     /// How many descriptors ``outgoing`` holds: registered, not yet sent.
     private var outgoingCount = 0
+    /// Senders waiting for room among the descriptors queued to send (``waitForOutgoingRoom(_:)``), by a number.
+    private var outgoingRoomWaiters: [UInt64: UnsafeContinuation<Void, any Error>] = [:]
+    private var nextOutgoingRoomWaiter: UInt64 = 0
     private var isClosed = false
     private var socketIsClosed = false
     /// Whether the outbound thread has stopped sending (the channel closed its end, or the peer is gone): nothing
@@ -186,12 +189,14 @@ final class DescriptorRelay: @unchecked Sendable {
     /// The most descriptors a relay holds received and not yet handed out: 4 messages' worth, at least 64.
     static func inFlightLimit(maximumPerMessage: Int) -> Int { max(4 * maximumPerMessage, 64) }
 
-    /// The most descriptors this side may have queued to send on one connection and not sent yet: 1,024 (the soft
+    /// How many descriptors this side may have queued to send on one connection and not sent yet before a sender
+    /// that can wait (`Connection.send(_:descriptors:)`) waits for the relay to send some: 1,024 (the soft
     /// `RLIMIT_NOFILE` of a default Linux session), or 4 messages' worth if more. They stay in this process's table of
-    /// descriptors until the peer's socket takes them, and each reply that carries one weighs a few bytes against the
-    /// write watermark: a peer that asked for such replies and read none made a server duplicate 19,970 descriptors
-    /// in a second, and every other peer was refused (found by a review). D-Bus bounds the same
-    /// (`max_outgoing_unix_fds`).
+    /// descriptors until the peer's socket takes them, and each message that carries one weighs a few bytes against
+    /// the write watermark, which alone never made a sender wait. A sender that cannot wait (a reply) may take the
+    /// queue to twice this; beyond, the connection closes (``admitOutgoing(_:)``): a peer that asked for replies
+    /// carrying descriptors and read none made a server duplicate 19,970 of them in a second, and every other peer
+    /// was refused (found by a review). D-Bus bounds the same (`max_outgoing_unix_fds`).
     static func maximumOutgoing(maximumPerMessage: Int) -> Int { max(1024, 4 * maximumPerMessage) }
 
     /// The most descriptors this side may have queued to send and not sent yet on all the connections of one peer's
@@ -209,16 +214,17 @@ final class DescriptorRelay: @unchecked Sendable {
         }
     }
 
-    /// Whether `count` more descriptors may be queued to send on this connection now; if not, the connection is
-    /// failed with going-away `0x05` (the peer does not read what it is sent), and the error is returned for the
-    /// sender. Checked before the descriptors are duplicated.
+    /// Whether `count` more descriptors may be queued to send on this connection now: fewer than twice
+    /// ``maximumOutgoing(maximumPerMessage:)`` on the connection, and than ``maximumOutgoingPerUser`` across the
+    /// peer's user's connections. If not, the connection is failed with going-away `0x05` (the peer does not read
+    /// what it is sent), and the error is returned for the sender. Checked before the descriptors are duplicated.
     func admitOutgoing(_ count: Int) -> SocketIPCError? {
         guard count > 0 else { return nil }
         self.lock.lock()
         let pending = self.outgoingCount
         self.lock.unlock(withValue: self.mayReceiveValue)
         let ofUser = Self.outgoingByUser.withLock { $0[self.passedBy] ?? 0 }
-        let limit = Self.maximumOutgoing(maximumPerMessage: self.maximumPerMessage)
+        let limit = 2 * Self.maximumOutgoing(maximumPerMessage: self.maximumPerMessage)
         let text: String
         if pending + count > limit {
             text = "the peer has not read the \(pending) descriptors this side queued for it (at most \(limit))"
@@ -230,6 +236,56 @@ final class DescriptorRelay: @unchecked Sendable {
         }
         self.violate(text, code: .resourceExhausted, reason: .resourceExhausted)
         return SocketIPCError(.resourceExhausted, text)
+    }
+
+    /// Waits while this connection has ``maximumOutgoing(maximumPerMessage:)`` descriptors queued to send (with the
+    /// `count` more, unless none is queued), until the relay has sent enough of them, or it stops sending (then the
+    /// send that follows fails as the connection does).
+    /// - Throws: `CancellationError` when the task is cancelled meanwhile.
+    func waitForOutgoingRoom(_ count: Int) async throws {
+        let limit = Self.maximumOutgoing(maximumPerMessage: self.maximumPerMessage)
+        self.lock.lock()
+        let full = self.outgoingCount > 0 && self.outgoingCount + count > limit
+        self.lock.unlock(withValue: self.mayReceiveValue)
+        guard full else { return }
+        let number = Atomic<UInt64>(.max)
+        try await withTaskCancellationHandler {
+            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
+                self.lock.lock()
+                let stopped = self.isClosed || self.outboundEnded || self.socketIsClosed
+                if stopped || self.outgoingCount == 0 || self.outgoingCount + count <= limit || Task.isCancelled {
+                    self.lock.unlock(withValue: self.mayReceiveValue)
+                    if Task.isCancelled {
+                        continuation.resume(throwing: CancellationError())
+                    } else {
+                        continuation.resume()
+                    }
+                    return
+                }
+                let id = self.nextOutgoingRoomWaiter
+                self.nextOutgoingRoomWaiter &+= 1
+                self.outgoingRoomWaiters[id] = continuation
+                number.store(id, ordering: .releasing)
+                self.lock.unlock(withValue: self.mayReceiveValue)
+            }
+        } onCancel: {
+            self.lock.lock()
+            let id = number.load(ordering: .acquiring)
+            let waiter = self.outgoingRoomWaiters.removeValue(forKey: id)
+            self.lock.unlock(withValue: self.mayReceiveValue)
+            waiter?.resume(throwing: CancellationError())
+        }
+    }
+
+    /// The senders waiting for room, taken: called with the lock held once there is room (half the bound free,
+    /// so that they do not wake one descriptor at a time), or the relay stopped sending. Resume them after unlocking.
+    private func takeOutgoingRoomWaiters(all: Bool) -> [UnsafeContinuation<Void, any Error>] {
+        guard !self.outgoingRoomWaiters.isEmpty else { return [] }
+        guard all || self.outgoingCount <= Self.maximumOutgoing(maximumPerMessage: self.maximumPerMessage) / 2 else {
+            return []
+        }
+        defer { self.outgoingRoomWaiters = [:] }
+        return Array(self.outgoingRoomWaiters.values)
     }
 
     // MARK: - The channel handler's side (any thread)
@@ -295,8 +351,9 @@ final class DescriptorRelay: @unchecked Sendable {
         }
         self.outgoing.append(group)
         self.outgoingCount += group.count
-        self.lock.unlock(withValue: self.mayReceiveValue)
+        // Counted for the user under the relay's lock, as every uncounting is, so that the two cannot cross.
         Self.countOutgoing(group.count, of: self.passedBy)
+        self.lock.unlock(withValue: self.mayReceiveValue)
     }
 
     /// Reserves `bytes` of shared memory for a payload this side is about to make (``SharedPayload``), when the peer
@@ -673,9 +730,11 @@ final class DescriptorRelay: @unchecked Sendable {
         let left = self.outgoing.flatMap { $0 }
         self.outgoing = []
         self.outgoingCount = 0
+        Self.countOutgoing(-left.count, of: self.passedBy)
+        let roomWaiters = self.takeOutgoingRoomWaiters(all: true)
         if !self.socketIsClosed { _ = shutdown(self.socket, Int32(SHUT_RDWR)) }
         self.lock.unlock(withValue: self.mayReceiveValue)
-        Self.countOutgoing(-left.count, of: self.passedBy)
+        for waiter in roomWaiters { waiter.resume() }
         Self.closeAll(left)
         _ = shutdown(self.relaySide, Int32(SHUT_RDWR))
         self.threadEnded()
@@ -736,8 +795,10 @@ final class DescriptorRelay: @unchecked Sendable {
         self.lock.lock()
         let group = self.outgoing.isEmpty ? [] : self.outgoing.removeFirst()
         self.outgoingCount -= group.count
-        self.lock.unlock(withValue: self.mayReceiveValue)
         Self.countOutgoing(-group.count, of: self.passedBy)
+        let roomWaiters = self.takeOutgoingRoomWaiters(all: false)
+        self.lock.unlock(withValue: self.mayReceiveValue)
+        for waiter in roomWaiters { waiter.resume() }
         return group
     }
 
@@ -767,6 +828,7 @@ final class DescriptorRelay: @unchecked Sendable {
         if last { PassedDescriptorCloser.remove(self, of: self.passedBy) }
         var left: [Int32] = []
         var leftOutgoing: [Int32] = []
+        var roomWaiters: [UnsafeContinuation<Void, any Error>] = []
         if last {
             self.socketIsClosed = true
             // The socket is closed below, once the lock is released: descriptors in flight in its receive queue (a
@@ -784,6 +846,8 @@ final class DescriptorRelay: @unchecked Sendable {
             self.unclaimed = []
             self.outgoing = []
             self.outgoingCount = 0
+            Self.countOutgoing(-leftOutgoing.count, of: self.passedBy)
+            roomWaiters = self.takeOutgoingRoomWaiters(all: true)
             if self.isClosed {
                 left += self.claimed.flatMap { $0 }
                 self.claimed = []
@@ -791,7 +855,7 @@ final class DescriptorRelay: @unchecked Sendable {
             }
         }
         self.unlockAccounting(withValue: 1, closing: left)
-        Self.countOutgoing(-leftOutgoing.count, of: self.passedBy)
+        for waiter in roomWaiters { waiter.resume() }
         Self.closeAll(leftOutgoing)
         if last {
             if self.lingersWhilePeerHoldsSharedMemory { self.lingerWhilePeerHoldsSharedMemory() }

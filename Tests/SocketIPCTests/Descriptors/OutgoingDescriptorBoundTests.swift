@@ -3,6 +3,7 @@ import NIOCore
 import SocketIPC
 import SocketIPCTestSupport
 import SocketIPCTesting
+import Synchronization
 import SystemPackage
 import Testing
 
@@ -77,6 +78,47 @@ struct OutgoingDescriptorBoundTests {
                 try await connection.request(ByteBuffer(string: "ping"))
             }
             #expect(String(buffer: answer) == "ping")
+        }
+    }
+
+    /// Counts the messages it receives, taking 300 µs over each (about 3,000 a second), and closes their descriptors.
+    struct SlowSink: ConnectionHandler {
+        final class Count: Sendable {
+            let value = Atomic<Int>(0)
+        }
+        let received: Count
+
+        func didReceiveMessage(_ message: ByteBuffer, descriptors: ReceivedDescriptors, on connection: Connection) {
+            descriptors.close()
+            var pause = timespec(tv_sec: 0, tv_nsec: 300_000)
+            nanosleep(&pause, nil)
+            self.received.value.add(1, ordering: .relaxed)
+        }
+
+        func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {
+            reply.succeed(request)
+        }
+    }
+
+    @Test("an honest sender of 3,000 messages with a descriptor each, to a peer that reads them about 3,000 a second, waits for room and is not closed (found by a review: closed after 1,438 sends)")
+    func honestSenderWaits() async throws {
+        var options = ConnectionOptions()
+        options.maximumDescriptorsPerMessage = 4
+        let received = SlowSink.Count()
+        let null = try FileDescriptor.open("/dev/null", .readOnly, options: .closeOnExec)
+        defer { try? null.close() }
+        try await withFramedTestServer(
+            configure: { $0.connection = options },
+            makeHandler: { SlowSink(received: received) }
+        ) { _, path in
+            var configuration = ClientConfiguration()
+            configuration.connection = options
+            try await Client.withConnection(to: path, configuration: configuration) { connection in
+                for _ in 0..<3_000 { try await connection.send(ByteBuffer(string: "x"), descriptors: [null]) }
+                // The server has read them all once it answers the request that follows them.
+                #expect(String(buffer: try await connection.request(ByteBuffer(string: "done"))) == "done")
+            }
+            #expect(received.value.load(ordering: .relaxed) == 3_000)
         }
     }
 }

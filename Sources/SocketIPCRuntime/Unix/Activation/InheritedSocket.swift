@@ -11,7 +11,10 @@ import Darwin
 ///
 /// The server never creates, changes the mode of, locks or removes the socket's file: the service manager owns it.
 /// When the server stops it closes its own descriptor without shutting the socket down, so the manager keeps
-/// listening and can start the server again on the next connection.
+/// listening and can start the server again on the next connection. It closes it on a closing thread of its own
+/// (usually at once, as `Server.run()` returns): where the server held the last descriptor, that close drops the
+/// connections still waiting in the socket's backlog with whatever their peers passed, and must not hold
+/// `Server.run()` for a lingering socket among them.
 public struct InheritedSocket: Sendable, Hashable, CustomStringConvertible {
     /// The listening descriptor; it must be an `AF_UNIX` `SOCK_STREAM` socket that listens (the server checks).
     public let descriptor: Int32
