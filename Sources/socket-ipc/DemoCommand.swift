@@ -89,6 +89,12 @@ struct DemoCommand: AsyncParsableCommand {
                     "client request",
                     ["request", framedPath, "--count", "20", "--concurrency", "10", "--verbose", "ping"]
                 )
+                #if DEBUG
+                // `swift run` builds in debug: its figures are not the library's (found by a new user's review).
+                Output.line(
+                    "[demo]           (a debug build, as `swift run` makes one: release figures are in BENCHMARKS.md)"
+                )
+                #endif
             } catch {
                 framed.shutdownGracefully()
                 eof.shutdownGracefully()
