@@ -17,7 +17,7 @@ import Darwin
 /// | 0 | done (a server stream or `listen` interrupted by SIGINT or SIGTERM is done too) |
 /// | 1 | the server answered with an error: an application error (``ServiceError``), a failed handler, a message it would not take (too large); or with a response that is not JSON (`call`, `watch`) |
 /// | 3 | no connection: nothing listens (no socket file, a stale one, not a socket), not a SocketIPC server, the wrong message style, no connection in time (the server's backlog stayed full, so it did not accept; or no hello came: the server closed the connection or the wait for its hello ran out, whichever came first, as both are an EOF-style server's answer to a framed client), the connection lost |
-/// | 4 | refused: the server's authorization policy does not serve this user (a framed server says so; an EOF-style server closes the connection without a word, which is 3), or the file system denies access |
+/// | 4 | refused: the server's authorization policy does not serve this user (a framed server says so; an EOF-style server closes the connection without a word, which is 3), the file system denies access, or the client refuses a server that runs as another user than root or its own (`--trust-uid` trusts one) |
 /// | 5 | timed out: `--timeout` passed once connected (a reply, a call, an acknowledgement, a send waiting for room, standard output that nobody reads); a server that does not accept or sends no hello in time is 3 |
 /// | 6 | the server serves no method of that name |
 /// | 73 | `serve`, `listen`: the socket cannot be served: another server serves on the path, something that is not a socket (a FIFO, a symbolic link, a file) is there, its directory is missing or not safe, or the file system refuses (`EX_CANTCREAT` of sysexits(3)) |
