@@ -141,6 +141,14 @@ extension Connection {
         return try DescriptorPassing.duplicate(descriptors, maximum: passing.relay.maximumPerMessage)
     }
 
+    /// Waits while the connection has its bound of descriptors queued to send (1,024), as ``send(_:descriptors:)``
+    /// does; at once on a connection that passes none.
+    /// - Throws: `CancellationError`.
+    package func waitForOutgoingDescriptorRoom(_ count: Int) async throws {
+        guard let passing = self.descriptorPassing, count > 0 else { return }
+        try await passing.relay.waitForOutgoingRoom(count)
+    }
+
     /// The most received descriptors one call may hold for its reader (the relay's in-flight limit); 0 on a
     /// connection that passes none.
     package var maximumDescriptorsHeld: Int {

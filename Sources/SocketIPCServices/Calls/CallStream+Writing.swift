@@ -167,6 +167,12 @@ extension CallStream {
     nonisolated(nonsending) func send(_ payload: ByteBuffer, descriptors: DuplicatedDescriptors? = nil) async throws {
         // Before the credit is taken, whatever the message carries: one that never leaves must not take credit.
         try self.connection.checkCallMessageSize(payload)
+        // Room among the descriptors queued to send on the connection, as `Connection.send(_:descriptors:)` waits:
+        // a stream of small messages, each with a descriptor, to a slow reader would otherwise reach the bound at
+        // which the connection closes (its credit counts bytes, not descriptors).
+        if let count = descriptors?.count, count > 0 {
+            try await self.connection.waitForOutgoingDescriptorRoom(count)
+        }
         // With credit, nothing to wait for: no suspension, but a turn for the event loop's other connections now and
         // then (below).
         var longRun = false

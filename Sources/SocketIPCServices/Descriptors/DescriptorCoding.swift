@@ -125,6 +125,9 @@ final class DuplicatedDescriptors: Sendable {
         self.descriptors = Mutex(descriptors)
     }
 
+    /// How many descriptors are held (0 once taken).
+    var count: Int { self.descriptors.withLock { $0.count } }
+
     /// Hands the descriptors over to the frame; `[]` the second time.
     func take() -> [Int32] {
         self.descriptors.withLock { held in
