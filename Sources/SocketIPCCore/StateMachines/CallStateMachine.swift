@@ -49,6 +49,28 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     @inlinable
     package static func frameCost(payloadLength: Int) -> Int { 9 + payloadLength }
 
+    /// Bytes of credit each descriptor a call message carries costs when both hellos set
+    /// ``HelloFlags/descriptorCredit``: 1,024. So a window of 64 KiB holds at most 64 descriptors sent on credit (96
+    /// with strict credit's half window beyond it), as the bytes of a window bound what a receiver holds.
+    @inlinable
+    package static var descriptorCost: Int { 1024 }
+
+    /// What a call message of `payloadLength` bytes with `descriptors` descriptors costs in credit on this call: its
+    /// frame's bytes, and ``descriptorCost`` per descriptor when ``chargesDescriptors``.
+    @inlinable
+    package func cost(payloadLength: Int, descriptors: Int) -> Int {
+        Self.frameCost(payloadLength: payloadLength) + (self.chargesDescriptors ? descriptors * Self.descriptorCost : 0)
+    }
+
+    /// The most descriptors a receiver can be made to hold for a call's reader by a sender within credit, when
+    /// descriptors cost credit: a window and a half of them (strict credit's rule: small messages go while the
+    /// credit is above zero), or a window and one message of the most descriptors a message carries
+    /// (`maximumPerMessage`, version 1's rule; or the one message a waiting reader asked for).
+    @inlinable
+    package static func descriptorsHeldWithinCredit(maximumPerMessage: Int) -> Int {
+        (initialWindow + initialWindow / 2) / descriptorCost + maximumPerMessage
+    }
+
     /// The messages received and not yet consumed.
     @usableFromInline
     var inbound = InboundMessages()
@@ -56,6 +78,10 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     /// sender's credit, and a sender that lacks credit for one says so (``CallFrame/blocked(_:)``).
     @usableFromInline
     package var strictCredit = false
+    /// Whether a call message's descriptors cost credit (both hellos set ``HelloFlags/descriptorCredit``):
+    /// ``descriptorCost`` each.
+    @usableFromInline
+    package var chargesDescriptors = false
     /// The cost of the message the peer is blocked on (its call-blocked frame), while the credit the peer has, as
     /// this side counts it, is less: given once this side's reader waits with nothing to read.
     @usableFromInline
@@ -134,10 +160,12 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
     /// - Parameters:
     ///   - strictCredit: Whether both sides send within credit (``HelloFlags/strictCredit``).
     ///   - grantsWhileWriting: ``grantsWhileWriting``: whether this is the caller's side.
+    ///   - chargesDescriptors: ``chargesDescriptors``: whether descriptors cost credit.
     @inlinable
-    package init(strictCredit: Bool = false, grantsWhileWriting: Bool = false) {
+    package init(strictCredit: Bool = false, grantsWhileWriting: Bool = false, chargesDescriptors: Bool = false) {
         self.strictCredit = strictCredit
         self.grantsWhileWriting = grantsWhileWriting
+        self.chargesDescriptors = chargesDescriptors
     }
 
     // MARK: - Inbound
@@ -177,11 +205,11 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
         self.failure == nil && !self.inboundEnded && !self.receivingStopped
     }
 
-    /// A message of the call arrived.
+    /// A message of the call arrived, with `descriptors` descriptors.
     @inlinable
-    package mutating func messageReceived(_ message: ByteBuffer) -> ReceiveAction {
+    package mutating func messageReceived(_ message: ByteBuffer, descriptors: Int = 0) -> ReceiveAction {
         guard self.failure == nil, !self.inboundEnded else { return .none }
-        let cost = Self.frameCost(payloadLength: message.readableBytes)
+        let cost = self.cost(payloadLength: message.readableBytes, descriptors: descriptors)
         guard self.peerMaySend(cost: cost) else { return .violation }
         if let granted = self.grantedBlockedCost {
             // Credit given for the message the peer said it was blocked on: this must be that message.
@@ -351,7 +379,21 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
 
     @inlinable
     mutating func consumed(_ message: ByteBuffer) -> Int {
-        var cost = Self.frameCost(payloadLength: message.readableBytes)
+        self.consumed(cost: Self.frameCost(payloadLength: message.readableBytes))
+    }
+
+    /// The consumer took `count` descriptors, those of the message it took last: the credit to give back for them
+    /// (``chargesDescriptors``), if any. The message's bytes are given back as it is taken; its descriptors, once the
+    /// caller has them (they are kept beside the state machine).
+    @inlinable
+    package mutating func descriptorsConsumed(_ count: Int) -> Int {
+        guard self.chargesDescriptors, count > 0 else { return 0 }
+        return self.consumed(cost: count * Self.descriptorCost)
+    }
+
+    @inlinable
+    mutating func consumed(cost: Int) -> Int {
+        var cost = cost
         if self.creditBeyondWindow > 0 {
             // Paid for by credit given beyond the window: not given back.
             let paid = min(self.creditBeyondWindow, cost)
@@ -389,13 +431,13 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
         case fail(any Error)
     }
 
-    /// The producer wants to send a message of `payloadLength` bytes.
+    /// The producer wants to send a message of `payloadLength` bytes with `descriptors` descriptors.
     @inlinable
-    package mutating func reserveSend(payloadLength: Int, orWait waiter: WriteWaiter) -> SendAction {
+    package mutating func reserveSend(payloadLength: Int, descriptors: Int = 0, orWait waiter: WriteWaiter) -> SendAction {
         if let failure = self.failure { return .fail(failure) }
         if let refused = self.sendsRefused { return .fail(refused) }
         if self.outboundEnded { return .fail(SocketIPCError(.invalidState, "the call's stream was already finished")) }
-        let cost = Self.frameCost(payloadLength: payloadLength)
+        let cost = self.cost(payloadLength: payloadLength, descriptors: descriptors)
         if let action = self.sendOrPark(cost: cost) { return action }
         // One writer at a time, as one reader: a second waiter would leave the first waiting for ever.
         guard self.writeWaiter == nil else { return .fail(Self.concurrentUse("writes")) }
@@ -403,15 +445,16 @@ package struct CallStateMachine<ReadWaiter, WriteWaiter> {
         return .wait
     }
 
-    /// The producer wants to send a message of `payloadLength` bytes and will not wait: ``SendAction/send`` (its
-    /// cost is taken), ``SendAction/park(cost:)``, or ``SendAction/wait`` (nothing was kept).
+    /// The producer wants to send a message of `payloadLength` bytes with `descriptors` descriptors and will not
+    /// wait: ``SendAction/send`` (its cost is taken), ``SendAction/park(cost:)``, or ``SendAction/wait`` (nothing was
+    /// kept).
     /// - Throws: What the call failed with, or `invalidState` once this side ended its direction.
     @inlinable
-    package mutating func trySend(payloadLength: Int) throws -> SendAction {
+    package mutating func trySend(payloadLength: Int, descriptors: Int = 0) throws -> SendAction {
         if let failure = self.failure { throw failure }
         if let refused = self.sendsRefused { throw refused }
         if self.outboundEnded { throw SocketIPCError(.invalidState, "the call's stream was already finished") }
-        return self.sendOrPark(cost: Self.frameCost(payloadLength: payloadLength)) ?? .wait
+        return self.sendOrPark(cost: self.cost(payloadLength: payloadLength, descriptors: descriptors)) ?? .wait
     }
 
     /// A message that costs `cost` goes now (its cost taken), or is parked; `nil` if the producer has to wait: the

@@ -16,7 +16,7 @@ package enum Hello: Sendable {
     /// side that passes descriptors adds ``HelloFlags/descriptors``.
     package static let flags: HelloFlags = [.calls, .strictCredit]
     /// Every flag this implementation knows.
-    package static let knownFlags: HelloFlags = [.calls, .descriptors, .sharedPayloads, .strictCredit]
+    package static let knownFlags: HelloFlags = [.calls, .descriptors, .sharedPayloads, .strictCredit, .descriptorCredit]
 
     /// Writes this side's hello.
     package static func write(into buffer: inout ByteBuffer, flags: HelloFlags = Hello.flags) {
@@ -59,4 +59,12 @@ package struct HelloFlags: OptionSet, Sendable, Hashable {
     /// error, so that a receiver holds at most its window per call (PROTOCOL.md, "Flow control").
     @inlinable
     package static var strictCredit: HelloFlags { HelloFlags(rawValue: 0x08) }
+
+    /// Bit 4 (`0x10`): each descriptor a call message carries costs ``CallStateMachine/descriptorCost`` (1,024) bytes
+    /// of the call's credit on top of the frame's bytes, both ways; only with ``calls`` and ``descriptors``, and in
+    /// force only when both hellos set it. A receiver's credit then bounds the descriptors it holds per call, as it
+    /// bounds the bytes, so that an honest sender never passes more than its receiver keeps for a reader that is
+    /// busy (PROTOCOL.md, "Flow control").
+    @inlinable
+    package static var descriptorCredit: HelloFlags { HelloFlags(rawValue: 0x10) }
 }

@@ -151,7 +151,7 @@ public struct ConnectionOptions: Sendable {
 
     /// The flags of this side's hello.
     var helloFlags: HelloFlags {
-        self.effectiveMaximumDescriptors > 0 ? Hello.flags.union([.descriptors, .sharedPayloads]) : Hello.flags
+        self.effectiveMaximumDescriptors > 0 ? Hello.flags.union([.descriptors, .sharedPayloads, .descriptorCredit]) : Hello.flags
     }
 
     /// How connections size their read buffers: from 128 bytes up to 1 MiB as traffic demands (the allocator

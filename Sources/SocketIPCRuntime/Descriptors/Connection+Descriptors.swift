@@ -149,10 +149,30 @@ extension Connection {
         try await passing.relay.waitForOutgoingRoom(count)
     }
 
-    /// The most received descriptors one call may hold for its reader (the relay's in-flight limit); 0 on a
-    /// connection that passes none.
+    /// The most received descriptors one call may hold for its reader; 0 on a connection that passes none. When
+    /// descriptors cost credit (``chargesDescriptorCredit``), what a sender within credit can make it hold
+    /// (``CallStateMachine/descriptorsHeldWithinCredit(maximumPerMessage:)``); otherwise the relay's in-flight limit,
+    /// which a version-1 sender cannot see (its credit counts bytes only).
     package var maximumDescriptorsHeld: Int {
-        self.descriptorPassing.map { $0.relay.inFlightLimit } ?? 0
+        guard let passing = self.descriptorPassing else { return 0 }
+        guard self.chargesDescriptorCredit else { return passing.relay.inFlightLimit }
+        return CallStateMachine<Never, Never>.descriptorsHeldWithinCredit(maximumPerMessage: passing.relay.maximumPerMessage)
+    }
+
+    /// Whether a call message's descriptors cost credit on this connection: both sides pass descriptors and speak
+    /// calls, and both hellos set ``HelloFlags/descriptorCredit`` (this side's does whenever it passes descriptors).
+    package var chargesDescriptorCredit: Bool {
+        self.descriptorPassing != nil
+            && HelloFlags(rawValue: self.calls.peerFlags.load(ordering: .relaxed)).contains([
+                .calls, .descriptors, .descriptorCredit,
+            ])
+    }
+
+    /// The most a call message's descriptors may add to its cost in credit here: those of the most descriptors this
+    /// side takes in one message, when descriptors cost credit; 0 otherwise.
+    package var maximumDescriptorCreditCost: Int {
+        guard self.chargesDescriptorCredit, let passing = self.descriptorPassing else { return 0 }
+        return passing.relay.maximumPerMessage * CallStateMachine<Never, Never>.descriptorCost
     }
 
     private static func cannotPass() -> SocketIPCError {

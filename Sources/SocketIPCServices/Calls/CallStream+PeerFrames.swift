@@ -19,6 +19,8 @@ extension CallStream {
             /// The cost credit was given for after the peer's call-blocked frame, if any: its next message must cost
             /// that, and another is refused as such, not as a message beyond credit (found by a review).
             var grantedCost: Int?
+            /// What the message costs in credit (its descriptors too, when they cost credit).
+            var cost = 0
             let limit = descriptors == nil ? 0 : self.connection.maximumDescriptorsHeld
             var delivered: ReceivedDescriptors?
             let action = self.state.withLock { state -> Machine.ReceiveAction in
@@ -35,11 +37,12 @@ extension CallStream {
                 }
                 if tooMany { return .violation }
                 grantedCost = state.machine.grantedBlockedCost
-                let action = state.machine.messageReceived(message)
+                cost = state.machine.cost(payloadLength: message.readableBytes, descriptors: descriptors?.count ?? 0)
+                let action = state.machine.messageReceived(message, descriptors: descriptors?.count ?? 0)
                 switch action {
                 case .deliver:
                     credit = state.machine.delivered(message)
-                    delivered = state.descriptors.takeNext()
+                    delivered = state.takeNextDescriptors(credit: &credit)
                 case .none:
                     // Held beyond the call's window (a version 1 peer of calls sent it beyond its credit): counted
                     // across the connection's calls below.
@@ -60,7 +63,6 @@ extension CallStream {
             case .deliver(let waiter, let message):
                 waiter.resume(returning: .message(message, descriptors: delivered))
             case .violation:
-                let cost = Machine.frameCost(payloadLength: message.readableBytes)
                 if let grantedCost, grantedCost != cost {
                     return SocketIPCError(
                         .protocolViolation,
@@ -113,7 +115,9 @@ extension CallStream {
             // Asked for credit for a request above the method's limit: refused before a byte of it is sent.
             self.refuseTooLarge(size: Int(cost) - Machine.frameCost(payloadLength: 0))
         case .blocked(let cost):
-            let maximumCost = Machine.frameCost(payloadLength: self.connection.maximumMessageSize)
+            let maximumCost =
+                Machine.frameCost(payloadLength: self.connection.maximumMessageSize)
+                + self.connection.maximumDescriptorCreditCost
             switch self.state.withLock({ $0.machine.blockedReceived(cost: Int(cost), maximumCost: maximumCost) }) {
             case .none: break
             case .grant(let credit): self.grant(credit)

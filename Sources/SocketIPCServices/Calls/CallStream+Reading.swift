@@ -25,7 +25,7 @@ extension CallStream {
                     switch action {
                     case .message(_, let grant):
                         credit = grant
-                        descriptors = state.descriptors.takeNext()
+                        descriptors = state.takeNextDescriptors(credit: &credit)
                     case .wait(let grant):
                         // The peer is blocked on a message larger than its credit, which this reader now asks for.
                         credit = grant
@@ -69,7 +69,7 @@ extension CallStream {
                         endsRun = true
                     }
                 }
-                return .success(.message(message, descriptors: state.descriptors.takeNext()))
+                return .success(.message(message, descriptors: state.takeNextDescriptors(credit: &credit)))
             case .end(let status): return .success(.end(status))
             case .fail(let error): return .failure(error)
             case .wait:

@@ -67,7 +67,7 @@ extension CallStream {
         var credit = 0
         defer { self.grant(credit) }
         return try self.state.withLock { locked -> CreditTaken in
-            switch try locked.machine.trySend(payloadLength: payloadLength) {
+            switch try locked.machine.trySend(payloadLength: payloadLength, descriptors: descriptors?.count ?? 0) {
             case .send:
                 break
             case .park(let cost):
@@ -207,7 +207,11 @@ extension CallStream {
                 try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Resumed, any Error>) in
                     var credit = 0
                     let action = self.state.withLock { locked in
-                        let action = locked.machine.reserveSend(payloadLength: payload.readableBytes, orWait: continuation)
+                        let action = locked.machine.reserveSend(
+                            payloadLength: payload.readableBytes,
+                            descriptors: descriptors?.count ?? 0,
+                            orWait: continuation
+                        )
                         if case .park = action { locked.parked = (payload, descriptors) }
                         // Held up by the peer's credit: a caller gives a blocked handler its credit now (see
                         // CallStateMachine.grantsWhileWriting).
@@ -268,7 +272,7 @@ extension CallStream {
         try self.connection.checkCallMessageSize(payload)
         var credit = 0
         let action = try self.state.withLock { locked -> Machine.SendAction in
-            let action = try locked.machine.trySend(payloadLength: payload.readableBytes)
+            let action = try locked.machine.trySend(payloadLength: payload.readableBytes, descriptors: descriptors?.count ?? 0)
             if case .park = action {
                 locked.parked = (payload, descriptors)
                 credit = locked.machine.creditForBlockedPeerWhileWriting()

@@ -75,6 +75,15 @@ final class CallStream: Sendable, WriteWaitOwner {
         /// This side's end, waiting for the sends in progress.
         var endAfterSends: CallStatus?
 
+        /// Counts the next message as read (handed to the reader); returns the descriptors it brought, if any, and adds
+        /// to `credit` what they give back when descriptors cost credit (``CallStateMachine/descriptorsConsumed(_:)``).
+        @inline(__always)
+        mutating func takeNextDescriptors(credit: inout Int) -> ReceivedDescriptors? {
+            guard let taken = self.descriptors.takeNext() else { return nil }
+            credit += self.machine.descriptorsConsumed(taken.count)
+            return taken
+        }
+
         /// Forgets the parked message and the end that waited for it (the call failed, or its other side ended it);
         /// returns who waited for it to go.
         mutating func dropParked() -> UnsafeContinuation<Void, Never>? {
@@ -144,7 +153,8 @@ final class CallStream: Sendable, WriteWaitOwner {
     /// On the handler's side: the largest request message the method takes (``ServiceMethod/maximumRequestSize``,
     /// within the connection's maximum message size); `Int.max` on the caller's side.
     let maximumRequestSize: Int
-    /// What a message of ``maximumRequestSize`` costs in credit (its frame's bytes); `Int.max` without a limit.
+    /// What a message of ``maximumRequestSize`` costs in credit (its frame's bytes, and the most descriptors a message
+    /// may carry when they cost credit); `Int.max` without a limit.
     let maximumRequestCost: Int
 
     /// - Parameter maximumRequestSize: On the handler's side, the method's ``ServiceMethod/maximumRequestSize``.
@@ -159,13 +169,22 @@ final class CallStream: Sendable, WriteWaitOwner {
         self.id = id
         self.method = method
         self.maximumRequestSize = maximumRequestSize.map { max($0, 0) } ?? .max
-        self.maximumRequestCost = maximumRequestSize.map { Machine.frameCost(payloadLength: min(max($0, 0), Int(UInt32.max))) } ?? .max
+        let descriptorsCost = connection.maximumDescriptorCreditCost
+        self.maximumRequestCost =
+            maximumRequestSize.map { Machine.frameCost(payloadLength: min(max($0, 0), Int(UInt32.max))) + descriptorsCost }
+            ?? .max
         self.connection = connection
         self.loopShare = connection.eventLoopShare()
         self.isCaller = isCaller
         self.streamsResponses = streamsResponses
         self.state = Mutex(
-            Locked(machine: Machine(strictCredit: connection.peerSendsWithinCredit, grantsWhileWriting: isCaller))
+            Locked(
+                machine: Machine(
+                    strictCredit: connection.peerSendsWithinCredit,
+                    grantsWhileWriting: isCaller,
+                    chargesDescriptors: connection.chargesDescriptorCredit
+                )
+            )
         )
     }
 }

@@ -84,6 +84,7 @@ struct ProtocolVectorTests {
         "shared-payload-reply-9": .frame(.sharedPayload(kind: .reply, id: 9, length: 262_144)),
         // Strict credit, after a hello that set the calls and strict-credit flags.
         "hello-strict-credit": .hello,
+        "hello-descriptor-credit": .hello,
         "call-blocked-1m": .frame(.call(id: 1, .blocked(1_048_585))),
     ]
 
@@ -170,6 +171,7 @@ struct ProtocolVectorTests {
                 case "hello-calls": [.calls]
                 case "hello-descriptors": [.calls, .descriptors]
                 case "hello-shared-payloads": [.calls, .descriptors, .sharedPayloads]
+                case "hello-descriptor-credit": [.calls, .descriptors, .sharedPayloads, .strictCredit, .descriptorCredit]
                 default: Hello.flags
                 }
             Hello.write(into: &buffer, flags: flags)

@@ -1,0 +1,208 @@
+import CSocketIPCLinux
+import Foundation
+import SocketIPC
+import SocketIPCTesting
+import SocketIPCTestSupport
+import SystemPackage
+import Testing
+
+/// swift-system's descriptor (NIOCore has a protocol of the same name).
+private typealias FileDescriptor = SystemPackage.FileDescriptor
+
+/// Descriptor credit (hello flag `0x10`, PROTOCOL.md "Flow control"): a call message's descriptors cost 1,024 bytes
+/// of credit each, so that an honest sender streaming descriptors to a reader that is busy stops within what the
+/// reader's side holds per call, instead of being cut off for passing more than it could know.
+@Suite("Descriptor credit", .serialized, .timeLimit(.minutes(5)), .limitedConcurrency)
+struct DescriptorCreditTests {
+    /// Streams `count` elements, each with a descriptor of `/dev/null`.
+    enum Nulls: ServiceMethod {
+        static let name = "credit.nulls"
+        typealias Request = Int
+        struct Response: Codable, Sendable {
+            var number: Int
+            var file: PassedDescriptor
+        }
+    }
+
+    /// Takes a stream of requests with descriptors and reads none of them until cancelled.
+    enum Ignore: ServiceMethod {
+        static let name = "credit.ignore"
+        typealias Request = PassedDescriptor
+        typealias Response = Int
+    }
+
+    static func router() -> ServiceRouter {
+        var router = ServiceRouter()
+        router.registerServerStreaming(Nulls.self) { count, writer, _ in
+            let null = try FileDescriptor.open("/dev/null", .readOnly, options: .closeOnExec)
+            defer { try? null.close() }
+            for number in 0..<count {
+                try await writer.write(Nulls.Response(number: number, file: try PassedDescriptor(null)))
+            }
+        }
+        router.registerClientStreaming(Ignore.self) { _, _ in
+            try await Task.sleep(for: .seconds(600))
+            return 0
+        }
+        return router
+    }
+
+    /// One descriptor a message: a call holds at most 64 for its reader without descriptor credit.
+    static var options: ConnectionOptions {
+        var options = ConnectionOptions()
+        options.maximumDescriptorsPerMessage = 1
+        return options
+    }
+
+    func withServer<Value: Sendable>(_ body: (String) async throws -> Value) async throws -> Value {
+        try await withFramedTestServer(
+            configure: { $0.connection = Self.options },
+            makeHandler: { ServiceConnectionHandler(router: Self.router()) }
+        ) { _, path in
+            try await body(path)
+        }
+    }
+
+    @Test("a stream of descriptors the caller leaves unread while it reads another stream ends whole, both streams")
+    func unreadStreamOfDescriptors() async throws {
+        let count = 600
+        var configuration = ClientConfiguration()
+        configuration.connection = Self.options
+        try await self.withServer { socket in
+            try await Client.withConnection(to: socket, configuration: configuration) { connection in
+                // Stream A is opened first and left unread while all of B is read: its handler writes on, and before
+                // descriptor credit its 65th element closed the connection (more descriptors held than a call may).
+                let (readA, readB) = try await connection.serverStreaming(Nulls.self, count) { first in
+                    let readB = try await connection.serverStreaming(Nulls.self, count) { second in
+                        try await Self.readAll(second)
+                    }
+                    return (try await Self.readAll(first), readB)
+                }
+                #expect(readA == count)
+                #expect(readB == count)
+            }
+        }
+    }
+
+    /// Reads every element, checks that each carries its descriptor, and returns how many came.
+    static func readAll(_ elements: ServiceStream<Nulls.Response>) async throws -> Int {
+        var read = 0
+        for try await element in elements {
+            #expect(element.number == read)
+            let file = try #require(element.file.take())
+            try file.close()
+            read += 1
+        }
+        return read
+    }
+
+    @Test("to a peer whose hello sets the flag, a server sends descriptors only within the credit they cost, then the rest as credit comes")
+    func serverSendsWithinDescriptorCredit() async throws {
+        let count = 200
+        try await self.withServer { path in
+            let socket = try await RawSocket.connect(to: path)
+            defer { socket.close() }
+            // Calls, descriptors, shared payloads, strict credit and descriptor credit: what SocketIPC sends itself when
+            // it passes descriptors (PROTOCOL.md, vector hello-descriptor-credit).
+            let hello: [UInt8] = [0x53, 0x49, 0x50, 0x43, 0x01, 0x1F, 0x00, 0x00]
+            try await socket.write(hello)
+            #expect(try await socket.read(exactly: 8) == hello)
+            try await socket.write(callOpenBytes(id: 1, method: Nulls.name) + messageBytes(id: 1, json: "\(count)"))
+            // The credit the server has, as this side counts it: a message with one descriptor costs its frame's bytes
+            // and 1,024.
+            var credit = 65_536
+            var announced = 0
+            var messages = 0
+            func take(_ frame: WireFrame) {
+                switch frame.kind {
+                case 0x0D:
+                    announced = Int(frame.payload[0])
+                case 0x07:
+                    #expect(credit > 0, "message \(messages) came with no credit left (\(credit) bytes)")
+                    credit -= 9 + frame.payload.count + 1024 * announced
+                    #expect(announced == 1)
+                    announced = 0
+                    messages += 1
+                default:
+                    break
+                }
+            }
+            while credit > 0 {
+                for frame in try await socket.readFrames(1) { take(frame) }
+            }
+            #expect(messages > 50 && messages < 70, "a window of 64 KiB holds about 61 such messages, not \(messages)")
+            // A ping answered: whatever the server had queued before it has arrived, and no message beyond credit.
+            try await socket.write(pingBytes(id: 9))
+            var answered = false
+            while !answered {
+                for frame in try await socket.readFrames(1) {
+                    if frame.kind == 0x0C { answered = true } else { take(frame) }
+                }
+            }
+            #expect(credit <= 0 && credit > -1100)
+            // Credit for the rest: the stream ends whole.
+            try await socket.write(creditBytes(id: 1, increment: 1 << 20))
+            credit += 1 << 20
+            var ended = false
+            while !ended {
+                for frame in try await socket.readFrames(1) {
+                    if let end = CallEnd(frame) {
+                        #expect(end.status == 0)
+                        ended = true
+                    } else {
+                        take(frame)
+                    }
+                }
+            }
+            #expect(messages == count)
+        }
+    }
+
+    /// Sends 64 messages of 100 bytes on a client-streaming call the handler never reads, each with a descriptor
+    /// of `/dev/null`, from a raw peer whose hello sets `flags`; returns the frames the server sent after its hello
+    /// until it answered a ping, or closed.
+    func sendUnread(flags: UInt8) async throws -> (frames: [WireFrame], closed: Bool) {
+        try await self.withServer { path in
+            let socket = try await RawSocket.connect(to: path)
+            defer { socket.close() }
+            try await socket.write([0x53, 0x49, 0x50, 0x43, 0x01, flags, 0x00, 0x00])
+            #expect(try await socket.read(exactly: 8).count == 8)
+            try await socket.write(callOpenBytes(id: 1, method: Ignore.name))
+            let null = try FileDescriptor.open("/dev/null", .readOnly, options: .closeOnExec)
+            defer { try? null.close() }
+            let frames: [UInt8] = [0, 0, 0, 2, 0x0D, 1] + messageBytes(id: 1, json: "{\"descriptor\":0}" + String(repeating: " ", count: 84))
+            for _ in 0..<64 {
+                let sent = [null.rawValue].withUnsafeBufferPointer { descriptors in
+                    frames.withUnsafeBytes {
+                        csocketipc_send_with_descriptors(socket.descriptor, $0.baseAddress, UInt($0.count), descriptors.baseAddress, 1)
+                    }
+                }
+                #expect(sent == frames.count)
+            }
+            try await socket.write(pingBytes(id: 9))
+            var received: [WireFrame] = []
+            while true {
+                guard let frames = try? await socket.readFrames(1) else { return (received, true) }
+                received += frames
+                if frames.contains(where: { $0.kind == 0x0C }) { return (received, false) }
+            }
+        }
+    }
+
+    @Test("a peer with the flag that sends descriptors beyond the credit they cost breaks the protocol")
+    func receiverChargesDescriptors() async throws {
+        // 57 such messages (1,133 bytes each) leave 955 bytes of credit, the 58th takes it below zero, the 59th is
+        // beyond it.
+        let (frames, closed) = try await self.sendUnread(flags: 0x1F)
+        #expect(closed)
+        let goingAway = try #require(frames.first { $0.kind == 0x05 })
+        #expect(goingAway.payload.first == 0x01, "protocol violation")
+    }
+
+    @Test("a peer without the flag is charged its messages' bytes only, as before: 64 descriptors unread are within the call's bound")
+    func peerWithoutTheFlag() async throws {
+        let (frames, closed) = try await self.sendUnread(flags: 0x0F)
+        #expect(!closed)
+        #expect(!frames.contains { $0.kind == 0x05 }, "no going-away")
+    }
+}
