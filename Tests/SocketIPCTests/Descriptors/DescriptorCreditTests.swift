@@ -31,8 +31,21 @@ struct DescriptorCreditTests {
         typealias Response = Int
     }
 
+    /// Returns as many descriptors of `/dev/null` as the request carried.
+    enum Echo: ServiceMethod {
+        static let name = "credit.echo"
+        typealias Request = [PassedDescriptor]
+        typealias Response = [PassedDescriptor]
+    }
+
     static func router() -> ServiceRouter {
         var router = ServiceRouter()
+        router.register(Echo.self) { files, _ in
+            let null = try FileDescriptor.open("/dev/null", .readOnly, options: .closeOnExec)
+            defer { try? null.close() }
+            for file in files { try file.take()?.close() }
+            return try files.map { _ in try PassedDescriptor(null) }
+        }
         router.registerServerStreaming(Nulls.self) { count, writer, _ in
             let null = try FileDescriptor.open("/dev/null", .readOnly, options: .closeOnExec)
             defer { try? null.close() }
@@ -54,9 +67,12 @@ struct DescriptorCreditTests {
         return options
     }
 
-    func withServer<Value: Sendable>(_ body: (String) async throws -> Value) async throws -> Value {
+    func withServer<Value: Sendable>(
+        options: ConnectionOptions = Self.options,
+        _ body: (String) async throws -> Value
+    ) async throws -> Value {
         try await withFramedTestServer(
-            configure: { $0.connection = Self.options },
+            configure: { $0.connection = options },
             makeHandler: { ServiceConnectionHandler(router: Self.router()) }
         ) { _, path in
             try await body(path)
@@ -80,6 +96,24 @@ struct DescriptorCreditTests {
                 }
                 #expect(readA == count)
                 #expect(readB == count)
+            }
+        }
+    }
+
+    @Test("a request and a response of 200 descriptors each, whose cost is three windows, go once the reader waits for them")
+    func messageAboveTheWindow() async throws {
+        var options = ConnectionOptions()
+        options.maximumDescriptorsPerMessage = 253
+        var configuration = ClientConfiguration()
+        configuration.connection = options
+        let null = try FileDescriptor.open("/dev/null", .readOnly, options: .closeOnExec)
+        defer { try? null.close() }
+        try await self.withServer(options: options) { socket in
+            try await Client.withConnection(to: socket, configuration: configuration) { connection in
+                let files = try (0..<200).map { _ in try PassedDescriptor(null) }
+                let returned = try await connection.call(Echo.self, files)
+                #expect(returned.count == 200)
+                for file in returned { try #require(file.take()).close() }
             }
         }
     }
