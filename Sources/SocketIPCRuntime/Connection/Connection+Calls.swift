@@ -138,7 +138,13 @@ extension Connection {
     /// sender should wait before the next.
     /// - Throws: The connection's error once it is closed; `invalidState` for descriptors on a connection that does
     ///   not pass them.
-    package func queueCallFrame(id: UInt32, _ frame: CallFrame, descriptors group: [Int32]) throws -> Bool {
+    /// - Parameter reservation: The room taken for the descriptors (``duplicateForPassing(_:)``).
+    package func queueCallFrame(
+        id: UInt32,
+        _ frame: CallFrame,
+        descriptors group: [Int32],
+        reservation: OutgoingDescriptorReservation? = nil
+    ) throws -> Bool {
         guard case .message(let message) = frame else {
             guard group.isEmpty else { throw Self.descriptorsRefused(group) }
             // A control frame (open, end, cancel, credit) goes straight into the coalescing buffer.
@@ -160,7 +166,7 @@ extension Connection {
             $0.enqueue(
                 .callMessage, id: id, payload: message, spareBuffer: { self.spareBuffer() }, passing: group.count,
                 registerDescriptors: {
-                    relay.registerOutgoing(group)
+                    relay.registerOutgoing(group, reservation: reservation)
                     registered = true
                 }
             )
@@ -276,6 +282,7 @@ extension Connection {
         id: UInt32,
         _ frame: CallFrame,
         descriptors: [Int32],
+        reservation: OutgoingDescriptorReservation? = nil,
         owner: (any WriteWaitOwner)? = nil
     ) async throws {
         do {
@@ -284,7 +291,7 @@ extension Connection {
             DescriptorRelay.closeAll(descriptors)
             throw error
         }
-        if try self.queueCallFrame(id: id, frame, descriptors: descriptors) {
+        if try self.queueCallFrame(id: id, frame, descriptors: descriptors, reservation: reservation) {
             try await self.waitUntilWritable(owner: owner)
         }
     }

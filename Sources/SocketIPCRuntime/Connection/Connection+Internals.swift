@@ -70,7 +70,8 @@ extension Connection {
         id: UInt32,
         payload: ByteBuffer,
         timeout: Duration?,
-        descriptors: [Int32] = []
+        descriptors: [Int32] = [],
+        reservation: OutgoingDescriptorReservation? = nil
     ) {
         let relay = self.descriptorPassing?.relay
         var group = descriptors
@@ -90,7 +91,7 @@ extension Connection {
                 makeTimer: { timeout.map { self.scheduleTimeout(of: id, after: $0) } },
                 passing: group.count,
                 registerDescriptors: {
-                    relay?.registerOutgoing(group)
+                    relay?.registerOutgoing(group, reservation: reservation)
                     registered = true
                 },
                 sharedPayloadLength: sharedPayload ? payload.readableBytes : nil

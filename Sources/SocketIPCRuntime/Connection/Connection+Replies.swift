@@ -14,15 +14,21 @@ extension Connection {
 
     /// Answers the peer's request `id` with `payload` and the descriptors of `group` (owned by the connection from
     /// now on), or with an error reply if `payload` exceeds ``ConnectionOptions/maximumMessageSize``. Does nothing
-    /// once the connection is closed.
-    func sendReply(id: UInt32, ticket: ReplyTicket, payload: ByteBuffer, descriptors group: [Int32]) {
+    /// once the connection is closed. `reservation`: the room taken for them (``DescriptorRelay/admitOutgoing(_:)``).
+    func sendReply(
+        id: UInt32,
+        ticket: ReplyTicket,
+        payload: ByteBuffer,
+        descriptors group: [Int32],
+        reservation: OutgoingDescriptorReservation? = nil
+    ) {
         if payload.readableBytes > self.options.effectiveMaximumMessageSize {
             let message = "the reply of \(payload.readableBytes) bytes exceeds the maximum of \(self.options.effectiveMaximumMessageSize)"
             DescriptorRelay.closeAll(group)
             self.sendErrorReply(id: id, ticket: ticket, message: message)
             return
         }
-        self.answer(.reply, id: id, ticket: ticket, payload: payload, descriptors: group)
+        self.answer(.reply, id: id, ticket: ticket, payload: payload, descriptors: group, reservation: reservation)
     }
 
     /// Answers the peer's request `id` with an error reply saying `message`, cut to fit
@@ -50,7 +56,8 @@ extension Connection {
         id: UInt32,
         ticket: ReplyTicket,
         payload: ByteBuffer,
-        descriptors: [Int32] = []
+        descriptors: [Int32] = [],
+        reservation: OutgoingDescriptorReservation? = nil
     ) {
         var group = descriptors
         var sharedPayload = false
@@ -71,7 +78,7 @@ extension Connection {
                     kind, id: id, ticket: ticket, payload: payload, spareBuffer: { self.spareBuffer() },
                     passing: group.count,
                     registerDescriptors: {
-                        relay?.registerOutgoing(group)
+                        relay?.registerOutgoing(group, reservation: reservation)
                         registered = true
                     },
                     sharedPayloadLength: sharedPayload ? payload.readableBytes : nil

@@ -24,31 +24,42 @@ extension Connection {
     ///   - descriptors: 1 to ``ConnectionOptions/maximumDescriptorsPerMessage`` open descriptors.
     /// - Throws: `SocketIPCError` with code `invalidState` when descriptors cannot travel on this connection
     ///   (``passesDescriptors``), `invalidConfiguration` for too many or none, `systemCall` when one is not open,
-    ///   `messageTooLarge`, `resourceExhausted` when the peer has left 2,048 descriptors sent to it unread (4,096
-    ///   across its user's connections; the connection then closes with going-away `0x05`, as D-Bus bounds
-    ///   `max_outgoing_unix_fds`), `CancellationError`, or `connectionClosed` once the connection is closed. While
-    ///   1,024 wait to be sent on the connection, it waits for the peer to read some, as it waits for the write
-    ///   watermark.
+    ///   `messageTooLarge`, `CancellationError`, or `connectionClosed` once the connection is closed. While 1,024
+    ///   descriptors wait to be sent on the connection (4,096 across the connections of the peer's user), it waits
+    ///   for the peer to read some, as it waits for the write watermark, and as D-Bus bounds
+    ///   `max_outgoing_unix_fds`; senders on one connection go in the order they came.
     nonisolated(nonsending) public func send(_ message: ByteBuffer, descriptors: [SystemPackage.FileDescriptor]) async throws {
-        // Room among the descriptors queued to send first: a message weighs its bytes against the write watermark,
-        // and its descriptors here (found by a review: a sender to a slow reader was closed past the bound instead).
-        if let passing = self.descriptorPassing, !descriptors.isEmpty {
-            try await passing.relay.waitForOutgoingRoom(descriptors.count)
+        // Room among the descriptors queued to send first, counted before they are duplicated: a message weighs its
+        // bytes against the write watermark, and its descriptors here (found by a review: a sender to a slow reader
+        // was closed past the bound instead).
+        var reservation: OutgoingDescriptorReservation?
+        if let passing = self.descriptorPassing, self.passesDescriptors, !descriptors.isEmpty {
+            reservation = try await passing.relay.reserveOutgoing(descriptors.count)
         }
-        if try self.queueMessage(message, descriptors: descriptors) { try await self.waitUntilWritable() }
+        if try self.queueMessage(message, descriptors: descriptors, reservation: reservation) {
+            try await self.waitUntilWritable()
+        }
     }
 
     /// Queues a one-way message with descriptors as ``send(_:descriptors:)`` does, without waiting for room: returns
     /// whether the queue is above its high watermark (the sender should wait).
     /// - Throws: What ``send(_:descriptors:)`` throws, but `CancellationError`.
-    package func queueMessage(_ message: ByteBuffer, descriptors: [SystemPackage.FileDescriptor]) throws -> Bool {
-        let (passing, group) = try self.prepare(descriptors, payload: message, what: "message")
+    /// - Parameter reservation: Room for the descriptors, taken by a sender that waited for it; without one, room is
+    ///   taken as for a reply, which cannot wait.
+    package func queueMessage(
+        _ message: ByteBuffer,
+        descriptors: [SystemPackage.FileDescriptor],
+        reservation: OutgoingDescriptorReservation? = nil
+    ) throws -> Bool {
+        let (passing, group, reservation) = try self.prepare(
+            descriptors, payload: message, what: "message", reservation: reservation
+        )
         var registered = false
         let action = self.state.withLock {
             $0.enqueue(
                 .message, id: 0, payload: message, spareBuffer: { self.spareBuffer() }, passing: group.count,
                 registerDescriptors: {
-                    passing.relay.registerOutgoing(group)
+                    passing.relay.registerOutgoing(group, reservation: reservation)
                     registered = true
                 }
             )
@@ -76,14 +87,19 @@ extension Connection {
         descriptors: [SystemPackage.FileDescriptor],
         timeout: Duration? = nil
     ) async throws -> (payload: ByteBuffer, descriptors: ReceivedDescriptors) {
-        let (passing, group): (DescriptorPassing, [Int32])
+        let (passing, group, reservation): (DescriptorPassing, [Int32], OutgoingDescriptorReservation?)
         if descriptors.isEmpty {
             guard let existing = self.descriptorPassing, self.passesDescriptors else {
                 throw Self.cannotPass()
             }
-            (passing, group) = (existing, [])
+            (passing, group, reservation) = (existing, [], nil)
         } else {
-            (passing, group) = try self.prepare(descriptors, payload: request, what: "request")
+            // Room among the descriptors queued to send, as ``send(_:descriptors:)`` waits for it.
+            guard let existing = self.descriptorPassing, self.passesDescriptors else { throw Self.cannotPass() }
+            let room = try await existing.relay.reserveOutgoing(descriptors.count)
+            (passing, group, reservation) = try self.prepare(
+                descriptors, payload: request, what: "request", reservation: room
+            )
         }
         let id: UInt32
         let left: Duration?
@@ -98,7 +114,10 @@ extension Connection {
         do {
             let payload = try await withTaskCancellationHandler {
                 try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<ByteBuffer, any Error>) in
-                    self.register(continuation, id: id, payload: request, timeout: left, descriptors: group)
+                    self.register(
+                        continuation, id: id, payload: request, timeout: left, descriptors: group,
+                        reservation: reservation
+                    )
                 }
             } onCancel: {
                 self.finishRequest(id, with: .failure(CancellationError()))
@@ -110,12 +129,14 @@ extension Connection {
         }
     }
 
-    /// Checks that `descriptors` may travel with `payload`, and duplicates them.
+    /// Checks that `descriptors` may travel with `payload`, takes room for them (`reservation`, or as a reply does),
+    /// and duplicates them.
     private func prepare(
         _ descriptors: [SystemPackage.FileDescriptor],
         payload: ByteBuffer,
-        what: String
-    ) throws -> (DescriptorPassing, [Int32]) {
+        what: String,
+        reservation: OutgoingDescriptorReservation?
+    ) throws -> (DescriptorPassing, [Int32], OutgoingDescriptorReservation) {
         guard let passing = self.descriptorPassing, self.passesDescriptors else { throw Self.cannotPass() }
         guard payload.readableBytes <= self.options.effectiveMaximumMessageSize else {
             throw SocketIPCError(
@@ -124,29 +145,25 @@ extension Connection {
                     + "\(self.options.effectiveMaximumMessageSize) bytes (ConnectionOptions.maximumMessageSize)"
             )
         }
-        if let refusal = passing.relay.admitOutgoing(descriptors.count) { throw refusal }
+        let room = try reservation ?? passing.relay.admitOutgoing(descriptors.count).get()
         let group = try DescriptorPassing.duplicate(
             descriptors.map(\.rawValue),
             maximum: passing.relay.maximumPerMessage
         )
-        return (passing, group)
+        return (passing, group, room)
     }
 
-    /// Duplicates `descriptors` for a frame of this connection (the services layer's typed descriptors).
+    /// Waits for room for `descriptors` among those queued to send on this connection, as ``send(_:descriptors:)``
+    /// does, then duplicates them for a frame of this connection (the services layer's typed descriptors); the
+    /// caller keeps `descriptors` open meanwhile.
     /// - Throws: `invalidState` when descriptors cannot travel here, `invalidConfiguration` for more than the
-    ///   maximum, `systemCall` when one cannot be duplicated.
-    package func duplicateForPassing(_ descriptors: [Int32]) throws -> [Int32] {
+    ///   maximum, `systemCall` when one cannot be duplicated, `CancellationError`.
+    nonisolated(nonsending) package func duplicateForPassing(
+        _ descriptors: [Int32]
+    ) async throws -> (descriptors: [Int32], reservation: OutgoingDescriptorReservation) {
         guard let passing = self.descriptorPassing, self.passesDescriptors else { throw Self.cannotPass() }
-        if let refusal = passing.relay.admitOutgoing(descriptors.count) { throw refusal }
-        return try DescriptorPassing.duplicate(descriptors, maximum: passing.relay.maximumPerMessage)
-    }
-
-    /// Waits while the connection has its bound of descriptors queued to send (1,024), as ``send(_:descriptors:)``
-    /// does; at once on a connection that passes none.
-    /// - Throws: `CancellationError`.
-    package func waitForOutgoingDescriptorRoom(_ count: Int) async throws {
-        guard let passing = self.descriptorPassing, count > 0 else { return }
-        try await passing.relay.waitForOutgoingRoom(count)
+        let reservation = try await passing.relay.reserveOutgoing(descriptors.count)
+        return (try DescriptorPassing.duplicate(descriptors, maximum: passing.relay.maximumPerMessage), reservation)
     }
 
     /// The most received descriptors one call may hold for its reader; 0 on a connection that passes none. When
@@ -191,9 +208,10 @@ extension Reply {
     ///
     /// When descriptors cannot travel (the peer's request came without ``Connection/passesDescriptors``), or one of
     /// `descriptors` cannot be duplicated, or there are more than ``ConnectionOptions/maximumDescriptorsPerMessage``,
-    /// the requester gets an error reply saying so instead. A peer that has left 2,048 descriptors sent to it unread
-    /// (4,096 across its user's connections) is closed instead, with going-away `0x05` (resource exhausted), as
-    /// D-Bus bounds a connection's outgoing descriptors (`max_outgoing_unix_fds`).
+    /// the requester gets an error reply saying so instead. So does a reply whose descriptors would take those
+    /// waiting to be sent to the peer beyond 2,048 (8,192 across its user's connections): a reply cannot wait for
+    /// the peer to read, as ``Connection/send(_:descriptors:)`` does, and the peer reads too slowly, or not at all
+    /// (D-Bus bounds a connection's outgoing descriptors the same, `max_outgoing_unix_fds`).
     public func succeed(_ payload: ByteBuffer, descriptors: [SystemPackage.FileDescriptor]) {
         guard !descriptors.isEmpty else {
             self.succeed(payload)
@@ -205,7 +223,10 @@ extension Reply {
         }
         // A peer that reads none of its replies' descriptors is closed (going-away 0x05) before this side holds
         // more than its bound of them (DescriptorRelay.maximumOutgoing(maximumPerMessage:)).
-        if let refusal = passing.relay.admitOutgoing(descriptors.count) {
+        let reservation: OutgoingDescriptorReservation
+        switch passing.relay.admitOutgoing(descriptors.count) {
+        case .success(let room): reservation = room
+        case .failure(let refusal):
             self.fail(refusal)
             return
         }
@@ -214,7 +235,9 @@ extension Reply {
                 descriptors.map(\.rawValue),
                 maximum: passing.relay.maximumPerMessage
             )
-            self.connection.sendReply(id: self.id, ticket: self.ticket, payload: payload, descriptors: group)
+            self.connection.sendReply(
+                id: self.id, ticket: self.ticket, payload: payload, descriptors: group, reservation: reservation
+            )
         } catch {
             self.fail(error)
         }

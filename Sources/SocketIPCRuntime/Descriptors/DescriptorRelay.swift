@@ -76,9 +76,6 @@ final class DescriptorRelay: @unchecked Sendable {
     private var outgoing: [[Int32]] = []
     /// How many descriptors ``outgoing`` holds: registered, not yet sent.
     private var outgoingCount = 0
-    /// Senders waiting for room among the descriptors queued to send (``waitForOutgoingRoom(_:)``), by a number.
-    private var outgoingRoomWaiters: [UInt64: UnsafeContinuation<Void, any Error>] = [:]
-    private var nextOutgoingRoomWaiter: UInt64 = 0
     private var isClosed = false
     private var socketIsClosed = false
     /// Whether the outbound thread has stopped sending (the channel closed its end, or the peer is gone): nothing
@@ -194,98 +191,103 @@ final class DescriptorRelay: @unchecked Sendable {
     /// `RLIMIT_NOFILE` of a default Linux session), or 4 messages' worth if more. They stay in this process's table of
     /// descriptors until the peer's socket takes them, and each message that carries one weighs a few bytes against
     /// the write watermark, which alone never made a sender wait. A sender that cannot wait (a reply) may take the
-    /// queue to twice this; beyond, the connection closes (``admitOutgoing(_:)``): a peer that asked for replies
-    /// carrying descriptors and read none made a server duplicate 19,970 of them in a second, and every other peer
-    /// was refused (found by a review). D-Bus bounds the same (`max_outgoing_unix_fds`).
+    /// queue to twice this; beyond, it is refused (``admitOutgoing(_:)``): a peer that asked for replies carrying
+    /// descriptors and read none made a server duplicate 19,970 of them in a second, and every other peer was
+    /// refused (found by a review). Descriptors stay counted until closed after they were sent. D-Bus bounds the same
+    /// (`max_outgoing_unix_fds`). See ``OutgoingDescriptorAccounts``.
     static func maximumOutgoing(maximumPerMessage: Int) -> Int { max(1024, 4 * maximumPerMessage) }
 
-    /// The most descriptors this side may have queued to send and not sent yet on all the connections of one peer's
-    /// user: four connections' worth of ``maximumOutgoing(maximumPerMessage:)`` at its least.
-    static let maximumOutgoingPerUser = 4096
+    /// This connection in ``OutgoingDescriptorAccounts``.
+    private var accountID: ObjectIdentifier { ObjectIdentifier(self) }
 
-    /// Descriptors queued to send and not sent yet, by the peer's user (``passedBy``), across its connections.
-    private static let outgoingByUser = Mutex<[UInt32?: Int]>([:])
+    /// Whether the relay sends nothing more. Called with the lock held.
+    private var stoppedSending: Bool { self.isClosed || self.outboundEnded || self.socketIsClosed }
 
-    private static func countOutgoing(_ change: Int, of user: UInt32?) {
-        guard change != 0 else { return }
-        Self.outgoingByUser.withLock { counts in
-            let count = (counts[user] ?? 0) + change
-            counts[user] = count > 0 ? count : nil
-        }
-    }
-
-    /// Whether `count` more descriptors may be queued to send on this connection now: fewer than twice
-    /// ``maximumOutgoing(maximumPerMessage:)`` on the connection, and than ``maximumOutgoingPerUser`` across the
-    /// peer's user's connections. If not, the connection is failed with going-away `0x05` (the peer does not read
-    /// what it is sent), and the error is returned for the sender. Checked before the descriptors are duplicated.
-    func admitOutgoing(_ count: Int) -> SocketIPCError? {
-        guard count > 0 else { return nil }
-        self.lock.lock()
-        let pending = self.outgoingCount
-        self.lock.unlock(withValue: self.mayReceiveValue)
-        let ofUser = Self.outgoingByUser.withLock { $0[self.passedBy] ?? 0 }
+    /// Room for `count` descriptors for a sender that cannot wait (a reply): within twice
+    /// ``maximumOutgoing(maximumPerMessage:)`` on the connection, and
+    /// ``OutgoingDescriptorAccounts/refusingBoundPerUser`` across the peer's user's connections. Beyond, the error
+    /// for the sender (`resourceExhausted`): the peer reads what it is sent too slowly, or not at all, and the
+    /// descriptors are not duplicated. The connection stays open: a burst of replies to a peer that reads them is
+    /// not its fault. Taken before the descriptors are duplicated.
+    func admitOutgoing(_ count: Int) -> Result<OutgoingDescriptorReservation, SocketIPCError> {
         let limit = 2 * Self.maximumOutgoing(maximumPerMessage: self.maximumPerMessage)
+        guard count > 0,
+            let (pending, ofUser) = OutgoingDescriptorAccounts.admit(
+                count, connection: self.accountID, user: self.passedBy, refusingBound: limit
+            )
+        else {
+            return .success(OutgoingDescriptorReservation(count: max(count, 0), relay: self, user: self.passedBy))
+        }
         let text: String
         if pending + count > limit {
-            text = "the peer has not read the \(pending) descriptors this side queued for it (at most \(limit))"
-        } else if ofUser + count > Self.maximumOutgoingPerUser {
-            text = "the peer's user has not read the \(ofUser) descriptors this side queued for its connections "
-                + "(at most \(Self.maximumOutgoingPerUser))"
+            text = "\(pending) descriptors wait to be sent to the peer, and \(count) more would pass the bound of \(limit)"
         } else {
-            return nil
+            text = "\(ofUser) descriptors wait to be sent to the peer's user's connections, and \(count) more would pass "
+                + "the bound of \(OutgoingDescriptorAccounts.refusingBoundPerUser)"
         }
-        self.violate(text, code: .resourceExhausted, reason: .resourceExhausted)
-        return SocketIPCError(.resourceExhausted, text)
+        return .failure(SocketIPCError(.resourceExhausted, text + ": the peer reads slowly, or not at all"))
     }
 
-    /// Waits while this connection has ``maximumOutgoing(maximumPerMessage:)`` descriptors queued to send (with the
-    /// `count` more, unless none is queued), until the relay has sent enough of them, or it stops sending (then the
-    /// send that follows fails as the connection does).
+    /// Room for `count` descriptors for a sender that can wait: waits while the connection has
+    /// ``maximumOutgoing(maximumPerMessage:)`` counted, or the peer's user
+    /// ``OutgoingDescriptorAccounts/waitingBoundPerUser`` (unless nothing is counted there), until the relay has
+    /// sent enough of them; in the order the connection's senders came. Once the relay stops sending, at once, with
+    /// nothing counted (the send that follows fails as the connection does).
     /// - Throws: `CancellationError` when the task is cancelled meanwhile.
-    func waitForOutgoingRoom(_ count: Int) async throws {
-        let limit = Self.maximumOutgoing(maximumPerMessage: self.maximumPerMessage)
-        self.lock.lock()
-        let full = self.outgoingCount > 0 && self.outgoingCount + count > limit
-        self.lock.unlock(withValue: self.mayReceiveValue)
-        guard full else { return }
+    func reserveOutgoing(_ count: Int) async throws -> OutgoingDescriptorReservation {
+        let bound = Self.maximumOutgoing(maximumPerMessage: self.maximumPerMessage)
         let number = Atomic<UInt64>(.max)
-        try await withTaskCancellationHandler {
-            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
+        let counted = try await withTaskCancellationHandler {
+            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Bool, any Error>) in
+                // Under the relay's lock, so that the relay cannot stop between the look and the wait.
                 self.lock.lock()
-                let stopped = self.isClosed || self.outboundEnded || self.socketIsClosed
-                if stopped || self.outgoingCount == 0 || self.outgoingCount + count <= limit || Task.isCancelled {
+                guard !self.stoppedSending else {
                     self.lock.unlock(withValue: self.mayReceiveValue)
-                    if Task.isCancelled {
-                        continuation.resume(throwing: CancellationError())
-                    } else {
-                        continuation.resume()
-                    }
+                    continuation.resume(returning: false)
                     return
                 }
-                let id = self.nextOutgoingRoomWaiter
-                self.nextOutgoingRoomWaiter &+= 1
-                self.outgoingRoomWaiters[id] = continuation
-                number.store(id, ordering: .releasing)
+                let reserved = OutgoingDescriptorAccounts.reserve(
+                    count, connection: self.accountID, user: self.passedBy, bound: bound, continuation: continuation
+                )
                 self.lock.unlock(withValue: self.mayReceiveValue)
+                switch reserved {
+                case .counted:
+                    continuation.resume(returning: true)
+                case .waiting(let id):
+                    number.store(id, ordering: .releasing)
+                    // Cancelled before the number was there to find: give up now.
+                    if Task.isCancelled { Self.cancelOutgoingWait(id) }
+                }
             }
         } onCancel: {
-            self.lock.lock()
             let id = number.load(ordering: .acquiring)
-            let waiter = self.outgoingRoomWaiters.removeValue(forKey: id)
-            self.lock.unlock(withValue: self.mayReceiveValue)
-            waiter?.resume(throwing: CancellationError())
+            if id != .max { Self.cancelOutgoingWait(id) }
         }
+        return OutgoingDescriptorReservation(count: counted ? count : 0, relay: self, user: self.passedBy)
     }
 
-    /// The senders waiting for room, taken: called with the lock held once there is room (half the bound free,
-    /// so that they do not wake one descriptor at a time), or the relay stopped sending. Resume them after unlocking.
-    private func takeOutgoingRoomWaiters(all: Bool) -> [UnsafeContinuation<Void, any Error>] {
-        guard !self.outgoingRoomWaiters.isEmpty else { return [] }
-        guard all || self.outgoingCount <= Self.maximumOutgoing(maximumPerMessage: self.maximumPerMessage) / 2 else {
-            return []
+    private static func cancelOutgoingWait(_ number: UInt64) {
+        let (cancelled, admitted) = OutgoingDescriptorAccounts.cancel(number)
+        cancelled?.resume(throwing: CancellationError())
+        OutgoingDescriptorAccounts.resume(admitted: admitted)
+    }
+
+    /// Closes descriptors the relay took to send (sent, or dropped with the connection), and counts them no more
+    /// among those committed to send once they are closed: a close may be queued on a closing thread (a device, a
+    /// file a FUSE file system serves), and so counted, a sender waits rather than queue closes without end (found by
+    /// a review's test: eight senders of `/dev/null` queued 19,000 of them).
+    private func closeSent(_ group: [Int32]) {
+        guard !group.isEmpty else { return }
+        let connection = self.accountID
+        let user = self.passedBy
+        closeDescriptors(group) {
+            // Holds the relay, so that its identity is not another's until it is uncounted.
+            withExtendedLifetime(self) {
+                OutgoingDescriptorAccounts.resume(
+                    admitted: OutgoingDescriptorAccounts.remove(group.count, connection: connection, user: user)
+                )
+            }
         }
-        defer { self.outgoingRoomWaiters = [:] }
-        return Array(self.outgoingRoomWaiters.values)
     }
 
     // MARK: - The channel handler's side (any thread)
@@ -337,22 +339,29 @@ final class DescriptorRelay: @unchecked Sendable {
     }
 
     /// Registers the descriptors of the next descriptors frame this side writes, before its bytes are written; the
-    /// relay owns them from now on and closes them once sent, or when the connection closes.
-    func registerOutgoing(_ group: [Int32]) {
+    /// relay owns them from now on and closes them once sent, or when the connection closes. Their count is taken
+    /// over from `reservation`; without one (the memory of a shared payload, bounded by its bytes) they are counted
+    /// now.
+    func registerOutgoing(_ group: [Int32], reservation: OutgoingDescriptorReservation? = nil) {
         self.lock.lock()
         // Also once the outbound thread has stopped, before the channel's close reaches the relay: a reply's
         // descriptors (the memory of a shared payload) registered then were kept for good (found by a fuzzing
         // review: peers that pipelined requests answered with shared payloads and closed left 800 memfds in 1,000
-        // connections, until the server could accept no one).
-        if self.isClosed || self.outboundEnded || self.socketIsClosed {
+        // connections, until the server could accept no one). The reservation's room is given back as it is
+        // released.
+        if self.stoppedSending {
             self.lock.unlock(withValue: self.mayReceiveValue)
             Self.closeAll(group)
             return
         }
         self.outgoing.append(group)
         self.outgoingCount += group.count
-        // Counted for the user under the relay's lock, as every uncounting is, so that the two cannot cross.
-        Self.countOutgoing(group.count, of: self.passedBy)
+        // Counted under the relay's lock, as every uncounting is, so that the two cannot cross.
+        if let reservation, reservation.count == group.count, reservation.takeOver() {
+            // Counted already.
+        } else {
+            OutgoingDescriptorAccounts.add(group.count, connection: self.accountID, user: self.passedBy)
+        }
         self.lock.unlock(withValue: self.mayReceiveValue)
     }
 
@@ -702,7 +711,7 @@ final class DescriptorRelay: @unchecked Sendable {
                     Self.send(self.socket, buffer.baseAddress! + start, segmentEnd - start, descriptors)
                 }
                 let sendErrno = errno
-                Self.closeAll(group)
+                self.closeSent(group)
                 let shortage = sendErrno == ETOOMANYREFS || sendErrno == ENOBUFS || sendErrno == ENOMEM
                 if sent < 0 && !group.isEmpty && shortage {
                     // This side's shortage, not the peer's leaving: the kernel passes no more descriptors of this
@@ -730,12 +739,11 @@ final class DescriptorRelay: @unchecked Sendable {
         let left = self.outgoing.flatMap { $0 }
         self.outgoing = []
         self.outgoingCount = 0
-        Self.countOutgoing(-left.count, of: self.passedBy)
-        let roomWaiters = self.takeOutgoingRoomWaiters(all: true)
+        let (stopped, admitted) = OutgoingDescriptorAccounts.connectionStopped(self.accountID)
         if !self.socketIsClosed { _ = shutdown(self.socket, Int32(SHUT_RDWR)) }
         self.lock.unlock(withValue: self.mayReceiveValue)
-        for waiter in roomWaiters { waiter.resume() }
-        Self.closeAll(left)
+        OutgoingDescriptorAccounts.resume(admitted: admitted, stopped: stopped)
+        self.closeSent(left)
         _ = shutdown(self.relaySide, Int32(SHUT_RDWR))
         self.threadEnded()
     }
@@ -795,10 +803,7 @@ final class DescriptorRelay: @unchecked Sendable {
         self.lock.lock()
         let group = self.outgoing.isEmpty ? [] : self.outgoing.removeFirst()
         self.outgoingCount -= group.count
-        Self.countOutgoing(-group.count, of: self.passedBy)
-        let roomWaiters = self.takeOutgoingRoomWaiters(all: false)
         self.lock.unlock(withValue: self.mayReceiveValue)
-        for waiter in roomWaiters { waiter.resume() }
         return group
     }
 
@@ -828,7 +833,8 @@ final class DescriptorRelay: @unchecked Sendable {
         if last { PassedDescriptorCloser.remove(self, of: self.passedBy) }
         var left: [Int32] = []
         var leftOutgoing: [Int32] = []
-        var roomWaiters: [UnsafeContinuation<Void, any Error>] = []
+        var admitted: [UnsafeContinuation<Bool, any Error>] = []
+        var stopped: [UnsafeContinuation<Bool, any Error>] = []
         if last {
             self.socketIsClosed = true
             // The socket is closed below, once the lock is released: descriptors in flight in its receive queue (a
@@ -846,8 +852,7 @@ final class DescriptorRelay: @unchecked Sendable {
             self.unclaimed = []
             self.outgoing = []
             self.outgoingCount = 0
-            Self.countOutgoing(-leftOutgoing.count, of: self.passedBy)
-            roomWaiters = self.takeOutgoingRoomWaiters(all: true)
+            (stopped, admitted) = OutgoingDescriptorAccounts.connectionStopped(self.accountID)
             if self.isClosed {
                 left += self.claimed.flatMap { $0 }
                 self.claimed = []
@@ -855,8 +860,8 @@ final class DescriptorRelay: @unchecked Sendable {
             }
         }
         self.unlockAccounting(withValue: 1, closing: left)
-        for waiter in roomWaiters { waiter.resume() }
-        Self.closeAll(leftOutgoing)
+        OutgoingDescriptorAccounts.resume(admitted: admitted, stopped: stopped)
+        self.closeSent(leftOutgoing)
         if last {
             if self.lingersWhilePeerHoldsSharedMemory { self.lingerWhilePeerHoldsSharedMemory() }
             _ = close(self.socket)

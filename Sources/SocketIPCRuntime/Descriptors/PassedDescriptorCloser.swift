@@ -122,6 +122,21 @@ enum PassedDescriptorCloser {
         }
         /// Whether a retry of threads that could not be started is scheduled.
         var retryScheduled = false
+        /// What to do once the queued descriptors of a group are closed (``close(_:passedBy:then:)``), by descriptor:
+        /// a descriptor's number is unique while it is open, and its entry is taken before it is closed.
+        var completions: [Int32: CloseCompletion] = [:]
+    }
+
+    /// What to run once the last of a group's queued descriptors is closed.
+    final class CloseCompletion: @unchecked Sendable {
+        /// The group's descriptors not closed yet; under the closer's lock.
+        var remaining: Int
+        let body: @Sendable () -> Void
+
+        init(remaining: Int, body: @escaping @Sendable () -> Void) {
+            self.remaining = remaining
+            self.body = body
+        }
     }
 
     /// How long after a thread could not be started (the process at its limit of threads) the closer tries again,
@@ -133,9 +148,17 @@ enum PassedDescriptorCloser {
     /// Queues `descriptors`, which `user` passed, to be closed (with ``csocketipc_close_passed``), starting threads
     /// as needed. Should a thread not start (the process is at its limit of threads), the descriptors wait for the
     /// next call to start one.
-    static func close(_ descriptors: [Int32], passedBy user: User) {
+    ///
+    /// - Parameter completion: Run on the closing thread once the last of `descriptors` is closed.
+    static func close(_ descriptors: [Int32], passedBy user: User, then completion: (@Sendable () -> Void)? = nil) {
         let now = ContinuousClock.now
-        let starting = self.state.withLock { $0.queue.enqueue(descriptors, by: user, now: now) }
+        let starting = self.state.withLock { state in
+            if let completion, !descriptors.isEmpty {
+                let shared = CloseCompletion(remaining: descriptors.count, body: completion)
+                for descriptor in descriptors { state.completions[descriptor] = shared }
+            }
+            return state.queue.enqueue(descriptors, by: user, now: now)
+        }
         self.startThreads(starting)
     }
 
@@ -290,7 +313,11 @@ enum PassedDescriptorCloser {
     /// Closes queued descriptors until none is left that this thread may take.
     private static func run() {
         while true {
-            guard let next = self.state.withLock({ $0.queue.next() }) else { return }
+            guard
+                let (next, completion) = self.state.withLock({ state in
+                    state.queue.next().map { ($0, state.completions.removeValue(forKey: $0.descriptor)) }
+                })
+            else { return }
             self.startThreads(next.threadsToStart)
             #if os(Linux)
             if next.user == Self.ownDescriptors || next.user == Self.ownSockets {
@@ -301,10 +328,16 @@ enum PassedDescriptorCloser {
             }
             #endif
             let now = ContinuousClock.now
+            var completed: CloseCompletion?
             let relays = self.state.withLock { state -> [DescriptorRelay] in
+                if let completion {
+                    completion.remaining -= 1
+                    if completion.remaining == 0 { completed = completion }
+                }
                 guard state.queue.closed(by: next.user, now: now) else { return [] }
                 return state.relays(of: next.user)
             }
+            completed?.body()
             for relay in relays { relay.readMayBegin() }
         }
     }

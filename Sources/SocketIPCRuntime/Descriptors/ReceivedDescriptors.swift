@@ -87,15 +87,20 @@ public final class ReceivedDescriptors: Sendable {
 /// the calling thread: before, an application that forwarded a file a hostile peer served had the relay thread that
 /// sent the duplicate, or the event loop that dropped it, wait for good (found by a review), and a server whose relay
 /// never ended never shut down.
-package func closeDescriptors(_ descriptors: [Int32]) {
+///
+/// - Parameter completion: Run once every one of `descriptors` is closed: at once if none was queued, otherwise on the
+///   closing thread that closes the last.
+package func closeDescriptors(_ descriptors: [Int32], then completion: (@Sendable () -> Void)? = nil) {
     #if os(Linux)
     closeOrQueue(
         descriptors,
         account: PassedDescriptorCloser.ownDescriptors,
-        socketAccount: PassedDescriptorCloser.ownSockets
+        socketAccount: PassedDescriptorCloser.ownSockets,
+        then: completion
     ) { _ = close($0) }
     #else
     for descriptor in descriptors { _ = close(descriptor) }
+    completion?()
     #endif
 }
 
@@ -120,6 +125,14 @@ package func closePassedDescriptors(_ descriptors: [Int32], passedBy user: UInt3
 }
 
 #if os(Linux)
+/// A count shared by closures, that says when it reaches zero.
+private final class Countdown: Sendable {
+    private let left: Atomic<Int>
+    init(_ count: Int) { self.left = Atomic(count) }
+    /// Counts one down; whether that was the last.
+    func countDown() -> Bool { self.left.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 }
+}
+
 /// Closes with `closeNow` each of `descriptors` whose close never waits (``csocketipc_close_may_wait``), and queues the
 /// others on ``PassedDescriptorCloser``'s threads, charged to `account`; with `socketAccount`, Unix-domain sockets are
 /// charged to that one instead.
@@ -127,6 +140,7 @@ private func closeOrQueue(
     _ descriptors: [Int32],
     account: UInt32?,
     socketAccount: UInt32?? = nil,
+    then completion: (@Sendable () -> Void)? = nil,
     closeNow: (Int32) -> Void
 ) {
     var waiting: [Int32] = []
@@ -138,7 +152,22 @@ private func closeOrQueue(
         default: waiting.append(descriptor)
         }
     }
-    if !waiting.isEmpty { PassedDescriptorCloser.close(waiting, passedBy: account) }
-    if let socketAccount, !sockets.isEmpty { PassedDescriptorCloser.close(sockets, passedBy: socketAccount) }
+    guard let completion else {
+        if !waiting.isEmpty { PassedDescriptorCloser.close(waiting, passedBy: account) }
+        if let socketAccount, !sockets.isEmpty { PassedDescriptorCloser.close(sockets, passedBy: socketAccount) }
+        return
+    }
+    // Run once both queues' closes are done, whichever ends last.
+    let queues = (waiting.isEmpty ? 0 : 1) + (sockets.isEmpty || socketAccount == nil ? 0 : 1)
+    guard queues > 0 else {
+        completion()
+        return
+    }
+    let left = Countdown(queues)
+    let once: @Sendable () -> Void = {
+        if left.countDown() { completion() }
+    }
+    if !waiting.isEmpty { PassedDescriptorCloser.close(waiting, passedBy: account, then: once) }
+    if let socketAccount, !sockets.isEmpty { PassedDescriptorCloser.close(sockets, passedBy: socketAccount, then: once) }
 }
 #endif

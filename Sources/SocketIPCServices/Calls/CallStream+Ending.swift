@@ -82,6 +82,7 @@ extension CallStream {
                     id: self.id,
                     .message(payload),
                     descriptors: descriptors.take(),
+                    reservation: descriptors.reservation,
                     owner: self
                 )
             } else {

@@ -126,7 +126,9 @@ extension CallStream {
         if let (payload, descriptors) = parked {
             // On the event loop, without waiting for room: the message was the producer's already, and goes as soon
             // as its credit came (the peer reads); a closed connection fails the call anyway.
-            _ = try? self.connection.queueCallFrame(id: self.id, .message(payload), descriptors: descriptors?.take() ?? [])
+            _ = try? self.connection.queueCallFrame(
+                id: self.id, .message(payload), descriptors: descriptors?.take() ?? [], reservation: descriptors?.reservation
+            )
         }
         var end: CallStatus?
         var parkedWaiter: UnsafeContinuation<Void, Never>?
@@ -167,12 +169,6 @@ extension CallStream {
     nonisolated(nonsending) func send(_ payload: ByteBuffer, descriptors: DuplicatedDescriptors? = nil) async throws {
         // Before the credit is taken, whatever the message carries: one that never leaves must not take credit.
         try self.connection.checkCallMessageSize(payload)
-        // Room among the descriptors queued to send on the connection, as `Connection.send(_:descriptors:)` waits:
-        // a stream of small messages, each with a descriptor, to a slow reader would otherwise reach the bound at
-        // which the connection closes (its credit counts bytes, not descriptors).
-        if let count = descriptors?.count, count > 0 {
-            try await self.connection.waitForOutgoingDescriptorRoom(count)
-        }
         // With credit, nothing to wait for: no suspension, but a turn for the event loop's other connections now and
         // then (below).
         var longRun = false
@@ -282,7 +278,9 @@ extension CallStream {
         self.grant(credit)
         switch action {
         case .send:
-            _ = try self.connection.queueCallFrame(id: self.id, .message(payload), descriptors: descriptors?.take() ?? [])
+            _ = try self.connection.queueCallFrame(
+                id: self.id, .message(payload), descriptors: descriptors?.take() ?? [], reservation: descriptors?.reservation
+            )
         case .park(let cost):
             self.announceBlocked(cost: cost)
         case .wait, .fail:

@@ -37,7 +37,8 @@ extension Connection {
         options: CallOptions,
         neverSent: inout Bool
     ) async throws -> Method.Response {
-        let (payload, descriptors) = try DescriptorCoding.encodeOutgoing(request, of: Method.name, codec: options.codec, on: self)
+        let (payload, found) = try DescriptorCoding.encodeOutgoing(request, of: Method.name, codec: options.codec, on: self)
+        let descriptors = try await DescriptorCoding.duplicate(found, of: request, on: self)
         var refusedAtOpen = false
         do {
             return try await self.withOutgoingCall(
@@ -82,7 +83,8 @@ extension Connection {
         options: CallOptions = CallOptions(),
         _ body: (ServiceStream<Method.Response>) async throws -> Result
     ) async throws -> Result {
-        let (payload, descriptors) = try DescriptorCoding.encodeOutgoing(request, of: Method.name, codec: options.codec, on: self)
+        let (payload, found) = try DescriptorCoding.encodeOutgoing(request, of: Method.name, codec: options.codec, on: self)
+        let descriptors = try await DescriptorCoding.duplicate(found, of: request, on: self)
         return try await self.withOutgoingCall(Method.name, options: options) { call in
             try await call.sendRequest(payload, descriptors: descriptors)
             call.finish()

@@ -27,22 +27,35 @@ enum DescriptorCoding {
 
     /// Encodes `value` with `codec`, into the connection's encoding buffer (hand `payload` back with
     /// `connection.recycleEncodingBuffer(_:)` once it is queued); on a connection that passes descriptors, also
-    /// returns duplicates of the descriptors its ``PassedDescriptor``s hold, for the frame to carry.
+    /// returns the descriptors its ``PassedDescriptor``s hold, in order, for ``duplicate(_:of:on:)`` (none: empty).
     static func encode<Value: Encodable>(
         _ value: Value,
         codec: any MessageCodec,
         on connection: Connection
-    ) throws -> (payload: ByteBuffer, descriptors: DuplicatedDescriptors?) {
+    ) throws -> (payload: ByteBuffer, descriptors: [Int32]) {
         var payload = connection.takeEncodingBuffer()
         guard connection.passesDescriptors else {
             try codec.encode(value, into: &payload)
-            return (payload, nil)
+            return (payload, [])
         }
         let outgoing = Outgoing()
         try Self.$outgoing.withValue(outgoing) { try codec.encode(value, into: &payload) }
-        let collected = outgoing.collected
-        guard !collected.isEmpty else { return (payload, nil) }
-        return (payload, DuplicatedDescriptors(try connection.duplicateForPassing(collected)))
+        return (payload, outgoing.collected)
+    }
+
+    /// Waits for room for `descriptors`, those ``encode(_:codec:on:)`` found in `value`, among the descriptors queued
+    /// to send on `connection`, then duplicates them for the frame to carry; `nil` for none. Room is taken before
+    /// the copies are made, so that senders waiting for it hold none (found by a review: 100 streams waiting held
+    /// 25,000 copies). `value` is kept alive meanwhile: its ``PassedDescriptor``s hold `descriptors` open.
+    nonisolated(nonsending) static func duplicate<Value>(
+        _ descriptors: [Int32],
+        of value: Value,
+        on connection: Connection
+    ) async throws -> DuplicatedDescriptors? {
+        guard !descriptors.isEmpty else { return nil }
+        let (duplicates, reservation) = try await connection.duplicateForPassing(descriptors)
+        withExtendedLifetime(value) {}
+        return DuplicatedDescriptors(duplicates, reservation: reservation)
     }
 
     /// ``encode(_:codec:on:)`` for a caller's request or stream message: the codec's own error (an `EncodingError`, a
@@ -54,7 +67,7 @@ enum DescriptorCoding {
         of method: String,
         codec: any MessageCodec,
         on connection: Connection
-    ) throws -> (payload: ByteBuffer, descriptors: DuplicatedDescriptors?) {
+    ) throws -> (payload: ByteBuffer, descriptors: [Int32]) {
         do {
             return try Self.encode(value, codec: codec, on: connection)
         } catch let error as SocketIPCError {
@@ -117,12 +130,16 @@ enum DescriptorCoding {
 }
 
 /// Duplicates of the descriptors a message carries, owned until the frame takes them (``take()``); closed if it
-/// never does (the call failed before the message was queued).
+/// never does (the call failed before the message was queued), and their room among the descriptors queued to send
+/// then given back.
 final class DuplicatedDescriptors: Sendable {
     private let descriptors: Mutex<[Int32]>
+    /// The room taken for them on the connection, which the relay takes over with them.
+    let reservation: OutgoingDescriptorReservation
 
-    init(_ descriptors: [Int32]) {
+    init(_ descriptors: [Int32], reservation: OutgoingDescriptorReservation) {
         self.descriptors = Mutex(descriptors)
+        self.reservation = reservation
     }
 
     /// How many descriptors are held (0 once taken).

@@ -99,7 +99,8 @@ public struct ServiceRouter: Sendable {
         self.handlers[MethodName(registering: Method.name)] = Registered(handler: { call, context, codec in
             let request = try await Self.readSingleRequest(of: call, as: Method.Request.self, codec: codec)
             let response = try await handler(request, context)
-            let (payload, descriptors) = try Self.encode(response, codec: codec, on: call, method: Method.name)
+            let (payload, found) = try Self.encode(response, codec: codec, on: call, method: Method.name)
+            let descriptors = try await DescriptorCoding.duplicate(found, of: response, on: call.connection)
             try await call.send(payload, descriptors: descriptors)
             call.connection.recycleEncodingBuffer(payload)
         }, streamsResponses: false, maximumRequestSize: Method.maximumRequestSize)
@@ -125,7 +126,8 @@ public struct ServiceRouter: Sendable {
     ) {
         self.handlers[MethodName(registering: Method.name)] = Registered(handler: { call, context, codec in
             let response = try await handler(ServiceStream(call: call, codec: codec), context)
-            let (payload, descriptors) = try Self.encode(response, codec: codec, on: call, method: Method.name)
+            let (payload, found) = try Self.encode(response, codec: codec, on: call, method: Method.name)
+            let descriptors = try await DescriptorCoding.duplicate(found, of: response, on: call.connection)
             try await call.send(payload, descriptors: descriptors)
             call.connection.recycleEncodingBuffer(payload)
         }, streamsResponses: false, maximumRequestSize: Method.maximumRequestSize)
@@ -186,7 +188,7 @@ public struct ServiceRouter: Sendable {
         codec: any MessageCodec,
         on call: CallStream,
         method: String
-    ) throws -> (ByteBuffer, DuplicatedDescriptors?) {
+    ) throws -> (ByteBuffer, [Int32]) {
         do {
             return try DescriptorCoding.encode(value, codec: codec, on: call.connection)
         } catch {

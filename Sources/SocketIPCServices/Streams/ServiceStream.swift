@@ -97,7 +97,7 @@ public struct ServiceStreamWriter<Element: Encodable & Sendable>: Sendable {
             self.call.isCaller
             ? try DescriptorCoding.encodeOutgoing(element, of: self.call.method, codec: self.codec, on: self.call.connection)
             : try DescriptorCoding.encode(element, codec: self.codec, on: self.call.connection)
-        if descriptors == nil {
+        if descriptors.isEmpty {
             // A stream in full flow sends here without suspending and without a further async call.
             let attempt = try self.call.trySendWithoutWaiting(payload)
             if case .sent(longRun: false) = attempt {
@@ -106,7 +106,8 @@ public struct ServiceStreamWriter<Element: Encodable & Sendable>: Sendable {
             }
             try await self.call.finishSend(payload, after: attempt)
         } else {
-            try await self.call.send(payload, descriptors: descriptors)
+            let duplicates = try await DescriptorCoding.duplicate(descriptors, of: element, on: self.call.connection)
+            try await self.call.send(payload, descriptors: duplicates)
         }
         self.call.connection.recycleEncodingBuffer(payload)
     }
