@@ -176,6 +176,22 @@ extension Connection {
         return CallStateMachine<Never, Never>.descriptorsHeldWithinCredit(maximumPerMessage: passing.relay.maximumPerMessage)
     }
 
+    /// The most received descriptors the connection's calls may hold for their readers, across them: two calls' worth
+    /// within descriptor credit, or one call's bound without it (the relay's in-flight limit), whichever is more; 0
+    /// on a connection that passes none. Counted in the server's budget of descriptors per connection.
+    package var maximumDescriptorsHeldByCalls: Int {
+        guard let passing = self.descriptorPassing else { return 0 }
+        return Self.maximumDescriptorsHeldByCalls(maximumPerMessage: passing.relay.maximumPerMessage)
+    }
+
+    /// ``maximumDescriptorsHeldByCalls`` for a connection that takes `maximumPerMessage` descriptors a message.
+    static func maximumDescriptorsHeldByCalls(maximumPerMessage: Int) -> Int {
+        max(
+            DescriptorRelay.inFlightLimit(maximumPerMessage: maximumPerMessage),
+            2 * CallStateMachine<Never, Never>.descriptorsHeldWithinCredit(maximumPerMessage: maximumPerMessage)
+        )
+    }
+
     /// Whether a call message's descriptors cost credit on this connection: both sides pass descriptors and speak
     /// calls, and both hellos set ``HelloFlags/descriptorCredit`` (this side's does whenever it passes descriptors).
     package var chargesDescriptorCredit: Bool {

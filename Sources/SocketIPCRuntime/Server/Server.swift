@@ -224,11 +224,14 @@ public final class Server: Service, Sendable {
     private func fitLimitsToDescriptors() throws {
         // A connection that holds its peer's pidfd costs two descriptors. One that passes descriptors costs three (its
         // socket and its relay's socket pair) and what its relay may hold: the descriptors received and not yet
-        // handed out (DescriptorRelay.inFlightLimit) and those of one message not yet claimed.
+        // handed out (DescriptorRelay.inFlightLimit) and those of one message not yet claimed; and those its calls
+        // may hold for their readers (Connection.maximumDescriptorsHeldByCalls).
         var perConnection = self.configuration.connection.holdsPeerProcess ? 2 : 1
         let maximumDescriptors = self.configuration.connection.effectiveMaximumDescriptors
         if maximumDescriptors > 0 {
-            perConnection += 2 + DescriptorRelay.inFlightLimit(maximumPerMessage: maximumDescriptors) + maximumDescriptors
+            perConnection +=
+                2 + DescriptorRelay.inFlightLimit(maximumPerMessage: maximumDescriptors) + maximumDescriptors
+                + Connection.maximumDescriptorsHeldByCalls(maximumPerMessage: maximumDescriptors)
         }
         let (needed, overflows) = self.configuration.maximumConnections.multipliedReportingOverflow(by: perConnection)
         let limit = DescriptorLimit.raise(

@@ -38,6 +38,12 @@ extension CallStream {
             // A parked message never goes now (its descriptors are closed as it is released).
             if locked.machine.failure != nil {
                 parkedWaiter = locked.dropParked()
+                if !keepingReceived {
+                    // The messages received are dropped: their descriptors are closed now (as they are released),
+                    // not kept until the call is.
+                    locked.descriptors.waiting.removeAll()
+                    locked.descriptors.held = 0
+                }
                 writeWaits = locked.writeWaitIDs
                 locked.writeWaitIDs = []
                 locked.endAfterSends = nil
@@ -124,6 +130,9 @@ extension CallStream {
 
     /// Bytes of messages held for the reader beyond the call's window (see ``CallStateMachine/heldBeyondWindow``).
     var heldBeyondWindow: Int { self.state.withLock { $0.machine.heldBeyondWindow } }
+
+    /// Descriptors received with messages the reader has not taken yet.
+    var heldDescriptors: Int { self.state.withLock { $0.descriptors.held } }
 
     /// Whether the call failed (cancelled, deadline passed, connection closed), and with what.
     var failure: (any Error)? { self.state.withLock { $0.machine.failure } }

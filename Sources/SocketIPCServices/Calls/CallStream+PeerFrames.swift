@@ -78,7 +78,11 @@ extension CallStream {
             }
             self.grant(credit)
             if beyondWindow, let exhausted = CallMultiplexer.of(self.connection).checkHeldBeyondWindows(on: self.connection) {
-                self.refuseHeldBeyondWindows(exhausted)
+                self.refuseHeld(exhausted, reason: .heldBeyondWindows)
+            } else if delivered == nil, descriptors != nil,
+                let exhausted = CallMultiplexer.of(self.connection).checkHeldDescriptors(on: self.connection)
+            {
+                self.refuseHeld(exhausted, reason: .heldTooManyDescriptors)
             }
         case .end(let status):
             // A caller's end keeps only its code (see endReceived): its details would be held for the call's life.
@@ -161,16 +165,17 @@ extension CallStream {
         return nil
     }
 
-    /// This call's message tipped the messages held beyond the connection's calls' windows over their bound: the
-    /// call ends, and what it holds is dropped, not the connection. A handler's call ends with status
-    /// `resourceExhausted` (`0x08`, as beyond the concurrency limit); a caller's is cancelled, and fails with `error`.
-    private func refuseHeldBeyondWindows(_ error: SocketIPCError) {
+    /// This call's message tipped what the connection's calls hold unread over its bound (messages beyond their
+    /// windows, or descriptors): the call ends, and what it holds is dropped, not the connection. A handler's call
+    /// ends with status `resourceExhausted` (`0x08`, as beyond the concurrency limit), as `reason` says; a caller's is
+    /// cancelled, and fails with `error`.
+    private func refuseHeld(_ error: SocketIPCError, reason: StopReason) {
         if self.isCaller {
             let wasOpen = self.state.withLock { $0.machine.failure == nil }
             self.fail(error)
             if wasOpen { self.connection.queueCallControlFrame(id: self.id, .cancel(.cancelled)) }
         } else {
-            self.stopHandler(.heldBeyondWindows, failing: error)
+            self.stopHandler(reason, failing: error)
         }
     }
 

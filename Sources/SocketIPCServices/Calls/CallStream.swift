@@ -145,6 +145,9 @@ final class CallStream: Sendable, WriteWaitOwner {
         /// A peer without strict credit made the connection's calls hold more than they may beyond their windows, and
         /// this call's message tipped it over (``CallMultiplexer/checkHeldBeyondWindows(on:)``).
         case heldBeyondWindows
+        /// The connection's calls held more received descriptors, unread, than a connection may
+        /// (``CallMultiplexer/checkHeldDescriptors(on:)``), and this call's message tipped it over.
+        case heldTooManyDescriptors
         /// The caller sent, or asked for credit for, a request of `size` bytes, above its method's `limit`
         /// (``ServiceMethod/maximumRequestSize``).
         case requestTooLarge(size: Int, limit: Int)

@@ -154,6 +154,8 @@ extension CallMultiplexer {
             call.finishAfterStop(CallStatus(code: .unavailable, message: "the server is shutting down"))
         case .heldBeyondWindows:
             call.finishAfterStop(CallStatus(code: .resourceExhausted, message: CallMultiplexer.heldBeyondWindowsText))
+        case .heldTooManyDescriptors:
+            call.finishAfterStop(CallStatus(code: .resourceExhausted, message: CallMultiplexer.heldDescriptorsText))
         case .requestTooLarge(let size, let limit):
             call.finishAfterStop(CallStatus(code: .invalidMessage, message: CallStream.requestTooLargeText(size, limit, call.method)))
         case .cancelledByCaller, .connectionClosed:

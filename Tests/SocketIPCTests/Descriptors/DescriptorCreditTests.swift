@@ -233,6 +233,45 @@ struct DescriptorCreditTests {
         #expect(goingAway.payload.first == 0x01, "protocol violation")
     }
 
+    @Test("a peer's calls together hold no more unread descriptors than a connection may: the call that tips them over ends with resourceExhausted, the connection and the other calls stay")
+    func callsTogetherBounded() async throws {
+        try await self.withServer { path in
+            let socket = try await RawSocket.connect(to: path)
+            defer { socket.close() }
+            try await socket.write([0x53, 0x49, 0x50, 0x43, 0x01, 0x0F, 0x00, 0x00])
+            #expect(try await socket.read(exactly: 8).count == 8)
+            let null = try FileDescriptor.open("/dev/null", .readOnly, options: .closeOnExec)
+            defer { try? null.close() }
+            // Four calls whose handler reads nothing, 50 messages with a descriptor each: 150 held by the first three,
+            // and the fourth's 45th passes the connection's bound of 194 (2 x 97).
+            for id: UInt32 in [1, 3, 5, 7] {
+                try await socket.write(callOpenBytes(id: id, method: Ignore.name))
+                let frames: [UInt8] = [0, 0, 0, 2, 0x0D, 1] + messageBytes(id: id, json: "{\"descriptor\":0}")
+                for _ in 0..<50 {
+                    let sent = [null.rawValue].withUnsafeBufferPointer { descriptors in
+                        frames.withUnsafeBytes {
+                            csocketipc_send_with_descriptors(socket.descriptor, $0.baseAddress, UInt($0.count), descriptors.baseAddress, 1)
+                        }
+                    }
+                    #expect(sent == frames.count)
+                }
+            }
+            // The call's end comes once its handler has stopped; then a ping is answered: the connection is open.
+            var received: [WireFrame] = []
+            while !received.contains(where: { $0.kind == 0x08 || $0.kind == 0x05 }) {
+                received += try await socket.readFrames(1)
+            }
+            try await socket.write(pingBytes(id: 9))
+            while !received.contains(where: { $0.kind == 0x0C || $0.kind == 0x05 }) {
+                received += try await socket.readFrames(1)
+            }
+            let ends = received.compactMap(CallEnd.init)
+            #expect(ends.map(\.id) == [7], "\(received)")
+            #expect(ends.first?.status == 0x08, "resource exhausted")
+            #expect(!received.contains { $0.kind == 0x05 }, "no going-away")
+        }
+    }
+
     @Test("a peer without the flag is charged its messages' bytes only, as before: 64 descriptors unread are within the call's bound")
     func peerWithoutTheFlag() async throws {
         let (frames, closed) = try await self.sendUnread(flags: 0x0F)
