@@ -6,9 +6,15 @@ package enum ConnectionNotMade: Error, Sendable {
     case notAccepted
     /// The server accepted but sent no hello in time.
     case noHello
-    /// The socket file's mode refused this process (`EACCES` or `EPERM` at `connect(2)`): a file system's answer, not
-    /// the server's, which a server that starts again may change by making its socket anew.
+    /// The socket file's mode refused this process (`EACCES` at `connect(2)`, the directory it is in searchable): a
+    /// file system's answer, not the server's, which a server that starts again may change by making its socket anew.
     case permissionDenied
+    /// A directory on the socket's path cannot be searched by this process (`EACCES` at `connect(2)`; another user's
+    /// private directory, such as their `/run/user/UID`): no server's start changes that.
+    case directoryNotSearchable
+    /// The connect was not permitted (`EPERM`): a security module (SELinux, AppArmor, Landlock) or the file system
+    /// refused it, whatever the socket file's mode.
+    case notPermitted
 }
 
 extension SocketIPCError {

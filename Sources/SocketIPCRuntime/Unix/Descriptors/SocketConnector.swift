@@ -88,16 +88,38 @@ enum SocketConnector {
                 throw SocketIPCError(.connectionRefused, "no server at \(path): the socket file does not exist", path: path.path)
             case ECONNREFUSED:
                 throw SocketIPCError(.connectionRefused, "no server is listening on \(path)", path: path.path)
-            case EACCES, EPERM:
+            case EACCES where !path.isAbstract && !Self.directorySearchable(of: path.path):
                 throw SocketIPCError(
                     .unauthorized,
-                    "no permission to connect to \(path) (check the socket file's mode)",
+                    "no permission to reach \(path): a directory on its path cannot be searched by this process "
+                        + "(another user's private directory, or its mode)",
+                    path: path.path,
+                    cause: ConnectionNotMade.directoryNotSearchable
+                )
+            case EACCES:
+                throw SocketIPCError(
+                    .unauthorized,
+                    "no permission to connect to \(path): the socket file's mode refuses this process",
                     path: path.path,
                     cause: ConnectionNotMade.permissionDenied
+                )
+            case EPERM:
+                throw SocketIPCError(
+                    .unauthorized,
+                    "connecting to \(path) was not permitted (EPERM): a security module or the file system refused it",
+                    path: path.path,
+                    cause: ConnectionNotMade.notPermitted
                 )
             default:
                 throw SocketIPCError.systemCall("connect", errno: code, path: path.path)
             }
         }
+    }
+
+    /// Whether this process (its effective ids) may search the directory that holds `path`, and so reach the file:
+    /// `faccessat(2)` with `X_OK` and `AT_EACCESS`, which resolves every directory on the way.
+    static func directorySearchable(of path: String) -> Bool {
+        let directory = path.lastIndex(of: "/").map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? "."
+        return faccessat(AT_FDCWD, directory, X_OK, AT_EACCESS) == 0
     }
 }
