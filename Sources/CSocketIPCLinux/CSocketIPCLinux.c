@@ -21,6 +21,10 @@
 #include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <linux/sock_diag.h>
+#include <linux/unix_diag.h>
 
 /// Control-message room for a security label (SCM_SECURITY, which a socket with SO_PASSSEC gets with each message):
 /// SELinux contexts such as `unconfined_u:unconfined_r:unconfined_t:s0-s0:c0.c1023` take 54 bytes; 512 with slack.
@@ -395,5 +399,69 @@ int csocketipc_seal_all(int descriptor) {
 int csocketipc_is_sealed(int descriptor) {
     int seals = fcntl(descriptor, F_GET_SEALS);
     return seals >= 0 && (seals & CSOCKETIPC_SEALS) == CSOCKETIPC_SEALS;
+}
+
+/// Asks sock_diag about the Unix-domain socket of inode `inode` over the netlink socket `netlink`, with `show`
+/// (UDIAG_SHOW_*): its peer's inode and its receive queue's unread bytes, where asked for. 0 on success.
+static int csocketipc_unix_diag(int netlink, uint32_t inode, uint32_t show, uint32_t *peer, uint32_t *unread) {
+    struct {
+        struct nlmsghdr header;
+        struct unix_diag_req request;
+    } message;
+    memset(&message, 0, sizeof(message));
+    message.header.nlmsg_len = sizeof(message);
+    message.header.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+    message.header.nlmsg_flags = NLM_F_REQUEST;
+    message.header.nlmsg_seq = inode;
+    message.request.sdiag_family = AF_UNIX;
+    message.request.udiag_states = ~0U;
+    message.request.udiag_ino = inode;
+    message.request.udiag_show = show;
+    message.request.udiag_cookie[0] = ~0U;
+    message.request.udiag_cookie[1] = ~0U;
+    struct sockaddr_nl kernel;
+    memset(&kernel, 0, sizeof(kernel));
+    kernel.nl_family = AF_NETLINK;
+    if (sendto(netlink, &message, sizeof(message), 0, (struct sockaddr *)&kernel, sizeof(kernel)) < 0) return -1;
+    long buffer[1024];
+    ssize_t length = recv(netlink, buffer, sizeof(buffer), 0);
+    if (length < 0) return -1;
+    struct nlmsghdr *header = (struct nlmsghdr *)buffer;
+    if (!NLMSG_OK(header, (size_t)length) || header->nlmsg_type != SOCK_DIAG_BY_FAMILY) return -1;
+    struct unix_diag_msg *answer = NLMSG_DATA(header);
+    if (header->nlmsg_len < NLMSG_LENGTH(sizeof(*answer))) return -1;
+    int found = 0;
+    struct rtattr *attribute = (struct rtattr *)(answer + 1);
+    int left = (int)(header->nlmsg_len - NLMSG_LENGTH(sizeof(*answer)));
+    for (; RTA_OK(attribute, left); attribute = RTA_NEXT(attribute, left)) {
+        if (attribute->rta_type == UNIX_DIAG_PEER && peer != NULL && RTA_PAYLOAD(attribute) >= sizeof(uint32_t)) {
+            memcpy(peer, RTA_DATA(attribute), sizeof(uint32_t));
+            found |= 1;
+        } else if (attribute->rta_type == UNIX_DIAG_RQLEN && unread != NULL
+                   && RTA_PAYLOAD(attribute) >= sizeof(struct unix_diag_rqlen)) {
+            struct unix_diag_rqlen queue;
+            memcpy(&queue, RTA_DATA(attribute), sizeof(queue));
+            *unread = queue.udiag_rqueue;
+            found |= 2;
+        }
+    }
+    uint32_t wanted = (peer != NULL ? 1 : 0) | (unread != NULL ? 2 : 0);
+    return (found & wanted) == wanted ? 0 : -1;
+}
+
+long csocketipc_unix_peer_unread(int descriptor) {
+    struct stat status;
+    if (fstat(descriptor, &status) != 0 || !S_ISSOCK(status.st_mode)) return -1;
+    int netlink = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+    if (netlink < 0) return -1;
+    uint32_t peer = 0;
+    uint32_t unread = 0;
+    long result = -1;
+    if (csocketipc_unix_diag(netlink, (uint32_t)status.st_ino, UDIAG_SHOW_PEER, &peer, NULL) == 0 && peer != 0
+        && csocketipc_unix_diag(netlink, peer, UDIAG_SHOW_RQLEN, NULL, &unread) == 0) {
+        result = (long)unread;
+    }
+    close(netlink);
+    return result;
 }
 #endif

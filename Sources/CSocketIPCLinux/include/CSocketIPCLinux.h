@@ -110,6 +110,12 @@ int csocketipc_seal_all(int descriptor);
 
 /// Whether `descriptor` carries all four seals of csocketipc_seal_all: 1 if so, 0 if not (or it is not a memfd).
 int csocketipc_is_sealed(int descriptor);
+
+/// Bytes the peer of `descriptor`, a connected Unix-domain stream socket, holds in its receive queue and has not read,
+/// counting a buffer it read part of by what is left of it (the kernel's unix_inq_len, as SIOCINQ on the peer's own
+/// socket): asked of sock_diag (NETLINK_SOCK_DIAG, UNIX_DIAG_PEER then UNIX_DIAG_RQLEN, as `ss -x` shows Recv-Q),
+/// which needs no privilege. -1 if it cannot be told (no unix_diag in the kernel, no peer, an error).
+long csocketipc_unix_peer_unread(int descriptor);
 #endif
 
 #endif

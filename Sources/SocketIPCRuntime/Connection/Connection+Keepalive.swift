@@ -86,8 +86,19 @@ extension Connection {
         return SocketQueue.unreadByPeer(descriptor) + (self.descriptorPassing?.relay.unreadByPeer() ?? 0)
     }
 
-    /// What moves while the peer reads: the bytes the socket took, and those it holds unread.
-    func progress() -> [Int] { [self.writtenBytes(), self.unreadBytes()] }
+    /// Bytes the peer holds unread, to the byte (``SocketQueue/unreadInPeer(_:)``; with a relay, those of the pair and
+    /// of the peer's socket); -1 where that cannot be told. On the event loop, while the channel is open.
+    func unreadInPeer() -> Int {
+        guard let descriptor = self.socketDescriptor, self.channel.isActive,
+            let unread = SocketQueue.unreadInPeer(descriptor)
+        else { return -1 }
+        guard let relay = self.descriptorPassing?.relay else { return unread }
+        return relay.unreadInPeer().map { unread + $0 } ?? -1
+    }
+
+    /// What moves while the peer reads: the bytes the socket took, those it holds unread (``unreadBytes()``), and
+    /// those the peer holds unread to the byte (``unreadInPeer()``, -1 where unknown).
+    func progress() -> [Int] { [self.writtenBytes(), self.unreadBytes(), self.unreadInPeer()] }
 
     /// Whether the peer read any of this side's bytes between two ``progress()`` samples, as far as the two tell:
     /// the kernel's count of what it holds unread (`TIOCOUTQ` of a Unix socket: the memory of its queued buffers,
@@ -98,8 +109,14 @@ extension Connection {
     /// was stopped). A peer that reads less than this side writes in small frames can look as if it read nothing
     /// here; ``KeepaliveReadWatch`` sees it read. Where the unread bytes cannot be told (0), this side's writes count
     /// as the peer's reading.
+    ///
+    /// Where the peer's unread bytes are known to the byte (the third sample, sock_diag's), they grow by exactly what
+    /// the socket took while the peer reads nothing, and by less once it reads any, also part of a buffer: so a peer
+    /// reading a large message slowly is alive, however long each buffer takes it (found by a review: one reading
+    /// 1 KiB a second was cut off as frozen, the count of whole buffers unchanged for 32 s).
     static func peerRead(between before: [Int], and now: [Int]) -> Bool {
         let taken = now[0] &- before[0]
+        if before.count > 2, now.count > 2, before[2] >= 0, now[2] >= 0, now[2] - before[2] < taken { return true }
         let grown = now[1] - before[1]
         return grown < taken
     }

@@ -412,6 +412,15 @@ final class DescriptorRelay: @unchecked Sendable {
         return max(Int(Self.queuedBytes(self.socket, request: UInt(TIOCOUTQ))), 0)
     }
 
+    /// What the peer holds unread of what the relay sent it, to the byte (``SocketQueue/unreadInPeer(_:)``); `nil`
+    /// where that cannot be told, 0 once the socket is closed.
+    func unreadInPeer() -> Int? {
+        self.lock.lock()
+        defer { self.lock.unlock(withValue: self.mayReceiveValue) }
+        guard !self.socketIsClosed else { return 0 }
+        return SocketQueue.unreadInPeer(self.socket)
+    }
+
     /// Gives back a reservation of ``reserveSharedMemory(_:limit:)`` whose memory could not be made.
     func releaseSharedMemory(_ bytes: Int) {
         self.lock.lock()

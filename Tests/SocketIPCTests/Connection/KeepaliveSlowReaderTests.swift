@@ -63,6 +63,36 @@ struct KeepaliveSlowReaderTests {
         }
     }
 
+    @Test("a peer reading a large message more slowly than a kernel buffer a timeout (512 bytes every 20 ms) is alive: its unread bytes are counted to the byte (found by a review: one reading 1 KiB a second was cut off as frozen)")
+    func slowReaderWithinOneBuffer() async throws {
+        var configuration = ClientConfiguration()
+        configuration.connection.keepaliveInterval = .milliseconds(300)
+        configuration.connection.keepaliveTimeout = .seconds(1)
+        try await Self.withRawServer { path, accepting in
+            let connection = try await Client.connect(to: path, configuration: configuration)
+            defer { connection.abort() }
+            let peer = try await accepting.value
+            // 300 KB: the kernel queues it in buffers of about 37 KB, each freed only once read to its end, which at
+            // 25 KB/s takes longer than the timeout.
+            let message = ByteBuffer(repeating: 0x61, count: 300_000)
+            let sending = Task { try await connection.send(message) }
+            defer { sending.cancel() }
+            let reads = try await onOwnThread { () throws -> Int in
+                var reads = 0
+                var pause = timespec(tv_sec: 0, tv_nsec: 20_000_000)
+                // 4 s: past the first ping (at 0.3 s, behind the message) and several of its timeouts.
+                for _ in 0..<200 {
+                    guard try peer.readBlocking(exactly: 512).count == 512 else { return reads }
+                    reads += 1
+                    nanosleep(&pause, nil)
+                    if !connection.isOpen { break }
+                }
+                return reads
+            }
+            #expect(connection.isOpen, "closed after \(reads) reads: \(String(describing: connection.closeReason))")
+        }
+    }
+
     @Test("a peer that reads nothing is still found by the keepalive: peerNotResponding")
     func silentPeerIsFound() async throws {
         try await Self.withRawServer { path, accepting in
