@@ -135,6 +135,41 @@ struct KeepaliveSlowReaderTests {
         }
     }
 
+    @Test("with descriptor passing, a peer found frozen is closed for this side's users at once: isOpen false and sends refused, not once the relay gives up flushing to it (a review saw it open for closeTimeout more under load; not reproduced here, kept as a guard)")
+    func frozenPeerClosedAtOnceWithRelay() async throws {
+        var configuration = ClientConfiguration()
+        configuration.connection.keepaliveInterval = .milliseconds(500)
+        configuration.connection.keepaliveTimeout = .seconds(1)
+        configuration.connection.maximumDescriptorsPerMessage = 4
+        // Far beyond the test's own time: a close that waited for it would leave the connection open to the end.
+        configuration.connection.closeTimeout = .seconds(120)
+        try await withTemporarySocketDirectory { directory in
+            let path = directory + "/frozen.sock"
+            let listener = try makeStaleSocket(at: path, listening: true)
+            defer { close(listener) }
+            let accepting = Task { () -> RawSocket in
+                let peer = try await RawSocket.accepting(on: listener)
+                // Calls and descriptors; then it reads nothing.
+                try await peer.write([0x53, 0x49, 0x50, 0x43, 0x01, 0x03, 0x00, 0x00])
+                return peer
+            }
+            let connection = try await Client.connect(to: path, configuration: configuration)
+            defer { connection.abort() }
+            let peer = try await accepting.value
+            defer { peer.close() }
+            let message = ByteBuffer(repeating: 0x61, count: 64)
+            var sent = 0
+            while connection.isOpen, sent < 150 {
+                guard (try? await connection.send(message)) != nil else { break }
+                sent += 1
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            #expect(!connection.isOpen, "still open after \(sent) messages the peer never read")
+            #expect(connection.closeReason?.code == .peerNotResponding, "\(String(describing: connection.closeReason))")
+            await #expect(throws: SocketIPCError.self) { try await connection.send(message) }
+        }
+    }
+
     @Test("a peer that reads half of the small replies it is sent, and answers each ping it reads, is alive while its backlog grows (found by a review: cut off as frozen after 3 s)")
     func slowReaderOfSmallFramesIsAlive() async throws {
         try await withFramedTestServer(
