@@ -82,7 +82,7 @@ public enum Client {
             relay = try DescriptorRelay(
                 socket: descriptor,
                 maximumPerMessage: options.effectiveMaximumDescriptors,
-                passedBy: knownPeer?.userID,
+                passedBy: PassedDescriptorCloser.account(ofPeer: knownPeer?.userID),
                 logger: logger
             )
         }

@@ -82,6 +82,15 @@ enum PassedDescriptorCloser {
     /// sent, whose other end waits for its end of stream (found by a review).
     static let ownSockets: User = UInt32.max - 1
 
+    /// The account a peer of user `uid` is charged to: its uid, but when that is one of this side's own accounts'
+    /// (``ownSockets``' -2 is a valid uid, the old `nfsnobody` of some systems; -1 never is), the account of peers
+    /// whose credentials are unknown (`nil`), which no Linux peer has: so that no peer shares an account of this
+    /// side's own, whose closes its own could then hold up.
+    static func account(ofPeer uid: UInt32?) -> User {
+        guard let uid, uid != Self.ownDescriptors, uid != Self.ownSockets else { return nil }
+        return uid
+    }
+
     /// Each closing thread's stack: a close needs little.
     private static let stackSize = 128 * 1024
 

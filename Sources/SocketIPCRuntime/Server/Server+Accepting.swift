@@ -38,7 +38,7 @@ extension Server {
         if !listenerRefusesDescriptors {
             setDescriptorPassing(false, on: descriptor)
             // What such a peer passed before is refused with its connection, closed on a closing thread.
-            if let refusal = QueuedDescriptors.refuse(descriptor, passedBy: peer?.userID) {
+            if let refusal = QueuedDescriptors.refuse(descriptor, passedBy: PassedDescriptorCloser.account(ofPeer: peer?.userID)) {
                 self.refuseForQueuedDescriptors(refusal, id: id, peer: peer)
                 return
             }
@@ -128,7 +128,7 @@ extension Server {
                 relay = try DescriptorRelay(
                     socket: descriptor,
                     maximumPerMessage: maximumDescriptors,
-                    passedBy: peer?.userID,
+                    passedBy: PassedDescriptorCloser.account(ofPeer: peer?.userID),
                     logger: relayLogger,
                     lingersWhilePeerHoldsSharedMemory: true
                 )

@@ -208,3 +208,15 @@ struct PassedDescriptorCloseQueueTests {
         #expect(queue.threads == 0 && queue.waiting(by: 1) == 0)
     }
 }
+
+extension PassedDescriptorCloseQueueTests {
+    @Test("a peer whose uid is that of one of this side's own accounts (4294967294, a valid uid) is charged as an unknown peer, never to this side's own account")
+    func peerNeverSharesAnOwnAccount() {
+        #expect(PassedDescriptorCloser.account(ofPeer: 1000) == 1000)
+        #expect(PassedDescriptorCloser.account(ofPeer: 0) == 0)
+        #expect(PassedDescriptorCloser.account(ofPeer: nil) == nil)
+        #expect(PassedDescriptorCloser.account(ofPeer: UInt32.max - 1) == nil)
+        #expect(PassedDescriptorCloser.account(ofPeer: UInt32.max) == nil)
+        #expect(PassedDescriptorCloser.account(ofPeer: UInt32.max - 1) != PassedDescriptorCloser.ownSockets)
+    }
+}
