@@ -25,8 +25,8 @@ enum Diagnosis {
             return "\(error.message); if this is an EOF-style server, send to it with `socket-ipc send --eof`\(probe)"
         case .unauthorized where error.message.contains("not as a trusted user"):
             // The library's message names the server's user as `runs as uid N`; the command line's fix is an option.
-            guard let uid = Self.serverUserID(in: error.message) else { return error.message }
-            return "\(error.message): if that user runs the server you meant, trust it with --trust-uid \(uid)"
+            guard let fix = Self.trustFix(for: error) else { return error.message }
+            return "\(error.message): \(fix)"
         case .unauthorized where error.message.contains("authorization policy refused")
             && error.message.contains("credentials unknown"):
             // The server could not learn this process's credentials (SO_PEERCRED failed there): no option admits it.
@@ -43,6 +43,12 @@ enum Diagnosis {
         default:
             return error.message
         }
+    }
+
+    /// The fix for a server this process did not trust (`not as a trusted user`): the option that trusts its user;
+    /// `nil` when the message does not name it.
+    static func trustFix(for error: SocketIPCError) -> String? {
+        Self.serverUserID(in: error.message).map { "if that user runs the server you meant, trust it with --trust-uid \($0)" }
     }
 
     /// `N` of `runs as uid N` in `message`: the user of an untrusted server, as the library names it.

@@ -179,6 +179,14 @@ struct LinuxNativeCLITests {
                 #expect(trusted.status == 0 && trusted.output == "reply: \"hi\"\n", "\(trusted)")
                 let sent = try await runCLI(["send", "--trust-uid", "\(otherUserID)", path, "hi"])
                 #expect(sent.status == 0, "stderr: \(sent.error)")
+                // probe says the same, with the same fix, and looks further once trusted (before, it had no
+                // --trust-uid: it could not tell what such a server was).
+                let probed = try await runCLI(["probe", path])
+                #expect(probed.status == 4, "\(probed)")
+                #expect(probed.output.contains("trust it with --trust-uid \(otherUserID)"), "\(probed.output)")
+                let probedTrusted = try await runCLI(["probe", "--trust-uid", "\(otherUserID)", path])
+                #expect(probedTrusted.status == 0, "\(probedTrusted)")
+                #expect(probedTrusted.output.hasPrefix("framed SocketIPC server (protocol version 1) serves you"), "\(probedTrusted.output)")
             }
             // This user's own server in the same directory is served.
             let own = shared + "/own.sock"

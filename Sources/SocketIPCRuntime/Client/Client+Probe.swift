@@ -63,13 +63,23 @@ extension Client {
     /// - Parameters:
     ///   - path: The socket file's path.
     ///   - timeout: How long to wait for the server to accept and to answer; default 2 s.
+    ///   - trustedServerUserIDs: The users a server at an abstract address, or at a path another user could have
+    ///     made, may run as, as ``ClientConfiguration/trustedServerUserIDs``; `nil` (the default) for this process's
+    ///     own user and root.
     /// - Returns: How the server answered, and who it is.
     /// - Throws: `SocketIPCError` with code `invalidPath`, `connectionRefused` (nothing listens), `unauthorized`
-    ///   (the socket file's mode forbids connecting), `timedOut` (the server's backlog stayed full) or `systemCall`.
-    public static func probe(_ path: String, timeout: Duration = .seconds(2)) async throws -> ProbeResult {
+    ///   (the socket file's mode forbids connecting, or the server runs as a user not trusted there), `timedOut`
+    ///   (the server's backlog stayed full) or `systemCall`.
+    public static func probe(
+        _ path: String,
+        timeout: Duration = .seconds(2),
+        trustedServerUserIDs: Set<UInt32>? = nil
+    ) async throws -> ProbeResult {
         let socketPath = try SocketPath(path)
         let deadline = ContinuousClock.now.advanced(by: timeout)
-        let descriptor = try await SocketConnector.connect(to: socketPath, timeout: timeout)
+        let descriptor = try await SocketConnector.connect(
+            to: socketPath, timeout: timeout, trustedServerUserIDs: trustedServerUserIDs
+        )
         let peer = PeerCredentials.read(descriptor: descriptor)
         // Long enough for a greeting program started per connection (socat's SYSTEM:) on a loaded machine.
         let window = min(timeout / 4, .seconds(1))

@@ -84,6 +84,9 @@ struct ProbeCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Print one JSON object (the schema is above) instead of text.")
     var json = false
 
+    @OptionGroup
+    var trust: ServerTrustOptions
+
     @OptionGroup(title: "Output")
     var output: OutputOptions
 
@@ -94,7 +97,7 @@ struct ProbeCommand: AsyncParsableCommand {
     func run() async throws {
         self.output.apply()
         let path = try socketPath(fromArgument: self.socket, creatingDirectory: false)
-        let report = await ProbeReport.investigate(path, timeout: self.timeout)
+        let report = await ProbeReport.investigate(path, timeout: self.timeout, trusted: self.trust.trustedServerUserIDs)
         if self.json {
             Output.json(report.jsonObject)
         } else {

@@ -16,12 +16,13 @@ extension ProbeReport {
     /// - Parameters:
     ///   - path: The socket path.
     ///   - timeout: Seconds to wait for the server to accept and to answer.
+    ///   - trusted: The users a server on a shared path or an abstract address may run as (`--trust-uid`).
     /// - Returns: The report.
-    static func investigate(_ path: String, timeout: Double) async -> ProbeReport {
+    static func investigate(_ path: String, timeout: Double, trusted: Set<UInt32>? = nil) async -> ProbeReport {
         let inspection = SocketFileInspection.inspect(path)
         if let report = Self.withoutConnecting(inspection) { return report }
         do {
-            let result = try await Client.probe(path, timeout: duration(seconds: timeout))
+            let result = try await Client.probe(path, timeout: duration(seconds: timeout), trustedServerUserIDs: trusted)
             return ProbeReport(result, inspection: inspection, timeout: timeout)
         } catch let error as SocketIPCError {
             // Look again: the failure may have come from the file changing since.

@@ -153,6 +153,9 @@ extension ProbeReport {
                 "no server at \(path): stale socket, \(holder)",
                 fix: "start the server again to reclaim it"
             )
+        case .unauthorized where error.message.contains("not as a trusted user"):
+            // This process refused the server before sending anything: the fix is an option of this command.
+            return report(.refused, error.message, fix: Diagnosis.trustFix(for: error))
         case .unauthorized where inspection.mayConnect != false:
             // The file system lets this process in: the server's policy refused it, and the library says so.
             return report(.refused, error.message, fix: nil)
