@@ -32,6 +32,29 @@ struct KeepaliveSlowReaderTests {
         try await CancelledWriteWaitTests().withSilentServer(body)
     }
 
+    /// Reads `chunk` bytes `times` times from `peer`, pausing `pause` nanoseconds after each, while `connection` is
+    /// open; returns how many reads it made (fewer: the peer's socket closed, or the connection). The loop blocks a
+    /// thread of its own, so that a cooperative pool busy with other tests cannot hold the reader up past a timeout.
+    static func readSlowly(
+        _ peer: RawSocket,
+        chunk: Int,
+        pause: Int,
+        times: Int,
+        while connection: Connection
+    ) async throws -> Int {
+        try await onOwnThread { () throws -> Int in
+            var reads = 0
+            var interval = timespec(tv_sec: 0, tv_nsec: pause)
+            for _ in 0..<times {
+                guard try peer.readBlocking(exactly: chunk).count == chunk else { return reads }
+                reads += 1
+                nanosleep(&interval, nil)
+                if !connection.isOpen { break }
+            }
+            return reads
+        }
+    }
+
     @Test("a 4 MiB message read at about 0.4 MB/s by a peer that never answers pings: the connection stays open while the peer reads the bytes before the ping")
     func slowReaderIsAlive() async throws {
         try await Self.withRawServer { path, accepting in
@@ -44,21 +67,9 @@ struct KeepaliveSlowReaderTests {
             // All but its last 96 KiB, 20 KiB every 50 ms or more: 10 s or more, past the first ping (at 2 s, queued
             // behind the message) and its timeout (at 8 s). The ping reaches the socket while about 2 MB of the
             // message are still unread before it (twice SO_SNDBUF): the peer is alive while it reads those too (a
-            // review found the first fix cut it off then). The loop blocks a thread of its own, so that a cooperative
-            // pool busy with other tests cannot hold the reader up past the timeout.
-            let reads = try await onOwnThread { () throws -> Int in
-                var reads = 0
-                var pause = timespec(tv_sec: 0, tv_nsec: 50_000_000)
-                for _ in 0..<200 {
-                    // Fewer bytes: closed, and the expectation below says how.
-                    guard try peer.readBlocking(exactly: 20 * 1024).count == 20 * 1024 else { return reads }
-                    reads += 1
-                    nanosleep(&pause, nil)
-                    // Before, the first ping's timeout closed it with peerNotResponding.
-                    if !connection.isOpen { break }
-                }
-                return reads
-            }
+            // review found the first fix cut it off then).
+            // Before, the first ping's timeout closed it with peerNotResponding.
+            let reads = try await Self.readSlowly(peer, chunk: 20 * 1024, pause: 50_000_000, times: 200, while: connection)
             #expect(connection.isOpen, "closed after \(reads) reads: \(String(describing: connection.closeReason))")
         }
     }
@@ -77,18 +88,8 @@ struct KeepaliveSlowReaderTests {
             let message = ByteBuffer(repeating: 0x61, count: 300_000)
             let sending = Task { try await connection.send(message) }
             defer { sending.cancel() }
-            let reads = try await onOwnThread { () throws -> Int in
-                var reads = 0
-                var pause = timespec(tv_sec: 0, tv_nsec: 20_000_000)
-                // 4 s: past the first ping (at 0.3 s, behind the message) and several of its timeouts.
-                for _ in 0..<200 {
-                    guard try peer.readBlocking(exactly: 512).count == 512 else { return reads }
-                    reads += 1
-                    nanosleep(&pause, nil)
-                    if !connection.isOpen { break }
-                }
-                return reads
-            }
+            // 4 s: past the first ping (at 0.3 s, behind the message) and several of its timeouts.
+            let reads = try await Self.readSlowly(peer, chunk: 512, pause: 20_000_000, times: 200, while: connection)
             #expect(connection.isOpen, "closed after \(reads) reads: \(String(describing: connection.closeReason))")
         }
     }
