@@ -9,7 +9,7 @@ import Musl
 import Darwin
 #endif
 
-/// What ``Client/probe(_:timeout:)`` found listening on a socket file.
+/// What ``Client/probe(_:timeout:trustedServerUserIDs:)`` found listening on a socket file.
 public struct ProbeResult: Sendable, Hashable {
     /// How the server answered the probe.
     public enum Style: Sendable, Hashable {

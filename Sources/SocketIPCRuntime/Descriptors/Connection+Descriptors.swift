@@ -237,8 +237,8 @@ extension Reply {
             self.fail(SocketIPCError(.invalidState, "the reply's descriptors cannot travel on this connection"))
             return
         }
-        // A peer that reads none of its replies' descriptors is closed (going-away 0x05) before this side holds
-        // more than its bound of them (DescriptorRelay.maximumOutgoing(maximumPerMessage:)).
+        // A peer that reads none of its replies' descriptors gets an error reply instead once this side holds twice
+        // its bound of them (DescriptorRelay.maximumOutgoing(maximumPerMessage:)); the connection stays open.
         let reservation: OutgoingDescriptorReservation
         switch passing.relay.admitOutgoing(descriptors.count) {
         case .success(let room): reservation = room

@@ -1,3 +1,5 @@
+import NIOCore
+
 /// The bookkeeping of ``PassedDescriptorCloser``, without I/O: which descriptors wait to be closed, charged to the
 /// user who passed them, which one a closing thread takes next, and how many threads to start.
 ///
@@ -40,7 +42,9 @@ struct PassedDescriptorCloseQueue {
     let maximumHeldPerUser: Int
 
     private struct UserCloses {
-        var queue: [Int32] = []
+        /// In the order they came; taken from the front, in constant time however long it grows (an array's
+        /// `removeFirst` moved the rest each time, and a backlog of thousands made every close slower).
+        var queue = CircularBuffer<Int32>()
         var closing = 0
         /// When a close of the user's last ended, or its first waiting one was queued.
         var progress: ContinuousClock.Instant
@@ -144,7 +148,7 @@ struct PassedDescriptorCloseQueue {
         guard !descriptors.isEmpty else { return 0 }
         if self.users[user]?.queue.isEmpty ?? true { self.turns.append(user) }
         let wasOver = self.isOverBound(user)
-        self.users[user, default: UserCloses(progress: now)].queue += descriptors
+        self.users[user, default: UserCloses(progress: now)].queue.append(contentsOf: descriptors)
         // Its stall time counts from when it went over its bound: a close that has waited since long before (one
         // slow close) does not make a burst that then drains look stalled (found by a review).
         if !wasOver && self.isOverBound(user) { self.users[user]!.progress = now }

@@ -111,16 +111,17 @@ final class CallMultiplexer: CallFrameReceiver {
         return SocketIPCError(.resourceExhausted, "\(Self.heldBeyondWindowsText): \(held) bytes, more than \(limit)")
     }
 
-    /// Whether the connection's calls hold more received descriptors their readers have not taken than the connection
-    /// may (``SocketIPCRuntime/Connection/maximumDescriptorsHeldByCalls``): the error to end the call whose message
-    /// tipped it over with, if so. Each call is bounded by its credit (or its bound of 64 unread); this bounds their
-    /// sum, so that a peer's 100 calls whose handlers read slowly cannot hold 100 calls' worth of descriptors, which
-    /// the server's budget of descriptors per connection does not count (found in a review of the session's own
-    /// work).
+    /// Whether the calls the peer opened hold more received descriptors their handlers have not taken than the
+    /// connection may (``SocketIPCRuntime/Connection/maximumDescriptorsHeldByCalls``): the error to end the call whose
+    /// message tipped it over with, if so. Each call is bounded by its credit (or its bound of 64 unread); this bounds
+    /// their sum, so that a peer's 100 calls whose handlers read slowly cannot hold 100 calls' worth of descriptors,
+    /// which the server's budget of descriptors per connection does not count. The calls this side opened are not
+    /// counted: their readers are this side's own application, which opened as many as it reads (found by a review:
+    /// a client whose four streams were unread for a second had one cancelled).
     func checkHeldDescriptors(on connection: Connection) -> SocketIPCError? {
         let limit = connection.maximumDescriptorsHeldByCalls
         let streams = self.streams.withLock { Array($0.byID.values) }
-        let held = streams.reduce(0) { $0 + $1.heldDescriptors }
+        let held = streams.reduce(0) { $0 + ($1.isCaller ? 0 : $1.heldDescriptors) }
         guard held > limit else { return nil }
         return SocketIPCError(.resourceExhausted, "\(Self.heldDescriptorsText): \(held), more than \(limit)")
     }

@@ -79,7 +79,7 @@ extension CallStream {
             self.grant(credit)
             if beyondWindow, let exhausted = CallMultiplexer.of(self.connection).checkHeldBeyondWindows(on: self.connection) {
                 self.refuseHeld(exhausted, reason: .heldBeyondWindows)
-            } else if delivered == nil, descriptors != nil,
+            } else if !self.isCaller, delivered == nil, descriptors != nil,
                 let exhausted = CallMultiplexer.of(self.connection).checkHeldDescriptors(on: self.connection)
             {
                 self.refuseHeld(exhausted, reason: .heldTooManyDescriptors)

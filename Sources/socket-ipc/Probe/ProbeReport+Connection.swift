@@ -10,7 +10,7 @@ import Darwin
 #endif
 
 extension ProbeReport {
-    /// Looks at `path` and, when a socket is there, connects with ``Client/probe(_:timeout:)``, which sends nothing
+    /// Looks at `path` and, when a socket is there, connects with ``Client/probe(_:timeout:trustedServerUserIDs:)``, which sends nothing
     /// but an empty EOF-style message and never calls a listener EOF-style only because it wrote a few bytes and
     /// closed.
     /// - Parameters:
@@ -34,7 +34,7 @@ extension ProbeReport {
 
     /// The report for what a connection to a socket found.
     /// - Parameters:
-    ///   - result: What ``Client/probe(_:timeout:)`` found.
+    ///   - result: What ``Client/probe(_:timeout:trustedServerUserIDs:)`` found.
     ///   - inspection: What the file system says about the path.
     ///   - timeout: The seconds the probe waited, for the message of a silent listener.
     init(_ result: ProbeResult, inspection: SocketFileInspection, timeout: Double) {

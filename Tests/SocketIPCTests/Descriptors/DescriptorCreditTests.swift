@@ -118,6 +118,30 @@ struct DescriptorCreditTests {
         }
     }
 
+    @Test("a caller's own streams are not held to the bound on descriptors across the peer's calls: five streams of descriptors left unread while the last is read all end whole (found by a review: one of four was cancelled)")
+    func callersOwnStreamsNotBounded() async throws {
+        var configuration = ClientConfiguration()
+        configuration.connection = Self.options
+        try await self.withServer { socket in
+            try await Client.withConnection(to: socket, configuration: configuration) { connection in
+                // Five streams open at once, each of its handlers writing as its credit allows (about 62 of its
+                // descriptors each, 310 in all, above the 194 a server holds across a peer's calls); read last first.
+                let counts = try await Self.openNested(5, on: connection)
+                #expect(counts == [200, 200, 200, 200, 200])
+            }
+        }
+    }
+
+    /// Opens `depth` streams of 200 elements, one inside the other, and reads them from the innermost out; returns how
+    /// many each read, outermost first.
+    static func openNested(_ depth: Int, on connection: Connection) async throws -> [Int] {
+        guard depth > 0 else { return [] }
+        return try await connection.serverStreaming(Nulls.self, 200) { stream in
+            let inner = try await Self.openNested(depth - 1, on: connection)
+            return [try await Self.readAll(stream)] + inner
+        }
+    }
+
     /// Reads every element, checks that each carries its descriptor, and returns how many came.
     static func readAll(_ elements: ServiceStream<Nulls.Response>) async throws -> Int {
         var read = 0
