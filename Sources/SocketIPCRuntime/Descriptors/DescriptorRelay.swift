@@ -275,12 +275,14 @@ final class DescriptorRelay: @unchecked Sendable {
     /// Closes descriptors the relay took to send (sent, or dropped with the connection), and counts them no more
     /// among those committed to send once they are closed: a close may be queued on a closing thread (a device, a
     /// file a FUSE file system serves), and so counted, a sender waits rather than queue closes without end (found by
-    /// a review's test: eight senders of `/dev/null` queued 19,000 of them).
+    /// a review's test: eight senders of `/dev/null` queued 19,000 of them). Such closes are charged to the peer's
+    /// user, so that a file whose close never returns, sent to it, holds up only the senders to that user (found by a
+    /// review: charged to this side's own account, a FUSE file a peer had sent back held every connection's).
     private func closeSent(_ group: [Int32]) {
         guard !group.isEmpty else { return }
         let connection = self.accountID
         let user = self.passedBy
-        closeDescriptors(group) {
+        closeDescriptors(group, chargedTo: .some(self.passedBy)) {
             // Holds the relay, so that its identity is not another's until it is uncounted.
             withExtendedLifetime(self) {
                 OutgoingDescriptorAccounts.resume(

@@ -134,6 +134,9 @@ enum PassedDescriptorCloser {
         /// What to do once the queued descriptors of a group are closed (``close(_:passedBy:then:)``), by descriptor:
         /// a descriptor's number is unique while it is open, and its entry is taken before it is closed.
         var completions: [Int32: CloseCompletion] = [:]
+        /// Descriptors of this side's own queued on a peer's account (``close(_:passedBy:own:then:)``), closed as this
+        /// side's own are: taken out as they are taken to be closed.
+        var own: Set<Int32> = []
     }
 
     /// What to run once the last of a group's queued descriptors is closed.
@@ -159,9 +162,17 @@ enum PassedDescriptorCloser {
     /// next call to start one.
     ///
     /// - Parameter completion: Run on the closing thread once the last of `descriptors` is closed.
-    static func close(_ descriptors: [Int32], passedBy user: User, then completion: (@Sendable () -> Void)? = nil) {
+    /// - Parameter own: Whether the descriptors are this side's own (closed with a plain `close(2)`, a socket's
+    ///   `SO_LINGER` left as it is), charged to `user` all the same.
+    static func close(
+        _ descriptors: [Int32],
+        passedBy user: User,
+        own: Bool = false,
+        then completion: (@Sendable () -> Void)? = nil
+    ) {
         let now = ContinuousClock.now
         let starting = self.state.withLock { state in
+            if own { state.own.formUnion(descriptors) }
             if let completion, !descriptors.isEmpty {
                 let shared = CloseCompletion(remaining: descriptors.count, body: completion)
                 for descriptor in descriptors { state.completions[descriptor] = shared }
@@ -323,13 +334,15 @@ enum PassedDescriptorCloser {
     private static func run() {
         while true {
             guard
-                let (next, completion) = self.state.withLock({ state in
-                    state.queue.next().map { ($0, state.completions.removeValue(forKey: $0.descriptor)) }
+                let (next, completion, isOwn) = self.state.withLock({ state in
+                    state.queue.next().map {
+                        ($0, state.completions.removeValue(forKey: $0.descriptor), state.own.remove($0.descriptor) != nil)
+                    }
                 })
             else { return }
             self.startThreads(next.threadsToStart)
             #if os(Linux)
-            if next.user == Self.ownDescriptors || next.user == Self.ownSockets {
+            if isOwn || next.user == Self.ownDescriptors || next.user == Self.ownSockets {
                 // This side's own: its sockets are its application's, whose SO_LINGER is left as it is.
                 _ = closeOwn(next.descriptor)
             } else {

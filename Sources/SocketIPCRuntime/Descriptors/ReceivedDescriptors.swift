@@ -88,14 +88,25 @@ public final class ReceivedDescriptors: Sendable {
 /// sent the duplicate, or the event loop that dropped it, wait for good (found by a review), and a server whose relay
 /// never ended never shut down.
 ///
-/// - Parameter completion: Run once every one of `descriptors` is closed: at once if none was queued, otherwise on the
-///   closing thread that closes the last.
-package func closeDescriptors(_ descriptors: [Int32], then completion: (@Sendable () -> Void)? = nil) {
+/// - Parameters:
+///   - chargedTo: The account the closes that may wait are charged to, instead of this side's own: the user of the
+///     peer the duplicates were sent to. A file whose close never returns then holds that user's closing threads,
+///     not those of every connection: sent back (an echo) or on (a broker) to the peer that serves it, or to the
+///     user it was forwarded to (found by a review: a FUSE file a peer had the server send back held this side's
+///     own two threads, and every connection's senders waited with them).
+///   - completion: Run once every one of `descriptors` is closed: at once if none was queued, otherwise on the
+///     closing thread that closes the last.
+package func closeDescriptors(
+    _ descriptors: [Int32],
+    chargedTo peer: UInt32?? = nil,
+    then completion: (@Sendable () -> Void)? = nil
+) {
     #if os(Linux)
     closeOrQueue(
         descriptors,
-        account: PassedDescriptorCloser.ownDescriptors,
+        account: peer ?? PassedDescriptorCloser.ownDescriptors,
         socketAccount: PassedDescriptorCloser.ownSockets,
+        own: true,
         then: completion
     ) { _ = close($0) }
     #else
@@ -140,6 +151,7 @@ private func closeOrQueue(
     _ descriptors: [Int32],
     account: UInt32?,
     socketAccount: UInt32?? = nil,
+    own: Bool = false,
     then completion: (@Sendable () -> Void)? = nil,
     closeNow: (Int32) -> Void
 ) {
@@ -153,8 +165,8 @@ private func closeOrQueue(
         }
     }
     guard let completion else {
-        if !waiting.isEmpty { PassedDescriptorCloser.close(waiting, passedBy: account) }
-        if let socketAccount, !sockets.isEmpty { PassedDescriptorCloser.close(sockets, passedBy: socketAccount) }
+        if !waiting.isEmpty { PassedDescriptorCloser.close(waiting, passedBy: account, own: own) }
+        if let socketAccount, !sockets.isEmpty { PassedDescriptorCloser.close(sockets, passedBy: socketAccount, own: own) }
         return
     }
     // Run once both queues' closes are done, whichever ends last.
@@ -167,7 +179,9 @@ private func closeOrQueue(
     let once: @Sendable () -> Void = {
         if left.countDown() { completion() }
     }
-    if !waiting.isEmpty { PassedDescriptorCloser.close(waiting, passedBy: account, then: once) }
-    if let socketAccount, !sockets.isEmpty { PassedDescriptorCloser.close(sockets, passedBy: socketAccount, then: once) }
+    if !waiting.isEmpty { PassedDescriptorCloser.close(waiting, passedBy: account, own: own, then: once) }
+    if let socketAccount, !sockets.isEmpty {
+        PassedDescriptorCloser.close(sockets, passedBy: socketAccount, own: own, then: once)
+    }
 }
 #endif

@@ -115,7 +115,74 @@ struct HangingCloseDescriptorTests {
             #expect(String(buffer: reply) == "still served")
         }
     }
+
+    @Test("such a file that the server sends back to the peer that passed it holds only that peer's user's closes: another user's 3,000 replies carrying a descriptor all come (found by a review: every connection's senders stopped at their bound)")
+    func forwardedFileHoldsOnlyItsPeer() async throws {
+        let mount = try HangingFUSEMount()
+        let file: Int32
+        do { file = try mount.open() } catch {
+            mount.stop()
+            throw error
+        }
+        defer {
+            mount.stop()
+            close(file)
+        }
+        var options = ConnectionOptions()
+        options.maximumDescriptorsPerMessage = 4
+        var client = ClientConfiguration()
+        client.connection = options
+        try await withFramedTestServer(
+            configure: { $0.connection = options; $0.authorization = .anyone },
+            makeHandler: { DescriptorReturner() }
+        ) { _, path in
+            // The peer (a user of its own) passes the file twice and has it sent back: the server's two copies, once
+            // sent, wait for good to be closed.
+            let peer = try await RawSocket.connect(to: path, asUser: 61_010)
+            defer { peer.close() }
+            try await peer.write([0x53, 0x49, 0x50, 0x43, 0x01, 0x03, 0x00, 0x00])
+            _ = try await peer.read(exactly: 8)
+            for id: UInt32 in [1, 2] {
+                let frames: [UInt8] = [0, 0, 0, 2, 0x0D, 1] + frameBytes(kind: 0x02, id: id, payload: Array("fuse".utf8))
+                var descriptor = file
+                let sent = frames.withUnsafeBytes {
+                    csocketipc_send_with_descriptors(peer.descriptor, $0.baseAddress, UInt($0.count), &descriptor, 1)
+                }
+                #expect(sent == frames.count)
+            }
+            // Both replies read (their descriptors dropped by the kernel, which flushes nothing): both copies sent.
+            _ = try await peer.read(exactly: 2 * (2 + 4 + 4 + 5 + 4))
+            // Another user's connection: each reply carries a copy of /dev/null, sent and closed as the server goes.
+            let null = try FileDescriptor.open("/dev/null", .readOnly, options: .closeOnExec)
+            defer { try? null.close() }
+            let answered = try await Client.withConnection(to: path, configuration: client) { connection in
+                var answered = 0
+                for _ in 0..<3_000 {
+                    let (_, descriptors) = try await connection.request(ByteBuffer(string: "x"), descriptors: [null])
+                    for copy in descriptors.take() { try copy.close() }
+                    answered += 1
+                }
+                return answered
+            }
+            #expect(answered == 3_000)
+        }
+    }
 }
+
+/// Answers each request with the descriptors it brought (forwarding them, as a broker does), and closes its own as
+/// what their peer passed.
+private struct DescriptorReturner: ConnectionHandler {
+    func didReceiveRequest(_ request: ByteBuffer, descriptors: ReceivedDescriptors, reply: Reply, on connection: Connection) {
+        let files = descriptors.take()
+        reply.succeed(request, descriptors: files)
+        closePassedDescriptors(files.map(\.rawValue), passedBy: descriptors.passedBy)
+    }
+
+    func didReceiveRequest(_ request: ByteBuffer, reply: Reply, on connection: Connection) {
+        reply.succeed(request)
+    }
+}
+
 /// A handler that keeps the descriptors it gets, to close them when told, and echoes requests.
 private final class DescriptorKeeper: ConnectionHandler, Sendable {
     private let kept = Mutex<[FileDescriptor]>([])
