@@ -457,8 +457,12 @@ long csocketipc_unix_peer_unread(int descriptor) {
     uint32_t peer = 0;
     uint32_t unread = 0;
     long result = -1;
+    uint32_t peersPeer = 0;
+    // The second answer must name this socket as its peer: inode numbers wrap, and a lookup by number alone could
+    // find another socket (found by a review).
     if (csocketipc_unix_diag(netlink, (uint32_t)status.st_ino, UDIAG_SHOW_PEER, &peer, NULL) == 0 && peer != 0
-        && csocketipc_unix_diag(netlink, peer, UDIAG_SHOW_RQLEN, NULL, &unread) == 0) {
+        && csocketipc_unix_diag(netlink, peer, UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN, &peersPeer, &unread) == 0
+        && peersPeer == (uint32_t)status.st_ino) {
         result = (long)unread;
     }
     close(netlink);
